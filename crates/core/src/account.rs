@@ -1,0 +1,151 @@
+//! Account ids: ed25519 public keys, printed in the libp2p peer id form.
+//!
+//! A grid participant has one key: it signs ledger transactions and it is the mesh
+//! identity. So an account id is printed exactly as libp2p prints the peer id of the
+//! same key (`12D3KooW…`, base58 of the identity multihash of the protobuf-encoded
+//! public key), and a node found in the ledger can be dialed by the string the
+//! ledger shows. Parsing also accepts 64 hex characters.
+
+use std::fmt;
+use std::str::FromStr;
+
+use borsh::{BorshDeserialize, BorshSerialize};
+use ed25519_dalek::VerifyingKey;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The bytes libp2p puts before a raw ed25519 key in a peer id: multihash
+/// identity (0x00), length 36, then the protobuf `PublicKey { Type: Ed25519, Data: 32 bytes }`.
+const PEER_ID_PREFIX: [u8; 6] = [0x00, 0x24, 0x08, 0x01, 0x12, 0x20];
+
+/// An account: the 32 bytes of an ed25519 public key.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, BorshSerialize, BorshDeserialize)]
+pub struct AccountId(pub [u8; 32]);
+
+/// Why a string or key is not a usable account id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ParseAccountError {
+    /// Neither a peer id nor 64 hex characters.
+    #[error("not an account id: {0:?} (expected a peer id like 12D3KooW… or 64 hex characters)")]
+    Format(String),
+    /// The bytes are not a valid ed25519 public key.
+    #[error("not a valid ed25519 public key: {0}")]
+    InvalidKey(String),
+}
+
+impl AccountId {
+    /// The account's ed25519 verifying key, rejecting weak (small-order) keys.
+    pub fn verifying_key(&self) -> Result<VerifyingKey, ParseAccountError> {
+        let key = VerifyingKey::from_bytes(&self.0)
+            .map_err(|_| ParseAccountError::InvalidKey(self.to_string()))?;
+        if key.is_weak() {
+            return Err(ParseAccountError::InvalidKey(self.to_string()));
+        }
+        Ok(key)
+    }
+
+    /// The key's raw bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// A short form for tables: the first and last characters of the full id.
+    pub fn short(&self) -> String {
+        let full = self.to_string();
+        format!("{}…{}", &full[..10], &full[full.len() - 6..])
+    }
+}
+
+impl From<VerifyingKey> for AccountId {
+    fn from(key: VerifyingKey) -> Self {
+        AccountId(key.to_bytes())
+    }
+}
+
+impl fmt::Display for AccountId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut bytes = [0u8; 38];
+        bytes[..6].copy_from_slice(&PEER_ID_PREFIX);
+        bytes[6..].copy_from_slice(&self.0);
+        f.write_str(&bs58::encode(bytes).into_string())
+    }
+}
+
+impl fmt::Debug for AccountId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AccountId({self})")
+    }
+}
+
+impl FromStr for AccountId {
+    type Err = ParseAccountError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let shown = || s.chars().take(80).collect::<String>();
+        let mut raw = [0u8; 32];
+        if s.len() == 64 && hex::decode_to_slice(s, &mut raw).is_ok() {
+            let id = AccountId(raw);
+            id.verifying_key()?;
+            return Ok(id);
+        }
+        let bytes = bs58::decode(s)
+            .into_vec()
+            .map_err(|_| ParseAccountError::Format(shown()))?;
+        if bytes.len() != 38 || bytes[..6] != PEER_ID_PREFIX {
+            return Err(ParseAccountError::Format(shown()));
+        }
+        raw.copy_from_slice(&bytes[6..]);
+        let id = AccountId(raw);
+        id.verifying_key()?;
+        Ok(id)
+    }
+}
+
+impl Serialize for AccountId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for AccountId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <String as Deserialize>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Keypair;
+
+    #[test]
+    fn prints_as_a_libp2p_peer_id_and_parses_back() {
+        let key = Keypair::from_seed([7; 32]);
+        let id = key.account();
+        let text = id.to_string();
+        assert!(text.starts_with("12D3KooW"), "{text}");
+        assert_eq!(text.parse::<AccountId>(), Ok(id));
+        assert_eq!(hex::encode(id.0).parse::<AccountId>(), Ok(id));
+    }
+
+    #[test]
+    fn rejects_garbage_and_weak_keys() {
+        assert!(matches!(
+            "hello".parse::<AccountId>(),
+            Err(ParseAccountError::Format(_))
+        ));
+        assert!(matches!(
+            "".parse::<AccountId>(),
+            Err(ParseAccountError::Format(_))
+        ));
+        // The identity point is a small-order key: signatures under it prove nothing.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        assert!(matches!(
+            hex::encode(identity).parse::<AccountId>(),
+            Err(ParseAccountError::InvalidKey(_))
+        ));
+    }
+}

@@ -1,0 +1,33 @@
+//! The grid's vocabulary: account ids and keys, amounts, capacity, and signed transactions.
+//!
+//! # Status: ALPHA
+//!
+//! Everything the ledger records and every participant signs is defined here, with
+//! one canonical binary encoding (borsh) and one readable form for people (JSON and
+//! the strings printed by the CLI). Nothing in this crate does IO except the key
+//! file helpers in [`keys`].
+
+pub mod account;
+pub mod amount;
+pub mod capacity;
+pub mod codec;
+pub mod hash;
+pub mod keys;
+pub mod policy;
+pub mod tx;
+
+pub use account::{AccountId, ParseAccountError};
+pub use amount::{Amount, ParseAmountError};
+pub use capacity::{Capacity, Location, PublicIp};
+pub use hash::Hash;
+pub use keys::{KeyError, Keypair};
+pub use tx::{Payload, SignedTx, TxBody, TxHash};
+
+/// Farm identifier, assigned by the ledger in creation order starting at 1.
+pub type FarmId = u32;
+/// Node identifier, assigned by the ledger in registration order starting at 1.
+pub type NodeId = u32;
+/// Contract identifier, assigned by the ledger in creation order starting at 1.
+pub type ContractId = u64;
+/// Governance proposal identifier, assigned in creation order starting at 1.
+pub type ProposalId = u64;

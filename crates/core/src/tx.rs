@@ -1,0 +1,820 @@
+//! Signed transactions: the envelope, every payload kind, their limits and their hash.
+//!
+//! A transaction is `SignedTx { body, signature }` where `body = TxBody { chain_id,
+//! signer, nonce, payload }` and the signature is ed25519 over
+//! [`TX_NAMESPACE`] ‖ borsh(body). Its hash is BLAKE3 of the whole encoded envelope.
+//! Every field has a limit checked by [`SignedTx::check`] before any state is read.
+
+use borsh::{BorshDeserialize, BorshSerialize};
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{self, DecodeError};
+use crate::policy::{FarmingPolicy, PricingPolicy};
+use crate::{
+    AccountId, Amount, Capacity, ContractId, FarmId, Hash, Keypair, Location, NodeId, ProposalId,
+    PublicIp,
+};
+
+/// Domain separation for transaction signatures.
+pub const TX_NAMESPACE: &[u8] = b"_PEERGRID_CORE_TX";
+/// Domain separation for a farm owner's consent to a node joining the farm.
+pub const FARM_INVITE_NAMESPACE: &[u8] = b"_PEERGRID_CORE_FARM_INVITE";
+
+/// Largest encoded transaction accepted anywhere.
+pub const TX_BYTES_MAX: usize = 16 * 1024;
+/// Longest chain id.
+pub const CHAIN_ID_BYTES_MAX: usize = 32;
+/// Longest farm name (ThreeFold uses the same).
+pub const FARM_NAME_BYTES_MAX: usize = 40;
+/// Most public IPs one farm may list.
+pub const FARM_PUBLIC_IPS_MAX: usize = 256;
+/// Longest country or city name.
+pub const LOCATION_FIELD_BYTES_MAX: usize = 64;
+/// Shortest gateway name.
+pub const GATEWAY_NAME_BYTES_MIN: usize = 3;
+/// Longest gateway name (a DNS label).
+pub const GATEWAY_NAME_BYTES_MAX: usize = 63;
+/// Longest proposal description.
+pub const DESCRIPTION_BYTES_MAX: usize = 2048;
+/// Largest council.
+pub const COUNCIL_MAX: usize = 64;
+/// Largest validator set.
+pub const VALIDATORS_MAX: usize = 128;
+/// Most public IPs one deployment may reserve.
+pub const CONTRACT_PUBLIC_IPS_MAX: u32 = 16;
+
+/// A transaction's hash.
+pub type TxHash = Hash;
+
+/// What a node's power target is: farmers may switch idle nodes off to save energy.
+#[derive(
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Debug,
+    Default,
+    Serialize,
+    Deserialize,
+    BorshSerialize,
+    BorshDeserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum PowerTarget {
+    /// The node should be running.
+    #[default]
+    Up,
+    /// The farmer switched the node off on purpose (standby, not down).
+    Down,
+}
+
+/// What a contract reserves.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum ContractSpec {
+    /// Workloads on one node, identified by the hash of the signed deployment.
+    Deployment {
+        /// The node that runs it.
+        node: NodeId,
+        /// BLAKE3 of the signed deployment the node will be sent.
+        deployment_hash: Hash,
+        /// Resources reserved on the node.
+        resources: Capacity,
+        /// Public IPv4 addresses reserved from the node's farm.
+        public_ips: u32,
+    },
+    /// A globally unique gateway name.
+    Name {
+        /// `[a-z0-9-]{3,63}`, not starting or ending with `-`.
+        name: String,
+    },
+    /// Storage space on one node for shards.
+    Storage {
+        /// The node that stores.
+        node: NodeId,
+        /// Bytes reserved.
+        bytes: u64,
+    },
+    /// A whole node for the renter alone.
+    Rent {
+        /// The node rented.
+        node: NodeId,
+    },
+}
+
+/// A change the council can make by vote.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+#[serde(rename_all = "snake_case", tag = "action")]
+pub enum GovAction {
+    /// Set the token's price in µUSD, used for billing and minting conversions.
+    SetTokenPrice {
+        /// µUSD per whole token.
+        uusd: u64,
+    },
+    /// Set the fee per transaction byte.
+    SetFeePerByte {
+        /// The new fee.
+        fee: Amount,
+    },
+    /// Replace the pricing policy.
+    SetPricingPolicy(PricingPolicy),
+    /// Replace the farming policy.
+    SetFarmingPolicy(FarmingPolicy),
+    /// Mark a node's hardware as certified or not.
+    SetNodeCertified {
+        /// The node.
+        node: NodeId,
+        /// Certified or not.
+        certified: bool,
+    },
+    /// Mark a farm as certified or not.
+    SetFarmCertified {
+        /// The farm.
+        farm: FarmId,
+        /// Certified or not.
+        certified: bool,
+    },
+    /// Replace the council and its threshold.
+    SetCouncil {
+        /// The members.
+        members: Vec<AccountId>,
+        /// Approvals a proposal needs.
+        threshold: u32,
+    },
+    /// Replace the validator set, taking effect at the next epoch boundary.
+    SetValidators {
+        /// The validators' consensus keys.
+        validators: Vec<AccountId>,
+    },
+}
+
+/// What a transaction does.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum Payload {
+    /// Move tokens to another account.
+    Transfer {
+        /// The receiver.
+        to: AccountId,
+        /// How much.
+        amount: Amount,
+    },
+    /// Create a farm owned by the signer.
+    CreateFarm {
+        /// A name unique on the grid.
+        name: String,
+        /// Public IPs the farm offers to deployments.
+        public_ips: Vec<PublicIp>,
+    },
+    /// Change a farm the signer owns.
+    UpdateFarm {
+        /// The farm.
+        farm: FarmId,
+        /// A new name, if any.
+        name: Option<String>,
+        /// A new list of public IPs, if any.
+        public_ips: Option<Vec<PublicIp>>,
+        /// Where the farm's rewards are paid, if changing.
+        payout: Option<AccountId>,
+    },
+    /// Register the signer's machine as a node of a farm, with the farm owner's consent.
+    RegisterNode {
+        /// The farm joined.
+        farm: FarmId,
+        /// Capacity the node offers.
+        capacity: Capacity,
+        /// Where the node is.
+        location: Location,
+        /// The farm owner's signature over [`invitation_message`] for this farm and this node.
+        invitation: Signature,
+    },
+    /// Change a node's capacity or location (signed by the node).
+    UpdateNode {
+        /// The node.
+        node: NodeId,
+        /// New capacity, if any.
+        capacity: Option<Capacity>,
+        /// New location, if any.
+        location: Option<Location>,
+    },
+    /// Set a node's power target (signed by the farm owner).
+    SetPowerTarget {
+        /// The node.
+        node: NodeId,
+        /// Up or down.
+        target: PowerTarget,
+    },
+    /// Report a node's uptime (signed by the node; free).
+    ReportUptime {
+        /// The node.
+        node: NodeId,
+        /// Seconds since the node's machine booted.
+        uptime_secs: u64,
+        /// The node's clock, seconds since the Unix epoch.
+        timestamp_secs: u64,
+    },
+    /// Open a contract.
+    CreateContract(ContractSpec),
+    /// Point a deployment contract at a new deployment.
+    UpdateContract {
+        /// The contract.
+        contract: ContractId,
+        /// The new deployment's hash.
+        deployment_hash: Hash,
+        /// The new reservation.
+        resources: Capacity,
+    },
+    /// Cancel a contract the signer owns.
+    CancelContract {
+        /// The contract.
+        contract: ContractId,
+    },
+    /// Propose a governance action (council members only).
+    Propose {
+        /// What would change.
+        action: GovAction,
+        /// Why, for the voters.
+        description: String,
+    },
+    /// Vote on an open proposal.
+    Vote {
+        /// The proposal.
+        proposal: ProposalId,
+        /// For or against.
+        approve: bool,
+    },
+}
+
+impl Payload {
+    /// A short name of the payload kind, for logs and tables.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Payload::Transfer { .. } => "transfer",
+            Payload::CreateFarm { .. } => "create_farm",
+            Payload::UpdateFarm { .. } => "update_farm",
+            Payload::RegisterNode { .. } => "register_node",
+            Payload::UpdateNode { .. } => "update_node",
+            Payload::SetPowerTarget { .. } => "set_power_target",
+            Payload::ReportUptime { .. } => "report_uptime",
+            Payload::CreateContract(_) => "create_contract",
+            Payload::UpdateContract { .. } => "update_contract",
+            Payload::CancelContract { .. } => "cancel_contract",
+            Payload::Propose { .. } => "propose",
+            Payload::Vote { .. } => "vote",
+        }
+    }
+}
+
+/// A 64-byte ed25519 signature.
+#[derive(Clone, Copy, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct Signature(pub [u8; 64]);
+
+impl std::fmt::Debug for Signature {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Signature({}…)", hex::encode(&self.0[..8]))
+    }
+}
+
+impl Serialize for Signature {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Signature {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <String as Deserialize>::deserialize(d)?;
+        let mut out = [0u8; 64];
+        hex::decode_to_slice(&s, &mut out)
+            .map_err(|_| serde::de::Error::custom("a signature is 128 hex characters"))?;
+        Ok(Signature(out))
+    }
+}
+
+impl Signature {
+    /// Check this signature by `signer` over `namespace` ‖ `message`, strictly (no malleability, no weak keys).
+    pub fn verify(&self, signer: &AccountId, namespace: &[u8], message: &[u8]) -> bool {
+        let Ok(key) = signer.verifying_key() else {
+            return false;
+        };
+        let sig = ed25519_dalek::Signature::from_bytes(&self.0);
+        let mut data = Vec::with_capacity(namespace.len() + message.len());
+        data.extend_from_slice(namespace);
+        data.extend_from_slice(message);
+        key.verify_strict(&data, &sig).is_ok()
+    }
+}
+
+/// The bytes a farm owner signs to let `node` join `farm` on `chain_id`.
+pub fn invitation_message(chain_id: &str, farm: FarmId, node: &AccountId) -> Vec<u8> {
+    codec::encode(&(chain_id, farm, node))
+}
+
+/// A farm owner's consent for `node` to register in `farm`.
+pub fn sign_invitation(
+    owner: &Keypair,
+    chain_id: &str,
+    farm: FarmId,
+    node: &AccountId,
+) -> Signature {
+    Signature(owner.sign(
+        FARM_INVITE_NAMESPACE,
+        &invitation_message(chain_id, farm, node),
+    ))
+}
+
+/// The signed part of a transaction.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+pub struct TxBody {
+    /// The chain this transaction is for, so it cannot be replayed on another.
+    pub chain_id: String,
+    /// The account that signs and pays.
+    pub signer: AccountId,
+    /// The signer's next nonce: each account's transactions apply in nonce order, once.
+    pub nonce: u64,
+    /// What to do.
+    pub payload: Payload,
+}
+
+/// A transaction with its signature.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+pub struct SignedTx {
+    /// What is signed.
+    pub body: TxBody,
+    /// ed25519 over [`TX_NAMESPACE`] ‖ borsh(body).
+    pub signature: Signature,
+}
+
+/// A field that breaks a limit or a format rule; found without looking at state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FieldError {
+    /// A text or list is longer than allowed.
+    #[error("{field} is {len} long, more than the limit of {max}")]
+    TooLong {
+        /// Which field.
+        field: &'static str,
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A field has a value outside its rules.
+    #[error("invalid {field}: {reason}")]
+    Invalid {
+        /// Which field.
+        field: &'static str,
+        /// The rule broken.
+        reason: String,
+    },
+}
+
+fn check_len(field: &'static str, len: usize, max: usize) -> Result<(), FieldError> {
+    if len > max {
+        Err(FieldError::TooLong { field, len, max })
+    } else {
+        Ok(())
+    }
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> FieldError {
+    FieldError::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+/// Check a farm name: 1–40 bytes of letters, digits, `-`, `_` or `.`.
+pub fn check_farm_name(name: &str) -> Result<(), FieldError> {
+    check_len("farm name", name.len(), FARM_NAME_BYTES_MAX)?;
+    if name.is_empty() {
+        return Err(invalid("farm name", "must not be empty"));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(invalid(
+            "farm name",
+            format!("{name:?} may only hold letters, digits, '-', '_' and '.'"),
+        ));
+    }
+    Ok(())
+}
+
+/// Check a gateway name: `[a-z0-9-]{3,63}`, not starting or ending with `-` (a DNS label).
+pub fn check_gateway_name(name: &str) -> Result<(), FieldError> {
+    check_len("gateway name", name.len(), GATEWAY_NAME_BYTES_MAX)?;
+    if name.len() < GATEWAY_NAME_BYTES_MIN {
+        return Err(invalid(
+            "gateway name",
+            format!("{name:?} is shorter than {GATEWAY_NAME_BYTES_MIN}"),
+        ));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        || name.starts_with('-')
+        || name.ends_with('-')
+    {
+        return Err(invalid(
+            "gateway name",
+            format!(
+                "{name:?} must be lowercase letters, digits and '-', not starting or ending with '-'"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn check_location(loc: &Location) -> Result<(), FieldError> {
+    check_len("country", loc.country.len(), LOCATION_FIELD_BYTES_MAX)?;
+    check_len("city", loc.city.len(), LOCATION_FIELD_BYTES_MAX)?;
+    if !(-90_000_000..=90_000_000).contains(&loc.latitude_micro) {
+        return Err(invalid(
+            "latitude",
+            format!("{} µ° is outside ±90°", loc.latitude_micro),
+        ));
+    }
+    if !(-180_000_000..=180_000_000).contains(&loc.longitude_micro) {
+        return Err(invalid(
+            "longitude",
+            format!("{} µ° is outside ±180°", loc.longitude_micro),
+        ));
+    }
+    Ok(())
+}
+
+fn check_public_ips(ips: &[PublicIp]) -> Result<(), FieldError> {
+    check_len("public IP list", ips.len(), FARM_PUBLIC_IPS_MAX)?;
+    for (i, ip) in ips.iter().enumerate() {
+        if ip.prefix_len > 32 {
+            return Err(invalid(
+                "public IP",
+                format!("{ip}: prefix length above 32"),
+            ));
+        }
+        if ips[..i].iter().any(|other| other.ip == ip.ip) {
+            return Err(invalid("public IP", format!("{ip} is listed twice")));
+        }
+    }
+    Ok(())
+}
+
+fn check_capacity(field: &'static str, c: &Capacity) -> Result<(), FieldError> {
+    // Guards sums against overflow: no machine has 2^48 cores or bytes of 2^62.
+    if c.cru > 1 << 20 || c.mru > 1 << 60 || c.sru > 1 << 60 || c.hru > 1 << 60 {
+        return Err(invalid(field, format!("{c} is beyond any real machine")));
+    }
+    Ok(())
+}
+
+fn check_accounts(field: &'static str, list: &[AccountId], max: usize) -> Result<(), FieldError> {
+    check_len(field, list.len(), max)?;
+    for (i, a) in list.iter().enumerate() {
+        if a.verifying_key().is_err() {
+            return Err(invalid(field, format!("{a} is not a valid ed25519 key")));
+        }
+        if list[..i].contains(a) {
+            return Err(invalid(field, format!("{a} is listed twice")));
+        }
+    }
+    Ok(())
+}
+
+impl Payload {
+    /// Check every field's limits and formats; no state is consulted.
+    pub fn check(&self) -> Result<(), FieldError> {
+        match self {
+            Payload::Transfer { to, amount } => {
+                if amount.0 == 0 {
+                    return Err(invalid("amount", "a transfer must move more than zero"));
+                }
+                if to.verifying_key().is_err() {
+                    return Err(invalid("to", format!("{to} is not a valid ed25519 key")));
+                }
+            }
+            Payload::CreateFarm { name, public_ips } => {
+                check_farm_name(name)?;
+                check_public_ips(public_ips)?;
+            }
+            Payload::UpdateFarm {
+                name,
+                public_ips,
+                payout,
+                ..
+            } => {
+                if let Some(name) = name {
+                    check_farm_name(name)?;
+                }
+                if let Some(ips) = public_ips {
+                    check_public_ips(ips)?;
+                }
+                if let Some(p) = payout
+                    && p.verifying_key().is_err()
+                {
+                    return Err(invalid("payout", format!("{p} is not a valid ed25519 key")));
+                }
+            }
+            Payload::RegisterNode {
+                capacity, location, ..
+            } => {
+                check_capacity("capacity", capacity)?;
+                if capacity.cru == 0 || capacity.mru == 0 {
+                    return Err(invalid(
+                        "capacity",
+                        "a node needs at least one core and some memory",
+                    ));
+                }
+                check_location(location)?;
+            }
+            Payload::UpdateNode {
+                capacity, location, ..
+            } => {
+                if let Some(c) = capacity {
+                    check_capacity("capacity", c)?;
+                }
+                if let Some(l) = location {
+                    check_location(l)?;
+                }
+            }
+            Payload::SetPowerTarget { .. } | Payload::ReportUptime { .. } => {}
+            Payload::CreateContract(spec) => match spec {
+                ContractSpec::Deployment {
+                    resources,
+                    public_ips,
+                    ..
+                } => {
+                    check_capacity("resources", resources)?;
+                    if resources.is_zero() && *public_ips == 0 {
+                        return Err(invalid("resources", "a deployment must reserve something"));
+                    }
+                    if *public_ips > CONTRACT_PUBLIC_IPS_MAX {
+                        return Err(FieldError::TooLong {
+                            field: "public IPs",
+                            len: *public_ips as usize,
+                            max: CONTRACT_PUBLIC_IPS_MAX as usize,
+                        });
+                    }
+                }
+                ContractSpec::Name { name } => check_gateway_name(name)?,
+                ContractSpec::Storage { bytes, .. } => {
+                    if *bytes == 0 || *bytes > 1 << 60 {
+                        return Err(invalid(
+                            "bytes",
+                            format!("{bytes} is not a usable reservation"),
+                        ));
+                    }
+                }
+                ContractSpec::Rent { .. } => {}
+            },
+            Payload::UpdateContract { resources, .. } => check_capacity("resources", resources)?,
+            Payload::CancelContract { .. } | Payload::Vote { .. } => {}
+            Payload::Propose {
+                action,
+                description,
+            } => {
+                check_len("description", description.len(), DESCRIPTION_BYTES_MAX)?;
+                match action {
+                    GovAction::SetTokenPrice { uusd } if *uusd == 0 => {
+                        return Err(invalid("token price", "must be above zero"));
+                    }
+                    GovAction::SetCouncil { members, threshold } => {
+                        check_accounts("council", members, COUNCIL_MAX)?;
+                        if *threshold == 0 || *threshold as usize > members.len() {
+                            return Err(invalid(
+                                "threshold",
+                                format!(
+                                    "{threshold} must be between 1 and the {} members",
+                                    members.len()
+                                ),
+                            ));
+                        }
+                    }
+                    GovAction::SetValidators { validators } => {
+                        check_accounts("validators", validators, VALIDATORS_MAX)?;
+                        if validators.is_empty() {
+                            return Err(invalid("validators", "the set cannot be empty"));
+                        }
+                    }
+                    GovAction::SetPricingPolicy(p) => {
+                        check_len("discount levels", p.discounts.len(), 8)?;
+                        if p.discounts.iter().any(|d| d.percent > 100) {
+                            return Err(invalid("discount", "a discount cannot exceed 100 %"));
+                        }
+                    }
+                    GovAction::SetFarmingPolicy(f) => {
+                        if f.sla_diy_permille > 1000 || f.sla_certified_permille > 1000 {
+                            return Err(invalid("SLA", "uptime thresholds are at most 1000 ‰"));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl TxBody {
+    /// Sign this body with `key`; the body's signer must be the key's account.
+    pub fn sign(self, key: &Keypair) -> SignedTx {
+        let signature = Signature(key.sign(TX_NAMESPACE, &codec::encode(&self)));
+        SignedTx {
+            body: self,
+            signature,
+        }
+    }
+}
+
+impl SignedTx {
+    /// Build and sign a transaction in one step.
+    pub fn new(key: &Keypair, chain_id: &str, nonce: u64, payload: Payload) -> SignedTx {
+        TxBody {
+            chain_id: chain_id.to_string(),
+            signer: key.account(),
+            nonce,
+            payload,
+        }
+        .sign(key)
+    }
+
+    /// The canonical encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        codec::encode(self)
+    }
+
+    /// Decode from the canonical encoding, refusing more than [`TX_BYTES_MAX`] bytes.
+    pub fn decode(bytes: &[u8]) -> Result<SignedTx, DecodeError> {
+        codec::decode("transaction", bytes, TX_BYTES_MAX)
+    }
+
+    /// BLAKE3 of the canonical encoding.
+    pub fn hash(&self) -> TxHash {
+        Hash::of(&self.encode())
+    }
+
+    /// Whether the signature is the signer's over this body.
+    pub fn verify_signature(&self) -> bool {
+        self.signature
+            .verify(&self.body.signer, TX_NAMESPACE, &codec::encode(&self.body))
+    }
+
+    /// Check limits and formats: chain id length and every payload field; no state, no signature.
+    pub fn check_fields(&self) -> Result<(), FieldError> {
+        check_len("chain id", self.body.chain_id.len(), CHAIN_ID_BYTES_MAX)?;
+        let len = self.encode().len();
+        check_len("transaction", len, TX_BYTES_MAX)?;
+        self.body.payload.check()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: u8) -> Keypair {
+        Keypair::from_seed([n; 32])
+    }
+
+    #[test]
+    fn encoding_round_trips_and_hash_is_stable() {
+        let tx = SignedTx::new(
+            &key(1),
+            "test",
+            0,
+            Payload::Transfer {
+                to: key(2).account(),
+                amount: Amount(5),
+            },
+        );
+        let bytes = tx.encode();
+        assert_eq!(SignedTx::decode(&bytes), Ok(tx.clone()));
+        assert_eq!(tx.hash(), Hash::of(&bytes));
+        assert!(tx.verify_signature());
+    }
+
+    #[test]
+    fn any_change_breaks_the_signature() {
+        let tx = SignedTx::new(
+            &key(1),
+            "test",
+            0,
+            Payload::Transfer {
+                to: key(2).account(),
+                amount: Amount(5),
+            },
+        );
+        let mut other_chain = tx.clone();
+        other_chain.body.chain_id = "other".into();
+        assert!(!other_chain.verify_signature());
+        let mut other_nonce = tx.clone();
+        other_nonce.body.nonce = 1;
+        assert!(!other_nonce.verify_signature());
+        let mut other_signer = tx.clone();
+        other_signer.body.signer = key(3).account();
+        assert!(!other_signer.verify_signature());
+        let mut flipped = tx;
+        flipped.signature.0[10] ^= 1;
+        assert!(!flipped.verify_signature());
+    }
+
+    #[test]
+    fn oversized_and_malformed_bytes_are_refused() {
+        let big = vec![0u8; TX_BYTES_MAX + 1];
+        assert!(matches!(
+            SignedTx::decode(&big),
+            Err(DecodeError::TooLarge { .. })
+        ));
+        let tx = SignedTx::new(
+            &key(1),
+            "t",
+            0,
+            Payload::Vote {
+                proposal: 1,
+                approve: true,
+            },
+        );
+        let mut bytes = tx.encode();
+        bytes.push(0);
+        assert!(matches!(
+            SignedTx::decode(&bytes),
+            Err(DecodeError::Malformed { .. })
+        ));
+        assert!(matches!(
+            SignedTx::decode(&bytes[..10]),
+            Err(DecodeError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn field_limits_are_enforced() {
+        let farm = |name: &str| Payload::CreateFarm {
+            name: name.into(),
+            public_ips: vec![],
+        };
+        assert!(farm("alpha-farm_1").check().is_ok());
+        assert!(matches!(
+            farm(&"x".repeat(41)).check(),
+            Err(FieldError::TooLong { .. })
+        ));
+        assert!(matches!(farm("").check(), Err(FieldError::Invalid { .. })));
+        assert!(matches!(
+            farm("bad name").check(),
+            Err(FieldError::Invalid { .. })
+        ));
+        let name = |n: &str| Payload::CreateContract(ContractSpec::Name { name: n.into() });
+        assert!(name("my-app").check().is_ok());
+        for bad in ["ab", "-app", "app-", "App", "a.b"] {
+            assert!(name(bad).check().is_err(), "{bad}");
+        }
+        assert!(name(&"a".repeat(64)).check().is_err());
+        let zero = Payload::Transfer {
+            to: key(2).account(),
+            amount: Amount::ZERO,
+        };
+        assert!(zero.check().is_err());
+        let council = Payload::Propose {
+            action: GovAction::SetCouncil {
+                members: vec![key(1).account()],
+                threshold: 2,
+            },
+            description: String::new(),
+        };
+        assert!(council.check().is_err());
+        let tx = SignedTx::new(
+            &key(1),
+            &"c".repeat(33),
+            0,
+            Payload::Vote {
+                proposal: 1,
+                approve: true,
+            },
+        );
+        assert!(matches!(
+            tx.check_fields(),
+            Err(FieldError::TooLong {
+                field: "chain id",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn invitations_bind_farm_node_and_chain() {
+        let owner = key(1);
+        let node = key(2).account();
+        let sig = sign_invitation(&owner, "c", 7, &node);
+        let ok = |chain: &str, farm, n: &AccountId| {
+            sig.verify(
+                &owner.account(),
+                FARM_INVITE_NAMESPACE,
+                &invitation_message(chain, farm, n),
+            )
+        };
+        assert!(ok("c", 7, &node));
+        assert!(!ok("c", 8, &node));
+        assert!(!ok("d", 7, &node));
+        assert!(!ok("c", 7, &key(3).account()));
+    }
+}
