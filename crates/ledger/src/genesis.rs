@@ -1,0 +1,391 @@
+//! Genesis: the chain's first state and every economic parameter, read from TOML.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use peergrid_core::policy::{FarmingPolicy, PricingPolicy};
+use peergrid_core::tx::{CHAIN_ID_BYTES_MAX, COUNCIL_MAX, VALIDATORS_MAX};
+use peergrid_core::{AccountId, Amount, Hash, Keypair};
+
+/// Economic and timing parameters; every one is set at genesis and some can be changed by governance.
+#[derive(
+    Clone,
+    PartialEq,
+    Eq,
+    Debug,
+    Serialize,
+    Deserialize,
+    borsh::BorshSerialize,
+    borsh::BorshDeserialize,
+)]
+pub struct Params {
+    /// Fee per byte of encoded transaction, burned.
+    pub fee_per_byte: Amount,
+    /// How often nodes report uptime.
+    pub uptime_interval_secs: u64,
+    /// How far an uptime report's timestamp may be from ledger time.
+    pub uptime_drift_secs: u64,
+    /// How long a node switched off by its farmer stays "standby" rather than "down".
+    pub standby_max_secs: u64,
+    /// How often contracts are billed.
+    pub billing_interval_secs: u64,
+    /// How long an unpaid contract stays in grace before deletion.
+    pub grace_period_secs: u64,
+    /// Length of a minting period.
+    pub minting_period_secs: u64,
+    /// Clock skew above which a node's period is a violation.
+    pub clock_skew_max_secs: u64,
+    /// How long a governance proposal stays open.
+    pub proposal_ttl_secs: u64,
+    /// The token's price in µUSD, for converting USD prices and rewards.
+    pub token_price_uusd: u64,
+    /// What builders pay.
+    pub pricing: PricingPolicy,
+    /// What farmers earn.
+    pub farming: FarmingPolicy,
+}
+
+impl Params {
+    /// The production defaults (ThreeFold Grid v3 figures).
+    pub fn production() -> Self {
+        Params {
+            fee_per_byte: Amount(10),
+            uptime_interval_secs: 40 * 60,
+            uptime_drift_secs: 60,
+            standby_max_secs: 24 * 3600,
+            billing_interval_secs: 3600,
+            grace_period_secs: 14 * 24 * 3600,
+            minting_period_secs: 2_630_880,
+            clock_skew_max_secs: 120,
+            proposal_ttl_secs: 7 * 24 * 3600,
+            token_price_uusd: 10_000,
+            pricing: PricingPolicy::default(),
+            farming: FarmingPolicy::default(),
+        }
+    }
+
+    /// Devnet timing: everything that takes hours or months in production takes seconds or minutes.
+    pub fn devnet() -> Self {
+        Params {
+            uptime_interval_secs: 10,
+            billing_interval_secs: 10,
+            grace_period_secs: 5 * 60,
+            minting_period_secs: 10 * 60,
+            proposal_ttl_secs: 3600,
+            ..Params::production()
+        }
+    }
+
+    fn check(&self) -> Result<(), GenesisError> {
+        let positive = [
+            ("uptime_interval_secs", self.uptime_interval_secs),
+            ("billing_interval_secs", self.billing_interval_secs),
+            ("minting_period_secs", self.minting_period_secs),
+            ("proposal_ttl_secs", self.proposal_ttl_secs),
+            ("token_price_uusd", self.token_price_uusd),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(GenesisError::Invalid(format!(
+                    "params.{name} must be above zero"
+                )));
+            }
+        }
+        if self.farming.sla_diy_permille > 1000 || self.farming.sla_certified_permille > 1000 {
+            return Err(GenesisError::Invalid(
+                "farming SLA thresholds are at most 1000 ‰".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The council: accounts that propose and approve governance actions.
+#[derive(
+    Clone,
+    PartialEq,
+    Eq,
+    Debug,
+    Serialize,
+    Deserialize,
+    borsh::BorshSerialize,
+    borsh::BorshDeserialize,
+)]
+pub struct Council {
+    /// Members.
+    pub members: Vec<AccountId>,
+    /// Approvals needed to pass a proposal.
+    pub threshold: u32,
+}
+
+/// A validator known at genesis.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct GenesisValidator {
+    /// Its consensus key.
+    pub account: AccountId,
+    /// Where its peers reach it (`host:port`), if fixed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Where its ledger API listens (`http://host:port`), if fixed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api: Option<String>,
+}
+
+/// An account funded at genesis.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct GenesisBalance {
+    /// The account.
+    pub account: AccountId,
+    /// Its balance.
+    pub amount: Amount,
+}
+
+/// Everything the chain starts from.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Genesis {
+    /// The chain's name; transactions for another chain are refused.
+    pub chain_id: String,
+    /// Ledger time of the genesis state, ms since the Unix epoch.
+    pub genesis_time_ms: u64,
+    /// Receives 40 % of contract payments.
+    pub foundation: AccountId,
+    /// Receives 10 % of contract payments.
+    pub staking_pool: AccountId,
+    /// Parameters.
+    pub params: Params,
+    /// The council.
+    pub council: Council,
+    /// The first validator set.
+    pub validators: Vec<GenesisValidator>,
+    /// Initial balances.
+    #[serde(default)]
+    pub balances: Vec<GenesisBalance>,
+}
+
+/// Why a genesis file cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GenesisError {
+    /// The file could not be read or written.
+    #[error("cannot access genesis file {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+    /// Not valid TOML or missing fields.
+    #[error("genesis file {path} is not valid: {reason}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// The parser's complaint, with the line.
+        reason: String,
+    },
+    /// Parsed but breaks a rule.
+    #[error("genesis is not usable: {0}")]
+    Invalid(String),
+}
+
+impl Genesis {
+    /// Read and check a genesis file.
+    pub fn load(path: &Path) -> Result<Genesis, GenesisError> {
+        let text = std::fs::read_to_string(path).map_err(|source| GenesisError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let genesis = Genesis::from_toml(&text).map_err(|reason| GenesisError::Parse {
+            path: path.display().to_string(),
+            reason,
+        })?;
+        genesis.check()?;
+        Ok(genesis)
+    }
+
+    /// Parse TOML without checking the rules.
+    pub fn from_toml(text: &str) -> Result<Genesis, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// The TOML form.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// A digest of the genesis that every validator must agree on.
+    pub fn hash(&self) -> Hash {
+        Hash::of(self.to_toml().as_bytes())
+    }
+
+    /// Check every rule: chain id, unique accounts, sums that fit, a usable council and validator set.
+    pub fn check(&self) -> Result<(), GenesisError> {
+        let invalid = |m: String| Err(GenesisError::Invalid(m));
+        if self.chain_id.is_empty() || self.chain_id.len() > CHAIN_ID_BYTES_MAX {
+            return invalid(format!("chain_id must be 1 to {CHAIN_ID_BYTES_MAX} bytes"));
+        }
+        if !self
+            .chain_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return invalid(format!(
+                "chain_id {:?} may hold only letters, digits, '-' and '_'",
+                self.chain_id
+            ));
+        }
+        self.params.check()?;
+        let mut total = Amount::ZERO;
+        for (i, b) in self.balances.iter().enumerate() {
+            if self.balances[..i].iter().any(|o| o.account == b.account) {
+                return invalid(format!("account {} is funded twice", b.account));
+            }
+            total = match total.checked_add(b.amount) {
+                Some(t) => t,
+                None => {
+                    return invalid(
+                        "the initial balances add up to more than the largest amount".into(),
+                    );
+                }
+            };
+        }
+        let c = &self.council;
+        if c.members.is_empty() || c.members.len() > COUNCIL_MAX {
+            return invalid(format!("the council needs 1 to {COUNCIL_MAX} members"));
+        }
+        if c.threshold == 0 || c.threshold as usize > c.members.len() {
+            return invalid(format!(
+                "council threshold {} must be between 1 and {}",
+                c.threshold,
+                c.members.len()
+            ));
+        }
+        if self.validators.is_empty() || self.validators.len() > VALIDATORS_MAX {
+            return invalid(format!("genesis needs 1 to {VALIDATORS_MAX} validators"));
+        }
+        for (i, v) in self.validators.iter().enumerate() {
+            if self.validators[..i].iter().any(|o| o.account == v.account) {
+                return invalid(format!("validator {} is listed twice", v.account));
+            }
+        }
+        Ok(())
+    }
+
+    /// The total of the initial balances.
+    pub fn supply(&self) -> Amount {
+        Amount(self.balances.iter().map(|b| b.amount.0).sum())
+    }
+}
+
+/// Keys and genesis of a local development network, so a newcomer has funds and a council at once.
+pub struct Devnet {
+    /// The genesis.
+    pub genesis: Genesis,
+    /// The validators' keys, in genesis order.
+    pub validator_keys: Vec<Keypair>,
+    /// A funded account that is also the council, for trying everything.
+    pub demo: Keypair,
+    /// A funded account that tools use to hand out tokens.
+    pub faucet: Keypair,
+}
+
+impl Devnet {
+    /// Fresh random keys for `validators` validators, a demo account and a faucet.
+    pub fn generate(
+        chain_id: &str,
+        validators: usize,
+        genesis_time_ms: u64,
+    ) -> Result<Devnet, peergrid_core::KeyError> {
+        let validator_keys = (0..validators)
+            .map(|_| Keypair::generate())
+            .collect::<Result<Vec<_>, _>>()?;
+        let demo = Keypair::generate()?;
+        let faucet = Keypair::generate()?;
+        let foundation = Keypair::generate()?.account();
+        let staking_pool = Keypair::generate()?.account();
+        let genesis = Genesis {
+            chain_id: chain_id.to_string(),
+            genesis_time_ms,
+            foundation,
+            staking_pool,
+            params: Params::devnet(),
+            council: Council {
+                members: vec![demo.account()],
+                threshold: 1,
+            },
+            validators: validator_keys
+                .iter()
+                .map(|k| GenesisValidator {
+                    account: k.account(),
+                    address: None,
+                    api: None,
+                })
+                .collect(),
+            balances: vec![
+                GenesisBalance {
+                    account: demo.account(),
+                    amount: Amount::tokens(1_000_000),
+                },
+                GenesisBalance {
+                    account: faucet.account(),
+                    amount: Amount::tokens(100_000_000),
+                },
+            ],
+        };
+        Ok(Devnet {
+            genesis,
+            validator_keys,
+            demo,
+            faucet,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devnet_genesis_round_trips_through_toml() {
+        let devnet = Devnet::generate("peergrid-devnet", 4, 1_700_000_000_000).expect("keys");
+        let text = devnet.genesis.to_toml();
+        let back = Genesis::from_toml(&text).expect("parse");
+        assert_eq!(back, devnet.genesis);
+        back.check().expect("valid");
+        assert_eq!(back.hash(), devnet.genesis.hash());
+    }
+
+    #[test]
+    fn broken_genesis_is_refused_with_the_rule() {
+        let devnet = Devnet::generate("t", 1, 0).expect("keys");
+        let mut g = devnet.genesis.clone();
+        g.balances.push(g.balances[0].clone());
+        assert!(
+            g.check()
+                .expect_err("dup")
+                .to_string()
+                .contains("funded twice")
+        );
+        let mut g = devnet.genesis.clone();
+        g.council.threshold = 2;
+        assert!(
+            g.check()
+                .expect_err("threshold")
+                .to_string()
+                .contains("threshold")
+        );
+        let mut g = devnet.genesis.clone();
+        g.chain_id = "has space".into();
+        assert!(g.check().is_err());
+        let mut g = devnet.genesis.clone();
+        g.params.billing_interval_secs = 0;
+        assert!(
+            g.check()
+                .expect_err("zero")
+                .to_string()
+                .contains("billing_interval_secs")
+        );
+        let err = Genesis::from_toml("chain_id = 5").expect_err("type");
+        assert!(!err.is_empty());
+    }
+}
