@@ -1,0 +1,183 @@
+//! A ledger: the state plus its store, advanced one block at a time.
+
+use serde::{Deserialize, Serialize};
+
+use peergrid_core::{Hash, SignedTx, TxHash};
+
+use crate::apply::{BlockContext, Event, TxError};
+use crate::genesis::Genesis;
+use crate::state::State;
+use crate::store::{Store, StoreError};
+
+/// Why a block could not be applied or the ledger opened. Unlike a [`TxError`], this is the caller's fault or the disk's.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LedgerError {
+    /// Blocks apply in order, each once.
+    #[error("block height {got} does not follow the ledger's height {height}")]
+    WrongHeight {
+        /// The ledger's height.
+        height: u64,
+        /// The block's.
+        got: u64,
+    },
+    /// Ledger time only moves forward.
+    #[error("block time {got} ms is not after the previous block's {previous} ms")]
+    TimeNotAfterParent {
+        /// The parent's time.
+        previous: u64,
+        /// The block's.
+        got: u64,
+    },
+    /// The store's data belongs to another chain.
+    #[error(
+        "the data directory holds chain {stored:?} (genesis {stored_genesis}), not {expected:?} (genesis {expected_genesis}); use another directory or remove it"
+    )]
+    WrongChain {
+        /// In the store.
+        stored: String,
+        /// Its genesis hash.
+        stored_genesis: Hash,
+        /// Asked for.
+        expected: String,
+        /// Its genesis hash.
+        expected_genesis: Hash,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The outcome of one transaction in a block.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct TxReceipt {
+    /// The transaction's hash.
+    pub hash: TxHash,
+    /// Its events, or why it was rejected.
+    pub result: Result<Vec<Event>, TxError>,
+}
+
+/// What applying a block produced.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct BlockOutcome {
+    /// The block's height.
+    pub height: u64,
+    /// Its ledger time, ms.
+    pub time_ms: u64,
+    /// The state root after it.
+    pub root: Hash,
+    /// One receipt per transaction, in block order.
+    pub receipts: Vec<TxReceipt>,
+    /// Events of the end-of-block logic.
+    pub end_events: Vec<Event>,
+}
+
+/// The state machine with durable storage.
+pub struct Ledger<S: Store> {
+    state: State,
+    store: S,
+}
+
+impl<S: Store> Ledger<S> {
+    /// Open the ledger in `store`: resume from its last committed block, or start from `genesis` if empty.
+    pub fn open(mut store: S, genesis: &Genesis) -> Result<Self, LedgerError> {
+        let state = match store.load()? {
+            Some(snapshot) => {
+                let state = State::from_entries(
+                    snapshot
+                        .entries
+                        .iter()
+                        .map(|(t, k, v)| (*t, k.as_slice(), v.as_slice())),
+                )
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                if state.root() != snapshot.root || state.height() != snapshot.height {
+                    return Err(StoreError::Corrupt(format!(
+                        "stored root {} at height {} but the entries hash to {} at height {}",
+                        snapshot.root,
+                        snapshot.height,
+                        state.root(),
+                        state.height()
+                    ))
+                    .into());
+                }
+                let config = state.config();
+                if config.genesis_hash != genesis.hash() {
+                    return Err(LedgerError::WrongChain {
+                        stored: config.chain_id.clone(),
+                        stored_genesis: config.genesis_hash,
+                        expected: genesis.chain_id.clone(),
+                        expected_genesis: genesis.hash(),
+                    });
+                }
+                state
+            }
+            None => {
+                let mut state = State::from_genesis(genesis);
+                let (root, changes) = state.commit();
+                store.commit(0, root, &changes)?;
+                state
+            }
+        };
+        Ok(Ledger { state, store })
+    }
+
+    /// The state as of the last committed block.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Apply a block's transactions in order, run end-of-block logic, and commit durably.
+    pub fn execute_block(
+        &mut self,
+        ctx: BlockContext,
+        txs: &[SignedTx],
+    ) -> Result<BlockOutcome, LedgerError> {
+        let height = self.state.height();
+        if ctx.height != height + 1 {
+            return Err(LedgerError::WrongHeight {
+                height,
+                got: ctx.height,
+            });
+        }
+        let previous = self.state.time_ms();
+        if ctx.time_ms <= previous && height > 0 {
+            return Err(LedgerError::TimeNotAfterParent {
+                previous,
+                got: ctx.time_ms,
+            });
+        }
+        let receipts = txs
+            .iter()
+            .map(|tx| TxReceipt {
+                hash: tx.hash(),
+                result: self.state.apply_tx(tx, &ctx),
+            })
+            .collect();
+        let end_events = self.finish_block(&ctx);
+        let (root, changes) = self.state.commit();
+        if let Err(e) = self.store.commit(ctx.height, root, &changes) {
+            // The in-memory state is ahead of the disk now; the caller must reopen from the store.
+            return Err(e.into());
+        }
+        Ok(BlockOutcome {
+            height: ctx.height,
+            time_ms: ctx.time_ms,
+            root,
+            receipts,
+            end_events,
+        })
+    }
+
+    fn finish_block(&mut self, ctx: &BlockContext) -> Vec<Event> {
+        let events = self.state.end_block(ctx.time_ms);
+        let g = self.state.globals_mut();
+        g.height = ctx.height;
+        g.time_ms = ctx.time_ms;
+        events
+    }
+}

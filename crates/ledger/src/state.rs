@@ -1,0 +1,335 @@
+//! The ledger state: typed tables, their commitment, and read access for queries.
+
+use peergrid_core::codec::DecodeError;
+use peergrid_core::{AccountId, Amount, ContractId, FarmId, Hash, NodeId, ProposalId};
+
+use crate::genesis::{Genesis, Params};
+use crate::lthash::LtHash;
+use crate::records::{Account, Config, Contract, Farm, Globals, Node, Proposal};
+use crate::table::{AnyTable, Change, Table};
+
+/// Key of the single entry in the config and globals tables.
+const SINGLETON: u8 = 0;
+
+/// The whole ledger state at one height, and the changes of the block being applied.
+#[derive(Clone)]
+pub struct State {
+    pub(crate) config: Table<u8, Config>,
+    pub(crate) globals: Table<u8, Globals>,
+    pub(crate) accounts: Table<AccountId, Account>,
+    pub(crate) farms: Table<FarmId, Farm>,
+    pub(crate) farm_names: Table<String, FarmId>,
+    pub(crate) nodes: Table<NodeId, Node>,
+    pub(crate) node_accounts: Table<AccountId, NodeId>,
+    pub(crate) contracts: Table<ContractId, Contract>,
+    pub(crate) names: Table<String, ContractId>,
+    pub(crate) proposals: Table<ProposalId, Proposal>,
+    /// Open proposals by expiry, so end-of-block work is proportional to what expires.
+    pub(crate) proposal_expiry: Table<(u64, ProposalId), ()>,
+    /// The commitment over the state as of the last committed block.
+    committed: LtHash,
+}
+
+/// A position to roll the state back to.
+pub(crate) struct Mark([usize; 11]);
+
+impl State {
+    fn empty() -> State {
+        State {
+            config: Table::new(1),
+            globals: Table::new(2),
+            accounts: Table::new(3),
+            farms: Table::new(4),
+            farm_names: Table::new(5),
+            nodes: Table::new(6),
+            node_accounts: Table::new(7),
+            contracts: Table::new(8),
+            names: Table::new(9),
+            proposals: Table::new(10),
+            proposal_expiry: Table::new(11),
+            committed: LtHash::default(),
+        }
+    }
+
+    fn tables(&self) -> [&dyn AnyTable; 11] {
+        [
+            &self.config,
+            &self.globals,
+            &self.accounts,
+            &self.farms,
+            &self.farm_names,
+            &self.nodes,
+            &self.node_accounts,
+            &self.contracts,
+            &self.names,
+            &self.proposals,
+            &self.proposal_expiry,
+        ]
+    }
+
+    fn tables_mut(&mut self) -> [&mut dyn AnyTable; 11] {
+        [
+            &mut self.config,
+            &mut self.globals,
+            &mut self.accounts,
+            &mut self.farms,
+            &mut self.farm_names,
+            &mut self.nodes,
+            &mut self.node_accounts,
+            &mut self.contracts,
+            &mut self.names,
+            &mut self.proposals,
+            &mut self.proposal_expiry,
+        ]
+    }
+
+    /// The state described by `genesis`, at height 0, not yet committed.
+    pub fn from_genesis(genesis: &Genesis) -> State {
+        let mut state = State::empty();
+        state.config.insert(
+            SINGLETON,
+            Config {
+                chain_id: genesis.chain_id.clone(),
+                genesis_hash: genesis.hash(),
+                foundation: genesis.foundation,
+                staking_pool: genesis.staking_pool,
+                params: genesis.params.clone(),
+                council: genesis.council.clone(),
+                validators: genesis.validators.iter().map(|v| v.account).collect(),
+                pending_validators: None,
+            },
+        );
+        for b in &genesis.balances {
+            state.accounts.insert(
+                b.account,
+                Account {
+                    balance: b.amount,
+                    nonce: 0,
+                },
+            );
+        }
+        state.globals.insert(
+            SINGLETON,
+            Globals {
+                height: 0,
+                time_ms: genesis.genesis_time_ms,
+                next_farm: 1,
+                next_node: 1,
+                next_contract: 1,
+                next_proposal: 1,
+                genesis_supply: genesis.supply(),
+                minted: Amount::ZERO,
+                burned: Amount::ZERO,
+            },
+        );
+        state
+    }
+
+    /// Rebuild a state from stored entries, recomputing its commitment from scratch.
+    pub(crate) fn from_entries<'a>(
+        entries: impl IntoIterator<Item = (u8, &'a [u8], &'a [u8])>,
+    ) -> Result<State, DecodeError> {
+        let mut state = State::empty();
+        for (tag, key, value) in entries {
+            let table = state
+                .tables_mut()
+                .into_iter()
+                .find(|t| t.tag() == tag)
+                .ok_or_else(|| DecodeError::Malformed {
+                    what: "state entry",
+                    reason: format!("unknown table {tag}"),
+                })?;
+            table.load_entry(key, value)?;
+        }
+        let mut acc = LtHash::default();
+        for t in state.tables() {
+            t.fold_all(&mut acc);
+        }
+        state.committed = acc;
+        if state.config.get(&SINGLETON).is_none() || state.globals.get(&SINGLETON).is_none() {
+            return Err(DecodeError::Malformed {
+                what: "state",
+                reason: "config or globals missing".into(),
+            });
+        }
+        Ok(state)
+    }
+
+    pub(crate) fn mark(&self) -> Mark {
+        let mut m = [0; 11];
+        for (slot, t) in m.iter_mut().zip(self.tables()) {
+            *slot = t.mark();
+        }
+        Mark(m)
+    }
+
+    pub(crate) fn rollback(&mut self, mark: &Mark) {
+        for (t, m) in self.tables_mut().into_iter().zip(mark.0) {
+            t.rollback(m);
+        }
+    }
+
+    pub(crate) fn forget_undo(&mut self) {
+        for t in self.tables_mut() {
+            t.forget_undo();
+        }
+    }
+
+    /// The state root including the changes of the block being applied.
+    pub fn pending_root(&self) -> Hash {
+        let mut acc = self.committed.clone();
+        for t in self.tables() {
+            t.fold_changes(&mut acc);
+        }
+        acc.root()
+    }
+
+    /// Close the block: fold its changes into the commitment and hand them over for storage.
+    pub(crate) fn commit(&mut self) -> (Hash, Vec<Change>) {
+        let mut acc = self.committed.clone();
+        for t in self.tables() {
+            t.fold_changes(&mut acc);
+        }
+        let mut changes = Vec::new();
+        for t in self.tables_mut() {
+            t.take_changes(&mut changes);
+        }
+        self.committed = acc;
+        (self.committed.root(), changes)
+    }
+
+    /// The state root of the last committed block.
+    pub fn root(&self) -> Hash {
+        self.committed.root()
+    }
+
+    /// Configuration.
+    pub fn config(&self) -> &Config {
+        // Present from genesis on; from_entries refuses a state without it.
+        self.config
+            .get(&SINGLETON)
+            .expect("config is written at genesis")
+    }
+
+    pub(crate) fn config_mut(&mut self) -> &mut Config {
+        self.config
+            .get_mut(&SINGLETON)
+            .expect("config is written at genesis")
+    }
+
+    /// Counters and totals.
+    pub fn globals(&self) -> &Globals {
+        self.globals
+            .get(&SINGLETON)
+            .expect("globals are written at genesis")
+    }
+
+    pub(crate) fn globals_mut(&mut self) -> &mut Globals {
+        self.globals
+            .get_mut(&SINGLETON)
+            .expect("globals are written at genesis")
+    }
+
+    /// Economic parameters in force.
+    pub fn params(&self) -> &Params {
+        &self.config().params
+    }
+
+    /// The chain's name.
+    pub fn chain_id(&self) -> &str {
+        &self.config().chain_id
+    }
+
+    /// Height of the last applied block.
+    pub fn height(&self) -> u64 {
+        self.globals().height
+    }
+
+    /// Ledger time of the last applied block, ms.
+    pub fn time_ms(&self) -> u64 {
+        self.globals().time_ms
+    }
+
+    /// An account (empty if never seen).
+    pub fn account(&self, id: &AccountId) -> Account {
+        self.accounts.get(id).copied().unwrap_or_default()
+    }
+
+    /// All accounts, in id order.
+    pub fn accounts(&self) -> impl DoubleEndedIterator<Item = (&AccountId, &Account)> {
+        self.accounts.iter()
+    }
+
+    /// A farm.
+    pub fn farm(&self, id: FarmId) -> Option<&Farm> {
+        self.farms.get(&id)
+    }
+
+    /// A farm by its name.
+    pub fn farm_by_name(&self, name: &str) -> Option<&Farm> {
+        self.farm_names
+            .get(&name.to_string())
+            .and_then(|id| self.farms.get(id))
+    }
+
+    /// Farms with ids from `from`, in id order.
+    pub fn farms(&self, from: FarmId) -> impl Iterator<Item = &Farm> {
+        self.farms.range(from..).map(|(_, f)| f)
+    }
+
+    /// A node.
+    pub fn node(&self, id: NodeId) -> Option<&Node> {
+        self.nodes.get(&id)
+    }
+
+    /// The node registered with `account` as its key.
+    pub fn node_by_account(&self, account: &AccountId) -> Option<&Node> {
+        self.node_accounts
+            .get(account)
+            .and_then(|id| self.nodes.get(id))
+    }
+
+    /// Nodes with ids from `from`, in id order.
+    pub fn nodes(&self, from: NodeId) -> impl Iterator<Item = &Node> {
+        self.nodes.range(from..).map(|(_, n)| n)
+    }
+
+    /// A contract.
+    pub fn contract(&self, id: ContractId) -> Option<&Contract> {
+        self.contracts.get(&id)
+    }
+
+    /// The contract holding a gateway name.
+    pub fn contract_by_name(&self, name: &str) -> Option<&Contract> {
+        self.names
+            .get(&name.to_string())
+            .and_then(|id| self.contracts.get(id))
+    }
+
+    /// Contracts with ids from `from`, in id order.
+    pub fn contracts(&self, from: ContractId) -> impl Iterator<Item = &Contract> {
+        self.contracts.range(from..).map(|(_, c)| c)
+    }
+
+    /// A proposal.
+    pub fn proposal(&self, id: ProposalId) -> Option<&Proposal> {
+        self.proposals.get(&id)
+    }
+
+    /// Proposals with ids from `from`, in id order.
+    pub fn proposals(&self, from: ProposalId) -> impl Iterator<Item = &Proposal> {
+        self.proposals.range(from..).map(|(_, p)| p)
+    }
+
+    /// Sum of every balance (pools included).
+    pub fn total_balances(&self) -> u128 {
+        self.accounts.iter().map(|(_, a)| a.balance.0 as u128).sum()
+    }
+
+    /// Whether genesis + minted − burned equals the sum of all balances.
+    pub fn supply_is_conserved(&self) -> bool {
+        let g = self.globals();
+        g.genesis_supply.0 as u128 + g.minted.0 as u128 - g.burned.0 as u128
+            == self.total_balances()
+    }
+}
