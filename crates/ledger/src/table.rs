@@ -201,3 +201,83 @@ where
         self.tag
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn full_root(t: &Table<u32, u64>) -> peergrid_core::Hash {
+        let mut acc = LtHash::default();
+        t.fold_all(&mut acc);
+        acc.root()
+    }
+
+    #[test]
+    fn rollback_restores_inserts_updates_and_removals() {
+        let mut t: Table<u32, u64> = Table::new(1);
+        t.insert(1, 10);
+        t.insert(2, 20);
+        t.forget_undo();
+        let before = t.map.clone();
+        let mark = t.mark();
+        t.insert(3, 30);
+        *t.get_mut(&1).expect("present") = 11;
+        t.remove(&2);
+        t.insert(2, 21);
+        t.rollback(mark);
+        assert_eq!(t.map, before);
+    }
+
+    #[test]
+    fn a_block_reports_only_net_changes() {
+        let mut t: Table<u32, u64> = Table::new(1);
+        t.insert(1, 10);
+        t.insert(2, 20);
+        let mut out = Vec::new();
+        t.take_changes(&mut out);
+        assert_eq!(out.len(), 2);
+        t.insert(1, 11);
+        t.insert(1, 10); // back to where it was
+        t.remove(&2);
+        t.insert(3, 30);
+        t.remove(&3); // created and removed within the block
+        let mut out = Vec::new();
+        t.take_changes(&mut out);
+        assert_eq!(
+            out,
+            vec![Change {
+                table: 1,
+                key: codec::encode(&2u32),
+                value: None
+            }]
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn incremental_root_equals_a_full_recompute(
+            blocks in proptest::collection::vec(
+                proptest::collection::vec((0u32..16, proptest::option::of(any::<u64>()), any::<bool>()), 0..12),
+                1..6,
+            )
+        ) {
+            let mut t: Table<u32, u64> = Table::new(7);
+            let mut committed = LtHash::default();
+            for block in blocks {
+                for (key, value, keep) in block {
+                    let mark = t.mark();
+                    match value {
+                        Some(v) => t.insert(key, v),
+                        None => { t.remove(&key); }
+                    }
+                    if keep { t.forget_undo() } else { t.rollback(mark) }
+                }
+                t.fold_changes(&mut committed);
+                let mut out = Vec::new();
+                t.take_changes(&mut out);
+                prop_assert_eq!(committed.root(), full_root(&t));
+            }
+        }
+    }
+}
