@@ -32,7 +32,7 @@ pub fn phrase_lines(phrase: &str) -> String {
         .join("\n")
 }
 
-/// A duration in the largest unit that keeps it readable: `10 s`, `40 min`, `14 days`, `30.5 days`.
+/// A duration in the largest unit that keeps it readable: `10 s`, `40 min`, `14 days`, `30.4 days`.
 pub fn human_duration(duration: Duration) -> String {
     let secs = duration.as_secs();
     let (unit_secs, unit) = match secs {
@@ -81,7 +81,7 @@ mod tests {
         assert_eq!(human_duration(d(3600)), "1 h");
         assert_eq!(human_duration(d(86_400)), "1 day");
         assert_eq!(human_duration(d(14 * 86_400)), "14 days");
-        assert_eq!(human_duration(d(2_630_880)), "30.5 days");
+        assert_eq!(human_duration(d(2_630_880)), "30.4 days");
     }
 
     #[test]
