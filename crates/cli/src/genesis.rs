@@ -113,7 +113,7 @@ fn new(
         .zip(&validator_files)
         .chain([(&devnet.demo, &demo_file), (&devnet.faucet, &faucet_file)]);
     for (key, file) in keys {
-        key.save(file, true)?;
+        key.save(file, force)?;
     }
     // The genesis goes last: if it exists, so do the keys it names.
     write_public_atomically(out, devnet.genesis.to_toml().as_bytes(), force)?;

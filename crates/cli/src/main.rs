@@ -85,13 +85,13 @@ const CONSENSUS_MISSING: &str =
     "not yet available: the ledger consensus (issue 3) is not built yet";
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let ctx = Globals {
+    let globals = Globals {
         json: cli.json,
         key: cli.key,
     };
     match cli.command {
-        Command::Key(cmd) => key::run(&ctx, cmd),
-        Command::Genesis(cmd) => genesis::run(&ctx, cmd),
+        Command::Key(cmd) => key::run(&globals, cmd),
+        Command::Genesis(cmd) => genesis::run(&globals, cmd),
         Command::Devnet | Command::Validator(ValidatorCommand::Run) => bail!(CONSENSUS_MISSING),
     }
 }
