@@ -1,1 +1,174 @@
-fn main() {}
+//! The `peergrid` command: parses arguments, calls the crates, prints the result.
+//!
+//! # Status: ALPHA
+//!
+//! Nothing here decides anything: keys come from `peergrid-core`, genesis rules from
+//! `peergrid-ledger`. Every command prints aligned text for people, or exactly one
+//! JSON object on stdout with `--json`. Errors go to stderr as `error: <message>`
+//! with exit code 1; usage errors exit with 2.
+
+mod genesis;
+mod key;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{ArgAction, Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// peergrid: a peer-to-peer cloud. Peer-to-peer moves the data; the ledger records the trust.
+#[derive(Parser)]
+#[command(name = "peergrid", version)]
+struct Cli {
+    /// Print one JSON object on stdout instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Key file [default: $PEERGRID_HOME/key.json, PEERGRID_HOME defaults to ~/.peergrid].
+    #[arg(long, global = true, value_name = "FILE")]
+    key: Option<PathBuf>,
+    /// Log to stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create, restore and show your account key.
+    #[command(subcommand)]
+    Key(key::KeyCommand),
+    /// Create and check genesis files.
+    #[command(subcommand)]
+    Genesis(genesis::GenesisCommand),
+    /// Start a whole grid on this machine (not yet available).
+    Devnet,
+    /// Run a validator.
+    #[command(subcommand)]
+    Validator(ValidatorCommand),
+}
+
+#[derive(Subcommand)]
+enum ValidatorCommand {
+    /// Run a validator that keeps the ledger (not yet available).
+    Run,
+}
+
+/// What every command gets besides its own arguments.
+struct Globals {
+    json: bool,
+    key: Option<PathBuf>,
+}
+
+impl Globals {
+    /// The key file to use: `--key`, else `$PEERGRID_HOME/key.json`, else `~/.peergrid/key.json`.
+    fn key_file(&self) -> anyhow::Result<PathBuf> {
+        if let Some(path) = &self.key {
+            return Ok(path.clone());
+        }
+        let home = match std::env::var_os("PEERGRID_HOME") {
+            Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+            _ => {
+                let home = std::env::var_os("HOME")
+                    .filter(|h| !h.is_empty())
+                    .context("neither PEERGRID_HOME nor HOME is set; pass --key FILE")?;
+                PathBuf::from(home).join(".peergrid")
+            }
+        };
+        Ok(home.join("key.json"))
+    }
+}
+
+const CONSENSUS_MISSING: &str =
+    "not yet available: the ledger consensus (issue 3) is not built yet";
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let globals = Globals {
+        json: cli.json,
+        key: cli.key,
+    };
+    match cli.command {
+        Command::Key(cmd) => key::run(&globals, cmd),
+        Command::Genesis(cmd) => genesis::run(&globals, cmd),
+        Command::Devnet | Command::Validator(ValidatorCommand::Run) => bail!(CONSENSUS_MISSING),
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", error_message(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error chain joined with ": ", without a backtrace. Some errors already print
+/// their source in their own message; a cause that the text so far ends with is skipped
+/// rather than said twice.
+fn error_message(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let cause = cause.to_string();
+        if text.ends_with(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_chain_is_joined_without_repeating_a_cause() {
+        /// Like `thiserror`'s `#[error("cannot read {path}: {source}")]` with a `source` field.
+        #[derive(Debug)]
+        struct Echoing {
+            path: &'static str,
+            source: std::io::Error,
+        }
+        impl std::fmt::Display for Echoing {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "cannot read {}: {}", self.path, self.source)
+            }
+        }
+        impl std::error::Error for Echoing {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.source)
+            }
+        }
+        let io = || std::io::Error::new(std::io::ErrorKind::NotFound, "not found");
+        let echoing = anyhow::Error::new(Echoing {
+            path: "a.toml",
+            source: io(),
+        });
+        assert_eq!(error_message(&echoing), "cannot read a.toml: not found");
+        let wrapped = anyhow::Error::new(io()).context("loading genesis");
+        assert_eq!(error_message(&wrapped), "loading genesis: not found");
+    }
+}

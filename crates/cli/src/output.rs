@@ -1,0 +1,95 @@
+//! Printing: aligned `label  value` rows for people, one JSON object for scripts.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// Print `value` as one line of JSON on stdout.
+pub fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string(value)?);
+    Ok(())
+}
+
+/// Print rows as `  label  value` with the values aligned in one column.
+pub fn rows(rows: &[(&str, String)]) {
+    let width = rows
+        .iter()
+        .map(|(l, _)| l.chars().count())
+        .max()
+        .unwrap_or(0);
+    for (label, value) in rows {
+        println!("  {label:<width$}  {value}");
+    }
+}
+
+/// A backup phrase as 4 lines of 6 words: readable, and still pastes into `peergrid key import`.
+pub fn phrase_lines(phrase: &str) -> String {
+    let words: Vec<&str> = phrase.split_whitespace().collect();
+    words
+        .chunks(6)
+        .map(|line| format!("    {}", line.join(" ")))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A duration in the largest unit that keeps it readable: `10 s`, `40 min`, `14 days`, `30.4 days`.
+pub fn human_duration(duration: Duration) -> String {
+    let secs = duration.as_secs();
+    let (unit_secs, unit) = match secs {
+        0..60 => return format!("{secs} s"),
+        60..3600 => (60, "min"),
+        3600..86_400 => (3600, "h"),
+        _ => (86_400, "days"),
+    };
+    if secs == 86_400 {
+        "1 day".to_string()
+    } else if secs.is_multiple_of(unit_secs) {
+        format!("{} {unit}", secs / unit_secs)
+    } else {
+        format!("{:.1} {unit}", secs as f64 / unit_secs as f64)
+    }
+}
+
+/// Micro-USD as dollars: `$22`, `$0.05`.
+pub fn usd(uusd: u64) -> String {
+    let whole = uusd / 1_000_000;
+    let frac = uusd % 1_000_000;
+    if frac == 0 {
+        format!("${whole}")
+    } else {
+        let digits = format!("{frac:06}");
+        let digits = digits.trim_end_matches('0');
+        // Cents always shown in pairs: $0.5 reads oddly, $0.50 does not.
+        if digits.len() == 1 {
+            format!("${whole}.{digits}0")
+        } else {
+            format!("${whole}.{digits}")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_pick_a_readable_unit() {
+        let d = Duration::from_secs;
+        assert_eq!(human_duration(d(10)), "10 s");
+        assert_eq!(human_duration(d(40 * 60)), "40 min");
+        assert_eq!(human_duration(d(90)), "1.5 min");
+        assert_eq!(human_duration(d(3600)), "1 h");
+        assert_eq!(human_duration(d(86_400)), "1 day");
+        assert_eq!(human_duration(d(14 * 86_400)), "14 days");
+        assert_eq!(human_duration(d(2_630_880)), "30.4 days");
+    }
+
+    #[test]
+    fn micro_usd_prints_as_dollars() {
+        assert_eq!(usd(22_000_000), "$22");
+        assert_eq!(usd(50_000), "$0.05");
+        assert_eq!(usd(500_000), "$0.50");
+        assert_eq!(usd(10_000), "$0.01");
+        assert_eq!(usd(1), "$0.000001");
+    }
+}
