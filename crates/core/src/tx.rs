@@ -603,10 +603,10 @@ impl Payload {
                             return Err(invalid("discount", "a discount cannot exceed 100 %"));
                         }
                     }
-                    GovAction::SetFarmingPolicy(f) => {
-                        if f.sla_diy_permille > 1000 || f.sla_certified_permille > 1000 {
-                            return Err(invalid("SLA", "uptime thresholds are at most 1000 ‰"));
-                        }
+                    GovAction::SetFarmingPolicy(f)
+                        if f.sla_diy_permille > 1000 || f.sla_certified_permille > 1000 =>
+                    {
+                        return Err(invalid("SLA", "uptime thresholds are at most 1000 ‰"));
                     }
                     _ => {}
                 }
