@@ -333,3 +333,31 @@ impl State {
             == self.total_balances()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::genesis::Devnet;
+
+    #[test]
+    fn rollback_undoes_changes_across_every_table() {
+        let devnet = Devnet::generate("t", 1, 1000).expect("keys");
+        let mut state = State::from_genesis(&devnet.genesis);
+        state.commit();
+        let root = state.pending_root();
+        let mark = state.mark();
+        state.globals_mut().height = 9;
+        state.config_mut().params.token_price_uusd = 1;
+        state
+            .accounts
+            .insert(devnet.demo.account(), Account::default());
+        state.farm_names.insert("x".into(), 1);
+        state.proposal_expiry.insert((5, 5), ());
+        assert_ne!(state.pending_root(), root);
+        state.rollback(&mark);
+        assert_eq!(state.pending_root(), root);
+        let (committed, changes) = state.commit();
+        assert_eq!(committed, root);
+        assert!(changes.is_empty(), "{changes:?}");
+    }
+}
