@@ -124,10 +124,9 @@ impl Keypair {
 
     /// Sign `message` within `namespace`, so a signature for one purpose is never valid for another.
     pub fn sign(&self, namespace: &[u8], message: &[u8]) -> [u8; 64] {
-        let mut data = Vec::with_capacity(namespace.len() + message.len());
-        data.extend_from_slice(namespace);
-        data.extend_from_slice(message);
-        self.signing.sign(&data).to_bytes()
+        self.signing
+            .sign(&signed_bytes(namespace, message))
+            .to_bytes()
     }
 
     /// Read a key file written by [`Keypair::save`].
@@ -179,6 +178,17 @@ impl Keypair {
         let text = Zeroizing::new(serde_json::to_string_pretty(&file).unwrap_or_default() + "\n");
         write_private_atomically(path, text.as_bytes())
     }
+}
+
+/// What is actually signed: the namespace's length, the namespace, then the message.
+///
+/// The length prefix keeps one namespace from being a prefix of another's signed bytes.
+pub fn signed_bytes(namespace: &[u8], message: &[u8]) -> Vec<u8> {
+    let mut data = Vec::with_capacity(1 + namespace.len() + message.len());
+    data.push(u8::try_from(namespace.len()).unwrap_or(u8::MAX));
+    data.extend_from_slice(namespace);
+    data.extend_from_slice(message);
+    data
 }
 
 const KEY_FILE_VERSION: u32 = 1;

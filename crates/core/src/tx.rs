@@ -40,6 +40,9 @@ pub const DESCRIPTION_BYTES_MAX: usize = 2048;
 pub const COUNCIL_MAX: usize = 64;
 /// Largest validator set.
 pub const VALIDATORS_MAX: usize = 128;
+/// Highest fee per byte governance may set: 1,000 times the default, so a typo cannot price
+/// everyone, the council included, out of the ledger.
+pub const FEE_PER_BYTE_MAX: Amount = Amount(10_000);
 /// Most public IPs one deployment may reserve.
 pub const CONTRACT_PUBLIC_IPS_MAX: u32 = 16;
 
@@ -298,10 +301,8 @@ impl Signature {
             return false;
         };
         let sig = ed25519_dalek::Signature::from_bytes(&self.0);
-        let mut data = Vec::with_capacity(namespace.len() + message.len());
-        data.extend_from_slice(namespace);
-        data.extend_from_slice(message);
-        key.verify_strict(&data, &sig).is_ok()
+        key.verify_strict(&crate::keys::signed_bytes(namespace, message), &sig)
+            .is_ok()
     }
 }
 
@@ -332,6 +333,9 @@ pub struct TxBody {
     pub signer: AccountId,
     /// The signer's next nonce: each account's transactions apply in nonce order, once.
     pub nonce: u64,
+    /// Ledger time after which the transaction can no longer apply, ms: a transaction that was
+    /// rejected, or never included, cannot be replayed months later.
+    pub expires_ms: u64,
     /// What to do.
     pub payload: Payload,
 }
@@ -430,6 +434,11 @@ pub fn check_gateway_name(name: &str) -> Result<(), FieldError> {
 fn check_location(loc: &Location) -> Result<(), FieldError> {
     check_len("country", loc.country.len(), LOCATION_FIELD_BYTES_MAX)?;
     check_len("city", loc.city.len(), LOCATION_FIELD_BYTES_MAX)?;
+    for (field, text) in [("country", &loc.country), ("city", &loc.city)] {
+        if text.chars().any(char::is_control) {
+            return Err(invalid(field, "control characters are not allowed"));
+        }
+    }
     if !(-90_000_000..=90_000_000).contains(&loc.latitude_micro) {
         return Err(invalid(
             "latitude",
@@ -568,7 +577,15 @@ impl Payload {
                 }
                 ContractSpec::Rent { .. } => {}
             },
-            Payload::UpdateContract { resources, .. } => check_capacity("resources", resources)?,
+            Payload::UpdateContract { resources, .. } => {
+                check_capacity("resources", resources)?;
+                if resources.is_zero() {
+                    return Err(invalid(
+                        "resources",
+                        "a deployment must reserve something; cancel it instead",
+                    ));
+                }
+            }
             Payload::CancelContract { .. } | Payload::Vote { .. } => {}
             Payload::Propose {
                 action,
@@ -578,6 +595,12 @@ impl Payload {
                 match action {
                     GovAction::SetTokenPrice { uusd } if *uusd == 0 => {
                         return Err(invalid("token price", "must be above zero"));
+                    }
+                    GovAction::SetFeePerByte { fee } if *fee > FEE_PER_BYTE_MAX => {
+                        return Err(invalid(
+                            "fee per byte",
+                            format!("{fee} PGT is above the cap of {FEE_PER_BYTE_MAX} PGT"),
+                        ));
                     }
                     GovAction::SetCouncil { members, threshold } => {
                         check_accounts("council", members, COUNCIL_MAX)?;
@@ -628,12 +651,24 @@ impl TxBody {
 }
 
 impl SignedTx {
-    /// Build and sign a transaction in one step.
+    /// Build and sign a transaction that never expires; for tests and tools that replay history.
     pub fn new(key: &Keypair, chain_id: &str, nonce: u64, payload: Payload) -> SignedTx {
+        Self::expiring(key, chain_id, nonce, u64::MAX, payload)
+    }
+
+    /// Build and sign a transaction valid until ledger time `expires_ms`.
+    pub fn expiring(
+        key: &Keypair,
+        chain_id: &str,
+        nonce: u64,
+        expires_ms: u64,
+        payload: Payload,
+    ) -> SignedTx {
         TxBody {
             chain_id: chain_id.to_string(),
             signer: key.account(),
             nonce,
+            expires_ms,
             payload,
         }
         .sign(key)

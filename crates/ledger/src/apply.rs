@@ -54,6 +54,16 @@ pub enum TxError {
         /// The claimed signer.
         signer: AccountId,
     },
+    /// Past its expiry.
+    #[error(
+        "expired: the transaction was valid until ledger time {expires_ms} ms, it is now {now_ms} ms; sign a new one"
+    )]
+    Expired {
+        /// The transaction's expiry.
+        expires_ms: u64,
+        /// The block's time.
+        now_ms: u64,
+    },
     /// Nonce already used.
     #[error("stale nonce {got}: {signer} already used it; the next nonce is {expected}")]
     StaleNonce {
@@ -138,7 +148,9 @@ pub enum TxError {
         signer: AccountId,
     },
     /// An uptime report came too early.
-    #[error("uptime report too soon: node {node} may report again at ledger time {next_ms} ms")]
+    #[error(
+        "uptime report too soon: node {node} already reported in this interval; the next one opens at ledger time {next_ms} ms"
+    )]
     UptimeTooSoon {
         /// The node.
         node: NodeId,
@@ -430,6 +442,12 @@ impl State {
         ctx: &BlockContext,
     ) -> Result<Vec<Event>, TxError> {
         let signer = tx.body.signer;
+        if ctx.time_ms > tx.body.expires_ms {
+            return Err(TxError::Expired {
+                expires_ms: tx.body.expires_ms,
+                now_ms: ctx.time_ms,
+            });
+        }
         self.check_nonce(&signer, tx.body.nonce)?;
         let mut events = Vec::new();
         let fee = if self.is_free(tx) {
@@ -462,13 +480,11 @@ impl State {
                 fee,
                 available: account.balance,
             })?;
-        self.accounts.insert(
-            signer,
-            Account {
-                balance,
-                nonce: account.nonce + 1,
-            },
-        );
+        let nonce = account
+            .nonce
+            .checked_add(1)
+            .ok_or_else(|| TxError::Overflow("nonce".into()))?;
+        self.accounts.insert(signer, Account { balance, nonce });
         if fee.0 > 0 {
             let g = self.globals_mut();
             g.burned = g
@@ -544,7 +560,7 @@ impl State {
                 });
             }
             Payload::CreateFarm { name, public_ips } => {
-                if self.farm_names.contains(name) {
+                if self.farm_names.contains(&name.to_lowercase()) {
                     return Err(TxError::FarmNameTaken(name.clone()));
                 }
                 let id = self.next_farm_id()?;
@@ -566,7 +582,7 @@ impl State {
                         created_ms: ctx.time_ms,
                     },
                 );
-                self.farm_names.insert(name.clone(), id);
+                self.farm_names.insert(name.to_lowercase(), id);
                 events.push(Event::FarmCreated {
                     farm: id,
                     owner: signer,
@@ -583,11 +599,12 @@ impl State {
                 if let Some(name) = name
                     && *name != f.name
                 {
-                    if self.farm_names.contains(name) {
+                    let key = name.to_lowercase();
+                    if self.farm_names.get(&key).is_some_and(|id| *id != f.id) {
                         return Err(TxError::FarmNameTaken(name.clone()));
                     }
-                    self.farm_names.remove(&f.name);
-                    self.farm_names.insert(name.clone(), f.id);
+                    self.farm_names.remove(&f.name.to_lowercase());
+                    self.farm_names.insert(key, f.id);
                     f.name = name.clone();
                 }
                 if let Some(ips) = public_ips {
@@ -714,15 +731,16 @@ impl State {
                         max_secs: params.uptime_drift_secs,
                     });
                 }
-                // Three quarters of an interval: a node on schedule is never refused for block-time
-                // jitter, and still cannot report much more often than once per interval.
-                let min_gap_ms = params.uptime_interval_secs * 1000 * 3 / 4;
+                // Ledger time is cut into windows of one interval and a node reports once per
+                // window: a strict "once per interval" that block-time jitter cannot game.
+                let interval_ms = params.uptime_interval_secs * 1000;
+                let window = ctx.time_ms / interval_ms;
                 if let Some(last) = n.uptime.last_report_ms
-                    && ctx.time_ms < last + min_gap_ms
+                    && last / interval_ms >= window
                 {
                     return Err(TxError::UptimeTooSoon {
                         node: *node,
-                        next_ms: last + min_gap_ms,
+                        next_ms: (window + 1) * interval_ms,
                     });
                 }
                 if let Some(n) = self.nodes.get_mut(node) {
@@ -730,7 +748,7 @@ impl State {
                         last_report_ms: Some(ctx.time_ms),
                         last_uptime_secs: *uptime_secs,
                         last_timestamp_secs: *timestamp_secs,
-                        reports: n.uptime.reports + 1,
+                        reports: n.uptime.reports.saturating_add(1),
                     };
                 }
                 events.push(Event::UptimeReported {
@@ -995,6 +1013,10 @@ impl State {
                 });
             }
             let farm_id = n.farm;
+            let contracts = n
+                .contracts
+                .checked_add(1)
+                .ok_or_else(|| TxError::Overflow("contracts on a node".into()))?;
             if ip_count > 0 {
                 let farm = self.farm(farm_id).ok_or(TxError::UnknownFarm(farm_id))?;
                 let free: Vec<usize> = farm
@@ -1020,7 +1042,7 @@ impl State {
             }
             if let Some(n) = self.nodes.get_mut(&node_id) {
                 n.used = used;
-                n.contracts += 1;
+                n.contracts = contracts;
                 if matches!(spec, ContractSpec::Rent { .. }) {
                     n.rented_by = Some(id);
                 }

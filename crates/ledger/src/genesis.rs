@@ -213,9 +213,30 @@ impl Genesis {
         toml::to_string_pretty(self).unwrap_or_default()
     }
 
-    /// A digest of the genesis that every validator must agree on.
+    /// A digest of everything in the genesis that consensus depends on.
+    ///
+    /// Computed over the canonical binary encoding, not the TOML text, so that a formatting
+    /// change or a validator's network address never changes the chain's identity.
     pub fn hash(&self) -> Hash {
-        Hash::of(self.to_toml().as_bytes())
+        let validators: Vec<&AccountId> = self.validators.iter().map(|v| &v.account).collect();
+        let balances: Vec<(&AccountId, &Amount)> = self
+            .balances
+            .iter()
+            .map(|b| (&b.account, &b.amount))
+            .collect();
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(b"_PEERGRID_LEDGER_GENESIS");
+        hasher.update(&peergrid_core::codec::encode(&(
+            &self.chain_id,
+            self.genesis_time_ms,
+            &self.foundation,
+            &self.staking_pool,
+            &self.params,
+            &self.council,
+            validators,
+            balances,
+        )));
+        Hash(*hasher.finalize().as_bytes())
     }
 
     /// Check every rule: chain id, unique accounts, sums that fit, a usable council and validator set.
@@ -252,6 +273,11 @@ impl Genesis {
         let c = &self.council;
         if c.members.is_empty() || c.members.len() > COUNCIL_MAX {
             return invalid(format!("the council needs 1 to {COUNCIL_MAX} members"));
+        }
+        for (i, m) in c.members.iter().enumerate() {
+            if c.members[..i].contains(m) {
+                return invalid(format!("council member {m} is listed twice"));
+            }
         }
         if c.threshold == 0 || c.threshold as usize > c.members.len() {
             return invalid(format!(
@@ -367,6 +393,15 @@ mod tests {
                 .contains("funded twice")
         );
         let mut g = devnet.genesis.clone();
+        g.council.members.push(g.council.members[0]);
+        g.council.threshold = 2;
+        assert!(
+            g.check()
+                .expect_err("dup member")
+                .to_string()
+                .contains("listed twice")
+        );
+        let mut g = devnet.genesis.clone();
         g.council.threshold = 2;
         assert!(
             g.check()
@@ -385,6 +420,15 @@ mod tests {
                 .to_string()
                 .contains("billing_interval_secs")
         );
+        let mut g = devnet.genesis.clone();
+        g.validators[0].address = Some("10.0.0.1:4000".into());
+        assert_eq!(
+            g.hash(),
+            devnet.genesis.hash(),
+            "network addresses are not consensus data"
+        );
+        g.params.fee_per_byte = Amount(11);
+        assert_ne!(g.hash(), devnet.genesis.hash());
         let err = Genesis::from_toml("chain_id = 5").expect_err("type");
         assert!(!err.is_empty());
     }

@@ -46,6 +46,14 @@ pub enum LedgerError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A block's commit failed earlier; memory and disk may differ until the ledger is reopened.
+    #[error(
+        "a previous block failed to commit to disk; reopen the ledger to resume from the last committed block"
+    )]
+    Poisoned,
+    /// The genesis breaks a rule.
+    #[error(transparent)]
+    Genesis(#[from] crate::genesis::GenesisError),
 }
 
 /// The outcome of one transaction in a block.
@@ -76,11 +84,14 @@ pub struct BlockOutcome {
 pub struct Ledger<S: Store> {
     state: State,
     store: S,
+    /// Set when a commit to the store failed: the state in memory is then ahead of the disk.
+    poisoned: bool,
 }
 
 impl<S: Store> Ledger<S> {
     /// Open the ledger in `store`: resume from its last committed block, or start from `genesis` if empty.
     pub fn open(mut store: S, genesis: &Genesis) -> Result<Self, LedgerError> {
+        genesis.check()?;
         let state = match store.load()? {
             Some(snapshot) => {
                 let state = State::from_entries(
@@ -118,7 +129,11 @@ impl<S: Store> Ledger<S> {
                 state
             }
         };
-        Ok(Ledger { state, store })
+        Ok(Ledger {
+            state,
+            store,
+            poisoned: false,
+        })
     }
 
     /// The state as of the last committed block.
@@ -137,6 +152,9 @@ impl<S: Store> Ledger<S> {
         ctx: BlockContext,
         txs: &[SignedTx],
     ) -> Result<BlockOutcome, LedgerError> {
+        if self.poisoned {
+            return Err(LedgerError::Poisoned);
+        }
         let height = self.state.height();
         if ctx.height != height + 1 {
             return Err(LedgerError::WrongHeight {
@@ -145,7 +163,7 @@ impl<S: Store> Ledger<S> {
             });
         }
         let previous = self.state.time_ms();
-        if ctx.time_ms <= previous && height > 0 {
+        if ctx.time_ms <= previous {
             return Err(LedgerError::TimeNotAfterParent {
                 previous,
                 got: ctx.time_ms,
@@ -161,7 +179,7 @@ impl<S: Store> Ledger<S> {
         let end_events = self.finish_block(&ctx);
         let (root, changes) = self.state.commit();
         if let Err(e) = self.store.commit(ctx.height, root, &changes) {
-            // The in-memory state is ahead of the disk now; the caller must reopen from the store.
+            self.poisoned = true;
             return Err(e.into());
         }
         Ok(BlockOutcome {

@@ -265,10 +265,10 @@ impl State {
         self.farms.get(&id)
     }
 
-    /// A farm by its name.
+    /// A farm by its name, in any letter case.
     pub fn farm_by_name(&self, name: &str) -> Option<&Farm> {
         self.farm_names
-            .get(&name.to_string())
+            .get(&name.to_lowercase())
             .and_then(|id| self.farms.get(id))
     }
 

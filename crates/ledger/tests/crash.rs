@@ -240,3 +240,38 @@ fn blocks_apply_in_order_with_advancing_time() {
         Err(LedgerError::TimeNotAfterParent { .. })
     ));
 }
+
+#[test]
+fn after_a_failed_commit_the_ledger_refuses_more_blocks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("ledger.redb");
+    drop(Ledger::open(RedbStore::open(&path).expect("open"), &genesis6()).expect("ledger"));
+    let mut failing = Ledger::open(
+        FailingStore(RedbStore::open(&path).expect("open")),
+        &genesis6(),
+    )
+    .expect("ledger");
+    let (ctx, txs) = block(1);
+    assert!(matches!(
+        failing.execute_block(ctx, &txs),
+        Err(LedgerError::Store(_))
+    ));
+    let (ctx, txs) = block(2);
+    assert!(matches!(
+        failing.execute_block(ctx, &txs),
+        Err(LedgerError::Poisoned)
+    ));
+}
+
+#[test]
+fn the_first_block_cannot_predate_genesis() {
+    let mut ledger = Ledger::open(MemoryStore::default(), &genesis6()).expect("ledger");
+    let early = BlockContext {
+        height: 1,
+        time_ms: GENESIS_MS - 1,
+    };
+    assert!(matches!(
+        ledger.execute_block(early, &[]),
+        Err(LedgerError::TimeNotAfterParent { .. })
+    ));
+}

@@ -687,3 +687,66 @@ fn unanswered_proposals_expire_at_the_end_of_a_block() {
         g.params.token_price_uusd
     );
 }
+
+#[test]
+fn expired_transactions_never_apply() {
+    let mut h = Harness::new();
+    let tx = SignedTx::expiring(&key(1), CHAIN, 0, h.now_ms - 1, transfer(20, 1));
+    assert_eq!(
+        h.rejected_tx(tx),
+        TxError::Expired {
+            expires_ms: h.now_ms - 1,
+            now_ms: h.now_ms
+        }
+    );
+    let tx = SignedTx::expiring(&key(1), CHAIN, 0, h.now_ms, transfer(20, 1));
+    h.state
+        .apply_tx(&tx, &h.ctx())
+        .expect("valid up to and including its expiry");
+}
+
+#[test]
+fn farm_names_are_unique_in_any_letter_case() {
+    let mut h = Harness::new();
+    let farm = h.farm(&key(1), "GreenFarm", 0);
+    assert_eq!(h.state.farm_by_name("greenfarm").map(|f| f.id), Some(farm));
+    assert!(matches!(
+        h.rejected(
+            &key(2),
+            Payload::CreateFarm {
+                name: "greenFARM".into(),
+                public_ips: vec![]
+            }
+        ),
+        TxError::FarmNameTaken(_)
+    ));
+    // Its owner may change only the case of the farm's own name.
+    h.ok(
+        &key(1),
+        Payload::UpdateFarm {
+            farm,
+            name: Some("Greenfarm".into()),
+            public_ips: None,
+            payout: None,
+        },
+    );
+    assert_eq!(
+        h.state.farm(farm).map(|f| f.name.as_str()),
+        Some("Greenfarm")
+    );
+}
+
+#[test]
+fn governance_cannot_price_the_ledger_out_of_reach() {
+    let mut h = Harness::new();
+    let too_high = Payload::Propose {
+        action: GovAction::SetFeePerByte {
+            fee: Amount(peergrid_core::tx::FEE_PER_BYTE_MAX.0 + 1),
+        },
+        description: String::new(),
+    };
+    assert!(matches!(
+        h.rejected(&key(1), too_high),
+        TxError::Field { .. }
+    ));
+}
