@@ -1,0 +1,6 @@
+//! Order transactions among BFT validators and serve the ledger.
+//!
+//! # Status: ALPHA
+
+pub mod block;
+pub mod mempool;

@@ -1,0 +1,367 @@
+//! Transactions waiting for a block: checked at the door, ordered by nonce, bounded.
+//!
+//! Admission runs the ledger's stateless checks (chain id, field limits, signature)
+//! and the nonce and expiry against the latest finalized state, so a user hears at
+//! once, with the same [`TxError`] the ledger would give, why a transaction can never
+//! apply. Selection takes each account's transactions in nonce order starting at its
+//! current nonce, one account at a time in turn, so no account can starve the others.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use peergrid_core::{AccountId, SignedTx, TxHash};
+use peergrid_ledger::{State, TxError, check_stateless};
+
+/// Limits of the pool.
+#[derive(Clone, Copy, Debug)]
+pub struct MempoolLimits {
+    /// Most transactions held.
+    pub txs_max: usize,
+    /// Most encoded bytes held.
+    pub bytes_max: usize,
+    /// Most transactions held per account, and how far past its nonce it may queue.
+    pub per_account_max: u64,
+}
+
+impl Default for MempoolLimits {
+    fn default() -> Self {
+        MempoolLimits {
+            txs_max: 100_000,
+            bytes_max: 64 << 20,
+            per_account_max: 256,
+        }
+    }
+}
+
+/// Why the pool refused a transaction.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MempoolError {
+    /// The ledger would reject it.
+    #[error(transparent)]
+    Rejected(#[from] TxError),
+    /// Another transaction with this nonce is already waiting.
+    #[error("nonce {nonce} of {signer} is already taken by pending transaction {pending}")]
+    NonceTaken {
+        /// The signer.
+        signer: AccountId,
+        /// The nonce.
+        nonce: u64,
+        /// The transaction holding it.
+        pending: TxHash,
+    },
+    /// The nonce is too far ahead of the account's.
+    #[error(
+        "nonce {got} is more than {max} ahead of {signer}'s next nonce {expected}; send the earlier ones first"
+    )]
+    TooFarAhead {
+        /// The signer.
+        signer: AccountId,
+        /// The next nonce.
+        expected: u64,
+        /// The transaction's.
+        got: u64,
+        /// How far ahead is allowed.
+        max: u64,
+    },
+    /// The pool is full.
+    #[error("the mempool is full ({txs} transactions, {bytes} bytes); try again shortly")]
+    Full {
+        /// Transactions held.
+        txs: usize,
+        /// Bytes held.
+        bytes: usize,
+    },
+}
+
+struct Pending {
+    tx: SignedTx,
+    hash: TxHash,
+    len: usize,
+}
+
+/// The pool.
+pub struct Mempool {
+    limits: MempoolLimits,
+    accounts: BTreeMap<AccountId, BTreeMap<u64, Pending>>,
+    hashes: HashMap<TxHash, (AccountId, u64)>,
+    bytes: usize,
+}
+
+impl Mempool {
+    /// An empty pool.
+    pub fn new(limits: MempoolLimits) -> Self {
+        Mempool {
+            limits,
+            accounts: BTreeMap::new(),
+            hashes: HashMap::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Number of waiting transactions.
+    pub fn len(&self) -> usize {
+        self.hashes.len()
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.hashes.is_empty()
+    }
+
+    /// Whether `hash` is waiting.
+    pub fn contains(&self, hash: &TxHash) -> bool {
+        self.hashes.contains_key(hash)
+    }
+
+    /// Admit `tx` if it could apply on top of `state`; idempotent for a transaction already held.
+    pub fn insert(&mut self, tx: SignedTx, state: &State) -> Result<TxHash, MempoolError> {
+        let hash = tx.hash();
+        if self.hashes.contains_key(&hash) {
+            return Ok(hash);
+        }
+        check_stateless(&tx, state.chain_id())?;
+        let signer = tx.body.signer;
+        let nonce = tx.body.nonce;
+        let expected = state.account(&signer).nonce;
+        if nonce < expected {
+            return Err(TxError::StaleNonce {
+                signer,
+                expected,
+                got: nonce,
+            }
+            .into());
+        }
+        if nonce - expected >= self.limits.per_account_max {
+            return Err(MempoolError::TooFarAhead {
+                signer,
+                expected,
+                got: nonce,
+                max: self.limits.per_account_max,
+            });
+        }
+        if tx.body.expires_ms < state.time_ms() {
+            return Err(TxError::Expired {
+                expires_ms: tx.body.expires_ms,
+                now_ms: state.time_ms(),
+            }
+            .into());
+        }
+        if let Some(p) = self.accounts.get(&signer).and_then(|q| q.get(&nonce)) {
+            return Err(MempoolError::NonceTaken {
+                signer,
+                nonce,
+                pending: p.hash,
+            });
+        }
+        let len = tx.encode().len();
+        if self.hashes.len() >= self.limits.txs_max || self.bytes + len > self.limits.bytes_max {
+            return Err(MempoolError::Full {
+                txs: self.hashes.len(),
+                bytes: self.bytes,
+            });
+        }
+        self.bytes += len;
+        self.hashes.insert(hash, (signer, nonce));
+        self.accounts
+            .entry(signer)
+            .or_default()
+            .insert(nonce, Pending { tx, hash, len });
+        Ok(hash)
+    }
+
+    /// Up to `txs_max` transactions and `bytes_max` bytes that can apply in order on `state`,
+    /// skipping those in `exclude` (already in a block not yet finalized).
+    pub fn select(
+        &self,
+        state: &State,
+        txs_max: usize,
+        bytes_max: usize,
+        exclude: &HashSet<TxHash>,
+    ) -> Vec<SignedTx> {
+        // Each account's run of consecutive nonces from its current one, as a queue.
+        let mut queues: Vec<Vec<&Pending>> = Vec::new();
+        for (account, pending) in &self.accounts {
+            let mut next = state.account(account).nonce;
+            let mut run = Vec::new();
+            for (nonce, p) in pending.range(next..) {
+                if *nonce != next {
+                    break;
+                }
+                next += 1;
+                if !exclude.contains(&p.hash) && p.tx.body.expires_ms >= state.time_ms() {
+                    run.push(p);
+                }
+            }
+            if !run.is_empty() {
+                run.reverse();
+                queues.push(run);
+            }
+        }
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        // Round-robin: one transaction per account per pass.
+        while out.len() < txs_max && !queues.is_empty() {
+            let mut progressed = false;
+            for queue in queues.iter_mut() {
+                let Some(p) = queue.last() else { continue };
+                if out.len() >= txs_max || bytes + p.len > bytes_max {
+                    continue;
+                }
+                bytes += p.len;
+                out.push(p.tx.clone());
+                queue.pop();
+                progressed = true;
+            }
+            queues.retain(|q| !q.is_empty());
+            if !progressed {
+                break;
+            }
+        }
+        out
+    }
+
+    /// Drop what can no longer apply on `state`: used nonces and expired transactions of `accounts`.
+    pub fn prune<'a>(&mut self, state: &State, accounts: impl IntoIterator<Item = &'a AccountId>) {
+        for account in accounts {
+            let Some(queue) = self.accounts.get_mut(account) else {
+                continue;
+            };
+            let nonce = state.account(account).nonce;
+            let stale: Vec<u64> = queue
+                .iter()
+                .filter(|(n, p)| **n < nonce || p.tx.body.expires_ms < state.time_ms())
+                .map(|(n, _)| *n)
+                .collect();
+            for n in stale {
+                if let Some(p) = queue.remove(&n) {
+                    self.bytes -= p.len;
+                    self.hashes.remove(&p.hash);
+                }
+            }
+            if queue.is_empty() {
+                self.accounts.remove(account);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use peergrid_core::tx::Payload;
+    use peergrid_core::{Amount, Keypair};
+    use peergrid_ledger::{Devnet, Ledger, MemoryStore};
+
+    fn setup() -> (Devnet, Ledger<MemoryStore>) {
+        let devnet = Devnet::generate("pool", 1, 1_000).expect("keys");
+        let ledger = Ledger::open(MemoryStore::default(), &devnet.genesis).expect("ledger");
+        (devnet, ledger)
+    }
+
+    fn transfer(key: &Keypair, nonce: u64) -> SignedTx {
+        SignedTx::new(
+            key,
+            "pool",
+            nonce,
+            Payload::Transfer {
+                to: key.account(),
+                amount: Amount(1 + nonce),
+            },
+        )
+    }
+
+    #[test]
+    fn admits_valid_and_refuses_with_the_ledgers_reason() {
+        let (d, ledger) = setup();
+        let mut pool = Mempool::new(MempoolLimits::default());
+        let tx = transfer(&d.demo, 0);
+        let hash = pool.insert(tx.clone(), ledger.state()).expect("valid");
+        assert_eq!(
+            pool.insert(tx, ledger.state()),
+            Ok(hash),
+            "resubmitting is harmless"
+        );
+        let mut forged = transfer(&d.demo, 1);
+        forged.signature.0[3] ^= 1;
+        assert!(matches!(
+            pool.insert(forged, ledger.state()),
+            Err(MempoolError::Rejected(TxError::BadSignature { .. }))
+        ));
+        let other = SignedTx::new(
+            &d.demo,
+            "pool",
+            0,
+            Payload::Vote {
+                proposal: 1,
+                approve: true,
+            },
+        );
+        assert!(matches!(
+            pool.insert(other, ledger.state()),
+            Err(MempoolError::NonceTaken { nonce: 0, .. })
+        ));
+        let far = transfer(&d.demo, 10_000);
+        assert!(matches!(
+            pool.insert(far, ledger.state()),
+            Err(MempoolError::TooFarAhead { .. })
+        ));
+        let wrong_chain = SignedTx::new(
+            &d.demo,
+            "other",
+            1,
+            Payload::Vote {
+                proposal: 1,
+                approve: true,
+            },
+        );
+        assert!(matches!(
+            pool.insert(wrong_chain, ledger.state()),
+            Err(MempoolError::Rejected(TxError::WrongChain { .. }))
+        ));
+    }
+
+    #[test]
+    fn selects_consecutive_nonces_fairly_and_prunes_after_finality() {
+        let (d, mut ledger) = setup();
+        let mut pool = Mempool::new(MempoolLimits::default());
+        for n in [0, 1, 2, 4] {
+            pool.insert(transfer(&d.demo, n), ledger.state())
+                .expect("demo");
+        }
+        for n in 0..3 {
+            pool.insert(transfer(&d.faucet, n), ledger.state())
+                .expect("faucet");
+        }
+        let picked = pool.select(ledger.state(), 4, usize::MAX, &HashSet::new());
+        let from = |tx: &SignedTx| (tx.body.signer == d.demo.account(), tx.body.nonce);
+        let order: Vec<_> = picked.iter().map(from).collect();
+        // Alternating accounts, in nonce order, never past the gap at demo's nonce 3.
+        assert_eq!(order.len(), 4);
+        assert!(order.contains(&(true, 0)) && order.contains(&(true, 1)));
+        assert!(order.contains(&(false, 0)) && order.contains(&(false, 1)));
+        let all = pool.select(ledger.state(), 100, usize::MAX, &HashSet::new());
+        assert_eq!(all.len(), 6, "demo's nonce 4 waits for 3");
+        let exclude: HashSet<_> = all.iter().take(2).map(SignedTx::hash).collect();
+        assert_eq!(
+            pool.select(ledger.state(), 100, usize::MAX, &exclude).len(),
+            4
+        );
+
+        let block: Vec<_> = all.into_iter().filter(|t| t.body.nonce < 2).collect();
+        let ctx = peergrid_ledger::BlockContext {
+            height: 1,
+            time_ms: 2_000,
+        };
+        ledger.execute_block(ctx, &block).expect("block");
+        pool.prune(
+            ledger.state(),
+            [d.demo.account(), d.faucet.account()].iter(),
+        );
+        assert_eq!(pool.len(), 3);
+        assert_eq!(
+            pool.select(ledger.state(), 100, usize::MAX, &HashSet::new())
+                .len(),
+            2
+        );
+    }
+}
