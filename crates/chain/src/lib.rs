@@ -2,5 +2,9 @@
 //!
 //! # Status: ALPHA
 
+pub mod app;
 pub mod block;
+pub mod engine;
+pub mod finalizer;
 pub mod mempool;
+pub mod shared;

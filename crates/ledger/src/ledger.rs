@@ -152,6 +152,18 @@ impl<S: Store> Ledger<S> {
         ctx: BlockContext,
         txs: &[SignedTx],
     ) -> Result<BlockOutcome, LedgerError> {
+        self.execute_block_then(ctx, txs, |_| Ok(()))
+    }
+
+    /// Like [`Ledger::execute_block`], calling `before_commit` with the outcome before the block is
+    /// committed, so that records derived from it (receipts, indexes) are never missing for a
+    /// committed block. `before_commit` must be idempotent: after a crash it runs again.
+    pub fn execute_block_then(
+        &mut self,
+        ctx: BlockContext,
+        txs: &[SignedTx],
+        before_commit: impl FnOnce(&BlockOutcome) -> Result<(), StoreError>,
+    ) -> Result<BlockOutcome, LedgerError> {
         if self.poisoned {
             return Err(LedgerError::Poisoned);
         }
@@ -178,17 +190,21 @@ impl<S: Store> Ledger<S> {
             .collect();
         let end_events = self.finish_block(&ctx);
         let (root, changes) = self.state.commit();
-        if let Err(e) = self.store.commit(ctx.height, root, &changes) {
-            self.poisoned = true;
-            return Err(e.into());
-        }
-        Ok(BlockOutcome {
+        let outcome = BlockOutcome {
             height: ctx.height,
             time_ms: ctx.time_ms,
             root,
             receipts,
             end_events,
-        })
+        };
+        if let Err(e) =
+            before_commit(&outcome).and_then(|()| self.store.commit(ctx.height, root, &changes))
+        {
+            // The state in memory already holds the block; only reopening can resync it with disk.
+            self.poisoned = true;
+            return Err(e.into());
+        }
+        Ok(outcome)
     }
 
     fn finish_block(&mut self, ctx: &BlockContext) -> Vec<Event> {

@@ -52,6 +52,16 @@ pub trait Store {
     fn commit(&mut self, height: u64, root: Hash, changes: &[Change]) -> Result<(), StoreError>;
 }
 
+impl<T: Store + ?Sized> Store for Box<T> {
+    fn load(&self) -> Result<Option<Snapshot>, StoreError> {
+        (**self).load()
+    }
+
+    fn commit(&mut self, height: u64, root: Hash, changes: &[Change]) -> Result<(), StoreError> {
+        (**self).commit(height, root, changes)
+    }
+}
+
 /// A store that lives and dies with the process: for tests and throwaway runs.
 #[derive(Default, Clone, Debug)]
 pub struct MemoryStore {

@@ -1,0 +1,300 @@
+//! Wiring one validator: simplex consensus, marshal (block dissemination, backfill, the
+//! finalized archive), the application and the finalizer, over any runtime and network.
+//!
+//! The same function runs a validator on the tokio runtime with authenticated TCP
+//! networking and on the deterministic runtime with a simulated network, so the
+//! fault simulations exercise exactly the code that production runs.
+
+use std::num::{NonZeroU16, NonZeroU64, NonZeroUsize};
+use std::sync::Arc;
+use std::time::Duration;
+
+use commonware_broadcast::buffered;
+use commonware_consensus::marshal::{self, resolver::p2p as marshal_resolver, standard::Inline};
+use commonware_consensus::simplex::{
+    self,
+    config::{ForwardPolicy, SkipBudget, SkipPolicy},
+    elector::RoundRobin,
+    scheme::ed25519::Scheme,
+};
+use commonware_consensus::types::{Epoch, FixedEpocher, ViewDelta};
+use commonware_cryptography::certificate::ConstantProvider;
+use commonware_cryptography::ed25519::{PrivateKey, PublicKey};
+use commonware_cryptography::{Digested, Digestible, Sha256, Signer};
+use commonware_p2p::{Blocker, Provider, Receiver, Sender};
+use commonware_parallel::Sequential;
+use commonware_runtime::buffer::paged::CacheRef;
+use commonware_runtime::{Clock, Handle, Metrics, Spawner, Storage};
+use commonware_storage::archive::immutable;
+use commonware_utils::ordered::Set;
+use commonware_utils::{NZDuration, NZU16, NZU64, NZUsize};
+use rand_core::CryptoRng;
+
+use crate::app::App;
+use crate::block::Block;
+use crate::finalizer::{self, Finalizer};
+use crate::shared::Shared;
+
+/// Namespace of every consensus signature.
+pub const NAMESPACE: &[u8] = b"_PEERGRID_CHAIN";
+
+/// Network channels: three for simplex, one for marshal's backfill, one for block broadcast.
+pub const CHANNEL_VOTES: u64 = 0;
+/// Simplex certificates.
+pub const CHANNEL_CERTIFICATES: u64 = 1;
+/// Simplex resolver.
+pub const CHANNEL_RESOLVER: u64 = 2;
+/// Marshal backfill.
+pub const CHANNEL_BACKFILL: u64 = 3;
+/// Block broadcast.
+pub const CHANNEL_BROADCAST: u64 = 4;
+
+/// Largest message on any channel: a full block plus framing.
+pub const MESSAGE_BYTES_MAX: u32 = (crate::block::BLOCK_TX_BYTES_MAX + (1 << 20)) as u32;
+
+const PAGE_SIZE: NonZeroU16 = NZU16!(4096);
+const PAGE_CACHE_SIZE: NonZeroUsize = NZUsize!(1024);
+const ITEMS_PER_SECTION: NonZeroU64 = NZU64!(4096);
+
+/// Timing of consensus, tuned for validators a few milliseconds apart.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// How long to wait for a leader's proposal before voting to skip it.
+    pub leader_timeout: Duration,
+    /// How long to wait for a notarized block to certify.
+    pub certification_timeout: Duration,
+    /// How often to rebroadcast when stuck.
+    pub timeout_retry: Duration,
+    /// How long a silent leader is tolerated before its views are skipped outright.
+    pub skip_timeout: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            leader_timeout: Duration::from_secs(1),
+            certification_timeout: Duration::from_secs(2),
+            timeout_retry: Duration::from_secs(2),
+            skip_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+/// What one validator needs besides its runtime and network.
+pub struct Config<B, P> {
+    /// Its consensus key.
+    pub signer: PrivateKey,
+    /// Every validator's key.
+    pub participants: Vec<PublicKey>,
+    /// Prefix of its storage partitions (unique per validator on a shared disk).
+    pub partition: String,
+    /// Ledger, mempool and receipts.
+    pub shared: Arc<Shared>,
+    /// Blocks peers that misbehave.
+    pub blocker: B,
+    /// Tells marshal and broadcast which peers exist.
+    pub peers: P,
+    /// Most transactions per block.
+    pub txs_per_block: usize,
+    /// Consensus timing.
+    pub timing: Timing,
+}
+
+/// A pair of network endpoints.
+pub type Channel<S, R> = (S, R);
+
+/// The five channels a validator uses.
+pub struct Channels<S, R> {
+    /// Simplex votes.
+    pub votes: Channel<S, R>,
+    /// Simplex certificates.
+    pub certificates: Channel<S, R>,
+    /// Simplex resolver.
+    pub resolver: Channel<S, R>,
+    /// Marshal backfill.
+    pub backfill: Channel<S, R>,
+    /// Block broadcast.
+    pub broadcast: Channel<S, R>,
+}
+
+/// Handles of a running validator's actors.
+pub struct Running {
+    /// Consensus.
+    pub consensus: Handle<()>,
+    /// Marshal.
+    pub marshal: Handle<()>,
+}
+
+fn archive_config<C>(
+    prefix: &str,
+    name: &str,
+    page_cache: &CacheRef,
+    codec_config: C,
+) -> immutable::Config<C> {
+    immutable::Config {
+        metadata_partition: format!("{prefix}-{name}-metadata"),
+        freezer_table_partition: format!("{prefix}-{name}-freezer-table"),
+        freezer_table_initial_size: 1024,
+        freezer_table_resize_frequency: 4,
+        freezer_table_resize_chunk_size: 256,
+        freezer_key_partition: format!("{prefix}-{name}-freezer-key"),
+        freezer_key_page_cache: page_cache.clone(),
+        freezer_value_partition: format!("{prefix}-{name}-freezer-value"),
+        freezer_value_target_size: 64 << 20,
+        freezer_value_compression: None,
+        ordinal_partition: format!("{prefix}-{name}-ordinal"),
+        items_per_section: ITEMS_PER_SECTION,
+        codec_config,
+        replay_buffer: NZUsize!(1 << 20),
+        freezer_key_write_buffer: NZUsize!(1 << 20),
+        freezer_value_write_buffer: NZUsize!(1 << 20),
+        ordinal_write_buffer: NZUsize!(1 << 20),
+    }
+}
+
+/// Start a validator.
+pub async fn start<E, B, P, S, R>(
+    context: E,
+    cfg: Config<B, P>,
+    channels: Channels<S, R>,
+) -> Running
+where
+    E: CryptoRng + Spawner + Metrics + Clock + Storage + Send + Sync + 'static,
+    B: Blocker<PublicKey = PublicKey> + Clone,
+    P: Provider<PublicKey = PublicKey> + Clone,
+    S: Sender<PublicKey = PublicKey>,
+    R: Receiver<PublicKey = PublicKey>,
+{
+    let me = cfg.signer.public_key();
+    let participants = Set::from_iter_dedup(cfg.participants.iter().cloned());
+    // A validator not in the set verifies without signing; `signer` fails only for non-members.
+    let scheme = Scheme::signer(NAMESPACE, participants.clone(), cfg.signer.clone())
+        .unwrap_or_else(|| Scheme::verifier(NAMESPACE, participants.clone()));
+    let provider = ConstantProvider::new(scheme.clone());
+    let genesis = &cfg.shared.genesis;
+    let genesis_block = Block::genesis(&genesis.hash(), genesis.genesis_time_ms);
+    let genesis_digest = genesis_block.digest();
+    let page_cache = CacheRef::new(PAGE_SIZE, PAGE_CACHE_SIZE);
+    let prefix = cfg.partition.clone();
+    let mailbox_size = NZUsize!(1024);
+
+    let marshal_cfg = marshal::Config {
+        provider,
+        // One epoch for now: validator-set changes at epoch boundaries come with governance.
+        epocher: FixedEpocher::new(NZU64!(u64::MAX)),
+        start: marshal::Start::Genesis(Digested::precomputed(
+            genesis_block.clone(),
+            genesis_digest,
+        )),
+        partition_prefix: prefix.clone(),
+        mailbox_size,
+        view_retention: ViewDelta::new(256),
+        prunable_items_per_section: NZU64!(256),
+        replay_buffer: NZUsize!(1 << 20),
+        key_write_buffer: NZUsize!(1 << 20),
+        value_write_buffer: NZUsize!(1 << 20),
+        page_cache: page_cache.clone(),
+        block_codec_config: (),
+        max_repair: NZUsize!(64),
+        max_pending_acks: NZUsize!(16),
+        strategy: Sequential,
+    };
+
+    let (backfill_handler, backfill_resolver) = marshal_resolver::init(
+        context.child("resolver"),
+        marshal_resolver::Config {
+            public_key: me.clone(),
+            peer_provider: cfg.peers.clone(),
+            blocker: cfg.blocker.clone(),
+            mailbox_size,
+            fetch_timeout: NZDuration!(Duration::from_secs(2)),
+            fetch_retry_delay: Duration::from_millis(100),
+            priority_requests: false,
+            priority_responses: false,
+        },
+        channels.backfill,
+    );
+
+    let (broadcast_engine, buffer) = buffered::Engine::new(
+        context.child("broadcast"),
+        buffered::Config {
+            public_key: me.clone(),
+            mailbox_size,
+            deque_size: 64,
+            priority: false,
+            codec_config: (),
+            peer_provider: cfg.peers.clone(),
+            strategy: Sequential,
+        },
+    );
+    broadcast_engine.start(channels.broadcast);
+
+    let finalizations = immutable::Archive::init(
+        context.child("finalizations_by_height"),
+        // An ed25519 certificate decodes with the committee size as its bound.
+        archive_config(&prefix, "finalizations", &page_cache, participants.len()),
+    )
+    .await
+    .expect("the finalizations archive must open: check the data directory");
+    let blocks = immutable::Archive::init(
+        context.child("finalized_blocks"),
+        archive_config(&prefix, "blocks", &page_cache, ()),
+    )
+    .await
+    .expect("the blocks archive must open: check the data directory");
+
+    let (actor, mailbox, _floor) =
+        marshal::core::Actor::init(context.child("marshal"), finalizations, blocks, marshal_cfg)
+            .await;
+    let (finalizer, finalized) = Finalizer::new();
+    let marshal_handle = actor.start(finalizer, buffer, (backfill_handler, backfill_resolver));
+    let shared = cfg.shared.clone();
+    context
+        .child("finalizer")
+        .spawn(move |_| finalizer::run(shared, finalized));
+
+    let app = App::new(cfg.shared.clone(), cfg.txs_per_block);
+    let wrapper = Inline::new(
+        context.child("application"),
+        app,
+        mailbox,
+        FixedEpocher::new(NZU64!(u64::MAX)),
+    );
+    let t = cfg.timing;
+    let engine = simplex::Engine::new(
+        context.child("simplex"),
+        simplex::config::Config {
+            scheme,
+            elector: RoundRobin::<Sha256>::default(),
+            blocker: cfg.blocker,
+            automaton: wrapper.clone(),
+            relay: wrapper.clone(),
+            reporter: wrapper,
+            strategy: Sequential,
+            partition: format!("{prefix}-consensus"),
+            mailbox_size,
+            epoch: Epoch::zero(),
+            floor: simplex::config::Floor::Genesis(genesis_digest),
+            replay_buffer: NZUsize!(1 << 20),
+            write_buffer: NZUsize!(1 << 20),
+            page_cache,
+            leader_timeout: t.leader_timeout,
+            certification_timeout: t.certification_timeout,
+            timeout_retry: t.timeout_retry,
+            view_retention: ViewDelta::new(256),
+            skip: SkipPolicy::Enabled {
+                timeout: t.skip_timeout,
+                budget: SkipBudget::Participants,
+            },
+            fetch_timeout: NZDuration!(Duration::from_secs(1)),
+            fetch_retry_delay: Duration::from_millis(100),
+            forward: ForwardPolicy::Disabled,
+            track_historical_votes: false,
+        },
+    );
+    let consensus = engine.start(channels.votes, channels.certificates, channels.resolver);
+    Running {
+        consensus,
+        marshal: marshal_handle,
+    }
+}

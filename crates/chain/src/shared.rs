@@ -1,0 +1,311 @@
+//! What a validator's parts share: the ledger, the mempool, receipts, and the stream of finalized blocks.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+
+use redb::ReadableDatabase;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use peergrid_core::{AccountId, Hash, SignedTx, TxHash};
+use peergrid_ledger::{
+    BlockContext, BlockOutcome, Event, Genesis, Ledger, LedgerError, Store, StoreError, TxError,
+};
+
+use crate::block::Block;
+use crate::mempool::{Mempool, MempoolError, MempoolLimits};
+
+/// The ledger with whatever store the validator was given.
+pub type DynLedger = Ledger<Box<dyn Store + Send + Sync>>;
+
+/// How one transaction in a finalized block ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxOutcome {
+    /// The transaction's hash.
+    pub hash: TxHash,
+    /// Its signer.
+    pub signer: AccountId,
+    /// Its events if it applied, or why it was rejected.
+    pub result: Result<Vec<Event>, TxError>,
+}
+
+/// A finalized block as followers see it: its digest, its state root, and what each transaction did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FinalizedBlock {
+    /// Height.
+    pub height: u64,
+    /// The block's digest, hex.
+    pub digest: String,
+    /// Ledger time, ms.
+    pub time_ms: u64,
+    /// State root after the block.
+    pub root: Hash,
+    /// Transactions, in order.
+    pub txs: Vec<TxOutcome>,
+    /// Events of end-of-block logic.
+    pub end_events: Vec<Event>,
+}
+
+/// Where a transaction is, as far as this validator knows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum TxStatus {
+    /// Waiting in the mempool.
+    Pending,
+    /// In a finalized block, applied.
+    Finalized {
+        /// Block height.
+        height: u64,
+        /// What it did.
+        events: Vec<Event>,
+    },
+    /// In a finalized block, rejected: nothing changed.
+    Rejected {
+        /// Block height.
+        height: u64,
+        /// Why.
+        reason: TxError,
+    },
+    /// Not known here: never received, or dropped from the mempool.
+    Unknown,
+}
+
+/// Receipts of finalized blocks, by height and by transaction hash.
+///
+/// In memory for tests and throwaway runs, or in a redb file. Records are written before
+/// the ledger commits their block, and are idempotent, so a crash never leaves a
+/// committed block without its receipts.
+pub struct Receipts {
+    db: Option<redb::Database>,
+    memory: Mutex<(
+        BTreeMap<u64, FinalizedBlock>,
+        BTreeMap<TxHash, (u64, usize)>,
+    )>,
+}
+
+const BLOCKS: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("blocks");
+const TXS: redb::TableDefinition<&[u8; 32], (u64, u64)> = redb::TableDefinition::new("txs");
+
+fn store_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("receipts: {e}"))
+}
+
+impl Receipts {
+    /// Receipts kept in memory only.
+    pub fn memory() -> Receipts {
+        Receipts {
+            db: None,
+            memory: Mutex::default(),
+        }
+    }
+
+    /// Receipts in the redb file at `path`.
+    pub fn open(path: &Path) -> Result<Receipts, StoreError> {
+        let db = redb::Database::create(path).map_err(store_err)?;
+        Ok(Receipts {
+            db: Some(db),
+            memory: Mutex::default(),
+        })
+    }
+
+    /// Record a finalized block and its transactions.
+    pub fn record(&self, block: &FinalizedBlock) -> Result<(), StoreError> {
+        let Some(db) = &self.db else {
+            let mut m = self.memory.lock().map_err(store_err)?;
+            for (i, tx) in block.txs.iter().enumerate() {
+                m.1.insert(tx.hash, (block.height, i));
+            }
+            m.0.insert(block.height, block.clone());
+            return Ok(());
+        };
+        let json = serde_json::to_vec(block).map_err(store_err)?;
+        let txn = db.begin_write().map_err(store_err)?;
+        {
+            let mut blocks = txn.open_table(BLOCKS).map_err(store_err)?;
+            blocks
+                .insert(block.height, json.as_slice())
+                .map_err(store_err)?;
+            let mut txs = txn.open_table(TXS).map_err(store_err)?;
+            for (i, tx) in block.txs.iter().enumerate() {
+                txs.insert(&tx.hash.0, (block.height, i as u64))
+                    .map_err(store_err)?;
+            }
+        }
+        txn.commit().map_err(store_err)
+    }
+
+    /// The finalized block at `height`.
+    pub fn block(&self, height: u64) -> Option<FinalizedBlock> {
+        let Some(db) = &self.db else {
+            return self.memory.lock().ok()?.0.get(&height).cloned();
+        };
+        let txn = db.begin_read().ok()?;
+        let table = txn.open_table(BLOCKS).ok()?;
+        let json = table.get(height).ok()??;
+        serde_json::from_slice(json.value()).ok()
+    }
+
+    /// Where a transaction landed: block height and position.
+    pub fn locate(&self, hash: &TxHash) -> Option<(u64, usize)> {
+        let Some(db) = &self.db else {
+            return self.memory.lock().ok()?.1.get(hash).copied();
+        };
+        let txn = db.begin_read().ok()?;
+        let table = txn.open_table(TXS).ok()?;
+        let (h, i) = table.get(&hash.0).ok()??.value();
+        Some((h, i as usize))
+    }
+}
+
+/// Everything a validator's actors and its API share.
+pub struct Shared {
+    /// The chain's genesis.
+    pub genesis: Genesis,
+    /// The ledger, advanced only by finalized blocks.
+    pub ledger: RwLock<DynLedger>,
+    /// Transactions waiting for a block.
+    pub mempool: Mutex<Mempool>,
+    /// Receipts of finalized blocks.
+    pub receipts: Receipts,
+    /// Finalized blocks as they are applied, for followers.
+    pub finalized: broadcast::Sender<Arc<FinalizedBlock>>,
+}
+
+/// Why a finalized block could not be applied: fatal for the validator.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// A block skipped ahead of the ledger.
+    #[error("finalized block {got} does not follow the ledger's height {height}")]
+    Gap {
+        /// The ledger's height.
+        height: u64,
+        /// The block's.
+        got: u64,
+    },
+    /// The ledger refused or failed to store the block.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// A lock was poisoned by a panic elsewhere.
+    #[error("internal lock poisoned")]
+    Poisoned,
+}
+
+impl Shared {
+    /// Shared state over `ledger`, with `receipts` and mempool `limits`.
+    pub fn new(
+        genesis: Genesis,
+        ledger: DynLedger,
+        receipts: Receipts,
+        limits: MempoolLimits,
+    ) -> Arc<Shared> {
+        let (finalized, _) = broadcast::channel(1024);
+        Arc::new(Shared {
+            genesis,
+            ledger: RwLock::new(ledger),
+            mempool: Mutex::new(Mempool::new(limits)),
+            receipts,
+            finalized,
+        })
+    }
+
+    /// Read the ledger state.
+    pub fn with_state<T>(&self, f: impl FnOnce(&peergrid_ledger::State) -> T) -> Option<T> {
+        let ledger = self.ledger.read().ok()?;
+        Some(f(ledger.state()))
+    }
+
+    /// Admit a transaction to the mempool.
+    pub fn submit(&self, tx: SignedTx) -> Result<TxHash, MempoolError> {
+        let ledger = self
+            .ledger
+            .read()
+            .map_err(|_| MempoolError::Full { txs: 0, bytes: 0 })?;
+        let mut pool = self
+            .mempool
+            .lock()
+            .map_err(|_| MempoolError::Full { txs: 0, bytes: 0 })?;
+        pool.insert(tx, ledger.state())
+    }
+
+    /// Where `hash` is.
+    pub fn status(&self, hash: &TxHash) -> TxStatus {
+        if let Some((height, index)) = self.receipts.locate(hash)
+            && let Some(tx) = self
+                .receipts
+                .block(height)
+                .and_then(|b| b.txs.into_iter().nth(index))
+        {
+            return match tx.result {
+                Ok(events) => TxStatus::Finalized { height, events },
+                Err(reason) => TxStatus::Rejected { height, reason },
+            };
+        }
+        if self
+            .mempool
+            .lock()
+            .map(|p| p.contains(hash))
+            .unwrap_or(false)
+        {
+            TxStatus::Pending
+        } else {
+            TxStatus::Unknown
+        }
+    }
+
+    /// Apply a finalized block exactly once: a block the ledger already holds is skipped.
+    pub fn apply_finalized(
+        &self,
+        block: &Block,
+        digest: &str,
+    ) -> Result<Option<Arc<FinalizedBlock>>, ApplyError> {
+        let mut ledger = self.ledger.write().map_err(|_| ApplyError::Poisoned)?;
+        let height = ledger.state().height();
+        if block.height <= height {
+            return Ok(None);
+        }
+        if block.height != height + 1 {
+            return Err(ApplyError::Gap {
+                height,
+                got: block.height,
+            });
+        }
+        let ctx = BlockContext {
+            height: block.height,
+            time_ms: block.time_ms,
+        };
+        let mut summary = None;
+        ledger.execute_block_then(ctx, &block.txs, |outcome: &BlockOutcome| {
+            let finalized = FinalizedBlock {
+                height: outcome.height,
+                digest: digest.to_string(),
+                time_ms: outcome.time_ms,
+                root: outcome.root,
+                txs: outcome
+                    .receipts
+                    .iter()
+                    .zip(&block.txs)
+                    .map(|(r, tx)| TxOutcome {
+                        hash: r.hash,
+                        signer: tx.body.signer,
+                        result: r.result.clone(),
+                    })
+                    .collect(),
+                end_events: outcome.end_events.clone(),
+            };
+            self.receipts.record(&finalized)?;
+            summary = Some(Arc::new(finalized));
+            Ok(())
+        })?;
+        if let Ok(mut pool) = self.mempool.lock() {
+            let signers: Vec<AccountId> = block.txs.iter().map(|t| t.body.signer).collect();
+            pool.prune(ledger.state(), signers.iter());
+        }
+        drop(ledger);
+        if let Some(s) = &summary {
+            // Nobody listening is fine.
+            let _ = self.finalized.send(s.clone());
+        }
+        Ok(summary)
+    }
+}

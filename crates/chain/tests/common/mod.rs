@@ -1,0 +1,242 @@
+//! A deterministic grid of validators on a simulated network.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use commonware_codec::DecodeExt;
+use commonware_cryptography::Signer;
+use commonware_cryptography::ed25519::{PrivateKey, PublicKey};
+use commonware_p2p::simulated::{self, Link, Network, Oracle};
+use commonware_runtime::{Clock, Quota, Supervisor, deterministic};
+use commonware_utils::{NZU32, NZUsize};
+use peergrid_chain::engine::{self, Channels, Config, Timing};
+use peergrid_chain::mempool::MempoolLimits;
+use peergrid_chain::shared::{Receipts, Shared};
+use peergrid_core::tx::Payload;
+use peergrid_core::{AccountId, Amount, Keypair, SignedTx};
+use peergrid_ledger::genesis::{GenesisBalance, GenesisValidator};
+use peergrid_ledger::{Council, Genesis, Ledger, MemoryStore, Params, RedbStore, Store};
+
+pub const CHAIN: &str = "sim";
+pub const START_SECS: u64 = 1_700_000_000;
+
+pub fn runner(seed: u64, timeout: Duration) -> deterministic::Runner {
+    deterministic::Runner::new(
+        deterministic::Config::new()
+            .with_seed(seed)
+            .with_start_time(UNIX_EPOCH + Duration::from_secs(START_SECS))
+            .with_timeout(Some(timeout)),
+    )
+}
+
+pub fn validator_key(i: usize) -> Keypair {
+    Keypair::from_seed([100 + i as u8; 32])
+}
+
+pub fn consensus_key(key: &Keypair) -> PrivateKey {
+    PrivateKey::decode(bytes::Bytes::copy_from_slice(key.secret_seed().as_slice()))
+        .expect("32-byte seed")
+}
+
+pub fn user(i: u8) -> Keypair {
+    Keypair::from_seed([i; 32])
+}
+
+pub fn genesis(validators: usize) -> Genesis {
+    Genesis {
+        chain_id: CHAIN.into(),
+        genesis_time_ms: START_SECS * 1000 - 1000,
+        foundation: user(200).account(),
+        staking_pool: user(201).account(),
+        params: Params::devnet(),
+        council: Council {
+            members: vec![user(1).account()],
+            threshold: 1,
+        },
+        validators: (0..validators)
+            .map(|i| GenesisValidator {
+                account: validator_key(i).account(),
+                address: None,
+                api: None,
+            })
+            .collect(),
+        balances: (1..=4)
+            .map(|n| GenesisBalance {
+                account: user(n).account(),
+                amount: Amount::tokens(1_000_000),
+            })
+            .collect(),
+    }
+}
+
+pub const LINK: Link = Link {
+    latency: Duration::from_millis(10),
+    jitter: Duration::from_millis(3),
+    success_rate: commonware_utils::probability!(1.0),
+};
+
+pub async fn network(
+    context: &deterministic::Context,
+    peers: &[PublicKey],
+) -> Oracle<PublicKey, deterministic::Context> {
+    let (network, oracle) = Network::new_with_peers(
+        context.child("network"),
+        simulated::Config {
+            max_size: engine::MESSAGE_BYTES_MAX,
+            max_peers_per_set: NZUsize!(peers.len()),
+            disconnect_on_block: true,
+            tracked_peer_sets: NZUsize!(1),
+        },
+        peers.to_vec(),
+    )
+    .await;
+    network.start();
+    oracle
+}
+
+pub async fn link_all(
+    oracle: &Oracle<PublicKey, deterministic::Context>,
+    peers: &[PublicKey],
+    link: Link,
+) {
+    for a in peers {
+        for b in peers {
+            if a != b {
+                let _ = oracle.add_link(a.clone(), b.clone(), link.clone()).await;
+            }
+        }
+    }
+}
+
+pub async fn cut(oracle: &Oracle<PublicKey, deterministic::Context>, a: &PublicKey, b: &PublicKey) {
+    let _ = oracle.remove_link(a.clone(), b.clone()).await;
+    let _ = oracle.remove_link(b.clone(), a.clone()).await;
+}
+
+/// Where a validator keeps its ledger: in memory, or a redb file that survives simulated restarts.
+pub fn ledger_store(dir: Option<&Path>, i: usize) -> Box<dyn Store + Send + Sync> {
+    match dir {
+        Some(d) => Box::new(RedbStore::open(&d.join(format!("ledger-{i}.redb"))).expect("redb")),
+        None => Box::new(MemoryStore::default()),
+    }
+}
+
+/// Start validator `i`; its ledger lives in `dir` if given.
+pub async fn start_validator(
+    context: &deterministic::Context,
+    oracle: &Oracle<PublicKey, deterministic::Context>,
+    genesis: &Genesis,
+    participants: &[PublicKey],
+    i: usize,
+    dir: Option<&Path>,
+) -> Arc<Shared> {
+    let signer = consensus_key(&validator_key(i));
+    let me = signer.public_key();
+    let ledger = Ledger::open(ledger_store(dir, i), genesis).expect("ledger opens");
+    let shared = Shared::new(
+        genesis.clone(),
+        ledger,
+        Receipts::memory(),
+        MempoolLimits::default(),
+    );
+    let control = oracle.control(me.clone());
+    let quota = Quota::per_second(NZU32!(10_000));
+    let mut ch = Vec::new();
+    for c in 0..5u64 {
+        ch.push(control.register(c, quota).await.expect("register"));
+    }
+    let mut ch = ch.into_iter();
+    let mut next = || ch.next().expect("five channels");
+    let channels = Channels {
+        votes: next(),
+        certificates: next(),
+        resolver: next(),
+        backfill: next(),
+        broadcast: next(),
+    };
+    engine::start(
+        context.child("validator").with_attribute("index", i),
+        Config {
+            signer,
+            participants: participants.to_vec(),
+            partition: format!("validator-{i}"),
+            shared: shared.clone(),
+            blocker: oracle.control(me),
+            peers: oracle.manager(),
+            txs_per_block: 1000,
+            timing: Timing::default(),
+        },
+        channels,
+    )
+    .await;
+    shared
+}
+
+pub fn participants(n: usize) -> Vec<PublicKey> {
+    (0..n)
+        .map(|i| consensus_key(&validator_key(i)).public_key())
+        .collect()
+}
+
+/// Wait (in simulated time) until every validator in `shared` has applied `height`.
+pub async fn wait_for_height(
+    context: &deterministic::Context,
+    shared: &[&Arc<Shared>],
+    height: u64,
+) {
+    loop {
+        if shared
+            .iter()
+            .all(|s| s.with_state(|st| st.height()).unwrap_or(0) >= height)
+        {
+            return;
+        }
+        context.sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The state root every validator recorded at `height`; panics if they disagree.
+pub fn agreed_root(shared: &[&Arc<Shared>], height: u64) -> peergrid_core::Hash {
+    let roots: BTreeMap<_, Vec<usize>> =
+        shared
+            .iter()
+            .enumerate()
+            .fold(BTreeMap::new(), |mut m, (i, s)| {
+                let root = s.receipts.block(height).map(|b| b.root);
+                m.entry(root).or_default().push(i);
+                m
+            });
+    assert_eq!(
+        roots.len(),
+        1,
+        "validators disagree at height {height}: {roots:?}"
+    );
+    roots
+        .into_keys()
+        .next()
+        .flatten()
+        .expect("a root at that height")
+}
+
+/// A transfer from user `from` with its `nonce`.
+pub fn transfer(from: u8, to: &AccountId, nonce: u64, amount: u64) -> SignedTx {
+    SignedTx::new(
+        &user(from),
+        CHAIN,
+        nonce,
+        Payload::Transfer {
+            to: *to,
+            amount: Amount(amount),
+        },
+    )
+}
+
+/// Give every validator the transaction, as gossip would.
+pub fn submit_all(shared: &[&Arc<Shared>], tx: &SignedTx) {
+    for s in shared {
+        let _ = s.submit(tx.clone());
+    }
+}
