@@ -55,3 +55,181 @@ fn four_validators_finalize_transfers_and_agree_on_the_state() {
         });
     }
 }
+
+/// Run `validators` honest validators (ledgers in `dir` if given); returns them with the oracle.
+async fn grid(
+    context: &commonware_runtime::deterministic::Context,
+    n: usize,
+    dir: Option<&std::path::Path>,
+) -> (
+    Vec<std::sync::Arc<peergrid_chain::shared::Shared>>,
+    commonware_p2p::simulated::Oracle<
+        commonware_cryptography::ed25519::PublicKey,
+        commonware_runtime::deterministic::Context,
+    >,
+    Vec<commonware_cryptography::ed25519::PublicKey>,
+) {
+    let g = genesis(n);
+    let peers = participants(n);
+    let oracle = network(context, &peers).await;
+    link_all(&oracle, &peers, LINK).await;
+    let mut vals = Vec::new();
+    for i in 0..n {
+        vals.push(start_validator(context, &oracle, &g, &peers, i, dir).await);
+    }
+    (vals, oracle, peers)
+}
+
+fn assert_agree_up_to(refs: &[&std::sync::Arc<peergrid_chain::shared::Shared>]) -> u64 {
+    let height = min_height(refs);
+    for h in 1..=height {
+        agreed_root(refs, h);
+    }
+    height
+}
+
+#[test]
+fn a_validator_cut_off_catches_up_by_backfill_and_agrees() {
+    for seed in [3u64, 4] {
+        runner(seed, Duration::from_secs(300)).start(|context| async move {
+            let (vals, oracle, peers) = grid(&context, 4, None).await;
+            let refs: Vec<_> = vals.iter().collect();
+            wait_for_height(&context, &refs, 5).await;
+            for other in &peers[..3] {
+                cut(&oracle, &peers[3], other).await;
+            }
+            let isolated_at = vals[3].with_state(|s| s.height()).unwrap_or(0);
+            // Three of four are a quorum: they go on finalizing without it.
+            let to = user(9).account();
+            for n in 0..10 {
+                submit_all(&refs[..3], &transfer(2, &to, n, 7));
+            }
+            wait_for_height(&context, &refs[..3], isolated_at + 25).await;
+            assert!(
+                vals[3].with_state(|s| s.height()).unwrap_or(0) <= isolated_at + 1,
+                "the isolated validator cannot finalize alone"
+            );
+            link_all(&oracle, &peers, LINK).await;
+            let target = min_height(&refs[..3]);
+            wait_for_height(&context, &refs, target).await;
+            let agreed = assert_agree_up_to(&refs);
+            assert!(agreed >= target);
+            assert_eq!(vals[3].with_state(|s| s.account(&to).balance.0), Some(70));
+        });
+    }
+}
+
+#[test]
+fn a_two_two_partition_halts_finality_until_healed() {
+    for seed in [5u64, 6] {
+        runner(seed, Duration::from_secs(300)).start(|context| async move {
+            let (vals, oracle, peers) = grid(&context, 4, None).await;
+            let refs: Vec<_> = vals.iter().collect();
+            wait_for_height(&context, &refs, 5).await;
+            for a in &peers[..2] {
+                for b in &peers[2..] {
+                    cut(&oracle, a, b).await;
+                }
+            }
+            // Let blocks already certified before the cut settle, then watch: nothing may finalize.
+            context.sleep(Duration::from_secs(3)).await;
+            let frozen: Vec<u64> = refs
+                .iter()
+                .map(|s| s.with_state(|st| st.height()).unwrap_or(0))
+                .collect();
+            context.sleep(Duration::from_secs(20)).await;
+            let later: Vec<u64> = refs
+                .iter()
+                .map(|s| s.with_state(|st| st.height()).unwrap_or(0))
+                .collect();
+            assert_eq!(
+                frozen, later,
+                "a side without a quorum finalized something (safety)"
+            );
+            link_all(&oracle, &peers, LINK).await;
+            let resumed = frozen.iter().max().copied().unwrap_or(0) + 10;
+            wait_for_height(&context, &refs, resumed).await;
+            assert_agree_up_to(&refs);
+        });
+    }
+}
+
+#[test]
+fn an_equivocating_validator_is_caught_and_the_others_stay_safe_and_live() {
+    for seed in [7u64, 8] {
+        runner(seed, Duration::from_secs(300)).start(|context| async move {
+            let g = genesis(4);
+            let peers = participants(4);
+            let oracle = network(&context, &peers).await;
+            link_all(&oracle, &peers, LINK).await;
+            let mut vals = Vec::new();
+            for i in 0..3 {
+                vals.push(start_validator(&context, &oracle, &g, &peers, i, None).await);
+            }
+            start_equivocator(&context, &oracle, &peers, 3).await;
+            let refs: Vec<_> = vals.iter().collect();
+            let to = user(9).account();
+            for n in 0..5 {
+                submit_all(&refs, &transfer(3, &to, n, 11));
+            }
+            wait_for_height(&context, &refs, 20).await;
+            assert_agree_up_to(&refs);
+            let blocked = oracle.blocked().await.expect("oracle");
+            assert!(
+                blocked
+                    .iter()
+                    .any(|(by, whom)| whom == &peers[3] && peers[..3].contains(by)),
+                "no honest validator blocked the equivocator: {blocked:?}"
+            );
+            assert!(
+                !blocked.iter().any(|(_, whom)| peers[..3].contains(whom)),
+                "an honest validator was blocked: {blocked:?}"
+            );
+        });
+    }
+}
+
+#[test]
+fn all_validators_crash_and_restart_without_losing_or_repeating_a_block() {
+    use commonware_runtime::deterministic;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_path_buf();
+    let to = user(9).account();
+    let p = path.clone();
+    let (before, checkpoint) =
+        runner(9, Duration::from_secs(300)).start_and_recover(|context| async move {
+            let (vals, _oracle, _peers) = grid(&context, 4, Some(&p)).await;
+            let refs: Vec<_> = vals.iter().collect();
+            for n in 0..10 {
+                submit_all(&refs, &transfer(4, &to, n, 5));
+            }
+            wait_for_height(&context, &refs, 12).await;
+            // Returning drops every task wherever it is: a crash of all four at once.
+            refs.iter()
+                .map(|s| s.with_state(|st| st.height()).unwrap_or(0))
+                .collect::<Vec<_>>()
+        });
+    let p = path.clone();
+    deterministic::Runner::from(checkpoint).start(|context| async move {
+        let (vals, _oracle, _peers) = grid(&context, 4, Some(&p)).await;
+        let refs: Vec<_> = vals.iter().collect();
+        for (v, h) in vals.iter().zip(&before) {
+            assert!(
+                v.with_state(|s| s.height()).unwrap_or(0) >= *h,
+                "a finalized block was lost in the crash"
+            );
+        }
+        let target = before.iter().max().copied().unwrap_or(0) + 10;
+        wait_for_height(&context, &refs, target).await;
+        // Each transfer applied exactly once on every validator.
+        for v in &vals {
+            assert_eq!(v.with_state(|s| s.account(&to).balance.0), Some(50));
+        }
+        let h = min_height(&refs);
+        let root = agreed_root(&refs, h);
+        assert!(refs.iter().all(|s| {
+            s.with_state(|st| st.height() > h || st.root() == root)
+                .unwrap_or(false)
+        }));
+    });
+}

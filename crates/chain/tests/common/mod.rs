@@ -1,6 +1,8 @@
 //! A deterministic grid of validators on a simulated network.
 #![allow(dead_code)]
 
+pub mod equivocator;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -173,6 +175,39 @@ pub async fn start_validator(
     )
     .await;
     shared
+}
+
+/// Start validator `i` as an [`equivocator`]: it votes for two proposals in every view.
+pub async fn start_equivocator(
+    context: &deterministic::Context,
+    oracle: &Oracle<PublicKey, deterministic::Context>,
+    participants: &[PublicKey],
+    i: usize,
+) {
+    use commonware_consensus::simplex::scheme::ed25519::Scheme;
+    let signer = consensus_key(&validator_key(i));
+    let control = oracle.control(signer.public_key());
+    let quota = Quota::per_second(NZU32!(10_000));
+    let votes = control
+        .register(engine::CHANNEL_VOTES, quota)
+        .await
+        .expect("register");
+    let certificates = control
+        .register(engine::CHANNEL_CERTIFICATES, quota)
+        .await
+        .expect("register");
+    let set = commonware_utils::ordered::Set::from_iter_dedup(participants.iter().cloned());
+    let scheme = Scheme::signer(engine::NAMESPACE, set, signer).expect("a member");
+    equivocator::start(context.child("equivocator"), scheme, votes, certificates);
+}
+
+/// The height every validator in `shared` has reached.
+pub fn min_height(shared: &[&Arc<Shared>]) -> u64 {
+    shared
+        .iter()
+        .map(|s| s.with_state(|st| st.height()).unwrap_or(0))
+        .min()
+        .unwrap_or(0)
 }
 
 pub fn participants(n: usize) -> Vec<PublicKey> {
