@@ -2,9 +2,11 @@
 //!
 //! # Status: ALPHA
 
+pub mod api;
 pub mod app;
 pub mod block;
 pub mod engine;
 pub mod finalizer;
 pub mod mempool;
 pub mod shared;
+pub mod validator;

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use peergrid_core::{AccountId, SignedTx, TxHash};
+use peergrid_core::{AccountId, Amount, Payload, SignedTx, TxHash};
 use peergrid_ledger::{State, TxError, check_stateless};
 
 /// Limits of the pool.
@@ -146,6 +146,29 @@ impl Mempool {
             }
             .into());
         }
+        // Catch the obvious overdraft at the door; pending transactions are not counted, so
+        // a block may still reject one of several that together overdraw.
+        let len = tx.encode().len();
+        let fee = Amount(state.params().fee_per_byte.0.saturating_mul(len as u64));
+        let spend = match &tx.body.payload {
+            Payload::Transfer { amount, .. } => *amount,
+            _ => Amount::ZERO,
+        };
+        let free = matches!(tx.body.payload, Payload::ReportUptime { node, .. } if state.node(node).is_some_and(|n| n.account == signer));
+        let needed = if free {
+            spend
+        } else {
+            spend.saturating_add(fee)
+        };
+        let available = state.account(&signer).balance;
+        if available < needed {
+            return Err(TxError::InsufficientBalance {
+                needed,
+                fee: if free { Amount::ZERO } else { fee },
+                available,
+            }
+            .into());
+        }
         if let Some(p) = self.accounts.get(&signer).and_then(|q| q.get(&nonce)) {
             return Err(MempoolError::NonceTaken {
                 signer,
@@ -153,7 +176,6 @@ impl Mempool {
                 pending: p.hash,
             });
         }
-        let len = tx.encode().len();
         if self.hashes.len() >= self.limits.txs_max || self.bytes + len > self.limits.bytes_max {
             return Err(MempoolError::Full {
                 txs: self.hashes.len(),

@@ -5,12 +5,12 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 
 use redb::ReadableDatabase;
-use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use peergrid_core::{AccountId, Hash, SignedTx, TxHash};
+use peergrid_core::{AccountId, SignedTx, TxHash};
+pub use peergrid_ledger::receipt::{FinalizedBlock, TxOutcome, TxStatus};
 use peergrid_ledger::{
-    BlockContext, BlockOutcome, Event, Genesis, Ledger, LedgerError, Store, StoreError, TxError,
+    BlockContext, BlockOutcome, Genesis, Ledger, LedgerError, Store, StoreError,
 };
 
 use crate::block::Block;
@@ -18,58 +18,6 @@ use crate::mempool::{Mempool, MempoolError, MempoolLimits};
 
 /// The ledger with whatever store the validator was given.
 pub type DynLedger = Ledger<Box<dyn Store + Send + Sync>>;
-
-/// How one transaction in a finalized block ended.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TxOutcome {
-    /// The transaction's hash.
-    pub hash: TxHash,
-    /// Its signer.
-    pub signer: AccountId,
-    /// Its events if it applied, or why it was rejected.
-    pub result: Result<Vec<Event>, TxError>,
-}
-
-/// A finalized block as followers see it: its digest, its state root, and what each transaction did.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FinalizedBlock {
-    /// Height.
-    pub height: u64,
-    /// The block's digest, hex.
-    pub digest: String,
-    /// Ledger time, ms.
-    pub time_ms: u64,
-    /// State root after the block.
-    pub root: Hash,
-    /// Transactions, in order.
-    pub txs: Vec<TxOutcome>,
-    /// Events of end-of-block logic.
-    pub end_events: Vec<Event>,
-}
-
-/// Where a transaction is, as far as this validator knows.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "status", rename_all = "snake_case")]
-pub enum TxStatus {
-    /// Waiting in the mempool.
-    Pending,
-    /// In a finalized block, applied.
-    Finalized {
-        /// Block height.
-        height: u64,
-        /// What it did.
-        events: Vec<Event>,
-    },
-    /// In a finalized block, rejected: nothing changed.
-    Rejected {
-        /// Block height.
-        height: u64,
-        /// Why.
-        reason: TxError,
-    },
-    /// Not known here: never received, or dropped from the mempool.
-    Unknown,
-}
 
 /// Receipts of finalized blocks, by height and by transaction hash.
 ///

@@ -9,12 +9,13 @@
 
 mod genesis;
 mod key;
+mod ledger;
 mod output;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{ArgAction, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
@@ -28,6 +29,9 @@ struct Cli {
     /// Key file [default: $PEERGRID_HOME/key.json, PEERGRID_HOME defaults to ~/.peergrid].
     #[arg(long, global = true, value_name = "FILE")]
     key: Option<PathBuf>,
+    /// Ledger API URLs, comma-separated [default: the running devnet's validators].
+    #[arg(long, global = true, value_name = "URL", env = "PEERGRID_LEDGER")]
+    ledger: Option<String>,
     /// Log to stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
     #[arg(short, long, global = true, action = ArgAction::Count)]
     verbose: u8,
@@ -43,23 +47,24 @@ enum Command {
     /// Create and check genesis files.
     #[command(subcommand)]
     Genesis(genesis::GenesisCommand),
-    /// Start a whole grid on this machine (not yet available).
-    Devnet,
+    /// Start a whole grid on this machine; `devnet status` checks a running one.
+    Devnet(ledger::DevnetArgs),
     /// Run a validator.
     #[command(subcommand)]
-    Validator(ValidatorCommand),
-}
-
-#[derive(Subcommand)]
-enum ValidatorCommand {
-    /// Run a validator that keeps the ledger (not yet available).
-    Run,
+    Validator(ledger::ValidatorCommand),
+    /// Balances and transfers.
+    #[command(subcommand)]
+    Wallet(ledger::WalletCommand),
+    /// Transactions.
+    #[command(subcommand)]
+    Tx(ledger::TxCommand),
 }
 
 /// What every command gets besides its own arguments.
 struct Globals {
     json: bool,
     key: Option<PathBuf>,
+    ledger: Option<String>,
 }
 
 impl Globals {
@@ -68,6 +73,39 @@ impl Globals {
         if let Some(path) = &self.key {
             return Ok(path.clone());
         }
+        self.home_key_file()
+    }
+
+    /// The key to sign with: `--key`, your own key, or, while a devnet runs and you have
+    /// no key of your own, the devnet's demo account, so a newcomer needs no set-up.
+    fn keypair(&self) -> anyhow::Result<peergrid_core::Keypair> {
+        let own = self.key_file()?;
+        if self.key.is_none()
+            && !own.exists()
+            && let Some(running) = peergrid_devnet::running(&peergrid_devnet::default_dir())
+        {
+            return Ok(peergrid_core::Keypair::load(&running.demo_key)?);
+        }
+        Ok(peergrid_core::Keypair::load(&own)?)
+    }
+
+    /// A client of `--ledger`, or of the running devnet.
+    fn client(&self) -> anyhow::Result<peergrid_client::Client> {
+        if let Some(urls) = &self.ledger {
+            return Ok(peergrid_client::Client::new(
+                urls.split(',').map(|u| u.trim().to_string()).collect(),
+            ));
+        }
+        match peergrid_devnet::running(&peergrid_devnet::default_dir()) {
+            Some(r) => Ok(peergrid_client::Client::new(r.apis)),
+            None => anyhow::bail!(
+                "no ledger to talk to: start one with `peergrid devnet`, or pass --ledger URL"
+            ),
+        }
+    }
+
+    /// `$PEERGRID_HOME/key.json`.
+    fn home_key_file(&self) -> anyhow::Result<PathBuf> {
         let home = match std::env::var_os("PEERGRID_HOME") {
             Some(dir) if !dir.is_empty() => PathBuf::from(dir),
             _ => {
@@ -81,18 +119,19 @@ impl Globals {
     }
 }
 
-const CONSENSUS_MISSING: &str =
-    "not yet available: the ledger consensus (issue 3) is not built yet";
-
 fn run(cli: Cli) -> anyhow::Result<()> {
     let globals = Globals {
         json: cli.json,
         key: cli.key,
+        ledger: cli.ledger,
     };
     match cli.command {
         Command::Key(cmd) => key::run(&globals, cmd),
         Command::Genesis(cmd) => genesis::run(&globals, cmd),
-        Command::Devnet | Command::Validator(ValidatorCommand::Run) => bail!(CONSENSUS_MISSING),
+        Command::Devnet(args) => ledger::devnet(&globals, args),
+        Command::Validator(cmd) => ledger::validator(cmd),
+        Command::Wallet(cmd) => ledger::wallet(&globals, cmd),
+        Command::Tx(cmd) => ledger::tx(&globals, cmd),
     }
 }
 
@@ -107,6 +146,7 @@ fn init_logging(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 

@@ -17,6 +17,7 @@ pub mod apply;
 pub mod genesis;
 pub mod ledger;
 pub mod lthash;
+pub mod receipt;
 pub mod records;
 pub mod state;
 pub mod store;

@@ -1,0 +1,516 @@
+//! The ledger HTTP API every validator serves.
+//!
+//! Reads answer from the latest finalized state and say which height and state root
+//! they were read at. The state root is an LtHash commitment, so answers carry no
+//! inclusion proof yet; a client that needs certainty asks several validators and
+//! compares roots at the same height. `/openapi.json` describes every route.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::Stream;
+use futures::channel::mpsc;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use peergrid_core::tx::TX_BYTES_MAX;
+use peergrid_core::{AccountId, Hash, SignedTx};
+
+use crate::mempool::MempoolError;
+use crate::shared::{FinalizedBlock, Shared};
+
+/// Largest page of a list.
+pub const PAGE_MAX: usize = 500;
+/// A ledger that has not finalized for this long is reported unhealthy.
+pub const STALL_AFTER: Duration = Duration::from_secs(10);
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct Api {
+    /// Validator state.
+    pub shared: Arc<Shared>,
+    /// Accepted transactions to gossip to the other validators.
+    pub gossip: Option<mpsc::UnboundedSender<SignedTx>>,
+}
+
+/// An API error: a status, a machine-readable kind and a message that says what to do.
+pub struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            kind,
+            message: message.into(),
+        }
+    }
+
+    fn not_found(what: impl std::fmt::Display) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} does not exist at the finalized height"),
+        )
+    }
+
+    fn bad(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({ "error": self.kind, "message": self.message })),
+        )
+            .into_response()
+    }
+}
+
+type ApiResult = Result<Json<Value>, ApiError>;
+
+/// The router with every route.
+pub fn router(api: Api) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route(
+            "/v1/tx",
+            post(submit).layer(DefaultBodyLimit::max(2 * TX_BYTES_MAX + 1024)),
+        )
+        .route("/v1/tx/{hash}", get(tx_status))
+        .route("/v1/accounts/{id}", get(account))
+        .route("/v1/farms", get(farms))
+        .route("/v1/farms/{id}", get(farm))
+        .route("/v1/nodes", get(nodes))
+        .route("/v1/nodes/{id}", get(node))
+        .route("/v1/contracts", get(contracts))
+        .route("/v1/contracts/{id}", get(contract))
+        .route("/v1/proposals", get(proposals))
+        .route("/v1/proposals/{id}", get(proposal))
+        .route("/v1/blocks/{height}", get(block))
+        .route("/v1/events", get(events))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+        .with_state(api)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn read<T>(
+    api: &Api,
+    f: impl FnOnce(&peergrid_ledger::State) -> Result<T, ApiError>,
+) -> Result<(T, u64, Hash), ApiError> {
+    api.shared
+        .with_state(|s| f(s).map(|v| (v, s.height(), s.root())))
+        .unwrap_or_else(|| {
+            Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "ledger lock poisoned",
+            ))
+        })
+}
+
+/// Wrap `value` with the height and root it was read at.
+fn at(value: Value, height: u64, root: Hash) -> Json<Value> {
+    Json(json!({ "height": height, "root": root, "data": value }))
+}
+
+fn to_json(v: impl serde::Serialize) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+async fn status(State(api): State<Api>) -> ApiResult {
+    let mempool = api.shared.mempool.lock().map(|p| p.len()).unwrap_or(0);
+    let (v, height, root) = read(&api, |s| {
+        let g = s.globals();
+        let age_ms = now_ms().saturating_sub(g.time_ms);
+        Ok(json!({
+            "chain_id": s.chain_id(),
+            "genesis_hash": s.config().genesis_hash,
+            "time_ms": g.time_ms,
+            "last_block_age_ms": age_ms,
+            "finalizing": s.height() > 0 && age_ms < STALL_AFTER.as_millis() as u64,
+            "validators": s.config().validators,
+            "supply": { "genesis": g.genesis_supply, "minted": g.minted, "burned": g.burned },
+            "mempool": mempool,
+        }))
+    })?;
+    Ok(at(v, height, root))
+}
+
+#[derive(Deserialize)]
+struct SubmitJson {
+    /// The transaction's canonical bytes, hex.
+    tx: String,
+}
+
+async fn submit(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let bytes = if is_json {
+        let req: SubmitJson = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad(format!("expected {{\"tx\": \"<hex>\"}}: {e}")))?;
+        hex::decode(req.tx.trim()).map_err(|_| ApiError::bad("\"tx\" is not hex"))?
+    } else {
+        body.to_vec()
+    };
+    let tx = SignedTx::decode(&bytes)
+        .map_err(|e| ApiError::bad(format!("{e}; send the canonical encoding")))?;
+    match api.shared.submit(tx.clone()) {
+        Ok(hash) => {
+            if let Some(g) = &api.gossip {
+                let _ = g.unbounded_send(tx);
+            }
+            Ok((StatusCode::ACCEPTED, Json(json!({ "hash": hash }))).into_response())
+        }
+        Err(MempoolError::Full { .. }) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "mempool_full",
+            "the mempool is full; retry in a few seconds",
+        )),
+        Err(MempoolError::Rejected(e)) => Err(ApiError {
+            status: StatusCode::BAD_REQUEST,
+            kind: "rejected",
+            message: e.to_string(),
+        }),
+        Err(e) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            e.to_string(),
+        )),
+    }
+}
+
+fn parse<T: std::str::FromStr>(what: &str, text: &str) -> Result<T, ApiError>
+where
+    T::Err: std::fmt::Display,
+{
+    text.parse()
+        .map_err(|e| ApiError::bad(format!("invalid {what} {text:?}: {e}")))
+}
+
+async fn tx_status(State(api): State<Api>, Path(hash): Path<String>) -> ApiResult {
+    let hash: Hash = parse("transaction hash", &hash)?;
+    Ok(Json(
+        json!({ "hash": hash, "status": to_json(api.shared.status(&hash)) }),
+    ))
+}
+
+async fn account(State(api): State<Api>, Path(id): Path<String>) -> ApiResult {
+    let id: AccountId = parse("account", &id)?;
+    let (v, h, r) = read(&api, |s| {
+        let node = s.node_by_account(&id).map(|n| n.id);
+        Ok(
+            json!({ "account": id, "balance": s.account(&id).balance, "nonce": s.account(&id).nonce, "node": node }),
+        )
+    })?;
+    Ok(at(v, h, r))
+}
+
+#[derive(Deserialize)]
+struct Page {
+    from: Option<u64>,
+    limit: Option<usize>,
+    farm: Option<u32>,
+    owner: Option<String>,
+}
+
+impl Page {
+    fn limit(&self) -> usize {
+        self.limit.unwrap_or(100).clamp(1, PAGE_MAX)
+    }
+}
+
+/// A page of items and where the next page starts.
+fn page<T: serde::Serialize>(items: impl Iterator<Item = (u64, T)>, limit: usize) -> Value {
+    let mut out = Vec::new();
+    let mut next = None;
+    for (id, item) in items {
+        if out.len() == limit {
+            next = Some(id);
+            break;
+        }
+        out.push(to_json(item));
+    }
+    json!({ "items": out, "next": next })
+}
+
+async fn farms(State(api): State<Api>, Query(p): Query<Page>) -> ApiResult {
+    let from = u32::try_from(p.from.unwrap_or(1)).unwrap_or(u32::MAX);
+    let (v, h, r) = read(&api, |s| {
+        Ok(page(s.farms(from).map(|f| (f.id as u64, f)), p.limit()))
+    })?;
+    Ok(at(v, h, r))
+}
+
+async fn farm(State(api): State<Api>, Path(id): Path<String>) -> ApiResult {
+    let (v, h, r) = read(&api, |s| {
+        let farm = match id.parse::<u32>() {
+            Ok(n) => s.farm(n),
+            Err(_) => s.farm_by_name(&id),
+        };
+        farm.map(to_json)
+            .ok_or_else(|| ApiError::not_found(format!("farm {id}")))
+    })?;
+    Ok(at(v, h, r))
+}
+
+fn node_json(n: &peergrid_ledger::Node, s: &peergrid_ledger::State) -> Value {
+    let mut v = to_json(n);
+    v["status"] = to_json(n.status(s.time_ms(), s.params()));
+    v["free"] = to_json(n.free());
+    v
+}
+
+async fn nodes(State(api): State<Api>, Query(p): Query<Page>) -> ApiResult {
+    let from = u32::try_from(p.from.unwrap_or(1)).unwrap_or(u32::MAX);
+    let (v, h, r) = read(&api, |s| {
+        let items = s
+            .nodes(from)
+            .filter(|n| p.farm.is_none_or(|f| n.farm == f))
+            .map(|n| (n.id as u64, node_json(n, s)));
+        Ok(page(items, p.limit()))
+    })?;
+    Ok(at(v, h, r))
+}
+
+async fn node(State(api): State<Api>, Path(id): Path<String>) -> ApiResult {
+    let (v, h, r) = read(&api, |s| {
+        let node = match id.parse::<u32>() {
+            Ok(n) => s.node(n),
+            Err(_) => id
+                .parse::<AccountId>()
+                .ok()
+                .and_then(|a| s.node_by_account(&a)),
+        };
+        node.map(|n| node_json(n, s))
+            .ok_or_else(|| ApiError::not_found(format!("node {id}")))
+    })?;
+    Ok(at(v, h, r))
+}
+
+async fn contracts(State(api): State<Api>, Query(p): Query<Page>) -> ApiResult {
+    let owner = match &p.owner {
+        Some(o) => Some(parse::<AccountId>("owner", o)?),
+        None => None,
+    };
+    let (v, h, r) = read(&api, |s| {
+        let items = s
+            .contracts(p.from.unwrap_or(1))
+            .filter(|c| owner.is_none_or(|o| c.owner == o))
+            .map(|c| (c.id, c));
+        Ok(page(items, p.limit()))
+    })?;
+    Ok(at(v, h, r))
+}
+
+async fn contract(State(api): State<Api>, Path(id): Path<String>) -> ApiResult {
+    let (v, h, r) = read(&api, |s| {
+        let c = match id.parse::<u64>() {
+            Ok(n) => s.contract(n),
+            Err(_) => s.contract_by_name(&id),
+        };
+        c.map(to_json)
+            .ok_or_else(|| ApiError::not_found(format!("contract {id}")))
+    })?;
+    Ok(at(v, h, r))
+}
+
+async fn proposals(State(api): State<Api>, Query(p): Query<Page>) -> ApiResult {
+    let (v, h, r) = read(&api, |s| {
+        Ok(page(
+            s.proposals(p.from.unwrap_or(1)).map(|p| (p.id, p)),
+            p.limit(),
+        ))
+    })?;
+    Ok(at(v, h, r))
+}
+
+async fn proposal(State(api): State<Api>, Path(id): Path<u64>) -> ApiResult {
+    let (v, h, r) = read(&api, |s| {
+        s.proposal(id)
+            .map(to_json)
+            .ok_or_else(|| ApiError::not_found(format!("proposal {id}")))
+    })?;
+    Ok(at(v, h, r))
+}
+
+async fn block(State(api): State<Api>, Path(height): Path<u64>) -> ApiResult {
+    api.shared
+        .receipts
+        .block(height)
+        .map(|b| Json(to_json(b)))
+        .ok_or_else(|| ApiError::not_found(format!("block {height}")))
+}
+
+#[derive(Deserialize)]
+struct From {
+    from: Option<u64>,
+}
+
+/// Finalized blocks as server-sent events, from `?from=H` (or the `Last-Event-ID` + 1) onward:
+/// stored blocks first, then live ones, so a follower that reconnects misses nothing.
+async fn events(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Query(q): Query<From>,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|h| h + 1);
+    let start = q.from.or(resume);
+    // Subscribe before reading the height, so no block falls between replay and live.
+    let live = api.shared.finalized.subscribe();
+    let head = api.shared.with_state(|s| s.height()).unwrap_or(0);
+    let next = start.unwrap_or(head + 1).max(1);
+    let state = (api.shared.clone(), live, next);
+    let stream = futures::stream::unfold(state, |(shared, mut live, next)| async move {
+        let head = shared.with_state(|s| s.height()).unwrap_or(0);
+        let block: Arc<FinalizedBlock> = if next <= head {
+            Arc::new(shared.receipts.block(next)?)
+        } else {
+            loop {
+                match live.recv().await {
+                    Ok(b) if b.height == next => break b,
+                    Ok(b) if b.height < next => continue,
+                    // Skipped ahead (lagged): fall back to the stored copy.
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        break Arc::new(shared.receipts.block(next)?);
+                    }
+                    Err(_) => return None,
+                }
+            }
+        };
+        let event = SseEvent::default()
+            .id(block.height.to_string())
+            .event("block")
+            .data(serde_json::to_string(&*block).unwrap_or_default());
+        Some((Ok(event), (shared, live, next + 1)))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(5)))
+}
+
+async fn health(State(api): State<Api>) -> Response {
+    let age = api
+        .shared
+        .with_state(|s| now_ms().saturating_sub(s.time_ms()))
+        .unwrap_or(u64::MAX);
+    if age < STALL_AFTER.as_millis() as u64 {
+        (StatusCode::OK, "ok: finalizing\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("stalled: no block finalized for {} s\n", age / 1000),
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(api): State<Api>) -> Response {
+    let mempool = api.shared.mempool.lock().map(|p| p.len()).unwrap_or(0);
+    let (height, time_ms, burned) = api
+        .shared
+        .with_state(|s| (s.height(), s.time_ms(), s.globals().burned.0))
+        .unwrap_or_default();
+    let body = format!(
+        "# HELP peergrid_ledger_height Height of the last finalized block applied.\n\
+         # TYPE peergrid_ledger_height gauge\npeergrid_ledger_height {height}\n\
+         # HELP peergrid_ledger_last_block_age_seconds Seconds since the last finalized block's time.\n\
+         # TYPE peergrid_ledger_last_block_age_seconds gauge\npeergrid_ledger_last_block_age_seconds {:.3}\n\
+         # HELP peergrid_mempool_transactions Transactions waiting for a block.\n\
+         # TYPE peergrid_mempool_transactions gauge\npeergrid_mempool_transactions {mempool}\n\
+         # HELP peergrid_ledger_burned_units Token units burned as fees.\n\
+         # TYPE peergrid_ledger_burned_units counter\npeergrid_ledger_burned_units {burned}\n",
+        now_ms().saturating_sub(time_ms) as f64 / 1000.0
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+/// Every route with its parameters and answers, as OpenAPI 3.1.
+pub fn openapi_document() -> Value {
+    let at_height = |what: &str| json!({ "description": format!("{what}, with the finalized height and state root it was read at") });
+    let list = |what: &str| {
+        json!({
+            "parameters": [
+                { "name": "from", "in": "query", "schema": { "type": "integer" }, "description": "first id of the page" },
+                { "name": "limit", "in": "query", "schema": { "type": "integer", "maximum": PAGE_MAX } }
+            ],
+            "responses": { "200": at_height(&format!("a page of {what} and the id where the next page starts")) }
+        })
+    };
+    let by_id = |what: &str| {
+        json!({
+            "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }],
+            "responses": { "200": at_height(what), "404": { "description": format!("no such {what}") } }
+        })
+    };
+    json!({
+        "openapi": "3.1.0",
+        "info": { "title": "peergrid ledger API", "version": env!("CARGO_PKG_VERSION") },
+        "paths": {
+            "/v1/status": { "get": { "summary": "chain id, height, root, whether blocks are finalizing", "responses": { "200": at_height("status") } } },
+            "/v1/tx": { "post": {
+                "summary": "submit a signed transaction (canonical bytes, or JSON {\"tx\": hex})",
+                "responses": {
+                    "202": { "description": "accepted into the mempool: {\"hash\"}" },
+                    "400": { "description": "malformed or rejected, with the rule broken" },
+                    "409": { "description": "conflicts with a pending transaction" },
+                    "503": { "description": "mempool full" }
+                } } },
+            "/v1/tx/{hash}": { "get": {
+                "summary": "pending, finalized at a height with its events, rejected with the reason, or unknown",
+                "parameters": [{ "name": "hash", "in": "path", "required": true, "schema": { "type": "string" } }],
+                "responses": { "200": { "description": "the status" } } } },
+            "/v1/accounts/{id}": { "get": by_id("account") },
+            "/v1/farms": { "get": list("farms") },
+            "/v1/farms/{id}": { "get": by_id("farm (id or name)") },
+            "/v1/nodes": { "get": list("nodes (filter with ?farm=)") },
+            "/v1/nodes/{id}": { "get": by_id("node (id or account)") },
+            "/v1/contracts": { "get": list("contracts (filter with ?owner=)") },
+            "/v1/contracts/{id}": { "get": by_id("contract (id or gateway name)") },
+            "/v1/proposals": { "get": list("governance proposals") },
+            "/v1/proposals/{id}": { "get": by_id("proposal") },
+            "/v1/blocks/{height}": { "get": {
+                "summary": "a finalized block's digest, root and transaction outcomes",
+                "parameters": [{ "name": "height", "in": "path", "required": true, "schema": { "type": "integer" } }],
+                "responses": { "200": { "description": "the block" }, "404": { "description": "not finalized yet" } } } },
+            "/v1/events": { "get": {
+                "summary": "finalized blocks as server-sent events; resume with ?from=H or Last-Event-ID",
+                "responses": { "200": { "description": "text/event-stream of `block` events" } } } },
+            "/health": { "get": { "summary": "200 while blocks finalize, 503 when stalled", "responses": { "200": { "description": "finalizing" }, "503": { "description": "stalled" } } } },
+            "/metrics": { "get": { "summary": "Prometheus metrics", "responses": { "200": { "description": "text exposition format" } } } },
+            "/openapi.json": { "get": { "summary": "this document", "responses": { "200": { "description": "OpenAPI 3.1" } } } }
+        }
+    })
+}
+
+async fn openapi() -> Json<Value> {
+    Json(openapi_document())
+}

@@ -1,0 +1,245 @@
+//! Run a validator for real: tokio runtime, authenticated TCP between validators, the HTTP API.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use commonware_codec::DecodeExt;
+use commonware_cryptography::ChaCha20Poly1305;
+use commonware_cryptography::ed25519::{PrivateKey, PublicKey};
+use commonware_p2p::authenticated::lookup;
+use commonware_p2p::{Address, AddressableManager, Receiver, Recipients, Sender};
+use commonware_runtime::{Quota, Runner, Spawner, Supervisor, tokio as cw_tokio};
+use commonware_stream::{cups, sake};
+use commonware_utils::ordered::Map;
+use commonware_utils::{NZU32, NZUsize};
+use futures::StreamExt;
+use futures::channel::mpsc;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use peergrid_core::{AccountId, Keypair, SignedTx};
+use peergrid_ledger::{Genesis, Ledger, RedbStore};
+
+use crate::api::{self, Api};
+use crate::engine::{self, Channels, Timing};
+use crate::mempool::MempoolLimits;
+use crate::shared::{Receipts, Shared};
+
+/// Channel on which validators pass each other the transactions users submit.
+pub const CHANNEL_GOSSIP: u64 = 5;
+/// Namespace of the validators' network handshake.
+pub const P2P_NAMESPACE: &[u8] = b"_PEERGRID_CHAIN_P2P";
+
+/// A validator's configuration file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ValidatorConfig {
+    /// The genesis file; validators' network addresses come from it.
+    pub genesis: PathBuf,
+    /// This validator's key file.
+    pub key: PathBuf,
+    /// Where its ledger, receipts and consensus journals live.
+    pub data_dir: PathBuf,
+    /// Address for validator-to-validator traffic.
+    pub p2p_listen: SocketAddr,
+    /// Address of the ledger HTTP API.
+    pub api_listen: SocketAddr,
+    /// Most transactions per block.
+    #[serde(default = "default_txs_per_block")]
+    pub txs_per_block: usize,
+}
+
+fn default_txs_per_block() -> usize {
+    5_000
+}
+
+impl ValidatorConfig {
+    /// Read a TOML configuration; relative paths are taken from the file's folder.
+    pub fn load(path: &std::path::Path) -> anyhow::Result<ValidatorConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let mut cfg: ValidatorConfig = toml::from_str(&text)
+            .with_context(|| format!("{} is not a valid validator config", path.display()))?;
+        let base = path.parent().unwrap_or(std::path::Path::new("."));
+        for p in [&mut cfg.genesis, &mut cfg.key, &mut cfg.data_dir] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+fn consensus_key(key: &Keypair) -> anyhow::Result<PrivateKey> {
+    PrivateKey::decode(Bytes::copy_from_slice(key.secret_seed().as_slice()))
+        .map_err(|e| anyhow::anyhow!("key cannot be used for consensus: {e}"))
+}
+
+fn public_key(account: &AccountId) -> anyhow::Result<PublicKey> {
+    PublicKey::decode(Bytes::copy_from_slice(account.as_bytes()))
+        .map_err(|e| anyhow::anyhow!("validator {account} has an unusable key: {e}"))
+}
+
+/// Run a validator until Ctrl-C. Every write is atomic, so a kill at any moment is safe too.
+pub fn run(cfg: ValidatorConfig) -> anyhow::Result<()> {
+    let genesis = Genesis::load(&cfg.genesis)?;
+    let key = Keypair::load(&cfg.key)?;
+    let me = key.account();
+    let Some(index) = genesis.validators.iter().position(|v| v.account == me) else {
+        bail!(
+            "{me} (from {}) is not a validator in {}",
+            cfg.key.display(),
+            cfg.genesis.display()
+        );
+    };
+    let mut peers = Vec::new();
+    for v in &genesis.validators {
+        let Some(addr) = &v.address else {
+            bail!(
+                "validator {} has no network address in the genesis file; add `address = \"host:port\"`",
+                v.account
+            );
+        };
+        let addr: SocketAddr = addr
+            .parse()
+            .with_context(|| format!("address {addr:?} of {} is not host:port", v.account))?;
+        peers.push((public_key(&v.account)?, addr));
+    }
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
+    let ledger = Ledger::open(
+        Box::new(RedbStore::open(&cfg.data_dir.join("ledger.redb"))?) as Box<_>,
+        &genesis,
+    )?;
+    let receipts = Receipts::open(&cfg.data_dir.join("receipts.redb"))?;
+    info!(height = ledger.state().height(), root = %ledger.state().root(), index, "ledger opened");
+    let shared = Shared::new(genesis.clone(), ledger, receipts, MempoolLimits::default());
+    let signer = consensus_key(&key)?;
+
+    let runtime = cw_tokio::Config::new().with_storage_directory(cfg.data_dir.join("consensus"));
+    let runner = cw_tokio::Runner::new(runtime);
+    runner.start(|context| async move { serve(context, cfg, shared, signer, peers, index).await })
+}
+
+async fn serve(
+    context: cw_tokio::Context,
+    cfg: ValidatorConfig,
+    shared: Arc<Shared>,
+    signer: PrivateKey,
+    peers: Vec<(PublicKey, SocketAddr)>,
+    index: usize,
+) -> anyhow::Result<()> {
+    tracing::debug!("runtime started");
+    let handshake = cups::Cups::<_, ChaCha20Poly1305>::new(
+        sake::Sake {
+            signer: signer.clone(),
+            synchrony_bound: Duration::from_secs(5),
+            max_handshake_age: Duration::from_secs(10),
+            version: sake::Version::V1,
+        },
+        cups::Version::V1,
+    );
+    let p2p = lookup::Config::local(
+        handshake,
+        P2P_NAMESPACE,
+        cfg.p2p_listen,
+        NZUsize!(peers.len().max(1)),
+        engine::MESSAGE_BYTES_MAX,
+        NZUsize!(4096),
+    );
+    let (mut network, mut oracle) = lookup::Network::new(context.child("p2p"), p2p);
+    tracing::debug!("p2p network created");
+    let addresses = Map::from_iter_dedup(
+        peers
+            .iter()
+            .map(|(k, a)| (k.clone(), Address::Symmetric(*a))),
+    );
+    oracle.track(0, addresses);
+    // Per peer and channel. Blocks and transaction gossip are batched, so a thousand messages a
+    // second is ample; the inbound mailbox is sized from this, so it must not be huge.
+    let quota = Quota::per_second(NZU32!(1_000));
+    let mut ch = Vec::new();
+    for c in 0..=CHANNEL_GOSSIP {
+        ch.push(network.register(c, quota));
+    }
+    network.start();
+    let mut ch = ch.into_iter();
+    let mut next = || ch.next().expect("six channels");
+    let channels = Channels {
+        votes: next(),
+        certificates: next(),
+        resolver: next(),
+        backfill: next(),
+        broadcast: next(),
+    };
+    let (mut gossip_out, mut gossip_in) = next();
+
+    engine::start(
+        context.child("validator"),
+        engine::Config {
+            signer,
+            participants: peers.iter().map(|(k, _)| k.clone()).collect(),
+            partition: format!("validator-{index}"),
+            shared: shared.clone(),
+            blocker: oracle.clone(),
+            peers: oracle.clone(),
+            txs_per_block: cfg.txs_per_block,
+            timing: Timing::default(),
+        },
+        channels,
+    )
+    .await;
+
+    // Transactions users give this validator go to every validator, so whoever leads next has them.
+    let (gossip, mut to_gossip) = mpsc::unbounded::<SignedTx>();
+    context.child("gossip_out").spawn(move |_| async move {
+        while let Some(first) = to_gossip.next().await {
+            let mut batch = vec![first];
+            while batch.len() < 512 {
+                match to_gossip.try_recv() {
+                    Ok(tx) => batch.push(tx),
+                    Err(_) => break,
+                }
+            }
+            let bytes = peergrid_core::codec::encode(
+                &batch.iter().map(SignedTx::encode).collect::<Vec<_>>(),
+            );
+            gossip_out.send(Recipients::All, Bytes::from(bytes), false);
+        }
+    });
+    let inbound = shared.clone();
+    context.child("gossip_in").spawn(move |_| async move {
+        while let Ok((peer, message)) = gossip_in.recv().await {
+            let Ok(batch) = peergrid_core::codec::decode::<Vec<Vec<u8>>>(
+                "gossip",
+                message.as_ref(),
+                engine::MESSAGE_BYTES_MAX as usize,
+            ) else {
+                warn!(%peer, "malformed transaction gossip");
+                continue;
+            };
+            for bytes in batch {
+                if let Ok(tx) = SignedTx::decode(&bytes) {
+                    let _ = inbound.submit(tx);
+                }
+            }
+        }
+    });
+
+    let listener = tokio::net::TcpListener::bind(cfg.api_listen)
+        .await
+        .with_context(|| format!("cannot listen for the API on {}", cfg.api_listen))?;
+    info!(api = %cfg.api_listen, p2p = %cfg.p2p_listen, "validator running");
+    let app = api::router(Api {
+        shared,
+        gossip: Some(gossip),
+    });
+    tokio::select! {
+        served = axum::serve(listener, app) => served.context("API server stopped")?,
+        _ = tokio::signal::ctrl_c() => info!("stopping on Ctrl-C"),
+    }
+    Ok(())
+}

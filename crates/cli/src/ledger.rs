@@ -1,0 +1,309 @@
+//! `peergrid wallet`, `peergrid tx`, `peergrid validator` and `peergrid devnet`: the ledger from the command line.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use peergrid_client::{Client, TxStatus};
+use peergrid_core::{AccountId, Amount, Hash, Keypair, Payload};
+use peergrid_devnet::Options;
+use serde_json::json;
+
+use crate::{Globals, output};
+
+/// How long `wallet transfer` waits for finality before giving the user the hash to check later.
+const FINALITY_WAIT: Duration = Duration::from_secs(30);
+
+#[derive(Subcommand)]
+pub enum WalletCommand {
+    /// Show an account's balance (yours by default).
+    Balance {
+        /// The account; defaults to your key's.
+        account: Option<String>,
+    },
+    /// Send tokens and wait until the transfer is final.
+    Transfer {
+        /// The receiver's account id.
+        #[arg(long)]
+        to: String,
+        /// How many tokens, like 12 or 0.5.
+        #[arg(long)]
+        amount: String,
+        /// Return once a validator accepted it, without waiting for finality.
+        #[arg(long)]
+        no_wait: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TxCommand {
+    /// Where a transaction is: pending, finalized with its events, or rejected with the reason.
+    Status {
+        /// The transaction's hash.
+        hash: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ValidatorCommand {
+    /// Run a validator from its configuration file until Ctrl-C.
+    Run {
+        /// The validator's TOML configuration.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct DevnetArgs {
+    #[command(subcommand)]
+    command: Option<DevnetCommand>,
+    /// The devnet's folder [default: $PEERGRID_HOME/devnet].
+    #[arg(long, global = true, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Forget the old devnet and start from a new genesis.
+    #[arg(long)]
+    fresh: bool,
+    /// Number of validators.
+    #[arg(long, default_value_t = 4)]
+    validators: usize,
+    /// Validator i serves its API on BASE+i and talks to the others on BASE+100+i.
+    #[arg(long, default_value_t = 8700)]
+    base_port: u16,
+}
+
+#[derive(Subcommand)]
+enum DevnetCommand {
+    /// Show the running devnet; exits 0 only while it is finalizing blocks.
+    Status,
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start an async runtime")
+}
+
+fn parse_hash(text: &str) -> anyhow::Result<Hash> {
+    text.parse().map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn status_line(status: &TxStatus) -> String {
+    match status {
+        TxStatus::Pending => "pending: waiting in the mempool".into(),
+        TxStatus::Finalized { height, events } => {
+            format!("finalized at height {height} ({} events)", events.len())
+        }
+        TxStatus::Rejected { height, reason } => format!("rejected at height {height}: {reason}"),
+        TxStatus::Unknown => "unknown to the validator (never received, expired or dropped)".into(),
+    }
+}
+
+pub fn wallet(globals: &Globals, cmd: WalletCommand) -> anyhow::Result<()> {
+    let client = globals.client()?;
+    runtime()?.block_on(async {
+        match cmd {
+            WalletCommand::Balance { account } => {
+                let id = match account {
+                    Some(a) => a.parse::<AccountId>()?,
+                    None => globals.keypair()?.account(),
+                };
+                let view = client.account(&id).await?;
+                if globals.json {
+                    return output::json(&json!({
+                        "account": id, "balance": view.data.balance, "nonce": view.data.nonce, "height": view.height,
+                    }));
+                }
+                output::rows(&[
+                    ("account", id.to_string()),
+                    ("balance", format!("{} PGT", view.data.balance)),
+                    ("nonce", view.data.nonce.to_string()),
+                    ("at height", view.height.to_string()),
+                ]);
+                Ok(())
+            }
+            WalletCommand::Transfer { to, amount, no_wait } => {
+                let to: AccountId = to.parse()?;
+                let amount: Amount = amount.parse()?;
+                let key = globals.keypair()?;
+                let tx = client.sign(&key, Payload::Transfer { to, amount }).await?;
+                let hash = client.submit(&tx).await?;
+                if no_wait {
+                    if globals.json {
+                        return output::json(&json!({ "hash": hash, "status": "pending" }));
+                    }
+                    println!("submitted {hash}\ncheck it with: peergrid tx status {hash}");
+                    return Ok(());
+                }
+                let status = client.wait(&hash, FINALITY_WAIT).await?;
+                if globals.json {
+                    output::json(&json!({ "hash": hash, "status": status }))?;
+                } else {
+                    println!("{amount} PGT to {to}\n{hash}: {}", status_line(&status));
+                }
+                if let TxStatus::Rejected { reason, .. } = status {
+                    bail!("the transfer was rejected: {reason}");
+                }
+                Ok(())
+            }
+        }
+    })
+}
+
+pub fn tx(globals: &Globals, cmd: TxCommand) -> anyhow::Result<()> {
+    let client = globals.client()?;
+    let TxCommand::Status { hash } = cmd;
+    let hash = parse_hash(&hash)?;
+    runtime()?.block_on(async {
+        let status = client.tx_status(&hash).await?;
+        if globals.json {
+            return output::json(&json!({ "hash": hash, "status": status }));
+        }
+        println!("{hash}: {}", status_line(&status));
+        if let TxStatus::Finalized { events, .. } = &status {
+            for e in events {
+                println!("  {}", serde_json::to_string(e).unwrap_or_default());
+            }
+        }
+        Ok(())
+    })
+}
+
+pub fn validator(cmd: ValidatorCommand) -> anyhow::Result<()> {
+    let ValidatorCommand::Run { config } = cmd;
+    let cfg = peergrid_chain::validator::ValidatorConfig::load(&config)?;
+    peergrid_chain::validator::run(cfg)
+}
+
+pub fn devnet(globals: &Globals, args: DevnetArgs) -> anyhow::Result<()> {
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(peergrid_devnet::default_dir);
+    if let Some(DevnetCommand::Status) = args.command {
+        return devnet_status(globals, &dir);
+    }
+    let opts = Options {
+        dir: dir.clone(),
+        fresh: args.fresh,
+        validators: args.validators,
+        base_port: args.base_port,
+    };
+    let genesis = peergrid_devnet::prepare(&opts)?;
+    let exe = std::env::current_exe().context("cannot find the peergrid executable")?;
+    let mut supervisor = peergrid_devnet::Supervisor::start(&opts, &genesis, &exe)?;
+    runtime()?.block_on(async {
+        eprintln!("starting {} validators in {} …", genesis.validators.len(), dir.display());
+        let height = supervisor.wait_finalizing(Duration::from_secs(60)).await?;
+        let demo = Keypair::load(&supervisor.running.demo_key)?;
+        let mnemonic = std::fs::read_to_string(dir.join("demo-mnemonic.txt")).unwrap_or_default();
+        if globals.json {
+            output::json(&json!({
+                "chain_id": genesis.chain_id,
+                "apis": supervisor.running.apis,
+                "demo_account": demo.account(),
+                "demo_mnemonic": mnemonic.trim(),
+                "height": height,
+            }))?;
+        } else {
+            println!("peergrid devnet is finalizing blocks (height {height})\n");
+            output::rows(&[
+                ("chain", genesis.chain_id.clone()),
+                ("ledger API", supervisor.running.apis.first().cloned().unwrap_or_default()),
+                ("validators", supervisor.running.apis.join(" ")),
+                ("demo account", demo.account().to_string()),
+                ("demo key", supervisor.running.demo_key.display().to_string()),
+                ("logs", dir.join("logs").display().to_string()),
+            ]);
+            println!("\ndemo account's 24 words (devnet only):\n{}", output::phrase_lines(mnemonic.trim()));
+            println!("try, from another terminal:\n  peergrid wallet balance\n  peergrid wallet transfer --to <ACCOUNT> --amount 1\n  peergrid devnet status");
+            println!("\nCtrl-C stops the devnet; its state is kept for next time (--fresh starts over).");
+        }
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                    if let Some(i) = supervisor.exited() {
+                        supervisor.stop();
+                        bail!("validator {i} stopped unexpectedly; see {}", dir.join(format!("logs/validator-{i}.log")).display());
+                    }
+                }
+            }
+        }
+        eprintln!("stopping the devnet …");
+        supervisor.stop();
+        Ok(())
+    })
+}
+
+fn devnet_status(globals: &Globals, dir: &std::path::Path) -> anyhow::Result<()> {
+    let Some(running) = peergrid_devnet::running(dir) else {
+        bail!(
+            "no devnet is running from {}; start one with `peergrid devnet`",
+            dir.display()
+        );
+    };
+    runtime()?.block_on(async {
+        let mut rows = Vec::new();
+        let mut finalizing = 0;
+        for api in &running.apis {
+            let client = Client::new(vec![api.clone()]);
+            match client.status().await {
+                Ok(s) => {
+                    let ok = s.data["finalizing"].as_bool() == Some(true);
+                    finalizing += usize::from(ok);
+                    rows.push(json!({
+                        "api": api, "height": s.height, "root": s.root,
+                        "last_block_age_ms": s.data["last_block_age_ms"], "finalizing": ok,
+                    }));
+                }
+                Err(e) => {
+                    rows.push(json!({ "api": api, "error": e.to_string(), "finalizing": false }))
+                }
+            }
+        }
+        let quorum = running.apis.len() * 2 / 3 + 1;
+        let healthy = finalizing >= quorum.min(running.apis.len());
+        if globals.json {
+            output::json(
+                &json!({ "chain_id": running.chain_id, "finalizing": healthy, "validators": rows }),
+            )?;
+        } else {
+            println!(
+                "{:<26} {:>8}  {:<10}  state root",
+                "validator API", "height", "state"
+            );
+            for r in &rows {
+                let state = if r["finalizing"] == true {
+                    "finalizing"
+                } else if r.get("error").is_some() {
+                    "down"
+                } else {
+                    "stalled"
+                };
+                println!(
+                    "{:<26} {:>8}  {:<10}  {}",
+                    r["api"].as_str().unwrap_or_default(),
+                    r["height"]
+                        .as_u64()
+                        .map(|h| h.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    state,
+                    r["root"]
+                        .as_str()
+                        .map(|s| &s[..16.min(s.len())])
+                        .unwrap_or("-"),
+                );
+            }
+        }
+        if !healthy {
+            bail!(
+                "the devnet is not finalizing: {finalizing} of {} validators are",
+                running.apis.len()
+            );
+        }
+        Ok(())
+    })
+}

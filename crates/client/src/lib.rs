@@ -1,0 +1,333 @@
+//! Talk to the ledger through any validator's HTTP API: submit, wait for finality, read, follow.
+//!
+//! # Status: ALPHA
+//!
+//! A [`Client`] knows several validators and moves to the next one when one does not
+//! answer, so a crashed validator costs a retry, not an error. It holds no consensus
+//! code: nodes, gateways and the CLI stay light.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::{Stream, StreamExt};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tracing::debug;
+
+use peergrid_core::{AccountId, Amount, Hash, Keypair, Payload, SignedTx, TxHash};
+pub use peergrid_ledger::receipt::{FinalizedBlock, TxOutcome, TxStatus};
+
+/// How long a signed transaction stays valid by default.
+pub const TX_LIFETIME: Duration = Duration::from_secs(300);
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// No validator answered.
+    #[error(
+        "no validator answered at {tried}: {last} (is the ledger running? check --ledger or `peergrid devnet status`)"
+    )]
+    Unreachable {
+        /// The URLs tried.
+        tried: String,
+        /// The last failure.
+        last: String,
+    },
+    /// The validator refused the request, with its reason.
+    #[error("{message}")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// Machine-readable kind (`rejected`, `not_found`, …).
+        kind: String,
+        /// What was wrong and what to do.
+        message: String,
+    },
+    /// The answer was not what the API promises.
+    #[error("unexpected answer from {url}: {reason}")]
+    Protocol {
+        /// Where.
+        url: String,
+        /// What.
+        reason: String,
+    },
+    /// The transaction was not finalized in time.
+    #[error(
+        "transaction {hash} not finalized after {waited:?}; it may still be: check with `peergrid tx status {hash}`"
+    )]
+    Timeout {
+        /// The transaction.
+        hash: TxHash,
+        /// How long we waited.
+        waited: Duration,
+    },
+}
+
+/// A value read from the ledger, with the finalized height and state root it was read at.
+#[derive(Clone, Debug, Deserialize)]
+pub struct AtHeight<T> {
+    /// Finalized height of the read.
+    pub height: u64,
+    /// State root at that height.
+    pub root: Hash,
+    /// The value.
+    pub data: T,
+}
+
+/// An account as the API shows it.
+#[derive(Clone, Debug, Deserialize)]
+pub struct AccountView {
+    /// The account.
+    pub account: AccountId,
+    /// Its balance.
+    pub balance: Amount,
+    /// Its next nonce.
+    pub nonce: u64,
+    /// The node it is the key of, if any.
+    pub node: Option<u32>,
+}
+
+/// A client of the ledger API.
+pub struct Client {
+    urls: Vec<String>,
+    http: reqwest::Client,
+    current: AtomicUsize,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: String,
+    message: String,
+}
+
+impl Client {
+    /// A client of the validators at `urls` (like `http://127.0.0.1:8700`), tried in turn.
+    pub fn new(urls: Vec<String>) -> Client {
+        let urls = urls
+            .into_iter()
+            .map(|u| u.trim_end_matches('/').to_string())
+            .collect();
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap_or_default();
+        Client {
+            urls,
+            http,
+            current: AtomicUsize::new(0),
+        }
+    }
+
+    /// The validator URLs.
+    pub fn urls(&self) -> &[String] {
+        &self.urls
+    }
+
+    /// Send `build(url)` to one validator after another until one answers.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        build: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
+        let start = self.current.load(Ordering::Relaxed);
+        let mut last = String::from("no validator configured");
+        for i in 0..self.urls.len() {
+            let index = (start + i) % self.urls.len();
+            let url = &self.urls[index];
+            let response = match build(&self.http, url).send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    debug!(%url, error = %e, "validator unreachable, trying the next");
+                    last = e.to_string();
+                    continue;
+                }
+            };
+            let status = response.status();
+            // A validator that fails internally may be the only broken one: try another.
+            if status.is_server_error() && status.as_u16() != 503 {
+                last = format!("{url} answered {status}");
+                continue;
+            }
+            self.current.store(index, Ordering::Relaxed);
+            let body = response.bytes().await.map_err(|e| ClientError::Protocol {
+                url: url.clone(),
+                reason: e.to_string(),
+            })?;
+            if !status.is_success() {
+                let err: ErrorBody = serde_json::from_slice(&body).unwrap_or(ErrorBody {
+                    error: "http".into(),
+                    message: format!("{url} answered {status}"),
+                });
+                return Err(ClientError::Refused {
+                    status: status.as_u16(),
+                    kind: err.error,
+                    message: err.message,
+                });
+            }
+            return serde_json::from_slice(&body).map_err(|e| ClientError::Protocol {
+                url: url.clone(),
+                reason: e.to_string(),
+            });
+        }
+        Err(ClientError::Unreachable {
+            tried: self.urls.join(", "),
+            last,
+        })
+    }
+
+    /// GET `path` (like `/v1/farms?limit=10`) as JSON.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.call(|http, url| http.get(format!("{url}{path}")))
+            .await
+    }
+
+    /// Chain status: id, height, root, whether it is finalizing.
+    pub async fn status(&self) -> Result<AtHeight<Value>, ClientError> {
+        self.get("/v1/status").await
+    }
+
+    /// An account's balance and next nonce.
+    pub async fn account(&self, id: &AccountId) -> Result<AtHeight<AccountView>, ClientError> {
+        self.get(&format!("/v1/accounts/{id}")).await
+    }
+
+    /// Submit a signed transaction; returns its hash once a validator accepted it into its mempool.
+    pub async fn submit(&self, tx: &SignedTx) -> Result<TxHash, ClientError> {
+        #[derive(Deserialize)]
+        struct Accepted {
+            hash: TxHash,
+        }
+        let bytes = tx.encode();
+        let accepted: Accepted = self
+            .call(|http, url| {
+                http.post(format!("{url}/v1/tx"))
+                    .header("content-type", "application/octet-stream")
+                    .body(bytes.clone())
+            })
+            .await?;
+        Ok(accepted.hash)
+    }
+
+    /// Where a transaction is.
+    pub async fn tx_status(&self, hash: &TxHash) -> Result<TxStatus, ClientError> {
+        #[derive(Deserialize)]
+        struct Answer {
+            status: TxStatus,
+        }
+        Ok(self.get::<Answer>(&format!("/v1/tx/{hash}")).await?.status)
+    }
+
+    /// Wait until `hash` is finalized (applied or rejected), polling every 100 ms, up to `timeout`.
+    pub async fn wait(&self, hash: &TxHash, timeout: Duration) -> Result<TxStatus, ClientError> {
+        let start = Instant::now();
+        loop {
+            match self.tx_status(hash).await {
+                Ok(s @ (TxStatus::Finalized { .. } | TxStatus::Rejected { .. })) => return Ok(s),
+                Ok(_) => {}
+                Err(ClientError::Unreachable { .. }) if start.elapsed() < timeout => {}
+                Err(e) => return Err(e),
+            }
+            if start.elapsed() >= timeout {
+                return Err(ClientError::Timeout {
+                    hash: *hash,
+                    waited: start.elapsed(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Sign `payload` with `key` at its next nonce, valid for [`TX_LIFETIME`].
+    pub async fn sign(&self, key: &Keypair, payload: Payload) -> Result<SignedTx, ClientError> {
+        let status = self.status().await?;
+        let chain_id = status.data["chain_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let nonce = self.account(&key.account()).await?.data.nonce;
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        Ok(SignedTx::expiring(
+            key,
+            &chain_id,
+            nonce,
+            now_ms + TX_LIFETIME.as_millis() as u64,
+            payload,
+        ))
+    }
+
+    /// Sign, submit and wait for finality: the one call most tools need.
+    pub async fn send(
+        &self,
+        key: &Keypair,
+        payload: Payload,
+        timeout: Duration,
+    ) -> Result<(TxHash, TxStatus), ClientError> {
+        let tx = self.sign(key, payload).await?;
+        let hash = self.submit(&tx).await?;
+        Ok((hash, self.wait(&hash, timeout).await?))
+    }
+
+    /// Finalized blocks from height `from` on, following new ones as they come. After a
+    /// disconnect it reconnects (to another validator if need be) and resumes where it was.
+    pub fn events(&self, from: u64) -> impl Stream<Item = FinalizedBlock> + '_ {
+        futures::stream::unfold(
+            (from, Vec::<u8>::new(), None::<reqwest::Response>),
+            move |(mut next, mut buf, mut resp)| async move {
+                loop {
+                    if resp.is_none() {
+                        for i in 0..self.urls.len() {
+                            let index =
+                                (self.current.load(Ordering::Relaxed) + i) % self.urls.len();
+                            let url = format!("{}/v1/events?from={next}", self.urls[index]);
+                            // No overall timeout: the stream is meant to stay open.
+                            match reqwest::Client::new().get(&url).send().await {
+                                Ok(r) if r.status().is_success() => {
+                                    self.current.store(index, Ordering::Relaxed);
+                                    resp = Some(r);
+                                    break;
+                                }
+                                _ => continue,
+                            }
+                        }
+                        if resp.is_none() {
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            continue;
+                        }
+                        buf.clear();
+                    }
+                    // One SSE event ends with a blank line; its `data:` line holds the block.
+                    if let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+                        let event: Vec<u8> = buf.drain(..end + 2).collect();
+                        let text = String::from_utf8_lossy(&event);
+                        let data: String = text
+                            .lines()
+                            .filter_map(|l| l.strip_prefix("data:"))
+                            .map(str::trim_start)
+                            .collect();
+                        if let Ok(block) = serde_json::from_str::<FinalizedBlock>(&data)
+                            && block.height == next
+                        {
+                            next += 1;
+                            return Some((block, (next, buf, resp)));
+                        }
+                        continue;
+                    }
+                    let chunk = match resp.as_mut() {
+                        Some(r) => r.chunk().await,
+                        None => continue,
+                    };
+                    match chunk {
+                        Ok(Some(bytes)) => buf.extend_from_slice(&bytes),
+                        _ => resp = None,
+                    }
+                }
+            },
+        )
+        .boxed()
+    }
+}

@@ -1,0 +1,253 @@
+//! Start a whole grid on one machine: validators on loopback, a funded demo account, a faucet.
+//!
+//! # Status: ALPHA
+//!
+//! The devnet lives in one folder (`~/.peergrid/devnet` by default): its genesis, keys,
+//! one configuration per validator, their data and logs, and `devnet.json` while it
+//! runs, which is how the CLI finds a running devnet and its demo account. The
+//! validators are separate processes (`peergrid validator run`), exactly as on a real
+//! grid; state survives restarts unless `--fresh`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+use peergrid_client::Client;
+use peergrid_core::Keypair;
+use peergrid_ledger::genesis::GenesisValidator;
+use peergrid_ledger::{Devnet, Genesis};
+
+/// What a devnet is started with.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Its folder.
+    pub dir: PathBuf,
+    /// Start from a new genesis, deleting the old state.
+    pub fresh: bool,
+    /// Number of validators.
+    pub validators: usize,
+    /// First API port; validator `i` serves its API on `base_port + i` and its p2p on `base_port + 100 + i`.
+    pub base_port: u16,
+}
+
+/// Written while a devnet runs, so other commands can find it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Running {
+    /// The supervising process.
+    pub pid: u32,
+    /// The chain's id.
+    pub chain_id: String,
+    /// Every validator's API URL.
+    pub apis: Vec<String>,
+    /// The demo account's key file.
+    pub demo_key: PathBuf,
+    /// The faucet's key file.
+    pub faucet_key: PathBuf,
+}
+
+/// The default devnet folder: `$PEERGRID_HOME/devnet` or `~/.peergrid/devnet`.
+pub fn default_dir() -> PathBuf {
+    let home = std::env::var_os("PEERGRID_HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".peergrid")))
+        .unwrap_or_else(|| PathBuf::from(".peergrid"));
+    home.join("devnet")
+}
+
+fn running_file(dir: &Path) -> PathBuf {
+    dir.join("devnet.json")
+}
+
+fn alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// The devnet running from `dir`, if any.
+pub fn running(dir: &Path) -> Option<Running> {
+    let text = std::fs::read_to_string(running_file(dir)).ok()?;
+    let r: Running = serde_json::from_str(&text).ok()?;
+    alive(r.pid).then_some(r)
+}
+
+/// Genesis, keys and validator configs in `opts.dir`: reused if present, created otherwise.
+pub fn prepare(opts: &Options) -> anyhow::Result<Genesis> {
+    if opts.fresh && opts.dir.exists() {
+        if running(&opts.dir).is_some() {
+            bail!(
+                "a devnet is running from {}; stop it (Ctrl-C) before --fresh",
+                opts.dir.display()
+            );
+        }
+        std::fs::remove_dir_all(&opts.dir)
+            .with_context(|| format!("cannot remove {}", opts.dir.display()))?;
+    }
+    let genesis_path = opts.dir.join("genesis.toml");
+    if genesis_path.exists() {
+        return Ok(Genesis::load(&genesis_path)?);
+    }
+    if opts.validators == 0 {
+        bail!("a devnet needs at least one validator");
+    }
+    std::fs::create_dir_all(opts.dir.join("keys"))?;
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
+    let mut devnet = Devnet::generate("peergrid-devnet", opts.validators, now_ms)?;
+    for (i, v) in devnet.genesis.validators.iter_mut().enumerate() {
+        let (api, p2p) = ports(opts.base_port, i)?;
+        *v = GenesisValidator {
+            account: v.account,
+            address: Some(format!("127.0.0.1:{p2p}")),
+            api: Some(format!("http://127.0.0.1:{api}")),
+        };
+    }
+    for (i, key) in devnet.validator_keys.iter().enumerate() {
+        key.save(&opts.dir.join(format!("keys/validator-{i}.json")), true)?;
+        let (api, p2p) = ports(opts.base_port, i)?;
+        let config = format!(
+            "genesis = \"genesis.toml\"\nkey = \"keys/validator-{i}.json\"\ndata_dir = \"data/validator-{i}\"\n\
+             p2p_listen = \"127.0.0.1:{p2p}\"\napi_listen = \"127.0.0.1:{api}\"\n"
+        );
+        std::fs::write(opts.dir.join(format!("validator-{i}.toml")), config)?;
+    }
+    devnet.demo.save(&opts.dir.join("keys/demo.json"), true)?;
+    devnet
+        .faucet
+        .save(&opts.dir.join("keys/faucet.json"), true)?;
+    std::fs::write(
+        opts.dir.join("demo-mnemonic.txt"),
+        format!("{}\n", devnet.demo.mnemonic().as_str()),
+    )?;
+    // The genesis goes last: its presence means the folder is complete.
+    std::fs::write(&genesis_path, devnet.genesis.to_toml())?;
+    Ok(devnet.genesis)
+}
+
+fn ports(base: u16, i: usize) -> anyhow::Result<(u16, u16)> {
+    let i = u16::try_from(i)?;
+    let api = base.checked_add(i).context("--base-port too high")?;
+    let p2p = base.checked_add(100 + i).context("--base-port too high")?;
+    Ok((api, p2p))
+}
+
+/// A devnet whose validators run as child processes of `exe`; they stop when this is dropped.
+pub struct Supervisor {
+    children: Vec<Child>,
+    dir: PathBuf,
+    /// What other commands see.
+    pub running: Running,
+}
+
+impl Supervisor {
+    /// Start `validators` processes of `exe validator run` from the prepared folder.
+    pub fn start(opts: &Options, genesis: &Genesis, exe: &Path) -> anyhow::Result<Supervisor> {
+        if let Some(r) = running(&opts.dir) {
+            bail!(
+                "a devnet already runs from {} (process {}); `peergrid devnet status` shows it",
+                opts.dir.display(),
+                r.pid
+            );
+        }
+        std::fs::create_dir_all(opts.dir.join("logs"))?;
+        let mut children = Vec::new();
+        let mut apis = Vec::new();
+        for (i, v) in genesis.validators.iter().enumerate() {
+            let log = std::fs::File::create(opts.dir.join(format!("logs/validator-{i}.log")))?;
+            let child = Command::new(exe)
+                .args(["validator", "run", "--config"])
+                .arg(opts.dir.join(format!("validator-{i}.toml")))
+                .env(
+                    "RUST_LOG",
+                    std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+                )
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .with_context(|| format!("cannot start {}", exe.display()))?;
+            children.push(child);
+            apis.push(v.api.clone().unwrap_or_default());
+        }
+        let running = Running {
+            pid: std::process::id(),
+            chain_id: genesis.chain_id.clone(),
+            apis,
+            demo_key: opts.dir.join("keys/demo.json"),
+            faucet_key: opts.dir.join("keys/faucet.json"),
+        };
+        std::fs::write(
+            running_file(&opts.dir),
+            serde_json::to_string_pretty(&running)?,
+        )?;
+        Ok(Supervisor {
+            children,
+            dir: opts.dir.clone(),
+            running,
+        })
+    }
+
+    /// Wait until blocks finalize, or fail after `timeout` with the validators' logs named.
+    pub async fn wait_finalizing(&mut self, timeout: Duration) -> anyhow::Result<u64> {
+        let client = Client::new(self.running.apis.clone());
+        let start = Instant::now();
+        loop {
+            if let Some(i) = self.exited() {
+                bail!(
+                    "validator {i} exited; see {}",
+                    self.dir.join(format!("logs/validator-{i}.log")).display()
+                );
+            }
+            if let Ok(s) = client.status().await
+                && s.data["finalizing"].as_bool() == Some(true)
+            {
+                return Ok(s.height);
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "no block finalized within {timeout:?}; see the logs in {}",
+                    self.dir.join("logs").display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The index of a validator that has exited, if any.
+    pub fn exited(&mut self) -> Option<usize> {
+        self.children
+            .iter_mut()
+            .position(|c| matches!(c.try_wait(), Ok(Some(_))))
+    }
+
+    /// Stop every validator: SIGINT first so they close cleanly, then kill what remains.
+    pub fn stop(&mut self) {
+        for c in &self.children {
+            let _ = Command::new("kill")
+                .args(["-INT", &c.id().to_string()])
+                .status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for c in &mut self.children {
+            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.children.clear();
+        let _ = std::fs::remove_file(running_file(&self.dir));
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The demo key of the devnet running from `dir`.
+pub fn demo_key(dir: &Path) -> Option<Keypair> {
+    running(dir).and_then(|r| Keypair::load(&r.demo_key).ok())
+}
