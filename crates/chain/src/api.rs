@@ -26,6 +26,11 @@ use peergrid_core::{AccountId, Hash, SignedTx};
 use crate::mempool::MempoolError;
 use crate::shared::{FinalizedBlock, Shared};
 
+/// Largest body of a batch submission.
+pub const BATCH_BYTES_MAX: usize = 8 << 20;
+/// Most transactions in one batch submission.
+pub const BATCH_TXS_MAX: usize = 10_000;
+
 /// Largest page of a list.
 pub const PAGE_MAX: usize = 500;
 /// A ledger that has not finalized for this long is reported unhealthy.
@@ -88,6 +93,10 @@ pub fn router(api: Api) -> Router {
         .route(
             "/v1/tx",
             post(submit).layer(DefaultBodyLimit::max(2 * TX_BYTES_MAX + 1024)),
+        )
+        .route(
+            "/v1/txs",
+            post(submit_batch).layer(DefaultBodyLimit::max(BATCH_BYTES_MAX)),
         )
         .route("/v1/tx/{hash}", get(tx_status))
         .route("/v1/accounts/{id}", get(account))
@@ -204,6 +213,45 @@ async fn submit(
             e.to_string(),
         )),
     }
+}
+
+/// Many transactions in one request: the canonical encoding of a list of encoded transactions.
+/// Answers how many were accepted and why each other one was not.
+async fn submit_batch(State(api): State<Api>, body: axum::body::Bytes) -> ApiResult {
+    let list: Vec<Vec<u8>> =
+        peergrid_core::codec::decode("transaction batch", &body, BATCH_BYTES_MAX).map_err(|e| {
+            ApiError::bad(format!(
+                "{e}; send borsh(Vec<Vec<u8>>) of canonical transactions"
+            ))
+        })?;
+    if list.len() > BATCH_TXS_MAX {
+        return Err(ApiError::bad(format!(
+            "{} transactions in one batch; at most {BATCH_TXS_MAX}",
+            list.len()
+        )));
+    }
+    let mut accepted = 0usize;
+    let mut errors = Vec::new();
+    for (i, bytes) in list.iter().enumerate() {
+        let result = SignedTx::decode(bytes)
+            .map_err(|e| e.to_string())
+            .and_then(|tx| {
+                api.shared
+                    .submit(tx.clone())
+                    .map(|_| tx)
+                    .map_err(|e| e.to_string())
+            });
+        match result {
+            Ok(tx) => {
+                accepted += 1;
+                if let Some(g) = &api.gossip {
+                    let _ = g.unbounded_send(tx);
+                }
+            }
+            Err(message) => errors.push(json!({ "index": i, "message": message })),
+        }
+    }
+    Ok(Json(json!({ "accepted": accepted, "errors": errors })))
 }
 
 fn parse<T: std::str::FromStr>(what: &str, text: &str) -> Result<T, ApiError>
@@ -484,6 +532,9 @@ pub fn openapi_document() -> Value {
                     "409": { "description": "conflicts with a pending transaction" },
                     "503": { "description": "mempool full" }
                 } } },
+            "/v1/txs": { "post": {
+                "summary": "submit up to 10,000 transactions: borsh(Vec<Vec<u8>>) of canonical encodings",
+                "responses": { "200": { "description": "{\"accepted\": n, \"errors\": [{\"index\", \"message\"}]}" } } } },
             "/v1/tx/{hash}": { "get": {
                 "summary": "pending, finalized at a height with its events, rejected with the reason, or unknown",
                 "parameters": [{ "name": "hash", "in": "path", "required": true, "schema": { "type": "string" } }],

@@ -307,3 +307,75 @@ fn devnet_status(globals: &Globals, dir: &std::path::Path) -> anyhow::Result<()>
         Ok(())
     })
 }
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Finality latency and finalized transfers per second of a 4-validator devnet on this machine.
+    Ledger {
+        /// Transfers to send.
+        #[arg(long, default_value_t = 40_000)]
+        txs: usize,
+        /// Sending accounts.
+        #[arg(long, default_value_t = 2_000)]
+        accounts: usize,
+        /// Offered load, transfers per second.
+        #[arg(long, default_value_t = 10_000)]
+        rate: usize,
+        /// First port of the validators.
+        #[arg(long, default_value_t = 9700)]
+        base_port: u16,
+    },
+}
+
+pub fn bench(globals: &Globals, cmd: BenchCommand) -> anyhow::Result<()> {
+    let BenchCommand::Ledger {
+        txs,
+        accounts,
+        rate,
+        base_port,
+    } = cmd;
+    let exe = std::env::current_exe().context("cannot find the peergrid executable")?;
+    let dir = std::env::temp_dir().join(format!("peergrid-bench-{}", std::process::id()));
+    let b = peergrid_devnet::bench::LedgerBench {
+        accounts,
+        txs,
+        rate,
+        base_port,
+    };
+    eprintln!(
+        "4 validators on loopback, {txs} signed transfers from {accounts} accounts offered at {rate}/s …"
+    );
+    let report = runtime()?.block_on(peergrid_devnet::bench::ledger(&exe, &dir, &b));
+    let _ = std::fs::remove_dir_all(&dir);
+    let report = report?;
+    if globals.json {
+        return output::json(&report);
+    }
+    println!(
+        "{:<48} {:>14} {:>30}",
+        "benchmark", "figure", "baseline (same run)"
+    );
+    println!(
+        "{:<48} {:>11.0} ms {:>30}",
+        "ledger::finality/p50 validators=4", report.latency_p50_ms, "target 300 ms"
+    );
+    println!(
+        "{:<48} {:>11.0} ms {:>30}",
+        "ledger::finality/p99 validators=4", report.latency_p99_ms, ""
+    );
+    println!(
+        "{:<48} {:>12.0}/s {:>30}",
+        "ledger::finalized_transfers validators=4",
+        report.finalized_per_sec,
+        format!(
+            "apply alone {:.0}/s ({:.2}x)",
+            report.apply_per_sec,
+            report.finalized_per_sec / report.apply_per_sec
+        )
+    );
+    println!(
+        "{} of {} transfers finalized",
+        report.finalized, report.submitted
+    );
+    Ok(())
+}

@@ -58,6 +58,9 @@ enum Command {
     /// Transactions.
     #[command(subcommand)]
     Tx(ledger::TxCommand),
+    /// Benchmarks that need a running grid.
+    #[command(subcommand)]
+    Bench(ledger::BenchCommand),
 }
 
 /// What every command gets besides its own arguments.
@@ -132,6 +135,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Validator(cmd) => ledger::validator(cmd),
         Command::Wallet(cmd) => ledger::wallet(&globals, cmd),
         Command::Tx(cmd) => ledger::tx(&globals, cmd),
+        Command::Bench(cmd) => ledger::bench(&globals, cmd),
     }
 }
 

@@ -356,12 +356,70 @@ fn a_corrupted_genesis_is_refused_naming_the_rule() {
 }
 
 #[test]
-fn consensus_commands_say_they_are_not_yet_available() {
+fn a_validator_with_a_broken_config_says_what_is_wrong() {
     let sb = Sandbox::new();
-    for args in [&["devnet"][..], &["validator", "run"][..]] {
-        let err = expect_error(&sb.run(args));
-        assert!(err.contains("not yet available"), "{args:?}: {err}");
-    }
+    let missing = sb.path("nowhere.toml");
+    let err = expect_error(&sb.run(&[
+        "validator",
+        "run",
+        "--config",
+        missing.to_str().expect("utf-8"),
+    ]));
+    assert!(
+        err.contains("cannot read") && err.contains("nowhere.toml"),
+        "{err}"
+    );
+
+    let garbage = sb.path("garbage.toml");
+    std::fs::write(&garbage, "genesis = 5\n").expect("write");
+    let err = expect_error(&sb.run(&[
+        "validator",
+        "run",
+        "--config",
+        garbage.to_str().expect("utf-8"),
+    ]));
+    assert!(err.contains("not a valid validator config"), "{err}");
+
+    // A key that is not one of the genesis validators is refused before anything starts.
+    let genesis = sb.path("genesis.toml");
+    assert!(
+        sb.run(&["genesis", "new", "--out", genesis.to_str().expect("utf-8")])
+            .status
+            .success()
+    );
+    assert!(sb.run(&["key", "new"]).status.success());
+    let config = sb.path("validator.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "genesis = \"genesis.toml\"\nkey = \"{}\"\ndata_dir = \"data\"\np2p_listen = \"127.0.0.1:1\"\napi_listen = \"127.0.0.1:2\"\n",
+            sb.home().join("key.json").display()
+        ),
+    )
+    .expect("write");
+    let err = expect_error(&sb.run(&[
+        "validator",
+        "run",
+        "--config",
+        config.to_str().expect("utf-8"),
+    ]));
+    assert!(err.contains("is not a validator in"), "{err}");
+}
+
+#[test]
+fn ledger_commands_without_a_ledger_say_how_to_get_one() {
+    let sb = Sandbox::new();
+    let err = expect_error(&sb.run(&[
+        "wallet",
+        "balance",
+        "12D3KooWRmPNRfMQCwudpSaD9LiwwbXP4EEKUCGHxnFSr435we14",
+    ]));
+    assert!(
+        err.contains("peergrid devnet") && err.contains("--ledger"),
+        "{err}"
+    );
+    let err = expect_error(&sb.run(&["devnet", "status"]));
+    assert!(err.contains("no devnet is running"), "{err}");
 }
 
 #[test]

@@ -210,6 +210,40 @@ impl Client {
         Ok(accepted.hash)
     }
 
+    /// Submit many transactions in one request; returns how many were accepted and the other ones' errors.
+    pub async fn submit_batch(
+        &self,
+        txs: &[SignedTx],
+    ) -> Result<(usize, Vec<(usize, String)>), ClientError> {
+        #[derive(Deserialize)]
+        struct Failure {
+            index: usize,
+            message: String,
+        }
+        #[derive(Deserialize)]
+        struct Answer {
+            accepted: usize,
+            errors: Vec<Failure>,
+        }
+        let body =
+            peergrid_core::codec::encode(&txs.iter().map(SignedTx::encode).collect::<Vec<_>>());
+        let answer: Answer = self
+            .call(|http, url| {
+                http.post(format!("{url}/v1/txs"))
+                    .header("content-type", "application/octet-stream")
+                    .body(body.clone())
+            })
+            .await?;
+        Ok((
+            answer.accepted,
+            answer
+                .errors
+                .into_iter()
+                .map(|f| (f.index, f.message))
+                .collect(),
+        ))
+    }
+
     /// Where a transaction is.
     pub async fn tx_status(&self, hash: &TxHash) -> Result<TxStatus, ClientError> {
         #[derive(Deserialize)]

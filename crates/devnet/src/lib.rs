@@ -12,12 +12,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+pub mod bench;
+
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
 use peergrid_client::Client;
 use peergrid_core::Keypair;
-use peergrid_ledger::genesis::GenesisValidator;
+use peergrid_ledger::genesis::{GenesisBalance, GenesisValidator};
 use peergrid_ledger::{Devnet, Genesis};
 
 /// What a devnet is started with.
@@ -75,6 +77,11 @@ pub fn running(dir: &Path) -> Option<Running> {
 
 /// Genesis, keys and validator configs in `opts.dir`: reused if present, created otherwise.
 pub fn prepare(opts: &Options) -> anyhow::Result<Genesis> {
+    prepare_with(opts, &[])
+}
+
+/// Like [`prepare`], funding `extra` accounts too when the genesis is new.
+pub fn prepare_with(opts: &Options, extra: &[GenesisBalance]) -> anyhow::Result<Genesis> {
     if opts.fresh && opts.dir.exists() {
         if running(&opts.dir).is_some() {
             bail!(
@@ -95,6 +102,7 @@ pub fn prepare(opts: &Options) -> anyhow::Result<Genesis> {
     std::fs::create_dir_all(opts.dir.join("keys"))?;
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
     let mut devnet = Devnet::generate("peergrid-devnet", opts.validators, now_ms)?;
+    devnet.genesis.balances.extend_from_slice(extra);
     for (i, v) in devnet.genesis.validators.iter_mut().enumerate() {
         let (api, p2p) = ports(opts.base_port, i)?;
         *v = GenesisValidator {

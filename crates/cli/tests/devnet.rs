@@ -1,0 +1,157 @@
+//! The README's first command for real: 4 validator processes on loopback, used through the CLI.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn peergrid(home: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_peergrid"));
+    cmd.env("PEERGRID_HOME", home)
+        .env_remove("PEERGRID_LEDGER")
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn json(home: &Path, args: &[&str]) -> (bool, Value) {
+    let out = peergrid(home)
+        .arg("--json")
+        .args(args)
+        .output()
+        .expect("run peergrid");
+    let value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out.status.success(), value)
+}
+
+/// Stops the devnet (Ctrl-C) even if the test fails.
+struct Devnet(Child);
+
+impl Devnet {
+    fn start(home: &Path, base_port: u16) -> Devnet {
+        let child = peergrid(home)
+            .args(["devnet", "--base-port", &base_port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start devnet");
+        Devnet(child)
+    }
+
+    fn interrupt(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = self.0.try_wait() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "devnet did not stop on Ctrl-C");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Devnet {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            self.interrupt();
+        }
+    }
+}
+
+fn wait_finalizing(home: &Path) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let (ok, status) = json(home, &["devnet", "status"]);
+        let all = status["validators"]
+            .as_array()
+            .is_some_and(|v| v.iter().all(|v| v["finalizing"] == true));
+        if ok && all {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "devnet never finalized: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn validator_processes(home: &Path) -> usize {
+    let out = Command::new("pgrep")
+        .args(["-f", &format!("{}/devnet/validator-", home.display())])
+        .output();
+    out.map(|o| String::from_utf8_lossy(&o.stdout).lines().count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_newcomer_runs_a_devnet_and_sends_a_transfer_that_finalizes() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let home = home.path();
+    let base_port = 21_000 + (std::process::id() % 5_000) as u16 * 2 % 9_000;
+    let (stopped, _) = json(home, &["devnet", "status"]);
+    assert!(!stopped, "status must fail while no devnet runs");
+
+    let mut devnet = Devnet::start(home, base_port);
+    let status = wait_finalizing(home);
+    let validators = status["validators"].as_array().expect("validators");
+    assert_eq!(validators.len(), 4);
+    let root = &validators[0]["root"];
+    assert!(validators.iter().all(|v| v["finalizing"] == true));
+
+    // No key of one's own: the CLI uses the devnet's demo account.
+    let (ok, balance) = json(home, &["wallet", "balance"]);
+    assert!(ok, "{balance}");
+    assert_eq!(balance["balance"], "1000000");
+    let receiver = "12D3KooWRmPNRfMQCwudpSaD9LiwwbXP4EEKUCGHxnFSr435we14";
+    let (ok, sent) = json(
+        home,
+        &["wallet", "transfer", "--to", receiver, "--amount", "2.5"],
+    );
+    assert!(ok, "{sent}");
+    assert_eq!(sent["status"]["status"], "finalized", "{sent}");
+    let hash = sent["hash"].as_str().expect("hash").to_string();
+    let (ok, st) = json(home, &["tx", "status", &hash]);
+    assert!(ok && st["status"]["status"] == "finalized", "{st}");
+    let (_, got) = json(home, &["wallet", "balance", receiver]);
+    assert_eq!(got["balance"], "2.5");
+
+    // A transfer that cannot apply is refused with the reason, and nothing moves.
+    let out = peergrid(home)
+        .args([
+            "wallet", "transfer", "--to", receiver, "--amount", "5000000",
+        ])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("insufficient balance"));
+    let (_, got) = json(home, &["wallet", "balance", receiver]);
+    assert_eq!(got["balance"], "2.5");
+
+    // Every validator answers the same state root at the same height.
+    let (_, s) = json(home, &["devnet", "status"]);
+    let heights: Vec<_> = s["validators"]
+        .as_array()
+        .expect("v")
+        .iter()
+        .map(|v| v["height"].as_u64())
+        .collect();
+    assert!(heights.iter().all(|h| h.is_some()));
+    assert_ne!(&s["validators"][0]["root"], root, "the state moved on");
+
+    // Ctrl-C stops every validator; restarting keeps the state.
+    assert!(devnet.interrupt().success());
+    assert_eq!(
+        validator_processes(home),
+        0,
+        "validators left running after Ctrl-C"
+    );
+    let mut again = Devnet::start(home, base_port);
+    wait_finalizing(home);
+    let (_, got) = json(home, &["wallet", "balance", receiver]);
+    assert_eq!(got["balance"], "2.5", "state must survive a restart");
+    assert!(again.interrupt().success());
+}
