@@ -16,8 +16,12 @@ use crate::identity;
 
 /// Commands queued to the swarm task; bounded so callers feel backpressure.
 pub(crate) const MAILBOX_CAPACITY: usize = 256;
-/// The ping protocol that every peer already answers (libp2p ping).
-const PING_PROTOCOL: StreamProtocol = StreamProtocol::new("/ipfs/ping/1.0.0");
+/// On-demand ping. Not libp2p's `/ipfs/ping/1.0.0`: its handler keeps one inbound
+/// stream per connection and drops it for the next, so an extra ping stream races
+/// the periodic one and may be cut off.
+pub const PING_PROTOCOL: StreamProtocol = StreamProtocol::new("/peergrid/ping/1.0.0");
+/// Pings answered at once.
+const PINGS_IN_FLIGHT_MAX: usize = 16;
 /// libp2p ping's payload size.
 const PING_BYTES: usize = 32;
 /// Limit on one on-demand ping.
@@ -134,6 +138,12 @@ impl Mesh {
         let dial_timeout = config.dial_timeout;
         let actor = Actor::start(swarm, config, rx).await?;
         tokio::spawn(actor.run());
+        answer_pings(
+            control
+                .clone()
+                .accept(PING_PROTOCOL)
+                .map_err(|_| Error::AlreadyRegistered(PING_PROTOCOL))?,
+        );
         Ok(Self {
             tx,
             control,
@@ -304,6 +314,29 @@ impl Mesh {
         self.ask(|reply| Command::Publish { topic, data, reply })
             .await?
     }
+}
+
+/// Echo one ping payload per stream, a bounded number at once.
+fn answer_pings(mut incoming: libp2p_stream::IncomingStreams) {
+    use futures::StreamExt;
+    tokio::spawn(async move {
+        let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(PINGS_IN_FLIGHT_MAX));
+        while let Some((_, mut stream)) = incoming.next().await {
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(PING_TIMEOUT, async {
+                    let mut payload = [0u8; PING_BYTES];
+                    stream.read_exact(&mut payload).await?;
+                    stream.write_all(&payload).await?;
+                    stream.close().await
+                })
+                .await;
+                drop(permit);
+            });
+        }
+    });
 }
 
 /// `addr` with `/p2p/<peer>` appended unless it already ends with a peer id.

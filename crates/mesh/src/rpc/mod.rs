@@ -30,7 +30,7 @@ use crate::ratelimit::{PeerRateLimiter, Rate};
 use protocol::{FrameError, REASON_BYTES_MAX, Status};
 
 /// Refusals being written at once; beyond it excess streams are simply reset.
-const REFUSALS_IN_FLIGHT_MAX: usize = 64;
+const REFUSALS_IN_FLIGHT_MAX: usize = 256;
 /// Time allowed to write a refusal.
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(2);
 
