@@ -9,6 +9,7 @@
 
 mod genesis;
 mod key;
+mod mesh;
 mod output;
 
 use std::path::PathBuf;
@@ -43,6 +44,9 @@ enum Command {
     /// Create and check genesis files.
     #[command(subcommand)]
     Genesis(genesis::GenesisCommand),
+    /// Run a mesh peer and talk to it: status, peers, ping, bulk transfers.
+    #[command(subcommand)]
+    Mesh(mesh::MeshCommand),
     /// Start a whole grid on this machine (not yet available).
     Devnet,
     /// Run a validator.
@@ -92,6 +96,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Key(cmd) => key::run(&globals, cmd),
         Command::Genesis(cmd) => genesis::run(&globals, cmd),
+        Command::Mesh(cmd) => mesh::run(&globals, cmd),
         Command::Devnet | Command::Validator(ValidatorCommand::Run) => bail!(CONSENSUS_MISSING),
     }
 }

@@ -115,7 +115,10 @@ fn make_behaviour(
 
     let mut kad_config = kad::Config::new(KAD_PROTOCOL);
     kad_config.set_query_timeout(Duration::from_secs(30));
-    kad_config.set_periodic_bootstrap_interval(Some(Duration::from_secs(300)));
+    // Without bootstrap peers (the first peer of a grid) periodic bootstraps only warn
+    // that nobody is known; the routing table still fills as peers connect to us.
+    let bootstrap_interval = (!config.bootstrap.is_empty()).then_some(Duration::from_secs(300));
+    kad_config.set_periodic_bootstrap_interval(bootstrap_interval);
     let mut kad = kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), kad_config);
     // Every grid peer answers DHT queries; without it a small grid (or a test) whose
     // peers have no confirmed public address would have no routing at all.

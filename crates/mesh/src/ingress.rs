@@ -264,6 +264,13 @@ impl Mesh {
         peer: PeerId,
         protocol: StreamProtocol,
     ) -> Result<Stream, Error> {
+        if peer == self.peer_id {
+            return Err(Error::OpenStream {
+                peer,
+                protocol,
+                reason: "that is this peer's own id".to_string(),
+            });
+        }
         self.connect(peer, Vec::new()).await?;
         let mut control = self.control.clone();
         let open = control.open_stream(peer, protocol.clone());
