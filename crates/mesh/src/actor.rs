@@ -432,11 +432,24 @@ impl Actor {
                 }
                 self.peers.entry(peer_id).or_default().agent = Some(info.agent_version);
             }
-            BehaviourEvent::Ping(ping::Event { peer, result, .. }) => {
-                if let (Ok(rtt), Some(state)) = (result, self.peers.get_mut(&peer)) {
-                    state.rtt = Some(rtt);
+            BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result,
+            }) => match result {
+                Ok(rtt) => {
+                    if let Some(state) = self.peers.get_mut(&peer) {
+                        state.rtt = Some(rtt);
+                    }
                 }
-            }
+                Err(error) => {
+                    // libp2p no longer closes a connection whose pings fail; a dead
+                    // link would otherwise hold a useless connection until the OS
+                    // gives up, and `connect` would keep answering "connected".
+                    tracing::info!(%peer, %error, "ping failed, closing the connection");
+                    self.swarm.close_connection(connection);
+                }
+            },
             BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
                 id,
                 result: kad::QueryResult::GetClosestPeers(result),

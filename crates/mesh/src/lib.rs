@@ -27,6 +27,7 @@ pub mod control;
 pub mod error;
 pub mod identity;
 pub mod ingress;
+pub mod netlab;
 pub mod ratelimit;
 pub mod rpc;
 

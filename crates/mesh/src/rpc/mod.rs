@@ -31,6 +31,8 @@ use protocol::{FrameError, REASON_BYTES_MAX, Status};
 
 /// Refusals being written at once; beyond it excess streams are simply reset.
 const REFUSALS_IN_FLIGHT_MAX: usize = 256;
+/// How long a peer about to be banned gets to read why.
+const BAN_GRACE: Duration = Duration::from_secs(1);
 /// Time allowed to write a refusal.
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -345,6 +347,11 @@ async fn serve_one<F, Fut>(
                 tracing::warn!(%peer, protocol = %name, %reason, "rejecting request");
                 let _ = protocol::write_response(&mut stream, status, truncate(&reason)).await;
                 let _ = stream.close().await;
+                if bannable {
+                    // Closing the connection at once could discard the refusal still
+                    // queued in the muxer; give the peer a moment to read it.
+                    tokio::time::sleep(BAN_GRACE).await;
+                }
                 if bannable && let Some(mesh) = mesh.upgrade() {
                     let _ = mesh
                         .send(Command::Ban {

@@ -1,6 +1,8 @@
 //! Helpers shared by the mesh tests.
 #![allow(dead_code)]
 
+pub mod ns;
+
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use peergrid_core::Keypair;
