@@ -328,14 +328,26 @@ async fn send(globals: &Globals, args: SendArgs) -> anyhow::Result<()> {
     );
     let transfer = bulk::send(&mesh, peer, args.bytes, |n| bar.set_position(n)).await?;
     bar.finish_and_clear();
-    // Which path the bytes took: a direct connection, or still only the relay.
-    let path = mesh
+    // The connections held when the transfer ended. A relayed connection may have
+    // been upgraded by hole punching while the bytes flowed, so "direct and relayed"
+    // means the stream may have used either.
+    let connections = mesh
         .peers()
         .await?
         .into_iter()
         .find(|p| p.peer_id == peer.to_string())
-        .map(|p| if p.relayed { "relayed" } else { "direct" })
-        .unwrap_or("closed");
+        .map(|p| p.connections)
+        .unwrap_or_default();
+    let relayed = connections
+        .iter()
+        .filter(|c| c.contains("p2p-circuit"))
+        .count();
+    let path = match (relayed, connections.len() - relayed) {
+        (0, 0) => "closed",
+        (_, 0) => "relayed",
+        (0, _) => "direct",
+        _ => "direct and relayed",
+    };
     let (confirmed_bytes, confirmed_hash) = transfer.confirmed.clone().unwrap_or_default();
     let intact = transfer.confirmed_intact();
     if globals.json {
@@ -349,6 +361,7 @@ async fn send(globals: &Globals, args: SendArgs) -> anyhow::Result<()> {
             "received_blake3": confirmed_hash,
             "intact": intact,
             "path": path,
+            "connections": connections,
         }))?;
     } else {
         output::rows(&[
