@@ -7,7 +7,7 @@ use std::time::Duration;
 use common::{addr, peer, peer_with};
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use peergrid_mesh::bulk::{self, Receiver};
-use peergrid_mesh::{Config, Error, RpcProtocol, StreamProtocol, with_peer};
+use peergrid_mesh::{Config, Error, RelayLimits, RpcProtocol, StreamProtocol, with_peer};
 
 const ECHO: RpcProtocol = RpcProtocol::new("/peergrid/test-echo/1.0.0");
 
@@ -226,10 +226,12 @@ async fn gossip_reaches_every_subscriber() {
     assert!(message.data.starts_with(b"hello"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_peer_is_reachable_through_a_relay() {
+/// Send 4 MiB through a relay with `limits` to a peer that is reachable only through
+/// it, from a peer that cannot be reached at all; returns whether it arrived intact.
+async fn relayed_transfer(limits: RelayLimits) -> Result<bulk::Transfer, bulk::BulkError> {
     let relay = peer_with(Config {
         relay_server: true,
+        relay: limits,
         ..Config::loopback()
     })
     .await;
@@ -257,7 +259,13 @@ async fn a_peer_is_reachable_through_a_relay() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(reserved, "the hidden peer holds a reservation on the relay");
-    let dialer = peer().await;
+    // The dialer listens on nothing either, so no hole punch can replace the relayed
+    // connection: the bytes below must cross the relay.
+    let dialer = peer_with(Config {
+        listen: Vec::new(),
+        ..Config::loopback()
+    })
+    .await;
     let circuit = with_peer(
         relay_addr.with(peergrid_mesh::multiaddr::Protocol::P2pCircuit),
         hidden.peer_id(),
@@ -266,9 +274,34 @@ async fn a_peer_is_reachable_through_a_relay() {
         .connect(hidden.peer_id(), vec![circuit])
         .await
         .expect("connects through the relay");
-    // 1 MiB: well above libp2p's default 128 KiB circuit limit.
-    let transfer = bulk::send(&dialer, hidden.peer_id(), 1 << 20, |_| {})
+    // 4 MiB: far above libp2p's default 128 KiB per relayed circuit.
+    let transfer = bulk::send(&dialer, hidden.peer_id(), 4 << 20, |_| {}).await?;
+    let peers = dialer.peers().await.expect("peers");
+    let via = peers
+        .iter()
+        .find(|p| p.peer_id == hidden.peer_id().to_string())
+        .expect("still connected");
+    assert!(via.relayed, "{via:?}");
+    Ok(transfer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn megabytes_flow_through_a_relay() {
+    let transfer = relayed_transfer(RelayLimits::default())
         .await
         .expect("transfer through the relay");
     assert!(transfer.confirmed_intact());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn libp2ps_default_relay_limit_would_cut_the_same_transfer() {
+    let result = relayed_transfer(RelayLimits {
+        circuit_bytes_max: 128 * 1024,
+        ..RelayLimits::default()
+    })
+    .await;
+    assert!(
+        !result.as_ref().is_ok_and(bulk::Transfer::confirmed_intact),
+        "{result:?}"
+    );
 }

@@ -12,6 +12,12 @@
 //! - a peer that sends an oversized or truncated frame is banned.
 //!
 //! The wire format is in [`protocol`].
+//!
+//! Why streams and not a `NetworkBehaviour` per protocol: libp2p's
+//! `request_response::Behaviour` treats all its protocol names as versions of one
+//! protocol, and a behaviour is fixed when the swarm is built. On `libp2p-stream`,
+//! a protocol is registered by name at run time, and what a connection handler
+//! would hold per protocol (limits, rate, concurrency) lives in the server task.
 
 pub mod protocol;
 
