@@ -222,3 +222,48 @@ async fn connections_beyond_the_limit_are_refused() {
         .await
         .expect("first is still served");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_transfer_above_the_receivers_limit_is_refused() {
+    let (receiver, sender) = (peer().await, peer().await);
+    let served = peergrid_mesh::bulk::Receiver::serve(&receiver, 1 << 20).expect("serve");
+    sender
+        .connect(receiver.peer_id(), vec![addr(&receiver, "quic-v1").await])
+        .await
+        .expect("connects");
+    let refused = peergrid_mesh::bulk::send(&sender, receiver.peer_id(), 2 << 20, |_| {}).await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert!(served.received().is_empty());
+    let fits = peergrid_mesh::bulk::send(&sender, receiver.peer_id(), 1 << 20, |_| {})
+        .await
+        .expect("a transfer within the limit");
+    assert!(fits.confirmed_intact());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_endpoint_answers_garbage_with_an_error_and_stays_on_loopback() {
+    use peergrid_mesh::control::{self, ControlError, Request};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    let mesh = peer().await;
+    let not_loopback = control::serve(mesh.clone(), None, "0.0.0.0:0".parse().expect("addr")).await;
+    assert!(matches!(not_loopback, Err(ControlError::NotLoopback(_))));
+    let addr = control::serve(mesh.clone(), None, "127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("serve");
+    let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    socket
+        .write_all(b"{\"cmd\":\"format_disk\"}\n")
+        .await
+        .expect("write");
+    let mut line = String::new();
+    BufReader::new(&mut socket)
+        .read_line(&mut line)
+        .await
+        .expect("answer");
+    assert!(line.contains("\"error\":\"bad request"), "{line}");
+    let status = control::call(addr, &Request::Status)
+        .await
+        .expect("still serving");
+    assert_eq!(status["peer_id"], mesh.peer_id().to_string());
+}
