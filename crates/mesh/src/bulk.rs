@@ -194,7 +194,7 @@ impl Receiver {
         Ok(receiver)
     }
 
-    /// The transfers received so far (the last [`HISTORY_MAX`]), oldest first.
+    /// The transfers received so far (the last 32), oldest first.
     pub fn received(&self) -> Vec<Transfer> {
         self.history
             .lock()
