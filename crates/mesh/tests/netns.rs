@@ -217,6 +217,16 @@ async fn a_host_behind_nat_is_reached_through_a_relay() {
             println!("NAT: stayed relayed; hole punch: {attempt:?}");
         }
     }
+
+    // AutoNAT: peers that tried to dial back tell each host what it is.
+    for (mesh, expected) in [(&hidden.mesh, "private"), (&relay.mesh, "public")] {
+        let verdict = eventually(30, || async {
+            let nat = mesh.status().await.ok()?.nat;
+            (nat == expected).then_some(nat)
+        })
+        .await;
+        assert_eq!(verdict.as_deref(), Some(expected));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
