@@ -10,6 +10,7 @@
 mod genesis;
 mod key;
 mod ledger;
+mod mesh;
 mod output;
 
 use std::path::PathBuf;
@@ -49,6 +50,9 @@ enum Command {
     Genesis(genesis::GenesisCommand),
     /// Start a whole grid on this machine; `devnet status` checks a running one.
     Devnet(ledger::DevnetArgs),
+    /// Run a mesh peer and talk to it: status, peers, ping, bulk transfers.
+    #[command(subcommand)]
+    Mesh(mesh::MeshCommand),
     /// Run a validator.
     #[command(subcommand)]
     Validator(ledger::ValidatorCommand),
@@ -136,6 +140,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Wallet(cmd) => ledger::wallet(&globals, cmd),
         Command::Tx(cmd) => ledger::tx(&globals, cmd),
         Command::Bench(cmd) => ledger::bench(&globals, cmd),
+        Command::Mesh(cmd) => mesh::run(&globals, cmd),
     }
 }
 

@@ -1,0 +1,562 @@
+//! The task that owns the swarm: it serves the handle's commands and the swarm's events.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{DialError, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Swarm, autonat, gossipsub, identify, kad, mdns, ping, relay};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL};
+use crate::config::Config;
+use crate::error::Error;
+use crate::ingress::{Command, GossipMessage, PeerInfo, Status, peer_of};
+
+/// Time allowed for the listeners to report their addresses at start.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Messages kept for a slow gossip subscriber before it starts missing some.
+const GOSSIP_BACKLOG: usize = 256;
+/// Most dial waiters or lookups pending at once; beyond it new ones are refused.
+const PENDING_MAX: usize = 1024;
+/// How often expired bans are lifted.
+const BAN_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Default)]
+struct PeerState {
+    connections: HashMap<libp2p::swarm::ConnectionId, Multiaddr>,
+    rtt: Option<Duration>,
+    agent: Option<String>,
+    hole_punch: Option<String>,
+}
+
+pub(crate) struct Actor {
+    swarm: Swarm<Behaviour>,
+    config: Config,
+    rx: mpsc::Receiver<Command>,
+    peers: HashMap<PeerId, PeerState>,
+    dial_waiters: HashMap<PeerId, Vec<oneshot::Sender<Result<(), Error>>>>,
+    /// Lookups started to find a peer to dial (true) or for a caller of `find_peer` (false).
+    lookups: HashMap<kad::QueryId, (PeerId, Lookup)>,
+    bans: HashMap<PeerId, Instant>,
+    gossip: HashMap<gossipsub::TopicHash, broadcast::Sender<GossipMessage>>,
+    nat: String,
+    reservations: HashSet<PeerId>,
+    bootstrap_peers: HashSet<PeerId>,
+}
+
+enum Lookup {
+    Dial,
+    Find(oneshot::Sender<Result<Vec<Multiaddr>, Error>>),
+}
+
+impl Actor {
+    /// Listen on every configured address and wait until each listener has reported.
+    pub(crate) async fn start(
+        mut swarm: Swarm<Behaviour>,
+        config: Config,
+        rx: mpsc::Receiver<Command>,
+    ) -> Result<Self, Error> {
+        let mut listeners = HashSet::new();
+        for addr in &config.listen {
+            let id = swarm
+                .listen_on(addr.clone())
+                .map_err(|e| Error::BadAddress {
+                    addr: addr.clone(),
+                    reason: e.to_string(),
+                })?;
+            listeners.insert(id);
+        }
+        let deadline = tokio::time::Instant::now() + LISTEN_TIMEOUT;
+        while !listeners.is_empty() {
+            let event = tokio::time::timeout_at(deadline, swarm.select_next_some())
+                .await
+                .map_err(|_| Error::Timeout {
+                    what: "listening",
+                    after_ms: LISTEN_TIMEOUT.as_millis(),
+                })?;
+            match event {
+                SwarmEvent::NewListenAddr {
+                    listener_id,
+                    address,
+                } => {
+                    tracing::info!(%address, "listening");
+                    listeners.remove(&listener_id);
+                }
+                SwarmEvent::ListenerClosed {
+                    addresses, reason, ..
+                } => {
+                    return Err(Error::BadAddress {
+                        addr: addresses.first().cloned().unwrap_or_else(Multiaddr::empty),
+                        reason: format!("listener closed: {reason:?}"),
+                    });
+                }
+                SwarmEvent::ListenerError { error, .. } => {
+                    return Err(Error::Build(format!("listener failed: {error}")));
+                }
+                _ => {}
+            }
+        }
+        for addr in &config.external {
+            swarm.add_external_address(addr.clone());
+        }
+        if config.relay_server && config.external.is_empty() {
+            // A relay must tell its clients where it is reachable, and a reservation
+            // without addresses is refused by the client. A relay is by definition
+            // publicly reachable, so its listen addresses are what it advertises.
+            let listening: Vec<Multiaddr> = swarm.listeners().cloned().collect();
+            for addr in listening {
+                swarm.add_external_address(addr);
+            }
+        }
+        let mut actor = Self {
+            swarm,
+            config,
+            rx,
+            peers: HashMap::new(),
+            dial_waiters: HashMap::new(),
+            lookups: HashMap::new(),
+            bans: HashMap::new(),
+            gossip: HashMap::new(),
+            nat: "unknown".to_string(),
+            reservations: HashSet::new(),
+            bootstrap_peers: HashSet::new(),
+        };
+        actor.join()?;
+        Ok(actor)
+    }
+
+    /// Dial the bootstrap peers and reserve a slot on each relay.
+    fn join(&mut self) -> Result<(), Error> {
+        for addr in self.config.bootstrap.clone() {
+            let peer = peer_of(&addr).ok_or_else(|| Error::BadAddress {
+                addr: addr.clone(),
+                reason: "a bootstrap address must end with /p2p/<peer id>".to_string(),
+            })?;
+            self.bootstrap_peers.insert(peer);
+            self.swarm
+                .behaviour_mut()
+                .kad
+                .add_address(&peer, addr.clone());
+            if let Err(e) = self.swarm.dial(addr.clone()) {
+                tracing::warn!(%addr, error = %e, "cannot dial bootstrap peer");
+            }
+        }
+        for addr in self.config.relays.clone() {
+            let peer = peer_of(&addr).ok_or_else(|| Error::BadAddress {
+                addr: addr.clone(),
+                reason: "a relay address must end with /p2p/<relay id>".to_string(),
+            })?;
+            self.swarm
+                .behaviour_mut()
+                .kad
+                .add_address(&peer, addr.clone());
+            let circuit = addr.clone().with(Protocol::P2pCircuit);
+            self.swarm
+                .listen_on(circuit)
+                .map_err(|e| Error::BadAddress {
+                    addr: addr.clone(),
+                    reason: e.to_string(),
+                })?;
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn run(mut self) {
+        let mut sweep = tokio::time::interval(BAN_SWEEP_INTERVAL);
+        loop {
+            tokio::select! {
+                command = self.rx.recv() => match command {
+                    Some(command) => self.on_command(command),
+                    None => break,
+                },
+                event = self.swarm.select_next_some() => self.on_event(event),
+                _ = sweep.tick() => self.lift_expired_bans(),
+            }
+        }
+        tracing::debug!("mesh stopped: every handle was dropped");
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Connect { peer, addrs, reply } => self.connect(peer, addrs, reply),
+            Command::FindPeer { peer, reply } => {
+                if self.lookups.len() >= PENDING_MAX {
+                    let _ = reply.send(Err(Error::PeerNotFound(peer)));
+                    return;
+                }
+                let id = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+                self.lookups.insert(id, (peer, Lookup::Find(reply)));
+            }
+            Command::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
+            Command::Peers { reply } => {
+                let _ = reply.send(self.peer_infos());
+            }
+            Command::Ban { peer, reason } => self.ban(peer, &reason),
+            Command::Subscribe { topic, reply } => {
+                let hash = gossipsub::IdentTopic::new(&topic).hash();
+                let result = match self.gossip.get(&hash) {
+                    Some(sender) => Ok(sender.subscribe()),
+                    None => self
+                        .swarm
+                        .behaviour_mut()
+                        .gossipsub
+                        .subscribe(&gossipsub::IdentTopic::new(&topic))
+                        .map(|_| {
+                            let (sender, receiver) = broadcast::channel(GOSSIP_BACKLOG);
+                            self.gossip.insert(hash, sender);
+                            receiver
+                        })
+                        .map_err(|e| Error::Gossip(e.to_string())),
+                };
+                let _ = reply.send(result);
+            }
+            Command::Publish { topic, data, reply } => {
+                let result = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .publish(gossipsub::IdentTopic::new(topic), data)
+                    .map(|_| ())
+                    .map_err(|e| Error::Gossip(e.to_string()));
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    fn connect(
+        &mut self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        reply: oneshot::Sender<Result<(), Error>>,
+    ) {
+        if self.bans.contains_key(&peer) {
+            let _ = reply.send(Err(Error::Banned(peer)));
+            return;
+        }
+        if self.swarm.is_connected(&peer) {
+            let _ = reply.send(Ok(()));
+            return;
+        }
+        let waiting: usize = self.dial_waiters.values().map(Vec::len).sum();
+        if waiting >= PENDING_MAX {
+            let _ = reply.send(Err(Error::Dial {
+                peer,
+                reason: "too many dials pending".to_string(),
+            }));
+            return;
+        }
+        let opts = DialOpts::peer_id(peer)
+            .addresses(addrs)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .build();
+        match self.swarm.dial(opts) {
+            Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => {}
+            Err(DialError::NoAddresses) => {
+                // Nothing known locally: ask the DHT, and dial what it finds.
+                tracing::debug!(%peer, "no known address, looking the peer up");
+                let id = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
+                self.lookups.insert(id, (peer, Lookup::Dial));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(Error::Dial {
+                    peer,
+                    reason: e.to_string(),
+                }));
+                return;
+            }
+        }
+        let waiters = self.dial_waiters.entry(peer).or_default();
+        waiters.retain(|w| !w.is_closed());
+        waiters.push(reply);
+    }
+
+    fn fail_dial(&mut self, peer: PeerId, error: impl Fn() -> Error) {
+        for waiter in self.dial_waiters.remove(&peer).unwrap_or_default() {
+            let _ = waiter.send(Err(error()));
+        }
+    }
+
+    fn ban(&mut self, peer: PeerId, reason: &str) {
+        if peer == *self.swarm.local_peer_id() {
+            return;
+        }
+        tracing::warn!(%peer, reason, ban_s = self.config.ban_duration.as_secs(), "banning peer");
+        self.bans
+            .insert(peer, Instant::now() + self.config.ban_duration);
+        self.swarm.behaviour_mut().blocked.block_peer(peer);
+        self.swarm.behaviour_mut().kad.remove_peer(&peer);
+        self.fail_dial(peer, || Error::Banned(peer));
+    }
+
+    fn lift_expired_bans(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<PeerId> = self
+            .bans
+            .iter()
+            .filter(|(_, until)| **until <= now)
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in expired {
+            self.bans.remove(&peer);
+            self.swarm.behaviour_mut().blocked.unblock_peer(peer);
+            tracing::info!(%peer, "ban lifted");
+        }
+    }
+
+    fn status(&mut self) -> Status {
+        let routing_table_peers = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .kbuckets()
+            .map(|b| b.num_entries())
+            .sum();
+        Status {
+            peer_id: self.swarm.local_peer_id().to_string(),
+            listen: self.swarm.listeners().map(ToString::to_string).collect(),
+            external: self
+                .swarm
+                .external_addresses()
+                .map(ToString::to_string)
+                .collect(),
+            connected_peers: self.swarm.connected_peers().count(),
+            routing_table_peers,
+            nat: self.nat.clone(),
+            relay_reservations: self.reservations.iter().map(ToString::to_string).collect(),
+            relay_server: self.config.relay_server,
+            banned_peers: self.bans.len(),
+        }
+    }
+
+    fn peer_infos(&self) -> Vec<PeerInfo> {
+        let mut infos: Vec<PeerInfo> = self
+            .peers
+            .iter()
+            .filter(|(_, s)| !s.connections.is_empty())
+            .map(|(peer, s)| PeerInfo {
+                peer_id: peer.to_string(),
+                connections: s.connections.values().map(ToString::to_string).collect(),
+                relayed: s.connections.values().all(is_relayed),
+                rtt_ms: s.rtt.map(|d| d.as_secs_f64() * 1000.0),
+                agent: s.agent.clone(),
+                hole_punch: s.hole_punch.clone(),
+            })
+            .collect();
+        infos.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+        infos
+    }
+
+    fn on_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => tracing::info!(%address, "listening"),
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => {
+                let remote = endpoint.get_remote_address().clone();
+                tracing::debug!(peer = %peer_id, %remote, "connected");
+                self.peers
+                    .entry(peer_id)
+                    .or_default()
+                    .connections
+                    .insert(connection_id, remote);
+                for waiter in self.dial_waiters.remove(&peer_id).unwrap_or_default() {
+                    let _ = waiter.send(Ok(()));
+                }
+                if self.bootstrap_peers.contains(&peer_id) {
+                    let _ = self.swarm.behaviour_mut().kad.bootstrap();
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                num_established,
+                cause,
+                ..
+            } => {
+                tracing::debug!(peer = %peer_id, ?cause, "connection closed");
+                if let Some(state) = self.peers.get_mut(&peer_id) {
+                    state.connections.remove(&connection_id);
+                }
+                if num_established == 0 {
+                    self.peers.remove(&peer_id);
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                if let Some(peer) = peer_id
+                    && !self.swarm.is_connected(&peer)
+                {
+                    tracing::debug!(%peer, %error, "dial failed");
+                    let reason = error.to_string();
+                    self.fail_dial(peer, || Error::Dial {
+                        peer,
+                        reason: reason.clone(),
+                    });
+                }
+            }
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error,
+                ..
+            } => {
+                tracing::debug!(%send_back_addr, %error, "incoming connection refused");
+            }
+            SwarmEvent::ExternalAddrConfirmed { address } => {
+                tracing::info!(%address, "external address confirmed");
+            }
+            SwarmEvent::Behaviour(event) => self.on_behaviour(event),
+            _ => {}
+        }
+    }
+
+    fn on_behaviour(&mut self, event: BehaviourEvent) {
+        match event {
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                if info.protocol_version != crate::behaviour::IDENTIFY_PROTOCOL_VERSION {
+                    tracing::debug!(peer = %peer_id, version = %info.protocol_version, "peer of another network");
+                }
+                if info.protocols.contains(&KAD_PROTOCOL) {
+                    for addr in info.listen_addrs.iter().filter(|a| !is_relayed(a)) {
+                        self.swarm
+                            .behaviour_mut()
+                            .kad
+                            .add_address(&peer_id, addr.clone());
+                    }
+                }
+                self.peers.entry(peer_id).or_default().agent = Some(info.agent_version);
+            }
+            BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result,
+            }) => match result {
+                Ok(rtt) => {
+                    if let Some(state) = self.peers.get_mut(&peer) {
+                        state.rtt = Some(rtt);
+                    }
+                }
+                Err(error) => {
+                    // libp2p no longer closes a connection whose pings fail; a dead
+                    // link would otherwise hold a useless connection until the OS
+                    // gives up, and `connect` would keep answering "connected".
+                    tracing::info!(%peer, %error, "ping failed, closing the connection");
+                    self.swarm.close_connection(connection);
+                }
+            },
+            BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id,
+                result: kad::QueryResult::GetClosestPeers(result),
+                step,
+                ..
+            }) => {
+                let peers = match result {
+                    Ok(ok) => ok.peers,
+                    Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
+                };
+                self.on_lookup(id, peers, step.last);
+            }
+            BehaviourEvent::Autonat(autonat::Event::StatusChanged { new, .. }) => {
+                tracing::info!(status = ?new, "NAT status changed");
+                self.nat = match new {
+                    autonat::NatStatus::Public(_) => "public",
+                    autonat::NatStatus::Private => "private",
+                    autonat::NatStatus::Unknown => "unknown",
+                }
+                .to_string();
+            }
+            BehaviourEvent::RelayClient(relay::client::Event::ReservationReqAccepted {
+                relay_peer_id,
+                renewal,
+                ..
+            }) => {
+                if !renewal {
+                    tracing::info!(relay = %relay_peer_id, "relay reservation accepted");
+                }
+                self.reservations.insert(relay_peer_id);
+            }
+            BehaviourEvent::RelayClient(event) => tracing::debug!(?event, "relay client"),
+            BehaviourEvent::Relay(event) => tracing::debug!(?event, "relay server"),
+            BehaviourEvent::Dcutr(libp2p::dcutr::Event {
+                remote_peer_id,
+                result,
+            }) => {
+                let outcome = match &result {
+                    Ok(_) => "direct connection established".to_string(),
+                    Err(e) => format!("failed: {e}"),
+                };
+                tracing::info!(peer = %remote_peer_id, %outcome, "hole punch");
+                self.peers.entry(remote_peer_id).or_default().hole_punch = Some(outcome);
+            }
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message { message, .. }) => {
+                if let Some(sender) = self.gossip.get(&message.topic) {
+                    let _ = sender.send(GossipMessage {
+                        source: message.source,
+                        topic: message.topic.to_string(),
+                        data: message.data,
+                    });
+                }
+            }
+            BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                for (peer, addr) in found {
+                    self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_lookup(&mut self, id: kad::QueryId, found: Vec<kad::PeerInfo>, last: bool) {
+        let Some((target, _)) = self.lookups.get(&id) else {
+            return;
+        };
+        let target = *target;
+        let addrs: Vec<Multiaddr> = found
+            .into_iter()
+            .filter(|p| p.peer_id == target)
+            .flat_map(|p| p.addrs)
+            .collect();
+        if addrs.is_empty() && !last {
+            return;
+        }
+        let Some((_, lookup)) = self.lookups.remove(&id) else {
+            return;
+        };
+        if let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+            query.finish();
+        }
+        match lookup {
+            Lookup::Find(reply) => {
+                let _ = reply.send(if addrs.is_empty() {
+                    Err(Error::PeerNotFound(target))
+                } else {
+                    Ok(addrs)
+                });
+            }
+            Lookup::Dial if addrs.is_empty() => {
+                self.fail_dial(target, || Error::PeerNotFound(target));
+            }
+            Lookup::Dial => {
+                let opts = DialOpts::peer_id(target).addresses(addrs).build();
+                if let Err(e) = self.swarm.dial(opts) {
+                    let reason = e.to_string();
+                    self.fail_dial(target, || Error::Dial {
+                        peer: target,
+                        reason: reason.clone(),
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// True for an address through a relay (`…/p2p-circuit/…`).
+fn is_relayed(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
+}

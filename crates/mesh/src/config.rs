@@ -1,0 +1,127 @@
+//! How a mesh peer is set up: addresses, discovery, relaying, and its limits.
+
+use std::time::Duration;
+
+use libp2p::Multiaddr;
+
+/// Largest gossip message accepted or published: announcements, not data.
+pub const GOSSIP_MESSAGE_BYTES_MAX: usize = 64 * 1024;
+
+/// Configuration of a [`crate::Mesh`]; [`Config::default`] documents the defaults.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Addresses to listen on, e.g. `/ip4/0.0.0.0/udp/4001/quic-v1` and `/ip4/0.0.0.0/tcp/4001`.
+    pub listen: Vec<Multiaddr>,
+    /// Addresses others should use for us, when known (a public IP behind port forwarding).
+    pub external: Vec<Multiaddr>,
+    /// Bootstrap peers, each ending in `/p2p/<peer id>`: the entry into Kademlia.
+    pub bootstrap: Vec<Multiaddr>,
+    /// Relays to hold a reservation on (each ending in `/p2p/<relay id>`), so that
+    /// peers who cannot dial us directly reach us through them.
+    pub relays: Vec<Multiaddr>,
+    /// Serve as a relay v2 for others.
+    pub relay_server: bool,
+    /// Limits of the relay server's circuits.
+    pub relay: RelayLimits,
+    /// Discover peers on the local network with mDNS (devnet; off on the open grid,
+    /// where it would announce us to every machine on the LAN).
+    pub mdns: bool,
+    /// Connection limits.
+    pub connections: ConnectionLimits,
+    /// Close a connection after this long without any stream on it.
+    pub idle_timeout: Duration,
+    /// How long a peer that sent malformed data stays banned.
+    pub ban_duration: Duration,
+    /// Time allowed to establish a connection (dial, handshake, upgrade).
+    pub dial_timeout: Duration,
+}
+
+/// Caps on connections, so a flood of dials cannot exhaust memory or file descriptors.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Established connections in total.
+    pub established_max: u32,
+    /// Established connections with one peer.
+    pub established_per_peer_max: u32,
+    /// Incoming connections still in their handshake.
+    pub pending_incoming_max: u32,
+}
+
+/// Limits of the relay v2 server. libp2p's defaults (128 KiB and 2 minutes per
+/// circuit) only suit hole-punch coordination; the grid also moves data over relays
+/// when a direct connection cannot be made, so they are raised.
+#[derive(Debug, Clone, Copy)]
+pub struct RelayLimits {
+    /// Bytes per direction a circuit may carry before the relay closes it.
+    pub circuit_bytes_max: u64,
+    /// How long a circuit may stay open.
+    pub circuit_duration_max: Duration,
+    /// Circuits relayed at once.
+    pub circuits_max: usize,
+    /// Circuits relayed at once for one source peer.
+    pub circuits_per_peer_max: usize,
+    /// Reservations held at once.
+    pub reservations_max: usize,
+}
+
+impl Default for RelayLimits {
+    fn default() -> Self {
+        Self {
+            circuit_bytes_max: 1 << 30,
+            circuit_duration_max: Duration::from_secs(30 * 60),
+            circuits_max: 64,
+            circuits_per_peer_max: 8,
+            reservations_max: 256,
+        }
+    }
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            established_max: 512,
+            established_per_peer_max: 4,
+            pending_incoming_max: 64,
+        }
+    }
+}
+
+impl Default for Config {
+    /// Listen on all IPv4 interfaces on random ports (QUIC and TCP), no bootstrap
+    /// peers, no relaying, mDNS off, 512 connections, a 10 minute ban.
+    fn default() -> Self {
+        Self {
+            listen: vec![
+                "/ip4/0.0.0.0/udp/0/quic-v1"
+                    .parse()
+                    .expect("valid multiaddr"),
+                "/ip4/0.0.0.0/tcp/0".parse().expect("valid multiaddr"),
+            ],
+            external: Vec::new(),
+            bootstrap: Vec::new(),
+            relays: Vec::new(),
+            relay_server: false,
+            relay: RelayLimits::default(),
+            mdns: false,
+            connections: ConnectionLimits::default(),
+            idle_timeout: Duration::from_secs(120),
+            ban_duration: Duration::from_secs(600),
+            dial_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Config {
+    /// A peer listening on loopback only (QUIC and TCP, random ports): for tests and benches.
+    pub fn loopback() -> Self {
+        Self {
+            listen: vec![
+                "/ip4/127.0.0.1/udp/0/quic-v1"
+                    .parse()
+                    .expect("valid multiaddr"),
+                "/ip4/127.0.0.1/tcp/0".parse().expect("valid multiaddr"),
+            ],
+            ..Self::default()
+        }
+    }
+}
