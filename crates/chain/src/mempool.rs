@@ -203,13 +203,12 @@ impl Mempool {
         // Each account's run of consecutive nonces from its current one, as a queue.
         let mut queues: Vec<Vec<&Pending>> = Vec::new();
         for (account, pending) in &self.accounts {
-            let mut next = state.account(account).nonce;
+            let first = state.account(account).nonce;
             let mut run = Vec::new();
-            for (nonce, p) in pending.range(next..) {
-                if *nonce != next {
+            for (expected, (nonce, p)) in (first..).zip(pending.range(first..)) {
+                if *nonce != expected {
                     break;
                 }
-                next += 1;
                 if !exclude.contains(&p.hash) && p.tx.body.expires_ms >= state.time_ms() {
                     run.push(p);
                 }

@@ -26,11 +26,14 @@ pub type DynLedger = Ledger<Box<dyn Store + Send + Sync>>;
 /// committed block without its receipts.
 pub struct Receipts {
     db: Option<redb::Database>,
-    memory: Mutex<(
-        BTreeMap<u64, FinalizedBlock>,
-        BTreeMap<TxHash, (u64, usize)>,
-    )>,
+    memory: Mutex<MemoryReceipts>,
 }
+
+/// Blocks by height, and each transaction's (height, position).
+type MemoryReceipts = (
+    BTreeMap<u64, FinalizedBlock>,
+    BTreeMap<TxHash, (u64, usize)>,
+);
 
 const BLOCKS: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("blocks");
 const TXS: redb::TableDefinition<&[u8; 32], (u64, u64)> = redb::TableDefinition::new("txs");
