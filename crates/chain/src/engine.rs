@@ -117,6 +117,19 @@ pub struct Channels<S, R> {
     pub broadcast: Channel<S, R>,
 }
 
+impl<S, R> Channels<S, R> {
+    /// The five channels from registered endpoints, in channel-number order; `None` if fewer.
+    pub fn take(endpoints: &mut impl Iterator<Item = Channel<S, R>>) -> Option<Self> {
+        Some(Channels {
+            votes: endpoints.next()?,
+            certificates: endpoints.next()?,
+            resolver: endpoints.next()?,
+            backfill: endpoints.next()?,
+            broadcast: endpoints.next()?,
+        })
+    }
+}
+
 /// Handles of a running validator's actors.
 pub struct Running {
     /// Consensus.

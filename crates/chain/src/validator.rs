@@ -167,15 +167,8 @@ async fn serve(
     }
     network.start();
     let mut ch = ch.into_iter();
-    let mut next = || ch.next().expect("six channels");
-    let channels = Channels {
-        votes: next(),
-        certificates: next(),
-        resolver: next(),
-        backfill: next(),
-        broadcast: next(),
-    };
-    let (mut gossip_out, mut gossip_in) = next();
+    let channels = Channels::take(&mut ch).context("five consensus channels were registered")?;
+    let (mut gossip_out, mut gossip_in) = ch.next().context("the gossip channel was registered")?;
 
     engine::start(
         context.child("validator"),

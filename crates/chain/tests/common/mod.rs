@@ -150,15 +150,7 @@ pub async fn start_validator(
     for c in 0..5u64 {
         ch.push(control.register(c, quota).await.expect("register"));
     }
-    let mut ch = ch.into_iter();
-    let mut next = || ch.next().expect("five channels");
-    let channels = Channels {
-        votes: next(),
-        certificates: next(),
-        resolver: next(),
-        backfill: next(),
-        broadcast: next(),
-    };
+    let channels = Channels::take(&mut ch.into_iter()).expect("five channels");
     engine::start(
         context.child("validator").with_attribute("index", i),
         Config {
