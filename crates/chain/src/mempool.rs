@@ -241,6 +241,25 @@ impl Mempool {
         out
     }
 
+    /// Drop transactions a finalized block held, applied or rejected. A rejected one
+    /// leaves its signer's nonce where it was, so pruning by nonce would keep it, and
+    /// every later block would carry it again while it blocked that nonce for good.
+    pub fn remove_finalized<'a>(&mut self, hashes: impl IntoIterator<Item = &'a TxHash>) {
+        for hash in hashes {
+            let Some((signer, nonce)) = self.hashes.remove(hash) else {
+                continue;
+            };
+            if let Some(queue) = self.accounts.get_mut(&signer) {
+                if let Some(p) = queue.remove(&nonce) {
+                    self.bytes -= p.len;
+                }
+                if queue.is_empty() {
+                    self.accounts.remove(&signer);
+                }
+            }
+        }
+    }
+
     /// Drop what can no longer apply on `state`: used nonces and expired transactions of `accounts`.
     pub fn prune<'a>(&mut self, state: &State, accounts: impl IntoIterator<Item = &'a AccountId>) {
         for account in accounts {
@@ -384,5 +403,47 @@ mod tests {
                 .len(),
             2
         );
+    }
+
+    #[test]
+    fn a_transaction_rejected_in_a_block_leaves_the_pool_and_frees_its_nonce() {
+        let (d, mut ledger) = setup();
+        let mut pool = Mempool::new(MempoolLimits::default());
+        let farm = |nonce, name: &str| {
+            SignedTx::new(
+                &d.demo,
+                "pool",
+                nonce,
+                Payload::CreateFarm {
+                    name: name.into(),
+                    public_ips: Vec::new(),
+                },
+            )
+        };
+        let first = farm(0, "alpha");
+        pool.insert(first.clone(), ledger.state()).expect("first");
+        let ctx = |height| peergrid_ledger::BlockContext {
+            height,
+            time_ms: 2_000 + height,
+        };
+        ledger
+            .execute_block(ctx(1), std::slice::from_ref(&first))
+            .expect("block");
+        pool.remove_finalized([first.hash()].iter());
+        // Same name again: admitted (the pool does not run the payload), rejected in a block.
+        let dup = farm(1, "ALPHA");
+        let hash = pool.insert(dup.clone(), ledger.state()).expect("admitted");
+        let out = ledger.execute_block(ctx(2), &[dup]).expect("block");
+        assert!(out.receipts[0].result.is_err(), "name taken");
+        pool.remove_finalized([hash].iter());
+        pool.prune(ledger.state(), [d.demo.account()].iter());
+        assert_eq!(pool.len(), 0, "the rejected transaction is gone");
+        assert!(
+            pool.select(ledger.state(), 100, usize::MAX, &HashSet::new())
+                .is_empty(),
+            "and is never proposed again"
+        );
+        pool.insert(farm(1, "beta"), ledger.state())
+            .expect("its nonce is free for the next transaction");
     }
 }

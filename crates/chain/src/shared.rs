@@ -249,6 +249,9 @@ impl Shared {
             Ok(())
         })?;
         if let Ok(mut pool) = self.mempool.lock() {
+            if let Some(f) = &summary {
+                pool.remove_finalized(f.txs.iter().map(|t| &t.hash));
+            }
             let signers: Vec<AccountId> = block.txs.iter().map(|t| t.body.signer).collect();
             pool.prune(ledger.state(), signers.iter());
         }

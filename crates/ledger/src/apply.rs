@@ -30,8 +30,12 @@ pub struct BlockContext {
 }
 
 /// Why a transaction was rejected. The state is unchanged.
+///
+/// Serialized adjacently tagged (`{"error": "...", "detail": ...}`): an internally tagged
+/// enum cannot hold a variant like `FarmNameTaken(String)`, and a receipt that cannot be
+/// serialized stops every validator at that block.
 #[derive(Clone, PartialEq, Eq, Debug, thiserror::Error, Serialize, Deserialize)]
-#[serde(tag = "error", rename_all = "snake_case")]
+#[serde(tag = "error", content = "detail", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum TxError {
     /// A field breaks a limit or format.

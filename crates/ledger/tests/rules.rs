@@ -750,3 +750,32 @@ fn governance_cannot_price_the_ledger_out_of_reach() {
         TxError::Field { .. }
     ));
 }
+
+/// Every rejection must be storable in a receipt: one that cannot be serialized stops
+/// every validator at that block (a duplicate farm name once did).
+#[test]
+fn every_kind_of_rejection_round_trips_through_json() {
+    let who = key(1).account();
+    let errors = vec![
+        TxError::UnknownFarm(3),
+        TxError::FarmNameTaken("alpha".into()),
+        TxError::UnknownNode(4),
+        TxError::NameTaken("site".into()),
+        TxError::UnknownContract(5),
+        TxError::NotCouncilMember(who),
+        TxError::UnknownProposal(6),
+        TxError::ProposalClosed(7),
+        TxError::InvalidAction("x".into()),
+        TxError::Overflow("balance".into()),
+        TxError::StaleNonce {
+            signer: who,
+            expected: 2,
+            got: 1,
+        },
+    ];
+    for e in errors {
+        let json = serde_json::to_string(&e).expect("serializable");
+        let back: TxError = serde_json::from_str(&json).expect("deserializable");
+        assert_eq!(back, e, "{json}");
+    }
+}
