@@ -161,6 +161,7 @@ async fn status(State(api): State<Api>) -> ApiResult {
             "validators": s.config().validators,
             "supply": { "genesis": g.genesis_supply, "minted": g.minted, "burned": g.burned },
             "mempool": mempool,
+            "params": s.params(),
         }))
     })?;
     Ok(at(v, height, root))
@@ -286,6 +287,7 @@ struct Page {
     limit: Option<usize>,
     farm: Option<u32>,
     owner: Option<String>,
+    node: Option<u32>,
 }
 
 impl Page {
@@ -371,6 +373,7 @@ async fn contracts(State(api): State<Api>, Query(p): Query<Page>) -> ApiResult {
         let items = s
             .contracts(p.from.unwrap_or(1))
             .filter(|c| owner.is_none_or(|o| c.owner == o))
+            .filter(|c| p.node.is_none_or(|n| c.node == Some(n)))
             .map(|c| (c.id, c));
         Ok(page(items, p.limit()))
     })?;
@@ -544,7 +547,7 @@ pub fn openapi_document() -> Value {
             "/v1/farms/{id}": { "get": by_id("farm (id or name)") },
             "/v1/nodes": { "get": list("nodes (filter with ?farm=)") },
             "/v1/nodes/{id}": { "get": by_id("node (id or account)") },
-            "/v1/contracts": { "get": list("contracts (filter with ?owner=)") },
+            "/v1/contracts": { "get": list("contracts (filter with ?owner= and ?node=)") },
             "/v1/contracts/{id}": { "get": by_id("contract (id or gateway name)") },
             "/v1/proposals": { "get": list("governance proposals") },
             "/v1/proposals/{id}": { "get": by_id("proposal") },

@@ -71,6 +71,12 @@ pub struct DevnetArgs {
     /// Validator i serves its API on BASE+i and talks to the others on BASE+100+i.
     #[arg(long, default_value_t = 8700)]
     base_port: u16,
+    /// Farmer nodes to run, in 2 farms (each serves its health endpoint on BASE+200+i).
+    #[arg(long, default_value_t = 5)]
+    nodes: usize,
+    /// Seconds between node uptime reports, for a new genesis (tests use a short one).
+    #[arg(long, hide = true)]
+    uptime_interval: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -190,6 +196,8 @@ pub fn devnet(globals: &Globals, args: DevnetArgs) -> anyhow::Result<()> {
         fresh: args.fresh,
         validators: args.validators,
         base_port: args.base_port,
+        nodes: args.nodes,
+        uptime_interval_secs: args.uptime_interval,
     };
     let genesis = peergrid_devnet::prepare(&opts)?;
     let exe = std::env::current_exe().context("cannot find the peergrid executable")?;
@@ -197,6 +205,13 @@ pub fn devnet(globals: &Globals, args: DevnetArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         eprintln!("starting {} validators in {} …", genesis.validators.len(), dir.display());
         let height = supervisor.wait_finalizing(Duration::from_secs(60)).await?;
+        if args.nodes > 0 {
+            eprintln!("starting {} nodes in {} farms …", args.nodes, peergrid_devnet::FARMS);
+            let farms = supervisor.ensure_farms().await?;
+            supervisor
+                .start_nodes(&exe, &farms, args.nodes, Duration::from_secs(60))
+                .await?;
+        }
         let demo = Keypair::load(&supervisor.running.demo_key)?;
         let mnemonic = std::fs::read_to_string(dir.join("demo-mnemonic.txt")).unwrap_or_default();
         if globals.json {
@@ -206,6 +221,7 @@ pub fn devnet(globals: &Globals, args: DevnetArgs) -> anyhow::Result<()> {
                 "demo_account": demo.account(),
                 "demo_mnemonic": mnemonic.trim(),
                 "height": height,
+                "nodes": supervisor.running.nodes,
             }))?;
         } else {
             println!("peergrid devnet is finalizing blocks (height {height})\n");
@@ -215,10 +231,11 @@ pub fn devnet(globals: &Globals, args: DevnetArgs) -> anyhow::Result<()> {
                 ("validators", supervisor.running.apis.join(" ")),
                 ("demo account", demo.account().to_string()),
                 ("demo key", supervisor.running.demo_key.display().to_string()),
+                ("nodes", format!("{} (health: {})", supervisor.running.nodes.len(), supervisor.running.nodes.join(" "))),
                 ("logs", dir.join("logs").display().to_string()),
             ]);
             println!("\ndemo account's 24 words (devnet only):\n{}", output::phrase_lines(mnemonic.trim()));
-            println!("try, from another terminal:\n  peergrid wallet balance\n  peergrid wallet transfer --to <ACCOUNT> --amount 1\n  peergrid devnet status");
+            println!("try, from another terminal:\n  peergrid wallet balance\n  peergrid wallet transfer --to <ACCOUNT> --amount 1\n  peergrid node list\n  peergrid devnet status");
             println!("\nCtrl-C stops the devnet; its state is kept for next time (--fresh starts over).");
         }
         loop {
@@ -228,6 +245,10 @@ pub fn devnet(globals: &Globals, args: DevnetArgs) -> anyhow::Result<()> {
                     if let Some(i) = supervisor.exited() {
                         supervisor.stop();
                         bail!("validator {i} stopped unexpectedly; see {}", dir.join(format!("logs/validator-{i}.log")).display());
+                    }
+                    if let Some(i) = supervisor.node_exited() {
+                        supervisor.stop();
+                        bail!("node {i} stopped unexpectedly; see {}", dir.join(format!("logs/node-{i}.log")).display());
                     }
                 }
             }

@@ -8,6 +8,7 @@
 //! with exit code 1; usage errors exit with 2.
 
 mod genesis;
+mod grid;
 mod key;
 mod ledger;
 mod mesh;
@@ -53,6 +54,12 @@ enum Command {
     /// Run a mesh peer and talk to it: status, peers, ping, bulk transfers.
     #[command(subcommand)]
     Mesh(mesh::MeshCommand),
+    /// Farms: create, list, show, invite a node.
+    #[command(subcommand)]
+    Farm(grid::FarmCommand),
+    /// Nodes: run this machine as one, list them, show one.
+    #[command(subcommand)]
+    Node(grid::NodeCommand),
     /// Run a validator.
     #[command(subcommand)]
     Validator(ledger::ValidatorCommand),
@@ -86,14 +93,19 @@ impl Globals {
     /// The key to sign with: `--key`, your own key, or, while a devnet runs and you have
     /// no key of your own, the devnet's demo account, so a newcomer needs no set-up.
     fn keypair(&self) -> anyhow::Result<peergrid_core::Keypair> {
+        Ok(peergrid_core::Keypair::load(&self.signing_key_file()?)?)
+    }
+
+    /// The file [`Globals::keypair`] loads.
+    fn signing_key_file(&self) -> anyhow::Result<PathBuf> {
         let own = self.key_file()?;
         if self.key.is_none()
             && !own.exists()
             && let Some(running) = peergrid_devnet::running(&peergrid_devnet::default_dir())
         {
-            return Ok(peergrid_core::Keypair::load(&running.demo_key)?);
+            return Ok(running.demo_key);
         }
-        Ok(peergrid_core::Keypair::load(&own)?)
+        Ok(own)
     }
 
     /// A client of `--ledger`, or of the running devnet.
@@ -141,6 +153,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tx(cmd) => ledger::tx(&globals, cmd),
         Command::Bench(cmd) => ledger::bench(&globals, cmd),
         Command::Mesh(cmd) => mesh::run(&globals, cmd),
+        Command::Farm(cmd) => grid::farm(&globals, cmd),
+        Command::Node(cmd) => grid::node(&globals, cmd),
     }
 }
 

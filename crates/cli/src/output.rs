@@ -22,6 +22,31 @@ pub fn rows(rows: &[(&str, String)]) {
     }
 }
 
+/// Print a table: a header row and aligned columns, two spaces apart.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let text: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", text.join("  ").trim_end());
+    };
+    line(headers.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    if rows.is_empty() {
+        println!("(none)");
+    }
+}
+
 /// A backup phrase as 4 lines of 6 words: readable, and still pastes into `peergrid key import`.
 pub fn phrase_lines(phrase: &str) -> String {
     let words: Vec<&str> = phrase.split_whitespace().collect();

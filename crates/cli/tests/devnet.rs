@@ -79,9 +79,9 @@ fn wait_finalizing(home: &Path) -> Value {
     }
 }
 
-fn validator_processes(home: &Path) -> usize {
+fn processes(home: &Path, what: &str) -> usize {
     let out = Command::new("pgrep")
-        .args(["-f", &format!("{}/devnet/validator-", home.display())])
+        .args(["-f", &format!("{}/devnet/{what}", home.display())])
         .output();
     out.map(|o| String::from_utf8_lossy(&o.stdout).lines().count())
         .unwrap_or(0)
@@ -101,6 +101,28 @@ fn a_newcomer_runs_a_devnet_and_sends_a_transfer_that_finalizes() {
     assert_eq!(validators.len(), 4);
     let root = &validators[0]["root"];
     assert!(validators.iter().all(|v| v["finalizing"] == true));
+
+    // Five nodes in two farms, in distinct places, all up.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let nodes = loop {
+        let (_, list) = json(home, &["node", "list"]);
+        let nodes = list["nodes"].as_array().cloned().unwrap_or_default();
+        if nodes.len() == 5 && nodes.iter().all(|n| n["status"] == "up") {
+            break nodes;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "devnet nodes never all up: {list}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let farms: std::collections::BTreeSet<_> =
+        nodes.iter().map(|n| n["farm"].to_string()).collect();
+    let cities: std::collections::BTreeSet<_> = nodes
+        .iter()
+        .map(|n| n["location"]["city"].to_string())
+        .collect();
+    assert_eq!((farms.len(), cities.len()), (2, 5), "{nodes:?}");
 
     // No key of one's own: the CLI uses the devnet's demo account.
     let (ok, balance) = json(home, &["wallet", "balance"]);
@@ -145,9 +167,14 @@ fn a_newcomer_runs_a_devnet_and_sends_a_transfer_that_finalizes() {
     // Ctrl-C stops every validator; restarting keeps the state.
     assert!(devnet.interrupt().success());
     assert_eq!(
-        validator_processes(home),
+        processes(home, "validator-"),
         0,
         "validators left running after Ctrl-C"
+    );
+    assert_eq!(
+        processes(home, "nodes/"),
+        0,
+        "nodes left running after Ctrl-C"
     );
     let mut again = Devnet::start(home, base_port);
     wait_finalizing(home);

@@ -31,9 +31,32 @@ pub struct Options {
     pub fresh: bool,
     /// Number of validators.
     pub validators: usize,
-    /// First API port; validator `i` serves its API on `base_port + i` and its p2p on `base_port + 100 + i`.
+    /// First API port; validator `i` serves its API on `base_port + i` and its p2p on
+    /// `base_port + 100 + i`; node `i` serves its health endpoint on `base_port + 200 + i`.
     pub base_port: u16,
+    /// Farmer nodes to run, spread over [`FARMS`] farms.
+    pub nodes: usize,
+    /// Override the genesis uptime interval (seconds), for tests that wait for a node to go down.
+    pub uptime_interval_secs: Option<u64>,
 }
+
+/// Farms the devnet creates for its nodes, one farmer key each.
+pub const FARMS: usize = 2;
+
+/// Where the devnet's nodes say they are: distinct places, so the explorer and
+/// placement have something to tell apart.
+const PLACES: [(&str, &str, f64, f64); 5] = [
+    ("BE", "Ghent", 51.05, 3.72),
+    ("EG", "Cairo", 30.04, 31.24),
+    ("AT", "Vienna", 48.21, 16.37),
+    ("PT", "Lisbon", 38.72, -9.14),
+    ("KE", "Nairobi", -1.29, 36.82),
+];
+
+/// Balance each devnet node account starts with, for its registration fees.
+const NODE_FUNDS: u64 = 100;
+/// Balance each devnet farmer starts with.
+const FARMER_FUNDS: u64 = 10_000;
 
 /// Written while a devnet runs, so other commands can find it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -48,6 +71,9 @@ pub struct Running {
     pub demo_key: PathBuf,
     /// The faucet's key file.
     pub faucet_key: PathBuf,
+    /// Every node's health endpoint URL.
+    #[serde(default)]
+    pub nodes: Vec<String>,
 }
 
 /// The default devnet folder: `$PEERGRID_HOME/devnet` or `~/.peergrid/devnet`.
@@ -103,6 +129,28 @@ pub fn prepare_with(opts: &Options, extra: &[GenesisBalance]) -> anyhow::Result<
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
     let mut devnet = Devnet::generate("peergrid-devnet", opts.validators, now_ms)?;
     devnet.genesis.balances.extend_from_slice(extra);
+    if let Some(secs) = opts.uptime_interval_secs {
+        devnet.genesis.params.uptime_interval_secs = secs;
+    }
+    // Farmers and nodes get their keys now, so their accounts are funded from genesis.
+    for f in 1..=FARMS {
+        let key = Keypair::generate()?;
+        key.save(&opts.dir.join(format!("keys/farmer-{f}.json")), true)?;
+        devnet.genesis.balances.push(GenesisBalance {
+            account: key.account(),
+            amount: peergrid_core::Amount::tokens(FARMER_FUNDS),
+        });
+    }
+    for i in 0..opts.nodes {
+        let dir = node_dir(&opts.dir, i);
+        std::fs::create_dir_all(&dir)?;
+        let key = Keypair::generate()?;
+        key.save(&dir.join("node-key.json"), true)?;
+        devnet.genesis.balances.push(GenesisBalance {
+            account: key.account(),
+            amount: peergrid_core::Amount::tokens(NODE_FUNDS),
+        });
+    }
     for (i, v) in devnet.genesis.validators.iter_mut().enumerate() {
         let (api, p2p) = ports(opts.base_port, i)?;
         *v = GenesisValidator {
@@ -133,6 +181,11 @@ pub fn prepare_with(opts: &Options, extra: &[GenesisBalance]) -> anyhow::Result<
     Ok(devnet.genesis)
 }
 
+/// Node `i`'s data directory.
+pub fn node_dir(dir: &Path, i: usize) -> PathBuf {
+    dir.join(format!("nodes/node-{i}"))
+}
+
 fn ports(base: u16, i: usize) -> anyhow::Result<(u16, u16)> {
     let i = u16::try_from(i)?;
     let api = base.checked_add(i).context("--base-port too high")?;
@@ -143,6 +196,8 @@ fn ports(base: u16, i: usize) -> anyhow::Result<(u16, u16)> {
 /// A devnet whose validators run as child processes of `exe`; they stop when this is dropped.
 pub struct Supervisor {
     children: Vec<Child>,
+    nodes: Vec<Child>,
+    base_port: u16,
     dir: PathBuf,
     /// What other commands see.
     pub running: Running,
@@ -184,6 +239,7 @@ impl Supervisor {
             apis,
             demo_key: opts.dir.join("keys/demo.json"),
             faucet_key: opts.dir.join("keys/faucet.json"),
+            nodes: Vec::new(),
         };
         std::fs::write(
             running_file(&opts.dir),
@@ -191,6 +247,8 @@ impl Supervisor {
         )?;
         Ok(Supervisor {
             children,
+            nodes: Vec::new(),
+            base_port: opts.base_port,
             dir: opts.dir.clone(),
             running,
         })
@@ -222,6 +280,119 @@ impl Supervisor {
         }
     }
 
+    /// Create the devnet's farms if they do not exist yet; returns their ids.
+    pub async fn ensure_farms(&self) -> anyhow::Result<Vec<peergrid_core::FarmId>> {
+        let client = Client::new(self.running.apis.clone());
+        let mut ids = Vec::new();
+        for f in 1..=FARMS {
+            let name = format!("devnet-farm-{f}");
+            let existing: Result<peergrid_client::AtHeight<serde_json::Value>, _> =
+                client.get(&format!("/v1/farms/{name}")).await;
+            if let Ok(found) = existing
+                && let Some(id) = found.data["id"].as_u64()
+            {
+                ids.push(u32::try_from(id)?);
+                continue;
+            }
+            let key = Keypair::load(&self.dir.join(format!("keys/farmer-{f}.json")))?;
+            let (hash, status) = client
+                .send(
+                    &key,
+                    peergrid_core::Payload::CreateFarm {
+                        name: name.clone(),
+                        public_ips: Vec::new(),
+                    },
+                    Duration::from_secs(30),
+                )
+                .await?;
+            let id = match status {
+                peergrid_client::TxStatus::Finalized { events, .. } => {
+                    events.iter().find_map(|e| match e {
+                        peergrid_ledger::Event::FarmCreated { farm, .. } => Some(*farm),
+                        _ => None,
+                    })
+                }
+                other => bail!("creating farm {name} ({hash}) ended as {other:?}"),
+            };
+            ids.push(id.context("farm creation finalized without a farm")?);
+        }
+        Ok(ids)
+    }
+
+    /// Start the devnet's nodes (`exe node run`), spread over `farms`, each joining with
+    /// its farmer's key; returns once each serves its health endpoint.
+    pub async fn start_nodes(
+        &mut self,
+        exe: &Path,
+        farms: &[peergrid_core::FarmId],
+        count: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        if farms.is_empty() {
+            bail!("no farm to start nodes in");
+        }
+        let mut urls = Vec::new();
+        for i in 0..count {
+            let farm_index = i % farms.len();
+            let (country, city, lat, lon) = PLACES[i % PLACES.len()];
+            let health_port = self
+                .base_port
+                .checked_add(200)
+                .and_then(|p| p.checked_add(u16::try_from(i).ok()?))
+                .context("--base-port too high")?;
+            let dir = node_dir(&self.dir, i);
+            std::fs::create_dir_all(&dir)?;
+            let log = std::fs::File::create(self.dir.join(format!("logs/node-{i}.log")))?;
+            let child = Command::new(exe)
+                .args(["node", "run", "--farm", &farms[farm_index].to_string()])
+                .arg("--data-dir")
+                .arg(&dir)
+                .arg("--disk")
+                .arg(format!("{}:ssd:100GiB", dir.display()))
+                .arg("--key")
+                .arg(
+                    self.dir
+                        .join(format!("keys/farmer-{}.json", farm_index + 1)),
+                )
+                .args(["--ledger", &self.running.apis.join(",")])
+                .args(["--health", &format!("127.0.0.1:{health_port}")])
+                .args([
+                    "--listen",
+                    "/ip4/127.0.0.1/udp/0/quic-v1",
+                    "--listen",
+                    "/ip4/127.0.0.1/tcp/0",
+                ])
+                .args(["--country", country, "--city", city])
+                .arg(format!("--latitude={lat}"))
+                .arg(format!("--longitude={lon}"))
+                .env(
+                    "RUST_LOG",
+                    std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+                )
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+                .with_context(|| format!("cannot start {}", exe.display()))?;
+            self.nodes.push(child);
+            urls.push(format!("http://127.0.0.1:{health_port}"));
+        }
+        let http = wait_listening(&urls, timeout, &mut self.nodes, &self.dir).await;
+        self.running.nodes = urls;
+        std::fs::write(
+            running_file(&self.dir),
+            serde_json::to_string_pretty(&self.running)?,
+        )?;
+        http
+    }
+
+    /// The index of a node that has exited, if any.
+    pub fn node_exited(&mut self) -> Option<usize> {
+        self.nodes
+            .iter_mut()
+            .position(|c| matches!(c.try_wait(), Ok(Some(_))))
+    }
+
     /// The index of a validator that has exited, if any.
     pub fn exited(&mut self) -> Option<usize> {
         self.children
@@ -231,13 +402,14 @@ impl Supervisor {
 
     /// Stop every validator: SIGINT first so they close cleanly, then kill what remains.
     pub fn stop(&mut self) {
-        for c in &self.children {
+        // Nodes first: they follow the validators and would only log errors.
+        for c in self.nodes.iter().chain(&self.children) {
             let _ = Command::new("kill")
                 .args(["-INT", &c.id().to_string()])
                 .status();
         }
         let deadline = Instant::now() + Duration::from_secs(5);
-        for c in &mut self.children {
+        for c in self.nodes.iter_mut().chain(self.children.iter_mut()) {
             while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -245,6 +417,7 @@ impl Supervisor {
             let _ = c.wait();
         }
         self.children.clear();
+        self.nodes.clear();
         let _ = std::fs::remove_file(running_file(&self.dir));
     }
 }
@@ -258,4 +431,37 @@ impl Drop for Supervisor {
 /// The demo key of the devnet running from `dir`.
 pub fn demo_key(dir: &Path) -> Option<Keypair> {
     running(dir).and_then(|r| Keypair::load(&r.demo_key).ok())
+}
+
+/// Wait until every node's health endpoint answers (a node answers once it is
+/// registered), or fail naming the node's log.
+async fn wait_listening(
+    urls: &[String],
+    timeout: Duration,
+    nodes: &mut [Child],
+    dir: &Path,
+) -> anyhow::Result<()> {
+    let start = Instant::now();
+    for (i, url) in urls.iter().enumerate() {
+        let addr = url.trim_start_matches("http://").to_string();
+        loop {
+            if matches!(nodes[i].try_wait(), Ok(Some(_))) {
+                bail!(
+                    "node {i} exited; see {}",
+                    dir.join(format!("logs/node-{i}.log")).display()
+                );
+            }
+            if tokio::net::TcpStream::connect(&addr).await.is_ok() {
+                break;
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "node {i} did not start within {timeout:?}; see {}",
+                    dir.join(format!("logs/node-{i}.log")).display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Ok(())
 }

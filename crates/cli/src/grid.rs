@@ -1,0 +1,489 @@
+//! `peergrid farm` and `peergrid node`: what a farmer runs.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use peergrid_client::{AtHeight, TxStatus};
+use peergrid_core::capacity::human_bytes;
+use peergrid_core::tx::{Signature, sign_invitation};
+use peergrid_core::{AccountId, FarmId, Location, Payload, PublicIp};
+use peergrid_ledger::Farm;
+use peergrid_node::{DiskSpec, NodeConfig, Reservation};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::{Globals, output};
+
+const FINALITY_WAIT: Duration = Duration::from_secs(30);
+
+#[derive(Subcommand)]
+pub enum FarmCommand {
+    /// Create a farm owned by your account.
+    Create {
+        /// A name unique on the grid (letters, digits, `-` and `_`).
+        name: String,
+        /// A public IPv4 the farm offers deployments, as IP/PREFIX@GATEWAY (repeatable).
+        #[arg(long = "public-ip", value_name = "IP/PREFIX@GW")]
+        public_ips: Vec<String>,
+    },
+    /// List farms.
+    List,
+    /// Show one farm and its nodes.
+    Show {
+        /// The farm's id or name.
+        farm: String,
+    },
+    /// Sign an invitation letting a node's key join your farm (run it on the node with --invitation).
+    Invite {
+        /// Your farm.
+        #[arg(long)]
+        farm: FarmId,
+        /// The node's account id (shown by `peergrid node run` on first start).
+        #[arg(long)]
+        node: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum NodeCommand {
+    /// Run this machine as a node of a farm until Ctrl-C: register, report uptime, run contracts.
+    Run(Box<RunArgs>),
+    /// List nodes, with status and capacity.
+    List {
+        /// Only the nodes of this farm.
+        #[arg(long)]
+        farm: Option<FarmId>,
+    },
+    /// Show one node.
+    Show {
+        /// The node's id or account.
+        node: String,
+    },
+}
+
+/// `peergrid node run`.
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// The farm to join (you own it, or pass --invitation from its owner).
+    #[arg(long)]
+    farm: FarmId,
+    /// Where the node keeps its key, state and workloads' data.
+    #[arg(long, value_name = "DIR")]
+    data_dir: PathBuf,
+    /// A disk given to the grid, as PATH[:ssd|:hdd][:MAX_SIZE] (repeatable) [default: the data directory's disk].
+    #[arg(long = "disk", value_name = "PATH[:ssd|:hdd][:SIZE]")]
+    disks: Vec<DiskSpec>,
+    /// The farm owner's invitation (from `peergrid farm invite`), when their key is not on this machine.
+    #[arg(long)]
+    invitation: Option<String>,
+    /// Country code, like BE.
+    #[arg(long, default_value = "")]
+    country: String,
+    /// City.
+    #[arg(long, default_value = "")]
+    city: String,
+    /// Latitude in degrees.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    latitude: f64,
+    /// Longitude in degrees.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    longitude: f64,
+    /// The local health, status and metrics endpoint.
+    #[arg(long, default_value = "127.0.0.1:9100")]
+    health: SocketAddr,
+    /// A mesh listen address (repeatable) [default: QUIC and TCP on all interfaces, random ports].
+    #[arg(long = "listen", value_name = "MULTIADDR")]
+    listen: Vec<String>,
+    /// A mesh bootstrap peer, ending in /p2p/<id> (repeatable).
+    #[arg(long = "bootstrap", value_name = "MULTIADDR")]
+    bootstrap: Vec<String>,
+    /// Find peers on the local network with mDNS (devnet, LANs).
+    #[arg(long)]
+    mdns: bool,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start an async runtime")
+}
+
+/// Parse `185.1.2.3/24@185.1.2.1`.
+fn parse_public_ip(text: &str) -> anyhow::Result<PublicIp> {
+    let err = || anyhow::anyhow!("{text:?} is not IP/PREFIX@GATEWAY, like 185.1.2.3/24@185.1.2.1");
+    let (net, gw) = text.split_once('@').ok_or_else(err)?;
+    let (ip, prefix) = net.split_once('/').ok_or_else(err)?;
+    let ip: std::net::Ipv4Addr = ip.trim().parse().map_err(|_| err())?;
+    let gateway: std::net::Ipv4Addr = gw.trim().parse().map_err(|_| err())?;
+    let prefix_len: u8 = prefix.trim().parse().map_err(|_| err())?;
+    if prefix_len > 32 {
+        bail!("{text:?}: a prefix length is at most 32");
+    }
+    Ok(PublicIp {
+        ip: ip.octets(),
+        prefix_len,
+        gateway: gateway.octets(),
+    })
+}
+
+fn parse_signature(text: &str) -> anyhow::Result<Signature> {
+    let mut out = [0u8; 64];
+    hex::decode_to_slice(text.trim(), &mut out).map_err(|_| {
+        anyhow::anyhow!("an invitation is 128 hex characters, as `peergrid farm invite` prints it")
+    })?;
+    Ok(Signature(out))
+}
+
+fn degrees_to_micro(what: &str, degrees: f64, max: f64) -> anyhow::Result<i32> {
+    if !degrees.is_finite() || degrees.abs() > max {
+        bail!("--{what} {degrees} is out of range (±{max} degrees)");
+    }
+    Ok((degrees * 1e6).round() as i32)
+}
+
+async fn send(globals: &Globals, payload: Payload) -> anyhow::Result<Vec<peergrid_ledger::Event>> {
+    let client = globals.client()?;
+    let key = globals.keypair()?;
+    let (hash, status) = client.send(&key, payload, FINALITY_WAIT).await?;
+    match status {
+        TxStatus::Finalized { events, .. } => Ok(events),
+        TxStatus::Rejected { reason, .. } => bail!("rejected: {reason}"),
+        _ => bail!("not final yet; check it with `peergrid tx status {hash}`"),
+    }
+}
+
+pub fn farm(globals: &Globals, cmd: FarmCommand) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        match cmd {
+            FarmCommand::Create { name, public_ips } => {
+                let public_ips = public_ips
+                    .iter()
+                    .map(|t| parse_public_ip(t))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let events = send(globals, Payload::CreateFarm { name: name.clone(), public_ips }).await?;
+                let id = events.iter().find_map(|e| match e {
+                    peergrid_ledger::Event::FarmCreated { farm, .. } => Some(*farm),
+                    _ => None,
+                });
+                let id = id.context("the transaction applied but created no farm")?;
+                if globals.json {
+                    return output::json(&json!({ "farm": id, "name": name }));
+                }
+                println!("farm {id} ({name}) created");
+                println!("run a node in it with:\n  peergrid node run --farm {id} --data-dir /var/lib/peergrid");
+                Ok(())
+            }
+            FarmCommand::List => {
+                let client = globals.client()?;
+                let page: AtHeight<Value> = client.get("/v1/farms?limit=1000").await?;
+                let farms: Vec<Farm> = serde_json::from_value(page.data["items"].clone())?;
+                if globals.json {
+                    return output::json(&json!({ "height": page.height, "farms": farms }));
+                }
+                let rows: Vec<Vec<String>> = farms
+                    .iter()
+                    .map(|f| {
+                        vec![
+                            f.id.to_string(),
+                            f.name.clone(),
+                            f.owner.short(),
+                            f.public_ips.len().to_string(),
+                            if f.certified { "yes" } else { "no" }.into(),
+                        ]
+                    })
+                    .collect();
+                output::table(&["ID", "NAME", "OWNER", "PUBLIC IPS", "CERTIFIED"], &rows);
+                Ok(())
+            }
+            FarmCommand::Show { farm } => {
+                let client = globals.client()?;
+                let f: AtHeight<Farm> = client.get(&format!("/v1/farms/{farm}")).await?;
+                let nodes = nodes(globals, Some(f.data.id)).await?;
+                if globals.json {
+                    return output::json(&json!({ "height": f.height, "farm": f.data, "nodes": nodes }));
+                }
+                let f = f.data;
+                output::rows(&[
+                    ("farm", format!("{} ({})", f.id, f.name)),
+                    ("owner", f.owner.to_string()),
+                    ("payout", f.payout.to_string()),
+                    ("certified", f.certified.to_string()),
+                    (
+                        "public IPs",
+                        f.public_ips
+                            .iter()
+                            .map(|ip| match ip.contract {
+                                Some(c) => format!("{} (contract {c})", ip.ip),
+                                None => format!("{} (free)", ip.ip),
+                            })
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    ),
+                    ("nodes", nodes.len().to_string()),
+                ]);
+                Ok(())
+            }
+            FarmCommand::Invite { farm, node } => {
+                let node: AccountId = node.parse()?;
+                let client = globals.client()?;
+                let key = globals.keypair()?;
+                let f: AtHeight<Farm> = client.get(&format!("/v1/farms/{farm}")).await?;
+                if f.data.owner != key.account() {
+                    bail!(
+                        "your key {} does not own farm {farm} (its owner is {}); pass the owner's key with --key",
+                        key.account(),
+                        f.data.owner
+                    );
+                }
+                let status = client.status().await?;
+                let chain_id = status.data["chain_id"].as_str().unwrap_or_default();
+                let sig = sign_invitation(&key, chain_id, farm, &node);
+                let hex = hex::encode(sig.0);
+                if globals.json {
+                    return output::json(&json!({ "farm": farm, "node": node, "invitation": hex }));
+                }
+                println!("invitation for node {node} to join farm {farm}:\n{hex}\n");
+                println!("on the node:\n  peergrid node run --farm {farm} --data-dir DIR --invitation {hex}");
+                Ok(())
+            }
+        }
+    })
+}
+
+#[derive(Deserialize)]
+struct NodeRow {
+    id: u32,
+    farm: u32,
+    account: AccountId,
+    capacity: peergrid_core::Capacity,
+    used: peergrid_core::Capacity,
+    location: Location,
+    status: String,
+    contracts: u32,
+}
+
+async fn nodes(globals: &Globals, farm: Option<FarmId>) -> anyhow::Result<Vec<Value>> {
+    let client = globals.client()?;
+    let mut out = Vec::new();
+    let mut from = 1u64;
+    loop {
+        let filter = farm.map(|f| format!("&farm={f}")).unwrap_or_default();
+        let page: AtHeight<Value> = client
+            .get(&format!("/v1/nodes?from={from}&limit=1000{filter}"))
+            .await?;
+        if let Some(items) = page.data["items"].as_array() {
+            out.extend(items.iter().cloned());
+        }
+        match page.data["next"].as_u64() {
+            Some(n) => from = n,
+            None => return Ok(out),
+        }
+    }
+}
+
+fn place(l: &Location) -> String {
+    match (l.city.is_empty(), l.country.is_empty()) {
+        (true, true) => "-".into(),
+        (false, false) => format!("{}, {}", l.city, l.country),
+        _ => format!("{}{}", l.city, l.country),
+    }
+}
+
+pub fn node(globals: &Globals, cmd: NodeCommand) -> anyhow::Result<()> {
+    match cmd {
+        NodeCommand::Run(args) => node_run(globals, *args),
+        NodeCommand::List { farm } => runtime()?.block_on(async {
+            let items = nodes(globals, farm).await?;
+            if globals.json {
+                return output::json(&json!({ "nodes": items }));
+            }
+            let mut rows = Vec::new();
+            for v in &items {
+                let n: NodeRow = serde_json::from_value(v.clone())?;
+                rows.push(vec![
+                    n.id.to_string(),
+                    n.farm.to_string(),
+                    n.status.clone(),
+                    n.capacity.cru.to_string(),
+                    human_bytes(n.capacity.mru),
+                    human_bytes(n.capacity.sru),
+                    human_bytes(n.capacity.hru),
+                    format!("{} cores, {}", n.used.cru, human_bytes(n.used.mru)),
+                    n.contracts.to_string(),
+                    place(&n.location),
+                    n.account.short(),
+                ]);
+            }
+            output::table(
+                &[
+                    "ID",
+                    "FARM",
+                    "STATUS",
+                    "CORES",
+                    "MEMORY",
+                    "SSD",
+                    "HDD",
+                    "USED",
+                    "CONTRACTS",
+                    "LOCATION",
+                    "ACCOUNT",
+                ],
+                &rows,
+            );
+            Ok(())
+        }),
+        NodeCommand::Show { node } => runtime()?.block_on(async {
+            let client = globals.client()?;
+            let v: AtHeight<Value> = client.get(&format!("/v1/nodes/{node}")).await?;
+            if globals.json {
+                return output::json(&json!({ "height": v.height, "node": v.data }));
+            }
+            let n: NodeRow = serde_json::from_value(v.data.clone())?;
+            let last = v.data["uptime"]["last_report_ms"].as_u64();
+            output::rows(&[
+                ("node", n.id.to_string()),
+                ("farm", n.farm.to_string()),
+                ("account", n.account.to_string()),
+                ("status", n.status.clone()),
+                ("capacity", n.capacity.to_string()),
+                ("used", n.used.to_string()),
+                ("free", n.capacity.saturating_sub(&n.used).to_string()),
+                ("contracts", n.contracts.to_string()),
+                ("location", place(&n.location)),
+                (
+                    "uptime",
+                    format!(
+                        "{} since boot, {} reports",
+                        output::human_duration(Duration::from_secs(
+                            v.data["uptime"]["last_uptime_secs"].as_u64().unwrap_or(0)
+                        )),
+                        v.data["uptime"]["reports"].as_u64().unwrap_or(0)
+                    ),
+                ),
+                (
+                    "last report",
+                    last.map(|ms| {
+                        format!(
+                            "{} ago",
+                            output::human_duration(Duration::from_millis(
+                                now_ms().saturating_sub(ms)
+                            ))
+                        )
+                    })
+                    .unwrap_or_else(|| "never".into()),
+                ),
+                ("at height", v.height.to_string()),
+            ]);
+            Ok(())
+        }),
+    }
+}
+
+fn node_run(globals: &Globals, args: RunArgs) -> anyhow::Result<()> {
+    let client = globals.client()?;
+    let invitation = args
+        .invitation
+        .as_deref()
+        .map(parse_signature)
+        .transpose()?;
+    // The owner's key signs the invitation when it is here: --key, your own key, or on
+    // a devnet the demo account.
+    let owner_key = globals.signing_key_file().ok().filter(|p| p.exists());
+    let mut mesh = peergrid_mesh::Config::default();
+    if !args.listen.is_empty() {
+        mesh.listen = args
+            .listen
+            .iter()
+            .map(|a| {
+                a.parse()
+                    .with_context(|| format!("--listen {a:?} is not a multiaddr"))
+            })
+            .collect::<anyhow::Result<_>>()?;
+    }
+    mesh.bootstrap = args
+        .bootstrap
+        .iter()
+        .map(|a| {
+            a.parse()
+                .with_context(|| format!("--bootstrap {a:?} is not a multiaddr"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    mesh.mdns = args.mdns;
+    let config = NodeConfig {
+        data_dir: args.data_dir,
+        farm: args.farm,
+        ledger: client.urls().to_vec(),
+        disks: args.disks,
+        reserve: Reservation::default(),
+        location: Location {
+            country: args.country,
+            city: args.city,
+            latitude_micro: degrees_to_micro("latitude", args.latitude, 90.0)?,
+            longitude_micro: degrees_to_micro("longitude", args.longitude, 180.0)?,
+        },
+        health_listen: args.health,
+        mesh,
+        invitation,
+        owner_key,
+    };
+    runtime()?.block_on(async {
+        let node = peergrid_node::daemon::start(config).await?;
+        let report = node.shared.report().await;
+        if globals.json {
+            output::json(
+                &json!({ "node": node.node, "health": node.health.to_string(), "status": report }),
+            )?;
+        } else {
+            println!("node {} of farm {} is running", node.node, report.farm);
+            output::rows(&[
+                ("account", report.account.to_string()),
+                ("capacity", report.capacity.to_string()),
+                ("health", format!("http://{}/health", node.health)),
+                ("metrics", format!("http://{}/metrics", node.health)),
+            ]);
+            println!("\nCtrl-C stops the node; its workloads are restored on the next start.");
+        }
+        tokio::signal::ctrl_c().await.ok();
+        eprintln!("stopping the node …");
+        node.stop().await;
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_ips_parse_and_bad_ones_say_the_format() {
+        let ip = parse_public_ip("185.1.2.3/24@185.1.2.1").expect("valid");
+        assert_eq!(ip.ip, [185, 1, 2, 3]);
+        assert_eq!(ip.prefix_len, 24);
+        assert_eq!(ip.gateway, [185, 1, 2, 1]);
+        let e = parse_public_ip("185.1.2.3").expect_err("no gateway");
+        assert!(e.to_string().contains("IP/PREFIX@GATEWAY"), "{e}");
+        assert!(parse_public_ip("185.1.2.3/33@185.1.2.1").is_err());
+    }
+
+    #[test]
+    fn coordinates_are_checked() {
+        assert_eq!(
+            degrees_to_micro("latitude", 51.05, 90.0).expect("ok"),
+            51_050_000
+        );
+        assert!(degrees_to_micro("latitude", 91.0, 90.0).is_err());
+        assert!(degrees_to_micro("longitude", f64::NAN, 180.0).is_err());
+    }
+}

@@ -1,0 +1,395 @@
+//! The node daemon: start-up, uptime reports, and the tasks that run side by side.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use peergrid_client::{Client, TxStatus};
+use peergrid_core::tx::Signature;
+use peergrid_core::{Capacity, FarmId, Keypair, Location, NodeId, Payload};
+use tokio::sync::Mutex;
+use tracing::{debug, info, warn};
+
+use crate::probe::{DiskSpec, Probe, Reservation, probe};
+use crate::protocol::{self, DeployRequest, NodeReport, WorkloadCounts};
+use crate::reconcile;
+use crate::register::{Consent, ensure_registered};
+use crate::world::{WorkloadState, World, WorldError, write_atomic};
+
+/// How `peergrid node run` is configured.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Where the node keeps its key, its world and its workloads' data.
+    pub data_dir: PathBuf,
+    /// The farm it joins.
+    pub farm: FarmId,
+    /// Ledger API URLs.
+    pub ledger: Vec<String>,
+    /// Disks given to the grid (default: the data directory's disk).
+    pub disks: Vec<DiskSpec>,
+    /// What the node keeps for itself.
+    pub reserve: Reservation,
+    /// Where the machine is.
+    pub location: Location,
+    /// The local health and metrics endpoint.
+    pub health_listen: SocketAddr,
+    /// The mesh peer's configuration.
+    pub mesh: peergrid_mesh::Config,
+    /// The farm owner's invitation, when the owner's key is not here.
+    pub invitation: Option<Signature>,
+    /// The farm owner's key, when it is here: signs the invitation, funds the node.
+    pub owner_key: Option<PathBuf>,
+}
+
+/// What the tasks share.
+pub struct Shared {
+    /// The local world.
+    pub world: Mutex<World>,
+    /// What the node registered.
+    pub capacity: Capacity,
+    /// Its farm.
+    pub farm: FarmId,
+    /// Its key's account.
+    pub account: peergrid_core::AccountId,
+    /// Uptime reports the ledger finalized.
+    pub reports_ok: AtomicU64,
+    /// Uptime reports that failed (ledger unreachable or rejected).
+    pub reports_failed: AtomicU64,
+    /// Unix ms of the last finalized uptime report.
+    pub last_report_ms: AtomicU64,
+    /// Deployments accepted and refused over the mesh.
+    pub deploys_ok: AtomicU64,
+    /// Deployments refused.
+    pub deploys_refused: AtomicU64,
+    /// The uptime interval from genesis, seconds.
+    pub interval_secs: u64,
+    /// The mesh peer's listen addresses.
+    pub listen: std::sync::Mutex<Vec<String>>,
+}
+
+impl Shared {
+    /// What `/peergrid/status/1` and `/v1/status` answer.
+    pub async fn report(&self) -> NodeReport {
+        let world = self.world.lock().await;
+        let used = world.used(None);
+        let mut counts = WorkloadCounts::default();
+        for w in world.workloads.values() {
+            match w.state {
+                WorkloadState::Running => counts.running += 1,
+                WorkloadState::Paused => counts.paused += 1,
+                WorkloadState::Refused { .. } => counts.refused += 1,
+            }
+        }
+        NodeReport {
+            version: crate::VERSION.to_string(),
+            node: world.node,
+            farm: self.farm,
+            account: self.account,
+            capacity: self.capacity,
+            used,
+            free: self.capacity.saturating_sub(&used),
+            workloads: counts,
+            uptime_secs: sysinfo::System::uptime(),
+            followed_height: world.followed_height,
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The node's own key: `node-key.json` in the data directory, created on first start.
+pub fn node_key(data_dir: &std::path::Path) -> anyhow::Result<Keypair> {
+    let path = data_dir.join("node-key.json");
+    if path.exists() {
+        return Keypair::load(&path).with_context(|| format!("cannot load {}", path.display()));
+    }
+    let key = Keypair::generate()?;
+    key.save(&path, false)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    info!(account = %key.account(), path = %path.display(), "created the node's key");
+    Ok(key)
+}
+
+/// Probe, register, then run until Ctrl-C: uptime, reconciliation, mesh protocols, health.
+pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
+    let node = start(config).await?;
+    tokio::signal::ctrl_c().await.ok();
+    info!("stopping");
+    node.stop().await;
+    Ok(())
+}
+
+/// A running node; [`Running::stop`] ends it.
+pub struct Running {
+    /// What its tasks share.
+    pub shared: Arc<Shared>,
+    /// The node's id.
+    pub node: NodeId,
+    /// Where its health endpoint listens.
+    pub health: SocketAddr,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    _mesh: peergrid_mesh::Mesh,
+}
+
+impl Running {
+    /// Stop every task and save the world.
+    pub async fn stop(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        let _ = self.shared.world.lock().await.save();
+    }
+}
+
+/// Start a node: everything [`run`] does, returning once it is registered and serving.
+pub async fn start(config: NodeConfig) -> anyhow::Result<Running> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
+    let key = node_key(&config.data_dir)?;
+    let disks = if config.disks.is_empty() {
+        vec![DiskSpec {
+            path: config.data_dir.clone(),
+            class: None,
+            max_bytes: None,
+        }]
+    } else {
+        config.disks.clone()
+    };
+    let probe: Probe = probe(&disks, &config.reserve).map_err(anyhow::Error::msg)?;
+    info!(capacity = %probe.offered, "probed");
+    write_atomic(
+        &config.data_dir.join("probe.json"),
+        &serde_json::to_vec_pretty(&probe)?,
+    )
+    .map_err(|e: WorldError| anyhow::anyhow!(e))?;
+    let mut world = World::load(&config.data_dir)?;
+    let client = Arc::new(Client::new(config.ledger.clone()));
+    let owner = match &config.owner_key {
+        Some(p) => Some(Keypair::load(p).with_context(|| format!("cannot load {}", p.display()))?),
+        None => None,
+    };
+    let consent = match (&config.invitation, &owner) {
+        (Some(sig), _) => Consent::Invitation(*sig),
+        (None, Some(k)) => Consent::OwnerKey(k),
+        (None, None) => Consent::None,
+    };
+    let id = ensure_registered(
+        &client,
+        &key,
+        config.farm,
+        probe.offered,
+        &config.location,
+        consent,
+    )
+    .await?;
+    if world.node.is_some_and(|n| n != id) {
+        warn!(old = ?world.node, new = id, "the data directory belonged to another node id; resyncing");
+        world.workloads.clear();
+        world.followed_height = 0;
+    }
+    world.node = Some(id);
+    world.save()?;
+    let status = client.status().await?;
+    let interval_secs = status.data["params"]["uptime_interval_secs"]
+        .as_u64()
+        .context(
+            "the ledger's status has no params.uptime_interval_secs; is it a peergrid ledger?",
+        )?;
+
+    let mesh = peergrid_mesh::Mesh::start(&key, config.mesh.clone())
+        .await
+        .context("cannot start the mesh peer")?;
+    let listen: Vec<String> = mesh
+        .listen_addrs()
+        .await
+        .map(|a| a.iter().map(ToString::to_string).collect())
+        .unwrap_or_default();
+    let shared = Arc::new(Shared {
+        world: Mutex::new(world),
+        capacity: probe.offered,
+        farm: config.farm,
+        account: key.account(),
+        reports_ok: AtomicU64::new(0),
+        reports_failed: AtomicU64::new(0),
+        last_report_ms: AtomicU64::new(0),
+        deploys_ok: AtomicU64::new(0),
+        deploys_refused: AtomicU64::new(0),
+        interval_secs,
+        listen: std::sync::Mutex::new(listen),
+    });
+    serve_protocols(&mesh, shared.clone(), client.clone())?;
+    let (health, health_task) = crate::health::serve(config.health_listen, shared.clone()).await?;
+    let tasks = vec![
+        tokio::spawn(report_uptime(
+            shared.clone(),
+            client.clone(),
+            key.clone(),
+            id,
+        )),
+        tokio::spawn(reconcile::follow(shared.clone(), client.clone())),
+        health_task,
+    ];
+    info!(node = id, farm = config.farm, %health, "node running");
+    Ok(Running {
+        shared,
+        node: id,
+        health,
+        tasks,
+        _mesh: mesh,
+    })
+}
+
+/// Report uptime every interval, forever; a failure is logged and the next tick retries.
+async fn report_uptime(shared: Arc<Shared>, client: Arc<Client>, key: Keypair, node: NodeId) {
+    let interval = Duration::from_secs(shared.interval_secs.max(1));
+    let interval_ms = shared.interval_secs.max(1) * 1000;
+    let mut first = true;
+    loop {
+        // The ledger accepts one report per window of ledger time (interval-aligned);
+        // report a quarter into each window, so finality latency and clock drift never
+        // push two reports into one window and leave the next one empty. The first report
+        // goes out at once, so a new node is up within seconds.
+        if !first {
+            let now = now_ms();
+            let target = (now / interval_ms + 1) * interval_ms + interval_ms / 4;
+            tokio::time::sleep(Duration::from_millis(target - now)).await;
+        }
+        first = false;
+        let payload = Payload::ReportUptime {
+            node,
+            // Seconds since the machine booted: a reboot shows as uptime going down.
+            uptime_secs: sysinfo::System::uptime(),
+            timestamp_secs: now_ms() / 1000,
+        };
+        match client.send(&key, payload, interval).await {
+            Ok((_, TxStatus::Finalized { height, .. })) => {
+                shared.reports_ok.fetch_add(1, Ordering::Relaxed);
+                shared.last_report_ms.store(now_ms(), Ordering::Relaxed);
+                debug!(height, "uptime reported");
+            }
+            Ok((_, TxStatus::Rejected { reason, .. })) => {
+                shared.reports_failed.fetch_add(1, Ordering::Relaxed);
+                // Most often a second report in one interval window; the next tick is in the next.
+                debug!(%reason, "uptime report rejected");
+            }
+            Ok((hash, other)) => {
+                shared.reports_failed.fetch_add(1, Ordering::Relaxed);
+                debug!(%hash, status = ?other, "uptime report not final");
+            }
+            Err(e) => {
+                shared.reports_failed.fetch_add(1, Ordering::Relaxed);
+                warn!(error = %e, "cannot report uptime; retrying on the next interval");
+            }
+        }
+    }
+}
+
+fn serve_protocols(
+    mesh: &peergrid_mesh::Mesh,
+    shared: Arc<Shared>,
+    client: Arc<Client>,
+) -> anyhow::Result<()> {
+    let s = shared.clone();
+    mesh.serve(protocol::STATUS, move |_peer, _body| {
+        let s = s.clone();
+        async move { serde_json::to_vec(&s.report().await).map_err(|e| e.to_string()) }
+    })?;
+    mesh.serve(protocol::DEPLOY, move |peer, body| {
+        let shared = shared.clone();
+        let client = client.clone();
+        async move {
+            let result = accept_deployment(&shared, &client, &body).await;
+            match &result {
+                Ok(contract) => {
+                    shared.deploys_ok.fetch_add(1, Ordering::Relaxed);
+                    info!(%peer, contract, "deployment accepted");
+                }
+                Err(reason) => {
+                    shared.deploys_refused.fetch_add(1, Ordering::Relaxed);
+                    warn!(%peer, %reason, "deployment refused");
+                }
+            }
+            result.map(|_| b"ok".to_vec())
+        }
+    })?;
+    Ok(())
+}
+
+/// Check a deployment against its contract on the ledger, then store it with its workload.
+async fn accept_deployment(
+    shared: &Shared,
+    client: &Client,
+    body: &[u8],
+) -> Result<peergrid_core::ContractId, String> {
+    let request: DeployRequest =
+        peergrid_core::codec::decode("deployment", body, protocol::DEPLOY.request_bytes_max)
+            .map_err(|e| format!("malformed deployment request: {e}"))?;
+    let contract = reconcile::contract(client, request.contract)
+        .await
+        .map_err(|e| {
+            format!(
+                "cannot check contract {} on the ledger: {e}",
+                request.contract
+            )
+        })?
+        .ok_or_else(|| format!("contract {} does not exist on the ledger", request.contract))?;
+    let me = shared.world.lock().await.node;
+    if contract.node != me || me.is_none() {
+        return Err(format!(
+            "contract {} is for node {:?}, not this node ({me:?})",
+            contract.id, contract.node
+        ));
+    }
+    let expected = contract
+        .deployment_hash()
+        .ok_or_else(|| format!("contract {} is not a deployment contract", contract.id))?;
+    let hash = peergrid_core::Hash::of(&request.deployment);
+    if hash != expected {
+        return Err(format!(
+            "the deployment's hash {hash} does not match contract {}'s hash {expected}; \
+             update the contract first",
+            contract.id
+        ));
+    }
+    if !request.signature.verify(
+        &contract.owner,
+        protocol::DEPLOY_NAMESPACE,
+        &protocol::deploy_message(contract.id, &hash),
+    ) {
+        return Err(format!(
+            "the deployment is not signed by contract {}'s owner {}",
+            contract.id, contract.owner
+        ));
+    }
+    if !contract.is_live() {
+        return Err(format!("contract {} is deleted", contract.id));
+    }
+    reconcile::reconcile_one(shared, &contract).await;
+    let mut world = shared.world.lock().await;
+    let refused = match world.workloads.get(&contract.id).map(|w| &w.state) {
+        Some(WorkloadState::Refused { reason }) => Some(reason.clone()),
+        Some(_) => None,
+        None => Some("not provisioned here".into()),
+    };
+    if let Some(reason) = refused {
+        return Err(format!(
+            "contract {} is refused on this node: {reason}",
+            contract.id
+        ));
+    }
+    let file = world.workload_dir(contract.id).join("deployment.bin");
+    write_atomic(&file, &request.deployment).map_err(|e| e.to_string())?;
+    if let Some(w) = world.workloads.get_mut(&contract.id) {
+        w.deployed = Some(hash);
+    }
+    world.save().map_err(|e| e.to_string())?;
+    Ok(contract.id)
+}

@@ -1,0 +1,187 @@
+//! The node's local HTTP endpoint, for its farmer and their monitoring: `/health`,
+//! `/v1/status`, `/v1/workloads` and Prometheus `/metrics`.
+
+use std::fmt::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::daemon::Shared;
+
+/// Serve the endpoint on `addr`; returns the bound address and the serving task.
+pub async fn serve(
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen on {addr} for the health endpoint: {e}; pick another with --health"
+        )
+    })?;
+    let bound = listener.local_addr()?;
+    let app = Router::new()
+        .route("/health", get(health))
+        .route("/v1/status", get(status))
+        .route("/v1/workloads", get(workloads))
+        .route("/metrics", get(metrics))
+        .with_state(shared);
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "health endpoint stopped");
+        }
+    });
+    Ok((bound, task))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Healthy while uptime reports reach the ledger: the last one is younger than three intervals.
+async fn health(State(s): State<Arc<Shared>>) -> Response {
+    let last = s.last_report_ms.load(Ordering::Relaxed);
+    let age_ms = now_ms().saturating_sub(last);
+    let ok = last > 0 && age_ms < 3 * s.interval_secs * 1000;
+    let body = Json(json!({
+        "ok": ok,
+        "node": s.world.lock().await.node,
+        "last_uptime_report_age_ms": (last > 0).then_some(age_ms),
+    }));
+    let code = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, body).into_response()
+}
+
+async fn status(State(s): State<Arc<Shared>>) -> Response {
+    let mut v = serde_json::to_value(s.report().await).unwrap_or_default();
+    v["mesh_listen"] = json!(*s.listen.lock().unwrap_or_else(|p| p.into_inner()));
+    Json(v).into_response()
+}
+
+async fn workloads(State(s): State<Arc<Shared>>) -> Response {
+    let world = s.world.lock().await;
+    Json(json!({ "items": world.workloads.values().collect::<Vec<_>>() })).into_response()
+}
+
+async fn metrics(State(s): State<Arc<Shared>>) -> Response {
+    let report = s.report().await;
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, value: u64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+        );
+    };
+    gauge(
+        "peergrid_node_uptime_seconds",
+        "Seconds since the machine booted.",
+        report.uptime_secs,
+    );
+    gauge(
+        "peergrid_node_followed_height",
+        "Last ledger height reconciled.",
+        report.followed_height,
+    );
+    gauge(
+        "peergrid_node_capacity_cores",
+        "Cores offered.",
+        report.capacity.cru,
+    );
+    gauge(
+        "peergrid_node_capacity_memory_bytes",
+        "Memory offered.",
+        report.capacity.mru,
+    );
+    gauge(
+        "peergrid_node_capacity_ssd_bytes",
+        "SSD offered.",
+        report.capacity.sru,
+    );
+    gauge(
+        "peergrid_node_capacity_hdd_bytes",
+        "HDD offered.",
+        report.capacity.hru,
+    );
+    gauge(
+        "peergrid_node_used_cores",
+        "Cores reserved by workloads.",
+        report.used.cru,
+    );
+    gauge(
+        "peergrid_node_used_memory_bytes",
+        "Memory reserved by workloads.",
+        report.used.mru,
+    );
+    gauge(
+        "peergrid_node_used_ssd_bytes",
+        "SSD reserved by workloads.",
+        report.used.sru,
+    );
+    gauge(
+        "peergrid_node_used_hdd_bytes",
+        "HDD reserved by workloads.",
+        report.used.hru,
+    );
+    let counters = [
+        (
+            "peergrid_node_uptime_reports_total",
+            "Uptime reports finalized.",
+            &s.reports_ok,
+        ),
+        (
+            "peergrid_node_uptime_reports_failed_total",
+            "Uptime reports that failed.",
+            &s.reports_failed,
+        ),
+        (
+            "peergrid_node_deployments_accepted_total",
+            "Deployments accepted.",
+            &s.deploys_ok,
+        ),
+        (
+            "peergrid_node_deployments_refused_total",
+            "Deployments refused.",
+            &s.deploys_refused,
+        ),
+    ];
+    for (name, help, value) in counters {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+            value.load(Ordering::Relaxed)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP peergrid_node_workloads Workloads by state.\n# TYPE peergrid_node_workloads gauge"
+    );
+    for (state, n) in [
+        ("running", report.workloads.running),
+        ("paused", report.workloads.paused),
+        ("refused", report.workloads.refused),
+    ] {
+        let _ = writeln!(out, "peergrid_node_workloads{{state=\"{state}\"}} {n}");
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        out,
+    )
+        .into_response()
+}

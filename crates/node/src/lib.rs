@@ -1,0 +1,35 @@
+//! The farmer's daemon: probe capacity, register on the ledger, report uptime, and keep
+//! the local world equal to what the ledger says.
+//!
+//! # Status: ALPHA
+//!
+//! `peergrid node run` calls [`run`]. The node's own key lives in its data directory
+//! (`node-key.json`, created on first start); it signs the node's transactions and is
+//! its mesh peer id. Joining a farm needs the farm owner's consent: a signed
+//! invitation (`peergrid farm invite`), or the owner's key on the same machine, which
+//! signs it and also funds the node's account for its registration fee.
+//!
+//! Three loops run side by side, each surviving the ledger being unreachable:
+//! uptime reports on the genesis interval, the reconciliation loop following the
+//! ledger's finalized blocks ([`reconcile`]), and the mesh protocols
+//! ([`protocol`]). A local HTTP endpoint serves `/health`, `/v1/status`,
+//! `/v1/workloads` and Prometheus `/metrics`.
+//!
+//! Provisioning is delegated to the storage and compute rooms as they land; until then
+//! a workload is its folder under `workloads/` and its desired state in `world.json`.
+
+pub mod daemon;
+pub mod health;
+pub mod probe;
+pub mod protocol;
+pub mod reconcile;
+pub mod register;
+pub mod world;
+
+pub use daemon::{NodeConfig, run};
+pub use probe::{DiskClass, DiskSpec, Probe, Reservation};
+pub use protocol::{DeployRequest, NodeReport};
+pub use world::{Workload, WorkloadState, World};
+
+/// The node software's version, reported on the mesh and the health endpoint.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

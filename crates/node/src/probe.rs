@@ -1,0 +1,274 @@
+//! What this machine offers the grid: cores, memory, and the disks the farmer gave it.
+//!
+//! The node keeps part of the machine for itself (its own state, the OS), so what it
+//! registers is the machine minus [`Reservation`]. Disks are counted once each, even
+//! when several given paths live on the same file system.
+
+use std::path::{Path, PathBuf};
+
+use peergrid_core::Capacity;
+use peergrid_core::capacity::GIB;
+use serde::{Deserialize, Serialize};
+use sysinfo::{DiskKind, Disks, System};
+
+/// Whether a disk counts as SSD (sru) or HDD (hru).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskClass {
+    /// Solid state: counted in `sru`.
+    Ssd,
+    /// Spinning: counted in `hru`.
+    Hdd,
+}
+
+/// A path the farmer gives the node, and optionally how to count its disk.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct DiskSpec {
+    /// A directory on the disk (a mount point or any folder on it).
+    pub path: PathBuf,
+    /// Overrides the kind the OS reports (containers and VMs often report none).
+    pub class: Option<DiskClass>,
+    /// Count at most this many bytes of it (a disk shared with other uses).
+    pub max_bytes: Option<u64>,
+}
+
+impl std::str::FromStr for DiskSpec {
+    type Err = String;
+
+    /// `PATH[:ssd|:hdd][:MAX]`, e.g. `/data:ssd:500GiB` or `/mnt/hdd1`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut parts = s.split(':');
+        let path = parts.next().filter(|p| !p.is_empty()).ok_or_else(|| {
+            format!("{s:?}: expected PATH[:ssd|:hdd][:SIZE], like /data:ssd:500GiB")
+        })?;
+        let mut spec = DiskSpec {
+            path: PathBuf::from(path),
+            class: None,
+            max_bytes: None,
+        };
+        for part in parts {
+            match part.to_ascii_lowercase().as_str() {
+                "ssd" => spec.class = Some(DiskClass::Ssd),
+                "hdd" => spec.class = Some(DiskClass::Hdd),
+                size => spec.max_bytes = Some(parse_size(size).map_err(|e| format!("{s:?}: {e}"))?),
+            }
+        }
+        Ok(spec)
+    }
+}
+
+/// Parse `500GiB`, `2TB`, `1048576` (bytes) and the like.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size; write it like 500GiB or 2TB"))?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?}; use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB"
+            ));
+        }
+    };
+    let bytes = value * scale as f64;
+    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+        return Err(format!("{text:?} is out of range"));
+    }
+    Ok(bytes as u64)
+}
+
+/// What the node keeps for itself, so its own work never starves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reservation {
+    /// Memory kept: a tenth of the machine, at least this much.
+    pub memory_min_bytes: u64,
+    /// Disk kept on every disk for the node's own state, in percent.
+    pub disk_percent: u8,
+}
+
+impl Default for Reservation {
+    /// A tenth of memory (at least 512 MiB) and 5 % of every disk; no core is kept,
+    /// as cores are time-shared and the node's own work is light.
+    fn default() -> Self {
+        Reservation {
+            memory_min_bytes: 512 << 20,
+            disk_percent: 5,
+        }
+    }
+}
+
+/// One disk as probed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbedDisk {
+    /// Its mount point.
+    pub mount: PathBuf,
+    /// Its file system's size.
+    pub total_bytes: u64,
+    /// How it is counted.
+    pub class: DiskClass,
+    /// What the grid gets of it.
+    pub offered_bytes: u64,
+}
+
+/// The machine as probed, and what it offers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Probe {
+    /// Logical cores.
+    pub cores: u64,
+    /// Physical memory.
+    pub memory_bytes: u64,
+    /// Disks counted.
+    pub disks: Vec<ProbedDisk>,
+    /// What is registered on the ledger.
+    pub offered: Capacity,
+}
+
+/// Probe this machine: cores, memory and the disks under `disks`, minus `reserve`.
+pub fn probe(disks: &[DiskSpec], reserve: &Reservation) -> Result<Probe, String> {
+    let mut system = System::new();
+    system.refresh_memory();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get() as u64)
+        .unwrap_or(1);
+    let memory_bytes = system.total_memory();
+    let mounts: Vec<(PathBuf, u64, DiskKind)> = Disks::new_with_refreshed_list()
+        .iter()
+        .map(|d| (d.mount_point().to_path_buf(), d.total_space(), d.kind()))
+        .collect();
+    let mut probed: Vec<ProbedDisk> = Vec::new();
+    for spec in disks {
+        let path = spec.path.canonicalize().map_err(|e| {
+            format!(
+                "disk path {} cannot be used: {e}; create it or give another with --disk",
+                spec.path.display()
+            )
+        })?;
+        let (mount, total, kind) = mount_of(&path, &mounts)
+            .ok_or_else(|| format!("no mounted file system found for {}", path.display()))?;
+        if probed.iter().any(|d| d.mount == *mount) {
+            // Two paths on one disk: count the disk once.
+            continue;
+        }
+        let class = spec.class.unwrap_or(match kind {
+            DiskKind::SSD => DiskClass::Ssd,
+            // Unknown kinds (common in VMs and containers) are counted as HDD, the
+            // cheaper class, so a node never claims more than it can serve.
+            _ => DiskClass::Hdd,
+        });
+        let kept = total / 100 * u64::from(reserve.disk_percent);
+        let offered = total
+            .saturating_sub(kept)
+            .min(spec.max_bytes.unwrap_or(u64::MAX));
+        probed.push(ProbedDisk {
+            mount: mount.clone(),
+            total_bytes: *total,
+            class,
+            offered_bytes: offered,
+        });
+    }
+    let memory_kept = (memory_bytes / 10).max(reserve.memory_min_bytes);
+    let mut offered = Capacity {
+        cru: cores,
+        mru: memory_bytes.saturating_sub(memory_kept),
+        sru: 0,
+        hru: 0,
+    };
+    for d in &probed {
+        match d.class {
+            DiskClass::Ssd => offered.sru = offered.sru.saturating_add(d.offered_bytes),
+            DiskClass::Hdd => offered.hru = offered.hru.saturating_add(d.offered_bytes),
+        }
+    }
+    if offered.mru < GIB / 2 {
+        return Err(format!(
+            "this machine has {} of memory; a node needs more than {} after its own reservation",
+            peergrid_core::capacity::human_bytes(memory_bytes),
+            peergrid_core::capacity::human_bytes(GIB / 2)
+        ));
+    }
+    Ok(Probe {
+        cores,
+        memory_bytes,
+        disks: probed,
+        offered,
+    })
+}
+
+/// The mount holding `path`: the longest mount point that is a prefix of it.
+fn mount_of<'a>(
+    path: &Path,
+    mounts: &'a [(PathBuf, u64, DiskKind)],
+) -> Option<&'a (PathBuf, u64, DiskKind)> {
+    mounts
+        .iter()
+        .filter(|(m, _, _)| path.starts_with(m))
+        .max_by_key(|(m, _, _)| m.components().count())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_specs_parse_with_class_and_cap() {
+        let d: DiskSpec = "/data:ssd:500GiB".parse().expect("valid");
+        assert_eq!(d.path, PathBuf::from("/data"));
+        assert_eq!(d.class, Some(DiskClass::Ssd));
+        assert_eq!(d.max_bytes, Some(500 << 30));
+        let d: DiskSpec = "/mnt/hdd1".parse().expect("valid");
+        assert_eq!((d.class, d.max_bytes), (None, None));
+        assert!("".parse::<DiskSpec>().is_err());
+        let e = "/data:fast".parse::<DiskSpec>().expect_err("unknown unit");
+        assert!(e.contains("size"), "{e}");
+    }
+
+    #[test]
+    fn sizes_parse_in_binary_and_decimal_units() {
+        assert_eq!(parse_size("2TB"), Ok(2_000_000_000_000));
+        assert_eq!(parse_size("1.5GiB"), Ok(3 << 29));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("lots").is_err());
+    }
+
+    #[test]
+    fn longest_mount_prefix_wins() {
+        let mounts = vec![
+            (PathBuf::from("/"), 100, DiskKind::HDD),
+            (PathBuf::from("/data"), 50, DiskKind::SSD),
+        ];
+        let m = mount_of(Path::new("/data/peergrid"), &mounts).expect("found");
+        assert_eq!(m.0, PathBuf::from("/data"));
+        let m = mount_of(Path::new("/var/lib"), &mounts).expect("found");
+        assert_eq!(m.0, PathBuf::from("/"));
+    }
+
+    #[test]
+    fn the_real_machine_probes_with_a_reservation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spec = DiskSpec {
+            path: dir.path().to_path_buf(),
+            class: Some(DiskClass::Ssd),
+            max_bytes: Some(10 << 30),
+        };
+        // Twice the same disk: counted once.
+        let p = probe(&[spec.clone(), spec], &Reservation::default()).expect("probe");
+        assert_eq!(p.disks.len(), 1);
+        assert!(p.offered.cru >= 1);
+        assert!(p.offered.mru < p.memory_bytes, "memory is reserved");
+        assert!(p.offered.sru <= 10 << 30, "the cap applies");
+        assert!(p.offered.sru > 0 && p.offered.hru == 0);
+    }
+}

@@ -1,0 +1,113 @@
+//! The node's protocols on the mesh: `/peergrid/status/1` and `/peergrid/deploy/1`.
+//!
+//! A node never acts on a request the ledger does not back: a deployment is accepted
+//! only for a live contract on this node, signed by the contract's owner, whose bytes
+//! hash to the contract's deployment hash.
+
+use std::time::Duration;
+
+use borsh::{BorshDeserialize, BorshSerialize};
+use peergrid_core::tx::Signature;
+use peergrid_core::{AccountId, Capacity, ContractId, FarmId, Hash, Keypair, NodeId};
+use peergrid_mesh::{Mesh, PeerId, RpcError, RpcProtocol};
+use serde::{Deserialize, Serialize};
+
+/// Largest deployment a node accepts over the mesh (the workloads' description; their
+/// code is fetched by hash, never carried here).
+pub const DEPLOYMENT_BYTES_MAX: usize = 1 << 20;
+
+/// What owners sign a deployment under.
+pub const DEPLOY_NAMESPACE: &[u8] = b"_PEERGRID_NODE_DEPLOY";
+
+/// Node statistics: version, capacity, use, workloads, uptime.
+pub const STATUS: RpcProtocol = RpcProtocol::new("/peergrid/status/1")
+    .with_sizes(64, 64 * 1024)
+    .with_timeout(Duration::from_secs(5));
+
+/// Signed deployments sent to the node that runs them.
+pub const DEPLOY: RpcProtocol = RpcProtocol::new("/peergrid/deploy/1")
+    .with_sizes(DEPLOYMENT_BYTES_MAX + 1024, 4 * 1024)
+    .with_timeout(Duration::from_secs(30))
+    .with_rate(2.0, 10);
+
+/// What `/peergrid/status/1` answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeReport {
+    /// The node software's version.
+    pub version: String,
+    /// The node's id on the ledger, once registered.
+    pub node: Option<NodeId>,
+    /// Its farm.
+    pub farm: FarmId,
+    /// Its account (= mesh peer id).
+    pub account: AccountId,
+    /// What it offers.
+    pub capacity: Capacity,
+    /// What its workloads hold.
+    pub used: Capacity,
+    /// What is left.
+    pub free: Capacity,
+    /// Workloads by state.
+    pub workloads: WorkloadCounts,
+    /// Seconds since the machine booted.
+    pub uptime_secs: u64,
+    /// The last ledger height reconciled.
+    pub followed_height: u64,
+}
+
+/// How many workloads are in each state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadCounts {
+    /// Running.
+    pub running: usize,
+    /// Paused (contract in grace).
+    pub paused: usize,
+    /// Refused here.
+    pub refused: usize,
+}
+
+/// A deployment for a contract, signed by the contract's owner.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct DeployRequest {
+    /// The contract it is for.
+    pub contract: ContractId,
+    /// The deployment's bytes; their BLAKE3 must equal the contract's hash.
+    pub deployment: Vec<u8>,
+    /// The owner's signature over [`deploy_message`].
+    pub signature: Signature,
+}
+
+/// What the owner signs: the contract and the deployment's hash.
+pub fn deploy_message(contract: ContractId, hash: &Hash) -> Vec<u8> {
+    peergrid_core::codec::encode(&(contract, hash))
+}
+
+impl DeployRequest {
+    /// Sign `deployment` for `contract` with the owner's key.
+    pub fn sign(owner: &Keypair, contract: ContractId, deployment: Vec<u8>) -> DeployRequest {
+        let hash = Hash::of(&deployment);
+        let signature = Signature(owner.sign(DEPLOY_NAMESPACE, &deploy_message(contract, &hash)));
+        DeployRequest {
+            contract,
+            deployment,
+            signature,
+        }
+    }
+}
+
+/// Ask `node` for its status.
+pub async fn status(mesh: &Mesh, node: PeerId) -> Result<NodeReport, RpcError> {
+    let body = mesh.request(node, &STATUS, b"").await?;
+    serde_json::from_slice(&body).map_err(|e| RpcError::MalformedResponse {
+        peer: node,
+        protocol: STATUS.name.clone(),
+        reason: e.to_string(),
+    })
+}
+
+/// Send a signed deployment to the node that holds its contract.
+pub async fn deploy(mesh: &Mesh, node: PeerId, request: &DeployRequest) -> Result<(), RpcError> {
+    mesh.request(node, &DEPLOY, &peergrid_core::codec::encode(request))
+        .await
+        .map(|_| ())
+}

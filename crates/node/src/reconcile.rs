@@ -1,0 +1,275 @@
+//! The reconciliation loop: follow the ledger's finalized blocks and keep the local
+//! world equal to the ledger, for the contracts on this node.
+//!
+//! Events are only triggers: for every contract an event names (and that is ours, or
+//! was), the loop reads the contract's current record and reconciles to it, so it
+//! never depends on interpreting each kind of event, and a missed or reordered event
+//! cannot leave the world wrong. A full resync (every contract on this node) runs at
+//! start, after the event stream breaks, and every [`RESYNC_EVERY`].
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use peergrid_client::{AtHeight, Client, ClientError, FinalizedBlock};
+use peergrid_core::{ContractId, NodeId};
+use peergrid_ledger::Contract;
+use serde::Deserialize;
+use serde_json::Value;
+use tracing::{debug, info, warn};
+
+use crate::daemon::Shared;
+use crate::world::{Action, plan};
+
+/// How often the whole set of contracts is re-read, in case anything was missed.
+pub const RESYNC_EVERY: Duration = Duration::from_secs(300);
+
+/// Persist the followed height at least this often (in blocks) when nothing changes.
+const SAVE_EVERY_BLOCKS: u64 = 100;
+
+#[derive(Deserialize)]
+struct Page {
+    items: Vec<Contract>,
+    next: Option<u64>,
+}
+
+/// Every contract on `node`, and the height they were read at.
+async fn contracts_of(client: &Client, node: NodeId) -> Result<(u64, Vec<Contract>), ClientError> {
+    let mut out = Vec::new();
+    let mut from = 1;
+    let mut height = 0;
+    loop {
+        let page: AtHeight<Page> = client
+            .get(&format!("/v1/contracts?node={node}&from={from}&limit=500"))
+            .await?;
+        height = height.max(page.height);
+        out.extend(page.data.items);
+        match page.data.next {
+            Some(n) => from = n,
+            None => return Ok((height, out)),
+        }
+    }
+}
+
+/// Read one contract as the ledger has it now.
+pub async fn contract(client: &Client, id: ContractId) -> Result<Option<Contract>, ClientError> {
+    match client
+        .get::<AtHeight<Contract>>(&format!("/v1/contracts/{id}"))
+        .await
+    {
+        Ok(c) => Ok(Some(c.data)),
+        Err(ClientError::Refused { status: 404, .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Reconcile one contract; returns whether anything changed.
+pub async fn reconcile_one(shared: &Shared, contract: &Contract) -> bool {
+    let mut world = shared.world.lock().await;
+    let Some(me) = world.node else {
+        return false;
+    };
+    if contract.node.is_some_and(|n| n != me) && !world.workloads.contains_key(&contract.id) {
+        debug!(contract = contract.id, node = ?contract.node, "contract for another node, ignored");
+        return false;
+    }
+    let action = plan(&world, me, &shared.capacity, contract);
+    if action == Action::None {
+        return false;
+    }
+    match &action {
+        Action::Provision(w) => {
+            info!(contract = contract.id, kind = %w.kind, state = ?w.state, "provisioned")
+        }
+        Action::Refuse(reason) => warn!(contract = contract.id, %reason, "refused"),
+        a => info!(contract = contract.id, action = ?a, "reconciled"),
+    }
+    if let Err(e) = world.apply(contract.id, action) {
+        warn!(contract = contract.id, error = %e, "cannot apply; will retry on the next resync");
+        return false;
+    }
+    true
+}
+
+/// Contracts an event names, and whether it names this node.
+fn mentioned(event: &Value, me: NodeId) -> (Option<ContractId>, bool) {
+    let contract = event.get("contract").and_then(Value::as_u64);
+    let ours = event.get("node").and_then(Value::as_u64) == Some(u64::from(me));
+    (contract, ours)
+}
+
+/// The contracts a block touches that concern this node.
+fn relevant(
+    block: &FinalizedBlock,
+    me: NodeId,
+    known: &BTreeSet<ContractId>,
+) -> BTreeSet<ContractId> {
+    let tx_events = block
+        .txs
+        .iter()
+        .filter_map(|t| t.result.as_ref().ok())
+        .flatten();
+    let mut out = BTreeSet::new();
+    for event in tx_events.chain(block.end_events.iter()) {
+        let Ok(value) = serde_json::to_value(event) else {
+            continue;
+        };
+        if let (Some(c), ours) = mentioned(&value, me)
+            && (ours || known.contains(&c))
+        {
+            out.insert(c);
+        }
+    }
+    out
+}
+
+/// Re-read every contract on this node and every one the world holds; reconcile each.
+async fn resync(shared: &Shared, client: &Client, me: NodeId) -> Result<u64, ClientError> {
+    let (height, contracts) = contracts_of(client, me).await?;
+    let mut seen = BTreeSet::new();
+    for c in &contracts {
+        seen.insert(c.id);
+        reconcile_one(shared, c).await;
+    }
+    let local: Vec<ContractId> = shared
+        .world
+        .lock()
+        .await
+        .workloads
+        .keys()
+        .copied()
+        .collect();
+    for id in local.into_iter().filter(|id| !seen.contains(id)) {
+        if let Some(c) = contract(client, id).await? {
+            reconcile_one(shared, &c).await;
+        } else {
+            warn!(
+                contract = id,
+                "the ledger does not know this contract; removing it"
+            );
+            let mut world = shared.world.lock().await;
+            let _ = world.apply(id, Action::Remove);
+        }
+    }
+    debug!(height, contracts = contracts.len(), "resynced");
+    Ok(height)
+}
+
+/// Follow the ledger forever: resync, then reconcile block by block.
+pub async fn follow(shared: Arc<Shared>, client: Arc<Client>) {
+    loop {
+        let Some(me) = shared.world.lock().await.node else {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        };
+        let height = match resync(&shared, &client, me).await {
+            Ok(h) => h,
+            Err(e) => {
+                warn!(error = %e, "cannot read the ledger; retrying in 2 s");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                continue;
+            }
+        };
+        {
+            let mut world = shared.world.lock().await;
+            world.followed_height = world.followed_height.max(height);
+            let _ = world.save();
+        }
+        let start = shared.world.lock().await.followed_height + 1;
+        let mut blocks = client.events(start);
+        let since = Instant::now();
+        while let Some(block) = blocks.next().await {
+            let known: BTreeSet<ContractId> = shared
+                .world
+                .lock()
+                .await
+                .workloads
+                .keys()
+                .copied()
+                .collect();
+            let mut changed = false;
+            for id in relevant(&block, me, &known) {
+                match contract(&client, id).await {
+                    Ok(Some(c)) => changed |= reconcile_one(&shared, &c).await,
+                    Ok(None) => {}
+                    Err(e) => {
+                        warn!(contract = id, error = %e, "cannot read contract; the next resync retries")
+                    }
+                }
+            }
+            let mut world = shared.world.lock().await;
+            world.followed_height = block.height;
+            if changed || block.height % SAVE_EVERY_BLOCKS == 0 {
+                let _ = world.save();
+            }
+            drop(world);
+            if since.elapsed() > RESYNC_EVERY {
+                break;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use peergrid_client::TxOutcome;
+    use peergrid_core::{Hash, Keypair};
+    use peergrid_ledger::{DeleteReason, Event};
+
+    fn block(events: Vec<Event>, end_events: Vec<Event>) -> FinalizedBlock {
+        FinalizedBlock {
+            height: 5,
+            digest: String::new(),
+            time_ms: 0,
+            root: Hash::of(b""),
+            txs: vec![TxOutcome {
+                hash: Hash::of(b"tx"),
+                signer: Keypair::from_seed([2; 32]).account(),
+                result: Ok(events),
+            }],
+            end_events,
+        }
+    }
+
+    #[test]
+    fn only_contracts_on_this_node_or_held_here_are_relevant() {
+        let owner = Keypair::from_seed([3; 32]).account();
+        let b = block(
+            vec![
+                Event::ContractCreated {
+                    contract: 1,
+                    owner,
+                    node: Some(7),
+                },
+                Event::ContractCreated {
+                    contract: 2,
+                    owner,
+                    node: Some(8),
+                },
+                Event::ContractCreated {
+                    contract: 3,
+                    owner,
+                    node: None,
+                },
+            ],
+            vec![Event::ContractDeleted {
+                contract: 4,
+                node: Some(7),
+                reason: DeleteReason::OutOfFunds,
+            }],
+        );
+        let known = BTreeSet::from([9]);
+        assert_eq!(relevant(&b, 7, &known), BTreeSet::from([1, 4]));
+        // A contract held here is followed even by an event that does not name the node.
+        let b = block(
+            vec![Event::ContractUpdated {
+                contract: 9,
+                deployment_hash: Hash::of(b"x"),
+            }],
+            vec![],
+        );
+        assert_eq!(relevant(&b, 7, &known), BTreeSet::from([9]));
+    }
+}

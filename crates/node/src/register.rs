@@ -1,0 +1,193 @@
+//! Joining the ledger: register this machine in a farm, or update what it registered.
+//!
+//! Consent: the ledger accepts a node into a farm only with the farm owner's signed
+//! invitation for that node's key. The owner signs it with `peergrid farm invite`, or,
+//! when the owner's key is on this machine, the node signs it itself with that key.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use peergrid_client::{Client, ClientError, TxStatus};
+use peergrid_core::tx::{Signature, sign_invitation};
+use peergrid_core::{Amount, Capacity, FarmId, Keypair, Location, NodeId, Payload};
+use peergrid_ledger::{Farm, Node};
+use tracing::info;
+
+/// What the node's account keeps for its own fees (registration and updates); uptime
+/// reports are free.
+pub const FEE_FLOAT: Amount = Amount(10_000_000);
+
+/// How long to wait for a registration to be final.
+const FINALITY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Who consents to the node joining the farm.
+pub enum Consent<'a> {
+    /// An invitation the owner signed for this node.
+    Invitation(Signature),
+    /// The owner's key, available here: it signs the invitation and funds the node.
+    OwnerKey(&'a Keypair),
+    /// None given.
+    None,
+}
+
+/// Fetch a farm, with a clear error when it does not exist.
+pub async fn farm(client: &Client, id: FarmId) -> anyhow::Result<Farm> {
+    match client
+        .get::<peergrid_client::AtHeight<Farm>>(&format!("/v1/farms/{id}"))
+        .await
+    {
+        Ok(f) => Ok(f.data),
+        Err(ClientError::Refused { status: 404, .. }) => bail!(
+            "farm {id} does not exist on the ledger; create one with `peergrid farm create NAME` \
+             and pass its id with --farm"
+        ),
+        Err(e) => Err(e).context(format!("cannot read farm {id}")),
+    }
+}
+
+/// Fetch a node record.
+pub async fn node(client: &Client, id: NodeId) -> anyhow::Result<Node> {
+    Ok(client
+        .get::<peergrid_client::AtHeight<Node>>(&format!("/v1/nodes/{id}"))
+        .await
+        .with_context(|| format!("cannot read node {id}"))?
+        .data)
+}
+
+async fn send(client: &Client, key: &Keypair, payload: Payload) -> anyhow::Result<()> {
+    let kind = payload.kind();
+    let (hash, status) = client
+        .send(key, payload, FINALITY_TIMEOUT)
+        .await
+        .with_context(|| format!("{kind} transaction failed"))?;
+    match status {
+        TxStatus::Finalized { height, .. } => {
+            info!(%hash, height, kind, "finalized");
+            Ok(())
+        }
+        TxStatus::Rejected { reason, .. } => bail!("the ledger rejected {kind}: {reason}"),
+        other => bail!("{kind} transaction {hash} ended as {other:?}"),
+    }
+}
+
+/// Make sure `key` is registered in `farm` with `capacity` and `location`; returns its node id.
+pub async fn ensure_registered(
+    client: &Client,
+    key: &Keypair,
+    farm_id: FarmId,
+    capacity: Capacity,
+    location: &Location,
+    consent: Consent<'_>,
+) -> anyhow::Result<NodeId> {
+    let me = key.account();
+    let farm = farm(client, farm_id).await?;
+    let account = client
+        .account(&me)
+        .await
+        .context("cannot read the node's account")?
+        .data;
+    if let Some(id) = account.node {
+        let record = node(client, id).await?;
+        if record.farm != farm_id {
+            bail!(
+                "this node's key is already node {id} of farm {}, not of farm {farm_id}; \
+                 run it with --farm {} or give it another --data-dir (a new key)",
+                record.farm,
+                record.farm
+            );
+        }
+        let capacity_changed = record.capacity != capacity;
+        let location_changed = record.location != *location;
+        if capacity_changed || location_changed {
+            info!(node = id, %capacity, "capacity or location changed, updating the ledger");
+            fund(client, &consent, &me, account.balance).await?;
+            send(
+                client,
+                key,
+                Payload::UpdateNode {
+                    node: id,
+                    capacity: capacity_changed.then_some(capacity),
+                    location: location_changed.then(|| location.clone()),
+                },
+            )
+            .await?;
+        }
+        return Ok(id);
+    }
+    let status = client.status().await?;
+    let chain_id = status.data["chain_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let invitation = match &consent {
+        Consent::Invitation(sig) => *sig,
+        Consent::OwnerKey(owner) => {
+            if owner.account() != farm.owner {
+                bail!(
+                    "the key {} does not own farm {farm_id} (its owner is {}); ask the owner for \
+                     an invitation (`peergrid farm invite --farm {farm_id} --node {me}`) and pass \
+                     it with --invitation",
+                    owner.account(),
+                    farm.owner
+                );
+            }
+            sign_invitation(owner, &chain_id, farm_id, &me)
+        }
+        Consent::None => bail!(
+            "joining farm {farm_id} needs its owner's consent: run with the owner's key \
+             (--key FILE), or ask the owner for an invitation (`peergrid farm invite --farm \
+             {farm_id} --node {me}`) and pass it with --invitation"
+        ),
+    };
+    fund(client, &consent, &me, account.balance).await?;
+    send(
+        client,
+        key,
+        Payload::RegisterNode {
+            farm: farm_id,
+            capacity,
+            location: location.clone(),
+            invitation,
+        },
+    )
+    .await?;
+    let id = client
+        .account(&me)
+        .await?
+        .data
+        .node
+        .context("registration finalized but the ledger shows no node for this key")?;
+    info!(node = id, farm = farm_id, %capacity, "registered");
+    Ok(id)
+}
+
+/// Give the node's account enough for its fees, from the owner's key when we have it.
+async fn fund(
+    client: &Client,
+    consent: &Consent<'_>,
+    me: &peergrid_core::AccountId,
+    balance: Amount,
+) -> anyhow::Result<()> {
+    if balance >= Amount(FEE_FLOAT.0 / 10) {
+        return Ok(());
+    }
+    match consent {
+        Consent::OwnerKey(owner) => {
+            info!(amount = %FEE_FLOAT, "funding the node's account for its fees");
+            send(
+                client,
+                owner,
+                Payload::Transfer {
+                    to: *me,
+                    amount: FEE_FLOAT,
+                },
+            )
+            .await
+            .context("cannot fund the node's account from the farm owner's key")
+        }
+        _ => bail!(
+            "the node's account {me} has {balance} and needs a little for its transaction fees; \
+             send it some: `peergrid wallet transfer --to {me} --amount 1`"
+        ),
+    }
+}

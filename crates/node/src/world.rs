@@ -1,0 +1,469 @@
+//! The node's local world: what it runs, kept equal to what the ledger says.
+//!
+//! [`plan`] decides, for one contract as the ledger shows it, what must change here;
+//! [`World`] holds the result and persists it in the data directory. Every write is
+//! atomic (temporary file, fsync, rename), and a workload's folder is created before
+//! the world that names it is saved and removed only after, so a crash at any point
+//! leaves at worst an orphan folder, which [`World::load`] removes.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use peergrid_core::tx::ContractSpec;
+use peergrid_core::{AccountId, Capacity, ContractId, Hash, NodeId};
+use peergrid_ledger::{Contract, ContractState};
+use serde::{Deserialize, Serialize};
+
+/// What a workload is doing here.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum WorkloadState {
+    /// Provisioned and serving.
+    Running,
+    /// Its contract is in grace: paused, data kept.
+    Paused,
+    /// Refused here, with why (the contract stays on the ledger; the node retries when
+    /// the reason may have gone, like capacity freed by another contract).
+    Refused {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One contract's workload on this node.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Workload {
+    /// The contract.
+    pub contract: ContractId,
+    /// `deployment`, `storage` or `rent`.
+    pub kind: String,
+    /// Who pays for it.
+    pub owner: AccountId,
+    /// What it reserves.
+    pub reserved: Capacity,
+    /// For deployments: the hash the ledger holds; a deployment is only accepted with it.
+    pub deployment_hash: Option<Hash>,
+    /// For deployments: the hash of the deployment received and stored, if any.
+    pub deployed: Option<Hash>,
+    /// Its state.
+    #[serde(flatten)]
+    pub state: WorkloadState,
+}
+
+impl Workload {
+    /// Whether it holds capacity here (running or paused, not refused).
+    pub fn holds_capacity(&self) -> bool {
+        !matches!(self.state, WorkloadState::Refused { .. })
+    }
+}
+
+/// What the node must do about one contract.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Action {
+    /// Create its workload in the given state.
+    Provision(Workload),
+    /// Pause a running workload.
+    Pause,
+    /// Resume a paused workload.
+    Resume,
+    /// Record a refusal.
+    Refuse(String),
+    /// Remove the workload and its data.
+    Remove,
+    /// Track a new deployment hash (the contract was updated).
+    Redeploy(Hash),
+    /// Nothing to do.
+    None,
+}
+
+/// Everything this node runs, persisted in its data directory.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct World {
+    /// The node's id on the ledger, once registered.
+    pub node: Option<NodeId>,
+    /// The last finalized height whose events were reconciled.
+    pub followed_height: u64,
+    /// Workloads by contract.
+    pub workloads: BTreeMap<ContractId, Workload>,
+    #[serde(skip)]
+    dir: PathBuf,
+}
+
+/// What a world file or workload folder operation failed on.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} {}: {source}", path.display())]
+pub struct WorldError {
+    what: &'static str,
+    path: PathBuf,
+    source: std::io::Error,
+}
+
+fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> WorldError {
+    let path = path.to_path_buf();
+    move |source| WorldError { what, path, source }
+}
+
+/// Write `bytes` to `path` so that a crash leaves either the old or the new content.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WorldError> {
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::File::create(&tmp).map_err(io_err("cannot create", &tmp))?;
+    file.write_all(bytes)
+        .map_err(io_err("cannot write", &tmp))?;
+    file.sync_all().map_err(io_err("cannot sync", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_err("cannot replace", path))?;
+    if let Some(parent) = path.parent()
+        && let Ok(d) = std::fs::File::open(parent)
+    {
+        // The rename itself must survive a power loss.
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+impl World {
+    fn file(dir: &Path) -> PathBuf {
+        dir.join("world.json")
+    }
+
+    /// The folder of a workload's data.
+    pub fn workload_dir(&self, contract: ContractId) -> PathBuf {
+        self.dir.join("workloads").join(contract.to_string())
+    }
+
+    /// Load the world from `dir` (an empty one the first time), and make the folders on
+    /// disk match it: recreate missing workload folders, remove orphans of a crash.
+    pub fn load(dir: &Path) -> Result<World, WorldError> {
+        let file = Self::file(dir);
+        let mut world: World = match std::fs::read(&file) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| WorldError {
+                what: "corrupt world file (restore it from a backup or remove it to resync from the ledger)",
+                path: file.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => World::default(),
+            Err(e) => return Err(io_err("cannot read", &file)(e)),
+        };
+        world.dir = dir.to_path_buf();
+        let root = dir.join("workloads");
+        std::fs::create_dir_all(&root).map_err(io_err("cannot create", &root))?;
+        for (id, w) in &world.workloads {
+            if w.holds_capacity() {
+                let d = world.workload_dir(*id);
+                std::fs::create_dir_all(&d).map_err(io_err("cannot create", &d))?;
+            }
+        }
+        let entries = std::fs::read_dir(&root).map_err(io_err("cannot list", &root))?;
+        for entry in entries.flatten() {
+            let known = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<ContractId>().ok())
+                .and_then(|id| world.workloads.get(&id))
+                .is_some_and(Workload::holds_capacity);
+            if !known {
+                tracing::info!(path = %entry.path().display(), "removing a workload folder no contract backs");
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        Ok(world)
+    }
+
+    /// Persist the world atomically.
+    pub fn save(&self) -> Result<(), WorldError> {
+        let bytes = serde_json::to_vec_pretty(self).map_err(|e| WorldError {
+            what: "cannot encode",
+            path: Self::file(&self.dir),
+            source: std::io::Error::other(e),
+        })?;
+        write_atomic(&Self::file(&self.dir), &bytes)
+    }
+
+    /// Capacity held by workloads other than `except`.
+    pub fn used(&self, except: Option<ContractId>) -> Capacity {
+        self.workloads
+            .values()
+            .filter(|w| w.holds_capacity() && Some(w.contract) != except)
+            .fold(Capacity::ZERO, |acc, w| {
+                acc.checked_add(&w.reserved).unwrap_or(acc)
+            })
+    }
+
+    /// Apply `action` for `contract`: folders first on creation, world first on removal.
+    pub fn apply(&mut self, contract: ContractId, action: Action) -> Result<(), WorldError> {
+        match action {
+            Action::None => return Ok(()),
+            Action::Provision(w) => {
+                if w.holds_capacity() {
+                    let d = self.workload_dir(contract);
+                    std::fs::create_dir_all(&d).map_err(io_err("cannot create", &d))?;
+                }
+                self.workloads.insert(contract, w);
+                self.save()?;
+            }
+            Action::Pause | Action::Resume => {
+                if let Some(w) = self.workloads.get_mut(&contract) {
+                    w.state = if action == Action::Pause {
+                        WorkloadState::Paused
+                    } else {
+                        WorkloadState::Running
+                    };
+                }
+                self.save()?;
+            }
+            Action::Refuse(reason) => {
+                if let Some(w) = self.workloads.get_mut(&contract) {
+                    w.state = WorkloadState::Refused { reason };
+                }
+                self.save()?;
+                let d = self.workload_dir(contract);
+                let _ = std::fs::remove_dir_all(d);
+            }
+            Action::Redeploy(hash) => {
+                if let Some(w) = self.workloads.get_mut(&contract) {
+                    w.deployment_hash = Some(hash);
+                }
+                self.save()?;
+            }
+            Action::Remove => {
+                self.workloads.remove(&contract);
+                self.save()?;
+                let d = self.workload_dir(contract);
+                match std::fs::remove_dir_all(&d) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io_err("cannot remove", &d)(e)),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What must change here so that this node matches `contract` as the ledger shows it.
+/// `capacity` is what this node registered.
+pub fn plan(world: &World, me: NodeId, capacity: &Capacity, contract: &Contract) -> Action {
+    let local = world.workloads.get(&contract.id);
+    if contract.node != Some(me) {
+        // Not ours (any more): never act on it; drop anything we had.
+        return if local.is_some() {
+            Action::Remove
+        } else {
+            Action::None
+        };
+    }
+    let paused = match contract.state {
+        ContractState::Deleted { .. } => {
+            return if local.is_some() {
+                Action::Remove
+            } else {
+                Action::None
+            };
+        }
+        ContractState::GracePeriod { .. } => true,
+        ContractState::Created => false,
+    };
+    match local {
+        Some(w) if w.holds_capacity() => {
+            if let Some(h) = contract.deployment_hash()
+                && w.deployment_hash != Some(h)
+            {
+                return Action::Redeploy(h);
+            }
+            match (&w.state, paused) {
+                (WorkloadState::Running, true) => Action::Pause,
+                (WorkloadState::Paused, false) => Action::Resume,
+                _ => Action::None,
+            }
+        }
+        // New, or refused before: check again (capacity may have been freed).
+        _ => {
+            let free = capacity.saturating_sub(&world.used(Some(contract.id)));
+            if !contract.reserved.fits_within(&free) {
+                let reason = format!(
+                    "needs {} but this node has {} free",
+                    contract.reserved, free
+                );
+                return match local {
+                    Some(Workload {
+                        state: WorkloadState::Refused { reason: old },
+                        ..
+                    }) if *old == reason => Action::None,
+                    Some(_) => Action::Refuse(reason),
+                    None => {
+                        Action::Provision(workload(contract, WorkloadState::Refused { reason }))
+                    }
+                };
+            }
+            let state = if paused {
+                WorkloadState::Paused
+            } else {
+                WorkloadState::Running
+            };
+            Action::Provision(workload(contract, state))
+        }
+    }
+}
+
+fn workload(contract: &Contract, state: WorkloadState) -> Workload {
+    let kind = match contract.spec {
+        ContractSpec::Deployment { .. } => "deployment",
+        ContractSpec::Storage { .. } => "storage",
+        ContractSpec::Rent { .. } => "rent",
+        ContractSpec::Name { .. } => "name",
+    };
+    Workload {
+        contract: contract.id,
+        kind: kind.into(),
+        owner: contract.owner,
+        reserved: contract.reserved,
+        deployment_hash: contract.deployment_hash(),
+        deployed: None,
+        state,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use peergrid_core::Keypair;
+    use peergrid_ledger::DeleteReason;
+
+    const ME: NodeId = 7;
+
+    fn capacity() -> Capacity {
+        Capacity {
+            cru: 4,
+            mru: 8 << 30,
+            sru: 100 << 30,
+            hru: 0,
+        }
+    }
+
+    fn contract(id: ContractId, node: NodeId, mru: u64, state: ContractState) -> Contract {
+        let resources = Capacity {
+            cru: 1,
+            mru,
+            sru: 1 << 30,
+            hru: 0,
+        };
+        Contract {
+            id,
+            owner: Keypair::from_seed([1; 32]).account(),
+            spec: ContractSpec::Deployment {
+                node,
+                deployment_hash: Hash::of(b"deployment"),
+                resources,
+                public_ips: 0,
+            },
+            node: Some(node),
+            reserved: resources,
+            public_ips: Vec::new(),
+            state,
+            created_ms: 0,
+            billed_until_ms: 0,
+        }
+    }
+
+    fn world() -> (tempfile::TempDir, World) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let w = World::load(dir.path()).expect("load");
+        (dir, w)
+    }
+
+    fn reconcile(w: &mut World, c: &Contract) -> Action {
+        let a = plan(w, ME, &capacity(), c);
+        w.apply(c.id, a.clone()).expect("apply");
+        a
+    }
+
+    #[test]
+    fn the_life_of_a_contract_is_followed_and_survives_a_restart() {
+        let (dir, mut w) = world();
+        let c = contract(1, ME, 1 << 30, ContractState::Created);
+        assert!(matches!(reconcile(&mut w, &c), Action::Provision(_)));
+        assert!(w.workload_dir(1).is_dir());
+        assert_eq!(reconcile(&mut w, &c), Action::None, "idempotent");
+
+        let grace = contract(1, ME, 1 << 30, ContractState::GracePeriod { since_ms: 5 });
+        assert_eq!(reconcile(&mut w, &grace), Action::Pause);
+        assert!(w.workload_dir(1).is_dir(), "data is kept in grace");
+
+        let restored = World::load(dir.path()).expect("reload");
+        assert_eq!(restored.workloads[&1].state, WorkloadState::Paused);
+
+        assert_eq!(reconcile(&mut w, &c), Action::Resume);
+        let deleted = contract(
+            1,
+            ME,
+            1 << 30,
+            ContractState::Deleted {
+                at_ms: 9,
+                reason: DeleteReason::CanceledByOwner,
+            },
+        );
+        assert_eq!(reconcile(&mut w, &deleted), Action::Remove);
+        assert!(!w.workload_dir(1).exists());
+        assert!(
+            World::load(dir.path())
+                .expect("reload")
+                .workloads
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_contract_for_another_node_is_never_provisioned() {
+        let (_dir, mut w) = world();
+        let c = contract(2, ME + 1, 1 << 30, ContractState::Created);
+        assert_eq!(reconcile(&mut w, &c), Action::None);
+        assert!(w.workloads.is_empty());
+        assert!(!w.workload_dir(2).exists());
+    }
+
+    #[test]
+    fn work_beyond_free_capacity_is_refused_with_the_reason_and_retried_later() {
+        let (_dir, mut w) = world();
+        let big = contract(1, ME, 6 << 30, ContractState::Created);
+        let other = contract(2, ME, 4 << 30, ContractState::Created);
+        assert!(matches!(reconcile(&mut w, &big), Action::Provision(_)));
+        match reconcile(&mut w, &other) {
+            Action::Provision(Workload {
+                state: WorkloadState::Refused { reason },
+                ..
+            }) => assert!(reason.contains("free"), "{reason}"),
+            a => panic!("expected a refusal, got {a:?}"),
+        }
+        assert!(!w.workload_dir(2).exists(), "nothing provisioned");
+        assert_eq!(w.used(None).mru, 6 << 30, "a refusal holds no capacity");
+        // The big one goes; the refused one now fits.
+        let gone = contract(
+            1,
+            ME,
+            6 << 30,
+            ContractState::Deleted {
+                at_ms: 1,
+                reason: DeleteReason::CanceledByOwner,
+            },
+        );
+        reconcile(&mut w, &gone);
+        assert!(matches!(reconcile(&mut w, &other), Action::Provision(_)));
+        assert_eq!(w.workloads[&2].state, WorkloadState::Running);
+    }
+
+    #[test]
+    fn an_orphan_folder_from_a_crash_is_removed_on_start() {
+        let (dir, w) = world();
+        std::fs::create_dir_all(w.workload_dir(42)).expect("mkdir");
+        let w = World::load(dir.path()).expect("load");
+        assert!(!w.workload_dir(42).exists());
+    }
+
+    #[test]
+    fn a_corrupt_world_file_is_an_error_that_says_what_to_do() {
+        let (dir, _w) = world();
+        std::fs::write(dir.path().join("world.json"), b"{not json").expect("write");
+        let e = World::load(dir.path()).expect_err("corrupt");
+        assert!(e.to_string().contains("remove it to resync"), "{e}");
+    }
+}
