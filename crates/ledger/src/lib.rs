@@ -14,9 +14,11 @@
 //! a later step, and the [`Store`] trait keeps the change contained.
 
 pub mod apply;
+pub mod billing;
 pub mod genesis;
 pub mod ledger;
 pub mod lthash;
+pub mod minting;
 pub mod receipt;
 pub mod records;
 pub mod state;
@@ -27,8 +29,9 @@ pub use apply::{BlockContext, Event, TxError, check_stateless};
 pub use genesis::{Council, Devnet, Genesis, GenesisError, Params};
 pub use ledger::{BlockOutcome, Ledger, LedgerError, TxReceipt};
 pub use records::{
-    Account, Contract, ContractState, DeleteReason, Farm, Node, NodeStatus, Proposal,
-    ProposalStatus,
+    Account, Bill, BillStatus, Contract, ContractState, DeleteReason, Economy, Farm, Node,
+    NodeStatus, NodeUptime, PeriodUptime, Proposal, ProposalStatus, RewardReceipt, Violation,
+    ViolationKind, VoteRecord,
 };
 pub use state::State;
 pub use store::{MemoryStore, RedbStore, Snapshot, Store, StoreError};
