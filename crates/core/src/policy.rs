@@ -188,13 +188,15 @@ mod tests {
         let mut p = PricingPolicy::default();
         p.discounts[3].percent = 101;
         assert_eq!(p.check(), Err(PolicyError::DiscountAbove100(101)));
-        let mut p = PricingPolicy::default();
-        p.discounts = (1..=9)
-            .map(|i| DiscountLevel {
-                min_months_milli: i * 1000,
-                percent: i as u8,
-            })
-            .collect();
+        let p = PricingPolicy {
+            discounts: (1..=9)
+                .map(|i| DiscountLevel {
+                    min_months_milli: i * 1000,
+                    percent: i as u8,
+                })
+                .collect(),
+            ..PricingPolicy::default()
+        };
         assert_eq!(p.check(), Err(PolicyError::TooManyDiscounts(9)));
         let f = FarmingPolicy {
             sla_certified_permille: 1001,

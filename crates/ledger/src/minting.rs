@@ -434,8 +434,10 @@ impl RewardReceipt {
             )?;
             writeln!(
                 o,
-                "capacity worth  (CU·{} + SU·{}) · {} / {MONTH_SECS} = {}",
+                "capacity worth  ({} CU · {} + {} SU · {}) · {} s / {MONTH_SECS} s = {}",
+                units(s.units.cu_micro),
                 usd(f.cu_uusd_month),
+                units(s.units.su_micro),
                 usd(f.su_uusd_month),
                 self.period_secs,
                 usd(s.capacity_uusd)

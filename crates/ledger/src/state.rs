@@ -428,6 +428,13 @@ impl State {
             .filter_map(|((_, id), _)| self.contracts.get(id))
     }
 
+    /// Live contracts whose next bill is due at or before `until_ms`: `(due_ms, id)`, soonest first.
+    pub fn contracts_due(&self, until_ms: u64) -> impl Iterator<Item = (u64, ContractId)> + '_ {
+        self.billing_due
+            .range(..=(until_ms, ContractId::MAX))
+            .map(|(k, _)| *k)
+    }
+
     /// Contracts of `owner` in grace.
     pub fn grace_contracts_of(&self, owner: &AccountId) -> impl Iterator<Item = &Contract> {
         self.grace_by_owner
