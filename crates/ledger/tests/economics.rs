@@ -230,6 +230,15 @@ fn contracts_are_billed_every_interval_for_the_exact_time_elapsed() {
         status: BillStatus::Paid,
     }));
     assert!(state.supply_is_conserved());
+    let text = bill.render();
+    for line in [
+        "period      [",
+        "discount    balance covers 0.303 months → 0 %",
+        "tokens      125 µUSD · 10^7 / 10000 = 0.0125 PGT",
+        "status      paid",
+    ] {
+        assert!(text.contains(line), "{line} missing from\n{text}");
+    }
 
     // Blocks that do not land on the interval: the next bill covers the exact time since the last.
     chain.block(7, &[]);
