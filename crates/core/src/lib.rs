@@ -11,6 +11,7 @@ pub mod account;
 pub mod amount;
 pub mod capacity;
 pub mod codec;
+pub mod economics;
 pub mod hash;
 pub mod keys;
 pub mod policy;

@@ -6,6 +6,36 @@
 use borsh::{BorshDeserialize, BorshSerialize};
 use serde::{Deserialize, Serialize};
 
+/// Most discount levels a pricing policy may list.
+pub const DISCOUNT_LEVELS_MAX: usize = 8;
+
+/// Why a policy cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PolicyError {
+    /// More levels than [`DISCOUNT_LEVELS_MAX`].
+    #[error("{0} discount levels, more than the limit of {DISCOUNT_LEVELS_MAX}")]
+    TooManyDiscounts(usize),
+    /// A discount above 100 %.
+    #[error("a discount of {0} % is above 100 %")]
+    DiscountAbove100(u8),
+    /// Levels must rise in both months and percent, so the largest level met is unambiguous.
+    #[error(
+        "discount level {index} ({months_milli} thousandths of a month, {percent} %) does not rise above the level before it in both months and percent"
+    )]
+    DiscountsNotIncreasing {
+        /// Position of the offending level.
+        index: usize,
+        /// Its threshold.
+        months_milli: u64,
+        /// Its percent.
+        percent: u8,
+    },
+    /// An SLA above 1000 ‰.
+    #[error("an uptime threshold of {0} ‰ is above 1000 ‰")]
+    SlaAbove1000(u16),
+}
+
 /// Micro-USD in one USD.
 pub const UUSD_PER_USD: u64 = 1_000_000;
 
@@ -35,6 +65,30 @@ pub struct PricingPolicy {
     pub nu_uusd_per_gb: u64,
     /// Discounts by months of balance, checked from the largest.
     pub discounts: Vec<DiscountLevel>,
+}
+
+impl PricingPolicy {
+    /// Check the discount levels: at most [`DISCOUNT_LEVELS_MAX`], each at most 100 %, strictly increasing.
+    pub fn check(&self) -> Result<(), PolicyError> {
+        if self.discounts.len() > DISCOUNT_LEVELS_MAX {
+            return Err(PolicyError::TooManyDiscounts(self.discounts.len()));
+        }
+        for (index, d) in self.discounts.iter().enumerate() {
+            if d.percent > 100 {
+                return Err(PolicyError::DiscountAbove100(d.percent));
+            }
+            if let Some(prev) = index.checked_sub(1).map(|i| self.discounts[i])
+                && (d.min_months_milli <= prev.min_months_milli || d.percent <= prev.percent)
+            {
+                return Err(PolicyError::DiscountsNotIncreasing {
+                    index,
+                    months_milli: d.min_months_milli,
+                    percent: d.percent,
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for PricingPolicy {
@@ -86,6 +140,18 @@ pub struct FarmingPolicy {
     pub sla_certified_permille: u16,
 }
 
+impl FarmingPolicy {
+    /// Check the SLA thresholds are at most 1000 ‰.
+    pub fn check(&self) -> Result<(), PolicyError> {
+        for sla in [self.sla_diy_permille, self.sla_certified_permille] {
+            if sla > 1000 {
+                return Err(PolicyError::SlaAbove1000(sla));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Default for FarmingPolicy {
     fn default() -> Self {
         FarmingPolicy {
@@ -97,5 +163,45 @@ impl Default for FarmingPolicy {
             sla_diy_permille: 950,
             sla_certified_permille: 980,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn discount_levels_must_rise_strictly() {
+        assert_eq!(PricingPolicy::default().check(), Ok(()));
+        let mut p = PricingPolicy::default();
+        p.discounts.swap(1, 2);
+        assert!(matches!(
+            p.check(),
+            Err(PolicyError::DiscountsNotIncreasing { index: 2, .. })
+        ));
+        let mut p = PricingPolicy::default();
+        p.discounts[1].min_months_milli = p.discounts[0].min_months_milli;
+        assert!(p.check().is_err(), "equal thresholds are ambiguous");
+        let mut p = PricingPolicy::default();
+        p.discounts[1].percent = p.discounts[0].percent;
+        assert!(p.check().is_err(), "a longer cover must earn more");
+        let mut p = PricingPolicy::default();
+        p.discounts[3].percent = 101;
+        assert_eq!(p.check(), Err(PolicyError::DiscountAbove100(101)));
+        let p = PricingPolicy {
+            discounts: (1..=9)
+                .map(|i| DiscountLevel {
+                    min_months_milli: i * 1000,
+                    percent: i as u8,
+                })
+                .collect(),
+            ..PricingPolicy::default()
+        };
+        assert_eq!(p.check(), Err(PolicyError::TooManyDiscounts(9)));
+        let f = FarmingPolicy {
+            sla_certified_permille: 1001,
+            ..FarmingPolicy::default()
+        };
+        assert_eq!(f.check(), Err(PolicyError::SlaAbove1000(1001)));
     }
 }

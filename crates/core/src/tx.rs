@@ -43,6 +43,9 @@ pub const VALIDATORS_MAX: usize = 128;
 /// Highest fee per byte governance may set: 1,000 times the default, so a typo cannot price
 /// everyone, the council included, out of the ledger.
 pub const FEE_PER_BYTE_MAX: Amount = Amount(10_000);
+/// Most network traffic one usage report may claim: 1 PiB, far above what one contract
+/// moves between two reports, so a typo or an overflow cannot bill a builder's whole balance.
+pub const USAGE_BYTES_PER_REPORT_MAX: u64 = 1 << 50;
 /// Most public IPs one deployment may reserve.
 pub const CONTRACT_PUBLIC_IPS_MAX: u32 = 16;
 
@@ -216,6 +219,14 @@ pub enum Payload {
         /// The node's clock, seconds since the Unix epoch.
         timestamp_secs: u64,
     },
+    /// Report network traffic of a contract, billed to its owner with the next bill and
+    /// counted in the node's reward (signed by the node hosting it; pays the usual fee).
+    ReportUsage {
+        /// The contract.
+        contract: ContractId,
+        /// Bytes moved since the last report.
+        nu_bytes: u64,
+    },
     /// Open a contract.
     CreateContract(ContractSpec),
     /// Point a deployment contract at a new deployment.
@@ -259,6 +270,7 @@ impl Payload {
             Payload::UpdateNode { .. } => "update_node",
             Payload::SetPowerTarget { .. } => "set_power_target",
             Payload::ReportUptime { .. } => "report_uptime",
+            Payload::ReportUsage { .. } => "report_usage",
             Payload::CreateContract(_) => "create_contract",
             Payload::UpdateContract { .. } => "update_contract",
             Payload::CancelContract { .. } => "cancel_contract",
@@ -548,6 +560,16 @@ impl Payload {
                 }
             }
             Payload::SetPowerTarget { .. } | Payload::ReportUptime { .. } => {}
+            Payload::ReportUsage { nu_bytes, .. } => {
+                if *nu_bytes == 0 || *nu_bytes > USAGE_BYTES_PER_REPORT_MAX {
+                    return Err(invalid(
+                        "network usage",
+                        format!(
+                            "{nu_bytes} bytes is not between 1 and {USAGE_BYTES_PER_REPORT_MAX}"
+                        ),
+                    ));
+                }
+            }
             Payload::CreateContract(spec) => match spec {
                 ContractSpec::Deployment {
                     resources,
@@ -621,15 +643,12 @@ impl Payload {
                         }
                     }
                     GovAction::SetPricingPolicy(p) => {
-                        check_len("discount levels", p.discounts.len(), 8)?;
-                        if p.discounts.iter().any(|d| d.percent > 100) {
-                            return Err(invalid("discount", "a discount cannot exceed 100 %"));
-                        }
+                        p.check()
+                            .map_err(|e| invalid("pricing policy", e.to_string()))?;
                     }
-                    GovAction::SetFarmingPolicy(f)
-                        if f.sla_diy_permille > 1000 || f.sla_certified_permille > 1000 =>
-                    {
-                        return Err(invalid("SLA", "uptime thresholds are at most 1000 ‰"));
+                    GovAction::SetFarmingPolicy(f) => {
+                        f.check()
+                            .map_err(|e| invalid("farming policy", e.to_string()))?;
                     }
                     _ => {}
                 }

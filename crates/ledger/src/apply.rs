@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use peergrid_core::economics;
 use peergrid_core::tx::{
     ContractSpec, FARM_INVITE_NAMESPACE, FieldError, GovAction, PowerTarget, invitation_message,
 };
@@ -14,9 +15,10 @@ use peergrid_core::{
     AccountId, Amount, Capacity, ContractId, FarmId, Hash, NodeId, Payload, ProposalId, SignedTx,
 };
 
+use crate::minting::PreviousReport;
 use crate::records::{
-    Account, Contract, ContractState, DeleteReason, Farm, FarmIp, Node, Proposal, ProposalStatus,
-    Uptime,
+    Account, BillStatus, Contract, ContractState, DeleteReason, Farm, FarmIp, Node, Proposal,
+    ProposalStatus, Uptime, ViolationKind, VoteRecord,
 };
 use crate::state::State;
 
@@ -235,9 +237,17 @@ pub enum TxError {
         /// What was tried.
         action: String,
     },
-    /// Only council members may do this.
-    #[error("{0} is not a council member")]
+    /// Only council members (or, for votes, farmers with nodes) may do this.
+    #[error("{0} is not a council member (nor, for votes, a farmer with nodes)")]
     NotCouncilMember(AccountId),
+    /// A public IP belongs to one farm.
+    #[error("public IP {ip} is already listed by farm {farm}")]
+    PublicIpTaken {
+        /// The address.
+        ip: String,
+        /// The farm listing it.
+        farm: FarmId,
+    },
     /// No such proposal.
     #[error("unknown proposal {0}")]
     UnknownProposal(ProposalId),
@@ -363,7 +373,7 @@ pub enum Event {
         /// Who made it.
         proposer: AccountId,
     },
-    /// A member voted.
+    /// A council member or a farmer voted.
     Voted {
         /// The proposal.
         proposal: ProposalId,
@@ -371,6 +381,87 @@ pub enum Event {
         voter: AccountId,
         /// For or against.
         approve: bool,
+        /// Whether the voter counts as a council member.
+        council: bool,
+        /// The voter's farms' capacity weight, millionths of `2·CU + SU`.
+        weight_micro: u64,
+    },
+    /// A contract was billed (or, at deletion, its unpaid period written off).
+    ContractBilled {
+        /// Its id.
+        contract: ContractId,
+        /// Who paid.
+        owner: AccountId,
+        /// Period start, ledger ms.
+        from_ms: u64,
+        /// Period end, ledger ms.
+        to_ms: u64,
+        /// Net price, µUSD.
+        uusd: u64,
+        /// Tokens paid.
+        tokens: Amount,
+        /// Paid or written off.
+        status: BillStatus,
+    },
+    /// A contract's owner could not pay: workloads pause, data is kept.
+    ContractGraceStarted {
+        /// Its id.
+        contract: ContractId,
+        /// Its owner.
+        owner: AccountId,
+        /// Its node, if any.
+        node: Option<NodeId>,
+        /// Ledger time grace began, ms.
+        since_ms: u64,
+    },
+    /// A contract's debt was paid: it runs again.
+    ContractGraceEnded {
+        /// Its id.
+        contract: ContractId,
+        /// Its owner.
+        owner: AccountId,
+        /// Its node, if any.
+        node: Option<NodeId>,
+        /// Ledger time grace had begun, ms.
+        since_ms: u64,
+    },
+    /// A node reported a contract's network traffic.
+    UsageReported {
+        /// The contract.
+        contract: ContractId,
+        /// The node.
+        node: NodeId,
+        /// Bytes.
+        nu_bytes: u64,
+    },
+    /// An uptime report broke a rule: the node earns nothing for the period.
+    UptimeViolation {
+        /// The node.
+        node: NodeId,
+        /// The minting period.
+        period: u64,
+        /// What was wrong.
+        violation: ViolationKind,
+    },
+    /// A node's reward for a minting period (possibly zero; its receipt says why).
+    RewardMinted {
+        /// The period.
+        period: u64,
+        /// The node.
+        node: NodeId,
+        /// Its farm.
+        farm: FarmId,
+        /// Who was paid.
+        payout: AccountId,
+        /// Reward, µUSD.
+        uusd: u64,
+        /// Tokens minted.
+        tokens: Amount,
+    },
+    /// Every node of a minting period has its receipt.
+    MintingPeriodClosed {
+        /// The period.
+        period: u64,
     },
     /// A proposal was decided or expired.
     ProposalClosed {
@@ -557,6 +648,7 @@ impl State {
                         ..dest
                     },
                 );
+                self.mark_funded(to);
                 events.push(Event::Transferred {
                     from: signer,
                     to: *to,
@@ -568,6 +660,16 @@ impl State {
                     return Err(TxError::FarmNameTaken(name.clone()));
                 }
                 let id = self.next_farm_id()?;
+                for ip in public_ips {
+                    if let Some(other) = self.farm_ips.get(&ip.ip) {
+                        return Err(TxError::PublicIpTaken {
+                            ip: ip.to_string(),
+                            farm: *other,
+                        });
+                    }
+                    self.farm_ips.insert(ip.ip, id);
+                }
+                self.owner_farms.insert((signer, id), ());
                 self.farms.insert(
                     id,
                     Farm {
@@ -623,6 +725,22 @@ impl State {
                                 ),
                             });
                         }
+                    }
+                    for ip in ips {
+                        if let Some(other) = self.farm_ips.get(&ip.ip)
+                            && *other != f.id
+                        {
+                            return Err(TxError::PublicIpTaken {
+                                ip: ip.to_string(),
+                                farm: *other,
+                            });
+                        }
+                    }
+                    for old in &f.public_ips {
+                        self.farm_ips.remove(&old.ip.ip);
+                    }
+                    for ip in ips {
+                        self.farm_ips.insert(ip.ip, f.id);
                     }
                     f.public_ips = ips
                         .iter()
@@ -680,6 +798,10 @@ impl State {
                 };
                 self.nodes.insert(id, node);
                 self.node_accounts.insert(signer, id);
+                self.farm_nodes.insert((*farm, id), ());
+                let weight = economics::reward_units(capacity).weight_micro();
+                let e = self.economy_mut();
+                e.farmer_weight_total = e.farmer_weight_total.saturating_add(weight);
                 events.push(Event::NodeRegistered {
                     node: id,
                     farm: *farm,
@@ -700,6 +822,13 @@ impl State {
                             free: format!("only {c} in the new capacity"),
                         });
                     }
+                    let old = economics::reward_units(&n.capacity).weight_micro();
+                    let new = economics::reward_units(c).weight_micro();
+                    let e = self.economy_mut();
+                    e.farmer_weight_total = e
+                        .farmer_weight_total
+                        .saturating_sub(old)
+                        .saturating_add(new);
                     n.capacity = *c;
                 }
                 if let Some(l) = location {
@@ -747,6 +876,19 @@ impl State {
                         next_ms: (window + 1) * interval_ms,
                     });
                 }
+                let previous = n.uptime.last_report_ms.map(|at_ms| PreviousReport {
+                    at_ms,
+                    uptime_secs: n.uptime.last_uptime_secs,
+                    timestamp_secs: n.uptime.last_timestamp_secs,
+                });
+                self.account_uptime(
+                    *node,
+                    previous,
+                    ctx.time_ms,
+                    *uptime_secs,
+                    *timestamp_secs,
+                    events,
+                );
                 if let Some(n) = self.nodes.get_mut(node) {
                     n.uptime = Uptime {
                         last_report_ms: Some(ctx.time_ms),
@@ -758,6 +900,33 @@ impl State {
                 events.push(Event::UptimeReported {
                     node: *node,
                     uptime_secs: *uptime_secs,
+                });
+            }
+            Payload::ReportUsage { contract, nu_bytes } => {
+                let c = self
+                    .contract(*contract)
+                    .ok_or(TxError::UnknownContract(*contract))?;
+                let node_id = c.node.ok_or_else(|| TxError::ContractState {
+                    contract: *contract,
+                    state: "not on a node".into(),
+                    action: "reporting network usage".into(),
+                })?;
+                if !c.is_live() {
+                    return Err(TxError::ContractState {
+                        contract: *contract,
+                        state: state_name(&c.state),
+                        action: "reporting network usage".into(),
+                    });
+                }
+                self.own_node(node_id, &signer)?;
+                if let Some(c) = self.contracts.get_mut(contract) {
+                    c.unbilled_nu_bytes = c.unbilled_nu_bytes.saturating_add(*nu_bytes);
+                }
+                self.add_nu_bytes(node_id, ctx.time_ms, *nu_bytes);
+                events.push(Event::UsageReported {
+                    contract: *contract,
+                    node: node_id,
+                    nu_bytes: *nu_bytes,
                 });
             }
             Payload::CreateContract(spec) => self.create_contract(signer, spec, ctx, events)?,
@@ -784,6 +953,14 @@ impl State {
                         action: "updating it".into(),
                     });
                 }
+                // Bill the time so far at the old reservation, so the new one is billed only from now.
+                self.try_bill(c.id, ctx.time_ms, fee, events).map_err(|u| {
+                    TxError::InsufficientBalance {
+                        needed: u.needed,
+                        fee,
+                        available: u.available,
+                    }
+                })?;
                 let n = self.node(node).ok_or(TxError::UnknownNode(node))?;
                 let used_without = n.used.saturating_sub(&c.reserved);
                 let needed = used_without
@@ -832,7 +1009,13 @@ impl State {
                         contracts: n.contracts - 1,
                     });
                 }
-                self.delete_contract(c.id, DeleteReason::CanceledByOwner, ctx.time_ms, events);
+                self.close_contract(
+                    c.id,
+                    DeleteReason::CanceledByOwner,
+                    ctx.time_ms,
+                    fee,
+                    events,
+                );
             }
             Payload::Propose {
                 action,
@@ -861,6 +1044,9 @@ impl State {
                         expires_ms,
                         approvals: vec![],
                         rejections: vec![],
+                        farmer_weight_for: 0,
+                        farmer_weight_against: 0,
+                        farmer_voters: 0,
                         status: ProposalStatus::Open,
                     },
                 );
@@ -873,9 +1059,6 @@ impl State {
                 self.vote(id, signer, true, ctx, events)?;
             }
             Payload::Vote { proposal, approve } => {
-                if !self.config().council.members.contains(&signer) {
-                    return Err(TxError::NotCouncilMember(signer));
-                }
                 self.vote(*proposal, signer, *approve, ctx, events)?;
             }
         }
@@ -1067,8 +1250,13 @@ impl State {
                 state: ContractState::Created,
                 created_ms: ctx.time_ms,
                 billed_until_ms: ctx.time_ms,
+                next_bill_ms: u64::MAX,
+                unbilled_nu_bytes: 0,
             },
         );
+        self.owner_contracts.insert((signer, id), ());
+        let interval_ms = self.params().billing_interval_secs.saturating_mul(1000);
+        self.schedule_bill(id, ctx.time_ms.saturating_add(interval_ms));
         events.push(Event::ContractCreated {
             contract: id,
             owner: signer,
@@ -1111,6 +1299,8 @@ impl State {
         if let ContractSpec::Name { name } = &c.spec {
             self.names.remove(name);
         }
+        self.billing_due.remove(&(c.next_bill_ms, id));
+        self.grace_by_owner.remove(&(c.owner, id));
         if let Some(c) = self.contracts.get_mut(&id) {
             c.state = ContractState::Deleted {
                 at_ms: now_ms,
@@ -1132,8 +1322,23 @@ impl State {
             GovAction::SetFarmCertified { farm, .. } if self.farm(*farm).is_none() => Err(
                 TxError::InvalidAction(format!("farm {farm} does not exist")),
             ),
+            GovAction::SetPricingPolicy(p) => {
+                p.check().map_err(|e| TxError::InvalidAction(e.to_string()))
+            }
+            GovAction::SetFarmingPolicy(f) => {
+                f.check().map_err(|e| TxError::InvalidAction(e.to_string()))
+            }
             _ => Ok(()),
         }
+    }
+
+    /// A farmer's governance weight: `2·CU + SU` (reward units, millionths) of every node of
+    /// every farm `account` owns.
+    pub fn farmer_weight(&self, account: &AccountId) -> u64 {
+        self.farms_of(account)
+            .flat_map(|f| self.nodes_of(f.id))
+            .map(|n| economics::reward_units(&n.capacity).weight_micro())
+            .fold(0u64, u64::saturating_add)
     }
 
     fn vote(
@@ -1144,7 +1349,11 @@ impl State {
         ctx: &BlockContext,
         events: &mut Vec<Event>,
     ) -> Result<(), TxError> {
-        let council = self.config().council.clone();
+        let council = self.config().council.members.contains(&voter);
+        let weight_micro = self.farmer_weight(&voter);
+        if !council && weight_micro == 0 {
+            return Err(TxError::NotCouncilMember(voter));
+        }
         let p = self
             .proposals
             .get(&id)
@@ -1152,43 +1361,101 @@ impl State {
         if p.status != ProposalStatus::Open || ctx.time_ms >= p.expires_ms {
             return Err(TxError::ProposalClosed(id));
         }
-        if p.approvals.contains(&voter) || p.rejections.contains(&voter) {
+        if self.votes.contains(&(id, voter)) {
             return Err(TxError::AlreadyVoted {
                 proposal: id,
                 voter,
             });
         }
         let mut p = p.clone();
-        if approve {
-            p.approvals.push(voter);
-        } else {
-            p.rejections.push(voter);
+        if council {
+            if approve {
+                p.approvals.push(voter);
+            } else {
+                p.rejections.push(voter);
+            }
         }
+        if weight_micro > 0 {
+            let side = if approve {
+                &mut p.farmer_weight_for
+            } else {
+                &mut p.farmer_weight_against
+            };
+            *side = side.saturating_add(weight_micro);
+            p.farmer_voters = p.farmer_voters.saturating_add(1);
+        }
+        self.votes.insert(
+            (id, voter),
+            VoteRecord {
+                approve,
+                council,
+                weight_micro,
+                at_ms: ctx.time_ms,
+            },
+        );
         events.push(Event::Voted {
             proposal: id,
             voter,
             approve,
+            council,
+            weight_micro,
         });
-        // Only current members count: the council may have changed since the vote opened.
+        if let Some(status) = self.outcome(&p, ctx.time_ms, false) {
+            if matches!(status, ProposalStatus::Executed { .. }) {
+                self.check_action(&p.action)?;
+                self.execute(&p.action);
+            }
+            self.close_proposal(p, status, events);
+        } else {
+            self.proposals.insert(id, p);
+        }
+        Ok(())
+    }
+
+    /// How `p` ends at `now_ms`, or `None` while it stays open.
+    ///
+    /// Council approvals from current members must reach the threshold, and farmers'
+    /// weight in favour must be at least their weight against. Before expiry a proposal
+    /// closes only when no further vote can change that: the council can no longer reach
+    /// the threshold, or it has and the farmers who have not voted (the rest of all
+    /// nodes' weight) could not tip the farmer side. At expiry (`at_expiry`) it passes or
+    /// fails on the votes cast.
+    fn outcome(&self, p: &Proposal, now_ms: u64, at_expiry: bool) -> Option<ProposalStatus> {
+        let council = &self.config().council;
         let count =
             |list: &[AccountId]| list.iter().filter(|a| council.members.contains(a)).count();
         let threshold = council.threshold as usize;
-        if count(&p.approvals) >= threshold {
-            self.check_action(&p.action)?;
-            self.execute(&p.action);
-            p.status = ProposalStatus::Executed { at_ms: ctx.time_ms };
-        } else if count(&p.rejections) > council.members.len() - threshold {
-            p.status = ProposalStatus::Rejected { at_ms: ctx.time_ms };
+        let council_passes = count(&p.approvals) >= threshold;
+        let council_fails = count(&p.rejections) > council.members.len().saturating_sub(threshold);
+        let (yes, no) = (p.farmer_weight_for as u128, p.farmer_weight_against as u128);
+        let undecided = (self.economy().farmer_weight_total as u128).saturating_sub(yes + no);
+        let executed = ProposalStatus::Executed { at_ms: now_ms };
+        let rejected = ProposalStatus::Rejected { at_ms: now_ms };
+        if council_fails {
+            Some(rejected)
+        } else if council_passes && yes >= no + undecided {
+            Some(executed)
+        } else if council_passes && no > yes + undecided {
+            Some(rejected)
+        } else if !at_expiry {
+            None
+        } else if council_passes && yes >= no {
+            Some(executed)
+        } else if council_passes {
+            Some(rejected)
+        } else {
+            Some(ProposalStatus::Expired { at_ms: now_ms })
         }
-        if p.status != ProposalStatus::Open {
-            self.proposal_expiry.remove(&(p.expires_ms, id));
-            events.push(Event::ProposalClosed {
-                proposal: id,
-                status: p.status,
-            });
-        }
-        self.proposals.insert(id, p);
-        Ok(())
+    }
+
+    fn close_proposal(&mut self, mut p: Proposal, status: ProposalStatus, events: &mut Vec<Event>) {
+        p.status = status;
+        self.proposal_expiry.remove(&(p.expires_ms, p.id));
+        events.push(Event::ProposalClosed {
+            proposal: p.id,
+            status,
+        });
+        self.proposals.insert(p.id, p);
     }
 
     fn execute(&mut self, action: &GovAction) {
@@ -1219,7 +1486,8 @@ impl State {
         }
     }
 
-    /// End-of-block work at ledger time `now_ms`: expire proposals whose time is up.
+    /// End-of-block work at ledger time `now_ms`: close proposals whose time is up, bill the
+    /// contracts due and resume those whose owners can pay again, and mint a batch of rewards.
     pub(crate) fn end_block(&mut self, now_ms: u64) -> Vec<Event> {
         let mut events = Vec::new();
         let due: Vec<(u64, ProposalId)> = self
@@ -1229,16 +1497,26 @@ impl State {
             .collect();
         for key in due {
             self.proposal_expiry.remove(&key);
-            if let Some(p) = self.proposals.get_mut(&key.1)
-                && p.status == ProposalStatus::Open
-            {
-                p.status = ProposalStatus::Expired { at_ms: now_ms };
-                events.push(Event::ProposalClosed {
-                    proposal: key.1,
-                    status: p.status,
-                });
+            let Some(p) = self.proposals.get(&key.1).cloned() else {
+                continue;
+            };
+            if p.status != ProposalStatus::Open {
+                continue;
             }
+            let mut status = self
+                .outcome(&p, now_ms, true)
+                .unwrap_or(ProposalStatus::Expired { at_ms: now_ms });
+            if matches!(status, ProposalStatus::Executed { .. }) {
+                if self.check_action(&p.action).is_ok() {
+                    self.execute(&p.action);
+                } else {
+                    status = ProposalStatus::Rejected { at_ms: now_ms };
+                }
+            }
+            self.close_proposal(p, status, &mut events);
         }
+        self.end_block_billing(now_ms, &mut events);
+        self.end_block_minting(now_ms, &mut events);
         events
     }
 }

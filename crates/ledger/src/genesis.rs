@@ -92,11 +92,12 @@ impl Params {
                 )));
             }
         }
-        if self.farming.sla_diy_permille > 1000 || self.farming.sla_certified_permille > 1000 {
-            return Err(GenesisError::Invalid(
-                "farming SLA thresholds are at most 1000 ‰".into(),
-            ));
-        }
+        self.pricing
+            .check()
+            .map_err(|e| GenesisError::Invalid(format!("params.pricing: {e}")))?;
+        self.farming
+            .check()
+            .map_err(|e| GenesisError::Invalid(format!("params.farming: {e}")))?;
         Ok(())
     }
 }

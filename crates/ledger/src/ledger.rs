@@ -164,6 +164,28 @@ impl<S: Store> Ledger<S> {
         txs: &[SignedTx],
         before_commit: impl FnOnce(&BlockOutcome) -> Result<(), StoreError>,
     ) -> Result<BlockOutcome, LedgerError> {
+        self.execute(ctx, txs, false, before_commit)
+    }
+
+    /// Like [`Ledger::execute_block`], for transactions the caller has already passed through
+    /// [`crate::check_stateless`] (chain id, fields, signature), for example at mempool
+    /// admission: the signature is not checked again. Passing unchecked transactions here
+    /// lets forged ones apply.
+    pub fn execute_checked_block(
+        &mut self,
+        ctx: BlockContext,
+        txs: &[SignedTx],
+    ) -> Result<BlockOutcome, LedgerError> {
+        self.execute(ctx, txs, true, |_| Ok(()))
+    }
+
+    fn execute(
+        &mut self,
+        ctx: BlockContext,
+        txs: &[SignedTx],
+        prechecked: bool,
+        before_commit: impl FnOnce(&BlockOutcome) -> Result<(), StoreError>,
+    ) -> Result<BlockOutcome, LedgerError> {
         if self.poisoned {
             return Err(LedgerError::Poisoned);
         }
@@ -185,7 +207,11 @@ impl<S: Store> Ledger<S> {
             .iter()
             .map(|tx| TxReceipt {
                 hash: tx.hash(),
-                result: self.state.apply_tx(tx, &ctx),
+                result: if prechecked {
+                    self.state.apply_checked(tx, tx.encode().len(), &ctx)
+                } else {
+                    self.state.apply_tx(tx, &ctx)
+                },
             })
             .collect();
         let end_events = self.finish_block(&ctx);

@@ -8,15 +8,39 @@
 //! one transaction all or nothing; [`Ledger::execute_block`] applies a block and
 //! commits it atomically to a [`Store`].
 //!
+//! # Economics
+//!
+//! End-of-block logic ([`Ledger::execute_block`]) closes proposals whose time is up,
+//! bills the contracts due and resumes contracts in grace whose owners can pay again
+//! ([`billing`]), and mints one batch of a settled minting period ([`minting`]). The
+//! formulas themselves live in [`peergrid_core::economics`]. Reads for wallets, the CLI
+//! and the explorer: [`State::bills`], [`State::contracts_of`],
+//! [`State::grace_contracts_of`], [`State::receipt`], [`State::receipts_of_farm`],
+//! [`State::votes`], [`State::farmer_weight`], [`RewardReceipt::render`] and
+//! [`Bill::render`].
+//!
+//! Network usage (`ReportUsage`) pays the ordinary fee: unlike uptime it has no natural
+//! once-per-interval bound, and the fee makes reporting in many small pieces cost the
+//! node, which earns the traffic's reward.
+//!
+//! Governance: the council proposes; council members and farmers vote. A farmer's
+//! weight is `2·CU + SU` (reward units) of all nodes of the farms it owns, recorded with
+//! its vote. A proposal passes when current council approvals reach the threshold and
+//! farmer weight for is at least farmer weight against; it closes early once no vote
+//! left (counting every node's weight not yet cast) can change that, and otherwise at
+//! expiry, on the votes cast.
+//!
 //! The state root is an LtHash over every entry ([`lthash`]): incremental and
 //! order-independent, but without inclusion proofs. Proofs against a block's root
 //! need an authenticated structure (a Merkle tree or commonware's QMDB); that is
 //! a later step, and the [`Store`] trait keeps the change contained.
 
 pub mod apply;
+pub mod billing;
 pub mod genesis;
 pub mod ledger;
 pub mod lthash;
+pub mod minting;
 pub mod receipt;
 pub mod records;
 pub mod state;
@@ -27,8 +51,9 @@ pub use apply::{BlockContext, Event, TxError, check_stateless};
 pub use genesis::{Council, Devnet, Genesis, GenesisError, Params};
 pub use ledger::{BlockOutcome, Ledger, LedgerError, TxReceipt};
 pub use records::{
-    Account, Contract, ContractState, DeleteReason, Farm, Node, NodeStatus, Proposal,
-    ProposalStatus,
+    Account, Bill, BillStatus, Contract, ContractState, DeleteReason, Economy, Farm, Node,
+    NodeStatus, NodeUptime, PeriodUptime, Proposal, ProposalStatus, RewardReceipt, Violation,
+    ViolationKind, VoteRecord,
 };
 pub use state::State;
 pub use store::{MemoryStore, RedbStore, Snapshot, Store, StoreError};

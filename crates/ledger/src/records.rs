@@ -3,6 +3,8 @@
 use borsh::{BorshDeserialize, BorshSerialize};
 use serde::{Deserialize, Serialize};
 
+use peergrid_core::economics::{Billable, Discount, RewardSteps, Split};
+use peergrid_core::policy::FarmingPolicy;
 use peergrid_core::tx::{ContractSpec, GovAction, PowerTarget};
 use peergrid_core::{
     AccountId, Amount, Capacity, ContractId, FarmId, Hash, Location, NodeId, ProposalId, PublicIp,
@@ -213,8 +215,12 @@ pub struct Contract {
     pub state: ContractState,
     /// Ledger time of creation, ms.
     pub created_ms: u64,
-    /// Ledger time it was last billed up to, ms.
+    /// Ledger time it was last billed up to, ms: everything before is paid or written off.
     pub billed_until_ms: u64,
+    /// Ledger time of its next bill, ms: its key in the billing index while it is live.
+    pub next_bill_ms: u64,
+    /// Network traffic reported since the last bill, bytes.
+    pub unbilled_nu_bytes: u64,
 }
 
 impl Contract {
@@ -278,8 +284,238 @@ pub struct Proposal {
     pub approvals: Vec<AccountId>,
     /// Members against.
     pub rejections: Vec<AccountId>,
+    /// Farmers' capacity weight in favour (`2·CU + SU` of their nodes, millionths), as of each vote.
+    pub farmer_weight_for: u64,
+    /// Farmers' capacity weight against.
+    pub farmer_weight_against: u64,
+    /// Farmers who voted.
+    pub farmer_voters: u32,
     /// Its status.
     pub status: ProposalStatus,
+}
+
+/// One account's vote on a proposal, with the weight it carried when cast.
+#[derive(
+    Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize, BorshSerialize, BorshDeserialize,
+)]
+pub struct VoteRecord {
+    /// For or against.
+    pub approve: bool,
+    /// Whether the voter was a council member.
+    pub council: bool,
+    /// The voter's farms' capacity weight, millionths (0 for a council member without nodes).
+    pub weight_micro: u64,
+    /// Ledger time of the vote, ms.
+    pub at_ms: u64,
+}
+
+/// How a bill ended.
+#[derive(
+    Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize, BorshSerialize, BorshDeserialize,
+)]
+#[serde(rename_all = "snake_case", tag = "status")]
+pub enum BillStatus {
+    /// The owner paid it.
+    Paid,
+    /// The contract was deleted before its owner could pay: written off, nobody was paid.
+    WrittenOff,
+}
+
+/// One bill of a contract: the period it covers, every input of its price, and where the money went.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+pub struct Bill {
+    /// The contract.
+    pub contract: ContractId,
+    /// Who paid, or owed.
+    pub owner: AccountId,
+    /// The node it reserves on, if any.
+    pub node: Option<NodeId>,
+    /// Start of the period billed, ledger ms (inclusive).
+    pub from_ms: u64,
+    /// End of the period billed, ledger ms (exclusive): the next bill starts here.
+    pub to_ms: u64,
+    /// Units, IPv4 addresses and names billed by time.
+    pub billable: Billable,
+    /// Network traffic billed, bytes.
+    pub nu_bytes: u64,
+    /// `cost_uusd(billable, pricing, to − from)`.
+    pub resources_uusd: u64,
+    /// `nu_bytes · nu_price / 10^9`.
+    pub nu_uusd: u64,
+    /// The owner's cover in months and the discount it earned.
+    pub discount: Discount,
+    /// `(resources + nu) · (100 − discount) / 100`.
+    pub net_uusd: u64,
+    /// Token price used, µUSD per token.
+    pub token_price_uusd: u64,
+    /// `net_uusd` in tokens: what the owner paid (zero if written off).
+    pub tokens: Amount,
+    /// Where the tokens went.
+    pub split: Split,
+    /// The farm payout account that received the farmer's share; `None` means the foundation did.
+    pub farmer_payout: Option<AccountId>,
+    /// Paid or written off.
+    pub status: BillStatus,
+}
+
+/// Why a node's uptime report breaks the rules; any one zeroes its reward for the period.
+#[derive(
+    Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize, BorshSerialize, BorshDeserialize,
+)]
+#[serde(rename_all = "snake_case", tag = "violation")]
+pub enum ViolationKind {
+    /// The uptime grew by more than the node's clock advanced since its previous report.
+    UptimeBeyondElapsed {
+        /// Uptime gained between the reports, s.
+        gained_secs: u64,
+        /// The node's clock between the reports, s.
+        elapsed_secs: u64,
+    },
+    /// The node booted before its previous report, yet that report showed the older boot.
+    HiddenReboot {
+        /// Boot time implied by the previous report (timestamp − uptime), node clock s.
+        previous_boot_secs: u64,
+        /// Boot time implied by this report, node clock s.
+        boot_secs: u64,
+        /// The previous report's timestamp, node clock s.
+        previous_report_secs: u64,
+    },
+    /// The node's clock is off from ledger time by more than the allowed skew.
+    ClockSkew {
+        /// How far off, s.
+        skew_secs: u64,
+        /// The limit, s.
+        max_secs: u64,
+    },
+}
+
+/// A violation and when the ledger saw it.
+#[derive(
+    Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize, BorshSerialize, BorshDeserialize,
+)]
+pub struct Violation {
+    /// Ledger time of the report, ms.
+    pub at_ms: u64,
+    /// What was wrong.
+    pub kind: ViolationKind,
+}
+
+/// Most violations kept per node and period; more are only counted.
+pub const VIOLATIONS_KEPT: usize = 4;
+
+/// A node's counters for one minting period, updated as each report is applied.
+#[derive(
+    Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize, BorshSerialize, BorshDeserialize,
+)]
+pub struct PeriodUptime {
+    /// The period.
+    pub period: u64,
+    /// Ledger milliseconds of the period counted as up.
+    pub up_ms: u64,
+    /// Reports accepted in the period.
+    pub reports: u32,
+    /// Network traffic reported for contracts on the node, bytes.
+    pub nu_bytes: u64,
+    /// Public IP seconds paid for by contracts on the node.
+    pub ip_secs: u64,
+    /// The first violations.
+    pub violations: Vec<Violation>,
+    /// All violations, kept or not.
+    pub violation_count: u32,
+}
+
+impl PeriodUptime {
+    /// Empty counters for `period`.
+    pub fn new(period: u64) -> Self {
+        PeriodUptime {
+            period,
+            ..PeriodUptime::default()
+        }
+    }
+}
+
+/// A node's counters for the current period and the one before (still open to late credit until minted).
+#[derive(
+    Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize, BorshSerialize, BorshDeserialize,
+)]
+pub struct NodeUptime {
+    /// The period of the node's latest activity.
+    pub current: PeriodUptime,
+    /// The period before it.
+    pub previous: PeriodUptime,
+}
+
+/// A node's reward for one minting period with every input and step, so a farmer can redo it by hand.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+pub struct RewardReceipt {
+    /// The period.
+    pub period: u64,
+    /// The node.
+    pub node: NodeId,
+    /// Its farm.
+    pub farm: FarmId,
+    /// Where the reward was paid.
+    pub payout: AccountId,
+    /// Start of the period, ledger ms.
+    pub period_start_ms: u64,
+    /// End of the period, ledger ms (exclusive).
+    pub period_end_ms: u64,
+    /// Start of what counts for this node: the period start, or its registration if later.
+    pub counted_from_ms: u64,
+    /// `(period_end − counted_from) / 1000`: the uptime denominator.
+    pub period_secs: u64,
+    /// Seconds counted as up, at most `period_secs`.
+    pub up_secs: u64,
+    /// Reports accepted in the period.
+    pub reports: u32,
+    /// Capacity the reward units come from (as registered at minting time).
+    pub capacity: Capacity,
+    /// Certified hardware.
+    pub certified: bool,
+    /// Network traffic served, bytes.
+    pub nu_bytes: u64,
+    /// Public IP seconds paid for by contracts on the node.
+    pub ip_secs: u64,
+    /// The first violations seen.
+    pub violations: Vec<Violation>,
+    /// All violations.
+    pub violation_count: u32,
+    /// The rates in force.
+    pub farming: FarmingPolicy,
+    /// Every step of the formula.
+    pub steps: RewardSteps,
+    /// The node's connection price, µUSD per token: the reward's conversion rate.
+    pub connection_price_uusd: u64,
+    /// `reward_uusd · 10^7 / connection_price`: units minted.
+    pub tokens: Amount,
+    /// Ledger time of minting, ms.
+    pub minted_ms: u64,
+}
+
+/// Ledger-wide economics: minting progress and the farmers' total governance weight.
+#[derive(
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Debug,
+    Default,
+    Serialize,
+    Deserialize,
+    BorshSerialize,
+    BorshDeserialize,
+)]
+pub struct Economy {
+    /// Ledger time of genesis, ms: minting period `p` is `[genesis + p·len, genesis + (p+1)·len)`.
+    pub genesis_ms: u64,
+    /// The next period to mint.
+    pub mint_period: u64,
+    /// The next node to mint in that period (nodes are minted in id order, a batch per block).
+    pub mint_cursor: NodeId,
+    /// Sum of every node's `2·CU + SU` reward units, millionths: all farmers' possible weight.
+    pub farmer_weight_total: u64,
+    /// Tokens paid by contract owners, ever.
+    pub billed_total: Amount,
 }
 
 /// Configuration that changes only by governance.

@@ -5,11 +5,17 @@ use peergrid_core::{AccountId, Amount, ContractId, FarmId, Hash, NodeId, Proposa
 
 use crate::genesis::{Genesis, Params};
 use crate::lthash::LtHash;
-use crate::records::{Account, Config, Contract, Farm, Globals, Node, Proposal};
+use crate::records::{
+    Account, Bill, Config, Contract, Economy, Farm, Globals, Node, NodeUptime, Proposal,
+    RewardReceipt, VoteRecord,
+};
 use crate::table::{AnyTable, Change, Table};
 
 /// Key of the single entry in the config and globals tables.
 const SINGLETON: u8 = 0;
+
+/// Number of tables in the state.
+const TABLES: usize = 24;
 
 /// The whole ledger state at one height, and the changes of the block being applied.
 #[derive(Clone)]
@@ -26,12 +32,37 @@ pub struct State {
     pub(crate) proposals: Table<ProposalId, Proposal>,
     /// Open proposals by expiry, so end-of-block work is proportional to what expires.
     pub(crate) proposal_expiry: Table<(u64, ProposalId), ()>,
+    pub(crate) economy: Table<u8, Economy>,
+    /// Live contracts by next bill time: a block bills only what is due, whatever the state's size.
+    pub(crate) billing_due: Table<(u64, ContractId), ()>,
+    /// Every bill, by contract and the start of the period it covers.
+    pub(crate) bills: Table<(ContractId, u64), Bill>,
+    /// Contracts in grace by owner, to re-check them when the owner receives funds.
+    pub(crate) grace_by_owner: Table<(AccountId, ContractId), ()>,
+    /// Owners with contracts in grace that received funds in this block; emptied at its end.
+    pub(crate) funded: Table<AccountId, ()>,
+    /// Every contract by owner.
+    pub(crate) owner_contracts: Table<(AccountId, ContractId), ()>,
+    /// Per-node uptime counters of the current and previous minting period.
+    pub(crate) node_uptime: Table<NodeId, NodeUptime>,
+    /// Reward receipts by period and node.
+    pub(crate) receipts: Table<(u64, NodeId), RewardReceipt>,
+    /// Reward receipts by farm.
+    pub(crate) farm_receipts: Table<(FarmId, u64, NodeId), ()>,
+    /// Farms by owner, for farmers' governance weight.
+    pub(crate) owner_farms: Table<(AccountId, FarmId), ()>,
+    /// Nodes by farm.
+    pub(crate) farm_nodes: Table<(FarmId, NodeId), ()>,
+    /// Votes by proposal and voter.
+    pub(crate) votes: Table<(ProposalId, AccountId), VoteRecord>,
+    /// Which farm lists each public IPv4 address: an address belongs to one farm.
+    pub(crate) farm_ips: Table<[u8; 4], FarmId>,
     /// The commitment over the state as of the last committed block.
     committed: LtHash,
 }
 
 /// A position to roll the state back to.
-pub(crate) struct Mark([usize; 11]);
+pub(crate) struct Mark([usize; TABLES]);
 
 impl State {
     fn empty() -> State {
@@ -47,11 +78,24 @@ impl State {
             names: Table::new(9),
             proposals: Table::new(10),
             proposal_expiry: Table::new(11),
+            economy: Table::new(12),
+            billing_due: Table::new(13),
+            bills: Table::new(14),
+            grace_by_owner: Table::new(15),
+            funded: Table::new(16),
+            owner_contracts: Table::new(17),
+            node_uptime: Table::new(18),
+            receipts: Table::new(19),
+            farm_receipts: Table::new(20),
+            owner_farms: Table::new(21),
+            farm_nodes: Table::new(22),
+            votes: Table::new(23),
+            farm_ips: Table::new(24),
             committed: LtHash::default(),
         }
     }
 
-    fn tables(&self) -> [&dyn AnyTable; 11] {
+    fn tables(&self) -> [&dyn AnyTable; TABLES] {
         [
             &self.config,
             &self.globals,
@@ -64,10 +108,23 @@ impl State {
             &self.names,
             &self.proposals,
             &self.proposal_expiry,
+            &self.economy,
+            &self.billing_due,
+            &self.bills,
+            &self.grace_by_owner,
+            &self.funded,
+            &self.owner_contracts,
+            &self.node_uptime,
+            &self.receipts,
+            &self.farm_receipts,
+            &self.owner_farms,
+            &self.farm_nodes,
+            &self.votes,
+            &self.farm_ips,
         ]
     }
 
-    fn tables_mut(&mut self) -> [&mut dyn AnyTable; 11] {
+    fn tables_mut(&mut self) -> [&mut dyn AnyTable; TABLES] {
         [
             &mut self.config,
             &mut self.globals,
@@ -80,6 +137,19 @@ impl State {
             &mut self.names,
             &mut self.proposals,
             &mut self.proposal_expiry,
+            &mut self.economy,
+            &mut self.billing_due,
+            &mut self.bills,
+            &mut self.grace_by_owner,
+            &mut self.funded,
+            &mut self.owner_contracts,
+            &mut self.node_uptime,
+            &mut self.receipts,
+            &mut self.farm_receipts,
+            &mut self.owner_farms,
+            &mut self.farm_nodes,
+            &mut self.votes,
+            &mut self.farm_ips,
         ]
     }
 
@@ -122,6 +192,16 @@ impl State {
                 burned: Amount::ZERO,
             },
         );
+        state.economy.insert(
+            SINGLETON,
+            Economy {
+                genesis_ms: genesis.genesis_time_ms,
+                mint_period: 0,
+                mint_cursor: 1,
+                farmer_weight_total: 0,
+                billed_total: Amount::ZERO,
+            },
+        );
         state
     }
 
@@ -146,17 +226,20 @@ impl State {
             t.fold_all(&mut acc);
         }
         state.committed = acc;
-        if state.config.get(&SINGLETON).is_none() || state.globals.get(&SINGLETON).is_none() {
+        if state.config.get(&SINGLETON).is_none()
+            || state.globals.get(&SINGLETON).is_none()
+            || state.economy.get(&SINGLETON).is_none()
+        {
             return Err(DecodeError::Malformed {
                 what: "state",
-                reason: "config or globals missing".into(),
+                reason: "config, globals or economy missing".into(),
             });
         }
         Ok(state)
     }
 
     pub(crate) fn mark(&self) -> Mark {
-        let mut m = [0; 11];
+        let mut m = [0; TABLES];
         for (slot, t) in m.iter_mut().zip(self.tables()) {
             *slot = t.mark();
         }
@@ -319,6 +402,118 @@ impl State {
     /// Proposals with ids from `from`, in id order.
     pub fn proposals(&self, from: ProposalId) -> impl Iterator<Item = &Proposal> {
         self.proposals.range(from..).map(|(_, p)| p)
+    }
+
+    /// Minting progress and the farmers' total weight.
+    pub fn economy(&self) -> &Economy {
+        self.economy
+            .get(&SINGLETON)
+            .expect("economy is written at genesis")
+    }
+
+    pub(crate) fn economy_mut(&mut self) -> &mut Economy {
+        self.economy
+            .get_mut(&SINGLETON)
+            .expect("economy is written at genesis")
+    }
+
+    /// Contracts of `owner` with ids from `from`, in id order (deleted ones included).
+    pub fn contracts_of(
+        &self,
+        owner: &AccountId,
+        from: ContractId,
+    ) -> impl Iterator<Item = &Contract> {
+        self.owner_contracts
+            .range((*owner, from)..=(*owner, ContractId::MAX))
+            .filter_map(|((_, id), _)| self.contracts.get(id))
+    }
+
+    /// Live contracts whose next bill is due at or before `until_ms`: `(due_ms, id)`, soonest first.
+    pub fn contracts_due(&self, until_ms: u64) -> impl Iterator<Item = (u64, ContractId)> + '_ {
+        self.billing_due
+            .range(..=(until_ms, ContractId::MAX))
+            .map(|(k, _)| *k)
+    }
+
+    /// Contracts of `owner` in grace.
+    pub fn grace_contracts_of(&self, owner: &AccountId) -> impl Iterator<Item = &Contract> {
+        self.grace_by_owner
+            .range((*owner, 0)..=(*owner, ContractId::MAX))
+            .filter_map(|((_, id), _)| self.contracts.get(id))
+    }
+
+    /// Bills of `contract` whose period starts at or after `from_ms`, oldest first: page with the
+    /// last bill's `to_ms`.
+    pub fn bills(&self, contract: ContractId, from_ms: u64) -> impl Iterator<Item = &Bill> {
+        self.bills
+            .range((contract, from_ms)..=(contract, u64::MAX))
+            .map(|(_, b)| b)
+    }
+
+    /// Bills of `contract` whose period starts before `before_ms`, newest first.
+    pub fn bills_newest_first(
+        &self,
+        contract: ContractId,
+        before_ms: u64,
+    ) -> impl Iterator<Item = &Bill> {
+        self.bills
+            .range((contract, 0)..(contract, before_ms))
+            .rev()
+            .map(|(_, b)| b)
+    }
+
+    /// Farms owned by `owner`.
+    pub fn farms_of(&self, owner: &AccountId) -> impl Iterator<Item = &Farm> {
+        self.owner_farms
+            .range((*owner, 0)..=(*owner, FarmId::MAX))
+            .filter_map(|((_, id), _)| self.farms.get(id))
+    }
+
+    /// Nodes of `farm`, in id order.
+    pub fn nodes_of(&self, farm: FarmId) -> impl Iterator<Item = &Node> {
+        self.farm_nodes
+            .range((farm, 0)..=(farm, NodeId::MAX))
+            .filter_map(|((_, id), _)| self.nodes.get(id))
+    }
+
+    /// A node's uptime counters for its current and previous minting period.
+    pub fn node_uptime(&self, node: NodeId) -> Option<&NodeUptime> {
+        self.node_uptime.get(&node)
+    }
+
+    /// The reward receipt of `node` for `period`.
+    pub fn receipt(&self, period: u64, node: NodeId) -> Option<&RewardReceipt> {
+        self.receipts.get(&(period, node))
+    }
+
+    /// Receipts of one period, nodes from `from_node` in id order.
+    pub fn receipts_of_period(
+        &self,
+        period: u64,
+        from_node: NodeId,
+    ) -> impl Iterator<Item = &RewardReceipt> {
+        self.receipts
+            .range((period, from_node)..=(period, NodeId::MAX))
+            .map(|(_, r)| r)
+    }
+
+    /// Receipts of a farm's nodes, newest period first, starting before `(before_period, before_node)`.
+    pub fn receipts_of_farm(
+        &self,
+        farm: FarmId,
+        before: (u64, NodeId),
+    ) -> impl Iterator<Item = &RewardReceipt> {
+        self.farm_receipts
+            .range((farm, 0, 0)..(farm, before.0, before.1))
+            .rev()
+            .filter_map(|((_, p, n), _)| self.receipts.get(&(*p, *n)))
+    }
+
+    /// Votes cast on a proposal, by voter.
+    pub fn votes(&self, proposal: ProposalId) -> impl Iterator<Item = (&AccountId, &VoteRecord)> {
+        self.votes
+            .range((proposal, AccountId([0; 32]))..=(proposal, AccountId([0xff; 32])))
+            .map(|((_, a), v)| (a, v))
     }
 
     /// Sum of every balance (pools included).

@@ -1,0 +1,421 @@
+//! Billing of contracts in end-of-block logic, grace periods and their end.
+//!
+//! # Rules
+//!
+//! - Every live contract sits in the billing index under `(next_bill_ms, id)`. The end of
+//!   each block bills the contracts due at its time, at most [`BILLS_PER_BLOCK_MAX`]
+//!   (the rest stay due and go first in the next block), so a block's billing work is
+//!   proportional to what is due, never to the number of contracts.
+//! - A bill covers `[billed_until_ms, now)` exactly, plus the network traffic reported
+//!   since the last bill. Periods of one contract never overlap and leave no gap: the
+//!   bills of a contract add up to its whole life.
+//! - Price: [`peergrid_core::economics`] units of what the contract reserves (a rent
+//!   contract: the whole node; a deployment or storage contract on a node rented by its
+//!   owner: only its public IPs, the rent pays the rest), the pricing policy's monthly
+//!   prices, less the discount earned by the months of this contract's cost the
+//!   owner's balance covers, converted at the governance token price.
+//! - Payment is all or nothing: if the owner's balance cannot pay a bill, nothing is
+//!   taken and the contract enters grace. While in grace the debt is the whole unbilled
+//!   period, which keeps growing; it is billed in one piece (at the prices in force
+//!   then) as soon as the owner can pay: at the end of any block in which the owner
+//!   received tokens, and at each billing interval. Paid, the contract is created again.
+//! - After `grace_period_secs` in grace the contract is deleted (reason `out_of_funds`),
+//!   releasing its node capacity, public IPs and name; the unpaid period is recorded as a
+//!   written-off bill, so the bill history still covers every millisecond.
+//! - Cancelling or updating a contract first settles it up to now; the fee of that
+//!   transaction is kept aside. A cancel the owner cannot pay is written off; an update
+//!   is refused.
+//! - The split is 50 % to the payout account of the node's farm (the foundation for
+//!   contracts without a node), 40 % to the foundation, 10 % plus the rounding remainder
+//!   to the staking pool.
+
+use peergrid_core::economics::{self, Billable, Split};
+use peergrid_core::tx::ContractSpec;
+use peergrid_core::{AccountId, Amount, ContractId};
+
+use std::fmt::Write as _;
+
+use crate::apply::Event;
+use crate::records::{Bill, BillStatus, Contract, ContractState, DeleteReason};
+use crate::state::State;
+
+/// Most contracts billed in one block; a backlog (after a stalled chain) drains over the next blocks.
+pub const BILLS_PER_BLOCK_MAX: usize = 10_000;
+
+/// A bill the owner could not pay: what it needed.
+pub(crate) struct Unpaid {
+    /// Tokens the bill needed, plus any reserve kept aside.
+    pub needed: Amount,
+    /// The owner's balance.
+    pub available: Amount,
+}
+
+impl State {
+    /// What `c` is billed for by time.
+    pub fn billable(&self, c: &Contract) -> Billable {
+        let node = c.node.and_then(|id| self.node(id));
+        let covered_by_rent = node.is_some_and(|n| n.rented_by.is_some_and(|r| r != c.id));
+        match &c.spec {
+            ContractSpec::Deployment { .. } | ContractSpec::Storage { .. } => Billable {
+                units: if covered_by_rent {
+                    economics::Units::default()
+                } else {
+                    economics::billing_units(&c.reserved)
+                },
+                ipv4: c.public_ips.len() as u32,
+                names: 0,
+            },
+            ContractSpec::Name { .. } => Billable {
+                names: 1,
+                ..Billable::default()
+            },
+            ContractSpec::Rent { .. } => Billable {
+                units: node
+                    .map(|n| economics::billing_units(&n.capacity))
+                    .unwrap_or_default(),
+                ..Billable::default()
+            },
+        }
+    }
+
+    /// The bill `c` would get if billed up to `to_ms` now, unpaid.
+    pub fn price_bill(&self, c: &Contract, to_ms: u64) -> Bill {
+        let params = self.params();
+        let pricing = &params.pricing;
+        let price = params.token_price_uusd;
+        let billable = self.billable(c);
+        let duration_ms = to_ms.saturating_sub(c.billed_until_ms);
+        let resources_uusd = economics::cost_uusd(&billable, pricing, duration_ms);
+        let nu_uusd = economics::nu_cost_uusd(c.unbilled_nu_bytes, pricing);
+        let balance_uusd = economics::tokens_to_uusd(self.account(&c.owner).balance, price);
+        let discount = economics::discount(
+            balance_uusd,
+            economics::monthly_cost_uusd(&billable, pricing),
+            pricing,
+        );
+        let net_uusd =
+            economics::apply_discount(resources_uusd.saturating_add(nu_uusd), discount.percent);
+        let tokens = economics::uusd_to_tokens(net_uusd, price);
+        let farmer_payout = c
+            .node
+            .and_then(|n| self.node(n))
+            .and_then(|n| self.farm(n.farm))
+            .map(|f| f.payout);
+        Bill {
+            contract: c.id,
+            owner: c.owner,
+            node: c.node,
+            from_ms: c.billed_until_ms,
+            to_ms,
+            billable,
+            nu_bytes: c.unbilled_nu_bytes,
+            resources_uusd,
+            nu_uusd,
+            discount,
+            net_uusd,
+            token_price_uusd: price,
+            tokens,
+            split: economics::split(tokens),
+            farmer_payout,
+            status: BillStatus::Paid,
+        }
+    }
+
+    /// Bill `id` up to `now_ms` if its owner can pay it and still keep `reserve`; all or nothing.
+    pub(crate) fn try_bill(
+        &mut self,
+        id: ContractId,
+        now_ms: u64,
+        reserve: Amount,
+        events: &mut Vec<Event>,
+    ) -> Result<(), Unpaid> {
+        let Some(c) = self.contracts.get(&id) else {
+            return Ok(());
+        };
+        if now_ms <= c.billed_until_ms && c.unbilled_nu_bytes == 0 {
+            return Ok(());
+        }
+        let bill = self.price_bill(c, now_ms);
+        let available = self.account(&bill.owner).balance;
+        let needed = bill.tokens.saturating_add(reserve);
+        if available < needed {
+            return Err(Unpaid { needed, available });
+        }
+        self.pay(&bill);
+        self.record_bill(bill, events);
+        Ok(())
+    }
+
+    fn credit(&mut self, to: AccountId, amount: Amount) {
+        if amount == Amount::ZERO {
+            return;
+        }
+        let mut a = self.account(&to);
+        // Credits move tokens that exist, so the sum of balances (≤ supply ≤ u64::MAX) bounds them.
+        a.balance = a.balance.saturating_add(amount);
+        self.accounts.insert(to, a);
+        self.mark_funded(&to);
+    }
+
+    fn pay(&mut self, bill: &Bill) {
+        let mut owner = self.account(&bill.owner);
+        owner.balance = Amount(owner.balance.0 - bill.tokens.0);
+        self.accounts.insert(bill.owner, owner);
+        let config = self.config();
+        let (foundation, staking) = (config.foundation, config.staking_pool);
+        let Split {
+            farmer,
+            foundation: to_foundation,
+            staking: to_staking,
+        } = bill.split;
+        match bill.farmer_payout {
+            Some(payout) => self.credit(payout, farmer),
+            None => self.credit(foundation, farmer),
+        }
+        self.credit(foundation, to_foundation);
+        self.credit(staking, to_staking);
+        let e = self.economy_mut();
+        e.billed_total = e.billed_total.saturating_add(bill.tokens);
+        if let Some(node) = bill.node
+            && bill.billable.ipv4 > 0
+        {
+            let ip_secs =
+                bill.billable.ipv4 as u64 * (bill.to_ms.saturating_sub(bill.from_ms) / 1000);
+            self.add_ip_secs(node, bill.to_ms, ip_secs);
+        }
+    }
+
+    fn record_bill(&mut self, bill: Bill, events: &mut Vec<Event>) {
+        if let Some(c) = self.contracts.get_mut(&bill.contract) {
+            c.billed_until_ms = bill.to_ms;
+            c.unbilled_nu_bytes = 0;
+        }
+        events.push(Event::ContractBilled {
+            contract: bill.contract,
+            owner: bill.owner,
+            from_ms: bill.from_ms,
+            to_ms: bill.to_ms,
+            uusd: bill.net_uusd,
+            tokens: bill.tokens,
+            status: bill.status,
+        });
+        self.bills.insert((bill.contract, bill.from_ms), bill);
+    }
+
+    /// Mark `account` for a grace re-check at the end of the block, if it has contracts in grace.
+    pub(crate) fn mark_funded(&mut self, account: &AccountId) {
+        if self.grace_contracts_of(account).next().is_some() && !self.funded.contains(account) {
+            self.funded.insert(*account, ());
+        }
+    }
+
+    /// Put `id` in the billing index at `due_ms`, replacing its previous entry.
+    pub(crate) fn schedule_bill(&mut self, id: ContractId, due_ms: u64) {
+        let Some(c) = self.contracts.get_mut(&id) else {
+            return;
+        };
+        let old = c.next_bill_ms;
+        c.next_bill_ms = due_ms;
+        self.billing_due.remove(&(old, id));
+        self.billing_due.insert((due_ms, id), ());
+    }
+
+    /// Settle `id` up to `now_ms` keeping `reserve`, writing off what the owner cannot pay.
+    pub(crate) fn settle_or_write_off(
+        &mut self,
+        id: ContractId,
+        now_ms: u64,
+        reserve: Amount,
+        events: &mut Vec<Event>,
+    ) {
+        if self.try_bill(id, now_ms, reserve, events).is_ok() {
+            return;
+        }
+        let Some(c) = self.contracts.get(&id) else {
+            return;
+        };
+        let mut bill = self.price_bill(c, now_ms);
+        bill.status = BillStatus::WrittenOff;
+        bill.tokens = Amount::ZERO;
+        bill.split = Split::default();
+        self.record_bill(bill, events);
+    }
+
+    /// Settle `id` and delete it for `reason`, releasing everything it holds.
+    pub(crate) fn close_contract(
+        &mut self,
+        id: ContractId,
+        reason: DeleteReason,
+        now_ms: u64,
+        reserve: Amount,
+        events: &mut Vec<Event>,
+    ) {
+        self.settle_or_write_off(id, now_ms, reserve, events);
+        self.delete_contract(id, reason, now_ms, events);
+    }
+
+    fn enter_grace(&mut self, id: ContractId, now_ms: u64, events: &mut Vec<Event>) {
+        let Some(c) = self.contracts.get_mut(&id) else {
+            return;
+        };
+        c.state = ContractState::GracePeriod { since_ms: now_ms };
+        let (owner, node) = (c.owner, c.node);
+        self.grace_by_owner.insert((owner, id), ());
+        events.push(Event::ContractGraceStarted {
+            contract: id,
+            owner,
+            node,
+            since_ms: now_ms,
+        });
+    }
+
+    /// Try to pay the debt of `id`, in grace; on success it is created again.
+    fn try_resume(&mut self, id: ContractId, now_ms: u64, events: &mut Vec<Event>) -> bool {
+        if self.try_bill(id, now_ms, Amount::ZERO, events).is_err() {
+            return false;
+        }
+        let Some(c) = self.contracts.get_mut(&id) else {
+            return false;
+        };
+        let ContractState::GracePeriod { since_ms } = c.state else {
+            return true;
+        };
+        c.state = ContractState::Created;
+        let (owner, node) = (c.owner, c.node);
+        self.grace_by_owner.remove(&(owner, id));
+        events.push(Event::ContractGraceEnded {
+            contract: id,
+            owner,
+            node,
+            since_ms,
+        });
+        let interval_ms = self.params().billing_interval_secs.saturating_mul(1000);
+        self.schedule_bill(id, now_ms.saturating_add(interval_ms));
+        true
+    }
+
+    /// Bill one due contract, moving it into, out of or past grace.
+    fn bill_due(&mut self, id: ContractId, now_ms: u64, events: &mut Vec<Event>) {
+        let Some(state) = self.contract(id).map(|c| c.state) else {
+            return;
+        };
+        let params = self.params();
+        let interval_ms = params.billing_interval_secs.saturating_mul(1000);
+        let grace_ms = params.grace_period_secs.saturating_mul(1000);
+        let next = now_ms.saturating_add(interval_ms);
+        match state {
+            ContractState::Created => {
+                if self.try_bill(id, now_ms, Amount::ZERO, events).is_ok() {
+                    self.schedule_bill(id, next);
+                } else {
+                    self.enter_grace(id, now_ms, events);
+                    self.schedule_bill(
+                        id,
+                        next.min(now_ms.saturating_add(grace_ms).max(now_ms + 1)),
+                    );
+                }
+            }
+            ContractState::GracePeriod { since_ms } => {
+                let ends_ms = since_ms.saturating_add(grace_ms);
+                if now_ms >= ends_ms {
+                    self.close_contract(id, DeleteReason::OutOfFunds, now_ms, Amount::ZERO, events);
+                } else if !self.try_resume(id, now_ms, events) {
+                    self.schedule_bill(id, next.min(ends_ms));
+                }
+            }
+            ContractState::Deleted { .. } => {}
+        }
+    }
+
+    /// End-of-block billing: contracts due, then owners in grace who received funds.
+    pub(crate) fn end_block_billing(&mut self, now_ms: u64, events: &mut Vec<Event>) {
+        let due: Vec<(u64, ContractId)> = self
+            .billing_due
+            .range(..(now_ms.saturating_add(1), 0))
+            .take(BILLS_PER_BLOCK_MAX)
+            .map(|(k, _)| *k)
+            .collect();
+        for (_, id) in due {
+            self.bill_due(id, now_ms, events);
+        }
+        // Owners funded during this block, including by the bills and rewards above. Funds that
+        // arrive while this runs are re-checked at the end of the next block.
+        let funded: Vec<AccountId> = self.funded.iter().map(|(a, _)| *a).collect();
+        for owner in funded {
+            self.funded.remove(&owner);
+            let in_grace: Vec<ContractId> = self.grace_contracts_of(&owner).map(|c| c.id).collect();
+            for id in in_grace {
+                self.try_resume(id, now_ms, events);
+            }
+        }
+    }
+}
+
+impl Bill {
+    /// The bill line by line, every number with the formula that produced it.
+    pub fn render(&self) -> String {
+        let usd = |u: u64| format!("{}.{:06} USD", u / 1_000_000, u % 1_000_000);
+        let units = |m: u64| format!("{}.{:06}", m / 1_000_000, m % 1_000_000);
+        let b = &self.billable;
+        let mut o = String::new();
+        // Writing to a String cannot fail.
+        let _ = (|| -> std::fmt::Result {
+            writeln!(o, "bill: contract {} of {}", self.contract, self.owner)?;
+            writeln!(
+                o,
+                "period      [{} ms, {} ms) = {} ms",
+                self.from_ms,
+                self.to_ms,
+                self.to_ms.saturating_sub(self.from_ms)
+            )?;
+            writeln!(
+                o,
+                "billed      {} CU, {} SU, {} IPv4, {} names (per month of {} s)",
+                units(b.units.cu_micro),
+                units(b.units.su_micro),
+                b.ipv4,
+                b.names,
+                economics::MONTH_SECS
+            )?;
+            writeln!(o, "resources   {}", usd(self.resources_uusd))?;
+            writeln!(o, "network     {} B = {}", self.nu_bytes, usd(self.nu_uusd))?;
+            writeln!(
+                o,
+                "discount    balance covers {}.{:03} months → {} %",
+                self.discount.months_covered_milli / 1000,
+                self.discount.months_covered_milli % 1000,
+                self.discount.percent
+            )?;
+            writeln!(
+                o,
+                "net         ({} + {}) · (100 − {}) / 100 = {}",
+                usd(self.resources_uusd),
+                usd(self.nu_uusd),
+                self.discount.percent,
+                usd(self.net_uusd)
+            )?;
+            writeln!(
+                o,
+                "tokens      {} µUSD · 10^7 / {} = {:?}",
+                self.net_uusd, self.token_price_uusd, self.tokens
+            )?;
+            let farmer = self
+                .farmer_payout
+                .map_or_else(|| "the foundation (no node)".to_string(), |a| a.to_string());
+            writeln!(
+                o,
+                "split       farmer {:?} to {farmer}, foundation {:?}, staking {:?}",
+                self.split.farmer, self.split.foundation, self.split.staking
+            )?;
+            writeln!(
+                o,
+                "status      {}",
+                match self.status {
+                    BillStatus::Paid => "paid",
+                    BillStatus::WrittenOff => "written off: the contract was deleted unpaid",
+                }
+            )
+        })();
+        o
+    }
+}

@@ -1,0 +1,649 @@
+//! Uptime accounting per minting period, monthly minting, and reward receipts.
+//!
+//! # Rules
+//!
+//! - Minting period `p` is `[genesis + p·len, genesis + (p+1)·len)` of ledger time,
+//!   `len = minting_period_secs`.
+//! - Each accepted uptime report updates the node's counters at once, so minting
+//!   never replays history. A report at ledger time `t` with uptime `u` and node clock
+//!   `ts`, after a previous report at `t'` with `u'`, `ts'`, is judged on the boot times
+//!   it implies, `b = ts − u` and `b' = ts' − u'`, with the tolerance `s =
+//!   clock_skew_max_secs`:
+//!   - `|ts − t| > s`, or the node's clock advancing more than `s` away from ledger time
+//!     between the reports: **clock skew**, a violation;
+//!   - `b < b' − s`: the uptime grew more than the clock did: **uptime beyond elapsed**, a
+//!     violation;
+//!   - `|b − b'| ≤ s`: the same boot, up all along: `[t', t)` counts as up;
+//!   - `b > b' + s` and `b ≥ ts' − s`: a reboot after the previous report: the time
+//!     since the boot, `[max(t', t − u), t)`, counts;
+//!   - `b > b' + s` and `b < ts' − s`: the node booted before its previous report but
+//!     that report showed the old boot: **hidden reboot**, a violation.
+//!
+//!   A node's first report counts `[max(registration, t − u), t)`. Counted time is
+//!   split across period boundaries. A violation counts nothing and zeroes the reward
+//!   of the period it is seen in.
+//! - Counters are kept for the current and the previous period, so a report that comes
+//!   just after a period's end still credits the end of that period. Period `p` is minted
+//!   from ledger time `end(p) + 2·uptime_interval_secs`, when every node that was up at
+//!   the end has reported since; a report later than that credits only the new period.
+//! - Minting walks the nodes in id order, [`MINT_NODES_PER_BLOCK`] per block, from a
+//!   cursor kept in the state: the work per period is O(nodes) and per block is bounded.
+//!   Each node registered before the period's end gets a [`RewardReceipt`] (also when
+//!   it earned nothing, saying why), and its reward is minted to its farm's payout
+//!   account at the node's connection price.
+
+use std::fmt::Write as _;
+
+use peergrid_core::NodeId;
+use peergrid_core::amount::Amount;
+use peergrid_core::capacity::human_bytes;
+use peergrid_core::economics::{self, MONTH_SECS, RewardInputs};
+use peergrid_core::policy::UUSD_PER_USD;
+
+use crate::apply::Event;
+use crate::records::{
+    NodeUptime, PeriodUptime, RewardReceipt, VIOLATIONS_KEPT, Violation, ViolationKind,
+};
+use crate::state::State;
+
+/// Most nodes minted in one block.
+pub const MINT_NODES_PER_BLOCK: usize = 1_000;
+
+/// What one uptime report says, judged against the previous one.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ReportVerdict {
+    /// Ledger time `[from_ms, to_ms)` counts as up.
+    Up {
+        /// Start, ledger ms.
+        from_ms: u64,
+        /// End, ledger ms.
+        to_ms: u64,
+    },
+    /// The report breaks a rule.
+    Violation(ViolationKind),
+}
+
+/// A node's previous accepted report.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct PreviousReport {
+    /// Ledger time it was applied, ms.
+    pub at_ms: u64,
+    /// Uptime it claimed, s.
+    pub uptime_secs: u64,
+    /// The node's clock in it, s.
+    pub timestamp_secs: u64,
+}
+
+/// Judge a report at ledger time `now_ms` (see the module rules); `since_ms` is the node's registration.
+pub fn judge_report(
+    previous: Option<PreviousReport>,
+    since_ms: u64,
+    now_ms: u64,
+    uptime_secs: u64,
+    timestamp_secs: u64,
+    skew_max_secs: u64,
+) -> ReportVerdict {
+    let now_secs = now_ms / 1000;
+    let skew_secs = now_secs.abs_diff(timestamp_secs);
+    if skew_secs > skew_max_secs {
+        return ReportVerdict::Violation(ViolationKind::ClockSkew {
+            skew_secs,
+            max_secs: skew_max_secs,
+        });
+    }
+    let booted_ms = now_ms.saturating_sub(uptime_secs.saturating_mul(1000));
+    let Some(p) = previous else {
+        return ReportVerdict::Up {
+            from_ms: booted_ms.max(since_ms).min(now_ms),
+            to_ms: now_ms,
+        };
+    };
+    let node_elapsed = timestamp_secs.saturating_sub(p.timestamp_secs);
+    let ledger_elapsed = (now_ms.saturating_sub(p.at_ms)) / 1000;
+    let drift = node_elapsed.abs_diff(ledger_elapsed);
+    if drift > skew_max_secs {
+        return ReportVerdict::Violation(ViolationKind::ClockSkew {
+            skew_secs: drift,
+            max_secs: skew_max_secs,
+        });
+    }
+    // Boot times on the node's own clock; signed so a claimed boot before 1970 still compares.
+    let boot = timestamp_secs as i128 - uptime_secs as i128;
+    let previous_boot = p.timestamp_secs as i128 - p.uptime_secs as i128;
+    let s = skew_max_secs as i128;
+    if boot < previous_boot - s {
+        return ReportVerdict::Violation(ViolationKind::UptimeBeyondElapsed {
+            gained_secs: uptime_secs.saturating_sub(p.uptime_secs),
+            elapsed_secs: node_elapsed,
+        });
+    }
+    if boot <= previous_boot + s {
+        return ReportVerdict::Up {
+            from_ms: p.at_ms,
+            to_ms: now_ms,
+        };
+    }
+    if boot < p.timestamp_secs as i128 - s {
+        return ReportVerdict::Violation(ViolationKind::HiddenReboot {
+            previous_boot_secs: previous_boot.max(0) as u64,
+            boot_secs: boot.max(0) as u64,
+            previous_report_secs: p.timestamp_secs,
+        });
+    }
+    ReportVerdict::Up {
+        from_ms: booted_ms.max(p.at_ms).min(now_ms),
+        to_ms: now_ms,
+    }
+}
+
+impl State {
+    fn period_len_ms(&self) -> u64 {
+        self.params()
+            .minting_period_secs
+            .saturating_mul(1000)
+            .max(1)
+    }
+
+    /// The minting period that ledger time `time_ms` falls in.
+    pub fn period_of(&self, time_ms: u64) -> u64 {
+        time_ms.saturating_sub(self.economy().genesis_ms) / self.period_len_ms()
+    }
+
+    /// Start and end (exclusive) of minting period `period`, ledger ms.
+    pub fn period_bounds(&self, period: u64) -> (u64, u64) {
+        let len = self.period_len_ms();
+        let start = self
+            .economy()
+            .genesis_ms
+            .saturating_add(period.saturating_mul(len));
+        (start, start.saturating_add(len))
+    }
+
+    /// The node's counters rolled forward to the period of `now_ms`.
+    fn uptime_now(&self, node: NodeId, now_ms: u64) -> NodeUptime {
+        let period = self.period_of(now_ms);
+        let mut u = self.node_uptime.get(&node).cloned().unwrap_or(NodeUptime {
+            current: PeriodUptime::new(period),
+            previous: PeriodUptime::new(period.saturating_sub(1)),
+        });
+        if u.current.period < period {
+            let current = std::mem::replace(&mut u.current, PeriodUptime::new(period));
+            u.previous = if current.period + 1 == period {
+                current
+            } else {
+                PeriodUptime::new(period - 1)
+            };
+        }
+        u
+    }
+
+    /// Apply an accepted report's verdict to the node's period counters.
+    pub(crate) fn account_uptime(
+        &mut self,
+        node: NodeId,
+        previous: Option<PreviousReport>,
+        now_ms: u64,
+        uptime_secs: u64,
+        timestamp_secs: u64,
+        events: &mut Vec<Event>,
+    ) {
+        let Some(registered_ms) = self.node(node).map(|n| n.registered_ms) else {
+            return;
+        };
+        let verdict = judge_report(
+            previous,
+            registered_ms,
+            now_ms,
+            uptime_secs,
+            timestamp_secs,
+            self.params().clock_skew_max_secs,
+        );
+        let mut u = self.uptime_now(node, now_ms);
+        u.current.reports = u.current.reports.saturating_add(1);
+        match verdict {
+            ReportVerdict::Up { from_ms, to_ms } => {
+                for slot in [&mut u.previous, &mut u.current] {
+                    let (start, end) = self.period_bounds(slot.period);
+                    let overlap = to_ms.min(end).saturating_sub(from_ms.max(start));
+                    slot.up_ms = slot.up_ms.saturating_add(overlap);
+                }
+            }
+            ReportVerdict::Violation(kind) => {
+                let slot = &mut u.current;
+                if slot.violations.len() < VIOLATIONS_KEPT {
+                    slot.violations.push(Violation {
+                        at_ms: now_ms,
+                        kind,
+                    });
+                }
+                slot.violation_count = slot.violation_count.saturating_add(1);
+                events.push(Event::UptimeViolation {
+                    node,
+                    period: slot.period,
+                    violation: kind,
+                });
+            }
+        }
+        self.node_uptime.insert(node, u);
+    }
+
+    /// Count network traffic served by `node` in the period of `now_ms`.
+    pub(crate) fn add_nu_bytes(&mut self, node: NodeId, now_ms: u64, bytes: u64) {
+        let mut u = self.uptime_now(node, now_ms);
+        u.current.nu_bytes = u.current.nu_bytes.saturating_add(bytes);
+        self.node_uptime.insert(node, u);
+    }
+
+    /// Count public IP seconds paid for on `node`, in the period of `now_ms`.
+    pub(crate) fn add_ip_secs(&mut self, node: NodeId, now_ms: u64, secs: u64) {
+        let mut u = self.uptime_now(node, now_ms);
+        u.current.ip_secs = u.current.ip_secs.saturating_add(secs);
+        self.node_uptime.insert(node, u);
+    }
+
+    /// Mint the next batch of nodes of the oldest unminted period, if it has settled by `now_ms`.
+    pub(crate) fn end_block_minting(&mut self, now_ms: u64, events: &mut Vec<Event>) {
+        let economy = *self.economy();
+        let period = economy.mint_period;
+        let (start_ms, end_ms) = self.period_bounds(period);
+        let settle_ms = self.params().uptime_interval_secs.saturating_mul(2000);
+        if now_ms < end_ms.saturating_add(settle_ms) {
+            return;
+        }
+        let batch: Vec<NodeId> = self
+            .nodes
+            .range(economy.mint_cursor..)
+            .take(MINT_NODES_PER_BLOCK)
+            .map(|(id, _)| *id)
+            .collect();
+        for &node in &batch {
+            if let Some(receipt) = self.reward_receipt(period, node, start_ms, end_ms, now_ms) {
+                self.mint_receipt(receipt, events);
+            }
+        }
+        let e = self.economy_mut();
+        match batch.last() {
+            Some(&last) if batch.len() == MINT_NODES_PER_BLOCK => e.mint_cursor = last + 1,
+            _ => {
+                e.mint_period = period + 1;
+                e.mint_cursor = 1;
+                events.push(Event::MintingPeriodClosed { period });
+            }
+        }
+    }
+
+    /// The receipt `node` earns for `period`, or `None` if it was registered after the period.
+    pub fn reward_receipt(
+        &self,
+        period: u64,
+        node: NodeId,
+        start_ms: u64,
+        end_ms: u64,
+        now_ms: u64,
+    ) -> Option<RewardReceipt> {
+        let n = self.node(node)?;
+        if n.registered_ms >= end_ms {
+            return None;
+        }
+        let farm = self.farm(n.farm)?;
+        let counters = self
+            .node_uptime
+            .get(&node)
+            .and_then(|u| {
+                [&u.current, &u.previous]
+                    .into_iter()
+                    .find(|s| s.period == period)
+                    .cloned()
+            })
+            .unwrap_or_else(|| PeriodUptime::new(period));
+        let counted_from_ms = start_ms.max(n.registered_ms);
+        let period_secs = (end_ms - counted_from_ms) / 1000;
+        let up_secs = (counters.up_ms / 1000).min(period_secs);
+        let farming = self.params().farming.clone();
+        let steps = economics::reward(
+            &RewardInputs {
+                capacity: n.capacity,
+                certified: n.certified,
+                period_secs,
+                up_secs,
+                nu_bytes: counters.nu_bytes,
+                ip_secs: counters.ip_secs,
+                violation: counters.violation_count > 0,
+            },
+            &farming,
+        );
+        let tokens = economics::uusd_to_tokens(steps.reward_uusd, n.connection_price_uusd);
+        Some(RewardReceipt {
+            period,
+            node,
+            farm: n.farm,
+            payout: farm.payout,
+            period_start_ms: start_ms,
+            period_end_ms: end_ms,
+            counted_from_ms,
+            period_secs,
+            up_secs,
+            reports: counters.reports,
+            capacity: n.capacity,
+            certified: n.certified,
+            nu_bytes: counters.nu_bytes,
+            ip_secs: counters.ip_secs,
+            violations: counters.violations,
+            violation_count: counters.violation_count,
+            farming,
+            steps,
+            connection_price_uusd: n.connection_price_uusd,
+            tokens,
+            minted_ms: now_ms,
+        })
+    }
+
+    fn mint_receipt(&mut self, r: RewardReceipt, events: &mut Vec<Event>) {
+        if r.tokens > Amount::ZERO {
+            let mut a = self.account(&r.payout);
+            a.balance = a.balance.saturating_add(r.tokens);
+            self.accounts.insert(r.payout, a);
+            let g = self.globals_mut();
+            g.minted = g.minted.saturating_add(r.tokens);
+            self.mark_funded(&r.payout);
+        }
+        events.push(Event::RewardMinted {
+            period: r.period,
+            node: r.node,
+            farm: r.farm,
+            payout: r.payout,
+            uusd: r.steps.reward_uusd,
+            tokens: r.tokens,
+        });
+        self.farm_receipts.insert((r.farm, r.period, r.node), ());
+        self.receipts.insert((r.period, r.node), r);
+    }
+}
+
+fn usd(uusd: u64) -> String {
+    format!("{}.{:06} USD", uusd / UUSD_PER_USD, uusd % UUSD_PER_USD)
+}
+
+fn units(micro: u64) -> String {
+    format!("{}.{:06}", micro / 1_000_000, micro % 1_000_000)
+}
+
+impl RewardReceipt {
+    /// The receipt line by line, every number with the formula that produced it.
+    pub fn render(&self) -> String {
+        let mut o = String::new();
+        let s = &self.steps;
+        let f = &self.farming;
+        let c = &self.capacity;
+        let gib = |b: u64| format!("{b} B ({})", human_bytes(b));
+        // Writing to a String cannot fail.
+        let _ = (|| -> std::fmt::Result {
+            writeln!(
+                o,
+                "reward receipt: node {} of farm {}, period {}",
+                self.node, self.farm, self.period
+            )?;
+            writeln!(
+                o,
+                "period          [{} ms, {} ms) of ledger time",
+                self.period_start_ms, self.period_end_ms
+            )?;
+            writeln!(
+                o,
+                "counted from    {} ms (period start or registration, the later)",
+                self.counted_from_ms
+            )?;
+            writeln!(
+                o,
+                "period length   ({} − {}) / 1000 = {} s",
+                self.period_end_ms, self.counted_from_ms, self.period_secs
+            )?;
+            writeln!(
+                o,
+                "uptime counted  {} s over {} reports",
+                self.up_secs, self.reports
+            )?;
+            writeln!(
+                o,
+                "uptime          {} · 1000 / {} = {} ‰",
+                self.up_secs, self.period_secs, s.uptime_permille
+            )?;
+            writeln!(
+                o,
+                "capacity        {} cores, mru {}, sru {}, hru {}",
+                c.cru,
+                gib(c.mru),
+                gib(c.sru),
+                gib(c.hru)
+            )?;
+            writeln!(
+                o,
+                "CU              min(cru·2, (mru_GiB − 1)/4, sru_GiB/50) = {}",
+                units(s.units.cu_micro)
+            )?;
+            writeln!(
+                o,
+                "SU              hru_GiB/1200 + sru_GiB/250 = {}",
+                units(s.units.su_micro)
+            )?;
+            writeln!(
+                o,
+                "rates           CU {} and SU {} per month of {MONTH_SECS} s",
+                usd(f.cu_uusd_month),
+                usd(f.su_uusd_month)
+            )?;
+            writeln!(
+                o,
+                "capacity worth  ({} CU · {} + {} SU · {}) · {} s / {MONTH_SECS} s = {}",
+                units(s.units.cu_micro),
+                usd(f.cu_uusd_month),
+                units(s.units.su_micro),
+                usd(f.su_uusd_month),
+                self.period_secs,
+                usd(s.capacity_uusd)
+            )?;
+            writeln!(
+                o,
+                "certification   {} → ×{} % = {}",
+                if self.certified { "certified" } else { "DIY" },
+                s.multiplier_percent,
+                usd(s.capacity_multiplied_uusd)
+            )?;
+            writeln!(
+                o,
+                "network         {} B · {} / GB = {}",
+                self.nu_bytes,
+                usd(f.nu_uusd_per_gb),
+                usd(s.nu_uusd)
+            )?;
+            writeln!(
+                o,
+                "public IPs      {} s · {} / h = {}",
+                self.ip_secs,
+                usd(f.ip_uusd_hour),
+                usd(s.ip_uusd)
+            )?;
+            writeln!(o, "full uptime     {}", usd(s.full_uptime_uusd))?;
+            writeln!(
+                o,
+                "SLA             {} ‰ required: {} · 1000 {} {} · {} → {}",
+                s.sla_permille,
+                self.up_secs,
+                if s.sla_met { "≥" } else { "<" },
+                s.sla_permille,
+                self.period_secs,
+                if s.sla_met {
+                    "met"
+                } else {
+                    "NOT met: no reward"
+                }
+            )?;
+            if self.violation_count == 0 {
+                writeln!(o, "violations      none")?;
+            } else {
+                writeln!(
+                    o,
+                    "violations      {} (any one zeroes the period)",
+                    self.violation_count
+                )?;
+                for v in &self.violations {
+                    writeln!(o, "  at {} ms     {}", v.at_ms, describe(&v.kind))?;
+                }
+            }
+            writeln!(
+                o,
+                "reward          {} · {} / {} = {}",
+                usd(s.full_uptime_uusd),
+                self.up_secs,
+                self.period_secs,
+                usd(s.reward_uusd)
+            )?;
+            writeln!(
+                o,
+                "price           {} per token (the node's connection price)",
+                usd(self.connection_price_uusd)
+            )?;
+            writeln!(
+                o,
+                "tokens          {} µUSD · 10^7 / {} = {} units = {:?}",
+                s.reward_uusd, self.connection_price_uusd, self.tokens.0, self.tokens
+            )?;
+            writeln!(
+                o,
+                "paid to         {} at {} ms",
+                self.payout, self.minted_ms
+            )
+        })();
+        o
+    }
+}
+
+/// A violation in words.
+pub fn describe(v: &ViolationKind) -> String {
+    match v {
+        ViolationKind::UptimeBeyondElapsed {
+            gained_secs,
+            elapsed_secs,
+        } => {
+            format!("uptime grew {gained_secs} s while the node's clock advanced {elapsed_secs} s")
+        }
+        ViolationKind::HiddenReboot {
+            previous_boot_secs,
+            boot_secs,
+            previous_report_secs,
+        } => format!(
+            "booted at {boot_secs} s, before the previous report at {previous_report_secs} s which showed a boot at {previous_boot_secs} s"
+        ),
+        ViolationKind::ClockSkew {
+            skew_secs,
+            max_secs,
+        } => format!("clock {skew_secs} s off ledger time, more than {max_secs} s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: u64 = 1_700_000_000_000;
+
+    fn prev(at_secs: u64, uptime_secs: u64) -> Option<PreviousReport> {
+        Some(PreviousReport {
+            at_ms: T + at_secs * 1000,
+            uptime_secs,
+            timestamp_secs: T / 1000 + at_secs,
+        })
+    }
+
+    fn judge(
+        previous: Option<PreviousReport>,
+        at_secs: u64,
+        uptime: u64,
+        ts_off: i64,
+    ) -> ReportVerdict {
+        let ts = (T / 1000 + at_secs).saturating_add_signed(ts_off);
+        judge_report(previous, T, T + at_secs * 1000, uptime, ts, 120)
+    }
+
+    #[test]
+    fn continuous_uptime_counts_the_time_between_reports() {
+        // Previous report at 2400 s with uptime 5000 s (boot at −2600); now 4800 s with 7400 s:
+        // boot at −2600 again, so [2400 s, 4800 s) is up.
+        assert_eq!(
+            judge(prev(2400, 5000), 4800, 7400, 0),
+            ReportVerdict::Up {
+                from_ms: T + 2_400_000,
+                to_ms: T + 4_800_000
+            }
+        );
+        // A clock 100 s fast moves the boot 100 s later: still the same boot within 120 s.
+        assert!(
+            matches!(judge(prev(2400, 5000), 4800, 7400, 100), ReportVerdict::Up { from_ms, .. } if from_ms == T + 2_400_000)
+        );
+    }
+
+    #[test]
+    fn a_reboot_after_the_previous_report_counts_the_time_since_boot() {
+        // Previous at 2400 s; now at 4800 s with uptime 600 s: booted at 4200 s, after 2400 s.
+        assert_eq!(
+            judge(prev(2400, 5000), 4800, 600, 0),
+            ReportVerdict::Up {
+                from_ms: T + 4_200_000,
+                to_ms: T + 4_800_000
+            }
+        );
+    }
+
+    #[test]
+    fn more_uptime_than_elapsed_is_a_violation() {
+        // Uptime grew 5000 → 9000 (4000 s) while the clock advanced 2400 s: boot moved 1600 s earlier.
+        assert_eq!(
+            judge(prev(2400, 5000), 4800, 9000, 0),
+            ReportVerdict::Violation(ViolationKind::UptimeBeyondElapsed {
+                gained_secs: 4000,
+                elapsed_secs: 2400
+            })
+        );
+    }
+
+    #[test]
+    fn a_reboot_hidden_from_the_previous_report_is_a_violation() {
+        // Previous at 2400 s claimed boot at −2600 s; now at 4800 s uptime 3000 s claims boot at
+        // 1800 s: before the previous report, which should then have shown uptime ≤ 600 s.
+        assert_eq!(
+            judge(prev(2400, 5000), 4800, 3000, 0),
+            ReportVerdict::Violation(ViolationKind::HiddenReboot {
+                previous_boot_secs: T / 1000 - 2600,
+                boot_secs: T / 1000 + 1800,
+                previous_report_secs: T / 1000 + 2400
+            })
+        );
+    }
+
+    #[test]
+    fn clock_skew_beyond_the_limit_is_a_violation() {
+        // 121 s ahead of ledger time, limit 120 s.
+        assert_eq!(
+            judge(prev(2400, 5000), 4800, 7400, 121),
+            ReportVerdict::Violation(ViolationKind::ClockSkew {
+                skew_secs: 121,
+                max_secs: 120
+            })
+        );
+        // A first report counts since boot, but not before registration at T.
+        assert_eq!(
+            judge(None, 600, 300, 0),
+            ReportVerdict::Up {
+                from_ms: T + 300_000,
+                to_ms: T + 600_000
+            }
+        );
+        assert_eq!(
+            judge(None, 600, 90_000, 0),
+            ReportVerdict::Up {
+                from_ms: T,
+                to_ms: T + 600_000
+            }
+        );
+    }
+}

@@ -1,0 +1,725 @@
+//! Billing, grace, network usage, minting with receipts and farmer votes, block by block.
+
+mod common;
+
+use common::*;
+use peergrid_core::economics::{self, Billable, MONTH_SECS};
+use peergrid_core::policy::{DiscountLevel, PricingPolicy};
+use peergrid_core::tx::{ContractSpec, GovAction, Payload, sign_invitation};
+use peergrid_core::{Amount, Capacity, Hash, Keypair, PublicIp, SignedTx};
+use peergrid_ledger::{
+    BillStatus, BlockContext, BlockOutcome, ContractState, DeleteReason, Event, Ledger,
+    MemoryStore, ProposalStatus, TxError, ViolationKind,
+};
+
+/// A ledger driven block by block, signing with the current nonces.
+struct Chain {
+    ledger: Ledger<MemoryStore>,
+    now_ms: u64,
+}
+
+impl Chain {
+    fn new() -> Self {
+        Chain {
+            ledger: Ledger::open(MemoryStore::default(), &genesis(9)).expect("open"),
+            now_ms: GENESIS_MS,
+        }
+    }
+
+    fn tx(&self, signer: &Keypair, nonce_offset: u64, payload: Payload) -> SignedTx {
+        let nonce = self.ledger.state().account(&signer.account()).nonce + nonce_offset;
+        SignedTx::new(signer, CHAIN, nonce, payload)
+    }
+
+    /// Run one block `secs` after the previous one.
+    fn block(&mut self, secs: u64, txs: &[SignedTx]) -> BlockOutcome {
+        self.now_ms += secs * 1000;
+        let ctx = BlockContext {
+            height: self.ledger.state().height() + 1,
+            time_ms: self.now_ms,
+        };
+        self.ledger.execute_block(ctx, txs).expect("block applies")
+    }
+
+    /// A block with one transaction that must apply; returns all events of the block.
+    fn ok(&mut self, secs: u64, signer: &Keypair, payload: Payload) -> Vec<Event> {
+        let tx = self.tx(signer, 0, payload);
+        let out = self.block(secs, &[tx]);
+        let mut events = match &out.receipts[0].result {
+            Ok(events) => events.clone(),
+            Err(e) => panic!("expected success, got: {e}"),
+        };
+        events.extend(out.end_events);
+        events
+    }
+
+    fn err(&mut self, secs: u64, signer: &Keypair, payload: Payload) -> TxError {
+        let tx = self.tx(signer, 0, payload);
+        let out = self.block(secs, &[tx]);
+        out.receipts[0]
+            .result
+            .clone()
+            .expect_err("expected a rejection")
+    }
+
+    fn farm(&mut self, owner: &Keypair, name: &str, ips: Vec<PublicIp>) -> u32 {
+        let events = self.ok(
+            1,
+            owner,
+            Payload::CreateFarm {
+                name: name.into(),
+                public_ips: ips,
+            },
+        );
+        events
+            .iter()
+            .find_map(|e| match e {
+                Event::FarmCreated { farm, .. } => Some(*farm),
+                _ => None,
+            })
+            .expect("farm created")
+    }
+
+    fn node(&mut self, owner: &Keypair, farm: u32, node: &Keypair) -> u32 {
+        let invitation = sign_invitation(owner, CHAIN, farm, &node.account());
+        let events = self.ok(
+            1,
+            node,
+            Payload::RegisterNode {
+                farm,
+                capacity: capacity(),
+                location: location(),
+                invitation,
+            },
+        );
+        events
+            .iter()
+            .find_map(|e| match e {
+                Event::NodeRegistered { node, .. } => Some(*node),
+                _ => None,
+            })
+            .expect("node registered")
+    }
+
+    fn balance(&self, k: &Keypair) -> Amount {
+        self.ledger.state().account(&k.account()).balance
+    }
+}
+
+fn deploy(node: u32, cru: u64, mru_gib: u64, sru_gib: u64, ips: u32) -> Payload {
+    Payload::CreateContract(ContractSpec::Deployment {
+        node,
+        deployment_hash: Hash::of(b"d"),
+        resources: Capacity {
+            cru,
+            mru: mru_gib << 30,
+            sru: sru_gib << 30,
+            hru: 0,
+        },
+        public_ips: ips,
+    })
+}
+
+fn contract_id(events: &[Event]) -> u64 {
+    events
+        .iter()
+        .find_map(|e| match e {
+            Event::ContractCreated { contract, .. } => Some(*contract),
+            _ => None,
+        })
+        .expect("contract created")
+}
+
+fn transfer(to: &Keypair, amount: Amount) -> Payload {
+    Payload::Transfer {
+        to: to.account(),
+        amount,
+    }
+}
+
+/// A farm of key 4 with one node (key 40) funded for fees.
+fn grid(chain: &mut Chain) -> (u32, u32) {
+    let farm = chain.farm(&key(4), "farm-a", vec![ip(10)]);
+    chain.ok(1, &key(4), transfer(&key(40), Amount::tokens(1)));
+    let node = chain.node(&key(4), farm, &key(40));
+    (farm, node)
+}
+
+fn ip(last: u8) -> PublicIp {
+    PublicIp {
+        ip: [185, 0, 0, last],
+        prefix_len: 24,
+        gateway: [185, 0, 0, 1],
+    }
+}
+
+#[test]
+fn contracts_are_billed_every_interval_for_the_exact_time_elapsed() {
+    let mut chain = Chain::new();
+    let (_, node) = grid(&mut chain);
+    let c = contract_id(&chain.ok(1, &key(5), deploy(node, 2, 4, 100, 1)));
+    let created_ms = chain.now_ms;
+    let foundation = chain.ledger.state().config().foundation;
+    let staking = chain.ledger.state().config().staking_pool;
+    let before = (
+        chain.balance(&key(5)),
+        chain.balance(&key(4)),
+        chain.ledger.state().account(&foundation).balance,
+        chain.ledger.state().account(&staking).balance,
+    );
+
+    // Nothing is due before the interval (devnet: 10 s).
+    let out = chain.block(9, &[]);
+    assert!(
+        !out.end_events
+            .iter()
+            .any(|e| matches!(e, Event::ContractBilled { .. }))
+    );
+    // At 10 s it is billed for exactly [created, now).
+    let out = chain.block(1, &[]);
+    let state = chain.ledger.state();
+    let bills: Vec<_> = state.bills(c, 0).collect();
+    assert_eq!(bills.len(), 1);
+    let bill = bills[0];
+    assert_eq!(
+        (bill.from_ms, bill.to_ms),
+        (created_ms, created_ms + 10_000)
+    );
+    // 2 cores, 4 GiB, 100 GiB SSD: CU = min(max(1, 1), max(0.5, 2), max(2, 0.5)) = 1,
+    // SU = 100/200 = 0.5; one IPv4. Monthly: 22 + 0.5·14 + 4 = 33 USD.
+    assert_eq!(
+        bill.billable,
+        Billable {
+            units: economics::Units {
+                cu_micro: 1_000_000,
+                su_micro: 500_000
+            },
+            ipv4: 1,
+            names: 0
+        }
+    );
+    // Ten seconds: 33e6 · 10 / 2,630,880 = 125.43 → 125 µUSD.
+    assert_eq!(bill.resources_uusd, 125);
+    // The balance (1000 tokens = 10 USD) covers 10 / 33 = 0.303 months: no discount.
+    assert_eq!(bill.discount.months_covered_milli, 303);
+    assert_eq!(bill.discount.percent, 0);
+    // 125 µUSD at 0.01 USD a token = 0.0125 tokens = 125,000 units, split 62,500 / 50,000 / 12,500.
+    assert_eq!(bill.tokens, Amount(125_000));
+    assert_eq!(bill.status, BillStatus::Paid);
+    assert_eq!(
+        (
+            bill.split.farmer.0,
+            bill.split.foundation.0,
+            bill.split.staking.0
+        ),
+        (62_500, 50_000, 12_500)
+    );
+    assert_eq!(bill.farmer_payout, Some(key(4).account()));
+    assert_eq!(chain.balance(&key(5)).0, before.0.0 - 125_000);
+    assert_eq!(chain.balance(&key(4)).0, before.1.0 + 62_500);
+    assert_eq!(state.account(&foundation).balance.0, before.2.0 + 50_000);
+    assert_eq!(state.account(&staking).balance.0, before.3.0 + 12_500);
+    assert_eq!(state.economy().billed_total, Amount(125_000));
+    assert!(out.end_events.contains(&Event::ContractBilled {
+        contract: c,
+        owner: key(5).account(),
+        from_ms: created_ms,
+        to_ms: created_ms + 10_000,
+        uusd: 125,
+        tokens: Amount(125_000),
+        status: BillStatus::Paid,
+    }));
+    assert!(state.supply_is_conserved());
+    let text = bill.render();
+    for line in [
+        "period      [",
+        "discount    balance covers 0.303 months → 0 %",
+        "tokens      125 µUSD · 10^7 / 10000 = 0.0125 PGT",
+        "status      paid",
+    ] {
+        assert!(text.contains(line), "{line} missing from\n{text}");
+    }
+
+    // Blocks that do not land on the interval: the next bill covers the exact time since the last.
+    chain.block(7, &[]);
+    chain.block(7, &[]);
+    let bills: Vec<_> = chain.ledger.state().bills(c, 0).collect();
+    assert_eq!(bills.len(), 2);
+    assert_eq!(
+        (bills[1].from_ms, bills[1].to_ms),
+        (created_ms + 10_000, created_ms + 24_000)
+    );
+    // Cancelling bills the rest and the bills add up to the contract's whole life.
+    chain.ok(3, &key(5), Payload::CancelContract { contract: c });
+    let state = chain.ledger.state();
+    let total: u64 = state.bills(c, 0).map(|b| b.to_ms - b.from_ms).sum();
+    assert_eq!(total, chain.now_ms - created_ms);
+    let paid: u64 = state.bills(c, 0).map(|b| b.tokens.0).sum();
+    assert_eq!(state.economy().billed_total.0, paid);
+    assert!(state.contracts_due(u64::MAX).next().is_none());
+}
+
+#[test]
+fn a_balance_covering_many_months_earns_a_discount() {
+    let mut chain = Chain::new();
+    let (_, node) = grid(&mut chain);
+    // 1000 tokens = 10 USD. A name costs 1 USD a month: 10 months covered → 40 %.
+    let c = contract_id(&chain.ok(
+        1,
+        &key(6),
+        Payload::CreateContract(ContractSpec::Name {
+            name: "my-app".into(),
+        }),
+    ));
+    chain.block(10, &[]);
+    let bill = chain
+        .ledger
+        .state()
+        .bills(c, 0)
+        .next()
+        .expect("bill")
+        .clone();
+    assert_eq!(bill.discount.percent, 40);
+    // 1e6 · 10 / 2,630,880 = 3.8 → 3 µUSD; less 40 % = 1.8 → 1 µUSD = 1,000 units.
+    assert_eq!((bill.resources_uusd, bill.net_uusd), (3, 1));
+    assert_eq!(bill.tokens, Amount(1_000));
+    // No node: the farmer's share goes to the foundation.
+    assert_eq!(bill.farmer_payout, None);
+    let _ = node;
+}
+
+#[test]
+fn grace_then_top_up_then_deletion_after_the_grace_period() {
+    let mut chain = Chain::new();
+    let (_, node) = grid(&mut chain);
+    let owner = key(30);
+    // 8 cores, 32 GiB: CU = min(max(8, 4), max(4, 8), max(16, 2)) = 8 → 176 USD a month;
+    // 10 s = 176e6 · 10 / 2,630,880 = 668.98 → 668 µUSD = 668,000 units.
+    chain.ok(1, &key(1), transfer(&owner, Amount(2_000_000)));
+    let c = contract_id(&chain.ok(1, &owner, deploy(node, 8, 32, 0, 0)));
+    assert_eq!(
+        chain.ledger.state().node(node).expect("node").used.cru,
+        8,
+        "reserved"
+    );
+    let mut grace_at = None;
+    for _ in 0..5 {
+        let out = chain.block(10, &[]);
+        if let Some(since) = out.end_events.iter().find_map(|e| match e {
+            Event::ContractGraceStarted {
+                contract, since_ms, ..
+            } if *contract == c => Some(*since_ms),
+            _ => None,
+        }) {
+            grace_at = Some(since);
+            break;
+        }
+    }
+    let since = grace_at.expect("funds run out within five intervals");
+    let state = chain.ledger.state();
+    assert_eq!(
+        state.contract(c).expect("c").state,
+        ContractState::GracePeriod { since_ms: since }
+    );
+    // All or nothing: the balance is less than one bill and none of it was taken.
+    let left = chain.balance(&owner);
+    assert!(left.0 < 668_000, "{left:?}");
+    let billed_until = state.contract(c).expect("c").billed_until_ms;
+    assert_eq!(state.grace_contracts_of(&owner.account()).count(), 1);
+
+    // Another interval in grace: still unpaid, the debt grows.
+    chain.block(10, &[]);
+    assert_eq!(chain.balance(&owner), left);
+
+    // Top up: at the end of that very block the whole debt is billed and the contract resumes.
+    let tx = chain.tx(&key(1), 0, transfer(&owner, Amount::tokens(1)));
+    let out = chain.block(3, &[tx]);
+    let state = chain.ledger.state();
+    assert!(out.end_events.iter().any(|e| matches!(
+        e,
+        Event::ContractGraceEnded { contract, since_ms, .. } if *contract == c && *since_ms == since
+    )));
+    let debt = state
+        .bills(c, billed_until)
+        .next()
+        .expect("the debt bill")
+        .clone();
+    assert_eq!((debt.from_ms, debt.to_ms), (billed_until, chain.now_ms));
+    assert_eq!(debt.status, BillStatus::Paid);
+    assert_eq!(state.contract(c).expect("c").state, ContractState::Created);
+    assert_eq!(state.grace_contracts_of(&owner.account()).count(), 0);
+
+    // Run out again, then stay in grace past the grace period (devnet: 300 s).
+    let mut second = None;
+    for _ in 0..40 {
+        let out = chain.block(10, &[]);
+        if let Some(s) = out.end_events.iter().find_map(|e| match e {
+            Event::ContractGraceStarted { since_ms, .. } => Some(*since_ms),
+            _ => None,
+        }) {
+            second = Some(s);
+            break;
+        }
+    }
+    let second = second.expect("runs out again");
+    let grace_ms = chain.ledger.state().params().grace_period_secs * 1000;
+    let mut deleted = None;
+    for _ in 0..40 {
+        let out = chain.block(10, &[]);
+        if let Some(e) = out.end_events.iter().find(|e| {
+            matches!(e, Event::ContractDeleted { contract, reason: DeleteReason::OutOfFunds, .. } if *contract == c)
+        }) {
+            deleted = Some((e.clone(), chain.now_ms));
+            break;
+        }
+    }
+    let (_, deleted_ms) = deleted.expect("deleted after the grace period");
+    assert!(deleted_ms >= second + grace_ms && deleted_ms < second + grace_ms + 10_000);
+    let state = chain.ledger.state();
+    assert!(matches!(
+        state.contract(c).expect("c").state,
+        ContractState::Deleted {
+            reason: DeleteReason::OutOfFunds,
+            ..
+        }
+    ));
+    // Capacity released; the unpaid time is a written-off bill; bills cover the whole life.
+    let n = state.node(node).expect("node");
+    assert!(n.used.is_zero());
+    assert_eq!(n.contracts, 0);
+    let last = state.bills_newest_first(c, u64::MAX).next().expect("last");
+    assert_eq!(last.status, BillStatus::WrittenOff);
+    assert_eq!(last.tokens, Amount::ZERO);
+    let created = state.contract(c).expect("c").created_ms;
+    let covered: u64 = state.bills(c, 0).map(|b| b.to_ms - b.from_ms).sum();
+    assert_eq!(covered, deleted_ms - created);
+    assert!(state.supply_is_conserved());
+    assert!(state.contracts_due(u64::MAX).next().is_none());
+}
+
+#[test]
+fn network_usage_is_reported_by_the_hosting_node_and_billed_with_the_next_bill() {
+    let mut chain = Chain::new();
+    let (_, node) = grid(&mut chain);
+    let c = contract_id(&chain.ok(1, &key(5), deploy(node, 1, 2, 0, 0)));
+    let usage = Payload::ReportUsage {
+        contract: c,
+        nu_bytes: 4_000_000_000,
+    };
+    assert!(matches!(
+        chain.err(1, &key(5), usage.clone()),
+        TxError::NotNodeKey { .. }
+    ));
+    assert!(matches!(
+        chain.err(
+            1,
+            &key(40),
+            Payload::ReportUsage {
+                contract: 99,
+                nu_bytes: 1
+            }
+        ),
+        TxError::UnknownContract(99)
+    ));
+    let events = chain.ok(1, &key(40), usage);
+    assert!(events.contains(&Event::UsageReported {
+        contract: c,
+        node,
+        nu_bytes: 4_000_000_000
+    }));
+    chain.block(10, &[]);
+    let bill = chain
+        .ledger
+        .state()
+        .bills(c, 0)
+        .next()
+        .expect("bill")
+        .clone();
+    // 4 GB at 0.05 USD = 0.2 USD.
+    assert_eq!(bill.nu_bytes, 4_000_000_000);
+    assert_eq!(bill.nu_uusd, 200_000);
+    assert_eq!(
+        chain
+            .ledger
+            .state()
+            .contract(c)
+            .expect("c")
+            .unbilled_nu_bytes,
+        0
+    );
+    // The node's period counters know it too, for its reward.
+    let up = chain.ledger.state().node_uptime(node).expect("counters");
+    assert_eq!(up.current.nu_bytes, 4_000_000_000);
+}
+
+#[test]
+fn nodes_are_rewarded_once_per_period_with_a_receipt() {
+    let mut chain = Chain::new();
+    let farm = chain.farm(&key(4), "farm-a", vec![]);
+    let honest = key(40);
+    let liar = key(41);
+    let silent = key(42);
+    for k in [&honest, &liar, &silent] {
+        chain.ok(1, &key(4), transfer(k, Amount::tokens(1)));
+    }
+    let n_honest = chain.node(&key(4), farm, &honest);
+    let n_liar = chain.node(&key(4), farm, &liar);
+    let n_silent = chain.node(&key(4), farm, &silent);
+    let registered_ms = chain
+        .ledger
+        .state()
+        .node(n_honest)
+        .expect("n")
+        .registered_ms;
+    let (start, end) = chain.ledger.state().period_bounds(0);
+    assert_eq!(start, GENESIS_MS);
+    // Reports every 10 s, booted long before registration; the liar's uptime jumps once.
+    let mut uptime = 100_000u64;
+    let mut jumped = false;
+    let mut minted = Vec::new();
+    while minted.is_empty() {
+        chain.now_ms += 10_000;
+        uptime += 10;
+        let ts = chain.now_ms / 1000;
+        let report = |node: u32, up: u64| Payload::ReportUptime {
+            node,
+            uptime_secs: up,
+            timestamp_secs: ts,
+        };
+        let liar_up = if chain.now_ms > start + 300_000 && !jumped {
+            jumped = true;
+            uptime + 5_000
+        } else if jumped {
+            uptime + 5_000
+        } else {
+            uptime
+        };
+        let txs = vec![
+            chain.tx(&honest, 0, report(n_honest, uptime)),
+            chain.tx(&liar, 0, report(n_liar, liar_up)),
+        ];
+        let out = chain.block(0, &txs);
+        assert!(out.receipts.iter().all(|r| r.result.is_ok()));
+        minted = out
+            .end_events
+            .iter()
+            .filter(|e| matches!(e, Event::RewardMinted { .. }))
+            .cloned()
+            .collect();
+        assert!(
+            chain.now_ms < end + 60_000,
+            "minted within the settle delay"
+        );
+    }
+    assert_eq!(minted.len(), 3, "one receipt per node registered");
+    let state = chain.ledger.state();
+
+    let r = state.receipt(0, n_honest).expect("receipt");
+    assert_eq!(r.counted_from_ms, registered_ms);
+    assert_eq!(r.period_secs, (end - registered_ms) / 1000);
+    // Reports straddle the period's end: the tail is credited by the first report after it.
+    assert_eq!(r.up_secs, r.period_secs);
+    assert_eq!(r.steps.uptime_permille, 1000);
+    assert!(r.steps.sla_met);
+    // 8 cores, 32 GiB, 1 TiB SSD, 4 TiB HDD: 7.75 CU and 7.509333 SU, 26.109333 USD a month.
+    assert_eq!(r.steps.units.cu_micro, 7_750_000);
+    assert_eq!(
+        r.steps.capacity_uusd,
+        (26_109_333u128 * r.period_secs as u128 / MONTH_SECS as u128) as u64
+    );
+    assert_eq!(r.steps.reward_uusd, r.steps.capacity_uusd);
+    assert_eq!(
+        r.tokens,
+        Amount(r.steps.reward_uusd * 10_000_000 / r.connection_price_uusd)
+    );
+    assert!(r.tokens > Amount::ZERO);
+    assert_eq!(r.payout, key(4).account());
+    let text = r.render();
+    for line in [
+        "uptime counted",
+        "SLA",
+        "violations      none",
+        "tokens",
+        "CU              min(cru·2",
+    ] {
+        assert!(text.contains(line), "{line} missing from\n{text}");
+    }
+
+    let r = state.receipt(0, n_liar).expect("receipt");
+    assert_eq!(r.violation_count, 1);
+    assert!(matches!(
+        r.violations[0].kind,
+        ViolationKind::UptimeBeyondElapsed {
+            gained_secs: 5_010,
+            elapsed_secs: 10
+        }
+    ));
+    assert_eq!((r.steps.reward_uusd, r.tokens), (0, Amount::ZERO));
+    assert!(r.render().contains("uptime grew 5010 s"));
+
+    let r = state.receipt(0, n_silent).expect("receipt");
+    assert_eq!((r.up_secs, r.reports), (0, 0));
+    assert!(!r.steps.sla_met);
+    assert_eq!(r.tokens, Amount::ZERO);
+
+    // Minted once, into supply; receipts are findable by farm, newest first.
+    let honest_tokens = state.receipt(0, n_honest).expect("r").tokens;
+    assert_eq!(state.globals().minted, honest_tokens);
+    assert!(state.supply_is_conserved());
+    assert_eq!(
+        state
+            .receipts_of_farm(farm, (u64::MAX, u32::MAX))
+            .map(|r| r.node)
+            .collect::<Vec<_>>(),
+        vec![n_silent, n_liar, n_honest]
+    );
+    assert_eq!(state.economy().mint_period, 1);
+    // Nothing more for period 0 in later blocks.
+    let out = chain.block(10, &[]);
+    assert!(
+        !out.end_events
+            .iter()
+            .any(|e| matches!(e, Event::RewardMinted { .. }))
+    );
+}
+
+#[test]
+fn farmers_vote_with_the_weight_of_their_nodes() {
+    let mut chain = Chain::new();
+    let (_, node) = grid(&mut chain);
+    let weight = economics::reward_units(&capacity()).weight_micro();
+    assert_eq!(
+        chain.ledger.state().farmer_weight(&key(4).account()),
+        weight
+    );
+    assert_eq!(chain.ledger.state().economy().farmer_weight_total, weight);
+    let _ = node;
+    let propose = |uusd| Payload::Propose {
+        action: GovAction::SetTokenPrice { uusd },
+        description: String::new(),
+    };
+    let vote = |proposal, approve| Payload::Vote { proposal, approve };
+
+    // Council approves (2 of 3), but the farmers have not spoken and could still outweigh: open.
+    chain.ok(1, &key(1), propose(20_000));
+    chain.ok(1, &key(2), vote(1, true));
+    assert_eq!(
+        chain.ledger.state().proposal(1).expect("p").status,
+        ProposalStatus::Open
+    );
+    // A stranger with no nodes cannot vote.
+    assert_eq!(
+        chain.err(1, &key(7), vote(1, true)),
+        TxError::NotCouncilMember(key(7).account())
+    );
+    // The only farmer approves: the outcome can no longer change.
+    let events = chain.ok(1, &key(4), vote(1, true));
+    assert!(events.contains(&Event::Voted {
+        proposal: 1,
+        voter: key(4).account(),
+        approve: true,
+        council: false,
+        weight_micro: weight
+    }));
+    let state = chain.ledger.state();
+    assert!(matches!(
+        state.proposal(1).expect("p").status,
+        ProposalStatus::Executed { .. }
+    ));
+    assert_eq!(state.params().token_price_uusd, 20_000);
+    assert_eq!(state.proposal(1).expect("p").farmer_weight_for, weight);
+    assert_eq!(state.votes(1).count(), 3);
+
+    // Council approves, farmers against: rejected at once.
+    chain.ok(1, &key(1), propose(30_000));
+    chain.ok(1, &key(2), vote(2, true));
+    chain.ok(1, &key(4), vote(2, false));
+    assert!(matches!(
+        chain.ledger.state().proposal(2).expect("p").status,
+        ProposalStatus::Rejected { .. }
+    ));
+    assert_eq!(chain.ledger.state().params().token_price_uusd, 20_000);
+
+    // Council approves, farmers silent: passes at expiry (0 for ≥ 0 against).
+    chain.ok(1, &key(1), propose(40_000));
+    chain.ok(1, &key(2), vote(3, true));
+    let ttl = chain.ledger.state().params().proposal_ttl_secs;
+    chain.block(ttl, &[]);
+    assert!(matches!(
+        chain.ledger.state().proposal(3).expect("p").status,
+        ProposalStatus::Executed { .. }
+    ));
+    assert_eq!(chain.ledger.state().params().token_price_uusd, 40_000);
+}
+
+#[test]
+fn a_public_ip_belongs_to_one_farm() {
+    let mut chain = Chain::new();
+    chain.farm(&key(4), "farm-a", vec![ip(10), ip(11)]);
+    assert!(matches!(
+        chain.err(
+            1,
+            &key(5),
+            Payload::CreateFarm {
+                name: "farm-b".into(),
+                public_ips: vec![ip(11)],
+            }
+        ),
+        TxError::PublicIpTaken { farm: 1, .. }
+    ));
+    let b = chain.farm(&key(5), "farm-b", vec![ip(12)]);
+    let update = |ips| Payload::UpdateFarm {
+        farm: b,
+        name: None,
+        public_ips: Some(ips),
+        payout: None,
+    };
+    assert!(matches!(
+        chain.err(1, &key(5), update(vec![ip(12), ip(10)])),
+        TxError::PublicIpTaken { farm: 1, .. }
+    ));
+    // Farm A gives up .11; then B may list it, and B's old .12 is free for others.
+    chain.ok(
+        1,
+        &key(4),
+        Payload::UpdateFarm {
+            farm: 1,
+            name: None,
+            public_ips: Some(vec![ip(10)]),
+            payout: None,
+        },
+    );
+    chain.ok(1, &key(5), update(vec![ip(11)]));
+    chain.farm(&key(6), "farm-c", vec![ip(12)]);
+}
+
+#[test]
+fn discount_levels_must_rise_in_governance_and_genesis() {
+    let mut chain = Chain::new();
+    let mut pricing = PricingPolicy::default();
+    pricing.discounts.push(DiscountLevel {
+        min_months_milli: 12_000,
+        percent: 70,
+    });
+    let tx = chain.tx(
+        &key(1),
+        0,
+        Payload::Propose {
+            action: GovAction::SetPricingPolicy(pricing.clone()),
+            description: String::new(),
+        },
+    );
+    let out = chain.block(1, &[tx]);
+    assert!(matches!(
+        out.receipts[0].result,
+        Err(TxError::Field { ref reason }) if reason.contains("does not rise")
+    ));
+    let mut g = genesis(1);
+    g.params.pricing = pricing;
+    assert!(
+        g.check()
+            .expect_err("refused")
+            .to_string()
+            .contains("pricing")
+    );
+}
