@@ -362,6 +362,8 @@ mod tests {
             state,
             created_ms: 0,
             billed_until_ms: 0,
+            next_bill_ms: 0,
+            unbilled_nu_bytes: 0,
         }
     }
 
