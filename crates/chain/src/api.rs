@@ -106,6 +106,11 @@ pub fn router(api: Api) -> Router {
         .route("/v1/nodes/{id}", get(node))
         .route("/v1/contracts", get(contracts))
         .route("/v1/contracts/{id}", get(contract))
+        .route("/v1/contracts/{id}/bills", get(bills))
+        .route("/v1/farms/{id}/receipts", get(farm_receipts))
+        .route("/v1/nodes/{id}/receipts/{period}", get(node_receipt))
+        .route("/v1/proposals/{id}/votes", get(votes))
+        .route("/v1/economy", get(economy))
         .route("/v1/proposals", get(proposals))
         .route("/v1/proposals/{id}", get(proposal))
         .route("/v1/blocks/{height}", get(block))
@@ -370,9 +375,13 @@ async fn contracts(State(api): State<Api>, Query(p): Query<Page>) -> ApiResult {
         None => None,
     };
     let (v, h, r) = read(&api, |s| {
-        let items = s
-            .contracts(p.from.unwrap_or(1))
-            .filter(|c| owner.is_none_or(|o| c.owner == o))
+        let from = p.from.unwrap_or(1);
+        // An owner's contracts come from their index; the node filter still scans.
+        let all: Box<dyn Iterator<Item = &peergrid_ledger::Contract>> = match &owner {
+            Some(o) => Box::new(s.contracts_of(o, from)),
+            None => Box::new(s.contracts(from)),
+        };
+        let items = all
             .filter(|c| p.node.is_none_or(|n| c.node == Some(n)))
             .map(|c| (c.id, c));
         Ok(page(items, p.limit()))
@@ -388,6 +397,98 @@ async fn contract(State(api): State<Api>, Path(id): Path<String>) -> ApiResult {
         };
         c.map(to_json)
             .ok_or_else(|| ApiError::not_found(format!("contract {id}")))
+    })?;
+    Ok(at(v, h, r))
+}
+
+#[derive(Deserialize)]
+struct BillsQuery {
+    from_ms: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// A contract's bills, oldest first from `?from_ms=`; `next` is where the next page starts.
+async fn bills(
+    State(api): State<Api>,
+    Path(id): Path<u64>,
+    Query(q): Query<BillsQuery>,
+) -> ApiResult {
+    let limit = q.limit.unwrap_or(100).clamp(1, PAGE_MAX);
+    let (v, h, r) = read(&api, |s| {
+        if s.contract(id).is_none() {
+            return Err(ApiError::not_found(format!("contract {id}")));
+        }
+        let items = s.bills(id, q.from_ms.unwrap_or(0)).map(|b| (b.from_ms, b));
+        Ok(page(items, limit))
+    })?;
+    Ok(at(v, h, r))
+}
+
+#[derive(Deserialize)]
+struct ReceiptsQuery {
+    period: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// A farm's reward receipts: of one `?period=`, or newest first.
+async fn farm_receipts(
+    State(api): State<Api>,
+    Path(id): Path<u32>,
+    Query(q): Query<ReceiptsQuery>,
+) -> ApiResult {
+    let limit = q.limit.unwrap_or(100).clamp(1, PAGE_MAX);
+    let (v, h, r) = read(&api, |s| {
+        if s.farm(id).is_none() {
+            return Err(ApiError::not_found(format!("farm {id}")));
+        }
+        let before = q.period.map_or((u64::MAX, 0), |p| (p.saturating_add(1), 0));
+        let items: Vec<Value> = s
+            .receipts_of_farm(id, before)
+            .take_while(|rc| q.period.is_none_or(|p| rc.period == p))
+            .take(limit)
+            .map(to_json)
+            .collect();
+        let current = s.period_of(s.time_ms());
+        Ok(json!({ "items": items, "current_period": current }))
+    })?;
+    Ok(at(v, h, r))
+}
+
+async fn node_receipt(State(api): State<Api>, Path((id, period)): Path<(u32, u64)>) -> ApiResult {
+    let (v, h, r) = read(&api, |s| {
+        s.receipt(period, id)
+            .map(to_json)
+            .ok_or_else(|| ApiError::not_found(format!("receipt of node {id} for period {period}")))
+    })?;
+    Ok(at(v, h, r))
+}
+
+async fn votes(State(api): State<Api>, Path(id): Path<u64>) -> ApiResult {
+    let (v, h, r) = read(&api, |s| {
+        if s.proposal(id).is_none() {
+            return Err(ApiError::not_found(format!("proposal {id}")));
+        }
+        let items: Vec<Value> = s
+            .votes(id)
+            .map(|(voter, vote)| {
+                let mut v = to_json(vote);
+                v["voter"] = to_json(voter);
+                v
+            })
+            .collect();
+        Ok(json!({ "items": items }))
+    })?;
+    Ok(at(v, h, r))
+}
+
+/// Minting progress, farmers' total weight, everything billed, and the current period.
+async fn economy(State(api): State<Api>) -> ApiResult {
+    let (v, h, r) = read(&api, |s| {
+        let mut v = to_json(s.economy());
+        let period = s.period_of(s.time_ms());
+        let (start, end) = s.period_bounds(period);
+        v["current_period"] = json!({ "period": period, "start_ms": start, "end_ms": end });
+        Ok(v)
     })?;
     Ok(at(v, h, r))
 }
@@ -548,6 +649,11 @@ pub fn openapi_document() -> Value {
             "/v1/nodes": { "get": list("nodes (filter with ?farm=)") },
             "/v1/nodes/{id}": { "get": by_id("node (id or account)") },
             "/v1/contracts": { "get": list("contracts (filter with ?owner= and ?node=)") },
+            "/v1/contracts/{id}/bills": { "get": list("a contract's bills, oldest first (?from_ms=, ?limit=)") },
+            "/v1/farms/{id}/receipts": { "get": list("a farm's reward receipts, newest first (?period=, ?limit=)") },
+            "/v1/nodes/{id}/receipts/{period}": { "get": by_id("reward receipt of one node and period") },
+            "/v1/proposals/{id}/votes": { "get": by_id("proposal's votes, with council flag and farmer weight") },
+            "/v1/economy": { "get": { "summary": "minting progress, farmers' total weight, total billed, current period", "responses": { "200": at_height("economy") } } },
             "/v1/contracts/{id}": { "get": by_id("contract (id or gateway name)") },
             "/v1/proposals": { "get": list("governance proposals") },
             "/v1/proposals/{id}": { "get": by_id("proposal") },

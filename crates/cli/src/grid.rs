@@ -36,6 +36,15 @@ pub enum FarmCommand {
         /// The farm's id or name.
         farm: String,
     },
+    /// A farm's reward receipts: every input and step of each node's reward.
+    Rewards {
+        /// The farm.
+        #[arg(long)]
+        farm: FarmId,
+        /// The minting period [default: the latest minted].
+        #[arg(long)]
+        period: Option<u64>,
+    },
     /// Sign an invitation letting a node's key join your farm (run it on the node with --invitation).
     Invite {
         /// Your farm.
@@ -235,6 +244,7 @@ pub fn farm(globals: &Globals, cmd: FarmCommand) -> anyhow::Result<()> {
                 ]);
                 Ok(())
             }
+            FarmCommand::Rewards { farm, period } => crate::econ::rewards(globals, farm, period).await,
             FarmCommand::Invite { farm, node } => {
                 let node: AccountId = node.parse()?;
                 let client = globals.client()?;

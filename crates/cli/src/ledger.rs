@@ -74,9 +74,9 @@ pub struct DevnetArgs {
     /// Farmer nodes to run, in 2 farms (each serves its health endpoint on BASE+200+i).
     #[arg(long, default_value_t = 5)]
     nodes: usize,
-    /// Seconds between node uptime reports, for a new genesis (tests use a short one).
-    #[arg(long, hide = true)]
-    uptime_interval: Option<u64>,
+    /// Set a genesis parameter of a new devnet, like `--set billing_interval_secs=2` (repeatable).
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    params: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -197,7 +197,7 @@ pub fn devnet(globals: &Globals, args: DevnetArgs) -> anyhow::Result<()> {
         validators: args.validators,
         base_port: args.base_port,
         nodes: args.nodes,
-        uptime_interval_secs: args.uptime_interval,
+        params: args.params.clone(),
     };
     let genesis = peergrid_devnet::prepare(&opts)?;
     let exe = std::env::current_exe().context("cannot find the peergrid executable")?;

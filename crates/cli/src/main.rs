@@ -7,6 +7,7 @@
 //! JSON object on stdout with `--json`. Errors go to stderr as `error: <message>`
 //! with exit code 1; usage errors exit with 2.
 
+mod econ;
 mod genesis;
 mod grid;
 mod key;
@@ -60,6 +61,15 @@ enum Command {
     /// Nodes: run this machine as one, list them, show one.
     #[command(subcommand)]
     Node(grid::NodeCommand),
+    /// Contracts: list, show, cancel.
+    #[command(subcommand)]
+    Contract(econ::ContractCommand),
+    /// Bills of a contract.
+    #[command(subcommand)]
+    Bill(econ::BillCommand),
+    /// Governance: propose, vote, list, show.
+    #[command(subcommand)]
+    Gov(econ::GovCommand),
     /// Run a validator.
     #[command(subcommand)]
     Validator(ledger::ValidatorCommand),
@@ -155,6 +165,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mesh(cmd) => mesh::run(&globals, cmd),
         Command::Farm(cmd) => grid::farm(&globals, cmd),
         Command::Node(cmd) => grid::node(&globals, cmd),
+        Command::Contract(cmd) => econ::contract(&globals, cmd),
+        Command::Bill(cmd) => econ::bill(&globals, cmd),
+        Command::Gov(cmd) => econ::gov(&globals, cmd),
     }
 }
 

@@ -115,7 +115,7 @@ pub async fn ledger(exe: &Path, dir: &Path, b: &LedgerBench) -> anyhow::Result<L
         validators: 4,
         base_port: b.base_port,
         nodes: 0,
-        uptime_interval_secs: None,
+        params: Vec::new(),
     };
     let genesis = crate::prepare_with(&opts, &extra)?;
     let txs = presign(&keys, &genesis, b.txs);

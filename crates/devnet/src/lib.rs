@@ -36,8 +36,9 @@ pub struct Options {
     pub base_port: u16,
     /// Farmer nodes to run, spread over [`FARMS`] farms.
     pub nodes: usize,
-    /// Override the genesis uptime interval (seconds), for tests that wait for a node to go down.
-    pub uptime_interval_secs: Option<u64>,
+    /// Genesis parameters to override in a new genesis, as `name=value` under `[params]`
+    /// (like `billing_interval_secs=2`): tests shorten the devnet's clocks with them.
+    pub params: Vec<String>,
 }
 
 /// Farms the devnet creates for its nodes, one farmer key each.
@@ -129,8 +130,8 @@ pub fn prepare_with(opts: &Options, extra: &[GenesisBalance]) -> anyhow::Result<
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
     let mut devnet = Devnet::generate("peergrid-devnet", opts.validators, now_ms)?;
     devnet.genesis.balances.extend_from_slice(extra);
-    if let Some(secs) = opts.uptime_interval_secs {
-        devnet.genesis.params.uptime_interval_secs = secs;
+    if !opts.params.is_empty() {
+        devnet.genesis = with_params(&devnet.genesis, &opts.params)?;
     }
     // Farmers and nodes get their keys now, so their accounts are funded from genesis.
     for f in 1..=FARMS {
@@ -179,6 +180,39 @@ pub fn prepare_with(opts: &Options, extra: &[GenesisBalance]) -> anyhow::Result<
     // The genesis goes last: its presence means the folder is complete.
     std::fs::write(&genesis_path, devnet.genesis.to_toml())?;
     Ok(devnet.genesis)
+}
+
+/// `genesis` with `name=value` pairs set under `[params]`, checked as any genesis is.
+pub fn with_params(genesis: &Genesis, params: &[String]) -> anyhow::Result<Genesis> {
+    let mut doc: toml::Table = toml::from_str(&genesis.to_toml())?;
+    for pair in params {
+        let (name, value) = pair.split_once('=').with_context(|| {
+            format!("{pair:?}: expected NAME=VALUE, like billing_interval_secs=2")
+        })?;
+        let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {value}"))
+            .map(|mut t| t.remove("v").unwrap_or(toml::Value::String(value.into())))
+            .unwrap_or_else(|_| toml::Value::String(value.into()));
+        let mut table = doc
+            .get_mut("params")
+            .and_then(toml::Value::as_table_mut)
+            .context("the genesis has no [params]")?;
+        let mut path: Vec<&str> = name.trim().split('.').collect();
+        let last = path.pop().unwrap_or_default();
+        for part in path {
+            table = table
+                .get_mut(part)
+                .and_then(toml::Value::as_table_mut)
+                .with_context(|| format!("no parameter group {part:?} in {name:?}"))?;
+        }
+        if !table.contains_key(last) {
+            bail!("no genesis parameter {name:?}; see [params] in genesis.toml");
+        }
+        table.insert(last.to_string(), value);
+    }
+    let text = toml::to_string(&doc)?;
+    let out = Genesis::from_toml(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
+    out.check()?;
+    Ok(out)
 }
 
 /// Node `i`'s data directory.

@@ -1,0 +1,682 @@
+//! `peergrid contract`, `peergrid bill`, `peergrid gov` and `peergrid farm rewards`: what
+//! builders pay, what farmers earn, and how the council and farmers change the rules.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use peergrid_client::{AtHeight, TxStatus};
+use peergrid_core::capacity::human_bytes;
+use peergrid_core::policy::{FarmingPolicy, PricingPolicy};
+use peergrid_core::tx::{ContractSpec, GovAction};
+use peergrid_core::{AccountId, Amount, ContractId, FarmId, NodeId, Payload};
+use peergrid_ledger::{
+    Bill, BillStatus, Contract, ContractState, Proposal, ProposalStatus, RewardReceipt,
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::{Globals, output};
+
+const FINALITY_WAIT: Duration = Duration::from_secs(30);
+
+#[derive(Subcommand)]
+pub enum ContractCommand {
+    /// List contracts: yours by default.
+    List {
+        /// Whose contracts [default: yours].
+        #[arg(long)]
+        owner: Option<String>,
+        /// Only those on this node.
+        #[arg(long)]
+        node: Option<NodeId>,
+    },
+    /// Show one contract.
+    Show {
+        /// The contract's id.
+        contract: ContractId,
+    },
+    /// Cancel a contract you own: it is billed up to now and its resources are released.
+    Cancel {
+        /// The contract's id.
+        contract: ContractId,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum BillCommand {
+    /// Every bill of a contract, oldest first.
+    History {
+        /// The contract's id.
+        contract: ContractId,
+        /// Print every bill line by line, with the formula behind each number.
+        #[arg(long)]
+        explain: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum GovCommand {
+    /// Propose a change (council members).
+    Propose {
+        #[command(subcommand)]
+        action: ProposeAction,
+        /// Why, for the voters.
+        #[arg(long, default_value = "", global = true)]
+        description: String,
+    },
+    /// Vote on an open proposal (council members, and farmers weighted by their nodes' capacity).
+    Vote {
+        /// The proposal.
+        proposal: u64,
+        /// Vote for it.
+        #[arg(long, conflicts_with = "reject", required_unless_present = "reject")]
+        approve: bool,
+        /// Vote against it.
+        #[arg(long)]
+        reject: bool,
+    },
+    /// List proposals.
+    List,
+    /// Show a proposal and its votes.
+    Show {
+        /// The proposal.
+        proposal: u64,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ProposeAction {
+    /// The token's price in USD, used to convert prices and rewards.
+    SetTokenPrice {
+        /// USD per token, like 0.05.
+        #[arg(long)]
+        usd: String,
+    },
+    /// The fee per transaction byte, in tokens.
+    SetFeePerByte {
+        /// Tokens per byte, like 0.0000001.
+        #[arg(long)]
+        fee: String,
+    },
+    /// Replace the pricing policy with the one in a JSON or TOML file.
+    SetPricing {
+        /// The policy (fields as `peergrid genesis new` writes them under [params.pricing]).
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Replace the farming policy with the one in a JSON or TOML file.
+    SetFarming {
+        /// The policy (fields as under [params.farming] in a genesis).
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Certify (or revoke) a node's hardware.
+    CertifyNode {
+        /// The node.
+        #[arg(long)]
+        node: NodeId,
+        /// Revoke instead.
+        #[arg(long)]
+        revoke: bool,
+    },
+    /// Certify (or revoke) a farm.
+    CertifyFarm {
+        /// The farm.
+        #[arg(long)]
+        farm: FarmId,
+        /// Revoke instead.
+        #[arg(long)]
+        revoke: bool,
+    },
+    /// Replace the council.
+    SetCouncil {
+        /// A member (repeatable).
+        #[arg(long = "member", required = true)]
+        members: Vec<String>,
+        /// Approvals needed.
+        #[arg(long)]
+        threshold: u32,
+    },
+    /// Replace the validator set (takes effect at an epoch boundary).
+    SetValidators {
+        /// A validator's account (repeatable).
+        #[arg(long = "validator", required = true)]
+        validators: Vec<String>,
+    },
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start an async runtime")
+}
+
+/// `0.05` USD as 50000 µUSD.
+fn parse_usd(text: &str) -> anyhow::Result<u64> {
+    let err = || anyhow::anyhow!("{text:?} is not an amount of USD, like 0.05");
+    let text = text.trim().trim_start_matches('$');
+    let (whole, frac) = text.split_once('.').unwrap_or((text, ""));
+    if frac.len() > 6 || (whole.is_empty() && frac.is_empty()) {
+        return Err(err());
+    }
+    let whole: u64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().map_err(|_| err())?
+    };
+    let frac_uusd: u64 = if frac.is_empty() {
+        0
+    } else {
+        format!("{frac:0<6}").parse().map_err(|_| err())?
+    };
+    whole
+        .checked_mul(1_000_000)
+        .and_then(|w| w.checked_add(frac_uusd))
+        .ok_or_else(err)
+}
+
+fn load_policy<T: serde::de::DeserializeOwned>(path: &PathBuf) -> anyhow::Result<T> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if path.extension().is_some_and(|e| e == "json") {
+        serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a valid policy", path.display()))
+    } else {
+        toml::from_str(&text).with_context(|| format!("{} is not a valid policy", path.display()))
+    }
+}
+
+async fn send(globals: &Globals, payload: Payload) -> anyhow::Result<Vec<peergrid_ledger::Event>> {
+    let client = globals.client()?;
+    let key = globals.keypair()?;
+    let (hash, status) = client.send(&key, payload, FINALITY_WAIT).await?;
+    match status {
+        TxStatus::Finalized { events, .. } => Ok(events),
+        TxStatus::Rejected { reason, .. } => bail!("rejected: {reason}"),
+        _ => bail!("not final yet; check it with `peergrid tx status {hash}`"),
+    }
+}
+
+fn kind(c: &Contract) -> String {
+    match &c.spec {
+        ContractSpec::Deployment { .. } => "deployment".into(),
+        ContractSpec::Name { name } => format!("name {name}"),
+        ContractSpec::Storage { .. } => "storage".into(),
+        ContractSpec::Rent { .. } => "rent".into(),
+    }
+}
+
+fn state(c: &Contract) -> String {
+    match c.state {
+        ContractState::Created => "created".into(),
+        ContractState::GracePeriod { since_ms } => format!("grace since {}", ago(since_ms)),
+        ContractState::Deleted { reason, .. } => format!("deleted ({reason:?})"),
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Ledger time as "3 min ago" (ledger time follows the validators' clocks).
+fn ago(ms: u64) -> String {
+    let now = now_ms();
+    if ms > now {
+        format!(
+            "in {}",
+            output::human_duration(Duration::from_millis(ms - now))
+        )
+    } else {
+        format!(
+            "{} ago",
+            output::human_duration(Duration::from_millis(now - ms))
+        )
+    }
+}
+
+#[derive(Deserialize)]
+struct Page<T> {
+    items: Vec<T>,
+    next: Option<u64>,
+}
+
+pub fn contract(globals: &Globals, cmd: ContractCommand) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let client = globals.client()?;
+        match cmd {
+            ContractCommand::List { owner, node } => {
+                let owner: AccountId = match owner {
+                    Some(o) => o.parse()?,
+                    None => globals.keypair()?.account(),
+                };
+                let mut items: Vec<Contract> = Vec::new();
+                let mut from = 1;
+                loop {
+                    let filter = node.map(|n| format!("&node={n}")).unwrap_or_default();
+                    let page: AtHeight<Page<Contract>> = client
+                        .get(&format!(
+                            "/v1/contracts?owner={owner}&from={from}&limit=1000{filter}"
+                        ))
+                        .await?;
+                    items.extend(page.data.items);
+                    match page.data.next {
+                        Some(n) => from = n,
+                        None => break,
+                    }
+                }
+                if globals.json {
+                    return output::json(&json!({ "owner": owner, "contracts": items }));
+                }
+                let rows: Vec<Vec<String>> = items
+                    .iter()
+                    .map(|c| {
+                        vec![
+                            c.id.to_string(),
+                            kind(c),
+                            c.node.map_or("-".into(), |n| n.to_string()),
+                            state(c),
+                            c.reserved.to_string(),
+                            ago(c.billed_until_ms),
+                        ]
+                    })
+                    .collect();
+                output::table(
+                    &["ID", "KIND", "NODE", "STATE", "RESERVED", "BILLED UNTIL"],
+                    &rows,
+                );
+                Ok(())
+            }
+            ContractCommand::Show { contract } => {
+                let c: AtHeight<Contract> =
+                    client.get(&format!("/v1/contracts/{contract}")).await?;
+                if globals.json {
+                    return output::json(&json!({ "height": c.height, "contract": c.data }));
+                }
+                let c = c.data;
+                let mut rows = vec![
+                    ("contract", c.id.to_string()),
+                    ("kind", kind(&c)),
+                    ("owner", c.owner.to_string()),
+                    ("node", c.node.map_or("-".into(), |n| n.to_string())),
+                    ("reserved", c.reserved.to_string()),
+                    ("public IPs", c.public_ips.len().to_string()),
+                    ("state", state(&c)),
+                    ("created", ago(c.created_ms)),
+                    ("billed until", ago(c.billed_until_ms)),
+                ];
+                if c.is_live() {
+                    rows.push(("next bill", ago(c.next_bill_ms)));
+                    rows.push(("unbilled traffic", human_bytes(c.unbilled_nu_bytes)));
+                }
+                if let Some(h) = c.deployment_hash() {
+                    rows.push(("deployment", h.to_string()));
+                }
+                output::rows(&rows);
+                println!("\nits bills: peergrid bill history {}", c.id);
+                Ok(())
+            }
+            ContractCommand::Cancel { contract } => {
+                let events = send(globals, Payload::CancelContract { contract }).await?;
+                if globals.json {
+                    return output::json(&json!({ "contract": contract, "events": events }));
+                }
+                println!("contract {contract} cancelled; its last bill and resources are settled");
+                Ok(())
+            }
+        }
+    })
+}
+
+pub fn bill(globals: &Globals, cmd: BillCommand) -> anyhow::Result<()> {
+    let BillCommand::History { contract, explain } = cmd;
+    runtime()?.block_on(async {
+        let client = globals.client()?;
+        let mut bills: Vec<Bill> = Vec::new();
+        let mut from = 0;
+        loop {
+            let page: AtHeight<Page<Bill>> = client
+                .get(&format!(
+                    "/v1/contracts/{contract}/bills?from_ms={from}&limit=1000"
+                ))
+                .await?;
+            bills.extend(page.data.items);
+            match page.data.next {
+                Some(n) => from = n,
+                None => break,
+            }
+        }
+        if globals.json {
+            return output::json(&json!({ "contract": contract, "bills": bills }));
+        }
+        if explain {
+            for b in &bills {
+                println!("{}", b.render());
+            }
+            return Ok(());
+        }
+        let rows: Vec<Vec<String>> = bills
+            .iter()
+            .map(|b| {
+                vec![
+                    ago(b.from_ms),
+                    output::human_duration(Duration::from_millis(
+                        b.to_ms.saturating_sub(b.from_ms),
+                    )),
+                    output::usd(b.resources_uusd + b.nu_uusd),
+                    format!("{} %", b.discount.percent),
+                    format!("{} PGT", b.tokens),
+                    match b.status {
+                        BillStatus::Paid => "paid".into(),
+                        BillStatus::WrittenOff => "written off".into(),
+                    },
+                ]
+            })
+            .collect();
+        output::table(
+            &["FROM", "FOR", "PRICE", "DISCOUNT", "PAID", "STATUS"],
+            &rows,
+        );
+        let paid: u64 = bills.iter().map(|b| b.tokens.0).sum();
+        println!(
+            "\n{} bills, {} PGT paid in all; --explain shows every step",
+            bills.len(),
+            Amount(paid)
+        );
+        Ok(())
+    })
+}
+
+/// `peergrid farm rewards`: the receipts of a farm's nodes, every step written out.
+pub async fn rewards(globals: &Globals, farm: FarmId, period: Option<u64>) -> anyhow::Result<()> {
+    {
+        let client = globals.client()?;
+        let query = period.map(|p| format!("?period={p}")).unwrap_or_default();
+        let page: AtHeight<Value> = client
+            .get(&format!("/v1/farms/{farm}/receipts{query}"))
+            .await?;
+        let receipts: Vec<RewardReceipt> = serde_json::from_value(page.data["items"].clone())?;
+        // Without --period: the latest period that has receipts.
+        let latest = receipts.first().map(|r| r.period);
+        let receipts: Vec<&RewardReceipt> = receipts
+            .iter()
+            .filter(|r| period.is_some() || Some(r.period) == latest)
+            .collect();
+        if globals.json {
+            return output::json(
+                &json!({ "farm": farm, "receipts": receipts, "current_period": page.data["current_period"] }),
+            );
+        }
+        if receipts.is_empty() {
+            let current = page.data["current_period"].as_u64().unwrap_or(0);
+            match period {
+                Some(p) => println!(
+                    "no receipts for farm {farm} in period {p} (the current period is {current}, minted after it ends)"
+                ),
+                None => println!(
+                    "no rewards minted for farm {farm} yet; period {current} is running and is minted after it ends"
+                ),
+            }
+            return Ok(());
+        }
+        for r in &receipts {
+            println!("{}", r.render());
+        }
+        let total: u64 = receipts.iter().map(|r| r.tokens.0).sum();
+        println!(
+            "farm {farm}, period {}: {} PGT to the payout account",
+            receipts[0].period,
+            Amount(total)
+        );
+        Ok(())
+    }
+}
+
+fn status_text(p: &Proposal) -> String {
+    match p.status {
+        ProposalStatus::Open => format!("open, expires {}", ago(p.expires_ms)),
+        closed => closed_text(closed),
+    }
+}
+
+fn closed_text(status: ProposalStatus) -> String {
+    match status {
+        ProposalStatus::Open => "open".into(),
+        ProposalStatus::Executed { at_ms } => format!("executed {}", ago(at_ms)),
+        ProposalStatus::Rejected { at_ms } => format!("rejected {}", ago(at_ms)),
+        ProposalStatus::Expired { .. } => "expired".into(),
+    }
+}
+
+fn action_text(a: &GovAction) -> String {
+    match a {
+        GovAction::SetTokenPrice { uusd } => format!("token price {}", output::usd(*uusd)),
+        GovAction::SetFeePerByte { fee } => format!("fee {fee} PGT per byte"),
+        GovAction::SetPricingPolicy(_) => "new pricing policy".into(),
+        GovAction::SetFarmingPolicy(_) => "new farming policy".into(),
+        GovAction::SetNodeCertified { node, certified } => {
+            format!("node {node} certified: {certified}")
+        }
+        GovAction::SetFarmCertified { farm, certified } => {
+            format!("farm {farm} certified: {certified}")
+        }
+        GovAction::SetCouncil { members, threshold } => {
+            format!("council of {} (threshold {threshold})", members.len())
+        }
+        GovAction::SetValidators { validators } => format!("{} validators", validators.len()),
+    }
+}
+
+pub fn gov(globals: &Globals, cmd: GovCommand) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let client = globals.client()?;
+        match cmd {
+            GovCommand::Propose {
+                action,
+                description,
+            } => {
+                let action = match action {
+                    ProposeAction::SetTokenPrice { usd } => GovAction::SetTokenPrice {
+                        uusd: parse_usd(&usd)?,
+                    },
+                    ProposeAction::SetFeePerByte { fee } => {
+                        GovAction::SetFeePerByte { fee: fee.parse()? }
+                    }
+                    ProposeAction::SetPricing { file } => {
+                        let p: PricingPolicy = load_policy(&file)?;
+                        p.check()
+                            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+                        GovAction::SetPricingPolicy(p)
+                    }
+                    ProposeAction::SetFarming { file } => {
+                        let p: FarmingPolicy = load_policy(&file)?;
+                        p.check()
+                            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+                        GovAction::SetFarmingPolicy(p)
+                    }
+                    ProposeAction::CertifyNode { node, revoke } => GovAction::SetNodeCertified {
+                        node,
+                        certified: !revoke,
+                    },
+                    ProposeAction::CertifyFarm { farm, revoke } => GovAction::SetFarmCertified {
+                        farm,
+                        certified: !revoke,
+                    },
+                    ProposeAction::SetCouncil { members, threshold } => GovAction::SetCouncil {
+                        members: members
+                            .iter()
+                            .map(|m| m.parse())
+                            .collect::<Result<_, _>>()?,
+                        threshold,
+                    },
+                    ProposeAction::SetValidators { validators } => GovAction::SetValidators {
+                        validators: validators
+                            .iter()
+                            .map(|m| m.parse())
+                            .collect::<Result<_, _>>()?,
+                    },
+                };
+                let events = send(
+                    globals,
+                    Payload::Propose {
+                        action,
+                        description,
+                    },
+                )
+                .await?;
+                let id = events.iter().find_map(|e| match e {
+                    peergrid_ledger::Event::ProposalCreated { proposal, .. } => Some(*proposal),
+                    _ => None,
+                });
+                if globals.json {
+                    return output::json(&json!({ "proposal": id, "events": events }));
+                }
+                match id {
+                    Some(id) => println!(
+                        "proposal {id} is open; vote with: peergrid gov vote {id} --approve"
+                    ),
+                    None => println!("proposed"),
+                }
+                Ok(())
+            }
+            GovCommand::Vote {
+                proposal,
+                approve,
+                reject,
+            } => {
+                let approve = approve && !reject;
+                let events = send(globals, Payload::Vote { proposal, approve }).await?;
+                if globals.json {
+                    return output::json(&json!({ "proposal": proposal, "events": events }));
+                }
+                let closed = events.iter().find_map(|e| match e {
+                    peergrid_ledger::Event::ProposalClosed { status, .. } => Some(*status),
+                    _ => None,
+                });
+                println!(
+                    "voted {} proposal {proposal}",
+                    if approve { "for" } else { "against" }
+                );
+                if let Some(status) = closed {
+                    println!("the proposal is closed: {}", closed_text(status));
+                }
+                Ok(())
+            }
+            GovCommand::List => {
+                let page: AtHeight<Page<Proposal>> = client.get("/v1/proposals?limit=1000").await?;
+                if globals.json {
+                    return output::json(
+                        &json!({ "height": page.height, "proposals": page.data.items }),
+                    );
+                }
+                let rows: Vec<Vec<String>> = page
+                    .data
+                    .items
+                    .iter()
+                    .map(|p| {
+                        vec![
+                            p.id.to_string(),
+                            action_text(&p.action),
+                            format!("{}/{}", p.approvals.len(), p.rejections.len()),
+                            format!(
+                                "{}/{}",
+                                units(p.farmer_weight_for),
+                                units(p.farmer_weight_against)
+                            ),
+                            status_text(p),
+                        ]
+                    })
+                    .collect();
+                output::table(
+                    &[
+                        "ID",
+                        "ACTION",
+                        "COUNCIL FOR/AGAINST",
+                        "FARMERS FOR/AGAINST",
+                        "STATUS",
+                    ],
+                    &rows,
+                );
+                Ok(())
+            }
+            GovCommand::Show { proposal } => {
+                let p: AtHeight<Proposal> =
+                    client.get(&format!("/v1/proposals/{proposal}")).await?;
+                let votes: AtHeight<Value> = client
+                    .get(&format!("/v1/proposals/{proposal}/votes"))
+                    .await?;
+                if globals.json {
+                    return output::json(
+                        &json!({ "proposal": p.data, "votes": votes.data["items"] }),
+                    );
+                }
+                let p = p.data;
+                output::rows(&[
+                    ("proposal", p.id.to_string()),
+                    ("action", action_text(&p.action)),
+                    ("description", p.description.clone()),
+                    ("proposer", p.proposer.to_string()),
+                    ("status", status_text(&p)),
+                    (
+                        "council",
+                        format!("{} for, {} against", p.approvals.len(), p.rejections.len()),
+                    ),
+                    (
+                        "farmers",
+                        format!(
+                            "{} for, {} against (2·CU + SU of their nodes), {} voted",
+                            units(p.farmer_weight_for),
+                            units(p.farmer_weight_against),
+                            p.farmer_voters
+                        ),
+                    ),
+                ]);
+                if p.status == ProposalStatus::Open {
+                    println!(
+                        "\nit passes once the council's approvals reach the threshold and farmers' weight for is at least\n\
+                         their weight against; it closes as soon as votes still to come cannot change that, else at expiry"
+                    );
+                }
+                Ok(())
+            }
+        }
+    })
+}
+
+/// Millionths as a decimal.
+fn units(micro: u64) -> String {
+    let whole = micro / 1_000_000;
+    let frac = micro % 1_000_000;
+    if frac == 0 {
+        whole.to_string()
+    } else {
+        format!("{whole}.{}", format!("{frac:06}").trim_end_matches('0'))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usd_amounts_parse_to_micro_usd() {
+        assert_eq!(parse_usd("0.05").expect("ok"), 50_000);
+        assert_eq!(parse_usd("$22").expect("ok"), 22_000_000);
+        assert_eq!(parse_usd("1.000001").expect("ok"), 1_000_001);
+        assert!(parse_usd("0.0000001").is_err(), "below a micro-dollar");
+        assert!(parse_usd("lots").is_err());
+        assert!(parse_usd("").is_err());
+    }
+
+    #[test]
+    fn weights_print_as_decimals() {
+        assert_eq!(units(2_500_000), "2.5");
+        assert_eq!(units(3_000_000), "3");
+        assert_eq!(units(1), "0.000001");
+    }
+}

@@ -1,0 +1,186 @@
+//! Helpers shared by the tests that run a real devnet and real nodes as processes.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use peergrid_client::Client;
+use peergrid_core::Keypair;
+use serde_json::Value;
+
+pub fn peergrid(home: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_peergrid"));
+    cmd.env("PEERGRID_HOME", home)
+        .env_remove("PEERGRID_LEDGER")
+        .stdin(Stdio::null());
+    cmd
+}
+
+pub fn run(home: &Path, args: &[&str]) -> (bool, Value, String) {
+    let out = peergrid(home)
+        .arg("--json")
+        .args(args)
+        .output()
+        .expect("run peergrid");
+    let value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (
+        out.status.success(),
+        value,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A child process killed when the test ends, pass or fail.
+pub struct Proc(pub Child);
+
+impl Proc {
+    pub fn interrupt(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-INT", &self.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline && matches!(self.0.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            self.interrupt();
+        }
+    }
+}
+
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+pub fn node_status(home: &Path, id: u64) -> String {
+    let (_, v, _) = run(home, &["node", "show", &id.to_string()]);
+    v["node"]["status"].as_str().unwrap_or_default().to_string()
+}
+
+pub fn start_node(home: &Path, farm: u64, data: &Path, health: u16) -> Proc {
+    let log = std::fs::File::create(data.with_extension("log")).expect("log");
+    let child = peergrid(home)
+        .args(["node", "run", "--farm", &farm.to_string()])
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--disk")
+        .arg(format!("{}:ssd:20GiB", data.display()))
+        .args(["--health", &format!("127.0.0.1:{health}")])
+        .args(["--listen", "/ip4/127.0.0.1/tcp/0"])
+        .args(["--country", "BE", "--city", "Ghent"])
+        .env("RUST_LOG", "info")
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("start node");
+    Proc(child)
+}
+
+pub async fn workloads(health: &str) -> Vec<Value> {
+    let local = Client::new(vec![health.to_string()]);
+    local
+        .get::<Value>("/v1/workloads")
+        .await
+        .ok()
+        .and_then(|v| v["items"].as_array().cloned())
+        .unwrap_or_default()
+}
+
+pub async fn wait_workloads(health: &str, what: &str, f: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let w = workloads(health).await;
+        if f(&w) {
+            return w;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {w:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// A devnet (validators only) started from `home` with genesis parameters `set`; it
+/// stops when dropped. Returns it once blocks finalize, with its ledger client and demo key.
+pub async fn devnet(home: &Path, base_port: u16, set: &[&str]) -> (Proc, Client, Keypair) {
+    let mut cmd = peergrid(home);
+    cmd.args([
+        "devnet",
+        "--nodes",
+        "0",
+        "--base-port",
+        &base_port.to_string(),
+    ]);
+    for s in set {
+        cmd.args(["--set", s]);
+    }
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start devnet");
+    let proc = Proc(child);
+    let h = home.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        wait_for("the devnet to finalize", Duration::from_secs(180), || {
+            let (ok, _, _) = run(&h, &["devnet", "status"]);
+            ok.then_some(())
+        })
+    })
+    .await
+    .expect("join");
+    let running: Value = serde_json::from_slice(
+        &std::fs::read(home.join("devnet/devnet.json")).expect("devnet.json"),
+    )
+    .expect("json");
+    let apis: Vec<String> = serde_json::from_value(running["apis"].clone()).expect("apis");
+    let demo = Keypair::load(Path::new(running["demo_key"].as_str().expect("key"))).expect("demo");
+    (proc, Client::new(apis), demo)
+}
+
+/// Wait, off the async runtime, until `f` (which runs CLI commands) gives a value.
+pub async fn eventually<T: Send + 'static>(
+    what: &'static str,
+    timeout: Duration,
+    f: impl FnMut() -> Option<T> + Send + 'static,
+) -> T {
+    tokio::task::spawn_blocking(move || wait_for(what, timeout, f))
+        .await
+        .expect("join")
+}
+
+/// Wait until the first node of `farm` is listed up; returns its id.
+pub async fn node_up(home: &Path, farm: u64) -> u64 {
+    let h = home.to_path_buf();
+    eventually(
+        "the node to be listed up",
+        Duration::from_secs(60),
+        move || {
+            let (_, list, _) = run(&h, &["node", "list", "--farm", &farm.to_string()]);
+            let n = list["nodes"].as_array()?.first()?.clone();
+            (n["status"] == "up").then(|| n["id"].as_u64()).flatten()
+        },
+    )
+    .await
+}
