@@ -295,7 +295,8 @@ impl Supervisor {
         loop {
             if let Some(i) = self.exited() {
                 bail!(
-                    "validator {i} exited; see {}",
+                    "validator {i} exited; see {} (a devnet made by an older peergrid cannot \
+                     be opened: start over with `peergrid devnet --fresh`)",
                     self.dir.join(format!("logs/validator-{i}.log")).display()
                 );
             }
@@ -498,4 +499,29 @@ async fn wait_listening(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn genesis_parameters_are_set_by_name_and_checked() {
+        let base = Devnet::generate("t", 1, 1_000).expect("keys").genesis;
+        let g = with_params(
+            &base,
+            &[
+                "billing_interval_secs=2".into(),
+                "pricing.cu_uusd_month=5".into(),
+            ],
+        )
+        .expect("valid");
+        assert_eq!(g.params.billing_interval_secs, 2);
+        assert_eq!(g.params.pricing.cu_uusd_month, 5);
+        let e = with_params(&base, &["billing_interval=2".into()]).expect_err("unknown");
+        assert!(e.to_string().contains("no genesis parameter"), "{e}");
+        let e = with_params(&base, &["billing_interval_secs=0".into()]).expect_err("checked");
+        assert!(e.to_string().contains("above zero"), "{e}");
+        assert!(with_params(&base, &["nonsense".into()]).is_err());
+    }
 }
