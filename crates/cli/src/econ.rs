@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Subcommand;
-use peergrid_client::{AtHeight, TxStatus};
+use peergrid_client::AtHeight;
 use peergrid_core::capacity::human_bytes;
 use peergrid_core::policy::{FarmingPolicy, PricingPolicy};
 use peergrid_core::tx::{ContractSpec, GovAction};
@@ -18,8 +18,6 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::{Globals, output};
-
-const FINALITY_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Subcommand)]
 pub enum ContractCommand {
@@ -189,17 +187,6 @@ fn load_policy<T: serde::de::DeserializeOwned>(path: &PathBuf) -> anyhow::Result
     }
 }
 
-async fn send(globals: &Globals, payload: Payload) -> anyhow::Result<Vec<peergrid_ledger::Event>> {
-    let client = globals.client()?;
-    let key = globals.keypair()?;
-    let (hash, status) = client.send(&key, payload, FINALITY_WAIT).await?;
-    match status {
-        TxStatus::Finalized { events, .. } => Ok(events),
-        TxStatus::Rejected { reason, .. } => bail!("rejected: {reason}"),
-        _ => bail!("not final yet; check it with `peergrid tx status {hash}`"),
-    }
-}
-
 fn kind(c: &Contract) -> String {
     match &c.spec {
         ContractSpec::Deployment { .. } => "deployment".into(),
@@ -322,7 +309,7 @@ pub fn contract(globals: &Globals, cmd: ContractCommand) -> anyhow::Result<()> {
                 Ok(())
             }
             ContractCommand::Cancel { contract } => {
-                let events = send(globals, Payload::CancelContract { contract }).await?;
+                let events = globals.send(Payload::CancelContract { contract }).await?;
                 if globals.json {
                     return output::json(&json!({ "contract": contract, "events": events }));
                 }
@@ -521,14 +508,12 @@ pub fn gov(globals: &Globals, cmd: GovCommand) -> anyhow::Result<()> {
                             .collect::<Result<_, _>>()?,
                     },
                 };
-                let events = send(
-                    globals,
-                    Payload::Propose {
+                let events = globals
+                    .send(Payload::Propose {
                         action,
                         description,
-                    },
-                )
-                .await?;
+                    })
+                    .await?;
                 let id = events.iter().find_map(|e| match e {
                     peergrid_ledger::Event::ProposalCreated { proposal, .. } => Some(*proposal),
                     _ => None,
@@ -550,7 +535,7 @@ pub fn gov(globals: &Globals, cmd: GovCommand) -> anyhow::Result<()> {
                 reject,
             } => {
                 let approve = approve && !reject;
-                let events = send(globals, Payload::Vote { proposal, approve }).await?;
+                let events = globals.send(Payload::Vote { proposal, approve }).await?;
                 if globals.json {
                     return output::json(&json!({ "proposal": proposal, "events": events }));
                 }

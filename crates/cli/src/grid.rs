@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use peergrid_client::{AtHeight, TxStatus};
+use peergrid_client::AtHeight;
 use peergrid_core::capacity::human_bytes;
 use peergrid_core::tx::{Signature, sign_invitation};
 use peergrid_core::{AccountId, FarmId, Location, Payload, PublicIp};
@@ -16,8 +16,6 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::{Globals, output};
-
-const FINALITY_WAIT: Duration = Duration::from_secs(30);
 
 #[derive(Subcommand)]
 pub enum FarmCommand {
@@ -162,17 +160,6 @@ fn degrees_to_micro(what: &str, degrees: f64, max: f64) -> anyhow::Result<i32> {
     Ok((degrees * 1e6).round() as i32)
 }
 
-async fn send(globals: &Globals, payload: Payload) -> anyhow::Result<Vec<peergrid_ledger::Event>> {
-    let client = globals.client()?;
-    let key = globals.keypair()?;
-    let (hash, status) = client.send(&key, payload, FINALITY_WAIT).await?;
-    match status {
-        TxStatus::Finalized { events, .. } => Ok(events),
-        TxStatus::Rejected { reason, .. } => bail!("rejected: {reason}"),
-        _ => bail!("not final yet; check it with `peergrid tx status {hash}`"),
-    }
-}
-
 pub fn farm(globals: &Globals, cmd: FarmCommand) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         match cmd {
@@ -181,7 +168,7 @@ pub fn farm(globals: &Globals, cmd: FarmCommand) -> anyhow::Result<()> {
                     .iter()
                     .map(|t| parse_public_ip(t))
                     .collect::<anyhow::Result<Vec<_>>>()?;
-                let events = send(globals, Payload::CreateFarm { name: name.clone(), public_ips }).await?;
+                let events = globals.send(Payload::CreateFarm { name: name.clone(), public_ips }).await?;
                 let id = events.iter().find_map(|e| match e {
                     peergrid_ledger::Event::FarmCreated { farm, .. } => Some(*farm),
                     _ => None,

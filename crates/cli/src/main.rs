@@ -133,6 +133,26 @@ impl Globals {
         }
     }
 
+    /// Sign `payload` with your key, submit it and wait until it is final; its events if it
+    /// applied, else the ledger's reason.
+    async fn send(
+        &self,
+        payload: peergrid_core::Payload,
+    ) -> anyhow::Result<Vec<peergrid_ledger::Event>> {
+        let client = self.client()?;
+        let key = self.keypair()?;
+        let (hash, status) = client
+            .send(&key, payload, std::time::Duration::from_secs(30))
+            .await?;
+        match status {
+            peergrid_client::TxStatus::Finalized { events, .. } => Ok(events),
+            peergrid_client::TxStatus::Rejected { reason, .. } => {
+                anyhow::bail!("rejected: {reason}")
+            }
+            _ => anyhow::bail!("not final yet; check it with `peergrid tx status {hash}`"),
+        }
+    }
+
     /// `$PEERGRID_HOME/key.json`.
     fn home_key_file(&self) -> anyhow::Result<PathBuf> {
         let home = match std::env::var_os("PEERGRID_HOME") {

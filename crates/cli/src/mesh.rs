@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use peergrid_core::Keypair;
+use peergrid_core::capacity::parse_size;
 use peergrid_mesh::bulk::{self, Receiver, Transfer};
 use peergrid_mesh::control::{self, Request};
 use peergrid_mesh::{Config, Mesh, Multiaddr, PeerId, PeerInfo, Status};
@@ -108,31 +109,6 @@ pub fn run(globals: &Globals, cmd: MeshCommand) -> anyhow::Result<()> {
             MeshCommand::Received(c) => received(globals, c.control).await,
         }
     })
-}
-
-/// A size with an optional binary or decimal unit: `4096`, `64KiB`, `100MiB`, `1GiB`, `1GB`.
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size like 100MiB"))?;
-    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" => 1 << 10,
-        "m" | "mib" => 1 << 20,
-        "g" | "gib" => 1 << 30,
-        "kb" => 1_000,
-        "mb" => 1_000_000,
-        "gb" => 1_000_000_000,
-        other => return Err(format!("unknown size unit {other:?} (use KiB, MiB or GiB)")),
-    };
-    number
-        .checked_mul(multiplier)
-        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 fn mib(bytes: u64) -> String {
@@ -385,21 +361,4 @@ async fn send(globals: &Globals, args: SendArgs) -> anyhow::Result<()> {
     // Let the receiver see our half-close before the connection goes away.
     tokio::time::sleep(Duration::from_millis(100)).await;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_parse_with_binary_and_decimal_units() {
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("100MiB"), Ok(100 << 20));
-        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
-        assert_eq!(parse_size("2 KiB"), Ok(2048));
-        assert_eq!(parse_size("1GB"), Ok(1_000_000_000));
-        assert!(parse_size("MiB").is_err());
-        assert!(parse_size("1TiB").is_err());
-        assert!(parse_size("99999999999999GiB").is_err());
-    }
 }

@@ -89,6 +89,52 @@ impl fmt::Display for Capacity {
     }
 }
 
+/// Parse a size with an optional binary or decimal unit: `4096`, `100MiB`, `1.5GiB`, `2TB`.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let scale: u128 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?}; use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB"
+            ));
+        }
+    };
+    let bad = || format!("{text:?} is not a size; write it like 100MiB or 1.5GiB");
+    let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() && frac.is_empty() || frac.len() > 9 {
+        return Err(bad());
+    }
+    let whole: u128 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().map_err(|_| bad())?
+    };
+    let frac_value: u128 = if frac.is_empty() {
+        0
+    } else {
+        frac.parse().map_err(|_| bad())?
+    };
+    // Exact integer arithmetic: 1.5GiB is 1610612736 bytes, not a float's rounding of it.
+    let bytes = whole
+        .checked_mul(scale)
+        .and_then(|w| w.checked_add(frac_value * scale / 10u128.pow(frac.len() as u32)))
+        .ok_or_else(|| format!("{text:?} is too large"))?;
+    u64::try_from(bytes).map_err(|_| format!("{text:?} is too large"))
+}
+
 /// Bytes in binary units for people: `1.5 GiB`.
 pub fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
@@ -156,5 +202,23 @@ impl fmt::Display for PublicIp {
         let [a, b, c, d] = self.ip;
         let [g, h, i, j] = self.gateway;
         write!(f, "{a}.{b}.{c}.{d}/{} via {g}.{h}.{i}.{j}", self.prefix_len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_exactly_in_binary_and_decimal_units() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("100MiB"), Ok(100 << 20));
+        assert_eq!(parse_size("2 KiB"), Ok(2048));
+        assert_eq!(parse_size("1.5GiB"), Ok(3 << 29));
+        assert_eq!(parse_size("2TB"), Ok(2_000_000_000_000));
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("1.2.3GiB").is_err());
+        assert!(parse_size("99999999999999GiB").is_err(), "beyond u64");
     }
 }

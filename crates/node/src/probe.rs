@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use peergrid_core::Capacity;
-use peergrid_core::capacity::GIB;
+use peergrid_core::capacity::{GIB, parse_size};
 use serde::{Deserialize, Serialize};
 use sysinfo::{DiskKind, Disks, System};
 
@@ -55,39 +55,6 @@ impl std::str::FromStr for DiskSpec {
         }
         Ok(spec)
     }
-}
-
-/// Parse `500GiB`, `2TB`, `1048576` (bytes) and the like.
-pub fn parse_size(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a size; write it like 500GiB or 2TB"))?;
-    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kib" => 1 << 10,
-        "m" | "mib" => 1 << 20,
-        "g" | "gib" => 1 << 30,
-        "t" | "tib" => 1 << 40,
-        "kb" => 1_000,
-        "mb" => 1_000_000,
-        "gb" => 1_000_000_000,
-        "tb" => 1_000_000_000_000,
-        other => {
-            return Err(format!(
-                "unknown size unit {other:?}; use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB"
-            ));
-        }
-    };
-    let bytes = value * scale as f64;
-    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
-        return Err(format!("{text:?} is out of range"));
-    }
-    Ok(bytes as u64)
 }
 
 /// What the node keeps for itself, so its own work never starves.
@@ -233,14 +200,6 @@ mod tests {
         assert!("".parse::<DiskSpec>().is_err());
         let e = "/data:fast".parse::<DiskSpec>().expect_err("unknown unit");
         assert!(e.contains("size"), "{e}");
-    }
-
-    #[test]
-    fn sizes_parse_in_binary_and_decimal_units() {
-        assert_eq!(parse_size("2TB"), Ok(2_000_000_000_000));
-        assert_eq!(parse_size("1.5GiB"), Ok(3 << 29));
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert!(parse_size("lots").is_err());
     }
 
     #[test]

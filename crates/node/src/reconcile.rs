@@ -124,6 +124,18 @@ fn relevant(
     out
 }
 
+/// The contracts this node holds a workload (or a refusal) for.
+async fn held(shared: &Shared) -> BTreeSet<ContractId> {
+    shared
+        .world
+        .lock()
+        .await
+        .workloads
+        .keys()
+        .copied()
+        .collect()
+}
+
 /// Re-read every contract on this node and every one the world holds; reconcile each.
 async fn resync(shared: &Shared, client: &Client, me: NodeId) -> Result<u64, ClientError> {
     let (height, contracts) = contracts_of(client, me).await?;
@@ -132,15 +144,11 @@ async fn resync(shared: &Shared, client: &Client, me: NodeId) -> Result<u64, Cli
         seen.insert(c.id);
         reconcile_one(shared, c).await;
     }
-    let local: Vec<ContractId> = shared
-        .world
-        .lock()
+    for id in held(shared)
         .await
-        .workloads
-        .keys()
-        .copied()
-        .collect();
-    for id in local.into_iter().filter(|id| !seen.contains(id)) {
+        .into_iter()
+        .filter(|id| !seen.contains(id))
+    {
         if let Some(c) = contract(client, id).await? {
             reconcile_one(shared, &c).await;
         } else {
@@ -180,14 +188,7 @@ pub async fn follow(shared: Arc<Shared>, client: Arc<Client>) {
         let mut blocks = client.events(start);
         let since = Instant::now();
         while let Some(block) = blocks.next().await {
-            let known: BTreeSet<ContractId> = shared
-                .world
-                .lock()
-                .await
-                .workloads
-                .keys()
-                .copied()
-                .collect();
+            let known = held(shared.as_ref()).await;
             let mut changed = false;
             for id in relevant(&block, me, &known) {
                 match contract(&client, id).await {
