@@ -19,7 +19,8 @@ async fn a_farmer_runs_a_node_that_follows_its_contracts_across_restarts() {
     let home_dir = tempfile::tempdir().expect("tempdir");
     let home = home_dir.path().to_path_buf();
     let base_port = 31_000 + (std::process::id() % 3_000) as u16 * 3 % 9_000;
-    let (_devnet, client, demo) = devnet(&home, base_port, &["uptime_interval_secs=2"]).await;
+    let (mut validators, client, demo) =
+        devnet(&home, base_port, &["uptime_interval_secs=2"]).await;
 
     // Errors a farmer meets first: an unknown farm, and no consent from the owner.
     let data: PathBuf = home.join("node-a");
@@ -198,4 +199,27 @@ async fn a_farmer_runs_a_node_that_follows_its_contracts_across_restarts() {
     assert!(matches!(status, TxStatus::Finalized { .. }), "{status:?}");
     wait_workloads(&health, "the workload to be removed", |w| w.is_empty()).await;
     assert!(!folder.exists(), "its data is gone");
+
+    // The whole ledger goes away: the node says so on its health endpoint, keeps running,
+    // and its reports resume by themselves when the ledger is back.
+    validators.interrupt();
+    let local = Client::new(vec![health.clone()]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while local.get::<serde_json::Value>("/health").await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "health stayed ok without a ledger"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (_validators, _, _) = devnet(&home, base_port, &[]).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while local.get::<serde_json::Value>("/health").await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "uptime reports did not resume"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(node_status(&home, node_id), "up");
 }
