@@ -121,6 +121,12 @@ pub fn prepare_with(opts: &Options, extra: &[GenesisBalance]) -> anyhow::Result<
     }
     let genesis_path = opts.dir.join("genesis.toml");
     if genesis_path.exists() {
+        if !opts.params.is_empty() {
+            bail!(
+                "--set changes a new genesis only, and {} already has one; add --fresh to start over with it",
+                opts.dir.display()
+            );
+        }
         return Ok(Genesis::load(&genesis_path)?);
     }
     if opts.validators == 0 {
