@@ -143,6 +143,17 @@ async fn a_contract_is_billed_paused_resumed_and_deleted_and_the_farmer_can_expl
         })
         .expect("contract id");
     wait_workloads(&health, "the workload to run", workload_in("running", id)).await;
+    let (ok, listed, err) = run(
+        &home,
+        &[
+            "contract",
+            "list",
+            "--owner",
+            &builder.account().to_string(),
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(listed["contracts"][0]["id"], id, "{listed}");
 
     // While it runs the builder's balance falls; when it cannot pay, the workload pauses.
     let before = balance(&client, &builder.account()).await;
@@ -263,4 +274,25 @@ async fn a_contract_is_billed_paused_resumed_and_deleted_and_the_farmer_can_expl
         .expect("run");
     let human = String::from_utf8_lossy(&out.stdout);
     assert!(human.contains(&paid_receipt.tokens.to_string()), "{human}");
+
+    // Governance: the council (the demo account, also the only farmer here) changes the
+    // token price; with every farmer's weight cast, it executes at once.
+    let (ok, proposed, err) = run(
+        &home,
+        &[
+            "gov",
+            "propose",
+            "set-token-price",
+            "--usd",
+            "0.00002",
+            "--description",
+            "test",
+        ],
+    );
+    assert!(ok, "{err}");
+    let proposal = proposed["proposal"].as_u64().expect("proposal id");
+    let (_, shown, _) = run(&home, &["gov", "show", &proposal.to_string()]);
+    assert_eq!(shown["proposal"]["status"]["status"], "executed", "{shown}");
+    let status = client.status().await.expect("status");
+    assert_eq!(status.data["params"]["token_price_uusd"], 20);
 }
