@@ -167,6 +167,7 @@ async fn status(State(api): State<Api>) -> ApiResult {
             "supply": { "genesis": g.genesis_supply, "minted": g.minted, "burned": g.burned },
             "mempool": mempool,
             "params": s.params(),
+            "mesh_bootstrap": api.shared.genesis.mesh_bootstrap,
         }))
     })?;
     Ok(at(v, height, root))

@@ -204,14 +204,34 @@ pub fn devnet(globals: &Globals, args: DevnetArgs) -> anyhow::Result<()> {
     let mut supervisor = peergrid_devnet::Supervisor::start(&opts, &genesis, &exe)?;
     runtime()?.block_on(async {
         eprintln!("starting {} validators in {} …", genesis.validators.len(), dir.display());
-        let height = supervisor.wait_finalizing(Duration::from_secs(60)).await?;
-        if args.nodes > 0 {
-            eprintln!("starting {} nodes in {} farms …", args.nodes, peergrid_devnet::FARMS);
-            let farms = supervisor.ensure_farms().await?;
-            supervisor
-                .start_nodes(&exe, &farms, args.nodes, Duration::from_secs(60))
-                .await?;
-        }
+        let startup = async {
+            let height = supervisor.wait_finalizing(Duration::from_secs(60)).await?;
+            if args.nodes > 0 {
+                eprintln!("starting {} nodes in {} farms …", args.nodes, peergrid_devnet::FARMS);
+                let farms = supervisor.ensure_farms().await?;
+                supervisor
+                    .start_nodes(&exe, &farms, args.nodes, Duration::from_secs(60))
+                    .await?;
+            }
+            anyhow::Ok(height)
+        };
+        // Ctrl-C while starting stops everything cleanly too.
+        let started = tokio::select! {
+            r = startup => Some(r),
+            _ = tokio::signal::ctrl_c() => None,
+        };
+        let Some(started) = started else {
+            eprintln!("stopping the devnet …");
+            supervisor.stop();
+            return Ok(());
+        };
+        let height = match started {
+            Ok(h) => h,
+            Err(e) => {
+                supervisor.stop();
+                return Err(e);
+            }
+        };
         let demo = Keypair::load(&supervisor.running.demo_key)?;
         let mnemonic = std::fs::read_to_string(dir.join("demo-mnemonic.txt")).unwrap_or_default();
         if globals.json {

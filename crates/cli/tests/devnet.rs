@@ -124,6 +124,33 @@ fn a_newcomer_runs_a_devnet_and_sends_a_transfer_that_finalizes() {
         .collect();
     assert_eq!((farms.len(), cities.len()), (2, 5), "{nodes:?}");
 
+    // The nodes find each other on the mesh through the bootstrap peer the genesis names.
+    let running: Value = serde_json::from_slice(
+        &std::fs::read(home.join("devnet/devnet.json")).expect("devnet.json"),
+    )
+    .expect("json");
+    let health: Vec<String> = serde_json::from_value(running["nodes"].clone()).expect("nodes");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for url in &health {
+        let node = peergrid_client::Client::new(vec![url.clone()]);
+        loop {
+            let known = rt
+                .block_on(node.get::<Value>("/v1/status"))
+                .ok()
+                .and_then(|s| s["mesh_routing_table_peers"].as_u64())
+                .unwrap_or(0);
+            if known == 4 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{url} knows {known} of its 4 mesh peers"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
     // No key of one's own: the CLI uses the devnet's demo account.
     let (ok, balance) = json(home, &["wallet", "balance"]);
     assert!(ok, "{balance}");

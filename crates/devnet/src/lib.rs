@@ -153,6 +153,14 @@ pub fn prepare_with(opts: &Options, extra: &[GenesisBalance]) -> anyhow::Result<
         std::fs::create_dir_all(&dir)?;
         let key = Keypair::generate()?;
         key.save(&dir.join("node-key.json"), true)?;
+        if i == 0 {
+            // Node 0 listens on a known port and is the mesh's entry for everyone else.
+            devnet.genesis.mesh_bootstrap = vec![format!(
+                "/ip4/127.0.0.1/tcp/{}/p2p/{}",
+                bootstrap_port(opts.base_port)?,
+                key.account()
+            )];
+        }
         devnet.genesis.balances.push(GenesisBalance {
             account: key.account(),
             amount: peergrid_core::Amount::tokens(NODE_FUNDS),
@@ -219,6 +227,11 @@ pub fn with_params(genesis: &Genesis, params: &[String]) -> anyhow::Result<Genes
     let out = Genesis::from_toml(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
     out.check()?;
     Ok(out)
+}
+
+/// The TCP port devnet node 0 listens on for the mesh.
+fn bootstrap_port(base: u16) -> anyhow::Result<u16> {
+    base.checked_add(300).context("--base-port too high")
 }
 
 /// Node `i`'s data directory.
@@ -383,6 +396,12 @@ impl Supervisor {
                 .context("--base-port too high")?;
             let dir = node_dir(&self.dir, i);
             std::fs::create_dir_all(&dir)?;
+            let tcp_port = if i == 0 {
+                bootstrap_port(self.base_port)?
+            } else {
+                0
+            };
+            let tcp_listen = format!("/ip4/127.0.0.1/tcp/{tcp_port}");
             let log = std::fs::File::create(self.dir.join(format!("logs/node-{i}.log")))?;
             let child = Command::new(exe)
                 .args(["node", "run", "--farm", &farms[farm_index].to_string()])
@@ -401,7 +420,7 @@ impl Supervisor {
                     "--listen",
                     "/ip4/127.0.0.1/udp/0/quic-v1",
                     "--listen",
-                    "/ip4/127.0.0.1/tcp/0",
+                    &tcp_listen,
                 ])
                 .args(["--country", country, "--city", city])
                 .arg(format!("--latitude={lat}"))

@@ -31,6 +31,7 @@ fn keys() -> Vec<Keypair> {
 
 fn genesis(keys: &[Keypair]) -> Genesis {
     Genesis {
+        mesh_bootstrap: Vec::new(),
         chain_id: CHAIN.into(),
         genesis_time_ms: 1_700_000_000_000,
         foundation: keys[0].account(),

@@ -110,6 +110,7 @@ fn build(scale: &Scale) -> World {
         amount: Amount::tokens(1_000_000),
     }));
     let genesis = Genesis {
+        mesh_bootstrap: Vec::new(),
         chain_id: CHAIN.into(),
         genesis_time_ms: GENESIS_MS,
         foundation: seed_key(9, 0).account(),

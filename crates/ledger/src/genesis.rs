@@ -162,7 +162,15 @@ pub struct Genesis {
     /// Initial balances.
     #[serde(default)]
     pub balances: Vec<GenesisBalance>,
+    /// Mesh peers a newcomer dials first (multiaddrs ending in `/p2p/<peer id>`), so
+    /// nodes and clients find each other through Kademlia. Like validators' addresses,
+    /// not part of the chain's identity: they may change without a new chain.
+    #[serde(default)]
+    pub mesh_bootstrap: Vec<String>,
 }
+
+/// Most bootstrap peers in a genesis.
+pub const MESH_BOOTSTRAP_MAX: usize = 64;
 
 /// Why a genesis file cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -243,6 +251,18 @@ impl Genesis {
     /// Check every rule: chain id, unique accounts, sums that fit, a usable council and validator set.
     pub fn check(&self) -> Result<(), GenesisError> {
         let invalid = |m: String| Err(GenesisError::Invalid(m));
+        if self.mesh_bootstrap.len() > MESH_BOOTSTRAP_MAX {
+            return invalid(format!("at most {MESH_BOOTSTRAP_MAX} mesh_bootstrap peers"));
+        }
+        if let Some(bad) = self
+            .mesh_bootstrap
+            .iter()
+            .find(|a| !a.starts_with('/') || !a.contains("/p2p/") || a.len() > 512)
+        {
+            return invalid(format!(
+                "mesh_bootstrap entry {bad:?} is not a multiaddr ending in /p2p/<peer id>"
+            ));
+        }
         if self.chain_id.is_empty() || self.chain_id.len() > CHAIN_ID_BYTES_MAX {
             return invalid(format!("chain_id must be 1 to {CHAIN_ID_BYTES_MAX} bytes"));
         }
@@ -331,6 +351,7 @@ impl Devnet {
         let foundation = Keypair::generate()?.account();
         let staking_pool = Keypair::generate()?.account();
         let genesis = Genesis {
+            mesh_bootstrap: Vec::new(),
             chain_id: chain_id.to_string(),
             genesis_time_ms,
             foundation,

@@ -10,6 +10,7 @@ use anyhow::Context;
 use peergrid_client::{Client, TxStatus};
 use peergrid_core::tx::Signature;
 use peergrid_core::{Capacity, FarmId, Keypair, Location, NodeId, Payload};
+use serde_json::Value;
 use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
 
@@ -68,6 +69,8 @@ pub struct Shared {
     pub interval_secs: u64,
     /// The mesh peer's listen addresses.
     pub listen: std::sync::Mutex<Vec<String>>,
+    /// The mesh peer.
+    pub mesh: peergrid_mesh::Mesh,
 }
 
 impl Shared {
@@ -204,7 +207,26 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Running> {
             "the ledger's status has no params.uptime_interval_secs; is it a peergrid ledger?",
         )?;
 
-    let mesh = peergrid_mesh::Mesh::start(&key, config.mesh.clone())
+    let mut mesh_config = config.mesh.clone();
+    if mesh_config.bootstrap.is_empty() {
+        // The genesis names the grid's bootstrap peers; ourselves among them is no help.
+        let me = key.account().to_string();
+        mesh_config.bootstrap = status.data["mesh_bootstrap"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .filter(|a| !a.ends_with(&me))
+            .filter_map(|a| match a.parse() {
+                Ok(addr) => Some(addr),
+                Err(e) => {
+                    warn!(addr = a, error = %e, "ignoring a bootstrap peer the genesis lists");
+                    None
+                }
+            })
+            .collect();
+    }
+    let mesh = peergrid_mesh::Mesh::start(&key, mesh_config)
         .await
         .context("cannot start the mesh peer")?;
     let listen: Vec<String> = mesh
@@ -224,6 +246,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Running> {
         deploys_refused: AtomicU64::new(0),
         interval_secs,
         listen: std::sync::Mutex::new(listen),
+        mesh: mesh.clone(),
     });
     serve_protocols(&mesh, shared.clone(), client.clone())?;
     let (health, health_task) = crate::health::serve(config.health_listen, shared.clone()).await?;

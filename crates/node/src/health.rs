@@ -69,6 +69,11 @@ async fn health(State(s): State<Arc<Shared>>) -> Response {
 async fn status(State(s): State<Arc<Shared>>) -> Response {
     let mut v = serde_json::to_value(s.report().await).unwrap_or_default();
     v["mesh_listen"] = json!(*s.listen.lock().unwrap_or_else(|p| p.into_inner()));
+    if let Ok(mesh) = s.mesh.status().await {
+        v["mesh_connected_peers"] = json!(mesh.connected_peers);
+        v["mesh_routing_table_peers"] = json!(mesh.routing_table_peers);
+        v["mesh_nat"] = json!(mesh.nat);
+    }
     Json(v).into_response()
 }
 

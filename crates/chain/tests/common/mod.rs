@@ -49,6 +49,7 @@ pub fn user(i: u8) -> Keypair {
 
 pub fn genesis(validators: usize) -> Genesis {
     Genesis {
+        mesh_bootstrap: Vec::new(),
         chain_id: CHAIN.into(),
         genesis_time_ms: START_SECS * 1000 - 1000,
         foundation: user(200).account(),
