@@ -184,15 +184,29 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Running> {
         (None, Some(k)) => Consent::OwnerKey(k),
         (None, None) => Consent::None,
     };
-    let id = ensure_registered(
-        &client,
-        &key,
-        config.farm,
-        probe.offered,
-        &config.location,
-        consent,
-    )
-    .await?;
+    // A machine booting while the ledger is out of reach waits for it rather than exiting.
+    let id = loop {
+        match ensure_registered(
+            &client,
+            &key,
+            config.farm,
+            probe.offered,
+            &config.location,
+            consent,
+        )
+        .await
+        {
+            Ok(id) => break id,
+            Err(e) if unreachable(&e) => {
+                warn!(
+                    error = format!("{e:#}"),
+                    "the ledger is unreachable; retrying in 5 s"
+                );
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
     if world.node.is_some_and(|n| n != id) {
         warn!(old = ?world.node, new = id, "the data directory belonged to another node id; resyncing");
         world.workloads.clear();
@@ -267,6 +281,16 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Running> {
         health,
         tasks,
         _mesh: mesh,
+    })
+}
+
+/// Whether `e` only says that no validator answered (worth waiting for).
+fn unreachable(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<peergrid_client::ClientError>(),
+            Some(peergrid_client::ClientError::Unreachable { .. })
+        )
     })
 }
 

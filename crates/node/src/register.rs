@@ -21,6 +21,7 @@ pub const FEE_FLOAT: Amount = Amount(10_000_000);
 const FINALITY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Who consents to the node joining the farm.
+#[derive(Clone, Copy)]
 pub enum Consent<'a> {
     /// An invitation the owner signed for this node.
     Invitation(Signature),
