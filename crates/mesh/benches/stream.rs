@@ -2,7 +2,8 @@
 //! loopback in the same run, and connection setup time.
 //!
 //! `cargo bench -p peergrid-mesh --bench stream` (set `MESH_BENCH_MIB` to change the
-//! 256 MiB transfer size).
+//! 256 MiB transfer size; set `MESH_BENCH_ONLY` to `raw-tcp`, `quic` or
+//! `tcp-noise-yamux` to run that one stream benchmark alone, e.g. under a profiler).
 
 use std::time::{Duration, Instant};
 
@@ -51,6 +52,11 @@ async fn raw_tcp(bytes: u64) -> Duration {
         sent += CHUNK_BYTES as u64;
     }
     reader.await.expect("reader") - start
+}
+
+/// The one transport `MESH_BENCH_ONLY` names, if any.
+fn only() -> Option<String> {
+    std::env::var("MESH_BENCH_ONLY").ok()
 }
 
 fn addr_of(addrs: &[Multiaddr], quic: bool) -> Multiaddr {
@@ -138,6 +144,13 @@ async fn raw_tcp_connect() -> Duration {
 }
 
 fn main() {
+    // Logs only when asked for (e.g. `RUST_LOG=yamux=debug` to watch its windows grow).
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -146,6 +159,23 @@ fn main() {
         let bytes = transfer_bytes();
         let mib = (bytes >> 20) as f64;
         let rate = |d: Duration| mib / d.as_secs_f64();
+        if let Some(only) = only() {
+            for _ in 0..3 {
+                let d = match only.as_str() {
+                    "raw-tcp" => raw_tcp(bytes).await,
+                    "quic" => mesh_stream(bytes, true).await,
+                    "tcp-noise-yamux" => mesh_stream(bytes, false).await,
+                    other => {
+                        panic!("MESH_BENCH_ONLY={other}: expected raw-tcp, quic or tcp-noise-yamux")
+                    }
+                };
+                println!(
+                    "mesh::stream/transport={only} bytes={bytes} {:>8.0} MiB/s",
+                    rate(d)
+                );
+            }
+            return;
+        }
         // Best of three each, interleaved so a busy moment of the machine hits all alike.
         let (mut tcp, mut quic, mut ytcp) = (Duration::MAX, Duration::MAX, Duration::MAX);
         for _ in 0..3 {
