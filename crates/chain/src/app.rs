@@ -20,6 +20,7 @@ use commonware_cryptography::{Digested, Digestible, ed25519::PublicKey, sha256::
 use commonware_parallel::Sequential;
 use commonware_runtime::Clock;
 use futures::StreamExt;
+use peergrid_core::{SignedTx, TxHash};
 use tracing::{debug, warn};
 
 use crate::block::{BLOCK_TX_BYTES_MAX, BLOCK_TXS_MAX, Block};
@@ -113,7 +114,18 @@ impl<E: Clock + Send + Sync + 'static> commonware_consensus::Application<E> for 
         let Some(parent) = ancestry.next().await else {
             return false;
         };
-        let (b, p) = (block.inner(), parent.inner());
+        self.check_block(block.inner(), parent.inner(), now_ms(&clock))
+    }
+}
+
+impl App {
+    /// Whether `b`, on `p`, is acceptable to this validator whose clock reads `now_ms`.
+    ///
+    /// A transaction that already passed the stateless checks here (admitted to this
+    /// validator's mempool, or in a block it verified before) is not checked again; every
+    /// other one is, and once the whole block passes, all of its transactions are remembered
+    /// as checked so that applying it does not check them again.
+    pub fn check_block(&self, b: &Block, p: &Block, now_ms: u64) -> bool {
         if b.time_ms <= p.time_ms {
             warn!(
                 height = b.height,
@@ -121,7 +133,7 @@ impl<E: Clock + Send + Sync + 'static> commonware_consensus::Application<E> for 
             );
             return false;
         }
-        let ahead_max = now_ms(&clock) + BLOCK_TIME_AHEAD_MAX.as_millis() as u64;
+        let ahead_max = now_ms + BLOCK_TIME_AHEAD_MAX.as_millis() as u64;
         if b.time_ms > ahead_max {
             warn!(
                 height = b.height,
@@ -130,21 +142,162 @@ impl<E: Clock + Send + Sync + 'static> commonware_consensus::Application<E> for 
             );
             return false;
         }
-        let chain_id = self.shared.genesis.chain_id.clone();
-        let mut seen = HashSet::with_capacity(b.txs.len());
-        for tx in &b.txs {
-            if !seen.insert(tx.hash()) {
-                warn!(
-                    height = b.height,
-                    "refusing block: a transaction appears twice"
-                );
-                return false;
+        let hashes: Vec<TxHash> = b.txs.iter().map(SignedTx::hash).collect();
+        let mut seen = HashSet::with_capacity(hashes.len());
+        if !hashes.iter().all(|h| seen.insert(*h)) {
+            warn!(
+                height = b.height,
+                "refusing block: a transaction appears twice"
+            );
+            return false;
+        }
+        let known = self.shared.verified(&hashes);
+        for (tx, known) in b.txs.iter().zip(known) {
+            if known {
+                continue;
             }
-            if let Err(e) = peergrid_ledger::check_stateless(tx, &chain_id) {
+            if let Err(e) = self.shared.check_stateless(tx) {
                 warn!(height = b.height, error = %e, "refusing block: it carries an invalid transaction");
                 return false;
             }
         }
+        self.shared.mark_verified(hashes);
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mempool::MempoolLimits;
+    use crate::shared::{DynLedger, Receipts};
+    use peergrid_core::{Amount, Keypair, Payload};
+    use peergrid_ledger::{Devnet, Ledger, MemoryStore, Store, TxError};
+
+    const GENESIS_MS: u64 = 1_000;
+
+    fn setup() -> (Devnet, Arc<Shared>, App) {
+        let d = Devnet::generate("app", 1, GENESIS_MS).expect("keys");
+        let store: Box<dyn Store + Send + Sync> = Box::new(MemoryStore::default());
+        let ledger: DynLedger = Ledger::open(store, &d.genesis).expect("ledger");
+        let shared = Shared::new(
+            d.genesis.clone(),
+            ledger,
+            Receipts::memory(),
+            MempoolLimits::default(),
+        );
+        let app = App::new(shared.clone(), 100);
+        (d, shared, app)
+    }
+
+    fn transfer(key: &Keypair, nonce: u64) -> SignedTx {
+        SignedTx::new(
+            key,
+            "app",
+            nonce,
+            Payload::Transfer {
+                to: key.account(),
+                amount: Amount(1 + nonce),
+            },
+        )
+    }
+
+    fn forge(tx: &SignedTx) -> SignedTx {
+        let mut forged = tx.clone();
+        forged.signature.0[3] ^= 1;
+        forged
+    }
+
+    fn first_block(d: &Devnet, txs: Vec<SignedTx>) -> (Block, Block) {
+        let parent = Block::genesis(&d.genesis.hash(), GENESIS_MS);
+        let block = Block::new(parent.digest(), 1, GENESIS_MS + 1, txs);
+        (block, parent)
+    }
+
+    #[test]
+    fn a_forged_transaction_is_refused_and_never_applies_even_beside_cached_ones() {
+        let (d, shared, app) = setup();
+        let good = transfer(&d.demo, 0);
+        shared.submit(good.clone()).expect("admitted");
+        // Same body as a cached transaction, another signature: another hash, so not vouched for.
+        let twin = forge(&good);
+        let unseen = forge(&transfer(&d.demo, 1));
+        for txs in [
+            vec![good.clone(), unseen.clone()],
+            vec![twin.clone()],
+            vec![unseen.clone()],
+        ] {
+            let (block, parent) = first_block(&d, txs);
+            assert!(!app.check_block(&block, &parent, GENESIS_MS));
+        }
+
+        // A block this validator never verified (received by backfill, say) still has its
+        // transactions checked when applied.
+        let (block, _) = first_block(&d, vec![twin, good, unseen]);
+        let applied = shared
+            .apply_finalized(&block, "backfilled")
+            .expect("apply")
+            .expect("new block");
+        let results: Vec<_> = applied.txs.iter().map(|t| &t.result).collect();
+        assert!(matches!(results[0], Err(TxError::BadSignature { .. })));
+        assert!(results[1].is_ok());
+        assert!(matches!(results[2], Err(TxError::BadSignature { .. })));
+        let nonce = shared
+            .with_state(|s| s.account(&d.demo.account()).nonce)
+            .expect("state");
+        assert_eq!(nonce, 1, "only the genuine transaction applied");
+    }
+
+    #[test]
+    fn a_transaction_checked_here_is_not_checked_again() {
+        let (d, shared, app) = setup();
+        let mine = transfer(&d.demo, 0);
+        shared.submit(mine.clone()).expect("admitted");
+        shared.submit(mine.clone()).expect("gossiped back");
+        assert_eq!(shared.stateless_checks(), 1, "admission checks once");
+
+        let theirs = transfer(&d.faucet, 0);
+        let (block, parent) = first_block(&d, vec![mine, theirs]);
+        assert!(app.check_block(&block, &parent, GENESIS_MS));
+        assert_eq!(
+            shared.stateless_checks(),
+            2,
+            "only the unseen one is checked"
+        );
+        assert!(app.check_block(&block, &parent, GENESIS_MS));
+        assert_eq!(shared.stateless_checks(), 2, "a block verified twice");
+
+        let applied = shared
+            .apply_finalized(&block, "verified")
+            .expect("apply")
+            .expect("new block");
+        assert!(applied.txs.iter().all(|t| t.result.is_ok()));
+        assert_eq!(
+            shared.stateless_checks(),
+            2,
+            "applying checks nothing again"
+        );
+        assert_eq!(
+            shared.verified_len(),
+            0,
+            "finalized transactions are forgotten"
+        );
+
+        let parent = block;
+        let later = Block::new(
+            parent.digest(),
+            2,
+            GENESIS_MS + 2,
+            vec![transfer(&d.demo, 1)],
+        );
+        shared
+            .apply_finalized(&later, "backfilled")
+            .expect("apply")
+            .expect("new block");
+        assert_eq!(
+            shared.stateless_checks(),
+            3,
+            "an unverified block is checked"
+        );
     }
 }

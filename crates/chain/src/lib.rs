@@ -10,3 +10,4 @@ pub mod finalizer;
 pub mod mempool;
 pub mod shared;
 pub mod validator;
+pub mod verified;

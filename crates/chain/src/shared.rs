@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use redb::ReadableDatabase;
@@ -10,11 +11,12 @@ use tokio::sync::broadcast;
 use peergrid_core::{AccountId, SignedTx, TxHash};
 pub use peergrid_ledger::receipt::{FinalizedBlock, TxOutcome, TxStatus};
 use peergrid_ledger::{
-    BlockContext, BlockOutcome, Genesis, Ledger, LedgerError, Store, StoreError,
+    BlockContext, BlockOutcome, Genesis, Ledger, LedgerError, Store, StoreError, TxError,
 };
 
-use crate::block::Block;
+use crate::block::{BLOCK_TXS_MAX, Block};
 use crate::mempool::{Mempool, MempoolError, MempoolLimits};
+use crate::verified::VerifiedTxs;
 
 /// The ledger with whatever store the validator was given.
 pub type DynLedger = Ledger<Box<dyn Store + Send + Sync>>;
@@ -121,6 +123,10 @@ pub struct Shared {
     pub receipts: Receipts,
     /// Finalized blocks as they are applied, for followers.
     pub finalized: broadcast::Sender<Arc<FinalizedBlock>>,
+    /// Transactions that passed the stateless checks here; see [`crate::verified`].
+    verified: Mutex<VerifiedTxs>,
+    /// How many transactions this validator has run the stateless checks on.
+    stateless_checks: AtomicU64,
 }
 
 /// Why a finalized block could not be applied: fatal for the validator.
@@ -151,13 +157,54 @@ impl Shared {
         limits: MempoolLimits,
     ) -> Arc<Shared> {
         let (finalized, _) = broadcast::channel(1024);
+        // A generation holds a full mempool and a few full blocks verified but not yet
+        // finalized, so a waiting transaction is forgotten only under heavy churn.
+        let generation = limits.txs_max.saturating_add(4 * BLOCK_TXS_MAX);
         Arc::new(Shared {
             genesis,
             ledger: RwLock::new(ledger),
             mempool: Mutex::new(Mempool::new(limits)),
             receipts,
             finalized,
+            verified: Mutex::new(VerifiedTxs::new(generation)),
+            stateless_checks: AtomicU64::new(0),
         })
+    }
+
+    /// Run the ledger's stateless checks (chain id, fields, signature) on `tx`, counted.
+    pub fn check_stateless(&self, tx: &SignedTx) -> Result<(), TxError> {
+        self.stateless_checks.fetch_add(1, Ordering::Relaxed);
+        peergrid_ledger::check_stateless(tx, &self.genesis.chain_id)
+    }
+
+    /// How many transactions this validator has run the stateless checks on, at admission, in
+    /// block verification and when applying.
+    pub fn stateless_checks(&self) -> u64 {
+        self.stateless_checks.load(Ordering::Relaxed)
+    }
+
+    /// Which of `hashes` already passed the stateless checks here. A poisoned lock answers
+    /// "none", which only costs checking again.
+    pub fn verified(&self, hashes: &[TxHash]) -> Vec<bool> {
+        match self.verified.lock() {
+            Ok(set) => hashes.iter().map(|h| set.contains(h)).collect(),
+            Err(_) => vec![false; hashes.len()],
+        }
+    }
+
+    /// Remember that the transactions with `hashes` passed the stateless checks here. Only for
+    /// hashes computed here from transactions checked here.
+    pub fn mark_verified(&self, hashes: impl IntoIterator<Item = TxHash>) {
+        if let Ok(mut set) = self.verified.lock() {
+            for h in hashes {
+                set.insert(h);
+            }
+        }
+    }
+
+    /// How many transaction hashes are remembered as verified.
+    pub fn verified_len(&self) -> usize {
+        self.verified.lock().map(|s| s.len()).unwrap_or(0)
     }
 
     /// Read the ledger state.
@@ -168,6 +215,17 @@ impl Shared {
 
     /// Admit a transaction to the mempool.
     pub fn submit(&self, tx: SignedTx) -> Result<TxHash, MempoolError> {
+        let hash = tx.hash();
+        let known = self
+            .verified
+            .lock()
+            .map(|set| set.contains(&hash))
+            .unwrap_or(false);
+        if !known {
+            // Before taking any lock: the signature is the costly part, and neither block
+            // proposal nor the finalizer should wait for it.
+            self.check_stateless(&tx)?;
+        }
         let ledger = self
             .ledger
             .read()
@@ -176,7 +234,13 @@ impl Shared {
             .mempool
             .lock()
             .map_err(|_| MempoolError::Full { txs: 0, bytes: 0 })?;
-        pool.insert(tx, ledger.state())
+        let admitted = pool.insert_checked(tx, hash, ledger.state())?;
+        drop(pool);
+        // Under the ledger's read lock, so that finalizing this transaction, which forgets
+        // it, cannot happen before it is remembered.
+        self.mark_verified([hash]);
+        drop(ledger);
+        Ok(admitted)
     }
 
     /// Where `hash` is.
@@ -225,35 +289,54 @@ impl Shared {
             height: block.height,
             time_ms: block.time_ms,
         };
+        let hashes: Vec<TxHash> = block.txs.iter().map(SignedTx::hash).collect();
+        // Transactions checked here at admission or in block verification apply without a
+        // second signature check; any other (a block received by backfill, say) is checked
+        // in full by the ledger.
+        let checked = self.verified(&hashes);
+        let unchecked = checked.iter().filter(|c| !**c).count() as u64;
+        self.stateless_checks
+            .fetch_add(unchecked, Ordering::Relaxed);
         let mut summary = None;
-        ledger.execute_block_then(ctx, &block.txs, |outcome: &BlockOutcome| {
-            let finalized = FinalizedBlock {
-                height: outcome.height,
-                digest: digest.to_string(),
-                time_ms: outcome.time_ms,
-                root: outcome.root,
-                txs: outcome
-                    .receipts
-                    .iter()
-                    .zip(&block.txs)
-                    .map(|(r, tx)| TxOutcome {
-                        hash: r.hash,
-                        signer: tx.body.signer,
-                        result: r.result.clone(),
-                    })
-                    .collect(),
-                end_events: outcome.end_events.clone(),
-            };
-            self.receipts.record(&finalized)?;
-            summary = Some(Arc::new(finalized));
-            Ok(())
-        })?;
+        ledger.execute_partly_checked_block_then(
+            ctx,
+            &block.txs,
+            &checked,
+            |outcome: &BlockOutcome| {
+                let finalized = FinalizedBlock {
+                    height: outcome.height,
+                    digest: digest.to_string(),
+                    time_ms: outcome.time_ms,
+                    root: outcome.root,
+                    txs: outcome
+                        .receipts
+                        .iter()
+                        .zip(&block.txs)
+                        .map(|(r, tx)| TxOutcome {
+                            hash: r.hash,
+                            signer: tx.body.signer,
+                            result: r.result.clone(),
+                        })
+                        .collect(),
+                    end_events: outcome.end_events.clone(),
+                };
+                self.receipts.record(&finalized)?;
+                summary = Some(Arc::new(finalized));
+                Ok(())
+            },
+        )?;
         if let Ok(mut pool) = self.mempool.lock() {
             if let Some(f) = &summary {
                 pool.remove_finalized(f.txs.iter().map(|t| &t.hash));
             }
             let signers: Vec<AccountId> = block.txs.iter().map(|t| t.body.signer).collect();
             pool.prune(ledger.state(), signers.iter());
+        }
+        // A finalized transaction's nonce is used: it can only appear again to be rejected.
+        if let Ok(mut set) = self.verified.lock() {
+            for h in &hashes {
+                set.remove(h);
+            }
         }
         drop(ledger);
         if let Some(s) = &summary {

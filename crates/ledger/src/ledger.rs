@@ -164,7 +164,7 @@ impl<S: Store> Ledger<S> {
         txs: &[SignedTx],
         before_commit: impl FnOnce(&BlockOutcome) -> Result<(), StoreError>,
     ) -> Result<BlockOutcome, LedgerError> {
-        self.execute(ctx, txs, false, before_commit)
+        self.execute(ctx, txs, |_| false, before_commit)
     }
 
     /// Like [`Ledger::execute_block`], for transactions the caller has already passed through
@@ -176,14 +176,33 @@ impl<S: Store> Ledger<S> {
         ctx: BlockContext,
         txs: &[SignedTx],
     ) -> Result<BlockOutcome, LedgerError> {
-        self.execute(ctx, txs, true, |_| Ok(()))
+        self.execute(ctx, txs, |_| true, |_| Ok(()))
+    }
+
+    /// Like [`Ledger::execute_block_then`], where `checked[i]` says that `txs[i]` already passed
+    /// [`crate::check_stateless`] on this machine, so its signature is not checked again; every
+    /// other transaction (including any beyond `checked`'s length) is checked in full. Marking
+    /// an unchecked transaction as checked lets a forged one apply.
+    pub fn execute_partly_checked_block_then(
+        &mut self,
+        ctx: BlockContext,
+        txs: &[SignedTx],
+        checked: &[bool],
+        before_commit: impl FnOnce(&BlockOutcome) -> Result<(), StoreError>,
+    ) -> Result<BlockOutcome, LedgerError> {
+        self.execute(
+            ctx,
+            txs,
+            |i| checked.get(i).copied().unwrap_or(false),
+            before_commit,
+        )
     }
 
     fn execute(
         &mut self,
         ctx: BlockContext,
         txs: &[SignedTx],
-        prechecked: bool,
+        prechecked: impl Fn(usize) -> bool,
         before_commit: impl FnOnce(&BlockOutcome) -> Result<(), StoreError>,
     ) -> Result<BlockOutcome, LedgerError> {
         if self.poisoned {
@@ -205,9 +224,10 @@ impl<S: Store> Ledger<S> {
         }
         let receipts = txs
             .iter()
-            .map(|tx| TxReceipt {
+            .enumerate()
+            .map(|(i, tx)| TxReceipt {
                 hash: tx.hash(),
-                result: if prechecked {
+                result: if prechecked(i) {
                     self.state.apply_checked(tx, tx.encode().len(), &ctx)
                 } else {
                     self.state.apply_tx(tx, &ctx)
