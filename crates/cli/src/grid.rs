@@ -183,10 +183,19 @@ pub fn farm(globals: &Globals, cmd: FarmCommand) -> anyhow::Result<()> {
             }
             FarmCommand::List => {
                 let client = globals.client()?;
-                let page: AtHeight<Value> = client.get("/v1/farms?limit=1000").await?;
-                let farms: Vec<Farm> = serde_json::from_value(page.data["items"].clone())?;
+                let mut farms: Vec<Farm> = Vec::new();
+                let mut from = 1u64;
+                let height = loop {
+                    let page: AtHeight<Value> =
+                        client.get(&format!("/v1/farms?from={from}&limit=1000")).await?;
+                    farms.extend(serde_json::from_value::<Vec<Farm>>(page.data["items"].clone())?);
+                    match page.data["next"].as_u64() {
+                        Some(n) => from = n,
+                        None => break page.height,
+                    }
+                };
                 if globals.json {
-                    return output::json(&json!({ "height": page.height, "farms": farms }));
+                    return output::json(&json!({ "height": height, "farms": farms }));
                 }
                 let rows: Vec<Vec<String>> = farms
                     .iter()
@@ -218,14 +227,18 @@ pub fn farm(globals: &Globals, cmd: FarmCommand) -> anyhow::Result<()> {
                     ("certified", f.certified.to_string()),
                     (
                         "public IPs",
-                        f.public_ips
-                            .iter()
-                            .map(|ip| match ip.contract {
-                                Some(c) => format!("{} (contract {c})", ip.ip),
-                                None => format!("{} (free)", ip.ip),
-                            })
-                            .collect::<Vec<_>>()
-                            .join(", "),
+                        if f.public_ips.is_empty() {
+                            "none".into()
+                        } else {
+                            f.public_ips
+                                .iter()
+                                .map(|ip| match ip.contract {
+                                    Some(c) => format!("{} (contract {c})", ip.ip),
+                                    None => format!("{} (free)", ip.ip),
+                                })
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        },
                     ),
                     ("nodes", nodes.len().to_string()),
                 ]);
