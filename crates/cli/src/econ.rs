@@ -14,7 +14,6 @@ use peergrid_core::{AccountId, Amount, ContractId, FarmId, NodeId, Payload};
 use peergrid_ledger::{
     Bill, BillStatus, Contract, ContractState, Proposal, ProposalStatus, RewardReceipt,
 };
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::{Globals, output};
@@ -145,13 +144,6 @@ pub enum ProposeAction {
     },
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start an async runtime")
-}
-
 /// `0.05` USD as 50000 µUSD.
 fn parse_usd(text: &str) -> anyhow::Result<u64> {
     let err = || anyhow::anyhow!("{text:?} is not an amount of USD, like 0.05");
@@ -199,42 +191,13 @@ fn kind(c: &Contract) -> String {
 fn state(c: &Contract) -> String {
     match c.state {
         ContractState::Created => "created".into(),
-        ContractState::GracePeriod { since_ms } => format!("grace since {}", ago(since_ms)),
+        ContractState::GracePeriod { since_ms } => format!("grace since {}", output::ago(since_ms)),
         ContractState::Deleted { reason, .. } => format!("deleted ({reason:?})"),
     }
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// Ledger time as "3 min ago" (ledger time follows the validators' clocks).
-fn ago(ms: u64) -> String {
-    let now = now_ms();
-    if ms > now {
-        format!(
-            "in {}",
-            output::human_duration(Duration::from_millis(ms - now))
-        )
-    } else {
-        format!(
-            "{} ago",
-            output::human_duration(Duration::from_millis(now - ms))
-        )
-    }
-}
-
-#[derive(Deserialize)]
-struct Page<T> {
-    items: Vec<T>,
-    next: Option<u64>,
-}
-
 pub fn contract(globals: &Globals, cmd: ContractCommand) -> anyhow::Result<()> {
-    runtime()?.block_on(async {
+    crate::runtime()?.block_on(async {
         let client = globals.client()?;
         match cmd {
             ContractCommand::List { owner, node } => {
@@ -242,21 +205,15 @@ pub fn contract(globals: &Globals, cmd: ContractCommand) -> anyhow::Result<()> {
                     Some(o) => o.parse()?,
                     None => globals.keypair()?.account(),
                 };
-                let mut items: Vec<Contract> = Vec::new();
-                let mut from = 1;
-                loop {
-                    let filter = node.map(|n| format!("&node={n}")).unwrap_or_default();
-                    let page: AtHeight<Page<Contract>> = client
-                        .get(&format!(
-                            "/v1/contracts?owner={owner}&from={from}&limit=1000{filter}"
-                        ))
-                        .await?;
-                    items.extend(page.data.items);
-                    match page.data.next {
-                        Some(n) => from = n,
-                        None => break,
-                    }
-                }
+                let filter = node.map(|n| format!("&node={n}")).unwrap_or_default();
+                let (_, items): (u64, Vec<Contract>) = client
+                    .pages(
+                        |from| {
+                            format!("/v1/contracts?owner={owner}&from={from}&limit=1000{filter}")
+                        },
+                        1,
+                    )
+                    .await?;
                 if globals.json {
                     return output::json(&json!({ "owner": owner, "contracts": items }));
                 }
@@ -269,7 +226,7 @@ pub fn contract(globals: &Globals, cmd: ContractCommand) -> anyhow::Result<()> {
                             c.node.map_or("-".into(), |n| n.to_string()),
                             state(c),
                             c.reserved.to_string(),
-                            ago(c.billed_until_ms),
+                            output::ago(c.billed_until_ms),
                         ]
                     })
                     .collect();
@@ -294,11 +251,11 @@ pub fn contract(globals: &Globals, cmd: ContractCommand) -> anyhow::Result<()> {
                     ("reserved", c.reserved.to_string()),
                     ("public IPs", c.public_ips.len().to_string()),
                     ("state", state(&c)),
-                    ("created", ago(c.created_ms)),
-                    ("billed until", ago(c.billed_until_ms)),
+                    ("created", output::ago(c.created_ms)),
+                    ("billed until", output::ago(c.billed_until_ms)),
                 ];
                 if c.is_live() {
-                    rows.push(("next bill", ago(c.next_bill_ms)));
+                    rows.push(("next bill", output::ago(c.next_bill_ms)));
                     rows.push(("unbilled traffic", human_bytes(c.unbilled_nu_bytes)));
                 }
                 if let Some(h) = c.deployment_hash() {
@@ -322,22 +279,14 @@ pub fn contract(globals: &Globals, cmd: ContractCommand) -> anyhow::Result<()> {
 
 pub fn bill(globals: &Globals, cmd: BillCommand) -> anyhow::Result<()> {
     let BillCommand::History { contract, explain } = cmd;
-    runtime()?.block_on(async {
+    crate::runtime()?.block_on(async {
         let client = globals.client()?;
-        let mut bills: Vec<Bill> = Vec::new();
-        let mut from = 0;
-        loop {
-            let page: AtHeight<Page<Bill>> = client
-                .get(&format!(
-                    "/v1/contracts/{contract}/bills?from_ms={from}&limit=1000"
-                ))
-                .await?;
-            bills.extend(page.data.items);
-            match page.data.next {
-                Some(n) => from = n,
-                None => break,
-            }
-        }
+        let (_, bills): (u64, Vec<Bill>) = client
+            .pages(
+                |from| format!("/v1/contracts/{contract}/bills?from_ms={from}&limit=1000"),
+                0,
+            )
+            .await?;
         if globals.json {
             return output::json(&json!({ "contract": contract, "bills": bills }));
         }
@@ -351,7 +300,7 @@ pub fn bill(globals: &Globals, cmd: BillCommand) -> anyhow::Result<()> {
             .iter()
             .map(|b| {
                 vec![
-                    ago(b.from_ms),
+                    output::ago(b.from_ms),
                     output::human_duration(Duration::from_millis(
                         b.to_ms.saturating_sub(b.from_ms),
                     )),
@@ -426,7 +375,7 @@ pub async fn rewards(globals: &Globals, farm: FarmId, period: Option<u64>) -> an
 
 fn status_text(p: &Proposal) -> String {
     match p.status {
-        ProposalStatus::Open => format!("open, expires {}", ago(p.expires_ms)),
+        ProposalStatus::Open => format!("open, expires {}", output::ago(p.expires_ms)),
         closed => closed_text(closed),
     }
 }
@@ -434,8 +383,8 @@ fn status_text(p: &Proposal) -> String {
 fn closed_text(status: ProposalStatus) -> String {
     match status {
         ProposalStatus::Open => "open".into(),
-        ProposalStatus::Executed { at_ms } => format!("executed {}", ago(at_ms)),
-        ProposalStatus::Rejected { at_ms } => format!("rejected {}", ago(at_ms)),
+        ProposalStatus::Executed { at_ms } => format!("executed {}", output::ago(at_ms)),
+        ProposalStatus::Rejected { at_ms } => format!("rejected {}", output::ago(at_ms)),
         ProposalStatus::Expired { .. } => "expired".into(),
     }
 }
@@ -460,7 +409,7 @@ fn action_text(a: &GovAction) -> String {
 }
 
 pub fn gov(globals: &Globals, cmd: GovCommand) -> anyhow::Result<()> {
-    runtime()?.block_on(async {
+    crate::runtime()?.block_on(async {
         let client = globals.client()?;
         match cmd {
             GovCommand::Propose {
@@ -553,15 +502,13 @@ pub fn gov(globals: &Globals, cmd: GovCommand) -> anyhow::Result<()> {
                 Ok(())
             }
             GovCommand::List => {
-                let page: AtHeight<Page<Proposal>> = client.get("/v1/proposals?limit=1000").await?;
+                let (height, proposals): (u64, Vec<Proposal>) = client
+                    .pages(|from| format!("/v1/proposals?from={from}&limit=1000"), 1)
+                    .await?;
                 if globals.json {
-                    return output::json(
-                        &json!({ "height": page.height, "proposals": page.data.items }),
-                    );
+                    return output::json(&json!({ "height": height, "proposals": proposals }));
                 }
-                let rows: Vec<Vec<String>> = page
-                    .data
-                    .items
+                let rows: Vec<Vec<String>> = proposals
                     .iter()
                     .map(|p| {
                         vec![

@@ -112,21 +112,6 @@ pub struct RunArgs {
     mdns: bool,
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start an async runtime")
-}
-
 /// Parse `185.1.2.3/24@185.1.2.1`.
 fn parse_public_ip(text: &str) -> anyhow::Result<PublicIp> {
     let err = || anyhow::anyhow!("{text:?} is not IP/PREFIX@GATEWAY, like 185.1.2.3/24@185.1.2.1");
@@ -161,7 +146,7 @@ fn degrees_to_micro(what: &str, degrees: f64, max: f64) -> anyhow::Result<i32> {
 }
 
 pub fn farm(globals: &Globals, cmd: FarmCommand) -> anyhow::Result<()> {
-    runtime()?.block_on(async {
+    crate::runtime()?.block_on(async {
         match cmd {
             FarmCommand::Create { name, public_ips } => {
                 let public_ips = public_ips
@@ -183,17 +168,9 @@ pub fn farm(globals: &Globals, cmd: FarmCommand) -> anyhow::Result<()> {
             }
             FarmCommand::List => {
                 let client = globals.client()?;
-                let mut farms: Vec<Farm> = Vec::new();
-                let mut from = 1u64;
-                let height = loop {
-                    let page: AtHeight<Value> =
-                        client.get(&format!("/v1/farms?from={from}&limit=1000")).await?;
-                    farms.extend(serde_json::from_value::<Vec<Farm>>(page.data["items"].clone())?);
-                    match page.data["next"].as_u64() {
-                        Some(n) => from = n,
-                        None => break page.height,
-                    }
-                };
+                let (height, farms): (u64, Vec<Farm>) = client
+                    .pages(|from| format!("/v1/farms?from={from}&limit=1000"), 1)
+                    .await?;
                 if globals.json {
                     return output::json(&json!({ "height": height, "farms": farms }));
                 }
@@ -286,21 +263,14 @@ struct NodeRow {
 
 async fn nodes(globals: &Globals, farm: Option<FarmId>) -> anyhow::Result<Vec<Value>> {
     let client = globals.client()?;
-    let mut out = Vec::new();
-    let mut from = 1u64;
-    loop {
-        let filter = farm.map(|f| format!("&farm={f}")).unwrap_or_default();
-        let page: AtHeight<Value> = client
-            .get(&format!("/v1/nodes?from={from}&limit=1000{filter}"))
-            .await?;
-        if let Some(items) = page.data["items"].as_array() {
-            out.extend(items.iter().cloned());
-        }
-        match page.data["next"].as_u64() {
-            Some(n) => from = n,
-            None => return Ok(out),
-        }
-    }
+    let filter = farm.map(|f| format!("&farm={f}")).unwrap_or_default();
+    let (_, nodes) = client
+        .pages(
+            |from| format!("/v1/nodes?from={from}&limit=1000{filter}"),
+            1,
+        )
+        .await?;
+    Ok(nodes)
 }
 
 fn place(l: &Location) -> String {
@@ -314,7 +284,7 @@ fn place(l: &Location) -> String {
 pub fn node(globals: &Globals, cmd: NodeCommand) -> anyhow::Result<()> {
     match cmd {
         NodeCommand::Run(args) => node_run(globals, *args),
-        NodeCommand::List { farm } => runtime()?.block_on(async {
+        NodeCommand::List { farm } => crate::runtime()?.block_on(async {
             let items = nodes(globals, farm).await?;
             if globals.json {
                 return output::json(&json!({ "nodes": items }));
@@ -354,7 +324,7 @@ pub fn node(globals: &Globals, cmd: NodeCommand) -> anyhow::Result<()> {
             );
             Ok(())
         }),
-        NodeCommand::Show { node } => runtime()?.block_on(async {
+        NodeCommand::Show { node } => crate::runtime()?.block_on(async {
             let client = globals.client()?;
             let v: AtHeight<Value> = client.get(&format!("/v1/nodes/{node}")).await?;
             if globals.json {
@@ -384,15 +354,7 @@ pub fn node(globals: &Globals, cmd: NodeCommand) -> anyhow::Result<()> {
                 ),
                 (
                     "last report",
-                    last.map(|ms| {
-                        format!(
-                            "{} ago",
-                            output::human_duration(Duration::from_millis(
-                                now_ms().saturating_sub(ms)
-                            ))
-                        )
-                    })
-                    .unwrap_or_else(|| "never".into()),
+                    last.map(output::ago).unwrap_or_else(|| "never".into()),
                 ),
                 ("at height", v.height.to_string()),
             ]);
@@ -448,7 +410,7 @@ fn node_run(globals: &Globals, args: RunArgs) -> anyhow::Result<()> {
         invitation,
         owner_key,
     };
-    runtime()?.block_on(async {
+    crate::runtime()?.block_on(async {
         let node = peergrid_node::daemon::start(config).await?;
         let report = node.shared.report().await;
         if globals.json {

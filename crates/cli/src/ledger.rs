@@ -85,13 +85,6 @@ enum DevnetCommand {
     Status,
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start an async runtime")
-}
-
 fn parse_hash(text: &str) -> anyhow::Result<Hash> {
     text.parse().map_err(|e| anyhow::anyhow!("{e}"))
 }
@@ -109,7 +102,7 @@ fn status_line(status: &TxStatus) -> String {
 
 pub fn wallet(globals: &Globals, cmd: WalletCommand) -> anyhow::Result<()> {
     let client = globals.client()?;
-    runtime()?.block_on(async {
+    crate::runtime()?.block_on(async {
         match cmd {
             WalletCommand::Balance { account } => {
                 let id = match account {
@@ -162,7 +155,7 @@ pub fn tx(globals: &Globals, cmd: TxCommand) -> anyhow::Result<()> {
     let client = globals.client()?;
     let TxCommand::Status { hash } = cmd;
     let hash = parse_hash(&hash)?;
-    runtime()?.block_on(async {
+    crate::runtime()?.block_on(async {
         let status = client.tx_status(&hash).await?;
         if globals.json {
             return output::json(&json!({ "hash": hash, "status": status }));
@@ -202,7 +195,7 @@ pub fn devnet(globals: &Globals, args: DevnetArgs) -> anyhow::Result<()> {
     let genesis = peergrid_devnet::prepare(&opts)?;
     let exe = std::env::current_exe().context("cannot find the peergrid executable")?;
     let mut supervisor = peergrid_devnet::Supervisor::start(&opts, &genesis, &exe)?;
-    runtime()?.block_on(async {
+    crate::runtime()?.block_on(async {
         eprintln!("starting {} validators in {} …", genesis.validators.len(), dir.display());
         let startup = async {
             let height = supervisor.wait_finalizing(Duration::from_secs(60)).await?;
@@ -286,7 +279,7 @@ fn devnet_status(globals: &Globals, dir: &std::path::Path) -> anyhow::Result<()>
             dir.display()
         );
     };
-    runtime()?.block_on(async {
+    crate::runtime()?.block_on(async {
         let mut rows = Vec::new();
         let mut finalizing = 0;
         for api in &running.apis {
@@ -386,7 +379,7 @@ pub fn bench(globals: &Globals, cmd: BenchCommand) -> anyhow::Result<()> {
     eprintln!(
         "4 validators on loopback, {txs} signed transfers from {accounts} accounts offered at {rate}/s …"
     );
-    let report = runtime()?.block_on(peergrid_devnet::bench::ledger(&exe, &dir, &b));
+    let report = crate::runtime()?.block_on(peergrid_devnet::bench::ledger(&exe, &dir, &b));
     let _ = std::fs::remove_dir_all(&dir);
     let report = report?;
     if globals.json {

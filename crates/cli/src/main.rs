@@ -191,6 +191,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// The async runtime commands run on: multi-threaded, as the mesh needs (a QUIC stream
+/// sharing one thread with its reader stalls); two workers are plenty for a CLI.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start an async runtime")
+}
+
 fn init_logging(verbose: u8) {
     let level = match verbose {
         0 => "warn",

@@ -95,11 +95,7 @@ pub struct SendArgs {
 }
 
 pub fn run(globals: &Globals, cmd: MeshCommand) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(async {
+    crate::runtime()?.block_on(async {
         match cmd {
             MeshCommand::Run(args) => run_peer(globals, args).await,
             MeshCommand::Status(c) => status(globals, c.control).await,

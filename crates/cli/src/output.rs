@@ -75,6 +75,19 @@ pub fn human_duration(duration: Duration) -> String {
     }
 }
 
+/// A ledger or wall-clock time (Unix ms) relative to now: `3 min ago`, `in 10 s`.
+pub fn ago(ms: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    if ms > now {
+        format!("in {}", human_duration(Duration::from_millis(ms - now)))
+    } else {
+        format!("{} ago", human_duration(Duration::from_millis(now - ms)))
+    }
+}
+
 /// Micro-USD as dollars: `$22`, `$0.05`.
 pub fn usd(uusd: u64) -> String {
     let whole = uusd / 1_000_000;

@@ -1,27 +1,17 @@
 //! The README's first command for real: 4 validator processes on loopback, used through the CLI.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::peergrid;
 use serde_json::Value;
 
-fn peergrid(home: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_peergrid"));
-    cmd.env("PEERGRID_HOME", home)
-        .env_remove("PEERGRID_LEDGER")
-        .stdin(Stdio::null());
-    cmd
-}
-
 fn json(home: &Path, args: &[&str]) -> (bool, Value) {
-    let out = peergrid(home)
-        .arg("--json")
-        .args(args)
-        .output()
-        .expect("run peergrid");
-    let value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    (out.status.success(), value)
+    let (ok, value, _) = common::run(home, args);
+    (ok, value)
 }
 
 /// Stops the devnet (Ctrl-C) even if the test fails.

@@ -17,6 +17,9 @@ use tracing::debug;
 
 use peergrid_core::{AccountId, Amount, Hash, Keypair, Payload, SignedTx, TxHash};
 pub use peergrid_ledger::receipt::{FinalizedBlock, TxOutcome, TxStatus};
+/// The ledger's records and events as the API serves them, so followers (nodes, the CLI)
+/// read them without depending on the state machine's crate.
+pub use peergrid_ledger::{Contract, ContractState, DeleteReason, Event, Farm, Node};
 
 /// How long a signed transaction stays valid by default.
 pub const TX_LIFETIME: Duration = Duration::from_secs(300);
@@ -181,6 +184,32 @@ impl Client {
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         self.call(|http, url| http.get(format!("{url}{path}")))
             .await
+    }
+
+    /// Every item of a paged list: `path(from)` is fetched from `first` on, following
+    /// each page's `next`; returns the items and the highest height they were read at.
+    pub async fn pages<T: DeserializeOwned>(
+        &self,
+        path: impl Fn(u64) -> String,
+        first: u64,
+    ) -> Result<(u64, Vec<T>), ClientError> {
+        #[derive(Deserialize)]
+        struct Page<T> {
+            items: Vec<T>,
+            next: Option<u64>,
+        }
+        let mut items = Vec::new();
+        let mut height = 0;
+        let mut from = first;
+        loop {
+            let page: AtHeight<Page<T>> = self.get(&path(from)).await?;
+            height = height.max(page.height);
+            items.extend(page.data.items);
+            match page.data.next {
+                Some(n) => from = n,
+                None => return Ok((height, items)),
+            }
+        }
     }
 
     /// Chain status: id, height, root, whether it is finalizing.

@@ -229,6 +229,27 @@ pub fn with_params(genesis: &Genesis, params: &[String]) -> anyhow::Result<Genes
     Ok(out)
 }
 
+/// Start `cmd` with its output in `log` and RUST_LOG passed on (default `info`).
+fn spawn_logged(mut cmd: Command, log: &Path) -> anyhow::Result<Child> {
+    let file =
+        std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+    cmd.env(
+        "RUST_LOG",
+        std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+    )
+    .stdin(Stdio::null())
+    .stdout(file.try_clone()?)
+    .stderr(file)
+    .spawn()
+    .with_context(|| format!("cannot start {:?}", cmd.get_program()))
+}
+
+/// Record a running devnet where other commands find it.
+fn write_running(dir: &Path, running: &Running) -> anyhow::Result<()> {
+    std::fs::write(running_file(dir), serde_json::to_string_pretty(running)?)?;
+    Ok(())
+}
+
 /// The TCP port devnet node 0 listens on for the mesh.
 fn bootstrap_port(base: u16) -> anyhow::Result<u16> {
     base.checked_add(300).context("--base-port too high")
@@ -270,20 +291,13 @@ impl Supervisor {
         let mut children = Vec::new();
         let mut apis = Vec::new();
         for (i, v) in genesis.validators.iter().enumerate() {
-            let log = std::fs::File::create(opts.dir.join(format!("logs/validator-{i}.log")))?;
-            let child = Command::new(exe)
-                .args(["validator", "run", "--config"])
-                .arg(opts.dir.join(format!("validator-{i}.toml")))
-                .env(
-                    "RUST_LOG",
-                    std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-                )
-                .stdin(Stdio::null())
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .spawn()
-                .with_context(|| format!("cannot start {}", exe.display()))?;
-            children.push(child);
+            let mut cmd = Command::new(exe);
+            cmd.args(["validator", "run", "--config"])
+                .arg(opts.dir.join(format!("validator-{i}.toml")));
+            children.push(spawn_logged(
+                cmd,
+                &opts.dir.join(format!("logs/validator-{i}.log")),
+            )?);
             apis.push(v.api.clone().unwrap_or_default());
         }
         let running = Running {
@@ -294,10 +308,7 @@ impl Supervisor {
             faucet_key: opts.dir.join("keys/faucet.json"),
             nodes: Vec::new(),
         };
-        std::fs::write(
-            running_file(&opts.dir),
-            serde_json::to_string_pretty(&running)?,
-        )?;
+        write_running(&opts.dir, &running)?;
         Ok(Supervisor {
             children,
             nodes: Vec::new(),
@@ -402,9 +413,8 @@ impl Supervisor {
                 0
             };
             let tcp_listen = format!("/ip4/127.0.0.1/tcp/{tcp_port}");
-            let log = std::fs::File::create(self.dir.join(format!("logs/node-{i}.log")))?;
-            let child = Command::new(exe)
-                .args(["node", "run", "--farm", &farms[farm_index].to_string()])
+            let mut cmd = Command::new(exe);
+            cmd.args(["node", "run", "--farm", &farms[farm_index].to_string()])
                 .arg("--data-dir")
                 .arg(&dir)
                 .arg("--disk")
@@ -424,25 +434,16 @@ impl Supervisor {
                 ])
                 .args(["--country", country, "--city", city])
                 .arg(format!("--latitude={lat}"))
-                .arg(format!("--longitude={lon}"))
-                .env(
-                    "RUST_LOG",
-                    std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-                )
-                .stdin(Stdio::null())
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .spawn()
-                .with_context(|| format!("cannot start {}", exe.display()))?;
-            self.nodes.push(child);
+                .arg(format!("--longitude={lon}"));
+            self.nodes.push(spawn_logged(
+                cmd,
+                &self.dir.join(format!("logs/node-{i}.log")),
+            )?);
             urls.push(format!("http://127.0.0.1:{health_port}"));
         }
         let http = wait_listening(&urls, timeout, &mut self.nodes, &self.dir).await;
         self.running.nodes = urls;
-        std::fs::write(
-            running_file(&self.dir),
-            serde_json::to_string_pretty(&self.running)?,
-        )?;
+        write_running(&self.dir, &self.running)?;
         http
     }
 

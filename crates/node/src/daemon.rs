@@ -68,7 +68,7 @@ pub struct Shared {
     /// The uptime interval from genesis, seconds.
     pub interval_secs: u64,
     /// The mesh peer's listen addresses.
-    pub listen: std::sync::Mutex<Vec<String>>,
+    pub listen: Vec<String>,
     /// The mesh peer.
     pub mesh: peergrid_mesh::Mesh,
 }
@@ -101,7 +101,8 @@ impl Shared {
     }
 }
 
-fn now_ms() -> u64 {
+/// Wall-clock Unix ms (0 if the clock is before 1970).
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -259,7 +260,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Running> {
         deploys_ok: AtomicU64::new(0),
         deploys_refused: AtomicU64::new(0),
         interval_secs,
-        listen: std::sync::Mutex::new(listen),
+        listen,
         mesh: mesh.clone(),
     });
     serve_protocols(&mesh, shared.clone(), client.clone())?;

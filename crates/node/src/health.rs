@@ -5,7 +5,6 @@ use std::fmt::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -14,7 +13,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::daemon::Shared;
+use crate::daemon::{Shared, now_ms};
 
 /// Serve the endpoint on `addr`; returns the bound address and the serving task.
 pub async fn serve(
@@ -41,13 +40,6 @@ pub async fn serve(
     Ok((bound, task))
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// Healthy while uptime reports reach the ledger: the last one is younger than three intervals.
 async fn health(State(s): State<Arc<Shared>>) -> Response {
     let last = s.last_report_ms.load(Ordering::Relaxed);
@@ -68,7 +60,7 @@ async fn health(State(s): State<Arc<Shared>>) -> Response {
 
 async fn status(State(s): State<Arc<Shared>>) -> Response {
     let mut v = serde_json::to_value(s.report().await).unwrap_or_default();
-    v["mesh_listen"] = json!(*s.listen.lock().unwrap_or_else(|p| p.into_inner()));
+    v["mesh_listen"] = json!(s.listen);
     if let Ok(mesh) = s.mesh.status().await {
         v["mesh_connected_peers"] = json!(mesh.connected_peers);
         v["mesh_routing_table_peers"] = json!(mesh.routing_table_peers);

@@ -12,10 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use peergrid_client::Contract;
 use peergrid_client::{AtHeight, Client, ClientError, FinalizedBlock};
 use peergrid_core::{ContractId, NodeId};
-use peergrid_ledger::Contract;
-use serde::Deserialize;
 use serde_json::Value;
 use tracing::{debug, info, warn};
 
@@ -28,28 +27,14 @@ pub const RESYNC_EVERY: Duration = Duration::from_secs(300);
 /// Persist the followed height at least this often (in blocks) when nothing changes.
 const SAVE_EVERY_BLOCKS: u64 = 100;
 
-#[derive(Deserialize)]
-struct Page {
-    items: Vec<Contract>,
-    next: Option<u64>,
-}
-
 /// Every contract on `node`, and the height they were read at.
 async fn contracts_of(client: &Client, node: NodeId) -> Result<(u64, Vec<Contract>), ClientError> {
-    let mut out = Vec::new();
-    let mut from = 1;
-    let mut height = 0;
-    loop {
-        let page: AtHeight<Page> = client
-            .get(&format!("/v1/contracts?node={node}&from={from}&limit=500"))
-            .await?;
-        height = height.max(page.height);
-        out.extend(page.data.items);
-        match page.data.next {
-            Some(n) => from = n,
-            None => return Ok((height, out)),
-        }
-    }
+    client
+        .pages(
+            |from| format!("/v1/contracts?node={node}&from={from}&limit=500"),
+            1,
+        )
+        .await
 }
 
 /// Read one contract as the ledger has it now.
@@ -216,8 +201,8 @@ pub async fn follow(shared: Arc<Shared>, client: Arc<Client>) {
 mod tests {
     use super::*;
     use peergrid_client::TxOutcome;
+    use peergrid_client::{DeleteReason, Event};
     use peergrid_core::{Hash, Keypair};
-    use peergrid_ledger::{DeleteReason, Event};
 
     fn block(events: Vec<Event>, end_events: Vec<Event>) -> FinalizedBlock {
         FinalizedBlock {

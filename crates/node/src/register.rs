@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use peergrid_client::{Client, ClientError, TxStatus};
+use peergrid_client::{Farm, Node};
 use peergrid_core::tx::{Signature, sign_invitation};
 use peergrid_core::{Amount, Capacity, FarmId, Keypair, Location, NodeId, Payload};
-use peergrid_ledger::{Farm, Node};
 use tracing::info;
 
 /// What the node's account keeps for its own fees (registration and updates); uptime

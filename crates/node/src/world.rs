@@ -10,9 +10,9 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use peergrid_client::{Contract, ContractState};
 use peergrid_core::tx::ContractSpec;
 use peergrid_core::{AccountId, Capacity, ContractId, Hash, NodeId};
-use peergrid_ledger::{Contract, ContractState};
 use serde::{Deserialize, Serialize};
 
 /// What a workload is doing here.
@@ -326,8 +326,8 @@ fn workload(contract: &Contract, state: WorkloadState) -> Workload {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use peergrid_client::DeleteReason;
     use peergrid_core::Keypair;
-    use peergrid_ledger::DeleteReason;
 
     const ME: NodeId = 7;
 
