@@ -10,7 +10,10 @@ use common::peergrid;
 use serde_json::Value;
 
 fn json(home: &Path, args: &[&str]) -> (bool, Value) {
-    let (ok, value, _) = common::run(home, args);
+    let (ok, value, err) = common::run(home, args);
+    if !ok {
+        eprintln!("peergrid {}: {err}", args.join(" "));
+    }
     (ok, value)
 }
 

@@ -244,9 +244,12 @@ fn spawn_logged(mut cmd: Command, log: &Path) -> anyhow::Result<Child> {
     .with_context(|| format!("cannot start {:?}", cmd.get_program()))
 }
 
-/// Record a running devnet where other commands find it.
+/// Record a running devnet where other commands find it, atomically: a command reading
+/// it while the devnet adds its nodes must see the old or the new file, never half of one.
 fn write_running(dir: &Path, running: &Running) -> anyhow::Result<()> {
-    std::fs::write(running_file(dir), serde_json::to_string_pretty(running)?)?;
+    let tmp = dir.join("devnet.json.tmp");
+    std::fs::write(&tmp, serde_json::to_string_pretty(running)?)?;
+    std::fs::rename(&tmp, running_file(dir))?;
     Ok(())
 }
 
