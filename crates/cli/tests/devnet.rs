@@ -84,7 +84,7 @@ fn processes(home: &Path, what: &str) -> usize {
 fn a_newcomer_runs_a_devnet_and_sends_a_transfer_that_finalizes() {
     let home = tempfile::tempdir().expect("tempdir");
     let home = home.path();
-    let base_port = 21_000 + (std::process::id() % 5_000) as u16 * 2 % 9_000;
+    let base_port = common::base_port(10_000);
     let (stopped, _) = json(home, &["devnet", "status"]);
     assert!(!stopped, "status must fail while no devnet runs");
 

@@ -64,7 +64,7 @@ fn workload_in(state: &'static str, contract: u64) -> impl Fn(&[Value]) -> bool 
 async fn a_contract_is_billed_paused_resumed_and_deleted_and_the_farmer_can_explain_every_token() {
     let home_dir = tempfile::tempdir().expect("tempdir");
     let home = home_dir.path().to_path_buf();
-    let base_port = 41_000 + (std::process::id() % 3_000) as u16 * 3 % 9_000;
+    let base_port = base_port(22_800);
     // Seconds instead of hours and months; one token is worth $0.00001 so that a few
     // tokens last a few seconds of a contract.
     let (_devnet, client, demo) = devnet(
@@ -97,8 +97,9 @@ async fn a_contract_is_billed_paused_resumed_and_deleted_and_the_farmer_can_expl
     )
     .await;
     let health = format!("http://127.0.0.1:{}", base_port + 250);
-    let _node = start_node(&home, farm_id, &home.join("node"), base_port + 250);
-    let node_id = node_up(&home, farm_id).await;
+    let data = home.join("node");
+    let _node = start_node(&home, farm_id, &data, base_port + 250);
+    let node_id = node_up(&home, farm_id, &data).await;
 
     // A builder with 3 tokens opens a contract on the node.
     let builder = Keypair::generate().expect("key");

@@ -18,7 +18,7 @@ use serde_json::Value;
 async fn a_farmer_runs_a_node_that_follows_its_contracts_across_restarts() {
     let home_dir = tempfile::tempdir().expect("tempdir");
     let home = home_dir.path().to_path_buf();
-    let base_port = 31_000 + (std::process::id() % 3_000) as u16 * 3 % 9_000;
+    let base_port = base_port(16_400);
     let (mut validators, client, demo) =
         devnet(&home, base_port, &["uptime_interval_secs=2"]).await;
 
@@ -67,7 +67,7 @@ async fn a_farmer_runs_a_node_that_follows_its_contracts_across_restarts() {
     let health_port = base_port + 250;
     let health = format!("http://127.0.0.1:{health_port}");
     let mut node = start_node(&home, farm_id, &data, health_port);
-    let node_id = node_up(&home, farm_id).await;
+    let node_id = node_up(&home, farm_id, &data).await;
     let (_, shown, _) = run(&home, &["node", "show", &node_id.to_string()]);
     let capacity = &shown["node"]["capacity"];
     assert!(capacity["cru"].as_u64().unwrap_or(0) >= 1, "{shown}");

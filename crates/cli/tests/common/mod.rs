@@ -61,6 +61,26 @@ impl Drop for Proc {
     }
 }
 
+/// A devnet base port in `[first, first + 6000)` whose ports are free now. Kept below
+/// the kernel's ephemeral range (32768 and up), where any outgoing connection could take
+/// a port the devnet or a node is about to listen on.
+pub fn base_port(first: u16) -> u16 {
+    assert!(first.checked_add(6_400).is_some_and(|end| end < 32_768));
+    let offsets = (0..10).chain(100..110).chain(200..210).chain([250, 300]);
+    let offsets: Vec<u16> = offsets.collect();
+    let free = |base: u16| {
+        offsets.iter().all(|o| {
+            let addr = ("127.0.0.1", base + o);
+            std::net::TcpListener::bind(addr).is_ok() && std::net::UdpSocket::bind(addr).is_ok()
+        })
+    };
+    let start = (std::process::id() % 15) as u16;
+    (0..15)
+        .map(|i| first + (start + i) % 15 * 400)
+        .find(|&base| free(base))
+        .expect("no free devnet ports")
+}
+
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
     loop {
@@ -170,17 +190,26 @@ pub async fn eventually<T: Send + 'static>(
         .expect("join")
 }
 
-/// Wait until the first node of `farm` is listed up; returns its id.
-pub async fn node_up(home: &Path, farm: u64) -> u64 {
+/// Wait until the first node of `farm` (its data in `data`, see [`start_node`]) is listed
+/// up; returns its id. On a timeout the node's log is printed, since it says why.
+pub async fn node_up(home: &Path, farm: u64, data: &Path) -> u64 {
     let h = home.to_path_buf();
-    eventually(
-        "the node to be listed up",
-        Duration::from_secs(60),
-        move || {
+    let log = data.with_extension("log");
+    tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
             let (_, list, _) = run(&h, &["node", "list", "--farm", &farm.to_string()]);
-            let n = list["nodes"].as_array()?.first()?.clone();
-            (n["status"] == "up").then(|| n["id"].as_u64()).flatten()
-        },
-    )
+            let node = list["nodes"].as_array().and_then(|n| n.first()).cloned();
+            if let Some(n) = node.filter(|n| n["status"] == "up") {
+                return n["id"].as_u64().expect("node id");
+            }
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(&log).unwrap_or_default();
+                panic!("timed out waiting for the node to be listed up: {list}\nnode log:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    })
     .await
+    .expect("join")
 }
