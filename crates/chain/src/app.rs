@@ -5,8 +5,11 @@
 //! already in the unfinalized blocks it builds on, and verification checks what
 //! every validator can check without executing: height and time against the
 //! parent and the local clock, limits, and every transaction's fields and signature.
-//! A transaction that then fails against the state is rejected in its block with a
-//! receipt and changes nothing.
+//! It also refuses transactions that can never apply whatever the unfinalized blocks
+//! hold (a nonce the finalized state has used, an expiry before the block's time, a
+//! transaction already in an unfinalized ancestor), so a faulty leader cannot fill
+//! blocks with replays of valid signatures. A transaction that then fails against the
+//! state is rejected in its block with a receipt and changes nothing.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -69,31 +72,20 @@ impl<E: Clock + Send + Sync + 'static> commonware_consensus::Application<E> for 
         _: (),
     ) -> Option<Digested<Self::Block>> {
         let parent = ancestry.next().await?;
-        let finalized = self.shared.with_state(|s| s.height())?;
-        // Transactions in blocks between the finalized tip and the parent are already on their way.
-        let mut exclude = HashSet::new();
-        let mut cursor = Some(parent.clone());
-        let mut depth = 0;
-        while let Some(b) = cursor {
-            if b.height().get() <= finalized || depth >= UNFINALIZED_DEPTH_MAX {
-                break;
-            }
-            exclude.extend(b.inner().txs.iter().map(|t| t.hash()));
-            depth += 1;
-            cursor = ancestry.next().await;
-        }
+        let exclude = self.in_flight(parent.clone(), &mut ancestry).await?;
+        let parent_block = parent.inner();
+        let time_ms = now_ms(&clock).max(parent_block.time_ms + 1);
         let txs = {
             let ledger = self.shared.ledger.read().ok()?;
             let pool = self.shared.mempool.lock().ok()?;
             pool.select(
                 ledger.state(),
+                time_ms,
                 self.txs_per_block,
                 BLOCK_TX_BYTES_MAX,
                 &exclude,
             )
         };
-        let parent_block = parent.inner();
-        let time_ms = now_ms(&clock).max(parent_block.time_ms + 1);
         debug!(
             height = parent_block.height + 1,
             txs = txs.len(),
@@ -114,11 +106,68 @@ impl<E: Clock + Send + Sync + 'static> commonware_consensus::Application<E> for 
         let Some(parent) = ancestry.next().await else {
             return false;
         };
-        self.check_block(block.inner(), parent.inner(), now_ms(&clock))
+        if !self.check_block(block.inner(), parent.inner(), now_ms(&clock)) {
+            return false;
+        }
+        let Some(in_flight) = self.in_flight(parent, &mut ancestry).await else {
+            return false;
+        };
+        self.check_replays(block.inner(), &in_flight)
     }
 }
 
 impl App {
+    /// The transactions in the unfinalized blocks from `parent` back to the finalized tip:
+    /// already on their way, so a new block must not carry them again.
+    async fn in_flight(
+        &self,
+        parent: Digested<Block>,
+        ancestry: &mut impl Ancestry<Block>,
+    ) -> Option<HashSet<TxHash>> {
+        let finalized = self.shared.with_state(|s| s.height())?;
+        let mut txs = HashSet::new();
+        let mut cursor = Some(parent);
+        let mut depth = 0;
+        while let Some(b) = cursor {
+            if b.height().get() <= finalized || depth >= UNFINALIZED_DEPTH_MAX {
+                break;
+            }
+            txs.extend(b.inner().txs.iter().map(SignedTx::hash));
+            depth += 1;
+            cursor = ancestry.next().await;
+        }
+        Some(txs)
+    }
+
+    /// Whether every transaction of `b` could still apply: not already `in_flight` in an
+    /// unfinalized ancestor, not expired at the block's time, and not carrying a nonce the
+    /// finalized state has used. Finalized nonces only grow, so a validator whose finalized
+    /// state lags behind the block's parent refuses nothing an up-to-date one would accept.
+    pub fn check_replays(&self, b: &Block, in_flight: &HashSet<TxHash>) -> bool {
+        let refusal = self.shared.with_state(|state| {
+            b.txs.iter().find_map(|tx| {
+                let body = &tx.body;
+                if in_flight.contains(&tx.hash()) {
+                    Some("a transaction already in an unfinalized block before it")
+                } else if body.expires_ms < b.time_ms {
+                    Some("an expired transaction")
+                } else if body.nonce < state.account(&body.signer).nonce {
+                    Some("a transaction whose nonce is already used")
+                } else {
+                    None
+                }
+            })
+        });
+        match refusal {
+            Some(None) => true,
+            Some(Some(what)) => {
+                warn!(height = b.height, "refusing block: it carries {what}");
+                false
+            }
+            None => false,
+        }
+    }
+
     /// Whether `b`, on `p`, is acceptable to this validator whose clock reads `now_ms`.
     ///
     /// A transaction that already passed the stateless checks here (admitted to this
@@ -246,6 +295,41 @@ mod tests {
             .with_state(|s| s.account(&d.demo.account()).nonce)
             .expect("state");
         assert_eq!(nonce, 1, "only the genuine transaction applied");
+    }
+
+    #[test]
+    fn a_block_that_replays_used_expired_or_in_flight_transactions_is_refused() {
+        let (d, shared, app) = setup();
+        let used = transfer(&d.demo, 0);
+        let (block, _) = first_block(&d, vec![used.clone()]);
+        shared
+            .apply_finalized(&block, "finalized")
+            .expect("apply")
+            .expect("new block");
+        let none = HashSet::new();
+        let next = |txs| Block::new(block.digest(), 2, GENESIS_MS + 10, txs);
+
+        // A valid signature on a nonce the finalized state has used can never apply again.
+        assert!(!app.check_replays(&next(vec![used]), &none));
+
+        let fresh = transfer(&d.demo, 1);
+        assert!(app.check_replays(&next(vec![fresh.clone()]), &none));
+        // Nonces ahead of the finalized state may be taken by unfinalized blocks: allowed.
+        assert!(app.check_replays(&next(vec![transfer(&d.demo, 5)]), &none));
+
+        let in_flight: HashSet<TxHash> = [fresh.hash()].into();
+        assert!(!app.check_replays(&next(vec![fresh]), &in_flight));
+
+        let expiring = |at| {
+            let pay = Payload::Transfer {
+                to: d.demo.account(),
+                amount: Amount(1),
+            };
+            SignedTx::expiring(&d.faucet, "app", 0, at, pay)
+        };
+        assert!(!app.check_replays(&next(vec![expiring(GENESIS_MS + 9)]), &none));
+        let last_moment = expiring(GENESIS_MS + 10);
+        assert!(app.check_replays(&next(vec![last_moment]), &none));
     }
 
     #[test]

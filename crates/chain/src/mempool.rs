@@ -206,11 +206,14 @@ impl Mempool {
         Ok(hash)
     }
 
-    /// Up to `txs_max` transactions and `bytes_max` bytes that can apply in order on `state`,
-    /// skipping those in `exclude` (already in a block not yet finalized).
+    /// Up to `txs_max` transactions and `bytes_max` bytes that can apply in order on `state`
+    /// in a block at ledger time `time_ms`, skipping those in `exclude` (already in a block
+    /// not yet finalized). Expiry is judged at the block's time, not the finalized state's:
+    /// validators refuse a block carrying an expired transaction.
     pub fn select(
         &self,
         state: &State,
+        time_ms: u64,
         txs_max: usize,
         bytes_max: usize,
         exclude: &HashSet<TxHash>,
@@ -224,7 +227,11 @@ impl Mempool {
                 if *nonce != expected {
                     break;
                 }
-                if !exclude.contains(&p.hash) && p.tx.body.expires_ms >= state.time_ms() {
+                // Later nonces cannot apply without this one.
+                if p.tx.body.expires_ms < time_ms {
+                    break;
+                }
+                if !exclude.contains(&p.hash) {
                     run.push(p);
                 }
             }
@@ -376,6 +383,32 @@ mod tests {
     }
 
     #[test]
+    fn a_transaction_expiring_before_the_block_is_not_selected_nor_the_nonces_behind_it() {
+        let (d, ledger) = setup();
+        let mut pool = Mempool::new(MempoolLimits::default());
+        let now = ledger.state().time_ms();
+        let pay = || Payload::Transfer {
+            to: d.faucet.account(),
+            amount: Amount(1),
+        };
+        let soon = SignedTx::expiring(&d.demo, "pool", 0, now + 100, pay());
+        pool.insert(soon, ledger.state()).expect("valid now");
+        pool.insert(transfer(&d.demo, 1), ledger.state())
+            .expect("next");
+        let none = HashSet::new();
+        assert_eq!(
+            pool.select(ledger.state(), now + 100, 10, usize::MAX, &none)
+                .len(),
+            2
+        );
+        assert!(
+            pool.select(ledger.state(), now + 101, 10, usize::MAX, &none)
+                .is_empty(),
+            "expired at the block's time, though not at the finalized state's"
+        );
+    }
+
+    #[test]
     fn selects_consecutive_nonces_fairly_and_prunes_after_finality() {
         let (d, mut ledger) = setup();
         let mut pool = Mempool::new(MempoolLimits::default());
@@ -387,18 +420,37 @@ mod tests {
             pool.insert(transfer(&d.faucet, n), ledger.state())
                 .expect("faucet");
         }
-        let picked = pool.select(ledger.state(), 4, usize::MAX, &HashSet::new());
+        let picked = pool.select(
+            ledger.state(),
+            ledger.state().time_ms(),
+            4,
+            usize::MAX,
+            &HashSet::new(),
+        );
         let from = |tx: &SignedTx| (tx.body.signer == d.demo.account(), tx.body.nonce);
         let order: Vec<_> = picked.iter().map(from).collect();
         // Alternating accounts, in nonce order, never past the gap at demo's nonce 3.
         assert_eq!(order.len(), 4);
         assert!(order.contains(&(true, 0)) && order.contains(&(true, 1)));
         assert!(order.contains(&(false, 0)) && order.contains(&(false, 1)));
-        let all = pool.select(ledger.state(), 100, usize::MAX, &HashSet::new());
+        let all = pool.select(
+            ledger.state(),
+            ledger.state().time_ms(),
+            100,
+            usize::MAX,
+            &HashSet::new(),
+        );
         assert_eq!(all.len(), 6, "demo's nonce 4 waits for 3");
         let exclude: HashSet<_> = all.iter().take(2).map(SignedTx::hash).collect();
         assert_eq!(
-            pool.select(ledger.state(), 100, usize::MAX, &exclude).len(),
+            pool.select(
+                ledger.state(),
+                ledger.state().time_ms(),
+                100,
+                usize::MAX,
+                &exclude
+            )
+            .len(),
             4
         );
 
@@ -414,8 +466,14 @@ mod tests {
         );
         assert_eq!(pool.len(), 3);
         assert_eq!(
-            pool.select(ledger.state(), 100, usize::MAX, &HashSet::new())
-                .len(),
+            pool.select(
+                ledger.state(),
+                ledger.state().time_ms(),
+                100,
+                usize::MAX,
+                &HashSet::new()
+            )
+            .len(),
             2
         );
     }
@@ -454,8 +512,14 @@ mod tests {
         pool.prune(ledger.state(), [d.demo.account()].iter());
         assert_eq!(pool.len(), 0, "the rejected transaction is gone");
         assert!(
-            pool.select(ledger.state(), 100, usize::MAX, &HashSet::new())
-                .is_empty(),
+            pool.select(
+                ledger.state(),
+                ledger.state().time_ms(),
+                100,
+                usize::MAX,
+                &HashSet::new()
+            )
+            .is_empty(),
             "and is never proposed again"
         );
         pool.insert(farm(1, "beta"), ledger.state())
