@@ -377,10 +377,11 @@ async fn contracts(State(api): State<Api>, Query(p): Query<Page>) -> ApiResult {
     };
     let (v, h, r) = read(&api, |s| {
         let from = p.from.unwrap_or(1);
-        // An owner's contracts come from their index; the node filter still scans.
-        let all: Box<dyn Iterator<Item = &peergrid_ledger::Contract>> = match &owner {
-            Some(o) => Box::new(s.contracts_of(o, from)),
-            None => Box::new(s.contracts(from)),
+        // Each filter reads its own index; both together filter the owner's by node.
+        let all: Box<dyn Iterator<Item = &peergrid_ledger::Contract>> = match (&owner, p.node) {
+            (Some(o), _) => Box::new(s.contracts_of(o, from)),
+            (None, Some(n)) => Box::new(s.contracts_on(n, from)),
+            (None, None) => Box::new(s.contracts(from)),
         };
         let items = all
             .filter(|c| p.node.is_none_or(|n| c.node == Some(n)))

@@ -1255,6 +1255,9 @@ impl State {
             },
         );
         self.owner_contracts.insert((signer, id), ());
+        if let Some(node) = node {
+            self.node_contracts.insert((node, id), ());
+        }
         let interval_ms = self.params().billing_interval_secs.saturating_mul(1000);
         self.schedule_bill(id, ctx.time_ms.saturating_add(interval_ms));
         events.push(Event::ContractCreated {

@@ -15,7 +15,7 @@ use crate::table::{AnyTable, Change, Table};
 const SINGLETON: u8 = 0;
 
 /// Number of tables in the state.
-const TABLES: usize = 24;
+const TABLES: usize = 25;
 
 /// The whole ledger state at one height, and the changes of the block being applied.
 #[derive(Clone)]
@@ -57,6 +57,8 @@ pub struct State {
     pub(crate) votes: Table<(ProposalId, AccountId), VoteRecord>,
     /// Which farm lists each public IPv4 address: an address belongs to one farm.
     pub(crate) farm_ips: Table<[u8; 4], FarmId>,
+    /// Every contract by the node it runs on, so a node reads its own without a scan.
+    pub(crate) node_contracts: Table<(NodeId, ContractId), ()>,
     /// The commitment over the state as of the last committed block.
     committed: LtHash,
 }
@@ -91,6 +93,7 @@ impl State {
             farm_nodes: Table::new(22),
             votes: Table::new(23),
             farm_ips: Table::new(24),
+            node_contracts: Table::new(25),
             committed: LtHash::default(),
         }
     }
@@ -121,6 +124,7 @@ impl State {
             &self.farm_nodes,
             &self.votes,
             &self.farm_ips,
+            &self.node_contracts,
         ]
     }
 
@@ -150,6 +154,7 @@ impl State {
             &mut self.farm_nodes,
             &mut self.votes,
             &mut self.farm_ips,
+            &mut self.node_contracts,
         ]
     }
 
@@ -425,6 +430,13 @@ impl State {
     ) -> impl Iterator<Item = &Contract> {
         self.owner_contracts
             .range((*owner, from)..=(*owner, ContractId::MAX))
+            .filter_map(|((_, id), _)| self.contracts.get(id))
+    }
+
+    /// Contracts on `node` with ids from `from`, in id order (deleted ones included).
+    pub fn contracts_on(&self, node: NodeId, from: ContractId) -> impl Iterator<Item = &Contract> {
+        self.node_contracts
+            .range((node, from)..=(node, ContractId::MAX))
             .filter_map(|((_, id), _)| self.contracts.get(id))
     }
 

@@ -517,7 +517,14 @@ fn a_rented_node_is_for_its_renter_alone() {
     h.ok(&key(3), Payload::CancelContract { contract: d });
     h.ok(&key(3), Payload::CancelContract { contract: r });
     assert_eq!(h.state.node(free).expect("node").rented_by, None);
-    h.ok(&key(2), deployment(free, 1, 0));
+    let again = created(&h.ok(&key(2), deployment(free, 1, 0)));
+
+    // Each node lists its own contracts, deleted ones included, from any id on.
+    let on = |node, from| -> Vec<u64> { h.state.contracts_on(node, from).map(|c| c.id).collect() };
+    assert_eq!(on(free, 0), vec![r, d, again]);
+    assert_eq!(on(free, d), vec![d, again]);
+    assert_eq!(on(busy, 0).len(), 1);
+    assert!(on(busy, 0).iter().all(|c| !on(free, 0).contains(c)));
 }
 
 #[test]
