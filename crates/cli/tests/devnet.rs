@@ -72,12 +72,21 @@ fn wait_finalizing(home: &Path) -> Value {
     }
 }
 
-fn processes(home: &Path, what: &str) -> usize {
+fn pids(home: &Path, what: &str) -> Vec<u32> {
     let out = Command::new("pgrep")
         .args(["-f", &format!("{}/devnet/{what}", home.display())])
         .output();
-    out.map(|o| String::from_utf8_lossy(&o.stdout).lines().count())
-        .unwrap_or(0)
+    out.map(|o| {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+fn processes(home: &Path, what: &str) -> usize {
+    pids(home, what).len()
 }
 
 #[test]
@@ -200,5 +209,25 @@ fn a_newcomer_runs_a_devnet_and_sends_a_transfer_that_finalizes() {
     wait_finalizing(home);
     let (_, got) = json(home, &["wallet", "balance", receiver]);
     assert_eq!(got["balance"], "2.5", "state must survive a restart");
-    assert!(again.interrupt().success());
+
+    // A supervisor killed outright (SIGKILL) leaves its validators running, holding the
+    // devnet's ports; the next start stops them instead of failing on those ports.
+    let orphans = pids(home, "validator-");
+    assert_eq!(orphans.len(), 4);
+    again.0.kill().expect("kill");
+    let _ = again.0.wait();
+    let mut third = Devnet::start(home, base_port);
+    wait_finalizing(home);
+    let now = pids(home, "validator-");
+    assert_eq!(now.len(), 4, "one set of validators runs: {now:?}");
+    assert!(
+        orphans.iter().all(|p| !now.contains(p)),
+        "the orphans were stopped: {orphans:?} {now:?}"
+    );
+    let (_, got) = json(home, &["wallet", "balance", receiver]);
+    assert_eq!(
+        got["balance"], "2.5",
+        "state must survive the orphans being stopped"
+    );
+    assert!(third.interrupt().success());
 }

@@ -75,6 +75,9 @@ pub struct Running {
     /// Every node's health endpoint URL.
     #[serde(default)]
     pub nodes: Vec<String>,
+    /// Process ids of the validators and nodes, to stop them should the supervisor die.
+    #[serde(default)]
+    pub children: Vec<u32>,
 }
 
 /// The default devnet folder: `$PEERGRID_HOME/devnet` or `~/.peergrid/devnet`.
@@ -253,6 +256,45 @@ fn write_running(dir: &Path, running: &Running) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Stop the validators and nodes of a devnet from `dir` whose supervisor died without
+/// stopping them (killed with SIGKILL, say): they would hold the devnet's ports and data.
+/// Only processes still running a command on `dir` are touched, in case a pid was reused.
+fn stop_leftovers(dir: &Path) {
+    let Ok(text) = std::fs::read_to_string(running_file(dir)) else {
+        return;
+    };
+    let Ok(old) = serde_json::from_str::<Running>(&text) else {
+        return;
+    };
+    let dir_text = dir.to_string_lossy().into_owned();
+    let ours = |pid: &u32| {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&dir_text))
+    };
+    let left: Vec<u32> = old.children.iter().copied().filter(ours).collect();
+    if left.is_empty() {
+        return;
+    }
+    tracing::warn!(
+        processes = left.len(),
+        "stopping validators and nodes left running by a devnet that did not stop cleanly"
+    );
+    for pid in &left {
+        let _ = Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status();
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && left.iter().any(ours) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for pid in left.iter().filter(|p| ours(p)) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
+}
+
 /// The TCP port devnet node 0 listens on for the mesh.
 fn bootstrap_port(base: u16) -> anyhow::Result<u16> {
     base.checked_add(300).context("--base-port too high")
@@ -290,6 +332,7 @@ impl Supervisor {
                 r.pid
             );
         }
+        stop_leftovers(&opts.dir);
         std::fs::create_dir_all(opts.dir.join("logs"))?;
         let mut children = Vec::new();
         let mut apis = Vec::new();
@@ -310,6 +353,7 @@ impl Supervisor {
             demo_key: opts.dir.join("keys/demo.json"),
             faucet_key: opts.dir.join("keys/faucet.json"),
             nodes: Vec::new(),
+            children: children.iter().map(Child::id).collect(),
         };
         write_running(&opts.dir, &running)?;
         Ok(Supervisor {
@@ -446,6 +490,12 @@ impl Supervisor {
         }
         let http = wait_listening(&urls, timeout, &mut self.nodes, &self.dir).await;
         self.running.nodes = urls;
+        self.running.children = self
+            .children
+            .iter()
+            .chain(&self.nodes)
+            .map(Child::id)
+            .collect();
         write_running(&self.dir, &self.running)?;
         http
     }
