@@ -137,7 +137,10 @@ pub fn prepare_with(opts: &Options, extra: &[GenesisBalance]) -> anyhow::Result<
     }
     std::fs::create_dir_all(opts.dir.join("keys"))?;
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
-    let mut devnet = Devnet::generate("peergrid-devnet", opts.validators, now_ms)?;
+    // Each devnet gets its own chain id (its creation time): transactions bind the chain
+    // id, so one signed for another devnet on this machine cannot apply here.
+    let chain_id = format!("peergrid-devnet-{now_ms}");
+    let mut devnet = Devnet::generate(&chain_id, opts.validators, now_ms)?;
     devnet.genesis.balances.extend_from_slice(extra);
     if !opts.params.is_empty() {
         devnet.genesis = with_params(&devnet.genesis, &opts.params)?;
@@ -602,5 +605,44 @@ mod tests {
         let e = with_params(&base, &["billing_interval_secs=0".into()]).expect_err("checked");
         assert!(e.to_string().contains("above zero"), "{e}");
         assert!(with_params(&base, &["nonsense".into()]).is_err());
+    }
+
+    #[test]
+    fn two_devnets_have_their_own_chain_ids_and_a_transaction_for_one_fails_on_the_other() {
+        let dirs = [
+            tempfile::tempdir().expect("dir"),
+            tempfile::tempdir().expect("dir"),
+        ];
+        let genesis: Vec<Genesis> = dirs
+            .iter()
+            .map(|d| {
+                std::thread::sleep(Duration::from_millis(2));
+                let opts = Options {
+                    dir: d.path().to_path_buf(),
+                    fresh: false,
+                    validators: 1,
+                    base_port: 1,
+                    nodes: 0,
+                    params: Vec::new(),
+                };
+                prepare(&opts).expect("prepare")
+            })
+            .collect();
+        assert_ne!(genesis[0].chain_id, genesis[1].chain_id);
+        let demo = Keypair::load(&dirs[0].path().join("keys/demo.json")).expect("demo");
+        let pay = peergrid_core::Payload::Transfer {
+            to: demo.account(),
+            amount: peergrid_core::Amount(1),
+        };
+        let tx = peergrid_core::SignedTx::new(&demo, &genesis[0].chain_id, 0, pay);
+        let mut other = peergrid_ledger::State::from_genesis(&genesis[1]);
+        let ctx = peergrid_ledger::BlockContext {
+            height: 1,
+            time_ms: genesis[1].genesis_time_ms + 1,
+        };
+        assert!(matches!(
+            other.apply_tx(&tx, &ctx),
+            Err(peergrid_ledger::TxError::WrongChain { .. })
+        ));
     }
 }
