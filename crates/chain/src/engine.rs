@@ -17,7 +17,7 @@ use commonware_consensus::simplex::{
     elector::RoundRobin,
     scheme::ed25519::Scheme,
 };
-use commonware_consensus::types::{Epoch, FixedEpocher, ViewDelta};
+use commonware_consensus::types::{Epoch, FixedEpocher, Height, ViewDelta};
 use commonware_cryptography::certificate::ConstantProvider;
 use commonware_cryptography::ed25519::{PrivateKey, PublicKey};
 use commonware_cryptography::{Digested, Digestible, Sha256, Signer};
@@ -262,9 +262,14 @@ where
     let (finalizer, finalized) = Finalizer::new();
     let marshal_handle = actor.start(finalizer, buffer, (backfill_handler, backfill_resolver));
     let shared = cfg.shared.clone();
+    let archive = mailbox.clone();
+    let archived = move |h: u64| {
+        let archive = archive.clone();
+        async move { archive.get_block(Height::new(h)).await }
+    };
     context
         .child("finalizer")
-        .spawn(move |_| finalizer::run(shared, finalized));
+        .spawn(move |_| finalizer::run(shared, finalized, archived));
 
     let app = App::new(cfg.shared.clone(), cfg.txs_per_block);
     let wrapper = Inline::new(

@@ -10,7 +10,7 @@ use commonware_utils::Acknowledgement;
 use commonware_utils::acknowledgement::Exact;
 use futures::StreamExt;
 use futures::channel::mpsc;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::block::Block;
 use crate::shared::Shared;
@@ -47,11 +47,23 @@ impl Reporter for Finalizer {
 }
 
 /// Apply blocks as they arrive; acknowledge each only once the ledger committed it.
-pub async fn run(
+///
+/// `archived` reads a finalized block from this validator's own archive by height. A
+/// ledger behind the blocks marshal delivers (its file lost or restored from an old
+/// backup, while marshal remembers having delivered them) is rebuilt from it first.
+pub async fn run<F, Fut>(
     shared: Arc<Shared>,
     mut blocks: mpsc::UnboundedReceiver<(Digested<Block>, Exact)>,
-) {
+    archived: F,
+) where
+    F: Fn(u64) -> Fut,
+    Fut: Future<Output = Option<Digested<Block>>>,
+{
     while let Some((block, ack)) = blocks.next().await {
+        if let Err(e) = catch_up(&shared, block.inner().height, &archived).await {
+            error!(height = block.inner().height, error = %e, "cannot rebuild the ledger from the archive; stopping (delete this validator's data directory to resync it from its peers)");
+            return;
+        }
         let digest = block.digest();
         match shared.apply_finalized(block.inner(), &hex::encode(digest.as_ref())) {
             Ok(Some(summary)) => {
@@ -66,4 +78,40 @@ pub async fn run(
             }
         }
     }
+}
+
+/// Apply, from the archive, every finalized block between the ledger's height and `next`.
+async fn catch_up<F, Fut>(shared: &Shared, next: u64, archived: &F) -> Result<(), String>
+where
+    F: Fn(u64) -> Fut,
+    Fut: Future<Output = Option<Digested<Block>>>,
+{
+    let Some(height) = shared.with_state(|s| s.height()) else {
+        return Err("the ledger lock is poisoned".into());
+    };
+    if height + 1 >= next {
+        return Ok(());
+    }
+    warn!(
+        ledger = height,
+        delivered = next,
+        "the ledger is behind the finalized blocks; replaying them from the archive"
+    );
+    for h in height + 1..next {
+        let Some(block) = archived(h).await else {
+            return Err(format!("finalized block {h} is not in the archive"));
+        };
+        if block.inner().height != h {
+            return Err(format!(
+                "the archive returned block {} for height {h}",
+                block.inner().height
+            ));
+        }
+        let digest = hex::encode(block.digest().as_ref());
+        shared
+            .apply_finalized(block.inner(), &digest)
+            .map_err(|e| e.to_string())?;
+    }
+    info!(height = next - 1, "ledger rebuilt from the archive");
+    Ok(())
 }

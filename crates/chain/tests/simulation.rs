@@ -191,13 +191,24 @@ fn an_equivocating_validator_is_caught_and_the_others_stay_safe_and_live() {
 
 #[test]
 fn all_validators_crash_and_restart_without_losing_or_repeating_a_block() {
+    crash_and_restart(9, false);
+}
+
+#[test]
+fn a_validator_whose_ledger_is_lost_rebuilds_it_from_its_block_archive() {
+    crash_and_restart(10, true);
+}
+
+/// Crash all four validators mid-stream, delete validator 0's ledger file if `lose_ledger`,
+/// restart them all: every ledger must hold every finalized block exactly once.
+fn crash_and_restart(seed: u64, lose_ledger: bool) {
     use commonware_runtime::deterministic;
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().to_path_buf();
     let to = user(9).account();
     let p = path.clone();
     let (before, checkpoint) =
-        runner(9, Duration::from_secs(300)).start_and_recover(|context| async move {
+        runner(seed, Duration::from_secs(300)).start_and_recover(|context| async move {
             let (vals, _oracle, _peers) = grid(&context, 4, Some(&p)).await;
             let refs: Vec<_> = vals.iter().collect();
             for n in 0..10 {
@@ -209,15 +220,20 @@ fn all_validators_crash_and_restart_without_losing_or_repeating_a_block() {
                 .map(|s| s.with_state(|st| st.height()).unwrap_or(0))
                 .collect::<Vec<_>>()
         });
+    if lose_ledger {
+        std::fs::remove_file(path.join("ledger-0.redb")).expect("ledger file");
+    }
     let p = path.clone();
     deterministic::Runner::from(checkpoint).start(|context| async move {
         let (vals, _oracle, _peers) = grid(&context, 4, Some(&p)).await;
         let refs: Vec<_> = vals.iter().collect();
-        for (v, h) in vals.iter().zip(&before) {
-            assert!(
-                v.with_state(|s| s.height()).unwrap_or(0) >= *h,
-                "a finalized block was lost in the crash"
-            );
+        if !lose_ledger {
+            for (v, h) in vals.iter().zip(&before) {
+                assert!(
+                    v.with_state(|s| s.height()).unwrap_or(0) >= *h,
+                    "a finalized block was lost in the crash"
+                );
+            }
         }
         let target = before.iter().max().copied().unwrap_or(0) + 10;
         wait_for_height(&context, &refs, target).await;
