@@ -332,6 +332,11 @@ mod tests {
         )
     }
 
+    /// Everything `pool` would propose on `state` now, without limits.
+    fn select_all(pool: &Mempool, state: &State) -> Vec<SignedTx> {
+        pool.select(state, state.time_ms(), 100, usize::MAX, &HashSet::new())
+    }
+
     #[test]
     fn admits_valid_and_refuses_with_the_ledgers_reason() {
         let (d, ledger) = setup();
@@ -433,13 +438,7 @@ mod tests {
         assert_eq!(order.len(), 4);
         assert!(order.contains(&(true, 0)) && order.contains(&(true, 1)));
         assert!(order.contains(&(false, 0)) && order.contains(&(false, 1)));
-        let all = pool.select(
-            ledger.state(),
-            ledger.state().time_ms(),
-            100,
-            usize::MAX,
-            &HashSet::new(),
-        );
+        let all = select_all(&pool, ledger.state());
         assert_eq!(all.len(), 6, "demo's nonce 4 waits for 3");
         let exclude: HashSet<_> = all.iter().take(2).map(SignedTx::hash).collect();
         assert_eq!(
@@ -465,17 +464,7 @@ mod tests {
             [d.demo.account(), d.faucet.account()].iter(),
         );
         assert_eq!(pool.len(), 3);
-        assert_eq!(
-            pool.select(
-                ledger.state(),
-                ledger.state().time_ms(),
-                100,
-                usize::MAX,
-                &HashSet::new()
-            )
-            .len(),
-            2
-        );
+        assert_eq!(select_all(&pool, ledger.state()).len(), 2);
     }
 
     #[test]
@@ -512,14 +501,7 @@ mod tests {
         pool.prune(ledger.state(), [d.demo.account()].iter());
         assert_eq!(pool.len(), 0, "the rejected transaction is gone");
         assert!(
-            pool.select(
-                ledger.state(),
-                ledger.state().time_ms(),
-                100,
-                usize::MAX,
-                &HashSet::new()
-            )
-            .is_empty(),
+            select_all(&pool, ledger.state()).is_empty(),
             "and is never proposed again"
         );
         pool.insert(farm(1, "beta"), ledger.state())
