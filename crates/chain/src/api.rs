@@ -164,6 +164,8 @@ async fn status(State(api): State<Api>) -> ApiResult {
             "last_block_age_ms": age_ms,
             "finalizing": s.height() > 0 && age_ms < STALL_AFTER.as_millis() as u64,
             "validators": s.config().validators,
+            // Voted in by governance; consensus does not switch validator sets yet.
+            "pending_validators": s.config().pending_validators,
             "supply": { "genesis": g.genesis_supply, "minted": g.minted, "burned": g.burned },
             "mempool": mempool,
             "params": s.params(),

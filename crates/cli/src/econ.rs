@@ -404,7 +404,12 @@ fn action_text(a: &GovAction) -> String {
         GovAction::SetCouncil { members, threshold } => {
             format!("council of {} (threshold {threshold})", members.len())
         }
-        GovAction::SetValidators { validators } => format!("{} validators", validators.len()),
+        GovAction::SetValidators { validators } => {
+            format!(
+                "{} validators (pending: not applied by this release)",
+                validators.len()
+            )
+        }
     }
 }
 
@@ -450,12 +455,18 @@ pub fn gov(globals: &Globals, cmd: GovCommand) -> anyhow::Result<()> {
                             .collect::<Result<_, _>>()?,
                         threshold,
                     },
-                    ProposeAction::SetValidators { validators } => GovAction::SetValidators {
-                        validators: validators
-                            .iter()
-                            .map(|m| m.parse())
-                            .collect::<Result<_, _>>()?,
-                    },
+                    ProposeAction::SetValidators { validators } => {
+                        tracing::warn!(
+                            "a validator set voted in is recorded as pending (`pending_validators` \
+                             in /v1/status); this release's validators keep running the genesis set"
+                        );
+                        GovAction::SetValidators {
+                            validators: validators
+                                .iter()
+                                .map(|m| m.parse())
+                                .collect::<Result<_, _>>()?,
+                        }
+                    }
                 };
                 let events = globals
                     .send(Payload::Propose {
