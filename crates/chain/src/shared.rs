@@ -11,7 +11,7 @@ use tokio::sync::broadcast;
 use peergrid_core::{AccountId, SignedTx, TxHash};
 pub use peergrid_ledger::receipt::{FinalizedBlock, TxOutcome, TxStatus};
 use peergrid_ledger::{
-    BlockContext, BlockOutcome, Genesis, Ledger, LedgerError, Store, StoreError, TxError,
+    BlockContext, BlockOutcome, Genesis, KnownTx, Ledger, LedgerError, Store, StoreError, TxError,
 };
 
 use crate::block::{BLOCK_TXS_MAX, Block};
@@ -177,6 +177,16 @@ impl Shared {
         peergrid_ledger::check_stateless(tx, &self.genesis.chain_id)
     }
 
+    /// [`Shared::check_stateless`] on many transactions, their signatures checked in batches.
+    pub fn check_stateless_batch(&self, txs: &[&SignedTx]) -> Vec<Result<(), TxError>> {
+        if txs.is_empty() {
+            return Vec::new();
+        }
+        self.stateless_checks
+            .fetch_add(txs.len() as u64, Ordering::Relaxed);
+        peergrid_ledger::check_stateless_batch(txs, &self.genesis.chain_id)
+    }
+
     /// How many transactions this validator has run the stateless checks on, at admission, in
     /// block verification and when applying.
     pub fn stateless_checks(&self) -> u64 {
@@ -216,31 +226,55 @@ impl Shared {
     /// Admit a transaction to the mempool.
     pub fn submit(&self, tx: SignedTx) -> Result<TxHash, MempoolError> {
         let hash = tx.hash();
-        let known = self
-            .verified
-            .lock()
-            .map(|set| set.contains(&hash))
-            .unwrap_or(false);
-        if !known {
-            // Before taking any lock: the signature is the costly part, and neither block
-            // proposal nor the finalizer should wait for it.
-            self.check_stateless(&tx)?;
+        self.submit_batch(vec![(tx, hash)])
+            .pop()
+            .unwrap_or(Err(MempoolError::Full { txs: 0, bytes: 0 }))
+    }
+
+    /// Admit transactions that arrived together (an API batch, a gossip message), each with
+    /// its hash; one answer per transaction, in order, each what [`Shared::submit`] would say.
+    ///
+    /// The signatures not yet checked here are checked together in batches, before taking any
+    /// lock: the signature is the costly part, and neither block proposal nor the finalizer
+    /// should wait for it.
+    pub fn submit_batch(&self, txs: Vec<(SignedTx, TxHash)>) -> Vec<Result<TxHash, MempoolError>> {
+        let hashes: Vec<TxHash> = txs.iter().map(|(_, h)| *h).collect();
+        let known = self.verified(&hashes);
+        let unchecked: Vec<usize> = (0..txs.len()).filter(|i| !known[*i]).collect();
+        let to_check: Vec<&SignedTx> = unchecked.iter().map(|i| &txs[*i].0).collect();
+        let mut stateless: Vec<Result<(), TxError>> = vec![Ok(()); txs.len()];
+        for (i, result) in unchecked.iter().zip(self.check_stateless_batch(&to_check)) {
+            stateless[*i] = result;
         }
-        let ledger = self
-            .ledger
-            .read()
-            .map_err(|_| MempoolError::Full { txs: 0, bytes: 0 })?;
-        let mut pool = self
-            .mempool
-            .lock()
-            .map_err(|_| MempoolError::Full { txs: 0, bytes: 0 })?;
-        let admitted = pool.insert_checked(tx, hash, ledger.state())?;
+        let Ok(ledger) = self.ledger.read() else {
+            return txs
+                .iter()
+                .map(|_| Err(MempoolError::Full { txs: 0, bytes: 0 }))
+                .collect();
+        };
+        let Ok(mut pool) = self.mempool.lock() else {
+            return txs
+                .iter()
+                .map(|_| Err(MempoolError::Full { txs: 0, bytes: 0 }))
+                .collect();
+        };
+        let mut admitted = Vec::with_capacity(txs.len());
+        let results: Vec<Result<TxHash, MempoolError>> = txs
+            .into_iter()
+            .zip(stateless)
+            .map(|((tx, hash), checked)| {
+                checked?;
+                let hash = pool.insert_checked(tx, hash, ledger.state())?;
+                admitted.push(hash);
+                Ok(hash)
+            })
+            .collect();
         drop(pool);
-        // Under the ledger's read lock, so that finalizing this transaction, which forgets
-        // it, cannot happen before it is remembered.
-        self.mark_verified([hash]);
+        // Under the ledger's read lock, so that finalizing these transactions, which forgets
+        // them, cannot happen before they are remembered.
+        self.mark_verified(admitted);
         drop(ledger);
-        Ok(admitted)
+        results
     }
 
     /// Where `hash` is.
@@ -289,42 +323,47 @@ impl Shared {
             height: block.height,
             time_ms: block.time_ms,
         };
-        let hashes: Vec<TxHash> = block.txs.iter().map(SignedTx::hash).collect();
+        let hashes = block.tx_hashes();
         // Transactions checked here at admission or in block verification apply without a
         // second signature check; any other (a block received by backfill, say) is checked
-        // in full by the ledger.
-        let checked = self.verified(&hashes);
-        let unchecked = checked.iter().filter(|c| !**c).count() as u64;
+        // by the ledger, in batches.
+        let known: Vec<KnownTx> = self
+            .verified(hashes)
+            .into_iter()
+            .zip(hashes)
+            .zip(block.tx_lens())
+            .map(|((checked, hash), len)| KnownTx {
+                hash: *hash,
+                len,
+                checked,
+            })
+            .collect();
+        let unchecked = known.iter().filter(|k| !k.checked).count() as u64;
         self.stateless_checks
             .fetch_add(unchecked, Ordering::Relaxed);
         let mut summary = None;
-        ledger.execute_partly_checked_block_then(
-            ctx,
-            &block.txs,
-            &checked,
-            |outcome: &BlockOutcome| {
-                let finalized = FinalizedBlock {
-                    height: outcome.height,
-                    digest: digest.to_string(),
-                    time_ms: outcome.time_ms,
-                    root: outcome.root,
-                    txs: outcome
-                        .receipts
-                        .iter()
-                        .zip(&block.txs)
-                        .map(|(r, tx)| TxOutcome {
-                            hash: r.hash,
-                            signer: tx.body.signer,
-                            result: r.result.clone(),
-                        })
-                        .collect(),
-                    end_events: outcome.end_events.clone(),
-                };
-                self.receipts.record(&finalized)?;
-                summary = Some(Arc::new(finalized));
-                Ok(())
-            },
-        )?;
+        ledger.execute_known_block_then(ctx, &block.txs, &known, |outcome: &BlockOutcome| {
+            let finalized = FinalizedBlock {
+                height: outcome.height,
+                digest: digest.to_string(),
+                time_ms: outcome.time_ms,
+                root: outcome.root,
+                txs: outcome
+                    .receipts
+                    .iter()
+                    .zip(&block.txs)
+                    .map(|(r, tx)| TxOutcome {
+                        hash: r.hash,
+                        signer: tx.body.signer,
+                        result: r.result.clone(),
+                    })
+                    .collect(),
+                end_events: outcome.end_events.clone(),
+            };
+            self.receipts.record(&finalized)?;
+            summary = Some(Arc::new(finalized));
+            Ok(())
+        })?;
         if let Ok(mut pool) = self.mempool.lock() {
             if let Some(f) = &summary {
                 pool.remove_finalized(f.txs.iter().map(|t| &t.hash));
@@ -334,7 +373,7 @@ impl Shared {
         }
         // A finalized transaction's nonce is used: it can only appear again to be rejected.
         if let Ok(mut set) = self.verified.lock() {
-            for h in &hashes {
+            for h in hashes {
                 set.remove(h);
             }
         }
