@@ -331,7 +331,7 @@ impl SignatureCheck {
     fn new(signer: &AccountId, signature: &Signature, signed: &[u8]) -> Option<SignatureCheck> {
         // The account rules come first and are the same on both paths: a weak (small-order)
         // key is refused even though ZIP-215 itself would accept it.
-        signer.verifying_key().ok()?;
+        signer.check_key().ok()?;
         let key = ed25519_zebra::VerificationKeyBytes::from(signer.0);
         let sig = ed25519_zebra::Signature::from_bytes(&signature.0);
         Some(SignatureCheck((key, sig, signed).into()))
@@ -563,7 +563,7 @@ fn check_capacity(field: &'static str, c: &Capacity) -> Result<(), FieldError> {
 fn check_accounts(field: &'static str, list: &[AccountId], max: usize) -> Result<(), FieldError> {
     check_len(field, list.len(), max)?;
     for (i, a) in list.iter().enumerate() {
-        if a.verifying_key().is_err() {
+        if a.check_key().is_err() {
             return Err(invalid(field, format!("{a} is not a valid ed25519 key")));
         }
         if list[..i].contains(a) {
@@ -581,7 +581,7 @@ impl Payload {
                 if amount.0 == 0 {
                     return Err(invalid("amount", "a transfer must move more than zero"));
                 }
-                if to.verifying_key().is_err() {
+                if to.check_key().is_err() {
                     return Err(invalid("to", format!("{to} is not a valid ed25519 key")));
                 }
             }
@@ -602,7 +602,7 @@ impl Payload {
                     check_public_ips(ips)?;
                 }
                 if let Some(p) = payout
-                    && p.verifying_key().is_err()
+                    && p.check_key().is_err()
                 {
                     return Err(invalid("payout", format!("{p} is not a valid ed25519 key")));
                 }
