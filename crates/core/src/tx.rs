@@ -2,7 +2,9 @@
 //!
 //! A transaction is `SignedTx { body, signature }` where `body = TxBody { chain_id,
 //! signer, nonce, payload }` and the signature is ed25519 over
-//! [`TX_NAMESPACE`] ‖ borsh(body). Its hash is BLAKE3 of the whole encoded envelope.
+//! [`TX_NAMESPACE`] ‖ borsh(body), checked under the ZIP-215 rules so that checking one
+//! alone or many in a batch ([`verify_batch`]) always agrees. Its hash is BLAKE3 of the
+//! whole encoded envelope.
 //! Every field has a limit checked by [`SignedTx::check`] before any state is read.
 
 use borsh::{BorshDeserialize, BorshSerialize};
