@@ -239,27 +239,45 @@ async fn submit_batch(State(api): State<Api>, body: axum::body::Bytes) -> ApiRes
             list.len()
         )));
     }
-    let mut accepted = 0usize;
     let mut errors = Vec::new();
+    let mut decoded = Vec::with_capacity(list.len());
+    let mut positions = Vec::with_capacity(list.len());
     for (i, bytes) in list.iter().enumerate() {
-        let result = SignedTx::decode(bytes)
-            .map_err(|e| e.to_string())
-            .and_then(|tx| {
-                api.shared
-                    .submit(tx.clone())
-                    .map(|_| tx)
-                    .map_err(|e| e.to_string())
-            });
-        match result {
+        match SignedTx::decode_hashed(bytes) {
             Ok(tx) => {
+                decoded.push(tx);
+                positions.push(i);
+            }
+            Err(e) => errors.push((i, e.to_string())),
+        }
+    }
+    // Copies to gossip, taken before the mempool takes the transactions.
+    let mut copies = api.gossip.as_ref().map(|_| {
+        decoded
+            .iter()
+            .map(|(tx, _)| tx.clone())
+            .collect::<Vec<_>>()
+            .into_iter()
+    });
+    let results = api.shared.submit_batch(decoded);
+    let mut accepted = 0usize;
+    for (i, result) in positions.into_iter().zip(results) {
+        let copy = copies.as_mut().and_then(Iterator::next);
+        match result {
+            Ok(_) => {
                 accepted += 1;
-                if let Some(g) = &api.gossip {
+                if let (Some(g), Some(tx)) = (&api.gossip, copy) {
                     let _ = g.unbounded_send(tx);
                 }
             }
-            Err(message) => errors.push(json!({ "index": i, "message": message })),
+            Err(e) => errors.push((i, e.to_string())),
         }
     }
+    errors.sort_by_key(|(i, _)| *i);
+    let errors: Vec<Value> = errors
+        .into_iter()
+        .map(|(i, message)| json!({ "index": i, "message": message }))
+        .collect();
     Ok(Json(json!({ "accepted": accepted, "errors": errors })))
 }
 

@@ -132,7 +132,7 @@ impl App {
             if b.height().get() <= finalized || depth >= UNFINALIZED_DEPTH_MAX {
                 break;
             }
-            txs.extend(b.inner().txs.iter().map(SignedTx::hash));
+            txs.extend(b.inner().tx_hashes().iter().copied());
             depth += 1;
             cursor = ancestry.next().await;
         }
@@ -145,9 +145,9 @@ impl App {
     /// state lags behind the block's parent refuses nothing an up-to-date one would accept.
     pub fn check_replays(&self, b: &Block, in_flight: &HashSet<TxHash>) -> bool {
         let refusal = self.shared.with_state(|state| {
-            b.txs.iter().find_map(|tx| {
+            b.txs.iter().zip(b.tx_hashes()).find_map(|(tx, hash)| {
                 let body = &tx.body;
-                if in_flight.contains(&tx.hash()) {
+                if in_flight.contains(hash) {
                     Some("a transaction already in an unfinalized block before it")
                 } else if body.expires_ms < b.time_ms {
                     Some("an expired transaction")
@@ -191,7 +191,7 @@ impl App {
             );
             return false;
         }
-        let hashes: Vec<TxHash> = b.txs.iter().map(SignedTx::hash).collect();
+        let hashes = b.tx_hashes();
         let mut seen = HashSet::with_capacity(hashes.len());
         if !hashes.iter().all(|h| seen.insert(*h)) {
             warn!(
@@ -200,17 +200,24 @@ impl App {
             );
             return false;
         }
-        let known = self.shared.verified(&hashes);
-        for (tx, known) in b.txs.iter().zip(known) {
-            if known {
-                continue;
-            }
-            if let Err(e) = self.shared.check_stateless(tx) {
-                warn!(height = b.height, error = %e, "refusing block: it carries an invalid transaction");
-                return false;
-            }
+        let known = self.shared.verified(hashes);
+        let unchecked: Vec<&SignedTx> = b
+            .txs
+            .iter()
+            .zip(known)
+            .filter(|(_, known)| !known)
+            .map(|(tx, _)| tx)
+            .collect();
+        if let Some(Err(e)) = self
+            .shared
+            .check_stateless_batch(&unchecked)
+            .into_iter()
+            .find(Result::is_err)
+        {
+            warn!(height = b.height, error = %e, "refusing block: it carries an invalid transaction");
+            return false;
         }
-        self.shared.mark_verified(hashes);
+        self.shared.mark_verified(hashes.iter().copied());
         true
     }
 }
@@ -218,8 +225,9 @@ impl App {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mempool::MempoolLimits;
+    use crate::mempool::{MempoolError, MempoolLimits};
     use crate::shared::{DynLedger, Receipts};
+    use peergrid_core::TxHash;
     use peergrid_core::{Amount, Keypair, Payload};
     use peergrid_ledger::{Devnet, Ledger, MemoryStore, Store, TxError};
 
@@ -330,6 +338,63 @@ mod tests {
         assert!(!app.check_replays(&next(vec![expiring(GENESIS_MS + 9)]), &none));
         let last_moment = expiring(GENESIS_MS + 10);
         assert!(app.check_replays(&next(vec![last_moment]), &none));
+    }
+
+    #[test]
+    fn a_batch_with_one_forged_transaction_admits_the_others() {
+        let (d, shared, _) = setup();
+        let mut txs: Vec<SignedTx> = (0..40).map(|n| transfer(&d.demo, n)).collect();
+        txs[17] = forge(&txs[17]);
+        let batch: Vec<(SignedTx, TxHash)> = txs.iter().map(|t| (t.clone(), t.hash())).collect();
+        let results = shared.submit_batch(batch);
+        assert_eq!(results.len(), 40);
+        for (i, r) in results.iter().enumerate() {
+            if i == 17 {
+                assert_eq!(
+                    r,
+                    &Err(MempoolError::Rejected(TxError::BadSignature {
+                        signer: d.demo.account()
+                    }))
+                );
+            } else {
+                assert_eq!(r, &Ok(txs[i].hash()), "{i}");
+            }
+        }
+        assert_eq!(shared.stateless_checks(), 40);
+        assert_eq!(shared.mempool.lock().expect("pool").len(), 39);
+        assert_eq!(
+            shared.verified_len(),
+            39,
+            "the forged one is not remembered"
+        );
+        // The genuine transaction 17 is still welcome, and resubmitting the others costs no check.
+        let again: Vec<(SignedTx, TxHash)> = (0..40)
+            .map(|n| transfer(&d.demo, n))
+            .map(|t| {
+                let h = t.hash();
+                (t, h)
+            })
+            .collect();
+        assert!(shared.submit_batch(again).iter().all(Result::is_ok));
+        assert_eq!(shared.stateless_checks(), 41);
+    }
+
+    #[test]
+    fn a_large_block_carrying_one_forged_transaction_is_refused() {
+        let (d, _, app) = setup();
+        let txs: Vec<SignedTx> = (0..300).map(|n| transfer(&d.demo, n)).collect();
+        let (block, parent) = first_block(&d, txs.clone());
+        assert!(app.check_block(&block, &parent, GENESIS_MS));
+        let (_, shared, app) = setup();
+        let mut forged = txs;
+        forged[280] = forge(&forged[280]);
+        let (block, parent) = first_block(&d, forged);
+        assert!(!app.check_block(&block, &parent, GENESIS_MS));
+        assert_eq!(
+            shared.verified_len(),
+            0,
+            "nothing of a refused block is remembered"
+        );
     }
 
     #[test]

@@ -9,8 +9,8 @@ use bytes::{Buf, BufMut};
 use commonware_codec::{EncodeSize, Error as CodecError, Read, Write};
 use commonware_consensus::types::Height;
 use commonware_cryptography::{Digestible, Hasher, Sha256, sha256::Digest};
-use peergrid_core::SignedTx;
 use peergrid_core::tx::TX_BYTES_MAX;
+use peergrid_core::{Hash, SignedTx, TxHash};
 
 /// Most transactions in one block.
 pub const BLOCK_TXS_MAX: usize = 10_000;
@@ -32,18 +32,22 @@ pub struct Block {
     pub txs: Vec<SignedTx>,
     /// The transactions' canonical encodings, kept so encoding and hashing never re-serialize.
     encoded: Vec<Vec<u8>>,
+    /// The transactions' hashes, computed once from `encoded` when the block is built or read.
+    hashes: Vec<TxHash>,
 }
 
 impl Block {
     /// A block of `txs` on `parent`.
     pub fn new(parent: Digest, height: u64, time_ms: u64, txs: Vec<SignedTx>) -> Block {
-        let encoded = txs.iter().map(SignedTx::encode).collect();
+        let encoded: Vec<Vec<u8>> = txs.iter().map(SignedTx::encode).collect();
+        let hashes = encoded.iter().map(|e| Hash::of(e)).collect();
         Block {
             parent,
             height,
             time_ms,
             txs,
             encoded,
+            hashes,
         }
     }
 
@@ -55,6 +59,16 @@ impl Block {
     /// Encoded size of the transactions.
     pub fn tx_bytes(&self) -> usize {
         self.encoded.iter().map(|t| 4 + t.len()).sum()
+    }
+
+    /// The transactions' hashes, in order: [`SignedTx::hash`] of each, computed once.
+    pub fn tx_hashes(&self) -> &[TxHash] {
+        &self.hashes
+    }
+
+    /// The transactions' encoded lengths, in order.
+    pub fn tx_lens(&self) -> impl Iterator<Item = usize> + '_ {
+        self.encoded.iter().map(Vec::len)
     }
 }
 
@@ -94,6 +108,7 @@ impl Read for Block {
         }
         let mut txs = Vec::with_capacity(count);
         let mut encoded = Vec::with_capacity(count);
+        let mut hashes = Vec::with_capacity(count);
         let mut total = 0usize;
         for _ in 0..count {
             if buf.remaining() < 4 {
@@ -109,10 +124,12 @@ impl Read for Block {
             }
             let mut bytes = vec![0u8; len];
             buf.copy_to_slice(&mut bytes);
-            let tx = SignedTx::decode(&bytes)
+            // The encoding is canonical, so the hash of these bytes is the transaction's hash.
+            let (tx, hash) = SignedTx::decode_hashed(&bytes)
                 .map_err(|_| CodecError::Invalid("block", "malformed transaction"))?;
             txs.push(tx);
             encoded.push(bytes);
+            hashes.push(hash);
         }
         Ok(Block {
             parent: Digest::from(parent),
@@ -120,6 +137,7 @@ impl Read for Block {
             time_ms,
             txs,
             encoded,
+            hashes,
         })
     }
 }
@@ -199,6 +217,8 @@ mod tests {
         let back = Block::decode_cfg(bytes.clone(), &()).expect("decode");
         assert_eq!(back, b);
         assert_eq!(back.digest(), b.digest());
+        let hashes: Vec<_> = b.txs.iter().map(SignedTx::hash).collect();
+        assert_eq!(back.tx_hashes(), hashes.as_slice());
         let mut later = b.clone();
         later.time_ms += 1;
         assert_ne!(later.digest(), b.digest());

@@ -214,11 +214,11 @@ async fn serve(
                 warn!(%peer, "malformed transaction gossip");
                 continue;
             };
-            for bytes in batch {
-                if let Ok(tx) = SignedTx::decode(&bytes) {
-                    let _ = inbound.submit(tx);
-                }
-            }
+            let txs: Vec<_> = batch
+                .iter()
+                .filter_map(|bytes| SignedTx::decode_hashed(bytes).ok())
+                .collect();
+            let _ = inbound.submit_batch(txs);
         }
     });
 

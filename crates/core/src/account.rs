@@ -6,6 +6,8 @@
 //! public key), and a node found in the ledger can be dialed by the string the
 //! ledger shows. Parsing also accepts 64 hex characters.
 
+use std::cell::RefCell;
+use std::collections::HashSet;
 use std::fmt;
 use std::str::FromStr;
 
@@ -16,6 +18,36 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// The bytes libp2p puts before a raw ed25519 key in a peer id: multihash
 /// identity (0x00), length 36, then the protobuf `PublicKey { Type: Ed25519, Data: 32 bytes }`.
 const PEER_ID_PREFIX: [u8; 6] = [0x00, 0x24, 0x08, 0x01, 0x12, 0x20];
+
+/// How many valid account ids one thread remembers per generation; see [`ValidKeys`].
+const VALID_KEYS_GENERATION: usize = 1 << 16;
+
+/// Account ids that passed the key rules on this thread, in two generations: when the current
+/// one is full it becomes the previous one and the older is dropped, so at most twice
+/// [`VALID_KEYS_GENERATION`] ids (2 × 2 MiB) are held. Forgetting only costs a check again.
+#[derive(Default)]
+struct ValidKeys {
+    current: HashSet<[u8; 32]>,
+    previous: HashSet<[u8; 32]>,
+}
+
+impl ValidKeys {
+    fn contains(&self, key: &[u8; 32]) -> bool {
+        self.current.contains(key) || self.previous.contains(key)
+    }
+
+    fn insert(&mut self, key: [u8; 32]) {
+        self.current.insert(key);
+        if self.current.len() >= VALID_KEYS_GENERATION {
+            self.previous = std::mem::take(&mut self.current);
+        }
+    }
+}
+
+thread_local! {
+    // Per thread, so checks on different threads never wait for each other.
+    static VALID_KEYS: RefCell<ValidKeys> = RefCell::default();
+}
 
 /// An account: the 32 bytes of an ed25519 public key.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, BorshSerialize, BorshDeserialize)]
@@ -42,6 +74,19 @@ impl AccountId {
             return Err(ParseAccountError::InvalidKey(self.to_string()));
         }
         Ok(key)
+    }
+
+    /// Check the account rules of [`AccountId::verifying_key`] without building the key,
+    /// remembering ids that passed: decompressing the point is a field exponentiation, and an
+    /// account signs or receives many transactions. The rules are a pure function of the 32
+    /// bytes, so a remembered answer is the answer.
+    pub fn check_key(&self) -> Result<(), ParseAccountError> {
+        if VALID_KEYS.with(|cache| cache.borrow().contains(&self.0)) {
+            return Ok(());
+        }
+        self.verifying_key()?;
+        VALID_KEYS.with(|cache| cache.borrow_mut().insert(self.0));
+        Ok(())
     }
 
     /// The key's raw bytes.
@@ -102,16 +147,23 @@ impl FromStr for AccountId {
     }
 }
 
+/// People and JSON see the peer id form; binary formats (stored receipts) hold the 32 bytes,
+/// as base58 is the costliest part of writing a receipt.
 impl Serialize for AccountId {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        if s.is_human_readable() {
+            s.collect_str(self)
+        } else {
+            s.serialize_bytes(&self.0)
+        }
     }
 }
 
 impl<'de> Deserialize<'de> for AccountId {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = <String as Deserialize>::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
+        // Text is parsed with the key rules. Raw bytes come only from binary forms, this
+        // program's own records (stored receipts) of ids checked when they came in.
+        crate::hash::deserialize_text_or_bytes(d, AccountId)
     }
 }
 
@@ -128,6 +180,38 @@ mod tests {
         assert!(text.starts_with("12D3KooW"), "{text}");
         assert_eq!(text.parse::<AccountId>(), Ok(id));
         assert_eq!(hex::encode(id.0).parse::<AccountId>(), Ok(id));
+    }
+
+    #[test]
+    fn json_holds_the_peer_id_and_binary_formats_the_bytes() {
+        let id = Keypair::from_seed([7; 32]).account();
+        let json = serde_json::to_string(&id).expect("json");
+        assert_eq!(json, format!("\"{id}\""));
+        assert_eq!(serde_json::from_str::<AccountId>(&json).expect("back"), id);
+        let mut cbor = Vec::new();
+        ciborium::into_writer(&id, &mut cbor).expect("cbor");
+        assert_eq!(cbor.len(), 2 + 32, "a byte string header and the key");
+        assert_eq!(
+            ciborium::from_reader::<AccountId, _>(cbor.as_slice()).expect("back"),
+            id
+        );
+    }
+
+    #[test]
+    fn remembered_key_checks_give_the_same_answers() {
+        let good = Keypair::from_seed([8; 32]).account();
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let weak = AccountId(identity);
+        let not_a_point = AccountId([0xff; 32]);
+        for _ in 0..2 {
+            assert!(good.check_key().is_ok());
+            assert!(weak.check_key().is_err());
+            assert_eq!(
+                not_a_point.check_key().is_ok(),
+                not_a_point.verifying_key().is_ok()
+            );
+        }
     }
 
     #[test]

@@ -58,13 +58,75 @@ impl FromStr for Hash {
 
 impl Serialize for Hash {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        if s.is_human_readable() {
+            s.collect_str(self)
+        } else {
+            s.serialize_bytes(&self.0)
+        }
     }
 }
 
 impl<'de> Deserialize<'de> for Hash {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = <String as Deserialize>::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
+        deserialize_text_or_bytes(d, Hash)
+    }
+}
+
+/// Read a hash or an account id: its text form from human-readable formats, its 32 raw bytes
+/// from binary ones (text forms cost a hex or base58 encoding each time, most of the cost of
+/// storing receipts). Either is accepted whatever the format claims, because serde reads
+/// internally tagged enums (ledger events) through a buffer that always claims to be
+/// human-readable.
+pub(crate) fn deserialize_text_or_bytes<'de, D, T>(
+    d: D,
+    wrap: fn([u8; 32]) -> T,
+) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr,
+    T::Err: fmt::Display,
+{
+    struct TextOrBytes<T> {
+        wrap: fn([u8; 32]) -> T,
+    }
+    impl<'de, T> serde::de::Visitor<'de> for TextOrBytes<T>
+    where
+        T: FromStr,
+        T::Err: fmt::Display,
+    {
+        type Value = T;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("its text form or 32 bytes")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<T, E> {
+            v.parse().map_err(E::custom)
+        }
+
+        fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<T, E> {
+            <[u8; 32]>::try_from(v)
+                .map(self.wrap)
+                .map_err(|_| E::invalid_length(v.len(), &self))
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<T, A::Error> {
+            let mut out = [0u8; 32];
+            for (i, b) in out.iter_mut().enumerate() {
+                *b = seq
+                    .next_element()?
+                    .ok_or_else(|| serde::de::Error::invalid_length(i, &self))?;
+            }
+            if seq.next_element::<u8>()?.is_some() {
+                return Err(serde::de::Error::invalid_length(33, &self));
+            }
+            Ok((self.wrap)(out))
+        }
+    }
+    let visitor = TextOrBytes { wrap };
+    if d.is_human_readable() {
+        d.deserialize_str(visitor)
+    } else {
+        d.deserialize_bytes(visitor)
     }
 }

@@ -2,7 +2,9 @@
 //!
 //! A transaction is `SignedTx { body, signature }` where `body = TxBody { chain_id,
 //! signer, nonce, payload }` and the signature is ed25519 over
-//! [`TX_NAMESPACE`] ‖ borsh(body). Its hash is BLAKE3 of the whole encoded envelope.
+//! [`TX_NAMESPACE`] ‖ borsh(body), checked under the ZIP-215 rules so that checking one
+//! alone or many in a batch ([`verify_batch`]) always agrees. Its hash is BLAKE3 of the
+//! whole encoded envelope.
 //! Every field has a limit checked by [`SignedTx::check`] before any state is read.
 
 use borsh::{BorshDeserialize, BorshSerialize};
@@ -307,15 +309,85 @@ impl<'de> Deserialize<'de> for Signature {
 }
 
 impl Signature {
-    /// Check this signature by `signer` over `namespace` ‖ `message`, strictly (no malleability, no weak keys).
+    /// Check this signature by `signer` over `namespace` ‖ `message`: the signer must be a
+    /// valid account key (no weak keys) and the signature must pass the ZIP-215 rules, the
+    /// same rules [`verify_batch`] applies, so checking alone or in a batch never disagrees.
     pub fn verify(&self, signer: &AccountId, namespace: &[u8], message: &[u8]) -> bool {
-        let Ok(key) = signer.verifying_key() else {
-            return false;
-        };
-        let sig = ed25519_dalek::Signature::from_bytes(&self.0);
-        key.verify_strict(&crate::keys::signed_bytes(namespace, message), &sig)
-            .is_ok()
+        SignatureCheck::new(signer, self, &crate::keys::signed_bytes(namespace, message))
+            .is_some_and(SignatureCheck::verify_alone)
     }
+}
+
+/// Most signatures checked in one batch equation. A failed batch is checked again one
+/// signature at a time to find the bad ones, so one forged signature costs the honest ones
+/// beside it at most a chunk of this size of single checks.
+pub const SIGNATURE_BATCH_MAX: usize = 256;
+
+/// One signature ready to check, its challenge hash already computed, so that a batch that
+/// fails can fall back to single checks without hashing again.
+#[derive(Clone)]
+struct SignatureCheck(ed25519_zebra::batch::Item);
+
+impl SignatureCheck {
+    /// `None` when `signer` is not a usable account key: such a signature is never valid.
+    fn new(signer: &AccountId, signature: &Signature, signed: &[u8]) -> Option<SignatureCheck> {
+        // The account rules come first and are the same on both paths: a weak (small-order)
+        // key is refused even though ZIP-215 itself would accept it.
+        signer.check_key().ok()?;
+        let key = ed25519_zebra::VerificationKeyBytes::from(signer.0);
+        let sig = ed25519_zebra::Signature::from_bytes(&signature.0);
+        Some(SignatureCheck((key, sig, signed).into()))
+    }
+
+    fn verify_alone(self) -> bool {
+        self.0.verify_single().is_ok()
+    }
+}
+
+/// Check many signatures, each `(signer, signature, namespace, message)`, and say which are
+/// valid, in order. The answer is exactly what [`Signature::verify`] gives for each one.
+///
+/// They are checked in batches of up to [`SIGNATURE_BATCH_MAX`]: one multi-scalar
+/// multiplication per batch instead of one scalar multiplication per signature. ZIP-215's
+/// batch equation is the cofactored single equation summed with random weights, so a batch of
+/// valid signatures always passes, and a batch holding an invalid one fails except with
+/// probability 2^-128; a failed batch is then checked one signature at a time.
+pub fn verify_batch<'a>(
+    items: impl IntoIterator<Item = (&'a AccountId, &'a Signature, &'a [u8], &'a [u8])>,
+) -> Vec<bool> {
+    let checks: Vec<Option<SignatureCheck>> = items
+        .into_iter()
+        .map(|(signer, sig, namespace, message)| {
+            SignatureCheck::new(signer, sig, &crate::keys::signed_bytes(namespace, message))
+        })
+        .collect();
+    let mut valid = vec![false; checks.len()];
+    // Chunk over the usable checks only, remembering where each one came from.
+    let usable: Vec<(usize, &SignatureCheck)> = checks
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| c.as_ref().map(|c| (i, c)))
+        .collect();
+    for chunk in usable.chunks(SIGNATURE_BATCH_MAX) {
+        if let [(i, check)] = chunk {
+            valid[*i] = (*check).clone().verify_alone();
+            continue;
+        }
+        let mut batch = ed25519_zebra::batch::Verifier::new();
+        for (_, check) in chunk {
+            batch.queue(check.0.clone());
+        }
+        if batch.verify(rand::rng()).is_ok() {
+            for (i, _) in chunk {
+                valid[*i] = true;
+            }
+        } else {
+            for (i, check) in chunk {
+                valid[*i] = (*check).clone().verify_alone();
+            }
+        }
+    }
+    valid
 }
 
 /// The bytes a farm owner signs to let `node` join `farm` on `chain_id`.
@@ -493,7 +565,7 @@ fn check_capacity(field: &'static str, c: &Capacity) -> Result<(), FieldError> {
 fn check_accounts(field: &'static str, list: &[AccountId], max: usize) -> Result<(), FieldError> {
     check_len(field, list.len(), max)?;
     for (i, a) in list.iter().enumerate() {
-        if a.verifying_key().is_err() {
+        if a.check_key().is_err() {
             return Err(invalid(field, format!("{a} is not a valid ed25519 key")));
         }
         if list[..i].contains(a) {
@@ -511,7 +583,7 @@ impl Payload {
                 if amount.0 == 0 {
                     return Err(invalid("amount", "a transfer must move more than zero"));
                 }
-                if to.verifying_key().is_err() {
+                if to.check_key().is_err() {
                     return Err(invalid("to", format!("{to} is not a valid ed25519 key")));
                 }
             }
@@ -532,7 +604,7 @@ impl Payload {
                     check_public_ips(ips)?;
                 }
                 if let Some(p) = payout
-                    && p.verifying_key().is_err()
+                    && p.check_key().is_err()
                 {
                     return Err(invalid("payout", format!("{p} is not a valid ed25519 key")));
                 }
@@ -703,6 +775,14 @@ impl SignedTx {
         codec::decode("transaction", bytes, TX_BYTES_MAX)
     }
 
+    /// Decode like [`SignedTx::decode`], with the hash of `bytes` themselves: the encoding is
+    /// canonical (one encoding per value, see [`crate::codec`]), so it equals
+    /// [`SignedTx::hash`] without encoding the transaction again.
+    pub fn decode_hashed(bytes: &[u8]) -> Result<(SignedTx, TxHash), DecodeError> {
+        let tx = Self::decode(bytes)?;
+        Ok((tx, Hash::of(bytes)))
+    }
+
     /// BLAKE3 of the canonical encoding.
     pub fn hash(&self) -> TxHash {
         Hash::of(&self.encode())
@@ -714,10 +794,25 @@ impl SignedTx {
             .verify(&self.body.signer, TX_NAMESPACE, &codec::encode(&self.body))
     }
 
+    /// Which of `txs` carry a valid signature, in order: for each, what
+    /// [`SignedTx::verify_signature`] says, checked in batches (see [`verify_batch`]).
+    pub fn verify_signatures(txs: &[&SignedTx]) -> Vec<bool> {
+        let bodies: Vec<Vec<u8>> = txs.iter().map(|tx| codec::encode(&tx.body)).collect();
+        verify_batch(txs.iter().zip(&bodies).map(|(tx, body)| {
+            (
+                &tx.body.signer,
+                &tx.signature,
+                TX_NAMESPACE,
+                body.as_slice(),
+            )
+        }))
+    }
+
     /// Check limits and formats: chain id length and every payload field; no state, no signature.
     pub fn check_fields(&self) -> Result<(), FieldError> {
         check_len("chain id", self.body.chain_id.len(), CHAIN_ID_BYTES_MAX)?;
-        let len = self.encode().len();
+        // Counted without building the encoding; writing to a counter cannot fail.
+        let len = borsh::object_length(self).unwrap_or(usize::MAX);
         check_len("transaction", len, TX_BYTES_MAX)?;
         self.body.payload.check()
     }
@@ -852,6 +947,101 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    fn transfer(n: u8, nonce: u64) -> SignedTx {
+        SignedTx::new(
+            &key(n),
+            "test",
+            nonce,
+            Payload::Transfer {
+                to: key(200).account(),
+                amount: Amount(1 + nonce),
+            },
+        )
+    }
+
+    #[test]
+    fn a_batch_with_one_forged_signature_rejects_only_that_one() {
+        // More than one chunk, the forgery in the second.
+        let mut txs: Vec<SignedTx> = (0..SIGNATURE_BATCH_MAX as u64 + 10)
+            .map(|i| transfer((i % 7) as u8 + 1, i))
+            .collect();
+        let forged = SIGNATURE_BATCH_MAX + 3;
+        txs[forged].signature.0[5] ^= 1;
+        // A signer that is not a usable key: never valid, and not queued in the batch.
+        let mut weak = transfer(1, 0);
+        weak.body.signer = AccountId([0; 32]);
+        weak.body.signer.0[0] = 1;
+        txs.push(weak);
+        let refs: Vec<&SignedTx> = txs.iter().collect();
+        let batch = SignedTx::verify_signatures(&refs);
+        let alone: Vec<bool> = txs.iter().map(SignedTx::verify_signature).collect();
+        assert_eq!(batch, alone, "batch and single checks agree");
+        let bad: Vec<usize> = (0..txs.len()).filter(|i| !batch[*i]).collect();
+        assert_eq!(bad, vec![forged, txs.len() - 1]);
+        assert!(SignedTx::verify_signatures(&[]).is_empty());
+    }
+
+    /// A signature under a key with a small-order component (`a·B + T`, `T` of order 8): valid
+    /// under ZIP-215's cofactored equation, while the cofactorless one (what a strict single
+    /// check uses) fails for most messages. This is where single and batch checks of other
+    /// rules disagree.
+    fn mixed_order_signature(message: &[u8]) -> (AccountId, Signature) {
+        use curve25519_dalek::constants::{ED25519_BASEPOINT_POINT, EIGHT_TORSION};
+        use curve25519_dalek::scalar::Scalar;
+        use sha2::{Digest, Sha512};
+        let a = Scalar::from_bytes_mod_order([9; 32]);
+        let r = Scalar::from_bytes_mod_order([11; 32]);
+        let public = (a * ED25519_BASEPOINT_POINT + EIGHT_TORSION[1]).compress();
+        let big_r = (r * ED25519_BASEPOINT_POINT).compress();
+        let signed = crate::keys::signed_bytes(TX_NAMESPACE, message);
+        let mut h = Sha512::new();
+        h.update(big_r.as_bytes());
+        h.update(public.as_bytes());
+        h.update(&signed);
+        let mut wide = [0u8; 64];
+        wide.copy_from_slice(&h.finalize());
+        let k = Scalar::from_bytes_mod_order_wide(&wide);
+        let s = r + k * a;
+        let mut sig = [0u8; 64];
+        sig[..32].copy_from_slice(big_r.as_bytes());
+        sig[32..].copy_from_slice(s.as_bytes());
+        (AccountId(public.to_bytes()), Signature(sig))
+    }
+
+    #[test]
+    fn single_and_batch_checks_agree_on_small_order_components() {
+        let messages: Vec<Vec<u8>> = (0u8..16).map(|i| vec![i; 40]).collect();
+        let sigs: Vec<_> = messages.iter().map(|m| mixed_order_signature(m)).collect();
+        for ((signer, sig), m) in sigs.iter().zip(&messages) {
+            assert!(signer.verifying_key().is_ok(), "not a weak key");
+            assert!(sig.verify(signer, TX_NAMESPACE, m), "valid under ZIP-215");
+        }
+        let strict_fails = sigs
+            .iter()
+            .zip(&messages)
+            .filter(|((signer, sig), m)| {
+                let key = signer.verifying_key().expect("key");
+                let sig = ed25519_dalek::Signature::from_bytes(&sig.0);
+                key.verify_strict(&crate::keys::signed_bytes(TX_NAMESPACE, m), &sig)
+                    .is_err()
+            })
+            .count();
+        assert!(
+            strict_fails > 0,
+            "the case where the rules differ is covered"
+        );
+        let good = key(3);
+        let good_sig = Signature(good.sign(TX_NAMESPACE, b"plain"));
+        let good_account = good.account();
+        let mut items: Vec<(&AccountId, &Signature, &[u8], &[u8])> = sigs
+            .iter()
+            .zip(&messages)
+            .map(|((a, s), m)| (a, s, TX_NAMESPACE, m.as_slice()))
+            .collect();
+        items.push((&good_account, &good_sig, TX_NAMESPACE, b"plain"));
+        assert!(verify_batch(items).into_iter().all(|ok| ok));
     }
 
     #[test]

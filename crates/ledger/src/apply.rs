@@ -489,6 +489,39 @@ pub fn check_stateless(tx: &SignedTx, chain_id: &str) -> Result<(), TxError> {
     Ok(())
 }
 
+/// [`check_stateless`] for many transactions at once, with their signatures checked in
+/// batches; each answer is exactly what [`check_stateless`] gives for that transaction.
+pub fn check_stateless_batch(txs: &[&SignedTx], chain_id: &str) -> Vec<Result<(), TxError>> {
+    let mut results: Vec<Result<(), TxError>> = txs
+        .iter()
+        .map(|tx| {
+            if tx.body.chain_id != chain_id {
+                return Err(TxError::WrongChain {
+                    expected: chain_id.to_string(),
+                    got: tx.body.chain_id.clone(),
+                });
+            }
+            tx.check_fields().map_err(TxError::from)
+        })
+        .collect();
+    // Only transactions that passed the field checks reach the signature, as in check_stateless.
+    let to_verify: Vec<(usize, &SignedTx)> = txs
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| results[*i].is_ok())
+        .map(|(i, tx)| (i, *tx))
+        .collect();
+    let signed: Vec<&SignedTx> = to_verify.iter().map(|(_, tx)| *tx).collect();
+    for ((i, tx), ok) in to_verify.iter().zip(SignedTx::verify_signatures(&signed)) {
+        if !ok {
+            results[*i] = Err(TxError::BadSignature {
+                signer: tx.body.signer,
+            });
+        }
+    }
+    results
+}
+
 impl State {
     /// Apply one transaction at `ctx`: all or nothing.
     pub fn apply_tx(&mut self, tx: &SignedTx, ctx: &BlockContext) -> Result<Vec<Event>, TxError> {

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use peergrid_core::{Hash, SignedTx, TxHash};
 
-use crate::apply::{BlockContext, Event, TxError};
+use crate::apply::{BlockContext, Event, TxError, check_stateless_batch};
 use crate::genesis::Genesis;
 use crate::state::State;
 use crate::store::{Store, StoreError};
@@ -54,6 +54,18 @@ pub enum LedgerError {
     /// The genesis breaks a rule.
     #[error(transparent)]
     Genesis(#[from] crate::genesis::GenesisError),
+}
+
+/// What a validator already knows of one transaction of a block; see
+/// [`Ledger::execute_known_block_then`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct KnownTx {
+    /// [`SignedTx::hash`] of the transaction.
+    pub hash: TxHash,
+    /// Length of its canonical encoding.
+    pub len: usize,
+    /// Whether it already passed [`crate::check_stateless`] on this machine.
+    pub checked: bool,
 }
 
 /// The outcome of one transaction in a block.
@@ -164,7 +176,7 @@ impl<S: Store> Ledger<S> {
         txs: &[SignedTx],
         before_commit: impl FnOnce(&BlockOutcome) -> Result<(), StoreError>,
     ) -> Result<BlockOutcome, LedgerError> {
-        self.execute(ctx, txs, |_| false, before_commit)
+        self.execute(ctx, txs, &[], false, before_commit)
     }
 
     /// Like [`Ledger::execute_block`], for transactions the caller has already passed through
@@ -176,33 +188,32 @@ impl<S: Store> Ledger<S> {
         ctx: BlockContext,
         txs: &[SignedTx],
     ) -> Result<BlockOutcome, LedgerError> {
-        self.execute(ctx, txs, |_| true, |_| Ok(()))
+        self.execute(ctx, txs, &[], true, |_| Ok(()))
     }
 
-    /// Like [`Ledger::execute_block_then`], where `checked[i]` says that `txs[i]` already passed
-    /// [`crate::check_stateless`] on this machine, so its signature is not checked again; every
-    /// other transaction (including any beyond `checked`'s length) is checked in full. Marking
-    /// an unchecked transaction as checked lets a forged one apply.
-    pub fn execute_partly_checked_block_then(
+    /// Like [`Ledger::execute_block_then`], where `known[i]` is what the caller already knows of
+    /// `txs[i]`: its hash and encoded length, so that they are not computed again, and whether
+    /// it already passed [`crate::check_stateless`] on this machine, so that its signature is
+    /// not checked again. Every other transaction (including any beyond `known`'s length) is
+    /// checked in full. A wrong hash or length gives wrong receipts and fees, and marking an
+    /// unchecked transaction as checked lets a forged one apply: only pass what was computed
+    /// here from these transactions.
+    pub fn execute_known_block_then(
         &mut self,
         ctx: BlockContext,
         txs: &[SignedTx],
-        checked: &[bool],
+        known: &[KnownTx],
         before_commit: impl FnOnce(&BlockOutcome) -> Result<(), StoreError>,
     ) -> Result<BlockOutcome, LedgerError> {
-        self.execute(
-            ctx,
-            txs,
-            |i| checked.get(i).copied().unwrap_or(false),
-            before_commit,
-        )
+        self.execute(ctx, txs, known, false, before_commit)
     }
 
     fn execute(
         &mut self,
         ctx: BlockContext,
         txs: &[SignedTx],
-        prechecked: impl Fn(usize) -> bool,
+        known: &[KnownTx],
+        all_checked: bool,
         before_commit: impl FnOnce(&BlockOutcome) -> Result<(), StoreError>,
     ) -> Result<BlockOutcome, LedgerError> {
         if self.poisoned {
@@ -222,16 +233,32 @@ impl<S: Store> Ledger<S> {
                 got: ctx.time_ms,
             });
         }
+        // The stateless checks depend on nothing the block changes, so those not done before
+        // are all done up front, their signatures in batches.
+        let unchecked: Vec<usize> = (0..txs.len())
+            .filter(|i| !all_checked && !known.get(*i).is_some_and(|k| k.checked))
+            .collect();
+        let to_check: Vec<&SignedTx> = unchecked.iter().map(|i| &txs[*i]).collect();
+        let mut stateless: Vec<Result<(), TxError>> = vec![Ok(()); txs.len()];
+        for (i, result) in unchecked
+            .iter()
+            .zip(check_stateless_batch(&to_check, self.state.chain_id()))
+        {
+            stateless[*i] = result;
+        }
         let receipts = txs
             .iter()
+            .zip(stateless)
             .enumerate()
-            .map(|(i, tx)| TxReceipt {
-                hash: tx.hash(),
-                result: if prechecked(i) {
-                    self.state.apply_checked(tx, tx.encode().len(), &ctx)
-                } else {
-                    self.state.apply_tx(tx, &ctx)
-                },
+            .map(|(i, (tx, stateless))| {
+                let (hash, len) = match known.get(i) {
+                    Some(k) => (k.hash, k.len),
+                    None => (tx.hash(), tx.encode().len()),
+                };
+                TxReceipt {
+                    hash,
+                    result: stateless.and_then(|()| self.state.apply_checked(tx, len, &ctx)),
+                }
             })
             .collect();
         let end_events = self.finish_block(&ctx);

@@ -47,9 +47,9 @@ pub mod state;
 pub mod store;
 mod table;
 
-pub use apply::{BlockContext, Event, TxError, check_stateless};
+pub use apply::{BlockContext, Event, TxError, check_stateless, check_stateless_batch};
 pub use genesis::{Council, Devnet, Genesis, GenesisError, Params};
-pub use ledger::{BlockOutcome, Ledger, LedgerError, TxReceipt};
+pub use ledger::{BlockOutcome, KnownTx, Ledger, LedgerError, TxReceipt};
 pub use records::{
     Account, Bill, BillStatus, Contract, ContractState, DeleteReason, Economy, Farm, Node,
     NodeStatus, NodeUptime, PeriodUptime, Proposal, ProposalStatus, RewardReceipt, Violation,
