@@ -33,6 +33,7 @@ pub mod control;
 pub mod error;
 pub mod identity;
 pub mod ingress;
+pub mod mux;
 pub mod netlab;
 pub mod ratelimit;
 pub mod rpc;
