@@ -52,11 +52,13 @@ pub const PROTOCOL: &str = "/yamux/1.0.0";
 /// 256 KiB is yamux's initial stream window, so a fresh stream's first frame can
 /// already be a full one, and it is the size of our own bulk writes (`bulk.rs`, the
 /// bench). Each frame is four whole Noise frames (65,535 bytes each) and one `send`.
-/// Against 16 KiB frames it cut context switches per GiB 10× and CPU per GiB by a
-/// third on loopback. Latency for small messages on the same connection barely
-/// changes: yamux takes frames from the streams in turn, so a ping or an RPC waits
-/// behind at most one frame per busy stream, 2 ms at 1 Gbit/s (21 ms at
-/// 100 Mbit/s), and the kernel's send buffer in front of it is megabytes anyway.
+/// On loopback, against 16 KiB frames, it cut context switches per GiB from 186 k to
+/// 22 k and CPU per GiB from 3.4 s to 2.3 s; 64 KiB got nearly as far (25 k, 2.3 s),
+/// 1 MiB no further (`BENCHMARKS.md`). Latency for small messages on the same
+/// connection barely changes: yamux takes frames from the streams in turn, so a ping
+/// or an RPC waits behind at most one frame per busy stream, 2 ms at 1 Gbit/s
+/// (21 ms at 100 Mbit/s), and the kernel's send buffer in front of it is megabytes
+/// anyway.
 pub const FRAME_BYTES_MAX: usize = 256 * 1024;
 
 /// Bound on the sum of all stream receive windows of one connection, in bytes.

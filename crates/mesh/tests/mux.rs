@@ -246,11 +246,7 @@ async fn libp2ps_own_yamux_interoperates_with_ours_both_ways() {
     // libp2p's yamux dials ours.
     let (a, b) = tcp_pair().await;
     let theirs = libp2p::yamux::Config::default();
-    let info = theirs
-        .protocol_info()
-        .into_iter()
-        .next()
-        .expect("a protocol");
+    let info = theirs.protocol_info().next().expect("a protocol");
     assert_eq!(AsRef::<str>::as_ref(&info), mux::PROTOCOL);
     let client = theirs.upgrade_outbound(a, info).await.expect("upgrade");
     let server = mux::Config
@@ -263,11 +259,7 @@ async fn libp2ps_own_yamux_interoperates_with_ours_both_ways() {
     // Ours dials libp2p's: our 256 KiB frames must be accepted by it.
     let (a, b) = tcp_pair().await;
     let theirs = libp2p::yamux::Config::default();
-    let info = theirs
-        .protocol_info()
-        .into_iter()
-        .next()
-        .expect("a protocol");
+    let info = theirs.protocol_info().next().expect("a protocol");
     let client = mux::Config
         .upgrade_outbound(a, mux::PROTOCOL)
         .await
@@ -417,11 +409,7 @@ async fn a_peer_allowed_more_streams_than_us_is_held_to_our_cap() {
     let (a, b) = tcp_pair().await;
     let mut theirs = libp2p::yamux::Config::default();
     theirs.set_max_num_streams(1024);
-    let info = theirs
-        .protocol_info()
-        .into_iter()
-        .next()
-        .expect("a protocol");
+    let info = theirs.protocol_info().next().expect("a protocol");
     let (hostile, _) = run(
         theirs.upgrade_outbound(a, info).await.expect("upgrade"),
         true,
