@@ -6,11 +6,12 @@ use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
     StreamProtocol, Swarm, allow_block_list, autonat, connection_limits, dcutr, gossipsub,
-    identify, identity, kad, mdns, noise, ping, relay, tcp, yamux,
+    identify, identity, kad, mdns, noise, ping, relay, tcp,
 };
 
 use crate::config::{Config, GOSSIP_MESSAGE_BYTES_MAX};
 use crate::error::Error;
+use crate::mux;
 
 /// The grid's own Kademlia protocol name, so the grid's DHT never mixes with IPFS's.
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/peergrid/kad/1.0.0");
@@ -47,7 +48,7 @@ pub struct Behaviour {
     pub stream: libp2p_stream::Behaviour,
 }
 
-/// Build a swarm with QUIC and TCP+Noise+Yamux, the relay client, and every behaviour.
+/// Build a swarm with QUIC and TCP+Noise+Yamux ([`mux`]), the relay client, and every behaviour.
 pub fn build_swarm(key: identity::Keypair, config: &Config) -> Result<Swarm<Behaviour>, Error> {
     let build = |e: &dyn std::fmt::Display| Error::Build(e.to_string());
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
@@ -55,7 +56,7 @@ pub fn build_swarm(key: identity::Keypair, config: &Config) -> Result<Swarm<Beha
         .with_tcp(
             tcp::Config::default().nodelay(true),
             noise::Config::new,
-            yamux_config,
+            mux::Config::default,
         )
         .map_err(|e| build(&e))?
         // libp2p-quic's windows are kept: 10 MB per stream and 15 MB per connection
@@ -64,7 +65,7 @@ pub fn build_swarm(key: identity::Keypair, config: &Config) -> Result<Swarm<Beha
         // when the reader falls behind (the receiver's decryption is the bottleneck),
         // so a larger window would buffer more without moving bytes faster.
         .with_quic()
-        .with_relay_client(noise::Config::new, yamux_config)
+        .with_relay_client(noise::Config::new, mux::Config::default)
         .map_err(|e| build(&e))?
         .with_behaviour(|key, relay_client| make_behaviour(key, relay_client, config))
         .map_err(|e| build(&e))?
@@ -74,14 +75,6 @@ pub fn build_swarm(key: identity::Keypair, config: &Config) -> Result<Swarm<Beha
         })
         .build();
     Ok(swarm)
-}
-
-/// Yamux with its default window auto-tuning; the stream cap bounds per-connection
-/// memory and how many streams one peer can open at us.
-fn yamux_config() -> yamux::Config {
-    let mut config = yamux::Config::default();
-    config.set_max_num_streams(256);
-    config
 }
 
 fn make_behaviour(

@@ -4,7 +4,8 @@
 //!
 //! A [`Mesh`] is one libp2p peer whose peer id is the participant's ed25519 account
 //! key ([`identity`]), run as a task that owns the swarm. Transports are QUIC and
-//! TCP + Noise + Yamux; behaviours are identify, ping, Kademlia (peer routing under
+//! TCP + Noise + Yamux (our own adapter, [`mux`], for its large frames and bounded
+//! windows); behaviours are identify, ping, Kademlia (peer routing under
 //! `/peergrid/kad/1.0.0`), AutoNAT, relay v2 (client always, server when configured,
 //! with circuit limits raised so data can flow through a relay), DCUtR hole
 //! punching, gossipsub, optional mDNS, connection limits and a block list.
@@ -33,6 +34,7 @@ pub mod control;
 pub mod error;
 pub mod identity;
 pub mod ingress;
+pub mod mux;
 pub mod netlab;
 pub mod ratelimit;
 pub mod rpc;
