@@ -6,14 +6,15 @@
 //! `cargo bench -p peergrid-mesh --bench setup` (`MESH_BENCH_DELAY_MS` sets the one-way
 //! delay, 20 ms by default). The kernel here has no `netem`, hence the relay.
 
+mod common;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use peergrid_core::Keypair;
+use peergrid_mesh::Multiaddr;
 use peergrid_mesh::multiaddr::Protocol;
-use peergrid_mesh::{Config, Mesh, Multiaddr};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
@@ -157,12 +158,7 @@ async fn mesh_setup(quic: bool, delay: Duration) -> Duration {
     let mut times = Vec::new();
     for round in 0..ROUNDS {
         let seed = 100 + 2 * round as u8 + if quic { 50 } else { 0 };
-        let a = Mesh::start(&Keypair::from_seed([seed; 32]), Config::loopback())
-            .await
-            .expect("start");
-        let b = Mesh::start(&Keypair::from_seed([seed + 1; 32]), Config::loopback())
-            .await
-            .expect("start");
+        let (a, b) = common::pair(seed).await;
         let port = b
             .listen_addrs()
             .await

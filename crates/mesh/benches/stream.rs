@@ -5,13 +5,16 @@
 //! 256 MiB transfer size; set `MESH_BENCH_ONLY` to `raw-tcp`, `quic` or
 //! `tcp-noise-yamux` to run that one stream benchmark alone, e.g. under a profiler).
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
-use peergrid_core::Keypair;
 use peergrid_mesh::multiaddr::Protocol;
-use peergrid_mesh::{Config, Mesh, Multiaddr, StreamProtocol};
+use peergrid_mesh::{Multiaddr, StreamProtocol};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use common::pair;
 
 const BENCH: StreamProtocol = StreamProtocol::new("/peergrid/bench/1.0.0");
 const CHUNK_BYTES: usize = 256 * 1024;
@@ -65,16 +68,6 @@ fn addr_of(addrs: &[Multiaddr], quic: bool) -> Multiaddr {
         .find(|a| a.iter().any(|p| matches!(p, Protocol::QuicV1)) == quic)
         .expect("address of that transport")
         .clone()
-}
-
-async fn pair(seed: u8) -> (Mesh, Mesh) {
-    let a = Mesh::start(&Keypair::from_seed([seed; 32]), Config::loopback())
-        .await
-        .expect("start");
-    let b = Mesh::start(&Keypair::from_seed([seed + 1; 32]), Config::loopback())
-        .await
-        .expect("start");
-    (a, b)
 }
 
 async fn mesh_stream(bytes: u64, quic: bool) -> Duration {
