@@ -94,8 +94,17 @@ fn running_file(dir: &Path) -> PathBuf {
     dir.join("devnet.json")
 }
 
+/// Whether process `pid` runs. A killed process stays in `/proc` as a zombie until its
+/// parent (or, for an orphan, init) reaps it; a zombie runs nothing.
 fn alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // `pid (command) state …`: the command may hold spaces and parentheses.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next());
+    !matches!(state, None | Some('Z' | 'X'))
 }
 
 /// The devnet running from `dir`, if any.
@@ -605,6 +614,29 @@ mod tests {
         let e = with_params(&base, &["billing_interval_secs=0".into()]).expect_err("checked");
         assert!(e.to_string().contains("above zero"), "{e}");
         assert!(with_params(&base, &["nonsense".into()]).is_err());
+    }
+
+    #[test]
+    fn a_killed_process_is_not_alive_even_before_it_is_reaped() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep");
+        assert!(alive(child.id()));
+        child.kill().expect("kill");
+        // Not waited for yet: a zombie.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while alive(child.id()) {
+            assert!(Instant::now() < deadline, "a zombie counts as alive");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            Path::new(&format!("/proc/{}", child.id())).exists(),
+            "still a zombie"
+        );
+        let _ = child.wait();
+        assert!(!alive(child.id()));
+        assert!(alive(std::process::id()));
     }
 
     #[test]
