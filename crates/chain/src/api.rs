@@ -441,7 +441,10 @@ async fn bills(
             return Err(ApiError::not_found(format!("contract {id}")));
         }
         let items = s.bills(id, q.from_ms.unwrap_or(0)).map(|b| (b.from_ms, b));
-        Ok(page(items, limit))
+        let mut out = page(items, limit);
+        // Bills past the retention left the state; what they added up to did not.
+        out["pruned"] = to_json(s.pruned_bills(id));
+        Ok(out)
     })?;
     Ok(at(v, h, r))
 }

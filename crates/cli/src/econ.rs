@@ -12,7 +12,7 @@ use peergrid_core::policy::{FarmingPolicy, PricingPolicy};
 use peergrid_core::tx::{ContractSpec, GovAction};
 use peergrid_core::{AccountId, Amount, ContractId, FarmId, NodeId, Payload};
 use peergrid_ledger::{
-    Bill, BillStatus, Contract, ContractState, Proposal, ProposalStatus, RewardReceipt,
+    Bill, BillStatus, Contract, ContractState, Proposal, ProposalStatus, PrunedBills, RewardReceipt,
 };
 use serde_json::{Value, json};
 
@@ -287,8 +287,23 @@ pub fn bill(globals: &Globals, cmd: BillCommand) -> anyhow::Result<()> {
                 0,
             )
             .await?;
+        let first: AtHeight<serde_json::Value> = client
+            .get(&format!("/v1/contracts/{contract}/bills?limit=1"))
+            .await?;
+        let pruned: Option<PrunedBills> = serde_json::from_value(first.data["pruned"].clone())?;
         if globals.json {
-            return output::json(&json!({ "contract": contract, "bills": bills }));
+            return output::json(
+                &json!({ "contract": contract, "bills": bills, "pruned": pruned }),
+            );
+        }
+        if let Some(p) = pruned {
+            println!(
+                "{} older bills, {} PGT paid, until {}, are pruned from the ledger's state \
+                 (their ContractBilled events stay in the blocks)\n",
+                p.count,
+                p.tokens,
+                output::ago(p.until_ms)
+            );
         }
         if explain {
             for b in &bills {
@@ -318,10 +333,13 @@ pub fn bill(globals: &Globals, cmd: BillCommand) -> anyhow::Result<()> {
             &["FROM", "FOR", "PRICE", "DISCOUNT", "PAID", "STATUS"],
             &rows,
         );
-        let paid: u64 = bills.iter().map(|b| b.tokens.0).sum();
+        let kept: u64 = bills.iter().map(|b| b.tokens.0).sum();
+        let (count, paid) = match pruned {
+            Some(p) => (bills.len() as u64 + p.count, kept + p.tokens.0),
+            None => (bills.len() as u64, kept),
+        };
         println!(
-            "\n{} bills, {} PGT paid in all; --explain shows every step",
-            bills.len(),
+            "\n{count} bills, {} PGT paid in all; --explain shows every step",
             Amount(paid)
         );
         Ok(())

@@ -25,6 +25,11 @@
 //! - Cancelling or updating a contract first settles it up to now; the fee of that
 //!   transaction is kept aside. A cancel the owner cannot pay is written off; an update
 //!   is refused.
+//! - Bills are kept in the state for [`bills_kept_ms`] after their period ends (three
+//!   minting periods, at least a day), then pruned, at most [`BILLS_PRUNED_PER_BLOCK_MAX`]
+//!   per block; their count and total stay with the contract
+//!   ([`crate::PrunedBills`]), and the
+//!   block archive keeps every `ContractBilled` event.
 //! - The split is 50 % to the payout account of the node's farm (the foundation for
 //!   contracts without a node), 40 % to the foundation, 10 % plus the rounding remainder
 //!   to the staking pool.
@@ -41,6 +46,18 @@ use crate::state::State;
 
 /// Most contracts billed in one block; a backlog (after a stalled chain) drains over the next blocks.
 pub const BILLS_PER_BLOCK_MAX: usize = 10_000;
+
+/// Most bills pruned in one block.
+pub const BILLS_PRUNED_PER_BLOCK_MAX: usize = 1_000;
+
+/// How long a bill stays in the state after its period ends, ms: three minting periods
+/// (a farmer checking a reward can still see the bills behind it), and at least a day.
+pub fn bills_kept_ms(minting_period_secs: u64) -> u64 {
+    minting_period_secs
+        .saturating_mul(3)
+        .max(24 * 3600)
+        .saturating_mul(1000)
+}
 
 /// A bill the owner could not pay: what it needed.
 pub(crate) struct Unpaid {
@@ -199,7 +216,41 @@ impl State {
             tokens: bill.tokens,
             status: bill.status,
         });
+        self.bills_by_end
+            .insert((bill.to_ms, bill.contract, bill.from_ms), ());
         self.bills.insert((bill.contract, bill.from_ms), bill);
+    }
+
+    /// Prune bills whose period ended more than [`bills_kept_ms`] before `now_ms`, oldest
+    /// first, carrying their count and total into the contract's [`PrunedBills`].
+    fn prune_bills(&mut self, now_ms: u64) {
+        let Some(cutoff) = now_ms.checked_sub(bills_kept_ms(self.params().minting_period_secs))
+        else {
+            return;
+        };
+        let old: Vec<(u64, ContractId, u64)> = self
+            .bills_by_end
+            .range(..(cutoff, 0, 0))
+            .take(BILLS_PRUNED_PER_BLOCK_MAX)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in old {
+            let (_, contract, from_ms) = key;
+            self.bills_by_end.remove(&key);
+            let Some(bill) = self.bills.get(&(contract, from_ms)).cloned() else {
+                continue;
+            };
+            self.bills.remove(&(contract, from_ms));
+            let mut pruned = self
+                .pruned_bills
+                .get(&contract)
+                .copied()
+                .unwrap_or_default();
+            pruned.until_ms = pruned.until_ms.max(bill.to_ms);
+            pruned.count += 1;
+            pruned.tokens = Amount(pruned.tokens.0.saturating_add(bill.tokens.0));
+            self.pruned_bills.insert(contract, pruned);
+        }
     }
 
     /// Mark `account` for a grace re-check at the end of the block, if it has contracts in grace.
@@ -338,6 +389,7 @@ impl State {
         for (_, id) in due {
             self.bill_due(id, now_ms, events);
         }
+        self.prune_bills(now_ms);
         // Owners funded during this block, including by the bills and rewards above. Funds that
         // arrive while this runs are re-checked at the end of the next block.
         let funded: Vec<AccountId> = self.funded.iter().map(|(a, _)| *a).collect();

@@ -52,8 +52,8 @@ pub use genesis::{Council, Devnet, Genesis, GenesisError, Params};
 pub use ledger::{BlockOutcome, KnownTx, Ledger, LedgerError, TxReceipt};
 pub use records::{
     Account, Bill, BillStatus, Contract, ContractState, DeleteReason, Economy, Farm, Node,
-    NodeStatus, NodeUptime, PeriodUptime, Proposal, ProposalStatus, RewardReceipt, Violation,
-    ViolationKind, VoteRecord,
+    NodeStatus, NodeUptime, PeriodUptime, Proposal, ProposalStatus, PrunedBills, RewardReceipt,
+    Violation, ViolationKind, VoteRecord,
 };
 pub use state::State;
 pub use store::{MemoryStore, RedbStore, Snapshot, Store, StoreError};

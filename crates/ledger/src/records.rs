@@ -321,6 +321,30 @@ pub enum BillStatus {
     WrittenOff,
 }
 
+/// What the pruned bills of a contract added up to: bills older than the retention (see
+/// [`crate::billing::bills_kept_ms`]) leave the state, their sum stays, so a contract's
+/// bills still account for its whole life.
+#[derive(
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Debug,
+    Default,
+    Serialize,
+    Deserialize,
+    BorshSerialize,
+    BorshDeserialize,
+)]
+pub struct PrunedBills {
+    /// The end of the last pruned bill: the kept bills start here.
+    pub until_ms: u64,
+    /// How many bills were pruned.
+    pub count: u64,
+    /// What the owner paid for them.
+    pub tokens: Amount,
+}
+
 /// One bill of a contract: the period it covers, every input of its price, and where the money went.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
 pub struct Bill {

@@ -7,7 +7,7 @@ use crate::genesis::{Genesis, Params};
 use crate::lthash::LtHash;
 use crate::records::{
     Account, Bill, Config, Contract, Economy, Farm, Globals, Node, NodeUptime, Proposal,
-    RewardReceipt, VoteRecord,
+    PrunedBills, RewardReceipt, VoteRecord,
 };
 use crate::table::{AnyTable, Change, Table};
 
@@ -15,7 +15,7 @@ use crate::table::{AnyTable, Change, Table};
 const SINGLETON: u8 = 0;
 
 /// Number of tables in the state.
-const TABLES: usize = 25;
+const TABLES: usize = 27;
 
 /// The whole ledger state at one height, and the changes of the block being applied.
 #[derive(Clone)]
@@ -59,6 +59,10 @@ pub struct State {
     pub(crate) farm_ips: Table<[u8; 4], FarmId>,
     /// Every contract by the node it runs on, so a node reads its own without a scan.
     pub(crate) node_contracts: Table<(NodeId, ContractId), ()>,
+    /// Bills by the end of their period, so the oldest are pruned without a scan.
+    pub(crate) bills_by_end: Table<(u64, ContractId, u64), ()>,
+    /// What each contract's pruned bills added up to.
+    pub(crate) pruned_bills: Table<ContractId, PrunedBills>,
     /// The commitment over the state as of the last committed block.
     committed: LtHash,
 }
@@ -94,6 +98,8 @@ impl State {
             votes: Table::new(23),
             farm_ips: Table::new(24),
             node_contracts: Table::new(25),
+            bills_by_end: Table::new(26),
+            pruned_bills: Table::new(27),
             committed: LtHash::default(),
         }
     }
@@ -125,6 +131,8 @@ impl State {
             &self.votes,
             &self.farm_ips,
             &self.node_contracts,
+            &self.bills_by_end,
+            &self.pruned_bills,
         ]
     }
 
@@ -155,6 +163,8 @@ impl State {
             &mut self.votes,
             &mut self.farm_ips,
             &mut self.node_contracts,
+            &mut self.bills_by_end,
+            &mut self.pruned_bills,
         ]
     }
 
@@ -460,6 +470,11 @@ impl State {
         self.bills
             .range((contract, from_ms)..=(contract, u64::MAX))
             .map(|(_, b)| b)
+    }
+
+    /// What the pruned bills of `contract` added up to, if any were pruned.
+    pub fn pruned_bills(&self, contract: ContractId) -> Option<&PrunedBills> {
+        self.pruned_bills.get(&contract)
     }
 
     /// Bills of `contract` whose period starts before `before_ms`, newest first.

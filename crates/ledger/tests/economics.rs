@@ -260,6 +260,50 @@ fn contracts_are_billed_every_interval_for_the_exact_time_elapsed() {
 }
 
 #[test]
+fn bills_older_than_the_retention_are_pruned_and_their_sum_stays() {
+    let mut chain = Chain::new();
+    let (_, node) = grid(&mut chain);
+    let c = contract_id(&chain.ok(1, &key(5), deploy(node, 1, 2, 50, 0)));
+    let created_ms = chain.now_ms;
+    // Devnet minting periods are 10 min, so the retention is its floor: one day.
+    let kept_ms = peergrid_ledger::billing::bills_kept_ms(600);
+    assert_eq!(kept_ms, 24 * 3600 * 1000);
+
+    // Hourly blocks for 30 hours: one bill each, for the hour since the last.
+    let mut billed = Vec::new();
+    for _ in 0..30 {
+        let out = chain.block(3600, &[]);
+        billed.extend(out.end_events.iter().filter_map(|e| match e {
+            Event::ContractBilled {
+                contract, tokens, ..
+            } if *contract == c => Some(*tokens),
+            _ => None,
+        }));
+    }
+    assert_eq!(billed.len(), 30);
+    let state = chain.ledger.state();
+    let kept: Vec<_> = state.bills(c, 0).collect();
+    let pruned = *state.pruned_bills(c).expect("some bills pruned");
+
+    // What left the state ended before the retention; what stays did not.
+    let cutoff = chain.now_ms - kept_ms;
+    assert!(kept.iter().all(|b| b.to_ms >= cutoff));
+    assert!(pruned.until_ms < cutoff);
+    assert_eq!(
+        pruned.count as usize + kept.len(),
+        30,
+        "no bill lost or kept twice"
+    );
+    // The kept bills start where the pruned ones end: the contract's life is still covered.
+    assert_eq!(kept[0].from_ms, pruned.until_ms);
+    assert!(pruned.until_ms > created_ms);
+    // And every token the owner paid is still accounted for.
+    let kept_tokens: u64 = kept.iter().map(|b| b.tokens.0).sum();
+    let all: u64 = billed.iter().map(|t| t.0).sum();
+    assert_eq!(pruned.tokens.0 + kept_tokens, all);
+}
+
+#[test]
 fn a_balance_covering_many_months_earns_a_discount() {
     let mut chain = Chain::new();
     let (_, node) = grid(&mut chain);
