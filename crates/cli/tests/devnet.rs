@@ -97,6 +97,22 @@ fn a_newcomer_runs_a_devnet_and_sends_a_transfer_that_finalizes() {
     let (stopped, _) = json(home, &["devnet", "status"]);
     assert!(!stopped, "status must fail while no devnet runs");
 
+    // A port already taken is named, with what to do, before anything starts.
+    let taken = std::net::TcpListener::bind(("127.0.0.1", base_port + 101)).expect("bind");
+    let out = peergrid(home)
+        .args(["devnet", "--base-port", &base_port.to_string()])
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&format!("127.0.0.1:{}", base_port + 101))
+            && err.contains("validator 1's network")
+            && err.contains("--base-port"),
+        "{err}"
+    );
+    drop(taken);
+
     let mut devnet = Devnet::start(home, base_port);
     let status = wait_finalizing(home);
     let validators = status["validators"].as_array().expect("validators");

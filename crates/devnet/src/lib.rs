@@ -307,6 +307,18 @@ fn stop_leftovers(dir: &Path) {
     }
 }
 
+/// Fail with what to do if `addr` (`host:port`) cannot be listened on: a validator or node
+/// that finds its port taken would only exit, leaving the reason in its log.
+fn ensure_free(addr: &str, what: &str) -> anyhow::Result<()> {
+    match std::net::TcpListener::bind(addr) {
+        Ok(_) => Ok(()),
+        Err(e) => bail!(
+            "cannot listen on {addr} for {what}: {e}; stop what uses that port, or start a \
+             new devnet on other ports with `peergrid devnet --fresh --base-port N`"
+        ),
+    }
+}
+
 /// The TCP port devnet node 0 listens on for the mesh.
 fn bootstrap_port(base: u16) -> anyhow::Result<u16> {
     base.checked_add(300).context("--base-port too high")
@@ -345,6 +357,17 @@ impl Supervisor {
             );
         }
         stop_leftovers(&opts.dir);
+        for (i, v) in genesis.validators.iter().enumerate() {
+            if let Some(api) = &v.api {
+                ensure_free(
+                    api.trim_start_matches("http://"),
+                    &format!("validator {i}'s API"),
+                )?;
+            }
+            if let Some(p2p) = &v.address {
+                ensure_free(p2p, &format!("validator {i}'s network"))?;
+            }
+        }
         std::fs::create_dir_all(opts.dir.join("logs"))?;
         let mut children = Vec::new();
         let mut apis = Vec::new();
@@ -464,10 +487,16 @@ impl Supervisor {
                 .checked_add(200)
                 .and_then(|p| p.checked_add(u16::try_from(i).ok()?))
                 .context("--base-port too high")?;
+            ensure_free(
+                &format!("127.0.0.1:{health_port}"),
+                &format!("node {i}'s health endpoint"),
+            )?;
             let dir = node_dir(&self.dir, i);
             std::fs::create_dir_all(&dir)?;
             let tcp_port = if i == 0 {
-                bootstrap_port(self.base_port)?
+                let port = bootstrap_port(self.base_port)?;
+                ensure_free(&format!("127.0.0.1:{port}"), "the mesh bootstrap node")?;
+                port
             } else {
                 0
             };
