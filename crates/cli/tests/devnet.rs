@@ -72,6 +72,27 @@ fn wait_finalizing(home: &Path) -> Value {
     }
 }
 
+/// The health URLs of the devnet's nodes, once it has started them.
+fn wait_nodes(home: &Path) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let running: Option<Value> = std::fs::read(home.join("devnet/devnet.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let nodes: Vec<String> = running
+            .and_then(|r| serde_json::from_value(r["nodes"].clone()).ok())
+            .unwrap_or_default();
+        if !nodes.is_empty() {
+            return nodes;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the devnet never started its nodes"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
 fn pids(home: &Path, what: &str) -> Vec<u32> {
     let out = Command::new("pgrep")
         .args(["-f", &format!("{}/devnet/{what}", home.display())])
@@ -232,8 +253,11 @@ fn a_newcomer_runs_a_devnet_and_sends_a_transfer_that_finalizes() {
     assert_eq!(orphans.len(), 4);
     again.0.kill().expect("kill");
     let _ = again.0.wait();
-    let mut third = Devnet::start(home, base_port);
+    // Another --base-port on an existing devnet keeps the ports its genesis fixed.
+    let mut third = Devnet::start(home, base_port + 7);
     wait_finalizing(home);
+    let nodes = wait_nodes(home);
+    assert_eq!(nodes[0], format!("http://127.0.0.1:{}", base_port + 200));
     let now = pids(home, "validator-");
     assert_eq!(now.len(), 4, "one set of validators runs: {now:?}");
     assert!(

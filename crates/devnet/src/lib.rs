@@ -307,6 +307,12 @@ fn stop_leftovers(dir: &Path) {
     }
 }
 
+/// The base port a devnet was created with: validator 0's API port, in its genesis.
+fn created_base_port(genesis: &Genesis) -> Option<u16> {
+    let api = genesis.validators.first()?.api.as_deref()?;
+    api.rsplit_once(':')?.1.parse().ok()
+}
+
 /// Fail with what to do if `addr` (`host:port`) cannot be listened on: a validator or node
 /// that finds its port taken would only exit, leaving the reason in its log.
 fn ensure_free(addr: &str, what: &str) -> anyhow::Result<()> {
@@ -357,6 +363,16 @@ impl Supervisor {
             );
         }
         stop_leftovers(&opts.dir);
+        if let Some(base) = created_base_port(genesis)
+            && base != opts.base_port
+        {
+            // The genesis fixes the validators' ports and the mesh bootstrap address.
+            tracing::warn!(
+                "this devnet was created with --base-port {base} and keeps those ports; \
+                 add --fresh to start a new one on {}",
+                opts.base_port
+            );
+        }
         for (i, v) in genesis.validators.iter().enumerate() {
             if let Some(api) = &v.api {
                 ensure_free(
@@ -394,7 +410,7 @@ impl Supervisor {
         Ok(Supervisor {
             children,
             nodes: Vec::new(),
-            base_port: opts.base_port,
+            base_port: created_base_port(genesis).unwrap_or(opts.base_port),
             dir: opts.dir.clone(),
             running,
         })
