@@ -23,7 +23,7 @@ use commonware_cryptography::{Digested, Digestible, ed25519::PublicKey, sha256::
 use commonware_parallel::Sequential;
 use commonware_runtime::Clock;
 use futures::StreamExt;
-use peergrid_core::{SignedTx, TxHash};
+use peergrid_core::TxHash;
 use tracing::{debug, warn};
 
 use crate::block::{BLOCK_TX_BYTES_MAX, BLOCK_TXS_MAX, Block};
@@ -200,17 +200,9 @@ impl App {
             );
             return false;
         }
-        let known = self.shared.verified(hashes);
-        let unchecked: Vec<&SignedTx> = b
-            .txs
-            .iter()
-            .zip(known)
-            .filter(|(_, known)| !known)
-            .map(|(tx, _)| tx)
-            .collect();
         if let Some(Err(e)) = self
             .shared
-            .check_stateless_batch(&unchecked)
+            .check_unverified(&b.txs, hashes)
             .into_iter()
             .find(Result::is_err)
         {
@@ -227,8 +219,7 @@ mod tests {
     use super::*;
     use crate::mempool::{MempoolError, MempoolLimits};
     use crate::shared::{DynLedger, Receipts};
-    use peergrid_core::TxHash;
-    use peergrid_core::{Amount, Keypair, Payload};
+    use peergrid_core::{Amount, Keypair, Payload, SignedTx};
     use peergrid_ledger::{Devnet, Ledger, MemoryStore, Store, TxError};
 
     const GENESIS_MS: u64 = 1_000;

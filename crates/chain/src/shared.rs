@@ -184,20 +184,19 @@ impl Shared {
         })
     }
 
-    /// Run the ledger's stateless checks (chain id, fields, signature) on `tx`, counted.
-    pub fn check_stateless(&self, tx: &SignedTx) -> Result<(), TxError> {
-        self.stateless_checks.fetch_add(1, Ordering::Relaxed);
-        peergrid_ledger::check_stateless(tx, &self.genesis.chain_id)
-    }
-
-    /// [`Shared::check_stateless`] on many transactions, their signatures checked in batches.
-    pub fn check_stateless_batch(&self, txs: &[&SignedTx]) -> Vec<Result<(), TxError>> {
-        if txs.is_empty() {
-            return Vec::new();
-        }
+    /// Run the ledger's stateless checks (chain id, fields, signature) on the transactions not
+    /// already checked here, their signatures in batches, counted; `hashes[i]` is `txs[i]`'s.
+    /// One answer per transaction, in order; those checked before answer `Ok`.
+    pub fn check_unverified<'a>(
+        &self,
+        txs: impl IntoIterator<Item = &'a SignedTx>,
+        hashes: &[TxHash],
+    ) -> Vec<Result<(), TxError>> {
+        let known = self.verified(hashes);
+        let unchecked = known.iter().filter(|k| !**k).count() as u64;
         self.stateless_checks
-            .fetch_add(txs.len() as u64, Ordering::Relaxed);
-        peergrid_ledger::check_stateless_batch(txs, &self.genesis.chain_id)
+            .fetch_add(unchecked, Ordering::Relaxed);
+        peergrid_ledger::check_stateless_unless(txs.into_iter().zip(known), &self.genesis.chain_id)
     }
 
     /// How many transactions this validator has run the stateless checks on, at admission, in
@@ -252,20 +251,8 @@ impl Shared {
     /// should wait for it.
     pub fn submit_batch(&self, txs: Vec<(SignedTx, TxHash)>) -> Vec<Result<TxHash, MempoolError>> {
         let hashes: Vec<TxHash> = txs.iter().map(|(_, h)| *h).collect();
-        let known = self.verified(&hashes);
-        let unchecked: Vec<usize> = (0..txs.len()).filter(|i| !known[*i]).collect();
-        let to_check: Vec<&SignedTx> = unchecked.iter().map(|i| &txs[*i].0).collect();
-        let mut stateless: Vec<Result<(), TxError>> = vec![Ok(()); txs.len()];
-        for (i, result) in unchecked.iter().zip(self.check_stateless_batch(&to_check)) {
-            stateless[*i] = result;
-        }
-        let Ok(ledger) = self.ledger.read() else {
-            return txs
-                .iter()
-                .map(|_| Err(MempoolError::Full { txs: 0, bytes: 0 }))
-                .collect();
-        };
-        let Ok(mut pool) = self.mempool.lock() else {
+        let stateless = self.check_unverified(txs.iter().map(|(tx, _)| tx), &hashes);
+        let (Ok(ledger), Ok(mut pool)) = (self.ledger.read(), self.mempool.lock()) else {
             return txs
                 .iter()
                 .map(|_| Err(MempoolError::Full { txs: 0, bytes: 0 }))

@@ -7,9 +7,10 @@
 //! ledger shows. Parsing also accepts 64 hex characters.
 
 use std::cell::RefCell;
-use std::collections::HashSet;
 use std::fmt;
 use std::str::FromStr;
+
+use crate::recent::RecentSet;
 
 use borsh::{BorshDeserialize, BorshSerialize};
 use ed25519_dalek::VerifyingKey;
@@ -19,34 +20,14 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// identity (0x00), length 36, then the protobuf `PublicKey { Type: Ed25519, Data: 32 bytes }`.
 const PEER_ID_PREFIX: [u8; 6] = [0x00, 0x24, 0x08, 0x01, 0x12, 0x20];
 
-/// How many valid account ids one thread remembers per generation; see [`ValidKeys`].
+/// How many valid account ids one thread remembers per generation: at most twice this
+/// (2 × 2 MiB) are held. Forgetting only costs a check again.
 const VALID_KEYS_GENERATION: usize = 1 << 16;
-
-/// Account ids that passed the key rules on this thread, in two generations: when the current
-/// one is full it becomes the previous one and the older is dropped, so at most twice
-/// [`VALID_KEYS_GENERATION`] ids (2 × 2 MiB) are held. Forgetting only costs a check again.
-#[derive(Default)]
-struct ValidKeys {
-    current: HashSet<[u8; 32]>,
-    previous: HashSet<[u8; 32]>,
-}
-
-impl ValidKeys {
-    fn contains(&self, key: &[u8; 32]) -> bool {
-        self.current.contains(key) || self.previous.contains(key)
-    }
-
-    fn insert(&mut self, key: [u8; 32]) {
-        self.current.insert(key);
-        if self.current.len() >= VALID_KEYS_GENERATION {
-            self.previous = std::mem::take(&mut self.current);
-        }
-    }
-}
 
 thread_local! {
     // Per thread, so checks on different threads never wait for each other.
-    static VALID_KEYS: RefCell<ValidKeys> = RefCell::default();
+    static VALID_KEYS: RefCell<RecentSet<[u8; 32]>> =
+        RefCell::new(RecentSet::new(VALID_KEYS_GENERATION));
 }
 
 /// An account: the 32 bytes of an ed25519 public key.

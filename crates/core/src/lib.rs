@@ -15,6 +15,7 @@ pub mod economics;
 pub mod hash;
 pub mod keys;
 pub mod policy;
+pub mod recent;
 pub mod tx;
 
 pub use account::{AccountId, ParseAccountError};

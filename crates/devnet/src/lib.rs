@@ -292,19 +292,20 @@ fn stop_leftovers(dir: &Path) {
         "stopping validators and nodes left running by a devnet that did not stop cleanly"
     );
     for pid in &left {
-        let _ = Command::new("kill")
-            .args(["-INT", &pid.to_string()])
-            .status();
+        signal(*pid, "-INT");
     }
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline && left.iter().any(ours) {
         std::thread::sleep(Duration::from_millis(50));
     }
     for pid in left.iter().filter(|p| ours(p)) {
-        let _ = Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status();
+        signal(*pid, "-KILL");
     }
+}
+
+/// Send `sig` (`-INT`, `-KILL`) to process `pid`; one already gone is fine.
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
 }
 
 /// The base port a devnet was created with: validator 0's API port, in its genesis.
@@ -575,9 +576,7 @@ impl Supervisor {
     pub fn stop(&mut self) {
         // Nodes first: they follow the validators and would only log errors.
         for c in self.nodes.iter().chain(&self.children) {
-            let _ = Command::new("kill")
-                .args(["-INT", &c.id().to_string()])
-                .status();
+            signal(c.id(), "-INT");
         }
         let deadline = Instant::now() + Duration::from_secs(5);
         for c in self.nodes.iter_mut().chain(self.children.iter_mut()) {

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use peergrid_core::{Hash, SignedTx, TxHash};
 
-use crate::apply::{BlockContext, Event, TxError, check_stateless_batch};
+use crate::apply::{BlockContext, Event, TxError, check_stateless_unless};
 use crate::genesis::Genesis;
 use crate::state::State;
 use crate::store::{Store, StoreError};
@@ -235,17 +235,11 @@ impl<S: Store> Ledger<S> {
         }
         // The stateless checks depend on nothing the block changes, so those not done before
         // are all done up front, their signatures in batches.
-        let unchecked: Vec<usize> = (0..txs.len())
-            .filter(|i| !all_checked && !known.get(*i).is_some_and(|k| k.checked))
-            .collect();
-        let to_check: Vec<&SignedTx> = unchecked.iter().map(|i| &txs[*i]).collect();
-        let mut stateless: Vec<Result<(), TxError>> = vec![Ok(()); txs.len()];
-        for (i, result) in unchecked
+        let checked = txs
             .iter()
-            .zip(check_stateless_batch(&to_check, self.state.chain_id()))
-        {
-            stateless[*i] = result;
-        }
+            .enumerate()
+            .map(|(i, tx)| (tx, all_checked || known.get(i).is_some_and(|k| k.checked)));
+        let stateless = check_stateless_unless(checked, self.state.chain_id());
         let receipts = txs
             .iter()
             .zip(stateless)
