@@ -10,7 +10,7 @@ use std::cell::RefCell;
 use std::fmt;
 use std::str::FromStr;
 
-use crate::recent::RecentSet;
+use crate::recent::RecentMap;
 
 use borsh::{BorshDeserialize, BorshSerialize};
 use ed25519_dalek::VerifyingKey;
@@ -20,14 +20,16 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// identity (0x00), length 36, then the protobuf `PublicKey { Type: Ed25519, Data: 32 bytes }`.
 const PEER_ID_PREFIX: [u8; 6] = [0x00, 0x24, 0x08, 0x01, 0x12, 0x20];
 
-/// How many valid account ids one thread remembers per generation: at most twice this
-/// (2 × 2 MiB) are held. Forgetting only costs a check again.
-const VALID_KEYS_GENERATION: usize = 1 << 16;
+/// How many printed ids one thread remembers per generation (at most twice this, about
+/// 1 MiB, are held).
+const SHOWN_GENERATION: usize = 1 << 12;
 
 thread_local! {
-    // Per thread, so checks on different threads never wait for each other.
-    static VALID_KEYS: RefCell<RecentSet<[u8; 32]>> =
-        RefCell::new(RecentSet::new(VALID_KEYS_GENERATION));
+    // Base58 is quadratic in the length, about a microsecond per id, and the event stream,
+    // receipts and tables print the same accounts over and over. Per thread, so printing
+    // never waits for a lock.
+    static SHOWN: RefCell<RecentMap<[u8; 32], Box<str>>> =
+        RefCell::new(RecentMap::new(SHOWN_GENERATION));
 }
 
 /// An account: the 32 bytes of an ed25519 public key.
@@ -57,17 +59,14 @@ impl AccountId {
         Ok(key)
     }
 
-    /// Check the account rules of [`AccountId::verifying_key`] without building the key,
-    /// remembering ids that passed: decompressing the point is a field exponentiation, and an
-    /// account signs or receives many transactions. The rules are a pure function of the 32
-    /// bytes, so a remembered answer is the answer.
+    /// Check the account rules of [`AccountId::verifying_key`] without building the key. The
+    /// decompressed points of ids that passed are remembered (and reused by signature checks):
+    /// decompressing is a field exponentiation, and an account signs or receives many
+    /// transactions.
     pub fn check_key(&self) -> Result<(), ParseAccountError> {
-        if VALID_KEYS.with(|cache| cache.borrow().contains(&self.0)) {
-            return Ok(());
-        }
-        self.verifying_key()?;
-        VALID_KEYS.with(|cache| cache.borrow_mut().insert(self.0));
-        Ok(())
+        crate::sig::account_point(&self.0)
+            .map(|_| ())
+            .ok_or_else(|| ParseAccountError::InvalidKey(self.to_string()))
     }
 
     /// The key's raw bytes.
@@ -90,10 +89,24 @@ impl From<VerifyingKey> for AccountId {
 
 impl fmt::Display for AccountId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let remembered = SHOWN.with(|shown| {
+            let shown = shown.try_borrow().ok()?;
+            shown.get(&self.0).map(|text| f.pad(text))
+        });
+        if let Some(written) = remembered {
+            return written;
+        }
         let mut bytes = [0u8; 38];
         bytes[..6].copy_from_slice(&PEER_ID_PREFIX);
         bytes[6..].copy_from_slice(&self.0);
-        f.write_str(&bs58::encode(bytes).into_string())
+        let text = bs58::encode(bytes).into_string();
+        let written = f.pad(&text);
+        SHOWN.with(|shown| {
+            if let Ok(mut shown) = shown.try_borrow_mut() {
+                shown.insert(self.0, text.into_boxed_str());
+            }
+        });
+        written
     }
 }
 
@@ -112,7 +125,7 @@ impl FromStr for AccountId {
         let mut raw = [0u8; 32];
         if s.len() == 64 && hex::decode_to_slice(s, &mut raw).is_ok() {
             let id = AccountId(raw);
-            id.verifying_key()?;
+            id.check_key()?;
             return Ok(id);
         }
         let bytes = bs58::decode(s)
@@ -123,7 +136,7 @@ impl FromStr for AccountId {
         }
         raw.copy_from_slice(&bytes[6..]);
         let id = AccountId(raw);
-        id.verifying_key()?;
+        id.check_key()?;
         Ok(id)
     }
 }
@@ -159,6 +172,12 @@ mod tests {
         let id = key.account();
         let text = id.to_string();
         assert!(text.starts_with("12D3KooW"), "{text}");
+        assert_eq!(id.to_string(), text, "printed again from memory");
+        assert_eq!(
+            format!("{id:>60}"),
+            format!("{text:>60}"),
+            "padded like text"
+        );
         assert_eq!(text.parse::<AccountId>(), Ok(id));
         assert_eq!(hex::encode(id.0).parse::<AccountId>(), Ok(id));
     }

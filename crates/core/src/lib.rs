@@ -16,6 +16,7 @@ pub mod hash;
 pub mod keys;
 pub mod policy;
 pub mod recent;
+mod sig;
 pub mod tx;
 
 pub use account::{AccountId, ParseAccountError};

@@ -323,10 +323,9 @@ impl Signature {
 /// beside it at most a chunk of this size of single checks.
 pub const SIGNATURE_BATCH_MAX: usize = 256;
 
-/// One signature ready to check, its challenge hash already computed, so that a batch that
-/// fails can fall back to single checks without hashing again.
+/// One signature ready to check, refused at once when the signer is not a usable account key.
 #[derive(Clone)]
-struct SignatureCheck(ed25519_zebra::batch::Item);
+struct SignatureCheck(crate::sig::Check);
 
 impl SignatureCheck {
     /// `None` when `signer` is not a usable account key: such a signature is never valid.
@@ -334,13 +333,15 @@ impl SignatureCheck {
         // The account rules come first and are the same on both paths: a weak (small-order)
         // key is refused even though ZIP-215 itself would accept it.
         signer.check_key().ok()?;
-        let key = ed25519_zebra::VerificationKeyBytes::from(signer.0);
-        let sig = ed25519_zebra::Signature::from_bytes(&signature.0);
-        Some(SignatureCheck((key, sig, signed).into()))
+        Some(SignatureCheck(crate::sig::Check::new(
+            &signer.0,
+            &signature.0,
+            signed,
+        )))
     }
 
     fn verify_alone(self) -> bool {
-        self.0.verify_single().is_ok()
+        self.0.verify_alone()
     }
 }
 
@@ -370,20 +371,17 @@ pub fn verify_batch<'a>(
         .collect();
     for chunk in usable.chunks(SIGNATURE_BATCH_MAX) {
         if let [(i, check)] = chunk {
-            valid[*i] = (*check).clone().verify_alone();
+            valid[*i] = check.0.verify_alone();
             continue;
         }
-        let mut batch = ed25519_zebra::batch::Verifier::new();
-        for (_, check) in chunk {
-            batch.queue(check.0.clone());
-        }
-        if batch.verify(rand::rng()).is_ok() {
+        let batch: Vec<&crate::sig::Check> = chunk.iter().map(|(_, check)| &check.0).collect();
+        if crate::sig::verify_all(&batch) {
             for (i, _) in chunk {
                 valid[*i] = true;
             }
         } else {
             for (i, check) in chunk {
-                valid[*i] = (*check).clone().verify_alone();
+                valid[*i] = check.0.verify_alone();
             }
         }
     }
