@@ -380,7 +380,12 @@ pub fn bench(globals: &Globals, cmd: BenchCommand) -> anyhow::Result<()> {
         "4 validators on loopback, {txs} signed transfers from {accounts} accounts offered at {rate}/s …"
     );
     let report = crate::runtime()?.block_on(peergrid_devnet::bench::ledger(&exe, &dir, &b));
-    let _ = std::fs::remove_dir_all(&dir);
+    // PEERGRID_BENCH_KEEP=1 keeps the validators' data and logs, to look into a slow run.
+    if std::env::var_os("PEERGRID_BENCH_KEEP").is_some() {
+        eprintln!("kept the devnet's data and logs in {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     let report = report?;
     if globals.json {
         return output::json(&report);

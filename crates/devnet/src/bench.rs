@@ -89,6 +89,42 @@ fn apply_rate(genesis: &Genesis, txs: &[SignedTx]) -> anyhow::Result<f64> {
     Ok(txs.len() as f64 / start.elapsed().as_secs_f64())
 }
 
+/// Wait until every validator finalizes blocks in quick succession, and return the lowest
+/// height they reached. Right after start a validator may not have reached all its peers yet:
+/// its views as leader then time out (a second each), which is start-up, not load.
+async fn wait_steady(apis: &[String], timeout: Duration) -> anyhow::Result<u64> {
+    /// Heights each validator must finalize within [`WINDOW`]: every leader's turn, twice.
+    const BLOCKS: u64 = 8;
+    const WINDOW: Duration = Duration::from_millis(500);
+    let clients: Vec<Client> = apis.iter().map(|a| Client::new(vec![a.clone()])).collect();
+    let start = Instant::now();
+    let mut seen: Vec<Vec<(Instant, u64)>> = vec![Vec::new(); clients.len()];
+    loop {
+        let now = Instant::now();
+        for (client, seen) in clients.iter().zip(&mut seen) {
+            if let Ok(status) = client.status().await {
+                seen.push((now, status.height));
+            }
+            seen.retain(|(at, _)| now.duration_since(*at) <= WINDOW);
+        }
+        let steady = seen.iter().all(|s| match (s.first(), s.last()) {
+            (Some((_, low)), Some((_, high))) => high - low >= BLOCKS,
+            _ => false,
+        });
+        if steady {
+            return Ok(seen
+                .iter()
+                .filter_map(|s| s.last().map(|(_, h)| *h))
+                .min()
+                .unwrap_or(0));
+        }
+        if start.elapsed() > timeout {
+            bail!("the validators did not settle into finalizing blocks within {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -122,8 +158,9 @@ pub async fn ledger(exe: &Path, dir: &Path, b: &LedgerBench) -> anyhow::Result<L
     let apply_per_sec = apply_rate(&genesis, &txs)?;
 
     let mut supervisor = Supervisor::start(&opts, &genesis, exe)?;
-    let from = supervisor.wait_finalizing(Duration::from_secs(60)).await? + 1;
+    supervisor.wait_finalizing(Duration::from_secs(60)).await?;
     let apis = supervisor.running.apis.clone();
+    let from = wait_steady(&apis, Duration::from_secs(60)).await? + 1;
     let follower = Client::new(apis.clone());
 
     let submitted: Arc<Mutex<HashMap<TxHash, Instant>>> = Arc::default();
