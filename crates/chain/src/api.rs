@@ -588,7 +588,7 @@ async fn events(
         let event = SseEvent::default()
             .id(block.height.to_string())
             .event("block")
-            .data(serde_json::to_string(&*block).unwrap_or_default());
+            .data(shared.block_json(&block));
         Some((Ok(event), (shared, live, next + 1)))
     });
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(5)))

@@ -140,6 +140,8 @@ pub struct Shared {
     verified: Mutex<VerifiedTxs>,
     /// How many transactions this validator has run the stateless checks on.
     stateless_checks: AtomicU64,
+    /// The JSON of the latest block sent to a follower, with its height.
+    last_block_json: Mutex<Option<(u64, Arc<str>)>>,
 }
 
 /// Why a finalized block could not be applied: fatal for the validator.
@@ -181,7 +183,30 @@ impl Shared {
             finalized,
             verified: Mutex::new(VerifiedTxs::new(generation)),
             stateless_checks: AtomicU64::new(0),
+            last_block_json: Mutex::new(None),
         })
+    }
+
+    /// `block` as the JSON the event stream sends. Followers at the head all ask for the same
+    /// block, so the latest one is built once and shared: a node, gateway or wallet each
+    /// following would otherwise cost a serialization of every block.
+    pub fn block_json(&self, block: &FinalizedBlock) -> Arc<str> {
+        let build = || Arc::<str>::from(serde_json::to_string(block).unwrap_or_default());
+        let Ok(mut last) = self.last_block_json.lock() else {
+            return build();
+        };
+        match &*last {
+            Some((height, json)) if *height == block.height => json.clone(),
+            // Followers replaying old blocks do not evict the head's JSON.
+            Some((height, _)) if *height > block.height => build(),
+            _ => {
+                // Built under the lock, so followers arriving meanwhile wait for it instead of
+                // building it again.
+                let json = build();
+                *last = Some((block.height, json.clone()));
+                json
+            }
+        }
     }
 
     /// Run the ledger's stateless checks (chain id, fields, signature) on the transactions not
@@ -448,6 +473,35 @@ mod tests {
         txn.commit().expect("commit");
         assert_eq!(receipts.block(1), Some(old));
         assert_eq!(receipts.block(2), Some(block));
+    }
+
+    #[test]
+    fn followers_at_the_head_share_one_json_of_a_block() {
+        let d = peergrid_ledger::Devnet::generate("json", 1, 1_000).expect("keys");
+        let store: Box<dyn peergrid_ledger::Store + Send + Sync> =
+            Box::new(peergrid_ledger::MemoryStore::default());
+        let ledger: DynLedger = peergrid_ledger::Ledger::open(store, &d.genesis).expect("ledger");
+        let shared = Shared::new(
+            d.genesis.clone(),
+            ledger,
+            Receipts::memory(),
+            MempoolLimits::default(),
+        );
+        let (head, old) = (sample(5), sample(2));
+        let first = shared.block_json(&head);
+        assert_eq!(*first, serde_json::to_string(&head).expect("json"));
+        assert!(Arc::ptr_eq(&first, &shared.block_json(&head)), "built once");
+        let replayed = shared.block_json(&old);
+        assert_eq!(*replayed, serde_json::to_string(&old).expect("json"));
+        assert!(
+            Arc::ptr_eq(&first, &shared.block_json(&head)),
+            "a follower replaying an older block leaves the head's JSON in place"
+        );
+        let next = sample(6);
+        assert_eq!(
+            *shared.block_json(&next),
+            serde_json::to_string(&next).expect("json")
+        );
     }
 
     #[test]
