@@ -59,7 +59,7 @@ pub enum ValidatorCommand {
 pub struct DevnetArgs {
     #[command(subcommand)]
     command: Option<DevnetCommand>,
-    /// The devnet's folder [default: $PEERGRID_HOME/devnet].
+    /// The devnet's folder [default: $PEERGRID_DEVNET, else $PEERGRID_HOME/devnet].
     #[arg(long, global = true, value_name = "DIR")]
     dir: Option<PathBuf>,
     /// Forget the old devnet and start from a new genesis.
@@ -248,6 +248,10 @@ pub fn devnet(globals: &Globals, args: DevnetArgs) -> anyhow::Result<()> {
                 ("logs", dir.join("logs").display().to_string()),
             ]);
             println!("\ndemo account's 24 words (devnet only):\n{}", output::phrase_lines(mnemonic.trim()));
+            // Other commands look for the devnet in the default folder only.
+            if dir != peergrid_devnet::default_dir() {
+                println!("this devnet is not in the default folder; in another terminal, first:\n  export PEERGRID_DEVNET={}", dir.display());
+            }
             println!("try, from another terminal:\n  peergrid wallet balance\n  peergrid wallet transfer --to <ACCOUNT> --amount 1\n  peergrid node list\n  peergrid devnet status");
             println!("\nCtrl-C stops the devnet; its state is kept for next time (--fresh starts over).");
         }

@@ -32,6 +32,7 @@ impl Sandbox {
         cmd.args(args)
             .current_dir(self.dir.path())
             .env("PEERGRID_HOME", self.home())
+            .env_remove("PEERGRID_DEVNET")
             .env("HOME", self.dir.path())
             .env_remove("RUST_LOG")
             .stdin(Stdio::null());

@@ -194,6 +194,26 @@ fn a_newcomer_runs_a_devnet_and_sends_a_transfer_that_finalizes() {
     let (ok, balance) = json(home, &["wallet", "balance"]);
     assert!(ok, "{balance}");
     assert_eq!(balance["balance"], "1000000");
+    // From another home, PEERGRID_DEVNET names the devnet's folder.
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let found = peergrid(elsewhere.path())
+        .args(["--json", "wallet", "balance"])
+        .env("PEERGRID_DEVNET", home.join("devnet"))
+        .output()
+        .expect("run");
+    assert!(
+        found.status.success(),
+        "{}",
+        String::from_utf8_lossy(&found.stderr)
+    );
+    let lost = peergrid(elsewhere.path())
+        .args(["wallet", "balance"])
+        .output()
+        .expect("run");
+    assert!(
+        !lost.status.success(),
+        "no devnet in the other home's folder"
+    );
     let receiver = "12D3KooWRmPNRfMQCwudpSaD9LiwwbXP4EEKUCGHxnFSr435we14";
     let (ok, sent) = json(
         home,

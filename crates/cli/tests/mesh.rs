@@ -11,6 +11,7 @@ fn peergrid(home: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_peergrid"));
     cmd.args(args)
         .env("PEERGRID_HOME", home)
+        .env_remove("PEERGRID_DEVNET")
         .env_remove("RUST_LOG")
         .stdin(Stdio::null());
     cmd

@@ -18,6 +18,7 @@ fn peergrid(ns: &str, home: &Path, args: &[&str]) -> Command {
     cmd.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_peergrid")])
         .args(args)
         .env("PEERGRID_HOME", home)
+        .env_remove("PEERGRID_DEVNET")
         .env_remove("RUST_LOG")
         .stdin(Stdio::null());
     cmd
@@ -36,6 +37,7 @@ fn account(home: &Path) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_peergrid"))
         .args(["--json", "key", "new"])
         .env("PEERGRID_HOME", home)
+        .env_remove("PEERGRID_DEVNET")
         .output()
         .expect("key new");
     json(&out)["account"].as_str().expect("account").to_string()

@@ -80,8 +80,12 @@ pub struct Running {
     pub children: Vec<u32>,
 }
 
-/// The default devnet folder: `$PEERGRID_HOME/devnet` or `~/.peergrid/devnet`.
+/// The devnet folder the CLI uses when not told: `$PEERGRID_DEVNET`, else
+/// `$PEERGRID_HOME/devnet` or `~/.peergrid/devnet`.
 pub fn default_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("PEERGRID_DEVNET").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
     let home = std::env::var_os("PEERGRID_HOME")
         .filter(|h| !h.is_empty())
         .map(PathBuf::from)

@@ -12,6 +12,7 @@ use serde_json::Value;
 pub fn peergrid(home: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_peergrid"));
     cmd.env("PEERGRID_HOME", home)
+        .env_remove("PEERGRID_DEVNET")
         .env_remove("PEERGRID_LEDGER")
         .stdin(Stdio::null());
     cmd
