@@ -1000,13 +1000,12 @@ impl State {
                     });
                 }
                 // Bill the time so far at the old reservation, so the new one is billed only from now.
-                self.try_bill(c.id, ctx.time_ms, fee, events).map_err(|u| {
-                    TxError::InsufficientBalance {
+                self.try_bill(c.id, ctx.time_ms, fee, false, events)
+                    .map_err(|u| TxError::InsufficientBalance {
                         needed: u.needed,
                         fee,
                         available: u.available,
-                    }
-                })?;
+                    })?;
                 let n = self.node(node).ok_or(TxError::UnknownNode(node))?;
                 let used_without = n.used.saturating_sub(&c.reserved);
                 let needed = used_without

@@ -139,17 +139,23 @@ impl State {
     }
 
     /// Bill `id` up to `now_ms` if its owner can pay it and still keep `reserve`; all or nothing.
+    /// `closing`: the contract is being deleted, so this is its last bill.
     pub(crate) fn try_bill(
         &mut self,
         id: ContractId,
         now_ms: u64,
         reserve: Amount,
+        closing: bool,
         events: &mut Vec<Event>,
     ) -> Result<(), Unpaid> {
         let Some(c) = self.contracts.get(&id) else {
             return Ok(());
         };
-        if now_ms <= c.billed_until_ms && c.unbilled_nu_bytes == 0 {
+        // With no time elapsed since the last bill, usage reported since waits for the next
+        // bill: a bill of no time would start where that next one starts, and bills are
+        // stored by contract and start, so the next would overwrite it. A contract being
+        // closed gets no next bill, so it pays its usage now.
+        if now_ms <= c.billed_until_ms && (c.unbilled_nu_bytes == 0 || !closing) {
             return Ok(());
         }
         let bill = self.price_bill(c, now_ms);
@@ -279,7 +285,7 @@ impl State {
         reserve: Amount,
         events: &mut Vec<Event>,
     ) {
-        if self.try_bill(id, now_ms, reserve, events).is_ok() {
+        if self.try_bill(id, now_ms, reserve, true, events).is_ok() {
             return;
         }
         let Some(c) = self.contracts.get(&id) else {
@@ -322,7 +328,10 @@ impl State {
 
     /// Try to pay the debt of `id`, in grace; on success it is created again.
     fn try_resume(&mut self, id: ContractId, now_ms: u64, events: &mut Vec<Event>) -> bool {
-        if self.try_bill(id, now_ms, Amount::ZERO, events).is_err() {
+        if self
+            .try_bill(id, now_ms, Amount::ZERO, false, events)
+            .is_err()
+        {
             return false;
         }
         let Some(c) = self.contracts.get_mut(&id) else {
@@ -356,7 +365,10 @@ impl State {
         let next = now_ms.saturating_add(interval_ms);
         match state {
             ContractState::Created => {
-                if self.try_bill(id, now_ms, Amount::ZERO, events).is_ok() {
+                if self
+                    .try_bill(id, now_ms, Amount::ZERO, false, events)
+                    .is_ok()
+                {
                     self.schedule_bill(id, next);
                 } else {
                     self.enter_grace(id, now_ms, events);

@@ -497,6 +497,64 @@ fn network_usage_is_reported_by_the_hosting_node_and_billed_with_the_next_bill()
 }
 
 #[test]
+fn usage_reported_in_the_block_of_a_bill_waits_for_the_next_bill_and_no_bill_is_lost() {
+    let mut chain = Chain::new();
+    let (_, node) = grid(&mut chain);
+    let c = contract_id(&chain.ok(1, &key(5), deploy(node, 1, 2, 0, 0)));
+    // One block, when the contract is due (devnet interval: 10 s): the update bills the time
+    // so far, then the node reports usage, then billing finds the contract due with no time
+    // elapsed. Billing the usage then would make a bill of no time starting where the next
+    // bill starts, and the next would overwrite it.
+    let update = chain.tx(
+        &key(5),
+        0,
+        Payload::UpdateContract {
+            contract: c,
+            deployment_hash: Hash::of(b"d2"),
+            resources: Capacity {
+                cru: 2,
+                mru: 2 << 30,
+                sru: 0,
+                hru: 0,
+            },
+        },
+    );
+    let usage = chain.tx(
+        &key(40),
+        0,
+        Payload::ReportUsage {
+            contract: c,
+            nu_bytes: 4_000_000_000,
+        },
+    );
+    let out = chain.block(10, &[update, usage]);
+    assert!(
+        out.receipts.iter().all(|r| r.result.is_ok()),
+        "{:?}",
+        out.receipts
+    );
+    chain.block(10, &[]);
+    let state = chain.ledger.state();
+    let bills: Vec<_> = state.bills(c, 0).cloned().collect();
+    assert_eq!(bills.len(), 2, "{bills:#?}");
+    assert_eq!(
+        bills[0].nu_bytes, 0,
+        "the update billed the time before the usage"
+    );
+    assert_eq!(bills[1].from_ms, bills[0].to_ms);
+    assert_eq!(
+        bills[1].nu_bytes, 4_000_000_000,
+        "billed with the next bill"
+    );
+    let sum: u64 = bills.iter().map(|b| b.tokens.0).sum();
+    assert_eq!(
+        state.economy().billed_total.0,
+        sum,
+        "every paid bill is kept"
+    );
+}
+
+#[test]
 fn nodes_are_rewarded_once_per_period_with_a_receipt() {
     let mut chain = Chain::new();
     let farm = chain.farm(&key(4), "farm-a", vec![]);
