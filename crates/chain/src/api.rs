@@ -1,9 +1,10 @@
 //! The ledger HTTP API every validator serves.
 //!
 //! Reads answer from the latest finalized state and say which height and state root
-//! they were read at. The state root is an LtHash commitment, so answers carry no
-//! inclusion proof yet; a client that needs certainty asks several validators and
-//! compares roots at the same height. `/openapi.json` describes every route.
+//! they were read at. With `?proof=true`, an account, farm, node or contract comes with
+//! its proof against that root (`peergrid_ledger::commitment`), which a client checks
+//! without trusting this validator; the root itself it compares with another
+//! validator's block at that height. `/openapi.json` describes every route.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use serde_json::{Value, json};
 
 use peergrid_core::tx::TX_BYTES_MAX;
 use peergrid_core::{AccountId, Hash, SignedTx};
+use peergrid_ledger::commitment::StateProof;
 
 use crate::mempool::MempoolError;
 use crate::shared::{FinalizedBlock, Shared};
@@ -146,6 +148,22 @@ fn read<T>(
 /// Wrap `value` with the height and root it was read at.
 fn at(value: Value, height: u64, root: Hash) -> Json<Value> {
     Json(json!({ "height": height, "root": root, "data": value }))
+}
+
+/// `?proof=true` asks for the entry's proof against the root.
+#[derive(Deserialize)]
+struct WithProof {
+    #[serde(default)]
+    proof: bool,
+}
+
+/// Like [`at`], with `proof` beside the root when one was asked for.
+fn at_proven(value: Value, height: u64, root: Hash, proof: Option<StateProof>) -> Json<Value> {
+    let mut answer = at(value, height, root);
+    if let Some(proof) = proof {
+        answer.0["proof"] = to_json(proof);
+    }
+    answer
 }
 
 fn to_json(v: impl serde::Serialize) -> Value {
@@ -296,15 +314,18 @@ async fn tx_status(State(api): State<Api>, Path(hash): Path<String>) -> ApiResul
     ))
 }
 
-async fn account(State(api): State<Api>, Path(id): Path<String>) -> ApiResult {
+async fn account(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    Query(q): Query<WithProof>,
+) -> ApiResult {
     let id: AccountId = parse("account", &id)?;
-    let (v, h, r) = read(&api, |s| {
+    let ((v, proof), h, r) = read(&api, |s| {
         let node = s.node_by_account(&id).map(|n| n.id);
-        Ok(
-            json!({ "account": id, "balance": s.account(&id).balance, "nonce": s.account(&id).nonce, "node": node }),
-        )
+        let v = json!({ "account": id, "balance": s.account(&id).balance, "nonce": s.account(&id).nonce, "node": node });
+        Ok((v, q.proof.then(|| s.prove_account(&id))))
     })?;
-    Ok(at(v, h, r))
+    Ok(at_proven(v, h, r, proof))
 }
 
 #[derive(Deserialize)]
@@ -344,16 +365,20 @@ async fn farms(State(api): State<Api>, Query(p): Query<Page>) -> ApiResult {
     Ok(at(v, h, r))
 }
 
-async fn farm(State(api): State<Api>, Path(id): Path<String>) -> ApiResult {
-    let (v, h, r) = read(&api, |s| {
+async fn farm(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    Query(q): Query<WithProof>,
+) -> ApiResult {
+    let ((v, proof), h, r) = read(&api, |s| {
         let farm = match id.parse::<u32>() {
             Ok(n) => s.farm(n),
             Err(_) => s.farm_by_name(&id),
         };
-        farm.map(to_json)
+        farm.map(|f| (to_json(f), q.proof.then(|| s.prove_farm(f.id))))
             .ok_or_else(|| ApiError::not_found(format!("farm {id}")))
     })?;
-    Ok(at(v, h, r))
+    Ok(at_proven(v, h, r, proof))
 }
 
 fn node_json(n: &peergrid_ledger::Node, s: &peergrid_ledger::State) -> Value {
@@ -375,8 +400,12 @@ async fn nodes(State(api): State<Api>, Query(p): Query<Page>) -> ApiResult {
     Ok(at(v, h, r))
 }
 
-async fn node(State(api): State<Api>, Path(id): Path<String>) -> ApiResult {
-    let (v, h, r) = read(&api, |s| {
+async fn node(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    Query(q): Query<WithProof>,
+) -> ApiResult {
+    let ((v, proof), h, r) = read(&api, |s| {
         let node = match id.parse::<u32>() {
             Ok(n) => s.node(n),
             Err(_) => id
@@ -384,10 +413,10 @@ async fn node(State(api): State<Api>, Path(id): Path<String>) -> ApiResult {
                 .ok()
                 .and_then(|a| s.node_by_account(&a)),
         };
-        node.map(|n| node_json(n, s))
+        node.map(|n| (node_json(n, s), q.proof.then(|| s.prove_node(n.id))))
             .ok_or_else(|| ApiError::not_found(format!("node {id}")))
     })?;
-    Ok(at(v, h, r))
+    Ok(at_proven(v, h, r, proof))
 }
 
 async fn contracts(State(api): State<Api>, Query(p): Query<Page>) -> ApiResult {
@@ -411,16 +440,20 @@ async fn contracts(State(api): State<Api>, Query(p): Query<Page>) -> ApiResult {
     Ok(at(v, h, r))
 }
 
-async fn contract(State(api): State<Api>, Path(id): Path<String>) -> ApiResult {
-    let (v, h, r) = read(&api, |s| {
+async fn contract(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    Query(q): Query<WithProof>,
+) -> ApiResult {
+    let ((v, proof), h, r) = read(&api, |s| {
         let c = match id.parse::<u64>() {
             Ok(n) => s.contract(n),
             Err(_) => s.contract_by_name(&id),
         };
-        c.map(to_json)
+        c.map(|c| (to_json(c), q.proof.then(|| s.prove_contract(c.id))))
             .ok_or_else(|| ApiError::not_found(format!("contract {id}")))
     })?;
-    Ok(at(v, h, r))
+    Ok(at_proven(v, h, r, proof))
 }
 
 #[derive(Deserialize)]
@@ -648,6 +681,16 @@ pub fn openapi_document() -> Value {
             "responses": { "200": at_height(what), "404": { "description": format!("no such {what}") } }
         })
     };
+    let proven = |what: &str| {
+        json!({
+            "parameters": [
+                { "name": "id", "in": "path", "required": true, "schema": { "type": "string" } },
+                { "name": "proof", "in": "query", "required": false, "schema": { "type": "boolean" },
+                  "description": "add `proof`: the entry's binary value and its Merkle proof against `root`" }
+            ],
+            "responses": { "200": at_height(what), "404": { "description": format!("no such {what}") } }
+        })
+    };
     json!({
         "openapi": "3.1.0",
         "info": { "title": "peergrid ledger API", "version": env!("CARGO_PKG_VERSION") },
@@ -668,18 +711,18 @@ pub fn openapi_document() -> Value {
                 "summary": "pending, finalized at a height with its events, rejected with the reason, or unknown",
                 "parameters": [{ "name": "hash", "in": "path", "required": true, "schema": { "type": "string" } }],
                 "responses": { "200": { "description": "the status" } } } },
-            "/v1/accounts/{id}": { "get": by_id("account") },
+            "/v1/accounts/{id}": { "get": proven("account") },
             "/v1/farms": { "get": list("farms") },
-            "/v1/farms/{id}": { "get": by_id("farm (id or name)") },
+            "/v1/farms/{id}": { "get": proven("farm (id or name)") },
             "/v1/nodes": { "get": list("nodes (filter with ?farm=)") },
-            "/v1/nodes/{id}": { "get": by_id("node (id or account)") },
+            "/v1/nodes/{id}": { "get": proven("node (id or account)") },
             "/v1/contracts": { "get": list("contracts (filter with ?owner= and ?node=)") },
             "/v1/contracts/{id}/bills": { "get": list("a contract's bills, oldest first (?from_ms=, ?limit=)") },
             "/v1/farms/{id}/receipts": { "get": list("a farm's reward receipts, newest first (?period=, ?limit=)") },
             "/v1/nodes/{id}/receipts/{period}": { "get": by_id("reward receipt of one node and period") },
             "/v1/proposals/{id}/votes": { "get": by_id("proposal's votes, with council flag and farmer weight") },
             "/v1/economy": { "get": { "summary": "minting progress, farmers' total weight, total billed, current period", "responses": { "200": at_height("economy") } } },
-            "/v1/contracts/{id}": { "get": by_id("contract (id or gateway name)") },
+            "/v1/contracts/{id}": { "get": proven("contract (id or gateway name)") },
             "/v1/proposals": { "get": list("governance proposals") },
             "/v1/proposals/{id}": { "get": by_id("proposal") },
             "/v1/blocks/{height}": { "get": {

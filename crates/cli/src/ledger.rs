@@ -21,6 +21,10 @@ pub enum WalletCommand {
     Balance {
         /// The account; defaults to your key's.
         account: Option<String>,
+        /// Check the answer here: the account's Merkle proof against the block's state root,
+        /// and that root against every validator.
+        #[arg(long)]
+        prove: bool,
     },
     /// Send tokens and wait until the transfer is final.
     Transfer {
@@ -104,11 +108,32 @@ pub fn wallet(globals: &Globals, cmd: WalletCommand) -> anyhow::Result<()> {
     let client = globals.client()?;
     crate::runtime()?.block_on(async {
         match cmd {
-            WalletCommand::Balance { account } => {
+            WalletCommand::Balance { account, prove } => {
                 let id = match account {
                     Some(a) => a.parse::<AccountId>()?,
                     None => globals.keypair()?.account(),
                 };
+                if prove {
+                    let proven = client.proven_account(&id).await?;
+                    let account = proven.value.unwrap_or_default();
+                    let validators = client.urls().len();
+                    if globals.json {
+                        return output::json(&json!({
+                            "account": id, "balance": account.balance, "nonce": account.nonce,
+                            "height": proven.height, "root": proven.root,
+                            "proof": { "checked": true, "confirmed_by": proven.confirmed_by, "validators": validators },
+                        }));
+                    }
+                    output::rows(&[
+                        ("account", id.to_string()),
+                        ("balance", format!("{} PGT", account.balance)),
+                        ("nonce", account.nonce.to_string()),
+                        ("at height", proven.height.to_string()),
+                        ("proof", format!("checked against state root {}", proven.root)),
+                        ("root", format!("confirmed by {} of {validators} validators", proven.confirmed_by)),
+                    ]);
+                    return Ok(());
+                }
                 let view = client.account(&id).await?;
                 if globals.json {
                     return output::json(&json!({

@@ -226,6 +226,28 @@ fn a_newcomer_runs_a_devnet_and_sends_a_transfer_that_finalizes() {
     assert!(ok && st["status"]["status"] == "finalized", "{st}");
     let (_, got) = json(home, &["wallet", "balance", receiver]);
     assert_eq!(got["balance"], "2.5");
+    // The same balance, proven against the block's state root and that root confirmed.
+    let (ok, proven) = json(home, &["wallet", "balance", receiver, "--prove"]);
+    assert!(ok, "{proven}");
+    assert_eq!(proven["balance"], "2.5");
+    assert_eq!(proven["proof"]["checked"], true);
+    assert!(
+        proven["proof"]["confirmed_by"].as_u64() >= Some(1),
+        "{proven}"
+    );
+    let (ok, nobody) = json(
+        home,
+        &[
+            "wallet",
+            "balance",
+            "12D3KooWQMS4bwo6CGUV6gVz6N49AzZhdvgGw25AcfLfjHqaZ9zo",
+            "--prove",
+        ],
+    );
+    assert!(
+        ok && nobody["balance"] == "0",
+        "an unknown account is proven absent: {nobody}"
+    );
 
     // A transfer that cannot apply is refused with the reason, and nothing moves.
     let out = peergrid(home)

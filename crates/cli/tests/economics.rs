@@ -29,12 +29,22 @@ async fn balance(client: &Client, who: &AccountId) -> Amount {
     client.account(who).await.expect("account").data.balance
 }
 
+/// The contract as the API shows it, checked against its proof from the block's state root.
 async fn contract(client: &Client, id: u64) -> Contract {
-    client
+    let shown = client
         .get::<AtHeight<Contract>>(&format!("/v1/contracts/{id}"))
         .await
-        .expect("contract")
-        .data
+        .expect("contract");
+    let proven = client.proven_contract(id).await.expect("proof holds");
+    if proven.height == shown.height {
+        assert_eq!(
+            proven.value.as_ref(),
+            Some(&shown.data),
+            "the proof says what the API shows"
+        );
+    }
+    assert!(proven.confirmed_by >= 1);
+    shown.data
 }
 
 async fn wait_state(client: &Client, id: u64, what: &str, f: impl Fn(&ContractState) -> bool) {

@@ -16,7 +16,9 @@ use serde_json::Value;
 use tracing::debug;
 
 use peergrid_core::{AccountId, Amount, Hash, Keypair, Payload, SignedTx, TxHash};
+use peergrid_ledger::commitment::StateProof;
 pub use peergrid_ledger::receipt::{FinalizedBlock, TxOutcome, TxStatus};
+use peergrid_ledger::state::tables;
 /// The ledger's records and events as the API serves them, so followers (nodes, the CLI)
 /// read them without depending on the state machine's crate.
 pub use peergrid_ledger::{Contract, ContractState, DeleteReason, Event, Farm, Node};
@@ -90,6 +92,20 @@ pub struct AccountView {
     pub nonce: u64,
     /// The node it is the key of, if any.
     pub node: Option<u32>,
+}
+
+/// A state entry checked against the state root of the finalized block it was read at.
+#[derive(Clone, Debug)]
+pub struct Proven<T> {
+    /// The block's height.
+    pub height: u64,
+    /// Its state root.
+    pub root: Hash,
+    /// The entry, or `None` when it is proven absent.
+    pub value: Option<T>,
+    /// Validators of this client that reported the same root at that height (the one that
+    /// answered included); none reported another.
+    pub confirmed_by: usize,
 }
 
 /// A client of the ledger API.
@@ -184,6 +200,104 @@ impl Client {
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         self.call(|http, url| http.get(format!("{url}{path}")))
             .await
+    }
+
+    /// A finalized block with its state root and what each transaction did.
+    pub async fn block(&self, height: u64) -> Result<FinalizedBlock, ClientError> {
+        self.get(&format!("/v1/blocks/{height}")).await
+    }
+
+    /// An account (or its absence) proven against a finalized block's state root.
+    pub async fn proven_account(
+        &self,
+        id: &AccountId,
+    ) -> Result<Proven<peergrid_ledger::Account>, ClientError> {
+        let key = peergrid_core::codec::encode(id);
+        self.proven(
+            &format!("/v1/accounts/{id}?proof=true"),
+            tables::ACCOUNTS,
+            &key,
+        )
+        .await
+    }
+
+    /// A farm (or its absence) proven against a finalized block's state root.
+    pub async fn proven_farm(&self, id: u32) -> Result<Proven<Farm>, ClientError> {
+        let key = peergrid_core::codec::encode(&id);
+        self.proven(&format!("/v1/farms/{id}?proof=true"), tables::FARMS, &key)
+            .await
+    }
+
+    /// A node (or its absence) proven against a finalized block's state root.
+    pub async fn proven_node(&self, id: u32) -> Result<Proven<Node>, ClientError> {
+        let key = peergrid_core::codec::encode(&id);
+        self.proven(&format!("/v1/nodes/{id}?proof=true"), tables::NODES, &key)
+            .await
+    }
+
+    /// A contract (or its absence) proven against a finalized block's state root.
+    pub async fn proven_contract(&self, id: u64) -> Result<Proven<Contract>, ClientError> {
+        let key = peergrid_core::codec::encode(&id);
+        self.proven(
+            &format!("/v1/contracts/{id}?proof=true"),
+            tables::CONTRACTS,
+            &key,
+        )
+        .await
+    }
+
+    /// Read `path` with its proof for `key` of `table`, check the proof against the root
+    /// the answer names, and that root against every validator of this client that has
+    /// the block: a validator lying about the entry or the root is caught here.
+    async fn proven<T: borsh::BorshDeserialize>(
+        &self,
+        path: &str,
+        table: u8,
+        key: &[u8],
+    ) -> Result<Proven<T>, ClientError> {
+        #[derive(Deserialize)]
+        struct Answer {
+            height: u64,
+            root: Hash,
+            proof: Option<StateProof>,
+        }
+        let bad = |reason: String| ClientError::Protocol {
+            url: path.to_string(),
+            reason,
+        };
+        let answer: Answer = self.get(path).await?;
+        let proof = answer.proof.ok_or_else(|| {
+            bad("the answer has no proof (is the validator older than this client?)".into())
+        })?;
+        let bytes = proof
+            .check(table, key, &answer.root)
+            .map_err(|e| bad(e.to_string()))?;
+        let value = bytes
+            .map(|b| peergrid_core::codec::decode::<T>("state entry", &b, 1 << 20))
+            .transpose()
+            .map_err(|e| bad(format!("the proven entry does not decode: {e}")))?;
+        let mut confirmed_by = 0;
+        for url in &self.urls {
+            let one = Client::new(vec![url.clone()]);
+            // A validator that has not stored that block yet neither confirms nor denies.
+            let Ok(block) = one.block(answer.height).await else {
+                continue;
+            };
+            if block.root != answer.root {
+                return Err(bad(format!(
+                    "validator {url} finalized state root {} at height {}, not {}: do not trust \
+                     this answer, and tell the validators' operators",
+                    block.root, answer.height, answer.root
+                )));
+            }
+            confirmed_by += 1;
+        }
+        Ok(Proven {
+            height: answer.height,
+            root: answer.root,
+            value,
+            confirmed_by,
+        })
     }
 
     /// Every item of a paged list: `path(from)` is fetched from `first` on, following

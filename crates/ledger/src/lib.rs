@@ -30,16 +30,16 @@
 //! left (counting every node's weight not yet cast) can change that, and otherwise at
 //! expiry, on the votes cast.
 //!
-//! The state root is an LtHash over every entry ([`lthash`]): incremental and
-//! order-independent, but without inclusion proofs. Proofs against a block's root
-//! need an authenticated structure (a Merkle tree or commonware's QMDB); that is
-//! a later step, and the [`Store`] trait keeps the change contained.
+//! The state root is a Merkle tree over buckets of entries ([`commitment`]):
+//! incremental, order-independent, and it proves any account, farm, node or contract
+//! (or its absence) against a finalized block's root ([`State::prove_account`] and
+//! its siblings).
 
 pub mod apply;
 pub mod billing;
+pub mod commitment;
 pub mod genesis;
 pub mod ledger;
-pub mod lthash;
 pub mod minting;
 pub mod receipt;
 pub mod records;

@@ -3,13 +3,25 @@
 use peergrid_core::codec::DecodeError;
 use peergrid_core::{AccountId, Amount, ContractId, FarmId, Hash, NodeId, ProposalId};
 
+use crate::commitment::{Commitment, StateProof};
 use crate::genesis::{Genesis, Params};
-use crate::lthash::LtHash;
 use crate::records::{
     Account, Bill, Config, Contract, Economy, Farm, Globals, Node, NodeUptime, Proposal,
     PrunedBills, RewardReceipt, VoteRecord,
 };
 use crate::table::{AnyTable, Change, Table};
+
+/// Tags of the tables a client can ask proofs of ([`State::prove_account`] and siblings).
+pub mod tables {
+    /// Accounts by id.
+    pub const ACCOUNTS: u8 = 3;
+    /// Farms by id.
+    pub const FARMS: u8 = 4;
+    /// Nodes by id.
+    pub const NODES: u8 = 6;
+    /// Contracts by id.
+    pub const CONTRACTS: u8 = 8;
+}
 
 /// Key of the single entry in the config and globals tables.
 const SINGLETON: u8 = 0;
@@ -63,8 +75,8 @@ pub struct State {
     pub(crate) bills_by_end: Table<(u64, ContractId, u64), ()>,
     /// What each contract's pruned bills added up to.
     pub(crate) pruned_bills: Table<ContractId, PrunedBills>,
-    /// The commitment over the state as of the last committed block.
-    committed: LtHash,
+    /// The commitment over the state as of the last committed block, settled.
+    committed: Commitment,
 }
 
 /// A position to roll the state back to.
@@ -75,12 +87,12 @@ impl State {
         State {
             config: Table::new(1),
             globals: Table::new(2),
-            accounts: Table::new(3),
-            farms: Table::new(4),
+            accounts: Table::new(tables::ACCOUNTS),
+            farms: Table::new(tables::FARMS),
             farm_names: Table::new(5),
-            nodes: Table::new(6),
+            nodes: Table::new(tables::NODES),
             node_accounts: Table::new(7),
-            contracts: Table::new(8),
+            contracts: Table::new(tables::CONTRACTS),
             names: Table::new(9),
             proposals: Table::new(10),
             proposal_expiry: Table::new(11),
@@ -100,7 +112,7 @@ impl State {
             node_contracts: Table::new(25),
             bills_by_end: Table::new(26),
             pruned_bills: Table::new(27),
-            committed: LtHash::default(),
+            committed: Commitment::default(),
         }
     }
 
@@ -236,10 +248,11 @@ impl State {
                 })?;
             table.load_entry(key, value)?;
         }
-        let mut acc = LtHash::default();
+        let mut acc = Commitment::default();
         for t in state.tables() {
             t.fold_all(&mut acc);
         }
+        acc.settle();
         state.committed = acc;
         if state.config.get(&SINGLETON).is_none()
             || state.globals.get(&SINGLETON).is_none()
@@ -279,26 +292,66 @@ impl State {
         for t in self.tables() {
             t.fold_changes(&mut acc);
         }
-        acc.root()
+        acc.settle()
     }
 
     /// Close the block: fold its changes into the commitment and hand them over for storage.
     pub(crate) fn commit(&mut self) -> (Hash, Vec<Change>) {
-        let mut acc = self.committed.clone();
+        // Taken out and put back, so the tables can be read while it changes.
+        let mut acc = std::mem::take(&mut self.committed);
         for t in self.tables() {
             t.fold_changes(&mut acc);
         }
+        let root = acc.settle();
+        self.committed = acc;
         let mut changes = Vec::new();
         for t in self.tables_mut() {
             t.take_changes(&mut changes);
         }
-        self.committed = acc;
-        (self.committed.root(), changes)
+        (root, changes)
     }
 
     /// The state root of the last committed block.
     pub fn root(&self) -> Hash {
         self.committed.root()
+    }
+
+    /// `key` of `table` as of the last committed block, with its proof against
+    /// [`State::root`].
+    fn prove<K, V>(&self, table: &Table<K, V>, key: &K) -> StateProof
+    where
+        K: Ord + Clone + borsh::BorshSerialize + borsh::BorshDeserialize,
+        V: Clone + PartialEq + borsh::BorshSerialize + borsh::BorshDeserialize,
+    {
+        let key_bytes = peergrid_core::codec::encode(key);
+        StateProof {
+            table: table.tag(),
+            key: hex::encode(&key_bytes),
+            value: table
+                .committed_get(key)
+                .map(|v| hex::encode(peergrid_core::codec::encode(v))),
+            proof: self.committed.prove(table.tag(), &key_bytes),
+        }
+    }
+
+    /// An account (or its absence) with its proof against [`State::root`].
+    pub fn prove_account(&self, id: &AccountId) -> StateProof {
+        self.prove(&self.accounts, id)
+    }
+
+    /// A farm (or its absence) with its proof against [`State::root`].
+    pub fn prove_farm(&self, id: FarmId) -> StateProof {
+        self.prove(&self.farms, &id)
+    }
+
+    /// A node (or its absence) with its proof against [`State::root`].
+    pub fn prove_node(&self, id: NodeId) -> StateProof {
+        self.prove(&self.nodes, &id)
+    }
+
+    /// A contract (or its absence) with its proof against [`State::root`].
+    pub fn prove_contract(&self, id: ContractId) -> StateProof {
+        self.prove(&self.contracts, &id)
     }
 
     /// Configuration.
@@ -581,5 +634,42 @@ mod tests {
         let (committed, changes) = state.commit();
         assert_eq!(committed, root);
         assert!(changes.is_empty(), "{changes:?}");
+    }
+
+    #[test]
+    fn an_account_is_proven_against_the_committed_root_even_mid_block() {
+        let devnet = Devnet::generate("t", 1, 1000).expect("keys");
+        let mut state = State::from_genesis(&devnet.genesis);
+        let (root, _) = state.commit();
+        let demo = devnet.demo.account();
+        let key = peergrid_core::codec::encode(&demo);
+        let check = |state: &State| {
+            let value = state
+                .prove_account(&demo)
+                .check(tables::ACCOUNTS, &key, &root)
+                .expect("proof holds");
+            let bytes = value.expect("the demo account exists");
+            peergrid_core::codec::decode::<Account>("account", &bytes, 1 << 10).expect("an account")
+        };
+        let funded = check(&state);
+        assert_eq!(funded, state.account(&demo));
+        assert!(funded.balance > Amount::ZERO);
+        // A block under way does not change what is proven until it commits.
+        state.accounts.insert(demo, Account::default());
+        assert_eq!(check(&state), funded);
+
+        let stranger = AccountId([9; 32]);
+        let key = peergrid_core::codec::encode(&stranger);
+        let absent = state.prove_account(&stranger);
+        assert_eq!(absent.check(tables::ACCOUNTS, &key, &root), Ok(None));
+        assert!(
+            state
+                .prove_account(&demo)
+                .check(tables::ACCOUNTS, &key, &root)
+                .is_err(),
+            "a proof for one account proves nothing of another"
+        );
+        let other_root = Hash::of(b"elsewhere");
+        assert!(absent.check(tables::ACCOUNTS, &key, &other_root).is_err());
     }
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use borsh::{BorshDeserialize, BorshSerialize};
 use peergrid_core::codec::{self, DecodeError};
 
-use crate::lthash::LtHash;
+use crate::commitment::Commitment;
 
 /// One entry written by a block: `value` is `None` when the entry was removed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,6 +50,20 @@ where
     /// The value at `key`.
     pub fn get(&self, key: &K) -> Option<&V> {
         self.map.get(key)
+    }
+
+    /// The value at `key` as the block being applied found it: what the last committed
+    /// block left.
+    pub fn committed_get(&self, key: &K) -> Option<&V> {
+        match self.originals.get(key) {
+            Some(original) => original.as_ref(),
+            None => self.map.get(key),
+        }
+    }
+
+    /// This table's tag.
+    pub fn tag(&self) -> u8 {
+        self.tag
     }
 
     /// Whether `key` is present.
@@ -120,11 +134,11 @@ pub(crate) trait AnyTable {
     /// Forget the undo log: the transaction stands.
     fn forget_undo(&mut self);
     /// Fold this block's changes into `acc`.
-    fn fold_changes(&self, acc: &mut LtHash);
+    fn fold_changes(&self, acc: &mut Commitment);
     /// Take this block's changes for the store, and start a new block.
     fn take_changes(&mut self, out: &mut Vec<Change>);
     /// Fold every entry into `acc`.
-    fn fold_all(&self, acc: &mut LtHash);
+    fn fold_all(&self, acc: &mut Commitment);
     /// Load an entry from disk.
     fn load_entry(&mut self, key: &[u8], value: &[u8]) -> Result<(), DecodeError>;
     /// The table's tag.
@@ -156,18 +170,16 @@ where
         self.undo.clear();
     }
 
-    fn fold_changes(&self, acc: &mut LtHash) {
+    fn fold_changes(&self, acc: &mut Commitment) {
         for (key, original) in &self.originals {
             let current = self.map.get(key);
             if current == original.as_ref() {
                 continue;
             }
             let k = codec::encode(key);
-            if let Some(old) = original {
-                acc.remove(self.tag, &k, &codec::encode(old));
-            }
-            if let Some(new) = current {
-                acc.insert(self.tag, &k, &codec::encode(new));
+            match current {
+                Some(new) => acc.insert(self.tag, &k, &codec::encode(new)),
+                None => acc.remove(self.tag, &k),
             }
         }
     }
@@ -187,7 +199,7 @@ where
         self.undo.clear();
     }
 
-    fn fold_all(&self, acc: &mut LtHash) {
+    fn fold_all(&self, acc: &mut Commitment) {
         for (k, v) in &self.map {
             acc.insert(self.tag, &codec::encode(k), &codec::encode(v));
         }
@@ -208,9 +220,9 @@ mod tests {
     use proptest::prelude::*;
 
     fn full_root(t: &Table<u32, u64>) -> peergrid_core::Hash {
-        let mut acc = LtHash::default();
+        let mut acc = Commitment::default();
         t.fold_all(&mut acc);
-        acc.root()
+        acc.settle()
     }
 
     #[test]
@@ -263,7 +275,7 @@ mod tests {
             )
         ) {
             let mut t: Table<u32, u64> = Table::new(7);
-            let mut committed = LtHash::default();
+            let mut committed = Commitment::default();
             for block in blocks {
                 for (key, value, keep) in block {
                     let mark = t.mark();
@@ -276,7 +288,7 @@ mod tests {
                 t.fold_changes(&mut committed);
                 let mut out = Vec::new();
                 t.take_changes(&mut out);
-                prop_assert_eq!(committed.root(), full_root(&t));
+                prop_assert_eq!(committed.settle(), full_root(&t));
             }
         }
     }
