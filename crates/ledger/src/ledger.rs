@@ -115,7 +115,11 @@ impl<S: Store> Ledger<S> {
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 if state.root() != snapshot.root || state.height() != snapshot.height {
                     return Err(StoreError::Corrupt(format!(
-                        "stored root {} at height {} but the entries hash to {} at height {}",
+                        "stored root {} at height {} but the entries hash to {} at height {} \
+                         (a ledger written by a peergrid from before 2026-11-26 has an older kind \
+                         of root: start it over, e.g. `peergrid devnet --fresh`; otherwise the \
+                         file is damaged: restore it, or remove it and a validator rebuilds it from its \
+                         block archive)",
                         snapshot.root,
                         snapshot.height,
                         state.root(),
