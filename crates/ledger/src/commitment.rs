@@ -12,7 +12,7 @@
 //! and the 16 sibling hashes on the way up: with them anyone recomputes the root from the
 //! entry's value, or from its absence, without trusting whoever sent them.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use peergrid_core::Hash;
@@ -85,16 +85,17 @@ fn level(index: usize) -> usize {
     index.ilog2() as usize
 }
 
-/// The commitment over every entry of the state. Only non-empty buckets and subtrees are
-/// held; the rest hash to [`EMPTY`].
+/// The commitment over every entry of the state. Only non-empty buckets are held; the tree
+/// above them is one array (4 MiB), allocated at the first [`Commitment::settle`].
 #[derive(Clone, Debug, Default)]
 pub struct Commitment {
     /// Each non-empty bucket's `(key hash, leaf hash)` pairs, in key-hash order.
     buckets: HashMap<usize, Vec<(Hash, Hash)>>,
-    /// Hashes of non-empty nodes, by heap index.
-    nodes: HashMap<usize, Hash>,
-    /// Buckets changed since the last [`Commitment::settle`].
-    dirty: BTreeSet<usize>,
+    /// Every node's hash by heap index (root 1, buckets from `BUCKETS`); empty before the
+    /// first settle, when every node is [`EMPTY`].
+    nodes: Vec<Hash>,
+    /// Buckets changed since the last [`Commitment::settle`], possibly repeated.
+    dirty: Vec<usize>,
 }
 
 impl Commitment {
@@ -108,7 +109,7 @@ impl Commitment {
             Ok(i) => bucket[i].1 = leaf,
             Err(i) => bucket.insert(i, (k, leaf)),
         }
-        self.dirty.insert(b);
+        self.dirty.push(b);
     }
 
     /// Remove an entry (its value is not needed: the key names it).
@@ -122,46 +123,40 @@ impl Commitment {
             if bucket.is_empty() {
                 self.buckets.remove(&b);
             }
-            self.dirty.insert(b);
+            self.dirty.push(b);
         }
     }
 
     fn node(&self, index: usize) -> Hash {
         self.nodes
-            .get(&index)
+            .get(index)
             .copied()
             .unwrap_or(EMPTY[level(index)])
     }
 
-    fn set_node(&mut self, index: usize, hash: Hash) {
-        if hash == EMPTY[level(index)] {
-            self.nodes.remove(&index);
-        } else {
-            self.nodes.insert(index, hash);
-        }
-    }
-
-    /// Rehash the changed buckets and their paths; the root.
+    /// Rehash the changed buckets and their paths, one level at a time; the root.
     pub fn settle(&mut self) -> Hash {
-        let mut parents = BTreeSet::new();
-        for b in std::mem::take(&mut self.dirty) {
-            let hash = self
+        if self.nodes.is_empty() {
+            self.nodes = (0..2 * BUCKETS).map(|i| EMPTY[level(i.max(1))]).collect();
+        }
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.sort_unstable();
+        dirty.dedup();
+        for &b in &dirty {
+            self.nodes[BUCKETS + b] = self
                 .buckets
                 .get(&b)
                 .map_or(EMPTY[DEPTH], |entries| bucket_hash(entries));
-            self.set_node(BUCKETS + b, hash);
-            parents.insert((BUCKETS + b) / 2);
         }
+        // Sorted indices stay sorted when halved, so duplicates are neighbours.
+        let mut parents: Vec<usize> = dirty.iter().map(|b| (BUCKETS + b) / 2).collect();
+        parents.dedup();
         while !parents.is_empty() {
-            let mut next = BTreeSet::new();
-            for index in parents {
-                let hash = node_hash(&self.node(2 * index), &self.node(2 * index + 1));
-                self.set_node(index, hash);
-                if index > 1 {
-                    next.insert(index / 2);
-                }
+            for &index in &parents {
+                self.nodes[index] = node_hash(&self.nodes[2 * index], &self.nodes[2 * index + 1]);
             }
-            parents = next;
+            parents = parents.iter().filter(|&&i| i > 1).map(|i| i / 2).collect();
+            parents.dedup();
         }
         self.node(1)
     }
@@ -340,7 +335,7 @@ mod tests {
         c.remove(1, b"a");
         c.remove(1, b"b");
         assert_eq!(c.settle(), EMPTY[0]);
-        assert!(c.nodes.is_empty() && c.buckets.is_empty(), "nothing held");
+        assert!(c.buckets.is_empty(), "nothing held");
     }
 
     proptest! {
