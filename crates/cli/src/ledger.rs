@@ -115,12 +115,13 @@ pub fn wallet(globals: &Globals, cmd: WalletCommand) -> anyhow::Result<()> {
                 };
                 if prove {
                     let proven = client.proven_account(&id).await?;
+                    let exists = proven.value.is_some();
                     let account = proven.value.unwrap_or_default();
                     let validators = client.urls().len();
                     if globals.json {
                         return output::json(&json!({
                             "account": id, "balance": account.balance, "nonce": account.nonce,
-                            "height": proven.height, "root": proven.root,
+                            "height": proven.height, "root": proven.root, "exists": exists,
                             "proof": { "checked": true, "confirmed_by": proven.confirmed_by, "validators": validators },
                         }));
                     }
@@ -129,7 +130,14 @@ pub fn wallet(globals: &Globals, cmd: WalletCommand) -> anyhow::Result<()> {
                         ("balance", format!("{} PGT", account.balance)),
                         ("nonce", account.nonce.to_string()),
                         ("at height", proven.height.to_string()),
-                        ("proof", format!("checked against state root {}", proven.root)),
+                        (
+                            "proof",
+                            format!(
+                                "{} checked against state root {}",
+                                if exists { "balance" } else { "absence of the account" },
+                                proven.root
+                            ),
+                        ),
                         ("root", format!("confirmed by {} of {validators} validators", proven.confirmed_by)),
                     ]);
                     return Ok(());

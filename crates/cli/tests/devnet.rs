@@ -231,6 +231,7 @@ fn a_newcomer_runs_a_devnet_and_sends_a_transfer_that_finalizes() {
     assert!(ok, "{proven}");
     assert_eq!(proven["balance"], "2.5");
     assert_eq!(proven["proof"]["checked"], true);
+    assert_eq!(proven["exists"], true);
     assert!(
         proven["proof"]["confirmed_by"].as_u64() >= Some(1),
         "{proven}"
@@ -245,7 +246,7 @@ fn a_newcomer_runs_a_devnet_and_sends_a_transfer_that_finalizes() {
         ],
     );
     assert!(
-        ok && nobody["balance"] == "0",
+        ok && nobody["balance"] == "0" && nobody["exists"] == false,
         "an unknown account is proven absent: {nobody}"
     );
 
