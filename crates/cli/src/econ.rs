@@ -33,6 +33,10 @@ pub enum ContractCommand {
     Show {
         /// The contract's id.
         contract: ContractId,
+        /// Check the answer here: the contract's Merkle proof against the block's state
+        /// root, and that root against every validator.
+        #[arg(long)]
+        prove: bool,
     },
     /// Cancel a contract you own: it is billed up to now and its resources are released.
     Cancel {
@@ -236,12 +240,36 @@ pub fn contract(globals: &Globals, cmd: ContractCommand) -> anyhow::Result<()> {
                 );
                 Ok(())
             }
-            ContractCommand::Show { contract } => {
-                let c: AtHeight<Contract> =
-                    client.get(&format!("/v1/contracts/{contract}")).await?;
+            ContractCommand::Show { contract, prove } => {
+                let (c, proof) = if prove {
+                    let p = client.proven_contract(contract).await?;
+                    let Some(data) = p.value else {
+                        anyhow::bail!(
+                            "there is no contract {contract}: proven absent at height {}",
+                            p.height
+                        );
+                    };
+                    let proof = json!({
+                        "checked": true, "confirmed_by": p.confirmed_by,
+                        "validators": client.urls().len(),
+                    });
+                    let c = AtHeight {
+                        height: p.height,
+                        root: p.root,
+                        data,
+                    };
+                    (c, Some(proof))
+                } else {
+                    let c: AtHeight<Contract> =
+                        client.get(&format!("/v1/contracts/{contract}")).await?;
+                    (c, None)
+                };
                 if globals.json {
-                    return output::json(&json!({ "height": c.height, "contract": c.data }));
+                    return output::json(
+                        &json!({ "height": c.height, "contract": c.data, "proof": proof }),
+                    );
                 }
+                let (height, root) = (c.height, c.root);
                 let c = c.data;
                 let mut rows = vec![
                     ("contract", c.id.to_string()),
@@ -260,6 +288,19 @@ pub fn contract(globals: &Globals, cmd: ContractCommand) -> anyhow::Result<()> {
                 }
                 if let Some(h) = c.deployment_hash() {
                     rows.push(("deployment", h.to_string()));
+                }
+                if let Some(proof) = &proof {
+                    rows.push((
+                        "proof",
+                        format!("checked against state root {root} at height {height}"),
+                    ));
+                    rows.push((
+                        "root",
+                        format!(
+                            "confirmed by {} of {} validators",
+                            proof["confirmed_by"], proof["validators"]
+                        ),
+                    ));
                 }
                 output::rows(&rows);
                 println!("\nits bills: peergrid bill history {}", c.id);

@@ -204,6 +204,14 @@ async fn a_contract_is_billed_paused_resumed_and_deleted_and_the_farmer_can_expl
     .await;
     wait_workloads(&health, "the workload to be removed", |w| w.is_empty()).await;
 
+    // The CLI shows it deleted, checked against its proof.
+    let (ok, shown, err) = run(&home, &["contract", "show", &id.to_string(), "--prove"]);
+    assert!(ok, "{err}");
+    assert_eq!(shown["proof"]["checked"], true, "{shown}");
+    assert_eq!(shown["contract"]["id"], id, "{shown}");
+    let (ok, _, err) = run(&home, &["contract", "show", "999999", "--prove"]);
+    assert!(!ok && err.contains("does not exist"), "{err}");
+
     // The bills cover the contract's life without a gap or an overlap, and are exactly
     // what the builder paid.
     let (ok, history, err) = run(&home, &["bill", "history", &id.to_string()]);
