@@ -241,7 +241,8 @@ pub fn contract(globals: &Globals, cmd: ContractCommand) -> anyhow::Result<()> {
                 Ok(())
             }
             ContractCommand::Show { contract, prove } => {
-                let (c, proof) = if prove {
+                let validators = client.urls().len();
+                let (c, confirmed_by) = if prove {
                     let p = client.proven_contract(contract).await?;
                     let Some(data) = p.value else {
                         anyhow::bail!(
@@ -249,25 +250,22 @@ pub fn contract(globals: &Globals, cmd: ContractCommand) -> anyhow::Result<()> {
                             p.height
                         );
                     };
-                    let proof = json!({
-                        "checked": true, "confirmed_by": p.confirmed_by,
-                        "validators": client.urls().len(),
-                    });
                     let c = AtHeight {
                         height: p.height,
                         root: p.root,
                         data,
                     };
-                    (c, Some(proof))
+                    (c, Some(p.confirmed_by))
                 } else {
                     let c: AtHeight<Contract> =
                         client.get(&format!("/v1/contracts/{contract}")).await?;
                     (c, None)
                 };
                 if globals.json {
-                    return output::json(
-                        &json!({ "height": c.height, "contract": c.data, "proof": proof }),
-                    );
+                    return output::json(&json!({
+                        "height": c.height, "contract": c.data,
+                        "proof": confirmed_by.map(|n| output::proof_json(n, validators)),
+                    }));
                 }
                 let (height, root) = (c.height, c.root);
                 let c = c.data;
@@ -289,18 +287,12 @@ pub fn contract(globals: &Globals, cmd: ContractCommand) -> anyhow::Result<()> {
                 if let Some(h) = c.deployment_hash() {
                     rows.push(("deployment", h.to_string()));
                 }
-                if let Some(proof) = &proof {
+                if let Some(confirmed_by) = confirmed_by {
                     rows.push((
                         "proof",
                         format!("checked against state root {root} at height {height}"),
                     ));
-                    rows.push((
-                        "root",
-                        format!(
-                            "confirmed by {} of {} validators",
-                            proof["confirmed_by"], proof["validators"]
-                        ),
-                    ));
+                    rows.push(output::confirmed_row(confirmed_by, validators));
                 }
                 output::rows(&rows);
                 println!("\nits bills: peergrid bill history {}", c.id);

@@ -122,7 +122,7 @@ pub fn wallet(globals: &Globals, cmd: WalletCommand) -> anyhow::Result<()> {
                         return output::json(&json!({
                             "account": id, "balance": account.balance, "nonce": account.nonce,
                             "height": proven.height, "root": proven.root, "exists": exists,
-                            "proof": { "checked": true, "confirmed_by": proven.confirmed_by, "validators": validators },
+                            "proof": output::proof_json(proven.confirmed_by, validators),
                         }));
                     }
                     output::rows(&[
@@ -138,7 +138,7 @@ pub fn wallet(globals: &Globals, cmd: WalletCommand) -> anyhow::Result<()> {
                                 proven.root
                             ),
                         ),
-                        ("root", format!("confirmed by {} of {validators} validators", proven.confirmed_by)),
+                        output::confirmed_row(proven.confirmed_by, validators),
                     ]);
                     return Ok(());
                 }

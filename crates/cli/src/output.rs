@@ -47,6 +47,20 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) {
     }
 }
 
+/// The `proof` object of `--json` output for an answer checked against its Merkle proof,
+/// whose root `confirmed_by` of `validators` validators confirmed.
+pub fn proof_json(confirmed_by: usize, validators: usize) -> serde_json::Value {
+    serde_json::json!({ "checked": true, "confirmed_by": confirmed_by, "validators": validators })
+}
+
+/// The table line saying how many validators confirmed a proven answer's root.
+pub fn confirmed_row(confirmed_by: usize, validators: usize) -> (&'static str, String) {
+    (
+        "root",
+        format!("confirmed by {confirmed_by} of {validators} validators"),
+    )
+}
+
 /// A backup phrase as 4 lines of 6 words: readable, and still pastes into `peergrid key import`.
 pub fn phrase_lines(phrase: &str) -> String {
     let words: Vec<&str> = phrase.split_whitespace().collect();
