@@ -13,8 +13,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use peergrid_mesh::Multiaddr;
 use peergrid_mesh::multiaddr::Protocol;
+use peergrid_mesh::{Config, Multiaddr};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
@@ -154,11 +154,16 @@ fn relayed(port: u16, quic: bool) -> Multiaddr {
 
 /// Median time for a fresh peer to connect to another through the delaying relay, until
 /// the connection is established and authenticated.
-async fn mesh_setup(quic: bool, delay: Duration) -> Duration {
+/// `tls` chooses TCP's security: TLS, or Noise alone.
+async fn mesh_setup(quic: bool, tls: bool, delay: Duration) -> Duration {
     let mut times = Vec::new();
     for round in 0..ROUNDS {
         let seed = 100 + 2 * round as u8 + if quic { 50 } else { 0 };
-        let (a, b) = common::pair(seed).await;
+        let config = Config {
+            tls,
+            ..Config::loopback()
+        };
+        let (a, b) = common::pair_with(seed, config).await;
         let port = b
             .listen_addrs()
             .await
@@ -221,8 +226,9 @@ fn main() {
         let delay = delay();
         let rtt = delay * 2;
         let raw = raw_setup(delay).await;
-        let quic = mesh_setup(true, delay).await;
-        let tcp = mesh_setup(false, delay).await;
+        let quic = mesh_setup(true, true, delay).await;
+        let tls = mesh_setup(false, true, delay).await;
+        let noise = mesh_setup(false, false, delay).await;
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         let trips = |d: Duration| d.as_secs_f64() / rtt.as_secs_f64();
         println!("one-way delay {} ms, round trip {} ms", ms(delay), ms(rtt));
@@ -237,9 +243,14 @@ fn main() {
             trips(quic)
         );
         println!(
+            "mesh::setup/transport=tcp-tls-yamux    median {:>7.1} ms  {:.2} round trips",
+            ms(tls),
+            trips(tls)
+        );
+        println!(
             "mesh::setup/transport=tcp-noise-yamux  median {:>7.1} ms  {:.2} round trips",
-            ms(tcp),
-            trips(tcp)
+            ms(noise),
+            trips(noise)
         );
     });
 }

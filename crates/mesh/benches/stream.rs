@@ -2,8 +2,8 @@
 //! loopback in the same run, and connection setup time.
 //!
 //! `cargo bench -p peergrid-mesh --bench stream` (set `MESH_BENCH_MIB` to change the
-//! 256 MiB transfer size; set `MESH_BENCH_ONLY` to `raw-tcp`, `quic` or
-//! `tcp-noise-yamux` to run that one stream benchmark alone, e.g. under a profiler).
+//! 256 MiB transfer size; set `MESH_BENCH_ONLY` to `raw-tcp`, `quic`, `tcp-tls-yamux`
+//! or `tcp-noise-yamux` to run that one stream benchmark alone, e.g. under a profiler).
 
 mod common;
 
@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use peergrid_mesh::multiaddr::Protocol;
-use peergrid_mesh::{Multiaddr, StreamProtocol};
+use peergrid_mesh::{Config, Multiaddr, StreamProtocol};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use common::pair;
+use common::pair_with;
 
 const BENCH: StreamProtocol = StreamProtocol::new("/peergrid/bench/1.0.0");
 const CHUNK_BYTES: usize = 256 * 1024;
@@ -57,23 +57,56 @@ async fn raw_tcp(bytes: u64) -> Duration {
     reader.await.expect("reader") - start
 }
 
-/// The one transport `MESH_BENCH_ONLY` names, if any.
+/// The mesh transports measured: QUIC, and TCP secured by TLS or by Noise.
+#[derive(Clone, Copy, PartialEq)]
+enum Transport {
+    Quic,
+    TcpTls,
+    TcpNoise,
+}
+
+impl Transport {
+    const ALL: [Transport; 3] = [Transport::Quic, Transport::TcpTls, Transport::TcpNoise];
+
+    fn name(self) -> &'static str {
+        match self {
+            Transport::Quic => "quic",
+            Transport::TcpTls => "tcp-tls-yamux",
+            Transport::TcpNoise => "tcp-noise-yamux",
+        }
+    }
+
+    /// Peers that offer only this transport's security on TCP.
+    fn config(self) -> Config {
+        Config {
+            tls: self != Transport::TcpNoise,
+            ..Config::loopback()
+        }
+    }
+
+    fn target(self, addrs: &[Multiaddr]) -> Multiaddr {
+        let quic = self == Transport::Quic;
+        addrs
+            .iter()
+            .find(|a| a.iter().any(|p| matches!(p, Protocol::QuicV1)) == quic)
+            .expect("address of that transport")
+            .clone()
+    }
+}
+
+/// The one benchmark `MESH_BENCH_ONLY` names, if any.
 fn only() -> Option<String> {
     std::env::var("MESH_BENCH_ONLY").ok()
 }
 
-fn addr_of(addrs: &[Multiaddr], quic: bool) -> Multiaddr {
-    addrs
+async fn mesh_stream(bytes: u64, transport: Transport) -> Duration {
+    let seed = 1 + 2 * Transport::ALL
         .iter()
-        .find(|a| a.iter().any(|p| matches!(p, Protocol::QuicV1)) == quic)
-        .expect("address of that transport")
-        .clone()
-}
-
-async fn mesh_stream(bytes: u64, quic: bool) -> Duration {
-    let (sender, receiver) = pair(if quic { 1 } else { 3 }).await;
+        .position(|t| *t == transport)
+        .unwrap_or(0) as u8;
+    let (sender, receiver) = pair_with(seed, transport.config()).await;
     let mut incoming = receiver.accept_streams(BENCH).expect("accept");
-    let target = addr_of(&receiver.listen_addrs().await.expect("addrs"), quic);
+    let target = transport.target(&receiver.listen_addrs().await.expect("addrs"));
     sender
         .connect(receiver.peer_id(), vec![target])
         .await
@@ -107,11 +140,11 @@ async fn mesh_stream(bytes: u64, quic: bool) -> Duration {
 }
 
 /// Median time from `connect` to an established, authenticated connection, over fresh peers.
-async fn setup(quic: bool) -> Duration {
+async fn setup(transport: Transport) -> Duration {
     let mut times = Vec::new();
     for round in 0..SETUP_ROUNDS {
-        let (a, b) = pair(10 + 2 * round as u8).await;
-        let target = addr_of(&b.listen_addrs().await.expect("addrs"), quic);
+        let (a, b) = pair_with(10 + 2 * round as u8, transport.config()).await;
+        let target = transport.target(&b.listen_addrs().await.expect("addrs"));
         let start = Instant::now();
         a.connect(b.peer_id(), vec![target]).await.expect("connect");
         times.push(start.elapsed());
@@ -153,14 +186,15 @@ fn main() {
         let mib = (bytes >> 20) as f64;
         let rate = |d: Duration| mib / d.as_secs_f64();
         if let Some(only) = only() {
+            let transport = Transport::ALL.into_iter().find(|t| t.name() == only);
+            if transport.is_none() && only != "raw-tcp" {
+                let names: Vec<_> = Transport::ALL.iter().map(|t| t.name()).collect();
+                panic!("MESH_BENCH_ONLY={only}: expected raw-tcp or one of {names:?}");
+            }
             for _ in 0..3 {
-                let d = match only.as_str() {
-                    "raw-tcp" => raw_tcp(bytes).await,
-                    "quic" => mesh_stream(bytes, true).await,
-                    "tcp-noise-yamux" => mesh_stream(bytes, false).await,
-                    other => {
-                        panic!("MESH_BENCH_ONLY={other}: expected raw-tcp, quic or tcp-noise-yamux")
-                    }
+                let d = match transport {
+                    Some(t) => mesh_stream(bytes, t).await,
+                    None => raw_tcp(bytes).await,
                 };
                 println!(
                     "mesh::stream/transport={only} bytes={bytes} {:>8.0} MiB/s",
@@ -170,41 +204,39 @@ fn main() {
             return;
         }
         // Best of three each, interleaved so a busy moment of the machine hits all alike.
-        let (mut tcp, mut quic, mut ytcp) = (Duration::MAX, Duration::MAX, Duration::MAX);
+        let mut tcp = Duration::MAX;
+        let mut best = [Duration::MAX; Transport::ALL.len()];
         for _ in 0..3 {
             tcp = tcp.min(raw_tcp(bytes).await);
-            quic = quic.min(mesh_stream(bytes, true).await);
-            ytcp = ytcp.min(mesh_stream(bytes, false).await);
+            for (i, t) in Transport::ALL.into_iter().enumerate() {
+                best[i] = best[i].min(mesh_stream(bytes, t).await);
+            }
         }
         println!(
-            "mesh::stream/transport=raw-tcp bytes={bytes}      {:>8.0} MiB/s  1.00x",
+            "mesh::stream/transport={:<16} bytes={bytes} {:>8.0} MiB/s  1.00x",
+            "raw-tcp",
             rate(tcp)
         );
-        println!(
-            "mesh::stream/transport=quic bytes={bytes}         {:>8.0} MiB/s  {:.2}x of raw TCP",
-            rate(quic),
-            tcp.as_secs_f64() / quic.as_secs_f64()
-        );
-        println!(
-            "mesh::stream/transport=tcp-noise-yamux bytes={bytes} {:>8.0} MiB/s  {:.2}x of raw TCP",
-            rate(ytcp),
-            tcp.as_secs_f64() / ytcp.as_secs_f64()
-        );
-        let raw = raw_tcp_connect().await;
-        let q = setup(true).await;
-        let t = setup(false).await;
+        for (t, d) in Transport::ALL.into_iter().zip(best) {
+            println!(
+                "mesh::stream/transport={:<16} bytes={bytes} {:>8.0} MiB/s  {:.2}x of raw TCP",
+                t.name(),
+                rate(d),
+                tcp.as_secs_f64() / d.as_secs_f64()
+            );
+        }
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         println!(
-            "mesh::connect/transport=raw-tcp        median {:>7.3} ms",
-            ms(raw)
+            "mesh::connect/transport={:<16} median {:>7.3} ms",
+            "raw-tcp",
+            ms(raw_tcp_connect().await)
         );
-        println!(
-            "mesh::connect/transport=quic           median {:>7.3} ms",
-            ms(q)
-        );
-        println!(
-            "mesh::connect/transport=tcp-noise-yamux median {:>7.3} ms",
-            ms(t)
-        );
+        for t in Transport::ALL {
+            println!(
+                "mesh::connect/transport={:<16} median {:>7.3} ms",
+                t.name(),
+                ms(setup(t).await)
+            );
+        }
     });
 }

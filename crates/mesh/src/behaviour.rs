@@ -11,7 +11,7 @@ use libp2p::{
 
 use crate::config::{Config, GOSSIP_MESSAGE_BYTES_MAX};
 use crate::error::Error;
-use crate::mux;
+use crate::{mux, tls};
 
 /// The grid's own Kademlia protocol name, so the grid's DHT never mixes with IPFS's.
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/peergrid/kad/1.0.0");
@@ -48,14 +48,18 @@ pub struct Behaviour {
     pub stream: libp2p_stream::Behaviour,
 }
 
-/// Build a swarm with QUIC and TCP+Noise+Yamux ([`mux`]), the relay client, and every behaviour.
+/// Build a swarm with QUIC and TCP + TLS or Noise + Yamux ([`tls`], [`mux`]), the relay client, and every behaviour.
 pub fn build_swarm(key: identity::Keypair, config: &Config) -> Result<Swarm<Behaviour>, Error> {
     let build = |e: &dyn std::fmt::Display| Error::Build(e.to_string());
+    let tls_offered = config.tls;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(
             tcp::Config::default().nodelay(true),
-            noise::Config::new,
+            (
+                |key: &identity::Keypair| tls::Config::new(key, tls_offered),
+                noise::Config::new,
+            ),
             mux::Config::default,
         )
         .map_err(|e| build(&e))?

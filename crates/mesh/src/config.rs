@@ -34,6 +34,8 @@ pub struct Config {
     pub ban_duration: Duration,
     /// Time allowed to establish a connection (dial, handshake, upgrade).
     pub dial_timeout: Duration,
+    /// Offer TLS 1.3 (AES-GCM first) on TCP before Noise; off, TCP speaks Noise only.
+    pub tls: bool,
 }
 
 /// Caps on connections, so a flood of dials cannot exhaust memory or file descriptors.
@@ -88,7 +90,7 @@ impl Default for ConnectionLimits {
 
 impl Default for Config {
     /// Listen on all IPv4 interfaces on random ports (QUIC and TCP), no bootstrap
-    /// peers, no relaying, mDNS off, 512 connections, a 10 minute ban.
+    /// peers, no relaying, mDNS off, 512 connections, a 10 minute ban, TLS then Noise on TCP.
     fn default() -> Self {
         Self {
             listen: vec![
@@ -107,6 +109,7 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(120),
             ban_duration: Duration::from_secs(600),
             dial_timeout: Duration::from_secs(10),
+            tls: true,
         }
     }
 }

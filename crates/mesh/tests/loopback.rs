@@ -32,6 +32,41 @@ async fn peers_connect_over_quic_and_tcp_and_their_ids_are_their_accounts() {
     }
 }
 
+/// TLS is offered before Noise on TCP: a peer that speaks only Noise (as many libp2p
+/// peers do) still connects either way round, and data crosses intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_noise_only_peer_and_a_tls_peer_connect_over_tcp() {
+    let noise_only = Config {
+        tls: false,
+        ..Config::loopback()
+    };
+    for (dialer_tls, listener_tls) in [(true, false), (false, true), (true, true)] {
+        let config = |tls| {
+            if tls {
+                Config::loopback()
+            } else {
+                noise_only.clone()
+            }
+        };
+        let (receiver, sender) = (
+            peer_with(config(listener_tls)).await,
+            peer_with(config(dialer_tls)).await,
+        );
+        let _served = Receiver::serve(&receiver, 1 << 30).expect("serve");
+        sender
+            .connect(receiver.peer_id(), vec![addr(&receiver, "tcp").await])
+            .await
+            .expect("connects");
+        let transfer = bulk::send(&sender, receiver.peer_id(), 1 << 20, |_| {})
+            .await
+            .expect("transfer");
+        assert!(
+            transfer.confirmed_intact(),
+            "dialer TLS {dialer_tls}, listener TLS {listener_tls}: {transfer:?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_is_found_through_one_bootstrap_peer() {
     let boot = peer().await;
