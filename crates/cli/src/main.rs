@@ -216,6 +216,11 @@ fn init_logging(verbose: u8) {
         .init();
 }
 
+/// mimalloc keeps freed buffers for reuse; glibc hands large ones back to the kernel
+/// and faults them in again, which cost a fast mesh stream 15 % of its CPU.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);

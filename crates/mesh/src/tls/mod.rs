@@ -12,9 +12,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use futures::io::BufReader;
 use futures::{AsyncRead, AsyncWrite, FutureExt};
-use futures_rustls::TlsStream;
 use libp2p::core::upgrade::{InboundConnectionUpgrade, OutboundConnectionUpgrade, UpgradeInfo};
 use libp2p::{PeerId, identity};
 use libp2p_tls::certificate;
@@ -29,12 +27,12 @@ use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 pub const PROTOCOL: &str = "/tls/1.0.0";
 /// The ALPN value the libp2p TLS specification requires.
 const ALPN: &[u8] = b"libp2p";
-/// Bytes read from the socket at once. rustls asks for 4 KiB at a time; without a
-/// buffer underneath, a fast stream costs one system call per 4 KiB.
-const READ_BUFFER_BYTES: usize = 256 * 1024;
+mod session;
+
+pub use session::TlsStream;
 
 /// The secured stream a TCP connection carries after the handshake.
-pub type Output<C> = TlsStream<BufReader<C>>;
+pub type Output<C> = TlsStream<C>;
 
 /// Why a TLS upgrade failed.
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +97,12 @@ impl Config {
         let (mut client, mut server) = (client, server);
         client.alpn_protocols = vec![ALPN.to_vec()];
         server.alpn_protocols = vec![ALPN.to_vec()];
+        // Our record layer takes the keys after the handshake (session.rs).
+        client.enable_secret_extraction = true;
+        server.enable_secret_extraction = true;
+        // Peers reconnect rarely and cheaply; tickets would only be state to keep.
+        client.resumption = rustls::client::Resumption::disabled();
+        server.send_tls13_tickets = 0;
         Ok(Self {
             enabled,
             client: Arc::new(client),
@@ -138,13 +142,10 @@ where
 
     fn upgrade_inbound(self, socket: C, _: Self::Info) -> Self::Future {
         async move {
-            let socket = BufReader::with_capacity(READ_BUFFER_BYTES, socket);
-            let stream = futures_rustls::TlsAcceptor::from(self.server)
-                .accept(socket)
+            let (stream, certificates) = session::accept(socket, self.server)
                 .await
                 .map_err(UpgradeError::Handshake)?;
-            let peer = peer_of(stream.get_ref().1.peer_certificates())?;
-            Ok((peer, stream.into()))
+            Ok((peer_of(&certificates)?, stream))
         }
         .boxed()
     }
@@ -162,21 +163,18 @@ where
         async move {
             // The specification forbids a server name: an unspecified IP sends none.
             let name = ServerName::IpAddress(IpAddr::V4(Ipv4Addr::UNSPECIFIED).into());
-            let socket = BufReader::with_capacity(READ_BUFFER_BYTES, socket);
-            let stream = futures_rustls::TlsConnector::from(self.client)
-                .connect(name, socket)
+            let (stream, certificates) = session::connect(socket, self.client, name)
                 .await
                 .map_err(UpgradeError::Handshake)?;
-            let peer = peer_of(stream.get_ref().1.peer_certificates())?;
-            Ok((peer, stream.into()))
+            Ok((peer_of(&certificates)?, stream))
         }
         .boxed()
     }
 }
 
 /// The peer id in the one certificate the verifier already accepted.
-fn peer_of(certs: Option<&[CertificateDer<'static>]>) -> Result<PeerId, UpgradeError> {
-    let [cert] = certs.unwrap_or_default() else {
+fn peer_of(certs: &[CertificateDer<'static>]) -> Result<PeerId, UpgradeError> {
+    let [cert] = certs else {
         return Err(UpgradeError::NoCertificate);
     };
     certificate::parse(cert)
@@ -353,14 +351,14 @@ mod tests {
         assert_eq!(b_seen, b.public().to_peer_id());
         assert_eq!(a_seen, a.public().to_peer_id());
         for end in [&to_a, &to_b] {
-            let suite = end.get_ref().1.negotiated_cipher_suite().expect("suite");
-            assert_eq!(suite.suite(), rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+            assert_eq!(
+                end.cipher_suite(),
+                rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+            );
         }
 
-        // More than one record and more than the read buffer, in both directions.
-        let data: Vec<u8> = (0..3 * READ_BUFFER_BYTES)
-            .map(|i| (i % 251) as u8)
-            .collect();
+        // Many records and several socket reads, in both directions.
+        let data: Vec<u8> = (0..3 << 20).map(|i| (i % 251) as u8).collect();
         let sent = data.clone();
         let writer = tokio::spawn(async move {
             to_b.write_all(&sent).await.expect("write");
