@@ -6,12 +6,12 @@ use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
     StreamProtocol, Swarm, allow_block_list, autonat, connection_limits, dcutr, gossipsub,
-    identify, identity, kad, mdns, noise, ping, relay, tcp,
+    identify, identity, kad, mdns, noise, ping, relay,
 };
 
 use crate::config::{Config, GOSSIP_MESSAGE_BYTES_MAX};
 use crate::error::Error;
-use crate::{mux, tls};
+use crate::mux;
 
 /// The grid's own Kademlia protocol name, so the grid's DHT never mixes with IPFS's.
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/peergrid/kad/1.0.0");
@@ -48,27 +48,20 @@ pub struct Behaviour {
     pub stream: libp2p_stream::Behaviour,
 }
 
-/// Build a swarm with QUIC and TCP + TLS or Noise + Yamux ([`tls`], [`mux`]), the relay client, and every behaviour.
+/// Build a swarm with QUIC and TCP + TLS or Noise + Yamux ([`crate::tcp`]), the relay client, and every behaviour.
 pub fn build_swarm(key: identity::Keypair, config: &Config) -> Result<Swarm<Behaviour>, Error> {
     let build = |e: &dyn std::fmt::Display| Error::Build(e.to_string());
     let tls_offered = config.tls;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            (
-                |key: &identity::Keypair| tls::Config::new(key, tls_offered),
-                noise::Config::new,
-            ),
-            mux::Config::default,
-        )
-        .map_err(|e| build(&e))?
         // libp2p-quic's windows are kept: 10 MB per stream and 15 MB per connection
         // bound what a peer can make us buffer on one QUIC connection, and cover a
         // 1 Gbit/s path at 80 ms. On loopback a stream fills its 10 MB window only
         // when the reader falls behind (the receiver's decryption is the bottleneck),
         // so a larger window would buffer more without moving bytes faster.
         .with_quic()
+        .with_other_transport(|key| crate::tcp::transport(key, tls_offered))
+        .map_err(|e| build(&e))?
         .with_relay_client(noise::Config::new, mux::Config::default)
         .map_err(|e| build(&e))?
         .with_behaviour(|key, relay_client| make_behaviour(key, relay_client, config))

@@ -34,7 +34,8 @@ pub struct Config {
     pub ban_duration: Duration,
     /// Time allowed to establish a connection (dial, handshake, upgrade).
     pub dial_timeout: Duration,
-    /// Offer TLS 1.3 (AES-GCM first) on TCP before Noise; off, TCP speaks Noise only.
+    /// TCP security: on, dial with TLS 1.3 (AES-GCM first) and accept TLS or Noise;
+    /// off, Noise only both ways (to reach peers that speak only Noise). See [`crate::tcp`].
     pub tls: bool,
 }
 

@@ -38,6 +38,7 @@ pub mod mux;
 pub mod netlab;
 pub mod ratelimit;
 pub mod rpc;
+pub mod tcp;
 pub mod tls;
 
 pub use config::{Config, ConnectionLimits, RelayLimits};

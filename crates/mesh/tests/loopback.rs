@@ -32,15 +32,16 @@ async fn peers_connect_over_quic_and_tcp_and_their_ids_are_their_accounts() {
     }
 }
 
-/// TLS is offered before Noise on TCP: a peer that speaks only Noise (as many libp2p
-/// peers do) still connects either way round, and data crosses intact.
+/// On TCP our peers dial with TLS and accept TLS or Noise: a peer that speaks only
+/// Noise (as many libp2p peers do) still reaches us, and data crosses intact; our
+/// TLS dial to a Noise-only listener fails with a negotiation error, not a hang.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_noise_only_peer_and_a_tls_peer_connect_over_tcp() {
+async fn noise_only_peers_reach_tls_peers_over_tcp() {
     let noise_only = Config {
         tls: false,
         ..Config::loopback()
     };
-    for (dialer_tls, listener_tls) in [(true, false), (false, true), (true, true)] {
+    for (dialer_tls, listener_tls) in [(false, true), (true, true), (false, false), (true, false)] {
         let config = |tls| {
             if tls {
                 Config::loopback()
@@ -48,15 +49,18 @@ async fn a_noise_only_peer_and_a_tls_peer_connect_over_tcp() {
                 noise_only.clone()
             }
         };
-        let (receiver, sender) = (
-            peer_with(config(listener_tls)).await,
-            peer_with(config(dialer_tls)).await,
-        );
+        let receiver = peer_with(config(listener_tls)).await;
+        let sender = peer_with(config(dialer_tls)).await;
         let _served = Receiver::serve(&receiver, 1 << 30).expect("serve");
-        sender
+        let connected = sender
             .connect(receiver.peer_id(), vec![addr(&receiver, "tcp").await])
-            .await
-            .expect("connects");
+            .await;
+        if dialer_tls && !listener_tls {
+            let err = connected.expect_err("TLS cannot reach a Noise-only listener");
+            assert!(format!("{err:?}").contains("negotiation"), "{err:?}");
+            continue;
+        }
+        connected.expect("connects");
         let transfer = bulk::send(&sender, receiver.peer_id(), 1 << 20, |_| {})
             .await
             .expect("transfer");

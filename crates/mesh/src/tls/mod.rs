@@ -59,17 +59,16 @@ pub enum ConfigError {
     Rustls(rustls::Error),
 }
 
-/// The upgrade: offered on TCP when `enabled`, otherwise not offered at all (Noise only).
+/// The TLS upgrade for one key.
 #[derive(Clone)]
 pub struct Config {
-    enabled: bool,
     client: Arc<rustls::ClientConfig>,
     server: Arc<rustls::ServerConfig>,
 }
 
 impl Config {
-    /// Certificates for `key`, and TLS offered if `enabled`.
-    pub fn new(key: &identity::Keypair, enabled: bool) -> Result<Self, ConfigError> {
+    /// Certificates for `key`.
+    pub fn new(key: &identity::Keypair) -> Result<Self, ConfigError> {
         let (cert, private_key) = certificate::generate(key)?;
         let provider = crypto_provider();
         // Built by hand: rustls' own constructors parse the certificate with webpki,
@@ -104,7 +103,6 @@ impl Config {
         client.resumption = rustls::client::Resumption::disabled();
         server.send_tls13_tickets = 0;
         Ok(Self {
-            enabled,
             client: Arc::new(client),
             server: Arc::new(server),
         })
@@ -125,10 +123,10 @@ fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 impl UpgradeInfo for Config {
     type Info = &'static str;
-    type InfoIter = std::option::IntoIter<&'static str>;
+    type InfoIter = std::iter::Once<&'static str>;
 
     fn protocol_info(&self) -> Self::InfoIter {
-        self.enabled.then_some(PROTOCOL).into_iter()
+        std::iter::once(PROTOCOL)
     }
 }
 
@@ -326,13 +324,13 @@ mod tests {
             .await
             .expect("bind");
         let addr = socket.local_addr().expect("addr");
-        let server = Config::new(listener, true).expect("config");
+        let server = Config::new(listener).expect("config");
         let accepted = tokio::spawn(async move {
             let (s, _) = socket.accept().await.expect("accept");
             server.upgrade_inbound(TcpStream(s), PROTOCOL).await
         });
         let s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let client = Config::new(dialer, true).expect("config");
+        let client = Config::new(dialer).expect("config");
         let dialed = client
             .upgrade_outbound(TcpStream(s), PROTOCOL)
             .await
@@ -373,14 +371,5 @@ mod tests {
         to_a.write_all(&got).await.expect("echo");
         to_a.flush().await.expect("flush");
         assert!(writer.await.expect("task") == data, "the echo differs");
-    }
-
-    #[test]
-    fn tls_is_not_offered_when_disabled() {
-        let key = identity::Keypair::generate_ed25519();
-        let on = Config::new(&key, true).expect("config");
-        let off = Config::new(&key, false).expect("config");
-        assert_eq!(on.protocol_info().collect::<Vec<_>>(), [PROTOCOL]);
-        assert_eq!(off.protocol_info().count(), 0);
     }
 }

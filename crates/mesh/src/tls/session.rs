@@ -635,8 +635,8 @@ mod tests {
     use super::*;
 
     fn configs() -> (Arc<rustls::ClientConfig>, Arc<rustls::ServerConfig>) {
-        let config = super::super::Config::new(&identity::Keypair::generate_ed25519(), true)
-            .expect("config");
+        let config =
+            super::super::Config::new(&identity::Keypair::generate_ed25519()).expect("config");
         (config.client, config.server)
     }
 

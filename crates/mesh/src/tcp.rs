@@ -1,0 +1,102 @@
+//! TCP connections: TLS 1.3 (or Noise), then the mesh's muxer ([`crate::mux`]).
+//!
+//! libp2p's own TCP upgrade offers every security protocol it has in one list, and
+//! multistream-select then waits a round trip for the listener's answer: it proposes
+//! optimistically only when it has a single protocol to propose. Here a dialer
+//! proposes just TLS (or Noise, when TLS is off) and sends its first handshake
+//! message with the proposal, so a connection is ready after two round trips (TCP's,
+//! then the handshake's), as with Noise alone. A listener accepts both, so peers that
+//! speak only Noise still reach us; we reach them only with TLS off.
+
+use futures::future::Either;
+use libp2p::core::ConnectedPoint;
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::{Boxed, Transport};
+use libp2p::core::upgrade::{InboundConnectionUpgrade, OutboundConnectionUpgrade, Version};
+use libp2p::{PeerId, identity, noise, tcp};
+use multistream_select::{NegotiationError, dialer_select_proto, listener_select_proto};
+
+use crate::{mux, tls};
+
+/// Noise's protocol name, as libp2p-noise negotiates it.
+const NOISE: &str = "/noise";
+
+/// Why an incoming or outgoing TCP connection could not be secured and multiplexed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpgradeError {
+    /// The peers share no security or muxer protocol, or negotiation broke off.
+    #[error("protocol negotiation failed: {0}")]
+    Negotiation(#[from] NegotiationError),
+    /// The TLS handshake failed.
+    #[error(transparent)]
+    Tls(#[from] tls::UpgradeError),
+    /// The Noise handshake failed.
+    #[error("Noise handshake failed: {0}")]
+    Noise(#[from] noise::Error),
+}
+
+/// The TCP transport: authenticated by `key`, TLS first when `tls_offered`.
+pub fn transport(
+    key: &identity::Keypair,
+    tls_offered: bool,
+) -> Result<Boxed<(PeerId, StreamMuxerBox)>, Box<dyn std::error::Error + Send + Sync>> {
+    let tls = tls::Config::new(key)?;
+    let noise = noise::Config::new(key)?;
+    Ok(
+        tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+            .and_then(move |socket, endpoint| upgrade(socket, endpoint, tls, noise, tls_offered))
+            .boxed(),
+    )
+}
+
+/// Secures `socket` and puts the muxer on it.
+async fn upgrade<C>(
+    socket: C,
+    endpoint: ConnectedPoint,
+    tls: tls::Config,
+    noise: noise::Config,
+    tls_offered: bool,
+) -> Result<(PeerId, StreamMuxerBox), UpgradeError>
+where
+    C: futures::AsyncRead + futures::AsyncWrite + Unpin + Send + 'static,
+{
+    // A hole-punching dialer may be told to act as the listener (DCUtR).
+    let dialing = match endpoint {
+        ConnectedPoint::Dialer { role_override, .. } => role_override.is_dialer(),
+        ConnectedPoint::Listener { .. } => false,
+    };
+    let (peer, secured) = if dialing {
+        let proposal = if tls_offered { tls::PROTOCOL } else { NOISE };
+        let (chosen, io) = dialer_select_proto(socket, [proposal], Version::V1Lazy).await?;
+        if chosen == tls::PROTOCOL {
+            let (peer, stream) = tls.upgrade_outbound(io, tls::PROTOCOL).await?;
+            (peer, Either::Left(stream))
+        } else {
+            let (peer, stream) = noise.upgrade_outbound(io, NOISE).await?;
+            (peer, Either::Right(stream))
+        }
+    } else {
+        let accepted: &[&'static str] = if tls_offered {
+            &[tls::PROTOCOL, NOISE]
+        } else {
+            &[NOISE]
+        };
+        let (chosen, io) = listener_select_proto(socket, accepted.iter().copied()).await?;
+        if chosen == tls::PROTOCOL {
+            let (peer, stream) = tls.upgrade_inbound(io, tls::PROTOCOL).await?;
+            (peer, Either::Left(stream))
+        } else {
+            let (peer, stream) = noise.upgrade_inbound(io, NOISE).await?;
+            (peer, Either::Right(stream))
+        }
+    };
+    let muxer = if dialing {
+        let (_, io) = dialer_select_proto(secured, [mux::PROTOCOL], Version::V1Lazy).await?;
+        mux::Config.upgrade_outbound(io, mux::PROTOCOL).await
+    } else {
+        let (_, io) = listener_select_proto(secured, [mux::PROTOCOL]).await?;
+        mux::Config.upgrade_inbound(io, mux::PROTOCOL).await
+    };
+    let Ok(muxer) = muxer;
+    Ok((peer, StreamMuxerBox::new(muxer)))
+}
