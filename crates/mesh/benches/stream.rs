@@ -3,8 +3,9 @@
 //!
 //! The receiving end of every stream (raw TCP included) runs in a process of its own,
 //! as a peer on another machine would: two peers sharing one runtime take turns on
-//! its threads instead of running side by side. The time runs from the first byte
-//! written to the receiver's acknowledgement that it has read them all.
+//! its threads instead of running side by side. Each process runs tokio on half the
+//! cores (`MESH_BENCH_WORKERS` overrides). The time runs from the first byte written
+//! to the receiver's acknowledgement that it has read them all.
 //!
 //! `cargo bench -p peergrid-mesh --bench stream` (set `MESH_BENCH_MIB` to change the
 //! 256 MiB transfer size; set `MESH_BENCH_ONLY` to `raw-tcp`, `quic`, `tcp-tls-yamux`
@@ -275,7 +276,16 @@ fn main() {
             .with_writer(std::io::stderr)
             .init();
     }
+    // Each of the two processes gets half the machine, as a peer on a machine of its
+    // own would have it to itself: with a thread per core in both, the peers' threads
+    // chased each other across the cores (TCP + TLS: 0.8-2.5 GiB/s, run to run).
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let workers = std::env::var("MESH_BENCH_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or((cores / 2).max(1));
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
         .enable_all()
         .build()
         .expect("runtime");
