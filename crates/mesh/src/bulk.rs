@@ -6,7 +6,7 @@
 //! ```
 //! The receiver refuses a declared length above its limit by closing the stream.
 //! Both ends hash what they sent or received, so a user compares two BLAKE3 digests
-//! to know the bytes arrived intact; the transport (Noise or QUIC TLS) already
+//! to know the bytes arrived intact; the transport (TLS, Noise or QUIC's TLS) already
 //! authenticates both ends by their account keys.
 
 use std::collections::VecDeque;

@@ -91,7 +91,7 @@ impl Default for ConnectionLimits {
 
 impl Default for Config {
     /// Listen on all IPv4 interfaces on random ports (QUIC and TCP), no bootstrap
-    /// peers, no relaying, mDNS off, 512 connections, a 10 minute ban, TLS then Noise on TCP.
+    /// peers, no relaying, mDNS off, 512 connections, a 10 minute ban, TLS on TCP (Noise accepted).
     fn default() -> Self {
         Self {
             listen: vec![

@@ -4,8 +4,9 @@
 //!
 //! A [`Mesh`] is one libp2p peer whose peer id is the participant's ed25519 account
 //! key ([`identity`]), run as a task that owns the swarm. Transports are QUIC and
-//! TCP + Noise + Yamux (our own adapter, [`mux`], for its large frames and bounded
-//! windows); behaviours are identify, ping, Kademlia (peer routing under
+//! TCP ([`tcp`]): TLS 1.3 with AES-GCM and our own record layer ([`tls`]), or Noise
+//! for peers that speak only Noise, then Yamux (our own adapter, [`mux`], for its
+//! large frames and bounded windows); behaviours are identify, ping, Kademlia (peer routing under
 //! `/peergrid/kad/1.0.0`), AutoNAT, relay v2 (client always, server when configured,
 //! with circuit limits raised so data can flow through a relay), DCUtR hole
 //! punching, gossipsub, optional mDNS, connection limits and a block list.
