@@ -267,3 +267,49 @@ async fn the_control_endpoint_answers_garbage_with_an_error_and_stays_on_loopbac
         .expect("still serving");
     assert_eq!(status["peer_id"], mesh.peer_id().to_string());
 }
+
+/// A dialer that agrees on TLS and then sends garbage instead of a handshake loses
+/// its connection at once; the peer stays up and serves the next peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_instead_of_a_tls_handshake_closes_that_connection_only() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let server = echo_server().await;
+    let target = addr(&server, "tcp").await;
+    let port = target
+        .iter()
+        .find_map(|p| match p {
+            peergrid_mesh::multiaddr::Protocol::Tcp(port) => Some(port),
+            _ => None,
+        })
+        .expect("tcp port");
+    let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    // multistream-select: length-prefixed lines, the header then our proposal.
+    let mut hello = Vec::new();
+    for line in ["/multistream/1.0.0\n", "/tls/1.0.0\n"] {
+        hello.push(line.len() as u8);
+        hello.extend_from_slice(line.as_bytes());
+    }
+    hello.extend_from_slice(&[0x16, 0x03, 0x01, 0xff, 0xff]);
+    hello.extend_from_slice(&[0xab; 4096]);
+    raw.write_all(&hello).await.expect("send garbage");
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), raw.read_to_end(&mut rest)).await;
+    assert!(
+        closed.is_ok(),
+        "the connection stayed open after a garbage handshake"
+    );
+
+    let client = peer().await;
+    client
+        .connect(server.peer_id(), vec![target])
+        .await
+        .expect("the next peer connects");
+    let reply = client
+        .request(server.peer_id(), &ECHO, b"still here")
+        .await
+        .expect("served");
+    assert_eq!(reply, b"still here");
+}

@@ -804,4 +804,23 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         assert!(err.to_string().contains("integrity"), "{err}");
     }
+
+    #[tokio::test]
+    async fn an_oversized_record_is_refused_before_it_is_read() {
+        let (client, server) = configs();
+        let (c, s) = sockets().await;
+        let (ours, theirs) = tokio::join!(connect(c, client, name()), accept(s, server));
+        let (mut sender, _) = ours.expect("client");
+        let (mut receiver, _) = theirs.expect("server");
+        // A header announcing 64 KiB, four times what TLS allows, and no body.
+        sender
+            .io
+            .write_all(&[CONTENT_APPLICATION_DATA, 3, 3, 0xff, 0xff])
+            .await
+            .expect("write");
+        let mut buf = [0; 64];
+        let err = receiver.read(&mut buf).await.expect_err("refused");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("65535 bytes"), "{err}");
+    }
 }
