@@ -926,8 +926,9 @@ impl State {
                     at_ms,
                     uptime_secs: n.uptime.last_uptime_secs,
                     timestamp_secs: n.uptime.last_timestamp_secs,
+                    boot_secs: n.uptime.boot_secs,
                 });
-                self.account_uptime(
+                let boot_secs = self.account_uptime(
                     *node,
                     previous,
                     ctx.time_ms,
@@ -940,6 +941,7 @@ impl State {
                         last_report_ms: Some(ctx.time_ms),
                         last_uptime_secs: *uptime_secs,
                         last_timestamp_secs: *timestamp_secs,
+                        boot_secs,
                         reports: n.uptime.reports.saturating_add(1),
                     };
                 }

@@ -686,6 +686,112 @@ fn nodes_are_rewarded_once_per_period_with_a_receipt() {
 }
 
 #[test]
+fn a_clock_drifting_from_the_uptime_counter_over_a_boot_zeroes_the_period() {
+    let mut chain = Chain::new();
+    let farm = chain.farm(&key(4), "farm-a", vec![]);
+    // `steady` counts uptime right, its clock wanders 60 s either side of ledger time (the
+    // most a report may be off); `slow`'s clock is right but its uptime counter gains only
+    // 5 s every 10 s, so the boot time its reports imply moves 5 s later per report.
+    let steady = key(40);
+    let slow = key(41);
+    for k in [&steady, &slow] {
+        chain.ok(1, &key(4), transfer(k, Amount::tokens(1)));
+    }
+    let n_steady = chain.node(&key(4), farm, &steady);
+    let n_slow = chain.node(&key(4), farm, &slow);
+    let skew_max = chain.ledger.state().params().clock_skew_max_secs;
+    assert_eq!(
+        (skew_max, chain.ledger.state().params().uptime_drift_secs),
+        (120, 60)
+    );
+    let (_, end) = chain.ledger.state().period_bounds(0);
+    let (mut up_steady, mut up_slow) = (100_000u64, 100_000u64);
+    let mut reports = 0u64;
+    let mut first_violation = None;
+    let mut minted = false;
+    while !minted {
+        chain.now_ms += 10_000;
+        up_steady += 10;
+        up_slow += 5;
+        reports += 1;
+        let now_secs = chain.now_ms / 1000;
+        let wander = if reports.is_multiple_of(2) {
+            now_secs + 60
+        } else {
+            now_secs - 60
+        };
+        let txs = vec![
+            chain.tx(
+                &steady,
+                0,
+                Payload::ReportUptime {
+                    node: n_steady,
+                    uptime_secs: up_steady,
+                    timestamp_secs: wander,
+                },
+            ),
+            chain.tx(
+                &slow,
+                0,
+                Payload::ReportUptime {
+                    node: n_slow,
+                    uptime_secs: up_slow,
+                    timestamp_secs: now_secs,
+                },
+            ),
+        ];
+        let out = chain.block(0, &txs);
+        for r in &out.receipts {
+            let events = r.result.as_ref().expect("every report is accepted");
+            for e in events {
+                if let Event::UptimeViolation { node, .. } = e {
+                    assert_eq!(*node, n_slow, "the steady clock is never a violation");
+                    first_violation.get_or_insert(reports);
+                }
+            }
+        }
+        minted = out
+            .end_events
+            .iter()
+            .any(|e| matches!(e, Event::MintingPeriodClosed { period: 0 }));
+        assert!(
+            chain.now_ms < end + 60_000,
+            "minted within the settle delay"
+        );
+    }
+    // Each report is within 5 s of the one before (the same boot); the 26th, 25 reports
+    // after the first, implies a boot 125 s from the first one seen: more than 120 s.
+    assert_eq!(first_violation, Some(26));
+    let state = chain.ledger.state();
+
+    let r = state.receipt(0, n_slow).expect("receipt");
+    assert!(r.violation_count >= 1, "{r:#?}");
+    let ViolationKind::ClockSkew {
+        first_boot_secs,
+        boot_secs,
+        skew_secs,
+        max_secs,
+    } = r.violations[0].kind
+    else {
+        panic!("expected clock skew: {:?}", r.violations);
+    };
+    assert_eq!((skew_secs, max_secs), (125, 120));
+    assert_eq!(boot_secs - first_boot_secs, 125);
+    // It was up the whole period by any count, but the violation zeroes it.
+    assert!(r.steps.sla_met, "{r:#?}");
+    assert_eq!((r.steps.reward_uusd, r.tokens), (0, Amount::ZERO));
+    let text = r.render();
+    assert!(
+        text.contains("clock skew: implies a boot at") && text.contains("125 s from the boot"),
+        "{text}"
+    );
+
+    let r = state.receipt(0, n_steady).expect("receipt");
+    assert_eq!(r.violation_count, 0, "{r:#?}");
+    assert!(r.tokens > Amount::ZERO);
+}
+
+#[test]
 fn farmers_vote_with_the_weight_of_their_nodes() {
     let mut chain = Chain::new();
     let (_, node) = grid(&mut chain);
