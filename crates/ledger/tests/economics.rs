@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use peergrid_core::economics::{self, Billable, MONTH_SECS};
-use peergrid_core::policy::{DiscountLevel, PricingPolicy};
+use peergrid_core::policy::{DiscountLevel, FarmingPolicy, PricingPolicy};
 use peergrid_core::tx::{ContractSpec, GovAction, Payload, sign_invitation};
 use peergrid_core::{Amount, Capacity, Hash, Keypair, PublicIp, SignedTx};
 use peergrid_ledger::{
@@ -858,6 +858,271 @@ fn farmers_vote_with_the_weight_of_their_nodes() {
         ProposalStatus::Executed { .. }
     ));
     assert_eq!(chain.ledger.state().params().token_price_uusd, 40_000);
+}
+
+/// Pass `action`: council keys 1 and 2 approve, then the only farmer (key 4) does, so no
+/// undecided weight is left and it executes at once.
+fn pass(chain: &mut Chain, action: GovAction) {
+    let events = chain.ok(
+        1,
+        &key(1),
+        Payload::Propose {
+            action,
+            description: String::new(),
+        },
+    );
+    let proposal = events
+        .iter()
+        .find_map(|e| match e {
+            Event::ProposalCreated { proposal, .. } => Some(*proposal),
+            _ => None,
+        })
+        .expect("proposed");
+    chain.ok(
+        1,
+        &key(2),
+        Payload::Vote {
+            proposal,
+            approve: true,
+        },
+    );
+    chain.ok(
+        1,
+        &key(4),
+        Payload::Vote {
+            proposal,
+            approve: true,
+        },
+    );
+    assert!(matches!(
+        chain.ledger.state().proposal(proposal).expect("p").status,
+        ProposalStatus::Executed { .. }
+    ));
+}
+
+/// Uptime reports every 10 s until period 0 is minted. Each node booted long before
+/// registration; `rebooted[i]`, if set, is a step at which node `i` misses its report and,
+/// at the next one, says it booted 5 s before: 15 s of its period are not counted.
+fn report_until_minted(chain: &mut Chain, nodes: &[(&Keypair, u32)], rebooted: &[Option<u64>]) {
+    let mut uptime = vec![100_000u64; nodes.len()];
+    let mut step = 0u64;
+    loop {
+        chain.now_ms += 10_000;
+        step += 1;
+        let mut txs = Vec::new();
+        for (i, (k, node)) in nodes.iter().enumerate() {
+            uptime[i] += 10;
+            match rebooted.get(i).copied().flatten() {
+                Some(at) if step == at => continue,
+                Some(at) if step == at + 1 => uptime[i] = 5,
+                _ => {}
+            }
+            txs.push(chain.tx(
+                k,
+                0,
+                Payload::ReportUptime {
+                    node: *node,
+                    uptime_secs: uptime[i],
+                    timestamp_secs: chain.now_ms / 1000,
+                },
+            ));
+        }
+        let out = chain.block(0, &txs);
+        assert!(out.receipts.iter().all(|r| r.result.is_ok()), "{out:?}");
+        if out
+            .end_events
+            .iter()
+            .any(|e| matches!(e, Event::MintingPeriodClosed { period: 0 }))
+        {
+            return;
+        }
+    }
+}
+
+/// A farm of key 4 with nodes of keys 40 and 41, funded for fees.
+fn two_nodes(chain: &mut Chain) -> (u32, u32) {
+    let farm = chain.farm(&key(4), "farm-a", vec![]);
+    for k in [40, 41] {
+        chain.ok(1, &key(4), transfer(&key(k), Amount::tokens(1)));
+    }
+    (
+        chain.node(&key(4), farm, &key(40)),
+        chain.node(&key(4), farm, &key(41)),
+    )
+}
+
+#[test]
+fn a_pricing_policy_voted_in_prices_the_next_bill() {
+    let mut chain = Chain::new();
+    let (_, node) = grid(&mut chain);
+    // 1 CU, 0.5 SU, one IPv4: 22 + 7 + 4 = 33 USD a month; 10 s = 125 µUSD (see above).
+    let c = contract_id(&chain.ok(1, &key(5), deploy(node, 2, 4, 100, 1)));
+    chain.block(10, &[]);
+    let first = chain
+        .ledger
+        .state()
+        .bills(c, 0)
+        .next()
+        .expect("bill")
+        .clone();
+    assert_eq!(first.resources_uusd, 125);
+
+    // The council and the farmer double the price of a CU.
+    let pricing = PricingPolicy {
+        cu_uusd_month: 44_000_000,
+        ..PricingPolicy::default()
+    };
+    pass(&mut chain, GovAction::SetPricingPolicy(pricing.clone()));
+    assert_eq!(chain.ledger.state().params().pricing, pricing);
+
+    // The next bill: 44 + 7 + 4 = 55 USD a month; 10 s = 55e6 · 10 / 2,630,880 = 209.05 → 209
+    // µUSD, at 0.01 USD a token 209,000 units.
+    chain.block(7, &[]);
+    let bills: Vec<_> = chain.ledger.state().bills(c, 0).cloned().collect();
+    assert_eq!(bills.len(), 2);
+    assert_eq!(bills[1].from_ms, first.to_ms);
+    assert_eq!(bills[1].to_ms - bills[1].from_ms, 10_000);
+    assert_eq!(bills[1].resources_uusd, 209);
+    assert_eq!(bills[1].tokens, Amount(209_000));
+}
+
+#[test]
+fn a_farming_policy_voted_in_sets_the_rates_and_sla_of_the_next_receipts() {
+    let mut chain = Chain::new();
+    let (full, gappy) = two_nodes(&mut chain);
+    // Twice the CU rate, and a DIY SLA of 99 % instead of 95 %.
+    let farming = FarmingPolicy {
+        cu_uusd_month: 4_800_000,
+        sla_diy_permille: 990,
+        sla_certified_permille: 990,
+        ..FarmingPolicy::default()
+    };
+    pass(&mut chain, GovAction::SetFarmingPolicy(farming.clone()));
+    report_until_minted(
+        &mut chain,
+        &[(&key(40), full), (&key(41), gappy)],
+        &[None, Some(20)],
+    );
+    let state = chain.ledger.state();
+
+    // 7.75 CU · 4.8 + 7.509333 SU · 1.0 = 44.709333 USD a month, for the node's share of it.
+    let r = state.receipt(0, full).expect("receipt");
+    assert_eq!(r.farming, farming);
+    assert_eq!(r.up_secs, r.period_secs);
+    assert_eq!(
+        r.steps.capacity_uusd,
+        (44_709_333u128 * r.period_secs as u128 / MONTH_SECS as u128) as u64
+    );
+    assert_eq!(r.steps.sla_permille, 990);
+    assert_eq!(r.steps.reward_uusd, r.steps.capacity_uusd);
+    assert!(r.render().contains("CU 4.800000 USD"), "{}", r.render());
+
+    // Up more than 95 % but less than 99 %: the old SLA would pay, the new one does not.
+    let r = state.receipt(0, gappy).expect("receipt");
+    assert_eq!(r.up_secs, r.period_secs - 15);
+    assert!(r.up_secs * 1000 >= 950 * r.period_secs);
+    assert_eq!(r.steps.sla_permille, 990);
+    assert!(!r.steps.sla_met);
+    assert_eq!(r.tokens, Amount::ZERO);
+}
+
+#[test]
+fn a_node_certified_by_vote_earns_125_percent_and_is_held_to_98_percent() {
+    let mut chain = Chain::new();
+    let (full, gappy) = two_nodes(&mut chain);
+    for node in [full, gappy] {
+        pass(
+            &mut chain,
+            GovAction::SetNodeCertified {
+                node,
+                certified: true,
+            },
+        );
+        assert!(chain.ledger.state().node(node).expect("node").certified);
+    }
+    report_until_minted(
+        &mut chain,
+        &[(&key(40), full), (&key(41), gappy)],
+        &[None, Some(20)],
+    );
+    let state = chain.ledger.state();
+
+    let r = state.receipt(0, full).expect("receipt");
+    assert!(r.certified);
+    assert_eq!(r.steps.multiplier_percent, 125);
+    assert_eq!(
+        r.steps.capacity_multiplied_uusd,
+        r.steps.capacity_uusd * 125 / 100
+    );
+    assert_eq!(r.steps.sla_permille, 980);
+    assert_eq!(r.steps.reward_uusd, r.steps.capacity_multiplied_uusd);
+    assert!(r.render().contains("certified → ×125 %"), "{}", r.render());
+
+    // Up 97.x %: enough for a DIY node, not for a certified one.
+    let r = state.receipt(0, gappy).expect("receipt");
+    assert!(r.up_secs * 1000 >= 950 * r.period_secs);
+    assert_eq!(r.steps.sla_permille, 980);
+    assert!(!r.steps.sla_met);
+    assert_eq!(r.tokens, Amount::ZERO);
+}
+
+#[test]
+fn a_policy_out_of_bounds_is_refused_when_proposed() {
+    let mut chain = Chain::new();
+    let propose = |action| Payload::Propose {
+        action,
+        description: String::new(),
+    };
+    let refused = |e: TxError, what: &str| match e {
+        TxError::Field { reason } => assert!(reason.contains(what), "{reason}"),
+        other => panic!("expected a field error, got {other:?}"),
+    };
+    // A tenfold certification bonus.
+    let e = chain.err(
+        1,
+        &key(1),
+        propose(GovAction::SetFarmingPolicy(FarmingPolicy {
+            certified_multiplier_percent: 1000,
+            ..FarmingPolicy::default()
+        })),
+    );
+    refused(e, "certification multiplier of 1000 %");
+    // A reward rate in USD typed as µUSD.
+    let e = chain.err(
+        1,
+        &key(1),
+        propose(GovAction::SetFarmingPolicy(FarmingPolicy {
+            cu_uusd_month: 2_400_000 * 1_000_000,
+            ..FarmingPolicy::default()
+        })),
+    );
+    refused(e, "cu_uusd_month of 2400000000000 µUSD is above the limit");
+    // Certified nodes held to less than DIY ones.
+    let e = chain.err(
+        1,
+        &key(1),
+        propose(GovAction::SetFarmingPolicy(FarmingPolicy {
+            sla_certified_permille: 900,
+            ..FarmingPolicy::default()
+        })),
+    );
+    refused(
+        e,
+        "certified uptime threshold of 900 ‰ is below the DIY one",
+    );
+    // A price too large to be meant.
+    let e = chain.err(
+        1,
+        &key(1),
+        propose(GovAction::SetPricingPolicy(PricingPolicy {
+            ipv4_uusd_month: u64::MAX,
+            ..PricingPolicy::default()
+        })),
+    );
+    refused(e, "ipv4_uusd_month");
+    let state = chain.ledger.state();
+    assert!(state.proposal(1).is_none(), "nothing was proposed");
+    assert_eq!(state.params().farming, FarmingPolicy::default());
 }
 
 #[test]
