@@ -492,6 +492,7 @@ struct ReceiptsQuery {
 /// A farm's reward receipts. With `?period=`, that period's in node order from `?from=`
 /// (a node id), paged like every list: `next` is where the next page starts. Without it,
 /// the newest receipts first, one page (the first receipt names the latest period minted).
+/// `kept_from_period` is the oldest period whose receipts the state still holds.
 async fn farm_receipts(
     State(api): State<Api>,
     Path(id): Path<u32>,
@@ -518,6 +519,8 @@ async fn farm_receipts(
             }
         };
         out["current_period"] = json!(s.period_of(s.time_ms()));
+        // Receipts of earlier periods are pruned from the state (their events stay in blocks).
+        out["kept_from_period"] = json!(s.receipts_kept_from());
         Ok(out)
     })?;
     Ok(at(v, h, r))
@@ -525,9 +528,16 @@ async fn farm_receipts(
 
 async fn node_receipt(State(api): State<Api>, Path((id, period)): Path<(u32, u64)>) -> ApiResult {
     let (v, h, r) = read(&api, |s| {
-        s.receipt(period, id)
-            .map(to_json)
-            .ok_or_else(|| ApiError::not_found(format!("receipt of node {id} for period {period}")))
+        s.receipt(period, id).map(to_json).ok_or_else(|| {
+            let kept = s.receipts_kept_from();
+            if period < kept {
+                ApiError::not_found(format!(
+                    "receipt of node {id} for period {period} (receipts before period {kept} are pruned; their RewardMinted events stay in the blocks)"
+                ))
+            } else {
+                ApiError::not_found(format!("receipt of node {id} for period {period}"))
+            }
+        })
     })?;
     Ok(at(v, h, r))
 }
@@ -872,6 +882,7 @@ mod tests {
         let newest = get("/v1/farms/1/receipts?limit=1".into()).await;
         assert_eq!(newest["items"][0]["period"], 0, "{newest}");
         assert_eq!(newest["current_period"], 2);
+        assert_eq!(newest["kept_from_period"], 0);
 
         // A page holds the default 100; `next` leads through the other 150, in node order.
         let mut receipts: Vec<RewardReceipt> = Vec::new();

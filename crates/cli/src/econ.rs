@@ -412,7 +412,12 @@ pub async fn rewards(globals: &Globals, farm: FarmId, period: Option<u64>) -> an
         }
         if receipts.is_empty() {
             let current = page.data["current_period"].as_u64().unwrap_or(0);
+            let kept = page.data["kept_from_period"].as_u64().unwrap_or(0);
             match period {
+                Some(p) if p < kept => println!(
+                    "receipts of period {p} are pruned from the ledger's state (it keeps periods from {kept}); \
+                     the blocks keep their RewardMinted events, and replaying them recomputes each receipt"
+                ),
                 Some(p) => println!(
                     "no receipts for farm {farm} in period {p} (the current period is {current}, minted after it ends)"
                 ),

@@ -1537,7 +1537,8 @@ impl State {
     }
 
     /// End-of-block work at ledger time `now_ms`: close proposals whose time is up, bill the
-    /// contracts due and resume those whose owners can pay again, and mint a batch of rewards.
+    /// contracts due and resume those whose owners can pay again, mint a batch of rewards
+    /// and prune receipts past their retention.
     pub(crate) fn end_block(&mut self, now_ms: u64) -> Vec<Event> {
         let mut events = Vec::new();
         let due: Vec<(u64, ProposalId)> = self
@@ -1567,6 +1568,7 @@ impl State {
         }
         self.end_block_billing(now_ms, &mut events);
         self.end_block_minting(now_ms, &mut events);
+        self.prune_receipts();
         events
     }
 }

@@ -39,14 +39,20 @@
 //!   Each node registered before the period's end gets a [`RewardReceipt`] (also when
 //!   it earned nothing, saying why), and its reward is minted to its farm's payout
 //!   account at the node's connection price.
+//! - Receipts stay in the state for the last [`RECEIPT_PERIODS_KEPT`] minted periods
+//!   (a year of production periods), then are pruned, oldest first, at most
+//!   [`RECEIPTS_PRUNED_PER_BLOCK_MAX`] per block, so the state does not grow with every
+//!   period forever. The blocks keep every `RewardMinted` event (period, node, farm,
+//!   payout, µUSD and tokens), and a pruned receipt is recomputed whole by replaying
+//!   the blocks up to its minting: minting is a pure function of the ledger's history.
 
 use std::fmt::Write as _;
 
-use peergrid_core::NodeId;
 use peergrid_core::amount::Amount;
 use peergrid_core::capacity::human_bytes;
 use peergrid_core::economics::{self, MONTH_SECS, RewardInputs};
 use peergrid_core::policy::UUSD_PER_USD;
+use peergrid_core::{FarmId, NodeId};
 
 use crate::apply::Event;
 use crate::records::{
@@ -56,6 +62,12 @@ use crate::state::State;
 
 /// Most nodes minted in one block.
 pub const MINT_NODES_PER_BLOCK: usize = 1_000;
+
+/// Minted periods whose receipts stay in the state.
+pub const RECEIPT_PERIODS_KEPT: u64 = 12;
+
+/// Most receipts pruned in one block: as many as a block mints, so pruning keeps pace.
+pub const RECEIPTS_PRUNED_PER_BLOCK_MAX: usize = MINT_NODES_PER_BLOCK;
 
 /// What one uptime report says, judged against the previous one.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -269,6 +281,29 @@ impl State {
         let mut u = self.uptime_now(node, now_ms);
         u.current.ip_secs = u.current.ip_secs.saturating_add(secs);
         self.node_uptime.insert(node, u);
+    }
+
+    /// The oldest period whose receipts are kept; those of earlier periods are pruned
+    /// (see the module rules).
+    pub fn receipts_kept_from(&self) -> u64 {
+        self.economy()
+            .mint_period
+            .saturating_sub(RECEIPT_PERIODS_KEPT)
+    }
+
+    /// Prune the oldest receipts of periods before [`State::receipts_kept_from`].
+    pub(crate) fn prune_receipts(&mut self) {
+        let before = self.receipts_kept_from();
+        let old: Vec<(u64, NodeId, FarmId)> = self
+            .receipts
+            .range(..(before, 0))
+            .take(RECEIPTS_PRUNED_PER_BLOCK_MAX)
+            .map(|((period, node), r)| (*period, *node, r.farm))
+            .collect();
+        for (period, node, farm) in old {
+            self.receipts.remove(&(period, node));
+            self.farm_receipts.remove(&(farm, period, node));
+        }
     }
 
     /// Mint the next batch of nodes of the oldest unminted period, if it has settled by `now_ms`.

@@ -304,6 +304,51 @@ fn bills_older_than_the_retention_are_pruned_and_their_sum_stays() {
 }
 
 #[test]
+fn receipts_older_than_the_retention_are_pruned_and_their_events_stay() {
+    let mut chain = Chain::new();
+    let (farm, node) = grid(&mut chain);
+    let kept = peergrid_ledger::minting::RECEIPT_PERIODS_KEPT;
+    let half_period = chain.ledger.state().params().minting_period_secs / 2;
+    // Blocks every half period: each mints the periods that have settled.
+    let mut minted = Vec::new();
+    for _ in 0..2 * (kept + 3) {
+        let out = chain.block(half_period, &[]);
+        minted.extend(out.end_events.iter().filter_map(|e| match e {
+            Event::RewardMinted {
+                period, node: n, ..
+            } if *n == node => Some(*period),
+            _ => None,
+        }));
+    }
+    let state = chain.ledger.state();
+    let next = state.economy().mint_period;
+    assert!(next > kept + 1, "{next}");
+    assert_eq!(
+        minted,
+        (0..next).collect::<Vec<_>>(),
+        "each period minted once"
+    );
+
+    // The last `kept` periods keep their receipts; older ones left the state.
+    let from = state.receipts_kept_from();
+    assert_eq!(from, next - kept);
+    for period in 0..next {
+        assert_eq!(
+            state.receipt(period, node).is_some(),
+            period >= from,
+            "period {period}"
+        );
+    }
+    let listed: Vec<u64> = state
+        .receipts_of_farm(farm, (u64::MAX, 0))
+        .map(|r| r.period)
+        .collect();
+    assert_eq!(listed, (from..next).rev().collect::<Vec<_>>());
+    assert_eq!(state.receipts_of_period(0, 0).count(), 0);
+    assert!(state.supply_is_conserved());
+}
+
+#[test]
 fn a_balance_covering_many_months_earns_a_discount() {
     let mut chain = Chain::new();
     let (_, node) = grid(&mut chain);
