@@ -485,10 +485,14 @@ async fn bills(
 #[derive(Deserialize)]
 struct ReceiptsQuery {
     period: Option<u64>,
+    from: Option<u32>,
     limit: Option<usize>,
 }
 
-/// A farm's reward receipts: of one `?period=`, or newest first.
+/// A farm's reward receipts. With `?period=`, that period's in node order from `?from=`
+/// (a node id), paged like every list: `next` is where the next page starts. Without it,
+/// the newest receipts first, one page (the first receipt names the latest period minted).
+/// `kept_from_period` is the oldest period whose receipts the state still holds.
 async fn farm_receipts(
     State(api): State<Api>,
     Path(id): Path<u32>,
@@ -499,24 +503,41 @@ async fn farm_receipts(
         if s.farm(id).is_none() {
             return Err(ApiError::not_found(format!("farm {id}")));
         }
-        let before = q.period.map_or((u64::MAX, 0), |p| (p.saturating_add(1), 0));
-        let items: Vec<Value> = s
-            .receipts_of_farm(id, before)
-            .take_while(|rc| q.period.is_none_or(|p| rc.period == p))
-            .take(limit)
-            .map(to_json)
-            .collect();
-        let current = s.period_of(s.time_ms());
-        Ok(json!({ "items": items, "current_period": current }))
+        let mut out = match q.period {
+            Some(period) => page(
+                s.receipts_of_farm_period(id, period, q.from.unwrap_or(0))
+                    .map(|rc| (rc.node as u64, rc)),
+                limit,
+            ),
+            None => {
+                let items: Vec<Value> = s
+                    .receipts_of_farm(id, (u64::MAX, 0))
+                    .take(limit)
+                    .map(to_json)
+                    .collect();
+                json!({ "items": items })
+            }
+        };
+        out["current_period"] = json!(s.period_of(s.time_ms()));
+        // Receipts of earlier periods are pruned from the state (their events stay in blocks).
+        out["kept_from_period"] = json!(s.receipts_kept_from());
+        Ok(out)
     })?;
     Ok(at(v, h, r))
 }
 
 async fn node_receipt(State(api): State<Api>, Path((id, period)): Path<(u32, u64)>) -> ApiResult {
     let (v, h, r) = read(&api, |s| {
-        s.receipt(period, id)
-            .map(to_json)
-            .ok_or_else(|| ApiError::not_found(format!("receipt of node {id} for period {period}")))
+        s.receipt(period, id).map(to_json).ok_or_else(|| {
+            let kept = s.receipts_kept_from();
+            if period < kept {
+                ApiError::not_found(format!(
+                    "receipt of node {id} for period {period} (receipts before period {kept} are pruned; their RewardMinted events stay in the blocks)"
+                ))
+            } else {
+                ApiError::not_found(format!("receipt of node {id} for period {period}"))
+            }
+        })
     })?;
     Ok(at(v, h, r))
 }
@@ -718,7 +739,7 @@ pub fn openapi_document() -> Value {
             "/v1/nodes/{id}": { "get": proven("node (id or account)") },
             "/v1/contracts": { "get": list("contracts (filter with ?owner= and ?node=)") },
             "/v1/contracts/{id}/bills": { "get": list("a contract's bills, oldest first (?from_ms=, ?limit=)") },
-            "/v1/farms/{id}/receipts": { "get": list("a farm's reward receipts, newest first (?period=, ?limit=)") },
+            "/v1/farms/{id}/receipts": { "get": list("a farm's reward receipts: of one ?period= in node order, paged by ?from= (node id) and next; or the newest first (?limit=)") },
             "/v1/nodes/{id}/receipts/{period}": { "get": by_id("reward receipt of one node and period") },
             "/v1/proposals/{id}/votes": { "get": by_id("proposal's votes, with council flag and farmer weight") },
             "/v1/economy": { "get": { "summary": "minting progress, farmers' total weight, total billed, current period", "responses": { "200": at_height("economy") } } },
@@ -741,4 +762,149 @@ pub fn openapi_document() -> Value {
 
 async fn openapi() -> Json<Value> {
     Json(openapi_document())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mempool::MempoolLimits;
+    use crate::shared::{DynLedger, Receipts};
+    use peergrid_core::tx::{Payload, sign_invitation};
+    use peergrid_core::{Amount, Capacity, Keypair, Location};
+    use peergrid_ledger::{BlockContext, Devnet, Ledger, MemoryStore, RewardReceipt, Store};
+
+    const GENESIS_MS: u64 = 1_700_000_000_000;
+
+    /// A validator's shared state holding farm 1 with `nodes` nodes, each minted a receipt for period 0.
+    fn big_farm(nodes: u16) -> Arc<Shared> {
+        let d = Devnet::generate("api", 1, GENESIS_MS).expect("keys");
+        let store: Box<dyn Store + Send + Sync> = Box::new(MemoryStore::default());
+        let mut ledger: DynLedger = Ledger::open(store, &d.genesis).expect("ledger");
+        let keys: Vec<Keypair> = (0..nodes)
+            .map(|i| {
+                let mut seed = [7u8; 32];
+                seed[..2].copy_from_slice(&i.to_le_bytes());
+                Keypair::from_seed(seed)
+            })
+            .collect();
+        let chain = d.genesis.chain_id.clone();
+        let mut txs = vec![SignedTx::new(
+            &d.demo,
+            &chain,
+            0,
+            Payload::CreateFarm {
+                name: "big".into(),
+                public_ips: vec![],
+            },
+        )];
+        txs.extend(keys.iter().enumerate().map(|(i, k)| {
+            SignedTx::new(
+                &d.demo,
+                &chain,
+                1 + i as u64,
+                Payload::Transfer {
+                    to: k.account(),
+                    amount: Amount::tokens(1),
+                },
+            )
+        }));
+        let register: Vec<SignedTx> = keys
+            .iter()
+            .map(|k| {
+                SignedTx::new(
+                    k,
+                    &chain,
+                    0,
+                    Payload::RegisterNode {
+                        farm: 1,
+                        capacity: Capacity {
+                            cru: 4,
+                            mru: 16 << 30,
+                            sru: 500 << 30,
+                            hru: 0,
+                        },
+                        location: Location {
+                            country: "BE".into(),
+                            city: "Ghent".into(),
+                            latitude_micro: 0,
+                            longitude_micro: 0,
+                        },
+                        invitation: sign_invitation(&d.demo, &chain, 1, &k.account()),
+                    },
+                )
+            })
+            .collect();
+        // Past period 0 and its settle delay, so every node has its receipt.
+        let period_ms = d.genesis.params.minting_period_secs * 1000;
+        let blocks = [(1_000, txs), (2_000, register), (2 * period_ms, vec![])];
+        for (height, (after_ms, txs)) in blocks.into_iter().enumerate() {
+            let ctx = BlockContext {
+                height: height as u64 + 1,
+                time_ms: GENESIS_MS + after_ms,
+            };
+            let out = ledger.execute_block(ctx, &txs).expect("block");
+            assert!(out.receipts.iter().all(|r| r.result.is_ok()), "{out:?}");
+        }
+        Shared::new(
+            d.genesis.clone(),
+            ledger,
+            Receipts::memory(),
+            MempoolLimits::default(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_farms_receipts_of_a_period_are_paged_past_the_default_limit() {
+        let shared = big_farm(250);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let app = router(Api {
+            shared,
+            gossip: None,
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let get = |path: String| {
+            let url = format!("{base}{path}");
+            async move {
+                let v: Value = reqwest::get(url)
+                    .await
+                    .expect("get")
+                    .json()
+                    .await
+                    .expect("json");
+                v["data"].clone()
+            }
+        };
+
+        // The newest receipt names the latest period.
+        let newest = get("/v1/farms/1/receipts?limit=1".into()).await;
+        assert_eq!(newest["items"][0]["period"], 0, "{newest}");
+        assert_eq!(newest["current_period"], 2);
+        assert_eq!(newest["kept_from_period"], 0);
+
+        // A page holds the default 100; `next` leads through the other 150, in node order.
+        let mut receipts: Vec<RewardReceipt> = Vec::new();
+        let mut from = Some(0u64);
+        let mut pages = 0;
+        while let Some(f) = from {
+            let page = get(format!("/v1/farms/1/receipts?period=0&from={f}")).await;
+            let items: Vec<RewardReceipt> =
+                serde_json::from_value(page["items"].clone()).expect("receipts");
+            assert!(items.len() <= 100);
+            receipts.extend(items);
+            from = page["next"].as_u64();
+            pages += 1;
+        }
+        assert_eq!(pages, 3);
+        let nodes: Vec<u32> = receipts.iter().map(|r| r.node).collect();
+        assert_eq!(nodes, (1..=250).collect::<Vec<u32>>());
+        assert!(receipts.iter().all(|r| r.period == 0 && r.farm == 1));
+
+        // Another period has none.
+        let none = get("/v1/farms/1/receipts?period=1".into()).await;
+        assert_eq!(none["items"], json!([]));
+        assert_eq!(none["next"], Value::Null);
+    }
 }

@@ -383,17 +383,28 @@ pub fn bill(globals: &Globals, cmd: BillCommand) -> anyhow::Result<()> {
 pub async fn rewards(globals: &Globals, farm: FarmId, period: Option<u64>) -> anyhow::Result<()> {
     {
         let client = globals.client()?;
-        let query = period.map(|p| format!("?period={p}")).unwrap_or_default();
+        // The newest receipt names the latest period minted (shown without --period), and
+        // the answer the current period.
         let page: AtHeight<Value> = client
-            .get(&format!("/v1/farms/{farm}/receipts{query}"))
+            .get(&format!("/v1/farms/{farm}/receipts?limit=1"))
             .await?;
-        let receipts: Vec<RewardReceipt> = serde_json::from_value(page.data["items"].clone())?;
-        // Without --period: the latest period that has receipts.
-        let latest = receipts.first().map(|r| r.period);
-        let receipts: Vec<&RewardReceipt> = receipts
-            .iter()
-            .filter(|r| period.is_some() || Some(r.period) == latest)
-            .collect();
+        let newest: Vec<RewardReceipt> = serde_json::from_value(page.data["items"].clone())?;
+        let shown = period.or(newest.first().map(|r| r.period));
+        // Every receipt of that period, a page at a time: a big farm has more than a page.
+        let receipts: Vec<RewardReceipt> = match shown {
+            Some(p) => {
+                client
+                    .pages(
+                        |from| {
+                            format!("/v1/farms/{farm}/receipts?period={p}&from={from}&limit=1000")
+                        },
+                        0,
+                    )
+                    .await?
+                    .1
+            }
+            None => Vec::new(),
+        };
         if globals.json {
             return output::json(
                 &json!({ "farm": farm, "receipts": receipts, "current_period": page.data["current_period"] }),
@@ -401,7 +412,12 @@ pub async fn rewards(globals: &Globals, farm: FarmId, period: Option<u64>) -> an
         }
         if receipts.is_empty() {
             let current = page.data["current_period"].as_u64().unwrap_or(0);
+            let kept = page.data["kept_from_period"].as_u64().unwrap_or(0);
             match period {
+                Some(p) if p < kept => println!(
+                    "receipts of period {p} are pruned from the ledger's state (it keeps periods from {kept}); \
+                     the blocks keep their RewardMinted events, and replaying them recomputes each receipt"
+                ),
                 Some(p) => println!(
                     "no receipts for farm {farm} in period {p} (the current period is {current}, minted after it ends)"
                 ),

@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::time::Duration;
 
 use common::*;
@@ -61,6 +62,43 @@ async fn wait_state(client: &Client, id: u64, what: &str, f: impl Fn(&ContractSt
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+fn created_contract(events: &[Event]) -> u64 {
+    events
+        .iter()
+        .find_map(|e| match e {
+            Event::ContractCreated { contract, .. } => Some(*contract),
+            _ => None,
+        })
+        .expect("contract id")
+}
+
+/// A contract's bills as `peergrid bill history` lists them.
+fn bill_history(home: &Path, id: u64) -> Vec<Bill> {
+    let (ok, history, err) = run(home, &["bill", "history", &id.to_string()]);
+    assert!(ok, "{err}");
+    serde_json::from_value(history["bills"].clone()).expect("bills")
+}
+
+/// A proposal's status as `peergrid gov show` says it (`open`, `executed`, `rejected`, …).
+fn proposal_status(home: &Path, id: u64) -> String {
+    let (ok, shown, err) = run(home, &["gov", "show", &id.to_string()]);
+    assert!(ok, "{err}");
+    shown["proposal"]["status"]["status"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn stdout(home: &Path, args: &[&str]) -> String {
+    let out = peergrid(home).args(args).output().expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn workload_in(state: &'static str, contract: u64) -> impl Fn(&[Value]) -> bool {
@@ -146,13 +184,7 @@ async fn a_contract_is_billed_paused_resumed_and_deleted_and_the_farmer_can_expl
             _ => None,
         })
         .sum();
-    let id = events
-        .iter()
-        .find_map(|e| match e {
-            Event::ContractCreated { contract, .. } => Some(*contract),
-            _ => None,
-        })
-        .expect("contract id");
+    let id = created_contract(&events);
     wait_workloads(&health, "the workload to run", workload_in("running", id)).await;
     let (ok, listed, err) = run(
         &home,
@@ -231,6 +263,68 @@ async fn a_contract_is_billed_paused_resumed_and_deleted_and_the_farmer_can_expl
     assert!(bills.iter().any(|b| b.status == BillStatus::Paid));
     let farmer_share: u64 = bills.iter().map(|b| b.split.farmer.0).sum();
     assert!(farmer_share > 0);
+
+    // Cancelled with the CLI, a contract is billed up to its deletion and never again. A
+    // name contract is on no node, so the farmer's share of its bills goes to the foundation
+    // and the payout account below only holds the builder's contract's share.
+    let named = created_contract(
+        &send(
+            &client,
+            &demo,
+            Payload::CreateContract(ContractSpec::Name {
+                name: "cancel-me".into(),
+            }),
+        )
+        .await,
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while bill_history(&home, named).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no bill for {named}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let (ok, cancelled, err) = run(&home, &["contract", "cancel", &named.to_string()]);
+    assert!(ok, "{err}");
+    assert_eq!(cancelled["contract"], named, "{cancelled}");
+    let (ok, shown, err) = run(&home, &["contract", "show", &named.to_string()]);
+    assert!(ok, "{err}");
+    let state = &shown["contract"]["state"];
+    assert_eq!(state["state"], "deleted", "{shown}");
+    assert_eq!(state["reason"], "canceled_by_owner", "{shown}");
+    let deleted_ms = state["at_ms"].as_u64().expect("deletion time");
+    let bills = bill_history(&home, named);
+    assert_eq!(bills.last().map(|b| b.to_ms), Some(deleted_ms), "{bills:?}");
+    for pair in bills.windows(2) {
+        assert_eq!(pair[0].to_ms, pair[1].from_ms, "bills are contiguous");
+    }
+    // Three billing intervals later, still no new bill; and it cannot be cancelled twice.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(bill_history(&home, named), bills, "billing stopped");
+    let (ok, _, err) = run(&home, &["contract", "cancel", &named.to_string()]);
+    assert!(!ok && err.contains("is deleted"), "{err}");
+    // --explain writes every bill out with the formula behind each number.
+    let explained = stdout(&home, &["bill", "history", &named.to_string(), "--explain"]);
+    let last = bills.last().expect("a bill");
+    for line in [
+        format!("bill: contract {named} of {}", demo.account()),
+        format!(
+            "period      [{} ms, {} ms) = {} ms",
+            last.from_ms,
+            last.to_ms,
+            last.to_ms - last.from_ms
+        ),
+        "discount    balance covers".into(),
+        "status      paid".into(),
+    ] {
+        assert!(
+            explained.contains(&line),
+            "{line} missing from\n{explained}"
+        );
+    }
+    assert_eq!(
+        explained.matches("bill: contract").count(),
+        bills.len(),
+        "{explained}"
+    );
 
     // A minting period with the node up all along pays a reward; the payout account
     // holds exactly the farmer's share of the bills plus the rewards on its receipts.
@@ -314,4 +408,154 @@ async fn a_contract_is_billed_paused_resumed_and_deleted_and_the_farmer_can_expl
     assert_eq!(shown["proposal"]["status"]["status"], "executed", "{shown}");
     let status = client.status().await.expect("status");
     assert_eq!(status.data["params"]["token_price_uusd"], 20);
+
+    // A council of two: the demo account and a member with a key file of its own.
+    let member = Keypair::generate().expect("key");
+    let member_key = home.join("member.json");
+    member.save(&member_key, false).expect("save key");
+    let member_key = member_key.to_str().expect("utf-8 path").to_string();
+    send(
+        &client,
+        &demo,
+        Payload::Transfer {
+            to: member.account(),
+            amount: Amount::tokens(1),
+        },
+    )
+    .await;
+    let (ok, proposed, err) = run(
+        &home,
+        &[
+            "gov",
+            "propose",
+            "set-council",
+            "--member",
+            &demo.account().to_string(),
+            "--member",
+            &member.account().to_string(),
+            "--threshold",
+            "2",
+        ],
+    );
+    assert!(ok, "{err}");
+    let council = proposed["proposal"].as_u64().expect("proposal id");
+    assert_eq!(proposal_status(&home, council), "executed");
+
+    // A pricing policy from a file: the demo account's proposal waits for the member.
+    let pricing_file = home.join("pricing.toml");
+    std::fs::write(
+        &pricing_file,
+        "cu_uusd_month = 44000000\n\
+         su_uusd_month = 14000000\n\
+         ipv4_uusd_month = 4000000\n\
+         unique_name_uusd_month = 1000000\n\
+         nu_uusd_per_gb = 50000\n\
+         \n\
+         [[discounts]]\n\
+         min_months_milli = 1500\n\
+         percent = 20\n",
+    )
+    .expect("write policy");
+    let (ok, proposed, err) = run(
+        &home,
+        &[
+            "gov",
+            "propose",
+            "set-pricing",
+            "--file",
+            pricing_file.to_str().expect("utf-8 path"),
+        ],
+    );
+    assert!(ok, "{err}");
+    let pricing = proposed["proposal"].as_u64().expect("proposal id");
+    let (ok, listed, err) = run(&home, &["gov", "list"]);
+    assert!(ok, "{err}");
+    let entry = listed["proposals"]
+        .as_array()
+        .and_then(|l| l.iter().find(|p| p["id"] == pricing))
+        .expect("listed")
+        .clone();
+    assert_eq!(entry["status"]["status"], "open", "{entry}");
+    assert_eq!(entry["approvals"].as_array().map(Vec::len), Some(1));
+    let status = client.status().await.expect("status");
+    assert_eq!(
+        status.data["params"]["pricing"]["cu_uusd_month"],
+        22_000_000
+    );
+    // The member's approval reaches the threshold: executed, and the price is the file's.
+    let (ok, voted, err) = run(
+        &home,
+        &[
+            "--key",
+            &member_key,
+            "gov",
+            "vote",
+            &pricing.to_string(),
+            "--approve",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        voted["events"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["event"] == "proposal_closed")),
+        "{voted}"
+    );
+    assert_eq!(proposal_status(&home, pricing), "executed");
+    let status = client.status().await.expect("status");
+    assert_eq!(
+        status.data["params"]["pricing"]["cu_uusd_month"],
+        44_000_000
+    );
+    assert_eq!(
+        status.data["params"]["pricing"]["discounts"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+
+    // The member rejects a new token price: with both needed, one against closes it.
+    let (ok, proposed, err) = run(
+        &home,
+        &["gov", "propose", "set-token-price", "--usd", "0.00005"],
+    );
+    assert!(ok, "{err}");
+    let price = proposed["proposal"].as_u64().expect("proposal id");
+    assert_eq!(proposal_status(&home, price), "open");
+    let said = stdout(
+        &home,
+        &[
+            "--key",
+            &member_key,
+            "gov",
+            "vote",
+            &price.to_string(),
+            "--reject",
+        ],
+    );
+    assert!(
+        said.contains(&format!("voted against proposal {price}"))
+            && said.contains("the proposal is closed: rejected"),
+        "{said}"
+    );
+    assert_eq!(proposal_status(&home, price), "rejected");
+    let status = client.status().await.expect("status");
+    assert_eq!(status.data["params"]["token_price_uusd"], 20, "unchanged");
+    let (ok, _, err) = run(
+        &home,
+        &[
+            "--key",
+            &member_key,
+            "gov",
+            "vote",
+            &price.to_string(),
+            "--approve",
+        ],
+    );
+    assert!(!ok && err.contains("closed"), "{err}");
+    let listed = stdout(&home, &["gov", "list"]);
+    assert!(
+        listed.contains("new pricing policy") && listed.contains("rejected"),
+        "{listed}"
+    );
 }

@@ -9,6 +9,16 @@ use serde::{Deserialize, Serialize};
 /// Most discount levels a pricing policy may list.
 pub const DISCOUNT_LEVELS_MAX: usize = 8;
 
+/// Largest price or reward rate a policy may set, µUSD (10,000 USD per unit): far above any
+/// real price, and far below a price in USD mistyped as µUSD (×10^6).
+pub const PRICE_UUSD_MAX: u64 = 10_000 * UUSD_PER_USD;
+
+/// Smallest certification multiplier, percent: certified hardware never earns less than DIY.
+pub const CERTIFIED_MULTIPLIER_PERCENT_MIN: u16 = 100;
+
+/// Largest certification multiplier, percent: certification at most doubles a reward.
+pub const CERTIFIED_MULTIPLIER_PERCENT_MAX: u16 = 200;
+
 /// Why a policy cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -34,6 +44,39 @@ pub enum PolicyError {
     /// An SLA above 1000 ‰.
     #[error("an uptime threshold of {0} ‰ is above 1000 ‰")]
     SlaAbove1000(u16),
+    /// A price or rate above [`PRICE_UUSD_MAX`].
+    #[error(
+        "{field} of {uusd} µUSD is above the limit of {PRICE_UUSD_MAX} µUSD (10,000 USD); prices are in µUSD, 1 USD = 1000000"
+    )]
+    PriceAboveMax {
+        /// The policy field.
+        field: &'static str,
+        /// Its value.
+        uusd: u64,
+    },
+    /// A certification multiplier outside [`CERTIFIED_MULTIPLIER_PERCENT_MIN`]..=[`CERTIFIED_MULTIPLIER_PERCENT_MAX`].
+    #[error(
+        "a certification multiplier of {0} % is outside {CERTIFIED_MULTIPLIER_PERCENT_MIN} to {CERTIFIED_MULTIPLIER_PERCENT_MAX} %"
+    )]
+    MultiplierOutOfRange(u16),
+    /// Certified hardware held to a lower SLA than DIY hardware.
+    #[error(
+        "the certified uptime threshold of {certified} ‰ is below the DIY one of {diy} ‰; certified nodes are held to at least the DIY threshold"
+    )]
+    CertifiedSlaBelowDiy {
+        /// The certified SLA.
+        certified: u16,
+        /// The DIY SLA.
+        diy: u16,
+    },
+}
+
+/// Refuse the first of `prices` above [`PRICE_UUSD_MAX`].
+fn check_prices(prices: &[(&'static str, u64)]) -> Result<(), PolicyError> {
+    match prices.iter().find(|(_, uusd)| *uusd > PRICE_UUSD_MAX) {
+        Some(&(field, uusd)) => Err(PolicyError::PriceAboveMax { field, uusd }),
+        None => Ok(()),
+    }
 }
 
 /// Micro-USD in one USD.
@@ -68,8 +111,16 @@ pub struct PricingPolicy {
 }
 
 impl PricingPolicy {
-    /// Check the discount levels: at most [`DISCOUNT_LEVELS_MAX`], each at most 100 %, strictly increasing.
+    /// Check every price is at most [`PRICE_UUSD_MAX`], and the discount levels: at most
+    /// [`DISCOUNT_LEVELS_MAX`], each at most 100 %, strictly increasing.
     pub fn check(&self) -> Result<(), PolicyError> {
+        check_prices(&[
+            ("cu_uusd_month", self.cu_uusd_month),
+            ("su_uusd_month", self.su_uusd_month),
+            ("ipv4_uusd_month", self.ipv4_uusd_month),
+            ("unique_name_uusd_month", self.unique_name_uusd_month),
+            ("nu_uusd_per_gb", self.nu_uusd_per_gb),
+        ])?;
         if self.discounts.len() > DISCOUNT_LEVELS_MAX {
             return Err(PolicyError::TooManyDiscounts(self.discounts.len()));
         }
@@ -141,12 +192,30 @@ pub struct FarmingPolicy {
 }
 
 impl FarmingPolicy {
-    /// Check the SLA thresholds are at most 1000 ‰.
+    /// Check every rate is at most [`PRICE_UUSD_MAX`], the certification multiplier is within
+    /// its bounds, and the SLA thresholds are at most 1000 ‰ with the certified one at least
+    /// the DIY one.
     pub fn check(&self) -> Result<(), PolicyError> {
+        check_prices(&[
+            ("cu_uusd_month", self.cu_uusd_month),
+            ("su_uusd_month", self.su_uusd_month),
+            ("nu_uusd_per_gb", self.nu_uusd_per_gb),
+            ("ip_uusd_hour", self.ip_uusd_hour),
+        ])?;
+        let m = self.certified_multiplier_percent;
+        if !(CERTIFIED_MULTIPLIER_PERCENT_MIN..=CERTIFIED_MULTIPLIER_PERCENT_MAX).contains(&m) {
+            return Err(PolicyError::MultiplierOutOfRange(m));
+        }
         for sla in [self.sla_diy_permille, self.sla_certified_permille] {
             if sla > 1000 {
                 return Err(PolicyError::SlaAbove1000(sla));
             }
+        }
+        if self.sla_certified_permille < self.sla_diy_permille {
+            return Err(PolicyError::CertifiedSlaBelowDiy {
+                certified: self.sla_certified_permille,
+                diy: self.sla_diy_permille,
+            });
         }
         Ok(())
     }
@@ -203,5 +272,58 @@ mod tests {
             ..FarmingPolicy::default()
         };
         assert_eq!(f.check(), Err(PolicyError::SlaAbove1000(1001)));
+    }
+
+    #[test]
+    fn prices_rates_and_multipliers_stay_in_sane_bounds() {
+        assert_eq!(FarmingPolicy::default().check(), Ok(()));
+        // 10,000 USD a unit is the most; 22 USD typed as µUSD twice is refused.
+        let p = PricingPolicy {
+            cu_uusd_month: PRICE_UUSD_MAX,
+            ..PricingPolicy::default()
+        };
+        assert_eq!(p.check(), Ok(()));
+        let p = PricingPolicy {
+            su_uusd_month: 14 * UUSD_PER_USD * UUSD_PER_USD,
+            ..PricingPolicy::default()
+        };
+        assert_eq!(
+            p.check(),
+            Err(PolicyError::PriceAboveMax {
+                field: "su_uusd_month",
+                uusd: 14_000_000_000_000
+            })
+        );
+        let f = FarmingPolicy {
+            ip_uusd_hour: PRICE_UUSD_MAX + 1,
+            ..FarmingPolicy::default()
+        };
+        assert!(matches!(
+            f.check(),
+            Err(PolicyError::PriceAboveMax {
+                field: "ip_uusd_hour",
+                ..
+            })
+        ));
+        // Certification earns ×1 to ×2.
+        for (m, ok) in [(99, false), (100, true), (200, true), (201, false)] {
+            let f = FarmingPolicy {
+                certified_multiplier_percent: m,
+                ..FarmingPolicy::default()
+            };
+            assert_eq!(f.check().is_ok(), ok, "{m}");
+        }
+        // Certified nodes are held to at least the DIY uptime.
+        let f = FarmingPolicy {
+            sla_certified_permille: 940,
+            ..FarmingPolicy::default()
+        };
+        assert_eq!(
+            f.check(),
+            Err(PolicyError::CertifiedSlaBelowDiy {
+                certified: 940,
+                diy: 950
+            })
+        );
     }
 }

@@ -926,8 +926,9 @@ impl State {
                     at_ms,
                     uptime_secs: n.uptime.last_uptime_secs,
                     timestamp_secs: n.uptime.last_timestamp_secs,
+                    boot_secs: n.uptime.boot_secs,
                 });
-                self.account_uptime(
+                let boot_secs = self.account_uptime(
                     *node,
                     previous,
                     ctx.time_ms,
@@ -940,6 +941,7 @@ impl State {
                         last_report_ms: Some(ctx.time_ms),
                         last_uptime_secs: *uptime_secs,
                         last_timestamp_secs: *timestamp_secs,
+                        boot_secs,
                         reports: n.uptime.reports.saturating_add(1),
                     };
                 }
@@ -1535,7 +1537,8 @@ impl State {
     }
 
     /// End-of-block work at ledger time `now_ms`: close proposals whose time is up, bill the
-    /// contracts due and resume those whose owners can pay again, and mint a batch of rewards.
+    /// contracts due and resume those whose owners can pay again, mint a batch of rewards
+    /// and prune receipts past their retention.
     pub(crate) fn end_block(&mut self, now_ms: u64) -> Vec<Event> {
         let mut events = Vec::new();
         let due: Vec<(u64, ProposalId)> = self
@@ -1565,6 +1568,7 @@ impl State {
         }
         self.end_block_billing(now_ms, &mut events);
         self.end_block_minting(now_ms, &mut events);
+        self.prune_receipts();
         events
     }
 }

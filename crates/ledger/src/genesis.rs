@@ -34,7 +34,8 @@ pub struct Params {
     pub grace_period_secs: u64,
     /// Length of a minting period.
     pub minting_period_secs: u64,
-    /// Clock skew above which a node's period is a violation.
+    /// How far a node's clock and uptime counter may drift apart over one boot before its
+    /// period is a violation (see [`crate::minting`]); at least twice `uptime_drift_secs`.
     pub clock_skew_max_secs: u64,
     /// How long a governance proposal stays open.
     pub proposal_ttl_secs: u64,
@@ -91,6 +92,19 @@ impl Params {
                     "params.{name} must be above zero"
                 )));
             }
+        }
+        // Every accepted report's clock is within `uptime_drift_secs` of ledger time, so the
+        // boot time two reports imply may differ by twice that with nothing wrong. A smaller
+        // tolerance punishes clocks the ledger accepted; zero also makes clock skew
+        // unreachable, since any drift at all would be judged a reboot or a lie first.
+        let skew_min = self.uptime_drift_secs.saturating_mul(2).max(1);
+        if self.clock_skew_max_secs < skew_min {
+            return Err(GenesisError::Invalid(format!(
+                "params.clock_skew_max_secs ({} s) must be at least {skew_min} s: twice \
+                 params.uptime_drift_secs ({} s), since each accepted report's clock may be off \
+                 that much either way, and above zero",
+                self.clock_skew_max_secs, self.uptime_drift_secs
+            )));
         }
         self.pricing
             .check()
@@ -442,6 +456,23 @@ mod tests {
                 .to_string()
                 .contains("billing_interval_secs")
         );
+        // A tolerance under twice the accepted clock drift punishes clocks the ledger
+        // accepted; zero makes clock skew unreachable.
+        for (drift, skew) in [(60, 119), (0, 0)] {
+            let mut g = devnet.genesis.clone();
+            g.params.uptime_drift_secs = drift;
+            g.params.clock_skew_max_secs = skew;
+            assert!(
+                g.check()
+                    .expect_err("skew")
+                    .to_string()
+                    .contains("clock_skew_max_secs"),
+                "{drift} {skew}"
+            );
+        }
+        let mut g = devnet.genesis.clone();
+        g.params.clock_skew_max_secs = 120;
+        g.check().expect("twice the drift is enough");
         let mut g = devnet.genesis.clone();
         g.validators[0].address = Some("10.0.0.1:4000".into());
         assert_eq!(

@@ -5,23 +5,31 @@
 //! - Minting period `p` is `[genesis + p·len, genesis + (p+1)·len)` of ledger time,
 //!   `len = minting_period_secs`.
 //! - Each accepted uptime report updates the node's counters at once, so minting
-//!   never replays history. A report at ledger time `t` with uptime `u` and node clock
-//!   `ts`, after a previous report at `t'` with `u'`, `ts'`, is judged on the boot times
-//!   it implies, `b = ts − u` and `b' = ts' − u'`, with the tolerance `s =
-//!   clock_skew_max_secs`:
-//!   - `|ts − t| > s`, or the node's clock advancing more than `s` away from ledger time
-//!     between the reports: **clock skew**, a violation;
+//!   never replays history. The ledger already refused a report whose timestamp is more
+//!   than `uptime_drift_secs` from ledger time. A report at ledger time `t` with uptime
+//!   `u` and node clock `ts`, after a previous report at `t'` with `u'`, `ts'`, is judged
+//!   on the boot times it implies, `b = ts − u` and `b' = ts' − u'`, with the tolerance
+//!   `s = clock_skew_max_secs`:
 //!   - `b < b' − s`: the uptime grew more than the clock did: **uptime beyond elapsed**, a
 //!     violation;
-//!   - `|b − b'| ≤ s`: the same boot, up all along: `[t', t)` counts as up;
+//!   - `|b − b'| ≤ s`: the same boot, up all along: `[t', t)` counts as up, unless `b` is
+//!     more than `s` from `b₀`, the boot time implied when this boot was first seen:
+//!     the node's clock and its uptime counter drifted apart, a little per report, by
+//!     more than `s` over the boot: **clock skew**, a violation;
 //!   - `b > b' + s` and `b ≥ ts' − s`: a reboot after the previous report: the time
 //!     since the boot, `[max(t', t − u), t)`, counts;
 //!   - `b > b' + s` and `b < ts' − s`: the node booted before its previous report but
 //!     that report showed the old boot: **hidden reboot**, a violation.
 //!
-//!   A node's first report counts `[max(registration, t − u), t)`. Counted time is
-//!   split across period boundaries. A violation counts nothing and zeroes the reward
-//!   of the period it is seen in.
+//!   A node's first report counts `[max(registration, t − u), t)`. Its `b` becomes `b₀`,
+//!   as does the `b` of a reboot or of any violation, so one fault is counted once.
+//!   Counted time is split across period boundaries. A violation counts nothing and
+//!   zeroes the reward of the period it is seen in.
+//!
+//!   A node's clock may be off by up to `uptime_drift_secs` either way in every accepted
+//!   report, so `b` may move by twice that without any fault; genesis therefore requires
+//!   `s ≥ 2 · uptime_drift_secs` (production: 120 s and 60 s), and a clock that stays
+//!   within the accepted drift is never a violation by itself.
 //! - Counters are kept for the current and the previous period, so a report that comes
 //!   just after a period's end still credits the end of that period. Period `p` is minted
 //!   from ledger time `end(p) + 2·uptime_interval_secs`, when every node that was up at
@@ -31,14 +39,20 @@
 //!   Each node registered before the period's end gets a [`RewardReceipt`] (also when
 //!   it earned nothing, saying why), and its reward is minted to its farm's payout
 //!   account at the node's connection price.
+//! - Receipts stay in the state for the last [`RECEIPT_PERIODS_KEPT`] minted periods
+//!   (a year of production periods), then are pruned, oldest first, at most
+//!   [`RECEIPTS_PRUNED_PER_BLOCK_MAX`] per block, so the state does not grow with every
+//!   period forever. The blocks keep every `RewardMinted` event (period, node, farm,
+//!   payout, µUSD and tokens), and a pruned receipt is recomputed whole by replaying
+//!   the blocks up to its minting: minting is a pure function of the ledger's history.
 
 use std::fmt::Write as _;
 
-use peergrid_core::NodeId;
 use peergrid_core::amount::Amount;
 use peergrid_core::capacity::human_bytes;
 use peergrid_core::economics::{self, MONTH_SECS, RewardInputs};
 use peergrid_core::policy::UUSD_PER_USD;
+use peergrid_core::{FarmId, NodeId};
 
 use crate::apply::Event;
 use crate::records::{
@@ -48,6 +62,12 @@ use crate::state::State;
 
 /// Most nodes minted in one block.
 pub const MINT_NODES_PER_BLOCK: usize = 1_000;
+
+/// Minted periods whose receipts stay in the state.
+pub const RECEIPT_PERIODS_KEPT: u64 = 12;
+
+/// Most receipts pruned in one block: as many as a block mints, so pruning keeps pace.
+pub const RECEIPTS_PRUNED_PER_BLOCK_MAX: usize = MINT_NODES_PER_BLOCK;
 
 /// What one uptime report says, judged against the previous one.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -72,6 +92,25 @@ pub struct PreviousReport {
     pub uptime_secs: u64,
     /// The node's clock in it, s.
     pub timestamp_secs: u64,
+    /// The boot time the current boot is held to, `b₀` (see the module rules), node clock s.
+    pub boot_secs: i64,
+}
+
+/// What a report says, and the boot time `b₀` the next report is held to.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Judgement {
+    /// Up time to count, or the rule broken.
+    pub verdict: ReportVerdict,
+    /// `b₀` for the next report, node clock s.
+    pub boot_secs: i64,
+}
+
+fn to_i64(v: i128) -> i64 {
+    v.clamp(i64::MIN as i128, i64::MAX as i128) as i64
+}
+
+fn to_u64(v: i128) -> u64 {
+    v.clamp(0, u64::MAX as i128) as u64
 }
 
 /// Judge a report at ledger time `now_ms` (see the module rules); `since_ms` is the node's registration.
@@ -82,58 +121,59 @@ pub fn judge_report(
     uptime_secs: u64,
     timestamp_secs: u64,
     skew_max_secs: u64,
-) -> ReportVerdict {
-    let now_secs = now_ms / 1000;
-    let skew_secs = now_secs.abs_diff(timestamp_secs);
-    if skew_secs > skew_max_secs {
-        return ReportVerdict::Violation(ViolationKind::ClockSkew {
-            skew_secs,
-            max_secs: skew_max_secs,
-        });
-    }
+) -> Judgement {
+    // Boot times on the node's own clock; signed and wide so a claimed boot before 1970 still compares.
+    let boot = timestamp_secs as i128 - uptime_secs as i128;
+    let judged = |verdict| Judgement {
+        verdict,
+        boot_secs: to_i64(boot),
+    };
+    let violation = |kind| judged(ReportVerdict::Violation(kind));
     let booted_ms = now_ms.saturating_sub(uptime_secs.saturating_mul(1000));
     let Some(p) = previous else {
-        return ReportVerdict::Up {
+        return judged(ReportVerdict::Up {
             from_ms: booted_ms.max(since_ms).min(now_ms),
             to_ms: now_ms,
-        };
-    };
-    let node_elapsed = timestamp_secs.saturating_sub(p.timestamp_secs);
-    let ledger_elapsed = (now_ms.saturating_sub(p.at_ms)) / 1000;
-    let drift = node_elapsed.abs_diff(ledger_elapsed);
-    if drift > skew_max_secs {
-        return ReportVerdict::Violation(ViolationKind::ClockSkew {
-            skew_secs: drift,
-            max_secs: skew_max_secs,
         });
-    }
-    // Boot times on the node's own clock; signed so a claimed boot before 1970 still compares.
-    let boot = timestamp_secs as i128 - uptime_secs as i128;
+    };
     let previous_boot = p.timestamp_secs as i128 - p.uptime_secs as i128;
     let s = skew_max_secs as i128;
     if boot < previous_boot - s {
-        return ReportVerdict::Violation(ViolationKind::UptimeBeyondElapsed {
+        return violation(ViolationKind::UptimeBeyondElapsed {
             gained_secs: uptime_secs.saturating_sub(p.uptime_secs),
-            elapsed_secs: node_elapsed,
+            elapsed_secs: timestamp_secs.saturating_sub(p.timestamp_secs),
         });
     }
     if boot <= previous_boot + s {
-        return ReportVerdict::Up {
-            from_ms: p.at_ms,
-            to_ms: now_ms,
+        let first_boot = p.boot_secs as i128;
+        let skew = (boot - first_boot).abs();
+        if skew > s {
+            return violation(ViolationKind::ClockSkew {
+                first_boot_secs: to_u64(first_boot),
+                boot_secs: to_u64(boot),
+                skew_secs: to_u64(skew),
+                max_secs: skew_max_secs,
+            });
+        }
+        return Judgement {
+            verdict: ReportVerdict::Up {
+                from_ms: p.at_ms,
+                to_ms: now_ms,
+            },
+            boot_secs: p.boot_secs,
         };
     }
     if boot < p.timestamp_secs as i128 - s {
-        return ReportVerdict::Violation(ViolationKind::HiddenReboot {
-            previous_boot_secs: previous_boot.max(0) as u64,
-            boot_secs: boot.max(0) as u64,
+        return violation(ViolationKind::HiddenReboot {
+            previous_boot_secs: to_u64(previous_boot),
+            boot_secs: to_u64(boot),
             previous_report_secs: p.timestamp_secs,
         });
     }
-    ReportVerdict::Up {
+    judged(ReportVerdict::Up {
         from_ms: booted_ms.max(p.at_ms).min(now_ms),
         to_ms: now_ms,
-    }
+    })
 }
 
 impl State {
@@ -177,7 +217,8 @@ impl State {
         u
     }
 
-    /// Apply an accepted report's verdict to the node's period counters.
+    /// Apply an accepted report's verdict to the node's period counters; returns the boot
+    /// time `b₀` the node's next report is held to.
     pub(crate) fn account_uptime(
         &mut self,
         node: NodeId,
@@ -186,11 +227,11 @@ impl State {
         uptime_secs: u64,
         timestamp_secs: u64,
         events: &mut Vec<Event>,
-    ) {
+    ) -> i64 {
         let Some(registered_ms) = self.node(node).map(|n| n.registered_ms) else {
-            return;
+            return to_i64(timestamp_secs as i128 - uptime_secs as i128);
         };
-        let verdict = judge_report(
+        let Judgement { verdict, boot_secs } = judge_report(
             previous,
             registered_ms,
             now_ms,
@@ -225,6 +266,7 @@ impl State {
             }
         }
         self.node_uptime.insert(node, u);
+        boot_secs
     }
 
     /// Count network traffic served by `node` in the period of `now_ms`.
@@ -239,6 +281,29 @@ impl State {
         let mut u = self.uptime_now(node, now_ms);
         u.current.ip_secs = u.current.ip_secs.saturating_add(secs);
         self.node_uptime.insert(node, u);
+    }
+
+    /// The oldest period whose receipts are kept; those of earlier periods are pruned
+    /// (see the module rules).
+    pub fn receipts_kept_from(&self) -> u64 {
+        self.economy()
+            .mint_period
+            .saturating_sub(RECEIPT_PERIODS_KEPT)
+    }
+
+    /// Prune the oldest receipts of periods before [`State::receipts_kept_from`].
+    pub(crate) fn prune_receipts(&mut self) {
+        let before = self.receipts_kept_from();
+        let old: Vec<(u64, NodeId, FarmId)> = self
+            .receipts
+            .range(..(before, 0))
+            .take(RECEIPTS_PRUNED_PER_BLOCK_MAX)
+            .map(|((period, node), r)| (*period, *node, r.farm))
+            .collect();
+        for (period, node, farm) in old {
+            self.receipts.remove(&(period, node));
+            self.farm_receipts.remove(&(farm, period, node));
+        }
     }
 
     /// Mint the next batch of nodes of the oldest unminted period, if it has settled by `now_ms`.
@@ -535,9 +600,13 @@ pub fn describe(v: &ViolationKind) -> String {
             "booted at {boot_secs} s, before the previous report at {previous_report_secs} s which showed a boot at {previous_boot_secs} s"
         ),
         ViolationKind::ClockSkew {
+            first_boot_secs,
+            boot_secs,
             skew_secs,
             max_secs,
-        } => format!("clock {skew_secs} s off ledger time, more than {max_secs} s"),
+        } => format!(
+            "clock skew: implies a boot at {boot_secs} s, {skew_secs} s from the boot at {first_boot_secs} s first seen, more than {max_secs} s"
+        ),
     }
 }
 
@@ -547,12 +616,25 @@ mod tests {
 
     const T: u64 = 1_700_000_000_000;
 
+    /// A previous report at `at_secs` on a clock in step with the ledger, its boot first seen there.
     fn prev(at_secs: u64, uptime_secs: u64) -> Option<PreviousReport> {
+        let timestamp_secs = T / 1000 + at_secs;
         Some(PreviousReport {
             at_ms: T + at_secs * 1000,
             uptime_secs,
-            timestamp_secs: T / 1000 + at_secs,
+            timestamp_secs,
+            boot_secs: timestamp_secs as i64 - uptime_secs as i64,
         })
+    }
+
+    fn judge_full(
+        previous: Option<PreviousReport>,
+        at_secs: u64,
+        uptime: u64,
+        ts_off: i64,
+    ) -> Judgement {
+        let ts = (T / 1000 + at_secs).saturating_add_signed(ts_off);
+        judge_report(previous, T, T + at_secs * 1000, uptime, ts, 120)
     }
 
     fn judge(
@@ -561,8 +643,7 @@ mod tests {
         uptime: u64,
         ts_off: i64,
     ) -> ReportVerdict {
-        let ts = (T / 1000 + at_secs).saturating_add_signed(ts_off);
-        judge_report(previous, T, T + at_secs * 1000, uptime, ts, 120)
+        judge_full(previous, at_secs, uptime, ts_off).verdict
     }
 
     #[test]
@@ -621,16 +702,68 @@ mod tests {
     }
 
     #[test]
-    fn clock_skew_beyond_the_limit_is_a_violation() {
-        // 121 s ahead of ledger time, limit 120 s.
+    fn a_clock_within_the_accepted_drift_is_never_a_violation() {
+        // Boot first seen at −2600 s with the clock 60 s slow; now 60 s fast: the boot
+        // implied moves 120 s, the most two accepted reports (±60 s) allow, and is the same boot.
+        let mut p = prev(2400, 5000);
+        if let Some(p) = p.as_mut() {
+            p.timestamp_secs -= 60;
+            p.boot_secs -= 60;
+        }
+        let j = judge_full(p, 4800, 7400, 60);
         assert_eq!(
-            judge(prev(2400, 5000), 4800, 7400, 121),
+            j.verdict,
+            ReportVerdict::Up {
+                from_ms: T + 2_400_000,
+                to_ms: T + 4_800_000
+            }
+        );
+        // The boot it is held to stays the first one seen.
+        assert_eq!(j.boot_secs, (T / 1000) as i64 - 2660);
+    }
+
+    #[test]
+    fn clock_skew_accumulated_over_a_boot_is_a_violation() {
+        // The boot was first seen at −2600 s; since then the uptime counter ran slow and the
+        // previous report already implied a boot 100 s later (−2500 s). Now it gains 2370 s
+        // while 2400 s pass: −2470 s, 30 s from the previous report (the same boot) but 130 s
+        // from the first: more than 120 s.
+        let p = prev(2400, 4900).map(|p| PreviousReport {
+            boot_secs: (T / 1000) as i64 - 2600,
+            ..p
+        });
+        let j = judge_full(p, 4800, 7270, 0);
+        assert_eq!(
+            j.verdict,
             ReportVerdict::Violation(ViolationKind::ClockSkew {
-                skew_secs: 121,
+                first_boot_secs: T / 1000 - 2600,
+                boot_secs: T / 1000 - 2470,
+                skew_secs: 130,
                 max_secs: 120
             })
         );
-        // A first report counts since boot, but not before registration at T.
+        // The fault is counted once: later reports are held to the boot this one implies.
+        assert_eq!(j.boot_secs, (T / 1000) as i64 - 2470);
+        // The same drift the other way (a fast counter): −2730 s, 130 s earlier.
+        let p = prev(2400, 5100).map(|p| PreviousReport {
+            boot_secs: (T / 1000) as i64 - 2600,
+            ..p
+        });
+        assert!(matches!(
+            judge(p, 4800, 7530, 0),
+            ReportVerdict::Violation(ViolationKind::ClockSkew { skew_secs: 130, .. })
+        ));
+        // 120 s from the first boot is still within the limit.
+        let p = prev(2400, 4900).map(|p| PreviousReport {
+            boot_secs: (T / 1000) as i64 - 2600,
+            ..p
+        });
+        assert!(matches!(judge(p, 4800, 7280, 0), ReportVerdict::Up { .. }));
+    }
+
+    #[test]
+    fn a_first_report_counts_since_boot_but_not_before_registration() {
+        // Registered at T; booted at 300 s.
         assert_eq!(
             judge(None, 600, 300, 0),
             ReportVerdict::Up {
@@ -644,6 +777,15 @@ mod tests {
                 from_ms: T,
                 to_ms: T + 600_000
             }
+        );
+        // Its boot is the one later reports are held to; a reboot starts a new one.
+        assert_eq!(
+            judge_full(None, 600, 300, 0).boot_secs,
+            (T / 1000) as i64 + 300
+        );
+        assert_eq!(
+            judge_full(prev(2400, 5000), 4800, 600, 0).boot_secs,
+            (T / 1000) as i64 + 4200
         );
     }
 }

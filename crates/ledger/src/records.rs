@@ -82,6 +82,9 @@ pub struct Uptime {
     pub last_uptime_secs: u64,
     /// The node's own clock in the last report, s.
     pub last_timestamp_secs: u64,
+    /// The boot time (timestamp − uptime, node clock s) the current boot's reports are held
+    /// to: the one implied when the boot was first seen, or at the last violation.
+    pub boot_secs: i64,
     /// Reports accepted since registration.
     pub reports: u64,
 }
@@ -404,9 +407,14 @@ pub enum ViolationKind {
         /// The previous report's timestamp, node clock s.
         previous_report_secs: u64,
     },
-    /// The node's clock is off from ledger time by more than the allowed skew.
+    /// Over one boot, the node's clock and its uptime counter drifted apart by more than the
+    /// allowed skew: the boot time its reports imply moved that far from the one first seen.
     ClockSkew {
-        /// How far off, s.
+        /// Boot time implied when the boot was first seen (timestamp − uptime), node clock s.
+        first_boot_secs: u64,
+        /// Boot time implied by this report, node clock s.
+        boot_secs: u64,
+        /// How far it moved, s.
         skew_secs: u64,
         /// The limit, s.
         max_secs: u64,

@@ -589,6 +589,18 @@ impl State {
             .filter_map(|((_, p, n), _)| self.receipts.get(&(*p, *n)))
     }
 
+    /// Receipts of a farm's nodes for one period, nodes from `from_node` in id order.
+    pub fn receipts_of_farm_period(
+        &self,
+        farm: FarmId,
+        period: u64,
+        from_node: NodeId,
+    ) -> impl Iterator<Item = &RewardReceipt> {
+        self.farm_receipts
+            .range((farm, period, from_node)..=(farm, period, NodeId::MAX))
+            .filter_map(move |((_, p, n), _)| self.receipts.get(&(*p, *n)))
+    }
+
     /// Votes cast on a proposal, by voter.
     pub fn votes(&self, proposal: ProposalId) -> impl Iterator<Item = (&AccountId, &VoteRecord)> {
         self.votes

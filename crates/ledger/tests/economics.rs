@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use peergrid_core::economics::{self, Billable, MONTH_SECS};
-use peergrid_core::policy::{DiscountLevel, PricingPolicy};
+use peergrid_core::policy::{DiscountLevel, FarmingPolicy, PricingPolicy};
 use peergrid_core::tx::{ContractSpec, GovAction, Payload, sign_invitation};
 use peergrid_core::{Amount, Capacity, Hash, Keypair, PublicIp, SignedTx};
 use peergrid_ledger::{
@@ -301,6 +301,51 @@ fn bills_older_than_the_retention_are_pruned_and_their_sum_stays() {
     let kept_tokens: u64 = kept.iter().map(|b| b.tokens.0).sum();
     let all: u64 = billed.iter().map(|t| t.0).sum();
     assert_eq!(pruned.tokens.0 + kept_tokens, all);
+}
+
+#[test]
+fn receipts_older_than_the_retention_are_pruned_and_their_events_stay() {
+    let mut chain = Chain::new();
+    let (farm, node) = grid(&mut chain);
+    let kept = peergrid_ledger::minting::RECEIPT_PERIODS_KEPT;
+    let half_period = chain.ledger.state().params().minting_period_secs / 2;
+    // Blocks every half period: each mints the periods that have settled.
+    let mut minted = Vec::new();
+    for _ in 0..2 * (kept + 3) {
+        let out = chain.block(half_period, &[]);
+        minted.extend(out.end_events.iter().filter_map(|e| match e {
+            Event::RewardMinted {
+                period, node: n, ..
+            } if *n == node => Some(*period),
+            _ => None,
+        }));
+    }
+    let state = chain.ledger.state();
+    let next = state.economy().mint_period;
+    assert!(next > kept + 1, "{next}");
+    assert_eq!(
+        minted,
+        (0..next).collect::<Vec<_>>(),
+        "each period minted once"
+    );
+
+    // The last `kept` periods keep their receipts; older ones left the state.
+    let from = state.receipts_kept_from();
+    assert_eq!(from, next - kept);
+    for period in 0..next {
+        assert_eq!(
+            state.receipt(period, node).is_some(),
+            period >= from,
+            "period {period}"
+        );
+    }
+    let listed: Vec<u64> = state
+        .receipts_of_farm(farm, (u64::MAX, 0))
+        .map(|r| r.period)
+        .collect();
+    assert_eq!(listed, (from..next).rev().collect::<Vec<_>>());
+    assert_eq!(state.receipts_of_period(0, 0).count(), 0);
+    assert!(state.supply_is_conserved());
 }
 
 #[test]
@@ -686,6 +731,112 @@ fn nodes_are_rewarded_once_per_period_with_a_receipt() {
 }
 
 #[test]
+fn a_clock_drifting_from_the_uptime_counter_over_a_boot_zeroes_the_period() {
+    let mut chain = Chain::new();
+    let farm = chain.farm(&key(4), "farm-a", vec![]);
+    // `steady` counts uptime right, its clock wanders 60 s either side of ledger time (the
+    // most a report may be off); `slow`'s clock is right but its uptime counter gains only
+    // 5 s every 10 s, so the boot time its reports imply moves 5 s later per report.
+    let steady = key(40);
+    let slow = key(41);
+    for k in [&steady, &slow] {
+        chain.ok(1, &key(4), transfer(k, Amount::tokens(1)));
+    }
+    let n_steady = chain.node(&key(4), farm, &steady);
+    let n_slow = chain.node(&key(4), farm, &slow);
+    let skew_max = chain.ledger.state().params().clock_skew_max_secs;
+    assert_eq!(
+        (skew_max, chain.ledger.state().params().uptime_drift_secs),
+        (120, 60)
+    );
+    let (_, end) = chain.ledger.state().period_bounds(0);
+    let (mut up_steady, mut up_slow) = (100_000u64, 100_000u64);
+    let mut reports = 0u64;
+    let mut first_violation = None;
+    let mut minted = false;
+    while !minted {
+        chain.now_ms += 10_000;
+        up_steady += 10;
+        up_slow += 5;
+        reports += 1;
+        let now_secs = chain.now_ms / 1000;
+        let wander = if reports.is_multiple_of(2) {
+            now_secs + 60
+        } else {
+            now_secs - 60
+        };
+        let txs = vec![
+            chain.tx(
+                &steady,
+                0,
+                Payload::ReportUptime {
+                    node: n_steady,
+                    uptime_secs: up_steady,
+                    timestamp_secs: wander,
+                },
+            ),
+            chain.tx(
+                &slow,
+                0,
+                Payload::ReportUptime {
+                    node: n_slow,
+                    uptime_secs: up_slow,
+                    timestamp_secs: now_secs,
+                },
+            ),
+        ];
+        let out = chain.block(0, &txs);
+        for r in &out.receipts {
+            let events = r.result.as_ref().expect("every report is accepted");
+            for e in events {
+                if let Event::UptimeViolation { node, .. } = e {
+                    assert_eq!(*node, n_slow, "the steady clock is never a violation");
+                    first_violation.get_or_insert(reports);
+                }
+            }
+        }
+        minted = out
+            .end_events
+            .iter()
+            .any(|e| matches!(e, Event::MintingPeriodClosed { period: 0 }));
+        assert!(
+            chain.now_ms < end + 60_000,
+            "minted within the settle delay"
+        );
+    }
+    // Each report is within 5 s of the one before (the same boot); the 26th, 25 reports
+    // after the first, implies a boot 125 s from the first one seen: more than 120 s.
+    assert_eq!(first_violation, Some(26));
+    let state = chain.ledger.state();
+
+    let r = state.receipt(0, n_slow).expect("receipt");
+    assert!(r.violation_count >= 1, "{r:#?}");
+    let ViolationKind::ClockSkew {
+        first_boot_secs,
+        boot_secs,
+        skew_secs,
+        max_secs,
+    } = r.violations[0].kind
+    else {
+        panic!("expected clock skew: {:?}", r.violations);
+    };
+    assert_eq!((skew_secs, max_secs), (125, 120));
+    assert_eq!(boot_secs - first_boot_secs, 125);
+    // It was up the whole period by any count, but the violation zeroes it.
+    assert!(r.steps.sla_met, "{r:#?}");
+    assert_eq!((r.steps.reward_uusd, r.tokens), (0, Amount::ZERO));
+    let text = r.render();
+    assert!(
+        text.contains("clock skew: implies a boot at") && text.contains("125 s from the boot"),
+        "{text}"
+    );
+
+    let r = state.receipt(0, n_steady).expect("receipt");
+    assert_eq!(r.violation_count, 0, "{r:#?}");
+    assert!(r.tokens > Amount::ZERO);
+}
+
+#[test]
 fn farmers_vote_with_the_weight_of_their_nodes() {
     let mut chain = Chain::new();
     let (_, node) = grid(&mut chain);
@@ -752,6 +903,271 @@ fn farmers_vote_with_the_weight_of_their_nodes() {
         ProposalStatus::Executed { .. }
     ));
     assert_eq!(chain.ledger.state().params().token_price_uusd, 40_000);
+}
+
+/// Pass `action`: council keys 1 and 2 approve, then the only farmer (key 4) does, so no
+/// undecided weight is left and it executes at once.
+fn pass(chain: &mut Chain, action: GovAction) {
+    let events = chain.ok(
+        1,
+        &key(1),
+        Payload::Propose {
+            action,
+            description: String::new(),
+        },
+    );
+    let proposal = events
+        .iter()
+        .find_map(|e| match e {
+            Event::ProposalCreated { proposal, .. } => Some(*proposal),
+            _ => None,
+        })
+        .expect("proposed");
+    chain.ok(
+        1,
+        &key(2),
+        Payload::Vote {
+            proposal,
+            approve: true,
+        },
+    );
+    chain.ok(
+        1,
+        &key(4),
+        Payload::Vote {
+            proposal,
+            approve: true,
+        },
+    );
+    assert!(matches!(
+        chain.ledger.state().proposal(proposal).expect("p").status,
+        ProposalStatus::Executed { .. }
+    ));
+}
+
+/// Uptime reports every 10 s until period 0 is minted. Each node booted long before
+/// registration; `rebooted[i]`, if set, is a step at which node `i` misses its report and,
+/// at the next one, says it booted 5 s before: 15 s of its period are not counted.
+fn report_until_minted(chain: &mut Chain, nodes: &[(&Keypair, u32)], rebooted: &[Option<u64>]) {
+    let mut uptime = vec![100_000u64; nodes.len()];
+    let mut step = 0u64;
+    loop {
+        chain.now_ms += 10_000;
+        step += 1;
+        let mut txs = Vec::new();
+        for (i, (k, node)) in nodes.iter().enumerate() {
+            uptime[i] += 10;
+            match rebooted.get(i).copied().flatten() {
+                Some(at) if step == at => continue,
+                Some(at) if step == at + 1 => uptime[i] = 5,
+                _ => {}
+            }
+            txs.push(chain.tx(
+                k,
+                0,
+                Payload::ReportUptime {
+                    node: *node,
+                    uptime_secs: uptime[i],
+                    timestamp_secs: chain.now_ms / 1000,
+                },
+            ));
+        }
+        let out = chain.block(0, &txs);
+        assert!(out.receipts.iter().all(|r| r.result.is_ok()), "{out:?}");
+        if out
+            .end_events
+            .iter()
+            .any(|e| matches!(e, Event::MintingPeriodClosed { period: 0 }))
+        {
+            return;
+        }
+    }
+}
+
+/// A farm of key 4 with nodes of keys 40 and 41, funded for fees.
+fn two_nodes(chain: &mut Chain) -> (u32, u32) {
+    let farm = chain.farm(&key(4), "farm-a", vec![]);
+    for k in [40, 41] {
+        chain.ok(1, &key(4), transfer(&key(k), Amount::tokens(1)));
+    }
+    (
+        chain.node(&key(4), farm, &key(40)),
+        chain.node(&key(4), farm, &key(41)),
+    )
+}
+
+#[test]
+fn a_pricing_policy_voted_in_prices_the_next_bill() {
+    let mut chain = Chain::new();
+    let (_, node) = grid(&mut chain);
+    // 1 CU, 0.5 SU, one IPv4: 22 + 7 + 4 = 33 USD a month; 10 s = 125 µUSD (see above).
+    let c = contract_id(&chain.ok(1, &key(5), deploy(node, 2, 4, 100, 1)));
+    chain.block(10, &[]);
+    let first = chain
+        .ledger
+        .state()
+        .bills(c, 0)
+        .next()
+        .expect("bill")
+        .clone();
+    assert_eq!(first.resources_uusd, 125);
+
+    // The council and the farmer double the price of a CU.
+    let pricing = PricingPolicy {
+        cu_uusd_month: 44_000_000,
+        ..PricingPolicy::default()
+    };
+    pass(&mut chain, GovAction::SetPricingPolicy(pricing.clone()));
+    assert_eq!(chain.ledger.state().params().pricing, pricing);
+
+    // The next bill: 44 + 7 + 4 = 55 USD a month; 10 s = 55e6 · 10 / 2,630,880 = 209.05 → 209
+    // µUSD, at 0.01 USD a token 209,000 units.
+    chain.block(7, &[]);
+    let bills: Vec<_> = chain.ledger.state().bills(c, 0).cloned().collect();
+    assert_eq!(bills.len(), 2);
+    assert_eq!(bills[1].from_ms, first.to_ms);
+    assert_eq!(bills[1].to_ms - bills[1].from_ms, 10_000);
+    assert_eq!(bills[1].resources_uusd, 209);
+    assert_eq!(bills[1].tokens, Amount(209_000));
+}
+
+#[test]
+fn a_farming_policy_voted_in_sets_the_rates_and_sla_of_the_next_receipts() {
+    let mut chain = Chain::new();
+    let (full, gappy) = two_nodes(&mut chain);
+    // Twice the CU rate, and a DIY SLA of 99 % instead of 95 %.
+    let farming = FarmingPolicy {
+        cu_uusd_month: 4_800_000,
+        sla_diy_permille: 990,
+        sla_certified_permille: 990,
+        ..FarmingPolicy::default()
+    };
+    pass(&mut chain, GovAction::SetFarmingPolicy(farming.clone()));
+    report_until_minted(
+        &mut chain,
+        &[(&key(40), full), (&key(41), gappy)],
+        &[None, Some(20)],
+    );
+    let state = chain.ledger.state();
+
+    // 7.75 CU · 4.8 + 7.509333 SU · 1.0 = 44.709333 USD a month, for the node's share of it.
+    let r = state.receipt(0, full).expect("receipt");
+    assert_eq!(r.farming, farming);
+    assert_eq!(r.up_secs, r.period_secs);
+    assert_eq!(
+        r.steps.capacity_uusd,
+        (44_709_333u128 * r.period_secs as u128 / MONTH_SECS as u128) as u64
+    );
+    assert_eq!(r.steps.sla_permille, 990);
+    assert_eq!(r.steps.reward_uusd, r.steps.capacity_uusd);
+    assert!(r.render().contains("CU 4.800000 USD"), "{}", r.render());
+
+    // Up more than 95 % but less than 99 %: the old SLA would pay, the new one does not.
+    let r = state.receipt(0, gappy).expect("receipt");
+    assert_eq!(r.up_secs, r.period_secs - 15);
+    assert!(r.up_secs * 1000 >= 950 * r.period_secs);
+    assert_eq!(r.steps.sla_permille, 990);
+    assert!(!r.steps.sla_met);
+    assert_eq!(r.tokens, Amount::ZERO);
+}
+
+#[test]
+fn a_node_certified_by_vote_earns_125_percent_and_is_held_to_98_percent() {
+    let mut chain = Chain::new();
+    let (full, gappy) = two_nodes(&mut chain);
+    for node in [full, gappy] {
+        pass(
+            &mut chain,
+            GovAction::SetNodeCertified {
+                node,
+                certified: true,
+            },
+        );
+        assert!(chain.ledger.state().node(node).expect("node").certified);
+    }
+    report_until_minted(
+        &mut chain,
+        &[(&key(40), full), (&key(41), gappy)],
+        &[None, Some(20)],
+    );
+    let state = chain.ledger.state();
+
+    let r = state.receipt(0, full).expect("receipt");
+    assert!(r.certified);
+    assert_eq!(r.steps.multiplier_percent, 125);
+    assert_eq!(
+        r.steps.capacity_multiplied_uusd,
+        r.steps.capacity_uusd * 125 / 100
+    );
+    assert_eq!(r.steps.sla_permille, 980);
+    assert_eq!(r.steps.reward_uusd, r.steps.capacity_multiplied_uusd);
+    assert!(r.render().contains("certified → ×125 %"), "{}", r.render());
+
+    // Up 97.x %: enough for a DIY node, not for a certified one.
+    let r = state.receipt(0, gappy).expect("receipt");
+    assert!(r.up_secs * 1000 >= 950 * r.period_secs);
+    assert_eq!(r.steps.sla_permille, 980);
+    assert!(!r.steps.sla_met);
+    assert_eq!(r.tokens, Amount::ZERO);
+}
+
+#[test]
+fn a_policy_out_of_bounds_is_refused_when_proposed() {
+    let mut chain = Chain::new();
+    let propose = |action| Payload::Propose {
+        action,
+        description: String::new(),
+    };
+    let refused = |e: TxError, what: &str| match e {
+        TxError::Field { reason } => assert!(reason.contains(what), "{reason}"),
+        other => panic!("expected a field error, got {other:?}"),
+    };
+    // A tenfold certification bonus.
+    let e = chain.err(
+        1,
+        &key(1),
+        propose(GovAction::SetFarmingPolicy(FarmingPolicy {
+            certified_multiplier_percent: 1000,
+            ..FarmingPolicy::default()
+        })),
+    );
+    refused(e, "certification multiplier of 1000 %");
+    // A reward rate in USD typed as µUSD.
+    let e = chain.err(
+        1,
+        &key(1),
+        propose(GovAction::SetFarmingPolicy(FarmingPolicy {
+            cu_uusd_month: 2_400_000 * 1_000_000,
+            ..FarmingPolicy::default()
+        })),
+    );
+    refused(e, "cu_uusd_month of 2400000000000 µUSD is above the limit");
+    // Certified nodes held to less than DIY ones.
+    let e = chain.err(
+        1,
+        &key(1),
+        propose(GovAction::SetFarmingPolicy(FarmingPolicy {
+            sla_certified_permille: 900,
+            ..FarmingPolicy::default()
+        })),
+    );
+    refused(
+        e,
+        "certified uptime threshold of 900 ‰ is below the DIY one",
+    );
+    // A price too large to be meant.
+    let e = chain.err(
+        1,
+        &key(1),
+        propose(GovAction::SetPricingPolicy(PricingPolicy {
+            ipv4_uusd_month: u64::MAX,
+            ..PricingPolicy::default()
+        })),
+    );
+    refused(e, "ipv4_uusd_month");
+    let state = chain.ledger.state();
+    assert!(state.proposal(1).is_none(), "nothing was proposed");
+    assert_eq!(state.params().farming, FarmingPolicy::default());
 }
 
 #[test]

@@ -1,9 +1,10 @@
 //! Properties of billing and minting over long random histories.
 //!
 //! Histories mix contracts (deployments with public IPs, names, updates, cancels),
-//! transfers that top up poor owners, network usage, honest, rebooting and lying
-//! uptime reports, and block gaps from one second to past a grace period or a minting
-//! period. After every block:
+//! transfers that top up poor owners, network usage, uptime reports (honest, rebooting,
+//! claiming more uptime than elapsed, hiding a reboot, from an uptime counter running
+//! fast or slow, all from clocks that wander within the accepted drift), and block gaps
+//! from one second to past a grace period or a minting period. After every block:
 //! - genesis + minted − burned = the sum of all balances;
 //! - every contract's bills are contiguous from its creation to `billed_until_ms`
 //!   (no interval billed twice, none skipped), a deleted contract is billed up to its
@@ -11,7 +12,9 @@
 //! - every balance equals a model replayed from the block's events (fees, transfers,
 //!   bills with their split, rewards): owners paid exactly their bills, and payees got
 //!   exactly the splits;
-//! - the ledger's total billed equals the sum of paid bills.
+//! - the ledger's total billed equals the sum of paid bills;
+//! - every accepted uptime report was judged as a model of the rules in
+//!   `peergrid_ledger::minting` says: the same violation, or none.
 //!
 //! Replaying the same blocks on a fresh store gives the same root at every height and
 //! the same receipts: minting is a pure function of the history.
@@ -26,6 +29,7 @@ use peergrid_core::{AccountId, Amount, Capacity, Hash, PublicIp, SignedTx};
 use peergrid_ledger::genesis::GenesisBalance;
 use peergrid_ledger::{
     BillStatus, BlockContext, ContractState, Event, Genesis, Ledger, MemoryStore, State,
+    ViolationKind,
 };
 use proptest::prelude::*;
 
@@ -76,6 +80,8 @@ enum Op {
     Uptime {
         node: u8,
         kind: u8,
+        /// The node's clock against ledger time, s: within the accepted drift.
+        wander: i64,
     },
     EndBlock {
         secs: u64,
@@ -94,18 +100,64 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (owner(), 1u64..12, 1u64..4).prop_map(|(owner, contract, cru)| Op::Update { owner, contract, cru }),
         1 => (owner(), 1u64..12).prop_map(|(owner, contract)| Op::Cancel { owner, contract }),
         2 => (0u8..3, 1u64..12, 1u64..5_000_000_000).prop_map(|(node, contract, bytes)| Op::Usage { node: NODES[node as usize], contract, bytes }),
-        4 => (0u8..3, 0u8..20).prop_map(|(node, kind)| Op::Uptime { node: NODES[node as usize], kind }),
+        4 => (0u8..3, 0u8..20, -60i64..=60).prop_map(|(node, kind, wander)| Op::Uptime { node: NODES[node as usize], kind, wander }),
         4 => prop_oneof![4 => 1u64..15, 2 => 15u64..120, 1 => 120u64..700].prop_map(|secs| Op::EndBlock { secs }),
     ]
 }
 
-/// Each node's boot time in the test's world, seconds, and whether it lies from now on.
+/// Each node's boot time in the test's world, ledger seconds, as its uptime counter tells it.
 type Boots = BTreeMap<u8, u64>;
 
-fn to_tx(state: &State, op: &Op, now_ms: u64, boots: &mut Boots) -> Option<SignedTx> {
+/// How an uptime report must be judged.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Judged {
+    /// Not an uptime report.
+    NotUptime,
+    /// No violation.
+    Fine,
+    /// This violation.
+    Violation(&'static str),
+}
+
+fn violation_name(v: &ViolationKind) -> &'static str {
+    match v {
+        ViolationKind::UptimeBeyondElapsed { .. } => "uptime beyond elapsed",
+        ViolationKind::HiddenReboot { .. } => "hidden reboot",
+        ViolationKind::ClockSkew { .. } => "clock skew",
+    }
+}
+
+/// The rules of `peergrid_ledger::minting`, written again from its docs: a report of
+/// `uptime` at node clock `ts`, after the node's last accepted report in `state`.
+fn model(state: &State, node: u32, uptime: u64, ts: u64) -> Judged {
+    let Some(last) = state.node(node).map(|n| n.uptime) else {
+        return Judged::Fine;
+    };
+    if last.last_report_ms.is_none() {
+        return Judged::Fine;
+    }
+    let s = state.params().clock_skew_max_secs as i128;
+    let boot = ts as i128 - uptime as i128;
+    let previous = last.last_timestamp_secs as i128 - last.last_uptime_secs as i128;
+    if boot < previous - s {
+        Judged::Violation("uptime beyond elapsed")
+    } else if boot <= previous + s {
+        if (boot - last.boot_secs as i128).abs() > s {
+            Judged::Violation("clock skew")
+        } else {
+            Judged::Fine
+        }
+    } else if boot < last.last_timestamp_secs as i128 - s {
+        Judged::Violation("hidden reboot")
+    } else {
+        Judged::Fine
+    }
+}
+
+fn to_tx(state: &State, op: &Op, now_ms: u64, boots: &mut Boots) -> Option<(SignedTx, Judged)> {
     let nonce = |n: u8| state.account(&key(n).account()).nonce;
     let signed = |n: u8, payload| SignedTx::new(&key(n), CHAIN, nonce(n), payload);
-    Some(match *op {
+    let tx = match *op {
         Op::TopUp { to, units } => signed(
             1,
             Payload::Transfer {
@@ -167,31 +219,79 @@ fn to_tx(state: &State, op: &Op, now_ms: u64, boots: &mut Boots) -> Option<Signe
                 nu_bytes: bytes,
             },
         ),
-        Op::Uptime { node, kind } => {
+        Op::Uptime { node, kind, wander } => {
             let now_secs = now_ms / 1000;
+            let n = state.node_by_account(&key(node).account())?;
+            let (id, last) = (n.id, n.uptime);
             let boot = boots.entry(node).or_insert(now_secs - 50_000);
-            let uptime = match kind {
+            let ts = now_secs.saturating_add_signed(wander);
+            let mut lie = 0;
+            match kind {
                 // A reboot a few seconds ago.
-                0 => {
-                    *boot = now_secs - 3;
-                    3
-                }
+                0 => *boot = now_secs - 3,
                 // A lie: more uptime than the boot allows.
-                1 => now_secs - *boot + 1_000,
-                _ => now_secs - *boot,
-            };
-            let id = state.node_by_account(&key(node).account())?.id;
-            signed(
+                1 => lie = 1_000,
+                // A reboot hidden from the previous report: booted (on the node's clock) more
+                // than the tolerance before it, though it showed an older boot (possible only
+                // if that boot was more than twice the tolerance before it).
+                2 if last.last_report_ms.is_some() && last.last_uptime_secs > 300 => {
+                    *boot = (last.last_timestamp_secs - 130).saturating_add_signed(-wander);
+                }
+                // An uptime counter running slow (more often, so drift adds up past the
+                // tolerance) or fast: the boot it implies moves 50 s.
+                3..=5 => *boot += 50,
+                6 => *boot -= 50,
+                _ => {}
+            }
+            let uptime = (now_secs + lie).saturating_sub(*boot);
+            let judged = model(state, id, uptime, ts);
+            if kind == 2 && last.last_report_ms.is_some() && last.last_uptime_secs > 300 {
+                assert_eq!(
+                    judged,
+                    Judged::Violation("hidden reboot"),
+                    "the generator hides a reboot"
+                );
+            }
+            let tx = signed(
                 node,
                 Payload::ReportUptime {
                     node: id,
                     uptime_secs: uptime,
-                    timestamp_secs: now_secs,
+                    timestamp_secs: ts,
                 },
-            )
+            );
+            return Some((tx, judged));
         }
         Op::EndBlock { .. } => return None,
-    })
+    };
+    Some((tx, Judged::NotUptime))
+}
+
+/// Check each accepted report of a block was judged as the model said.
+fn check_judged(
+    receipts: &[peergrid_ledger::TxReceipt],
+    judged: &[Judged],
+) -> Result<(), TestCaseError> {
+    prop_assert_eq!(receipts.len(), judged.len());
+    for (r, expected) in receipts.iter().zip(judged) {
+        let Ok(events) = &r.result else { continue };
+        if *expected == Judged::NotUptime {
+            continue;
+        }
+        let seen: Vec<&'static str> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::UptimeViolation { violation, .. } => Some(violation_name(violation)),
+                _ => None,
+            })
+            .collect();
+        let want: Vec<&'static str> = match expected {
+            Judged::Violation(v) => vec![*v],
+            _ => vec![],
+        };
+        prop_assert_eq!(seen, want);
+    }
+    Ok(())
 }
 
 /// Farm of key 1 with three public IPs and nodes 20..=22, each funded for fees.
@@ -370,6 +470,7 @@ proptest! {
         let mut roots: Vec<_> = Vec::new();
         let mut boots = Boots::new();
         let mut pending: Vec<SignedTx> = Vec::new();
+        let mut judged: Vec<Judged> = Vec::new();
         let mut scratch = ledger.state().clone();
         time_ms += 1000;
 
@@ -379,6 +480,7 @@ proptest! {
             if let Op::EndBlock { secs } = op {
                 let ctx = BlockContext { height: ledger.state().height() + 1, time_ms };
                 let out = ledger.execute_block(ctx, &pending).expect("block applies");
+                check_judged(&out.receipts, &std::mem::take(&mut judged))?;
                 for r in &out.receipts {
                     if let Ok(events) = &r.result {
                         apply_events(&mut model, ledger.state(), events);
@@ -392,10 +494,11 @@ proptest! {
                 time_ms += secs * 1000;
                 continue;
             }
-            let Some(tx) = to_tx(&scratch, op, time_ms, &mut boots) else { continue };
+            let Some((tx, j)) = to_tx(&scratch, op, time_ms, &mut boots) else { continue };
             let ctx = BlockContext { height: scratch.height() + 1, time_ms };
             let _ = scratch.apply_tx(&tx, &ctx);
             pending.push(tx);
+            judged.push(j);
         }
 
         // Same blocks, fresh store: the same root at every height, the same receipts.
