@@ -112,7 +112,14 @@ impl<S: Store> Ledger<S> {
                         .iter()
                         .map(|(t, k, v)| (*t, k.as_slice(), v.as_slice())),
                 )
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                .map_err(|e| {
+                    StoreError::Corrupt(format!(
+                        "{e} (a ledger written by an older peergrid may hold records in an \
+                         older shape: start it over, e.g. `peergrid devnet --fresh`; otherwise \
+                         the file is damaged: restore it, or remove it and a validator rebuilds \
+                         it from its block archive)"
+                    ))
+                })?;
                 if state.root() != snapshot.root || state.height() != snapshot.height {
                     return Err(StoreError::Corrupt(format!(
                         "stored root {} at height {} but the entries hash to {} at height {} \
