@@ -338,7 +338,7 @@ pub enum Event {
     UptimeReported {
         /// Its id.
         node: NodeId,
-        /// Seconds since its boot.
+        /// Seconds its service has been running.
         uptime_secs: u64,
     },
     /// A contract was created.

@@ -5,21 +5,26 @@
 //! - Minting period `p` is `[genesis + p·len, genesis + (p+1)·len)` of ledger time,
 //!   `len = minting_period_secs`.
 //! - Each accepted uptime report updates the node's counters at once, so minting
-//!   never replays history. The ledger already refused a report whose timestamp is more
-//!   than `uptime_drift_secs` from ledger time. A report at ledger time `t` with uptime
-//!   `u` and node clock `ts`, after a previous report at `t'` with `u'`, `ts'`, is judged
-//!   on the boot times it implies, `b = ts − u` and `b' = ts' − u'`, with the tolerance
+//!   never replays history. A node's uptime is how long its service has been running
+//!   without a stop (a reboot, or its daemon stopped and started again), so a start is
+//!   a "boot" here. The ledger already refused a report whose timestamp is more than
+//!   `uptime_drift_secs` from ledger time. A report at ledger time `t` with uptime `u`
+//!   and node clock `ts`, after a previous report at `t'` with `u'`, `ts'`, is judged on
+//!   the boot times it implies, `b = ts − u` and `b' = ts' − u'`, with the tolerance
 //!   `s = clock_skew_max_secs`:
 //!   - `b < b' − s`: the uptime grew more than the clock did: **uptime beyond elapsed**, a
 //!     violation;
-//!   - `|b − b'| ≤ s`: the same boot, up all along: `[t', t)` counts as up, unless `b` is
-//!     more than `s` from `b₀`, the boot time implied when this boot was first seen:
-//!     the node's clock and its uptime counter drifted apart, a little per report, by
-//!     more than `s` over the boot: **clock skew**, a violation;
-//!   - `b > b' + s` and `b ≥ ts' − s`: a reboot after the previous report: the time
-//!     since the boot, `[max(t', t − u), t)`, counts;
-//!   - `b > b' + s` and `b < ts' − s`: the node booted before its previous report but
-//!     that report showed the old boot: **hidden reboot**, a violation.
+//!   - `t − u > t'`: the node started after the previous report was applied: a
+//!     restart, judged as a reboot below even when `b` is within `s` of `b'` (as it is
+//!     for a node stopped soon after it started and started again soon after);
+//!   - otherwise `|b − b'| ≤ s`: the same boot, up all along: `[t', t)` counts as up,
+//!     unless `b` is more than `s` from `b₀`, the boot time implied when this boot was
+//!     first seen: the node's clock and its uptime counter drifted apart, a little per
+//!     report, by more than `s` over the boot: **clock skew**, a violation;
+//!   - a reboot (`b > b' + s`, or a restart) with `b ≥ ts' − s`: after the previous
+//!     report: the time since the boot, `[max(t', t − u), t)`, counts;
+//!   - a reboot with `b < ts' − s`: the node booted before its previous report but that
+//!     report showed the old boot: **hidden reboot**, a violation.
 //!
 //!   A node's first report counts `[max(registration, t − u), t)`. Its `b` becomes `b₀`,
 //!   as does the `b` of a reboot or of any violation, so one fault is counted once.
@@ -144,7 +149,10 @@ pub fn judge_report(
             elapsed_secs: timestamp_secs.saturating_sub(p.timestamp_secs),
         });
     }
-    if boot <= previous_boot + s {
+    // Within the tolerance a restart can imply a boot close to the previous one; the
+    // uptime itself still shows it.
+    let restarted = booted_ms > p.at_ms;
+    if boot <= previous_boot + s && !restarted {
         let first_boot = p.boot_secs as i128;
         let skew = (boot - first_boot).abs();
         if skew > s {
@@ -597,7 +605,7 @@ pub fn describe(v: &ViolationKind) -> String {
             boot_secs,
             previous_report_secs,
         } => format!(
-            "booted at {boot_secs} s, before the previous report at {previous_report_secs} s which showed a boot at {previous_boot_secs} s"
+            "(re)started at {boot_secs} s, before the previous report at {previous_report_secs} s which showed a start at {previous_boot_secs} s"
         ),
         ViolationKind::ClockSkew {
             first_boot_secs,
@@ -671,6 +679,41 @@ mod tests {
             ReportVerdict::Up {
                 from_ms: T + 4_200_000,
                 to_ms: T + 4_800_000
+            }
+        );
+    }
+
+    #[test]
+    fn a_restart_soon_after_the_previous_start_counts_only_since_the_restart() {
+        // Previous at 2400 s, 30 s after the node started (at 2370 s). It stops, starts
+        // again at 2460 s and reports at 2470 s with uptime 10 s: a start 90 s after the
+        // previous one, within the 120 s tolerance, but after the previous report, so the
+        // stop is not counted, and the new start is the boot later reports are held to.
+        let j = judge_full(prev(2400, 30), 2470, 10, 0);
+        assert_eq!(
+            j.verdict,
+            ReportVerdict::Up {
+                from_ms: T + 2_460_000,
+                to_ms: T + 2_470_000
+            }
+        );
+        assert_eq!(j.boot_secs, (T / 1000) as i64 + 2460);
+        // Stopped 2 s after it started (at 2398 s), started again at 2460 s and up 10 s:
+        // the uptime even grew, yet the start is after the previous report: only the
+        // 10 s count.
+        assert_eq!(
+            judge(prev(2400, 2), 2470, 10, 0),
+            ReportVerdict::Up {
+                from_ms: T + 2_460_000,
+                to_ms: T + 2_470_000
+            }
+        );
+        // Uptime that grew with the clock is the same boot: the time between reports counts.
+        assert_eq!(
+            judge(prev(2400, 30), 2410, 40, 0),
+            ReportVerdict::Up {
+                from_ms: T + 2_400_000,
+                to_ms: T + 2_410_000
             }
         );
     }

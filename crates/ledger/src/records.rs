@@ -78,7 +78,7 @@ pub struct Farm {
 pub struct Uptime {
     /// Ledger time of the last accepted report, ms.
     pub last_report_ms: Option<u64>,
-    /// Seconds since boot in the last report.
+    /// Seconds the node's service had been running in the last report.
     pub last_uptime_secs: u64,
     /// The node's own clock in the last report, s.
     pub last_timestamp_secs: u64,
@@ -398,7 +398,7 @@ pub enum ViolationKind {
         /// The node's clock between the reports, s.
         elapsed_secs: u64,
     },
-    /// The node booted before its previous report, yet that report showed the older boot.
+    /// The node (re)started before its previous report, yet that report showed the older start.
     HiddenReboot {
         /// Boot time implied by the previous report (timestamp − uptime), node clock s.
         previous_boot_secs: u64,

@@ -128,20 +128,23 @@ fn violation_name(v: &ViolationKind) -> &'static str {
 }
 
 /// The rules of `peergrid_ledger::minting`, written again from its docs: a report of
-/// `uptime` at node clock `ts`, after the node's last accepted report in `state`.
-fn model(state: &State, node: u32, uptime: u64, ts: u64) -> Judged {
+/// `uptime` at node clock `ts` and ledger time `now_ms`, after the node's last accepted
+/// report in `state`.
+fn model(state: &State, node: u32, now_ms: u64, uptime: u64, ts: u64) -> Judged {
     let Some(last) = state.node(node).map(|n| n.uptime) else {
         return Judged::Fine;
     };
-    if last.last_report_ms.is_none() {
+    let Some(last_ms) = last.last_report_ms else {
         return Judged::Fine;
-    }
+    };
     let s = state.params().clock_skew_max_secs as i128;
     let boot = ts as i128 - uptime as i128;
     let previous = last.last_timestamp_secs as i128 - last.last_uptime_secs as i128;
+    // Started after the previous report was applied: a restart, whatever `boot` says.
+    let restarted = now_ms.saturating_sub(uptime.saturating_mul(1000)) > last_ms;
     if boot < previous - s {
         Judged::Violation("uptime beyond elapsed")
-    } else if boot <= previous + s {
+    } else if boot <= previous + s && !restarted {
         if (boot - last.boot_secs as i128).abs() > s {
             Judged::Violation("clock skew")
         } else {
@@ -244,7 +247,7 @@ fn to_tx(state: &State, op: &Op, now_ms: u64, boots: &mut Boots) -> Option<(Sign
                 _ => {}
             }
             let uptime = (now_secs + lie).saturating_sub(*boot);
-            let judged = model(state, id, uptime, ts);
+            let judged = model(state, id, now_ms, uptime, ts);
             if kind == 2 && last.last_report_ms.is_some() && last.last_uptime_secs > 300 {
                 assert_eq!(
                     judged,
