@@ -345,7 +345,7 @@ pub fn node(globals: &Globals, cmd: NodeCommand) -> anyhow::Result<()> {
                 (
                     "uptime",
                     format!(
-                        "{} since boot, {} reports",
+                        "up {} since its last start, {} reports",
                         output::human_duration(Duration::from_secs(
                             v.data["uptime"]["last_uptime_secs"].as_u64().unwrap_or(0)
                         )),

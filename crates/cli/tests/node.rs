@@ -8,19 +8,32 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
-use peergrid_client::{Client, TxStatus};
+use peergrid_client::{AtHeight, Client, TxStatus};
 use peergrid_core::tx::ContractSpec;
 use peergrid_core::{Capacity, Hash, Keypair, Payload};
 use peergrid_node::DeployRequest;
 use serde_json::Value;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as u64
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_farmer_runs_a_node_that_follows_its_contracts_across_restarts() {
     let home_dir = tempfile::tempdir().expect("tempdir");
     let home = home_dir.path().to_path_buf();
     let base_port = base_port(16_400);
-    let (mut validators, client, demo) =
-        devnet(&home, base_port, &["uptime_interval_secs=2"]).await;
+    // Minting periods of 20 s, so that the period holding the node's downtime is minted
+    // (and its receipt read) while the test runs.
+    let (mut validators, client, demo) = devnet(
+        &home,
+        base_port,
+        &["uptime_interval_secs=2", "minting_period_secs=20"],
+    )
+    .await;
 
     // Errors a farmer meets first: an unknown farm, and no consent from the owner.
     let data: PathBuf = home.join("node-a");
@@ -159,8 +172,9 @@ async fn a_farmer_runs_a_node_that_follows_its_contracts_across_restarts() {
         deployment
     );
 
-    // The node dies: the ledger turns it down.
+    // The node's daemon dies (the machine keeps running): the ledger turns it down.
     node.kill();
+    let stopped_ms = now_ms();
     let h = home.clone();
     eventually(
         "the node to turn down",
@@ -168,8 +182,11 @@ async fn a_farmer_runs_a_node_that_follows_its_contracts_across_restarts() {
         move || (node_status(&h, node_id) == "down").then_some(()),
     )
     .await;
+    // Down for more than two report intervals, and then some.
+    tokio::time::sleep(Duration::from_secs(4)).await;
 
     // Restarted, it is up again with its contract restored, without anyone doing anything.
+    let restarted_ms = now_ms();
     let _node = start_node(&home, farm_id, &data, health_port);
     let h = home.clone();
     eventually(
@@ -199,6 +216,43 @@ async fn a_farmer_runs_a_node_that_follows_its_contracts_across_restarts() {
     assert!(matches!(status, TxStatus::Finalized { .. }), "{status:?}");
     wait_workloads(&health, "the workload to be removed", |w| w.is_empty()).await;
     assert!(!folder.exists(), "its data is gone");
+
+    // The time the daemon was stopped is not credited as uptime: the minted receipts of
+    // the periods it spans miss at least that much.
+    let receipts = loop {
+        let page: AtHeight<Value> = client
+            .get(&format!("/v1/farms/{farm_id}/receipts?limit=1000"))
+            .await
+            .expect("receipts");
+        let items = page.data["items"].as_array().cloned().unwrap_or_default();
+        let minted = |r: &Value| r["period_end_ms"].as_u64().unwrap_or(0) > restarted_ms;
+        if items.iter().any(minted) {
+            break items;
+        }
+        assert!(
+            now_ms() < restarted_ms + 60_000,
+            "the period of the restart was not minted: {items:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let spanned = receipts.iter().filter(|r| {
+        r["node"] == node_id
+            && r["period_start_ms"].as_u64().unwrap_or(0) < restarted_ms
+            && r["period_end_ms"].as_u64().unwrap_or(0) > stopped_ms
+    });
+    let uncredited_secs: u64 = spanned
+        .map(|r| {
+            let period = r["period_secs"].as_u64().expect("period_secs");
+            period - r["up_secs"].as_u64().expect("up_secs").min(period)
+        })
+        .sum();
+    let stopped_secs = (restarted_ms - stopped_ms) / 1000;
+    // Two seconds for the receipts' rounding to whole seconds.
+    assert!(
+        uncredited_secs + 2 >= stopped_secs,
+        "stopped {stopped_secs} s (from {stopped_ms} ms to {restarted_ms} ms), yet only \
+         {uncredited_secs} s are not credited: {receipts:#?}"
+    );
 
     // The whole ledger goes away: the node says so on its health endpoint, keeps running,
     // and its reports resume by themselves when the ledger is back.

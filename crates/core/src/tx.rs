@@ -216,7 +216,8 @@ pub enum Payload {
     ReportUptime {
         /// The node.
         node: NodeId,
-        /// Seconds since the node's machine booted.
+        /// Seconds the node's service has been running without a stop (since its
+        /// process started, the machine booted or woke from sleep).
         uptime_secs: u64,
         /// The node's clock, seconds since the Unix epoch.
         timestamp_secs: u64,

@@ -18,6 +18,7 @@ use crate::probe::{DiskSpec, Probe, Reservation, probe};
 use crate::protocol::{self, DeployRequest, NodeReport, WorkloadCounts};
 use crate::reconcile;
 use crate::register::{Consent, ensure_registered};
+use crate::uptime::ServiceClock;
 use crate::world::{WorkloadState, World, WorldError, write_atomic};
 
 /// How `peergrid node run` is configured.
@@ -71,6 +72,8 @@ pub struct Shared {
     pub listen: Vec<String>,
     /// The mesh peer.
     pub mesh: peergrid_mesh::Mesh,
+    /// When the service started: the uptime it reports.
+    pub clock: ServiceClock,
 }
 
 impl Shared {
@@ -95,7 +98,7 @@ impl Shared {
             used,
             free: self.capacity.saturating_sub(&used),
             workloads: counts,
-            uptime_secs: sysinfo::System::uptime(),
+            uptime_secs: self.clock.uptime_secs(),
             followed_height: world.followed_height,
         }
     }
@@ -155,6 +158,7 @@ impl Running {
 
 /// Start a node: everything [`run`] does, returning once it is registered and serving.
 pub async fn start(config: NodeConfig) -> anyhow::Result<Running> {
+    let clock = ServiceClock::start();
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
     let key = node_key(&config.data_dir)?;
@@ -262,6 +266,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Running> {
         interval_secs,
         listen,
         mesh: mesh.clone(),
+        clock,
     });
     serve_protocols(&mesh, shared.clone(), client.clone())?;
     let (health, health_task) = crate::health::serve(config.health_listen, shared.clone()).await?;
@@ -313,8 +318,9 @@ async fn report_uptime(shared: Arc<Shared>, client: Arc<Client>, key: Keypair, n
         first = false;
         let payload = Payload::ReportUptime {
             node,
-            // Seconds since the machine booted: a reboot shows as uptime going down.
-            uptime_secs: sysinfo::System::uptime(),
+            // Seconds since this service started: a restart shows as uptime going down,
+            // and the ledger does not credit the time the node was stopped.
+            uptime_secs: shared.clock.uptime_secs(),
             timestamp_secs: now_ms() / 1000,
         };
         match client.send(&key, payload, interval).await {

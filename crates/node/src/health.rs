@@ -85,7 +85,7 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
     };
     gauge(
         "peergrid_node_uptime_seconds",
-        "Seconds since the machine booted.",
+        "Seconds since the node's service started (or the machine woke).",
         report.uptime_secs,
     );
     gauge(

@@ -24,6 +24,7 @@ pub mod probe;
 pub mod protocol;
 pub mod reconcile;
 pub mod register;
+pub mod uptime;
 pub mod world;
 
 pub use daemon::{NodeConfig, run};

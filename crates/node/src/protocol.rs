@@ -49,7 +49,7 @@ pub struct NodeReport {
     pub free: Capacity,
     /// Workloads by state.
     pub workloads: WorkloadCounts,
-    /// Seconds since the machine booted.
+    /// Seconds since the node's service started (or the machine woke).
     pub uptime_secs: u64,
     /// The last ledger height reconciled.
     pub followed_height: u64,
