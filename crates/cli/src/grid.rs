@@ -11,7 +11,7 @@ use peergrid_core::capacity::human_bytes;
 use peergrid_core::tx::{Signature, sign_invitation};
 use peergrid_core::{AccountId, FarmId, Location, Payload, PublicIp};
 use peergrid_ledger::Farm;
-use peergrid_node::{DiskSpec, NodeConfig, Reservation};
+use peergrid_node::{DiskSpec, LocationUpdate, NodeConfig, Reservation};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -86,18 +86,18 @@ pub struct RunArgs {
     /// The farm owner's invitation (from `peergrid farm invite`), when their key is not on this machine.
     #[arg(long)]
     invitation: Option<String>,
-    /// Country code, like BE.
-    #[arg(long, default_value = "")]
-    country: String,
-    /// City.
-    #[arg(long, default_value = "")]
-    city: String,
-    /// Latitude in degrees.
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
-    latitude: f64,
-    /// Longitude in degrees.
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
-    longitude: f64,
+    /// Country code, like BE [default: as saved in the data directory on a previous run].
+    #[arg(long)]
+    country: Option<String>,
+    /// City [default: as saved in the data directory on a previous run].
+    #[arg(long)]
+    city: Option<String>,
+    /// Latitude in degrees [default: as saved in the data directory on a previous run].
+    #[arg(long, allow_negative_numbers = true)]
+    latitude: Option<f64>,
+    /// Longitude in degrees [default: as saved in the data directory on a previous run].
+    #[arg(long, allow_negative_numbers = true)]
+    longitude: Option<f64>,
     /// The local health, status and metrics endpoint.
     #[arg(long, default_value = "127.0.0.1:9100")]
     health: SocketAddr,
@@ -399,11 +399,17 @@ fn node_run(globals: &Globals, args: RunArgs) -> anyhow::Result<()> {
         ledger: client.urls().to_vec(),
         disks: args.disks,
         reserve: Reservation::default(),
-        location: Location {
+        location: LocationUpdate {
             country: args.country,
             city: args.city,
-            latitude_micro: degrees_to_micro("latitude", args.latitude, 90.0)?,
-            longitude_micro: degrees_to_micro("longitude", args.longitude, 180.0)?,
+            latitude_micro: args
+                .latitude
+                .map(|d| degrees_to_micro("latitude", d, 90.0))
+                .transpose()?,
+            longitude_micro: args
+                .longitude
+                .map(|d| degrees_to_micro("longitude", d, 180.0))
+                .transpose()?,
         },
         health_listen: args.health,
         mesh,

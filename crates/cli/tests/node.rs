@@ -186,8 +186,11 @@ async fn a_farmer_runs_a_node_that_follows_its_contracts_across_restarts() {
     tokio::time::sleep(Duration::from_secs(4)).await;
 
     // Restarted, it is up again with its contract restored, without anyone doing anything.
+    // Given only a new city, it keeps the country it was given on its first start.
     let restarted_ms = now_ms();
-    let _node = start_node(&home, farm_id, &data, health_port);
+    let mut moved = node_command(&home, farm_id, &data, health_port);
+    moved.args(["--city", "Antwerp"]);
+    let _node = spawn_node(moved, &data);
     let h = home.clone();
     eventually(
         "the node to be up again",
@@ -195,6 +198,9 @@ async fn a_farmer_runs_a_node_that_follows_its_contracts_across_restarts() {
         move || (node_status(&h, node_id) == "up").then_some(()),
     )
     .await;
+    let (_, shown, _) = run(&home, &["node", "show", &node_id.to_string()]);
+    assert_eq!(shown["node"]["location"]["city"], "Antwerp", "{shown}");
+    assert_eq!(shown["node"]["location"]["country"], "BE", "{shown}");
     let w = wait_workloads(&health, "the restored workload", |w| !w.is_empty()).await;
     assert_eq!(w[0]["contract"], contract_id);
     assert_eq!(

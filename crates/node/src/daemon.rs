@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use peergrid_client::{Client, TxStatus};
 use peergrid_core::tx::Signature;
-use peergrid_core::{Capacity, FarmId, Keypair, Location, NodeId, Payload};
+use peergrid_core::{Capacity, FarmId, Keypair, NodeId, Payload};
 use serde_json::Value;
 use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
@@ -18,6 +18,7 @@ use crate::probe::{DiskSpec, Probe, Reservation, probe};
 use crate::protocol::{self, DeployRequest, NodeReport, WorkloadCounts};
 use crate::reconcile;
 use crate::register::{Consent, ensure_registered};
+use crate::settings::{LocationUpdate, Settings};
 use crate::uptime::ServiceClock;
 use crate::world::{WorkloadState, World, WorldError, write_atomic};
 
@@ -34,8 +35,8 @@ pub struct NodeConfig {
     pub disks: Vec<DiskSpec>,
     /// What the node keeps for itself.
     pub reserve: Reservation,
-    /// Where the machine is.
-    pub location: Location,
+    /// Where the machine is: the fields given override those saved in the data directory.
+    pub location: LocationUpdate,
     /// The local health and metrics endpoint.
     pub health_listen: SocketAddr,
     /// The mesh peer's configuration.
@@ -179,6 +180,8 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Running> {
     )
     .map_err(|e: WorldError| anyhow::anyhow!(e))?;
     let mut world = World::load(&config.data_dir)?;
+    let mut settings = Settings::load(&config.data_dir)?;
+    let location = config.location.clone().or(settings.location.as_ref());
     let client = Arc::new(Client::new(config.ledger.clone()));
     let owner = match &config.owner_key {
         Some(p) => Some(Keypair::load(p).with_context(|| format!("cannot load {}", p.display()))?),
@@ -190,18 +193,18 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Running> {
         (None, None) => Consent::None,
     };
     // A machine booting while the ledger is out of reach waits for it rather than exiting.
-    let id = loop {
+    let (id, location) = loop {
         match ensure_registered(
             &client,
             &key,
             config.farm,
             probe.offered,
-            &config.location,
+            &location,
             consent,
         )
         .await
         {
-            Ok(id) => break id,
+            Ok(registered) => break registered,
             Err(e) if unreachable(&e) => {
                 warn!(
                     error = format!("{e:#}"),
@@ -219,6 +222,10 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Running> {
     }
     world.node = Some(id);
     world.save()?;
+    if settings.location.as_ref() != Some(&location) {
+        settings.location = Some(location);
+        settings.save(&config.data_dir)?;
+    }
     let status = client.status().await?;
     let interval_secs = status.data["params"]["uptime_interval_secs"]
         .as_u64()

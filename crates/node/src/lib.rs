@@ -24,12 +24,14 @@ pub mod probe;
 pub mod protocol;
 pub mod reconcile;
 pub mod register;
+pub mod settings;
 pub mod uptime;
 pub mod world;
 
 pub use daemon::{NodeConfig, run};
 pub use probe::{DiskClass, DiskSpec, Probe, Reservation};
 pub use protocol::{DeployRequest, NodeReport};
+pub use settings::{LocationUpdate, Settings};
 pub use world::{Workload, WorkloadState, World};
 
 /// The node software's version, reported on the mesh and the health endpoint.

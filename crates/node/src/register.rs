@@ -13,6 +13,8 @@ use peergrid_core::tx::{Signature, sign_invitation};
 use peergrid_core::{Amount, Capacity, FarmId, Keypair, Location, NodeId, Payload};
 use tracing::info;
 
+use crate::settings::LocationUpdate;
+
 /// What the node's account keeps for its own fees (registration and updates); uptime
 /// reports are free.
 pub const FEE_FLOAT: Amount = Amount(10_000_000);
@@ -71,15 +73,16 @@ async fn send(client: &Client, key: &Keypair, payload: Payload) -> anyhow::Resul
     }
 }
 
-/// Make sure `key` is registered in `farm` with `capacity` and `location`; returns its node id.
+/// Make sure `key` is registered in `farm` with `capacity` and `location` (over what the
+/// ledger holds); returns its node id and the location registered. Only what changed is sent.
 pub async fn ensure_registered(
     client: &Client,
     key: &Keypair,
     farm_id: FarmId,
     capacity: Capacity,
-    location: &Location,
+    location: &LocationUpdate,
     consent: Consent<'_>,
-) -> anyhow::Result<NodeId> {
+) -> anyhow::Result<(NodeId, Location)> {
     let me = key.account();
     let farm = farm(client, farm_id).await?;
     let account = client
@@ -97,10 +100,11 @@ pub async fn ensure_registered(
                 record.farm
             );
         }
+        let location = location.over(&record.location);
         let capacity_changed = record.capacity != capacity;
-        let location_changed = record.location != *location;
+        let location_changed = record.location != location;
         if capacity_changed || location_changed {
-            info!(node = id, %capacity, "capacity or location changed, updating the ledger");
+            info!(node = id, %capacity, ?location, "capacity or location changed, updating the ledger");
             fund(client, &consent, &me, account.balance).await?;
             send(
                 client,
@@ -113,8 +117,9 @@ pub async fn ensure_registered(
             )
             .await?;
         }
-        return Ok(id);
+        return Ok((id, location));
     }
+    let location = location.over(&Location::default());
     let status = client.status().await?;
     let chain_id = status.data["chain_id"]
         .as_str()
@@ -159,7 +164,7 @@ pub async fn ensure_registered(
         .node
         .context("registration finalized but the ledger shows no node for this key")?;
     info!(node = id, farm = farm_id, %capacity, "registered");
-    Ok(id)
+    Ok((id, location))
 }
 
 /// Give the node's account enough for its fees, from the owner's key when we have it.

@@ -99,6 +99,16 @@ pub struct WorldError {
     source: std::io::Error,
 }
 
+impl WorldError {
+    pub(crate) fn new(what: &'static str, path: &Path, source: std::io::Error) -> Self {
+        WorldError {
+            what,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
 fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> WorldError {
     let path = path.to_path_buf();
     move |source| WorldError { what, path, source }

@@ -98,23 +98,36 @@ pub fn node_status(home: &Path, id: u64) -> String {
     v["node"]["status"].as_str().unwrap_or_default().to_string()
 }
 
-pub fn start_node(home: &Path, farm: u64, data: &Path, health: u16) -> Proc {
-    let log = std::fs::File::create(data.with_extension("log")).expect("log");
-    let child = peergrid(home)
-        .args(["node", "run", "--farm", &farm.to_string()])
+/// `peergrid node run` in `farm`, its data in `data`, on loopback, without a location.
+pub fn node_command(home: &Path, farm: u64, data: &Path, health: u16) -> Command {
+    let mut cmd = peergrid(home);
+    cmd.args(["node", "run", "--farm", &farm.to_string()])
         .arg("--data-dir")
         .arg(data)
         .arg("--disk")
         .arg(format!("{}:ssd:20GiB", data.display()))
         .args(["--health", &format!("127.0.0.1:{health}")])
         .args(["--listen", "/ip4/127.0.0.1/tcp/0"])
-        .args(["--country", "BE", "--city", "Ghent"])
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", "info");
+    cmd
+}
+
+/// Start a [`node_command`], its output in `data.log`.
+pub fn spawn_node(mut cmd: Command, data: &Path) -> Proc {
+    let log = std::fs::File::create(data.with_extension("log")).expect("log");
+    let child = cmd
         .stdout(log.try_clone().expect("log"))
         .stderr(log)
         .spawn()
         .expect("start node");
     Proc(child)
+}
+
+/// A node of `farm` in Ghent, BE.
+pub fn start_node(home: &Path, farm: u64, data: &Path, health: u16) -> Proc {
+    let mut cmd = node_command(home, farm, data, health);
+    cmd.args(["--country", "BE", "--city", "Ghent"]);
+    spawn_node(cmd, data)
 }
 
 pub async fn workloads(health: &str) -> Vec<Value> {
