@@ -4,7 +4,9 @@
 
 mod common;
 
+use std::io::Read;
 use std::path::PathBuf;
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
@@ -81,6 +83,25 @@ async fn a_farmer_runs_a_node_that_follows_its_contracts_across_restarts() {
     let health = format!("http://127.0.0.1:{health_port}");
     let mut node = start_node(&home, farm_id, &data, health_port);
     let node_id = node_up(&home, farm_id, &data).await;
+
+    // A second node on the same data directory refuses to start, naming the first.
+    let mut second = node_command(&home, farm_id, &data, base_port + 251);
+    second.stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut second = Proc(second.spawn().expect("start a second node"));
+    let exited = wait_for("the second node to exit", Duration::from_secs(20), || {
+        second.0.try_wait().ok().flatten()
+    });
+    assert!(!exited.success());
+    let mut err = String::new();
+    second
+        .0
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .expect("read stderr");
+    let holder = format!("in use by another node (process {})", node.0.id());
+    assert!(err.contains(&holder), "{err}");
     let (_, shown, _) = run(&home, &["node", "show", &node_id.to_string()]);
     let capacity = &shown["node"]["capacity"];
     assert!(capacity["cru"].as_u64().unwrap_or(0) >= 1, "{shown}");

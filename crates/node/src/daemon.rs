@@ -14,6 +14,7 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
 
+use crate::lock::DataDirLock;
 use crate::probe::{DiskSpec, Probe, Reservation, probe};
 use crate::protocol::{self, DeployRequest, NodeReport, WorkloadCounts};
 use crate::reconcile;
@@ -145,6 +146,7 @@ pub struct Running {
     pub health: SocketAddr,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     _mesh: peergrid_mesh::Mesh,
+    _lock: DataDirLock,
 }
 
 impl Running {
@@ -162,6 +164,8 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Running> {
     let clock = ServiceClock::start();
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create {}", config.data_dir.display()))?;
+    // Before anything in the directory is read or written.
+    let lock = DataDirLock::acquire(&config.data_dir)?;
     let key = node_key(&config.data_dir)?;
     let disks = if config.disks.is_empty() {
         vec![DiskSpec {
@@ -294,6 +298,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Running> {
         health,
         tasks,
         _mesh: mesh,
+        _lock: lock,
     })
 }
 

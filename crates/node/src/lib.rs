@@ -20,6 +20,7 @@
 
 pub mod daemon;
 pub mod health;
+pub mod lock;
 pub mod probe;
 pub mod protocol;
 pub mod reconcile;
