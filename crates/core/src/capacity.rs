@@ -74,6 +74,46 @@ impl Capacity {
     pub fn is_zero(&self) -> bool {
         *self == Capacity::ZERO
     }
+
+    /// The fields of `self` above the same field of `limit`, in words, like
+    /// `"SSD 20.0 GiB > 10.0 GiB"`, joined by ", " (empty when `self` fits within `limit`).
+    pub fn excess_over(&self, limit: &Capacity) -> String {
+        [
+            (
+                "cores",
+                self.cru,
+                limit.cru,
+                self.cru.to_string(),
+                limit.cru.to_string(),
+            ),
+            (
+                "RAM",
+                self.mru,
+                limit.mru,
+                human_bytes(self.mru),
+                human_bytes(limit.mru),
+            ),
+            (
+                "SSD",
+                self.sru,
+                limit.sru,
+                human_bytes(self.sru),
+                human_bytes(limit.sru),
+            ),
+            (
+                "HDD",
+                self.hru,
+                limit.hru,
+                human_bytes(self.hru),
+                human_bytes(limit.hru),
+            ),
+        ]
+        .into_iter()
+        .filter(|(_, have, max, _, _)| have > max)
+        .map(|(name, _, _, have, max)| format!("{name} {have} > {max}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+    }
 }
 
 impl fmt::Display for Capacity {
@@ -208,6 +248,27 @@ impl fmt::Display for PublicIp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn excess_names_only_the_fields_above_the_limit() {
+        let reserved = Capacity {
+            cru: 4,
+            mru: GIB,
+            sru: 20 * GIB,
+            hru: 0,
+        };
+        let offered = Capacity {
+            cru: 2,
+            mru: 2 * GIB,
+            sru: 10 * GIB,
+            hru: 0,
+        };
+        assert_eq!(
+            reserved.excess_over(&offered),
+            "cores 4 > 2, SSD 20.0 GiB > 10.0 GiB"
+        );
+        assert_eq!(offered.excess_over(&offered), "");
+    }
 
     #[test]
     fn sizes_parse_exactly_in_binary_and_decimal_units() {

@@ -185,6 +185,20 @@ pub enum TxError {
         /// Free.
         free: String,
     },
+    /// A node's new capacity would not hold what its contracts reserve.
+    #[error(
+        "node {node} cannot shrink to {offered}: its contracts reserve {reserved}, which does \
+         not fit ({}); keep at least what they reserve, or wait until those contracts end",
+        .reserved.excess_over(.offered)
+    )]
+    CapacityBelowReserved {
+        /// The node.
+        node: NodeId,
+        /// What its contracts reserve.
+        reserved: Capacity,
+        /// The capacity it asked for.
+        offered: Capacity,
+    },
     /// The node is rented by someone else.
     #[error("node {node} is rented by another account (contract {contract})")]
     NodeRented {
@@ -862,10 +876,10 @@ impl State {
                 let mut n = self.own_node(*node, &signer)?.clone();
                 if let Some(c) = capacity {
                     if !n.used.fits_within(c) {
-                        return Err(TxError::InsufficientCapacity {
+                        return Err(TxError::CapacityBelowReserved {
                             node: n.id,
-                            requested: format!("{} reserved by contracts", n.used),
-                            free: format!("only {c} in the new capacity"),
+                            reserved: n.used,
+                            offered: *c,
                         });
                     }
                     let old = economics::reward_units(&n.capacity).weight_micro();

@@ -376,6 +376,34 @@ fn deployments_reserve_capacity_and_public_ips_until_cancelled() {
         h.rejected(&key(3), deployment(node, 3, 0)),
         TxError::InsufficientCapacity { .. }
     ));
+    // The node cannot shrink below what its contracts reserve; the reason says by how much.
+    let shrunk = Capacity {
+        cru: 4,
+        ..capacity()
+    };
+    let e = h.rejected(
+        &key(40),
+        Payload::UpdateNode {
+            node,
+            capacity: Some(shrunk),
+            location: None,
+        },
+    );
+    assert_eq!(
+        e,
+        TxError::CapacityBelowReserved {
+            node,
+            reserved: n.used,
+            offered: shrunk
+        }
+    );
+    let text = e.to_string();
+    assert!(
+        text.contains("its contracts reserve 6 cores")
+            && text.contains("(cores 6 > 4)")
+            && text.contains("wait until those contracts end"),
+        "{text}"
+    );
     assert!(matches!(
         h.rejected(&key(3), deployment(node, 1, 2)),
         TxError::NotEnoughPublicIps { free: 1, .. }
