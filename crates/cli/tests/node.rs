@@ -207,10 +207,15 @@ async fn a_farmer_runs_a_node_that_follows_its_contracts_across_restarts() {
     tokio::time::sleep(Duration::from_secs(4)).await;
 
     // Restarted, it is up again with its contract restored, without anyone doing anything.
-    // Given only a new city, it keeps the country it was given on its first start.
+    // Given only a new city, it keeps the country it was given on its first start. Given a
+    // disk smaller than its contract reserves, it starts anyway, keeps the SSD capacity
+    // the ledger has, and says so.
     let restarted_ms = now_ms();
     let mut moved = node_command(&home, farm_id, &data, health_port);
-    moved.args(["--city", "Antwerp"]);
+    moved
+        .arg("--disk")
+        .arg(format!("{}:ssd:512MiB", data.display()))
+        .args(["--city", "Antwerp"]);
     let _node = spawn_node(moved, &data);
     let h = home.clone();
     eventually(
@@ -222,6 +227,12 @@ async fn a_farmer_runs_a_node_that_follows_its_contracts_across_restarts() {
     let (_, shown, _) = run(&home, &["node", "show", &node_id.to_string()]);
     assert_eq!(shown["node"]["location"]["city"], "Antwerp", "{shown}");
     assert_eq!(shown["node"]["location"]["country"], "BE", "{shown}");
+    assert_eq!(shown["node"]["capacity"]["sru"], capacity["sru"], "{shown}");
+    let log = std::fs::read_to_string(data.with_extension("log")).expect("node log");
+    assert!(
+        log.contains("less than the contracts on node") && log.contains("SSD 1.0 GiB > 512.0 MiB"),
+        "{log}"
+    );
     let w = wait_workloads(&health, "the restored workload", |w| !w.is_empty()).await;
     assert_eq!(w[0]["contract"], contract_id);
     assert_eq!(

@@ -11,7 +11,7 @@ use peergrid_client::{Client, ClientError, TxStatus};
 use peergrid_client::{Farm, Node};
 use peergrid_core::tx::{Signature, sign_invitation};
 use peergrid_core::{Amount, Capacity, FarmId, Keypair, Location, NodeId, Payload};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::settings::LocationUpdate;
 
@@ -73,13 +73,14 @@ async fn send(client: &Client, key: &Keypair, payload: Payload) -> anyhow::Resul
     }
 }
 
-/// Make sure `key` is registered in `farm` with `capacity` and `location` (over what the
-/// ledger holds); returns its node id and the location registered. Only what changed is sent.
+/// Make sure `key` is registered in `farm` with the `probed` capacity (or what the ledger
+/// accepts of it, see [`acceptable_capacity`]) and `location` (over what the ledger holds);
+/// returns its node id and the location registered. Only what changed is sent.
 pub async fn ensure_registered(
     client: &Client,
     key: &Keypair,
     farm_id: FarmId,
-    capacity: Capacity,
+    probed: Capacity,
     location: &LocationUpdate,
     consent: Consent<'_>,
 ) -> anyhow::Result<(NodeId, Location)> {
@@ -101,6 +102,17 @@ pub async fn ensure_registered(
             );
         }
         let location = location.over(&record.location);
+        let capacity = acceptable_capacity(probed, &record.capacity, &record.used);
+        if capacity != probed {
+            warn!(
+                node = id,
+                "this machine now offers {probed}, less than the contracts on node {id} reserve \
+                 ({}); the ledger keeps {capacity} for it until those contracts end, and the node \
+                 refuses new work beyond what the machine offers. Give the node back its disks \
+                 or memory, or wait for those contracts to end",
+                record.used.excess_over(&probed)
+            );
+        }
         let capacity_changed = record.capacity != capacity;
         let location_changed = record.location != location;
         if capacity_changed || location_changed {
@@ -120,6 +132,7 @@ pub async fn ensure_registered(
         return Ok((id, location));
     }
     let location = location.over(&Location::default());
+    let capacity = probed;
     let status = client.status().await?;
     let chain_id = status.data["chain_id"]
         .as_str()
@@ -167,6 +180,30 @@ pub async fn ensure_registered(
     Ok((id, location))
 }
 
+/// The capacity to register when the machine offers `probed`: `probed`, except in the
+/// fields where the node's contracts reserve more, which keep their `registered` value.
+/// The ledger refuses a capacity below what contracts reserve, and a node that cannot
+/// update its capacity must still start and serve those contracts.
+pub fn acceptable_capacity(
+    probed: Capacity,
+    registered: &Capacity,
+    reserved: &Capacity,
+) -> Capacity {
+    let pick = |offered: u64, kept: u64, needed: u64| {
+        if offered >= needed {
+            offered
+        } else {
+            kept.max(needed)
+        }
+    };
+    Capacity {
+        cru: pick(probed.cru, registered.cru, reserved.cru),
+        mru: pick(probed.mru, registered.mru, reserved.mru),
+        sru: pick(probed.sru, registered.sru, reserved.sru),
+        hru: pick(probed.hru, registered.hru, reserved.hru),
+    }
+}
+
 /// Give the node's account enough for its fees, from the owner's key when we have it.
 async fn fund(
     client: &Client,
@@ -195,5 +232,51 @@ async fn fund(
             "the node's account {me} has {balance} and needs a little for its transaction fees; \
              send it some: `peergrid wallet transfer --to {me} --amount 1`"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use peergrid_core::capacity::GIB;
+
+    #[test]
+    fn capacity_below_what_contracts_reserve_keeps_the_registered_value() {
+        let registered = Capacity {
+            cru: 4,
+            mru: 8 * GIB,
+            sru: 100 * GIB,
+            hru: 0,
+        };
+        let reserved = Capacity {
+            cru: 1,
+            mru: GIB,
+            sru: 20 * GIB,
+            hru: 0,
+        };
+        // A smaller disk than the contracts reserve, and more memory: the SSD figure stays,
+        // the memory grows.
+        let probed = Capacity {
+            cru: 4,
+            mru: 16 * GIB,
+            sru: 10 * GIB,
+            hru: 0,
+        };
+        assert_eq!(
+            acceptable_capacity(probed, &registered, &reserved),
+            Capacity {
+                sru: 100 * GIB,
+                ..probed
+            }
+        );
+        // Shrinking, but still above what is reserved: the ledger takes it as is.
+        let smaller = Capacity {
+            sru: 50 * GIB,
+            ..probed
+        };
+        assert_eq!(
+            acceptable_capacity(smaller, &registered, &reserved),
+            smaller
+        );
     }
 }

@@ -98,14 +98,12 @@ pub fn node_status(home: &Path, id: u64) -> String {
     v["node"]["status"].as_str().unwrap_or_default().to_string()
 }
 
-/// `peergrid node run` in `farm`, its data in `data`, on loopback, without a location.
+/// `peergrid node run` in `farm`, its data in `data`, on loopback, without a disk or a location.
 pub fn node_command(home: &Path, farm: u64, data: &Path, health: u16) -> Command {
     let mut cmd = peergrid(home);
     cmd.args(["node", "run", "--farm", &farm.to_string()])
         .arg("--data-dir")
         .arg(data)
-        .arg("--disk")
-        .arg(format!("{}:ssd:20GiB", data.display()))
         .args(["--health", &format!("127.0.0.1:{health}")])
         .args(["--listen", "/ip4/127.0.0.1/tcp/0"])
         .env("RUST_LOG", "info");
@@ -123,10 +121,12 @@ pub fn spawn_node(mut cmd: Command, data: &Path) -> Proc {
     Proc(child)
 }
 
-/// A node of `farm` in Ghent, BE.
+/// A node of `farm` in Ghent, BE, offering 20 GiB of SSD.
 pub fn start_node(home: &Path, farm: u64, data: &Path, health: u16) -> Proc {
     let mut cmd = node_command(home, farm, data, health);
-    cmd.args(["--country", "BE", "--city", "Ghent"]);
+    cmd.arg("--disk")
+        .arg(format!("{}:ssd:20GiB", data.display()))
+        .args(["--country", "BE", "--city", "Ghent"]);
     spawn_node(cmd, data)
 }
 
