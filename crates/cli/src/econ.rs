@@ -20,12 +20,12 @@ use crate::{Globals, output};
 
 #[derive(Subcommand)]
 pub enum ContractCommand {
-    /// List contracts: yours by default.
+    /// List contracts: yours, those on a node (--node), or someone's (--owner).
     List {
-        /// Whose contracts [default: yours].
+        /// Whose contracts [default: yours, or anyone's with --node].
         #[arg(long)]
         owner: Option<String>,
-        /// Only those on this node.
+        /// Those on this node, whoever owns them (with --owner: only theirs).
         #[arg(long)]
         node: Option<NodeId>,
     },
@@ -193,10 +193,14 @@ fn kind(c: &Contract) -> String {
 }
 
 fn state(c: &Contract) -> String {
-    match c.state {
+    state_words(&c.state)
+}
+
+fn state_words(state: &ContractState) -> String {
+    match *state {
         ContractState::Created => "created".into(),
         ContractState::GracePeriod { since_ms } => format!("grace since {}", output::ago(since_ms)),
-        ContractState::Deleted { reason, .. } => format!("deleted ({reason:?})"),
+        ContractState::Deleted { reason, .. } => format!("deleted ({reason})"),
     }
 }
 
@@ -205,21 +209,28 @@ pub fn contract(globals: &Globals, cmd: ContractCommand) -> anyhow::Result<()> {
         let client = globals.client()?;
         match cmd {
             ContractCommand::List { owner, node } => {
-                let owner: AccountId = match owner {
-                    Some(o) => o.parse()?,
-                    None => globals.keypair()?.account(),
+                let owner: Option<AccountId> = match (owner, node) {
+                    (Some(o), _) => Some(o.parse()?),
+                    (None, Some(_)) => None,
+                    (None, None) => Some(globals.keypair()?.account()),
                 };
-                let filter = node.map(|n| format!("&node={n}")).unwrap_or_default();
+                let mut filter = String::new();
+                if let Some(o) = owner {
+                    filter.push_str(&format!("&owner={o}"));
+                }
+                if let Some(n) = node {
+                    filter.push_str(&format!("&node={n}"));
+                }
                 let (_, items): (u64, Vec<Contract>) = client
                     .pages(
-                        |from| {
-                            format!("/v1/contracts?owner={owner}&from={from}&limit=1000{filter}")
-                        },
+                        |from| format!("/v1/contracts?from={from}&limit=1000{filter}"),
                         1,
                     )
                     .await?;
                 if globals.json {
-                    return output::json(&json!({ "owner": owner, "contracts": items }));
+                    return output::json(
+                        &json!({ "owner": owner, "node": node, "contracts": items }),
+                    );
                 }
                 let rows: Vec<Vec<String>> = items
                     .iter()
@@ -681,6 +692,21 @@ mod tests {
         assert!(parse_usd("0.0000001").is_err(), "below a micro-dollar");
         assert!(parse_usd("lots").is_err());
         assert!(parse_usd("").is_err());
+    }
+
+    #[test]
+    fn contract_states_print_in_words() {
+        use peergrid_ledger::DeleteReason;
+        let deleted = |reason| ContractState::Deleted { reason, at_ms: 0 };
+        assert_eq!(
+            state_words(&deleted(DeleteReason::OutOfFunds)),
+            "deleted (out of funds)"
+        );
+        assert_eq!(
+            state_words(&deleted(DeleteReason::CanceledByOwner)),
+            "deleted (canceled by owner)"
+        );
+        assert_eq!(state_words(&ContractState::Created), "created");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use clap::Subcommand;
 use peergrid_client::AtHeight;
 use peergrid_core::capacity::human_bytes;
 use peergrid_core::tx::{Signature, sign_invitation};
-use peergrid_core::{AccountId, FarmId, Location, Payload, PublicIp};
+use peergrid_core::{AccountId, FarmId, Location, NodeId, Payload, PublicIp};
 use peergrid_ledger::Farm;
 use peergrid_node::{DiskSpec, LocationUpdate, NodeConfig, Reservation};
 use serde::Deserialize;
@@ -273,6 +273,17 @@ async fn nodes(globals: &Globals, farm: Option<FarmId>) -> anyhow::Result<Vec<Va
     Ok(nodes)
 }
 
+/// Check that `text` names a node: its id (a number) or its account.
+fn node_ref(text: &str) -> anyhow::Result<()> {
+    if text.parse::<NodeId>().is_err() && text.parse::<AccountId>().is_err() {
+        bail!(
+            "{text:?} is not a node id: an id must be a number, like 3 (or give the node's \
+             account, 12D3KooW…)"
+        );
+    }
+    Ok(())
+}
+
 fn place(l: &Location) -> String {
     match (l.city.is_empty(), l.country.is_empty()) {
         (true, true) => "-".into(),
@@ -285,6 +296,10 @@ pub fn node(globals: &Globals, cmd: NodeCommand) -> anyhow::Result<()> {
     match cmd {
         NodeCommand::Run(args) => node_run(globals, *args),
         NodeCommand::List { farm } => crate::runtime()?.block_on(async {
+            if let Some(f) = farm {
+                // An unknown farm has no nodes; say it does not exist rather than list none.
+                peergrid_node::register::farm(&globals.client()?, f).await?;
+            }
             let items = nodes(globals, farm).await?;
             if globals.json {
                 return output::json(&json!({ "nodes": items }));
@@ -325,6 +340,7 @@ pub fn node(globals: &Globals, cmd: NodeCommand) -> anyhow::Result<()> {
             Ok(())
         }),
         NodeCommand::Show { node } => crate::runtime()?.block_on(async {
+            node_ref(&node)?;
             let client = globals.client()?;
             let v: AtHeight<Value> = client.get(&format!("/v1/nodes/{node}")).await?;
             if globals.json {
@@ -453,6 +469,19 @@ mod tests {
         let e = parse_public_ip("185.1.2.3").expect_err("no gateway");
         assert!(e.to_string().contains("IP/PREFIX@GATEWAY"), "{e}");
         assert!(parse_public_ip("185.1.2.3/33@185.1.2.1").is_err());
+    }
+
+    #[test]
+    fn a_node_is_named_by_a_number_or_an_account() {
+        node_ref("3").expect("an id");
+        node_ref(
+            &peergrid_core::Keypair::from_seed([1; 32])
+                .account()
+                .to_string(),
+        )
+        .expect("an account");
+        let e = node_ref("abc").expect_err("neither");
+        assert!(e.to_string().contains("an id must be a number"), "{e}");
     }
 
     #[test]

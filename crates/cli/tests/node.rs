@@ -53,6 +53,26 @@ async fn a_farmer_runs_a_node_that_follows_its_contracts_across_restarts() {
     assert!(!ok);
     assert!(err.contains("farm 999 does not exist"), "{err}");
 
+    let (ok, _, err) = run(&home, &["node", "list", "--farm", "99"]);
+    assert!(!ok);
+    assert!(err.contains("farm 99 does not exist"), "{err}");
+    let (ok, _, err) = run(&home, &["node", "show", "abc"]);
+    assert!(!ok);
+    assert!(err.contains("an id must be a number"), "{err}");
+    let out = peergrid(&home)
+        .args(["node", "run", "--farm", "1", "--disk"])
+        .arg(format!("{}:fast", home.display()))
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("(ssd or hdd)") && err.contains("PATH[:ssd|:hdd][:SIZE]"),
+        "{err}"
+    );
+
     let (ok, farm, err) = run(&home, &["farm", "create", "my-farm"]);
     assert!(ok, "{err}");
     let farm_id = farm["farm"].as_u64().expect("farm id");
@@ -146,6 +166,15 @@ async fn a_farmer_runs_a_node_that_follows_its_contracts_across_restarts() {
     .await;
     let folder = data.join("workloads").join(contract_id.to_string());
     assert!(folder.is_dir(), "its folder exists");
+    // Anyone lists the contracts on a node, whoever owns them.
+    let out = peergrid(&home)
+        .arg("--key")
+        .arg(&stranger)
+        .args(["--json", "contract", "list", "--node", &node_id.to_string()])
+        .output()
+        .expect("run");
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert_eq!(listed["contracts"][0]["id"], contract_id, "{listed}");
 
     // Deployments over the mesh: a wrong hash or signer is refused; the right one is stored.
     let local = Client::new(vec![health.clone()]);

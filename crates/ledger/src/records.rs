@@ -177,6 +177,15 @@ pub enum DeleteReason {
     OutOfFunds,
 }
 
+impl std::fmt::Display for DeleteReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DeleteReason::CanceledByOwner => "canceled by owner",
+            DeleteReason::OutOfFunds => "out of funds",
+        })
+    }
+}
+
 /// Where a contract is in its life.
 #[derive(
     Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize, BorshSerialize, BorshDeserialize,

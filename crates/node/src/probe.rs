@@ -50,7 +50,14 @@ impl std::str::FromStr for DiskSpec {
             match part.to_ascii_lowercase().as_str() {
                 "ssd" => spec.class = Some(DiskClass::Ssd),
                 "hdd" => spec.class = Some(DiskClass::Hdd),
-                size => spec.max_bytes = Some(parse_size(size).map_err(|e| format!("{s:?}: {e}"))?),
+                size => {
+                    spec.max_bytes = Some(parse_size(size).map_err(|e| {
+                        format!(
+                            "{s:?}: {part:?} is neither a disk class (ssd or hdd) nor a size \
+                             ({e}); expected PATH[:ssd|:hdd][:SIZE], like /data:ssd:500GiB"
+                        )
+                    })?)
+                }
             }
         }
         Ok(spec)
@@ -198,8 +205,13 @@ mod tests {
         let d: DiskSpec = "/mnt/hdd1".parse().expect("valid");
         assert_eq!((d.class, d.max_bytes), (None, None));
         assert!("".parse::<DiskSpec>().is_err());
-        let e = "/data:fast".parse::<DiskSpec>().expect_err("unknown unit");
-        assert!(e.contains("size"), "{e}");
+        let e = "/data:fast"
+            .parse::<DiskSpec>()
+            .expect_err("neither class nor size");
+        assert!(
+            e.contains("disk class (ssd or hdd)") && e.contains("PATH[:ssd|:hdd][:SIZE]"),
+            "{e}"
+        );
     }
 
     #[test]
