@@ -201,13 +201,22 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start an async runtime")
 }
 
-fn init_logging(verbose: u8) {
-    let level = match verbose {
+/// The log filter without RUST_LOG: warnings only, unless `-v`. A running node also says
+/// at info level what it does (registration, each workload provisioned, paused, resumed,
+/// removed or refused), one line each, so a farmer sees it without `-v`.
+fn default_filter(verbose: u8, command: &Command) -> &'static str {
+    match verbose {
+        0 if matches!(command, Command::Node(grid::NodeCommand::Run(_))) => {
+            "warn,peergrid_node=info"
+        }
         0 => "warn",
         1 => "info",
         2 => "debug",
         _ => "trace",
-    };
+    }
+}
+
+fn init_logging(level: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -223,7 +232,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    init_logging(default_filter(cli.verbose, &cli.command));
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -254,6 +263,29 @@ fn error_message(error: &anyhow::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_running_node_says_what_it_does_without_verbose() {
+        let cli = |args: &[&str]| Cli::try_parse_from(args).expect("parses");
+        let node = cli(&["peergrid", "node", "run", "--farm", "1", "--data-dir", "d"]);
+        assert_eq!(
+            default_filter(node.verbose, &node.command),
+            "warn,peergrid_node=info"
+        );
+        let list = cli(&["peergrid", "node", "list"]);
+        assert_eq!(default_filter(list.verbose, &list.command), "warn");
+        let verbose = cli(&[
+            "peergrid",
+            "-vv",
+            "node",
+            "run",
+            "--farm",
+            "1",
+            "--data-dir",
+            "d",
+        ]);
+        assert_eq!(default_filter(verbose.verbose, &verbose.command), "debug");
+    }
 
     #[test]
     fn error_chain_is_joined_without_repeating_a_cause() {

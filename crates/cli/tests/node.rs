@@ -238,10 +238,11 @@ async fn a_farmer_runs_a_node_that_follows_its_contracts_across_restarts() {
     // Restarted, it is up again with its contract restored, without anyone doing anything.
     // Given only a new city, it keeps the country it was given on its first start. Given a
     // disk smaller than its contract reserves, it starts anyway, keeps the SSD capacity
-    // the ledger has, and says so.
+    // the ledger has, and says so. Without -v or RUST_LOG, it says what it does.
     let restarted_ms = now_ms();
     let mut moved = node_command(&home, farm_id, &data, health_port);
     moved
+        .env_remove("RUST_LOG")
         .arg("--disk")
         .arg(format!("{}:ssd:512MiB", data.display()))
         .args(["--city", "Antwerp"]);
@@ -283,6 +284,14 @@ async fn a_farmer_runs_a_node_that_follows_its_contracts_across_restarts() {
     assert!(matches!(status, TxStatus::Finalized { .. }), "{status:?}");
     wait_workloads(&health, "the workload to be removed", |w| w.is_empty()).await;
     assert!(!folder.exists(), "its data is gone");
+    let log = std::fs::read_to_string(data.with_extension("log")).expect("node log");
+    let removed = log.lines().any(|l| {
+        l.contains("removed with its data")
+            && l.contains(&format!("contract={contract_id}"))
+            && l.contains("canceled by owner")
+    });
+    assert!(removed, "{log}");
+    assert!(log.contains("restored the workloads"), "{log}");
 
     // The time the daemon was stopped is not credited as uptime: the minted receipts of
     // the periods it spans miss at least that much.

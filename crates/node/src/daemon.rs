@@ -184,6 +184,12 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Running> {
     )
     .map_err(|e: WorldError| anyhow::anyhow!(e))?;
     let mut world = World::load(&config.data_dir)?;
+    if !world.workloads.is_empty() {
+        info!(
+            workloads = world.workloads.len(),
+            "restored the workloads kept in the data directory"
+        );
+    }
     let mut settings = Settings::load(&config.data_dir)?;
     let location = config.location.clone().or(settings.location.as_ref());
     let client = Arc::new(Client::new(config.ledger.clone()));

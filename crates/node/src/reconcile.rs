@@ -12,14 +12,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use peergrid_client::Contract;
 use peergrid_client::{AtHeight, Client, ClientError, FinalizedBlock};
+use peergrid_client::{Contract, ContractState};
 use peergrid_core::{ContractId, NodeId};
 use serde_json::Value;
 use tracing::{debug, info, warn};
 
 use crate::daemon::Shared;
-use crate::world::{Action, plan};
+use crate::world::{Action, WorkloadState, plan};
 
 /// How often the whole set of contracts is re-read, in case anything was missed.
 pub const RESYNC_EVERY: Duration = Duration::from_secs(300);
@@ -63,12 +63,40 @@ pub async fn reconcile_one(shared: &Shared, contract: &Contract) -> bool {
     if action == Action::None {
         return false;
     }
+    // One line per change, at info level (a refusal at warn): `node run` shows them by default.
+    let id = contract.id;
     match &action {
-        Action::Provision(w) => {
-            info!(contract = contract.id, kind = %w.kind, state = ?w.state, "provisioned")
+        Action::Provision(w) => match &w.state {
+            WorkloadState::Refused { reason } => warn!(contract = id, %reason, "refused"),
+            WorkloadState::Paused => info!(
+                contract = id,
+                kind = %w.kind,
+                reserved = %w.reserved,
+                "provisioned, paused: the contract is in its grace period"
+            ),
+            WorkloadState::Running => {
+                info!(contract = id, kind = %w.kind, reserved = %w.reserved, "provisioned")
+            }
+        },
+        Action::Refuse(reason) => warn!(contract = id, %reason, "refused"),
+        Action::Pause => info!(
+            contract = id,
+            "paused: the contract is in its grace period (unpaid); its data is kept"
+        ),
+        Action::Resume => info!(contract = id, "resumed: the contract is paid again"),
+        Action::Remove => {
+            let why = match contract.state {
+                ContractState::Deleted { reason, .. } => format!("deleted ({reason})"),
+                _ => "moved to another node".into(),
+            };
+            info!(contract = id, reason = %why, "removed with its data")
         }
-        Action::Refuse(reason) => warn!(contract = contract.id, %reason, "refused"),
-        a => info!(contract = contract.id, action = ?a, "reconciled"),
+        Action::Redeploy(hash) => info!(
+            contract = id,
+            %hash,
+            "the contract's deployment changed; waiting for the new one"
+        ),
+        Action::None => {}
     }
     if let Err(e) = world.apply(contract.id, action) {
         warn!(contract = contract.id, error = %e, "cannot apply; will retry on the next resync");

@@ -116,7 +116,13 @@ pub async fn ensure_registered(
         let capacity_changed = record.capacity != capacity;
         let location_changed = record.location != location;
         if capacity_changed || location_changed {
-            info!(node = id, %capacity, ?location, "capacity or location changed, updating the ledger");
+            info!(
+                node = id,
+                %capacity,
+                country = %location.country,
+                city = %location.city,
+                "capacity or location changed, updating the ledger"
+            );
             fund(client, &consent, &me, account.balance).await?;
             send(
                 client,
