@@ -10,7 +10,7 @@ use commonware_utils::Acknowledgement;
 use commonware_utils::acknowledgement::Exact;
 use futures::StreamExt;
 use futures::channel::mpsc;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::block::Block;
 use crate::shared::Shared;
@@ -67,7 +67,13 @@ pub async fn run<F, Fut>(
         let digest = block.digest();
         match shared.apply_finalized(block.inner(), &hex::encode(digest.as_ref())) {
             Ok(Some(summary)) => {
-                info!(height = summary.height, txs = summary.txs.len(), root = %summary.root, "finalized");
+                // An idle chain finalizes empty blocks many times a second: only blocks
+                // that carry transactions are worth an operator's log at info.
+                if summary.txs.is_empty() {
+                    debug!(height = summary.height, root = %summary.root, "finalized");
+                } else {
+                    info!(height = summary.height, txs = summary.txs.len(), root = %summary.root, "finalized");
+                }
                 ack.acknowledge();
             }
             Ok(None) => ack.acknowledge(),
