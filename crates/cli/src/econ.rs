@@ -7,12 +7,13 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Subcommand;
 use peergrid_client::AtHeight;
-use peergrid_core::capacity::human_bytes;
+use peergrid_core::capacity::{Capacity, human_bytes, parse_size};
 use peergrid_core::policy::{FarmingPolicy, PricingPolicy};
 use peergrid_core::tx::{ContractSpec, GovAction};
-use peergrid_core::{AccountId, Amount, ContractId, FarmId, NodeId, Payload};
+use peergrid_core::{AccountId, Amount, ContractId, FarmId, Hash, NodeId, Payload};
 use peergrid_ledger::{
-    Bill, BillStatus, Contract, ContractState, Proposal, ProposalStatus, PrunedBills, RewardReceipt,
+    Bill, BillStatus, Contract, ContractState, Event, Proposal, ProposalStatus, PrunedBills,
+    RewardReceipt,
 };
 use serde_json::{Value, json};
 
@@ -38,11 +39,111 @@ pub enum ContractCommand {
         #[arg(long)]
         prove: bool,
     },
+    /// Create a contract, paid from your account: workloads on a node, a gateway name,
+    /// storage on a node, or a whole node.
+    Create {
+        /// What the contract reserves.
+        #[command(subcommand)]
+        spec: CreateSpec,
+    },
     /// Cancel a contract you own: it is billed up to now and its resources are released.
     Cancel {
         /// The contract's id.
         contract: ContractId,
     },
+}
+
+/// What a new contract reserves.
+#[derive(Subcommand)]
+pub enum CreateSpec {
+    /// Workloads on one node; the node runs only the deployment whose BLAKE3 is given.
+    Deployment {
+        /// The node that runs it (`peergrid node list` shows free capacity).
+        #[arg(long)]
+        node: NodeId,
+        /// The deployment file: its BLAKE3 is what the node will accept.
+        #[arg(
+            long,
+            conflicts_with = "deployment_hash",
+            required_unless_present = "deployment_hash"
+        )]
+        deployment: Option<PathBuf>,
+        /// The deployment's BLAKE3, in hex, when the file is elsewhere.
+        #[arg(long)]
+        deployment_hash: Option<Hash>,
+        /// Cores reserved.
+        #[arg(long, default_value_t = 1)]
+        cru: u64,
+        /// Memory reserved, e.g. 2GiB.
+        #[arg(long, value_parser = parse_size, default_value = "1GiB")]
+        mru: u64,
+        /// SSD reserved, e.g. 20GiB.
+        #[arg(long, value_parser = parse_size, default_value = "0")]
+        sru: u64,
+        /// HDD reserved, e.g. 1TB.
+        #[arg(long, value_parser = parse_size, default_value = "0")]
+        hru: u64,
+        /// Public IPv4 addresses reserved from the node's farm.
+        #[arg(long, default_value_t = 0)]
+        public_ips: u32,
+    },
+    /// A globally unique gateway name (`[a-z0-9-]{3,63}`).
+    Name {
+        /// The name.
+        name: String,
+    },
+    /// Storage space on one node.
+    Storage {
+        /// The node that stores.
+        #[arg(long)]
+        node: NodeId,
+        /// Space reserved, e.g. 100GiB.
+        #[arg(long, value_parser = parse_size)]
+        bytes: u64,
+    },
+    /// A whole node, for you alone.
+    Rent {
+        /// The node rented.
+        #[arg(long)]
+        node: NodeId,
+    },
+}
+
+impl CreateSpec {
+    /// The ledger's form of this contract.
+    fn into_spec(self) -> anyhow::Result<ContractSpec> {
+        Ok(match self {
+            CreateSpec::Deployment {
+                node,
+                deployment,
+                deployment_hash,
+                cru,
+                mru,
+                sru,
+                hru,
+                public_ips,
+            } => {
+                let deployment_hash = match (deployment, deployment_hash) {
+                    (_, Some(hash)) => hash,
+                    (Some(file), None) => Hash::of(&std::fs::read(&file).with_context(|| {
+                        format!("cannot read the deployment file {}", file.display())
+                    })?),
+                    (None, None) => {
+                        anyhow::bail!("give --deployment FILE or --deployment-hash HEX")
+                    }
+                };
+                ContractSpec::Deployment {
+                    node,
+                    deployment_hash,
+                    resources: Capacity { cru, mru, sru, hru },
+                    public_ips,
+                }
+            }
+            CreateSpec::Name { name } => ContractSpec::Name { name },
+            CreateSpec::Storage { node, bytes } => ContractSpec::Storage { node, bytes },
+            CreateSpec::Rent { node } => ContractSpec::Rent { node },
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -307,6 +408,28 @@ pub fn contract(globals: &Globals, cmd: ContractCommand) -> anyhow::Result<()> {
                 }
                 output::rows(&rows);
                 println!("\nits bills: peergrid bill history {}", c.id);
+                Ok(())
+            }
+            ContractCommand::Create { spec } => {
+                let events = globals
+                    .send(Payload::CreateContract(spec.into_spec()?))
+                    .await?;
+                let id = events.iter().find_map(|e| match e {
+                    Event::ContractCreated { contract, .. } => Some(*contract),
+                    _ => None,
+                });
+                let Some(id) = id else {
+                    anyhow::bail!(
+                        "the ledger accepted the transaction but reported no new contract"
+                    );
+                };
+                if globals.json {
+                    return output::json(&json!({ "contract": id, "events": events }));
+                }
+                println!("contract {id} created; it is billed from now on");
+                println!("\nsee it:       peergrid contract show {id}");
+                println!("its bills:    peergrid bill history {id}");
+                println!("end it:       peergrid contract cancel {id}");
                 Ok(())
             }
             ContractCommand::Cancel { contract } => {

@@ -267,15 +267,31 @@ async fn a_contract_is_billed_paused_resumed_and_deleted_and_the_farmer_can_expl
     // Cancelled with the CLI, a contract is billed up to its deletion and never again. A
     // name contract is on no node, so the farmer's share of its bills goes to the foundation
     // and the payout account below only holds the builder's contract's share.
-    let named = created_contract(
-        &send(
-            &client,
-            &demo,
-            Payload::CreateContract(ContractSpec::Name {
-                name: "cancel-me".into(),
-            }),
-        )
-        .await,
+    // Created with the CLI too, as a builder would.
+    let (ok, created, err) = run(&home, &["contract", "create", "name", "cancel-me"]);
+    assert!(ok, "{err}");
+    let named = created["contract"].as_u64().expect("the new contract's id");
+    let (ok, _, err) = run(&home, &["contract", "create", "name", "cancel-me"]);
+    assert!(!ok && err.contains("taken"), "a name is unique: {err}");
+    let deployment = home.join("app.yaml");
+    std::fs::write(&deployment, "app: hello\n").expect("deployment file");
+    let (ok, _, err) = run(
+        &home,
+        &[
+            "contract",
+            "create",
+            "deployment",
+            "--node",
+            "9999",
+            "--deployment",
+            deployment.to_str().expect("utf-8 path"),
+            "--mru",
+            "256MiB",
+        ],
+    );
+    assert!(
+        !ok && err.contains("9999"),
+        "an unknown node is named: {err}"
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while bill_history(&home, named).is_empty() {
