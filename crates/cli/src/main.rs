@@ -225,11 +225,6 @@ fn init_logging(level: &str) {
         .init();
 }
 
-/// mimalloc keeps freed buffers for reuse; glibc hands large ones back to the kernel
-/// and faults them in again, which cost a fast mesh stream 15 % of its CPU.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(default_filter(cli.verbose, &cli.command));

@@ -23,10 +23,6 @@ use std::io::BufRead;
 
 use common::pair_with;
 
-/// The allocator of the `peergrid` binary, so the figures are the product's.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 const BENCH: StreamProtocol = StreamProtocol::new("/peergrid/bench/1.0.0");
 const CHUNK_BYTES: usize = 256 * 1024;
 const SETUP_ROUNDS: usize = 20;
