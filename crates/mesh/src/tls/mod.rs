@@ -1,4 +1,4 @@
-//! TLS 1.3 for TCP connections, offered before Noise, with AES-GCM preferred.
+//! TLS 1.3 for TCP connections ([`crate::tcp`]), with AES-GCM preferred.
 //!
 //! libp2p's Noise is fixed to ChaCha20-Poly1305, and libp2p-tls lists ChaCha20 first
 //! (rustls then follows the client's order). On a CPU with AES instructions AES-GCM
@@ -6,7 +6,10 @@
 //! raw TCP (BENCHMARKS.md). The handshake is the libp2p TLS handshake
 //! (`/tls/1.0.0`, ALPN `libp2p`, a self-signed certificate carrying the peer's
 //! signed public key, built and checked by libp2p-tls), so any libp2p peer that
-//! speaks TLS connects; one that does not falls back to Noise.
+//! speaks TLS connects. After the handshake our own record layer moves the data
+//! ([`session`]).
+
+mod session;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -27,12 +30,8 @@ use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 pub const PROTOCOL: &str = "/tls/1.0.0";
 /// The ALPN value the libp2p TLS specification requires.
 const ALPN: &[u8] = b"libp2p";
-mod session;
 
 pub use session::TlsStream;
-
-/// The secured stream a TCP connection carries after the handshake.
-pub type Output<C> = TlsStream<C>;
 
 /// Why a TLS upgrade failed.
 #[derive(Debug, thiserror::Error)]
@@ -41,7 +40,7 @@ pub enum UpgradeError {
     #[error("TLS handshake failed: {0}")]
     Handshake(std::io::Error),
     /// The handshake ended without exactly one peer certificate.
-    #[error("the peer presented no certificate")]
+    #[error("the peer did not present exactly one certificate")]
     NoCertificate,
     /// The peer's certificate is not a libp2p certificate.
     #[error("the peer's certificate is not a valid libp2p certificate: {0}")]
@@ -82,18 +81,17 @@ impl Config {
             signing_key,
         )));
         let verifier = Arc::new(PeerCertificate);
-        let client = rustls::ClientConfig::builder_with_provider(provider.clone())
+        let mut client = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(ConfigError::Rustls)?
             .dangerous()
             .with_custom_certificate_verifier(verifier.clone())
             .with_client_cert_resolver(ours.clone());
-        let server = rustls::ServerConfig::builder_with_provider(provider)
+        let mut server = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(ConfigError::Rustls)?
             .with_client_cert_verifier(verifier)
             .with_cert_resolver(ours);
-        let (mut client, mut server) = (client, server);
         client.alpn_protocols = vec![ALPN.to_vec()];
         server.alpn_protocols = vec![ALPN.to_vec()];
         // Our record layer takes the keys after the handshake (session.rs).
@@ -134,7 +132,7 @@ impl<C> InboundConnectionUpgrade<C> for Config
 where
     C: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    type Output = (PeerId, Output<C>);
+    type Output = (PeerId, TlsStream<C>);
     type Error = UpgradeError;
     type Future = BoxFuture<'static, Result<Self::Output, Self::Error>>;
 
@@ -153,7 +151,7 @@ impl<C> OutboundConnectionUpgrade<C> for Config
 where
     C: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    type Output = (PeerId, Output<C>);
+    type Output = (PeerId, TlsStream<C>);
     type Error = UpgradeError;
     type Future = BoxFuture<'static, Result<Self::Output, Self::Error>>;
 
@@ -319,7 +317,10 @@ mod tests {
     async fn upgraded(
         dialer: &identity::Keypair,
         listener: &identity::Keypair,
-    ) -> ((PeerId, Output<TcpStream>), (PeerId, Output<TcpStream>)) {
+    ) -> (
+        (PeerId, TlsStream<TcpStream>),
+        (PeerId, TlsStream<TcpStream>),
+    ) {
         let socket = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
