@@ -92,6 +92,10 @@ pub struct BlockOutcome {
     pub end_events: Vec<Event>,
 }
 
+/// What to do with a ledger file this peergrid cannot open as it is.
+const OLDER_OR_DAMAGED: &str = "start it over, e.g. `peergrid devnet --fresh`; otherwise the \
+     file is damaged: restore it, or remove it and a validator rebuilds it from its block archive";
+
 /// The state machine with durable storage.
 pub struct Ledger<S: Store> {
     state: State,
@@ -115,18 +119,14 @@ impl<S: Store> Ledger<S> {
                 .map_err(|e| {
                     StoreError::Corrupt(format!(
                         "{e} (a ledger written by an older peergrid may hold records in an \
-                         older shape: start it over, e.g. `peergrid devnet --fresh`; otherwise \
-                         the file is damaged: restore it, or remove it and a validator rebuilds \
-                         it from its block archive)"
+                         older shape: {OLDER_OR_DAMAGED})"
                     ))
                 })?;
                 if state.root() != snapshot.root || state.height() != snapshot.height {
                     return Err(StoreError::Corrupt(format!(
                         "stored root {} at height {} but the entries hash to {} at height {} \
                          (a ledger written by a peergrid from before 2026-11-26 has an older kind \
-                         of root: start it over, e.g. `peergrid devnet --fresh`; otherwise the \
-                         file is damaged: restore it, or remove it and a validator rebuilds it from its \
-                         block archive)",
+                         of root: {OLDER_OR_DAMAGED})",
                         snapshot.root,
                         snapshot.height,
                         state.root(),
