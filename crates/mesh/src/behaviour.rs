@@ -48,18 +48,17 @@ pub struct Behaviour {
     pub stream: libp2p_stream::Behaviour,
 }
 
-/// Build a swarm with QUIC and TCP + TLS or Noise + Yamux ([`crate::tcp`]), the relay client, and every behaviour.
+/// Build a swarm with QUIC ([`crate::quic`]) and TCP + TLS or Noise + Yamux ([`crate::tcp`]), the relay client, and every behaviour.
 pub fn build_swarm(key: identity::Keypair, config: &Config) -> Result<Swarm<Behaviour>, Error> {
     let build = |e: &dyn std::fmt::Display| Error::Build(e.to_string());
     let tls_offered = config.tls;
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
-        // libp2p-quic's windows are kept: 10 MB per stream and 15 MB per connection
-        // bound what a peer can make us buffer on one QUIC connection, and cover a
-        // 1 Gbit/s path at 80 ms. On loopback a stream fills its 10 MB window only
-        // when the reader falls behind (the receiver's decryption is the bottleneck),
-        // so a larger window would buffer more without moving bytes faster.
-        .with_quic()
+        .with_other_transport(|key| {
+            crate::quic::transport(key, crate::quic::Config::default())
+                .map_err(|e| -> Box<dyn std::error::Error + Send + Sync> { Box::new(e) })
+        })
+        .map_err(|e| build(&e))?
         .with_other_transport(|key| crate::tcp::transport(key, tls_offered))
         .map_err(|e| build(&e))?
         .with_relay_client(noise::Config::new, mux::Config::default)

@@ -3,8 +3,9 @@
 //! # Status: ALPHA
 //!
 //! A [`Mesh`] is one libp2p peer whose peer id is the participant's ed25519 account
-//! key ([`identity`]), run as a task that owns the swarm. Transports are QUIC and
-//! TCP ([`tcp`]): TLS 1.3 with AES-GCM and our own record layer ([`tls`]), or Noise
+//! key ([`identity`]), run as a task that owns the swarm. Transports are QUIC (our
+//! own on quinn, [`quic`]: AES-GCM first and datagrams as large as the path carries)
+//! and TCP ([`tcp`]): TLS 1.3 with AES-GCM and our own record layer ([`tls`]), or Noise
 //! for peers that speak only Noise, then Yamux (our own adapter, [`mux`], for its
 //! large frames and bounded windows); behaviours are identify, ping, Kademlia (peer routing under
 //! `/peergrid/kad/1.0.0`), AutoNAT, relay v2 (client always, server when configured,
@@ -37,6 +38,7 @@ pub mod identity;
 pub mod ingress;
 pub mod mux;
 pub mod netlab;
+pub mod quic;
 pub mod ratelimit;
 pub mod rpc;
 pub mod tcp;

@@ -68,43 +68,52 @@ pub struct Config {
 impl Config {
     /// Certificates for `key`.
     pub fn new(key: &identity::Keypair) -> Result<Self, ConfigError> {
-        let (cert, private_key) = certificate::generate(key)?;
-        let provider = crypto_provider();
-        // Built by hand: rustls' own constructors parse the certificate with webpki,
-        // which refuses libp2p's critical extension.
-        let signing_key = provider
-            .key_provider
-            .load_private_key(private_key)
-            .map_err(ConfigError::Rustls)?;
-        let ours = Arc::new(SingleCertAndKey::from(CertifiedKey::new(
-            vec![cert],
-            signing_key,
-        )));
-        let verifier = Arc::new(PeerCertificate);
-        let mut client = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(ConfigError::Rustls)?
-            .dangerous()
-            .with_custom_certificate_verifier(verifier.clone())
-            .with_client_cert_resolver(ours.clone());
-        let mut server = rustls::ServerConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(ConfigError::Rustls)?
-            .with_client_cert_verifier(verifier)
-            .with_cert_resolver(ours);
-        client.alpn_protocols = vec![ALPN.to_vec()];
-        server.alpn_protocols = vec![ALPN.to_vec()];
+        let (mut client, mut server) = rustls_configs(key)?;
         // Our record layer takes the keys after the handshake (session.rs).
         client.enable_secret_extraction = true;
         server.enable_secret_extraction = true;
-        // Peers reconnect rarely and cheaply; tickets would only be state to keep.
-        client.resumption = rustls::client::Resumption::disabled();
-        server.send_tls13_tickets = 0;
         Ok(Self {
             client: Arc::new(client),
             server: Arc::new(server),
         })
     }
+}
+
+/// The libp2p TLS handshake's client and server configurations for `key`, shared by
+/// TCP and QUIC ([`crate::quic`]).
+pub(crate) fn rustls_configs(
+    key: &identity::Keypair,
+) -> Result<(rustls::ClientConfig, rustls::ServerConfig), ConfigError> {
+    let (cert, private_key) = certificate::generate(key)?;
+    let provider = crypto_provider();
+    // Built by hand: rustls' own constructors parse the certificate with webpki,
+    // which refuses libp2p's critical extension.
+    let signing_key = provider
+        .key_provider
+        .load_private_key(private_key)
+        .map_err(ConfigError::Rustls)?;
+    let ours = Arc::new(SingleCertAndKey::from(CertifiedKey::new(
+        vec![cert],
+        signing_key,
+    )));
+    let verifier = Arc::new(PeerCertificate);
+    let mut client = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(ConfigError::Rustls)?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier.clone())
+        .with_client_cert_resolver(ours.clone());
+    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(ConfigError::Rustls)?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(ours);
+    client.alpn_protocols = vec![ALPN.to_vec()];
+    server.alpn_protocols = vec![ALPN.to_vec()];
+    // Peers reconnect rarely and cheaply; tickets would only be state to keep.
+    client.resumption = rustls::client::Resumption::disabled();
+    server.send_tls13_tickets = 0;
+    Ok((client, server))
 }
 
 /// aws-lc's suites with AES-GCM first: both ends have AES instructions on any server
@@ -169,7 +178,7 @@ where
 }
 
 /// The peer id in the one certificate the verifier already accepted.
-fn peer_of(certs: &[CertificateDer<'static>]) -> Result<PeerId, UpgradeError> {
+pub(crate) fn peer_of(certs: &[CertificateDer<'static>]) -> Result<PeerId, UpgradeError> {
     let [cert] = certs else {
         return Err(UpgradeError::NoCertificate);
     };
