@@ -182,8 +182,13 @@ async fn status(State(api): State<Api>) -> ApiResult {
             "last_block_age_ms": age_ms,
             "finalizing": s.height() > 0 && age_ms < STALL_AFTER.as_millis() as u64,
             "validators": s.config().validators,
-            // Voted in by governance; consensus does not switch validator sets yet.
+            "epoch": s.epoch(),
+            "epoch_blocks": s.epoch_blocks(),
+            // The set that decides the next block, with the epoch it took over in.
+            "validator_set": s.validator_set(s.epoch()),
+            // Voted in by governance, taking over after the current epoch's last block.
             "pending_validators": s.config().pending_validators,
+            "next_epoch_height": (s.epoch() + 1).saturating_mul(s.epoch_blocks()),
             "supply": { "genesis": g.genesis_supply, "minted": g.minted, "burned": g.burned },
             "mempool": mempool,
             "params": s.params(),
