@@ -19,7 +19,15 @@
 //! messages. A message of a later epoch than ours means peers have moved on: marshal is asked
 //! to fetch our epoch's last block from that peer, and applying it moves us on too. A
 //! validator outside its epoch's set runs the engine as a verifier, never signing, and
-//! follows by asking the set for each next finalized block.
+//! follows by asking the set for each next finalized block; so does a member whose ledger
+//! stood still for a while, since peers already in an epoch without it send it nothing.
+//!
+//! # Peers
+//!
+//! Each epoch's set is tracked in the p2p layer ([`PeerSets`]) as the primary peers, with the
+//! members of the epoch before that left the set as secondary peers, so that they may follow
+//! for one more epoch. A validator never in any set (a node waiting to be voted in) is
+//! admitted only once it is.
 //!
 //! # Restarts
 //!
