@@ -25,8 +25,8 @@
 //! # Peers
 //!
 //! Each epoch's set is tracked in the p2p layer ([`PeerSets`]) as the primary peers, with the
-//! members of the epoch before that left the set as secondary peers, so that they may follow
-//! for one more epoch. A validator never in any set (a node waiting to be voted in) is
+//! members of the set before it that left as secondary peers, so that validators voted out
+//! keep following until the next change. A validator never in any set (a node waiting to be voted in) is
 //! admitted only once it is.
 //!
 //! # Restarts
@@ -91,8 +91,8 @@ pub struct Member {
 
 /// Tells the p2p layer which peers an epoch needs.
 pub trait PeerSets: Send + Sync + 'static {
-    /// From `epoch` on, `primary` are the validators and `secondary` those of the epoch
-    /// before that left the set, who may still follow. Called with increasing epochs.
+    /// From `epoch` on, `primary` are the validators and `secondary` those of the set before
+    /// that left it, who may still follow. Called with increasing epochs.
     fn track(&mut self, epoch: u64, primary: &[Member], secondary: &[Member]);
 }
 
@@ -351,7 +351,15 @@ where
         let Some(primary) = members(&self.shared, epoch) else {
             return;
         };
-        let secondary: Vec<Member> = epoch
+        // The set before the one in force, not merely the previous epoch's: a validator
+        // voted out stays admitted as a follower until the next change, however many
+        // epochs that takes.
+        let first = self
+            .shared
+            .with_state(|s| s.validator_set(epoch).map(|v| v.epoch))
+            .flatten()
+            .unwrap_or(epoch);
+        let secondary: Vec<Member> = first
             .checked_sub(1)
             .and_then(|e| members(&self.shared, e))
             .unwrap_or_default()
