@@ -55,7 +55,7 @@ use commonware_consensus::types::{Epoch, FixedEpocher, Height, ViewDelta};
 use commonware_cryptography::certificate::{Provider, Scheme as _, Scoped};
 use commonware_cryptography::ed25519::{PrivateKey, PublicKey};
 use commonware_cryptography::sha256::Digest;
-use commonware_cryptography::{Digestible, Sha256};
+use commonware_cryptography::{Digestible, Sha256, Signer as _};
 use commonware_macros::select;
 use commonware_p2p::utils::mux::{Builder as _, Muxer};
 use commonware_p2p::{Blocker, Receiver, Sender};
@@ -137,6 +137,11 @@ impl Schemes {
             signer,
             built: Arc::default(),
         }
+    }
+
+    /// This validator's consensus key.
+    pub fn me(&self) -> PublicKey {
+        self.signer.public_key()
     }
 
     /// `epoch`'s scheme, and whether this validator signs in it; `None` until the ledger
@@ -397,7 +402,9 @@ where
         let Some(next) = self.shared.with_state(|s| s.height() + 1) else {
             return;
         };
-        if let Ok(targets) = NonEmptyVec::try_from(members) {
+        let me = self.schemes.me();
+        let others: Vec<PublicKey> = members.into_iter().filter(|m| *m != me).collect();
+        if let Ok(targets) = NonEmptyVec::try_from(others) {
             self.marshal.hint_finalized(Height::new(next), targets);
         }
     }
