@@ -55,6 +55,11 @@ pub struct ValidatorConfig {
     /// Most transactions per block.
     #[serde(default = "default_txs_per_block")]
     pub txs_per_block: usize,
+    /// Run although the key is not in the genesis set: follow the chain, and vote from the
+    /// epoch a council vote puts the key in a validator set. Off by default, so that a wrong
+    /// key file is refused rather than run as a validator nobody voted for.
+    #[serde(default)]
+    pub join: bool,
 }
 
 fn default_txs_per_block() -> usize {
@@ -133,13 +138,21 @@ impl PeerSets for LookupPeers {
 
 /// Run a validator until Ctrl-C. Every write is atomic, so a kill at any moment is safe too.
 ///
-/// A key outside the genesis set runs too: it follows the chain until a vote puts it in an
-/// epoch's set, then votes from that epoch on.
+/// A key outside the genesis set runs with `join = true`: it follows the chain until a vote
+/// puts it in an epoch's set, then votes from that epoch on.
 pub fn run(cfg: ValidatorConfig) -> anyhow::Result<()> {
     let genesis = Genesis::load(&cfg.genesis)?;
     let key = Keypair::load(&cfg.key)?;
     let me = key.account();
     let index = genesis.validators.iter().position(|v| v.account == me);
+    if index.is_none() && !cfg.join {
+        bail!(
+            "{me} (from {}) is not a validator in {}; to run it as a validator waiting to be \
+             voted in, add `join = true` to its configuration",
+            cfg.key.display(),
+            cfg.genesis.display()
+        );
+    }
     let mut peers = Vec::new();
     for v in &genesis.validators {
         let Some(addr) = &v.address else {
