@@ -129,8 +129,7 @@ fn a_voted_set_takes_over_at_the_epoch_boundary_and_decides_alone() {
             submit_all(&all, &rotate());
             // Everyone, the follower included, reaches the boundary and applies the same set.
             wait_for_height(&context, &all, BOUNDARY).await;
-            let boundary = agreed_root(&all, BOUNDARY);
-            let _ = boundary;
+            agreed_root(&all, BOUNDARY);
             for v in &vals {
                 assert_eq!(set_of(v, 1), Some(new_set()), "epoch 1's set");
                 assert_eq!(
@@ -283,4 +282,20 @@ fn validators_crashed_while_applying_the_boundary_agree_on_the_new_epoch() {
 #[test]
 fn validators_restarted_after_the_boundary_resume_in_the_new_epoch() {
     restart_around_the_boundary(15, Crash::After);
+}
+
+#[test]
+fn the_same_seed_replays_the_same_rotation() {
+    let run = || {
+        runner(19, Duration::from_secs(600)).start(|context| async move {
+            let (vals, _oracle, _peers) = grid(&context, None).await;
+            let all: Vec<_> = vals.iter().collect();
+            wait_for_height(&context, &all, 3).await;
+            submit_all(&all, &rotate());
+            wait_for_height(&context, &all, BOUNDARY + 5).await;
+            let root = agreed_root(&all, BOUNDARY + 5);
+            (root, context.auditor().state())
+        })
+    };
+    assert_eq!(run(), run());
 }
