@@ -116,6 +116,7 @@ pub fn router(api: Api) -> Router {
         .route("/v1/proposals", get(proposals))
         .route("/v1/proposals/{id}", get(proposal))
         .route("/v1/blocks/{height}", get(block))
+        .route("/v1/epochs/{epoch}/validators", get(epoch_validators))
         .route("/v1/events", get(events))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
@@ -182,8 +183,13 @@ async fn status(State(api): State<Api>) -> ApiResult {
             "last_block_age_ms": age_ms,
             "finalizing": s.height() > 0 && age_ms < STALL_AFTER.as_millis() as u64,
             "validators": s.config().validators,
-            // Voted in by governance; consensus does not switch validator sets yet.
+            "epoch": s.epoch(),
+            "epoch_blocks": s.epoch_blocks(),
+            // The set that decides the next block, with the epoch it took over in.
+            "validator_set": s.validator_set(s.epoch()),
+            // Voted in by governance, taking over after the current epoch's last block.
             "pending_validators": s.config().pending_validators,
+            "next_epoch_height": (s.epoch() + 1).saturating_mul(s.epoch_blocks()),
             "supply": { "genesis": g.genesis_supply, "minted": g.minted, "burned": g.burned },
             "mempool": mempool,
             "params": s.params(),
@@ -591,6 +597,15 @@ async fn proposal(State(api): State<Api>, Path(id): Path<u64>) -> ApiResult {
     Ok(at(v, h, r))
 }
 
+async fn epoch_validators(State(api): State<Api>, Path(epoch): Path<u64>) -> ApiResult {
+    let (v, h, r) = read(&api, |s| {
+        s.validator_set(epoch).map(to_json).ok_or_else(|| {
+            ApiError::not_found(format!("validator set of epoch {epoch} (not reached yet)"))
+        })
+    })?;
+    Ok(at(v, h, r))
+}
+
 async fn block(State(api): State<Api>, Path(height): Path<u64>) -> ApiResult {
     api.shared
         .receipts
@@ -750,6 +765,10 @@ pub fn openapi_document() -> Value {
                 "summary": "a finalized block's digest, root and transaction outcomes",
                 "parameters": [{ "name": "height", "in": "path", "required": true, "schema": { "type": "integer" } }],
                 "responses": { "200": { "description": "the block" }, "404": { "description": "not finalized yet" } } } },
+            "/v1/epochs/{epoch}/validators": { "get": {
+                "summary": "the validator set that decides an epoch's blocks, with the epoch it took over in; any epoch up to the next block's",
+                "parameters": [{ "name": "epoch", "in": "path", "required": true, "schema": { "type": "integer" } }],
+                "responses": { "200": at_height("validator set"), "404": { "description": "epoch not reached yet" } } } },
             "/v1/events": { "get": {
                 "summary": "finalized blocks as server-sent events; resume with ?from=H or Last-Event-ID",
                 "responses": { "200": { "description": "text/event-stream of `block` events" } } } },
@@ -906,5 +925,44 @@ mod tests {
         let none = get("/v1/farms/1/receipts?period=1".into()).await;
         assert_eq!(none["items"], json!([]));
         assert_eq!(none["next"], Value::Null);
+    }
+
+    #[tokio::test]
+    async fn status_and_the_epoch_route_show_the_validator_set_in_force() {
+        let shared = big_farm(1);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let validator = shared.genesis.validators[0].account;
+        let app = router(Api {
+            shared,
+            gossip: None,
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let get = |path: &str| {
+            let url = format!("{base}{path}");
+            async move { reqwest::get(url).await.expect("get") }
+        };
+        let status: Value = get("/v1/status").await.json().await.expect("json");
+        let d = &status["data"];
+        // Three blocks of devnet's 100-block epochs: epoch 0, the next from height 100.
+        assert_eq!(d["epoch"], 0, "{d}");
+        assert_eq!(d["epoch_blocks"], 100);
+        assert_eq!(d["next_epoch_height"], 100);
+        assert_eq!(d["pending_validators"], Value::Null);
+        assert_eq!(d["validator_set"]["epoch"], 0);
+        assert_eq!(
+            d["validator_set"]["members"][0]["account"],
+            json!(validator)
+        );
+        let set: Value = get("/v1/epochs/0/validators")
+            .await
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(set["data"], d["validator_set"]);
+        let later = get("/v1/epochs/1/validators").await;
+        assert_eq!(later.status(), 404, "epoch 1 is not reached yet");
     }
 }

@@ -11,34 +11,29 @@ use std::time::Duration;
 
 use commonware_broadcast::buffered;
 use commonware_consensus::marshal::{self, resolver::p2p as marshal_resolver, standard::Inline};
-use commonware_consensus::simplex::{
-    self,
-    config::{ForwardPolicy, SkipBudget, SkipPolicy},
-    elector::RoundRobin,
-    scheme::ed25519::Scheme,
-};
-use commonware_consensus::types::{Epoch, FixedEpocher, Height, ViewDelta};
-use commonware_cryptography::certificate::ConstantProvider;
+use commonware_consensus::types::{FixedEpocher, Height, ViewDelta};
 use commonware_cryptography::ed25519::{PrivateKey, PublicKey};
-use commonware_cryptography::{Digested, Digestible, Sha256, Signer};
+use commonware_cryptography::{Digested, Digestible, Signer};
 use commonware_p2p::{Blocker, Provider, Receiver, Sender};
 use commonware_parallel::Sequential;
 use commonware_runtime::buffer::paged::CacheRef;
 use commonware_runtime::{Clock, Handle, Metrics, Spawner, Storage};
 use commonware_storage::archive::immutable;
-use commonware_utils::ordered::Set;
 use commonware_utils::{NZDuration, NZU16, NZU64, NZUsize};
+use peergrid_core::tx::VALIDATORS_MAX;
 use rand_core::CryptoRng;
 
 use crate::app::App;
 use crate::block::Block;
+use crate::epochs::{Orchestrator, PeerSets, Schemes};
 use crate::finalizer::{self, Finalizer};
 use crate::shared::Shared;
 
 /// Namespace of every consensus signature.
 pub const NAMESPACE: &[u8] = b"_PEERGRID_CHAIN";
 
-/// Network channels: three for simplex, one for marshal's backfill, one for block broadcast.
+/// Network channels: three for simplex (each carrying the epoch as a subchannel), one for
+/// marshal's backfill, one for block broadcast.
 pub const CHANNEL_VOTES: u64 = 0;
 /// Simplex certificates.
 pub const CHANNEL_CERTIFICATES: u64 = 1;
@@ -81,19 +76,19 @@ impl Default for Timing {
 }
 
 /// What one validator needs besides its runtime and network.
-pub struct Config<B, P> {
+pub struct Config<B, P, T> {
     /// Its consensus key.
     pub signer: PrivateKey,
-    /// Every validator's key.
-    pub participants: Vec<PublicKey>,
     /// Prefix of its storage partitions (unique per validator on a shared disk).
     pub partition: String,
-    /// Ledger, mempool and receipts.
+    /// Ledger, mempool and receipts; every epoch's validator set comes from its ledger.
     pub shared: Arc<Shared>,
     /// Blocks peers that misbehave.
     pub blocker: B,
     /// Tells marshal and broadcast which peers exist.
     pub peers: P,
+    /// Told each epoch's validators, so the p2p layer admits them.
+    pub peer_sets: T,
     /// Most transactions per block.
     pub txs_per_block: usize,
     /// Consensus timing.
@@ -132,7 +127,7 @@ impl<S, R> Channels<S, R> {
 
 /// Handles of a running validator's actors.
 pub struct Running {
-    /// Consensus.
+    /// The orchestrator of the per-epoch consensus engines.
     pub consensus: Handle<()>,
     /// Marshal.
     pub marshal: Handle<()>,
@@ -166,25 +161,26 @@ fn archive_config<C>(
 }
 
 /// Start a validator.
-pub async fn start<E, B, P, S, R>(
+pub async fn start<E, B, P, T, S, R>(
     context: E,
-    cfg: Config<B, P>,
+    cfg: Config<B, P, T>,
     channels: Channels<S, R>,
 ) -> Running
 where
     E: CryptoRng + Spawner + Metrics + Clock + Storage + Send + Sync + 'static,
-    B: Blocker<PublicKey = PublicKey> + Clone,
+    B: Blocker<PublicKey = PublicKey> + Clone + Sync,
     P: Provider<PublicKey = PublicKey> + Clone,
+    T: PeerSets,
     S: Sender<PublicKey = PublicKey>,
     R: Receiver<PublicKey = PublicKey>,
 {
     let me = cfg.signer.public_key();
-    let participants = Set::from_iter_dedup(cfg.participants.iter().cloned());
-    // A validator not in the set verifies without signing; `signer` fails only for non-members.
-    let scheme = Scheme::signer(NAMESPACE, participants.clone(), cfg.signer.clone())
-        .unwrap_or_else(|| Scheme::verifier(NAMESPACE, participants.clone()));
-    let provider = ConstantProvider::new(scheme.clone());
+    let schemes = Schemes::new(cfg.shared.clone(), cfg.signer.clone());
     let genesis = &cfg.shared.genesis;
+    // Genesis checks the length (at least 2, which FixedEpocher needs); `max` keeps a
+    // hand-built genesis from panicking here.
+    let epocher =
+        FixedEpocher::new(NonZeroU64::new(genesis.params.epoch_blocks.max(2)).unwrap_or(NZU64!(2)));
     let genesis_block = Block::genesis(&genesis.hash(), genesis.genesis_time_ms);
     let genesis_digest = genesis_block.digest();
     let page_cache = CacheRef::new(PAGE_SIZE, PAGE_CACHE_SIZE);
@@ -192,9 +188,8 @@ where
     let mailbox_size = NZUsize!(1024);
 
     let marshal_cfg = marshal::Config {
-        provider,
-        // One epoch for now: validator-set changes at epoch boundaries come with governance.
-        epocher: FixedEpocher::new(NZU64!(u64::MAX)),
+        provider: schemes.clone(),
+        epocher: epocher.clone(),
         start: marshal::Start::Genesis(Digested::precomputed(
             genesis_block.clone(),
             genesis_digest,
@@ -244,8 +239,9 @@ where
 
     let finalizations = immutable::Archive::init(
         context.child("finalizations_by_height"),
-        // An ed25519 certificate decodes with the committee size as its bound.
-        archive_config(&prefix, "finalizations", &page_cache, participants.len()),
+        // An ed25519 certificate decodes with the committee size as its bound; committees
+        // change by epoch, so the bound is the largest any epoch may have.
+        archive_config(&prefix, "finalizations", &page_cache, VALIDATORS_MAX),
     )
     .await
     .expect("the finalizations archive must open: check the data directory");
@@ -275,42 +271,30 @@ where
     let wrapper = Inline::new(
         context.child("application"),
         app,
-        mailbox,
-        FixedEpocher::new(NZU64!(u64::MAX)),
+        mailbox.clone(),
+        epocher.clone(),
     );
-    let t = cfg.timing;
-    let engine = simplex::Engine::new(
-        context.child("simplex"),
-        simplex::config::Config {
-            scheme,
-            elector: RoundRobin::<Sha256>::default(),
-            blocker: cfg.blocker,
-            automaton: wrapper.clone(),
-            relay: wrapper.clone(),
-            reporter: wrapper,
-            strategy: Sequential,
-            partition: format!("{prefix}-consensus"),
-            mailbox_size,
-            epoch: Epoch::zero(),
-            floor: simplex::config::Floor::Genesis(genesis_digest),
-            replay_buffer: NZUsize!(1 << 20),
-            write_buffer: NZUsize!(1 << 20),
-            page_cache,
-            leader_timeout: t.leader_timeout,
-            certification_timeout: t.certification_timeout,
-            timeout_retry: t.timeout_retry,
-            view_retention: ViewDelta::new(256),
-            skip: SkipPolicy::Enabled {
-                timeout: t.skip_timeout,
-                budget: SkipBudget::Participants,
-            },
-            fetch_timeout: NZDuration!(Duration::from_secs(1)),
-            fetch_retry_delay: Duration::from_millis(100),
-            forward: ForwardPolicy::Disabled,
-            track_historical_votes: false,
-        },
-    );
-    let consensus = engine.start(channels.votes, channels.certificates, channels.resolver);
+    let orchestrator = Orchestrator {
+        shared: cfg.shared,
+        schemes,
+        marshal: mailbox,
+        wrapper,
+        blocker: cfg.blocker,
+        peer_sets: cfg.peer_sets,
+        epocher,
+        genesis: genesis_digest,
+        partition: prefix,
+        page_cache,
+        timing: cfg.timing,
+    };
+    let consensus = context.child("epochs").spawn(move |context| {
+        orchestrator.run(
+            context,
+            channels.votes,
+            channels.certificates,
+            channels.resolver,
+        )
+    });
     Running {
         consensus,
         marshal: marshal_handle,

@@ -6,6 +6,7 @@ pub mod api;
 pub mod app;
 pub mod block;
 pub mod engine;
+pub mod epochs;
 pub mod finalizer;
 pub mod mempool;
 pub mod shared;

@@ -1,5 +1,6 @@
 //! Run a validator for real: tokio runtime, authenticated TCP between validators, the HTTP API.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,7 +12,9 @@ use commonware_codec::DecodeExt;
 use commonware_cryptography::ChaCha20Poly1305;
 use commonware_cryptography::ed25519::{PrivateKey, PublicKey};
 use commonware_p2p::authenticated::lookup;
-use commonware_p2p::{Address, AddressableManager, Receiver, Recipients, Sender};
+use commonware_p2p::{
+    Address, AddressableManager, AddressableTrackedPeers, Receiver, Recipients, Sender,
+};
 use commonware_runtime::{Quota, Runner, Spawner, Supervisor, tokio as cw_tokio};
 use commonware_stream::{cups, sake};
 use commonware_utils::ordered::Map;
@@ -26,8 +29,10 @@ use peergrid_ledger::{Genesis, Ledger, RedbStore};
 
 use crate::api::{self, Api};
 use crate::engine::{self, Channels, Timing};
+use crate::epochs::{Member, PeerSets};
 use crate::mempool::MempoolLimits;
 use crate::shared::{Receipts, Shared};
+use peergrid_core::tx::VALIDATORS_MAX;
 
 /// Channel on which validators pass each other the transactions users submit.
 pub const CHANNEL_GOSSIP: u64 = 5;
@@ -50,6 +55,11 @@ pub struct ValidatorConfig {
     /// Most transactions per block.
     #[serde(default = "default_txs_per_block")]
     pub txs_per_block: usize,
+    /// Run although the key is not in the genesis set: follow the chain, and vote from the
+    /// epoch a council vote puts the key in a validator set. Off by default, so that a wrong
+    /// key file is refused rather than run as a validator nobody voted for.
+    #[serde(default)]
+    pub join: bool,
 }
 
 fn default_txs_per_block() -> usize {
@@ -83,18 +93,66 @@ fn public_key(account: &AccountId) -> anyhow::Result<PublicKey> {
         .map_err(|e| anyhow::anyhow!("validator {account} has an unusable key: {e}"))
 }
 
+/// The lookup network's peer sets: each epoch's validators at their voted addresses, or for
+/// the genesis set, at those in the genesis file.
+struct LookupPeers {
+    oracle: lookup::Oracle<PublicKey>,
+    genesis: HashMap<PublicKey, SocketAddr>,
+}
+
+impl LookupPeers {
+    fn address(&self, m: &Member) -> Option<(PublicKey, Address)> {
+        let addr = match &m.address {
+            Some(a) => a.parse().ok()?,
+            None => *self.genesis.get(&m.key)?,
+        };
+        Some((m.key.clone(), Address::Symmetric(addr)))
+    }
+}
+
+impl PeerSets for LookupPeers {
+    fn track(&mut self, epoch: u64, primary: &[Member], secondary: &[Member]) {
+        let primary: Vec<_> = primary.iter().filter_map(|m| self.address(m)).collect();
+        // The network refuses a set above its size; the set itself always fits.
+        let room = VALIDATORS_MAX.saturating_sub(primary.len());
+        let secondary: Vec<_> = secondary
+            .iter()
+            .filter_map(|m| self.address(m))
+            .take(room)
+            .collect();
+        info!(
+            epoch,
+            validators = primary.len(),
+            leaving = secondary.len(),
+            "tracking the epoch's validators"
+        );
+        let _ = self.oracle.track(
+            epoch,
+            AddressableTrackedPeers::new(
+                Map::from_iter_dedup(primary),
+                Map::from_iter_dedup(secondary),
+            ),
+        );
+    }
+}
+
 /// Run a validator until Ctrl-C. Every write is atomic, so a kill at any moment is safe too.
+///
+/// A key outside the genesis set runs with `join = true`: it follows the chain until a vote
+/// puts it in an epoch's set, then votes from that epoch on.
 pub fn run(cfg: ValidatorConfig) -> anyhow::Result<()> {
     let genesis = Genesis::load(&cfg.genesis)?;
     let key = Keypair::load(&cfg.key)?;
     let me = key.account();
-    let Some(index) = genesis.validators.iter().position(|v| v.account == me) else {
+    let index = genesis.validators.iter().position(|v| v.account == me);
+    if index.is_none() && !cfg.join {
         bail!(
-            "{me} (from {}) is not a validator in {}",
+            "{me} (from {}) is not a validator in {}; to run it as a validator waiting to be \
+             voted in, add `join = true` to its configuration",
             cfg.key.display(),
             cfg.genesis.display()
         );
-    };
+    }
     let mut peers = Vec::new();
     for v in &genesis.validators {
         let Some(addr) = &v.address else {
@@ -115,7 +173,7 @@ pub fn run(cfg: ValidatorConfig) -> anyhow::Result<()> {
         &genesis,
     )?;
     let receipts = Receipts::open(&cfg.data_dir.join("receipts.redb"))?;
-    info!(height = ledger.state().height(), root = %ledger.state().root(), index, "ledger opened");
+    info!(height = ledger.state().height(), epoch = ledger.state().epoch(), root = %ledger.state().root(), ?index, "ledger opened");
     let shared = Shared::new(genesis.clone(), ledger, receipts, MempoolLimits::default());
     let signer = consensus_key(&key)?;
 
@@ -130,7 +188,7 @@ async fn serve(
     shared: Arc<Shared>,
     signer: PrivateKey,
     peers: Vec<(PublicKey, SocketAddr)>,
-    index: usize,
+    index: Option<usize>,
 ) -> anyhow::Result<()> {
     tracing::debug!("runtime started");
     let handshake = cups::Cups::<_, ChaCha20Poly1305>::new(
@@ -146,18 +204,14 @@ async fn serve(
         handshake,
         P2P_NAMESPACE,
         cfg.p2p_listen,
-        NZUsize!(peers.len().max(1)),
+        // Any epoch's set (at most VALIDATORS_MAX) and this validator; the validators who
+        // just left an epoch's set follow as secondaries only while there is room.
+        NZUsize!(VALIDATORS_MAX + 1),
         engine::MESSAGE_BYTES_MAX,
         NZUsize!(4096),
     );
-    let (mut network, mut oracle) = lookup::Network::new(context.child("p2p"), p2p);
+    let (mut network, oracle) = lookup::Network::new(context.child("p2p"), p2p);
     tracing::debug!("p2p network created");
-    let addresses = Map::from_iter_dedup(
-        peers
-            .iter()
-            .map(|(k, a)| (k.clone(), Address::Symmetric(*a))),
-    );
-    oracle.track(0, addresses);
     // Per peer and channel. Blocks and transaction gossip are batched, so a thousand messages a
     // second is ample; the inbound mailbox is sized from this, so it must not be huge.
     let quota = Quota::per_second(NZU32!(1_000));
@@ -170,15 +224,23 @@ async fn serve(
     let channels = Channels::take(&mut ch).context("five consensus channels were registered")?;
     let (mut gossip_out, mut gossip_in) = ch.next().context("the gossip channel was registered")?;
 
+    let peer_sets = LookupPeers {
+        oracle: oracle.clone(),
+        genesis: peers.into_iter().collect(),
+    };
     engine::start(
         context.child("validator"),
         engine::Config {
             signer,
-            participants: peers.iter().map(|(k, _)| k.clone()).collect(),
-            partition: format!("validator-{index}"),
+            // Genesis validators keep the partition names of their existing data.
+            partition: match index {
+                Some(i) => format!("validator-{i}"),
+                None => "validator".into(),
+            },
             shared: shared.clone(),
             blocker: oracle.clone(),
             peers: oracle.clone(),
+            peer_sets,
             txs_per_block: cfg.txs_per_block,
             timing: Timing::default(),
         },

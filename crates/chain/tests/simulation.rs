@@ -18,7 +18,7 @@ fn four_validators_finalize_transfers_and_agree_on_the_state() {
             link_all(&oracle, &peers, LINK).await;
             let mut vals = Vec::new();
             for i in 0..4 {
-                vals.push(start_validator(&context, &oracle, &g, &peers, i, None).await);
+                vals.push(start_validator(&context, &oracle, &g, i, None).await);
             }
             let refs: Vec<_> = vals.iter().collect();
             let to = user(9).account();
@@ -75,7 +75,7 @@ async fn grid(
     link_all(&oracle, &peers, LINK).await;
     let mut vals = Vec::new();
     for i in 0..n {
-        vals.push(start_validator(context, &oracle, &g, &peers, i, dir).await);
+        vals.push(start_validator(context, &oracle, &g, i, dir).await);
     }
     (vals, oracle, peers)
 }
@@ -164,7 +164,7 @@ fn an_equivocating_validator_is_caught_and_the_others_stay_safe_and_live() {
             link_all(&oracle, &peers, LINK).await;
             let mut vals = Vec::new();
             for i in 0..3 {
-                vals.push(start_validator(&context, &oracle, &g, &peers, i, None).await);
+                vals.push(start_validator(&context, &oracle, &g, i, None).await);
             }
             start_equivocator(&context, &oracle, &peers, 3).await;
             let refs: Vec<_> = vals.iter().collect();

@@ -186,6 +186,8 @@ pub enum GovCommand {
         /// The proposal.
         proposal: u64,
     },
+    /// Show the current epoch, its validator set and any set voted in for the next one.
+    Validators,
 }
 
 #[derive(Subcommand)]
@@ -241,12 +243,28 @@ pub enum ProposeAction {
         #[arg(long)]
         threshold: u32,
     },
-    /// Replace the validator set (takes effect at an epoch boundary).
+    /// Replace the validator set (takes effect at the next epoch boundary).
     SetValidators {
-        /// A validator's account (repeatable).
+        /// A validator as ACCOUNT@IP:PORT, its consensus key and where validators reach it
+        /// (repeatable; list every member of the new set).
         #[arg(long = "validator", required = true)]
         validators: Vec<String>,
     },
+}
+
+/// `ACCOUNT@IP:PORT` as a validator set member.
+fn parse_validator(text: &str) -> anyhow::Result<peergrid_core::tx::ValidatorEntry> {
+    let (account, address) = text.split_once('@').ok_or_else(|| {
+        anyhow::anyhow!("{text:?} is not ACCOUNT@IP:PORT (a validator's key and p2p address)")
+    })?;
+    let account = account
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{account:?} is not an account: {e}"))?;
+    peergrid_core::tx::check_validator_address(address)?;
+    Ok(peergrid_core::tx::ValidatorEntry {
+        account,
+        address: address.to_string(),
+    })
 }
 
 /// `0.05` USD as 50000 µUSD.
@@ -607,7 +625,7 @@ fn action_text(a: &GovAction) -> String {
         }
         GovAction::SetValidators { validators } => {
             format!(
-                "{} validators (pending: not applied by this release)",
+                "{} validators from the next epoch boundary",
                 validators.len()
             )
         }
@@ -656,18 +674,12 @@ pub fn gov(globals: &Globals, cmd: GovCommand) -> anyhow::Result<()> {
                             .collect::<Result<_, _>>()?,
                         threshold,
                     },
-                    ProposeAction::SetValidators { validators } => {
-                        tracing::warn!(
-                            "a validator set voted in is recorded as pending (`pending_validators` \
-                             in /v1/status); this release's validators keep running the genesis set"
-                        );
-                        GovAction::SetValidators {
-                            validators: validators
-                                .iter()
-                                .map(|m| m.parse())
-                                .collect::<Result<_, _>>()?,
-                        }
-                    }
+                    ProposeAction::SetValidators { validators } => GovAction::SetValidators {
+                        validators: validators
+                            .iter()
+                            .map(|v| parse_validator(v))
+                            .collect::<anyhow::Result<_>>()?,
+                    },
                 };
                 let events = globals
                     .send(Payload::Propose {
@@ -710,6 +722,59 @@ pub fn gov(globals: &Globals, cmd: GovCommand) -> anyhow::Result<()> {
                 );
                 if let Some(status) = closed {
                     println!("the proposal is closed: {}", closed_text(status));
+                }
+                Ok(())
+            }
+            GovCommand::Validators => {
+                let status = client.status().await?;
+                let d = &status.data;
+                if globals.json {
+                    return output::json(&json!({
+                        "height": status.height,
+                        "epoch": d["epoch"],
+                        "epoch_blocks": d["epoch_blocks"],
+                        "next_epoch_height": d["next_epoch_height"],
+                        "validator_set": d["validator_set"],
+                        "pending_validators": d["pending_validators"],
+                    }));
+                }
+                let set = &d["validator_set"];
+                println!(
+                    "epoch {} (blocks of {}; the next starts at height {}), at height {}",
+                    d["epoch"], d["epoch_blocks"], d["next_epoch_height"], status.height
+                );
+                println!(
+                    "validator set in force since epoch {} (height {}):",
+                    set["epoch"], set["first_height"]
+                );
+                let rows: Vec<Vec<String>> = set["members"]
+                    .as_array()
+                    .map(Vec::as_slice)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|m| {
+                        vec![
+                            m["account"].as_str().unwrap_or("-").to_string(),
+                            m["address"].as_str().unwrap_or("(genesis file)").to_string(),
+                        ]
+                    })
+                    .collect();
+                output::table(&["ACCOUNT", "ADDRESS"], &rows);
+                match d["pending_validators"].as_array() {
+                    Some(pending) => {
+                        println!("voted in, taking over at the next epoch:");
+                        let rows: Vec<Vec<String>> = pending
+                            .iter()
+                            .map(|m| {
+                                vec![
+                                    m["account"].as_str().unwrap_or("-").to_string(),
+                                    m["address"].as_str().unwrap_or("-").to_string(),
+                                ]
+                            })
+                            .collect();
+                        output::table(&["ACCOUNT", "ADDRESS"], &rows);
+                    }
+                    None => println!("no set voted in for the next epoch"),
                 }
                 Ok(())
             }

@@ -242,6 +242,13 @@ fn check(globals: &Globals, file: &Path) -> anyhow::Result<()> {
         ),
         ("validators", genesis.validators.len().to_string()),
         (
+            "epochs",
+            format!(
+                "{} blocks each; a validator set voted in takes over at the next",
+                p.epoch_blocks
+            ),
+        ),
+        (
             "council",
             format!(
                 "{members} member{}, {} needed to pass a proposal",

@@ -8,7 +8,7 @@ use clap::Subcommand;
 use peergrid_client::{Client, TxStatus};
 use peergrid_core::{AccountId, Amount, Hash, Keypair, Payload};
 use peergrid_devnet::Options;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::{Globals, output};
 
@@ -326,7 +326,7 @@ fn devnet_status(globals: &Globals, dir: &std::path::Path) -> anyhow::Result<()>
                     let ok = s.data["finalizing"].as_bool() == Some(true);
                     finalizing += usize::from(ok);
                     rows.push(json!({
-                        "api": api, "height": s.height, "root": s.root,
+                        "api": api, "height": s.height, "epoch": s.data["epoch"], "root": s.root,
                         "last_block_age_ms": s.data["last_block_age_ms"], "finalizing": ok,
                     }));
                 }
@@ -343,8 +343,8 @@ fn devnet_status(globals: &Globals, dir: &std::path::Path) -> anyhow::Result<()>
             )?;
         } else {
             println!(
-                "{:<26} {:>8}  {:<10}  state root",
-                "validator API", "height", "state"
+                "{:<26} {:>8} {:>6}  {:<10}  state root",
+                "validator API", "height", "epoch", "state"
             );
             for r in &rows {
                 let state = if r["finalizing"] == true {
@@ -354,13 +354,16 @@ fn devnet_status(globals: &Globals, dir: &std::path::Path) -> anyhow::Result<()>
                 } else {
                     "stalled"
                 };
-                println!(
-                    "{:<26} {:>8}  {:<10}  {}",
-                    r["api"].as_str().unwrap_or_default(),
-                    r["height"]
-                        .as_u64()
+                let number = |v: &Value| {
+                    v.as_u64()
                         .map(|h| h.to_string())
-                        .unwrap_or_else(|| "-".into()),
+                        .unwrap_or_else(|| "-".into())
+                };
+                println!(
+                    "{:<26} {:>8} {:>6}  {:<10}  {}",
+                    r["api"].as_str().unwrap_or_default(),
+                    number(&r["height"]),
+                    number(&r["epoch"]),
                     state,
                     r["root"]
                         .as_str()

@@ -404,7 +404,10 @@ fn a_validator_with_a_broken_config_says_what_is_wrong() {
         "--config",
         config.to_str().expect("utf-8"),
     ]));
-    assert!(err.contains("is not a validator in"), "{err}");
+    assert!(
+        err.contains("is not a validator in") && err.contains("join = true"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -110,6 +110,43 @@ pub enum ContractSpec {
     },
 }
 
+/// Longest validator network address, `host:port` text: an IPv6 address with a port fits.
+pub const VALIDATOR_ADDRESS_BYTES_MAX: usize = 64;
+
+/// One member of a validator set voted in by governance.
+///
+/// The address travels with the key in the vote, so the set that takes over an epoch is
+/// complete the moment it is applied: every validator can admit and dial every member without
+/// waiting for a further transaction from each of them.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+pub struct ValidatorEntry {
+    /// The validator's consensus key.
+    pub account: AccountId,
+    /// Where other validators reach it: an IP address and port, such as `203.0.113.7:4000`.
+    pub address: String,
+}
+
+/// Check a validator address: a literal `ip:port` (no host name, which would make the ledger
+/// depend on DNS), with a port other than zero.
+pub fn check_validator_address(address: &str) -> Result<(), FieldError> {
+    check_len(
+        "validator address",
+        address.len(),
+        VALIDATOR_ADDRESS_BYTES_MAX,
+    )?;
+    match address.parse::<std::net::SocketAddr>() {
+        Ok(a) if a.port() != 0 => Ok(()),
+        Ok(_) => Err(invalid(
+            "validator address",
+            format!("{address:?} has port 0"),
+        )),
+        Err(_) => Err(invalid(
+            "validator address",
+            format!("{address:?} is not ip:port (such as 203.0.113.7:4000 or [2001:db8::7]:4000)"),
+        )),
+    }
+}
+
 /// A change the council can make by vote.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
 #[serde(rename_all = "snake_case", tag = "action")]
@@ -151,8 +188,8 @@ pub enum GovAction {
     },
     /// Replace the validator set, taking effect at the next epoch boundary.
     SetValidators {
-        /// The validators' consensus keys.
-        validators: Vec<AccountId>,
+        /// Each validator's consensus key and the address validators reach it at.
+        validators: Vec<ValidatorEntry>,
     },
 }
 
@@ -708,9 +745,20 @@ impl Payload {
                         }
                     }
                     GovAction::SetValidators { validators } => {
-                        check_accounts("validators", validators, VALIDATORS_MAX)?;
                         if validators.is_empty() {
                             return Err(invalid("validators", "the set cannot be empty"));
+                        }
+                        let accounts: Vec<AccountId> =
+                            validators.iter().map(|v| v.account).collect();
+                        check_accounts("validators", &accounts, VALIDATORS_MAX)?;
+                        for (i, v) in validators.iter().enumerate() {
+                            check_validator_address(&v.address)?;
+                            if validators[..i].iter().any(|o| o.address == v.address) {
+                                return Err(invalid(
+                                    "validators",
+                                    format!("address {} is listed twice", v.address),
+                                ));
+                            }
                         }
                     }
                     GovAction::SetPricingPolicy(p) => {

@@ -18,7 +18,7 @@ use peergrid_core::{
 use crate::minting::PreviousReport;
 use crate::records::{
     Account, BillStatus, Contract, ContractState, DeleteReason, Farm, FarmIp, Node, Proposal,
-    ProposalStatus, Uptime, ViolationKind, VoteRecord,
+    ProposalStatus, Uptime, ValidatorMember, ValidatorSet, ViolationKind, VoteRecord,
 };
 use crate::state::State;
 
@@ -483,6 +483,15 @@ pub enum Event {
         proposal: ProposalId,
         /// How it ended.
         status: ProposalStatus,
+    },
+    /// A validator set voted in takes over at an epoch boundary.
+    ValidatorSetChanged {
+        /// The first epoch it decides.
+        epoch: u64,
+        /// Height of that epoch's first block.
+        first_height: u64,
+        /// Its members' consensus keys.
+        validators: Vec<AccountId>,
     },
 }
 
@@ -1550,10 +1559,48 @@ impl State {
         }
     }
 
-    /// End-of-block work at ledger time `now_ms`: close proposals whose time is up, bill the
-    /// contracts due and resume those whose owners can pay again, mint a batch of rewards
-    /// and prune receipts past their retention.
-    pub(crate) fn end_block(&mut self, now_ms: u64) -> Vec<Event> {
+    /// At the last block of an epoch, hand the next epoch to the validator set voted in, if
+    /// any. Runs after the block's votes, so a set passed in the boundary block itself takes
+    /// over at once: the chain learns a set only from a finalized boundary block, never from
+    /// one still being voted on.
+    fn end_epoch(&mut self, height: u64, events: &mut Vec<Event>) {
+        let len = self.epoch_blocks().max(1);
+        if height.checked_add(1).is_none_or(|next| next % len != 0) {
+            return;
+        }
+        if self.config().pending_validators.is_none() {
+            return;
+        }
+        let Some(pending) = self.config_mut().pending_validators.take() else {
+            return;
+        };
+        let epoch = self.epoch_of(height) + 1;
+        let set = ValidatorSet {
+            epoch,
+            first_height: height + 1,
+            members: pending
+                .into_iter()
+                .map(|v| ValidatorMember {
+                    account: v.account,
+                    address: Some(v.address),
+                })
+                .collect(),
+        };
+        let validators = set.accounts();
+        self.config_mut().validators = validators.clone();
+        self.validator_sets.insert(epoch, set);
+        events.push(Event::ValidatorSetChanged {
+            epoch,
+            first_height: height + 1,
+            validators,
+        });
+    }
+
+    /// End-of-block work for the block at `height`, at ledger time `now_ms`: close proposals
+    /// whose time is up, bill the contracts due and resume those whose owners can pay again,
+    /// mint a batch of rewards, prune receipts past their retention, and at an epoch's last
+    /// block install the validator set voted in.
+    pub(crate) fn end_block(&mut self, height: u64, now_ms: u64) -> Vec<Event> {
         let mut events = Vec::new();
         let due: Vec<(u64, ProposalId)> = self
             .proposal_expiry
@@ -1583,6 +1630,7 @@ impl State {
         self.end_block_billing(now_ms, &mut events);
         self.end_block_minting(now_ms, &mut events);
         self.prune_receipts();
+        self.end_epoch(height, &mut events);
         events
     }
 }

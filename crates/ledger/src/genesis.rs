@@ -45,6 +45,23 @@ pub struct Params {
     pub pricing: PricingPolicy,
     /// What farmers earn.
     pub farming: FarmingPolicy,
+    /// Blocks per epoch: a validator set voted in takes over at the next epoch's first block.
+    /// Fixed for the chain's life, since every validator derives epochs from heights with it.
+    #[serde(default = "default_epoch_blocks")]
+    pub epoch_blocks: u64,
+}
+
+/// Shortest epoch: an epoch must hold a block besides the boundary its engine starts from.
+pub const EPOCH_BLOCKS_MIN: u64 = 2;
+/// Longest epoch: far beyond any chain's life at a block a second, and small enough that
+/// every epoch's first and last heights fit in a `u64`.
+pub const EPOCH_BLOCKS_MAX: u64 = 1 << 40;
+/// Blocks per epoch in production: about an hour at the grid's few blocks a second, so a
+/// vote takes effect within the hour without engines restarting often.
+pub const EPOCH_BLOCKS_DEFAULT: u64 = 10_000;
+
+fn default_epoch_blocks() -> u64 {
+    EPOCH_BLOCKS_DEFAULT
 }
 
 impl Params {
@@ -63,6 +80,7 @@ impl Params {
             token_price_uusd: 10_000,
             pricing: PricingPolicy::default(),
             farming: FarmingPolicy::default(),
+            epoch_blocks: EPOCH_BLOCKS_DEFAULT,
         }
     }
 
@@ -74,6 +92,7 @@ impl Params {
             grace_period_secs: 5 * 60,
             minting_period_secs: 10 * 60,
             proposal_ttl_secs: 3600,
+            epoch_blocks: 100,
             ..Params::production()
         }
     }
@@ -97,6 +116,12 @@ impl Params {
         // boot time two reports imply may differ by twice that with nothing wrong. A smaller
         // tolerance punishes clocks the ledger accepted; zero also makes clock skew
         // unreachable, since any drift at all would be judged a reboot or a lie first.
+        if !(EPOCH_BLOCKS_MIN..=EPOCH_BLOCKS_MAX).contains(&self.epoch_blocks) {
+            return Err(GenesisError::Invalid(format!(
+                "params.epoch_blocks ({}) must be between {EPOCH_BLOCKS_MIN} and {EPOCH_BLOCKS_MAX}",
+                self.epoch_blocks
+            )));
+        }
         let skew_min = self.uptime_drift_secs.saturating_mul(2).max(1);
         if self.clock_skew_max_secs < skew_min {
             return Err(GenesisError::Invalid(format!(

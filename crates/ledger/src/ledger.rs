@@ -286,7 +286,7 @@ impl<S: Store> Ledger<S> {
     }
 
     fn finish_block(&mut self, ctx: &BlockContext) -> Vec<Event> {
-        let events = self.state.end_block(ctx.time_ms);
+        let events = self.state.end_block(ctx.height, ctx.time_ms);
         let g = self.state.globals_mut();
         g.height = ctx.height;
         g.time_ms = ctx.time_ms;

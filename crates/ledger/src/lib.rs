@@ -30,6 +30,16 @@
 //! left (counting every node's weight not yet cast) can change that, and otherwise at
 //! expiry, on the votes cast.
 //!
+//! # Epochs
+//!
+//! Epoch `e` holds heights `e·len` to `(e+1)·len − 1`, `len` being the genesis parameter
+//! `epoch_blocks` (commonware's `FixedEpocher` split). A validator set voted in
+//! (`SetValidators`, each member with the `ip:port` validators reach it at) waits in
+//! `Config::pending_validators` and takes over at the end of the epoch's last block: it is
+//! stored by the first epoch it governs, `Event::ValidatorSetChanged` is emitted, and
+//! [`State::validator_set`] answers for every epoch up to the next block's
+//! ([`State::epoch`]), so any node can check any past epoch's certificates.
+//!
 //! The state root is a Merkle tree over buckets of entries ([`commitment`]):
 //! incremental, order-independent, and it proves any account, farm, node or contract
 //! (or its absence) against a finalized block's root ([`State::prove_account`] and

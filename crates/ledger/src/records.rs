@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use peergrid_core::economics::{Billable, Discount, RewardSteps, Split};
 use peergrid_core::policy::FarmingPolicy;
-use peergrid_core::tx::{ContractSpec, GovAction, PowerTarget};
+use peergrid_core::tx::{ContractSpec, GovAction, PowerTarget, ValidatorEntry};
 use peergrid_core::{
     AccountId, Amount, Capacity, ContractId, FarmId, Hash, Location, NodeId, ProposalId, PublicIp,
 };
@@ -577,7 +577,36 @@ pub struct Config {
     /// The validator set in force.
     pub validators: Vec<AccountId>,
     /// A validator set voted in, waiting for the next epoch boundary.
-    pub pending_validators: Option<Vec<AccountId>>,
+    pub pending_validators: Option<Vec<ValidatorEntry>>,
+}
+
+/// A validator set and the epochs it governs, kept for every change so that any node can
+/// check the certificates of any past epoch.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+pub struct ValidatorSet {
+    /// The first epoch the set governs; it governs every later one until the next change.
+    pub epoch: u64,
+    /// Height of the epoch's first block.
+    pub first_height: u64,
+    /// The members, in the order they were voted in.
+    pub members: Vec<ValidatorMember>,
+}
+
+/// One member of a [`ValidatorSet`].
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+pub struct ValidatorMember {
+    /// Its consensus key.
+    pub account: AccountId,
+    /// Where validators reach it, as voted; `None` for the genesis set, whose addresses are
+    /// in the genesis file and not consensus data.
+    pub address: Option<String>,
+}
+
+impl ValidatorSet {
+    /// The members' consensus keys.
+    pub fn accounts(&self) -> Vec<AccountId> {
+        self.members.iter().map(|m| m.account).collect()
+    }
 }
 
 /// Counters and totals that change with almost every block.

@@ -7,7 +7,7 @@ use crate::commitment::{Commitment, StateProof};
 use crate::genesis::{Genesis, Params};
 use crate::records::{
     Account, Bill, Config, Contract, Economy, Farm, Globals, Node, NodeUptime, Proposal,
-    PrunedBills, RewardReceipt, VoteRecord,
+    PrunedBills, RewardReceipt, ValidatorMember, ValidatorSet, VoteRecord,
 };
 use crate::table::{AnyTable, Change, Table};
 
@@ -27,7 +27,7 @@ pub mod tables {
 const SINGLETON: u8 = 0;
 
 /// Number of tables in the state.
-const TABLES: usize = 27;
+const TABLES: usize = 28;
 
 /// The whole ledger state at one height, and the changes of the block being applied.
 #[derive(Clone)]
@@ -75,6 +75,8 @@ pub struct State {
     pub(crate) bills_by_end: Table<(u64, ContractId, u64), ()>,
     /// What each contract's pruned bills added up to.
     pub(crate) pruned_bills: Table<ContractId, PrunedBills>,
+    /// Every validator set by the first epoch it governs; one entry per change.
+    pub(crate) validator_sets: Table<u64, ValidatorSet>,
     /// The commitment over the state as of the last committed block, settled.
     committed: Commitment,
 }
@@ -112,6 +114,7 @@ impl State {
             node_contracts: Table::new(25),
             bills_by_end: Table::new(26),
             pruned_bills: Table::new(27),
+            validator_sets: Table::new(28),
             committed: Commitment::default(),
         }
     }
@@ -145,6 +148,7 @@ impl State {
             &self.node_contracts,
             &self.bills_by_end,
             &self.pruned_bills,
+            &self.validator_sets,
         ]
     }
 
@@ -177,6 +181,7 @@ impl State {
             &mut self.node_contracts,
             &mut self.bills_by_end,
             &mut self.pruned_bills,
+            &mut self.validator_sets,
         ]
     }
 
@@ -194,6 +199,21 @@ impl State {
                 council: genesis.council.clone(),
                 validators: genesis.validators.iter().map(|v| v.account).collect(),
                 pending_validators: None,
+            },
+        );
+        state.validator_sets.insert(
+            0,
+            ValidatorSet {
+                epoch: 0,
+                first_height: 0,
+                members: genesis
+                    .validators
+                    .iter()
+                    .map(|v| ValidatorMember {
+                        account: v.account,
+                        address: None,
+                    })
+                    .collect(),
             },
         );
         for b in &genesis.balances {
@@ -394,6 +414,39 @@ impl State {
     /// Height of the last applied block.
     pub fn height(&self) -> u64 {
         self.globals().height
+    }
+
+    /// Blocks per epoch.
+    pub fn epoch_blocks(&self) -> u64 {
+        self.params().epoch_blocks
+    }
+
+    /// The epoch of the block at `height`: epoch `e` holds heights `e·len` to `(e+1)·len − 1`,
+    /// so epoch 0 holds genesis and its last block is `len − 1`.
+    pub fn epoch_of(&self, height: u64) -> u64 {
+        height / self.epoch_blocks().max(1)
+    }
+
+    /// The epoch of the next block: the one whose validator set decides it.
+    pub fn epoch(&self) -> u64 {
+        self.epoch_of(self.height().saturating_add(1))
+    }
+
+    /// The validator set of `epoch`, if this state already knows it: every epoch up to
+    /// [`State::epoch`]. A set is known once the last block of the epoch before is applied.
+    pub fn validator_set(&self, epoch: u64) -> Option<&ValidatorSet> {
+        if epoch > self.epoch() {
+            return None;
+        }
+        self.validator_sets
+            .range(..=epoch)
+            .next_back()
+            .map(|(_, s)| s)
+    }
+
+    /// Every validator set change, oldest first.
+    pub fn validator_sets(&self) -> impl DoubleEndedIterator<Item = &ValidatorSet> {
+        self.validator_sets.iter().map(|(_, s)| s)
     }
 
     /// Ledger time of the last applied block, ms.

@@ -11,10 +11,14 @@ use std::time::{Duration, UNIX_EPOCH};
 use commonware_codec::DecodeExt;
 use commonware_cryptography::Signer;
 use commonware_cryptography::ed25519::{PrivateKey, PublicKey};
+use commonware_p2p::TrackedPeers;
 use commonware_p2p::simulated::{self, Link, Network, Oracle};
+use commonware_p2p::utils::mux::Muxer;
 use commonware_runtime::{Clock, Quota, Supervisor, deterministic};
+use commonware_utils::ordered::Set;
 use commonware_utils::{NZU32, NZUsize};
 use peergrid_chain::engine::{self, Channels, Config, Timing};
+use peergrid_chain::epochs::{Member, PeerSets};
 use peergrid_chain::mempool::MempoolLimits;
 use peergrid_chain::shared::{Receipts, Shared};
 use peergrid_core::tx::Payload;
@@ -85,19 +89,43 @@ pub async fn network(
     context: &deterministic::Context,
     peers: &[PublicKey],
 ) -> Oracle<PublicKey, deterministic::Context> {
-    let (network, oracle) = Network::new_with_peers(
+    network_split(context, peers, &[]).await
+}
+
+/// A network whose first peer set has `primary` validators and `secondary` followers.
+pub async fn network_split(
+    context: &deterministic::Context,
+    primary: &[PublicKey],
+    secondary: &[PublicKey],
+) -> Oracle<PublicKey, deterministic::Context> {
+    let (network, oracle) = Network::new_with_split_peers(
         context.child("network"),
         simulated::Config {
             max_size: engine::MESSAGE_BYTES_MAX,
-            max_peers_per_set: NZUsize!(peers.len()),
+            max_peers_per_set: NZUsize!(primary.len() + secondary.len()),
             disconnect_on_block: true,
             tracked_peer_sets: NZUsize!(1),
         },
-        peers.to_vec(),
+        primary.to_vec(),
+        secondary.to_vec(),
     )
     .await;
     network.start();
     oracle
+}
+
+/// The simulated network's peer sets, tracked from each epoch's validators as the ledger
+/// names them. The network is one for all validators: the first to track an epoch sets it.
+pub struct SimPeers(pub simulated::Manager<PublicKey, deterministic::Context>);
+
+impl PeerSets for SimPeers {
+    fn track(&mut self, epoch: u64, primary: &[Member], secondary: &[Member]) {
+        use commonware_p2p::Manager as _;
+        let keys = |ms: &[Member]| Set::from_iter_dedup(ms.iter().map(|m| m.key.clone()));
+        let _ = self
+            .0
+            .track(epoch, TrackedPeers::new(keys(primary), keys(secondary)));
+    }
 }
 
 pub async fn link_all(
@@ -127,12 +155,12 @@ pub fn ledger_store(dir: Option<&Path>, i: usize) -> Box<dyn Store + Send + Sync
     }
 }
 
-/// Start validator `i`; its ledger lives in `dir` if given.
+/// Start validator `i`; its ledger lives in `dir` if given. Which epochs it votes in, if
+/// any, its ledger says.
 pub async fn start_validator(
     context: &deterministic::Context,
     oracle: &Oracle<PublicKey, deterministic::Context>,
     genesis: &Genesis,
-    participants: &[PublicKey],
     i: usize,
     dir: Option<&Path>,
 ) -> Arc<Shared> {
@@ -156,11 +184,11 @@ pub async fn start_validator(
         context.child("validator").with_attribute("index", i),
         Config {
             signer,
-            participants: participants.to_vec(),
             partition: format!("validator-{i}"),
             shared: shared.clone(),
             blocker: oracle.control(me),
             peers: oracle.manager(),
+            peer_sets: SimPeers(oracle.manager()),
             txs_per_block: 1000,
             timing: Timing::default(),
         },
@@ -189,6 +217,17 @@ pub async fn start_equivocator(
         .register(engine::CHANNEL_CERTIFICATES, quota)
         .await
         .expect("register");
+    // Consensus messages carry their epoch as a subchannel; the equivocator lives in epoch 0.
+    let (mux, mut votes) = Muxer::new(context.child("equivocator_votes"), votes.0, votes.1);
+    mux.start();
+    let votes = votes.register(0).await.expect("subchannel");
+    let (mux, mut certificates) = Muxer::new(
+        context.child("equivocator_certificates"),
+        certificates.0,
+        certificates.1,
+    );
+    mux.start();
+    let certificates = certificates.register(0).await.expect("subchannel");
     let set = commonware_utils::ordered::Set::from_iter_dedup(participants.iter().cloned());
     let scheme = Scheme::signer(engine::NAMESPACE, set, signer).expect("a member");
     equivocator::start(context.child("equivocator"), scheme, votes, certificates);

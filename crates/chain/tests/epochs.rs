@@ -1,0 +1,301 @@
+//! Deterministic simulations of a validator set voted in by the council taking over at an
+//! epoch boundary: one engine per epoch, a dropped validator no longer needed, an added one
+//! needed, and restarts on either side of the boundary.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use commonware_cryptography::ed25519::PublicKey;
+use commonware_p2p::simulated::Oracle;
+use commonware_runtime::{Clock, Runner, deterministic};
+use peergrid_chain::shared::Shared;
+use peergrid_core::tx::{GovAction, Payload, ValidatorEntry};
+use peergrid_core::{AccountId, SignedTx};
+use peergrid_ledger::{Event, Genesis};
+
+/// Short epochs: epoch 0 ends at height 19, epoch 1 at 39.
+const EPOCH_BLOCKS: u64 = 20;
+/// The last block of epoch 0.
+const BOUNDARY: u64 = EPOCH_BLOCKS - 1;
+
+fn genesis_with_epochs() -> Genesis {
+    let mut g = genesis(4);
+    g.params.epoch_blocks = EPOCH_BLOCKS;
+    g
+}
+
+/// The council (user 1, threshold 1) replaces validator 3 with validator 4.
+fn rotate() -> SignedTx {
+    let validators = [0usize, 1, 2, 4]
+        .iter()
+        .map(|&i| ValidatorEntry {
+            account: validator_key(i).account(),
+            address: format!("10.0.0.{i}:4000"),
+        })
+        .collect();
+    SignedTx::new(
+        &user(1),
+        CHAIN,
+        0,
+        Payload::Propose {
+            action: GovAction::SetValidators { validators },
+            description: "replace validator 3 by validator 4".into(),
+        },
+    )
+}
+
+/// Genesis validators 0..=3 and validator 4, which starts as a follower; all linked.
+async fn grid(
+    context: &deterministic::Context,
+    dir: Option<&Path>,
+) -> (
+    Vec<Arc<Shared>>,
+    Oracle<PublicKey, deterministic::Context>,
+    Vec<PublicKey>,
+) {
+    let g = genesis_with_epochs();
+    let peers = participants(5);
+    let oracle = network_split(context, &peers[..4], &peers[4..]).await;
+    link_all(&oracle, &peers, LINK).await;
+    let mut vals = Vec::new();
+    for i in 0..5 {
+        vals.push(start_validator(context, &oracle, &g, i, dir).await);
+    }
+    (vals, oracle, peers)
+}
+
+/// Remove every link to and from validator `i`.
+async fn isolate(
+    oracle: &Oracle<PublicKey, deterministic::Context>,
+    peers: &[PublicKey],
+    i: usize,
+) {
+    for (j, other) in peers.iter().enumerate() {
+        if j != i {
+            cut(oracle, &peers[i], other).await;
+        }
+    }
+}
+
+fn height(v: &Shared) -> u64 {
+    v.with_state(|s| s.height()).unwrap_or(0)
+}
+
+fn set_of(v: &Shared, epoch: u64) -> Option<Vec<AccountId>> {
+    v.with_state(|s| s.validator_set(epoch).map(|set| set.accounts()))
+        .flatten()
+}
+
+fn new_set() -> Vec<AccountId> {
+    [0usize, 1, 2, 4]
+        .iter()
+        .map(|&i| validator_key(i).account())
+        .collect()
+}
+
+/// With validators 2 and 3 cut off, only 0, 1 and 4 vote: a quorum (3 of 4) of the new set,
+/// but two of four of the genesis set, which can finalize nothing. Progress here means the
+/// new set decides, and needs 4's votes.
+async fn progress_without_2_and_3(
+    context: &deterministic::Context,
+    vals: &[Arc<Shared>],
+    oracle: &Oracle<PublicKey, deterministic::Context>,
+    peers: &[PublicKey],
+) -> u64 {
+    isolate(oracle, peers, 3).await;
+    isolate(oracle, peers, 2).await;
+    let live: Vec<_> = [0, 1, 4].iter().map(|&i| &vals[i]).collect();
+    // Blocks certified before the cut may still finalize; the target is well past them.
+    let from = live.iter().map(|v| height(v)).max().unwrap_or(0);
+    let target = from + 15;
+    wait_for_height(context, &live, target).await;
+    for h in from + 1..=target {
+        agreed_root(&live, h);
+    }
+    target
+}
+
+#[test]
+fn a_voted_set_takes_over_at_the_epoch_boundary_and_decides_alone() {
+    for seed in [11u64, 12] {
+        runner(seed, Duration::from_secs(600)).start(|context| async move {
+            let (vals, oracle, peers) = grid(&context, None).await;
+            let all: Vec<_> = vals.iter().collect();
+            wait_for_height(&context, &all, 3).await;
+            submit_all(&all, &rotate());
+            // Everyone, the follower included, reaches the boundary and applies the same set.
+            wait_for_height(&context, &all, BOUNDARY).await;
+            agreed_root(&all, BOUNDARY);
+            for v in &vals {
+                assert_eq!(set_of(v, 1), Some(new_set()), "epoch 1's set");
+                assert_eq!(
+                    set_of(v, 0).map(|s| s.len()),
+                    Some(4),
+                    "epoch 0's set is kept"
+                );
+                let end = v.receipts.block(BOUNDARY).expect("boundary receipt");
+                assert!(
+                    end.end_events.iter().any(|e| matches!(
+                        e,
+                        Event::ValidatorSetChanged { epoch: 1, first_height, .. }
+                            if *first_height == EPOCH_BLOCKS
+                    )),
+                    "the boundary block announces the change"
+                );
+            }
+            // Epochs 1 and 2 finalize, and validator 3, now outside the set, keeps following
+            // them, across the next boundary too.
+            let past_next = 2 * EPOCH_BLOCKS + 2;
+            wait_for_height(&context, &all, past_next).await;
+            for h in BOUNDARY + 1..=past_next {
+                agreed_root(&all, h);
+            }
+            let target = progress_without_2_and_3(&context, &vals, &oracle, &peers).await;
+            assert!(target > past_next + 15);
+            // Validator 2, a member again once reconnected, catches up by backfill.
+            link_all(&oracle, &peers[..3], LINK).await;
+            for i in [0, 1, 4] {
+                let _ = oracle
+                    .add_link(peers[2].clone(), peers[i].clone(), LINK)
+                    .await;
+                let _ = oracle
+                    .add_link(peers[i].clone(), peers[2].clone(), LINK)
+                    .await;
+            }
+            let members: Vec<_> = [0, 1, 2, 4].iter().map(|&i| &vals[i]).collect();
+            wait_for_height(&context, &members, target + 5).await;
+            for h in BOUNDARY..=target + 5 {
+                agreed_root(&members, h);
+            }
+        });
+    }
+}
+
+#[test]
+fn without_a_vote_the_genesis_set_keeps_deciding_across_boundaries() {
+    runner(13, Duration::from_secs(600)).start(|context| async move {
+        let (vals, oracle, peers) = grid(&context, None).await;
+        // Validator 4 is in no set: the network admits it only while epoch 0's peer set
+        // (where it is a follower) is the latest, so only the genesis set is followed here.
+        let genesis_set: Vec<_> = vals[..4].iter().collect();
+        wait_for_height(&context, &genesis_set, 2 * EPOCH_BLOCKS + 2).await;
+        for h in 1..=2 * EPOCH_BLOCKS + 2 {
+            agreed_root(&genesis_set, h);
+        }
+        for v in &vals[..4] {
+            assert_eq!(set_of(v, 2).map(|s| s.len()), Some(4));
+            assert_eq!(set_of(v, 2), set_of(v, 0), "no vote, no change");
+        }
+        // 0 and 1 are not a quorum of the genesis set, with or without validator 4.
+        isolate(&oracle, &peers, 3).await;
+        isolate(&oracle, &peers, 2).await;
+        context.sleep(Duration::from_secs(3)).await;
+        let live: Vec<_> = [0, 1].iter().map(|&i| &vals[i]).collect();
+        let frozen: Vec<u64> = live.iter().map(|v| height(v)).collect();
+        context.sleep(Duration::from_secs(20)).await;
+        let later: Vec<u64> = live.iter().map(|v| height(v)).collect();
+        assert_eq!(frozen, later, "two of the genesis set finalized alone");
+    });
+}
+
+/// When the simulated crash hits every validator at once.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Crash {
+    /// The vote is in, the boundary not reached.
+    Before,
+    /// As soon as the first validator applied the boundary block: others may not have.
+    AtBoundary,
+    /// Everyone is a few blocks into the new epoch.
+    After,
+}
+
+/// Crash every validator at `crash`; restarted from their stored state, they must run the
+/// right epoch's engine and the new set alone must decide.
+fn restart_around_the_boundary(seed: u64, crash: Crash) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_path_buf();
+    let p = path.clone();
+    let (before, checkpoint) =
+        runner(seed, Duration::from_secs(600)).start_and_recover(|context| async move {
+            let (vals, _oracle, _peers) = grid(&context, Some(&p)).await;
+            let all: Vec<_> = vals.iter().collect();
+            wait_for_height(&context, &all, 3).await;
+            submit_all(&all, &rotate());
+            match crash {
+                Crash::After => wait_for_height(&context, &all, BOUNDARY + 3).await,
+                Crash::AtBoundary => loop {
+                    if all.iter().any(|v| height(v) >= BOUNDARY) {
+                        break;
+                    }
+                    // Finer than block time, to land between validators applying it.
+                    context.sleep(Duration::from_millis(1)).await;
+                },
+                Crash::Before => {
+                    loop {
+                        if all.iter().all(|v| {
+                            v.with_state(|s| s.config().pending_validators.is_some())
+                                .unwrap_or(false)
+                        }) {
+                            break;
+                        }
+                        context.sleep(Duration::from_millis(50)).await;
+                    }
+                    assert!(
+                        all.iter().all(|v| height(v) < BOUNDARY),
+                        "crash before the boundary"
+                    );
+                }
+            }
+            all.iter().map(|v| height(v)).collect::<Vec<_>>()
+        });
+    let p = path.clone();
+    deterministic::Runner::from(checkpoint).start(|context| async move {
+        let (vals, oracle, peers) = grid(&context, Some(&p)).await;
+        for (v, h) in vals.iter().zip(&before) {
+            assert!(height(v) >= *h, "a finalized block was lost in the crash");
+        }
+        let all: Vec<_> = vals.iter().collect();
+        wait_for_height(&context, &all, BOUNDARY + 3).await;
+        for v in &vals {
+            assert_eq!(set_of(v, 1), Some(new_set()));
+        }
+        progress_without_2_and_3(&context, &vals, &oracle, &peers).await;
+    });
+}
+
+#[test]
+fn validators_restarted_before_the_boundary_switch_sets_at_it() {
+    restart_around_the_boundary(14, Crash::Before);
+}
+
+#[test]
+fn validators_crashed_while_applying_the_boundary_agree_on_the_new_epoch() {
+    for seed in [16, 17, 18] {
+        restart_around_the_boundary(seed, Crash::AtBoundary);
+    }
+}
+
+#[test]
+fn validators_restarted_after_the_boundary_resume_in_the_new_epoch() {
+    restart_around_the_boundary(15, Crash::After);
+}
+
+#[test]
+fn the_same_seed_replays_the_same_rotation() {
+    let run = || {
+        runner(19, Duration::from_secs(600)).start(|context| async move {
+            let (vals, _oracle, _peers) = grid(&context, None).await;
+            let all: Vec<_> = vals.iter().collect();
+            wait_for_height(&context, &all, 3).await;
+            submit_all(&all, &rotate());
+            wait_for_height(&context, &all, BOUNDARY + 5).await;
+            let root = agreed_root(&all, BOUNDARY + 5);
+            (root, context.auditor().state())
+        })
+    };
+    assert_eq!(run(), run());
+}
