@@ -576,12 +576,14 @@ impl Listener {
         let local_ip = incoming.local_ip().unwrap_or(self.local.ip());
         let send_back_addr = multiaddr(incoming.remote_address());
         let timeout = self.handshake_timeout;
-        let large =
-            large_datagram_route(incoming.remote_address()).then(|| self.large_routes.clone());
+        let large = self.large_routes.clone();
+        // Run only for attempts the swarm lets through (a dropped `Incoming` is refused),
+        // so a flood of first packets costs no route lookups.
         let upgrade = async move {
-            let connecting = match large {
-                Some(config) => incoming.accept_with(config)?,
-                None => incoming.accept()?,
+            let connecting = if large_datagram_route(incoming.remote_address()) {
+                incoming.accept_with(large)?
+            } else {
+                incoming.accept()?
             };
             established(connecting, timeout).await
         }
