@@ -226,6 +226,7 @@ fn init_logging(level: &str) {
 }
 
 fn main() -> ExitCode {
+    peergrid_mesh::memory::keep_freed_memory();
     let cli = Cli::parse();
     init_logging(default_filter(cli.verbose, &cli.command));
     match run(cli) {

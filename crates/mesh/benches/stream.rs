@@ -265,6 +265,8 @@ async fn raw_tcp_connect() -> Duration {
 }
 
 fn main() {
+    // As the peergrid binary does (crates/mesh/src/memory.rs).
+    peergrid_mesh::memory::keep_freed_memory();
     // Logs only when asked for (e.g. `RUST_LOG=yamux=debug` to watch its windows grow).
     if std::env::var_os("RUST_LOG").is_some() {
         tracing_subscriber::fmt()

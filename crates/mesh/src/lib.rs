@@ -36,6 +36,7 @@ pub mod control;
 pub mod error;
 pub mod identity;
 pub mod ingress;
+pub mod memory;
 pub mod mux;
 pub mod netlab;
 pub mod quic;
