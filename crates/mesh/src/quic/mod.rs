@@ -113,6 +113,12 @@ pub enum ConfigError {
     Quinn(String),
 }
 
+impl ConfigError {
+    fn quinn(e: impl std::fmt::Display) -> Self {
+        ConfigError::Quinn(e.to_string())
+    }
+}
+
 /// The QUIC transport for `key`, boxed for the swarm.
 pub fn transport(
     key: &identity::Keypair,
@@ -204,9 +210,9 @@ fn transport_config(
         .max_concurrent_uni_streams(0u32.into())
         .datagram_receive_buffer_size(None)
         .keep_alive_interval(Some(config.keep_alive))
-        .max_idle_timeout(Some(config.idle_timeout.try_into().map_err(
-            |e: quinn::VarIntBoundsExceeded| ConfigError::Quinn(e.to_string()),
-        )?))
+        .max_idle_timeout(Some(
+            config.idle_timeout.try_into().map_err(ConfigError::quinn)?,
+        ))
         .allow_spin(false)
         .stream_receive_window(config.stream_window_bytes.into())
         .receive_window(config.connection_window_bytes.into())
@@ -241,7 +247,6 @@ pub struct QuicTransport {
 impl QuicTransport {
     /// A transport authenticated by `key`.
     pub fn new(key: &identity::Keypair, config: Config) -> Result<Self, ConfigError> {
-        let quinn_error = |e: &dyn std::fmt::Display| ConfigError::Quinn(e.to_string());
         let (client_tls, server_tls) = tls::rustls_configs(key)?;
         let client_tls = QuicClientConfig::try_from(client_tls)
             .map_err(|e| ConfigError::Crypto(e.to_string()))?;
@@ -281,7 +286,7 @@ impl QuicTransport {
         )));
         endpoint
             .max_udp_payload_size(config.datagram_bytes_max)
-            .map_err(|e| quinn_error(&e))?
+            .map_err(ConfigError::quinn)?
             .supported_versions(vec![1]);
         Ok(QuicTransport {
             clients,
