@@ -16,6 +16,7 @@
 //! Hole punching (DCUtR) works as with libp2p-quic: a connection to be punched is
 //! dialed from the listening socket, so the peer's NAT sees the port it was told.
 
+mod congestion;
 mod connection;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -217,7 +218,8 @@ fn transport_config(
         .stream_receive_window(config.stream_window_bytes.into())
         .receive_window(config.connection_window_bytes.into())
         .send_window(u64::from(config.connection_window_bytes))
-        .enable_segmentation_offload(!large);
+        .enable_segmentation_offload(!large)
+        .congestion_controller_factory(Arc::new(congestion::TwoInFlightCubic::default()));
     let mut mtu = MtuDiscoveryConfig::default();
     mtu.upper_bound(if large {
         config.datagram_bytes_max
