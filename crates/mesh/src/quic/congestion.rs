@@ -8,8 +8,8 @@
 //! receiver's delay. With 64 KiB datagrams on loopback that is how a connection
 //! started: Cubic's window starts at 14,720 bytes, and path MTU discovery growing the
 //! datagrams raises it only to two of them, so slow start crept along at one packet
-//! per 25 ms. A window of at least three datagrams keeps two in flight, and the receiver's
-//! acknowledgement comes at once.
+//! per 25 ms. A window of at least three datagrams keeps two in flight, and the
+//! receiver's acknowledgement comes at once.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -18,7 +18,7 @@ use std::time::Instant;
 use quinn::congestion::{Controller, ControllerFactory, ControllerMetrics, CubicConfig};
 use quinn_proto::RttEstimator;
 
-/// Builds Cubic controllers whose window always keeps two datagrams of the current size in flight.
+/// Builds Cubic controllers that always keep two datagrams of the current size in flight.
 #[derive(Debug, Default)]
 pub(super) struct TwoInFlightCubic(CubicConfig);
 
