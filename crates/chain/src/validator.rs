@@ -34,6 +34,9 @@ use crate::mempool::MempoolLimits;
 use crate::shared::{Receipts, Shared};
 use peergrid_core::tx::VALIDATORS_MAX;
 
+/// Most messages one peer may send on one channel at once, above the steady rate.
+const P2P_BURST_MAX: u32 = 256;
+
 /// Channel on which validators pass each other the transactions users submit.
 pub const CHANNEL_GOSSIP: u64 = 5;
 /// Namespace of the validators' network handshake.
@@ -200,7 +203,7 @@ async fn serve(
         },
         cups::Version::V1,
     );
-    let p2p = lookup::Config::local(
+    let mut p2p = lookup::Config::local(
         handshake,
         P2P_NAMESPACE,
         cfg.p2p_listen,
@@ -210,11 +213,18 @@ async fn serve(
         engine::MESSAGE_BYTES_MAX,
         NZUsize!(4096),
     );
+    // The epoch in force and the one before it: each set carries the validators who left
+    // the set before it, so older sets add no one a validator still needs to hear from.
+    p2p.tracked_peer_sets = NZUsize!(2);
     let (mut network, oracle) = lookup::Network::new(context.child("p2p"), p2p);
     tracing::debug!("p2p network created");
     // Per peer and channel. Blocks and transaction gossip are batched, so a thousand messages a
-    // second is ample; the inbound mailbox is sized from this, so it must not be huge.
-    let quota = Quota::per_second(NZU32!(1_000));
+    // second is ample. Each channel's inbound mailbox holds a whole burst from every peer
+    // the network may keep (129 per set, 2 sets): with bursts of a thousand and 4 sets, the
+    // mailboxes took 1.7 GB per validator, zeroed at start, and finality slowed
+    // (BENCHMARKS.md). A peer sending faster than its burst waits for the rate, and while it
+    // waits its other channels wait too, so the burst must cover a catch-up's requests.
+    let quota = Quota::per_second(NZU32!(1_000)).allow_burst(NZU32!(P2P_BURST_MAX));
     let mut ch = Vec::new();
     for c in 0..=CHANNEL_GOSSIP {
         ch.push(network.register(c, quota));

@@ -106,6 +106,9 @@ fn pids(home: &Path, what: &str) -> Vec<u32> {
     .unwrap_or_default()
 }
 
+/// Most memory a devnet validator may hold once it finalizes blocks.
+const VALIDATOR_RSS_MAX_KIB: u64 = 768 * 1024;
+
 fn processes(home: &Path, what: &str) -> usize {
     pids(home, what).len()
 }
@@ -140,6 +143,24 @@ fn a_newcomer_runs_a_devnet_and_sends_a_transfer_that_finalizes() {
     assert_eq!(validators.len(), 4);
     let root = &validators[0]["root"];
     assert!(validators.iter().all(|v| v["finalizing"] == true));
+
+    // Four validators must fit beside everything else on a laptop: their p2p mailboxes,
+    // sized for every peer's burst, once took 1.7 GB each.
+    let running = pids(home, "validator-");
+    assert_eq!(running.len(), 4, "validator processes: {running:?}");
+    for pid in running {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+        let rss_kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status");
+        assert!(
+            rss_kib < VALIDATOR_RSS_MAX_KIB,
+            "validator process {pid} holds {} MiB after start",
+            rss_kib / 1024
+        );
+    }
 
     // Five nodes in two farms, in distinct places, all up.
     let deadline = Instant::now() + Duration::from_secs(60);
