@@ -17,7 +17,9 @@
 //! engine ever finalizes a block of another epoch. Votes, certificates and resolver requests
 //! carry their epoch as a subchannel, so engines of two epochs never read each other's
 //! messages. A message of a later epoch than ours means peers have moved on: marshal is asked
-//! to fetch our epoch's last block from that peer, and applying it moves us on too. A
+//! to fetch our epoch's last block from that peer, and applying it moves us on too; if it is
+//! the next epoch's, it is kept for that epoch's engine ([`crate::early`]), so votes cast by
+//! validators that switched a little sooner still count. A
 //! validator outside its epoch's set runs the engine as a verifier, never signing, and
 //! follows by asking the set for each next finalized block; so does a member whose ledger
 //! stood still for a while, since peers already in an epoch without it send it nothing.
@@ -70,6 +72,7 @@ use tracing::{debug, info, warn};
 
 use crate::app::App;
 use crate::block::Block;
+use crate::early::{Early, Replay};
 use crate::engine::{NAMESPACE, Timing};
 use crate::shared::Shared;
 
@@ -251,6 +254,8 @@ where
         mux.start();
         let (mux, mut resolver) = Muxer::new(context.child("resolver_mux"), resolver.0, resolver.1);
         mux.start();
+        let mut early_votes = Early::default();
+        let mut early_certificates = Early::default();
         let mut finalized = self.shared.finalized.subscribe();
         let mut active: Option<Active> = None;
         let mut tracked: Option<u64> = None;
@@ -288,6 +293,9 @@ where
                         };
                         let members: Vec<PublicKey> =
                             scheme.participants().iter().cloned().collect();
+                        let v = (v.0, early_votes.receiver(epoch, v.1));
+                        let c = (c.0, early_certificates.receiver(epoch, c.1));
+                        let r = (r.0, Replay::plain(r.1));
                         let handle =
                             self.start_engine(&context, epoch, (*scheme).clone(), floor, v, c, r);
                         info!(epoch, validators = members.len(), signs, "entered epoch");
@@ -326,11 +334,17 @@ where
                     }
                 },
                 later = votes_later.recv() => match later {
-                    Some((theirs, (from, _))) => self.later(epoch, theirs, from),
+                    Some((theirs, message)) => {
+                        self.later(epoch, theirs, message.0.clone());
+                        early_votes.keep(epoch, theirs, message);
+                    }
                     None => return,
                 },
                 later = certificates_later.recv() => match later {
-                    Some((theirs, (from, _))) => self.later(epoch, theirs, from),
+                    Some((theirs, message)) => {
+                        self.later(epoch, theirs, message.0.clone());
+                        early_certificates.keep(epoch, theirs, message);
+                    }
                     None => return,
                 },
                 _ = context.sleep_until(tick) => {

@@ -155,7 +155,8 @@ fn a_voted_set_takes_over_at_the_epoch_boundary_and_decides_alone() {
                 agreed_root(&all, h);
             }
             let target = progress_without_2_and_3(&context, &vals, &oracle, &peers).await;
-            assert!(target > past_next + 15);
+            // The three alone decided 15 blocks from wherever the cut found them.
+            assert!(target >= past_next + 15);
             // Validator 2, a member again once reconnected, catches up by backfill.
             link_all(&oracle, &peers[..3], LINK).await;
             for i in [0, 1, 4] {
