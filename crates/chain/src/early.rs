@@ -52,9 +52,7 @@ impl Early {
             return;
         }
         if self.epoch != theirs {
-            self.kept.clear();
-            self.per_peer.clear();
-            self.epoch = theirs;
+            self.forget(theirs);
         }
         let from = self.per_peer.entry(message.0.clone()).or_default();
         if self.kept.len() >= EARLY_MAX || *from >= EARLY_PER_PEER_MAX {
@@ -62,6 +60,13 @@ impl Early {
         }
         *from += 1;
         self.kept.push_back(message);
+    }
+
+    /// Drop what was kept; what is kept from now on belongs to `epoch`.
+    fn forget(&mut self, epoch: u64) {
+        self.kept.clear();
+        self.per_peer.clear();
+        self.epoch = epoch;
     }
 
     /// The receiver `epoch`'s engine reads: what was kept for `epoch` first, then `inner`.
@@ -76,8 +81,7 @@ impl Early {
                 let _ = inbox.try_send(message);
             }
         }
-        self.kept.clear();
-        self.per_peer.clear();
+        self.forget(epoch);
         self.running = Some((epoch, inbox));
         Replay {
             early: Some(early),
