@@ -22,10 +22,16 @@ struct Devnet(Child);
 
 impl Devnet {
     fn start(home: &Path, base_port: u16) -> Devnet {
+        // Kept so that a failure can show why the supervisor gave up.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(home.join("supervisor.log"))
+            .expect("supervisor log");
         let child = peergrid(home)
             .args(["devnet", "--base-port", &base_port.to_string()])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("start devnet");
         Devnet(child)
@@ -54,9 +60,15 @@ impl Drop for Devnet {
     }
 }
 
-fn wait_finalizing(home: &Path) -> Value {
+fn wait_finalizing(home: &Path, devnet: &mut Devnet) -> Value {
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
+        if let Ok(Some(exit)) = devnet.0.try_wait() {
+            panic!(
+                "the devnet stopped ({exit}) before it finalized\n{}",
+                logs(home)
+            );
+        }
         let (ok, status) = json(home, &["devnet", "status"]);
         let all = status["validators"]
             .as_array()
@@ -66,10 +78,28 @@ fn wait_finalizing(home: &Path) -> Value {
         }
         assert!(
             Instant::now() < deadline,
-            "devnet never finalized: {status}"
+            "devnet never finalized: {status}\n{}",
+            logs(home)
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+/// The last lines of the supervisor's and each validator's log, for a failure message.
+fn logs(home: &Path) -> String {
+    let mut files = vec![home.join("supervisor.log")];
+    files.extend((0..4).map(|i| home.join(format!("devnet/logs/validator-{i}.log"))));
+    let mut out = String::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        out.push_str(&format!("--- {} (last 40 lines)\n", f.display()));
+        for l in &lines[lines.len().saturating_sub(40)..] {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// The health URLs of the devnet's nodes, once it has started them.
@@ -106,6 +136,18 @@ fn pids(home: &Path, what: &str) -> Vec<u32> {
     .unwrap_or_default()
 }
 
+/// Kills whatever still runs from a test's devnet when the test ends, so that a failure
+/// leaves no validator or node holding ports (and a CI job's lock) behind.
+struct Reaper(std::path::PathBuf);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = Command::new("pkill")
+            .args(["-KILL", "-f", &format!("{}/devnet/", self.0.display())])
+            .status();
+    }
+}
+
 /// Most memory a devnet validator may hold once it finalizes blocks.
 const VALIDATOR_RSS_MAX_KIB: u64 = 768 * 1024;
 
@@ -117,6 +159,7 @@ fn processes(home: &Path, what: &str) -> usize {
 fn a_newcomer_runs_a_devnet_and_sends_a_transfer_that_finalizes() {
     let home = tempfile::tempdir().expect("tempdir");
     let home = home.path();
+    let _reaper = Reaper(home.to_path_buf());
     let base_port = common::base_port(10_000);
     let (stopped, _) = json(home, &["devnet", "status"]);
     assert!(!stopped, "status must fail while no devnet runs");
@@ -138,7 +181,7 @@ fn a_newcomer_runs_a_devnet_and_sends_a_transfer_that_finalizes() {
     drop(taken);
 
     let mut devnet = Devnet::start(home, base_port);
-    let status = wait_finalizing(home);
+    let status = wait_finalizing(home, &mut devnet);
     let validators = status["validators"].as_array().expect("validators");
     assert_eq!(validators.len(), 4);
     let root = &validators[0]["root"];
@@ -307,19 +350,27 @@ fn a_newcomer_runs_a_devnet_and_sends_a_transfer_that_finalizes() {
         "nodes left running after Ctrl-C"
     );
     let mut again = Devnet::start(home, base_port);
-    wait_finalizing(home);
+    wait_finalizing(home, &mut again);
     let (_, got) = json(home, &["wallet", "balance", receiver]);
     assert_eq!(got["balance"], "2.5", "state must survive a restart");
 
-    // A supervisor killed outright (SIGKILL) leaves its validators running, holding the
-    // devnet's ports; the next start stops them instead of failing on those ports.
-    let orphans = pids(home, "validator-");
-    assert_eq!(orphans.len(), 4);
+    // A supervisor killed outright (SIGKILL) leaves its validators and nodes running,
+    // holding the devnet's ports; the next start stops them instead of failing on those
+    // ports. It is killed while its nodes start, before they listen: those must be found too.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while processes(home, "nodes/") == 0 {
+        assert!(Instant::now() < deadline, "the devnet never started a node");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     again.0.kill().expect("kill");
     let _ = again.0.wait();
+    let orphans = pids(home, "validator-");
+    assert_eq!(orphans.len(), 4);
+    let orphan_nodes = pids(home, "nodes/");
+    assert!(!orphan_nodes.is_empty());
     // Another --base-port on an existing devnet keeps the ports its genesis fixed.
     let mut third = Devnet::start(home, base_port + 7);
-    wait_finalizing(home);
+    wait_finalizing(home, &mut third);
     let nodes = wait_nodes(home);
     assert_eq!(nodes[0], format!("http://127.0.0.1:{}", base_port + 200));
     let now = pids(home, "validator-");
@@ -327,6 +378,12 @@ fn a_newcomer_runs_a_devnet_and_sends_a_transfer_that_finalizes() {
     assert!(
         orphans.iter().all(|p| !now.contains(p)),
         "the orphans were stopped: {orphans:?} {now:?}"
+    );
+    let now_nodes = pids(home, "nodes/");
+    assert_eq!(now_nodes.len(), 5, "one set of nodes runs: {now_nodes:?}");
+    assert!(
+        orphan_nodes.iter().all(|p| !now_nodes.contains(p)),
+        "the orphan nodes were stopped: {orphan_nodes:?} {now_nodes:?}"
     );
     let (_, got) = json(home, &["wallet", "balance", receiver]);
     assert_eq!(

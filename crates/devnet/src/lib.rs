@@ -548,18 +548,26 @@ impl Supervisor {
                 cmd,
                 &self.dir.join(format!("logs/node-{i}.log")),
             )?);
+            // Recorded at once: if this supervisor is killed before the nodes listen, the
+            // next start must still find them, or they keep the devnet's ports.
+            self.record_children()?;
             urls.push(format!("http://127.0.0.1:{health_port}"));
         }
         let http = wait_listening(&urls, timeout, &mut self.nodes, &self.dir).await;
         self.running.nodes = urls;
+        write_running(&self.dir, &self.running)?;
+        http
+    }
+
+    /// Write every validator and node process into the running file.
+    fn record_children(&mut self) -> anyhow::Result<()> {
         self.running.children = self
             .children
             .iter()
             .chain(&self.nodes)
             .map(Child::id)
             .collect();
-        write_running(&self.dir, &self.running)?;
-        http
+        write_running(&self.dir, &self.running)
     }
 
     /// The index of a node that has exited, if any.
