@@ -50,14 +50,13 @@ use commonware_consensus::marshal::standard::{Inline, Standard};
 use commonware_consensus::simplex::{
     self,
     config::{ForwardPolicy, SkipBudget, SkipPolicy},
-    elector::RoundRobin,
     scheme::ed25519::Scheme,
 };
 use commonware_consensus::types::{Epoch, FixedEpocher, Height, ViewDelta};
 use commonware_cryptography::certificate::{Provider, Scheme as _, Scoped};
 use commonware_cryptography::ed25519::{PrivateKey, PublicKey};
 use commonware_cryptography::sha256::Digest;
-use commonware_cryptography::{Digestible, Sha256, Signer as _};
+use commonware_cryptography::{Digestible, Signer as _};
 use commonware_macros::select;
 use commonware_p2p::utils::mux::{Builder as _, Muxer};
 use commonware_p2p::{Blocker, Receiver, Sender};
@@ -74,6 +73,7 @@ use crate::app::App;
 use crate::block::Block;
 use crate::early::{Early, Replay};
 use crate::engine::{NAMESPACE, Timing};
+use crate::leader::WarmStartConfig;
 use crate::shared::Shared;
 
 /// How many epochs' schemes a provider keeps built; older ones are rebuilt from the ledger.
@@ -443,7 +443,7 @@ where
             context.child("simplex").with_attribute("epoch", epoch),
             simplex::config::Config {
                 scheme,
-                elector: RoundRobin::<Sha256>::default(),
+                elector: WarmStartConfig,
                 blocker: self.blocker.clone(),
                 automaton: self.wrapper.clone(),
                 relay: self.wrapper.clone(),

@@ -9,6 +9,7 @@ pub mod early;
 pub mod engine;
 pub mod epochs;
 pub mod finalizer;
+pub mod leader;
 pub mod mempool;
 pub mod shared;
 pub mod validator;
