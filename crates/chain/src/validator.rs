@@ -139,11 +139,15 @@ impl PeerSets for LookupPeers {
     }
 }
 
-/// Run a validator until Ctrl-C. Every write is atomic, so a kill at any moment is safe too.
+/// Run a validator until `stop` resolves (the CLI passes Ctrl-C or SIGTERM). Every write is
+/// atomic, so a kill at any moment is safe too.
 ///
 /// A key outside the genesis set runs with `join = true`: it follows the chain until a vote
 /// puts it in an epoch's set, then votes from that epoch on.
-pub fn run(cfg: ValidatorConfig) -> anyhow::Result<()> {
+pub fn run(
+    cfg: ValidatorConfig,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let genesis = Genesis::load(&cfg.genesis)?;
     let key = Keypair::load(&cfg.key)?;
     let me = key.account();
@@ -182,7 +186,9 @@ pub fn run(cfg: ValidatorConfig) -> anyhow::Result<()> {
 
     let runtime = cw_tokio::Config::new().with_storage_directory(cfg.data_dir.join("consensus"));
     let runner = cw_tokio::Runner::new(runtime);
-    runner.start(|context| async move { serve(context, cfg, shared, signer, peers, index).await })
+    runner.start(
+        |context| async move { serve(context, cfg, shared, signer, peers, index, stop).await },
+    )
 }
 
 async fn serve(
@@ -192,6 +198,7 @@ async fn serve(
     signer: PrivateKey,
     peers: Vec<(PublicKey, SocketAddr)>,
     index: Option<usize>,
+    stop: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     tracing::debug!("runtime started");
     let handshake = cups::Cups::<_, ChaCha20Poly1305>::new(
@@ -304,7 +311,7 @@ async fn serve(
     });
     tokio::select! {
         served = axum::serve(listener, app) => served.context("API server stopped")?,
-        _ = tokio::signal::ctrl_c() => info!("stopping on Ctrl-C"),
+        _ = stop => info!("stopping"),
     }
     Ok(())
 }

@@ -56,7 +56,7 @@ pub enum FarmCommand {
 
 #[derive(Subcommand)]
 pub enum NodeCommand {
-    /// Run this machine as a node of a farm until Ctrl-C: register, report uptime, run contracts.
+    /// Run this machine as a node of a farm until Ctrl-C or SIGTERM: register, report uptime, run contracts.
     Run(Box<RunArgs>),
     /// List nodes, with status and capacity.
     List {
@@ -449,7 +449,7 @@ fn node_run(globals: &Globals, args: RunArgs) -> anyhow::Result<()> {
             ]);
             println!("\nCtrl-C stops the node; its workloads are restored on the next start.");
         }
-        tokio::signal::ctrl_c().await.ok();
+        crate::stop_requested().await;
         eprintln!("stopping the node …");
         node.stop().await;
         Ok(())

@@ -51,7 +51,7 @@ pub enum TxCommand {
 
 #[derive(Subcommand)]
 pub enum ValidatorCommand {
-    /// Run a validator from its configuration file until Ctrl-C.
+    /// Run a validator from its configuration file until Ctrl-C or SIGTERM.
     Run {
         /// The validator's TOML configuration.
         #[arg(long, value_name = "FILE")]
@@ -206,7 +206,7 @@ pub fn tx(globals: &Globals, cmd: TxCommand) -> anyhow::Result<()> {
 pub fn validator(cmd: ValidatorCommand) -> anyhow::Result<()> {
     let ValidatorCommand::Run { config } = cmd;
     let cfg = peergrid_chain::validator::ValidatorConfig::load(&config)?;
-    peergrid_chain::validator::run(cfg)
+    peergrid_chain::validator::run(cfg, crate::stop_requested())
 }
 
 pub fn devnet(globals: &Globals, args: DevnetArgs) -> anyhow::Result<()> {
@@ -241,10 +241,10 @@ pub fn devnet(globals: &Globals, args: DevnetArgs) -> anyhow::Result<()> {
             }
             anyhow::Ok(height)
         };
-        // Ctrl-C while starting stops everything cleanly too.
+        // Ctrl-C or SIGTERM while starting stops everything cleanly too.
         let started = tokio::select! {
             r = startup => Some(r),
-            _ = tokio::signal::ctrl_c() => None,
+            _ = crate::stop_requested() => None,
         };
         let Some(started) = started else {
             eprintln!("stopping the devnet …");
@@ -290,7 +290,7 @@ pub fn devnet(globals: &Globals, args: DevnetArgs) -> anyhow::Result<()> {
         }
         loop {
             tokio::select! {
-                _ = tokio::signal::ctrl_c() => break,
+                _ = crate::stop_requested() => break,
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {
                     if let Some(i) = supervisor.exited() {
                         supervisor.stop();

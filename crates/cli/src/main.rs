@@ -191,6 +191,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Resolves when the user or the system asks this process to stop: Ctrl-C (SIGINT) or
+/// SIGTERM, which `kill`, `timeout`, systemd and container runtimes send. A command that
+/// ran until Ctrl-C only would die on SIGTERM without stopping what it started.
+pub(crate) async fn stop_requested() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops this command");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
 /// The async runtime commands run on: multi-threaded, as the mesh needs (a QUIC stream
 /// sharing one thread with its reader stalls); two workers are plenty for a CLI.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

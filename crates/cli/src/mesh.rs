@@ -149,18 +149,8 @@ async fn run_peer(globals: &Globals, args: RunArgs) -> anyhow::Result<()> {
         rows.extend(addrs.iter().map(|a| ("listen", a.to_string())));
         output::rows(&rows);
     }
-    wait_for_shutdown().await?;
+    crate::stop_requested().await;
     tracing::info!("shutting down");
-    Ok(())
-}
-
-async fn wait_for_shutdown() -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot watch SIGTERM")?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("cannot watch Ctrl-C")?,
-        _ = term.recv() => {}
-    }
     Ok(())
 }
 

@@ -38,8 +38,13 @@ impl Devnet {
     }
 
     fn interrupt(&mut self) -> std::process::ExitStatus {
+        self.signal("-INT")
+    }
+
+    /// Send `sig` (`-INT`, `-TERM`) and wait for the devnet to stop.
+    fn signal(&mut self, sig: &str) -> std::process::ExitStatus {
         let _ = Command::new("kill")
-            .args(["-INT", &self.0.id().to_string()])
+            .args([sig, &self.0.id().to_string()])
             .status();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -390,5 +395,16 @@ fn a_newcomer_runs_a_devnet_and_sends_a_transfer_that_finalizes() {
         got["balance"], "2.5",
         "state must survive the orphans being stopped"
     );
-    assert!(third.interrupt().success());
+    // SIGTERM (kill, systemd, timeout) stops the devnet as Ctrl-C does, children included.
+    assert!(third.signal("-TERM").success());
+    assert_eq!(
+        processes(home, "validator-"),
+        0,
+        "validators left running after SIGTERM"
+    );
+    assert_eq!(
+        processes(home, "nodes/"),
+        0,
+        "nodes left running after SIGTERM"
+    );
 }

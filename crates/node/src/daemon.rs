@@ -127,10 +127,11 @@ pub fn node_key(data_dir: &std::path::Path) -> anyhow::Result<Keypair> {
     Ok(key)
 }
 
-/// Probe, register, then run until Ctrl-C: uptime, reconciliation, mesh protocols, health.
-pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
+/// Probe, register, then run until `stop` resolves: uptime, reconciliation, mesh protocols,
+/// health.
+pub async fn run(config: NodeConfig, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
     let node = start(config).await?;
-    tokio::signal::ctrl_c().await.ok();
+    stop.await;
     info!("stopping");
     node.stop().await;
     Ok(())
