@@ -419,7 +419,13 @@ pub fn bench(globals: &Globals, cmd: BenchCommand) -> anyhow::Result<()> {
     eprintln!(
         "4 validators on loopback, {txs} signed transfers from {accounts} accounts offered at {rate}/s …"
     );
-    let report = crate::runtime()?.block_on(peergrid_devnet::bench::ledger(&exe, &dir, &b));
+    // Stopped early, the bench's devnet is dropped, which stops its validators.
+    let report = crate::runtime()?.block_on(async {
+        tokio::select! {
+            r = peergrid_devnet::bench::ledger(&exe, &dir, &b) => r,
+            _ = crate::stop_requested() => Err(anyhow::anyhow!("the benchmark was stopped")),
+        }
+    });
     // PEERGRID_BENCH_KEEP=1 keeps the validators' data and logs, to look into a slow run.
     if std::env::var_os("PEERGRID_BENCH_KEEP").is_some() {
         eprintln!("kept the devnet's data and logs in {}", dir.display());
