@@ -230,6 +230,10 @@ pub fn devnet(globals: &Globals, args: DevnetArgs) -> anyhow::Result<()> {
     let mut supervisor = peergrid_devnet::Supervisor::start(&opts, &genesis, &exe)?;
     crate::runtime()?.block_on(async {
         eprintln!("starting {} validators in {} …", genesis.validators.len(), dir.display());
+        // One watch for the whole run: a signal arriving between two of the loop's
+        // selects must not be lost.
+        let stop = crate::stop_requested();
+        tokio::pin!(stop);
         let startup = async {
             let height = supervisor.wait_finalizing(Duration::from_secs(60)).await?;
             if args.nodes > 0 {
@@ -244,7 +248,7 @@ pub fn devnet(globals: &Globals, args: DevnetArgs) -> anyhow::Result<()> {
         // Ctrl-C or SIGTERM while starting stops everything cleanly too.
         let started = tokio::select! {
             r = startup => Some(r),
-            _ = crate::stop_requested() => None,
+            _ = &mut stop => None,
         };
         let Some(started) = started else {
             eprintln!("stopping the devnet …");
@@ -290,7 +294,7 @@ pub fn devnet(globals: &Globals, args: DevnetArgs) -> anyhow::Result<()> {
         }
         loop {
             tokio::select! {
-                _ = crate::stop_requested() => break,
+                _ = &mut stop => break,
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {
                     if let Some(i) = supervisor.exited() {
                         supervisor.stop();
