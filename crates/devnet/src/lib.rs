@@ -276,18 +276,24 @@ fn write_running(dir: &Path, running: &Running) -> anyhow::Result<()> {
 /// stopping them (killed with SIGKILL, say): they would hold the devnet's ports and data.
 /// Only processes still running a command on `dir` are touched, in case a pid was reused.
 fn stop_leftovers(dir: &Path) {
-    let Ok(text) = std::fs::read_to_string(running_file(dir)) else {
-        return;
-    };
-    let Ok(old) = serde_json::from_str::<Running>(&text) else {
-        return;
-    };
+    let recorded = std::fs::read_to_string(running_file(dir))
+        .ok()
+        .and_then(|text| serde_json::from_str::<Running>(&text).ok())
+        .map(|old| old.children)
+        .unwrap_or_default();
     let dir_text = dir.to_string_lossy().into_owned();
     let ours = |pid: &u32| {
         std::fs::read(format!("/proc/{pid}/cmdline"))
             .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&dir_text))
     };
-    let left: Vec<u32> = old.children.iter().copied().filter(ours).collect();
+    let mut left: Vec<u32> = recorded.into_iter().filter(ours).collect();
+    // A supervisor killed between starting a process and recording it leaves one the file
+    // does not name: look for any validator or node still running on this folder.
+    for pid in running_on(dir) {
+        if !left.contains(&pid) {
+            left.push(pid);
+        }
+    }
     if left.is_empty() {
         return;
     }
@@ -305,6 +311,31 @@ fn stop_leftovers(dir: &Path) {
     for pid in left.iter().filter(|p| ours(p)) {
         signal(*pid, "-KILL");
     }
+}
+
+/// The processes running `validator run` or `node run` with a path inside `dir`.
+fn running_on(dir: &Path) -> Vec<u32> {
+    let prefix = format!("{}/", dir.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != std::process::id())
+        .filter(|pid| {
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let args: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            let runs = args
+                .windows(2)
+                .any(|w| w[1] == "run" && (w[0] == "validator" || w[0] == "node"));
+            runs && args.iter().any(|a| a.starts_with(&prefix))
+        })
+        .collect()
 }
 
 /// Send `sig` (`-INT`, `-KILL`) to process `pid`; one already gone is fine.
@@ -693,6 +724,53 @@ mod tests {
         let _ = child.wait();
         assert!(!alive(child.id()));
         assert!(alive(std::process::id()));
+    }
+
+    #[test]
+    fn leftovers_are_found_by_their_command_even_when_no_file_names_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let inside = dir.path().join("nodes/node-4");
+        // `sleep; true` keeps bash from replacing itself with sleep, so its command line
+        // stays as given: a stand-in for `peergrid node run --data-dir …`.
+        let spawn = |args: &[&str]| {
+            let child = std::process::Command::new("bash")
+                .args(["-c", "sleep 30; true"])
+                .args(args)
+                .spawn()
+                .expect("bash");
+            // spawn() can return before /proc shows the new command line.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !std::fs::read(format!("/proc/{}/cmdline", child.id()))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("sleep 30"))
+            {
+                assert!(Instant::now() < deadline, "bash did not start");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            child
+        };
+        let inside_text = inside.to_string_lossy().into_owned();
+        let mut node = spawn(&["node", "run", "--data-dir", &inside_text]);
+        let mut reader = spawn(&["tail", &inside_text]);
+        let mut elsewhere = spawn(&["node", "run", "--data-dir", "/var/lib/peergrid"]);
+        let found = running_on(dir.path());
+        for c in [&mut node, &mut reader, &mut elsewhere] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        assert_eq!(
+            found,
+            vec![node.id()],
+            "only the node running on the devnet's folder"
+        );
+
+        // With no devnet.json at all, the next start still stops it.
+        let mut orphan = spawn(&["node", "run", "--data-dir", &inside_text]);
+        stop_leftovers(dir.path());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !matches!(orphan.try_wait(), Ok(Some(_))) {
+            assert!(Instant::now() < deadline, "the orphan was not stopped");
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     #[test]
