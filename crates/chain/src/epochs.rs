@@ -59,7 +59,7 @@ use commonware_cryptography::sha256::Digest;
 use commonware_cryptography::{Digestible, Signer as _};
 use commonware_macros::select;
 use commonware_p2p::utils::mux::{Builder as _, Muxer};
-use commonware_p2p::{Blocker, Receiver, Sender};
+use commonware_p2p::{Blocker, CheckedSender as _, Receiver, Recipients, Sender};
 use commonware_parallel::Sequential;
 use commonware_runtime::buffer::paged::CacheRef;
 use commonware_runtime::{Clock, Handle, Metrics, Spawner, Storage};
@@ -81,6 +81,9 @@ const SCHEMES_CACHED_MAX: usize = 8;
 /// How often a validator outside its epoch's set, or one whose ledger stands still, asks the
 /// set for the next finalized block.
 const FOLLOW_INTERVAL: Duration = Duration::from_millis(500);
+/// Longest a validator's first engine after a start waits for the rest of its set to be
+/// connected; see [`Orchestrator::await_peers`].
+pub const CONNECT_WAIT: Duration = Duration::from_secs(2);
 
 /// One validator of an epoch's set.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -262,6 +265,7 @@ where
         // A deadline rather than a fresh sleep per turn, so steady traffic cannot starve it.
         let mut tick = context.current() + FOLLOW_INTERVAL;
         let mut last_height = None;
+        let mut first_engine = true;
         loop {
             let Some(epoch) = self.shared.with_state(|s| s.epoch()) else {
                 warn!("the ledger lock is poisoned; stopping consensus");
@@ -293,6 +297,11 @@ where
                         };
                         let members: Vec<PublicKey> =
                             scheme.participants().iter().cloned().collect();
+                        let mut v = v;
+                        if first_engine && signs {
+                            self.await_peers(&context, &mut v.0, &members).await;
+                        }
+                        first_engine = false;
                         let v = (v.0, early_votes.receiver(epoch, v.1));
                         let c = (c.0, early_certificates.receiver(epoch, c.1));
                         let r = (r.0, Replay::plain(r.1));
@@ -408,6 +417,45 @@ where
         if let Some(height) = self.epocher.last(Epoch::new(ours)) {
             debug!(ours, theirs, %from, "a peer is in a later epoch; fetching our epoch's end");
             self.marshal.hint_finalized(height, NonEmptyVec::new(from));
+        }
+    }
+
+    /// Wait until every other member of the set is connected, or [`CONNECT_WAIT`] passed.
+    ///
+    /// At a cold start every validator starts its engine at once, and the first leader's
+    /// proposal went to peers not connected yet: view 1 timed out (1 s) on every devnet
+    /// start, and the nullify votes that followed often split view 2 for another 2 s. A
+    /// restart among running validators connects in milliseconds; with a member down,
+    /// the wait ends at the deadline and consensus goes on without it. Messages that
+    /// arrive meanwhile queue in the channels registered for this epoch.
+    async fn await_peers<S>(&self, context: &E, sender: &mut S, members: &[PublicKey])
+    where
+        S: Sender<PublicKey = PublicKey>,
+    {
+        let me = self.schemes.me();
+        let others = members.iter().filter(|m| **m != me).count();
+        let deadline = context.current() + CONNECT_WAIT;
+        loop {
+            // The network's connected peers, as the sender would address them; nothing
+            // is sent.
+            let connected = sender.check(Recipients::All).map_or(0, |c| {
+                c.recipients()
+                    .iter()
+                    .filter(|p| **p != me && members.contains(p))
+                    .count()
+            });
+            if connected >= others {
+                debug!(connected, "the validator set is connected");
+                return;
+            }
+            if context.current() >= deadline {
+                info!(
+                    connected,
+                    others, "starting consensus before every validator is connected"
+                );
+                return;
+            }
+            context.sleep(Duration::from_millis(20)).await;
         }
     }
 
