@@ -287,7 +287,7 @@ where
                             );
                             return;
                         };
-                        let (Ok(v), Ok(c), Ok(r)) = (
+                        let (Ok(mut v), Ok(c), Ok(r)) = (
                             votes.register(epoch).await,
                             certificates.register(epoch).await,
                             resolver.register(epoch).await,
@@ -297,7 +297,6 @@ where
                         };
                         let members: Vec<PublicKey> =
                             scheme.participants().iter().cloned().collect();
-                        let mut v = v;
                         if first_engine && signs {
                             self.await_peers(&context, &mut v.0, &members).await;
                         }

@@ -75,9 +75,6 @@ pub struct Running {
     /// Every node's health endpoint URL.
     #[serde(default)]
     pub nodes: Vec<String>,
-    /// Process ids of the validators and nodes, to stop them should the supervisor die.
-    #[serde(default)]
-    pub children: Vec<u32>,
 }
 
 /// The devnet folder the CLI uses when not told: `$PEERGRID_DEVNET`, else
@@ -274,26 +271,10 @@ fn write_running(dir: &Path, running: &Running) -> anyhow::Result<()> {
 
 /// Stop the validators and nodes of a devnet from `dir` whose supervisor died without
 /// stopping them (killed with SIGKILL, say): they would hold the devnet's ports and data.
-/// Only processes still running a command on `dir` are touched, in case a pid was reused.
+/// They are found by their command, so one started an instant before the supervisor died
+/// is found too, and a reused pid never is.
 fn stop_leftovers(dir: &Path) {
-    let recorded = std::fs::read_to_string(running_file(dir))
-        .ok()
-        .and_then(|text| serde_json::from_str::<Running>(&text).ok())
-        .map(|old| old.children)
-        .unwrap_or_default();
-    let dir_text = dir.to_string_lossy().into_owned();
-    let ours = |pid: &u32| {
-        std::fs::read(format!("/proc/{pid}/cmdline"))
-            .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&dir_text))
-    };
-    let mut left: Vec<u32> = recorded.into_iter().filter(ours).collect();
-    // A supervisor killed between starting a process and recording it leaves one the file
-    // does not name: look for any validator or node still running on this folder.
-    for pid in running_on(dir) {
-        if !left.contains(&pid) {
-            left.push(pid);
-        }
-    }
+    let left = running_on(dir);
     if left.is_empty() {
         return;
     }
@@ -305,11 +286,11 @@ fn stop_leftovers(dir: &Path) {
         signal(*pid, "-INT");
     }
     let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline && left.iter().any(ours) {
+    while Instant::now() < deadline && !running_on(dir).is_empty() {
         std::thread::sleep(Duration::from_millis(50));
     }
-    for pid in left.iter().filter(|p| ours(p)) {
-        signal(*pid, "-KILL");
+    for pid in running_on(dir) {
+        signal(pid, "-KILL");
     }
 }
 
@@ -440,7 +421,6 @@ impl Supervisor {
             demo_key: opts.dir.join("keys/demo.json"),
             faucet_key: opts.dir.join("keys/faucet.json"),
             nodes: Vec::new(),
-            children: children.iter().map(Child::id).collect(),
         };
         write_running(&opts.dir, &running)?;
         Ok(Supervisor {
@@ -579,26 +559,12 @@ impl Supervisor {
                 cmd,
                 &self.dir.join(format!("logs/node-{i}.log")),
             )?);
-            // Recorded at once: if this supervisor is killed before the nodes listen, the
-            // next start must still find them, or they keep the devnet's ports.
-            self.record_children()?;
             urls.push(format!("http://127.0.0.1:{health_port}"));
         }
         let http = wait_listening(&urls, timeout, &mut self.nodes, &self.dir).await;
         self.running.nodes = urls;
         write_running(&self.dir, &self.running)?;
         http
-    }
-
-    /// Write every validator and node process into the running file.
-    fn record_children(&mut self) -> anyhow::Result<()> {
-        self.running.children = self
-            .children
-            .iter()
-            .chain(&self.nodes)
-            .map(Child::id)
-            .collect();
-        write_running(&self.dir, &self.running)
     }
 
     /// The index of a node that has exited, if any.
