@@ -45,6 +45,8 @@ pub(crate) struct Actor {
     nat: String,
     reservations: HashSet<PeerId>,
     bootstrap_peers: HashSet<PeerId>,
+    /// Callers of `close` waiting for the last connection to close.
+    closing: Vec<oneshot::Sender<()>>,
 }
 
 enum Lookup {
@@ -123,6 +125,7 @@ impl Actor {
             nat: "unknown".to_string(),
             reservations: HashSet::new(),
             bootstrap_peers: HashSet::new(),
+            closing: Vec::new(),
         };
         actor.join()?;
         Ok(actor)
@@ -197,6 +200,17 @@ impl Actor {
                 let _ = reply.send(self.peer_infos());
             }
             Command::Ban { peer, reason } => self.ban(peer, &reason),
+            Command::Close { reply } => {
+                let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+                if peers.is_empty() {
+                    let _ = reply.send(());
+                    return;
+                }
+                for peer in peers {
+                    let _ = self.swarm.disconnect_peer_id(peer);
+                }
+                self.closing.push(reply);
+            }
             Command::Subscribe { topic, reply } => {
                 let hash = gossipsub::IdentTopic::new(&topic).hash();
                 let result = match self.gossip.get(&hash) {
@@ -382,6 +396,11 @@ impl Actor {
                 ..
             } => {
                 tracing::debug!(peer = %peer_id, ?cause, "connection closed");
+                if !self.closing.is_empty() && self.swarm.connected_peers().next().is_none() {
+                    for reply in self.closing.drain(..) {
+                        let _ = reply.send(());
+                    }
+                }
                 if let Some(state) = self.peers.get_mut(&peer_id) {
                     state.connections.remove(&connection_id);
                 }

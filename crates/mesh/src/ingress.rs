@@ -108,6 +108,9 @@ pub(crate) enum Command {
         data: Vec<u8>,
         reply: oneshot::Sender<Result<(), Error>>,
     },
+    Close {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// A running mesh peer. Clones share the same swarm; it stops when every clone is dropped.
@@ -313,6 +316,18 @@ impl Mesh {
         let topic = topic.to_string();
         self.ask(|reply| Command::Subscribe { topic, reply })
             .await?
+    }
+
+    /// Close every connection and wait (at most 2 s) until they are closed, so that the
+    /// peers learn it now. A process that exits without this leaves QUIC connections that
+    /// its peers count against their per-peer limit until they time out, which refuses
+    /// the next process with the same key for that long.
+    pub async fn close(&self) {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            self.ask(|reply| Command::Close { reply }),
+        )
+        .await;
     }
 
     /// Publish `data` on a gossip topic.
