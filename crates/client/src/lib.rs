@@ -21,7 +21,7 @@ pub use peergrid_ledger::receipt::{FinalizedBlock, TxOutcome, TxStatus};
 use peergrid_ledger::state::tables;
 /// The ledger's records and events as the API serves them, so followers (nodes, the CLI)
 /// read them without depending on the state machine's crate.
-pub use peergrid_ledger::{Contract, ContractState, DeleteReason, Event, Farm, Node};
+pub use peergrid_ledger::{Contract, ContractState, DeleteReason, Event, Farm, Node, NodeStatus};
 
 /// How long a signed transaction stays valid by default.
 pub const TX_LIFETIME: Duration = Duration::from_secs(300);
@@ -91,6 +91,27 @@ pub struct AccountView {
     /// Its next nonce.
     pub nonce: u64,
     /// The node it is the key of, if any.
+    pub node: Option<u32>,
+}
+
+/// A node as the API lists it.
+#[derive(Clone, Debug, Deserialize)]
+pub struct NodeView {
+    /// The ledger's record.
+    #[serde(flatten)]
+    pub node: Node,
+    /// Up, standby or down, from its uptime reports.
+    pub status: NodeStatus,
+    /// Capacity no contract reserves.
+    pub free: peergrid_core::Capacity,
+}
+
+/// Which contracts to list.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ContractFilter {
+    /// Only this owner's.
+    pub owner: Option<AccountId>,
+    /// Only those on this node.
     pub node: Option<u32>,
 }
 
@@ -326,6 +347,50 @@ impl Client {
         }
     }
 
+    /// Every node, or a farm's: its record, status and free capacity.
+    pub async fn nodes(&self, farm: Option<u32>) -> Result<(u64, Vec<NodeView>), ClientError> {
+        let filter = farm.map(|f| format!("&farm={f}")).unwrap_or_default();
+        self.pages(|from| format!("/v1/nodes?from={from}&limit=500{filter}"), 1)
+            .await
+    }
+
+    /// One node by id; `None` when the ledger has no such node.
+    pub async fn node(&self, id: u32) -> Result<Option<AtHeight<NodeView>>, ClientError> {
+        match self.get(&format!("/v1/nodes/{id}")).await {
+            Ok(n) => Ok(Some(n)),
+            Err(ClientError::Refused { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every contract matching `filter`, with the height they were read at.
+    pub async fn contracts(
+        &self,
+        filter: ContractFilter,
+    ) -> Result<(u64, Vec<Contract>), ClientError> {
+        let mut query = String::new();
+        if let Some(o) = filter.owner {
+            query.push_str(&format!("&owner={o}"));
+        }
+        if let Some(n) = filter.node {
+            query.push_str(&format!("&node={n}"));
+        }
+        self.pages(
+            |from| format!("/v1/contracts?from={from}&limit=500{query}"),
+            1,
+        )
+        .await
+    }
+
+    /// One contract by id; `None` when the ledger has no such contract.
+    pub async fn contract(&self, id: u64) -> Result<Option<AtHeight<Contract>>, ClientError> {
+        match self.get(&format!("/v1/contracts/{id}")).await {
+            Ok(c) => Ok(Some(c)),
+            Err(ClientError::Refused { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Chain status: id, height, root, whether it is finalizing.
     pub async fn status(&self) -> Result<AtHeight<Value>, ClientError> {
         self.get("/v1/status").await
@@ -447,6 +512,49 @@ impl Client {
         let tx = self.sign(key, payload).await?;
         let hash = self.submit(&tx).await?;
         Ok((hash, self.wait(&hash, timeout).await?))
+    }
+
+    /// Sign `payloads` with `key` at consecutive nonces, submit them in one request and
+    /// wait for each to be final; the outcome of each, in order.
+    pub async fn send_all(
+        &self,
+        key: &Keypair,
+        payloads: Vec<Payload>,
+        timeout: Duration,
+    ) -> Result<Vec<(TxHash, TxStatus)>, ClientError> {
+        let Some(first) = payloads.first().cloned() else {
+            return Ok(Vec::new());
+        };
+        let head = self.sign(key, first).await?;
+        let (chain_id, nonce, expires) = (
+            head.body.chain_id.clone(),
+            head.body.nonce,
+            head.body.expires_ms,
+        );
+        let mut txs = vec![head];
+        for (i, p) in payloads.into_iter().enumerate().skip(1) {
+            txs.push(SignedTx::expiring(
+                key,
+                &chain_id,
+                nonce + i as u64,
+                expires,
+                p,
+            ));
+        }
+        let (_, errors) = self.submit_batch(&txs).await?;
+        if let Some((index, message)) = errors.into_iter().next() {
+            return Err(ClientError::Refused {
+                status: 400,
+                kind: "rejected".into(),
+                message: format!("transaction {} of {}: {message}", index + 1, txs.len()),
+            });
+        }
+        let mut out = Vec::with_capacity(txs.len());
+        for tx in &txs {
+            let hash = tx.hash();
+            out.push((hash, self.wait(&hash, timeout).await?));
+        }
+        Ok(out)
     }
 
     /// Finalized blocks from height `from` on, following new ones as they come. After a
