@@ -1,0 +1,1473 @@
+//! The owner's side: reserve space, put and get objects, the owner index, audits.
+//!
+//! Put: read a segment, derive its key, seal it, erasure-code it into `k + m` shards,
+//! address each, and put each on a different node of the owner's storage contracts (the
+//! nodes of distinct farms first), several segments in flight. The manifest is sealed
+//! and put whole on every one of those nodes; the capability names it. The owner index
+//! gains the name only after every shard and the manifest are stored, so an upload cut
+//! short lists nothing, and a retry resumes: the same bytes under the same name give
+//! the same shards, which the nodes answer they already have.
+//!
+//! Get: open the manifest, then for each segment ask for its data shards plus one spare
+//! at once, decode as soon as any `k` arrive checked, and drop the rest. A node that
+//! fails is skipped for the remaining segments.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use peergrid_client::{Client, ContractFilter, ContractState, NodeStatus, TxStatus};
+use peergrid_core::tx::ContractSpec;
+use peergrid_core::{AccountId, ContractId, FarmId, Hash, Keypair, NodeId, Payload};
+use peergrid_mesh::{Mesh, PeerId};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tracing::{debug, info, warn};
+
+use crate::crypto::{self, Cipher, NONCE_BYTES, StorageKeys, TAG_BYTES};
+use crate::erasure::{self, Scheme};
+use crate::format::{
+    Capability, INDEX_BYTES_MAX, Index, IndexEntry, Manifest, Pointer, Segment, SignedPointer,
+    check_name, decode_versioned, encode_versioned,
+};
+use crate::shard::shard_id;
+use crate::wire::{self, PutOutcome, WireError};
+
+/// Plaintext bytes per segment.
+pub const SEGMENT_BYTES: u32 = 4 << 20;
+/// Segments being encoded or uploaded at once.
+const SEGMENTS_IN_FLIGHT: usize = 3;
+/// Bytes kept free in each contract beyond the estimate, for the manifest and index.
+const OVERHEAD_BYTES: u64 = 1 << 20;
+
+/// Anything storage could not do, said so that the user knows what to do next.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The ledger could not be read or refused a transaction.
+    #[error("ledger: {0}")]
+    Ledger(#[from] peergrid_client::ClientError),
+    /// A node could not be reached or refused.
+    #[error(transparent)]
+    Wire(Box<WireError>),
+    /// A stored format could not be read.
+    #[error(transparent)]
+    Format(#[from] crate::format::FormatError),
+    /// A local file.
+    #[error("{what} {}: {source}", path.display())]
+    File {
+        /// What was being done.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// Anything else, with its explanation.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<WireError> for StorageError {
+    fn from(e: WireError) -> Self {
+        StorageError::Wire(Box::new(e))
+    }
+}
+
+fn other(s: impl Into<String>) -> StorageError {
+    StorageError::Other(s.into())
+}
+
+/// One storage contract of the owner, with the node that holds it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Holding {
+    /// The contract.
+    pub contract: ContractId,
+    /// Its node.
+    pub node: NodeId,
+    /// The node's farm.
+    pub farm: FarmId,
+    /// The node's mesh peer id.
+    pub peer: String,
+    /// Bytes reserved.
+    pub quota: u64,
+    /// The node's status on the ledger.
+    pub status: NodeStatus,
+    /// The contract is in its grace period (unpaid): its node refuses reads and writes.
+    pub in_grace: bool,
+}
+
+impl Holding {
+    fn peer_id(&self) -> Result<PeerId, StorageError> {
+        self.peer
+            .parse()
+            .map_err(|_| other(format!("node {} has no valid peer id", self.node)))
+    }
+
+    fn writable(&self) -> bool {
+        !self.in_grace && self.status == NodeStatus::Up
+    }
+}
+
+/// How `reserve` chooses nodes.
+#[derive(Clone, Debug)]
+pub enum NodeChoice {
+    /// This many up nodes with room, distinct farms first.
+    Count(usize),
+    /// These nodes.
+    Ids(Vec<NodeId>),
+}
+
+/// Progress of a long operation, for a progress bar.
+pub type Progress<'a> = &'a (dyn Fn(u64) + Send + Sync);
+
+/// What a put stored.
+#[derive(Clone, Debug, Serialize)]
+pub struct PutReport {
+    /// The name.
+    pub name: String,
+    /// What reads it.
+    pub capability: Capability,
+    /// Bytes.
+    pub size: u64,
+    /// The erasure code used.
+    pub scheme: Scheme,
+    /// Shards stored now.
+    pub shards_sent: u64,
+    /// Shards the nodes already held (an interrupted put resumed).
+    pub shards_resumed: u64,
+}
+
+/// Storage as one account sees it.
+pub struct Storage {
+    mesh: Mesh,
+    ledger: Arc<Client>,
+    key: Keypair,
+    keys: StorageKeys,
+    /// Nodes that failed during this run; tried last.
+    failed: Mutex<HashSet<PeerId>>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Order `holdings` so that consecutive ones are on different farms where possible.
+fn spread_over_farms(mut holdings: Vec<Holding>) -> Vec<Holding> {
+    holdings.sort_by_key(|h| (h.farm, h.node));
+    let mut by_farm: BTreeMap<FarmId, std::collections::VecDeque<Holding>> = BTreeMap::new();
+    for h in holdings {
+        by_farm.entry(h.farm).or_default().push_back(h);
+    }
+    let mut out = Vec::new();
+    while by_farm.values().any(|q| !q.is_empty()) {
+        for q in by_farm.values_mut() {
+            if let Some(h) = q.pop_front() {
+                out.push(h);
+            }
+        }
+    }
+    out
+}
+
+impl Storage {
+    /// Storage for `key`'s account, over `mesh` and `ledger`.
+    pub fn new(mesh: Mesh, ledger: Arc<Client>, key: Keypair) -> Storage {
+        let keys = StorageKeys::of(&key);
+        Storage {
+            mesh,
+            ledger,
+            key,
+            keys,
+            failed: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Start a mesh peer with `key` that finds nodes through the grid's bootstrap peers
+    /// (from the ledger's genesis), and return storage over it.
+    pub async fn connect(ledger: Client, key: Keypair) -> Result<Storage, StorageError> {
+        let status = ledger.status().await?;
+        let bootstrap = status.data["mesh_bootstrap"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(serde_json::Value::as_str)
+            .filter_map(|a| a.parse().ok())
+            .collect();
+        let config = peergrid_mesh::Config {
+            listen: vec![
+                "/ip4/0.0.0.0/udp/0/quic-v1"
+                    .parse()
+                    .map_err(|_| other("bad listen address"))?,
+                "/ip4/0.0.0.0/tcp/0"
+                    .parse()
+                    .map_err(|_| other("bad listen address"))?,
+            ],
+            bootstrap,
+            // A node that does not answer within this is skipped for another.
+            dial_timeout: Duration::from_secs(3),
+            ..peergrid_mesh::Config::default()
+        };
+        let mesh = Mesh::start(&key, config)
+            .await
+            .map_err(|e| other(format!("cannot start a mesh peer: {e}")))?;
+        Ok(Storage::new(mesh, Arc::new(ledger), key))
+    }
+
+    /// Connect to each of `holdings`' nodes once, all at the same time, before many
+    /// streams go to each (a node that cannot be reached is left for the streams to report).
+    async fn connect_all(&self, holdings: &[Holding]) {
+        let peers: HashSet<PeerId> = holdings.iter().filter_map(|h| h.peer_id().ok()).collect();
+        futures::future::join_all(peers.into_iter().map(|p| self.mesh.connect(p, Vec::new())))
+            .await;
+    }
+
+    /// Close the mesh connections, so that nodes see this peer leave at once.
+    pub async fn close(&self) {
+        self.mesh.close().await;
+    }
+
+    /// The account this storage belongs to.
+    pub fn owner(&self) -> AccountId {
+        self.key.account()
+    }
+
+    fn mark_failed(&self, peer: PeerId) {
+        self.failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(peer);
+    }
+
+    fn has_failed(&self, peer: &PeerId) -> bool {
+        self.failed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(peer)
+    }
+
+    /// `owner`'s live storage contracts, each with its node.
+    pub async fn holdings(&self, owner: AccountId) -> Result<Vec<Holding>, StorageError> {
+        let (_, contracts) = self
+            .ledger
+            .contracts(ContractFilter {
+                owner: Some(owner),
+                node: None,
+            })
+            .await?;
+        let mut out = Vec::new();
+        let mut nodes = HashMap::new();
+        for c in contracts {
+            let ContractSpec::Storage { node, bytes } = c.spec else {
+                continue;
+            };
+            let in_grace = match c.state {
+                ContractState::Created => false,
+                ContractState::GracePeriod { .. } => true,
+                ContractState::Deleted { .. } => continue,
+            };
+            if let std::collections::hash_map::Entry::Vacant(e) = nodes.entry(node) {
+                e.insert(self.ledger.node(node).await?);
+            }
+            let Some(Some(n)) = nodes.get(&node) else {
+                continue;
+            };
+            out.push(Holding {
+                contract: c.id,
+                node,
+                farm: n.data.node.farm,
+                peer: n.data.node.account.to_string(),
+                quota: bytes,
+                status: n.data.status,
+                in_grace,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Reserve `bytes` on each of the chosen nodes: one storage contract per node, in one
+    /// batch; if any is refused, the others are cancelled, so none is kept.
+    pub async fn reserve(
+        &self,
+        bytes: u64,
+        choice: NodeChoice,
+    ) -> Result<Vec<ContractId>, StorageError> {
+        let (_, nodes) = self.ledger.nodes(None).await?;
+        let chosen: Vec<NodeId> = match choice {
+            NodeChoice::Ids(ids) => {
+                for id in &ids {
+                    let n = nodes.iter().find(|n| n.node.id == *id).ok_or_else(|| {
+                        other(format!(
+                            "node {id} is not on the ledger (see `peergrid node list`)"
+                        ))
+                    })?;
+                    if n.status != NodeStatus::Up {
+                        return Err(other(format!(
+                            "node {id} is {}; choose up nodes (see `peergrid node list`)",
+                            n.status
+                        )));
+                    }
+                }
+                ids
+            }
+            NodeChoice::Count(count) => {
+                let mine: HashSet<NodeId> = self
+                    .holdings(self.owner())
+                    .await?
+                    .iter()
+                    .map(|h| h.node)
+                    .collect();
+                let room = |n: &peergrid_client::NodeView| n.free.hru.max(n.free.sru) >= bytes;
+                let candidates: Vec<Holding> = nodes
+                    .iter()
+                    .filter(|n| n.status == NodeStatus::Up && room(n))
+                    .map(|n| Holding {
+                        contract: 0,
+                        node: n.node.id,
+                        farm: n.node.farm,
+                        peer: n.node.account.to_string(),
+                        quota: 0,
+                        status: n.status,
+                        in_grace: false,
+                    })
+                    .collect();
+                // Nodes already holding this owner's data last, so new space spreads wider.
+                let (fresh, again): (Vec<Holding>, Vec<Holding>) = candidates
+                    .into_iter()
+                    .partition(|h| !mine.contains(&h.node));
+                let mut ordered = spread_over_farms(fresh);
+                ordered.extend(spread_over_farms(again));
+                if ordered.len() < count {
+                    return Err(other(format!(
+                        "{count} nodes asked for, but only {} up nodes have {} free; ask for fewer with --nodes",
+                        ordered.len(),
+                        human_bytes(bytes)
+                    )));
+                }
+                ordered.into_iter().take(count).map(|h| h.node).collect()
+            }
+        };
+        if chosen.is_empty() {
+            return Err(other("no node chosen"));
+        }
+        let payloads = chosen
+            .iter()
+            .map(|&node| Payload::CreateContract(ContractSpec::Storage { node, bytes }))
+            .collect();
+        let outcomes = self
+            .ledger
+            .send_all(&self.key, payloads, Duration::from_secs(30))
+            .await?;
+        let mut created = Vec::new();
+        let mut failures = Vec::new();
+        for ((_, status), node) in outcomes.iter().zip(&chosen) {
+            match status {
+                TxStatus::Finalized { events, .. } => {
+                    let id = events.iter().find_map(|e| match e {
+                        peergrid_client::Event::ContractCreated { contract, .. } => Some(*contract),
+                        _ => None,
+                    });
+                    match id {
+                        Some(id) => created.push(id),
+                        None => failures.push(format!("node {node}: no contract created")),
+                    }
+                }
+                TxStatus::Rejected { reason, .. } => {
+                    failures.push(format!("node {node}: {reason}"))
+                }
+                other => failures.push(format!("node {node}: {other:?}")),
+            }
+        }
+        if !failures.is_empty() {
+            if !created.is_empty() {
+                let cancels = created
+                    .iter()
+                    .map(|&contract| Payload::CancelContract { contract })
+                    .collect();
+                if let Err(e) = self
+                    .ledger
+                    .send_all(&self.key, cancels, Duration::from_secs(30))
+                    .await
+                {
+                    warn!(error = %e, contracts = ?created, "cannot cancel the contracts of a failed reservation");
+                }
+            }
+            return Err(other(format!(
+                "the reservation was refused, nothing kept: {}",
+                failures.join("; ")
+            )));
+        }
+        Ok(created)
+    }
+
+    /// The holdings a put writes to: writable ones, one per node, distinct farms first.
+    async fn writable_holdings(&self) -> Result<Vec<Holding>, StorageError> {
+        let all = self.holdings(self.owner()).await?;
+        if all.is_empty() {
+            return Err(other(
+                "you have no storage reserved: run `peergrid store reserve --size 10GiB` first",
+            ));
+        }
+        let mut seen = HashSet::new();
+        let usable: Vec<Holding> = all
+            .into_iter()
+            .filter(|h| h.writable())
+            .filter(|h| seen.insert(h.node))
+            .collect();
+        if usable.is_empty() {
+            return Err(other(
+                "none of your storage contracts can take data now (their nodes are down or the contracts are in grace: top up)",
+            ));
+        }
+        self.connect_all(&usable).await;
+        Ok(spread_over_farms(usable))
+    }
+
+    /// Store the file at `path` under `name`.
+    pub async fn put(
+        &self,
+        path: &Path,
+        name: &str,
+        scheme: Option<Scheme>,
+        progress: Progress<'_>,
+    ) -> Result<PutReport, StorageError> {
+        check_name(name).map_err(other)?;
+        let file_err = |what| {
+            let path = path.to_path_buf();
+            move |source| StorageError::File { what, path, source }
+        };
+        let mut file = tokio::fs::File::open(path)
+            .await
+            .map_err(file_err("cannot open"))?;
+        let size = file
+            .metadata()
+            .await
+            .map_err(file_err("cannot read"))?
+            .len();
+        let holdings = self.writable_holdings().await?;
+        let scheme = scheme.unwrap_or_else(|| Scheme::for_nodes(holdings.len()));
+        scheme.check().map_err(other)?;
+        if scheme.n() > holdings.len() {
+            return Err(other(format!(
+                "a {scheme} scheme puts {} shards of each segment on distinct nodes, but your storage is on {} usable nodes: reserve more (`peergrid store reserve --nodes N`) or pass --scheme",
+                scheme.n(),
+                holdings.len()
+            )));
+        }
+        let segments = size.div_ceil(u64::from(SEGMENT_BYTES));
+        // Which holdings each segment's shards go to: rotate over all of them.
+        let count = holdings.len();
+        let assign = move |seg: u64, shard: usize| (seg as usize + shard) % count;
+        let mut need = vec![0u64; holdings.len()];
+        for seg in 0..segments {
+            let plain = (size - seg * u64::from(SEGMENT_BYTES)).min(u64::from(SEGMENT_BYTES));
+            let shard = scheme.shard_len(plain as usize + NONCE_BYTES + TAG_BYTES) as u64;
+            for j in 0..scheme.n() {
+                need[assign(seg, j)] += shard;
+            }
+        }
+        self.check_room(&holdings, &need).await?;
+
+        let salt = self.keys.object_salt(name);
+        let holdings = Arc::new(holdings);
+        let (tx, mut rx) =
+            tokio::sync::mpsc::channel::<(u64, Vec<Vec<u8>>, Segment)>(SEGMENTS_IN_FLIGHT);
+        let keys_master = StorageKeys::of(&self.key);
+        let reader = tokio::spawn(async move {
+            let mut buf = vec![0u8; SEGMENT_BYTES as usize];
+            for seg in 0..segments {
+                let plain_len =
+                    (size - seg * u64::from(SEGMENT_BYTES)).min(u64::from(SEGMENT_BYTES)) as usize;
+                file.read_exact(&mut buf[..plain_len]).await?;
+                let plain = buf[..plain_len].to_vec();
+                let keys = keys_master.clone();
+                let encoded = tokio::task::spawn_blocking(move || {
+                    encode_segment(&keys, &salt, scheme, &plain)
+                })
+                .await
+                .map_err(std::io::Error::other)?
+                .map_err(std::io::Error::other)?;
+                if tx.send((seg, encoded.0, encoded.1)).await.is_err() {
+                    break;
+                }
+            }
+            Ok::<(), std::io::Error>(())
+        });
+
+        let mut done: BTreeMap<u64, Segment> = BTreeMap::new();
+        let mut uploads = FuturesUnordered::new();
+        let mut sent = 0u64;
+        let mut resumed = 0u64;
+        let mut uploaded_bytes = 0u64;
+        let mut reading = true;
+        loop {
+            tokio::select! {
+                next = rx.recv(), if reading && uploads.len() < SEGMENTS_IN_FLIGHT => match next {
+                    Some((seg, shards, segment)) => {
+                        let holdings = holdings.clone();
+                        uploads.push(self.upload_segment(seg, shards, segment, holdings, assign));
+                    }
+                    None => reading = false,
+                },
+                Some(result) = uploads.next(), if !uploads.is_empty() => {
+                    let (seg, segment, s, r) = result?;
+                    sent += s;
+                    resumed += r;
+                    uploaded_bytes += u64::from(segment.plain_len);
+                    progress(uploaded_bytes);
+                    done.insert(seg, segment);
+                }
+                else => break,
+            }
+        }
+        reader
+            .await
+            .map_err(|e| other(format!("the reader stopped: {e}")))?
+            .map_err(file_err("cannot read"))?;
+        if done.len() as u64 != segments {
+            return Err(other("the upload stopped before every segment was stored"));
+        }
+        let manifest = Manifest {
+            name: name.to_string(),
+            size,
+            segment_bytes: SEGMENT_BYTES,
+            cipher: Cipher::Aes256Gcm,
+            scheme,
+            created_ms: now_ms(),
+            segments: done.into_values().collect(),
+        };
+        let plain = encode_versioned(&manifest);
+        let key = self.keys.content_key(&salt, &plain);
+        let sealed = crypto::seal(Cipher::Aes256Gcm, &key, None, &plain);
+        let id = self.put_everywhere(&holdings, &sealed, "manifest").await?;
+        let capability = Capability {
+            owner: self.owner(),
+            manifest: id,
+            key,
+            cipher: Cipher::Aes256Gcm,
+        };
+        let entry = IndexEntry {
+            capability,
+            size,
+            created_ms: manifest.created_ms,
+            scheme,
+        };
+        let (pointer, mut index) = self.index().await?;
+        let replaced = index.objects.insert(name.to_string(), entry);
+        self.save_index(&holdings, pointer.as_ref(), &index).await?;
+        if let Some(old) = replaced
+            && old.capability.manifest != id
+        {
+            let keep: HashSet<Hash> = manifest.placements().map(|(h, _)| h).collect();
+            self.delete_object(&old.capability, &keep).await;
+        }
+        info!(name, size, %scheme, sent, resumed, "stored");
+        Ok(PutReport {
+            name: name.to_string(),
+            capability,
+            size,
+            scheme,
+            shards_sent: sent,
+            shards_resumed: resumed,
+        })
+    }
+
+    /// Bytes used in each holding, as its node counts them (`None`: no answer).
+    pub async fn usage(&self, holdings: &[Holding]) -> Vec<Option<u64>> {
+        futures::future::join_all(holdings.iter().map(|h| async move {
+            let peer = h.peer_id().ok()?;
+            let u = wire::usage(&self.mesh, peer, vec![h.contract]).await.ok()?;
+            Some(u.first().map(|u| u.used).unwrap_or(0))
+        }))
+        .await
+    }
+
+    /// Fail with the numbers if some node lacks room for what it would be given.
+    async fn check_room(&self, holdings: &[Holding], need: &[u64]) -> Result<(), StorageError> {
+        let mut short = Vec::new();
+        for (h, need) in holdings.iter().zip(need) {
+            let peer = h.peer_id()?;
+            let used = match wire::usage(&self.mesh, peer, vec![h.contract]).await {
+                Ok(u) => u.first().map(|u| u.used).unwrap_or(0),
+                Err(e) => {
+                    warn!(node = h.node, error = %e, "cannot ask the node for its use; assuming none");
+                    0
+                }
+            };
+            let free = h.quota.saturating_sub(used);
+            if need + OVERHEAD_BYTES > free {
+                short.push(format!(
+                    "node {} (contract {}) needs {} but has {} free of {}",
+                    h.node,
+                    h.contract,
+                    human_bytes(need + OVERHEAD_BYTES),
+                    human_bytes(free),
+                    human_bytes(h.quota)
+                ));
+            }
+        }
+        if short.is_empty() {
+            return Ok(());
+        }
+        Err(other(format!(
+            "the object does not fit your reservation, nothing was uploaded: {}; reserve more with `peergrid store reserve --size SIZE`",
+            short.join("; ")
+        )))
+    }
+
+    /// Put one segment's shards, each on its assigned node, another if that one fails.
+    async fn upload_segment(
+        &self,
+        seg: u64,
+        shards: Vec<Vec<u8>>,
+        mut segment: Segment,
+        holdings: Arc<Vec<Holding>>,
+        assign: impl Fn(u64, usize) -> usize,
+    ) -> Result<(u64, Segment, u64, u64), StorageError> {
+        let n = shards.len();
+        let mut targets: Vec<usize> = (0..n).map(|j| assign(seg, j)).collect();
+        let mut sent = 0;
+        let mut resumed = 0;
+        let mut pending: Vec<usize> = (0..n).collect();
+        for _attempt in 0..3 {
+            let results = futures::future::join_all(pending.iter().map(|&j| {
+                let h = &holdings[targets[j]];
+                let bytes = &shards[j];
+                let id = segment.shards[j];
+                async move {
+                    let peer = h.peer_id()?;
+                    wire::put(&self.mesh, peer, h.contract, id, bytes)
+                        .await
+                        .map_err(StorageError::from)
+                }
+            }))
+            .await;
+            let mut retry = Vec::new();
+            for (&j, r) in pending.iter().zip(results) {
+                match r {
+                    Ok(PutOutcome::Stored) => sent += 1,
+                    Ok(PutOutcome::AlreadyThere) => resumed += 1,
+                    Err(e) => {
+                        warn!(segment = seg, shard = j, node = holdings[targets[j]].node, error = %e, "cannot put a shard; trying another node");
+                        if let Ok(p) = holdings[targets[j]].peer_id() {
+                            self.mark_failed(p);
+                        }
+                        retry.push((j, e));
+                    }
+                }
+            }
+            if retry.is_empty() {
+                for (j, t) in targets.iter().enumerate() {
+                    segment.nodes[j] = holdings[*t].node;
+                }
+                return Ok((seg, segment, sent, resumed));
+            }
+            // Move each failed shard to a node that holds none of this segment yet.
+            pending.clear();
+            for (j, e) in retry {
+                let used: HashSet<usize> = targets.iter().copied().collect();
+                let spare = (0..holdings.len()).find(|i| {
+                    !used.contains(i) && holdings[*i].peer_id().is_ok_and(|p| !self.has_failed(&p))
+                });
+                match spare {
+                    Some(i) => {
+                        targets[j] = i;
+                        pending.push(j);
+                    }
+                    None => {
+                        return Err(other(format!(
+                            "cannot store segment {seg}: {e}; no other node of yours can take its shard (reserve on more nodes, or pass --scheme with fewer shards)"
+                        )));
+                    }
+                }
+            }
+        }
+        Err(other(format!(
+            "cannot store segment {seg} after three attempts"
+        )))
+    }
+
+    /// Put one blob (a manifest or an index) on every holding; its address.
+    async fn put_everywhere(
+        &self,
+        holdings: &[Holding],
+        sealed: &[u8],
+        what: &str,
+    ) -> Result<Hash, StorageError> {
+        let id = shard_id(sealed);
+        let results = futures::future::join_all(holdings.iter().map(|h| async move {
+            let peer = h.peer_id()?;
+            wire::put(&self.mesh, peer, h.contract, id, sealed)
+                .await
+                .map_err(StorageError::from)
+        }))
+        .await;
+        let ok = results.iter().filter(|r| r.is_ok()).count();
+        for (h, r) in holdings.iter().zip(&results) {
+            if let Err(e) = r {
+                warn!(node = h.node, error = %e, "cannot put the {what} on a node");
+            }
+        }
+        if ok == 0 {
+            let first = results.into_iter().find_map(Result::err);
+            return Err(other(format!(
+                "cannot store the {what} on any node: {}",
+                first.map(|e| e.to_string()).unwrap_or_default()
+            )));
+        }
+        Ok(id)
+    }
+
+    /// The owner's newest pointer and index (empty before the first put).
+    pub async fn index(&self) -> Result<(Option<SignedPointer>, Index), StorageError> {
+        let holdings = self.holdings(self.owner()).await?;
+        let peers: Vec<PeerId> = holdings.iter().filter_map(|h| h.peer_id().ok()).collect();
+        let owner = self.owner();
+        let answers = futures::future::join_all(
+            peers
+                .iter()
+                .map(|&p| wire::get_pointer(&self.mesh, p, owner)),
+        )
+        .await;
+        let mut newest: Option<SignedPointer> = None;
+        let mut reached = 0;
+        for a in answers {
+            match a {
+                Ok(p) => {
+                    reached += 1;
+                    if let Some(p) = p
+                        && newest
+                            .as_ref()
+                            .is_none_or(|n| p.pointer.seq > n.pointer.seq)
+                    {
+                        newest = Some(p);
+                    }
+                }
+                Err(e) => debug!(error = %e, "no pointer from a node"),
+            }
+        }
+        if reached == 0 && !peers.is_empty() {
+            return Err(other(
+                "none of your storage nodes answered; is the grid up? (`peergrid node list`)",
+            ));
+        }
+        let Some(pointer) = newest else {
+            return Ok((None, Index::default()));
+        };
+        let sealed = self
+            .fetch_blob(&peers, pointer.pointer.index, INDEX_BYTES_MAX as u64)
+            .await?;
+        let plain = crypto::open(
+            Cipher::Aes256Gcm,
+            &self.keys.index_key(),
+            "the owner index",
+            sealed,
+        )
+        .map_err(|e| other(e.to_string()))?;
+        let index = decode_versioned("owner index", &plain, INDEX_BYTES_MAX)?;
+        Ok((Some(pointer), index))
+    }
+
+    async fn save_index(
+        &self,
+        holdings: &[Holding],
+        old: Option<&SignedPointer>,
+        index: &Index,
+    ) -> Result<(), StorageError> {
+        let nonce = crypto::random_nonce().map_err(other)?;
+        let sealed = crypto::seal(
+            Cipher::Aes256Gcm,
+            &self.keys.index_key(),
+            Some(nonce),
+            &encode_versioned(index),
+        );
+        let id = self
+            .put_everywhere(holdings, &sealed, "owner index")
+            .await?;
+        let pointer = SignedPointer::sign(
+            &self.key,
+            Pointer {
+                owner: self.owner(),
+                seq: old.map(|p| p.pointer.seq + 1).unwrap_or(1),
+                index: id,
+            },
+        );
+        let results = futures::future::join_all(holdings.iter().map(|h| {
+            let p = pointer.clone();
+            async move {
+                wire::put_pointer(&self.mesh, h.peer_id()?, p)
+                    .await
+                    .map_err(StorageError::from)
+            }
+        }))
+        .await;
+        if results.iter().all(Result::is_err) {
+            return Err(other("no node kept the new index pointer"));
+        }
+        // The previous index is no longer named by anything.
+        if let Some(old) = old
+            && old.pointer.index != id
+        {
+            for h in holdings {
+                if let Ok(peer) = h.peer_id() {
+                    let _ =
+                        wire::delete(&self.mesh, peer, h.contract, vec![old.pointer.index]).await;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Fetch a blob from whichever of `peers` answers first with the right bytes.
+    async fn fetch_blob(
+        &self,
+        peers: &[PeerId],
+        id: Hash,
+        len_max: u64,
+    ) -> Result<Vec<u8>, StorageError> {
+        let mut tries: FuturesUnordered<_> = peers
+            .iter()
+            .map(|&p| async move { wire::get(&self.mesh, p, id, len_max).await })
+            .collect();
+        let mut last = None;
+        while let Some(r) = tries.next().await {
+            match r {
+                Ok(bytes) => return Ok(bytes),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(other(format!(
+            "no node of the owner's storage serves {id}{}",
+            last.map(|e| format!(" (last error: {e})"))
+                .unwrap_or_default()
+        )))
+    }
+
+    /// The manifest a capability names, and the owner's nodes by id.
+    pub async fn open(&self, cap: &Capability) -> Result<(Manifest, Vec<Holding>), StorageError> {
+        let holdings = self.holdings(cap.owner).await?;
+        if holdings.is_empty() {
+            return Err(other(format!(
+                "{} has no storage contract left: the object is gone",
+                cap.owner
+            )));
+        }
+        self.connect_all(&holdings).await;
+        let peers: Vec<PeerId> = holdings.iter().filter_map(|h| h.peer_id().ok()).collect();
+        let sealed = self
+            .fetch_blob(
+                &peers,
+                cap.manifest,
+                crate::format::MANIFEST_BYTES_MAX as u64,
+            )
+            .await?;
+        let plain = crypto::open(cap.cipher, &cap.key, "the manifest", sealed)
+            .map_err(|e| other(e.to_string()))?;
+        Ok((Manifest::decode(&plain)?, holdings))
+    }
+
+    /// Read the object `cap` names into `out`, `range` bytes of it if given; resumes a
+    /// download that was interrupted (kept as `OUT.partial`).
+    pub async fn get(
+        &self,
+        cap: &Capability,
+        out: &Path,
+        range: Option<(u64, u64)>,
+        progress: Progress<'_>,
+    ) -> Result<u64, StorageError> {
+        let (manifest, holdings) = self.open(cap).await?;
+        let (start, end) = match range {
+            Some((s, e)) if s <= e && e <= manifest.size => (s, e),
+            Some((s, e)) => {
+                return Err(other(format!(
+                    "range {s}-{e} is outside the object's {} bytes",
+                    manifest.size
+                )));
+            }
+            None => (0, manifest.size),
+        };
+        let seg_bytes = u64::from(manifest.segment_bytes);
+        let first = start / seg_bytes;
+        let last = if end == start {
+            first
+        } else {
+            (end - 1) / seg_bytes + 1
+        };
+        let partial = PathBuf::from(format!("{}.partial", out.display()));
+        let state_file = PathBuf::from(format!("{}.partial.json", out.display()));
+        #[derive(Serialize, Deserialize, PartialEq)]
+        struct Resume {
+            manifest: Hash,
+            start: u64,
+            end: u64,
+            segments_done: u64,
+        }
+        let mut resume_from = first;
+        if let Ok(bytes) = std::fs::read(&state_file)
+            && let Ok(r) = serde_json::from_slice::<Resume>(&bytes)
+            && r.manifest == cap.manifest
+            && (r.start, r.end) == (start, end)
+        {
+            resume_from = first + r.segments_done;
+            info!(
+                segments = r.segments_done,
+                "resuming an interrupted download"
+            );
+        }
+        let file_err = |what, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StorageError::File { what, path, source }
+        };
+        let mut file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(resume_from == first)
+            .open(&partial)
+            .await
+            .map_err(file_err("cannot write", &partial))?;
+        let written_before = if resume_from == first {
+            0
+        } else {
+            (resume_from * seg_bytes).max(start) - start
+        };
+        file.set_len(written_before)
+            .await
+            .map_err(file_err("cannot write", &partial))?;
+        file.seek(std::io::SeekFrom::Start(written_before))
+            .await
+            .map_err(file_err("cannot write", &partial))?;
+        progress(written_before);
+        let peers: HashMap<NodeId, PeerId> = holdings
+            .iter()
+            .filter_map(|h| Some((h.node, h.peer_id().ok()?)))
+            .collect();
+        let all_peers: Vec<PeerId> = peers.values().copied().collect();
+        let mut written = written_before;
+        let mut fetches = futures::stream::iter(resume_from..last)
+            .map(|i| {
+                let segment = &manifest.segments[i as usize];
+                self.fetch_segment(&manifest, segment, &peers, &all_peers)
+            })
+            .buffered(SEGMENTS_IN_FLIGHT);
+        let mut seg = resume_from;
+        while let Some(plain) = fetches.next().await {
+            let plain = plain.map_err(|e| other(format!("segment {seg}: {e}")))?;
+            let seg_start = seg * seg_bytes;
+            let from = start.max(seg_start) - seg_start;
+            let to = end.min(seg_start + plain.len() as u64) - seg_start;
+            file.write_all(&plain[from as usize..to as usize])
+                .await
+                .map_err(file_err("cannot write", &partial))?;
+            written += to - from;
+            progress(written);
+            seg += 1;
+            if seg % 8 == 0 || seg == last {
+                file.sync_data()
+                    .await
+                    .map_err(file_err("cannot sync", &partial))?;
+                let state = Resume {
+                    manifest: cap.manifest,
+                    start,
+                    end,
+                    segments_done: seg - first,
+                };
+                let bytes = serde_json::to_vec(&state).map_err(|e| other(e.to_string()))?;
+                crate::store::write_atomic(&state_file, &bytes)
+                    .map_err(file_err("cannot write", &state_file))?;
+            }
+        }
+        file.sync_all()
+            .await
+            .map_err(file_err("cannot sync", &partial))?;
+        drop(file);
+        tokio::fs::rename(&partial, out)
+            .await
+            .map_err(file_err("cannot write", out))?;
+        let _ = tokio::fs::remove_file(&state_file).await;
+        Ok(written)
+    }
+
+    /// Fetch any `k` shards of `segment`, decode and open it.
+    async fn fetch_segment(
+        &self,
+        manifest: &Manifest,
+        segment: &Segment,
+        peers: &HashMap<NodeId, PeerId>,
+        all_peers: &[PeerId],
+    ) -> Result<Vec<u8>, StorageError> {
+        let scheme = manifest.scheme;
+        let k = usize::from(scheme.k);
+        let n = scheme.n();
+        let shard_len = scheme.shard_len(segment.sealed_len as usize) as u64;
+        // Data shards first (no decoding needed when they all arrive), nodes that failed last.
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by_key(|&j| {
+            let failed = peers
+                .get(&segment.nodes[j])
+                .is_none_or(|p| self.has_failed(p));
+            (failed, j >= k)
+        });
+        let mut next = order.into_iter();
+        let mut got: Vec<Option<Vec<u8>>> = vec![None; n];
+        let mut have = 0;
+        let mut errors = Vec::new();
+        // First from the nodes the manifest names; if too few answer, ask the owner's
+        // other nodes for the missing shards (repair may have moved them).
+        for pass in 0..2 {
+            let elsewhere = pass == 1;
+            let fetch = |j: usize| {
+                let id = segment.shards[j];
+                let hinted = peers.get(&segment.nodes[j]).copied();
+                async move {
+                    if !elsewhere {
+                        let Some(p) = hinted else {
+                            return (
+                                j,
+                                Err(other(format!(
+                                    "node {} of shard {id} holds no contract of the owner",
+                                    segment.nodes[j]
+                                ))),
+                            );
+                        };
+                        return match wire::get(&self.mesh, p, id, shard_len).await {
+                            Ok(b) => (j, Ok(b)),
+                            Err(e) => {
+                                if e.is_unreachable() {
+                                    self.mark_failed(p);
+                                }
+                                (j, Err(e.into()))
+                            }
+                        };
+                    }
+                    let others: Vec<_> = all_peers
+                        .iter()
+                        .filter(|p| Some(**p) != hinted && !self.has_failed(p))
+                        .map(|&p| {
+                            Box::pin(async move { wire::get(&self.mesh, p, id, shard_len).await })
+                        })
+                        .collect();
+                    if others.is_empty() {
+                        return (
+                            j,
+                            Err(other(format!("no other node to ask for shard {id}"))),
+                        );
+                    }
+                    match futures::future::select_ok(others).await {
+                        Ok((b, _)) => (j, Ok(b)),
+                        Err(e) => (j, Err(e.into())),
+                    }
+                }
+            };
+            let mut running = FuturesUnordered::new();
+            let mut queue: Box<dyn Iterator<Item = usize> + Send> = if elsewhere {
+                Box::new(
+                    (0..n)
+                        .filter(|j| got[*j].is_none())
+                        .collect::<Vec<_>>()
+                        .into_iter(),
+                )
+            } else {
+                Box::new(next.by_ref().collect::<Vec<_>>().into_iter())
+            };
+            for j in queue.by_ref().take(k - have + 1) {
+                running.push(fetch(j));
+            }
+            while let Some((j, r)) = running.next().await {
+                match r {
+                    Ok(bytes) => {
+                        got[j] = Some(bytes);
+                        have += 1;
+                        if have == k {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        debug!(shard = j, error = %e, "shard not fetched");
+                        errors.push(e.to_string());
+                        if let Some(j) = queue.next() {
+                            running.push(fetch(j));
+                        }
+                    }
+                }
+            }
+            if have == k || all_peers.len() <= 1 {
+                break;
+            }
+        }
+        if have < k {
+            return Err(other(format!(
+                "only {have} of the {k} shards needed could be fetched: {}",
+                errors.join("; ")
+            )));
+        }
+        let sealed_len = segment.sealed_len as usize;
+        let (cipher, key) = (manifest.cipher, segment.key);
+        let plain = tokio::task::spawn_blocking(move || {
+            let sealed =
+                erasure::decode(scheme, &got, sealed_len).map_err(|e| other(e.to_string()))?;
+            crypto::open(cipher, &key, "a segment", sealed).map_err(|e| other(e.to_string()))
+        })
+        .await
+        .map_err(|e| other(e.to_string()))??;
+        if plain.len() != segment.plain_len as usize {
+            return Err(other("a segment decrypted to a wrong length"));
+        }
+        Ok(plain)
+    }
+
+    /// Remove the object `name`: from the index, then its shards from the nodes.
+    pub async fn remove(&self, name: &str) -> Result<IndexEntry, StorageError> {
+        let (pointer, mut index) = self.index().await?;
+        let entry = index.objects.remove(name).ok_or_else(|| {
+            other(format!(
+                "no object named {name:?} (see `peergrid store ls`)"
+            ))
+        })?;
+        let holdings = self.writable_holdings().await?;
+        self.save_index(&holdings, pointer.as_ref(), &index).await?;
+        self.delete_object(&entry.capability, &HashSet::new()).await;
+        Ok(entry)
+    }
+
+    /// Best effort: delete an object's shards and manifest, except those in `keep`.
+    async fn delete_object(&self, cap: &Capability, keep: &HashSet<Hash>) {
+        let Ok((manifest, holdings)) = self.open(cap).await else {
+            return;
+        };
+        let mut ids: Vec<Hash> = manifest
+            .placements()
+            .map(|(h, _)| h)
+            .filter(|h| !keep.contains(h))
+            .collect();
+        ids.push(cap.manifest);
+        for h in &holdings {
+            if let Ok(peer) = h.peer_id() {
+                for chunk in ids.chunks(wire::IDS_MAX) {
+                    if let Err(e) = wire::delete(&self.mesh, peer, h.contract, chunk.to_vec()).await
+                    {
+                        debug!(node = h.node, error = %e, "cannot delete shards");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Challenge the nodes holding `cap`'s object: `samples` random shards, one random
+    /// leaf each. Results per node.
+    pub async fn audit(
+        &self,
+        cap: &Capability,
+        samples: usize,
+    ) -> Result<Vec<AuditResult>, StorageError> {
+        let (manifest, holdings) = self.open(cap).await?;
+        let peers: HashMap<NodeId, PeerId> = holdings
+            .iter()
+            .filter_map(|h| Some((h.node, h.peer_id().ok()?)))
+            .collect();
+        let placements: Vec<(Hash, NodeId, u64)> = manifest
+            .segments
+            .iter()
+            .flat_map(|s| {
+                let len = manifest.scheme.shard_len(s.sealed_len as usize) as u64;
+                s.shards
+                    .iter()
+                    .zip(&s.nodes)
+                    .map(move |(h, n)| (*h, *n, len))
+            })
+            .collect();
+        let mut results: BTreeMap<NodeId, AuditResult> = BTreeMap::new();
+        let picks = sample(placements.len(), samples);
+        let checks = futures::future::join_all(picks.into_iter().map(|i| {
+            let (id, node, len) = placements[i];
+            let peer = peers.get(&node).copied();
+            async move {
+                let leaf = random_below(crate::shard::leaves(len));
+                let outcome = match peer {
+                    None => Err(format!(
+                        "node {node} no longer holds a contract of the owner"
+                    )),
+                    Some(p) => match wire::audit(&self.mesh, p, id, leaf).await {
+                        Ok(true) => Ok(()),
+                        Ok(false) => {
+                            Err(format!("node {node} answered a wrong proof for shard {id}"))
+                        }
+                        Err(e) => Err(e.to_string()),
+                    },
+                };
+                (node, outcome)
+            }
+        }))
+        .await;
+        for (node, outcome) in checks {
+            let r = results.entry(node).or_insert_with(|| AuditResult {
+                node,
+                passed: 0,
+                failed: 0,
+                last_error: None,
+                at_ms: now_ms(),
+            });
+            match outcome {
+                Ok(()) => r.passed += 1,
+                Err(e) => {
+                    r.failed += 1;
+                    r.last_error = Some(e);
+                }
+            }
+        }
+        Ok(results.into_values().collect())
+    }
+}
+
+/// How one node did in an audit.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AuditResult {
+    /// The node.
+    pub node: NodeId,
+    /// Challenges answered with a valid proof.
+    pub passed: u32,
+    /// Challenges failed (no answer, refused, or a wrong proof).
+    pub failed: u32,
+    /// Why the last one failed.
+    pub last_error: Option<String>,
+    /// Unix ms of the audit.
+    pub at_ms: u64,
+}
+
+fn random_below(n: u64) -> u64 {
+    let mut b = [0u8; 8];
+    let _ = getrandom::fill(&mut b);
+    u64::from_le_bytes(b) % n.max(1)
+}
+
+/// `count` distinct indices below `n` (all of them when `count >= n`).
+fn sample(n: usize, count: usize) -> Vec<usize> {
+    let mut all: Vec<usize> = (0..n).collect();
+    for i in 0..all.len() {
+        let j = i + random_below((all.len() - i) as u64) as usize;
+        all.swap(i, j);
+    }
+    all.truncate(count);
+    all
+}
+
+/// Seal and erasure-code one segment: its shards and its manifest entry.
+fn encode_segment(
+    keys: &StorageKeys,
+    salt: &[u8; 32],
+    scheme: Scheme,
+    plain: &[u8],
+) -> Result<(Vec<Vec<u8>>, Segment), String> {
+    let key = keys.content_key(salt, plain);
+    let sealed = crypto::seal(Cipher::Aes256Gcm, &key, None, plain);
+    let shards = erasure::encode(scheme, &sealed).map_err(|e| e.to_string())?;
+    let ids = shards.iter().map(|s| shard_id(s)).collect();
+    Ok((
+        shards,
+        Segment {
+            plain_len: plain.len() as u32,
+            sealed_len: sealed.len() as u32,
+            key,
+            shards: ids,
+            nodes: vec![0; scheme.n()],
+        },
+    ))
+}
+
+/// The single-pass pipeline alone, in memory, one core: seal, erasure-code and address
+/// `data` in segments; what `peergrid bench storage` measures put and get against.
+pub fn pipeline_only(keys: &StorageKeys, scheme: Scheme, data: &[u8], cipher: Cipher) -> usize {
+    let salt = keys.object_salt("bench");
+    let mut shards = 0;
+    for plain in data.chunks(SEGMENT_BYTES as usize) {
+        let key = keys.content_key(&salt, plain);
+        let sealed = crypto::seal(cipher, &key, None, plain);
+        if let Ok(s) = erasure::encode(scheme, &sealed) {
+            shards += s.iter().filter(|s| shard_id(s) != Hash::ZERO).count();
+        }
+    }
+    shards
+}
+
+/// Bytes for people: `1.5 GiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// What `peergrid bench storage` measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    /// Bytes put and got.
+    pub bytes: u64,
+    /// The scheme used.
+    pub scheme: String,
+    /// Put, bytes per second.
+    pub put_per_sec: f64,
+    /// Get, bytes per second.
+    pub get_per_sec: f64,
+    /// The pipeline alone (AES-256-GCM), in memory, one core, bytes per second.
+    pub ceiling_aes_per_sec: f64,
+    /// The same with ChaCha20-Poly1305.
+    pub ceiling_chacha_per_sec: f64,
+}
+
+impl Storage {
+    /// Put and get `bytes` of random data as `bench/<n>` on the owner's storage, next to
+    /// the in-memory pipeline over the same bytes; the object is removed afterwards.
+    pub async fn bench(
+        &self,
+        bytes: u64,
+        scheme: Option<Scheme>,
+        progress: Progress<'_>,
+    ) -> Result<BenchReport, StorageError> {
+        let dir =
+            std::env::temp_dir().join(format!("peergrid-bench-storage-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|source| StorageError::File {
+            what: "cannot create",
+            path: dir.clone(),
+            source,
+        })?;
+        let input = dir.join("input.bin");
+        let output = dir.join("output.bin");
+        let result = async {
+            let data = tokio::task::spawn_blocking(move || {
+                let mut data = vec![0u8; bytes as usize];
+                let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+                for chunk in data.chunks_mut(8) {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let b = x.to_le_bytes();
+                    chunk.copy_from_slice(&b[..chunk.len()]);
+                }
+                data
+            })
+            .await
+            .map_err(|e| other(e.to_string()))?;
+            tokio::fs::write(&input, &data)
+                .await
+                .map_err(|source| StorageError::File {
+                    what: "cannot write",
+                    path: input.clone(),
+                    source,
+                })?;
+            let holdings = self.writable_holdings().await?;
+            let scheme = scheme.unwrap_or_else(|| Scheme::for_nodes(holdings.len()));
+            // The ceiling: the same bytes through seal + erasure code + addresses, one core.
+            let keys = self.keys.clone();
+            let (aes, chacha, data) = tokio::task::spawn_blocking(move || {
+                let t = std::time::Instant::now();
+                pipeline_only(&keys, scheme, &data, Cipher::Aes256Gcm);
+                let aes = t.elapsed().as_secs_f64();
+                let t = std::time::Instant::now();
+                pipeline_only(&keys, scheme, &data, Cipher::ChaCha20Poly1305);
+                (aes, t.elapsed().as_secs_f64(), data)
+            })
+            .await
+            .map_err(|e| other(e.to_string()))?;
+            let name = format!("bench/{}", now_ms());
+            let t = std::time::Instant::now();
+            let report = self.put(&input, &name, Some(scheme), progress).await?;
+            let put = t.elapsed().as_secs_f64();
+            let t = std::time::Instant::now();
+            self.get(&report.capability, &output, None, progress)
+                .await?;
+            let get = t.elapsed().as_secs_f64();
+            let back = tokio::fs::read(&output)
+                .await
+                .map_err(|source| StorageError::File {
+                    what: "cannot read",
+                    path: output.clone(),
+                    source,
+                })?;
+            if back != data {
+                return Err(other("the object read back differs from what was put"));
+            }
+            let _ = self.remove(&name).await;
+            let b = bytes as f64;
+            Ok(BenchReport {
+                bytes,
+                scheme: scheme.to_string(),
+                put_per_sec: b / put,
+                get_per_sec: b / get,
+                ceiling_aes_per_sec: b / aes,
+                ceiling_chacha_per_sec: b / chacha,
+            })
+        }
+        .await;
+        let _ = std::fs::remove_dir_all(&dir);
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_seal_and_code_deterministically_per_name() {
+        let keys = StorageKeys::of(&Keypair::from_seed([5; 32]));
+        let salt = keys.object_salt("a");
+        let scheme = Scheme { k: 3, m: 2 };
+        let data = vec![42u8; 100_000];
+        let (s1, e1) = encode_segment(&keys, &salt, scheme, &data).expect("encode");
+        let (s2, e2) = encode_segment(&keys, &salt, scheme, &data).expect("encode");
+        assert_eq!(s1, s2, "a retried put sends the same shards");
+        assert_eq!(e1, e2);
+        let (_, other_name) =
+            encode_segment(&keys, &keys.object_salt("b"), scheme, &data).expect("encode");
+        assert_ne!(
+            e1.shards, other_name.shards,
+            "another name never shares shards"
+        );
+        // Any three shards open the segment.
+        let partial: Vec<Option<Vec<u8>>> = s1
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (i >= 2).then(|| s.clone()))
+            .collect();
+        let sealed = erasure::decode(scheme, &partial, e1.sealed_len as usize).expect("decode");
+        assert_eq!(
+            crypto::open(Cipher::Aes256Gcm, &e1.key, "t", sealed).expect("open"),
+            data
+        );
+    }
+
+    #[test]
+    fn farms_alternate_and_samples_are_distinct() {
+        let h = |node, farm| Holding {
+            contract: node as u64,
+            node,
+            farm,
+            peer: String::new(),
+            quota: 0,
+            status: NodeStatus::Up,
+            in_grace: false,
+        };
+        let order: Vec<FarmId> =
+            spread_over_farms(vec![h(1, 1), h(2, 1), h(3, 1), h(4, 2), h(5, 2)])
+                .iter()
+                .map(|h| h.farm)
+                .collect();
+        assert_eq!(order, vec![1, 2, 1, 2, 1]);
+        let s = sample(10, 4);
+        assert_eq!(s.len(), 4);
+        assert_eq!(s.iter().collect::<HashSet<_>>().len(), 4);
+        assert_eq!(sample(3, 10).len(), 3);
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+    }
+}

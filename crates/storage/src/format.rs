@@ -1,0 +1,416 @@
+//! What storage writes and reads: manifests, capabilities, the owner index and its
+//! signed pointer. Each format starts with a version byte; a reader decodes every
+//! version up to its own and refuses newer ones with a message saying to upgrade. Every
+//! decoder has a size limit and never panics on arbitrary bytes (tested).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use borsh::{BorshDeserialize, BorshSerialize};
+use peergrid_core::tx::Signature;
+use peergrid_core::{AccountId, Hash, Keypair, NodeId};
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::Cipher;
+use crate::erasure::Scheme;
+
+/// The version of every format this build writes.
+pub const FORMAT_VERSION: u8 = 1;
+/// Largest manifest read (about 2.8 million shards' addresses).
+pub const MANIFEST_BYTES_MAX: usize = 128 << 20;
+/// Largest owner index read.
+pub const INDEX_BYTES_MAX: usize = 64 << 20;
+/// Largest pointer record.
+pub const POINTER_BYTES_MAX: usize = 512;
+/// Longest object name, in bytes.
+pub const NAME_BYTES_MAX: usize = 1024;
+/// What owners sign their index pointer under.
+pub const POINTER_NAMESPACE: &[u8] = b"_PEERGRID_STORAGE_POINTER";
+
+/// A stored format could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FormatError {
+    /// Empty or cut short.
+    #[error("{what} is empty")]
+    Empty {
+        /// Which format.
+        what: &'static str,
+    },
+    /// Written by a newer peergrid.
+    #[error(
+        "{what} has format version {found}; this peergrid reads up to {FORMAT_VERSION}: upgrade peergrid"
+    )]
+    Newer {
+        /// Which format.
+        what: &'static str,
+        /// The version found.
+        found: u8,
+    },
+    /// Not decodable.
+    #[error("{what} is malformed: {reason}")]
+    Malformed {
+        /// Which format.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Encode `value` behind the current version byte.
+pub fn encode_versioned<T: BorshSerialize>(value: &T) -> Vec<u8> {
+    let mut out = vec![FORMAT_VERSION];
+    out.extend(peergrid_core::codec::encode(value));
+    out
+}
+
+/// Decode a versioned `T` of at most `max` bytes.
+pub fn decode_versioned<T: BorshDeserialize>(
+    what: &'static str,
+    bytes: &[u8],
+    max: usize,
+) -> Result<T, FormatError> {
+    let (&version, body) = bytes.split_first().ok_or(FormatError::Empty { what })?;
+    if version > FORMAT_VERSION {
+        return Err(FormatError::Newer {
+            what,
+            found: version,
+        });
+    }
+    if version == 0 {
+        return Err(FormatError::Malformed {
+            what,
+            reason: "version 0 was never written".into(),
+        });
+    }
+    peergrid_core::codec::decode(what, body, max).map_err(|e| FormatError::Malformed {
+        what,
+        reason: e.to_string(),
+    })
+}
+
+/// One segment of an object: its key and its shards.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct Segment {
+    /// Plaintext bytes.
+    pub plain_len: u32,
+    /// Sealed bytes (nonce, ciphertext and tag) that were erasure-coded.
+    pub sealed_len: u32,
+    /// The key that seals it.
+    pub key: [u8; 32],
+    /// The address of each of its `k + m` shards, data shards first.
+    pub shards: Vec<Hash>,
+    /// The node each shard was put on (a hint: repair may move a shard, and readers
+    /// then find it by asking the owner's storage nodes).
+    pub nodes: Vec<NodeId>,
+}
+
+/// Everything needed to read one object, given the key that opens it.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct Manifest {
+    /// The object's name when it was put.
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Plaintext bytes per segment (the last may be shorter).
+    pub segment_bytes: u32,
+    /// The AEAD of every segment.
+    pub cipher: Cipher,
+    /// The erasure code of every segment.
+    pub scheme: Scheme,
+    /// Unix ms when it was put.
+    pub created_ms: u64,
+    /// Its segments in order.
+    pub segments: Vec<Segment>,
+}
+
+impl Manifest {
+    /// Decode and check a manifest's internal consistency.
+    pub fn decode(bytes: &[u8]) -> Result<Manifest, FormatError> {
+        let m: Manifest = decode_versioned("manifest", bytes, MANIFEST_BYTES_MAX)?;
+        let bad = |reason: String| FormatError::Malformed {
+            what: "manifest",
+            reason,
+        };
+        m.scheme.check().map_err(bad)?;
+        if m.segment_bytes == 0 {
+            return Err(bad("segments of 0 bytes".into()));
+        }
+        let mut total = 0u64;
+        for (i, s) in m.segments.iter().enumerate() {
+            if s.shards.len() != m.scheme.n() || s.nodes.len() != m.scheme.n() {
+                return Err(bad(format!("segment {i} lists a wrong number of shards")));
+            }
+            if s.plain_len > m.segment_bytes {
+                return Err(bad(format!("segment {i} is longer than a segment")));
+            }
+            total += u64::from(s.plain_len);
+        }
+        if total != m.size {
+            return Err(bad(format!(
+                "segments add up to {total} bytes, the object has {}",
+                m.size
+            )));
+        }
+        Ok(m)
+    }
+
+    /// Every shard address with the node it was put on.
+    pub fn placements(&self) -> impl Iterator<Item = (Hash, NodeId)> + '_ {
+        self.segments
+            .iter()
+            .flat_map(|s| s.shards.iter().copied().zip(s.nodes.iter().copied()))
+    }
+}
+
+/// What reads an object: whose it is, where its manifest is, and the key that opens it.
+/// Hand it to anyone to share the object; it is the only secret needed.
+#[derive(Clone, Copy, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct Capability {
+    /// The owner, whose storage contracts name the nodes that hold the shards.
+    pub owner: AccountId,
+    /// The address of the sealed manifest.
+    pub manifest: Hash,
+    /// The key that opens the manifest.
+    pub key: [u8; 32],
+    /// The AEAD of the manifest.
+    pub cipher: Cipher,
+}
+
+impl fmt::Debug for Capability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "Capability({}, manifest {:?}, key …)",
+            self.owner, self.manifest
+        )
+    }
+}
+
+const CAPABILITY_PREFIX: &str = "pg1";
+
+impl fmt::Display for Capability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let bytes = encode_versioned(self);
+        write!(
+            f,
+            "{CAPABILITY_PREFIX}{}",
+            bs58::encode(bytes).into_string()
+        )
+    }
+}
+
+impl FromStr for Capability {
+    type Err = FormatError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = |reason: &str| FormatError::Malformed {
+            what: "capability",
+            reason: format!(
+                "{reason}; a capability starts with {CAPABILITY_PREFIX} (from `peergrid store share NAME`)"
+            ),
+        };
+        let body = s
+            .trim()
+            .strip_prefix(CAPABILITY_PREFIX)
+            .ok_or_else(|| bad("wrong prefix"))?;
+        let bytes = bs58::decode(body)
+            .into_vec()
+            .map_err(|_| bad("not base58"))?;
+        decode_versioned("capability", &bytes, 256)
+    }
+}
+
+impl Serialize for Capability {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Capability {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <String as Deserialize>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Check an object name: 1 to 1,024 bytes of UTF-8, no control characters, not a
+/// capability (so `get` can tell the two apart).
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > NAME_BYTES_MAX {
+        return Err(format!(
+            "an object name has 1 to {NAME_BYTES_MAX} bytes, not {}",
+            name.len()
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(format!(
+            "{name:?} has control characters; use printable names like photos/cat.jpg"
+        ));
+    }
+    if name.starts_with(CAPABILITY_PREFIX) && name.parse::<Capability>().is_ok() {
+        return Err("that name is a capability; choose another name".into());
+    }
+    Ok(())
+}
+
+/// One object in the owner index.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize, Serialize, Deserialize)]
+pub struct IndexEntry {
+    /// What reads it.
+    pub capability: Capability,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Unix ms when it was put.
+    pub created_ms: u64,
+    /// Its erasure code.
+    pub scheme: Scheme,
+}
+
+/// The owner's names for their objects; stored sealed, like an object, on every node of
+/// the owner's storage contracts.
+#[derive(Clone, Debug, Default, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct Index {
+    /// Objects by name.
+    pub objects: BTreeMap<String, IndexEntry>,
+}
+
+/// Where the owner's newest index is.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct Pointer {
+    /// Whose index.
+    pub owner: AccountId,
+    /// Grows with every new index; nodes keep the highest they were given.
+    pub seq: u64,
+    /// The sealed index's shard address.
+    pub index: Hash,
+}
+
+/// A [`Pointer`] signed by its owner.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct SignedPointer {
+    /// The pointer.
+    pub pointer: Pointer,
+    /// The owner's signature over its encoding.
+    pub signature: Signature,
+}
+
+impl SignedPointer {
+    /// Sign `pointer` with its owner's key.
+    pub fn sign(owner: &Keypair, pointer: Pointer) -> SignedPointer {
+        let signature =
+            Signature(owner.sign(POINTER_NAMESPACE, &peergrid_core::codec::encode(&pointer)));
+        SignedPointer { pointer, signature }
+    }
+
+    /// Whether the owner it names signed it.
+    pub fn verify(&self) -> bool {
+        self.signature.verify(
+            &self.pointer.owner,
+            POINTER_NAMESPACE,
+            &peergrid_core::codec::encode(&self.pointer),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn manifest() -> Manifest {
+        Manifest {
+            name: "a/b".into(),
+            size: 10,
+            segment_bytes: 8,
+            cipher: Cipher::Aes256Gcm,
+            scheme: Scheme { k: 2, m: 1 },
+            created_ms: 5,
+            segments: vec![
+                Segment {
+                    plain_len: 8,
+                    sealed_len: 36,
+                    key: [1; 32],
+                    shards: vec![Hash::of(b"1"), Hash::of(b"2"), Hash::of(b"3")],
+                    nodes: vec![1, 2, 3],
+                },
+                Segment {
+                    plain_len: 2,
+                    sealed_len: 30,
+                    key: [2; 32],
+                    shards: vec![Hash::of(b"4"), Hash::of(b"5"), Hash::of(b"6")],
+                    nodes: vec![1, 2, 3],
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn formats_round_trip_and_refuse_what_they_cannot_read() {
+        let m = manifest();
+        assert_eq!(Manifest::decode(&encode_versioned(&m)).expect("decodes"), m);
+        let mut newer = encode_versioned(&m);
+        newer[0] = FORMAT_VERSION + 1;
+        assert!(matches!(
+            Manifest::decode(&newer),
+            Err(FormatError::Newer { .. })
+        ));
+        let mut inconsistent = m.clone();
+        inconsistent.size = 11;
+        assert!(
+            Manifest::decode(&encode_versioned(&inconsistent))
+                .expect_err("inconsistent")
+                .to_string()
+                .contains("add up")
+        );
+
+        let owner = Keypair::from_seed([4; 32]);
+        let cap = Capability {
+            owner: owner.account(),
+            manifest: Hash::of(b"m"),
+            key: [9; 32],
+            cipher: Cipher::Aes256Gcm,
+        };
+        let text = cap.to_string();
+        assert!(text.starts_with("pg1"));
+        assert_eq!(text.parse::<Capability>().expect("parses"), cap);
+        assert!("pg1xyz0".parse::<Capability>().is_err());
+        assert!(check_name(&text).is_err(), "a capability is not a name");
+        assert!(check_name("photos/cat.jpg").is_ok());
+        assert!(check_name("").is_err());
+
+        let p = SignedPointer::sign(
+            &owner,
+            Pointer {
+                owner: owner.account(),
+                seq: 3,
+                index: Hash::of(b"i"),
+            },
+        );
+        assert!(p.verify());
+        let mut forged = p.clone();
+        forged.pointer.seq = 4;
+        assert!(!forged.verify());
+    }
+
+    proptest! {
+        #[test]
+        fn decoders_never_panic_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let _ = Manifest::decode(&bytes);
+            let _ = decode_versioned::<Index>("index", &bytes, INDEX_BYTES_MAX);
+            let _ = decode_versioned::<SignedPointer>("pointer", &bytes, POINTER_BYTES_MAX);
+            let _ = decode_versioned::<Capability>("capability", &bytes, 256);
+            let _ = String::from_utf8_lossy(&bytes).parse::<Capability>();
+        }
+
+        #[test]
+        fn altered_manifests_are_refused_or_decode_consistently(flip in 0usize..400, bit in 0u8..8) {
+            let mut bytes = encode_versioned(&manifest());
+            let i = flip % bytes.len();
+            bytes[i] ^= 1 << bit;
+            if let Ok(m) = Manifest::decode(&bytes) {
+                prop_assert_eq!(m.segments.iter().map(|s| u64::from(s.plain_len)).sum::<u64>(), m.size);
+            }
+        }
+    }
+}

@@ -1,0 +1,642 @@
+//! The node's shard store and its side of `/peergrid/shard/1`.
+//!
+//! Shards live in a folder per storage contract (`<contract dir>/shards/<address>`),
+//! so the contract's end removes them with the folder. A shard is written to a
+//! temporary file while its address is computed, synced, and renamed into place only
+//! when the bytes match the address: a crash leaves no partial shard visible, and
+//! temporary files are removed when the contract's folder is next scanned. Every read
+//! is checked against the address again; a shard that no longer matches (a failing
+//! disk) is moved aside and no longer served. Writes are refused beyond the contract's
+//! reservation, and a contract in grace refuses reads and writes but keeps the data.
+//!
+//! The node tells the store which contracts exist through [`ShardStore::set_contracts`];
+//! the store never asks the ledger itself, and acts only for contracts it was given.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use peergrid_core::{AccountId, ContractId, Hash};
+use peergrid_mesh::{Mesh, PeerId};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::sync::Semaphore;
+use tracing::{debug, info, warn};
+
+use crate::format::{POINTER_BYTES_MAX, SignedPointer, decode_versioned, encode_versioned};
+use crate::shard::{ShardHasher, prove};
+use crate::wire::{
+    self, ContractUsage, HEADER_TIMEOUT, IDS_MAX, Request, Response, SHARD_BYTES_MAX, deadline,
+};
+
+/// Shard streams served at once, from all peers.
+pub const STREAMS_MAX: usize = 64;
+/// Shard streams served at once for one peer.
+pub const STREAMS_PER_PEER_MAX: usize = 16;
+/// What a read of a shard in a contract in grace answers.
+pub const GRACE_REFUSAL: &str = "contract in grace period: top up";
+
+/// What the store needs to know of one storage contract on this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContractAccess {
+    /// Who may write and delete.
+    pub owner: AccountId,
+    /// Bytes reserved.
+    pub quota: u64,
+    /// In grace: refuse reads and writes, keep the data.
+    pub paused: bool,
+    /// The contract's folder.
+    pub dir: PathBuf,
+}
+
+#[derive(Default)]
+struct State {
+    contracts: HashMap<ContractId, ContractAccess>,
+    /// Bytes stored (and being written) per contract.
+    used: HashMap<ContractId, u64>,
+    /// Which contract holds each shard.
+    location: HashMap<Hash, ContractId>,
+}
+
+/// Counters for the node's metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct StoreStats {
+    /// Shards stored since start.
+    pub puts: u64,
+    /// Shards served since start.
+    pub gets: u64,
+    /// Audits answered.
+    pub audits: u64,
+    /// Requests refused.
+    pub refused: u64,
+    /// Shards found corrupt on read and moved aside.
+    pub corrupt: u64,
+}
+
+/// The node's shards.
+pub struct ShardStore {
+    pointers: PathBuf,
+    state: Mutex<State>,
+    stats: Mutex<StoreStats>,
+}
+
+fn shards_dir(contract_dir: &Path) -> PathBuf {
+    contract_dir.join("shards")
+}
+
+fn shard_path(contract_dir: &Path, id: &Hash) -> PathBuf {
+    shards_dir(contract_dir).join(id.to_string())
+}
+
+impl ShardStore {
+    /// A store that keeps owners' pointers in `pointers_dir`.
+    pub fn new(pointers_dir: PathBuf) -> std::io::Result<ShardStore> {
+        std::fs::create_dir_all(&pointers_dir)?;
+        Ok(ShardStore {
+            pointers: pointers_dir,
+            state: Mutex::new(State::default()),
+            stats: Mutex::new(StoreStats::default()),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock leaves maps that are still consistent enough to serve.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn count(&self, f: impl FnOnce(&mut StoreStats)) {
+        f(&mut self.stats.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> StoreStats {
+        *self.stats.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Bytes stored per contract.
+    pub fn used(&self) -> HashMap<ContractId, u64> {
+        self.state().used.clone()
+    }
+
+    /// Replace the set of storage contracts this store serves. Folders of contracts new to
+    /// the store are scanned (leftover temporary files removed, shards indexed).
+    pub fn set_contracts(&self, contracts: HashMap<ContractId, ContractAccess>) {
+        let new: Vec<(ContractId, PathBuf)> = {
+            let state = self.state();
+            contracts
+                .iter()
+                .filter(|(id, c)| state.contracts.get(id).is_none_or(|old| old.dir != c.dir))
+                .map(|(id, c)| (*id, c.dir.clone()))
+                .collect()
+        };
+        let scanned: Vec<(ContractId, Vec<(Hash, u64)>)> =
+            new.into_iter().map(|(id, dir)| (id, scan(&dir))).collect();
+        let mut state = self.state();
+        let gone: Vec<ContractId> = state
+            .contracts
+            .keys()
+            .filter(|id| !contracts.contains_key(id))
+            .copied()
+            .collect();
+        for id in gone {
+            state.used.remove(&id);
+            state.location.retain(|_, c| *c != id);
+        }
+        for (id, shards) in scanned {
+            let total = shards.iter().map(|(_, l)| l).sum();
+            state.location.retain(|_, c| *c != id);
+            for (h, _) in shards {
+                state.location.insert(h, id);
+            }
+            state.used.insert(id, total);
+        }
+        state.contracts = contracts;
+    }
+
+    fn pointer_path(&self, owner: &AccountId) -> PathBuf {
+        self.pointers.join(format!("{}.bin", hex::encode(owner.0)))
+    }
+
+    /// The newest pointer kept for `owner`.
+    pub fn pointer(&self, owner: &AccountId) -> Option<SignedPointer> {
+        let bytes = std::fs::read(self.pointer_path(owner)).ok()?;
+        decode_versioned("pointer", &bytes, POINTER_BYTES_MAX).ok()
+    }
+
+    async fn handle(
+        &self,
+        peer: AccountId,
+        stream: &mut peergrid_mesh::Stream,
+    ) -> std::io::Result<()> {
+        let request = deadline(
+            HEADER_TIMEOUT,
+            "reading the request",
+            wire::read_request(stream),
+        )
+        .await?;
+        let answer = match request {
+            Request::Put { contract, id, len } => {
+                return self.put(peer, stream, contract, id, len).await;
+            }
+            Request::Get { id } => return self.get(stream, id).await,
+            Request::Has { ids } => self.has(ids),
+            Request::Audit { id, leaf } => self.audit(id, leaf).await,
+            Request::Delete { contract, ids } => self.delete(peer, contract, ids).await,
+            Request::Usage { contracts } => self.usage(peer, contracts),
+            Request::PutPointer(p) => self.put_pointer(p),
+            Request::GetPointer { owner } => Response::Pointer(self.pointer(&owner)),
+        };
+        if matches!(answer, Response::Refused(_)) {
+            self.count(|s| s.refused += 1);
+        }
+        wire::write_response(stream, &answer).await?;
+        stream.close().await
+    }
+
+    /// The writable contract `contract` for `peer`, or the reason it is not.
+    fn writable(&self, peer: &AccountId, contract: ContractId) -> Result<ContractAccess, String> {
+        let state = self.state();
+        let c = state.contracts.get(&contract).ok_or_else(|| {
+            format!("contract {contract} is not a storage contract on this node (check `peergrid contract show {contract}`)")
+        })?;
+        if c.owner != *peer {
+            return Err(format!(
+                "contract {contract} belongs to {}, not to you",
+                c.owner
+            ));
+        }
+        if c.paused {
+            return Err(GRACE_REFUSAL.to_string());
+        }
+        Ok(c.clone())
+    }
+
+    async fn put(
+        &self,
+        peer: AccountId,
+        stream: &mut peergrid_mesh::Stream,
+        contract: ContractId,
+        id: Hash,
+        len: u64,
+    ) -> std::io::Result<()> {
+        let access = match self.writable(&peer, contract) {
+            Ok(a) => a,
+            Err(reason) => return self.refuse(stream, reason).await,
+        };
+        if len > SHARD_BYTES_MAX {
+            return self
+                .refuse(
+                    stream,
+                    format!("a shard has at most {SHARD_BYTES_MAX} bytes, not {len}"),
+                )
+                .await;
+        }
+        // Reserve the bytes before receiving them, so concurrent puts cannot overrun the quota.
+        let reserved: Result<Option<u64>, String> = (|| {
+            let mut state = self.state();
+            if state.location.get(&id) == Some(&contract) {
+                return Ok(None);
+            }
+            let used = state.used.get(&contract).copied().unwrap_or(0);
+            if used.saturating_add(len) > access.quota {
+                return Err(format!(
+                    "contract {contract} reserves {} bytes, {used} are used and this shard needs {len}: reserve more with `peergrid store reserve`",
+                    access.quota
+                ));
+            }
+            state.used.insert(contract, used + len);
+            Ok(Some(len))
+        })();
+        let reserved = match reserved {
+            Ok(r) => r,
+            Err(reason) => return self.refuse(stream, reason).await,
+        };
+        let Some(len) = reserved else {
+            wire::write_response(stream, &Response::Have).await?;
+            return stream.close().await;
+        };
+        let result = self.receive(stream, &access.dir, id, len).await;
+        {
+            let mut state = self.state();
+            // A failed write frees its bytes; so does a second put of the same shard.
+            if (result.is_err() || state.location.insert(id, contract) == Some(contract))
+                && let Some(u) = state.used.get_mut(&contract)
+            {
+                *u = u.saturating_sub(len);
+            }
+        }
+        match result {
+            Ok(()) => {
+                self.count(|s| s.puts += 1);
+                wire::write_response(stream, &Response::Stored).await?;
+                stream.close().await
+            }
+            Err(e) => match e {
+                Receive::Refused(reason) => self.refuse(stream, reason).await,
+                Receive::Io(e) => Err(e),
+            },
+        }
+    }
+
+    /// Receive `len` bytes into a temporary file and move it into place if they match `id`.
+    async fn receive(
+        &self,
+        stream: &mut peergrid_mesh::Stream,
+        dir: &Path,
+        id: Hash,
+        len: u64,
+    ) -> Result<(), Receive> {
+        let shards = shards_dir(dir);
+        tokio::fs::create_dir_all(&shards)
+            .await
+            .map_err(Receive::Io)?;
+        let tmp = shards.join(format!(".tmp-{id}-{:016x}", rand_u64()));
+        let outcome = async {
+            wire::write_response(stream, &Response::Ready)
+                .await
+                .map_err(Receive::Io)?;
+            let mut file = tokio::fs::File::create(&tmp).await.map_err(Receive::Io)?;
+            let mut hasher = ShardHasher::default();
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut left = len;
+            while left > 0 {
+                let want = (left as usize).min(buf.len());
+                deadline(
+                    wire::IDLE_TIMEOUT,
+                    "receiving shard bytes",
+                    stream.read_exact(&mut buf[..want]),
+                )
+                .await
+                .map_err(Receive::Io)?;
+                hasher.update(&buf[..want]);
+                file.write_all(&buf[..want]).await.map_err(Receive::Io)?;
+                left -= want as u64;
+            }
+            let got = hasher.finalize();
+            if got != id {
+                return Err(Receive::Refused(format!(
+                    "the bytes sent hash to {got}, not to {id}: nothing was stored"
+                )));
+            }
+            file.sync_all().await.map_err(Receive::Io)?;
+            drop(file);
+            tokio::fs::rename(&tmp, shard_path(dir, &id))
+                .await
+                .map_err(Receive::Io)?;
+            if let Ok(d) = tokio::fs::File::open(&shards).await {
+                let _ = d.sync_all().await;
+            }
+            Ok(())
+        }
+        .await;
+        if outcome.is_err() {
+            let _ = tokio::fs::remove_file(&tmp).await;
+        }
+        outcome
+    }
+
+    /// The folder of the contract holding `id`, or the reason it cannot be served.
+    fn readable(&self, id: &Hash) -> Result<(ContractId, PathBuf), String> {
+        let state = self.state();
+        let contract = state
+            .location
+            .get(id)
+            .copied()
+            .ok_or_else(|| format!("no shard {id} here"))?;
+        let c = state
+            .contracts
+            .get(&contract)
+            .ok_or_else(|| format!("no shard {id} here"))?;
+        if c.paused {
+            return Err(GRACE_REFUSAL.to_string());
+        }
+        Ok((contract, c.dir.clone()))
+    }
+
+    async fn get(&self, stream: &mut peergrid_mesh::Stream, id: Hash) -> std::io::Result<()> {
+        let (contract, dir) = match self.readable(&id) {
+            Ok(x) => x,
+            Err(reason) => return self.refuse(stream, reason).await,
+        };
+        let path = shard_path(&dir, &id);
+        let mut file = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
+            Err(e) => {
+                self.forget(contract, id, 0);
+                return self
+                    .refuse(stream, format!("shard {id} is lost here: {e}"))
+                    .await;
+            }
+        };
+        let len = file.metadata().await?.len();
+        wire::write_response(stream, &Response::Data { len }).await?;
+        let mut hasher = ShardHasher::default();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut left = len;
+        while left > 0 {
+            let want = (left as usize).min(buf.len());
+            file.read_exact(&mut buf[..want]).await?;
+            hasher.update(&buf[..want]);
+            deadline(
+                wire::IDLE_TIMEOUT,
+                "sending shard bytes",
+                stream.write_all(&buf[..want]),
+            )
+            .await?;
+            left -= want as u64;
+        }
+        stream.flush().await?;
+        if hasher.finalize() != id {
+            // The reader checks too and will use another shard; stop serving this one.
+            self.quarantine(contract, &dir, id, len).await;
+        } else {
+            self.count(|s| s.gets += 1);
+        }
+        stream.close().await
+    }
+
+    fn forget(&self, contract: ContractId, id: Hash, len: u64) {
+        let mut state = self.state();
+        if state.location.get(&id) == Some(&contract) {
+            state.location.remove(&id);
+            if let Some(u) = state.used.get_mut(&contract) {
+                *u = u.saturating_sub(len);
+            }
+        }
+    }
+
+    async fn quarantine(&self, contract: ContractId, dir: &Path, id: Hash, len: u64) {
+        warn!(%id, contract, "a stored shard no longer matches its address (failing disk?); moved aside");
+        self.forget(contract, id, len);
+        self.count(|s| s.corrupt += 1);
+        let _ = tokio::fs::rename(
+            shard_path(dir, &id),
+            shards_dir(dir).join(format!(".corrupt-{id}")),
+        )
+        .await;
+    }
+
+    fn has(&self, ids: Vec<Hash>) -> Response {
+        if ids.len() > IDS_MAX {
+            return Response::Refused(format!("at most {IDS_MAX} addresses per request"));
+        }
+        let state = self.state();
+        Response::Has(
+            ids.iter()
+                .map(|id| {
+                    state
+                        .location
+                        .get(id)
+                        .and_then(|c| state.contracts.get(c))
+                        .is_some_and(|c| !c.paused)
+                })
+                .collect(),
+        )
+    }
+
+    async fn audit(&self, id: Hash, leaf: u64) -> Response {
+        let (contract, dir) = match self.readable(&id) {
+            Ok(x) => x,
+            Err(reason) => return Response::Refused(reason),
+        };
+        let bytes = match tokio::fs::read(shard_path(&dir, &id)).await {
+            Ok(b) => b,
+            Err(e) => return Response::Refused(format!("shard {id} is lost here: {e}")),
+        };
+        self.count(|s| s.audits += 1);
+        if crate::shard::shard_id(&bytes) != id {
+            self.quarantine(contract, &dir, id, bytes.len() as u64)
+                .await;
+            return Response::Refused(format!("shard {id} is corrupt here and was moved aside"));
+        }
+        match prove(&bytes, leaf) {
+            Some(proof) => Response::Audit(proof),
+            None => Response::Refused(format!("shard {id} has no leaf {leaf}")),
+        }
+    }
+
+    async fn delete(&self, peer: AccountId, contract: ContractId, ids: Vec<Hash>) -> Response {
+        if ids.len() > IDS_MAX {
+            return Response::Refused(format!("at most {IDS_MAX} addresses per request"));
+        }
+        let access = {
+            let state = self.state();
+            match state.contracts.get(&contract) {
+                Some(c) if c.owner == peer => c.clone(),
+                Some(_) => return Response::Refused(format!("contract {contract} is not yours")),
+                None => {
+                    return Response::Refused(format!(
+                        "contract {contract} is not a storage contract here"
+                    ));
+                }
+            }
+        };
+        let mut removed = 0u32;
+        for id in ids {
+            if self.state().location.get(&id) != Some(&contract) {
+                continue;
+            }
+            let path = shard_path(&access.dir, &id);
+            let len = tokio::fs::metadata(&path)
+                .await
+                .map(|m| m.len())
+                .unwrap_or(0);
+            if tokio::fs::remove_file(&path).await.is_ok() {
+                removed += 1;
+            }
+            self.forget(contract, id, len);
+        }
+        Response::Deleted(removed)
+    }
+
+    fn usage(&self, peer: AccountId, contracts: Vec<ContractId>) -> Response {
+        if contracts.len() > IDS_MAX {
+            return Response::Refused(format!("at most {IDS_MAX} contracts per request"));
+        }
+        let state = self.state();
+        Response::Usage(
+            contracts
+                .into_iter()
+                .filter_map(|id| {
+                    let c = state.contracts.get(&id).filter(|c| c.owner == peer)?;
+                    Some(ContractUsage {
+                        contract: id,
+                        used: state.used.get(&id).copied().unwrap_or(0),
+                        quota: c.quota,
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    fn put_pointer(&self, pointer: SignedPointer) -> Response {
+        let owner = pointer.pointer.owner;
+        let holds = self.state().contracts.values().any(|c| c.owner == owner);
+        if !holds {
+            return Response::Refused(format!(
+                "{owner} has no storage contract on this node; pointers are kept only for owners who pay for storage here"
+            ));
+        }
+        if !pointer.verify() {
+            return Response::Refused("the pointer is not signed by the owner it names".into());
+        }
+        if let Some(kept) = self.pointer(&owner)
+            && kept.pointer.seq >= pointer.pointer.seq
+        {
+            return Response::Done;
+        }
+        let path = self.pointer_path(&owner);
+        match write_atomic(&path, &encode_versioned(&pointer)) {
+            Ok(()) => Response::Done,
+            Err(e) => Response::Refused(format!("cannot keep the pointer: {e}")),
+        }
+    }
+
+    async fn refuse(
+        &self,
+        stream: &mut peergrid_mesh::Stream,
+        reason: String,
+    ) -> std::io::Result<()> {
+        debug!(%reason, "shard request refused");
+        self.count(|s| s.refused += 1);
+        wire::write_response(stream, &Response::Refused(reason)).await?;
+        stream.close().await
+    }
+}
+
+enum Receive {
+    Refused(String),
+    Io(std::io::Error),
+}
+
+/// The shards in a contract folder, with their lengths; temporary files of an
+/// interrupted write are removed.
+fn scan(dir: &Path) -> Vec<(Hash, u64)> {
+    let Ok(entries) = std::fs::read_dir(shards_dir(dir)) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with(".tmp-") {
+            info!(path = %e.path().display(), "removing a shard an interrupted write left");
+            let _ = std::fs::remove_file(e.path());
+            continue;
+        }
+        if let (Ok(id), Ok(meta)) = (name.parse::<Hash>(), e.metadata()) {
+            out.push((id, meta.len()));
+        }
+    }
+    out
+}
+
+fn rand_u64() -> u64 {
+    let mut b = [0u8; 8];
+    let _ = getrandom::fill(&mut b);
+    u64::from_le_bytes(b)
+}
+
+/// Write `bytes` to `path` so that a crash leaves either the old or the new content.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension(format!("tmp-{:x}", rand_u64()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Some(parent) = path.parent()
+            && let Ok(d) = std::fs::File::open(parent)
+        {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Serve `/peergrid/shard/1` from `store` on `mesh` until the mesh stops: streams are
+/// accepted as fast as they arrive and handled concurrently, up to [`STREAMS_MAX`] in all
+/// and [`STREAMS_PER_PEER_MAX`] per peer; a stream beyond either is closed at once.
+#[allow(clippy::result_large_err)] // the mesh's own error, returned once at start
+pub fn serve(
+    mesh: &Mesh,
+    store: Arc<ShardStore>,
+) -> Result<tokio::task::JoinHandle<()>, peergrid_mesh::Error> {
+    let mut incoming = mesh.accept_streams(wire::SHARD_PROTOCOL)?;
+    Ok(tokio::spawn(async move {
+        let all = Arc::new(Semaphore::new(STREAMS_MAX));
+        let per_peer: Arc<Mutex<HashMap<PeerId, Arc<Semaphore>>>> = Arc::default();
+        while let Some((peer, mut stream)) = incoming.next().await {
+            let Ok(global) = all.clone().try_acquire_owned() else {
+                debug!(%peer, "shard stream refused: the node serves {STREAMS_MAX} at once");
+                continue;
+            };
+            let sem = {
+                let mut map = per_peer.lock().unwrap_or_else(|e| e.into_inner());
+                map.retain(|_, s| s.available_permits() < STREAMS_PER_PEER_MAX);
+                map.entry(peer)
+                    .or_insert_with(|| Arc::new(Semaphore::new(STREAMS_PER_PEER_MAX)))
+                    .clone()
+            };
+            let Ok(mine) = sem.try_acquire_owned() else {
+                debug!(%peer, "shard stream refused: over the per-peer limit");
+                continue;
+            };
+            let Ok(account) = peergrid_mesh::identity::account_id(&peer) else {
+                continue;
+            };
+            let store = store.clone();
+            tokio::spawn(async move {
+                if let Err(e) = store.handle(account, &mut stream).await {
+                    debug!(%peer, error = %e, "shard stream ended with an error");
+                }
+                drop((global, mine));
+            });
+        }
+    }))
+}

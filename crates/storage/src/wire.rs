@@ -1,0 +1,502 @@
+//! `/peergrid/shard/1`: shards and the owner's pointer, one request per stream.
+//!
+//! ```text
+//! request:  version: u8 = 1 | len: u32 BE | borsh(Request)   [| shard bytes, for Put after Ready]
+//! response: len: u32 BE | borsh(Response)                    [| shard bytes, for Get's Data]
+//! ```
+//! Shard bytes stream on the mesh's flow-controlled streams, so a slow receiver slows
+//! the sender instead of filling memory; both ends check every shard against its
+//! address. A Put is answered `Have` before any byte moves when the node already holds
+//! the shard, which is what makes a retried upload resume where it stopped.
+
+use std::time::Duration;
+
+use borsh::{BorshDeserialize, BorshSerialize};
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use peergrid_core::{AccountId, ContractId, Hash};
+use peergrid_mesh::{Mesh, PeerId, StreamProtocol};
+
+use crate::format::SignedPointer;
+use crate::shard::{LeafProof, ShardHasher};
+
+/// The shard protocol.
+pub const SHARD_PROTOCOL: StreamProtocol = StreamProtocol::new("/peergrid/shard/1");
+/// The request header's format.
+pub const WIRE_VERSION: u8 = 1;
+/// Largest shard or blob a node accepts (a manifest of a 2 TiB object fits).
+pub const SHARD_BYTES_MAX: u64 = 128 << 20;
+/// Largest request or response header.
+pub const HEADER_BYTES_MAX: usize = 1 << 20;
+/// Most addresses in one `Has` or `Delete`.
+pub const IDS_MAX: usize = 8192;
+/// Bytes per read and write of shard data.
+const CHUNK_BYTES: usize = 64 * 1024;
+/// A header exchange that takes longer is abandoned.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// A transfer that moves no byte for this long is abandoned.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// What a peer asks of a node.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub enum Request {
+    /// Store `len` bytes addressed `id` under storage contract `contract` (its owner only).
+    Put {
+        /// The owner's storage contract on this node.
+        contract: ContractId,
+        /// The shard's address.
+        id: Hash,
+        /// Its length.
+        len: u64,
+    },
+    /// Send the shard addressed `id`.
+    Get {
+        /// The shard's address.
+        id: Hash,
+    },
+    /// Which of `ids` this node holds and serves.
+    Has {
+        /// Shard addresses.
+        ids: Vec<Hash>,
+    },
+    /// Prove holding leaf `leaf` of shard `id`.
+    Audit {
+        /// The shard's address.
+        id: Hash,
+        /// The leaf asked for, chosen at random by the auditor.
+        leaf: u64,
+    },
+    /// Remove shards from a contract (its owner only).
+    Delete {
+        /// The contract.
+        contract: ContractId,
+        /// Shard addresses.
+        ids: Vec<Hash>,
+    },
+    /// Bytes used and reserved in each of the asker's `contracts` here.
+    Usage {
+        /// The contracts.
+        contracts: Vec<ContractId>,
+    },
+    /// Keep the owner's newest index pointer.
+    PutPointer(SignedPointer),
+    /// The newest index pointer of `owner` kept here.
+    GetPointer {
+        /// Whose.
+        owner: AccountId,
+    },
+}
+
+/// One contract's use, as a node counts it.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct ContractUsage {
+    /// The contract.
+    pub contract: ContractId,
+    /// Bytes of shards stored.
+    pub used: u64,
+    /// Bytes the contract reserves.
+    pub quota: u64,
+}
+
+/// What a node answers.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub enum Response {
+    /// Put: send the bytes.
+    Ready,
+    /// Put: the shard is already here; send nothing.
+    Have,
+    /// Put: stored durably.
+    Stored,
+    /// Get: `len` bytes follow.
+    Data {
+        /// The shard's length.
+        len: u64,
+    },
+    /// Has: one flag per address asked.
+    Has(Vec<bool>),
+    /// Audit: the leaf and its path.
+    Audit(LeafProof),
+    /// Delete: how many were removed.
+    Deleted(u32),
+    /// Usage: per contract asked that the asker owns here.
+    Usage(Vec<ContractUsage>),
+    /// GetPointer: the newest kept, if any.
+    Pointer(Option<SignedPointer>),
+    /// PutPointer: kept (or an equal or newer one was already kept).
+    Done,
+    /// Refused, with a reason for people.
+    Refused(String),
+}
+
+/// A shard request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// The mesh could not reach the node.
+    #[error("cannot reach {peer}: {source}")]
+    Mesh {
+        /// The node.
+        peer: PeerId,
+        /// Why.
+        source: Box<peergrid_mesh::Error>,
+    },
+    /// The node refused.
+    #[error("{peer} refused: {reason}")]
+    Refused {
+        /// The node.
+        peer: PeerId,
+        /// Its reason.
+        reason: String,
+    },
+    /// The node answered bytes that do not match the address asked for.
+    #[error("{peer} sent bytes that do not match shard {id}")]
+    Corrupt {
+        /// The node.
+        peer: PeerId,
+        /// The address asked for.
+        id: Hash,
+    },
+    /// The exchange broke or timed out.
+    #[error("shard exchange with {peer} failed: {reason}")]
+    Io {
+        /// The node.
+        peer: PeerId,
+        /// What happened.
+        reason: String,
+    },
+    /// The node answered something that does not fit the request.
+    #[error("{peer} answered {answer} to a {asked} request")]
+    Unexpected {
+        /// The node.
+        peer: PeerId,
+        /// The request kind.
+        asked: &'static str,
+        /// What came back.
+        answer: String,
+    },
+}
+
+impl WireError {
+    /// Whether the node is out of reach (not a refusal or bad bytes).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, WireError::Mesh { .. } | WireError::Io { .. })
+    }
+}
+
+/// Run `f` with a deadline, turning a timeout into an I/O error naming `what`.
+pub async fn deadline<T>(
+    after: Duration,
+    what: &str,
+    f: impl Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
+    tokio::time::timeout(after, f).await.unwrap_or_else(|_| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("{what} timed out after {} s", after.as_secs()),
+        ))
+    })
+}
+
+/// Write one request header.
+pub async fn write_request<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    request: &Request,
+) -> std::io::Result<()> {
+    let body = peergrid_core::codec::encode(request);
+    let mut frame = Vec::with_capacity(5 + body.len());
+    frame.push(WIRE_VERSION);
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&body);
+    io.write_all(&frame).await?;
+    io.flush().await
+}
+
+/// Read one request header; a wrong version or size is an `InvalidData` error.
+pub async fn read_request<S: AsyncRead + Unpin>(io: &mut S) -> std::io::Result<Request> {
+    let mut version = [0u8; 1];
+    io.read_exact(&mut version).await?;
+    if version[0] != WIRE_VERSION {
+        return Err(invalid(format!(
+            "shard protocol header version {} is not {WIRE_VERSION}",
+            version[0]
+        )));
+    }
+    let body = read_frame(io).await?;
+    peergrid_core::codec::decode("shard request", &body, HEADER_BYTES_MAX)
+        .map_err(|e| invalid(e.to_string()))
+}
+
+/// Write one response header.
+pub async fn write_response<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    response: &Response,
+) -> std::io::Result<()> {
+    let body = peergrid_core::codec::encode(response);
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&body);
+    io.write_all(&frame).await?;
+    io.flush().await
+}
+
+/// Read one response header.
+pub async fn read_response<S: AsyncRead + Unpin>(io: &mut S) -> std::io::Result<Response> {
+    let body = read_frame(io).await?;
+    peergrid_core::codec::decode("shard response", &body, HEADER_BYTES_MAX)
+        .map_err(|e| invalid(e.to_string()))
+}
+
+async fn read_frame<S: AsyncRead + Unpin>(io: &mut S) -> std::io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    io.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > HEADER_BYTES_MAX {
+        return Err(invalid(format!(
+            "a {len}-byte header is over the {HEADER_BYTES_MAX}-byte limit"
+        )));
+    }
+    let mut body = vec![0u8; len];
+    io.read_exact(&mut body).await?;
+    Ok(body)
+}
+
+fn invalid(reason: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, reason)
+}
+
+/// Write `bytes` in chunks, each with the idle deadline.
+pub async fn write_data<S: AsyncWrite + Unpin>(io: &mut S, bytes: &[u8]) -> std::io::Result<()> {
+    for chunk in bytes.chunks(CHUNK_BYTES) {
+        deadline(IDLE_TIMEOUT, "sending shard bytes", io.write_all(chunk)).await?;
+    }
+    deadline(IDLE_TIMEOUT, "flushing shard bytes", io.flush()).await
+}
+
+/// Read exactly `len` bytes, hashing them as they arrive; returns the bytes and their address.
+pub async fn read_data<S: AsyncRead + Unpin>(
+    io: &mut S,
+    len: u64,
+) -> std::io::Result<(Vec<u8>, Hash)> {
+    let mut out = Vec::with_capacity(len.min(SHARD_BYTES_MAX) as usize);
+    let mut hasher = ShardHasher::default();
+    let mut buf = vec![0u8; CHUNK_BYTES];
+    let mut left = len;
+    while left > 0 {
+        let want = (left as usize).min(CHUNK_BYTES);
+        deadline(
+            IDLE_TIMEOUT,
+            "receiving shard bytes",
+            io.read_exact(&mut buf[..want]),
+        )
+        .await?;
+        hasher.update(&buf[..want]);
+        out.extend_from_slice(&buf[..want]);
+        left -= want as u64;
+    }
+    Ok((out, hasher.finalize()))
+}
+
+/// One exchange with `peer`: open a stream, send `request`, read the first response.
+async fn exchange(
+    mesh: &Mesh,
+    peer: PeerId,
+    request: &Request,
+) -> Result<(peergrid_mesh::Stream, Response), WireError> {
+    let mut stream = match mesh.open_stream(peer, SHARD_PROTOCOL).await {
+        Ok(s) => s,
+        // Concurrent first dials to one peer can race to two connections, and a stream
+        // opened on the one that is closed fails; the surviving connection takes a retry.
+        Err(peergrid_mesh::Error::OpenStream { .. }) => {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            mesh.open_stream(peer, SHARD_PROTOCOL)
+                .await
+                .map_err(|source| WireError::Mesh {
+                    peer,
+                    source: Box::new(source),
+                })?
+        }
+        Err(source) => {
+            return Err(WireError::Mesh {
+                peer,
+                source: Box::new(source),
+            });
+        }
+    };
+    let io = |e: std::io::Error| WireError::Io {
+        peer,
+        reason: e.to_string(),
+    };
+    deadline(
+        HEADER_TIMEOUT,
+        "sending the request",
+        write_request(&mut stream, request),
+    )
+    .await
+    .map_err(io)?;
+    let response = deadline(
+        HEADER_TIMEOUT,
+        "waiting for the answer",
+        read_response(&mut stream),
+    )
+    .await
+    .map_err(io)?;
+    if let Response::Refused(reason) = response {
+        return Err(WireError::Refused { peer, reason });
+    }
+    Ok((stream, response))
+}
+
+fn unexpected(peer: PeerId, asked: &'static str, answer: &Response) -> WireError {
+    let answer = format!("{answer:?}");
+    WireError::Unexpected {
+        peer,
+        asked,
+        answer: answer.chars().take(80).collect(),
+    }
+}
+
+/// What a put did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// The bytes were sent and stored.
+    Stored,
+    /// The node already had them.
+    AlreadyThere,
+}
+
+/// Store `bytes` (addressed `id`) on `peer` under `contract`.
+pub async fn put(
+    mesh: &Mesh,
+    peer: PeerId,
+    contract: ContractId,
+    id: Hash,
+    bytes: &[u8],
+) -> Result<PutOutcome, WireError> {
+    let request = Request::Put {
+        contract,
+        id,
+        len: bytes.len() as u64,
+    };
+    let (mut stream, first) = exchange(mesh, peer, &request).await?;
+    match first {
+        Response::Have => return Ok(PutOutcome::AlreadyThere),
+        Response::Ready => {}
+        other => return Err(unexpected(peer, "put", &other)),
+    }
+    let io = |e: std::io::Error| WireError::Io {
+        peer,
+        reason: e.to_string(),
+    };
+    write_data(&mut stream, bytes).await.map_err(io)?;
+    // The node hashes and syncs the shard before it answers.
+    match deadline(
+        IDLE_TIMEOUT,
+        "waiting for the node to store the shard",
+        read_response(&mut stream),
+    )
+    .await
+    .map_err(io)?
+    {
+        Response::Stored => {
+            let _ = stream.close().await;
+            Ok(PutOutcome::Stored)
+        }
+        Response::Refused(reason) => Err(WireError::Refused { peer, reason }),
+        other => Err(unexpected(peer, "put", &other)),
+    }
+}
+
+/// Fetch the shard addressed `id` from `peer`, checked against its address.
+pub async fn get(mesh: &Mesh, peer: PeerId, id: Hash, len_max: u64) -> Result<Vec<u8>, WireError> {
+    let (mut stream, first) = exchange(mesh, peer, &Request::Get { id }).await?;
+    let Response::Data { len } = first else {
+        return Err(unexpected(peer, "get", &first));
+    };
+    if len > len_max.min(SHARD_BYTES_MAX) {
+        return Err(WireError::Unexpected {
+            peer,
+            asked: "get",
+            answer: format!("a {len}-byte shard where at most {len_max} were expected"),
+        });
+    }
+    let (bytes, got) = read_data(&mut stream, len)
+        .await
+        .map_err(|e| WireError::Io {
+            peer,
+            reason: e.to_string(),
+        })?;
+    if got != id {
+        return Err(WireError::Corrupt { peer, id });
+    }
+    Ok(bytes)
+}
+
+/// Which of `ids` `peer` holds.
+pub async fn has(mesh: &Mesh, peer: PeerId, ids: Vec<Hash>) -> Result<Vec<bool>, WireError> {
+    let n = ids.len();
+    let (_, answer) = exchange(mesh, peer, &Request::Has { ids }).await?;
+    match answer {
+        Response::Has(flags) if flags.len() == n => Ok(flags),
+        other => Err(unexpected(peer, "has", &other)),
+    }
+}
+
+/// Ask `peer` to prove it holds leaf `leaf` of shard `id`; `Ok(true)` when the proof holds.
+pub async fn audit(mesh: &Mesh, peer: PeerId, id: Hash, leaf: u64) -> Result<bool, WireError> {
+    let (_, answer) = exchange(mesh, peer, &Request::Audit { id, leaf }).await?;
+    match answer {
+        Response::Audit(proof) => Ok(crate::shard::verify(&id, leaf, &proof)),
+        other => Err(unexpected(peer, "audit", &other)),
+    }
+}
+
+/// Remove `ids` from `contract` on `peer`.
+pub async fn delete(
+    mesh: &Mesh,
+    peer: PeerId,
+    contract: ContractId,
+    ids: Vec<Hash>,
+) -> Result<u32, WireError> {
+    let (_, answer) = exchange(mesh, peer, &Request::Delete { contract, ids }).await?;
+    match answer {
+        Response::Deleted(n) => Ok(n),
+        other => Err(unexpected(peer, "delete", &other)),
+    }
+}
+
+/// Used and reserved bytes of `contracts` on `peer`.
+pub async fn usage(
+    mesh: &Mesh,
+    peer: PeerId,
+    contracts: Vec<ContractId>,
+) -> Result<Vec<ContractUsage>, WireError> {
+    let (_, answer) = exchange(mesh, peer, &Request::Usage { contracts }).await?;
+    match answer {
+        Response::Usage(u) => Ok(u),
+        other => Err(unexpected(peer, "usage", &other)),
+    }
+}
+
+/// Give `peer` the owner's newest pointer.
+pub async fn put_pointer(
+    mesh: &Mesh,
+    peer: PeerId,
+    pointer: SignedPointer,
+) -> Result<(), WireError> {
+    let (_, answer) = exchange(mesh, peer, &Request::PutPointer(pointer)).await?;
+    match answer {
+        Response::Done => Ok(()),
+        other => Err(unexpected(peer, "put pointer", &other)),
+    }
+}
+
+/// The newest pointer of `owner` that `peer` keeps (checked: signed by `owner`).
+pub async fn get_pointer(
+    mesh: &Mesh,
+    peer: PeerId,
+    owner: AccountId,
+) -> Result<Option<SignedPointer>, WireError> {
+    let (_, answer) = exchange(mesh, peer, &Request::GetPointer { owner }).await?;
+    match answer {
+        Response::Pointer(p) => Ok(p.filter(|p| p.pointer.owner == owner && p.verify())),
+        other => Err(unexpected(peer, "get pointer", &other)),
+    }
+}

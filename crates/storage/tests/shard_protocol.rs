@@ -1,0 +1,279 @@
+//! The node's shard store over a real mesh connection on loopback: what an owner, a
+//! stranger and a reader may do, quotas, grace, corruption on disk, and crash leftovers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use peergrid_core::{Hash, Keypair};
+use peergrid_mesh::{Config, Mesh};
+use peergrid_storage::format::{Pointer, SignedPointer};
+use peergrid_storage::shard::shard_id;
+use peergrid_storage::store::{self, ContractAccess, GRACE_REFUSAL, ShardStore};
+use peergrid_storage::wire::{self, PutOutcome, WireError};
+
+struct Rig {
+    _dir: tempfile::TempDir,
+    dir: std::path::PathBuf,
+    node: Mesh,
+    store: Arc<ShardStore>,
+    owner: Keypair,
+    owner_mesh: Mesh,
+}
+
+async fn rig() -> Rig {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node_key = Keypair::generate().expect("key");
+    let node = Mesh::start(&node_key, Config::loopback())
+        .await
+        .expect("node");
+    let store = Arc::new(ShardStore::new(dir.path().join("pointers")).expect("store"));
+    store::serve(&node, store.clone()).expect("serve");
+    let owner = Keypair::generate().expect("key");
+    let owner_mesh = Mesh::start(&owner, Config::loopback())
+        .await
+        .expect("owner");
+    let addrs = node.listen_addrs().await.expect("addrs");
+    owner_mesh
+        .connect(node.peer_id(), addrs)
+        .await
+        .expect("connect");
+    let path = dir.path().to_path_buf();
+    Rig {
+        _dir: dir,
+        dir: path,
+        node,
+        store,
+        owner,
+        owner_mesh,
+    }
+}
+
+impl Rig {
+    fn contract(&self, id: u64, quota: u64, paused: bool) -> (u64, ContractAccess) {
+        (
+            id,
+            ContractAccess {
+                owner: self.owner.account(),
+                quota,
+                paused,
+                dir: self.dir.join(format!("workloads/{id}")),
+            },
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owners_store_readers_fetch_and_nothing_else_goes() {
+    let r = rig().await;
+    r.store
+        .set_contracts(HashMap::from([r.contract(1, 1 << 20, false)]));
+    let peer = r.node.peer_id();
+    let bytes: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let id = shard_id(&bytes);
+
+    assert_eq!(
+        wire::put(&r.owner_mesh, peer, 1, id, &bytes)
+            .await
+            .expect("put"),
+        PutOutcome::Stored
+    );
+    assert_eq!(
+        wire::put(&r.owner_mesh, peer, 1, id, &bytes)
+            .await
+            .expect("again"),
+        PutOutcome::AlreadyThere,
+        "a shard already held is not sent again"
+    );
+    assert_eq!(
+        wire::get(&r.owner_mesh, peer, id, 1 << 20)
+            .await
+            .expect("get"),
+        bytes
+    );
+    let usage = wire::usage(&r.owner_mesh, peer, vec![1])
+        .await
+        .expect("usage");
+    assert_eq!(
+        (usage[0].used, usage[0].quota),
+        (bytes.len() as u64, 1 << 20)
+    );
+
+    // Bytes that do not match their address are refused and nothing stays.
+    let wrong = Hash::of(b"not the address");
+    match wire::put(&r.owner_mesh, peer, 1, wrong, &bytes).await {
+        Err(WireError::Refused { reason, .. }) => {
+            assert!(reason.contains("nothing was stored"), "{reason}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(
+        wire::has(&r.owner_mesh, peer, vec![id, wrong])
+            .await
+            .expect("has"),
+        vec![true, false]
+    );
+
+    // Over the quota: refused with the numbers.
+    let big = vec![7u8; 900_000];
+    match wire::put(&r.owner_mesh, peer, 1, shard_id(&big), &big).await {
+        Err(WireError::Refused { reason, .. }) => {
+            assert!(reason.contains("reserves 1048576 bytes"), "{reason}")
+        }
+        other => panic!("expected a quota refusal, got {other:?}"),
+    }
+
+    // A stranger may read (shards are encrypted) but not write or delete.
+    let stranger_key = Keypair::generate().expect("key");
+    let stranger = Mesh::start(&stranger_key, Config::loopback())
+        .await
+        .expect("stranger");
+    stranger
+        .connect(peer, r.node.listen_addrs().await.expect("addrs"))
+        .await
+        .expect("connect");
+    assert_eq!(
+        wire::get(&stranger, peer, id, 1 << 20).await.expect("read"),
+        bytes
+    );
+    let other = b"stranger bytes".to_vec();
+    match wire::put(&stranger, peer, 1, shard_id(&other), &other).await {
+        Err(WireError::Refused { reason, .. }) => {
+            assert!(reason.contains("not to you"), "{reason}")
+        }
+        other => panic!("a stranger wrote: {other:?}"),
+    }
+    assert!(wire::delete(&stranger, peer, 1, vec![id]).await.is_err());
+    assert!(
+        wire::usage(&stranger, peer, vec![1])
+            .await
+            .expect("usage")
+            .is_empty()
+    );
+
+    // Audits: a proof for any leaf checks out against the address alone.
+    for leaf in [0, 5, 18] {
+        assert!(
+            wire::audit(&r.owner_mesh, peer, id, leaf)
+                .await
+                .expect("audit"),
+            "leaf {leaf}"
+        );
+    }
+
+    // Pointers: only signed by the owner they name, and only the newest is kept.
+    let pointer = |seq| {
+        SignedPointer::sign(
+            &r.owner,
+            Pointer {
+                owner: r.owner.account(),
+                seq,
+                index: Hash::of(b"index"),
+            },
+        )
+    };
+    wire::put_pointer(&r.owner_mesh, peer, pointer(2))
+        .await
+        .expect("pointer");
+    wire::put_pointer(&r.owner_mesh, peer, pointer(1))
+        .await
+        .expect("older is ignored");
+    let kept = wire::get_pointer(&stranger, peer, r.owner.account())
+        .await
+        .expect("get pointer");
+    assert_eq!(kept.map(|p| p.pointer.seq), Some(2));
+    let mut forged = pointer(9);
+    forged.pointer.index = Hash::of(b"elsewhere");
+    assert!(
+        wire::put_pointer(&stranger, peer, forged).await.is_err(),
+        "a forged pointer is refused"
+    );
+    let mut strangers = SignedPointer::sign(
+        &stranger_key,
+        Pointer {
+            owner: stranger_key.account(),
+            seq: 1,
+            index: Hash::of(b"x"),
+        },
+    );
+    strangers.pointer.seq = 1;
+    assert!(
+        wire::put_pointer(&stranger, peer, strangers).await.is_err(),
+        "no pointer is kept for someone without a contract here"
+    );
+
+    // Grace: reads and writes refused, data kept; paid again, served again.
+    r.store
+        .set_contracts(HashMap::from([r.contract(1, 1 << 20, true)]));
+    match wire::get(&r.owner_mesh, peer, id, 1 << 20).await {
+        Err(WireError::Refused { reason, .. }) => assert_eq!(reason, GRACE_REFUSAL),
+        other => panic!("expected the grace refusal, got {other:?}"),
+    }
+    r.store
+        .set_contracts(HashMap::from([r.contract(1, 1 << 20, false)]));
+    assert_eq!(
+        wire::get(&r.owner_mesh, peer, id, 1 << 20)
+            .await
+            .expect("served again"),
+        bytes
+    );
+
+    // The owner deletes; the space is free again.
+    assert_eq!(
+        wire::delete(&r.owner_mesh, peer, 1, vec![id])
+            .await
+            .expect("delete"),
+        1
+    );
+    assert_eq!(
+        wire::usage(&r.owner_mesh, peer, vec![1])
+            .await
+            .expect("usage")[0]
+            .used,
+        0
+    );
+    assert!(wire::get(&r.owner_mesh, peer, id, 1 << 20).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupted_shards_are_caught_and_crash_leftovers_removed() {
+    let r = rig().await;
+    r.store
+        .set_contracts(HashMap::from([r.contract(3, 1 << 20, false)]));
+    let peer = r.node.peer_id();
+    let bytes = vec![9u8; 100_000];
+    let id = shard_id(&bytes);
+    wire::put(&r.owner_mesh, peer, 3, id, &bytes)
+        .await
+        .expect("put");
+
+    // The disk flips a byte.
+    let file = r.dir.join(format!("workloads/3/shards/{id}"));
+    let mut on_disk = std::fs::read(&file).expect("read");
+    on_disk[50_000] ^= 1;
+    std::fs::write(&file, &on_disk).expect("write");
+    match wire::get(&r.owner_mesh, peer, id, 1 << 20).await {
+        Err(WireError::Corrupt { .. }) => {}
+        other => panic!("the reader must catch the corruption, got {other:?}"),
+    }
+    assert!(
+        !wire::has(&r.owner_mesh, peer, vec![id]).await.expect("has")[0],
+        "the node stops serving a shard it found corrupt"
+    );
+    assert_eq!(r.store.stats().corrupt, 1);
+
+    // A crash mid-write left a temporary file; a new store (a restart) removes it and
+    // counts only whole shards.
+    let good = vec![4u8; 10_000];
+    wire::put(&r.owner_mesh, peer, 3, shard_id(&good), &good)
+        .await
+        .expect("put");
+    let leftover = r.dir.join("workloads/3/shards/.tmp-partial-0001");
+    std::fs::write(&leftover, b"half a shard").expect("leftover");
+    let restarted = ShardStore::new(r.dir.join("pointers")).expect("store");
+    restarted.set_contracts(HashMap::from([r.contract(3, 1 << 20, false)]));
+    assert!(
+        !leftover.exists(),
+        "leftover of an interrupted write removed"
+    );
+    assert_eq!(restarted.used().get(&3).copied(), Some(good.len() as u64));
+}
