@@ -76,9 +76,32 @@ pub struct Shared {
     pub mesh: peergrid_mesh::Mesh,
     /// When the service started: the uptime it reports.
     pub clock: ServiceClock,
+    /// The shards of the storage contracts on this node.
+    pub storage: Arc<peergrid_storage::ShardStore>,
 }
 
 impl Shared {
+    /// Tell the shard store which storage contracts the world holds, and in what state.
+    pub fn sync_storage(&self, world: &World) {
+        let contracts = world
+            .workloads
+            .values()
+            .filter(|w| w.kind == "storage" && w.holds_capacity())
+            .map(|w| {
+                (
+                    w.contract,
+                    peergrid_storage::ContractAccess {
+                        owner: w.owner,
+                        quota: w.reserved.hru.saturating_add(w.reserved.sru),
+                        paused: w.state == WorkloadState::Paused,
+                        dir: world.workload_dir(w.contract),
+                    },
+                )
+            })
+            .collect();
+        self.storage.set_contracts(contracts);
+    }
+
     /// What `/peergrid/status/1` and `/v1/status` answer.
     pub async fn report(&self) -> NodeReport {
         let world = self.world.lock().await;
@@ -271,7 +294,12 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Running> {
         .await
         .map(|a| a.iter().map(ToString::to_string).collect())
         .unwrap_or_default();
+    let storage = Arc::new(
+        peergrid_storage::ShardStore::new(config.data_dir.join("storage-pointers"))
+            .context("cannot create the storage pointers folder")?,
+    );
     let shared = Arc::new(Shared {
+        storage: storage.clone(),
         world: Mutex::new(world),
         capacity: probe.offered,
         farm: config.farm,
@@ -286,7 +314,10 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Running> {
         mesh: mesh.clone(),
         clock,
     });
+    shared.sync_storage(&*shared.world.lock().await);
     serve_protocols(&mesh, shared.clone(), client.clone())?;
+    let shard_task =
+        peergrid_storage::store::serve(&mesh, storage).context("cannot serve /peergrid/shard/1")?;
     let (health, health_task) = crate::health::serve(config.health_listen, shared.clone()).await?;
     let tasks = vec![
         tokio::spawn(report_uptime(
@@ -297,6 +328,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Running> {
         )),
         tokio::spawn(reconcile::follow(shared.clone(), client.clone())),
         health_task,
+        shard_task,
     ];
     info!(node = id, farm = config.farm, %health, "node running");
     Ok(Running {

@@ -133,6 +133,45 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
         "HDD reserved by workloads.",
         report.used.hru,
     );
+    let store = s.storage.stats();
+    let stored: u64 = s.storage.used().values().sum();
+    gauge(
+        "peergrid_node_shards_stored_bytes",
+        "Bytes of shards held for storage contracts.",
+        stored,
+    );
+    for (name, help, value) in [
+        (
+            "peergrid_node_shard_puts_total",
+            "Shards stored since start.",
+            store.puts,
+        ),
+        (
+            "peergrid_node_shard_gets_total",
+            "Shards served since start.",
+            store.gets,
+        ),
+        (
+            "peergrid_node_shard_audits_total",
+            "Storage audits answered since start.",
+            store.audits,
+        ),
+        (
+            "peergrid_node_shard_refused_total",
+            "Shard requests refused since start.",
+            store.refused,
+        ),
+        (
+            "peergrid_node_shards_corrupt_total",
+            "Shards found corrupt on read and moved aside.",
+            store.corrupt,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+        );
+    }
     let counters = [
         (
             "peergrid_node_uptime_reports_total",

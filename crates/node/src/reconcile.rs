@@ -102,6 +102,7 @@ pub async fn reconcile_one(shared: &Shared, contract: &Contract) -> bool {
         warn!(contract = contract.id, error = %e, "cannot apply; will retry on the next resync");
         return false;
     }
+    shared.sync_storage(&world);
     true
 }
 
@@ -171,6 +172,7 @@ async fn resync(shared: &Shared, client: &Client, me: NodeId) -> Result<u64, Cli
             );
             let mut world = shared.world.lock().await;
             let _ = world.apply(id, Action::Remove);
+            shared.sync_storage(&world);
         }
     }
     debug!(height, contracts = contracts.len(), "resynced");
