@@ -403,15 +403,31 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 9700)]
         base_port: u16,
     },
+    /// Put and get of one object on the running devnet's storage, next to the in-memory
+    /// pipeline (seal, erasure code, addresses) over the same bytes on one core.
+    Storage {
+        /// Object size.
+        #[arg(long, default_value = "1GiB", value_parser = peergrid_core::capacity::parse_size)]
+        size: u64,
+        /// Erasure code K+M [default: from your storage nodes].
+        #[arg(long)]
+        scheme: Option<peergrid_storage::Scheme>,
+    },
 }
 
 pub fn bench(globals: &Globals, cmd: BenchCommand) -> anyhow::Result<()> {
+    if let BenchCommand::Storage { size, scheme } = cmd {
+        return crate::store::bench(globals, size, scheme);
+    }
     let BenchCommand::Ledger {
         txs,
         accounts,
         rate,
         base_port,
-    } = cmd;
+    } = cmd
+    else {
+        return Ok(());
+    };
     let exe = std::env::current_exe().context("cannot find the peergrid executable")?;
     let dir = std::env::temp_dir().join(format!("peergrid-bench-{}", std::process::id()));
     let b = peergrid_devnet::bench::LedgerBench {

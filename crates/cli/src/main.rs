@@ -14,6 +14,7 @@ mod key;
 mod ledger;
 mod mesh;
 mod output;
+mod store;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -64,6 +65,9 @@ enum Command {
     /// Contracts: list, show, cancel.
     #[command(subcommand)]
     Contract(econ::ContractCommand),
+    /// Storage: reserve space, put and get encrypted, erasure-coded objects.
+    #[command(subcommand)]
+    Store(store::StoreCommand),
     /// Bills of a contract.
     #[command(subcommand)]
     Bill(econ::BillCommand),
@@ -188,6 +192,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Contract(cmd) => econ::contract(&globals, cmd),
         Command::Bill(cmd) => econ::bill(&globals, cmd),
         Command::Gov(cmd) => econ::gov(&globals, cmd),
+        Command::Store(cmd) => store::run(&globals, cmd),
     }
 }
 

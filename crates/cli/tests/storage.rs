@@ -1,0 +1,430 @@
+//! Storage as a new user would use it, on a real devnet (four validators, five node
+//! processes in two farms, real mesh connections, real files on the nodes' disks):
+//! reserve, put, get back byte-identical with two nodes gone, a corrupted shard caught
+//! and its node failing audits, a capability read by another account, a put too large
+//! refused before anything moves, an interrupted put that lists nothing and resumes, and
+//! every object recovered on a fresh home directory from the 24 words alone.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+/// A devnet with its default five nodes, stopped when dropped; once every node is up.
+fn full_devnet(home: &Path, base_port: u16) -> Proc {
+    let child = peergrid(home)
+        .args(["devnet", "--base-port", &base_port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start devnet");
+    let proc = Proc(child);
+    wait_for("five nodes up", Duration::from_secs(240), || {
+        let (ok, list, _) = run(home, &["node", "list"]);
+        let up = list["nodes"]
+            .as_array()
+            .map(|n| n.iter().filter(|n| n["status"] == "up").count())
+            .unwrap_or(0);
+        (ok && up == 5).then_some(())
+    });
+    proc
+}
+
+/// The pids of the devnet's node `i`.
+fn node_pids(home: &Path, i: usize) -> Vec<i32> {
+    let dir = home.join(format!("devnet/nodes/node-{i}"));
+    let dir = dir.to_string_lossy().to_string();
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).to_string())
+            .collect();
+        if args.iter().any(|a| a == "node") && args.iter().any(|a| a == &dir) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+fn signal(pids: &[i32], sig: &str) {
+    for pid in pids {
+        let _ = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status();
+    }
+}
+
+/// Resumes frozen nodes when the test ends, pass or fail, so the devnet can stop.
+struct Frozen(Vec<i32>);
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        signal(&self.0, "-CONT");
+    }
+}
+
+fn random_file(path: &Path, len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let bytes: Vec<u8> = (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(path, &bytes).expect("write");
+    bytes
+}
+
+fn ok(home: &Path, args: &[&str]) -> Value {
+    let (ok, v, err) = run(home, args);
+    assert!(ok, "peergrid {args:?} failed: {err}");
+    v
+}
+
+fn shard_files(home: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for i in 0..5 {
+        let workloads = home.join(format!("devnet/nodes/node-{i}/workloads"));
+        for c in std::fs::read_dir(workloads).into_iter().flatten().flatten() {
+            for s in std::fs::read_dir(c.path().join("shards"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if !s.file_name().to_string_lossy().starts_with('.') {
+                    out.push(s.path());
+                }
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_words() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = dir.path().join("alice");
+    std::fs::create_dir_all(&home).expect("home");
+    let h = home.clone();
+    let base = base_port(23_000);
+    let _devnet = tokio::task::spawn_blocking(move || full_devnet(&h, base))
+        .await
+        .expect("join");
+    let apis: Vec<String> = serde_json::from_slice::<Value>(
+        &std::fs::read(home.join("devnet/devnet.json")).expect("devnet.json"),
+    )
+    .map(|v| serde_json::from_value(v["apis"].clone()).expect("apis"))
+    .expect("json");
+    let ledger = apis.join(",");
+
+    let home2 = home.clone();
+    let ledger2 = ledger.clone();
+    tokio::task::spawn_blocking(move || {
+        let home = home2;
+        // Alice makes a key, writes down her words, and is funded by the demo account.
+        let key = ok(&home, &["key", "new"]);
+        let words = key["mnemonic"].as_str().expect("mnemonic").to_string();
+        let alice = key["account"].as_str().expect("account").to_string();
+        let demo = home.join("devnet/keys/demo.json");
+        let demo = demo.to_str().expect("utf8");
+        ok(
+            &home,
+            &[
+                "--key", demo, "wallet", "transfer", "--to", &alice, "--amount", "100000",
+            ],
+        );
+
+        // No reservation yet: a clear error.
+        let file = home.join("report.bin");
+        let data = random_file(&file, 9 * 1024 * 1024 + 123, 7);
+        let (done, _, err) = run(
+            &home,
+            &[
+                "store",
+                "put",
+                file.to_str().expect("utf8"),
+                "docs/report.bin",
+            ],
+        );
+        assert!(!done);
+        assert!(err.contains("peergrid store reserve"), "{err}");
+
+        let reserved = ok(
+            &home,
+            &["store", "reserve", "--size", "256MiB", "--nodes", "5"],
+        );
+        assert_eq!(
+            reserved["contracts"].as_array().map(Vec::len),
+            Some(5),
+            "{reserved}"
+        );
+
+        let put = ok(
+            &home,
+            &[
+                "store",
+                "put",
+                file.to_str().expect("utf8"),
+                "docs/report.bin",
+            ],
+        );
+        assert_eq!(put["scheme"], "3+2", "{put}");
+        let cap = put["capability"].as_str().expect("capability").to_string();
+        assert!(cap.starts_with("pg1"));
+        let ls = ok(&home, &["store", "ls"]);
+        assert_eq!(ls["objects"][0]["name"], "docs/report.bin", "{ls}");
+        assert_eq!(ls["objects"][0]["size"], data.len() as u64);
+
+        let out = home.join("back.bin");
+        ok(
+            &home,
+            &[
+                "store",
+                "get",
+                "docs/report.bin",
+                out.to_str().expect("utf8"),
+            ],
+        );
+        assert!(
+            std::fs::read(&out).expect("read") == data,
+            "read back differs"
+        );
+
+        // A byte range.
+        let part = home.join("part.bin");
+        ok(
+            &home,
+            &[
+                "store",
+                "get",
+                "docs/report.bin",
+                part.to_str().expect("utf8"),
+                "--range",
+                "4194000-4194400",
+            ],
+        );
+        assert!(std::fs::read(&part).expect("read") == data[4_194_000..4_194_400]);
+
+        // Another account reads with the capability alone.
+        let bob = dir_for(&home, "bob");
+        ok(&bob, &["key", "new"]);
+        let shared = bob.join("shared.bin");
+        ok(
+            &bob,
+            &[
+                "--ledger",
+                &ledger2,
+                "store",
+                "get",
+                &cap,
+                shared.to_str().expect("utf8"),
+            ],
+        );
+        assert!(
+            std::fs::read(&shared).expect("read") == data,
+            "the shared read differs"
+        );
+        let (denied, _, err) = run(
+            &bob,
+            &["--ledger", &ledger2, "store", "get", "docs/report.bin", "x"],
+        );
+        assert!(
+            !denied && err.contains("no object named"),
+            "bob has no names of alice's: {err}"
+        );
+
+        // Two nodes gone (frozen: they hold their connections and answer nothing).
+        let frozen = Frozen(
+            [1usize, 3]
+                .iter()
+                .flat_map(|&i| node_pids(&home, i))
+                .collect(),
+        );
+        assert!(frozen.0.len() >= 2, "node processes found: {:?}", frozen.0);
+        signal(&frozen.0, "-STOP");
+        let lost = home.join("lost.bin");
+        ok(
+            &bob,
+            &[
+                "--ledger",
+                &ledger2,
+                "store",
+                "get",
+                &cap,
+                lost.to_str().expect("utf8"),
+            ],
+        );
+        assert!(
+            std::fs::read(&lost).expect("read") == data,
+            "read with two nodes gone differs"
+        );
+        drop(frozen);
+        // Back, and listed up again before the next puts choose their nodes.
+        wait_for(
+            "the frozen nodes to be up again",
+            Duration::from_secs(120),
+            || {
+                let (_, list, _) = run(&home, &["node", "list"]);
+                let up = list["nodes"]
+                    .as_array()
+                    .map(|n| n.iter().filter(|n| n["status"] == "up").count());
+                (up == Some(5)).then_some(())
+            },
+        );
+
+        // A node that serves a corrupted shard: caught by hash, the others used, its audit fails.
+        let shards = shard_files(&home);
+        assert!(
+            shards.len() >= 15,
+            "3 segments of 5 shards each, plus manifests: {shards:?}"
+        );
+        let victim = shards
+            .iter()
+            .max_by_key(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+            .expect("a shard")
+            .clone();
+        let mut bytes = std::fs::read(&victim).expect("read shard");
+        bytes[100] ^= 0xff;
+        std::fs::write(&victim, &bytes).expect("corrupt");
+        let again = home.join("again.bin");
+        ok(
+            &home,
+            &[
+                "store",
+                "get",
+                "docs/report.bin",
+                again.to_str().expect("utf8"),
+            ],
+        );
+        assert!(
+            std::fs::read(&again).expect("read") == data,
+            "read with a corrupt shard differs"
+        );
+        let (audited, audit, err) = run(&home, &["store", "audit", "--samples", "1000"]);
+        assert!(!audited, "an audit over a lost shard must fail: {audit}");
+        assert!(err.contains("failed their audit"), "{err}");
+        let failed: Vec<&Value> = audit["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .filter(|n| n["failed"].as_u64() > Some(0))
+            .collect();
+        assert_eq!(failed.len(), 1, "only the corrupted node fails: {audit}");
+
+        // Too large for the reservation: refused with the numbers, nothing uploaded.
+        let big = home.join("big.bin");
+        std::fs::File::create(&big)
+            .and_then(|f| f.set_len(1 << 30))
+            .expect("sparse file");
+        let before = shard_files(&home).len();
+        let (fit, _, err) = run(
+            &home,
+            &["store", "put", big.to_str().expect("utf8"), "big.bin"],
+        );
+        assert!(!fit);
+        assert!(
+            err.contains("does not fit your reservation") && err.contains("MiB"),
+            "{err}"
+        );
+        assert_eq!(shard_files(&home).len(), before, "nothing was uploaded");
+
+        // An upload cut short lists nothing; the retry resumes and completes it.
+        let medium = home.join("medium.bin");
+        let medium_data = random_file(&medium, 150 << 20, 11);
+        let mut child = peergrid(&home)
+            .args([
+                "--json",
+                "store",
+                "put",
+                medium.to_str().expect("utf8"),
+                "medium.bin",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn put");
+        let first = shard_files(&home).len();
+        wait_for("the upload to start", Duration::from_secs(60), || {
+            (shard_files(&home).len() > first + 5).then_some(())
+        });
+        assert!(
+            matches!(child.try_wait(), Ok(None)),
+            "the upload ended before it could be cut short"
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+        let ls = ok(&home, &["store", "ls"]);
+        assert_eq!(
+            ls["objects"].as_array().map(Vec::len),
+            Some(1),
+            "a cut-short put is not listed: {ls}"
+        );
+        let retry = ok(
+            &home,
+            &["store", "put", medium.to_str().expect("utf8"), "medium.bin"],
+        );
+        assert!(
+            retry["shards_resumed"].as_u64() > Some(0),
+            "the retry resumed: {retry}"
+        );
+
+        // A fresh machine with only the words gets everything back.
+        let fresh = dir_for(&home, "fresh");
+        let (imported, _, err) = run(&fresh, &["key", "import", "--mnemonic", &words]);
+        assert!(imported, "{err}");
+        let ls = ok(&fresh, &["--ledger", &ledger2, "store", "ls"]);
+        let names: Vec<&str> = ls["objects"]
+            .as_array()
+            .expect("objects")
+            .iter()
+            .filter_map(|o| o["name"].as_str())
+            .collect();
+        assert_eq!(names, vec!["docs/report.bin", "medium.bin"], "{ls}");
+        let restored = fresh.join("medium.bin");
+        ok(
+            &fresh,
+            &[
+                "--ledger",
+                &ledger2,
+                "store",
+                "get",
+                "medium.bin",
+                restored.to_str().expect("utf8"),
+            ],
+        );
+        assert!(
+            std::fs::read(&restored).expect("read") == medium_data,
+            "the restored object differs"
+        );
+
+        // Removing frees the space and the name.
+        ok(&home, &["store", "rm", "medium.bin"]);
+        let ls = ok(&home, &["store", "ls"]);
+        assert_eq!(ls["objects"].as_array().map(Vec::len), Some(1), "{ls}");
+    })
+    .await
+    .expect("the storage walk-through");
+}
+
+fn dir_for(home: &Path, name: &str) -> PathBuf {
+    let d = home.parent().expect("parent").join(name);
+    std::fs::create_dir_all(&d).expect("mkdir");
+    d
+}
