@@ -62,6 +62,14 @@ pub enum StoreCommand {
     },
     /// Your storage contracts, their nodes and how full they are.
     Status,
+    /// Rebuild the shards that no reachable node serves any more, onto your other nodes.
+    Repair {
+        /// Only this object [default: all].
+        name: Option<String>,
+        /// Keep repairing every this many seconds until stopped.
+        #[arg(long, value_name = "SECONDS")]
+        watch: Option<u64>,
+    },
     /// Challenge the nodes that hold your objects to prove they still have them.
     Audit {
         /// Only this object [default: all].
@@ -335,6 +343,56 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
             );
             Ok(())
         }
+        StoreCommand::Repair { name, watch } => loop {
+            let (_, index) = storage.index().await?;
+            let objects: Vec<_> = match &name {
+                Some(n) => vec![(
+                    n.clone(),
+                    index
+                        .objects
+                        .get(n)
+                        .cloned()
+                        .with_context(|| format!("you have no object named {n:?}"))?,
+                )],
+                None => index.objects.into_iter().collect(),
+            };
+            let mut reports = Vec::new();
+            for (n, entry) in &objects {
+                reports.push(storage.repair(n, entry).await?);
+            }
+            if globals.json {
+                output::json(&json!({ "objects": reports }))?;
+            } else {
+                let rows: Vec<Vec<String>> = reports
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.name.clone(),
+                            r.segments.to_string(),
+                            r.shards_missing.to_string(),
+                            r.shards_rebuilt.to_string(),
+                        ]
+                    })
+                    .collect();
+                output::table(&["NAME", "SEGMENTS", "SHARDS MISSING", "REBUILT"], &rows);
+            }
+            let short: u64 = reports
+                .iter()
+                .map(|r| r.shards_missing - r.shards_rebuilt)
+                .sum();
+            match watch {
+                Some(secs) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(std::time::Duration::from_secs(secs.max(1))) => {}
+                        _ = crate::stop_requested() => return Ok(()),
+                    }
+                }
+                None if short > 0 => bail!(
+                    "{short} shards could not be rebuilt: too few nodes hold none of their segment; reserve on more nodes (`peergrid store reserve --nodes N`)"
+                ),
+                None => return Ok(()),
+            }
+        },
         StoreCommand::Audit { name, samples } => {
             let (_, index) = storage.index().await?;
             let objects: Vec<_> = match &name {

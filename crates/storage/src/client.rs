@@ -652,8 +652,11 @@ impl Storage {
                     Ok(PutOutcome::Stored) => sent += 1,
                     Ok(PutOutcome::AlreadyThere) => resumed += 1,
                     Err(e) => {
-                        warn!(segment = seg, shard = j, node = holdings[targets[j]].node, error = %e, "cannot put a shard; trying another node");
-                        if let Ok(p) = holdings[targets[j]].peer_id() {
+                        warn!(segment = seg, shard = j, node = holdings[targets[j]].node, error = %e, "cannot put a shard; trying again");
+                        // A node that cannot be dialed is skipped from now on; one whose
+                        // stream broke may take the shard on a new one.
+                        let unreachable = matches!(&e, StorageError::Wire(w) if matches!(**w, WireError::Mesh { .. }));
+                        if unreachable && let Ok(p) = holdings[targets[j]].peer_id() {
                             self.mark_failed(p);
                         }
                         retry.push((j, e));
@@ -666,28 +669,42 @@ impl Storage {
                 }
                 return Ok((seg, segment, sent, resumed));
             }
-            // Move each failed shard to a node that holds none of this segment yet.
+            // Move each failed shard to a node that holds none of this segment yet; with
+            // none left, try the same node again unless it cannot be dialed at all.
             pending.clear();
+            let mut last = None;
             for (j, e) in retry {
                 let used: HashSet<usize> = targets.iter().copied().collect();
                 let spare = (0..holdings.len()).find(|i| {
                     !used.contains(i) && holdings[*i].peer_id().is_ok_and(|p| !self.has_failed(&p))
                 });
+                let same_ok = holdings[targets[j]]
+                    .peer_id()
+                    .is_ok_and(|p| !self.has_failed(&p));
                 match spare {
                     Some(i) => {
                         targets[j] = i;
                         pending.push(j);
                     }
+                    None if same_ok => pending.push(j),
                     None => {
                         return Err(other(format!(
                             "cannot store segment {seg}: {e}; no other node of yours can take its shard (reserve on more nodes, or pass --scheme with fewer shards)"
                         )));
                     }
                 }
+                last = Some(e);
+            }
+            if pending.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if let Some(e) = last {
+                debug!(segment = seg, error = %e, "retrying");
             }
         }
         Err(other(format!(
-            "cannot store segment {seg} after three attempts"
+            "cannot store segment {seg} after three attempts; see the warnings above for each node's error"
         )))
     }
 
@@ -1119,6 +1136,135 @@ impl Storage {
         Ok(plain)
     }
 
+    /// Restore the redundancy of the object `name`: every shard no reachable node of the
+    /// owner serves is rebuilt from any `k` others (the same bytes under the same key
+    /// give the same shard, so the manifest and every capability stay valid) and put on
+    /// a node that holds none of that segment's shards, distinct farms first.
+    pub async fn repair(
+        &self,
+        name: &str,
+        entry: &IndexEntry,
+    ) -> Result<RepairReport, StorageError> {
+        let (manifest, _) = self.open(&entry.capability).await?;
+        let holdings = self.writable_holdings().await?;
+        // Where each shard is now: one `has` per node for all of the object's shards.
+        let ids: Vec<Hash> = manifest.placements().map(|(h, _)| h).collect();
+        let mut located: HashMap<Hash, Vec<usize>> = HashMap::new();
+        let mut reachable: HashSet<usize> = HashSet::new();
+        let answers = futures::future::join_all(holdings.iter().map(|h| {
+            let ids = ids.clone();
+            async move {
+                let peer = h.peer_id()?;
+                let mut flags = Vec::with_capacity(ids.len());
+                for chunk in ids.chunks(wire::IDS_MAX) {
+                    flags.extend(wire::has(&self.mesh, peer, chunk.to_vec()).await?);
+                }
+                Ok::<_, StorageError>(flags)
+            }
+        }))
+        .await;
+        for (i, answer) in answers.into_iter().enumerate() {
+            match answer {
+                Ok(flags) => {
+                    reachable.insert(i);
+                    for (id, has) in ids.iter().zip(flags) {
+                        if has {
+                            located.entry(*id).or_default().push(i);
+                        }
+                    }
+                }
+                Err(e) => {
+                    warn!(node = holdings[i].node, error = %e, "cannot ask a node which shards it holds")
+                }
+            }
+        }
+        let salt = self.keys.object_salt(name);
+        let mut report = RepairReport {
+            name: name.to_string(),
+            segments: manifest.segments.len() as u64,
+            segments_repaired: 0,
+            shards_rebuilt: 0,
+            shards_missing: 0,
+        };
+        let scheme = manifest.scheme;
+        for (index, segment) in manifest.segments.iter().enumerate() {
+            let lost: Vec<usize> = (0..scheme.n())
+                .filter(|j| !located.contains_key(&segment.shards[*j]))
+                .collect();
+            if lost.is_empty() {
+                continue;
+            }
+            report.shards_missing += lost.len() as u64;
+            let peers: HashMap<NodeId, PeerId> = holdings
+                .iter()
+                .filter_map(|h| Some((h.node, h.peer_id().ok()?)))
+                .collect();
+            let all_peers: Vec<PeerId> = peers.values().copied().collect();
+            let plain = self
+                .fetch_segment(&manifest, segment, &peers, &all_peers)
+                .await
+                .map_err(|e| other(format!("segment {index} cannot be rebuilt: {e}")))?;
+            let keys = self.keys.clone();
+            let (shards, rebuilt) =
+                tokio::task::spawn_blocking(move || encode_segment(&keys, &salt, scheme, &plain))
+                    .await
+                    .map_err(|e| other(e.to_string()))?
+                    .map_err(other)?;
+            if rebuilt.shards != segment.shards {
+                return Err(other(format!(
+                    "segment {index} re-encodes to other shards than its manifest lists; it was not written by this key"
+                )));
+            }
+            let busy: HashSet<usize> = segment
+                .shards
+                .iter()
+                .filter_map(|id| located.get(id))
+                .flatten()
+                .copied()
+                .collect();
+            let mut free: Vec<usize> = (0..holdings.len())
+                .filter(|i| reachable.contains(i) && !busy.contains(i))
+                .collect();
+            let busy_farms: HashSet<FarmId> = busy.iter().map(|&i| holdings[i].farm).collect();
+            free.sort_by_key(|&i| (busy_farms.contains(&holdings[i].farm), i));
+            let mut free = free.into_iter();
+            let mut rebuilt_here = 0;
+            for j in lost {
+                let mut stored = false;
+                for target in free.by_ref() {
+                    let h = &holdings[target];
+                    let Ok(peer) = h.peer_id() else { continue };
+                    match wire::put(&self.mesh, peer, h.contract, segment.shards[j], &shards[j])
+                        .await
+                    {
+                        Ok(_) => {
+                            located.entry(segment.shards[j]).or_default().push(target);
+                            stored = true;
+                            break;
+                        }
+                        Err(e) => {
+                            warn!(node = h.node, error = %e, "cannot put a rebuilt shard; trying another node")
+                        }
+                    }
+                }
+                if stored {
+                    rebuilt_here += 1;
+                } else {
+                    warn!(
+                        segment = index,
+                        shard = j,
+                        "no node without a shard of this segment can take the rebuilt shard"
+                    );
+                }
+            }
+            if rebuilt_here > 0 {
+                report.segments_repaired += 1;
+                report.shards_rebuilt += rebuilt_here;
+            }
+        }
+        Ok(report)
+    }
+
     /// Remove the object `name`: from the index, then its shards from the nodes.
     pub async fn remove(&self, name: &str) -> Result<IndexEntry, StorageError> {
         let (pointer, mut index) = self.index().await?;
@@ -1220,6 +1366,21 @@ impl Storage {
         }
         Ok(results.into_values().collect())
     }
+}
+
+/// What a repair did for one object.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct RepairReport {
+    /// The object.
+    pub name: String,
+    /// Its segments.
+    pub segments: u64,
+    /// Segments that had shards rebuilt.
+    pub segments_repaired: u64,
+    /// Shards rebuilt and stored again.
+    pub shards_rebuilt: u64,
+    /// Shards no reachable node served before the repair.
+    pub shards_missing: u64,
 }
 
 /// How one node did in an audit.

@@ -21,7 +21,9 @@ pub mod shard;
 pub mod store;
 pub mod wire;
 
-pub use client::{AuditResult, Holding, NodeChoice, PutReport, Storage, StorageError, human_bytes};
+pub use client::{
+    AuditResult, Holding, NodeChoice, PutReport, RepairReport, Storage, StorageError, human_bytes,
+};
 pub use crypto::{Cipher, StorageKeys};
 pub use erasure::Scheme;
 pub use format::{Capability, Index, IndexEntry, Manifest};
