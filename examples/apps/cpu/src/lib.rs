@@ -1,0 +1,109 @@
+//! `cpu`: a `wasi:cli/command` job for exercising a node's compute limits.
+//!
+//! ```text
+//! cpu primes N   prints "primes below N: C" (trial division, CPU-bound), exit 0
+//! cpu spin       loops forever (for CPU / wall-time limits)
+//! cpu alloc      allocates and touches memory without bound (for memory limits)
+//! ```
+//!
+//! Bad arguments print the usage to stderr and exit with code 2
+//! (`wasi:cli/exit.exit-with-code`, WASI 0.2.12).
+//! Arguments come from `wasi:cli/environment.get-arguments`; a leading program
+//! name (as `wasmtime run` passes) is skipped.
+
+use std::io::Write as _;
+
+wasip2::cli::command::export!(Cpu);
+
+const USAGE: &str = "usage: cpu primes N | cpu spin | cpu alloc\n";
+
+struct Cpu;
+
+impl wasip2::exports::cli::run::Guest for Cpu {
+    fn run() -> Result<(), ()> {
+        let mut args = wasip2::cli::environment::get_arguments();
+        if !args.first().is_some_and(|a| is_mode(a)) && !args.is_empty() {
+            args.remove(0); // program name
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        match args.as_slice() {
+            ["primes", n] => match n.parse::<u32>() {
+                Ok(n) => {
+                    let c = count_primes_below(n);
+                    let mut out = wasip2::cli::stdout::get_stdout();
+                    let _ = write!(out, "primes below {n}: {c}\n");
+                    let _ = out.blocking_flush();
+                    Ok(())
+                }
+                Err(_) => usage(),
+            },
+            ["spin"] => spin(),
+            ["alloc"] => alloc(),
+            _ => usage(),
+        }
+    }
+}
+
+fn is_mode(a: &str) -> bool {
+    matches!(a, "primes" | "spin" | "alloc")
+}
+
+fn usage() -> ! {
+    let mut err = wasip2::cli::stderr::get_stderr();
+    let _ = err.write_all(USAGE.as_bytes());
+    let _ = err.blocking_flush();
+    wasip2::cli::exit::exit_with_code(2);
+    unreachable!()
+}
+
+/// Counts the primes `p < n` by trial division with odd divisors up to √p.
+fn count_primes_below(n: u32) -> u32 {
+    if n <= 2 {
+        return 0;
+    }
+    let mut count = 1; // 2
+    let mut p = 3u32;
+    while p < n {
+        let mut d = 3u32;
+        let mut prime = true;
+        while d.saturating_mul(d) <= p {
+            if p % d == 0 {
+                prime = false;
+                break;
+            }
+            d += 2;
+        }
+        if prime {
+            count += 1;
+        }
+        p = match p.checked_add(2) {
+            Some(p) => p,
+            None => break,
+        };
+    }
+    count
+}
+
+fn spin() -> ! {
+    let mut err = wasip2::cli::stderr::get_stderr();
+    let _ = err.write_all(b"spinning forever\n");
+    let _ = err.blocking_flush();
+    let mut x = 1u64;
+    loop {
+        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+    }
+}
+
+fn alloc() -> ! {
+    const CHUNK: usize = 1 << 20; // 1 MiB
+    let mut out = wasip2::cli::stdout::get_stdout();
+    let mut held: Vec<Vec<u8>> = Vec::new();
+    loop {
+        // Touch every page so the memory is really committed on the host.
+        held.push(vec![0xa5; CHUNK]);
+        if held.len() % 16 == 0 {
+            let _ = write!(out, "allocated {} MiB\n", held.len());
+            let _ = out.blocking_flush();
+        }
+    }
+}
