@@ -1,0 +1,361 @@
+//! What one instance's store holds: WASI contexts, the limiter, and the meter of a run.
+
+use bytes::Bytes;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+use wasmtime::component::ResourceTable;
+use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+
+/// Most table elements one table may grow to.
+const TABLE_ELEMENTS_MAX: usize = 1_000_000;
+/// Most instances, tables and memories one store may create (a Rust component has a few).
+const STORE_OBJECTS_MAX: usize = 100;
+
+/// The store data of one instance.
+pub(crate) struct Host {
+    table: ResourceTable,
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    hooks: NoOutgoingHttp,
+    limiter: Limiter,
+    meter: Arc<RunMeter>,
+}
+
+impl Host {
+    pub(crate) fn new(wasi: WasiCtx, meter: Arc<RunMeter>) -> Self {
+        Host {
+            table: ResourceTable::new(),
+            wasi,
+            http: WasiHttpCtx::new(),
+            hooks: NoOutgoingHttp,
+            limiter: Limiter {
+                meter: meter.clone(),
+            },
+            meter,
+        }
+    }
+}
+
+impl WasiView for Host {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for Host {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
+    }
+}
+
+/// A store with the memory limiter and the CPU budget of `meter` installed.
+pub(crate) fn new_store(
+    engine: &wasmtime::Engine,
+    wasi: WasiCtx,
+    meter: Arc<RunMeter>,
+) -> Store<Host> {
+    let mut store = Store::new(engine, Host::new(wasi, meter));
+    store.limiter(|host| &mut host.limiter);
+    // Every epoch tick the guest is running, check its CPU budget and yield to the
+    // executor, so a busy guest never holds a worker thread for more than one tick.
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(|ctx| {
+        let meter = &ctx.data().meter;
+        if meter.cpu_used_ns() >= meter.cpu_limit_ns {
+            meter.cpu_exhausted.store(true, Ordering::Relaxed);
+            Ok(UpdateDeadline::Interrupt)
+        } else {
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
+    store
+}
+
+/// The outgoing-HTTP hook: workloads get no network, so every request is refused.
+struct NoOutgoingHttp;
+
+impl WasiHttpHooks for NoOutgoingHttp {
+    fn send_request(
+        &mut self,
+        request: http::Request<wasmtime_wasi_http::WasiBody>,
+        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: Box<
+            dyn Future<Output = wasmtime_wasi_http::Result<(), wasmtime_wasi_http::Error>> + Send,
+        >,
+    ) -> Box<
+        dyn Future<
+                Output = wasmtime_wasi_http::Result<(
+                    http::Response<wasmtime_wasi_http::WasiBody>,
+                    Box<
+                        dyn Future<
+                                Output = wasmtime_wasi_http::Result<(), wasmtime_wasi_http::Error>,
+                            > + Send,
+                    >,
+                )>,
+            > + Send,
+    > {
+        tracing::debug!(uri = %request.uri(), "refused outgoing HTTP request from a workload");
+        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+    }
+}
+
+/// Counts what one run (a request or a job) uses, shared by the store, the limiter,
+/// the epoch callback and the [`Metered`] future around the run.
+pub(crate) struct RunMeter {
+    origin: Instant,
+    /// CPU time of finished polls.
+    spent_ns: AtomicU64,
+    /// `origin`-relative start of the poll in progress plus one; zero when idle.
+    running_since_ns: AtomicU64,
+    pub(crate) cpu_limit_ns: u64,
+    pub(crate) cpu_exhausted: AtomicBool,
+    pub(crate) memory_limit_bytes: u64,
+    memory_bytes: AtomicU64,
+    pub(crate) memory_peak_bytes: AtomicU64,
+    pub(crate) memory_exhausted: AtomicBool,
+}
+
+impl RunMeter {
+    pub(crate) fn new(cpu_limit_ms: u64, memory_limit_bytes: u64) -> Self {
+        RunMeter {
+            origin: Instant::now(),
+            spent_ns: AtomicU64::new(0),
+            running_since_ns: AtomicU64::new(0),
+            cpu_limit_ns: cpu_limit_ms.saturating_mul(1_000_000),
+            cpu_exhausted: AtomicBool::new(false),
+            memory_limit_bytes,
+            memory_bytes: AtomicU64::new(0),
+            memory_peak_bytes: AtomicU64::new(0),
+            memory_exhausted: AtomicBool::new(false),
+        }
+    }
+
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// CPU time used so far, the poll in progress included.
+    pub(crate) fn cpu_used_ns(&self) -> u64 {
+        let spent = self.spent_ns.load(Ordering::Relaxed);
+        match self.running_since_ns.load(Ordering::Relaxed) {
+            0 => spent,
+            since => spent.saturating_add(self.now_ns().saturating_sub(since - 1)),
+        }
+    }
+
+    fn poll_started(&self) {
+        self.running_since_ns
+            .store(self.now_ns().saturating_add(1), Ordering::Relaxed);
+    }
+
+    fn poll_ended(&self) {
+        let since = self.running_since_ns.swap(0, Ordering::Relaxed);
+        if since != 0 {
+            let ran = self.now_ns().saturating_sub(since - 1);
+            self.spent_ns.fetch_add(ran, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Runs a future and charges the time spent inside its polls to a [`RunMeter`].
+///
+/// With async wasmtime the guest runs inside `poll`, on a fiber, until it yields (at
+/// every epoch tick or when it waits for I/O), so the time spent in polls is the CPU
+/// time the run took from the node, host calls included.
+pub(crate) struct Metered<F> {
+    inner: Pin<Box<F>>,
+    meter: Arc<RunMeter>,
+}
+
+impl<F> Metered<F> {
+    pub(crate) fn new(meter: Arc<RunMeter>, inner: F) -> Self {
+        Metered {
+            inner: Box::pin(inner),
+            meter,
+        }
+    }
+}
+
+impl<F: Future> Future for Metered<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.meter.poll_started();
+        let out = self.inner.as_mut().poll(cx);
+        self.meter.poll_ended();
+        out
+    }
+}
+
+/// Enforces the memory limit over all of a store's memories together, and records the peak.
+struct Limiter {
+    meter: Arc<RunMeter>,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let grow = u64::try_from(desired.saturating_sub(current)).unwrap_or(u64::MAX);
+        let total = self.meter.memory_bytes.load(Ordering::Relaxed);
+        let wanted = total.saturating_add(grow);
+        if wanted > self.meter.memory_limit_bytes {
+            self.meter.memory_exhausted.store(true, Ordering::Relaxed);
+            return Ok(false);
+        }
+        self.meter.memory_bytes.store(wanted, Ordering::Relaxed);
+        self.meter
+            .memory_peak_bytes
+            .fetch_max(wanted, Ordering::Relaxed);
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= TABLE_ELEMENTS_MAX)
+    }
+
+    fn instances(&self) -> usize {
+        STORE_OBJECTS_MAX
+    }
+
+    fn tables(&self) -> usize {
+        STORE_OBJECTS_MAX
+    }
+
+    fn memories(&self) -> usize {
+        STORE_OBJECTS_MAX
+    }
+}
+
+/// A guest's stdout or stderr kept in memory, up to a bound; the rest is counted, not kept.
+#[derive(Clone)]
+pub(crate) struct Capture {
+    inner: Arc<Mutex<Captured>>,
+}
+
+struct Captured {
+    bytes: Vec<u8>,
+    max: usize,
+    dropped: u64,
+}
+
+impl Capture {
+    pub(crate) fn new(max: usize) -> Self {
+        Capture {
+            inner: Arc::new(Mutex::new(Captured {
+                bytes: Vec::new(),
+                max,
+                dropped: 0,
+            })),
+        }
+    }
+
+    fn push(&self, data: &[u8]) {
+        let mut c = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let room = c.max.saturating_sub(c.bytes.len());
+        let keep = room.min(data.len());
+        c.bytes.extend_from_slice(&data[..keep]);
+        let dropped = u64::try_from(data.len() - keep).unwrap_or(u64::MAX);
+        c.dropped = c.dropped.saturating_add(dropped);
+    }
+
+    /// What was kept, with a marker line if anything was dropped.
+    pub(crate) fn take(&self) -> Vec<u8> {
+        let mut c = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = std::mem::take(&mut c.bytes);
+        if c.dropped > 0 {
+            if out.last().is_some_and(|b| *b != b'\n') {
+                out.push(b'\n');
+            }
+            out.extend_from_slice(
+                format!(
+                    "[peergrid: output truncated at {} bytes, {} more bytes dropped]\n",
+                    c.max, c.dropped
+                )
+                .as_bytes(),
+            );
+        }
+        out
+    }
+}
+
+impl IsTerminal for Capture {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for Capture {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for Capture {
+    async fn ready(&mut self) {}
+}
+
+#[wasmtime_wasi::async_trait]
+impl OutputStream for Capture {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.push(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        // Always writable: what is over the bound is dropped, never refused, so a
+        // chatty guest is not killed for printing.
+        Ok(64 * 1024)
+    }
+}
+
+impl tokio::io::AsyncWrite for Capture {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.push(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}

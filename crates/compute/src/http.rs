@@ -1,0 +1,238 @@
+//! HTTP services: one fresh instance of a `wasi:http/proxy` component per request.
+//!
+//! A request runs in its own task, under its limits: memory (all memories of the
+//! instance together), CPU time (checked at every epoch tick), and wall time (from the
+//! request until the guest returns, so the response body is included). A failure
+//! before the response starts becomes a one-line `text/plain` answer: 500 for a trap,
+//! 503 for an exhausted CPU or memory limit or a full instance pool, 504 for the wall
+//! time. A failure after the response started can only cut the body short. Either
+//! way it is counted in the workload's metrics and nothing else is disturbed.
+
+use crate::deployment::Limits;
+use crate::host::{Metered, RunMeter, new_store};
+use crate::runtime::{Prepared, classify, wasi_ctx};
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode, header};
+use http_body::{Body, Frame, SizeHint};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+use crate::metrics::WorkloadMetrics;
+
+/// The error type of a request body given to [`Prepared::handle`].
+pub type RequestBodyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A response body cut short: the workload failed after its response had started.
+#[derive(Debug, thiserror::Error)]
+#[error("response body from the workload failed: {0}")]
+pub struct ResponseBodyError(String);
+
+/// The body of a workload's response, counted into its metrics as it is sent.
+pub struct ResponseBody {
+    kind: BodyKind,
+}
+
+enum BodyKind {
+    Full(Option<Bytes>),
+    Guest {
+        body: HyperOutgoingBody,
+        metrics: Arc<WorkloadMetrics>,
+    },
+}
+
+impl ResponseBody {
+    fn full(bytes: Bytes) -> Self {
+        ResponseBody {
+            kind: BodyKind::Full(Some(bytes)),
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = ResponseBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ResponseBodyError>>> {
+        match &mut self.get_mut().kind {
+            BodyKind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            BodyKind::Guest { body, metrics } => match Pin::new(body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        metrics.served(data.len());
+                    }
+                    Poll::Ready(Some(Ok(frame)))
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    Poll::Ready(Some(Err(ResponseBodyError(format!("{e:?}")))))
+                }
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            BodyKind::Full(bytes) => bytes.is_none(),
+            BodyKind::Guest { body, .. } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            BodyKind::Full(Some(bytes)) => {
+                SizeHint::with_exact(u64::try_from(bytes.len()).unwrap_or(u64::MAX))
+            }
+            BodyKind::Full(None) => SizeHint::with_exact(0),
+            BodyKind::Guest { body, .. } => body.size_hint(),
+        }
+    }
+}
+
+/// A one-line `text/plain` answer from the host, not from the workload.
+pub(crate) fn text_response(status: StatusCode, message: &str) -> hyper::Response<ResponseBody> {
+    let mut resp = hyper::Response::new(ResponseBody::full(Bytes::from(format!("{message}\n"))));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+fn to_wasi_http_error(e: RequestBodyError) -> wasmtime_wasi_http::Error {
+    match e.downcast::<hyper::Error>() {
+        Ok(e) => wasmtime_wasi_http::Error::Hyper(*e),
+        Err(e) => wasmtime_wasi_http::Error::InternalError(Some(e.to_string())),
+    }
+}
+
+impl Prepared {
+    /// Answers one HTTP request with a fresh instance, under `limits`, with `env` set.
+    ///
+    /// Never fails: what goes wrong becomes an error response with a one-line reason,
+    /// and is counted in [`Prepared::metrics`].
+    pub async fn handle<B>(
+        &self,
+        req: hyper::Request<B>,
+        env: &[(String, String)],
+        limits: &Limits,
+    ) -> hyper::Response<ResponseBody>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<RequestBodyError>,
+    {
+        let metrics = self.inner.metrics.clone();
+        metrics.request_started();
+        let Some(pre) = self.proxy_pre().cloned() else {
+            metrics.error();
+            return text_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "this workload is a job, not an HTTP service",
+            );
+        };
+        let limits = self.effective_limits(limits);
+        let meter = Arc::new(RunMeter::new(limits.cpu_ms, limits.memory_bytes));
+        let mut store = new_store(
+            &self.inner.runtime.engine,
+            wasi_ctx(&[], env, None),
+            meter.clone(),
+        );
+
+        let (mut parts, body) = req.into_parts();
+        if parts.uri.authority().is_none() && !parts.headers.contains_key(header::HOST) {
+            parts
+                .headers
+                .insert(header::HOST, HeaderValue::from_static("localhost"));
+        }
+        let body = http_body_util::BodyExt::map_err(body, |e| to_wasi_http_error(e.into()));
+        let req = hyper::Request::from_parts(parts, body);
+
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let incoming = match store
+            .data_mut()
+            .http()
+            .new_incoming_request(Scheme::Http, req)
+        {
+            Ok(r) => r,
+            Err(e) => {
+                metrics.error();
+                return text_response(
+                    StatusCode::BAD_REQUEST,
+                    &format!("bad request: {}", crate::error::one_line(&e)),
+                );
+            }
+        };
+        let outparam = match store.data_mut().http().new_response_outparam(sender) {
+            Ok(o) => o,
+            Err(e) => {
+                metrics.error();
+                return text_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &format!("cannot set up the response: {}", crate::error::one_line(&e)),
+                );
+            }
+        };
+
+        // The guest runs in its own task: it goes on writing the body after the
+        // response head has been handed back below.
+        let wall = Duration::from_millis(limits.wall_ms);
+        let task_metrics = metrics.clone();
+        let run = tokio::spawn(async move {
+            let guest = Metered::new(meter.clone(), async move {
+                let proxy = pre.instantiate_async(&mut store).await?;
+                proxy
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, incoming, outparam)
+                    .await
+            });
+            let res = tokio::time::timeout(wall, guest).await;
+            let end = classify(&meter, &limits, res);
+            let limit = end.as_ref().err().and_then(|f| f.limit);
+            task_metrics.run_finished(&meter, end.is_err(), limit);
+            if let Err(failure) = &end {
+                tracing::debug!(reason = %failure.message, "http workload failed");
+            }
+            end
+        });
+
+        match receiver.await {
+            Ok(Ok(resp)) => resp.map(|body| ResponseBody {
+                kind: BodyKind::Guest { body, metrics },
+            }),
+            Ok(Err(code)) => {
+                metrics.error();
+                text_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &format!("the workload answered with an error: {code:?}"),
+                )
+            }
+            // The guest's store is gone without a response: the task says why.
+            Err(_) => match run.await {
+                Ok(Err(failure)) => text_response(failure.status, &failure.message),
+                Ok(Ok(())) => {
+                    metrics.error();
+                    text_response(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "the workload returned without sending a response",
+                    )
+                }
+                Err(e) => {
+                    metrics.error();
+                    text_response(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        &format!("the workload's task failed: {e}"),
+                    )
+                }
+            },
+        }
+    }
+}

@@ -1,0 +1,479 @@
+//! The runtime with real wasmtime: the example applications, hostile guests written in
+//! WAT, limits, refusals and the compile cache.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use peergrid_compute::{
+    ComputeError, LimitExceeded, Limits, Prepared, Runtime, RuntimeConfig, WorkloadKind,
+};
+use std::path::{Path, PathBuf};
+
+/// A job that returns success at once.
+const OK_JOB: &str = r#"(component
+  (core module $m (func (export "run") (result i32) (i32.const 0)))
+  (core instance $i (instantiate $m))
+  (func $run (result (result)) (canon lift (core func $i "run")))
+  (instance $run (export "run" (func $run)))
+  (export "wasi:cli/run@0.2.0" (instance $run)))"#;
+
+/// A job that never ends and calls nothing: only the CPU limit can stop it.
+const SPIN_JOB: &str = r#"(component
+  (core module $m (func (export "run") (result i32) (loop $l (br $l)) (i32.const 0)))
+  (core instance $i (instantiate $m))
+  (func $run (result (result)) (canon lift (core func $i "run")))
+  (instance $run (export "run" (func $run)))
+  (export "wasi:cli/run@0.2.0" (instance $run)))"#;
+
+/// A job that grows its memory a MiB at a time until refused, then traps.
+const ALLOC_JOB: &str = r#"(component
+  (core module $m
+    (memory 1)
+    (func (export "run") (result i32)
+      (loop $l (br_if $l (i32.ne (memory.grow (i32.const 16)) (i32.const -1))))
+      unreachable))
+  (core instance $i (instantiate $m))
+  (func $run (result (result)) (canon lift (core func $i "run")))
+  (instance $run (export "run" (func $run)))
+  (export "wasi:cli/run@0.2.0" (instance $run)))"#;
+
+/// An HTTP handler that loops forever without answering.
+const SPIN_HTTP: &str = r#"(component
+  (import "wasi:http/types@0.2.0" (instance $types
+    (export "incoming-request" (type (sub resource)))
+    (export "response-outparam" (type (sub resource)))))
+  (alias export $types "incoming-request" (type $req))
+  (alias export $types "response-outparam" (type $out))
+  (core module $m (func (export "handle") (param i32 i32) (loop $l (br $l))))
+  (core instance $i (instantiate $m))
+  (func $handle (param "request" (own $req)) (param "response-out" (own $out))
+    (canon lift (core func $i "handle")))
+  (instance $handler (export "handle" (func $handle)))
+  (export "wasi:http/incoming-handler@0.2.0" (instance $handler)))"#;
+
+/// A job that imports an interface no node provides.
+const KEYVALUE_JOB: &str = r#"(component
+  (import "wasi:keyvalue/store@0.2.0" (instance (export "ping" (func))))
+  (core module $m (func (export "run") (result i32) (i32.const 0)))
+  (core instance $i (instantiate $m))
+  (func $run (result (result)) (canon lift (core func $i "run")))
+  (instance $run (export "run" (func $run)))
+  (export "wasi:cli/run@0.2.0" (instance $run)))"#;
+
+fn runtime(cache_dir: &Path) -> Runtime {
+    Runtime::new(RuntimeConfig {
+        cache_dir: Some(cache_dir.to_path_buf()),
+        max_instances: 16,
+        ..RuntimeConfig::default()
+    })
+    .expect("runtime starts")
+}
+
+fn wat(text: &str) -> Vec<u8> {
+    wat::parse_str(text).expect("test WAT parses")
+}
+
+fn hash(bytes: &[u8]) -> [u8; 32] {
+    *blake3::hash(bytes).as_bytes()
+}
+
+fn prepare(rt: &Runtime, bytes: &[u8], kind: WorkloadKind) -> Prepared {
+    rt.prepare(&hash(bytes), bytes, kind)
+        .unwrap_or_else(|e| panic!("prepare failed: {e}"))
+}
+
+fn example_path(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/apps")
+        .join(name)
+        .join(format!("{name}.wasm"))
+}
+
+/// The committed build of an example application (examples/apps/build.sh rebuilds them).
+fn example(name: &str) -> Vec<u8> {
+    let path = example_path(name);
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; the example components are committed, rebuild them with examples/apps/build.sh",
+            path.display()
+        )
+    })
+}
+
+fn limits(memory_bytes: u64, cpu_ms: u64, wall_ms: u64) -> Limits {
+    Limits {
+        memory_bytes,
+        cpu_ms,
+        wall_ms,
+    }
+}
+
+fn get(path: &str) -> hyper::Request<Full<Bytes>> {
+    hyper::Request::builder()
+        .uri(format!("http://localhost{path}"))
+        .body(Full::new(Bytes::new()))
+        .expect("request builds")
+}
+
+async fn call(
+    app: &Prepared,
+    path: &str,
+    env: &[(String, String)],
+    limits: &Limits,
+) -> (u16, String) {
+    let resp = app.handle(get(path), env, limits).await;
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .expect("body arrives")
+        .to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_answers_with_its_body_and_is_metered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(dir.path());
+    let hello = prepare(&rt, &example("hello"), WorkloadKind::Http);
+    let l = Limits::default();
+    let (status, body) = call(&hello, "/", &[], &l).await;
+    assert_eq!((status, body.as_str()), (200, "hello from peergrid\n"));
+
+    let env = vec![("GREETING".to_string(), "hi there".to_string())];
+    let (status, body) = call(&hello, "/env/GREETING", &env, &l).await;
+    assert_eq!((status, body.as_str()), (200, "hi there\n"));
+    let (status, _) = call(&hello, "/env/MISSING", &env, &l).await;
+    assert_eq!(status, 404);
+
+    let m = hello.metrics();
+    assert_eq!(m.requests, 3);
+    assert_eq!(m.errors, 0);
+    assert_eq!(m.bytes_served, 20 + 9 + 10);
+    assert!(m.memory_peak_bytes > 0, "{m:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_answers_its_listing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(dir.path());
+    let kv = prepare(&rt, &example("kv"), WorkloadKind::Http);
+    let (status, _) = call(&kv, "/", &[], &Limits::default()).await;
+    assert_eq!(status, 200, "kv answered {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primes_job_prints_its_count() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(dir.path());
+    let cpu = prepare(&rt, &example("cpu"), WorkloadKind::Job);
+    let args = ["primes".to_string(), "10000".to_string()];
+    let out = cpu
+        .run_job(&args, &[], &limits(64 << 20, 5_000, 30_000))
+        .await;
+    assert!(out.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("1229"), "stdout: {stdout}");
+
+    let out = cpu
+        .run_job(&["nonsense".to_string()], &[], &Limits::default())
+        .await;
+    assert_eq!(out.exit_code, Some(2), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("usage"),
+        "{out:?}"
+    );
+    assert_eq!(out.error, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_output_is_bounded_with_a_marker() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = Runtime::new(RuntimeConfig {
+        cache_dir: Some(dir.path().to_path_buf()),
+        max_instances: 4,
+        output_bytes_max: 8,
+        ..RuntimeConfig::default()
+    })
+    .expect("runtime");
+    let cpu = prepare(&rt, &example("cpu"), WorkloadKind::Job);
+    let args = ["primes".to_string(), "100".to_string()];
+    let out = cpu.run_job(&args, &[], &Limits::default()).await;
+    assert!(out.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("primes b"), "{stdout}");
+    assert!(stdout.contains("output truncated at 8 bytes"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runaway_job_is_stopped_by_cpu_while_hello_keeps_answering() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(dir.path());
+    let cpu = prepare(&rt, &example("cpu"), WorkloadKind::Job);
+    let hello = prepare(&rt, &example("hello"), WorkloadKind::Http);
+
+    let spinner = cpu.clone();
+    let spin = tokio::spawn(async move {
+        spinner
+            .run_job(&["spin".to_string()], &[], &limits(64 << 20, 300, 60_000))
+            .await
+    });
+    for _ in 0..5 {
+        let (status, body) = call(&hello, "/", &[], &Limits::default()).await;
+        assert_eq!((status, body.as_str()), (200, "hello from peergrid\n"));
+    }
+    let out = spin.await.expect("job task");
+    assert_eq!(out.limit_exceeded, Some(LimitExceeded::Cpu), "{out:?}");
+    assert_eq!(out.exit_code, None);
+    let error = out.error.unwrap_or_default();
+    assert!(error.contains("CPU limit of 300 ms"), "{error}");
+    assert!(out.cpu_ms >= 300, "cpu_ms {}", out.cpu_ms);
+    let m = cpu.metrics();
+    assert_eq!((m.requests, m.errors, m.cpu_limit_exceeded), (1, 1, 1));
+    assert_eq!(hello.metrics().errors, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alloc_job_is_stopped_by_memory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(dir.path());
+    let cpu = prepare(&rt, &example("cpu"), WorkloadKind::Job);
+    let out = cpu
+        .run_job(
+            &["alloc".to_string()],
+            &[],
+            &limits(32 << 20, 30_000, 60_000),
+        )
+        .await;
+    assert_eq!(out.limit_exceeded, Some(LimitExceeded::Memory), "{out:?}");
+    let error = out.error.unwrap_or_default();
+    assert!(error.contains("memory limit of 33554432 bytes"), "{error}");
+    assert!(
+        out.memory_peak_bytes <= 32 << 20,
+        "{}",
+        out.memory_peak_bytes
+    );
+    assert_eq!(cpu.metrics().memory_limit_exceeded, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_wat_guests_are_stopped_by_each_limit() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(dir.path());
+    let spin = prepare(&rt, &wat(SPIN_JOB), WorkloadKind::Job);
+    let out = spin.run_job(&[], &[], &limits(1 << 20, 100, 60_000)).await;
+    assert_eq!(out.limit_exceeded, Some(LimitExceeded::Cpu), "{out:?}");
+
+    let out = spin.run_job(&[], &[], &limits(1 << 20, 60_000, 200)).await;
+    assert_eq!(out.limit_exceeded, Some(LimitExceeded::WallTime), "{out:?}");
+    assert!(
+        out.error
+            .unwrap_or_default()
+            .contains("wall-time limit of 200 ms")
+    );
+
+    let alloc = prepare(&rt, &wat(ALLOC_JOB), WorkloadKind::Job);
+    let out = alloc
+        .run_job(&[], &[], &limits(8 << 20, 10_000, 60_000))
+        .await;
+    assert_eq!(out.limit_exceeded, Some(LimitExceeded::Memory), "{out:?}");
+    assert!(out.memory_peak_bytes <= 8 << 20);
+
+    let ok = prepare(&rt, &wat(OK_JOB), WorkloadKind::Job);
+    let out = ok.run_job(&[], &[], &Limits::default()).await;
+    assert!(out.success(), "{out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runaway_request_gets_503_while_hello_keeps_answering() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(dir.path());
+    let spin = prepare(&rt, &wat(SPIN_HTTP), WorkloadKind::Http);
+    let hello = prepare(&rt, &example("hello"), WorkloadKind::Http);
+
+    let spinner = spin.clone();
+    let runaway =
+        tokio::spawn(async move { call(&spinner, "/", &[], &limits(1 << 20, 300, 60_000)).await });
+    for _ in 0..5 {
+        let (status, _) = call(&hello, "/", &[], &Limits::default()).await;
+        assert_eq!(status, 200);
+    }
+    let (status, body) = runaway.await.expect("request task");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("CPU limit of 300 ms"), "{body}");
+    assert_eq!(body.lines().count(), 1, "{body}");
+
+    let (status, body) = call(&spin, "/", &[], &limits(1 << 20, 60_000, 200)).await;
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("wall-time limit"), "{body}");
+
+    let m = spin.metrics();
+    assert_eq!((m.requests, m.errors), (2, 2));
+    assert_eq!((m.cpu_limit_exceeded, m.wall_time_exceeded), (1, 1));
+}
+
+#[test]
+fn core_modules_and_garbage_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(dir.path());
+    let module = wat("(module (func (export \"_start\")))");
+    let err = rt
+        .prepare(&hash(&module), &module, WorkloadKind::Job)
+        .err()
+        .expect("core module refused");
+    assert!(matches!(err, ComputeError::CoreModule), "{err}");
+    assert!(
+        err.to_string()
+            .contains("build a WASI 0.2 component (wasm32-wasip2)")
+    );
+
+    for garbage in [
+        &b""[..],
+        b"hello, world",
+        b"\0asm\x0d\0\x01\0garbage after the header",
+    ] {
+        let err = rt
+            .prepare(&hash(garbage), garbage, WorkloadKind::Http)
+            .err()
+            .expect("garbage refused");
+        assert!(
+            matches!(
+                err,
+                ComputeError::NotWasm | ComputeError::InvalidComponent(_)
+            ),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn a_wrong_hash_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(dir.path());
+    let bytes = wat(OK_JOB);
+    let err = rt
+        .prepare(&[0; 32], &bytes, WorkloadKind::Job)
+        .err()
+        .expect("refused");
+    assert!(matches!(err, ComputeError::HashMismatch { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains(&blake3::hash(&bytes).to_hex().to_string())
+    );
+}
+
+#[test]
+fn kind_mismatch_and_missing_imports_are_named() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(dir.path());
+    let job = wat(OK_JOB);
+    let err = rt
+        .prepare(&hash(&job), &job, WorkloadKind::Http)
+        .err()
+        .expect("a job is not a service");
+    assert!(matches!(err, ComputeError::KindMismatch { .. }), "{err}");
+    assert!(
+        err.to_string().contains("wasi:http/incoming-handler"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("deploy it as a job"), "{err}");
+
+    let service = wat(SPIN_HTTP);
+    let err = rt
+        .prepare(&hash(&service), &service, WorkloadKind::Job)
+        .err()
+        .expect("a service is not a job");
+    assert!(err.to_string().contains("deploy it as http"), "{err}");
+
+    let kv = wat(KEYVALUE_JOB);
+    let err = rt
+        .prepare(&hash(&kv), &kv, WorkloadKind::Job)
+        .err()
+        .expect("missing import refused");
+    match &err {
+        ComputeError::UnsupportedImport { import, .. } => {
+            assert_eq!(import, "wasi:keyvalue/store@0.2.0")
+        }
+        other => panic!("expected UnsupportedImport, got {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_kind_calls_answer_errors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(dir.path());
+    let job = prepare(&rt, &wat(OK_JOB), WorkloadKind::Job);
+    let (status, body) = call(&job, "/", &[], &Limits::default()).await;
+    assert_eq!(status, 500);
+    assert!(body.contains("is a job"), "{body}");
+    let service = prepare(&rt, &wat(SPIN_HTTP), WorkloadKind::Http);
+    let out = service.run_job(&[], &[], &Limits::default()).await;
+    assert!(out.error.unwrap_or_default().contains("HTTP service"));
+}
+
+fn files_under(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| {
+            let path = e.path();
+            if path.is_dir() { files_under(&path) } else { 1 }
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_runtime_loads_compiled_components_from_its_cache() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bytes = wat(OK_JOB);
+    {
+        let first = runtime(dir.path());
+        let _job = prepare(&first, &bytes, WorkloadKind::Job);
+        let stats = first.cache_stats();
+        assert_eq!((stats.hits, stats.misses), (0, 1));
+    }
+    assert!(
+        files_under(dir.path()) >= 1,
+        "the cache directory gained no file"
+    );
+
+    let second = runtime(dir.path());
+    let job = prepare(&second, &bytes, WorkloadKind::Job);
+    let stats = second.cache_stats();
+    assert_eq!(
+        (stats.hits, stats.misses),
+        (1, 0),
+        "second prepare compiled again"
+    );
+    let out = job.run_job(&[], &[], &Limits::default()).await;
+    assert!(out.success(), "{out:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepare_async_and_many_concurrent_requests() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(dir.path());
+    let bytes = example("hello");
+    let hello = rt
+        .prepare_async(hash(&bytes), bytes, WorkloadKind::Http)
+        .await
+        .expect("prepares");
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let hello = hello.clone();
+        tasks.push(tokio::spawn(async move {
+            call(&hello, "/", &[], &Limits::default()).await
+        }));
+    }
+    for t in tasks {
+        let (status, body) = t.await.expect("task");
+        // The pool holds 16 instances: a request over it is refused, never hung.
+        assert!(
+            status == 200 || (status == 503 && body.contains("as many instances")),
+            "{status} {body}"
+        );
+    }
+    assert_eq!(hello.metrics().requests, 32);
+}
