@@ -101,6 +101,9 @@ pub struct RunArgs {
     /// The local health, status and metrics endpoint.
     #[arg(long, default_value = "127.0.0.1:9100")]
     health: SocketAddr,
+    /// Serve the workloads over HTTP here: `/<contract>/<workload>/…` (off when not given).
+    #[arg(long, value_name = "ADDR")]
+    http: Option<SocketAddr>,
     /// A mesh listen address (repeatable) [default: QUIC and TCP on all interfaces, random ports].
     #[arg(long = "listen", value_name = "MULTIADDR")]
     listen: Vec<String>,
@@ -428,6 +431,7 @@ fn node_run(globals: &Globals, args: RunArgs) -> anyhow::Result<()> {
                 .transpose()?,
         },
         health_listen: args.health,
+        http_listen: args.http,
         mesh,
         invitation,
         owner_key,
@@ -441,12 +445,16 @@ fn node_run(globals: &Globals, args: RunArgs) -> anyhow::Result<()> {
             )?;
         } else {
             println!("node {} of farm {} is running", node.node, report.farm);
-            output::rows(&[
+            let mut rows = vec![
                 ("account", report.account.to_string()),
                 ("capacity", report.capacity.to_string()),
                 ("health", format!("http://{}/health", node.health)),
                 ("metrics", format!("http://{}/metrics", node.health)),
-            ]);
+            ];
+            if let Some(http) = &report.http {
+                rows.push(("workloads", format!("{http}/<contract>/<workload>/")));
+            }
+            output::rows(&rows);
             println!("\nCtrl-C stops the node; its workloads are restored on the next start.");
         }
         crate::stop_requested().await;

@@ -75,7 +75,8 @@ pub struct DevnetArgs {
     /// Validator i serves its API on BASE+i and talks to the others on BASE+100+i.
     #[arg(long, default_value_t = 8700)]
     base_port: u16,
-    /// Farmer nodes to run, in 2 farms (each serves its health endpoint on BASE+200+i).
+    /// Farmer nodes to run, in 2 farms (each serves its health endpoint on BASE+200+i
+    /// and its workloads over HTTP on BASE+310+i).
     #[arg(long, default_value_t = 5)]
     nodes: usize,
     /// Set a genesis parameter of a new devnet, like `--set billing_interval_secs=2` (repeatable).
@@ -272,6 +273,7 @@ pub fn devnet(globals: &Globals, args: DevnetArgs) -> anyhow::Result<()> {
                 "demo_mnemonic": mnemonic.trim(),
                 "height": height,
                 "nodes": supervisor.running.nodes,
+                "nodes_http": supervisor.running.nodes_http,
             }))?;
         } else {
             println!("peergrid devnet is finalizing blocks (height {height})\n");
@@ -282,6 +284,7 @@ pub fn devnet(globals: &Globals, args: DevnetArgs) -> anyhow::Result<()> {
                 ("demo account", demo.account().to_string()),
                 ("demo key", supervisor.running.demo_key.display().to_string()),
                 ("nodes", format!("{} (health: {})", supervisor.running.nodes.len(), supervisor.running.nodes.join(" "))),
+                ("workloads", supervisor.running.nodes_http.join(" ")),
                 ("logs", dir.join("logs").display().to_string()),
             ]);
             println!("\ndemo account's 24 words (devnet only):\n{}", output::phrase_lines(mnemonic.trim()));

@@ -7,6 +7,7 @@
 //! JSON object on stdout with `--json`. Errors go to stderr as `error: <message>`
 //! with exit code 1; usage errors exit with 2.
 
+mod app;
 mod econ;
 mod genesis;
 mod grid;
@@ -65,6 +66,11 @@ enum Command {
     /// Contracts: list, show, cancel.
     #[command(subcommand)]
     Contract(econ::ContractCommand),
+    /// Deploy a WebAssembly app (a WASI 0.2 component) to nodes; prints its URLs.
+    Deploy(app::DeployArgs),
+    /// Your deployed apps: list, status, rm.
+    #[command(subcommand)]
+    App(app::AppCommand),
     /// Storage: reserve space, put and get encrypted, erasure-coded objects.
     #[command(subcommand)]
     Store(store::StoreCommand),
@@ -193,6 +199,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bill(cmd) => econ::bill(&globals, cmd),
         Command::Gov(cmd) => econ::gov(&globals, cmd),
         Command::Store(cmd) => store::run(&globals, cmd),
+        Command::Deploy(args) => app::deploy(&globals, args),
+        Command::App(cmd) => app::app(&globals, cmd),
     }
 }
 

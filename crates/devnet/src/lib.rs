@@ -32,7 +32,8 @@ pub struct Options {
     /// Number of validators.
     pub validators: usize,
     /// First API port; validator `i` serves its API on `base_port + i` and its p2p on
-    /// `base_port + 100 + i`; node `i` serves its health endpoint on `base_port + 200 + i`.
+    /// `base_port + 100 + i`; node `i` serves its health endpoint on `base_port + 200 + i`
+    /// and its workloads over HTTP on `base_port + 310 + i`.
     pub base_port: u16,
     /// Farmer nodes to run, spread over [`FARMS`] farms.
     pub nodes: usize,
@@ -75,6 +76,9 @@ pub struct Running {
     /// Every node's health endpoint URL.
     #[serde(default)]
     pub nodes: Vec<String>,
+    /// Every node's HTTP entry for workloads (`http://127.0.0.1:<base+310+i>`).
+    #[serde(default)]
+    pub nodes_http: Vec<String>,
 }
 
 /// The devnet folder the CLI uses when not told: `$PEERGRID_DEVNET`, else
@@ -421,6 +425,7 @@ impl Supervisor {
             demo_key: opts.dir.join("keys/demo.json"),
             faucet_key: opts.dir.join("keys/faucet.json"),
             nodes: Vec::new(),
+            nodes_http: Vec::new(),
         };
         write_running(&opts.dir, &running)?;
         Ok(Supervisor {
@@ -511,6 +516,7 @@ impl Supervisor {
             bail!("no farm to start nodes in");
         }
         let mut urls = Vec::new();
+        let mut http_urls = Vec::new();
         for i in 0..count {
             let farm_index = i % farms.len();
             let (country, city, lat, lon) = PLACES[i % PLACES.len()];
@@ -522,6 +528,15 @@ impl Supervisor {
             ensure_free(
                 &format!("127.0.0.1:{health_port}"),
                 &format!("node {i}'s health endpoint"),
+            )?;
+            let http_port = self
+                .base_port
+                .checked_add(310)
+                .and_then(|p| p.checked_add(u16::try_from(i).ok()?))
+                .context("--base-port too high")?;
+            ensure_free(
+                &format!("127.0.0.1:{http_port}"),
+                &format!("node {i}'s workload HTTP entry"),
             )?;
             let dir = node_dir(&self.dir, i);
             std::fs::create_dir_all(&dir)?;
@@ -546,6 +561,7 @@ impl Supervisor {
                 )
                 .args(["--ledger", &self.running.apis.join(",")])
                 .args(["--health", &format!("127.0.0.1:{health_port}")])
+                .args(["--http", &format!("127.0.0.1:{http_port}")])
                 .args([
                     "--listen",
                     "/ip4/127.0.0.1/udp/0/quic-v1",
@@ -560,9 +576,11 @@ impl Supervisor {
                 &self.dir.join(format!("logs/node-{i}.log")),
             )?);
             urls.push(format!("http://127.0.0.1:{health_port}"));
+            http_urls.push(format!("http://127.0.0.1:{http_port}"));
         }
         let http = wait_listening(&urls, timeout, &mut self.nodes, &self.dir).await;
         self.running.nodes = urls;
+        self.running.nodes_http = http_urls;
         write_running(&self.dir, &self.running)?;
         http
     }

@@ -40,6 +40,8 @@ pub struct NodeConfig {
     pub location: LocationUpdate,
     /// The local health and metrics endpoint.
     pub health_listen: SocketAddr,
+    /// The HTTP entry for the workloads, if any (`--http`).
+    pub http_listen: Option<SocketAddr>,
     /// The mesh peer's configuration.
     pub mesh: peergrid_mesh::Config,
     /// The farm owner's invitation, when the owner's key is not here.
@@ -78,6 +80,8 @@ pub struct Shared {
     pub clock: ServiceClock,
     /// The shards of the storage contracts on this node.
     pub storage: Arc<peergrid_storage::ShardStore>,
+    /// The deployments this node runs.
+    pub compute: Arc<crate::compute::Compute>,
 }
 
 impl Shared {
@@ -105,8 +109,13 @@ impl Shared {
     /// What `/peergrid/status/1` and `/v1/status` answer.
     pub async fn report(&self) -> NodeReport {
         let world = self.world.lock().await;
+        let (starting, failed) = self.compute.counts();
         let used = world.used(None);
-        let mut counts = WorkloadCounts::default();
+        let mut counts = WorkloadCounts {
+            starting,
+            failed,
+            ..WorkloadCounts::default()
+        };
         for w in world.workloads.values() {
             match w.state {
                 WorkloadState::Running => counts.running += 1,
@@ -125,6 +134,8 @@ impl Shared {
             workloads: counts,
             uptime_secs: self.clock.uptime_secs(),
             followed_height: world.followed_height,
+            http: self.compute.http.get().cloned(),
+            deployment: None,
         }
     }
 }
@@ -298,7 +309,9 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Running> {
         peergrid_storage::ShardStore::new(config.data_dir.join("storage-pointers"))
             .context("cannot create the storage pointers folder")?,
     );
+    let compute = Arc::new(crate::compute::Compute::new(&config.data_dir, mesh.clone())?);
     let shared = Arc::new(Shared {
+        compute: compute.clone(),
         storage: storage.clone(),
         world: Mutex::new(world),
         capacity: probe.offered,
@@ -315,11 +328,18 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Running> {
         clock,
     });
     shared.sync_storage(&*shared.world.lock().await);
+    compute.sync(&*shared.world.lock().await);
     serve_protocols(&mesh, shared.clone(), client.clone())?;
     let shard_task =
         peergrid_storage::store::serve(&mesh, storage).context("cannot serve /peergrid/shard/1")?;
     let (health, health_task) = crate::health::serve(config.health_listen, shared.clone()).await?;
-    let tasks = vec![
+    let mut tasks = Vec::new();
+    if let Some(addr) = config.http_listen {
+        let (http, http_task) = crate::entry::serve(addr, compute.clone()).await?;
+        info!(%http, "serving workloads over HTTP");
+        tasks.push(http_task);
+    }
+    tasks.extend([
         tokio::spawn(report_uptime(
             shared.clone(),
             client.clone(),
@@ -329,7 +349,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Running> {
         tokio::spawn(reconcile::follow(shared.clone(), client.clone())),
         health_task,
         shard_task,
-    ];
+    ]);
     info!(node = id, farm = config.farm, %health, "node running");
     Ok(Running {
         shared,
@@ -403,9 +423,16 @@ fn serve_protocols(
     client: Arc<Client>,
 ) -> anyhow::Result<()> {
     let s = shared.clone();
-    mesh.serve(protocol::STATUS, move |_peer, _body| {
+    mesh.serve(protocol::STATUS, move |_peer, body| {
         let s = s.clone();
-        async move { serde_json::to_vec(&s.report().await).map_err(|e| e.to_string()) }
+        async move {
+            let mut report = s.report().await;
+            // A request may name one contract (u64 LE) to hear about its deployment.
+            if let Ok(id) = <[u8; 8]>::try_from(body.as_slice()) {
+                report.deployment = Some(s.compute.status(u64::from_le_bytes(id)));
+            }
+            serde_json::to_vec(&report).map_err(|e| e.to_string())
+        }
     })?;
     mesh.serve(protocol::DEPLOY, move |peer, body| {
         let shared = shared.clone();
@@ -464,6 +491,11 @@ async fn accept_deployment(
             contract.id
         ));
     }
+    if let Err(e) = peergrid_compute::Deployment::decode(&request.deployment) {
+        return Err(format!(
+            "the deployment cannot be decoded: {e}; build it with `peergrid deploy`"
+        ));
+    }
     if !request.signature.verify(
         &contract.owner,
         protocol::DEPLOY_NAMESPACE,
@@ -496,5 +528,7 @@ async fn accept_deployment(
         w.deployed = Some(hash);
     }
     world.save().map_err(|e| e.to_string())?;
+    shared.compute.retry(contract.id);
+    shared.compute.sync(&world);
     Ok(contract.id)
 }

@@ -71,7 +71,11 @@ async fn status(State(s): State<Arc<Shared>>) -> Response {
 
 async fn workloads(State(s): State<Arc<Shared>>) -> Response {
     let world = s.world.lock().await;
-    Json(json!({ "items": world.workloads.values().collect::<Vec<_>>() })).into_response()
+    Json(json!({
+        "items": world.workloads.values().collect::<Vec<_>>(),
+        "deployments": s.compute.list(),
+    }))
+    .into_response()
 }
 
 async fn metrics(State(s): State<Arc<Shared>>) -> Response {

@@ -15,10 +15,15 @@
 //! ([`protocol`]). A local HTTP endpoint serves `/health`, `/v1/status`,
 //! `/v1/workloads` and Prometheus `/metrics`.
 //!
-//! Provisioning is delegated to the storage and compute rooms as they land; until then
-//! a workload is its folder under `workloads/` and its desired state in `world.json`.
+//! A workload is its folder under `workloads/` and its desired state in `world.json`;
+//! storage contracts are served by `peergrid-storage`, deployments run on
+//! `peergrid-compute` ([`compute`]), their components fetched over `/peergrid/blob/1`
+//! ([`blob`]) and their HTTP workloads served by `node run --http` ([`entry`]).
 
+pub mod blob;
+pub mod compute;
 pub mod daemon;
+pub mod entry;
 pub mod health;
 pub mod lock;
 pub mod probe;

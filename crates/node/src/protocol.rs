@@ -53,6 +53,50 @@ pub struct NodeReport {
     pub uptime_secs: u64,
     /// The last ledger height reconciled.
     pub followed_height: u64,
+    /// Where the node's HTTP entry for workloads listens (`http://host:port`), if it has one.
+    #[serde(default)]
+    pub http: Option<String>,
+    /// The deployment asked about (a status request may name one contract).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<DeploymentStatus>,
+}
+
+/// What a deployment is doing on a node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentStatus {
+    /// Its contract.
+    pub contract: ContractId,
+    /// `absent`, `init`, `running`, `error` or `paused`.
+    pub state: String,
+    /// Why, for `error`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Its workloads.
+    #[serde(default)]
+    pub workloads: Vec<WorkloadStatus>,
+}
+
+/// What one workload of a deployment is doing on a node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadStatus {
+    /// Its name in the deployment.
+    pub name: String,
+    /// `http` or `job`.
+    pub kind: String,
+    /// `init`, `running`, `error` or `paused`.
+    pub state: String,
+    /// Why, for `error`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Requests (or job runs) served since the node started.
+    #[serde(default)]
+    pub requests: u64,
+    /// CPU time used, µs.
+    #[serde(default)]
+    pub cpu_us: u64,
+    /// Bytes of responses served.
+    #[serde(default)]
+    pub bytes_served: u64,
 }
 
 /// How many workloads are in each state.
@@ -64,6 +108,12 @@ pub struct WorkloadCounts {
     pub paused: usize,
     /// Refused here.
     pub refused: usize,
+    /// Deployments whose components are being fetched and compiled.
+    #[serde(default)]
+    pub starting: usize,
+    /// Deployments that failed to start (bad component, unreachable owner, ...).
+    #[serde(default)]
+    pub failed: usize,
 }
 
 /// A deployment for a contract, signed by the contract's owner.
@@ -97,7 +147,22 @@ impl DeployRequest {
 
 /// Ask `node` for its status.
 pub async fn status(mesh: &Mesh, node: PeerId) -> Result<NodeReport, RpcError> {
-    let body = mesh.request(node, &STATUS, b"").await?;
+    status_of(mesh, node, None).await
+}
+
+/// Ask `node` for its status and, with `contract`, that deployment's
+/// ([`NodeReport::deployment`]); the request is then the contract id, u64 little-endian.
+pub async fn status_of(
+    mesh: &Mesh,
+    node: PeerId,
+    contract: Option<ContractId>,
+) -> Result<NodeReport, RpcError> {
+    let request = contract.map(u64::to_le_bytes);
+    let request: &[u8] = match &request {
+        Some(b) => b,
+        None => b"",
+    };
+    let body = mesh.request(node, &STATUS, request).await?;
     serde_json::from_slice(&body).map_err(|e| RpcError::MalformedResponse {
         peer: node,
         protocol: STATUS.name.clone(),

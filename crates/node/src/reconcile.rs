@@ -91,11 +91,18 @@ pub async fn reconcile_one(shared: &Shared, contract: &Contract) -> bool {
             };
             info!(contract = id, reason = %why, "removed with its data")
         }
-        Action::Redeploy(hash) => info!(
-            contract = id,
-            %hash,
-            "the contract's deployment changed; waiting for the new one"
-        ),
+        Action::Update {
+            deployment_hash,
+            reserved,
+        } => match world.workloads.get(&id) {
+            Some(w) if w.deployment_hash != *deployment_hash => info!(
+                contract = id,
+                hash = ?deployment_hash,
+                %reserved,
+                "the contract's deployment changed; waiting for the new one"
+            ),
+            _ => info!(contract = id, %reserved, "the contract's resources changed"),
+        },
         Action::None => {}
     }
     if let Err(e) = world.apply(contract.id, action) {
@@ -103,6 +110,7 @@ pub async fn reconcile_one(shared: &Shared, contract: &Contract) -> bool {
         return false;
     }
     shared.sync_storage(&world);
+    shared.compute.sync(&world);
     true
 }
 
@@ -173,6 +181,7 @@ async fn resync(shared: &Shared, client: &Client, me: NodeId) -> Result<u64, Cli
             let mut world = shared.world.lock().await;
             let _ = world.apply(id, Action::Remove);
             shared.sync_storage(&world);
+            shared.compute.sync(&world);
         }
     }
     debug!(height, contracts = contracts.len(), "resynced");

@@ -71,8 +71,13 @@ pub enum Action {
     Refuse(String),
     /// Remove the workload and its data.
     Remove,
-    /// Track a new deployment hash (the contract was updated).
-    Redeploy(Hash),
+    /// Follow an updated contract: its deployment hash and what it reserves.
+    Update {
+        /// The hash the ledger now holds.
+        deployment_hash: Option<Hash>,
+        /// What it now reserves.
+        reserved: Capacity,
+    },
     /// Nothing to do.
     None,
 }
@@ -229,9 +234,13 @@ impl World {
                 let d = self.workload_dir(contract);
                 let _ = std::fs::remove_dir_all(d);
             }
-            Action::Redeploy(hash) => {
+            Action::Update {
+                deployment_hash,
+                reserved,
+            } => {
                 if let Some(w) = self.workloads.get_mut(&contract) {
-                    w.deployment_hash = Some(hash);
+                    w.deployment_hash = deployment_hash;
+                    w.reserved = reserved;
                 }
                 self.save()?;
             }
@@ -275,10 +284,11 @@ pub fn plan(world: &World, me: NodeId, capacity: &Capacity, contract: &Contract)
     };
     match local {
         Some(w) if w.holds_capacity() => {
-            if let Some(h) = contract.deployment_hash()
-                && w.deployment_hash != Some(h)
-            {
-                return Action::Redeploy(h);
+            if w.deployment_hash != contract.deployment_hash() || w.reserved != contract.reserved {
+                return Action::Update {
+                    deployment_hash: contract.deployment_hash(),
+                    reserved: contract.reserved,
+                };
             }
             match (&w.state, paused) {
                 (WorkloadState::Running, true) => Action::Pause,
@@ -422,6 +432,18 @@ mod tests {
                 .workloads
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn an_update_of_resources_alone_updates_what_the_workload_reserves() {
+        let (_dir, mut w) = world();
+        let c = contract(1, ME, 1 << 30, ContractState::Created);
+        reconcile(&mut w, &c);
+        let bigger = contract(1, ME, 2 << 30, ContractState::Created);
+        assert!(matches!(reconcile(&mut w, &bigger), Action::Update { .. }));
+        assert_eq!(w.workloads[&1].reserved.mru, 2 << 30);
+        assert_eq!(w.used(None).mru, 2 << 30);
+        assert_eq!(reconcile(&mut w, &bigger), Action::None, "idempotent");
     }
 
     #[test]

@@ -67,7 +67,11 @@ impl Drop for Proc {
 /// a port the devnet or a node is about to listen on.
 pub fn base_port(first: u16) -> u16 {
     assert!(first.checked_add(6_400).is_some_and(|end| end < 32_768));
-    let offsets = (0..10).chain(100..110).chain(200..210).chain([250, 300]);
+    let offsets = (0..10)
+        .chain(100..110)
+        .chain(200..210)
+        .chain([250, 300])
+        .chain(310..320);
     let offsets: Vec<u16> = offsets.collect();
     let free = |base: u16| {
         offsets.iter().all(|o| {

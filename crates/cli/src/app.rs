@@ -1,0 +1,795 @@
+//! `peergrid deploy` and `peergrid app`: WebAssembly applications on the grid's nodes.
+//!
+//! A deploy checks the component here first (so a core module, garbage or an import the
+//! nodes do not provide is refused before any contract is paid for), builds the
+//! deployment, creates one deployment contract per replica on up nodes with free
+//! capacity (distinct farms first), serves the component over `/peergrid/blob/1` while
+//! each node fetches it, sends the signed deployment and follows each node's status
+//! until the workload runs. Every wait has a deadline and says what it waits for; a
+//! replica that fails moves to another node and its contract is cancelled. Apps are
+//! recorded by name in `$PEERGRID_HOME/apps.json` (the ledger knows contracts, not names).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use peergrid_client::{Client, ContractState, NodeView, TxStatus};
+use peergrid_compute::{Deployment, Limits, Runtime, RuntimeConfig, WorkloadKind, WorkloadSpec};
+use peergrid_core::capacity::{Capacity, parse_size};
+use peergrid_core::tx::ContractSpec;
+use peergrid_core::{ContractId, Hash, Keypair, NodeId, Payload};
+use peergrid_ledger::Event;
+use peergrid_mesh::{Mesh, PeerId};
+use peergrid_node::protocol::{self, DeployRequest};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::Mutex;
+
+use crate::{Globals, output};
+
+/// SSD a deployment contract reserves: the component and its compiled form.
+const SRU_BYTES: u64 = 256 << 20;
+/// How long one node may take from the deploy request to a running workload.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the deploy request itself may take (dial included).
+const DEPLOY_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long one status request may take.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a contract transaction may take to finalize.
+const TX_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What a workload is.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Kind {
+    /// A `wasi:http/proxy` service.
+    Http,
+    /// A `wasi:cli/command` run to completion.
+    Job,
+}
+
+impl From<Kind> for WorkloadKind {
+    fn from(k: Kind) -> Self {
+        match k {
+            Kind::Http => WorkloadKind::Http,
+            Kind::Job => WorkloadKind::Job,
+        }
+    }
+}
+
+/// `peergrid deploy`.
+#[derive(Args)]
+pub struct DeployArgs {
+    /// The component: a WASI 0.2 component (`cargo build --target wasm32-wasip2`).
+    wasm: PathBuf,
+    /// The app's name, `[a-z0-9-]{1,63}`: its workload's name in URLs [default: the file's name].
+    #[arg(long)]
+    name: Option<String>,
+    /// How many nodes run it.
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
+    /// Run it on these nodes (repeatable) [default: chosen from the ledger].
+    #[arg(long = "node", value_name = "ID")]
+    nodes: Vec<NodeId>,
+    /// Memory per request or run, e.g. 128MiB; also what each contract reserves.
+    #[arg(long, value_parser = parse_size, default_value = "128MiB")]
+    memory: u64,
+    /// CPU time per request or run, ms.
+    #[arg(long, default_value_t = 1_000)]
+    cpu_ms: u64,
+    /// Wall time per request or run, ms.
+    #[arg(long, default_value_t = 10_000)]
+    wall_ms: u64,
+    /// An environment variable the workload sees, K=V (repeatable).
+    #[arg(long = "env", value_name = "K=V", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+    /// A service answering HTTP, or a job run to completion.
+    #[arg(long, value_enum, default_value = "http")]
+    kind: Kind,
+}
+
+/// `peergrid app …`.
+#[derive(Subcommand)]
+pub enum AppCommand {
+    /// Your apps, from `$PEERGRID_HOME/apps.json`.
+    List,
+    /// An app's replicas: their contracts on the ledger and their state on their nodes.
+    Status {
+        /// The app's name.
+        name: String,
+    },
+    /// Cancel an app's contracts and forget it.
+    Rm {
+        /// The app's name.
+        name: String,
+    },
+}
+
+fn parse_env(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{text:?} is not K=V")),
+    }
+}
+
+/// One replica of an app, as recorded.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Replica {
+    /// Its deployment contract.
+    pub contract: ContractId,
+    /// Its node.
+    pub node: NodeId,
+    /// Its URL on the node's HTTP entry, if the node has one.
+    pub url: Option<String>,
+}
+
+/// An app, as recorded in `apps.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct App {
+    /// Its name (= its workload's name).
+    pub name: String,
+    /// `http` or `job`.
+    pub kind: String,
+    /// BLAKE3 of its component, hex.
+    pub component: String,
+    /// BLAKE3 of its deployment, hex: what its contracts hold.
+    pub deployment: String,
+    /// Its replicas.
+    pub replicas: Vec<Replica>,
+}
+
+/// Every app of this home, by name.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Apps {
+    apps: BTreeMap<String, App>,
+}
+
+fn apps_file(globals: &Globals) -> anyhow::Result<PathBuf> {
+    let key_file = globals.home_key_file()?;
+    let home = key_file
+        .parent()
+        .context("cannot tell the peergrid home folder")?;
+    Ok(home.join("apps.json"))
+}
+
+fn load_apps(file: &Path) -> anyhow::Result<Apps> {
+    match std::fs::read(file) {
+        Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
+            format!(
+                "{} is corrupt; fix or remove it (your contracts stay on the ledger: \
+                 `peergrid contract list`)",
+                file.display()
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Apps::default()),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", file.display())),
+    }
+}
+
+fn save_apps(file: &Path, apps: &Apps) -> anyhow::Result<()> {
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let tmp = file.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(apps)?)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, file).with_context(|| format!("cannot replace {}", file.display()))?;
+    Ok(())
+}
+
+/// A name from a file name: lowercase, `[a-z0-9-]`, at most 63 bytes.
+fn default_name(path: &Path) -> String {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    let name: String = stem
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .take(63)
+        .collect();
+    let name = name.trim_matches('-').to_string();
+    if name.is_empty() { "app".into() } else { name }
+}
+
+/// Check the component locally the way a node will, before anything is paid for.
+fn check_component(hash: &[u8; 32], bytes: &[u8], kind: WorkloadKind) -> anyhow::Result<()> {
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: None,
+        max_instances: 1,
+        max_memory_bytes: 64 << 20,
+        ..RuntimeConfig::default()
+    })
+    .context("cannot start a WebAssembly runtime to check the component")?;
+    match runtime.prepare(hash, bytes, kind) {
+        Ok(_) => Ok(()),
+        Err(e @ peergrid_compute::ComputeError::KindMismatch { .. }) => {
+            bail!("{e} (`peergrid deploy --kind http|job`)")
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// One step, live on stderr (also with `--json`, whose one object goes to stdout).
+fn say(_json: bool, line: impl AsRef<str>) {
+    eprintln!("{}", line.as_ref());
+}
+
+/// A mesh peer with `key`, bootstrapped from the ledger's genesis; dials wait 3 s at most.
+async fn mesh_peer(client: &Client, key: &Keypair) -> anyhow::Result<Mesh> {
+    let status = client.status().await?;
+    let bootstrap = status.data["mesh_bootstrap"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(serde_json::Value::as_str)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let config = peergrid_mesh::Config {
+        listen: vec![
+            "/ip4/0.0.0.0/udp/0/quic-v1".parse()?,
+            "/ip4/0.0.0.0/tcp/0".parse()?,
+        ],
+        bootstrap,
+        dial_timeout: Duration::from_secs(3),
+        ..peergrid_mesh::Config::default()
+    };
+    Mesh::start(key, config)
+        .await
+        .context("cannot start a mesh peer to reach the nodes")
+}
+
+/// Up nodes that can hold `need`, the asked ones in order, else distinct farms first.
+fn candidates(
+    nodes: Vec<NodeView>,
+    asked: &[NodeId],
+    need: &Capacity,
+    json: bool,
+) -> VecDeque<NodeView> {
+    let usable = |n: &NodeView| {
+        if n.status != peergrid_ledger::NodeStatus::Up {
+            return Err(format!("it is {} on the ledger", n.status));
+        }
+        if !need.fits_within(&n.free) {
+            return Err(format!("it has {} free, the app needs {need}", n.free));
+        }
+        Ok(())
+    };
+    if !asked.is_empty() {
+        let mut out = VecDeque::new();
+        for id in asked {
+            match nodes.iter().find(|n| n.node.id == *id) {
+                None => say(json, format!("skipping node {id}: it is not on the ledger")),
+                Some(n) => match usable(n) {
+                    Ok(()) => out.push_back(n.clone()),
+                    Err(why) => say(json, format!("skipping node {id}: {why}")),
+                },
+            }
+        }
+        return out;
+    }
+    let mut by_farm: BTreeMap<u32, Vec<NodeView>> = BTreeMap::new();
+    for n in nodes.into_iter().filter(|n| usable(n).is_ok()) {
+        by_farm.entry(n.node.farm).or_default().push(n);
+    }
+    for list in by_farm.values_mut() {
+        // Most free memory first within a farm.
+        list.sort_by(|a, b| b.free.mru.cmp(&a.free.mru).then(a.node.id.cmp(&b.node.id)));
+        list.reverse();
+    }
+    // One node of each farm in turn, so replicas land on distinct farms first.
+    let mut out = VecDeque::new();
+    loop {
+        let mut any = false;
+        for list in by_farm.values_mut() {
+            if let Some(n) = list.pop() {
+                out.push_back(n);
+                any = true;
+            }
+        }
+        if !any {
+            return out;
+        }
+    }
+}
+
+/// What the replicas share while they are placed.
+struct Placement {
+    client: Client,
+    key: Keypair,
+    mesh: Mesh,
+    deployment: Vec<u8>,
+    deployment_hash: Hash,
+    resources: Capacity,
+    name: String,
+    json: bool,
+    /// Nodes not tried yet.
+    queue: Mutex<VecDeque<NodeView>>,
+    /// One transaction at a time: they share the account's nonce.
+    tx: Mutex<()>,
+    /// Peers the component was sent to.
+    sent: Mutex<HashMap<PeerId, bool>>,
+}
+
+impl Placement {
+    async fn create_contract(&self, node: NodeId) -> anyhow::Result<ContractId> {
+        let _one = self.tx.lock().await;
+        let spec = ContractSpec::Deployment {
+            node,
+            deployment_hash: self.deployment_hash,
+            resources: self.resources,
+            public_ips: 0,
+        };
+        let (hash, status) = self
+            .client
+            .send(&self.key, Payload::CreateContract(spec), TX_TIMEOUT)
+            .await?;
+        match status {
+            TxStatus::Finalized { events, .. } => events
+                .iter()
+                .find_map(|e| match e {
+                    Event::ContractCreated { contract, .. } => Some(*contract),
+                    _ => None,
+                })
+                .context("the ledger finalized the contract but reported no id"),
+            TxStatus::Rejected { reason, .. } => bail!("the ledger refused the contract: {reason}"),
+            _ => bail!(
+                "the contract was not final within {} s; check it with `peergrid tx status {hash}`",
+                TX_TIMEOUT.as_secs()
+            ),
+        }
+    }
+
+    async fn cancel(&self, contract: ContractId) {
+        let _one = self.tx.lock().await;
+        match self
+            .client
+            .send(&self.key, Payload::CancelContract { contract }, TX_TIMEOUT)
+            .await
+        {
+            Ok((_, TxStatus::Finalized { .. })) => {
+                say(self.json, format!("contract {contract} cancelled"))
+            }
+            Ok((_, other)) => say(
+                self.json,
+                format!(
+                    "warning: contract {contract} could not be cancelled ({other:?}); \
+                     cancel it with `peergrid contract cancel {contract}`"
+                ),
+            ),
+            Err(e) => say(
+                self.json,
+                format!(
+                    "warning: contract {contract} could not be cancelled ({e}); \
+                     cancel it with `peergrid contract cancel {contract}`"
+                ),
+            ),
+        }
+    }
+
+    /// Place one replica: take nodes from the queue until one runs it.
+    async fn place(&self) -> Option<Replica> {
+        loop {
+            let node = self.queue.lock().await.pop_front()?;
+            let id = node.node.id;
+            let contract = match self.create_contract(id).await {
+                Ok(c) => c,
+                Err(e) => {
+                    say(self.json, format!("node {id}: {e:#}; trying another node"));
+                    continue;
+                }
+            };
+            say(
+                self.json,
+                format!("contract {contract} finalized on node {id}"),
+            );
+            match self.start_on(&node, contract).await {
+                Ok(url) => {
+                    return Some(Replica {
+                        contract,
+                        node: id,
+                        url,
+                    });
+                }
+                Err(e) => {
+                    say(self.json, format!("node {id}: {e:#}; trying another node"));
+                    self.cancel(contract).await;
+                }
+            }
+        }
+    }
+
+    /// Send the deployment to `node` and follow it until it runs; the URL, if any.
+    async fn start_on(
+        &self,
+        node: &NodeView,
+        contract: ContractId,
+    ) -> anyhow::Result<Option<String>> {
+        let id = node.node.id;
+        let peer = peergrid_mesh::identity::peer_id(&node.node.account)
+            .map_err(|e| anyhow::anyhow!("its account is not a mesh peer id: {e}"))?;
+        let request = DeployRequest::sign(&self.key, contract, self.deployment.clone());
+        say(self.json, format!("sending the deployment to node {id} …"));
+        match tokio::time::timeout(DEPLOY_TIMEOUT, protocol::deploy(&self.mesh, peer, &request))
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => bail!("the deployment was not accepted: {e}"),
+            Err(_) => bail!(
+                "no answer to the deployment within {} s",
+                DEPLOY_TIMEOUT.as_secs()
+            ),
+        }
+        say(
+            self.json,
+            format!(
+                "node {id} accepted the deployment; waiting for it to fetch and start the component …"
+            ),
+        );
+        let deadline = Instant::now() + START_TIMEOUT;
+        let mut told_sent = false;
+        let mut last_error = String::new();
+        loop {
+            if !told_sent && self.sent.lock().await.get(&peer).copied().unwrap_or(false) {
+                told_sent = true;
+                say(self.json, format!("component sent to node {id}"));
+            }
+            match tokio::time::timeout(
+                STATUS_TIMEOUT,
+                protocol::status_of(&self.mesh, peer, Some(contract)),
+            )
+            .await
+            {
+                Ok(Ok(report)) => {
+                    let status = report.deployment.clone();
+                    match status.as_ref().map(|d| d.state.as_str()) {
+                        Some("running") => {
+                            if !told_sent {
+                                say(self.json, format!("component already cached on node {id}"));
+                            }
+                            say(self.json, format!("running on node {id}"));
+                            return Ok(report
+                                .http
+                                .map(|h| format!("{h}/{contract}/{}/", self.name)));
+                        }
+                        Some("error") => bail!(
+                            "the workload cannot start there: {}",
+                            status.and_then(|s| s.reason).unwrap_or_default()
+                        ),
+                        _ => {}
+                    }
+                }
+                Ok(Err(e)) => last_error = e.to_string(),
+                Err(_) => last_error = "its status did not answer within 5 s".into(),
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "not running after {} s{}",
+                    START_TIMEOUT.as_secs(),
+                    if last_error.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (last status error: {last_error})")
+                    }
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// `peergrid deploy`.
+pub fn deploy(globals: &Globals, args: DeployArgs) -> anyhow::Result<()> {
+    let json = globals.json;
+    if args.replicas == 0 {
+        bail!("--replicas must be at least 1");
+    }
+    let bytes = std::fs::read(&args.wasm)
+        .with_context(|| format!("cannot read {}", args.wasm.display()))?;
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| default_name(&args.wasm));
+    let kind = WorkloadKind::from(args.kind);
+    let component = *blake3::hash(&bytes).as_bytes();
+    let spec = WorkloadSpec {
+        name: name.clone(),
+        component,
+        kind,
+        limits: Limits {
+            memory_bytes: args.memory,
+            cpu_ms: args.cpu_ms,
+            wall_ms: args.wall_ms,
+        },
+        env: args.env.clone(),
+        args: Vec::new(),
+    };
+    let deployment = Deployment::new(vec![spec])
+        .encode()
+        .context("the deployment is invalid")?;
+    let file = apps_file(globals)?;
+    if load_apps(&file)?.apps.contains_key(&name) {
+        bail!(
+            "an app named {name:?} exists; remove it with `peergrid app rm {name}` or pick another --name"
+        );
+    }
+    say(
+        json,
+        format!("checking {} ({} bytes) …", args.wasm.display(), bytes.len()),
+    );
+    check_component(&component, &bytes, kind)
+        .with_context(|| format!("{} cannot be deployed", args.wasm.display()))?;
+    say(
+        json,
+        format!(
+            "component {} is a valid {kind} component",
+            &hex::encode(component)[..16]
+        ),
+    );
+
+    let client = globals.client()?;
+    let key = globals.keypair()?;
+    let resources = Capacity {
+        cru: 1,
+        mru: args.memory,
+        sru: SRU_BYTES,
+        hru: 0,
+    };
+    crate::runtime()?.block_on(async {
+        let (_, nodes) = client.nodes(None).await?;
+        let queue = candidates(nodes, &args.nodes, &resources, json);
+        if queue.is_empty() {
+            bail!(
+                "no up node has {resources} free{}; see `peergrid node list`",
+                if args.nodes.is_empty() {
+                    ""
+                } else {
+                    " among those asked with --node"
+                }
+            );
+        }
+        if queue.len() < args.replicas {
+            say(
+                json,
+                format!(
+                    "warning: only {} nodes can take it; asked for {} replicas",
+                    queue.len(),
+                    args.replicas
+                ),
+            );
+        }
+        say(json, "starting a mesh peer to serve the component …");
+        let mesh = mesh_peer(&client, &key).await?;
+        let (sent_tx, mut sent_rx) = tokio::sync::mpsc::channel(64);
+        let blobs = HashMap::from([(component, Arc::new(bytes))]);
+        let server = peergrid_node::blob::serve(&mesh, blobs, Some(sent_tx))
+            .context("cannot serve /peergrid/blob/1")?;
+        let placement = Arc::new(Placement {
+            client: globals.client()?,
+            key: key.clone(),
+            mesh: mesh.clone(),
+            deployment_hash: Hash::of(&deployment),
+            deployment,
+            resources,
+            name: name.clone(),
+            json,
+            queue: Mutex::new(queue),
+            tx: Mutex::new(()),
+            sent: Mutex::new(HashMap::new()),
+        });
+        let p = placement.clone();
+        let watcher = tokio::spawn(async move {
+            while let Some((peer, _)) = sent_rx.recv().await {
+                p.sent.lock().await.insert(peer, true);
+            }
+        });
+        let replicas: Vec<Replica> = futures::future::join_all((0..args.replicas).map(|_| {
+            let p = placement.clone();
+            async move { p.place().await }
+        }))
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+        server.abort();
+        watcher.abort();
+        if replicas.is_empty() {
+            bail!("no node runs {name}: every node tried failed (see above)");
+        }
+        let app = App {
+            name: name.clone(),
+            kind: kind.to_string(),
+            component: hex::encode(component),
+            deployment: placement.deployment_hash.to_string(),
+            replicas: replicas.clone(),
+        };
+        let mut apps = load_apps(&file)?;
+        apps.apps.insert(name.clone(), app.clone());
+        save_apps(&file, &apps)?;
+        if json {
+            return output::json(&json!({ "app": app }));
+        }
+        if replicas.len() < args.replicas {
+            eprintln!(
+                "warning: only {} of {} replicas run",
+                replicas.len(),
+                args.replicas
+            );
+        }
+        println!("{name} runs on {} node(s):", replicas.len());
+        for r in &replicas {
+            match &r.url {
+                Some(url) => println!("{url}"),
+                None => println!(
+                    "node {} (contract {}) has no HTTP entry (`node run --http`)",
+                    r.node, r.contract
+                ),
+            }
+        }
+        println!("\nstatus: peergrid app status {name}\nremove: peergrid app rm {name}");
+        Ok(())
+    })
+}
+
+/// `peergrid app …`.
+pub fn app(globals: &Globals, cmd: AppCommand) -> anyhow::Result<()> {
+    let file = apps_file(globals)?;
+    let mut apps = load_apps(&file)?;
+    match cmd {
+        AppCommand::List => {
+            if globals.json {
+                return output::json(&json!({ "apps": apps.apps.values().collect::<Vec<_>>() }));
+            }
+            if apps.apps.is_empty() {
+                println!("no apps; deploy one with `peergrid deploy APP.wasm`");
+                return Ok(());
+            }
+            for app in apps.apps.values() {
+                let contracts: Vec<String> = app
+                    .replicas
+                    .iter()
+                    .map(|r| r.contract.to_string())
+                    .collect();
+                println!(
+                    "{:<20} {:<4} contracts {}",
+                    app.name,
+                    app.kind,
+                    contracts.join(",")
+                );
+                for r in &app.replicas {
+                    if let Some(url) = &r.url {
+                        println!("  {url}");
+                    }
+                }
+            }
+            Ok(())
+        }
+        AppCommand::Status { name } => {
+            let app = apps.apps.get(&name).cloned().with_context(|| {
+                format!("no app named {name:?}; `peergrid app list` shows yours")
+            })?;
+            let client = globals.client()?;
+            let key = globals.keypair()?;
+            crate::runtime()?.block_on(async {
+                let mesh = mesh_peer(&client, &key).await?;
+                let mut rows = Vec::new();
+                for r in &app.replicas {
+                    let ledger = match client.contract(r.contract).await {
+                        Ok(Some(c)) => match c.data.state {
+                            ContractState::Created => "live".to_string(),
+                            ContractState::GracePeriod { .. } => "grace".to_string(),
+                            ContractState::Deleted { reason, .. } => format!("deleted ({reason})"),
+                        },
+                        Ok(None) => "missing".into(),
+                        Err(e) => format!("unknown ({e})"),
+                    };
+                    let on_node = match client.node(r.node).await {
+                        Ok(Some(n)) => match peergrid_mesh::identity::peer_id(&n.data.node.account)
+                        {
+                            Ok(peer) => match tokio::time::timeout(
+                                STATUS_TIMEOUT,
+                                protocol::status_of(&mesh, peer, Some(r.contract)),
+                            )
+                            .await
+                            {
+                                Ok(Ok(report)) => report
+                                    .deployment
+                                    .map(|d| match d.reason {
+                                        Some(reason) => format!("{}: {reason}", d.state),
+                                        None => d.state,
+                                    })
+                                    .unwrap_or_else(|| "unknown (old node)".into()),
+                                Ok(Err(e)) => format!("unreachable ({e})"),
+                                Err(_) => "no answer within 5 s".into(),
+                            },
+                            Err(e) => format!("unknown ({e})"),
+                        },
+                        Ok(None) => "node missing from the ledger".into(),
+                        Err(e) => format!("unknown ({e})"),
+                    };
+                    rows.push(json!({
+                        "contract": r.contract,
+                        "node": r.node,
+                        "contract_state": ledger,
+                        "state": on_node,
+                        "url": r.url,
+                    }));
+                }
+                if globals.json {
+                    return output::json(&json!({ "app": app.name, "replicas": rows }));
+                }
+                println!("{} ({}), component {}", app.name, app.kind, app.component);
+                for row in &rows {
+                    println!(
+                        "  contract {} on node {}: contract {}, workload {}{}",
+                        row["contract"],
+                        row["node"],
+                        row["contract_state"].as_str().unwrap_or_default(),
+                        row["state"].as_str().unwrap_or_default(),
+                        row["url"]
+                            .as_str()
+                            .map(|u| format!(", {u}"))
+                            .unwrap_or_default()
+                    );
+                }
+                Ok(())
+            })
+        }
+        AppCommand::Rm { name } => {
+            let app = apps.apps.get(&name).cloned().with_context(|| {
+                format!("no app named {name:?}; `peergrid app list` shows yours")
+            })?;
+            let mut left = Vec::new();
+            crate::runtime()?.block_on(async {
+                for r in &app.replicas {
+                    match globals
+                        .send(Payload::CancelContract {
+                            contract: r.contract,
+                        })
+                        .await
+                    {
+                        Ok(_) => say(globals.json, format!("contract {} cancelled", r.contract)),
+                        Err(e) => {
+                            let gone = matches!(
+                                globals.client()?.contract(r.contract).await,
+                                Ok(Some(c)) if matches!(c.data.state, ContractState::Deleted { .. })
+                            );
+                            if gone {
+                                say(
+                                    globals.json,
+                                    format!("contract {} was already ended", r.contract),
+                                );
+                            } else {
+                                say(
+                                    globals.json,
+                                    format!("contract {} not cancelled: {e:#}", r.contract),
+                                );
+                                left.push(r.clone());
+                            }
+                        }
+                    }
+                }
+                anyhow::Ok(())
+            })?;
+            if left.is_empty() {
+                apps.apps.remove(&name);
+            } else if let Some(a) = apps.apps.get_mut(&name) {
+                a.replicas = left.clone();
+            }
+            save_apps(&file, &apps)?;
+            if !left.is_empty() {
+                bail!(
+                    "{} contract(s) of {name} are still live; run `peergrid app rm {name}` again",
+                    left.len()
+                );
+            }
+            if globals.json {
+                return output::json(&json!({ "removed": name }));
+            }
+            println!("{name} removed; its nodes stop serving it");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! Apps as a new user would deploy them, on a real devnet (four validators, five node
+//! processes in two farms, real mesh connections, real wasmtime on the nodes): a core
+//! module refused before any contract is created, hello deployed with two replicas on
+//! two farms and answering on both URLs, one replica's node stopped while the other keeps
+//! answering, and `app rm` ending the contracts so the URL answers 404.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+const HELLO: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../examples/apps/hello/hello.wasm"
+);
+
+/// A devnet with its default five nodes, stopped when dropped; once every node is up.
+fn full_devnet(home: &Path, base_port: u16) -> Proc {
+    let child = peergrid(home)
+        .args(["devnet", "--base-port", &base_port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start devnet");
+    let proc = Proc(child);
+    wait_for("five nodes up", Duration::from_secs(240), || {
+        let (ok, list, _) = run(home, &["node", "list"]);
+        let up = list["nodes"]
+            .as_array()
+            .map(|n| n.iter().filter(|n| n["status"] == "up").count())
+            .unwrap_or(0);
+        (ok && up == 5).then_some(())
+    });
+    proc
+}
+
+/// GET `url` (`http://127.0.0.1:PORT/path`): the status code and body, or `None` if
+/// nothing answers.
+fn get(url: &str) -> Option<(u16, String)> {
+    let rest = url.strip_prefix("http://")?;
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut stream = std::net::TcpStream::connect(host).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    write!(
+        stream,
+        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let code = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())?;
+    Some((code, body))
+}
+
+/// The pids of the node process whose HTTP entry is `port`.
+fn pids_serving(port: u16) -> Vec<i32> {
+    let needle = format!("127.0.0.1:{port}");
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).to_string())
+            .collect();
+        if args.iter().any(|a| a == "--http") && args.iter().any(|a| a == &needle) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+fn contracts(home: &Path) -> Vec<Value> {
+    let (ok, list, err) = run(home, &["contract", "list"]);
+    assert!(ok, "contract list: {err}");
+    list["contracts"].as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn deploy_call_survive_a_node_and_remove_an_app() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let home = home.path();
+    let base = base_port(3_600);
+    let _devnet = full_devnet(home, base);
+
+    // A core module is refused here, before any contract is paid for.
+    let core = home.join("core.wasm");
+    std::fs::write(&core, b"\0asm\x01\0\0\0").expect("write");
+    let (ok, _, err) = run(
+        home,
+        &["deploy", core.to_str().expect("utf-8"), "--name", "core"],
+    );
+    assert!(!ok, "a core module must be refused");
+    assert!(err.contains("core WebAssembly module"), "{err}");
+    assert!(
+        contracts(home).is_empty(),
+        "no contract for a refused component"
+    );
+
+    // Two replicas, on two farms, each answering on its URL.
+    let started = Instant::now();
+    let (ok, out, err) = run(
+        home,
+        &["deploy", HELLO, "--name", "hello", "--replicas", "2"],
+    );
+    assert!(ok, "deploy: {err}");
+    assert!(err.contains("finalized on node"), "steps are shown: {err}");
+    assert!(err.contains("running on node"), "steps are shown: {err}");
+    eprintln!("deployed in {:?}", started.elapsed());
+    let replicas = out["app"]["replicas"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(replicas.len(), 2, "{out}");
+    let urls: Vec<String> = replicas
+        .iter()
+        .map(|r| r["url"].as_str().expect("a url").to_string())
+        .collect();
+    assert_ne!(replicas[0]["node"], replicas[1]["node"], "two nodes");
+    for url in &urls {
+        assert_eq!(
+            get(url),
+            Some((200, "hello from peergrid\n".to_string())),
+            "{url}"
+        );
+    }
+    let (ok, status, err) = run(home, &["app", "status", "hello"]);
+    assert!(ok, "app status: {err}");
+    assert_eq!(status["replicas"][0]["state"], "running", "{status}");
+
+    // One replica's node stops; the other answers.
+    let port: u16 = urls[0]
+        .trim_start_matches("http://127.0.0.1:")
+        .split('/')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("a port");
+    let pids = pids_serving(port);
+    assert!(!pids.is_empty(), "the node serving {port} runs");
+    // Stopped, not killed: the devnet ends when one of its nodes exits.
+    let signal = |sig: &str| {
+        for pid in &pids {
+            let _ = std::process::Command::new("kill")
+                .args([sig, &pid.to_string()])
+                .status();
+        }
+    };
+    signal("-STOP");
+    let other = get(&urls[1]);
+    signal("-CONT");
+    assert_eq!(other, Some((200, "hello from peergrid\n".to_string())));
+
+    // Removed: the contracts end and the surviving node stops serving it.
+    let (ok, _, err) = run(home, &["app", "rm", "hello"]);
+    assert!(ok, "app rm: {err}");
+    wait_for("the app to be gone", Duration::from_secs(15), || {
+        get(&urls[1])
+            .is_some_and(|(code, _)| code == 404)
+            .then_some(())
+    });
+    let (ok, list, _) = run(home, &["app", "list"]);
+    assert!(ok);
+    assert_eq!(list["apps"].as_array().map(Vec::len), Some(0), "{list}");
+}

@@ -1,0 +1,419 @@
+//! The deployments this node runs: components fetched by hash, compiled, and served.
+//!
+//! The world ([`crate::world`]) says which deployment contracts are live here and which
+//! deployment each one received; [`Compute::sync`] makes the running set match it. A
+//! new deployment starts in `init`: its `deployment.bin` is decoded, each component is
+//! read from the node's cache (`<data_dir>/components/<blake3 hex>`) or fetched from
+//! the contract owner's peer over `/peergrid/blob/1`, checked against its hash, cached,
+//! and prepared by the one [`Runtime`] of the node. Each workload then is `running` or
+//! `error` with the reason; a contract in grace is `paused` (requests answered 503);
+//! a cancelled contract's workloads are dropped. After a restart the world names the
+//! same deployments and the components come from the cache, so workloads come back
+//! without their owner.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock, RwLock};
+
+use peergrid_compute::{Deployment, Limits, Prepared, Runtime, RuntimeConfig, WorkloadSpec};
+use peergrid_core::{AccountId, ContractId, Hash};
+use peergrid_mesh::Mesh;
+use tracing::{info, warn};
+
+use crate::protocol::{DeploymentStatus, WorkloadStatus};
+use crate::world::{WorkloadState, World, write_atomic};
+
+/// Instances that may exist at once on this node, across all its workloads.
+const INSTANCES_MAX: u32 = 64;
+/// Ceiling on one instance's memory, whatever a deployment asks (the pool reserves
+/// address space for every instance up front).
+const INSTANCE_MEMORY_BYTES_MAX: u64 = 1 << 30;
+
+/// What one workload is doing.
+#[derive(Clone)]
+enum Phase {
+    Init,
+    Running(Prepared),
+    Error(String),
+}
+
+#[derive(Clone)]
+struct Entry {
+    spec: WorkloadSpec,
+    phase: Phase,
+}
+
+/// One deployment contract's workloads.
+struct App {
+    deployment: Hash,
+    paused: bool,
+    /// Why the deployment as a whole cannot run (unreadable, undecodable).
+    error: Option<String>,
+    /// Empty until the deployment is decoded.
+    workloads: BTreeMap<String, Entry>,
+}
+
+/// Where a request for `/<contract>/<workload>/…` goes, or why it cannot.
+pub enum Target {
+    /// Serve it with this component, environment and limits.
+    Serve {
+        /// The prepared component.
+        prepared: Prepared,
+        /// The workload's environment.
+        env: Vec<(String, String)>,
+        /// Its limits per request.
+        limits: Limits,
+    },
+    /// No such contract or workload here.
+    NotFound(String),
+    /// The contract is in its grace period.
+    Paused,
+    /// The workload is starting or failed.
+    Unavailable(String),
+}
+
+/// The deployments of this node and the runtime they run on.
+pub struct Compute {
+    runtime: Result<Runtime, String>,
+    components: PathBuf,
+    mesh: Mesh,
+    apps: RwLock<BTreeMap<ContractId, App>>,
+    /// The HTTP entry's URL (`http://host:port`), once it listens.
+    pub http: OnceLock<String>,
+}
+
+impl Compute {
+    /// Start the node's runtime, caching compiled components under `data_dir`. A runtime
+    /// that cannot start is not fatal: the node keeps serving storage, and every
+    /// deployment reports why it cannot run.
+    pub fn new(data_dir: &Path, mesh: Mesh) -> anyhow::Result<Compute> {
+        let components = data_dir.join("components");
+        std::fs::create_dir_all(&components)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", components.display()))?;
+        let compiled = data_dir.join("compiled");
+        let runtime = Runtime::new(RuntimeConfig {
+            cache_dir: Some(compiled),
+            max_instances: INSTANCES_MAX,
+            max_memory_bytes: INSTANCE_MEMORY_BYTES_MAX,
+            ..RuntimeConfig::default()
+        })
+        .map_err(|e| {
+            warn!(error = %e, "the WebAssembly runtime cannot start; deployments will report it");
+            format!("this node's WebAssembly runtime cannot start: {e}")
+        });
+        Ok(Compute {
+            runtime,
+            components,
+            mesh,
+            apps: RwLock::new(BTreeMap::new()),
+            http: OnceLock::new(),
+        })
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<ContractId, App>> {
+        self.apps.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<ContractId, App>> {
+        self.apps.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Make the running deployments match `world`: start the new ones (in the
+    /// background), pause or resume, and drop those no live contract backs.
+    pub fn sync(self: &Arc<Self>, world: &World) {
+        let wanted: BTreeMap<ContractId, (Hash, bool, AccountId)> = world
+            .workloads
+            .values()
+            .filter(|w| w.kind == "deployment" && w.holds_capacity())
+            .filter_map(|w| match (w.deployed, w.deployment_hash) {
+                (Some(d), Some(h)) if d == h => {
+                    Some((w.contract, (d, w.state == WorkloadState::Paused, w.owner)))
+                }
+                _ => None,
+            })
+            .collect();
+        let mut apps = self.write();
+        apps.retain(|contract, app| {
+            let keep = wanted
+                .get(contract)
+                .is_some_and(|(hash, _, _)| *hash == app.deployment);
+            if !keep {
+                info!(
+                    contract,
+                    "deployment stopped: no live contract backs it here"
+                );
+            }
+            keep
+        });
+        for (contract, (hash, paused, owner)) in wanted {
+            if let Some(app) = apps.get_mut(&contract) {
+                app.paused = paused;
+                continue;
+            }
+            apps.insert(
+                contract,
+                App {
+                    deployment: hash,
+                    paused,
+                    error: None,
+                    workloads: BTreeMap::new(),
+                },
+            );
+            let file = world.workload_dir(contract).join("deployment.bin");
+            let me = self.clone();
+            tokio::spawn(async move { me.start(contract, hash, owner, file).await });
+        }
+    }
+
+    /// Decode a deployment and prepare each workload, recording each step.
+    async fn start(
+        self: Arc<Self>,
+        contract: ContractId,
+        hash: Hash,
+        owner: AccountId,
+        file: PathBuf,
+    ) {
+        let deployment = match tokio::fs::read(&file).await {
+            Ok(bytes) => Deployment::decode(&bytes).map_err(|e| e.to_string()),
+            Err(e) => Err(format!("cannot read {}: {e}", file.display())),
+        };
+        let deployment = match deployment {
+            Ok(d) => d,
+            Err(reason) => {
+                warn!(contract, %reason, "deployment cannot start");
+                self.update(contract, hash, |app| app.error = Some(reason));
+                return;
+            }
+        };
+        let workloads: BTreeMap<String, Entry> = deployment
+            .workloads
+            .iter()
+            .map(|spec| {
+                let entry = Entry {
+                    spec: spec.clone(),
+                    phase: Phase::Init,
+                };
+                (spec.name.clone(), entry)
+            })
+            .collect();
+        if !self.update(contract, hash, |app| app.workloads = workloads) {
+            return;
+        }
+        for spec in deployment.workloads {
+            let phase = match self.prepare(&spec, owner).await {
+                Ok(prepared) => {
+                    info!(contract, workload = %spec.name, kind = %spec.kind, "workload running");
+                    Phase::Running(prepared)
+                }
+                Err(reason) => {
+                    warn!(contract, workload = %spec.name, %reason, "workload cannot start");
+                    Phase::Error(reason)
+                }
+            };
+            let still = self.update(contract, hash, |app| {
+                if let Some(entry) = app.workloads.get_mut(&spec.name) {
+                    entry.phase = phase;
+                }
+            });
+            if !still {
+                return;
+            }
+        }
+    }
+
+    /// Apply `f` to the app of `contract` if it still runs deployment `hash`.
+    fn update(&self, contract: ContractId, hash: Hash, f: impl FnOnce(&mut App)) -> bool {
+        match self.write().get_mut(&contract) {
+            Some(app) if app.deployment == hash => {
+                f(app);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The component of `spec`, from the cache or the owner's peer, prepared.
+    async fn prepare(&self, spec: &WorkloadSpec, owner: AccountId) -> Result<Prepared, String> {
+        let runtime = self.runtime.as_ref().map_err(Clone::clone)?;
+        let bytes = self.component(spec.component, owner).await?;
+        runtime
+            .prepare_async(spec.component, bytes, spec.kind)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Component bytes by hash: the cache, else fetched from `owner`'s peer and cached.
+    async fn component(&self, hash: [u8; 32], owner: AccountId) -> Result<Vec<u8>, String> {
+        let hex_hash = hex::encode(hash);
+        let path = self.components.join(&hex_hash);
+        if let Ok(bytes) = tokio::fs::read(&path).await {
+            if blake3::hash(&bytes).as_bytes() == &hash {
+                return Ok(bytes);
+            }
+            warn!(path = %path.display(), "a cached component does not match its hash; fetching it again");
+        }
+        let peer = peergrid_mesh::identity::peer_id(&owner)
+            .map_err(|e| format!("cannot address the owner's peer: {e}"))?;
+        let bytes = crate::blob::fetch(&self.mesh, peer, hash)
+            .await
+            .map_err(|e| {
+                format!("component {hex_hash} is not cached here and cannot be fetched from its owner: {e}")
+            })?;
+        let to_write = bytes.clone();
+        let write = tokio::task::spawn_blocking(move || write_atomic(&path, &to_write)).await;
+        match write {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                warn!(error = %e, "cannot cache a component; it will be fetched again after a restart")
+            }
+            Err(e) => warn!(error = %e, "cannot cache a component"),
+        }
+        Ok(bytes)
+    }
+
+    /// Where a request for `contract`'s `workload` goes.
+    pub fn target(&self, contract: &str, workload: &str) -> Target {
+        let Ok(id) = contract.parse::<ContractId>() else {
+            return Target::NotFound(format!(
+                "no deployment {contract:?} here: paths are /<contract id>/<workload>/…"
+            ));
+        };
+        let apps = self.read();
+        let Some(app) = apps.get(&id) else {
+            return Target::NotFound(format!("no deployment of contract {id} runs on this node"));
+        };
+        if app.paused {
+            return Target::Paused;
+        }
+        if let Some(reason) = &app.error {
+            return Target::Unavailable(format!("deployment of contract {id} failed: {reason}"));
+        }
+        if app.workloads.is_empty() {
+            return Target::Unavailable(format!("deployment of contract {id} is starting"));
+        }
+        let Some(entry) = app.workloads.get(workload) else {
+            let names: Vec<&str> = app.workloads.keys().map(String::as_str).collect();
+            return Target::NotFound(format!(
+                "contract {id} has no workload {workload:?} (it has: {})",
+                names.join(", ")
+            ));
+        };
+        match &entry.phase {
+            Phase::Init => Target::Unavailable(format!("workload {workload:?} is starting")),
+            Phase::Error(reason) => {
+                Target::Unavailable(format!("workload {workload:?} failed: {reason}"))
+            }
+            Phase::Running(prepared) => Target::Serve {
+                prepared: prepared.clone(),
+                env: entry.spec.env.clone(),
+                limits: entry.spec.limits,
+            },
+        }
+    }
+
+    /// What `contract`'s deployment is doing here (`absent` if it does not run here).
+    pub fn status(&self, contract: ContractId) -> DeploymentStatus {
+        match self.read().get(&contract) {
+            Some(app) => app_status(contract, app),
+            None => DeploymentStatus {
+                contract,
+                state: "absent".into(),
+                reason: None,
+                workloads: Vec::new(),
+            },
+        }
+    }
+
+    /// Every deployment here.
+    pub fn list(&self) -> Vec<DeploymentStatus> {
+        self.read()
+            .iter()
+            .map(|(id, app)| app_status(*id, app))
+            .collect()
+    }
+
+    /// Deployments starting and failed.
+    pub fn counts(&self) -> (usize, usize) {
+        let mut starting = 0;
+        let mut failed = 0;
+        for (id, app) in self.read().iter() {
+            match app_status(*id, app).state.as_str() {
+                "init" => starting += 1,
+                "error" => failed += 1,
+                _ => {}
+            }
+        }
+        (starting, failed)
+    }
+
+    /// Forget `contract`'s deployment if it failed, so the next [`Compute::sync`] starts
+    /// it again (a deployment sent again is a retry).
+    pub fn retry(&self, contract: ContractId) {
+        let mut apps = self.write();
+        if apps
+            .get(&contract)
+            .is_some_and(|app| app_status(contract, app).state == "error")
+        {
+            apps.remove(&contract);
+        }
+    }
+
+    /// Where the HTTP entry listens, if it does.
+    pub fn set_http(&self, addr: SocketAddr) {
+        let _ = self.http.set(format!("http://{addr}"));
+    }
+}
+
+fn app_status(contract: ContractId, app: &App) -> DeploymentStatus {
+    let workloads: Vec<WorkloadStatus> = app
+        .workloads
+        .values()
+        .map(|e| {
+            let (state, reason) = match (&e.phase, app.paused) {
+                (Phase::Error(r), _) => ("error", Some(r.clone())),
+                (_, true) => ("paused", None),
+                (Phase::Init, false) => ("init", None),
+                (Phase::Running(_), false) => ("running", None),
+            };
+            let metrics = match &e.phase {
+                Phase::Running(p) => Some(p.metrics()),
+                _ => None,
+            };
+            WorkloadStatus {
+                name: e.spec.name.clone(),
+                kind: e.spec.kind.to_string(),
+                state: state.into(),
+                reason,
+                requests: metrics.map(|m| m.requests).unwrap_or(0),
+                cpu_us: metrics.map(|m| m.cpu_us).unwrap_or(0),
+                bytes_served: metrics.map(|m| m.bytes_served).unwrap_or(0),
+            }
+        })
+        .collect();
+    let failed = workloads.iter().find(|w| w.state == "error");
+    let (state, reason) = if let Some(reason) = &app.error {
+        ("error", Some(reason.clone()))
+    } else if let Some(w) = failed {
+        (
+            "error",
+            Some(format!(
+                "workload {}: {}",
+                w.name,
+                w.reason.clone().unwrap_or_default()
+            )),
+        )
+    } else if app.paused {
+        ("paused", None)
+    } else if workloads.is_empty() || workloads.iter().any(|w| w.state == "init") {
+        ("init", None)
+    } else {
+        ("running", None)
+    };
+    DeploymentStatus {
+        contract,
+        state: state.into(),
+        reason,
+        workloads,
+    }
+}

@@ -1,0 +1,86 @@
+//! The node's HTTP entry for its workloads (`node run --http ADDR`).
+//!
+//! `/<contract>/<workload>/<rest>` goes to that workload with the path `/<rest>` (the
+//! query kept): one fresh instance per request, under the workload's limits. What the
+//! entry answers itself is one `text/plain` line: 404 for an unknown contract or
+//! workload, 503 for a contract in grace or a workload starting or failed.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::compute::{Compute, Target};
+
+/// Serve the entry on `addr`; returns the bound address and the serving task.
+pub async fn serve(
+    addr: SocketAddr,
+    compute: Arc<Compute>,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen on {addr} for the workloads' HTTP entry: {e}; pick another with --http"
+        )
+    })?;
+    let bound = listener.local_addr()?;
+    compute.set_http(bound);
+    let app = Router::new().fallback(route).with_state(compute);
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the workloads' HTTP entry stopped");
+        }
+    });
+    Ok((bound, task))
+}
+
+fn line(status: StatusCode, message: String) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        format!("{message}\n"),
+    )
+        .into_response()
+}
+
+async fn route(State(compute): State<Arc<Compute>>, mut req: Request) -> Response {
+    let path = req.uri().path().to_string();
+    let mut parts = path.trim_start_matches('/').splitn(3, '/');
+    let contract = parts.next().unwrap_or_default();
+    let workload = parts.next().unwrap_or_default();
+    let rest = parts.next().unwrap_or_default();
+    if contract.is_empty() || workload.is_empty() {
+        return line(
+            StatusCode::NOT_FOUND,
+            "this is a peergrid node's workload entry: paths are /<contract id>/<workload>/…"
+                .into(),
+        );
+    }
+    let (prepared, env, limits) = match compute.target(contract, workload) {
+        Target::Serve {
+            prepared,
+            env,
+            limits,
+        } => (prepared, env, limits),
+        Target::NotFound(reason) => return line(StatusCode::NOT_FOUND, reason),
+        Target::Paused => {
+            return line(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "paused: contract in grace period".into(),
+            );
+        }
+        Target::Unavailable(reason) => return line(StatusCode::SERVICE_UNAVAILABLE, reason),
+    };
+    let inner = match req.uri().query() {
+        Some(q) => format!("/{rest}?{q}"),
+        None => format!("/{rest}"),
+    };
+    match inner.parse::<Uri>() {
+        Ok(uri) => *req.uri_mut() = uri,
+        Err(e) => return line(StatusCode::BAD_REQUEST, format!("bad path {inner:?}: {e}")),
+    }
+    prepared.handle(req, &env, &limits).await.map(Body::new)
+}
