@@ -129,7 +129,23 @@ async fn a_farmer_runs_a_node_that_follows_its_contracts_across_restarts() {
     assert_eq!(shown["node"]["location"]["city"], "Ghent");
 
     // A builder (the demo account) opens a deployment contract on it.
-    let deployment = b"{\"workloads\":[{\"name\":\"hello\"}]}".to_vec();
+    // The node decodes what it is sent: a real deployment of the hello component (which
+    // this test does not serve, so the workload's state is not what it checks).
+    let hello = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/apps/hello/hello.wasm"
+    ))
+    .expect("examples/apps/hello/hello.wasm");
+    let deployment = peergrid_compute::Deployment::new(vec![peergrid_compute::WorkloadSpec {
+        name: "hello".into(),
+        component: *blake3::hash(&hello).as_bytes(),
+        kind: peergrid_compute::WorkloadKind::Http,
+        limits: peergrid_compute::Limits::default(),
+        env: Vec::new(),
+        args: Vec::new(),
+    }])
+    .encode()
+    .expect("a valid deployment");
     let resources = Capacity {
         cru: 1,
         mru: 256 << 20,
