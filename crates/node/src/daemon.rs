@@ -309,7 +309,10 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Running> {
         peergrid_storage::ShardStore::new(config.data_dir.join("storage-pointers"))
             .context("cannot create the storage pointers folder")?,
     );
-    let compute = Arc::new(crate::compute::Compute::new(&config.data_dir, mesh.clone())?);
+    let compute = Arc::new(crate::compute::Compute::new(
+        &config.data_dir,
+        mesh.clone(),
+    )?);
     let shared = Arc::new(Shared {
         compute: compute.clone(),
         storage: storage.clone(),
