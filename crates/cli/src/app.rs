@@ -219,23 +219,13 @@ fn say(_json: bool, line: impl AsRef<str>) {
 
 /// A mesh peer with `key`, bootstrapped from the ledger's genesis; dials wait 3 s at most.
 async fn mesh_peer(client: &Client, key: &Keypair) -> anyhow::Result<Mesh> {
-    let status = client.status().await?;
-    let bootstrap = status.data["mesh_bootstrap"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(serde_json::Value::as_str)
+    let bootstrap = client
+        .mesh_bootstrap()
+        .await?
+        .iter()
         .filter_map(|a| a.parse().ok())
         .collect();
-    let config = peergrid_mesh::Config {
-        listen: vec![
-            "/ip4/0.0.0.0/udp/0/quic-v1".parse()?,
-            "/ip4/0.0.0.0/tcp/0".parse()?,
-        ],
-        bootstrap,
-        dial_timeout: Duration::from_secs(3),
-        ..peergrid_mesh::Config::default()
-    };
+    let config = peergrid_mesh::Config::client(bootstrap);
     Mesh::start(key, config)
         .await
         .context("cannot start a mesh peer to reach the nodes")

@@ -122,6 +122,25 @@ fn audits_file(globals: &Globals) -> anyhow::Result<PathBuf> {
         .join("audits.json"))
 }
 
+/// The object `name` with its index entry, or every object when no name is given.
+async fn objects(
+    storage: &Storage,
+    name: Option<&str>,
+) -> anyhow::Result<Vec<(String, peergrid_storage::IndexEntry)>> {
+    let (_, index) = storage.index().await?;
+    Ok(match name {
+        Some(n) => {
+            let entry = index
+                .objects
+                .get(n)
+                .cloned()
+                .with_context(|| format!("you have no object named {n:?}"))?;
+            vec![(n.to_string(), entry)]
+        }
+        None => index.objects.into_iter().collect(),
+    })
+}
+
 /// Run a storage command.
 pub fn run(globals: &Globals, cmd: StoreCommand) -> anyhow::Result<()> {
     crate::runtime()?.block_on(async {
@@ -344,18 +363,7 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
             Ok(())
         }
         StoreCommand::Repair { name, watch } => loop {
-            let (_, index) = storage.index().await?;
-            let objects: Vec<_> = match &name {
-                Some(n) => vec![(
-                    n.clone(),
-                    index
-                        .objects
-                        .get(n)
-                        .cloned()
-                        .with_context(|| format!("you have no object named {n:?}"))?,
-                )],
-                None => index.objects.into_iter().collect(),
-            };
+            let objects = objects(storage, name.as_deref()).await?;
             let mut reports = Vec::new();
             for (n, entry) in &objects {
                 reports.push(storage.repair(n, entry).await?);
@@ -394,18 +402,7 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
             }
         },
         StoreCommand::Audit { name, samples } => {
-            let (_, index) = storage.index().await?;
-            let objects: Vec<_> = match &name {
-                Some(n) => vec![(
-                    n.clone(),
-                    index
-                        .objects
-                        .get(n)
-                        .cloned()
-                        .with_context(|| format!("you have no object named {n:?}"))?,
-                )],
-                None => index.objects.into_iter().collect(),
-            };
+            let objects = objects(storage, name.as_deref()).await?;
             let mut per_node: std::collections::BTreeMap<u32, AuditResult> = Default::default();
             for (_, entry) in &objects {
                 for r in storage.audit(&entry.capability, samples).await? {

@@ -65,27 +65,7 @@ fn get(url: &str) -> Option<(u16, String)> {
 /// The pids of the node process whose HTTP entry is `port`.
 fn pids_serving(port: u16) -> Vec<i32> {
     let needle = format!("127.0.0.1:{port}");
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = cmdline
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).to_string())
-            .collect();
-        if args.iter().any(|a| a == "--http") && args.iter().any(|a| a == &needle) {
-            pids.push(pid);
-        }
-    }
-    pids
+    pids_where(|args| args.iter().any(|a| a == "--http") && args.iter().any(|a| a == &needle))
 }
 
 fn contracts(home: &Path) -> Vec<Value> {

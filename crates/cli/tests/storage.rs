@@ -67,27 +67,7 @@ fn holders(home: &Path) -> Vec<usize> {
 fn node_pids(home: &Path, i: usize) -> Vec<i32> {
     let dir = home.join(format!("devnet/nodes/node-{i}"));
     let dir = dir.to_string_lossy().to_string();
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let args: Vec<String> = cmdline
-            .split(|b| *b == 0)
-            .map(|a| String::from_utf8_lossy(a).to_string())
-            .collect();
-        if args.iter().any(|a| a == "node") && args.iter().any(|a| a == &dir) {
-            pids.push(pid);
-        }
-    }
-    pids
+    pids_where(|args| args.iter().any(|a| a == "node") && args.iter().any(|a| a == &dir))
 }
 
 fn signal(pids: &[i32], sig: &str) {

@@ -391,6 +391,18 @@ impl Client {
         }
     }
 
+    /// The mesh bootstrap peers the genesis names, as multiaddr text.
+    pub async fn mesh_bootstrap(&self) -> Result<Vec<String>, ClientError> {
+        let status = self.status().await?;
+        Ok(status.data["mesh_bootstrap"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect())
+    }
+
     /// Chain status: id, height, root, whether it is finalizing.
     pub async fn status(&self) -> Result<AtHeight<Value>, ClientError> {
         self.get("/v1/status").await

@@ -128,4 +128,21 @@ impl Config {
             ..Self::default()
         }
     }
+
+    /// A short-lived client peer (a CLI command): random ports on every interface,
+    /// `bootstrap` to find the grid, and dials that give up after 3 s so that a node that
+    /// does not answer is skipped for another instead of holding the user up.
+    pub fn client(bootstrap: Vec<Multiaddr>) -> Self {
+        Self {
+            listen: vec![
+                "/ip4/0.0.0.0/udp/0/quic-v1"
+                    .parse()
+                    .expect("valid multiaddr"),
+                "/ip4/0.0.0.0/tcp/0".parse().expect("valid multiaddr"),
+            ],
+            bootstrap,
+            dial_timeout: Duration::from_secs(3),
+            ..Self::default()
+        }
+    }
 }

@@ -190,28 +190,13 @@ impl Storage {
     /// Start a mesh peer with `key` that finds nodes through the grid's bootstrap peers
     /// (from the ledger's genesis), and return storage over it.
     pub async fn connect(ledger: Client, key: Keypair) -> Result<Storage, StorageError> {
-        let status = ledger.status().await?;
-        let bootstrap = status.data["mesh_bootstrap"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(serde_json::Value::as_str)
+        let bootstrap = ledger
+            .mesh_bootstrap()
+            .await?
+            .iter()
             .filter_map(|a| a.parse().ok())
             .collect();
-        let config = peergrid_mesh::Config {
-            listen: vec![
-                "/ip4/0.0.0.0/udp/0/quic-v1"
-                    .parse()
-                    .map_err(|_| other("bad listen address"))?,
-                "/ip4/0.0.0.0/tcp/0"
-                    .parse()
-                    .map_err(|_| other("bad listen address"))?,
-            ],
-            bootstrap,
-            // A node that does not answer within this is skipped for another.
-            dial_timeout: Duration::from_secs(3),
-            ..peergrid_mesh::Config::default()
-        };
+        let config = peergrid_mesh::Config::client(bootstrap);
         let mesh = Mesh::start(&key, config)
             .await
             .map_err(|e| other(format!("cannot start a mesh peer: {e}")))?;
