@@ -23,6 +23,8 @@ const GOSSIP_BACKLOG: usize = 256;
 const PENDING_MAX: usize = 1024;
 /// How often expired bans are lifted.
 const BAN_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a peer being looked up is dialed with what the lookup has learnt so far.
+const LOOKUP_REDIAL_INTERVAL: Duration = Duration::from_millis(100);
 
 #[derive(Default)]
 struct PeerState {
@@ -169,6 +171,8 @@ impl Actor {
 
     pub(crate) async fn run(mut self) {
         let mut sweep = tokio::time::interval(BAN_SWEEP_INTERVAL);
+        let mut redial = tokio::time::interval(LOOKUP_REDIAL_INTERVAL);
+        redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 command = self.rx.recv() => match command {
@@ -177,6 +181,7 @@ impl Actor {
                 },
                 event = self.swarm.select_next_some() => self.on_event(event),
                 _ = sweep.tick() => self.lift_expired_bans(),
+                _ = redial.tick(), if !self.lookups.is_empty() => self.dial_found_so_far(),
             }
         }
         tracing::debug!("mesh stopped: every handle was dropped");
@@ -305,6 +310,44 @@ impl Actor {
         self.swarm.behaviour_mut().blocked.block_peer(peer);
         self.swarm.behaviour_mut().kad.remove_peer(&peer);
         self.fail_dial(peer, || Error::Banned(peer));
+    }
+
+    /// Dial each peer looked up to be dialed as soon as any peer asked has named it.
+    ///
+    /// Kademlia reports a lookup only when it ends, which waits on every peer it asked:
+    /// with a few peers frozen that is longer than a caller's connect timeout, while the
+    /// first answer (the bootstrap peer's) usually carries the target's address. The
+    /// swarm's dial asks Kademlia for addresses, which include those of running queries.
+    fn dial_found_so_far(&mut self) {
+        let dialing: Vec<(kad::QueryId, PeerId)> = self
+            .lookups
+            .iter()
+            .filter(|(_, (peer, lookup))| {
+                matches!(lookup, Lookup::Dial) && !self.swarm.is_connected(peer)
+            })
+            .map(|(id, (peer, _))| (*id, *peer))
+            .collect();
+        for (id, peer) in dialing {
+            let opts = DialOpts::peer_id(peer)
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            match self.swarm.dial(opts) {
+                Err(DialError::NoAddresses) => continue,
+                Ok(()) => tracing::debug!(%peer, "dialing a peer found by a running lookup"),
+                Err(DialError::DialPeerConditionFalse(_)) => {}
+                Err(e) => {
+                    let reason = e.to_string();
+                    self.fail_dial(peer, || Error::Dial {
+                        peer,
+                        reason: reason.clone(),
+                    });
+                }
+            }
+            self.lookups.remove(&id);
+            if let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+                query.finish();
+            }
+        }
     }
 
     fn lift_expired_bans(&mut self) {

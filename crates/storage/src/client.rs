@@ -1048,9 +1048,7 @@ impl Storage {
                     let others: Vec<_> = all_peers
                         .iter()
                         .filter(|p| Some(**p) != hinted && !self.has_failed(p))
-                        .map(|&p| {
-                            Box::pin(async move { wire::get(&self.mesh, p, id, shard_len).await })
-                        })
+                        .map(|&p| async move { wire::get(&self.mesh, p, id, shard_len).await })
                         .collect();
                     if others.is_empty() {
                         return (
@@ -1058,10 +1056,23 @@ impl Storage {
                             Err(other(format!("no other node to ask for shard {id}"))),
                         );
                     }
-                    match futures::future::select_ok(others).await {
-                        Ok((b, _)) => (j, Ok(b)),
-                        Err(e) => (j, Err(e.into())),
+                    // The first that has it; if none does, every node's answer, since
+                    // which of them failed how is what tells a lost shard from a slow node.
+                    let mut asking: FuturesUnordered<_> = others.into_iter().collect();
+                    let mut answers = Vec::new();
+                    while let Some(answer) = asking.next().await {
+                        match answer {
+                            Ok(b) => return (j, Ok(b)),
+                            Err(e) => answers.push(e.to_string()),
+                        }
                     }
+                    (
+                        j,
+                        Err(other(format!(
+                            "shard {id} is on none of your other nodes ({})",
+                            answers.join("; ")
+                        ))),
+                    )
                 }
             };
             let mut running = FuturesUnordered::new();
