@@ -23,7 +23,7 @@ use peergrid_core::tx::ContractSpec;
 use peergrid_core::{ContractId, Hash, Keypair, NodeId, Payload};
 use peergrid_ledger::Event;
 use peergrid_mesh::{Mesh, PeerId};
-use peergrid_node::protocol::{self, DeployRequest};
+use peergrid_node::protocol::{self, DeployRequest, LogsRequest, WorkloadLogs};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::Mutex;
@@ -36,6 +36,8 @@ const SRU_BYTES: u64 = 256 << 20;
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the deploy request itself may take (dial included).
 const DEPLOY_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a request for a workload's output may take.
+const LOGS_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one status request may take.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a contract transaction may take to finalize.
@@ -100,6 +102,14 @@ pub enum AppCommand {
         /// The app's name.
         name: String,
     },
+    /// What an app printed: a service's log, a job's output and exit code, per replica.
+    Logs {
+        /// The app's name.
+        name: String,
+    },
+    /// Run a new version: each replica's contract takes the new deployment's hash, and
+    /// its node fetches and starts it. Limits and environment stay unless given.
+    Update(UpdateArgs),
     /// Cancel an app's contracts and forget it.
     Rm {
         /// The app's name.
@@ -107,7 +117,28 @@ pub enum AppCommand {
     },
 }
 
-fn parse_env(text: &str) -> Result<(String, String), String> {
+/// `peergrid app update`.
+#[derive(Args)]
+pub struct UpdateArgs {
+    /// The app's name.
+    name: String,
+    /// The new component.
+    wasm: PathBuf,
+    /// Memory per request or run, e.g. 256MiB.
+    #[arg(long, value_parser = parse_size)]
+    memory: Option<u64>,
+    /// CPU time per request or run, ms.
+    #[arg(long)]
+    cpu_ms: Option<u64>,
+    /// Wall time per request or run, ms.
+    #[arg(long)]
+    wall_ms: Option<u64>,
+    /// Replace the environment with these variables, K=V (repeatable).
+    #[arg(long = "env", value_name = "K=V", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+}
+
+pub(crate) fn parse_env(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
         _ => Err(format!("{text:?} is not K=V")),
@@ -138,15 +169,69 @@ pub struct App {
     pub deployment: String,
     /// Its replicas.
     pub replicas: Vec<Replica>,
+    /// What it runs with, kept so `app update` changes only what it is told to.
+    #[serde(default)]
+    pub spec: Option<RunSpec>,
+}
+
+/// A workload's limits, environment and arguments.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSpec {
+    /// Memory per request or run, bytes; also what each contract reserves.
+    pub memory_bytes: u64,
+    /// CPU time per request or run, ms.
+    pub cpu_ms: u64,
+    /// Wall time per request or run, ms.
+    pub wall_ms: u64,
+    /// Environment variables.
+    pub env: Vec<(String, String)>,
+    /// Arguments after the program name.
+    pub args: Vec<String>,
+}
+
+impl RunSpec {
+    /// The one-workload deployment running `component` as `name`, encoded.
+    pub(crate) fn deployment(
+        &self,
+        name: &str,
+        kind: WorkloadKind,
+        component: [u8; 32],
+    ) -> anyhow::Result<Vec<u8>> {
+        let spec = WorkloadSpec {
+            name: name.to_string(),
+            component,
+            kind,
+            limits: Limits {
+                memory_bytes: self.memory_bytes,
+                cpu_ms: self.cpu_ms,
+                wall_ms: self.wall_ms,
+            },
+            env: self.env.clone(),
+            args: self.args.clone(),
+        };
+        Deployment::new(vec![spec])
+            .encode()
+            .context("the deployment is invalid")
+    }
+
+    /// What each replica's contract reserves.
+    pub(crate) fn resources(&self) -> Capacity {
+        Capacity {
+            cru: 1,
+            mru: self.memory_bytes,
+            sru: SRU_BYTES,
+            hru: 0,
+        }
+    }
 }
 
 /// Every app of this home, by name.
 #[derive(Debug, Default, Serialize, Deserialize)]
-struct Apps {
-    apps: BTreeMap<String, App>,
+pub(crate) struct Apps {
+    pub(crate) apps: BTreeMap<String, App>,
 }
 
-fn apps_file(globals: &Globals) -> anyhow::Result<PathBuf> {
+pub(crate) fn apps_file(globals: &Globals) -> anyhow::Result<PathBuf> {
     let key_file = globals.home_key_file()?;
     let home = key_file
         .parent()
@@ -154,7 +239,7 @@ fn apps_file(globals: &Globals) -> anyhow::Result<PathBuf> {
     Ok(home.join("apps.json"))
 }
 
-fn load_apps(file: &Path) -> anyhow::Result<Apps> {
+pub(crate) fn load_apps(file: &Path) -> anyhow::Result<Apps> {
     match std::fs::read(file) {
         Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
             format!(
@@ -168,7 +253,7 @@ fn load_apps(file: &Path) -> anyhow::Result<Apps> {
     }
 }
 
-fn save_apps(file: &Path, apps: &Apps) -> anyhow::Result<()> {
+pub(crate) fn save_apps(file: &Path, apps: &Apps) -> anyhow::Result<()> {
     if let Some(dir) = file.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
@@ -180,7 +265,7 @@ fn save_apps(file: &Path, apps: &Apps) -> anyhow::Result<()> {
 }
 
 /// A name from a file name: lowercase, `[a-z0-9-]`, at most 63 bytes.
-fn default_name(path: &Path) -> String {
+pub(crate) fn default_name(path: &Path) -> String {
     let stem = path
         .file_stem()
         .map(|s| s.to_string_lossy().to_lowercase())
@@ -195,7 +280,11 @@ fn default_name(path: &Path) -> String {
 }
 
 /// Check the component locally the way a node will, before anything is paid for.
-fn check_component(hash: &[u8; 32], bytes: &[u8], kind: WorkloadKind) -> anyhow::Result<()> {
+pub(crate) fn check_component(
+    hash: &[u8; 32],
+    bytes: &[u8],
+    kind: WorkloadKind,
+) -> anyhow::Result<()> {
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir: None,
         max_instances: 1,
@@ -213,12 +302,12 @@ fn check_component(hash: &[u8; 32], bytes: &[u8], kind: WorkloadKind) -> anyhow:
 }
 
 /// One step, live on stderr (also with `--json`, whose one object goes to stdout).
-fn say(_json: bool, line: impl AsRef<str>) {
+pub(crate) fn say(_json: bool, line: impl AsRef<str>) {
     eprintln!("{}", line.as_ref());
 }
 
 /// A mesh peer with `key`, bootstrapped from the ledger's genesis; dials wait 3 s at most.
-async fn mesh_peer(client: &Client, key: &Keypair) -> anyhow::Result<Mesh> {
+pub(crate) async fn mesh_peer(client: &Client, key: &Keypair) -> anyhow::Result<Mesh> {
     let bootstrap = client
         .mesh_bootstrap()
         .await?
@@ -232,7 +321,7 @@ async fn mesh_peer(client: &Client, key: &Keypair) -> anyhow::Result<Mesh> {
 }
 
 /// Up nodes that can hold `need`, the asked ones in order, else distinct farms first.
-fn candidates(
+pub(crate) fn candidates(
     nodes: Vec<NodeView>,
     asked: &[NodeId],
     need: &Capacity,
@@ -286,7 +375,7 @@ fn candidates(
 }
 
 /// What the replicas share while they are placed.
-struct Placement {
+pub(crate) struct Placement {
     client: Client,
     key: Keypair,
     mesh: Mesh,
@@ -301,9 +390,80 @@ struct Placement {
     tx: Mutex<()>,
     /// Peers the component was sent to.
     sent: Mutex<HashMap<PeerId, bool>>,
+    /// The deployment has a service, so each replica has a URL.
+    serves_http: bool,
+}
+
+/// The component served to the nodes while a placement lasts; stops when dropped.
+pub(crate) struct Serving {
+    server: tokio::task::JoinHandle<()>,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.server.abort();
+        self.watcher.abort();
+    }
 }
 
 impl Placement {
+    /// Start a mesh peer that serves `component` to the nodes in `queue`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn open(
+        globals: &Globals,
+        name: &str,
+        deployment: Vec<u8>,
+        component: ([u8; 32], Vec<u8>),
+        resources: Capacity,
+        queue: VecDeque<NodeView>,
+    ) -> anyhow::Result<(Arc<Placement>, Serving)> {
+        let client = globals.client()?;
+        let key = globals.keypair()?;
+        say(
+            globals.json,
+            "starting a mesh peer to serve the component …",
+        );
+        let mesh = mesh_peer(&client, &key).await?;
+        let (sent_tx, mut sent_rx) = tokio::sync::mpsc::channel(64);
+        let blobs = HashMap::from([(component.0, Arc::new(component.1))]);
+        let server = peergrid_node::blob::serve(&mesh, blobs, Some(sent_tx))
+            .context("cannot serve /peergrid/blob/1")?;
+        let serves_http = Deployment::decode(&deployment)
+            .is_ok_and(|d| d.workloads.iter().any(|w| w.kind == WorkloadKind::Http));
+        let placement = Arc::new(Placement {
+            serves_http,
+            client,
+            key,
+            mesh,
+            deployment_hash: Hash::of(&deployment),
+            deployment,
+            resources,
+            name: name.to_string(),
+            json: globals.json,
+            queue: Mutex::new(queue),
+            tx: Mutex::new(()),
+            sent: Mutex::new(HashMap::new()),
+        });
+        let p = placement.clone();
+        let watcher = tokio::spawn(async move {
+            while let Some((peer, _)) = sent_rx.recv().await {
+                p.sent.lock().await.insert(peer, true);
+            }
+        });
+        Ok((placement, Serving { server, watcher }))
+    }
+
+    /// The mesh peer placing the replicas.
+    pub(crate) fn mesh(&self) -> &Mesh {
+        &self.mesh
+    }
+
+    /// The deployment's hash, which each contract holds.
+    pub(crate) fn deployment_hash(&self) -> Hash {
+        self.deployment_hash
+    }
+
     async fn create_contract(&self, node: NodeId) -> anyhow::Result<ContractId> {
         let _one = self.tx.lock().await;
         let spec = ContractSpec::Deployment {
@@ -332,7 +492,26 @@ impl Placement {
         }
     }
 
-    async fn cancel(&self, contract: ContractId) {
+    /// Point `contract` at this placement's deployment and resources.
+    async fn update_contract(&self, contract: ContractId) -> anyhow::Result<()> {
+        let _one = self.tx.lock().await;
+        let payload = Payload::UpdateContract {
+            contract,
+            deployment_hash: self.deployment_hash,
+            resources: self.resources,
+        };
+        let (hash, status) = self.client.send(&self.key, payload, TX_TIMEOUT).await?;
+        match status {
+            TxStatus::Finalized { .. } => Ok(()),
+            TxStatus::Rejected { reason, .. } => bail!("the ledger refused the update: {reason}"),
+            _ => bail!(
+                "the update was not final within {} s; check it with `peergrid tx status {hash}`",
+                TX_TIMEOUT.as_secs()
+            ),
+        }
+    }
+
+    pub(crate) async fn cancel(&self, contract: ContractId) {
         let _one = self.tx.lock().await;
         match self
             .client
@@ -360,7 +539,7 @@ impl Placement {
     }
 
     /// Place one replica: take nodes from the queue until one runs it.
-    async fn place(&self) -> Option<Replica> {
+    pub(crate) async fn place(&self) -> Option<Replica> {
         loop {
             let node = self.queue.lock().await.pop_front()?;
             let id = node.node.id;
@@ -391,8 +570,9 @@ impl Placement {
         }
     }
 
-    /// Send the deployment to `node` and follow it until it runs; the URL, if any.
-    async fn start_on(
+    /// Send the deployment to `node` and follow it until it runs (a job: runs or has
+    /// already exited); the URL, if any.
+    pub(crate) async fn start_on(
         &self,
         node: &NodeView,
         contract: ContractId,
@@ -435,11 +615,18 @@ impl Placement {
                 Ok(Ok(report)) => {
                     let status = report.deployment.clone();
                     match status.as_ref().map(|d| d.state.as_str()) {
-                        Some("running") => {
+                        Some(state @ ("running" | "exited")) => {
                             if !told_sent {
                                 say(self.json, format!("component already cached on node {id}"));
                             }
-                            say(self.json, format!("running on node {id}"));
+                            if state == "exited" {
+                                say(self.json, format!("ran on node {id}"));
+                            } else {
+                                say(self.json, format!("running on node {id}"));
+                            }
+                            if !self.serves_http {
+                                return Ok(None);
+                            }
                             return Ok(report
                                 .http
                                 .map(|h| format!("{h}/{contract}/{}/", self.name)));
@@ -484,21 +671,14 @@ pub fn deploy(globals: &Globals, args: DeployArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| default_name(&args.wasm));
     let kind = WorkloadKind::from(args.kind);
     let component = *blake3::hash(&bytes).as_bytes();
-    let spec = WorkloadSpec {
-        name: name.clone(),
-        component,
-        kind,
-        limits: Limits {
-            memory_bytes: args.memory,
-            cpu_ms: args.cpu_ms,
-            wall_ms: args.wall_ms,
-        },
+    let spec = RunSpec {
+        memory_bytes: args.memory,
+        cpu_ms: args.cpu_ms,
+        wall_ms: args.wall_ms,
         env: args.env.clone(),
         args: Vec::new(),
     };
-    let deployment = Deployment::new(vec![spec])
-        .encode()
-        .context("the deployment is invalid")?;
+    let deployment = spec.deployment(&name, kind, component)?;
     let file = apps_file(globals)?;
     if load_apps(&file)?.apps.contains_key(&name) {
         bail!(
@@ -520,13 +700,7 @@ pub fn deploy(globals: &Globals, args: DeployArgs) -> anyhow::Result<()> {
     );
 
     let client = globals.client()?;
-    let key = globals.keypair()?;
-    let resources = Capacity {
-        cru: 1,
-        mru: args.memory,
-        sru: SRU_BYTES,
-        hru: 0,
-    };
+    let resources = spec.resources();
     crate::runtime()?.block_on(async {
         let (_, nodes) = client.nodes(None).await?;
         let queue = candidates(nodes, &args.nodes, &resources, json);
@@ -550,31 +724,15 @@ pub fn deploy(globals: &Globals, args: DeployArgs) -> anyhow::Result<()> {
                 ),
             );
         }
-        say(json, "starting a mesh peer to serve the component …");
-        let mesh = mesh_peer(&client, &key).await?;
-        let (sent_tx, mut sent_rx) = tokio::sync::mpsc::channel(64);
-        let blobs = HashMap::from([(component, Arc::new(bytes))]);
-        let server = peergrid_node::blob::serve(&mesh, blobs, Some(sent_tx))
-            .context("cannot serve /peergrid/blob/1")?;
-        let placement = Arc::new(Placement {
-            client: globals.client()?,
-            key: key.clone(),
-            mesh: mesh.clone(),
-            deployment_hash: Hash::of(&deployment),
+        let (placement, serving) = Placement::open(
+            globals,
+            &name,
             deployment,
+            (component, bytes),
             resources,
-            name: name.clone(),
-            json,
-            queue: Mutex::new(queue),
-            tx: Mutex::new(()),
-            sent: Mutex::new(HashMap::new()),
-        });
-        let p = placement.clone();
-        let watcher = tokio::spawn(async move {
-            while let Some((peer, _)) = sent_rx.recv().await {
-                p.sent.lock().await.insert(peer, true);
-            }
-        });
+            queue,
+        )
+        .await?;
         let replicas: Vec<Replica> = futures::future::join_all((0..args.replicas).map(|_| {
             let p = placement.clone();
             async move { p.place().await }
@@ -583,8 +741,8 @@ pub fn deploy(globals: &Globals, args: DeployArgs) -> anyhow::Result<()> {
         .into_iter()
         .flatten()
         .collect();
-        server.abort();
-        watcher.abort();
+        drop(serving);
+        placement.mesh().close().await;
         if replicas.is_empty() {
             bail!("no node runs {name}: every node tried failed (see above)");
         }
@@ -594,6 +752,7 @@ pub fn deploy(globals: &Globals, args: DeployArgs) -> anyhow::Result<()> {
             component: hex::encode(component),
             deployment: placement.deployment_hash.to_string(),
             replicas: replicas.clone(),
+            spec: Some(spec),
         };
         let mut apps = load_apps(&file)?;
         apps.apps.insert(name.clone(), app.clone());
@@ -623,11 +782,208 @@ pub fn deploy(globals: &Globals, args: DeployArgs) -> anyhow::Result<()> {
     })
 }
 
+/// A workload's output from the node of one replica.
+pub(crate) async fn replica_logs(
+    client: &Client,
+    mesh: &Mesh,
+    key: &Keypair,
+    node: NodeId,
+    contract: ContractId,
+    workload: &str,
+) -> anyhow::Result<WorkloadLogs> {
+    let view = client
+        .node(node)
+        .await?
+        .with_context(|| format!("node {node} is not on the ledger"))?;
+    let peer = peergrid_mesh::identity::peer_id(&view.data.node.account)
+        .map_err(|e| anyhow::anyhow!("node {node}'s account is not a mesh peer id: {e}"))?;
+    let request = LogsRequest::sign(key, contract, workload);
+    match tokio::time::timeout(LOGS_TIMEOUT, protocol::logs(mesh, peer, &request)).await {
+        Ok(Ok(logs)) => Ok(logs),
+        Ok(Err(e)) => Err(anyhow::anyhow!("node {node}: {e}")),
+        Err(_) => bail!(
+            "node {node} did not answer within {} s",
+            LOGS_TIMEOUT.as_secs()
+        ),
+    }
+}
+
+/// Print one replica's output: a job's stdout, stderr and ending; a service's log.
+fn print_logs(logs: &WorkloadLogs) {
+    print!("{}", logs.stdout);
+    if !logs.stdout.is_empty() && !logs.stdout.ends_with('\n') {
+        println!();
+    }
+    if logs.kind == "job" {
+        if !logs.stderr.is_empty() {
+            println!("-- stderr --");
+            print!("{}", logs.stderr);
+            if !logs.stderr.ends_with('\n') {
+                println!();
+            }
+        }
+        match (logs.exit_code, &logs.error) {
+            (Some(code), _) => println!(
+                "-- exited with code {code} ({} ms CPU, {} ms wall) --",
+                logs.cpu_ms, logs.wall_ms
+            ),
+            (None, Some(e)) => println!("-- stopped: {e} --"),
+            (None, None) => println!("-- {} --", logs.state),
+        }
+    } else if logs.stdout.is_empty() {
+        println!("(nothing printed yet; state {})", logs.state);
+    }
+}
+
+/// `peergrid app update`.
+fn update(globals: &Globals, file: &Path, mut apps: Apps, args: UpdateArgs) -> anyhow::Result<()> {
+    let json = globals.json;
+    let name = args.name.clone();
+    let app = apps
+        .apps
+        .get(&name)
+        .cloned()
+        .with_context(|| format!("no app named {name:?}; `peergrid app list` shows yours"))?;
+    let kind = match app.kind.as_str() {
+        "job" => WorkloadKind::Job,
+        _ => WorkloadKind::Http,
+    };
+    let bytes = std::fs::read(&args.wasm)
+        .with_context(|| format!("cannot read {}", args.wasm.display()))?;
+    let component = *blake3::hash(&bytes).as_bytes();
+    // Apps deployed before their spec was recorded ran with `deploy`'s defaults.
+    let mut spec = app.spec.clone().unwrap_or(RunSpec {
+        memory_bytes: 128 << 20,
+        cpu_ms: 1_000,
+        wall_ms: 10_000,
+        env: Vec::new(),
+        args: Vec::new(),
+    });
+    spec.memory_bytes = args.memory.unwrap_or(spec.memory_bytes);
+    spec.cpu_ms = args.cpu_ms.unwrap_or(spec.cpu_ms);
+    spec.wall_ms = args.wall_ms.unwrap_or(spec.wall_ms);
+    if !args.env.is_empty() {
+        spec.env = args.env.clone();
+    }
+    let deployment = spec.deployment(&name, kind, component)?;
+    if Hash::of(&deployment).to_string() == app.deployment {
+        bail!("{name} already runs this component with these settings; nothing to update");
+    }
+    check_component(&component, &bytes, kind)
+        .with_context(|| format!("{} cannot be deployed", args.wasm.display()))?;
+    let client = globals.client()?;
+    let mut updated = app.clone();
+    let failures = crate::runtime()?.block_on(async {
+        let (placement, serving) = Placement::open(
+            globals,
+            &name,
+            deployment,
+            (component, bytes),
+            spec.resources(),
+            VecDeque::new(),
+        )
+        .await?;
+        // One replica at a time: the others keep answering with the old version.
+        let mut failures = Vec::new();
+        for r in &mut updated.replicas {
+            say(
+                json,
+                format!("updating contract {} on node {} …", r.contract, r.node),
+            );
+            let step = async {
+                placement.update_contract(r.contract).await?;
+                say(
+                    json,
+                    format!("contract {} now holds the new deployment", r.contract),
+                );
+                let view = client
+                    .node(r.node)
+                    .await?
+                    .with_context(|| format!("node {} is not on the ledger", r.node))?;
+                placement.start_on(&view.data, r.contract).await
+            };
+            match step.await {
+                Ok(url) => r.url = url.or(r.url.take()),
+                Err(e) => {
+                    say(json, format!("node {}: {e:#}", r.node));
+                    failures.push(r.node);
+                }
+            }
+        }
+        drop(serving);
+        placement.mesh().close().await;
+        anyhow::Ok(failures)
+    })?;
+    if failures.len() == updated.replicas.len() {
+        bail!(
+            "no replica of {name} was updated (see above); retry `peergrid app update {name} {}`",
+            args.wasm.display()
+        );
+    }
+    updated.component = hex::encode(component);
+    updated.deployment = Hash::of(&spec.deployment(&name, kind, component)?).to_string();
+    updated.spec = Some(spec);
+    apps.apps.insert(name.clone(), updated.clone());
+    save_apps(file, &apps)?;
+    if json {
+        return output::json(&json!({ "app": updated, "failed_nodes": failures }));
+    }
+    if !failures.is_empty() {
+        eprintln!(
+            "warning: the replicas on nodes {failures:?} do not run the new version; \
+             retry `peergrid app update {name} {}`",
+            args.wasm.display()
+        );
+    }
+    println!(
+        "{name} updated on {} node(s)",
+        updated.replicas.len() - failures.len()
+    );
+    Ok(())
+}
+
 /// `peergrid app …`.
 pub fn app(globals: &Globals, cmd: AppCommand) -> anyhow::Result<()> {
     let file = apps_file(globals)?;
     let mut apps = load_apps(&file)?;
     match cmd {
+        AppCommand::Update(args) => update(globals, &file, apps, args),
+        AppCommand::Logs { name } => {
+            let app = apps.apps.get(&name).cloned().with_context(|| {
+                format!("no app named {name:?}; `peergrid app list` shows yours")
+            })?;
+            let client = globals.client()?;
+            let key = globals.keypair()?;
+            crate::runtime()?.block_on(async {
+                let mesh = mesh_peer(&client, &key).await?;
+                let mut rows = Vec::new();
+                for r in &app.replicas {
+                    let logs =
+                        replica_logs(&client, &mesh, &key, r.node, r.contract, &app.name).await;
+                    if globals.json {
+                        rows.push(match logs {
+                            Ok(l) => json!({ "node": r.node, "logs": l }),
+                            Err(e) => json!({
+                                "node": r.node,
+                                "contract": r.contract,
+                                "error": format!("{e:#}"),
+                            }),
+                        });
+                        continue;
+                    }
+                    println!("== node {} (contract {}) ==", r.node, r.contract);
+                    match logs {
+                        Ok(l) => print_logs(&l),
+                        Err(e) => println!("cannot read its output: {e:#}"),
+                    }
+                }
+                mesh.close().await;
+                if globals.json {
+                    return output::json(&json!({ "app": app.name, "replicas": rows }));
+                }
+                Ok(())
+            })
+        }
         AppCommand::List => {
             if globals.json {
                 return output::json(&json!({ "apps": apps.apps.values().collect::<Vec<_>>() }));
@@ -707,6 +1063,7 @@ pub fn app(globals: &Globals, cmd: AppCommand) -> anyhow::Result<()> {
                         "url": r.url,
                     }));
                 }
+                mesh.close().await;
                 if globals.json {
                     return output::json(&json!({ "app": app.name, "replicas": rows }));
                 }

@@ -46,6 +46,31 @@ pub enum ContractCommand {
         #[command(subcommand)]
         spec: CreateSpec,
     },
+    /// Change a deployment contract you own: its deployment hash and what it reserves.
+    /// What is not given stays as it is; the node runs the new deployment once it is
+    /// sent (`peergrid app update` does both).
+    Update {
+        /// The contract's id.
+        contract: ContractId,
+        /// The new deployment file: its BLAKE3 becomes the contract's hash.
+        #[arg(long, conflicts_with = "deployment_hash")]
+        deployment: Option<PathBuf>,
+        /// The new deployment's BLAKE3, in hex.
+        #[arg(long)]
+        deployment_hash: Option<Hash>,
+        /// Cores reserved.
+        #[arg(long)]
+        cru: Option<u64>,
+        /// Memory reserved, e.g. 2GiB.
+        #[arg(long, value_parser = parse_size)]
+        mru: Option<u64>,
+        /// SSD reserved, e.g. 20GiB.
+        #[arg(long, value_parser = parse_size)]
+        sru: Option<u64>,
+        /// HDD reserved, e.g. 1TB.
+        #[arg(long, value_parser = parse_size)]
+        hru: Option<u64>,
+    },
     /// Cancel a contract you own: it is billed up to now and its resources are released.
     Cancel {
         /// The contract's id.
@@ -448,6 +473,60 @@ pub fn contract(globals: &Globals, cmd: ContractCommand) -> anyhow::Result<()> {
                 println!("\nsee it:       peergrid contract show {id}");
                 println!("its bills:    peergrid bill history {id}");
                 println!("end it:       peergrid contract cancel {id}");
+                Ok(())
+            }
+            ContractCommand::Update {
+                contract,
+                deployment,
+                deployment_hash,
+                cru,
+                mru,
+                sru,
+                hru,
+            } => {
+                let current = client
+                    .contract(contract)
+                    .await?
+                    .with_context(|| format!("there is no contract {contract}"))?
+                    .data;
+                let old_hash = current.deployment_hash().with_context(|| {
+                    format!("contract {contract} is not a deployment contract; only those change")
+                })?;
+                let deployment_hash = match (deployment, deployment_hash) {
+                    (_, Some(hash)) => hash,
+                    (Some(file), None) => Hash::of(&std::fs::read(&file).with_context(|| {
+                        format!("cannot read the deployment file {}", file.display())
+                    })?),
+                    (None, None) => old_hash,
+                };
+                let was = current.reserved;
+                let resources = Capacity {
+                    cru: cru.unwrap_or(was.cru),
+                    mru: mru.unwrap_or(was.mru),
+                    sru: sru.unwrap_or(was.sru),
+                    hru: hru.unwrap_or(was.hru),
+                };
+                if deployment_hash == old_hash && resources == was {
+                    anyhow::bail!(
+                        "nothing to change: give --deployment, --deployment-hash, --cru, --mru, --sru or --hru"
+                    );
+                }
+                let events = globals
+                    .send(Payload::UpdateContract {
+                        contract,
+                        deployment_hash,
+                        resources,
+                    })
+                    .await?;
+                if globals.json {
+                    return output::json(&json!({ "contract": contract, "events": events }));
+                }
+                println!("contract {contract} updated: deployment {deployment_hash}, reserves {resources}");
+                if deployment_hash != old_hash {
+                    println!(
+                        "its node stops the old deployment; send the new one (`peergrid app update` does it for apps)"
+                    );
+                }
                 Ok(())
             }
             ContractCommand::Cancel { contract } => {

@@ -11,6 +11,7 @@ mod app;
 mod econ;
 mod genesis;
 mod grid;
+mod job;
 mod key;
 mod ledger;
 mod mesh;
@@ -63,14 +64,17 @@ enum Command {
     /// Nodes: run this machine as one, list them, show one.
     #[command(subcommand)]
     Node(grid::NodeCommand),
-    /// Contracts: list, show, cancel.
+    /// Contracts: list, show, create, update, cancel.
     #[command(subcommand)]
     Contract(econ::ContractCommand),
     /// Deploy a WebAssembly app (a WASI 0.2 component) to nodes; prints its URLs.
     Deploy(app::DeployArgs),
-    /// Your deployed apps: list, status, rm.
+    /// Your deployed apps: list, status, logs, update, rm.
     #[command(subcommand)]
     App(app::AppCommand),
+    /// Jobs: run a WebAssembly command once on a node and get its output.
+    #[command(subcommand)]
+    Job(job::JobCommand),
     /// Storage: reserve space, put and get encrypted, erasure-coded objects.
     #[command(subcommand)]
     Store(store::StoreCommand),
@@ -201,6 +205,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Store(cmd) => store::run(&globals, cmd),
         Command::Deploy(args) => app::deploy(&globals, args),
         Command::App(cmd) => app::app(&globals, cmd),
+        Command::Job(cmd) => job::job(&globals, cmd),
     }
 }
 

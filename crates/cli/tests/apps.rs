@@ -2,7 +2,9 @@
 //! processes in two farms, real mesh connections, real wasmtime on the nodes): a core
 //! module refused before any contract is created, hello deployed with two replicas on
 //! two farms and answering on both URLs, one replica's node stopped while the other keeps
-//! answering, and `app rm` ending the contracts so the URL answers 404.
+//! answering, its log read back, updated in place to a new deployment, a contract's
+//! reservation changed, `app rm` ending the contracts so the URL answers 404; and jobs
+//! run once whose output and exit code come back, a runaway one stopped by its limit.
 
 mod common;
 
@@ -17,6 +19,10 @@ use serde_json::Value;
 const HELLO: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../../examples/apps/hello/hello.wasm"
+);
+const CPU: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../examples/apps/cpu/cpu.wasm"
 );
 
 /// A devnet with its default five nodes, stopped when dropped; once every node is up.
@@ -66,6 +72,15 @@ fn get(url: &str) -> Option<(u16, String)> {
 fn pids_serving(port: u16) -> Vec<i32> {
     let needle = format!("127.0.0.1:{port}");
     pids_where(|args| args.iter().any(|a| a == "--http") && args.iter().any(|a| a == &needle))
+}
+
+/// The devnet's validator URLs, for a CLI whose home is elsewhere.
+fn ledger(home: &Path) -> String {
+    let devnet: Value =
+        serde_json::from_slice(&std::fs::read(home.join("devnet/devnet.json")).expect("devnet"))
+            .expect("devnet.json");
+    let apis: Vec<String> = serde_json::from_value(devnet["apis"].clone()).expect("apis");
+    apis.join(",")
 }
 
 fn contracts(home: &Path) -> Vec<Value> {
@@ -148,6 +163,62 @@ fn deploy_call_survive_a_node_and_remove_an_app() {
     signal("-CONT");
     assert_eq!(other, Some((200, "hello from peergrid\n".to_string())));
 
+    // Its log: what hello printed for each request, read with the owner's signature.
+    assert_eq!(get(&format!("{}env/WHO", urls[1])).map(|r| r.0), Some(404));
+    let (ok, logs, err) = run(home, &["app", "logs", "hello"]);
+    assert!(ok, "app logs: {err}");
+    let second = logs["replicas"][1]["logs"]["stdout"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        second.contains("GET / -> 200") && second.contains("GET /env/WHO -> 404"),
+        "{logs}"
+    );
+    let stranger = home.join("stranger");
+    std::fs::create_dir_all(&stranger).expect("dir");
+    std::fs::copy(home.join("apps.json"), stranger.join("apps.json")).expect("copy");
+    assert!(run(&stranger, &["key", "new"]).0, "a stranger's key");
+    let (_, theirs, _) = run(
+        &stranger,
+        &["--ledger", &ledger(home), "app", "logs", "hello"],
+    );
+    let refused = theirs["replicas"][1]["error"].as_str().unwrap_or_default();
+    assert!(
+        refused.contains("owner"),
+        "only the owner reads it: {theirs}"
+    );
+
+    // Updated in place: both replicas run the new deployment (a new environment).
+    let (ok, updated, err) = run(
+        home,
+        &["app", "update", "hello", HELLO, "--env", "WHO=peergrid"],
+    );
+    assert!(ok, "app update: {err}");
+    assert_eq!(updated["failed_nodes"].as_array().map(Vec::len), Some(0));
+    for url in &urls {
+        assert_eq!(
+            get(&format!("{url}env/WHO")),
+            Some((200, "peergrid\n".to_string())),
+            "{url}"
+        );
+    }
+    let (again, _, err) = run(
+        home,
+        &["app", "update", "hello", HELLO, "--env", "WHO=peergrid"],
+    );
+    assert!(!again && err.contains("nothing to update"), "{err}");
+
+    // A contract's reservation changes; the app keeps answering.
+    let contract = replicas[0]["contract"].to_string();
+    let (ok, _, err) = run(home, &["contract", "update", &contract, "--mru", "192MiB"]);
+    assert!(ok, "contract update: {err}");
+    let (ok, shown, _) = run(home, &["contract", "show", &contract]);
+    assert!(ok);
+    assert_eq!(shown["contract"]["reserved"]["mru"], 192 << 20, "{shown}");
+    assert_eq!(get(&urls[0]).map(|r| r.0), Some(200));
+    let (same, _, err) = run(home, &["contract", "update", &contract]);
+    assert!(!same && err.contains("nothing to change"), "{err}");
+
     // Removed: the contracts end and the surviving node stops serving it.
     let (ok, _, err) = run(home, &["app", "rm", "hello"]);
     assert!(ok, "app rm: {err}");
@@ -159,4 +230,53 @@ fn deploy_call_survive_a_node_and_remove_an_app() {
     let (ok, list, _) = run(home, &["app", "list"]);
     assert!(ok);
     assert_eq!(list["apps"].as_array().map(Vec::len), Some(0), "{list}");
+
+    // A job: run once on a node, its output and exit code come back, its contract ends.
+    let job = |args: &[&str]| {
+        peergrid(home)
+            .args(["job", "run", CPU])
+            .args(args)
+            .output()
+            .expect("job run")
+    };
+    let primes = job(&["--", "primes", "100"]);
+    assert_eq!(
+        String::from_utf8_lossy(&primes.stdout),
+        "primes below 100: 25\n"
+    );
+    assert_eq!(primes.status.code(), Some(0), "{primes:?}");
+    let bad = job(&["--", "bogus"]);
+    assert_eq!(bad.status.code(), Some(2), "the job's own exit code");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("usage: cpu"));
+    let spin = job(&["--cpu-ms", "300", "--", "spin"]);
+    assert_eq!(spin.status.code(), Some(1), "{spin:?}");
+    assert!(
+        String::from_utf8_lossy(&spin.stderr).contains("CPU limit of 300 ms"),
+        "{}",
+        String::from_utf8_lossy(&spin.stderr)
+    );
+    let live: Vec<Value> = contracts(home)
+        .into_iter()
+        .filter(|c| c["state"]["state"] != "deleted")
+        .collect();
+    assert!(
+        live.is_empty(),
+        "every job's contract is cancelled: {live:?}"
+    );
+
+    // Kept: its output is read again later.
+    let (ok, kept, err) = run(
+        home,
+        &[
+            "job", "run", CPU, "--keep", "--name", "primes", "--", "primes", "1000",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(kept["logs"]["exit_code"], 0, "{kept}");
+    let (ok, logs, err) = run(home, &["app", "logs", "primes"]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        logs["replicas"][0]["logs"]["stdout"], "primes below 1000: 168\n",
+        "{logs}"
+    );
 }

@@ -260,6 +260,8 @@ struct Captured {
     bytes: Vec<u8>,
     max: usize,
     dropped: u64,
+    /// Keep the newest bytes (a log) rather than the first (a job's output).
+    ring: bool,
 }
 
 impl Capture {
@@ -269,12 +271,37 @@ impl Capture {
                 bytes: Vec::new(),
                 max,
                 dropped: 0,
+                ring: false,
             })),
         }
     }
 
+    /// A capture that keeps the newest `max` bytes, for a service's log.
+    pub(crate) fn ring(max: usize) -> Self {
+        let capture = Capture::new(max);
+        capture.lock().ring = true;
+        capture
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Captured> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn push(&self, data: &[u8]) {
-        let mut c = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = self.lock();
+        if c.ring {
+            // Trimmed only past twice the bound, so a chatty guest costs one copy
+            // of the log per `max` bytes written, not one per line.
+            c.bytes.extend_from_slice(data);
+            if c.bytes.len() > 2 * c.max {
+                let cut = c.bytes.len() - c.max;
+                c.bytes.drain(..cut);
+                c.dropped = c
+                    .dropped
+                    .saturating_add(u64::try_from(cut).unwrap_or(u64::MAX));
+            }
+            return;
+        }
         let room = c.max.saturating_sub(c.bytes.len());
         let keep = room.min(data.len());
         c.bytes.extend_from_slice(&data[..keep]);
@@ -282,9 +309,31 @@ impl Capture {
         c.dropped = c.dropped.saturating_add(dropped);
     }
 
+    /// A ring's newest `max` bytes, from the first line that starts within them, after
+    /// a marker line saying how much came before.
+    pub(crate) fn snapshot(&self) -> Vec<u8> {
+        let c = self.lock();
+        let mut start = c.bytes.len().saturating_sub(c.max);
+        let earlier = c.dropped + u64::try_from(start).unwrap_or(u64::MAX);
+        if earlier > 0
+            && let Some(nl) = c.bytes[start..].iter().position(|b| *b == b'\n')
+        {
+            start += nl + 1;
+        }
+        let earlier = c.dropped + u64::try_from(start).unwrap_or(u64::MAX);
+        let mut out = Vec::with_capacity(c.bytes.len() - start + 64);
+        if earlier > 0 {
+            out.extend_from_slice(
+                format!("[peergrid: {earlier} earlier bytes of this log dropped]\n").as_bytes(),
+            );
+        }
+        out.extend_from_slice(&c.bytes[start..]);
+        out
+    }
+
     /// What was kept, with a marker line if anything was dropped.
     pub(crate) fn take(&self) -> Vec<u8> {
-        let mut c = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = self.lock();
         let mut out = std::mem::take(&mut c.bytes);
         if c.dropped > 0 {
             if out.last().is_some_and(|b| *b != b'\n') {
@@ -357,5 +406,46 @@ impl tokio::io::AsyncWrite for Capture {
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Capture;
+
+    #[test]
+    fn a_log_keeps_its_newest_whole_lines_and_says_what_it_dropped() {
+        let log = Capture::ring(100);
+        for i in 0..1000 {
+            log.push(format!("request {i}\n").as_bytes());
+        }
+        let text = String::from_utf8(log.snapshot()).expect("utf8");
+        let mut lines = text.lines();
+        let marker = lines.next().expect("a marker line");
+        assert!(
+            marker.starts_with("[peergrid: ") && marker.contains("earlier bytes"),
+            "{text}"
+        );
+        let kept: Vec<&str> = lines.collect();
+        assert_eq!(kept.last(), Some(&"request 999"), "{text}");
+        assert!(kept.iter().all(|l| l.starts_with("request ")), "{text}");
+        assert!(text.len() <= 100 + marker.len() + 1, "{}", text.len());
+        // Numbers are consecutive: nothing in the middle was lost.
+        let numbers: Vec<u32> = kept
+            .iter()
+            .map(|l| l["request ".len()..].parse().expect("number"))
+            .collect();
+        assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "{numbers:?}");
+    }
+
+    #[test]
+    fn a_short_log_is_returned_whole_and_a_job_keeps_its_first_bytes() {
+        let log = Capture::ring(100);
+        log.push(b"one\ntwo\n");
+        assert_eq!(log.snapshot(), b"one\ntwo\n");
+        let out = Capture::new(4);
+        out.push(b"abcdefgh");
+        let kept = out.take();
+        assert!(kept.starts_with(b"abcd\n[peergrid: output truncated"));
     }
 }

@@ -143,7 +143,11 @@ impl Prepared {
         let meter = Arc::new(RunMeter::new(limits.cpu_ms, limits.memory_bytes));
         let mut store = new_store(
             &self.inner.runtime.engine,
-            wasi_ctx(&[], env, None),
+            wasi_ctx(
+                &[],
+                env,
+                Some((self.inner.log.clone(), self.inner.log.clone())),
+            ),
             meter.clone(),
         );
 

@@ -34,6 +34,8 @@ pub struct RuntimeConfig {
     pub component_bytes_max: usize,
     /// Most bytes of a job's stdout, and of its stderr, that are kept.
     pub output_bytes_max: usize,
+    /// Most bytes of a service's log (its stdout and stderr, newest kept) per workload.
+    pub log_bytes_max: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -45,6 +47,7 @@ impl Default for RuntimeConfig {
             epoch_tick: Duration::from_millis(10),
             component_bytes_max: 64 * 1024 * 1024,
             output_bytes_max: 1024 * 1024,
+            log_bytes_max: 256 * 1024,
         }
     }
 }
@@ -259,6 +262,7 @@ impl Runtime {
                 kind,
                 pre,
                 metrics: Arc::new(WorkloadMetrics::default()),
+                log: Capture::ring(rt.config.log_bytes_max),
             }),
         })
     }
@@ -387,6 +391,8 @@ pub(crate) struct PreparedInner {
     kind: WorkloadKind,
     pre: Pre,
     pub(crate) metrics: Arc<WorkloadMetrics>,
+    /// A service's stdout and stderr, interleaved, newest kept.
+    pub(crate) log: Capture,
 }
 
 impl Prepared {
@@ -403,6 +409,13 @@ impl Prepared {
     /// The workload's counters now.
     pub fn metrics(&self) -> MetricsSnapshot {
         self.inner.metrics.snapshot()
+    }
+
+    /// What a service printed (stdout and stderr as they came), the newest
+    /// [`RuntimeConfig::log_bytes_max`] bytes from a line's start; empty for a job,
+    /// whose output comes with its [`crate::JobOutcome`].
+    pub fn logs(&self) -> Vec<u8> {
+        self.inner.log.snapshot()
     }
 
     pub(crate) fn proxy_pre(&self) -> Option<&ProxyPre<Host>> {

@@ -151,6 +151,13 @@ async fn hello_answers_with_its_body_and_is_metered() {
     assert_eq!(m.errors, 0);
     assert_eq!(m.bytes_served, 20 + 9 + 10);
     assert!(m.memory_peak_bytes > 0, "{m:?}");
+
+    // What the service printed is its log, one line per request, in order.
+    let log = String::from_utf8(hello.logs()).expect("utf-8");
+    assert_eq!(
+        log,
+        "GET / -> 200\nGET /env/GREETING -> 200\nGET /env/MISSING -> 404\n"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,18 +10,25 @@
 //! a cancelled contract's workloads are dropped. After a restart the world names the
 //! same deployments and the components come from the cache, so workloads come back
 //! without their owner.
+//!
+//! A job runs once per deployment: its outcome (exit code, stdout, stderr) is written to
+//! `jobs/<name>.json` in its contract's folder and shown from there after a restart,
+//! never run again. A service's output is kept in memory, newest bytes first.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock, RwLock};
 
-use peergrid_compute::{Deployment, Limits, Prepared, Runtime, RuntimeConfig, WorkloadSpec};
+use peergrid_compute::{
+    Deployment, JobOutcome, Limits, Prepared, Runtime, RuntimeConfig, WorkloadKind, WorkloadSpec,
+};
 use peergrid_core::{AccountId, ContractId, Hash};
 use peergrid_mesh::Mesh;
+use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::protocol::{DeploymentStatus, WorkloadStatus};
+use crate::protocol::{DeploymentStatus, WorkloadLogs, WorkloadStatus};
 use crate::world::{WorkloadState, World, write_atomic};
 
 /// Instances that may exist at once on this node, across all its workloads.
@@ -35,7 +42,60 @@ const INSTANCE_MEMORY_BYTES_MAX: u64 = 1 << 30;
 enum Phase {
     Init,
     Running(Prepared),
+    /// A job that ended.
+    Exited(Arc<JobRecord>),
     Error(String),
+}
+
+/// How a job ended, as kept on disk.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// The deployment it ran for: a record of another one is not this job's.
+    pub deployment: String,
+    /// Its exit code, if it exited by itself.
+    pub exit_code: Option<i32>,
+    /// Why it was stopped, if it was.
+    pub error: Option<String>,
+    /// Its stdout (invalid UTF-8 replaced).
+    pub stdout: String,
+    /// Its stderr.
+    pub stderr: String,
+    /// CPU time, ms.
+    pub cpu_ms: u64,
+    /// Wall time, ms.
+    pub wall_ms: u64,
+}
+
+impl JobRecord {
+    fn new(deployment: Hash, outcome: JobOutcome) -> JobRecord {
+        JobRecord {
+            deployment: deployment.to_string(),
+            exit_code: outcome.exit_code,
+            error: outcome.error,
+            stdout: String::from_utf8_lossy(&outcome.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&outcome.stderr).into_owned(),
+            cpu_ms: outcome.cpu_ms,
+            wall_ms: outcome.wall_ms,
+        }
+    }
+}
+
+fn job_record_path(dir: &Path, workload: &str) -> PathBuf {
+    dir.join("jobs").join(format!("{workload}.json"))
+}
+
+/// The outcome of `workload` under `deployment` if it already ran.
+fn read_job_record(dir: &Path, workload: &str, deployment: Hash) -> Option<JobRecord> {
+    let path = job_record_path(dir, workload);
+    let bytes = std::fs::read(&path).ok()?;
+    match serde_json::from_slice::<JobRecord>(&bytes) {
+        Ok(r) if r.deployment == deployment.to_string() => Some(r),
+        Ok(_) => None,
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "a job's record is unreadable; the job runs again");
+            None
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -52,6 +112,8 @@ struct App {
     error: Option<String>,
     /// Empty until the deployment is decoded.
     workloads: BTreeMap<String, Entry>,
+    /// Jobs running: stopped when the deployment goes.
+    jobs: Vec<tokio::task::AbortHandle>,
 }
 
 /// Where a request for `/<contract>/<workload>/…` goes, or why it cannot.
@@ -143,6 +205,9 @@ impl Compute {
                     contract,
                     "deployment stopped: no live contract backs it here"
                 );
+                for job in &app.jobs {
+                    job.abort();
+                }
             }
             keep
         });
@@ -158,6 +223,7 @@ impl Compute {
                     paused,
                     error: None,
                     workloads: BTreeMap::new(),
+                    jobs: Vec::new(),
                 },
             );
             let file = world.workload_dir(contract).join("deployment.bin");
@@ -200,8 +266,20 @@ impl Compute {
         if !self.update(contract, hash, |app| app.workloads = workloads) {
             return;
         }
+        let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
         for spec in deployment.workloads {
+            let mut job = None;
             let phase = match self.prepare(&spec, owner).await {
+                Ok(prepared) if spec.kind == WorkloadKind::Job => {
+                    match read_job_record(&dir, &spec.name, hash) {
+                        Some(record) => Phase::Exited(Arc::new(record)),
+                        None => {
+                            info!(contract, workload = %spec.name, "job running");
+                            job = Some(prepared.clone());
+                            Phase::Running(prepared)
+                        }
+                    }
+                }
                 Ok(prepared) => {
                     info!(contract, workload = %spec.name, kind = %spec.kind, "workload running");
                     Phase::Running(prepared)
@@ -219,7 +297,53 @@ impl Compute {
             if !still {
                 return;
             }
+            // Started only once its phase says running, so its end is never overwritten.
+            if let Some(prepared) = job {
+                let me = self.clone();
+                let dir = dir.clone();
+                let handle =
+                    tokio::spawn(
+                        async move { me.run_job(contract, hash, dir, spec, prepared).await },
+                    )
+                    .abort_handle();
+                self.update(contract, hash, |app| app.jobs.push(handle));
+            }
         }
+    }
+
+    /// Run a job to its end, keep its outcome on disk, and show it.
+    async fn run_job(
+        self: Arc<Self>,
+        contract: ContractId,
+        hash: Hash,
+        dir: PathBuf,
+        spec: WorkloadSpec,
+        prepared: Prepared,
+    ) {
+        let outcome = prepared.run_job(&spec.args, &spec.env, &spec.limits).await;
+        let record = JobRecord::new(hash, outcome);
+        info!(contract, workload = %spec.name, exit_code = ?record.exit_code, error = ?record.error, "job exited");
+        let path = job_record_path(&dir, &spec.name);
+        match serde_json::to_vec(&record) {
+            Ok(bytes) => {
+                let written = tokio::task::spawn_blocking(move || {
+                    if let Some(parent) = path.parent() {
+                        std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+                    }
+                    write_atomic(&path, &bytes).map_err(|e| e.to_string())
+                })
+                .await;
+                if let Ok(Err(e)) = written {
+                    warn!(contract, error = %e, "cannot keep a job's outcome; it runs again after a restart");
+                }
+            }
+            Err(e) => warn!(contract, error = %e, "cannot encode a job's outcome"),
+        }
+        self.update(contract, hash, |app| {
+            if let Some(entry) = app.workloads.get_mut(&spec.name) {
+                entry.phase = Phase::Exited(Arc::new(record));
+            }
+        });
     }
 
     /// Apply `f` to the app of `contract` if it still runs deployment `hash`.
@@ -301,6 +425,9 @@ impl Compute {
         };
         match &entry.phase {
             Phase::Init => Target::Unavailable(format!("workload {workload:?} is starting")),
+            Phase::Exited(_) => Target::Unavailable(format!(
+                "workload {workload:?} is a job and has exited; read its output with `peergrid app logs`"
+            )),
             Phase::Error(reason) => {
                 Target::Unavailable(format!("workload {workload:?} failed: {reason}"))
             }
@@ -323,6 +450,52 @@ impl Compute {
                 workloads: Vec::new(),
             },
         }
+    }
+
+    /// A workload's output, for its owner.
+    pub fn logs(&self, contract: ContractId, workload: &str) -> Result<WorkloadLogs, String> {
+        let apps = self.read();
+        let app = apps
+            .get(&contract)
+            .ok_or_else(|| format!("no deployment of contract {contract} runs on this node"))?;
+        let status = app_status(contract, app);
+        let Some(entry) = app.workloads.get(workload) else {
+            let names: Vec<&str> = app.workloads.keys().map(String::as_str).collect();
+            return Err(format!(
+                "contract {contract} has no workload {workload:?} here (it has: {})",
+                names.join(", ")
+            ));
+        };
+        let state = status
+            .workloads
+            .iter()
+            .find(|w| w.name == workload)
+            .map(|w| (w.state.clone(), w.reason.clone()));
+        let (state, reason) = state.unwrap_or_else(|| ("init".into(), None));
+        let mut logs = WorkloadLogs {
+            contract,
+            workload: workload.to_string(),
+            kind: entry.spec.kind.to_string(),
+            state,
+            exit_code: None,
+            error: reason,
+            stdout: String::new(),
+            stderr: String::new(),
+            cpu_ms: 0,
+            wall_ms: 0,
+        };
+        match &entry.phase {
+            Phase::Exited(r) => {
+                logs.exit_code = r.exit_code;
+                logs.stdout = r.stdout.clone();
+                logs.stderr = r.stderr.clone();
+                logs.cpu_ms = r.cpu_ms;
+                logs.wall_ms = r.wall_ms;
+            }
+            Phase::Running(p) => logs.stdout = String::from_utf8_lossy(&p.logs()).into_owned(),
+            Phase::Init | Phase::Error(_) => {}
+        }
+        Ok(logs)
     }
 
     /// Every deployment here.
@@ -372,6 +545,7 @@ fn app_status(contract: ContractId, app: &App) -> DeploymentStatus {
         .map(|e| {
             let (state, reason) = match (&e.phase, app.paused) {
                 (Phase::Error(r), _) => ("error", Some(r.clone())),
+                (Phase::Exited(r), _) => ("exited", r.error.clone()),
                 (_, true) => ("paused", None),
                 (Phase::Init, false) => ("init", None),
                 (Phase::Running(_), false) => ("running", None),
@@ -388,6 +562,10 @@ fn app_status(contract: ContractId, app: &App) -> DeploymentStatus {
                 requests: metrics.map(|m| m.requests).unwrap_or(0),
                 cpu_us: metrics.map(|m| m.cpu_us).unwrap_or(0),
                 bytes_served: metrics.map(|m| m.bytes_served).unwrap_or(0),
+                exit_code: match &e.phase {
+                    Phase::Exited(r) => r.exit_code,
+                    _ => None,
+                },
             }
         })
         .collect();
@@ -407,6 +585,8 @@ fn app_status(contract: ContractId, app: &App) -> DeploymentStatus {
         ("paused", None)
     } else if workloads.is_empty() || workloads.iter().any(|w| w.state == "init") {
         ("init", None)
+    } else if workloads.iter().all(|w| w.state == "exited") {
+        ("exited", None)
     } else {
         ("running", None)
     };

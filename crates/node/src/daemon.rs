@@ -437,6 +437,14 @@ fn serve_protocols(
             serde_json::to_vec(&report).map_err(|e| e.to_string())
         }
     })?;
+    let s = shared.clone();
+    mesh.serve(protocol::LOGS, move |_peer, body| {
+        let s = s.clone();
+        async move {
+            let logs = workload_logs(&s, &body).await?;
+            serde_json::to_vec(&logs).map_err(|e| e.to_string())
+        }
+    })?;
     mesh.serve(protocol::DEPLOY, move |peer, body| {
         let shared = shared.clone();
         let client = client.clone();
@@ -456,6 +464,39 @@ fn serve_protocols(
         }
     })?;
     Ok(())
+}
+
+/// A workload's output, if the request is its contract owner's and recent.
+async fn workload_logs(shared: &Shared, body: &[u8]) -> Result<protocol::WorkloadLogs, String> {
+    let request: protocol::LogsRequest =
+        peergrid_core::codec::decode("logs request", body, protocol::LOGS.request_bytes_max)
+            .map_err(|e| format!("malformed logs request: {e}"))?;
+    let owner = shared
+        .world
+        .lock()
+        .await
+        .workloads
+        .get(&request.contract)
+        .map(|w| w.owner)
+        .ok_or_else(|| format!("contract {} has no workload on this node", request.contract))?;
+    let skew = protocol::now_ms().abs_diff(request.at_ms);
+    if skew > protocol::LOGS_CLOCK_SKEW_MS {
+        return Err(format!(
+            "the request was signed {} s away from this node's clock; check your clock",
+            skew / 1000
+        ));
+    }
+    let message = protocol::logs_message(request.contract, &request.workload, request.at_ms);
+    if !request
+        .signature
+        .verify(&owner, protocol::LOGS_NAMESPACE, &message)
+    {
+        return Err(format!(
+            "only contract {}'s owner {owner} may read its output",
+            request.contract
+        ));
+    }
+    shared.compute.logs(request.contract, &request.workload)
 }
 
 /// Check a deployment against its contract on the ledger, then store it with its workload.

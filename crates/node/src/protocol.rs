@@ -1,8 +1,10 @@
-//! The node's protocols on the mesh: `/peergrid/status/1` and `/peergrid/deploy/1`.
+//! The node's protocols on the mesh: `/peergrid/status/1`, `/peergrid/deploy/1` and
+//! `/peergrid/logs/1`.
 //!
 //! A node never acts on a request the ledger does not back: a deployment is accepted
 //! only for a live contract on this node, signed by the contract's owner, whose bytes
-//! hash to the contract's deployment hash.
+//! hash to the contract's deployment hash; a workload's output goes only to a request
+//! its contract's owner signed.
 
 use std::time::Duration;
 
@@ -29,6 +31,18 @@ pub const DEPLOY: RpcProtocol = RpcProtocol::new("/peergrid/deploy/1")
     .with_sizes(DEPLOYMENT_BYTES_MAX + 1024, 4 * 1024)
     .with_timeout(Duration::from_secs(30))
     .with_rate(2.0, 10);
+
+/// What owners sign a request for a workload's output under.
+pub const LOGS_NAMESPACE: &[u8] = b"_PEERGRID_NODE_LOGS";
+
+/// How far a logs request's signing time may be from the node's clock, ms.
+pub const LOGS_CLOCK_SKEW_MS: u64 = 5 * 60 * 1000;
+
+/// A workload's output (a job's stdout and stderr, a service's log), for its owner.
+pub const LOGS: RpcProtocol = RpcProtocol::new("/peergrid/logs/1")
+    .with_sizes(1024, 3 << 20)
+    .with_timeout(Duration::from_secs(10))
+    .with_rate(5.0, 20);
 
 /// What `/peergrid/status/1` answers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,6 +111,9 @@ pub struct WorkloadStatus {
     /// Bytes of responses served.
     #[serde(default)]
     pub bytes_served: u64,
+    /// A job's exit code, once it `exited` by itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
 }
 
 /// How many workloads are in each state.
@@ -143,6 +160,87 @@ impl DeployRequest {
             signature,
         }
     }
+}
+
+/// A request for one workload's output, signed by its contract's owner.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct LogsRequest {
+    /// The contract.
+    pub contract: ContractId,
+    /// The workload's name in the deployment.
+    pub workload: String,
+    /// When it was signed, ms since the Unix epoch: a node refuses one far from its clock.
+    pub at_ms: u64,
+    /// The owner's signature over [`logs_message`].
+    pub signature: Signature,
+}
+
+/// What the owner signs to read a workload's output.
+pub fn logs_message(contract: ContractId, workload: &str, at_ms: u64) -> Vec<u8> {
+    peergrid_core::codec::encode(&(contract, workload.to_string(), at_ms))
+}
+
+impl LogsRequest {
+    /// Sign a request for `contract`'s `workload` with the owner's key, now.
+    pub fn sign(owner: &Keypair, contract: ContractId, workload: &str) -> LogsRequest {
+        let at_ms = now_ms();
+        let message = logs_message(contract, workload, at_ms);
+        LogsRequest {
+            contract,
+            workload: workload.to_string(),
+            at_ms,
+            signature: Signature(owner.sign(LOGS_NAMESPACE, &message)),
+        }
+    }
+}
+
+/// What `/peergrid/logs/1` answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkloadLogs {
+    /// The contract.
+    pub contract: ContractId,
+    /// The workload.
+    pub workload: String,
+    /// `http` or `job`.
+    pub kind: String,
+    /// `init`, `running`, `exited`, `error` or `paused`.
+    pub state: String,
+    /// A job's exit code, once it exited by itself.
+    pub exit_code: Option<i32>,
+    /// Why a job was stopped or a workload failed, if it was.
+    pub error: Option<String>,
+    /// A job's stdout; a service's log (stdout and stderr as they came, newest kept).
+    pub stdout: String,
+    /// A job's stderr (empty for a service).
+    pub stderr: String,
+    /// A job's CPU time, ms.
+    pub cpu_ms: u64,
+    /// A job's wall time, ms.
+    pub wall_ms: u64,
+}
+
+/// Milliseconds since the Unix epoch by this machine's clock.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Ask `node` for a workload's output with a request its owner signed.
+pub async fn logs(
+    mesh: &Mesh,
+    node: PeerId,
+    request: &LogsRequest,
+) -> Result<WorkloadLogs, RpcError> {
+    let body = mesh
+        .request(node, &LOGS, &peergrid_core::codec::encode(request))
+        .await?;
+    serde_json::from_slice(&body).map_err(|e| RpcError::MalformedResponse {
+        peer: node,
+        protocol: LOGS.name.clone(),
+        reason: e.to_string(),
+    })
 }
 
 /// Ask `node` for its status.

@@ -3,6 +3,9 @@
 //! * `GET /env/NAME` answers the value of the environment variable `NAME`
 //!   (from `wasi:cli/environment`), or 404 if it is not set.
 //! * Every other request answers 200 `hello from peergrid\n`.
+//!
+//! Each request is logged as one line on stderr (`GET /path -> 200`), which a node
+//! keeps as the service's log (`peergrid app logs`).
 
 use std::io::Write as _;
 
@@ -28,6 +31,15 @@ impl wasip2::exports::http::incoming_handler::Guest for Hello {
             },
             None => (200, "hello from peergrid\n".to_string()),
         };
+        let method = match request.method() {
+            wasip2::http::types::Method::Get => "GET".to_string(),
+            wasip2::http::types::Method::Post => "POST".to_string(),
+            wasip2::http::types::Method::Other(m) => m,
+            _ => "OTHER".to_string(),
+        };
+        let mut log = wasip2::cli::stderr::get_stderr();
+        let _ = log.write_all(format!("{method} {path} -> {status}\n").as_bytes());
+        let _ = log.blocking_flush();
         respond(response_out, status, body.as_bytes());
     }
 }
