@@ -416,12 +416,19 @@ pub enum BenchCommand {
         #[arg(long)]
         scheme: Option<peergrid_storage::Scheme>,
     },
+    /// Requests per second and p99 of the hello app on a running devnet's node, next to
+    /// `wasmtime serve` on the same component; and deploy to first 200 OK.
+    Compute(crate::bench_compute::ComputeBenchArgs),
 }
 
 pub fn bench(globals: &Globals, cmd: BenchCommand) -> anyhow::Result<()> {
-    if let BenchCommand::Storage { size, scheme } = cmd {
-        return crate::store::bench(globals, size, scheme);
-    }
+    let cmd = match cmd {
+        BenchCommand::Storage { size, scheme } => {
+            return crate::store::bench(globals, size, scheme);
+        }
+        BenchCommand::Compute(args) => return crate::bench_compute::bench(globals, args),
+        ledger => ledger,
+    };
     let BenchCommand::Ledger {
         txs,
         accounts,

@@ -8,6 +8,7 @@
 //! with exit code 1; usage errors exit with 2.
 
 mod app;
+mod bench_compute;
 mod econ;
 mod genesis;
 mod grid;
@@ -38,6 +39,15 @@ struct Cli {
     /// Ledger API URLs, comma-separated [default: the running devnet's validators].
     #[arg(long, global = true, value_name = "URL", env = "PEERGRID_LEDGER")]
     ledger: Option<String>,
+    /// Mesh bootstrap peers, comma-separated multiaddrs ending in /p2p/<id>, tried before
+    /// those the genesis names (for a grid whose genesis lists none, or none reachable).
+    #[arg(
+        long,
+        global = true,
+        value_name = "MULTIADDR",
+        env = "PEERGRID_MESH_BOOTSTRAP"
+    )]
+    mesh_bootstrap: Option<String>,
     /// Log to stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
     #[arg(short, long, global = true, action = ArgAction::Count)]
     verbose: u8,
@@ -103,6 +113,8 @@ struct Globals {
     json: bool,
     key: Option<PathBuf>,
     ledger: Option<String>,
+    /// Mesh bootstrap peers given with `--mesh-bootstrap`.
+    mesh_bootstrap: Vec<String>,
 }
 
 impl Globals {
@@ -134,17 +146,17 @@ impl Globals {
 
     /// A client of `--ledger`, or of the running devnet.
     fn client(&self) -> anyhow::Result<peergrid_client::Client> {
-        if let Some(urls) = &self.ledger {
-            return Ok(peergrid_client::Client::new(
-                urls.split(',').map(|u| u.trim().to_string()).collect(),
-            ));
-        }
-        match peergrid_devnet::running(&peergrid_devnet::default_dir()) {
-            Some(r) => Ok(peergrid_client::Client::new(r.apis)),
-            None => anyhow::bail!(
-                "no ledger to talk to: start one with `peergrid devnet`, or pass --ledger URL"
-            ),
-        }
+        let client = if let Some(urls) = &self.ledger {
+            peergrid_client::Client::new(urls.split(',').map(|u| u.trim().to_string()).collect())
+        } else {
+            match peergrid_devnet::running(&peergrid_devnet::default_dir()) {
+                Some(r) => peergrid_client::Client::new(r.apis),
+                None => anyhow::bail!(
+                    "no ledger to talk to: start one with `peergrid devnet`, or pass --ledger URL"
+                ),
+            }
+        };
+        Ok(client.with_mesh_bootstrap(self.mesh_bootstrap.clone()))
     }
 
     /// Sign `payload` with your key, submit it and wait until it is final; its events if it
@@ -187,6 +199,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         json: cli.json,
         key: cli.key,
         ledger: cli.ledger,
+        mesh_bootstrap: cli
+            .mesh_bootstrap
+            .iter()
+            .flat_map(|list| list.split(','))
+            .map(|a| a.trim().to_string())
+            .filter(|a| !a.is_empty())
+            .collect(),
     };
     match cli.command {
         Command::Key(cmd) => key::run(&globals, cmd),

@@ -452,7 +452,7 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
             }
             if failed {
                 bail!(
-                    "some nodes failed their audit; `peergrid store repair` is not built yet, so keep an eye on them"
+                    "some nodes failed their audit; `peergrid store repair` rebuilds their shards on your other nodes"
                 );
             }
             Ok(())

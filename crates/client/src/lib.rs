@@ -134,6 +134,8 @@ pub struct Client {
     urls: Vec<String>,
     http: reqwest::Client,
     current: AtomicUsize,
+    /// Mesh bootstrap peers given by the user, tried before the genesis's.
+    bootstrap: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -158,7 +160,15 @@ impl Client {
             urls,
             http,
             current: AtomicUsize::new(0),
+            bootstrap: Vec::new(),
         }
+    }
+
+    /// The same client, with mesh bootstrap peers (multiaddr text ending in `/p2p/<id>`)
+    /// that [`Client::mesh_bootstrap`] gives before the genesis's.
+    pub fn with_mesh_bootstrap(mut self, peers: Vec<String>) -> Client {
+        self.bootstrap = peers;
+        self
     }
 
     /// The validator URLs.
@@ -391,16 +401,22 @@ impl Client {
         }
     }
 
-    /// The mesh bootstrap peers the genesis names, as multiaddr text.
+    /// The mesh bootstrap peers: those given with [`Client::with_mesh_bootstrap`], then
+    /// those the genesis names, as multiaddr text.
     pub async fn mesh_bootstrap(&self) -> Result<Vec<String>, ClientError> {
         let status = self.status().await?;
-        Ok(status.data["mesh_bootstrap"]
+        let mut peers = self.bootstrap.clone();
+        for genesis in status.data["mesh_bootstrap"]
             .as_array()
             .into_iter()
             .flatten()
             .filter_map(Value::as_str)
-            .map(str::to_string)
-            .collect())
+        {
+            if !peers.iter().any(|p| p == genesis) {
+                peers.push(genesis.to_string());
+            }
+        }
+        Ok(peers)
     }
 
     /// Chain status: id, height, root, whether it is finalizing.

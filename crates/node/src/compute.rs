@@ -114,6 +114,8 @@ struct App {
     workloads: BTreeMap<String, Entry>,
     /// Jobs running: stopped when the deployment goes.
     jobs: Vec<tokio::task::AbortHandle>,
+    /// Response bytes already reported to the ledger as network usage (NU).
+    reported_bytes: u64,
 }
 
 /// Where a request for `/<contract>/<workload>/…` goes, or why it cannot.
@@ -224,6 +226,7 @@ impl Compute {
                     error: None,
                     workloads: BTreeMap::new(),
                     jobs: Vec::new(),
+                    reported_bytes: 0,
                 },
             );
             let file = world.workload_dir(contract).join("deployment.bin");
@@ -496,6 +499,33 @@ impl Compute {
             Phase::Init | Phase::Error(_) => {}
         }
         Ok(logs)
+    }
+
+    /// Deployments that served bytes the ledger has not been told of: contract,
+    /// deployment, bytes served so far, bytes not yet reported.
+    pub fn unreported_usage(&self) -> Vec<(ContractId, Hash, u64, u64)> {
+        self.read()
+            .iter()
+            .filter_map(|(id, app)| {
+                let served: u64 = app
+                    .workloads
+                    .values()
+                    .filter_map(|e| match &e.phase {
+                        Phase::Running(p) => Some(p.metrics().bytes_served),
+                        _ => None,
+                    })
+                    .sum();
+                let new = served.saturating_sub(app.reported_bytes);
+                (new > 0).then_some((*id, app.deployment, served, new))
+            })
+            .collect()
+    }
+
+    /// The ledger now counts `served` bytes of `contract`'s deployment `hash`.
+    pub fn usage_reported(&self, contract: ContractId, hash: Hash, served: u64) {
+        self.update(contract, hash, |app| {
+            app.reported_bytes = app.reported_bytes.max(served)
+        });
     }
 
     /// Every deployment here.

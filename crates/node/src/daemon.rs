@@ -417,6 +417,36 @@ async fn report_uptime(shared: Arc<Shared>, client: Arc<Client>, key: Keypair, n
                 warn!(error = %e, "cannot report uptime; retrying on the next interval");
             }
         }
+        report_usage(&shared, &client, &key, interval).await;
+    }
+}
+
+/// Report the bytes each deployment served since the last report (NU, billed to its
+/// contract). Counters live in memory: what was served but not reported when the node
+/// stops is not billed, never billed twice.
+async fn report_usage(shared: &Shared, client: &Client, key: &Keypair, timeout: Duration) {
+    for (contract, hash, served, new) in shared.compute.unreported_usage() {
+        let payload = Payload::ReportUsage {
+            contract,
+            nu_bytes: new,
+        };
+        match client.send(key, payload, timeout).await {
+            Ok((_, TxStatus::Finalized { .. })) => {
+                shared.compute.usage_reported(contract, hash, served);
+                debug!(contract, bytes = new, "network usage reported");
+            }
+            Ok((_, TxStatus::Rejected { reason, .. })) => {
+                // The contract ended meanwhile: its bytes are not billable any more.
+                shared.compute.usage_reported(contract, hash, served);
+                debug!(contract, %reason, "network usage report rejected");
+            }
+            Ok((hash, other)) => {
+                debug!(%hash, status = ?other, "network usage report not final; retrying next interval")
+            }
+            Err(e) => {
+                warn!(contract, error = %e, "cannot report network usage; retrying next interval")
+            }
+        }
     }
 }
 

@@ -216,6 +216,7 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
     ] {
         let _ = writeln!(out, "peergrid_node_workloads{{state=\"{state}\"}} {n}");
     }
+    compute_metrics(&mut out, &s.compute.list());
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -224,4 +225,48 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
         out,
     )
         .into_response()
+}
+
+/// Deployments by state and each workload's counters, labelled by contract and workload.
+fn compute_metrics(out: &mut String, deployments: &[crate::protocol::DeploymentStatus]) {
+    let _ = writeln!(
+        out,
+        "# HELP peergrid_node_deployments Deployments on this node by state.\n# TYPE peergrid_node_deployments gauge"
+    );
+    for state in ["init", "running", "exited", "error", "paused"] {
+        let n = deployments.iter().filter(|d| d.state == state).count();
+        let _ = writeln!(out, "peergrid_node_deployments{{state=\"{state}\"}} {n}");
+    }
+    type Sample = fn(&crate::protocol::WorkloadStatus) -> String;
+    let series: [(&str, &str, Sample); 3] = [
+        (
+            "peergrid_node_app_requests_total",
+            "Requests served (or job runs) per workload since the node started.",
+            |w| w.requests.to_string(),
+        ),
+        (
+            "peergrid_node_app_cpu_seconds_total",
+            "CPU time used per workload since the node started.",
+            |w| format!("{:.6}", w.cpu_us as f64 / 1e6),
+        ),
+        (
+            "peergrid_node_app_served_bytes_total",
+            "Response bytes served per workload since the node started.",
+            |w| w.bytes_served.to_string(),
+        ),
+    ];
+    for (name, help, sample) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for d in deployments {
+            for w in &d.workloads {
+                let _ = writeln!(
+                    out,
+                    "{name}{{contract=\"{}\",workload=\"{}\"}} {}",
+                    d.contract,
+                    w.name,
+                    sample(w)
+                );
+            }
+        }
+    }
 }

@@ -1,0 +1,222 @@
+//! Apps on nodes that fail, as a builder meets them on a real devnet (validators, two
+//! farmer node processes with HTTP entries, real mesh, real wasmtime): a node killed and
+//! restarted serves its app again without its owner; a node that stops answering is
+//! given up for the next one with the reason; a node the ledger shows down is skipped
+//! before any contract is paid for.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+
+const HELLO: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../examples/apps/hello/hello.wasm"
+);
+
+/// GET `url`: the status code and body, or `None` if nothing answers.
+fn get(url: &str) -> Option<(u16, String)> {
+    let rest = url.strip_prefix("http://")?;
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut stream = std::net::TcpStream::connect(host).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let code = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n")?.1.to_string();
+    Some((code, body))
+}
+
+/// A farmer's node of `farm` with its HTTP entry on `http` and the mesh on TCP `mesh`
+/// (0: any port), joining the mesh through `bootstrap` if given.
+fn node(
+    home: &Path,
+    farm: u64,
+    data: &Path,
+    (health, http, mesh): (u16, u16, u16),
+    bootstrap: Option<&str>,
+) -> Proc {
+    let mut cmd = peergrid(home);
+    cmd.args(["node", "run", "--farm", &farm.to_string()])
+        .arg("--data-dir")
+        .arg(data)
+        .arg("--disk")
+        .arg(format!("{}:ssd:20GiB", data.display()))
+        .args(["--health", &format!("127.0.0.1:{health}")])
+        .args(["--http", &format!("127.0.0.1:{http}")])
+        .args(["--listen", &format!("/ip4/127.0.0.1/tcp/{mesh}")])
+        .env("RUST_LOG", "info");
+    if let Some(b) = bootstrap {
+        cmd.args(["--bootstrap", b]);
+    }
+    spawn_node(cmd, data)
+}
+
+fn signal(proc: &Proc, sig: &str) {
+    let _ = std::process::Command::new("kill")
+        .args([sig, &proc.0.id().to_string()])
+        .stdout(Stdio::null())
+        .status();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apps_come_back_after_a_restart_and_failed_nodes_are_passed_over() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = dir.path().to_path_buf();
+    let base = base_port(17_400);
+    let (_validators, _client, _demo) = devnet(&home, base, &["uptime_interval_secs=2"]).await;
+
+    let (ok, farm, err) = run(&home, &["farm", "create", "apps-farm"]);
+    assert!(ok, "{err}");
+    let farm = farm["farm"].as_u64().expect("farm id");
+    let (ok, other, err) = run(&home, &["farm", "create", "other-farm"]);
+    assert!(ok, "{err}");
+    let other = other["farm"].as_u64().expect("farm id");
+    let data_a = home.join("node-a");
+    let data_b = home.join("node-b");
+    // The validators-only devnet's genesis names no mesh bootstrap peer: node a is one,
+    // for node b and for the CLI (`--mesh-bootstrap`).
+    let a_ports = (base + 250, base + 260, base + 270);
+    let mut a = node(&home, farm, &data_a, a_ports, None);
+    let a_id = node_up(&home, farm, &data_a).await;
+    let (_, shown, _) = run(&home, &["node", "show", &a_id.to_string()]);
+    let a_peer = shown["node"]["account"]
+        .as_str()
+        .expect("account")
+        .to_string();
+    let boot = format!("/ip4/127.0.0.1/tcp/{}/p2p/{a_peer}", base + 270);
+    let b = node(
+        &home,
+        other,
+        &data_b,
+        (base + 251, base + 261, 0),
+        Some(&boot),
+    );
+    let b_id = node_up(&home, other, &data_b).await;
+    let (a_s, b_s) = (a_id.to_string(), b_id.to_string());
+
+    let h = home.clone();
+    tokio::task::spawn_blocking(move || {
+        let home = h;
+        // Node b stops answering (frozen, still up on the ledger for a few seconds): the
+        // deploy gives it up with the reason and runs the app on a instead.
+        signal(&b, "-STOP");
+        let (ok, out, err) = run(
+            &home,
+            &[
+                "--mesh-bootstrap",
+                &boot,
+                "deploy",
+                HELLO,
+                "--name",
+                "hello",
+                "--node",
+                &b_s,
+                "--node",
+                &a_s,
+            ],
+        );
+        signal(&b, "-CONT");
+        assert!(ok, "deploy: {err}");
+        assert!(
+            err.contains(&format!("node {b_id}:")) && err.contains("trying another node"),
+            "the frozen node is named and passed over: {err}"
+        );
+        let replica = &out["app"]["replicas"][0];
+        assert_eq!(replica["node"], a_id, "{out}");
+        let url = replica["url"].as_str().expect("url").to_string();
+        assert_eq!(get(&url), Some((200, "hello from peergrid\n".into())));
+        let (_, list, _) = run(&home, &["contract", "list"]);
+        let on_b: Vec<_> = list["contracts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["node"] == b_id && c["state"]["state"] != "deleted")
+            .collect();
+        assert!(
+            on_b.is_empty(),
+            "the given-up contract is cancelled: {list}"
+        );
+
+        // Node a is killed and started again on its data: the app answers again, nobody
+        // redeployed it.
+        a.kill();
+        assert!(get(&url).is_none(), "nothing serves while the node is down");
+        a = node(&home, farm, &data_a, a_ports, None);
+        let back = wait_for("the app after the restart", Duration::from_secs(60), || {
+            get(&url).filter(|(code, _)| *code == 200)
+        });
+        assert_eq!(back.1, "hello from peergrid\n");
+        // The node's metrics count the app's requests since its restart.
+        let contract = replica["contract"].as_u64().expect("contract");
+        let metrics = get(&format!("http://127.0.0.1:{}/metrics", base + 250))
+            .expect("metrics")
+            .1;
+        let served = format!(
+            "peergrid_node_app_requests_total{{contract=\"{contract}\",workload=\"hello\"}} 1"
+        );
+        assert!(metrics.contains(&served), "{metrics}");
+        assert!(
+            metrics.contains("peergrid_node_deployments{state=\"running\"} 1"),
+            "{metrics}"
+        );
+        // What it served is reported to the ledger as network usage and billed.
+        let c = contract.to_string();
+        let billed = wait_for("the app's traffic billed", Duration::from_secs(60), || {
+            let (_, bills, _) = run(&home, &["bill", "history", &c]);
+            let nu: u64 = bills["bills"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|b| b["nu_bytes"].as_u64())
+                .sum();
+            (nu > 0).then_some(nu)
+        });
+        // Two answers were served, one before the kill (reported or lost with the
+        // process) and one after: whole answers, never more than were served.
+        let answer = "hello from peergrid\n".len() as u64;
+        assert!(
+            billed % answer == 0 && billed <= 2 * answer,
+            "{billed} bytes billed for answers of {answer}"
+        );
+
+        // Node b is killed and the ledger shows it down: skipped before any contract.
+        drop(b);
+        wait_for("node b down on the ledger", Duration::from_secs(30), || {
+            (node_status(&home, b_id) == "down").then_some(())
+        });
+        let (_, before, _) = run(&home, &["contract", "list"]);
+        let (ok, _, err) = run(
+            &home,
+            &[
+                "--mesh-bootstrap",
+                &boot,
+                "deploy",
+                HELLO,
+                "--name",
+                "again",
+                "--node",
+                &b_s,
+            ],
+        );
+        assert!(!ok);
+        assert!(
+            err.contains(&format!("skipping node {b_id}: it is down on the ledger")),
+            "{err}"
+        );
+        let (_, after, _) = run(&home, &["contract", "list"]);
+        assert_eq!(before, after, "no contract for a down node");
+        drop(a);
+    })
+    .await
+    .expect("the failing-nodes walk-through");
+}
