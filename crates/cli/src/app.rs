@@ -409,7 +409,6 @@ impl Drop for Serving {
 
 impl Placement {
     /// Start a mesh peer that serves `component` to the nodes in `queue`.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn open(
         globals: &Globals,
         name: &str,

@@ -189,6 +189,19 @@ async fn apps_come_back_after_a_restart_and_failed_nodes_are_passed_over() {
             "{billed} bytes billed for answers of {answer}"
         );
 
+        // By name: a wildcard DNS name's Host reaches the same app, path unchanged.
+        let port = base + 260;
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        write!(
+            stream,
+            "GET /env/WHO HTTP/1.1\r\nHost: hello.{contract}.grid.localhost:{port}\r\nConnection: close\r\n\r\n"
+        )
+        .expect("write");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).expect("read");
+        assert!(answer.starts_with("HTTP/1.1 404"), "hello's own 404: {answer}");
+        assert!(answer.ends_with("not found\n"), "{answer}");
+
         // Node b is killed and the ledger shows it down: skipped before any contract.
         drop(b);
         wait_for("node b down on the ledger", Duration::from_secs(30), || {
