@@ -299,13 +299,18 @@ pub fn devnet(globals: &Globals, args: DevnetArgs) -> anyhow::Result<()> {
             tokio::select! {
                 _ = &mut stop => break,
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {
-                    if let Some(i) = supervisor.exited() {
-                        supervisor.stop();
-                        bail!("validator {i} stopped unexpectedly; see {}", dir.join(format!("logs/validator-{i}.log")).display());
-                    }
-                    if let Some(i) = supervisor.node_exited() {
-                        supervisor.stop();
-                        bail!("node {i} stopped unexpectedly; see {}", dir.join(format!("logs/node-{i}.log")).display());
+                    // A process that dies is started again; the grid keeps finalizing
+                    // while up to f validators are gone, which is what BFT is for.
+                    match supervisor.tend() {
+                        Ok(lines) => {
+                            for line in lines {
+                                tracing::warn!("{line}");
+                            }
+                        }
+                        Err(e) => {
+                            supervisor.stop();
+                            return Err(e);
+                        }
                     }
                 }
             }
@@ -344,10 +349,14 @@ fn devnet_status(globals: &Globals, dir: &std::path::Path) -> anyhow::Result<()>
         }
         let quorum = running.apis.len() * 2 / 3 + 1;
         let healthy = finalizing >= quorum.min(running.apis.len());
+        let processes = peergrid_devnet::processes(dir);
         if globals.json {
-            output::json(
-                &json!({ "chain_id": running.chain_id, "finalizing": healthy, "validators": rows }),
-            )?;
+            output::json(&json!({
+                "chain_id": running.chain_id,
+                "finalizing": healthy,
+                "validators": rows,
+                "processes": processes,
+            }))?;
         } else {
             println!(
                 "{:<26} {:>8} {:>6}  {:<10}  state root",
@@ -376,6 +385,25 @@ fn devnet_status(globals: &Globals, dir: &std::path::Path) -> anyhow::Result<()>
                         .as_str()
                         .map(|s| &s[..16.min(s.len())])
                         .unwrap_or("-"),
+                );
+            }
+            if !processes.is_empty() {
+                println!();
+                let table: Vec<Vec<String>> = processes
+                    .iter()
+                    .map(|p| {
+                        vec![
+                            p.name.clone(),
+                            p.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+                            p.state.clone(),
+                            p.restarts.to_string(),
+                            p.last_exit.clone().unwrap_or_else(|| "-".into()),
+                        ]
+                    })
+                    .collect();
+                output::table(
+                    &["PROCESS", "PID", "STATE", "RESTARTS", "LAST EXIT"],
+                    &table,
                 );
             }
         }

@@ -150,7 +150,7 @@ fn deploy_call_survive_a_node_and_remove_an_app() {
         .expect("a port");
     let pids = pids_serving(port);
     assert!(!pids.is_empty(), "the node serving {port} runs");
-    // Stopped, not killed: the devnet ends when one of its nodes exits.
+    // Stopped, not killed: a killed node would be started again by the devnet.
     let signal = |sig: &str| {
         for pid in &pids {
             let _ = std::process::Command::new("kill")

@@ -342,6 +342,56 @@ fn a_newcomer_runs_a_devnet_and_sends_a_transfer_that_finalizes() {
     assert!(heights.iter().all(|h| h.is_some()));
     assert_ne!(&s["validators"][0]["root"], root, "the state moved on");
 
+    // A validator and a node killed outright (SIGKILL): the devnet starts them again and
+    // finalizes meanwhile, three validators of four being a quorum.
+    let victims: Vec<u32> = pids(home, "validator-3.toml")
+        .into_iter()
+        .chain(pids(home, "nodes/node-1 "))
+        .collect();
+    assert_eq!(victims.len(), 2, "validator 3 and node 1: {victims:?}");
+    for pid in &victims {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
+    let (ok, sent) = json(
+        home,
+        &["wallet", "transfer", "--to", receiver, "--amount", "1"],
+    );
+    assert!(ok, "a transfer while a validator is gone: {sent}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let restarted = loop {
+        let (_, s) = json(home, &["devnet", "status"]);
+        let back = |name: &str| {
+            s["processes"].as_array().into_iter().flatten().any(|p| {
+                p["name"] == name
+                    && p["state"] == "running"
+                    && p["restarts"] == 1
+                    && p["last_exit"]
+                        .as_str()
+                        .is_some_and(|e| e.starts_with("was killed (SIGKILL)"))
+            })
+        };
+        if back("validator 3") && back("node 1") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "not restarted: {s}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(
+        matches!(devnet.0.try_wait(), Ok(None)),
+        "the devnet kept running: {restarted}"
+    );
+    assert!(
+        victims.iter().all(|p| !pids(home, "validator-3.toml")
+            .into_iter()
+            .chain(pids(home, "nodes/node-1 "))
+            .any(|q| q == *p)),
+        "new processes"
+    );
+    let (_, got) = json(home, &["wallet", "balance", receiver]);
+    assert_eq!(got["balance"], "3.5");
+
     // Ctrl-C stops every validator; restarting keeps the state.
     assert!(devnet.interrupt().success());
     assert_eq!(
@@ -357,7 +407,7 @@ fn a_newcomer_runs_a_devnet_and_sends_a_transfer_that_finalizes() {
     let mut again = Devnet::start(home, base_port);
     wait_finalizing(home, &mut again);
     let (_, got) = json(home, &["wallet", "balance", receiver]);
-    assert_eq!(got["balance"], "2.5", "state must survive a restart");
+    assert_eq!(got["balance"], "3.5", "state must survive a restart");
 
     // A supervisor killed outright (SIGKILL) leaves its validators and nodes running,
     // holding the devnet's ports; the next start stops them instead of failing on those
@@ -392,7 +442,7 @@ fn a_newcomer_runs_a_devnet_and_sends_a_transfer_that_finalizes() {
     );
     let (_, got) = json(home, &["wallet", "balance", receiver]);
     assert_eq!(
-        got["balance"], "2.5",
+        got["balance"], "3.5",
         "state must survive the orphans being stopped"
     );
     // SIGTERM (kill, systemd, timeout) stops the devnet as Ctrl-C does, children included.

@@ -9,10 +9,13 @@
 //! grid; state survives restarts unless `--fresh`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub mod bench;
+mod supervise;
+
+pub use supervise::{Backoff, Managed, ProcessStatus};
 
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
@@ -249,21 +252,6 @@ pub fn with_params(genesis: &Genesis, params: &[String]) -> anyhow::Result<Genes
     Ok(out)
 }
 
-/// Start `cmd` with its output in `log` and RUST_LOG passed on (default `info`).
-fn spawn_logged(mut cmd: Command, log: &Path) -> anyhow::Result<Child> {
-    let file =
-        std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
-    cmd.env(
-        "RUST_LOG",
-        std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-    )
-    .stdin(Stdio::null())
-    .stdout(file.try_clone()?)
-    .stderr(file)
-    .spawn()
-    .with_context(|| format!("cannot start {:?}", cmd.get_program()))
-}
-
 /// Record a running devnet where other commands find it, atomically: a command reading
 /// it while the devnet adds its nodes must see the old or the new file, never half of one.
 fn write_running(dir: &Path, running: &Running) -> anyhow::Result<()> {
@@ -365,8 +353,8 @@ fn ports(base: u16, i: usize) -> anyhow::Result<(u16, u16)> {
 
 /// A devnet whose validators run as child processes of `exe`; they stop when this is dropped.
 pub struct Supervisor {
-    children: Vec<Child>,
-    nodes: Vec<Child>,
+    validators: Vec<Managed>,
+    nodes: Vec<Managed>,
     base_port: u16,
     dir: PathBuf,
     /// What other commands see.
@@ -406,15 +394,17 @@ impl Supervisor {
             }
         }
         std::fs::create_dir_all(opts.dir.join("logs"))?;
-        let mut children = Vec::new();
+        let mut validators = Vec::new();
         let mut apis = Vec::new();
         for (i, v) in genesis.validators.iter().enumerate() {
             let mut cmd = Command::new(exe);
             cmd.args(["validator", "run", "--config"])
                 .arg(opts.dir.join(format!("validator-{i}.toml")));
-            children.push(spawn_logged(
+            validators.push(Managed::start(
+                format!("validator {i}"),
                 cmd,
                 &opts.dir.join(format!("logs/validator-{i}.log")),
+                Backoff::default(),
             )?);
             apis.push(v.api.clone().unwrap_or_default());
         }
@@ -428,13 +418,15 @@ impl Supervisor {
             nodes_http: Vec::new(),
         };
         write_running(&opts.dir, &running)?;
-        Ok(Supervisor {
-            children,
+        let supervisor = Supervisor {
+            validators,
             nodes: Vec::new(),
             base_port: created_base_port(genesis).unwrap_or(opts.base_port),
             dir: opts.dir.clone(),
             running,
-        })
+        };
+        supervisor.write_processes();
+        Ok(supervisor)
     }
 
     /// Wait until blocks finalize, or fail after `timeout` with the validators' logs named.
@@ -571,9 +563,11 @@ impl Supervisor {
                 .args(["--country", country, "--city", city])
                 .arg(format!("--latitude={lat}"))
                 .arg(format!("--longitude={lon}"));
-            self.nodes.push(spawn_logged(
+            self.nodes.push(Managed::start(
+                format!("node {i}"),
                 cmd,
                 &self.dir.join(format!("logs/node-{i}.log")),
+                Backoff::default(),
             )?);
             urls.push(format!("http://127.0.0.1:{health_port}"));
             http_urls.push(format!("http://127.0.0.1:{http_port}"));
@@ -582,41 +576,92 @@ impl Supervisor {
         self.running.nodes = urls;
         self.running.nodes_http = http_urls;
         write_running(&self.dir, &self.running)?;
+        self.write_processes();
         http
     }
 
-    /// The index of a node that has exited, if any.
-    pub fn node_exited(&mut self) -> Option<usize> {
-        self.nodes
-            .iter_mut()
-            .position(|c| matches!(c.try_wait(), Ok(Some(_))))
-    }
-
-    /// The index of a validator that has exited, if any.
+    /// The index of a validator that is not running, if any (while starting, a
+    /// validator that exits has a problem a restart will not fix).
     pub fn exited(&mut self) -> Option<usize> {
-        self.children
-            .iter_mut()
-            .position(|c| matches!(c.try_wait(), Ok(Some(_))))
+        self.validators.iter_mut().position(|m| !m.running())
     }
 
-    /// Stop every validator: SIGINT first so they close cleanly, then kill what remains.
+    /// Restart what died (after a backoff) and say so; fails only when more validators
+    /// than the ledger tolerates keep dying at every start, so nothing can finalize.
+    pub fn tend(&mut self) -> anyhow::Result<Vec<String>> {
+        let lines: Vec<String> = self
+            .validators
+            .iter_mut()
+            .chain(self.nodes.iter_mut())
+            .filter_map(Managed::tend)
+            .collect();
+        if !lines.is_empty() {
+            self.write_processes();
+        }
+        let failed: Vec<&Managed> = self.validators.iter().filter(|m| m.failed()).collect();
+        let tolerated = self.validators.len().saturating_sub(1) / 3;
+        if failed.len() > tolerated {
+            let names: Vec<String> = failed
+                .iter()
+                .map(|m| format!("{} ({})", m.name(), m.log().display()))
+                .collect();
+            bail!(
+                "{} keep failing at start: more than the {tolerated} validator(s) the \
+                 ledger can lose, so it cannot finalize; see their logs",
+                names.join(", ")
+            );
+        }
+        Ok(lines)
+    }
+
+    /// Each process's state, restarts and last exit.
+    pub fn processes(&self) -> Vec<ProcessStatus> {
+        self.validators
+            .iter()
+            .chain(&self.nodes)
+            .map(Managed::status)
+            .collect()
+    }
+
+    fn write_processes(&self) {
+        let file = processes_file(&self.dir);
+        let tmp = file.with_extension("json.tmp");
+        let written = serde_json::to_vec_pretty(&self.processes())
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, &file));
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "cannot record the devnet's processes for `devnet status`");
+        }
+    }
+
+    /// Stop every process: SIGINT first so they close cleanly, then kill what remains.
     pub fn stop(&mut self) {
         // Nodes first: they follow the validators and would only log errors.
-        for c in self.nodes.iter().chain(&self.children) {
-            signal(c.id(), "-INT");
+        for m in self.nodes.iter().chain(&self.validators) {
+            m.interrupt();
         }
         let deadline = Instant::now() + Duration::from_secs(5);
-        for c in self.nodes.iter_mut().chain(self.children.iter_mut()) {
-            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+        for m in self.nodes.iter_mut().chain(self.validators.iter_mut()) {
+            m.finish(deadline);
         }
-        self.children.clear();
+        self.validators.clear();
         self.nodes.clear();
         let _ = std::fs::remove_file(running_file(&self.dir));
+        let _ = std::fs::remove_file(processes_file(&self.dir));
     }
+}
+
+fn processes_file(dir: &Path) -> PathBuf {
+    dir.join("processes.json")
+}
+
+/// The processes of the devnet running from `dir`, as its supervisor last recorded them.
+pub fn processes(dir: &Path) -> Vec<ProcessStatus> {
+    std::fs::read(processes_file(dir))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
 }
 
 impl Drop for Supervisor {
@@ -635,14 +680,14 @@ pub fn demo_key(dir: &Path) -> Option<Keypair> {
 async fn wait_listening(
     urls: &[String],
     timeout: Duration,
-    nodes: &mut [Child],
+    nodes: &mut [Managed],
     dir: &Path,
 ) -> anyhow::Result<()> {
     let start = Instant::now();
     for (i, url) in urls.iter().enumerate() {
         let addr = url.trim_start_matches("http://").to_string();
         loop {
-            if matches!(nodes[i].try_wait(), Ok(Some(_))) {
+            if !nodes[i].running() {
                 bail!(
                     "node {i} exited; see {}",
                     dir.join(format!("logs/node-{i}.log")).display()
