@@ -43,23 +43,33 @@ fn all_up(home: &Path) {
     });
 }
 
+/// Node `i`'s shard files: `<its --disk path>/peergrid-shards/<peer>/<contract>/shards/*`
+/// (the devnet's disk path is the node's folder), without those moved aside.
+fn node_shards(home: &Path, i: usize) -> Vec<PathBuf> {
+    let list = |p: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(p)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .collect()
+    };
+    let root = home.join(format!("devnet/nodes/node-{i}/peergrid-shards"));
+    list(&root)
+        .iter()
+        .flat_map(|peer| list(peer))
+        .flat_map(|contract| list(&contract.join("shards")))
+        .filter(|s| {
+            !s.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
+        .collect()
+}
+
 /// The devnet nodes (by index) that hold shards now.
 fn holders(home: &Path) -> Vec<usize> {
     (0..NODES)
-        .filter(|i| {
-            let workloads = home.join(format!("devnet/nodes/node-{i}/workloads"));
-            std::fs::read_dir(workloads)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .any(|c| {
-                    std::fs::read_dir(c.path().join("shards"))
-                        .into_iter()
-                        .flatten()
-                        .flatten()
-                        .any(|s| !s.file_name().to_string_lossy().starts_with('.'))
-                })
-        })
+        .filter(|&i| !node_shards(home, i).is_empty())
         .collect()
 }
 
@@ -108,22 +118,7 @@ fn ok(home: &Path, args: &[&str]) -> Value {
 }
 
 fn shard_files(home: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for i in 0..NODES {
-        let workloads = home.join(format!("devnet/nodes/node-{i}/workloads"));
-        for c in std::fs::read_dir(workloads).into_iter().flatten().flatten() {
-            for s in std::fs::read_dir(c.path().join("shards"))
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                if !s.file_name().to_string_lossy().starts_with('.') {
-                    out.push(s.path());
-                }
-            }
-        }
-    }
-    out
+    (0..NODES).flat_map(|i| node_shards(home, i)).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -98,7 +98,7 @@ impl Shared {
                         owner: w.owner,
                         quota: w.reserved.hru.saturating_add(w.reserved.sru),
                         paused: w.state == WorkloadState::Paused,
-                        dir: world.workload_dir(w.contract),
+                        dir: world.shard_dir(w.contract),
                     },
                 )
             })
@@ -267,6 +267,23 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Running> {
     }
     world.node = Some(id);
     world.save()?;
+    // Shards go on the node's disks by the class their contract reserves, under the
+    // node's own folder there (two nodes may share a disk).
+    let shard_root = |class: crate::probe::DiskClass| {
+        probe
+            .disks
+            .iter()
+            .find(|d| d.class == class && !d.path.as_os_str().is_empty())
+            .map(|d| {
+                d.path
+                    .join("peergrid-shards")
+                    .join(key.account().to_string())
+            })
+    };
+    world.set_shard_roots(crate::world::ShardRoots {
+        ssd: shard_root(crate::probe::DiskClass::Ssd),
+        hdd: shard_root(crate::probe::DiskClass::Hdd),
+    })?;
     if settings.location.as_ref() != Some(&location) {
         settings.location = Some(location);
         settings.save(&config.data_dir)?;

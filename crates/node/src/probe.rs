@@ -89,6 +89,9 @@ impl Default for Reservation {
 pub struct ProbedDisk {
     /// Its mount point.
     pub mount: PathBuf,
+    /// The folder given with `--disk` (canonical): where the node writes on it.
+    #[serde(default)]
+    pub path: PathBuf,
     /// Its file system's size.
     pub total_bytes: u64,
     /// How it is counted.
@@ -148,6 +151,7 @@ pub fn probe(disks: &[DiskSpec], reserve: &Reservation) -> Result<Probe, String>
             .min(spec.max_bytes.unwrap_or(u64::MAX));
         probed.push(ProbedDisk {
             mount: mount.clone(),
+            path: path.clone(),
             total_bytes: *total,
             class,
             offered_bytes: offered,

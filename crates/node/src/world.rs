@@ -93,6 +93,19 @@ pub struct World {
     pub workloads: BTreeMap<ContractId, Workload>,
     #[serde(skip)]
     dir: PathBuf,
+    /// Where storage contracts keep their shards: on an SSD and on an HDD of the node's
+    /// `--disk` paths (`None`: in their workload folder).
+    #[serde(skip)]
+    shard_roots: ShardRoots,
+}
+
+/// The folders storage contracts' shards go under, by the class their contract reserves.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ShardRoots {
+    /// For contracts that reserve SSD (`sru`).
+    pub ssd: Option<PathBuf>,
+    /// For contracts that reserve HDD (`hru`).
+    pub hdd: Option<PathBuf>,
 }
 
 /// What a world file or workload folder operation failed on.
@@ -144,6 +157,55 @@ impl World {
     /// The folder of a workload's data.
     pub fn workload_dir(&self, contract: ContractId) -> PathBuf {
         self.dir.join("workloads").join(contract.to_string())
+    }
+
+    /// Where a storage contract's shards live: its folder on a disk of the class it
+    /// reserves (HDD for `hru`, SSD for `sru`), else its workload folder.
+    pub fn shard_dir(&self, contract: ContractId) -> PathBuf {
+        self.workloads
+            .get(&contract)
+            .and_then(|w| self.shard_root(w))
+            .map(|root| root.join(contract.to_string()))
+            .unwrap_or_else(|| self.workload_dir(contract))
+    }
+
+    fn shard_root(&self, w: &Workload) -> Option<&PathBuf> {
+        if w.kind != "storage" {
+            return None;
+        }
+        if w.reserved.hru > 0 {
+            self.shard_roots.hdd.as_ref()
+        } else {
+            self.shard_roots.ssd.as_ref()
+        }
+    }
+
+    /// Keep storage shards under `roots` from now on: create the folders of the live
+    /// storage contracts there, and remove the folders no contract backs (a crash between
+    /// a contract's end and its folder's removal leaves one).
+    pub fn set_shard_roots(&mut self, roots: ShardRoots) -> Result<(), WorldError> {
+        self.shard_roots = roots;
+        for root in [&self.shard_roots.ssd, &self.shard_roots.hdd]
+            .into_iter()
+            .flatten()
+        {
+            std::fs::create_dir_all(root).map_err(io_err("cannot create", root))?;
+            let entries = std::fs::read_dir(root).map_err(io_err("cannot list", root))?;
+            for entry in entries.flatten() {
+                let backed = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.parse::<ContractId>().ok())
+                    .and_then(|id| self.workloads.get(&id))
+                    .filter(|w| w.holds_capacity())
+                    .is_some_and(|w| self.shard_root(w) == Some(root));
+                if !backed {
+                    tracing::info!(path = %entry.path().display(), "removing a shard folder no contract backs");
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Load the world from `dir` (an empty one the first time), and make the folders on
@@ -227,10 +289,14 @@ impl World {
                 self.save()?;
             }
             Action::Refuse(reason) => {
+                let shards = self.shard_dir(contract);
                 if let Some(w) = self.workloads.get_mut(&contract) {
                     w.state = WorkloadState::Refused { reason };
                 }
                 self.save()?;
+                if shards != self.workload_dir(contract) {
+                    let _ = std::fs::remove_dir_all(shards);
+                }
                 let d = self.workload_dir(contract);
                 let _ = std::fs::remove_dir_all(d);
             }
@@ -245,8 +311,16 @@ impl World {
                 self.save()?;
             }
             Action::Remove => {
+                let shards = self.shard_dir(contract);
                 self.workloads.remove(&contract);
                 self.save()?;
+                if shards != self.workload_dir(contract) {
+                    match std::fs::remove_dir_all(&shards) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(io_err("cannot remove", &shards)(e)),
+                    }
+                }
                 let d = self.workload_dir(contract);
                 match std::fs::remove_dir_all(&d) {
                     Ok(()) => {}
@@ -491,6 +565,55 @@ mod tests {
         std::fs::create_dir_all(w.workload_dir(42)).expect("mkdir");
         let w = World::load(dir.path()).expect("load");
         assert!(!w.workload_dir(42).exists());
+    }
+
+    #[test]
+    fn shards_go_to_a_disk_of_their_class_and_leave_with_their_contract() {
+        let (dir, mut w) = world();
+        let disks = tempfile::tempdir().expect("disks");
+        let roots = ShardRoots {
+            ssd: Some(disks.path().join("ssd")),
+            hdd: Some(disks.path().join("hdd")),
+        };
+        let storage = |contract, reserved| Workload {
+            contract,
+            kind: "storage".into(),
+            owner: Keypair::from_seed([1; 32]).account(),
+            reserved,
+            deployment_hash: None,
+            deployed: None,
+            state: WorkloadState::Running,
+        };
+        let on_hdd = Capacity {
+            hru: 1 << 30,
+            ..Capacity::ZERO
+        };
+        let on_ssd = Capacity {
+            sru: 1 << 30,
+            ..Capacity::ZERO
+        };
+        w.apply(1, Action::Provision(storage(1, on_hdd)))
+            .expect("provision");
+        w.apply(2, Action::Provision(storage(2, on_ssd)))
+            .expect("provision");
+        // A folder left by a contract that ended while the node was down.
+        std::fs::create_dir_all(disks.path().join("hdd/9/shards")).expect("orphan");
+        w.set_shard_roots(roots.clone()).expect("roots");
+        assert_eq!(w.shard_dir(1), disks.path().join("hdd/1"));
+        assert_eq!(w.shard_dir(2), disks.path().join("ssd/2"));
+        assert!(!disks.path().join("hdd/9").exists(), "the orphan is gone");
+        std::fs::create_dir_all(w.shard_dir(1).join("shards")).expect("shards");
+        std::fs::write(w.shard_dir(1).join("shards/x"), b"shard").expect("write");
+        w.apply(1, Action::Remove).expect("remove");
+        assert!(
+            !disks.path().join("hdd/1").exists(),
+            "its shards left with it"
+        );
+        // Without roots (no disk of that class), a workload folder holds them.
+        let mut again = World::load(dir.path()).expect("load");
+        assert_eq!(again.shard_dir(2), again.workload_dir(2));
+        again.set_shard_roots(roots).expect("roots");
+        assert_eq!(again.shard_dir(2), disks.path().join("ssd/2"));
     }
 
     #[test]
