@@ -1035,7 +1035,7 @@ impl Storage {
                                 ))),
                             );
                         };
-                        return match wire::get(&self.mesh, p, id, shard_len).await {
+                        return match get_retrying(&self.mesh, p, id, shard_len).await {
                             Ok(b) => (j, Ok(b)),
                             Err(e) => {
                                 if e.is_unreachable() {
@@ -1048,7 +1048,7 @@ impl Storage {
                     let others: Vec<_> = all_peers
                         .iter()
                         .filter(|p| Some(**p) != hinted && !self.has_failed(p))
-                        .map(|&p| async move { wire::get(&self.mesh, p, id, shard_len).await })
+                        .map(|&p| async move { get_retrying(&self.mesh, p, id, shard_len).await })
                         .collect();
                     if others.is_empty() {
                         return (
@@ -1626,5 +1626,23 @@ mod tests {
         assert_eq!(s.iter().collect::<HashSet<_>>().len(), 4);
         assert_eq!(sample(3, 10).len(), 3);
         assert_eq!(human_bytes(1536), "1.5 KiB");
+    }
+}
+
+/// A shard from `peer`, asked again (twice, after a pause) when the exchange broke
+/// rather than being refused: under many parallel streams a connection can close under
+/// one of them while the node is fine.
+async fn get_retrying(mesh: &Mesh, peer: PeerId, id: Hash, len: u64) -> Result<Vec<u8>, WireError> {
+    let mut pause = Duration::from_millis(100);
+    let mut tries = 0;
+    loop {
+        match wire::get(mesh, peer, id, len).await {
+            Err(WireError::Io { .. }) if tries < 2 => {
+                tries += 1;
+                tokio::time::sleep(pause).await;
+                pause *= 3;
+            }
+            other => return other,
+        }
     }
 }
