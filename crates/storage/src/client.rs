@@ -1571,6 +1571,24 @@ impl Storage {
     }
 }
 
+/// A shard from `peer`, asked again (twice, after a pause) when the exchange broke
+/// rather than being refused: under many parallel streams a connection can close under
+/// one of them while the node is fine.
+async fn get_retrying(mesh: &Mesh, peer: PeerId, id: Hash, len: u64) -> Result<Vec<u8>, WireError> {
+    let mut pause = Duration::from_millis(100);
+    let mut tries = 0;
+    loop {
+        match wire::get(mesh, peer, id, len).await {
+            Err(WireError::Io { .. }) if tries < 2 => {
+                tries += 1;
+                tokio::time::sleep(pause).await;
+                pause *= 3;
+            }
+            other => return other,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1626,23 +1644,5 @@ mod tests {
         assert_eq!(s.iter().collect::<HashSet<_>>().len(), 4);
         assert_eq!(sample(3, 10).len(), 3);
         assert_eq!(human_bytes(1536), "1.5 KiB");
-    }
-}
-
-/// A shard from `peer`, asked again (twice, after a pause) when the exchange broke
-/// rather than being refused: under many parallel streams a connection can close under
-/// one of them while the node is fine.
-async fn get_retrying(mesh: &Mesh, peer: PeerId, id: Hash, len: u64) -> Result<Vec<u8>, WireError> {
-    let mut pause = Duration::from_millis(100);
-    let mut tries = 0;
-    loop {
-        match wire::get(mesh, peer, id, len).await {
-            Err(WireError::Io { .. }) if tries < 2 => {
-                tries += 1;
-                tokio::time::sleep(pause).await;
-                pause *= 3;
-            }
-            other => return other,
-        }
     }
 }
