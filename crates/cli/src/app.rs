@@ -231,6 +231,16 @@ pub(crate) struct Apps {
     pub(crate) apps: BTreeMap<String, App>,
 }
 
+impl Apps {
+    /// The app named `name`, or an error that says where the names are.
+    fn find(&self, name: &str) -> anyhow::Result<App> {
+        self.apps
+            .get(name)
+            .cloned()
+            .with_context(|| format!("no app named {name:?}; `peergrid app list` shows yours"))
+    }
+}
+
 pub(crate) fn apps_file(globals: &Globals) -> anyhow::Result<PathBuf> {
     let key_file = globals.home_key_file()?;
     let home = key_file
@@ -838,11 +848,7 @@ fn print_logs(logs: &WorkloadLogs) {
 fn update(globals: &Globals, file: &Path, mut apps: Apps, args: UpdateArgs) -> anyhow::Result<()> {
     let json = globals.json;
     let name = args.name.clone();
-    let app = apps
-        .apps
-        .get(&name)
-        .cloned()
-        .with_context(|| format!("no app named {name:?}; `peergrid app list` shows yours"))?;
+    let app = apps.find(&name)?;
     let kind = match app.kind.as_str() {
         "job" => WorkloadKind::Job,
         _ => WorkloadKind::Http,
@@ -948,9 +954,7 @@ pub fn app(globals: &Globals, cmd: AppCommand) -> anyhow::Result<()> {
     match cmd {
         AppCommand::Update(args) => update(globals, &file, apps, args),
         AppCommand::Logs { name } => {
-            let app = apps.apps.get(&name).cloned().with_context(|| {
-                format!("no app named {name:?}; `peergrid app list` shows yours")
-            })?;
+            let app = apps.find(&name)?;
             let client = globals.client()?;
             let key = globals.keypair()?;
             crate::runtime()?.block_on(async {
@@ -1012,9 +1016,7 @@ pub fn app(globals: &Globals, cmd: AppCommand) -> anyhow::Result<()> {
             Ok(())
         }
         AppCommand::Status { name } => {
-            let app = apps.apps.get(&name).cloned().with_context(|| {
-                format!("no app named {name:?}; `peergrid app list` shows yours")
-            })?;
+            let app = apps.find(&name)?;
             let client = globals.client()?;
             let key = globals.keypair()?;
             crate::runtime()?.block_on(async {
@@ -1084,9 +1086,7 @@ pub fn app(globals: &Globals, cmd: AppCommand) -> anyhow::Result<()> {
             })
         }
         AppCommand::Rm { name } => {
-            let app = apps.apps.get(&name).cloned().with_context(|| {
-                format!("no app named {name:?}; `peergrid app list` shows yours")
-            })?;
+            let app = apps.find(&name)?;
             let mut left = Vec::new();
             crate::runtime()?.block_on(async {
                 for r in &app.replicas {

@@ -18,24 +18,6 @@ const HELLO: &str = concat!(
     "/../../examples/apps/hello/hello.wasm"
 );
 
-/// GET `url`: the status code and body, or `None` if nothing answers.
-fn get(url: &str) -> Option<(u16, String)> {
-    let rest = url.strip_prefix("http://")?;
-    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
-    let mut stream = std::net::TcpStream::connect(host).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let code = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n")?.1.to_string();
-    Some((code, body))
-}
-
 /// A farmer's node of `farm` with its HTTP entry on `http` and the mesh on TCP `mesh`
 /// (0: any port), joining the mesh through `bootstrap` if given.
 fn node(

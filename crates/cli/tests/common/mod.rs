@@ -1,6 +1,7 @@
 //! Helpers shared by the tests that run a real devnet and real nodes as processes.
 #![allow(dead_code)]
 
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -255,4 +256,27 @@ pub async fn node_up(home: &Path, farm: u64, data: &Path) -> u64 {
     })
     .await
     .expect("join")
+}
+
+/// GET `url` (`http://127.0.0.1:PORT/path`): the status code and body, or `None` if
+/// nothing answers.
+pub fn get(url: &str) -> Option<(u16, String)> {
+    let rest = url.strip_prefix("http://")?;
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut stream = std::net::TcpStream::connect(host).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    write!(
+        stream,
+        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let code = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())?;
+    Some((code, body))
 }
