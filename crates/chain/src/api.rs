@@ -38,6 +38,16 @@ pub const PAGE_MAX: usize = 500;
 /// A ledger that has not finalized for this long is reported unhealthy.
 pub const STALL_AFTER: Duration = Duration::from_secs(10);
 
+/// How often the event stream sends a keep-alive, so a follower can tell a stalled validator
+/// from a quiet chain.
+pub const EVENTS_KEEP_ALIVE: Duration = Duration::from_secs(2);
+
+/// How old the last block may be before the chain counts as stalled: [`STALL_AFTER`] past
+/// the longest rest of an idle chain.
+fn stall_after_ms(s: &peergrid_ledger::State) -> u64 {
+    STALL_AFTER.as_millis() as u64 + s.params().idle_block_ms
+}
+
 /// What the handlers share.
 #[derive(Clone)]
 pub struct Api {
@@ -181,7 +191,7 @@ async fn status(State(api): State<Api>) -> ApiResult {
             "genesis_hash": s.config().genesis_hash,
             "time_ms": g.time_ms,
             "last_block_age_ms": age_ms,
-            "finalizing": s.height() > 0 && age_ms < STALL_AFTER.as_millis() as u64,
+            "finalizing": s.height() > 0 && age_ms < stall_after_ms(s),
             "validators": s.config().validators,
             "epoch": s.epoch(),
             "epoch_blocks": s.epoch_blocks(),
@@ -660,15 +670,15 @@ async fn events(
             .data(shared.block_json(&block));
         Some((Ok(event), (shared, live, next + 1)))
     });
-    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(5)))
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(EVENTS_KEEP_ALIVE))
 }
 
 async fn health(State(api): State<Api>) -> Response {
-    let age = api
+    let (age, stall) = api
         .shared
-        .with_state(|s| now_ms().saturating_sub(s.time_ms()))
-        .unwrap_or(u64::MAX);
-    if age < STALL_AFTER.as_millis() as u64 {
+        .with_state(|s| (now_ms().saturating_sub(s.time_ms()), stall_after_ms(s)))
+        .unwrap_or((u64::MAX, 0));
+    if age < stall {
         (StatusCode::OK, "ok: finalizing\n").into_response()
     } else {
         (

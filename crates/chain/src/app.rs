@@ -23,7 +23,7 @@ use commonware_cryptography::{Digested, Digestible, ed25519::PublicKey, sha256::
 use commonware_parallel::Sequential;
 use commonware_runtime::Clock;
 use futures::StreamExt;
-use peergrid_core::TxHash;
+use peergrid_core::{SignedTx, TxHash};
 use tracing::{debug, warn};
 
 use crate::block::{BLOCK_TX_BYTES_MAX, BLOCK_TXS_MAX, Block};
@@ -39,15 +39,32 @@ const UNFINALIZED_DEPTH_MAX: usize = 64;
 pub struct App {
     shared: Arc<Shared>,
     txs_per_block: usize,
+    idle_block_ms: u64,
 }
 
 impl App {
-    /// An application over `shared`, proposing at most `txs_per_block` transactions.
+    /// An application over `shared`, proposing at most `txs_per_block` transactions, and an
+    /// empty block only once its parent is the genesis's `idle_block_ms` old.
     pub fn new(shared: Arc<Shared>, txs_per_block: usize) -> App {
+        let idle_block_ms = shared.genesis.params.idle_block_ms;
         App {
             shared,
             txs_per_block: txs_per_block.min(BLOCK_TXS_MAX),
+            idle_block_ms,
         }
+    }
+
+    /// The transactions a block at `time_ms` on the finalized state would carry.
+    fn select(&self, time_ms: u64, exclude: &HashSet<TxHash>) -> Option<Vec<SignedTx>> {
+        let ledger = self.shared.ledger.read().ok()?;
+        let pool = self.shared.mempool.lock().ok()?;
+        Some(pool.select(
+            ledger.state(),
+            time_ms,
+            self.txs_per_block,
+            BLOCK_TX_BYTES_MAX,
+            exclude,
+        ))
     }
 }
 
@@ -74,17 +91,23 @@ impl<E: Clock + Send + Sync + 'static> commonware_consensus::Application<E> for 
         let parent = ancestry.next().await?;
         let exclude = self.in_flight(parent.clone(), &mut ancestry).await?;
         let parent_block = parent.inner();
-        let time_ms = now_ms(&clock).max(parent_block.time_ms + 1);
-        let txs = {
-            let ledger = self.shared.ledger.read().ok()?;
-            let pool = self.shared.mempool.lock().ok()?;
-            pool.select(
-                ledger.state(),
-                time_ms,
-                self.txs_per_block,
-                BLOCK_TX_BYTES_MAX,
-                &exclude,
-            )
+        // With nothing to carry, rest until the parent is `idle_block_ms` old, waking at the
+        // first admission: an idle chain then costs one block per rest, not dozens a second.
+        // Consensus gives up on this proposal if the wait outlives its leader timeout, which
+        // the engine lengthens by the rest.
+        let rest_until = parent_block.time_ms.saturating_add(self.idle_block_ms);
+        let (time_ms, txs) = loop {
+            let admitted = self.shared.admitted();
+            let time_ms = now_ms(&clock).max(parent_block.time_ms + 1);
+            let txs = self.select(time_ms, &exclude)?;
+            if !txs.is_empty() || time_ms >= rest_until {
+                break (time_ms, txs);
+            }
+            let rest = Duration::from_millis(rest_until - time_ms);
+            futures::select! {
+                _ = futures::FutureExt::fuse(admitted) => {}
+                _ = futures::FutureExt::fuse(clock.sleep(rest)) => {}
+            }
         };
         debug!(
             height = parent_block.height + 1,

@@ -75,6 +75,20 @@ impl Default for Timing {
     }
 }
 
+impl Timing {
+    /// This timing on a chain whose leaders rest up to `idle` before an empty proposal: every
+    /// deadline counted from a view's start moves that much later, so a resting leader is
+    /// not skipped (simplex wants leader < certification < skip).
+    pub fn resting(self, idle: Duration) -> Timing {
+        Timing {
+            leader_timeout: self.leader_timeout + idle,
+            certification_timeout: self.certification_timeout + idle,
+            skip_timeout: self.skip_timeout + idle,
+            ..self
+        }
+    }
+}
+
 /// What one validator needs besides its runtime and network.
 pub struct Config<B, P, T> {
     /// Its consensus key.
@@ -268,6 +282,9 @@ where
         .spawn(move |_| finalizer::run(shared, finalized, archived));
 
     let app = App::new(cfg.shared.clone(), cfg.txs_per_block);
+    let timing = cfg.timing.resting(Duration::from_millis(
+        cfg.shared.genesis.params.idle_block_ms,
+    ));
     let wrapper = Inline::new(
         context.child("application"),
         app,
@@ -285,7 +302,7 @@ where
         genesis: genesis_digest,
         partition: prefix,
         page_cache,
-        timing: cfg.timing,
+        timing,
     };
     let consensus = context.child("epochs").spawn(move |context| {
         orchestrator.run(

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use redb::ReadableDatabase;
 use tokio::sync::broadcast;
+use tokio::sync::{Notify, futures::Notified};
 
 use peergrid_core::{AccountId, SignedTx, TxHash};
 pub use peergrid_ledger::receipt::{FinalizedBlock, TxOutcome, TxStatus};
@@ -142,6 +143,8 @@ pub struct Shared {
     stateless_checks: AtomicU64,
     /// The JSON of the latest block sent to a follower, with its height.
     last_block_json: Mutex<Option<(u64, Arc<str>)>>,
+    /// Woken whenever the mempool admits a transaction, so a resting proposer builds at once.
+    admitted: Notify,
 }
 
 /// Why a finalized block could not be applied: fatal for the validator.
@@ -184,6 +187,7 @@ impl Shared {
             verified: Mutex::new(VerifiedTxs::new(generation)),
             stateless_checks: AtomicU64::new(0),
             last_block_json: Mutex::new(None),
+            admitted: Notify::new(),
         })
     }
 
@@ -297,9 +301,19 @@ impl Shared {
         drop(pool);
         // Under the ledger's read lock, so that finalizing these transactions, which forgets
         // them, cannot happen before they are remembered.
+        let any = !admitted.is_empty();
         self.mark_verified(admitted);
         drop(ledger);
+        if any {
+            self.admitted.notify_waiters();
+        }
         results
+    }
+
+    /// Resolves at the next admission to the mempool; it counts from this call, not from the
+    /// first poll, so an admission between a check and the wait is not missed.
+    pub fn admitted(&self) -> Notified<'_> {
+        self.admitted.notified()
     }
 
     /// Where `hash` is.

@@ -56,6 +56,45 @@ fn four_validators_finalize_transfers_and_agree_on_the_state() {
     }
 }
 
+#[test]
+fn an_idle_chain_rests_and_wakes_for_the_first_transaction() {
+    for seed in [3u64, 4] {
+        runner(seed, Duration::from_secs(120)).start(|context| async move {
+            let (vals, _oracle, _) = grid(&context, 4, None).await;
+            let refs: Vec<_> = vals.iter().collect();
+            let rest_ms = vals[0].genesis.params.idle_block_ms;
+            assert_eq!(rest_ms, 1_000, "the default rest");
+            wait_for_height(&context, &refs, 1).await;
+            let from = min_height(&refs);
+            context.sleep(Duration::from_secs(20)).await;
+            let made = min_height(&refs) - from;
+            // One block a second at rest; without the rest these 20 s made hundreds.
+            assert!(
+                (15..=21).contains(&made),
+                "an idle chain made {made} blocks in 20 s, expected about one a second"
+            );
+
+            // Mid-rest, a transaction wakes the leader: final well before the rest would end.
+            context.sleep(Duration::from_millis(300)).await;
+            let tx = transfer(1, &user(9).account(), 0, 5);
+            let start = context.current();
+            submit_all(&refs, &tx);
+            while !refs
+                .iter()
+                .all(|s| matches!(s.status(&tx.hash()), TxStatus::Finalized { .. }))
+            {
+                context.sleep(Duration::from_millis(5)).await;
+            }
+            let took = context.current().duration_since(start).unwrap_or_default();
+            assert!(
+                took < Duration::from_millis(300),
+                "the first transaction after a rest took {took:?} to finalize everywhere"
+            );
+            assert_agree_up_to(&refs);
+        });
+    }
+}
+
 /// Run `validators` honest validators (ledgers in `dir` if given); returns them with the oracle.
 async fn grid(
     context: &commonware_runtime::deterministic::Context,

@@ -433,6 +433,10 @@ pub enum BenchCommand {
         /// First port of the validators.
         #[arg(long, default_value_t = 9700)]
         base_port: u16,
+        /// Seconds to watch the devnet idle first: CPU and disk per validator, blocks per
+        /// second, and finality of lone transfers sent while it rests (0 skips).
+        #[arg(long, default_value_t = 60)]
+        idle_secs: u64,
     },
     /// Put and get of one object on the running devnet's storage, next to the in-memory
     /// pipeline (seal, erasure code, addresses) over the same bytes on one core.
@@ -462,6 +466,7 @@ pub fn bench(globals: &Globals, cmd: BenchCommand) -> anyhow::Result<()> {
         accounts,
         rate,
         base_port,
+        idle_secs,
     } = cmd
     else {
         return Ok(());
@@ -473,7 +478,11 @@ pub fn bench(globals: &Globals, cmd: BenchCommand) -> anyhow::Result<()> {
         txs,
         rate,
         base_port,
+        idle_secs,
     };
+    if idle_secs > 0 {
+        eprintln!("watching the devnet idle for {idle_secs} s first …");
+    }
     eprintln!(
         "4 validators on loopback, {txs} signed transfers from {accounts} accounts offered at {rate}/s …"
     );
@@ -516,6 +525,39 @@ pub fn bench(globals: &Globals, cmd: BenchCommand) -> anyhow::Result<()> {
             report.finalized_per_sec / report.apply_per_sec
         )
     );
+    if let Some(idle) = &report.idle {
+        let max = |v: &[f64]| v.iter().copied().fold(f64::NAN, f64::max);
+        println!(
+            "{:<48} {:>12.2}/s {:>30}",
+            "ledger::idle_blocks validators=4", idle.blocks_per_sec, "target at most 1/s"
+        );
+        println!(
+            "{:<48} {:>12.2} % {:>30}",
+            "ledger::idle_cpu/validator (max of 4)",
+            max(&idle.cpu_percent),
+            "target < 2 % of a core"
+        );
+        println!(
+            "{:<48} {:>14} {:>30}",
+            "ledger::idle_disk/validator/day (max of 4)",
+            peergrid_core::capacity::human_bytes(max(&idle.disk_bytes_per_day).max(0.0) as u64),
+            "target < 50 MB (47.7 MiB)"
+        );
+        println!(
+            "{:<48} {:>14} {:>30}",
+            "ledger::vote_journals/validator (max of 4)",
+            peergrid_core::capacity::human_bytes(
+                idle.vote_journal_bytes.iter().copied().max().unwrap_or(0)
+            ),
+            "pruned past 256 views"
+        );
+        println!(
+            "{:<48} {:>11.0} ms {:>30}",
+            "ledger::finality_after_rest/p50",
+            idle.rested_latency_p50_ms,
+            format!("target 300 ms (max {:.0} ms)", idle.rested_latency_max_ms)
+        );
+    }
     println!(
         "{} of {} transfers finalized",
         report.finalized, report.submitted

@@ -29,6 +29,28 @@ pub struct LedgerBench {
     pub rate: usize,
     /// First port of the validators.
     pub base_port: u16,
+    /// Seconds to watch the devnet idle before the load (0 skips the idle figures).
+    pub idle_secs: u64,
+}
+
+/// What an idle devnet costs, and how soon it finalizes a transfer sent while it rests.
+#[derive(Clone, Debug, Serialize)]
+pub struct IdleReport {
+    /// Seconds watched.
+    pub secs: f64,
+    /// Blocks finalized per second while nothing was sent.
+    pub blocks_per_sec: f64,
+    /// CPU used by each validator process, percent of one core.
+    pub cpu_percent: Vec<f64>,
+    /// Growth of each validator's data folder, bytes per day at the watched rate, without
+    /// its vote journals (which simplex prunes past its view retention).
+    pub disk_bytes_per_day: Vec<f64>,
+    /// Each validator's vote journals at the end, bytes: bounded, not growth.
+    pub vote_journal_bytes: Vec<u64>,
+    /// Finality of a lone transfer sent while the chain rests, median, ms.
+    pub rested_latency_p50_ms: f64,
+    /// The same, the slowest of the samples, ms.
+    pub rested_latency_max_ms: f64,
 }
 
 /// What was measured.
@@ -46,6 +68,8 @@ pub struct LedgerReport {
     pub finalized_per_sec: f64,
     /// The state machine alone applying the same transfers, per second.
     pub apply_per_sec: f64,
+    /// The devnet at rest, before the load.
+    pub idle: Option<IdleReport>,
 }
 
 fn bench_key(i: usize) -> Keypair {
@@ -89,13 +113,14 @@ fn apply_rate(genesis: &Genesis, txs: &[SignedTx]) -> anyhow::Result<f64> {
     Ok(txs.len() as f64 / start.elapsed().as_secs_f64())
 }
 
-/// Wait until every validator finalizes blocks in quick succession, and return the lowest
-/// height they reached. Right after start a validator may not have reached all its peers yet:
-/// its views as leader then time out (a second each), which is start-up, not load.
-async fn wait_steady(apis: &[String], timeout: Duration) -> anyhow::Result<u64> {
-    /// Heights each validator must finalize within [`WINDOW`]: every leader's turn, twice.
+/// Wait until every validator finalizes blocks in quick succession (an idle chain's rest of
+/// `rest` apart), and return the lowest height they reached. Right after start a validator
+/// may not have reached all its peers yet: its views as leader then time out (a second each
+/// past the rest), which is start-up, not load.
+async fn wait_steady(apis: &[String], rest: Duration, timeout: Duration) -> anyhow::Result<u64> {
+    /// Heights each validator must finalize within `window`: every leader's turn, twice.
     const BLOCKS: u64 = 8;
-    const WINDOW: Duration = Duration::from_millis(500);
+    let window = Duration::from_millis(500) + rest * BLOCKS as u32;
     let clients: Vec<Client> = apis.iter().map(|a| Client::new(vec![a.clone()])).collect();
     let start = Instant::now();
     let mut seen: Vec<Vec<(Instant, u64)>> = vec![Vec::new(); clients.len()];
@@ -105,7 +130,7 @@ async fn wait_steady(apis: &[String], timeout: Duration) -> anyhow::Result<u64> 
             if let Ok(status) = client.status().await {
                 seen.push((now, status.height));
             }
-            seen.retain(|(at, _)| now.duration_since(*at) <= WINDOW);
+            seen.retain(|(at, _)| now.duration_since(*at) <= window);
         }
         let steady = seen.iter().all(|s| match (s.first(), s.last()) {
             (Some((_, low)), Some((_, high))) => high - low >= BLOCKS,
@@ -138,8 +163,10 @@ pub async fn ledger(exe: &Path, dir: &Path, b: &LedgerBench) -> anyhow::Result<L
         bail!("accounts, transfers and rate must all be above zero");
     }
     let keys: Vec<Keypair> = (0..b.accounts).map(bench_key).collect();
+    // One more account, for the lone transfers sent at rest, so the load's nonces stay its own.
     let extra: Vec<GenesisBalance> = keys
         .iter()
+        .chain([&bench_key(b.accounts)])
         .map(|k| GenesisBalance {
             account: k.account(),
             amount: Amount::tokens(1_000_000),
@@ -160,7 +187,19 @@ pub async fn ledger(exe: &Path, dir: &Path, b: &LedgerBench) -> anyhow::Result<L
     let mut supervisor = Supervisor::start(&opts, &genesis, exe)?;
     supervisor.wait_finalizing(Duration::from_secs(60)).await?;
     let apis = supervisor.running.apis.clone();
-    let from = wait_steady(&apis, Duration::from_secs(60)).await? + 1;
+    let rest = Duration::from_millis(genesis.params.idle_block_ms);
+    let steady = wait_steady(&apis, rest, Duration::from_secs(60)).await?;
+    let idle = if b.idle_secs > 0 {
+        let probe = bench_key(b.accounts);
+        Some(idle(&supervisor, dir, &apis, &probe, &genesis, b.idle_secs).await?)
+    } else {
+        None
+    };
+    let from = if idle.is_some() {
+        wait_steady(&apis, rest, Duration::from_secs(60)).await? + 1
+    } else {
+        steady + 1
+    };
     let follower = Client::new(apis.clone());
 
     let submitted: Arc<Mutex<HashMap<TxHash, Instant>>> = Arc::default();
@@ -246,5 +285,149 @@ pub async fn ledger(exe: &Path, dir: &Path, b: &LedgerBench) -> anyhow::Result<L
         latency_p99_ms: percentile(&lat, 0.99),
         finalized_per_sec: lat.len() as f64 / end.duration_since(started).as_secs_f64(),
         apply_per_sec,
+        idle,
     })
+}
+
+/// Lone transfers sent at rest: enough for a median, few enough to keep the run short.
+const RESTED_SAMPLES: u64 = 10;
+
+/// Watch the devnet for `secs` with nothing sent: each validator's CPU time and data growth,
+/// and blocks made; then the finality of lone transfers from `probe`, each sent while the
+/// chain rests.
+async fn idle(
+    supervisor: &Supervisor,
+    dir: &Path,
+    apis: &[String],
+    probe: &Keypair,
+    genesis: &Genesis,
+    secs: u64,
+) -> anyhow::Result<IdleReport> {
+    let pids = supervisor.validator_pids();
+    let data: Vec<_> = (0..pids.len())
+        .map(|i| dir.join(format!("data/validator-{i}")))
+        .collect();
+    let client = Client::new(apis.to_vec());
+    let tick = clock_ticks_per_sec();
+    let cpu0: Vec<Option<u64>> = pids.iter().map(|p| p.and_then(cpu_ticks)).collect();
+    let disk0: Vec<(u64, u64)> = data.iter().map(|d| dir_bytes(d)).collect();
+    let h0 = client.status().await?.height;
+    let start = Instant::now();
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let elapsed = start.elapsed().as_secs_f64();
+    let h1 = client.status().await?.height;
+    let cpu_percent = pids
+        .iter()
+        .zip(&cpu0)
+        .map(|(p, before)| match (before, p.and_then(cpu_ticks)) {
+            (Some(a), Some(b)) => (b.saturating_sub(*a)) as f64 / tick / elapsed * 100.0,
+            _ => f64::NAN,
+        })
+        .collect();
+    let disk1: Vec<(u64, u64)> = data.iter().map(|d| dir_bytes(d)).collect();
+    let disk_bytes_per_day = disk1
+        .iter()
+        .zip(&disk0)
+        .map(|((after, _), (before, _))| (*after as f64 - *before as f64) / elapsed * 86_400.0)
+        .collect();
+    let vote_journal_bytes = disk1.iter().map(|(_, journals)| *journals).collect();
+
+    let rest = genesis.params.idle_block_ms;
+    let mut lat = Vec::new();
+    for n in 0..RESTED_SAMPLES {
+        // Land at a different point of each rest: after a block, before the next is due.
+        let wait = rest + rest * n / RESTED_SAMPLES;
+        tokio::time::sleep(Duration::from_millis(wait.max(100))).await;
+        let height = client.status().await?.height;
+        let tx = SignedTx::new(
+            probe,
+            &genesis.chain_id,
+            n,
+            Payload::Transfer {
+                to: probe.account(),
+                amount: Amount(1),
+            },
+        );
+        let hash = tx.hash();
+        let mut events = Box::pin(client.events(height + 1));
+        let sent = Instant::now();
+        client.submit(&tx).await?;
+        let found = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(block) = events.next().await {
+                if block.txs.iter().any(|t| t.hash == hash) {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        if found != Ok(true) {
+            bail!("a transfer sent to the resting devnet was not finalized within 30 s");
+        }
+        lat.push(sent.elapsed().as_secs_f64() * 1000.0);
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    Ok(IdleReport {
+        secs: elapsed,
+        blocks_per_sec: h1.saturating_sub(h0) as f64 / elapsed,
+        cpu_percent,
+        disk_bytes_per_day,
+        vote_journal_bytes,
+        rested_latency_p50_ms: percentile(&lat, 0.5),
+        rested_latency_max_ms: lat.last().copied().unwrap_or(f64::NAN),
+    })
+}
+
+/// User and system CPU time of process `pid`, all its threads, in clock ticks.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields count from the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let user: u64 = fields.get(11)?.parse().ok()?;
+    let system: u64 = fields.get(12)?.parse().ok()?;
+    Some(user + system)
+}
+
+/// Clock ticks per second of `/proc`'s CPU times (`getconf CLK_TCK`, 100 on Linux).
+fn clock_ticks_per_sec() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// Bytes of the files under a validator's data folder `dir`: those kept, and those of the
+/// vote journals (`<partition>-consensus-<epoch>`, one file of whole pages per view, pruned
+/// once the view is past retention).
+fn dir_bytes(dir: &Path) -> (u64, u64) {
+    fn walk(dir: &Path, journal: bool, sums: &mut (u64, u64)) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => {
+                    let name = e.file_name();
+                    let journal = journal || name.to_string_lossy().contains("-consensus-");
+                    walk(&e.path(), journal, sums);
+                }
+                _ => {
+                    let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+                    if journal {
+                        sums.1 += len;
+                    } else {
+                        sums.0 += len;
+                    }
+                }
+            }
+        }
+    }
+    let mut sums = (0, 0);
+    walk(dir, false, &mut sums);
+    sums
 }

@@ -429,6 +429,11 @@ impl Supervisor {
         Ok(supervisor)
     }
 
+    /// Each validator's process id, while it runs.
+    pub fn validator_pids(&self) -> Vec<Option<u32>> {
+        self.validators.iter().map(Managed::pid).collect()
+    }
+
     /// Wait until blocks finalize, or fail after `timeout` with the validators' logs named.
     pub async fn wait_finalizing(&mut self, timeout: Duration) -> anyhow::Result<u64> {
         let client = Client::new(self.running.apis.clone());

@@ -107,6 +107,11 @@ impl Managed {
         &self.name
     }
 
+    /// Its process id, while a process runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Its log file.
     pub fn log(&self) -> &Path {
         &self.log

@@ -49,6 +49,11 @@ pub struct Params {
     /// Fixed for the chain's life, since every validator derives epochs from heights with it.
     #[serde(default = "default_epoch_blocks")]
     pub epoch_blocks: u64,
+    /// Longest rest between blocks while no transaction waits, in ms: an idle chain makes
+    /// one empty block this often instead of as many as consensus allows, and a leader waits
+    /// this much longer for a proposal. Zero never rests.
+    #[serde(default = "default_idle_block_ms")]
+    pub idle_block_ms: u64,
 }
 
 /// Shortest epoch: an epoch must hold a block besides the boundary its engine starts from.
@@ -56,12 +61,22 @@ pub const EPOCH_BLOCKS_MIN: u64 = 2;
 /// Longest epoch: far beyond any chain's life at a block a second, and small enough that
 /// every epoch's first and last heights fit in a `u64`.
 pub const EPOCH_BLOCKS_MAX: u64 = 1 << 40;
-/// Blocks per epoch in production: about an hour at the grid's few blocks a second, so a
-/// vote takes effect within the hour without engines restarting often.
+/// Blocks per epoch in production: under three hours at an idle chain's block a second, less
+/// under load, so a vote takes effect within hours without engines restarting often.
 pub const EPOCH_BLOCKS_DEFAULT: u64 = 10_000;
 
 fn default_epoch_blocks() -> u64 {
     EPOCH_BLOCKS_DEFAULT
+}
+
+/// An idle chain's block interval unless the genesis says otherwise: what a follower's
+/// ledger time lags behind at rest, against a few dozen empty blocks a second without it.
+pub const IDLE_BLOCK_MS_DEFAULT: u64 = 1_000;
+/// Longest rest: each ms is also added to how long validators wait for a silent leader.
+pub const IDLE_BLOCK_MS_MAX: u64 = 10_000;
+
+fn default_idle_block_ms() -> u64 {
+    IDLE_BLOCK_MS_DEFAULT
 }
 
 impl Params {
@@ -81,6 +96,7 @@ impl Params {
             pricing: PricingPolicy::default(),
             farming: FarmingPolicy::default(),
             epoch_blocks: EPOCH_BLOCKS_DEFAULT,
+            idle_block_ms: IDLE_BLOCK_MS_DEFAULT,
         }
     }
 
@@ -120,6 +136,13 @@ impl Params {
             return Err(GenesisError::Invalid(format!(
                 "params.epoch_blocks ({}) must be between {EPOCH_BLOCKS_MIN} and {EPOCH_BLOCKS_MAX}",
                 self.epoch_blocks
+            )));
+        }
+        if self.idle_block_ms > IDLE_BLOCK_MS_MAX {
+            return Err(GenesisError::Invalid(format!(
+                "params.idle_block_ms ({}) must be at most {IDLE_BLOCK_MS_MAX}: validators wait \
+                 that much longer for a silent leader",
+                self.idle_block_ms
             )));
         }
         let skew_min = self.uptime_drift_secs.saturating_mul(2).max(1);
