@@ -416,6 +416,7 @@ fn node_run(globals: &Globals, args: RunArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir,
         farm: args.farm,
         ledger: client.urls().to_vec(),
+        ledger_ca: globals.ledger_ca_pem()?,
         disks: args.disks,
         reserve: Reservation::default(),
         location: LocationUpdate {

@@ -48,6 +48,10 @@ struct Cli {
         env = "PEERGRID_MESH_BOOTSTRAP"
     )]
     mesh_bootstrap: Option<String>,
+    /// Also trust the certificate authorities in this PEM file for https:// ledger URLs
+    /// (a private CA or a self-signed validator), besides the system's.
+    #[arg(long, global = true, value_name = "FILE", env = "PEERGRID_LEDGER_CA")]
+    ledger_ca: Option<PathBuf>,
     /// Log to stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
     #[arg(short, long, global = true, action = ArgAction::Count)]
     verbose: u8,
@@ -115,6 +119,8 @@ struct Globals {
     ledger: Option<String>,
     /// Mesh bootstrap peers given with `--mesh-bootstrap`.
     mesh_bootstrap: Vec<String>,
+    /// Extra certificate authorities for https:// validators (`--ledger-ca`).
+    ledger_ca: Option<PathBuf>,
 }
 
 impl Globals {
@@ -156,7 +162,22 @@ impl Globals {
                 ),
             }
         };
+        let client = match self.ledger_ca_pem()? {
+            Some(pem) => client.with_root_certificates(&pem).context("--ledger-ca")?,
+            None => client,
+        };
         Ok(client.with_mesh_bootstrap(self.mesh_bootstrap.clone()))
+    }
+
+    /// The PEM of `--ledger-ca`, if given.
+    fn ledger_ca_pem(&self) -> anyhow::Result<Option<Vec<u8>>> {
+        self.ledger_ca
+            .as_ref()
+            .map(|file| {
+                std::fs::read(file)
+                    .with_context(|| format!("cannot read --ledger-ca {}", file.display()))
+            })
+            .transpose()
     }
 
     /// Sign `payload` with your key, submit it and wait until it is final; its events if it
@@ -206,6 +227,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             .map(|a| a.trim().to_string())
             .filter(|a| !a.is_empty())
             .collect(),
+        ledger_ca: cli.ledger_ca,
     };
     match cli.command {
         Command::Key(cmd) => key::run(&globals, cmd),

@@ -9,11 +9,12 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use eventsource_stream::Eventsource;
 use futures::{Stream, StreamExt};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use peergrid_core::{AccountId, Amount, Hash, Keypair, Payload, SignedTx, TxHash};
 use peergrid_ledger::commitment::StateProof;
@@ -22,6 +23,9 @@ use peergrid_ledger::state::tables;
 /// The ledger's records and events as the API serves them, so followers (nodes, the CLI)
 /// read them without depending on the state machine's crate.
 pub use peergrid_ledger::{Contract, ContractState, DeleteReason, Event, Farm, Node, NodeStatus};
+
+/// Longest wait for a validator to accept a connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long a signed transaction stays valid by default.
 pub const TX_LIFETIME: Duration = Duration::from_secs(300);
@@ -133,6 +137,8 @@ pub struct Proven<T> {
 pub struct Client {
     urls: Vec<String>,
     http: reqwest::Client,
+    /// For the event stream: no overall deadline, but one per read.
+    streaming: reqwest::Client,
     current: AtomicUsize,
     /// Mesh bootstrap peers given by the user, tried before the genesis's.
     bootstrap: Vec<String>,
@@ -151,14 +157,11 @@ impl Client {
             .into_iter()
             .map(|u| u.trim_end_matches('/').to_string())
             .collect();
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap_or_default();
+        let (http, streaming) = http_clients(Vec::new()).unwrap_or_default();
         Client {
             urls,
             http,
+            streaming,
             current: AtomicUsize::new(0),
             bootstrap: Vec::new(),
         }
@@ -169,6 +172,29 @@ impl Client {
     pub fn with_mesh_bootstrap(mut self, peers: Vec<String>) -> Client {
         self.bootstrap = peers;
         self
+    }
+
+    /// The same client, also trusting the certificate authorities in `pem` (PEM text, one or
+    /// more certificates) for `https://` validators, besides the system's.
+    pub fn with_root_certificates(mut self, pem: &[u8]) -> Result<Client, ClientError> {
+        let refused = |reason: String| ClientError::Refused {
+            status: 0,
+            kind: "certificate".into(),
+            message: reason,
+        };
+        let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
+            refused(format!(
+                "the certificate authorities given are not PEM certificates: {e}"
+            ))
+        })?;
+        if certs.is_empty() {
+            return Err(refused(
+                "no certificate in the PEM given (expected -----BEGIN CERTIFICATE-----)".into(),
+            ));
+        }
+        (self.http, self.streaming) = http_clients(certs)
+            .map_err(|e| refused(format!("cannot use the certificate authorities given: {e}")))?;
+        Ok(self)
     }
 
     /// The validator URLs.
@@ -190,7 +216,7 @@ impl Client {
                 Ok(r) => r,
                 Err(e) => {
                     debug!(%url, error = %e, "validator unreachable, trying the next");
-                    last = e.to_string();
+                    last = causes(&e);
                     continue;
                 }
             };
@@ -585,62 +611,122 @@ impl Client {
         Ok(out)
     }
 
-    /// Finalized blocks from height `from` on, following new ones as they come. After a
-    /// disconnect it reconnects (to another validator if need be) and resumes where it was.
+    /// Finalized blocks from height `from` on, following new ones as they come, each once
+    /// and in order. After a disconnect, a validator silent for [`EVENTS_SILENCE_MAX`] or a
+    /// block it cannot read or that skips a height, it resumes where it was from the next
+    /// validator, and logs why.
     pub fn events(&self, from: u64) -> impl Stream<Item = FinalizedBlock> + '_ {
         futures::stream::unfold(
-            (from, Vec::<u8>::new(), None::<reqwest::Response>),
-            move |(mut next, mut buf, mut resp)| async move {
+            (from, None::<EventStream>),
+            move |(mut next, mut events)| async move {
                 loop {
-                    if resp.is_none() {
-                        for i in 0..self.urls.len() {
-                            let index =
-                                (self.current.load(Ordering::Relaxed) + i) % self.urls.len();
-                            let url = format!("{}/v1/events?from={next}", self.urls[index]);
-                            // No overall timeout: the stream is meant to stay open.
-                            match reqwest::Client::new().get(&url).send().await {
-                                Ok(r) if r.status().is_success() => {
-                                    self.current.store(index, Ordering::Relaxed);
-                                    resp = Some(r);
-                                    break;
-                                }
-                                _ => continue,
-                            }
-                        }
-                        if resp.is_none() {
-                            tokio::time::sleep(Duration::from_millis(500)).await;
-                            continue;
-                        }
-                        buf.clear();
-                    }
-                    // One SSE event ends with a blank line; its `data:` line holds the block.
-                    if let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
-                        let event: Vec<u8> = buf.drain(..end + 2).collect();
-                        let text = String::from_utf8_lossy(&event);
-                        let data: String = text
-                            .lines()
-                            .filter_map(|l| l.strip_prefix("data:"))
-                            .map(str::trim_start)
-                            .collect();
-                        if let Ok(block) = serde_json::from_str::<FinalizedBlock>(&data)
-                            && block.height == next
-                        {
-                            next += 1;
-                            return Some((block, (next, buf, resp)));
-                        }
+                    let Some(stream) = events.as_mut() else {
+                        events = Some(self.open_events(next).await);
                         continue;
-                    }
-                    let chunk = match resp.as_mut() {
-                        Some(r) => r.chunk().await,
-                        None => continue,
                     };
-                    match chunk {
-                        Ok(Some(bytes)) => buf.extend_from_slice(&bytes),
-                        _ => resp = None,
-                    }
+                    let trouble = match stream.next().await {
+                        Some(Ok(event)) if event.event != "block" => continue,
+                        Some(Ok(event)) => match serde_json::from_str::<FinalizedBlock>(&event.data)
+                        {
+                            Ok(block) if block.height == next => {
+                                next += 1;
+                                return Some((block, (next, events)));
+                            }
+                            // Already yielded: a validator resumed a little early.
+                            Ok(block) if block.height < next => continue,
+                            Ok(block) => format!(
+                                "it sent block {} while block {next} was due",
+                                block.height
+                            ),
+                            Err(e) => format!("it sent block {next} in a form not understood: {e}"),
+                        },
+                        Some(Err(e)) => format!("the stream broke: {e}"),
+                        None => "it closed the stream".into(),
+                    };
+                    let url = &self.urls[self.current.load(Ordering::Relaxed)];
+                    warn!(%url, height = next, "following finalized blocks: {trouble}; resuming from the next validator");
+                    self.rotate();
+                    events = None;
                 }
             },
         )
         .boxed()
     }
+
+    /// Move on to the next validator.
+    fn rotate(&self) {
+        if !self.urls.is_empty() {
+            let next = (self.current.load(Ordering::Relaxed) + 1) % self.urls.len();
+            self.current.store(next, Ordering::Relaxed);
+        }
+    }
+
+    /// The event stream from height `next`, from the first validator that opens it; waits
+    /// and tries them all again while none does.
+    async fn open_events(&self, next: u64) -> EventStream {
+        let mut pause = Duration::from_millis(100);
+        loop {
+            for _ in 0..self.urls.len() {
+                let index = self.current.load(Ordering::Relaxed);
+                let url = format!("{}/v1/events?from={next}", self.urls[index]);
+                let opened =
+                    tokio::time::timeout(EVENTS_SILENCE_MAX, self.streaming.get(&url).send()).await;
+                match opened {
+                    Ok(Ok(r)) if r.status().is_success() => {
+                        return r.bytes_stream().eventsource().boxed();
+                    }
+                    Ok(Ok(r)) => debug!(%url, status = %r.status(), "event stream refused"),
+                    Ok(Err(e)) => debug!(%url, error = %e, "event stream unreachable"),
+                    Err(_) => debug!(%url, "event stream not opened in time"),
+                }
+                self.rotate();
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(2));
+        }
+    }
 }
+
+/// An error with its causes, `outer: inner: innermost`: reqwest's own message alone says
+/// only "error sending request", when the cause is a refused certificate or a reset.
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// The HTTP clients for calls (each with a deadline) and for the event stream (a deadline per
+/// read), trusting `roots` besides the system's certificate authorities.
+fn http_clients(
+    roots: Vec<reqwest::Certificate>,
+) -> Result<(reqwest::Client, reqwest::Client), reqwest::Error> {
+    let calls = reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(Duration::from_secs(10))
+        .tls_certs_merge(roots.clone())
+        .build()?;
+    let streaming = reqwest::Client::builder()
+        .connect_timeout(CONNECT_TIMEOUT)
+        .read_timeout(EVENTS_SILENCE_MAX)
+        .tls_certs_merge(roots)
+        .build()?;
+    Ok((calls, streaming))
+}
+
+/// Longest silence on the event stream before the validator counts as stalled: the API sends
+/// a keep-alive every 2 s, so this is three missed in a row.
+pub const EVENTS_SILENCE_MAX: Duration = Duration::from_secs(6);
+
+/// Server-sent events as parsed from one validator's stream.
+type EventStream = futures::stream::BoxStream<
+    'static,
+    Result<eventsource_stream::Event, eventsource_stream::EventStreamError<reqwest::Error>>,
+>;

@@ -32,6 +32,8 @@ pub struct NodeConfig {
     pub farm: FarmId,
     /// Ledger API URLs.
     pub ledger: Vec<String>,
+    /// Certificate authorities (PEM) trusted for `https://` ledger URLs besides the system's.
+    pub ledger_ca: Option<Vec<u8>>,
     /// Disks given to the grid (default: the data directory's disk).
     pub disks: Vec<DiskSpec>,
     /// What the node keeps for itself.
@@ -227,7 +229,11 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Running> {
     }
     let mut settings = Settings::load(&config.data_dir)?;
     let location = config.location.clone().or(settings.location.as_ref());
-    let client = Arc::new(Client::new(config.ledger.clone()));
+    let client = Client::new(config.ledger.clone());
+    let client = Arc::new(match &config.ledger_ca {
+        Some(pem) => client.with_root_certificates(pem)?,
+        None => client,
+    });
     let owner = match &config.owner_key {
         Some(p) => Some(Keypair::load(p).with_context(|| format!("cannot load {}", p.display()))?),
         None => None,

@@ -1,0 +1,141 @@
+//! Following finalized blocks against validators that misbehave: a client must neither hang
+//! on a silent one nor stop yielding after a block it cannot read.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::response::Response;
+use axum::routing::get;
+use futures::StreamExt;
+use peergrid_client::{Client, EVENTS_SILENCE_MAX, FinalizedBlock};
+use peergrid_core::Hash;
+use serde::Deserialize;
+
+/// What a fake validator does when asked for events from a height.
+#[derive(Clone, Copy)]
+enum Behaviour {
+    /// Sends every block from the asked height, then keeps the stream open with keep-alives.
+    Honest,
+    /// Sends the asked block, then a block that does not parse, then keeps the stream open.
+    Garbles,
+    /// Sends the asked block, then nothing at all, keeping the connection open.
+    Stalls,
+}
+
+#[derive(Clone)]
+struct Fake {
+    behaviour: Behaviour,
+    /// The `from` of every request received.
+    asked: Arc<Mutex<Vec<u64>>>,
+}
+
+#[derive(Deserialize)]
+struct From {
+    from: u64,
+}
+
+fn block(height: u64) -> String {
+    let b = FinalizedBlock {
+        height,
+        digest: format!("{height:064x}"),
+        time_ms: 1_700_000_000_000 + height,
+        root: Hash([height as u8; 32]),
+        txs: Vec::new(),
+        end_events: Vec::new(),
+    };
+    let json = serde_json::to_string(&b).expect("a block serializes");
+    format!("id: {height}\nevent: block\ndata: {json}\n\n")
+}
+
+async fn events(State(fake): State<Fake>, Query(q): Query<From>) -> Response {
+    fake.asked.lock().expect("lock").push(q.from);
+    let first = futures::stream::iter(match fake.behaviour {
+        Behaviour::Honest => (q.from..q.from + 5).map(block).collect(),
+        Behaviour::Garbles => vec![
+            block(q.from),
+            format!(
+                "event: block\ndata: {{\"height\": {}, \"digest\": 7\n\n",
+                q.from + 1
+            ),
+        ],
+        Behaviour::Stalls => vec![block(q.from)],
+    });
+    let rest = futures::stream::unfold(fake.behaviour, |b| async move {
+        match b {
+            Behaviour::Stalls => futures::future::pending::<()>().await,
+            _ => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+        Some((": keep-alive\n\n".to_string(), b))
+    });
+    let body = first
+        .chain(rest)
+        .map(|s| Ok::<_, std::convert::Infallible>(s.into_bytes()));
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(Body::from_stream(body))
+        .expect("a response")
+}
+
+/// A fake validator on a free loopback port; its URL and the heights it was asked from.
+async fn fake(behaviour: Behaviour) -> (String, Arc<Mutex<Vec<u64>>>) {
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let app = Router::new()
+        .route("/v1/events", get(events))
+        .with_state(Fake {
+            behaviour,
+            asked: asked.clone(),
+        });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a free port");
+    let url = format!("http://{}", listener.local_addr().expect("an address"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, asked)
+}
+
+/// The heights of the first `n` blocks the client yields from height 1, within `deadline`.
+async fn follow(client: &Client, n: usize, deadline: Duration) -> Vec<u64> {
+    let heights = client
+        .events(1)
+        .take(n)
+        .map(|b| b.height)
+        .collect::<Vec<_>>();
+    tokio::time::timeout(deadline, heights)
+        .await
+        .expect("the client kept yielding blocks")
+}
+
+#[tokio::test]
+async fn an_unreadable_block_makes_the_client_resume_from_another_validator() {
+    let (bad, bad_asked) = fake(Behaviour::Garbles).await;
+    let (good, good_asked) = fake(Behaviour::Honest).await;
+    let client = Client::new(vec![bad, good]);
+    assert_eq!(
+        follow(&client, 4, Duration::from_secs(10)).await,
+        vec![1, 2, 3, 4]
+    );
+    assert_eq!(*bad_asked.lock().expect("lock"), vec![1]);
+    // The honest validator was asked for the block the other could not give, not later ones.
+    assert_eq!(good_asked.lock().expect("lock").first(), Some(&2));
+}
+
+#[tokio::test]
+async fn a_silent_validator_is_left_for_another_once_its_keep_alives_stop() {
+    let (stalled, _) = fake(Behaviour::Stalls).await;
+    let (good, good_asked) = fake(Behaviour::Honest).await;
+    let client = Client::new(vec![stalled, good]);
+    let start = std::time::Instant::now();
+    assert_eq!(
+        follow(&client, 3, EVENTS_SILENCE_MAX * 3).await,
+        vec![1, 2, 3]
+    );
+    let took = start.elapsed();
+    assert!(
+        took >= EVENTS_SILENCE_MAX && took < EVENTS_SILENCE_MAX + Duration::from_secs(5),
+        "moved on after {took:?}, expected just past {EVENTS_SILENCE_MAX:?} of silence"
+    );
+    assert_eq!(good_asked.lock().expect("lock").first(), Some(&2));
+}
