@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use peergrid_core::tx::TX_BYTES_MAX;
-use peergrid_core::{AccountId, Hash, SignedTx};
+use peergrid_core::{AccountId, Amount, Hash, SignedTx};
 use peergrid_ledger::commitment::StateProof;
 
 use crate::mempool::MempoolError;
@@ -131,7 +131,61 @@ pub fn router(api: Api) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
+        .fallback(unknown_route)
+        .layer(axum::middleware::map_response(plain_errors_as_json))
         .with_state(api)
+}
+
+async fn unknown_route(uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!(
+            "no route {}: the routes and their parameters are in /openapi.json",
+            uri.path()
+        ),
+    )
+}
+
+/// axum answers a path, query or body it cannot parse in plain text, and a method a route
+/// lacks with no body; every error of this API is the same JSON, with what to send instead.
+async fn plain_errors_as_json(response: Response) -> Response {
+    let status = response.status();
+    let json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !status.is_client_error() || json {
+        return response;
+    }
+    let body = axum::body::to_bytes(response.into_body(), 64 << 10)
+        .await
+        .unwrap_or_default();
+    let mut said = String::from_utf8_lossy(&body).trim().to_string();
+    if said.is_empty() {
+        said = status
+            .canonical_reason()
+            .unwrap_or("refused")
+            .to_lowercase();
+    }
+    let kind = match status {
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        _ => "bad_request",
+    };
+    let hint = match status {
+        StatusCode::METHOD_NOT_ALLOWED => "this route takes another method",
+        StatusCode::PAYLOAD_TOO_LARGE => "send less",
+        _ => "ids and heights are decimal numbers, accounts and hashes hex",
+    };
+    ApiError::new(
+        status,
+        kind,
+        format!("{said}; {hint} (the routes and their parameters are in /openapi.json)"),
+    )
+    .into_response()
 }
 
 fn now_ms() -> u64 {
@@ -583,6 +637,17 @@ async fn economy(State(api): State<Api>) -> ApiResult {
         let period = s.period_of(s.time_ms());
         let (start, end) = s.period_bounds(period);
         v["current_period"] = json!({ "period": period, "start_ms": start, "end_ms": end });
+        let supply = s.supply();
+        let balances = api.shared.total_balances(s);
+        v["supply"] = json!({
+            "genesis": supply.genesis,
+            "minted": supply.minted,
+            "burned": supply.burned,
+            // Every balance, pools included; a sum past what an amount holds is shown as the
+            // largest amount, and is not conserved.
+            "balances": Amount(u64::try_from(balances).unwrap_or(u64::MAX)),
+            "conserved": supply.expected() == Some(balances),
+        });
         Ok(v)
     })?;
     Ok(at(v, h, r))
@@ -767,7 +832,7 @@ pub fn openapi_document() -> Value {
             "/v1/farms/{id}/receipts": { "get": list("a farm's reward receipts: of one ?period= in node order, paged by ?from= (node id) and next; or the newest first (?limit=)") },
             "/v1/nodes/{id}/receipts/{period}": { "get": by_id("reward receipt of one node and period") },
             "/v1/proposals/{id}/votes": { "get": by_id("proposal's votes, with council flag and farmer weight") },
-            "/v1/economy": { "get": { "summary": "minting progress, farmers' total weight, total billed, current period", "responses": { "200": at_height("economy") } } },
+            "/v1/economy": { "get": { "summary": "minting progress, farmers' total weight, total billed, current period, and the supply: genesis + minted − burned against the sum of all balances", "responses": { "200": at_height("economy") } } },
             "/v1/contracts/{id}": { "get": proven("contract (id or gateway name)") },
             "/v1/proposals": { "get": list("governance proposals") },
             "/v1/proposals/{id}": { "get": by_id("proposal") },
@@ -935,6 +1000,68 @@ mod tests {
         let none = get("/v1/farms/1/receipts?period=1".into()).await;
         assert_eq!(none["items"], json!([]));
         assert_eq!(none["next"], Value::Null);
+    }
+
+    #[tokio::test]
+    async fn every_error_is_json_that_says_what_to_send_and_the_supply_adds_up() {
+        let shared = big_farm(3);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let app = router(Api {
+            shared,
+            gossip: None,
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let http = reqwest::Client::new();
+        let cases = [
+            ("GET", "/v1/blocks/abc", 400, "bad_request", "abc"),
+            ("GET", "/v1/farms?from=x", 400, "bad_request", "from"),
+            (
+                "GET",
+                "/v1/nodes/1/receipts/soon",
+                400,
+                "bad_request",
+                "soon",
+            ),
+            ("GET", "/v1/nothing", 404, "not_found", "/v1/nothing"),
+            ("DELETE", "/v1/status", 405, "method_not_allowed", "method"),
+            ("GET", "/v1/farms/999", 404, "not_found", "farm 999"),
+        ];
+        for (method, path, status, kind, mentions) in cases {
+            let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+            let r = http
+                .request(method, format!("{base}{path}"))
+                .send()
+                .await
+                .expect("an answer");
+            assert_eq!(r.status().as_u16(), status, "{path}");
+            let body: Value = r.json().await.expect("a JSON error");
+            assert_eq!(body["error"], kind, "{path}: {body}");
+            let message = body["message"].as_str().expect("a message");
+            assert!(message.contains(mentions), "{path}: {message}");
+        }
+
+        // Fees were burned and periods minted: every token is still accounted for.
+        let economy: Value = http
+            .get(format!("{base}/v1/economy"))
+            .send()
+            .await
+            .expect("economy")
+            .json()
+            .await
+            .expect("json");
+        let supply = &economy["data"]["supply"];
+        let amount = |field: &str| {
+            serde_json::from_value::<Amount>(supply[field].clone())
+                .unwrap_or_else(|e| panic!("supply.{field}: {e}: {supply}"))
+                .0
+        };
+        let (genesis, minted, burned) = (amount("genesis"), amount("minted"), amount("burned"));
+        assert!(burned > 0, "the transfers burned fees: {supply}");
+        assert_eq!(amount("balances"), genesis + minted - burned, "{supply}");
+        assert_eq!(supply["conserved"], true);
     }
 
     #[tokio::test]

@@ -145,6 +145,9 @@ pub struct Shared {
     last_block_json: Mutex<Option<(u64, Arc<str>)>>,
     /// Woken whenever the mempool admits a transaction, so a resting proposer builds at once.
     admitted: Notify,
+    /// The sum of every balance, with the height it was summed at: summing walks every
+    /// account, so the API does it once per block at most.
+    balances: Mutex<Option<(u64, u128)>>,
 }
 
 /// Why a finalized block could not be applied: fatal for the validator.
@@ -188,6 +191,7 @@ impl Shared {
             stateless_checks: AtomicU64::new(0),
             last_block_json: Mutex::new(None),
             admitted: Notify::new(),
+            balances: Mutex::new(None),
         })
     }
 
@@ -308,6 +312,22 @@ impl Shared {
             self.admitted.notify_waiters();
         }
         results
+    }
+
+    /// The sum of every balance in `state` (pools included), summed once per height.
+    pub fn total_balances(&self, state: &peergrid_ledger::State) -> u128 {
+        let height = state.height();
+        let Ok(mut cache) = self.balances.lock() else {
+            return state.total_balances();
+        };
+        match *cache {
+            Some((h, sum)) if h == height => sum,
+            _ => {
+                let sum = state.total_balances();
+                *cache = Some((height, sum));
+                sum
+            }
+        }
     }
 
     /// Resolves at the next admission to the mempool; it counts from this call, not from the

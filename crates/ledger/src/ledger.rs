@@ -267,6 +267,16 @@ impl<S: Store> Ledger<S> {
             })
             .collect();
         let end_events = self.finish_block(&ctx);
+        // Every token is accounted for: a rule that creates or destroys one without counting
+        // it as minted or burned is caught at the block that did it, in debug builds (tests
+        // and debug devnets), where summing every balance per block is affordable.
+        debug_assert!(
+            self.state.supply_is_conserved(),
+            "supply identity broken at height {}: {:?} against balances summing to {}",
+            ctx.height,
+            self.state.supply(),
+            self.state.total_balances()
+        );
         let (root, changes) = self.state.commit();
         let outcome = BlockOutcome {
             height: ctx.height,

@@ -67,6 +67,6 @@ pub use records::{
     NodeStatus, NodeUptime, PeriodUptime, Proposal, ProposalStatus, PrunedBills, RewardReceipt,
     Violation, ViolationKind, VoteRecord,
 };
-pub use state::State;
+pub use state::{State, Supply};
 pub use store::{MemoryStore, RedbStore, Snapshot, Store, StoreError};
 pub use table::Change;

@@ -2,6 +2,7 @@
 
 use peergrid_core::codec::DecodeError;
 use peergrid_core::{AccountId, Amount, ContractId, FarmId, Hash, NodeId, ProposalId};
+use serde::Serialize;
 
 use crate::commitment::{Commitment, StateProof};
 use crate::genesis::{Genesis, Params};
@@ -666,11 +667,38 @@ impl State {
         self.accounts.iter().map(|(_, a)| a.balance.0 as u128).sum()
     }
 
+    /// The supply as the ledger counts it: genesis, minted and burned since.
+    pub fn supply(&self) -> Supply {
+        let g = self.globals();
+        Supply {
+            genesis: g.genesis_supply,
+            minted: g.minted,
+            burned: g.burned,
+        }
+    }
+
     /// Whether genesis + minted − burned equals the sum of all balances.
     pub fn supply_is_conserved(&self) -> bool {
-        let g = self.globals();
-        g.genesis_supply.0 as u128 + g.minted.0 as u128 - g.burned.0 as u128
-            == self.total_balances()
+        self.supply().expected() == Some(self.total_balances())
+    }
+}
+
+/// The token supply as the ledger counts it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Supply {
+    /// Tokens at genesis.
+    pub genesis: Amount,
+    /// Tokens minted since (rewards).
+    pub minted: Amount,
+    /// Tokens burned since (fees).
+    pub burned: Amount,
+}
+
+impl Supply {
+    /// What every balance (pools included) must sum to: genesis + minted − burned, or `None`
+    /// when more was burned than ever existed.
+    pub fn expected(&self) -> Option<u128> {
+        (self.genesis.0 as u128 + self.minted.0 as u128).checked_sub(self.burned.0 as u128)
     }
 }
 
