@@ -417,6 +417,94 @@ fn devnet_status(globals: &Globals, dir: &std::path::Path) -> anyhow::Result<()>
     })
 }
 
+fn chaos(globals: &Globals, b: &peergrid_devnet::chaos::ChaosBench) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("cannot find the peergrid executable")?;
+    let dir = std::env::temp_dir().join(format!("peergrid-chaos-{}", std::process::id()));
+    eprintln!(
+        "4 validators and {} nodes on loopback, {} senders, faults for {:.1} min, seed {} …",
+        b.nodes,
+        b.senders,
+        b.duration.as_secs_f64() / 60.0,
+        b.seed
+    );
+    let report = crate::runtime()?.block_on(async {
+        tokio::select! {
+            r = peergrid_devnet::chaos::chaos(&exe, &dir, b) => r,
+            _ = crate::stop_requested() => Err(anyhow::anyhow!("the benchmark was stopped")),
+        }
+    });
+    // PEERGRID_BENCH_KEEP=1 keeps the devnet's data and logs, to look into a failed run.
+    if std::env::var_os("PEERGRID_BENCH_KEEP").is_some() {
+        eprintln!("kept the devnet's data and logs in {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let report = report?;
+    let failures = report.failures();
+    if globals.json {
+        output::json(&serde_json::json!({
+            "seed": b.seed,
+            "report": report,
+            "failures": failures,
+        }))?;
+    } else {
+        let r = &report;
+        output::table(
+            &["WHAT", "FIGURE"],
+            &[
+                vec!["faults for".into(), format!("{:.0} s", r.secs)],
+                vec![
+                    "transfers sent / finalized".into(),
+                    format!("{} / {}", r.sent, r.finalized),
+                ],
+                vec![
+                    "validators killed (SIGKILL)".into(),
+                    r.validators_killed.to_string(),
+                ],
+                vec![
+                    "validators frozen (SIGSTOP)".into(),
+                    r.validators_frozen.to_string(),
+                ],
+                vec!["nodes killed (SIGKILL)".into(), r.nodes_killed.to_string()],
+                vec!["restarts by the supervisor".into(), r.restarts.to_string()],
+                vec![
+                    "longest gap between finalized blocks".into(),
+                    format!("{} ms", r.max_finality_gap_ms),
+                ],
+                vec![
+                    "state roots at the end".into(),
+                    format!(
+                        "{} at height {}",
+                        if r.roots_agree { "equal" } else { "DIFFERENT" },
+                        r.height
+                    ),
+                ],
+                vec![
+                    "finalized transfers missing / twice".into(),
+                    format!("{} / {}", r.missing, r.duplicated),
+                ],
+                vec!["transfers refused".into(), r.refused.to_string()],
+                vec![
+                    "supply identity".into(),
+                    if r.supply_conserved {
+                        "holds".into()
+                    } else {
+                        "BROKEN".to_string()
+                    },
+                ],
+            ],
+        );
+    }
+    if !failures.is_empty() {
+        bail!(
+            "chaos run (seed {}) failed: {}",
+            b.seed,
+            failures.join("; ")
+        );
+    }
+    Ok(())
+}
+
 #[derive(Subcommand)]
 pub enum BenchCommand {
     /// Finality latency and finalized transfers per second of a 4-validator devnet on this machine.
@@ -448,6 +536,26 @@ pub enum BenchCommand {
         #[arg(long)]
         scheme: Option<peergrid_storage::Scheme>,
     },
+    /// Transfers under load while validators (at most f at a time) and nodes are killed,
+    /// frozen and restarted; then every validator's state root, each finalized transfer
+    /// exactly once, and the supply identity are checked. Starts its own devnet.
+    Chaos {
+        /// Minutes of faults.
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        /// Accounts sending transfers, each one at a time.
+        #[arg(long, default_value_t = 20)]
+        senders: usize,
+        /// Nodes to run and kill besides the four validators.
+        #[arg(long, default_value_t = 2)]
+        nodes: usize,
+        /// Seed of the fault schedule [default: from the clock; printed, to replay a run].
+        #[arg(long)]
+        seed: Option<u64>,
+        /// First port of the devnet.
+        #[arg(long, default_value_t = 9500)]
+        base_port: u16,
+    },
     /// Requests per second and p99 of the hello app on a running devnet's node, next to
     /// `wasmtime serve` on the same component; and deploy to first 200 OK.
     Compute(crate::bench_compute::ComputeBenchArgs),
@@ -459,6 +567,25 @@ pub fn bench(globals: &Globals, cmd: BenchCommand) -> anyhow::Result<()> {
             return crate::store::bench(globals, size, scheme);
         }
         BenchCommand::Compute(args) => return crate::bench_compute::bench(globals, args),
+        BenchCommand::Chaos {
+            minutes,
+            senders,
+            nodes,
+            seed,
+            base_port,
+        } => {
+            if !(minutes > 0.0 && minutes <= 24.0 * 60.0) {
+                bail!("--minutes must be above 0 and at most a day, not {minutes}");
+            }
+            let b = peergrid_devnet::chaos::ChaosBench {
+                duration: Duration::from_secs_f64(minutes * 60.0),
+                senders,
+                nodes,
+                seed: seed.unwrap_or_else(peergrid_devnet::chaos::clock_seed),
+                base_port,
+            };
+            return chaos(globals, &b);
+        }
         ledger => ledger,
     };
     let BenchCommand::Ledger {

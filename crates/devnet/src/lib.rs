@@ -13,6 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub mod bench;
+pub mod chaos;
 mod supervise;
 
 pub use supervise::{Backoff, Managed, ProcessStatus};
@@ -432,6 +433,11 @@ impl Supervisor {
     /// Each validator's process id, while it runs.
     pub fn validator_pids(&self) -> Vec<Option<u32>> {
         self.validators.iter().map(Managed::pid).collect()
+    }
+
+    /// Each node's process id, while it runs.
+    pub fn node_pids(&self) -> Vec<Option<u32>> {
+        self.nodes.iter().map(Managed::pid).collect()
     }
 
     /// Wait until blocks finalize, or fail after `timeout` with the validators' logs named.

@@ -1,0 +1,480 @@
+//! `peergrid bench chaos`: transfers under load on a devnet while validators (at most f at a
+//! time) and nodes are killed with SIGKILL, frozen with SIGSTOP and brought back; then the
+//! checks a ledger must pass after any of that.
+//!
+//! The checks: every validator ends at the same state root at the same height; every
+//! transfer a client saw finalized is in the chain exactly once; no transfer the ledger
+//! refused; and on every validator, genesis + minted − burned equals the sum of all
+//! balances.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use futures::StreamExt;
+use serde::Serialize;
+use serde_json::Value;
+
+use peergrid_client::{Client, TxStatus};
+use peergrid_core::{Amount, Keypair, Payload, SignedTx, TxHash};
+use peergrid_ledger::genesis::GenesisBalance;
+
+use crate::{Options, Supervisor};
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct ChaosBench {
+    /// How long the faults go on.
+    pub duration: Duration,
+    /// Accounts sending transfers, each one at a time.
+    pub senders: usize,
+    /// Nodes to run (and kill) besides the four validators.
+    pub nodes: usize,
+    /// Seed of the fault schedule; the same seed picks the same faults in the same order.
+    pub seed: u64,
+    /// First port of the devnet.
+    pub base_port: u16,
+}
+
+/// What happened and what the checks found.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ChaosReport {
+    /// Seconds of faults.
+    pub secs: f64,
+    /// Transfers signed and sent.
+    pub sent: usize,
+    /// Transfers the clients saw finalized.
+    pub finalized: usize,
+    /// Transfers the ledger refused (none should be).
+    pub refused: usize,
+    /// Processes killed with SIGKILL: validators, nodes.
+    pub validators_killed: usize,
+    /// Nodes killed with SIGKILL.
+    pub nodes_killed: usize,
+    /// Validators frozen with SIGSTOP for a few seconds.
+    pub validators_frozen: usize,
+    /// Restarts the supervisor made.
+    pub restarts: u32,
+    /// Longest time between two consecutive blocks (their ledger times), ms: an idle chain
+    /// rests 1 s, a dead leader's view costs its timeout.
+    pub max_finality_gap_ms: u64,
+    /// The height every validator was compared at.
+    pub height: u64,
+    /// Whether every validator had the same state root there.
+    pub roots_agree: bool,
+    /// Transfers seen finalized that are not in the chain.
+    pub missing: usize,
+    /// Transfers in the chain more than once.
+    pub duplicated: usize,
+    /// Whether the supply identity held on every validator.
+    pub supply_conserved: bool,
+}
+
+impl ChaosReport {
+    /// What failed, if anything.
+    pub fn failures(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.roots_agree {
+            out.push(format!(
+                "validators disagree on the state root at height {}",
+                self.height
+            ));
+        }
+        if self.missing > 0 {
+            out.push(format!(
+                "{} finalized transfers are missing from the chain",
+                self.missing
+            ));
+        }
+        if self.duplicated > 0 {
+            out.push(format!(
+                "{} transfers are in the chain twice",
+                self.duplicated
+            ));
+        }
+        if self.refused > 0 {
+            out.push(format!("{} transfers were refused", self.refused));
+        }
+        if !self.supply_conserved {
+            out.push("genesis + minted - burned differs from the sum of balances".into());
+        }
+        if self.finalized == 0 {
+            out.push("no transfer was finalized".into());
+        }
+        out
+    }
+}
+
+/// A small deterministic generator (xorshift64*): the fault schedule needs no more.
+struct Dice(u64);
+
+impl Dice {
+    fn new(seed: u64) -> Dice {
+        Dice(seed.max(1))
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n.max(1)
+    }
+}
+
+fn sender_key(i: usize) -> Keypair {
+    let mut seed = [0xc4u8; 32];
+    seed[..8].copy_from_slice(&(i as u64).to_le_bytes());
+    Keypair::from_seed(seed)
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status();
+}
+
+/// Transfers seen finalized, and refused, by the senders.
+#[derive(Default)]
+struct Seen {
+    finalized: HashSet<TxHash>,
+    refused: usize,
+    sent: usize,
+}
+
+/// One account's transfers, each sent, followed until final, and sent again (the same
+/// transaction: it can only apply once) to whichever validator answers when it goes
+/// missing, until `until`.
+async fn send_from(
+    client: Client,
+    key: Keypair,
+    chain: String,
+    to: peergrid_core::AccountId,
+    seen: Arc<Mutex<Seen>>,
+    until: Instant,
+) {
+    let mut nonce = 0;
+    while Instant::now() < until {
+        let tx = SignedTx::new(
+            &key,
+            &chain,
+            nonce,
+            Payload::Transfer {
+                to,
+                amount: Amount(1 + nonce),
+            },
+        );
+        let hash = tx.hash();
+        if let Ok(mut s) = seen.lock() {
+            s.sent += 1;
+        }
+        loop {
+            if Instant::now() > until + Duration::from_secs(30) {
+                tracing::warn!(%hash, "a chaos transfer was not finalized 30 s after the faults");
+                return;
+            }
+            let _ = client.submit(&tx).await;
+            match client.wait(&hash, Duration::from_secs(5)).await {
+                Ok(TxStatus::Finalized { .. }) => {
+                    if let Ok(mut s) = seen.lock() {
+                        s.finalized.insert(hash);
+                    }
+                    break;
+                }
+                Ok(TxStatus::Rejected { reason, .. }) => {
+                    tracing::warn!(%hash, %reason, "a chaos transfer was refused");
+                    if let Ok(mut s) = seen.lock() {
+                        s.refused += 1;
+                    }
+                    break;
+                }
+                // Lost with a validator that died before gossiping it, or still pending.
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+        nonce += 1;
+    }
+}
+
+/// Run the chaos benchmark in `dir` with processes started from `exe`.
+pub async fn chaos(exe: &Path, dir: &Path, b: &ChaosBench) -> anyhow::Result<ChaosReport> {
+    if b.senders == 0 {
+        bail!("--senders must be above zero");
+    }
+    let keys: Vec<Keypair> = (0..b.senders).map(sender_key).collect();
+    let extra: Vec<GenesisBalance> = keys
+        .iter()
+        .map(|k| GenesisBalance {
+            account: k.account(),
+            amount: Amount::tokens(1_000_000),
+        })
+        .collect();
+    let opts = Options {
+        dir: dir.to_path_buf(),
+        fresh: true,
+        validators: 4,
+        base_port: b.base_port,
+        nodes: b.nodes,
+        params: Vec::new(),
+    };
+    let genesis = crate::prepare_with(&opts, &extra)?;
+    let mut supervisor = Supervisor::start(&opts, &genesis, exe)?;
+    let result = run(exe, &mut supervisor, &genesis, &keys, b).await;
+    // Nothing stays frozen: a stopped process would not hear the request to stop.
+    let pids = supervisor
+        .validator_pids()
+        .into_iter()
+        .chain(supervisor.node_pids());
+    for pid in pids.flatten() {
+        signal(pid, "-CONT");
+    }
+    supervisor.stop();
+    result
+}
+
+async fn run(
+    exe: &Path,
+    supervisor: &mut Supervisor,
+    genesis: &peergrid_ledger::Genesis,
+    keys: &[Keypair],
+    b: &ChaosBench,
+) -> anyhow::Result<ChaosReport> {
+    supervisor.wait_finalizing(Duration::from_secs(60)).await?;
+    if b.nodes > 0 {
+        let farms = supervisor.ensure_farms().await?;
+        supervisor
+            .start_nodes(exe, &farms, b.nodes, Duration::from_secs(60))
+            .await?;
+    }
+    let apis = supervisor.running.apis.clone();
+    let start_height = Client::new(apis.clone()).status().await?.height;
+
+    // A follower measures the longest gap between consecutive blocks' times: how long the
+    // ledger went without finalizing, whichever validator the follower happens to read.
+    let gap = Arc::new(Mutex::new(0u64));
+    let follower = {
+        let (gap, apis) = (gap.clone(), apis.clone());
+        tokio::spawn(async move {
+            let client = Client::new(apis);
+            let mut blocks = client.events(start_height + 1);
+            let mut previous = None;
+            while let Some(block) = blocks.next().await {
+                if let (Some(p), Ok(mut g)) = (previous, gap.lock()) {
+                    *g = (*g).max(block.time_ms.saturating_sub(p));
+                }
+                previous = Some(block.time_ms);
+            }
+        })
+    };
+
+    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let start = Instant::now();
+    let until = start + b.duration;
+    let senders: Vec<_> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, key)| {
+            // Each sender starts at another validator, so the load is spread.
+            let mut urls = apis.clone();
+            urls.rotate_left(i % apis.len());
+            tokio::spawn(send_from(
+                Client::new(urls),
+                key.clone(),
+                genesis.chain_id.clone(),
+                keys[(i + 1) % keys.len()].account(),
+                seen.clone(),
+                until,
+            ))
+        })
+        .collect();
+
+    let mut report = ChaosReport::default();
+    let mut dice = Dice::new(b.seed);
+    // A validator counts as down from its fault until its API answers again.
+    let mut frozen: Vec<(u32, Instant)> = Vec::new();
+    let mut hit: HashMap<String, Instant> = HashMap::new();
+    let mut next_fault = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        for line in supervisor.tend()? {
+            tracing::info!("{line}");
+        }
+        let now = Instant::now();
+        frozen.retain(|(pid, thaw)| {
+            if now >= *thaw {
+                signal(*pid, "-CONT");
+                false
+            } else {
+                true
+            }
+        });
+        if now >= next_fault {
+            fault(
+                supervisor,
+                &apis,
+                &mut dice,
+                &mut frozen,
+                &mut hit,
+                &mut report,
+            )
+            .await;
+            next_fault = now + Duration::from_millis(2_000 + dice.below(3_000));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (pid, _) in frozen.drain(..) {
+        signal(pid, "-CONT");
+    }
+    report.secs = start.elapsed().as_secs_f64();
+    for s in senders {
+        let _ = s.await;
+    }
+
+    // Let every process come back, then compare the validators at one height.
+    let settle = Instant::now() + Duration::from_secs(60);
+    let height = loop {
+        for line in supervisor.tend()? {
+            tracing::info!("{line}");
+        }
+        let mut heights = Vec::new();
+        for api in &apis {
+            if let Ok(s) = Client::new(vec![api.clone()]).status().await {
+                heights.push(s.height);
+            }
+        }
+        if heights.len() == apis.len() {
+            let low = heights.iter().copied().min().unwrap_or(0);
+            if low > start_height {
+                break low;
+            }
+        }
+        if Instant::now() > settle {
+            bail!(
+                "after the faults, only {} of {} validators answered within 60 s",
+                heights.len(),
+                apis.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    follower.abort();
+    report.height = height;
+    report.restarts = supervisor.processes().iter().map(|p| p.restarts).sum();
+    report.max_finality_gap_ms = gap.lock().map(|g| *g).unwrap_or(0);
+
+    let mut roots = HashSet::new();
+    let mut conserved = true;
+    for api in &apis {
+        let client = Client::new(vec![api.clone()]);
+        roots.insert(client.block(height).await?.root);
+        let economy: Value = client.get("/v1/economy").await?;
+        conserved &= economy["data"]["supply"]["conserved"] == Value::Bool(true);
+    }
+    report.roots_agree = roots.len() == 1;
+    report.supply_conserved = conserved;
+
+    // Every transfer of the run, counted in every block from genesis to the compared height.
+    let seen = std::mem::take(&mut *seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+    let senders: HashSet<_> = keys.iter().map(Keypair::account).collect();
+    let mut counts: HashMap<TxHash, usize> = HashMap::new();
+    let client = Client::new(apis.clone());
+    let mut blocks = client.events(1);
+    while let Some(block) = tokio::time::timeout(Duration::from_secs(30), blocks.next())
+        .await
+        .context("the chain's blocks could not be read back within 30 s")?
+    {
+        for tx in block.txs.iter().filter(|t| senders.contains(&t.signer)) {
+            *counts.entry(tx.hash).or_default() += 1;
+        }
+        if block.height >= height {
+            break;
+        }
+    }
+    report.sent = seen.sent;
+    report.finalized = seen.finalized.len();
+    report.refused = seen.refused;
+    report.missing = seen
+        .finalized
+        .iter()
+        .filter(|h| !counts.contains_key(h))
+        .count();
+    report.duplicated = counts.values().filter(|&&n| n > 1).count();
+    Ok(report)
+}
+
+/// The next fault in turn: kill a validator, freeze one (each only while none is down: f = 1
+/// of 4), or kill a node.
+/// A process hit in the last 10 s is left alone, so the supervisor's backoff, not the
+/// schedule, decides when it returns.
+async fn fault(
+    supervisor: &Supervisor,
+    apis: &[String],
+    dice: &mut Dice,
+    frozen: &mut Vec<(u32, Instant)>,
+    hit: &mut HashMap<String, Instant>,
+    report: &mut ChaosReport,
+) {
+    let now = Instant::now();
+    let rested = |name: &str, hit: &HashMap<String, Instant>| {
+        hit.get(name)
+            .is_none_or(|t| now.duration_since(*t) > Duration::from_secs(10))
+    };
+    let nodes = supervisor.node_pids();
+    // The kinds take turns, so even a short run has each; targets and lengths are random.
+    let kinds = if nodes.is_empty() { 2 } else { 3 };
+    let kind = (report.validators_killed + report.validators_frozen + report.nodes_killed) % kinds;
+    if kind == 2 {
+        let i = dice.below(nodes.len() as u64) as usize;
+        let name = format!("node {i}");
+        if let (Some(pid), true) = (nodes[i], rested(&name, hit)) {
+            tracing::info!("chaos: SIGKILL {name}");
+            signal(pid, "-KILL");
+            hit.insert(name, now);
+            report.nodes_killed += 1;
+        }
+        return;
+    }
+    // At most one validator down: every one must answer, none frozen, before the next.
+    if !frozen.is_empty() {
+        return;
+    }
+    for api in apis {
+        let answered = tokio::time::timeout(
+            Duration::from_secs(1),
+            Client::new(vec![api.clone()]).status(),
+        )
+        .await;
+        if !matches!(answered, Ok(Ok(_))) {
+            return;
+        }
+    }
+    let pids = supervisor.validator_pids();
+    let i = dice.below(pids.len() as u64) as usize;
+    let name = format!("validator {i}");
+    let Some(pid) = pids[i] else {
+        return;
+    };
+    if !rested(&name, hit) {
+        return;
+    }
+    if kind == 0 {
+        tracing::info!("chaos: SIGKILL {name}");
+        signal(pid, "-KILL");
+        report.validators_killed += 1;
+    } else {
+        let secs = 2 + dice.below(4);
+        tracing::info!("chaos: SIGSTOP {name} for {secs} s");
+        signal(pid, "-STOP");
+        frozen.push((pid, now + Duration::from_secs(secs)));
+        report.validators_frozen += 1;
+    }
+    hit.insert(name, now);
+}
+
+/// A seed from the clock, for runs not told one.
+pub fn clock_seed() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+}
