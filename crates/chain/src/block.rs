@@ -106,9 +106,12 @@ impl Read for Block {
         if count > BLOCK_TXS_MAX {
             return Err(CodecError::InvalidLength(count));
         }
-        let mut txs = Vec::with_capacity(count);
-        let mut encoded = Vec::with_capacity(count);
-        let mut hashes = Vec::with_capacity(count);
+        // The count is the sender's word: reserve only what the bytes present can hold (a
+        // transaction takes at least its 4-byte length), not what a 52-byte header claims.
+        let room = count.min(buf.remaining() / 4);
+        let mut txs = Vec::with_capacity(room);
+        let mut encoded = Vec::with_capacity(room);
+        let mut hashes = Vec::with_capacity(room);
         let mut total = 0usize;
         for _ in 0..count {
             if buf.remaining() < 4 {

@@ -672,11 +672,11 @@ pub fn bench(globals: &Globals, cmd: BenchCommand) -> anyhow::Result<()> {
         );
         println!(
             "{:<48} {:>14} {:>30}",
-            "ledger::vote_journals/validator (max of 4)",
+            "ledger::pruned_stores/validator (max of 4)",
             peergrid_core::capacity::human_bytes(
-                idle.vote_journal_bytes.iter().copied().max().unwrap_or(0)
+                idle.pruned_store_bytes.iter().copied().max().unwrap_or(0)
             ),
-            "pruned past 256 views"
+            "bounded: pruned past 256 views"
         );
         println!(
             "{:<48} {:>11.0} ms {:>30}",

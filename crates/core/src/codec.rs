@@ -54,3 +54,21 @@ pub fn decode<T: BorshDeserialize>(
         reason: e.to_string(),
     })
 }
+
+/// `bytes` damaged the way fuzz tests damage a valid encoding: each `(at, byte)` of
+/// `edits` overwrites the byte at `at` (modulo the length), then the result is cut to
+/// `keep` bytes if given, then `extra` is appended.
+pub fn damaged(bytes: &[u8], edits: &[(usize, u8)], keep: Option<usize>, extra: &[u8]) -> Vec<u8> {
+    let mut out = bytes.to_vec();
+    if !out.is_empty() {
+        for &(at, byte) in edits {
+            let i = at % out.len();
+            out[i] = byte;
+        }
+    }
+    if let Some(keep) = keep {
+        out.truncate(keep);
+    }
+    out.extend_from_slice(extra);
+    out
+}

@@ -42,11 +42,12 @@ pub struct IdleReport {
     pub blocks_per_sec: f64,
     /// CPU used by each validator process, percent of one core.
     pub cpu_percent: Vec<f64>,
-    /// Growth of each validator's data folder, bytes per day at the watched rate, without
-    /// its vote journals (which simplex prunes past its view retention).
+    /// Growth of what each validator keeps (finalized blocks and certificates, ledger,
+    /// receipts), bytes per day at the watched rate.
     pub disk_bytes_per_day: Vec<f64>,
-    /// Each validator's vote journals at the end, bytes: bounded, not growth.
-    pub vote_journal_bytes: Vec<u64>,
+    /// Each validator's pruned stores at the end, bytes: simplex's vote journals and
+    /// marshal's caches, pruned by view past their retention, so bounded, not growth.
+    pub pruned_store_bytes: Vec<u64>,
     /// Finality of a lone transfer sent while the chain rests, median, ms.
     pub rested_latency_p50_ms: f64,
     /// The same, the slowest of the samples, ms.
@@ -330,7 +331,7 @@ async fn idle(
         .zip(&disk0)
         .map(|((after, _), (before, _))| (*after as f64 - *before as f64) / elapsed * 86_400.0)
         .collect();
-    let vote_journal_bytes = disk1.iter().map(|(_, journals)| *journals).collect();
+    let pruned_store_bytes = disk1.iter().map(|(_, pruned)| *pruned).collect();
 
     let rest = genesis.params.idle_block_ms;
     let mut lat = Vec::new();
@@ -372,7 +373,7 @@ async fn idle(
         blocks_per_sec: h1.saturating_sub(h0) as f64 / elapsed,
         cpu_percent,
         disk_bytes_per_day,
-        vote_journal_bytes,
+        pruned_store_bytes,
         rested_latency_p50_ms: percentile(&lat, 0.5),
         rested_latency_max_ms: lat.last().copied().unwrap_or(f64::NAN),
     })
@@ -402,10 +403,11 @@ fn clock_ticks_per_sec() -> f64 {
 }
 
 /// Bytes of the files under a validator's data folder `dir`: those kept, and those of the
-/// vote journals (`<partition>-consensus-<epoch>`, one file of whole pages per view, pruned
-/// once the view is past retention).
+/// stores pruned by view: the vote journals (`<partition>-consensus-<epoch>`, a file of
+/// whole pages per view) and marshal's caches (`<partition>-cache-cache-<epoch>-…`), both
+/// dropped once past their retention or their epoch.
 fn dir_bytes(dir: &Path) -> (u64, u64) {
-    fn walk(dir: &Path, journal: bool, sums: &mut (u64, u64)) {
+    fn walk(dir: &Path, pruned: bool, sums: &mut (u64, u64)) {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return;
         };
@@ -413,12 +415,14 @@ fn dir_bytes(dir: &Path) -> (u64, u64) {
             match e.file_type() {
                 Ok(t) if t.is_dir() => {
                     let name = e.file_name();
-                    let journal = journal || name.to_string_lossy().contains("-consensus-");
-                    walk(&e.path(), journal, sums);
+                    let name = name.to_string_lossy();
+                    let pruned =
+                        pruned || name.contains("-consensus-") || name.contains("-cache-cache-");
+                    walk(&e.path(), pruned, sums);
                 }
                 _ => {
                     let len = e.metadata().map(|m| m.len()).unwrap_or(0);
-                    if journal {
+                    if pruned {
                         sums.1 += len;
                     } else {
                         sums.0 += len;

@@ -182,4 +182,33 @@ mod tests {
             ));
         });
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2_000))]
+
+        /// Whatever a peer sends as a frame, reading it answers without panicking, and a body
+        /// handed on is never larger than the limit of its kind.
+        #[test]
+        fn any_bytes_read_as_frames_stay_within_their_limits(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            max in 0usize..512,
+        ) {
+            futures::executor::block_on(async {
+                let mut read = Cursor::new(bytes.clone());
+                if let Ok((status, body)) = read_response(&mut read, max).await {
+                    let limit = if status == Status::Ok { max } else { REASON_BYTES_MAX };
+                    proptest::prop_assert!(body.len() <= limit);
+                    proptest::prop_assert_eq!(&body[..], &bytes[5..5 + body.len()]);
+                }
+                let mut read = Cursor::new(bytes.clone());
+                if let Ok(len) = read_request_len(&mut read, max).await {
+                    proptest::prop_assert!(len <= max);
+                    if let Ok(body) = read_body(&mut read, len).await {
+                        proptest::prop_assert_eq!(&body[..], &bytes[4..4 + len]);
+                    }
+                }
+                Ok(())
+            })?;
+        }
+    }
 }
