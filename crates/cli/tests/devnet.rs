@@ -331,7 +331,8 @@ fn a_newcomer_runs_a_devnet_and_sends_a_transfer_that_finalizes() {
     let (_, got) = json(home, &["wallet", "balance", receiver]);
     assert_eq!(got["balance"], "2.5");
 
-    // Every validator answers the same state root at the same height.
+    // Every validator answers, and all finalized the same state root at the height they
+    // all reached.
     let (_, s) = json(home, &["devnet", "status"]);
     let heights: Vec<_> = s["validators"]
         .as_array()
@@ -341,6 +342,21 @@ fn a_newcomer_runs_a_devnet_and_sends_a_transfer_that_finalizes() {
         .collect();
     assert!(heights.iter().all(|h| h.is_some()));
     assert_ne!(&s["validators"][0]["root"], root, "the state moved on");
+    let low = heights.iter().flatten().min().copied().expect("a height");
+    let roots: std::collections::HashSet<String> = (0..4)
+        .map(|i| {
+            let url = format!("http://127.0.0.1:{}/v1/blocks/{low}", base_port + i);
+            let (code, body) = common::get(&url).expect("validator answers");
+            assert_eq!(code, 200, "{url}: {body}");
+            let block: Value = serde_json::from_str(&body).expect("a block");
+            block["root"].to_string()
+        })
+        .collect();
+    assert_eq!(
+        roots.len(),
+        1,
+        "validators disagree at height {low}: {roots:?}"
+    );
 
     // A validator and a node killed outright (SIGKILL): the devnet starts them again and
     // finalizes meanwhile, three validators of four being a quorum.

@@ -335,9 +335,8 @@ impl Client {
             .map_err(|e| bad(format!("the proven entry does not decode: {e}")))?;
         let mut confirmed_by = 0;
         for url in &self.urls {
-            let one = Client::new(vec![url.clone()]);
             // A validator that has not stored that block yet neither confirms nor denies.
-            let Ok(block) = one.block(answer.height).await else {
+            let Ok(block) = self.block_from(url, answer.height).await else {
                 continue;
             };
             if block.root != answer.root {
@@ -349,11 +348,43 @@ impl Client {
             }
             confirmed_by += 1;
         }
+        // A proof against a root no validator vouches for proves nothing: the answering
+        // validator could have made the root up along with the entry.
+        if confirmed_by == 0 {
+            return Err(bad(format!(
+                "no validator confirmed the state root {} at height {}, not even the one that                  answered: the proof proves nothing; try again, or ask other validators",
+                answer.root, answer.height
+            )));
+        }
         Ok(Proven {
             height: answer.height,
             root: answer.root,
             value,
             confirmed_by,
+        })
+    }
+
+    /// Finalized block `height` as the validator at `url` alone has it.
+    async fn block_from(&self, url: &str, height: u64) -> Result<FinalizedBlock, ClientError> {
+        let response = self
+            .http
+            .get(format!("{url}/v1/blocks/{height}"))
+            .send()
+            .await
+            .map_err(|e| ClientError::Unreachable {
+                tried: url.to_string(),
+                last: causes(&e),
+            })?;
+        if !response.status().is_success() {
+            return Err(ClientError::Refused {
+                status: response.status().as_u16(),
+                kind: "block".into(),
+                message: format!("{url} has no block {height}"),
+            });
+        }
+        response.json().await.map_err(|e| ClientError::Protocol {
+            url: url.to_string(),
+            reason: causes(&e),
         })
     }
 

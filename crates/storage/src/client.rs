@@ -1332,7 +1332,9 @@ impl Storage {
                     None => Err(format!(
                         "node {node} no longer holds a contract of the owner"
                     )),
-                    Some(p) => match wire::audit(&self.mesh, p, id, leaf).await {
+                    // A broken stream is asked again: only the node's answer, or its
+                    // refusal, is evidence about the shard.
+                    Some(p) => match retrying(|| wire::audit(&self.mesh, p, id, leaf)).await {
                         Ok(true) => Ok(()),
                         Ok(false) => {
                             Err(format!("node {node} answered a wrong proof for shard {id}"))
@@ -1575,11 +1577,25 @@ impl Storage {
 /// rather than being refused: under many parallel streams a connection can close under
 /// one of them while the node is fine.
 async fn get_retrying(mesh: &Mesh, peer: PeerId, id: Hash, len: u64) -> Result<Vec<u8>, WireError> {
+    retrying(|| wire::get(mesh, peer, id, len)).await
+}
+
+/// `exchange` again when the stream broke under it (not when the node refused, answered or
+/// let a deadline pass): twice, after 100 and 300 ms. A broken exchange says nothing about
+/// the shard, only about the muxer, which drops a stream now and then under many parallel
+/// ones; a node too slow to answer is not made slower to give up on.
+async fn retrying<T, F, Fut>(exchange: F) -> Result<T, WireError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, WireError>>,
+{
     let mut pause = Duration::from_millis(100);
     let mut tries = 0;
     loop {
-        match wire::get(mesh, peer, id, len).await {
-            Err(WireError::Io { .. }) if tries < 2 => {
+        match exchange().await {
+            Err(WireError::Io {
+                timed_out: false, ..
+            }) if tries < 2 => {
                 tries += 1;
                 tokio::time::sleep(pause).await;
                 pause *= 3;

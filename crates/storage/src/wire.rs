@@ -161,6 +161,9 @@ pub enum WireError {
         peer: PeerId,
         /// What happened.
         reason: String,
+        /// Whether it was a deadline that passed (the node is slow or frozen), rather than
+        /// the stream breaking.
+        timed_out: bool,
     },
     /// The node answered something that does not fit the request.
     #[error("{peer} answered {answer} to a {asked} request")]
@@ -323,6 +326,7 @@ async fn exchange(
     let io = |e: std::io::Error| WireError::Io {
         peer,
         reason: e.to_string(),
+        timed_out: e.kind() == std::io::ErrorKind::TimedOut,
     };
     deadline(
         HEADER_TIMEOUT,
@@ -384,6 +388,7 @@ pub async fn put(
     let io = |e: std::io::Error| WireError::Io {
         peer,
         reason: e.to_string(),
+        timed_out: e.kind() == std::io::ErrorKind::TimedOut,
     };
     write_data(&mut stream, bytes).await.map_err(io)?;
     // The node hashes and syncs the shard before it answers.
@@ -422,6 +427,7 @@ pub async fn get(mesh: &Mesh, peer: PeerId, id: Hash, len_max: u64) -> Result<Ve
         .map_err(|e| WireError::Io {
             peer,
             reason: e.to_string(),
+            timed_out: e.kind() == std::io::ErrorKind::TimedOut,
         })?;
     if got != id {
         return Err(WireError::Corrupt { peer, id });
