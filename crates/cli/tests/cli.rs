@@ -439,6 +439,33 @@ fn usage_errors_exit_with_2() {
 }
 
 #[test]
+fn a_machine_without_certificate_authorities_still_talks_plain_http() {
+    // A minimal container may have no CA certificates: https:// cannot be trusted there, but
+    // the client must not fail to start, and a plain http:// ledger is still reached.
+    let sb = Sandbox::new();
+    let empty = sb.path("empty-ca");
+    std::fs::create_dir_all(&empty).expect("dir");
+    let none = sb.path("none.pem");
+    std::fs::write(&none, "").expect("file");
+    let out = sb
+        .command(&["--ledger", "http://127.0.0.1:1", "farm", "list"])
+        .env("SSL_CERT_FILE", &none)
+        .env("SSL_CERT_DIR", &empty)
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("no validator answered at http://127.0.0.1:1"),
+        "{err}"
+    );
+    assert!(
+        err.contains("certificate authorities cannot be used"),
+        "{err}"
+    );
+}
+
+#[test]
 fn key_flag_overrides_the_home() {
     let sb = Sandbox::new();
     let elsewhere: &Path = &sb.path("other/key.json");

@@ -157,7 +157,24 @@ impl Client {
             .into_iter()
             .map(|u| u.trim_end_matches('/').to_string())
             .collect();
-        let (http, streaming) = http_clients(Vec::new()).unwrap_or_default();
+        let (http, streaming) = http_clients(Vec::new()).unwrap_or_else(|e| {
+            // Only TLS set-up can fail, and without roots it has nothing to load; should it
+            // fail anyway, plain HTTP must still work.
+            warn!("cannot set up TLS for https:// validators: {}", causes(&e));
+            let plain = || reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT);
+            (
+                plain()
+                    .timeout(Duration::from_secs(10))
+                    .tls_certs_only(Vec::new())
+                    .build()
+                    .unwrap_or_else(|_| reqwest::Client::new()),
+                plain()
+                    .read_timeout(EVENTS_SILENCE_MAX)
+                    .tls_certs_only(Vec::new())
+                    .build()
+                    .unwrap_or_else(|_| reqwest::Client::new()),
+            )
+        });
         Client {
             urls,
             http,
@@ -735,21 +752,38 @@ fn causes(e: &dyn std::error::Error) -> String {
 }
 
 /// The HTTP clients for calls (each with a deadline) and for the event stream (a deadline per
-/// read), trusting `roots` besides the system's certificate authorities.
+/// read), trusting `roots` besides the system's certificate authorities. Where the system
+/// has none to load (a minimal container), only `roots` are trusted, with a warning: plain
+/// `http://` validators must still work there.
 fn http_clients(
     roots: Vec<reqwest::Certificate>,
 ) -> Result<(reqwest::Client, reqwest::Client), reqwest::Error> {
-    let calls = reqwest::Client::builder()
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(Duration::from_secs(10))
-        .tls_certs_merge(roots.clone())
+    let with = |roots: Vec<reqwest::Certificate>, only: bool| {
+        let tls = |b: reqwest::ClientBuilder| {
+            if only {
+                b.tls_certs_only(roots.clone())
+            } else {
+                b.tls_certs_merge(roots.clone())
+            }
+        };
+        let calls = tls(reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(Duration::from_secs(10)))
         .build()?;
-    let streaming = reqwest::Client::builder()
-        .connect_timeout(CONNECT_TIMEOUT)
-        .read_timeout(EVENTS_SILENCE_MAX)
-        .tls_certs_merge(roots)
+        let streaming = tls(reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(EVENTS_SILENCE_MAX))
         .build()?;
-    Ok((calls, streaming))
+        Ok((calls, streaming))
+    };
+    with(roots.clone(), false).or_else(|e: reqwest::Error| {
+        warn!(
+            "the system's certificate authorities cannot be used ({}): https:// validators \
+             are trusted only through --ledger-ca",
+            causes(&e)
+        );
+        with(roots, true)
+    })
 }
 
 /// Longest silence on the event stream before the validator counts as stalled: the API sends
