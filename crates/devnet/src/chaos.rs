@@ -103,6 +103,13 @@ impl ChaosReport {
         if self.finalized == 0 {
             out.push("no transfer was finalized".into());
         }
+        let settled = self.finalized + self.refused;
+        if self.sent > settled {
+            out.push(format!(
+                "{} transfers were never finalized, though sent again for 30 s after the faults",
+                self.sent - settled
+            ));
+        }
         out
     }
 }
