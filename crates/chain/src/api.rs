@@ -947,9 +947,8 @@ mod tests {
         )
     }
 
-    #[tokio::test]
-    async fn a_farms_receipts_of_a_period_are_paged_past_the_default_limit() {
-        let shared = big_farm(250);
+    /// The API over `shared` on a free loopback port; its base URL.
+    async fn serve(shared: Arc<Shared>) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -959,6 +958,13 @@ mod tests {
             gossip: None,
         });
         tokio::spawn(async move { axum::serve(listener, app).await });
+        base
+    }
+
+    #[tokio::test]
+    async fn a_farms_receipts_of_a_period_are_paged_past_the_default_limit() {
+        let shared = big_farm(250);
+        let base = serve(shared).await;
         let get = |path: String| {
             let url = format!("{base}{path}");
             async move {
@@ -1005,15 +1011,7 @@ mod tests {
     #[tokio::test]
     async fn every_error_is_json_that_says_what_to_send_and_the_supply_adds_up() {
         let shared = big_farm(3);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("addr"));
-        let app = router(Api {
-            shared,
-            gossip: None,
-        });
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let base = serve(shared).await;
         let http = reqwest::Client::new();
         let cases = [
             ("GET", "/v1/blocks/abc", 400, "bad_request", "abc"),
@@ -1067,16 +1065,8 @@ mod tests {
     #[tokio::test]
     async fn status_and_the_epoch_route_show_the_validator_set_in_force() {
         let shared = big_farm(1);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("addr"));
         let validator = shared.genesis.validators[0].account;
-        let app = router(Api {
-            shared,
-            gossip: None,
-        });
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let base = serve(shared).await;
         let get = |path: &str| {
             let url = format!("{base}{path}");
             async move { reqwest::get(url).await.expect("get") }

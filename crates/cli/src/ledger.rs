@@ -417,6 +417,27 @@ fn devnet_status(globals: &Globals, dir: &std::path::Path) -> anyhow::Result<()>
     })
 }
 
+/// Run `bench`, a benchmark on its own devnet in `dir`, until it ends or Ctrl-C/SIGTERM;
+/// then remove `dir` unless PEERGRID_BENCH_KEEP=1 asks to keep its data and logs, to look
+/// into a slow or failed run. Stopped early, the bench's devnet is dropped, which stops it.
+fn in_scratch_devnet<T>(
+    dir: &std::path::Path,
+    bench: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    let result = crate::runtime()?.block_on(async {
+        tokio::select! {
+            r = bench => r,
+            _ = crate::stop_requested() => Err(anyhow::anyhow!("the benchmark was stopped")),
+        }
+    });
+    if std::env::var_os("PEERGRID_BENCH_KEEP").is_some() {
+        eprintln!("kept the devnet's data and logs in {}", dir.display());
+    } else {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    result
+}
+
 fn chaos(globals: &Globals, b: &peergrid_devnet::chaos::ChaosBench) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the peergrid executable")?;
     let dir = std::env::temp_dir().join(format!("peergrid-chaos-{}", std::process::id()));
@@ -427,19 +448,7 @@ fn chaos(globals: &Globals, b: &peergrid_devnet::chaos::ChaosBench) -> anyhow::R
         b.duration.as_secs_f64() / 60.0,
         b.seed
     );
-    let report = crate::runtime()?.block_on(async {
-        tokio::select! {
-            r = peergrid_devnet::chaos::chaos(&exe, &dir, b) => r,
-            _ = crate::stop_requested() => Err(anyhow::anyhow!("the benchmark was stopped")),
-        }
-    });
-    // PEERGRID_BENCH_KEEP=1 keeps the devnet's data and logs, to look into a failed run.
-    if std::env::var_os("PEERGRID_BENCH_KEEP").is_some() {
-        eprintln!("kept the devnet's data and logs in {}", dir.display());
-    } else {
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-    let report = report?;
+    let report = in_scratch_devnet(&dir, peergrid_devnet::chaos::chaos(&exe, &dir, b))?;
     let failures = report.failures();
     if globals.json {
         output::json(&serde_json::json!({
@@ -613,20 +622,7 @@ pub fn bench(globals: &Globals, cmd: BenchCommand) -> anyhow::Result<()> {
     eprintln!(
         "4 validators on loopback, {txs} signed transfers from {accounts} accounts offered at {rate}/s …"
     );
-    // Stopped early, the bench's devnet is dropped, which stops its validators.
-    let report = crate::runtime()?.block_on(async {
-        tokio::select! {
-            r = peergrid_devnet::bench::ledger(&exe, &dir, &b) => r,
-            _ = crate::stop_requested() => Err(anyhow::anyhow!("the benchmark was stopped")),
-        }
-    });
-    // PEERGRID_BENCH_KEEP=1 keeps the validators' data and logs, to look into a slow run.
-    if std::env::var_os("PEERGRID_BENCH_KEEP").is_some() {
-        eprintln!("kept the devnet's data and logs in {}", dir.display());
-    } else {
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-    let report = report?;
+    let report = in_scratch_devnet(&dir, peergrid_devnet::bench::ledger(&exe, &dir, &b))?;
     if globals.json {
         return output::json(&report);
     }

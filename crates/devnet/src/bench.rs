@@ -12,7 +12,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use peergrid_client::Client;
-use peergrid_core::{Amount, Keypair, Payload, SignedTx, TxHash};
+use peergrid_core::{AccountId, Amount, Keypair, Payload, SignedTx, TxHash};
 use peergrid_ledger::genesis::GenesisBalance;
 use peergrid_ledger::{BlockContext, Genesis, Ledger, MemoryStore};
 
@@ -158,18 +158,18 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-/// Run the benchmark in `dir` with validators started from `exe`.
-pub async fn ledger(exe: &Path, dir: &Path, b: &LedgerBench) -> anyhow::Result<LedgerReport> {
-    if b.accounts == 0 || b.txs == 0 || b.rate == 0 {
-        bail!("accounts, transfers and rate must all be above zero");
-    }
-    let keys: Vec<Keypair> = (0..b.accounts).map(bench_key).collect();
-    // One more account, for the lone transfers sent at rest, so the load's nonces stay its own.
-    let extra: Vec<GenesisBalance> = keys
-        .iter()
-        .chain([&bench_key(b.accounts)])
-        .map(|k| GenesisBalance {
-            account: k.account(),
+/// A fresh four-validator devnet in `dir` with `nodes` nodes, where each account of `funded`
+/// holds a million tokens at genesis: what a benchmark starts from.
+pub(crate) fn prepare_funded(
+    dir: &Path,
+    base_port: u16,
+    nodes: usize,
+    funded: impl IntoIterator<Item = AccountId>,
+) -> anyhow::Result<(Options, Genesis)> {
+    let extra: Vec<GenesisBalance> = funded
+        .into_iter()
+        .map(|account| GenesisBalance {
+            account,
             amount: Amount::tokens(1_000_000),
         })
         .collect();
@@ -177,11 +177,26 @@ pub async fn ledger(exe: &Path, dir: &Path, b: &LedgerBench) -> anyhow::Result<L
         dir: dir.to_path_buf(),
         fresh: true,
         validators: 4,
-        base_port: b.base_port,
-        nodes: 0,
+        base_port,
+        nodes,
         params: Vec::new(),
     };
     let genesis = crate::prepare_with(&opts, &extra)?;
+    Ok((opts, genesis))
+}
+
+/// Run the benchmark in `dir` with validators started from `exe`.
+pub async fn ledger(exe: &Path, dir: &Path, b: &LedgerBench) -> anyhow::Result<LedgerReport> {
+    if b.accounts == 0 || b.txs == 0 || b.rate == 0 {
+        bail!("accounts, transfers and rate must all be above zero");
+    }
+    let keys: Vec<Keypair> = (0..b.accounts).map(bench_key).collect();
+    // One more account, for the lone transfers sent at rest, so the load's nonces stay its own.
+    let funded = keys
+        .iter()
+        .map(Keypair::account)
+        .chain([bench_key(b.accounts).account()]);
+    let (opts, genesis) = prepare_funded(dir, b.base_port, 0, funded)?;
     let txs = presign(&keys, &genesis, b.txs);
     let apply_per_sec = apply_rate(&genesis, &txs)?;
 

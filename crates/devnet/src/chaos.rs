@@ -19,9 +19,8 @@ use serde_json::Value;
 
 use peergrid_client::{Client, TxStatus};
 use peergrid_core::{Amount, Keypair, Payload, SignedTx, TxHash};
-use peergrid_ledger::genesis::GenesisBalance;
 
-use crate::{Options, Supervisor};
+use crate::Supervisor;
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -210,22 +209,8 @@ pub async fn chaos(exe: &Path, dir: &Path, b: &ChaosBench) -> anyhow::Result<Cha
         bail!("--senders must be above zero");
     }
     let keys: Vec<Keypair> = (0..b.senders).map(sender_key).collect();
-    let extra: Vec<GenesisBalance> = keys
-        .iter()
-        .map(|k| GenesisBalance {
-            account: k.account(),
-            amount: Amount::tokens(1_000_000),
-        })
-        .collect();
-    let opts = Options {
-        dir: dir.to_path_buf(),
-        fresh: true,
-        validators: 4,
-        base_port: b.base_port,
-        nodes: b.nodes,
-        params: Vec::new(),
-    };
-    let genesis = crate::prepare_with(&opts, &extra)?;
+    let funded = keys.iter().map(Keypair::account);
+    let (opts, genesis) = crate::bench::prepare_funded(dir, b.base_port, b.nodes, funded)?;
     let mut supervisor = Supervisor::start(&opts, &genesis, exe)?;
     let result = run(exe, &mut supervisor, &genesis, &keys, b).await;
     // Nothing stays frozen: a stopped process would not hear the request to stop.
