@@ -6,24 +6,32 @@
 //! without trusting this validator; the root itself it compares with another
 //! validator's block at that height. `/openapi.json` describes every route.
 
+use peergrid_core::now_ms;
 use std::convert::Infallible;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::Stream;
 use futures::channel::mpsc;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use utoipa::{IntoParams, OpenApi};
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 use peergrid_core::tx::TX_BYTES_MAX;
 use peergrid_core::{AccountId, Amount, Hash, SignedTx};
-use peergrid_ledger::commitment::StateProof;
+use peergrid_types::api::{
+    AccountView, BatchError, BatchSubmitted, Bills, EconomyView, NodeView, Period, Receipts,
+    Status, Submitted, SupplyCheck, TxAnswer, Vote,
+};
+use peergrid_types::proof::StateProof;
+use peergrid_types::records::{Contract, Farm, Proposal, RewardReceipt, ValidatorSet};
+use peergrid_types::{AtHeight, Page};
 
 use crate::mempool::MempoolError;
 use crate::shared::{FinalizedBlock, Shared};
@@ -90,47 +98,66 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (
             self.status,
-            Json(json!({ "error": self.kind, "message": self.message })),
+            Json(peergrid_types::ApiError {
+                error: self.kind.to_string(),
+                message: self.message,
+            }),
         )
             .into_response()
     }
 }
 
-type ApiResult = Result<Json<Value>, ApiError>;
+/// A read's answer: the value with the height and root it was read at.
+type ApiResult<T> = Result<Json<AtHeight<T>>, ApiError>;
+
+/// The API's title and version; the paths come from the handlers.
+#[derive(utoipa::OpenApi)]
+#[openapi(info(
+    title = "peergrid ledger API",
+    description = "Every validator serves it. Reads answer from the latest finalized state with the height and state root they were read at; every error is `{\"error\": kind, \"message\": what to do}`."
+))]
+struct Doc;
+
+/// Every route, each registered with the handler whose `#[utoipa::path]` documents it: a
+/// route cannot be served undocumented, nor documented with other parameters than its
+/// handler reads.
+fn api_routes() -> OpenApiRouter<Api> {
+    OpenApiRouter::with_openapi(Doc::openapi())
+        .routes(routes!(status))
+        .routes(routes!(submit).layer(DefaultBodyLimit::max(2 * TX_BYTES_MAX + 1024)))
+        .routes(routes!(submit_batch).layer(DefaultBodyLimit::max(BATCH_BYTES_MAX)))
+        .routes(routes!(tx_status))
+        .routes(routes!(account))
+        .routes(routes!(farms))
+        .routes(routes!(farm))
+        .routes(routes!(nodes))
+        .routes(routes!(node))
+        .routes(routes!(contracts))
+        .routes(routes!(contract))
+        .routes(routes!(bills))
+        .routes(routes!(farm_receipts))
+        .routes(routes!(node_receipt))
+        .routes(routes!(votes))
+        .routes(routes!(economy))
+        .routes(routes!(proposals))
+        .routes(routes!(proposal))
+        .routes(routes!(block))
+        .routes(routes!(epoch_validators))
+        .routes(routes!(events))
+        .routes(routes!(health))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi))
+}
+
+/// Every route with its parameters and answers, as OpenAPI 3.1, generated from the handlers.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    api_routes().into_openapi()
+}
 
 /// The router with every route.
 pub fn router(api: Api) -> Router {
-    Router::new()
-        .route("/v1/status", get(status))
-        .route(
-            "/v1/tx",
-            post(submit).layer(DefaultBodyLimit::max(2 * TX_BYTES_MAX + 1024)),
-        )
-        .route(
-            "/v1/txs",
-            post(submit_batch).layer(DefaultBodyLimit::max(BATCH_BYTES_MAX)),
-        )
-        .route("/v1/tx/{hash}", get(tx_status))
-        .route("/v1/accounts/{id}", get(account))
-        .route("/v1/farms", get(farms))
-        .route("/v1/farms/{id}", get(farm))
-        .route("/v1/nodes", get(nodes))
-        .route("/v1/nodes/{id}", get(node))
-        .route("/v1/contracts", get(contracts))
-        .route("/v1/contracts/{id}", get(contract))
-        .route("/v1/contracts/{id}/bills", get(bills))
-        .route("/v1/farms/{id}/receipts", get(farm_receipts))
-        .route("/v1/nodes/{id}/receipts/{period}", get(node_receipt))
-        .route("/v1/proposals/{id}/votes", get(votes))
-        .route("/v1/economy", get(economy))
-        .route("/v1/proposals", get(proposals))
-        .route("/v1/proposals/{id}", get(proposal))
-        .route("/v1/blocks/{height}", get(block))
-        .route("/v1/epochs/{epoch}/validators", get(epoch_validators))
-        .route("/v1/events", get(events))
-        .route("/health", get(health))
-        .route("/metrics", get(metrics))
-        .route("/openapi.json", get(openapi))
+    let (router, _) = api_routes().split_for_parts();
+    router
         .fallback(unknown_route)
         .layer(axum::middleware::map_response(plain_errors_as_json))
         .with_state(api)
@@ -188,13 +215,6 @@ async fn plain_errors_as_json(response: Response) -> Response {
     .into_response()
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 fn read<T>(
     api: &Api,
     f: impl FnOnce(&peergrid_ledger::State) -> Result<T, ApiError>,
@@ -210,55 +230,57 @@ fn read<T>(
         })
 }
 
-/// Wrap `value` with the height and root it was read at.
-fn at(value: Value, height: u64, root: Hash) -> Json<Value> {
-    Json(json!({ "height": height, "root": root, "data": value }))
+/// Wrap `data` with the height and root it was read at.
+fn at<T>(data: T, height: u64, root: Hash) -> Json<AtHeight<T>> {
+    Json(AtHeight {
+        height,
+        root,
+        data,
+        proof: None,
+    })
 }
 
 /// `?proof=true` asks for the entry's proof against the root.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct WithProof {
+    /// Add `proof`: the entry's binary value and its Merkle proof against `root`.
     #[serde(default)]
     proof: bool,
 }
 
 /// Like [`at`], with `proof` beside the root when one was asked for.
-fn at_proven(value: Value, height: u64, root: Hash, proof: Option<StateProof>) -> Json<Value> {
-    let mut answer = at(value, height, root);
-    if let Some(proof) = proof {
-        answer.0["proof"] = to_json(proof);
-    }
+fn at_proven<T>(data: T, height: u64, root: Hash, proof: Option<StateProof>) -> Json<AtHeight<T>> {
+    let mut answer = at(data, height, root);
+    answer.0.proof = proof;
     answer
 }
 
-fn to_json(v: impl serde::Serialize) -> Value {
-    serde_json::to_value(v).unwrap_or(Value::Null)
-}
-
-async fn status(State(api): State<Api>) -> ApiResult {
+#[utoipa::path(get, path = "/v1/status", tag = "chain",
+    summary = "Chain id, height, root, whether blocks are finalizing, the validator set and the parameters",
+    responses((status = 200, description = "AtHeight<Status>")))]
+async fn status(State(api): State<Api>) -> ApiResult<Status> {
     let mempool = api.shared.mempool.lock().map(|p| p.len()).unwrap_or(0);
     let (v, height, root) = read(&api, |s| {
         let g = s.globals();
         let age_ms = now_ms().saturating_sub(g.time_ms);
-        Ok(json!({
-            "chain_id": s.chain_id(),
-            "genesis_hash": s.config().genesis_hash,
-            "time_ms": g.time_ms,
-            "last_block_age_ms": age_ms,
-            "finalizing": s.height() > 0 && age_ms < stall_after_ms(s),
-            "validators": s.config().validators,
-            "epoch": s.epoch(),
-            "epoch_blocks": s.epoch_blocks(),
-            // The set that decides the next block, with the epoch it took over in.
-            "validator_set": s.validator_set(s.epoch()),
-            // Voted in by governance, taking over after the current epoch's last block.
-            "pending_validators": s.config().pending_validators,
-            "next_epoch_height": (s.epoch() + 1).saturating_mul(s.epoch_blocks()),
-            "supply": { "genesis": g.genesis_supply, "minted": g.minted, "burned": g.burned },
-            "mempool": mempool,
-            "params": s.params(),
-            "mesh_bootstrap": api.shared.genesis.mesh_bootstrap,
-        }))
+        Ok(Status {
+            chain_id: s.chain_id().to_string(),
+            genesis_hash: s.config().genesis_hash,
+            time_ms: g.time_ms,
+            last_block_age_ms: age_ms,
+            finalizing: s.height() > 0 && age_ms < stall_after_ms(s),
+            validators: s.config().validators.clone(),
+            epoch: s.epoch(),
+            epoch_blocks: s.epoch_blocks(),
+            validator_set: s.validator_set(s.epoch()).cloned(),
+            pending_validators: s.config().pending_validators.clone(),
+            next_epoch_height: (s.epoch() + 1).saturating_mul(s.epoch_blocks()),
+            supply: s.supply(),
+            mempool,
+            params: s.params().clone(),
+            mesh_bootstrap: api.shared.genesis.mesh_bootstrap.clone(),
+        })
     })?;
     Ok(at(v, height, root))
 }
@@ -269,6 +291,15 @@ struct SubmitJson {
     tx: String,
 }
 
+#[utoipa::path(post, path = "/v1/tx", tag = "transactions",
+    summary = "Submit one signed transaction: its canonical bytes, or JSON {\"tx\": \"<hex>\"}",
+    request_body(content_type = "application/octet-stream", description = "the canonical encoding"),
+    responses(
+        (status = 202, description = "Submitted: accepted into the mempool"),
+        (status = 400, description = "ApiError: malformed, or rejected with the rule broken"),
+        (status = 409, description = "ApiError: conflicts with a pending transaction"),
+        (status = 413, description = "ApiError: larger than a transaction may be"),
+        (status = 503, description = "ApiError: the mempool is full; retry in a few seconds")))]
 async fn submit(
     State(api): State<Api>,
     headers: HeaderMap,
@@ -292,7 +323,7 @@ async fn submit(
             if let Some(g) = &api.gossip {
                 let _ = g.unbounded_send(tx);
             }
-            Ok((StatusCode::ACCEPTED, Json(json!({ "hash": hash }))).into_response())
+            Ok((StatusCode::ACCEPTED, Json(Submitted { hash })).into_response())
         }
         Err(MempoolError::Full { .. }) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -314,7 +345,16 @@ async fn submit(
 
 /// Many transactions in one request: the canonical encoding of a list of encoded transactions.
 /// Answers how many were accepted and why each other one was not.
-async fn submit_batch(State(api): State<Api>, body: axum::body::Bytes) -> ApiResult {
+#[utoipa::path(post, path = "/v1/txs", tag = "transactions",
+    summary = "Submit up to 10,000 transactions: borsh(Vec<Vec<u8>>) of canonical encodings",
+    request_body(content_type = "application/octet-stream", description = "borsh(Vec<Vec<u8>>)"),
+    responses(
+        (status = 200, description = "BatchSubmitted: how many were accepted, and why each other one was not"),
+        (status = 400, description = "ApiError: not a batch")))]
+async fn submit_batch(
+    State(api): State<Api>,
+    body: axum::body::Bytes,
+) -> Result<Json<BatchSubmitted>, ApiError> {
     let list: Vec<Vec<u8>> =
         peergrid_core::codec::decode("transaction batch", &body, BATCH_BYTES_MAX).map_err(|e| {
             ApiError::bad(format!(
@@ -362,11 +402,11 @@ async fn submit_batch(State(api): State<Api>, body: axum::body::Bytes) -> ApiRes
         }
     }
     errors.sort_by_key(|(i, _)| *i);
-    let errors: Vec<Value> = errors
+    let errors = errors
         .into_iter()
-        .map(|(i, message)| json!({ "index": i, "message": message }))
+        .map(|(index, message)| BatchError { index, message })
         .collect();
-    Ok(Json(json!({ "accepted": accepted, "errors": errors })))
+    Ok(Json(BatchSubmitted { accepted, errors }))
 }
 
 fn parse<T: std::str::FromStr>(what: &str, text: &str) -> Result<T, ApiError>
@@ -377,44 +417,91 @@ where
         .map_err(|e| ApiError::bad(format!("invalid {what} {text:?}: {e}")))
 }
 
-async fn tx_status(State(api): State<Api>, Path(hash): Path<String>) -> ApiResult {
+#[utoipa::path(get, path = "/v1/tx/{hash}", tag = "transactions",
+    summary = "Pending, finalized at a height with its events, rejected with the reason, or unknown",
+    params(("hash" = String, Path, description = "the transaction's hash, hex")),
+    responses((status = 200, description = "TxAnswer"), (status = 400, description = "ApiError: not a hash")))]
+async fn tx_status(
+    State(api): State<Api>,
+    Path(hash): Path<String>,
+) -> Result<Json<TxAnswer>, ApiError> {
     let hash: Hash = parse("transaction hash", &hash)?;
-    Ok(Json(
-        json!({ "hash": hash, "status": to_json(api.shared.status(&hash)) }),
-    ))
+    Ok(Json(TxAnswer {
+        hash,
+        status: api.shared.status(&hash),
+    }))
 }
 
+#[utoipa::path(get, path = "/v1/accounts/{id}", tag = "state",
+    summary = "An account's balance, next nonce and node",
+    params(("id" = String, Path, description = "the account"), WithProof),
+    responses((status = 200, description = "AtHeight<AccountView>, with proof when asked"),
+        (status = 400, description = "ApiError: not an account")))]
 async fn account(
     State(api): State<Api>,
     Path(id): Path<String>,
     Query(q): Query<WithProof>,
-) -> ApiResult {
+) -> ApiResult<AccountView> {
     let id: AccountId = parse("account", &id)?;
     let ((v, proof), h, r) = read(&api, |s| {
-        let node = s.node_by_account(&id).map(|n| n.id);
-        let v = json!({ "account": id, "balance": s.account(&id).balance, "nonce": s.account(&id).nonce, "node": node });
+        let account = s.account(&id);
+        let v = AccountView {
+            account: id,
+            balance: account.balance,
+            nonce: account.nonce,
+            node: s.node_by_account(&id).map(|n| n.id),
+        };
         Ok((v, q.proof.then(|| s.prove_account(&id))))
     })?;
     Ok(at_proven(v, h, r, proof))
 }
 
-#[derive(Deserialize)]
-struct Page {
+/// A page of a list in id order.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct ListQuery {
+    /// The first id of the page (the previous page's `next`).
     from: Option<u64>,
+    /// Most items in the page: 100 unless asked, at most 500.
+    #[param(maximum = 500)]
     limit: Option<usize>,
+}
+
+/// A page of nodes, of one farm or all.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct NodesQuery {
+    /// The first id of the page (the previous page's `next`).
+    from: Option<u64>,
+    /// Most items in the page: 100 unless asked, at most 500.
+    #[param(maximum = 500)]
+    limit: Option<usize>,
+    /// Only this farm's nodes.
     farm: Option<u32>,
+}
+
+/// A page of contracts: an owner's, a node's, both, or all.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct ContractsQuery {
+    /// The first id of the page (the previous page's `next`).
+    from: Option<u64>,
+    /// Most items in the page: 100 unless asked, at most 500.
+    #[param(maximum = 500)]
+    limit: Option<usize>,
+    /// Only this account's contracts.
     owner: Option<String>,
+    /// Only contracts on this node.
     node: Option<u32>,
 }
 
-impl Page {
-    fn limit(&self) -> usize {
-        self.limit.unwrap_or(100).clamp(1, PAGE_MAX)
-    }
+/// A page's size: 100 unless asked, between 1 and [`PAGE_MAX`].
+fn page_limit(limit: Option<usize>) -> usize {
+    limit.unwrap_or(100).clamp(1, PAGE_MAX)
 }
 
 /// A page of items and where the next page starts.
-fn page<T: serde::Serialize>(items: impl Iterator<Item = (u64, T)>, limit: usize) -> Value {
+fn page<T>(items: impl Iterator<Item = (u64, T)>, limit: usize) -> Page<T> {
     let mut out = Vec::new();
     let mut next = None;
     for (id, item) in items {
@@ -422,59 +509,76 @@ fn page<T: serde::Serialize>(items: impl Iterator<Item = (u64, T)>, limit: usize
             next = Some(id);
             break;
         }
-        out.push(to_json(item));
+        out.push(item);
     }
-    json!({ "items": out, "next": next })
+    Page { items: out, next }
 }
 
-async fn farms(State(api): State<Api>, Query(p): Query<Page>) -> ApiResult {
+#[utoipa::path(get, path = "/v1/farms", tag = "state", summary = "Farms in id order, a page at a time",
+    params(ListQuery), responses((status = 200, description = "AtHeight<Page<Farm>>")))]
+async fn farms(State(api): State<Api>, Query(p): Query<ListQuery>) -> ApiResult<Page<Farm>> {
     let from = u32::try_from(p.from.unwrap_or(1)).unwrap_or(u32::MAX);
     let (v, h, r) = read(&api, |s| {
-        Ok(page(s.farms(from).map(|f| (f.id as u64, f)), p.limit()))
+        Ok(page(
+            s.farms(from).map(|f| (f.id as u64, f.clone())),
+            page_limit(p.limit),
+        ))
     })?;
     Ok(at(v, h, r))
 }
 
+#[utoipa::path(get, path = "/v1/farms/{id}", tag = "state", summary = "One farm",
+    params(("id" = String, Path, description = "the farm's id or name"), WithProof),
+    responses((status = 200, description = "AtHeight<Farm>, with proof when asked"),
+        (status = 404, description = "ApiError: no such farm")))]
 async fn farm(
     State(api): State<Api>,
     Path(id): Path<String>,
     Query(q): Query<WithProof>,
-) -> ApiResult {
+) -> ApiResult<Farm> {
     let ((v, proof), h, r) = read(&api, |s| {
         let farm = match id.parse::<u32>() {
             Ok(n) => s.farm(n),
             Err(_) => s.farm_by_name(&id),
         };
-        farm.map(|f| (to_json(f), q.proof.then(|| s.prove_farm(f.id))))
+        farm.map(|f| (f.clone(), q.proof.then(|| s.prove_farm(f.id))))
             .ok_or_else(|| ApiError::not_found(format!("farm {id}")))
     })?;
     Ok(at_proven(v, h, r, proof))
 }
 
-fn node_json(n: &peergrid_ledger::Node, s: &peergrid_ledger::State) -> Value {
-    let mut v = to_json(n);
-    v["status"] = to_json(n.status(s.time_ms(), s.params()));
-    v["free"] = to_json(n.free());
-    v
+fn node_view(n: &peergrid_ledger::Node, s: &peergrid_ledger::State) -> NodeView {
+    NodeView {
+        node: n.clone(),
+        status: n.status(s.time_ms(), s.params()),
+        free: n.free(),
+    }
 }
 
-async fn nodes(State(api): State<Api>, Query(p): Query<Page>) -> ApiResult {
+#[utoipa::path(get, path = "/v1/nodes", tag = "state",
+    summary = "Nodes in id order with status and free capacity, a page at a time",
+    params(NodesQuery), responses((status = 200, description = "AtHeight<Page<NodeView>>")))]
+async fn nodes(State(api): State<Api>, Query(p): Query<NodesQuery>) -> ApiResult<Page<NodeView>> {
     let from = u32::try_from(p.from.unwrap_or(1)).unwrap_or(u32::MAX);
     let (v, h, r) = read(&api, |s| {
         let items = s
             .nodes(from)
             .filter(|n| p.farm.is_none_or(|f| n.farm == f))
-            .map(|n| (n.id as u64, node_json(n, s)));
-        Ok(page(items, p.limit()))
+            .map(|n| (n.id as u64, node_view(n, s)));
+        Ok(page(items, page_limit(p.limit)))
     })?;
     Ok(at(v, h, r))
 }
 
+#[utoipa::path(get, path = "/v1/nodes/{id}", tag = "state", summary = "One node with status and free capacity",
+    params(("id" = String, Path, description = "the node's id or account"), WithProof),
+    responses((status = 200, description = "AtHeight<NodeView>, with proof when asked"),
+        (status = 404, description = "ApiError: no such node")))]
 async fn node(
     State(api): State<Api>,
     Path(id): Path<String>,
     Query(q): Query<WithProof>,
-) -> ApiResult {
+) -> ApiResult<NodeView> {
     let ((v, proof), h, r) = read(&api, |s| {
         let node = match id.parse::<u32>() {
             Ok(n) => s.node(n),
@@ -483,13 +587,20 @@ async fn node(
                 .ok()
                 .and_then(|a| s.node_by_account(&a)),
         };
-        node.map(|n| (node_json(n, s), q.proof.then(|| s.prove_node(n.id))))
+        node.map(|n| (node_view(n, s), q.proof.then(|| s.prove_node(n.id))))
             .ok_or_else(|| ApiError::not_found(format!("node {id}")))
     })?;
     Ok(at_proven(v, h, r, proof))
 }
 
-async fn contracts(State(api): State<Api>, Query(p): Query<Page>) -> ApiResult {
+#[utoipa::path(get, path = "/v1/contracts", tag = "state",
+    summary = "Contracts in id order, an owner's or a node's, a page at a time",
+    params(ContractsQuery), responses((status = 200, description = "AtHeight<Page<Contract>>"),
+        (status = 400, description = "ApiError: owner is not an account")))]
+async fn contracts(
+    State(api): State<Api>,
+    Query(p): Query<ContractsQuery>,
+) -> ApiResult<Page<Contract>> {
     let owner = match &p.owner {
         Some(o) => Some(parse::<AccountId>("owner", o)?),
         None => None,
@@ -497,65 +608,88 @@ async fn contracts(State(api): State<Api>, Query(p): Query<Page>) -> ApiResult {
     let (v, h, r) = read(&api, |s| {
         let from = p.from.unwrap_or(1);
         // Each filter reads its own index; both together filter the owner's by node.
-        let all: Box<dyn Iterator<Item = &peergrid_ledger::Contract>> = match (&owner, p.node) {
+        let all: Box<dyn Iterator<Item = &Contract>> = match (&owner, p.node) {
             (Some(o), _) => Box::new(s.contracts_of(o, from)),
             (None, Some(n)) => Box::new(s.contracts_on(n, from)),
             (None, None) => Box::new(s.contracts(from)),
         };
         let items = all
             .filter(|c| p.node.is_none_or(|n| c.node == Some(n)))
-            .map(|c| (c.id, c));
-        Ok(page(items, p.limit()))
+            .map(|c| (c.id, c.clone()));
+        Ok(page(items, page_limit(p.limit)))
     })?;
     Ok(at(v, h, r))
 }
 
+#[utoipa::path(get, path = "/v1/contracts/{id}", tag = "state", summary = "One contract",
+    params(("id" = String, Path, description = "the contract's id, or its gateway name"), WithProof),
+    responses((status = 200, description = "AtHeight<Contract>, with proof when asked"),
+        (status = 404, description = "ApiError: no such contract")))]
 async fn contract(
     State(api): State<Api>,
     Path(id): Path<String>,
     Query(q): Query<WithProof>,
-) -> ApiResult {
+) -> ApiResult<Contract> {
     let ((v, proof), h, r) = read(&api, |s| {
         let c = match id.parse::<u64>() {
             Ok(n) => s.contract(n),
             Err(_) => s.contract_by_name(&id),
         };
-        c.map(|c| (to_json(c), q.proof.then(|| s.prove_contract(c.id))))
+        c.map(|c| (c.clone(), q.proof.then(|| s.prove_contract(c.id))))
             .ok_or_else(|| ApiError::not_found(format!("contract {id}")))
     })?;
     Ok(at_proven(v, h, r, proof))
 }
 
-#[derive(Deserialize)]
+/// A page of a contract's bills.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct BillsQuery {
+    /// The first bill's start, ledger ms (the previous page's `next`).
     from_ms: Option<u64>,
+    /// Most bills in the page: 100 unless asked, at most 500.
+    #[param(maximum = 500)]
     limit: Option<usize>,
 }
 
 /// A contract's bills, oldest first from `?from_ms=`; `next` is where the next page starts.
+#[utoipa::path(get, path = "/v1/contracts/{id}/bills", tag = "economy",
+    summary = "A contract's bills, oldest first, and what the pruned ones added up to",
+    params(("id" = u64, Path, description = "the contract's id"), BillsQuery),
+    responses((status = 200, description = "AtHeight<Bills>"), (status = 404, description = "ApiError: no such contract")))]
 async fn bills(
     State(api): State<Api>,
     Path(id): Path<u64>,
     Query(q): Query<BillsQuery>,
-) -> ApiResult {
-    let limit = q.limit.unwrap_or(100).clamp(1, PAGE_MAX);
+) -> ApiResult<Bills> {
+    let limit = page_limit(q.limit);
     let (v, h, r) = read(&api, |s| {
         if s.contract(id).is_none() {
             return Err(ApiError::not_found(format!("contract {id}")));
         }
-        let items = s.bills(id, q.from_ms.unwrap_or(0)).map(|b| (b.from_ms, b));
-        let mut out = page(items, limit);
-        // Bills past the retention left the state; what they added up to did not.
-        out["pruned"] = to_json(s.pruned_bills(id));
-        Ok(out)
+        let items = s
+            .bills(id, q.from_ms.unwrap_or(0))
+            .map(|b| (b.from_ms, b.clone()));
+        let Page { items, next } = page(items, limit);
+        Ok(Bills {
+            items,
+            next,
+            pruned: s.pruned_bills(id).cloned(),
+        })
     })?;
     Ok(at(v, h, r))
 }
 
-#[derive(Deserialize)]
+/// Which of a farm's receipts.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ReceiptsQuery {
+    /// Only this minting period's, in node order; without it, the newest first.
     period: Option<u64>,
+    /// With `period`: the first node id of the page (the previous page's `next`).
     from: Option<u32>,
+    /// Most receipts in the page: 100 unless asked, at most 500.
+    #[param(maximum = 500)]
     limit: Option<usize>,
 }
 
@@ -563,42 +697,57 @@ struct ReceiptsQuery {
 /// (a node id), paged like every list: `next` is where the next page starts. Without it,
 /// the newest receipts first, one page (the first receipt names the latest period minted).
 /// `kept_from_period` is the oldest period whose receipts the state still holds.
+#[utoipa::path(get, path = "/v1/farms/{id}/receipts", tag = "economy",
+    summary = "A farm's reward receipts: of one period in node order, paged; or the newest first",
+    params(("id" = u32, Path, description = "the farm's id"), ReceiptsQuery),
+    responses((status = 200, description = "AtHeight<Receipts>"), (status = 404, description = "ApiError: no such farm")))]
 async fn farm_receipts(
     State(api): State<Api>,
     Path(id): Path<u32>,
     Query(q): Query<ReceiptsQuery>,
-) -> ApiResult {
-    let limit = q.limit.unwrap_or(100).clamp(1, PAGE_MAX);
+) -> ApiResult<Receipts> {
+    let limit = page_limit(q.limit);
     let (v, h, r) = read(&api, |s| {
         if s.farm(id).is_none() {
             return Err(ApiError::not_found(format!("farm {id}")));
         }
-        let mut out = match q.period {
+        let Page { items, next } = match q.period {
             Some(period) => page(
                 s.receipts_of_farm_period(id, period, q.from.unwrap_or(0))
-                    .map(|rc| (rc.node as u64, rc)),
+                    .map(|rc| (rc.node as u64, rc.clone())),
                 limit,
             ),
-            None => {
-                let items: Vec<Value> = s
+            None => Page {
+                items: s
                     .receipts_of_farm(id, (u64::MAX, 0))
                     .take(limit)
-                    .map(to_json)
-                    .collect();
-                json!({ "items": items })
-            }
+                    .cloned()
+                    .collect(),
+                next: None,
+            },
         };
-        out["current_period"] = json!(s.period_of(s.time_ms()));
-        // Receipts of earlier periods are pruned from the state (their events stay in blocks).
-        out["kept_from_period"] = json!(s.receipts_kept_from());
-        Ok(out)
+        Ok(Receipts {
+            items,
+            next,
+            current_period: s.period_of(s.time_ms()),
+            // Receipts of earlier periods are pruned from the state (their events stay in blocks).
+            kept_from_period: s.receipts_kept_from(),
+        })
     })?;
     Ok(at(v, h, r))
 }
 
-async fn node_receipt(State(api): State<Api>, Path((id, period)): Path<(u32, u64)>) -> ApiResult {
+#[utoipa::path(get, path = "/v1/nodes/{id}/receipts/{period}", tag = "economy",
+    summary = "One node's reward receipt of one minting period, every step written out",
+    params(("id" = u32, Path, description = "the node's id"), ("period" = u64, Path, description = "the minting period")),
+    responses((status = 200, description = "AtHeight<RewardReceipt>"),
+        (status = 404, description = "ApiError: not minted yet, or pruned")))]
+async fn node_receipt(
+    State(api): State<Api>,
+    Path((id, period)): Path<(u32, u64)>,
+) -> ApiResult<RewardReceipt> {
     let (v, h, r) = read(&api, |s| {
-        s.receipt(period, id).map(to_json).ok_or_else(|| {
+        s.receipt(period, id).cloned().ok_or_else(|| {
             let kept = s.receipts_kept_from();
             if period < kept {
                 ApiError::not_found(format!(
@@ -612,94 +761,132 @@ async fn node_receipt(State(api): State<Api>, Path((id, period)): Path<(u32, u64
     Ok(at(v, h, r))
 }
 
-async fn votes(State(api): State<Api>, Path(id): Path<u64>) -> ApiResult {
+#[utoipa::path(get, path = "/v1/proposals/{id}/votes", tag = "governance",
+    summary = "A proposal's votes, with council flag and farmer weight",
+    params(("id" = u64, Path, description = "the proposal's id")),
+    responses((status = 200, description = "AtHeight<Page<Vote>>"), (status = 404, description = "ApiError: no such proposal")))]
+async fn votes(State(api): State<Api>, Path(id): Path<u64>) -> ApiResult<Page<Vote>> {
     let (v, h, r) = read(&api, |s| {
         if s.proposal(id).is_none() {
             return Err(ApiError::not_found(format!("proposal {id}")));
         }
-        let items: Vec<Value> = s
+        let items = s
             .votes(id)
-            .map(|(voter, vote)| {
-                let mut v = to_json(vote);
-                v["voter"] = to_json(voter);
-                v
+            .map(|(voter, vote)| Vote {
+                voter: *voter,
+                vote: *vote,
             })
             .collect();
-        Ok(json!({ "items": items }))
+        Ok(Page { items, next: None })
     })?;
     Ok(at(v, h, r))
 }
 
 /// Minting progress, farmers' total weight, everything billed, and the current period.
-async fn economy(State(api): State<Api>) -> ApiResult {
+#[utoipa::path(get, path = "/v1/economy", tag = "economy",
+    summary = "Minting progress, farmers' total weight, total billed, the current period, and the supply: genesis + minted - burned against the sum of all balances",
+    responses((status = 200, description = "AtHeight<EconomyView>")))]
+async fn economy(State(api): State<Api>) -> ApiResult<EconomyView> {
     let (v, h, r) = read(&api, |s| {
-        let mut v = to_json(s.economy());
         let period = s.period_of(s.time_ms());
-        let (start, end) = s.period_bounds(period);
-        v["current_period"] = json!({ "period": period, "start_ms": start, "end_ms": end });
+        let (start_ms, end_ms) = s.period_bounds(period);
         let supply = s.supply();
         let balances = api.shared.total_balances(s);
-        v["supply"] = json!({
-            "genesis": supply.genesis,
-            "minted": supply.minted,
-            "burned": supply.burned,
-            // Every balance, pools included; a sum past what an amount holds is shown as the
-            // largest amount, and is not conserved.
-            "balances": Amount(u64::try_from(balances).unwrap_or(u64::MAX)),
-            "conserved": supply.expected() == Some(balances),
-        });
-        Ok(v)
+        Ok(EconomyView {
+            economy: *s.economy(),
+            current_period: Period {
+                period,
+                start_ms,
+                end_ms,
+            },
+            supply: SupplyCheck {
+                genesis: supply.genesis,
+                minted: supply.minted,
+                burned: supply.burned,
+                balances: Amount(u64::try_from(balances).unwrap_or(u64::MAX)),
+                conserved: supply.expected() == Some(balances),
+            },
+        })
     })?;
     Ok(at(v, h, r))
 }
 
-async fn proposals(State(api): State<Api>, Query(p): Query<Page>) -> ApiResult {
+#[utoipa::path(get, path = "/v1/proposals", tag = "governance", summary = "Governance proposals in id order, a page at a time",
+    params(ListQuery), responses((status = 200, description = "AtHeight<Page<Proposal>>")))]
+async fn proposals(
+    State(api): State<Api>,
+    Query(p): Query<ListQuery>,
+) -> ApiResult<Page<Proposal>> {
     let (v, h, r) = read(&api, |s| {
         Ok(page(
-            s.proposals(p.from.unwrap_or(1)).map(|p| (p.id, p)),
-            p.limit(),
+            s.proposals(p.from.unwrap_or(1)).map(|p| (p.id, p.clone())),
+            page_limit(p.limit),
         ))
     })?;
     Ok(at(v, h, r))
 }
 
-async fn proposal(State(api): State<Api>, Path(id): Path<u64>) -> ApiResult {
+#[utoipa::path(get, path = "/v1/proposals/{id}", tag = "governance", summary = "One proposal",
+    params(("id" = u64, Path, description = "the proposal's id")),
+    responses((status = 200, description = "AtHeight<Proposal>"), (status = 404, description = "ApiError: no such proposal")))]
+async fn proposal(State(api): State<Api>, Path(id): Path<u64>) -> ApiResult<Proposal> {
     let (v, h, r) = read(&api, |s| {
         s.proposal(id)
-            .map(to_json)
+            .cloned()
             .ok_or_else(|| ApiError::not_found(format!("proposal {id}")))
     })?;
     Ok(at(v, h, r))
 }
 
-async fn epoch_validators(State(api): State<Api>, Path(epoch): Path<u64>) -> ApiResult {
+#[utoipa::path(get, path = "/v1/epochs/{epoch}/validators", tag = "chain",
+    summary = "The validator set that decides an epoch's blocks; any epoch up to the next block's",
+    params(("epoch" = u64, Path, description = "the epoch")),
+    responses((status = 200, description = "AtHeight<ValidatorSet>"), (status = 404, description = "ApiError: epoch not reached yet")))]
+async fn epoch_validators(
+    State(api): State<Api>,
+    Path(epoch): Path<u64>,
+) -> ApiResult<ValidatorSet> {
     let (v, h, r) = read(&api, |s| {
-        s.validator_set(epoch).map(to_json).ok_or_else(|| {
+        s.validator_set(epoch).cloned().ok_or_else(|| {
             ApiError::not_found(format!("validator set of epoch {epoch} (not reached yet)"))
         })
     })?;
     Ok(at(v, h, r))
 }
 
-async fn block(State(api): State<Api>, Path(height): Path<u64>) -> ApiResult {
+#[utoipa::path(get, path = "/v1/blocks/{height}", tag = "chain",
+    summary = "A finalized block's digest, state root and transaction outcomes",
+    params(("height" = u64, Path, description = "the block's height")),
+    responses((status = 200, description = "FinalizedBlock"), (status = 404, description = "ApiError: not finalized yet")))]
+async fn block(
+    State(api): State<Api>,
+    Path(height): Path<u64>,
+) -> Result<Json<FinalizedBlock>, ApiError> {
     api.shared
         .receipts
         .block(height)
-        .map(|b| Json(to_json(b)))
+        .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("block {height}")))
 }
 
-#[derive(Deserialize)]
-struct From {
+/// Where the event stream starts.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct EventsQuery {
+    /// The first height to send; without it, `Last-Event-ID` + 1, else the next block.
     from: Option<u64>,
 }
 
 /// Finalized blocks as server-sent events, from `?from=H` (or the `Last-Event-ID` + 1) onward:
 /// stored blocks first, then live ones, so a follower that reconnects misses nothing.
+#[utoipa::path(get, path = "/v1/events", tag = "chain",
+    summary = "Finalized blocks as server-sent events (`block`, id = height, data = FinalizedBlock); resume with ?from= or Last-Event-ID; a keep-alive every 2 s",
+    params(EventsQuery),
+    responses((status = 200, description = "text/event-stream", content_type = "text/event-stream")))]
 async fn events(
     State(api): State<Api>,
     headers: HeaderMap,
-    Query(q): Query<From>,
+    Query(q): Query<EventsQuery>,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let resume = headers
         .get("last-event-id")
@@ -738,6 +925,9 @@ async fn events(
     Sse::new(stream).keep_alive(KeepAlive::new().interval(EVENTS_KEEP_ALIVE))
 }
 
+#[utoipa::path(get, path = "/health", tag = "operations",
+    summary = "200 while blocks finalize, 503 when stalled",
+    responses((status = 200, description = "finalizing"), (status = 503, description = "stalled")))]
 async fn health(State(api): State<Api>) -> Response {
     let (age, stall) = api
         .shared
@@ -754,6 +944,8 @@ async fn health(State(api): State<Api>) -> Response {
     }
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "operations", summary = "Prometheus metrics",
+    responses((status = 200, description = "text exposition format")))]
 async fn metrics(State(api): State<Api>) -> Response {
     let mempool = api.shared.mempool.lock().map(|p| p.len()).unwrap_or(0);
     let (height, time_ms, burned) = api
@@ -774,88 +966,11 @@ async fn metrics(State(api): State<Api>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
-/// Every route with its parameters and answers, as OpenAPI 3.1.
-pub fn openapi_document() -> Value {
-    let at_height = |what: &str| json!({ "description": format!("{what}, with the finalized height and state root it was read at") });
-    let list = |what: &str| {
-        json!({
-            "parameters": [
-                { "name": "from", "in": "query", "schema": { "type": "integer" }, "description": "first id of the page" },
-                { "name": "limit", "in": "query", "schema": { "type": "integer", "maximum": PAGE_MAX } }
-            ],
-            "responses": { "200": at_height(&format!("a page of {what} and the id where the next page starts")) }
-        })
-    };
-    let by_id = |what: &str| {
-        json!({
-            "parameters": [{ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } }],
-            "responses": { "200": at_height(what), "404": { "description": format!("no such {what}") } }
-        })
-    };
-    let proven = |what: &str| {
-        json!({
-            "parameters": [
-                { "name": "id", "in": "path", "required": true, "schema": { "type": "string" } },
-                { "name": "proof", "in": "query", "required": false, "schema": { "type": "boolean" },
-                  "description": "add `proof`: the entry's binary value and its Merkle proof against `root`" }
-            ],
-            "responses": { "200": at_height(what), "404": { "description": format!("no such {what}") } }
-        })
-    };
-    json!({
-        "openapi": "3.1.0",
-        "info": { "title": "peergrid ledger API", "version": env!("CARGO_PKG_VERSION") },
-        "paths": {
-            "/v1/status": { "get": { "summary": "chain id, height, root, whether blocks are finalizing", "responses": { "200": at_height("status") } } },
-            "/v1/tx": { "post": {
-                "summary": "submit a signed transaction (canonical bytes, or JSON {\"tx\": hex})",
-                "responses": {
-                    "202": { "description": "accepted into the mempool: {\"hash\"}" },
-                    "400": { "description": "malformed or rejected, with the rule broken" },
-                    "409": { "description": "conflicts with a pending transaction" },
-                    "503": { "description": "mempool full" }
-                } } },
-            "/v1/txs": { "post": {
-                "summary": "submit up to 10,000 transactions: borsh(Vec<Vec<u8>>) of canonical encodings",
-                "responses": { "200": { "description": "{\"accepted\": n, \"errors\": [{\"index\", \"message\"}]}" } } } },
-            "/v1/tx/{hash}": { "get": {
-                "summary": "pending, finalized at a height with its events, rejected with the reason, or unknown",
-                "parameters": [{ "name": "hash", "in": "path", "required": true, "schema": { "type": "string" } }],
-                "responses": { "200": { "description": "the status" } } } },
-            "/v1/accounts/{id}": { "get": proven("account") },
-            "/v1/farms": { "get": list("farms") },
-            "/v1/farms/{id}": { "get": proven("farm (id or name)") },
-            "/v1/nodes": { "get": list("nodes (filter with ?farm=)") },
-            "/v1/nodes/{id}": { "get": proven("node (id or account)") },
-            "/v1/contracts": { "get": list("contracts (filter with ?owner= and ?node=)") },
-            "/v1/contracts/{id}/bills": { "get": list("a contract's bills, oldest first (?from_ms=, ?limit=)") },
-            "/v1/farms/{id}/receipts": { "get": list("a farm's reward receipts: of one ?period= in node order, paged by ?from= (node id) and next; or the newest first (?limit=)") },
-            "/v1/nodes/{id}/receipts/{period}": { "get": by_id("reward receipt of one node and period") },
-            "/v1/proposals/{id}/votes": { "get": by_id("proposal's votes, with council flag and farmer weight") },
-            "/v1/economy": { "get": { "summary": "minting progress, farmers' total weight, total billed, current period, and the supply: genesis + minted − burned against the sum of all balances", "responses": { "200": at_height("economy") } } },
-            "/v1/contracts/{id}": { "get": proven("contract (id or gateway name)") },
-            "/v1/proposals": { "get": list("governance proposals") },
-            "/v1/proposals/{id}": { "get": by_id("proposal") },
-            "/v1/blocks/{height}": { "get": {
-                "summary": "a finalized block's digest, root and transaction outcomes",
-                "parameters": [{ "name": "height", "in": "path", "required": true, "schema": { "type": "integer" } }],
-                "responses": { "200": { "description": "the block" }, "404": { "description": "not finalized yet" } } } },
-            "/v1/epochs/{epoch}/validators": { "get": {
-                "summary": "the validator set that decides an epoch's blocks, with the epoch it took over in; any epoch up to the next block's",
-                "parameters": [{ "name": "epoch", "in": "path", "required": true, "schema": { "type": "integer" } }],
-                "responses": { "200": at_height("validator set"), "404": { "description": "epoch not reached yet" } } } },
-            "/v1/events": { "get": {
-                "summary": "finalized blocks as server-sent events; resume with ?from=H or Last-Event-ID",
-                "responses": { "200": { "description": "text/event-stream of `block` events" } } } },
-            "/health": { "get": { "summary": "200 while blocks finalize, 503 when stalled", "responses": { "200": { "description": "finalizing" }, "503": { "description": "stalled" } } } },
-            "/metrics": { "get": { "summary": "Prometheus metrics", "responses": { "200": { "description": "text exposition format" } } } },
-            "/openapi.json": { "get": { "summary": "this document", "responses": { "200": { "description": "OpenAPI 3.1" } } } }
-        }
-    })
-}
-
-async fn openapi() -> Json<Value> {
-    Json(openapi_document())
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", summary = "This document",
+    responses((status = 200, description = "OpenAPI 3.1")))]
+async fn openapi() -> Json<&'static utoipa::openapi::OpenApi> {
+    static DOC: LazyLock<utoipa::openapi::OpenApi> = LazyLock::new(openapi_document);
+    Json(&DOC)
 }
 
 #[cfg(test)]
@@ -866,6 +981,7 @@ mod tests {
     use peergrid_core::tx::{Payload, sign_invitation};
     use peergrid_core::{Amount, Capacity, Keypair, Location};
     use peergrid_ledger::{BlockContext, Devnet, Ledger, MemoryStore, RewardReceipt, Store};
+    use serde_json::{Value, json};
 
     const GENESIS_MS: u64 = 1_700_000_000_000;
 
@@ -959,6 +1075,100 @@ mod tests {
         });
         tokio::spawn(async move { axum::serve(listener, app).await });
         base
+    }
+
+    /// The names between braces in `path`, like `id` and `period`.
+    fn path_params(path: &str) -> std::collections::BTreeSet<String> {
+        path.split('/')
+            .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn the_document_names_every_route_with_the_parameters_its_handler_reads() {
+        let doc = serde_json::to_value(openapi_document()).expect("the document as JSON");
+        assert_eq!(doc["openapi"], "3.1.0");
+        let paths = doc["paths"].as_object().expect("paths");
+        // The routes the typed client uses are all served and documented, and no other.
+        let served: Vec<&str> = paths.keys().map(String::as_str).collect();
+        for route in peergrid_types::api::routes::ALL {
+            assert!(served.contains(route), "{route} is not served: {served:?}");
+        }
+        for path in served.iter().filter(|p| p.starts_with("/v1/")) {
+            assert!(
+                peergrid_types::api::routes::ALL.contains(path),
+                "{path} is served but not in peergrid_types::api::routes"
+            );
+        }
+        for (path, item) in paths {
+            for (method, op) in item.as_object().expect("operations") {
+                let params = op["parameters"].as_array().cloned().unwrap_or_default();
+                let declared = |place: &str| -> std::collections::BTreeSet<String> {
+                    params
+                        .iter()
+                        .filter(|p| p["in"] == place)
+                        .filter_map(|p| p["name"].as_str().map(str::to_string))
+                        .collect()
+                };
+                assert_eq!(
+                    declared("path"),
+                    path_params(path),
+                    "{method} {path}: path parameters"
+                );
+                assert!(op["summary"].is_string(), "{method} {path} has no summary");
+            }
+        }
+        // What a reader of the old, hand-written document was told wrong.
+        let query = |path: &str| -> Vec<String> {
+            paths[path]["get"]["parameters"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| p["in"] == "query")
+                .filter_map(|p| p["name"].as_str().map(str::to_string))
+                .collect()
+        };
+        assert_eq!(query("/v1/contracts/{id}/bills"), ["from_ms", "limit"]);
+        assert_eq!(
+            query("/v1/farms/{id}/receipts"),
+            ["period", "from", "limit"]
+        );
+        assert_eq!(query("/v1/contracts"), ["from", "limit", "owner", "node"]);
+        assert_eq!(query("/v1/accounts/{id}"), ["proof"]);
+    }
+
+    #[tokio::test]
+    async fn every_documented_route_is_served() {
+        let base = serve(big_farm(1)).await;
+        let doc = serde_json::to_value(openapi_document()).expect("the document as JSON");
+        let http = reqwest::Client::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            let url = path
+                .split('/')
+                .map(|seg| if seg.starts_with('{') { "1" } else { seg })
+                .collect::<Vec<_>>()
+                .join("/");
+            for method in item.as_object().expect("operations").keys() {
+                let request = match method.as_str() {
+                    "get" => http.get(format!("{base}{url}")),
+                    "post" => http.post(format!("{base}{url}")).body(vec![0u8]),
+                    other => panic!("{other} {path}: a method the API does not use"),
+                };
+                let answer = request.send().await.expect("an answer");
+                let status = answer.status();
+                if status.is_success() {
+                    continue;
+                }
+                // Errors of the handler are fine (a stalled chain's 503 on /health is text);
+                // the fallback's "no route" is not.
+                let body = answer.text().await.expect("an answer's body");
+                assert!(
+                    !body.contains("no route") && status != StatusCode::METHOD_NOT_ALLOWED,
+                    "{method} {path} ({url}) is documented but not served: {status} {body}"
+                );
+            }
+        }
     }
 
     #[tokio::test]

@@ -344,10 +344,7 @@ impl Shared {
                 .block(height)
                 .and_then(|b| b.txs.into_iter().nth(index))
         {
-            return match tx.result {
-                Ok(events) => TxStatus::Finalized { height, events },
-                Err(reason) => TxStatus::Rejected { height, reason },
-            };
+            return TxStatus::of(height, &tx.result);
         }
         if self
             .mempool

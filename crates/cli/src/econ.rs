@@ -7,15 +7,15 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Subcommand;
 use peergrid_client::AtHeight;
+use peergrid_client::{
+    BillStatus, Bills, Contract, ContractFilter, ContractState, Event, Proposal, ProposalStatus,
+    RewardReceipt,
+};
 use peergrid_core::capacity::{Capacity, human_bytes, parse_size};
 use peergrid_core::policy::{FarmingPolicy, PricingPolicy};
 use peergrid_core::tx::{ContractSpec, GovAction};
 use peergrid_core::{AccountId, Amount, ContractId, FarmId, Hash, NodeId, Payload};
-use peergrid_ledger::{
-    Bill, BillStatus, Contract, ContractState, Event, Proposal, ProposalStatus, PrunedBills,
-    RewardReceipt,
-};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::{Globals, output};
 
@@ -358,19 +358,7 @@ pub fn contract(globals: &Globals, cmd: ContractCommand) -> anyhow::Result<()> {
                     (None, Some(_)) => None,
                     (None, None) => Some(globals.keypair()?.account()),
                 };
-                let mut filter = String::new();
-                if let Some(o) = owner {
-                    filter.push_str(&format!("&owner={o}"));
-                }
-                if let Some(n) = node {
-                    filter.push_str(&format!("&node={n}"));
-                }
-                let (_, items): (u64, Vec<Contract>) = client
-                    .pages(
-                        |from| format!("/v1/contracts?from={from}&limit=1000{filter}"),
-                        1,
-                    )
-                    .await?;
+                let (_, items) = client.contracts(ContractFilter { owner, node }).await?;
                 if globals.json {
                     return output::json(
                         &json!({ "owner": owner, "node": node, "contracts": items }),
@@ -409,11 +397,13 @@ pub fn contract(globals: &Globals, cmd: ContractCommand) -> anyhow::Result<()> {
                         height: p.height,
                         root: p.root,
                         data,
+                        proof: None,
                     };
                     (c, Some(p.confirmed_by))
                 } else {
-                    let c: AtHeight<Contract> =
-                        client.get(&format!("/v1/contracts/{contract}")).await?;
+                    let c = client.contract(contract).await?.with_context(|| {
+                        format!("contract {contract} does not exist at the finalized height")
+                    })?;
                     (c, None)
                 };
                 if globals.json {
@@ -545,16 +535,11 @@ pub fn bill(globals: &Globals, cmd: BillCommand) -> anyhow::Result<()> {
     let BillCommand::History { contract, explain } = cmd;
     crate::runtime()?.block_on(async {
         let client = globals.client()?;
-        let (_, bills): (u64, Vec<Bill>) = client
-            .pages(
-                |from| format!("/v1/contracts/{contract}/bills?from_ms={from}&limit=1000"),
-                0,
-            )
-            .await?;
-        let first: AtHeight<serde_json::Value> = client
-            .get(&format!("/v1/contracts/{contract}/bills?limit=1"))
-            .await?;
-        let pruned: Option<PrunedBills> = serde_json::from_value(first.data["pruned"].clone())?;
+        let Bills {
+            items: bills,
+            pruned,
+            ..
+        } = client.bills(contract, 0).await?.data;
         if globals.json {
             return output::json(
                 &json!({ "contract": contract, "bills": bills, "pruned": pruned }),
@@ -616,34 +601,20 @@ pub async fn rewards(globals: &Globals, farm: FarmId, period: Option<u64>) -> an
         let client = globals.client()?;
         // The newest receipt names the latest period minted (shown without --period), and
         // the answer the current period.
-        let page: AtHeight<Value> = client
-            .get(&format!("/v1/farms/{farm}/receipts?limit=1"))
-            .await?;
-        let newest: Vec<RewardReceipt> = serde_json::from_value(page.data["items"].clone())?;
-        let shown = period.or(newest.first().map(|r| r.period));
-        // Every receipt of that period, a page at a time: a big farm has more than a page.
+        let page = client.latest_receipts(farm, 1).await?.data;
+        let shown = period.or(page.items.first().map(|r| r.period));
+        // Every receipt of that period: a big farm has more than a page.
         let receipts: Vec<RewardReceipt> = match shown {
-            Some(p) => {
-                client
-                    .pages(
-                        |from| {
-                            format!("/v1/farms/{farm}/receipts?period={p}&from={from}&limit=1000")
-                        },
-                        0,
-                    )
-                    .await?
-                    .1
-            }
+            Some(p) => client.receipts(farm, p).await?.data.items,
             None => Vec::new(),
         };
         if globals.json {
             return output::json(
-                &json!({ "farm": farm, "receipts": receipts, "current_period": page.data["current_period"] }),
+                &json!({ "farm": farm, "receipts": receipts, "current_period": page.current_period }),
             );
         }
         if receipts.is_empty() {
-            let current = page.data["current_period"].as_u64().unwrap_or(0);
-            let kept = page.data["kept_from_period"].as_u64().unwrap_or(0);
+            let (current, kept) = (page.current_period, page.kept_from_period);
             match period {
                 Some(p) if p < kept => println!(
                     "receipts of period {p} are pruned from the ledger's state (it keeps periods from {kept}); \
@@ -810,46 +781,47 @@ pub fn gov(globals: &Globals, cmd: GovCommand) -> anyhow::Result<()> {
                 if globals.json {
                     return output::json(&json!({
                         "height": status.height,
-                        "epoch": d["epoch"],
-                        "epoch_blocks": d["epoch_blocks"],
-                        "next_epoch_height": d["next_epoch_height"],
-                        "validator_set": d["validator_set"],
-                        "pending_validators": d["pending_validators"],
+                        "epoch": d.epoch,
+                        "epoch_blocks": d.epoch_blocks,
+                        "next_epoch_height": d.next_epoch_height,
+                        "validator_set": d.validator_set,
+                        "pending_validators": d.pending_validators,
                     }));
                 }
-                let set = &d["validator_set"];
                 println!(
                     "epoch {} (blocks of {}; the next starts at height {}), at height {}",
-                    d["epoch"], d["epoch_blocks"], d["next_epoch_height"], status.height
+                    d.epoch, d.epoch_blocks, d.next_epoch_height, status.height
                 );
+                let Some(set) = &d.validator_set else {
+                    anyhow::bail!(
+                        "the validator answered no validator set for epoch {}: is it older than \
+                         this peergrid?",
+                        d.epoch
+                    );
+                };
                 println!(
                     "validator set in force since epoch {} (height {}):",
-                    set["epoch"], set["first_height"]
+                    set.epoch, set.first_height
                 );
-                let rows: Vec<Vec<String>> = set["members"]
-                    .as_array()
-                    .map(Vec::as_slice)
-                    .unwrap_or_default()
+                let rows: Vec<Vec<String>> = set
+                    .members
                     .iter()
                     .map(|m| {
                         vec![
-                            m["account"].as_str().unwrap_or("-").to_string(),
-                            m["address"].as_str().unwrap_or("(genesis file)").to_string(),
+                            m.account.to_string(),
+                            m.address
+                                .clone()
+                                .unwrap_or_else(|| "(genesis file)".into()),
                         ]
                     })
                     .collect();
                 output::table(&["ACCOUNT", "ADDRESS"], &rows);
-                match d["pending_validators"].as_array() {
+                match &d.pending_validators {
                     Some(pending) => {
                         println!("voted in, taking over at the next epoch:");
                         let rows: Vec<Vec<String>> = pending
                             .iter()
-                            .map(|m| {
-                                vec![
-                                    m["account"].as_str().unwrap_or("-").to_string(),
-                                    m["address"].as_str().unwrap_or("-").to_string(),
-                                ]
-                            })
+                            .map(|m| vec![m.account.to_string(), m.address.clone()])
                             .collect();
                         output::table(&["ACCOUNT", "ADDRESS"], &rows);
                     }
@@ -858,9 +830,7 @@ pub fn gov(globals: &Globals, cmd: GovCommand) -> anyhow::Result<()> {
                 Ok(())
             }
             GovCommand::List => {
-                let (height, proposals): (u64, Vec<Proposal>) = client
-                    .pages(|from| format!("/v1/proposals?from={from}&limit=1000"), 1)
-                    .await?;
+                let (height, proposals) = client.proposals().await?;
                 if globals.json {
                     return output::json(&json!({ "height": height, "proposals": proposals }));
                 }
@@ -893,15 +863,10 @@ pub fn gov(globals: &Globals, cmd: GovCommand) -> anyhow::Result<()> {
                 Ok(())
             }
             GovCommand::Show { proposal } => {
-                let p: AtHeight<Proposal> =
-                    client.get(&format!("/v1/proposals/{proposal}")).await?;
-                let votes: AtHeight<Value> = client
-                    .get(&format!("/v1/proposals/{proposal}/votes"))
-                    .await?;
+                let p = client.proposal(proposal).await?;
+                let votes = client.votes(proposal).await?;
                 if globals.json {
-                    return output::json(
-                        &json!({ "proposal": p.data, "votes": votes.data["items"] }),
-                    );
+                    return output::json(&json!({ "proposal": p.data, "votes": votes.data }));
                 }
                 let p = p.data;
                 output::rows(&[

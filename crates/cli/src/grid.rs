@@ -6,14 +6,12 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use peergrid_client::AtHeight;
+use peergrid_client::NodeView;
 use peergrid_core::capacity::human_bytes;
 use peergrid_core::tx::{Signature, sign_invitation};
 use peergrid_core::{AccountId, FarmId, Location, NodeId, Payload, PublicIp};
-use peergrid_ledger::Farm;
 use peergrid_node::{DiskSpec, LocationUpdate, NodeConfig, Reservation};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::{Globals, output};
 
@@ -171,9 +169,7 @@ pub fn farm(globals: &Globals, cmd: FarmCommand) -> anyhow::Result<()> {
             }
             FarmCommand::List => {
                 let client = globals.client()?;
-                let (height, farms): (u64, Vec<Farm>) = client
-                    .pages(|from| format!("/v1/farms?from={from}&limit=1000"), 1)
-                    .await?;
+                let (height, farms) = client.farms().await?;
                 if globals.json {
                     return output::json(&json!({ "height": height, "farms": farms }));
                 }
@@ -194,7 +190,7 @@ pub fn farm(globals: &Globals, cmd: FarmCommand) -> anyhow::Result<()> {
             }
             FarmCommand::Show { farm } => {
                 let client = globals.client()?;
-                let f: AtHeight<Farm> = client.get(&format!("/v1/farms/{farm}")).await?;
+                let f = client.farm(&farm).await?;
                 let nodes = nodes(globals, Some(f.data.id)).await?;
                 if globals.json {
                     return output::json(&json!({ "height": f.height, "farm": f.data, "nodes": nodes }));
@@ -229,7 +225,7 @@ pub fn farm(globals: &Globals, cmd: FarmCommand) -> anyhow::Result<()> {
                 let node: AccountId = node.parse()?;
                 let client = globals.client()?;
                 let key = globals.keypair()?;
-                let f: AtHeight<Farm> = client.get(&format!("/v1/farms/{farm}")).await?;
+                let f = client.farm(&farm.to_string()).await?;
                 if f.data.owner != key.account() {
                     bail!(
                         "your key {} does not own farm {farm} (its owner is {}); pass the owner's key with --key",
@@ -238,8 +234,7 @@ pub fn farm(globals: &Globals, cmd: FarmCommand) -> anyhow::Result<()> {
                     );
                 }
                 let status = client.status().await?;
-                let chain_id = status.data["chain_id"].as_str().unwrap_or_default();
-                let sig = sign_invitation(&key, chain_id, farm, &node);
+                let sig = sign_invitation(&key, &status.data.chain_id, farm, &node);
                 let hex = hex::encode(sig.0);
                 if globals.json {
                     return output::json(&json!({ "farm": farm, "node": node, "invitation": hex }));
@@ -252,28 +247,8 @@ pub fn farm(globals: &Globals, cmd: FarmCommand) -> anyhow::Result<()> {
     })
 }
 
-#[derive(Deserialize)]
-struct NodeRow {
-    id: u32,
-    farm: u32,
-    account: AccountId,
-    capacity: peergrid_core::Capacity,
-    used: peergrid_core::Capacity,
-    location: Location,
-    status: String,
-    contracts: u32,
-}
-
-async fn nodes(globals: &Globals, farm: Option<FarmId>) -> anyhow::Result<Vec<Value>> {
-    let client = globals.client()?;
-    let filter = farm.map(|f| format!("&farm={f}")).unwrap_or_default();
-    let (_, nodes) = client
-        .pages(
-            |from| format!("/v1/nodes?from={from}&limit=1000{filter}"),
-            1,
-        )
-        .await?;
-    Ok(nodes)
+async fn nodes(globals: &Globals, farm: Option<FarmId>) -> anyhow::Result<Vec<NodeView>> {
+    Ok(globals.client()?.nodes(farm).await?.1)
 }
 
 /// Check that `text` names a node: its id (a number) or its account.
@@ -309,11 +284,11 @@ pub fn node(globals: &Globals, cmd: NodeCommand) -> anyhow::Result<()> {
             }
             let mut rows = Vec::new();
             for v in &items {
-                let n: NodeRow = serde_json::from_value(v.clone())?;
+                let n = &v.node;
                 rows.push(vec![
                     n.id.to_string(),
                     n.farm.to_string(),
-                    n.status.clone(),
+                    v.status.to_string(),
                     n.capacity.cru.to_string(),
                     human_bytes(n.capacity.mru),
                     human_bytes(n.capacity.sru),
@@ -345,17 +320,17 @@ pub fn node(globals: &Globals, cmd: NodeCommand) -> anyhow::Result<()> {
         NodeCommand::Show { node } => crate::runtime()?.block_on(async {
             node_ref(&node)?;
             let client = globals.client()?;
-            let v: AtHeight<Value> = client.get(&format!("/v1/nodes/{node}")).await?;
+            let v = client.node_by(&node).await?;
             if globals.json {
                 return output::json(&json!({ "height": v.height, "node": v.data }));
             }
-            let n: NodeRow = serde_json::from_value(v.data.clone())?;
-            let last = v.data["uptime"]["last_report_ms"].as_u64();
+            let n = &v.data.node;
+            let last = n.uptime.last_report_ms;
             output::rows(&[
                 ("node", n.id.to_string()),
                 ("farm", n.farm.to_string()),
                 ("account", n.account.to_string()),
-                ("status", n.status.clone()),
+                ("status", v.data.status.to_string()),
                 ("capacity", n.capacity.to_string()),
                 ("used", n.used.to_string()),
                 ("free", n.capacity.saturating_sub(&n.used).to_string()),
@@ -365,10 +340,8 @@ pub fn node(globals: &Globals, cmd: NodeCommand) -> anyhow::Result<()> {
                     "uptime",
                     format!(
                         "up {} since its last start, {} reports",
-                        output::human_duration(Duration::from_secs(
-                            v.data["uptime"]["last_uptime_secs"].as_u64().unwrap_or(0)
-                        )),
-                        v.data["uptime"]["reports"].as_u64().unwrap_or(0)
+                        output::human_duration(Duration::from_secs(n.uptime.last_uptime_secs)),
+                        n.uptime.reports
                     ),
                 ),
                 (

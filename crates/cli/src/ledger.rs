@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use peergrid_client::{Client, TxStatus};
+use peergrid_client::TxStatus;
 use peergrid_core::{AccountId, Amount, Hash, Keypair, Payload};
 use peergrid_devnet::Options;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::{Globals, output};
 
@@ -329,62 +329,32 @@ fn devnet_status(globals: &Globals, dir: &std::path::Path) -> anyhow::Result<()>
         );
     };
     crate::runtime()?.block_on(async {
-        let mut rows = Vec::new();
-        let mut finalizing = 0;
-        for api in &running.apis {
-            let client = Client::new(vec![api.clone()]);
-            match client.status().await {
-                Ok(s) => {
-                    let ok = s.data["finalizing"].as_bool() == Some(true);
-                    finalizing += usize::from(ok);
-                    rows.push(json!({
-                        "api": api, "height": s.height, "epoch": s.data["epoch"], "root": s.root,
-                        "last_block_age_ms": s.data["last_block_age_ms"], "finalizing": ok,
-                    }));
-                }
-                Err(e) => {
-                    rows.push(json!({ "api": api, "error": e.to_string(), "finalizing": false }))
-                }
-            }
-        }
-        let quorum = running.apis.len() * 2 / 3 + 1;
-        let healthy = finalizing >= quorum.min(running.apis.len());
-        let processes = peergrid_devnet::processes(dir);
+        let health = peergrid_devnet::health(dir, &running).await;
+        let processes = &health.processes;
         if globals.json {
-            output::json(&json!({
-                "chain_id": running.chain_id,
-                "finalizing": healthy,
-                "validators": rows,
-                "processes": processes,
-            }))?;
+            output::json(&health)?;
         } else {
             println!(
                 "{:<26} {:>8} {:>6}  {:<10}  state root",
                 "validator API", "height", "epoch", "state"
             );
-            for r in &rows {
-                let state = if r["finalizing"] == true {
+            let number = |v: Option<u64>| v.map_or_else(|| "-".into(), |n| n.to_string());
+            for v in &health.validators {
+                let state = if v.finalizing {
                     "finalizing"
-                } else if r.get("error").is_some() {
+                } else if v.error.is_some() {
                     "down"
                 } else {
                     "stalled"
                 };
-                let number = |v: &Value| {
-                    v.as_u64()
-                        .map(|h| h.to_string())
-                        .unwrap_or_else(|| "-".into())
-                };
+                let root = v.root.map(|r| r.to_string()).unwrap_or_else(|| "-".into());
                 println!(
                     "{:<26} {:>8} {:>6}  {:<10}  {}",
-                    r["api"].as_str().unwrap_or_default(),
-                    number(&r["height"]),
-                    number(&r["epoch"]),
+                    v.api,
+                    number(v.height),
+                    number(v.epoch),
                     state,
-                    r["root"]
-                        .as_str()
-                        .map(|s| &s[..16.min(s.len())])
-                        .unwrap_or("-"),
+                    &root[..16.min(root.len())],
                 );
             }
             if !processes.is_empty() {
@@ -407,9 +377,10 @@ fn devnet_status(globals: &Globals, dir: &std::path::Path) -> anyhow::Result<()>
                 );
             }
         }
-        if !healthy {
+        if !health.finalizing {
             bail!(
-                "the devnet is not finalizing: {finalizing} of {} validators are",
+                "the devnet is not finalizing: {} of {} validators are",
+                health.finalizing_count(),
                 running.apis.len()
             );
         }

@@ -91,10 +91,7 @@ pub fn human_duration(duration: Duration) -> String {
 
 /// A ledger or wall-clock time (Unix ms) relative to now: `3 min ago`, `in 10 s`.
 pub fn ago(ms: u64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+    let now = peergrid_core::now_ms();
     if ms > now {
         format!("in {}", human_duration(Duration::from_millis(ms - now)))
     } else {

@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::peergrid;
+use peergrid_client::types::api::node_routes;
 use serde_json::Value;
 
 fn json(home: &Path, args: &[&str]) -> (bool, Value) {
@@ -241,11 +242,9 @@ fn a_newcomer_runs_a_devnet_and_sends_a_transfer_that_finalizes() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let deadline = Instant::now() + Duration::from_secs(60);
     for url in &health {
-        let node = peergrid_client::Client::new(vec![url.clone()]);
         loop {
             let known = rt
-                .block_on(node.get::<Value>("/v1/status"))
-                .ok()
+                .block_on(common::node_api(url, node_routes::STATUS))
                 .and_then(|s| s["mesh_routing_table_peers"].as_u64())
                 .unwrap_or(0);
             if known == 4 {

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use peergrid_client::{AtHeight, Client, TxStatus};
+use peergrid_client::{Client, TxStatus};
 use peergrid_core::tx::ContractSpec;
 use peergrid_core::{AccountId, Amount, Capacity, Hash, Keypair, Payload};
 use peergrid_ledger::{Bill, BillStatus, Contract, ContractState, Event, RewardReceipt};
@@ -33,9 +33,10 @@ async fn balance(client: &Client, who: &AccountId) -> Amount {
 /// The contract as the API shows it, checked against its proof from the block's state root.
 async fn contract(client: &Client, id: u64) -> Contract {
     let shown = client
-        .get::<AtHeight<Contract>>(&format!("/v1/contracts/{id}"))
+        .contract(id)
         .await
-        .expect("contract");
+        .expect("contract")
+        .expect("the contract exists");
     let proven = client.proven_contract(id).await.expect("proof holds");
     if proven.height == shown.height {
         assert_eq!(
@@ -345,20 +346,19 @@ async fn a_contract_is_billed_paused_resumed_and_deleted_and_the_farmer_can_expl
     // A minting period with the node up all along pays a reward; the payout account
     // holds exactly the farmer's share of the bills plus the rewards on its receipts.
     let receipts = loop {
-        let page: AtHeight<Value> = client
-            .get(&format!("/v1/farms/{farm_id}/receipts?limit=1000"))
+        let receipts: Vec<RewardReceipt> = client
+            .latest_receipts(farm_id as u32, 500)
             .await
-            .expect("receipts");
-        let receipts: Vec<RewardReceipt> =
-            serde_json::from_value(page.data["items"].clone()).expect("receipts");
+            .expect("receipts")
+            .data
+            .items;
         if receipts.iter().any(|r| r.tokens.0 > 0) {
-            let again: AtHeight<Value> = client
-                .get(&format!("/v1/farms/{farm_id}/receipts?limit=1000"))
+            let again = client
+                .latest_receipts(farm_id as u32, 500)
                 .await
                 .expect("receipts");
             let got = balance(&client, &payout).await;
-            let same: Vec<RewardReceipt> =
-                serde_json::from_value(again.data["items"].clone()).expect("receipts");
+            let same: Vec<RewardReceipt> = again.data.items;
             // Only compare when no period was minted between the two reads.
             if same == receipts {
                 let rewards: u64 = receipts.iter().map(|r| r.tokens.0).sum();
@@ -423,7 +423,7 @@ async fn a_contract_is_billed_paused_resumed_and_deleted_and_the_farmer_can_expl
     let (_, shown, _) = run(&home, &["gov", "show", &proposal.to_string()]);
     assert_eq!(shown["proposal"]["status"]["status"], "executed", "{shown}");
     let status = client.status().await.expect("status");
-    assert_eq!(status.data["params"]["token_price_uusd"], 20);
+    assert_eq!(status.data.params.token_price_uusd, 20);
 
     // A council of two: the demo account and a member with a key file of its own.
     let member = Keypair::generate().expect("key");
@@ -494,10 +494,7 @@ async fn a_contract_is_billed_paused_resumed_and_deleted_and_the_farmer_can_expl
     assert_eq!(entry["status"]["status"], "open", "{entry}");
     assert_eq!(entry["approvals"].as_array().map(Vec::len), Some(1));
     let status = client.status().await.expect("status");
-    assert_eq!(
-        status.data["params"]["pricing"]["cu_uusd_month"],
-        22_000_000
-    );
+    assert_eq!(status.data.params.pricing.cu_uusd_month, 22_000_000);
     // The member's approval reaches the threshold: executed, and the price is the file's.
     let (ok, voted, err) = run(
         &home,
@@ -519,16 +516,8 @@ async fn a_contract_is_billed_paused_resumed_and_deleted_and_the_farmer_can_expl
     );
     assert_eq!(proposal_status(&home, pricing), "executed");
     let status = client.status().await.expect("status");
-    assert_eq!(
-        status.data["params"]["pricing"]["cu_uusd_month"],
-        44_000_000
-    );
-    assert_eq!(
-        status.data["params"]["pricing"]["discounts"]
-            .as_array()
-            .map(Vec::len),
-        Some(1)
-    );
+    assert_eq!(status.data.params.pricing.cu_uusd_month, 44_000_000);
+    assert_eq!(status.data.params.pricing.discounts.len(), 1);
 
     // The member rejects a new token price: with both needed, one against closes it.
     let (ok, proposed, err) = run(
@@ -556,7 +545,7 @@ async fn a_contract_is_billed_paused_resumed_and_deleted_and_the_farmer_can_expl
     );
     assert_eq!(proposal_status(&home, price), "rejected");
     let status = client.status().await.expect("status");
-    assert_eq!(status.data["params"]["token_price_uusd"], 20, "unchanged");
+    assert_eq!(status.data.params.token_price_uusd, 20, "unchanged");
     let (ok, _, err) = run(
         &home,
         &[

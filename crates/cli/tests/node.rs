@@ -10,7 +10,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
-use peergrid_client::{AtHeight, Client, TxStatus};
+use peergrid_client::types::api::node_routes;
+use peergrid_client::{RewardReceipt, TxStatus};
 use peergrid_core::tx::ContractSpec;
 use peergrid_core::{Capacity, Hash, Keypair, Payload};
 use peergrid_node::DeployRequest;
@@ -193,8 +194,9 @@ async fn a_farmer_runs_a_node_that_follows_its_contracts_across_restarts() {
     assert_eq!(listed["contracts"][0]["id"], contract_id, "{listed}");
 
     // Deployments over the mesh: a wrong hash or signer is refused; the right one is stored.
-    let local = Client::new(vec![health.clone()]);
-    let status: Value = local.get("/v1/status").await.expect("status");
+    let status = common::node_api(&health, node_routes::STATUS)
+        .await
+        .expect("status");
     let addr: peergrid_mesh::Multiaddr = status["mesh_listen"][0]
         .as_str()
         .expect("listen addr")
@@ -312,12 +314,13 @@ async fn a_farmer_runs_a_node_that_follows_its_contracts_across_restarts() {
     // The time the daemon was stopped is not credited as uptime: the minted receipts of
     // the periods it spans miss at least that much.
     let receipts = loop {
-        let page: AtHeight<Value> = client
-            .get(&format!("/v1/farms/{farm_id}/receipts?limit=1000"))
+        let items = client
+            .latest_receipts(farm_id as u32, 500)
             .await
-            .expect("receipts");
-        let items = page.data["items"].as_array().cloned().unwrap_or_default();
-        let minted = |r: &Value| r["period_end_ms"].as_u64().unwrap_or(0) > restarted_ms;
+            .expect("receipts")
+            .data
+            .items;
+        let minted = |r: &RewardReceipt| r.period_end_ms > restarted_ms;
         if items.iter().any(minted) {
             break items;
         }
@@ -328,15 +331,12 @@ async fn a_farmer_runs_a_node_that_follows_its_contracts_across_restarts() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     let spanned = receipts.iter().filter(|r| {
-        r["node"] == node_id
-            && r["period_start_ms"].as_u64().unwrap_or(0) < restarted_ms
-            && r["period_end_ms"].as_u64().unwrap_or(0) > stopped_ms
+        u64::from(r.node) == node_id
+            && r.period_start_ms < restarted_ms
+            && r.period_end_ms > stopped_ms
     });
     let uncredited_secs: u64 = spanned
-        .map(|r| {
-            let period = r["period_secs"].as_u64().expect("period_secs");
-            period - r["up_secs"].as_u64().expect("up_secs").min(period)
-        })
+        .map(|r| r.period_secs - r.up_secs.min(r.period_secs))
         .sum();
     let stopped_secs = (restarted_ms - stopped_ms) / 1000;
     // Two seconds for the receipts' rounding to whole seconds.
@@ -349,9 +349,11 @@ async fn a_farmer_runs_a_node_that_follows_its_contracts_across_restarts() {
     // The whole ledger goes away: the node says so on its health endpoint, keeps running,
     // and its reports resume by themselves when the ledger is back.
     validators.interrupt();
-    let local = Client::new(vec![health.clone()]);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while local.get::<serde_json::Value>("/health").await.is_ok() {
+    while common::node_api(&health, node_routes::HEALTH)
+        .await
+        .is_some()
+    {
         assert!(
             std::time::Instant::now() < deadline,
             "health stayed ok without a ledger"
@@ -360,7 +362,10 @@ async fn a_farmer_runs_a_node_that_follows_its_contracts_across_restarts() {
     }
     let (_validators, _, _) = devnet(&home, base_port, &[]).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while local.get::<serde_json::Value>("/health").await.is_err() {
+    while common::node_api(&health, node_routes::HEALTH)
+        .await
+        .is_none()
+    {
         assert!(
             std::time::Instant::now() < deadline,
             "uptime reports did not resume"

@@ -7,22 +7,30 @@
 //! code: nodes, gateways and the CLI stay light.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use eventsource_stream::Eventsource;
 use futures::{Stream, StreamExt};
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use serde_json::Value;
 use tracing::{debug, warn};
 
-use peergrid_core::{AccountId, Amount, Hash, Keypair, Payload, SignedTx, TxHash};
-use peergrid_ledger::commitment::StateProof;
-pub use peergrid_ledger::receipt::{FinalizedBlock, TxOutcome, TxStatus};
-use peergrid_ledger::state::tables;
+use peergrid_core::{AccountId, Hash, Keypair, Payload, SignedTx, TxHash};
+use peergrid_types::api::{BatchSubmitted, Submitted, TxAnswer, routes};
+use peergrid_types::proof::tables;
+
+/// The wire contract this client speaks, whole.
+pub use peergrid_types as types;
+/// The API's answers.
+pub use peergrid_types::api::{
+    AccountView, Bills, EconomyView, NodeView, Receipts, Status, SupplyCheck, Vote,
+};
 /// The ledger's records and events as the API serves them, so followers (nodes, the CLI)
 /// read them without depending on the state machine's crate.
-pub use peergrid_ledger::{Contract, ContractState, DeleteReason, Event, Farm, Node, NodeStatus};
+pub use peergrid_types::records::{
+    Account, Bill, BillStatus, Contract, ContractState, DeleteReason, Farm, Node, NodeStatus,
+    Proposal, ProposalStatus, PrunedBills, RewardReceipt, ValidatorSet,
+};
+pub use peergrid_types::{AtHeight, Event, FinalizedBlock, Page, TxError, TxOutcome, TxStatus};
 
 /// Longest wait for a validator to accept a connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -74,42 +82,6 @@ pub enum ClientError {
     },
 }
 
-/// A value read from the ledger, with the finalized height and state root it was read at.
-#[derive(Clone, Debug, Deserialize)]
-pub struct AtHeight<T> {
-    /// Finalized height of the read.
-    pub height: u64,
-    /// State root at that height.
-    pub root: Hash,
-    /// The value.
-    pub data: T,
-}
-
-/// An account as the API shows it.
-#[derive(Clone, Debug, Deserialize)]
-pub struct AccountView {
-    /// The account.
-    pub account: AccountId,
-    /// Its balance.
-    pub balance: Amount,
-    /// Its next nonce.
-    pub nonce: u64,
-    /// The node it is the key of, if any.
-    pub node: Option<u32>,
-}
-
-/// A node as the API lists it.
-#[derive(Clone, Debug, Deserialize)]
-pub struct NodeView {
-    /// The ledger's record.
-    #[serde(flatten)]
-    pub node: Node,
-    /// Up, standby or down, from its uptime reports.
-    pub status: NodeStatus,
-    /// Capacity no contract reserves.
-    pub free: peergrid_core::Capacity,
-}
-
 /// Which contracts to list.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ContractFilter {
@@ -142,12 +114,6 @@ pub struct Client {
     current: AtomicUsize,
     /// Mesh bootstrap peers given by the user, tried before the genesis's.
     bootstrap: Vec<String>,
-}
-
-#[derive(Deserialize)]
-struct ErrorBody {
-    error: String,
-    message: String,
 }
 
 impl Client {
@@ -249,10 +215,11 @@ impl Client {
                 reason: e.to_string(),
             })?;
             if !status.is_success() {
-                let err: ErrorBody = serde_json::from_slice(&body).unwrap_or(ErrorBody {
-                    error: "http".into(),
-                    message: format!("{url} answered {status}"),
-                });
+                let err: peergrid_types::ApiError =
+                    serde_json::from_slice(&body).unwrap_or(peergrid_types::ApiError {
+                        error: "http".into(),
+                        message: format!("{url} answered {status}"),
+                    });
                 return Err(ClientError::Refused {
                     status: status.as_u16(),
                     kind: err.error,
@@ -271,53 +238,42 @@ impl Client {
     }
 
     /// GET `path` (like `/v1/farms?limit=10`) as JSON.
-    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         self.call(|http, url| http.get(format!("{url}{path}")))
             .await
     }
 
     /// A finalized block with its state root and what each transaction did.
     pub async fn block(&self, height: u64) -> Result<FinalizedBlock, ClientError> {
-        self.get(&format!("/v1/blocks/{height}")).await
+        self.get(&routes::fill(routes::BLOCK, &[&height])).await
     }
 
     /// An account (or its absence) proven against a finalized block's state root.
-    pub async fn proven_account(
-        &self,
-        id: &AccountId,
-    ) -> Result<Proven<peergrid_ledger::Account>, ClientError> {
+    pub async fn proven_account(&self, id: &AccountId) -> Result<Proven<Account>, ClientError> {
         let key = peergrid_core::codec::encode(id);
-        self.proven(
-            &format!("/v1/accounts/{id}?proof=true"),
-            tables::ACCOUNTS,
-            &key,
-        )
-        .await
+        self.proven(&proof_of(routes::ACCOUNT, id), tables::ACCOUNTS, &key)
+            .await
     }
 
     /// A farm (or its absence) proven against a finalized block's state root.
     pub async fn proven_farm(&self, id: u32) -> Result<Proven<Farm>, ClientError> {
         let key = peergrid_core::codec::encode(&id);
-        self.proven(&format!("/v1/farms/{id}?proof=true"), tables::FARMS, &key)
+        self.proven(&proof_of(routes::FARM, &id), tables::FARMS, &key)
             .await
     }
 
     /// A node (or its absence) proven against a finalized block's state root.
     pub async fn proven_node(&self, id: u32) -> Result<Proven<Node>, ClientError> {
         let key = peergrid_core::codec::encode(&id);
-        self.proven(&format!("/v1/nodes/{id}?proof=true"), tables::NODES, &key)
+        self.proven(&proof_of(routes::NODE, &id), tables::NODES, &key)
             .await
     }
 
     /// A contract (or its absence) proven against a finalized block's state root.
     pub async fn proven_contract(&self, id: u64) -> Result<Proven<Contract>, ClientError> {
         let key = peergrid_core::codec::encode(&id);
-        self.proven(
-            &format!("/v1/contracts/{id}?proof=true"),
-            tables::CONTRACTS,
-            &key,
-        )
-        .await
+        self.proven(&proof_of(routes::CONTRACT, &id), tables::CONTRACTS, &key)
+            .await
     }
 
     /// Read `path` with its proof for `key` of `table`, check the proof against the root
@@ -329,17 +285,11 @@ impl Client {
         table: u8,
         key: &[u8],
     ) -> Result<Proven<T>, ClientError> {
-        #[derive(Deserialize)]
-        struct Answer {
-            height: u64,
-            root: Hash,
-            proof: Option<StateProof>,
-        }
         let bad = |reason: String| ClientError::Protocol {
             url: path.to_string(),
             reason,
         };
-        let answer: Answer = self.get(path).await?;
+        let answer: AtHeight<serde::de::IgnoredAny> = self.get(path).await?;
         let proof = answer.proof.ok_or_else(|| {
             bad("the answer has no proof (is the validator older than this client?)".into())
         })?;
@@ -385,7 +335,7 @@ impl Client {
     async fn block_from(&self, url: &str, height: u64) -> Result<FinalizedBlock, ClientError> {
         let response = self
             .http
-            .get(format!("{url}/v1/blocks/{height}"))
+            .get(format!("{url}{}", routes::fill(routes::BLOCK, &[&height])))
             .send()
             .await
             .map_err(|e| ClientError::Unreachable {
@@ -407,16 +357,11 @@ impl Client {
 
     /// Every item of a paged list: `path(from)` is fetched from `first` on, following
     /// each page's `next`; returns the items and the highest height they were read at.
-    pub async fn pages<T: DeserializeOwned>(
+    async fn pages<T: DeserializeOwned>(
         &self,
         path: impl Fn(u64) -> String,
         first: u64,
     ) -> Result<(u64, Vec<T>), ClientError> {
-        #[derive(Deserialize)]
-        struct Page<T> {
-            items: Vec<T>,
-            next: Option<u64>,
-        }
         let mut items = Vec::new();
         let mut height = 0;
         let mut from = first;
@@ -431,20 +376,47 @@ impl Client {
         }
     }
 
+    /// Chain status: id, height, root, whether it is finalizing, the validators, the params.
+    pub async fn status(&self) -> Result<AtHeight<Status>, ClientError> {
+        self.get(routes::STATUS).await
+    }
+
+    /// An account's balance and next nonce.
+    pub async fn account(&self, id: &AccountId) -> Result<AtHeight<AccountView>, ClientError> {
+        self.get(&routes::fill(routes::ACCOUNT, &[id])).await
+    }
+
+    /// Every farm, with the height they were read at.
+    pub async fn farms(&self) -> Result<(u64, Vec<Farm>), ClientError> {
+        self.pages(|from| format!("{}?from={from}&limit=500", routes::FARMS), 1)
+            .await
+    }
+
+    /// One farm by id or name; refused (`not_found`, 404) when there is none.
+    pub async fn farm(&self, id_or_name: &str) -> Result<AtHeight<Farm>, ClientError> {
+        self.get(&routes::fill(routes::FARM, &[&Segment(id_or_name)]))
+            .await
+    }
+
     /// Every node, or a farm's: its record, status and free capacity.
     pub async fn nodes(&self, farm: Option<u32>) -> Result<(u64, Vec<NodeView>), ClientError> {
         let filter = farm.map(|f| format!("&farm={f}")).unwrap_or_default();
-        self.pages(|from| format!("/v1/nodes?from={from}&limit=500{filter}"), 1)
-            .await
+        self.pages(
+            |from| format!("{}?from={from}&limit=500{filter}", routes::NODES),
+            1,
+        )
+        .await
     }
 
     /// One node by id; `None` when the ledger has no such node.
     pub async fn node(&self, id: u32) -> Result<Option<AtHeight<NodeView>>, ClientError> {
-        match self.get(&format!("/v1/nodes/{id}")).await {
-            Ok(n) => Ok(Some(n)),
-            Err(ClientError::Refused { status: 404, .. }) => Ok(None),
-            Err(e) => Err(e),
-        }
+        found(self.get(&routes::fill(routes::NODE, &[&id])).await)
+    }
+
+    /// One node by id or account; refused (`not_found`, 404) when there is none.
+    pub async fn node_by(&self, id_or_account: &str) -> Result<AtHeight<NodeView>, ClientError> {
+        self.get(&routes::fill(routes::NODE, &[&Segment(id_or_account)]))
+            .await
     }
 
     /// Every contract matching `filter`, with the height they were read at.
@@ -460,7 +432,7 @@ impl Client {
             query.push_str(&format!("&node={n}"));
         }
         self.pages(
-            |from| format!("/v1/contracts?from={from}&limit=500{query}"),
+            |from| format!("{}?from={from}&limit=500{query}", routes::CONTRACTS),
             1,
         )
         .await
@@ -468,11 +440,110 @@ impl Client {
 
     /// One contract by id; `None` when the ledger has no such contract.
     pub async fn contract(&self, id: u64) -> Result<Option<AtHeight<Contract>>, ClientError> {
-        match self.get(&format!("/v1/contracts/{id}")).await {
-            Ok(c) => Ok(Some(c)),
-            Err(ClientError::Refused { status: 404, .. }) => Ok(None),
-            Err(e) => Err(e),
+        found(self.get(&routes::fill(routes::CONTRACT, &[&id])).await)
+    }
+
+    /// A contract's bills from ledger time `from_ms` on, every page, with what the bills
+    /// pruned from the state added up to.
+    pub async fn bills(&self, contract: u64, from_ms: u64) -> Result<AtHeight<Bills>, ClientError> {
+        let route = routes::fill(routes::BILLS, &[&contract]);
+        let mut all: AtHeight<Bills> = self
+            .get(&format!("{route}?from_ms={from_ms}&limit=500"))
+            .await?;
+        while let Some(next) = all.data.next.take() {
+            let page: AtHeight<Bills> = self
+                .get(&format!("{route}?from_ms={next}&limit=500"))
+                .await?;
+            all.height = all.height.max(page.height);
+            all.root = page.root;
+            all.data.items.extend(page.data.items);
+            all.data.next = page.data.next;
+            all.data.pruned = page.data.pruned;
         }
+        Ok(all)
+    }
+
+    /// A farm's reward receipts of `period`, every page, in node order.
+    pub async fn receipts(
+        &self,
+        farm: u32,
+        period: u64,
+    ) -> Result<AtHeight<Receipts>, ClientError> {
+        let route = routes::fill(routes::FARM_RECEIPTS, &[&farm]);
+        let mut all: AtHeight<Receipts> = self
+            .get(&format!("{route}?period={period}&limit=500"))
+            .await?;
+        while let Some(next) = all.data.next.take() {
+            let page: AtHeight<Receipts> = self
+                .get(&format!("{route}?period={period}&from={next}&limit=500"))
+                .await?;
+            all.height = all.height.max(page.height);
+            all.root = page.root;
+            all.data.items.extend(page.data.items);
+            all.data.next = page.data.next;
+        }
+        Ok(all)
+    }
+
+    /// A farm's newest `limit` reward receipts, newest first: the first names the latest
+    /// period minted.
+    pub async fn latest_receipts(
+        &self,
+        farm: u32,
+        limit: usize,
+    ) -> Result<AtHeight<Receipts>, ClientError> {
+        let route = routes::fill(routes::FARM_RECEIPTS, &[&farm]);
+        self.get(&format!("{route}?limit={limit}")).await
+    }
+
+    /// One node's reward receipt of one period; refused (`not_found`) when there is none.
+    pub async fn node_receipt(
+        &self,
+        node: u32,
+        period: u64,
+    ) -> Result<AtHeight<RewardReceipt>, ClientError> {
+        self.get(&routes::fill(routes::NODE_RECEIPT, &[&node, &period]))
+            .await
+    }
+
+    /// Every governance proposal, with the height they were read at.
+    pub async fn proposals(&self) -> Result<(u64, Vec<Proposal>), ClientError> {
+        self.pages(
+            |from| format!("{}?from={from}&limit=500", routes::PROPOSALS),
+            1,
+        )
+        .await
+    }
+
+    /// One proposal; refused (`not_found`) when there is none.
+    pub async fn proposal(&self, id: u64) -> Result<AtHeight<Proposal>, ClientError> {
+        self.get(&routes::fill(routes::PROPOSAL, &[&id])).await
+    }
+
+    /// A proposal's votes, with who cast each and the weight it carried.
+    pub async fn votes(&self, proposal: u64) -> Result<AtHeight<Vec<Vote>>, ClientError> {
+        let page: AtHeight<Page<Vote>> =
+            self.get(&routes::fill(routes::VOTES, &[&proposal])).await?;
+        Ok(AtHeight {
+            height: page.height,
+            root: page.root,
+            data: page.data.items,
+            proof: None,
+        })
+    }
+
+    /// Minting progress, everything billed, the current period and the supply identity.
+    pub async fn economy(&self) -> Result<AtHeight<EconomyView>, ClientError> {
+        self.get(routes::ECONOMY).await
+    }
+
+    /// The validator set that decides the blocks of `epoch`.
+    pub async fn epoch_validators(
+        &self,
+        epoch: u64,
+    ) -> Result<AtHeight<ValidatorSet>, ClientError> {
+        self.get(&routes::fill(routes::EPOCH_VALIDATORS, &[&epoch]))
+            .await
     }
 
     /// The mesh bootstrap peers: those given with [`Client::with_mesh_bootstrap`], then
@@ -480,39 +551,20 @@ impl Client {
     pub async fn mesh_bootstrap(&self) -> Result<Vec<String>, ClientError> {
         let status = self.status().await?;
         let mut peers = self.bootstrap.clone();
-        for genesis in status.data["mesh_bootstrap"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-        {
-            if !peers.iter().any(|p| p == genesis) {
-                peers.push(genesis.to_string());
+        for genesis in status.data.mesh_bootstrap {
+            if !peers.contains(&genesis) {
+                peers.push(genesis);
             }
         }
         Ok(peers)
     }
 
-    /// Chain status: id, height, root, whether it is finalizing.
-    pub async fn status(&self) -> Result<AtHeight<Value>, ClientError> {
-        self.get("/v1/status").await
-    }
-
-    /// An account's balance and next nonce.
-    pub async fn account(&self, id: &AccountId) -> Result<AtHeight<AccountView>, ClientError> {
-        self.get(&format!("/v1/accounts/{id}")).await
-    }
-
     /// Submit a signed transaction; returns its hash once a validator accepted it into its mempool.
     pub async fn submit(&self, tx: &SignedTx) -> Result<TxHash, ClientError> {
-        #[derive(Deserialize)]
-        struct Accepted {
-            hash: TxHash,
-        }
         let bytes = tx.encode();
-        let accepted: Accepted = self
+        let accepted: Submitted = self
             .call(|http, url| {
-                http.post(format!("{url}/v1/tx"))
+                http.post(format!("{url}{}", routes::TX))
                     .header("content-type", "application/octet-stream")
                     .body(bytes.clone())
             })
@@ -525,21 +577,11 @@ impl Client {
         &self,
         txs: &[SignedTx],
     ) -> Result<(usize, Vec<(usize, String)>), ClientError> {
-        #[derive(Deserialize)]
-        struct Failure {
-            index: usize,
-            message: String,
-        }
-        #[derive(Deserialize)]
-        struct Answer {
-            accepted: usize,
-            errors: Vec<Failure>,
-        }
         let body =
             peergrid_core::codec::encode(&txs.iter().map(SignedTx::encode).collect::<Vec<_>>());
-        let answer: Answer = self
+        let answer: BatchSubmitted = self
             .call(|http, url| {
-                http.post(format!("{url}/v1/txs"))
+                http.post(format!("{url}{}", routes::TXS))
                     .header("content-type", "application/octet-stream")
                     .body(body.clone())
             })
@@ -556,45 +598,89 @@ impl Client {
 
     /// Where a transaction is.
     pub async fn tx_status(&self, hash: &TxHash) -> Result<TxStatus, ClientError> {
-        #[derive(Deserialize)]
-        struct Answer {
-            status: TxStatus,
-        }
-        Ok(self.get::<Answer>(&format!("/v1/tx/{hash}")).await?.status)
+        let answer: TxAnswer = self.get(&routes::fill(routes::TX_STATUS, &[hash])).await?;
+        Ok(answer.status)
     }
 
-    /// Wait until `hash` is finalized (applied or rejected), polling every 100 ms, up to `timeout`.
+    /// Wait until `hash` is finalized (applied or rejected), up to `timeout`: see
+    /// [`Client::wait_all`].
     pub async fn wait(&self, hash: &TxHash, timeout: Duration) -> Result<TxStatus, ClientError> {
+        let mut all = self.wait_all(std::slice::from_ref(hash), timeout).await?;
+        all.pop().ok_or(ClientError::Timeout {
+            hash: *hash,
+            waited: Duration::ZERO,
+        })
+    }
+
+    /// Wait until every one of `hashes` is finalized (applied or rejected), up to `timeout`;
+    /// their outcomes, in order. Follows the finalized blocks as the validators send them,
+    /// and asks for the ones still pending once a second in case the stream is stuck.
+    pub async fn wait_all(
+        &self,
+        hashes: &[TxHash],
+        timeout: Duration,
+    ) -> Result<Vec<TxStatus>, ClientError> {
         let start = Instant::now();
-        loop {
-            match self.tx_status(hash).await {
-                Ok(s @ (TxStatus::Finalized { .. } | TxStatus::Rejected { .. })) => return Ok(s),
-                Ok(_) => {}
-                Err(ClientError::Unreachable { .. }) if start.elapsed() < timeout => {}
+        let mut done: Vec<Option<TxStatus>> = vec![None; hashes.len()];
+        let timed_out = |done: &[Option<TxStatus>]| {
+            let pending = hashes.iter().zip(done).find(|(_, d)| d.is_none());
+            ClientError::Timeout {
+                hash: pending.map_or(Hash([0; 32]), |(h, _)| *h),
+                waited: start.elapsed(),
+            }
+        };
+        // The height before asking: whatever finalizes after the answers is in a later block.
+        let head = loop {
+            match self.status().await {
+                Ok(s) => break s.height,
+                Err(ClientError::Unreachable { .. }) if start.elapsed() < timeout => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
                 Err(e) => return Err(e),
             }
-            if start.elapsed() >= timeout {
-                return Err(ClientError::Timeout {
-                    hash: *hash,
-                    waited: start.elapsed(),
-                });
+        };
+        let mut poll = tokio::time::interval(WAIT_POLL);
+        let mut blocks = self.events(head + 1);
+        loop {
+            if done.iter().all(Option::is_some) {
+                return Ok(done.into_iter().flatten().collect());
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            let left = timeout.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                return Err(timed_out(&done));
+            }
+            tokio::select! {
+                block = blocks.next() => {
+                    let Some(block) = block else { continue };
+                    for outcome in &block.txs {
+                        if let Some(i) = hashes.iter().position(|h| *h == outcome.hash) {
+                            done[i] = Some(TxStatus::of(block.height, &outcome.result));
+                        }
+                    }
+                }
+                _ = poll.tick() => {
+                    let pending = done.iter().enumerate().filter(|(_, d)| d.is_none());
+                    let ask: Vec<usize> = pending.map(|(i, _)| i).take(WAIT_POLL_MAX).collect();
+                    for i in ask {
+                        match self.tx_status(&hashes[i]).await {
+                            Ok(s @ (TxStatus::Finalized { .. } | TxStatus::Rejected { .. })) => {
+                                done[i] = Some(s);
+                            }
+                            Ok(_) | Err(ClientError::Unreachable { .. }) => {}
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+                _ = tokio::time::sleep(left) => return Err(timed_out(&done)),
+            }
         }
     }
 
     /// Sign `payload` with `key` at its next nonce, valid for [`TX_LIFETIME`].
     pub async fn sign(&self, key: &Keypair, payload: Payload) -> Result<SignedTx, ClientError> {
-        let status = self.status().await?;
-        let chain_id = status.data["chain_id"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
+        let chain_id = self.status().await?.data.chain_id;
         let nonce = self.account(&key.account()).await?.data.nonce;
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let now_ms = peergrid_core::now_ms();
         Ok(SignedTx::expiring(
             key,
             &chain_id,
@@ -651,12 +737,9 @@ impl Client {
                 message: format!("transaction {} of {}: {message}", index + 1, txs.len()),
             });
         }
-        let mut out = Vec::with_capacity(txs.len());
-        for tx in &txs {
-            let hash = tx.hash();
-            out.push((hash, self.wait(&hash, timeout).await?));
-        }
-        Ok(out)
+        let hashes: Vec<TxHash> = txs.iter().map(SignedTx::hash).collect();
+        let outcomes = self.wait_all(&hashes, timeout).await?;
+        Ok(hashes.into_iter().zip(outcomes).collect())
     }
 
     /// Finalized blocks from height `from` on, following new ones as they come, each once
@@ -716,7 +799,7 @@ impl Client {
         loop {
             for _ in 0..self.urls.len() {
                 let index = self.current.load(Ordering::Relaxed);
-                let url = format!("{}/v1/events?from={next}", self.urls[index]);
+                let url = format!("{}{}?from={next}", self.urls[index], routes::EVENTS);
                 let opened =
                     tokio::time::timeout(EVENTS_SILENCE_MAX, self.streaming.get(&url).send()).await;
                 match opened {
@@ -784,6 +867,43 @@ fn http_clients(
         );
         with(roots, true)
     })
+}
+
+/// How often [`Client::wait_all`] asks for the transactions still pending, besides following
+/// the blocks.
+const WAIT_POLL: Duration = Duration::from_secs(1);
+/// Most transactions [`Client::wait_all`] asks about in one round.
+const WAIT_POLL_MAX: usize = 64;
+
+/// A path segment from a user (a farm's name, a node's account), percent-encoded so it
+/// stays one segment.
+struct Segment<'a>(&'a str);
+
+impl std::fmt::Display for Segment<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for b in self.0.bytes() {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                write!(f, "{}", b as char)?;
+            } else {
+                write!(f, "%{b:02X}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An entry's route with its proof asked for.
+fn proof_of(route: &str, id: &(dyn std::fmt::Display + Sync)) -> String {
+    format!("{}?proof=true", routes::fill(route, &[id]))
+}
+
+/// A 404 as `None`: the ledger has no such entry.
+fn found<T>(answer: Result<T, ClientError>) -> Result<Option<T>, ClientError> {
+    match answer {
+        Ok(v) => Ok(Some(v)),
+        Err(ClientError::Refused { status: 404, .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Longest silence on the event stream before the validator counts as stalled: the API sends

@@ -3,13 +3,18 @@
 
 use std::sync::Arc;
 
-use peergrid_client::{Client, ClientError};
-use serde_json::Value;
+use peergrid_client::{AccountView, AtHeight, Client, ClientError};
+use peergrid_core::{AccountId, Amount, Hash, Keypair};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::rustls::crypto::aws_lc_rs;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+/// The one account the stand-in validator knows, the same in every call.
+fn account() -> AccountId {
+    Keypair::from_seed([7; 32]).account()
+}
 
 /// A validator stand-in on a free loopback port that answers every request over TLS with
 /// one status document; its URL and its certificate as PEM.
@@ -45,7 +50,18 @@ async fn https_validator() -> (String, String) {
                         Ok(n) => request.extend_from_slice(&buf[..n]),
                     }
                 }
-                let body = r#"{"height":7,"root":"00","data":{"chain_id":"tls"}}"#;
+                let body = serde_json::to_string(&AtHeight {
+                    height: 7,
+                    root: Hash([0; 32]),
+                    data: AccountView {
+                        account: account(),
+                        balance: Amount(5),
+                        nonce: 3,
+                        node: None,
+                    },
+                    proof: None,
+                })
+                .expect("an account as JSON");
                 let response = format!(
                     "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                     body.len()
@@ -65,15 +81,15 @@ async fn an_https_validator_is_reached_when_its_authority_is_trusted() {
     let trusting = Client::new(vec![url.clone()])
         .with_root_certificates(pem.as_bytes())
         .expect("a PEM certificate is accepted");
-    let status: Value = trusting
-        .get("/v1/status")
+    let shown = trusting
+        .account(&account())
         .await
-        .expect("the status over TLS");
-    assert_eq!(status["data"]["chain_id"], "tls");
+        .expect("the account over TLS");
+    assert_eq!((shown.height, shown.data.nonce), (7, 3));
 
     // The same validator, its certificate not trusted: an error that names the certificate.
     let wary = Client::new(vec![url]);
-    match wary.get::<Value>("/v1/status").await {
+    match wary.account(&account()).await {
         Err(ClientError::Unreachable { last, .. }) => {
             assert!(last.to_lowercase().contains("certificate"), "{last}");
         }

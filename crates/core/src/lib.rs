@@ -34,3 +34,12 @@ pub type NodeId = u32;
 pub type ContractId = u64;
 /// Governance proposal identifier, assigned in creation order starting at 1.
 pub type ProposalId = u64;
+
+/// Wall-clock Unix time in ms; 0 if the clock is before 1970. Only for what leaves the
+/// ledger (timeouts, reports, ages): the ledger's own clock is each block's time.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use futures::StreamExt;
 use serde::Serialize;
-use serde_json::Value;
 
 use peergrid_client::{Client, TxStatus};
 use peergrid_core::{Amount, Keypair, Payload, SignedTx, TxHash};
@@ -359,8 +358,7 @@ async fn run(
     for api in &apis {
         let client = Client::new(vec![api.clone()]);
         roots.insert(client.block(height).await?.root);
-        let economy: Value = client.get("/v1/economy").await?;
-        conserved &= economy["data"]["supply"]["conserved"] == Value::Bool(true);
+        conserved &= client.economy().await?.data.supply.conserved;
     }
     report.roots_agree = roots.len() == 1;
     report.supply_conserved = conserved;

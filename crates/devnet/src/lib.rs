@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 pub mod bench;
 pub mod chaos;
@@ -154,7 +154,7 @@ pub fn prepare_with(opts: &Options, extra: &[GenesisBalance]) -> anyhow::Result<
         bail!("a devnet needs at least one validator");
     }
     std::fs::create_dir_all(opts.dir.join("keys"))?;
-    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
+    let now_ms = peergrid_core::now_ms();
     // Each devnet gets its own chain id (its creation time): transactions bind the chain
     // id, so one signed for another devnet on this machine cannot apply here.
     let chain_id = format!("peergrid-devnet-{now_ms}");
@@ -453,7 +453,7 @@ impl Supervisor {
                 );
             }
             if let Ok(s) = client.status().await
-                && s.data["finalizing"].as_bool() == Some(true)
+                && s.data.finalizing
             {
                 return Ok(s.height);
             }
@@ -473,12 +473,8 @@ impl Supervisor {
         let mut ids = Vec::new();
         for f in 1..=FARMS {
             let name = format!("devnet-farm-{f}");
-            let existing: Result<peergrid_client::AtHeight<serde_json::Value>, _> =
-                client.get(&format!("/v1/farms/{name}")).await;
-            if let Ok(found) = existing
-                && let Some(id) = found.data["id"].as_u64()
-            {
-                ids.push(u32::try_from(id)?);
+            if let Ok(found) = client.farm(&name).await {
+                ids.push(found.data.id);
                 continue;
             }
             let key = Keypair::load(&self.dir.join(format!("keys/farmer-{f}.json")))?;
@@ -850,5 +846,85 @@ mod tests {
             other.apply_tx(&tx, &ctx),
             Err(peergrid_ledger::TxError::WrongChain { .. })
         ));
+    }
+}
+
+/// One validator of a running devnet as its API answers.
+#[derive(Clone, Debug, Serialize)]
+pub struct ValidatorHealth {
+    /// Its API's URL.
+    pub api: String,
+    /// Its finalized height, when it answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub height: Option<u64>,
+    /// Its epoch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
+    /// Its state root at that height.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub root: Option<peergrid_core::Hash>,
+    /// How long ago its last block was, ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_block_age_ms: Option<u64>,
+    /// Whether it is finalizing blocks.
+    pub finalizing: bool,
+    /// Why it did not answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A running devnet's health: every validator's view, and whether a quorum finalizes.
+#[derive(Clone, Debug, Serialize)]
+pub struct Health {
+    /// The chain's id.
+    pub chain_id: String,
+    /// Whether a quorum of validators is finalizing.
+    pub finalizing: bool,
+    /// Each validator.
+    pub validators: Vec<ValidatorHealth>,
+    /// Each supervised process, with its restarts and last exit.
+    pub processes: Vec<ProcessStatus>,
+}
+
+impl Health {
+    /// How many validators are finalizing.
+    pub fn finalizing_count(&self) -> usize {
+        self.validators.iter().filter(|v| v.finalizing).count()
+    }
+}
+
+/// Ask every validator of the devnet running from `running` how it is doing.
+pub async fn health(dir: &Path, running: &Running) -> Health {
+    let mut validators = Vec::new();
+    for api in &running.apis {
+        let client = Client::new(vec![api.clone()]);
+        validators.push(match client.status().await {
+            Ok(s) => ValidatorHealth {
+                api: api.clone(),
+                height: Some(s.height),
+                epoch: Some(s.data.epoch),
+                root: Some(s.root),
+                last_block_age_ms: Some(s.data.last_block_age_ms),
+                finalizing: s.data.finalizing,
+                error: None,
+            },
+            Err(e) => ValidatorHealth {
+                api: api.clone(),
+                height: None,
+                epoch: None,
+                root: None,
+                last_block_age_ms: None,
+                finalizing: false,
+                error: Some(e.to_string()),
+            },
+        });
+    }
+    let quorum = running.apis.len() * 2 / 3 + 1;
+    let finalizing = validators.iter().filter(|v| v.finalizing).count();
+    Health {
+        chain_id: running.chain_id.clone(),
+        finalizing: finalizing >= quorum.min(running.apis.len()),
+        validators,
+        processes: processes(dir),
     }
 }

@@ -38,11 +38,9 @@ use peergrid_core::economics::{self, Billable, Split};
 use peergrid_core::tx::ContractSpec;
 use peergrid_core::{AccountId, Amount, ContractId};
 
-use std::fmt::Write as _;
-
-use crate::apply::Event;
 use crate::records::{Bill, BillStatus, Contract, ContractState, DeleteReason};
 use crate::state::State;
+use peergrid_types::Event;
 
 /// Most contracts billed in one block; a backlog (after a stalled chain) drains over the next blocks.
 pub const BILLS_PER_BLOCK_MAX: usize = 10_000;
@@ -412,74 +410,5 @@ impl State {
                 self.try_resume(id, now_ms, events);
             }
         }
-    }
-}
-
-impl Bill {
-    /// The bill line by line, every number with the formula that produced it.
-    pub fn render(&self) -> String {
-        let usd = |u: u64| format!("{}.{:06} USD", u / 1_000_000, u % 1_000_000);
-        let units = |m: u64| format!("{}.{:06}", m / 1_000_000, m % 1_000_000);
-        let b = &self.billable;
-        let mut o = String::new();
-        // Writing to a String cannot fail.
-        let _ = (|| -> std::fmt::Result {
-            writeln!(o, "bill: contract {} of {}", self.contract, self.owner)?;
-            writeln!(
-                o,
-                "period      [{} ms, {} ms) = {} ms",
-                self.from_ms,
-                self.to_ms,
-                self.to_ms.saturating_sub(self.from_ms)
-            )?;
-            writeln!(
-                o,
-                "billed      {} CU, {} SU, {} IPv4, {} names (per month of {} s)",
-                units(b.units.cu_micro),
-                units(b.units.su_micro),
-                b.ipv4,
-                b.names,
-                economics::MONTH_SECS
-            )?;
-            writeln!(o, "resources   {}", usd(self.resources_uusd))?;
-            writeln!(o, "network     {} B = {}", self.nu_bytes, usd(self.nu_uusd))?;
-            writeln!(
-                o,
-                "discount    balance covers {}.{:03} months → {} %",
-                self.discount.months_covered_milli / 1000,
-                self.discount.months_covered_milli % 1000,
-                self.discount.percent
-            )?;
-            writeln!(
-                o,
-                "net         ({} + {}) · (100 − {}) / 100 = {}",
-                usd(self.resources_uusd),
-                usd(self.nu_uusd),
-                self.discount.percent,
-                usd(self.net_uusd)
-            )?;
-            writeln!(
-                o,
-                "tokens      {} µUSD · 10^7 / {} = {:?}",
-                self.net_uusd, self.token_price_uusd, self.tokens
-            )?;
-            let farmer = self
-                .farmer_payout
-                .map_or_else(|| "the foundation (no node)".to_string(), |a| a.to_string());
-            writeln!(
-                o,
-                "split       farmer {:?} to {farmer}, foundation {:?}, staking {:?}",
-                self.split.farmer, self.split.foundation, self.split.staking
-            )?;
-            writeln!(
-                o,
-                "status      {}",
-                match self.status {
-                    BillStatus::Paid => "paid",
-                    BillStatus::WrittenOff => "written off: the contract was deleted unpaid",
-                }
-            )
-        })();
-        o
     }
 }

@@ -51,8 +51,6 @@ pub mod commitment;
 pub mod genesis;
 pub mod ledger;
 pub mod minting;
-pub mod receipt;
-pub mod records;
 pub mod state;
 pub mod store;
 mod table;
@@ -70,3 +68,6 @@ pub use records::{
 pub use state::{State, Supply};
 pub use store::{MemoryStore, RedbStore, Snapshot, Store, StoreError};
 pub use table::Change;
+
+/// The records, events and answers the ledger shares with every client: [`peergrid_types`].
+pub use peergrid_types::{receipt, records};

@@ -51,19 +51,15 @@
 //!   payout, µUSD and tokens), and a pruned receipt is recomputed whole by replaying
 //!   the blocks up to its minting: minting is a pure function of the ledger's history.
 
-use std::fmt::Write as _;
-
 use peergrid_core::amount::Amount;
-use peergrid_core::capacity::human_bytes;
-use peergrid_core::economics::{self, MONTH_SECS, RewardInputs};
-use peergrid_core::policy::UUSD_PER_USD;
+use peergrid_core::economics::{self, RewardInputs};
 use peergrid_core::{FarmId, NodeId};
 
-use crate::apply::Event;
 use crate::records::{
     NodeUptime, PeriodUptime, RewardReceipt, VIOLATIONS_KEPT, Violation, ViolationKind,
 };
 use crate::state::State;
+use peergrid_types::Event;
 
 /// Most nodes minted in one block.
 pub const MINT_NODES_PER_BLOCK: usize = 1_000;
@@ -430,191 +426,6 @@ impl State {
         });
         self.farm_receipts.insert((r.farm, r.period, r.node), ());
         self.receipts.insert((r.period, r.node), r);
-    }
-}
-
-fn usd(uusd: u64) -> String {
-    format!("{}.{:06} USD", uusd / UUSD_PER_USD, uusd % UUSD_PER_USD)
-}
-
-fn units(micro: u64) -> String {
-    format!("{}.{:06}", micro / 1_000_000, micro % 1_000_000)
-}
-
-impl RewardReceipt {
-    /// The receipt line by line, every number with the formula that produced it.
-    pub fn render(&self) -> String {
-        let mut o = String::new();
-        let s = &self.steps;
-        let f = &self.farming;
-        let c = &self.capacity;
-        let gib = |b: u64| format!("{b} B ({})", human_bytes(b));
-        // Writing to a String cannot fail.
-        let _ = (|| -> std::fmt::Result {
-            writeln!(
-                o,
-                "reward receipt: node {} of farm {}, period {}",
-                self.node, self.farm, self.period
-            )?;
-            writeln!(
-                o,
-                "period          [{} ms, {} ms) of ledger time",
-                self.period_start_ms, self.period_end_ms
-            )?;
-            writeln!(
-                o,
-                "counted from    {} ms (period start or registration, the later)",
-                self.counted_from_ms
-            )?;
-            writeln!(
-                o,
-                "period length   ({} − {}) / 1000 = {} s",
-                self.period_end_ms, self.counted_from_ms, self.period_secs
-            )?;
-            writeln!(
-                o,
-                "uptime counted  {} s over {} reports",
-                self.up_secs, self.reports
-            )?;
-            writeln!(
-                o,
-                "uptime          {} · 1000 / {} = {} ‰",
-                self.up_secs, self.period_secs, s.uptime_permille
-            )?;
-            writeln!(
-                o,
-                "capacity        {} cores, mru {}, sru {}, hru {}",
-                c.cru,
-                gib(c.mru),
-                gib(c.sru),
-                gib(c.hru)
-            )?;
-            writeln!(
-                o,
-                "CU              min(cru·2, (mru_GiB − 1)/4, sru_GiB/50) = {}",
-                units(s.units.cu_micro)
-            )?;
-            writeln!(
-                o,
-                "SU              hru_GiB/1200 + sru_GiB/250 = {}",
-                units(s.units.su_micro)
-            )?;
-            writeln!(
-                o,
-                "rates           CU {} and SU {} per month of {MONTH_SECS} s",
-                usd(f.cu_uusd_month),
-                usd(f.su_uusd_month)
-            )?;
-            writeln!(
-                o,
-                "capacity worth  ({} CU · {} + {} SU · {}) · {} s / {MONTH_SECS} s = {}",
-                units(s.units.cu_micro),
-                usd(f.cu_uusd_month),
-                units(s.units.su_micro),
-                usd(f.su_uusd_month),
-                self.period_secs,
-                usd(s.capacity_uusd)
-            )?;
-            writeln!(
-                o,
-                "certification   {} → ×{} % = {}",
-                if self.certified { "certified" } else { "DIY" },
-                s.multiplier_percent,
-                usd(s.capacity_multiplied_uusd)
-            )?;
-            writeln!(
-                o,
-                "network         {} B · {} / GB = {}",
-                self.nu_bytes,
-                usd(f.nu_uusd_per_gb),
-                usd(s.nu_uusd)
-            )?;
-            writeln!(
-                o,
-                "public IPs      {} s · {} / h = {}",
-                self.ip_secs,
-                usd(f.ip_uusd_hour),
-                usd(s.ip_uusd)
-            )?;
-            writeln!(o, "full uptime     {}", usd(s.full_uptime_uusd))?;
-            writeln!(
-                o,
-                "SLA             {} ‰ required: {} · 1000 {} {} · {} → {}",
-                s.sla_permille,
-                self.up_secs,
-                if s.sla_met { "≥" } else { "<" },
-                s.sla_permille,
-                self.period_secs,
-                if s.sla_met {
-                    "met"
-                } else {
-                    "NOT met: no reward"
-                }
-            )?;
-            if self.violation_count == 0 {
-                writeln!(o, "violations      none")?;
-            } else {
-                writeln!(
-                    o,
-                    "violations      {} (any one zeroes the period)",
-                    self.violation_count
-                )?;
-                for v in &self.violations {
-                    writeln!(o, "  at {} ms     {}", v.at_ms, describe(&v.kind))?;
-                }
-            }
-            writeln!(
-                o,
-                "reward          {} · {} / {} = {}",
-                usd(s.full_uptime_uusd),
-                self.up_secs,
-                self.period_secs,
-                usd(s.reward_uusd)
-            )?;
-            writeln!(
-                o,
-                "price           {} per token (the node's connection price)",
-                usd(self.connection_price_uusd)
-            )?;
-            writeln!(
-                o,
-                "tokens          {} µUSD · 10^7 / {} = {} units = {:?}",
-                s.reward_uusd, self.connection_price_uusd, self.tokens.0, self.tokens
-            )?;
-            writeln!(
-                o,
-                "paid to         {} at {} ms",
-                self.payout, self.minted_ms
-            )
-        })();
-        o
-    }
-}
-
-/// A violation in words.
-pub fn describe(v: &ViolationKind) -> String {
-    match v {
-        ViolationKind::UptimeBeyondElapsed {
-            gained_secs,
-            elapsed_secs,
-        } => {
-            format!("uptime grew {gained_secs} s while the node's clock advanced {elapsed_secs} s")
-        }
-        ViolationKind::HiddenReboot {
-            previous_boot_secs,
-            boot_secs,
-            previous_report_secs,
-        } => format!(
-            "(re)started at {boot_secs} s, before the previous report at {previous_report_secs} s which showed a start at {previous_boot_secs} s"
-        ),
-        ViolationKind::ClockSkew {
-            first_boot_secs,
-            boot_secs,
-            skew_secs,
-            max_secs,
-        } => format!(
-            "clock skew: implies a boot at {boot_secs} s, {skew_secs} s from the boot at {first_boot_secs} s first seen, more than {max_secs} s"
-        ),
     }
 }
 

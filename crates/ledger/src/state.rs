@@ -2,7 +2,6 @@
 
 use peergrid_core::codec::DecodeError;
 use peergrid_core::{AccountId, Amount, ContractId, FarmId, Hash, NodeId, ProposalId};
-use serde::Serialize;
 
 use crate::commitment::{Commitment, StateProof};
 use crate::genesis::{Genesis, Params};
@@ -11,18 +10,9 @@ use crate::records::{
     PrunedBills, RewardReceipt, ValidatorMember, ValidatorSet, VoteRecord,
 };
 use crate::table::{AnyTable, Change, Table};
+pub use peergrid_types::api::Supply;
 
-/// Tags of the tables a client can ask proofs of ([`State::prove_account`] and siblings).
-pub mod tables {
-    /// Accounts by id.
-    pub const ACCOUNTS: u8 = 3;
-    /// Farms by id.
-    pub const FARMS: u8 = 4;
-    /// Nodes by id.
-    pub const NODES: u8 = 6;
-    /// Contracts by id.
-    pub const CONTRACTS: u8 = 8;
-}
+pub use peergrid_types::proof::tables;
 
 /// Key of the single entry in the config and globals tables.
 const SINGLETON: u8 = 0;
@@ -680,25 +670,6 @@ impl State {
     /// Whether genesis + minted − burned equals the sum of all balances.
     pub fn supply_is_conserved(&self) -> bool {
         self.supply().expected() == Some(self.total_balances())
-    }
-}
-
-/// The token supply as the ledger counts it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub struct Supply {
-    /// Tokens at genesis.
-    pub genesis: Amount,
-    /// Tokens minted since (rewards).
-    pub minted: Amount,
-    /// Tokens burned since (fees).
-    pub burned: Amount,
-}
-
-impl Supply {
-    /// What every balance (pools included) must sum to: genesis + minted − burned, or `None`
-    /// when more was burned than ever existed.
-    pub fn expected(&self) -> Option<u128> {
-        (self.genesis.0 as u128 + self.minted.0 as u128).checked_sub(self.burned.0 as u128)
     }
 }
 

@@ -4,24 +4,25 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context;
 use peergrid_client::{Client, TxStatus};
 use peergrid_core::tx::Signature;
-use peergrid_core::{Capacity, FarmId, Keypair, NodeId, Payload};
-use serde_json::Value;
+use peergrid_core::{FarmId, Keypair, NodeId, Payload};
 use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
 
 use crate::lock::DataDirLock;
 use crate::probe::{DiskSpec, Probe, Reservation, probe};
-use crate::protocol::{self, DeployRequest, NodeReport, WorkloadCounts};
+use crate::protocol::{self, DeployRequest};
 use crate::reconcile;
 use crate::register::{Consent, ensure_registered};
 use crate::settings::{LocationUpdate, Settings};
+pub use crate::shared::Shared;
 use crate::uptime::ServiceClock;
 use crate::world::{WorkloadState, World, WorldError, write_atomic};
+use peergrid_core::now_ms;
 
 /// How `peergrid node run` is configured.
 #[derive(Clone, Debug)]
@@ -50,104 +51,6 @@ pub struct NodeConfig {
     pub invitation: Option<Signature>,
     /// The farm owner's key, when it is here: signs the invitation, funds the node.
     pub owner_key: Option<PathBuf>,
-}
-
-/// What the tasks share.
-pub struct Shared {
-    /// The local world.
-    pub world: Mutex<World>,
-    /// What the node registered.
-    pub capacity: Capacity,
-    /// Its farm.
-    pub farm: FarmId,
-    /// Its key's account.
-    pub account: peergrid_core::AccountId,
-    /// Uptime reports the ledger finalized.
-    pub reports_ok: AtomicU64,
-    /// Uptime reports that failed (ledger unreachable or rejected).
-    pub reports_failed: AtomicU64,
-    /// Unix ms of the last finalized uptime report.
-    pub last_report_ms: AtomicU64,
-    /// Deployments accepted and refused over the mesh.
-    pub deploys_ok: AtomicU64,
-    /// Deployments refused.
-    pub deploys_refused: AtomicU64,
-    /// The uptime interval from genesis, seconds.
-    pub interval_secs: u64,
-    /// The mesh peer's listen addresses.
-    pub listen: Vec<String>,
-    /// The mesh peer.
-    pub mesh: peergrid_mesh::Mesh,
-    /// When the service started: the uptime it reports.
-    pub clock: ServiceClock,
-    /// The shards of the storage contracts on this node.
-    pub storage: Arc<peergrid_storage::ShardStore>,
-    /// The deployments this node runs.
-    pub compute: Arc<crate::compute::Compute>,
-}
-
-impl Shared {
-    /// Tell the shard store which storage contracts the world holds, and in what state.
-    pub fn sync_storage(&self, world: &World) {
-        let contracts = world
-            .workloads
-            .values()
-            .filter(|w| w.kind == "storage" && w.holds_capacity())
-            .map(|w| {
-                (
-                    w.contract,
-                    peergrid_storage::ContractAccess {
-                        owner: w.owner,
-                        quota: w.reserved.hru.saturating_add(w.reserved.sru),
-                        paused: w.state == WorkloadState::Paused,
-                        dir: world.shard_dir(w.contract),
-                    },
-                )
-            })
-            .collect();
-        self.storage.set_contracts(contracts);
-    }
-
-    /// What `/peergrid/status/1` and `/v1/status` answer.
-    pub async fn report(&self) -> NodeReport {
-        let world = self.world.lock().await;
-        let (starting, failed) = self.compute.counts();
-        let used = world.used(None);
-        let mut counts = WorkloadCounts {
-            starting,
-            failed,
-            ..WorkloadCounts::default()
-        };
-        for w in world.workloads.values() {
-            match w.state {
-                WorkloadState::Running => counts.running += 1,
-                WorkloadState::Paused => counts.paused += 1,
-                WorkloadState::Refused { .. } => counts.refused += 1,
-            }
-        }
-        NodeReport {
-            version: crate::VERSION.to_string(),
-            node: world.node,
-            farm: self.farm,
-            account: self.account,
-            capacity: self.capacity,
-            used,
-            free: self.capacity.saturating_sub(&used),
-            workloads: counts,
-            uptime_secs: self.clock.uptime_secs(),
-            followed_height: world.followed_height,
-            http: self.compute.http.get().cloned(),
-            deployment: None,
-        }
-    }
-}
-
-/// Wall-clock Unix ms (0 if the clock is before 1970).
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// The node's own key: `node-key.json` in the data directory, created on first start.
@@ -295,21 +198,16 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Running> {
         settings.save(&config.data_dir)?;
     }
     let status = client.status().await?;
-    let interval_secs = status.data["params"]["uptime_interval_secs"]
-        .as_u64()
-        .context(
-            "the ledger's status has no params.uptime_interval_secs; is it a peergrid ledger?",
-        )?;
+    let interval_secs = status.data.params.uptime_interval_secs;
 
     let mut mesh_config = config.mesh.clone();
     if mesh_config.bootstrap.is_empty() {
         // The genesis names the grid's bootstrap peers; ourselves among them is no help.
         let me = key.account().to_string();
-        mesh_config.bootstrap = status.data["mesh_bootstrap"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
+        mesh_config.bootstrap = status
+            .data
+            .mesh_bootstrap
+            .iter()
             .filter(|a| !a.ends_with(&me))
             .filter_map(|a| match a.parse() {
                 Ok(addr) => Some(addr),

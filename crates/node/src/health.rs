@@ -1,6 +1,7 @@
 //! The node's local HTTP endpoint, for its farmer and their monitoring: `/health`,
 //! `/v1/status`, `/v1/workloads` and Prometheus `/metrics`.
 
+use peergrid_client::types::api::node_routes;
 use std::fmt::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,7 +14,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::daemon::{Shared, now_ms};
+use crate::shared::Shared;
+use peergrid_core::now_ms;
 
 /// Serve the endpoint on `addr`; returns the bound address and the serving task.
 pub async fn serve(
@@ -27,10 +29,10 @@ pub async fn serve(
     })?;
     let bound = listener.local_addr()?;
     let app = Router::new()
-        .route("/health", get(health))
-        .route("/v1/status", get(status))
-        .route("/v1/workloads", get(workloads))
-        .route("/metrics", get(metrics))
+        .route(node_routes::HEALTH, get(health))
+        .route(node_routes::STATUS, get(status))
+        .route(node_routes::WORKLOADS, get(workloads))
+        .route(node_routes::METRICS, get(metrics))
         .with_state(shared);
     let task = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {

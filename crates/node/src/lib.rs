@@ -31,6 +31,7 @@ pub mod protocol;
 pub mod reconcile;
 pub mod register;
 pub mod settings;
+pub mod shared;
 pub mod uptime;
 pub mod world;
 

@@ -219,13 +219,7 @@ pub struct WorkloadLogs {
     pub wall_ms: u64,
 }
 
-/// Milliseconds since the Unix epoch by this machine's clock.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
+pub use peergrid_core::now_ms;
 
 /// Ask `node` for a workload's output with a request its owner signed.
 pub async fn logs(

@@ -12,13 +12,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use peergrid_client::{AtHeight, Client, ClientError, FinalizedBlock};
+use peergrid_client::{Client, ClientError, ContractFilter, FinalizedBlock};
 use peergrid_client::{Contract, ContractState};
 use peergrid_core::{ContractId, NodeId};
 use serde_json::Value;
 use tracing::{debug, info, warn};
 
-use crate::daemon::Shared;
+use crate::shared::Shared;
 use crate::world::{Action, WorkloadState, plan};
 
 /// How often the whole set of contracts is re-read, in case anything was missed.
@@ -30,23 +30,16 @@ const SAVE_EVERY_BLOCKS: u64 = 100;
 /// Every contract on `node`, and the height they were read at.
 async fn contracts_of(client: &Client, node: NodeId) -> Result<(u64, Vec<Contract>), ClientError> {
     client
-        .pages(
-            |from| format!("/v1/contracts?node={node}&from={from}&limit=500"),
-            1,
-        )
+        .contracts(ContractFilter {
+            node: Some(node),
+            ..ContractFilter::default()
+        })
         .await
 }
 
 /// Read one contract as the ledger has it now.
 pub async fn contract(client: &Client, id: ContractId) -> Result<Option<Contract>, ClientError> {
-    match client
-        .get::<AtHeight<Contract>>(&format!("/v1/contracts/{id}"))
-        .await
-    {
-        Ok(c) => Ok(Some(c.data)),
-        Err(ClientError::Refused { status: 404, .. }) => Ok(None),
-        Err(e) => Err(e),
-    }
+    Ok(client.contract(id).await?.map(|c| c.data))
 }
 
 /// Reconcile one contract; returns whether anything changed.

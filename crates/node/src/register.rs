@@ -35,10 +35,7 @@ pub enum Consent<'a> {
 
 /// Fetch a farm, with a clear error when it does not exist.
 pub async fn farm(client: &Client, id: FarmId) -> anyhow::Result<Farm> {
-    match client
-        .get::<peergrid_client::AtHeight<Farm>>(&format!("/v1/farms/{id}"))
-        .await
-    {
+    match client.farm(&id.to_string()).await {
         Ok(f) => Ok(f.data),
         Err(ClientError::Refused { status: 404, .. }) => bail!(
             "farm {id} does not exist on the ledger; create one with `peergrid farm create NAME` \
@@ -50,11 +47,11 @@ pub async fn farm(client: &Client, id: FarmId) -> anyhow::Result<Farm> {
 
 /// Fetch a node record.
 pub async fn node(client: &Client, id: NodeId) -> anyhow::Result<Node> {
-    Ok(client
-        .get::<peergrid_client::AtHeight<Node>>(&format!("/v1/nodes/{id}"))
-        .await
-        .with_context(|| format!("cannot read node {id}"))?
-        .data)
+    match client.node(id).await {
+        Ok(Some(n)) => Ok(n.data.node),
+        Ok(None) => bail!("node {id} does not exist on the ledger"),
+        Err(e) => Err(e).context(format!("cannot read node {id}")),
+    }
 }
 
 async fn send(client: &Client, key: &Keypair, payload: Payload) -> anyhow::Result<()> {
@@ -140,10 +137,7 @@ pub async fn ensure_registered(
     let location = location.over(&Location::default());
     let capacity = probed;
     let status = client.status().await?;
-    let chain_id = status.data["chain_id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let chain_id = status.data.chain_id;
     let invitation = match &consent {
         Consent::Invitation(sig) => *sig,
         Consent::OwnerKey(owner) => {

@@ -12,10 +12,11 @@
 //! at once, decode as soon as any `k` arrive checked, and drop the rest. A node that
 //! fails is skipped for the remaining segments.
 
+use peergrid_core::now_ms;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use peergrid_client::{Client, ContractFilter, ContractState, NodeStatus, TxStatus};
@@ -147,13 +148,6 @@ pub struct Storage {
     keys: StorageKeys,
     /// Nodes that failed during this run; tried last.
     failed: Mutex<HashSet<PeerId>>,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// Order `holdings` so that consecutive ones are on different farms where possible.

@@ -7,6 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use peergrid_client::Client;
+use peergrid_client::types::api::node_routes;
 use peergrid_core::Keypair;
 use serde_json::Value;
 
@@ -160,12 +161,18 @@ pub fn start_node(home: &Path, farm: u64, data: &Path, health: u16) -> Proc {
     spawn_node(cmd, data)
 }
 
+/// GET `route` of a node's local endpoint at `base` as JSON; `None` unless it answers 200.
+pub async fn node_api(base: &str, route: &str) -> Option<Value> {
+    let answer = reqwest::get(format!("{base}{route}")).await.ok()?;
+    if !answer.status().is_success() {
+        return None;
+    }
+    answer.json().await.ok()
+}
+
 pub async fn workloads(health: &str) -> Vec<Value> {
-    let local = Client::new(vec![health.to_string()]);
-    local
-        .get::<Value>("/v1/workloads")
+    node_api(health, node_routes::WORKLOADS)
         .await
-        .ok()
         .and_then(|v| v["items"].as_array().cloned())
         .unwrap_or_default()
 }

@@ -10,8 +10,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use peergrid_client::{Client, ClientError, FinalizedBlock};
 use peergrid_core::{Amount, Hash};
-use peergrid_ledger::commitment::StateProof;
 use peergrid_ledger::{Devnet, Genesis, Ledger, MemoryStore};
+use peergrid_types::proof::StateProof;
 use serde_json::json;
 
 /// What one fake validator says.

@@ -10,7 +10,7 @@ use peergrid_core::{
     AccountId, Amount, Capacity, ContractId, FarmId, Hash, Location, NodeId, ProposalId, PublicIp,
 };
 
-use crate::genesis::{Council, Params};
+use crate::params::{Council, Params};
 
 /// An account's balance and the nonce its next transaction must carry.
 #[derive(

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use peergrid_core::{AccountId, Hash, TxHash};
 
-use crate::apply::{Event, TxError};
+use crate::events::{Event, TxError};
 
 /// How one transaction in a finalized block ended.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,4 +56,20 @@ pub enum TxStatus {
     },
     /// Not known here: never received, or dropped from the mempool.
     Unknown,
+}
+
+impl TxStatus {
+    /// The status of a transaction that ended with `result` in the block at `height`.
+    pub fn of(height: u64, result: &Result<Vec<Event>, TxError>) -> TxStatus {
+        match result {
+            Ok(events) => TxStatus::Finalized {
+                height,
+                events: events.clone(),
+            },
+            Err(reason) => TxStatus::Rejected {
+                height,
+                reason: reason.clone(),
+            },
+        }
+    }
 }
