@@ -29,8 +29,7 @@ use crate::epochs::{Orchestrator, PeerSets, Schemes};
 use crate::finalizer::{self, Finalizer};
 use crate::shared::Shared;
 
-/// Namespace of every consensus signature.
-pub const NAMESPACE: &[u8] = b"_PEERGRID_CHAIN";
+pub use crate::timing::{NAMESPACE, Timing};
 
 /// Network channels: three for simplex (each carrying the epoch as a subchannel), one for
 /// marshal's backfill, one for block broadcast.
@@ -50,44 +49,6 @@ pub const MESSAGE_BYTES_MAX: u32 = (crate::block::BLOCK_TX_BYTES_MAX + (1 << 20)
 const PAGE_SIZE: NonZeroU16 = NZU16!(4096);
 const PAGE_CACHE_SIZE: NonZeroUsize = NZUsize!(1024);
 const ITEMS_PER_SECTION: NonZeroU64 = NZU64!(4096);
-
-/// Timing of consensus, tuned for validators a few milliseconds apart.
-#[derive(Clone, Copy, Debug)]
-pub struct Timing {
-    /// How long to wait for a leader's proposal before voting to skip it.
-    pub leader_timeout: Duration,
-    /// How long to wait for a notarized block to certify.
-    pub certification_timeout: Duration,
-    /// How often to rebroadcast when stuck.
-    pub timeout_retry: Duration,
-    /// How long a silent leader is tolerated before its views are skipped outright.
-    pub skip_timeout: Duration,
-}
-
-impl Default for Timing {
-    fn default() -> Self {
-        Timing {
-            leader_timeout: Duration::from_secs(1),
-            certification_timeout: Duration::from_secs(2),
-            timeout_retry: Duration::from_secs(2),
-            skip_timeout: Duration::from_secs(3),
-        }
-    }
-}
-
-impl Timing {
-    /// This timing on a chain whose leaders rest up to `idle` before an empty proposal: every
-    /// deadline counted from a view's start moves that much later, so a resting leader is
-    /// not skipped (simplex wants leader < certification < skip).
-    pub fn resting(self, idle: Duration) -> Timing {
-        Timing {
-            leader_timeout: self.leader_timeout + idle,
-            certification_timeout: self.certification_timeout + idle,
-            skip_timeout: self.skip_timeout + idle,
-            ..self
-        }
-    }
-}
 
 /// What one validator needs besides its runtime and network.
 pub struct Config<B, P, T> {

@@ -72,9 +72,9 @@ use tracing::{debug, info, warn};
 use crate::app::App;
 use crate::block::Block;
 use crate::early::{Early, Replay};
-use crate::engine::{NAMESPACE, Timing};
 use crate::leader::WarmStartConfig;
 use crate::shared::Shared;
+use crate::timing::{NAMESPACE, Timing};
 
 /// How many epochs' schemes a provider keeps built; older ones are rebuilt from the ledger.
 const SCHEMES_CACHED_MAX: usize = 8;

@@ -12,5 +12,6 @@ pub mod finalizer;
 pub mod leader;
 pub mod mempool;
 pub mod shared;
+pub mod timing;
 pub mod validator;
 pub mod verified;

@@ -13,7 +13,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use crate::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL};
 use crate::config::Config;
 use crate::error::Error;
-use crate::ingress::{Command, GossipMessage, PeerInfo, Status, peer_of};
+use crate::messages::{Command, GossipMessage, PeerInfo, Status, peer_of};
 
 /// Time allowed for the listeners to report their addresses at start.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(5);

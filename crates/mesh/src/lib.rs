@@ -37,6 +37,7 @@ pub mod error;
 pub mod identity;
 pub mod ingress;
 pub mod memory;
+mod messages;
 pub mod mux;
 pub mod netlab;
 pub mod quic;

@@ -31,7 +31,8 @@ use libp2p::{PeerId, Stream, StreamProtocol};
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::error::Error;
-use crate::ingress::{Command, Mesh};
+use crate::ingress::Mesh;
+use crate::messages::Command;
 use crate::ratelimit::{PeerRateLimiter, Rate};
 use protocol::{FrameError, REASON_BYTES_MAX, Status};
 
