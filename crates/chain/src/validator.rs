@@ -66,10 +66,13 @@ pub struct ValidatorConfig {
 }
 
 fn default_txs_per_block() -> usize {
-    5_000
+    ValidatorConfig::TXS_PER_BLOCK_DEFAULT
 }
 
 impl ValidatorConfig {
+    /// Most transactions per block unless the file says otherwise.
+    pub const TXS_PER_BLOCK_DEFAULT: usize = 5_000;
+
     /// Read a TOML configuration; relative paths are taken from the file's folder.
     pub fn load(path: &std::path::Path) -> anyhow::Result<ValidatorConfig> {
         let text = std::fs::read_to_string(path)

@@ -267,11 +267,8 @@ pub(crate) fn save_apps(file: &Path, apps: &Apps) -> anyhow::Result<()> {
     if let Some(dir) = file.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let tmp = file.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(apps)?)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, file).with_context(|| format!("cannot replace {}", file.display()))?;
-    Ok(())
+    peergrid_core::fs::write_atomic(file, &serde_json::to_vec_pretty(apps)?)
+        .with_context(|| format!("cannot write {}", file.display()))
 }
 
 /// A name from a file name: lowercase, `[a-z0-9-]`, at most 63 bytes.

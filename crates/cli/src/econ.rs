@@ -221,7 +221,7 @@ pub enum ProposeAction {
     SetTokenPrice {
         /// USD per token, like 0.05.
         #[arg(long)]
-        usd: String,
+        usd: peergrid_core::usd::Usd,
     },
     /// The fee per transaction byte, in tokens.
     SetFeePerByte {
@@ -272,48 +272,9 @@ pub enum ProposeAction {
     SetValidators {
         /// A validator as ACCOUNT@IP:PORT, its consensus key and where validators reach it
         /// (repeatable; list every member of the new set).
-        #[arg(long = "validator", required = true)]
-        validators: Vec<String>,
+        #[arg(long = "validator", required = true, value_name = "ACCOUNT@IP:PORT")]
+        validators: Vec<peergrid_core::tx::ValidatorEntry>,
     },
-}
-
-/// `ACCOUNT@IP:PORT` as a validator set member.
-fn parse_validator(text: &str) -> anyhow::Result<peergrid_core::tx::ValidatorEntry> {
-    let (account, address) = text.split_once('@').ok_or_else(|| {
-        anyhow::anyhow!("{text:?} is not ACCOUNT@IP:PORT (a validator's key and p2p address)")
-    })?;
-    let account = account
-        .parse()
-        .map_err(|e| anyhow::anyhow!("{account:?} is not an account: {e}"))?;
-    peergrid_core::tx::check_validator_address(address)?;
-    Ok(peergrid_core::tx::ValidatorEntry {
-        account,
-        address: address.to_string(),
-    })
-}
-
-/// `0.05` USD as 50000 µUSD.
-fn parse_usd(text: &str) -> anyhow::Result<u64> {
-    let err = || anyhow::anyhow!("{text:?} is not an amount of USD, like 0.05");
-    let text = text.trim().trim_start_matches('$');
-    let (whole, frac) = text.split_once('.').unwrap_or((text, ""));
-    if frac.len() > 6 || (whole.is_empty() && frac.is_empty()) {
-        return Err(err());
-    }
-    let whole: u64 = if whole.is_empty() {
-        0
-    } else {
-        whole.parse().map_err(|_| err())?
-    };
-    let frac_uusd: u64 = if frac.is_empty() {
-        0
-    } else {
-        format!("{frac:0<6}").parse().map_err(|_| err())?
-    };
-    whole
-        .checked_mul(1_000_000)
-        .and_then(|w| w.checked_add(frac_uusd))
-        .ok_or_else(err)
 }
 
 fn load_policy<T: serde::de::DeserializeOwned>(path: &PathBuf) -> anyhow::Result<T> {
@@ -692,7 +653,7 @@ pub fn gov(globals: &Globals, cmd: GovCommand) -> anyhow::Result<()> {
             } => {
                 let action = match action {
                     ProposeAction::SetTokenPrice { usd } => GovAction::SetTokenPrice {
-                        uusd: parse_usd(&usd)?,
+                        uusd: usd.0,
                     },
                     ProposeAction::SetFeePerByte { fee } => {
                         GovAction::SetFeePerByte { fee: fee.parse()? }
@@ -725,10 +686,7 @@ pub fn gov(globals: &Globals, cmd: GovCommand) -> anyhow::Result<()> {
                         threshold,
                     },
                     ProposeAction::SetValidators { validators } => GovAction::SetValidators {
-                        validators: validators
-                            .iter()
-                            .map(|v| parse_validator(v))
-                            .collect::<anyhow::Result<_>>()?,
+                        validators,
                     },
                 };
                 let events = globals
@@ -915,16 +873,6 @@ fn units(micro: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn usd_amounts_parse_to_micro_usd() {
-        assert_eq!(parse_usd("0.05").expect("ok"), 50_000);
-        assert_eq!(parse_usd("$22").expect("ok"), 22_000_000);
-        assert_eq!(parse_usd("1.000001").expect("ok"), 1_000_001);
-        assert!(parse_usd("0.0000001").is_err(), "below a micro-dollar");
-        assert!(parse_usd("lots").is_err());
-        assert!(parse_usd("").is_err());
-    }
 
     #[test]
     fn contract_states_print_in_words() {

@@ -23,7 +23,7 @@ pub enum FarmCommand {
         name: String,
         /// A public IPv4 the farm offers deployments, as IP/PREFIX@GATEWAY (repeatable).
         #[arg(long = "public-ip", value_name = "IP/PREFIX@GW")]
-        public_ips: Vec<String>,
+        public_ips: Vec<PublicIp>,
     },
     /// List farms.
     List,
@@ -82,8 +82,8 @@ pub struct RunArgs {
     #[arg(long = "disk", value_name = "PATH[:ssd|:hdd][:SIZE]")]
     disks: Vec<DiskSpec>,
     /// The farm owner's invitation (from `peergrid farm invite`), when their key is not on this machine.
-    #[arg(long)]
-    invitation: Option<String>,
+    #[arg(long, value_name = "HEX")]
+    invitation: Option<Signature>,
     /// Country code, like BE [default: as saved in the data directory on a previous run].
     #[arg(long)]
     country: Option<String>,
@@ -113,32 +113,6 @@ pub struct RunArgs {
     mdns: bool,
 }
 
-/// Parse `185.1.2.3/24@185.1.2.1`.
-fn parse_public_ip(text: &str) -> anyhow::Result<PublicIp> {
-    let err = || anyhow::anyhow!("{text:?} is not IP/PREFIX@GATEWAY, like 185.1.2.3/24@185.1.2.1");
-    let (net, gw) = text.split_once('@').ok_or_else(err)?;
-    let (ip, prefix) = net.split_once('/').ok_or_else(err)?;
-    let ip: std::net::Ipv4Addr = ip.trim().parse().map_err(|_| err())?;
-    let gateway: std::net::Ipv4Addr = gw.trim().parse().map_err(|_| err())?;
-    let prefix_len: u8 = prefix.trim().parse().map_err(|_| err())?;
-    if prefix_len > 32 {
-        bail!("{text:?}: a prefix length is at most 32");
-    }
-    Ok(PublicIp {
-        ip: ip.octets(),
-        prefix_len,
-        gateway: gateway.octets(),
-    })
-}
-
-fn parse_signature(text: &str) -> anyhow::Result<Signature> {
-    let mut out = [0u8; 64];
-    hex::decode_to_slice(text.trim(), &mut out).map_err(|_| {
-        anyhow::anyhow!("an invitation is 128 hex characters, as `peergrid farm invite` prints it")
-    })?;
-    Ok(Signature(out))
-}
-
 fn degrees_to_micro(what: &str, degrees: f64, max: f64) -> anyhow::Result<i32> {
     if !degrees.is_finite() || degrees.abs() > max {
         bail!("--{what} {degrees} is out of range (±{max} degrees)");
@@ -150,10 +124,6 @@ pub fn farm(globals: &Globals, cmd: FarmCommand) -> anyhow::Result<()> {
     crate::runtime()?.block_on(async {
         match cmd {
             FarmCommand::Create { name, public_ips } => {
-                let public_ips = public_ips
-                    .iter()
-                    .map(|t| parse_public_ip(t))
-                    .collect::<anyhow::Result<Vec<_>>>()?;
                 let events = globals.send(Payload::CreateFarm { name: name.clone(), public_ips }).await?;
                 let id = events.iter().find_map(|e| match e {
                     peergrid_ledger::Event::FarmCreated { farm, .. } => Some(*farm),
@@ -357,11 +327,7 @@ pub fn node(globals: &Globals, cmd: NodeCommand) -> anyhow::Result<()> {
 
 fn node_run(globals: &Globals, args: RunArgs) -> anyhow::Result<()> {
     let client = globals.client()?;
-    let invitation = args
-        .invitation
-        .as_deref()
-        .map(parse_signature)
-        .transpose()?;
+    let invitation = args.invitation;
     // The owner's key signs the invitation when it is here: --key, your own key, or on
     // a devnet the demo account.
     let owner_key = globals.signing_key_file().ok().filter(|p| p.exists());
@@ -441,17 +407,6 @@ fn node_run(globals: &Globals, args: RunArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn public_ips_parse_and_bad_ones_say_the_format() {
-        let ip = parse_public_ip("185.1.2.3/24@185.1.2.1").expect("valid");
-        assert_eq!(ip.ip, [185, 1, 2, 3]);
-        assert_eq!(ip.prefix_len, 24);
-        assert_eq!(ip.gateway, [185, 1, 2, 1]);
-        let e = parse_public_ip("185.1.2.3").expect_err("no gateway");
-        assert!(e.to_string().contains("IP/PREFIX@GATEWAY"), "{e}");
-        assert!(parse_public_ip("185.1.2.3/33@185.1.2.1").is_err());
-    }
 
     #[test]
     fn a_node_is_named_by_a_number_or_an_account() {

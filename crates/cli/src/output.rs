@@ -101,20 +101,7 @@ pub fn ago(ms: u64) -> String {
 
 /// Micro-USD as dollars: `$22`, `$0.05`.
 pub fn usd(uusd: u64) -> String {
-    let whole = uusd / 1_000_000;
-    let frac = uusd % 1_000_000;
-    if frac == 0 {
-        format!("${whole}")
-    } else {
-        let digits = format!("{frac:06}");
-        let digits = digits.trim_end_matches('0');
-        // Cents always shown in pairs: $0.5 reads oddly, $0.50 does not.
-        if digits.len() == 1 {
-            format!("${whole}.{digits}0")
-        } else {
-            format!("${whole}.{digits}")
-        }
-    }
+    peergrid_core::usd::Usd(uusd).to_string()
 }
 
 #[cfg(test)]

@@ -245,9 +245,42 @@ impl fmt::Display for PublicIp {
     }
 }
 
+impl std::str::FromStr for PublicIp {
+    type Err = String;
+
+    /// `IP/PREFIX@GATEWAY`, like `185.1.2.3/24@185.1.2.1`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let err = || format!("{text:?} is not IP/PREFIX@GATEWAY, like 185.1.2.3/24@185.1.2.1");
+        let (net, gw) = text.split_once('@').ok_or_else(err)?;
+        let (ip, prefix) = net.split_once('/').ok_or_else(err)?;
+        let ip: std::net::Ipv4Addr = ip.trim().parse().map_err(|_| err())?;
+        let gateway: std::net::Ipv4Addr = gw.trim().parse().map_err(|_| err())?;
+        let prefix_len: u8 = prefix.trim().parse().map_err(|_| err())?;
+        if prefix_len > 32 {
+            return Err(format!("{text:?}: a prefix length is at most 32"));
+        }
+        Ok(PublicIp {
+            ip: ip.octets(),
+            prefix_len,
+            gateway: gateway.octets(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn public_ips_parse_and_bad_ones_say_the_format() {
+        let ip = "185.1.2.3/24@185.1.2.1".parse::<PublicIp>().expect("valid");
+        assert_eq!(ip.ip, [185, 1, 2, 3]);
+        assert_eq!(ip.prefix_len, 24);
+        assert_eq!(ip.gateway, [185, 1, 2, 1]);
+        let e = "185.1.2.3".parse::<PublicIp>().expect_err("no gateway");
+        assert!(e.to_string().contains("IP/PREFIX@GATEWAY"), "{e}");
+        assert!("185.1.2.3/33@185.1.2.1".parse::<PublicIp>().is_err());
+    }
 
     #[test]
     fn excess_names_only_the_fields_above_the_limit() {

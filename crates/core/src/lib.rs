@@ -12,12 +12,14 @@ pub mod amount;
 pub mod capacity;
 pub mod codec;
 pub mod economics;
+pub mod fs;
 pub mod hash;
 pub mod keys;
 pub mod policy;
 pub mod recent;
 mod sig;
 pub mod tx;
+pub mod usd;
 
 pub use account::{AccountId, ParseAccountError};
 pub use amount::{Amount, ParseAmountError};

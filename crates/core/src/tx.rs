@@ -126,6 +126,25 @@ pub struct ValidatorEntry {
     pub address: String,
 }
 
+impl std::str::FromStr for ValidatorEntry {
+    type Err = String;
+
+    /// `ACCOUNT@IP:PORT`: a validator's key and the address validators reach it at.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (account, address) = text.split_once('@').ok_or_else(|| {
+            format!("{text:?} is not ACCOUNT@IP:PORT (a validator's key and p2p address)")
+        })?;
+        let account = account
+            .parse()
+            .map_err(|e| format!("{account:?} is not an account: {e}"))?;
+        check_validator_address(address).map_err(|e| e.to_string())?;
+        Ok(ValidatorEntry {
+            account,
+            address: address.to_string(),
+        })
+    }
+}
+
 /// Check a validator address: a literal `ip:port` (no host name, which would make the ledger
 /// depend on DNS), with a port other than zero.
 pub fn check_validator_address(address: &str) -> Result<(), FieldError> {
@@ -323,6 +342,21 @@ impl Payload {
 /// A 64-byte ed25519 signature.
 #[derive(Clone, Copy, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
 pub struct Signature(pub [u8; 64]);
+
+impl std::str::FromStr for Signature {
+    type Err = String;
+
+    /// 128 hex characters, as `peergrid farm invite` prints an invitation.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let mut out = [0u8; 64];
+        hex::decode_to_slice(text.trim(), &mut out).map_err(|_| {
+            "a signature (an invitation) is 128 hex characters, as `peergrid farm invite` \
+             prints it"
+                .to_string()
+        })?;
+        Ok(Signature(out))
+    }
+}
 
 impl std::fmt::Debug for Signature {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

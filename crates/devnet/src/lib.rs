@@ -8,6 +8,7 @@
 //! validators are separate processes (`peergrid validator run`), exactly as on a real
 //! grid; state survives restarts unless `--fresh`.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -21,6 +22,7 @@ pub use supervise::{Backoff, Managed, ProcessStatus};
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
+use peergrid_chain::validator::ValidatorConfig;
 use peergrid_client::Client;
 use peergrid_core::Keypair;
 use peergrid_ledger::genesis::{GenesisBalance, GenesisValidator};
@@ -201,11 +203,19 @@ pub fn prepare_with(opts: &Options, extra: &[GenesisBalance]) -> anyhow::Result<
     for (i, key) in devnet.validator_keys.iter().enumerate() {
         key.save(&opts.dir.join(format!("keys/validator-{i}.json")), true)?;
         let (api, p2p) = ports(opts.base_port, i)?;
-        let config = format!(
-            "genesis = \"genesis.toml\"\nkey = \"keys/validator-{i}.json\"\ndata_dir = \"data/validator-{i}\"\n\
-             p2p_listen = \"127.0.0.1:{p2p}\"\napi_listen = \"127.0.0.1:{api}\"\n"
-        );
-        std::fs::write(opts.dir.join(format!("validator-{i}.toml")), config)?;
+        let config = ValidatorConfig {
+            genesis: "genesis.toml".into(),
+            key: format!("keys/validator-{i}.json").into(),
+            data_dir: format!("data/validator-{i}").into(),
+            p2p_listen: SocketAddr::from(([127, 0, 0, 1], p2p)),
+            api_listen: SocketAddr::from(([127, 0, 0, 1], api)),
+            txs_per_block: ValidatorConfig::TXS_PER_BLOCK_DEFAULT,
+            join: false,
+        };
+        peergrid_core::fs::write_atomic(
+            &opts.dir.join(format!("validator-{i}.toml")),
+            toml::to_string(&config)?.as_bytes(),
+        )?;
     }
     devnet.demo.save(&opts.dir.join("keys/demo.json"), true)?;
     devnet
@@ -216,7 +226,7 @@ pub fn prepare_with(opts: &Options, extra: &[GenesisBalance]) -> anyhow::Result<
         format!("{}\n", devnet.demo.mnemonic().as_str()),
     )?;
     // The genesis goes last: its presence means the folder is complete.
-    std::fs::write(&genesis_path, devnet.genesis.to_toml())?;
+    peergrid_core::fs::write_atomic(&genesis_path, devnet.genesis.to_toml().as_bytes())?;
     Ok(devnet.genesis)
 }
 
@@ -256,9 +266,7 @@ pub fn with_params(genesis: &Genesis, params: &[String]) -> anyhow::Result<Genes
 /// Record a running devnet where other commands find it, atomically: a command reading
 /// it while the devnet adds its nodes must see the old or the new file, never half of one.
 fn write_running(dir: &Path, running: &Running) -> anyhow::Result<()> {
-    let tmp = dir.join("devnet.json.tmp");
-    std::fs::write(&tmp, serde_json::to_string_pretty(running)?)?;
-    std::fs::rename(&tmp, running_file(dir))?;
+    peergrid_core::fs::write_atomic(&running_file(dir), &serde_json::to_vec_pretty(running)?)?;
     Ok(())
 }
 
@@ -632,11 +640,9 @@ impl Supervisor {
 
     fn write_processes(&self) {
         let file = processes_file(&self.dir);
-        let tmp = file.with_extension("json.tmp");
         let written = serde_json::to_vec_pretty(&self.processes())
             .map_err(std::io::Error::other)
-            .and_then(|bytes| std::fs::write(&tmp, bytes))
-            .and_then(|()| std::fs::rename(&tmp, &file));
+            .and_then(|bytes| peergrid_core::fs::write_atomic(&file, &bytes));
         if let Err(e) = written {
             tracing::warn!(error = %e, "cannot record the devnet's processes for `devnet status`");
         }

@@ -7,7 +7,6 @@
 //! leaves at worst an orphan folder, which [`World::load`] removes.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use peergrid_client::{Contract, ContractState};
@@ -134,19 +133,7 @@ fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Wor
 
 /// Write `bytes` to `path` so that a crash leaves either the old or the new content.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WorldError> {
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&tmp).map_err(io_err("cannot create", &tmp))?;
-    file.write_all(bytes)
-        .map_err(io_err("cannot write", &tmp))?;
-    file.sync_all().map_err(io_err("cannot sync", &tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err("cannot replace", path))?;
-    if let Some(parent) = path.parent()
-        && let Ok(d) = std::fs::File::open(parent)
-    {
-        // The rename itself must survive a power loss.
-        let _ = d.sync_all();
-    }
-    Ok(())
+    peergrid_core::fs::write_atomic(path, bytes).map_err(io_err("cannot write", path))
 }
 
 impl World {

@@ -577,27 +577,7 @@ fn rand_u64() -> u64 {
     u64::from_le_bytes(b)
 }
 
-/// Write `bytes` to `path` so that a crash leaves either the old or the new content.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension(format!("tmp-{:x}", rand_u64()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Some(parent) = path.parent()
-            && let Ok(d) = std::fs::File::open(parent)
-        {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
+pub use peergrid_core::fs::write_atomic;
 
 /// Serve `/peergrid/shard/1` from `store` on `mesh` until the mesh stops: streams are
 /// accepted as fast as they arrive and handled concurrently, up to [`STREAMS_MAX`] in all

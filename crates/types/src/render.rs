@@ -5,12 +5,12 @@ use std::fmt::Write as _;
 
 use peergrid_core::capacity::human_bytes;
 use peergrid_core::economics::{self, MONTH_SECS};
-use peergrid_core::policy::UUSD_PER_USD;
+use peergrid_core::usd::Usd;
 
 use crate::records::{Bill, BillStatus, RewardReceipt, ViolationKind};
 
 fn usd(uusd: u64) -> String {
-    format!("{}.{:06} USD", uusd / UUSD_PER_USD, uusd % UUSD_PER_USD)
+    Usd(uusd).exact()
 }
 
 fn units(micro: u64) -> String {
@@ -197,7 +197,6 @@ pub fn describe(v: &ViolationKind) -> String {
 impl Bill {
     /// The bill line by line, every number with the formula that produced it.
     pub fn render(&self) -> String {
-        let usd = |u: u64| format!("{}.{:06} USD", u / 1_000_000, u % 1_000_000);
         let units = |m: u64| format!("{}.{:06}", m / 1_000_000, m % 1_000_000);
         let b = &self.billable;
         let mut o = String::new();
