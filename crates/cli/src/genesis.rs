@@ -1,7 +1,6 @@
 //! `peergrid genesis`: write a devnet genesis with its keys, and check genesis files.
 
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -169,39 +168,23 @@ fn new(
     Ok(())
 }
 
-/// Write a file others may read, through a temporary file and a rename; refuses to replace unless `force`.
+/// Write a file others may read (0644), atomically; refuses to replace one unless `force`.
 fn write_public_atomically(path: &Path, data: &[u8], force: bool) -> anyhow::Result<()> {
-    let dir = beside(path, ".");
-    let context = || format!("cannot write {}", path.display());
-    fs::create_dir_all(&dir).with_context(context)?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".genesis-")
-        .suffix(".tmp")
-        .tempfile_in(&dir)
-        .with_context(context)?;
-    tmp.write_all(data).with_context(context)?;
-    // Temporary files are created private; a genesis is public.
-    tmp.as_file()
-        .set_permissions(fs::Permissions::from_mode(0o644))
-        .with_context(context)?;
-    tmp.as_file().sync_all().with_context(context)?;
-    if force {
-        tmp.persist(path)
-            .map_err(|e| e.error)
-            .with_context(context)?;
+    let written = if force {
+        peergrid_core::fs::write_atomic(path, data)
     } else {
-        tmp.persist_noclobber(path)
-            .map_err(|e| e.error)
-            .with_context(|| {
-                format!(
-                    "{} already exists (use --force to replace it)",
-                    path.display()
-                )
-            })?;
+        peergrid_core::fs::write_new_atomic(path, data)
+    };
+    match written {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => bail!(
+            "{} already exists (use --force to replace it)",
+            path.display()
+        ),
+        other => other.with_context(|| format!("cannot write {}", path.display()))?,
     }
-    fs::File::open(&dir)
-        .and_then(|d| d.sync_all())
-        .with_context(context)
+    // Readable by everyone whatever the umask: a genesis is public.
+    fs::set_permissions(path, fs::Permissions::from_mode(0o644))
+        .with_context(|| format!("cannot make {} readable", path.display()))
 }
 
 fn check(globals: &Globals, file: &Path) -> anyhow::Result<()> {

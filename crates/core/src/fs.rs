@@ -9,15 +9,21 @@ use std::path::{Path, PathBuf};
 /// Write `bytes` to `path` atomically: a temporary file beside it, synced, renamed over it,
 /// and the folder synced so the rename survives a power loss. Creates the folder.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    write(path, bytes, None)
+    write(path, bytes, None, true)
+}
+
+/// Like [`write_atomic`], but only where no file is: an existing one is left as it is and
+/// the error's kind is [`std::io::ErrorKind::AlreadyExists`].
+pub fn write_new_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write(path, bytes, None, false)
 }
 
 /// Like [`write_atomic`], readable and writable by the owner only (mode 0600): for keys.
 pub fn write_private_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    write(path, bytes, Some(0o600))
+    write(path, bytes, Some(0o600), true)
 }
 
-fn write(path: &Path, bytes: &[u8], mode: Option<u32>) -> std::io::Result<()> {
+fn write(path: &Path, bytes: &[u8], mode: Option<u32>, replace: bool) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -48,7 +54,13 @@ fn write(path: &Path, bytes: &[u8], mode: Option<u32>) -> std::io::Result<()> {
         }
         f.write_all(bytes)?;
         f.sync_all()?;
-        fs::rename(&tmp, path)?;
+        if replace {
+            fs::rename(&tmp, path)?;
+        } else {
+            // A link fails where a file already is, so nothing is ever replaced.
+            fs::hard_link(&tmp, path)?;
+            fs::remove_file(&tmp)?;
+        }
         fs::File::open(&dir)?.sync_all()
     })();
     if result.is_err() {
@@ -73,6 +85,21 @@ mod tests {
             .map(|e| e.expect("entry").file_name())
             .collect();
         assert_eq!(names, ["file.json"], "only the file, no temporary");
+    }
+
+    #[test]
+    fn a_new_file_never_replaces_one() {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let path = dir.path().join("genesis.toml");
+        write_new_atomic(&path, b"first").expect("no file yet");
+        let again = write_new_atomic(&path, b"second").expect_err("a file is there");
+        assert_eq!(again.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read(&path).expect("read"), b"first");
+        assert_eq!(
+            fs::read_dir(dir.path()).expect("list").count(),
+            1,
+            "no temporary"
+        );
     }
 
     #[test]
