@@ -430,7 +430,7 @@ async fn workload_logs(shared: &Shared, body: &[u8]) -> Result<protocol::Workloa
         .get(&request.contract)
         .map(|w| w.owner)
         .ok_or_else(|| format!("contract {} has no workload on this node", request.contract))?;
-    let skew = protocol::now_ms().abs_diff(request.at_ms);
+    let skew = now_ms().abs_diff(request.at_ms);
     if skew > protocol::LOGS_CLOCK_SKEW_MS {
         return Err(format!(
             "the request was signed {} s away from this node's clock; check your clock",

@@ -6,6 +6,7 @@
 //! hash to the contract's deployment hash; a workload's output goes only to a request
 //! its contract's owner signed.
 
+use peergrid_core::now_ms;
 use std::time::Duration;
 
 use borsh::{BorshDeserialize, BorshSerialize};
@@ -218,8 +219,6 @@ pub struct WorkloadLogs {
     /// A job's wall time, ms.
     pub wall_ms: u64,
 }
-
-pub use peergrid_core::now_ms;
 
 /// Ask `node` for a workload's output with a request its owner signed.
 pub async fn logs(
