@@ -12,7 +12,8 @@ use tokio::sync::{Notify, futures::Notified};
 use peergrid_core::{AccountId, SignedTx, TxHash};
 pub use peergrid_ledger::receipt::{FinalizedBlock, TxOutcome, TxStatus};
 use peergrid_ledger::{
-    BlockContext, BlockOutcome, Genesis, KnownTx, Ledger, LedgerError, Store, StoreError, TxError,
+    BlockContext, BlockOutcome, Checked, Genesis, KnownTx, Ledger, LedgerError, Store, StoreError,
+    TxError,
 };
 
 use crate::block::{BLOCK_TXS_MAX, Block};
@@ -226,10 +227,10 @@ impl Shared {
         hashes: &[TxHash],
     ) -> Vec<Result<(), TxError>> {
         let known = self.verified(hashes);
-        let unchecked = known.iter().filter(|k| !**k).count() as u64;
+        let unchecked = known.iter().filter(|k| **k == Checked::No).count() as u64;
         self.stateless_checks
             .fetch_add(unchecked, Ordering::Relaxed);
-        peergrid_ledger::check_stateless_unless(txs.into_iter().zip(known), &self.genesis.chain_id)
+        peergrid_ledger::check_stateless_batch(txs.into_iter().zip(known), &self.genesis.chain_id)
     }
 
     /// How many transactions this validator has run the stateless checks on, at admission, in
@@ -240,10 +241,11 @@ impl Shared {
 
     /// Which of `hashes` already passed the stateless checks here. A poisoned lock answers
     /// "none", which only costs checking again.
-    pub fn verified(&self, hashes: &[TxHash]) -> Vec<bool> {
+    pub fn verified(&self, hashes: &[TxHash]) -> Vec<Checked> {
+        let checked = |yes| if yes { Checked::Yes } else { Checked::No };
         match self.verified.lock() {
-            Ok(set) => hashes.iter().map(|h| set.contains(h)).collect(),
-            Err(_) => vec![false; hashes.len()],
+            Ok(set) => hashes.iter().map(|h| checked(set.contains(h))).collect(),
+            Err(_) => vec![Checked::No; hashes.len()],
         }
     }
 
@@ -394,11 +396,11 @@ impl Shared {
                 checked,
             })
             .collect();
-        let unchecked = known.iter().filter(|k| !k.checked).count() as u64;
+        let unchecked = known.iter().filter(|k| k.checked == Checked::No).count() as u64;
         self.stateless_checks
             .fetch_add(unchecked, Ordering::Relaxed);
         let mut summary = None;
-        ledger.execute_known_block_then(ctx, &block.txs, &known, |outcome: &BlockOutcome| {
+        ledger.execute_block_with(ctx, &block.txs, &known, |outcome: &BlockOutcome| {
             let finalized = FinalizedBlock {
                 height: outcome.height,
                 digest: digest.to_string(),

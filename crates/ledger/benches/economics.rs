@@ -3,7 +3,7 @@
 //! applied to the same ledger in the same run.
 //!
 //! The state is built through the public API: real farm invitations, and every other
-//! transaction applied with [`Ledger::execute_checked_block`] (no signature to check,
+//! transaction applied as already checked (`Checked::Yes`: no signature to check,
 //! as after mempool admission). Contracts are created over one billing interval of
 //! one-second blocks, so afterwards every block has 1,000,000 / 3,600 ≈ 278 contracts
 //! due, as on a live chain. Each node reports uptime every 600 s while the state is
@@ -17,7 +17,9 @@ use peergrid_core::tx::{ContractSpec, Payload, Signature, sign_invitation};
 use peergrid_core::{AccountId, Amount, Capacity, Hash, Keypair, Location, SignedTx};
 use peergrid_ledger::genesis::{GenesisBalance, GenesisValidator};
 use peergrid_ledger::minting::MINT_NODES_PER_BLOCK;
-use peergrid_ledger::{BlockContext, Council, Event, Genesis, Ledger, MemoryStore, Params};
+use peergrid_ledger::{
+    BlockContext, Checked, Council, Event, Genesis, KnownTx, Ledger, MemoryStore, Params,
+};
 
 const CHAIN: &str = "bench";
 const GENESIS_MS: u64 = 1_700_000_000_000;
@@ -38,7 +40,7 @@ fn seed_key(kind: u8, i: usize) -> Keypair {
     Keypair::from_seed(seed)
 }
 
-/// A transaction with no signature: only for [`Ledger::execute_checked_block`].
+/// A transaction with no signature: only for a block applied with every transaction [`Checked::Yes`].
 fn unsigned(signer: AccountId, nonce: u64, payload: Payload) -> SignedTx {
     SignedTx {
         body: peergrid_core::TxBody {
@@ -73,7 +75,15 @@ impl World {
         };
         let start = Instant::now();
         let out = if checked {
-            self.ledger.execute_checked_block(ctx, txs)
+            let known: Vec<KnownTx> = txs
+                .iter()
+                .map(|tx| KnownTx {
+                    hash: tx.hash(),
+                    len: tx.encode().len(),
+                    checked: Checked::Yes,
+                })
+                .collect();
+            self.ledger.execute_block_with(ctx, txs, &known, |_| Ok(()))
         } else {
             self.ledger.execute_block(ctx, txs)
         }

@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use peergrid_core::{Hash, SignedTx, TxHash};
 
-use crate::apply::{BlockContext, Event, TxError, check_stateless_unless};
+use crate::apply::{BlockContext, Checked, Event, TxError, check_stateless_batch};
 use crate::genesis::Genesis;
 use crate::state::State;
 use crate::store::{Store, StoreError};
@@ -57,7 +57,7 @@ pub enum LedgerError {
 }
 
 /// What a validator already knows of one transaction of a block; see
-/// [`Ledger::execute_known_block_then`].
+/// [`Ledger::execute_block_with`].
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct KnownTx {
     /// [`SignedTx::hash`] of the transaction.
@@ -65,7 +65,7 @@ pub struct KnownTx {
     /// Length of its canonical encoding.
     pub len: usize,
     /// Whether it already passed [`crate::check_stateless`] on this machine.
-    pub checked: bool,
+    pub checked: Checked,
 }
 
 /// The outcome of one transaction in a block.
@@ -169,62 +169,32 @@ impl<S: Store> Ledger<S> {
         &self.store
     }
 
-    /// Apply a block's transactions in order, run end-of-block logic, and commit durably.
+    /// Apply a block's transactions in order, run end-of-block logic, and commit durably;
+    /// every transaction is checked in full. [`Ledger::execute_block_with`] is the same with
+    /// what the caller already knows of the transactions.
     pub fn execute_block(
         &mut self,
         ctx: BlockContext,
         txs: &[SignedTx],
     ) -> Result<BlockOutcome, LedgerError> {
-        self.execute_block_then(ctx, txs, |_| Ok(()))
+        self.execute_block_with(ctx, txs, &[], |_| Ok(()))
     }
 
-    /// Like [`Ledger::execute_block`], calling `before_commit` with the outcome before the block is
-    /// committed, so that records derived from it (receipts, indexes) are never missing for a
-    /// committed block. `before_commit` must be idempotent: after a crash it runs again.
-    pub fn execute_block_then(
-        &mut self,
-        ctx: BlockContext,
-        txs: &[SignedTx],
-        before_commit: impl FnOnce(&BlockOutcome) -> Result<(), StoreError>,
-    ) -> Result<BlockOutcome, LedgerError> {
-        self.execute(ctx, txs, &[], false, before_commit)
-    }
-
-    /// Like [`Ledger::execute_block`], for transactions the caller has already passed through
-    /// [`crate::check_stateless`] (chain id, fields, signature), for example at mempool
-    /// admission: the signature is not checked again. Passing unchecked transactions here
-    /// lets forged ones apply.
-    pub fn execute_checked_block(
-        &mut self,
-        ctx: BlockContext,
-        txs: &[SignedTx],
-    ) -> Result<BlockOutcome, LedgerError> {
-        self.execute(ctx, txs, &[], true, |_| Ok(()))
-    }
-
-    /// Like [`Ledger::execute_block_then`], where `known[i]` is what the caller already knows of
-    /// `txs[i]`: its hash and encoded length, so that they are not computed again, and whether
-    /// it already passed [`crate::check_stateless`] on this machine, so that its signature is
-    /// not checked again. Every other transaction (including any beyond `known`'s length) is
-    /// checked in full. A wrong hash or length gives wrong receipts and fees, and marking an
-    /// unchecked transaction as checked lets a forged one apply: only pass what was computed
-    /// here from these transactions.
-    pub fn execute_known_block_then(
+    /// Like [`Ledger::execute_block`], where `known[i]` is what the caller already knows of
+    /// `txs[i]` (its hash and encoded length, so that they are not computed again, and whether it
+    /// already passed [`crate::check_stateless`] here, so that its signature is not checked
+    /// again), and calling `before_commit` with the outcome before the block is committed, so
+    /// that records derived from it (receipts, indexes) are never missing for a committed block.
+    ///
+    /// Every transaction not in `known` (including any beyond its length) is checked in full. A
+    /// wrong hash or length gives wrong receipts and fees, and marking an unchecked transaction
+    /// [`Checked::Yes`] lets a forged one apply: only pass what was computed here from these
+    /// transactions. `before_commit` must be idempotent: after a crash it runs again.
+    pub fn execute_block_with(
         &mut self,
         ctx: BlockContext,
         txs: &[SignedTx],
         known: &[KnownTx],
-        before_commit: impl FnOnce(&BlockOutcome) -> Result<(), StoreError>,
-    ) -> Result<BlockOutcome, LedgerError> {
-        self.execute(ctx, txs, known, false, before_commit)
-    }
-
-    fn execute(
-        &mut self,
-        ctx: BlockContext,
-        txs: &[SignedTx],
-        known: &[KnownTx],
-        all_checked: bool,
         before_commit: impl FnOnce(&BlockOutcome) -> Result<(), StoreError>,
     ) -> Result<BlockOutcome, LedgerError> {
         if self.poisoned {
@@ -249,8 +219,8 @@ impl<S: Store> Ledger<S> {
         let checked = txs
             .iter()
             .enumerate()
-            .map(|(i, tx)| (tx, all_checked || known.get(i).is_some_and(|k| k.checked)));
-        let stateless = check_stateless_unless(checked, self.state.chain_id());
+            .map(|(i, tx)| (tx, known.get(i).map_or(Checked::No, |k| k.checked)));
+        let stateless = check_stateless_batch(checked, self.state.chain_id());
         let receipts = txs
             .iter()
             .zip(stateless)

@@ -55,9 +55,7 @@ pub mod state;
 pub mod store;
 mod table;
 
-pub use apply::{
-    BlockContext, Event, TxError, check_stateless, check_stateless_batch, check_stateless_unless,
-};
+pub use apply::{BlockContext, Checked, Event, TxError, check_stateless, check_stateless_batch};
 pub use genesis::{Council, Devnet, Genesis, GenesisError, Params};
 pub use ledger::{BlockOutcome, KnownTx, Ledger, LedgerError, TxReceipt};
 pub use records::{

@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use peergrid_core::tx::{Payload, SIGNATURE_BATCH_MAX};
 use peergrid_core::{Amount, SignedTx};
-use peergrid_ledger::{BlockContext, Ledger, MemoryStore, TxError, check_stateless};
+use peergrid_ledger::{BlockContext, Checked, Ledger, MemoryStore, TxError, check_stateless};
 
 fn transfer(from: u8, nonce: u64) -> SignedTx {
     SignedTx::new(
@@ -30,8 +30,8 @@ fn batch_checks_answer_what_single_checks_answer() {
         to: key(100).account(),
         amount: Amount::ZERO,
     };
-    let refs: Vec<&SignedTx> = txs.iter().collect();
-    let batch = peergrid_ledger::check_stateless_batch(&refs, CHAIN);
+    let batch =
+        peergrid_ledger::check_stateless_batch(txs.iter().map(|tx| (tx, Checked::No)), CHAIN);
     let alone: Vec<_> = txs.iter().map(|tx| check_stateless(tx, CHAIN)).collect();
     assert_eq!(batch, alone);
     assert!(matches!(batch[2], Err(TxError::BadSignature { .. })));

@@ -1,7 +1,7 @@
-//! Contracts: creating one (capacity, public IPs, names), ownership, and deleting one with its resources.
+//! Contracts: creating one (capacity, public IPs, names), changing or cancelling it, usage reports, ownership, and deleting one with its resources.
 
 use peergrid_core::tx::ContractSpec;
-use peergrid_core::{AccountId, Capacity, ContractId};
+use peergrid_core::{AccountId, Capacity, ContractId, Hash};
 
 use crate::records::{Contract, ContractState, DeleteReason};
 use crate::state::State;
@@ -9,6 +9,142 @@ use crate::state::State;
 use super::*;
 
 impl State {
+    pub(super) fn report_usage(
+        &mut self,
+        at: Applying<'_>,
+        contract: &ContractId,
+        nu_bytes: &u64,
+        events: &mut Vec<Event>,
+    ) -> Result<(), TxError> {
+        let Applying { signer, ctx, .. } = at;
+        let c = self
+            .contract(*contract)
+            .ok_or(TxError::UnknownContract(*contract))?;
+        let node_id = c.node.ok_or_else(|| TxError::ContractState {
+            contract: *contract,
+            state: "not on a node".into(),
+            action: "reporting network usage".into(),
+        })?;
+        if !c.is_live() {
+            return Err(TxError::ContractState {
+                contract: *contract,
+                state: state_name(&c.state),
+                action: "reporting network usage".into(),
+            });
+        }
+        self.own_node(node_id, &signer)?;
+        if let Some(c) = self.contracts.get_mut(contract) {
+            c.unbilled_nu_bytes = c.unbilled_nu_bytes.saturating_add(*nu_bytes);
+        }
+        self.add_nu_bytes(node_id, ctx.time_ms, *nu_bytes);
+        events.push(Event::UsageReported {
+            contract: *contract,
+            node: node_id,
+            nu_bytes: *nu_bytes,
+        });
+        Ok(())
+    }
+
+    pub(super) fn update_contract(
+        &mut self,
+        at: Applying<'_>,
+        contract: &ContractId,
+        deployment_hash: &Hash,
+        resources: &Capacity,
+        events: &mut Vec<Event>,
+    ) -> Result<(), TxError> {
+        let Applying { signer, fee, ctx } = at;
+        let c = self.owned_contract(*contract, &signer)?.clone();
+        let ContractSpec::Deployment {
+            node, public_ips, ..
+        } = c.spec
+        else {
+            return Err(TxError::ContractState {
+                contract: c.id,
+                state: "not a deployment contract".into(),
+                action: "changing its deployment".into(),
+            });
+        };
+        if c.state != ContractState::Created {
+            return Err(TxError::ContractState {
+                contract: c.id,
+                state: state_name(&c.state),
+                action: "updating it".into(),
+            });
+        }
+        // Bill the time so far at the old reservation, so the new one is billed only from now.
+        self.try_bill(c.id, ctx.time_ms, fee, false, events)
+            .map_err(|u| TxError::InsufficientBalance {
+                needed: u.needed,
+                fee,
+                available: u.available,
+            })?;
+        let n = self.node(node).ok_or(TxError::UnknownNode(node))?;
+        let used_without = n.used.saturating_sub(&c.reserved);
+        let needed = used_without
+            .checked_add(resources)
+            .ok_or_else(|| TxError::Overflow("capacity".into()))?;
+        if !needed.fits_within(&n.capacity) {
+            return Err(TxError::InsufficientCapacity {
+                node,
+                requested: resources.to_string(),
+                free: n.capacity.saturating_sub(&used_without).to_string(),
+            });
+        }
+        if let Some(n) = self.nodes.get_mut(&node) {
+            n.used = needed;
+        }
+        if let Some(c) = self.contracts.get_mut(contract) {
+            c.spec = ContractSpec::Deployment {
+                node,
+                deployment_hash: *deployment_hash,
+                resources: *resources,
+                public_ips,
+            };
+            c.reserved = *resources;
+        }
+        events.push(Event::ContractUpdated {
+            contract: *contract,
+            deployment_hash: *deployment_hash,
+        });
+        Ok(())
+    }
+
+    pub(super) fn cancel_contract(
+        &mut self,
+        at: Applying<'_>,
+        contract: &ContractId,
+        events: &mut Vec<Event>,
+    ) -> Result<(), TxError> {
+        let Applying { signer, fee, ctx } = at;
+        let c = self.owned_contract(*contract, &signer)?.clone();
+        if !c.is_live() {
+            return Err(TxError::ContractState {
+                contract: c.id,
+                state: state_name(&c.state),
+                action: "cancelling it".into(),
+            });
+        }
+        if let (ContractSpec::Rent { node }, Some(n)) =
+            (&c.spec, c.node.and_then(|id| self.node(id)))
+            && n.contracts > 1
+        {
+            return Err(TxError::RentInUse {
+                contract: c.id,
+                node: *node,
+                contracts: n.contracts - 1,
+            });
+        }
+        self.close_contract(
+            c.id,
+            DeleteReason::CanceledByOwner,
+            ctx.time_ms,
+            fee,
+            events,
+        );
+        Ok(())
+    }
+
     pub(crate) fn owned_contract(
         &self,
         contract: ContractId,
@@ -26,13 +162,13 @@ impl State {
         Ok(c)
     }
 
-    pub(crate) fn create_contract(
+    pub(super) fn create_contract(
         &mut self,
-        signer: AccountId,
+        at: Applying<'_>,
         spec: &ContractSpec,
-        ctx: &BlockContext,
         events: &mut Vec<Event>,
     ) -> Result<(), TxError> {
+        let Applying { signer, ctx, .. } = at;
         let id = self.globals().next_contract;
         let (node, reserved, ip_count) = match spec {
             ContractSpec::Deployment {
@@ -227,5 +363,112 @@ pub(super) fn state_name(state: &ContractState) -> String {
         ContractState::Created => "created".into(),
         ContractState::GracePeriod { since_ms } => format!("in grace since {since_ms} ms"),
         ContractState::Deleted { .. } => "deleted".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::{Kit, key};
+    use super::*;
+    use peergrid_core::{NodeId, Payload};
+
+    fn cores(cru: u64) -> Capacity {
+        Capacity {
+            cru,
+            ..Capacity::ZERO
+        }
+    }
+
+    fn deploy(kit: &mut Kit, node: NodeId, cru: u64) -> ContractId {
+        let events = kit.ok(
+            &key(5),
+            Payload::CreateContract(ContractSpec::Deployment {
+                node,
+                deployment_hash: Hash::ZERO,
+                resources: cores(cru),
+                public_ips: 0,
+            }),
+        );
+        events
+            .iter()
+            .find_map(|e| match e {
+                Event::ContractCreated { contract, .. } => Some(*contract),
+                _ => None,
+            })
+            .expect("a ContractCreated event")
+    }
+
+    fn resize(contract: ContractId, cru: u64) -> Payload {
+        Payload::UpdateContract {
+            contract,
+            deployment_hash: Hash([1; 32]),
+            resources: cores(cru),
+        }
+    }
+
+    #[test]
+    fn an_update_that_does_not_fit_keeps_the_old_reservation() {
+        let mut kit = Kit::new();
+        let farm = kit.farm(&key(1), "farm");
+        let node = kit.node(&key(1), farm, &key(40));
+        let grown = deploy(&mut kit, node, 4);
+        deploy(&mut kit, node, 3);
+        let err = kit.refused(&key(5), resize(grown, 6));
+        assert!(matches!(err, TxError::InsufficientCapacity { .. }), "{err}");
+        assert_eq!(kit.state.node(node).expect("node").used.cru, 7);
+        kit.ok(&key(5), resize(grown, 5));
+        assert_eq!(kit.state.node(node).expect("node").used.cru, 8);
+        let c = kit.state.contract(grown).expect("contract");
+        assert_eq!(c.reserved, cores(5));
+        assert!(matches!(
+            c.spec,
+            ContractSpec::Deployment { deployment_hash, .. } if deployment_hash == Hash([1; 32])
+        ));
+    }
+
+    #[test]
+    fn usage_is_reported_only_by_the_node_holding_the_contract() {
+        let mut kit = Kit::new();
+        let farm = kit.farm(&key(1), "farm");
+        let node = kit.node(&key(1), farm, &key(40));
+        let contract = deploy(&mut kit, node, 1);
+        let usage = Payload::ReportUsage {
+            contract,
+            nu_bytes: 1 << 20,
+        };
+        let err = kit.refused(&key(5), usage.clone());
+        assert_eq!(
+            err,
+            TxError::NotNodeKey {
+                node,
+                signer: key(5).account()
+            }
+        );
+        kit.ok(&key(40), usage.clone());
+        kit.ok(&key(40), usage);
+        let c = kit.state.contract(contract).expect("contract");
+        assert_eq!(c.unbilled_nu_bytes, 2 << 20);
+    }
+
+    #[test]
+    fn a_cancelled_contract_stays_cancelled_and_gives_its_capacity_back() {
+        let mut kit = Kit::new();
+        let farm = kit.farm(&key(1), "farm");
+        let node = kit.node(&key(1), farm, &key(40));
+        let contract = deploy(&mut kit, node, 2);
+        let cancel = Payload::CancelContract { contract };
+        let err = kit.refused(&key(6), cancel.clone());
+        assert!(matches!(err, TxError::NotContractOwner { .. }), "{err}");
+        kit.ok(&key(5), cancel.clone());
+        assert_eq!(kit.state.node(node).expect("node").used, Capacity::ZERO);
+        let err = kit.refused(&key(5), cancel);
+        assert_eq!(
+            err,
+            TxError::ContractState {
+                contract,
+                state: "deleted".into(),
+                action: "cancelling it".into()
+            }
+        );
     }
 }

@@ -83,3 +83,46 @@ impl State {
         events
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::{Kit, key};
+    use super::*;
+    use peergrid_core::tx::ValidatorEntry;
+
+    #[test]
+    fn a_voted_set_takes_over_after_the_last_block_of_the_epoch_only() {
+        let mut kit = Kit::new();
+        let entries: Vec<ValidatorEntry> = (240..244)
+            .map(|n| ValidatorEntry {
+                account: key(n).account(),
+                address: format!("10.0.0.{n}:4000"),
+            })
+            .collect();
+        kit.state.config_mut().pending_validators = Some(entries.clone());
+        let len = kit.state.epoch_blocks();
+        let mut events = Vec::new();
+        kit.state.end_epoch(len - 2, &mut events);
+        assert!(events.is_empty());
+        assert_eq!(kit.state.validator_sets().count(), 1, "only genesis's set");
+        kit.state.end_epoch(len - 1, &mut events);
+        let accounts: Vec<_> = entries.iter().map(|e| e.account).collect();
+        assert_eq!(
+            events,
+            vec![Event::ValidatorSetChanged {
+                epoch: 1,
+                first_height: len,
+                validators: accounts.clone()
+            }]
+        );
+        let set = kit.state.validator_sets().last().expect("epoch 1's set");
+        assert_eq!(set.epoch, 1);
+        assert_eq!(set.first_height, len);
+        assert_eq!(set.accounts(), accounts);
+        assert_eq!(kit.state.config().validators, accounts);
+        assert!(kit.state.config().pending_validators.is_none());
+        let mut later = Vec::new();
+        kit.state.end_epoch(2 * len - 1, &mut later);
+        assert!(later.is_empty(), "a set is handed over once");
+    }
+}

@@ -1,4 +1,4 @@
-//! Governance: which actions apply, farmers' weight, votes, closing and executing proposals.
+//! Governance: proposing, which actions apply, farmers' weight, votes, closing and executing proposals.
 
 use peergrid_core::economics;
 use peergrid_core::tx::GovAction;
@@ -10,6 +10,53 @@ use crate::state::State;
 use super::*;
 
 impl State {
+    pub(super) fn propose(
+        &mut self,
+        at: Applying<'_>,
+        action: &GovAction,
+        description: &str,
+        events: &mut Vec<Event>,
+    ) -> Result<(), TxError> {
+        let Applying { signer, ctx, .. } = at;
+        let council = &self.config().council;
+        if !council.members.contains(&signer) {
+            return Err(TxError::NotCouncilMember(signer));
+        }
+        self.check_action(action)?;
+        let id = self.globals().next_proposal;
+        self.globals_mut().next_proposal = id
+            .checked_add(1)
+            .ok_or_else(|| TxError::Overflow("proposal id".into()))?;
+        let expires_ms = ctx
+            .time_ms
+            .saturating_add(self.params().proposal_ttl_secs * 1000);
+        self.proposals.insert(
+            id,
+            Proposal {
+                id,
+                proposer: signer,
+                action: action.clone(),
+                description: description.to_string(),
+                created_ms: ctx.time_ms,
+                expires_ms,
+                approvals: vec![],
+                rejections: vec![],
+                farmer_weight_for: 0,
+                farmer_weight_against: 0,
+                farmer_voters: 0,
+                status: ProposalStatus::Open,
+            },
+        );
+        self.proposal_expiry.insert((expires_ms, id), ());
+        events.push(Event::ProposalCreated {
+            proposal: id,
+            proposer: signer,
+        });
+        // Proposing is approving: a council of one decides at once.
+        self.vote(id, signer, true, ctx, events)?;
+        Ok(())
+    }
+
     pub(crate) fn check_action(&self, action: &GovAction) -> Result<(), TxError> {
         match action {
             GovAction::SetNodeCertified { node, .. } if self.node(*node).is_none() => Err(
@@ -190,5 +237,95 @@ impl State {
                 self.config_mut().pending_validators = Some(validators.clone());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testkit::{Kit, key};
+    use super::*;
+    use peergrid_core::Payload;
+
+    fn proposal(approvals: &[u8], rejections: &[u8], weight_for: u64) -> Proposal {
+        Proposal {
+            id: 0,
+            proposer: key(1).account(),
+            action: GovAction::SetTokenPrice { uusd: 1 },
+            description: String::new(),
+            created_ms: 0,
+            expires_ms: 1,
+            approvals: approvals.iter().map(|n| key(*n).account()).collect(),
+            rejections: rejections.iter().map(|n| key(*n).account()).collect(),
+            farmer_weight_for: weight_for,
+            farmer_weight_against: 0,
+            farmer_voters: u32::from(weight_for > 0),
+            status: ProposalStatus::Open,
+        }
+    }
+
+    #[test]
+    fn a_proposal_closes_early_only_when_no_vote_left_can_change_it() {
+        let mut kit = Kit::new();
+        let executed = Some(ProposalStatus::Executed { at_ms: 5 });
+        let rejected = Some(ProposalStatus::Rejected { at_ms: 5 });
+        let s = &kit.state;
+        assert_eq!(s.outcome(&proposal(&[1], &[], 0), 5, false), None);
+        assert_eq!(
+            s.outcome(&proposal(&[1], &[], 0), 5, true),
+            Some(ProposalStatus::Expired { at_ms: 5 })
+        );
+        assert_eq!(s.outcome(&proposal(&[1, 2], &[], 0), 5, false), executed);
+        assert_eq!(s.outcome(&proposal(&[1], &[2, 3], 0), 5, false), rejected);
+        assert_eq!(
+            s.outcome(&proposal(&[1, 9], &[], 0), 5, true),
+            Some(ProposalStatus::Expired { at_ms: 5 }),
+            "only council members count toward the threshold"
+        );
+        // Once farmers hold weight, a council majority waits for them until expiry.
+        let farm = kit.farm(&key(4), "farm");
+        kit.node(&key(4), farm, &key(40));
+        let s = &kit.state;
+        let total = s.economy().farmer_weight_total;
+        assert_eq!(s.outcome(&proposal(&[1, 2], &[], 0), 5, false), None);
+        assert_eq!(s.outcome(&proposal(&[1, 2], &[], 0), 5, true), executed);
+        assert_eq!(
+            s.outcome(&proposal(&[1, 2], &[], total), 5, false),
+            executed
+        );
+    }
+
+    #[test]
+    fn only_council_members_propose_and_proposing_is_approving() {
+        let mut kit = Kit::new();
+        let propose = Payload::Propose {
+            action: GovAction::SetTokenPrice { uusd: 42 },
+            description: "price".into(),
+        };
+        let err = kit.refused(&key(5), propose.clone());
+        assert_eq!(err, TxError::NotCouncilMember(key(5).account()));
+        kit.ok(&key(1), propose);
+        let p = kit.state.proposal(1).expect("proposal 1");
+        assert_eq!(p.approvals, vec![key(1).account()]);
+        assert_eq!(p.status, ProposalStatus::Open);
+        kit.ok(
+            &key(2),
+            Payload::Vote {
+                proposal: 1,
+                approve: true,
+            },
+        );
+        assert_eq!(kit.state.params().token_price_uusd, 42);
+        let err = kit.refused(
+            &key(2),
+            Payload::Vote {
+                proposal: 1,
+                approve: true,
+            },
+        );
+        assert_eq!(
+            err,
+            TxError::ProposalClosed(1),
+            "an executed proposal takes no more votes"
+        );
     }
 }
