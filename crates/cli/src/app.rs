@@ -18,7 +18,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use peergrid_client::{Client, ContractState, NodeView, TxStatus};
 use peergrid_compute::{Deployment, Limits, Runtime, RuntimeConfig, WorkloadKind, WorkloadSpec};
-use peergrid_core::capacity::{Capacity, parse_size};
+use peergrid_core::capacity::{Capacity, Size};
 use peergrid_core::tx::ContractSpec;
 use peergrid_core::{ContractId, Hash, Keypair, NodeId, Payload};
 use peergrid_ledger::Event;
@@ -76,8 +76,8 @@ pub struct DeployArgs {
     #[arg(long = "node", value_name = "ID")]
     nodes: Vec<NodeId>,
     /// Memory per request or run, e.g. 128MiB; also what each contract reserves.
-    #[arg(long, value_parser = parse_size, default_value = "128MiB")]
-    memory: u64,
+    #[arg(long, default_value = "128MiB")]
+    memory: Size,
     /// CPU time per request or run, ms.
     #[arg(long, default_value_t = 1_000)]
     cpu_ms: u64,
@@ -125,8 +125,8 @@ pub struct UpdateArgs {
     /// The new component.
     wasm: PathBuf,
     /// Memory per request or run, e.g. 256MiB.
-    #[arg(long, value_parser = parse_size)]
-    memory: Option<u64>,
+    #[arg(long)]
+    memory: Option<Size>,
     /// CPU time per request or run, ms.
     #[arg(long)]
     cpu_ms: Option<u64>,
@@ -678,7 +678,7 @@ pub fn deploy(globals: &Globals, args: DeployArgs) -> anyhow::Result<()> {
     let kind = WorkloadKind::from(args.kind);
     let component = *blake3::hash(&bytes).as_bytes();
     let spec = RunSpec {
-        memory_bytes: args.memory,
+        memory_bytes: args.memory.bytes(),
         cpu_ms: args.cpu_ms,
         wall_ms: args.wall_ms,
         env: args.env.clone(),
@@ -861,7 +861,7 @@ fn update(globals: &Globals, file: &Path, mut apps: Apps, args: UpdateArgs) -> a
         env: Vec::new(),
         args: Vec::new(),
     });
-    spec.memory_bytes = args.memory.unwrap_or(spec.memory_bytes);
+    spec.memory_bytes = args.memory.map_or(spec.memory_bytes, Size::bytes);
     spec.cpu_ms = args.cpu_ms.unwrap_or(spec.cpu_ms);
     spec.wall_ms = args.wall_ms.unwrap_or(spec.wall_ms);
     if !args.env.is_empty() {

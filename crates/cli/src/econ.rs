@@ -11,7 +11,7 @@ use peergrid_client::{
     BillStatus, Bills, Contract, ContractFilter, ContractState, Event, Proposal, ProposalStatus,
     RewardReceipt,
 };
-use peergrid_core::capacity::{Capacity, human_bytes, parse_size};
+use peergrid_core::capacity::{Capacity, Size, human_bytes};
 use peergrid_core::policy::{FarmingPolicy, PricingPolicy};
 use peergrid_core::tx::{ContractSpec, GovAction};
 use peergrid_core::{AccountId, Amount, ContractId, FarmId, Hash, NodeId, Payload};
@@ -62,14 +62,14 @@ pub enum ContractCommand {
         #[arg(long)]
         cru: Option<u64>,
         /// Memory reserved, e.g. 2GiB.
-        #[arg(long, value_parser = parse_size)]
-        mru: Option<u64>,
+        #[arg(long)]
+        mru: Option<Size>,
         /// SSD reserved, e.g. 20GiB.
-        #[arg(long, value_parser = parse_size)]
-        sru: Option<u64>,
+        #[arg(long)]
+        sru: Option<Size>,
         /// HDD reserved, e.g. 1TB.
-        #[arg(long, value_parser = parse_size)]
-        hru: Option<u64>,
+        #[arg(long)]
+        hru: Option<Size>,
     },
     /// Cancel a contract you own: it is billed up to now and its resources are released.
     Cancel {
@@ -100,14 +100,14 @@ pub enum CreateSpec {
         #[arg(long, default_value_t = 1)]
         cru: u64,
         /// Memory reserved, e.g. 2GiB.
-        #[arg(long, value_parser = parse_size, default_value = "1GiB")]
-        mru: u64,
+        #[arg(long, default_value = "1GiB")]
+        mru: Size,
         /// SSD reserved, e.g. 20GiB.
-        #[arg(long, value_parser = parse_size, default_value = "0")]
-        sru: u64,
+        #[arg(long, default_value = "0")]
+        sru: Size,
         /// HDD reserved, e.g. 1TB.
-        #[arg(long, value_parser = parse_size, default_value = "0")]
-        hru: u64,
+        #[arg(long, default_value = "0")]
+        hru: Size,
         /// Public IPv4 addresses reserved from the node's farm.
         #[arg(long, default_value_t = 0)]
         public_ips: u32,
@@ -123,8 +123,8 @@ pub enum CreateSpec {
         #[arg(long)]
         node: NodeId,
         /// Space reserved, e.g. 100GiB.
-        #[arg(long, value_parser = parse_size)]
-        bytes: u64,
+        #[arg(long)]
+        bytes: Size,
     },
     /// A whole node, for you alone.
     Rent {
@@ -160,12 +160,20 @@ impl CreateSpec {
                 ContractSpec::Deployment {
                     node,
                     deployment_hash,
-                    resources: Capacity { cru, mru, sru, hru },
+                    resources: Capacity {
+                        cru,
+                        mru: mru.bytes(),
+                        sru: sru.bytes(),
+                        hru: hru.bytes(),
+                    },
                     public_ips,
                 }
             }
             CreateSpec::Name { name } => ContractSpec::Name { name },
-            CreateSpec::Storage { node, bytes } => ContractSpec::Storage { node, bytes },
+            CreateSpec::Storage { node, bytes } => ContractSpec::Storage {
+                node,
+                bytes: bytes.bytes(),
+            },
             CreateSpec::Rent { node } => ContractSpec::Rent { node },
         })
     }
@@ -453,9 +461,9 @@ pub fn contract(globals: &Globals, cmd: ContractCommand) -> anyhow::Result<()> {
                 let was = current.reserved;
                 let resources = Capacity {
                     cru: cru.unwrap_or(was.cru),
-                    mru: mru.unwrap_or(was.mru),
-                    sru: sru.unwrap_or(was.sru),
-                    hru: hru.unwrap_or(was.hru),
+                    mru: mru.map_or(was.mru, Size::bytes),
+                    sru: sru.map_or(was.sru, Size::bytes),
+                    hru: hru.map_or(was.hru, Size::bytes),
                 };
                 if deployment_hash == old_hash && resources == was {
                     anyhow::bail!(

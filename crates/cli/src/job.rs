@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use peergrid_compute::WorkloadKind;
 use peergrid_core::NodeId;
-use peergrid_core::capacity::parse_size;
+use peergrid_core::capacity::Size;
 use peergrid_node::protocol::WorkloadLogs;
 use serde_json::json;
 
@@ -46,8 +46,8 @@ pub struct RunArgs {
     #[arg(long = "node", value_name = "ID")]
     nodes: Vec<NodeId>,
     /// Memory of the run, e.g. 256MiB; also what its contract reserves.
-    #[arg(long, value_parser = parse_size, default_value = "128MiB")]
-    memory: u64,
+    #[arg(long, default_value = "128MiB")]
+    memory: Size,
     /// CPU time the run may use, ms.
     #[arg(long, default_value_t = 30_000)]
     cpu_ms: u64,
@@ -84,7 +84,7 @@ pub fn job(globals: &Globals, cmd: JobCommand) -> anyhow::Result<()> {
     }
     let component = *blake3::hash(&bytes).as_bytes();
     let spec = RunSpec {
-        memory_bytes: args.memory,
+        memory_bytes: args.memory.bytes(),
         cpu_ms: args.cpu_ms,
         wall_ms: args.wall_ms,
         env: args.env.clone(),

@@ -510,8 +510,8 @@ pub enum BenchCommand {
     /// pipeline (seal, erasure code, addresses) over the same bytes on one core.
     Storage {
         /// Object size.
-        #[arg(long, default_value = "1GiB", value_parser = peergrid_core::capacity::parse_size)]
-        size: u64,
+        #[arg(long, default_value = "1GiB")]
+        size: peergrid_core::capacity::Size,
         /// Erasure code K+M [default: from your storage nodes].
         #[arg(long)]
         scheme: Option<peergrid_storage::Scheme>,
@@ -544,7 +544,7 @@ pub enum BenchCommand {
 pub fn bench(globals: &Globals, cmd: BenchCommand) -> anyhow::Result<()> {
     let cmd = match cmd {
         BenchCommand::Storage { size, scheme } => {
-            return crate::store::bench(globals, size, scheme);
+            return crate::store::bench(globals, size.bytes(), scheme);
         }
         BenchCommand::Compute(args) => return crate::bench_compute::bench(globals, args),
         BenchCommand::Chaos {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use peergrid_core::Keypair;
-use peergrid_core::capacity::parse_size;
+use peergrid_core::capacity::Size;
 use peergrid_mesh::bulk::{self, Receiver, Transfer};
 use peergrid_mesh::control::{self, Request};
 use peergrid_mesh::{Config, Mesh, Multiaddr, PeerId, PeerInfo, Status};
@@ -76,8 +76,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "ADDR", default_value = DEFAULT_CONTROL)]
     control: SocketAddr,
     /// Largest bulk transfer accepted from one peer.
-    #[arg(long, value_name = "SIZE", default_value = "16GiB", value_parser = parse_size)]
-    bulk_max: u64,
+    #[arg(long, value_name = "SIZE", default_value = "16GiB")]
+    bulk_max: Size,
 }
 
 #[derive(Args)]
@@ -85,8 +85,8 @@ pub struct SendArgs {
     /// Peer id (account id) of the receiver.
     peer: String,
     /// How many bytes: 100MiB, 1GiB, 4096…
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-    bytes: u64,
+    #[arg(long, value_name = "SIZE")]
+    bytes: Size,
     /// Receiver's address (repeatable); without one it is found through --bootstrap.
     #[arg(long, value_name = "MULTIADDR")]
     addr: Vec<Multiaddr>,
@@ -131,7 +131,7 @@ async fn run_peer(globals: &Globals, args: RunArgs) -> anyhow::Result<()> {
         ..Config::default()
     };
     let mesh = Mesh::start(&key, config).await?;
-    let receiver = Receiver::serve(&mesh, args.bulk_max)?;
+    let receiver = Receiver::serve(&mesh, args.bulk_max.bytes())?;
     let control = control::serve(mesh.clone(), Some(receiver), args.control).await?;
     let addrs = mesh.listen_addrs().await?;
     if globals.json {
@@ -280,7 +280,7 @@ async fn send(globals: &Globals, args: SendArgs) -> anyhow::Result<()> {
     let bar = if globals.json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         indicatif::ProgressBar::hidden()
     } else {
-        indicatif::ProgressBar::new(args.bytes)
+        indicatif::ProgressBar::new(args.bytes.bytes())
     };
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -288,7 +288,7 @@ async fn send(globals: &Globals, args: SendArgs) -> anyhow::Result<()> {
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let transfer = bulk::send(&mesh, peer, args.bytes, |n| bar.set_position(n)).await?;
+    let transfer = bulk::send(&mesh, peer, args.bytes.bytes(), |n| bar.set_position(n)).await?;
     bar.finish_and_clear();
     // The connections held when the transfer ended. A relayed connection may have
     // been upgraded by hole punching while the bytes flowed, so "direct and relayed"

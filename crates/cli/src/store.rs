@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use peergrid_core::capacity::parse_size;
+use peergrid_core::capacity::Size;
 use peergrid_storage::client::human_bytes;
 use peergrid_storage::{AuditResult, Capability, NodeChoice, Scheme, Storage};
 use serde_json::json;
@@ -19,8 +19,8 @@ pub enum StoreCommand {
     Reserve {
         /// Space on each node, e.g. 10GiB (shard bytes: an object of S bytes in a K+M
         /// scheme takes about S/K on each node).
-        #[arg(long, value_parser = parse_size)]
-        size: u64,
+        #[arg(long)]
+        size: Size,
         /// How many nodes (up, with room; distinct farms first).
         #[arg(long, default_value_t = 5, conflicts_with = "node")]
         nodes: usize,
@@ -154,6 +154,7 @@ pub fn run(globals: &Globals, cmd: StoreCommand) -> anyhow::Result<()> {
 async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> anyhow::Result<()> {
     match cmd {
         StoreCommand::Reserve { size, nodes, node } => {
+            let size = size.bytes();
             let choice = if node.is_empty() {
                 NodeChoice::Count(nodes)
             } else {

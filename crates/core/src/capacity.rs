@@ -129,8 +129,34 @@ impl fmt::Display for Capacity {
     }
 }
 
-/// Parse a size with an optional binary or decimal unit: `4096`, `100MiB`, `1.5GiB`, `2TB`.
-pub fn parse_size(text: &str) -> Result<u64, String> {
+/// A number of bytes as people write it: parsed from `4096`, `100MiB`, `1.5GiB` or `2TB`, shown
+/// in binary units (`1.5 GiB`).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Default)]
+pub struct Size(pub u64);
+
+impl Size {
+    /// The number of bytes.
+    pub const fn bytes(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&human_bytes(self.0))
+    }
+}
+
+impl std::str::FromStr for Size {
+    type Err = String;
+
+    /// A size with an optional binary or decimal unit: `4096`, `100MiB`, `1.5GiB`, `2TB`.
+    fn from_str(text: &str) -> Result<Size, String> {
+        parse_size(text).map(Size)
+    }
+}
+
+fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit() && c != '.')
@@ -304,15 +330,33 @@ mod tests {
     }
 
     #[test]
+    fn a_size_shows_in_binary_units_and_reads_back_what_it_shows() {
+        let size = Size(3 << 29);
+        assert_eq!(size.to_string(), "1.5 GiB");
+        assert_eq!(size.to_string().parse::<Size>(), Ok(size));
+        let err = "5 parsecs".parse::<Size>().expect_err("not a unit");
+        assert!(err.contains("use B, KiB, MiB"), "{err}");
+    }
+
+    #[test]
     fn sizes_parse_exactly_in_binary_and_decimal_units() {
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("100MiB"), Ok(100 << 20));
-        assert_eq!(parse_size("2 KiB"), Ok(2048));
-        assert_eq!(parse_size("1.5GiB"), Ok(3 << 29));
-        assert_eq!(parse_size("2TB"), Ok(2_000_000_000_000));
-        assert!(parse_size("MiB").is_err());
-        assert!(parse_size("lots").is_err());
-        assert!(parse_size("1.2.3GiB").is_err());
-        assert!(parse_size("99999999999999GiB").is_err(), "beyond u64");
+        assert_eq!("4096".parse::<Size>().map(Size::bytes), Ok(4096));
+        assert_eq!("100MiB".parse::<Size>().map(Size::bytes), Ok(100 << 20));
+        assert_eq!("2 KiB".parse::<Size>().map(Size::bytes), Ok(2048));
+        assert_eq!("1.5GiB".parse::<Size>().map(Size::bytes), Ok(3 << 29));
+        assert_eq!(
+            "2TB".parse::<Size>().map(Size::bytes),
+            Ok(2_000_000_000_000)
+        );
+        assert!("MiB".parse::<Size>().map(Size::bytes).is_err());
+        assert!("lots".parse::<Size>().map(Size::bytes).is_err());
+        assert!("1.2.3GiB".parse::<Size>().map(Size::bytes).is_err());
+        assert!(
+            "99999999999999GiB"
+                .parse::<Size>()
+                .map(Size::bytes)
+                .is_err(),
+            "beyond u64"
+        );
     }
 }

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use peergrid_core::Capacity;
-use peergrid_core::capacity::{GIB, parse_size};
+use peergrid_core::capacity::{GIB, Size};
 use serde::{Deserialize, Serialize};
 use sysinfo::{DiskKind, Disks, System};
 
@@ -51,7 +51,7 @@ impl std::str::FromStr for DiskSpec {
                 "ssd" => spec.class = Some(DiskClass::Ssd),
                 "hdd" => spec.class = Some(DiskClass::Hdd),
                 size => {
-                    spec.max_bytes = Some(parse_size(size).map_err(|e| {
+                    spec.max_bytes = Some(size.parse::<Size>().map(Size::bytes).map_err(|e| {
                         format!(
                             "{s:?}: {part:?} is neither a disk class (ssd or hdd) nor a size \
                              ({e}); expected PATH[:ssd|:hdd][:SIZE], like /data:ssd:500GiB"
