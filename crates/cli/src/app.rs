@@ -944,6 +944,16 @@ fn update(globals: &Globals, file: &Path, mut apps: Apps, args: UpdateArgs) -> a
     Ok(())
 }
 
+/// One replica as `app status` shows it: its contract on the ledger, its workload on its node.
+#[derive(Serialize)]
+struct ReplicaState {
+    contract: ContractId,
+    node: NodeId,
+    contract_state: String,
+    state: String,
+    url: Option<String>,
+}
+
 /// `peergrid app …`.
 pub fn app(globals: &Globals, cmd: AppCommand) -> anyhow::Result<()> {
     let file = apps_file(globals)?;
@@ -1053,13 +1063,13 @@ pub fn app(globals: &Globals, cmd: AppCommand) -> anyhow::Result<()> {
                         Ok(None) => "node missing from the ledger".into(),
                         Err(e) => format!("unknown ({e})"),
                     };
-                    rows.push(json!({
-                        "contract": r.contract,
-                        "node": r.node,
-                        "contract_state": ledger,
-                        "state": on_node,
-                        "url": r.url,
-                    }));
+                    rows.push(ReplicaState {
+                        contract: r.contract,
+                        node: r.node,
+                        contract_state: ledger,
+                        state: on_node,
+                        url: r.url.clone(),
+                    });
                 }
                 mesh.close().await;
                 if globals.json {
@@ -1069,12 +1079,12 @@ pub fn app(globals: &Globals, cmd: AppCommand) -> anyhow::Result<()> {
                 for row in &rows {
                     println!(
                         "  contract {} on node {}: contract {}, workload {}{}",
-                        row["contract"],
-                        row["node"],
-                        row["contract_state"].as_str().unwrap_or_default(),
-                        row["state"].as_str().unwrap_or_default(),
-                        row["url"]
-                            .as_str()
+                        row.contract,
+                        row.node,
+                        row.contract_state,
+                        row.state,
+                        row.url
+                            .as_ref()
                             .map(|u| format!(", {u}"))
                             .unwrap_or_default()
                     );

@@ -102,11 +102,18 @@ pub fn bench(globals: &Globals, args: ComputeBenchArgs) -> anyhow::Result<()> {
     if !out.status.success() {
         bail!("peergrid deploy failed (see above); is `peergrid devnet` running?");
     }
-    let deployed: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let url = deployed["app"]["replicas"][0]["url"]
-        .as_str()
-        .context("the deployed app has no URL: its node has no HTTP entry")?
-        .to_string();
+    #[derive(serde::Deserialize)]
+    struct Deployed {
+        app: crate::app::App,
+    }
+    let deployed: Deployed = serde_json::from_slice(&out.stdout)
+        .context("peergrid deploy --json printed something other than the app")?;
+    let url = deployed
+        .app
+        .replicas
+        .first()
+        .and_then(|r| r.url.clone())
+        .context("the deployed app has no URL: its node has no HTTP entry")?;
     let remove = RemoveApp {
         me: me.clone(),
         forwarded,

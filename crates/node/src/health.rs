@@ -12,8 +12,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::protocol::NodeReport;
 use crate::shared::Shared;
 use peergrid_core::now_ms;
 
@@ -42,16 +44,46 @@ pub async fn serve(
     Ok((bound, task))
 }
 
+/// What `/health` answers.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Health {
+    /// Whether uptime reports reach the ledger.
+    pub ok: bool,
+    /// The node's id, once registered.
+    pub node: Option<peergrid_core::NodeId>,
+    /// How long ago the last uptime report was finalized, ms; none before the first.
+    pub last_uptime_report_age_ms: Option<u64>,
+}
+
+/// What `/v1/status` answers: the node's report and how it sits on the mesh.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Status {
+    /// What the node tells its peers about itself.
+    #[serde(flatten)]
+    pub report: NodeReport,
+    /// The mesh addresses it listens on.
+    pub mesh_listen: Vec<String>,
+    /// Peers connected now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh_connected_peers: Option<usize>,
+    /// Peers in its routing table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh_routing_table_peers: Option<usize>,
+    /// Its reachability as the mesh sees it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh_nat: Option<String>,
+}
+
 /// Healthy while uptime reports reach the ledger: the last one is younger than three intervals.
 async fn health(State(s): State<Arc<Shared>>) -> Response {
     let last = s.last_report_ms.load(Ordering::Relaxed);
     let age_ms = now_ms().saturating_sub(last);
     let ok = last > 0 && age_ms < 3 * s.interval_secs * 1000;
-    let body = Json(json!({
-        "ok": ok,
-        "node": s.world.lock().await.node,
-        "last_uptime_report_age_ms": (last > 0).then_some(age_ms),
-    }));
+    let body = Json(Health {
+        ok,
+        node: s.world.lock().await.node,
+        last_uptime_report_age_ms: (last > 0).then_some(age_ms),
+    });
     let code = if ok {
         StatusCode::OK
     } else {
@@ -61,14 +93,15 @@ async fn health(State(s): State<Arc<Shared>>) -> Response {
 }
 
 async fn status(State(s): State<Arc<Shared>>) -> Response {
-    let mut v = serde_json::to_value(s.report().await).unwrap_or_default();
-    v["mesh_listen"] = json!(s.listen);
-    if let Ok(mesh) = s.mesh.status().await {
-        v["mesh_connected_peers"] = json!(mesh.connected_peers);
-        v["mesh_routing_table_peers"] = json!(mesh.routing_table_peers);
-        v["mesh_nat"] = json!(mesh.nat);
-    }
-    Json(v).into_response()
+    let mesh = s.mesh.status().await.ok();
+    Json(Status {
+        report: s.report().await,
+        mesh_listen: s.listen.clone(),
+        mesh_connected_peers: mesh.as_ref().map(|m| m.connected_peers),
+        mesh_routing_table_peers: mesh.as_ref().map(|m| m.routing_table_peers),
+        mesh_nat: mesh.map(|m| m.nat),
+    })
+    .into_response()
 }
 
 async fn workloads(State(s): State<Arc<Shared>>) -> Response {
