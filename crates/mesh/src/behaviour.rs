@@ -45,7 +45,7 @@ pub struct Behaviour {
     /// LAN discovery (devnet only).
     pub mdns: Toggle<mdns::tokio::Behaviour>,
     /// Raw streams: request-response and bulk data.
-    pub stream: libp2p_stream::Behaviour,
+    pub stream: crate::streams::Behaviour,
 }
 
 /// Build a swarm with QUIC ([`crate::quic`]) and TCP + TLS or Noise + Yamux ([`crate::tcp`]), the relay client, and every behaviour.
@@ -156,6 +156,6 @@ fn make_behaviour(
         autonat,
         gossipsub,
         mdns: mdns.into(),
-        stream: libp2p_stream::Behaviour::new(),
+        stream: crate::streams::Behaviour::new(),
     })
 }

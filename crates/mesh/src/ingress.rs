@@ -32,7 +32,7 @@ const PING_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct Mesh {
     pub(crate) tx: mpsc::Sender<Command>,
-    pub(crate) control: libp2p_stream::Control,
+    pub(crate) control: crate::streams::Control,
     peer_id: PeerId,
     dial_timeout: Duration,
 }
@@ -199,7 +199,7 @@ impl Mesh {
                 after_ms: self.dial_timeout.as_millis(),
             })?;
         result.map_err(|e| match e {
-            libp2p_stream::OpenStreamError::UnsupportedProtocol(protocol) => {
+            crate::streams::OpenStreamError::UnsupportedProtocol(protocol) => {
                 Error::UnsupportedProtocol { peer, protocol }
             }
             other => Error::OpenStream {
@@ -210,12 +210,14 @@ impl Mesh {
         })
     }
 
-    /// Accept inbound streams of `protocol`. Streams arriving while the previous one
-    /// has not been taken are refused (the queue holds one), which bounds memory.
+    /// Accept inbound streams of `protocol`. Up to [`crate::streams::INBOUND_QUEUE_MAX`]
+    /// wait for the caller to take them, at most
+    /// [`crate::streams::INBOUND_QUEUE_PER_PEER_MAX`] from one peer; more are refused
+    /// (reset), which bounds memory and keeps one peer from crowding out the others.
     pub fn accept_streams(
         &self,
         protocol: StreamProtocol,
-    ) -> Result<libp2p_stream::IncomingStreams, Error> {
+    ) -> Result<crate::streams::IncomingStreams, Error> {
         self.control
             .clone()
             .accept(protocol.clone())
@@ -254,7 +256,7 @@ impl Mesh {
 }
 
 /// Echo one ping payload per stream, a bounded number at once.
-fn answer_pings(mut incoming: libp2p_stream::IncomingStreams) {
+fn answer_pings(mut incoming: crate::streams::IncomingStreams) {
     use futures::StreamExt;
     tokio::spawn(async move {
         let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(PINGS_IN_FLIGHT_MAX));

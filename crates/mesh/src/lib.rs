@@ -43,6 +43,7 @@ pub mod netlab;
 pub mod quic;
 pub mod ratelimit;
 pub mod rpc;
+pub mod streams;
 pub mod tcp;
 pub mod tls;
 
@@ -51,3 +52,4 @@ pub use error::Error;
 pub use ingress::{GossipMessage, Mesh, PeerInfo, Status, peer_of, with_peer};
 pub use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol, multiaddr};
 pub use rpc::{RpcError, RpcProtocol};
+pub use streams::IncomingStreams;

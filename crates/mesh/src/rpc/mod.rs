@@ -15,7 +15,7 @@
 //!
 //! Why streams and not a `NetworkBehaviour` per protocol: libp2p's
 //! `request_response::Behaviour` treats all its protocol names as versions of one
-//! protocol, and a behaviour is fixed when the swarm is built. On `libp2p-stream`,
+//! protocol, and a behaviour is fixed when the swarm is built. On raw streams ([`crate::streams`]),
 //! a protocol is registered by name at run time, and what a connection handler
 //! would hold per protocol (limits, rate, concurrency) lives in the server task.
 
@@ -256,7 +256,7 @@ where
     F: Fn(PeerId, Vec<u8>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Vec<u8>, String>> + Send + 'static,
 {
-    async fn run(self, mut incoming: libp2p_stream::IncomingStreams) {
+    async fn run(self, mut incoming: crate::streams::IncomingStreams) {
         let mut limiter = PeerRateLimiter::new(self.protocol.rate);
         let serving = Arc::new(Semaphore::new(self.protocol.concurrent_max));
         let refusing = Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT_MAX));
