@@ -1280,6 +1280,562 @@ mod tests {
         }
     }
 
+    /// A validator's shared state after blocks made through its own apply path (so blocks and
+    /// transaction statuses are recorded): a farm with a public IP, a node, a deployment and a
+    /// name contract billed, receipts minted, proposals executed and open, a rejected
+    /// transaction and one pending. Its devnet too, for its keys.
+    fn busy_chain() -> (Arc<Shared>, Devnet, Keypair) {
+        use crate::block::Block;
+        use commonware_cryptography::Digestible;
+        use peergrid_core::policy::PricingPolicy;
+        use peergrid_core::tx::{ContractSpec, GovAction, ValidatorEntry};
+        use peergrid_core::{PublicIp, TxHash};
+
+        let d = Devnet::generate("api", 1, GENESIS_MS).expect("keys");
+        let store: Box<dyn Store + Send + Sync> = Box::new(MemoryStore::default());
+        let ledger: DynLedger = Ledger::open(store, &d.genesis).expect("ledger");
+        let shared = Shared::new(
+            d.genesis.clone(),
+            ledger,
+            Receipts::memory(),
+            MempoolLimits::default(),
+        );
+        let node = Keypair::from_seed([9; 32]);
+        let chain = d.genesis.chain_id.clone();
+        let demo = |nonce, payload| SignedTx::new(&d.demo, &chain, nonce, payload);
+        let by_node = |nonce, payload| SignedTx::new(&node, &chain, nonce, payload);
+        let ip = PublicIp {
+            ip: [185, 1, 2, 3],
+            prefix_len: 24,
+            gateway: [185, 1, 2, 1],
+        };
+        let validator = ValidatorEntry {
+            account: d.genesis.validators[0].account,
+            address: "203.0.113.7:4000".into(),
+        };
+        let period_ms = d.genesis.params.minting_period_secs * 1000;
+        let blocks = [
+            (
+                1_000,
+                vec![
+                    demo(
+                        0,
+                        Payload::CreateFarm {
+                            name: "big".into(),
+                            public_ips: vec![ip],
+                        },
+                    ),
+                    demo(
+                        1,
+                        Payload::Transfer {
+                            to: node.account(),
+                            amount: Amount::tokens(1),
+                        },
+                    ),
+                    demo(
+                        2,
+                        Payload::Propose {
+                            action: GovAction::SetPricingPolicy(PricingPolicy::default()),
+                            description: "the defaults".into(),
+                        },
+                    ),
+                    demo(
+                        3,
+                        Payload::Propose {
+                            action: GovAction::SetValidators {
+                                validators: vec![validator],
+                            },
+                            description: "a validator with an address".into(),
+                        },
+                    ),
+                ],
+            ),
+            (
+                2_000,
+                vec![
+                    by_node(
+                        0,
+                        Payload::RegisterNode {
+                            farm: 1,
+                            capacity: Capacity {
+                                cru: 4,
+                                mru: 16 << 30,
+                                sru: 500 << 30,
+                                hru: 0,
+                            },
+                            location: Location {
+                                country: "BE".into(),
+                                city: "Ghent".into(),
+                                latitude_micro: 51_050_000,
+                                longitude_micro: 3_720_000,
+                            },
+                            invitation: sign_invitation(&d.demo, &chain, 1, &node.account()),
+                        },
+                    ),
+                    // Refused: the council's proposals pass as they are made, and the faucet
+                    // is no council member.
+                    SignedTx::new(
+                        &d.faucet,
+                        &chain,
+                        0,
+                        Payload::Vote {
+                            proposal: 2,
+                            approve: false,
+                        },
+                    ),
+                ],
+            ),
+            (
+                3_000,
+                vec![
+                    demo(
+                        4,
+                        Payload::CreateContract(ContractSpec::Deployment {
+                            node: 1,
+                            deployment_hash: Hash::of(b"deployment"),
+                            resources: Capacity {
+                                cru: 1,
+                                mru: 2 << 30,
+                                sru: 50 << 30,
+                                hru: 0,
+                            },
+                            public_ips: 1,
+                        }),
+                    ),
+                    demo(
+                        5,
+                        Payload::CreateContract(ContractSpec::Name {
+                            name: "gateway-one".into(),
+                        }),
+                    ),
+                ],
+            ),
+            // Past period 0 and its settle delay: the contracts are billed, the node has its receipt.
+            (2 * period_ms, vec![]),
+        ];
+        let mut parent = Block::genesis(&d.genesis.hash(), GENESIS_MS);
+        for (height, (after_ms, txs)) in blocks.into_iter().enumerate() {
+            let block = Block::new(
+                parent.digest(),
+                height as u64 + 1,
+                GENESIS_MS + after_ms,
+                txs,
+            );
+            let applied = shared
+                .apply_finalized(&block, &hex::encode(block.digest().as_ref()))
+                .expect("apply")
+                .expect("a new block");
+            let refused: Vec<_> = applied.txs.iter().filter(|t| t.result.is_err()).collect();
+            // Only the faucet's vote is refused.
+            assert!(
+                refused.iter().all(|t| t.signer == d.faucet.account()),
+                "{refused:?}"
+            );
+            parent = block;
+        }
+        let pending: TxHash = shared
+            .submit(demo(
+                6,
+                Payload::Transfer {
+                    to: node.account(),
+                    amount: Amount::tokens(1),
+                },
+            ))
+            .expect("into the mempool");
+        assert!(matches!(
+            shared.status(&pending),
+            peergrid_types::TxStatus::Pending
+        ));
+        (shared, d, node)
+    }
+
+    /// Every object schema under `schema` refuses properties it does not name, except the
+    /// parts of an `allOf` (a `#[serde(flatten)]`), whose whole checks them instead; so an
+    /// answer with a field the document does not describe fails too.
+    fn closed(schema: &mut Value, in_all_of: bool) {
+        let Value::Object(map) = schema else { return };
+        for (key, v) in map.iter_mut() {
+            match key.as_str() {
+                "properties" | "$defs" => {
+                    if let Value::Object(children) = v {
+                        children.values_mut().for_each(|c| closed(c, false));
+                    }
+                }
+                "allOf" => {
+                    if let Value::Array(parts) = v {
+                        parts.iter_mut().for_each(|c| closed(c, true));
+                    }
+                }
+                "oneOf" | "anyOf" | "prefixItems" => {
+                    if let Value::Array(parts) = v {
+                        parts.iter_mut().for_each(|c| closed(c, false));
+                    }
+                }
+                "items" => closed(v, false),
+                _ => {}
+            }
+        }
+        if !in_all_of && (map.contains_key("properties") || map.contains_key("allOf")) {
+            map.insert("unevaluatedProperties".into(), Value::Bool(false));
+        }
+    }
+
+    /// Checks answers against the document's own schemas, with a JSON Schema 2020-12
+    /// validator (OpenAPI 3.1's schema dialect).
+    struct Schemas {
+        doc: Value,
+        /// The components, closed by [`closed`], except those flattened into another.
+        components: Value,
+    }
+
+    impl Schemas {
+        fn new() -> Schemas {
+            let doc = serde_json::to_value(openapi_document()).expect("the document as JSON");
+            let mut components = doc["components"].clone();
+            let mut all = Vec::new();
+            refs(&doc, String::new(), &mut all);
+            // A component flattened into another is checked by that one's whole.
+            let flattened: std::collections::BTreeSet<String> = all
+                .iter()
+                .filter(|(at, _)| {
+                    at.rsplit_once('/')
+                        .is_some_and(|(parent, _)| parent.ends_with("/allOf"))
+                })
+                .filter_map(|(_, r)| r.rsplit('/').next().map(str::to_string))
+                .collect();
+            if let Some(schemas) = components["schemas"].as_object_mut() {
+                for (name, schema) in schemas.iter_mut() {
+                    if flattened.contains(name) {
+                        // Its nested objects still close; the top stays open.
+                        if let Some(props) = schema.get_mut("properties") {
+                            props
+                                .as_object_mut()
+                                .into_iter()
+                                .flat_map(|p| p.values_mut())
+                                .for_each(|c| closed(c, false));
+                        }
+                    } else {
+                        closed(schema, false);
+                    }
+                }
+            }
+            Schemas { doc, components }
+        }
+
+        /// The schema the document gives `method path` for `status` in `media`.
+        fn schema(&self, method: &str, path: &str, status: u16, media: &str) -> Value {
+            let schema = &self.doc["paths"][path][method]["responses"][status.to_string()]["content"]
+                [media]["schema"];
+            assert!(
+                schema.is_object(),
+                "{method} {path} documents no {media} schema for {status}"
+            );
+            let mut root = schema.clone();
+            closed(&mut root, false);
+            root["$schema"] = json!("https://json-schema.org/draft/2020-12/schema");
+            root["components"] = self.components.clone();
+            root
+        }
+
+        /// Panic with every place `answer` breaks the schema of `method path` for `status`.
+        fn check(&self, method: &str, path: &str, status: u16, media: &str, answer: &Value) {
+            let schema = self.schema(method, path, status, media);
+            let validator = jsonschema::draft202012::new(&schema)
+                .unwrap_or_else(|e| panic!("{method} {path} {status}: the schema: {e}"));
+            let errors: Vec<String> = validator
+                .iter_errors(answer)
+                .map(|e| format!("at {}: {e}", e.instance_path()))
+                .collect();
+            assert!(
+                errors.is_empty(),
+                "{method} {path} answered {status} with what its schema refuses:\n{}\n{answer:#}",
+                errors.join("\n")
+            );
+        }
+
+        /// Whether `answer` passes, for the checks that the checker itself refuses what it must.
+        fn passes(&self, method: &str, path: &str, status: u16, answer: &Value) -> bool {
+            let schema = self.schema(method, path, status, "application/json");
+            jsonschema::draft202012::new(&schema)
+                .map(|v| v.is_valid(answer))
+                .unwrap_or(false)
+        }
+    }
+
+    #[tokio::test]
+    async fn every_json_answer_matches_its_schema_in_the_document() {
+        let (shared, d, node) = busy_chain();
+        let demo = d.demo.account();
+        let finalized = shared.receipts.block(1).expect("block 1").txs[0].hash;
+        let refused = &shared.receipts.block(2).expect("block 2").txs[1];
+        assert!(refused.result.is_err(), "the faucet's vote is refused");
+        let rejected = refused.hash;
+        let base = serve(shared.clone()).await;
+        let schemas = Schemas::new();
+        let http = reqwest::Client::new();
+
+        // (documented route, request path, status)
+        let gets: Vec<(&str, String, u16)> = vec![
+            ("/v1/status", "/v1/status".into(), 200),
+            ("/v1/accounts/{id}", format!("/v1/accounts/{demo}"), 200),
+            (
+                "/v1/accounts/{id}",
+                format!("/v1/accounts/{}?proof=true", node.account()),
+                200,
+            ),
+            ("/v1/accounts/{id}", "/v1/accounts/nobody".into(), 400),
+            ("/v1/farms", "/v1/farms".into(), 200),
+            ("/v1/farms/{id}", "/v1/farms/1?proof=true".into(), 200),
+            ("/v1/farms/{id}", "/v1/farms/big".into(), 200),
+            ("/v1/farms/{id}", "/v1/farms/999".into(), 404),
+            ("/v1/nodes", "/v1/nodes?farm=1".into(), 200),
+            ("/v1/nodes/{id}", "/v1/nodes/1?proof=true".into(), 200),
+            (
+                "/v1/nodes/{id}",
+                format!("/v1/nodes/{}", node.account()),
+                200,
+            ),
+            ("/v1/contracts", format!("/v1/contracts?owner={demo}"), 200),
+            (
+                "/v1/contracts/{id}",
+                "/v1/contracts/1?proof=true".into(),
+                200,
+            ),
+            (
+                "/v1/contracts/{id}",
+                "/v1/contracts/gateway-one".into(),
+                200,
+            ),
+            (
+                "/v1/contracts/{id}/bills",
+                "/v1/contracts/1/bills".into(),
+                200,
+            ),
+            (
+                "/v1/contracts/{id}/bills",
+                "/v1/contracts/2/bills".into(),
+                200,
+            ),
+            (
+                "/v1/farms/{id}/receipts",
+                "/v1/farms/1/receipts".into(),
+                200,
+            ),
+            (
+                "/v1/farms/{id}/receipts",
+                "/v1/farms/1/receipts?period=0".into(),
+                200,
+            ),
+            (
+                "/v1/nodes/{id}/receipts/{period}",
+                "/v1/nodes/1/receipts/0".into(),
+                200,
+            ),
+            ("/v1/proposals", "/v1/proposals".into(), 200),
+            ("/v1/proposals/{id}", "/v1/proposals/1".into(), 200),
+            ("/v1/proposals/{id}", "/v1/proposals/2".into(), 200),
+            (
+                "/v1/proposals/{id}/votes",
+                "/v1/proposals/1/votes".into(),
+                200,
+            ),
+            ("/v1/economy", "/v1/economy".into(), 200),
+            ("/v1/blocks/{height}", "/v1/blocks/1".into(), 200),
+            ("/v1/blocks/{height}", "/v1/blocks/2".into(), 200),
+            ("/v1/blocks/{height}", "/v1/blocks/3".into(), 200),
+            ("/v1/blocks/{height}", "/v1/blocks/4".into(), 200),
+            ("/v1/blocks/{height}", "/v1/blocks/abc".into(), 400),
+            ("/v1/blocks/{height}", "/v1/blocks/99".into(), 404),
+            (
+                "/v1/epochs/{epoch}/validators",
+                "/v1/epochs/0/validators".into(),
+                200,
+            ),
+            ("/v1/tx/{hash}", format!("/v1/tx/{finalized}"), 200),
+            ("/v1/tx/{hash}", format!("/v1/tx/{rejected}"), 200),
+            (
+                "/v1/tx/{hash}",
+                format!("/v1/tx/{}", Hash::of(b"never sent")),
+                200,
+            ),
+            ("/v1/tx/{hash}", "/v1/tx/0x12".into(), 400),
+            ("/openapi.json", "/openapi.json".into(), 200),
+        ];
+        let mut answered = std::collections::BTreeSet::new();
+        let mut seen = std::collections::BTreeMap::new();
+        for (route, path, status) in &gets {
+            let r = http
+                .get(format!("{base}{path}"))
+                .send()
+                .await
+                .expect("an answer");
+            assert_eq!(r.status().as_u16(), *status, "GET {path}");
+            let answer: Value = r.json().await.expect("JSON");
+            schemas.check("get", route, *status, "application/json", &answer);
+            answered.insert(("get", route.to_string()));
+            seen.insert(path.clone(), answer);
+        }
+        // The answers hold what the schemas are meant to be checked on, not empty lists.
+        let data = |path: &str| seen[path]["data"].clone();
+        assert!(data("/v1/status")["pending_validators"].is_array());
+        let proof = &data(&format!("/v1/accounts/{}?proof=true", node.account()));
+        assert!(proof["node"].is_number(), "{proof}");
+        assert!(seen[&format!("/v1/accounts/{}?proof=true", node.account())]["proof"].is_object());
+        assert_eq!(
+            data("/v1/farms/1?proof=true")["public_ips"][0]["contract"],
+            1
+        );
+        assert_eq!(
+            data("/v1/contracts/1?proof=true")["spec"]["kind"],
+            "deployment"
+        );
+        for list in [
+            "/v1/contracts/1/bills",
+            "/v1/farms/1/receipts?period=0",
+            "/v1/proposals/1/votes",
+        ] {
+            assert!(data(list)["items"][0].is_object(), "{list}: {}", data(list));
+        }
+        assert!(seen["/v1/blocks/4"]["end_events"][0].is_object());
+        assert_eq!(
+            seen[&format!("/v1/tx/{rejected}")]["status"]["status"],
+            "rejected"
+        );
+
+        // Submissions: one taken, and a batch with one taken and one refused.
+        let tx = |nonce| {
+            SignedTx::new(
+                &d.demo,
+                &shared.genesis.chain_id,
+                nonce,
+                Payload::Transfer {
+                    to: node.account(),
+                    amount: Amount::tokens(1),
+                },
+            )
+        };
+        let r = http
+            .post(format!("{base}/v1/tx"))
+            .body(tx(7).encode())
+            .send()
+            .await
+            .expect("an answer");
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        schemas.check(
+            "post",
+            "/v1/tx",
+            202,
+            "application/json",
+            &r.json().await.expect("JSON"),
+        );
+        let r = http
+            .post(format!("{base}/v1/tx"))
+            .body(vec![1u8, 2, 3])
+            .send()
+            .await
+            .expect("an answer");
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        schemas.check(
+            "post",
+            "/v1/tx",
+            400,
+            "application/json",
+            &r.json().await.expect("JSON"),
+        );
+        let batch = peergrid_core::codec::encode(&vec![tx(8).encode(), vec![0u8; 3]]);
+        let r = http
+            .post(format!("{base}/v1/txs"))
+            .body(batch)
+            .send()
+            .await
+            .expect("an answer");
+        assert_eq!(r.status(), StatusCode::OK);
+        let answer: Value = r.json().await.expect("JSON");
+        assert_eq!(answer["accepted"], 1, "{answer}");
+        schemas.check("post", "/v1/txs", 200, "application/json", &answer);
+        answered.insert(("post", "/v1/tx".into()));
+        answered.insert(("post", "/v1/txs".into()));
+
+        // The event stream: the first block's data is a FinalizedBlock.
+        let mut stream = http
+            .get(format!("{base}/v1/events?from=1"))
+            .send()
+            .await
+            .expect("an answer");
+        let mut text = String::new();
+        while !text.contains("\n\n") {
+            let chunk = stream.chunk().await.expect("a chunk").expect("not closed");
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        let data = text
+            .lines()
+            .find_map(|l| l.strip_prefix("data:"))
+            .expect("a data line");
+        let block: Value = serde_json::from_str(data.trim()).expect("JSON data");
+        assert_eq!(block["height"], 1);
+        schemas.check("get", "/v1/events", 200, "text/event-stream", &block);
+        answered.insert(("get", "/v1/events".into()));
+
+        // Every route that answers JSON was checked with a real answer.
+        for (path, item) in schemas.doc["paths"].as_object().expect("paths") {
+            for (method, op) in item.as_object().expect("operations") {
+                let json = op["responses"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .any(|(s, r)| {
+                        s.starts_with('2') && r["content"]["application/json"].is_object()
+                    });
+                if json {
+                    assert!(
+                        answered.contains(&(method.as_str(), path.clone())),
+                        "{method} {path} answers JSON but no real answer of it is checked here"
+                    );
+                }
+            }
+        }
+
+        // The checker refuses what it must: an id as a number, a missing field, an extra one.
+        let url = format!("{base}/v1/accounts/{demo}");
+        let real: Value = http
+            .get(url)
+            .send()
+            .await
+            .expect("an answer")
+            .json()
+            .await
+            .expect("JSON");
+        let route = "/v1/accounts/{id}";
+        assert!(schemas.passes("get", route, 200, &real));
+        let mut numeric = real.clone();
+        numeric["data"]["account"] = json!(7);
+        assert!(
+            !schemas.passes("get", route, 200, &numeric),
+            "an id as a number"
+        );
+        let mut units = real.clone();
+        units["data"]["balance"] = json!(1_000_000_000_000u64);
+        assert!(
+            !schemas.passes("get", route, 200, &units),
+            "an amount as units"
+        );
+        let mut missing = real.clone();
+        missing["data"]
+            .as_object_mut()
+            .expect("data")
+            .remove("nonce");
+        assert!(
+            !schemas.passes("get", route, 200, &missing),
+            "a field missing"
+        );
+        let mut extra = real;
+        extra["data"]["renamed_nonce"] = json!(1);
+        assert!(
+            !schemas.passes("get", route, 200, &extra),
+            "a field not in the schema"
+        );
+    }
+
     #[tokio::test]
     async fn every_documented_route_is_served() {
         let base = serve(big_farm(1)).await;
