@@ -31,7 +31,7 @@ use peergrid_types::api::{
 };
 use peergrid_types::proof::StateProof;
 use peergrid_types::records::{Contract, Farm, Proposal, RewardReceipt, ValidatorSet};
-use peergrid_types::{AtHeight, Page};
+use peergrid_types::{ApiError as ErrorBody, AtHeight, Page};
 
 use crate::mempool::MempoolError;
 use crate::shared::{FinalizedBlock, Shared};
@@ -258,7 +258,9 @@ fn at_proven<T>(data: T, height: u64, root: Hash, proof: Option<StateProof>) -> 
 
 #[utoipa::path(get, path = "/v1/status", tag = "chain",
     summary = "Chain id, height, root, whether blocks are finalizing, the validator set and the parameters",
-    responses((status = 200, description = "AtHeight<Status>")))]
+    responses(
+        (status = 200, description = "The chain as this validator sees it", body = AtHeight<Status>),
+        (status = 500, description = "The ledger state could not be read (a poisoned lock)", body = ErrorBody)))]
 async fn status(State(api): State<Api>) -> ApiResult<Status> {
     let mempool = api.shared.mempool.lock().map(|p| p.len()).unwrap_or(0);
     let (v, height, root) = read(&api, |s| {
@@ -295,11 +297,11 @@ struct SubmitJson {
     summary = "Submit one signed transaction: its canonical bytes, or JSON {\"tx\": \"<hex>\"}",
     request_body(content_type = "application/octet-stream", description = "the canonical encoding"),
     responses(
-        (status = 202, description = "Submitted: accepted into the mempool"),
-        (status = 400, description = "ApiError: malformed, or rejected with the rule broken"),
-        (status = 409, description = "ApiError: conflicts with a pending transaction"),
-        (status = 413, description = "ApiError: larger than a transaction may be"),
-        (status = 503, description = "ApiError: the mempool is full; retry in a few seconds")))]
+        (status = 202, description = "Accepted into the mempool", body = Submitted),
+        (status = 400, description = "Malformed, or rejected with the rule broken", body = ErrorBody),
+        (status = 409, description = "Conflicts with a pending transaction", body = ErrorBody),
+        (status = 413, description = "Larger than a transaction may be", body = ErrorBody),
+        (status = 503, description = "The mempool is full; retry in a few seconds", body = ErrorBody)))]
 async fn submit(
     State(api): State<Api>,
     headers: HeaderMap,
@@ -349,8 +351,9 @@ async fn submit(
     summary = "Submit up to 10,000 transactions: borsh(Vec<Vec<u8>>) of canonical encodings",
     request_body(content_type = "application/octet-stream", description = "borsh(Vec<Vec<u8>>)"),
     responses(
-        (status = 200, description = "BatchSubmitted: how many were accepted, and why each other one was not"),
-        (status = 400, description = "ApiError: not a batch")))]
+        (status = 200, description = "How many were accepted, and why each other one was not", body = BatchSubmitted),
+        (status = 400, description = "Not a batch, or more than 10,000 transactions", body = ErrorBody),
+        (status = 413, description = "Larger than a batch may be", body = ErrorBody)))]
 async fn submit_batch(
     State(api): State<Api>,
     body: axum::body::Bytes,
@@ -420,7 +423,9 @@ where
 #[utoipa::path(get, path = "/v1/tx/{hash}", tag = "transactions",
     summary = "Pending, finalized at a height with its events, rejected with the reason, or unknown",
     params(("hash" = String, Path, description = "the transaction's hash, hex")),
-    responses((status = 200, description = "TxAnswer"), (status = 400, description = "ApiError: not a hash")))]
+    responses(
+        (status = 200, description = "Where the transaction is", body = TxAnswer),
+        (status = 400, description = "Not a hash", body = ErrorBody)))]
 async fn tx_status(
     State(api): State<Api>,
     Path(hash): Path<String>,
@@ -435,8 +440,10 @@ async fn tx_status(
 #[utoipa::path(get, path = "/v1/accounts/{id}", tag = "state",
     summary = "An account's balance, next nonce and node",
     params(("id" = String, Path, description = "the account"), WithProof),
-    responses((status = 200, description = "AtHeight<AccountView>, with proof when asked"),
-        (status = 400, description = "ApiError: not an account")))]
+    responses(
+        (status = 200, description = "The account, with its proof when asked", body = AtHeight<AccountView>),
+        (status = 400, description = "Not an account, or `proof` is not a boolean", body = ErrorBody),
+        (status = 500, description = "The ledger state could not be read (a poisoned lock)", body = ErrorBody)))]
 async fn account(
     State(api): State<Api>,
     Path(id): Path<String>,
@@ -515,7 +522,10 @@ fn page<T>(items: impl Iterator<Item = (u64, T)>, limit: usize) -> Page<T> {
 }
 
 #[utoipa::path(get, path = "/v1/farms", tag = "state", summary = "Farms in id order, a page at a time",
-    params(ListQuery), responses((status = 200, description = "AtHeight<Page<Farm>>")))]
+    params(ListQuery), responses(
+        (status = 200, description = "A page of farms", body = AtHeight<Page<Farm>>),
+        (status = 400, description = "A parameter is malformed", body = ErrorBody),
+        (status = 500, description = "The ledger state could not be read (a poisoned lock)", body = ErrorBody)))]
 async fn farms(State(api): State<Api>, Query(p): Query<ListQuery>) -> ApiResult<Page<Farm>> {
     let from = u32::try_from(p.from.unwrap_or(1)).unwrap_or(u32::MAX);
     let (v, h, r) = read(&api, |s| {
@@ -529,8 +539,11 @@ async fn farms(State(api): State<Api>, Query(p): Query<ListQuery>) -> ApiResult<
 
 #[utoipa::path(get, path = "/v1/farms/{id}", tag = "state", summary = "One farm",
     params(("id" = String, Path, description = "the farm's id or name"), WithProof),
-    responses((status = 200, description = "AtHeight<Farm>, with proof when asked"),
-        (status = 404, description = "ApiError: no such farm")))]
+    responses(
+        (status = 200, description = "The farm, with its proof when asked", body = AtHeight<Farm>),
+        (status = 400, description = "A parameter is malformed", body = ErrorBody),
+        (status = 404, description = "No such farm", body = ErrorBody),
+        (status = 500, description = "The ledger state could not be read (a poisoned lock)", body = ErrorBody)))]
 async fn farm(
     State(api): State<Api>,
     Path(id): Path<String>,
@@ -557,7 +570,10 @@ fn node_view(n: &peergrid_ledger::Node, s: &peergrid_ledger::State) -> NodeView 
 
 #[utoipa::path(get, path = "/v1/nodes", tag = "state",
     summary = "Nodes in id order with status and free capacity, a page at a time",
-    params(NodesQuery), responses((status = 200, description = "AtHeight<Page<NodeView>>")))]
+    params(NodesQuery), responses(
+        (status = 200, description = "A page of nodes", body = AtHeight<Page<NodeView>>),
+        (status = 400, description = "A parameter is malformed", body = ErrorBody),
+        (status = 500, description = "The ledger state could not be read (a poisoned lock)", body = ErrorBody)))]
 async fn nodes(State(api): State<Api>, Query(p): Query<NodesQuery>) -> ApiResult<Page<NodeView>> {
     let from = u32::try_from(p.from.unwrap_or(1)).unwrap_or(u32::MAX);
     let (v, h, r) = read(&api, |s| {
@@ -572,8 +588,11 @@ async fn nodes(State(api): State<Api>, Query(p): Query<NodesQuery>) -> ApiResult
 
 #[utoipa::path(get, path = "/v1/nodes/{id}", tag = "state", summary = "One node with status and free capacity",
     params(("id" = String, Path, description = "the node's id or account"), WithProof),
-    responses((status = 200, description = "AtHeight<NodeView>, with proof when asked"),
-        (status = 404, description = "ApiError: no such node")))]
+    responses(
+        (status = 200, description = "The node, with its proof when asked", body = AtHeight<NodeView>),
+        (status = 400, description = "A parameter is malformed", body = ErrorBody),
+        (status = 404, description = "No such node", body = ErrorBody),
+        (status = 500, description = "The ledger state could not be read (a poisoned lock)", body = ErrorBody)))]
 async fn node(
     State(api): State<Api>,
     Path(id): Path<String>,
@@ -595,8 +614,10 @@ async fn node(
 
 #[utoipa::path(get, path = "/v1/contracts", tag = "state",
     summary = "Contracts in id order, an owner's or a node's, a page at a time",
-    params(ContractsQuery), responses((status = 200, description = "AtHeight<Page<Contract>>"),
-        (status = 400, description = "ApiError: owner is not an account")))]
+    params(ContractsQuery), responses(
+        (status = 200, description = "A page of contracts", body = AtHeight<Page<Contract>>),
+        (status = 400, description = "`owner` is not an account, or a parameter is malformed", body = ErrorBody),
+        (status = 500, description = "The ledger state could not be read (a poisoned lock)", body = ErrorBody)))]
 async fn contracts(
     State(api): State<Api>,
     Query(p): Query<ContractsQuery>,
@@ -623,8 +644,11 @@ async fn contracts(
 
 #[utoipa::path(get, path = "/v1/contracts/{id}", tag = "state", summary = "One contract",
     params(("id" = String, Path, description = "the contract's id, or its gateway name"), WithProof),
-    responses((status = 200, description = "AtHeight<Contract>, with proof when asked"),
-        (status = 404, description = "ApiError: no such contract")))]
+    responses(
+        (status = 200, description = "The contract, with its proof when asked", body = AtHeight<Contract>),
+        (status = 400, description = "A parameter is malformed", body = ErrorBody),
+        (status = 404, description = "No such contract", body = ErrorBody),
+        (status = 500, description = "The ledger state could not be read (a poisoned lock)", body = ErrorBody)))]
 async fn contract(
     State(api): State<Api>,
     Path(id): Path<String>,
@@ -656,7 +680,11 @@ struct BillsQuery {
 #[utoipa::path(get, path = "/v1/contracts/{id}/bills", tag = "economy",
     summary = "A contract's bills, oldest first, and what the pruned ones added up to",
     params(("id" = u64, Path, description = "the contract's id"), BillsQuery),
-    responses((status = 200, description = "AtHeight<Bills>"), (status = 404, description = "ApiError: no such contract")))]
+    responses(
+        (status = 200, description = "A page of the contract's bills", body = AtHeight<Bills>),
+        (status = 400, description = "A parameter is malformed", body = ErrorBody),
+        (status = 404, description = "No such contract", body = ErrorBody),
+        (status = 500, description = "The ledger state could not be read (a poisoned lock)", body = ErrorBody)))]
 async fn bills(
     State(api): State<Api>,
     Path(id): Path<u64>,
@@ -700,7 +728,11 @@ struct ReceiptsQuery {
 #[utoipa::path(get, path = "/v1/farms/{id}/receipts", tag = "economy",
     summary = "A farm's reward receipts: of one period in node order, paged; or the newest first",
     params(("id" = u32, Path, description = "the farm's id"), ReceiptsQuery),
-    responses((status = 200, description = "AtHeight<Receipts>"), (status = 404, description = "ApiError: no such farm")))]
+    responses(
+        (status = 200, description = "The farm's receipts", body = AtHeight<Receipts>),
+        (status = 400, description = "A parameter is malformed", body = ErrorBody),
+        (status = 404, description = "No such farm", body = ErrorBody),
+        (status = 500, description = "The ledger state could not be read (a poisoned lock)", body = ErrorBody)))]
 async fn farm_receipts(
     State(api): State<Api>,
     Path(id): Path<u32>,
@@ -740,8 +772,11 @@ async fn farm_receipts(
 #[utoipa::path(get, path = "/v1/nodes/{id}/receipts/{period}", tag = "economy",
     summary = "One node's reward receipt of one minting period, every step written out",
     params(("id" = u32, Path, description = "the node's id"), ("period" = u64, Path, description = "the minting period")),
-    responses((status = 200, description = "AtHeight<RewardReceipt>"),
-        (status = 404, description = "ApiError: not minted yet, or pruned")))]
+    responses(
+        (status = 200, description = "The receipt, every step written out", body = AtHeight<RewardReceipt>),
+        (status = 400, description = "A parameter is malformed", body = ErrorBody),
+        (status = 404, description = "Not minted yet, or pruned", body = ErrorBody),
+        (status = 500, description = "The ledger state could not be read (a poisoned lock)", body = ErrorBody)))]
 async fn node_receipt(
     State(api): State<Api>,
     Path((id, period)): Path<(u32, u64)>,
@@ -764,7 +799,11 @@ async fn node_receipt(
 #[utoipa::path(get, path = "/v1/proposals/{id}/votes", tag = "governance",
     summary = "A proposal's votes, with council flag and farmer weight",
     params(("id" = u64, Path, description = "the proposal's id")),
-    responses((status = 200, description = "AtHeight<Page<Vote>>"), (status = 404, description = "ApiError: no such proposal")))]
+    responses(
+        (status = 200, description = "Every vote on the proposal, in one page", body = AtHeight<Page<Vote>>),
+        (status = 400, description = "A parameter is malformed", body = ErrorBody),
+        (status = 404, description = "No such proposal", body = ErrorBody),
+        (status = 500, description = "The ledger state could not be read (a poisoned lock)", body = ErrorBody)))]
 async fn votes(State(api): State<Api>, Path(id): Path<u64>) -> ApiResult<Page<Vote>> {
     let (v, h, r) = read(&api, |s| {
         if s.proposal(id).is_none() {
@@ -785,7 +824,9 @@ async fn votes(State(api): State<Api>, Path(id): Path<u64>) -> ApiResult<Page<Vo
 /// Minting progress, farmers' total weight, everything billed, and the current period.
 #[utoipa::path(get, path = "/v1/economy", tag = "economy",
     summary = "Minting progress, farmers' total weight, total billed, the current period, and the supply: genesis + minted - burned against the sum of all balances",
-    responses((status = 200, description = "AtHeight<EconomyView>")))]
+    responses(
+        (status = 200, description = "The economy and the supply identity", body = AtHeight<EconomyView>),
+        (status = 500, description = "The ledger state could not be read (a poisoned lock)", body = ErrorBody)))]
 async fn economy(State(api): State<Api>) -> ApiResult<EconomyView> {
     let (v, h, r) = read(&api, |s| {
         let period = s.period_of(s.time_ms());
@@ -812,7 +853,10 @@ async fn economy(State(api): State<Api>) -> ApiResult<EconomyView> {
 }
 
 #[utoipa::path(get, path = "/v1/proposals", tag = "governance", summary = "Governance proposals in id order, a page at a time",
-    params(ListQuery), responses((status = 200, description = "AtHeight<Page<Proposal>>")))]
+    params(ListQuery), responses(
+        (status = 200, description = "A page of proposals", body = AtHeight<Page<Proposal>>),
+        (status = 400, description = "A parameter is malformed", body = ErrorBody),
+        (status = 500, description = "The ledger state could not be read (a poisoned lock)", body = ErrorBody)))]
 async fn proposals(
     State(api): State<Api>,
     Query(p): Query<ListQuery>,
@@ -828,7 +872,11 @@ async fn proposals(
 
 #[utoipa::path(get, path = "/v1/proposals/{id}", tag = "governance", summary = "One proposal",
     params(("id" = u64, Path, description = "the proposal's id")),
-    responses((status = 200, description = "AtHeight<Proposal>"), (status = 404, description = "ApiError: no such proposal")))]
+    responses(
+        (status = 200, description = "The proposal", body = AtHeight<Proposal>),
+        (status = 400, description = "A parameter is malformed", body = ErrorBody),
+        (status = 404, description = "No such proposal", body = ErrorBody),
+        (status = 500, description = "The ledger state could not be read (a poisoned lock)", body = ErrorBody)))]
 async fn proposal(State(api): State<Api>, Path(id): Path<u64>) -> ApiResult<Proposal> {
     let (v, h, r) = read(&api, |s| {
         s.proposal(id)
@@ -841,7 +889,11 @@ async fn proposal(State(api): State<Api>, Path(id): Path<u64>) -> ApiResult<Prop
 #[utoipa::path(get, path = "/v1/epochs/{epoch}/validators", tag = "chain",
     summary = "The validator set that decides an epoch's blocks; any epoch up to the next block's",
     params(("epoch" = u64, Path, description = "the epoch")),
-    responses((status = 200, description = "AtHeight<ValidatorSet>"), (status = 404, description = "ApiError: epoch not reached yet")))]
+    responses(
+        (status = 200, description = "The validator set in force in that epoch", body = AtHeight<ValidatorSet>),
+        (status = 400, description = "A parameter is malformed", body = ErrorBody),
+        (status = 404, description = "Epoch not reached yet", body = ErrorBody),
+        (status = 500, description = "The ledger state could not be read (a poisoned lock)", body = ErrorBody)))]
 async fn epoch_validators(
     State(api): State<Api>,
     Path(epoch): Path<u64>,
@@ -857,7 +909,10 @@ async fn epoch_validators(
 #[utoipa::path(get, path = "/v1/blocks/{height}", tag = "chain",
     summary = "A finalized block's digest, state root and transaction outcomes",
     params(("height" = u64, Path, description = "the block's height")),
-    responses((status = 200, description = "FinalizedBlock"), (status = 404, description = "ApiError: not finalized yet")))]
+    responses(
+        (status = 200, description = "The finalized block", body = FinalizedBlock),
+        (status = 400, description = "A parameter is malformed", body = ErrorBody),
+        (status = 404, description = "Not finalized yet", body = ErrorBody)))]
 async fn block(
     State(api): State<Api>,
     Path(height): Path<u64>,
@@ -882,7 +937,9 @@ struct EventsQuery {
 #[utoipa::path(get, path = "/v1/events", tag = "chain",
     summary = "Finalized blocks as server-sent events (`block`, id = height, data = FinalizedBlock); resume with ?from= or Last-Event-ID; a keep-alive every 2 s",
     params(EventsQuery),
-    responses((status = 200, description = "text/event-stream", content_type = "text/event-stream")))]
+    responses(
+        (status = 200, description = "A stream of `block` events: each one's id is the height and its data one FinalizedBlock as JSON", body = FinalizedBlock, content_type = "text/event-stream"),
+        (status = 400, description = "A parameter is malformed", body = ErrorBody)))]
 async fn events(
     State(api): State<Api>,
     headers: HeaderMap,
@@ -927,7 +984,9 @@ async fn events(
 
 #[utoipa::path(get, path = "/health", tag = "operations",
     summary = "200 while blocks finalize, 503 when stalled",
-    responses((status = 200, description = "finalizing"), (status = 503, description = "stalled")))]
+    responses(
+        (status = 200, description = "Finalizing", body = String, content_type = "text/plain"),
+        (status = 503, description = "Stalled", body = String, content_type = "text/plain")))]
 async fn health(State(api): State<Api>) -> Response {
     let (age, stall) = api
         .shared
@@ -945,7 +1004,8 @@ async fn health(State(api): State<Api>) -> Response {
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "operations", summary = "Prometheus metrics",
-    responses((status = 200, description = "text exposition format")))]
+    responses(
+        (status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain; version=0.0.4")))]
 async fn metrics(State(api): State<Api>) -> Response {
     let mempool = api.shared.mempool.lock().map(|p| p.len()).unwrap_or(0);
     let (height, time_ms, burned) = api
@@ -967,7 +1027,8 @@ async fn metrics(State(api): State<Api>) -> Response {
 }
 
 #[utoipa::path(get, path = "/openapi.json", tag = "operations", summary = "This document",
-    responses((status = 200, description = "OpenAPI 3.1")))]
+    responses(
+        (status = 200, description = "OpenAPI 3.1", body = Object)))]
 async fn openapi() -> Json<&'static utoipa::openapi::OpenApi> {
     static DOC: LazyLock<utoipa::openapi::OpenApi> = LazyLock::new(openapi_document);
     Json(&DOC)
@@ -1136,6 +1197,643 @@ mod tests {
         );
         assert_eq!(query("/v1/contracts"), ["from", "limit", "owner", "node"]);
         assert_eq!(query("/v1/accounts/{id}"), ["proof"]);
+    }
+
+    /// Every `$ref` anywhere under `value`, with where it is.
+    fn refs<'a>(value: &'a Value, at: String, out: &mut Vec<(String, &'a str)>) {
+        match value {
+            Value::Object(map) => {
+                for (key, v) in map {
+                    match (key.as_str(), v) {
+                        ("$ref", Value::String(r)) => out.push((at.clone(), r)),
+                        _ => refs(v, format!("{at}/{key}"), out),
+                    }
+                }
+            }
+            Value::Array(items) => {
+                for (i, v) in items.iter().enumerate() {
+                    refs(v, format!("{at}/{i}"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_answer_has_a_schema_and_every_ref_resolves() {
+        let doc = serde_json::to_value(openapi_document()).expect("the document as JSON");
+        let schemas = doc["components"]["schemas"]
+            .as_object()
+            .expect("components.schemas");
+        let mut found = Vec::new();
+        refs(&doc, String::new(), &mut found);
+        assert!(
+            found.len() > 100,
+            "{} refs: too few to be the API",
+            found.len()
+        );
+        for (at, r) in found {
+            let name = r.strip_prefix("#/components/schemas/");
+            assert!(
+                name.is_some_and(|n| schemas.contains_key(n)),
+                "{at}: $ref {r} names no schema of components.schemas"
+            );
+        }
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for (method, op) in item.as_object().expect("operations") {
+                let responses = op["responses"].as_object().expect("responses");
+                let success = responses
+                    .keys()
+                    .find(|s| s.starts_with('2'))
+                    .unwrap_or_else(|| panic!("{method} {path} documents no success"));
+                let content = responses[success]["content"]
+                    .as_object()
+                    .unwrap_or_else(|| panic!("{method} {path} {success} has no content"));
+                for (media, body) in content {
+                    assert!(
+                        body["schema"].is_object(),
+                        "{method} {path} {success} {media} has no schema"
+                    );
+                }
+                // Every refusal of the API is the one JSON error.
+                for (status, answer) in responses.iter().filter(|(s, _)| !s.starts_with('2')) {
+                    if path == "/health" {
+                        continue;
+                    }
+                    assert_eq!(
+                        answer["content"]["application/json"]["schema"]["$ref"],
+                        "#/components/schemas/ApiError",
+                        "{method} {path} {status}"
+                    );
+                }
+            }
+        }
+        // Ids, keys and amounts are text on the wire, whatever the Rust type holds.
+        for (name, pattern) in [
+            ("AccountId", "12D3KooW"),
+            ("Hash", "[0-9a-f]{64}"),
+            ("Amount", "[0-9]"),
+        ] {
+            assert_eq!(schemas[name]["type"], "string", "{name}");
+            let p = schemas[name]["pattern"].as_str().unwrap_or_default();
+            assert!(p.contains(pattern), "{name}: {p}");
+        }
+    }
+
+    /// A validator's shared state after blocks made through its own apply path (so blocks and
+    /// transaction statuses are recorded): a farm with a public IP, a node, a deployment and a
+    /// name contract billed, receipts minted, proposals executed and open, a rejected
+    /// transaction and one pending. Its devnet too, for its keys.
+    fn busy_chain() -> (Arc<Shared>, Devnet, Keypair) {
+        use crate::block::Block;
+        use commonware_cryptography::Digestible;
+        use peergrid_core::policy::PricingPolicy;
+        use peergrid_core::tx::{ContractSpec, GovAction, ValidatorEntry};
+        use peergrid_core::{PublicIp, TxHash};
+
+        let d = Devnet::generate("api", 1, GENESIS_MS).expect("keys");
+        let store: Box<dyn Store + Send + Sync> = Box::new(MemoryStore::default());
+        let ledger: DynLedger = Ledger::open(store, &d.genesis).expect("ledger");
+        let shared = Shared::new(
+            d.genesis.clone(),
+            ledger,
+            Receipts::memory(),
+            MempoolLimits::default(),
+        );
+        let node = Keypair::from_seed([9; 32]);
+        let chain = d.genesis.chain_id.clone();
+        let demo = |nonce, payload| SignedTx::new(&d.demo, &chain, nonce, payload);
+        let by_node = |nonce, payload| SignedTx::new(&node, &chain, nonce, payload);
+        let ip = PublicIp {
+            ip: [185, 1, 2, 3],
+            prefix_len: 24,
+            gateway: [185, 1, 2, 1],
+        };
+        let validator = ValidatorEntry {
+            account: d.genesis.validators[0].account,
+            address: "203.0.113.7:4000".into(),
+        };
+        let period_ms = d.genesis.params.minting_period_secs * 1000;
+        let blocks = [
+            (
+                1_000,
+                vec![
+                    demo(
+                        0,
+                        Payload::CreateFarm {
+                            name: "big".into(),
+                            public_ips: vec![ip],
+                        },
+                    ),
+                    demo(
+                        1,
+                        Payload::Transfer {
+                            to: node.account(),
+                            amount: Amount::tokens(1),
+                        },
+                    ),
+                    demo(
+                        2,
+                        Payload::Propose {
+                            action: GovAction::SetPricingPolicy(PricingPolicy::default()),
+                            description: "the defaults".into(),
+                        },
+                    ),
+                    demo(
+                        3,
+                        Payload::Propose {
+                            action: GovAction::SetValidators {
+                                validators: vec![validator],
+                            },
+                            description: "a validator with an address".into(),
+                        },
+                    ),
+                ],
+            ),
+            (
+                2_000,
+                vec![
+                    by_node(
+                        0,
+                        Payload::RegisterNode {
+                            farm: 1,
+                            capacity: Capacity {
+                                cru: 4,
+                                mru: 16 << 30,
+                                sru: 500 << 30,
+                                hru: 0,
+                            },
+                            location: Location {
+                                country: "BE".into(),
+                                city: "Ghent".into(),
+                                latitude_micro: 51_050_000,
+                                longitude_micro: 3_720_000,
+                            },
+                            invitation: sign_invitation(&d.demo, &chain, 1, &node.account()),
+                        },
+                    ),
+                    // Refused: the council's proposals pass as they are made, and the faucet
+                    // is no council member.
+                    SignedTx::new(
+                        &d.faucet,
+                        &chain,
+                        0,
+                        Payload::Vote {
+                            proposal: 2,
+                            approve: false,
+                        },
+                    ),
+                ],
+            ),
+            (
+                3_000,
+                vec![
+                    demo(
+                        4,
+                        Payload::CreateContract(ContractSpec::Deployment {
+                            node: 1,
+                            deployment_hash: Hash::of(b"deployment"),
+                            resources: Capacity {
+                                cru: 1,
+                                mru: 2 << 30,
+                                sru: 50 << 30,
+                                hru: 0,
+                            },
+                            public_ips: 1,
+                        }),
+                    ),
+                    demo(
+                        5,
+                        Payload::CreateContract(ContractSpec::Name {
+                            name: "gateway-one".into(),
+                        }),
+                    ),
+                ],
+            ),
+            // Past period 0 and its settle delay: the contracts are billed, the node has its receipt.
+            (2 * period_ms, vec![]),
+        ];
+        let mut parent = Block::genesis(&d.genesis.hash(), GENESIS_MS);
+        for (height, (after_ms, txs)) in blocks.into_iter().enumerate() {
+            let block = Block::new(
+                parent.digest(),
+                height as u64 + 1,
+                GENESIS_MS + after_ms,
+                txs,
+            );
+            let applied = shared
+                .apply_finalized(&block, &hex::encode(block.digest().as_ref()))
+                .expect("apply")
+                .expect("a new block");
+            let refused: Vec<_> = applied.txs.iter().filter(|t| t.result.is_err()).collect();
+            // Only the faucet's vote is refused.
+            assert!(
+                refused.iter().all(|t| t.signer == d.faucet.account()),
+                "{refused:?}"
+            );
+            parent = block;
+        }
+        let pending: TxHash = shared
+            .submit(demo(
+                6,
+                Payload::Transfer {
+                    to: node.account(),
+                    amount: Amount::tokens(1),
+                },
+            ))
+            .expect("into the mempool");
+        assert!(matches!(
+            shared.status(&pending),
+            peergrid_types::TxStatus::Pending
+        ));
+        (shared, d, node)
+    }
+
+    /// Every object schema under `schema` refuses properties it does not name, except the
+    /// parts of an `allOf` (a `#[serde(flatten)]`), whose whole checks them instead; so an
+    /// answer with a field the document does not describe fails too.
+    fn closed(schema: &mut Value, in_all_of: bool) {
+        let Value::Object(map) = schema else { return };
+        for (key, v) in map.iter_mut() {
+            match key.as_str() {
+                "properties" | "$defs" => {
+                    if let Value::Object(children) = v {
+                        children.values_mut().for_each(|c| closed(c, false));
+                    }
+                }
+                "allOf" => {
+                    if let Value::Array(parts) = v {
+                        parts.iter_mut().for_each(|c| closed(c, true));
+                    }
+                }
+                "oneOf" | "anyOf" | "prefixItems" => {
+                    if let Value::Array(parts) = v {
+                        parts.iter_mut().for_each(|c| closed(c, false));
+                    }
+                }
+                "items" => closed(v, false),
+                _ => {}
+            }
+        }
+        if !in_all_of && (map.contains_key("properties") || map.contains_key("allOf")) {
+            map.insert("unevaluatedProperties".into(), Value::Bool(false));
+        }
+    }
+
+    /// Checks answers against the document's own schemas, with a JSON Schema 2020-12
+    /// validator (OpenAPI 3.1's schema dialect).
+    struct Schemas {
+        doc: Value,
+        /// The components, closed by [`closed`], except those flattened into another.
+        components: Value,
+    }
+
+    impl Schemas {
+        fn new() -> Schemas {
+            let doc = serde_json::to_value(openapi_document()).expect("the document as JSON");
+            let mut components = doc["components"].clone();
+            let mut all = Vec::new();
+            refs(&doc, String::new(), &mut all);
+            // A component flattened into another is checked by that one's whole.
+            let flattened: std::collections::BTreeSet<String> = all
+                .iter()
+                .filter(|(at, _)| {
+                    at.rsplit_once('/')
+                        .is_some_and(|(parent, _)| parent.ends_with("/allOf"))
+                })
+                .filter_map(|(_, r)| r.rsplit('/').next().map(str::to_string))
+                .collect();
+            if let Some(schemas) = components["schemas"].as_object_mut() {
+                for (name, schema) in schemas.iter_mut() {
+                    if flattened.contains(name) {
+                        // Its nested objects still close; the top stays open.
+                        if let Some(props) = schema.get_mut("properties") {
+                            props
+                                .as_object_mut()
+                                .into_iter()
+                                .flat_map(|p| p.values_mut())
+                                .for_each(|c| closed(c, false));
+                        }
+                    } else {
+                        closed(schema, false);
+                    }
+                }
+            }
+            Schemas { doc, components }
+        }
+
+        /// The schema the document gives `method path` for `status` in `media`.
+        fn schema(&self, method: &str, path: &str, status: u16, media: &str) -> Value {
+            let schema = &self.doc["paths"][path][method]["responses"][status.to_string()]["content"]
+                [media]["schema"];
+            assert!(
+                schema.is_object(),
+                "{method} {path} documents no {media} schema for {status}"
+            );
+            let mut root = schema.clone();
+            closed(&mut root, false);
+            root["$schema"] = json!("https://json-schema.org/draft/2020-12/schema");
+            root["components"] = self.components.clone();
+            root
+        }
+
+        /// Panic with every place `answer` breaks the schema of `method path` for `status`.
+        fn check(&self, method: &str, path: &str, status: u16, media: &str, answer: &Value) {
+            let schema = self.schema(method, path, status, media);
+            let validator = jsonschema::draft202012::new(&schema)
+                .unwrap_or_else(|e| panic!("{method} {path} {status}: the schema: {e}"));
+            let errors: Vec<String> = validator
+                .iter_errors(answer)
+                .map(|e| format!("at {}: {e}", e.instance_path()))
+                .collect();
+            assert!(
+                errors.is_empty(),
+                "{method} {path} answered {status} with what its schema refuses:\n{}\n{answer:#}",
+                errors.join("\n")
+            );
+        }
+
+        /// Whether `answer` passes, for the checks that the checker itself refuses what it must.
+        fn passes(&self, method: &str, path: &str, status: u16, answer: &Value) -> bool {
+            let schema = self.schema(method, path, status, "application/json");
+            jsonschema::draft202012::new(&schema)
+                .map(|v| v.is_valid(answer))
+                .unwrap_or(false)
+        }
+    }
+
+    #[tokio::test]
+    async fn every_json_answer_matches_its_schema_in_the_document() {
+        let (shared, d, node) = busy_chain();
+        let demo = d.demo.account();
+        let finalized = shared.receipts.block(1).expect("block 1").txs[0].hash;
+        let refused = &shared.receipts.block(2).expect("block 2").txs[1];
+        assert!(refused.result.is_err(), "the faucet's vote is refused");
+        let rejected = refused.hash;
+        let base = serve(shared.clone()).await;
+        let schemas = Schemas::new();
+        let http = reqwest::Client::new();
+
+        // (documented route, request path, status)
+        let gets: Vec<(&str, String, u16)> = vec![
+            ("/v1/status", "/v1/status".into(), 200),
+            ("/v1/accounts/{id}", format!("/v1/accounts/{demo}"), 200),
+            (
+                "/v1/accounts/{id}",
+                format!("/v1/accounts/{}?proof=true", node.account()),
+                200,
+            ),
+            ("/v1/accounts/{id}", "/v1/accounts/nobody".into(), 400),
+            ("/v1/farms", "/v1/farms".into(), 200),
+            ("/v1/farms/{id}", "/v1/farms/1?proof=true".into(), 200),
+            ("/v1/farms/{id}", "/v1/farms/big".into(), 200),
+            ("/v1/farms/{id}", "/v1/farms/999".into(), 404),
+            ("/v1/nodes", "/v1/nodes?farm=1".into(), 200),
+            ("/v1/nodes/{id}", "/v1/nodes/1?proof=true".into(), 200),
+            (
+                "/v1/nodes/{id}",
+                format!("/v1/nodes/{}", node.account()),
+                200,
+            ),
+            ("/v1/contracts", format!("/v1/contracts?owner={demo}"), 200),
+            (
+                "/v1/contracts/{id}",
+                "/v1/contracts/1?proof=true".into(),
+                200,
+            ),
+            (
+                "/v1/contracts/{id}",
+                "/v1/contracts/gateway-one".into(),
+                200,
+            ),
+            (
+                "/v1/contracts/{id}/bills",
+                "/v1/contracts/1/bills".into(),
+                200,
+            ),
+            (
+                "/v1/contracts/{id}/bills",
+                "/v1/contracts/2/bills".into(),
+                200,
+            ),
+            (
+                "/v1/farms/{id}/receipts",
+                "/v1/farms/1/receipts".into(),
+                200,
+            ),
+            (
+                "/v1/farms/{id}/receipts",
+                "/v1/farms/1/receipts?period=0".into(),
+                200,
+            ),
+            (
+                "/v1/nodes/{id}/receipts/{period}",
+                "/v1/nodes/1/receipts/0".into(),
+                200,
+            ),
+            ("/v1/proposals", "/v1/proposals".into(), 200),
+            ("/v1/proposals/{id}", "/v1/proposals/1".into(), 200),
+            ("/v1/proposals/{id}", "/v1/proposals/2".into(), 200),
+            (
+                "/v1/proposals/{id}/votes",
+                "/v1/proposals/1/votes".into(),
+                200,
+            ),
+            ("/v1/economy", "/v1/economy".into(), 200),
+            ("/v1/blocks/{height}", "/v1/blocks/1".into(), 200),
+            ("/v1/blocks/{height}", "/v1/blocks/2".into(), 200),
+            ("/v1/blocks/{height}", "/v1/blocks/3".into(), 200),
+            ("/v1/blocks/{height}", "/v1/blocks/4".into(), 200),
+            ("/v1/blocks/{height}", "/v1/blocks/abc".into(), 400),
+            ("/v1/blocks/{height}", "/v1/blocks/99".into(), 404),
+            (
+                "/v1/epochs/{epoch}/validators",
+                "/v1/epochs/0/validators".into(),
+                200,
+            ),
+            ("/v1/tx/{hash}", format!("/v1/tx/{finalized}"), 200),
+            ("/v1/tx/{hash}", format!("/v1/tx/{rejected}"), 200),
+            (
+                "/v1/tx/{hash}",
+                format!("/v1/tx/{}", Hash::of(b"never sent")),
+                200,
+            ),
+            ("/v1/tx/{hash}", "/v1/tx/0x12".into(), 400),
+            ("/openapi.json", "/openapi.json".into(), 200),
+        ];
+        let mut answered = std::collections::BTreeSet::new();
+        let mut seen = std::collections::BTreeMap::new();
+        for (route, path, status) in &gets {
+            let r = http
+                .get(format!("{base}{path}"))
+                .send()
+                .await
+                .expect("an answer");
+            assert_eq!(r.status().as_u16(), *status, "GET {path}");
+            let answer: Value = r.json().await.expect("JSON");
+            schemas.check("get", route, *status, "application/json", &answer);
+            answered.insert(("get", route.to_string()));
+            seen.insert(path.clone(), answer);
+        }
+        // The answers hold what the schemas are meant to be checked on, not empty lists.
+        let data = |path: &str| seen[path]["data"].clone();
+        assert!(data("/v1/status")["pending_validators"].is_array());
+        let proof = &data(&format!("/v1/accounts/{}?proof=true", node.account()));
+        assert!(proof["node"].is_number(), "{proof}");
+        assert!(seen[&format!("/v1/accounts/{}?proof=true", node.account())]["proof"].is_object());
+        assert_eq!(
+            data("/v1/farms/1?proof=true")["public_ips"][0]["contract"],
+            1
+        );
+        assert_eq!(
+            data("/v1/contracts/1?proof=true")["spec"]["kind"],
+            "deployment"
+        );
+        for list in [
+            "/v1/contracts/1/bills",
+            "/v1/farms/1/receipts?period=0",
+            "/v1/proposals/1/votes",
+        ] {
+            assert!(data(list)["items"][0].is_object(), "{list}: {}", data(list));
+        }
+        assert!(seen["/v1/blocks/4"]["end_events"][0].is_object());
+        assert_eq!(
+            seen[&format!("/v1/tx/{rejected}")]["status"]["status"],
+            "rejected"
+        );
+
+        // Submissions: one taken, and a batch with one taken and one refused.
+        let tx = |nonce| {
+            SignedTx::new(
+                &d.demo,
+                &shared.genesis.chain_id,
+                nonce,
+                Payload::Transfer {
+                    to: node.account(),
+                    amount: Amount::tokens(1),
+                },
+            )
+        };
+        let r = http
+            .post(format!("{base}/v1/tx"))
+            .body(tx(7).encode())
+            .send()
+            .await
+            .expect("an answer");
+        assert_eq!(r.status(), StatusCode::ACCEPTED);
+        schemas.check(
+            "post",
+            "/v1/tx",
+            202,
+            "application/json",
+            &r.json().await.expect("JSON"),
+        );
+        let r = http
+            .post(format!("{base}/v1/tx"))
+            .body(vec![1u8, 2, 3])
+            .send()
+            .await
+            .expect("an answer");
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        schemas.check(
+            "post",
+            "/v1/tx",
+            400,
+            "application/json",
+            &r.json().await.expect("JSON"),
+        );
+        let batch = peergrid_core::codec::encode(&vec![tx(8).encode(), vec![0u8; 3]]);
+        let r = http
+            .post(format!("{base}/v1/txs"))
+            .body(batch)
+            .send()
+            .await
+            .expect("an answer");
+        assert_eq!(r.status(), StatusCode::OK);
+        let answer: Value = r.json().await.expect("JSON");
+        assert_eq!(answer["accepted"], 1, "{answer}");
+        schemas.check("post", "/v1/txs", 200, "application/json", &answer);
+        answered.insert(("post", "/v1/tx".into()));
+        answered.insert(("post", "/v1/txs".into()));
+
+        // The event stream: the first block's data is a FinalizedBlock.
+        let mut stream = http
+            .get(format!("{base}/v1/events?from=1"))
+            .send()
+            .await
+            .expect("an answer");
+        let mut text = String::new();
+        while !text.contains("\n\n") {
+            let chunk = stream.chunk().await.expect("a chunk").expect("not closed");
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        let data = text
+            .lines()
+            .find_map(|l| l.strip_prefix("data:"))
+            .expect("a data line");
+        let block: Value = serde_json::from_str(data.trim()).expect("JSON data");
+        assert_eq!(block["height"], 1);
+        schemas.check("get", "/v1/events", 200, "text/event-stream", &block);
+        answered.insert(("get", "/v1/events".into()));
+
+        // Every route that answers JSON was checked with a real answer.
+        for (path, item) in schemas.doc["paths"].as_object().expect("paths") {
+            for (method, op) in item.as_object().expect("operations") {
+                let json = op["responses"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .any(|(s, r)| {
+                        s.starts_with('2') && r["content"]["application/json"].is_object()
+                    });
+                if json {
+                    assert!(
+                        answered.contains(&(method.as_str(), path.clone())),
+                        "{method} {path} answers JSON but no real answer of it is checked here"
+                    );
+                }
+            }
+        }
+
+        // The checker refuses what it must: an id as a number, a missing field, an extra one.
+        let url = format!("{base}/v1/accounts/{demo}");
+        let real: Value = http
+            .get(url)
+            .send()
+            .await
+            .expect("an answer")
+            .json()
+            .await
+            .expect("JSON");
+        let route = "/v1/accounts/{id}";
+        assert!(schemas.passes("get", route, 200, &real));
+        let mut numeric = real.clone();
+        numeric["data"]["account"] = json!(7);
+        assert!(
+            !schemas.passes("get", route, 200, &numeric),
+            "an id as a number"
+        );
+        let mut units = real.clone();
+        units["data"]["balance"] = json!(1_000_000_000_000u64);
+        assert!(
+            !schemas.passes("get", route, 200, &units),
+            "an amount as units"
+        );
+        let mut missing = real.clone();
+        missing["data"]
+            .as_object_mut()
+            .expect("data")
+            .remove("nonce");
+        assert!(
+            !schemas.passes("get", route, 200, &missing),
+            "a field missing"
+        );
+        let mut extra = real;
+        extra["data"]["renamed_nonce"] = json!(1);
+        assert!(
+            !schemas.passes("get", route, 200, &extra),
+            "a field not in the schema"
+        );
     }
 
     #[tokio::test]

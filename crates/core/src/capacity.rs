@@ -22,6 +22,7 @@ pub const GIB: u64 = 1 << 30;
     BorshSerialize,
     BorshDeserialize,
 )]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Capacity {
     /// Logical CPU cores.
     pub cru: u64,
@@ -230,6 +231,7 @@ pub fn human_bytes(bytes: u64) -> String {
     BorshSerialize,
     BorshDeserialize,
 )]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Location {
     /// Country name or ISO code.
     pub country: String,
@@ -254,12 +256,15 @@ pub struct Location {
     BorshSerialize,
     BorshDeserialize,
 )]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PublicIp {
     /// The address.
+    #[cfg_attr(feature = "openapi", schema(min_items = 4, max_items = 4))]
     pub ip: [u8; 4],
     /// Its subnet's prefix length, 0..=32.
     pub prefix_len: u8,
     /// The subnet's gateway.
+    #[cfg_attr(feature = "openapi", schema(min_items = 4, max_items = 4))]
     pub gateway: [u8; 4],
 }
 

@@ -47,6 +47,7 @@ pub const STAKING_PERCENT: u64 = 10;
     BorshSerialize,
     BorshDeserialize,
 )]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Units {
     /// Compute units, millionths.
     pub cu_micro: u64,
@@ -115,6 +116,7 @@ pub fn reward_units(c: &Capacity) -> Units {
     BorshSerialize,
     BorshDeserialize,
 )]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Billable {
     /// Compute and storage units reserved.
     pub units: Units,
@@ -175,6 +177,7 @@ pub fn uusd_to_tokens(uusd: u64, price_uusd: u64) -> Amount {
     BorshSerialize,
     BorshDeserialize,
 )]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Discount {
     /// Months of the contract's cost the balance covers, thousandths; 0 when the cost is 0.
     pub months_covered_milli: u64,
@@ -220,6 +223,7 @@ pub fn apply_discount(uusd: u64, percent: u8) -> u64 {
     BorshSerialize,
     BorshDeserialize,
 )]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Split {
     /// To the payout account of the farm hosting the contract (the foundation if none does).
     pub farmer: Amount,
@@ -270,6 +274,7 @@ pub struct RewardInputs {
 #[derive(
     Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize, BorshSerialize, BorshDeserialize,
 )]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RewardSteps {
     /// Reward units of the capacity.
     pub units: Units,

@@ -15,6 +15,8 @@ pub mod economics;
 pub mod fs;
 pub mod hash;
 pub mod keys;
+#[cfg(feature = "openapi")]
+mod openapi;
 pub mod policy;
 pub mod recent;
 mod sig;

@@ -86,6 +86,7 @@ pub const UUSD_PER_USD: u64 = 1_000_000;
 #[derive(
     Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize, BorshSerialize, BorshDeserialize,
 )]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DiscountLevel {
     /// Months of spending the balance must cover, in thousandths of a month.
     pub min_months_milli: u64,
@@ -95,6 +96,7 @@ pub struct DiscountLevel {
 
 /// What builders pay for reserved resources, per month, in µUSD.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PricingPolicy {
     /// One compute unit for a month.
     pub cu_uusd_month: u64,
@@ -174,6 +176,7 @@ impl Default for PricingPolicy {
 
 /// What farmers earn per month of full uptime, in µUSD, and the SLA they must meet.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FarmingPolicy {
     /// Reward per compute unit and month.
     pub cu_uusd_month: u64,

@@ -68,6 +68,7 @@ pub type TxHash = Hash;
     BorshDeserialize,
 )]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum PowerTarget {
     /// The node should be running.
     #[default]
@@ -79,6 +80,7 @@ pub enum PowerTarget {
 /// What a contract reserves.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ContractSpec {
     /// Workloads on one node, identified by the hash of the signed deployment.
     Deployment {
@@ -119,6 +121,7 @@ pub const VALIDATOR_ADDRESS_BYTES_MAX: usize = 64;
 /// complete the moment it is applied: every validator can admit and dial every member without
 /// waiting for a further transaction from each of them.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ValidatorEntry {
     /// The validator's consensus key.
     pub account: AccountId,
@@ -169,6 +172,7 @@ pub fn check_validator_address(address: &str) -> Result<(), FieldError> {
 /// A change the council can make by vote.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
 #[serde(rename_all = "snake_case", tag = "action")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum GovAction {
     /// Set the token's price in µUSD, used for billing and minting conversions.
     SetTokenPrice {

@@ -118,6 +118,7 @@ pub mod node_routes {
 
 /// A value read from the ledger, with the finalized height and state root it was read at.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AtHeight<T> {
     /// Finalized height of the read.
     pub height: u64,
@@ -132,6 +133,7 @@ pub struct AtHeight<T> {
 
 /// A page of a list and where the next page starts (`None`: this was the last).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Page<T> {
     /// The items, in key order.
     pub items: Vec<T>,
@@ -143,6 +145,7 @@ pub struct Page<T> {
 /// Why the API refused a request: a machine-readable kind and what to do.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("{message}")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiError {
     /// `bad_request`, `not_found`, `rejected`, `mempool_full`, `conflict`, …
     pub error: String,
@@ -152,6 +155,7 @@ pub struct ApiError {
 
 /// The chain as one validator sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Status {
     /// The chain's name: transactions are signed for it.
     pub chain_id: String,
@@ -187,6 +191,7 @@ pub struct Status {
 
 /// The token supply as the ledger counts it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Supply {
     /// Tokens at genesis.
     pub genesis: Amount,
@@ -206,6 +211,7 @@ impl Supply {
 
 /// A transaction a validator took into its mempool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Submitted {
     /// Its hash, to follow it with.
     pub hash: TxHash,
@@ -213,6 +219,7 @@ pub struct Submitted {
 
 /// What a validator did with a batch of transactions.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BatchSubmitted {
     /// How many it took into its mempool.
     pub accepted: usize,
@@ -222,6 +229,7 @@ pub struct BatchSubmitted {
 
 /// One transaction of a batch that was not accepted.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BatchError {
     /// Its position in the batch.
     pub index: usize,
@@ -231,6 +239,7 @@ pub struct BatchError {
 
 /// Where a transaction is.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TxAnswer {
     /// The transaction.
     pub hash: TxHash,
@@ -240,6 +249,7 @@ pub struct TxAnswer {
 
 /// An account as the API shows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AccountView {
     /// The account.
     pub account: AccountId,
@@ -253,6 +263,7 @@ pub struct AccountView {
 
 /// A node as the API shows it: its record, with what the ledger derives from it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeView {
     /// The ledger's record.
     #[serde(flatten)]
@@ -265,6 +276,7 @@ pub struct NodeView {
 
 /// A page of a contract's bills, with what the bills pruned from the state added up to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Bills {
     /// Bills, oldest first.
     pub items: Vec<Bill>,
@@ -277,6 +289,7 @@ pub struct Bills {
 
 /// A farm's reward receipts.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Receipts {
     /// Receipts: a period's in node order, or the newest first.
     pub items: Vec<RewardReceipt>,
@@ -291,6 +304,7 @@ pub struct Receipts {
 
 /// One vote on a proposal, with who cast it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Vote {
     /// The voter.
     pub voter: AccountId,
@@ -301,6 +315,7 @@ pub struct Vote {
 
 /// A minting period's bounds in ledger time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Period {
     /// Its number.
     pub period: u64,
@@ -312,6 +327,7 @@ pub struct Period {
 
 /// The supply with every balance added up, to check the supply identity against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SupplyCheck {
     /// Tokens at genesis.
     pub genesis: Amount,
@@ -328,6 +344,7 @@ pub struct SupplyCheck {
 
 /// Minting progress, farmers' total weight, everything billed, the current period and the supply.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EconomyView {
     /// The ledger's economy record.
     #[serde(flatten)]

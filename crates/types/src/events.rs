@@ -16,6 +16,7 @@ use crate::records::{BillStatus, DeleteReason, ProposalStatus, ViolationKind};
 #[derive(Clone, PartialEq, Eq, Debug, thiserror::Error, Serialize, Deserialize)]
 #[serde(tag = "error", content = "detail", rename_all = "snake_case")]
 #[non_exhaustive]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum TxError {
     /// A field breaks a limit or format.
     #[error("{reason}")]
@@ -273,6 +274,7 @@ impl From<FieldError> for TxError {
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 #[non_exhaustive]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Event {
     /// A fee was burned.
     FeeBurned {

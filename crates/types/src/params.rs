@@ -16,6 +16,7 @@ use peergrid_core::{AccountId, Amount};
     borsh::BorshSerialize,
     borsh::BorshDeserialize,
 )]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Params {
     /// Fee per byte of encoded transaction, burned.
     pub fee_per_byte: Amount,

@@ -91,6 +91,7 @@ pub fn empty(level: usize) -> Hash {
 
 /// An entry's bucket and the sibling hashes from it to the root.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Proof {
     /// The bucket's `(key hash, leaf hash)` pairs, in key-hash order.
     pub entries: Vec<(Hash, Hash)>,
@@ -135,6 +136,7 @@ impl Proof {
 
 /// One entry of the state, or its absence, with the proof tying it to a state root.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StateProof {
     /// The table ([`tables`]).
     pub table: u8,

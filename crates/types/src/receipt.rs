@@ -8,17 +8,32 @@ use crate::events::{Event, TxError};
 
 /// How one transaction in a finalized block ended.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TxOutcome {
     /// The transaction's hash.
     pub hash: TxHash,
     /// Its signer.
     pub signer: AccountId,
     /// Its events if it applied, or why it was rejected.
+    #[cfg_attr(feature = "openapi", schema(value_type = TxResult))]
     pub result: Result<Vec<Event>, TxError>,
+}
+
+/// How serde writes [`TxOutcome::result`]: `{"Ok": events}` or `{"Err": error}`. A schema
+/// only; utoipa has none for `Result`.
+#[cfg(feature = "openapi")]
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+enum TxResult {
+    /// It applied, with these events.
+    Ok(Vec<Event>),
+    /// It was rejected: nothing changed.
+    Err(TxError),
 }
 
 /// A finalized block as followers see it: its digest, its state root, and what each transaction did.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FinalizedBlock {
     /// Height.
     pub height: u64,
@@ -37,6 +52,7 @@ pub struct FinalizedBlock {
 /// Where a transaction is, as far as this validator knows.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum TxStatus {
     /// Waiting in the mempool.
     Pending,

@@ -36,6 +36,7 @@ pub struct Account {
 #[derive(
     Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize, BorshSerialize, BorshDeserialize,
 )]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FarmIp {
     /// The address.
     pub ip: PublicIp,
@@ -45,6 +46,7 @@ pub struct FarmIp {
 
 /// A farm: a farmer's group of nodes.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Farm {
     /// Its id.
     pub id: FarmId,
@@ -75,6 +77,7 @@ pub struct Farm {
     BorshSerialize,
     BorshDeserialize,
 )]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Uptime {
     /// Ledger time of the last accepted report, ms.
     pub last_report_ms: Option<u64>,
@@ -91,6 +94,7 @@ pub struct Uptime {
 
 /// A node: one machine of a farm.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Node {
     /// Its id.
     pub id: NodeId,
@@ -123,6 +127,7 @@ pub struct Node {
 /// Whether a node is serving, according to its uptime reports.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum NodeStatus {
     /// Reported within the last two intervals.
     Up,
@@ -170,6 +175,7 @@ impl Node {
     Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize, BorshSerialize, BorshDeserialize,
 )]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum DeleteReason {
     /// Its owner cancelled it.
     CanceledByOwner,
@@ -191,6 +197,7 @@ impl std::fmt::Display for DeleteReason {
     Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize, BorshSerialize, BorshDeserialize,
 )]
 #[serde(rename_all = "snake_case", tag = "state")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ContractState {
     /// Live and paid.
     Created,
@@ -210,6 +217,7 @@ pub enum ContractState {
 
 /// A contract: a builder's reservation on the grid.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Contract {
     /// Its id.
     pub id: ContractId,
@@ -257,6 +265,7 @@ impl Contract {
     Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize, BorshSerialize, BorshDeserialize,
 )]
 #[serde(rename_all = "snake_case", tag = "status")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ProposalStatus {
     /// Collecting votes.
     Open,
@@ -279,6 +288,7 @@ pub enum ProposalStatus {
 
 /// A governance proposal.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Proposal {
     /// Its id.
     pub id: ProposalId,
@@ -310,6 +320,7 @@ pub struct Proposal {
 #[derive(
     Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize, BorshSerialize, BorshDeserialize,
 )]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct VoteRecord {
     /// For or against.
     pub approve: bool,
@@ -326,6 +337,7 @@ pub struct VoteRecord {
     Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize, BorshSerialize, BorshDeserialize,
 )]
 #[serde(rename_all = "snake_case", tag = "status")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum BillStatus {
     /// The owner paid it.
     Paid,
@@ -348,6 +360,7 @@ pub enum BillStatus {
     BorshSerialize,
     BorshDeserialize,
 )]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PrunedBills {
     /// The end of the last pruned bill: the kept bills start here.
     pub until_ms: u64,
@@ -359,6 +372,7 @@ pub struct PrunedBills {
 
 /// One bill of a contract: the period it covers, every input of its price, and where the money went.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Bill {
     /// The contract.
     pub contract: ContractId,
@@ -399,6 +413,7 @@ pub struct Bill {
     Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize, BorshSerialize, BorshDeserialize,
 )]
 #[serde(rename_all = "snake_case", tag = "violation")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ViolationKind {
     /// The uptime grew by more than the node's clock advanced since its previous report.
     UptimeBeyondElapsed {
@@ -434,6 +449,7 @@ pub enum ViolationKind {
 #[derive(
     Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize, BorshSerialize, BorshDeserialize,
 )]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Violation {
     /// Ledger time of the report, ms.
     pub at_ms: u64,
@@ -488,6 +504,7 @@ pub struct NodeUptime {
 
 /// A node's reward for one minting period with every input and step, so a farmer can redo it by hand.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RewardReceipt {
     /// The period.
     pub period: u64,
@@ -546,6 +563,7 @@ pub struct RewardReceipt {
     BorshSerialize,
     BorshDeserialize,
 )]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Economy {
     /// Ledger time of genesis, ms: minting period `p` is `[genesis + p·len, genesis + (p+1)·len)`.
     pub genesis_ms: u64,
@@ -583,6 +601,7 @@ pub struct Config {
 /// A validator set and the epochs it governs, kept for every change so that any node can
 /// check the certificates of any past epoch.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ValidatorSet {
     /// The first epoch the set governs; it governs every later one until the next change.
     pub epoch: u64,
@@ -594,6 +613,7 @@ pub struct ValidatorSet {
 
 /// One member of a [`ValidatorSet`].
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ValidatorMember {
     /// Its consensus key.
     pub account: AccountId,
