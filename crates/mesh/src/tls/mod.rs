@@ -84,8 +84,15 @@ impl Config {
 pub(crate) fn rustls_configs(
     key: &identity::Keypair,
 ) -> Result<(rustls::ClientConfig, rustls::ServerConfig), ConfigError> {
+    rustls_configs_with(key, crypto_provider())
+}
+
+/// [`rustls_configs`] with the cipher suites of `provider`.
+fn rustls_configs_with(
+    key: &identity::Keypair,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<(rustls::ClientConfig, rustls::ServerConfig), ConfigError> {
     let (cert, private_key) = certificate::generate(key)?;
-    let provider = crypto_provider();
     // Built by hand: rustls' own constructors parse the certificate with webpki,
     // which refuses libp2p's critical extension.
     let signing_key = provider
@@ -119,13 +126,27 @@ pub(crate) fn rustls_configs(
 /// aws-lc's suites with AES-GCM first: both ends have AES instructions on any server
 /// CPU of the last decade; ChaCha20 stays for peers that prefer it.
 fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
-    let mut p = provider::default_provider();
-    p.cipher_suites = vec![
+    provider_with(vec![
         cipher_suite::TLS13_AES_128_GCM_SHA256,
         cipher_suite::TLS13_AES_256_GCM_SHA384,
         cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
-    ];
+    ])
+}
+
+fn provider_with(suites: Vec<rustls::SupportedCipherSuite>) -> Arc<rustls::crypto::CryptoProvider> {
+    let mut p = provider::default_provider();
+    p.cipher_suites = suites;
     Arc::new(p)
+}
+
+/// A rustls server for `key` that speaks only `suite`: a foreign peer choosing it.
+#[cfg(test)]
+pub(crate) fn rustls_server_with_only(
+    key: &identity::Keypair,
+    suite: rustls::SupportedCipherSuite,
+) -> Arc<rustls::ServerConfig> {
+    let (_, server) = rustls_configs_with(key, provider_with(vec![suite])).expect("configs");
+    Arc::new(server)
 }
 
 impl UpgradeInfo for Config {

@@ -47,6 +47,16 @@ const CONTENT_APPLICATION_DATA: u8 = 23;
 const HANDSHAKE_NEW_SESSION_TICKET: u8 = 4;
 const HANDSHAKE_KEY_UPDATE: u8 = 24;
 const ALERT_CLOSE_NOTIFY: u8 = 0;
+const ALERT_UNEXPECTED_MESSAGE: u8 = 10;
+const ALERT_BAD_RECORD_MAC: u8 = 20;
+const ALERT_RECORD_OVERFLOW: u8 = 22;
+const ALERT_DECODE_ERROR: u8 = 50;
+const ALERT_INTERNAL_ERROR: u8 = 80;
+const ALERT_LEVEL_FATAL: u8 = 2;
+const ALERT_LEVEL_WARNING: u8 = 1;
+/// Key updates a peer may send in a row without application data, as rustls allows: a
+/// peer that only rotates keys is making us work for nothing.
+const KEY_UPDATES_WITHOUT_DATA_MAX: u32 = 32;
 
 /// Runs the client side of the handshake on `io`.
 pub async fn connect<C>(
@@ -187,14 +197,18 @@ impl Keys {
         })
     }
 
-    /// The next record's nonce: the IV XOR the sequence number (RFC 8446 §5.3).
-    fn next_nonce(&mut self) -> Nonce {
+    /// The next record's nonce: the IV XOR the sequence number (RFC 8446 §5.3). A sequence
+    /// number must never wrap (§5.3), which would repeat a nonce.
+    fn next_nonce(&mut self) -> io::Result<Nonce> {
         let mut nonce = self.iv;
         for (n, s) in nonce[4..].iter_mut().zip(self.seq.to_be_bytes()) {
             *n ^= s;
         }
-        self.seq += 1;
-        Nonce::assume_unique_for_key(nonce)
+        self.seq = self
+            .seq
+            .checked_add(1)
+            .ok_or_else(|| io::Error::other("TLS record sequence number exhausted"))?;
+        Ok(Nonce::assume_unique_for_key(nonce))
     }
 }
 
@@ -297,6 +311,9 @@ where
         read_closed: false,
         write_closed: false,
         key_updates: (0, 0),
+        key_update_owed: false,
+        key_updates_without_data: 0,
+        read_failed: None,
     };
     Ok((stream, certificates))
 }
@@ -345,6 +362,14 @@ pub struct TlsStream<C> {
     write_closed: bool,
     /// Keys replaced so far, (send, receive).
     key_updates: (u32, u32),
+    /// The peer asked for our next key: announced before our next application data, so
+    /// that any number of requests while we are silent costs one reply (RFC 8446 §4.6.3)
+    /// and reading never queues bytes to send.
+    key_update_owed: bool,
+    /// Key updates received since the last application data.
+    key_updates_without_data: u32,
+    /// The fatal error that ended reading: every later read returns it again.
+    read_failed: Option<(io::ErrorKind, String)>,
 }
 
 impl<C> TlsStream<C> {
@@ -356,31 +381,36 @@ impl<C> TlsStream<C> {
         }
     }
 
-    /// Opens the next whole record in `incoming`, if there is one.
-    fn open_record(&mut self) -> io::Result<bool> {
+    /// Opens the next whole record in `incoming`, if there is one. A refusal carries the
+    /// alert that tells the peer why (RFC 8446 §6.2).
+    fn open_record(&mut self) -> Result<bool, Fatal> {
         let available = &self.incoming[self.start..self.end];
         if available.len() < HEADER_BYTES {
             return Ok(false);
         }
         let header: [u8; HEADER_BYTES] = available[..HEADER_BYTES].try_into().expect("five bytes");
         if header[0] != CONTENT_APPLICATION_DATA {
-            return Err(invalid(&format!(
-                "the peer sent a TLS record of type {} after the handshake",
-                header[0]
-            )));
+            return Err(Fatal::new(
+                ALERT_UNEXPECTED_MESSAGE,
+                format!(
+                    "the peer sent a TLS record of type {} after the handshake",
+                    header[0]
+                ),
+            ));
         }
         let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
         if !(TAG_BYTES + 1..=RECORD_BODY_MAX).contains(&len) {
-            return Err(invalid(&format!(
-                "the peer sent a TLS record of {len} bytes"
-            )));
+            return Err(Fatal::new(
+                ALERT_RECORD_OVERFLOW,
+                format!("the peer sent a TLS record of {len} bytes"),
+            ));
         }
         if available.len() < HEADER_BYTES + len {
             return Ok(false);
         }
         let body = self.start + HEADER_BYTES;
         self.start = body + len;
-        let nonce = self.rx.next_nonce();
+        let nonce = self.rx.next_nonce().map_err(Fatal::internal)?;
         let opened = self
             .rx
             .key
@@ -390,44 +420,89 @@ impl<C> TlsStream<C> {
                 &mut self.incoming[body..body + len],
             )
             .map_err(|_| {
-                invalid("a TLS record failed its integrity check: it was altered on the way")
+                Fatal::new(
+                    ALERT_BAD_RECORD_MAC,
+                    "a TLS record failed its integrity check: it was altered on the way",
+                )
             })?;
+        // Content, content type and padding together stay within 2^14 + 1 bytes (§5.4).
+        if opened.len() > RECORD_PLAINTEXT_MAX + 1 {
+            return Err(Fatal::new(
+                ALERT_RECORD_OVERFLOW,
+                format!(
+                    "the peer sent a TLS record of {} bytes once opened, over 2^14 + 1",
+                    opened.len()
+                ),
+            ));
+        }
         // The content type is the last byte that is not padding.
         let Some(type_at) = opened.iter().rposition(|b| *b != 0) else {
-            return Err(invalid("the peer sent a TLS record without a content type"));
+            return Err(Fatal::new(
+                ALERT_UNEXPECTED_MESSAGE,
+                "the peer sent a TLS record without a content type",
+            ));
         };
         let content_type = opened[type_at];
         let content = (body, body + type_at);
+        // A handshake message split over records must not be interleaved with others (§5.1).
+        if !self.handshake.is_empty() && content_type != CONTENT_HANDSHAKE {
+            return Err(Fatal::new(
+                ALERT_UNEXPECTED_MESSAGE,
+                format!(
+                    "the peer sent a TLS record of inner type {content_type} in the middle of a handshake message"
+                ),
+            ));
+        }
         match content_type {
-            CONTENT_APPLICATION_DATA => self.plain = content,
+            CONTENT_APPLICATION_DATA => {
+                self.plain = content;
+                self.key_updates_without_data = 0;
+            }
             CONTENT_ALERT => self.alert(content)?,
+            CONTENT_HANDSHAKE if content.0 == content.1 => {
+                return Err(Fatal::new(
+                    ALERT_UNEXPECTED_MESSAGE,
+                    "the peer sent an empty TLS handshake record",
+                ));
+            }
             CONTENT_HANDSHAKE => self.handshake_message(content)?,
             other => {
-                return Err(invalid(&format!(
-                    "the peer sent a TLS record of inner type {other}"
-                )));
+                return Err(Fatal::new(
+                    ALERT_UNEXPECTED_MESSAGE,
+                    format!("the peer sent a TLS record of inner type {other}"),
+                ));
             }
         }
         Ok(true)
     }
 
-    fn alert(&mut self, (from, to): (usize, usize)) -> io::Result<()> {
+    fn alert(&mut self, (from, to): (usize, usize)) -> Result<(), Fatal> {
         match self.incoming[from..to] {
             [_, ALERT_CLOSE_NOTIFY] => {
                 self.read_closed = true;
                 Ok(())
             }
-            [_, description] => Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                format!("the peer ended the TLS session with alert {description}"),
+            // The peer ended the session itself: nothing to tell it back.
+            [_, description] => Err(Fatal {
+                alert: None,
+                error: io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    format!("the peer ended the TLS session with alert {description}"),
+                ),
+            }),
+            _ => Err(Fatal::new(
+                ALERT_DECODE_ERROR,
+                "the peer sent a malformed TLS alert",
             )),
-            _ => Err(invalid("the peer sent a malformed TLS alert")),
         }
     }
 
-    fn handshake_message(&mut self, (from, to): (usize, usize)) -> io::Result<()> {
+    fn handshake_message(&mut self, (from, to): (usize, usize)) -> Result<(), Fatal> {
         if self.handshake.len() + (to - from) > HANDSHAKE_MESSAGE_MAX {
-            return Err(invalid("the peer sent an oversized TLS handshake message"));
+            return Err(Fatal::new(
+                ALERT_DECODE_ERROR,
+                "the peer sent an oversized TLS handshake message",
+            ));
         }
         self.handshake.extend_from_slice(&self.incoming[from..to]);
         while let [kind, a, b, c, ref rest @ ..] = self.handshake[..] {
@@ -441,19 +516,33 @@ impl<C> TlsStream<C> {
                 (HANDSHAKE_KEY_UPDATE, [request]) if *request <= 1 => {
                     // A key change ends the record (§5.1): nothing may follow it.
                     if rest.len() > len {
-                        return Err(invalid("the peer sent data after a TLS key update"));
+                        return Err(Fatal::new(
+                            ALERT_UNEXPECTED_MESSAGE,
+                            "the peer sent data after a TLS key update",
+                        ));
                     }
-                    self.rx = self.kernel.next_rx()?;
+                    self.key_updates_without_data += 1;
+                    if self.key_updates_without_data > KEY_UPDATES_WITHOUT_DATA_MAX {
+                        return Err(Fatal::new(
+                            ALERT_UNEXPECTED_MESSAGE,
+                            format!(
+                                "the peer sent more than {KEY_UPDATES_WITHOUT_DATA_MAX} TLS key updates without data"
+                            ),
+                        ));
+                    }
+                    self.rx = self.kernel.next_rx().map_err(Fatal::internal)?;
                     self.key_updates.1 += 1;
                     tracing::debug!(requested = *request == 1, "TLS peer updated its key");
-                    if *request == 1 {
-                        self.update_tx_key()?;
+                    // After our close_notify we send nothing more, a key update included.
+                    if *request == 1 && !self.write_closed {
+                        self.key_update_owed = true;
                     }
                 }
                 _ => {
-                    return Err(invalid(&format!(
-                        "the peer sent an unexpected TLS handshake message (type {kind})"
-                    )));
+                    return Err(Fatal::new(
+                        ALERT_UNEXPECTED_MESSAGE,
+                        format!("the peer sent an unexpected TLS handshake message (type {kind})"),
+                    ));
                 }
             }
             self.handshake.drain(..4 + len);
@@ -469,8 +558,13 @@ impl<C> TlsStream<C> {
         Ok(())
     }
 
-    /// Seals `data` as records of `content_type` onto `outgoing`.
+    /// Seals `data` as records of `content_type` onto `outgoing`, announcing a new key
+    /// first when the peer asked for one or the current one is worn out.
     fn seal(&mut self, content_type: u8, data: &[u8]) -> io::Result<()> {
+        if self.key_update_owed {
+            self.key_update_owed = false;
+            self.update_tx_key()?;
+        }
         for chunk in data.chunks(RECORD_PLAINTEXT_MAX) {
             if self.tx.seq >= self.tx_limit {
                 self.update_tx_key()?;
@@ -490,7 +584,7 @@ impl<C> TlsStream<C> {
         self.outgoing.extend_from_slice(&header);
         self.outgoing.extend_from_slice(chunk);
         self.outgoing.push(content_type);
-        let nonce = self.tx.next_nonce();
+        let nonce = self.tx.next_nonce()?;
         let tag = self
             .tx
             .key
@@ -506,6 +600,44 @@ impl<C> TlsStream<C> {
 
     fn queued(&self) -> usize {
         self.outgoing.len() - self.written
+    }
+
+    /// Ends reading for good with `fatal`: the alert is queued for the peer (sent by the
+    /// next flush or close, which then sends no close_notify), and every later read
+    /// returns the same error instead of reading past the bad record.
+    fn fail_read(&mut self, fatal: Fatal) -> io::Error {
+        if let Some(alert) = fatal.alert
+            && !self.write_closed
+        {
+            self.write_closed = true;
+            // Best effort: a failure to seal it changes nothing for us.
+            let _ = self.seal_one(CONTENT_ALERT, &[ALERT_LEVEL_FATAL, alert]);
+        }
+        self.read_failed = Some((fatal.error.kind(), fatal.error.to_string()));
+        fatal.error
+    }
+}
+
+/// A fatal record-layer error and the alert that tells the peer (none when the peer
+/// ended the session itself).
+struct Fatal {
+    alert: Option<u8>,
+    error: io::Error,
+}
+
+impl Fatal {
+    fn new(alert: u8, message: impl Into<String>) -> Fatal {
+        Fatal {
+            alert: Some(alert),
+            error: io::Error::new(io::ErrorKind::InvalidData, message.into()),
+        }
+    }
+
+    fn internal(error: io::Error) -> Fatal {
+        Fatal {
+            alert: Some(ALERT_INTERNAL_ERROR),
+            error,
+        }
     }
 }
 
@@ -551,11 +683,16 @@ impl<C: AsyncRead + Unpin> AsyncRead for TlsStream<C> {
                 this.plain.0 += n;
                 return Poll::Ready(Ok(n));
             }
+            if let Some((kind, message)) = &this.read_failed {
+                return Poll::Ready(Err(io::Error::new(*kind, message.clone())));
+            }
             if this.read_closed || buf.is_empty() {
                 return Poll::Ready(Ok(0));
             }
-            if this.open_record()? {
-                continue;
+            match this.open_record() {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(fatal) => return Poll::Ready(Err(this.fail_read(fatal))),
             }
             // Room for at least one whole record after what is buffered.
             if this.incoming.len() - this.end < HEADER_BYTES + RECORD_BODY_MAX {
@@ -564,14 +701,18 @@ impl<C: AsyncRead + Unpin> AsyncRead for TlsStream<C> {
             }
             let n = ready!(Pin::new(&mut this.io).poll_read(cx, &mut this.incoming[this.end..]))?;
             if n == 0 {
-                if this.end > this.start {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the connection closed in the middle of a TLS record",
-                    )));
-                }
-                this.read_closed = true;
-                return Poll::Ready(Ok(0));
+                // Without close_notify an end of stream may be an attacker cutting the
+                // data short (RFC 8446 §6.1): not a clean end.
+                let message = if this.end > this.start {
+                    "the connection closed in the middle of a TLS record"
+                } else {
+                    "the connection closed without a TLS close_notify"
+                };
+                let fatal = Fatal {
+                    alert: None,
+                    error: io::Error::new(io::ErrorKind::UnexpectedEof, message),
+                };
+                return Poll::Ready(Err(this.fail_read(fatal)));
             }
             this.end += n;
         }
@@ -610,7 +751,7 @@ impl<C: AsyncWrite + Unpin> AsyncWrite for TlsStream<C> {
         let this = self.get_mut();
         if !this.write_closed {
             this.write_closed = true;
-            this.seal_one(CONTENT_ALERT, &[1, ALERT_CLOSE_NOTIFY])?;
+            this.seal_one(CONTENT_ALERT, &[ALERT_LEVEL_WARNING, ALERT_CLOSE_NOTIFY])?;
         }
         ready!(this.poll_write_queued(cx, 0))?;
         Pin::new(&mut this.io).poll_close(cx)
@@ -728,6 +869,9 @@ mod tests {
             &pattern(700_000, 4),
         )
         .await;
+        // Our reply goes before our next data (RFC 8446 §4.6.3), which the exchange may
+        // have sent before it read the request: one more round trip carries it.
+        exchange(&mut ours, &mut theirs, b"after", b"the update").await;
         // Both keys are new, and data still flows both ways.
         assert_eq!(ours.key_updates, (1, 1));
 
@@ -823,5 +967,203 @@ mod tests {
         let err = receiver.read(&mut buf).await.expect_err("refused");
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         assert!(err.to_string().contains("65535 bytes"), "{err}");
+    }
+
+    /// A connected pair of our own sessions, client first.
+    async fn pair() -> (TlsStream<TcpStream>, TlsStream<TcpStream>) {
+        let (client, server) = configs();
+        let (c, s) = sockets().await;
+        let (ours, theirs) = tokio::join!(connect(c, client, name()), accept(s, server));
+        (ours.expect("client").0, theirs.expect("server").0)
+    }
+
+    /// Announce our next key and ask the peer for theirs, as a peer may at any time.
+    fn request_key_update(s: &mut TlsStream<TcpStream>) {
+        s.seal_one(CONTENT_HANDSHAKE, &[HANDSHAKE_KEY_UPDATE, 0, 0, 1, 1])
+            .expect("seal");
+        s.tx = s.kernel.next_tx().expect("next key");
+    }
+
+    async fn read_err(s: &mut TlsStream<TcpStream>) -> io::Error {
+        let mut buf = [0; 64];
+        s.read(&mut buf).await.expect_err("refused")
+    }
+
+    #[tokio::test]
+    async fn key_update_requests_cost_one_reply_and_a_flood_of_them_is_cut_off() {
+        let (mut sender, mut receiver) = pair().await;
+        for _ in 0..10 {
+            request_key_update(&mut sender);
+        }
+        sender.write_all(b"x").await.expect("write");
+        sender.flush().await.expect("flush");
+        let mut one = [0; 1];
+        receiver
+            .read_exact(&mut one)
+            .await
+            .expect("data after 10 updates");
+        assert_eq!(receiver.key_updates.1, 10);
+        assert_eq!(receiver.queued(), 0, "reading queued nothing to send");
+        receiver.write_all(b"y").await.expect("write");
+        receiver.flush().await.expect("flush");
+        sender
+            .read_exact(&mut one)
+            .await
+            .expect("the reply and data");
+        assert_eq!(&one, b"y");
+        assert_eq!(receiver.key_updates.0, 1, "ten requests, one reply");
+        assert_eq!(sender.key_updates.1, 1);
+
+        // A peer that only rotates keys, never reading, is refused after 32.
+        for _ in 0..=KEY_UPDATES_WITHOUT_DATA_MAX {
+            request_key_update(&mut sender);
+        }
+        sender.flush().await.expect("flush");
+        let err = read_err(&mut receiver).await;
+        assert!(err.to_string().contains("more than 32"), "{err}");
+        let one_alert = HEADER_BYTES + 2 + 1 + TAG_BYTES;
+        assert_eq!(receiver.queued(), one_alert, "only the alert is queued");
+    }
+
+    #[tokio::test]
+    async fn a_bad_record_ends_reading_for_good_and_tells_the_peer_why() {
+        let (mut sender, mut receiver) = pair().await;
+        sender
+            .seal(CONTENT_APPLICATION_DATA, b"pay 1 token")
+            .expect("seal");
+        let last = sender.outgoing.len() - 1;
+        sender.outgoing[last - TAG_BYTES] ^= 1;
+        sender
+            .seal(CONTENT_APPLICATION_DATA, b"and this one is intact")
+            .expect("seal");
+        sender.flush().await.expect("flush");
+        let first = read_err(&mut receiver).await;
+        assert!(first.to_string().contains("integrity"), "{first}");
+        let again = read_err(&mut receiver).await;
+        assert_eq!(
+            (again.kind(), again.to_string()),
+            (first.kind(), first.to_string()),
+            "the record after the bad one is never read"
+        );
+        receiver.close().await.expect("close sends the alert");
+        let told = read_err(&mut sender).await;
+        assert_eq!(told.kind(), io::ErrorKind::ConnectionAborted, "{told}");
+        assert!(
+            told.to_string().contains("alert 20"),
+            "bad_record_mac: {told}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_end_without_close_notify_is_not_a_clean_end() {
+        let (mut sender, mut receiver) = pair().await;
+        sender.io.close().await.expect("close the socket only");
+        let err = read_err(&mut receiver).await;
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+        assert!(err.to_string().contains("close_notify"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_record_over_two_to_the_fourteen_plus_one_once_opened_is_refused() {
+        let (mut sender, mut receiver) = pair().await;
+        sender
+            .seal_one(CONTENT_APPLICATION_DATA, &[7; RECORD_PLAINTEXT_MAX + 1])
+            .expect("seal");
+        sender.flush().await.expect("flush");
+        let err = read_err(&mut receiver).await;
+        assert!(err.to_string().contains("over 2^14 + 1"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_handshake_message_is_neither_empty_nor_interleaved_with_data() {
+        let (mut sender, mut receiver) = pair().await;
+        sender.seal_one(CONTENT_HANDSHAKE, &[]).expect("seal");
+        sender.flush().await.expect("flush");
+        let err = read_err(&mut receiver).await;
+        assert!(
+            err.to_string().contains("empty TLS handshake record"),
+            "{err}"
+        );
+
+        let (mut sender, mut receiver) = pair().await;
+        // The first half of a key update, then data before its second half.
+        sender
+            .seal_one(CONTENT_HANDSHAKE, &[HANDSHAKE_KEY_UPDATE, 0, 0])
+            .expect("seal");
+        sender
+            .seal_one(CONTENT_APPLICATION_DATA, b"sneaked in")
+            .expect("seal");
+        sender.flush().await.expect("flush");
+        let err = read_err(&mut receiver).await;
+        assert!(
+            err.to_string().contains("middle of a handshake message"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn after_close_notify_no_key_update_is_sent() {
+        let (mut sender, mut receiver) = pair().await;
+        receiver.close().await.expect("close");
+        request_key_update(&mut sender);
+        sender.write_all(b"late").await.expect("write");
+        sender.flush().await.expect("flush");
+        let mut late = [0; 4];
+        receiver
+            .read_exact(&mut late)
+            .await
+            .expect("read after our close");
+        assert!(!receiver.key_update_owed);
+        assert_eq!(receiver.queued(), 0);
+        assert_eq!(receiver.key_updates.0, 0);
+    }
+
+    #[tokio::test]
+    async fn a_sequence_number_never_wraps() {
+        let (mut sender, _receiver) = pair().await;
+        sender.tx.seq = u64::MAX;
+        let err = sender
+            .seal_one(CONTENT_APPLICATION_DATA, b"x")
+            .expect_err("no nonce is reused");
+        assert!(err.to_string().contains("exhausted"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn aes_256_and_chacha20_sessions_talk_to_rustls() {
+        for suite in [
+            rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_256_GCM_SHA384,
+            rustls::crypto::aws_lc_rs::cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+        ] {
+            let (client, _) = configs();
+            let key = identity::Keypair::generate_ed25519();
+            let only = super::super::rustls_server_with_only(&key, suite);
+            let (c, s) = sockets().await;
+            let acceptor = futures_rustls::TlsAcceptor::from(only);
+            let (ours, theirs) = tokio::join!(connect(c, client, name()), acceptor.accept(s));
+            let (mut ours, _) = ours.expect("our client finishes the handshake");
+            let mut theirs = theirs.expect("rustls accepts us");
+            assert_eq!(ours.cipher_suite(), suite.suite());
+            exchange(
+                &mut ours,
+                &mut theirs,
+                &pattern(300_000, 9),
+                &pattern(200_000, 10),
+            )
+            .await;
+            theirs
+                .get_mut()
+                .1
+                .refresh_traffic_keys()
+                .expect("key update");
+            exchange(
+                &mut ours,
+                &mut theirs,
+                &pattern(100_000, 11),
+                &pattern(100_000, 12),
+            )
+            .await;
+            exchange(&mut ours, &mut theirs, b"after", b"the update").await;
+            assert_eq!(ours.key_updates, (1, 1), "{suite:?}");
+        }
     }
 }
