@@ -33,6 +33,7 @@ use peergrid_types::proof::StateProof;
 use peergrid_types::records::{Contract, Farm, Proposal, RewardReceipt, ValidatorSet};
 use peergrid_types::{ApiError as ErrorBody, AtHeight, Page};
 
+use crate::event_streams::{EventStreams, Refused};
 use crate::mempool::MempoolError;
 use crate::shared::{FinalizedBlock, Shared};
 
@@ -63,13 +64,31 @@ pub struct Api {
     pub shared: Arc<Shared>,
     /// Accepted transactions to gossip to the other validators.
     pub gossip: Option<mpsc::UnboundedSender<SignedTx>>,
+    /// The open event streams and their bounds.
+    pub event_streams: EventStreams,
 }
+
+impl Api {
+    /// The API over `shared`, gossiping what it accepts to `gossip`, with the default bounds.
+    pub fn new(shared: Arc<Shared>, gossip: Option<mpsc::UnboundedSender<SignedTx>>) -> Self {
+        Api {
+            shared,
+            gossip,
+            event_streams: EventStreams::default(),
+        }
+    }
+}
+
+/// How long a client refused for load should wait before asking again.
+const RETRY_AFTER_SECS: u64 = 5;
 
 /// An API error: a status, a machine-readable kind and a message that says what to do.
 pub struct ApiError {
     status: StatusCode,
     kind: &'static str,
     message: String,
+    /// Seconds to wait before retrying, sent as `Retry-After`.
+    retry_after_secs: Option<u64>,
 }
 
 impl ApiError {
@@ -78,7 +97,13 @@ impl ApiError {
             status,
             kind,
             message: message.into(),
+            retry_after_secs: None,
         }
+    }
+
+    fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after_secs = Some(secs);
+        self
     }
 
     fn not_found(what: impl std::fmt::Display) -> Self {
@@ -96,14 +121,21 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
+        let retry = self.retry_after_secs;
+        let mut response = (
             self.status,
             Json(peergrid_types::ApiError {
                 error: self.kind.to_string(),
                 message: self.message,
             }),
         )
-            .into_response()
+            .into_response();
+        if let Some(secs) = retry {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+        }
+        response
     }
 }
 
@@ -330,13 +362,14 @@ async fn submit(
         Err(MempoolError::Full { .. }) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "mempool_full",
-            "the mempool is full; retry in a few seconds",
+            format!("the mempool is full; retry in {RETRY_AFTER_SECS} s"),
+        )
+        .retry_after(RETRY_AFTER_SECS)),
+        Err(MempoolError::Rejected(e)) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "rejected",
+            e.to_string(),
         )),
-        Err(MempoolError::Rejected(e)) => Err(ApiError {
-            status: StatusCode::BAD_REQUEST,
-            kind: "rejected",
-            message: e.to_string(),
-        }),
         Err(e) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "conflict",
@@ -939,12 +972,36 @@ struct EventsQuery {
     params(EventsQuery),
     responses(
         (status = 200, description = "A stream of `block` events: each one's id is the height and its data one FinalizedBlock as JSON", body = FinalizedBlock, content_type = "text/event-stream"),
-        (status = 400, description = "A parameter is malformed", body = ErrorBody)))]
+        (status = 400, description = "A parameter is malformed", body = ErrorBody),
+        (status = 429, description = "This address holds its maximum of event streams; `Retry-After` says when to try again", body = ErrorBody),
+        (status = 503, description = "The validator serves its maximum of event streams; retry after `Retry-After` seconds or ask another validator", body = ErrorBody)))]
 async fn events(
     State(api): State<Api>,
     headers: HeaderMap,
+    extensions: axum::http::Extensions,
     Query(q): Query<EventsQuery>,
-) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let address = extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    let slot = api.event_streams.open(address).map_err(|refused| match refused {
+        Refused::AddressFull { max } => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_streams",
+            format!(
+                "this address already follows {max} event streams; close one, or retry in {RETRY_AFTER_SECS} s"
+            ),
+        )
+        .retry_after(RETRY_AFTER_SECS),
+        Refused::Full { max } => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            format!(
+                "this validator serves its maximum of {max} event streams; retry in {RETRY_AFTER_SECS} s or follow another validator"
+            ),
+        )
+        .retry_after(RETRY_AFTER_SECS),
+    })?;
     let resume = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -955,8 +1012,9 @@ async fn events(
     let live = api.shared.finalized.subscribe();
     let head = api.shared.with_state(|s| s.height()).unwrap_or(0);
     let next = start.unwrap_or(head + 1).max(1);
-    let state = (api.shared.clone(), live, next);
-    let stream = futures::stream::unfold(state, |(shared, mut live, next)| async move {
+    // The slot travels with the stream: it is freed when the client goes away.
+    let state = (api.shared.clone(), live, next, slot);
+    let stream = futures::stream::unfold(state, |(shared, mut live, next, slot)| async move {
         let head = shared.with_state(|s| s.height()).unwrap_or(0);
         let block: Arc<FinalizedBlock> = if next <= head {
             Arc::new(shared.receipts.block(next)?)
@@ -977,9 +1035,9 @@ async fn events(
             .id(block.height.to_string())
             .event("block")
             .data(shared.block_json(&block));
-        Some((Ok(event), (shared, live, next + 1)))
+        Some((Ok(event), (shared, live, next + 1, slot)))
     });
-    Sse::new(stream).keep_alive(KeepAlive::new().interval(EVENTS_KEEP_ALIVE))
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(EVENTS_KEEP_ALIVE)))
 }
 
 #[utoipa::path(get, path = "/health", tag = "operations",
@@ -1126,14 +1184,16 @@ mod tests {
 
     /// The API over `shared` on a free loopback port; its base URL.
     async fn serve(shared: Arc<Shared>) -> String {
+        serve_api(Api::new(shared, None)).await
+    }
+
+    /// `api` on a free loopback port, told each client's address as a validator is; its base URL.
+    async fn serve_api(api: Api) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
-        let app = router(Api {
-            shared,
-            gossip: None,
-        });
+        let app = router(api).into_make_service_with_connect_info::<std::net::SocketAddr>();
         tokio::spawn(async move { axum::serve(listener, app).await });
         base
     }
@@ -1999,5 +2059,64 @@ mod tests {
         assert_eq!(set["data"], d["validator_set"]);
         let later = get("/v1/epochs/1/validators").await;
         assert_eq!(later.status(), 404, "epoch 1 is not reached yet");
+    }
+
+    #[tokio::test]
+    async fn event_streams_are_bounded_with_a_retry_hint_and_freed_when_a_client_leaves() {
+        let open = |base: String| async move {
+            reqwest::get(format!("{base}/v1/events"))
+                .await
+                .expect("an answer")
+        };
+        let refusal = |r: reqwest::Response| async move {
+            let retry = r
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let status = r.status().as_u16();
+            let body: ErrorBody = r.json().await.expect("an ApiError");
+            (status, body.error, retry)
+        };
+        // Two per address, three in all: every request here comes from 127.0.0.1.
+        let mut api = Api::new(big_farm(1), None);
+        api.event_streams = EventStreams::new(3, 2);
+        let streams = api.event_streams.clone();
+        let base = serve_api(api).await;
+        let first = open(base.clone()).await;
+        let second = open(base.clone()).await;
+        assert_eq!(
+            (first.status().as_u16(), second.status().as_u16()),
+            (200, 200)
+        );
+        let (status, kind, retry) = refusal(open(base.clone()).await).await;
+        assert_eq!(
+            (status, kind.as_str(), retry.as_deref()),
+            (429, "too_many_streams", Some("5"))
+        );
+        drop(first);
+        // The server learns that a client left when its next keep-alive cannot be sent.
+        let deadline = std::time::Instant::now() + EVENTS_KEEP_ALIVE * 3;
+        while streams.open_count() > 1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a closed stream still holds its slot"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let third = open(base.clone()).await;
+        assert_eq!(third.status(), 200);
+
+        // One in all: the validator is full whoever asks.
+        let mut api = Api::new(big_farm(1), None);
+        api.event_streams = EventStreams::new(1, 5);
+        let base = serve_api(api).await;
+        let _only = open(base.clone()).await;
+        let (status, kind, retry) = refusal(open(base).await).await;
+        assert_eq!(
+            (status, kind.as_str(), retry.as_deref()),
+            (503, "busy", Some("5"))
+        );
+        drop((second, third));
     }
 }

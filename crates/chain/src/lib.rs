@@ -8,6 +8,7 @@ pub mod block;
 pub mod early;
 pub mod engine;
 pub mod epochs;
+pub mod event_streams;
 pub mod finalizer;
 pub mod leader;
 pub mod mempool;

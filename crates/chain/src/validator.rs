@@ -308,10 +308,9 @@ async fn serve(
         .await
         .with_context(|| format!("cannot listen for the API on {}", cfg.api_listen))?;
     info!(api = %cfg.api_listen, p2p = %cfg.p2p_listen, "validator running");
-    let app = api::router(Api {
-        shared,
-        gossip: Some(gossip),
-    });
+    // The peer's address bounds how many event streams one client holds.
+    let app = api::router(Api::new(shared, Some(gossip)))
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
     tokio::select! {
         served = axum::serve(listener, app) => served.context("API server stopped")?,
         _ = stop => info!("stopping"),

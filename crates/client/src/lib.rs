@@ -797,6 +797,8 @@ impl Client {
     async fn open_events(&self, next: u64) -> EventStream {
         let mut pause = Duration::from_millis(100);
         loop {
+            // A validator that refuses for load says when to come back (Retry-After).
+            let mut hint: Option<Duration> = None;
             for _ in 0..self.urls.len() {
                 let index = self.current.load(Ordering::Relaxed);
                 let url = format!("{}{}?from={next}", self.urls[index], routes::EVENTS);
@@ -806,13 +808,24 @@ impl Client {
                     Ok(Ok(r)) if r.status().is_success() => {
                         return r.bytes_stream().eventsource().boxed();
                     }
-                    Ok(Ok(r)) => debug!(%url, status = %r.status(), "event stream refused"),
+                    Ok(Ok(r)) => {
+                        let retry = r
+                            .headers()
+                            .get(reqwest::header::RETRY_AFTER)
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.parse::<u64>().ok())
+                            .map(|s| Duration::from_secs(s.min(RETRY_AFTER_MAX_SECS)));
+                        if let Some(retry) = retry {
+                            hint = Some(hint.map_or(retry, |h| h.min(retry)));
+                        }
+                        debug!(%url, status = %r.status(), ?retry, "event stream refused");
+                    }
                     Ok(Err(e)) => debug!(%url, error = %e, "event stream unreachable"),
                     Err(_) => debug!(%url, "event stream not opened in time"),
                 }
                 self.rotate();
             }
-            tokio::time::sleep(pause).await;
+            tokio::time::sleep(hint.unwrap_or(pause)).await;
             pause = (pause * 2).min(Duration::from_secs(2));
         }
     }
@@ -869,6 +882,8 @@ fn http_clients(
     })
 }
 
+/// Longest `Retry-After` the event stream honours: a validator cannot park a client longer.
+const RETRY_AFTER_MAX_SECS: u64 = 30;
 /// How often [`Client::wait_all`] asks for the transactions still pending, besides following
 /// the blocks.
 const WAIT_POLL: Duration = Duration::from_secs(1);
