@@ -15,6 +15,9 @@ use crate::mux;
 
 /// The grid's own Kademlia protocol name, so the grid's DHT never mixes with IPFS's.
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/peergrid/kad/1.0.0");
+/// Inbound streams one connection may have in protocol negotiation at once.
+pub const NEGOTIATING_INBOUND_STREAMS_MAX: usize = 16;
+
 /// The identify protocol version string: peers of other networks are told apart by it.
 pub const IDENTIFY_PROTOCOL_VERSION: &str = "/peergrid/1.0.0";
 
@@ -26,6 +29,8 @@ pub struct Behaviour {
     pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     /// Caps on established and pending connections.
     pub limits: connection_limits::Behaviour,
+    /// Caps on incoming connections per address and subnet.
+    pub addresses: crate::addresslimits::Behaviour,
     /// Relay v2 client: reservations on relays and dialing through them.
     pub relay_client: relay::client::Behaviour,
     /// Relay v2 server, when this peer relays for others.
@@ -67,6 +72,9 @@ pub fn build_swarm(key: identity::Keypair, config: &Config) -> Result<Swarm<Beha
         .map_err(|e| build(&e))?
         .with_swarm_config(|c| {
             c.with_idle_connection_timeout(config.idle_timeout)
+                // Each negotiating stream may already hold a 256 KiB yamux window; libp2p's
+                // 128 per connection would let one peer pin 32 MiB before anything is read.
+                .with_max_negotiating_inbound_streams(NEGOTIATING_INBOUND_STREAMS_MAX)
                 .with_dial_concurrency_factor(std::num::NonZeroU8::new(4).expect("4 is not zero"))
         })
         .build();
@@ -147,6 +155,11 @@ fn make_behaviour(
     Ok(Behaviour {
         blocked: allow_block_list::Behaviour::default(),
         limits: connection_limits::Behaviour::new(limits),
+        addresses: crate::addresslimits::Behaviour::new(crate::addresslimits::Limits {
+            per_address_max: config.connections.incoming_per_address_max as usize,
+            per_subnet_max: config.connections.incoming_per_subnet_max as usize,
+            limit_loopback: config.connections.limit_loopback,
+        }),
         relay_client,
         relay: relay.into(),
         dcutr: dcutr::Behaviour::new(peer),

@@ -48,6 +48,13 @@ pub struct ConnectionLimits {
     pub established_per_peer_max: u32,
     /// Incoming connections still in their handshake.
     pub pending_incoming_max: u32,
+    /// Incoming connections, pending and established, from one IP address: peer ids are
+    /// free, so one machine could otherwise take every slot.
+    pub incoming_per_address_max: u32,
+    /// Incoming connections from one subnet (IPv4 /24, IPv6 /64).
+    pub incoming_per_subnet_max: u32,
+    /// Apply the two caps above to loopback too (devnets run every peer on one machine).
+    pub limit_loopback: bool,
 }
 
 /// Limits of the relay v2 server. libp2p's defaults (128 KiB and 2 minutes per
@@ -85,6 +92,9 @@ impl Default for ConnectionLimits {
             established_max: 512,
             established_per_peer_max: 4,
             pending_incoming_max: 64,
+            incoming_per_address_max: 16,
+            incoming_per_subnet_max: 64,
+            limit_loopback: false,
         }
     }
 }

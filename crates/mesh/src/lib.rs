@@ -29,6 +29,7 @@
 #![allow(clippy::result_large_err)]
 
 mod actor;
+pub mod addresslimits;
 mod behaviour;
 pub mod bulk;
 pub mod config;

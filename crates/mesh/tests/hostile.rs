@@ -228,6 +228,57 @@ async fn connections_beyond_the_limit_are_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_peer_ids_from_one_address_get_only_its_share_of_connections() {
+    let server = peer_with(Config {
+        connections: ConnectionLimits {
+            incoming_per_address_max: 2,
+            limit_loopback: true,
+            ..ConnectionLimits::default()
+        },
+        ..Config::loopback()
+    })
+    .await;
+    let server_addr = addr(&server, "tcp").await;
+    let mut served = Vec::new();
+    for _ in 0..2 {
+        let p = peer().await;
+        p.connect(server.peer_id(), vec![server_addr.clone()])
+            .await
+            .expect("connects");
+        p.ping(server.peer_id()).await.expect("served");
+        served.push(p);
+    }
+    let third = peer().await;
+    let refused = async {
+        third
+            .connect(server.peer_id(), vec![server_addr.clone()])
+            .await?;
+        third.ping(server.peer_id()).await
+    }
+    .await;
+    assert!(
+        refused.is_err(),
+        "a third peer id from one address is refused"
+    );
+    // A peer that leaves frees its place.
+    served.remove(0).close().await;
+    let mut admitted = false;
+    for _ in 0..50 {
+        if third
+            .connect(server.peer_id(), vec![server_addr.clone()])
+            .await
+            .is_ok()
+            && third.ping(server.peer_id()).await.is_ok()
+        {
+            admitted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(admitted, "the freed place goes to the next peer");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bulk_transfer_above_the_receivers_limit_is_refused() {
     let (receiver, sender) = (peer().await, peer().await);
     let served = peergrid_mesh::bulk::Receiver::serve(&receiver, 1 << 20).expect("serve");
