@@ -6,14 +6,20 @@
 //! proposes just TLS (or Noise, when TLS is off) and sends its first handshake
 //! message with the proposal, so a connection is ready after two round trips (TCP's,
 //! then the handshake's), as with Noise alone. A listener accepts both, so peers that
-//! speak only Noise still reach us; we reach them only with TLS off.
+//! speak only Noise still reach us. A listener that refuses TLS (a Noise-only libp2p
+//! peer) has already read our ClientHello as a broken proposal, so the dialer opens a
+//! second TCP connection and proposes Noise on it: one extra round trip to such peers,
+//! none to ours.
+
+use std::net::SocketAddr;
 
 use futures::future::Either;
 use libp2p::core::ConnectedPoint;
+use libp2p::core::multiaddr::Protocol;
 use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::{Boxed, Transport};
 use libp2p::core::upgrade::{InboundConnectionUpgrade, OutboundConnectionUpgrade, Version};
-use libp2p::{PeerId, identity, noise, tcp};
+use libp2p::{Multiaddr, PeerId, identity, noise, tcp};
 use multistream_select::{NegotiationError, dialer_select_proto, listener_select_proto};
 
 use crate::{mux, tls};
@@ -33,6 +39,9 @@ pub enum UpgradeError {
     /// The Noise handshake failed.
     #[error("Noise handshake failed: {0}")]
     Noise(#[from] noise::Error),
+    /// The peer refused TLS and the second connection, for Noise, could not be opened.
+    #[error("the peer refused TLS, and a second connection for Noise failed: {0}")]
+    Fallback(std::io::Error),
 }
 
 /// The TCP transport: authenticated by `key`, TLS first when `tls_offered`.
@@ -50,27 +59,44 @@ pub fn transport(
 }
 
 /// Secures `socket` and puts the muxer on it.
-async fn upgrade<C>(
-    socket: C,
+async fn upgrade(
+    socket: tcp::tokio::TcpStream,
     endpoint: ConnectedPoint,
     tls: tls::Config,
     noise: noise::Config,
     tls_offered: bool,
-) -> Result<(PeerId, StreamMuxerBox), UpgradeError>
-where
-    C: futures::AsyncRead + futures::AsyncWrite + Unpin + Send + 'static,
-{
+) -> Result<(PeerId, StreamMuxerBox), UpgradeError> {
     // A hole-punching dialer may be told to act as the listener (DCUtR).
-    let dialing = match endpoint {
-        ConnectedPoint::Dialer { role_override, .. } => role_override.is_dialer(),
-        ConnectedPoint::Listener { .. } => false,
+    let (dialing, address) = match endpoint {
+        ConnectedPoint::Dialer {
+            role_override,
+            address,
+            ..
+        } => (role_override.is_dialer(), Some(address)),
+        ConnectedPoint::Listener { .. } => (false, None),
     };
     let (peer, secured) = if dialing {
         let proposal = if tls_offered { tls::PROTOCOL } else { NOISE };
         let (chosen, io) = dialer_select_proto(socket, [proposal], Version::V1Lazy).await?;
         if chosen == tls::PROTOCOL {
-            let (peer, stream) = tls.upgrade_outbound(io, tls::PROTOCOL).await?;
-            (peer, Either::Left(stream))
+            match tls.upgrade_outbound(io, tls::PROTOCOL).await {
+                Ok((peer, stream)) => (peer, Either::Left(stream)),
+                Err(tls::UpgradeError::Handshake(e)) if refused_protocol(&e) => {
+                    let Some(to) = address.as_ref().and_then(socket_addr) else {
+                        return Err(tls::UpgradeError::Handshake(e).into());
+                    };
+                    tracing::debug!(%to, "the peer refused TLS; dialing again with Noise");
+                    let socket = tokio::net::TcpStream::connect(to)
+                        .await
+                        .map_err(UpgradeError::Fallback)?;
+                    socket.set_nodelay(true).map_err(UpgradeError::Fallback)?;
+                    let socket = tcp::tokio::TcpStream(socket);
+                    let (_, io) = dialer_select_proto(socket, [NOISE], Version::V1Lazy).await?;
+                    let (peer, stream) = noise.upgrade_outbound(io, NOISE).await?;
+                    (peer, Either::Right(stream))
+                }
+                Err(e) => return Err(e.into()),
+            }
         } else {
             let (peer, stream) = noise.upgrade_outbound(io, NOISE).await?;
             (peer, Either::Right(stream))
@@ -99,4 +125,42 @@ where
     };
     let Ok(muxer) = muxer;
     Ok((peer, StreamMuxerBox::new(muxer)))
+}
+
+/// Whether `e` says the listener refused the protocol we proposed (its "na"), as opposed
+/// to a failed handshake: only then is another protocol worth a try.
+fn refused_protocol(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if matches!(
+            err.downcast_ref::<NegotiationError>(),
+            Some(NegotiationError::Failed)
+        ) {
+            return true;
+        }
+        // io::Error::source skips the error it wraps; look inside it too.
+        if let Some(inner) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            && refused_protocol(inner)
+        {
+            return true;
+        }
+        next = err.source();
+    }
+    false
+}
+
+/// The socket address of a plain `/ip4|ip6/…/tcp/…` multiaddr.
+fn socket_addr(address: &Multiaddr) -> Option<SocketAddr> {
+    let mut parts = address.iter();
+    let ip: std::net::IpAddr = match parts.next()? {
+        Protocol::Ip4(ip) => ip.into(),
+        Protocol::Ip6(ip) => ip.into(),
+        _ => return None,
+    };
+    match parts.next()? {
+        Protocol::Tcp(port) => Some(SocketAddr::new(ip, port)),
+        _ => None,
+    }
 }
