@@ -18,7 +18,7 @@
 //! its inbound side is polled, and the swarm calls [`StreamMuxer::poll`] on every turn
 //! of the connection task, so `poll` drives it and parks new inbound streams in a
 //! queue of [`INBOUND_QUEUE_MAX`] until the swarm asks for them through `poll_inbound`
-//! (it stops asking while 128 of its inbound streams are negotiating). The connection
+//! (it stops asking while 16 of its inbound streams are negotiating). The connection
 //! must keep reading meanwhile, since those negotiations need its bytes, so a stream
 //! that arrives while the queue is full (and the swarm has had a turn to take from
 //! it), or while [`STREAMS_MAX`] streams are alive, is dropped at once, which makes
@@ -63,24 +63,31 @@ pub const FRAME_BYTES_MAX: usize = 256 * 1024;
 
 /// Bound on the sum of all stream receive windows of one connection, in bytes.
 ///
-/// yamux guarantees every stream its initial 256 KiB window, so
-/// [`STREAMS_MAX_YAMUX`] × 256 KiB = 64 MiB of this is reserved; the other 64 MiB
+/// yamux guarantees every stream it counts its initial 256 KiB window, so
+/// [`STREAMS_MAX_YAMUX`] × 256 KiB = 96 MiB of this is reserved; the other 32 MiB
 /// is what windows may grow into when yamux auto-tunes them towards twice the
-/// bandwidth-delay product. One busy stream may grow to about 64 MiB, twice the
-/// BDP of 1 Gbit/s at 250 ms; on loopback windows stop at about 8 MiB. libp2p-yamux
+/// bandwidth-delay product: one busy stream may grow to about 32 MiB, the BDP of
+/// 1 Gbit/s at 250 ms; on loopback windows stop at about 8 MiB. libp2p-yamux
 /// allows 1 GiB, which a few peers could make us hold in full.
 pub const CONNECTION_WINDOW_BYTES_MAX: usize = 128 << 20;
 
-/// yamux's own cap on live streams per connection. Past it yamux sends `GoAway` and
-/// ends the whole connection, on either side, so [`STREAMS_MAX`] stays below it.
-pub const STREAMS_MAX_YAMUX: usize = 256;
+/// yamux's own cap on the streams it counts per connection. Past it yamux sends
+/// `GoAway` and ends the whole connection, on either side, so it sits far above
+/// [`STREAMS_MAX`]: see there.
+pub const STREAMS_MAX_YAMUX: usize = STREAMS_MAX + YAMUX_ACK_BACKLOG_MAX;
+
+/// Streams a yamux peer opens before we acknowledge one (yamux's `MAX_ACK_BACKLOG`).
+const YAMUX_ACK_BACKLOG_MAX: usize = 256;
 
 /// Live streams per connection we allow, inbound and outbound together.
 ///
 /// yamux forgets a dropped stream only when the connection next gets to write its
-/// reset, so its count can lag ours; the 32-stream margin below [`STREAMS_MAX_YAMUX`]
-/// keeps a burst of drops from tripping yamux's connection-ending cap.
-pub const STREAMS_MAX: usize = STREAMS_MAX_YAMUX - 32;
+/// reset, so while our writes wait on the socket (a peer that is slow to read) the
+/// streams we refuse pile up in its count. Those are streams we have not
+/// acknowledged, and a yamux peer opens at most [`YAMUX_ACK_BACKLOG_MAX`] of them, so
+/// with that margin above our own cap an honest peer can never trip yamux's; one that
+/// ignores the backlog loses its connection, which is what it asked for.
+pub const STREAMS_MAX: usize = 128;
 
 /// Inbound streams held while the swarm is not asking for more.
 pub const INBOUND_QUEUE_MAX: usize = 32;

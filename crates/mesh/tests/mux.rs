@@ -458,3 +458,120 @@ async fn a_peer_allowed_more_streams_than_us_is_held_to_our_cap() {
     assert_eq!(server.counts().await.0, STREAMS_MAX);
     drop(holder);
 }
+
+const FRAME_DATA: u8 = 0;
+const FRAME_GO_AWAY: u8 = 3;
+
+/// How many frames of each type `bytes` holds (yamux frames: a 12-byte header, and a
+/// body of the header's length after a data frame).
+fn frame_types(mut bytes: &[u8]) -> std::collections::BTreeMap<u8, usize> {
+    let mut types = std::collections::BTreeMap::new();
+    while bytes.len() >= 12 {
+        let kind = bytes[1];
+        let len = u32::from_be_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize;
+        *types.entry(kind).or_default() += 1;
+        let body = if kind == FRAME_DATA { len } else { 0 };
+        bytes = &bytes[(12 + body).min(bytes.len())..];
+    }
+    types
+}
+
+/// A yamux frame header opening stream `id` (a window update with SYN, no credit).
+fn syn(id: u32) -> [u8; 12] {
+    let mut frame = [0u8; 12];
+    frame[1] = 1; // window update
+    frame[2..4].copy_from_slice(&1u16.to_be_bytes()); // SYN
+    frame[4..8].copy_from_slice(&id.to_be_bytes());
+    frame
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_refused_while_our_writes_wait_do_not_end_the_connection() {
+    // Small socket buffers, so that our writes wait on a peer that does not read.
+    let listener = tokio::net::TcpSocket::new_v4().expect("socket");
+    listener.set_recv_buffer_size(4096).expect("rcvbuf");
+    listener
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let listener = listener.listen(1).expect("listen");
+    let ours = tokio::net::TcpSocket::new_v4().expect("socket");
+    ours.set_send_buffer_size(4096).expect("sndbuf");
+    let addr = listener.local_addr().expect("addr");
+    let (ours, peer) = tokio::join!(ours.connect(addr), listener.accept());
+    let (ours, mut peer) = (ours.expect("connect"), peer.expect("accept").0);
+    let (side, _inbound) = run(
+        mux::Config
+            .upgrade_outbound(TcpStream(ours), mux::PROTOCOL)
+            .await
+            .expect("upgrade"),
+        false,
+    );
+    // Our side sends on a few streams their full first window, which the peer never
+    // reads: from here on our writes wait on the socket, resets included.
+    const BUSY: usize = 4;
+    let mut writers = Vec::new();
+    for _ in 0..BUSY {
+        let mut busy = side.open().await;
+        writers.push(tokio::spawn(async move {
+            let _ = busy.write_all(&vec![7u8; 256 * 1024]).await;
+            let _ = busy.flush().await;
+            busy
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The peer opens as many streams as a yamux peer may before we acknowledge one.
+    // Ours queues INBOUND_QUEUE_MAX of them and refuses the rest, whose resets wait.
+    use tokio::io::AsyncWriteExt as _;
+    for i in 0..256u32 {
+        peer.write_all(&syn(2 * (i + 1)))
+            .await
+            .expect("peer writes");
+    }
+    peer.flush().await.expect("flush");
+    let (live, queued) = counts_when(&side, |(_, queued)| queued >= INBOUND_QUEUE_MAX).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        (live, queued, side.counts().await),
+        (
+            BUSY + INBOUND_QUEUE_MAX,
+            INBOUND_QUEUE_MAX,
+            (BUSY + INBOUND_QUEUE_MAX, INBOUND_QUEUE_MAX)
+        ),
+        "the connection is still up and holds what it held"
+    );
+    // Once the peer reads, our data and resets go out and the connection carries on:
+    // no GoAway among what our side sent (yamux's answer to a stream over its cap).
+    let drained = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt as _;
+        let mut received = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_secs(2), peer.read(&mut buf)).await
+        {
+            if n == 0 {
+                break;
+            }
+            received.extend_from_slice(&buf[..n]);
+        }
+        // Kept open: the connection must outlive the check below.
+        (frame_types(&received), peer)
+    });
+    let mut busy = Vec::new();
+    for writer in writers {
+        busy.push(
+            tokio::time::timeout(PATIENCE, writer)
+                .await
+                .expect("our writes complete once the peer reads")
+                .expect("writer task"),
+        );
+    }
+    let (types, _peer) = drained.await.expect("reader");
+    assert_eq!(
+        types.get(&FRAME_GO_AWAY),
+        None,
+        "our side ended the connection"
+    );
+    let data = types.get(&FRAME_DATA).copied().unwrap_or(0);
+    assert!(data >= BUSY, "every busy stream's data went out: {types:?}");
+    assert_eq!(side.counts().await.0, BUSY + INBOUND_QUEUE_MAX);
+}
