@@ -1,5 +1,5 @@
 //! Several hosts in network namespaces: discovery through one bootstrap peer, a host
-//! behind NAT reached through a relay (and hole punched where possible), and a cut
+//! behind NAT reached through a relay and then directly by hole punching, and a cut
 //! link that recovers. Needs root and iproute2 (and iptables for NAT); skips with a
 //! printed reason elsewhere, and fails under CI.
 
@@ -122,7 +122,7 @@ async fn a_host_behind_nat_is_reached_through_a_relay() {
     let mut lab = Lab::new();
     let relay_host = lab.public_host("relay", 11);
     let dialer_host = lab.public_host("dial", 12);
-    let (_router, hidden_host) = lab.natted_host("nat", 254, 1);
+    let (router, hidden_host) = lab.natted_host("nat", 254, 1);
     let relay = public_peer(
         &relay_host,
         Config {
@@ -181,32 +181,44 @@ async fn a_host_behind_nat_is_reached_through_a_relay() {
     // 8 MiB: far beyond libp2p's default 128 KiB per relayed circuit.
     send_and_check(&dialer.mesh, &hidden, 8 << 20).await;
 
-    // DCUtR starts on its own once the relayed connection is up.
+    // DCUtR starts on its own once the relayed connection is up. The router drops every
+    // connection the private side did not open, so a direct connection to its public address
+    // exists only if the hidden host punched the hole itself.
+    let router_prefix = format!("/ip4/{}/", router.ip);
     let direct = eventually(20, || async {
         let peers = dialer.mesh.peers().await.ok()?;
         let info = peers
             .into_iter()
             .find(|p| p.peer_id == hidden.mesh.peer_id().to_string())?;
-        (!info.relayed).then_some(info)
+        info.connections
+            .iter()
+            .any(|a| a.starts_with(&router_prefix) && !a.contains("/p2p-circuit"))
+            .then_some(info)
     })
     .await;
-    match direct {
-        Some(info) => {
-            println!(
-                "NAT: upgraded to a direct connection by hole punching ({:?}; {:?})",
-                info.connections, info.hole_punch
-            );
-            send_and_check(&dialer.mesh, &hidden, 8 << 20).await;
-        }
-        None => {
-            let hidden_view = hidden.mesh.peers().await.expect("peers");
-            let attempt = hidden_view
-                .iter()
-                .find(|p| p.peer_id == dialer.mesh.peer_id().to_string())
-                .and_then(|p| p.hole_punch.clone());
-            println!("NAT: stayed relayed; hole punch: {attempt:?}");
-        }
-    }
+    let Some(info) = direct else {
+        let dialer_view = dialer.mesh.peers().await.expect("peers");
+        let hidden_view = hidden.mesh.peers().await.expect("peers");
+        panic!(
+            "the relayed connection never upgraded to a direct one through the NAT \
+             ({router_prefix}…); dialer sees {dialer_view:?}, hidden host sees {hidden_view:?}"
+        );
+    };
+    assert!(!info.relayed, "{info:?}");
+    let punched = eventually(10, || async {
+        let peers = hidden.mesh.peers().await.ok()?;
+        peers
+            .into_iter()
+            .find(|p| p.peer_id == dialer.mesh.peer_id().to_string())?
+            .hole_punch
+    })
+    .await;
+    assert_eq!(
+        punched.as_deref(),
+        Some("direct connection established"),
+        "the hidden host's DCUtR outcome"
+    );
+    send_and_check(&dialer.mesh, &hidden, 8 << 20).await;
 
     // AutoNAT: peers that tried to dial back tell each host what it is.
     for (mesh, expected) in [(&hidden.mesh, "private"), (&relay.mesh, "public")] {
