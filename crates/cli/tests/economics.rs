@@ -345,6 +345,8 @@ async fn a_contract_is_billed_paused_resumed_and_deleted_and_the_farmer_can_expl
 
     // A minting period with the node up all along pays a reward; the payout account
     // holds exactly the farmer's share of the bills plus the rewards on its receipts.
+    // Minting periods are 12 s here: five of them without a paid receipt means none is coming.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let receipts = loop {
         let receipts: Vec<RewardReceipt> = client
             .latest_receipts(farm_id as u32, 500)
@@ -370,6 +372,11 @@ async fn a_contract_is_billed_paused_resumed_and_deleted_and_the_farmer_can_expl
                 break receipts;
             }
         }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no paid reward receipt for farm {farm_id} (with a stable payout balance) within 60 s \
+             of 12 s minting periods; its latest receipts: {receipts:?}"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
 

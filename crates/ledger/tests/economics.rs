@@ -12,10 +12,12 @@ use peergrid_ledger::{
     MemoryStore, ProposalStatus, TxError, ViolationKind,
 };
 
-/// A ledger driven block by block, signing with the current nonces.
+/// A ledger driven block by block, signing with the current nonces; every block it ran is
+/// kept, as a chain's block archive would keep it, so tests can replay history.
 struct Chain {
     ledger: Ledger<MemoryStore>,
     now_ms: u64,
+    blocks: Vec<(BlockContext, Vec<SignedTx>)>,
 }
 
 impl Chain {
@@ -23,6 +25,7 @@ impl Chain {
         Chain {
             ledger: Ledger::open(MemoryStore::default(), &genesis(9)).expect("open"),
             now_ms: GENESIS_MS,
+            blocks: Vec::new(),
         }
     }
 
@@ -38,6 +41,7 @@ impl Chain {
             height: self.ledger.state().height() + 1,
             time_ms: self.now_ms,
         };
+        self.blocks.push((ctx, txs.to_vec()));
         self.ledger.execute_block(ctx, txs).expect("block applies")
     }
 
@@ -346,6 +350,86 @@ fn receipts_older_than_the_retention_are_pruned_and_their_events_stay() {
     assert_eq!(listed, (from..next).rev().collect::<Vec<_>>());
     assert_eq!(state.receipts_of_period(0, 0).count(), 0);
     assert!(state.supply_is_conserved());
+}
+
+/// What the state and the README promise for a pruned receipt: replaying the blocks from
+/// genesis up to its minting recomputes it whole, equal to the one the state held.
+#[test]
+fn a_pruned_receipt_is_recomputed_by_replaying_the_blocks() {
+    let mut chain = Chain::new();
+    let (_, node) = grid(&mut chain);
+    // A contract holding the farm's public IP, and usage the node reports, so the receipt
+    // carries IP seconds and traffic besides uptime.
+    let contract = contract_id(&chain.ok(1, &key(5), deploy(node, 1, 1, 10, 1)));
+    chain.ok(
+        1,
+        &key(40),
+        Payload::ReportUsage {
+            contract,
+            nu_bytes: 5 << 30,
+        },
+    );
+    report_until_minted(&mut chain, &[(&key(40), node)], &[]);
+    let recorded = chain
+        .ledger
+        .state()
+        .receipt(0, node)
+        .expect("period 0 minted")
+        .clone();
+    assert!(
+        recorded.up_secs > 0
+            && recorded.reports > 0
+            && recorded.ip_secs > 0
+            && recorded.nu_bytes > 0
+            && recorded.tokens.0 > 0,
+        "a receipt with something to recompute: {recorded:?}"
+    );
+
+    // Blocks every half period until period 0 has left the state.
+    let half_period = chain.ledger.state().params().minting_period_secs / 2;
+    let mut blocks_left = 4 * (peergrid_ledger::minting::RECEIPT_PERIODS_KEPT + 3);
+    while chain.ledger.state().receipt(0, node).is_some() {
+        assert!(blocks_left > 0, "period 0's receipt was never pruned");
+        blocks_left -= 1;
+        chain.block(half_period, &[]);
+    }
+    assert!(chain.ledger.state().receipts_kept_from() > 0);
+
+    // A follower with only the genesis and the blocks.
+    let mut replay = Ledger::open(MemoryStore::default(), &genesis(9)).expect("open");
+    let mut recomputed = None;
+    for (ctx, txs) in &chain.blocks {
+        let out = replay
+            .execute_block(*ctx, txs)
+            .expect("replayed block applies");
+        let minted = out.end_events.iter().find_map(|e| match e {
+            Event::RewardMinted {
+                period: 0,
+                node: n,
+                farm,
+                payout,
+                uusd,
+                tokens,
+            } if *n == node => Some((*farm, *payout, *uusd, *tokens)),
+            _ => None,
+        });
+        if let Some(event) = minted {
+            let receipt = replay.state().receipt(0, node).expect("minted").clone();
+            assert_eq!(
+                event,
+                (
+                    receipt.farm,
+                    receipt.payout,
+                    receipt.steps.reward_uusd,
+                    receipt.tokens
+                ),
+                "the block's RewardMinted event agrees with the receipt"
+            );
+            recomputed = Some(receipt);
+            break;
+        }
+    }
+    assert_eq!(recomputed.as_ref(), Some(&recorded));
 }
 
 #[test]

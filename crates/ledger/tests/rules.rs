@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::collections::BTreeSet;
+
 use common::*;
 use peergrid_core::tx::{
     ContractSpec, GovAction, Payload, PowerTarget, Signature, sign_invitation,
@@ -794,31 +796,344 @@ fn governance_cannot_price_the_ledger_out_of_reach() {
     ));
 }
 
-/// Every rejection must be storable in a receipt: one that cannot be serialized stops
-/// every validator at that block (a duplicate farm name once did).
-#[test]
-fn every_kind_of_rejection_round_trips_through_json() {
-    let who = key(1).account();
-    let errors = vec![
-        TxError::UnknownFarm(3),
-        TxError::FarmNameTaken("alpha".into()),
-        TxError::UnknownNode(4),
-        TxError::NameTaken("site".into()),
-        TxError::UnknownContract(5),
-        TxError::NotCouncilMember(who),
-        TxError::UnknownProposal(6),
-        TxError::ProposalClosed(7),
-        TxError::InvalidAction("x".into()),
-        TxError::Overflow("balance".into()),
-        TxError::StaleNonce {
-            signer: who,
-            expected: 2,
-            got: 1,
-        },
-    ];
-    for e in errors {
-        let json = serde_json::to_string(&e).expect("serializable");
-        let back: TxError = serde_json::from_str(&json).expect("deserializable");
-        assert_eq!(back, e, "{json}");
+/// One way a transaction is refused: the rejection `run` drives a fresh ledger into, and the
+/// variant it must be.
+struct Case {
+    expected: &'static str,
+    matches: fn(&TxError) -> bool,
+    run: fn(&mut Harness) -> TxError,
+}
+
+macro_rules! case {
+    ($pat:pat, $run:expr) => {
+        Case {
+            expected: stringify!($pat),
+            matches: |e| matches!(e, $pat),
+            run: $run,
+        }
+    };
+}
+
+/// Farm `alpha` of key 1 with one public IP, and key 40's node in it.
+fn farm_with_node(h: &mut Harness) -> u32 {
+    let farm = h.farm(&key(1), "alpha", 1);
+    h.node(&key(1), farm, &key(40))
+}
+
+fn vote(proposal: u64) -> Payload {
+    Payload::Vote {
+        proposal,
+        approve: true,
     }
+}
+
+fn propose_price() -> Payload {
+    Payload::Propose {
+        action: GovAction::SetTokenPrice { uusd: 20_000 },
+        description: String::new(),
+    }
+}
+
+/// Every variant of [`TxError`], by its serde tag, read from serde's own refusal of an
+/// unknown tag. `TxError` is `#[non_exhaustive]` and lives in another crate, so an
+/// exhaustive `match` cannot be written here; the derived tag list grows with the enum
+/// instead, and cannot be forgotten.
+fn every_tx_error_tag() -> BTreeSet<String> {
+    let err = serde_json::from_str::<TxError>(r#"{"error":"no_such_rejection","detail":null}"#)
+        .expect_err("an unknown tag is refused");
+    let text = err.to_string();
+    let Some((_, list)) = text.split_once("expected one of ") else {
+        panic!("serde no longer lists the variants it expects: {text}");
+    };
+    list.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(String::from)
+        .collect()
+}
+
+fn tag(e: &TxError) -> String {
+    let json = serde_json::to_value(e).expect("serializable");
+    match json.get("error").and_then(|t| t.as_str()) {
+        Some(tag) => tag.to_string(),
+        None => panic!("no error tag in {json}"),
+    }
+}
+
+/// Every rejection a transaction can meet, each produced by the real state machine, each
+/// leaving the state untouched (`rejected` checks the root and the nonce) and each storable
+/// in a receipt: one that cannot be serialized stops every validator at that block (a
+/// duplicate farm name once did). A new `TxError` variant fails this test until it has a case.
+#[test]
+fn every_kind_of_rejection_is_reachable_changes_nothing_and_round_trips_through_json() {
+    let cases = [
+        case!(TxError::Field { .. }, |h| h.rejected(
+            &key(1),
+            Payload::CreateFarm {
+                name: "x".repeat(41),
+                public_ips: vec![],
+            },
+        )),
+        case!(TxError::WrongChain { .. }, |h| h.rejected_tx(
+            SignedTx::new(&key(1), "other-chain", 0, transfer(20, 1))
+        )),
+        case!(TxError::BadSignature { .. }, |h| {
+            let mut forged = h.tx(&key(1), transfer(20, 1));
+            forged.body.signer = key(2).account();
+            h.rejected_tx(forged)
+        }),
+        case!(TxError::Expired { .. }, |h| {
+            let tx = SignedTx::expiring(&key(1), CHAIN, 0, h.now_ms - 1, transfer(20, 1));
+            h.rejected_tx(tx)
+        }),
+        case!(
+            TxError::StaleNonce {
+                expected: 1,
+                got: 0,
+                ..
+            },
+            |h| {
+                h.ok(&key(1), transfer(20, 1));
+                h.rejected_tx(SignedTx::new(&key(1), CHAIN, 0, transfer(20, 1)))
+            }
+        ),
+        case!(
+            TxError::FutureNonce {
+                expected: 0,
+                got: 5,
+                ..
+            },
+            |h| h.rejected_tx(SignedTx::new(&key(1), CHAIN, 5, transfer(20, 1)))
+        ),
+        case!(TxError::InsufficientBalance { .. }, |h| h
+            .rejected(&key(1), transfer(20, 1000))),
+        case!(TxError::UnknownFarm(99), |h| h.rejected(
+            &key(1),
+            Payload::UpdateFarm {
+                farm: 99,
+                name: None,
+                public_ips: None,
+                payout: None,
+            },
+        )),
+        case!(TxError::FarmNameTaken(_), |h| {
+            h.farm(&key(1), "alpha", 0);
+            h.rejected(
+                &key(2),
+                Payload::CreateFarm {
+                    name: "ALPHA".into(),
+                    public_ips: vec![],
+                },
+            )
+        }),
+        case!(TxError::NotFarmOwner { .. }, |h| {
+            let farm = h.farm(&key(1), "alpha", 0);
+            let rename = Payload::UpdateFarm {
+                farm,
+                name: Some("beta".into()),
+                public_ips: None,
+                payout: None,
+            };
+            h.rejected(&key(2), rename)
+        }),
+        case!(
+            TxError::NotEnoughPublicIps {
+                requested: 2,
+                free: 1,
+                ..
+            },
+            |h| {
+                let node = farm_with_node(h);
+                h.rejected(&key(2), deployment(node, 1, 2))
+            }
+        ),
+        case!(TxError::InvalidInvitation { .. }, |h| {
+            let farm = h.farm(&key(1), "alpha", 0);
+            h.ok(&key(1), transfer(40, 1));
+            let by_stranger = sign_invitation(&key(2), CHAIN, farm, &key(40).account());
+            let register = Payload::RegisterNode {
+                farm,
+                capacity: capacity(),
+                location: location(),
+                invitation: by_stranger,
+            };
+            h.rejected(&key(40), register)
+        }),
+        case!(TxError::UnknownNode(99), |h| h
+            .rejected(&key(2), deployment(99, 1, 0))),
+        case!(TxError::NodeAlreadyRegistered { .. }, |h| {
+            let node = farm_with_node(h);
+            let farm = h.state.node(node).expect("node").farm;
+            let register = Payload::RegisterNode {
+                farm,
+                capacity: capacity(),
+                location: location(),
+                invitation: sign_invitation(&key(1), CHAIN, farm, &key(40).account()),
+            };
+            h.rejected(&key(40), register)
+        }),
+        case!(TxError::NotNodeKey { .. }, |h| {
+            let node = farm_with_node(h);
+            let by_farmer = Payload::UpdateNode {
+                node,
+                capacity: Some(Capacity::ZERO),
+                location: None,
+            };
+            h.rejected(&key(1), by_farmer)
+        }),
+        case!(TxError::UptimeTooSoon { .. }, |h| {
+            let node = farm_with_node(h);
+            let report = |h: &Harness| Payload::ReportUptime {
+                node,
+                uptime_secs: 100,
+                timestamp_secs: h.now_ms / 1000,
+            };
+            h.ok(&key(40), report(h));
+            h.advance_secs(1);
+            h.rejected(&key(40), report(h))
+        }),
+        case!(TxError::UptimeClockDrift { drift_secs: 61, .. }, |h| {
+            let node = farm_with_node(h);
+            let skewed = Payload::ReportUptime {
+                node,
+                uptime_secs: 100,
+                timestamp_secs: h.now_ms / 1000 - 61,
+            };
+            h.rejected(&key(40), skewed)
+        }),
+        case!(TxError::InsufficientCapacity { .. }, |h| {
+            let node = farm_with_node(h);
+            h.rejected(&key(2), deployment(node, capacity().cru + 1, 0))
+        }),
+        case!(TxError::CapacityBelowReserved { .. }, |h| {
+            let node = farm_with_node(h);
+            h.ok(&key(2), deployment(node, 6, 0));
+            let shrink = Payload::UpdateNode {
+                node,
+                capacity: Some(Capacity {
+                    cru: 4,
+                    ..capacity()
+                }),
+                location: None,
+            };
+            h.rejected(&key(40), shrink)
+        }),
+        case!(TxError::NodeRented { .. }, |h| {
+            let node = farm_with_node(h);
+            h.ok(
+                &key(3),
+                Payload::CreateContract(ContractSpec::Rent { node }),
+            );
+            h.rejected(&key(2), deployment(node, 1, 0))
+        }),
+        case!(TxError::NodeNotEmpty { contracts: 1, .. }, |h| {
+            let node = farm_with_node(h);
+            h.ok(&key(2), deployment(node, 1, 0));
+            h.rejected(
+                &key(3),
+                Payload::CreateContract(ContractSpec::Rent { node }),
+            )
+        }),
+        case!(TxError::RentInUse { contracts: 1, .. }, |h| {
+            let node = farm_with_node(h);
+            let rent = created(&h.ok(
+                &key(3),
+                Payload::CreateContract(ContractSpec::Rent { node }),
+            ));
+            h.ok(&key(3), deployment(node, 1, 0));
+            h.rejected(&key(3), Payload::CancelContract { contract: rent })
+        }),
+        case!(TxError::NameTaken(_), |h| {
+            let name = || {
+                Payload::CreateContract(ContractSpec::Name {
+                    name: "my-app".into(),
+                })
+            };
+            h.ok(&key(2), name());
+            h.rejected(&key(3), name())
+        }),
+        case!(TxError::UnknownContract(77), |h| h
+            .rejected(&key(2), Payload::CancelContract { contract: 77 })),
+        case!(TxError::NotContractOwner { .. }, |h| {
+            let node = farm_with_node(h);
+            let contract = created(&h.ok(&key(2), deployment(node, 1, 0)));
+            h.rejected(&key(3), Payload::CancelContract { contract })
+        }),
+        case!(TxError::ContractState { .. }, |h| {
+            let node = farm_with_node(h);
+            let contract = created(&h.ok(&key(2), deployment(node, 1, 0)));
+            h.ok(&key(2), Payload::CancelContract { contract });
+            h.rejected(&key(2), Payload::CancelContract { contract })
+        }),
+        case!(TxError::NotCouncilMember(_), |h| h
+            .rejected(&key(5), propose_price())),
+        case!(TxError::PublicIpTaken { .. }, |h| {
+            let farm = h.farm(&key(1), "alpha", 1);
+            let held = h.state.farm(farm).expect("farm").public_ips[0].ip;
+            let same_ip = Payload::CreateFarm {
+                name: "beta".into(),
+                public_ips: vec![held],
+            };
+            h.rejected(&key(2), same_ip)
+        }),
+        case!(TxError::UnknownProposal(9), |h| h
+            .rejected(&key(1), vote(9))),
+        case!(TxError::ProposalClosed(1), |h| {
+            h.ok(&key(1), propose_price());
+            h.ok(&key(2), vote(1));
+            h.rejected(&key(3), vote(1))
+        }),
+        case!(TxError::AlreadyVoted { .. }, |h| {
+            h.ok(&key(1), propose_price());
+            h.rejected(&key(1), vote(1))
+        }),
+        case!(TxError::InvalidAction(_), |h| {
+            let certify_nothing = Payload::Propose {
+                action: GovAction::SetNodeCertified {
+                    node: 42,
+                    certified: true,
+                },
+                description: String::new(),
+            };
+            h.rejected(&key(1), certify_nothing)
+        }),
+        // The amount plus its fee cannot be represented: refused before any balance moves.
+        case!(TxError::Overflow(_), |h| h.rejected(
+            &key(1),
+            Payload::Transfer {
+                to: key(20).account(),
+                amount: Amount(u64::MAX),
+            },
+        )),
+    ];
+
+    let mut produced = BTreeSet::new();
+    for case in &cases {
+        let mut h = Harness::new();
+        let err = (case.run)(&mut h);
+        assert!(
+            (case.matches)(&err),
+            "expected {}, got {err:?}",
+            case.expected
+        );
+        let json = serde_json::to_string(&err).expect("serializable");
+        let back: TxError = serde_json::from_str(&json).expect("deserializable");
+        assert_eq!(back, err, "{json}");
+        assert!(
+            produced.insert(tag(&err)),
+            "two cases produce {}",
+            tag(&err)
+        );
+    }
+    let every = every_tx_error_tag();
+    assert!(
+        every.contains("wrong_chain") && every.contains("overflow"),
+        "the variant list was misread: {every:?}"
+    );
+    let missing: Vec<_> = every.difference(&produced).collect();
+    assert!(
+        missing.is_empty(),
+        "no case produces these rejections; add one, or exclude it here with the reason no transaction can: {missing:?}"
+    );
+    assert_eq!(produced, every);
 }

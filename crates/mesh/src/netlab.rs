@@ -19,6 +19,27 @@ pub fn unavailable() -> Option<String> {
     PROBE.get_or_init(probe).clone()
 }
 
+/// Whether a namespace test should skip: `true`, after printing why, when namespaces cannot
+/// be used here. Under CI (`CI` set, as `.ci/run` does) it panics instead: a runner that lost
+/// root or iproute2 would otherwise pass with every multi-host test unrun.
+pub fn skip_unless_available() -> bool {
+    let Some(reason) = unavailable() else {
+        return false;
+    };
+    if in_ci() {
+        panic!(
+            "network-namespace tests cannot run under CI: {reason}. Run them as root with \
+             iproute2 and iptables installed (`apt-get install iproute2 iptables`)"
+        );
+    }
+    println!("skipping: {reason}");
+    true
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
 fn probe() -> Option<String> {
     let uid = std::fs::read_to_string("/proc/self/status")
         .ok()

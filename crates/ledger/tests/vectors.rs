@@ -1,0 +1,156 @@
+//! Known answers for a genesis and the state it grows into.
+//!
+//! The hex literals marked FROZEN were computed once by this code. A genesis hash is a chain's
+//! identity (nodes refuse peers and ledger files of another genesis), and a state root is what
+//! validators sign and light clients check proofs against; both are stored on disk and sent on
+//! the wire. Changing them breaks existing chains: a change that fails these tests needs a
+//! versioned format and a migration, not new literals.
+
+use peergrid_core::tx::{ContractSpec, Payload, sign_invitation};
+use peergrid_core::{Amount, Capacity, Hash, Keypair, Location, PublicIp, SignedTx};
+use peergrid_ledger::{BlockContext, Genesis, Ledger, MemoryStore};
+
+/// A genesis file as written by `Genesis::to_toml` when these values were frozen.
+const GENESIS: &str = include_str!("fixtures/genesis-kat.toml");
+const CHAIN: &str = "kat-chain";
+const GENESIS_MS: u64 = 1_700_000_000_000;
+
+fn key(n: u8) -> Keypair {
+    Keypair::from_seed([n; 32])
+}
+
+fn genesis() -> Genesis {
+    let g = Genesis::from_toml(GENESIS).expect("the frozen genesis still parses");
+    g.check().expect("the frozen genesis is still valid");
+    g
+}
+
+#[test]
+fn a_fixed_genesis_has_a_frozen_hash() {
+    let g = genesis();
+    assert_eq!(g.chain_id, CHAIN);
+    // FROZEN: the chain's identity.
+    assert_eq!(
+        g.hash().to_string(),
+        "ff9a048684d92aab7adaac8b9d2d523a7bb87d33c382e6f4e8e4856f7593946e"
+    );
+    // Addresses are not part of the identity, so operators can move validators.
+    let mut moved = g.clone();
+    moved.validators[0].address = Some("10.0.0.1:7000".into());
+    moved.mesh_bootstrap = vec!["/ip4/10.0.0.1/tcp/7001".into()];
+    assert_eq!(moved.hash(), g.hash());
+}
+
+/// Three blocks touching accounts, farms, nodes, contracts and end-of-block billing.
+fn blocks() -> Vec<(BlockContext, Vec<SignedTx>)> {
+    let farmer = key(1);
+    let node_key = key(40);
+    let builder = key(2);
+    let at = |height, secs: u64| BlockContext {
+        height,
+        time_ms: GENESIS_MS + secs * 1000,
+    };
+    vec![
+        (
+            at(1, 1),
+            vec![
+                SignedTx::new(
+                    &farmer,
+                    CHAIN,
+                    0,
+                    Payload::Transfer {
+                        to: node_key.account(),
+                        amount: Amount::tokens(10),
+                    },
+                ),
+                SignedTx::new(
+                    &farmer,
+                    CHAIN,
+                    1,
+                    Payload::CreateFarm {
+                        name: "kat-farm".into(),
+                        public_ips: vec![PublicIp {
+                            ip: [185, 0, 0, 10],
+                            prefix_len: 24,
+                            gateway: [185, 0, 0, 1],
+                        }],
+                    },
+                ),
+            ],
+        ),
+        (
+            at(2, 2),
+            vec![
+                SignedTx::new(
+                    &node_key,
+                    CHAIN,
+                    0,
+                    Payload::RegisterNode {
+                        farm: 1,
+                        capacity: Capacity {
+                            cru: 8,
+                            mru: 32 << 30,
+                            sru: 1 << 40,
+                            hru: 4 << 40,
+                        },
+                        location: Location {
+                            country: "BE".into(),
+                            city: "Ghent".into(),
+                            latitude_micro: 51_054_342,
+                            longitude_micro: 3_717_424,
+                        },
+                        invitation: sign_invitation(&farmer, CHAIN, 1, &node_key.account()),
+                    },
+                ),
+                SignedTx::new(
+                    &builder,
+                    CHAIN,
+                    0,
+                    Payload::CreateContract(ContractSpec::Deployment {
+                        node: 1,
+                        deployment_hash: Hash::of(b"kat deployment"),
+                        resources: Capacity {
+                            cru: 2,
+                            mru: 4 << 30,
+                            sru: 50 << 30,
+                            hru: 0,
+                        },
+                        public_ips: 1,
+                    }),
+                ),
+            ],
+        ),
+        // Past a billing interval: the deployment is billed at the end of this block.
+        (at(3, 15), vec![]),
+    ]
+}
+
+#[test]
+fn a_fixed_chain_has_frozen_state_roots() {
+    let g = genesis();
+    let mut ledger = Ledger::open(MemoryStore::default(), &g).expect("open");
+    // FROZEN: the genesis state root, then the root after each block.
+    assert_eq!(
+        ledger.state().root().to_string(),
+        "75a811de4770475a8f54dc72abc26b9dc8bacf3e13e656d980b512db24620a55"
+    );
+    let roots = [
+        "382e4ad37794df815c2ec9aee8b3b35bfe112a9d6fa9a58b660eb112777d96bb",
+        "c73e0906bab77560957737f3031fd13c67c5d6f0be975e66affe805e74ba82ac",
+        "b657edb7853c200c65748946cb5c9738b3c44b97ca46b4da0aabb6e31ac05aba",
+    ];
+    for ((ctx, txs), root) in blocks().into_iter().zip(roots) {
+        let outcome = ledger.execute_block(ctx, &txs).expect("block");
+        for receipt in &outcome.receipts {
+            if let Err(e) = &receipt.result {
+                panic!("block {}: a transaction was rejected: {e}", ctx.height);
+            }
+        }
+        assert_eq!(outcome.root.to_string(), root, "block {}", ctx.height);
+        assert_eq!(ledger.state().root(), outcome.root);
+    }
+    assert!(
+        ledger.state().bills(1, 0).next().is_some(),
+        "the last block billed the deployment, so billing is covered by the root"
+    );
+}
