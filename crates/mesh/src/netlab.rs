@@ -54,6 +54,11 @@ fn probe() -> Option<String> {
     if Command::new("ip").arg("-V").output().is_err() {
         return Some("the `ip` command (iproute2) is not installed".to_string());
     }
+    // The NAT labs put routers behind MASQUERADE: without iptables they would fail half
+    // set up instead of saying why.
+    if Command::new("iptables").arg("-V").output().is_err() {
+        return Some("the `iptables` command is not installed".to_string());
+    }
     let probe = format!("pg{}probe", std::process::id());
     match Command::new("ip").args(["netns", "add", &probe]).output() {
         Ok(out) if out.status.success() => {
