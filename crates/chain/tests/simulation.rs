@@ -288,3 +288,69 @@ fn crash_and_restart(seed: u64, lose_ledger: bool) {
         }));
     });
 }
+
+#[test]
+fn a_lossy_network_with_latency_spikes_still_finalizes_every_transfer_in_agreement() {
+    for seed in [11u64, 12] {
+        runner(seed, Duration::from_secs(300)).start(|context| async move {
+            let g = genesis(4);
+            let peers = participants(4);
+            let oracle = network(&context, &peers).await;
+            // One message in ten lost, and slow, uneven links.
+            let lossy = commonware_p2p::simulated::Link {
+                latency: Duration::from_millis(40),
+                jitter: Duration::from_millis(30),
+                success_rate: commonware_utils::probability!(0.9),
+            };
+            link_all(&oracle, &peers, lossy.clone()).await;
+            let mut vals = Vec::new();
+            for i in 0..4 {
+                vals.push(start_validator(&context, &oracle, &g, i, None).await);
+            }
+            let refs: Vec<_> = vals.iter().collect();
+            let to = user(9).account();
+            let amounts: Vec<u64> = (0..30).map(|n| 100 + n).collect();
+            let txs: Vec<_> = amounts
+                .iter()
+                .enumerate()
+                .map(|(n, a)| transfer(1, &to, n as u64, *a))
+                .collect();
+            for tx in &txs[..10] {
+                submit_all(&refs, tx);
+            }
+            wait_for_height(&context, &refs, 5).await;
+            // A latency spike: every link at 600 ms with more loss, for 10 s.
+            let spike = commonware_p2p::simulated::Link {
+                latency: Duration::from_millis(600),
+                jitter: Duration::from_millis(200),
+                success_rate: commonware_utils::probability!(0.8),
+            };
+            relink_all(&oracle, &peers, spike).await;
+            for tx in &txs[10..20] {
+                submit_all(&refs, tx);
+            }
+            context.sleep(Duration::from_secs(10)).await;
+            relink_all(&oracle, &peers, lossy).await;
+            for tx in &txs[20..] {
+                submit_all(&refs, tx);
+            }
+            let expected: u64 = amounts.iter().sum();
+            loop {
+                let done = refs
+                    .iter()
+                    .all(|s| s.with_state(|st| st.account(&to).balance.0).unwrap_or(0) == expected);
+                if done {
+                    break;
+                }
+                context.sleep(Duration::from_millis(200)).await;
+            }
+            assert_agree_up_to(&refs);
+            for tx in &txs {
+                assert!(
+                    matches!(vals[0].status(&tx.hash()), TxStatus::Finalized { .. }),
+                    "every transfer is final exactly once"
+                );
+            }
+        });
+    }
+}

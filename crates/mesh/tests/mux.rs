@@ -575,3 +575,79 @@ async fn streams_refused_while_our_writes_wait_do_not_end_the_connection() {
     assert!(data >= BUSY, "every busy stream's data went out: {types:?}");
     assert_eq!(side.counts().await.0, BUSY + INBOUND_QUEUE_MAX);
 }
+
+/// Frames a hostile peer might send: any type, flags, stream id and length, with a
+/// body for data frames, so that the decoder and the muxer see the odd ones often.
+fn frames() -> impl proptest::strategy::Strategy<Value = Vec<(u8, u8, u16, u32, Vec<u8>)>> {
+    use proptest::prelude::*;
+    prop::collection::vec(
+        (
+            prop::sample::select(vec![0u8, 0, 0, 1]),
+            0u8..6,
+            any::<u16>(),
+            prop::sample::select(vec![0u32, 1, 2, 3, 5, 7, 1_000, u32::MAX]),
+            prop::collection::vec(any::<u8>(), 0..64),
+        ),
+        1..40,
+    )
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 32, ..proptest::prelude::ProptestConfig::default() })]
+
+    /// Whatever frames arrive, our muxer ends the connection or keeps serving it: no panic,
+    /// no hang, and a stream it still accepts afterwards works.
+    #[test]
+    fn whatever_frames_a_peer_sends_the_muxer_survives_or_closes(frames in frames()) {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let (ours, mut peer) = {
+                let (a, b) = tcp_pair().await;
+                (a, b.0)
+            };
+            let (side, mut inbound) = run(
+                mux::Config
+                    .upgrade_outbound(ours, mux::PROTOCOL)
+                    .await
+                    .expect("upgrade"),
+                true,
+            );
+            let mut wire = Vec::new();
+            for (version, kind, flags, len, body) in &frames {
+                // Stream ids of the peer's parity (even: it is the server), small enough to collide.
+                let id = 2 * (u32::from(*flags) % 8 + 1);
+                wire.push(*version);
+                wire.push(*kind);
+                wire.extend_from_slice(&flags.to_be_bytes());
+                wire.extend_from_slice(&id.to_be_bytes());
+                let len = if *kind == 0 { body.len() as u32 } else { *len };
+                wire.extend_from_slice(&len.to_be_bytes());
+                if *kind == 0 {
+                    wire.extend_from_slice(body);
+                }
+            }
+            use tokio::io::AsyncWriteExt as _;
+            let _ = peer.write_all(&wire).await;
+            let _ = peer.flush().await;
+            // Whatever it made of them, the muxer answers (or has ended) in time.
+            let answered = tokio::time::timeout(Duration::from_secs(5), async {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let (reply, counts) = oneshot::channel();
+                if side.commands.unbounded_send(Command::Counts(reply)).is_err() {
+                    return None;
+                }
+                counts.await.ok()
+            })
+            .await
+            .expect("the muxer task answers or ends in time");
+            if let Some((live, queued)) = answered {
+                assert!(live <= STREAMS_MAX && queued <= INBOUND_QUEUE_MAX);
+            }
+            while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(10), inbound.next()).await {}
+        });
+    }
+}

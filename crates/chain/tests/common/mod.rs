@@ -142,6 +142,22 @@ pub async fn link_all(
     }
 }
 
+/// Replace every link between `peers` with `link` (a change of conditions mid-run).
+pub async fn relink_all(
+    oracle: &Oracle<PublicKey, deterministic::Context>,
+    peers: &[PublicKey],
+    link: Link,
+) {
+    for a in peers {
+        for b in peers {
+            if a != b {
+                let _ = oracle.remove_link(a.clone(), b.clone()).await;
+                let _ = oracle.add_link(a.clone(), b.clone(), link.clone()).await;
+            }
+        }
+    }
+}
+
 pub async fn cut(oracle: &Oracle<PublicKey, deterministic::Context>, a: &PublicKey, b: &PublicKey) {
     let _ = oracle.remove_link(a.clone(), b.clone()).await;
     let _ = oracle.remove_link(b.clone(), a.clone()).await;

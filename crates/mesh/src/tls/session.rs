@@ -1166,4 +1166,83 @@ mod tests {
             assert_eq!(ours.key_updates, (1, 1), "{suite:?}");
         }
     }
+
+    mod fuzz {
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Records to seal (content type, body), then the damage done to them in transit.
+        type Sent = (Vec<(u8, Vec<u8>)>, Vec<(usize, u8)>, Option<usize>, Vec<u8>);
+
+        /// Records a peer might send after the handshake: any content type and body,
+        /// sealed with the right keys, then damaged in transit.
+        fn records() -> impl Strategy<Value = Sent> {
+            (
+                prop::collection::vec(
+                    (
+                        prop::sample::select(vec![
+                            CONTENT_APPLICATION_DATA,
+                            CONTENT_HANDSHAKE,
+                            CONTENT_ALERT,
+                            0,
+                            99,
+                        ]),
+                        prop::collection::vec(any::<u8>(), 0..300),
+                    ),
+                    0..6,
+                ),
+                prop::collection::vec((any::<usize>(), any::<u8>()), 0..4),
+                prop::option::of(0usize..2_000),
+                prop::collection::vec(any::<u8>(), 0..40),
+            )
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+            /// Whatever arrives, reading ends in data, a clean end or an error, never a
+            /// panic or a hang; it never yields more bytes than were sent; and an error
+            /// stays the answer to every later read.
+            #[test]
+            fn whatever_a_peer_sends_reading_ends_cleanly((sent, edits, keep, extra) in records()) {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("runtime");
+                runtime.block_on(async {
+                    let (mut sender, mut receiver) = pair().await;
+                    for (content_type, body) in &sent {
+                        sender.seal_one(*content_type, body).expect("seal");
+                    }
+                    let wire = peergrid_core::codec::damaged(
+                        &sender.outgoing,
+                        &edits,
+                        keep,
+                        &extra,
+                    );
+                    sender.io.write_all(&wire).await.expect("write");
+                    sender.io.close().await.expect("close");
+                    let mut total = 0usize;
+                    let mut buf = [0u8; 4096];
+                    let ended = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+                        loop {
+                            match receiver.read(&mut buf).await {
+                                Ok(0) => return None,
+                                Ok(n) => total += n,
+                                Err(e) => return Some(e),
+                            }
+                        }
+                    })
+                    .await
+                    .expect("reading ends in time");
+                    assert!(total <= wire.len(), "{total} bytes read from {} sent", wire.len());
+                    if let Some(first) = ended {
+                        let again = receiver.read(&mut buf).await.expect_err("the error sticks");
+                        assert_eq!(again.to_string(), first.to_string());
+                    }
+                });
+            }
+        }
+    }
 }
