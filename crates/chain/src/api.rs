@@ -25,6 +25,7 @@ use utoipa_axum::routes;
 
 use peergrid_core::tx::TX_BYTES_MAX;
 use peergrid_core::{AccountId, Amount, Hash, SignedTx};
+use peergrid_types::TxError;
 use peergrid_types::api::{
     AccountView, BatchError, BatchSubmitted, Bills, EconomyView, NodeView, Period, Receipts,
     Status, Submitted, SupplyCheck, TxAnswer, Vote,
@@ -365,10 +366,22 @@ async fn submit(
             format!("the mempool is full; retry in {RETRY_AFTER_SECS} s"),
         )
         .retry_after(RETRY_AFTER_SECS)),
+        // A nonce already used or held by a waiting transaction is worth a retry at the
+        // next nonce: the kinds say so, so a client need not read the message.
+        Err(MempoolError::Rejected(e @ TxError::StaleNonce { .. })) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "stale_nonce",
+            format!("{e}; sign it again with the account's current nonce"),
+        )),
         Err(MempoolError::Rejected(e)) => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "rejected",
             e.to_string(),
+        )),
+        Err(e @ MempoolError::NonceTaken { .. }) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "nonce_taken",
+            format!("{e}; wait for it to be final, then sign again at the next nonce"),
         )),
         Err(e) => Err(ApiError::new(
             StatusCode::CONFLICT,

@@ -9,6 +9,8 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 use peergrid_core::Keypair;
 use peergrid_core::amount::TICKER;
+use peergrid_core::tx::ValidatorEntry;
+use peergrid_ledger::genesis::{GenesisBalance, GenesisValidator};
 use peergrid_ledger::{Devnet, Genesis};
 use serde_json::json;
 
@@ -17,7 +19,9 @@ use crate::output::{self, human_duration, usd};
 
 #[derive(Subcommand)]
 pub enum GenesisCommand {
-    /// Write a devnet genesis and the keys of its validators, demo account and faucet.
+    /// Write a genesis and the keys of its demo account and faucet. Without --validator it
+    /// also makes the validators' keys (one machine); with it, the validators are the
+    /// operators' own keys at their addresses (a network of machines: docs/network.md).
     New {
         /// Genesis file to write.
         #[arg(long, default_value = "genesis.toml", value_name = "FILE")]
@@ -25,9 +29,26 @@ pub enum GenesisCommand {
         /// Name of the chain; transactions for another chain are refused.
         #[arg(long, default_value = "peergrid-devnet")]
         chain_id: String,
-        /// Number of validators.
-        #[arg(long, default_value_t = 4)]
+        /// Number of validators whose keys are made here, when --validator is not given.
+        #[arg(long, default_value_t = 4, conflicts_with = "validator")]
         validators: usize,
+        /// A validator as ACCOUNT@IP:PORT: its key's account (`peergrid key new`) and the
+        /// address other validators reach it at (repeatable, in order).
+        #[arg(long, value_name = "ACCOUNT@IP:PORT")]
+        validator: Vec<ValidatorEntry>,
+        /// The port of each --validator's ledger API, on the same IP.
+        #[arg(long, default_value_t = 8700, requires = "validator")]
+        api_port: u16,
+        /// A mesh bootstrap peer for nodes and clients, /ip4/…/tcp/…/p2p/<id> (repeatable).
+        #[arg(long, value_name = "MULTIADDR")]
+        mesh_bootstrap: Vec<String>,
+        /// Fund an account at genesis, ACCOUNT=TOKENS (repeatable).
+        #[arg(long, value_name = "ACCOUNT=TOKENS", value_parser = parse_fund)]
+        fund: Vec<GenesisBalance>,
+        /// Set a parameter under [params], NAME=VALUE (repeatable), like
+        /// uptime_interval_secs=2400; every value is checked as any genesis is.
+        #[arg(long, value_name = "NAME=VALUE")]
+        param: Vec<String>,
         /// Where to write the keys [default: keys/ beside the genesis file].
         #[arg(long, value_name = "DIR")]
         keys_dir: Option<PathBuf>,
@@ -48,11 +69,25 @@ pub fn run(globals: &Globals, cmd: GenesisCommand) -> anyhow::Result<()> {
             out,
             chain_id,
             validators,
+            validator,
+            api_port,
+            mesh_bootstrap,
+            fund,
+            param,
             keys_dir,
             force,
         } => {
             let keys_dir = keys_dir.unwrap_or_else(|| beside(&out, "keys"));
-            new(globals, &out, &chain_id, validators, &keys_dir, force)
+            let network = Network {
+                validators: validator,
+                api_port,
+                mesh_bootstrap,
+                fund,
+                params: param,
+            };
+            new(
+                globals, &out, &chain_id, validators, network, &keys_dir, force,
+            )
         }
         GenesisCommand::Check { file } => check(globals, &file),
     }
@@ -66,11 +101,41 @@ fn beside(file: &Path, name: &str) -> PathBuf {
     }
 }
 
+/// What a genesis for a network of machines names beyond a devnet's.
+struct Network {
+    /// The operators' validators; none: make the keys here.
+    validators: Vec<ValidatorEntry>,
+    /// Their ledger APIs' port.
+    api_port: u16,
+    /// Mesh bootstrap peers.
+    mesh_bootstrap: Vec<String>,
+    /// Accounts funded besides the demo account and the faucet.
+    fund: Vec<GenesisBalance>,
+    /// `NAME=VALUE` parameters.
+    params: Vec<String>,
+}
+
+/// `ACCOUNT=TOKENS`, whole or decimal tokens.
+fn parse_fund(text: &str) -> Result<GenesisBalance, String> {
+    let (account, tokens) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: expected ACCOUNT=TOKENS, like 12D3KooW…=1000"))?;
+    Ok(GenesisBalance {
+        account: account
+            .parse()
+            .map_err(|e| format!("{account:?} is not an account: {e}"))?,
+        amount: tokens
+            .parse()
+            .map_err(|e| format!("{tokens:?} is not an amount of tokens: {e}"))?,
+    })
+}
+
 fn new(
     globals: &Globals,
     out: &Path,
     chain_id: &str,
     validators: usize,
+    network: Network,
     keys_dir: &Path,
     force: bool,
 ) -> anyhow::Result<()> {
@@ -79,10 +144,39 @@ fn new(
         .context("the system clock is before 1970")?
         .as_millis();
     let now_ms = u64::try_from(now_ms).context("the system clock is past the year 500 million")?;
-    let devnet = Devnet::generate(chain_id, validators, now_ms)?;
+    let count = if network.validators.is_empty() {
+        validators
+    } else {
+        network.validators.len()
+    };
+    let mut devnet = Devnet::generate(chain_id, count, now_ms)?;
+    if !network.validators.is_empty() {
+        // The operators keep their own keys: none is made here.
+        devnet.validator_keys.clear();
+        devnet.genesis.validators = network
+            .validators
+            .iter()
+            .map(|v| {
+                let host = v
+                    .address
+                    .rsplit_once(':')
+                    .map_or(v.address.as_str(), |(host, _)| host);
+                GenesisValidator {
+                    account: v.account,
+                    address: Some(v.address.clone()),
+                    api: Some(format!("http://{host}:{}", network.api_port)),
+                }
+            })
+            .collect();
+    }
+    devnet.genesis.mesh_bootstrap = network.mesh_bootstrap;
+    devnet.genesis.balances.extend(network.fund);
+    if !network.params.is_empty() {
+        devnet.genesis = peergrid_devnet::with_params(&devnet.genesis, &network.params)?;
+    }
     devnet.genesis.check()?;
 
-    let validator_files: Vec<PathBuf> = (0..validators)
+    let validator_files: Vec<PathBuf> = (0..devnet.validator_keys.len())
         .map(|i| keys_dir.join(format!("validator-{i}.json")))
         .collect();
     let demo_file = keys_dir.join("demo.json");
@@ -116,7 +210,7 @@ fn new(
     }
     // The genesis goes last: if it exists, so do the keys it names.
     write_public_atomically(out, devnet.genesis.to_toml().as_bytes(), force)?;
-    tracing::info!(file = %out.display(), keys = %keys_dir.display(), "wrote devnet genesis");
+    tracing::info!(file = %out.display(), keys = %keys_dir.display(), "wrote genesis");
 
     let genesis = &devnet.genesis;
     let demo_phrase = devnet.demo.mnemonic();
@@ -131,13 +225,18 @@ fn new(
             "genesis_time_ms": genesis.genesis_time_ms,
             "supply": genesis.supply(),
             "keys_dir": keys_dir,
-            "validators": devnet.validator_keys.iter().zip(&validator_files)
-                .map(|(k, f)| key(k, f)).collect::<Vec<_>>(),
+            "validators": genesis.validators.iter().enumerate().map(|(i, v)| json!({
+                "account": v.account,
+                "address": v.address,
+                "api": v.api,
+                "file": validator_files.get(i),
+            })).collect::<Vec<_>>(),
+            "mesh_bootstrap": genesis.mesh_bootstrap,
             "demo": demo,
             "faucet": key(&devnet.faucet, &faucet_file),
         }));
     }
-    println!("Devnet genesis written.\n");
+    println!("Genesis written.\n");
     output::rows(&[
         ("chain id", genesis.chain_id.clone()),
         ("genesis hash", genesis.hash().to_string()),
@@ -145,14 +244,23 @@ fn new(
         ("keys", keys_dir.display().to_string()),
         ("supply", format!("{} {TICKER}", genesis.supply())),
     ]);
-    println!("\nValidators ({})", devnet.validator_keys.len());
-    for (i, (key, file)) in devnet
-        .validator_keys
-        .iter()
-        .zip(&validator_files)
-        .enumerate()
-    {
-        println!("  {i:>3}  {}  {}", key.account(), file.display());
+    println!("\nValidators ({})", genesis.validators.len());
+    for (i, v) in genesis.validators.iter().enumerate() {
+        match (validator_files.get(i), &v.address) {
+            (Some(file), _) => println!("  {i:>3}  {}  {}", v.account, file.display()),
+            (None, Some(address)) => println!(
+                "  {i:>3}  {}  {address}  {}",
+                v.account,
+                v.api.as_deref().unwrap_or("-")
+            ),
+            (None, None) => println!("  {i:>3}  {}", v.account),
+        }
+    }
+    if !genesis.mesh_bootstrap.is_empty() {
+        println!("\nMesh bootstrap peers");
+        for peer in &genesis.mesh_bootstrap {
+            println!("  {peer}");
+        }
     }
     println!("\nDemo account (funded; it alone is the council)");
     output::rows(&[

@@ -57,6 +57,9 @@ pub enum ValidatorCommand {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Ask every validator of --ledger how it is doing: height, epoch, finalizing, and
+    /// whether they agree on the state root at the highest height all of them reached.
+    Status,
 }
 
 #[derive(clap::Args)]
@@ -204,10 +207,14 @@ pub fn tx(globals: &Globals, cmd: TxCommand) -> anyhow::Result<()> {
     })
 }
 
-pub fn validator(cmd: ValidatorCommand) -> anyhow::Result<()> {
-    let ValidatorCommand::Run { config } = cmd;
-    let cfg = peergrid_chain::validator::ValidatorConfig::load(&config)?;
-    peergrid_chain::validator::run(cfg, crate::stop_requested())
+pub fn validator(globals: &Globals, cmd: ValidatorCommand) -> anyhow::Result<()> {
+    match cmd {
+        ValidatorCommand::Run { config } => {
+            let cfg = peergrid_chain::validator::ValidatorConfig::load(&config)?;
+            peergrid_chain::validator::run(cfg, crate::stop_requested())
+        }
+        ValidatorCommand::Status => validator_status(globals),
+    }
 }
 
 pub fn devnet(globals: &Globals, args: DevnetArgs) -> anyhow::Result<()> {
@@ -334,29 +341,7 @@ fn devnet_status(globals: &Globals, dir: &std::path::Path) -> anyhow::Result<()>
         if globals.json {
             output::json(&health)?;
         } else {
-            println!(
-                "{:<26} {:>8} {:>6}  {:<10}  state root",
-                "validator API", "height", "epoch", "state"
-            );
-            let number = |v: Option<u64>| v.map_or_else(|| "-".into(), |n| n.to_string());
-            for v in &health.validators {
-                let state = if v.finalizing {
-                    "finalizing"
-                } else if v.error.is_some() {
-                    "down"
-                } else {
-                    "stalled"
-                };
-                let root = v.root.map(|r| r.to_string()).unwrap_or_else(|| "-".into());
-                println!(
-                    "{:<26} {:>8} {:>6}  {:<10}  {}",
-                    v.api,
-                    number(v.height),
-                    number(v.epoch),
-                    state,
-                    &root[..16.min(root.len())],
-                );
-            }
+            print_validators(&health);
             if !processes.is_empty() {
                 println!();
                 let table: Vec<Vec<String>> = processes
@@ -383,6 +368,78 @@ fn devnet_status(globals: &Globals, dir: &std::path::Path) -> anyhow::Result<()>
                 health.finalizing_count(),
                 running.apis.len()
             );
+        }
+        Ok(())
+    })
+}
+
+/// The validators' table of a health report, then whether they agree on the state.
+fn print_validators(health: &peergrid_devnet::Health) {
+    println!(
+        "{:<26} {:>8} {:>6}  {:<10}  state root",
+        "validator API", "height", "epoch", "state"
+    );
+    let number = |v: Option<u64>| v.map_or_else(|| "-".into(), |n| n.to_string());
+    for v in &health.validators {
+        let state = if v.finalizing {
+            "finalizing"
+        } else if v.error.is_some() {
+            "down"
+        } else {
+            "stalled"
+        };
+        let root = v.root.map(|r| r.to_string()).unwrap_or_else(|| "-".into());
+        println!(
+            "{:<26} {:>8} {:>6}  {:<10}  {}",
+            v.api,
+            number(v.height),
+            number(v.epoch),
+            state,
+            &root[..16.min(root.len())],
+        );
+    }
+    match &health.agreement {
+        Some(a) if a.agree => println!(
+            "\nevery validator that answered has state root {} at height {}",
+            a.roots
+                .iter()
+                .flatten()
+                .next()
+                .map(|r| r.to_string())
+                .unwrap_or_default(),
+            a.height
+        ),
+        Some(a) => {
+            println!("\nVALIDATORS DISAGREE at height {}:", a.height);
+            for (v, root) in health.validators.iter().zip(&a.roots) {
+                let root = root.map_or_else(|| "-".to_string(), |r| r.to_string());
+                println!("  {:<26} {root}", v.api);
+            }
+        }
+        None => {}
+    }
+}
+
+/// `peergrid validator status`: every validator of --ledger (or of the running devnet).
+fn validator_status(globals: &Globals) -> anyhow::Result<()> {
+    let apis = globals.ledger_urls()?;
+    crate::runtime()?.block_on(async {
+        let health = peergrid_devnet::network_health(&apis).await;
+        if globals.json {
+            output::json(&health)?;
+        } else {
+            print_validators(&health);
+        }
+        if !health.finalizing {
+            bail!(
+                "the chain is not finalizing: {} of {} validators are; `peergrid validator status` \
+                 again in a few seconds, or look at the logs of those that are down",
+                health.finalizing_count(),
+                apis.len()
+            );
+        }
+        if health.agreement.as_ref().is_some_and(|a| !a.agree) {
+            bail!("the validators disagree on the state: see above");
         }
         Ok(())
     })

@@ -150,18 +150,26 @@ impl Globals {
         Ok(own)
     }
 
+    /// The ledger API URLs of `--ledger`, or of the running devnet.
+    fn ledger_urls(&self) -> anyhow::Result<Vec<String>> {
+        if let Some(urls) = &self.ledger {
+            return Ok(urls
+                .split(',')
+                .map(|u| u.trim().to_string())
+                .filter(|u| !u.is_empty())
+                .collect());
+        }
+        match peergrid_devnet::running(&peergrid_devnet::default_dir()) {
+            Some(r) => Ok(r.apis),
+            None => anyhow::bail!(
+                "no ledger to talk to: start one with `peergrid devnet`, or pass --ledger URL"
+            ),
+        }
+    }
+
     /// A client of `--ledger`, or of the running devnet.
     fn client(&self) -> anyhow::Result<peergrid_client::Client> {
-        let client = if let Some(urls) = &self.ledger {
-            peergrid_client::Client::new(urls.split(',').map(|u| u.trim().to_string()).collect())
-        } else {
-            match peergrid_devnet::running(&peergrid_devnet::default_dir()) {
-                Some(r) => peergrid_client::Client::new(r.apis),
-                None => anyhow::bail!(
-                    "no ledger to talk to: start one with `peergrid devnet`, or pass --ledger URL"
-                ),
-            }
-        };
+        let client = peergrid_client::Client::new(self.ledger_urls()?);
         let client = match self.ledger_ca_pem()? {
             Some(pem) => client.with_root_certificates(&pem).context("--ledger-ca")?,
             None => client,
@@ -233,7 +241,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Key(cmd) => key::run(&globals, cmd),
         Command::Genesis(cmd) => genesis::run(&globals, cmd),
         Command::Devnet(args) => ledger::devnet(&globals, args),
-        Command::Validator(cmd) => ledger::validator(cmd),
+        Command::Validator(cmd) => ledger::validator(&globals, cmd),
         Command::Wallet(cmd) => ledger::wallet(&globals, cmd),
         Command::Tx(cmd) => ledger::tx(&globals, cmd),
         Command::Bench(cmd) => ledger::bench(&globals, cmd),

@@ -164,3 +164,239 @@ fn two_peergrid_processes_one_behind_nat_exchange_100_mib_authenticated_by_their
     assert_eq!(transfer["peer"], sender_id, "the sender proved its key");
     assert_eq!(transfer["blake3"], sent["blake3"]);
 }
+
+/// A long-running `peergrid` process (validator, node) inside `ns`, its output in `log`.
+fn spawn_logged(ns: &str, home: &Path, args: &[&str], log: &Path) -> Running {
+    let file = std::fs::File::create(log).expect("log file");
+    let err = file.try_clone().expect("log file");
+    Running(
+        peergrid(ns, home, args)
+            .stdout(file)
+            .stderr(err)
+            .spawn()
+            .expect("spawn peergrid"),
+    )
+}
+
+/// The last lines of a log, for a failure message.
+fn tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+/// `docs/network.md` as written: four validators and two nodes, each on its own host
+/// (namespace) with its own address. Each validator operator makes a key; one person
+/// writes the genesis from their accounts and addresses; each validator runs from its
+/// own configuration; a farmer creates a farm and starts two nodes that join the mesh
+/// through the bootstrap peer the genesis names. Then a transfer is final, every
+/// validator agrees on the state, and both nodes are up on the ledger.
+#[test]
+fn a_network_of_four_validators_and_two_nodes_on_six_hosts_runs_as_docs_network_md_says() {
+    if skip_unless_available() {
+        return;
+    }
+    let mut lab = Lab::new();
+    let validators: Vec<_> = (0..4u8)
+        .map(|i| lab.public_host(&format!("v{i}"), 21 + i))
+        .collect();
+    let nodes: Vec<_> = (0..2u8)
+        .map(|i| lab.public_host(&format!("n{i}"), 31 + i))
+        .collect();
+    let ops = lab.public_host("ops", 40);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = |p: &str| dir.path().join(p);
+    let text = |p: &Path| p.to_str().expect("utf-8 path").to_string();
+
+    // Step 1: every validator operator makes a key and says its account and address.
+    let mut entries = Vec::new();
+    for (i, host) in validators.iter().enumerate() {
+        let key = path(&format!("v{i}/validator.json"));
+        let out = Command::new(env!("CARGO_BIN_EXE_peergrid"))
+            .args(["--json", "--key", &text(&key), "key", "new"])
+            .env_remove("PEERGRID_DEVNET")
+            .output()
+            .expect("key new");
+        entries.push(format!(
+            "{}@{}:8800",
+            json(&out)["account"].as_str().expect("account"),
+            host.ip
+        ));
+    }
+    // Node 0's key is made ahead, so the genesis can name it as the mesh's bootstrap peer.
+    let n0_key = path("n0/data/node-key.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_peergrid"))
+        .args(["--json", "--key", &text(&n0_key), "key", "new"])
+        .output()
+        .expect("key new");
+    let n0_account = json(&out)["account"].as_str().expect("account").to_string();
+    let bootstrap = format!("/ip4/{}/tcp/4001/p2p/{n0_account}", nodes[0].ip);
+
+    // Step 2: one person writes the genesis from those, and hands it to everyone.
+    let genesis = path("net/genesis.toml");
+    let mut args = vec![
+        "--json".to_string(),
+        "genesis".into(),
+        "new".into(),
+        "--out".into(),
+        text(&genesis),
+        "--chain-id".into(),
+        "netns-test".into(),
+        "--mesh-bootstrap".into(),
+        bootstrap.clone(),
+    ];
+    for e in &entries {
+        args.extend(["--validator".to_string(), e.clone()]);
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_peergrid"))
+        .args(&args)
+        .output()
+        .expect("genesis new");
+    let written = json(&out);
+    assert_eq!(written["validators"].as_array().map(Vec::len), Some(4));
+    let demo_key = text(&path("net/keys/demo.json"));
+    let ledger = validators
+        .iter()
+        .map(|h| format!("http://{}:8700", h.ip))
+        .collect::<Vec<_>>()
+        .join(",");
+
+    // Step 3: every validator runs from its own configuration, on its own host.
+    let mut running = Vec::new();
+    for (i, host) in validators.iter().enumerate() {
+        let config = path(&format!("v{i}/validator.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "genesis = {genesis:?}\nkey = \"validator.json\"\ndata_dir = \"data\"\n\
+                 p2p_listen = \"0.0.0.0:8800\"\napi_listen = \"0.0.0.0:8700\"\n",
+                genesis = text(&genesis)
+            ),
+        )
+        .expect("write config");
+        running.push(spawn_logged(
+            &host.ns,
+            &path(&format!("v{i}")),
+            &["validator", "run", "--config", &text(&config)],
+            &path(&format!("v{i}.log")),
+        ));
+    }
+    let ops_home = path("ops");
+    let cli = |args: &[&str]| {
+        let mut all = vec!["--json", "--key", &demo_key, "--ledger", &ledger];
+        all.extend_from_slice(args);
+        peergrid(&ops.ns, &ops_home, &all)
+            .output()
+            .expect("peergrid")
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = cli(&["validator", "status"]);
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the network never finalized: {}\nvalidator 0's log:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            tail(&path("v0.log"))
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // Step 4: a farmer creates a farm and starts a node on each node host.
+    let farm = json(&cli(&["farm", "create", "netns-farm"]))["farm"]
+        .as_u64()
+        .expect("farm id")
+        .to_string();
+    for (i, host) in nodes.iter().enumerate() {
+        let data = path(&format!("n{i}/data"));
+        std::fs::create_dir_all(&data).expect("data dir");
+        let mut args = vec![
+            "--key",
+            &demo_key,
+            "--ledger",
+            &ledger,
+            "node",
+            "run",
+            "--farm",
+            &farm,
+            "--country",
+            "BE",
+            "--city",
+            "Ghent",
+            "--latitude",
+            "51.05",
+            "--longitude",
+            "3.72",
+            "--listen",
+            "/ip4/0.0.0.0/tcp/4001",
+        ];
+        let data_text = text(&data);
+        args.extend(["--data-dir", &data_text]);
+        running.push(spawn_logged(
+            &host.ns,
+            &path(&format!("n{i}")),
+            &args,
+            &path(&format!("n{i}.log")),
+        ));
+    }
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let list = json(&cli(&["node", "list", "--farm", &farm]));
+        let up = list["nodes"]
+            .as_array()
+            .map_or(0, |n| n.iter().filter(|n| n["status"] == "up").count());
+        if up == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the nodes never both came up: {list}\nnode 1's log:\n{}",
+            tail(&path("n1.log"))
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // Node 1 found the mesh through node 0, the genesis's bootstrap peer: its local
+    // status endpoint (inside its host) counts a connected mesh peer.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = lab.exec(
+            &nodes[1].ns,
+            "bash",
+            &[
+                "-c",
+                "exec 3<>/dev/tcp/127.0.0.1/9100; \
+                 printf 'GET /v1/status HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3",
+            ],
+        );
+        let answer = String::from_utf8_lossy(&out.stdout).to_string();
+        let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let status: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+        if status["mesh_connected_peers"].as_u64().unwrap_or(0) >= 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 1 never joined the mesh: {answer}\n{}",
+            tail(&path("n1.log"))
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // Step 5: a transfer is final, and every validator agrees on the state.
+    let to = entries[3].split('@').next().expect("account").to_string();
+    let sent = json(&cli(&["wallet", "transfer", "--to", &to, "--amount", "3"]));
+    assert_eq!(sent["status"]["status"], "finalized", "{sent}");
+    let status = json(&cli(&["validator", "status"]));
+    assert_eq!(status["finalizing"], true, "{status}");
+    assert_eq!(status["agreement"]["agree"], true, "{status}");
+    let roots = status["agreement"]["roots"].as_array().expect("roots");
+    assert_eq!(
+        roots.iter().filter(|r| r.is_string()).count(),
+        4,
+        "{status}"
+    );
+    assert_eq!(status["chain_id"], "netns-test");
+    drop(running);
+}

@@ -690,16 +690,34 @@ impl Client {
         ))
     }
 
-    /// Sign, submit and wait for finality: the one call most tools need.
+    /// Sign, submit and wait for finality: the one call most tools need. When another
+    /// process signing with the same key holds the nonce (two nodes of one farmer funding
+    /// themselves at once), it waits for that transaction and signs again at the next
+    /// nonce, until `timeout`.
     pub async fn send(
         &self,
         key: &Keypair,
         payload: Payload,
         timeout: Duration,
     ) -> Result<(TxHash, TxStatus), ClientError> {
-        let tx = self.sign(key, payload).await?;
-        let hash = self.submit(&tx).await?;
-        Ok((hash, self.wait(&hash, timeout).await?))
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let tx = self.sign(key, payload.clone()).await?;
+            match self.submit(&tx).await {
+                Ok(hash) => {
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    return Ok((hash, self.wait(&hash, left).await?));
+                }
+                Err(ClientError::Refused { kind, .. })
+                    if (kind == "nonce_taken" || kind == "stale_nonce")
+                        && tokio::time::Instant::now() + NONCE_RETRY < deadline =>
+                {
+                    debug!(%kind, "the nonce is taken; signing again after the other transaction");
+                    tokio::time::sleep(NONCE_RETRY).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Sign `payloads` with `key` at consecutive nonces, submit them in one request and
@@ -882,6 +900,8 @@ fn http_clients(
     })
 }
 
+/// How long [`Client::send`] waits before signing again when its nonce was taken.
+const NONCE_RETRY: Duration = Duration::from_millis(250);
 /// Longest `Retry-After` the event stream honours: a validator cannot park a client longer.
 const RETRY_AFTER_MAX_SECS: u64 = 30;
 /// How often [`Client::wait_all`] asks for the transactions still pending, besides following

@@ -855,7 +855,7 @@ mod tests {
     }
 }
 
-/// One validator of a running devnet as its API answers.
+/// One validator as its API answers.
 #[derive(Clone, Debug, Serialize)]
 pub struct ValidatorHealth {
     /// Its API's URL.
@@ -888,8 +888,24 @@ pub struct Health {
     pub finalizing: bool,
     /// Each validator.
     pub validators: Vec<ValidatorHealth>,
+    /// The highest height every answering validator has finalized, and whether they all
+    /// hold the same state root there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agreement: Option<Agreement>,
     /// Each supervised process, with its restarts and last exit.
     pub processes: Vec<ProcessStatus>,
+}
+
+/// Whether validators agree on the state at the highest height they all finalized.
+#[derive(Clone, Debug, Serialize)]
+pub struct Agreement {
+    /// That height.
+    pub height: u64,
+    /// Each answering validator's state root there, in the order of [`Health::validators`]
+    /// (none where it could not answer).
+    pub roots: Vec<Option<peergrid_core::Hash>>,
+    /// Whether every root given is the same.
+    pub agree: bool,
 }
 
 impl Health {
@@ -901,12 +917,27 @@ impl Health {
 
 /// Ask every validator of the devnet running from `running` how it is doing.
 pub async fn health(dir: &Path, running: &Running) -> Health {
+    let mut health = network_health(&running.apis).await;
+    health.processes = processes(dir);
+    if health.chain_id.is_empty() {
+        health.chain_id = running.chain_id.clone();
+    }
+    health
+}
+
+/// Ask every validator at `apis` how it is doing, and whether they agree on the state at
+/// the highest height all of them finalized: what an operator checks on any network.
+pub async fn network_health(apis: &[String]) -> Health {
     let mut validators = Vec::new();
-    for api in &running.apis {
+    let mut chain_id = String::new();
+    for api in apis {
         let client = Client::new(vec![api.clone()]);
         validators.push(match client.status().await {
             Ok(s) => ValidatorHealth {
-                api: api.clone(),
+                api: {
+                    chain_id = s.data.chain_id.clone();
+                    api.clone()
+                },
                 height: Some(s.height),
                 epoch: Some(s.data.epoch),
                 root: Some(s.root),
@@ -925,12 +956,42 @@ pub async fn health(dir: &Path, running: &Running) -> Health {
             },
         });
     }
-    let quorum = running.apis.len() * 2 / 3 + 1;
+    let quorum = apis.len() * 2 / 3 + 1;
     let finalizing = validators.iter().filter(|v| v.finalizing).count();
+    let agreement = agreement(&validators).await;
     Health {
-        chain_id: running.chain_id.clone(),
-        finalizing: finalizing >= quorum.min(running.apis.len()),
+        chain_id,
+        finalizing: finalizing >= quorum.min(apis.len()),
         validators,
-        processes: processes(dir),
+        agreement,
+        processes: Vec::new(),
     }
+}
+
+/// The state roots of `validators` at the highest height all that answered have finalized.
+async fn agreement(validators: &[ValidatorHealth]) -> Option<Agreement> {
+    let height = validators.iter().filter_map(|v| v.height).min()?;
+    if height == 0 {
+        return None;
+    }
+    let mut roots = Vec::new();
+    for v in validators {
+        let root = match v.height {
+            Some(_) => Client::new(vec![v.api.clone()])
+                .block(height)
+                .await
+                .ok()
+                .map(|b| b.root),
+            None => None,
+        };
+        roots.push(root);
+    }
+    let mut given = roots.iter().flatten();
+    let first = given.next().copied();
+    let agree = first.is_some() && given.all(|r| Some(*r) == first);
+    Some(Agreement {
+        height,
+        roots,
+        agree,
+    })
 }
