@@ -302,8 +302,18 @@ impl QuicTransport {
     }
 
     fn endpoint(&self, socket: UdpSocket, server: bool) -> Result<Endpoint, Error> {
+        let mut config = self.endpoint.clone();
+        let local = socket.local_addr()?;
+        // quinn sizes its receive buffers from this; see UDP_PAYLOAD_OFF_LOOPBACK_MAX.
+        if let Some(cap) = payload_cap(local) {
+            config.max_udp_payload_size(cap).map_err(|e| {
+                Error::Io(std::io::Error::other(format!(
+                    "cannot cap QUIC datagrams at {cap} bytes: {e}"
+                )))
+            })?;
+        }
         Ok(Endpoint::new(
-            self.endpoint.clone(),
+            config,
             server.then(|| self.servers.small.clone()),
             socket,
             Arc::new(quinn::TokioRuntime),
@@ -335,6 +345,18 @@ impl QuicTransport {
 }
 
 /// A UDP socket bound to `addr`, with buffers for bursts at high rates.
+/// Largest UDP payload an endpoint not bound to loopback accepts: a 9,000-byte jumbo
+/// Ethernet frame's, less the IPv4 and UDP headers. Real paths carry no more, and quinn
+/// sizes each endpoint's receive buffers from this limit (a batch of datagrams of that
+/// size), so 64 KiB datagrams everywhere would hold several MiB per endpoint for nothing.
+pub const UDP_PAYLOAD_OFF_LOOPBACK_MAX: u16 = 8_972;
+
+/// The payload cap for an endpoint bound to `local`: none on loopback, whose 64 KiB
+/// datagrams are what make QUIC fast there ([`GSO_DATAGRAM_MAX`]).
+fn payload_cap(local: SocketAddr) -> Option<u16> {
+    (!local.ip().is_loopback()).then_some(UDP_PAYLOAD_OFF_LOOPBACK_MAX)
+}
+
 fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     use socket2::{Domain, Protocol as SockProtocol, Socket, Type};
     let socket = Socket::new(
@@ -680,6 +702,17 @@ mod tests {
             let addr: Multiaddr = other.parse().expect("valid address");
             assert_eq!(parse(&addr), None, "{other}");
         }
+    }
+
+    #[test]
+    fn datagrams_are_capped_at_a_jumbo_frame_off_loopback_only() {
+        let at = |a: &str| payload_cap(a.parse().expect("socket address"));
+        assert_eq!(at("127.0.0.1:4001"), None);
+        assert_eq!(at("[::1]:4001"), None);
+        assert_eq!(at("0.0.0.0:4001"), Some(UDP_PAYLOAD_OFF_LOOPBACK_MAX));
+        assert_eq!(at("10.77.0.21:4001"), Some(UDP_PAYLOAD_OFF_LOOPBACK_MAX));
+        assert_eq!(at("[::]:4001"), Some(UDP_PAYLOAD_OFF_LOOPBACK_MAX));
+        assert!(UDP_PAYLOAD_OFF_LOOPBACK_MAX < Config::default().datagram_bytes_max);
     }
 
     async fn next_event(t: &mut QuicTransport) -> TransportEvent<Upgrade, Error> {
