@@ -23,6 +23,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -60,6 +61,10 @@ pub struct Config {
     pub connection_window_bytes: u32,
     /// Largest UDP payload path MTU discovery tries, and that we accept.
     pub datagram_bytes_max: u16,
+    /// Inbound handshakes in progress on one listener beyond which a peer whose address
+    /// is not validated is first sent a Retry: a spoofed Initial packet then costs a
+    /// datagram instead of a handshake slot.
+    pub retry_above_handshakes: usize,
 }
 
 impl Default for Config {
@@ -76,6 +81,8 @@ impl Default for Config {
             // An IPv4 datagram's largest payload; MTU discovery stops at what the path
             // carries.
             datagram_bytes_max: 65_507,
+            // Half the swarm's 64 pending inbound connections, which TCP shares.
+            retry_above_handshakes: 32,
         }
     }
 }
@@ -239,6 +246,7 @@ pub struct QuicTransport {
     servers: Routes<quinn::ServerConfig, Arc<quinn::ServerConfig>>,
     endpoint: quinn::EndpointConfig,
     handshake_timeout: Duration,
+    retry_above_handshakes: usize,
     listeners: SelectAll<Listener>,
     /// Client-only endpoints for dials when no listener fits, one per address family.
     dialers: HashMap<bool, Endpoint>,
@@ -295,6 +303,7 @@ impl QuicTransport {
             servers,
             endpoint,
             handshake_timeout: config.handshake_timeout,
+            retry_above_handshakes: config.retry_above_handshakes,
             listeners: SelectAll::new(),
             dialers: HashMap::new(),
             waker: None,
@@ -344,7 +353,6 @@ impl QuicTransport {
     }
 }
 
-/// A UDP socket bound to `addr`, with buffers for bursts at high rates.
 /// Largest UDP payload an endpoint not bound to loopback accepts: a 9,000-byte jumbo
 /// Ethernet frame's, less the IPv4 and UDP headers. Real paths carry no more, and quinn
 /// sizes each endpoint's receive buffers from this limit (a batch of datagrams of that
@@ -357,6 +365,7 @@ fn payload_cap(local: SocketAddr) -> Option<u16> {
     (!local.ip().is_loopback()).then_some(UDP_PAYLOAD_OFF_LOOPBACK_MAX)
 }
 
+/// A UDP socket bound to `addr`, with buffers for bursts at high rates.
 fn bind(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     use socket2::{Domain, Protocol as SockProtocol, Socket, Type};
     let socket = Socket::new(
@@ -444,8 +453,9 @@ impl libp2p::core::Transport for QuicTransport {
             .map_err(|e| TransportError::Other(e.into()))?;
         let endpoint = self.endpoint(socket, true).map_err(TransportError::Other)?;
         let large = self.servers.large.clone();
-        let listener = Listener::new(id, endpoint, local, large, self.handshake_timeout)
-            .map_err(TransportError::Other)?;
+        let limits = (self.handshake_timeout, self.retry_above_handshakes);
+        let listener =
+            Listener::new(id, endpoint, local, large, limits).map_err(TransportError::Other)?;
         self.listeners.push(listener);
         // Dials now go out from the listening port; the client-only endpoint ends with
         // its last connection.
@@ -515,6 +525,28 @@ struct Listener {
     accept: BoxFuture<'static, Option<quinn::Incoming>>,
     events: VecDeque<TransportEvent<Upgrade, Error>>,
     closed: bool,
+    /// Inbound handshakes handed to the swarm and not yet over.
+    handshaking: Arc<AtomicUsize>,
+    /// See [`Config::retry_above_handshakes`].
+    retry_above: usize,
+    /// Retries sent so far.
+    retries: u64,
+}
+
+/// One inbound handshake counted while it lasts.
+struct Handshaking(Arc<AtomicUsize>);
+
+impl Handshaking {
+    fn start(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Handshaking(count.clone())
+    }
+}
+
+impl Drop for Handshaking {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Listener {
@@ -523,7 +555,7 @@ impl Listener {
         endpoint: Endpoint,
         local: SocketAddr,
         large_routes: Arc<quinn::ServerConfig>,
-        handshake_timeout: Duration,
+        (handshake_timeout, retry_above): (Duration, usize),
     ) -> Result<Self, Error> {
         let mut events = VecDeque::new();
         let mut ips = HashSet::new();
@@ -548,6 +580,9 @@ impl Listener {
             ips,
             events,
             closed: false,
+            handshaking: Arc::new(AtomicUsize::new(0)),
+            retry_above,
+            retries: 0,
         })
     }
 
@@ -606,9 +641,11 @@ impl Listener {
         let send_back_addr = multiaddr(incoming.remote_address());
         let timeout = self.handshake_timeout;
         let large = self.large_routes.clone();
+        let counted = Handshaking::start(&self.handshaking);
         // Run only for attempts the swarm lets through (a dropped `Incoming` is refused),
         // so a flood of first packets costs no route lookups.
         let upgrade = async move {
+            let _counted = counted;
             let connecting = if large_datagram_route(incoming.remote_address()) {
                 incoming.accept_with(large)?
             } else {
@@ -661,6 +698,16 @@ impl Stream for Listener {
             match this.accept.poll_unpin(cx) {
                 Poll::Ready(Some(incoming)) => {
                     this.accept = accept(this.endpoint.clone());
+                    // Under load, a peer must first prove it receives at its address.
+                    if !incoming.remote_address_validated()
+                        && incoming.may_retry()
+                        && this.handshaking.load(Ordering::Relaxed) >= this.retry_above
+                    {
+                        if incoming.retry().is_ok() {
+                            this.retries += 1;
+                        }
+                        continue;
+                    }
                     return Poll::Ready(Some(this.incoming(incoming)));
                 }
                 Poll::Ready(None) => {
@@ -739,6 +786,42 @@ mod tests {
             port_use: PortUse::New,
         };
         t.dial(addr, opts).expect("dial")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn under_load_a_peer_proves_its_address_with_a_retry_and_still_connects() {
+        let (ka, kb) = (keypair(), keypair());
+        // Any handshake in progress counts as load: every unvalidated peer gets a Retry.
+        let config = Config {
+            retry_above_handshakes: 0,
+            ..Config::default()
+        };
+        let mut b = QuicTransport::new(&kb, config).expect("config");
+        b.listen_on(
+            ListenerId::next(),
+            "/ip4/127.0.0.1/udp/0/quic-v1".parse().expect("addr"),
+        )
+        .expect("listen");
+        let TransportEvent::NewAddress { listen_addr, .. } = next_event(&mut b).await else {
+            panic!("the listener reported no address");
+        };
+        let mut a = QuicTransport::new(&ka, Config::default()).expect("config");
+        let dialing = dial(&mut a, listen_addr);
+        let server = tokio::spawn(async move {
+            let TransportEvent::Incoming { upgrade, .. } = next_event(&mut b).await else {
+                panic!("no incoming connection");
+            };
+            let (peer, _conn) = upgrade.await.expect("inbound handshake");
+            let retries: u64 = b.listeners.iter().map(|l| l.retries).sum();
+            (peer, retries)
+        });
+        let (peer, _conn) = dialing.await.expect("outbound handshake after the retry");
+        assert_eq!(peer, kb.public().to_peer_id());
+        let (inbound, retries) = server.await.expect("server");
+        assert_eq!(inbound, ka.public().to_peer_id());
+        // A client may send its Initial again before the Retry reaches it; each copy from
+        // an unproven address is answered with one, and the client follows the first.
+        assert!(retries >= 1, "the first Initial was answered with a Retry");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
