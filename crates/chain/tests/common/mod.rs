@@ -128,17 +128,20 @@ impl PeerSets for SimPeers {
     }
 }
 
+/// Every ordered pair of distinct peers.
+fn pairs(peers: &[PublicKey]) -> impl Iterator<Item = (&PublicKey, &PublicKey)> {
+    peers
+        .iter()
+        .flat_map(move |a| peers.iter().filter(move |b| *b != a).map(move |b| (a, b)))
+}
+
 pub async fn link_all(
     oracle: &Oracle<PublicKey, deterministic::Context>,
     peers: &[PublicKey],
     link: Link,
 ) {
-    for a in peers {
-        for b in peers {
-            if a != b {
-                let _ = oracle.add_link(a.clone(), b.clone(), link.clone()).await;
-            }
-        }
+    for (a, b) in pairs(peers) {
+        let _ = oracle.add_link(a.clone(), b.clone(), link.clone()).await;
     }
 }
 
@@ -148,14 +151,10 @@ pub async fn relink_all(
     peers: &[PublicKey],
     link: Link,
 ) {
-    for a in peers {
-        for b in peers {
-            if a != b {
-                let _ = oracle.remove_link(a.clone(), b.clone()).await;
-                let _ = oracle.add_link(a.clone(), b.clone(), link.clone()).await;
-            }
-        }
+    for (a, b) in pairs(peers) {
+        let _ = oracle.remove_link(a.clone(), b.clone()).await;
     }
+    link_all(oracle, peers, link).await;
 }
 
 pub async fn cut(oracle: &Oracle<PublicKey, deterministic::Context>, a: &PublicKey, b: &PublicKey) {
