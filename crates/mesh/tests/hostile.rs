@@ -415,3 +415,54 @@ async fn a_burst_of_streams_waits_for_a_slow_acceptor_and_one_peer_cannot_fill_t
     assert_eq!(from_other, 1, "another peer still gets in");
     kept.clear();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_sends_slowly_holds_only_its_share_and_others_are_served() {
+    let shared = ECHO.with_concurrency(64, 2);
+    let server = peer().await;
+    server
+        .serve(shared.clone(), |_, b| async move { Ok(b) })
+        .expect("serve");
+    let (slow, honest) = (peer().await, peer().await);
+    let server_addr = addr(&server, "tcp").await;
+    for p in [&slow, &honest] {
+        p.connect(server.peer_id(), vec![server_addr.clone()])
+            .await
+            .expect("connects");
+    }
+    // Requests that never finish: two bytes of a four-byte length, then nothing.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = slow
+            .open_stream(server.peer_id(), shared.name.clone())
+            .await
+            .expect("open");
+        stream.write_all(&[0, 0]).await.expect("write");
+        stream.flush().await.expect("flush");
+        held.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A third is refused at once, with the reason, while the two wait for their deadline.
+    let mut third = slow
+        .open_stream(server.peer_id(), shared.name.clone())
+        .await
+        .expect("open");
+    third.write_all(&[0, 0]).await.expect("write");
+    third.flush().await.expect("flush");
+    let mut head = [0u8; 5];
+    tokio::time::timeout(Duration::from_secs(2), third.read_exact(&mut head))
+        .await
+        .expect("refused at once")
+        .expect("a refusal");
+    assert_eq!(Status::from_byte(head[0]), Some(Status::Busy));
+    // Another peer is served at once.
+    let answer = tokio::time::timeout(
+        Duration::from_secs(2),
+        honest.request(server.peer_id(), &shared, b"hi"),
+    )
+    .await
+    .expect("served without waiting")
+    .expect("served");
+    assert_eq!(answer, b"hi");
+    drop(held);
+}

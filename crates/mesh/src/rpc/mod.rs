@@ -21,6 +21,7 @@
 
 pub mod protocol;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,11 +59,14 @@ pub struct RpcProtocol {
     pub rate: Rate,
     /// Requests served at once on this protocol, across peers.
     pub concurrent_max: usize,
+    /// Requests served at once for one peer: a peer that sends slowly (a byte a second)
+    /// holds at most this many slots until the deadline cuts it off, never all of them.
+    pub concurrent_per_peer_max: usize,
 }
 
 impl RpcProtocol {
     /// A protocol with 64 KiB requests and responses, a 10 s deadline, 20 requests
-    /// per second per peer (bursts of 40) and 64 requests served at once.
+    /// per second per peer (bursts of 40) and 64 requests served at once, 8 per peer.
     pub const fn new(name: &'static str) -> Self {
         Self {
             name: StreamProtocol::new(name),
@@ -74,7 +78,15 @@ impl RpcProtocol {
                 burst: 40,
             },
             concurrent_max: 64,
+            concurrent_per_peer_max: 8,
         }
+    }
+
+    /// Set how many requests are served at once, in all and for one peer.
+    pub const fn with_concurrency(mut self, max: usize, per_peer_max: usize) -> Self {
+        self.concurrent_max = max;
+        self.concurrent_per_peer_max = per_peer_max;
+        self
     }
 
     /// Set the maximum request and response sizes.
@@ -260,6 +272,7 @@ where
         let mut limiter = PeerRateLimiter::new(self.protocol.rate);
         let serving = Arc::new(Semaphore::new(self.protocol.concurrent_max));
         let refusing = Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT_MAX));
+        let per_peer = Arc::new(std::sync::Mutex::new(HashMap::<PeerId, usize>::new()));
         while let Some((peer, stream)) = incoming.next().await {
             if !limiter.allow(peer, Instant::now()) {
                 self.refuse(
@@ -271,6 +284,18 @@ where
                 );
                 continue;
             }
+            let Some(peer_slot) =
+                PeerSlot::take(&per_peer, peer, self.protocol.concurrent_per_peer_max)
+            else {
+                self.refuse(
+                    peer,
+                    stream,
+                    Status::Busy,
+                    "too many of your requests in progress",
+                    &refusing,
+                );
+                continue;
+            };
             match serving.clone().try_acquire_owned() {
                 Ok(permit) => {
                     let protocol = self.protocol.clone();
@@ -279,6 +304,7 @@ where
                     tokio::spawn(async move {
                         serve_one(protocol, handler, mesh, peer, stream).await;
                         drop(permit);
+                        drop(peer_slot);
                     });
                 }
                 Err(_) => self.refuse(
@@ -318,6 +344,44 @@ where
             .await;
             drop(permit);
         });
+    }
+}
+
+/// One request of a peer in progress, counted against its share until dropped.
+struct PeerSlot {
+    counts: Arc<std::sync::Mutex<HashMap<PeerId, usize>>>,
+    peer: PeerId,
+}
+
+impl PeerSlot {
+    /// A slot for `peer`, unless it already holds `max`.
+    fn take(
+        counts: &Arc<std::sync::Mutex<HashMap<PeerId, usize>>>,
+        peer: PeerId,
+        max: usize,
+    ) -> Option<PeerSlot> {
+        let mut map = counts.lock().unwrap_or_else(|e| e.into_inner());
+        let held = map.entry(peer).or_default();
+        if *held >= max {
+            return None;
+        }
+        *held += 1;
+        Some(PeerSlot {
+            counts: counts.clone(),
+            peer,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(held) = map.get_mut(&self.peer) {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                map.remove(&self.peer);
+            }
+        }
     }
 }
 
