@@ -25,6 +25,10 @@ const PENDING_MAX: usize = 1024;
 const BAN_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// How often a peer being looked up is dialed with what the lookup has learnt so far.
 const LOOKUP_REDIAL_INTERVAL: Duration = Duration::from_millis(100);
+/// How often the bootstrap peers are dialed again while none of them is connected: a
+/// peer started before its bootstrap peer (or cut off from it) would otherwise stay
+/// alone until Kademlia's next periodic bootstrap, minutes later.
+const BOOTSTRAP_REDIAL_INTERVAL: Duration = Duration::from_secs(3);
 
 #[derive(Default)]
 struct PeerState {
@@ -47,6 +51,8 @@ pub(crate) struct Actor {
     nat: String,
     reservations: HashSet<PeerId>,
     bootstrap_peers: HashSet<PeerId>,
+    /// Their addresses, dialed again while none of them is connected.
+    bootstrap_addrs: Vec<Multiaddr>,
     /// Callers of `close` waiting for the last connection to close.
     closing: Vec<oneshot::Sender<()>>,
 }
@@ -127,6 +133,7 @@ impl Actor {
             nat: "unknown".to_string(),
             reservations: HashSet::new(),
             bootstrap_peers: HashSet::new(),
+            bootstrap_addrs: Vec::new(),
             closing: Vec::new(),
         };
         actor.join()?;
@@ -141,6 +148,7 @@ impl Actor {
                 reason: "a bootstrap address must end with /p2p/<peer id>".to_string(),
             })?;
             self.bootstrap_peers.insert(peer);
+            self.bootstrap_addrs.push(addr.clone());
             self.swarm
                 .behaviour_mut()
                 .kad
@@ -173,6 +181,8 @@ impl Actor {
         let mut sweep = tokio::time::interval(BAN_SWEEP_INTERVAL);
         let mut redial = tokio::time::interval(LOOKUP_REDIAL_INTERVAL);
         redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut rejoin = tokio::time::interval(BOOTSTRAP_REDIAL_INTERVAL);
+        rejoin.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 command = self.rx.recv() => match command {
@@ -182,9 +192,33 @@ impl Actor {
                 event = self.swarm.select_next_some() => self.on_event(event),
                 _ = sweep.tick() => self.lift_expired_bans(),
                 _ = redial.tick(), if !self.lookups.is_empty() => self.dial_found_so_far(),
+                _ = rejoin.tick(), if !self.bootstrap_addrs.is_empty() => self.rejoin(),
             }
         }
         tracing::debug!("mesh stopped: every handle was dropped");
+    }
+
+    /// Dial the bootstrap peers again when none of them is connected.
+    fn rejoin(&mut self) {
+        if self
+            .bootstrap_peers
+            .iter()
+            .any(|p| self.swarm.is_connected(p))
+        {
+            return;
+        }
+        for addr in self.bootstrap_addrs.clone() {
+            let Some(peer) = peer_of(&addr) else {
+                continue;
+            };
+            let opts = DialOpts::peer_id(peer)
+                .addresses(vec![addr.clone()])
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            if let Err(e) = self.swarm.dial(opts) {
+                tracing::debug!(%addr, error = %e, "cannot dial bootstrap peer again");
+            }
+        }
     }
 
     fn on_command(&mut self, command: Command) {

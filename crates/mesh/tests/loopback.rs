@@ -341,3 +341,51 @@ async fn libp2ps_default_relay_limit_would_cut_the_same_transfer() {
         "{result:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_started_before_its_bootstrap_peer_joins_it_once_it_is_up() {
+    // The bootstrap peer's key and port are known ahead, as a genesis names them.
+    let boot_key = common::key();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let boot_id = peergrid_mesh::identity::peer_id(&boot_key.account()).expect("peer id");
+    let boot_addr: peergrid_mesh::Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{boot_id}")
+        .parse()
+        .expect("multiaddr");
+    let early = peer_with(Config {
+        bootstrap: vec![boot_addr],
+        ..Config::loopback()
+    })
+    .await;
+    // Its first dial found nobody; the bootstrap peer comes up a little later.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let boot = peergrid_mesh::Mesh::start(
+        &boot_key,
+        Config {
+            listen: vec![format!("/ip4/127.0.0.1/tcp/{port}").parse().expect("addr")],
+            ..Config::loopback()
+        },
+    )
+    .await
+    .expect("bootstrap peer starts");
+    let mut joined = false;
+    for _ in 0..100 {
+        if boot
+            .peers()
+            .await
+            .expect("peers")
+            .iter()
+            .any(|p| p.peer_id == early.peer_id().to_string())
+        {
+            joined = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        joined,
+        "the early peer dialed its bootstrap peer again and joined"
+    );
+}
