@@ -34,12 +34,17 @@ pub const BLOCK_TIME_AHEAD_MAX: Duration = Duration::from_secs(5);
 /// How many unfinalized ancestors a proposer inspects to avoid repeating their transactions.
 const UNFINALIZED_DEPTH_MAX: usize = 64;
 
+/// A change a faulty leader makes to each block it proposes, given the parent: for fault
+/// simulations of a Byzantine proposer. Honest validators run without one.
+pub type Tamper = Arc<dyn Fn(&Block, Block) -> Block + Send + Sync>;
+
 /// The application handed to marshal.
 #[derive(Clone)]
 pub struct App {
     shared: Arc<Shared>,
     txs_per_block: usize,
     idle_block_ms: u64,
+    tamper: Option<Tamper>,
 }
 
 impl App {
@@ -51,7 +56,13 @@ impl App {
             shared,
             txs_per_block: txs_per_block.min(BLOCK_TXS_MAX),
             idle_block_ms,
+            tamper: None,
         }
+    }
+
+    /// The same application, whose proposals `tamper` changes before they are sent.
+    pub fn with_tamper(self, tamper: Option<Tamper>) -> App {
+        App { tamper, ..self }
     }
 
     /// The transactions a block at `time_ms` on the finalized state would carry.
@@ -114,7 +125,10 @@ impl<E: Clock + Send + Sync + 'static> commonware_consensus::Application<E> for 
             txs = txs.len(),
             "proposing"
         );
-        let block = Block::new(parent.digest(), parent_block.height + 1, time_ms, txs);
+        let mut block = Block::new(parent.digest(), parent_block.height + 1, time_ms, txs);
+        if let Some(tamper) = &self.tamper {
+            block = tamper(parent_block, block);
+        }
         Some(Digested::compute(block, &Sequential).await)
     }
 

@@ -23,7 +23,7 @@ use commonware_utils::{NZDuration, NZU16, NZU64, NZUsize};
 use peergrid_core::tx::VALIDATORS_MAX;
 use rand_core::CryptoRng;
 
-use crate::app::App;
+use crate::app::{App, Tamper};
 use crate::block::Block;
 use crate::epochs::{Orchestrator, PeerSets, Schemes};
 use crate::finalizer::{self, Finalizer};
@@ -68,6 +68,8 @@ pub struct Config<B, P, T> {
     pub txs_per_block: usize,
     /// Consensus timing.
     pub timing: Timing,
+    /// A fault to put in this validator's own proposals (fault simulations); `None` to run honestly.
+    pub tamper: Option<Tamper>,
 }
 
 /// A pair of network endpoints.
@@ -242,7 +244,7 @@ where
         .child("finalizer")
         .spawn(move |_| finalizer::run(shared, finalized, archived));
 
-    let app = App::new(cfg.shared.clone(), cfg.txs_per_block);
+    let app = App::new(cfg.shared.clone(), cfg.txs_per_block).with_tamper(cfg.tamper);
     let timing = cfg.timing.resting(Duration::from_millis(
         cfg.shared.genesis.params.idle_block_ms,
     ));

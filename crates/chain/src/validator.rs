@@ -263,6 +263,7 @@ async fn serve(
             peer_sets,
             txs_per_block: cfg.txs_per_block,
             timing: Timing::default(),
+            tamper: None,
         },
         channels,
     )

@@ -354,3 +354,123 @@ fn a_lossy_network_with_latency_spikes_still_finalizes_every_transfer_in_agreeme
         });
     }
 }
+
+/// The ways the Byzantine leader below breaks its blocks, one per proposal in turn.
+const TAMPERINGS: [&str; 7] = [
+    "a forged signature",
+    "a transaction twice",
+    "a time ahead of every clock",
+    "a time not after its parent's",
+    "an expired transaction",
+    "a replayed transaction",
+    "a height that skips one",
+];
+
+#[test]
+fn a_leader_proposing_invalid_blocks_is_outvoted_and_none_of_its_blocks_is_finalized() {
+    use commonware_cryptography::Digestible;
+    use peergrid_chain::block::Block;
+    use std::sync::{Arc, Mutex};
+
+    for seed in [21u64, 22] {
+        runner(seed, Duration::from_secs(300)).start(|context| async move {
+            let g = genesis(4);
+            let peers = participants(4);
+            let oracle = network(&context, &peers).await;
+            link_all(&oracle, &peers, LINK).await;
+            let mut vals = Vec::new();
+            for i in 0..3 {
+                vals.push(start_validator(&context, &oracle, &g, i, None).await);
+            }
+            let refs: Vec<_> = vals.iter().collect();
+            let to = user(9).account();
+            // A transfer finalized before the faulty leader starts: its replay is invalid.
+            let first = transfer(1, &to, 0, 7);
+            submit_all(&refs, &first);
+            while !refs
+                .iter()
+                .all(|s| matches!(s.status(&first.hash()), TxStatus::Finalized { .. }))
+            {
+                context.sleep(Duration::from_millis(50)).await;
+            }
+
+            let proposed: Arc<Mutex<Vec<(usize, String)>>> = Arc::default();
+            let tamper = {
+                let proposed = proposed.clone();
+                let genesis_ms = g.genesis_time_ms;
+                move |parent: &Block, b: Block| {
+                    let mut log = proposed.lock().expect("lock");
+                    let kind = log.len() % TAMPERINGS.len();
+                    // A valid transfer of a fresh sender, far from any nonce in use.
+                    let valid = transfer(2, &user(9).account(), 1_000 + log.len() as u64, 1);
+                    let mut txs = b.txs.clone();
+                    let (mut height, mut time_ms) = (b.height, b.time_ms);
+                    match kind {
+                        0 => {
+                            let mut forged = valid;
+                            forged.signature.0[5] ^= 1;
+                            txs.push(forged);
+                        }
+                        1 => txs.extend([valid.clone(), valid]),
+                        2 => time_ms += 60_000,
+                        3 => time_ms = parent.time_ms,
+                        4 => {
+                            let mut body = valid.body;
+                            body.expires_ms = genesis_ms;
+                            txs.push(body.sign(&user(2)));
+                        }
+                        5 => txs.push(first.clone()),
+                        _ => height += 1,
+                    }
+                    let bad = Block::new(b.parent, height, time_ms, txs);
+                    log.push((kind, hex::encode(bad.digest().as_ref())));
+                    bad
+                }
+            };
+            start_validator_with(&context, &oracle, &g, 3, None, Some(Arc::new(tamper))).await;
+
+            // Honest traffic keeps flowing while the faulty leader takes its turns.
+            for n in 1..40 {
+                submit_all(&refs, &transfer(1, &to, n, 7));
+                context.sleep(Duration::from_millis(200)).await;
+            }
+            loop {
+                let tampered = proposed.lock().expect("lock").len() >= 2 * TAMPERINGS.len();
+                let paid = refs
+                    .iter()
+                    .all(|s| s.with_state(|st| st.account(&to).balance.0).unwrap_or(0) == 40 * 7);
+                if tampered && paid {
+                    break;
+                }
+                context.sleep(Duration::from_millis(200)).await;
+            }
+            let height = assert_agree_up_to(&refs);
+            let finalized: std::collections::HashSet<String> = (1..=height)
+                .filter_map(|h| vals[0].receipts.block(h).map(|b| b.digest))
+                .collect();
+            assert_eq!(finalized.len() as u64, height, "every height has one block");
+            let proposed = proposed.lock().expect("lock").clone();
+            for (kind, digest) in &proposed {
+                assert!(
+                    !finalized.contains(digest),
+                    "a block with {} was finalized",
+                    TAMPERINGS[*kind]
+                );
+            }
+            // Every honest transfer is final (the loop waited for it), and nothing of the faulty
+            // leader's applied.
+            assert_eq!(
+                vals[0]
+                    .with_state(|st| st.account(&user(2).account()).nonce)
+                    .unwrap_or(u64::MAX),
+                0,
+                "a transaction only the faulty leader carried was applied"
+            );
+            let blocked = oracle.blocked().await.expect("oracle");
+            assert!(
+                !blocked.iter().any(|(_, whom)| peers[..3].contains(whom)),
+                "an honest validator was blocked: {blocked:?}"
+            );
+        });
+    }
+}

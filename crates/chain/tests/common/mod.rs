@@ -17,6 +17,7 @@ use commonware_p2p::utils::mux::Muxer;
 use commonware_runtime::{Clock, Quota, Supervisor, deterministic};
 use commonware_utils::ordered::Set;
 use commonware_utils::{NZU32, NZUsize};
+use peergrid_chain::app::Tamper;
 use peergrid_chain::engine::{self, Channels, Config, Timing};
 use peergrid_chain::epochs::{Member, PeerSets};
 use peergrid_chain::mempool::MempoolLimits;
@@ -179,6 +180,18 @@ pub async fn start_validator(
     i: usize,
     dir: Option<&Path>,
 ) -> Arc<Shared> {
+    start_validator_with(context, oracle, genesis, i, dir, None).await
+}
+
+/// Start validator `i` whose own proposals `tamper` changes: a Byzantine leader.
+pub async fn start_validator_with(
+    context: &deterministic::Context,
+    oracle: &Oracle<PublicKey, deterministic::Context>,
+    genesis: &Genesis,
+    i: usize,
+    dir: Option<&Path>,
+    tamper: Option<Tamper>,
+) -> Arc<Shared> {
     let signer = consensus_key(&validator_key(i));
     let me = signer.public_key();
     let ledger = Ledger::open(ledger_store(dir, i), genesis).expect("ledger opens");
@@ -206,6 +219,7 @@ pub async fn start_validator(
             peer_sets: SimPeers(oracle.manager()),
             txs_per_block: 1000,
             timing: Timing::default(),
+            tamper,
         },
         channels,
     )
