@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
-use peergrid_mesh::{Mesh, PeerId, StreamProtocol};
+use peergrid_mesh::{Mesh, PeerId, Slots, StreamProtocol};
 use tracing::debug;
 
 /// The blob protocol.
@@ -31,6 +31,9 @@ pub const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Streams one server answers at once.
 const STREAMS_MAX: usize = 16;
+/// Streams one server answers at once for one peer: a deployment's node fetches its
+/// components a few at a time, and a peer that asks and never reads holds only these.
+const STREAMS_PER_PEER_MAX: usize = 4;
 
 /// Why a blob could not be fetched.
 #[derive(Debug, thiserror::Error)]
@@ -178,42 +181,60 @@ pub fn serve(
         .accept_streams(BLOB_PROTOCOL)
         .map_err(|e| anyhow::anyhow!("cannot serve {BLOB_PROTOCOL}: {e}"))?;
     let blobs = Arc::new(blobs);
-    let slots = Arc::new(tokio::sync::Semaphore::new(STREAMS_MAX));
+    let slots = Slots::new(STREAMS_MAX, STREAMS_PER_PEER_MAX);
     Ok(tokio::spawn(async move {
-        while let Some((peer, mut stream)) = incoming.next().await {
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                debug!(%peer, "blob stream refused: {STREAMS_MAX} are being served");
-                continue;
+        while let Some((peer, stream)) = incoming.next().await {
+            let slot = match slots.take(peer) {
+                Ok(slot) => slot,
+                Err(busy) => {
+                    debug!(%peer, "blob stream refused: {busy}");
+                    continue;
+                }
             };
             let blobs = blobs.clone();
             let sent = sent.clone();
             tokio::spawn(async move {
-                let _permit = permit;
-                let mut hash = [0u8; 32];
-                match tokio::time::timeout(REQUEST_TIMEOUT, stream.read_exact(&mut hash)).await {
-                    Ok(Ok(())) => {}
-                    _ => return,
+                // The fetcher gives up after FETCH_TIMEOUT: a peer that has not read the
+                // whole blob by then gets nothing more, and its slot is freed.
+                let answer = serve_one(peer, stream, &blobs, sent.as_ref());
+                if tokio::time::timeout(FETCH_TIMEOUT, answer).await.is_err() {
+                    debug!(%peer, "blob stream ended: not read within {} s", FETCH_TIMEOUT.as_secs());
                 }
-                let held = blobs.get(&hash);
-                let result = match held {
-                    Some(bytes) => {
-                        debug!(%peer, hash = hex::encode(hash), len = bytes.len(), "serving a blob");
-                        let len = (bytes.len() as u64).to_le_bytes();
-                        match stream.write_all(&len).await {
-                            Ok(()) => stream.write_all(bytes).await,
-                            Err(e) => Err(e),
-                        }
-                    }
-                    None => stream.write_all(&NOT_HELD.to_le_bytes()).await,
-                };
-                if result.is_ok() {
-                    let _ = stream.flush().await;
-                    let _ = stream.close().await;
-                    if let (Some(sent), Some(_)) = (&sent, held) {
-                        let _ = sent.try_send((peer, hash));
-                    }
-                }
+                drop(slot);
             });
         }
     }))
+}
+
+/// Answer one blob request on `stream`.
+async fn serve_one(
+    peer: PeerId,
+    mut stream: peergrid_mesh::Stream,
+    blobs: &HashMap<[u8; 32], Arc<Vec<u8>>>,
+    sent: Option<&tokio::sync::mpsc::Sender<(PeerId, [u8; 32])>>,
+) {
+    let mut hash = [0u8; 32];
+    match tokio::time::timeout(REQUEST_TIMEOUT, stream.read_exact(&mut hash)).await {
+        Ok(Ok(())) => {}
+        _ => return,
+    }
+    let held = blobs.get(&hash);
+    let result = match held {
+        Some(bytes) => {
+            debug!(%peer, hash = hex::encode(hash), len = bytes.len(), "serving a blob");
+            let len = (bytes.len() as u64).to_le_bytes();
+            match stream.write_all(&len).await {
+                Ok(()) => stream.write_all(bytes).await,
+                Err(e) => Err(e),
+            }
+        }
+        None => stream.write_all(&NOT_HELD.to_le_bytes()).await,
+    };
+    if result.is_ok() {
+        let _ = stream.flush().await;
+        let _ = stream.close().await;
+        if let (Some(sent), Some(_)) = (sent, held) {
+            let _ = sent.try_send((peer, hash));
+        }
+    }
 }

@@ -18,9 +18,8 @@ use std::sync::{Arc, Mutex};
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use peergrid_core::{AccountId, ContractId, Hash};
-use peergrid_mesh::{Mesh, PeerId};
+use peergrid_mesh::{Mesh, Slots};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use crate::format::{POINTER_BYTES_MAX, SignedPointer, decode_versioned, encode_versioned};
@@ -589,23 +588,14 @@ pub fn serve(
 ) -> Result<tokio::task::JoinHandle<()>, peergrid_mesh::Error> {
     let mut incoming = mesh.accept_streams(wire::SHARD_PROTOCOL)?;
     Ok(tokio::spawn(async move {
-        let all = Arc::new(Semaphore::new(STREAMS_MAX));
-        let per_peer: Arc<Mutex<HashMap<PeerId, Arc<Semaphore>>>> = Arc::default();
+        let slots = Slots::new(STREAMS_MAX, STREAMS_PER_PEER_MAX);
         while let Some((peer, mut stream)) = incoming.next().await {
-            let Ok(global) = all.clone().try_acquire_owned() else {
-                debug!(%peer, "shard stream refused: the node serves {STREAMS_MAX} at once");
-                continue;
-            };
-            let sem = {
-                let mut map = per_peer.lock().unwrap_or_else(|e| e.into_inner());
-                map.retain(|_, s| s.available_permits() < STREAMS_PER_PEER_MAX);
-                map.entry(peer)
-                    .or_insert_with(|| Arc::new(Semaphore::new(STREAMS_PER_PEER_MAX)))
-                    .clone()
-            };
-            let Ok(mine) = sem.try_acquire_owned() else {
-                debug!(%peer, "shard stream refused: over the per-peer limit");
-                continue;
+            let slot = match slots.take(peer) {
+                Ok(slot) => slot,
+                Err(busy) => {
+                    debug!(%peer, "shard stream refused: {busy}");
+                    continue;
+                }
             };
             let Ok(account) = peergrid_mesh::identity::account_id(&peer) else {
                 continue;
@@ -615,7 +605,7 @@ pub fn serve(
                 if let Err(e) = store.handle(account, &mut stream).await {
                     debug!(%peer, error = %e, "shard stream ended with an error");
                 }
-                drop((global, mine));
+                drop(slot);
             });
         }
     }))

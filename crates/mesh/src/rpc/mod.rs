@@ -21,7 +21,6 @@
 
 pub mod protocol;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,6 +34,7 @@ use crate::error::Error;
 use crate::ingress::Mesh;
 use crate::messages::Command;
 use crate::ratelimit::{PeerRateLimiter, Rate};
+use crate::slots::Slots;
 use protocol::{FrameError, REASON_BYTES_MAX, Status};
 
 /// Refusals being written at once; beyond it excess streams are simply reset.
@@ -270,9 +270,11 @@ where
 {
     async fn run(self, mut incoming: crate::streams::IncomingStreams) {
         let mut limiter = PeerRateLimiter::new(self.protocol.rate);
-        let serving = Arc::new(Semaphore::new(self.protocol.concurrent_max));
+        let slots = Slots::new(
+            self.protocol.concurrent_max,
+            self.protocol.concurrent_per_peer_max,
+        );
         let refusing = Arc::new(Semaphore::new(REFUSALS_IN_FLIGHT_MAX));
-        let per_peer = Arc::new(std::sync::Mutex::new(HashMap::<PeerId, usize>::new()));
         while let Some((peer, stream)) = incoming.next().await {
             if !limiter.allow(peer, Instant::now()) {
                 self.refuse(
@@ -284,36 +286,17 @@ where
                 );
                 continue;
             }
-            let Some(peer_slot) =
-                PeerSlot::take(&per_peer, peer, self.protocol.concurrent_per_peer_max)
-            else {
-                self.refuse(
-                    peer,
-                    stream,
-                    Status::Busy,
-                    "too many of your requests in progress",
-                    &refusing,
-                );
-                continue;
-            };
-            match serving.clone().try_acquire_owned() {
-                Ok(permit) => {
+            match slots.take(peer) {
+                Ok(slot) => {
                     let protocol = self.protocol.clone();
                     let handler = self.handler.clone();
                     let mesh = self.mesh.clone();
                     tokio::spawn(async move {
                         serve_one(protocol, handler, mesh, peer, stream).await;
-                        drop(permit);
-                        drop(peer_slot);
+                        drop(slot);
                     });
                 }
-                Err(_) => self.refuse(
-                    peer,
-                    stream,
-                    Status::Busy,
-                    "too many requests in progress",
-                    &refusing,
-                ),
+                Err(busy) => self.refuse(peer, stream, Status::Busy, busy.reason(), &refusing),
             }
         }
         tracing::debug!(protocol = %self.protocol.name, "rpc server stopped");
@@ -344,44 +327,6 @@ where
             .await;
             drop(permit);
         });
-    }
-}
-
-/// One request of a peer in progress, counted against its share until dropped.
-struct PeerSlot {
-    counts: Arc<std::sync::Mutex<HashMap<PeerId, usize>>>,
-    peer: PeerId,
-}
-
-impl PeerSlot {
-    /// A slot for `peer`, unless it already holds `max`.
-    fn take(
-        counts: &Arc<std::sync::Mutex<HashMap<PeerId, usize>>>,
-        peer: PeerId,
-        max: usize,
-    ) -> Option<PeerSlot> {
-        let mut map = counts.lock().unwrap_or_else(|e| e.into_inner());
-        let held = map.entry(peer).or_default();
-        if *held >= max {
-            return None;
-        }
-        *held += 1;
-        Some(PeerSlot {
-            counts: counts.clone(),
-            peer,
-        })
-    }
-}
-
-impl Drop for PeerSlot {
-    fn drop(&mut self) {
-        let mut map = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(held) = map.get_mut(&self.peer) {
-            *held = held.saturating_sub(1);
-            if *held == 0 {
-                map.remove(&self.peer);
-            }
-        }
     }
 }
 
