@@ -88,8 +88,16 @@ fn make_behaviour(
 ) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
     let peer = key.public().to_peer_id();
 
+    let established = config.connections.established_cap();
+    if established < config.connections.established_max {
+        tracing::info!(
+            established,
+            "connections capped below {} to fit this host's memory",
+            config.connections.established_max
+        );
+    }
     let limits = connection_limits::ConnectionLimits::default()
-        .with_max_established(Some(config.connections.established_max))
+        .with_max_established(Some(established))
         .with_max_established_per_peer(Some(config.connections.established_per_peer_max))
         .with_max_pending_incoming(Some(config.connections.pending_incoming_max));
 

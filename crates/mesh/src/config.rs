@@ -39,10 +39,24 @@ pub struct Config {
     pub tls: bool,
 }
 
+/// What one connection can make a peer hold before its application reads a byte: every
+/// stream the muxer lets live gets yamux's initial 256 KiB window (128 × 256 KiB = 32 MiB);
+/// a QUIC connection's window is smaller (15 MB). Windows grow only as the application
+/// reads, so this is what peers that send and never wait for an answer can pin.
+pub const CONNECTION_UNREAD_BYTES_MAX: u64 =
+    crate::mux::STREAMS_MAX as u64 * yamux::DEFAULT_CREDIT as u64;
+/// The share of the host's memory that connections may pin: the rest is the node's, and
+/// the apps' it runs.
+pub const CONNECTION_MEMORY_SHARE: f64 = 0.25;
+/// The fewest established connections a host is given however small its memory: a peer
+/// with fewer cannot take part in the mesh.
+pub const ESTABLISHED_MIN: u32 = 16;
+
 /// Caps on connections, so a flood of dials cannot exhaust memory or file descriptors.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
-    /// Established connections in total.
+    /// Established connections in total, at most: the cap in force is lower on a host
+    /// whose memory cannot hold this many (see [`ConnectionLimits::established_cap`]).
     pub established_max: u32,
     /// Established connections with one peer.
     pub established_per_peer_max: u32,
@@ -55,6 +69,30 @@ pub struct ConnectionLimits {
     pub incoming_per_subnet_max: u32,
     /// Apply the two caps above to loopback too (devnets run every peer on one machine).
     pub limit_loopback: bool,
+    /// Memory to size the connection cap by, bytes; `None` for the host's total memory.
+    pub memory_bytes: Option<u64>,
+}
+
+impl ConnectionLimits {
+    /// The established connections allowed: [`Self::established_max`], lowered so that
+    /// that many connections each holding [`CONNECTION_UNREAD_BYTES_MAX`] fit in
+    /// [`CONNECTION_MEMORY_SHARE`] of the memory, but never below [`ESTABLISHED_MIN`].
+    pub fn established_cap(&self) -> u32 {
+        let memory = self.memory_bytes.unwrap_or_else(host_memory_bytes);
+        let fit = (memory as f64 * CONNECTION_MEMORY_SHARE) as u64 / CONNECTION_UNREAD_BYTES_MAX;
+        let fit = u32::try_from(fit).unwrap_or(u32::MAX).max(ESTABLISHED_MIN);
+        self.established_max.min(fit)
+    }
+}
+
+/// The host's total memory; if it cannot be read, as much as allows the default cap.
+fn host_memory_bytes() -> u64 {
+    let mut system = sysinfo::System::new();
+    system.refresh_memory();
+    match system.total_memory() {
+        0 => u64::MAX,
+        bytes => bytes,
+    }
 }
 
 /// Limits of the relay v2 server. libp2p's defaults (128 KiB and 2 minutes per
@@ -95,13 +133,15 @@ impl Default for ConnectionLimits {
             incoming_per_address_max: 16,
             incoming_per_subnet_max: 64,
             limit_loopback: false,
+            memory_bytes: None,
         }
     }
 }
 
 impl Default for Config {
     /// Listen on all IPv4 interfaces on random ports (QUIC and TCP), no bootstrap
-    /// peers, no relaying, mDNS off, 512 connections, a 10 minute ban, TLS on TCP (Noise accepted).
+    /// peers, no relaying, mDNS off, 512 connections (fewer on a host without the memory
+    /// for them), a 10 minute ban, TLS on TCP (Noise accepted).
     fn default() -> Self {
         Self {
             listen: vec![

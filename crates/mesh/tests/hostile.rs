@@ -466,3 +466,105 @@ async fn a_peer_that_sends_slowly_holds_only_its_share_and_others_are_served() {
     assert_eq!(answer, b"hi");
     drop(held);
 }
+
+/// One stream of a peer that sends and never waits: bytes until a write stalls for a
+/// second; the stream is returned open, so what it made the server hold stays held.
+async fn send_until_stalled(
+    mesh: &Mesh,
+    server: peergrid_mesh::PeerId,
+    protocol: peergrid_mesh::StreamProtocol,
+) -> (u64, Option<peergrid_mesh::Stream>) {
+    let Ok(mut stream) = mesh.open_stream(server, protocol).await else {
+        return (0, None);
+    };
+    let chunk = vec![0x55u8; 64 << 10];
+    let mut sent = 0u64;
+    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(1), stream.write(&chunk)).await {
+        if n == 0 {
+            break;
+        }
+        sent += n as u64;
+    }
+    (sent, Some(stream))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crowd_of_peers_that_send_and_never_wait_is_capped_by_memory_and_pins_a_bounded_queue() {
+    use peergrid_mesh::config::CONNECTION_UNREAD_BYTES_MAX;
+
+    // Memory for 20 connections' worth of unread bytes within the share.
+    let limits = ConnectionLimits {
+        memory_bytes: Some(
+            (20.0 * CONNECTION_UNREAD_BYTES_MAX as f64
+                / peergrid_mesh::config::CONNECTION_MEMORY_SHARE) as u64,
+        ),
+        ..ConnectionLimits::default()
+    };
+    assert_eq!(limits.established_cap(), 20);
+    let server = peer_with(Config {
+        connections: limits,
+        ..Config::loopback()
+    })
+    .await;
+    // Streams the server queues and never reads.
+    let hoard = peergrid_mesh::StreamProtocol::new("/peergrid/test-hoard/1");
+    let _never_read = server.accept_streams(hoard.clone()).expect("accept");
+    let server_addr = addr(&server, "tcp").await;
+    let honest = peer().await;
+    honest
+        .connect(server.peer_id(), vec![server_addr.clone()])
+        .await
+        .expect("connects");
+
+    let mut hogs = Vec::new();
+    for _ in 0..30 {
+        let hog = peer().await;
+        // The handshake may complete before the cap closes the connection.
+        let _ = hog
+            .connect(server.peer_id(), vec![server_addr.clone()])
+            .await;
+        hogs.push(hog);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let connected = server.peers().await.expect("peers").len();
+    assert!(
+        connected <= 20,
+        "{connected} peers connected, beyond the cap of 20 this memory allows"
+    );
+
+    let floods = hogs.iter().map(|hog| {
+        let (hoard, server) = (hoard.clone(), server.peer_id());
+        async move {
+            let streams = (0..40).map(|_| send_until_stalled(hog, server, hoard.clone()));
+            let sent = futures::future::join_all(streams).await;
+            let total: u64 = sent.iter().map(|(n, _)| n).sum();
+            (
+                total,
+                sent.into_iter().filter_map(|(_, s)| s).collect::<Vec<_>>(),
+            )
+        }
+    });
+    let pinned = futures::future::join_all(floods).await;
+    let credit = yamux::DEFAULT_CREDIT as u64;
+    let total: u64 = pinned.iter().map(|(n, _)| n).sum();
+    // Each peer's unread streams are its share of the protocol's queue, the queue is
+    // bounded for everyone, and each queued stream holds at most its initial window.
+    for (n, _) in &pinned {
+        let share = peergrid_mesh::streams::INBOUND_QUEUE_PER_PEER_MAX as u64 * credit;
+        assert!(*n <= share, "one peer made the server hold {n} bytes");
+    }
+    let queue = peergrid_mesh::streams::INBOUND_QUEUE_MAX as u64 * credit;
+    assert!(
+        total <= queue,
+        "peers made the server hold {total} bytes, more than its queue of {queue}"
+    );
+    assert!(
+        total >= queue / 2,
+        "the flood did not happen: {total} bytes"
+    );
+    honest
+        .ping(server.peer_id())
+        .await
+        .expect("the server still answers the peer it had");
+    drop((pinned, hogs));
+}
