@@ -486,51 +486,65 @@ fn chaos(globals: &Globals, b: &peergrid_devnet::chaos::ChaosBench) -> anyhow::R
         }))?;
     } else {
         let r = &report;
-        output::table(
-            &["WHAT", "FIGURE"],
-            &[
-                vec!["faults for".into(), format!("{:.0} s", r.secs)],
-                vec![
-                    "transfers sent / finalized".into(),
-                    format!("{} / {}", r.sent, r.finalized),
-                ],
-                vec![
-                    "validators killed (SIGKILL)".into(),
-                    r.validators_killed.to_string(),
-                ],
-                vec![
-                    "validators frozen (SIGSTOP)".into(),
-                    r.validators_frozen.to_string(),
-                ],
-                vec!["nodes killed (SIGKILL)".into(), r.nodes_killed.to_string()],
-                vec!["restarts by the supervisor".into(), r.restarts.to_string()],
-                vec![
-                    "longest gap between finalized blocks".into(),
-                    format!("{} ms", r.max_finality_gap_ms),
-                ],
-                vec![
-                    "state roots at the end".into(),
-                    format!(
-                        "{} at height {}",
-                        if r.roots_agree { "equal" } else { "DIFFERENT" },
-                        r.height
-                    ),
-                ],
-                vec![
-                    "finalized transfers missing / twice".into(),
-                    format!("{} / {}", r.missing, r.duplicated),
-                ],
-                vec!["transfers refused".into(), r.refused.to_string()],
-                vec![
-                    "supply identity".into(),
-                    if r.supply_conserved {
-                        "holds".into()
-                    } else {
-                        "BROKEN".to_string()
-                    },
-                ],
+        let mut rows = vec![
+            vec!["faults for".into(), format!("{:.0} s", r.secs)],
+            vec![
+                "transfers sent / finalized".into(),
+                format!("{} / {}", r.sent, r.finalized),
             ],
-        );
+            vec![
+                "validators killed (SIGKILL)".into(),
+                r.validators_killed.to_string(),
+            ],
+            vec![
+                "validators frozen (SIGSTOP)".into(),
+                r.validators_frozen.to_string(),
+            ],
+            vec!["nodes killed (SIGKILL)".into(), r.nodes_killed.to_string()],
+            vec!["restarts by the supervisor".into(), r.restarts.to_string()],
+            vec![
+                "longest gap between finalized blocks".into(),
+                format!("{} ms", r.max_finality_gap_ms),
+            ],
+            vec![
+                "state roots at the end".into(),
+                format!(
+                    "{} at height {}",
+                    if r.roots_agree { "equal" } else { "DIFFERENT" },
+                    r.height
+                ),
+            ],
+            vec![
+                "finalized transfers missing / twice".into(),
+                format!("{} / {}", r.missing, r.duplicated),
+            ],
+            vec!["transfers refused".into(), r.refused.to_string()],
+            vec![
+                "supply identity".into(),
+                if r.supply_conserved {
+                    "holds".into()
+                } else {
+                    "BROKEN".to_string()
+                },
+            ],
+        ];
+        if let Some(st) = &r.storage {
+            rows.extend([
+                vec![
+                    format!("objects stored ({})", st.scheme),
+                    format!("{} ({} puts failed)", st.stored, st.puts_failed),
+                ],
+                vec![
+                    "reads during the faults".into(),
+                    format!("{} ({} failed)", st.reads, st.reads_failed),
+                ],
+                vec![
+                    "objects unreadable / different after".into(),
+                    format!("{} / {}", st.unreadable, st.differ),
+                ],
+            ]);
+        }
+        output::table(&["WHAT", "FIGURE"], &rows);
     }
     if !failures.is_empty() {
         bail!(
@@ -573,9 +587,11 @@ pub enum BenchCommand {
         #[arg(long)]
         scheme: Option<peergrid_storage::Scheme>,
     },
-    /// Transfers under load while validators (at most f at a time) and nodes are killed,
+    /// Transfers under load, and with 3 nodes or more a storage user putting and reading
+    /// objects, while validators (at most f at a time) and nodes (one at a time) are killed,
     /// frozen and restarted; then every validator's state root, each finalized transfer
-    /// exactly once, and the supply identity are checked. Starts its own devnet.
+    /// exactly once, the supply identity, and every stored object read back identical are
+    /// checked. Starts its own devnet.
     Chaos {
         /// Minutes of faults.
         #[arg(long, default_value_t = 10.0)]
@@ -583,8 +599,8 @@ pub enum BenchCommand {
         /// Accounts sending transfers, each one at a time.
         #[arg(long, default_value_t = 20)]
         senders: usize,
-        /// Nodes to run and kill besides the four validators.
-        #[arg(long, default_value_t = 2)]
+        /// Nodes to run and kill besides the four validators (3 or more: storage traffic too).
+        #[arg(long, default_value_t = 3)]
         nodes: usize,
         /// Seed of the fault schedule [default: from the clock; printed, to replay a run].
         #[arg(long)]

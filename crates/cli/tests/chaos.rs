@@ -1,6 +1,6 @@
 //! A short chaos run, as `peergrid bench chaos` does it for minutes: a devnet keeps
-//! finalizing transfers while its validators and a node are killed and frozen, and ends
-//! consistent.
+//! finalizing transfers and storing objects while its validators and nodes are killed and
+//! frozen, and ends consistent with every object readable.
 
 mod common;
 
@@ -20,7 +20,7 @@ fn a_minute_of_kills_and_freezes_leaves_the_ledger_consistent() {
             "--senders",
             "8",
             "--nodes",
-            "1",
+            "3",
             "--seed",
             "7",
             "--base-port",
@@ -46,4 +46,11 @@ fn a_minute_of_kills_and_freezes_leaves_the_ledger_consistent() {
     assert_eq!(r["missing"], 0);
     assert_eq!(r["duplicated"], 0);
     assert_eq!(r["supply_conserved"], true);
+    // A storage user put and read objects through it all, and every one reads back.
+    let st = &r["storage"];
+    assert_eq!(st["scheme"], "2+1", "{st}");
+    assert!(st["stored"].as_u64().unwrap_or(0) >= 10, "{st}");
+    assert!(st["reads"].as_u64().unwrap_or(0) >= 10, "{st}");
+    assert_eq!(st["unreadable"], 0, "{st}");
+    assert_eq!(st["differ"], 0, "{st}");
 }

@@ -68,6 +68,28 @@ pub struct ChaosReport {
     pub duplicated: usize,
     /// Whether the supply identity held on every validator.
     pub supply_conserved: bool,
+    /// Storage traffic, when the run has nodes enough for it.
+    pub storage: Option<StorageChaos>,
+}
+
+/// What a storage user saw while nodes and validators were killed around it, and whether
+/// every object it stored read back identical afterwards.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StorageChaos {
+    /// The erasure code of the objects.
+    pub scheme: String,
+    /// Objects stored (their put returned a capability).
+    pub stored: usize,
+    /// Puts that failed during the faults (too many nodes unreachable at that moment).
+    pub puts_failed: usize,
+    /// Reads during the faults that returned the object, checked byte for byte.
+    pub reads: usize,
+    /// Reads during the faults that failed.
+    pub reads_failed: usize,
+    /// Objects that did not read back after the faults (within 60 s each).
+    pub unreadable: usize,
+    /// Objects that read back different from what was put, during the faults or after.
+    pub differ: usize,
 }
 
 impl ChaosReport {
@@ -100,6 +122,23 @@ impl ChaosReport {
         }
         if self.finalized == 0 {
             out.push("no transfer was finalized".into());
+        }
+        if let Some(st) = &self.storage {
+            if st.stored == 0 {
+                out.push("no object was stored".into());
+            }
+            if st.unreadable > 0 {
+                out.push(format!(
+                    "{} of {} stored objects did not read back after the faults",
+                    st.unreadable, st.stored
+                ));
+            }
+            if st.differ > 0 {
+                out.push(format!(
+                    "{} reads returned bytes different from what was put",
+                    st.differ
+                ));
+            }
         }
         let settled = self.finalized + self.refused;
         if self.sent > settled {
@@ -202,16 +241,148 @@ async fn send_from(
     }
 }
 
+/// Nodes needed for storage traffic: an erasure code of 2 + 1 survives one node down.
+pub const STORAGE_NODES_MIN: usize = 3;
+
+fn storage_key() -> Keypair {
+    Keypair::from_seed([0x5a; 32])
+}
+
+/// `len` bytes that differ per `seed`.
+fn object_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Objects a storage user put, by capability, with their hash.
+#[derive(Default)]
+struct Stored {
+    objects: Vec<(peergrid_storage::Capability, peergrid_core::Hash)>,
+    report: StorageChaos,
+}
+
+/// Read the object `cap` into `out`: whether it arrived, and whether it is `want`.
+async fn read_back(
+    storage: &peergrid_storage::Storage,
+    cap: &peergrid_storage::Capability,
+    out: &Path,
+    want: &peergrid_core::Hash,
+) -> Option<bool> {
+    let _ = std::fs::remove_file(out);
+    let got = tokio::time::timeout(
+        Duration::from_secs(60),
+        storage.get(cap, out, None, &|_| {}),
+    )
+    .await;
+    if !matches!(got, Ok(Ok(_))) {
+        return None;
+    }
+    let bytes = tokio::fs::read(out).await.ok()?;
+    Some(peergrid_core::Hash::of(&bytes) == *want)
+}
+
+/// Put objects of 64 KiB to 4 MiB one after another until `until`, reading an earlier one
+/// back after each put.
+async fn store_and_read(
+    storage: Arc<peergrid_storage::Storage>,
+    dir: std::path::PathBuf,
+    stored: Arc<Mutex<Stored>>,
+    seed: u64,
+    until: Instant,
+) {
+    let mut dice = Dice::new(seed ^ 0x5707);
+    let mut i = 0u64;
+    while Instant::now() < until {
+        let len = (64 << 10) + dice.below(4 << 20) as usize;
+        let data = object_bytes(len, seed.wrapping_add(i));
+        let hash = peergrid_core::Hash::of(&data);
+        let input = dir.join("put.bin");
+        if std::fs::write(&input, &data).is_err() {
+            return;
+        }
+        let name = format!("chaos/{i}");
+        let put = tokio::time::timeout(
+            Duration::from_secs(60),
+            storage.put(&input, &name, None, &|_| {}),
+        )
+        .await;
+        let pick = {
+            let Ok(mut s) = stored.lock() else { return };
+            match put {
+                Ok(Ok(report)) => {
+                    s.report.scheme = report.scheme.to_string();
+                    s.report.stored += 1;
+                    s.objects.push((report.capability, hash));
+                }
+                Ok(Err(e)) => {
+                    tracing::info!(error = %e, "chaos: a put failed");
+                    s.report.puts_failed += 1;
+                }
+                Err(_) => {
+                    tracing::info!("chaos: a put took more than 60 s");
+                    s.report.puts_failed += 1;
+                }
+            }
+            (!s.objects.is_empty())
+                .then(|| s.objects[dice.below(s.objects.len() as u64) as usize].clone())
+        };
+        if let Some((cap, want)) = pick {
+            let read = read_back(&storage, &cap, &dir.join("get.bin"), &want).await;
+            let Ok(mut s) = stored.lock() else { return };
+            match read {
+                Some(true) => s.report.reads += 1,
+                Some(false) => s.report.differ += 1,
+                None => s.report.reads_failed += 1,
+            }
+        }
+        i += 1;
+    }
+}
+
+/// A storage user with room on every node, or why not.
+async fn storage_user(
+    apis: &[String],
+    nodes: usize,
+) -> anyhow::Result<Arc<peergrid_storage::Storage>> {
+    let storage =
+        peergrid_storage::Storage::connect(Client::new(apis.to_vec()), storage_key()).await?;
+    // Nodes count as up once their first uptime report is final.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        match storage
+            .reserve(1 << 30, peergrid_storage::NodeChoice::Count(nodes))
+            .await
+        {
+            Ok(_) => return Ok(Arc::new(storage)),
+            Err(e) if Instant::now() > deadline => {
+                bail!("could not reserve storage on {nodes} nodes within 90 s: {e}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+    }
+}
+
 /// Run the chaos benchmark in `dir` with processes started from `exe`.
 pub async fn chaos(exe: &Path, dir: &Path, b: &ChaosBench) -> anyhow::Result<ChaosReport> {
     if b.senders == 0 {
         bail!("--senders must be above zero");
     }
     let keys: Vec<Keypair> = (0..b.senders).map(sender_key).collect();
-    let funded = keys.iter().map(Keypair::account);
+    let funded = keys
+        .iter()
+        .map(Keypair::account)
+        .chain([storage_key().account()]);
     let (opts, genesis) = crate::bench::prepare_funded(dir, b.base_port, b.nodes, funded)?;
     let mut supervisor = Supervisor::start(&opts, &genesis, exe)?;
-    let result = run(exe, &mut supervisor, &genesis, &keys, b).await;
+    let result = run(exe, dir, &mut supervisor, &genesis, &keys, b).await;
     // Nothing stays frozen: a stopped process would not hear the request to stop.
     let pids = supervisor
         .validator_pids()
@@ -226,6 +397,7 @@ pub async fn chaos(exe: &Path, dir: &Path, b: &ChaosBench) -> anyhow::Result<Cha
 
 async fn run(
     exe: &Path,
+    dir: &Path,
     supervisor: &mut Supervisor,
     genesis: &peergrid_ledger::Genesis,
     keys: &[Keypair],
@@ -239,6 +411,13 @@ async fn run(
             .await?;
     }
     let apis = supervisor.running.apis.clone();
+    let storage = if b.nodes >= STORAGE_NODES_MIN {
+        Some(storage_user(&apis, b.nodes).await?)
+    } else {
+        None
+    };
+    let storage_dir = dir.join("chaos-storage");
+    std::fs::create_dir_all(&storage_dir)?;
     let start_height = Client::new(apis.clone()).status().await?.height;
 
     // A follower measures the longest gap between consecutive blocks' times: how long the
@@ -279,6 +458,16 @@ async fn run(
             ))
         })
         .collect();
+    let stored: Arc<Mutex<Stored>> = Arc::default();
+    let storer = storage.clone().map(|storage| {
+        tokio::spawn(store_and_read(
+            storage,
+            storage_dir.clone(),
+            stored.clone(),
+            b.seed,
+            until,
+        ))
+    });
 
     let mut report = ChaosReport::default();
     let mut dice = Dice::new(b.seed);
@@ -319,6 +508,9 @@ async fn run(
     report.secs = start.elapsed().as_secs_f64();
     for s in senders {
         let _ = s.await;
+    }
+    if let Some(storer) = storer {
+        let _ = storer.await;
     }
 
     // Let every process come back, then compare the validators at one height.
@@ -389,6 +581,20 @@ async fn run(
         .filter(|h| !counts.contains_key(h))
         .count();
     report.duplicated = counts.values().filter(|&&n| n > 1).count();
+
+    // Every object stored during the faults reads back, byte for byte, now that all is up.
+    if let Some(storage) = storage {
+        let mut s = std::mem::take(&mut *stored.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+        for (cap, want) in &s.objects {
+            match read_back(&storage, cap, &storage_dir.join("check.bin"), want).await {
+                Some(true) => {}
+                Some(false) => s.report.differ += 1,
+                None => s.report.unreadable += 1,
+            }
+        }
+        storage.close().await;
+        report.storage = Some(s.report);
+    }
     Ok(report)
 }
 
@@ -414,6 +620,10 @@ async fn fault(
     let kinds = if nodes.is_empty() { 2 } else { 3 };
     let kind = (report.validators_killed + report.validators_frozen + report.nodes_killed) % kinds;
     if kind == 2 {
+        // One node down at a time: the storage traffic's erasure code survives one.
+        if nodes.iter().any(Option::is_none) {
+            return;
+        }
         let i = dice.below(nodes.len() as u64) as usize;
         let name = format!("node {i}");
         if let (Some(pid), true) = (nodes[i], rested(&name, hit)) {
