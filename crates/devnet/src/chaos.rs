@@ -331,8 +331,7 @@ async fn store_and_read(
                     s.report.puts_failed += 1;
                 }
             }
-            (!s.objects.is_empty())
-                .then(|| s.objects[dice.below(s.objects.len() as u64) as usize].clone())
+            (!s.objects.is_empty()).then(|| s.objects[dice.below(s.objects.len() as u64) as usize])
         };
         if let Some((cap, want)) = pick {
             let read = read_back(&storage, &cap, &dir.join("get.bin"), &want).await;
