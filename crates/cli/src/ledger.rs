@@ -528,6 +528,22 @@ fn chaos(globals: &Globals, b: &peergrid_devnet::chaos::ChaosBench) -> anyhow::R
                 },
             ],
         ];
+        if let Some(a) = &r.app {
+            rows.extend([
+                vec![
+                    format!("app requests answered ({} replicas)", a.replicas),
+                    format!("{} ({} by the other replica)", a.answered, a.failed_over),
+                ],
+                vec![
+                    "app requests neither replica answered".into(),
+                    a.unanswered.to_string(),
+                ],
+                vec![
+                    "app replicas down after the faults".into(),
+                    a.down_after.to_string(),
+                ],
+            ]);
+        }
         if let Some(st) = &r.storage {
             rows.extend([
                 vec![
@@ -587,8 +603,8 @@ pub enum BenchCommand {
         #[arg(long)]
         scheme: Option<peergrid_storage::Scheme>,
     },
-    /// Transfers under load, and with 3 nodes or more a storage user putting and reading
-    /// objects, while validators (at most f at a time) and nodes (one at a time) are killed,
+    /// Transfers under load, an app on two nodes answering requests, and with 3 nodes or
+    /// more a storage user putting and reading objects, while validators (at most f at a time) and nodes (one at a time) are killed,
     /// frozen and restarted; then every validator's state root, each finalized transfer
     /// exactly once, the supply identity, and every stored object read back identical are
     /// checked. Starts its own devnet.
@@ -602,6 +618,10 @@ pub enum BenchCommand {
         /// Nodes to run and kill besides the four validators (3 or more: storage traffic too).
         #[arg(long, default_value_t = 3)]
         nodes: usize,
+        /// A `wasi:http` component deployed on two nodes and asked ten times a second
+        /// throughout [default: examples/apps/hello/hello.wasm, if there].
+        #[arg(long)]
+        app: Option<std::path::PathBuf>,
         /// Seed of the fault schedule [default: from the clock; printed, to replay a run].
         #[arg(long)]
         seed: Option<u64>,
@@ -626,16 +646,32 @@ pub fn bench(globals: &Globals, cmd: BenchCommand) -> anyhow::Result<()> {
             nodes,
             seed,
             base_port,
+            app,
         } => {
             if !(minutes > 0.0 && minutes <= 24.0 * 60.0) {
                 bail!("--minutes must be above 0 and at most a day, not {minutes}");
             }
+            let app = match app {
+                Some(path) if path.is_file() => Some(path),
+                Some(path) => bail!("--app {}: no such file", path.display()),
+                None => {
+                    let hello = std::path::PathBuf::from("examples/apps/hello/hello.wasm");
+                    if !hello.is_file() {
+                        eprintln!(
+                            "no app traffic: {} is not here (run from the repository's root or pass --app)",
+                            hello.display()
+                        );
+                    }
+                    hello.is_file().then_some(hello)
+                }
+            };
             let b = peergrid_devnet::chaos::ChaosBench {
                 duration: Duration::from_secs_f64(minutes * 60.0),
                 senders,
                 nodes,
                 seed: seed.unwrap_or_else(peergrid_devnet::chaos::clock_seed),
                 base_port,
+                app,
             };
             return chaos(globals, &b);
         }

@@ -1,5 +1,5 @@
 //! A short chaos run, as `peergrid bench chaos` does it for minutes: a devnet keeps
-//! finalizing transfers and storing objects while its validators and nodes are killed and
+//! finalizing transfers, storing objects and answering an app's requests while its validators and nodes are killed and
 //! frozen, and ends consistent with every object readable.
 
 mod common;
@@ -25,6 +25,11 @@ fn a_minute_of_kills_and_freezes_leaves_the_ledger_consistent() {
             "7",
             "--base-port",
             &base,
+            "--app",
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../examples/apps/hello/hello.wasm"
+            ),
         ],
     );
     assert!(ok, "the chaos run failed: {out}\n{stderr}");
@@ -53,4 +58,9 @@ fn a_minute_of_kills_and_freezes_leaves_the_ledger_consistent() {
     assert!(st["reads"].as_u64().unwrap_or(0) >= 10, "{st}");
     assert_eq!(st["unreadable"], 0, "{st}");
     assert_eq!(st["differ"], 0, "{st}");
+    // An app on two nodes answered throughout, failing over while one was down.
+    let app = &r["app"];
+    assert_eq!(app["replicas"], 2, "{app}");
+    assert!(app["answered"].as_u64().unwrap_or(0) >= 100, "{app}");
+    assert_eq!(app["down_after"], 0, "{app}");
 }

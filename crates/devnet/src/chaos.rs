@@ -1,11 +1,12 @@
-//! `peergrid bench chaos`: transfers under load on a devnet while validators (at most f at a
-//! time) and nodes are killed with SIGKILL, frozen with SIGSTOP and brought back; then the
-//! checks a ledger must pass after any of that.
+//! `peergrid bench chaos`: transfers under load on a devnet, an app with two replicas
+//! answering requests, and a storage user putting and reading objects, while validators
+//! (at most f at a time) and nodes (one at a time) are killed with SIGKILL, frozen with
+//! SIGSTOP and brought back; then the checks the grid must pass after any of that.
 //!
 //! The checks: every validator ends at the same state root at the same height; every
 //! transfer a client saw finalized is in the chain exactly once; no transfer the ledger
-//! refused; and on every validator, genesis + minted − burned equals the sum of all
-//! balances.
+//! refused; on every validator, genesis + minted − burned equals the sum of all
+//! balances; every object stored reads back identical; every app replica answers again.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -34,6 +35,9 @@ pub struct ChaosBench {
     pub seed: u64,
     /// First port of the devnet.
     pub base_port: u16,
+    /// A `wasi:http` component to deploy on two nodes and send requests to throughout
+    /// (needs 2 nodes or more); `None` for no app traffic.
+    pub app: Option<std::path::PathBuf>,
 }
 
 /// What happened and what the checks found.
@@ -70,6 +74,23 @@ pub struct ChaosReport {
     pub supply_conserved: bool,
     /// Storage traffic, when the run has nodes enough for it.
     pub storage: Option<StorageChaos>,
+    /// App traffic, when the run deploys one.
+    pub app: Option<AppChaos>,
+}
+
+/// What a client of an app with two replicas saw while their nodes were killed.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AppChaos {
+    /// Replicas deployed, each on its own node.
+    pub replicas: usize,
+    /// Requests answered 200 by the first replica asked or, when it failed, the other.
+    pub answered: usize,
+    /// Requests neither replica answered (both nodes down or restoring at that moment).
+    pub unanswered: usize,
+    /// Requests a replica failed and the other then answered.
+    pub failed_over: usize,
+    /// Replicas that did not answer within 60 s after the faults.
+    pub down_after: usize,
 }
 
 /// What a storage user saw while nodes and validators were killed around it, and whether
@@ -137,6 +158,17 @@ impl ChaosReport {
                 out.push(format!(
                     "{} reads returned bytes different from what was put",
                     st.differ
+                ));
+            }
+        }
+        if let Some(app) = &self.app {
+            if app.answered == 0 {
+                out.push("the app answered no request".into());
+            }
+            if app.down_after > 0 {
+                out.push(format!(
+                    "{} of the app's {} replicas did not answer after the faults",
+                    app.down_after, app.replicas
                 ));
             }
         }
@@ -369,6 +401,112 @@ async fn storage_user(
     }
 }
 
+/// Deploy `component` on two nodes as the storage user, the way a builder does
+/// (`peergrid deploy`); returns the replicas' URLs.
+fn deploy_app(
+    exe: &Path,
+    dir: &Path,
+    apis: &[String],
+    component: &Path,
+) -> anyhow::Result<Vec<String>> {
+    let home = dir.join("chaos-app");
+    std::fs::create_dir_all(&home)?;
+    let key = home.join("key.json");
+    storage_key().save(&key, true)?;
+    let out = std::process::Command::new(exe)
+        .env("PEERGRID_HOME", &home)
+        .args(["--ledger", &apis.join(",")])
+        .arg("--key")
+        .arg(&key)
+        .args(["--json", "deploy"])
+        .arg(component)
+        .args(["--name", "chaos-hello", "--replicas", "2"])
+        .output()
+        .context("cannot run peergrid deploy")?;
+    if !out.status.success() {
+        bail!(
+            "deploying {} failed: {}",
+            component.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let deployed: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("peergrid deploy --json printed no JSON")?;
+    let urls: Vec<String> = deployed["app"]["replicas"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["url"].as_str().map(str::to_string))
+        .collect();
+    if urls.len() != 2 {
+        bail!(
+            "the app was deployed with {} reachable replicas, not 2",
+            urls.len()
+        );
+    }
+    Ok(urls)
+}
+
+/// Wait until the ledger has `count` nodes up (each counts once its first uptime report
+/// is final), for at most 90 s.
+async fn wait_nodes_up(apis: &[String], count: usize) -> anyhow::Result<()> {
+    let client = Client::new(apis.to_vec());
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let up = match client.nodes(None).await {
+            Ok((_, nodes)) => nodes
+                .iter()
+                .filter(|n| n.status == peergrid_ledger::NodeStatus::Up)
+                .count(),
+            Err(_) => 0,
+        };
+        if up >= count {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("only {up} of {count} nodes were up on the ledger after 90 s");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Whether the replica at `url` answers 200 within 2 s.
+async fn answers(http: &reqwest::Client, url: &str) -> bool {
+    matches!(
+        http.get(url).timeout(Duration::from_secs(2)).send().await,
+        Ok(r) if r.status() == reqwest::StatusCode::OK
+    )
+}
+
+/// Ask the app ten times a second until `until`, each time one replica in turn and the
+/// other if it fails.
+async fn request_app(urls: Vec<String>, app: Arc<Mutex<AppChaos>>, until: Instant) {
+    let http = reqwest::Client::new();
+    let mut turn = 0usize;
+    while Instant::now() < until {
+        let first = &urls[turn % urls.len()];
+        let second = &urls[(turn + 1) % urls.len()];
+        let outcome = if answers(&http, first).await {
+            Some(false)
+        } else if answers(&http, second).await {
+            Some(true)
+        } else {
+            None
+        };
+        if let Ok(mut a) = app.lock() {
+            match outcome {
+                Some(failed_over) => {
+                    a.answered += 1;
+                    a.failed_over += usize::from(failed_over);
+                }
+                None => a.unanswered += 1,
+            }
+        }
+        turn += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Run the chaos benchmark in `dir` with processes started from `exe`.
 pub async fn chaos(exe: &Path, dir: &Path, b: &ChaosBench) -> anyhow::Result<ChaosReport> {
     if b.senders == 0 {
@@ -417,6 +555,13 @@ async fn run(
     };
     let storage_dir = dir.join("chaos-storage");
     std::fs::create_dir_all(&storage_dir)?;
+    let app_urls = match &b.app {
+        Some(component) if b.nodes >= 2 => {
+            wait_nodes_up(&apis, b.nodes).await?;
+            Some(deploy_app(exe, dir, &apis, component)?)
+        }
+        _ => None,
+    };
     let start_height = Client::new(apis.clone()).status().await?.height;
 
     // A follower measures the longest gap between consecutive blocks' times: how long the
@@ -467,6 +612,10 @@ async fn run(
             until,
         ))
     });
+    let app: Arc<Mutex<AppChaos>> = Arc::default();
+    let requester = app_urls
+        .clone()
+        .map(|urls| tokio::spawn(request_app(urls, app.clone(), until)));
 
     let mut report = ChaosReport::default();
     let mut dice = Dice::new(b.seed);
@@ -510,6 +659,9 @@ async fn run(
     }
     if let Some(storer) = storer {
         let _ = storer.await;
+    }
+    if let Some(requester) = requester {
+        let _ = requester.await;
     }
 
     // Let every process come back, then compare the validators at one height.
@@ -593,6 +745,23 @@ async fn run(
         }
         storage.close().await;
         report.storage = Some(s.report);
+    }
+    // Every replica serves again once its node is back: the node restores its workloads.
+    if let Some(urls) = app_urls {
+        let mut a = app.lock().map_err(|_| anyhow::anyhow!("poisoned"))?.clone();
+        a.replicas = urls.len();
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for url in &urls {
+            while !answers(&http, url).await {
+                if Instant::now() > deadline {
+                    a.down_after += 1;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+        report.app = Some(a);
     }
     Ok(report)
 }
