@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicU64;
 use peergrid_core::{Capacity, FarmId};
 use tokio::sync::Mutex;
 
-use crate::protocol::{NodeReport, WorkloadCounts};
+use crate::protocol::{DiskReport, NodeReport, WorkloadCounts};
 use crate::uptime::ServiceClock;
 use crate::world::{WorkloadState, World};
 
@@ -42,6 +42,10 @@ pub struct Shared {
     pub storage: Arc<peergrid_storage::ShardStore>,
     /// The deployments this node runs.
     pub compute: Arc<crate::compute::Compute>,
+    /// The folders the node writes to: its data directory and each `--disk`.
+    pub disks: Vec<std::path::PathBuf>,
+    /// The free space kept on each of them; data for others is refused beyond it.
+    pub disk_reserve: peergrid_core::fs::DiskReserve,
 }
 
 impl Shared {
@@ -96,6 +100,26 @@ impl Shared {
             followed_height: world.followed_height,
             http: self.compute.http.get().cloned(),
             deployment: None,
+            disks: self.disk_reports(),
         }
+    }
+
+    /// Each folder's file system as it is now (one statvfs each; a folder that cannot be
+    /// asked is left out).
+    pub fn disk_reports(&self) -> Vec<DiskReport> {
+        self.disks
+            .iter()
+            .filter_map(|path| {
+                let space = peergrid_core::fs::disk_space(path).ok()?;
+                let reserve = self.disk_reserve.reserve_bytes(space.total_bytes);
+                Some(DiskReport {
+                    path: path.display().to_string(),
+                    free_bytes: space.available_bytes,
+                    total_bytes: space.total_bytes,
+                    reserve_bytes: reserve,
+                    full: space.available_bytes <= reserve,
+                })
+            })
+            .collect()
     }
 }
