@@ -10,11 +10,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// A tmpfs mounted on a temporary folder, unmounted and removed on drop.
+/// A tmpfs mounted on a folder, unmounted on drop (and the folder removed if it was
+/// made for it).
 #[derive(Debug)]
 pub struct SmallDisk {
     dir: PathBuf,
-    mounted: bool,
+    /// Whether the folder was made for the mount (and is removed after it).
+    made: bool,
 }
 
 fn in_ci() -> bool {
@@ -22,41 +24,57 @@ fn in_ci() -> bool {
 }
 
 impl SmallDisk {
-    /// Mount a tmpfs of `bytes` (rounded up to pages); the reason when it cannot be.
+    /// Mount a tmpfs of `bytes` (rounded up to pages) on a new temporary folder; the
+    /// reason when it cannot be.
     pub fn mount(bytes: u64) -> Result<SmallDisk, String> {
-        let base = std::env::temp_dir();
         let mut salt = [0u8; 8];
         let _ = getrandom::fill(&mut salt);
-        let dir = base.join(format!(
+        let dir = std::env::temp_dir().join(format!(
             "peergrid-disk-{}-{:016x}",
             std::process::id(),
             u64::from_le_bytes(salt)
         ));
         std::fs::create_dir_all(&dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        SmallDisk::mount_with(dir, bytes, true)
+    }
+
+    /// Mount a tmpfs of `bytes` over the existing folder `dir` (what it held is hidden
+    /// until the drop unmounts it; the folder itself stays).
+    pub fn mount_on(dir: &Path, bytes: u64) -> Result<SmallDisk, String> {
+        SmallDisk::mount_with(dir.to_path_buf(), bytes, false)
+    }
+
+    fn mount_with(dir: PathBuf, bytes: u64, made: bool) -> Result<SmallDisk, String> {
         let out = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
             .arg(&dir)
             .output();
-        match out {
-            Ok(o) if o.status.success() => Ok(SmallDisk { dir, mounted: true }),
-            Ok(o) => {
-                let _ = std::fs::remove_dir(&dir);
-                Err(format!(
-                    "cannot mount a tmpfs (needs root): {}",
-                    String::from_utf8_lossy(&o.stderr).trim()
-                ))
+        let reason = match out {
+            Ok(o) if o.status.success() => {
+                return Ok(SmallDisk { dir, made });
             }
-            Err(e) => {
-                let _ = std::fs::remove_dir(&dir);
-                Err(format!("cannot run mount: {e}"))
-            }
+            Ok(o) => format!(
+                "cannot mount a tmpfs (needs root): {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+            Err(e) => format!("cannot run mount: {e}"),
+        };
+        if made {
+            let _ = std::fs::remove_dir(&dir);
         }
+        Err(reason)
     }
 
     /// [`SmallDisk::mount`], or `None` after printing why (a skip); under CI, a panic.
     pub fn mount_or_skip(bytes: u64) -> Option<SmallDisk> {
-        match SmallDisk::mount(bytes) {
+        SmallDisk::or_skip(SmallDisk::mount(bytes))
+    }
+
+    /// The disk, or `None` after printing why it could not be mounted (a skip); under
+    /// CI, a panic.
+    pub fn or_skip(mounted: Result<SmallDisk, String>) -> Option<SmallDisk> {
+        match mounted {
             Ok(d) => Some(d),
             Err(reason) if in_ci() => {
                 panic!("disk-full tests cannot run under CI: {reason}; run them as root")
@@ -100,10 +118,10 @@ impl SmallDisk {
 
 impl Drop for SmallDisk {
     fn drop(&mut self) {
-        if self.mounted {
-            // Lazy, so a file a failing test left open never keeps the mount behind.
-            let _ = Command::new("umount").arg("-l").arg(&self.dir).output();
+        // Lazy, so a file a failing test left open never keeps the mount behind.
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).output();
+        if self.made {
+            let _ = std::fs::remove_dir(&self.dir);
         }
-        let _ = std::fs::remove_dir(&self.dir);
     }
 }
