@@ -1,14 +1,17 @@
 //! A node whose disk fills, on a real devnet (four validators, six node processes, real
 //! mesh connections): `peergrid store put` moves the shards that node refuses to the
 //! owner's other nodes and the object reads back; with no other node left the put fails
-//! naming the full disk; once space is freed the node takes shards again. The node's
-//! shard folder is a real 8 MiB tmpfs filled by the test, so it needs root; it skips
-//! elsewhere with a printed reason and fails under CI.
+//! naming the full disk; once space is freed the node takes shards again. A deployment
+//! sent to a node whose workloads folder is full is refused with the same message and
+//! placed on the next node, and is accepted there once space is freed. The full folders
+//! are real 8 MiB tmpfs filled by the test, so it needs root; it skips elsewhere with a
+//! printed reason and fails under CI.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use common::*;
@@ -16,6 +19,12 @@ use peergrid_core::disklab::SmallDisk;
 use serde_json::Value;
 
 const NODES: usize = 6;
+const HELLO: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../examples/apps/hello/hello.wasm"
+);
+/// One devnet at a time: two would share the machine's two cores with every node.
+static ONE_DEVNET: Mutex<()> = Mutex::new(());
 /// The node whose disk fills: not node 0, the devnet's mesh bootstrap peer.
 const FULL: usize = 3;
 
@@ -76,154 +85,230 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_with_a_full_disk_is_passed_over_named_when_needed_and_used_again_once_freed() {
+#[test]
+fn a_node_with_a_full_disk_is_passed_over_named_when_needed_and_used_again_once_freed() {
     if SmallDisk::or_skip(SmallDisk::mount(4096)).is_none() {
         return;
     }
+    let _one = ONE_DEVNET.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().expect("tempdir");
     let home = dir.path().join("alice");
     std::fs::create_dir_all(&home).expect("home");
-    let h = home.clone();
-    let base = base_port(20_000);
-    let _devnet = tokio::task::spawn_blocking(move || devnet(&h, base))
-        .await
-        .expect("join");
+    let _devnet = devnet(&home, base_port(20_000));
 
-    tokio::task::spawn_blocking(move || {
-        let key = ok(&home, &["key", "new"]);
-        let alice = key["account"].as_str().expect("account").to_string();
-        let demo = home.join("devnet/keys/demo.json");
-        let demo = demo.to_str().expect("utf8");
-        ok(
-            &home,
-            &[
-                "--key", demo, "wallet", "transfer", "--to", &alice, "--amount", "100000",
-            ],
-        );
-        let reserved = ok(
-            &home,
-            &[
-                "store",
-                "reserve",
-                "--size",
-                "64MiB",
-                "--nodes",
-                &NODES.to_string(),
-            ],
-        );
-        assert_eq!(
-            reserved["contracts"].as_array().map(Vec::len),
-            Some(NODES),
-            "{reserved}"
-        );
+    let key = ok(&home, &["key", "new"]);
+    let alice = key["account"].as_str().expect("account").to_string();
+    let demo = home.join("devnet/keys/demo.json");
+    let demo = demo.to_str().expect("utf8");
+    ok(
+        &home,
+        &[
+            "--key", demo, "wallet", "transfer", "--to", &alice, "--amount", "100000",
+        ],
+    );
+    let reserved = ok(
+        &home,
+        &[
+            "store",
+            "reserve",
+            "--size",
+            "64MiB",
+            "--nodes",
+            &NODES.to_string(),
+        ],
+    );
+    assert_eq!(
+        reserved["contracts"].as_array().map(Vec::len),
+        Some(NODES),
+        "{reserved}"
+    );
 
-        // The node's shard folder (`<disk>/peergrid-shards/<peer>`) becomes a small disk
-        // that another program fills to below the node's reserve.
-        let root = home.join(format!("devnet/nodes/node-{FULL}/peergrid-shards"));
-        let peer_dir = std::fs::read_dir(&root)
-            .expect("the node's shard root")
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| p.is_dir())
-            .expect("the node's own folder");
-        let disk = SmallDisk::or_skip(SmallDisk::mount_on(&peer_dir, 8 << 20))
-            .expect("mounted as the probe above was");
-        let filler = disk.fill("filler", 16 << 10).expect("fill");
+    // The node's shard folder (`<disk>/peergrid-shards/<peer>`) becomes a small disk
+    // that another program fills to below the node's reserve.
+    let root = home.join(format!("devnet/nodes/node-{FULL}/peergrid-shards"));
+    let peer_dir = std::fs::read_dir(&root)
+        .expect("the node's shard root")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.is_dir())
+        .expect("the node's own folder");
+    let disk = SmallDisk::or_skip(SmallDisk::mount_on(&peer_dir, 8 << 20))
+        .expect("mounted as the probe above was");
+    let filler = disk.fill("filler", 16 << 10).expect("fill");
 
-        // Six nodes, five shards per segment: the full node's shards go to the sixth.
-        let file = home.join("one.bin");
-        let one = random_file(&file, 9 * 1024 * 1024 + 7, 11);
-        let (done, put, err) = run(
-            &home,
-            &[
-                "store",
-                "put",
-                file.to_str().expect("utf8"),
-                "one.bin",
-                "--scheme",
-                "3+2",
-            ],
-        );
-        assert!(done, "a full node is passed over: {err}");
-        // Segments rotate over the six nodes, so the full node was asked and said why.
-        assert!(
-            err.contains("node disk full: "),
-            "the full node's refusal is in the warnings: {err}"
-        );
-        assert_eq!(put["scheme"], "3+2", "{put}");
-        let on_full: Vec<PathBuf> = files_under(disk.path())
-            .into_iter()
-            .filter(|p| *p != filler)
-            .collect();
-        assert!(
-            on_full.is_empty(),
-            "the full node keeps nothing, no temporary file either: {on_full:?}"
-        );
-        let back = home.join("one.back");
-        ok(
-            &home,
-            &["store", "get", "one.bin", back.to_str().expect("utf8")],
-        );
-        assert!(
-            std::fs::read(&back).expect("read") == one,
-            "read back differs"
-        );
+    // Six nodes, five shards per segment: the full node's shards go to the sixth.
+    let file = home.join("one.bin");
+    let one = random_file(&file, 9 * 1024 * 1024 + 7, 11);
+    let (done, put, err) = run(
+        &home,
+        &[
+            "store",
+            "put",
+            file.to_str().expect("utf8"),
+            "one.bin",
+            "--scheme",
+            "3+2",
+        ],
+    );
+    assert!(done, "a full node is passed over: {err}");
+    // Segments rotate over the six nodes, so the full node was asked and said why.
+    assert!(
+        err.contains("node disk full: "),
+        "the full node's refusal is in the warnings: {err}"
+    );
+    assert_eq!(put["scheme"], "3+2", "{put}");
+    let on_full: Vec<PathBuf> = files_under(disk.path())
+        .into_iter()
+        .filter(|p| *p != filler)
+        .collect();
+    assert!(
+        on_full.is_empty(),
+        "the full node keeps nothing, no temporary file either: {on_full:?}"
+    );
+    let back = home.join("one.back");
+    ok(
+        &home,
+        &["store", "get", "one.bin", back.to_str().expect("utf8")],
+    );
+    assert!(
+        std::fs::read(&back).expect("read") == one,
+        "read back differs"
+    );
 
-        // Six shards per segment on six nodes: no other node can take the full one's.
-        let file = home.join("two.bin");
-        let two = random_file(&file, 5 * 1024 * 1024 + 3, 12);
-        let (done, _, err) = run(
-            &home,
-            &[
-                "store",
-                "put",
-                file.to_str().expect("utf8"),
-                "two.bin",
-                "--scheme",
-                "4+2",
-            ],
-        );
-        assert!(!done, "no node can take the full node's shard");
-        assert!(
-            err.contains("node disk full: ")
-                && err.contains("the node refuses new data until space is freed")
-                && err.contains("no other node of yours can take its shard"),
-            "{err}"
-        );
-        assert!(
-            files_under(disk.path()).iter().all(|p| *p == filler),
-            "still nothing on the full node"
-        );
+    // Six shards per segment on six nodes: no other node can take the full one's.
+    let file = home.join("two.bin");
+    let two = random_file(&file, 5 * 1024 * 1024 + 3, 12);
+    let (done, _, err) = run(
+        &home,
+        &[
+            "store",
+            "put",
+            file.to_str().expect("utf8"),
+            "two.bin",
+            "--scheme",
+            "4+2",
+        ],
+    );
+    assert!(!done, "no node can take the full node's shard");
+    assert!(
+        err.contains("node disk full: ")
+            && err.contains("the node refuses new data until space is freed")
+            && err.contains("no other node of yours can take its shard"),
+        "{err}"
+    );
+    assert!(
+        files_under(disk.path()).iter().all(|p| *p == filler),
+        "still nothing on the full node"
+    );
 
-        // Space freed: the same put goes through, with shards on that node.
-        std::fs::remove_file(&filler).expect("free the disk");
-        ok(
-            &home,
-            &[
-                "store",
-                "put",
-                file.to_str().expect("utf8"),
-                "two.bin",
-                "--scheme",
-                "4+2",
-            ],
-        );
-        assert!(
-            !files_under(disk.path()).is_empty(),
-            "the node takes shards again"
-        );
-        let back = home.join("two.back");
-        ok(
-            &home,
-            &["store", "get", "two.bin", back.to_str().expect("utf8")],
-        );
-        assert!(
-            std::fs::read(&back).expect("read") == two,
-            "read back differs"
-        );
-        drop(disk);
-    })
-    .await
-    .expect("the test's steps");
+    // Space freed: the same put goes through, with shards on that node.
+    std::fs::remove_file(&filler).expect("free the disk");
+    ok(
+        &home,
+        &[
+            "store",
+            "put",
+            file.to_str().expect("utf8"),
+            "two.bin",
+            "--scheme",
+            "4+2",
+        ],
+    );
+    assert!(
+        !files_under(disk.path()).is_empty(),
+        "the node takes shards again"
+    );
+    let back = home.join("two.back");
+    ok(
+        &home,
+        &["store", "get", "two.bin", back.to_str().expect("utf8")],
+    );
+    assert!(
+        std::fs::read(&back).expect("read") == two,
+        "read back differs"
+    );
+    drop(disk);
+}
+
+/// The ledger id of devnet node `i` (by its key's account).
+fn node_id(home: &Path, i: usize) -> u64 {
+    let key: Value = serde_json::from_slice(
+        &std::fs::read(home.join(format!("devnet/nodes/node-{i}/node-key.json")))
+            .expect("node key"),
+    )
+    .expect("key json");
+    let list = ok(home, &["node", "list"]);
+    list["nodes"]
+        .as_array()
+        .and_then(|nodes| {
+            nodes
+                .iter()
+                .find(|n| n["account"] == key["account"])
+                .and_then(|n| n["id"].as_u64())
+        })
+        .unwrap_or_else(|| panic!("node {i} is not listed: {list}"))
+}
+
+#[test]
+fn a_deployment_sent_to_a_node_with_a_full_disk_is_refused_and_placed_elsewhere() {
+    if SmallDisk::or_skip(SmallDisk::mount(4096)).is_none() {
+        return;
+    }
+    let _one = ONE_DEVNET.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = dir.path().join("dave");
+    std::fs::create_dir_all(&home).expect("home");
+    let _devnet = devnet(&home, base_port(20_000));
+
+    let full = node_id(&home, FULL);
+    let other = node_id(&home, 1);
+    // The node keeps each deployment in `<data dir>/workloads/<contract>/`.
+    let workloads = home.join(format!("devnet/nodes/node-{FULL}/workloads"));
+    std::fs::create_dir_all(&workloads).expect("workloads folder");
+    let disk = SmallDisk::or_skip(SmallDisk::mount_on(&workloads, 8 << 20))
+        .expect("mounted as the probe above was");
+    let filler = disk.fill("filler", 16 << 10).expect("fill");
+
+    let (done, out, err) = run(
+        &home,
+        &[
+            "deploy",
+            HELLO,
+            "--name",
+            "hello",
+            "--node",
+            &full.to_string(),
+            "--node",
+            &other.to_string(),
+        ],
+    );
+    assert!(done, "the deployment moves on to the next node: {err}");
+    assert!(
+        err.contains(&format!("node {full}: "))
+            && err.contains("node disk full: ")
+            && err.contains("the node refuses new data until space is freed"),
+        "the full node says why it refused: {err}"
+    );
+    assert_eq!(out["app"]["replicas"][0]["node"], other, "{out}");
+    assert!(
+        files_under(disk.path()).iter().all(|p| *p == filler),
+        "nothing of the deployment is kept on the full disk"
+    );
+
+    // Space freed: the same node accepts a deployment.
+    std::fs::remove_file(&filler).expect("free the disk");
+    let (done, out, err) = run(
+        &home,
+        &[
+            "deploy",
+            HELLO,
+            "--name",
+            "hello2",
+            "--node",
+            &full.to_string(),
+        ],
+    );
+    assert!(done, "the node accepts deployments again: {err}");
+    assert_eq!(out["app"]["replicas"][0]["node"], full, "{out}");
+    drop(disk);
 }
