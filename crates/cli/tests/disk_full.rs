@@ -295,6 +295,31 @@ fn a_deployment_sent_to_a_node_with_a_full_disk_is_refused_and_placed_elsewhere(
         "nothing of the deployment is kept on the full disk"
     );
 
+    // The node's status lists the folders it writes to, with their free space and reserve.
+    let running: Value = serde_json::from_slice(
+        &std::fs::read(home.join("devnet/devnet.json")).expect("devnet.json"),
+    )
+    .expect("devnet.json");
+    let health = running["nodes"][FULL]
+        .as_str()
+        .expect("the node's health URL");
+    let (code, body) = get(&format!("{health}/v1/status")).expect("the node answers");
+    assert_eq!(code, 200, "{body}");
+    let status: Value = serde_json::from_str(&body).expect("status json");
+    let data_dir = status["disks"].as_array().and_then(|disks| {
+        disks.iter().find(|d| {
+            d["path"]
+                .as_str()
+                .is_some_and(|p| p.ends_with(&format!("node-{FULL}")))
+        })
+    });
+    assert!(
+        data_dir.is_some_and(|d| d["free_bytes"].as_u64().is_some_and(|f| f > 0)
+            && d["reserve_bytes"].as_u64().is_some_and(|r| r > 0)
+            && d["full"] == false),
+        "{status}"
+    );
+
     // Space freed: the same node accepts a deployment.
     std::fs::remove_file(&filler).expect("free the disk");
     let (done, out, err) = run(
