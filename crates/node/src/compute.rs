@@ -177,8 +177,9 @@ impl Compute {
         })
     }
 
-    /// Keep `reserve` free on the data directory's disk: a component that would leave
-    /// less is not fetched into the cache, and its workload fails saying so.
+    /// Keep `reserve` free on the data directory's disk: a new component that would
+    /// leave less is not cached and its workload fails saying so; a job's outcome that
+    /// would is shown from memory only.
     pub fn with_disk_reserve(mut self, reserve: peergrid_core::fs::DiskReserve) -> Compute {
         self.disk = reserve;
         self
@@ -338,7 +339,12 @@ impl Compute {
         let path = job_record_path(&dir, &spec.name);
         match serde_json::to_vec(&record) {
             Ok(bytes) => {
+                let disk = self.disk;
                 let written = tokio::task::spawn_blocking(move || {
+                    // The outcome is the owner's data: it is not kept beyond the reserve
+                    // (shown from memory until a restart, as for any failed write).
+                    disk.check(&dir, bytes.len() as u64, 0)
+                        .map_err(|full| full.to_string())?;
                     if let Some(parent) = path.parent() {
                         std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
                     }

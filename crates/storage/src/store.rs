@@ -127,11 +127,6 @@ impl ShardStore {
         self
     }
 
-    /// The reserve kept free on every disk.
-    pub fn disk_reserve(&self) -> DiskReserve {
-        self.disk
-    }
-
     /// Whether `need` bytes more may be written under `dir`, given the puts under way.
     fn room(&self, dir: &Path, need: u64) -> Result<(), DiskFull> {
         let promised = self.state().promised;
