@@ -68,6 +68,7 @@ struct State {
     /// Which contract holds each shard.
     location: HashMap<Hash, ContractId>,
     /// Bytes of puts under way, not yet on disk: not free for the next put's check.
+    /// One sum for every disk, so with shards on two disks it is cautious, never lax.
     promised: u64,
 }
 
