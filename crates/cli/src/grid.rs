@@ -81,6 +81,9 @@ pub struct RunArgs {
     /// A disk given to the grid, as PATH[:ssd|:hdd][:MAX_SIZE] (repeatable) [default: the data directory's disk].
     #[arg(long = "disk", value_name = "PATH[:ssd|:hdd][:SIZE]")]
     disks: Vec<DiskSpec>,
+    /// Bytes kept free on every disk for the node's own state: shards, deployments and components for others are refused beyond it [default: 1 % of the disk, at most 256 MiB].
+    #[arg(long, value_name = "SIZE")]
+    keep_free: Option<peergrid_core::capacity::Size>,
     /// The farm owner's invitation (from `peergrid farm invite`), when their key is not on this machine.
     #[arg(long, value_name = "HEX")]
     invitation: Option<Signature>,
@@ -357,7 +360,10 @@ fn node_run(globals: &Globals, args: RunArgs) -> anyhow::Result<()> {
         ledger: client.urls().to_vec(),
         ledger_ca: globals.ledger_ca_pem()?,
         disks: args.disks,
-        reserve: Reservation::default(),
+        reserve: Reservation {
+            disk_free_min_bytes: args.keep_free.map(|s| s.bytes()),
+            ..Reservation::default()
+        },
         location: LocationUpdate {
             country: args.country,
             city: args.city,

@@ -5,12 +5,14 @@
 //! Everything the ledger records and every participant signs is defined here, with
 //! one canonical binary encoding (borsh) and one readable form for people (JSON and
 //! the strings printed by the CLI). Nothing in this crate does IO except the key
-//! file helpers in [`keys`].
+//! file helpers in [`keys`], atomic writes and free space in [`fs`], and the test
+//! support in [`disklab`].
 
 pub mod account;
 pub mod amount;
 pub mod capacity;
 pub mod codec;
+pub mod disklab;
 pub mod economics;
 pub mod fs;
 pub mod hash;

@@ -141,6 +141,7 @@ pub enum Target {
 pub struct Compute {
     runtime: Result<Runtime, String>,
     components: PathBuf,
+    disk: peergrid_core::fs::DiskReserve,
     mesh: Mesh,
     apps: RwLock<BTreeMap<ContractId, App>>,
     /// The HTTP entry's URL (`http://host:port`), once it listens.
@@ -169,10 +170,19 @@ impl Compute {
         Ok(Compute {
             runtime,
             components,
+            disk: peergrid_core::fs::DiskReserve::default(),
             mesh,
             apps: RwLock::new(BTreeMap::new()),
             http: OnceLock::new(),
         })
+    }
+
+    /// Keep `reserve` free on the data directory's disk: a new component that would
+    /// leave less is not cached and its workload fails saying so; a job's outcome that
+    /// would is shown from memory only.
+    pub fn with_disk_reserve(mut self, reserve: peergrid_core::fs::DiskReserve) -> Compute {
+        self.disk = reserve;
+        self
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<ContractId, App>> {
@@ -329,7 +339,12 @@ impl Compute {
         let path = job_record_path(&dir, &spec.name);
         match serde_json::to_vec(&record) {
             Ok(bytes) => {
+                let disk = self.disk;
                 let written = tokio::task::spawn_blocking(move || {
+                    // The outcome is the owner's data: it is not kept beyond the reserve
+                    // (shown from memory until a restart, as for any failed write).
+                    disk.check(&dir, bytes.len() as u64, 0)
+                        .map_err(|full| full.to_string())?;
                     if let Some(parent) = path.parent() {
                         std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
                     }
@@ -387,10 +402,19 @@ impl Compute {
             .map_err(|e| {
                 format!("component {hex_hash} is not cached here and cannot be fetched from its owner: {e}")
             })?;
+        // A new component needs the disk (its cached bytes, then its compiled code): on
+        // a full disk the workload is refused rather than filling what the node keeps.
+        let need = bytes.len() as u64;
+        self.disk
+            .check(&self.components, need, 0)
+            .map_err(|full| full.to_string())?;
         let to_write = bytes.clone();
         let write = tokio::task::spawn_blocking(move || write_atomic(&path, &to_write)).await;
         match write {
             Ok(Ok(())) => {}
+            Ok(Err(e)) if e.is_disk_full() => {
+                return Err(self.disk.full(&self.components, need).to_string());
+            }
             Ok(Err(e)) => {
                 warn!(error = %e, "cannot cache a component; it will be fetched again after a restart")
             }

@@ -226,14 +226,22 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Running> {
         .await
         .map(|a| a.iter().map(ToString::to_string).collect())
         .unwrap_or_default();
+    let disk_reserve = config.reserve.disk_reserve();
     let storage = Arc::new(
         peergrid_storage::ShardStore::new(config.data_dir.join("storage-pointers"))
-            .context("cannot create the storage pointers folder")?,
+            .context("cannot create the storage pointers folder")?
+            .with_disk_reserve(disk_reserve),
     );
-    let compute = Arc::new(crate::compute::Compute::new(
-        &config.data_dir,
-        mesh.clone(),
-    )?);
+    let compute = Arc::new(
+        crate::compute::Compute::new(&config.data_dir, mesh.clone())?
+            .with_disk_reserve(disk_reserve),
+    );
+    let mut disk_paths = vec![config.data_dir.clone()];
+    for d in &probe.disks {
+        if !d.path.as_os_str().is_empty() && !disk_paths.contains(&d.path) {
+            disk_paths.push(d.path.clone());
+        }
+    }
     let shared = Arc::new(Shared {
         compute: compute.clone(),
         storage: storage.clone(),
@@ -250,6 +258,8 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Running> {
         listen,
         mesh: mesh.clone(),
         clock,
+        disks: disk_paths,
+        disk_reserve,
     });
     shared.sync_storage(&*shared.world.lock().await);
     compute.sync(&*shared.world.lock().await);
@@ -504,6 +514,13 @@ async fn accept_deployment(
     if !contract.is_live() {
         return Err(format!("contract {} is deleted", contract.id));
     }
+    // Checked once the request is known to be the owner's, so strangers learn nothing;
+    // the deployment is small, but its components follow and are checked again.
+    let dir = shared.world.lock().await.workload_dir(contract.id);
+    shared
+        .disk_reserve
+        .check(&dir, request.deployment.len() as u64, 0)
+        .map_err(|full| full.to_string())?;
     reconcile::reconcile_one(shared, &contract).await;
     let mut world = shared.world.lock().await;
     let refused = match world.workloads.get(&contract.id).map(|w| &w.state) {
@@ -518,11 +535,19 @@ async fn accept_deployment(
         ));
     }
     let file = world.workload_dir(contract.id).join("deployment.bin");
-    write_atomic(&file, &request.deployment).map_err(|e| e.to_string())?;
+    let need = request.deployment.len() as u64;
+    let full = |e: WorldError| {
+        if e.is_disk_full() {
+            shared.disk_reserve.full(&dir, need).to_string()
+        } else {
+            e.to_string()
+        }
+    };
+    write_atomic(&file, &request.deployment).map_err(full)?;
     if let Some(w) = world.workloads.get_mut(&contract.id) {
         w.deployed = Some(hash);
     }
-    world.save().map_err(|e| e.to_string())?;
+    world.save().map_err(full)?;
     shared.compute.retry(contract.id);
     shared.compute.sync(&world);
     Ok(contract.id)

@@ -205,11 +205,39 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
             "Shards found corrupt on read and moved aside.",
             store.corrupt,
         ),
+        (
+            "peergrid_node_shard_disk_full_total",
+            "Shard and pointer writes refused because the disk was full.",
+            store.full,
+        ),
     ] {
         let _ = writeln!(
             out,
             "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
         );
+    }
+    for (name, help, pick) in [
+        (
+            "peergrid_node_disk_free_bytes",
+            "Bytes free on the file system of each folder the node writes to.",
+            (|d: &crate::protocol::DiskReport| d.free_bytes) as fn(&_) -> u64,
+        ),
+        (
+            "peergrid_node_disk_reserve_bytes",
+            "Bytes the node keeps free there; data for others is refused below it.",
+            |d| d.reserve_bytes,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for d in &report.disks {
+            // Prometheus label values escape backslashes, quotes and newlines.
+            let path = d
+                .path
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
+            let _ = writeln!(out, "{name}{{path=\"{path}\"}} {}", pick(d));
+        }
     }
     let counters = [
         (

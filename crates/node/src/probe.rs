@@ -71,15 +71,32 @@ pub struct Reservation {
     pub memory_min_bytes: u64,
     /// Disk kept on every disk for the node's own state, in percent.
     pub disk_percent: u8,
+    /// Bytes that must stay free on every disk, whatever the contracts hold: data for
+    /// others (shards, pointers, deployments, components) is refused beyond it, so the
+    /// node's own state and logs always find room. `None`: 1 % of the disk, at most
+    /// 256 MiB ([`peergrid_core::fs::DiskReserve`]).
+    #[serde(default)]
+    pub disk_free_min_bytes: Option<u64>,
+}
+
+impl Reservation {
+    /// The free space the node keeps on every disk.
+    pub fn disk_reserve(&self) -> peergrid_core::fs::DiskReserve {
+        peergrid_core::fs::DiskReserve {
+            free_min_bytes: self.disk_free_min_bytes,
+        }
+    }
 }
 
 impl Default for Reservation {
-    /// A tenth of memory (at least 512 MiB) and 5 % of every disk; no core is kept,
-    /// as cores are time-shared and the node's own work is light.
+    /// A tenth of memory (at least 512 MiB) and 5 % of every disk, of which 1 % (at
+    /// most 256 MiB) is kept free even when something else fills the disk; no core is
+    /// kept, as cores are time-shared and the node's own work is light.
     fn default() -> Self {
         Reservation {
             memory_min_bytes: 512 << 20,
             disk_percent: 5,
+            disk_free_min_bytes: None,
         }
     }
 }

@@ -74,6 +74,25 @@ pub struct NodeReport {
     /// The deployment asked about (a status request may name one contract).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployment: Option<DeploymentStatus>,
+    /// The file systems the node writes to, with their free space now.
+    #[serde(default)]
+    pub disks: Vec<DiskReport>,
+}
+
+/// One folder the node writes to (its data directory, each `--disk`), as its file
+/// system is now.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskReport {
+    /// The folder.
+    pub path: String,
+    /// Bytes free on its file system.
+    pub free_bytes: u64,
+    /// The file system's size.
+    pub total_bytes: u64,
+    /// Bytes the node keeps free there for itself.
+    pub reserve_bytes: u64,
+    /// Free space is at or below the reserve: new data for others is refused.
+    pub full: bool,
 }
 
 /// What a deployment is doing on a node.

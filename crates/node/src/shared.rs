@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicU64;
 use peergrid_core::{Capacity, FarmId};
 use tokio::sync::Mutex;
 
-use crate::protocol::{NodeReport, WorkloadCounts};
+use crate::protocol::{DiskReport, NodeReport, WorkloadCounts};
 use crate::uptime::ServiceClock;
 use crate::world::{WorkloadState, World};
 
@@ -42,6 +42,10 @@ pub struct Shared {
     pub storage: Arc<peergrid_storage::ShardStore>,
     /// The deployments this node runs.
     pub compute: Arc<crate::compute::Compute>,
+    /// The folders the node writes to: its data directory and each `--disk`.
+    pub disks: Vec<std::path::PathBuf>,
+    /// The free space kept on each of them; data for others is refused beyond it.
+    pub disk_reserve: peergrid_core::fs::DiskReserve,
 }
 
 impl Shared {
@@ -96,6 +100,55 @@ impl Shared {
             followed_height: world.followed_height,
             http: self.compute.http.get().cloned(),
             deployment: None,
+            disks: disk_reports(&self.disks, self.disk_reserve),
         }
+    }
+}
+
+/// Each folder's file system as it is now, with the reserve kept there (one statvfs
+/// each; a folder that cannot be asked is left out).
+pub fn disk_reports(
+    paths: &[std::path::PathBuf],
+    reserve: peergrid_core::fs::DiskReserve,
+) -> Vec<DiskReport> {
+    paths
+        .iter()
+        .filter_map(|path| {
+            let space = peergrid_core::fs::disk_space(path).ok()?;
+            let reserve_bytes = reserve.reserve_bytes(space.total_bytes);
+            Some(DiskReport {
+                path: path.display().to_string(),
+                free_bytes: space.available_bytes,
+                total_bytes: space.total_bytes,
+                reserve_bytes,
+                full: space.available_bytes <= reserve_bytes,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use peergrid_core::disklab::SmallDisk;
+    use peergrid_core::fs::DiskReserve;
+
+    #[test]
+    fn a_disk_is_reported_full_below_its_reserve_and_not_once_freed() {
+        let Some(disk) = SmallDisk::mount_or_skip(8 << 20) else {
+            return;
+        };
+        let paths = vec![disk.path().to_path_buf()];
+        let reserve = DiskReserve::bytes(1 << 20);
+        let [report] = disk_reports(&paths, reserve).try_into().expect("one disk");
+        assert_eq!(report.total_bytes, 8 << 20);
+        assert_eq!(report.reserve_bytes, 1 << 20);
+        assert!(!report.full && report.free_bytes > 7 << 20, "{report:?}");
+        let filler = disk.fill("filler", 512 << 10).expect("fill");
+        let [report] = disk_reports(&paths, reserve).try_into().expect("one disk");
+        assert!(report.full && report.free_bytes <= 512 << 10, "{report:?}");
+        std::fs::remove_file(filler).expect("free");
+        let [report] = disk_reports(&paths, reserve).try_into().expect("one disk");
+        assert!(!report.full, "{report:?}");
     }
 }

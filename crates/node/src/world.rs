@@ -117,6 +117,11 @@ pub struct WorldError {
 }
 
 impl WorldError {
+    /// Whether the disk (or the quota on it) was full.
+    pub fn is_disk_full(&self) -> bool {
+        peergrid_core::fs::is_disk_full(&self.source)
+    }
+
     pub(crate) fn new(what: &'static str, path: &Path, source: std::io::Error) -> Self {
         WorldError {
             what,

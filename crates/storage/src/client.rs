@@ -148,6 +148,8 @@ pub struct Storage {
     keys: StorageKeys,
     /// Nodes that failed during this run; tried last.
     failed: Mutex<HashSet<PeerId>>,
+    /// Nodes whose disk was full during this run: given no new shard, still read from.
+    full: Mutex<HashSet<PeerId>>,
 }
 
 /// Order `holdings` so that consecutive ones are on different farms where possible.
@@ -178,6 +180,7 @@ impl Storage {
             key,
             keys,
             failed: Mutex::new(HashSet::new()),
+            full: Mutex::new(HashSet::new()),
         }
     }
 
@@ -227,6 +230,23 @@ impl Storage {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .contains(peer)
+    }
+
+    fn mark_full(&self, peer: PeerId) {
+        self.full
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(peer);
+    }
+
+    /// Whether `peer` can be given a shard: reachable so far, and its disk not full.
+    fn can_take(&self, peer: &PeerId) -> bool {
+        !self.has_failed(peer)
+            && !self
+                .full
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(peer)
     }
 
     /// `owner`'s live storage contracts, each with its node.
@@ -638,6 +658,12 @@ impl Storage {
                         if unreachable && let Ok(p) = holdings[targets[j]].peer_id() {
                             self.mark_failed(p);
                         }
+                        // A node whose disk is full takes no shard until it frees space;
+                        // what it holds is still read from it.
+                        let full = matches!(&e, StorageError::Wire(w) if w.is_disk_full());
+                        if full && let Ok(p) = holdings[targets[j]].peer_id() {
+                            self.mark_full(p);
+                        }
                         retry.push((j, e));
                     }
                 }
@@ -655,11 +681,11 @@ impl Storage {
             for (j, e) in retry {
                 let used: HashSet<usize> = targets.iter().copied().collect();
                 let spare = (0..holdings.len()).find(|i| {
-                    !used.contains(i) && holdings[*i].peer_id().is_ok_and(|p| !self.has_failed(&p))
+                    !used.contains(i) && holdings[*i].peer_id().is_ok_and(|p| self.can_take(&p))
                 });
                 let same_ok = holdings[targets[j]]
                     .peer_id()
-                    .is_ok_and(|p| !self.has_failed(&p));
+                    .is_ok_and(|p| self.can_take(&p));
                 match spare {
                     Some(i) => {
                         targets[j] = i;

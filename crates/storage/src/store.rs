@@ -9,14 +9,26 @@
 //! disk) is moved aside and no longer served. Writes are refused beyond the contract's
 //! reservation, and a contract in grace refuses reads and writes but keeps the data.
 //!
+//! Writes are refused, too, when the disk they go to would keep less free than the
+//! node's [`DiskReserve`] (the node's own state lives on these disks): the answer is
+//! [`Response::Full`] with the numbers, before any byte moves. Bytes promised to puts
+//! under way count as used, so concurrent puts cannot overrun the reserve together. A
+//! put that still meets a full disk (another program filled it meanwhile) removes its
+//! temporary file, reads the rest of the shard so the sender hears the answer, and
+//! answers `Full` as well; shards already stored are untouched and served as before.
+//! Reads, audits and deletes never need space, and writes are accepted again as soon
+//! as space is freed: the free space is asked of the file system at every put.
+//!
 //! The node tells the store which contracts exist through [`ShardStore::set_contracts`];
 //! the store never asks the ledger itself, and acts only for contracts it was given.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use peergrid_core::fs::{DiskFull, DiskReserve, is_disk_full};
 use peergrid_core::{AccountId, ContractId, Hash};
 use peergrid_mesh::{Mesh, Slots};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -55,6 +67,9 @@ struct State {
     used: HashMap<ContractId, u64>,
     /// Which contract holds each shard.
     location: HashMap<Hash, ContractId>,
+    /// Bytes of puts under way, not yet on disk: not free for the next put's check.
+    /// One sum for every disk, so with shards on two disks it is cautious, never lax.
+    promised: u64,
 }
 
 /// Counters for the node's metrics.
@@ -70,6 +85,8 @@ pub struct StoreStats {
     pub refused: u64,
     /// Shards found corrupt on read and moved aside.
     pub corrupt: u64,
+    /// Writes refused because the disk was full (also counted in `refused`).
+    pub full: u64,
 }
 
 /// The node's shards.
@@ -77,6 +94,10 @@ pub struct ShardStore {
     pointers: PathBuf,
     state: Mutex<State>,
     stats: Mutex<StoreStats>,
+    disk: DiskReserve,
+    /// Whether the last write was refused for a full disk: logged once per episode, so
+    /// a full disk is not filled further by a warning per refused put.
+    full: AtomicBool,
 }
 
 fn shards_dir(contract_dir: &Path) -> PathBuf {
@@ -95,7 +116,37 @@ impl ShardStore {
             pointers: pointers_dir,
             state: Mutex::new(State::default()),
             stats: Mutex::new(StoreStats::default()),
+            disk: DiskReserve::default(),
+            full: AtomicBool::new(false),
         })
+    }
+
+    /// Keep `reserve` free on every disk the store writes to (default: 1 % of each, at
+    /// most 256 MiB).
+    pub fn with_disk_reserve(mut self, reserve: DiskReserve) -> ShardStore {
+        self.disk = reserve;
+        self
+    }
+
+    /// Whether `need` bytes more may be written under `dir`, given the puts under way.
+    fn room(&self, dir: &Path, need: u64) -> Result<(), DiskFull> {
+        let promised = self.state().promised;
+        self.disk.check(dir, need, promised)
+    }
+
+    /// Note a write refused for a full disk (warned once until writes succeed again).
+    fn note_full(&self, full: &DiskFull) {
+        self.count(|s| s.full += 1);
+        if !self.full.swap(true, Ordering::Relaxed) {
+            warn!(%full, "refusing new shards: the disk is full");
+        }
+    }
+
+    /// Note a write that succeeded: a full disk has room again.
+    fn note_room(&self) {
+        if self.full.swap(false, Ordering::Relaxed) {
+            info!("the disk has room again; accepting new shards");
+        }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -185,7 +236,7 @@ impl ShardStore {
             Request::PutPointer(p) => self.put_pointer(p),
             Request::GetPointer { owner } => Response::Pointer(self.pointer(&owner)),
         };
-        if matches!(answer, Response::Refused(_)) {
+        if matches!(answer, Response::Refused(_) | Response::Full(_)) {
             self.count(|s| s.refused += 1);
         }
         wire::write_response(stream, &answer).await?;
@@ -254,9 +305,25 @@ impl ShardStore {
             wire::write_response(stream, &Response::Have).await?;
             return stream.close().await;
         };
+        // The disk is asked and the bytes promised under one lock, so two puts cannot
+        // both be granted the last free bytes.
+        let room = {
+            let mut state = self.state();
+            let room = self.disk.check(&access.dir, len, state.promised);
+            if room.is_ok() {
+                state.promised = state.promised.saturating_add(len);
+            } else if let Some(u) = state.used.get_mut(&contract) {
+                *u = u.saturating_sub(len);
+            }
+            room
+        };
+        if let Err(full) = room {
+            return self.refuse_full(stream, full).await;
+        }
         let result = self.receive(stream, &access.dir, id, len).await;
         {
             let mut state = self.state();
+            state.promised = state.promised.saturating_sub(len);
             // A failed write frees its bytes; so does a second put of the same shard.
             if (result.is_err() || state.location.insert(id, contract) == Some(contract))
                 && let Some(u) = state.used.get_mut(&contract)
@@ -267,11 +334,13 @@ impl ShardStore {
         match result {
             Ok(()) => {
                 self.count(|s| s.puts += 1);
+                self.note_room();
                 wire::write_response(stream, &Response::Stored).await?;
                 stream.close().await
             }
             Err(e) => match e {
                 Receive::Refused(reason) => self.refuse(stream, reason).await,
+                Receive::Full(full) => self.refuse_full(stream, full).await,
                 Receive::Io(e) => Err(e),
             },
         }
@@ -285,16 +354,24 @@ impl ShardStore {
         id: Hash,
         len: u64,
     ) -> Result<(), Receive> {
+        let full = |e: std::io::Error| {
+            if is_disk_full(&e) {
+                Receive::Full(self.disk.full(dir, len))
+            } else {
+                Receive::Io(e)
+            }
+        };
         let shards = shards_dir(dir);
-        tokio::fs::create_dir_all(&shards)
-            .await
-            .map_err(Receive::Io)?;
+        tokio::fs::create_dir_all(&shards).await.map_err(full)?;
         let tmp = shards.join(format!(".tmp-{id}-{:016x}", rand_u64()));
         let outcome = async {
+            // Created before the sender is told to go, so a disk that cannot take even
+            // the file is answered before any byte moves.
+            let mut file = Some(tokio::fs::File::create(&tmp).await.map_err(full)?);
             wire::write_response(stream, &Response::Ready)
                 .await
                 .map_err(Receive::Io)?;
-            let mut file = tokio::fs::File::create(&tmp).await.map_err(Receive::Io)?;
+            let mut failed = None;
             let mut hasher = ShardHasher::default();
             let mut buf = vec![0u8; 64 * 1024];
             let mut left = len;
@@ -308,8 +385,23 @@ impl ShardStore {
                 .await
                 .map_err(Receive::Io)?;
                 hasher.update(&buf[..want]);
-                file.write_all(&buf[..want]).await.map_err(Receive::Io)?;
+                if let Some(f) = file.as_mut()
+                    && let Err(e) = f.write_all(&buf[..want]).await
+                {
+                    if !is_disk_full(&e) {
+                        return Err(Receive::Io(e));
+                    }
+                    // The disk filled under us: give its space back at once, and read
+                    // the rest without keeping it, so the sender is not cut off and
+                    // hears why.
+                    file = None;
+                    let _ = tokio::fs::remove_file(&tmp).await;
+                    failed = Some(e);
+                }
                 left -= want as u64;
+            }
+            if let Some(e) = failed {
+                return Err(full(e));
             }
             let got = hasher.finalize();
             if got != id {
@@ -317,11 +409,14 @@ impl ShardStore {
                     "the bytes sent hash to {got}, not to {id}: nothing was stored"
                 )));
             }
-            file.sync_all().await.map_err(Receive::Io)?;
+            let Some(file) = file else {
+                return Err(Receive::Io(std::io::Error::other("shard file lost")));
+            };
+            file.sync_all().await.map_err(full)?;
             drop(file);
             tokio::fs::rename(&tmp, shard_path(dir, &id))
                 .await
-                .map_err(Receive::Io)?;
+                .map_err(full)?;
             if let Ok(d) = tokio::fs::File::open(&shards).await {
                 let _ = d.sync_all().await;
             }
@@ -525,8 +620,20 @@ impl ShardStore {
             return Response::Done;
         }
         let path = self.pointer_path(&owner);
-        match write_atomic(&path, &encode_versioned(&pointer)) {
+        let bytes = encode_versioned(&pointer);
+        let need = bytes.len() as u64;
+        // A pointer is small, but it is written for someone else all the same.
+        if let Err(full) = self.room(&self.pointers, need) {
+            self.note_full(&full);
+            return Response::Full(full.to_string());
+        }
+        match write_atomic(&path, &bytes) {
             Ok(()) => Response::Done,
+            Err(e) if is_disk_full(&e) => {
+                let full = self.disk.full(&self.pointers, need);
+                self.note_full(&full);
+                Response::Full(full.to_string())
+            }
             Err(e) => Response::Refused(format!("cannot keep the pointer: {e}")),
         }
     }
@@ -541,10 +648,22 @@ impl ShardStore {
         wire::write_response(stream, &Response::Refused(reason)).await?;
         stream.close().await
     }
+
+    async fn refuse_full(
+        &self,
+        stream: &mut peergrid_mesh::Stream,
+        full: DiskFull,
+    ) -> std::io::Result<()> {
+        self.note_full(&full);
+        self.count(|s| s.refused += 1);
+        wire::write_response(stream, &Response::Full(full.to_string())).await?;
+        stream.close().await
+    }
 }
 
 enum Receive {
     Refused(String),
+    Full(DiskFull),
     Io(std::io::Error),
 }
 

@@ -8,6 +8,11 @@
 //! the sender instead of filling memory; both ends check every shard against its
 //! address. A Put is answered `Have` before any byte moves when the node already holds
 //! the shard, which is what makes a retried upload resume where it stopped.
+//!
+//! A node whose disk is full answers `Full` instead of `Ready` (or instead of `Stored`
+//! when the disk filled while the bytes arrived, after reading them all, so the sender
+//! hears why): a refusal of its own kind, so an uploader moves the shard to another node
+//! and never takes it for bad bytes or a lost shard. Reads and audits go on as before.
 
 use std::time::Duration;
 
@@ -125,6 +130,10 @@ pub enum Response {
     Done,
     /// Refused, with a reason for people.
     Refused(String),
+    /// Put, PutPointer: the node's disk is full (a [`peergrid_core::fs::DiskFull`],
+    /// said for people); nothing was stored, what it held is intact. Last, so the
+    /// variants before keep their encoding.
+    Full(String),
 }
 
 /// A shard request failed.
@@ -144,6 +153,15 @@ pub enum WireError {
         /// The node.
         peer: PeerId,
         /// Its reason.
+        reason: String,
+    },
+    /// The node's disk is full: it stores nothing new until space is freed, and still
+    /// serves what it holds. Another node should take the data.
+    #[error("{peer} cannot take it: {reason}")]
+    DiskFull {
+        /// The node.
+        peer: PeerId,
+        /// Its reason, with the free space and what was needed.
         reason: String,
     },
     /// The node answered bytes that do not match the address asked for.
@@ -181,6 +199,11 @@ impl WireError {
     /// Whether the node is out of reach (not a refusal or bad bytes).
     pub fn is_unreachable(&self) -> bool {
         matches!(self, WireError::Mesh { .. } | WireError::Io { .. })
+    }
+
+    /// Whether the node refused because its disk is full (it stores nothing new for now).
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, WireError::DiskFull { .. })
     }
 }
 
@@ -342,10 +365,11 @@ async fn exchange(
     )
     .await
     .map_err(io)?;
-    if let Response::Refused(reason) = response {
-        return Err(WireError::Refused { peer, reason });
+    match response {
+        Response::Refused(reason) => Err(WireError::Refused { peer, reason }),
+        Response::Full(reason) => Err(WireError::DiskFull { peer, reason }),
+        response => Ok((stream, response)),
     }
-    Ok((stream, response))
 }
 
 fn unexpected(peer: PeerId, asked: &'static str, answer: &Response) -> WireError {
@@ -390,7 +414,15 @@ pub async fn put(
         reason: e.to_string(),
         timed_out: e.kind() == std::io::ErrorKind::TimedOut,
     };
-    write_data(&mut stream, bytes).await.map_err(io)?;
+    if let Err(e) = write_data(&mut stream, bytes).await {
+        // A node that stopped reading may have said why before it did.
+        let said = tokio::time::timeout(Duration::from_secs(2), read_response(&mut stream)).await;
+        return Err(match said {
+            Ok(Ok(Response::Full(reason))) => WireError::DiskFull { peer, reason },
+            Ok(Ok(Response::Refused(reason))) => WireError::Refused { peer, reason },
+            _ => io(e),
+        });
+    }
     // The node hashes and syncs the shard before it answers.
     match deadline(
         IDLE_TIMEOUT,
@@ -405,6 +437,7 @@ pub async fn put(
             Ok(PutOutcome::Stored)
         }
         Response::Refused(reason) => Err(WireError::Refused { peer, reason }),
+        Response::Full(reason) => Err(WireError::DiskFull { peer, reason }),
         other => Err(unexpected(peer, "put", &other)),
     }
 }
