@@ -762,15 +762,18 @@ impl Client {
 
     /// Finalized blocks from height `from` on, following new ones as they come, each once
     /// and in order. After a disconnect, a validator silent for [`EVENTS_SILENCE_MAX`] or a
-    /// block it cannot read or that skips a height, it resumes where it was from the next
-    /// validator, and logs why.
+    /// block it cannot read, that skips a height or that repeats old blocks, it resumes where
+    /// it was from the next validator, and logs why.
     pub fn events(&self, from: u64) -> impl Stream<Item = FinalizedBlock> + '_ {
+        // The stream's state: the height due, the open stream, and the height of the last
+        // block already yielded that this stream repeated.
         futures::stream::unfold(
-            (from, None::<EventStream>),
-            move |(mut next, mut events)| async move {
+            (from, None::<EventStream>, None::<u64>),
+            move |(mut next, mut events, mut repeated)| async move {
                 loop {
                     let Some(stream) = events.as_mut() else {
                         events = Some(self.open_events(next).await);
+                        repeated = None;
                         continue;
                     };
                     let trouble = match stream.next().await {
@@ -779,10 +782,23 @@ impl Client {
                         {
                             Ok(block) if block.height == next => {
                                 next += 1;
-                                return Some((block, (next, events)));
+                                return Some((block, (next, events, repeated)));
                             }
-                            // Already yielded: a validator resumed a little early.
-                            Ok(block) if block.height < next => continue,
+                            // Already yielded: a validator resumed a little early. Only rising
+                            // heights, though: one replaying old blocks for ever would keep the
+                            // client from ever seeing a new one.
+                            Ok(block)
+                                if block.height < next
+                                    && repeated.is_none_or(|r| block.height > r) =>
+                            {
+                                repeated = Some(block.height);
+                                continue;
+                            }
+                            Ok(block) if block.height < next => format!(
+                                "it sent block {} again after block {}, while block {next} was due",
+                                block.height,
+                                repeated.unwrap_or_default()
+                            ),
                             Ok(block) => format!(
                                 "it sent block {} while block {next} was due",
                                 block.height
@@ -827,12 +843,7 @@ impl Client {
                         return r.bytes_stream().eventsource().boxed();
                     }
                     Ok(Ok(r)) => {
-                        let retry = r
-                            .headers()
-                            .get(reqwest::header::RETRY_AFTER)
-                            .and_then(|v| v.to_str().ok())
-                            .and_then(|v| v.parse::<u64>().ok())
-                            .map(|s| Duration::from_secs(s.min(RETRY_AFTER_MAX_SECS)));
+                        let retry = retry_after(r.headers().get(reqwest::header::RETRY_AFTER));
                         if let Some(retry) = retry {
                             hint = Some(hint.map_or(retry, |h| h.min(retry)));
                         }
@@ -843,7 +854,9 @@ impl Client {
                 }
                 self.rotate();
             }
-            tokio::time::sleep(hint.unwrap_or(pause)).await;
+            // Never less than the backoff: a validator answering `Retry-After: 0` to every
+            // request would otherwise have the client ask again at once, as fast as it answers.
+            tokio::time::sleep(hint.map_or(pause, |h| h.max(pause))).await;
             pause = (pause * 2).min(Duration::from_secs(2));
         }
     }
@@ -904,6 +917,18 @@ fn http_clients(
 const NONCE_RETRY: Duration = Duration::from_millis(250);
 /// Longest `Retry-After` the event stream honours: a validator cannot park a client longer.
 const RETRY_AFTER_MAX_SECS: u64 = 30;
+/// The wait a `Retry-After` header asks for, in whole seconds as the API sends it, capped at
+/// [`RETRY_AFTER_MAX_SECS`]; none when absent or not a number of seconds (an HTTP date).
+fn retry_after(value: Option<&reqwest::header::HeaderValue>) -> Option<Duration> {
+    let text = value?.to_str().ok()?.trim();
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // Digits too many for a u64 still mean "long": the cap, not the short backoff.
+    let secs = text.parse::<u64>().unwrap_or(u64::MAX);
+    Some(Duration::from_secs(secs.min(RETRY_AFTER_MAX_SECS)))
+}
+
 /// How often [`Client::wait_all`] asks for the transactions still pending, besides following
 /// the blocks.
 const WAIT_POLL: Duration = Duration::from_secs(1);
@@ -950,3 +975,25 @@ type EventStream = futures::stream::BoxStream<
     'static,
     Result<eventsource_stream::Event, eventsource_stream::EventStreamError<reqwest::Error>>,
 >;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    #[test]
+    fn retry_after_is_read_in_seconds_and_capped() {
+        let read = |v: &'static str| retry_after(Some(&HeaderValue::from_static(v)));
+        assert_eq!(read("1"), Some(Duration::from_secs(1)));
+        assert_eq!(read(" 7 "), Some(Duration::from_secs(7)));
+        // A validator cannot park a client for an hour, nor for ever.
+        let cap = Some(Duration::from_secs(RETRY_AFTER_MAX_SECS));
+        assert_eq!(read("3600"), cap);
+        assert_eq!(read("18446744073709551615"), cap);
+        assert_eq!(read("99999999999999999999999"), cap);
+        // Not seconds (an HTTP date, a negative number): the client's own backoff.
+        assert_eq!(read("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        assert_eq!(read("-1"), None);
+        assert_eq!(retry_after(None), None);
+    }
+}
