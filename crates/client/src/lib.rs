@@ -840,7 +840,7 @@ impl Client {
                     tokio::time::timeout(EVENTS_SILENCE_MAX, self.streaming.get(&url).send()).await;
                 match opened {
                     Ok(Ok(r)) if r.status().is_success() => {
-                        return r.bytes_stream().eventsource().boxed();
+                        return bounded(r.bytes_stream()).eventsource().boxed();
                     }
                     Ok(Ok(r)) => {
                         let retry = retry_after(r.headers().get(reqwest::header::RETRY_AFTER));
@@ -970,11 +970,104 @@ fn found<T>(answer: Result<T, ClientError>) -> Result<Option<T>, ClientError> {
 /// a keep-alive every 2 s, so this is three missed in a row.
 pub const EVENTS_SILENCE_MAX: Duration = Duration::from_secs(6);
 
+/// Most bytes of one server-sent event (a block): ten times the largest block the chain
+/// makes. The event parser buffers an event whole, so without a bound a validator sending one
+/// endless line, or data lines with no blank line between, would grow the client's memory
+/// until it is killed.
+pub const EVENT_BYTES_MAX: usize = 32 << 20;
+
 /// Server-sent events as parsed from one validator's stream.
 type EventStream = futures::stream::BoxStream<
     'static,
-    Result<eventsource_stream::Event, eventsource_stream::EventStreamError<reqwest::Error>>,
+    Result<eventsource_stream::Event, eventsource_stream::EventStreamError<StreamBroke>>,
 >;
+
+/// Why reading a validator's event stream stopped.
+#[derive(Debug)]
+enum StreamBroke {
+    /// The connection failed.
+    Http(reqwest::Error),
+    /// An event grew past [`EVENT_BYTES_MAX`] without ending.
+    EventTooLarge,
+}
+
+impl std::fmt::Display for StreamBroke {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StreamBroke::Http(e) => write!(f, "{}", causes(e)),
+            StreamBroke::EventTooLarge => {
+                write!(
+                    f,
+                    "an event ran past {EVENT_BYTES_MAX} bytes without ending"
+                )
+            }
+        }
+    }
+}
+
+/// `bytes` of a server-sent event stream cut into whole lines, broken off once one event
+/// passes [`EVENT_BYTES_MAX`]. Whole lines also keep the event parser linear: it parses its
+/// buffer again from the start on every read, so a long line arriving in many reads would
+/// cost time in the square of its length.
+fn bounded<B: AsRef<[u8]>>(
+    bytes: impl Stream<Item = Result<B, reqwest::Error>> + Send + 'static,
+) -> impl Stream<Item = Result<Vec<u8>, StreamBroke>> + Send + 'static {
+    let mut lines = Lines::default();
+    bytes
+        .map(move |chunk| match chunk {
+            Ok(chunk) => lines.read(chunk.as_ref()),
+            Err(e) => vec![Err(StreamBroke::Http(e))],
+        })
+        .flat_map(futures::stream::iter)
+}
+
+/// Server-sent event text cut into lines (ending in LF, CRLF or CR), and the size of the
+/// event being received: bytes since the last blank line, which ends an event.
+#[derive(Default)]
+struct Lines {
+    /// The line being received.
+    line: Vec<u8>,
+    /// Whether it ends in a CR that an LF may yet follow.
+    after_cr: bool,
+    /// Bytes of the event so far, line ends left out.
+    event_len: usize,
+}
+
+impl Lines {
+    /// The lines `bytes` completes, then an error if the event grew past its bound.
+    fn read(&mut self, bytes: &[u8]) -> Vec<Result<Vec<u8>, StreamBroke>> {
+        let mut out = Vec::new();
+        for &b in bytes {
+            if self.after_cr {
+                self.after_cr = false;
+                if b == b'\n' {
+                    self.line.push(b);
+                    self.end_line(&mut out);
+                    continue;
+                }
+                self.end_line(&mut out);
+            }
+            self.line.push(b);
+            match b {
+                b'\r' => self.after_cr = true,
+                b'\n' => self.end_line(&mut out),
+                _ => self.event_len += 1,
+            }
+            if self.event_len > EVENT_BYTES_MAX {
+                out.push(Err(StreamBroke::EventTooLarge));
+                return out;
+            }
+        }
+        out
+    }
+
+    fn end_line(&mut self, out: &mut Vec<Result<Vec<u8>, StreamBroke>>) {
+        if self.line.iter().all(|b| matches!(b, b'\r' | b'\n')) {
+            self.event_len = 0;
+        }
+        out.push(Ok(std::mem::take(&mut self.line)));
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -995,5 +1088,49 @@ mod tests {
         assert_eq!(read("Wed, 21 Oct 2015 07:28:00 GMT"), None);
         assert_eq!(read("-1"), None);
         assert_eq!(retry_after(None), None);
+    }
+
+    #[test]
+    fn events_are_cut_into_lines_and_measured_from_the_last_blank_line() {
+        let lines = |reads: &[&str]| {
+            let mut l = Lines::default();
+            let mut out = Vec::new();
+            for r in reads {
+                for line in l.read(r.as_bytes()) {
+                    out.push(String::from_utf8(line.expect("a line")).expect("utf-8"));
+                }
+            }
+            out
+        };
+        assert_eq!(
+            lines(&["data: a\r", "\ndata: b\rdat", "a: c\n\r", "\n"]),
+            ["data: a\r\n", "data: b\r", "data: c\n", "\r\n"]
+        );
+        // An event just under the bound passes whole.
+        let big = format!("data: {}\n\n", "x".repeat(EVENT_BYTES_MAX - 6));
+        assert!(
+            Lines::default()
+                .read(big.as_bytes())
+                .iter()
+                .all(Result::is_ok)
+        );
+        for end in ["\n", "\r\n", "\r"] {
+            // Short events, however many, never add up.
+            let mut l = Lines::default();
+            let event = format!("data: {}{end}{end}", "x".repeat(1000));
+            for _ in 0..(EVENT_BYTES_MAX / 1000 + 10) {
+                assert!(
+                    l.read(event.as_bytes()).iter().all(Result::is_ok),
+                    "{end:?}"
+                );
+            }
+            // One event of many lines does, split across reads anywhere.
+            let mut l = Lines::default();
+            let line = format!("data: {}{end}", "x".repeat(1000));
+            let (a, b) = line.as_bytes().split_at(line.len() - 1);
+            let refused = (0..(EVENT_BYTES_MAX / 1000 + 10))
+                .any(|_| l.read(a).into_iter().chain(l.read(b)).any(|r| r.is_err()));
+            assert!(refused, "{end:?}: an endless event was not refused");
+        }
     }
 }

@@ -11,7 +11,7 @@ use axum::extract::{Query, State};
 use axum::response::Response;
 use axum::routing::get;
 use futures::StreamExt;
-use peergrid_client::{Client, EVENTS_SILENCE_MAX, FinalizedBlock};
+use peergrid_client::{Client, EVENT_BYTES_MAX, EVENTS_SILENCE_MAX, FinalizedBlock};
 use peergrid_core::Hash;
 use serde::Deserialize;
 
@@ -262,4 +262,69 @@ async fn a_validator_replaying_old_blocks_is_left_for_another() {
     );
     assert_eq!(*replaying_asked.lock().expect("lock"), vec![1]);
     assert_eq!(good_asked.lock().expect("lock").first(), Some(&2));
+}
+
+/// A validator that answers with the asked block, then one event that never ends (a data
+/// line of `x` for ever, or data lines with no blank line between); its URL and how many
+/// bytes it wrote before the client hung up.
+async fn endless(lines: bool) -> (String, Arc<Mutex<usize>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a free port");
+    let url = format!("http://{}", listener.local_addr().expect("an address"));
+    let written = Arc::new(Mutex::new(0));
+    let count = written.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n{}data: ",
+                    block(1)
+                );
+                if tcp.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let chunk = if lines {
+                    "x\ndata: ".repeat(8 << 10)
+                } else {
+                    "x".repeat(64 << 10)
+                };
+                while tcp.write_all(chunk.as_bytes()).await.is_ok() {
+                    *count.lock().expect("lock") += chunk.len();
+                }
+            });
+        }
+    });
+    (url, written)
+}
+
+#[tokio::test]
+async fn an_event_that_never_ends_is_cut_off_at_its_bound() {
+    for lines in [false, true] {
+        let (hostile, written) = endless(lines).await;
+        let (good, good_asked) = fake(Behaviour::Honest).await;
+        let client = Client::new(vec![hostile, good]);
+        assert_eq!(
+            follow(&client, 3, Duration::from_secs(60)).await,
+            vec![1, 2, 3],
+            "lines: {lines}"
+        );
+        assert_eq!(good_asked.lock().expect("lock").first(), Some(&2));
+        // Hung up just past the bound, give or take what the sockets buffer.
+        let written = *written.lock().expect("lock");
+        assert!(
+            (EVENT_BYTES_MAX..EVENT_BYTES_MAX + (16 << 20)).contains(&written),
+            "lines: {lines}: {written} bytes written before the client hung up"
+        );
+    }
 }
