@@ -75,10 +75,29 @@ impl ValidatorConfig {
 
     /// Read a TOML configuration; relative paths are taken from the file's folder.
     pub fn load(path: &std::path::Path) -> anyhow::Result<ValidatorConfig> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        let mut cfg: ValidatorConfig = toml::from_str(&text)
-            .with_context(|| format!("{} is not a valid validator config", path.display()))?;
+        let bytes =
+            std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let invalid = || format!("{} is not a valid validator config", path.display());
+        // Not text is the content's fault, not the file system's: say so.
+        let text = std::str::from_utf8(&bytes)
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "not UTF-8 text (the byte at offset {} is not)",
+                    e.valid_up_to()
+                )
+            })
+            .with_context(invalid)?;
+        let mut cfg: ValidatorConfig = toml::from_str(text).with_context(invalid)?;
+        // Zero would make a validator that proposes only empty blocks: every transaction
+        // would wait for another leader, and nothing would say why.
+        if cfg.txs_per_block == 0 {
+            return Err(anyhow::anyhow!(
+                "txs_per_block is 0: a validator must propose at least 1 transaction per block \
+                 (leave it out for {})",
+                Self::TXS_PER_BLOCK_DEFAULT
+            ))
+            .with_context(invalid);
+        }
         let base = path.parent().unwrap_or(std::path::Path::new("."));
         for p in [&mut cfg.genesis, &mut cfg.key, &mut cfg.data_dir] {
             if p.is_relative() {

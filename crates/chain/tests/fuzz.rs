@@ -76,10 +76,84 @@ proptest! {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("validator.toml");
         std::fs::write(&path, damaged(CONFIG.as_bytes(), &edits, keep, &extra)).expect("write");
-        if let Err(e) = ValidatorConfig::load(&path) {
-            prop_assert!(format!("{e:#}").contains("validator.toml"), "{:#}", e);
+        config_loads_or_says_why(&path)?;
+    }
+
+    /// Valid TOML with each field kept, dropped or given another value (a port past 65535,
+    /// a negative or zero count, a path where an address goes, text that is not one):
+    /// refused with the file named and the reason, or a configuration a validator can use.
+    #[test]
+    fn a_mutated_validator_config_is_refused_with_a_reason_or_usable(
+        edits in prop::collection::vec(prop::option::of(config_value()), 6),
+        extra in prop::option::of(("[a-z_]{1,12}", config_value())),
+    ) {
+        let mut doc: toml::Table = toml::from_str(CONFIG).expect("the example parses");
+        let keys: Vec<String> = doc.keys().cloned().collect();
+        for (key, edit) in keys.iter().zip(edits) {
+            match edit {
+                Some(Some(v)) => { doc.insert(key.clone(), v); }
+                Some(None) => { doc.remove(key); }
+                None => {}
+            }
+        }
+        if let Some((key, Some(v))) = extra {
+            doc.insert(key, v);
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("validator.toml");
+        std::fs::write(&path, toml::to_string(&doc).expect("TOML")).expect("write");
+        config_loads_or_says_why(&path)?;
+    }
+}
+
+/// Another value for a field of a validator configuration, or `None` to drop it.
+fn config_value() -> impl Strategy<Value = Option<toml::Value>> {
+    use toml::Value;
+    prop_oneof![
+        Just(None),
+        prop::sample::select(vec![0i64, 1, -1, 65_536, i64::MAX, 5_000])
+            .prop_map(|n| Some(Value::Integer(n))),
+        prop::sample::select(vec![
+            "127.0.0.1:99999",
+            "127.0.0.1",
+            "localhost:8700",
+            "[::1]:8700",
+            "0.0.0.0:0",
+            "",
+            "genesis.toml",
+            "/etc/../etc/passwd",
+            "a\u{0}b",
+        ])
+        .prop_map(|s| Some(Value::String(s.to_string()))),
+        any::<bool>().prop_map(|b| Some(Value::Boolean(b))),
+        Just(Some(Value::Array(Vec::new()))),
+    ]
+}
+
+/// Load `path`: an error says what is wrong with it and names it (a file that is there and
+/// readable is never reported as unreadable), or the configuration is usable.
+fn config_loads_or_says_why(path: &std::path::Path) -> Result<(), TestCaseError> {
+    match ValidatorConfig::load(path) {
+        Err(e) => {
+            let text = format!("{e:#}");
+            prop_assert!(
+                text.contains("validator.toml is not a valid validator config: "),
+                "{}",
+                text
+            );
+        }
+        Ok(cfg) => {
+            prop_assert!(
+                cfg.txs_per_block >= 1,
+                "a validator that proposes no transactions"
+            );
+            let dir = path.parent().expect("a folder");
+            for p in [&cfg.genesis, &cfg.key, &cfg.data_dir] {
+                prop_assert!(p.is_absolute() || p.starts_with(dir), "{}", p.display());
+            }
         }
     }
+    Ok(())
 }
 
 proptest! {
@@ -99,4 +173,24 @@ proptest! {
             let _ = g.hash();
         }
     }
+}
+
+/// Found by the fuzzing above: a configuration that is not UTF-8 was reported as a file that
+/// "cannot be read", and `txs_per_block = 0` was accepted, making a validator that proposes
+/// only empty blocks.
+#[test]
+fn a_config_not_text_or_proposing_nothing_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("validator.toml");
+    let mut bytes = CONFIG.as_bytes()[..10].to_vec();
+    bytes.push(0xff);
+    std::fs::write(&path, &bytes).expect("write");
+    let e = format!("{:#}", ValidatorConfig::load(&path).expect_err("not text"));
+    assert!(
+        e.contains("is not a valid validator config: not UTF-8 text"),
+        "{e}"
+    );
+    std::fs::write(&path, CONFIG.replace("5000", "0")).expect("write");
+    let e = format!("{:#}", ValidatorConfig::load(&path).expect_err("zero"));
+    assert!(e.contains("txs_per_block is 0"), "{e}");
 }

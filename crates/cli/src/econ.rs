@@ -285,14 +285,23 @@ pub enum ProposeAction {
     },
 }
 
+/// A policy file, TOML or (by its extension) JSON, as the council member was handed it.
 fn load_policy<T: serde::de::DeserializeOwned>(path: &PathBuf) -> anyhow::Result<T> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let invalid = || format!("{} is not a valid policy", path.display());
+    // Not text is the content's fault, not the file system's: say so.
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "not UTF-8 text (the byte at offset {} is not)",
+                e.valid_up_to()
+            )
+        })
+        .with_context(invalid)?;
     if path.extension().is_some_and(|e| e == "json") {
-        serde_json::from_str(&text)
-            .with_context(|| format!("{} is not a valid policy", path.display()))
+        serde_json::from_str(text).with_context(invalid)
     } else {
-        toml::from_str(&text).with_context(|| format!("{} is not a valid policy", path.display()))
+        toml::from_str(text).with_context(invalid)
     }
 }
 

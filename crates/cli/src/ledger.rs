@@ -423,8 +423,11 @@ fn print_validators(health: &peergrid_devnet::Health) {
 /// `peergrid validator status`: every validator of --ledger (or of the running devnet).
 fn validator_status(globals: &Globals) -> anyhow::Result<()> {
     let apis = globals.ledger_urls()?;
+    let ca = globals.ledger_ca_pem()?;
     crate::runtime()?.block_on(async {
-        let health = peergrid_devnet::network_health(&apis).await;
+        let health = peergrid_devnet::network_health(&apis, ca.as_deref())
+            .await
+            .context("--ledger-ca")?;
         if globals.json {
             output::json(&health)?;
         } else {

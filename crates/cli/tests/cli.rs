@@ -474,3 +474,42 @@ fn key_flag_overrides_the_home() {
     assert!(elsewhere.exists());
     assert!(!sb.home().join("key.json").exists());
 }
+
+/// Files another party hands an operator (a genesis, a key file, a validator config, a
+/// council policy) that are not text at all: each is named, and the error says it is not
+/// text, rather than that the file cannot be read or accessed.
+#[test]
+fn a_file_that_is_not_text_is_named_and_called_so() {
+    let sb = Sandbox::new();
+    let not_text = b"chain_id = \"x\"\n\xff\xfe";
+    let cases: [(&str, Vec<&str>); 4] = [
+        ("genesis.toml", vec!["genesis", "check", "genesis.toml"]),
+        ("key.json", vec!["--key", "key.json", "key", "show"]),
+        (
+            "validator.toml",
+            vec!["validator", "run", "--config", "validator.toml"],
+        ),
+        (
+            "pricing.toml",
+            vec![
+                "--ledger",
+                "http://127.0.0.1:1",
+                "gov",
+                "propose",
+                "set-pricing",
+                "--file",
+                "pricing.toml",
+            ],
+        ),
+    ];
+    for (file, args) in cases {
+        std::fs::write(sb.path(file), not_text).expect("write");
+        let err = expect_error(&sb.run(&args));
+        assert!(err.contains(file), "{file}: {err}");
+        assert!(
+            err.contains("not UTF-8 text (the byte at offset 15"),
+            "{file}: {err}"
+        );
+        assert!(!err.contains("cannot"), "{file}: {err}");
+    }
+}

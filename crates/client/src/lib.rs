@@ -762,15 +762,18 @@ impl Client {
 
     /// Finalized blocks from height `from` on, following new ones as they come, each once
     /// and in order. After a disconnect, a validator silent for [`EVENTS_SILENCE_MAX`] or a
-    /// block it cannot read or that skips a height, it resumes where it was from the next
-    /// validator, and logs why.
+    /// block it cannot read, that skips a height or that repeats old blocks, it resumes where
+    /// it was from the next validator, and logs why.
     pub fn events(&self, from: u64) -> impl Stream<Item = FinalizedBlock> + '_ {
+        // The stream's state: the height due, the open stream, and the height of the last
+        // block already yielded that this stream repeated.
         futures::stream::unfold(
-            (from, None::<EventStream>),
-            move |(mut next, mut events)| async move {
+            (from, None::<EventStream>, None::<u64>),
+            move |(mut next, mut events, mut repeated)| async move {
                 loop {
                     let Some(stream) = events.as_mut() else {
                         events = Some(self.open_events(next).await);
+                        repeated = None;
                         continue;
                     };
                     let trouble = match stream.next().await {
@@ -779,10 +782,23 @@ impl Client {
                         {
                             Ok(block) if block.height == next => {
                                 next += 1;
-                                return Some((block, (next, events)));
+                                return Some((block, (next, events, repeated)));
                             }
-                            // Already yielded: a validator resumed a little early.
-                            Ok(block) if block.height < next => continue,
+                            // Already yielded: a validator resumed a little early. Only rising
+                            // heights, though: one replaying old blocks for ever would keep the
+                            // client from ever seeing a new one.
+                            Ok(block)
+                                if block.height < next
+                                    && repeated.is_none_or(|r| block.height > r) =>
+                            {
+                                repeated = Some(block.height);
+                                continue;
+                            }
+                            Ok(block) if block.height < next => format!(
+                                "it sent block {} again after block {}, while block {next} was due",
+                                block.height,
+                                repeated.unwrap_or_default()
+                            ),
                             Ok(block) => format!(
                                 "it sent block {} while block {next} was due",
                                 block.height
@@ -824,15 +840,10 @@ impl Client {
                     tokio::time::timeout(EVENTS_SILENCE_MAX, self.streaming.get(&url).send()).await;
                 match opened {
                     Ok(Ok(r)) if r.status().is_success() => {
-                        return r.bytes_stream().eventsource().boxed();
+                        return bounded(r.bytes_stream()).eventsource().boxed();
                     }
                     Ok(Ok(r)) => {
-                        let retry = r
-                            .headers()
-                            .get(reqwest::header::RETRY_AFTER)
-                            .and_then(|v| v.to_str().ok())
-                            .and_then(|v| v.parse::<u64>().ok())
-                            .map(|s| Duration::from_secs(s.min(RETRY_AFTER_MAX_SECS)));
+                        let retry = retry_after(r.headers().get(reqwest::header::RETRY_AFTER));
                         if let Some(retry) = retry {
                             hint = Some(hint.map_or(retry, |h| h.min(retry)));
                         }
@@ -843,7 +854,9 @@ impl Client {
                 }
                 self.rotate();
             }
-            tokio::time::sleep(hint.unwrap_or(pause)).await;
+            // Never less than the backoff: a validator answering `Retry-After: 0` to every
+            // request would otherwise have the client ask again at once, as fast as it answers.
+            tokio::time::sleep(hint.map_or(pause, |h| h.max(pause))).await;
             pause = (pause * 2).min(Duration::from_secs(2));
         }
     }
@@ -904,6 +917,18 @@ fn http_clients(
 const NONCE_RETRY: Duration = Duration::from_millis(250);
 /// Longest `Retry-After` the event stream honours: a validator cannot park a client longer.
 const RETRY_AFTER_MAX_SECS: u64 = 30;
+/// The wait a `Retry-After` header asks for, in whole seconds as the API sends it, capped at
+/// [`RETRY_AFTER_MAX_SECS`]; none when absent or not a number of seconds (an HTTP date).
+fn retry_after(value: Option<&reqwest::header::HeaderValue>) -> Option<Duration> {
+    let text = value?.to_str().ok()?.trim();
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // Digits too many for a u64 still mean "long": the cap, not the short backoff.
+    let secs = text.parse::<u64>().unwrap_or(u64::MAX);
+    Some(Duration::from_secs(secs.min(RETRY_AFTER_MAX_SECS)))
+}
+
 /// How often [`Client::wait_all`] asks for the transactions still pending, besides following
 /// the blocks.
 const WAIT_POLL: Duration = Duration::from_secs(1);
@@ -945,8 +970,167 @@ fn found<T>(answer: Result<T, ClientError>) -> Result<Option<T>, ClientError> {
 /// a keep-alive every 2 s, so this is three missed in a row.
 pub const EVENTS_SILENCE_MAX: Duration = Duration::from_secs(6);
 
+/// Most bytes of one server-sent event (a block): ten times the largest block the chain
+/// makes. The event parser buffers an event whole, so without a bound a validator sending one
+/// endless line, or data lines with no blank line between, would grow the client's memory
+/// until it is killed.
+pub const EVENT_BYTES_MAX: usize = 32 << 20;
+
 /// Server-sent events as parsed from one validator's stream.
 type EventStream = futures::stream::BoxStream<
     'static,
-    Result<eventsource_stream::Event, eventsource_stream::EventStreamError<reqwest::Error>>,
+    Result<eventsource_stream::Event, eventsource_stream::EventStreamError<StreamBroke>>,
 >;
+
+/// Why reading a validator's event stream stopped.
+#[derive(Debug)]
+enum StreamBroke {
+    /// The connection failed.
+    Http(reqwest::Error),
+    /// An event grew past [`EVENT_BYTES_MAX`] without ending.
+    EventTooLarge,
+}
+
+impl std::fmt::Display for StreamBroke {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StreamBroke::Http(e) => write!(f, "{}", causes(e)),
+            StreamBroke::EventTooLarge => {
+                write!(
+                    f,
+                    "an event ran past {EVENT_BYTES_MAX} bytes without ending"
+                )
+            }
+        }
+    }
+}
+
+/// `bytes` of a server-sent event stream cut into whole lines, broken off once one event
+/// passes [`EVENT_BYTES_MAX`]. Whole lines also keep the event parser linear: it parses its
+/// buffer again from the start on every read, so a long line arriving in many reads would
+/// cost time in the square of its length.
+fn bounded<B: AsRef<[u8]>>(
+    bytes: impl Stream<Item = Result<B, reqwest::Error>> + Send + 'static,
+) -> impl Stream<Item = Result<Vec<u8>, StreamBroke>> + Send + 'static {
+    let mut lines = Lines::default();
+    bytes
+        .map(move |chunk| match chunk {
+            Ok(chunk) => lines.read(chunk.as_ref()),
+            Err(e) => vec![Err(StreamBroke::Http(e))],
+        })
+        .flat_map(futures::stream::iter)
+}
+
+/// Server-sent event text cut into lines (ending in LF, CRLF or CR), and the size of the
+/// event being received: bytes since the last blank line, which ends an event.
+#[derive(Default)]
+struct Lines {
+    /// The line being received.
+    line: Vec<u8>,
+    /// Whether it ends in a CR that an LF may yet follow.
+    after_cr: bool,
+    /// Bytes of the event so far, line ends left out.
+    event_len: usize,
+}
+
+impl Lines {
+    /// The lines `bytes` completes, then an error if the event grew past its bound.
+    fn read(&mut self, bytes: &[u8]) -> Vec<Result<Vec<u8>, StreamBroke>> {
+        let mut out = Vec::new();
+        for &b in bytes {
+            if self.after_cr {
+                self.after_cr = false;
+                if b == b'\n' {
+                    self.line.push(b);
+                    self.end_line(&mut out);
+                    continue;
+                }
+                self.end_line(&mut out);
+            }
+            self.line.push(b);
+            match b {
+                b'\r' => self.after_cr = true,
+                b'\n' => self.end_line(&mut out),
+                _ => self.event_len += 1,
+            }
+            if self.event_len > EVENT_BYTES_MAX {
+                out.push(Err(StreamBroke::EventTooLarge));
+                return out;
+            }
+        }
+        out
+    }
+
+    fn end_line(&mut self, out: &mut Vec<Result<Vec<u8>, StreamBroke>>) {
+        if self.line.iter().all(|b| matches!(b, b'\r' | b'\n')) {
+            self.event_len = 0;
+        }
+        out.push(Ok(std::mem::take(&mut self.line)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    #[test]
+    fn retry_after_is_read_in_seconds_and_capped() {
+        let read = |v: &'static str| retry_after(Some(&HeaderValue::from_static(v)));
+        assert_eq!(read("1"), Some(Duration::from_secs(1)));
+        assert_eq!(read(" 7 "), Some(Duration::from_secs(7)));
+        // A validator cannot park a client for an hour, nor for ever.
+        let cap = Some(Duration::from_secs(RETRY_AFTER_MAX_SECS));
+        assert_eq!(read("3600"), cap);
+        assert_eq!(read("18446744073709551615"), cap);
+        assert_eq!(read("99999999999999999999999"), cap);
+        // Not seconds (an HTTP date, a negative number): the client's own backoff.
+        assert_eq!(read("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        assert_eq!(read("-1"), None);
+        assert_eq!(retry_after(None), None);
+    }
+
+    #[test]
+    fn events_are_cut_into_lines_and_measured_from_the_last_blank_line() {
+        let lines = |reads: &[&str]| {
+            let mut l = Lines::default();
+            let mut out = Vec::new();
+            for r in reads {
+                for line in l.read(r.as_bytes()) {
+                    out.push(String::from_utf8(line.expect("a line")).expect("utf-8"));
+                }
+            }
+            out
+        };
+        assert_eq!(
+            lines(&["data: a\r", "\ndata: b\rdat", "a: c\n\r", "\n"]),
+            ["data: a\r\n", "data: b\r", "data: c\n", "\r\n"]
+        );
+        // An event just under the bound passes whole.
+        let big = format!("data: {}\n\n", "x".repeat(EVENT_BYTES_MAX - 6));
+        assert!(
+            Lines::default()
+                .read(big.as_bytes())
+                .iter()
+                .all(Result::is_ok)
+        );
+        for end in ["\n", "\r\n", "\r"] {
+            // Short events, however many, never add up.
+            let mut l = Lines::default();
+            let event = format!("data: {}{end}{end}", "x".repeat(1000));
+            for _ in 0..(EVENT_BYTES_MAX / 1000 + 10) {
+                assert!(
+                    l.read(event.as_bytes()).iter().all(Result::is_ok),
+                    "{end:?}"
+                );
+            }
+            // One event of many lines does, split across reads anywhere.
+            let mut l = Lines::default();
+            let line = format!("data: {}{end}", "x".repeat(1000));
+            let (a, b) = line.as_bytes().split_at(line.len() - 1);
+            let refused = (0..(EVENT_BYTES_MAX / 1000 + 10))
+                .any(|_| l.read(a).into_iter().chain(l.read(b)).any(|r| r.is_err()));
+            assert!(refused, "{end:?}: an endless event was not refused");
+        }
+    }
+}

@@ -129,8 +129,8 @@ impl Keypair {
 
     /// Read a key file written by [`Keypair::save`].
     pub fn load(path: &Path) -> Result<Self, KeyError> {
-        let text = match fs::read_to_string(path) {
-            Ok(text) => Zeroizing::new(text),
+        let bytes = match fs::read(path) {
+            Ok(bytes) => Zeroizing::new(bytes),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(KeyError::Missing(path.to_path_buf()));
             }
@@ -145,7 +145,14 @@ impl Keypair {
             path: path.to_path_buf(),
             reason,
         };
-        let file: KeyFile = serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        // Not text is the content's fault, not the file system's: say so, not "cannot access".
+        let text = std::str::from_utf8(&bytes).map_err(|e| {
+            invalid(format!(
+                "not UTF-8 text (the byte at offset {} is not)",
+                e.valid_up_to()
+            ))
+        })?;
+        let file: KeyFile = serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?;
         if file.version != KEY_FILE_VERSION {
             return Err(invalid(format!("unsupported version {}", file.version)));
         }

@@ -917,7 +917,9 @@ impl Health {
 
 /// Ask every validator of the devnet running from `running` how it is doing.
 pub async fn health(dir: &Path, running: &Running) -> Health {
-    let mut health = network_health(&running.apis).await;
+    // A devnet's validators speak plain http: no certificate authority to add.
+    let clients = running.apis.iter().map(|a| Client::new(vec![a.clone()]));
+    let mut health = validators_health(&running.apis, clients.collect()).await;
     health.processes = processes(dir);
     if health.chain_id.is_empty() {
         health.chain_id = running.chain_id.clone();
@@ -927,11 +929,28 @@ pub async fn health(dir: &Path, running: &Running) -> Health {
 
 /// Ask every validator at `apis` how it is doing, and whether they agree on the state at
 /// the highest height all of them finalized: what an operator checks on any network.
-pub async fn network_health(apis: &[String]) -> Health {
-    let mut validators = Vec::new();
-    let mut chain_id = String::new();
+/// `ledger_ca` (PEM) is trusted besides the system's authorities for `https://` validators;
+/// refused when it holds no certificate.
+pub async fn network_health(
+    apis: &[String],
+    ledger_ca: Option<&[u8]>,
+) -> Result<Health, peergrid_client::ClientError> {
+    let mut clients = Vec::with_capacity(apis.len());
     for api in apis {
         let client = Client::new(vec![api.clone()]);
+        clients.push(match ledger_ca {
+            Some(pem) => client.with_root_certificates(pem)?,
+            None => client,
+        });
+    }
+    Ok(validators_health(apis, clients).await)
+}
+
+/// [`network_health`] through `clients`, one per API of `apis`, in the same order.
+async fn validators_health(apis: &[String], clients: Vec<Client>) -> Health {
+    let mut validators = Vec::new();
+    let mut chain_id = String::new();
+    for (api, client) in apis.iter().zip(&clients) {
         validators.push(match client.status().await {
             Ok(s) => ValidatorHealth {
                 api: {
@@ -958,7 +977,7 @@ pub async fn network_health(apis: &[String]) -> Health {
     }
     let quorum = apis.len() * 2 / 3 + 1;
     let finalizing = validators.iter().filter(|v| v.finalizing).count();
-    let agreement = agreement(&validators).await;
+    let agreement = agreement(&validators, &clients).await;
     Health {
         chain_id,
         finalizing: finalizing >= quorum.min(apis.len()),
@@ -968,20 +987,17 @@ pub async fn network_health(apis: &[String]) -> Health {
     }
 }
 
-/// The state roots of `validators` at the highest height all that answered have finalized.
-async fn agreement(validators: &[ValidatorHealth]) -> Option<Agreement> {
+/// The state roots of `validators` at the highest height all that answered have finalized,
+/// asked through `clients`, one per validator.
+async fn agreement(validators: &[ValidatorHealth], clients: &[Client]) -> Option<Agreement> {
     let height = validators.iter().filter_map(|v| v.height).min()?;
     if height == 0 {
         return None;
     }
     let mut roots = Vec::new();
-    for v in validators {
+    for (v, client) in validators.iter().zip(clients) {
         let root = match v.height {
-            Some(_) => Client::new(vec![v.api.clone()])
-                .block(height)
-                .await
-                .ok()
-                .map(|b| b.root),
+            Some(_) => client.block(height).await.ok().map(|b| b.root),
             None => None,
         };
         roots.push(root);

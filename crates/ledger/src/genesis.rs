@@ -92,14 +92,22 @@ pub enum GenesisError {
 impl Genesis {
     /// Read and check a genesis file.
     pub fn load(path: &Path) -> Result<Genesis, GenesisError> {
-        let text = std::fs::read_to_string(path).map_err(|source| GenesisError::Io {
+        let bytes = std::fs::read(path).map_err(|source| GenesisError::Io {
             path: path.display().to_string(),
             source,
         })?;
-        let genesis = Genesis::from_toml(&text).map_err(|reason| GenesisError::Parse {
+        let parse = |reason: String| GenesisError::Parse {
             path: path.display().to_string(),
             reason,
+        };
+        // Not text is the content's fault, not the file system's: say so, and where.
+        let text = std::str::from_utf8(&bytes).map_err(|e| {
+            parse(format!(
+                "not UTF-8 text (the byte at offset {} is not): is it a genesis file?",
+                e.valid_up_to()
+            ))
         })?;
+        let genesis = Genesis::from_toml(text).map_err(parse)?;
         genesis.check()?;
         Ok(genesis)
     }
