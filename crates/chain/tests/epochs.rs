@@ -300,3 +300,46 @@ fn the_same_seed_replays_the_same_rotation() {
     };
     assert_eq!(run(), run());
 }
+
+#[test]
+fn a_validator_voted_in_after_several_epochs_catches_up_from_genesis_and_votes() {
+    for seed in [21u64, 22] {
+        runner(seed, Duration::from_secs(900)).start(|context| async move {
+            let g = genesis_with_epochs();
+            let peers = participants(5);
+            let oracle = network_split(&context, &peers[..4], &peers[4..]).await;
+            link_all(&oracle, &peers, LINK).await;
+            let mut vals = Vec::new();
+            for i in 0..4 {
+                vals.push(start_validator(&context, &oracle, &g, i, None).await);
+            }
+            // Several epochs pass before validator 4 runs at all.
+            let genesis_set: Vec<_> = vals.iter().collect();
+            wait_for_height(&context, &genesis_set, 8 * EPOCH_BLOCKS + 2).await;
+            submit_all(&genesis_set, &rotate());
+            while !genesis_set.iter().all(|v| {
+                v.with_state(|s| s.config().pending_validators.is_some())
+                    .unwrap_or(false)
+            }) {
+                context.sleep(Duration::from_millis(50)).await;
+            }
+            // The vote is final: its operator starts it with nothing but the genesis.
+            let voted_at = genesis_set.iter().map(|v| height(v)).max().unwrap_or(0);
+            let switch = (voted_at / EPOCH_BLOCKS + 1) * EPOCH_BLOCKS;
+            assert!(
+                switch >= 9 * EPOCH_BLOCKS,
+                "the new set starts epochs after genesis"
+            );
+            vals.push(start_validator(&context, &oracle, &g, 4, None).await);
+            let all: Vec<_> = vals.iter().collect();
+            wait_for_height(&context, &all, switch + 3).await;
+            // It applied every block from genesis to the same state as the others.
+            for h in 1..=switch + 3 {
+                agreed_root(&all, h);
+            }
+            assert_eq!(set_of(&vals[4], switch / EPOCH_BLOCKS), Some(new_set()));
+            // And it votes: without 2 and 3, the new set decides only with it.
+            progress_without_2_and_3(&context, &vals, &oracle, &peers).await;
+        });
+    }
+}
