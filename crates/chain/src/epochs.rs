@@ -272,6 +272,7 @@ where
                 return;
             };
             if active.as_ref().map(|a| a.epoch) != Some(epoch) {
+                let signed = active.as_ref().map(|a| a.signs);
                 // Stop the old engine before the new one registers its channels.
                 active = None;
                 if tracked.is_none_or(|t| t < epoch) {
@@ -307,6 +308,20 @@ where
                         let handle =
                             self.start_engine(&context, epoch, (*scheme).clone(), floor, v, c, r);
                         info!(epoch, validators = members.len(), signs, "entered epoch");
+                        // An operator must hear it when a vote moves this validator out of
+                        // the set (or into it): the process keeps running either way.
+                        match (signed, signs) {
+                            (Some(true), false) => warn!(
+                                epoch,
+                                "this validator is not in epoch {epoch}'s set: it follows the \
+                                 chain and no longer votes"
+                            ),
+                            (Some(false), true) => warn!(
+                                epoch,
+                                "this validator is in epoch {epoch}'s set: it votes from now on"
+                            ),
+                            _ => {}
+                        }
                         // The engine two epochs back has long stopped; its journal is never
                         // read again, since restarts resume from the ledger's epoch.
                         if let Some(old) = epoch.checked_sub(2) {

@@ -185,6 +185,45 @@ fn tail(log: &Path) -> String {
     lines[lines.len().saturating_sub(15)..].join("\n")
 }
 
+/// A validator operator's key, made at `key` on its own machine; its account.
+fn validator_account(key: &Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_peergrid"))
+        .args(["--json", "--key"])
+        .arg(key)
+        .args(["key", "new"])
+        .env_remove("PEERGRID_DEVNET")
+        .output()
+        .expect("key new");
+    json(&out)["account"].as_str().expect("account").to_string()
+}
+
+/// Write the configuration `docs/network.md` shows into `dir` (next to its `validator.json`;
+/// `join` for one not in the genesis) and run the validator from it on `ns`, logging to `log`.
+fn run_validator(ns: &str, dir: &Path, genesis: &Path, join: bool, log: &Path) -> Running {
+    let config = dir.join("validator.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "genesis = {genesis:?}\nkey = \"validator.json\"\ndata_dir = \"data\"\n\
+             p2p_listen = \"0.0.0.0:8800\"\napi_listen = \"0.0.0.0:8700\"\n{join}",
+            genesis = genesis.to_str().expect("utf-8 path"),
+            join = if join { "join = true\n" } else { "" }
+        ),
+    )
+    .expect("write config");
+    spawn_logged(
+        ns,
+        dir,
+        &[
+            "validator",
+            "run",
+            "--config",
+            config.to_str().expect("utf-8 path"),
+        ],
+        log,
+    )
+}
+
 /// `docs/network.md` as written: four validators and two nodes, each on its own host
 /// (namespace) with its own address. Each validator operator makes a key; one person
 /// writes the genesis from their accounts and addresses; each validator runs from its
@@ -211,17 +250,8 @@ fn a_network_of_four_validators_and_two_nodes_on_six_hosts_runs_as_docs_network_
     // Step 1: every validator operator makes a key and says its account and address.
     let mut entries = Vec::new();
     for (i, host) in validators.iter().enumerate() {
-        let key = path(&format!("v{i}/validator.json"));
-        let out = Command::new(env!("CARGO_BIN_EXE_peergrid"))
-            .args(["--json", "--key", &text(&key), "key", "new"])
-            .env_remove("PEERGRID_DEVNET")
-            .output()
-            .expect("key new");
-        entries.push(format!(
-            "{}@{}:8800",
-            json(&out)["account"].as_str().expect("account"),
-            host.ip
-        ));
+        let account = validator_account(&path(&format!("v{i}/validator.json")));
+        entries.push(format!("{account}@{}:8800", host.ip));
     }
     // Node 0's key is made ahead, so the genesis can name it as the mesh's bootstrap peer.
     let n0_key = path("n0/data/node-key.json");
@@ -264,20 +294,11 @@ fn a_network_of_four_validators_and_two_nodes_on_six_hosts_runs_as_docs_network_
     // Step 3: every validator runs from its own configuration, on its own host.
     let mut running = Vec::new();
     for (i, host) in validators.iter().enumerate() {
-        let config = path(&format!("v{i}/validator.toml"));
-        std::fs::write(
-            &config,
-            format!(
-                "genesis = {genesis:?}\nkey = \"validator.json\"\ndata_dir = \"data\"\n\
-                 p2p_listen = \"0.0.0.0:8800\"\napi_listen = \"0.0.0.0:8700\"\n",
-                genesis = text(&genesis)
-            ),
-        )
-        .expect("write config");
-        running.push(spawn_logged(
+        running.push(run_validator(
             &host.ns,
             &path(&format!("v{i}")),
-            &["validator", "run", "--config", &text(&config)],
+            &genesis,
+            false,
             &path(&format!("v{i}.log")),
         ));
     }
@@ -398,5 +419,223 @@ fn a_network_of_four_validators_and_two_nodes_on_six_hosts_runs_as_docs_network_
         "{status}"
     );
     assert_eq!(status["chain_id"], "netns-test");
+    drop(running);
+}
+
+/// `validator status` on `ledger`, as the operator asks it from `ns`.
+fn validator_status(ns: &str, home: &Path, ledger: &str) -> (bool, Value) {
+    let out = peergrid(
+        ns,
+        home,
+        &["--json", "--ledger", ledger, "validator", "status"],
+    )
+    .output()
+    .expect("validator status");
+    let status = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out.status.success(), status)
+}
+
+/// Wait until every validator of `ledger` answers, all finalize, they agree on the state
+/// root, and the lowest epoch among them is at least `epoch`; the status then.
+fn wait_for_epoch(
+    ns: &str,
+    home: &Path,
+    ledger: &str,
+    epoch: u64,
+    what: &str,
+    log: &Path,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (ok, status) = validator_status(ns, home, ledger);
+        let validators = status["validators"].as_array().cloned().unwrap_or_default();
+        let lowest = validators
+            .iter()
+            .map(|v| v["epoch"].as_u64().unwrap_or(0))
+            .min()
+            .unwrap_or(0);
+        if ok
+            && status["agreement"]["agree"] == true
+            && validators.iter().all(|v| v["finalizing"] == true)
+            && lowest >= epoch
+        {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not reached within 120 s: {status}\n{}",
+            tail(log)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Validators that come and go by vote, each on its own host: the council votes a fifth
+/// validator in; it starts from the genesis alone, catches up and votes; then the council
+/// votes one of the first four out, which says it no longer votes. Transfers finalize
+/// throughout, and with two of the original four stopped the remaining set (the newcomer
+/// among them) still decides.
+#[test]
+fn a_validator_voted_in_catches_up_and_votes_and_one_voted_out_stops_while_transfers_finalize() {
+    if skip_unless_available() {
+        return;
+    }
+    let mut lab = Lab::new();
+    let hosts: Vec<_> = (0..5u8)
+        .map(|i| lab.public_host(&format!("g{i}"), 51 + i))
+        .collect();
+    let ops = lab.public_host("gops", 60);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = |p: &str| dir.path().join(p);
+    let entries: Vec<String> = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let account = validator_account(&path(&format!("v{i}/validator.json")));
+            format!("{account}@{}:8800", h.ip)
+        })
+        .collect();
+    let api = |i: usize| format!("http://{}:8700", hosts[i].ip);
+
+    // A genesis of the first four, with short epochs so that votes take effect in seconds.
+    let genesis = path("net/genesis.toml");
+    let mut args = vec![
+        "--json".to_string(),
+        "genesis".into(),
+        "new".into(),
+        "--out".into(),
+        genesis.to_str().expect("utf-8 path").into(),
+        "--chain-id".into(),
+        "netns-gov".into(),
+        "--param".into(),
+        "epoch_blocks=20".into(),
+        "--param".into(),
+        "idle_block_ms=200".into(),
+    ];
+    for e in &entries[..4] {
+        args.extend(["--validator".to_string(), e.clone()]);
+    }
+    json(
+        &Command::new(env!("CARGO_BIN_EXE_peergrid"))
+            .args(&args)
+            .output()
+            .expect("genesis new"),
+    );
+    let demo_key = path("net/keys/demo.json");
+    let demo_key = demo_key.to_str().expect("utf-8 path");
+    let mut running: Vec<Option<Running>> = (0..4)
+        .map(|i| {
+            Some(run_validator(
+                &hosts[i].ns,
+                &path(&format!("v{i}")),
+                &genesis,
+                false,
+                &path(&format!("v{i}.log")),
+            ))
+        })
+        .collect();
+    let ops_home = path("ops");
+    let first_four = (0..4).map(api).collect::<Vec<_>>().join(",");
+    let all_five = (0..5).map(api).collect::<Vec<_>>().join(",");
+    let cli = |ledger: &str, args: &[&str]| {
+        let mut all = vec!["--json", "--key", demo_key, "--ledger", ledger];
+        all.extend_from_slice(args);
+        json(
+            &peergrid(&ops.ns, &ops_home, &all)
+                .output()
+                .expect("peergrid"),
+        )
+    };
+    let status = wait_for_epoch(
+        &ops.ns,
+        &ops_home,
+        &first_four,
+        0,
+        "the genesis set finalizing",
+        &path("v0.log"),
+    );
+    let to = entries[4].split('@').next().expect("account").to_string();
+    let transfer = |ledger: &str| {
+        let sent = cli(
+            ledger,
+            &["wallet", "transfer", "--to", &to, "--amount", "1"],
+        );
+        assert_eq!(sent["status"]["status"], "finalized", "{sent}");
+    };
+    transfer(&first_four);
+
+    // The council (the genesis's demo account) votes validator 4 in: it takes effect at the
+    // next epoch boundary. Its operator then starts it with the genesis and its key alone.
+    let epoch_now = |s: &Value| {
+        s["validators"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v["epoch"].as_u64())
+            .max()
+            .unwrap_or(0)
+    };
+    let mut add = vec!["gov", "propose", "set-validators"];
+    for e in &entries {
+        add.extend(["--validator", e.as_str()]);
+    }
+    add.extend(["--description", "add validator 4"]);
+    let proposed = cli(&first_four, &add);
+    let voted_in = epoch_now(&validator_status(&ops.ns, &ops_home, &first_four).1) + 1;
+    assert!(proposed.is_object(), "{proposed}");
+    running.push(Some(run_validator(
+        &hosts[4].ns,
+        &path("v4"),
+        &genesis,
+        true,
+        &path("v4.log"),
+    )));
+    let status5 = wait_for_epoch(
+        &ops.ns,
+        &ops_home,
+        &all_five,
+        voted_in,
+        "validator 4 caught up in the new set",
+        &path("v4.log"),
+    );
+    assert_eq!(
+        status5["agreement"]["roots"].as_array().map(Vec::len),
+        Some(5),
+        "{status5}"
+    );
+    transfer(&all_five);
+
+    // Voted out: validator 3 leaves the set at the following boundary.
+    let mut remove = vec!["gov", "propose", "set-validators"];
+    for i in [0, 1, 2, 4] {
+        remove.extend(["--validator", entries[i].as_str()]);
+    }
+    remove.extend(["--description", "remove validator 3"]);
+    cli(&all_five, &remove);
+    let voted_out = epoch_now(&validator_status(&ops.ns, &ops_home, &all_five).1) + 1;
+    wait_for_epoch(
+        &ops.ns,
+        &ops_home,
+        &all_five,
+        voted_out,
+        "validator 3 voted out",
+        &path("v3.log"),
+    );
+    let said = std::fs::read_to_string(path("v3.log")).unwrap_or_default();
+    assert!(
+        said.contains("no longer votes"),
+        "validator 3 did not say it left the set:\n{}",
+        tail(&path("v3.log"))
+    );
+
+    // The new set is 0, 1, 2 and 4; with 2 and 3 stopped, only 0, 1 and 4 vote: a quorum
+    // only because the newcomer votes.
+    running[2] = None;
+    running[3] = None;
+    let three: String = [0, 1, 4].map(api).join(",");
+    transfer(&three);
+    let (_, after) = validator_status(&ops.ns, &ops_home, &three);
+    assert_eq!(after["agreement"]["agree"], true, "{after}");
+    assert_eq!(status["chain_id"], "netns-gov");
     drop(running);
 }
