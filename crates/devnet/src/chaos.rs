@@ -215,6 +215,8 @@ fn signal(pid: u32, sig: &str) {
 #[derive(Default)]
 struct Seen {
     finalized: HashSet<TxHash>,
+    /// The highest block any of them was seen finalized in.
+    highest: u64,
     refused: usize,
     sent: usize,
 }
@@ -252,9 +254,10 @@ async fn send_from(
             }
             let _ = client.submit(&tx).await;
             match client.wait(&hash, Duration::from_secs(5)).await {
-                Ok(TxStatus::Finalized { .. }) => {
+                Ok(TxStatus::Finalized { height, .. }) => {
                     if let Ok(mut s) = seen.lock() {
                         s.finalized.insert(hash);
+                        s.highest = s.highest.max(height);
                     }
                     break;
                 }
@@ -346,6 +349,11 @@ async fn store_and_read(
             storage.put(&input, &name, None, &|_| {}),
         )
         .await;
+        // A put fails at once while a node is down: pause, so the count says how long puts
+        // could not be stored rather than how fast they were retried.
+        if !matches!(put, Ok(Ok(_))) {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
         let pick = {
             let Ok(mut s) = stored.lock() else { return };
             match put {
@@ -664,7 +672,10 @@ async fn run(
         let _ = requester.await;
     }
 
-    // Let every process come back, then compare the validators at one height.
+    // Let every process come back and catch up to the highest block a sender saw its transfer
+    // finalized in, then compare the validators there: one restarted late may still be
+    // applying blocks, and comparing below that height would miss the last transfers.
+    let highest = seen.lock().map(|s| s.highest).unwrap_or(0);
     let settle = Instant::now() + Duration::from_secs(60);
     let height = loop {
         for line in supervisor.tend()? {
@@ -676,15 +687,14 @@ async fn run(
                 heights.push(s.height);
             }
         }
-        if heights.len() == apis.len() {
-            let low = heights.iter().copied().min().unwrap_or(0);
-            if low > start_height {
-                break low;
-            }
+        let low = heights.iter().copied().min().unwrap_or(0);
+        if heights.len() == apis.len() && low > start_height && low >= highest {
+            break low;
         }
         if Instant::now() > settle {
             bail!(
-                "after the faults, only {} of {} validators answered within 60 s",
+                "60 s after the faults, {} of {} validators answered, the lowest at height {low} \
+                 (transfers were seen final up to {highest})",
                 heights.len(),
                 apis.len()
             );
@@ -726,11 +736,15 @@ async fn run(
     report.sent = seen.sent;
     report.finalized = seen.finalized.len();
     report.refused = seen.refused;
-    report.missing = seen
+    let missing: Vec<&TxHash> = seen
         .finalized
         .iter()
         .filter(|h| !counts.contains_key(h))
-        .count();
+        .collect();
+    for hash in missing.iter().take(10) {
+        tracing::warn!(%hash, height, "a transfer seen finalized is not in the chain");
+    }
+    report.missing = missing.len();
     report.duplicated = counts.values().filter(|&&n| n > 1).count();
 
     // Every object stored during the faults reads back, byte for byte, now that all is up.
