@@ -1031,7 +1031,12 @@ struct Lines {
     after_cr: bool,
     /// Bytes of the event so far, line ends left out.
     event_len: usize,
+    /// Whether a line was handed on already: only the stream's first may carry a BOM.
+    started: bool,
 }
+
+/// UTF-8 byte order mark, which an event stream may begin with.
+const BOM: [u8; 3] = [0xEF, 0xBB, 0xBF];
 
 impl Lines {
     /// The lines `bytes` completes, then an error if the event grew past its bound.
@@ -1062,6 +1067,12 @@ impl Lines {
     }
 
     fn end_line(&mut self, out: &mut Vec<Result<Vec<u8>, StreamBroke>>) {
+        // The stream may start with a byte order mark, which the event parser would slice
+        // at its first byte (inside the three-byte character) and panic: drop it here, as
+        // the SSE standard says to ignore it.
+        if !std::mem::replace(&mut self.started, true) && self.line.starts_with(&BOM) {
+            self.line.drain(..BOM.len());
+        }
         if self.line.iter().all(|b| matches!(b, b'\r' | b'\n')) {
             self.event_len = 0;
         }
@@ -1132,5 +1143,22 @@ mod tests {
                 .any(|_| l.read(a).into_iter().chain(l.read(b)).any(|r| r.is_err()));
             assert!(refused, "{end:?}: an endless event was not refused");
         }
+    }
+
+    #[test]
+    fn a_byte_order_mark_opening_the_stream_is_dropped_and_only_there() {
+        let mut l = Lines::default();
+        let lines: Vec<Vec<u8>> = l
+            .read("\u{feff}data: a\n\u{feff}data: b\n".as_bytes())
+            .into_iter()
+            .map(|r| r.expect("a line"))
+            .collect();
+        assert_eq!(lines[0], b"data: a\n");
+        assert_eq!(lines[1], "\u{feff}data: b\n".as_bytes());
+        // Split across reads, and alone on its line: what crashed the event parser.
+        let mut l = Lines::default();
+        assert!(l.read(&BOM[..1]).is_empty());
+        let first: Vec<_> = l.read(&[BOM[1], BOM[2], b'\n']).into_iter().collect();
+        assert!(matches!(&first[..], [Ok(line)] if line == b"\n"));
     }
 }
