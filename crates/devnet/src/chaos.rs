@@ -324,7 +324,7 @@ async fn read_back(
     Some(peergrid_core::Hash::of(&bytes) == *want)
 }
 
-/// Put objects of 64 KiB to 4 MiB one after another until `until`, reading an earlier one
+/// Put objects of 16 KiB to 1 MiB one after another until `until`, reading an earlier one
 /// back after each put.
 async fn store_and_read(
     storage: Arc<peergrid_storage::Storage>,
@@ -336,7 +336,7 @@ async fn store_and_read(
     let mut dice = Dice::new(seed ^ 0x5707);
     let mut i = 0u64;
     while Instant::now() < until {
-        let len = (64 << 10) + dice.below(4 << 20) as usize;
+        let len = (16 << 10) + dice.below(1 << 20) as usize;
         let data = object_bytes(len, seed.wrapping_add(i));
         let hash = peergrid_core::Hash::of(&data);
         let input = dir.join("put.bin");
@@ -390,14 +390,19 @@ async fn store_and_read(
 async fn storage_user(
     apis: &[String],
     nodes: usize,
+    duration: Duration,
 ) -> anyhow::Result<Arc<peergrid_storage::Storage>> {
+    // Room for every put of the run: a few a second of half a MiB on average, a shard of
+    // each on every node; what runs out is then never the reservation.
+    let minutes = duration.as_secs().div_ceil(60).max(1);
+    let bytes = (minutes << 28).max(1 << 30);
     let storage =
         peergrid_storage::Storage::connect(Client::new(apis.to_vec()), storage_key()).await?;
     // Nodes count as up once their first uptime report is final.
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         match storage
-            .reserve(1 << 30, peergrid_storage::NodeChoice::Count(nodes))
+            .reserve(bytes, peergrid_storage::NodeChoice::Count(nodes))
             .await
         {
             Ok(_) => return Ok(Arc::new(storage)),
@@ -557,7 +562,7 @@ async fn run(
     }
     let apis = supervisor.running.apis.clone();
     let storage = if b.nodes >= STORAGE_NODES_MIN {
-        Some(storage_user(&apis, b.nodes).await?)
+        Some(storage_user(&apis, b.nodes, b.duration).await?)
     } else {
         None
     };
