@@ -415,7 +415,8 @@ async fn storage_user(
 }
 
 /// Deploy `component` on two nodes as the storage user, the way a builder does
-/// (`peergrid deploy`); returns the replicas' URLs.
+/// (`peergrid deploy`); returns the replicas' URLs. A deployment placed on fewer nodes
+/// (one did not start it in time) is tried again under another name, three times at most.
 fn deploy_app(
     exe: &Path,
     dir: &Path,
@@ -426,38 +427,44 @@ fn deploy_app(
     std::fs::create_dir_all(&home)?;
     let key = home.join("key.json");
     storage_key().save(&key, true)?;
-    let out = std::process::Command::new(exe)
-        .env("PEERGRID_HOME", &home)
-        .args(["--ledger", &apis.join(",")])
-        .arg("--key")
-        .arg(&key)
-        .args(["--json", "deploy"])
-        .arg(component)
-        .args(["--name", "chaos-hello", "--replicas", "2"])
-        .output()
-        .context("cannot run peergrid deploy")?;
-    if !out.status.success() {
-        bail!(
-            "deploying {} failed: {}",
-            component.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
+    let mut last = String::new();
+    for attempt in 1..=3 {
+        let out = std::process::Command::new(exe)
+            .env("PEERGRID_HOME", &home)
+            .args(["--ledger", &apis.join(",")])
+            .arg("--key")
+            .arg(&key)
+            .args(["--json", "deploy"])
+            .arg(component)
+            .args([
+                "--name",
+                &format!("chaos-hello-{attempt}"),
+                "--replicas",
+                "2",
+            ])
+            .output()
+            .context("cannot run peergrid deploy")?;
+        let said = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        let deployed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let urls: Vec<String> = deployed["app"]["replicas"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["url"].as_str().map(str::to_string))
+            .collect();
+        if out.status.success() && urls.len() == 2 {
+            return Ok(urls);
+        }
+        last = format!("{} replicas ({said})", urls.len());
+        tracing::warn!(
+            attempt,
+            "chaos: the app was not deployed on two nodes: {last}"
         );
     }
-    let deployed: serde_json::Value =
-        serde_json::from_slice(&out.stdout).context("peergrid deploy --json printed no JSON")?;
-    let urls: Vec<String> = deployed["app"]["replicas"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|r| r["url"].as_str().map(str::to_string))
-        .collect();
-    if urls.len() != 2 {
-        bail!(
-            "the app was deployed with {} reachable replicas, not 2",
-            urls.len()
-        );
-    }
-    Ok(urls)
+    bail!(
+        "deploying {} on two nodes failed three times; the last gave {last}",
+        component.display()
+    )
 }
 
 /// Wait until the ledger has `count` nodes up (each counts once its first uptime report
