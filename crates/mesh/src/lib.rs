@@ -49,6 +49,7 @@ pub mod streams;
 pub mod tcp;
 pub mod tls;
 
+pub use behaviour::NEGOTIATING_INBOUND_STREAMS_MAX;
 pub use config::{Config, ConnectionLimits, RelayLimits};
 pub use error::Error;
 pub use ingress::{GossipMessage, Mesh, PeerInfo, Status, peer_of, with_peer};
