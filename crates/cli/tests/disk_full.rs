@@ -54,20 +54,6 @@ fn ok(home: &Path, args: &[&str]) -> Value {
     v
 }
 
-fn random_file(path: &Path, len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let bytes: Vec<u8> = (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
-    std::fs::write(path, &bytes).expect("write");
-    bytes
-}
-
 /// Every file under `dir`, at any depth.
 fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();

@@ -97,20 +97,6 @@ impl Drop for Frozen {
     }
 }
 
-fn random_file(path: &Path, len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let bytes: Vec<u8> = (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
-    std::fs::write(path, &bytes).expect("write");
-    bytes
-}
-
 fn ok(home: &Path, args: &[&str]) -> Value {
     let (ok, v, err) = run(home, args);
     assert!(ok, "peergrid {args:?} failed: {err}");

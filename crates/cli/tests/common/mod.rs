@@ -287,3 +287,18 @@ pub fn get(url: &str) -> Option<(u16, String)> {
         .map(|(_, b)| b.to_string())?;
     Some((code, body))
 }
+
+/// `len` pseudo-random bytes from `seed`, written to `path` and returned.
+pub fn random_file(path: &Path, len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let bytes: Vec<u8> = (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(path, &bytes).expect("write");
+    bytes
+}
