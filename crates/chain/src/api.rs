@@ -30,6 +30,7 @@ use peergrid_types::api::{
     AccountView, BatchError, BatchSubmitted, Bills, EconomyView, NodeView, Period, Receipts,
     Status, Submitted, SupplyCheck, TxAnswer, Vote,
 };
+use peergrid_types::certificate::StateCertificate;
 use peergrid_types::proof::StateProof;
 use peergrid_types::records::{Contract, Farm, Proposal, RewardReceipt, ValidatorSet};
 use peergrid_types::{ApiError as ErrorBody, AtHeight, Page};
@@ -175,6 +176,7 @@ fn api_routes() -> OpenApiRouter<Api> {
         .routes(routes!(proposals))
         .routes(routes!(proposal))
         .routes(routes!(block))
+        .routes(routes!(certificate))
         .routes(routes!(epoch_validators))
         .routes(routes!(events))
         .routes(routes!(health))
@@ -691,7 +693,7 @@ async fn contracts(
 #[utoipa::path(get, path = "/v1/contracts/{id}", tag = "state", summary = "One contract",
     params(("id" = String, Path, description = "the contract's id, or its gateway name"), WithProof),
     responses(
-        (status = 200, description = "The contract, with its proof when asked", body = AtHeight<Contract>),
+        (status = 200, description = "The contract, with its proof when asked; with `?proof=true`, an id that does not exist answers `data: null` and the proof of its absence", body = AtHeight<Option<Contract>>),
         (status = 400, description = "A parameter is malformed", body = ErrorBody),
         (status = 404, description = "No such contract", body = ErrorBody),
         (status = 500, description = "The ledger state could not be read (a poisoned lock)", body = ErrorBody)))]
@@ -699,14 +701,20 @@ async fn contract(
     State(api): State<Api>,
     Path(id): Path<String>,
     Query(q): Query<WithProof>,
-) -> ApiResult<Contract> {
+) -> ApiResult<Option<Contract>> {
     let ((v, proof), h, r) = read(&api, |s| {
-        let c = match id.parse::<u64>() {
-            Ok(n) => s.contract(n),
-            Err(_) => s.contract_by_name(&id),
+        let number = id.parse::<u64>().ok();
+        let c = match number {
+            Some(n) => s.contract(n),
+            None => s.contract_by_name(&id),
         };
-        c.map(|c| (c.clone(), q.proof.then(|| s.prove_contract(c.id))))
-            .ok_or_else(|| ApiError::not_found(format!("contract {id}")))
+        match (c, number) {
+            (Some(c), _) => Ok((Some(c.clone()), q.proof.then(|| s.prove_contract(c.id)))),
+            // A node removes a workload whose contract is gone: that must be proven too,
+            // not one validator's word.
+            (None, Some(n)) if q.proof => Ok((None, Some(s.prove_contract(n)))),
+            (None, _) => Err(ApiError::not_found(format!("contract {id}"))),
+        }
     })?;
     Ok(at_proven(v, h, r, proof))
 }
@@ -968,6 +976,50 @@ async fn block(
         .block(height)
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("block {height}")))
+}
+
+/// How long a request for a certificate still forming waits for it.
+const CERTIFICATE_WAIT: Duration = Duration::from_secs(3);
+
+#[utoipa::path(get, path = "/v1/blocks/{height}/certificate", tag = "chain",
+    summary = "The state certificate of a finalized block: a quorum of its epoch's validators signing the state root after it. Recent heights and every epoch's last block; a height just finalized is waited for up to 3 s",
+    params(("height" = u64, Path, description = "the block's height")),
+    responses(
+        (status = 200, description = "The certificate", body = StateCertificate),
+        (status = 400, description = "A parameter is malformed", body = ErrorBody),
+        (status = 404, description = "No certificate for that height here", body = ErrorBody)))]
+async fn certificate(
+    State(api): State<Api>,
+    Path(height): Path<u64>,
+) -> Result<Json<StateCertificate>, ApiError> {
+    let shared = &api.shared;
+    let mut formed = shared.certificates.watch();
+    let deadline = tokio::time::Instant::now() + CERTIFICATE_WAIT;
+    loop {
+        if let Some(c) = shared.certificate(height) {
+            return Ok(Json(c));
+        }
+        let tip = shared.with_state(|s| s.height()).unwrap_or(0);
+        // Only a block finalized lately (or about to be) may still gather its quorum.
+        let forming = height <= tip + 1 && height + 64 >= tip;
+        if !forming
+            || tokio::time::timeout_at(deadline, formed.changed())
+                .await
+                .is_err()
+        {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!(
+                    "no state certificate for height {height} here (finalized height {tip}): \
+                     a validator keeps those of the last {} blocks and of each epoch's last \
+                     block, and one forms once a quorum signed; ask for a recent height, or \
+                     another validator",
+                    crate::certify::CERTIFICATES_KEPT
+                ),
+            ));
+        }
+    }
 }
 
 /// Where the event stream starts.
@@ -1643,6 +1695,16 @@ mod tests {
         let refused = &shared.receipts.block(2).expect("block 2").txs[1];
         assert!(refused.result.is_err(), "the faucet's vote is refused");
         let rejected = refused.hash;
+        shared.certificates.keep(StateCertificate {
+            height: 1,
+            epoch: 0,
+            root: shared.receipts.block(1).expect("block 1").root,
+            next_set: Hash::ZERO,
+            signatures: vec![peergrid_types::certificate::StatementSignature {
+                signer: demo,
+                signature: peergrid_core::tx::Signature([1; 64]),
+            }],
+        });
         let base = serve(shared.clone()).await;
         let schemas = Schemas::new();
         let http = reqwest::Client::new();
@@ -1679,6 +1741,12 @@ mod tests {
                 "/v1/contracts/gateway-one".into(),
                 200,
             ),
+            (
+                "/v1/contracts/{id}",
+                "/v1/contracts/4242?proof=true".into(),
+                200,
+            ),
+            ("/v1/contracts/{id}", "/v1/contracts/4242".into(), 404),
             (
                 "/v1/contracts/{id}/bills",
                 "/v1/contracts/1/bills".into(),
@@ -1719,6 +1787,21 @@ mod tests {
             ("/v1/blocks/{height}", "/v1/blocks/4".into(), 200),
             ("/v1/blocks/{height}", "/v1/blocks/abc".into(), 400),
             ("/v1/blocks/{height}", "/v1/blocks/99".into(), 404),
+            (
+                "/v1/blocks/{height}/certificate",
+                "/v1/blocks/1/certificate".into(),
+                200,
+            ),
+            (
+                "/v1/blocks/{height}/certificate",
+                "/v1/blocks/abc/certificate".into(),
+                400,
+            ),
+            (
+                "/v1/blocks/{height}/certificate",
+                "/v1/blocks/99/certificate".into(),
+                404,
+            ),
             (
                 "/v1/epochs/{epoch}/validators",
                 "/v1/epochs/0/validators".into(),

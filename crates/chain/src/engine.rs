@@ -25,6 +25,7 @@ use rand_core::CryptoRng;
 
 use crate::app::{App, Tamper};
 use crate::block::Block;
+use crate::certify;
 use crate::epochs::{Orchestrator, PeerSets, Schemes};
 use crate::finalizer::{self, Finalizer};
 use crate::shared::Shared;
@@ -137,11 +138,12 @@ fn archive_config<C>(
     }
 }
 
-/// Start a validator.
+/// Start a validator; `states` carries its state votes (see [`crate::certify`]).
 pub async fn start<E, B, P, T, S, R>(
     context: E,
     cfg: Config<B, P, T>,
     channels: Channels<S, R>,
+    states: Channel<S, R>,
 ) -> Running
 where
     E: CryptoRng + Spawner + Metrics + Clock + Storage + Send + Sync + 'static,
@@ -243,6 +245,11 @@ where
     context
         .child("finalizer")
         .spawn(move |_| finalizer::run(shared, finalized, archived));
+
+    context.child("certifier").spawn({
+        let (shared, signer) = (cfg.shared.clone(), cfg.signer.clone());
+        move |_| certify::run(shared, signer, states)
+    });
 
     let app = App::new(cfg.shared.clone(), cfg.txs_per_block).with_tamper(cfg.tamper);
     let timing = cfg.timing.resting(Duration::from_millis(

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod app;
 pub mod block;
+pub mod certify;
 pub mod early;
 pub mod engine;
 pub mod epochs;

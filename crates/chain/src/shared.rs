@@ -15,8 +15,10 @@ use peergrid_ledger::{
     BlockContext, BlockOutcome, Checked, Genesis, KnownTx, Ledger, LedgerError, Store, StoreError,
     TxError,
 };
+use peergrid_types::certificate::StateCertificate;
 
 use crate::block::{BLOCK_TXS_MAX, Block};
+use crate::certify::Certificates;
 use crate::mempool::{Mempool, MempoolError, MempoolLimits};
 use crate::verified::VerifiedTxs;
 
@@ -33,10 +35,11 @@ pub struct Receipts {
     memory: Mutex<MemoryReceipts>,
 }
 
-/// Blocks by height, and each transaction's (height, position).
+/// Blocks by height, each transaction's (height, position), and kept certificates.
 type MemoryReceipts = (
     BTreeMap<u64, FinalizedBlock>,
     BTreeMap<TxHash, (u64, usize)>,
+    BTreeMap<u64, StateCertificate>,
 );
 
 /// Finalized blocks by height, in CBOR. A binary format, so account ids and hashes are stored
@@ -46,6 +49,9 @@ const BLOCKS: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("bl
 /// Finalized blocks recorded as JSON by earlier versions; read only.
 const BLOCKS_JSON: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("blocks");
 const TXS: redb::TableDefinition<&[u8; 32], (u64, u64)> = redb::TableDefinition::new("txs");
+/// State certificates of each epoch's last block, by height, in CBOR.
+const CERTIFICATES: redb::TableDefinition<u64, &[u8]> =
+    redb::TableDefinition::new("certificates.cbor");
 
 fn store_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(format!("receipts: {e}"))
@@ -114,6 +120,34 @@ impl Receipts {
         serde_json::from_slice(json.value()).ok()
     }
 
+    /// Keep `certificate` for good: each epoch's last, which light clients follow.
+    pub fn record_certificate(&self, certificate: &StateCertificate) -> Result<(), StoreError> {
+        let Some(db) = &self.db else {
+            let mut m = self.memory.lock().map_err(store_err)?;
+            m.2.insert(certificate.height, certificate.clone());
+            return Ok(());
+        };
+        let mut bytes = Vec::new();
+        ciborium::into_writer(certificate, &mut bytes).map_err(store_err)?;
+        let txn = db.begin_write().map_err(store_err)?;
+        txn.open_table(CERTIFICATES)
+            .map_err(store_err)?
+            .insert(certificate.height, bytes.as_slice())
+            .map_err(store_err)?;
+        txn.commit().map_err(store_err)
+    }
+
+    /// The certificate kept for good at `height`, if any.
+    pub fn certificate(&self, height: u64) -> Option<StateCertificate> {
+        let Some(db) = &self.db else {
+            return self.memory.lock().ok()?.2.get(&height).cloned();
+        };
+        let txn = db.begin_read().ok()?;
+        let table = txn.open_table(CERTIFICATES).ok()?;
+        let bytes = table.get(height).ok()??;
+        ciborium::from_reader(bytes.value()).ok()
+    }
+
     /// Where a transaction landed: block height and position.
     pub fn locate(&self, hash: &TxHash) -> Option<(u64, usize)> {
         let Some(db) = &self.db else {
@@ -138,6 +172,8 @@ pub struct Shared {
     pub receipts: Receipts,
     /// Finalized blocks as they are applied, for followers.
     pub finalized: broadcast::Sender<Arc<FinalizedBlock>>,
+    /// State certificates formed here.
+    pub certificates: Certificates,
     /// Transactions that passed the stateless checks here; see [`crate::verified`].
     verified: Mutex<VerifiedTxs>,
     /// How many transactions this validator has run the stateless checks on.
@@ -188,6 +224,7 @@ impl Shared {
             mempool: Mutex::new(Mempool::new(limits)),
             receipts,
             finalized,
+            certificates: Certificates::default(),
             verified: Mutex::new(VerifiedTxs::new(generation)),
             stateless_checks: AtomicU64::new(0),
             last_block_json: Mutex::new(None),
@@ -358,6 +395,13 @@ impl Shared {
         } else {
             TxStatus::Unknown
         }
+    }
+
+    /// The state certificate of `height`: formed lately, or an epoch's last kept for good.
+    pub fn certificate(&self, height: u64) -> Option<StateCertificate> {
+        self.certificates
+            .recent(height)
+            .or_else(|| self.receipts.certificate(height))
     }
 
     /// Apply a finalized block exactly once: a block the ledger already holds is skipped.

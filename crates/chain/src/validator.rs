@@ -39,6 +39,8 @@ const P2P_BURST_MAX: u32 = 256;
 
 /// Channel on which validators pass each other the transactions users submit.
 pub const CHANNEL_GOSSIP: u64 = 5;
+/// Channel on which validators pass each other their signatures over state roots.
+pub const CHANNEL_STATES: u64 = 6;
 /// Namespace of the validators' network handshake.
 pub const P2P_NAMESPACE: &[u8] = b"_PEERGRID_CHAIN_P2P";
 
@@ -255,13 +257,14 @@ async fn serve(
     // waits its other channels wait too, so the burst must cover a catch-up's requests.
     let quota = Quota::per_second(NZU32!(1_000)).allow_burst(NZU32!(P2P_BURST_MAX));
     let mut ch = Vec::new();
-    for c in 0..=CHANNEL_GOSSIP {
+    for c in 0..=CHANNEL_STATES {
         ch.push(network.register(c, quota));
     }
     network.start();
     let mut ch = ch.into_iter();
     let channels = Channels::take(&mut ch).context("five consensus channels were registered")?;
     let (mut gossip_out, mut gossip_in) = ch.next().context("the gossip channel was registered")?;
+    let states = ch.next().context("the state channel was registered")?;
 
     let peer_sets = LookupPeers {
         oracle: oracle.clone(),
@@ -285,6 +288,7 @@ async fn serve(
             tamper: None,
         },
         channels,
+        states,
     )
     .await;
 

@@ -16,6 +16,7 @@ use peergrid_chain::shared::Shared;
 use peergrid_core::tx::{GovAction, Payload, ValidatorEntry};
 use peergrid_core::{AccountId, SignedTx};
 use peergrid_ledger::{Event, Genesis};
+use peergrid_types::certificate::{StateCertificate, set_digest};
 
 /// Short epochs: epoch 0 ends at height 19, epoch 1 at 39.
 const EPOCH_BLOCKS: u64 = 20;
@@ -97,6 +98,27 @@ fn new_set() -> Vec<AccountId> {
         .collect()
 }
 
+/// `v`'s state certificate of `height`, waited for, checked as a light client checks it
+/// against `members`, and over the root `v` applied.
+async fn certified(
+    context: &deterministic::Context,
+    v: &Shared,
+    height: u64,
+    members: &[AccountId],
+) -> StateCertificate {
+    for _ in 0..200 {
+        if let Some(c) = v.certificate(height) {
+            c.verify(v.genesis.hash(), members)
+                .unwrap_or_else(|e| panic!("certificate of {height}: {e}"));
+            let root = v.receipts.block(height).map(|b| b.root);
+            assert_eq!(Some(c.root), root, "the certified root of {height}");
+            return c;
+        }
+        context.sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no state certificate formed for height {height}");
+}
+
 /// With validators 2 and 3 cut off, only 0, 1 and 4 vote: a quorum (3 of 4) of the new set,
 /// but two of four of the genesis set, which can finalize nothing. Progress here means the
 /// new set decides, and needs 4's votes.
@@ -153,6 +175,19 @@ fn a_voted_set_takes_over_at_the_epoch_boundary_and_decides_alone() {
             wait_for_height(&context, &all, past_next).await;
             for h in BOUNDARY + 1..=past_next {
                 agreed_root(&all, h);
+            }
+            // A light client follows the change through state certificates: epoch 0's last
+            // block is signed by the genesis set and names the new one, which signs epoch 1's.
+            let genesis_set = set_of(&vals[0], 0).expect("the genesis set");
+            for v in &vals {
+                let handoff = certified(&context, v, BOUNDARY, &genesis_set).await;
+                assert_eq!(
+                    handoff.next_set,
+                    set_digest(&new_set()),
+                    "the handoff names the new set"
+                );
+                let second = certified(&context, v, 2 * EPOCH_BLOCKS - 1, &new_set()).await;
+                assert_eq!((second.epoch, second.next_set), (1, set_digest(&new_set())));
             }
             let target = progress_without_2_and_3(&context, &vals, &oracle, &peers).await;
             // The three alone decided 15 blocks from wherever the cut found them.
@@ -338,6 +373,23 @@ fn a_validator_voted_in_after_several_epochs_catches_up_from_genesis_and_votes()
                 agreed_root(&all, h);
             }
             assert_eq!(set_of(&vals[4], switch / EPOCH_BLOCKS), Some(new_set()));
+            // The validators that were there keep each epoch's handoff: a light client
+            // trusting only the genesis set follows them to the new set.
+            let mut trusted = set_of(&vals[0], 0).expect("the genesis set");
+            for epoch in 0..switch / EPOCH_BLOCKS {
+                let last = (epoch + 1) * EPOCH_BLOCKS - 1;
+                let handoff = certified(&context, &vals[0], last, &trusted).await;
+                let next = set_of(&vals[0], epoch + 1).expect("the next set");
+                assert_eq!(
+                    handoff.next_set,
+                    set_digest(&next),
+                    "epoch {epoch}'s handoff"
+                );
+                trusted = next;
+            }
+            assert_eq!(trusted, new_set());
+            // The newcomer, caught up, certifies new blocks with the others.
+            certified(&context, &vals[4], switch + 2, &trusted).await;
             // And it votes: without 2 and 3, the new set decides only with it.
             progress_without_2_and_3(&context, &vals, &oracle, &peers).await;
         });

@@ -34,8 +34,8 @@ pub enum ContractCommand {
     Show {
         /// The contract's id.
         contract: ContractId,
-        /// Check the answer here: the contract's Merkle proof against the block's state
-        /// root, and that root against every validator.
+        /// Check the answer here: the contract's Merkle proof against the block's state root,
+        /// and that root's certificate against the validator sets followed from genesis.
         #[arg(long)]
         prove: bool,
     },
@@ -362,8 +362,7 @@ pub fn contract(globals: &Globals, cmd: ContractCommand) -> anyhow::Result<()> {
                 Ok(())
             }
             ContractCommand::Show { contract, prove } => {
-                let validators = client.urls().len();
-                let (c, confirmed_by) = if prove {
+                let (c, certified) = if prove {
                     let p = client.proven_contract(contract).await?;
                     let Some(data) = p.value else {
                         anyhow::bail!(
@@ -377,7 +376,7 @@ pub fn contract(globals: &Globals, cmd: ContractCommand) -> anyhow::Result<()> {
                         data,
                         proof: None,
                     };
-                    (c, Some(p.confirmed_by))
+                    (c, Some(p.certified))
                 } else {
                     let c = client.contract(contract).await?.with_context(|| {
                         format!("contract {contract} does not exist at the finalized height")
@@ -387,7 +386,7 @@ pub fn contract(globals: &Globals, cmd: ContractCommand) -> anyhow::Result<()> {
                 if globals.json {
                     return output::json(&json!({
                         "height": c.height, "contract": c.data,
-                        "proof": confirmed_by.map(|n| output::proof_json(n, validators)),
+                        "proof": certified.as_ref().map(output::proof_json),
                     }));
                 }
                 let (height, root) = (c.height, c.root);
@@ -410,12 +409,12 @@ pub fn contract(globals: &Globals, cmd: ContractCommand) -> anyhow::Result<()> {
                 if let Some(h) = c.deployment_hash() {
                     rows.push(("deployment", h.to_string()));
                 }
-                if let Some(confirmed_by) = confirmed_by {
+                if let Some(certified) = &certified {
                     rows.push((
                         "proof",
                         format!("checked against state root {root} at height {height}"),
                     ));
-                    rows.push(output::confirmed_row(confirmed_by, validators));
+                    rows.push(output::certified_row(certified));
                 }
                 output::rows(&rows);
                 println!("\nits bills: peergrid bill history {}", c.id);

@@ -22,7 +22,7 @@ pub enum WalletCommand {
         /// The account; defaults to your key's.
         account: Option<String>,
         /// Check the answer here: the account's Merkle proof against the block's state root,
-        /// and that root against every validator.
+        /// and that root's certificate against the validator sets followed from genesis.
         #[arg(long)]
         prove: bool,
     },
@@ -121,12 +121,11 @@ pub fn wallet(globals: &Globals, cmd: WalletCommand) -> anyhow::Result<()> {
                     let proven = client.proven_account(&id).await?;
                     let exists = proven.value.is_some();
                     let account = proven.value.unwrap_or_default();
-                    let validators = client.urls().len();
                     if globals.json {
                         return output::json(&json!({
                             "account": id, "balance": account.balance, "nonce": account.nonce,
                             "height": proven.height, "root": proven.root, "exists": exists,
-                            "proof": output::proof_json(proven.confirmed_by, validators),
+                            "proof": output::proof_json(&proven.certified),
                         }));
                     }
                     output::rows(&[
@@ -142,7 +141,7 @@ pub fn wallet(globals: &Globals, cmd: WalletCommand) -> anyhow::Result<()> {
                                 proven.root
                             ),
                         ),
-                        output::confirmed_row(proven.confirmed_by, validators),
+                        output::certified_row(&proven.certified),
                     ]);
                     return Ok(());
                 }

@@ -49,15 +49,23 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) {
 
 /// The `proof` object of `--json` output for an answer checked against its Merkle proof,
 /// whose root `confirmed_by` of `validators` validators confirmed.
-pub fn proof_json(confirmed_by: usize, validators: usize) -> serde_json::Value {
-    serde_json::json!({ "checked": true, "confirmed_by": confirmed_by, "validators": validators })
+pub fn proof_json(certified: &peergrid_client::Certified) -> serde_json::Value {
+    serde_json::json!({
+        "checked": true,
+        "certified_by": certified.signatures,
+        "validators": certified.validators,
+        "epoch": certified.epoch,
+    })
 }
 
-/// The table line saying how many validators confirmed a proven answer's root.
-pub fn confirmed_row(confirmed_by: usize, validators: usize) -> (&'static str, String) {
+/// The table line saying which validators certified a proven answer's root.
+pub fn certified_row(certified: &peergrid_client::Certified) -> (&'static str, String) {
     (
         "root",
-        format!("confirmed by {confirmed_by} of {validators} validators"),
+        format!(
+            "certified by {} of epoch {}'s {} validators",
+            certified.signatures, certified.epoch, certified.validators
+        ),
     )
 }
 

@@ -294,14 +294,17 @@ fn a_newcomer_runs_a_devnet_and_sends_a_transfer_that_finalizes() {
     assert!(ok && st["status"]["status"] == "finalized", "{st}");
     let (_, got) = json(home, &["wallet", "balance", receiver]);
     assert_eq!(got["balance"], "2.5");
-    // The same balance, proven against the block's state root and that root confirmed.
+    // The same balance, proven against the block's state root, and that root certified by
+    // a quorum of the validators.
     let (ok, proven) = json(home, &["wallet", "balance", receiver, "--prove"]);
     assert!(ok, "{proven}");
     assert_eq!(proven["balance"], "2.5");
     assert_eq!(proven["proof"]["checked"], true);
     assert_eq!(proven["exists"], true);
+    let certified_by = proven["proof"]["certified_by"].as_u64().unwrap_or(0);
+    let validators = proven["proof"]["validators"].as_u64().unwrap_or(0);
     assert!(
-        proven["proof"]["confirmed_by"].as_u64() >= Some(1),
+        validators >= 1 && certified_by * 3 > validators * 2,
         "{proven}"
     );
     let (ok, nobody) = json(

@@ -6,6 +6,7 @@
 //! answer, so a crashed validator costs a retry, not an error. It holds no consensus
 //! code: nodes, gateways and the CLI stay light.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,9 @@ use peergrid_core::{AccountId, Hash, Keypair, Payload, SignedTx, TxHash};
 use peergrid_types::api::{BatchSubmitted, Submitted, TxAnswer, routes};
 use peergrid_types::proof::tables;
 
+mod light;
+
+pub use light::{Anchor, Certified};
 /// The wire contract this client speaks, whole.
 pub use peergrid_types as types;
 /// The API's answers.
@@ -70,6 +74,13 @@ pub enum ClientError {
         /// What.
         reason: String,
     },
+    /// A proven answer that does not hold: its root is not certified, or its certificate
+    /// is not signed by the validators the client follows.
+    #[error("the answer is not proven: {reason}")]
+    Unproven {
+        /// What failed.
+        reason: String,
+    },
     /// The transaction was not finalized in time.
     #[error(
         "transaction {hash} not finalized after {waited:?}; it may still be: check with `peergrid tx status {hash}`"
@@ -100,9 +111,8 @@ pub struct Proven<T> {
     pub root: Hash,
     /// The entry, or `None` when it is proven absent.
     pub value: Option<T>,
-    /// Validators of this client that reported the same root at that height (the one that
-    /// answered included); none reported another.
-    pub confirmed_by: usize,
+    /// Who certified the root: how many of which epoch's validators.
+    pub certified: Certified,
 }
 
 /// A client of the ledger API.
@@ -114,6 +124,8 @@ pub struct Client {
     current: AtomicUsize,
     /// Mesh bootstrap peers given by the user, tried before the genesis's.
     bootstrap: Vec<String>,
+    /// The validator sets the light client verified.
+    trust: Mutex<light::Trust>,
 }
 
 impl Client {
@@ -147,6 +159,7 @@ impl Client {
             streaming,
             current: AtomicUsize::new(0),
             bootstrap: Vec::new(),
+            trust: Mutex::default(),
         }
     }
 
@@ -277,8 +290,8 @@ impl Client {
     }
 
     /// Read `path` with its proof for `key` of `table`, check the proof against the root
-    /// the answer names, and that root against every validator of this client that has
-    /// the block: a validator lying about the entry or the root is caught here.
+    /// the answer names, and that root against its state certificate: a validator lying
+    /// about the entry or the root is caught here, whichever validator answered.
     async fn proven<T: borsh::BorshDeserialize>(
         &self,
         path: &str,
@@ -300,58 +313,24 @@ impl Client {
             .map(|b| peergrid_core::codec::decode::<T>("state entry", &b, 1 << 20))
             .transpose()
             .map_err(|e| bad(format!("the proven entry does not decode: {e}")))?;
-        let mut confirmed_by = 0;
-        for url in &self.urls {
-            // A validator that has not stored that block yet neither confirms nor denies.
-            let Ok(block) = self.block_from(url, answer.height).await else {
-                continue;
-            };
-            if block.root != answer.root {
-                return Err(bad(format!(
-                    "validator {url} finalized state root {} at height {}, not {}: do not trust \
-                     this answer, and tell the validators' operators",
-                    block.root, answer.height, answer.root
-                )));
-            }
-            confirmed_by += 1;
-        }
-        // A proof against a root no validator vouches for proves nothing: the answering
-        // validator could have made the root up along with the entry.
-        if confirmed_by == 0 {
-            return Err(bad(format!(
-                "no validator confirmed the state root {} at height {}, not even the one that                  answered: the proof proves nothing; try again, or ask other validators",
-                answer.root, answer.height
-            )));
+        let (root, certified) = self.certified_root(answer.height).await?;
+        // A proof against a root no quorum signed proves nothing: the answering validator
+        // could have made the root up along with the entry.
+        if root != answer.root {
+            return Err(ClientError::Unproven {
+                reason: format!(
+                    "the answer's proof is against state root {} at height {}, but the \
+                     validators certified {root} there: do not trust this answer, and tell the \
+                     validators' operators",
+                    answer.root, answer.height
+                ),
+            });
         }
         Ok(Proven {
             height: answer.height,
-            root: answer.root,
+            root,
             value,
-            confirmed_by,
-        })
-    }
-
-    /// Finalized block `height` as the validator at `url` alone has it.
-    async fn block_from(&self, url: &str, height: u64) -> Result<FinalizedBlock, ClientError> {
-        let response = self
-            .http
-            .get(format!("{url}{}", routes::fill(routes::BLOCK, &[&height])))
-            .send()
-            .await
-            .map_err(|e| ClientError::Unreachable {
-                tried: url.to_string(),
-                last: causes(&e),
-            })?;
-        if !response.status().is_success() {
-            return Err(ClientError::Refused {
-                status: response.status().as_u16(),
-                kind: "block".into(),
-                message: format!("{url} has no block {height}"),
-            });
-        }
-        response.json().await.map_err(|e| ClientError::Protocol {
-            url: url.to_string(),
-            reason: causes(&e),
+            certified,
         })
     }
 

@@ -37,9 +37,11 @@ async fn contracts_of(client: &Client, node: NodeId) -> Result<(u64, Vec<Contrac
         .await
 }
 
-/// Read one contract as the ledger has it now.
+/// Read one contract as the ledger has it now, proven: its Merkle proof against a state root
+/// a quorum of the validators certified. The node acts on what it reads (provisions,
+/// pauses, removes), so no single validator may decide that for it.
 pub async fn contract(client: &Client, id: ContractId) -> Result<Option<Contract>, ClientError> {
-    Ok(client.contract(id).await?.map(|c| c.data))
+    Ok(client.proven_contract(id).await?.value)
 }
 
 /// Reconcile one contract; returns whether anything changed.
@@ -153,11 +155,14 @@ async fn held(shared: &Shared) -> BTreeSet<ContractId> {
 
 /// Re-read every contract on this node and every one the world holds; reconcile each.
 async fn resync(shared: &Shared, client: &Client, me: NodeId) -> Result<u64, ClientError> {
-    let (height, contracts) = contracts_of(client, me).await?;
+    // A list has no proof: it only says which contracts to read, each one proven.
+    let (height, listed) = contracts_of(client, me).await?;
     let mut seen = BTreeSet::new();
-    for c in &contracts {
-        seen.insert(c.id);
-        reconcile_one(shared, c).await;
+    for id in listed.iter().map(|c| c.id) {
+        seen.insert(id);
+        if let Some(c) = contract(client, id).await? {
+            reconcile_one(shared, &c).await;
+        }
     }
     for id in held(shared)
         .await
@@ -177,7 +182,7 @@ async fn resync(shared: &Shared, client: &Client, me: NodeId) -> Result<u64, Cli
             shared.compute.sync(&world);
         }
     }
-    debug!(height, contracts = contracts.len(), "resynced");
+    debug!(height, contracts = listed.len(), "resynced");
     Ok(height)
 }
 

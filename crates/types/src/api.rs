@@ -55,6 +55,8 @@ pub mod routes {
     pub const PROPOSAL: &str = "/v1/proposals/{id}";
     /// A finalized block.
     pub const BLOCK: &str = "/v1/blocks/{height}";
+    /// The state certificate of a finalized block: a quorum's signatures over its state root.
+    pub const CERTIFICATE: &str = "/v1/blocks/{height}/certificate";
     /// The validator set of an epoch.
     pub const EPOCH_VALIDATORS: &str = "/v1/epochs/{epoch}/validators";
     /// Finalized blocks as server-sent events.
@@ -81,6 +83,7 @@ pub mod routes {
         PROPOSALS,
         PROPOSAL,
         BLOCK,
+        CERTIFICATE,
         EPOCH_VALIDATORS,
         EVENTS,
     ];

@@ -9,6 +9,7 @@
 //! types, and nothing here knows how the state machine works inside.
 
 pub mod api;
+pub mod certificate;
 pub mod events;
 pub mod params;
 pub mod proof;

@@ -204,10 +204,12 @@ pub async fn start_validator_with(
     let control = oracle.control(me.clone());
     let quota = Quota::per_second(NZU32!(10_000));
     let mut ch = Vec::new();
-    for c in 0..5u64 {
+    for c in 0..6u64 {
         ch.push(control.register(c, quota).await.expect("register"));
     }
-    let channels = Channels::take(&mut ch.into_iter()).expect("five channels");
+    let mut ch = ch.into_iter();
+    let channels = Channels::take(&mut ch).expect("five channels");
+    let states = ch.next().expect("the state channel");
     engine::start(
         context.child("validator").with_attribute("index", i),
         Config {
@@ -222,6 +224,7 @@ pub async fn start_validator_with(
             tamper,
         },
         channels,
+        states,
     )
     .await;
     shared

@@ -1,0 +1,394 @@
+//! State certificates: after applying a block, each validator of the block's epoch signs its
+//! state root (see [`peergrid_types::certificate`]) and sends the signature to every peer;
+//! a validator keeps the certificate once a quorum signed the root it computed itself.
+//!
+//! Certificates of the last [`CERTIFICATES_KEPT`] heights stay in memory; each epoch's last
+//! block's, the handoff a light client follows from one set to the next, is kept on disk
+//! with the receipts.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use commonware_cryptography::Signer as _;
+use commonware_cryptography::ed25519::{PrivateKey, PublicKey};
+use commonware_macros::select;
+use commonware_p2p::{Receiver, Recipients, Sender};
+use peergrid_core::tx::Signature;
+use peergrid_core::{AccountId, Hash};
+use peergrid_types::certificate::{
+    NAMESPACE, StateCertificate, Statement, StatementSignature, quorum, set_digest,
+};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+use crate::shared::Shared;
+
+/// Certificates kept in memory, most recent first out last.
+pub const CERTIFICATES_KEPT: usize = 4096;
+/// How far from this validator's height a peer's vote may be: enough for a peer a few
+/// hundred blocks ahead or behind, and a bound on what peers can make us hold.
+const VOTE_WINDOW: u64 = 256;
+/// A vote on the wire: height (u64 BE) ‖ root ‖ next set ‖ signature.
+const VOTE_BYTES: usize = 8 + 32 + 32 + 64;
+
+/// The certificates this validator assembled, and a signal when one forms.
+pub struct Certificates {
+    recent: Mutex<BTreeMap<u64, StateCertificate>>,
+    formed: watch::Sender<u64>,
+}
+
+impl Default for Certificates {
+    fn default() -> Self {
+        Certificates {
+            recent: Mutex::default(),
+            formed: watch::Sender::new(0),
+        }
+    }
+}
+
+impl Certificates {
+    /// The certificate of `height`, if it formed here lately.
+    pub fn recent(&self, height: u64) -> Option<StateCertificate> {
+        self.recent.lock().ok()?.get(&height).cloned()
+    }
+
+    /// Woken with the height of each certificate that forms.
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.formed.subscribe()
+    }
+
+    pub(crate) fn keep(&self, certificate: StateCertificate) {
+        let height = certificate.height;
+        if let Ok(mut recent) = self.recent.lock() {
+            recent.insert(height, certificate);
+            while recent.len() > CERTIFICATES_KEPT {
+                recent.pop_first();
+            }
+        }
+        self.formed.send_replace(height);
+    }
+}
+
+/// One peer's signature over its statement of a height.
+#[derive(Clone, Copy)]
+struct Vote {
+    root: Hash,
+    next_set: Hash,
+    signature: Signature,
+    /// Checked already against the statement it claims.
+    checked: bool,
+}
+
+fn encode(height: u64, vote: &Vote) -> Bytes {
+    let mut out = Vec::with_capacity(VOTE_BYTES);
+    out.extend_from_slice(&height.to_be_bytes());
+    out.extend_from_slice(&vote.root.0);
+    out.extend_from_slice(&vote.next_set.0);
+    out.extend_from_slice(&vote.signature.0);
+    Bytes::from(out)
+}
+
+fn decode(bytes: &[u8]) -> Option<(u64, Vote)> {
+    if bytes.len() != VOTE_BYTES {
+        return None;
+    }
+    let height = u64::from_be_bytes(bytes[..8].try_into().ok()?);
+    let root = Hash(bytes[8..40].try_into().ok()?);
+    let next_set = Hash(bytes[40..72].try_into().ok()?);
+    let signature = Signature(bytes[72..].try_into().ok()?);
+    Some((
+        height,
+        Vote {
+            root,
+            next_set,
+            signature,
+            checked: false,
+        },
+    ))
+}
+
+fn account(key: &PublicKey) -> AccountId {
+    let mut bytes = [0u8; 32];
+    bytes.copy_from_slice(key.as_ref());
+    AccountId(bytes)
+}
+
+/// What this validator itself holds true of a height it applied.
+struct Own {
+    epoch: u64,
+    members: Vec<AccountId>,
+    root: Hash,
+    next_set: Hash,
+}
+
+/// The certifier: signs each applied block's root, gathers peers' votes, forms certificates.
+struct Certifier {
+    shared: Arc<Shared>,
+    signer: PrivateKey,
+    me: AccountId,
+    chain: Hash,
+    /// Votes for heights not certified yet, by height and signer.
+    votes: BTreeMap<u64, HashMap<AccountId, Vote>>,
+    /// Heights whose disagreeing votes were already reported.
+    reported: BTreeMap<u64, ()>,
+}
+
+/// Run the certifier of `shared`'s validator, signing with `signer`, on `channel`.
+pub async fn run<S, R>(shared: Arc<Shared>, signer: PrivateKey, channel: (S, R))
+where
+    S: Sender<PublicKey = PublicKey>,
+    R: Receiver<PublicKey = PublicKey>,
+{
+    let (mut sender, mut receiver) = channel;
+    let mut applied = shared.finalized.subscribe();
+    let me = account(&signer.public_key());
+    let chain = shared.genesis.hash();
+    let mut certifier = Certifier {
+        shared,
+        signer,
+        me,
+        chain,
+        votes: BTreeMap::new(),
+        reported: BTreeMap::new(),
+    };
+    loop {
+        select! {
+            block = applied.recv() => match block {
+                Ok(block) => {
+                    if let Some(vote) = certifier.applied(block.height) {
+                        sender.send(Recipients::All, encode(block.height, &vote), false);
+                    }
+                }
+                // Too far behind to sign every block (a catch-up applies thousands a
+                // second): sign where we are, and the epoch boundaries skipped, which light
+                // clients need to follow the sets.
+                Err(RecvError::Lagged(_)) => {
+                    for height in certifier.catch_up() {
+                        if let Some(vote) = certifier.applied(height) {
+                            sender.send(Recipients::All, encode(height, &vote), false);
+                        }
+                    }
+                }
+                Err(RecvError::Closed) => return,
+            },
+            message = receiver.recv() => match message {
+                Ok((peer, bytes)) => certifier.received(&peer, bytes.as_ref()),
+                Err(_) => return,
+            },
+        }
+    }
+}
+
+impl Certifier {
+    fn height(&self) -> u64 {
+        self.shared.with_state(|s| s.height()).unwrap_or(0)
+    }
+
+    /// The heights worth signing after missing some: every epoch's last block since the
+    /// newest certificate kept, and the current height.
+    fn catch_up(&self) -> Vec<u64> {
+        let height = self.height();
+        let len = self.shared.genesis.params.epoch_blocks.max(1);
+        let from = self
+            .shared
+            .certificates
+            .recent
+            .lock()
+            .ok()
+            .and_then(|r| r.last_key_value().map(|(h, _)| *h))
+            .unwrap_or(0)
+            .max(height.saturating_sub(VOTE_WINDOW));
+        let mut heights: Vec<u64> = (from / len..=height / len)
+            .filter_map(|e| ((e + 1) * len).checked_sub(1))
+            .filter(|h| *h > from && *h < height)
+            .collect();
+        heights.push(height);
+        heights
+    }
+
+    /// Our own view of `height`: its root, epoch, set, and the next block's set.
+    fn own(&self, height: u64) -> Option<Own> {
+        let root = self.shared.receipts.block(height)?.root;
+        self.shared.with_state(|s| {
+            let epoch = s.epoch_of(height);
+            let members: Vec<AccountId> = s
+                .validator_set(epoch)?
+                .members
+                .iter()
+                .map(|m| m.account)
+                .collect();
+            let next = s.validator_set(s.epoch_of(height + 1))?;
+            let next_set = set_digest(next.members.iter().map(|m| &m.account));
+            Some(Own {
+                epoch,
+                members,
+                root,
+                next_set,
+            })
+        })?
+    }
+
+    /// Sign `height` if we are in its epoch's set, count our vote, and return it to send.
+    fn applied(&mut self, height: u64) -> Option<Vote> {
+        let floor = height.saturating_sub(VOTE_WINDOW);
+        self.votes = self.votes.split_off(&floor);
+        self.reported = self.reported.split_off(&floor);
+        let own = self.own(height)?;
+        let vote = if own.members.contains(&self.me) {
+            let statement = Statement {
+                chain: self.chain,
+                height,
+                root: own.root,
+                next_set: own.next_set,
+            };
+            let signature = self.signer.sign(NAMESPACE, &statement.message());
+            let mut bytes = [0u8; 64];
+            bytes.copy_from_slice(signature.as_ref());
+            let vote = Vote {
+                root: own.root,
+                next_set: own.next_set,
+                signature: Signature(bytes),
+                checked: true,
+            };
+            self.votes.entry(height).or_default().insert(self.me, vote);
+            Some(vote)
+        } else {
+            None
+        };
+        self.try_certify(height, &own);
+        vote
+    }
+
+    /// A peer's vote: kept if its height is near ours, counted once we applied that height.
+    fn received(&mut self, peer: &PublicKey, bytes: &[u8]) {
+        let Some((height, vote)) = decode(bytes) else {
+            debug!(%peer, len = bytes.len(), "malformed state vote");
+            return;
+        };
+        let ours = self.height();
+        if height + VOTE_WINDOW < ours || height > ours + VOTE_WINDOW {
+            return;
+        }
+        if self.shared.certificates.recent(height).is_some() {
+            return;
+        }
+        let signer = account(peer);
+        self.votes.entry(height).or_default().insert(signer, vote);
+        if height <= ours
+            && let Some(own) = self.own(height)
+        {
+            self.try_certify(height, &own);
+        }
+    }
+
+    /// Form `height`'s certificate if a quorum of its epoch's set signed what we hold.
+    fn try_certify(&mut self, height: u64, own: &Own) {
+        if self.shared.certificates.recent(height).is_some() {
+            self.votes.remove(&height);
+            return;
+        }
+        let Some(votes) = self.votes.get_mut(&height) else {
+            return;
+        };
+        let chain = self.chain;
+        let mut agreeing = Vec::new();
+        let mut disagreeing = Vec::new();
+        votes.retain(|signer, vote| {
+            if !own.members.contains(signer) {
+                return false;
+            }
+            if !vote.checked {
+                let claimed = Statement {
+                    chain,
+                    height,
+                    root: vote.root,
+                    next_set: vote.next_set,
+                };
+                if !vote.signature.verify(signer, NAMESPACE, &claimed.message()) {
+                    warn!(%signer, height, "a validator sent a state vote whose signature does not check");
+                    return false;
+                }
+                vote.checked = true;
+            }
+            if vote.root == own.root && vote.next_set == own.next_set {
+                agreeing.push(StatementSignature {
+                    signer: *signer,
+                    signature: vote.signature,
+                });
+            } else {
+                disagreeing.push((*signer, vote.root));
+            }
+            true
+        });
+        if !disagreeing.is_empty() && self.reported.insert(height, ()).is_none() {
+            for (signer, root) in &disagreeing {
+                warn!(%signer, height, theirs = %root, ours = %own.root,
+                    "a validator signed another state root than ours: one of us applied the block differently");
+            }
+        }
+        if agreeing.len() < quorum(own.members.len()) {
+            return;
+        }
+        agreeing.sort_by_key(|s| *s.signer.as_bytes());
+        let certificate = StateCertificate {
+            height,
+            epoch: own.epoch,
+            root: own.root,
+            next_set: own.next_set,
+            signatures: agreeing,
+        };
+        self.votes.remove(&height);
+        let len = self.shared.genesis.params.epoch_blocks.max(1);
+        if (height + 1).is_multiple_of(len)
+            && let Err(e) = self.shared.receipts.record_certificate(&certificate)
+        {
+            warn!(height, error = %e, "cannot store the epoch's last state certificate");
+        }
+        debug!(height, "state certified");
+        self.shared.certificates.keep(certificate);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use commonware_cryptography::Signer;
+    use peergrid_core::Keypair;
+
+    #[test]
+    fn a_consensus_key_signature_checks_as_the_account_s() {
+        let key = Keypair::from_seed([9; 32]);
+        let signer = <PrivateKey as commonware_codec::DecodeExt<()>>::decode(
+            Bytes::copy_from_slice(key.secret_seed().as_slice()),
+        )
+        .expect("a seed is a key");
+        assert_eq!(account(&signer.public_key()), key.account());
+        let message = b"statement";
+        let signature = signer.sign(NAMESPACE, message);
+        let signature = Signature(signature.as_ref().try_into().expect("64 bytes"));
+        assert!(signature.verify(&key.account(), NAMESPACE, message));
+        assert!(!signature.verify(&key.account(), b"other", message));
+    }
+
+    #[test]
+    fn votes_round_trip_and_other_lengths_are_refused() {
+        let vote = Vote {
+            root: Hash::of(b"r"),
+            next_set: Hash::of(b"n"),
+            signature: Signature([7; 64]),
+            checked: true,
+        };
+        let bytes = encode(42, &vote);
+        let (height, back) = decode(&bytes).expect("decodes");
+        assert_eq!(height, 42);
+        assert_eq!(
+            (back.root, back.next_set, back.signature),
+            (vote.root, vote.next_set, vote.signature)
+        );
+        assert!(!back.checked, "a received vote is checked before it counts");
+        assert!(decode(&bytes[..VOTE_BYTES - 1]).is_none());
+        assert!(decode(&[bytes.as_ref(), &[0]].concat()).is_none());
+    }
+}

@@ -1,0 +1,296 @@
+//! The light client: proven answers checked against state certificates, with the validator
+//! set of every epoch followed from the genesis set through each epoch's handoff.
+//!
+//! A proof ties an entry to a state root; a [`StateCertificate`] ties the root to a quorum of
+//! the validators of the block's epoch. The client knows the genesis set (its anchor) and
+//! learns each later set from the certificate of the epoch before's last block, which names
+//! the next set's digest: so one validator's answer is enough, and no validator is trusted.
+
+use std::collections::BTreeMap;
+
+use peergrid_core::{AccountId, Hash};
+use peergrid_types::api::routes;
+use peergrid_types::certificate::{StateCertificate, set_digest};
+use peergrid_types::{AtHeight, Status};
+use serde::de::DeserializeOwned;
+
+use crate::{Client, ClientError, ValidatorSet, causes};
+
+/// What a light client trusts from the start: the chain and its genesis validator set.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Anchor {
+    /// The genesis hash, which certificates sign.
+    pub chain: Hash,
+    /// Blocks per epoch.
+    pub epoch_blocks: u64,
+    /// The validators of epoch 0.
+    pub validators: Vec<AccountId>,
+}
+
+/// The sets this client has verified: by the first epoch each governs, and how far.
+#[derive(Default)]
+pub(crate) struct Trust {
+    anchor: Option<Anchor>,
+    sets: BTreeMap<u64, Vec<AccountId>>,
+    /// The highest epoch whose set is verified.
+    known: u64,
+}
+
+impl Trust {
+    fn set(&self, epoch: u64) -> Option<&Vec<AccountId>> {
+        if epoch > self.known {
+            return None;
+        }
+        self.sets.range(..=epoch).next_back().map(|(_, s)| s)
+    }
+}
+
+/// A root a quorum certified, as the light client checked it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Certified {
+    /// The epoch whose set signed.
+    pub epoch: u64,
+    /// Valid signatures.
+    pub signatures: usize,
+    /// The set's size.
+    pub validators: usize,
+}
+
+fn unproven(reason: impl Into<String>) -> ClientError {
+    ClientError::Unproven {
+        reason: reason.into(),
+    }
+}
+
+impl Client {
+    /// The same client, trusting `anchor` (from a genesis file the caller holds) instead of
+    /// asking the validators for the genesis set.
+    pub fn with_anchor(self, anchor: Anchor) -> Client {
+        if let Ok(mut trust) = self.trust.lock() {
+            *trust = Trust::default();
+            trust.sets.insert(0, anchor.validators.clone());
+            trust.anchor = Some(anchor);
+        }
+        self
+    }
+
+    /// The anchor: given with [`Client::with_anchor`], or else the genesis set every
+    /// validator of this client agrees on, asked once. A validator disagreeing with another
+    /// is an error: one of them serves another chain.
+    pub async fn anchor(&self) -> Result<Anchor, ClientError> {
+        if let Some(a) = self.trust.lock().ok().and_then(|t| t.anchor.clone()) {
+            return Ok(a);
+        }
+        let mut agreed: Option<(String, Anchor)> = None;
+        let mut last = String::from("no validator configured");
+        for url in &self.urls {
+            let status: AtHeight<Status> = match self.get_from(url, routes::STATUS).await {
+                Ok(s) => s,
+                Err(e) => {
+                    last = e.to_string();
+                    continue;
+                }
+            };
+            let path = routes::fill(routes::EPOCH_VALIDATORS, &[&0]);
+            let set: AtHeight<ValidatorSet> = match self.get_from(url, &path).await {
+                Ok(s) => s,
+                Err(e) => {
+                    last = e.to_string();
+                    continue;
+                }
+            };
+            let anchor = Anchor {
+                chain: status.data.genesis_hash,
+                epoch_blocks: status.data.epoch_blocks.max(1),
+                validators: set.data.members.iter().map(|m| m.account).collect(),
+            };
+            match &agreed {
+                Some((first, a)) if *a != anchor => {
+                    return Err(unproven(format!(
+                        "validators {first} and {url} disagree on the genesis (hash {} and {}, \
+                         or its validators): they serve different chains; pass only one \
+                         chain's validators",
+                        a.chain, anchor.chain
+                    )));
+                }
+                Some(_) => {}
+                None => agreed = Some((url.clone(), anchor)),
+            }
+        }
+        let Some((_, anchor)) = agreed else {
+            return Err(ClientError::Unreachable {
+                tried: self.urls.join(", "),
+                last,
+            });
+        };
+        if let Ok(mut trust) = self.trust.lock()
+            && trust.anchor.is_none()
+        {
+            trust.sets.insert(0, anchor.validators.clone());
+            trust.anchor = Some(anchor.clone());
+        }
+        Ok(anchor)
+    }
+
+    /// Check that `certificate` is signed by a quorum of its epoch's set, following the
+    /// sets from the anchor to that epoch first.
+    pub async fn check_certificate(
+        &self,
+        certificate: &StateCertificate,
+    ) -> Result<Certified, ClientError> {
+        let anchor = self.anchor().await?;
+        let epoch = certificate.height / anchor.epoch_blocks;
+        if certificate.epoch != epoch {
+            return Err(unproven(format!(
+                "the certificate of height {} says epoch {}, but that height is in epoch {epoch}",
+                certificate.height, certificate.epoch
+            )));
+        }
+        let members = self.validators_of(epoch, &anchor).await?;
+        certificate
+            .verify(anchor.chain, &members)
+            .map_err(|e| unproven(e.to_string()))?;
+        Ok(Certified {
+            epoch,
+            signatures: certificate.signatures.len(),
+            validators: members.len(),
+        })
+    }
+
+    /// The certified root of `height`: its certificate from any validator, checked.
+    pub async fn certified_root(&self, height: u64) -> Result<(Hash, Certified), ClientError> {
+        let path = routes::fill(routes::CERTIFICATE, &[&height]);
+        let certificate: StateCertificate = self.get_from_any(&path).await?;
+        if certificate.height != height {
+            return Err(unproven(format!(
+                "asked for the certificate of height {height}, got one of {}",
+                certificate.height
+            )));
+        }
+        let certified = self.check_certificate(&certificate).await?;
+        Ok((certificate.root, certified))
+    }
+
+    /// The verified set of `epoch`, following each handoff from the last epoch known.
+    async fn validators_of(
+        &self,
+        epoch: u64,
+        anchor: &Anchor,
+    ) -> Result<Vec<AccountId>, ClientError> {
+        loop {
+            let (known, current) = {
+                let trust = self
+                    .trust
+                    .lock()
+                    .map_err(|_| unproven("a lock is poisoned"))?;
+                if let Some(set) = trust.set(epoch) {
+                    return Ok(set.clone());
+                }
+                let current = trust.set(trust.known).cloned().unwrap_or_default();
+                (trust.known, current)
+            };
+            let last = (known + 1) * anchor.epoch_blocks - 1;
+            let path = routes::fill(routes::CERTIFICATE, &[&last]);
+            let handoff: StateCertificate = self.get_from_any(&path).await.map_err(|e| {
+                unproven(format!(
+                    "cannot follow the validator sets past epoch {known}: no validator gave \
+                     the certificate of its last block {last} ({e})"
+                ))
+            })?;
+            if handoff.height != last || handoff.epoch != known {
+                return Err(unproven(format!(
+                    "asked for epoch {known}'s last block {last}, got a certificate of height {} \
+                     in epoch {}",
+                    handoff.height, handoff.epoch
+                )));
+            }
+            handoff
+                .verify(anchor.chain, &current)
+                .map_err(|e| unproven(format!("epoch {known}'s handoff: {e}")))?;
+            let next = if handoff.next_set == set_digest(&current) {
+                None
+            } else {
+                let path = routes::fill(routes::EPOCH_VALIDATORS, &[&(known + 1)]);
+                let set: AtHeight<ValidatorSet> = self.get_from_any(&path).await?;
+                let accounts: Vec<AccountId> = set.data.members.iter().map(|m| m.account).collect();
+                if set_digest(&accounts) != handoff.next_set {
+                    return Err(unproven(format!(
+                        "the validator set served for epoch {} is not the one epoch {known}'s \
+                         validators signed for: do not trust that validator",
+                        known + 1
+                    )));
+                }
+                Some(accounts)
+            };
+            let mut trust = self
+                .trust
+                .lock()
+                .map_err(|_| unproven("a lock is poisoned"))?;
+            if trust.known == known {
+                if let Some(set) = next {
+                    trust.sets.insert(known + 1, set);
+                }
+                trust.known = known + 1;
+            }
+        }
+    }
+
+    /// GET `path` from each validator in turn until one has it: unlike [`Client::get`], a
+    /// validator's 404 sends the request on to the next, since another may keep it.
+    pub(crate) async fn get_from_any<T: DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<T, ClientError> {
+        let start = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        let mut last = None;
+        for i in 0..self.urls.len() {
+            let url = &self.urls[(start + i) % self.urls.len()];
+            match self.get_from(url, path).await {
+                Ok(v) => return Ok(v),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| ClientError::Unreachable {
+            tried: String::new(),
+            last: "no validator configured".into(),
+        }))
+    }
+
+    /// GET `path` from the validator at `url` alone.
+    pub(crate) async fn get_from<T: DeserializeOwned>(
+        &self,
+        url: &str,
+        path: &str,
+    ) -> Result<T, ClientError> {
+        let response = self
+            .http
+            .get(format!("{url}{path}"))
+            .send()
+            .await
+            .map_err(|e| ClientError::Unreachable {
+                tried: url.to_string(),
+                last: causes(&e),
+            })?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(|e| ClientError::Protocol {
+            url: url.to_string(),
+            reason: causes(&e),
+        })?;
+        if !status.is_success() {
+            let err: peergrid_types::ApiError =
+                serde_json::from_slice(&body).unwrap_or(peergrid_types::ApiError {
+                    error: "http".into(),
+                    message: format!("{url} answered {status}"),
+                });
+            return Err(ClientError::Refused {
+                status: status.as_u16(),
+                kind: err.error,
+                message: format!("{url}: {}", err.message),
+            });
+        }
+        serde_json::from_slice(&body).map_err(|e| ClientError::Protocol {
+            url: url.to_string(),
+            reason: e.to_string(),
+        })
+    }
+}
