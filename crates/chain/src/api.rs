@@ -971,11 +971,21 @@ async fn block(
     State(api): State<Api>,
     Path(height): Path<u64>,
 ) -> Result<Json<FinalizedBlock>, ApiError> {
-    api.shared
-        .receipts
+    let receipts = &api.shared.receipts;
+    receipts
         .block(height)
         .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("block {height}")))
+        .ok_or_else(|| match receipts.first_kept() {
+            Some(first) if height < first => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "pruned",
+                format!(
+                    "block {height} is pruned here: this validator keeps blocks from {first} \
+                     on; ask a validator running with `archive = true`"
+                ),
+            ),
+            _ => ApiError::not_found(format!("block {height}")),
+        })
 }
 
 /// How long a request for a certificate still forming waits for it.
@@ -1076,7 +1086,11 @@ async fn events(
     // Subscribe before reading the height, so no block falls between replay and live.
     let live = api.shared.finalized.subscribe();
     let head = api.shared.with_state(|s| s.height()).unwrap_or(0);
-    let next = start.unwrap_or(head + 1).max(1);
+    // A follower resuming below what is kept starts at the first kept block: the pruned ones
+    // are gone, and waiting for them would stall it for good. (A node resyncs its contracts
+    // whenever it reconnects, so it misses nothing that matters.)
+    let first = api.shared.receipts.first_kept().unwrap_or(1);
+    let next = start.unwrap_or(head + 1).max(1).max(first.min(head + 1));
     // The slot travels with the stream: it is freed when the client goes away.
     let state = (api.shared.clone(), live, next, slot);
     let stream = futures::stream::unfold(state, |(shared, mut live, next, slot)| async move {

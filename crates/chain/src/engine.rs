@@ -18,16 +18,19 @@ use commonware_p2p::{Blocker, Provider, Receiver, Sender};
 use commonware_parallel::Sequential;
 use commonware_runtime::buffer::paged::CacheRef;
 use commonware_runtime::{Clock, Handle, Metrics, Spawner, Storage};
-use commonware_storage::archive::immutable;
+use commonware_storage::archive::{immutable, prunable};
+use commonware_storage::translator::TwoCap;
 use commonware_utils::{NZDuration, NZU16, NZU64, NZUsize};
 use peergrid_core::tx::VALIDATORS_MAX;
 use rand_core::CryptoRng;
+use tracing::info;
 
 use crate::app::{App, Tamper};
 use crate::block::Block;
 use crate::certify;
 use crate::epochs::{Orchestrator, PeerSets, Schemes};
 use crate::finalizer::{self, Finalizer};
+use crate::prune;
 use crate::shared::Shared;
 
 pub use crate::timing::{NAMESPACE, Timing};
@@ -71,7 +74,16 @@ pub struct Config<B, P, T> {
     pub timing: Timing,
     /// A fault to put in this validator's own proposals (fault simulations); `None` to run honestly.
     pub tamper: Option<Tamper>,
+    /// How many finalized blocks to keep below the newest, with their certificates and
+    /// receipts; `None` keeps every block (archive mode). See [`crate::prune`].
+    pub keep_blocks: Option<u64>,
+    /// Blocks per section of the finalized archives, the unit pruning removes: fixed for
+    /// the life of a validator's data ([`ARCHIVE_SECTION`] outside tests).
+    pub archive_section: NonZeroU64,
 }
+
+/// Blocks per section of the finalized archives.
+pub const ARCHIVE_SECTION: NonZeroU64 = NZU64!(4096);
 
 /// A pair of network endpoints.
 pub type Channel<S, R> = (S, R);
@@ -135,6 +147,28 @@ fn archive_config<C>(
         freezer_key_write_buffer: NZUsize!(1 << 20),
         freezer_value_write_buffer: NZUsize!(1 << 20),
         ordinal_write_buffer: NZUsize!(1 << 20),
+    }
+}
+
+fn prunable_config<C>(
+    prefix: &str,
+    name: &str,
+    page_cache: &CacheRef,
+    section: NonZeroU64,
+    codec_config: C,
+) -> prunable::Config<TwoCap, C> {
+    prunable::Config {
+        translator: TwoCap,
+        metadata_partition: format!("{prefix}-finalized-{name}-metadata"),
+        key_partition: format!("{prefix}-finalized-{name}-key"),
+        key_page_cache: page_cache.clone(),
+        value_partition: format!("{prefix}-finalized-{name}-value"),
+        compression: None,
+        codec_config,
+        items_per_section: section,
+        replay_buffer: NZUsize!(1 << 20),
+        key_write_buffer: NZUsize!(1 << 20),
+        value_write_buffer: NZUsize!(1 << 20),
     }
 }
 
@@ -216,26 +250,81 @@ where
     );
     broadcast_engine.start(channels.broadcast);
 
-    let finalizations = immutable::Archive::init(
-        context.child("finalizations_by_height"),
-        // An ed25519 certificate decodes with the committee size as its bound; committees
-        // change by epoch, so the bound is the largest any epoch may have.
-        archive_config(&prefix, "finalizations", &page_cache, VALIDATORS_MAX),
-    )
-    .await
-    .expect("the finalizations archive must open: check the data directory");
-    let blocks = immutable::Archive::init(
-        context.child("finalized_blocks"),
-        archive_config(&prefix, "blocks", &page_cache, ()),
-    )
-    .await
-    .expect("the blocks archive must open: check the data directory");
-
-    let (actor, mailbox, _floor) =
-        marshal::core::Actor::init(context.child("marshal"), finalizations, blocks, marshal_cfg)
-            .await;
     let (finalizer, finalized) = Finalizer::new();
-    let marshal_handle = actor.start(finalizer, buffer, (backfill_handler, backfill_resolver));
+    let resolver = (backfill_handler, backfill_resolver);
+    // Blocks finalized by earlier versions sit in immutable archives, which cannot prune:
+    // such a validator keeps using them, and so keeps every block.
+    let legacy = context
+        .scan(&format!("{prefix}-blocks-freezer-table"))
+        .await
+        .is_ok_and(|blobs| !blobs.is_empty());
+    let (mailbox, marshal_handle) = if legacy {
+        let finalizations = immutable::Archive::init(
+            context.child("finalizations_by_height"),
+            // An ed25519 certificate decodes with the committee size as its bound; committees
+            // change by epoch, so the bound is the largest any epoch may have.
+            archive_config(&prefix, "finalizations", &page_cache, VALIDATORS_MAX),
+        )
+        .await
+        .expect("the finalizations archive must open: check the data directory");
+        let blocks = immutable::Archive::init(
+            context.child("finalized_blocks"),
+            archive_config(&prefix, "blocks", &page_cache, ()),
+        )
+        .await
+        .expect("the blocks archive must open: check the data directory");
+        let (actor, mailbox, _floor) = marshal::core::Actor::init(
+            context.child("marshal"),
+            finalizations,
+            blocks,
+            marshal_cfg,
+        )
+        .await;
+        (mailbox.clone(), actor.start(finalizer, buffer, resolver))
+    } else {
+        let section = cfg.archive_section;
+        let finalizations = prunable::Archive::init(
+            context.child("finalizations_by_height"),
+            prunable_config(
+                &prefix,
+                "finalizations",
+                &page_cache,
+                section,
+                VALIDATORS_MAX,
+            ),
+        )
+        .await
+        .expect("the finalizations archive must open: check the data directory");
+        let blocks = prunable::Archive::init(
+            context.child("finalized_blocks"),
+            prunable_config(&prefix, "blocks", &page_cache, section, ()),
+        )
+        .await
+        .expect("the blocks archive must open: check the data directory");
+        let (actor, mailbox, _floor) = marshal::core::Actor::init(
+            context.child("marshal"),
+            finalizations,
+            blocks,
+            marshal_cfg,
+        )
+        .await;
+        (mailbox.clone(), actor.start(finalizer, buffer, resolver))
+    };
+    match (cfg.keep_blocks, legacy) {
+        (Some(_), true) => info!(
+            "this validator's blocks are in the archive format of an earlier version, which \
+             cannot be pruned: it keeps every block (a validator started on an empty data \
+             directory prunes)"
+        ),
+        (Some(keep), false) => {
+            let keep = prune::window(keep, cfg.shared.genesis.params.epoch_blocks);
+            let (shared, mailbox) = (cfg.shared.clone(), mailbox.clone());
+            context
+                .child("pruner")
+                .spawn(move |_| prune::run(shared, mailbox, keep));
+        }
+        (None, _) => {}
+    }
     let shared = cfg.shared.clone();
     let archive = mailbox.clone();
     let archived = move |h: u64| {

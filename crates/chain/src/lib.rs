@@ -13,6 +13,7 @@ pub mod event_streams;
 pub mod finalizer;
 pub mod leader;
 pub mod mempool;
+pub mod prune;
 pub mod shared;
 pub mod timing;
 pub mod validator;

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use redb::ReadableDatabase;
+use redb::{ReadableDatabase, ReadableTable};
 use tokio::sync::broadcast;
 use tokio::sync::{Notify, futures::Notified};
 
@@ -118,6 +118,69 @@ impl Receipts {
         let table = txn.open_table(BLOCKS_JSON).ok()?;
         let json = table.get(height).ok()??;
         serde_json::from_slice(json.value()).ok()
+    }
+
+    /// Remove the blocks below `min` and their transactions' index, at most `most` of them;
+    /// returns how many were removed.
+    pub fn prune_below(&self, min: u64, most: usize) -> Result<usize, StoreError> {
+        let Some(db) = &self.db else {
+            let mut m = self.memory.lock().map_err(store_err)?;
+            let doomed: Vec<u64> = m.0.range(..min).map(|(h, _)| *h).take(most).collect();
+            for h in &doomed {
+                if let Some(block) = m.0.remove(h) {
+                    for tx in &block.txs {
+                        m.1.remove(&tx.hash);
+                    }
+                }
+            }
+            return Ok(doomed.len());
+        };
+        let txn = db.begin_write().map_err(store_err)?;
+        let mut removed = 0;
+        {
+            let mut txs = txn.open_table(TXS).map_err(store_err)?;
+            for (table, cbor) in [(BLOCKS, true), (BLOCKS_JSON, false)] {
+                let mut blocks = txn.open_table(table).map_err(store_err)?;
+                let mut doomed = Vec::new();
+                for entry in blocks.range(..min).map_err(store_err)? {
+                    if removed + doomed.len() >= most {
+                        break;
+                    }
+                    let (height, bytes) = entry.map_err(store_err)?;
+                    let block: Option<FinalizedBlock> = if cbor {
+                        ciborium::from_reader(bytes.value()).ok()
+                    } else {
+                        serde_json::from_slice(bytes.value()).ok()
+                    };
+                    doomed.push((height.value(), block));
+                }
+                for (height, block) in &doomed {
+                    for tx in block.iter().flat_map(|b| &b.txs) {
+                        txs.remove(&tx.hash.0).map_err(store_err)?;
+                    }
+                    blocks.remove(height).map_err(store_err)?;
+                }
+                removed += doomed.len();
+            }
+        }
+        txn.commit().map_err(store_err)?;
+        Ok(removed)
+    }
+
+    /// The lowest height whose block is kept, if any is.
+    pub fn first_kept(&self) -> Option<u64> {
+        let Some(db) = &self.db else {
+            return self.memory.lock().ok()?.0.keys().next().copied();
+        };
+        let txn = db.begin_read().ok()?;
+        [BLOCKS, BLOCKS_JSON]
+            .into_iter()
+            .filter_map(|t| {
+                let table = txn.open_table(t).ok()?;
+                let first = table.first().ok()??;
+                Some(first.0.value())
+            })
+            .min()
     }
 
     /// Keep `certificate` for good: each epoch's last, which light clients follow.
@@ -550,6 +613,45 @@ mod tests {
         txn.commit().expect("commit");
         assert_eq!(receipts.block(1), Some(old));
         assert_eq!(receipts.block(2), Some(block));
+    }
+
+    #[test]
+    fn pruning_removes_old_blocks_and_their_transactions_and_keeps_certificates() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("r.redb");
+        let receipts = Receipts::open(&path).expect("open");
+        let with_tx = |height: u64| {
+            let mut b = sample(height);
+            b.txs.truncate(1);
+            b.txs[0].hash = Hash::of(&height.to_be_bytes());
+            b
+        };
+        for h in 1..=10 {
+            receipts.record(&with_tx(h)).expect("record");
+        }
+        let handoff = StateCertificate {
+            height: 3,
+            epoch: 0,
+            root: Hash::of(b"root"),
+            next_set: Hash::ZERO,
+            signatures: Vec::new(),
+        };
+        receipts.record_certificate(&handoff).expect("certificate");
+        // At most `most` per pass: two passes to reach 6.
+        assert_eq!(receipts.prune_below(6, 3).expect("prune"), 3);
+        assert_eq!(receipts.first_kept(), Some(4));
+        assert_eq!(receipts.prune_below(6, 3).expect("prune"), 2);
+        assert_eq!(receipts.prune_below(6, 3).expect("prune"), 0);
+        drop(receipts);
+        let receipts = Receipts::open(&path).expect("reopen");
+        assert_eq!(receipts.first_kept(), Some(6));
+        for h in 1..=10 {
+            let kept = h >= 6;
+            assert_eq!(receipts.block(h).is_some(), kept, "block {h}");
+            let located = receipts.locate(&Hash::of(&h.to_be_bytes()));
+            assert_eq!(located.is_some(), kept, "transaction of block {h}");
+        }
+        assert_eq!(receipts.certificate(3), Some(handoff));
     }
 
     #[test]

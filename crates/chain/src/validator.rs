@@ -65,15 +65,30 @@ pub struct ValidatorConfig {
     /// key file is refused rather than run as a validator nobody voted for.
     #[serde(default)]
     pub join: bool,
+    /// Finalized blocks kept below the newest, with their certificates and receipts;
+    /// older ones are pruned. Never fewer than two epochs.
+    #[serde(default = "default_keep_blocks")]
+    pub keep_blocks: u64,
+    /// Keep every finalized block (for explorers, and for validators that catch up from
+    /// genesis); `keep_blocks` is then ignored.
+    #[serde(default)]
+    pub archive: bool,
 }
 
 fn default_txs_per_block() -> usize {
     ValidatorConfig::TXS_PER_BLOCK_DEFAULT
 }
 
+fn default_keep_blocks() -> u64 {
+    ValidatorConfig::KEEP_BLOCKS_DEFAULT
+}
+
 impl ValidatorConfig {
     /// Most transactions per block unless the file says otherwise.
     pub const TXS_PER_BLOCK_DEFAULT: usize = 5_000;
+    /// Blocks kept unless the file says otherwise: a day and more of an idle chain's
+    /// blocks, and the hours a peer may be away and still catch up from the others.
+    pub const KEEP_BLOCKS_DEFAULT: u64 = 100_000;
 
     /// Read a TOML configuration; relative paths are taken from the file's folder.
     pub fn load(path: &std::path::Path) -> anyhow::Result<ValidatorConfig> {
@@ -286,6 +301,8 @@ async fn serve(
             txs_per_block: cfg.txs_per_block,
             timing: Timing::default(),
             tamper: None,
+            keep_blocks: (!cfg.archive).then_some(cfg.keep_blocks),
+            archive_section: engine::ARCHIVE_SECTION,
         },
         channels,
         states,

@@ -395,3 +395,80 @@ fn a_validator_voted_in_after_several_epochs_catches_up_from_genesis_and_votes()
         });
     }
 }
+
+/// Blocks a pruning validator keeps in [`validators_prune_below_their_window_and_restart`]:
+/// two epochs, the least a window may be.
+const KEEP: u64 = 2 * EPOCH_BLOCKS;
+
+/// Sections of validator `i`'s finalized block archive on the simulated disk.
+async fn archive_sections(context: &deterministic::Context, i: usize) -> usize {
+    use commonware_runtime::Storage as _;
+    context
+        .scan(&format!("validator-{i}-finalized-blocks-value"))
+        .await
+        .map_or(0, |blobs| blobs.len())
+}
+
+/// Four validators of which the first three keep [`KEEP`] blocks and the last all of them,
+/// as an archive does.
+async fn pruning_grid(context: &deterministic::Context, path: &Path) -> Vec<Arc<Shared>> {
+    let g = genesis_with_epochs();
+    let peers = participants(4);
+    let oracle = network(context, &peers).await;
+    link_all(&oracle, &peers, LINK).await;
+    let mut vals = Vec::new();
+    for i in 0..4 {
+        let keep = (i < 3).then_some(KEEP);
+        vals.push(start_validator_keeping(context, &oracle, &g, i, Some(path), keep).await);
+    }
+    vals
+}
+
+#[test]
+fn validators_prune_below_their_window_and_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().to_path_buf();
+    let p = path.clone();
+    let (reached, checkpoint) =
+        runner(31, Duration::from_secs(600)).start_and_recover(|context| async move {
+            let vals = pruning_grid(&context, &p).await;
+            let all: Vec<_> = vals.iter().collect();
+            wait_for_height(&context, &all, 12 * EPOCH_BLOCKS).await;
+            let tip = all.iter().map(|v| height(v)).min().unwrap_or(0);
+            for (i, v) in vals.iter().enumerate() {
+                let kept = v.receipts.first_kept().expect("blocks are kept");
+                if i < 3 {
+                    assert!(
+                        kept > 5 * EPOCH_BLOCKS && kept + 2 * KEEP > tip,
+                        "validator {i} keeps from {kept} at {tip}"
+                    );
+                } else {
+                    assert_eq!(kept, 1, "the archive keeps every block");
+                }
+                assert!(v.receipts.block(tip - KEEP + 1).is_some());
+            }
+            // The block archives shrink with them, a section at a time.
+            let archive = archive_sections(&context, 3).await;
+            assert!(archive as u64 >= 12 * EPOCH_BLOCKS / SIM_ARCHIVE_SECTION);
+            for i in 0..3 {
+                let sections = archive_sections(&context, i).await as u64;
+                assert!(
+                    sections <= 2 * KEEP / SIM_ARCHIVE_SECTION + 2,
+                    "validator {i} holds {sections} sections, the archive {archive}"
+                );
+            }
+            // Each epoch's handoff outlives the blocks: light clients follow the sets.
+            assert!(vals[0].certificate(EPOCH_BLOCKS - 1).is_some());
+            tip
+        });
+    // Restarted on what they kept, they start the current epoch's consensus (its first
+    // block's parent is kept) and go on deciding.
+    deterministic::Runner::from(checkpoint).start(|context| async move {
+        let vals = pruning_grid(&context, &path).await;
+        let all: Vec<_> = vals.iter().collect();
+        wait_for_height(&context, &all, reached + 2 * EPOCH_BLOCKS).await;
+        for h in reached + 1..=reached + 2 * EPOCH_BLOCKS {
+            agreed_root(&all, h);
+        }
+    });
+}

@@ -244,8 +244,9 @@ async fn a_contract_is_billed_paused_resumed_and_deleted_and_the_farmer_can_expl
     assert!(ok, "{err}");
     assert_eq!(shown["proof"]["checked"], true, "{shown}");
     assert_eq!(shown["contract"]["id"], id, "{shown}");
+    // A contract that never was is proven absent, not taken on one validator's word.
     let (ok, _, err) = run(&home, &["contract", "show", "999999", "--prove"]);
-    assert!(!ok && err.contains("does not exist"), "{err}");
+    assert!(!ok && err.contains("proven absent"), "{err}");
 
     // The bills cover the contract's life without a gap or an overlap, and are exactly
     // what the builder paid.

@@ -211,6 +211,8 @@ pub fn prepare_with(opts: &Options, extra: &[GenesisBalance]) -> anyhow::Result<
             api_listen: SocketAddr::from(([127, 0, 0, 1], api)),
             txs_per_block: ValidatorConfig::TXS_PER_BLOCK_DEFAULT,
             join: false,
+            keep_blocks: ValidatorConfig::KEEP_BLOCKS_DEFAULT,
+            archive: false,
         };
         peergrid_core::fs::write_atomic(
             &opts.dir.join(format!("validator-{i}.toml")),

@@ -192,6 +192,33 @@ pub async fn start_validator_with(
     dir: Option<&Path>,
     tamper: Option<Tamper>,
 ) -> Arc<Shared> {
+    start_validator_full(context, oracle, genesis, i, dir, tamper, None).await
+}
+
+/// Blocks per section of the finalized archives in simulations: small, so pruning shows.
+pub const SIM_ARCHIVE_SECTION: u64 = 16;
+
+/// Start validator `i` keeping `keep_blocks` finalized blocks (`None`: all of them).
+pub async fn start_validator_keeping(
+    context: &deterministic::Context,
+    oracle: &Oracle<PublicKey, deterministic::Context>,
+    genesis: &Genesis,
+    i: usize,
+    dir: Option<&Path>,
+    keep_blocks: Option<u64>,
+) -> Arc<Shared> {
+    start_validator_full(context, oracle, genesis, i, dir, None, keep_blocks).await
+}
+
+async fn start_validator_full(
+    context: &deterministic::Context,
+    oracle: &Oracle<PublicKey, deterministic::Context>,
+    genesis: &Genesis,
+    i: usize,
+    dir: Option<&Path>,
+    tamper: Option<Tamper>,
+    keep_blocks: Option<u64>,
+) -> Arc<Shared> {
     let signer = consensus_key(&validator_key(i));
     let me = signer.public_key();
     let ledger = Ledger::open(ledger_store(dir, i), genesis).expect("ledger opens");
@@ -222,6 +249,9 @@ pub async fn start_validator_with(
             txs_per_block: 1000,
             timing: Timing::default(),
             tamper,
+            keep_blocks,
+            archive_section: std::num::NonZeroU64::new(SIM_ARCHIVE_SECTION)
+                .expect("a section holds blocks"),
         },
         channels,
         states,
