@@ -697,6 +697,7 @@ pub fn bench(globals: &Globals, cmd: BenchCommand) -> anyhow::Result<()> {
         rate,
         base_port,
         idle_secs,
+        catch_up: true,
     };
     if idle_secs > 0 {
         eprintln!("watching the devnet idle for {idle_secs} s first …");
@@ -756,11 +757,38 @@ pub fn bench(globals: &Globals, cmd: BenchCommand) -> anyhow::Result<()> {
             ),
             "bounded: pruned past 256 views"
         );
+        let keep = peergrid_chain::validator::ValidatorConfig::KEEP_BLOCKS_DEFAULT;
+        println!(
+            "{:<48} {:>14} {:>30}",
+            "ledger::kept_blocks/validator (max of 4)",
+            peergrid_core::capacity::human_bytes(
+                (max(&idle.kept_bytes_per_block).max(0.0) * keep as f64) as u64
+            ),
+            format!("bound: keep_blocks {keep}")
+        );
         println!(
             "{:<48} {:>11.0} ms {:>30}",
             "ledger::finality_after_rest/p50",
             idle.rested_latency_p50_ms,
             format!("target 300 ms (max {:.0} ms)", idle.rested_latency_max_ms)
+        );
+    }
+    if let Some(c) = &report.catch_up {
+        println!(
+            "{:<48} {:>12.0}/s {:>30}",
+            "ledger::catch_up_blocks (empty data dir)",
+            c.blocks_per_sec,
+            format!("{} blocks in {:.1} s", c.blocks, c.secs)
+        );
+        println!(
+            "{:<48} {:>12.0}/s {:>30}",
+            "ledger::catch_up_transfers (empty data dir)",
+            c.transfers_per_sec,
+            format!(
+                "apply alone {:.0}/s ({:.2}x)",
+                report.apply_per_sec,
+                c.transfers_per_sec / report.apply_per_sec
+            )
         );
     }
     println!(

@@ -31,6 +31,8 @@ pub struct LedgerBench {
     pub base_port: u16,
     /// Seconds to watch the devnet idle before the load (0 skips the idle figures).
     pub idle_secs: u64,
+    /// After the load, time a validator that lost its data catching up.
+    pub catch_up: bool,
 }
 
 /// What an idle devnet costs, and how soon it finalizes a transfer sent while it rests.
@@ -48,6 +50,9 @@ pub struct IdleReport {
     /// Each validator's pruned stores at the end, bytes: simplex's vote journals and
     /// marshal's caches, pruned by view past their retention, so bounded, not growth.
     pub pruned_store_bytes: Vec<u64>,
+    /// What each idle block adds to what a validator keeps, bytes (its growth over the
+    /// blocks made): times `keep_blocks`, the most the blocks kept take.
+    pub kept_bytes_per_block: Vec<f64>,
     /// Finality of a lone transfer sent while the chain rests, median, ms.
     pub rested_latency_p50_ms: f64,
     /// The same, the slowest of the samples, ms.
@@ -71,6 +76,24 @@ pub struct LedgerReport {
     pub apply_per_sec: f64,
     /// The devnet at rest, before the load.
     pub idle: Option<IdleReport>,
+    /// A validator that lost its data catching up from the others, after the load.
+    pub catch_up: Option<CatchUpReport>,
+}
+
+/// A validator started on an empty data directory catching up from the others: what a new
+/// validator does, from its start to the others' height.
+#[derive(Clone, Debug, Serialize)]
+pub struct CatchUpReport {
+    /// Blocks it fetched and applied.
+    pub blocks: u64,
+    /// Transfers in them.
+    pub transfers: usize,
+    /// Seconds from its start to the others' height.
+    pub secs: f64,
+    /// Blocks per second.
+    pub blocks_per_sec: f64,
+    /// Transfers per second, next to the state machine's apply rate.
+    pub transfers_per_sec: f64,
 }
 
 fn bench_key(i: usize) -> Keypair {
@@ -247,7 +270,7 @@ pub async fn ledger(exe: &Path, dir: &Path, b: &LedgerBench) -> anyhow::Result<L
         }
     };
     let send = {
-        let submitted = submitted.clone();
+        let (submitted, apis) = (submitted.clone(), apis.clone());
         async move {
             let clients: Vec<Client> = apis.iter().map(|a| Client::new(vec![a.clone()])).collect();
             let batch = (b.rate / 10).clamp(1, 5_000);
@@ -284,6 +307,11 @@ pub async fn ledger(exe: &Path, dir: &Path, b: &LedgerBench) -> anyhow::Result<L
             .context("the devnet did not finalize every transfer within 120 s")?;
     watched?;
     let started = sent?;
+    let catch_up = if b.catch_up {
+        Some(catch_up(&mut supervisor, dir, &apis, total).await?)
+    } else {
+        None
+    };
     supervisor.stop();
     let mut lat = latencies
         .lock()
@@ -302,6 +330,67 @@ pub async fn ledger(exe: &Path, dir: &Path, b: &LedgerBench) -> anyhow::Result<L
         finalized_per_sec: lat.len() as f64 / end.duration_since(started).as_secs_f64(),
         apply_per_sec,
         idle,
+        catch_up,
+    })
+}
+
+/// Kill the last validator, delete its data, and time its catch-up from the others to the
+/// height they had: `transfers` is how many the chain carries by then.
+async fn catch_up(
+    supervisor: &mut Supervisor,
+    dir: &Path,
+    apis: &[String],
+    transfers: usize,
+) -> anyhow::Result<CatchUpReport> {
+    let last = apis.len() - 1;
+    let pid = supervisor.validator_pids()[last].context("the last validator is not running")?;
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status();
+    // Its death noticed, and its restart not due yet: the moment to take its data away.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        supervisor.tend()?;
+        if supervisor.validator_pids()[last].is_none() {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the killed validator was not noticed dead within 10 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let data = dir.join(format!("data/validator-{last}"));
+    std::fs::remove_dir_all(&data).with_context(|| format!("cannot remove {}", data.display()))?;
+    let target = Client::new(vec![apis[0].clone()]).status().await?.height;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while supervisor.validator_pids()[last].is_none() {
+        if Instant::now() > deadline {
+            bail!("the validator was not restarted within 30 s");
+        }
+        supervisor.tend()?;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let started = Instant::now();
+    let newcomer = Client::new(vec![apis[last].clone()]);
+    let deadline = started + Duration::from_secs(300);
+    loop {
+        if let Ok(status) = newcomer.status().await
+            && status.height >= target
+        {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the validator did not catch up to height {target} within 300 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    Ok(CatchUpReport {
+        blocks: target,
+        transfers,
+        secs,
+        blocks_per_sec: target as f64 / secs,
+        transfers_per_sec: transfers as f64 / secs,
     })
 }
 
@@ -347,6 +436,12 @@ async fn idle(
         .map(|((after, _), (before, _))| (*after as f64 - *before as f64) / elapsed * 86_400.0)
         .collect();
     let pruned_store_bytes = disk1.iter().map(|(_, pruned)| *pruned).collect();
+    let blocks = h1.saturating_sub(h0).max(1) as f64;
+    let kept_bytes_per_block = disk1
+        .iter()
+        .zip(&disk0)
+        .map(|((after, _), (before, _))| (*after as f64 - *before as f64) / blocks)
+        .collect();
 
     let rest = genesis.params.idle_block_ms;
     let mut lat = Vec::new();
@@ -389,6 +484,7 @@ async fn idle(
         cpu_percent,
         disk_bytes_per_day,
         pruned_store_bytes,
+        kept_bytes_per_block,
         rested_latency_p50_ms: percentile(&lat, 0.5),
         rested_latency_max_ms: lat.last().copied().unwrap_or(f64::NAN),
     })
