@@ -26,6 +26,7 @@ use utoipa_axum::routes;
 use peergrid_core::tx::TX_BYTES_MAX;
 use peergrid_core::{AccountId, Amount, Hash, SignedTx};
 use peergrid_types::TxError;
+use peergrid_types::api::SnapshotInfo;
 use peergrid_types::api::{
     AccountView, BatchError, BatchSubmitted, Bills, EconomyView, NodeView, Period, Receipts,
     Status, Submitted, SupplyCheck, TxAnswer, Vote,
@@ -177,6 +178,9 @@ fn api_routes() -> OpenApiRouter<Api> {
         .routes(routes!(proposal))
         .routes(routes!(block))
         .routes(routes!(certificate))
+        .routes(routes!(snapshots))
+        .routes(routes!(snapshot_state))
+        .routes(routes!(snapshot_finalization))
         .routes(routes!(epoch_validators))
         .routes(routes!(events))
         .routes(routes!(health))
@@ -1032,6 +1036,69 @@ async fn certificate(
     }
 }
 
+#[utoipa::path(get, path = "/v1/snapshots", tag = "chain",
+    summary = "The state snapshots this validator serves (the state at an epoch's last block), newest first: a validator joining after the blocks before them are pruned starts from one",
+    responses(
+        (status = 200, description = "The snapshots ready to download", body = Vec<SnapshotInfo>)))]
+async fn snapshots(State(api): State<Api>) -> Json<Vec<SnapshotInfo>> {
+    Json(api.shared.snapshots.list())
+}
+
+fn no_snapshot(height: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!(
+            "no snapshot at height {height} here: GET {} lists those this validator keeps",
+            peergrid_types::api::routes::SNAPSHOTS
+        ),
+    )
+}
+
+#[utoipa::path(get, path = "/v1/snapshots/{height}", tag = "chain",
+    summary = "A snapshot's state file: the entries whose root the block's state certificate signs",
+    params(("height" = u64, Path, description = "the snapshot's height")),
+    responses(
+        (status = 200, description = "The state file", body = Vec<u8>, content_type = "application/octet-stream"),
+        (status = 400, description = "A parameter is malformed", body = ErrorBody),
+        (status = 404, description = "No snapshot at that height here", body = ErrorBody)))]
+async fn snapshot_state(
+    State(api): State<Api>,
+    Path(height): Path<u64>,
+) -> Result<Response, ApiError> {
+    let path = api
+        .shared
+        .snapshots
+        .state_file(height)
+        .ok_or_else(|| no_snapshot(height))?;
+    // Read whole: a state of a few hundred MB is fine in memory for the time it is sent.
+    let bytes = tokio::task::spawn_blocking(move || std::fs::read(path))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .ok_or_else(|| no_snapshot(height))?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}
+
+#[utoipa::path(get, path = "/v1/snapshots/{height}/finalization", tag = "chain",
+    summary = "A snapshot's block's finalization certificate, as consensus encodes it: the floor a joining validator's consensus starts from",
+    params(("height" = u64, Path, description = "the snapshot's height")),
+    responses(
+        (status = 200, description = "The finalization certificate", body = Vec<u8>, content_type = "application/octet-stream"),
+        (status = 400, description = "A parameter is malformed", body = ErrorBody),
+        (status = 404, description = "No snapshot at that height here", body = ErrorBody)))]
+async fn snapshot_finalization(
+    State(api): State<Api>,
+    Path(height): Path<u64>,
+) -> Result<Response, ApiError> {
+    let bytes = api
+        .shared
+        .snapshots
+        .finalization(height)
+        .ok_or_else(|| no_snapshot(height))?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}
+
 /// Where the event stream starts.
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -1712,6 +1779,7 @@ mod tests {
         shared.certificates.keep(StateCertificate {
             height: 1,
             epoch: 0,
+            block: Hash::ZERO,
             root: shared.receipts.block(1).expect("block 1").root,
             next_set: Hash::ZERO,
             signatures: vec![peergrid_types::certificate::StatementSignature {
@@ -1816,6 +1884,8 @@ mod tests {
                 "/v1/blocks/99/certificate".into(),
                 404,
             ),
+            ("/v1/snapshots", "/v1/snapshots".into(), 200),
+            ("/v1/snapshots/{height}", "/v1/snapshots/19".into(), 404),
             (
                 "/v1/epochs/{epoch}/validators",
                 "/v1/epochs/0/validators".into(),

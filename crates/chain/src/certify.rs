@@ -23,15 +23,15 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-use crate::shared::Shared;
+use crate::shared::{FinalizedBlock, Shared};
 
 /// Certificates kept in memory, most recent first out last.
 pub const CERTIFICATES_KEPT: usize = 4096;
 /// How far from this validator's height a peer's vote may be: enough for a peer a few
 /// hundred blocks ahead or behind, and a bound on what peers can make us hold.
 const VOTE_WINDOW: u64 = 256;
-/// A vote on the wire: height (u64 BE) ‖ root ‖ next set ‖ signature.
-const VOTE_BYTES: usize = 8 + 32 + 32 + 64;
+/// A vote on the wire: height (u64 BE) ‖ block ‖ root ‖ next set ‖ signature.
+const VOTE_BYTES: usize = 8 + 32 + 32 + 32 + 64;
 
 /// The certificates this validator assembled, and a signal when one forms.
 pub struct Certificates {
@@ -74,6 +74,7 @@ impl Certificates {
 /// One peer's signature over its statement of a height.
 #[derive(Clone, Copy)]
 struct Vote {
+    block: Hash,
     root: Hash,
     next_set: Hash,
     signature: Signature,
@@ -84,6 +85,7 @@ struct Vote {
 fn encode(height: u64, vote: &Vote) -> Bytes {
     let mut out = Vec::with_capacity(VOTE_BYTES);
     out.extend_from_slice(&height.to_be_bytes());
+    out.extend_from_slice(&vote.block.0);
     out.extend_from_slice(&vote.root.0);
     out.extend_from_slice(&vote.next_set.0);
     out.extend_from_slice(&vote.signature.0);
@@ -95,12 +97,14 @@ fn decode(bytes: &[u8]) -> Option<(u64, Vote)> {
         return None;
     }
     let height = u64::from_be_bytes(bytes[..8].try_into().ok()?);
-    let root = Hash(bytes[8..40].try_into().ok()?);
-    let next_set = Hash(bytes[40..72].try_into().ok()?);
-    let signature = Signature(bytes[72..].try_into().ok()?);
+    let block = Hash(bytes[8..40].try_into().ok()?);
+    let root = Hash(bytes[40..72].try_into().ok()?);
+    let next_set = Hash(bytes[72..104].try_into().ok()?);
+    let signature = Signature(bytes[104..].try_into().ok()?);
     Some((
         height,
         Vote {
+            block,
             root,
             next_set,
             signature,
@@ -116,9 +120,11 @@ fn account(key: &PublicKey) -> AccountId {
 }
 
 /// What this validator itself holds true of a height it applied.
+#[derive(Clone)]
 struct Own {
     epoch: u64,
     members: Vec<AccountId>,
+    block: Hash,
     root: Hash,
     next_set: Hash,
 }
@@ -133,6 +139,8 @@ struct Certifier {
     votes: BTreeMap<u64, HashMap<AccountId, Vote>>,
     /// Heights whose disagreeing votes were already reported.
     reported: BTreeMap<u64, ()>,
+    /// Our own view of the heights applied lately, so a vote costs no store read.
+    owns: BTreeMap<u64, Own>,
 }
 
 /// Run the certifier of `shared`'s validator, signing with `signer`, on `channel`.
@@ -152,12 +160,14 @@ where
         chain,
         votes: BTreeMap::new(),
         reported: BTreeMap::new(),
+        owns: BTreeMap::new(),
     };
     loop {
         select! {
             block = applied.recv() => match block {
                 Ok(block) => {
-                    if let Some(vote) = certifier.applied(block.height) {
+                    let own = certifier.own_of(&block);
+                    if let Some(vote) = own.and_then(|own| certifier.applied(block.height, own)) {
                         sender.send(Recipients::All, encode(block.height, &vote), false);
                     }
                 }
@@ -166,7 +176,8 @@ where
                 // clients need to follow the sets.
                 Err(RecvError::Lagged(_)) => {
                     for height in certifier.catch_up() {
-                        if let Some(vote) = certifier.applied(height) {
+                        let own = certifier.shared.receipts.block(height).and_then(|b| certifier.own_of(&b));
+                        if let Some(vote) = own.and_then(|own| certifier.applied(height, own)) {
                             sender.send(Recipients::All, encode(height, &vote), false);
                         }
                     }
@@ -208,9 +219,20 @@ impl Certifier {
         heights
     }
 
-    /// Our own view of `height`: its root, epoch, set, and the next block's set.
+    /// Our own view of `height`: kept since we applied it, or read back.
     fn own(&self, height: u64) -> Option<Own> {
-        let root = self.shared.receipts.block(height)?.root;
+        if let Some(own) = self.owns.get(&height) {
+            return Some(own.clone());
+        }
+        self.own_of(&self.shared.receipts.block(height)?)
+    }
+
+    /// Our own view of an applied block: its digest, root, epoch, set, and the next block's set.
+    fn own_of(&self, applied: &FinalizedBlock) -> Option<Own> {
+        let height = applied.height;
+        let root = applied.root;
+        let mut block = Hash::ZERO;
+        hex::decode_to_slice(&applied.digest, &mut block.0).ok()?;
         self.shared.with_state(|s| {
             let epoch = s.epoch_of(height);
             let members: Vec<AccountId> = s
@@ -224,6 +246,7 @@ impl Certifier {
             Some(Own {
                 epoch,
                 members,
+                block,
                 root,
                 next_set,
             })
@@ -231,15 +254,17 @@ impl Certifier {
     }
 
     /// Sign `height` if we are in its epoch's set, count our vote, and return it to send.
-    fn applied(&mut self, height: u64) -> Option<Vote> {
+    fn applied(&mut self, height: u64, own: Own) -> Option<Vote> {
         let floor = height.saturating_sub(VOTE_WINDOW);
         self.votes = self.votes.split_off(&floor);
         self.reported = self.reported.split_off(&floor);
-        let own = self.own(height)?;
+        self.owns = self.owns.split_off(&floor);
+        self.owns.insert(height, own.clone());
         let vote = if own.members.contains(&self.me) {
             let statement = Statement {
                 chain: self.chain,
                 height,
+                block: own.block,
                 root: own.root,
                 next_set: own.next_set,
             };
@@ -247,6 +272,7 @@ impl Certifier {
             let mut bytes = [0u8; 64];
             bytes.copy_from_slice(signature.as_ref());
             let vote = Vote {
+                block: own.block,
                 root: own.root,
                 next_set: own.next_set,
                 signature: Signature(bytes),
@@ -303,6 +329,7 @@ impl Certifier {
                 let claimed = Statement {
                     chain,
                     height,
+                    block: vote.block,
                     root: vote.root,
                     next_set: vote.next_set,
                 };
@@ -312,7 +339,7 @@ impl Certifier {
                 }
                 vote.checked = true;
             }
-            if vote.root == own.root && vote.next_set == own.next_set {
+            if vote.block == own.block && vote.root == own.root && vote.next_set == own.next_set {
                 agreeing.push(StatementSignature {
                     signer: *signer,
                     signature: vote.signature,
@@ -335,6 +362,7 @@ impl Certifier {
         let certificate = StateCertificate {
             height,
             epoch: own.epoch,
+            block: own.block,
             root: own.root,
             next_set: own.next_set,
             signatures: agreeing,
@@ -375,6 +403,7 @@ mod tests {
     #[test]
     fn votes_round_trip_and_other_lengths_are_refused() {
         let vote = Vote {
+            block: Hash::of(b"b"),
             root: Hash::of(b"r"),
             next_set: Hash::of(b"n"),
             signature: Signature([7; 64]),
@@ -384,8 +413,8 @@ mod tests {
         let (height, back) = decode(&bytes).expect("decodes");
         assert_eq!(height, 42);
         assert_eq!(
-            (back.root, back.next_set, back.signature),
-            (vote.root, vote.next_set, vote.signature)
+            (back.block, back.root, back.next_set, back.signature),
+            (vote.block, vote.root, vote.next_set, vote.signature)
         );
         assert!(!back.checked, "a received vote is checked before it counts");
         assert!(decode(&bytes[..VOTE_BYTES - 1]).is_none());

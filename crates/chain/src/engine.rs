@@ -11,8 +11,11 @@ use std::time::Duration;
 
 use commonware_broadcast::buffered;
 use commonware_consensus::marshal::{self, resolver::p2p as marshal_resolver, standard::Inline};
+use commonware_consensus::simplex::scheme::ed25519::Scheme;
+use commonware_consensus::simplex::types::Finalization;
 use commonware_consensus::types::{FixedEpocher, Height, ViewDelta};
 use commonware_cryptography::ed25519::{PrivateKey, PublicKey};
+use commonware_cryptography::sha256::Digest;
 use commonware_cryptography::{Digested, Digestible, Signer};
 use commonware_p2p::{Blocker, Provider, Receiver, Sender};
 use commonware_parallel::Sequential;
@@ -32,6 +35,7 @@ use crate::epochs::{Orchestrator, PeerSets, Schemes};
 use crate::finalizer::{self, Finalizer};
 use crate::prune;
 use crate::shared::Shared;
+use crate::snapshot;
 
 pub use crate::timing::{NAMESPACE, Timing};
 
@@ -80,6 +84,9 @@ pub struct Config<B, P, T> {
     /// Blocks per section of the finalized archives, the unit pruning removes: fixed for
     /// the life of a validator's data ([`ARCHIVE_SECTION`] outside tests).
     pub archive_section: NonZeroU64,
+    /// The finalization of the block a snapshot installed in the ledger: marshal starts
+    /// from it instead of from genesis (see [`crate::snapshot`]).
+    pub floor: Option<Finalization<Scheme, Digest>>,
 }
 
 /// Blocks per section of the finalized archives.
@@ -203,10 +210,13 @@ where
     let marshal_cfg = marshal::Config {
         provider: schemes.clone(),
         epocher: epocher.clone(),
-        start: marshal::Start::Genesis(Digested::precomputed(
-            genesis_block.clone(),
-            genesis_digest,
-        )),
+        start: match cfg.floor {
+            Some(floor) => marshal::Start::Floor(floor),
+            None => marshal::Start::Genesis(Digested::precomputed(
+                genesis_block.clone(),
+                genesis_digest,
+            )),
+        },
         partition_prefix: prefix.clone(),
         mailbox_size,
         view_retention: ViewDelta::new(256),
@@ -310,6 +320,12 @@ where
         .await;
         (mailbox.clone(), actor.start(finalizer, buffer, resolver))
     };
+    if cfg.shared.snapshots.enabled() {
+        let (shared, mailbox) = (cfg.shared.clone(), mailbox.clone());
+        context
+            .child("snapshots")
+            .spawn(move |_| snapshot::keep_finalizations(shared, mailbox));
+    }
     match (cfg.keep_blocks, legacy) {
         (Some(_), true) => info!(
             "this validator's blocks are in the archive format of an earlier version, which \

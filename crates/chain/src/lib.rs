@@ -15,6 +15,7 @@ pub mod leader;
 pub mod mempool;
 pub mod prune;
 pub mod shared;
+pub mod snapshot;
 pub mod timing;
 pub mod validator;
 pub mod verified;

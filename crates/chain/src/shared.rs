@@ -20,6 +20,7 @@ use peergrid_types::certificate::StateCertificate;
 use crate::block::{BLOCK_TXS_MAX, Block};
 use crate::certify::Certificates;
 use crate::mempool::{Mempool, MempoolError, MempoolLimits};
+use crate::snapshot::Snapshots;
 use crate::verified::VerifiedTxs;
 
 /// The ledger with whatever store the validator was given.
@@ -237,6 +238,8 @@ pub struct Shared {
     pub finalized: broadcast::Sender<Arc<FinalizedBlock>>,
     /// State certificates formed here.
     pub certificates: Certificates,
+    /// State snapshots this validator writes at each epoch's last block and serves.
+    pub snapshots: Snapshots,
     /// Transactions that passed the stateless checks here; see [`crate::verified`].
     verified: Mutex<VerifiedTxs>,
     /// How many transactions this validator has run the stateless checks on.
@@ -288,6 +291,7 @@ impl Shared {
             receipts,
             finalized,
             certificates: Certificates::default(),
+            snapshots: Snapshots::default(),
             verified: Mutex::new(VerifiedTxs::new(generation)),
             stateless_checks: AtomicU64::new(0),
             last_block_json: Mutex::new(None),
@@ -529,6 +533,18 @@ impl Shared {
             summary = Some(Arc::new(finalized));
             Ok(())
         })?;
+        // The state at an epoch's last block, for validators that join once the blocks
+        // before it are pruned: read now, while no later block can change it.
+        let len = self.genesis.params.epoch_blocks.max(1);
+        if self.snapshots.enabled() && (block.height + 1).is_multiple_of(len) {
+            match ledger.store().load() {
+                Ok(Some(state)) => self.snapshots.write(self.genesis.hash(), state),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(height = block.height, error = %e, "cannot read the state for a snapshot")
+                }
+            }
+        }
         if let Ok(mut pool) = self.mempool.lock() {
             if let Some(f) = &summary {
                 pool.remove_finalized(f.txs.iter().map(|t| &t.hash));
@@ -632,6 +648,7 @@ mod tests {
         let handoff = StateCertificate {
             height: 3,
             epoch: 0,
+            block: Hash::of(b"block"),
             root: Hash::of(b"root"),
             next_set: Hash::ZERO,
             signatures: Vec::new(),

@@ -25,13 +25,14 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use peergrid_core::{AccountId, Keypair, SignedTx};
-use peergrid_ledger::{Genesis, Ledger, RedbStore};
+use peergrid_ledger::{Genesis, Ledger, RedbStore, Store as _};
 
 use crate::api::{self, Api};
 use crate::engine::{self, Channels, Timing};
 use crate::epochs::{Member, PeerSets};
 use crate::mempool::MempoolLimits;
 use crate::shared::{Receipts, Shared};
+use crate::snapshot;
 use peergrid_core::tx::VALIDATORS_MAX;
 
 /// Most messages one peer may send on one channel at once, above the steady rate.
@@ -41,6 +42,9 @@ const P2P_BURST_MAX: u32 = 256;
 pub const CHANNEL_GOSSIP: u64 = 5;
 /// Channel on which validators pass each other their signatures over state roots.
 pub const CHANNEL_STATES: u64 = 6;
+/// How many times a validator started with `snapshot_from` asks for a snapshot, 2 s apart.
+const SNAPSHOT_ATTEMPTS: u32 = 30;
+
 /// Namespace of the validators' network handshake.
 pub const P2P_NAMESPACE: &[u8] = b"_PEERGRID_CHAIN_P2P";
 
@@ -73,6 +77,12 @@ pub struct ValidatorConfig {
     /// genesis); `keep_blocks` is then ignored.
     #[serde(default)]
     pub archive: bool,
+    /// Validators' API URLs to take a state snapshot from when the data directory is empty,
+    /// instead of applying every block since genesis (which blocks pruned by the others
+    /// make impossible on a long chain). The snapshot is checked against its state
+    /// certificate, followed from the genesis set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snapshot_from: Vec<String>,
 }
 
 fn default_txs_per_block() -> usize {
@@ -214,22 +224,84 @@ pub fn run(
     }
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
-    let ledger = Ledger::open(
-        Box::new(RedbStore::open(&cfg.data_dir.join("ledger.redb"))?) as Box<_>,
-        &genesis,
-    )?;
+    let mut store = RedbStore::open(&cfg.data_dir.join("ledger.redb"))?;
+    let floor_file = cfg.data_dir.join("snapshot-floor.finalization");
+    if !cfg.snapshot_from.is_empty() && store.load()?.is_none() {
+        let partial = cfg.data_dir.join("snapshot.partial");
+        let fetched = tokio::runtime::Runtime::new()?.block_on(async {
+            // The validators named may be starting too, or between epochs: ask again for a
+            // while before giving up, saying why each time.
+            let mut attempt = 1;
+            loop {
+                match snapshot::fetch(&cfg.snapshot_from, &genesis, &partial).await {
+                    Ok(fetched) => return Ok(fetched),
+                    Err(e) if attempt < SNAPSHOT_ATTEMPTS => {
+                        warn!(attempt, error = %format!("{e:#}"), "no usable snapshot yet; asking again in 2 s");
+                        attempt += 1;
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                    }
+                    Err(e) => {
+                        return Err(e.context(format!(
+                            "no usable state snapshot from {} after {SNAPSHOT_ATTEMPTS} attempts",
+                            cfg.snapshot_from.join(", ")
+                        )));
+                    }
+                }
+            }
+        })?;
+        // The floor first: a crash between the two leaves an empty ledger, and the next
+        // start fetches again.
+        peergrid_core::fs::write_atomic(
+            &floor_file,
+            &[fetched.block.0.as_slice(), &fetched.finalization].concat(),
+        )?;
+        fetched
+            .file
+            .install(&mut store, &genesis)
+            .map_err(anyhow::Error::msg)?;
+        let _ = std::fs::remove_file(&partial);
+        info!(height = fetched.file.height, root = %fetched.file.root, from = %fetched.from,
+            "ledger started from a state snapshot");
+    }
+    let ledger = Ledger::open(Box::new(store) as Box<_>, &genesis)?;
     let receipts = Receipts::open(&cfg.data_dir.join("receipts.redb"))?;
     info!(height = ledger.state().height(), epoch = ledger.state().epoch(), root = %ledger.state().root(), ?index, "ledger opened");
     let shared = Shared::new(genesis.clone(), ledger, receipts, MempoolLimits::default());
+    shared
+        .snapshots
+        .enable(cfg.data_dir.join("snapshots"))
+        .context("cannot create the snapshots folder")?;
     let signer = consensus_key(&key)?;
+    // A validator started from a snapshot starts consensus from its block, every time: the
+    // floor is ignored once marshal has gone past it.
+    let floor = match std::fs::read(&floor_file) {
+        Ok(bytes) if bytes.len() > 32 => {
+            let block = peergrid_core::Hash(bytes[..32].try_into().unwrap_or([0; 32]));
+            Some(snapshot::floor(&shared, &signer, &bytes[32..], &block)?)
+        }
+        Ok(_) => bail!(
+            "{} is damaged: remove the data directory and start again",
+            floor_file.display()
+        ),
+        Err(_) => None,
+    };
 
     let runtime = cw_tokio::Config::new().with_storage_directory(cfg.data_dir.join("consensus"));
     let runner = cw_tokio::Runner::new(runtime);
-    runner.start(
-        |context| async move { serve(context, cfg, shared, signer, peers, index, stop).await },
-    )
+    runner.start(|context| async move {
+        serve(context, cfg, shared, signer, peers, index, floor, stop).await
+    })
 }
 
+/// Where consensus starts: from genesis, or from the finalization of a snapshot's block.
+type Floor = Option<
+    commonware_consensus::simplex::types::Finalization<
+        commonware_consensus::simplex::scheme::ed25519::Scheme,
+        commonware_cryptography::sha256::Digest,
+    >,
+>;
+
+#[allow(clippy::too_many_arguments)] // each is one part of the validator `run` assembled
 async fn serve(
     context: cw_tokio::Context,
     cfg: ValidatorConfig,
@@ -237,6 +309,7 @@ async fn serve(
     signer: PrivateKey,
     peers: Vec<(PublicKey, SocketAddr)>,
     index: Option<usize>,
+    floor: Floor,
     stop: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     tracing::debug!("runtime started");
@@ -303,6 +376,7 @@ async fn serve(
             tamper: None,
             keep_blocks: (!cfg.archive).then_some(cfg.keep_blocks),
             archive_section: engine::ARCHIVE_SECTION,
+            floor,
         },
         channels,
         states,

@@ -118,6 +118,7 @@ fn certify(
     let message = Statement {
         chain,
         height,
+        block: Hash::of(&height.to_be_bytes()),
         root,
         next_set,
     }
@@ -125,6 +126,7 @@ fn certify(
     StateCertificate {
         height,
         epoch: height / EPOCH_BLOCKS,
+        block: Hash::of(&height.to_be_bytes()),
         root,
         next_set,
         signatures: signers

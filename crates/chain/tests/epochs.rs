@@ -110,8 +110,9 @@ async fn certified(
         if let Some(c) = v.certificate(height) {
             c.verify(v.genesis.hash(), members)
                 .unwrap_or_else(|e| panic!("certificate of {height}: {e}"));
-            let root = v.receipts.block(height).map(|b| b.root);
-            assert_eq!(Some(c.root), root, "the certified root of {height}");
+            let applied = v.receipts.block(height).expect("the block applied");
+            assert_eq!(c.root, applied.root, "the certified root of {height}");
+            assert_eq!(c.block.to_string(), applied.digest, "the certified block");
             return c;
         }
         context.sleep(Duration::from_millis(50)).await;
@@ -470,5 +471,120 @@ fn validators_prune_below_their_window_and_restart() {
         for h in reached + 1..=reached + 2 * EPOCH_BLOCKS {
             agreed_root(&all, h);
         }
+    });
+}
+
+/// Wait until `v` serves a snapshot (state and finalization written) at `height` or later.
+async fn served_snapshot(
+    context: &deterministic::Context,
+    v: &Shared,
+    height: u64,
+) -> peergrid_types::api::SnapshotInfo {
+    for _ in 0..400 {
+        if let Some(s) = v.snapshots.list().into_iter().find(|s| s.height >= height) {
+            return s;
+        }
+        context.sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no snapshot at {height} or later");
+}
+
+#[test]
+fn a_validator_joins_from_a_snapshot_after_the_others_pruned_the_blocks_before_it() {
+    use peergrid_chain::snapshot::{self, SnapshotFile};
+    runner(41, Duration::from_secs(600)).start(|context| async move {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let g = genesis_with_epochs();
+        let peers = participants(4);
+        let oracle = network(&context, &peers).await;
+        link_all(&oracle, &peers, LINK).await;
+        // Three validators, a quorum of four, prune and write snapshots; the fourth is away.
+        let mut vals = Vec::new();
+        for i in 0..3 {
+            let extras = Extras {
+                keep_blocks: Some(KEEP),
+                snapshots: Some(dir.path().join(format!("snapshots-{i}"))),
+                ..Extras::default()
+            };
+            vals.push(
+                start_validator_full(&context, &oracle, &g, i, Some(dir.path()), extras).await,
+            );
+        }
+        // Past the 256 views consensus caches keep too: only a snapshot can start a
+        // validator now.
+        let three: Vec<_> = vals.iter().collect();
+        wait_for_height(&context, &three, 16 * EPOCH_BLOCKS).await;
+        assert!(
+            vals.iter()
+                .all(|v| v.receipts.first_kept() > Some(12 * EPOCH_BLOCKS)),
+            "the early blocks are pruned: nobody can replay the chain from genesis"
+        );
+
+        // Its operator takes validator 0's newest snapshot, checks it as `validator run`
+        // does, and starts from it.
+        let info = served_snapshot(&context, &vals[0], 15 * EPOCH_BLOCKS - 1).await;
+        let path = vals[0]
+            .snapshots
+            .state_file(info.height)
+            .expect("the state file");
+        let file = SnapshotFile::decode(&std::fs::read(path).expect("read")).expect("decodes");
+        let certificate = certified(
+            &context,
+            &vals[0],
+            file.height,
+            &set_of(&vals[0], 0).expect("set"),
+        )
+        .await;
+        assert_eq!((certificate.root, file.root), (info.root, info.root));
+        let mut store = ledger_store(Some(dir.path()), 3);
+        file.install(store.as_mut(), &g).expect("installs");
+        drop(store);
+        let bytes = vals[0]
+            .snapshots
+            .finalization(file.height)
+            .expect("its finalization");
+        let floor = snapshot::floor(
+            &vals[0],
+            &consensus_key(&validator_key(3)),
+            &bytes,
+            &certificate.block,
+        )
+        .expect("the finalization of the certified block");
+        // A finalization of another block is refused before consensus sees it.
+        assert!(
+            snapshot::floor(
+                &vals[0],
+                &consensus_key(&validator_key(3)),
+                &bytes,
+                &file.root
+            )
+            .is_err()
+        );
+        let extras = Extras {
+            keep_blocks: Some(KEEP),
+            floor: Some(floor),
+            ..Extras::default()
+        };
+        vals.push(start_validator_full(&context, &oracle, &g, 3, Some(dir.path()), extras).await);
+        assert_eq!(
+            height(&vals[3]),
+            file.height,
+            "the ledger starts at the snapshot"
+        );
+
+        // It follows from there, to the others' state, and never applied the early blocks.
+        let all: Vec<_> = vals.iter().collect();
+        let target = vals.iter().map(|v| height(v)).max().unwrap_or(0) + 5;
+        wait_for_height(&context, &all, target).await;
+        for h in file.height + 1..=target {
+            agreed_root(&all, h);
+        }
+        assert_eq!(vals[3].receipts.first_kept(), Some(file.height + 1));
+        // And it votes: without validator 2, nothing is final unless it signs.
+        isolate(&oracle, &peers, 2).await;
+        let live: Vec<_> = [0, 1, 3].iter().map(|&i| &vals[i]).collect();
+        let from = live.iter().map(|v| height(v)).max().unwrap_or(0);
+        wait_for_height(&context, &live, from + 10).await;
+        agreed_root(&live, from + 10);
     });
 }

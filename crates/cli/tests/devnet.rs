@@ -23,6 +23,11 @@ struct Devnet(Child);
 
 impl Devnet {
     fn start(home: &Path, base_port: u16) -> Devnet {
+        Devnet::start_with(home, base_port, &[])
+    }
+
+    /// Start a devnet with `extra` arguments (`--set NAME=VALUE` for a new one).
+    fn start_with(home: &Path, base_port: u16, extra: &[&str]) -> Devnet {
         // Kept so that a failure can show why the supervisor gave up.
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -31,6 +36,7 @@ impl Devnet {
             .expect("supervisor log");
         let child = peergrid(home)
             .args(["devnet", "--base-port", &base_port.to_string()])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -475,4 +481,97 @@ fn a_newcomer_runs_a_devnet_and_sends_a_transfer_that_finalizes() {
         0,
         "nodes left running after SIGTERM"
     );
+}
+
+/// `path` of validator `i`'s API as JSON, or `None` while it does not answer 200.
+fn api_json(base_port: u16, i: u16, path: &str) -> Option<Value> {
+    let url = format!("http://127.0.0.1:{}{path}", base_port + i);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    runtime.block_on(async {
+        let response = reqwest::get(url).await.ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        response.json().await.ok()
+    })
+}
+
+#[test]
+fn a_validator_that_lost_its_data_starts_again_from_a_snapshot() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let home = home.path();
+    let _reaper = Reaper(home.to_path_buf());
+    let base_port = common::base_port(4_000);
+    // Short epochs and a quick idle pace: a snapshot every 20 blocks, a block every 50 ms.
+    let fast = ["--set", "epoch_blocks=20", "--set", "idle_block_ms=50"];
+    let mut devnet = Devnet::start_with(home, base_port, &fast);
+    wait_finalizing(home, &mut devnet);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let snapshot = loop {
+        let listed = api_json(base_port, 0, "/v1/snapshots").unwrap_or_default();
+        if let Some(s) = listed
+            .as_array()
+            .and_then(|l| l.iter().find(|s| s["height"].as_u64() >= Some(59)))
+        {
+            break s.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no snapshot served: {listed}\n{}",
+            logs(home)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    devnet.interrupt();
+
+    // Validator 3's disk is lost; its operator points it at validator 0 for a snapshot.
+    let dir = home.join("devnet");
+    std::fs::remove_dir_all(dir.join("data/validator-3")).expect("remove its data");
+    let config = dir.join("validator-3.toml");
+    let mut text = std::fs::read_to_string(&config).expect("its config");
+    text.push_str(&format!(
+        "snapshot_from = [\"http://127.0.0.1:{base_port}\"]\n"
+    ));
+    std::fs::write(&config, text).expect("write its config");
+
+    let mut devnet = Devnet::start_with(home, base_port, &[]);
+    wait_finalizing(home, &mut devnet);
+    let log = std::fs::read_to_string(dir.join("logs/validator-3.log")).unwrap_or_default();
+    assert!(
+        log.contains("ledger started from a state snapshot"),
+        "{}",
+        logs(home)
+    );
+    // It agrees with the others from there on, and never had the blocks before it.
+    let height = |i| api_json(base_port, i, "/v1/status").and_then(|s| s["height"].as_u64());
+    let target = height(0).expect("validator 0's height") + 5;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while height(3).is_none_or(|h| h < target) {
+        assert!(
+            Instant::now() < deadline,
+            "validator 3 did not catch up\n{}",
+            logs(home)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let block = |i, h: u64| api_json(base_port, i, &format!("/v1/blocks/{h}"));
+    assert_eq!(
+        block(3, target).map(|b| b["root"].clone()),
+        block(0, target).map(|b| b["root"].clone())
+    );
+    let first = snapshot["height"].as_u64().expect("a height");
+    assert!(block(3, first).is_none() && block(0, first).is_some());
+    // And a transfer still finalizes through it.
+    let to = "12D3KooWAKUKNV3HrN46wTdG8bp7WHb9ZbQ5RLsenaB7S4VbYbAq";
+    let ledger = format!("http://127.0.0.1:{}", base_port + 3);
+    let (ok, sent) = json(
+        home,
+        &[
+            "--ledger", &ledger, "wallet", "transfer", "--to", to, "--amount", "1",
+        ],
+    );
+    assert!(ok && sent["status"]["status"] == "finalized", "{sent}");
 }

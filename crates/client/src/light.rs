@@ -159,6 +159,15 @@ impl Client {
 
     /// The certified root of `height`: its certificate from any validator, checked.
     pub async fn certified_root(&self, height: u64) -> Result<(Hash, Certified), ClientError> {
+        let (certificate, certified) = self.checked_certificate(height).await?;
+        Ok((certificate.root, certified))
+    }
+
+    /// The state certificate of `height` from any validator, checked against the sets.
+    pub async fn checked_certificate(
+        &self,
+        height: u64,
+    ) -> Result<(StateCertificate, Certified), ClientError> {
         let path = routes::fill(routes::CERTIFICATE, &[&height]);
         let certificate: StateCertificate = self.get_from_any(&path).await?;
         if certificate.height != height {
@@ -168,7 +177,7 @@ impl Client {
             )));
         }
         let certified = self.check_certificate(&certificate).await?;
-        Ok((certificate.root, certified))
+        Ok((certificate, certified))
     }
 
     /// The verified set of `epoch`, following each handoff from the last epoch known.

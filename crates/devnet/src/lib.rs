@@ -213,6 +213,7 @@ pub fn prepare_with(opts: &Options, extra: &[GenesisBalance]) -> anyhow::Result<
             join: false,
             keep_blocks: ValidatorConfig::KEEP_BLOCKS_DEFAULT,
             archive: false,
+            snapshot_from: Vec::new(),
         };
         peergrid_core::fs::write_atomic(
             &opts.dir.join(format!("validator-{i}.toml")),

@@ -57,6 +57,12 @@ pub mod routes {
     pub const BLOCK: &str = "/v1/blocks/{height}";
     /// The state certificate of a finalized block: a quorum's signatures over its state root.
     pub const CERTIFICATE: &str = "/v1/blocks/{height}/certificate";
+    /// The state snapshots a validator serves.
+    pub const SNAPSHOTS: &str = "/v1/snapshots";
+    /// One snapshot's state file.
+    pub const SNAPSHOT: &str = "/v1/snapshots/{height}";
+    /// One snapshot's finalization certificate.
+    pub const SNAPSHOT_FINALIZATION: &str = "/v1/snapshots/{height}/finalization";
     /// The validator set of an epoch.
     pub const EPOCH_VALIDATORS: &str = "/v1/epochs/{epoch}/validators";
     /// Finalized blocks as server-sent events.
@@ -84,6 +90,9 @@ pub mod routes {
         PROPOSAL,
         BLOCK,
         CERTIFICATE,
+        SNAPSHOTS,
+        SNAPSHOT,
+        SNAPSHOT_FINALIZATION,
         EPOCH_VALIDATORS,
         EVENTS,
     ];
@@ -154,6 +163,19 @@ pub struct ApiError {
     pub error: String,
     /// What was wrong and what to send instead.
     pub message: String,
+}
+
+/// A state snapshot a validator serves, for validators joining after its blocks are pruned.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SnapshotInfo {
+    /// The height of the state: an epoch's last block.
+    pub height: u64,
+    /// Its state root.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub root: Hash,
+    /// Size of the state file.
+    pub bytes: u64,
 }
 
 /// The chain as one validator sees it.

@@ -28,6 +28,8 @@ pub struct Statement {
     pub chain: Hash,
     /// The block's height.
     pub height: u64,
+    /// The block's digest, as its finalization certificate names it.
+    pub block: Hash,
     /// The state root after the block.
     pub root: Hash,
     /// [`set_digest`] of the validator set deciding block `height + 1`.
@@ -35,13 +37,14 @@ pub struct Statement {
 }
 
 impl Statement {
-    /// The signed bytes: chain ‖ height (u64 BE) ‖ root ‖ next set.
-    pub fn message(&self) -> [u8; 104] {
-        let mut out = [0u8; 104];
+    /// The signed bytes: chain ‖ height (u64 BE) ‖ block ‖ root ‖ next set.
+    pub fn message(&self) -> [u8; 136] {
+        let mut out = [0u8; 136];
         out[..32].copy_from_slice(&self.chain.0);
         out[32..40].copy_from_slice(&self.height.to_be_bytes());
-        out[40..72].copy_from_slice(&self.root.0);
-        out[72..].copy_from_slice(&self.next_set.0);
+        out[40..72].copy_from_slice(&self.block.0);
+        out[72..104].copy_from_slice(&self.root.0);
+        out[104..].copy_from_slice(&self.next_set.0);
         out
     }
 }
@@ -83,6 +86,9 @@ pub struct StateCertificate {
     pub height: u64,
     /// The epoch of that block, whose set signs.
     pub epoch: u64,
+    /// The block's digest.
+    #[cfg_attr(feature = "openapi", schema(value_type = String))]
+    pub block: Hash,
     /// The state root after the block.
     #[cfg_attr(feature = "openapi", schema(value_type = String))]
     pub root: Hash,
@@ -143,6 +149,7 @@ impl StateCertificate {
         Statement {
             chain,
             height: self.height,
+            block: self.block,
             root: self.root,
             next_set: self.next_set,
         }
@@ -202,6 +209,7 @@ mod tests {
         let mut c = StateCertificate {
             height: 7,
             epoch: 0,
+            block: Hash::of(b"block"),
             root,
             next_set: Hash::of(b"next"),
             signatures: Vec::new(),

@@ -192,11 +192,34 @@ pub async fn start_validator_with(
     dir: Option<&Path>,
     tamper: Option<Tamper>,
 ) -> Arc<Shared> {
-    start_validator_full(context, oracle, genesis, i, dir, tamper, None).await
+    let extras = Extras {
+        tamper,
+        ..Extras::default()
+    };
+    start_validator_full(context, oracle, genesis, i, dir, extras).await
 }
 
 /// Blocks per section of the finalized archives in simulations: small, so pruning shows.
 pub const SIM_ARCHIVE_SECTION: u64 = 16;
+
+/// What a validator runs with besides the defaults of [`start_validator`].
+#[derive(Default)]
+pub struct Extras {
+    /// Its own proposals changed: a Byzantine leader.
+    pub tamper: Option<Tamper>,
+    /// Finalized blocks kept (`None`: all of them).
+    pub keep_blocks: Option<u64>,
+    /// Where it writes state snapshots (`None`: it writes none).
+    pub snapshots: Option<std::path::PathBuf>,
+    /// The finalization its consensus starts from: a validator started from a snapshot.
+    pub floor: Option<Floor>,
+}
+
+/// A finalization marshal may start from.
+pub type Floor = commonware_consensus::simplex::types::Finalization<
+    commonware_consensus::simplex::scheme::ed25519::Scheme,
+    commonware_cryptography::sha256::Digest,
+>;
 
 /// Start validator `i` keeping `keep_blocks` finalized blocks (`None`: all of them).
 pub async fn start_validator_keeping(
@@ -207,17 +230,21 @@ pub async fn start_validator_keeping(
     dir: Option<&Path>,
     keep_blocks: Option<u64>,
 ) -> Arc<Shared> {
-    start_validator_full(context, oracle, genesis, i, dir, None, keep_blocks).await
+    let extras = Extras {
+        keep_blocks,
+        ..Extras::default()
+    };
+    start_validator_full(context, oracle, genesis, i, dir, extras).await
 }
 
-async fn start_validator_full(
+/// Start validator `i` with `extras`.
+pub async fn start_validator_full(
     context: &deterministic::Context,
     oracle: &Oracle<PublicKey, deterministic::Context>,
     genesis: &Genesis,
     i: usize,
     dir: Option<&Path>,
-    tamper: Option<Tamper>,
-    keep_blocks: Option<u64>,
+    extras: Extras,
 ) -> Arc<Shared> {
     let signer = consensus_key(&validator_key(i));
     let me = signer.public_key();
@@ -228,6 +255,12 @@ async fn start_validator_full(
         Receipts::memory(),
         MempoolLimits::default(),
     );
+    if let Some(snapshots) = extras.snapshots {
+        shared
+            .snapshots
+            .enable(snapshots)
+            .expect("a snapshots folder");
+    }
     let control = oracle.control(me.clone());
     let quota = Quota::per_second(NZU32!(10_000));
     let mut ch = Vec::new();
@@ -248,10 +281,11 @@ async fn start_validator_full(
             peer_sets: SimPeers(oracle.manager()),
             txs_per_block: 1000,
             timing: Timing::default(),
-            tamper,
-            keep_blocks,
+            tamper: extras.tamper,
+            keep_blocks: extras.keep_blocks,
             archive_section: std::num::NonZeroU64::new(SIM_ARCHIVE_SECTION)
                 .expect("a section holds blocks"),
+            floor: extras.floor,
         },
         channels,
         states,

@@ -1,0 +1,516 @@
+//! State snapshots: each validator writes the ledger's state at every epoch's last block,
+//! with that block's finalization certificate, and serves them. A validator joining a chain
+//! whose early blocks are pruned starts from one instead of from genesis: it checks the
+//! state's root against the block's state certificate, the certificate against the
+//! validator sets followed from the genesis it holds, and the finalization against the
+//! certificate's block, then lets marshal start from that block.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use borsh::{BorshDeserialize, BorshSerialize};
+use peergrid_core::Hash;
+use peergrid_ledger::{Change, Genesis, Snapshot, Store};
+use peergrid_types::api::SnapshotInfo;
+use tracing::{info, warn};
+
+/// What a snapshot file starts with, and its format's version.
+const MAGIC: &[u8; 8] = b"PGSNAP01";
+/// Snapshots a validator keeps: the newest and the one before, so one is always whole
+/// while the next is written.
+pub const SNAPSHOTS_KEPT: usize = 2;
+/// Largest snapshot a joining validator downloads.
+pub const SNAPSHOT_BYTES_MAX: u64 = 64 << 30;
+/// Largest finalization certificate accepted.
+pub const FINALIZATION_BYTES_MAX: usize = 64 << 10;
+
+/// The ledger's state at one height, as written to disk and sent to joining validators.
+#[derive(Debug, Clone, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct SnapshotFile {
+    /// The chain: its genesis hash.
+    pub chain: Hash,
+    /// The height of the state.
+    pub height: u64,
+    /// Its state root.
+    pub root: Hash,
+    /// Every state entry: (table, key, value).
+    pub entries: Vec<(u8, Vec<u8>, Vec<u8>)>,
+}
+
+impl SnapshotFile {
+    /// The file's bytes: the magic, then the borsh encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = MAGIC.to_vec();
+        // Writing to a Vec cannot fail.
+        let _ = borsh::to_writer(&mut out, self);
+        out
+    }
+
+    /// Read a snapshot file; anything else, or a damaged one, is refused with the reason.
+    pub fn decode(bytes: &[u8]) -> Result<SnapshotFile, String> {
+        let body = bytes
+            .strip_prefix(MAGIC.as_slice())
+            .ok_or("not a peergrid snapshot of format 1 (its first bytes are not PGSNAP01)")?;
+        borsh::from_slice(body).map_err(|e| format!("the snapshot is damaged: {e}"))
+    }
+
+    /// Write this state into `store`, which must be empty: the ledger, opened on it, checks
+    /// the root against the entries and the genesis hash against its own.
+    pub fn install(&self, store: &mut dyn Store, genesis: &Genesis) -> Result<(), String> {
+        if self.chain != genesis.hash() {
+            return Err(format!(
+                "the snapshot is of chain {}, not of this genesis ({})",
+                self.chain,
+                genesis.hash()
+            ));
+        }
+        if store.load().map_err(|e| e.to_string())?.is_some() {
+            return Err(
+                "the ledger already holds a state: start from a snapshot only on an \
+                        empty data directory"
+                    .into(),
+            );
+        }
+        let changes: Vec<Change> = self
+            .entries
+            .iter()
+            .map(|(table, key, value)| Change {
+                table: *table,
+                key: key.clone(),
+                value: Some(value.clone()),
+            })
+            .collect();
+        store
+            .commit(self.height, self.root, &changes)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Where a validator keeps the snapshots it serves; nowhere until [`Snapshots::enable`].
+#[derive(Default)]
+pub struct Snapshots {
+    dir: OnceLock<PathBuf>,
+}
+
+impl Snapshots {
+    /// Keep snapshots in `dir`.
+    pub fn enable(&self, dir: PathBuf) -> std::io::Result<()> {
+        std::fs::create_dir_all(&dir)?;
+        let _ = self.dir.set(dir);
+        Ok(())
+    }
+
+    fn state_path(dir: &Path, height: u64, root: &Hash) -> PathBuf {
+        dir.join(format!("{height:020}-{root}.snapshot"))
+    }
+
+    fn finalization_path(dir: &Path, height: u64) -> PathBuf {
+        dir.join(format!("{height:020}.finalization"))
+    }
+
+    /// Whether this validator writes snapshots.
+    pub fn enabled(&self) -> bool {
+        self.dir.get().is_some()
+    }
+
+    /// Write `state` (the ledger's store as of an epoch's last block) in the background.
+    pub fn write(&self, chain: Hash, state: Snapshot) {
+        let Some(dir) = self.dir.get().cloned() else {
+            return;
+        };
+        let file = SnapshotFile {
+            chain,
+            height: state.height,
+            root: state.root,
+            entries: state.entries,
+        };
+        std::thread::spawn(move || {
+            let path = Self::state_path(&dir, file.height, &file.root);
+            match peergrid_core::fs::write_atomic(&path, &file.encode()) {
+                Ok(()) => info!(
+                    height = file.height,
+                    entries = file.entries.len(),
+                    "state snapshot written"
+                ),
+                Err(e) => {
+                    warn!(height = file.height, error = %e, "cannot write the state snapshot")
+                }
+            }
+            Self::prune(&dir);
+        });
+    }
+
+    /// Keep the finalization certificate of the snapshot at `height`.
+    pub fn write_finalization(&self, height: u64, bytes: &[u8]) {
+        let Some(dir) = self.dir.get() else {
+            return;
+        };
+        if let Err(e) =
+            peergrid_core::fs::write_atomic(&Self::finalization_path(dir, height), bytes)
+        {
+            warn!(height, error = %e, "cannot write the snapshot's finalization");
+        }
+    }
+
+    /// Remove all but the newest [`SNAPSHOTS_KEPT`] snapshots.
+    fn prune(dir: &Path) {
+        let mut heights: Vec<u64> = Self::scan(dir).into_iter().map(|(h, _, _)| h).collect();
+        heights.sort_unstable();
+        let old = heights.len().saturating_sub(SNAPSHOTS_KEPT);
+        for height in &heights[..old] {
+            for (h, _, path) in Self::scan(dir) {
+                if h == *height {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+            let _ = std::fs::remove_file(Self::finalization_path(dir, *height));
+        }
+    }
+
+    /// Every state file: height, root, path.
+    fn scan(dir: &Path) -> Vec<(u64, Hash, PathBuf)> {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let (height, root) = name.strip_suffix(".snapshot")?.split_once('-')?;
+                Some((height.parse().ok()?, root.parse().ok()?, e.path()))
+            })
+            .collect()
+    }
+
+    /// The snapshots ready to serve (state and finalization written), newest first.
+    pub fn list(&self) -> Vec<SnapshotInfo> {
+        let Some(dir) = self.dir.get() else {
+            return Vec::new();
+        };
+        let mut out: Vec<SnapshotInfo> = Self::scan(dir)
+            .into_iter()
+            .filter(|(h, _, _)| Self::finalization_path(dir, *h).exists())
+            .filter_map(|(height, root, path)| {
+                Some(SnapshotInfo {
+                    height,
+                    root,
+                    bytes: std::fs::metadata(path).ok()?.len(),
+                })
+            })
+            .collect();
+        out.sort_by_key(|s| std::cmp::Reverse(s.height));
+        out
+    }
+
+    /// The state file of the snapshot at `height`, if it is ready.
+    pub fn state_file(&self, height: u64) -> Option<PathBuf> {
+        let dir = self.dir.get()?;
+        if !Self::finalization_path(dir, height).exists() {
+            return None;
+        }
+        Self::scan(dir)
+            .into_iter()
+            .find(|(h, _, _)| *h == height)
+            .map(|(_, _, p)| p)
+    }
+
+    /// The finalization certificate of the snapshot at `height`, as marshal encodes it.
+    pub fn finalization(&self, height: u64) -> Option<Vec<u8>> {
+        std::fs::read(Self::finalization_path(self.dir.get()?, height)).ok()
+    }
+}
+
+/// Keep the finalization certificate of each epoch's last block beside its snapshot: the
+/// floor marshal starts from on a validator that joins from it.
+pub async fn keep_finalizations(
+    shared: std::sync::Arc<crate::shared::Shared>,
+    marshal: commonware_consensus::marshal::core::Mailbox<
+        commonware_consensus::simplex::scheme::ed25519::Scheme,
+        commonware_consensus::marshal::standard::Standard<crate::block::Block>,
+    >,
+) {
+    use commonware_codec::Encode as _;
+    use tokio::sync::broadcast::error::RecvError;
+    let mut applied = shared.finalized.subscribe();
+    let len = shared.genesis.params.epoch_blocks.max(1);
+    loop {
+        let height = match applied.recv().await {
+            Ok(block) => block.height,
+            Err(RecvError::Lagged(_)) => continue,
+            Err(RecvError::Closed) => return,
+        };
+        if !(height + 1).is_multiple_of(len) {
+            continue;
+        }
+        match marshal
+            .get_finalization(commonware_consensus::types::Height::new(height))
+            .await
+        {
+            Some(f) => shared.snapshots.write_finalization(height, &f.encode()),
+            None => warn!(
+                height,
+                "no finalization of the epoch's last block for its snapshot"
+            ),
+        }
+    }
+}
+
+/// A snapshot downloaded and checked, ready to install.
+pub struct Fetched {
+    /// The state.
+    pub file: SnapshotFile,
+    /// The digest of the block it is the state after, as its state certificate signs it.
+    pub block: Hash,
+    /// That block's finalization certificate, as consensus encodes it.
+    pub finalization: Vec<u8>,
+    /// Where it came from.
+    pub from: String,
+}
+
+/// Download the newest snapshot the validators at `urls` serve, into `partial` first, and
+/// check it: its entries against its root when installed, and here its root against the
+/// block's state certificate, checked against the validator sets followed from `genesis`.
+pub async fn fetch(urls: &[String], genesis: &Genesis, partial: &Path) -> anyhow::Result<Fetched> {
+    use anyhow::{Context as _, bail};
+    use futures::StreamExt as _;
+    use peergrid_client::{Anchor, Client};
+    use peergrid_types::api::routes;
+    use std::io::Write as _;
+
+    let http = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .read_timeout(std::time::Duration::from_secs(60))
+        .build()?;
+    let mut newest: Option<(String, SnapshotInfo)> = None;
+    for url in urls {
+        let url = url.trim_end_matches('/');
+        let listed = async {
+            let r = http
+                .get(format!("{url}{}", routes::SNAPSHOTS))
+                .send()
+                .await?;
+            r.error_for_status()?.json::<Vec<SnapshotInfo>>().await
+        };
+        match listed.await {
+            Ok(list) => {
+                if let Some(s) = list.into_iter().max_by_key(|s| s.height)
+                    && newest.as_ref().is_none_or(|(_, n)| s.height > n.height)
+                {
+                    newest = Some((url.to_string(), s));
+                }
+            }
+            Err(e) => warn!(%url, error = %e, "cannot list its snapshots"),
+        }
+    }
+    let Some((url, info)) = newest else {
+        bail!(
+            "none of {} serves a snapshot yet: validators write one at each epoch's last \
+             block; wait for an epoch to end, or leave snapshot_from out to catch up from \
+             genesis (which needs a validator with archive = true)",
+            urls.join(", ")
+        );
+    };
+    if info.bytes > SNAPSHOT_BYTES_MAX {
+        bail!(
+            "the snapshot at height {} is {} bytes, above the {SNAPSHOT_BYTES_MAX} accepted",
+            info.height,
+            info.bytes
+        );
+    }
+    info!(%url, height = info.height, bytes = info.bytes, "downloading the state snapshot");
+    let state = routes::fill(routes::SNAPSHOT, &[&info.height]);
+    let response = http
+        .get(format!("{url}{state}"))
+        .send()
+        .await?
+        .error_for_status()?;
+    let mut out = std::fs::File::create(partial)
+        .with_context(|| format!("cannot write {}", partial.display()))?;
+    let mut stream = response.bytes_stream();
+    let mut got: u64 = 0;
+    let mut reported = 0;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        got += chunk.len() as u64;
+        if got > info.bytes.min(SNAPSHOT_BYTES_MAX) {
+            bail!("{url} sent more than the {} bytes it listed", info.bytes);
+        }
+        out.write_all(&chunk)?;
+        let percent = got * 100 / info.bytes.max(1);
+        if percent >= reported + 10 {
+            reported = percent;
+            info!(percent, bytes = got, "downloading the state snapshot");
+        }
+    }
+    out.sync_all()?;
+    drop(out);
+    let file = SnapshotFile::decode(&std::fs::read(partial)?).map_err(anyhow::Error::msg)?;
+    if (file.height, file.root) != (info.height, info.root) {
+        bail!(
+            "{url} listed the snapshot of height {} with root {}, but sent height {} with root {}",
+            info.height,
+            info.root,
+            file.height,
+            file.root
+        );
+    }
+
+    let anchor = Anchor {
+        chain: genesis.hash(),
+        epoch_blocks: genesis.params.epoch_blocks.max(1),
+        validators: genesis.validators.iter().map(|v| v.account).collect(),
+    };
+    let client = Client::new(urls.to_vec()).with_anchor(anchor);
+    let (certificate, certified) = client
+        .checked_certificate(file.height)
+        .await
+        .with_context(|| format!("cannot check the snapshot of height {}", file.height))?;
+    if certificate.root != file.root {
+        bail!(
+            "the snapshot from {url} has state root {} at height {}, but epoch {}'s validators \
+             certified {}: do not use it, and tell its operator",
+            file.root,
+            file.height,
+            certified.epoch,
+            certificate.root
+        );
+    }
+    let path = routes::fill(routes::SNAPSHOT_FINALIZATION, &[&file.height]);
+    let finalization = http
+        .get(format!("{url}{path}"))
+        .send()
+        .await?
+        .error_for_status()?
+        .bytes()
+        .await?;
+    if finalization.len() > FINALIZATION_BYTES_MAX {
+        bail!(
+            "{url} sent a finalization certificate of {} bytes",
+            finalization.len()
+        );
+    }
+    info!(height = file.height, root = %file.root, signatures = certified.signatures,
+        validators = certified.validators, "the snapshot's state root is certified");
+    Ok(Fetched {
+        file,
+        block: certificate.block,
+        finalization: finalization.to_vec(),
+        from: url,
+    })
+}
+
+/// Decode the finalization a snapshot came with, and check it before marshal starts from
+/// it: it must finalize the certified block, signed by a quorum of its epoch's set.
+pub fn floor(
+    shared: &std::sync::Arc<crate::shared::Shared>,
+    signer: &commonware_cryptography::ed25519::PrivateKey,
+    bytes: &[u8],
+    block: &Hash,
+) -> anyhow::Result<
+    commonware_consensus::simplex::types::Finalization<
+        commonware_consensus::simplex::scheme::ed25519::Scheme,
+        commonware_cryptography::sha256::Digest,
+    >,
+> {
+    use anyhow::bail;
+    use commonware_codec::Decode as _;
+    use commonware_consensus::simplex::scheme::ed25519::Scheme;
+    use commonware_consensus::simplex::types::Finalization;
+    use commonware_cryptography::sha256::Digest;
+
+    let finalization = Finalization::<Scheme, Digest>::decode_cfg(
+        bytes::Bytes::copy_from_slice(bytes),
+        &peergrid_core::tx::VALIDATORS_MAX,
+    )
+    .map_err(|e| anyhow::anyhow!("the snapshot's finalization certificate does not decode: {e}"))?;
+    if finalization.proposal.payload.as_ref() != block.0.as_slice() {
+        bail!(
+            "the snapshot's finalization certificate is of block {}, not of the certified block {block}",
+            hex::encode(finalization.proposal.payload.as_ref())
+        );
+    }
+    let epoch = finalization.proposal.round.epoch().get();
+    let schemes = crate::epochs::Schemes::new(shared.clone(), signer.clone());
+    let Some((scheme, _)) = schemes.get(epoch) else {
+        bail!("the snapshot's state does not know the validator set of epoch {epoch}");
+    };
+    if !finalization.verify(&mut rand::rng(), &*scheme, &commonware_parallel::Sequential) {
+        bail!("the snapshot's finalization certificate is not signed by a quorum of epoch {epoch}");
+    }
+    Ok(finalization)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use peergrid_ledger::{Devnet, Ledger, MemoryStore};
+
+    #[test]
+    fn a_snapshot_round_trips_installs_and_is_checked_on_open() {
+        let d = Devnet::generate("snap", 1, 1_000).expect("keys");
+        let ledger = Ledger::open(MemoryStore::default(), &d.genesis).expect("ledger");
+        let state = ledger.store().load().expect("load").expect("a state");
+        let file = SnapshotFile {
+            chain: d.genesis.hash(),
+            height: state.height,
+            root: state.root,
+            entries: state.entries,
+        };
+        let bytes = file.encode();
+        assert_eq!(SnapshotFile::decode(&bytes), Ok(file.clone()));
+
+        let mut store = MemoryStore::default();
+        file.install(&mut store, &d.genesis).expect("install");
+        let opened = Ledger::open(store.clone(), &d.genesis).expect("opens");
+        assert_eq!(opened.state().root(), file.root);
+        assert!(file.install(&mut store, &d.genesis).is_err(), "not twice");
+
+        // A changed entry no longer hashes to the root: the ledger refuses to open on it.
+        let mut forged = file.clone();
+        if let Some(e) = forged.entries.first_mut() {
+            e.2.push(0);
+        }
+        let mut store = MemoryStore::default();
+        forged.install(&mut store, &d.genesis).expect("written");
+        assert!(Ledger::open(store, &d.genesis).is_err());
+
+        // Another chain's, truncated, or not a snapshot at all.
+        let other = Devnet::generate("other", 1, 1_000).expect("keys");
+        assert!(
+            file.install(&mut MemoryStore::default(), &other.genesis)
+                .is_err()
+        );
+        assert!(SnapshotFile::decode(&bytes[..bytes.len() - 1]).is_err());
+        assert!(SnapshotFile::decode(b"{\"json\": true}").is_err());
+        assert!(SnapshotFile::decode(&[]).is_err());
+    }
+
+    #[test]
+    fn only_the_newest_ready_snapshots_are_kept_and_listed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let snapshots = Snapshots::default();
+        snapshots.enable(dir.path().to_path_buf()).expect("enable");
+        for h in [19u64, 39, 59] {
+            let file = SnapshotFile {
+                chain: Hash::ZERO,
+                height: h,
+                root: Hash::of(&h.to_be_bytes()),
+                entries: Vec::new(),
+            };
+            let path = Snapshots::state_path(dir.path(), h, &file.root);
+            std::fs::write(&path, file.encode()).expect("write");
+            if h != 59 {
+                snapshots.write_finalization(h, b"fin");
+            }
+        }
+        // 59 has no finalization yet: not ready.
+        let listed: Vec<u64> = snapshots.list().iter().map(|s| s.height).collect();
+        assert_eq!(listed, vec![39, 19]);
+        Snapshots::prune(dir.path());
+        snapshots.write_finalization(59, b"fin");
+        let listed: Vec<u64> = snapshots.list().iter().map(|s| s.height).collect();
+        assert_eq!(listed, vec![59, 39]);
+        assert!(snapshots.state_file(19).is_none());
+        assert_eq!(snapshots.finalization(39), Some(b"fin".to_vec()));
+    }
+}
