@@ -228,15 +228,11 @@ impl Client {
                 reason: e.to_string(),
             })?;
             if !status.is_success() {
-                let err: peergrid_types::ApiError =
-                    serde_json::from_slice(&body).unwrap_or(peergrid_types::ApiError {
-                        error: "http".into(),
-                        message: format!("{url} answered {status}"),
-                    });
+                let (kind, message) = api_error(url, status, &body);
                 return Err(ClientError::Refused {
                     status: status.as_u16(),
-                    kind: err.error,
-                    message: err.message,
+                    kind,
+                    message,
                 });
             }
             return serde_json::from_slice(&body).map_err(|e| ClientError::Protocol {
@@ -843,6 +839,14 @@ impl Client {
 
 /// An error with its causes, `outer: inner: innermost`: reqwest's own message alone says
 /// only "error sending request", when the cause is a refused certificate or a reset.
+/// The kind and message of a refusal's body, or what to say when it has none.
+fn api_error(url: &str, status: reqwest::StatusCode, body: &[u8]) -> (String, String) {
+    match serde_json::from_slice::<peergrid_types::ApiError>(body) {
+        Ok(e) => (e.error, e.message),
+        Err(_) => ("http".into(), format!("{url} answered {status}")),
+    }
+}
+
 fn causes(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();

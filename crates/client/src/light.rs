@@ -14,7 +14,7 @@ use peergrid_types::certificate::{StateCertificate, set_digest};
 use peergrid_types::{AtHeight, Status};
 use serde::de::DeserializeOwned;
 
-use crate::{Client, ClientError, ValidatorSet, causes};
+use crate::{Client, ClientError, ValidatorSet, api_error, causes};
 
 /// What a light client trusts from the start: the chain and its genesis validator set.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -286,15 +286,11 @@ impl Client {
             reason: causes(&e),
         })?;
         if !status.is_success() {
-            let err: peergrid_types::ApiError =
-                serde_json::from_slice(&body).unwrap_or(peergrid_types::ApiError {
-                    error: "http".into(),
-                    message: format!("{url} answered {status}"),
-                });
+            let (kind, message) = api_error(url, status, &body);
             return Err(ClientError::Refused {
                 status: status.as_u16(),
-                kind: err.error,
-                message: format!("{url}: {}", err.message),
+                kind,
+                message: format!("{url}: {message}"),
             });
         }
         serde_json::from_slice(&body).map_err(|e| ClientError::Protocol {
