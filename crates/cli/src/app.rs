@@ -22,7 +22,7 @@ use peergrid_core::capacity::{Capacity, Size};
 use peergrid_core::tx::ContractSpec;
 use peergrid_core::{ContractId, Hash, Keypair, NodeId, Payload};
 use peergrid_ledger::Event;
-use peergrid_mesh::{Mesh, PeerId};
+use peergrid_mesh::{Error as MeshError, Mesh, PeerId, RpcError};
 use peergrid_node::protocol::{self, DeployRequest, LogsRequest, WorkloadLogs};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -36,6 +36,8 @@ const SRU_BYTES: u64 = 256 << 20;
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the deploy request itself may take (dial included).
 const DEPLOY_TIMEOUT: Duration = Duration::from_secs(15);
+/// Lookups of a node's mesh peer before a deployment moves on to another node, 1 s apart.
+const PEER_LOOKUPS: u32 = 5;
 /// How long a request for a workload's output may take.
 const LOGS_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one status request may take.
@@ -588,9 +590,21 @@ impl Placement {
             .map_err(|e| anyhow::anyhow!("its account is not a mesh peer id: {e}"))?;
         let request = DeployRequest::sign(&self.key, contract, self.deployment.clone());
         say(self.json, format!("sending the deployment to node {id} …"));
-        match tokio::time::timeout(DEPLOY_TIMEOUT, protocol::deploy(&self.mesh, peer, &request))
-            .await
-        {
+        let send = async {
+            let mut lookups = 1;
+            loop {
+                match protocol::deploy(&self.mesh, peer, &request).await {
+                    // The mesh peer this command started may not know the grid yet, and its
+                    // first lookups come back empty while the node is there: ask again.
+                    Err(RpcError::Mesh(MeshError::PeerNotFound(_))) if lookups < PEER_LOOKUPS => {
+                        lookups += 1;
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    other => return other,
+                }
+            }
+        };
+        match tokio::time::timeout(DEPLOY_TIMEOUT, send).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => bail!("the deployment was not accepted: {e}"),
             Err(_) => bail!(
