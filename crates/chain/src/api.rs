@@ -592,7 +592,7 @@ async fn farms(State(api): State<Api>, Query(p): Query<ListQuery>) -> ApiResult<
 #[utoipa::path(get, path = "/v1/farms/{id}", tag = "state", summary = "One farm",
     params(("id" = String, Path, description = "the farm's id or name"), WithProof),
     responses(
-        (status = 200, description = "The farm, with its proof when asked", body = AtHeight<Farm>),
+        (status = 200, description = "The farm, with its proof when asked; with `?proof=true`, an id that does not exist answers `data: null` and the proof of its absence", body = AtHeight<Option<Farm>>),
         (status = 400, description = "A parameter is malformed", body = ErrorBody),
         (status = 404, description = "No such farm", body = ErrorBody),
         (status = 500, description = "The ledger state could not be read (a poisoned lock)", body = ErrorBody)))]
@@ -600,14 +600,19 @@ async fn farm(
     State(api): State<Api>,
     Path(id): Path<String>,
     Query(q): Query<WithProof>,
-) -> ApiResult<Farm> {
+) -> ApiResult<Option<Farm>> {
     let ((v, proof), h, r) = read(&api, |s| {
-        let farm = match id.parse::<u32>() {
-            Ok(n) => s.farm(n),
-            Err(_) => s.farm_by_name(&id),
+        let number = id.parse::<u32>().ok();
+        let farm = match number {
+            Some(n) => s.farm(n),
+            None => s.farm_by_name(&id),
         };
-        farm.map(|f| (f.clone(), q.proof.then(|| s.prove_farm(f.id))))
-            .ok_or_else(|| ApiError::not_found(format!("farm {id}")))
+        match (farm, number) {
+            (Some(f), _) => Ok((Some(f.clone()), q.proof.then(|| s.prove_farm(f.id)))),
+            // Absence is proven too when asked for by id: no one validator's word.
+            (None, Some(n)) if q.proof => Ok((None, Some(s.prove_farm(n)))),
+            (None, _) => Err(ApiError::not_found(format!("farm {id}"))),
+        }
     })?;
     Ok(at_proven(v, h, r, proof))
 }
@@ -641,7 +646,7 @@ async fn nodes(State(api): State<Api>, Query(p): Query<NodesQuery>) -> ApiResult
 #[utoipa::path(get, path = "/v1/nodes/{id}", tag = "state", summary = "One node with status and free capacity",
     params(("id" = String, Path, description = "the node's id or account"), WithProof),
     responses(
-        (status = 200, description = "The node, with its proof when asked", body = AtHeight<NodeView>),
+        (status = 200, description = "The node, with its proof when asked; with `?proof=true`, an id that does not exist answers `data: null` and the proof of its absence", body = AtHeight<Option<NodeView>>),
         (status = 400, description = "A parameter is malformed", body = ErrorBody),
         (status = 404, description = "No such node", body = ErrorBody),
         (status = 500, description = "The ledger state could not be read (a poisoned lock)", body = ErrorBody)))]
@@ -649,17 +654,21 @@ async fn node(
     State(api): State<Api>,
     Path(id): Path<String>,
     Query(q): Query<WithProof>,
-) -> ApiResult<NodeView> {
+) -> ApiResult<Option<NodeView>> {
     let ((v, proof), h, r) = read(&api, |s| {
-        let node = match id.parse::<u32>() {
-            Ok(n) => s.node(n),
-            Err(_) => id
+        let number = id.parse::<u32>().ok();
+        let node = match number {
+            Some(n) => s.node(n),
+            None => id
                 .parse::<AccountId>()
                 .ok()
                 .and_then(|a| s.node_by_account(&a)),
         };
-        node.map(|n| (node_view(n, s), q.proof.then(|| s.prove_node(n.id))))
-            .ok_or_else(|| ApiError::not_found(format!("node {id}")))
+        match (node, number) {
+            (Some(n), _) => Ok((Some(node_view(n, s)), q.proof.then(|| s.prove_node(n.id)))),
+            (None, Some(n)) if q.proof => Ok((None, Some(s.prove_node(n)))),
+            (None, _) => Err(ApiError::not_found(format!("node {id}"))),
+        }
     })?;
     Ok(at_proven(v, h, r, proof))
 }
@@ -1805,8 +1814,10 @@ mod tests {
             ("/v1/farms/{id}", "/v1/farms/1?proof=true".into(), 200),
             ("/v1/farms/{id}", "/v1/farms/big".into(), 200),
             ("/v1/farms/{id}", "/v1/farms/999".into(), 404),
+            ("/v1/farms/{id}", "/v1/farms/999?proof=true".into(), 200),
             ("/v1/nodes", "/v1/nodes?farm=1".into(), 200),
             ("/v1/nodes/{id}", "/v1/nodes/1?proof=true".into(), 200),
+            ("/v1/nodes/{id}", "/v1/nodes/999?proof=true".into(), 200),
             (
                 "/v1/nodes/{id}",
                 format!("/v1/nodes/{}", node.account()),

@@ -32,6 +32,13 @@ pub const CERTIFICATES_KEPT: usize = 4096;
 const VOTE_WINDOW: u64 = 256;
 /// A vote on the wire: height (u64 BE) ‖ block ‖ root ‖ next set ‖ signature.
 const VOTE_BYTES: usize = 8 + 32 + 32 + 32 + 64;
+/// A request for an epoch's last certificate on the wire: its height (u64 BE).
+const WANT_BYTES: usize = 8;
+/// Largest certificate answer accepted: every member's signature, with room to spare.
+const CERTIFICATE_BYTES_MAX: usize = 64 << 10;
+/// Blocks after an epoch's last one by which its certificate should have formed here; a
+/// validator that was away then (restarted, joined later) asks its peers for it.
+const HANDOFF_GRACE: u64 = 8;
 
 /// The certificates this validator assembled, and a signal when one forms.
 pub struct Certificates {
@@ -141,6 +148,8 @@ struct Certifier {
     reported: BTreeMap<u64, ()>,
     /// Our own view of the heights applied lately, so a vote costs no store read.
     owns: BTreeMap<u64, Own>,
+    /// Epochs' last heights whose certificate we asked our peers for.
+    asked: BTreeMap<u64, ()>,
 }
 
 /// Run the certifier of `shared`'s validator, signing with `signer`, on `channel`.
@@ -161,6 +170,7 @@ where
         votes: BTreeMap::new(),
         reported: BTreeMap::new(),
         owns: BTreeMap::new(),
+        asked: BTreeMap::new(),
     };
     loop {
         select! {
@@ -169,6 +179,9 @@ where
                     let own = certifier.own_of(&block);
                     if let Some(vote) = own.and_then(|own| certifier.applied(block.height, own)) {
                         sender.send(Recipients::All, encode(block.height, &vote), false);
+                    }
+                    if let Some(want) = certifier.missing_handoff(block.height) {
+                        sender.send(Recipients::All, Bytes::copy_from_slice(&want.to_be_bytes()), false);
                     }
                 }
                 // Too far behind to sign every block (a catch-up applies thousands a
@@ -185,7 +198,19 @@ where
                 Err(RecvError::Closed) => return,
             },
             message = receiver.recv() => match message {
-                Ok((peer, bytes)) => certifier.received(&peer, bytes.as_ref()),
+                Ok((peer, bytes)) => {
+                    let bytes = bytes.as_ref();
+                    if bytes.len() == WANT_BYTES {
+                        let height = u64::from_be_bytes(bytes.try_into().unwrap_or([0xff; 8]));
+                        if let Some(answer) = certifier.answer(height) {
+                            sender.send(Recipients::One(peer), answer, false);
+                        }
+                    } else if bytes.len() == VOTE_BYTES {
+                        certifier.received(&peer, bytes);
+                    } else {
+                        certifier.answered(&peer, bytes);
+                    }
+                }
                 Err(_) => return,
             },
         }
@@ -285,6 +310,75 @@ impl Certifier {
         };
         self.try_certify(height, &own);
         vote
+    }
+
+    /// The last height of the latest epoch that ended [`HANDOFF_GRACE`] blocks before
+    /// `height` and whose certificate did not form here, the first time it is noticed.
+    fn missing_handoff(&mut self, height: u64) -> Option<u64> {
+        let len = self.shared.genesis.params.epoch_blocks.max(1);
+        let last = (height.checked_sub(HANDOFF_GRACE)? + 1) / len * len;
+        let last = last.checked_sub(1)?;
+        if self.shared.certificate(last).is_some() || self.asked.contains_key(&last) {
+            return None;
+        }
+        self.asked.insert(last, ());
+        while self.asked.len() > 64 {
+            self.asked.pop_first();
+        }
+        debug!(
+            height = last,
+            "asking the peers for an epoch's last state certificate"
+        );
+        Some(last)
+    }
+
+    /// Our certificate of an epoch's last `height`, encoded, for a peer that asks.
+    fn answer(&self, height: u64) -> Option<Bytes> {
+        let len = self.shared.genesis.params.epoch_blocks.max(1);
+        if !(height + 1).is_multiple_of(len) {
+            return None;
+        }
+        let certificate = self.shared.certificate(height)?;
+        let mut out = Vec::new();
+        ciborium::into_writer(&certificate, &mut out).ok()?;
+        Some(Bytes::from(out))
+    }
+
+    /// A peer's answer: kept if it is a quorum's certificate of the state we applied.
+    fn answered(&mut self, peer: &PublicKey, bytes: &[u8]) {
+        if bytes.len() > CERTIFICATE_BYTES_MAX {
+            return;
+        }
+        let Ok(certificate) = ciborium::from_reader::<StateCertificate, _>(bytes) else {
+            debug!(%peer, len = bytes.len(), "malformed state certificate");
+            return;
+        };
+        let height = certificate.height;
+        if !self.asked.contains_key(&height) || self.shared.certificate(height).is_some() {
+            return;
+        }
+        let Some(own) = self.own(height) else {
+            return;
+        };
+        if (
+            certificate.epoch,
+            certificate.block,
+            certificate.root,
+            certificate.next_set,
+        ) != (own.epoch, own.block, own.root, own.next_set)
+        {
+            warn!(%peer, height, "a peer's state certificate is not of the state we applied");
+            return;
+        }
+        if let Err(e) = certificate.verify(self.chain, &own.members) {
+            warn!(%peer, height, error = %e, "a peer's state certificate does not check");
+            return;
+        }
+        if let Err(e) = self.shared.receipts.record_certificate(&certificate) {
+            warn!(height, error = %e, "cannot store the epoch's last state certificate");
+        }
+        debug!(height, "epoch's last state certificate received");
+        self.shared.certificates.keep(certificate);
     }
 
     /// A peer's vote: kept if its height is near ours, counted once we applied that height.

@@ -263,6 +263,9 @@ pub struct Fetched {
     pub block: Hash,
     /// That block's finalization certificate, as consensus encodes it.
     pub finalization: Vec<u8>,
+    /// The state certificate of each epoch's last block up to the snapshot's, checked: a
+    /// validator keeps them so that clients asking it alone can follow the sets too.
+    pub handoffs: Vec<peergrid_types::certificate::StateCertificate>,
     /// Where it came from.
     pub from: String,
 }
@@ -391,10 +394,21 @@ pub async fn fetch(urls: &[String], genesis: &Genesis, partial: &Path) -> anyhow
     }
     info!(height = file.height, root = %file.root, signatures = certified.signatures,
         validators = certified.validators, "the snapshot's state root is certified");
+    // The handoffs were just followed to check the certificate; keep them.
+    let len = genesis.params.epoch_blocks.max(1);
+    let mut handoffs = Vec::new();
+    for epoch in 0..(file.height + 1) / len {
+        let (handoff, _) = client
+            .checked_certificate((epoch + 1) * len - 1)
+            .await
+            .with_context(|| format!("cannot fetch epoch {epoch}'s handoff"))?;
+        handoffs.push(handoff);
+    }
     Ok(Fetched {
         file,
         block: certificate.block,
         finalization: finalization.to_vec(),
+        handoffs,
         from: url,
     })
 }

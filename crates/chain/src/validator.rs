@@ -225,6 +225,7 @@ pub fn run(
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
     let mut store = RedbStore::open(&cfg.data_dir.join("ledger.redb"))?;
+    let mut handoffs = Vec::new();
     let floor_file = cfg.data_dir.join("snapshot-floor.finalization");
     if !cfg.snapshot_from.is_empty() && store.load()?.is_none() {
         let partial = cfg.data_dir.join("snapshot.partial");
@@ -260,11 +261,15 @@ pub fn run(
             .install(&mut store, &genesis)
             .map_err(anyhow::Error::msg)?;
         let _ = std::fs::remove_file(&partial);
+        handoffs = fetched.handoffs;
         info!(height = fetched.file.height, root = %fetched.file.root, from = %fetched.from,
             "ledger started from a state snapshot");
     }
     let ledger = Ledger::open(Box::new(store) as Box<_>, &genesis)?;
     let receipts = Receipts::open(&cfg.data_dir.join("receipts.redb"))?;
+    for handoff in &handoffs {
+        receipts.record_certificate(handoff)?;
+    }
     info!(height = ledger.state().height(), epoch = ledger.state().epoch(), root = %ledger.state().root(), ?index, "ledger opened");
     let shared = Shared::new(genesis.clone(), ledger, receipts, MempoolLimits::default());
     shared

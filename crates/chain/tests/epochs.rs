@@ -560,6 +560,8 @@ fn a_validator_joins_from_a_snapshot_after_the_others_pruned_the_blocks_before_i
             )
             .is_err()
         );
+        // An epoch ends while its operator is at it.
+        wait_for_height(&context, &three, file.height + EPOCH_BLOCKS + 10).await;
         let extras = Extras {
             keep_blocks: Some(KEEP),
             floor: Some(floor),
@@ -580,6 +582,10 @@ fn a_validator_joins_from_a_snapshot_after_the_others_pruned_the_blocks_before_i
             agreed_root(&all, h);
         }
         assert_eq!(vals[3].receipts.first_kept(), Some(file.height + 1));
+        // The epochs that ended while it was away: it asks its peers for their handoffs, so
+        // a client asking it alone can follow the sets too.
+        let genesis_set = set_of(&vals[0], 0).expect("the genesis set");
+        certified(&context, &vals[3], file.height + EPOCH_BLOCKS, &genesis_set).await;
         // And it votes: without validator 2, nothing is final unless it signs.
         isolate(&oracle, &peers, 2).await;
         let live: Vec<_> = [0, 1, 3].iter().map(|&i| &vals[i]).collect();

@@ -574,4 +574,18 @@ fn a_validator_that_lost_its_data_starts_again_from_a_snapshot() {
         ],
     );
     assert!(ok && sent["status"]["status"] == "finalized", "{sent}");
+
+    // Its answers are proven against certificates like the others': a farm that exists,
+    // and a farm and a node that do not, proven absent rather than taken on its word.
+    let client = peergrid_client::Client::new(vec![ledger]);
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    runtime.block_on(async {
+        let farm = client.proven_farm(1).await.expect("farm 1, proven");
+        assert!(farm.value.is_some(), "farm 1 exists");
+        let nobody = client.proven_farm(999).await.expect("farm 999, proven");
+        assert!(nobody.value.is_none(), "farm 999 is proven absent");
+        let node = client.proven_node(999).await.expect("node 999, proven");
+        assert!(node.value.is_none(), "node 999 is proven absent");
+        assert!(node.certified.signatures >= 3, "{:?}", node.certified);
+    });
 }
