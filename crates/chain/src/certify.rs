@@ -4,7 +4,9 @@
 //!
 //! Certificates of the last [`CERTIFICATES_KEPT`] heights stay in memory; each epoch's last
 //! block's, the handoff a light client follows from one set to the next, is kept on disk
-//! with the receipts.
+//! with the receipts. A validator that was away when an epoch ended (restarted, or joined
+//! later) asks its peers for that one, and keeps an answer only if a quorum of the epoch
+//! signed the state it applied itself.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -25,7 +27,7 @@ use tracing::{debug, warn};
 
 use crate::shared::{FinalizedBlock, Shared};
 
-/// Certificates kept in memory, most recent first out last.
+/// State certificates kept in memory: those of the most recent heights.
 pub const CERTIFICATES_KEPT: usize = 4096;
 /// How far from this validator's height a peer's vote may be: enough for a peer a few
 /// hundred blocks ahead or behind, and a bound on what peers can make us hold.
