@@ -152,6 +152,8 @@ struct Certifier {
     owns: BTreeMap<u64, Own>,
     /// Epochs' last heights whose certificate we asked our peers for.
     asked: BTreeMap<u64, ()>,
+    /// The latest epoch's last height already looked at by [`Certifier::missing_handoff`].
+    handoff_checked: u64,
 }
 
 /// Run the certifier of `shared`'s validator, signing with `signer`, on `channel`.
@@ -173,6 +175,7 @@ where
         reported: BTreeMap::new(),
         owns: BTreeMap::new(),
         asked: BTreeMap::new(),
+        handoff_checked: 0,
     };
     loop {
         select! {
@@ -315,12 +318,18 @@ impl Certifier {
     }
 
     /// The last height of the latest epoch that ended [`HANDOFF_GRACE`] blocks before
-    /// `height` and whose certificate did not form here, the first time it is noticed.
+    /// `height`, if its certificate did not form here, the first time it is looked at.
     fn missing_handoff(&mut self, height: u64) -> Option<u64> {
         let len = self.shared.genesis.params.epoch_blocks.max(1);
         let last = (height.checked_sub(HANDOFF_GRACE)? + 1) / len * len;
         let last = last.checked_sub(1)?;
-        if self.shared.certificate(last).is_some() || self.asked.contains_key(&last) {
+        // Each epoch's end is looked at once, not at every block (a store read once it
+        // left the recent certificates).
+        if last <= self.handoff_checked {
+            return None;
+        }
+        self.handoff_checked = last;
+        if self.shared.certificate(last).is_some() {
             return None;
         }
         self.asked.insert(last, ());

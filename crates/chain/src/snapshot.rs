@@ -270,148 +270,42 @@ pub struct Fetched {
     pub from: String,
 }
 
-/// Download the newest snapshot the validators at `urls` serve, into `partial` first, and
-/// check it: its entries against its root when installed, and here its root against the
-/// block's state certificate, checked against the validator sets followed from `genesis`.
-pub async fn fetch(urls: &[String], genesis: &Genesis, partial: &Path) -> anyhow::Result<Fetched> {
-    use anyhow::{Context as _, bail};
-    use futures::StreamExt as _;
-    use peergrid_client::{Anchor, Client};
-    use peergrid_types::api::routes;
-    use std::io::Write as _;
-
-    let http = reqwest::Client::builder()
-        .connect_timeout(std::time::Duration::from_secs(5))
-        .read_timeout(std::time::Duration::from_secs(60))
-        .build()?;
-    let mut newest: Option<(String, SnapshotInfo)> = None;
-    for url in urls {
-        let url = url.trim_end_matches('/');
-        let listed = async {
-            let r = http
-                .get(format!("{url}{}", routes::SNAPSHOTS))
-                .send()
-                .await?;
-            r.error_for_status()?.json::<Vec<SnapshotInfo>>().await
-        };
-        match listed.await {
-            Ok(list) => {
-                if let Some(s) = list.into_iter().max_by_key(|s| s.height)
-                    && newest.as_ref().is_none_or(|(_, n)| s.height > n.height)
-                {
-                    newest = Some((url.to_string(), s));
-                }
-            }
-            Err(e) => warn!(%url, error = %e, "cannot list its snapshots"),
-        }
+/// Whether the ledger in `data_dir` is still empty: a snapshot may be installed there.
+pub fn wanted(data_dir: &Path) -> anyhow::Result<bool> {
+    let path = data_dir.join("ledger.redb");
+    if !path.exists() {
+        return Ok(true);
     }
-    let Some((url, info)) = newest else {
-        bail!(
-            "none of {} serves a snapshot yet: validators write one at each epoch's last \
-             block; wait for an epoch to end, or leave snapshot_from out to catch up from \
-             genesis (which needs a validator with archive = true)",
-            urls.join(", ")
-        );
-    };
-    if info.bytes > SNAPSHOT_BYTES_MAX {
-        bail!(
-            "the snapshot at height {} is {} bytes, above the {SNAPSHOT_BYTES_MAX} accepted",
-            info.height,
-            info.bytes
-        );
-    }
-    info!(%url, height = info.height, bytes = info.bytes, "downloading the state snapshot");
-    let state = routes::fill(routes::SNAPSHOT, &[&info.height]);
-    let response = http
-        .get(format!("{url}{state}"))
-        .send()
-        .await?
-        .error_for_status()?;
-    let mut out = std::fs::File::create(partial)
-        .with_context(|| format!("cannot write {}", partial.display()))?;
-    let mut stream = response.bytes_stream();
-    let mut got: u64 = 0;
-    let mut reported = 0;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk?;
-        got += chunk.len() as u64;
-        if got > info.bytes.min(SNAPSHOT_BYTES_MAX) {
-            bail!("{url} sent more than the {} bytes it listed", info.bytes);
-        }
-        out.write_all(&chunk)?;
-        let percent = got * 100 / info.bytes.max(1);
-        if percent >= reported + 10 {
-            reported = percent;
-            info!(percent, bytes = got, "downloading the state snapshot");
-        }
-    }
-    out.sync_all()?;
-    drop(out);
-    let file = SnapshotFile::decode(&std::fs::read(partial)?).map_err(anyhow::Error::msg)?;
-    if (file.height, file.root) != (info.height, info.root) {
-        bail!(
-            "{url} listed the snapshot of height {} with root {}, but sent height {} with root {}",
-            info.height,
-            info.root,
-            file.height,
-            file.root
-        );
-    }
-
-    let anchor = Anchor {
-        chain: genesis.hash(),
-        epoch_blocks: genesis.params.epoch_blocks.max(1),
-        validators: genesis.validators.iter().map(|v| v.account).collect(),
-    };
-    let client = Client::new(urls.to_vec()).with_anchor(anchor);
-    let (certificate, certified) = client
-        .checked_certificate(file.height)
-        .await
-        .with_context(|| format!("cannot check the snapshot of height {}", file.height))?;
-    if certificate.root != file.root {
-        bail!(
-            "the snapshot from {url} has state root {} at height {}, but epoch {}'s validators \
-             certified {}: do not use it, and tell its operator",
-            file.root,
-            file.height,
-            certified.epoch,
-            certificate.root
-        );
-    }
-    let path = routes::fill(routes::SNAPSHOT_FINALIZATION, &[&file.height]);
-    let finalization = http
-        .get(format!("{url}{path}"))
-        .send()
-        .await?
-        .error_for_status()?
-        .bytes()
-        .await?;
-    if finalization.len() > FINALIZATION_BYTES_MAX {
-        bail!(
-            "{url} sent a finalization certificate of {} bytes",
-            finalization.len()
-        );
-    }
-    info!(height = file.height, root = %file.root, signatures = certified.signatures,
-        validators = certified.validators, "the snapshot's state root is certified");
-    // The handoffs were just followed to check the certificate; keep them.
-    let len = genesis.params.epoch_blocks.max(1);
-    let mut handoffs = Vec::new();
-    for epoch in 0..(file.height + 1) / len {
-        let (handoff, _) = client
-            .checked_certificate((epoch + 1) * len - 1)
-            .await
-            .with_context(|| format!("cannot fetch epoch {epoch}'s handoff"))?;
-        handoffs.push(handoff);
-    }
-    Ok(Fetched {
-        file,
-        block: certificate.block,
-        finalization: finalization.to_vec(),
-        handoffs,
-        from: url,
-    })
+    Ok(peergrid_ledger::RedbStore::open(&path)?.load()?.is_none())
 }
+
+/// Install `fetched` in the empty validator data directory `data_dir`: the floor consensus
+/// starts from, the state, and the handoffs it was checked with.
+pub fn install(data_dir: &Path, genesis: &Genesis, fetched: Fetched) -> anyhow::Result<()> {
+    std::fs::create_dir_all(data_dir)?;
+    // The floor first: a crash before the state leaves an empty ledger, fetched again at
+    // the next start.
+    peergrid_core::fs::write_atomic(
+        &data_dir.join(FLOOR_FILE),
+        &[fetched.block.0.as_slice(), &fetched.finalization].concat(),
+    )?;
+    let mut store = peergrid_ledger::RedbStore::open(&data_dir.join("ledger.redb"))?;
+    fetched
+        .file
+        .install(&mut store, genesis)
+        .map_err(anyhow::Error::msg)?;
+    let receipts = crate::shared::Receipts::open(&data_dir.join("receipts.redb"))?;
+    for handoff in &fetched.handoffs {
+        receipts.record_certificate(handoff)?;
+    }
+    info!(height = fetched.file.height, root = %fetched.file.root, from = %fetched.from,
+        "ledger started from a state snapshot");
+    Ok(())
+}
+
+/// The file in a validator's data directory holding the floor consensus starts from: the
+/// snapshot block's digest, then its finalization.
+pub const FLOOR_FILE: &str = "snapshot-floor.finalization";
 
 /// Decode the finalization a snapshot came with, and check it before marshal starts from
 /// it: it must finalize the certified block, signed by a quorum of its epoch's set.

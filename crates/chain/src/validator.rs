@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use peergrid_core::{AccountId, Keypair, SignedTx};
-use peergrid_ledger::{Genesis, Ledger, RedbStore, Store as _};
+use peergrid_ledger::{Genesis, Ledger, RedbStore};
 
 use crate::api::{self, Api};
 use crate::engine::{self, Channels, Timing};
@@ -42,9 +42,6 @@ const P2P_BURST_MAX: u32 = 256;
 pub const CHANNEL_GOSSIP: u64 = 5;
 /// Channel on which validators pass each other their signatures over state roots.
 pub const CHANNEL_STATES: u64 = 6;
-/// How many times a validator started with `snapshot_from` asks for a snapshot, 2 s apart.
-const SNAPSHOT_ATTEMPTS: u32 = 30;
-
 /// Namespace of the validators' network handshake.
 pub const P2P_NAMESPACE: &[u8] = b"_PEERGRID_CHAIN_P2P";
 
@@ -79,8 +76,8 @@ pub struct ValidatorConfig {
     pub archive: bool,
     /// Validators' API URLs to take a state snapshot from when the data directory is empty,
     /// instead of applying every block since genesis (which blocks pruned by the others
-    /// make impossible on a long chain). The snapshot is checked against its state
-    /// certificate, followed from the genesis set.
+    /// make impossible on a long chain). `peergrid validator run` fetches it, checked
+    /// against its state certificate followed from the genesis set, before [`run`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub snapshot_from: Vec<String>,
 }
@@ -224,52 +221,10 @@ pub fn run(
     }
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
-    let mut store = RedbStore::open(&cfg.data_dir.join("ledger.redb"))?;
-    let mut handoffs = Vec::new();
-    let floor_file = cfg.data_dir.join("snapshot-floor.finalization");
-    if !cfg.snapshot_from.is_empty() && store.load()?.is_none() {
-        let partial = cfg.data_dir.join("snapshot.partial");
-        let fetched = tokio::runtime::Runtime::new()?.block_on(async {
-            // The validators named may be starting too, or between epochs: ask again for a
-            // while before giving up, saying why each time.
-            let mut attempt = 1;
-            loop {
-                match snapshot::fetch(&cfg.snapshot_from, &genesis, &partial).await {
-                    Ok(fetched) => return Ok(fetched),
-                    Err(e) if attempt < SNAPSHOT_ATTEMPTS => {
-                        warn!(attempt, error = %format!("{e:#}"), "no usable snapshot yet; asking again in 2 s");
-                        attempt += 1;
-                        tokio::time::sleep(Duration::from_secs(2)).await;
-                    }
-                    Err(e) => {
-                        return Err(e.context(format!(
-                            "no usable state snapshot from {} after {SNAPSHOT_ATTEMPTS} attempts",
-                            cfg.snapshot_from.join(", ")
-                        )));
-                    }
-                }
-            }
-        })?;
-        // The floor first: a crash between the two leaves an empty ledger, and the next
-        // start fetches again.
-        peergrid_core::fs::write_atomic(
-            &floor_file,
-            &[fetched.block.0.as_slice(), &fetched.finalization].concat(),
-        )?;
-        fetched
-            .file
-            .install(&mut store, &genesis)
-            .map_err(anyhow::Error::msg)?;
-        let _ = std::fs::remove_file(&partial);
-        handoffs = fetched.handoffs;
-        info!(height = fetched.file.height, root = %fetched.file.root, from = %fetched.from,
-            "ledger started from a state snapshot");
-    }
+    let store = RedbStore::open(&cfg.data_dir.join("ledger.redb"))?;
+    let floor_file = cfg.data_dir.join(snapshot::FLOOR_FILE);
     let ledger = Ledger::open(Box::new(store) as Box<_>, &genesis)?;
     let receipts = Receipts::open(&cfg.data_dir.join("receipts.redb"))?;
-    for handoff in &handoffs {
-        receipts.record_certificate(handoff)?;
-    }
     info!(height = ledger.state().height(), epoch = ledger.state().epoch(), root = %ledger.state().root(), ?index, "ledger opened");
     let shared = Shared::new(genesis.clone(), ledger, receipts, MempoolLimits::default());
     shared

@@ -210,6 +210,7 @@ pub fn validator(globals: &Globals, cmd: ValidatorCommand) -> anyhow::Result<()>
     match cmd {
         ValidatorCommand::Run { config } => {
             let cfg = peergrid_chain::validator::ValidatorConfig::load(&config)?;
+            crate::snapshot::join(&cfg)?;
             peergrid_chain::validator::run(cfg, crate::stop_requested())
         }
         ValidatorCommand::Status => validator_status(globals),

@@ -17,6 +17,7 @@ mod key;
 mod ledger;
 mod mesh;
 mod output;
+mod snapshot;
 mod store;
 
 use std::path::PathBuf;

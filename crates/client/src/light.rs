@@ -37,6 +37,15 @@ pub(crate) struct Trust {
 }
 
 impl Trust {
+    /// Trust `anchor`'s genesis set, forgetting any other.
+    fn anchored(anchor: Anchor) -> Trust {
+        Trust {
+            sets: [(0, anchor.validators.clone())].into(),
+            anchor: Some(anchor),
+            known: 0,
+        }
+    }
+
     fn set(&self, epoch: u64) -> Option<&Vec<AccountId>> {
         if epoch > self.known {
             return None;
@@ -67,9 +76,7 @@ impl Client {
     /// asking the validators for the genesis set.
     pub fn with_anchor(self, anchor: Anchor) -> Client {
         if let Ok(mut trust) = self.trust.lock() {
-            *trust = Trust::default();
-            trust.sets.insert(0, anchor.validators.clone());
-            trust.anchor = Some(anchor);
+            *trust = Trust::anchored(anchor);
         }
         self
     }
@@ -126,8 +133,7 @@ impl Client {
         if let Ok(mut trust) = self.trust.lock()
             && trust.anchor.is_none()
         {
-            trust.sets.insert(0, anchor.validators.clone());
-            trust.anchor = Some(anchor.clone());
+            *trust = Trust::anchored(anchor.clone());
         }
         Ok(anchor)
     }

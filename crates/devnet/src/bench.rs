@@ -344,9 +344,7 @@ async fn catch_up(
 ) -> anyhow::Result<CatchUpReport> {
     let last = apis.len() - 1;
     let pid = supervisor.validator_pids()[last].context("the last validator is not running")?;
-    let _ = std::process::Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status();
+    crate::chaos::signal(pid, "-KILL");
     // Its death noticed, and its restart not due yet: the moment to take its data away.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

@@ -205,7 +205,7 @@ fn sender_key(i: usize) -> Keypair {
     Keypair::from_seed(seed)
 }
 
-fn signal(pid: u32, sig: &str) {
+pub(crate) fn signal(pid: u32, sig: &str) {
     let _ = std::process::Command::new("kill")
         .args([sig, &pid.to_string()])
         .status();
