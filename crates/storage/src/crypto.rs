@@ -91,8 +91,21 @@ pub fn open(
     cipher: Cipher,
     key: &[u8; 32],
     what: &'static str,
-    mut sealed: Vec<u8>,
+    sealed: Vec<u8>,
 ) -> Result<Vec<u8>, OpenError> {
+    let (mut bytes, plain) = open_in_place(cipher, key, what, sealed)?;
+    bytes.copy_within(plain.clone(), 0);
+    bytes.truncate(plain.len());
+    Ok(bytes)
+}
+
+/// Open a blob [`seal`] made without moving it: the buffer and where the plaintext lies in it.
+pub fn open_in_place(
+    cipher: Cipher,
+    key: &[u8; 32],
+    what: &'static str,
+    mut sealed: Vec<u8>,
+) -> Result<(Vec<u8>, std::ops::Range<usize>), OpenError> {
     if sealed.len() < NONCE_BYTES + TAG_BYTES {
         return Err(OpenError { what });
     }
@@ -107,9 +120,7 @@ pub fn open(
         )
         .map_err(|_| OpenError { what })?
         .len();
-    sealed.copy_within(NONCE_BYTES..NONCE_BYTES + len, 0);
-    sealed.truncate(len);
-    Ok(sealed)
+    Ok((sealed, NONCE_BYTES..NONCE_BYTES + len))
 }
 
 fn less_safe_key(cipher: Cipher, key: &[u8; 32]) -> LessSafeKey {

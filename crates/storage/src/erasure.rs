@@ -118,10 +118,11 @@ pub fn encode(scheme: Scheme, data: &[u8]) -> Result<Vec<Vec<u8>>, ErasureError>
     Ok(shards)
 }
 
-/// Rebuild `data_len` bytes from any `k` shards (`shards[i]` is shard `i`, or `None`).
+/// Rebuild `data_len` bytes from any `k` shards (`shards[i]` is shard `i`, or `None`);
+/// with every data shard present nothing is decoded, only joined.
 pub fn decode(
     scheme: Scheme,
-    shards: &[Option<Vec<u8>>],
+    mut shards: Vec<Option<Vec<u8>>>,
     data_len: usize,
 ) -> Result<Vec<u8>, ErasureError> {
     let k = usize::from(scheme.k);
@@ -142,13 +143,14 @@ pub fn decode(
     if have < k {
         return Err(ErasureError(format!("{have} shards, {k} needed")));
     }
-    let mut originals: Vec<Option<Vec<u8>>> = shards[..k].to_vec();
+    let recovered = shards.split_off(k);
+    let mut originals = shards;
     if originals.iter().any(Option::is_none) {
         let present = originals
             .iter()
             .enumerate()
             .filter_map(|(i, s)| s.as_deref().map(|s| (i, s)));
-        let recovery = shards[k..]
+        let recovery = recovered
             .iter()
             .enumerate()
             .filter_map(|(i, s)| s.as_deref().map(|s| (i, s)));
@@ -160,13 +162,19 @@ pub fn decode(
             }
         }
     }
-    let mut out = Vec::with_capacity(k * len);
-    for s in originals {
-        out.extend_from_slice(
-            &s.ok_or_else(|| ErasureError("a data shard was not restored".into()))?,
-        );
-    }
+    let mut originals = originals.into_iter();
+    // The first data shard's buffer grows into the segment: one copy of the others.
+    let mut out = originals
+        .next()
+        .flatten()
+        .ok_or_else(|| ErasureError("a data shard was not restored".into()))?;
     out.truncate(data_len);
+    out.reserve(data_len - out.len());
+    for s in originals {
+        let s = s.ok_or_else(|| ErasureError("a data shard was not restored".into()))?;
+        let take = (data_len - out.len()).min(s.len());
+        out.extend_from_slice(&s[..take]);
+    }
     Ok(out)
 }
 
@@ -187,7 +195,7 @@ mod tests {
                     .enumerate()
                     .map(|(i, s)| (i != lost_a && i != lost_b).then(|| s.clone()))
                     .collect();
-                assert_eq!(decode(scheme, &partial, data.len()).expect("decode"), data);
+                assert_eq!(decode(scheme, partial, data.len()).expect("decode"), data);
             }
         }
         let three_lost: Vec<Option<Vec<u8>>> = shards
@@ -195,7 +203,16 @@ mod tests {
             .enumerate()
             .map(|(i, s)| (i >= 3).then(|| s.clone()))
             .collect();
-        assert!(decode(scheme, &three_lost, data.len()).is_err());
+        assert!(decode(scheme, three_lost, data.len()).is_err());
+        // More than k, as when a spare arrives too: a data shard missing is still rebuilt.
+        for lost in 0..3 {
+            let spare: Vec<Option<Vec<u8>>> = shards
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (i != lost).then(|| s.clone()))
+                .collect();
+            assert_eq!(decode(scheme, spare, data.len()).expect("decode"), data);
+        }
     }
 
     #[test]
@@ -217,7 +234,7 @@ mod tests {
         assert_eq!(
             decode(
                 Scheme { k: 2, m: 1 },
-                &[None, Some(tiny[1].clone()), Some(tiny[2].clone())],
+                vec![None, Some(tiny[1].clone()), Some(tiny[2].clone())],
                 0
             )
             .expect("d"),

@@ -31,7 +31,6 @@ use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use peergrid_core::fs::{DiskFull, DiskReserve, is_disk_full};
 use peergrid_core::{AccountId, ContractId, Hash};
 use peergrid_mesh::{Mesh, Slots};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tracing::{debug, info, warn};
 
 use crate::format::{POINTER_BYTES_MAX, SignedPointer, decode_versioned, encode_versioned};
@@ -40,6 +39,8 @@ use crate::wire::{
     self, ContractUsage, HEADER_TIMEOUT, IDS_MAX, Request, Response, SHARD_BYTES_MAX, deadline,
 };
 
+/// Bytes of a shard read or written per hand-off to the blocking pool.
+const BATCH_BYTES: usize = 1 << 20;
 /// Shard streams served at once, from all peers.
 pub const STREAMS_MAX: usize = 64;
 /// Shard streams served at once for one peer.
@@ -347,6 +348,11 @@ impl ShardStore {
     }
 
     /// Receive `len` bytes into a temporary file and move it into place if they match `id`.
+    ///
+    /// Bytes are read from the stream straight into one of two [`BATCH_BYTES`] buffers
+    /// and hashed there; a full buffer is written by a blocking thread while the other
+    /// fills, so the network and the disk work at the same time and each megabyte costs
+    /// one hand-off to the blocking pool, not sixteen.
     async fn receive(
         &self,
         stream: &mut peergrid_mesh::Stream,
@@ -362,45 +368,74 @@ impl ShardStore {
             }
         };
         let shards = shards_dir(dir);
-        tokio::fs::create_dir_all(&shards).await.map_err(full)?;
         let tmp = shards.join(format!(".tmp-{id}-{:016x}", rand_u64()));
         let outcome = async {
             // Created before the sender is told to go, so a disk that cannot take even
             // the file is answered before any byte moves.
-            let mut file = Some(tokio::fs::File::create(&tmp).await.map_err(full)?);
+            let (s, t) = (shards.clone(), tmp.clone());
+            let file = blocking(move || {
+                std::fs::create_dir_all(&s)?;
+                std::fs::File::create(&t)
+            })
+            .await
+            .map_err(full)?;
             wire::write_response(stream, &Response::Ready)
                 .await
                 .map_err(Receive::Io)?;
-            let mut failed = None;
             let mut hasher = ShardHasher::default();
-            let mut buf = vec![0u8; 64 * 1024];
+            let batch = (len as usize).clamp(1, BATCH_BYTES);
+            let mut spare = vec![0u8; batch];
+            // The file, with the buffer it last wrote, once that write is done.
+            let mut writing: Option<Writing> = None;
+            let mut idle = Some((file, vec![0u8; batch]));
+            let mut failed: Option<std::io::Error> = None;
             let mut left = len;
             while left > 0 {
-                let want = (left as usize).min(buf.len());
-                deadline(
-                    wire::IDLE_TIMEOUT,
-                    "receiving shard bytes",
-                    stream.read_exact(&mut buf[..want]),
-                )
-                .await
-                .map_err(Receive::Io)?;
-                hasher.update(&buf[..want]);
-                if let Some(f) = file.as_mut()
-                    && let Err(e) = f.write_all(&buf[..want]).await
-                {
-                    if !is_disk_full(&e) {
-                        return Err(Receive::Io(e));
-                    }
-                    // The disk filled under us: give its space back at once, and read
-                    // the rest without keeping it, so the sender is not cut off and
-                    // hears why.
-                    file = None;
-                    let _ = tokio::fs::remove_file(&tmp).await;
-                    failed = Some(e);
+                let fill = (left as usize).min(batch);
+                read_into(stream, &mut spare[..fill])
+                    .await
+                    .map_err(Receive::Io)?;
+                hasher.update(&spare[..fill]);
+                left -= fill as u64;
+                if failed.is_some() {
+                    continue;
                 }
-                left -= want as u64;
+                // The previous batch's write must finish before this one is handed over.
+                if let Some(w) = writing.take() {
+                    let (file, buf, result) = w.await.map_err(|e| Receive::Io(e.into()))?;
+                    match result {
+                        Ok(()) => idle = Some((file, buf)),
+                        Err(e) => failed = Some(e),
+                    }
+                }
+                let Some((mut file, done)) = idle.take() else {
+                    // The disk filled under us: give its space back at once, and read the
+                    // rest without keeping it, so the sender is not cut off and hears why.
+                    let _ = tokio::fs::remove_file(&tmp).await;
+                    continue;
+                };
+                let bytes = std::mem::replace(&mut spare, done);
+                writing = Some(tokio::task::spawn_blocking(move || {
+                    let result = std::io::Write::write_all(&mut file, &bytes[..fill]);
+                    (file, bytes, result)
+                }));
             }
+            let file = match writing.take() {
+                Some(w) => {
+                    let (file, _, result) = w.await.map_err(|e| Receive::Io(e.into()))?;
+                    if let Err(e) = result {
+                        failed.get_or_insert(e);
+                    }
+                    Some(file)
+                }
+                None => idle.map(|(file, _)| file),
+            };
             if let Some(e) = failed {
+                drop(file);
+                let _ = tokio::fs::remove_file(&tmp).await;
+                if !is_disk_full(&e) {
+                    return Err(Receive::Io(e));
+                }
                 return Err(full(e));
             }
             let got = hasher.finalize();
@@ -412,14 +447,18 @@ impl ShardStore {
             let Some(file) = file else {
                 return Err(Receive::Io(std::io::Error::other("shard file lost")));
             };
-            file.sync_all().await.map_err(full)?;
-            drop(file);
-            tokio::fs::rename(&tmp, shard_path(dir, &id))
-                .await
-                .map_err(full)?;
-            if let Ok(d) = tokio::fs::File::open(&shards).await {
-                let _ = d.sync_all().await;
-            }
+            let (t, to) = (tmp.clone(), shard_path(dir, &id));
+            blocking(move || {
+                file.sync_all()?;
+                drop(file);
+                std::fs::rename(&t, &to)?;
+                if let Ok(d) = std::fs::File::open(&shards) {
+                    let _ = d.sync_all();
+                }
+                Ok(())
+            })
+            .await
+            .map_err(full)?;
             Ok(())
         }
         .await;
@@ -453,8 +492,14 @@ impl ShardStore {
             Err(reason) => return self.refuse(stream, reason).await,
         };
         let path = shard_path(&dir, &id);
-        let mut file = match tokio::fs::File::open(&path).await {
-            Ok(f) => f,
+        let opened = blocking(move || {
+            let file = std::fs::File::open(&path)?;
+            let len = file.metadata()?.len();
+            Ok((file, len))
+        })
+        .await;
+        let (file, len) = match opened {
+            Ok(x) => x,
             Err(e) => {
                 self.forget(contract, id, 0);
                 return self
@@ -462,22 +507,35 @@ impl ShardStore {
                     .await;
             }
         };
-        let len = file.metadata().await?.len();
         wire::write_response(stream, &Response::Data { len }).await?;
+        // The next batch is read from the disk while this one is hashed and sent.
+        let batch = (len as usize).clamp(1, BATCH_BYTES);
+        let read_next = |mut file: std::fs::File, mut buf: Vec<u8>, n: usize| {
+            tokio::task::spawn_blocking(move || {
+                let result = std::io::Read::read_exact(&mut file, &mut buf[..n]);
+                (file, buf, result)
+            })
+        };
         let mut hasher = ShardHasher::default();
-        let mut buf = vec![0u8; 64 * 1024];
+        let mut spare = vec![0u8; batch];
         let mut left = len;
-        while left > 0 {
-            let want = (left as usize).min(buf.len());
-            file.read_exact(&mut buf[..want]).await?;
-            hasher.update(&buf[..want]);
-            deadline(
-                wire::IDLE_TIMEOUT,
-                "sending shard bytes",
-                stream.write_all(&buf[..want]),
-            )
-            .await?;
-            left -= want as u64;
+        let mut reading =
+            (left > 0).then(|| read_next(file, vec![0u8; batch], (left as usize).min(batch)));
+        while let Some(r) = reading.take() {
+            let (file, bytes, result) = r.await?;
+            result?;
+            let n = (left as usize).min(batch);
+            left -= n as u64;
+            if left > 0 {
+                reading = Some(read_next(
+                    file,
+                    std::mem::take(&mut spare),
+                    (left as usize).min(batch),
+                ));
+            }
+            hasher.update(&bytes[..n]);
+            wire::write_data(stream, &bytes[..n]).await?;
+            spare = bytes;
         }
         stream.flush().await?;
         if hasher.finalize() != id {
@@ -659,6 +717,29 @@ impl ShardStore {
         wire::write_response(stream, &Response::Full(full.to_string())).await?;
         stream.close().await
     }
+}
+
+/// A batch being written to a shard's temporary file: the file, the buffer, the result.
+type Writing = tokio::task::JoinHandle<(std::fs::File, Vec<u8>, std::io::Result<()>)>;
+
+/// Run blocking file work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(f).await?
+}
+
+/// Fill `buf` from `stream`, each 64 KiB within the idle deadline.
+async fn read_into(stream: &mut peergrid_mesh::Stream, buf: &mut [u8]) -> std::io::Result<()> {
+    for chunk in buf.chunks_mut(64 * 1024) {
+        deadline(
+            wire::IDLE_TIMEOUT,
+            "receiving shard bytes",
+            stream.read_exact(chunk),
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 enum Receive {

@@ -35,7 +35,7 @@ pub const HEADER_BYTES_MAX: usize = 1 << 20;
 /// Most addresses in one `Has` or `Delete`.
 pub const IDS_MAX: usize = 8192;
 /// Bytes per read and write of shard data.
-const CHUNK_BYTES: usize = 64 * 1024;
+const CHUNK_BYTES: usize = 256 * 1024;
 /// A header exchange that takes longer is abandoned.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// A transfer that moves no byte for this long is abandoned.
@@ -303,18 +303,18 @@ pub async fn read_data<S: AsyncRead + Unpin>(
 ) -> std::io::Result<(Vec<u8>, Hash)> {
     let mut out = Vec::with_capacity(len.min(SHARD_BYTES_MAX) as usize);
     let mut hasher = ShardHasher::default();
-    let mut buf = vec![0u8; CHUNK_BYTES];
     let mut left = len;
     while left > 0 {
         let want = (left as usize).min(CHUNK_BYTES);
+        let at = out.len();
+        out.resize(at + want, 0);
         deadline(
             IDLE_TIMEOUT,
             "receiving shard bytes",
-            io.read_exact(&mut buf[..want]),
+            io.read_exact(&mut out[at..]),
         )
         .await?;
-        hasher.update(&buf[..want]);
-        out.extend_from_slice(&buf[..want]);
+        hasher.update(&out[at..]);
         left -= want as u64;
     }
     Ok((out, hasher.finalize()))
