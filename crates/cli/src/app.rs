@@ -71,7 +71,7 @@ pub struct DeployArgs {
     /// The app's name, `[a-z0-9-]{1,63}`: its workload's name in URLs [default: the file's name].
     #[arg(long)]
     name: Option<String>,
-    /// How many nodes run it.
+    /// How many nodes run it; fewer started exits with status 2, keeping those that run.
     #[arg(long, default_value_t = 1)]
     replicas: usize,
     /// Run it on these nodes (repeatable) [default: chosen from the ledger].
@@ -777,15 +777,17 @@ pub fn deploy(globals: &Globals, args: DeployArgs) -> anyhow::Result<()> {
         let mut apps = load_apps(&file)?;
         apps.apps.insert(name.clone(), app.clone());
         save_apps(&file, &apps)?;
-        if json {
-            return output::json(&json!({ "app": app }));
-        }
-        if replicas.len() < args.replicas {
+        let short = replicas.len() < args.replicas;
+        if short {
             eprintln!(
-                "warning: only {} of {} replicas run",
+                "warning: only {} of {} replicas run; the app is kept with them (exit status 2)",
                 replicas.len(),
                 args.replicas
             );
+        }
+        if json {
+            output::json(&json!({ "app": app, "replicas_asked": args.replicas }))?;
+            return partly_done(short);
         }
         println!("{name} runs on {} node(s):", replicas.len());
         for r in &replicas {
@@ -798,8 +800,18 @@ pub fn deploy(globals: &Globals, args: DeployArgs) -> anyhow::Result<()> {
             }
         }
         println!("\nstatus: peergrid app status {name}\nremove: peergrid app rm {name}");
-        Ok(())
+        partly_done(short)
     })
+}
+
+/// A deployment that runs fewer replicas than asked exits 2, so a script that asked for
+/// redundancy does not take it for done; what runs is kept and was printed.
+fn partly_done(short: bool) -> anyhow::Result<()> {
+    if short {
+        std::io::Write::flush(&mut std::io::stdout())?;
+        std::process::exit(2);
+    }
+    Ok(())
 }
 
 /// A workload's output from the node of one replica.

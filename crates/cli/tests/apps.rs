@@ -255,4 +255,34 @@ fn deploy_call_survive_a_node_and_remove_an_app() {
         logs["replicas"][0]["logs"]["stdout"], "primes below 1000: 168\n",
         "{logs}"
     );
+
+    // Two replicas asked of one node: the one that runs is kept and named, and the exit
+    // status (2) tells a script that the redundancy it asked for is not there.
+    let node = replicas[1]["node"].to_string();
+    let few = peergrid(home)
+        .args([
+            "--json",
+            "deploy",
+            HELLO,
+            "--name",
+            "few",
+            "--replicas",
+            "2",
+        ])
+        .args(["--node", &node])
+        .output()
+        .expect("deploy");
+    let err = String::from_utf8_lossy(&few.stderr);
+    assert_eq!(few.status.code(), Some(2), "{err}");
+    assert!(err.contains("only 1 of 2 replicas run"), "{err}");
+    let out: Value = serde_json::from_slice(&few.stdout).unwrap_or(Value::Null);
+    assert_eq!(out["replicas_asked"], 2, "{out}");
+    assert_eq!(
+        out["app"]["replicas"].as_array().map(Vec::len),
+        Some(1),
+        "{out}"
+    );
+    let (ok, status, err) = run(home, &["app", "status", "few"]);
+    assert!(ok, "the replica that runs is kept: {err}");
+    assert_eq!(status["replicas"][0]["state"], "running", "{status}");
 }
