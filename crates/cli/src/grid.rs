@@ -105,7 +105,8 @@ pub struct RunArgs {
     /// Serve the workloads over HTTP here: `/<contract>/<workload>/…` (off when not given).
     #[arg(long, value_name = "ADDR")]
     http: Option<SocketAddr>,
-    /// A mesh listen address (repeatable) [default: QUIC and TCP on all interfaces, random ports].
+    /// A mesh listen address (repeatable) [default: QUIC and TCP on all interfaces, on the
+    /// ports of the last start, random the first time].
     #[arg(long = "listen", value_name = "MULTIADDR")]
     listen: Vec<String>,
     /// A mesh bootstrap peer, ending in /p2p/<id> (repeatable).

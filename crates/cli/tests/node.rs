@@ -207,7 +207,7 @@ async fn a_farmer_runs_a_node_that_follows_its_contracts_across_restarts() {
         .await
         .expect("mesh");
     builder
-        .connect(node_peer, vec![addr])
+        .connect(node_peer, vec![addr.clone()])
         .await
         .expect("connect");
     let report = peergrid_node::protocol::status(&builder, node_peer)
@@ -272,6 +272,15 @@ async fn a_farmer_runs_a_node_that_follows_its_contracts_across_restarts() {
         move || (node_status(&h, node_id) == "up").then_some(()),
     )
     .await;
+    // On the mesh port of its last start, so peers that knew it reach it at once.
+    let again = common::node_api(&health, node_routes::STATUS)
+        .await
+        .expect("status");
+    assert_eq!(
+        again["mesh_listen"][0].as_str(),
+        Some(addr.to_string().as_str()),
+        "{again}"
+    );
     let (_, shown, _) = run(&home, &["node", "show", &node_id.to_string()]);
     assert_eq!(shown["node"]["location"]["city"], "Antwerp", "{shown}");
     assert_eq!(shown["node"]["location"]["country"], "BE", "{shown}");

@@ -218,14 +218,31 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Running> {
             })
             .collect();
     }
-    let mesh = peergrid_mesh::Mesh::start(&key, mesh_config)
-        .await
-        .context("cannot start the mesh peer")?;
-    let listen: Vec<String> = mesh
-        .listen_addrs()
-        .await
-        .map(|a| a.iter().map(ToString::to_string).collect())
-        .unwrap_or_default();
+    // The ports of the last start, so peers and port forwarding keep finding the node.
+    let kept = crate::ports::Ports::load(&config.data_dir);
+    let asked = std::mem::take(&mut mesh_config.listen);
+    mesh_config.listen = kept.apply(&asked);
+    let mesh = match peergrid_mesh::Mesh::start(&key, mesh_config.clone()).await {
+        Ok(mesh) => mesh,
+        // A kept port taken between its check and the bind: any free one, as asked.
+        Err(e) if mesh_config.listen != asked => {
+            warn!(error = %e, "cannot listen on the mesh ports of the last start; taking others");
+            mesh_config.listen = asked;
+            peergrid_mesh::Mesh::start(&key, mesh_config)
+                .await
+                .context("cannot start the mesh peer")?
+        }
+        Err(e) => return Err(e).context("cannot start the mesh peer"),
+    };
+    let bound = mesh.listen_addrs().await.unwrap_or_default();
+    let ports = crate::ports::Ports::of(&bound);
+    if ports != kept
+        && ports != crate::ports::Ports::default()
+        && let Err(e) = ports.save(&config.data_dir)
+    {
+        warn!(error = %e, "cannot keep the mesh ports for the next start");
+    }
+    let listen: Vec<String> = bound.iter().map(ToString::to_string).collect();
     let disk_reserve = config.reserve.disk_reserve();
     let storage = Arc::new(
         peergrid_storage::ShardStore::new(config.data_dir.join("storage-pointers"))

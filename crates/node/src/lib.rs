@@ -26,6 +26,7 @@ pub mod daemon;
 pub mod entry;
 pub mod health;
 pub mod lock;
+pub mod ports;
 pub mod probe;
 pub mod protocol;
 pub mod reconcile;
