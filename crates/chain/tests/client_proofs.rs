@@ -322,6 +322,51 @@ async fn the_client_follows_the_sets_through_each_epoch_s_handoff() {
         .expect("a root certified by epoch 2's set, followed from genesis");
     assert_eq!(proven.certified.epoch, 2);
 
+    // A client keeping what it verified: a later run needs no handoff, so a validator
+    // that kept none is enough; a cache followed from another genesis set is not used.
+    let cache = tempfile::tempdir().expect("tempdir");
+    let cached = |urls: Vec<String>, genesis_set: &[AccountId]| {
+        Client::new(urls)
+            .with_trust_cache(cache.path().to_path_buf())
+            .with_anchor(Anchor {
+                chain,
+                epoch_blocks: EPOCH_BLOCKS,
+                validators: genesis_set.to_vec(),
+            })
+    };
+    let forgetful = validator(Says {
+        certificates: [(5, answer.clone())].into(),
+        ..honest_chain.clone()
+    })
+    .await;
+    let reason = unproven(
+        cached(vec![forgetful.clone()], &old_set)
+            .proven_account(&who)
+            .await,
+        "nothing cached yet, and no handoff served",
+    );
+    assert!(
+        reason.contains("cannot follow the validator sets"),
+        "{reason}"
+    );
+    cached(vec![good.clone()], &old_set)
+        .proven_account(&who)
+        .await
+        .expect("followed once, and kept");
+    let proven = cached(vec![forgetful.clone()], &old_set)
+        .proven_account(&who)
+        .await
+        .expect("the sets come from the cache");
+    assert_eq!(proven.certified.epoch, 2);
+    let reason = unproven(
+        cached(vec![forgetful], &new_set).proven_account(&who).await,
+        "the cache was followed from another genesis set",
+    );
+    assert!(
+        reason.contains("cannot follow the validator sets"),
+        "{reason}"
+    );
+
     // The same answer signed by the old set, which no longer decides: refused.
     let stale = validator(Says {
         certificates: [

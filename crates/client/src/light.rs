@@ -7,12 +7,15 @@
 //! the next set's digest: so one validator's answer is enough, and no validator is trusted.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use peergrid_core::{AccountId, Hash};
 use peergrid_types::api::routes;
 use peergrid_types::certificate::{StateCertificate, set_digest};
 use peergrid_types::{AtHeight, Status};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tracing::debug;
 
 use crate::{Client, ClientError, ValidatorSet, api_error, causes};
 
@@ -34,15 +37,75 @@ pub(crate) struct Trust {
     sets: BTreeMap<u64, Vec<AccountId>>,
     /// The highest epoch whose set is verified.
     known: u64,
+    /// Where verified sets are kept between runs, one file per chain.
+    cache: Option<PathBuf>,
+}
+
+/// What a trust cache file holds: the anchor it was followed from, and the sets.
+#[derive(Serialize, Deserialize)]
+struct Cached {
+    epoch_blocks: u64,
+    genesis: Vec<AccountId>,
+    known: u64,
+    sets: BTreeMap<u64, Vec<AccountId>>,
 }
 
 impl Trust {
-    /// Trust `anchor`'s genesis set, forgetting any other.
-    fn anchored(anchor: Anchor) -> Trust {
-        Trust {
+    /// Trust `anchor`'s genesis set, forgetting any other, and take up the sets this
+    /// client verified from the same genesis on an earlier run.
+    fn anchored(anchor: Anchor, cache: Option<PathBuf>) -> Trust {
+        let mut trust = Trust {
             sets: [(0, anchor.validators.clone())].into(),
             anchor: Some(anchor),
             known: 0,
+            cache,
+        };
+        if let Some(cached) = trust.load() {
+            trust.sets = cached.sets;
+            trust.known = cached.known;
+        }
+        trust
+    }
+
+    fn cache_file(&self) -> Option<PathBuf> {
+        let (dir, anchor) = (self.cache.as_ref()?, self.anchor.as_ref()?);
+        Some(dir.join(format!("sets-{}.json", anchor.chain)))
+    }
+
+    /// The cached sets, when they were followed from this very anchor.
+    fn load(&self) -> Option<Cached> {
+        let anchor = self.anchor.as_ref()?;
+        let bytes = std::fs::read(self.cache_file()?).ok()?;
+        let cached: Cached = serde_json::from_slice(&bytes).ok()?;
+        let same = cached.genesis == anchor.validators
+            && cached.epoch_blocks == anchor.epoch_blocks
+            && cached.sets.get(&0) == Some(&anchor.validators)
+            && cached.sets.keys().all(|e| *e <= cached.known);
+        same.then_some(cached)
+    }
+
+    /// Keep the verified sets for the next run (best effort: a failure only costs the
+    /// next run the walk from genesis again).
+    fn save(&self) {
+        let (Some(file), Some(anchor)) = (self.cache_file(), self.anchor.as_ref()) else {
+            return;
+        };
+        let cached = Cached {
+            epoch_blocks: anchor.epoch_blocks,
+            genesis: anchor.validators.clone(),
+            known: self.known,
+            sets: self.sets.clone(),
+        };
+        let written = serde_json::to_vec(&cached)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| {
+                if let Some(dir) = file.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                peergrid_core::fs::write_atomic(&file, &bytes)
+            });
+        if let Err(e) = written {
+            debug!(file = %file.display(), error = %e, "cannot keep the verified validator sets");
         }
     }
 
@@ -76,7 +139,19 @@ impl Client {
     /// asking the validators for the genesis set.
     pub fn with_anchor(self, anchor: Anchor) -> Client {
         if let Ok(mut trust) = self.trust.lock() {
-            *trust = Trust::anchored(anchor);
+            let cache = trust.cache.take();
+            *trust = Trust::anchored(anchor, cache);
+        }
+        self
+    }
+
+    /// The same client, keeping the validator sets it verifies in `dir` (a file per
+    /// chain), so a later run starts from the newest set it verified instead of following
+    /// every handoff from genesis again. Only sets followed from the same genesis set are
+    /// taken up. Give it before [`Client::with_anchor`].
+    pub fn with_trust_cache(self, dir: PathBuf) -> Client {
+        if let Ok(mut trust) = self.trust.lock() {
+            trust.cache = Some(dir);
         }
         self
     }
@@ -133,7 +208,8 @@ impl Client {
         if let Ok(mut trust) = self.trust.lock()
             && trust.anchor.is_none()
         {
-            *trust = Trust::anchored(anchor.clone());
+            let cache = trust.cache.take();
+            *trust = Trust::anchored(anchor.clone(), cache);
         }
         Ok(anchor)
     }
@@ -192,6 +268,7 @@ impl Client {
         epoch: u64,
         anchor: &Anchor,
     ) -> Result<Vec<AccountId>, ClientError> {
+        let mut followed = false;
         loop {
             let (known, current) = {
                 let trust = self
@@ -199,6 +276,9 @@ impl Client {
                     .lock()
                     .map_err(|_| unproven("a lock is poisoned"))?;
                 if let Some(set) = trust.set(epoch) {
+                    if followed {
+                        trust.save();
+                    }
                     return Ok(set.clone());
                 }
                 let current = trust.set(trust.known).cloned().unwrap_or_default();
@@ -246,6 +326,7 @@ impl Client {
                     trust.sets.insert(known + 1, set);
                 }
                 trust.known = known + 1;
+                followed = true;
             }
         }
     }

@@ -132,7 +132,8 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Running> {
     }
     let mut settings = Settings::load(&config.data_dir)?;
     let location = config.location.clone().or(settings.location.as_ref());
-    let client = Client::new(config.ledger.clone());
+    // Contracts are read proven; the sets verified for that survive a restart.
+    let client = Client::new(config.ledger.clone()).with_trust_cache(config.data_dir.join("trust"));
     let client = Arc::new(match &config.ledger_ca {
         Some(pem) => client.with_root_certificates(pem)?,
         None => client,
