@@ -212,6 +212,52 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
         );
         assert!(std::fs::read(&part).expect("read") == data[4_194_000..4_194_400]);
 
+        // An interrupted download resumes after the segments it had written and synced:
+        // they are not fetched again (a marker in them stays), the rest is. A resume state
+        // naming another object is not trusted: the download starts over.
+        let manifest = cap
+            .parse::<peergrid_storage::Capability>()
+            .expect("capability")
+            .manifest;
+        let seg = peergrid_storage::client::SEGMENT_BYTES as usize;
+        let resumed = home.join("resumed.bin");
+        let partial = home.join("resumed.bin.partial");
+        let state_file = home.join("resumed.bin.partial.json");
+        let mut marked = data[..seg].to_vec();
+        marked[0] ^= 0xff;
+        let interrupted = |manifest: peergrid_core::Hash| {
+            std::fs::write(&partial, &marked).expect("partial");
+            let state = serde_json::json!({
+                "manifest": manifest, "start": 0, "end": data.len(), "segments_done": 1,
+            });
+            std::fs::write(&state_file, state.to_string()).expect("state");
+        };
+        let get = || {
+            ok(
+                &home,
+                &[
+                    "store",
+                    "get",
+                    "docs/report.bin",
+                    resumed.to_str().expect("utf8"),
+                ],
+            );
+            std::fs::read(&resumed).expect("read")
+        };
+        interrupted(manifest);
+        let back = get();
+        assert_eq!(back.len(), data.len());
+        assert!(
+            back[..seg] == marked[..] && back[seg..] == data[seg..],
+            "resumed after the first segment"
+        );
+        assert!(
+            !partial.exists() && !state_file.exists(),
+            "resume state removed"
+        );
+        interrupted(peergrid_core::Hash::of(b"another object"));
+        assert!(get() == data, "started over");
+
         // Another account reads with the capability alone.
         let bob = dir_for(&home, "bob");
         ok(&bob, &["key", "new"]);
