@@ -900,12 +900,17 @@ fn http_clients(
 const NONCE_RETRY: Duration = Duration::from_millis(250);
 /// Longest `Retry-After` the event stream honours: a validator cannot park a client longer.
 const RETRY_AFTER_MAX_SECS: u64 = 30;
-/// The wait a `Retry-After` header asks for, in whole seconds as the API sends it, capped at
-/// [`RETRY_AFTER_MAX_SECS`]; none when absent or not a number of seconds (an HTTP date).
+/// The wait a `Retry-After` header asks for, capped at [`RETRY_AFTER_MAX_SECS`]: whole
+/// seconds as the API sends them, or an HTTP date as a proxy in front of it may (a date
+/// already past is no wait); none when absent or neither.
 fn retry_after(value: Option<&reqwest::header::HeaderValue>) -> Option<Duration> {
     let text = value?.to_str().ok()?.trim();
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
+        let at = httpdate::parse_http_date(text).ok()?;
+        let wait = at
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        return Some(wait.min(Duration::from_secs(RETRY_AFTER_MAX_SECS)));
     }
     // Digits too many for a u64 still mean "long": the cap, not the short backoff.
     let secs = text.parse::<u64>().unwrap_or(u64::MAX);
@@ -1078,9 +1083,23 @@ mod tests {
         assert_eq!(read("3600"), cap);
         assert_eq!(read("18446744073709551615"), cap);
         assert_eq!(read("99999999999999999999999"), cap);
-        // Not seconds (an HTTP date, a negative number): the client's own backoff.
-        assert_eq!(read("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        // An HTTP date: the time until then, capped; one already past is no wait.
+        assert_eq!(read("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
+        let soon = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(10));
+        let wait = retry_after(Some(&HeaderValue::from_str(&soon).expect("header")));
+        assert!(
+            wait.is_some_and(|w| w > Duration::from_secs(7) && w <= Duration::from_secs(10)),
+            "{wait:?}"
+        );
+        let later =
+            httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(3600));
+        assert_eq!(
+            retry_after(Some(&HeaderValue::from_str(&later).expect("header"))),
+            cap
+        );
+        // Neither seconds nor a date (a negative number, words): the client's own backoff.
         assert_eq!(read("-1"), None);
+        assert_eq!(read("soon"), None);
         assert_eq!(retry_after(None), None);
     }
 
