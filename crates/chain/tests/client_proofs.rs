@@ -358,6 +358,12 @@ async fn the_client_follows_the_sets_through_each_epoch_s_handoff() {
         .await
         .expect("the sets come from the cache");
     assert_eq!(proven.certified.epoch, 2);
+    // The cache given after the anchor is taken up the same.
+    client(vec![forgetful.clone()], chain, &old_set)
+        .with_trust_cache(cache.path().to_path_buf())
+        .proven_account(&who)
+        .await
+        .expect("the cache given after the anchor");
     let reason = unproven(
         cached(vec![forgetful], &new_set).proven_account(&who).await,
         "the cache was followed from another genesis set",

@@ -148,10 +148,17 @@ impl Client {
     /// The same client, keeping the validator sets it verifies in `dir` (a file per
     /// chain), so a later run starts from the newest set it verified instead of following
     /// every handoff from genesis again. Only sets followed from the same genesis set are
-    /// taken up. Give it before [`Client::with_anchor`].
+    /// taken up.
     pub fn with_trust_cache(self, dir: PathBuf) -> Client {
         if let Ok(mut trust) = self.trust.lock() {
-            trust.cache = Some(dir);
+            *trust = match trust.anchor.clone() {
+                // Anchored already (with_anchor first): take up the cache for that anchor.
+                Some(anchor) => Trust::anchored(anchor, Some(dir)),
+                None => Trust {
+                    cache: Some(dir),
+                    ..Trust::default()
+                },
+            };
         }
         self
     }
