@@ -172,7 +172,7 @@ impl Globals {
     fn client(&self) -> anyhow::Result<peergrid_client::Client> {
         let mut client = peergrid_client::Client::new(self.ledger_urls()?);
         // Proven reads start from the newest validator set verified on an earlier run.
-        if let Some(home) = home_dir() {
+        if let Some(home) = peergrid_devnet::home_dir() {
             client = client.with_trust_cache(home.join("trust"));
         }
         let client = match self.ledger_ca_pem()? {
@@ -215,19 +215,9 @@ impl Globals {
 
     /// `$PEERGRID_HOME/key.json`.
     fn home_key_file(&self) -> anyhow::Result<PathBuf> {
-        Ok(home_dir()
+        Ok(peergrid_devnet::home_dir()
             .context("neither PEERGRID_HOME nor HOME is set; pass --key FILE")?
             .join("key.json"))
-    }
-}
-
-/// `$PEERGRID_HOME`, else `~/.peergrid`; none when neither variable is set.
-fn home_dir() -> Option<PathBuf> {
-    match std::env::var_os("PEERGRID_HOME") {
-        Some(dir) if !dir.is_empty() => Some(PathBuf::from(dir)),
-        _ => std::env::var_os("HOME")
-            .filter(|h| !h.is_empty())
-            .map(|h| PathBuf::from(h).join(".peergrid")),
     }
 }
 

@@ -87,18 +87,27 @@ pub struct Running {
     pub nodes_http: Vec<String>,
 }
 
+/// The CLI's home: `$PEERGRID_HOME`, else `~/.peergrid`; none when neither is set.
+pub fn home_dir() -> Option<PathBuf> {
+    std::env::var_os("PEERGRID_HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|h| !h.is_empty())
+                .map(|h| PathBuf::from(h).join(".peergrid"))
+        })
+}
+
 /// The devnet folder the CLI uses when not told: `$PEERGRID_DEVNET`, else
 /// `$PEERGRID_HOME/devnet` or `~/.peergrid/devnet`.
 pub fn default_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("PEERGRID_DEVNET").filter(|d| !d.is_empty()) {
         return PathBuf::from(dir);
     }
-    let home = std::env::var_os("PEERGRID_HOME")
-        .filter(|h| !h.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".peergrid")))
-        .unwrap_or_else(|| PathBuf::from(".peergrid"));
-    home.join("devnet")
+    home_dir()
+        .unwrap_or_else(|| PathBuf::from(".peergrid"))
+        .join("devnet")
 }
 
 fn running_file(dir: &Path) -> PathBuf {

@@ -966,7 +966,7 @@ impl Storage {
         };
         let opened = {
             let (partial, fresh) = (partial.clone(), resume_from == first);
-            tokio::task::spawn_blocking(move || {
+            crate::blocking(move || {
                 let mut file = std::fs::OpenOptions::new()
                     .create(true)
                     .write(true)
@@ -974,11 +974,9 @@ impl Storage {
                     .open(&partial)?;
                 file.set_len(written_before)?;
                 std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(written_before))?;
-                Ok::<_, std::io::Error>(file)
+                Ok(file)
             })
             .await
-            .map_err(std::io::Error::other)
-            .and_then(|r| r)
         };
         let mut file = Some(opened.map_err(file_err("cannot write", &partial))?);
         progress(written_before);
@@ -1019,14 +1017,12 @@ impl Storage {
             written += to - from;
             seg += 1;
             if seg % 8 == 0 || seg == last {
-                let f = tokio::task::spawn_blocking(move || {
+                let f = crate::blocking(move || {
                     std::io::Write::write_all(&mut f, &buf[wanted])?;
                     f.sync_data()?;
-                    Ok::<_, std::io::Error>(f)
+                    Ok(f)
                 })
                 .await
-                .map_err(std::io::Error::other)
-                .and_then(|r| r)
                 .map_err(file_err("cannot write", &partial))?;
                 file = Some(f);
                 let state = Resume {
@@ -1049,10 +1045,8 @@ impl Storage {
         let f = finish(writing.take(), file.take())
             .await
             .map_err(file_err("cannot write", &partial))?;
-        tokio::task::spawn_blocking(move || f.sync_all())
+        crate::blocking(move || f.sync_all())
             .await
-            .map_err(std::io::Error::other)
-            .and_then(|r| r)
             .map_err(file_err("cannot sync", &partial))?;
         tokio::fs::rename(&partial, out)
             .await

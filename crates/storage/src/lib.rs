@@ -28,3 +28,10 @@ pub use crypto::{Cipher, StorageKeys};
 pub use erasure::Scheme;
 pub use format::{Capability, Index, IndexEntry, Manifest};
 pub use store::{ContractAccess, ShardStore};
+
+/// Run blocking file work off the async threads; a panicked task is an I/O error.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(f).await?
+}

@@ -27,12 +27,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use futures::{AsyncWriteExt, StreamExt};
 use peergrid_core::fs::{DiskFull, DiskReserve, is_disk_full};
 use peergrid_core::{AccountId, ContractId, Hash};
 use peergrid_mesh::{Mesh, Slots};
 use tracing::{debug, info, warn};
 
+use crate::blocking;
 use crate::format::{POINTER_BYTES_MAX, SignedPointer, decode_versioned, encode_versioned};
 use crate::shard::{ShardHasher, prove};
 use crate::wire::{
@@ -392,7 +393,7 @@ impl ShardStore {
             let mut left = len;
             while left > 0 {
                 let fill = (left as usize).min(batch);
-                read_into(stream, &mut spare[..fill])
+                wire::read_exact_idle(stream, &mut spare[..fill])
                     .await
                     .map_err(Receive::Io)?;
                 hasher.update(&spare[..fill]);
@@ -721,26 +722,6 @@ impl ShardStore {
 
 /// A batch being written to a shard's temporary file: the file, the buffer, the result.
 type Writing = tokio::task::JoinHandle<(std::fs::File, Vec<u8>, std::io::Result<()>)>;
-
-/// Run blocking file work off the async threads.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
-) -> std::io::Result<T> {
-    tokio::task::spawn_blocking(f).await?
-}
-
-/// Fill `buf` from `stream`, each 64 KiB within the idle deadline.
-async fn read_into(stream: &mut peergrid_mesh::Stream, buf: &mut [u8]) -> std::io::Result<()> {
-    for chunk in buf.chunks_mut(64 * 1024) {
-        deadline(
-            wire::IDLE_TIMEOUT,
-            "receiving shard bytes",
-            stream.read_exact(chunk),
-        )
-        .await?;
-    }
-    Ok(())
-}
 
 enum Receive {
     Refused(String),

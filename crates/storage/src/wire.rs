@@ -296,6 +296,17 @@ pub async fn write_data<S: AsyncWrite + Unpin>(io: &mut S, bytes: &[u8]) -> std:
     deadline(IDLE_TIMEOUT, "flushing shard bytes", io.flush()).await
 }
 
+/// Fill `buf` from `io`, each chunk within the idle deadline.
+pub async fn read_exact_idle<S: AsyncRead + Unpin>(
+    io: &mut S,
+    buf: &mut [u8],
+) -> std::io::Result<()> {
+    for chunk in buf.chunks_mut(CHUNK_BYTES) {
+        deadline(IDLE_TIMEOUT, "receiving shard bytes", io.read_exact(chunk)).await?;
+    }
+    Ok(())
+}
+
 /// Read exactly `len` bytes, hashing them as they arrive; returns the bytes and their address.
 pub async fn read_data<S: AsyncRead + Unpin>(
     io: &mut S,
@@ -308,12 +319,7 @@ pub async fn read_data<S: AsyncRead + Unpin>(
         let want = (left as usize).min(CHUNK_BYTES);
         let at = out.len();
         out.resize(at + want, 0);
-        deadline(
-            IDLE_TIMEOUT,
-            "receiving shard bytes",
-            io.read_exact(&mut out[at..]),
-        )
-        .await?;
+        read_exact_idle(io, &mut out[at..]).await?;
         hasher.update(&out[at..]);
         left -= want as u64;
     }
