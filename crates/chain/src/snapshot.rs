@@ -289,15 +289,17 @@ pub fn install(data_dir: &Path, genesis: &Genesis, fetched: Fetched) -> anyhow::
         &data_dir.join(FLOOR_FILE),
         &[fetched.block.0.as_slice(), &fetched.finalization].concat(),
     )?;
+    // Then the handoffs, before the state: once the state is in, the ledger is no longer
+    // empty and nothing would fetch them again, so a crash in between would lose them.
+    let receipts = crate::shared::Receipts::open(&data_dir.join("receipts.redb"))?;
+    for handoff in &fetched.handoffs {
+        receipts.record_certificate(handoff)?;
+    }
     let mut store = peergrid_ledger::RedbStore::open(&data_dir.join("ledger.redb"))?;
     fetched
         .file
         .install(&mut store, genesis)
         .map_err(anyhow::Error::msg)?;
-    let receipts = crate::shared::Receipts::open(&data_dir.join("receipts.redb"))?;
-    for handoff in &fetched.handoffs {
-        receipts.record_certificate(handoff)?;
-    }
     info!(height = fetched.file.height, root = %fetched.file.root, from = %fetched.from,
         "ledger started from a state snapshot");
     Ok(())
