@@ -42,6 +42,8 @@ use crate::wire::{
 
 /// Bytes of a shard read or written per hand-off to the blocking pool.
 const BATCH_BYTES: usize = 1 << 20;
+/// Batch buffers kept for the next shard: enough for the streams of a few segments.
+const BUFFERS_KEPT: usize = 8;
 /// Shard streams served at once, from all peers.
 pub const STREAMS_MAX: usize = 64;
 /// Shard streams served at once for one peer.
@@ -100,6 +102,34 @@ pub struct ShardStore {
     /// Whether the last write was refused for a full disk: logged once per episode, so
     /// a full disk is not filled further by a warning per refused put.
     full: AtomicBool,
+    buffers: Buffers,
+}
+
+/// Batch buffers given back after a shard is received or served, so that the next one
+/// does not zero fresh megabytes: that zeroing was as much work as the copies.
+#[derive(Default)]
+struct Buffers(Mutex<Vec<Vec<u8>>>);
+
+impl Buffers {
+    /// A buffer for a shard of `len` bytes: a kept one, unless the shard is small enough
+    /// that a megabyte for each of many small requests would cost more than zeroing.
+    fn take(&self, len: u64) -> Vec<u8> {
+        if len < (BATCH_BYTES / 4) as u64 {
+            return vec![0u8; len.max(1) as usize];
+        }
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .unwrap_or_else(|| vec![0u8; BATCH_BYTES])
+    }
+
+    fn give(&self, buf: Vec<u8>) {
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if buf.len() == BATCH_BYTES && kept.len() < BUFFERS_KEPT {
+            kept.push(buf);
+        }
+    }
 }
 
 fn shards_dir(contract_dir: &Path) -> PathBuf {
@@ -120,6 +150,7 @@ impl ShardStore {
             stats: Mutex::new(StoreStats::default()),
             disk: DiskReserve::default(),
             full: AtomicBool::new(false),
+            buffers: Buffers::default(),
         })
     }
 
@@ -384,11 +415,11 @@ impl ShardStore {
                 .await
                 .map_err(Receive::Io)?;
             let mut hasher = ShardHasher::default();
-            let batch = (len as usize).clamp(1, BATCH_BYTES);
-            let mut spare = vec![0u8; batch];
+            let batch = BATCH_BYTES;
+            let mut spare = self.buffers.take(len);
             // The file, with the buffer it last wrote, once that write is done.
             let mut writing: Option<Writing> = None;
-            let mut idle = Some((file, vec![0u8; batch]));
+            let mut idle = Some((file, self.buffers.take(len)));
             let mut failed: Option<std::io::Error> = None;
             let mut left = len;
             while left > 0 {
@@ -421,15 +452,20 @@ impl ShardStore {
                     (file, bytes, result)
                 }));
             }
+            self.buffers.give(spare);
             let file = match writing.take() {
                 Some(w) => {
-                    let (file, _, result) = w.await.map_err(|e| Receive::Io(e.into()))?;
+                    let (file, buf, result) = w.await.map_err(|e| Receive::Io(e.into()))?;
+                    self.buffers.give(buf);
                     if let Err(e) = result {
                         failed.get_or_insert(e);
                     }
                     Some(file)
                 }
-                None => idle.map(|(file, _)| file),
+                None => idle.map(|(file, buf)| {
+                    self.buffers.give(buf);
+                    file
+                }),
             };
             if let Some(e) = failed {
                 drop(file);
@@ -510,7 +546,7 @@ impl ShardStore {
         };
         wire::write_response(stream, &Response::Data { len }).await?;
         // The next batch is read from the disk while this one is hashed and sent.
-        let batch = (len as usize).clamp(1, BATCH_BYTES);
+        let batch = BATCH_BYTES;
         let read_next = |mut file: std::fs::File, mut buf: Vec<u8>, n: usize| {
             tokio::task::spawn_blocking(move || {
                 let result = std::io::Read::read_exact(&mut file, &mut buf[..n]);
@@ -518,10 +554,10 @@ impl ShardStore {
             })
         };
         let mut hasher = ShardHasher::default();
-        let mut spare = vec![0u8; batch];
+        let mut spare = self.buffers.take(len);
         let mut left = len;
         let mut reading =
-            (left > 0).then(|| read_next(file, vec![0u8; batch], (left as usize).min(batch)));
+            (left > 0).then(|| read_next(file, self.buffers.take(len), (left as usize).min(batch)));
         while let Some(r) = reading.take() {
             let (file, bytes, result) = r.await?;
             result?;
@@ -536,8 +572,9 @@ impl ShardStore {
             }
             hasher.update(&bytes[..n]);
             wire::write_data(stream, &bytes[..n]).await?;
-            spare = bytes;
+            self.buffers.give(std::mem::replace(&mut spare, bytes));
         }
+        self.buffers.give(spare);
         stream.flush().await?;
         if hasher.finalize() != id {
             // The reader checks too and will use another shard; stop serving this one.
