@@ -407,6 +407,37 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
             NODES,
             "the spare nodes now hold shards"
         );
+        // A put while two of the seven nodes are stopped: the scheme follows the five that
+        // answer (4+3 would be the default for seven), and no shard waits on a stopped node.
+        let on_stopped = || -> usize { gone.iter().map(|&i| node_shards(&home, i).len()).sum() };
+        let stopped_before = on_stopped();
+        let down = home.join("down.bin");
+        let down_data = random_file(&down, 6 << 20, 12);
+        let put = ok(
+            &home,
+            &["store", "put", down.to_str().expect("utf8"), "down.bin"],
+        );
+        assert_eq!(put["scheme"], "3+2", "{put}");
+        assert_eq!(
+            on_stopped(),
+            stopped_before,
+            "a shard went to a stopped node"
+        );
+        let down_back = home.join("down-back.bin");
+        ok(
+            &home,
+            &[
+                "store",
+                "get",
+                "down.bin",
+                down_back.to_str().expect("utf8"),
+            ],
+        );
+        assert!(
+            std::fs::read(&down_back).expect("read") == down_data,
+            "the object put while two nodes were stopped reads back different"
+        );
+        ok(&home, &["store", "rm", "down.bin"]);
         let more = Frozen(then.iter().flat_map(|&i| node_pids(&home, i)).collect());
         signal(&more.0, "-STOP");
         let survived = home.join("survived.bin");

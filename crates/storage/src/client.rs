@@ -8,9 +8,10 @@
 //! short lists nothing, and a retry resumes: the same bytes under the same name give
 //! the same shards, which the nodes answer they already have.
 //!
-//! Get: open the manifest, then for each segment ask for its data shards plus one spare
-//! at once, decode as soon as any `k` arrive checked, and drop the rest. A node that
-//! fails is skipped for the remaining segments.
+//! Get: open the manifest, then for each segment ask for its data shards, and a spare
+//! whenever one of them lags those already in (or none has come for a while); decode as
+//! soon as any `k` arrive checked, and drop the rest. A node that fails is skipped for the remaining
+//! segments.
 
 use peergrid_core::now_ms;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -24,7 +25,6 @@ use peergrid_core::tx::ContractSpec;
 use peergrid_core::{AccountId, ContractId, FarmId, Hash, Keypair, NodeId, Payload};
 use peergrid_mesh::{Mesh, PeerId};
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncReadExt;
 use tracing::{debug, info, warn};
 
 use crate::crypto::{self, Cipher, NONCE_BYTES, StorageKeys, TAG_BYTES};
@@ -42,6 +42,10 @@ pub const SEGMENT_BYTES: u32 = 4 << 20;
 const SEGMENTS_IN_FLIGHT: usize = 3;
 /// Segments sealed and coded at once while putting.
 const ENCODES_AT_ONCE: usize = 2;
+/// How long a get waits for a segment's first shard before asking a spare anyway.
+const SPARE_AFTER: Duration = Duration::from_millis(200);
+/// How long the nodes of a put or get have to connect before they count as failed.
+const CONNECT_WITHIN: Duration = Duration::from_secs(3);
 
 /// A segment being written to a download's file: the file and the write's result.
 type FileWrite = tokio::task::JoinHandle<(std::fs::File, std::io::Result<()>)>;
@@ -206,11 +210,32 @@ impl Storage {
     }
 
     /// Connect to each of `holdings`' nodes once, all at the same time, before many
-    /// streams go to each (a node that cannot be reached is left for the streams to report).
+    /// streams go to each. A node that cannot be reached, or not within CONNECT_WITHIN
+    /// (a stopped process never answers, and its dial would take the mesh's whole
+    /// timeout), counts as failed: a put gives its shards to others, a get asks it last.
     async fn connect_all(&self, holdings: &[Holding]) {
         let peers: HashSet<PeerId> = holdings.iter().filter_map(|h| h.peer_id().ok()).collect();
-        futures::future::join_all(peers.into_iter().map(|p| self.mesh.connect(p, Vec::new())))
-            .await;
+        let connected = Mutex::new(HashSet::new());
+        let dials = futures::future::join_all(peers.iter().map(|&p| {
+            let connected = &connected;
+            async move {
+                match self.mesh.connect(p, Vec::new()).await {
+                    Ok(()) => {
+                        connected
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(p);
+                    }
+                    Err(e) => debug!(peer = %p, error = %e, "cannot connect to a node"),
+                }
+            }
+        }));
+        let _ = tokio::time::timeout(CONNECT_WITHIN, dials).await;
+        let connected = connected.into_inner().unwrap_or_else(|e| e.into_inner());
+        for p in peers.difference(&connected) {
+            warn!(peer = %p, "a node of your storage did not connect within {CONNECT_WITHIN:?}; using the others");
+            self.mark_failed(*p);
+        }
     }
 
     /// Close the mesh connections, so that nodes see this peer leave at once.
@@ -428,7 +453,18 @@ impl Storage {
             ));
         }
         self.connect_all(&usable).await;
-        Ok(spread_over_farms(usable))
+        // Nodes that did not connect get no shard: the default scheme follows the nodes
+        // that can take one now, and an explicit one too wide for them fails at once.
+        let reachable: Vec<Holding> = usable
+            .into_iter()
+            .filter(|h| h.peer_id().is_ok_and(|p| self.can_take(&p)))
+            .collect();
+        if reachable.is_empty() {
+            return Err(other(
+                "none of the nodes of your storage can be reached now: check `peergrid node list`, or try again later",
+            ));
+        }
+        Ok(spread_over_farms(reachable))
     }
 
     /// Store the file at `path` under `name`.
@@ -444,7 +480,7 @@ impl Storage {
             let path = path.to_path_buf();
             move |source| StorageError::File { what, path, source }
         };
-        let mut file = tokio::fs::File::open(path)
+        let file = tokio::fs::File::open(path)
             .await
             .map_err(file_err("cannot open"))?;
         let size = file
@@ -481,21 +517,22 @@ impl Storage {
         let (tx, mut rx) =
             tokio::sync::mpsc::channel::<(u64, Vec<Vec<u8>>, Segment)>(SEGMENTS_IN_FLIGHT);
         let keys_master = StorageKeys::of(&self.key);
-        // Segments are sealed and coded on blocking threads, two at a time, so the client
-        // uses a second core when the uploads leave one free; they reach the uploader in order.
+        let file = Arc::new(file.into_std().await);
+        // Segments are read (at their offset, so no cursor is shared), sealed and coded on
+        // blocking threads, two at a time, so the client uses a second core when the
+        // uploads leave one free; they reach the uploader in order.
         let reader = tokio::spawn(async move {
             let mut encoding = futures::stream::FuturesOrdered::new();
             let mut seg = 0;
             loop {
                 if seg < segments && encoding.len() < ENCODES_AT_ONCE {
-                    let plain_len = (size - seg * u64::from(SEGMENT_BYTES))
-                        .min(u64::from(SEGMENT_BYTES)) as usize;
-                    let mut plain = vec![0u8; plain_len];
-                    file.read_exact(&mut plain).await?;
-                    let keys = keys_master.clone();
-                    let at = seg;
+                    let offset = seg * u64::from(SEGMENT_BYTES);
+                    let plain_len = (size - offset).min(u64::from(SEGMENT_BYTES)) as usize;
+                    let (keys, file, at) = (keys_master.clone(), file.clone(), seg);
                     encoding.push_back(tokio::task::spawn_blocking(move || {
-                        (at, encode_segment(&keys, &salt, scheme, &plain))
+                        let mut plain = vec![0u8; plain_len];
+                        std::os::unix::fs::FileExt::read_exact_at(&*file, &mut plain, offset)?;
+                        Ok::<_, std::io::Error>((at, encode_segment(&keys, &salt, scheme, &plain)))
                     }));
                     seg += 1;
                     continue;
@@ -503,7 +540,7 @@ impl Storage {
                 let Some(next) = encoding.next().await else {
                     break;
                 };
-                let (at, encoded) = next.map_err(std::io::Error::other)?;
+                let (at, encoded) = next.map_err(std::io::Error::other)??;
                 let encoded = encoded.map_err(std::io::Error::other)?;
                 if tx.send((at, encoded.0, encoded.1)).await.is_err() {
                     break;
@@ -633,6 +670,14 @@ impl Storage {
         )))
     }
 
+    /// A holding that can take a shard and is none of `targets`: a segment's shards stay
+    /// on distinct nodes.
+    fn free_holding(&self, holdings: &[Holding], targets: &[usize]) -> Option<usize> {
+        (0..holdings.len()).find(|i| {
+            !targets.contains(i) && holdings[*i].peer_id().is_ok_and(|p| self.can_take(&p))
+        })
+    }
+
     /// Put one segment's shards, each on its assigned node, another if that one fails.
     async fn upload_segment(
         &self,
@@ -644,6 +689,19 @@ impl Storage {
     ) -> Result<(u64, Segment, u64, u64), StorageError> {
         let n = shards.len();
         let mut targets: Vec<usize> = (0..n).map(|j| assign(seg, j)).collect();
+        // A node known to have failed, or to be full, is not waited for again: its shard
+        // goes to a node that holds none of this segment, if there is one.
+        for j in 0..n {
+            if holdings[targets[j]]
+                .peer_id()
+                .is_ok_and(|p| self.can_take(&p))
+            {
+                continue;
+            }
+            if let Some(i) = self.free_holding(&holdings, &targets) {
+                targets[j] = i;
+            }
+        }
         let mut sent = 0;
         let mut resumed = 0;
         let mut pending: Vec<usize> = (0..n).collect();
@@ -694,10 +752,7 @@ impl Storage {
             pending.clear();
             let mut last = None;
             for (j, e) in retry {
-                let used: HashSet<usize> = targets.iter().copied().collect();
-                let spare = (0..holdings.len()).find(|i| {
-                    !used.contains(i) && holdings[*i].peer_id().is_ok_and(|p| self.can_take(&p))
-                });
+                let spare = self.free_holding(&holdings, &targets);
                 let same_ok = holdings[targets[j]]
                     .peer_id()
                     .is_ok_and(|p| self.can_take(&p));
@@ -1149,30 +1204,63 @@ impl Storage {
             } else {
                 Box::new(next.by_ref().collect::<Vec<_>>().into_iter())
             };
-            let started = std::time::Instant::now();
+            let started = tokio::time::Instant::now();
             let mut in_flight = HashSet::new();
-            for j in queue.by_ref().take(k - have + 1) {
+            for j in queue.by_ref().take(k - have) {
                 in_flight.insert(j);
                 running.push(fetch(j));
             }
-            while let Some((j, r)) = running.next().await {
-                in_flight.remove(&j);
-                match r {
-                    Ok(bytes) => {
-                        got[j] = Some(bytes);
-                        have += 1;
-                        if have == k {
-                            break;
+            // Spares hedge against stragglers: the shards are of one size, so once one has
+            // arrived the others are due in about as long; one not in by half as long
+            // again marks a slow or stuck node, and a spare is asked then, one more each
+            // half of that first time after (or SPARE_AFTER with nothing in). Asked at
+            // once, a spare was sent whole before its cancel reached the node: a third
+            // more bytes served for every get.
+            let spare_timer = tokio::time::sleep(SPARE_AFTER);
+            tokio::pin!(spare_timer);
+            let mut spares_left = true;
+            let mut first_in: Option<Duration> = None;
+            loop {
+                tokio::select! {
+                    next = running.next() => {
+                        let Some((j, r)) = next else { break };
+                        in_flight.remove(&j);
+                        match r {
+                            Ok(bytes) => {
+                                got[j] = Some(bytes);
+                                have += 1;
+                                if have == k {
+                                    break;
+                                }
+                                if first_in.is_none() {
+                                    let first = started.elapsed();
+                                    first_in = Some(first);
+                                    let due = started + first * 3 / 2;
+                                    if due < spare_timer.deadline() {
+                                        spare_timer.as_mut().reset(due);
+                                    }
+                                }
+                            }
+                            Err(e) => {
+                                debug!(shard = j, error = %e, "shard not fetched");
+                                errors.push(e.to_string());
+                                if let Some(j) = queue.next() {
+                                    in_flight.insert(j);
+                                    running.push(fetch(j));
+                                }
+                            }
                         }
                     }
-                    Err(e) => {
-                        debug!(shard = j, error = %e, "shard not fetched");
-                        errors.push(e.to_string());
-                        if let Some(j) = queue.next() {
+                    () = &mut spare_timer, if spares_left => match queue.next() {
+                        Some(j) => {
                             in_flight.insert(j);
                             running.push(fetch(j));
+                            let again = first_in
+                                .map_or(SPARE_AFTER, |f| (f / 2).max(Duration::from_millis(1)));
+                            spare_timer.as_mut().reset(tokio::time::Instant::now() + again);
                         }
-                    }
+                        None => spares_left = false,
+                    },
                 }
             }
             // A parity shard made up the k while a data shard, asked at the same time,
