@@ -1213,13 +1213,14 @@ impl Storage {
             // Spares hedge against stragglers: the shards are of one size, so once one has
             // arrived the others are due in about as long; one not in by half as long
             // again marks a slow or stuck node, and a spare is asked then, one more each
-            // half of that first time after (or SPARE_AFTER with nothing in). Asked at
-            // once, a spare was sent whole before its cancel reached the node: a third
-            // more bytes served for every get.
+            // half of that first time after (or SPARE_AFTER with nothing in, then twice
+            // as long for each next). Asked at once, a spare was sent whole before its
+            // cancel reached the node: a third more bytes served for every get.
             let spare_timer = tokio::time::sleep(SPARE_AFTER);
             tokio::pin!(spare_timer);
             let mut spares_left = true;
             let mut first_in: Option<Duration> = None;
+            let mut quiet = SPARE_AFTER;
             loop {
                 tokio::select! {
                     next = running.next() => {
@@ -1255,8 +1256,15 @@ impl Storage {
                         Some(j) => {
                             in_flight.insert(j);
                             running.push(fetch(j));
-                            let again = first_in
-                                .map_or(SPARE_AFTER, |f| (f / 2).max(Duration::from_millis(1)));
+                            // With nothing in yet the link may just be slow: each
+                            // further spare waits twice as long as the last.
+                            let again = match first_in {
+                                Some(f) => (f / 2).max(Duration::from_millis(1)),
+                                None => {
+                                    quiet *= 2;
+                                    quiet
+                                }
+                            };
                             spare_timer.as_mut().reset(tokio::time::Instant::now() + again);
                         }
                         None => spares_left = false,
