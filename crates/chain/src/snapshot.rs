@@ -276,7 +276,7 @@ pub fn wanted(data_dir: &Path) -> anyhow::Result<bool> {
     if !path.exists() {
         return Ok(true);
     }
-    Ok(peergrid_ledger::RedbStore::open(&path)?.load()?.is_none())
+    Ok(peergrid_ledger::RedbStore::open(&path)?.head()?.is_none())
 }
 
 /// Install `fetched` in the empty validator data directory `data_dir`: the floor consensus

@@ -132,9 +132,15 @@ impl RedbStore {
     }
 }
 
-impl Store for RedbStore {
-    fn load(&self) -> Result<Option<Snapshot>, StoreError> {
+impl RedbStore {
+    /// The height and root of the last committed block, `None` while nothing was
+    /// committed: what a start needs to know without reading the whole state.
+    pub fn head(&self) -> Result<Option<(u64, Hash)>, StoreError> {
         let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        self.head_in(&txn)
+    }
+
+    fn head_in(&self, txn: &redb::ReadTransaction) -> Result<Option<(u64, Hash)>, StoreError> {
         let head = match txn.open_table(HEAD) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
@@ -156,6 +162,16 @@ impl Store for RedbStore {
                 .try_into()
                 .map_err(|_| StoreError::Corrupt("root is not 32 bytes".into()))?,
         );
+        Ok(Some((height, root)))
+    }
+}
+
+impl Store for RedbStore {
+    fn load(&self) -> Result<Option<Snapshot>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let Some((height, root)) = self.head_in(&txn)? else {
+            return Ok(None);
+        };
         let state = txn.open_table(STATE).map_err(|e| self.err(e))?;
         let mut entries = Vec::with_capacity(state.len().map_err(|e| self.err(e))? as usize);
         for item in state.iter().map_err(|e| self.err(e))? {

@@ -163,6 +163,16 @@ fn a_failed_commit_leaves_the_previous_block_on_disk() {
         Err(LedgerError::Store(_))
     ));
     drop(failing);
+    // What a validator's start reads to tell an empty data directory, without the state.
+    assert_eq!(
+        RedbStore::open(&path).expect("open").head().expect("head"),
+        Some((3, root))
+    );
+    let never = dir.path().join("never-committed.redb");
+    assert_eq!(
+        RedbStore::open(&never).expect("open").head().expect("head"),
+        None
+    );
     let reopened =
         Ledger::open(RedbStore::open(&path).expect("open"), &genesis6()).expect("ledger");
     assert_eq!(
