@@ -130,9 +130,7 @@ impl RedbStore {
             reason: e.to_string(),
         }
     }
-}
 
-impl RedbStore {
     /// The height and root of the last committed block, `None` while nothing was
     /// committed: what a start needs to know without reading the whole state.
     pub fn head(&self) -> Result<Option<(u64, Hash)>, StoreError> {

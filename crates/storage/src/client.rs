@@ -10,8 +10,8 @@
 //!
 //! Get: open the manifest, then for each segment ask for its data shards, and a spare
 //! whenever one of them lags those already in (or none has come for a while); decode as
-//! soon as any `k` arrive checked, and drop the rest. A node that fails is skipped for the remaining
-//! segments.
+//! soon as any `k` arrive checked, and drop the rest. A node that fails, or does not
+//! connect within CONNECT_WITHIN, is asked last for the remaining segments.
 
 use peergrid_core::now_ms;
 use std::collections::{BTreeMap, HashMap, HashSet};
