@@ -215,23 +215,20 @@ impl Storage {
     /// timeout), counts as failed: a put gives its shards to others, a get asks it last.
     async fn connect_all(&self, holdings: &[Holding]) {
         let peers: HashSet<PeerId> = holdings.iter().filter_map(|h| h.peer_id().ok()).collect();
-        let connected = Mutex::new(HashSet::new());
-        let dials = futures::future::join_all(peers.iter().map(|&p| {
-            let connected = &connected;
-            async move {
-                match self.mesh.connect(p, Vec::new()).await {
-                    Ok(()) => {
-                        connected
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .insert(p);
-                    }
-                    Err(e) => debug!(peer = %p, error = %e, "cannot connect to a node"),
+        let mut dials: FuturesUnordered<_> = peers
+            .iter()
+            .map(|&p| async move { (p, self.mesh.connect(p, Vec::new()).await) })
+            .collect();
+        let deadline = tokio::time::Instant::now() + CONNECT_WITHIN;
+        let mut connected = HashSet::new();
+        while let Ok(Some((p, r))) = tokio::time::timeout_at(deadline, dials.next()).await {
+            match r {
+                Ok(()) => {
+                    connected.insert(p);
                 }
+                Err(e) => debug!(peer = %p, error = %e, "cannot connect to a node"),
             }
-        }));
-        let _ = tokio::time::timeout(CONNECT_WITHIN, dials).await;
-        let connected = connected.into_inner().unwrap_or_else(|e| e.into_inner());
+        }
         for p in peers.difference(&connected) {
             warn!(peer = %p, "a node of your storage did not connect within {CONNECT_WITHIN:?}; using the others");
             self.mark_failed(*p);
