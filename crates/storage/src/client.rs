@@ -161,6 +161,16 @@ pub struct Storage {
     full: Mutex<HashSet<PeerId>>,
 }
 
+/// Each node of `holdings` once.
+fn distinct_peers(holdings: &[Holding]) -> Vec<PeerId> {
+    let mut seen = HashSet::new();
+    holdings
+        .iter()
+        .filter_map(|h| h.peer_id().ok())
+        .filter(|p| seen.insert(*p))
+        .collect()
+}
+
 /// Order `holdings` so that consecutive ones are on different farms where possible.
 fn spread_over_farms(mut holdings: Vec<Holding>) -> Vec<Holding> {
     holdings.sort_by_key(|h| (h.farm, h.node));
@@ -214,7 +224,12 @@ impl Storage {
     /// (a stopped process never answers, and its dial would take the mesh's whole
     /// timeout), counts as failed: a put gives its shards to others, a get asks it last.
     async fn connect_all(&self, holdings: &[Holding]) {
-        let peers: HashSet<PeerId> = holdings.iter().filter_map(|h| h.peer_id().ok()).collect();
+        // One that already failed had its chance: dialing it again would wait as long.
+        let peers: HashSet<PeerId> = holdings
+            .iter()
+            .filter_map(|h| h.peer_id().ok())
+            .filter(|p| !self.has_failed(p))
+            .collect();
         let mut dials: FuturesUnordered<_> = peers
             .iter()
             .map(|&p| async move { (p, self.mesh.connect(p, Vec::new()).await) })
@@ -812,19 +827,31 @@ impl Storage {
     }
 
     /// The owner's newest pointer and index (empty before the first put).
+    ///
+    /// Every put writes the pointer to each node of the owner it reaches, and warns when
+    /// that is not a majority of them; so once a majority has answered, the newest
+    /// pointer is among the answers, and nodes that did not connect within
+    /// CONNECT_WITHIN are not waited for.
     pub async fn index(&self) -> Result<(Option<SignedPointer>, Index), StorageError> {
         let holdings = self.holdings(self.owner()).await?;
-        let peers: Vec<PeerId> = holdings.iter().filter_map(|h| h.peer_id().ok()).collect();
+        let peers: Vec<PeerId> = distinct_peers(&holdings);
+        self.connect_all(&holdings).await;
         let owner = self.owner();
-        let answers = futures::future::join_all(
-            peers
-                .iter()
-                .map(|&p| wire::get_pointer(&self.mesh, p, owner)),
-        )
-        .await;
+        let majority = peers.len() / 2 + 1;
+        let mut live_pending = peers.iter().filter(|p| !self.has_failed(p)).count();
+        let mut asks: FuturesUnordered<_> = peers
+            .iter()
+            .map(|&p| {
+                let live = !self.has_failed(&p);
+                async move { (live, wire::get_pointer(&self.mesh, p, owner).await) }
+            })
+            .collect();
         let mut newest: Option<SignedPointer> = None;
         let mut reached = 0;
-        for a in answers {
+        while let Some((live, a)) = asks.next().await {
+            if live {
+                live_pending -= 1;
+            }
             match a {
                 Ok(p) => {
                     reached += 1;
@@ -838,11 +865,21 @@ impl Storage {
                 }
                 Err(e) => debug!(error = %e, "no pointer from a node"),
             }
+            if live_pending == 0 && reached >= majority {
+                break;
+            }
         }
         if reached == 0 && !peers.is_empty() {
             return Err(other(
                 "none of your storage nodes answered; is the grid up? (`peergrid node list`)",
             ));
+        }
+        if reached < majority {
+            warn!(
+                answered = reached,
+                nodes = peers.len(),
+                "fewer than half of your storage nodes answered: the index may be older than your last put until they are back"
+            );
         }
         let Some(pointer) = newest else {
             return Ok((None, Index::default()));
@@ -894,8 +931,17 @@ impl Storage {
             }
         }))
         .await;
-        if results.iter().all(Result::is_err) {
+        let kept = results.iter().filter(|r| r.is_ok()).count();
+        if kept == 0 {
             return Err(other("no node kept the new index pointer"));
+        }
+        let nodes = distinct_peers(&self.holdings(self.owner()).await?).len();
+        if kept <= nodes / 2 {
+            warn!(
+                kept,
+                nodes,
+                "the new index pointer is on fewer than half of your storage nodes: a listing made while they are down may not show this change"
+            );
         }
         // The previous index is no longer named by anything.
         if let Some(old) = old
@@ -946,7 +992,7 @@ impl Storage {
             )));
         }
         self.connect_all(&holdings).await;
-        let peers: Vec<PeerId> = holdings.iter().filter_map(|h| h.peer_id().ok()).collect();
+        let peers = distinct_peers(&holdings);
         let sealed = self
             .fetch_blob(
                 &peers,
@@ -1473,16 +1519,32 @@ impl Storage {
             .filter(|h| !keep.contains(h))
             .collect();
         ids.push(cap.manifest);
-        for h in &holdings {
-            if let Ok(peer) = h.peer_id() {
-                for chunk in ids.chunks(wire::IDS_MAX) {
-                    if let Err(e) = wire::delete(&self.mesh, peer, h.contract, chunk.to_vec()).await
-                    {
-                        debug!(node = h.node, error = %e, "cannot delete shards");
-                    }
-                }
+        let mut on_node: HashMap<NodeId, usize> = HashMap::new();
+        for (h, node) in manifest.placements() {
+            if !keep.contains(&h) {
+                *on_node.entry(node).or_default() += 1;
             }
         }
+        let (ids, on_node) = (&ids, &on_node);
+        futures::future::join_all(holdings.iter().map(|h| async move {
+            let peer = h.peer_id().ok()?;
+            if self.has_failed(&peer) {
+                // Its dial would only time out again. What it holds still counts in its
+                // contract's usage until the contract ends.
+                let left = on_node.get(&h.node).copied().unwrap_or(0);
+                if left > 0 {
+                    warn!(node = h.node, shards = left, "a node of your storage did not answer: its shards of this object stay on it");
+                }
+                return None;
+            }
+            for chunk in ids.chunks(wire::IDS_MAX) {
+                if let Err(e) = wire::delete(&self.mesh, peer, h.contract, chunk.to_vec()).await {
+                    debug!(node = h.node, error = %e, "cannot delete shards");
+                }
+            }
+            Some(())
+        }))
+        .await;
     }
 
     /// Challenge the nodes holding `cap`'s object: `samples` random shards, one random
