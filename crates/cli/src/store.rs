@@ -69,6 +69,11 @@ pub enum StoreCommand {
         /// Keep repairing every this many seconds until stopped.
         #[arg(long, value_name = "SECONDS")]
         watch: Option<u64>,
+        /// Also store again, with the parity a put would give them now, objects put with
+        /// less (while nodes were down, or before you reserved more). Each gets a new
+        /// capability: one you shared reads no more.
+        #[arg(long)]
+        widen: bool,
     },
     /// Challenge the nodes that hold your objects to prove they still have them.
     Audit {
@@ -363,27 +368,68 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
             );
             Ok(())
         }
-        StoreCommand::Repair { name, watch } => loop {
+        StoreCommand::Repair { name, watch, widen } => loop {
             let objects = objects(storage, name.as_deref()).await?;
             let mut reports = Vec::new();
+            let mut widened = Vec::new();
             for (n, entry) in &objects {
-                reports.push(storage.repair(n, entry).await?);
+                let report = storage.repair(n, entry).await?;
+                if let Some(wider) = report.widen_to.filter(|_| widen) {
+                    let bar = bar(globals, entry.size * 2);
+                    let put = storage
+                        .widen(n, entry, wider, &|done| bar.set_position(done))
+                        .await?;
+                    bar.finish_and_clear();
+                    widened.push(put);
+                }
+                reports.push(report);
             }
+            let narrow = reports.iter().filter(|r| r.widen_to.is_some()).count();
             if globals.json {
-                output::json(&json!({ "objects": reports }))?;
+                let widened: Vec<_> = widened
+                    .iter()
+                    .map(|w| {
+                        json!({
+                            "name": w.name,
+                            "scheme": w.scheme.to_string(),
+                            "capability": w.capability.to_string(),
+                        })
+                    })
+                    .collect();
+                output::json(&json!({ "objects": reports, "widened": widened }))?;
             } else {
                 let rows: Vec<Vec<String>> = reports
                     .iter()
                     .map(|r| {
+                        let scheme = match r.widen_to {
+                            Some(w) if widen => format!("{} -> {w}", r.scheme),
+                            Some(w) => format!("{} ({w} possible)", r.scheme),
+                            None => r.scheme.to_string(),
+                        };
                         vec![
                             r.name.clone(),
+                            scheme,
                             r.segments.to_string(),
                             r.shards_missing.to_string(),
                             r.shards_rebuilt.to_string(),
                         ]
                     })
                     .collect();
-                output::table(&["NAME", "SEGMENTS", "SHARDS MISSING", "REBUILT"], &rows);
+                output::table(
+                    &["NAME", "SCHEME", "SEGMENTS", "SHARDS MISSING", "REBUILT"],
+                    &rows,
+                );
+                for w in &widened {
+                    eprintln!(
+                        "{} is stored as {} now, under a new capability: `peergrid store share {}` prints it",
+                        w.name, w.scheme, w.name
+                    );
+                }
+                if !widen && narrow > 0 {
+                    eprintln!(
+                        "{narrow} object(s) have less parity than a put would give them now: `peergrid store repair --widen` stores them again (each gets a new capability; share it again)"
+                    );
+                }
             }
             let short: u64 = reports
                 .iter()

@@ -460,8 +460,14 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
             "the object put while two nodes were stopped reads back different"
         );
         not_held_up("store get", started);
+        let gone = home.join("gone.bin");
+        random_file(&gone, 1 << 20, 13);
+        ok(
+            &home,
+            &["store", "put", gone.to_str().expect("utf8"), "gone.bin"],
+        );
         let started = Instant::now();
-        ok(&home, &["store", "rm", "down.bin"]);
+        ok(&home, &["store", "rm", "gone.bin"]);
         not_held_up("store rm", started);
         let more = Frozen(then.iter().flat_map(|&i| node_pids(&home, i)).collect());
         signal(&more.0, "-STOP");
@@ -483,6 +489,42 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
         );
         drop((dead, more));
         all_up(&home);
+
+        // down.bin, put as 3+2 while two nodes were stopped, has less parity than a put on
+        // all seven would give it (4+3): repair says so, and with --widen stores it so.
+        let plain = ok(&home, &["store", "repair", "down.bin"]);
+        assert_eq!(plain["objects"][0]["scheme"], "3+2", "{plain}");
+        assert_eq!(plain["objects"][0]["widen_to"], "4+3", "{plain}");
+        assert_eq!(
+            plain["widened"].as_array().map(Vec::len),
+            Some(0),
+            "{plain}"
+        );
+        let widened = ok(&home, &["store", "repair", "--widen", "down.bin"]);
+        assert_eq!(widened["widened"][0]["scheme"], "4+3", "{widened}");
+        let ls = ok(&home, &["store", "ls"]);
+        let listed = ls["objects"]
+            .as_array()
+            .and_then(|o| o.iter().find(|o| o["name"] == "down.bin"))
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(listed["scheme"], "4+3", "{ls}");
+        let again = ok(&home, &["store", "repair", "down.bin"]);
+        assert_eq!(again["objects"][0]["widen_to"], Value::Null, "{again}");
+        ok(
+            &home,
+            &[
+                "store",
+                "get",
+                "down.bin",
+                down_back.to_str().expect("utf8"),
+            ],
+        );
+        assert!(
+            std::fs::read(&down_back).expect("read") == down_data,
+            "the widened object reads back different"
+        );
+        ok(&home, &["store", "rm", "down.bin"]);
 
         // Too large for the reservation: refused with the numbers, nothing uploaded.
         let big = home.join("big.bin");

@@ -1413,6 +1413,9 @@ impl Storage {
             segments_repaired: 0,
             shards_rebuilt: 0,
             shards_missing: 0,
+            scheme: manifest.scheme,
+            widen_to: Some(Scheme::for_nodes(holdings.len()))
+                .filter(|wider| wider.m > manifest.scheme.m),
         };
         let scheme = manifest.scheme;
         for (index, segment) in manifest.segments.iter().enumerate() {
@@ -1492,6 +1495,30 @@ impl Storage {
             }
         }
         Ok(report)
+    }
+
+    /// Store `name` again as `scheme`, which has more parity than it was put with. The
+    /// object is read back into a temporary file and put again under its name: it gets
+    /// a new capability, and its old shards are removed (so its old capability, if you
+    /// shared it, reads no more). `progress` counts the read, then the put.
+    pub async fn widen(
+        &self,
+        name: &str,
+        entry: &IndexEntry,
+        scheme: Scheme,
+        progress: Progress<'_>,
+    ) -> Result<PutReport, StorageError> {
+        let tmp =
+            std::env::temp_dir().join(format!(".peergrid-widen-{}", entry.capability.manifest));
+        // A read cut short resumes from `tmp.partial` next time.
+        self.get(&entry.capability, &tmp, None, progress).await?;
+        let put = self
+            .put(&tmp, name, Some(scheme), &|n| progress(entry.size + n))
+            .await;
+        if let Err(e) = std::fs::remove_file(&tmp) {
+            warn!(path = %tmp.display(), error = %e, "cannot remove the temporary copy");
+        }
+        put
     }
 
     /// Remove the object `name`: from the index, then its shards from the nodes.
@@ -1628,6 +1655,24 @@ pub struct RepairReport {
     pub shards_rebuilt: u64,
     /// Shards no reachable node served before the repair.
     pub shards_missing: u64,
+    /// The object's scheme.
+    #[serde(serialize_with = "as_text")]
+    pub scheme: Scheme,
+    /// The scheme a put would give it now, when that has more parity: the object was
+    /// put while nodes were down, or before more were reserved ([`Storage::widen`]).
+    #[serde(serialize_with = "opt_as_text")]
+    pub widen_to: Option<Scheme>,
+}
+
+fn as_text<S: serde::Serializer>(v: &Scheme, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+fn opt_as_text<S: serde::Serializer>(v: &Option<Scheme>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.collect_str(v),
+        None => s.serialize_none(),
+    }
 }
 
 /// How one node did in an audit.
