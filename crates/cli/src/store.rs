@@ -117,14 +117,25 @@ fn parse_range(s: &str) -> anyhow::Result<(u64, u64)> {
     Ok((start, end))
 }
 
+/// Where this home keeps its storage files: `$PEERGRID_HOME/storage`.
+fn storage_dir(globals: &Globals) -> anyhow::Result<PathBuf> {
+    let key = globals.home_key_file()?;
+    Ok(key.parent().unwrap_or(Path::new(".")).join("storage"))
+}
+
 /// Where audit results are kept: `$PEERGRID_HOME/storage/audits.json`.
 fn audits_file(globals: &Globals) -> anyhow::Result<PathBuf> {
-    let key = globals.home_key_file()?;
-    Ok(key
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join("storage")
-        .join("audits.json"))
+    Ok(storage_dir(globals)?.join("audits.json"))
+}
+
+/// Storage for this home's account, its index changes taking turns with the other
+/// commands run from the same home (`storage/index-ACCOUNT.lock`).
+async fn connect(globals: &Globals) -> anyhow::Result<Storage> {
+    let key = globals.keypair()?;
+    let lock = storage_dir(globals)?.join(format!("index-{}.lock", key.account()));
+    Ok(Storage::connect(globals.client()?, key)
+        .await?
+        .with_index_lock(lock))
 }
 
 /// The object `name` with its index entry, or every object when no name is given.
@@ -149,7 +160,7 @@ async fn objects(
 /// Run a storage command.
 pub fn run(globals: &Globals, cmd: StoreCommand) -> anyhow::Result<()> {
     crate::runtime()?.block_on(async {
-        let storage = Storage::connect(globals.client()?, globals.keypair()?).await?;
+        let storage = connect(globals).await?;
         let result = command(globals, &storage, cmd).await;
         storage.close().await;
         result
@@ -511,7 +522,7 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
 /// one object, and prints both rates next to the in-memory pipeline's.
 pub fn bench(globals: &Globals, size: u64, scheme: Option<Scheme>) -> anyhow::Result<()> {
     crate::runtime()?.block_on(async {
-        let storage = Storage::connect(globals.client()?, globals.keypair()?).await?;
+        let storage = connect(globals).await?;
         let holdings = storage.holdings(storage.owner()).await?;
         let nodes = holdings
             .iter()

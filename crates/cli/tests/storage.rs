@@ -526,6 +526,43 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
         );
         ok(&home, &["store", "rm", "down.bin"]);
 
+        // Puts run at once from one home each keep their name: they take turns changing
+        // the index instead of each writing back what it read with only its own name.
+        let names: Vec<String> = (0..4).map(|i| format!("together/{i}.bin")).collect();
+        let files: Vec<PathBuf> = (0..4)
+            .map(|i| {
+                let f = home.join(format!("together-{i}.bin"));
+                random_file(&f, 512 << 10, 20 + i);
+                f
+            })
+            .collect();
+        std::thread::scope(|s| {
+            for (f, n) in files.iter().zip(&names) {
+                let home = &home;
+                s.spawn(move || ok(home, &["store", "put", f.to_str().expect("utf8"), n]));
+            }
+        });
+        let listed = |ls: &Value| -> Vec<String> {
+            ls["objects"]
+                .as_array()
+                .map(|o| {
+                    o.iter()
+                        .filter_map(|o| o["name"].as_str())
+                        .filter(|n| n.starts_with("together/"))
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        assert_eq!(listed(&ok(&home, &["store", "ls"])), names);
+        std::thread::scope(|s| {
+            for n in &names {
+                let home = &home;
+                s.spawn(move || ok(home, &["store", "rm", n]));
+            }
+        });
+        assert_eq!(listed(&ok(&home, &["store", "ls"])), Vec::<String>::new());
+
         // Too large for the reservation: refused with the numbers, nothing uploaded.
         let big = home.join("big.bin");
         std::fs::File::create(&big)

@@ -159,6 +159,8 @@ pub struct Storage {
     failed: Mutex<HashSet<PeerId>>,
     /// Nodes whose disk was full during this run: given no new shard, still read from.
     full: Mutex<HashSet<PeerId>>,
+    /// A file locked while the owner index is read, changed and written again.
+    index_lock: Option<PathBuf>,
 }
 
 /// Each node of `holdings` once.
@@ -200,7 +202,40 @@ impl Storage {
             keys,
             failed: Mutex::new(HashSet::new()),
             full: Mutex::new(HashSet::new()),
+            index_lock: None,
         }
+    }
+
+    /// Lock `path` (created if missing) while changing the owner index. Puts and
+    /// removals run at once from one home would otherwise each read the same index and
+    /// write it back with only their own change: the other's name would be lost.
+    pub fn with_index_lock(mut self, path: PathBuf) -> Storage {
+        self.index_lock = Some(path);
+        self
+    }
+
+    /// Hold the index lock, if there is one, until the returned file is dropped.
+    async fn lock_index(&self) -> Result<Option<std::fs::File>, StorageError> {
+        let Some(path) = self.index_lock.clone() else {
+            return Ok(None);
+        };
+        let shown = path.display().to_string();
+        tokio::task::spawn_blocking(move || {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(false)
+                .open(&path)?;
+            file.lock()?;
+            Ok::<_, std::io::Error>(file)
+        })
+        .await
+        .map_err(|e| other(e.to_string()))?
+        .map(Some)
+        .map_err(|e| other(format!("cannot lock {shown}: {e}")))
     }
 
     /// Start a mesh peer with `key` that finds nodes through the grid's bootstrap peers
@@ -619,9 +654,11 @@ impl Storage {
             created_ms: manifest.created_ms,
             scheme,
         };
+        let lock = self.lock_index().await?;
         let (pointer, mut index) = self.index().await?;
         let replaced = index.objects.insert(name.to_string(), entry);
         self.save_index(&holdings, pointer.as_ref(), &index).await?;
+        drop(lock);
         if let Some(old) = replaced
             && old.capability.manifest != id
         {
@@ -1523,6 +1560,7 @@ impl Storage {
 
     /// Remove the object `name`: from the index, then its shards from the nodes.
     pub async fn remove(&self, name: &str) -> Result<IndexEntry, StorageError> {
+        let lock = self.lock_index().await?;
         let (pointer, mut index) = self.index().await?;
         let entry = index.objects.remove(name).ok_or_else(|| {
             other(format!(
@@ -1531,6 +1569,7 @@ impl Storage {
         })?;
         let holdings = self.writable_holdings().await?;
         self.save_index(&holdings, pointer.as_ref(), &index).await?;
+        drop(lock);
         self.delete_object(&entry.capability, &HashSet::new()).await;
         Ok(entry)
     }

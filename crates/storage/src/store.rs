@@ -103,6 +103,9 @@ pub struct ShardStore {
     /// a full disk is not filled further by a warning per refused put.
     full: AtomicBool,
     buffers: Buffers,
+    /// Held from reading an owner's kept pointer to writing a newer one, so that of two
+    /// arriving at once an older one never replaces a newer.
+    pointer_write: Mutex<()>,
 }
 
 /// Batch buffers given back after a shard is received or served, so that the next one
@@ -151,6 +154,7 @@ impl ShardStore {
             disk: DiskReserve::default(),
             full: AtomicBool::new(false),
             buffers: Buffers::default(),
+            pointer_write: Mutex::new(()),
         })
     }
 
@@ -710,6 +714,7 @@ impl ShardStore {
         if !pointer.verify() {
             return Response::Refused("the pointer is not signed by the owner it names".into());
         }
+        let _writing = self.pointer_write.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(kept) = self.pointer(&owner)
             && kept.pointer.seq >= pointer.pointer.seq
         {
