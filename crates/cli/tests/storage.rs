@@ -526,43 +526,6 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
         );
         ok(&home, &["store", "rm", "down.bin"]);
 
-        // Puts run at once from one home each keep their name: they take turns changing
-        // the index instead of each writing back what it read with only its own name.
-        let names: Vec<String> = (0..4).map(|i| format!("together/{i}.bin")).collect();
-        let files: Vec<PathBuf> = (0..4)
-            .map(|i| {
-                let f = home.join(format!("together-{i}.bin"));
-                random_file(&f, 512 << 10, 20 + i);
-                f
-            })
-            .collect();
-        std::thread::scope(|s| {
-            for (f, n) in files.iter().zip(&names) {
-                let home = &home;
-                s.spawn(move || ok(home, &["store", "put", f.to_str().expect("utf8"), n]));
-            }
-        });
-        let listed = |ls: &Value| -> Vec<String> {
-            ls["objects"]
-                .as_array()
-                .map(|o| {
-                    o.iter()
-                        .filter_map(|o| o["name"].as_str())
-                        .filter(|n| n.starts_with("together/"))
-                        .map(str::to_string)
-                        .collect()
-                })
-                .unwrap_or_default()
-        };
-        assert_eq!(listed(&ok(&home, &["store", "ls"])), names);
-        std::thread::scope(|s| {
-            for n in &names {
-                let home = &home;
-                s.spawn(move || ok(home, &["store", "rm", n]));
-            }
-        });
-        assert_eq!(listed(&ok(&home, &["store", "ls"])), Vec::<String>::new());
-
         // Too large for the reservation: refused with the numbers, nothing uploaded.
         let big = home.join("big.bin");
         std::fs::File::create(&big)
@@ -648,6 +611,59 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
             std::fs::read(&restored).expect("read") == medium_data,
             "the restored object differs"
         );
+
+        // Puts run at once each keep their name, two from this home and two from the
+        // fresh one with the same words: those from one home take turns changing the
+        // index, those from two find the other's change when they read the pointers back
+        // and apply theirs again. Removals the same.
+        let names: Vec<String> = (0..4).map(|i| format!("together/{i}.bin")).collect();
+        let files: Vec<PathBuf> = (0..4)
+            .map(|i| {
+                let f = home.join(format!("together-{i}.bin"));
+                random_file(&f, 512 << 10, 20 + i);
+                f
+            })
+            .collect();
+        let homes = [&home, &fresh, &home, &fresh];
+        let ledger2 = ledger2.as_str();
+        std::thread::scope(|s| {
+            for ((f, n), h) in files.iter().zip(&names).zip(homes) {
+                s.spawn(move || {
+                    ok(
+                        h,
+                        &[
+                            "--ledger",
+                            ledger2,
+                            "store",
+                            "put",
+                            f.to_str().expect("utf8"),
+                            n,
+                        ],
+                    )
+                });
+            }
+        });
+        let listed = |h: &Path| -> Vec<String> {
+            let ls = ok(h, &["--ledger", ledger2, "store", "ls"]);
+            ls["objects"]
+                .as_array()
+                .map(|o| {
+                    o.iter()
+                        .filter_map(|o| o["name"].as_str())
+                        .filter(|n| n.starts_with("together/"))
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        assert_eq!(listed(&home), names);
+        assert_eq!(listed(&fresh), names);
+        std::thread::scope(|s| {
+            for (n, h) in names.iter().zip(homes) {
+                s.spawn(move || ok(h, &["--ledger", ledger2, "store", "rm", n]));
+            }
+        });
+        assert_eq!(listed(&home), Vec::<String>::new());
 
         // Removing frees the space and the name.
         ok(&home, &["store", "rm", "medium.bin"]);

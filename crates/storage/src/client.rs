@@ -46,6 +46,9 @@ const ENCODES_AT_ONCE: usize = 2;
 const SPARE_AFTER: Duration = Duration::from_millis(200);
 /// How long the nodes of a put or get have to connect before they count as failed.
 const CONNECT_WITHIN: Duration = Duration::from_secs(3);
+/// How many times a change to the owner index is applied again when another machine
+/// changes the index at the same moment, before giving up.
+const INDEX_TRIES: u32 = 8;
 
 /// A segment being written to a download's file: the file and the write's result.
 type FileWrite = tokio::task::JoinHandle<(std::fs::File, std::io::Result<()>)>;
@@ -654,14 +657,20 @@ impl Storage {
             created_ms: manifest.created_ms,
             scheme,
         };
-        let lock = self.lock_index().await?;
-        let (pointer, mut index) = self.index().await?;
-        let replaced = index.objects.insert(name.to_string(), entry);
-        self.save_index(&holdings, pointer.as_ref(), &index).await?;
-        drop(lock);
-        if let Some(old) = replaced
-            && old.capability.manifest != id
-        {
+        // What the name named before, from the first try that found it: a try again after
+        // a change from elsewhere may find this put's own entry there already.
+        let mut replaced: Option<IndexEntry> = None;
+        self.update_index(&holdings, |index| {
+            if let Some(old) = index.objects.insert(name.to_string(), entry.clone())
+                && old.capability.manifest != id
+                && replaced.is_none()
+            {
+                replaced = Some(old);
+            }
+            Ok(())
+        })
+        .await?;
+        if let Some(old) = replaced {
             let keep: HashSet<Hash> = manifest.placements().map(|(h, _)| h).collect();
             self.delete_object(&old.capability, &keep).await;
         }
@@ -873,6 +882,44 @@ impl Storage {
         let holdings = self.holdings(self.owner()).await?;
         let peers: Vec<PeerId> = distinct_peers(&holdings);
         self.connect_all(&holdings).await;
+        let mut tries = 0;
+        let mut tried: Option<Pointer> = None;
+        loop {
+            let Some(pointer) = self.newest_pointer(&peers).await? else {
+                return Ok((None, Index::default()));
+            };
+            let sealed = match self
+                .fetch_blob(&peers, pointer.pointer.index, INDEX_BYTES_MAX as u64)
+                .await
+            {
+                Ok(sealed) => sealed,
+                // A change from elsewhere replaced that index, and removed it, after its
+                // pointer was read: the newer pointer names the index that replaced it.
+                Err(e) if tries < INDEX_TRIES && tried.as_ref() != Some(&pointer.pointer) => {
+                    debug!(error = %e, "the index named by the newest pointer is gone; reading the pointers again");
+                    tries += 1;
+                    tried = Some(pointer.pointer);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let plain = crypto::open(
+                Cipher::Aes256Gcm,
+                &self.keys.index_key(),
+                "the owner index",
+                sealed,
+            )
+            .map_err(|e| other(e.to_string()))?;
+            let index = decode_versioned("owner index", &plain, INDEX_BYTES_MAX)?;
+            return Ok((Some(pointer), index));
+        }
+    }
+
+    /// The newest pointer `peers` keep: see [`Storage::index`] for whose answers count.
+    async fn newest_pointer(
+        &self,
+        peers: &[PeerId],
+    ) -> Result<Option<SignedPointer>, StorageError> {
         let owner = self.owner();
         let majority = peers.len() / 2 + 1;
         let mut live_pending = peers.iter().filter(|p| !self.has_failed(p)).count();
@@ -883,7 +930,8 @@ impl Storage {
                 async move { (live, wire::get_pointer(&self.mesh, p, owner).await) }
             })
             .collect();
-        let mut newest: Option<SignedPointer> = None;
+        // Each pointer answered, with how many nodes keep it.
+        let mut kept: Vec<(SignedPointer, usize)> = Vec::new();
         let mut reached = 0;
         while let Some((live, a)) = asks.next().await {
             if live {
@@ -892,12 +940,11 @@ impl Storage {
             match a {
                 Ok(p) => {
                     reached += 1;
-                    if let Some(p) = p
-                        && newest
-                            .as_ref()
-                            .is_none_or(|n| p.pointer.seq > n.pointer.seq)
-                    {
-                        newest = Some(p);
+                    if let Some(p) = p {
+                        match kept.iter_mut().find(|(k, _)| k.pointer == p.pointer) {
+                            Some((_, n)) => *n += 1,
+                            None => kept.push((p, 1)),
+                        }
                     }
                 }
                 Err(e) => debug!(error = %e, "no pointer from a node"),
@@ -918,21 +965,73 @@ impl Storage {
                 "fewer than half of your storage nodes answered: the index may be older than your last put until they are back"
             );
         }
-        let Some(pointer) = newest else {
-            return Ok((None, Index::default()));
-        };
-        let sealed = self
-            .fetch_blob(&peers, pointer.pointer.index, INDEX_BYTES_MAX as u64)
-            .await?;
-        let plain = crypto::open(
-            Cipher::Aes256Gcm,
-            &self.keys.index_key(),
-            "the owner index",
-            sealed,
+        // Two machines that changed the index at once can leave two pointers with one
+        // sequence number, each on some nodes. The one on more nodes is the one whose
+        // writer saw no other when it read them back, so the other writer applies its
+        // change again on top of it.
+        Ok(kept
+            .into_iter()
+            .max_by_key(|(p, n)| (p.pointer.seq, *n, p.pointer.index))
+            .map(|(p, _)| p))
+    }
+
+    /// Apply `change` to the newest owner index and store the result; its result. Other
+    /// commands from this home wait (the index lock); a change made at the same time
+    /// from another machine is found by reading the pointers back, and then `change`
+    /// is applied again to the index that has it, so neither change is lost.
+    async fn update_index<T>(
+        &self,
+        holdings: &[Holding],
+        mut change: impl FnMut(&mut Index) -> Result<T, StorageError>,
+    ) -> Result<T, StorageError> {
+        let _lock = self.lock_index().await?;
+        let mut attempt = 0;
+        loop {
+            let (pointer, mut index) = self.index().await?;
+            let out = change(&mut index)?;
+            let ours = self.save_index(holdings, pointer.as_ref(), &index).await?;
+            let Some(theirs) = self.pointer_elsewhere(holdings, &ours).await else {
+                return Ok(out);
+            };
+            attempt += 1;
+            if attempt >= INDEX_TRIES {
+                return Err(other(format!(
+                    "your index was changed from elsewhere {attempt} times while this command changed it (a put or rm from another machine with the same words?); run it again"
+                )));
+            }
+            // Random, so that two machines retrying do not collide again in step.
+            let wait = Duration::from_millis(50 + random_below(200 << attempt.min(4)));
+            info!(
+                ours = ours.pointer.seq,
+                theirs = theirs.pointer.seq,
+                ?wait,
+                "the index changed elsewhere at the same time; applying this change again"
+            );
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// A pointer as new as `ours` or newer, other than ours, now kept by one of
+    /// `holdings`' nodes: another machine wrote the owner's index at the same time.
+    async fn pointer_elsewhere(
+        &self,
+        holdings: &[Holding],
+        ours: &SignedPointer,
+    ) -> Option<SignedPointer> {
+        let owner = self.owner();
+        let answers = futures::future::join_all(
+            distinct_peers(holdings)
+                .into_iter()
+                .filter(|p| !self.has_failed(p))
+                .map(|p| wire::get_pointer(&self.mesh, p, owner)),
         )
-        .map_err(|e| other(e.to_string()))?;
-        let index = decode_versioned("owner index", &plain, INDEX_BYTES_MAX)?;
-        Ok((Some(pointer), index))
+        .await;
+        answers
+            .into_iter()
+            .filter_map(|a| a.ok().flatten())
+            // An older one is a node that did not take ours (full, or cut off), not a
+            // change made elsewhere.
+            .find(|p| p.pointer.seq >= ours.pointer.seq && p.pointer != ours.pointer)
     }
 
     async fn save_index(
@@ -940,7 +1039,7 @@ impl Storage {
         holdings: &[Holding],
         old: Option<&SignedPointer>,
         index: &Index,
-    ) -> Result<(), StorageError> {
+    ) -> Result<SignedPointer, StorageError> {
         let nonce = crypto::random_nonce().map_err(other)?;
         let sealed = crypto::seal(
             Cipher::Aes256Gcm,
@@ -991,7 +1090,7 @@ impl Storage {
                 }
             }
         }
-        Ok(())
+        Ok(pointer)
     }
 
     /// Fetch a blob from whichever of `peers` answers first with the right bytes.
@@ -1560,16 +1659,23 @@ impl Storage {
 
     /// Remove the object `name`: from the index, then its shards from the nodes.
     pub async fn remove(&self, name: &str) -> Result<IndexEntry, StorageError> {
-        let lock = self.lock_index().await?;
-        let (pointer, mut index) = self.index().await?;
-        let entry = index.objects.remove(name).ok_or_else(|| {
-            other(format!(
-                "no object named {name:?} (see `peergrid store ls`)"
-            ))
-        })?;
         let holdings = self.writable_holdings().await?;
-        self.save_index(&holdings, pointer.as_ref(), &index).await?;
-        drop(lock);
+        let mut removed: Option<IndexEntry> = None;
+        let entry = self
+            .update_index(&holdings, |index| {
+                if let Some(entry) = index.objects.remove(name) {
+                    removed = Some(entry.clone());
+                    return Ok(entry);
+                }
+                // A try again after a change from elsewhere: this command's first try
+                // removed it, and its index won after all.
+                removed.clone().ok_or_else(|| {
+                    other(format!(
+                        "no object named {name:?} (see `peergrid store ls`)"
+                    ))
+                })
+            })
+            .await?;
         self.delete_object(&entry.capability, &HashSet::new()).await;
         Ok(entry)
     }
