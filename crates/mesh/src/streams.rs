@@ -42,13 +42,18 @@ use libp2p::swarm::{
 /// Inbound streams of one protocol waiting for the accepting task.
 pub const INBOUND_QUEUE_MAX: usize = 128;
 
-/// Of those, how many may come from one peer: as many as a peer of ours negotiates at once
-/// ([`OUTBOUND_NEGOTIATING_MAX`]), so that its full burst waits instead of being reset. A
-/// queued stream holds at most its 256 KiB yamux window, 8 MiB per peer and protocol.
-pub const INBOUND_QUEUE_PER_PEER_MAX: usize = OUTBOUND_NEGOTIATING_MAX;
+/// Of those, how many may come from one peer, so that a burst of parallel requests
+/// waits instead of being reset. A queued stream holds at most its 256 KiB yamux window,
+/// 8 MiB per peer and protocol.
+pub const INBOUND_QUEUE_PER_PEER_MAX: usize = 32;
 
-/// Outbound streams one connection negotiates at once; more wait their turn.
-pub const OUTBOUND_NEGOTIATING_MAX: usize = 32;
+/// Outbound streams one connection negotiates at once; more wait their turn. Below the
+/// inbound streams a peer negotiates at once on one connection
+/// ([`crate::NEGOTIATING_INBOUND_STREAMS_MAX`], all protocols), leaving room for the
+/// swarm's own (identify, ping, Kademlia): a stream over that cap is dropped unanswered,
+/// and its opener saw "unsupported protocol" whenever the other side was slow (32 here
+/// against 16 there failed bursts on a loaded machine).
+pub const OUTBOUND_NEGOTIATING_MAX: usize = crate::NEGOTIATING_INBOUND_STREAMS_MAX - 4;
 
 /// Open requests waiting for a connection's handler, per connection.
 const OPEN_QUEUE_MAX: usize = 64;
