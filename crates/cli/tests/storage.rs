@@ -612,20 +612,19 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
             "the restored object differs"
         );
 
-        // Puts run at once each keep their name, two from this home and one from the
+        // Puts run at once each keep their name, two from this home and two from the
         // fresh one with the same words: those from one home take turns changing the
         // index, those from two find the other's change when they read the pointers back
-        // and apply theirs again. Removals the same. (Three: a node takes four
-        // connections from one peer id, and every command of an account has the same.)
-        let names: Vec<String> = (0..3).map(|i| format!("together/{i}.bin")).collect();
-        let files: Vec<PathBuf> = (0..3)
+        // and apply theirs again. Removals the same.
+        let names: Vec<String> = (0..4).map(|i| format!("together/{i}.bin")).collect();
+        let files: Vec<PathBuf> = (0..4)
             .map(|i| {
                 let f = home.join(format!("together-{i}.bin"));
                 random_file(&f, 512 << 10, 20 + i);
                 f
             })
             .collect();
-        let homes = [&home, &fresh, &home];
+        let homes = [&home, &fresh, &home, &fresh];
         let ledger2 = ledger2.as_str();
         std::thread::scope(|s| {
             for ((f, n), h) in files.iter().zip(&names).zip(homes) {

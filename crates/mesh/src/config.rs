@@ -58,7 +58,9 @@ pub struct ConnectionLimits {
     /// Established connections in total, at most: the cap in force is lower on a host
     /// whose memory cannot hold this many (see [`ConnectionLimits::established_cap`]).
     pub established_max: u32,
-    /// Established connections with one peer.
+    /// Established connections with one peer. A client's peer id is its account key, so
+    /// every command one account runs at once, from one machine or several, holds a
+    /// connection under the same id: four refused the fifth `store put` of a script.
     pub established_per_peer_max: u32,
     /// Incoming connections still in their handshake.
     pub pending_incoming_max: u32,
@@ -128,7 +130,7 @@ impl Default for ConnectionLimits {
     fn default() -> Self {
         Self {
             established_max: 512,
-            established_per_peer_max: 4,
+            established_per_peer_max: 16,
             pending_incoming_max: 64,
             incoming_per_address_max: 16,
             incoming_per_subnet_max: 64,
