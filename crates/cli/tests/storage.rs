@@ -103,6 +103,14 @@ fn ok(home: &Path, args: &[&str]) -> Value {
     v
 }
 
+/// `peergrid [BEFORE…] store get NAME OUT` from `home`, and the bytes it wrote to OUT.
+fn got(home: &Path, before: &[&str], name: &str, out: &Path) -> Vec<u8> {
+    let mut args = before.to_vec();
+    args.extend(["store", "get", name, out.to_str().expect("utf8")]);
+    ok(home, &args);
+    std::fs::read(out).expect("read")
+}
+
 fn shard_files(home: &Path) -> Vec<PathBuf> {
     (0..NODES).flat_map(|i| node_shards(home, i)).collect()
 }
@@ -183,17 +191,8 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
         assert_eq!(ls["objects"][0]["size"], data.len() as u64);
 
         let out = home.join("back.bin");
-        ok(
-            &home,
-            &[
-                "store",
-                "get",
-                "docs/report.bin",
-                out.to_str().expect("utf8"),
-            ],
-        );
         assert!(
-            std::fs::read(&out).expect("read") == data,
+            got(&home, &[], "docs/report.bin", &out) == data,
             "read back differs"
         );
 
@@ -262,19 +261,8 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
         let bob = dir_for(&home, "bob");
         ok(&bob, &["key", "new"]);
         let shared = bob.join("shared.bin");
-        ok(
-            &bob,
-            &[
-                "--ledger",
-                &ledger2,
-                "store",
-                "get",
-                &cap,
-                shared.to_str().expect("utf8"),
-            ],
-        );
         assert!(
-            std::fs::read(&shared).expect("read") == data,
+            got(&bob, &["--ledger", &ledger2], &cap, &shared) == data,
             "the shared read differs"
         );
         let (denied, _, err) = run(
@@ -305,19 +293,8 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
         assert!(frozen.0.len() >= 2, "node processes found: {:?}", frozen.0);
         signal(&frozen.0, "-STOP");
         let lost = home.join("lost.bin");
-        ok(
-            &bob,
-            &[
-                "--ledger",
-                &ledger2,
-                "store",
-                "get",
-                &cap,
-                lost.to_str().expect("utf8"),
-            ],
-        );
         assert!(
-            std::fs::read(&lost).expect("read") == data,
+            got(&bob, &["--ledger", &ledger2], &cap, &lost) == data,
             "read with two nodes gone differs"
         );
         drop(frozen);
@@ -340,17 +317,8 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
         bytes[100] ^= 0xff;
         std::fs::write(&victim, &bytes).expect("corrupt");
         let again = home.join("again.bin");
-        ok(
-            &home,
-            &[
-                "store",
-                "get",
-                "docs/report.bin",
-                again.to_str().expect("utf8"),
-            ],
-        );
         assert!(
-            std::fs::read(&again).expect("read") == data,
+            got(&home, &[], "docs/report.bin", &again) == data,
             "read with a corrupt shard differs"
         );
         let (audited, audit, err) = run(&home, &["store", "audit", "--samples", "1000"]);
@@ -446,17 +414,8 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
         );
         let down_back = home.join("down-back.bin");
         let started = Instant::now();
-        ok(
-            &home,
-            &[
-                "store",
-                "get",
-                "down.bin",
-                down_back.to_str().expect("utf8"),
-            ],
-        );
         assert!(
-            std::fs::read(&down_back).expect("read") == down_data,
+            got(&home, &[], "down.bin", &down_back) == down_data,
             "the object put while two nodes were stopped reads back different"
         );
         not_held_up("store get", started);
@@ -472,19 +431,8 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
         let more = Frozen(then.iter().flat_map(|&i| node_pids(&home, i)).collect());
         signal(&more.0, "-STOP");
         let survived = home.join("survived.bin");
-        ok(
-            &bob,
-            &[
-                "--ledger",
-                &ledger2,
-                "store",
-                "get",
-                &cap,
-                survived.to_str().expect("utf8"),
-            ],
-        );
         assert!(
-            std::fs::read(&survived).expect("read") == data,
+            got(&bob, &["--ledger", &ledger2], &cap, &survived) == data,
             "read after repair and two more losses differs"
         );
         drop((dead, more));
@@ -511,17 +459,8 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
         assert_eq!(listed["scheme"], "4+3", "{ls}");
         let again = ok(&home, &["store", "repair", "down.bin"]);
         assert_eq!(again["objects"][0]["widen_to"], Value::Null, "{again}");
-        ok(
-            &home,
-            &[
-                "store",
-                "get",
-                "down.bin",
-                down_back.to_str().expect("utf8"),
-            ],
-        );
         assert!(
-            std::fs::read(&down_back).expect("read") == down_data,
+            got(&home, &[], "down.bin", &down_back) == down_data,
             "the widened object reads back different"
         );
         ok(&home, &["store", "rm", "down.bin"]);
@@ -596,19 +535,8 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
             .collect();
         assert_eq!(names, vec!["docs/report.bin", "medium.bin"], "{ls}");
         let restored = fresh.join("medium.bin");
-        ok(
-            &fresh,
-            &[
-                "--ledger",
-                &ledger2,
-                "store",
-                "get",
-                "medium.bin",
-                restored.to_str().expect("utf8"),
-            ],
-        );
         assert!(
-            std::fs::read(&restored).expect("read") == medium_data,
+            got(&fresh, &["--ledger", &ledger2], "medium.bin", &restored) == medium_data,
             "the restored object differs"
         );
 

@@ -880,8 +880,16 @@ impl Storage {
     /// CONNECT_WITHIN are not waited for.
     pub async fn index(&self) -> Result<(Option<SignedPointer>, Index), StorageError> {
         let holdings = self.holdings(self.owner()).await?;
-        let peers: Vec<PeerId> = distinct_peers(&holdings);
-        self.connect_all(&holdings).await;
+        self.index_on(&holdings).await
+    }
+
+    /// The newest pointer and index kept by the nodes of `holdings`, all the owner's.
+    async fn index_on(
+        &self,
+        holdings: &[Holding],
+    ) -> Result<(Option<SignedPointer>, Index), StorageError> {
+        let peers: Vec<PeerId> = distinct_peers(holdings);
+        self.connect_all(holdings).await;
         let mut tries = 0;
         let mut tried: Option<Pointer> = None;
         loop {
@@ -985,11 +993,15 @@ impl Storage {
         mut change: impl FnMut(&mut Index) -> Result<T, StorageError>,
     ) -> Result<T, StorageError> {
         let _lock = self.lock_index().await?;
+        let all = self.holdings(self.owner()).await?;
+        let nodes = distinct_peers(&all).len();
         let mut attempt = 0;
         loop {
-            let (pointer, mut index) = self.index().await?;
+            let (pointer, mut index) = self.index_on(&all).await?;
             let out = change(&mut index)?;
-            let ours = self.save_index(holdings, pointer.as_ref(), &index).await?;
+            let ours = self
+                .save_index(holdings, nodes, pointer.as_ref(), &index)
+                .await?;
             let Some(theirs) = self.pointer_elsewhere(holdings, &ours).await else {
                 return Ok(out);
             };
@@ -1034,9 +1046,12 @@ impl Storage {
             .find(|p| p.pointer.seq >= ours.pointer.seq && p.pointer != ours.pointer)
     }
 
+    /// Store `index` on `holdings` and point to it from each; `nodes` is how many nodes
+    /// the owner has in all, for the warning when the pointer reached half or fewer.
     async fn save_index(
         &self,
         holdings: &[Holding],
+        nodes: usize,
         old: Option<&SignedPointer>,
         index: &Index,
     ) -> Result<SignedPointer, StorageError> {
@@ -1071,7 +1086,6 @@ impl Storage {
         if kept == 0 {
             return Err(other("no node kept the new index pointer"));
         }
-        let nodes = distinct_peers(&self.holdings(self.owner()).await?).len();
         if kept <= nodes / 2 {
             warn!(
                 kept,
