@@ -46,6 +46,9 @@ const ENCODES_AT_ONCE: usize = 2;
 const SPARE_AFTER: Duration = Duration::from_millis(200);
 /// How long the nodes of a put or get have to connect before they count as failed.
 const CONNECT_WITHIN: Duration = Duration::from_secs(3);
+/// How long a node that failed is treated as failed: tried last, given no shard, not
+/// dialled again.
+const FAILED_FOR: Duration = Duration::from_secs(10);
 /// How many times a change to the owner index is applied again when another machine
 /// changes the index at the same moment, before giving up.
 const INDEX_TRIES: u32 = 8;
@@ -158,8 +161,8 @@ pub struct Storage {
     ledger: Arc<Client>,
     key: Keypair,
     keys: StorageKeys,
-    /// Nodes that failed during this run; tried last.
-    failed: Mutex<HashSet<PeerId>>,
+    /// Nodes that failed, and when: tried last while the mark is fresh (FAILED_FOR).
+    failed: Mutex<HashMap<PeerId, std::time::Instant>>,
     /// Nodes whose disk was full during this run: given no new shard, still read from.
     full: Mutex<HashSet<PeerId>>,
     /// A file locked while the owner index is read, changed and written again.
@@ -203,7 +206,7 @@ impl Storage {
             ledger,
             key,
             keys,
-            failed: Mutex::new(HashSet::new()),
+            failed: Mutex::new(HashMap::new()),
             full: Mutex::new(HashSet::new()),
             index_lock: None,
         }
@@ -302,14 +305,18 @@ impl Storage {
         self.failed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(peer);
+            .insert(peer, std::time::Instant::now());
     }
 
+    /// Whether `peer` failed within FAILED_FOR. The mark fades so that storage kept open
+    /// for long (a chaos run, `repair --watch`) gives a node back its shards once it is
+    /// up again, while one command does not wait on a stopped node twice.
     fn has_failed(&self, peer: &PeerId) -> bool {
         self.failed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .contains(peer)
+            .get(peer)
+            .is_some_and(|at| at.elapsed() < FAILED_FOR)
     }
 
     fn mark_full(&self, peer: PeerId) {
