@@ -548,9 +548,14 @@ fn chaos(globals: &Globals, b: &peergrid_devnet::chaos::ChaosBench) -> anyhow::R
             ]);
         }
         if let Some(st) = &r.storage {
+            let schemes: Vec<String> = st
+                .schemes
+                .iter()
+                .map(|(scheme, n)| format!("{n} as {scheme}"))
+                .collect();
             rows.extend([
                 vec![
-                    format!("objects stored ({})", st.scheme),
+                    format!("objects stored ({})", schemes.join(", ")),
                     format!("{} ({} puts failed)", st.stored, st.puts_failed),
                 ],
                 vec![

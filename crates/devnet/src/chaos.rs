@@ -97,8 +97,11 @@ pub struct AppChaos {
 /// every object it stored read back identical afterwards.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct StorageChaos {
-    /// The erasure code of the objects.
+    /// The erasure code most objects got: a put made while a node is down gets a narrower
+    /// one, by design, so this is the most frequent, not the last.
     pub scheme: String,
+    /// Objects stored per erasure code.
+    pub schemes: std::collections::BTreeMap<String, usize>,
     /// Objects stored (their put returned a capability).
     pub stored: usize,
     /// Puts that failed during the faults (too many nodes unreachable at that moment).
@@ -358,7 +361,13 @@ async fn store_and_read(
             let Ok(mut s) = stored.lock() else { return };
             match put {
                 Ok(Ok(report)) => {
-                    s.report.scheme = report.scheme.to_string();
+                    *s.report
+                        .schemes
+                        .entry(report.scheme.to_string())
+                        .or_default() += 1;
+                    if let Some((most, _)) = s.report.schemes.iter().max_by_key(|(_, n)| **n) {
+                        s.report.scheme = most.clone();
+                    }
                     s.report.stored += 1;
                     s.objects.push((report.capability, hash));
                 }
