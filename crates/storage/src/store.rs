@@ -272,6 +272,7 @@ impl ShardStore {
             Request::Usage { contracts } => self.usage(peer, contracts),
             Request::PutPointer(p) => self.put_pointer(p),
             Request::GetPointer { owner } => Response::Pointer(self.pointer(&owner)),
+            Request::List { contract, after } => self.list(peer, contract, after).await,
         };
         if matches!(answer, Response::Refused(_) | Response::Full(_)) {
             self.count(|s| s.refused += 1);
@@ -681,6 +682,54 @@ impl ShardStore {
             self.forget(contract, id, len);
         }
         Response::Deleted(removed)
+    }
+
+    async fn list(&self, peer: AccountId, contract: ContractId, after: Option<Hash>) -> Response {
+        let (dir, mut ids) = {
+            let state = self.state();
+            match state.contracts.get(&contract) {
+                Some(c) if c.owner == peer => {}
+                Some(_) => return Response::Refused(format!("contract {contract} is not yours")),
+                None => {
+                    return Response::Refused(format!(
+                        "contract {contract} is not a storage contract here"
+                    ));
+                }
+            }
+            let ids: Vec<Hash> = state
+                .location
+                .iter()
+                .filter(|(id, c)| **c == contract && after.is_none_or(|a| **id > a))
+                .map(|(id, _)| *id)
+                .collect();
+            (state.contracts[&contract].dir.clone(), ids)
+        };
+        ids.sort_unstable();
+        let listed = tokio::task::spawn_blocking(move || {
+            let now = std::time::SystemTime::now();
+            ids.into_iter()
+                .filter_map(|id| {
+                    // Gone since the map was read: deleted meanwhile, nothing to list.
+                    let meta = std::fs::metadata(shard_path(&dir, &id)).ok()?;
+                    let age = meta
+                        .modified()
+                        .ok()
+                        .and_then(|m| now.duration_since(m).ok())
+                        .unwrap_or_default();
+                    Some(wire::ListedShard {
+                        id,
+                        len: meta.len(),
+                        age_secs: age.as_secs(),
+                    })
+                })
+                .take(IDS_MAX)
+                .collect()
+        })
+        .await;
+        match listed {
+            Ok(listed) => Response::Listed(listed),
+            Err(e) => Response::Refused(format!("cannot list the shards: {e}")),
+        }
     }
 
     fn usage(&self, peer: AccountId, contracts: Vec<ContractId>) -> Response {

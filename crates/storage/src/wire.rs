@@ -89,6 +89,26 @@ pub enum Request {
         /// Whose.
         owner: AccountId,
     },
+    /// The shards of `contract` (its owner only) with addresses above `after`, in address
+    /// order, at most [`IDS_MAX`]: what the owner's garbage collection compares with what
+    /// its objects name. Added last, so the variants before keep their encoding.
+    List {
+        /// The contract.
+        contract: ContractId,
+        /// Continue after this address (the last of the previous answer).
+        after: Option<Hash>,
+    },
+}
+
+/// One shard a node holds, as `List` answers it.
+#[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
+pub struct ListedShard {
+    /// Its address.
+    pub id: Hash,
+    /// Its length.
+    pub len: u64,
+    /// Seconds since it was written: a shard of a put still under way elsewhere is young.
+    pub age_secs: u64,
 }
 
 /// One contract's use, as a node counts it.
@@ -131,9 +151,11 @@ pub enum Response {
     /// Refused, with a reason for people.
     Refused(String),
     /// Put, PutPointer: the node's disk is full (a [`peergrid_core::fs::DiskFull`],
-    /// said for people); nothing was stored, what it held is intact. Last, so the
-    /// variants before keep their encoding.
+    /// said for people); nothing was stored, what it held is intact. Added after the
+    /// others, so they keep their encoding.
     Full(String),
+    /// List: shards in address order; fewer than [`IDS_MAX`] means the end. Added last.
+    Listed(Vec<ListedShard>),
 }
 
 /// A shard request failed.
@@ -543,5 +565,20 @@ pub async fn get_pointer(
     match answer {
         Response::Pointer(p) => Ok(p.filter(|p| p.pointer.owner == owner && p.verify())),
         other => Err(unexpected(peer, "get pointer", &other)),
+    }
+}
+
+/// The shards of `contract` on `peer` with addresses above `after` (a page of at most
+/// [`IDS_MAX`]).
+pub async fn list(
+    mesh: &Mesh,
+    peer: PeerId,
+    contract: ContractId,
+    after: Option<Hash>,
+) -> Result<Vec<ListedShard>, WireError> {
+    let (_, answer) = exchange(mesh, peer, &Request::List { contract, after }).await?;
+    match answer {
+        Response::Listed(shards) if shards.len() <= IDS_MAX => Ok(shards),
+        other => Err(unexpected(peer, "list", &other)),
     }
 }

@@ -144,6 +144,23 @@ async fn owners_store_readers_fetch_and_nothing_else_goes() {
     }
     assert!(wire::delete(&stranger, peer, 1, vec![id]).await.is_err());
     assert!(
+        wire::list(&stranger, peer, 1, None).await.is_err(),
+        "a stranger listed an owner's shards"
+    );
+    let listed = wire::list(&r.owner_mesh, peer, 1, None)
+        .await
+        .expect("list");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!((listed[0].id, listed[0].len), (id, bytes.len() as u64));
+    assert!(listed[0].age_secs < 600, "{listed:?}");
+    assert!(
+        wire::list(&r.owner_mesh, peer, 1, Some(id))
+            .await
+            .expect("list after")
+            .is_empty(),
+        "nothing comes after the last address"
+    );
+    assert!(
         wire::usage(&stranger, peer, vec![1])
             .await
             .expect("usage")
@@ -232,6 +249,45 @@ async fn owners_store_readers_fetch_and_nothing_else_goes() {
         0
     );
     assert!(wire::get(&r.owner_mesh, peer, id, 1 << 20).await.is_err());
+    assert!(
+        wire::list(&r.owner_mesh, peer, 1, None)
+            .await
+            .expect("list")
+            .is_empty(),
+        "a deleted shard is still listed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contract_with_more_shards_than_one_answer_lists_in_pages() {
+    let r = rig().await;
+    let (contract, access) = r.contract(4, 1 << 30, false);
+    let shards = access.dir.join("shards");
+    std::fs::create_dir_all(&shards).expect("mkdir");
+    let count = wire::IDS_MAX + 5;
+    let mut want: Vec<Hash> = (0..count as u32)
+        .map(|i| {
+            let bytes = i.to_le_bytes();
+            let id = shard_id(&bytes);
+            std::fs::write(shards.join(id.to_string()), bytes).expect("write");
+            id
+        })
+        .collect();
+    r.store.set_contracts(HashMap::from([(contract, access)]));
+    let peer = r.node.peer_id();
+    let first = wire::list(&r.owner_mesh, peer, contract, None)
+        .await
+        .expect("first page");
+    assert_eq!(first.len(), wire::IDS_MAX);
+    let last = first.last().map(|s| s.id);
+    let second = wire::list(&r.owner_mesh, peer, contract, last)
+        .await
+        .expect("second page");
+    assert_eq!(second.len(), 5);
+    let got: Vec<Hash> = first.iter().chain(&second).map(|s| s.id).collect();
+    want.sort_unstable();
+    assert_eq!(got, want, "every shard once, in address order");
+    assert!(first.iter().chain(&second).all(|s| s.len == 4));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
