@@ -75,6 +75,18 @@ pub enum StoreCommand {
         #[arg(long)]
         widen: bool,
     },
+    /// Remove the shards none of your objects uses any more (from a `store rm` while a node
+    /// was down, or a put cut short and never run again): they count in your contracts'
+    /// usage until removed.
+    Gc {
+        /// Leave shards written less than this long ago (30s, 15m, 24h, 7d): a put from
+        /// another machine with your words may still be under way. Use 0s when none is.
+        #[arg(long, default_value = "24h", value_parser = parse_age)]
+        older_than: std::time::Duration,
+        /// Only show what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Challenge the nodes that hold your objects to prove they still have them.
     Audit {
         /// Only this object [default: all].
@@ -115,6 +127,37 @@ fn parse_range(s: &str) -> anyhow::Result<(u64, u64)> {
         bail!("range {s}: the end comes before the start");
     }
     Ok((start, end))
+}
+
+/// An age like 30s, 15m, 24h or 7d.
+fn parse_age(s: &str) -> anyhow::Result<std::time::Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .with_context(|| format!("{s:?} is not an age: write a number and a unit, e.g. 24h"))?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => bail!("{s:?}: the unit must be s, m, h or d, e.g. 24h"),
+    };
+    n.checked_mul(secs)
+        .map(std::time::Duration::from_secs)
+        .with_context(|| format!("{s:?} is too long"))
+}
+
+/// An age as the user would write it.
+fn human_age(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        _ if s >= 86_400 && s % 86_400 == 0 => format!("{}d", s / 86_400),
+        _ if s >= 3600 && s % 3600 == 0 => format!("{}h", s / 3600),
+        _ if s >= 60 && s % 60 == 0 => format!("{}m", s / 60),
+        _ => format!("{s}s"),
+    }
 }
 
 /// Where this home keeps its storage files: `$PEERGRID_HOME/storage`.
@@ -459,6 +502,58 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
                 None => return Ok(()),
             }
         },
+        StoreCommand::Gc {
+            older_than,
+            dry_run,
+        } => {
+            let reports = storage.collect_garbage(older_than, dry_run).await?;
+            let unreached = reports.iter().filter(|r| r.error.is_some()).count();
+            if globals.json {
+                output::json(&json!({ "dry_run": dry_run, "contracts": reports }))?;
+            } else {
+                let rows: Vec<Vec<String>> = reports
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.contract.to_string(),
+                            r.node.to_string(),
+                            r.kept.to_string(),
+                            format!("{} ({})", r.garbage, human_bytes(r.garbage_bytes)),
+                            r.young.to_string(),
+                            match &r.error {
+                                Some(e) => e.clone(),
+                                None if dry_run => "dry run".into(),
+                                None => format!("removed {}", r.removed),
+                            },
+                        ]
+                    })
+                    .collect();
+                output::table(
+                    &["CONTRACT", "NODE", "IN USE", "GARBAGE", "YOUNG", "RESULT"],
+                    &rows,
+                );
+                let garbage: u64 = reports.iter().map(|r| r.garbage_bytes).sum();
+                let young: u64 = reports.iter().map(|r| r.young).sum();
+                if dry_run {
+                    eprintln!(
+                        "{} can be freed: run it again without --dry-run",
+                        human_bytes(garbage)
+                    );
+                }
+                if young > 0 {
+                    eprintln!(
+                        "{young} unused shard(s) were written less than {} ago and were left: a put may be under way; `--older-than 0s` takes them too when none is",
+                        human_age(older_than)
+                    );
+                }
+            }
+            if unreached > 0 {
+                bail!(
+                    "{unreached} of your storage contracts' nodes could not be collected (see above); run `peergrid store gc` again when they are up"
+                );
+            }
+            Ok(())
+        }
         StoreCommand::Audit { name, samples } => {
             let objects = objects(storage, name.as_deref()).await?;
             let mut per_node: std::collections::BTreeMap<u32, AuditResult> = Default::default();

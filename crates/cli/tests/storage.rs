@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -592,6 +593,57 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
             }
         });
         assert_eq!(listed(&home), Vec::<String>::new());
+
+        // An object removed while one of its nodes is stopped leaves its shards there
+        // (with the index it was listed in); `store gc` removes them once the node is
+        // back, leaves what was written too recently, and nothing an object still uses.
+        let on_nodes = || -> Vec<HashSet<PathBuf>> {
+            (0..NODES)
+                .map(|i| node_shards(&home, i).into_iter().collect())
+                .collect()
+        };
+        let before = on_nodes();
+        let orphan = home.join("orphan.bin");
+        random_file(&orphan, 2 << 20, 14);
+        ok(
+            &home,
+            &["store", "put", orphan.to_str().expect("utf8"), "orphan.bin"],
+        );
+        let after = on_nodes();
+        let (holder, left): (usize, Vec<PathBuf>) = (0..NODES)
+            .map(|i| (i, after[i].difference(&before[i]).cloned().collect()))
+            .max_by_key(|(_, new): &(usize, Vec<PathBuf>)| new.len())
+            .expect("nodes");
+        assert!(left.len() >= 2, "orphan.bin put nothing on node {holder}");
+        let stopped = Frozen(node_pids(&home, holder));
+        signal(&stopped.0, "-STOP");
+        ok(&home, &["store", "rm", "orphan.bin"]);
+        drop(stopped);
+        let total = |v: &Value, field: &str| -> u64 {
+            v["contracts"]
+                .as_array()
+                .map(|c| c.iter().filter_map(|c| c[field].as_u64()).sum())
+                .unwrap_or(0)
+        };
+        let young = ok(&home, &["store", "gc", "--dry-run"]);
+        assert_eq!(total(&young, "garbage"), 0, "nothing is a day old: {young}");
+        assert!(total(&young, "young") >= left.len() as u64, "{young}");
+        let dry = ok(&home, &["store", "gc", "--older-than", "0s", "--dry-run"]);
+        assert!(total(&dry, "garbage") >= left.len() as u64, "{dry}");
+        assert_eq!(total(&dry, "removed"), 0, "{dry}");
+        assert!(left.iter().all(|f| f.exists()), "a dry run removed shards");
+        let gc = ok(&home, &["store", "gc", "--older-than", "0s"]);
+        assert_eq!(total(&gc, "removed"), total(&gc, "garbage"), "{gc}");
+        let stayed: Vec<&PathBuf> = left.iter().filter(|f| f.exists()).collect();
+        assert!(stayed.is_empty(), "gc left {stayed:?}: {gc}");
+        let again = ok(&home, &["store", "gc", "--older-than", "0s"]);
+        assert_eq!(total(&again, "garbage"), 0, "{again}");
+        for (name, want) in [("docs/report.bin", &data), ("medium.bin", &medium_data)] {
+            assert!(
+                got(&home, &[], name, &home.join("after-gc.bin")) == *want,
+                "{name} reads back different after gc"
+            );
+        }
 
         // Removing frees the space and the name.
         ok(&home, &["store", "rm", "medium.bin"]);

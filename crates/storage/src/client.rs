@@ -1149,17 +1149,26 @@ impl Storage {
             )));
         }
         self.connect_all(&holdings).await;
-        let peers = distinct_peers(&holdings);
+        let manifest = self.read_manifest(&distinct_peers(&holdings), cap).await?;
+        Ok((manifest, holdings))
+    }
+
+    /// The manifest `cap` names, from whichever of `peers` serves it first.
+    async fn read_manifest(
+        &self,
+        peers: &[PeerId],
+        cap: &Capability,
+    ) -> Result<Manifest, StorageError> {
         let sealed = self
             .fetch_blob(
-                &peers,
+                peers,
                 cap.manifest,
                 crate::format::MANIFEST_BYTES_MAX as u64,
             )
             .await?;
         let plain = crypto::open(cap.cipher, &cap.key, "the manifest", sealed)
             .map_err(|e| other(e.to_string()))?;
-        Ok((Manifest::decode(&plain)?, holdings))
+        Ok(Manifest::decode(&plain)?)
     }
 
     /// Read the object `cap` names into `out`, `range` bytes of it if given; resumes a
@@ -1726,7 +1735,7 @@ impl Storage {
                 // contract's usage until the contract ends.
                 let left = on_node.get(&h.node).copied().unwrap_or(0);
                 if left > 0 {
-                    warn!(node = h.node, shards = left, "a node of your storage did not answer: its shards of this object stay on it");
+                    warn!(node = h.node, shards = left, "a node of your storage did not answer: its shards of this object stay on it until `peergrid store gc` runs while it is up");
                 }
                 return None;
             }
@@ -1738,6 +1747,135 @@ impl Storage {
             Some(())
         }))
         .await;
+    }
+
+    /// Remove from the owner's nodes the shards that nothing the owner stores names: those
+    /// of an object removed while one of its nodes was down, of a put cut short and never
+    /// retried, or of an index replaced while a node was down. A shard written less than
+    /// `older_than` ago is left, since a put from another machine with the same words may
+    /// still be under way and not yet in the index. Nothing is removed when `dry_run`, nor
+    /// when any object's manifest cannot be read: without it, its shards cannot be told
+    /// from garbage.
+    pub async fn collect_garbage(
+        &self,
+        older_than: Duration,
+        dry_run: bool,
+    ) -> Result<Vec<GarbageReport>, StorageError> {
+        // A put from this home adds its name under the same lock, after its shards.
+        let _lock = self.lock_index().await?;
+        let holdings = self.holdings(self.owner()).await?;
+        let (pointer, index) = self.index_on(&holdings).await?;
+        let peers: Vec<PeerId> = distinct_peers(&holdings)
+            .into_iter()
+            .filter(|p| !self.has_failed(p))
+            .collect();
+        let mut named: HashSet<Hash> = HashSet::new();
+        named.extend(pointer.as_ref().map(|p| p.pointer.index));
+        // A node that was down when the index last changed keeps an older pointer: it is
+        // given the newest (on a dry run, as if it were), and the index the old one named
+        // becomes garbage. One as new as the newest but different is another machine's
+        // change: its index is kept.
+        let (owner, pointer) = (self.owner(), &pointer);
+        let kept = futures::future::join_all(peers.iter().map(|&p| async move {
+            let kept = wire::get_pointer(&self.mesh, p, owner).await.ok().flatten();
+            match (&kept, pointer) {
+                (Some(k), Some(newest)) if k.pointer.seq < newest.pointer.seq && dry_run => None,
+                (Some(k), Some(newest)) if k.pointer.seq < newest.pointer.seq => {
+                    match wire::put_pointer(&self.mesh, p, newest.clone()).await {
+                        Ok(()) => None,
+                        Err(e) => {
+                            debug!(peer = %p, error = %e, "cannot give a node the newest pointer");
+                            kept
+                        }
+                    }
+                }
+                _ => kept,
+            }
+        }))
+        .await;
+        named.extend(kept.into_iter().flatten().map(|k| k.pointer.index));
+        let peers = &peers;
+        let mut manifests = futures::stream::iter(index.objects.iter())
+            .map(|(name, entry)| async move {
+                (
+                    name,
+                    entry,
+                    self.read_manifest(peers, &entry.capability).await,
+                )
+            })
+            .buffer_unordered(16);
+        while let Some((name, entry, manifest)) = manifests.next().await {
+            let manifest = manifest.map_err(|e| {
+                other(format!(
+                    "cannot read the manifest of {name}, so its shards cannot be told from garbage ({e}); nothing was removed: run it again when more of your nodes answer"
+                ))
+            })?;
+            named.insert(entry.capability.manifest);
+            named.extend(manifest.placements().map(|(h, _)| h));
+        }
+        let named = &named;
+        Ok(
+            futures::future::join_all(holdings.iter().map(|h| async move {
+                let mut report = GarbageReport {
+                    node: h.node,
+                    contract: h.contract,
+                    ..GarbageReport::default()
+                };
+                if let Err(e) = self
+                    .collect_on(h, named, older_than, dry_run, &mut report)
+                    .await
+                {
+                    report.error = Some(e.to_string());
+                }
+                report
+            }))
+            .await,
+        )
+    }
+
+    /// List `h`'s shards, count them into `report`, and remove the garbage old enough.
+    async fn collect_on(
+        &self,
+        h: &Holding,
+        named: &HashSet<Hash>,
+        older_than: Duration,
+        dry_run: bool,
+        report: &mut GarbageReport,
+    ) -> Result<(), StorageError> {
+        let peer = h.peer_id()?;
+        if self.has_failed(&peer) {
+            return Err(other(
+                "the node did not answer; run gc again when it is back",
+            ));
+        }
+        let mut garbage = Vec::new();
+        let mut after = None;
+        loop {
+            let page = wire::list(&self.mesh, peer, h.contract, after).await?;
+            for shard in &page {
+                if named.contains(&shard.id) {
+                    report.kept += 1;
+                } else if Duration::from_secs(shard.age_secs) < older_than {
+                    report.young += 1;
+                } else {
+                    report.garbage += 1;
+                    report.garbage_bytes += shard.len;
+                    garbage.push(shard.id);
+                }
+            }
+            match page.last() {
+                Some(last) if page.len() == wire::IDS_MAX => after = Some(last.id),
+                _ => break,
+            }
+        }
+        if dry_run {
+            return Ok(());
+        }
+        for chunk in garbage.chunks(wire::IDS_MAX) {
+            report.removed +=
+                u64::from(wire::delete(&self.mesh, peer, h.contract, chunk.to_vec()).await?);
+        }
+        Ok(())
     }
 
     /// Challenge the nodes holding `cap`'s object: `samples` random shards, one random
@@ -1839,6 +1977,27 @@ fn opt_as_text<S: serde::Serializer>(v: &Option<Scheme>, s: S) -> Result<S::Ok, 
         Some(v) => s.collect_str(v),
         None => s.serialize_none(),
     }
+}
+
+/// What garbage collection found in one storage contract.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct GarbageReport {
+    /// The node.
+    pub node: NodeId,
+    /// The contract.
+    pub contract: ContractId,
+    /// Shards an object, a manifest or the index names.
+    pub kept: u64,
+    /// Shards nothing names, old enough to remove.
+    pub garbage: u64,
+    /// Their bytes.
+    pub garbage_bytes: u64,
+    /// Shards nothing names yet, younger than the age asked: a put may be under way.
+    pub young: u64,
+    /// Shards removed (none on a dry run).
+    pub removed: u64,
+    /// Why the node could not be collected.
+    pub error: Option<String>,
 }
 
 /// How one node did in an audit.

@@ -22,7 +22,8 @@ pub mod store;
 pub mod wire;
 
 pub use client::{
-    AuditResult, Holding, NodeChoice, PutReport, RepairReport, Storage, StorageError, human_bytes,
+    AuditResult, GarbageReport, Holding, NodeChoice, PutReport, RepairReport, Storage,
+    StorageError, human_bytes,
 };
 pub use crypto::{Cipher, StorageKeys};
 pub use erasure::Scheme;
