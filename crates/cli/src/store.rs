@@ -429,7 +429,7 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
             for (n, entry) in &objects {
                 let report = storage.repair(n, entry).await?;
                 if let Some(wider) = report.widen_to.filter(|_| widen) {
-                    let bar = bar(globals, entry.size * 2);
+                    let bar = bar(globals, entry.size);
                     let put = storage
                         .widen(n, entry, wider, &|done| bar.set_position(done))
                         .await?;

@@ -169,6 +169,27 @@ pub struct Storage {
     index_lock: Option<PathBuf>,
 }
 
+/// Where a put's bytes come from.
+enum Source<'a> {
+    /// A local file.
+    File {
+        /// Read at each segment's offset.
+        file: Arc<std::fs::File>,
+        /// For errors.
+        path: &'a Path,
+    },
+    /// One of the owner's objects, read segment by segment from its nodes: a widen needs
+    /// no local copy.
+    Object {
+        /// Its manifest.
+        manifest: Manifest,
+        /// The owner's nodes.
+        peers: HashMap<NodeId, PeerId>,
+        /// The same, as a list.
+        all: Vec<PeerId>,
+    },
+}
+
 /// Each node of `holdings` once.
 fn distinct_peers(holdings: &[Holding]) -> Vec<PeerId> {
     let mut seen = HashSet::new();
@@ -545,6 +566,22 @@ impl Storage {
             .await
             .map_err(file_err("cannot read"))?
             .len();
+        let source = Source::File {
+            file: Arc::new(file.into_std().await),
+            path,
+        };
+        self.put_from(source, size, name, scheme, progress).await
+    }
+
+    /// Put `size` bytes read from `source` under `name`: see [`Storage::put`].
+    async fn put_from(
+        &self,
+        source: Source<'_>,
+        size: u64,
+        name: &str,
+        scheme: Option<Scheme>,
+        progress: Progress<'_>,
+    ) -> Result<PutReport, StorageError> {
         let holdings = self.writable_holdings().await?;
         let scheme = scheme.unwrap_or_else(|| Scheme::for_nodes(holdings.len()));
         scheme.check().map_err(other)?;
@@ -571,71 +608,79 @@ impl Storage {
 
         let salt = self.keys.object_salt(name);
         let holdings = Arc::new(holdings);
-        let (tx, mut rx) =
+        let (tx, rx) =
             tokio::sync::mpsc::channel::<(u64, Vec<Vec<u8>>, Segment)>(SEGMENTS_IN_FLIGHT);
-        let keys_master = StorageKeys::of(&self.key);
-        let file = Arc::new(file.into_std().await);
-        // Segments are read (at their offset, so no cursor is shared), sealed and coded on
-        // blocking threads, two at a time, so the client uses a second core when the
-        // uploads leave one free; they reach the uploader in order.
-        let reader = tokio::spawn(async move {
+        let keys = StorageKeys::of(&self.key);
+        let source = &source;
+        // Segments are read (a file at their offset, so no cursor is shared; an object
+        // from its nodes), then sealed and coded on blocking threads, two at a time, so
+        // the client uses a second core when the uploads leave one free; they reach the
+        // uploader in order.
+        let reader = async move {
             let mut encoding = futures::stream::FuturesOrdered::new();
             let mut seg = 0;
             loop {
                 if seg < segments && encoding.len() < ENCODES_AT_ONCE {
                     let offset = seg * u64::from(SEGMENT_BYTES);
                     let plain_len = (size - offset).min(u64::from(SEGMENT_BYTES)) as usize;
-                    let (keys, file, at) = (keys_master.clone(), file.clone(), seg);
-                    encoding.push_back(tokio::task::spawn_blocking(move || {
-                        let mut plain = vec![0u8; plain_len];
-                        std::os::unix::fs::FileExt::read_exact_at(&*file, &mut plain, offset)?;
-                        Ok::<_, std::io::Error>((at, encode_segment(&keys, &salt, scheme, &plain)))
-                    }));
+                    let (keys, at) = (keys.clone(), seg);
+                    encoding.push_back(async move {
+                        let (plain, range) =
+                            self.read_segment(source, at, offset, plain_len).await?;
+                        let encoded = tokio::task::spawn_blocking(move || {
+                            encode_segment(&keys, &salt, scheme, &plain[range])
+                        })
+                        .await
+                        .map_err(|e| other(format!("the encoder stopped: {e}")))?
+                        .map_err(other)?;
+                        Ok::<_, StorageError>((at, encoded))
+                    });
                     seg += 1;
                     continue;
                 }
                 let Some(next) = encoding.next().await else {
                     break;
                 };
-                let (at, encoded) = next.map_err(std::io::Error::other)??;
-                let encoded = encoded.map_err(std::io::Error::other)?;
-                if tx.send((at, encoded.0, encoded.1)).await.is_err() {
+                let (at, (shards, segment)) = next?;
+                if tx.send((at, shards, segment)).await.is_err() {
                     break;
                 }
             }
-            Ok::<(), std::io::Error>(())
-        });
+            Ok::<(), StorageError>(())
+        };
 
-        let mut done: BTreeMap<u64, Segment> = BTreeMap::new();
-        let mut uploads = FuturesUnordered::new();
-        let mut sent = 0u64;
-        let mut resumed = 0u64;
-        let mut uploaded_bytes = 0u64;
-        let mut reading = true;
-        loop {
-            tokio::select! {
-                next = rx.recv(), if reading && uploads.len() < SEGMENTS_IN_FLIGHT => match next {
-                    Some((seg, shards, segment)) => {
-                        let holdings = holdings.clone();
-                        uploads.push(self.upload_segment(seg, shards, segment, holdings, assign));
+        let uploader = async {
+            let mut rx = rx;
+            let mut done: BTreeMap<u64, Segment> = BTreeMap::new();
+            let mut uploads = FuturesUnordered::new();
+            let (mut sent, mut resumed, mut uploaded_bytes) = (0u64, 0u64, 0u64);
+            let mut reading = true;
+            loop {
+                tokio::select! {
+                    next = rx.recv(), if reading && uploads.len() < SEGMENTS_IN_FLIGHT => match next {
+                        Some((seg, shards, segment)) => {
+                            let holdings = holdings.clone();
+                            uploads.push(self.upload_segment(seg, shards, segment, holdings, assign));
+                        }
+                        None => reading = false,
+                    },
+                    Some(result) = uploads.next(), if !uploads.is_empty() => {
+                        let (seg, segment, s, r) = result?;
+                        sent += s;
+                        resumed += r;
+                        uploaded_bytes += u64::from(segment.plain_len);
+                        progress(uploaded_bytes);
+                        done.insert(seg, segment);
                     }
-                    None => reading = false,
-                },
-                Some(result) = uploads.next(), if !uploads.is_empty() => {
-                    let (seg, segment, s, r) = result?;
-                    sent += s;
-                    resumed += r;
-                    uploaded_bytes += u64::from(segment.plain_len);
-                    progress(uploaded_bytes);
-                    done.insert(seg, segment);
+                    else => break,
                 }
-                else => break,
             }
-        }
-        reader
-            .await
-            .map_err(|e| other(format!("the reader stopped: {e}")))?
-            .map_err(file_err("cannot read"))?;
+            Ok::<_, StorageError>((done, sent, resumed))
+        };
+        // An upload that fails drops the channel, which stops the reader.
+        let (read, uploaded) = futures::join!(reader, uploader);
+        let (done, sent, resumed) = uploaded?;
+        read?;
         if done.len() as u64 != segments {
             return Err(other("the upload stopped before every segment was stored"));
         }
@@ -1663,10 +1708,10 @@ impl Storage {
         Ok(report)
     }
 
-    /// Store `name` again as `scheme`, which has more parity than it was put with. The
-    /// object is read back into a temporary file and put again under its name: it gets
-    /// a new capability, and its old shards are removed (so its old capability, if you
-    /// shared it, reads no more). `progress` counts the read, then the put.
+    /// Store `name` again as `scheme`, which has more parity than it was put with. Each
+    /// segment is read from the nodes and put again as it arrives (no local copy): the
+    /// object gets a new capability, and its old shards are removed (so its old
+    /// capability, if you shared it, reads no more). `progress` counts bytes stored.
     pub async fn widen(
         &self,
         name: &str,
@@ -1674,17 +1719,75 @@ impl Storage {
         scheme: Scheme,
         progress: Progress<'_>,
     ) -> Result<PutReport, StorageError> {
-        let tmp =
-            std::env::temp_dir().join(format!(".peergrid-widen-{}", entry.capability.manifest));
-        // A read cut short resumes from `tmp.partial` next time.
-        self.get(&entry.capability, &tmp, None, progress).await?;
-        let put = self
-            .put(&tmp, name, Some(scheme), &|n| progress(entry.size + n))
-            .await;
-        if let Err(e) = std::fs::remove_file(&tmp) {
-            warn!(path = %tmp.display(), error = %e, "cannot remove the temporary copy");
+        let (manifest, holdings) = self.open(&entry.capability).await?;
+        if manifest.segment_bytes != SEGMENT_BYTES {
+            return Err(other(format!(
+                "{name} is stored in segments of {} bytes and this version re-codes only segments of {SEGMENT_BYTES}: get it and put it again (`peergrid store get {name} FILE`, then `peergrid store put FILE {name}`)",
+                manifest.segment_bytes
+            )));
         }
-        put
+        let peers: HashMap<NodeId, PeerId> = holdings
+            .iter()
+            .filter_map(|h| Some((h.node, h.peer_id().ok()?)))
+            .collect();
+        let all = peers.values().copied().collect();
+        let size = manifest.size;
+        let source = Source::Object {
+            manifest,
+            peers,
+            all,
+        };
+        self.put_from(source, size, name, Some(scheme), progress)
+            .await
+    }
+
+    /// Segment `seg` of `source`, `len` bytes from `offset`: a buffer and where in it the
+    /// bytes lie.
+    async fn read_segment(
+        &self,
+        source: &Source<'_>,
+        seg: u64,
+        offset: u64,
+        len: usize,
+    ) -> Result<(Vec<u8>, std::ops::Range<usize>), StorageError> {
+        match source {
+            Source::File { file, path } => {
+                let file = file.clone();
+                let plain = crate::blocking(move || {
+                    let mut plain = vec![0u8; len];
+                    std::os::unix::fs::FileExt::read_exact_at(&*file, &mut plain, offset)?;
+                    Ok(plain)
+                })
+                .await
+                .map_err(|source| StorageError::File {
+                    what: "cannot read",
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                Ok((plain, 0..len))
+            }
+            Source::Object {
+                manifest,
+                peers,
+                all,
+            } => {
+                let segment = manifest
+                    .segments
+                    .get(seg as usize)
+                    .ok_or_else(|| other(format!("the object has no segment {seg}")))?;
+                let (buf, range) = self
+                    .fetch_segment(manifest, segment, peers, all)
+                    .await
+                    .map_err(|e| other(format!("segment {seg}: {e}")))?;
+                if range.len() != len {
+                    return Err(other(format!(
+                        "segment {seg} holds {} bytes, its manifest says {len}",
+                        range.len()
+                    )));
+                }
+                Ok((buf, range))
+            }
+        }
     }
 
     /// Remove the object `name`: from the index, then its shards from the nodes.
