@@ -132,6 +132,7 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
     .map(|v| serde_json::from_value(v["apis"].clone()).expect("apis"))
     .expect("json");
     let ledger = apis.join(",");
+    let liar = lying_ledger(apis[0].clone()).await;
 
     let home2 = home.clone();
     let ledger2 = ledger.clone();
@@ -195,6 +196,14 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
         assert!(
             got(&home, &[], "docs/report.bin", &out) == data,
             "read back differs"
+        );
+        // A validator that names another key for the owner's nodes (to have shards and
+        // the index pointer sent to a peer of its choosing) is caught by the proofs.
+        let (lied_to, _, err) = run(&home, &["--ledger", &liar, "store", "ls"]);
+        assert!(!lied_to, "a storage command trusted a lying validator");
+        assert!(
+            err.contains("its proof says") && err.contains("--ledger"),
+            "{err}"
         );
 
         // A byte range.
@@ -652,6 +661,49 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
     })
     .await
     .expect("the storage walk-through");
+}
+
+/// A ledger API that answers as `upstream` does, except that every node's record names a
+/// new key as the node's: a lying validator. Its proofs are `upstream`'s, unchanged.
+async fn lying_ledger(upstream: String) -> String {
+    let stranger = peergrid_core::Keypair::generate()
+        .expect("key")
+        .account()
+        .to_string();
+    let http = reqwest::Client::new();
+    let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+        let (http, upstream, stranger) = (http.clone(), upstream.clone(), stranger.clone());
+        async move {
+            let answer = http
+                .get(format!("{upstream}{uri}"))
+                .send()
+                .await
+                .expect("upstream");
+            let status =
+                axum::http::StatusCode::from_u16(answer.status().as_u16()).expect("status");
+            let mut body = answer.bytes().await.expect("body").to_vec();
+            let proven = uri.query().is_some_and(|q| q.contains("proof"));
+            if uri.path().starts_with("/v1/nodes/")
+                && !proven
+                && let Ok(mut v) = serde_json::from_slice::<Value>(&body)
+                && v["data"]["account"].is_string()
+            {
+                v["data"]["account"] = Value::String(stranger);
+                body = serde_json::to_vec(&v).expect("json");
+            }
+            (
+                status,
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                body,
+            )
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
 }
 
 fn dir_for(home: &Path, name: &str) -> PathBuf {

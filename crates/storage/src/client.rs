@@ -357,7 +357,12 @@ impl Storage {
                 .contains(peer)
     }
 
-    /// `owner`'s live storage contracts, each with its node.
+    /// `owner`'s live storage contracts, each with its node. The list comes from one
+    /// validator; each contract, and each node's key (which is the peer shards are sent
+    /// to), is then read with its proof against a root a quorum certified, so a lying
+    /// validator cannot send the owner's shards and pointer to a peer of its choosing.
+    /// Only the node's up or down status, which steers the choice of nodes, is taken
+    /// unproven.
     pub async fn holdings(&self, owner: AccountId) -> Result<Vec<Holding>, StorageError> {
         let (_, contracts) = self
             .ledger
@@ -366,30 +371,76 @@ impl Storage {
                 node: None,
             })
             .await?;
-        let mut out = Vec::new();
-        let mut nodes = HashMap::new();
-        for c in contracts {
-            let ContractSpec::Storage { node, bytes } = c.spec else {
-                continue;
+        let listed: Vec<(ContractId, NodeId, u64)> = contracts
+            .iter()
+            .filter(|c| c.owner == owner && c.is_live())
+            .filter_map(|c| match c.spec {
+                ContractSpec::Storage { node, bytes } => Some((c.id, node, bytes)),
+                _ => None,
+            })
+            .collect();
+        let node_ids: BTreeMap<NodeId, ()> = listed.iter().map(|&(_, n, _)| (n, ())).collect();
+        let lying = |what: String| {
+            other(format!(
+                "the validator answering said {what}: do not trust it; pass another validator with --ledger, and tell its operator"
+            ))
+        };
+        let (proven, nodes) = futures::join!(
+            futures::future::join_all(
+                listed
+                    .iter()
+                    .map(|&(id, _, _)| self.ledger.proven_contract(id))
+            ),
+            futures::future::join_all(node_ids.keys().map(|&n| async move {
+                let (view, proven) =
+                    futures::join!(self.ledger.node(n), self.ledger.proven_node(n));
+                (n, view, proven)
+            }))
+        );
+        let mut known: HashMap<NodeId, (peergrid_client::NodeView, peergrid_client::Node)> =
+            HashMap::new();
+        for (n, view, proven) in nodes {
+            let (Some(view), Some(node)) = (view?, proven?.value) else {
+                return Err(lying(format!(
+                    "your storage contract is on node {n}, which its proof says does not exist"
+                )));
             };
+            if view.data.node.account != node.account {
+                return Err(lying(format!(
+                    "node {n}'s key is {}, but its proof says {}",
+                    view.data.node.account, node.account
+                )));
+            }
+            known.insert(n, (view.data, node));
+        }
+        let mut out = Vec::new();
+        for (&(id, node, bytes), proven) in listed.iter().zip(proven) {
+            let Some(c) = proven?.value else {
+                return Err(lying(format!(
+                    "you have storage contract {id}, which its proof says does not exist"
+                )));
+            };
+            if c.owner != owner || c.spec != (ContractSpec::Storage { node, bytes }) {
+                return Err(lying(format!(
+                    "storage contract {id} is yours, of {bytes} bytes on node {node}, but its proof says otherwise"
+                )));
+            }
             let in_grace = match c.state {
                 ContractState::Created => false,
                 ContractState::GracePeriod { .. } => true,
+                // Ended since the list was read.
                 ContractState::Deleted { .. } => continue,
             };
-            if let std::collections::hash_map::Entry::Vacant(e) = nodes.entry(node) {
-                e.insert(self.ledger.node(node).await?);
-            }
-            let Some(Some(n)) = nodes.get(&node) else {
+            let Some((view, n)) = known.get(&node) else {
                 continue;
             };
             out.push(Holding {
-                contract: c.id,
+                contract: id,
                 node,
-                farm: n.data.node.farm,
-                peer: n.data.node.account.to_string(),
+                farm: n.farm,
+                peer: n.account.to_string(),
                 quota: bytes,
-                status: n.data.status,
+                status: view.status,
                 in_grace,
             });
         }
