@@ -39,7 +39,8 @@ pub struct Options {
     pub validators: usize,
     /// First API port; validator `i` serves its API on `base_port + i` and its p2p on
     /// `base_port + 100 + i`; node `i` serves its health endpoint on `base_port + 200 + i`
-    /// and its workloads over HTTP on `base_port + 310 + i`.
+    /// and its workloads over HTTP on `base_port + 310 + i`; the first three nodes, the
+    /// mesh's bootstrap peers, listen on `base_port + 300 + i`.
     pub base_port: u16,
     /// Farmer nodes to run, spread over [`FARMS`] farms.
     pub nodes: usize,
@@ -189,12 +190,17 @@ pub fn prepare_with(opts: &Options, extra: &[GenesisBalance]) -> anyhow::Result<
         let key = Keypair::generate()?;
         key.save(&dir.join("node-key.json"), true)?;
         if i == 0 {
-            // Node 0 listens on a known port and is the mesh's entry for everyone else.
-            devnet.genesis.mesh_bootstrap = vec![format!(
+            devnet.genesis.mesh_bootstrap.clear();
+        }
+        if i < BOOTSTRAP_NODES {
+            // The first nodes listen on known ports and are the mesh's entries for everyone
+            // else: more than one, so that a client started while one is down still finds
+            // the others (a stopped sole entry left every new command without nodes).
+            devnet.genesis.mesh_bootstrap.push(format!(
                 "/ip4/127.0.0.1/tcp/{}/p2p/{}",
-                bootstrap_port(opts.base_port)?,
+                bootstrap_port(opts.base_port, i)?,
                 key.account()
-            )];
+            ));
         }
         devnet.genesis.balances.push(GenesisBalance {
             account: key.account(),
@@ -355,9 +361,14 @@ fn ensure_free(addr: &str, what: &str) -> anyhow::Result<()> {
     }
 }
 
-/// The TCP port devnet node 0 listens on for the mesh.
-fn bootstrap_port(base: u16) -> anyhow::Result<u16> {
-    base.checked_add(300).context("--base-port too high")
+/// Devnet nodes the genesis lists as the mesh's bootstrap peers: the first ones.
+const BOOTSTRAP_NODES: usize = 3;
+
+/// The TCP port devnet bootstrap node `i` listens on for the mesh.
+fn bootstrap_port(base: u16, i: usize) -> anyhow::Result<u16> {
+    base.checked_add(300)
+        .and_then(|p| p.checked_add(u16::try_from(i).ok()?))
+        .context("--base-port too high")
 }
 
 /// Node `i`'s data directory.
@@ -559,9 +570,12 @@ impl Supervisor {
             )?;
             let dir = node_dir(&self.dir, i);
             std::fs::create_dir_all(&dir)?;
-            let tcp_port = if i == 0 {
-                let port = bootstrap_port(self.base_port)?;
-                ensure_free(&format!("127.0.0.1:{port}"), "the mesh bootstrap node")?;
+            let tcp_port = if i < BOOTSTRAP_NODES {
+                let port = bootstrap_port(self.base_port, i)?;
+                ensure_free(
+                    &format!("127.0.0.1:{port}"),
+                    &format!("node {i}, a mesh bootstrap node"),
+                )?;
                 port
             } else {
                 0
