@@ -534,7 +534,7 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
                 );
                 let garbage: u64 = reports.iter().map(|r| r.garbage_bytes).sum();
                 let young: u64 = reports.iter().map(|r| r.young).sum();
-                if dry_run {
+                if dry_run && garbage > 0 {
                     eprintln!(
                         "{} can be freed: run it again without --dry-run",
                         human_bytes(garbage)
