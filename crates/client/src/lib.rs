@@ -126,6 +126,9 @@ pub struct Client {
     bootstrap: Vec<String>,
     /// The validator sets the light client verified.
     trust: Mutex<light::Trust>,
+    /// Held while the anchor is asked of the validators, so that proven reads started
+    /// together ask once, not each.
+    anchoring: tokio::sync::Mutex<()>,
 }
 
 impl Client {
@@ -160,6 +163,7 @@ impl Client {
             current: AtomicUsize::new(0),
             bootstrap: Vec::new(),
             trust: Mutex::default(),
+            anchoring: tokio::sync::Mutex::new(()),
         }
     }
 

@@ -167,31 +167,35 @@ impl Client {
     /// validator of this client agrees on, asked once. A validator disagreeing with another
     /// is an error: one of them serves another chain.
     pub async fn anchor(&self) -> Result<Anchor, ClientError> {
-        if let Some(a) = self.trust.lock().ok().and_then(|t| t.anchor.clone()) {
+        let anchored = || self.trust.lock().ok().and_then(|t| t.anchor.clone());
+        if let Some(a) = anchored() {
             return Ok(a);
         }
-        let mut agreed: Option<(String, Anchor)> = None;
-        let mut last = String::from("no validator configured");
-        for url in &self.urls {
-            let status: AtHeight<Status> = match self.get_from(url, routes::STATUS).await {
-                Ok(s) => s,
-                Err(e) => {
-                    last = e.to_string();
-                    continue;
-                }
-            };
+        let _asking = self.anchoring.lock().await;
+        if let Some(a) = anchored() {
+            return Ok(a);
+        }
+        // Every validator at once: one round trip, not one per validator.
+        let answers = futures::future::join_all(self.urls.iter().map(|url| async move {
+            let status: AtHeight<Status> = self.get_from(url, routes::STATUS).await?;
             let path = routes::fill(routes::EPOCH_VALIDATORS, &[&0]);
-            let set: AtHeight<ValidatorSet> = match self.get_from(url, &path).await {
-                Ok(s) => s,
-                Err(e) => {
-                    last = e.to_string();
-                    continue;
-                }
-            };
-            let anchor = Anchor {
+            let set: AtHeight<ValidatorSet> = self.get_from(url, &path).await?;
+            Ok::<_, ClientError>(Anchor {
                 chain: status.data.genesis_hash,
                 epoch_blocks: status.data.epoch_blocks.max(1),
                 validators: set.data.members.iter().map(|m| m.account).collect(),
+            })
+        }))
+        .await;
+        let mut agreed: Option<(String, Anchor)> = None;
+        let mut last = String::from("no validator configured");
+        for (url, answer) in self.urls.iter().zip(answers) {
+            let anchor = match answer {
+                Ok(a) => a,
+                Err(e) => {
+                    last = e.to_string();
+                    continue;
+                }
             };
             match &agreed {
                 Some((first, a)) if *a != anchor => {
