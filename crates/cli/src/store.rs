@@ -149,13 +149,13 @@ fn parse_age(s: &str) -> anyhow::Result<std::time::Duration> {
         .with_context(|| format!("{s:?} is too long"))
 }
 
-/// An age as the user would write it.
+/// An age as the user would write it (a day and a half as 36h, the default as 24h).
 fn human_age(d: std::time::Duration) -> String {
     let s = d.as_secs();
     match s {
-        _ if s >= 86_400 && s % 86_400 == 0 => format!("{}d", s / 86_400),
-        _ if s >= 3600 && s % 3600 == 0 => format!("{}h", s / 3600),
-        _ if s >= 60 && s % 60 == 0 => format!("{}m", s / 60),
+        _ if s >= 2 * 86_400 && s.is_multiple_of(86_400) => format!("{}d", s / 86_400),
+        _ if s >= 3600 && s.is_multiple_of(3600) => format!("{}h", s / 3600),
+        _ if s >= 60 && s.is_multiple_of(60) => format!("{}m", s / 60),
         _ => format!("{s}s"),
     }
 }
@@ -693,4 +693,32 @@ pub fn bench(globals: &Globals, size: u64, scheme: Option<Scheme>) -> anyhow::Re
         );
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_parse_in_the_units_the_help_names_and_print_back_alike() {
+        for (text, secs, shown) in [
+            ("0s", 0, "0s"),
+            ("30s", 30, "30s"),
+            ("15m", 900, "15m"),
+            ("24h", 86_400, "24h"),
+            ("48h", 172_800, "2d"),
+            ("36h", 129_600, "36h"),
+            ("7d", 604_800, "7d"),
+        ] {
+            let age = parse_age(text).expect(text);
+            assert_eq!(age.as_secs(), secs, "{text}");
+            assert_eq!(human_age(age), shown, "{text}");
+        }
+        assert_eq!(human_age(std::time::Duration::from_secs(90)), "90s");
+        for bad in ["", "24", "h", "5x", "-1h", "1.5h", "99999999999999999999d"] {
+            assert!(parse_age(bad).is_err(), "{bad:?} was taken");
+        }
+        let overflow = format!("{}d", u64::MAX / 2);
+        assert!(parse_age(&overflow).is_err());
+    }
 }
