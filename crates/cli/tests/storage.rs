@@ -606,28 +606,7 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
         // An object removed while one of its nodes is stopped leaves its shards there
         // (with the index it was listed in); `store gc` removes them once the node is
         // back, leaves what was written too recently, and nothing an object still uses.
-        let on_nodes = || -> Vec<HashSet<PathBuf>> {
-            (0..NODES)
-                .map(|i| node_shards(&home, i).into_iter().collect())
-                .collect()
-        };
-        let before = on_nodes();
-        let orphan = home.join("orphan.bin");
-        random_file(&orphan, 2 << 20, 14);
-        ok(
-            &home,
-            &["store", "put", orphan.to_str().expect("utf8"), "orphan.bin"],
-        );
-        let after = on_nodes();
-        let (holder, left): (usize, Vec<PathBuf>) = (0..NODES)
-            .map(|i| (i, after[i].difference(&before[i]).cloned().collect()))
-            .max_by_key(|(_, new): &(usize, Vec<PathBuf>)| new.len())
-            .expect("nodes");
-        assert!(left.len() >= 2, "orphan.bin put nothing on node {holder}");
-        let stopped = Frozen(node_pids(&home, holder));
-        signal(&stopped.0, "-STOP");
-        ok(&home, &["store", "rm", "orphan.bin"]);
-        drop(stopped);
+        let left = orphaned(&home, "orphan.bin", 14);
         let total = |v: &Value, field: &str| -> u64 {
             v["contracts"]
                 .as_array()
@@ -658,9 +637,75 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
         ok(&home, &["store", "rm", "medium.bin"]);
         let ls = ok(&home, &["store", "ls"]);
         assert_eq!(ls["objects"].as_array().map(Vec::len), Some(1), "{ls}");
+
+        // gc removes nothing when an object's manifest cannot be read (here moved aside on
+        // every node): its shards could not be told from garbage.
+        let left = orphaned(&home, "stray.bin", 15);
+        let shared = ok(&home, &["store", "share", "docs/report.bin"]);
+        let manifest = shared["capability"]
+            .as_str()
+            .and_then(|c| c.parse::<peergrid_storage::Capability>().ok())
+            .expect("capability")
+            .manifest
+            .to_string();
+        let copies: Vec<PathBuf> = shard_files(&home)
+            .into_iter()
+            .filter(|f| {
+                f.file_name()
+                    .is_some_and(|n| n.to_string_lossy() == manifest)
+            })
+            .collect();
+        assert!(
+            copies.len() >= 5,
+            "the manifest is on every node: {copies:?}"
+        );
+        for f in &copies {
+            std::fs::rename(f, f.with_file_name(format!(".aside-{manifest}"))).expect("aside");
+        }
+        let (collected, _, err) = run(&home, &["store", "gc", "--older-than", "0s"]);
+        assert!(!collected, "gc ran without an object's manifest");
+        assert!(
+            err.contains("cannot read the manifest of docs/report.bin")
+                && err.contains("nothing was removed"),
+            "{err}"
+        );
+        assert!(
+            left.iter().all(|f| f.exists()),
+            "gc removed shards while a manifest was unreadable"
+        );
     })
     .await
     .expect("the storage walk-through");
+}
+
+/// Put a 2 MiB object as `name` and remove it while the node that took the most of its
+/// files is stopped: the files left there (its shards, manifest and the index that listed
+/// it), which nothing names any more.
+fn orphaned(home: &Path, name: &str, seed: u64) -> Vec<PathBuf> {
+    let on_nodes = || -> Vec<HashSet<PathBuf>> {
+        (0..NODES)
+            .map(|i| node_shards(home, i).into_iter().collect())
+            .collect()
+    };
+    let before = on_nodes();
+    let file = home.join(name);
+    random_file(&file, 2 << 20, seed);
+    ok(home, &["store", "put", file.to_str().expect("utf8"), name]);
+    let after = on_nodes();
+    let (holder, left): (usize, Vec<PathBuf>) = (0..NODES)
+        .map(|i| (i, after[i].difference(&before[i]).cloned().collect()))
+        .max_by_key(|(_, new): &(usize, Vec<PathBuf>)| new.len())
+        .expect("nodes");
+    assert!(left.len() >= 2, "{name} put nothing on node {holder}");
+    let stopped = Frozen(node_pids(home, holder));
+    signal(&stopped.0, "-STOP");
+    ok(home, &["store", "rm", name]);
+    drop(stopped);
+    assert!(
+        left.iter().all(|f| f.exists()),
+        "an rm reached a stopped node"
+    );
+    left
 }
 
 /// A ledger API that answers as `upstream` does, except that every node's record names a
