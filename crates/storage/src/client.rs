@@ -1908,8 +1908,9 @@ impl Storage {
     /// retried, or of an index replaced while a node was down. A shard written less than
     /// `older_than` ago is left, since a put from another machine with the same words may
     /// still be under way and not yet in the index. Nothing is removed when `dry_run`, nor
-    /// when any object's manifest cannot be read: without it, its shards cannot be told
-    /// from garbage.
+    /// when any object's manifest cannot be read (its shards cannot be told from garbage),
+    /// nor unless more than half of the owner's nodes answer and one keeps a pointer (the
+    /// index read could be older than the newest).
     pub async fn collect_garbage(
         &self,
         older_than: Duration,
@@ -1919,22 +1920,31 @@ impl Storage {
         let _lock = self.lock_index().await?;
         let holdings = self.holdings(self.owner()).await?;
         let (pointer, index) = self.index_on(&holdings).await?;
+        let nodes = distinct_peers(&holdings).len();
         let peers: Vec<PeerId> = distinct_peers(&holdings)
             .into_iter()
             .filter(|p| !self.has_failed(p))
             .collect();
+        // What is in use is known only from the newest index, which a put leaves on more
+        // than half of the nodes: with fewer answering, or none keeping a pointer (a lost
+        // pointer file), everything would look like garbage.
+        let Some(newest) = pointer.as_ref() else {
+            return Err(other(
+                "none of your nodes that answered keeps an index pointer, so what is in use is unknown; nothing was removed",
+            ));
+        };
         let mut named: HashSet<Hash> = HashSet::new();
-        named.extend(pointer.as_ref().map(|p| p.pointer.index));
+        named.insert(newest.pointer.index);
         // A node that was down when the index last changed keeps an older pointer: it is
         // given the newest (on a dry run, as if it were), and the index the old one named
         // becomes garbage. One as new as the newest but different is another machine's
         // change: its index is kept.
-        let (owner, pointer) = (self.owner(), &pointer);
-        let kept = futures::future::join_all(peers.iter().map(|&p| async move {
-            let kept = wire::get_pointer(&self.mesh, p, owner).await.ok().flatten();
-            match (&kept, pointer) {
-                (Some(k), Some(newest)) if k.pointer.seq < newest.pointer.seq && dry_run => None,
-                (Some(k), Some(newest)) if k.pointer.seq < newest.pointer.seq => {
+        let owner = self.owner();
+        let answers = futures::future::join_all(peers.iter().map(|&p| async move {
+            let kept = wire::get_pointer(&self.mesh, p, owner).await.ok()?;
+            Some(match &kept {
+                Some(k) if k.pointer.seq < newest.pointer.seq && dry_run => None,
+                Some(k) if k.pointer.seq < newest.pointer.seq => {
                     match wire::put_pointer(&self.mesh, p, newest.clone()).await {
                         Ok(()) => None,
                         Err(e) => {
@@ -1944,10 +1954,22 @@ impl Storage {
                     }
                 }
                 _ => kept,
-            }
+            })
         }))
         .await;
-        named.extend(kept.into_iter().flatten().map(|k| k.pointer.index));
+        let answered = answers.iter().filter(|a| a.is_some()).count();
+        if answered * 2 <= nodes {
+            return Err(other(format!(
+                "only {answered} of your {nodes} storage nodes answered; gc needs more than half, to be sure it reads your newest index: nothing was removed, run it again when more are up"
+            )));
+        }
+        named.extend(
+            answers
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|k| k.pointer.index),
+        );
         let peers = &peers;
         let mut manifests = futures::stream::iter(index.objects.iter())
             .map(|(name, entry)| async move {
