@@ -400,9 +400,14 @@ impl Storage {
         let mut known: HashMap<NodeId, (peergrid_client::NodeView, peergrid_client::Node)> =
             HashMap::new();
         for (n, view, proven) in nodes {
-            let (Some(view), Some(node)) = (view?, proven?.value) else {
+            let Some(node) = proven?.value else {
                 return Err(lying(format!(
-                    "your storage contract is on node {n}, which its proof says does not exist"
+                    "your storage contract is on node {n}, but its proof says the ledger has no such node"
+                )));
+            };
+            let Some(view) = view? else {
+                return Err(lying(format!(
+                    "your storage contract is on node {n}, and then that the ledger has no such node"
                 )));
             };
             if view.data.node.account != node.account {
