@@ -340,6 +340,20 @@ impl ShardStore {
             Err(reason) => return self.refuse(stream, reason).await,
         };
         let Some(len) = reserved else {
+            // A put that finds its shard here relies on it from now: it counts as written
+            // now, so the owner's gc (which leaves young shards) does not take it while
+            // that put, resumed from another machine, is not yet in the index.
+            let path = shard_path(&access.dir, &id);
+            let touched = blocking(move || {
+                std::fs::File::options()
+                    .write(true)
+                    .open(&path)?
+                    .set_modified(std::time::SystemTime::now())
+            })
+            .await;
+            if let Err(e) = touched {
+                debug!(%id, error = %e, "cannot refresh a kept shard's age");
+            }
             wire::write_response(stream, &Response::Have).await?;
             return stream.close().await;
         };
@@ -687,22 +701,22 @@ impl ShardStore {
     async fn list(&self, peer: AccountId, contract: ContractId, after: Option<Hash>) -> Response {
         let (dir, mut ids) = {
             let state = self.state();
-            match state.contracts.get(&contract) {
-                Some(c) if c.owner == peer => {}
+            let dir = match state.contracts.get(&contract) {
+                Some(c) if c.owner == peer => c.dir.clone(),
                 Some(_) => return Response::Refused(format!("contract {contract} is not yours")),
                 None => {
                     return Response::Refused(format!(
                         "contract {contract} is not a storage contract here"
                     ));
                 }
-            }
+            };
             let ids: Vec<Hash> = state
                 .location
                 .iter()
                 .filter(|(id, c)| **c == contract && after.is_none_or(|a| **id > a))
                 .map(|(id, _)| *id)
                 .collect();
-            (state.contracts[&contract].dir.clone(), ids)
+            (dir, ids)
         };
         ids.sort_unstable();
         let listed = tokio::task::spawn_blocking(move || {

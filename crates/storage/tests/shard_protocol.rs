@@ -160,6 +160,30 @@ async fn owners_store_readers_fetch_and_nothing_else_goes() {
             .is_empty(),
         "nothing comes after the last address"
     );
+    // A put that finds the shard already here makes it young again: a put resumed from
+    // another machine relies on it before its index lists it, and gc leaves young shards.
+    let file = r.dir.join(format!("workloads/1/shards/{id}"));
+    let two_days_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 86_400);
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .and_then(|f| f.set_modified(two_days_ago))
+        .expect("age the shard");
+    let age = |listed: Vec<wire::ListedShard>| listed.first().map(|s| s.age_secs);
+    let listed = wire::list(&r.owner_mesh, peer, 1, None)
+        .await
+        .expect("list");
+    assert!(age(listed) >= Some(2 * 86_400 - 60));
+    assert_eq!(
+        wire::put(&r.owner_mesh, peer, 1, id, &bytes)
+            .await
+            .expect("again"),
+        PutOutcome::AlreadyThere
+    );
+    let listed = wire::list(&r.owner_mesh, peer, 1, None)
+        .await
+        .expect("list");
+    assert!(age(listed) < Some(600), "a shard put again stays old");
     assert!(
         wire::usage(&stranger, peer, vec![1])
             .await
