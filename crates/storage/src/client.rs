@@ -2053,8 +2053,10 @@ impl Storage {
             return Ok(());
         }
         for chunk in garbage.chunks(wire::IDS_MAX) {
-            report.removed +=
-                u64::from(wire::delete(&self.mesh, peer, h.contract, chunk.to_vec()).await?);
+            // The node checks the age again: a put may have come to rely on a shard since.
+            report.removed += u64::from(
+                wire::collect(&self.mesh, peer, h.contract, chunk.to_vec(), older_than).await?,
+            );
         }
         Ok(())
     }

@@ -268,11 +268,19 @@ impl ShardStore {
             Request::Get { id } => return self.get(stream, id).await,
             Request::Has { ids } => self.has(ids),
             Request::Audit { id, leaf } => self.audit(id, leaf).await,
-            Request::Delete { contract, ids } => self.delete(peer, contract, ids).await,
+            Request::Delete { contract, ids } => self.delete(peer, contract, ids, None).await,
             Request::Usage { contracts } => self.usage(peer, contracts),
             Request::PutPointer(p) => self.put_pointer(p),
             Request::GetPointer { owner } => Response::Pointer(self.pointer(&owner)),
             Request::List { contract, after } => self.list(peer, contract, after).await,
+            Request::Collect {
+                contract,
+                ids,
+                older_than_secs,
+            } => {
+                let min = std::time::Duration::from_secs(older_than_secs);
+                self.delete(peer, contract, ids, Some(min)).await
+            }
         };
         if matches!(answer, Response::Refused(_) | Response::Full(_)) {
             self.count(|s| s.refused += 1);
@@ -664,7 +672,15 @@ impl ShardStore {
         }
     }
 
-    async fn delete(&self, peer: AccountId, contract: ContractId, ids: Vec<Hash>) -> Response {
+    /// Remove `ids` from `contract`; with `older_than`, only those written (or put again)
+    /// at least that long ago.
+    async fn delete(
+        &self,
+        peer: AccountId,
+        contract: ContractId,
+        ids: Vec<Hash>,
+        older_than: Option<std::time::Duration>,
+    ) -> Response {
         if ids.len() > IDS_MAX {
             return Response::Refused(format!("at most {IDS_MAX} addresses per request"));
         }
@@ -686,10 +702,18 @@ impl ShardStore {
                 continue;
             }
             let path = shard_path(&access.dir, &id);
-            let len = tokio::fs::metadata(&path)
-                .await
-                .map(|m| m.len())
-                .unwrap_or(0);
+            let meta = tokio::fs::metadata(&path).await.ok();
+            if let Some(min) = older_than {
+                let age = meta
+                    .as_ref()
+                    .and_then(|m| m.modified().ok())
+                    .and_then(|m| std::time::SystemTime::now().duration_since(m).ok())
+                    .unwrap_or_default();
+                if age < min {
+                    continue;
+                }
+            }
+            let len = meta.map(|m| m.len()).unwrap_or(0);
             if tokio::fs::remove_file(&path).await.is_ok() {
                 removed += 1;
             }

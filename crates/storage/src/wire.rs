@@ -98,6 +98,17 @@ pub enum Request {
         /// Continue after this address (the last of the previous answer).
         after: Option<Hash>,
     },
+    /// Remove shards from a contract (its owner only), each only if it was not written or
+    /// put again within the last `older_than_secs`: garbage collection's removal, which a
+    /// put that came to rely on a shard after it was listed wins. Added last.
+    Collect {
+        /// The contract.
+        contract: ContractId,
+        /// Shard addresses.
+        ids: Vec<Hash>,
+        /// How old a shard must be to go.
+        older_than_secs: u64,
+    },
 }
 
 /// One shard a node holds, as `List` answers it.
@@ -140,7 +151,7 @@ pub enum Response {
     Has(Vec<bool>),
     /// Audit: the leaf and its path.
     Audit(LeafProof),
-    /// Delete: how many were removed.
+    /// Delete, Collect: how many were removed.
     Deleted(u32),
     /// Usage: per contract asked that the asker owns here.
     Usage(Vec<ContractUsage>),
@@ -580,5 +591,25 @@ pub async fn list(
     match answer {
         Response::Listed(shards) if shards.len() <= IDS_MAX => Ok(shards),
         other => Err(unexpected(peer, "list", &other)),
+    }
+}
+
+/// Remove those of `ids` from `contract` on `peer` that are at least `older_than` old.
+pub async fn collect(
+    mesh: &Mesh,
+    peer: PeerId,
+    contract: ContractId,
+    ids: Vec<Hash>,
+    older_than: Duration,
+) -> Result<u32, WireError> {
+    let request = Request::Collect {
+        contract,
+        ids,
+        older_than_secs: older_than.as_secs(),
+    };
+    let (_, answer) = exchange(mesh, peer, &request).await?;
+    match answer {
+        Response::Deleted(n) => Ok(n),
+        other => Err(unexpected(peer, "collect", &other)),
     }
 }

@@ -184,6 +184,14 @@ async fn owners_store_readers_fetch_and_nothing_else_goes() {
         .await
         .expect("list");
     assert!(age(listed) < Some(600), "a shard put again stays old");
+    let day = std::time::Duration::from_secs(86_400);
+    assert_eq!(
+        wire::collect(&r.owner_mesh, peer, 1, vec![id], day)
+            .await
+            .expect("collect"),
+        0,
+        "gc took a shard a put relies on since it was listed"
+    );
     assert!(
         wire::usage(&stranger, peer, vec![1])
             .await
@@ -312,6 +320,29 @@ async fn a_contract_with_more_shards_than_one_answer_lists_in_pages() {
     want.sort_unstable();
     assert_eq!(got, want, "every shard once, in address order");
     assert!(first.iter().chain(&second).all(|s| s.len == 4));
+
+    // Garbage collection's removal takes only shards old enough, checked by the node.
+    let (old, young) = (want[0], want[1]);
+    let two_days_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 86_400);
+    std::fs::File::options()
+        .write(true)
+        .open(shards.join(old.to_string()))
+        .and_then(|f| f.set_modified(two_days_ago))
+        .expect("age a shard");
+    let day = std::time::Duration::from_secs(86_400);
+    assert_eq!(
+        wire::collect(&r.owner_mesh, peer, contract, vec![old, young], day)
+            .await
+            .expect("collect"),
+        1
+    );
+    let left: Vec<Hash> = wire::list(&r.owner_mesh, peer, contract, None)
+        .await
+        .expect("list")
+        .iter()
+        .map(|s| s.id)
+        .collect();
+    assert!(!left.contains(&old) && left.contains(&young), "{left:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
