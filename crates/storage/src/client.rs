@@ -200,6 +200,14 @@ fn distinct_peers(holdings: &[Holding]) -> Vec<PeerId> {
         .collect()
 }
 
+/// The mesh peer of each node of `holdings`.
+fn peers_by_node(holdings: &[Holding]) -> HashMap<NodeId, PeerId> {
+    holdings
+        .iter()
+        .filter_map(|h| Some((h.node, h.peer_id().ok()?)))
+        .collect()
+}
+
 /// Order `holdings` so that consecutive ones are on different farms where possible.
 fn spread_over_farms(mut holdings: Vec<Holding>) -> Vec<Holding> {
     holdings.sort_by_key(|h| (h.farm, h.node));
@@ -379,7 +387,8 @@ impl Storage {
                 _ => None,
             })
             .collect();
-        let node_ids: BTreeMap<NodeId, ()> = listed.iter().map(|&(_, n, _)| (n, ())).collect();
+        let node_ids: std::collections::BTreeSet<NodeId> =
+            listed.iter().map(|&(_, n, _)| n).collect();
         let lying = |what: String| {
             other(format!(
                 "the validator answering said {what}: do not trust it; pass another validator with --ledger, and tell its operator"
@@ -391,7 +400,7 @@ impl Storage {
                     .iter()
                     .map(|&(id, _, _)| self.ledger.proven_contract(id))
             ),
-            futures::future::join_all(node_ids.keys().map(|&n| async move {
+            futures::future::join_all(node_ids.iter().map(|&n| async move {
                 let (view, proven) =
                     futures::join!(self.ledger.node(n), self.ledger.proven_node(n));
                 (n, view, proven)
@@ -1345,10 +1354,7 @@ impl Storage {
         };
         let mut file = Some(opened.map_err(file_err("cannot write", &partial))?);
         progress(written_before);
-        let peers: HashMap<NodeId, PeerId> = holdings
-            .iter()
-            .filter_map(|h| Some((h.node, h.peer_id().ok()?)))
-            .collect();
+        let peers = peers_by_node(&holdings);
         let all_peers: Vec<PeerId> = peers.values().copied().collect();
         let mut written = written_before;
         let mut fetches = futures::stream::iter(resume_from..last)
@@ -1693,10 +1699,7 @@ impl Storage {
                 continue;
             }
             report.shards_missing += lost.len() as u64;
-            let peers: HashMap<NodeId, PeerId> = holdings
-                .iter()
-                .filter_map(|h| Some((h.node, h.peer_id().ok()?)))
-                .collect();
+            let peers = peers_by_node(&holdings);
             let all_peers: Vec<PeerId> = peers.values().copied().collect();
             let (buf, plain) = self
                 .fetch_segment(&manifest, segment, &peers, &all_peers)
@@ -1782,10 +1785,7 @@ impl Storage {
                 manifest.segment_bytes
             )));
         }
-        let peers: HashMap<NodeId, PeerId> = holdings
-            .iter()
-            .filter_map(|h| Some((h.node, h.peer_id().ok()?)))
-            .collect();
+        let peers = peers_by_node(&holdings);
         let all = peers.values().copied().collect();
         let size = manifest.size;
         let source = Source::Object {
@@ -1925,11 +1925,9 @@ impl Storage {
         let _lock = self.lock_index().await?;
         let holdings = self.holdings(self.owner()).await?;
         let (pointer, index) = self.index_on(&holdings).await?;
-        let nodes = distinct_peers(&holdings).len();
-        let peers: Vec<PeerId> = distinct_peers(&holdings)
-            .into_iter()
-            .filter(|p| !self.has_failed(p))
-            .collect();
+        let mut peers = distinct_peers(&holdings);
+        let nodes = peers.len();
+        peers.retain(|p| !self.has_failed(p));
         // What is in use is known only from the newest index, which a put leaves on more
         // than half of the nodes: with fewer answering, or none keeping a pointer (a lost
         // pointer file), everything would look like garbage.
@@ -2069,10 +2067,7 @@ impl Storage {
         samples: usize,
     ) -> Result<Vec<AuditResult>, StorageError> {
         let (manifest, holdings) = self.open(cap).await?;
-        let peers: HashMap<NodeId, PeerId> = holdings
-            .iter()
-            .filter_map(|h| Some((h.node, h.peer_id().ok()?)))
-            .collect();
+        let peers = peers_by_node(&holdings);
         let placements: Vec<(Hash, NodeId, u64)> = manifest
             .segments
             .iter()
