@@ -15,6 +15,7 @@
 
 pub mod client;
 pub mod crypto;
+pub mod direct;
 pub mod erasure;
 pub mod format;
 pub mod shard;

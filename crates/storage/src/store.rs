@@ -6,7 +6,8 @@
 //! when the bytes match the address: a crash leaves no partial shard visible, and
 //! temporary files are removed when the contract's folder is next scanned. Every read
 //! is checked against the address again; a shard that no longer matches (a failing
-//! disk) is moved aside and no longer served. Writes are refused beyond the contract's
+//! disk) is moved aside and no longer served. Shard bytes go to and from the disk
+//! around the page cache where the file system allows it ([`crate::direct`]). Writes are refused beyond the contract's
 //! reservation, and a contract in grace refuses reads and writes but keeps the data.
 //!
 //! Writes are refused, too, when the disk they go to would keep less free than the
@@ -34,6 +35,7 @@ use peergrid_mesh::{Mesh, Slots};
 use tracing::{debug, info, warn};
 
 use crate::blocking;
+use crate::direct::{AlignedBuf, ShardReader, ShardWriter};
 use crate::format::{POINTER_BYTES_MAX, SignedPointer, decode_versioned, encode_versioned};
 use crate::shard::{ShardHasher, prove};
 use crate::wire::{
@@ -111,23 +113,23 @@ pub struct ShardStore {
 /// Batch buffers given back after a shard is received or served, so that the next one
 /// does not zero fresh megabytes: that zeroing was as much work as the copies.
 #[derive(Default)]
-struct Buffers(Mutex<Vec<Vec<u8>>>);
+struct Buffers(Mutex<Vec<AlignedBuf>>);
 
 impl Buffers {
     /// A buffer for a shard of `len` bytes: a kept one, unless the shard is small enough
     /// that a megabyte for each of many small requests would cost more than zeroing.
-    fn take(&self, len: u64) -> Vec<u8> {
+    fn take(&self, len: u64) -> AlignedBuf {
         if len < (BATCH_BYTES / 4) as u64 {
-            return vec![0u8; len.max(1) as usize];
+            return AlignedBuf::zeroed(len.max(1) as usize);
         }
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .pop()
-            .unwrap_or_else(|| vec![0u8; BATCH_BYTES])
+            .unwrap_or_else(|| AlignedBuf::zeroed(BATCH_BYTES))
     }
 
-    fn give(&self, buf: Vec<u8>) {
+    fn give(&self, buf: AlignedBuf) {
         let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if buf.len() == BATCH_BYTES && kept.len() < BUFFERS_KEPT {
             kept.push(buf);
@@ -434,7 +436,7 @@ impl ShardStore {
             let (s, t) = (shards.clone(), tmp.clone());
             let file = blocking(move || {
                 std::fs::create_dir_all(&s)?;
-                std::fs::File::create(&t)
+                ShardWriter::create(&t)
             })
             .await
             .map_err(full)?;
@@ -473,9 +475,9 @@ impl ShardStore {
                     let _ = tokio::fs::remove_file(&tmp).await;
                     continue;
                 };
-                let bytes = std::mem::replace(&mut spare, done);
+                let mut bytes = std::mem::replace(&mut spare, done);
                 writing = Some(tokio::task::spawn_blocking(move || {
-                    let result = std::io::Write::write_all(&mut file, &bytes[..fill]);
+                    let result = file.write(&mut bytes, fill);
                     (file, bytes, result)
                 }));
             }
@@ -513,8 +515,7 @@ impl ShardStore {
             };
             let (t, to) = (tmp.clone(), shard_path(dir, &id));
             blocking(move || {
-                file.sync_all()?;
-                drop(file);
+                drop(file.sync()?);
                 std::fs::rename(&t, &to)?;
                 if let Ok(d) = std::fs::File::open(&shards) {
                     let _ = d.sync_all();
@@ -557,8 +558,8 @@ impl ShardStore {
         };
         let path = shard_path(&dir, &id);
         let opened = blocking(move || {
-            let file = std::fs::File::open(&path)?;
-            let len = file.metadata()?.len();
+            let file = ShardReader::open(&path)?;
+            let len = file.file_len()?;
             Ok((file, len))
         })
         .await;
@@ -574,9 +575,9 @@ impl ShardStore {
         wire::write_response(stream, &Response::Data { len }).await?;
         // The next batch is read from the disk while this one is hashed and sent.
         let batch = BATCH_BYTES;
-        let read_next = |mut file: std::fs::File, mut buf: Vec<u8>, n: usize| {
+        let read_next = |mut file: ShardReader, mut buf: AlignedBuf, n: usize| {
             tokio::task::spawn_blocking(move || {
-                let result = std::io::Read::read_exact(&mut file, &mut buf[..n]);
+                let result = file.read(&mut buf, n);
                 (file, buf, result)
             })
         };
@@ -850,7 +851,7 @@ impl ShardStore {
 }
 
 /// A batch being written to a shard's temporary file: the file, the buffer, the result.
-type Writing = tokio::task::JoinHandle<(std::fs::File, Vec<u8>, std::io::Result<()>)>;
+type Writing = tokio::task::JoinHandle<(ShardWriter, AlignedBuf, std::io::Result<()>)>;
 
 enum Receive {
     Refused(String),

@@ -1,0 +1,370 @@
+//! Shard files written and read around the page cache (`O_DIRECT`) where the file system
+//! allows it.
+//!
+//! A node writes each shard once and reads it rarely. Through the page cache every byte
+//! is first copied into a fresh cache page: on a put that copy was the largest single
+//! cost of the whole grid, about as much CPU as the client's seal, code and hash
+//! together, because the kernel must find, fault in and fill a new page per 4 KiB; and
+//! the cache then fills with shards that push out what the machine does read. Direct
+//! I/O moves the bytes from the store's own reused buffers to the device.
+//!
+//! Direct I/O wants the buffer, the file offset and the length aligned to the device's
+//! block. Buffers are aligned to [`ALIGN`] (4 KiB, the largest logical block in common
+//! use), every write but a shard's last is a whole batch, and the last is padded with
+//! zeros to the block and the file cut back to the shard's length. A file system that
+//! refuses direct I/O (FUSE, some network file systems) at open, or a write or read the
+//! device refuses as misaligned, falls back to the page cache for the rest of that file.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::ops::{Deref, DerefMut};
+use std::path::{Path, PathBuf};
+
+/// Alignment of buffers, offsets and lengths for direct I/O.
+pub const ALIGN: usize = 4096;
+
+/// A zeroed byte buffer whose first byte is aligned to [`ALIGN`].
+///
+/// It over-allocates by one block and starts where the allocation is aligned, which
+/// needs no `unsafe`: a `Vec`'s heap block does not move when the `Vec` does.
+pub struct AlignedBuf {
+    vec: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    /// A buffer of `len` zero bytes, with room to pad its contents to the next block.
+    pub fn zeroed(len: usize) -> AlignedBuf {
+        let vec = vec![0u8; len.next_multiple_of(ALIGN) + ALIGN];
+        let start = vec.as_ptr().align_offset(ALIGN);
+        AlignedBuf { vec, start, len }
+    }
+
+    /// The first `n` bytes and the zeros after them up to the next block boundary.
+    fn padded(&mut self, n: usize) -> &[u8] {
+        let end = self.start + n.next_multiple_of(ALIGN);
+        self.vec[self.start + n..end].fill(0);
+        &self.vec[self.start..end]
+    }
+
+    /// Room to read `n` bytes rounded up to the next block boundary.
+    fn padded_mut(&mut self, n: usize) -> &mut [u8] {
+        let end = self.start + n.next_multiple_of(ALIGN);
+        &mut self.vec[self.start..end]
+    }
+}
+
+/// An empty buffer, a placeholder while a real one is lent out.
+impl Default for AlignedBuf {
+    fn default() -> AlignedBuf {
+        AlignedBuf {
+            vec: Vec::new(),
+            start: 0,
+            len: 0,
+        }
+    }
+}
+
+impl Deref for AlignedBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.vec[self.start..self.start + self.len]
+    }
+}
+
+impl DerefMut for AlignedBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.vec[self.start..self.start + self.len]
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn open_direct(options: &mut OpenOptions) -> &mut OpenOptions {
+    use std::os::unix::fs::OpenOptionsExt;
+    options.custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn open_direct(options: &mut OpenOptions) -> &mut OpenOptions {
+    options
+}
+
+fn refused_direct(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::InvalidInput
+}
+
+/// A file opened with direct I/O if its file system takes it, through the cache if not.
+fn open(path: &Path, options: impl Fn() -> OpenOptions) -> std::io::Result<(File, bool)> {
+    if cfg!(target_os = "linux") {
+        match open_direct(&mut options()).open(path) {
+            Ok(file) => return Ok((file, true)),
+            Err(e) if refused_direct(&e) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((options().open(path)?, false))
+}
+
+/// A shard file being written, batch by batch, from [`AlignedBuf`]s.
+pub struct ShardWriter {
+    file: File,
+    path: PathBuf,
+    direct: bool,
+    written: u64,
+}
+
+impl ShardWriter {
+    /// Create `path`, which must not exist.
+    pub fn create(path: &Path) -> std::io::Result<ShardWriter> {
+        let (file, direct) = open(path, || {
+            let mut o = OpenOptions::new();
+            o.write(true).create_new(true);
+            o
+        })?;
+        Ok(ShardWriter {
+            file,
+            path: path.to_path_buf(),
+            direct,
+            written: 0,
+        })
+    }
+
+    /// Whether writes go around the page cache.
+    pub fn is_direct(&self) -> bool {
+        self.direct
+    }
+
+    /// Append `buf[..n]`. Only a file's last write may be shorter than a whole block.
+    pub fn write(&mut self, buf: &mut AlignedBuf, n: usize) -> std::io::Result<()> {
+        if self.direct {
+            match self.file.write_all(buf.padded(n)) {
+                Ok(()) => {
+                    self.written += n as u64;
+                    if !n.is_multiple_of(ALIGN) {
+                        self.file.set_len(self.written)?;
+                        self.file.seek(SeekFrom::Start(self.written))?;
+                    }
+                    return Ok(());
+                }
+                Err(e) if refused_direct(&e) => self.buffered()?,
+                Err(e) => return Err(e),
+            }
+        }
+        self.file.write_all(&buf[..n])?;
+        self.written += n as u64;
+        Ok(())
+    }
+
+    /// The same file through the page cache, cut back to what was written whole.
+    fn buffered(&mut self) -> std::io::Result<()> {
+        self.file = OpenOptions::new().write(true).open(&self.path)?;
+        self.file.set_len(self.written)?;
+        self.file.seek(SeekFrom::Start(self.written))?;
+        self.direct = false;
+        Ok(())
+    }
+
+    /// Flush the file's bytes and length to the device, and give the file back.
+    pub fn sync(self) -> std::io::Result<File> {
+        self.file.sync_all()?;
+        Ok(self.file)
+    }
+}
+
+/// A shard file being read from the start, batch by batch, into [`AlignedBuf`]s.
+pub struct ShardReader {
+    file: File,
+    path: PathBuf,
+    direct: bool,
+    read: u64,
+}
+
+impl ShardReader {
+    /// Open `path` for reading.
+    pub fn open(path: &Path) -> std::io::Result<ShardReader> {
+        let (file, direct) = open(path, || {
+            let mut o = OpenOptions::new();
+            o.read(true);
+            o
+        })?;
+        Ok(ShardReader {
+            file,
+            path: path.to_path_buf(),
+            direct,
+            read: 0,
+        })
+    }
+
+    /// The file's length now.
+    pub fn file_len(&self) -> std::io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    /// Read the next `n` bytes into `buf[..n]`; fewer left in the file is an error. Only
+    /// a file's last read may be shorter than a whole block.
+    pub fn read(&mut self, buf: &mut AlignedBuf, n: usize) -> std::io::Result<()> {
+        if self.direct {
+            match self.read_direct(buf, n) {
+                Ok(()) => return Ok(()),
+                Err(e) if refused_direct(&e) => {
+                    self.file = File::open(&self.path)?;
+                    self.file.seek(SeekFrom::Start(self.read))?;
+                    self.direct = false;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.file.read_exact(&mut buf[..n])?;
+        self.read += n as u64;
+        Ok(())
+    }
+
+    /// Whole blocks until `n` bytes are in, or the end of the file comes first; the
+    /// file's last block comes back short, so a short read ends the loop.
+    fn read_direct(&mut self, buf: &mut AlignedBuf, n: usize) -> std::io::Result<()> {
+        let room = buf.padded_mut(n);
+        let mut got = 0;
+        while got < n {
+            match self.file.read(&mut room[got..]) {
+                Ok(0) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the shard file is shorter than it was",
+                    ));
+                }
+                Ok(k) if got + k < n && !(got + k).is_multiple_of(ALIGN) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the shard file is shorter than it was",
+                    ));
+                }
+                Ok(k) => got += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // Nothing of this call counts: the buffered retry starts where it did.
+                    self.file.seek(SeekFrom::Start(self.read))?;
+                    return Err(e);
+                }
+            }
+        }
+        self.read += n as u64;
+        if got != n {
+            // The file grew since its length was read: go on from where the caller is.
+            self.file.seek(SeekFrom::Start(self.read))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Write `len` bytes in batches of `batch` and read them back the same way.
+    fn round_trip(dir: &Path, len: usize, batch: usize) -> bool {
+        let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 4096) as u8).collect();
+        let path = dir.join(format!("shard-{len}-{batch}"));
+        let mut w = ShardWriter::create(&path).expect("create");
+        let direct = w.is_direct();
+        let mut buf = AlignedBuf::zeroed(batch);
+        for chunk in data.chunks(batch) {
+            buf[..chunk.len()].copy_from_slice(chunk);
+            w.write(&mut buf, chunk.len()).expect("write");
+        }
+        w.sync().expect("sync");
+        assert_eq!(std::fs::read(&path).expect("read back"), data, "len {len}");
+
+        let mut r = ShardReader::open(&path).expect("open");
+        assert_eq!(r.file_len().expect("len"), len as u64);
+        let mut back = Vec::new();
+        let mut left = len;
+        while left > 0 {
+            let n = left.min(batch);
+            r.read(&mut buf, n).expect("read");
+            back.extend_from_slice(&buf[..n]);
+            left -= n;
+        }
+        assert_eq!(back, data, "len {len} read in batches");
+        // Asking past the end is an error, not a short answer.
+        assert!(r.read(&mut buf, 1).is_err());
+        direct
+    }
+
+    /// The type of the file system `path` is on, from the longest mount point above it.
+    fn fs_type(path: &Path) -> Option<String> {
+        let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
+        let path = path.canonicalize().ok()?;
+        mounts
+            .lines()
+            .filter_map(|line| {
+                let mut fields = line.split(' ');
+                let (_, point, kind) = (fields.next()?, fields.next()?, fields.next()?);
+                path.starts_with(point)
+                    .then(|| (point.len(), kind.to_string()))
+            })
+            .max_by_key(|(len, _)| *len)
+            .map(|(_, kind)| kind)
+    }
+
+    #[test]
+    fn shards_of_every_length_round_trip_on_disk_and_in_memory() {
+        let lens = [
+            0,
+            1,
+            511,
+            4095,
+            4096,
+            4097,
+            65_536 + 3,
+            1 << 20,
+            (3 << 20) + 12_345,
+        ];
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut direct = false;
+        for len in lens {
+            direct |= round_trip(tmp.path(), len, 1 << 20);
+        }
+        if cfg!(target_os = "linux")
+            && matches!(fs_type(tmp.path()).as_deref(), Some("ext4" | "xfs"))
+        {
+            assert!(
+                direct,
+                "ext4 and xfs take O_DIRECT: the writes should bypass the cache"
+            );
+        }
+        if Path::new("/dev/shm").is_dir() {
+            let shm = tempfile::tempdir_in("/dev/shm").expect("tempdir");
+            for len in lens {
+                round_trip(shm.path(), len, 1 << 20);
+            }
+        }
+    }
+
+    #[test]
+    fn a_write_the_device_refuses_goes_on_through_the_cache() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("shard");
+        let mut w = ShardWriter::create(&path).expect("create");
+        let started_direct = w.is_direct();
+        let mut buf = AlignedBuf::zeroed(1 << 20);
+        buf.fill(7);
+        w.write(&mut buf, 1 << 20).expect("write");
+        // A short write in the middle leaves the file misaligned for direct I/O: the
+        // next write is refused by the kernel and must be redone through the cache.
+        w.write(&mut buf, 100).expect("short write");
+        // The short write padded its last block with zeros in the buffer.
+        buf.fill(7);
+        w.write(&mut buf, 1 << 20).expect("write after a short one");
+        if started_direct {
+            assert!(
+                !w.is_direct(),
+                "the misaligned write went on through the cache"
+            );
+        }
+        w.sync().expect("sync");
+        let back = std::fs::read(&path).expect("read back");
+        assert_eq!(back.len(), (2 << 20) + 100);
+        assert!(back.iter().all(|&b| b == 7));
+    }
+}
