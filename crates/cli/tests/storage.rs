@@ -221,6 +221,49 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
         );
         assert!(std::fs::read(&part).expect("read") == data[4_194_000..4_194_400]);
 
+        // Into a pipe, which is written straight (not replaced by a renamed file), and not
+        // into a folder.
+        let fifo = home.join("pipe");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo");
+        assert!(made.success());
+        let reader = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || std::fs::read(fifo).expect("read the pipe"))
+        };
+        ok(
+            &home,
+            &[
+                "store",
+                "get",
+                "docs/report.bin",
+                fifo.to_str().expect("utf8"),
+            ],
+        );
+        assert!(
+            std::os::unix::fs::FileTypeExt::is_fifo(
+                &std::fs::metadata(&fifo).expect("pipe").file_type()
+            ),
+            "the pipe is still a pipe"
+        );
+        // Only now: had the pipe been replaced, its reader would wait forever.
+        assert!(
+            reader.join().expect("reader") == data,
+            "read through a pipe"
+        );
+        let (into_folder, _, err) = run(
+            &home,
+            &[
+                "store",
+                "get",
+                "docs/report.bin",
+                home.to_str().expect("utf8"),
+            ],
+        );
+        assert!(!into_folder && err.contains("is a folder"), "{err}");
+
         // An interrupted download resumes after the segments it had written and synced:
         // they are not fetched again (a marker in them stays), the rest is. A resume state
         // naming another object is not trusted: the download starts over.

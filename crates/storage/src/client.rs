@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use crate::crypto::{self, Cipher, NONCE_BYTES, StorageKeys, TAG_BYTES};
+use crate::direct::{AlignedBuf, DirectWriter};
 use crate::erasure::{self, Scheme};
 use crate::format::{
     Capability, INDEX_BYTES_MAX, Index, IndexEntry, Manifest, Pointer, Segment, SignedPointer,
@@ -53,8 +54,42 @@ const FAILED_FOR: Duration = Duration::from_secs(10);
 /// changes the index at the same moment, before giving up.
 const INDEX_TRIES: u32 = 8;
 
-/// A segment being written to a download's file: the file and the write's result.
-type FileWrite = tokio::task::JoinHandle<(std::fs::File, std::io::Result<()>)>;
+/// A segment handed to a download's writer: its bytes, and after it is written, how many
+/// segments the resume point may count as done (every eighth and the last).
+struct Piece {
+    buf: AlignedBuf,
+    len: usize,
+    done: Option<u64>,
+}
+
+/// Where a download goes: a file, resumable and synced, or a device or pipe.
+enum Output {
+    File(DirectWriter),
+    Stream(std::fs::File),
+}
+
+impl Output {
+    fn write(&mut self, buf: &mut AlignedBuf, len: usize) -> std::io::Result<()> {
+        match self {
+            Output::File(w) => w.write(buf, len),
+            Output::Stream(f) => std::io::Write::write_all(f, &buf[..len]),
+        }
+    }
+
+    fn sync_data(&self) -> std::io::Result<()> {
+        match self {
+            Output::File(w) => w.sync_data(),
+            Output::Stream(_) => Ok(()),
+        }
+    }
+
+    fn finish(self) -> std::io::Result<()> {
+        match self {
+            Output::File(w) => w.sync().map(drop),
+            Output::Stream(mut f) => std::io::Write::flush(&mut f),
+        }
+    }
+}
 /// Bytes kept free in each contract beyond the estimate, for the manifest and index.
 const OVERHEAD_BYTES: u64 = 1 << 20;
 
@@ -1308,6 +1343,23 @@ impl Storage {
         } else {
             (end - 1) / seg_bytes + 1
         };
+        let file_err = |what, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| StorageError::File { what, path, source }
+        };
+        // A device or a pipe (`/dev/null`, `/dev/stdout`) is written straight: it cannot
+        // be resumed, synced or renamed over (a rename over `/dev/null` replaced it).
+        let stream = match std::fs::metadata(out) {
+            Ok(m) if m.is_dir() => {
+                return Err(other(format!(
+                    "{} is a folder: give the file to write, e.g. {}",
+                    out.display(),
+                    out.join("NAME").display()
+                )));
+            }
+            Ok(m) => !m.is_file(),
+            Err(_) => false,
+        };
         let partial = PathBuf::from(format!("{}.partial", out.display()));
         let state_file = PathBuf::from(format!("{}.partial.json", out.display()));
         #[derive(Serialize, Deserialize, PartialEq)]
@@ -1318,7 +1370,8 @@ impl Storage {
             segments_done: u64,
         }
         let mut resume_from = first;
-        if let Ok(bytes) = std::fs::read(&state_file)
+        if !stream
+            && let Ok(bytes) = std::fs::read(&state_file)
             && let Ok(r) = serde_json::from_slice::<Resume>(&bytes)
             && r.manifest == cap.manifest
             && (r.start, r.end) == (start, end)
@@ -1329,100 +1382,112 @@ impl Storage {
                 "resuming an interrupted download"
             );
         }
-        let file_err = |what, path: &Path| {
-            let path = path.to_path_buf();
-            move |source| StorageError::File { what, path, source }
-        };
         let written_before = if resume_from == first {
             0
         } else {
             (resume_from * seg_bytes).max(start) - start
         };
+        let target = if stream {
+            out.to_path_buf()
+        } else {
+            partial.clone()
+        };
         let opened = {
-            let (partial, fresh) = (partial.clone(), resume_from == first);
+            let target = target.clone();
             crate::blocking(move || {
-                let mut file = std::fs::OpenOptions::new()
-                    .create(true)
-                    .write(true)
-                    .truncate(fresh)
-                    .open(&partial)?;
-                file.set_len(written_before)?;
-                std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(written_before))?;
-                Ok(file)
+                Ok(if stream {
+                    Output::Stream(std::fs::OpenOptions::new().write(true).open(&target)?)
+                } else {
+                    Output::File(DirectWriter::resume(&target, written_before)?)
+                })
             })
             .await
         };
-        let mut file = Some(opened.map_err(file_err("cannot write", &partial))?);
+        let output = opened.map_err(file_err("cannot write", &target))?;
         progress(written_before);
+        // One blocking thread writes the segments while the next ones are fetched, and
+        // every eighth syncs the file and moves the resume point past it. Its buffers
+        // come back to be filled again: fresh memory for every segment cost more than
+        // the copy into them.
+        let (to_writer, mut pieces) = tokio::sync::mpsc::channel::<Piece>(2);
+        let (give_back, mut returned) = tokio::sync::mpsc::unbounded_channel::<AlignedBuf>();
+        let writer = {
+            let (target, state_file, manifest) = (target.clone(), state_file.clone(), cap.manifest);
+            tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
+                let mut output = output;
+                while let Some(Piece { mut buf, len, done }) = pieces.blocking_recv() {
+                    output
+                        .write(&mut buf, len)
+                        .map_err(file_err("cannot write", &target))?;
+                    if let Some(segments_done) = done {
+                        output
+                            .sync_data()
+                            .map_err(file_err("cannot sync", &target))?;
+                        let state = Resume {
+                            manifest,
+                            start,
+                            end,
+                            segments_done,
+                        };
+                        let bytes = serde_json::to_vec(&state).map_err(|e| other(e.to_string()))?;
+                        crate::store::write_atomic(&state_file, &bytes)
+                            .map_err(file_err("cannot write", &state_file))?;
+                    }
+                    let _ = give_back.send(buf);
+                }
+                output.finish().map_err(file_err("cannot sync", &target))
+            })
+        };
         let peers = peers_by_node(&holdings);
         let all_peers: Vec<PeerId> = peers.values().copied().collect();
         let mut written = written_before;
-        let mut fetches = futures::stream::iter(resume_from..last)
-            .map(|i| {
-                let segment = &manifest.segments[i as usize];
-                self.fetch_segment(&manifest, segment, &peers, &all_peers)
-            })
-            .buffered(SEGMENTS_IN_FLIGHT);
-        // A segment is written by a blocking thread while the next ones are fetched;
-        // every eighth, the file is synced and the resume point moved past it.
-        let mut writing: Option<FileWrite> = None;
-        let finish = |w: Option<FileWrite>, f: Option<std::fs::File>| async move {
-            match w {
-                Some(w) => {
-                    let (f, r) = w.await.map_err(std::io::Error::other)?;
-                    r.map(|()| f)
-                }
-                None => f.ok_or_else(|| std::io::Error::other("the output file was lost")),
-            }
-        };
-        let mut seg = resume_from;
-        while let Some(plain) = fetches.next().await {
-            let (buf, plain) = plain.map_err(|e| other(format!("segment {seg}: {e}")))?;
-            let seg_start = seg * seg_bytes;
-            let from = start.max(seg_start) - seg_start;
-            let to = end.min(seg_start + plain.len() as u64) - seg_start;
-            let wanted = plain.start + from as usize..plain.start + to as usize;
-            let mut f = finish(writing.take(), file.take())
-                .await
-                .map_err(file_err("cannot write", &partial))?;
-            written += to - from;
-            seg += 1;
-            if seg % 8 == 0 || seg == last {
-                let f = crate::blocking(move || {
-                    std::io::Write::write_all(&mut f, &buf[wanted])?;
-                    f.sync_data()?;
-                    Ok(f)
+        let fetched = async {
+            let mut fetches = futures::stream::iter(resume_from..last)
+                .map(|i| {
+                    let segment = &manifest.segments[i as usize];
+                    self.fetch_segment(&manifest, segment, &peers, &all_peers)
                 })
-                .await
-                .map_err(file_err("cannot write", &partial))?;
-                file = Some(f);
-                let state = Resume {
-                    manifest: cap.manifest,
-                    start,
-                    end,
-                    segments_done: seg - first,
+                .buffered(SEGMENTS_IN_FLIGHT);
+            let mut seg = resume_from;
+            while let Some(plain) = fetches.next().await {
+                let (buf, plain) = plain.map_err(|e| other(format!("segment {seg}: {e}")))?;
+                let seg_start = seg * seg_bytes;
+                let from = start.max(seg_start) - seg_start;
+                let to = end.min(seg_start + plain.len() as u64) - seg_start;
+                let wanted = plain.start + from as usize..plain.start + to as usize;
+                let len = wanted.len();
+                let mut aligned = match returned.try_recv() {
+                    Ok(b) if b.len() >= len => b,
+                    _ => AlignedBuf::zeroed(len),
                 };
-                let bytes = serde_json::to_vec(&state).map_err(|e| other(e.to_string()))?;
-                crate::store::write_atomic(&state_file, &bytes)
-                    .map_err(file_err("cannot write", &state_file))?;
-            } else {
-                writing = Some(tokio::task::spawn_blocking(move || {
-                    let r = std::io::Write::write_all(&mut f, &buf[wanted]);
-                    (f, r)
-                }));
+                aligned[..len].copy_from_slice(&buf[wanted]);
+                seg += 1;
+                let done = (!stream && (seg % 8 == 0 || seg == last)).then_some(seg - first);
+                let piece = Piece {
+                    buf: aligned,
+                    len,
+                    done,
+                };
+                if to_writer.send(piece).await.is_err() {
+                    // The writer stopped on an error, which it returns below.
+                    break;
+                }
+                written += len as u64;
+                progress(written);
             }
-            progress(written);
+            Ok::<(), StorageError>(())
         }
-        let f = finish(writing.take(), file.take())
-            .await
-            .map_err(file_err("cannot write", &partial))?;
-        crate::blocking(move || f.sync_all())
-            .await
-            .map_err(file_err("cannot sync", &partial))?;
-        tokio::fs::rename(&partial, out)
-            .await
-            .map_err(file_err("cannot write", out))?;
-        let _ = tokio::fs::remove_file(&state_file).await;
+        .await;
+        drop(to_writer);
+        let wrote = writer.await.map_err(|e| other(e.to_string()))?;
+        fetched?;
+        wrote?;
+        if !stream {
+            tokio::fs::rename(&partial, out)
+                .await
+                .map_err(file_err("cannot write", out))?;
+            let _ = tokio::fs::remove_file(&state_file).await;
+        }
         Ok(written)
     }
 

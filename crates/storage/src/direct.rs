@@ -106,28 +106,51 @@ fn open(path: &Path, options: impl Fn() -> OpenOptions) -> std::io::Result<(File
     Ok((options().open(path)?, false))
 }
 
-/// A shard file being written, batch by batch, from [`AlignedBuf`]s.
-pub struct ShardWriter {
+/// A file being written from [`AlignedBuf`]s, around the page cache where it can be.
+pub struct DirectWriter {
     file: File,
     path: PathBuf,
     direct: bool,
     written: u64,
 }
 
-impl ShardWriter {
+impl DirectWriter {
     /// Create `path`, which must not exist.
-    pub fn create(path: &Path) -> std::io::Result<ShardWriter> {
+    pub fn create(path: &Path) -> std::io::Result<DirectWriter> {
         let (file, direct) = open(path, || {
             let mut o = OpenOptions::new();
             o.write(true).create_new(true);
             o
         })?;
-        Ok(ShardWriter {
+        Ok(DirectWriter {
             file,
             path: path.to_path_buf(),
             direct,
             written: 0,
         })
+    }
+
+    /// Open `path` (created if missing) to write from byte `at` on, dropping what
+    /// follows it: `at` 0 starts afresh, a larger one resumes an interrupted write.
+    pub fn resume(path: &Path, at: u64) -> std::io::Result<DirectWriter> {
+        let (mut file, direct) = open(path, || {
+            let mut o = OpenOptions::new();
+            o.write(true).create(true).truncate(false);
+            o
+        })?;
+        file.set_len(at)?;
+        file.seek(SeekFrom::Start(at))?;
+        Ok(DirectWriter {
+            file,
+            path: path.to_path_buf(),
+            direct,
+            written: at,
+        })
+    }
+
+    /// Flush what was written to the device, keeping the file open.
+    pub fn sync_data(&self) -> std::io::Result<()> {
+        self.file.sync_data()
     }
 
     /// Whether writes go around the page cache.
@@ -172,23 +195,24 @@ impl ShardWriter {
     }
 }
 
-/// A shard file being read from the start, batch by batch, into [`AlignedBuf`]s.
-pub struct ShardReader {
+/// A file being read from the start, batch by batch, into [`AlignedBuf`]s, around the
+/// page cache where it can be.
+pub struct DirectReader {
     file: File,
     path: PathBuf,
     direct: bool,
     read: u64,
 }
 
-impl ShardReader {
+impl DirectReader {
     /// Open `path` for reading.
-    pub fn open(path: &Path) -> std::io::Result<ShardReader> {
+    pub fn open(path: &Path) -> std::io::Result<DirectReader> {
         let (file, direct) = open(path, || {
             let mut o = OpenOptions::new();
             o.read(true);
             o
         })?;
-        Ok(ShardReader {
+        Ok(DirectReader {
             file,
             path: path.to_path_buf(),
             direct,
@@ -265,7 +289,7 @@ mod tests {
     fn round_trip(dir: &Path, len: usize, batch: usize) -> bool {
         let data: Vec<u8> = (0..len).map(|i| (i * 7 + i / 4096) as u8).collect();
         let path = dir.join(format!("shard-{len}-{batch}"));
-        let mut w = ShardWriter::create(&path).expect("create");
+        let mut w = DirectWriter::create(&path).expect("create");
         let direct = w.is_direct();
         let mut buf = AlignedBuf::zeroed(batch);
         for chunk in data.chunks(batch) {
@@ -275,7 +299,7 @@ mod tests {
         w.sync().expect("sync");
         assert_eq!(std::fs::read(&path).expect("read back"), data, "len {len}");
 
-        let mut r = ShardReader::open(&path).expect("open");
+        let mut r = DirectReader::open(&path).expect("open");
         assert_eq!(r.file_len().expect("len"), len as u64);
         let mut back = Vec::new();
         let mut left = len;
@@ -342,10 +366,26 @@ mod tests {
     }
 
     #[test]
+    fn a_resumed_write_keeps_what_came_before_and_drops_what_came_after() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("out");
+        std::fs::write(&path, vec![1u8; 3 * ALIGN + 5]).expect("write");
+        let mut w = DirectWriter::resume(&path, 2 * ALIGN as u64).expect("resume");
+        let mut buf = AlignedBuf::zeroed(ALIGN + 1);
+        buf.fill(2);
+        w.write(&mut buf, ALIGN + 1).expect("write");
+        w.sync().expect("sync");
+        let back = std::fs::read(&path).expect("read back");
+        assert_eq!(back.len(), 3 * ALIGN + 1);
+        assert!(back[..2 * ALIGN].iter().all(|&b| b == 1));
+        assert!(back[2 * ALIGN..].iter().all(|&b| b == 2));
+    }
+
+    #[test]
     fn a_write_the_device_refuses_goes_on_through_the_cache() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("shard");
-        let mut w = ShardWriter::create(&path).expect("create");
+        let mut w = DirectWriter::create(&path).expect("create");
         let started_direct = w.is_direct();
         let mut buf = AlignedBuf::zeroed(1 << 20);
         buf.fill(7);

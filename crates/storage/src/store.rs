@@ -35,7 +35,7 @@ use peergrid_mesh::{Mesh, Slots};
 use tracing::{debug, info, warn};
 
 use crate::blocking;
-use crate::direct::{AlignedBuf, ShardReader, ShardWriter};
+use crate::direct::{AlignedBuf, DirectReader, DirectWriter};
 use crate::format::{POINTER_BYTES_MAX, SignedPointer, decode_versioned, encode_versioned};
 use crate::shard::{ShardHasher, prove};
 use crate::wire::{
@@ -436,7 +436,7 @@ impl ShardStore {
             let (s, t) = (shards.clone(), tmp.clone());
             let file = blocking(move || {
                 std::fs::create_dir_all(&s)?;
-                ShardWriter::create(&t)
+                DirectWriter::create(&t)
             })
             .await
             .map_err(full)?;
@@ -558,7 +558,7 @@ impl ShardStore {
         };
         let path = shard_path(&dir, &id);
         let opened = blocking(move || {
-            let file = ShardReader::open(&path)?;
+            let file = DirectReader::open(&path)?;
             let len = file.file_len()?;
             Ok((file, len))
         })
@@ -575,7 +575,7 @@ impl ShardStore {
         wire::write_response(stream, &Response::Data { len }).await?;
         // The next batch is read from the disk while this one is hashed and sent.
         let batch = BATCH_BYTES;
-        let read_next = |mut file: ShardReader, mut buf: AlignedBuf, n: usize| {
+        let read_next = |mut file: DirectReader, mut buf: AlignedBuf, n: usize| {
             tokio::task::spawn_blocking(move || {
                 let result = file.read(&mut buf, n);
                 (file, buf, result)
@@ -851,7 +851,7 @@ impl ShardStore {
 }
 
 /// A batch being written to a shard's temporary file: the file, the buffer, the result.
-type Writing = tokio::task::JoinHandle<(ShardWriter, AlignedBuf, std::io::Result<()>)>;
+type Writing = tokio::task::JoinHandle<(DirectWriter, AlignedBuf, std::io::Result<()>)>;
 
 enum Receive {
     Refused(String),
