@@ -42,7 +42,7 @@ pub enum StoreCommand {
     Get {
         /// A name from `store ls`, or a capability (pg1…).
         object: String,
-        /// Where to write it [default: the name's last part].
+        /// Where to write it [default: the name's last part]; `-` for standard output.
         out: Option<PathBuf>,
         /// Only bytes START-END (end exclusive), e.g. 0-1048576.
         #[arg(long)]
@@ -310,9 +310,14 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
                 let last = object.rsplit('/').next().unwrap_or(&object).to_string();
                 (entry.capability, Some(PathBuf::from(last)))
             };
-            let out = out
+            let mut out = out
                 .or(default_out)
                 .context("give the output file: peergrid store get CAPABILITY OUT")?;
+            // With the object on standard output, what the command says goes to stderr.
+            let to_stdout = out == Path::new("-") || out == Path::new("/dev/stdout");
+            if to_stdout {
+                out = PathBuf::from("/dev/stdout");
+            }
             let (manifest, _) = storage.open(&cap).await?;
             let total = range.map(|(a, b)| b - a).unwrap_or(manifest.size);
             let bar = bar(globals, total);
@@ -322,20 +327,27 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
                 .await?;
             bar.finish_and_clear();
             let secs = started.elapsed().as_secs_f64();
-            if globals.json {
-                return output::json(&json!({
+            let said = if globals.json {
+                json!({
                     "name": manifest.name,
                     "out": out,
                     "bytes": written,
                     "seconds": secs,
-                }));
+                })
+                .to_string()
+            } else {
+                format!(
+                    "{} → {} ({} in {secs:.1} s)",
+                    manifest.name,
+                    out.display(),
+                    human_bytes(written)
+                )
+            };
+            if to_stdout {
+                eprintln!("{said}");
+            } else {
+                println!("{said}");
             }
-            println!(
-                "{} → {} ({} in {secs:.1} s)",
-                manifest.name,
-                out.display(),
-                human_bytes(written)
-            );
             Ok(())
         }
         StoreCommand::Ls => {

@@ -253,6 +253,15 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
             reader.join().expect("reader") == data,
             "read through a pipe"
         );
+        // To standard output (`-`): the object's bytes only; what the command says goes
+        // to stderr.
+        let piped = peergrid(&home)
+            .args(["--json", "store", "get", "docs/report.bin", "-"])
+            .output()
+            .expect("run peergrid");
+        assert!(piped.status.success());
+        assert!(piped.stdout == data, "stdout carries exactly the object");
+        assert!(String::from_utf8_lossy(&piped.stderr).contains("\"bytes\""));
         let (into_folder, _, err) = run(
             &home,
             &[
