@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 use crate::crypto::{self, Cipher, NONCE_BYTES, StorageKeys, TAG_BYTES};
-use crate::direct::{AlignedBuf, DirectWriter};
+use crate::direct::{ALIGN, AlignedBuf, BufferPool, DirectWriter};
 use crate::erasure::{self, Scheme};
 use crate::format::{
     Capability, INDEX_BYTES_MAX, Index, IndexEntry, Manifest, Pointer, Segment, SignedPointer,
@@ -54,10 +54,12 @@ const FAILED_FOR: Duration = Duration::from_secs(10);
 /// changes the index at the same moment, before giving up.
 const INDEX_TRIES: u32 = 8;
 
-/// A segment handed to a download's writer: its bytes, and after it is written, how many
-/// segments the resume point may count as done (every eighth and the last).
+/// A segment handed to a download's writer: its bytes (`len` from `from` in `buf`), and
+/// after it is written, how many segments the resume point may count as done (every
+/// eighth and the last).
 struct Piece {
     buf: AlignedBuf,
+    from: usize,
     len: usize,
     done: Option<u64>,
 }
@@ -69,10 +71,10 @@ enum Output {
 }
 
 impl Output {
-    fn write(&mut self, buf: &mut AlignedBuf, len: usize) -> std::io::Result<()> {
+    fn write(&mut self, buf: &mut AlignedBuf, from: usize, len: usize) -> std::io::Result<()> {
         match self {
-            Output::File(w) => w.write(buf, len),
-            Output::Stream(f) => std::io::Write::write_all(f, &buf[..len]),
+            Output::File(w) => w.write_from(buf, from, len),
+            Output::Stream(f) => std::io::Write::write_all(f, &buf[from..from + len]),
         }
     }
 
@@ -202,6 +204,8 @@ pub struct Storage {
     full: Mutex<HashSet<PeerId>>,
     /// A file locked while the owner index is read, changed and written again.
     index_lock: Option<PathBuf>,
+    /// Segment buffers a get's writer gave back, for the next segments fetched.
+    segments: BufferPool,
 }
 
 /// Where a put's bytes come from.
@@ -273,6 +277,7 @@ impl Storage {
             failed: Mutex::new(HashMap::new()),
             full: Mutex::new(HashSet::new()),
             index_lock: None,
+            segments: BufferPool::default(),
         }
     }
 
@@ -1406,18 +1411,24 @@ impl Storage {
         let output = opened.map_err(file_err("cannot write", &target))?;
         progress(written_before);
         // One blocking thread writes the segments while the next ones are fetched, and
-        // every eighth syncs the file and moves the resume point past it. Its buffers
-        // come back to be filled again: fresh memory for every segment cost more than
-        // the copy into them.
+        // every eighth syncs the file and moves the resume point past it. It gives the
+        // buffers back to be decoded into again: fresh memory for every segment cost
+        // more to fault in and zero than the bytes cost to decode.
         let (to_writer, mut pieces) = tokio::sync::mpsc::channel::<Piece>(2);
-        let (give_back, mut returned) = tokio::sync::mpsc::unbounded_channel::<AlignedBuf>();
+        let give_back = self.segments.clone();
         let writer = {
             let (target, state_file, manifest) = (target.clone(), state_file.clone(), cap.manifest);
             tokio::task::spawn_blocking(move || -> Result<(), StorageError> {
                 let mut output = output;
-                while let Some(Piece { mut buf, len, done }) = pieces.blocking_recv() {
+                while let Some(Piece {
+                    mut buf,
+                    from,
+                    len,
+                    done,
+                }) = pieces.blocking_recv()
+                {
                     output
-                        .write(&mut buf, len)
+                        .write(&mut buf, from, len)
                         .map_err(file_err("cannot write", &target))?;
                     if let Some(segments_done) = done {
                         output
@@ -1433,7 +1444,7 @@ impl Storage {
                         crate::store::write_atomic(&state_file, &bytes)
                             .map_err(file_err("cannot write", &state_file))?;
                     }
-                    let _ = give_back.send(buf);
+                    give_back.give(buf);
                 }
                 output.finish().map_err(file_err("cannot sync", &target))
             })
@@ -1456,15 +1467,11 @@ impl Storage {
                 let to = end.min(seg_start + plain.len() as u64) - seg_start;
                 let wanted = plain.start + from as usize..plain.start + to as usize;
                 let len = wanted.len();
-                let mut aligned = match returned.try_recv() {
-                    Ok(b) if b.len() >= len => b,
-                    _ => AlignedBuf::zeroed(len),
-                };
-                aligned[..len].copy_from_slice(&buf[wanted]);
                 seg += 1;
                 let done = (!stream && (seg % 8 == 0 || seg == last)).then_some(seg - first);
                 let piece = Piece {
-                    buf: aligned,
+                    buf,
+                    from: wanted.start,
                     len,
                     done,
                 };
@@ -1499,7 +1506,7 @@ impl Storage {
         segment: &Segment,
         peers: &HashMap<NodeId, PeerId>,
         all_peers: &[PeerId],
-    ) -> Result<(Vec<u8>, std::ops::Range<usize>), StorageError> {
+    ) -> Result<(AlignedBuf, std::ops::Range<usize>), StorageError> {
         let scheme = manifest.scheme;
         let k = usize::from(scheme.k);
         let n = scheme.n();
@@ -1688,11 +1695,17 @@ impl Storage {
         }
         let sealed_len = segment.sealed_len as usize;
         let (cipher, key) = (manifest.cipher, segment.key);
+        let pool = self.segments.clone();
         let (buf, plain) = tokio::task::spawn_blocking(move || {
-            let sealed =
-                erasure::decode(scheme, got, sealed_len).map_err(|e| other(e.to_string()))?;
-            crypto::open_in_place(cipher, &key, "a segment", sealed)
-                .map_err(|e| other(e.to_string()))
+            // The sealed segment starts a nonce before a block boundary, so that its
+            // plaintext, opened in place, starts on one: a get writes it to disk from there.
+            let at = ALIGN - NONCE_BYTES;
+            let mut buf = pool.take(at + sealed_len);
+            let sealed = &mut buf[at..at + sealed_len];
+            erasure::decode_into(scheme, got, sealed).map_err(|e| other(e.to_string()))?;
+            let plain = crypto::open_slice(cipher, &key, "a segment", sealed)
+                .map_err(|e| other(e.to_string()))?;
+            Ok::<_, StorageError>((buf, at + plain.start..at + plain.end))
         })
         .await
         .map_err(|e| other(e.to_string()))??;
@@ -1906,7 +1919,9 @@ impl Storage {
                         range.len()
                     )));
                 }
-                Ok((buf, range))
+                let plain = buf[range].to_vec();
+                self.segments.give(buf);
+                Ok((plain, 0..len))
             }
         }
     }

@@ -106,6 +106,17 @@ pub fn open_in_place(
     what: &'static str,
     mut sealed: Vec<u8>,
 ) -> Result<(Vec<u8>, std::ops::Range<usize>), OpenError> {
+    let plain = open_slice(cipher, key, what, &mut sealed)?;
+    Ok((sealed, plain))
+}
+
+/// [`open_in_place`] on a slice of the caller's buffer: where in it the plaintext lies.
+pub fn open_slice(
+    cipher: Cipher,
+    key: &[u8; 32],
+    what: &'static str,
+    sealed: &mut [u8],
+) -> Result<std::ops::Range<usize>, OpenError> {
     if sealed.len() < NONCE_BYTES + TAG_BYTES {
         return Err(OpenError { what });
     }
@@ -120,7 +131,7 @@ pub fn open_in_place(
         )
         .map_err(|_| OpenError { what })?
         .len();
-    Ok((sealed, NONCE_BYTES..NONCE_BYTES + len))
+    Ok(NONCE_BYTES..NONCE_BYTES + len)
 }
 
 fn less_safe_key(cipher: Cipher, key: &[u8; 32]) -> LessSafeKey {

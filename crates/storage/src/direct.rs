@@ -41,17 +41,52 @@ impl AlignedBuf {
         AlignedBuf { vec, start, len }
     }
 
-    /// The first `n` bytes and the zeros after them up to the next block boundary.
-    fn padded(&mut self, n: usize) -> &[u8] {
-        let end = self.start + n.next_multiple_of(ALIGN);
-        self.vec[self.start + n..end].fill(0);
-        &self.vec[self.start..end]
+    /// The `n` bytes from `from` (a block boundary) and zeros after them up to the next
+    /// one; `None` when `from` is not on a boundary.
+    fn padded(&mut self, from: usize, n: usize) -> Option<&[u8]> {
+        if !from.is_multiple_of(ALIGN) {
+            return None;
+        }
+        let (at, end) = (
+            self.start + from,
+            self.start + from + n.next_multiple_of(ALIGN),
+        );
+        // zeroed() leaves a block of room past the end, so this holds for any n it allows.
+        self.vec.get_mut(at + n..end)?.fill(0);
+        Some(&self.vec[at..end])
     }
 
     /// Room to read `n` bytes rounded up to the next block boundary.
     fn padded_mut(&mut self, n: usize) -> &mut [u8] {
         let end = self.start + n.next_multiple_of(ALIGN);
         &mut self.vec[self.start..end]
+    }
+}
+
+/// Buffers given back once written, to be filled again: fresh memory costs more to
+/// fault in and zero than the bytes cost to copy.
+#[derive(Clone, Default)]
+pub struct BufferPool(std::sync::Arc<std::sync::Mutex<Vec<AlignedBuf>>>);
+
+impl BufferPool {
+    /// Buffers kept at most.
+    const KEPT: usize = 8;
+
+    /// A kept buffer of at least `len` bytes, or a new one.
+    pub fn take(&self, len: usize) -> AlignedBuf {
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match kept.iter().position(|b| b.len() >= len) {
+            Some(i) => kept.swap_remove(i),
+            None => AlignedBuf::zeroed(len),
+        }
+    }
+
+    /// Keep `buf` for a later `take`.
+    pub fn give(&self, buf: AlignedBuf) {
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if kept.len() < Self::KEPT && !buf.is_empty() {
+            kept.push(buf);
+        }
     }
 }
 
@@ -160,8 +195,23 @@ impl DirectWriter {
 
     /// Append `buf[..n]`. Only a file's last write may be shorter than a whole block.
     pub fn write(&mut self, buf: &mut AlignedBuf, n: usize) -> std::io::Result<()> {
+        self.write_from(buf, 0, n)
+    }
+
+    /// Append `buf[from..from + n]`. Direct only from a block boundary: anything else
+    /// goes on through the cache.
+    pub fn write_from(
+        &mut self,
+        buf: &mut AlignedBuf,
+        from: usize,
+        n: usize,
+    ) -> std::io::Result<()> {
         if self.direct {
-            match self.file.write_all(buf.padded(n)) {
+            let Some(padded) = buf.padded(from, n) else {
+                self.buffered()?;
+                return self.write_from(buf, from, n);
+            };
+            match self.file.write_all(padded) {
                 Ok(()) => {
                     self.written += n as u64;
                     if !n.is_multiple_of(ALIGN) {
@@ -174,7 +224,7 @@ impl DirectWriter {
                 Err(e) => return Err(e),
             }
         }
-        self.file.write_all(&buf[..n])?;
+        self.file.write_all(&buf[from..from + n])?;
         self.written += n as u64;
         Ok(())
     }
@@ -379,6 +429,38 @@ mod tests {
         assert_eq!(back.len(), 3 * ALIGN + 1);
         assert!(back[..2 * ALIGN].iter().all(|&b| b == 1));
         assert!(back[2 * ALIGN..].iter().all(|&b| b == 2));
+    }
+
+    #[test]
+    fn writes_from_inside_a_buffer_land_whole_aligned_or_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("out");
+        let mut w = DirectWriter::create(&path).expect("create");
+        let mut buf = AlignedBuf::zeroed(4 * ALIGN);
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = (i % 251) as u8;
+        }
+        let expected = buf[ALIGN..3 * ALIGN].to_vec();
+        w.write_from(&mut buf, ALIGN, 2 * ALIGN).expect("aligned");
+        // A write from inside a block goes through the cache, and so does what follows.
+        let mut more = AlignedBuf::zeroed(ALIGN);
+        more.fill(9);
+        w.write_from(&mut more, 3, 100).expect("misaligned");
+        assert!(!w.is_direct());
+        w.sync().expect("sync");
+        let back = std::fs::read(&path).expect("read back");
+        assert_eq!(&back[..2 * ALIGN], &expected[..]);
+        assert_eq!(&back[2 * ALIGN..], &[9u8; 100][..]);
+        let pool = BufferPool::default();
+        pool.give(buf);
+        assert!(
+            pool.take(ALIGN).len() >= ALIGN,
+            "a kept buffer is taken again"
+        );
+        assert!(
+            pool.take(ALIGN).len() == ALIGN,
+            "then a new one of the size asked"
+        );
     }
 
     #[test]

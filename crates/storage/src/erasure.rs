@@ -122,9 +122,38 @@ pub fn encode(scheme: Scheme, data: &[u8]) -> Result<Vec<Vec<u8>>, ErasureError>
 /// with every data shard present nothing is decoded, only joined.
 pub fn decode(
     scheme: Scheme,
-    mut shards: Vec<Option<Vec<u8>>>,
+    shards: Vec<Option<Vec<u8>>>,
     data_len: usize,
 ) -> Result<Vec<u8>, ErasureError> {
+    let mut out = vec![0u8; data_len];
+    decode_into(scheme, shards, &mut out)?;
+    Ok(out)
+}
+
+/// [`decode`] into `out`, as long as the segment: a get decodes into an aligned buffer
+/// it writes to disk around the page cache.
+pub fn decode_into(
+    scheme: Scheme,
+    shards: Vec<Option<Vec<u8>>>,
+    out: &mut [u8],
+) -> Result<(), ErasureError> {
+    let data_len = out.len();
+    let originals = restore(scheme, shards, data_len)?;
+    let mut at = 0;
+    for s in originals {
+        let take = (data_len - at).min(s.len());
+        out[at..at + take].copy_from_slice(&s[..take]);
+        at += take;
+    }
+    Ok(())
+}
+
+/// The `k` data shards of a `data_len`-byte segment, the missing ones rebuilt from parity.
+fn restore(
+    scheme: Scheme,
+    mut shards: Vec<Option<Vec<u8>>>,
+    data_len: usize,
+) -> Result<Vec<Vec<u8>>, ErasureError> {
     let k = usize::from(scheme.k);
     let len = scheme.shard_len(data_len);
     if shards.len() != scheme.n() {
@@ -162,20 +191,10 @@ pub fn decode(
             }
         }
     }
-    let mut originals = originals.into_iter();
-    // The first data shard's buffer grows into the segment: one copy of the others.
-    let mut out = originals
-        .next()
-        .flatten()
-        .ok_or_else(|| ErasureError("a data shard was not restored".into()))?;
-    out.truncate(data_len);
-    out.reserve(data_len - out.len());
-    for s in originals {
-        let s = s.ok_or_else(|| ErasureError("a data shard was not restored".into()))?;
-        let take = (data_len - out.len()).min(s.len());
-        out.extend_from_slice(&s[..take]);
-    }
-    Ok(out)
+    originals
+        .into_iter()
+        .map(|s| s.ok_or_else(|| ErasureError("a data shard was not restored".into())))
+        .collect()
 }
 
 #[cfg(test)]
@@ -195,7 +214,13 @@ mod tests {
                     .enumerate()
                     .map(|(i, s)| (i != lost_a && i != lost_b).then(|| s.clone()))
                     .collect();
-                assert_eq!(decode(scheme, partial, data.len()).expect("decode"), data);
+                assert_eq!(
+                    decode(scheme, partial.clone(), data.len()).expect("decode"),
+                    data
+                );
+                let mut into = vec![0u8; data.len()];
+                decode_into(scheme, partial, &mut into).expect("decode into");
+                assert_eq!(into, data);
             }
         }
         let three_lost: Vec<Option<Vec<u8>>> = shards
