@@ -35,7 +35,7 @@ use peergrid_mesh::{Mesh, Slots};
 use tracing::{debug, info, warn};
 
 use crate::blocking;
-use crate::direct::{AlignedBuf, DirectReader, DirectWriter};
+use crate::direct::{AlignedBuf, BufferPool, DirectReader, DirectWriter};
 use crate::format::{POINTER_BYTES_MAX, SignedPointer, decode_versioned, encode_versioned};
 use crate::shard::{ShardHasher, prove};
 use crate::wire::{
@@ -44,8 +44,6 @@ use crate::wire::{
 
 /// Bytes of a shard read or written per hand-off to the blocking pool.
 const BATCH_BYTES: usize = 1 << 20;
-/// Batch buffers kept for the next shard: enough for the streams of a few segments.
-const BUFFERS_KEPT: usize = 8;
 /// Shard streams served at once, from all peers.
 pub const STREAMS_MAX: usize = 64;
 /// Shard streams served at once for one peer.
@@ -113,7 +111,7 @@ pub struct ShardStore {
 /// Batch buffers given back after a shard is received or served, so that the next one
 /// does not zero fresh megabytes: that zeroing was as much work as the copies.
 #[derive(Default)]
-struct Buffers(Mutex<Vec<AlignedBuf>>);
+struct Buffers(BufferPool);
 
 impl Buffers {
     /// A buffer for a shard of `len` bytes: a kept one, unless the shard is small enough
@@ -122,17 +120,12 @@ impl Buffers {
         if len < (BATCH_BYTES / 4) as u64 {
             return AlignedBuf::zeroed(len.max(1) as usize);
         }
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop()
-            .unwrap_or_else(|| AlignedBuf::zeroed(BATCH_BYTES))
+        self.0.take(BATCH_BYTES)
     }
 
     fn give(&self, buf: AlignedBuf) {
-        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if buf.len() == BATCH_BYTES && kept.len() < BUFFERS_KEPT {
-            kept.push(buf);
+        if buf.len() == BATCH_BYTES {
+            self.0.give(buf);
         }
     }
 }
