@@ -172,13 +172,16 @@ fn audits_file(globals: &Globals) -> anyhow::Result<PathBuf> {
 }
 
 /// Storage for this home's account, its index changes taking turns with the other
-/// commands run from the same home (`storage/index-ACCOUNT.lock`).
+/// commands run from the same home (`storage/index-ACCOUNT.lock`), its nodes dialed
+/// where they were last reached (`storage/peers.json`).
 async fn connect(globals: &Globals) -> anyhow::Result<Storage> {
     let key = globals.keypair()?;
     let lock = storage_dir(globals)?.join(format!("index-{}.lock", key.account()));
+    let peers = storage_dir(globals)?.join("peers.json");
     Ok(Storage::connect(globals.client()?, key)
         .await?
-        .with_index_lock(lock))
+        .with_index_lock(lock)
+        .with_peer_book(peers))
 }
 
 /// The object `name` with its index entry, or every object when no name is given.

@@ -34,6 +34,7 @@ use crate::format::{
     Capability, INDEX_BYTES_MAX, Index, IndexEntry, Manifest, Pointer, Segment, SignedPointer,
     check_name, decode_versioned, encode_versioned,
 };
+use crate::peers::PeerBook;
 use crate::shard::shard_id;
 use crate::wire::{self, PutOutcome, WireError};
 
@@ -206,6 +207,8 @@ pub struct Storage {
     index_lock: Option<PathBuf>,
     /// Segment buffers a get's writer gave back, for the next segments fetched.
     segments: BufferPool,
+    /// Where the owner's nodes were last reached, dialed before asking the DHT.
+    peer_book: Option<PeerBook>,
 }
 
 /// Where a put's bytes come from.
@@ -278,6 +281,7 @@ impl Storage {
             full: Mutex::new(HashSet::new()),
             index_lock: None,
             segments: BufferPool::default(),
+            peer_book: None,
         }
     }
 
@@ -286,6 +290,14 @@ impl Storage {
     /// write it back with only their own change: the other's name would be lost.
     pub fn with_index_lock(mut self, path: PathBuf) -> Storage {
         self.index_lock = Some(path);
+        self
+    }
+
+    /// Remember in `path` where the owner's nodes were reached, and dial those addresses
+    /// first next time: a new command then finds its nodes with every bootstrap peer of
+    /// the genesis down.
+    pub fn with_peer_book(mut self, path: PathBuf) -> Storage {
+        self.peer_book = Some(PeerBook::new(path));
         self
     }
 
@@ -340,9 +352,30 @@ impl Storage {
             .filter_map(|h| h.peer_id().ok())
             .filter(|p| !self.has_failed(p))
             .collect();
+        let known = match &self.peer_book {
+            Some(book) => {
+                let book = book.clone();
+                tokio::task::spawn_blocking(move || book.load())
+                    .await
+                    .unwrap_or_default()
+            }
+            None => HashMap::new(),
+        };
         let mut dials: FuturesUnordered<_> = peers
             .iter()
-            .map(|&p| async move { (p, self.mesh.connect(p, Vec::new()).await) })
+            .map(|&p| {
+                let last_seen = known.get(&p).cloned().unwrap_or_default();
+                async move {
+                    // Where it was last reached first; the DHT if it moved or is not known.
+                    if !last_seen.is_empty() {
+                        match self.mesh.connect(p, last_seen).await {
+                            Ok(()) => return (p, Ok(())),
+                            Err(e) => debug!(peer = %p, error = %e, "not at its last address"),
+                        }
+                    }
+                    (p, self.mesh.connect(p, Vec::new()).await)
+                }
+            })
             .collect();
         let deadline = tokio::time::Instant::now() + CONNECT_WITHIN;
         let mut connected = HashSet::new();
@@ -357,6 +390,34 @@ impl Storage {
         for p in peers.difference(&connected) {
             warn!(peer = %p, "a node of your storage did not connect within {CONNECT_WITHIN:?}; using the others");
             self.mark_failed(*p);
+        }
+        if let Some(book) = &self.peer_book {
+            self.remember_addresses(book, &connected).await;
+        }
+    }
+
+    /// Write down the addresses `connected` nodes were reached at.
+    async fn remember_addresses(&self, book: &PeerBook, connected: &HashSet<PeerId>) {
+        let Ok(infos) = self.mesh.peers().await else {
+            return;
+        };
+        let reached: Vec<(PeerId, Vec<peergrid_mesh::Multiaddr>)> = infos
+            .into_iter()
+            .filter_map(|info| {
+                let peer = info.peer_id.parse::<PeerId>().ok()?;
+                let addrs = info
+                    .connections
+                    .iter()
+                    .filter_map(|a| a.parse().ok())
+                    .collect();
+                (connected.contains(&peer) && !info.relayed).then_some((peer, addrs))
+            })
+            .collect();
+        let book = book.clone();
+        match tokio::task::spawn_blocking(move || book.remember(reached)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => debug!(error = %e, "cannot write the node address cache"),
+            Err(e) => debug!(error = %e, "cannot write the node address cache"),
         }
     }
 

@@ -18,6 +18,7 @@ pub mod crypto;
 pub mod direct;
 pub mod erasure;
 pub mod format;
+pub mod peers;
 pub mod shard;
 pub mod store;
 pub mod wire;
