@@ -302,6 +302,14 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
         }
         StoreCommand::Get { object, out, range } => {
             let range = range.as_deref().map(parse_range).transpose()?;
+            // Said before any node is asked (storage says it too, for a default name).
+            if let Some(dir) = out.as_deref().filter(|o| o.is_dir()) {
+                anyhow::bail!(
+                    "{} is a folder: give the file to write, e.g. {}",
+                    dir.display(),
+                    dir.join("NAME").display()
+                );
+            }
             let (cap, default_out) = if object.starts_with("pg1") {
                 let cap: Capability = object.parse()?;
                 (cap, None)

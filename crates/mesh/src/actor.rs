@@ -33,6 +33,8 @@ const BOOTSTRAP_REDIAL_INTERVAL: Duration = Duration::from_secs(3);
 #[derive(Default)]
 struct PeerState {
     connections: HashMap<libp2p::swarm::ConnectionId, Multiaddr>,
+    /// The connections this peer dialed (the others came in, from an ephemeral port).
+    dialed: HashSet<libp2p::swarm::ConnectionId>,
     rtt: Option<Duration>,
     agent: Option<String>,
     hole_punch: Option<String>,
@@ -432,6 +434,12 @@ impl Actor {
             .map(|(peer, s)| PeerInfo {
                 peer_id: peer.to_string(),
                 connections: s.connections.values().map(ToString::to_string).collect(),
+                dialed: s
+                    .connections
+                    .iter()
+                    .filter(|(id, _)| s.dialed.contains(id))
+                    .map(|(_, a)| a.to_string())
+                    .collect(),
                 relayed: s.connections.values().all(is_relayed),
                 rtt_ms: s.rtt.map(|d| d.as_secs_f64() * 1000.0),
                 agent: s.agent.clone(),
@@ -453,11 +461,11 @@ impl Actor {
             } => {
                 let remote = endpoint.get_remote_address().clone();
                 tracing::debug!(peer = %peer_id, %remote, "connected");
-                self.peers
-                    .entry(peer_id)
-                    .or_default()
-                    .connections
-                    .insert(connection_id, remote);
+                let state = self.peers.entry(peer_id).or_default();
+                state.connections.insert(connection_id, remote);
+                if endpoint.is_dialer() {
+                    state.dialed.insert(connection_id);
+                }
                 for waiter in self.dial_waiters.remove(&peer_id).unwrap_or_default() {
                     let _ = waiter.send(Ok(()));
                 }
@@ -480,6 +488,7 @@ impl Actor {
                 }
                 if let Some(state) = self.peers.get_mut(&peer_id) {
                     state.connections.remove(&connection_id);
+                    state.dialed.remove(&connection_id);
                 }
                 if num_established == 0 {
                     self.peers.remove(&peer_id);

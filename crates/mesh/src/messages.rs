@@ -36,6 +36,10 @@ pub struct PeerInfo {
     pub peer_id: String,
     /// The remote address of each open connection.
     pub connections: Vec<String>,
+    /// Those of them this peer dialed: where the peer listens (an incoming connection's
+    /// remote address is usually an ephemeral port).
+    #[serde(default)]
+    pub dialed: Vec<String>,
     /// True if every open connection goes through a relay.
     pub relayed: bool,
     /// Last round trip measured by ping, in milliseconds.

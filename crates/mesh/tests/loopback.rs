@@ -29,6 +29,11 @@ async fn peers_connect_over_quic_and_tcp_and_their_ids_are_their_accounts() {
             "{transport}: {:?}",
             peers[0].connections
         );
+        // Only the dialer knows where the other listens: b's view of a's connection is
+        // a's outgoing port, not an address to dial a at.
+        assert!(peers[0].dialed.is_empty(), "{:?}", peers[0].dialed);
+        let dialed = a.peers().await.expect("peers")[0].dialed.clone();
+        assert_eq!(dialed, vec![addr(&b, transport).await.to_string()]);
     }
 }
 

@@ -405,11 +405,7 @@ impl Storage {
             .into_iter()
             .filter_map(|info| {
                 let peer = info.peer_id.parse::<PeerId>().ok()?;
-                let addrs = info
-                    .connections
-                    .iter()
-                    .filter_map(|a| a.parse().ok())
-                    .collect();
+                let addrs = info.dialed.iter().filter_map(|a| a.parse().ok()).collect();
                 (connected.contains(&peer) && !info.relayed).then_some((peer, addrs))
             })
             .collect();
