@@ -321,14 +321,11 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
                 let last = object.rsplit('/').next().unwrap_or(&object).to_string();
                 (entry.capability, Some(PathBuf::from(last)))
             };
-            let mut out = out
+            let out = out
                 .or(default_out)
                 .context("give the output file: peergrid store get CAPABILITY OUT")?;
             // With the object on standard output, what the command says goes to stderr.
             let to_stdout = out == Path::new("-") || out == Path::new("/dev/stdout");
-            if to_stdout {
-                out = PathBuf::from("/dev/stdout");
-            }
             let (manifest, _) = storage.open(&cap).await?;
             let total = range.map(|(a, b)| b - a).unwrap_or(manifest.size);
             let bar = bar(globals, total);
@@ -347,10 +344,14 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
                 })
                 .to_string()
             } else {
+                let to = if to_stdout {
+                    "standard output".to_string()
+                } else {
+                    out.display().to_string()
+                };
                 format!(
-                    "{} → {} ({} in {secs:.1} s)",
+                    "{} → {to} ({} in {secs:.1} s)",
                     manifest.name,
-                    out.display(),
                     human_bytes(written)
                 )
             };

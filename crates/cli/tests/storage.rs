@@ -277,6 +277,22 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
         assert!(piped.status.success());
         assert!(piped.stdout == data, "stdout carries exactly the object");
         assert!(String::from_utf8_lossy(&piped.stderr).contains("\"bytes\""));
+        // Standard output open on a file for appending (a shell's `>>`): written where
+        // the shell's file stands, not from byte 0 of a reopened /dev/stdout.
+        let appended = home.join("appended.bin");
+        std::fs::write(&appended, b"HEAD").expect("write");
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&appended)
+            .expect("open");
+        let status = peergrid(&home)
+            .args(["store", "get", "docs/report.bin", "-"])
+            .stdout(file)
+            .status()
+            .expect("run peergrid");
+        assert!(status.success());
+        let back = std::fs::read(&appended).expect("read");
+        assert!(back[..4] == *b"HEAD" && back[4..] == data[..], "appended");
         let (into_folder, _, err) = run(
             &home,
             &[

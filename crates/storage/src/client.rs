@@ -93,6 +93,7 @@ impl Output {
         }
     }
 }
+
 /// Bytes kept free in each contract beyond the estimate, for the manifest and index.
 const OVERHEAD_BYTES: u64 = 1 << 20;
 
@@ -1409,8 +1410,10 @@ impl Storage {
             let path = path.to_path_buf();
             move |source| StorageError::File { what, path, source }
         };
-        // A device or a pipe (`/dev/null`, `/dev/stdout`) is written straight: it cannot
-        // be resumed, synced or renamed over (a rename over `/dev/null` replaced it).
+        // Standard output (`-`), a device or a pipe is written straight: it cannot be
+        // resumed, synced or renamed over (a rename over `/dev/null` replaced it). The
+        // standard output is this process's own, not reopened: a shell's `>>` appends.
+        let to_stdout = out == Path::new("-") || out == Path::new("/dev/stdout");
         let stream = match std::fs::metadata(out) {
             Ok(m) if m.is_dir() => {
                 return Err(other(format!(
@@ -1421,7 +1424,8 @@ impl Storage {
             }
             Ok(m) => !m.is_file(),
             Err(_) => false,
-        };
+        } || to_stdout
+            || out.starts_with("/dev");
         let partial = PathBuf::from(format!("{}.partial", out.display()));
         let state_file = PathBuf::from(format!("{}.partial.json", out.display()));
         #[derive(Serialize, Deserialize, PartialEq)]
@@ -1457,7 +1461,11 @@ impl Storage {
         let opened = {
             let target = target.clone();
             crate::blocking(move || {
-                Ok(if stream {
+                Ok(if to_stdout {
+                    use std::os::fd::AsFd;
+                    let fd = std::io::stdout().as_fd().try_clone_to_owned()?;
+                    Output::Stream(std::fs::File::from(fd))
+                } else if stream {
                     Output::Stream(std::fs::OpenOptions::new().write(true).open(&target)?)
                 } else {
                     Output::File(DirectWriter::resume(&target, written_before)?)
