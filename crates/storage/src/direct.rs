@@ -1,19 +1,20 @@
-//! Shard files written and read around the page cache (`O_DIRECT`) where the file system
-//! allows it.
+//! Files written and read around the page cache (`O_DIRECT`) where the file system
+//! allows it: the node's shards, and the file a get writes.
 //!
-//! A node writes each shard once and reads it rarely. Through the page cache every byte
-//! is first copied into a fresh cache page: on a put that copy was the largest single
-//! cost of the whole grid, about as much CPU as the client's seal, code and hash
-//! together, because the kernel must find, fault in and fill a new page per 4 KiB; and
-//! the cache then fills with shards that push out what the machine does read. Direct
-//! I/O moves the bytes from the store's own reused buffers to the device.
+//! A node writes each shard once and reads it rarely, and a get syncs its file as it
+//! goes. Through the page cache every byte is first copied into a fresh cache page: on
+//! a devnet put that copy was 45 % of all the CPU time on the machine, because the kernel
+//! must find, fault in and fill a new page per 4 KiB (dear on a virtual machine that
+//! hands freed memory back to its host); and the cache then fills with bytes that push
+//! out what the machine does read. Direct I/O moves them between reused buffers and
+//! the device.
 //!
 //! Direct I/O wants the buffer, the file offset and the length aligned to the device's
 //! block. Buffers are aligned to [`ALIGN`] (4 KiB, the largest logical block in common
-//! use), every write but a shard's last is a whole batch, and the last is padded with
-//! zeros to the block and the file cut back to the shard's length. A file system that
-//! refuses direct I/O (FUSE, some network file systems) at open, or a write or read the
-//! device refuses as misaligned, falls back to the page cache for the rest of that file.
+//! use), every write but a file's last is whole blocks, and the last is padded with
+//! zeros to the block and the file cut back to its length. A file system that refuses
+//! direct I/O (FUSE, some network file systems) at open, or a write or read it refuses
+//! as misaligned, is used through the page cache for the rest of that file.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
