@@ -7,8 +7,9 @@
 //! temporary files are removed when the contract's folder is next scanned. Every read
 //! is checked against the address again; a shard that no longer matches (a failing
 //! disk) is moved aside and no longer served. Shard bytes go to and from the disk
-//! around the page cache where the file system allows it ([`crate::direct`]). Writes are refused beyond the contract's
-//! reservation, and a contract in grace refuses reads and writes but keeps the data.
+//! around the page cache where the file system allows it ([`crate::direct`]). Writes
+//! are refused beyond the contract's reservation, and a contract in grace refuses reads
+//! and writes but keeps the data.
 //!
 //! Writes are refused, too, when the disk they go to would keep less free than the
 //! node's [`DiskReserve`] (the node's own state lives on these disks): the answer is
