@@ -326,12 +326,14 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
                 .context("give the output file: peergrid store get CAPABILITY OUT")?;
             // With the object on standard output, what the command says goes to stderr.
             let to_stdout = out == Path::new("-") || out == Path::new("/dev/stdout");
-            let (manifest, _) = storage.open(&cap).await?;
+            let (manifest, holdings) = storage.open(&cap).await?;
             let total = range.map(|(a, b)| b - a).unwrap_or(manifest.size);
             let bar = bar(globals, total);
             let started = std::time::Instant::now();
             let written = storage
-                .get(&cap, &out, range, &|n| bar.set_position(n))
+                .get_opened(&cap, &manifest, &holdings, &out, range, &|n| {
+                    bar.set_position(n)
+                })
                 .await?;
             bar.finish_and_clear();
             let secs = started.elapsed().as_secs_f64();

@@ -288,6 +288,7 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
         let status = peergrid(&home)
             .args(["store", "get", "docs/report.bin", "-"])
             .stdout(file)
+            .stderr(Stdio::null())
             .status()
             .expect("run peergrid");
         assert!(status.success());

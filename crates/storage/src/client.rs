@@ -1389,6 +1389,21 @@ impl Storage {
         progress: Progress<'_>,
     ) -> Result<u64, StorageError> {
         let (manifest, holdings) = self.open(cap).await?;
+        self.get_opened(cap, &manifest, &holdings, out, range, progress)
+            .await
+    }
+
+    /// [`Storage::get`] of an object [`Storage::open`] already gave, for a caller that
+    /// needed its manifest first (its size for a progress bar): not read twice.
+    pub async fn get_opened(
+        &self,
+        cap: &Capability,
+        manifest: &Manifest,
+        holdings: &[Holding],
+        out: &Path,
+        range: Option<(u64, u64)>,
+        progress: Progress<'_>,
+    ) -> Result<u64, StorageError> {
         let (start, end) = match range {
             Some((s, e)) if s <= e && e <= manifest.size => (s, e),
             Some((s, e)) => {
@@ -1514,14 +1529,14 @@ impl Storage {
                 output.finish().map_err(file_err("cannot sync", &target))
             })
         };
-        let peers = peers_by_node(&holdings);
+        let peers = peers_by_node(holdings);
         let all_peers: Vec<PeerId> = peers.values().copied().collect();
         let mut written = written_before;
         let fetched = async {
             let mut fetches = futures::stream::iter(resume_from..last)
                 .map(|i| {
                     let segment = &manifest.segments[i as usize];
-                    self.fetch_segment(&manifest, segment, &peers, &all_peers)
+                    self.fetch_segment(manifest, segment, &peers, &all_peers)
                 })
                 .buffered(SEGMENTS_IN_FLIGHT);
             let mut seg = resume_from;
