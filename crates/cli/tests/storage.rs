@@ -236,6 +236,20 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
         );
         assert!(std::fs::read(&part).expect("read") == data[4_194_000..4_194_400]);
 
+        // Through a link to a file: the file gets the object, the link stays a link.
+        let real = home.join("real.bin");
+        let link = home.join("link.bin");
+        std::fs::write(&real, b"old").expect("write");
+        std::os::unix::fs::symlink(&real, &link).expect("symlink");
+        assert!(got(&home, &[], "docs/report.bin", &link) == data);
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .expect("link")
+                .file_type()
+                .is_symlink()
+        );
+        assert!(std::fs::read(&real).expect("read") == data);
+
         // Into a pipe, which is written straight (not replaced by a renamed file), and not
         // into a folder.
         let fifo = home.join("pipe");

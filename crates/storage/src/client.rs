@@ -1441,6 +1441,16 @@ impl Storage {
             Err(_) => false,
         } || to_stdout
             || out.starts_with("/dev");
+        // A link to a file is written through, as `cp` does: the file it names is
+        // replaced, the link stays.
+        let linked;
+        let out = match std::fs::symlink_metadata(out) {
+            Ok(m) if m.file_type().is_symlink() && !stream => {
+                linked = std::fs::canonicalize(out).unwrap_or_else(|_| out.to_path_buf());
+                linked.as_path()
+            }
+            _ => out,
+        };
         let partial = PathBuf::from(format!("{}.partial", out.display()));
         let state_file = PathBuf::from(format!("{}.partial.json", out.display()));
         #[derive(Serialize, Deserialize, PartialEq)]
