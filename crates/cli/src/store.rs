@@ -302,13 +302,9 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
         }
         StoreCommand::Get { object, out, range } => {
             let range = range.as_deref().map(parse_range).transpose()?;
-            // Said before any node is asked (storage says it too, for a default name).
-            if let Some(dir) = out.as_deref().filter(|o| o.is_dir()) {
-                anyhow::bail!(
-                    "{} is a folder: give the file to write, e.g. {}",
-                    dir.display(),
-                    dir.join("NAME").display()
-                );
+            // Said before any node is asked (the get says it too, for a default name).
+            if let Some(out) = &out {
+                peergrid_storage::client::refuse_folder(out)?;
             }
             let (cap, default_out) = if object.starts_with("pg1") {
                 let cap: Capability = object.parse()?;

@@ -130,6 +130,18 @@ impl From<WireError> for StorageError {
     }
 }
 
+/// A get's `out` must name a file (or a device or pipe), not a folder.
+pub fn refuse_folder(out: &Path) -> Result<(), StorageError> {
+    if out.is_dir() {
+        return Err(other(format!(
+            "{} is a folder: give the file to write, e.g. {}",
+            out.display(),
+            out.join("NAME").display()
+        )));
+    }
+    Ok(())
+}
+
 fn other(s: impl Into<String>) -> StorageError {
     StorageError::Other(s.into())
 }
@@ -1429,17 +1441,9 @@ impl Storage {
         // resumed, synced or renamed over (a rename over `/dev/null` replaced it). The
         // standard output is this process's own, not reopened: a shell's `>>` appends.
         let to_stdout = out == Path::new("-") || out == Path::new("/dev/stdout");
-        let stream = match std::fs::metadata(out) {
-            Ok(m) if m.is_dir() => {
-                return Err(other(format!(
-                    "{} is a folder: give the file to write, e.g. {}",
-                    out.display(),
-                    out.join("NAME").display()
-                )));
-            }
-            Ok(m) => !m.is_file(),
-            Err(_) => false,
-        } || to_stdout
+        refuse_folder(out)?;
+        let stream = std::fs::metadata(out).is_ok_and(|m| !m.is_file())
+            || to_stdout
             || out.starts_with("/dev");
         // A link to a file is written through, as `cp` does: the file it names is
         // replaced, the link stays.

@@ -17,6 +17,8 @@ use tracing::debug;
 const PEERS_MAX: usize = 1024;
 /// Addresses remembered per node.
 const ADDRS_MAX: usize = 8;
+/// How long a node seen again at the same addresses keeps its entry's time unwritten.
+const SEEN_AGAIN_MS: u64 = 3_600_000;
 /// A larger file is not read: it was not written by us.
 const FILE_BYTES_MAX: u64 = 1 << 20;
 
@@ -86,17 +88,28 @@ impl PeerBook {
     ) -> std::io::Result<()> {
         let mut book = self.read();
         let now = peergrid_core::now_ms();
+        let mut changed = false;
         for (peer, addrs) in reached {
             if addrs.is_empty() {
                 continue;
             }
-            let addrs = addrs
+            let addrs: Vec<String> = addrs
                 .iter()
                 .take(ADDRS_MAX)
                 .map(|a| a.to_string())
                 .collect();
-            book.peers
-                .insert(peer.to_string(), Seen { addrs, at_ms: now });
+            let peer = peer.to_string();
+            // A command connects several times; the same addresses seen lately need no write.
+            if book.peers.get(&peer).is_some_and(|seen| {
+                seen.addrs == addrs && now.saturating_sub(seen.at_ms) < SEEN_AGAIN_MS
+            }) {
+                continue;
+            }
+            book.peers.insert(peer, Seen { addrs, at_ms: now });
+            changed = true;
+        }
+        if !changed {
+            return Ok(());
         }
         if book.peers.len() > PEERS_MAX {
             let mut ages: Vec<(u64, String)> = book
