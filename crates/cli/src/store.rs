@@ -556,6 +556,12 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
                 );
                 let garbage: u64 = reports.iter().map(|r| r.garbage_bytes).sum();
                 let young: u64 = reports.iter().map(|r| r.young).sum();
+                let extra: u64 = reports.iter().map(|r| r.extra_copies).sum();
+                if extra > 0 {
+                    eprintln!(
+                        "{extra} of the garbage shard(s) are extra copies: a repair rebuilt them on another node while theirs was down, and that node keeps them"
+                    );
+                }
                 if dry_run && garbage > 0 {
                     eprintln!(
                         "{} can be freed: run it again without --dry-run",

@@ -478,6 +478,10 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
             r["shards_rebuilt"].as_u64() >= Some(6),
             "two lost nodes' shards: {repaired}"
         );
+        let rebuilt: u64 = repaired["objects"]
+            .as_array()
+            .map(|o| o.iter().filter_map(|o| o["shards_rebuilt"].as_u64()).sum())
+            .unwrap_or(0);
         assert_eq!(
             holders(&home).len(),
             NODES,
@@ -718,12 +722,22 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
         assert!(total(&dry, "garbage") >= left.len() as u64, "{dry}");
         assert_eq!(total(&dry, "removed"), 0, "{dry}");
         assert!(left.iter().all(|f| f.exists()), "a dry run removed shards");
+        // The shards the repair rebuilt are also still on the two nodes that were down
+        // then (but the corrupted one, which its node moved aside when it was read):
+        // those copies are garbage too.
+        assert!(!victim.exists(), "the corrupted shard was moved aside");
+        assert_eq!(total(&dry, "extra_copies"), rebuilt - 1, "{dry}");
         let gc = ok(&home, &["store", "gc", "--older-than", "0s"]);
         assert_eq!(total(&gc, "removed"), total(&gc, "garbage"), "{gc}");
         let stayed: Vec<&PathBuf> = left.iter().filter(|f| f.exists()).collect();
         assert!(stayed.is_empty(), "gc left {stayed:?}: {gc}");
         let again = ok(&home, &["store", "gc", "--older-than", "0s"]);
         assert_eq!(total(&again, "garbage"), 0, "{again}");
+        assert_eq!(
+            total(&again, "kept"),
+            total(&gc, "kept"),
+            "gc removed only garbage: {again}"
+        );
         for (name, want) in [("docs/report.bin", &data), ("medium.bin", &medium_data)] {
             assert!(
                 got(&home, &[], name, &home.join("after-gc.bin")) == *want,

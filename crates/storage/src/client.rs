@@ -36,7 +36,7 @@ use crate::format::{
 };
 use crate::peers::PeerBook;
 use crate::shard::shard_id;
-use crate::wire::{self, PutOutcome, WireError};
+use crate::wire::{self, ListedShard, PutOutcome, WireError};
 
 /// Plaintext bytes per segment.
 pub const SEGMENT_BYTES: u32 = 4 << 20;
@@ -2084,7 +2084,8 @@ impl Storage {
 
     /// Remove from the owner's nodes the shards that nothing the owner stores names: those
     /// of an object removed while one of its nodes was down, of a put cut short and never
-    /// retried, or of an index replaced while a node was down. A shard written less than
+    /// retried, or of an index replaced while a node was down, and the copies a node that
+    /// was down keeps of shards a repair rebuilt elsewhere. A shard written less than
     /// `older_than` ago is left, since a put from another machine with the same words may
     /// still be under way and not yet in the index. Nothing is removed when `dry_run`, nor
     /// when any object's manifest cannot be read (its shards cannot be told from garbage),
@@ -2111,6 +2112,8 @@ impl Storage {
             ));
         };
         let mut named: HashSet<Hash> = HashSet::new();
+        // How many times the manifests place each shard: one placed once is kept on one node.
+        let mut placed: HashMap<Hash, u32> = HashMap::new();
         named.insert(newest.pointer.index);
         // A node that was down when the index last changed keeps an older pointer: it is
         // given the newest (on a dry run, as if it were), and the index the old one named
@@ -2164,61 +2167,92 @@ impl Storage {
                 ))
             })?;
             named.insert(entry.capability.manifest);
-            named.extend(manifest.placements().map(|(h, _)| h));
+            for (h, _) in manifest.placements() {
+                named.insert(h);
+                *placed.entry(h).or_default() += 1;
+            }
         }
-        let named = &named;
+        // Every node is listed before anything is removed: a shard found on several nodes
+        // is told from its extra copies only by comparing the listings.
+        let listings = futures::future::join_all(holdings.iter().map(|h| self.list_all(h))).await;
+        let extra = extra_copies(
+            listings.iter().map(|l| l.as_ref().ok().map(Vec::as_slice)),
+            &placed,
+        );
+        let sweep = &Sweep {
+            named: &named,
+            extra: &extra,
+            older_than,
+            dry_run,
+        };
         Ok(
-            futures::future::join_all(holdings.iter().map(|h| async move {
-                let mut report = GarbageReport {
-                    node: h.node,
-                    contract: h.contract,
-                    ..GarbageReport::default()
-                };
-                if let Err(e) = self
-                    .collect_on(h, named, older_than, dry_run, &mut report)
-                    .await
-                {
-                    report.error = Some(e.to_string());
-                }
-                report
-            }))
+            futures::future::join_all(holdings.iter().zip(listings).enumerate().map(
+                |(i, (h, listed))| async move {
+                    let mut report = GarbageReport {
+                        node: h.node,
+                        contract: h.contract,
+                        ..GarbageReport::default()
+                    };
+                    let collected = match listed {
+                        Ok(listed) => self.collect_on(i, h, &listed, sweep, &mut report).await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = collected {
+                        report.error = Some(e.to_string());
+                    }
+                    report
+                },
+            ))
             .await,
         )
     }
 
-    /// List `h`'s shards, count them into `report`, and remove the garbage old enough.
-    async fn collect_on(
-        &self,
-        h: &Holding,
-        named: &HashSet<Hash>,
-        older_than: Duration,
-        dry_run: bool,
-        report: &mut GarbageReport,
-    ) -> Result<(), StorageError> {
+    /// Every shard of `h`'s contract on its node, in pages.
+    async fn list_all(&self, h: &Holding) -> Result<Vec<ListedShard>, StorageError> {
         let peer = h.peer_id()?;
         if self.has_failed(&peer) {
             return Err(other(
                 "the node did not answer; run gc again when it is back",
             ));
         }
-        let mut garbage = Vec::new();
+        let mut listed = Vec::new();
         let mut after = None;
         loop {
             let page = wire::list(&self.mesh, peer, h.contract, after).await?;
-            for shard in &page {
-                if named.contains(&shard.id) {
-                    report.kept += 1;
-                } else if Duration::from_secs(shard.age_secs) < older_than {
-                    report.young += 1;
-                } else {
-                    report.garbage += 1;
-                    report.garbage_bytes += shard.len;
-                    garbage.push(shard.id);
-                }
+            let full = page.len() == wire::IDS_MAX;
+            after = page.last().map(|last| last.id);
+            listed.extend(page);
+            if !full {
+                return Ok(listed);
             }
-            match page.last() {
-                Some(last) if page.len() == wire::IDS_MAX => after = Some(last.id),
-                _ => break,
+        }
+    }
+
+    /// Count `listed` (the shards of `h`, the `i`th holding) into `report`, and remove
+    /// the garbage old enough: what nothing names, and the extra copies of shards kept
+    /// on another node.
+    async fn collect_on(
+        &self,
+        i: usize,
+        h: &Holding,
+        listed: &[ListedShard],
+        sweep: &Sweep<'_>,
+        report: &mut GarbageReport,
+    ) -> Result<(), StorageError> {
+        let peer = h.peer_id()?;
+        let (older_than, dry_run) = (sweep.older_than, sweep.dry_run);
+        let mut garbage = Vec::new();
+        for shard in listed {
+            let extra = sweep.extra.contains(&(i, shard.id));
+            if sweep.named.contains(&shard.id) && !extra {
+                report.kept += 1;
+            } else if Duration::from_secs(shard.age_secs) < older_than {
+                report.young += 1;
+            } else {
+                report.garbage += 1;
+                report.garbage_bytes += shard.len;
+                report.extra_copies += u64::from(extra);
+                garbage.push(shard.id);
             }
         }
         if dry_run {
@@ -2298,6 +2332,46 @@ impl Storage {
     }
 }
 
+/// What a garbage collection removes, decided once its nodes are listed.
+struct Sweep<'a> {
+    /// Every shard an object, a manifest or an index names.
+    named: &'a HashSet<Hash>,
+    /// The extra copies ([`extra_copies`]), by holding.
+    extra: &'a HashSet<(usize, Hash)>,
+    /// Garbage younger than this is left.
+    older_than: Duration,
+    /// Count only.
+    dry_run: bool,
+}
+
+/// The copies in `listings` (one per holding, `None` for a node that did not answer) to
+/// remove as extra: of a shard the manifests place once but found on several nodes, every
+/// copy but the one written last, which is the copy a repair rebuilt and checked (the
+/// others are on nodes that were down then, and one may be why the repair ran).
+fn extra_copies<'a>(
+    listings: impl Iterator<Item = Option<&'a [ListedShard]>>,
+    placed: &HashMap<Hash, u32>,
+) -> HashSet<(usize, Hash)> {
+    // Per shard, every (age, holding) that lists it.
+    let mut copies: HashMap<Hash, Vec<(u64, usize)>> = HashMap::new();
+    for (i, listed) in listings.enumerate() {
+        for shard in listed.into_iter().flatten() {
+            if placed.get(&shard.id) == Some(&1) {
+                copies
+                    .entry(shard.id)
+                    .or_default()
+                    .push((shard.age_secs, i));
+            }
+        }
+    }
+    let mut extra = HashSet::new();
+    for (id, mut found) in copies {
+        found.sort_unstable();
+        extra.extend(found.into_iter().skip(1).map(|(_, i)| (i, id)));
+    }
+    extra
+}
+
 /// What a repair did for one object.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct RepairReport {
@@ -2344,6 +2418,9 @@ pub struct GarbageReport {
     pub garbage: u64,
     /// Their bytes.
     pub garbage_bytes: u64,
+    /// Of the garbage, copies of a shard that another node keeps: a repair rebuilt it
+    /// there while this node was down.
+    pub extra_copies: u64,
     /// Shards nothing names yet, younger than the age asked: a put may be under way.
     pub young: u64,
     /// Shards removed (none on a dry run).
@@ -2634,6 +2711,35 @@ mod tests {
         assert_eq!(
             crypto::open(Cipher::Aes256Gcm, &e1.key, "t", sealed).expect("open"),
             data
+        );
+    }
+
+    #[test]
+    fn gc_keeps_one_copy_of_a_shard_the_one_written_last() {
+        let [a, b, c, blob] = [1u8, 2, 3, 4].map(|i| shard_id(&[i]));
+        let at = |id: Hash, age_secs: u64| ListedShard {
+            id,
+            len: 1,
+            age_secs,
+        };
+        // `a` was put on node 0 a day ago and rebuilt on node 2 an hour ago while 0 was
+        // down; `b` is only on node 1; `c` is placed twice (two manifests name it), and a
+        // manifest-like blob is on every node: those keep every copy.
+        let node0 = vec![at(a, 86_400), at(c, 10), at(blob, 5)];
+        let node1 = vec![at(b, 86_400), at(c, 10), at(blob, 5)];
+        let node2 = vec![at(a, 3_600), at(blob, 5)];
+        let placed = HashMap::from([(a, 1), (b, 1), (c, 2)]);
+        let listings = [Some(node0.as_slice()), Some(&node1), Some(&node2)];
+        let extra = extra_copies(listings.into_iter(), &placed);
+        assert_eq!(extra, HashSet::from([(0, a)]));
+        // With the node of the newer copy not answering, the only copy seen is kept.
+        let listings = [Some(node0.as_slice()), Some(&node1), None];
+        assert!(extra_copies(listings.into_iter(), &placed).is_empty());
+        // Copies of the same age: the first node's is kept, whichever order they came in.
+        let listings = [Some(&node1[..1]), Some(&node1[..1])];
+        assert_eq!(
+            extra_copies(listings.into_iter(), &placed),
+            HashSet::from([(1, b)])
         );
     }
 
