@@ -784,7 +784,7 @@ impl Storage {
         let salt = self.keys.object_salt(name);
         let holdings = Arc::new(holdings);
         let (tx, rx) =
-            tokio::sync::mpsc::channel::<(u64, Vec<Vec<u8>>, Segment)>(SEGMENTS_IN_FLIGHT);
+            tokio::sync::mpsc::channel::<(u64, erasure::Shards, Segment)>(SEGMENTS_IN_FLIGHT);
         let keys = StorageKeys::of(&self.key);
         let source = &source;
         // Segments are read (a file at their offset, so no cursor is shared; an object
@@ -803,7 +803,9 @@ impl Storage {
                         let (plain, range) =
                             self.read_segment(source, at, offset, plain_len).await?;
                         let encoded = tokio::task::spawn_blocking(move || {
-                            encode_segment(&keys, &salt, scheme, &plain[range])
+                            let encoded = encode_segment(&keys, &salt, scheme, &plain[range]);
+                            erasure::recycle(plain);
+                            encoded
                         })
                         .await
                         .map_err(|e| other(format!("the encoder stopped: {e}")))?
@@ -967,12 +969,12 @@ impl Storage {
     async fn upload_segment(
         &self,
         seg: u64,
-        shards: Vec<Vec<u8>>,
+        shards: erasure::Shards,
         mut segment: Segment,
         holdings: Arc<Vec<Holding>>,
         assign: impl Fn(u64, usize) -> usize,
     ) -> Result<(u64, Segment, u64, u64), StorageError> {
-        let n = shards.len();
+        let n = shards.count();
         let mut targets: Vec<usize> = (0..n).map(|j| assign(seg, j)).collect();
         // A node known to have failed, or to be full, is not waited for again: its shard
         // goes to a node that holds none of this segment, if there is one.
@@ -993,7 +995,7 @@ impl Storage {
         for _attempt in 0..3 {
             let results = futures::future::join_all(pending.iter().map(|&j| {
                 let h = &holdings[targets[j]];
-                let bytes = &shards[j];
+                let bytes = shards.get(j);
                 let id = segment.shards[j];
                 async move {
                     let peer = h.peer_id()?;
@@ -1908,8 +1910,14 @@ impl Storage {
                 for target in free.by_ref() {
                     let h = &holdings[target];
                     let Ok(peer) = h.peer_id() else { continue };
-                    match wire::put(&self.mesh, peer, h.contract, segment.shards[j], &shards[j])
-                        .await
+                    match wire::put(
+                        &self.mesh,
+                        peer,
+                        h.contract,
+                        segment.shards[j],
+                        shards.get(j),
+                    )
+                    .await
                     {
                         Ok(_) => {
                             located.entry(segment.shards[j]).or_default().push(target);
@@ -1982,7 +1990,8 @@ impl Storage {
             Source::File { file, path } => {
                 let file = file.clone();
                 let plain = crate::blocking(move || {
-                    let mut plain = vec![0u8; len];
+                    let mut plain = erasure::buffer(len);
+                    plain.resize(len, 0);
                     std::os::unix::fs::FileExt::read_exact_at(&*file, &mut plain, offset)?;
                     Ok(plain)
                 })
@@ -2013,7 +2022,8 @@ impl Storage {
                         range.len()
                     )));
                 }
-                let plain = buf[range].to_vec();
+                let mut plain = erasure::buffer(len);
+                plain.extend_from_slice(&buf[range]);
                 self.segments.give(buf);
                 Ok((plain, 0..len))
             }
@@ -2467,16 +2477,30 @@ fn encode_segment(
     salt: &[u8; 32],
     scheme: Scheme,
     plain: &[u8],
-) -> Result<(Vec<Vec<u8>>, Segment), String> {
+) -> Result<(erasure::Shards, Segment), String> {
+    seal_and_code(keys, salt, scheme, plain, Cipher::Aes256Gcm)
+}
+
+/// One segment through the pipeline: its key from its bytes, sealed into a buffer with
+/// room for the coder's padding, erasure-coded there, each shard addressed.
+fn seal_and_code(
+    keys: &StorageKeys,
+    salt: &[u8; 32],
+    scheme: Scheme,
+    plain: &[u8],
+    cipher: Cipher,
+) -> Result<(erasure::Shards, Segment), String> {
     let key = keys.content_key(salt, plain);
-    let sealed = crypto::seal(Cipher::Aes256Gcm, &key, None, plain);
-    let shards = erasure::encode(scheme, &sealed).map_err(|e| e.to_string())?;
-    let ids = shards.iter().map(|s| shard_id(s)).collect();
+    let sealed_len = NONCE_BYTES + plain.len() + TAG_BYTES;
+    let mut sealed = erasure::buffer(usize::from(scheme.k) * scheme.shard_len(sealed_len));
+    crypto::seal_into(cipher, &key, None, plain, &mut sealed);
+    let shards = erasure::encode_owned(scheme, sealed).map_err(|e| e.to_string())?;
+    let ids = shards.iter().map(shard_id).collect();
     Ok((
         shards,
         Segment {
             plain_len: plain.len() as u32,
-            sealed_len: sealed.len() as u32,
+            sealed_len: sealed_len as u32,
             key,
             shards: ids,
             nodes: vec![0; scheme.n()],
@@ -2490,10 +2514,8 @@ pub fn pipeline_only(keys: &StorageKeys, scheme: Scheme, data: &[u8], cipher: Ci
     let salt = keys.object_salt("bench");
     let mut shards = 0;
     for plain in data.chunks(SEGMENT_BYTES as usize) {
-        let key = keys.content_key(&salt, plain);
-        let sealed = crypto::seal(cipher, &key, None, plain);
-        if let Ok(s) = erasure::encode(scheme, &sealed) {
-            shards += s.iter().filter(|s| shard_id(s) != Hash::ZERO).count();
+        if let Ok((_, segment)) = seal_and_code(keys, &salt, scheme, plain, cipher) {
+            shards += segment.shards.iter().filter(|s| **s != Hash::ZERO).count();
         }
     }
     shards
@@ -2705,7 +2727,7 @@ mod tests {
         let partial: Vec<Option<Vec<u8>>> = s1
             .iter()
             .enumerate()
-            .map(|(i, s)| (i >= 2).then(|| s.clone()))
+            .map(|(i, s)| (i >= 2).then(|| s.to_vec()))
             .collect();
         let sealed = erasure::decode(scheme, partial, e1.sealed_len as usize).expect("decode");
         assert_eq!(

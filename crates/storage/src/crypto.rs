@@ -68,22 +68,34 @@ pub fn seal(
     nonce: Option<[u8; NONCE_BYTES]>,
     plain: &[u8],
 ) -> Vec<u8> {
-    let nonce = nonce.unwrap_or([0; NONCE_BYTES]);
     let mut out = Vec::with_capacity(NONCE_BYTES + plain.len() + TAG_BYTES);
+    seal_into(cipher, key, nonce, plain, &mut out);
+    out
+}
+
+/// [`seal`] into `out`, cleared first: a put seals each segment into a buffer it reuses,
+/// with room for the erasure coder's padding.
+pub fn seal_into(
+    cipher: Cipher,
+    key: &[u8; 32],
+    nonce: Option<[u8; NONCE_BYTES]>,
+    plain: &[u8],
+    out: &mut Vec<u8>,
+) {
+    let nonce = nonce.unwrap_or([0; NONCE_BYTES]);
+    out.clear();
     out.extend_from_slice(&nonce);
     out.extend_from_slice(plain);
     let sealing = less_safe_key(cipher, key);
     // A 32-byte key and a 12-byte nonce are always valid; sealing fails only past 2^36 bytes.
-    let tag = sealing
-        .seal_in_place_separate_tag(
-            Nonce::assume_unique_for_key(nonce),
-            Aad::empty(),
-            &mut out[NONCE_BYTES..],
-        )
-        .map(|t| t.as_ref().to_vec())
-        .unwrap_or_default();
-    out.extend_from_slice(&tag);
-    out
+    match sealing.seal_in_place_separate_tag(
+        Nonce::assume_unique_for_key(nonce),
+        Aad::empty(),
+        &mut out[NONCE_BYTES..],
+    ) {
+        Ok(tag) => out.extend_from_slice(tag.as_ref()),
+        Err(_) => out.clear(),
+    }
 }
 
 /// Open a blob [`seal`] made, in place; returns the plaintext.

@@ -95,27 +95,129 @@ impl FromStr for Scheme {
 #[error("erasure coding failed: {0}")]
 pub struct ErasureError(String);
 
+/// A segment's `k + m` shards, in two buffers: the sealed bytes zero-padded to `k`
+/// shards, then the `m` parity shards. Dropped, the buffers go back for the next segment.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Shards {
+    data: Vec<u8>,
+    parity: Vec<u8>,
+    len: usize,
+    k: usize,
+}
+
+impl Shards {
+    /// Shard `j`: data shards first, then parity.
+    pub fn get(&self, j: usize) -> &[u8] {
+        let (buf, i) = match j.checked_sub(self.k) {
+            None => (&self.data, j),
+            Some(i) => (&self.parity, i),
+        };
+        &buf[i * self.len..(i + 1) * self.len]
+    }
+
+    /// How many there are (`k + m`).
+    pub fn count(&self) -> usize {
+        (self.data.len() + self.parity.len()) / self.len
+    }
+
+    /// Each shard in order.
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        self.data
+            .chunks_exact(self.len)
+            .chain(self.parity.chunks_exact(self.len))
+    }
+}
+
+impl Drop for Shards {
+    fn drop(&mut self) {
+        recycle(std::mem::take(&mut self.data));
+        recycle(std::mem::take(&mut self.parity));
+    }
+}
+
+/// Buffers of segments already sent, kept for the next ones: memory the process has not
+/// touched yet is zeroed by the kernel on first use, which on a VM cost a put's client
+/// more than the erasure coding itself.
+static SPARE: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+/// Buffers kept at most, and the largest kept: a few segments' worth.
+const SPARE_MAX: usize = 16;
+const SPARE_BYTES_MAX: usize = 16 << 20;
+
+/// An empty buffer with room for `capacity` bytes, a kept one when there is one.
+pub fn buffer(capacity: usize) -> Vec<u8> {
+    let mut spare = SPARE.lock().unwrap_or_else(|e| e.into_inner());
+    // The smallest that fits, so a parity buffer does not take a data buffer's place.
+    let fits = (spare.iter().enumerate())
+        .filter(|(_, b)| b.capacity() >= capacity)
+        .min_by_key(|(_, b)| b.capacity())
+        .map(|(i, _)| i);
+    match fits {
+        Some(i) => spare.swap_remove(i),
+        None => Vec::with_capacity(capacity),
+    }
+}
+
+/// Keep `buf` for a later [`buffer`].
+pub fn recycle(mut buf: Vec<u8>) {
+    if buf.capacity() == 0 || buf.capacity() > SPARE_BYTES_MAX {
+        return;
+    }
+    buf.clear();
+    let mut spare = SPARE.lock().unwrap_or_else(|e| e.into_inner());
+    if spare.len() < SPARE_MAX {
+        spare.push(buf);
+    }
+}
+
+thread_local! {
+    /// Each coding thread keeps its encoder, whose working space a new one would allocate
+    /// (and the kernel zero) for every segment.
+    static ENCODER: std::cell::RefCell<Option<reed_solomon_simd::ReedSolomonEncoder>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// Split `data` into `k` data shards (zero-padded) and compute `m` parity shards.
-pub fn encode(scheme: Scheme, data: &[u8]) -> Result<Vec<Vec<u8>>, ErasureError> {
+pub fn encode(scheme: Scheme, data: &[u8]) -> Result<Shards, ErasureError> {
+    let mut owned = buffer(usize::from(scheme.k.max(1)) * scheme.shard_len(data.len()));
+    owned.extend_from_slice(data);
+    encode_owned(scheme, owned)
+}
+
+/// [`encode`] `data` where it is: the buffer is padded to `k` shards (reserve the room,
+/// `k × shard_len`, and nothing is copied) and becomes the data shards.
+pub fn encode_owned(scheme: Scheme, mut data: Vec<u8>) -> Result<Shards, ErasureError> {
     scheme.check().map_err(ErasureError)?;
     let len = scheme.shard_len(data.len());
-    let k = usize::from(scheme.k);
-    let mut shards: Vec<Vec<u8>> = (0..k)
-        .map(|i| {
-            let start = (i * len).min(data.len());
-            let end = ((i + 1) * len).min(data.len());
-            let mut s = Vec::with_capacity(len);
-            s.extend_from_slice(&data[start..end]);
-            s.resize(len, 0);
-            s
-        })
-        .collect();
-    if scheme.m > 0 {
-        let parity = reed_solomon_simd::encode(k, usize::from(scheme.m), &shards)
-            .map_err(|e| ErasureError(e.to_string()))?;
-        shards.extend(parity);
+    let (k, m) = (usize::from(scheme.k), usize::from(scheme.m));
+    data.resize(k * len, 0);
+    let mut parity = Vec::new();
+    if m > 0 {
+        parity = buffer(m * len);
+        let failed = |e: reed_solomon_simd::Error| ErasureError(e.to_string());
+        ENCODER.with_borrow_mut(|kept| -> Result<(), ErasureError> {
+            let encoder = match kept {
+                Some(e) => {
+                    e.reset(k, m, len).map_err(failed)?;
+                    e
+                }
+                None => kept
+                    .insert(reed_solomon_simd::ReedSolomonEncoder::new(k, m, len).map_err(failed)?),
+            };
+            for shard in data.chunks_exact(len) {
+                encoder.add_original_shard(shard).map_err(failed)?;
+            }
+            for shard in encoder.encode().map_err(failed)?.recovery_iter() {
+                parity.extend_from_slice(shard);
+            }
+            Ok(())
+        })?;
     }
-    Ok(shards)
+    Ok(Shards {
+        data,
+        parity,
+        len,
+        k,
+    })
 }
 
 /// Rebuild `data_len` bytes from any `k` shards (`shards[i]` is shard `i`, or `None`);
@@ -206,7 +308,14 @@ mod tests {
         let scheme: Scheme = "3+2".parse().expect("scheme");
         let data: Vec<u8> = (0..100_003u32).map(|i| (i * 7 % 251) as u8).collect();
         let shards = encode(scheme, &data).expect("encode");
-        assert_eq!(shards.len(), 5);
+        assert_eq!(shards.count(), 5);
+        assert!(
+            shards
+                .iter()
+                .all(|s| s.len() == scheme.shard_len(data.len()))
+        );
+        assert_eq!(&shards.get(0)[..100], &data[..100]);
+        let shards: Vec<Vec<u8>> = shards.iter().map(<[u8]>::to_vec).collect();
         for lost_a in 0..5 {
             for lost_b in lost_a + 1..5 {
                 let partial: Vec<Option<Vec<u8>>> = shards
@@ -241,6 +350,37 @@ mod tests {
     }
 
     #[test]
+    fn a_kept_encoder_codes_as_a_new_one_whatever_came_before() {
+        // One thread codes segments of other lengths and schemes in turn, as repair and
+        // put do: each time the same parity as a coder made for that segment alone.
+        for (scheme, len) in [
+            ("3+2", 100_000),
+            ("2+1", 64),
+            ("3+2", 5_000),
+            ("16+4", 1 << 20),
+        ] {
+            let scheme: Scheme = scheme.parse().expect("scheme");
+            let data: Vec<u8> = (0..len).map(|i| (i * 13 % 249) as u8).collect();
+            let shards = encode(scheme, &data).expect("encode");
+            let shard_len = scheme.shard_len(len);
+            let mut padded = data.clone();
+            padded.resize(usize::from(scheme.k) * shard_len, 0);
+            let fresh = reed_solomon_simd::encode(
+                usize::from(scheme.k),
+                usize::from(scheme.m),
+                padded.chunks_exact(shard_len),
+            )
+            .expect("reference");
+            let ours: Vec<&[u8]> = shards.iter().collect();
+            let theirs: Vec<&[u8]> = padded
+                .chunks_exact(shard_len)
+                .chain(fresh.iter().map(Vec::as_slice))
+                .collect();
+            assert_eq!(ours, theirs, "{scheme} of {len} bytes");
+        }
+    }
+
+    #[test]
     fn schemes_follow_the_nodes_and_parse_with_clear_errors() {
         assert_eq!(Scheme::for_nodes(5).to_string(), "3+2");
         assert_eq!(Scheme::for_nodes(10).to_string(), "6+4");
@@ -259,7 +399,7 @@ mod tests {
         assert_eq!(
             decode(
                 Scheme { k: 2, m: 1 },
-                vec![None, Some(tiny[1].clone()), Some(tiny[2].clone())],
+                vec![None, Some(tiny.get(1).to_vec()), Some(tiny.get(2).to_vec())],
                 0
             )
             .expect("d"),
