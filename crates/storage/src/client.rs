@@ -800,12 +800,11 @@ impl Storage {
                     let plain_len = (size - offset).min(u64::from(SEGMENT_BYTES)) as usize;
                     let (keys, at) = (keys.clone(), seg);
                     encoding.push_back(async move {
-                        let (plain, range) =
-                            self.read_segment(source, at, offset, plain_len).await?;
+                        let sealable = self
+                            .read_segment(source, scheme, at, offset, plain_len)
+                            .await?;
                         let encoded = tokio::task::spawn_blocking(move || {
-                            let encoded = encode_segment(&keys, &salt, scheme, &plain[range]);
-                            erasure::recycle(plain);
-                            encoded
+                            seal_and_code(&keys, &salt, scheme, sealable, Cipher::Aes256Gcm)
                         })
                         .await
                         .map_err(|e| other(format!("the encoder stopped: {e}")))?
@@ -1977,31 +1976,32 @@ impl Storage {
             .await
     }
 
-    /// Segment `seg` of `source`, `len` bytes from `offset`: a buffer and where in it the
-    /// bytes lie.
+    /// Segment `seg` of `source`, `len` bytes from `offset`, in a [`segment_buffer`] for
+    /// `scheme`.
     async fn read_segment(
         &self,
         source: &Source<'_>,
+        scheme: Scheme,
         seg: u64,
         offset: u64,
         len: usize,
-    ) -> Result<(Vec<u8>, std::ops::Range<usize>), StorageError> {
+    ) -> Result<Vec<u8>, StorageError> {
         match source {
             Source::File { file, path } => {
                 let file = file.clone();
-                let plain = crate::blocking(move || {
-                    let mut plain = erasure::buffer(len);
-                    plain.resize(len, 0);
-                    std::os::unix::fs::FileExt::read_exact_at(&*file, &mut plain, offset)?;
-                    Ok(plain)
+                crate::blocking(move || {
+                    let mut buf = segment_buffer(scheme, len);
+                    buf.resize(NONCE_BYTES + len, 0);
+                    let plain = &mut buf[NONCE_BYTES..];
+                    std::os::unix::fs::FileExt::read_exact_at(&*file, plain, offset)?;
+                    Ok(buf)
                 })
                 .await
                 .map_err(|source| StorageError::File {
                     what: "cannot read",
                     path: path.to_path_buf(),
                     source,
-                })?;
-                Ok((plain, 0..len))
+                })
             }
             Source::Object {
                 manifest,
@@ -2022,10 +2022,10 @@ impl Storage {
                         range.len()
                     )));
                 }
-                let mut plain = erasure::buffer(len);
-                plain.extend_from_slice(&buf[range]);
+                let mut sealable = segment_buffer(scheme, len);
+                sealable.extend_from_slice(&buf[range]);
                 self.segments.give(buf);
-                Ok((plain, 0..len))
+                Ok(sealable)
             }
         }
     }
@@ -2478,28 +2478,40 @@ fn encode_segment(
     scheme: Scheme,
     plain: &[u8],
 ) -> Result<(erasure::Shards, Segment), String> {
-    seal_and_code(keys, salt, scheme, plain, Cipher::Aes256Gcm)
+    let mut sealable = segment_buffer(scheme, plain.len());
+    sealable.extend_from_slice(plain);
+    seal_and_code(keys, salt, scheme, sealable, Cipher::Aes256Gcm)
 }
 
-/// One segment through the pipeline: its key from its bytes, sealed into a buffer with
-/// room for the coder's padding, erasure-coded there, each shard addressed.
+/// A buffer for one segment of `plain_len` bytes: [`NONCE_BYTES`] of room for the nonce,
+/// to which the plaintext is added, with room for the tag and the coder's padding, so
+/// the segment is sealed and coded where it was read.
+fn segment_buffer(scheme: Scheme, plain_len: usize) -> Vec<u8> {
+    let sealed_len = NONCE_BYTES + plain_len + TAG_BYTES;
+    let mut buf = erasure::buffer(usize::from(scheme.k.max(1)) * scheme.shard_len(sealed_len));
+    buf.resize(NONCE_BYTES, 0);
+    buf
+}
+
+/// One segment through the pipeline: its key from its bytes, sealed in place, coded
+/// there, each shard addressed. `sealable` is a [`segment_buffer`] holding the plaintext.
 fn seal_and_code(
     keys: &StorageKeys,
     salt: &[u8; 32],
     scheme: Scheme,
-    plain: &[u8],
+    mut sealable: Vec<u8>,
     cipher: Cipher,
 ) -> Result<(erasure::Shards, Segment), String> {
-    let key = keys.content_key(salt, plain);
-    let sealed_len = NONCE_BYTES + plain.len() + TAG_BYTES;
-    let mut sealed = erasure::buffer(usize::from(scheme.k) * scheme.shard_len(sealed_len));
-    crypto::seal_into(cipher, &key, None, plain, &mut sealed);
-    let shards = erasure::encode_owned(scheme, sealed).map_err(|e| e.to_string())?;
+    let plain_len = sealable.len().saturating_sub(NONCE_BYTES);
+    let key = keys.content_key(salt, &sealable[NONCE_BYTES.min(sealable.len())..]);
+    crypto::seal_in_place(cipher, &key, None, &mut sealable);
+    let sealed_len = sealable.len();
+    let shards = erasure::encode_owned(scheme, sealable).map_err(|e| e.to_string())?;
     let ids = shards.iter().map(shard_id).collect();
     Ok((
         shards,
         Segment {
-            plain_len: plain.len() as u32,
+            plain_len: plain_len as u32,
             sealed_len: sealed_len as u32,
             key,
             shards: ids,
@@ -2514,7 +2526,9 @@ pub fn pipeline_only(keys: &StorageKeys, scheme: Scheme, data: &[u8], cipher: Ci
     let salt = keys.object_salt("bench");
     let mut shards = 0;
     for plain in data.chunks(SEGMENT_BYTES as usize) {
-        if let Ok((_, segment)) = seal_and_code(keys, &salt, scheme, plain, cipher) {
+        let mut sealable = segment_buffer(scheme, plain.len());
+        sealable.extend_from_slice(plain);
+        if let Ok((_, segment)) = seal_and_code(keys, &salt, scheme, sealable, cipher) {
             shards += segment.shards.iter().filter(|s| **s != Hash::ZERO).count();
         }
     }

@@ -69,32 +69,35 @@ pub fn seal(
     plain: &[u8],
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(NONCE_BYTES + plain.len() + TAG_BYTES);
-    seal_into(cipher, key, nonce, plain, &mut out);
+    out.resize(NONCE_BYTES, 0);
+    out.extend_from_slice(plain);
+    seal_in_place(cipher, key, nonce, &mut out);
     out
 }
 
-/// [`seal`] into `out`, cleared first: a put seals each segment into a buffer it reuses,
-/// with room for the erasure coder's padding.
-pub fn seal_into(
+/// [`seal`] where the bytes are: `buf` holds [`NONCE_BYTES`] of room for the nonce,
+/// then the plaintext, and gains the tag. A put reads each segment into such a buffer,
+/// with room for the erasure coder's padding too, and seals and codes it there.
+pub fn seal_in_place(
     cipher: Cipher,
     key: &[u8; 32],
     nonce: Option<[u8; NONCE_BYTES]>,
-    plain: &[u8],
-    out: &mut Vec<u8>,
+    buf: &mut Vec<u8>,
 ) {
     let nonce = nonce.unwrap_or([0; NONCE_BYTES]);
-    out.clear();
-    out.extend_from_slice(&nonce);
-    out.extend_from_slice(plain);
+    if buf.len() < NONCE_BYTES {
+        buf.resize(NONCE_BYTES, 0);
+    }
+    buf[..NONCE_BYTES].copy_from_slice(&nonce);
     let sealing = less_safe_key(cipher, key);
     // A 32-byte key and a 12-byte nonce are always valid; sealing fails only past 2^36 bytes.
     match sealing.seal_in_place_separate_tag(
         Nonce::assume_unique_for_key(nonce),
         Aad::empty(),
-        &mut out[NONCE_BYTES..],
+        &mut buf[NONCE_BYTES..],
     ) {
-        Ok(tag) => out.extend_from_slice(tag.as_ref()),
-        Err(_) => out.clear(),
+        Ok(tag) => buf.extend_from_slice(tag.as_ref()),
+        Err(_) => buf.clear(),
     }
 }
 
