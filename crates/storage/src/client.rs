@@ -2488,7 +2488,7 @@ fn encode_segment(
 /// the segment is sealed and coded where it was read.
 fn segment_buffer(scheme: Scheme, plain_len: usize) -> Vec<u8> {
     let sealed_len = NONCE_BYTES + plain_len + TAG_BYTES;
-    let mut buf = erasure::buffer(usize::from(scheme.k.max(1)) * scheme.shard_len(sealed_len));
+    let mut buf = crate::spare::take(usize::from(scheme.k.max(1)) * scheme.shard_len(sealed_len));
     buf.resize(NONCE_BYTES, 0);
     buf
 }

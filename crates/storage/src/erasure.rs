@@ -5,6 +5,8 @@ use std::fmt;
 use std::str::FromStr;
 
 use borsh::{BorshDeserialize, BorshSerialize};
+
+use crate::spare;
 use serde::{Deserialize, Serialize};
 
 /// Shard lengths are rounded up to this, as the SIMD coder works on whole blocks.
@@ -130,42 +132,8 @@ impl Shards {
 
 impl Drop for Shards {
     fn drop(&mut self) {
-        recycle(std::mem::take(&mut self.data));
-        recycle(std::mem::take(&mut self.parity));
-    }
-}
-
-/// Buffers of segments already sent, kept for the next ones: memory the process has not
-/// touched yet is zeroed by the kernel on first use, which on a VM cost a put's client
-/// more than the erasure coding itself.
-static SPARE: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
-/// Buffers kept at most, and the largest kept: a few segments' worth.
-const SPARE_MAX: usize = 16;
-const SPARE_BYTES_MAX: usize = 16 << 20;
-
-/// An empty buffer with room for `capacity` bytes, a kept one when there is one.
-pub fn buffer(capacity: usize) -> Vec<u8> {
-    let mut spare = SPARE.lock().unwrap_or_else(|e| e.into_inner());
-    // The smallest that fits, so a parity buffer does not take a data buffer's place.
-    let fits = (spare.iter().enumerate())
-        .filter(|(_, b)| b.capacity() >= capacity)
-        .min_by_key(|(_, b)| b.capacity())
-        .map(|(i, _)| i);
-    match fits {
-        Some(i) => spare.swap_remove(i),
-        None => Vec::with_capacity(capacity),
-    }
-}
-
-/// Keep `buf` for a later [`buffer`].
-pub fn recycle(mut buf: Vec<u8>) {
-    if buf.capacity() == 0 || buf.capacity() > SPARE_BYTES_MAX {
-        return;
-    }
-    buf.clear();
-    let mut spare = SPARE.lock().unwrap_or_else(|e| e.into_inner());
-    if spare.len() < SPARE_MAX {
-        spare.push(buf);
+        spare::give(std::mem::take(&mut self.data));
+        spare::give(std::mem::take(&mut self.parity));
     }
 }
 
@@ -178,7 +146,7 @@ thread_local! {
 
 /// Split `data` into `k` data shards (zero-padded) and compute `m` parity shards.
 pub fn encode(scheme: Scheme, data: &[u8]) -> Result<Shards, ErasureError> {
-    let mut owned = buffer(usize::from(scheme.k.max(1)) * scheme.shard_len(data.len()));
+    let mut owned = spare::take(usize::from(scheme.k.max(1)) * scheme.shard_len(data.len()));
     owned.extend_from_slice(data);
     encode_owned(scheme, owned)
 }
@@ -192,7 +160,7 @@ pub fn encode_owned(scheme: Scheme, mut data: Vec<u8>) -> Result<Shards, Erasure
     data.resize(k * len, 0);
     let mut parity = Vec::new();
     if m > 0 {
-        parity = buffer(m * len);
+        parity = spare::take(m * len);
         let failed = |e: reed_solomon_simd::Error| ErasureError(e.to_string());
         ENCODER.with_borrow_mut(|kept| -> Result<(), ErasureError> {
             let encoder = match kept {
@@ -246,6 +214,7 @@ pub fn decode_into(
         let take = (data_len - at).min(s.len());
         out[at..at + take].copy_from_slice(&s[..take]);
         at += take;
+        spare::give(s);
     }
     Ok(())
 }

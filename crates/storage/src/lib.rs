@@ -20,6 +20,7 @@ pub mod erasure;
 pub mod format;
 pub mod peers;
 pub mod shard;
+pub mod spare;
 pub mod store;
 pub mod wire;
 

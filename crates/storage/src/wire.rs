@@ -340,21 +340,18 @@ pub async fn read_exact_idle<S: AsyncRead + Unpin>(
     Ok(())
 }
 
-/// Read exactly `len` bytes, hashing them as they arrive; returns the bytes and their address.
+/// Read exactly `len` bytes (at most [`SHARD_BYTES_MAX`]: the caller checks the length a
+/// peer announced), hashing them as they arrive; returns the bytes and their address.
 pub async fn read_data<S: AsyncRead + Unpin>(
     io: &mut S,
     len: u64,
 ) -> std::io::Result<(Vec<u8>, Hash)> {
-    let mut out = Vec::with_capacity(len.min(SHARD_BYTES_MAX) as usize);
+    // A kept buffer, not a zeroed one: every byte of it is read into.
+    let mut out = crate::spare::take_len(len.min(SHARD_BYTES_MAX) as usize);
     let mut hasher = ShardHasher::default();
-    let mut left = len;
-    while left > 0 {
-        let want = (left as usize).min(CHUNK_BYTES);
-        let at = out.len();
-        out.resize(at + want, 0);
-        read_exact_idle(io, &mut out[at..]).await?;
-        hasher.update(&out[at..]);
-        left -= want as u64;
+    for chunk in out.chunks_mut(CHUNK_BYTES) {
+        read_exact_idle(io, chunk).await?;
+        hasher.update(chunk);
     }
     Ok((out, hasher.finalize()))
 }
