@@ -42,6 +42,8 @@ use crate::wire::{self, ListedShard, PutOutcome, WireError};
 pub const SEGMENT_BYTES: u32 = 4 << 20;
 /// Segments being encoded or uploaded at once.
 const SEGMENTS_IN_FLIGHT: usize = 3;
+/// Segments being fetched at once by a get.
+const GETS_IN_FLIGHT: usize = 6;
 /// Segments sealed and coded at once while putting.
 const ENCODES_AT_ONCE: usize = 2;
 /// How long a get waits for a segment's first shard before asking a spare anyway.
@@ -1553,7 +1555,7 @@ impl Storage {
                     let segment = &manifest.segments[i as usize];
                     self.fetch_segment(manifest, segment, &peers, &all_peers)
                 })
-                .buffered(SEGMENTS_IN_FLIGHT);
+                .buffered(GETS_IN_FLIGHT);
             let mut seg = resume_from;
             while let Some(plain) = fetches.next().await {
                 let (buf, plain) = plain.map_err(|e| other(format!("segment {seg}: {e}")))?;
