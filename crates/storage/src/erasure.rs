@@ -5,9 +5,9 @@ use std::fmt;
 use std::str::FromStr;
 
 use borsh::{BorshDeserialize, BorshSerialize};
+use serde::{Deserialize, Serialize};
 
 use crate::spare;
-use serde::{Deserialize, Serialize};
 
 /// Shard lengths are rounded up to this, as the SIMD coder works on whole blocks.
 const SHARD_ALIGN: usize = 64;
