@@ -321,7 +321,7 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
                 .or(default_out)
                 .context("give the output file: peergrid store get CAPABILITY OUT")?;
             // With the object on standard output, what the command says goes to stderr.
-            let to_stdout = out == Path::new("-") || out == Path::new("/dev/stdout");
+            let to_stdout = peergrid_storage::client::writes_to_stdout(&out);
             let (manifest, holdings) = storage.open(&cap).await?;
             let total = range.map(|(a, b)| b - a).unwrap_or(manifest.size);
             let bar = bar(globals, total);

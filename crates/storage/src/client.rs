@@ -132,6 +132,11 @@ impl From<WireError> for StorageError {
     }
 }
 
+/// Whether a get's `out` names this process's standard output (`-` or `/dev/stdout`).
+pub fn writes_to_stdout(out: &Path) -> bool {
+    out == Path::new("-") || out == Path::new("/dev/stdout")
+}
+
 /// A get's `out` must name a file (or a device or pipe), not a folder.
 pub fn refuse_folder(out: &Path) -> Result<(), StorageError> {
     if out.is_dir() {
@@ -1443,7 +1448,7 @@ impl Storage {
         // Standard output (`-`), a device or a pipe is written straight: it cannot be
         // resumed, synced or renamed over (a rename over `/dev/null` replaced it). The
         // standard output is this process's own, not reopened: a shell's `>>` appends.
-        let to_stdout = out == Path::new("-") || out == Path::new("/dev/stdout");
+        let to_stdout = writes_to_stdout(out);
         refuse_folder(out)?;
         let stream = std::fs::metadata(out).is_ok_and(|m| !m.is_file())
             || to_stdout
@@ -1882,7 +1887,7 @@ impl Storage {
                 .map_err(|e| other(format!("segment {index} cannot be rebuilt: {e}")))?;
             let keys = self.keys.clone();
             let (shards, rebuilt) = tokio::task::spawn_blocking(move || {
-                encode_segment(&keys, &salt, scheme, &buf[plain])
+                encode_segment(&keys, &salt, scheme, &buf[plain], Cipher::Aes256Gcm)
             })
             .await
             .map_err(|e| other(e.to_string()))?
@@ -2479,10 +2484,11 @@ fn encode_segment(
     salt: &[u8; 32],
     scheme: Scheme,
     plain: &[u8],
+    cipher: Cipher,
 ) -> Result<(erasure::Shards, Segment), String> {
     let mut sealable = segment_buffer(scheme, plain.len());
     sealable.extend_from_slice(plain);
-    seal_and_code(keys, salt, scheme, sealable, Cipher::Aes256Gcm)
+    seal_and_code(keys, salt, scheme, sealable, cipher)
 }
 
 /// A buffer for one segment of `plain_len` bytes: [`NONCE_BYTES`] of room for the nonce,
@@ -2528,9 +2534,7 @@ pub fn pipeline_only(keys: &StorageKeys, scheme: Scheme, data: &[u8], cipher: Ci
     let salt = keys.object_salt("bench");
     let mut shards = 0;
     for plain in data.chunks(SEGMENT_BYTES as usize) {
-        let mut sealable = segment_buffer(scheme, plain.len());
-        sealable.extend_from_slice(plain);
-        if let Ok((_, segment)) = seal_and_code(keys, &salt, scheme, sealable, cipher) {
+        if let Ok((_, segment)) = encode_segment(keys, &salt, scheme, plain, cipher) {
             shards += segment.shards.iter().filter(|s| **s != Hash::ZERO).count();
         }
     }
@@ -2729,12 +2733,20 @@ mod tests {
         let salt = keys.object_salt("a");
         let scheme = Scheme { k: 3, m: 2 };
         let data = vec![42u8; 100_000];
-        let (s1, e1) = encode_segment(&keys, &salt, scheme, &data).expect("encode");
-        let (s2, e2) = encode_segment(&keys, &salt, scheme, &data).expect("encode");
+        let (s1, e1) =
+            encode_segment(&keys, &salt, scheme, &data, Cipher::Aes256Gcm).expect("encode");
+        let (s2, e2) =
+            encode_segment(&keys, &salt, scheme, &data, Cipher::Aes256Gcm).expect("encode");
         assert_eq!(s1, s2, "a retried put sends the same shards");
         assert_eq!(e1, e2);
-        let (_, other_name) =
-            encode_segment(&keys, &keys.object_salt("b"), scheme, &data).expect("encode");
+        let (_, other_name) = encode_segment(
+            &keys,
+            &keys.object_salt("b"),
+            scheme,
+            &data,
+            Cipher::Aes256Gcm,
+        )
+        .expect("encode");
         assert_ne!(
             e1.shards, other_name.shards,
             "another name never shares shards"
