@@ -89,6 +89,12 @@ pub fn decode_versioned<T: BorshDeserialize>(
     })
 }
 
+/// The longest segment a manifest may name: a reader holds several in memory at once.
+pub const SEGMENT_BYTES_MAX: u32 = 64 << 20;
+
+/// What sealing adds to a segment: its nonce and its tag.
+const SEAL_OVERHEAD: u64 = (crate::crypto::NONCE_BYTES + crate::crypto::TAG_BYTES) as u64;
+
 /// One segment of an object: its key and its shards.
 #[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
 pub struct Segment {
@@ -133,8 +139,11 @@ impl Manifest {
             reason,
         };
         m.scheme.check().map_err(bad)?;
-        if m.segment_bytes == 0 {
-            return Err(bad("segments of 0 bytes".into()));
+        if m.segment_bytes == 0 || m.segment_bytes > SEGMENT_BYTES_MAX {
+            return Err(bad(format!(
+                "segments of {} bytes (1 to {SEGMENT_BYTES_MAX} are read)",
+                m.segment_bytes
+            )));
         }
         let mut total = 0u64;
         for (i, s) in m.segments.iter().enumerate() {
@@ -143,6 +152,13 @@ impl Manifest {
             }
             if s.plain_len > m.segment_bytes {
                 return Err(bad(format!("segment {i} is longer than a segment")));
+            }
+            // A reader sizes its buffers by it before any shard has been checked.
+            if u64::from(s.sealed_len) != u64::from(s.plain_len) + SEAL_OVERHEAD {
+                return Err(bad(format!(
+                    "segment {i} is {} bytes sealed and {} in plain",
+                    s.sealed_len, s.plain_len
+                )));
             }
             total += u64::from(s.plain_len);
         }
@@ -363,6 +379,18 @@ mod tests {
                 .to_string()
                 .contains("add up")
         );
+        // A stranger's manifest cannot size a reader's buffers beyond what sealing gives.
+        let mut oversized = m.clone();
+        oversized.segments[0].sealed_len = u32::MAX;
+        assert!(
+            Manifest::decode(&encode_versioned(&oversized))
+                .expect_err("oversized")
+                .to_string()
+                .contains("bytes sealed")
+        );
+        let mut huge = m.clone();
+        huge.segment_bytes = SEGMENT_BYTES_MAX + 1;
+        assert!(Manifest::decode(&encode_versioned(&huge)).is_err());
 
         let owner = Keypair::from_seed([4; 32]);
         let cap = Capability {
