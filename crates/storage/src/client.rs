@@ -40,6 +40,7 @@ use crate::wire::{self, ListedShard, PutOutcome, WireError};
 
 /// Plaintext bytes per segment.
 pub const SEGMENT_BYTES: u32 = 4 << 20;
+const _: () = assert!(SEGMENT_BYTES <= crate::format::SEGMENT_BYTES_MAX);
 /// Segments being encoded or uploaded at once.
 const SEGMENTS_IN_FLIGHT: usize = 3;
 /// Segments being fetched at once by a get.
@@ -48,6 +49,14 @@ const GETS_IN_FLIGHT: usize = 6;
 const ENCODES_AT_ONCE: usize = 2;
 /// How long a get waits for a segment's first shard before asking a spare anyway.
 const SPARE_AFTER: Duration = Duration::from_millis(200);
+
+/// Where a fetched shard of a segment being read is.
+enum Fetched {
+    /// Received into its place in the segment's buffer (data shards).
+    InPlace,
+    /// In a buffer of its own.
+    Own(Vec<u8>),
+}
 /// How long the nodes of a put or get have to connect before they count as failed.
 const CONNECT_WITHIN: Duration = Duration::from_secs(3);
 /// How long a node that failed is treated as failed: tried last, given no shard, not
@@ -1612,7 +1621,18 @@ impl Storage {
         let scheme = manifest.scheme;
         let k = usize::from(scheme.k);
         let n = scheme.n();
-        let shard_len = scheme.shard_len(segment.sealed_len as usize) as u64;
+        let sealed_len = segment.sealed_len as usize;
+        let shard_len = scheme.shard_len(sealed_len);
+        if shard_len == 0 {
+            return Err(other("the manifest lists a segment of no bytes"));
+        }
+        // The sealed segment starts a nonce before a block boundary, so that its
+        // plaintext, opened in place, starts on one: a get writes it to disk from there.
+        // Its data shards (the sealed bytes, then the coder's padding) are received
+        // straight into their places in it; parity shards, needed only to rebuild a
+        // missing one, into buffers of their own.
+        let at = ALIGN - NONCE_BYTES;
+        let mut buf = self.segments.take(at + k * shard_len);
         // Data shards first (no decoding needed when they all arrive), nodes that failed last.
         let mut order: Vec<usize> = (0..n).collect();
         order.sort_by_key(|&j| {
@@ -1622,199 +1642,236 @@ impl Storage {
             (failed, j >= k)
         });
         let mut next = order.into_iter();
-        let mut got: Vec<Option<Vec<u8>>> = vec![None; n];
+        let mut got: Vec<Option<Fetched>> = (0..n).map(|_| None).collect();
         let mut have = 0;
         let mut errors = Vec::new();
-        // First from the nodes the manifest names; if too few answer, ask the owner's
-        // other nodes for the missing shards (repair may have moved them).
-        for pass in 0..2 {
-            let elsewhere = pass == 1;
-            let fetch = |j: usize| {
-                let id = segment.shards[j];
-                let hinted = peers.get(&segment.nodes[j]).copied();
-                async move {
-                    if !elsewhere {
-                        let Some(p) = hinted else {
-                            return (
-                                j,
-                                Err(other(format!(
+        {
+            // A data shard's place goes with its fetch and comes back if the fetch fails.
+            let mut places: Vec<Option<&mut [u8]>> = buf[at..at + k * shard_len]
+                .chunks_mut(shard_len)
+                .map(Some)
+                .collect();
+            // First from the nodes the manifest names; if too few answer, ask the owner's
+            // other nodes for the missing shards (repair may have moved them).
+            for pass in 0..2 {
+                let elsewhere = pass == 1;
+                let fetch = one_lifetime(|j: usize, mut place: Option<&mut [u8]>| {
+                    let id = segment.shards[j];
+                    let hinted = peers.get(&segment.nodes[j]).copied();
+                    async move {
+                        if !elsewhere {
+                            let Some(p) = hinted else {
+                                let e = other(format!(
                                     "node {} of shard {id} holds no contract of the owner",
                                     segment.nodes[j]
-                                ))),
-                            );
-                        };
-                        return match get_retrying(&self.mesh, p, id, shard_len).await {
-                            Ok(b) => (j, Ok(b)),
-                            Err(e) => {
-                                if e.is_unreachable() {
-                                    self.mark_failed(p);
-                                }
-                                (j, Err(e.into()))
+                                ));
+                                return (j, place, Err(e));
+                            };
+                            let fetched = match place.as_deref_mut() {
+                                Some(out) => get_into_retrying(&self.mesh, p, id, out)
+                                    .await
+                                    .map(|()| Fetched::InPlace),
+                                None => get_owned(&self.mesh, p, id, shard_len)
+                                    .await
+                                    .map(Fetched::Own),
+                            };
+                            if let Err(e) = &fetched
+                                && e.is_unreachable()
+                            {
+                                self.mark_failed(p);
                             }
-                        };
-                    }
-                    let others: Vec<_> = all_peers
-                        .iter()
-                        .filter(|p| Some(**p) != hinted && !self.has_failed(p))
-                        .map(|&p| async move { get_retrying(&self.mesh, p, id, shard_len).await })
-                        .collect();
-                    if others.is_empty() {
-                        return (
-                            j,
-                            Err(other(format!("no other node to ask for shard {id}"))),
-                        );
-                    }
-                    // The first that has it; if none does, every node's answer, since
-                    // which of them failed how is what tells a lost shard from a slow node.
-                    let mut asking: FuturesUnordered<_> = others.into_iter().collect();
-                    let mut answers = Vec::new();
-                    while let Some(answer) = asking.next().await {
-                        match answer {
-                            Ok(b) => return (j, Ok(b)),
-                            Err(e) => answers.push(e.to_string()),
+                            return (j, place, fetched.map_err(StorageError::from));
                         }
-                    }
-                    (
-                        j,
-                        Err(other(format!(
+                        let others: Vec<_> = all_peers
+                            .iter()
+                            .filter(|p| Some(**p) != hinted && !self.has_failed(p))
+                            .map(|&p| async move { get_owned(&self.mesh, p, id, shard_len).await })
+                            .collect();
+                        if others.is_empty() {
+                            let e = other(format!("no other node to ask for shard {id}"));
+                            return (j, place, Err(e));
+                        }
+                        // The first that has it; if none does, every node's answer, since
+                        // which of them failed how is what tells a lost shard from a slow node.
+                        let mut asking: FuturesUnordered<_> = others.into_iter().collect();
+                        let mut answers = Vec::new();
+                        while let Some(answer) = asking.next().await {
+                            match answer {
+                                Ok(b) => return (j, place, Ok(Fetched::Own(b))),
+                                Err(e) => answers.push(e.to_string()),
+                            }
+                        }
+                        let e = other(format!(
                             "shard {id} is on none of your other nodes ({})",
                             answers.join("; ")
-                        ))),
+                        ));
+                        (j, place, Err(e))
+                    }
+                });
+                // From other nodes a shard is asked of several at once, so into a buffer
+                // of its own, not into its place.
+                let mut start = |j: usize| {
+                    let place = if elsewhere {
+                        None
+                    } else {
+                        places.get_mut(j).and_then(Option::take)
+                    };
+                    fetch(j, place)
+                };
+                let mut running = FuturesUnordered::new();
+                let mut queue: Box<dyn Iterator<Item = usize> + Send> = if elsewhere {
+                    Box::new(
+                        (0..n)
+                            .filter(|j| got[*j].is_none())
+                            .collect::<Vec<_>>()
+                            .into_iter(),
                     )
+                } else {
+                    Box::new(next.by_ref().collect::<Vec<_>>().into_iter())
+                };
+                let started = tokio::time::Instant::now();
+                let mut in_flight = HashSet::new();
+                for j in queue.by_ref().take(k - have) {
+                    in_flight.insert(j);
+                    running.push(start(j));
                 }
-            };
-            let mut running = FuturesUnordered::new();
-            let mut queue: Box<dyn Iterator<Item = usize> + Send> = if elsewhere {
-                Box::new(
-                    (0..n)
-                        .filter(|j| got[*j].is_none())
-                        .collect::<Vec<_>>()
-                        .into_iter(),
-                )
-            } else {
-                Box::new(next.by_ref().collect::<Vec<_>>().into_iter())
-            };
-            let started = tokio::time::Instant::now();
-            let mut in_flight = HashSet::new();
-            for j in queue.by_ref().take(k - have) {
-                in_flight.insert(j);
-                running.push(fetch(j));
-            }
-            // Spares hedge against stragglers: the shards are of one size, so once one has
-            // arrived the others are due in about as long; one not in by half as long
-            // again marks a slow or stuck node, and a spare is asked then, one more each
-            // half of that first time after (or SPARE_AFTER with nothing in, then twice
-            // as long for each next). Asked at once, a spare was sent whole before its
-            // cancel reached the node: a third more bytes served for every get.
-            let spare_timer = tokio::time::sleep(SPARE_AFTER);
-            tokio::pin!(spare_timer);
-            let mut spares_left = true;
-            let mut first_in: Option<Duration> = None;
-            let mut quiet = SPARE_AFTER;
-            loop {
-                tokio::select! {
-                    next = running.next() => {
-                        let Some((j, r)) = next else { break };
-                        in_flight.remove(&j);
-                        match r {
-                            Ok(bytes) => {
-                                got[j] = Some(bytes);
-                                have += 1;
-                                if have == k {
-                                    break;
+                // Spares hedge against stragglers: the shards are of one size, so once one has
+                // arrived the others are due in about as long; one not in by half as long
+                // again marks a slow or stuck node, and a spare is asked then, one more each
+                // half of that first time after (or SPARE_AFTER with nothing in, then twice
+                // as long for each next). Asked at once, a spare was sent whole before its
+                // cancel reached the node: a third more bytes served for every get.
+                let spare_timer = tokio::time::sleep(SPARE_AFTER);
+                tokio::pin!(spare_timer);
+                let mut spares_left = true;
+                let mut first_in: Option<Duration> = None;
+                let mut quiet = SPARE_AFTER;
+                let mut returned = Vec::new();
+                loop {
+                    tokio::select! {
+                        next = running.next() => {
+                            let Some((j, place, r)) = next else { break };
+                            in_flight.remove(&j);
+                            match r {
+                                Ok(fetched) => {
+                                    got[j] = Some(fetched);
+                                    have += 1;
+                                    if have == k {
+                                        break;
+                                    }
+                                    if first_in.is_none() {
+                                        let first = started.elapsed();
+                                        first_in = Some(first);
+                                        let due = started + first * 3 / 2;
+                                        if due < spare_timer.deadline() {
+                                            spare_timer.as_mut().reset(due);
+                                        }
+                                    }
                                 }
-                                if first_in.is_none() {
-                                    let first = started.elapsed();
-                                    first_in = Some(first);
-                                    let due = started + first * 3 / 2;
-                                    if due < spare_timer.deadline() {
-                                        spare_timer.as_mut().reset(due);
+                                Err(e) => {
+                                    debug!(shard = j, error = %e, "shard not fetched");
+                                    errors.push(e.to_string());
+                                    returned.push((j, place));
+                                    if let Some(j) = queue.next() {
+                                        in_flight.insert(j);
+                                        running.push(start(j));
                                     }
                                 }
                             }
-                            Err(e) => {
-                                debug!(shard = j, error = %e, "shard not fetched");
-                                errors.push(e.to_string());
-                                if let Some(j) = queue.next() {
-                                    in_flight.insert(j);
-                                    running.push(fetch(j));
-                                }
+                        }
+                        () = &mut spare_timer, if spares_left => match queue.next() {
+                            Some(j) => {
+                                in_flight.insert(j);
+                                running.push(start(j));
+                                // With nothing in yet the link may just be slow: each
+                                // further spare waits twice as long as the last.
+                                let again = match first_in {
+                                    Some(f) => (f / 2).max(Duration::from_millis(1)),
+                                    None => {
+                                        quiet *= 2;
+                                        quiet
+                                    }
+                                };
+                                spare_timer.as_mut().reset(tokio::time::Instant::now() + again);
                             }
-                        }
+                            None => spares_left = false,
+                        },
                     }
-                    () = &mut spare_timer, if spares_left => match queue.next() {
-                        Some(j) => {
-                            in_flight.insert(j);
-                            running.push(fetch(j));
-                            // With nothing in yet the link may just be slow: each
-                            // further spare waits twice as long as the last.
-                            let again = match first_in {
-                                Some(f) => (f / 2).max(Duration::from_millis(1)),
-                                None => {
-                                    quiet *= 2;
-                                    quiet
-                                }
-                            };
-                            spare_timer.as_mut().reset(tokio::time::Instant::now() + again);
-                        }
-                        None => spares_left = false,
-                    },
                 }
-            }
-            // A parity shard made up the k while a data shard, asked at the same time,
-            // is still arriving: decoding costs about ten times what encoding does, so the
-            // data shard gets a short grace (a quarter of the time so far, 2 to 50 ms)
-            // before the segment is decoded without it. A slow node is not waited for.
-            let data_missing =
-                |got: &[Option<Vec<u8>>]| (0..k).filter(|j| got[*j].is_none()).count();
-            if have >= k
-                && data_missing(&got) > 0
-                && (0..k).all(|j| got[j].is_some() || in_flight.contains(&j))
-            {
-                let grace = (started.elapsed() / 4)
-                    .clamp(Duration::from_millis(2), Duration::from_millis(50));
-                let _ = tokio::time::timeout(grace, async {
-                    while let Some((j, r)) = running.next().await {
-                        if let Ok(bytes) = r {
-                            got[j] = Some(bytes);
-                            if data_missing(&got) == 0 {
-                                break;
+                // A parity shard made up the k while a data shard, asked at the same time,
+                // is still arriving: decoding costs about ten times what encoding does, so the
+                // data shard gets a short grace (a quarter of the time so far, 2 to 50 ms)
+                // before the segment is decoded without it. A slow node is not waited for.
+                let data_missing =
+                    |got: &[Option<Fetched>]| (0..k).filter(|j| got[*j].is_none()).count();
+                if have >= k
+                    && data_missing(&got) > 0
+                    && (0..k).all(|j| got[j].is_some() || in_flight.contains(&j))
+                {
+                    let grace = (started.elapsed() / 4)
+                        .clamp(Duration::from_millis(2), Duration::from_millis(50));
+                    let _ = tokio::time::timeout(grace, async {
+                        while let Some((j, _, r)) = running.next().await {
+                            if let Ok(fetched) = r {
+                                got[j] = Some(fetched);
+                                if data_missing(&got) == 0 {
+                                    break;
+                                }
                             }
                         }
+                    })
+                    .await;
+                }
+                drop(running);
+                for (j, place) in returned {
+                    if let Some(slot) = places.get_mut(j) {
+                        *slot = place;
                     }
-                })
-                .await;
-            }
-            if have == k || all_peers.len() <= 1 {
-                break;
+                }
+                if have == k || all_peers.len() <= 1 {
+                    break;
+                }
             }
         }
         if have < k {
+            self.segments.give(buf);
             return Err(other(format!(
                 "only {have} of the {k} shards needed could be fetched: {}",
                 errors.join("; ")
             )));
         }
-        let sealed_len = segment.sealed_len as usize;
         let (cipher, key) = (manifest.cipher, segment.key);
-        let pool = self.segments.clone();
-        let (buf, plain) = tokio::task::spawn_blocking(move || {
-            // The sealed segment starts a nonce before a block boundary, so that its
-            // plaintext, opened in place, starts on one: a get writes it to disk from there.
-            let at = ALIGN - NONCE_BYTES;
-            let mut buf = pool.take(at + sealed_len);
-            let sealed = &mut buf[at..at + sealed_len];
-            erasure::decode_into(scheme, got, sealed).map_err(|e| other(e.to_string()))?;
-            let plain = crypto::open_slice(cipher, &key, "a segment", sealed)
-                .map_err(|e| other(e.to_string()))?;
-            Ok::<_, StorageError>((buf, at + plain.start..at + plain.end))
+        let segment_plain_len = segment.plain_len as usize;
+        tokio::task::spawn_blocking(move || {
+            let data = &mut buf[at..at + k * shard_len];
+            let mut present = vec![false; k];
+            let mut parity: Vec<Option<Vec<u8>>> = vec![None; n - k];
+            for (j, fetched) in got.into_iter().enumerate() {
+                match fetched {
+                    Some(Fetched::InPlace) => present[j] = true,
+                    Some(Fetched::Own(bytes)) if j < k => {
+                        data[j * shard_len..(j + 1) * shard_len].copy_from_slice(&bytes);
+                        present[j] = true;
+                        crate::spare::give(bytes);
+                    }
+                    Some(Fetched::Own(bytes)) => parity[j - k] = Some(bytes),
+                    None => {}
+                }
+            }
+            let restored = erasure::restore_in_place(scheme, data, &present, &parity);
+            parity.into_iter().flatten().for_each(crate::spare::give);
+            restored.map_err(|e| other(e.to_string()))?;
+            let plain =
+                crypto::open_slice(cipher, &key, "a segment", &mut buf[at..at + sealed_len])
+                    .map_err(|e| other(e.to_string()))?;
+            if plain.len() != segment_plain_len {
+                return Err(other("a segment decrypted to a wrong length"));
+            }
+            let plain = at + plain.start..at + plain.end;
+            Ok::<_, StorageError>((buf, plain))
         })
         .await
-        .map_err(|e| other(e.to_string()))??;
-        if plain.len() != segment.plain_len as usize {
-            return Err(other("a segment decrypted to a wrong length"));
-        }
-        Ok((buf, plain))
+        .map_err(|e| other(e.to_string()))?
     }
 
     /// Restore the redundancy of the object `name`: every shard no reachable node of the
@@ -2691,35 +2748,96 @@ impl Storage {
     }
 }
 
-/// A shard from `peer`, asked again (twice, after a pause) when the exchange broke
-/// rather than being refused: under many parallel streams a connection can close under
-/// one of them while the node is fine.
-async fn get_retrying(mesh: &Mesh, peer: PeerId, id: Hash, len: u64) -> Result<Vec<u8>, WireError> {
-    retrying(|| wire::get(mesh, peer, id, len)).await
+/// `fetch` as it is: only so that every place it is handed borrows the one segment
+/// buffer (a closure's own `&mut` argument would be taken as any lifetime).
+fn one_lifetime<'a, F, Fut>(fetch: F) -> F
+where
+    F: Fn(usize, Option<&'a mut [u8]>) -> Fut,
+{
+    fetch
 }
 
-/// `exchange` again when the stream broke under it (not when the node refused, answered or
-/// let a deadline pass): twice, after 100 and 300 ms. A broken exchange says nothing about
-/// the shard, only about the muxer, which drops a stream now and then under many parallel
-/// ones; a node too slow to answer is not made slower to give up on.
+/// A shard of `len` bytes from `peer` in a buffer of its own, asked again when the
+/// exchange broke rather than being refused (see [`Retry`]).
+async fn get_owned(mesh: &Mesh, peer: PeerId, id: Hash, len: usize) -> Result<Vec<u8>, WireError> {
+    let mut out = crate::spare::take_len(len);
+    get_into_retrying(mesh, peer, id, &mut out).await?;
+    Ok(out)
+}
+
+/// [`get_owned`] into `out`, which the shard must fill exactly.
+async fn get_into_retrying(
+    mesh: &Mesh,
+    peer: PeerId,
+    id: Hash,
+    out: &mut [u8],
+) -> Result<(), WireError> {
+    let mut retry = Retry::default();
+    loop {
+        match wire::get_into(mesh, peer, id, out).await {
+            Err(e) => match retry.after(&e) {
+                Some(pause) => tokio::time::sleep(pause).await,
+                None => return Err(e),
+            },
+            done => return done,
+        }
+    }
+}
+
+/// `exchange` again when the stream broke under it (see [`Retry`]).
 async fn retrying<T, F, Fut>(exchange: F) -> Result<T, WireError>
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Result<T, WireError>>,
 {
-    let mut pause = Duration::from_millis(100);
-    let mut tries = 0;
+    let mut retry = Retry::default();
     loop {
         match exchange().await {
-            Err(WireError::Io {
-                timed_out: false, ..
-            }) if tries < 2 => {
-                tries += 1;
-                tokio::time::sleep(pause).await;
-                pause *= 3;
-            }
-            other => return other,
+            Err(e) => match retry.after(&e) {
+                Some(pause) => tokio::time::sleep(pause).await,
+                None => return Err(e),
+            },
+            done => return done,
         }
+    }
+}
+
+/// When to try an exchange again: when the stream broke under it (not when the node
+/// refused, answered or let a deadline pass), twice, after 100 and 300 ms. A broken
+/// exchange says nothing about the shard, only about the muxer, which drops a stream now
+/// and then under many parallel ones; a node too slow to answer is not made slower to
+/// give up on.
+struct Retry {
+    pause: Duration,
+    tries: u32,
+}
+
+impl Default for Retry {
+    fn default() -> Retry {
+        Retry {
+            pause: Duration::from_millis(100),
+            tries: 0,
+        }
+    }
+}
+
+impl Retry {
+    /// How long to wait before trying again after `error`; `None` to give up.
+    fn after(&mut self, error: &WireError) -> Option<Duration> {
+        let broken = matches!(
+            error,
+            WireError::Io {
+                timed_out: false,
+                ..
+            }
+        );
+        if !broken || self.tries >= 2 {
+            return None;
+        }
+        self.tries += 1;
+        let pause = self.pause;
+        self.pause *= 3;
+        Some(pause)
     }
 }
 

@@ -219,6 +219,57 @@ pub fn decode_into(
     Ok(())
 }
 
+/// Rebuild inside `data` (a segment's `k` data shards end to end, of one length) those
+/// `present` marks missing, from the others and the `parity` shards that are there.
+pub fn restore_in_place(
+    scheme: Scheme,
+    data: &mut [u8],
+    present: &[bool],
+    parity: &[Option<Vec<u8>>],
+) -> Result<(), ErasureError> {
+    let (k, m) = (usize::from(scheme.k), usize::from(scheme.m));
+    if present.len() != k || parity.len() != m || !data.len().is_multiple_of(k) {
+        return Err(ErasureError(format!(
+            "{} data and {} parity shards in {} bytes for a {scheme} scheme",
+            present.len(),
+            parity.len(),
+            data.len()
+        )));
+    }
+    let len = data.len() / k;
+    if let Some(bad) = parity.iter().flatten().find(|s| s.len() != len) {
+        return Err(ErasureError(format!(
+            "a shard of {} bytes where {len} were expected",
+            bad.len()
+        )));
+    }
+    if present.iter().all(|p| *p) {
+        return Ok(());
+    }
+    let have = present.iter().filter(|p| **p).count() + parity.iter().flatten().count();
+    if have < k {
+        return Err(ErasureError(format!("{have} shards, {k} needed")));
+    }
+    let originals = data
+        .chunks(len)
+        .zip(present)
+        .enumerate()
+        .filter(|(_, (_, p))| **p)
+        .map(|(i, (s, _))| (i, s));
+    let recovery = parity
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| s.as_deref().map(|s| (i, s)));
+    let restored = reed_solomon_simd::decode(k, m, originals, recovery)
+        .map_err(|e| ErasureError(e.to_string()))?;
+    for (i, s) in restored {
+        if let Some(place) = data.get_mut(i * len..(i + 1) * len) {
+            place.copy_from_slice(&s);
+        }
+    }
+    Ok(())
+}
+
 /// The `k` data shards of a `data_len`-byte segment, the missing ones rebuilt from parity.
 fn restore(
     scheme: Scheme,
@@ -316,6 +367,47 @@ mod tests {
                 .collect();
             assert_eq!(decode(scheme, spare, data.len()).expect("decode"), data);
         }
+    }
+
+    #[test]
+    fn missing_data_shards_are_rebuilt_in_their_places() {
+        // As a get leaves its buffer: the data shards that arrived in their places, the
+        // others holding whatever a failed or corrupt fetch left there.
+        let scheme: Scheme = "3+2".parse().expect("scheme");
+        let data: Vec<u8> = (0..100_003u32).map(|i| (i * 13 % 241) as u8).collect();
+        let shards = encode(scheme, &data).expect("encode");
+        let len = scheme.shard_len(data.len());
+        let whole: Vec<u8> = shards.iter().take(3).flatten().copied().collect();
+        let parity: Vec<Vec<u8>> = shards.iter().skip(3).map(<[u8]>::to_vec).collect();
+        for lost in [vec![], vec![0], vec![2], vec![0, 1], vec![1, 2]] {
+            for parity_there in [[true, true], [true, false], [false, true]] {
+                let have = 3 - lost.len() + parity_there.iter().filter(|p| **p).count();
+                let mut buf = whole.clone();
+                for &j in &lost {
+                    buf[j * len..(j + 1) * len].fill(0xa5);
+                }
+                let present: Vec<bool> = (0..3).map(|j| !lost.contains(&j)).collect();
+                let there: Vec<Option<Vec<u8>>> = parity
+                    .iter()
+                    .zip(parity_there)
+                    .map(|(p, t)| t.then(|| p.clone()))
+                    .collect();
+                let r = restore_in_place(scheme, &mut buf, &present, &there);
+                if have < 3 {
+                    assert!(r.is_err(), "lost {lost:?}, parity {parity_there:?}");
+                } else {
+                    r.expect("restore");
+                    assert_eq!(buf, whole, "lost {lost:?}, parity {parity_there:?}");
+                }
+            }
+        }
+        // A parity shard of the wrong length, or shards that do not fit the scheme, are
+        // refused rather than decoded into garbage.
+        let mut buf = whole.clone();
+        let short = vec![Some(parity[0][1..].to_vec()), None];
+        assert!(restore_in_place(scheme, &mut buf, &[false, true, true], &short).is_err());
+        assert!(restore_in_place(scheme, &mut buf[1..], &[true; 3], &[None, None]).is_err());
+        assert!(restore_in_place(scheme, &mut buf, &[true; 2], &[None, None]).is_err());
     }
 
     #[test]

@@ -348,12 +348,21 @@ pub async fn read_data<S: AsyncRead + Unpin>(
 ) -> std::io::Result<(Vec<u8>, Hash)> {
     // A kept buffer, not a zeroed one: every byte of it is read into.
     let mut out = crate::spare::take_len(len.min(SHARD_BYTES_MAX) as usize);
+    let id = read_data_into(io, &mut out).await?;
+    Ok((out, id))
+}
+
+/// Fill `out` from `io`, hashing the bytes as they arrive; returns their address.
+pub async fn read_data_into<S: AsyncRead + Unpin>(
+    io: &mut S,
+    out: &mut [u8],
+) -> std::io::Result<Hash> {
     let mut hasher = ShardHasher::default();
     for chunk in out.chunks_mut(CHUNK_BYTES) {
         read_exact_idle(io, chunk).await?;
         hasher.update(chunk);
     }
-    Ok((out, hasher.finalize()))
+    Ok(hasher.finalize())
 }
 
 /// One exchange with `peer`: open a stream, send `request`, read the first response.
@@ -480,7 +489,40 @@ pub async fn put(
 
 /// Fetch the shard addressed `id` from `peer`, checked against its address.
 pub async fn get(mesh: &Mesh, peer: PeerId, id: Hash, len_max: u64) -> Result<Vec<u8>, WireError> {
-    let (mut stream, first) = exchange(mesh, peer, &Request::Get { id }).await?;
+    let (stream, len) = start_get(mesh, peer, id, len_max).await?;
+    let mut out = crate::spare::take_len(len as usize);
+    finish_get(stream, peer, id, &mut out).await?;
+    Ok(out)
+}
+
+/// [`get`] into `out`, which the shard must fill exactly: a get receives each data shard
+/// straight into its place in the segment.
+pub async fn get_into(
+    mesh: &Mesh,
+    peer: PeerId,
+    id: Hash,
+    out: &mut [u8],
+) -> Result<(), WireError> {
+    let (stream, len) = start_get(mesh, peer, id, out.len() as u64).await?;
+    if len != out.len() as u64 {
+        return Err(WireError::Unexpected {
+            peer,
+            asked: "get",
+            answer: format!("a {len}-byte shard where {} were expected", out.len()),
+        });
+    }
+    finish_get(stream, peer, id, out).await
+}
+
+/// Ask `peer` for shard `id`: the stream, at the shard's bytes, and how many there are
+/// (at most `len_max`).
+async fn start_get(
+    mesh: &Mesh,
+    peer: PeerId,
+    id: Hash,
+    len_max: u64,
+) -> Result<(peergrid_mesh::Stream, u64), WireError> {
+    let (stream, first) = exchange(mesh, peer, &Request::Get { id }).await?;
     let Response::Data { len } = first else {
         return Err(unexpected(peer, "get", &first));
     };
@@ -491,7 +533,17 @@ pub async fn get(mesh: &Mesh, peer: PeerId, id: Hash, len_max: u64) -> Result<Ve
             answer: format!("a {len}-byte shard where at most {len_max} were expected"),
         });
     }
-    let (bytes, got) = read_data(&mut stream, len)
+    Ok((stream, len))
+}
+
+/// Read shard `id`'s bytes from `stream` into `out` and check they are that shard.
+async fn finish_get(
+    mut stream: peergrid_mesh::Stream,
+    peer: PeerId,
+    id: Hash,
+    out: &mut [u8],
+) -> Result<(), WireError> {
+    let got = read_data_into(&mut stream, out)
         .await
         .map_err(|e| WireError::Io {
             peer,
@@ -501,7 +553,7 @@ pub async fn get(mesh: &Mesh, peer: PeerId, id: Hash, len_max: u64) -> Result<Ve
     if got != id {
         return Err(WireError::Corrupt { peer, id });
     }
-    Ok(bytes)
+    Ok(())
 }
 
 /// Which of `ids` `peer` holds.
