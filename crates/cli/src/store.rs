@@ -680,7 +680,9 @@ pub fn bench(globals: &Globals, size: u64, scheme: Option<Scheme>) -> anyhow::Re
         }
         let mb = |v: f64| format!("{:.1} MB/s", v / 1e6);
         let cpu = |secs: Option<f64>| match secs {
-            Some(s) => format!("{s:.2} s ({:.2}×)", r.ceiling_aes_secs / s.max(1e-9)),
+            // The system counts CPU time in hundredths of a second.
+            Some(s) if s < 0.01 => "under 0.01 s".into(),
+            Some(s) => format!("{s:.2} s ({:.2}×)", r.ceiling_aes_secs / s),
             None => "unknown".into(),
         };
         // The client's CPU time says what the client alone costs per byte: on one
@@ -719,6 +721,12 @@ pub fn bench(globals: &Globals, size: u64, scheme: Option<Scheme>) -> anyhow::Re
                 ],
             ],
         );
+        if let Some(kind) = &r.files_on {
+            println!(
+                "The object was read from and written to {kind} ({}).",
+                std::env::temp_dir().display()
+            );
+        }
         Ok(())
     })
 }

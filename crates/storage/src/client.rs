@@ -43,7 +43,7 @@ pub const SEGMENT_BYTES: u32 = 4 << 20;
 const _: () = assert!(SEGMENT_BYTES <= crate::format::SEGMENT_BYTES_MAX);
 /// Segments being encoded or uploaded at once.
 const SEGMENTS_IN_FLIGHT: usize = 3;
-/// Segments being fetched at once by a get.
+/// Segments being fetched at once by a get (`BufferPool::KEPT` keeps buffers for them).
 const GETS_IN_FLIGHT: usize = 6;
 /// Segments sealed and coded at once while putting.
 const ENCODES_AT_ONCE: usize = 2;
@@ -2635,6 +2635,9 @@ pub struct BenchReport {
     pub put_cpu_secs: Option<f64>,
     /// CPU seconds this process spent on the get.
     pub get_cpu_secs: Option<f64>,
+    /// The file system the object was read from and written back to (the temporary
+    /// directory's), where the system says: a get's rate depends on it.
+    pub files_on: Option<String>,
 }
 
 /// CPU time this process has used, user and system, from `/proc/self/stat` (Linux).
@@ -2647,6 +2650,26 @@ fn process_cpu_secs() -> Option<f64> {
     let system: f64 = fields.get(12)?.parse().ok()?;
     // Linux reports these in USER_HZ, which is 100 on every architecture it runs on.
     Some((user + system) / 100.0)
+}
+
+/// The type of the file system `path` is on (`ext4`, `tmpfs`), from the deepest mount
+/// that holds it in `/proc/self/mountinfo` (Linux).
+fn file_system_of(path: &Path) -> Option<String> {
+    let path = path.canonicalize().ok()?;
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mounts
+        .lines()
+        .filter_map(|line| {
+            // id parent major:minor root mount-point options [optional…] - type source …
+            let fields: Vec<&str> = line.split(' ').collect();
+            let point = fields.get(4)?.replace("\\040", " ").replace("\\134", "\\");
+            let kind = fields.get(fields.iter().position(|f| *f == "-")? + 1)?;
+            let depth = Path::new(&point).components().count();
+            path.starts_with(&point).then(|| (depth, kind.to_string()))
+        })
+        // Of mounts on the same point the last is the one seen.
+        .max_by_key(|(depth, _)| *depth)
+        .map(|(_, kind)| kind)
 }
 
 /// CPU seconds used between two readings, when both were available.
@@ -2740,6 +2763,7 @@ impl Storage {
                 ceiling_aes_secs: aes,
                 put_cpu_secs,
                 get_cpu_secs,
+                files_on: file_system_of(&dir),
             })
         }
         .await;
@@ -2844,6 +2868,14 @@ impl Retry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bench_names_the_file_system_its_files_are_on() {
+        assert_eq!(file_system_of(Path::new("/proc/self")).as_deref(), Some("proc"));
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(file_system_of(dir.path()).is_some_and(|kind| !kind.is_empty()));
+        assert_eq!(file_system_of(&dir.path().join("not there")), None);
+    }
 
     #[test]
     fn segments_seal_and_code_deterministically_per_name() {
