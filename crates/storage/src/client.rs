@@ -2871,7 +2871,10 @@ mod tests {
 
     #[test]
     fn the_bench_names_the_file_system_its_files_are_on() {
-        assert_eq!(file_system_of(Path::new("/proc/self")).as_deref(), Some("proc"));
+        assert_eq!(
+            file_system_of(Path::new("/proc/self")).as_deref(),
+            Some("proc")
+        );
         let dir = tempfile::tempdir().expect("tempdir");
         assert!(file_system_of(dir.path()).is_some_and(|kind| !kind.is_empty()));
         assert_eq!(file_system_of(&dir.path().join("not there")), None);
