@@ -70,10 +70,10 @@ impl AlignedBuf {
 pub struct BufferPool(std::sync::Arc<std::sync::Mutex<Vec<AlignedBuf>>>);
 
 impl BufferPool {
-    /// Buffers kept at most: a get holds one per segment in flight (six), two queued to
-    /// its writer, one being written and one being handed over; with fewer kept, every
+    /// Buffers kept at most: a get holds one per segment in flight (six), eight queued
+    /// to its writer, one being written and one being handed over; with fewer kept, every
     /// few segments one was dropped and a fresh one faulted in.
-    const KEPT: usize = 12;
+    const KEPT: usize = 16;
 
     /// A kept buffer of at least `len` bytes, or a new one.
     pub fn take(&self, len: usize) -> AlignedBuf {
