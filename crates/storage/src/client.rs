@@ -1627,9 +1627,6 @@ impl Storage {
         let n = scheme.n();
         let sealed_len = segment.sealed_len as usize;
         let shard_len = scheme.shard_len(sealed_len);
-        if shard_len == 0 {
-            return Err(other("the manifest lists a segment of no bytes"));
-        }
         // The sealed segment starts a nonce before a block boundary, so that its
         // plaintext, opened in place, starts on one: a get writes it to disk from there.
         // Its data shards (the sealed bytes, then the coder's padding) are received

@@ -192,31 +192,35 @@ pub fn encode_owned(scheme: Scheme, mut data: Vec<u8>) -> Result<Shards, Erasure
 /// with every data shard present nothing is decoded, only joined.
 pub fn decode(
     scheme: Scheme,
-    shards: Vec<Option<Vec<u8>>>,
+    mut shards: Vec<Option<Vec<u8>>>,
     data_len: usize,
 ) -> Result<Vec<u8>, ErasureError> {
-    let mut out = vec![0u8; data_len];
-    decode_into(scheme, shards, &mut out)?;
-    Ok(out)
-}
-
-/// [`decode`] into `out`, as long as the segment: a get decodes into an aligned buffer
-/// it writes to disk around the page cache.
-pub fn decode_into(
-    scheme: Scheme,
-    shards: Vec<Option<Vec<u8>>>,
-    out: &mut [u8],
-) -> Result<(), ErasureError> {
-    let data_len = out.len();
-    let originals = restore(scheme, shards, data_len)?;
-    let mut at = 0;
-    for s in originals {
-        let take = (data_len - at).min(s.len());
-        out[at..at + take].copy_from_slice(&s[..take]);
-        at += take;
-        spare::give(s);
+    let k = usize::from(scheme.k);
+    let len = scheme.shard_len(data_len);
+    if shards.len() != scheme.n() {
+        return Err(ErasureError(format!(
+            "{} shard slots for a {scheme} scheme",
+            shards.len()
+        )));
     }
-    Ok(())
+    let parity = shards.split_off(k);
+    let mut data = vec![0u8; k * len];
+    let mut present = vec![false; k];
+    for (j, shard) in shards.into_iter().enumerate() {
+        if let Some(shard) = shard {
+            if shard.len() != len {
+                return Err(ErasureError(format!(
+                    "a shard of {} bytes where {len} were expected",
+                    shard.len()
+                )));
+            }
+            data[j * len..(j + 1) * len].copy_from_slice(&shard);
+            present[j] = true;
+        }
+    }
+    restore_in_place(scheme, &mut data, &present, &parity)?;
+    data.truncate(data_len);
+    Ok(data)
 }
 
 /// Rebuild inside `data` (a segment's `k` data shards end to end, of one length) those
@@ -228,7 +232,7 @@ pub fn restore_in_place(
     parity: &[Option<Vec<u8>>],
 ) -> Result<(), ErasureError> {
     let (k, m) = (usize::from(scheme.k), usize::from(scheme.m));
-    if present.len() != k || parity.len() != m || !data.len().is_multiple_of(k) {
+    if present.len() != k || parity.len() != m || data.is_empty() || !data.len().is_multiple_of(k) {
         return Err(ErasureError(format!(
             "{} data and {} parity shards in {} bytes for a {scheme} scheme",
             present.len(),
@@ -270,55 +274,6 @@ pub fn restore_in_place(
     Ok(())
 }
 
-/// The `k` data shards of a `data_len`-byte segment, the missing ones rebuilt from parity.
-fn restore(
-    scheme: Scheme,
-    mut shards: Vec<Option<Vec<u8>>>,
-    data_len: usize,
-) -> Result<Vec<Vec<u8>>, ErasureError> {
-    let k = usize::from(scheme.k);
-    let len = scheme.shard_len(data_len);
-    if shards.len() != scheme.n() {
-        return Err(ErasureError(format!(
-            "{} shard slots for a {scheme} scheme",
-            shards.len()
-        )));
-    }
-    if let Some(bad) = shards.iter().flatten().find(|s| s.len() != len) {
-        return Err(ErasureError(format!(
-            "a shard of {} bytes where {len} were expected",
-            bad.len()
-        )));
-    }
-    let have = shards.iter().filter(|s| s.is_some()).count();
-    if have < k {
-        return Err(ErasureError(format!("{have} shards, {k} needed")));
-    }
-    let recovered = shards.split_off(k);
-    let mut originals = shards;
-    if originals.iter().any(Option::is_none) {
-        let present = originals
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| s.as_deref().map(|s| (i, s)));
-        let recovery = recovered
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| s.as_deref().map(|s| (i, s)));
-        let restored = reed_solomon_simd::decode(k, usize::from(scheme.m), present, recovery)
-            .map_err(|e| ErasureError(e.to_string()))?;
-        for (i, s) in restored {
-            if let Some(slot) = originals.get_mut(i) {
-                *slot = Some(s);
-            }
-        }
-    }
-    originals
-        .into_iter()
-        .map(|s| s.ok_or_else(|| ErasureError("a data shard was not restored".into())))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -343,13 +298,7 @@ mod tests {
                     .enumerate()
                     .map(|(i, s)| (i != lost_a && i != lost_b).then(|| s.clone()))
                     .collect();
-                assert_eq!(
-                    decode(scheme, partial.clone(), data.len()).expect("decode"),
-                    data
-                );
-                let mut into = vec![0u8; data.len()];
-                decode_into(scheme, partial, &mut into).expect("decode into");
-                assert_eq!(into, data);
+                assert_eq!(decode(scheme, partial, data.len()).expect("decode"), data);
             }
         }
         let three_lost: Vec<Option<Vec<u8>>> = shards
