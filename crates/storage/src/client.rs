@@ -2055,8 +2055,11 @@ impl Storage {
             Source::File { file, path } => {
                 let file = file.clone();
                 crate::blocking(move || {
-                    let mut buf = segment_buffer(scheme, len);
-                    buf.resize(NONCE_BYTES + len, 0);
+                    // Read into, not zeroed first: zeroing was 3 % of a put's client.
+                    let mut buf = crate::spare::take_len_with_room(
+                        NONCE_BYTES + len,
+                        segment_room(scheme, len),
+                    );
                     let plain = &mut buf[NONCE_BYTES..];
                     std::os::unix::fs::FileExt::read_exact_at(&*file, plain, offset)?;
                     Ok(buf)
@@ -2553,10 +2556,15 @@ fn encode_segment(
 /// to which the plaintext is added, with room for the tag and the coder's padding, so
 /// the segment is sealed and coded where it was read.
 fn segment_buffer(scheme: Scheme, plain_len: usize) -> Vec<u8> {
-    let sealed_len = NONCE_BYTES + plain_len + TAG_BYTES;
-    let mut buf = crate::spare::take(usize::from(scheme.k.max(1)) * scheme.shard_len(sealed_len));
+    let mut buf = crate::spare::take(segment_room(scheme, plain_len));
     buf.resize(NONCE_BYTES, 0);
     buf
+}
+
+/// The bytes a [`segment_buffer`] for `plain_len` bytes must have room for.
+fn segment_room(scheme: Scheme, plain_len: usize) -> usize {
+    let sealed_len = NONCE_BYTES + plain_len + TAG_BYTES;
+    usize::from(scheme.k.max(1)) * scheme.shard_len(sealed_len)
 }
 
 /// One segment through the pipeline: its key from its bytes, sealed in place, coded

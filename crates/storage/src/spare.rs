@@ -36,7 +36,13 @@ pub fn take(capacity: usize) -> Vec<u8> {
 /// A buffer of `len` bytes to be overwritten whole (read into): what it held before is
 /// left there, not zeroed.
 pub fn take_len(len: usize) -> Vec<u8> {
-    let mut buf = closest(len).unwrap_or_default();
+    take_len_with_room(len, len)
+}
+
+/// [`take_len`] with room for `capacity` bytes (at least `len`), for a buffer read into
+/// and then grown in place.
+pub fn take_len_with_room(len: usize, capacity: usize) -> Vec<u8> {
+    let mut buf = closest(capacity.max(len)).unwrap_or_else(|| Vec::with_capacity(capacity));
     if buf.len() >= len {
         buf.truncate(len);
     } else {
@@ -70,6 +76,9 @@ mod tests {
         assert!(b.is_empty() && b.capacity() >= 1000);
         let b = take_len(5000);
         assert_eq!(b.len(), 5000);
+        give(vec![9u8; 64]);
+        let b = take_len_with_room(10, 4096);
+        assert!(b.len() == 10 && b.capacity() >= 4096);
         give(Vec::with_capacity(BYTES_MAX + 1));
         assert!(
             SPARE
