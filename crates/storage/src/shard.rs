@@ -77,13 +77,15 @@ pub fn shard_id(bytes: &[u8]) -> Hash {
 }
 
 fn top_of(len: u64, leaf_hashes: Vec<[u8; 32]>) -> Hash {
-    let levels = levels(leaf_hashes);
-    let top = levels
+    root(len, &top(&levels(leaf_hashes)))
+}
+
+fn top(levels: &[Vec<[u8; 32]>]) -> [u8; 32] {
+    levels
         .last()
         .and_then(|l| l.first())
         .copied()
-        .unwrap_or([0; 32]);
-    root(len, &top)
+        .unwrap_or([0; 32])
 }
 
 /// Computes a shard's address as its bytes arrive, holding one leaf at most.
@@ -115,12 +117,33 @@ impl ShardHasher {
     }
 
     /// The address of everything fed.
-    pub fn finalize(mut self) -> Hash {
+    pub fn finalize(self) -> Hash {
+        let len = self.len;
+        top_of(len, self.into_leaves())
+    }
+
+    /// The address of everything fed and the proof of leaf `leaf`, whose bytes the caller
+    /// kept as they went by (`None` when there is no such leaf): an audit that never holds
+    /// the whole shard.
+    pub fn finalize_proving(self, leaf: u64, leaf_bytes: Vec<u8>) -> (Hash, Option<LeafProof>) {
+        let len = self.len;
+        let levels = levels(self.into_leaves());
+        let id = root(len, &top(&levels));
+        (id, proof(&levels, len, leaf, leaf_bytes))
+    }
+
+    fn into_leaves(mut self) -> Vec<[u8; 32]> {
         if !self.partial.is_empty() || self.leaves.is_empty() {
             self.leaves.push(leaf_hash(&self.partial));
         }
-        top_of(self.len, self.leaves)
+        self.leaves
     }
+}
+
+/// Where leaf `leaf` of a shard of `len` bytes lies in it.
+pub fn leaf_range(len: u64, leaf: u64) -> std::ops::Range<u64> {
+    let start = leaf.saturating_mul(LEAF_BYTES as u64).min(len);
+    start..start.saturating_add(LEAF_BYTES as u64).min(len)
 }
 
 /// One leaf and the hashes that lead from it to the shard's address.
@@ -138,26 +161,29 @@ pub struct LeafProof {
 
 /// The proof of leaf `leaf` of `bytes`, or `None` when the shard has no such leaf.
 pub fn prove(bytes: &[u8], leaf: u64) -> Option<LeafProof> {
-    let count = leaves(bytes.len() as u64);
-    if leaf >= count {
+    let len = bytes.len() as u64;
+    let at = leaf_range(len, leaf);
+    let leaf_bytes = bytes[at.start as usize..at.end as usize].to_vec();
+    proof(&levels(leaf_hashes(bytes)), len, leaf, leaf_bytes)
+}
+
+fn proof(levels: &[Vec<[u8; 32]>], len: u64, leaf: u64, bytes: Vec<u8>) -> Option<LeafProof> {
+    if leaf >= leaves(len) {
         return None;
     }
-    let levels = levels(leaf_hashes(bytes));
     let mut path = Vec::new();
     let mut index = leaf as usize;
-    for level in &levels[..levels.len() - 1] {
+    for level in &levels[..levels.len().saturating_sub(1)] {
         let sibling = index ^ 1;
         if let Some(h) = level.get(sibling) {
             path.push(*h);
         }
         index /= 2;
     }
-    let start = leaf as usize * LEAF_BYTES;
-    let end = (start + LEAF_BYTES).min(bytes.len());
     Some(LeafProof {
-        len: bytes.len() as u64,
+        len,
         leaf,
-        bytes: bytes[start..end].to_vec(),
+        bytes,
         path,
     })
 }
@@ -248,6 +274,30 @@ mod tests {
             assert_eq!(h.finalize(), shard_id(&bytes), "step {step}");
         }
         assert_eq!(ShardHasher::default().finalize(), shard_id(b""));
+    }
+
+    #[test]
+    fn proving_as_bytes_go_by_gives_the_same_proof() {
+        for len in [0usize, 1, LEAF_BYTES, 3 * LEAF_BYTES + 999] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i % 11) as u8).collect();
+            for leaf in 0..=leaves(len as u64) {
+                let mut h = ShardHasher::default();
+                let mut kept = Vec::new();
+                let at = leaf_range(len as u64, leaf);
+                for (i, c) in bytes.chunks(1000).enumerate() {
+                    h.update(c);
+                    let from = (i * 1000) as u64;
+                    for (j, b) in c.iter().enumerate() {
+                        if at.contains(&(from + j as u64)) {
+                            kept.push(*b);
+                        }
+                    }
+                }
+                let (id, p) = h.finalize_proving(leaf, kept);
+                assert_eq!(id, shard_id(&bytes));
+                assert_eq!(p, prove(&bytes, leaf), "len {len} leaf {leaf}");
+            }
+        }
     }
 
     #[test]

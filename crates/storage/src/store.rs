@@ -38,7 +38,7 @@ use tracing::{debug, info, warn};
 use crate::blocking;
 use crate::direct::{AlignedBuf, BufferPool, DirectReader, DirectWriter};
 use crate::format::{POINTER_BYTES_MAX, SignedPointer, decode_versioned, encode_versioned};
-use crate::shard::{ShardHasher, prove};
+use crate::shard::ShardHasher;
 use crate::wire::{
     self, ContractUsage, HEADER_TIMEOUT, IDS_MAX, Request, Response, SHARD_BYTES_MAX, deadline,
 };
@@ -70,11 +70,74 @@ struct State {
     contracts: HashMap<ContractId, ContractAccess>,
     /// Bytes stored (and being written) per contract.
     used: HashMap<ContractId, u64>,
-    /// Which contract holds each shard.
-    location: HashMap<Hash, ContractId>,
+    /// Each shard here, by address: the contracts holding it, with the bytes counted in
+    /// each one's `used`. Two contracts may hold the same bytes (one owner's two contracts,
+    /// or anyone who read a shard and put it in their own); each keeps its own copy.
+    shards: HashMap<Hash, Vec<(ContractId, u64)>>,
     /// Bytes of puts under way, not yet on disk: not free for the next put's check.
     /// One sum for every disk, so with shards on two disks it is cautious, never lax.
     promised: u64,
+}
+
+impl State {
+    fn holds(&self, id: &Hash, contract: ContractId) -> bool {
+        self.shards
+            .get(id)
+            .is_some_and(|h| h.iter().any(|(c, _)| *c == contract))
+    }
+
+    /// Note `contract` holds `id`, `len` bytes; false when it already did.
+    fn add(&mut self, id: Hash, contract: ContractId, len: u64) -> bool {
+        let holders = self.shards.entry(id).or_default();
+        if holders.iter().any(|(c, _)| *c == contract) {
+            return false;
+        }
+        holders.push((contract, len));
+        true
+    }
+
+    /// Forget that `contract` holds `id`, and uncount the bytes counted for it.
+    fn remove(&mut self, id: &Hash, contract: ContractId) {
+        let Some(holders) = self.shards.get_mut(id) else {
+            return;
+        };
+        let Some(i) = holders.iter().position(|(c, _)| *c == contract) else {
+            return;
+        };
+        let (_, len) = holders.swap_remove(i);
+        if holders.is_empty() {
+            self.shards.remove(id);
+        }
+        if let Some(u) = self.used.get_mut(&contract) {
+            *u = u.saturating_sub(len);
+        }
+    }
+
+    /// Forget every shard of `contract` (its bytes are uncounted by the caller).
+    fn drop_contract(&mut self, contract: ContractId) {
+        self.shards.retain(|_, holders| {
+            holders.retain(|(c, _)| *c != contract);
+            !holders.is_empty()
+        });
+    }
+
+    /// A contract that holds `id` and may serve it, with its folder, or why none may.
+    fn readable(&self, id: &Hash) -> Result<(ContractId, PathBuf), String> {
+        let holders = self.shards.get(id).map(Vec::as_slice).unwrap_or_default();
+        let mut in_grace = false;
+        for (contract, _) in holders {
+            match self.contracts.get(contract) {
+                Some(c) if c.paused => in_grace = true,
+                Some(c) => return Ok((*contract, c.dir.clone())),
+                None => {}
+            }
+        }
+        Err(if in_grace {
+            GRACE_REFUSAL.to_string()
+        } else {
+            format!("no shard {id} here")
+        })
+    }
 }
 
 /// Counters for the node's metrics.
@@ -107,6 +170,10 @@ pub struct ShardStore {
     /// Held from reading an owner's kept pointer to writing a newer one, so that of two
     /// arriving at once an older one never replaces a newer.
     pointer_write: Mutex<()>,
+    /// Held by a put from finding its shard already here until the shard's age is
+    /// refreshed, and by a delete throughout: a gc that judged a shard old cannot remove
+    /// it after a put was told it is kept.
+    removing: tokio::sync::Mutex<()>,
 }
 
 /// Batch buffers given back after a shard is received or served, so that the next one
@@ -151,6 +218,7 @@ impl ShardStore {
             full: AtomicBool::new(false),
             buffers: Buffers::default(),
             pointer_write: Mutex::new(()),
+            removing: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -223,13 +291,13 @@ impl ShardStore {
             .collect();
         for id in gone {
             state.used.remove(&id);
-            state.location.retain(|_, c| *c != id);
+            state.drop_contract(id);
         }
         for (id, shards) in scanned {
             let total = shards.iter().map(|(_, l)| l).sum();
-            state.location.retain(|_, c| *c != id);
-            for (h, _) in shards {
-                state.location.insert(h, id);
+            state.drop_contract(id);
+            for (h, len) in shards {
+                state.add(h, id, len);
             }
             state.used.insert(id, total);
         }
@@ -323,27 +391,30 @@ impl ShardStore {
                 )
                 .await;
         }
-        // Reserve the bytes before receiving them, so concurrent puts cannot overrun the quota.
-        let reserved: Result<Option<u64>, String> = (|| {
-            let mut state = self.state();
-            if state.location.get(&id) == Some(&contract) {
-                return Ok(None);
+        let len = loop {
+            let removing = self.removing.lock().await;
+            // Reserve the bytes before receiving them, so concurrent puts cannot overrun
+            // the quota.
+            let reserved: Result<Option<u64>, String> = (|| {
+                let mut state = self.state();
+                if state.holds(&id, contract) {
+                    return Ok(None);
+                }
+                let used = state.used.get(&contract).copied().unwrap_or(0);
+                if used.saturating_add(len) > access.quota {
+                    return Err(format!(
+                        "contract {contract} reserves {} bytes, {used} are used and this shard needs {len}: reserve more with `peergrid store reserve`",
+                        access.quota
+                    ));
+                }
+                state.used.insert(contract, used + len);
+                Ok(Some(len))
+            })();
+            match reserved {
+                Ok(Some(len)) => break len,
+                Err(reason) => return self.refuse(stream, reason).await,
+                Ok(None) => {}
             }
-            let used = state.used.get(&contract).copied().unwrap_or(0);
-            if used.saturating_add(len) > access.quota {
-                return Err(format!(
-                    "contract {contract} reserves {} bytes, {used} are used and this shard needs {len}: reserve more with `peergrid store reserve`",
-                    access.quota
-                ));
-            }
-            state.used.insert(contract, used + len);
-            Ok(Some(len))
-        })();
-        let reserved = match reserved {
-            Ok(r) => r,
-            Err(reason) => return self.refuse(stream, reason).await,
-        };
-        let Some(len) = reserved else {
             // A put that finds its shard here relies on it from now: it counts as written
             // now, so the owner's gc (which leaves young shards) does not take it while
             // that put, resumed from another machine, is not yet in the index.
@@ -355,8 +426,16 @@ impl ShardStore {
                     .set_modified(std::time::SystemTime::now())
             })
             .await;
-            if let Err(e) = touched {
-                debug!(%id, error = %e, "cannot refresh a kept shard's age");
+            drop(removing);
+            match touched {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    // Gone from the disk behind the store's back: receive it anew.
+                    warn!(%id, contract, "a shard the store listed is missing from the disk");
+                    self.forget(contract, id);
+                    continue;
+                }
+                Err(e) => debug!(%id, error = %e, "cannot refresh a kept shard's age"),
+                Ok(()) => {}
             }
             wire::write_response(stream, &Response::Have).await?;
             return stream.close().await;
@@ -381,7 +460,7 @@ impl ShardStore {
             let mut state = self.state();
             state.promised = state.promised.saturating_sub(len);
             // A failed write frees its bytes; so does a second put of the same shard.
-            if (result.is_err() || state.location.insert(id, contract) == Some(contract))
+            if (result.is_err() || !state.add(id, contract, len))
                 && let Some(u) = state.used.get_mut(&contract)
             {
                 *u = u.saturating_sub(len);
@@ -415,11 +494,16 @@ impl ShardStore {
         id: Hash,
         len: u64,
     ) -> Result<(), Receive> {
-        let full = |e: std::io::Error| {
+        // The sender hears why its shard was not kept: a full disk with the numbers, any
+        // other failure of this node's disk as a refusal it can take to another node.
+        let disk = |e: std::io::Error| {
             if is_disk_full(&e) {
                 Receive::Full(self.disk.full(dir, len))
             } else {
-                Receive::Io(e)
+                warn!(%id, dir = %dir.display(), error = %e, "cannot write a shard: check this disk");
+                Receive::Refused(format!(
+                    "this node cannot write shard {id} ({e}): put it on another node"
+                ))
             }
         };
         let shards = shards_dir(dir);
@@ -433,7 +517,7 @@ impl ShardStore {
                 DirectWriter::create(&t)
             })
             .await
-            .map_err(full)?;
+            .map_err(disk)?;
             wire::write_response(stream, &Response::Ready)
                 .await
                 .map_err(Receive::Io)?;
@@ -493,10 +577,7 @@ impl ShardStore {
             if let Some(e) = failed {
                 drop(file);
                 let _ = tokio::fs::remove_file(&tmp).await;
-                if !is_disk_full(&e) {
-                    return Err(Receive::Io(e));
-                }
-                return Err(full(e));
+                return Err(disk(e));
             }
             let got = hasher.finalize();
             if got != id {
@@ -517,7 +598,7 @@ impl ShardStore {
                 Ok(())
             })
             .await
-            .map_err(full)?;
+            .map_err(disk)?;
             Ok(())
         }
         .await;
@@ -527,22 +608,9 @@ impl ShardStore {
         outcome
     }
 
-    /// The folder of the contract holding `id`, or the reason it cannot be served.
+    /// A contract holding `id` that may serve it, with its folder, or the reason none may.
     fn readable(&self, id: &Hash) -> Result<(ContractId, PathBuf), String> {
-        let state = self.state();
-        let contract = state
-            .location
-            .get(id)
-            .copied()
-            .ok_or_else(|| format!("no shard {id} here"))?;
-        let c = state
-            .contracts
-            .get(&contract)
-            .ok_or_else(|| format!("no shard {id} here"))?;
-        if c.paused {
-            return Err(GRACE_REFUSAL.to_string());
-        }
-        Ok((contract, c.dir.clone()))
+        self.state().readable(id)
     }
 
     async fn get(&self, stream: &mut peergrid_mesh::Stream, id: Hash) -> std::io::Result<()> {
@@ -559,12 +627,7 @@ impl ShardStore {
         .await;
         let (file, len) = match opened {
             Ok(x) => x,
-            Err(e) => {
-                self.forget(contract, id, 0);
-                return self
-                    .refuse(stream, format!("shard {id} is lost here: {e}"))
-                    .await;
-            }
+            Err(e) => return self.refuse(stream, self.unreadable(contract, id, &e)).await,
         };
         wire::write_response(stream, &Response::Data { len }).await?;
         // The next batch is read from the disk while this one is hashed and sent.
@@ -600,26 +663,35 @@ impl ShardStore {
         stream.flush().await?;
         if hasher.finalize() != id {
             // The reader checks too and will use another shard; stop serving this one.
-            self.quarantine(contract, &dir, id, len).await;
+            self.quarantine(contract, &dir, id).await;
         } else {
             self.count(|s| s.gets += 1);
         }
         stream.close().await
     }
 
-    fn forget(&self, contract: ContractId, id: Hash, len: u64) {
-        let mut state = self.state();
-        if state.location.get(&id) == Some(&contract) {
-            state.location.remove(&id);
-            if let Some(u) = state.used.get_mut(&contract) {
-                *u = u.saturating_sub(len);
-            }
+    /// Forget that `contract` holds `id`, uncounting the bytes counted for it.
+    fn forget(&self, contract: ContractId, id: Hash) {
+        self.state().remove(&id, contract);
+    }
+
+    /// Why shard `id` of `contract` cannot be read, given the error opening or reading it.
+    /// A shard gone from the disk is forgotten; any other error (out of file handles, a
+    /// permission changed) may pass, so the shard stays listed and counted.
+    fn unreadable(&self, contract: ContractId, id: Hash, e: &std::io::Error) -> String {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            warn!(%id, contract, "a shard the store listed is missing from the disk");
+            self.forget(contract, id);
+            format!("shard {id} is lost here")
+        } else {
+            warn!(%id, contract, error = %e, "cannot read a stored shard");
+            format!("shard {id} cannot be read here now ({e}): ask another node")
         }
     }
 
-    async fn quarantine(&self, contract: ContractId, dir: &Path, id: Hash, len: u64) {
+    async fn quarantine(&self, contract: ContractId, dir: &Path, id: Hash) {
         warn!(%id, contract, "a stored shard no longer matches its address (failing disk?); moved aside");
-        self.forget(contract, id, len);
+        self.forget(contract, id);
         self.count(|s| s.corrupt += 1);
         let _ = tokio::fs::rename(
             shard_path(dir, &id),
@@ -633,17 +705,7 @@ impl ShardStore {
             return Response::Refused(format!("at most {IDS_MAX} addresses per request"));
         }
         let state = self.state();
-        Response::Has(
-            ids.iter()
-                .map(|id| {
-                    state
-                        .location
-                        .get(id)
-                        .and_then(|c| state.contracts.get(c))
-                        .is_some_and(|c| !c.paused)
-                })
-                .collect(),
-        )
+        Response::Has(ids.iter().map(|id| state.readable(id).is_ok()).collect())
     }
 
     async fn audit(&self, id: Hash, leaf: u64) -> Response {
@@ -651,17 +713,46 @@ impl ShardStore {
             Ok(x) => x,
             Err(reason) => return Response::Refused(reason),
         };
-        let bytes = match tokio::fs::read(shard_path(&dir, &id)).await {
-            Ok(b) => b,
-            Err(e) => return Response::Refused(format!("shard {id} is lost here: {e}")),
+        // Hashed as it is read, keeping only the leaf asked for: an audit costs a node a
+        // megabyte of memory, not the whole shard.
+        let path = shard_path(&dir, &id);
+        let read = blocking(move || {
+            use std::io::Read;
+            let mut file = std::fs::File::open(&path)?;
+            let len = file.metadata()?.len();
+            let at = crate::shard::leaf_range(len, leaf);
+            let mut hasher = ShardHasher::default();
+            let mut kept = Vec::new();
+            let mut buf = vec![0u8; BATCH_BYTES];
+            let mut offset = 0u64;
+            loop {
+                let n = file.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                let chunk = &buf[..n];
+                hasher.update(chunk);
+                let (from, to) = (offset, offset + n as u64);
+                if at.start < to && from < at.end {
+                    let lo = at.start.max(from) - from;
+                    let hi = at.end.min(to) - from;
+                    kept.extend_from_slice(&chunk[lo as usize..hi as usize]);
+                }
+                offset = to;
+            }
+            Ok(hasher.finalize_proving(leaf, kept))
+        })
+        .await;
+        let (got, proof) = match read {
+            Ok(x) => x,
+            Err(e) => return Response::Refused(self.unreadable(contract, id, &e)),
         };
         self.count(|s| s.audits += 1);
-        if crate::shard::shard_id(&bytes) != id {
-            self.quarantine(contract, &dir, id, bytes.len() as u64)
-                .await;
+        if got != id {
+            self.quarantine(contract, &dir, id).await;
             return Response::Refused(format!("shard {id} is corrupt here and was moved aside"));
         }
-        match prove(&bytes, leaf) {
+        match proof {
             Some(proof) => Response::Audit(proof),
             None => Response::Refused(format!("shard {id} has no leaf {leaf}")),
         }
@@ -692,15 +783,16 @@ impl ShardStore {
             }
         };
         let mut removed = 0u32;
+        let _removing = self.removing.lock().await;
         for id in ids {
-            if self.state().location.get(&id) != Some(&contract) {
+            if !self.state().holds(&id, contract) {
                 continue;
             }
             let path = shard_path(&access.dir, &id);
-            let meta = tokio::fs::metadata(&path).await.ok();
             if let Some(min) = older_than {
-                let age = meta
-                    .as_ref()
+                let age = tokio::fs::metadata(&path)
+                    .await
+                    .ok()
                     .and_then(|m| m.modified().ok())
                     .and_then(|m| std::time::SystemTime::now().duration_since(m).ok())
                     .unwrap_or_default();
@@ -708,11 +800,16 @@ impl ShardStore {
                     continue;
                 }
             }
-            let len = meta.map(|m| m.len()).unwrap_or(0);
-            if tokio::fs::remove_file(&path).await.is_ok() {
-                removed += 1;
+            match tokio::fs::remove_file(&path).await {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    // Still on the disk: still listed and counted.
+                    warn!(%id, contract, error = %e, "cannot remove a shard");
+                    continue;
+                }
             }
-            self.forget(contract, id, len);
+            self.forget(contract, id);
         }
         Response::Deleted(removed)
     }
@@ -730,9 +827,11 @@ impl ShardStore {
                 }
             };
             let ids: Vec<Hash> = state
-                .location
+                .shards
                 .iter()
-                .filter(|(id, c)| **c == contract && after.is_none_or(|a| **id > a))
+                .filter(|(id, holders)| {
+                    holders.iter().any(|(c, _)| *c == contract) && after.is_none_or(|a| **id > a)
+                })
                 .map(|(id, _)| *id)
                 .collect();
             (dir, ids)
@@ -868,8 +967,11 @@ fn scan(dir: &Path) -> Vec<(Hash, u64)> {
             let _ = std::fs::remove_file(e.path());
             continue;
         }
-        if let (Ok(id), Ok(meta)) = (name.parse::<Hash>(), e.metadata()) {
-            out.push((id, meta.len()));
+        // Only the name the store writes: a shard under another spelling of its
+        // address (upper case, `0x`) would be counted but never found to serve.
+        match (name.parse::<Hash>(), e.metadata()) {
+            (Ok(id), Ok(meta)) if id.to_string() == name => out.push((id, meta.len())),
+            _ => debug!(path = %e.path().display(), "not a shard; left alone"),
         }
     }
     out

@@ -388,3 +388,149 @@ async fn corrupted_shards_are_caught_and_crash_leftovers_removed() {
     );
     assert_eq!(restarted.used().get(&3).copied(), Some(good.len() as u64));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_in_two_contracts_is_each_ones_own() {
+    let r = rig().await;
+    let peer = r.node.peer_id();
+    let stranger_key = Keypair::generate().expect("key");
+    let stranger = Mesh::start(&stranger_key, Config::loopback())
+        .await
+        .expect("stranger");
+    stranger
+        .connect(peer, r.node.listen_addrs().await.expect("addrs"))
+        .await
+        .expect("connect");
+    let strangers = ContractAccess {
+        owner: stranger_key.account(),
+        quota: 1 << 20,
+        paused: false,
+        dir: r.dir.join("workloads/2"),
+    };
+    r.store.set_contracts(HashMap::from([
+        r.contract(1, 1 << 20, false),
+        (2, strangers.clone()),
+    ]));
+    let bytes: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
+    let id = shard_id(&bytes);
+    wire::put(&r.owner_mesh, peer, 1, id, &bytes)
+        .await
+        .expect("owner's put");
+
+    // Anyone may read a shard; one who puts it in their own contract and deletes it
+    // there takes nothing from the owner.
+    let read = wire::get(&stranger, peer, id, 1 << 20).await.expect("read");
+    assert_eq!(
+        wire::put(&stranger, peer, 2, id, &read)
+            .await
+            .expect("stranger's put"),
+        PutOutcome::Stored,
+        "a copy in another contract is that contract's own"
+    );
+    let used = |mesh: &Mesh, contract| {
+        let mesh = mesh.clone();
+        async move {
+            wire::usage(&mesh, peer, vec![contract])
+                .await
+                .expect("usage")[0]
+                .used
+        }
+    };
+    assert_eq!(used(&stranger, 2).await, bytes.len() as u64);
+    assert_eq!(
+        wire::delete(&stranger, peer, 2, vec![id])
+            .await
+            .expect("stranger's delete"),
+        1
+    );
+    assert_eq!(used(&stranger, 2).await, 0);
+    assert_eq!(used(&r.owner_mesh, 1).await, bytes.len() as u64);
+    assert_eq!(
+        wire::get(&r.owner_mesh, peer, id, 1 << 20)
+            .await
+            .expect("still served"),
+        bytes
+    );
+    assert!(
+        wire::audit(&r.owner_mesh, peer, id, 3)
+            .await
+            .expect("audit")
+    );
+    let listed = wire::list(&r.owner_mesh, peer, 1, None)
+        .await
+        .expect("list");
+    assert_eq!(listed.iter().map(|s| s.id).collect::<Vec<_>>(), vec![id]);
+
+    // The stranger's copy in grace does not stop the owner's from being served.
+    wire::put(&stranger, peer, 2, id, &read)
+        .await
+        .expect("stranger's put again");
+    r.store.set_contracts(HashMap::from([
+        r.contract(1, 1 << 20, false),
+        (
+            2,
+            ContractAccess {
+                paused: true,
+                ..strangers
+            },
+        ),
+    ]));
+    assert_eq!(
+        wire::get(&r.owner_mesh, peer, id, 1 << 20)
+            .await
+            .expect("served from the owner's copy"),
+        bytes
+    );
+
+    // A disk that cannot take the shard (here its folder is a file) is a refusal that
+    // says so, not a cut stream.
+    let (contract, access) = r.contract(5, 1 << 20, false);
+    std::fs::create_dir_all(&access.dir).expect("mkdir");
+    std::fs::write(access.dir.join("shards"), b"in the way").expect("block");
+    r.store.set_contracts(HashMap::from([(contract, access)]));
+    let other = vec![3u8; 50_000];
+    match wire::put(&r.owner_mesh, peer, contract, shard_id(&other), &other).await {
+        Err(WireError::Refused { reason, .. }) => {
+            assert!(reason.contains("cannot write shard"), "{reason}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audit_of_a_cut_shard_fails_and_uncounts_it() {
+    let r = rig().await;
+    r.store
+        .set_contracts(HashMap::from([r.contract(6, 1 << 20, false)]));
+    let peer = r.node.peer_id();
+    let bytes = vec![5u8; 300_000];
+    let id = shard_id(&bytes);
+    wire::put(&r.owner_mesh, peer, 6, id, &bytes)
+        .await
+        .expect("put");
+    let shards = r.dir.join("workloads/6/shards");
+    std::fs::File::options()
+        .write(true)
+        .open(shards.join(id.to_string()))
+        .and_then(|f| f.set_len(1000))
+        .expect("cut the shard");
+    assert!(
+        wire::audit(&r.owner_mesh, peer, id, 0).await.is_err(),
+        "a cut shard passed its audit"
+    );
+    assert_eq!(r.store.stats().corrupt, 1);
+    assert_eq!(
+        r.store.used().get(&6).copied(),
+        Some(0),
+        "the bytes counted for it, not what was left of it, are freed"
+    );
+
+    // Only the name the store writes is a shard: another spelling of an address is
+    // neither counted nor listed.
+    let good = vec![6u8; 10_000];
+    let upper = shard_id(&good).to_string().to_uppercase();
+    std::fs::write(shards.join(upper), &good).expect("write");
+    let restarted = ShardStore::new(r.dir.join("pointers")).expect("store");
+    restarted.set_contracts(HashMap::from([r.contract(6, 1 << 20, false)]));
+    assert_eq!(restarted.used().get(&6).copied(), Some(0));
+}
