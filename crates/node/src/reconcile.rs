@@ -100,12 +100,16 @@ pub async fn reconcile_one(shared: &Shared, contract: &Contract) -> bool {
         },
         Action::None => {}
     }
-    if let Err(e) = world.apply(contract.id, action) {
+    let applied = world.apply(contract.id, action);
+    // Told even when applying failed part way: a pause or a removal already made in
+    // the world (its save, or the folder's removal, failed) must reach the shard store
+    // and the workloads now, since the next resync sees nothing left to do.
+    shared.sync_storage(&world);
+    shared.compute.sync(&world);
+    if let Err(e) = applied {
         warn!(contract = contract.id, error = %e, "cannot apply; will retry on the next resync");
         return false;
     }
-    shared.sync_storage(&world);
-    shared.compute.sync(&world);
     true
 }
 
@@ -164,13 +168,25 @@ async fn resync(shared: &Shared, client: &Client, me: NodeId) -> Result<u64, Cli
             reconcile_one(shared, &c).await;
         }
     }
+    let followed = shared.world.lock().await.followed_height;
     for id in held(shared)
         .await
         .into_iter()
         .filter(|id| !seen.contains(id))
     {
-        if let Some(c) = contract(client, id).await? {
+        let read = client.proven_contract(id).await?;
+        if let Some(c) = read.value {
             reconcile_one(shared, &c).await;
+        } else if read.height < followed {
+            // Proven, but of a state older than one this node followed (a validator still
+            // catching up): the contract may have been created since. Removing its data
+            // on that word could not be undone.
+            warn!(
+                contract = id,
+                height = read.height,
+                followed,
+                "the ledger's answer is older than this node's view; the next resync reads it again"
+            );
         } else {
             warn!(
                 contract = id,

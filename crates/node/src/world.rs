@@ -48,6 +48,22 @@ pub struct Workload {
     /// Its state.
     #[serde(flatten)]
     pub state: WorkloadState,
+    /// For storage: where its shards are, fixed when it is provisioned (absent in world
+    /// files written before it was kept; filled in at the next start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards_at: Option<ShardsAt>,
+}
+
+/// Where a storage contract's shards are. Kept rather than worked out from the node's
+/// `--disk` flags at each start, so that relabelling, reordering or adding a disk
+/// neither strands a contract's shards nor removes them as no contract's.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ShardsAt {
+    /// In the contract's workload folder: the node had no disk of its class.
+    WorkloadFolder,
+    /// In this folder on one of the node's disks.
+    Disk(PathBuf),
 }
 
 impl Workload {
@@ -96,6 +112,11 @@ pub struct World {
     /// `--disk` paths (`None`: in their workload folder).
     #[serde(skip)]
     shard_roots: ShardRoots,
+    /// Whether this world was read from its file. One that was not (a first start, or
+    /// the file removed to resync) knows no contract yet, so folders it does not name are
+    /// not orphans to remove: the resync from the ledger takes them back.
+    #[serde(skip)]
+    restored: bool,
 }
 
 /// The folders storage contracts' shards go under, by the class their contract reserves.
@@ -151,14 +172,29 @@ impl World {
         self.dir.join("workloads").join(contract.to_string())
     }
 
-    /// Where a storage contract's shards live: its folder on a disk of the class it
-    /// reserves (HDD for `hru`, SSD for `sru`), else its workload folder.
+    /// Where a storage contract's shards live: where they were placed when it was
+    /// provisioned ([`ShardsAt`]).
     pub fn shard_dir(&self, contract: ContractId) -> PathBuf {
-        self.workloads
+        let at = self
+            .workloads
             .get(&contract)
-            .and_then(|w| self.shard_root(w))
-            .map(|root| root.join(contract.to_string()))
-            .unwrap_or_else(|| self.workload_dir(contract))
+            .and_then(|w| w.shards_at.clone().or_else(|| self.place_shards(w)));
+        match at {
+            Some(ShardsAt::Disk(dir)) => dir,
+            Some(ShardsAt::WorkloadFolder) | None => self.workload_dir(contract),
+        }
+    }
+
+    /// Where a new storage workload's shards go: its folder on a disk of the class it
+    /// reserves (HDD for `hru`, SSD for `sru`), else its workload folder.
+    fn place_shards(&self, w: &Workload) -> Option<ShardsAt> {
+        if w.kind != "storage" {
+            return None;
+        }
+        Some(match self.shard_root(w) {
+            Some(root) => ShardsAt::Disk(root.join(w.contract.to_string())),
+            None => ShardsAt::WorkloadFolder,
+        })
     }
 
     fn shard_root(&self, w: &Workload) -> Option<&PathBuf> {
@@ -172,25 +208,40 @@ impl World {
         }
     }
 
-    /// Keep storage shards under `roots` from now on: create the folders of the live
-    /// storage contracts there, and remove the folders no contract backs (a crash between
-    /// a contract's end and its folder's removal leaves one).
+    /// Place new storage contracts' shards under `roots` from now on, note where the
+    /// storage contracts of an older world file keep theirs, and remove the folders under
+    /// `roots` no contract backs (a crash between a contract's end and its folder's
+    /// removal leaves one).
     pub fn set_shard_roots(&mut self, roots: ShardRoots) -> Result<(), WorldError> {
         self.shard_roots = roots;
+        let unplaced: Vec<ContractId> = (self.workloads.values())
+            .filter(|w| w.holds_capacity() && w.shards_at.is_none() && w.kind == "storage")
+            .map(|w| w.contract)
+            .collect();
+        for id in &unplaced {
+            let at = self.workloads.get(id).and_then(|w| self.place_shards(w));
+            if let Some(w) = self.workloads.get_mut(id) {
+                w.shards_at = at;
+            }
+        }
+        if !unplaced.is_empty() {
+            self.save()?;
+        }
         for root in [&self.shard_roots.ssd, &self.shard_roots.hdd]
             .into_iter()
             .flatten()
         {
             std::fs::create_dir_all(root).map_err(io_err("cannot create", root))?;
+            if !self.restored {
+                continue;
+            }
             let entries = std::fs::read_dir(root).map_err(io_err("cannot list", root))?;
             for entry in entries.flatten() {
-                let backed = entry
-                    .file_name()
-                    .to_str()
-                    .and_then(|n| n.parse::<ContractId>().ok())
-                    .and_then(|id| self.workloads.get(&id))
-                    .filter(|w| w.holds_capacity())
-                    .is_some_and(|w| self.shard_root(w) == Some(root));
+                let path = entry.path();
+                let backed = self.workloads.values().any(|w| {
+                    w.holds_capacity()
+                        && w.shards_at.as_ref() == Some(&ShardsAt::Disk(path.clone()))
+                });
                 if !backed {
                     tracing::info!(path = %entry.path().display(), "removing a shard folder no contract backs");
                     let _ = std::fs::remove_dir_all(entry.path());
@@ -205,11 +256,14 @@ impl World {
     pub fn load(dir: &Path) -> Result<World, WorldError> {
         let file = Self::file(dir);
         let mut world: World = match std::fs::read(&file) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| WorldError {
-                what: "corrupt world file (restore it from a backup or remove it to resync from the ledger)",
-                path: file.clone(),
-                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-            })?,
+            Ok(bytes) => World {
+                restored: true,
+                ..serde_json::from_slice(&bytes).map_err(|e| WorldError {
+                    what: "corrupt world file (restore it from a backup, or remove it: the node then rebuilds it from the ledger and keeps the data of the contracts it still has)",
+                    path: file.clone(),
+                    source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+                })?
+            },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => World::default(),
             Err(e) => return Err(io_err("cannot read", &file)(e)),
         };
@@ -221,6 +275,9 @@ impl World {
                 let d = world.workload_dir(*id);
                 std::fs::create_dir_all(&d).map_err(io_err("cannot create", &d))?;
             }
+        }
+        if !world.restored {
+            return Ok(world);
         }
         let entries = std::fs::read_dir(&root).map_err(io_err("cannot list", &root))?;
         for entry in entries.flatten() {
@@ -262,10 +319,11 @@ impl World {
     pub fn apply(&mut self, contract: ContractId, action: Action) -> Result<(), WorldError> {
         match action {
             Action::None => return Ok(()),
-            Action::Provision(w) => {
+            Action::Provision(mut w) => {
                 if w.holds_capacity() {
                     let d = self.workload_dir(contract);
                     std::fs::create_dir_all(&d).map_err(io_err("cannot create", &d))?;
+                    w.shards_at = self.place_shards(&w);
                 }
                 self.workloads.insert(contract, w);
                 self.save()?;
@@ -406,6 +464,7 @@ fn workload(contract: &Contract, state: WorkloadState) -> Workload {
         deployment_hash: contract.deployment_hash(),
         deployed: None,
         state,
+        shards_at: None,
     }
 }
 
@@ -555,6 +614,12 @@ mod tests {
     fn an_orphan_folder_from_a_crash_is_removed_on_start() {
         let (dir, w) = world();
         std::fs::create_dir_all(w.workload_dir(42)).expect("mkdir");
+        let fresh = World::load(dir.path()).expect("load");
+        assert!(
+            fresh.workload_dir(42).exists(),
+            "without a world file nothing is known to be an orphan"
+        );
+        w.save().expect("save");
         let w = World::load(dir.path()).expect("load");
         assert!(!w.workload_dir(42).exists());
     }
@@ -575,6 +640,7 @@ mod tests {
             deployment_hash: None,
             deployed: None,
             state: WorkloadState::Running,
+            shards_at: None,
         };
         let on_hdd = Capacity {
             hru: 1 << 30,
@@ -584,28 +650,58 @@ mod tests {
             sru: 1 << 30,
             ..Capacity::ZERO
         };
+        // Contract 3 was provisioned before the node had any disk of its class.
+        w.apply(3, Action::Provision(storage(3, on_ssd)))
+            .expect("provision");
+        assert_eq!(w.shard_dir(3), w.workload_dir(3));
+        w.set_shard_roots(roots.clone()).expect("roots");
         w.apply(1, Action::Provision(storage(1, on_hdd)))
             .expect("provision");
         w.apply(2, Action::Provision(storage(2, on_ssd)))
             .expect("provision");
-        // A folder left by a contract that ended while the node was down.
-        std::fs::create_dir_all(disks.path().join("hdd/9/shards")).expect("orphan");
-        w.set_shard_roots(roots.clone()).expect("roots");
         assert_eq!(w.shard_dir(1), disks.path().join("hdd/1"));
         assert_eq!(w.shard_dir(2), disks.path().join("ssd/2"));
+        assert_eq!(
+            w.shard_dir(3),
+            w.workload_dir(3),
+            "a disk added later does not strand the shards kept before it"
+        );
+        // A folder left by a contract that ended while the node was down.
+        std::fs::create_dir_all(disks.path().join("hdd/9/shards")).expect("orphan");
+        let mut w = World::load(dir.path()).expect("restart");
+        w.set_shard_roots(roots.clone()).expect("roots");
         assert!(!disks.path().join("hdd/9").exists(), "the orphan is gone");
         std::fs::create_dir_all(w.shard_dir(1).join("shards")).expect("shards");
         std::fs::write(w.shard_dir(1).join("shards/x"), b"shard").expect("write");
+
+        // The operator swaps the disks' classes: every contract keeps its folder and data.
+        let mut w = World::load(dir.path()).expect("restart");
+        w.set_shard_roots(ShardRoots {
+            ssd: Some(disks.path().join("hdd")),
+            hdd: Some(disks.path().join("ssd")),
+        })
+        .expect("roots");
+        assert_eq!(w.shard_dir(1), disks.path().join("hdd/1"));
+        assert!(disks.path().join("hdd/1/shards/x").exists(), "data kept");
+        assert_eq!(w.shard_dir(2), disks.path().join("ssd/2"));
+
         w.apply(1, Action::Remove).expect("remove");
         assert!(
             !disks.path().join("hdd/1").exists(),
             "its shards left with it"
         );
-        // Without roots (no disk of that class), a workload folder holds them.
-        let mut again = World::load(dir.path()).expect("load");
-        assert_eq!(again.shard_dir(2), again.workload_dir(2));
-        again.set_shard_roots(roots).expect("roots");
-        assert_eq!(again.shard_dir(2), disks.path().join("ssd/2"));
+
+        // The world file removed to resync: nothing the node had is an orphan yet.
+        std::fs::create_dir_all(disks.path().join("ssd/2/shards")).expect("shards");
+        std::fs::write(disks.path().join("ssd/2/shards/y"), b"shard").expect("write");
+        std::fs::remove_file(dir.path().join("world.json")).expect("rm world");
+        let mut fresh = World::load(dir.path()).expect("fresh");
+        fresh.set_shard_roots(roots).expect("roots");
+        assert!(
+            disks.path().join("ssd/2/shards/y").exists(),
+            "a resync from the ledger finds its data again"
+        );
+        assert!(fresh.workload_dir(3).exists(), "workload folders kept too");
     }
 
     #[test]
@@ -613,6 +709,6 @@ mod tests {
         let (dir, _w) = world();
         std::fs::write(dir.path().join("world.json"), b"{not json").expect("write");
         let e = World::load(dir.path()).expect_err("corrupt");
-        assert!(e.to_string().contains("remove it to resync"), "{e}");
+        assert!(e.to_string().contains("rebuilds it from the ledger"), "{e}");
     }
 }
