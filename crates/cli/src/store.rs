@@ -306,16 +306,23 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
             if let Some(out) = &out {
                 peergrid_storage::client::refuse_folder(out)?;
             }
-            let (cap, default_out) = if object.starts_with("pg1") {
-                let cap: Capability = object.parse()?;
-                (cap, None)
-            } else {
-                let (_, index) = storage.index().await?;
-                let entry = index.objects.get(&object).with_context(|| {
-                    format!("you have no object named {object:?} (see `peergrid store ls`)")
-                })?;
-                let last = object.rsplit('/').next().unwrap_or(&object).to_string();
-                (entry.capability, Some(PathBuf::from(last)))
+            // A name may start like a capability (`pg1-notes.txt`): only one that parses
+            // as a capability is read as one.
+            let (cap, default_out) = match object.parse::<Capability>() {
+                Ok(cap) => (cap, None),
+                Err(not_cap) => {
+                    let (_, index) = storage.index().await?;
+                    let entry = index.objects.get(&object).with_context(|| {
+                        if object.starts_with("pg1") {
+                            format!("{object:?} is neither a capability ({not_cap}) nor one of your objects (see `peergrid store ls`)")
+                        } else {
+                            format!("you have no object named {object:?} (see `peergrid store ls`)")
+                        }
+                    })?;
+                    // `photos/` has no last part to name a file after.
+                    let last = object.rsplit('/').next().filter(|l| !l.is_empty());
+                    (entry.capability, last.map(PathBuf::from))
+                }
             };
             let out = out
                 .or(default_out)
@@ -488,11 +495,19 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
                             r.segments.to_string(),
                             r.shards_missing.to_string(),
                             r.shards_rebuilt.to_string(),
+                            r.manifest_copies.to_string(),
                         ]
                     })
                     .collect();
                 output::table(
-                    &["NAME", "SCHEME", "SEGMENTS", "SHARDS MISSING", "REBUILT"],
+                    &[
+                        "NAME",
+                        "SCHEME",
+                        "SEGMENTS",
+                        "SHARDS MISSING",
+                        "REBUILT",
+                        "MANIFEST COPIED TO",
+                    ],
                     &rows,
                 );
                 for w in &widened {

@@ -478,6 +478,9 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
             r["shards_rebuilt"].as_u64() >= Some(6),
             "two lost nodes' shards: {repaired}"
         );
+        // The manifest too reaches the spare nodes: once the nodes of the put's day have
+        // all gone, the shards repaired elsewhere must still be readable.
+        assert_eq!(r["manifest_copies"], 2, "{repaired}");
         let rebuilt: u64 = repaired["objects"]
             .as_array()
             .map(|o| o.iter().filter_map(|o| o["shards_rebuilt"].as_u64()).sum())

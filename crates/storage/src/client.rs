@@ -1485,6 +1485,13 @@ impl Storage {
             end: u64,
             segments_done: u64,
         }
+        let done_before = |resume_from: u64| {
+            if resume_from == first {
+                0
+            } else {
+                ((resume_from.saturating_mul(seg_bytes)).max(start) - start).min(end - start)
+            }
+        };
         let mut resume_from = first;
         if !stream
             && let Ok(bytes) = std::fs::read(&state_file)
@@ -1492,17 +1499,24 @@ impl Storage {
             && r.manifest == cap.manifest
             && (r.start, r.end) == (start, end)
         {
-            resume_from = first + r.segments_done;
-            info!(
-                segments = r.segments_done,
-                "resuming an interrupted download"
-            );
+            let from = first.saturating_add(r.segments_done);
+            // The state says how far the file got; the file must agree (removed or cut
+            // short since, it would be resumed with a hole of zeros).
+            let on_disk = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+            if on_disk >= done_before(from) {
+                resume_from = from;
+                info!(
+                    segments = r.segments_done,
+                    "resuming an interrupted download"
+                );
+            } else {
+                warn!(
+                    path = %partial.display(),
+                    "the interrupted download's file is shorter than its state says; starting over"
+                );
+            }
         }
-        let written_before = if resume_from == first {
-            0
-        } else {
-            (resume_from * seg_bytes).max(start) - start
-        };
+        let written_before = done_before(resume_from);
         let target = if stream {
             out.to_path_buf()
         } else {
@@ -1886,8 +1900,10 @@ impl Storage {
     ) -> Result<RepairReport, StorageError> {
         let (manifest, _) = self.open(&entry.capability).await?;
         let holdings = self.writable_holdings().await?;
-        // Where each shard is now: one `has` per node for all of the object's shards.
-        let ids: Vec<Hash> = manifest.placements().map(|(h, _)| h).collect();
+        // Where each shard is now, and the manifest: one `has` per node for all of them.
+        let manifest_id = entry.capability.manifest;
+        let mut ids: Vec<Hash> = manifest.placements().map(|(h, _)| h).collect();
+        ids.push(manifest_id);
         let mut located: HashMap<Hash, Vec<usize>> = HashMap::new();
         let mut reachable: HashSet<usize> = HashSet::new();
         let answers = futures::future::join_all(holdings.iter().map(|h| {
@@ -1924,6 +1940,9 @@ impl Storage {
             segments_repaired: 0,
             shards_rebuilt: 0,
             shards_missing: 0,
+            manifest_copies: self
+                .copy_manifest(&holdings, &reachable, &located, manifest_id)
+                .await,
             scheme: manifest.scheme,
             widen_to: Some(Scheme::for_nodes(holdings.len()))
                 .filter(|wider| wider.m > manifest.scheme.m),
@@ -2009,6 +2028,54 @@ impl Storage {
             }
         }
         Ok(report)
+    }
+
+    /// Put the sealed manifest `id` on every reachable node (the `reachable`th of
+    /// `holdings`) that `located` says lacks it: a put leaves it on the nodes of its day,
+    /// and once those have all gone, shards repaired onto others would read no more.
+    /// Returns how many nodes were given it.
+    async fn copy_manifest(
+        &self,
+        holdings: &[Holding],
+        reachable: &HashSet<usize>,
+        located: &HashMap<Hash, Vec<usize>>,
+        id: Hash,
+    ) -> u64 {
+        let has = located.get(&id).map(Vec::as_slice).unwrap_or_default();
+        let lacking: Vec<&Holding> = (0..holdings.len())
+            .filter(|i| reachable.contains(i) && !has.contains(i))
+            .map(|i| &holdings[i])
+            .collect();
+        if lacking.is_empty() {
+            return 0;
+        }
+        let sealed = match self
+            .fetch_blob(
+                &distinct_peers(holdings),
+                id,
+                crate::format::MANIFEST_BYTES_MAX as u64,
+            )
+            .await
+        {
+            Ok(sealed) => sealed,
+            Err(e) => {
+                warn!(error = %e, "cannot read the manifest to copy it to the nodes that lack it");
+                return 0;
+            }
+        };
+        let sealed = &sealed;
+        let copied = futures::future::join_all(lacking.iter().map(|h| async move {
+            let peer = h.peer_id().ok()?;
+            match wire::put(&self.mesh, peer, h.contract, id, sealed).await {
+                Ok(_) => Some(()),
+                Err(e) => {
+                    warn!(node = h.node, error = %e, "cannot copy the manifest to a node");
+                    None
+                }
+            }
+        }))
+        .await;
+        copied.into_iter().flatten().count() as u64
     }
 
     /// Store `name` again as `scheme`, which has more parity than it was put with. Each
@@ -2121,11 +2188,15 @@ impl Storage {
         Ok(entry)
     }
 
-    /// Best effort: delete an object's shards and manifest, except those in `keep`.
+    /// Best effort: delete an object's shards and manifest, except those in `keep` and
+    /// those other objects may share (all padding).
     async fn delete_object(&self, cap: &Capability, keep: &HashSet<Hash>) {
         let Ok((manifest, holdings)) = self.open(cap).await else {
             return;
         };
+        let mut keep = keep.clone();
+        keep.extend(manifest.padding_shards());
+        let keep = &keep;
         let mut ids: Vec<Hash> = manifest
             .placements()
             .map(|(h, _)| h)
@@ -2297,8 +2368,20 @@ impl Storage {
         let mut after = None;
         loop {
             let page = wire::list(&self.mesh, peer, h.contract, after).await?;
+            // In address order, after the last page: a node answering otherwise (the same
+            // page again and again) would keep gc listing forever.
+            let mut last = after;
+            for shard in &page {
+                if last.is_some_and(|l| shard.id <= l) {
+                    return Err(other(format!(
+                        "node {} listed its shards out of order; run gc again later, or leave that node",
+                        h.node
+                    )));
+                }
+                last = Some(shard.id);
+            }
             let full = page.len() == wire::IDS_MAX;
-            after = page.last().map(|last| last.id);
+            after = last;
             listed.extend(page);
             if !full {
                 return Ok(listed);
@@ -2463,6 +2546,8 @@ pub struct RepairReport {
     pub shards_rebuilt: u64,
     /// Shards no reachable node served before the repair.
     pub shards_missing: u64,
+    /// Nodes given a copy of the object's manifest they lacked.
+    pub manifest_copies: u64,
     /// The object's scheme.
     #[serde(serialize_with = "as_text")]
     pub scheme: Scheme,
@@ -2923,6 +3008,45 @@ mod tests {
         assert_eq!(
             crypto::open(Cipher::Aes256Gcm, &e1.key, "t", sealed).expect("open"),
             data
+        );
+    }
+
+    #[test]
+    fn padding_shards_are_the_ones_small_objects_share_and_only_those() {
+        let keys = StorageKeys::of(&Keypair::from_seed([5; 32]));
+        let scheme = Scheme { k: 3, m: 2 };
+        let manifest = |name: &str, size: usize| {
+            let data = vec![7u8; size];
+            let (_, segment) = encode_segment(
+                &keys,
+                &keys.object_salt(name),
+                scheme,
+                &data,
+                Cipher::Aes256Gcm,
+            )
+            .expect("encode");
+            Manifest {
+                name: name.into(),
+                size: size as u64,
+                segment_bytes: SEGMENT_BYTES,
+                cipher: Cipher::Aes256Gcm,
+                scheme,
+                created_ms: 0,
+                segments: vec![segment],
+            }
+        };
+        let (a, b) = (manifest("a.txt", 30), manifest("b.txt", 30));
+        let shared: HashSet<Hash> = (a.segments[0].shards.iter())
+            .filter(|h| b.segments[0].shards.contains(h))
+            .copied()
+            .collect();
+        assert!(!shared.is_empty(), "two small objects share zero shards");
+        assert_eq!(a.padding_shards(), shared);
+        assert_eq!(b.padding_shards(), shared);
+        assert!(!a.padding_shards().contains(&a.segments[0].shards[0]));
+        assert!(
+            manifest("c", 100_000).padding_shards().is_empty(),
+            "a segment filling its shards has no padding shard"
         );
     }
 

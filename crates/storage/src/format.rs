@@ -153,6 +153,14 @@ impl Manifest {
             if s.plain_len > m.segment_bytes {
                 return Err(bad(format!("segment {i} is longer than a segment")));
             }
+            // A reader finds byte N in segment N / segment_bytes: a short one before the
+            // last would shift every later byte (and a get would end short, unnoticed).
+            if i + 1 < m.segments.len() && s.plain_len != m.segment_bytes {
+                return Err(bad(format!(
+                    "segment {i} holds {} bytes, short of a whole segment, and is not the last",
+                    s.plain_len
+                )));
+            }
             // A reader sizes its buffers by it before any shard has been checked.
             if u64::from(s.sealed_len) != u64::from(s.plain_len) + SEAL_OVERHEAD {
                 return Err(bad(format!(
@@ -176,6 +184,24 @@ impl Manifest {
         self.segments
             .iter()
             .flat_map(|s| s.shards.iter().copied().zip(s.nodes.iter().copied()))
+    }
+
+    /// The data shards that hold nothing but the coder's zero padding (a segment smaller
+    /// than K shards' alignment). Their bytes, so their address, are the same for every
+    /// object with shards of that length: no one object's removal may take them.
+    pub fn padding_shards(&self) -> std::collections::HashSet<Hash> {
+        let k = usize::from(self.scheme.k);
+        let mut out = std::collections::HashSet::new();
+        for s in &self.segments {
+            let sealed = s.sealed_len as usize;
+            let len = self.scheme.shard_len(sealed);
+            for (i, id) in s.shards.iter().enumerate().take(k) {
+                if i.saturating_mul(len) >= sealed {
+                    out.insert(*id);
+                }
+            }
+        }
+        out
     }
 }
 
@@ -391,6 +417,15 @@ mod tests {
         let mut huge = m.clone();
         huge.segment_bytes = SEGMENT_BYTES_MAX + 1;
         assert!(Manifest::decode(&encode_versioned(&huge)).is_err());
+        // Only the last segment may be short: a reader places bytes by segment number.
+        let mut short = m.clone();
+        short.segments.swap(0, 1);
+        assert!(
+            Manifest::decode(&encode_versioned(&short))
+                .expect_err("short middle segment")
+                .to_string()
+                .contains("not the last")
+        );
 
         let owner = Keypair::from_seed([4; 32]);
         let cap = Capability {
