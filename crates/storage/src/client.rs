@@ -703,7 +703,52 @@ impl Storage {
                 failures.join("; ")
             )));
         }
+        if let Err(e) = self.spread_index(&created).await {
+            warn!(error = %e, "your new nodes do not keep your index yet: your next put or rm gives it to them");
+        }
         Ok(created)
+    }
+
+    /// Give the nodes of `contracts` (just reserved) the owner's newest index and its
+    /// pointer. Until they have them, their "no pointer" answers count towards the
+    /// majority an index read asks for: with the older nodes down, a put would start a
+    /// new, empty index, and lose its object from the index once they are back.
+    async fn spread_index(&self, contracts: &[ContractId]) -> Result<(), StorageError> {
+        let holdings = self.holdings(self.owner()).await?;
+        let (Some(pointer), _) = self.index_on(&holdings).await? else {
+            return Ok(());
+        };
+        let sealed = self
+            .fetch_blob(
+                &distinct_peers(&holdings),
+                pointer.pointer.index,
+                INDEX_BYTES_MAX as u64,
+            )
+            .await?;
+        let (pointer, sealed) = (&pointer, &sealed);
+        let fresh = holdings.iter().filter(|h| contracts.contains(&h.contract));
+        let given = futures::future::join_all(fresh.map(|h| async move {
+            let peer = h.peer_id()?;
+            // The node learns of its new contract from the ledger within moments, and
+            // refuses the contract's owner until then.
+            let mut wait = Duration::from_millis(100);
+            loop {
+                let tried = async {
+                    wire::put(&self.mesh, peer, h.contract, pointer.pointer.index, sealed).await?;
+                    wire::put_pointer(&self.mesh, peer, pointer.clone()).await
+                }
+                .await;
+                match tried {
+                    Err(wire::WireError::Refused { .. }) if wait < Duration::from_secs(8) => {
+                        tokio::time::sleep(wait).await;
+                        wait *= 2;
+                    }
+                    other => return other.map_err(StorageError::from),
+                }
+            }
+        }))
+        .await;
+        given.into_iter().collect::<Result<Vec<()>, _>>().map(drop)
     }
 
     /// The holdings a put writes to: writable ones, one per node, distinct farms first.
