@@ -500,6 +500,10 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
                 "spare node {i} holds no rebuilt shard"
             );
         }
+        // An audit after the repair challenges each shard where it is now, not on the
+        // stopped nodes the manifest still names: nothing fails.
+        let (audited, audit, err) = run(&home, &["store", "audit", "--samples", "1000"]);
+        assert!(audited, "an audit after the repair failed: {audit} {err}");
         // A put while two of the seven nodes are stopped: the scheme follows the five that
         // answer (4+3 would be the default for seven), and no shard waits on a stopped node.
         let on_stopped = || -> usize { gone.iter().map(|&i| node_shards(&home, i).len()).sum() };

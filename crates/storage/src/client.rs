@@ -2495,8 +2495,34 @@ impl Storage {
             .collect();
         let mut results: BTreeMap<NodeId, AuditResult> = BTreeMap::new();
         let picks = sample(placements.len(), samples);
+        // A repair puts a lost shard on another node and leaves the manifest naming the
+        // first: each shard is challenged where it is now, the node the manifest names
+        // while it still holds it, and there too when no node says it does.
+        let picked: Vec<Hash> = picks.iter().map(|&i| placements[i].0).collect();
+        let (picked, peers) = (&picked, &peers);
+        let answers = futures::future::join_all(peers.iter().map(|(&node, &peer)| async move {
+            let mut flags = Vec::with_capacity(picked.len());
+            for chunk in picked.chunks(wire::IDS_MAX) {
+                flags.extend(wire::has(&self.mesh, peer, chunk.to_vec()).await.ok()?);
+            }
+            Some((node, flags))
+        }))
+        .await;
+        let mut holders: HashMap<Hash, Vec<NodeId>> = HashMap::new();
+        for (node, flags) in answers.into_iter().flatten() {
+            for (id, has) in picked.iter().zip(flags) {
+                if has {
+                    holders.entry(*id).or_default().push(node);
+                }
+            }
+        }
+        let holders = &holders;
         let checks = futures::future::join_all(picks.into_iter().map(|i| {
-            let (id, node, len) = placements[i];
+            let (id, named, len) = placements[i];
+            let node = match holders.get(&id) {
+                Some(at) if !at.contains(&named) => at.first().copied().unwrap_or(named),
+                _ => named,
+            };
             let peer = peers.get(&node).copied();
             async move {
                 let leaf = random_below(crate::shard::leaves(len));
