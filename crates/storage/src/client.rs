@@ -833,6 +833,7 @@ impl Storage {
             )));
         }
         let segments = size.div_ceil(u64::from(SEGMENT_BYTES));
+        check_manifest_fits(name, scheme, size, segments).map_err(other)?;
         // Which holdings each segment's shards go to: rotate over all of them.
         let count = holdings.len();
         let assign = move |seg: u64, shard: usize| (seg as usize + shard) % count;
@@ -2695,6 +2696,22 @@ fn sample(n: usize, count: usize) -> Vec<usize> {
     all
 }
 
+/// Whether the manifest of `size` bytes in `segments` segments of `scheme` is within what
+/// a reader decodes and a node stores: nodes would refuse it only after every shard was
+/// sent.
+fn check_manifest_fits(name: &str, scheme: Scheme, size: u64, segments: u64) -> Result<(), String> {
+    let (encoded, sealed) = Manifest::len_for(name, scheme, segments);
+    if encoded > crate::format::MANIFEST_BYTES_MAX as u64 || sealed > wire::SHARD_BYTES_MAX {
+        return Err(format!(
+            "{} in {scheme} needs a manifest of {}, over the {} a node keeps: use a scheme with fewer shards (--scheme 3+2), or split the file",
+            human_bytes(size),
+            human_bytes(sealed),
+            human_bytes(wire::SHARD_BYTES_MAX)
+        ));
+    }
+    Ok(())
+}
+
 /// Seal and erasure-code one segment: its shards and its manifest entry.
 fn encode_segment(
     keys: &StorageKeys,
@@ -3080,6 +3097,18 @@ mod tests {
             crypto::open(Cipher::Aes256Gcm, &e1.key, "t", sealed).expect("open"),
             data
         );
+    }
+
+    #[test]
+    fn a_put_whose_manifest_nodes_would_refuse_is_refused_before_it_starts() {
+        let wide = Scheme { k: 16, m: 4 };
+        let segments = |size: u64| size.div_ceil(u64::from(SEGMENT_BYTES));
+        let tib = 1u64 << 40;
+        assert!(check_manifest_fits("x", wide, tib / 2, segments(tib / 2)).is_ok());
+        let refused = check_manifest_fits("x", wide, tib, segments(tib)).expect_err("1 TiB");
+        assert!(refused.contains("--scheme 3+2"), "{refused}");
+        let narrow = Scheme { k: 3, m: 2 };
+        assert!(check_manifest_fits("x", narrow, 2 * tib, segments(2 * tib)).is_ok());
     }
 
     #[test]

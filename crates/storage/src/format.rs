@@ -186,6 +186,33 @@ impl Manifest {
             .flat_map(|s| s.shards.iter().copied().zip(s.nodes.iter().copied()))
     }
 
+    /// The bytes the manifest of an object named `name` in `segments` segments of
+    /// `scheme` takes: encoded (the first) and sealed (the second). A put checks them
+    /// against what nodes accept before sending any shard.
+    pub fn len_for(name: &str, scheme: Scheme, segments: u64) -> (u64, u64) {
+        let n = scheme.n();
+        let segment = Segment {
+            plain_len: 0,
+            sealed_len: 0,
+            key: [0; 32],
+            shards: vec![Hash([0; 32]); n],
+            nodes: vec![0; n],
+        };
+        let empty = Manifest {
+            name: name.to_string(),
+            size: 0,
+            segment_bytes: 0,
+            cipher: Cipher::Aes256Gcm,
+            scheme,
+            created_ms: 0,
+            segments: Vec::new(),
+        };
+        let per_segment = borsh::to_vec(&segment).map_or(0, |v| v.len()) as u64;
+        let encoded = (encode_versioned(&empty).len() as u64)
+            .saturating_add(segments.saturating_mul(per_segment));
+        (encoded, encoded.saturating_add(SEAL_OVERHEAD))
+    }
+
     /// The data shards that hold nothing but the coder's zero padding (a segment smaller
     /// than K shards' alignment). Their bytes, so their address, are the same for every
     /// object with shards of that length: no one object's removal may take them.
@@ -417,6 +444,9 @@ mod tests {
         let mut huge = m.clone();
         huge.segment_bytes = SEGMENT_BYTES_MAX + 1;
         assert!(Manifest::decode(&encode_versioned(&huge)).is_err());
+        let (encoded, sealed) = Manifest::len_for(&m.name, m.scheme, 2);
+        assert_eq!(encoded, encode_versioned(&m).len() as u64);
+        assert_eq!(sealed, encoded + 28);
         // Only the last segment may be short: a reader places bytes by segment number.
         let mut short = m.clone();
         short.segments.swap(0, 1);

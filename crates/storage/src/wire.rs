@@ -28,7 +28,8 @@ use crate::shard::{LeafProof, ShardHasher};
 pub const SHARD_PROTOCOL: StreamProtocol = StreamProtocol::new("/peergrid/shard/1");
 /// The request header's format.
 pub const WIRE_VERSION: u8 = 1;
-/// Largest shard or blob a node accepts (a manifest of a 2 TiB object fits).
+/// Largest shard or blob a node accepts (the manifest of a 2 TiB object in 3+2 fits; a put
+/// whose manifest would not is refused before it starts).
 pub const SHARD_BYTES_MAX: u64 = 128 << 20;
 /// Largest request or response header.
 pub const HEADER_BYTES_MAX: usize = 1 << 20;
