@@ -1408,15 +1408,43 @@ impl Storage {
         id: Hash,
         len_max: u64,
     ) -> Result<Vec<u8>, StorageError> {
-        let mut tries: FuturesUnordered<_> = peers
-            .iter()
-            .map(|&p| async move { wire::get(&self.mesh, p, id, len_max).await })
-            .collect();
+        // Two nodes first (reachable ones before those that failed), one more for each
+        // failure and for each wait without an answer: a manifest may be a hundred
+        // megabytes, and asking every node at once received it from every node.
+        let mut order: Vec<PeerId> = peers.to_vec();
+        order.sort_by_key(|p| self.has_failed(p));
+        let mut pending = std::collections::VecDeque::from(order);
+        let ask = |p: PeerId| async move { wire::get(&self.mesh, p, id, len_max).await };
+        let mut tries = FuturesUnordered::new();
+        for p in pending.drain(..pending.len().min(2)) {
+            tries.push(ask(p));
+        }
+        let mut wait = Duration::from_millis(500);
         let mut last = None;
-        while let Some(r) = tries.next().await {
-            match r {
-                Ok(bytes) => return Ok(bytes),
-                Err(e) => last = Some(e),
+        loop {
+            if tries.is_empty() {
+                match pending.pop_front() {
+                    Some(p) => tries.push(ask(p)),
+                    None => break,
+                }
+            }
+            tokio::select! {
+                r = tries.next() => match r {
+                    Some(Ok(bytes)) => return Ok(bytes),
+                    Some(Err(e)) => {
+                        last = Some(e);
+                        if let Some(p) = pending.pop_front() {
+                            tries.push(ask(p));
+                        }
+                    }
+                    None => {}
+                },
+                _ = tokio::time::sleep(wait), if !pending.is_empty() => {
+                    if let Some(p) = pending.pop_front() {
+                        tries.push(ask(p));
+                    }
+                    wait *= 2;
+                }
             }
         }
         Err(other(format!(
@@ -2309,6 +2337,7 @@ impl Storage {
         let mut named: HashSet<Hash> = HashSet::new();
         // How many times the manifests place each shard: one placed once is kept on one node.
         let mut placed: HashMap<Hash, u32> = HashMap::new();
+        let mut shard_lens: HashMap<Hash, u64> = HashMap::new();
         named.insert(newest.pointer.index);
         // A node that was down when the index last changed keeps an older pointer: it is
         // given the newest (on a dry run, as if it were), and the index the old one named
@@ -2366,6 +2395,10 @@ impl Storage {
                 named.insert(h);
                 *placed.entry(h).or_default() += 1;
             }
+            for s in &manifest.segments {
+                let len = manifest.scheme.shard_len(s.sealed_len as usize) as u64;
+                shard_lens.extend(s.shards.iter().map(|h| (*h, len)));
+            }
         }
         // Every node is listed before anything is removed: a shard found on several nodes
         // is told from its extra copies only by comparing the listings.
@@ -2374,6 +2407,33 @@ impl Storage {
             listings.iter().map(|l| l.as_ref().ok().map(Vec::as_slice)),
             &placed,
         );
+        // A node may list shards it does not hold, as young, to have gc remove the real
+        // copies: each copy kept answers an audit before the others go.
+        let kept: HashSet<(usize, Hash)> = extra.iter().map(|(&(_, id), &k)| (k, id)).collect();
+        let (holdings_ref, shard_lens) = (&holdings, &shard_lens);
+        let proven: HashSet<(usize, Hash)> =
+            futures::future::join_all(kept.into_iter().map(|(k, id)| async move {
+                let peer = holdings_ref[k].peer_id().ok()?;
+                let leaf = random_below(crate::shard::leaves(
+                    shard_lens.get(&id).copied().unwrap_or(0),
+                ));
+                match wire::audit(&self.mesh, peer, id, leaf).await {
+                    Ok(true) => Some((k, id)),
+                    _ => {
+                        warn!(node = holdings_ref[k].node, shard = %id, "a node listed a copy it could not prove; the other copies stay");
+                        None
+                    }
+                }
+            }))
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        let extra: HashSet<(usize, Hash)> = extra
+            .into_iter()
+            .filter(|((_, id), k)| proven.contains(&(*k, *id)))
+            .map(|(e, _)| e)
+            .collect();
         let sweep = &Sweep {
             named: &named,
             extra: &extra,
@@ -2578,13 +2638,14 @@ struct Sweep<'a> {
 }
 
 /// The copies in `listings` (one per holding, `None` for a node that did not answer) to
-/// remove as extra: of a shard the manifests place once but found on several nodes, every
-/// copy but the one written last, which is the copy a repair rebuilt and checked (the
-/// others are on nodes that were down then, and one may be why the repair ran).
+/// remove as extra, each with the holding whose copy is kept: of a shard the manifests
+/// place once but found on several nodes, every copy but the one written last, which is
+/// the copy a repair rebuilt and checked (the others are on nodes that were down then,
+/// and one may be why the repair ran).
 fn extra_copies<'a>(
     listings: impl Iterator<Item = Option<&'a [ListedShard]>>,
     placed: &HashMap<Hash, u32>,
-) -> HashSet<(usize, Hash)> {
+) -> HashMap<(usize, Hash), usize> {
     // Per shard, every (age, holding) that lists it.
     let mut copies: HashMap<Hash, Vec<(u64, usize)>> = HashMap::new();
     for (i, listed) in listings.enumerate() {
@@ -2597,10 +2658,11 @@ fn extra_copies<'a>(
             }
         }
     }
-    let mut extra = HashSet::new();
+    let mut extra = HashMap::new();
     for (id, mut found) in copies {
         found.sort_unstable();
-        extra.extend(found.into_iter().skip(1).map(|(_, i)| (i, id)));
+        let kept = found[0].1;
+        extra.extend(found.into_iter().skip(1).map(|(_, i)| ((i, id), kept)));
     }
     extra
 }
@@ -3167,7 +3229,7 @@ mod tests {
         let placed = HashMap::from([(a, 1), (b, 1), (c, 2)]);
         let listings = [Some(node0.as_slice()), Some(&node1), Some(&node2)];
         let extra = extra_copies(listings.into_iter(), &placed);
-        assert_eq!(extra, HashSet::from([(0, a)]));
+        assert_eq!(extra, HashMap::from([((0, a), 2)]), "node 2's copy is kept");
         // With the node of the newer copy not answering, the only copy seen is kept.
         let listings = [Some(node0.as_slice()), Some(&node1), None];
         assert!(extra_copies(listings.into_iter(), &placed).is_empty());
@@ -3175,7 +3237,7 @@ mod tests {
         let listings = [Some(&node1[..1]), Some(&node1[..1])];
         assert_eq!(
             extra_copies(listings.into_iter(), &placed),
-            HashSet::from([(1, b)])
+            HashMap::from([((1, b), 0)])
         );
     }
 
