@@ -455,7 +455,17 @@ impl ShardStore {
         if let Err(full) = room {
             return self.refuse_full(stream, full).await;
         }
-        let result = self.receive(stream, &access.dir, id, len).await;
+        let result = match self.receive(stream, &access.dir, id, len).await {
+            // The contract ended (and its folder went) while the bytes arrived: the
+            // receive made the folder again, and nothing may stay in it.
+            Ok(()) if !self.serves(contract, &access.dir) => {
+                let _ = tokio::fs::remove_file(shard_path(&access.dir, &id)).await;
+                Err(Receive::Refused(format!(
+                    "contract {contract} ended while its shard arrived: nothing was kept"
+                )))
+            }
+            other => other,
+        };
         {
             let mut state = self.state();
             state.promised = state.promised.saturating_sub(len);
@@ -606,6 +616,14 @@ impl ShardStore {
             let _ = tokio::fs::remove_file(&tmp).await;
         }
         outcome
+    }
+
+    /// Whether `contract` is still one of the store's, in `dir`.
+    fn serves(&self, contract: ContractId, dir: &Path) -> bool {
+        self.state()
+            .contracts
+            .get(&contract)
+            .is_some_and(|c| c.dir == dir)
     }
 
     /// A contract holding `id` that may serve it, with its folder, or the reason none may.
