@@ -174,6 +174,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Running> {
         warn!(old = ?world.node, new = id, "the data directory belonged to another node id; resyncing");
         world.workloads.clear();
         world.followed_height = 0;
+        world.synced = false;
     }
     world.node = Some(id);
     world.save()?;

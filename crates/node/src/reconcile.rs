@@ -9,7 +9,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use peergrid_client::{Client, ClientError, ContractFilter, FinalizedBlock};
@@ -220,12 +220,17 @@ pub async fn follow(shared: Arc<Shared>, client: Arc<Client>) {
         {
             let mut world = shared.world.lock().await;
             world.followed_height = world.followed_height.max(height);
+            // Every contract on the ledger is in the world now: a folder it does not
+            // name is an orphan from here on.
+            world.synced = true;
             let _ = world.save();
         }
         let start = shared.world.lock().await.followed_height + 1;
         let mut blocks = client.events(start);
-        let since = Instant::now();
-        while let Some(block) = blocks.next().await {
+        // The next resync comes on time even when no block does (a chain that was reset,
+        // or events asked from a height it has not reached).
+        let resync_at = tokio::time::Instant::now() + RESYNC_EVERY;
+        while let Ok(Some(block)) = tokio::time::timeout_at(resync_at, blocks.next()).await {
             let known = held(shared.as_ref()).await;
             let mut changed = false;
             for id in relevant(&block, me, &known) {
@@ -243,9 +248,6 @@ pub async fn follow(shared: Arc<Shared>, client: Arc<Client>) {
                 let _ = world.save();
             }
             drop(world);
-            if since.elapsed() > RESYNC_EVERY {
-                break;
-            }
         }
     }
 }

@@ -112,11 +112,12 @@ pub struct World {
     /// `--disk` paths (`None`: in their workload folder).
     #[serde(skip)]
     shard_roots: ShardRoots,
-    /// Whether this world was read from its file. One that was not (a first start, or
-    /// the file removed to resync) knows no contract yet, so folders it does not name are
-    /// not orphans to remove: the resync from the ledger takes them back.
-    #[serde(skip)]
-    restored: bool,
+    /// Whether a whole resync from the ledger has completed since this world began. Until
+    /// one has (a first start, the file removed to rebuild it, and every start after that
+    /// until a resync finishes), the world may not yet name contracts whose folders are
+    /// on disk, so no folder is removed as an orphan.
+    #[serde(default)]
+    pub synced: bool,
 }
 
 /// The folders storage contracts' shards go under, by the class their contract reserves.
@@ -232,9 +233,6 @@ impl World {
             .flatten()
         {
             std::fs::create_dir_all(root).map_err(io_err("cannot create", root))?;
-            if !self.restored {
-                continue;
-            }
             let entries = std::fs::read_dir(root).map_err(io_err("cannot list", root))?;
             for entry in entries.flatten() {
                 let path = entry.path();
@@ -242,7 +240,28 @@ impl World {
                     w.holds_capacity()
                         && w.shards_at.as_ref() == Some(&ShardsAt::Disk(path.clone()))
                 });
-                if !backed {
+                if backed {
+                    continue;
+                }
+                // The folder of a live storage contract whose recorded folder is gone: the
+                // disk was mounted elsewhere, or its data copied to a new disk.
+                let moved = (entry.file_name().to_str())
+                    .and_then(|n| n.parse::<ContractId>().ok())
+                    .filter(|id| {
+                        self.workloads.get(id).is_some_and(|w| {
+                            w.holds_capacity()
+                                && matches!(&w.shards_at, Some(ShardsAt::Disk(old)) if !old.exists())
+                        })
+                    });
+                if let Some(id) = moved {
+                    tracing::warn!(contract = id, path = %path.display(), "a storage contract's shards are found in a new place; using it");
+                    if let Some(w) = self.workloads.get_mut(&id) {
+                        w.shards_at = Some(ShardsAt::Disk(path));
+                    }
+                    self.save()?;
+                    continue;
+                }
+                if self.synced {
                     tracing::info!(path = %entry.path().display(), "removing a shard folder no contract backs");
                     let _ = std::fs::remove_dir_all(entry.path());
                 }
@@ -256,14 +275,11 @@ impl World {
     pub fn load(dir: &Path) -> Result<World, WorldError> {
         let file = Self::file(dir);
         let mut world: World = match std::fs::read(&file) {
-            Ok(bytes) => World {
-                restored: true,
-                ..serde_json::from_slice(&bytes).map_err(|e| WorldError {
-                    what: "corrupt world file (restore it from a backup, or remove it: the node then rebuilds it from the ledger and keeps the data of the contracts it still has)",
-                    path: file.clone(),
-                    source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-                })?
-            },
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| WorldError {
+                what: "corrupt world file (restore it from a backup, or remove it: the node then rebuilds it from the ledger and keeps the data of the contracts it still has)",
+                path: file.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => World::default(),
             Err(e) => return Err(io_err("cannot read", &file)(e)),
         };
@@ -276,7 +292,7 @@ impl World {
                 std::fs::create_dir_all(&d).map_err(io_err("cannot create", &d))?;
             }
         }
-        if !world.restored {
+        if !world.synced {
             return Ok(world);
         }
         let entries = std::fs::read_dir(&root).map_err(io_err("cannot list", &root))?;
@@ -619,6 +635,14 @@ mod tests {
             fresh.workload_dir(42).exists(),
             "without a world file nothing is known to be an orphan"
         );
+        fresh.save().expect("save");
+        let restarted = World::load(dir.path()).expect("load");
+        assert!(
+            restarted.workload_dir(42).exists(),
+            "nor before a resync from the ledger has finished once"
+        );
+        let mut w = w;
+        w.synced = true;
         w.save().expect("save");
         let w = World::load(dir.path()).expect("load");
         assert!(!w.workload_dir(42).exists());
@@ -668,6 +692,8 @@ mod tests {
         );
         // A folder left by a contract that ended while the node was down.
         std::fs::create_dir_all(disks.path().join("hdd/9/shards")).expect("orphan");
+        w.synced = true;
+        w.save().expect("save");
         let mut w = World::load(dir.path()).expect("restart");
         w.set_shard_roots(roots.clone()).expect("roots");
         assert!(!disks.path().join("hdd/9").exists(), "the orphan is gone");
@@ -684,6 +710,22 @@ mod tests {
         assert_eq!(w.shard_dir(1), disks.path().join("hdd/1"));
         assert!(disks.path().join("hdd/1/shards/x").exists(), "data kept");
         assert_eq!(w.shard_dir(2), disks.path().join("ssd/2"));
+
+        // The HDD is mounted elsewhere: its contract's folder is found there, not removed.
+        let moved = disks.path().join("hdd-moved");
+        std::fs::rename(disks.path().join("hdd"), &moved).expect("remount");
+        let mut w = World::load(dir.path()).expect("restart");
+        w.set_shard_roots(ShardRoots {
+            ssd: Some(disks.path().join("ssd")),
+            hdd: Some(moved.clone()),
+        })
+        .expect("roots");
+        assert_eq!(w.shard_dir(1), moved.join("1"));
+        assert!(moved.join("1/shards/x").exists(), "data kept");
+        std::fs::rename(&moved, disks.path().join("hdd")).expect("back");
+        let mut w = World::load(dir.path()).expect("restart");
+        w.set_shard_roots(roots.clone()).expect("roots");
+        assert_eq!(w.shard_dir(1), disks.path().join("hdd/1"), "and back");
 
         w.apply(1, Action::Remove).expect("remove");
         assert!(

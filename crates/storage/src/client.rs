@@ -1439,7 +1439,9 @@ impl Storage {
                     }
                     None => {}
                 },
-                _ = tokio::time::sleep(wait), if !pending.is_empty() => {
+                // At most three at once on a timer: a large blob on a slow link is not
+                // worth asking of every node.
+                _ = tokio::time::sleep(wait), if !pending.is_empty() && tries.len() < 3 => {
                     if let Some(p) = pending.pop_front() {
                         tries.push(ask(p));
                     }
@@ -2411,24 +2413,25 @@ impl Storage {
         // copies: each copy kept answers an audit before the others go.
         let kept: HashSet<(usize, Hash)> = extra.iter().map(|(&(_, id), &k)| (k, id)).collect();
         let (holdings_ref, shard_lens) = (&holdings, &shard_lens);
-        let proven: HashSet<(usize, Hash)> =
-            futures::future::join_all(kept.into_iter().map(|(k, id)| async move {
+        // A few at a time (a node serves 16 streams per peer), a broken stream asked again.
+        let proven: HashSet<(usize, Hash)> = futures::stream::iter(kept)
+            .map(|(k, id)| async move {
                 let peer = holdings_ref[k].peer_id().ok()?;
                 let leaf = random_below(crate::shard::leaves(
                     shard_lens.get(&id).copied().unwrap_or(0),
                 ));
-                match wire::audit(&self.mesh, peer, id, leaf).await {
+                match retrying(|| wire::audit(&self.mesh, peer, id, leaf)).await {
                     Ok(true) => Some((k, id)),
-                    _ => {
-                        warn!(node = holdings_ref[k].node, shard = %id, "a node listed a copy it could not prove; the other copies stay");
+                    outcome => {
+                        warn!(node = holdings_ref[k].node, shard = %id, ?outcome, "a copy gc would keep did not pass its audit; the other copies stay");
                         None
                     }
                 }
-            }))
-            .await
-            .into_iter()
-            .flatten()
-            .collect();
+            })
+            .buffer_unordered(8)
+            .filter_map(std::future::ready)
+            .collect()
+            .await;
         let extra: HashSet<(usize, Hash)> = extra
             .into_iter()
             .filter(|((_, id), k)| proven.contains(&(*k, *id)))
@@ -2561,13 +2564,24 @@ impl Storage {
         // while it still holds it, and there too when no node says it does.
         let picked: Vec<Hash> = picks.iter().map(|&i| placements[i].0).collect();
         let (picked, peers) = (&picked, &peers);
-        let answers = futures::future::join_all(peers.iter().map(|(&node, &peer)| async move {
-            let mut flags = Vec::with_capacity(picked.len());
-            for chunk in picked.chunks(wire::IDS_MAX) {
-                flags.extend(wire::has(&self.mesh, peer, chunk.to_vec()).await.ok()?);
-            }
-            Some((node, flags))
-        }))
+        let answers = futures::future::join_all(
+            (peers.iter())
+                .filter(|(_, peer)| !self.has_failed(peer))
+                .map(|(&node, &peer)| async move {
+                    let ask = async {
+                        let mut flags = Vec::with_capacity(picked.len());
+                        for chunk in picked.chunks(wire::IDS_MAX) {
+                            flags.extend(wire::has(&self.mesh, peer, chunk.to_vec()).await.ok()?);
+                        }
+                        Some((node, flags))
+                    };
+                    // Where shards are is a hint: a node slow to say is not waited for.
+                    tokio::time::timeout(Duration::from_secs(3), ask)
+                        .await
+                        .ok()
+                        .flatten()
+                }),
+        )
         .await;
         let mut holders: HashMap<Hash, Vec<NodeId>> = HashMap::new();
         for (node, flags) in answers.into_iter().flatten() {

@@ -412,7 +412,10 @@ impl ShardStore {
             })();
             match reserved {
                 Ok(Some(len)) => break len,
-                Err(reason) => return self.refuse(stream, reason).await,
+                Err(reason) => {
+                    drop(removing);
+                    return self.refuse(stream, reason).await;
+                }
                 Ok(None) => {}
             }
             // A put that finds its shard here relies on it from now: it counts as written
@@ -801,8 +804,9 @@ impl ShardStore {
             }
         };
         let mut removed = 0u32;
-        let _removing = self.removing.lock().await;
         for id in ids {
+            // Per shard, so that a long gc does not hold every put on the node.
+            let _removing = self.removing.lock().await;
             if !self.state().holds(&id, contract) {
                 continue;
             }

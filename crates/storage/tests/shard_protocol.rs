@@ -461,26 +461,35 @@ async fn a_shard_in_two_contracts_is_each_ones_own() {
         .expect("list");
     assert_eq!(listed.iter().map(|s| s.id).collect::<Vec<_>>(), vec![id]);
 
-    // The stranger's copy in grace does not stop the owner's from being served.
+    // One copy's contract in grace does not stop the other copy from being served; with
+    // both in grace the read is refused as such.
     wire::put(&stranger, peer, 2, id, &read)
         .await
         .expect("stranger's put again");
-    r.store.set_contracts(HashMap::from([
-        r.contract(1, 1 << 20, false),
-        (
-            2,
-            ContractAccess {
-                paused: true,
-                ..strangers
-            },
-        ),
-    ]));
+    let owners_paused = |strangers_paused: bool| {
+        HashMap::from([
+            r.contract(1, 1 << 20, true),
+            (
+                2,
+                ContractAccess {
+                    paused: strangers_paused,
+                    ..strangers.clone()
+                },
+            ),
+        ])
+    };
+    r.store.set_contracts(owners_paused(false));
     assert_eq!(
         wire::get(&r.owner_mesh, peer, id, 1 << 20)
             .await
-            .expect("served from the owner's copy"),
+            .expect("served from the copy not in grace"),
         bytes
     );
+    r.store.set_contracts(owners_paused(true));
+    match wire::get(&r.owner_mesh, peer, id, 1 << 20).await {
+        Err(WireError::Refused { reason, .. }) => assert_eq!(reason, GRACE_REFUSAL),
+        other => panic!("expected the grace refusal, got {other:?}"),
+    }
 
     // A disk that cannot take the shard (here its folder is a file) is a refusal that
     // says so, not a cut stream.
