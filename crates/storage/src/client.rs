@@ -715,6 +715,10 @@ impl Storage {
     /// new, empty index, and lose its object from the index once they are back.
     async fn spread_index(&self, contracts: &[ContractId]) -> Result<(), StorageError> {
         let holdings = self.holdings(self.owner()).await?;
+        // With no node from before, there is no index to give (a first reservation).
+        if holdings.iter().all(|h| contracts.contains(&h.contract)) {
+            return Ok(());
+        }
         let (Some(pointer), _) = self.index_on(&holdings).await? else {
             return Ok(());
         };
