@@ -171,8 +171,8 @@ pub struct ShardStore {
     /// arriving at once an older one never replaces a newer.
     pointer_write: Mutex<()>,
     /// Held by a put from finding its shard already here until the shard's age is
-    /// refreshed, and by a delete throughout: a gc that judged a shard old cannot remove
-    /// it after a put was told it is kept.
+    /// refreshed, and by a delete from judging a shard's age to removing it: a gc that
+    /// judged a shard old cannot remove it after a put was told it is kept.
     removing: tokio::sync::Mutex<()>,
 }
 
