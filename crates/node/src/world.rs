@@ -215,14 +215,13 @@ impl World {
     /// removal leaves one).
     pub fn set_shard_roots(&mut self, roots: ShardRoots) -> Result<(), WorldError> {
         self.shard_roots = roots;
-        let unplaced: Vec<ContractId> = (self.workloads.values())
-            .filter(|w| w.holds_capacity() && w.shards_at.is_none() && w.kind == "storage")
-            .map(|w| w.contract)
+        let unplaced: Vec<(ContractId, ShardsAt)> = (self.workloads.values())
+            .filter(|w| w.holds_capacity() && w.shards_at.is_none())
+            .filter_map(|w| Some((w.contract, self.place_shards(w)?)))
             .collect();
-        for id in &unplaced {
-            let at = self.workloads.get(id).and_then(|w| self.place_shards(w));
+        for (id, at) in &unplaced {
             if let Some(w) = self.workloads.get_mut(id) {
-                w.shards_at = at;
+                w.shards_at = Some(at.clone());
             }
         }
         if !unplaced.is_empty() {

@@ -719,16 +719,9 @@ impl Storage {
         if holdings.iter().all(|h| contracts.contains(&h.contract)) {
             return Ok(());
         }
-        let (Some(pointer), _) = self.index_on(&holdings).await? else {
+        let Some((pointer, sealed)) = self.sealed_index_on(&holdings).await? else {
             return Ok(());
         };
-        let sealed = self
-            .fetch_blob(
-                &distinct_peers(&holdings),
-                pointer.pointer.index,
-                INDEX_BYTES_MAX as u64,
-            )
-            .await?;
         let (pointer, sealed) = (&pointer, &sealed);
         let fresh = holdings.iter().filter(|h| contracts.contains(&h.contract));
         let given = futures::future::join_all(fresh.map(|h| async move {
@@ -1186,13 +1179,32 @@ impl Storage {
         &self,
         holdings: &[Holding],
     ) -> Result<(Option<SignedPointer>, Index), StorageError> {
+        let Some((pointer, sealed)) = self.sealed_index_on(holdings).await? else {
+            return Ok((None, Index::default()));
+        };
+        let plain = crypto::open(
+            Cipher::Aes256Gcm,
+            &self.keys.index_key(),
+            "the owner index",
+            sealed,
+        )
+        .map_err(|e| other(e.to_string()))?;
+        let index = decode_versioned("owner index", &plain, INDEX_BYTES_MAX)?;
+        Ok((Some(pointer), index))
+    }
+
+    /// The newest pointer kept by the nodes of `holdings` and the sealed index it names.
+    async fn sealed_index_on(
+        &self,
+        holdings: &[Holding],
+    ) -> Result<Option<(SignedPointer, Vec<u8>)>, StorageError> {
         let peers: Vec<PeerId> = distinct_peers(holdings);
         self.connect_all(holdings).await;
         let mut tries = 0;
         let mut tried: Option<Pointer> = None;
         loop {
             let Some(pointer) = self.newest_pointer(&peers).await? else {
-                return Ok((None, Index::default()));
+                return Ok(None);
             };
             let sealed = match self
                 .fetch_blob(&peers, pointer.pointer.index, INDEX_BYTES_MAX as u64)
@@ -1209,15 +1221,7 @@ impl Storage {
                 }
                 Err(e) => return Err(e),
             };
-            let plain = crypto::open(
-                Cipher::Aes256Gcm,
-                &self.keys.index_key(),
-                "the owner index",
-                sealed,
-            )
-            .map_err(|e| other(e.to_string()))?;
-            let index = decode_versioned("owner index", &plain, INDEX_BYTES_MAX)?;
-            return Ok((Some(pointer), index));
+            return Ok(Some((pointer, sealed)));
         }
     }
 
@@ -1458,6 +1462,15 @@ impl Storage {
             last.map(|e| format!(" (last error: {e})"))
                 .unwrap_or_default()
         )))
+    }
+
+    /// Which of `ids` `peer` serves, asked in requests of at most [`wire::IDS_MAX`].
+    async fn has_all(&self, peer: PeerId, ids: &[Hash]) -> Result<Vec<bool>, WireError> {
+        let mut flags = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(wire::IDS_MAX) {
+            flags.extend(wire::has(&self.mesh, peer, chunk.to_vec()).await?);
+        }
+        Ok(flags)
     }
 
     /// The manifest a capability names, and the owner's nodes by id.
@@ -1988,14 +2001,7 @@ impl Storage {
         let mut reachable: HashSet<usize> = HashSet::new();
         let answers = futures::future::join_all(holdings.iter().map(|h| {
             let ids = ids.clone();
-            async move {
-                let peer = h.peer_id()?;
-                let mut flags = Vec::with_capacity(ids.len());
-                for chunk in ids.chunks(wire::IDS_MAX) {
-                    flags.extend(wire::has(&self.mesh, peer, chunk.to_vec()).await?);
-                }
-                Ok::<_, StorageError>(flags)
-            }
+            async move { Ok::<_, StorageError>(self.has_all(h.peer_id()?, &ids).await?) }
         }))
         .await;
         for (i, answer) in answers.into_iter().enumerate() {
@@ -2572,18 +2578,10 @@ impl Storage {
             (peers.iter())
                 .filter(|(_, peer)| !self.has_failed(peer))
                 .map(|(&node, &peer)| async move {
-                    let ask = async {
-                        let mut flags = Vec::with_capacity(picked.len());
-                        for chunk in picked.chunks(wire::IDS_MAX) {
-                            flags.extend(wire::has(&self.mesh, peer, chunk.to_vec()).await.ok()?);
-                        }
-                        Some((node, flags))
-                    };
                     // Where shards are is a hint: a node slow to say is not waited for.
-                    tokio::time::timeout(Duration::from_secs(3), ask)
-                        .await
-                        .ok()
-                        .flatten()
+                    let ask =
+                        tokio::time::timeout(Duration::from_secs(3), self.has_all(peer, picked));
+                    Some((node, ask.await.ok()?.ok()?))
                 }),
         )
         .await;

@@ -49,6 +49,32 @@ async fn rig() -> Rig {
 }
 
 impl Rig {
+    /// Another account's mesh peer, connected to the node.
+    async fn stranger(&self) -> (Keypair, Mesh) {
+        let key = Keypair::generate().expect("key");
+        let mesh = Mesh::start(&key, Config::loopback())
+            .await
+            .expect("stranger");
+        mesh.connect(
+            self.node.peer_id(),
+            self.node.listen_addrs().await.expect("addrs"),
+        )
+        .await
+        .expect("connect");
+        (key, mesh)
+    }
+
+    /// The store serving only contract `id` (1 MiB) with `bytes` put in it as one shard.
+    async fn one_shard(&self, id: u64, bytes: &[u8]) -> Hash {
+        self.store
+            .set_contracts(HashMap::from([self.contract(id, 1 << 20, false)]));
+        let shard = shard_id(bytes);
+        wire::put(&self.owner_mesh, self.node.peer_id(), id, shard, bytes)
+            .await
+            .expect("put");
+        shard
+    }
+
     fn contract(&self, id: u64, quota: u64, paused: bool) -> (u64, ContractAccess) {
         (
             id,
@@ -123,14 +149,7 @@ async fn owners_store_readers_fetch_and_nothing_else_goes() {
     }
 
     // A stranger may read (shards are encrypted) but not write or delete.
-    let stranger_key = Keypair::generate().expect("key");
-    let stranger = Mesh::start(&stranger_key, Config::loopback())
-        .await
-        .expect("stranger");
-    stranger
-        .connect(peer, r.node.listen_addrs().await.expect("addrs"))
-        .await
-        .expect("connect");
+    let (stranger_key, stranger) = r.stranger().await;
     assert_eq!(
         wire::get(&stranger, peer, id, 1 << 20).await.expect("read"),
         bytes
@@ -348,14 +367,8 @@ async fn a_contract_with_more_shards_than_one_answer_lists_in_pages() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupted_shards_are_caught_and_crash_leftovers_removed() {
     let r = rig().await;
-    r.store
-        .set_contracts(HashMap::from([r.contract(3, 1 << 20, false)]));
     let peer = r.node.peer_id();
-    let bytes = vec![9u8; 100_000];
-    let id = shard_id(&bytes);
-    wire::put(&r.owner_mesh, peer, 3, id, &bytes)
-        .await
-        .expect("put");
+    let id = r.one_shard(3, &[9u8; 100_000]).await;
 
     // The disk flips a byte.
     let file = r.dir.join(format!("workloads/3/shards/{id}"));
@@ -393,14 +406,7 @@ async fn corrupted_shards_are_caught_and_crash_leftovers_removed() {
 async fn a_shard_in_two_contracts_is_each_ones_own() {
     let r = rig().await;
     let peer = r.node.peer_id();
-    let stranger_key = Keypair::generate().expect("key");
-    let stranger = Mesh::start(&stranger_key, Config::loopback())
-        .await
-        .expect("stranger");
-    stranger
-        .connect(peer, r.node.listen_addrs().await.expect("addrs"))
-        .await
-        .expect("connect");
+    let (stranger_key, stranger) = r.stranger().await;
     let strangers = ContractAccess {
         owner: stranger_key.account(),
         quota: 1 << 20,
@@ -509,14 +515,8 @@ async fn a_shard_in_two_contracts_is_each_ones_own() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_audit_of_a_cut_shard_fails_and_uncounts_it() {
     let r = rig().await;
-    r.store
-        .set_contracts(HashMap::from([r.contract(6, 1 << 20, false)]));
     let peer = r.node.peer_id();
-    let bytes = vec![5u8; 300_000];
-    let id = shard_id(&bytes);
-    wire::put(&r.owner_mesh, peer, 6, id, &bytes)
-        .await
-        .expect("put");
+    let id = r.one_shard(6, &[5u8; 300_000]).await;
     let shards = r.dir.join("workloads/6/shards");
     std::fs::File::options()
         .write(true)
