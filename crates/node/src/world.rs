@@ -158,6 +158,17 @@ fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Wor
     move |source| WorldError { what, path, source }
 }
 
+/// Make a storage contract's folder on a disk, never its parents: the shard store takes
+/// a missing folder for a disk that is not mounted.
+fn make_shard_dir(dir: &Path) -> Result<(), WorldError> {
+    match std::fs::create_dir(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            Err(io_err("cannot create (is its disk mounted?)", dir)(e))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Write `bytes` to `path` so that a crash leaves either the old or the new content.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WorldError> {
     peergrid_core::fs::write_atomic(path, bytes).map_err(io_err("cannot write", path))
@@ -215,6 +226,23 @@ impl World {
     /// removal leaves one).
     pub fn set_shard_roots(&mut self, roots: ShardRoots) -> Result<(), WorldError> {
         self.shard_roots = roots;
+        // A root that is gone while contracts keep shards under it is a disk that is not
+        // mounted: making it again would put new shards on the disk beneath, hidden once
+        // the disk is back. No new contract goes there; its contracts refuse puts.
+        for slot in [&mut self.shard_roots.ssd, &mut self.shard_roots.hdd] {
+            let Some(root) = slot.clone() else { continue };
+            let holds_shards = self.workloads.values().any(|w| {
+                w.holds_capacity()
+                    && matches!(&w.shards_at, Some(ShardsAt::Disk(p)) if p.starts_with(&root))
+            });
+            if holds_shards && !root.exists() {
+                tracing::error!(
+                    folder = %root.display(),
+                    "the folder of storage contracts' shards is gone: is its disk mounted? Until it is back their puts are refused and new contracts are not placed on it (if the disk was replaced and its data is lost, create the folder and restart)"
+                );
+                *slot = None;
+            }
+        }
         let unplaced: Vec<(ContractId, ShardsAt)> = (self.workloads.values())
             .filter(|w| w.holds_capacity() && w.shards_at.is_none())
             .filter_map(|w| Some((w.contract, self.place_shards(w)?)))
@@ -264,6 +292,23 @@ impl World {
                     tracing::info!(path = %entry.path().display(), "removing a shard folder no contract backs");
                     let _ = std::fs::remove_dir_all(entry.path());
                 }
+            }
+        }
+        let roots = [&self.shard_roots.ssd, &self.shard_roots.hdd];
+        for w in self.workloads.values().filter(|w| w.holds_capacity()) {
+            let Some(ShardsAt::Disk(dir)) = &w.shards_at else {
+                continue;
+            };
+            if dir.exists() {
+                continue;
+            }
+            if roots.iter().any(|r| r.as_deref() == dir.parent()) {
+                // On a disk that is here: the folder was never made (a contract no shard
+                // reached yet, from before folders were made on provisioning) or removed
+                // by hand; its puts may land again.
+                make_shard_dir(dir)?;
+            } else {
+                tracing::warn!(contract = w.contract, folder = %dir.display(), "a storage contract's shards are not here: mount the disk holding them; its puts are refused until then");
             }
         }
         Ok(())
@@ -339,6 +384,9 @@ impl World {
                     let d = self.workload_dir(contract);
                     std::fs::create_dir_all(&d).map_err(io_err("cannot create", &d))?;
                     w.shards_at = self.place_shards(&w);
+                    if let Some(ShardsAt::Disk(dir)) = &w.shards_at {
+                        make_shard_dir(dir)?;
+                    }
                 }
                 self.workloads.insert(contract, w);
                 self.save()?;
@@ -725,6 +773,35 @@ mod tests {
         let mut w = World::load(dir.path()).expect("restart");
         w.set_shard_roots(roots.clone()).expect("roots");
         assert_eq!(w.shard_dir(1), disks.path().join("hdd/1"), "and back");
+
+        // The HDD is not mounted at a start: nothing is made in its place, and a new HDD
+        // contract goes to its workload folder, not onto the disk beneath.
+        let unmounted = disks.path().join("hdd-unmounted");
+        std::fs::rename(disks.path().join("hdd"), &unmounted).expect("unmount");
+        let mut w = World::load(dir.path()).expect("restart");
+        w.set_shard_roots(roots.clone()).expect("roots");
+        assert!(
+            !disks.path().join("hdd").exists(),
+            "nothing made in its place"
+        );
+        assert_eq!(
+            w.shard_dir(1),
+            disks.path().join("hdd/1"),
+            "kept where its data is"
+        );
+        w.apply(4, Action::Provision(storage(4, on_hdd)))
+            .expect("provision");
+        assert_eq!(w.shard_dir(4), w.workload_dir(4));
+        std::fs::rename(&unmounted, disks.path().join("hdd")).expect("mount");
+        let mut w = World::load(dir.path()).expect("restart");
+        w.set_shard_roots(roots.clone()).expect("roots");
+        assert!(disks.path().join("hdd/1/shards/x").exists(), "data kept");
+        w.apply(5, Action::Provision(storage(5, on_hdd)))
+            .expect("provision");
+        assert!(
+            disks.path().join("hdd/5").is_dir(),
+            "a contract's folder is made when it is provisioned"
+        );
 
         w.apply(1, Action::Remove).expect("remove");
         assert!(

@@ -459,8 +459,8 @@ impl ShardStore {
             return self.refuse_full(stream, full).await;
         }
         let result = match self.receive(stream, &access.dir, id, len).await {
-            // The contract ended (and its folder went) while the bytes arrived: the
-            // receive made the folder again, and nothing may stay in it.
+            // The contract ended while the bytes arrived (its folder may even be back,
+            // for a new contract of the same id): nothing may stay in it.
             Ok(()) if !self.serves(contract, &access.dir) => {
                 let _ = tokio::fs::remove_file(shard_path(&access.dir, &id)).await;
                 Err(Receive::Refused(format!(
@@ -524,13 +524,27 @@ impl ShardStore {
         let outcome = async {
             // Created before the sender is told to go, so a disk that cannot take even
             // the file is answered before any byte moves.
+            // Only the `shards` folder is made here: the contract's own folder is made
+            // when the contract is provisioned, so its absence means the disk holding it
+            // is not mounted, and the shard must not land on the disk beneath.
             let (s, t) = (shards.clone(), tmp.clone());
             let file = blocking(move || {
-                std::fs::create_dir_all(&s)?;
+                match std::fs::create_dir(&s) {
+                    Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+                    _ => {}
+                }
                 DirectWriter::create(&t)
             })
             .await
-            .map_err(disk)?;
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound && !dir.exists() {
+                    warn!(%id, dir = %dir.display(), "a contract's shard folder is missing: is its disk mounted?");
+                    return Receive::Refused(format!(
+                        "this node's folder for the contract is missing (its disk may not be mounted): put shard {id} on another node"
+                    ));
+                }
+                disk(e)
+            })?;
             wire::write_response(stream, &Response::Ready)
                 .await
                 .map_err(Receive::Io)?;

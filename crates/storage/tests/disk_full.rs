@@ -57,6 +57,7 @@ async fn rig(disk: SmallDisk) -> Rig {
         owner,
         owner_mesh,
     };
+    std::fs::create_dir_all(r.contract_dir()).expect("contract folder");
     r.store.set_contracts(HashMap::from([(
         1,
         ContractAccess {

@@ -75,14 +75,17 @@ impl Rig {
         shard
     }
 
+    /// Contract `id` of the owner, its folder made as the node makes it on provisioning.
     fn contract(&self, id: u64, quota: u64, paused: bool) -> (u64, ContractAccess) {
+        let dir = self.dir.join(format!("workloads/{id}"));
+        std::fs::create_dir_all(&dir).expect("contract folder");
         (
             id,
             ContractAccess {
                 owner: self.owner.account(),
                 quota,
                 paused,
-                dir: self.dir.join(format!("workloads/{id}")),
+                dir,
             },
         )
     }
@@ -409,9 +412,7 @@ async fn a_shard_in_two_contracts_is_each_ones_own() {
     let (stranger_key, stranger) = r.stranger().await;
     let strangers = ContractAccess {
         owner: stranger_key.account(),
-        quota: 1 << 20,
-        paused: false,
-        dir: r.dir.join("workloads/2"),
+        ..r.contract(2, 1 << 20, false).1
     };
     r.store.set_contracts(HashMap::from([
         r.contract(1, 1 << 20, false),
@@ -542,4 +543,27 @@ async fn an_audit_of_a_cut_shard_fails_and_uncounts_it() {
     let restarted = ShardStore::new(r.dir.join("pointers")).expect("store");
     restarted.set_contracts(HashMap::from([r.contract(6, 1 << 20, false)]));
     assert_eq!(restarted.used().get(&6).copied(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contract_whose_folder_is_gone_refuses_puts_and_makes_nothing() {
+    let r = rig().await;
+    let peer = r.node.peer_id();
+    let (id, access) = r.contract(7, 1 << 20, false);
+    // The disk holding the folder is not mounted: its mount point is empty.
+    std::fs::remove_dir_all(&access.dir).expect("unmount");
+    r.store.set_contracts(HashMap::from([(id, access.clone())]));
+    let bytes = [9u8; 50_000];
+    match wire::put(&r.owner_mesh, peer, id, shard_id(&bytes), &bytes).await {
+        Err(WireError::Refused { reason, .. }) => assert!(
+            reason.contains("may not be mounted") && reason.contains("another node"),
+            "{reason}"
+        ),
+        other => panic!("a put into a missing folder answered {other:?}"),
+    }
+    assert!(
+        !access.dir.exists(),
+        "the folder was made again on the disk beneath"
+    );
+    assert_eq!(r.store.used().get(&id).copied(), Some(0));
 }
