@@ -170,6 +170,9 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Running> {
             Err(e) => return Err(e),
         }
     };
+    // Registration has just reached the ledger, so its status answers too.
+    let chain = client.status().await?.data.chain_id;
+    world.follow_chain(&chain, &config.data_dir)?;
     if world.node.is_some_and(|n| n != id) {
         warn!(old = ?world.node, new = id, "the data directory belonged to another node id; resyncing");
         world.workloads.clear();

@@ -102,6 +102,10 @@ pub enum Action {
 pub struct World {
     /// The node's id on the ledger, once registered.
     pub node: Option<NodeId>,
+    /// The chain (its id) the node follows: a ledger started anew has another, and
+    /// nothing the world recorded of the old one holds there.
+    #[serde(default)]
+    pub chain: Option<String>,
     /// The last finalized height whose events were reconciled.
     pub followed_height: u64,
     /// Workloads by contract.
@@ -151,6 +155,18 @@ impl WorldError {
             source,
         }
     }
+}
+
+/// A data directory kept for one chain, given a ledger of another.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the data directory {} belongs to chain {followed}, and the ledger is chain {ledger}: check --ledger, or, to join {ledger}, start the node with a new --data-dir (move the old one away once chain {followed}'s data is no longer needed)",
+    data_dir.display()
+)]
+pub struct OtherChain {
+    followed: String,
+    ledger: String,
+    data_dir: PathBuf,
 }
 
 fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> WorldError {
@@ -353,6 +369,24 @@ impl World {
             }
         }
         Ok(world)
+    }
+
+    /// Follow the ledger of chain `chain` from now on. A world that followed another
+    /// chain is refused, not dropped: its folders hold the old chain's data, which a
+    /// ledger pointed at by mistake must not cost, and whose contract ids a new chain
+    /// would reuse.
+    pub fn follow_chain(&mut self, chain: &str, data_dir: &Path) -> Result<(), OtherChain> {
+        match &self.chain {
+            Some(old) if old != chain => Err(OtherChain {
+                followed: old.clone(),
+                ledger: chain.to_string(),
+                data_dir: data_dir.to_path_buf(),
+            }),
+            _ => {
+                self.chain = Some(chain.to_string());
+                Ok(())
+            }
+        }
     }
 
     /// Persist the world atomically.
@@ -820,6 +854,30 @@ mod tests {
             "a resync from the ledger finds its data again"
         );
         assert!(fresh.workload_dir(3).exists(), "workload folders kept too");
+    }
+
+    #[test]
+    fn a_world_of_another_chain_is_refused_with_what_to_do() {
+        let (dir, mut w) = world();
+        w.follow_chain("peergrid-a", dir.path())
+            .expect("first chain");
+        let c = contract(1, ME, 1 << 30, ContractState::Created);
+        assert!(matches!(reconcile(&mut w, &c), Action::Provision(_)));
+        let mut w = World::load(dir.path()).expect("restart");
+        w.follow_chain("peergrid-a", dir.path())
+            .expect("same chain");
+        let e = w
+            .follow_chain("peergrid-b", dir.path())
+            .expect_err("another chain");
+        let text = e.to_string();
+        assert!(
+            text.contains("peergrid-a") && text.contains("--data-dir"),
+            "{text}"
+        );
+        assert!(
+            w.workloads.contains_key(&1),
+            "nothing of the old chain lost"
+        );
     }
 
     #[test]
