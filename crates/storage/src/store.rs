@@ -26,13 +26,14 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::{AsyncWriteExt, StreamExt};
 use peergrid_core::fs::{DiskFull, DiskReserve, is_disk_full};
 use peergrid_core::{AccountId, ContractId, Hash};
-use peergrid_mesh::{Mesh, Slots};
+use peergrid_mesh::{Busy, Mesh, Slots};
 use tracing::{debug, info, warn};
 
 use crate::blocking;
@@ -49,6 +50,12 @@ const BATCH_BYTES: usize = 1 << 20;
 pub const STREAMS_MAX: usize = 64;
 /// Shard streams served at once for one peer.
 pub const STREAMS_PER_PEER_MAX: usize = 16;
+/// With every stream slot taken, a stream moving fewer bytes a second than this on
+/// average makes way for a new one: 64 KiB/s, a slow home uplink's share per node when a
+/// put sends to twenty nodes at once.
+pub const STREAM_FLOOR_BYTES_PER_SEC: u64 = 64 << 10;
+/// A stream younger than this is never closed for being slow.
+pub const STREAM_GRACE: Duration = Duration::from_secs(10);
 /// What a read of a shard in a contract in grace answers.
 pub const GRACE_REFUSAL: &str = "contract in grace period: top up";
 
@@ -318,6 +325,7 @@ impl ShardStore {
         &self,
         peer: AccountId,
         stream: &mut peergrid_mesh::Stream,
+        moved: &Progress,
     ) -> std::io::Result<()> {
         let request = deadline(
             HEADER_TIMEOUT,
@@ -327,9 +335,9 @@ impl ShardStore {
         .await?;
         let answer = match request {
             Request::Put { contract, id, len } => {
-                return self.put(peer, stream, contract, id, len).await;
+                return self.put(peer, stream, contract, id, len, moved).await;
             }
-            Request::Get { id } => return self.get(stream, id).await,
+            Request::Get { id } => return self.get(stream, id, moved).await,
             Request::Has { ids } => self.has(ids),
             Request::Audit { id, leaf } => self.audit(id, leaf).await,
             Request::Delete { contract, ids } => self.delete(peer, contract, ids, None).await,
@@ -378,6 +386,7 @@ impl ShardStore {
         contract: ContractId,
         id: Hash,
         len: u64,
+        moved: &Progress,
     ) -> std::io::Result<()> {
         let access = match self.writable(&peer, contract) {
             Ok(a) => a,
@@ -443,6 +452,15 @@ impl ShardStore {
             wire::write_response(stream, &Response::Have).await?;
             return stream.close().await;
         };
+        // Given back however this put ends, an early return or the stream closed to make
+        // way for another (which drops this future at any await).
+        let mut reserved = Reserved {
+            store: self,
+            contract,
+            len,
+            promised: false,
+            kept: false,
+        };
         // The disk is asked and the bytes promised under one lock, so two puts cannot
         // both be granted the last free bytes.
         let room = {
@@ -450,15 +468,15 @@ impl ShardStore {
             let room = self.disk.check(&access.dir, len, state.promised);
             if room.is_ok() {
                 state.promised = state.promised.saturating_add(len);
-            } else if let Some(u) = state.used.get_mut(&contract) {
-                *u = u.saturating_sub(len);
+                reserved.promised = true;
             }
             room
         };
         if let Err(full) = room {
+            drop(reserved);
             return self.refuse_full(stream, full).await;
         }
-        let result = match self.receive(stream, &access.dir, id, len).await {
+        let result = match self.receive(stream, &access.dir, id, len, moved).await {
             // The contract ended while the bytes arrived (its folder may even be back,
             // for a new contract of the same id): nothing may stay in it.
             Ok(()) if !self.serves(contract, &access.dir) => {
@@ -469,16 +487,9 @@ impl ShardStore {
             }
             other => other,
         };
-        {
-            let mut state = self.state();
-            state.promised = state.promised.saturating_sub(len);
-            // A failed write frees its bytes; so does a second put of the same shard.
-            if (result.is_err() || !state.add(id, contract, len))
-                && let Some(u) = state.used.get_mut(&contract)
-            {
-                *u = u.saturating_sub(len);
-            }
-        }
+        // A failed write frees its bytes; so does a second put of the same shard.
+        reserved.kept = result.is_ok() && self.state().add(id, contract, len);
+        drop(reserved);
         match result {
             Ok(()) => {
                 self.count(|s| s.puts += 1);
@@ -506,6 +517,7 @@ impl ShardStore {
         dir: &Path,
         id: Hash,
         len: u64,
+        moved: &Progress,
     ) -> Result<(), Receive> {
         // The sender hears why its shard was not kept: a full disk with the numbers, any
         // other failure of this node's disk as a refusal it can take to another node.
@@ -521,6 +533,9 @@ impl ShardStore {
         };
         let shards = shards_dir(dir);
         let tmp = shards.join(format!(".tmp-{id}-{:016x}", rand_u64()));
+        // Removed on any failure, and when the stream is closed mid-way (this future
+        // dropped at an await).
+        let mut leftover = TempFile(Some(tmp.clone()));
         let outcome = async {
             // Created before the sender is told to go, so a disk that cannot take even
             // the file is answered before any byte moves.
@@ -561,6 +576,7 @@ impl ShardStore {
                 wire::read_exact_idle(stream, &mut spare[..fill])
                     .await
                     .map_err(Receive::Io)?;
+                moved.moved(fill);
                 hasher.update(&spare[..fill]);
                 left -= fill as u64;
                 if failed.is_some() {
@@ -629,8 +645,8 @@ impl ShardStore {
             Ok(())
         }
         .await;
-        if outcome.is_err() {
-            let _ = tokio::fs::remove_file(&tmp).await;
+        if outcome.is_ok() {
+            leftover.0 = None;
         }
         outcome
     }
@@ -648,7 +664,12 @@ impl ShardStore {
         self.state().readable(id)
     }
 
-    async fn get(&self, stream: &mut peergrid_mesh::Stream, id: Hash) -> std::io::Result<()> {
+    async fn get(
+        &self,
+        stream: &mut peergrid_mesh::Stream,
+        id: Hash,
+        moved: &Progress,
+    ) -> std::io::Result<()> {
         let (contract, dir) = match self.readable(&id) {
             Ok(x) => x,
             Err(reason) => return self.refuse(stream, reason).await,
@@ -692,6 +713,7 @@ impl ShardStore {
             }
             hasher.update(&bytes[..n]);
             wire::write_data(stream, &bytes[..n]).await?;
+            moved.moved(n);
             self.buffers.give(std::mem::replace(&mut spare, bytes));
         }
         self.buffers.give(spare);
@@ -1021,20 +1043,138 @@ fn rand_u64() -> u64 {
 
 pub use peergrid_core::fs::write_atomic;
 
-/// Serve `/peergrid/shard/1` from `store` on `mesh` until the mesh stops: streams are
-/// accepted as fast as they arrive and handled concurrently, up to [`STREAMS_MAX`] in all
-/// and [`STREAMS_PER_PEER_MAX`] per peer; a stream beyond either is closed at once.
+/// How a node shares its shard streams among peers.
+#[derive(Clone, Copy, Debug)]
+pub struct StreamLimits {
+    /// Streams served at once, from all peers.
+    pub all: usize,
+    /// Streams served at once for one peer.
+    pub per_peer: usize,
+    /// With every slot taken, the slowest stream older than `grace` that has moved fewer
+    /// bytes a second than this on average is closed for a new one.
+    pub floor_bytes_per_sec: u64,
+    /// How long a stream may move nothing before it can be closed for another.
+    pub grace: Duration,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        StreamLimits {
+            all: STREAMS_MAX,
+            per_peer: STREAMS_PER_PEER_MAX,
+            floor_bytes_per_sec: STREAM_FLOOR_BYTES_PER_SEC,
+            grace: STREAM_GRACE,
+        }
+    }
+}
+
+/// The bytes a put reserved in its contract and promised on the disk, given back when
+/// the put ends unless the shard was kept.
+struct Reserved<'a> {
+    store: &'a ShardStore,
+    contract: ContractId,
+    len: u64,
+    promised: bool,
+    kept: bool,
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        let mut state = self.store.state();
+        if self.promised {
+            state.promised = state.promised.saturating_sub(self.len);
+        }
+        if !self.kept
+            && let Some(u) = state.used.get_mut(&self.contract)
+        {
+            *u = u.saturating_sub(self.len);
+        }
+    }
+}
+
+/// A temporary file removed when dropped, unless it was moved into place.
+struct TempFile(Option<PathBuf>);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// Bytes a stream under way has moved, for telling a slow stream from one that works.
+struct Progress {
+    started: Instant,
+    bytes: AtomicU64,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        Progress {
+            started: Instant::now(),
+            bytes: AtomicU64::new(0),
+        }
+    }
+
+    fn moved(&self, n: usize) {
+        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// Its average rate, when it is old enough and below `limits`' floor.
+    fn too_slow(&self, limits: &StreamLimits, now: Instant) -> Option<f64> {
+        let age = now.saturating_duration_since(self.started);
+        let rate = self.bytes.load(Ordering::Relaxed) as f64 / age.as_secs_f64().max(1e-3);
+        (age >= limits.grace && rate < limits.floor_bytes_per_sec as f64).then_some(rate)
+    }
+}
+
+struct Served {
+    progress: Arc<Progress>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Serve `/peergrid/shard/1` from `store` on `mesh` until the mesh stops, with the
+/// default [`StreamLimits`].
 #[allow(clippy::result_large_err)] // the mesh's own error, returned once at start
 pub fn serve(
     mesh: &Mesh,
     store: Arc<ShardStore>,
 ) -> Result<tokio::task::JoinHandle<()>, peergrid_mesh::Error> {
+    serve_with(mesh, store, StreamLimits::default())
+}
+
+/// Serve `/peergrid/shard/1` from `store` on `mesh` until the mesh stops: streams are
+/// accepted as fast as they arrive and handled concurrently, up to `limits.all` in all
+/// and `limits.per_peer` per peer. A stream beyond a peer's share is closed at once. With
+/// every slot taken, the slowest stream that has moved less than the floor rate since
+/// its grace ended makes way for the new one (peer ids cost nothing, so slots held by
+/// streams trickling a byte at a time would otherwise shut everyone out); with none that
+/// slow, the new stream is closed.
+#[allow(clippy::result_large_err)] // the mesh's own error, returned once at start
+pub fn serve_with(
+    mesh: &Mesh,
+    store: Arc<ShardStore>,
+    limits: StreamLimits,
+) -> Result<tokio::task::JoinHandle<()>, peergrid_mesh::Error> {
     let mut incoming = mesh.accept_streams(wire::SHARD_PROTOCOL)?;
     Ok(tokio::spawn(async move {
-        let slots = Slots::new(STREAMS_MAX, STREAMS_PER_PEER_MAX);
+        let slots = Slots::new(limits.all, limits.per_peer);
+        let mut served: HashMap<u64, Served> = HashMap::new();
+        let mut next = 0u64;
         while let Some((peer, mut stream)) = incoming.next().await {
+            served.retain(|_, s| !s.task.is_finished());
             let slot = match slots.take(peer) {
                 Ok(slot) => slot,
+                Err(Busy::All) if close_slowest(&mut served, &limits).await => {
+                    match slots.take(peer) {
+                        Ok(slot) => slot,
+                        Err(busy) => {
+                            debug!(%peer, "shard stream refused: {busy}");
+                            continue;
+                        }
+                    }
+                }
                 Err(busy) => {
                     debug!(%peer, "shard stream refused: {busy}");
                     continue;
@@ -1044,12 +1184,65 @@ pub fn serve(
                 continue;
             };
             let store = store.clone();
-            tokio::spawn(async move {
-                if let Err(e) = store.handle(account, &mut stream).await {
+            let progress = Arc::new(Progress::new());
+            let moved = progress.clone();
+            let task = tokio::spawn(async move {
+                if let Err(e) = store.handle(account, &mut stream, &moved).await {
                     debug!(%peer, error = %e, "shard stream ended with an error");
                 }
                 drop(slot);
             });
+            served.insert(next, Served { progress, task });
+            next += 1;
         }
     }))
+}
+
+/// Close the slowest stream below the floor rate, if any; whether one was closed (its
+/// slot is free when this returns).
+async fn close_slowest(served: &mut HashMap<u64, Served>, limits: &StreamLimits) -> bool {
+    let now = Instant::now();
+    let slowest = served
+        .iter()
+        .filter_map(|(k, s)| Some((*k, s.progress.too_slow(limits, now)?)))
+        .min_by(|a, b| a.1.total_cmp(&b.1));
+    let Some((key, rate)) = slowest else {
+        return false;
+    };
+    let Some(s) = served.remove(&key) else {
+        return false;
+    };
+    info!(
+        bytes_per_sec = rate as u64,
+        floor = limits.floor_bytes_per_sec,
+        "every shard stream slot is taken: closing the slowest stream for a new one"
+    );
+    s.task.abort();
+    // Aborting drops the task's future, and with it the slot, before the join returns.
+    let _ = s.task.await;
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_stream_past_its_grace_and_below_the_floor_is_too_slow() {
+        let limits = StreamLimits {
+            grace: Duration::from_secs(10),
+            floor_bytes_per_sec: 64 << 10,
+            ..StreamLimits::default()
+        };
+        let at = |age_secs: u64, bytes: u64| {
+            let p = Progress::new();
+            p.bytes.store(bytes, Ordering::Relaxed);
+            p.too_slow(&limits, p.started + Duration::from_secs(age_secs))
+        };
+        assert_eq!(at(5, 0), None, "young streams are left alone");
+        assert_eq!(at(20, 0), Some(0.0));
+        assert_eq!(at(20, 20 * 1024), Some(1024.0));
+        assert_eq!(at(20, 20 * (64 << 10)), None, "at the floor is fast enough");
+        assert_eq!(at(20, 100 << 20), None);
+    }
 }

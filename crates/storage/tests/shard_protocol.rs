@@ -3,13 +3,14 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use peergrid_core::{Hash, Keypair};
 use peergrid_mesh::{Config, Mesh};
 use peergrid_storage::format::{Pointer, SignedPointer};
 use peergrid_storage::shard::shard_id;
-use peergrid_storage::store::{self, ContractAccess, GRACE_REFUSAL, ShardStore};
-use peergrid_storage::wire::{self, PutOutcome, WireError};
+use peergrid_storage::store::{self, ContractAccess, GRACE_REFUSAL, ShardStore, StreamLimits};
+use peergrid_storage::wire::{self, PutOutcome, Request, Response, WireError};
 
 struct Rig {
     _dir: tempfile::TempDir,
@@ -21,13 +22,17 @@ struct Rig {
 }
 
 async fn rig() -> Rig {
+    rig_with(StreamLimits::default()).await
+}
+
+async fn rig_with(limits: StreamLimits) -> Rig {
     let dir = tempfile::tempdir().expect("tempdir");
     let node_key = Keypair::generate().expect("key");
     let node = Mesh::start(&node_key, Config::loopback())
         .await
         .expect("node");
     let store = Arc::new(ShardStore::new(dir.path().join("pointers")).expect("store"));
-    store::serve(&node, store.clone()).expect("serve");
+    store::serve_with(&node, store.clone(), limits).expect("serve");
     let owner = Keypair::generate().expect("key");
     let owner_mesh = Mesh::start(&owner, Config::loopback())
         .await
@@ -566,4 +571,88 @@ async fn a_contract_whose_folder_is_gone_refuses_puts_and_makes_nothing() {
         "the folder was made again on the disk beneath"
     );
     assert_eq!(r.store.used().get(&id).copied(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_that_trickle_make_way_when_every_slot_is_taken() {
+    let grace = Duration::from_millis(800);
+    let r = rig_with(StreamLimits {
+        all: 2,
+        per_peer: 2,
+        floor_bytes_per_sec: 64 << 10,
+        grace,
+    })
+    .await;
+    let peer = r.node.peer_id();
+    let (stranger_key, stranger) = r.stranger().await;
+    let strangers = ContractAccess {
+        owner: stranger_key.account(),
+        ..r.contract(2, 1 << 20, false).1
+    };
+    r.store.set_contracts(HashMap::from([
+        r.contract(1, 1 << 20, false),
+        (2, strangers),
+    ]));
+    // A peer takes every slot with puts it then sends nothing of.
+    let mut held = Vec::new();
+    for i in 0..2u8 {
+        let mut s = stranger
+            .open_stream(peer, wire::SHARD_PROTOCOL)
+            .await
+            .expect("open");
+        let put = Request::Put {
+            contract: 2,
+            id: shard_id(&[i]),
+            len: 500_000,
+        };
+        wire::write_request(&mut s, &put).await.expect("request");
+        assert_eq!(
+            wire::read_response(&mut s).await.expect("answer"),
+            Response::Ready
+        );
+        held.push(s);
+    }
+    let bytes = [3u8; 100_000];
+    let id = shard_id(&bytes);
+    assert!(
+        wire::put(&r.owner_mesh, peer, 1, id, &bytes).await.is_err(),
+        "a stream still in its grace was closed for another"
+    );
+    tokio::time::sleep(grace + Duration::from_millis(200)).await;
+    assert_eq!(
+        wire::put(&r.owner_mesh, peer, 1, id, &bytes)
+            .await
+            .expect("a trickling stream makes way"),
+        PutOutcome::Stored
+    );
+    let mut closed = 0;
+    for s in &mut held {
+        let mut byte = [0u8; 1];
+        let ended = tokio::time::timeout(
+            Duration::from_secs(2),
+            futures::AsyncReadExt::read(s, &mut byte),
+        )
+        .await;
+        if matches!(ended, Ok(Ok(0)) | Ok(Err(_))) {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 1, "exactly one trickling stream was closed");
+    // The closed put gave back what it reserved and left no temporary file; the other
+    // does the same when its peer goes.
+    let temporary = || {
+        std::fs::read_dir(r.dir.join("workloads/2/shards"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    assert_eq!(r.store.used().get(&2).copied(), Some(500_000));
+    assert_eq!(temporary(), 1);
+    drop(held);
+    let mut waited = 0;
+    while (r.store.used().get(&2).copied() != Some(0) || temporary() != 0) && waited < 50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += 1;
+    }
+    assert_eq!(r.store.used().get(&2).copied(), Some(0));
+    assert_eq!(temporary(), 0, "no temporary file left behind");
 }
