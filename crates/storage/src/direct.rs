@@ -155,9 +155,13 @@ pub struct DirectWriter {
 impl DirectWriter {
     /// Create `path`, which must not exist.
     pub fn create(path: &Path) -> std::io::Result<DirectWriter> {
+        // Made first without O_DIRECT: a file system that refuses O_DIRECT refuses it only
+        // after an O_CREAT open has made the file, and the open through the cache would
+        // then find it made.
+        OpenOptions::new().write(true).create_new(true).open(path)?;
         let (file, direct) = open(path, || {
             let mut o = OpenOptions::new();
-            o.write(true).create_new(true);
+            o.write(true);
             o
         })?;
         Ok(DirectWriter {
@@ -415,6 +419,32 @@ mod tests {
             for len in lens {
                 round_trip(shm.path(), len, 1 << 20);
             }
+        }
+    }
+
+    /// A file system that refuses O_DIRECT only after an O_CREAT open made the file:
+    /// ramfs, mounted for the test where it may be (as root; CI runs as root).
+    #[test]
+    fn a_file_system_refusing_direct_io_is_written_through_the_cache() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "ramfs", "none"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            eprintln!("not run: cannot mount a ramfs here (not root)");
+            return;
+        }
+        struct Unmount<'a>(&'a Path);
+        impl Drop for Unmount<'_> {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount").arg(self.0).status();
+            }
+        }
+        let _unmount = Unmount(dir.path());
+        for len in [0, 4097, (1 << 20) + 5] {
+            assert!(!round_trip(dir.path(), len, 1 << 20), "ramfs took O_DIRECT");
         }
     }
 
