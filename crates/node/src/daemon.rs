@@ -250,7 +250,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Running> {
     let listen: Vec<String> = bound.iter().map(ToString::to_string).collect();
     let disk_reserve = config.reserve.disk_reserve();
     let storage = Arc::new(
-        peergrid_storage::ShardStore::new(config.data_dir.join("storage-pointers"))
+        peergrid_storage::ShardStore::new(config.data_dir.join("storage-pointers"), &chain)
             .context("cannot create the storage pointers folder")?
             .with_disk_reserve(disk_reserve),
     );

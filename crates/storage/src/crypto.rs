@@ -190,10 +190,13 @@ impl StorageKeys {
         *h.finalize().as_bytes()
     }
 
-    /// The key that seals one segment (or a manifest) of plaintext `plain`.
-    pub fn content_key(&self, salt: &[u8; 32], plain: &[u8]) -> [u8; 32] {
+    /// The key that seals one segment (or a manifest) of plaintext `plain` with `cipher`.
+    /// The cipher is part of it, so that one key never seals with two ciphers (the
+    /// all-zero nonce is safe only while a key seals one plaintext one way).
+    pub fn content_key(&self, salt: &[u8; 32], cipher: Cipher, plain: &[u8]) -> [u8; 32] {
         let mut h = blake3::Hasher::new_keyed(&self.master);
         h.update(b"content key\0");
+        h.update(&[cipher as u8]);
         h.update(salt);
         h.update(plain);
         *h.finalize().as_bytes()
@@ -252,8 +255,19 @@ mod tests {
         );
         assert_ne!(salt, a.object_salt("photos/dog.jpg"));
         assert_ne!(salt, b.object_salt("photos/cat.jpg"));
-        assert_eq!(a.content_key(&salt, b"x"), a2.content_key(&salt, b"x"));
-        assert_ne!(a.content_key(&salt, b"x"), a.content_key(&salt, b"y"));
+        let aes = Cipher::Aes256Gcm;
+        assert_eq!(
+            a.content_key(&salt, aes, b"x"),
+            a2.content_key(&salt, aes, b"x")
+        );
+        assert_ne!(
+            a.content_key(&salt, aes, b"x"),
+            a.content_key(&salt, aes, b"y")
+        );
+        assert_ne!(
+            a.content_key(&salt, aes, b"x"),
+            a.content_key(&salt, Cipher::ChaCha20Poly1305, b"x")
+        );
         assert_ne!(a.index_key(), b.index_key());
     }
 }

@@ -355,7 +355,9 @@ pub struct Pointer {
     pub index: Hash,
 }
 
-/// A [`Pointer`] signed by its owner.
+/// A [`Pointer`] signed by its owner for one grid: the signature covers the grid's
+/// chain id, so a pointer from another grid (a devnet or testnet the same words were
+/// used on, with a higher sequence number) is refused by nodes and readers alike.
 #[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
 pub struct SignedPointer {
     /// The pointer.
@@ -365,21 +367,25 @@ pub struct SignedPointer {
 }
 
 impl SignedPointer {
-    /// Sign `pointer` with its owner's key.
-    pub fn sign(owner: &Keypair, pointer: Pointer) -> SignedPointer {
-        let signature =
-            Signature(owner.sign(POINTER_NAMESPACE, &peergrid_core::codec::encode(&pointer)));
+    /// Sign `pointer` with its owner's key, for the grid of chain `chain`.
+    pub fn sign(owner: &Keypair, chain: &str, pointer: Pointer) -> SignedPointer {
+        let signature = Signature(owner.sign(POINTER_NAMESPACE, &signed_bytes(chain, &pointer)));
         SignedPointer { pointer, signature }
     }
 
-    /// Whether the owner it names signed it.
-    pub fn verify(&self) -> bool {
+    /// Whether the owner it names signed it for the grid of chain `chain`.
+    pub fn verify(&self, chain: &str) -> bool {
         self.signature.verify(
             &self.pointer.owner,
             POINTER_NAMESPACE,
-            &peergrid_core::codec::encode(&self.pointer),
+            &signed_bytes(chain, &self.pointer),
         )
     }
+}
+
+/// What a pointer's signature covers: the chain id, then the pointer.
+fn signed_bytes(chain: &str, pointer: &Pointer) -> Vec<u8> {
+    peergrid_core::codec::encode(&(chain.to_string(), pointer))
 }
 
 #[cfg(test)]
@@ -474,16 +480,18 @@ mod tests {
 
         let p = SignedPointer::sign(
             &owner,
+            "grid-a",
             Pointer {
                 owner: owner.account(),
                 seq: 3,
                 index: Hash::of(b"i"),
             },
         );
-        assert!(p.verify());
+        assert!(p.verify("grid-a"));
+        assert!(!p.verify("grid-b"), "a pointer holds on its own grid only");
         let mut forged = p.clone();
         forged.pointer.seq = 4;
-        assert!(!forged.verify());
+        assert!(!forged.verify("grid-a"));
     }
 
     proptest! {

@@ -167,6 +167,8 @@ pub struct StoreStats {
 /// The node's shards.
 pub struct ShardStore {
     pointers: PathBuf,
+    /// The grid's chain id: pointers signed for another grid are refused.
+    chain: String,
     state: Mutex<State>,
     stats: Mutex<StoreStats>,
     disk: DiskReserve,
@@ -214,11 +216,13 @@ fn shard_path(contract_dir: &Path, id: &Hash) -> PathBuf {
 }
 
 impl ShardStore {
-    /// A store that keeps owners' pointers in `pointers_dir`.
-    pub fn new(pointers_dir: PathBuf) -> std::io::Result<ShardStore> {
+    /// A store that keeps owners' pointers in `pointers_dir`, taking those signed for
+    /// the grid of chain `chain`.
+    pub fn new(pointers_dir: PathBuf, chain: &str) -> std::io::Result<ShardStore> {
         std::fs::create_dir_all(&pointers_dir)?;
         Ok(ShardStore {
             pointers: pointers_dir,
+            chain: chain.to_string(),
             state: Mutex::new(State::default()),
             stats: Mutex::new(StoreStats::default()),
             disk: DiskReserve::default(),
@@ -950,8 +954,11 @@ impl ShardStore {
                 "{owner} has no storage contract on this node; pointers are kept only for owners who pay for storage here"
             ));
         }
-        if !pointer.verify() {
-            return Response::Refused("the pointer is not signed by the owner it names".into());
+        if !pointer.verify(&self.chain) {
+            return Response::Refused(format!(
+                "the pointer is not signed by the owner it names for this grid ({})",
+                self.chain
+            ));
         }
         let _writing = self.pointer_write.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(kept) = self.pointer(&owner)

@@ -616,15 +616,17 @@ pub async fn put_pointer(
     }
 }
 
-/// The newest pointer of `owner` that `peer` keeps (checked: signed by `owner`).
+/// The newest pointer of `owner` that `peer` keeps (checked: signed by `owner` for the
+/// grid of chain `chain`; one signed for another grid counts as none).
 pub async fn get_pointer(
     mesh: &Mesh,
     peer: PeerId,
     owner: AccountId,
+    chain: &str,
 ) -> Result<Option<SignedPointer>, WireError> {
     let (_, answer) = exchange(mesh, peer, &Request::GetPointer { owner }).await?;
     match answer {
-        Response::Pointer(p) => Ok(p.filter(|p| p.pointer.owner == owner && p.verify())),
+        Response::Pointer(p) => Ok(p.filter(|p| p.pointer.owner == owner && p.verify(chain))),
         other => Err(unexpected(peer, "get pointer", &other)),
     }
 }

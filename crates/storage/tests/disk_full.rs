@@ -18,6 +18,9 @@ use peergrid_storage::shard::shard_id;
 use peergrid_storage::store::{self, ContractAccess, ShardStore};
 use peergrid_storage::wire::{self, PutOutcome, Request, Response, WireError};
 
+/// The chain id the test's node serves, which pointers are signed for.
+const GRID: &str = "peergrid-test";
+
 /// The reserve the store keeps in these tests: the default on an 8 MiB disk would be
 /// 80 KiB, too close to a page count to tell "below the reserve" from "nothing free".
 const RESERVE_BYTES: u64 = 256 << 10;
@@ -36,7 +39,7 @@ async fn rig(disk: SmallDisk) -> Rig {
         .await
         .expect("node");
     let store = Arc::new(
-        ShardStore::new(disk.path().join("pointers"))
+        ShardStore::new(disk.path().join("pointers"), GRID)
             .expect("store")
             .with_disk_reserve(DiskReserve::bytes(RESERVE_BYTES)),
     );
@@ -159,6 +162,7 @@ async fn a_full_disk_refuses_new_shards_serves_the_old_ones_and_recovers_when_fr
     // An owner's pointer is written for someone else too: refused the same way.
     let pointer = SignedPointer::sign(
         &r.owner,
+        GRID,
         Pointer {
             owner: r.owner.account(),
             seq: 1,

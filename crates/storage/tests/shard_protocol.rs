@@ -12,6 +12,9 @@ use peergrid_storage::shard::shard_id;
 use peergrid_storage::store::{self, ContractAccess, GRACE_REFUSAL, ShardStore, StreamLimits};
 use peergrid_storage::wire::{self, PutOutcome, Request, Response, WireError};
 
+/// The chain id the test's node serves, which pointers are signed for.
+const GRID: &str = "peergrid-test";
+
 struct Rig {
     _dir: tempfile::TempDir,
     dir: std::path::PathBuf,
@@ -31,7 +34,7 @@ async fn rig_with(limits: StreamLimits) -> Rig {
     let node = Mesh::start(&node_key, Config::loopback())
         .await
         .expect("node");
-    let store = Arc::new(ShardStore::new(dir.path().join("pointers")).expect("store"));
+    let store = Arc::new(ShardStore::new(dir.path().join("pointers"), GRID).expect("store"));
     store::serve_with(&node, store.clone(), limits).expect("serve");
     let owner = Keypair::generate().expect("key");
     let owner_mesh = Mesh::start(&owner, Config::loopback())
@@ -240,6 +243,7 @@ async fn owners_store_readers_fetch_and_nothing_else_goes() {
     let pointer = |seq| {
         SignedPointer::sign(
             &r.owner,
+            GRID,
             Pointer {
                 owner: r.owner.account(),
                 seq,
@@ -253,7 +257,7 @@ async fn owners_store_readers_fetch_and_nothing_else_goes() {
     wire::put_pointer(&r.owner_mesh, peer, pointer(1))
         .await
         .expect("older is ignored");
-    let kept = wire::get_pointer(&stranger, peer, r.owner.account())
+    let kept = wire::get_pointer(&stranger, peer, r.owner.account(), GRID)
         .await
         .expect("get pointer");
     assert_eq!(kept.map(|p| p.pointer.seq), Some(2));
@@ -263,8 +267,24 @@ async fn owners_store_readers_fetch_and_nothing_else_goes() {
         wire::put_pointer(&stranger, peer, forged).await.is_err(),
         "a forged pointer is refused"
     );
+    // The owner's own pointer from another grid (a devnet with the same words), newer
+    // there: refused, or it would name an index this grid does not have.
+    let other_grid = SignedPointer::sign(
+        &r.owner,
+        "peergrid-other",
+        Pointer {
+            owner: r.owner.account(),
+            seq: 50,
+            index: Hash::of(b"index elsewhere"),
+        },
+    );
+    match wire::put_pointer(&stranger, peer, other_grid).await {
+        Err(WireError::Refused { reason, .. }) => assert!(reason.contains(GRID), "{reason}"),
+        other => panic!("a pointer for another grid got {other:?}"),
+    }
     let mut strangers = SignedPointer::sign(
         &stranger_key,
+        GRID,
         Pointer {
             owner: stranger_key.account(),
             seq: 1,
@@ -401,7 +421,7 @@ async fn corrupted_shards_are_caught_and_crash_leftovers_removed() {
         .expect("put");
     let leftover = r.dir.join("workloads/3/shards/.tmp-partial-0001");
     std::fs::write(&leftover, b"half a shard").expect("leftover");
-    let restarted = ShardStore::new(r.dir.join("pointers")).expect("store");
+    let restarted = ShardStore::new(r.dir.join("pointers"), GRID).expect("store");
     restarted.set_contracts(HashMap::from([r.contract(3, 1 << 20, false)]));
     assert!(
         !leftover.exists(),
@@ -545,7 +565,7 @@ async fn an_audit_of_a_cut_shard_fails_and_uncounts_it() {
     let good = vec![6u8; 10_000];
     let upper = shard_id(&good).to_string().to_uppercase();
     std::fs::write(shards.join(upper), &good).expect("write");
-    let restarted = ShardStore::new(r.dir.join("pointers")).expect("store");
+    let restarted = ShardStore::new(r.dir.join("pointers"), GRID).expect("store");
     restarted.set_contracts(HashMap::from([r.contract(6, 1 << 20, false)]));
     assert_eq!(restarted.used().get(&6).copied(), Some(0));
 }
