@@ -7,7 +7,7 @@ use clap::Subcommand;
 use peergrid_core::capacity::Size;
 use peergrid_storage::client::human_bytes;
 use peergrid_storage::{AuditResult, Capability, NodeChoice, Scheme, Storage};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::Globals;
 use crate::output;
@@ -22,8 +22,8 @@ pub enum StoreCommand {
         #[arg(long)]
         size: Size,
         /// How many nodes (up, with room; distinct farms first).
-        #[arg(long, default_value_t = 5, conflicts_with = "node")]
-        nodes: usize,
+        #[arg(long, default_value_t = 5, conflicts_with = "node", value_parser = clap::value_parser!(u16).range(1..))]
+        nodes: u16,
         /// These nodes instead (repeat).
         #[arg(long)]
         node: Vec<u32>,
@@ -92,8 +92,8 @@ pub enum StoreCommand {
         /// Only this object [default: all].
         name: Option<String>,
         /// Shards challenged per object.
-        #[arg(long, default_value_t = 8)]
-        samples: usize,
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+        samples: u16,
     },
 }
 
@@ -185,6 +185,14 @@ async fn connect(globals: &Globals) -> anyhow::Result<Storage> {
 }
 
 /// The object `name` with its index entry, or every object when no name is given.
+/// Wait `secs` seconds (at least one); whether a stop was asked for meanwhile.
+async fn stopped_waiting(secs: u64) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(std::time::Duration::from_secs(secs.max(1))) => false,
+        _ = crate::stop_requested() => true,
+    }
+}
+
 async fn objects(
     storage: &Storage,
     name: Option<&str>,
@@ -218,7 +226,7 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
         StoreCommand::Reserve { size, nodes, node } => {
             let size = size.bytes();
             let choice = if node.is_empty() {
-                NodeChoice::Count(nodes)
+                NodeChoice::Count(usize::from(nodes))
             } else {
                 NodeChoice::Ids(node)
             };
@@ -267,8 +275,15 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
                     "scheme": report.scheme.to_string(),
                     "shards_sent": report.shards_sent,
                     "shards_resumed": report.shards_resumed,
+                    "replaced": report.replaced,
                     "seconds": secs,
                 }));
+            }
+            if report.replaced {
+                eprintln!(
+                    "{} named another object before: that one is removed, and capabilities shared for it no longer read",
+                    report.name
+                );
             }
             output::rows(&[
                 ("stored", report.name.clone()),
@@ -452,21 +467,47 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
             Ok(())
         }
         StoreCommand::Repair { name, watch, widen } => loop {
-            let objects = objects(storage, name.as_deref()).await?;
+            // A watch outlives a grid that is down for a while: it tries again next round.
+            let objects = match (objects(storage, name.as_deref()).await, watch) {
+                (Ok(objects), _) => objects,
+                (Err(e), Some(secs)) => {
+                    tracing::warn!("cannot read your index ({e:#}); trying again in {secs} s");
+                    if stopped_waiting(secs).await {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                (Err(e), None) => return Err(e),
+            };
             let mut reports = Vec::new();
             let mut widened = Vec::new();
+            // An object that cannot be repaired (or widened) is named; the others still are.
+            let mut failed: Vec<(String, String)> = Vec::new();
             for (n, entry) in &objects {
-                let report = storage.repair(n, entry).await?;
+                let report = match storage.repair(n, entry).await {
+                    Ok(report) => report,
+                    Err(e) => {
+                        failed.push((n.clone(), e.to_string()));
+                        continue;
+                    }
+                };
                 if let Some(wider) = report.widen_to.filter(|_| widen) {
                     let bar = bar(globals, entry.size);
                     let put = storage
                         .widen(n, entry, wider, &|done| bar.set_position(done))
-                        .await?;
+                        .await;
                     bar.finish_and_clear();
-                    widened.push(put);
+                    match put {
+                        Ok(put) => widened.push(put),
+                        Err(e) => failed.push((n.clone(), format!("cannot widen it: {e}"))),
+                    }
                 }
                 reports.push(report);
             }
+            let failed_json: Vec<Value> = failed
+                .iter()
+                .map(|(name, error)| json!({ "name": name, "error": error }))
+                .collect();
             let narrow = reports.iter().filter(|r| r.widen_to.is_some()).count();
             if globals.json {
                 let widened: Vec<_> = widened
@@ -479,7 +520,11 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
                         })
                     })
                     .collect();
-                output::json(&json!({ "objects": reports, "widened": widened }))?;
+                output::json(&json!({
+                    "objects": reports,
+                    "widened": widened,
+                    "failed": failed_json,
+                }))?;
             } else {
                 let rows: Vec<Vec<String>> = reports
                     .iter()
@@ -521,6 +566,9 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
                         "{narrow} object(s) have less parity than a put would give them now: `peergrid store repair --widen` stores them again (each gets a new capability; share it again)"
                     );
                 }
+                for (name, error) in &failed {
+                    eprintln!("{name}: not repaired: {error}");
+                }
             }
             let short: u64 = reports
                 .iter()
@@ -528,11 +576,15 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
                 .sum();
             match watch {
                 Some(secs) => {
-                    tokio::select! {
-                        _ = tokio::time::sleep(std::time::Duration::from_secs(secs.max(1))) => {}
-                        _ = crate::stop_requested() => return Ok(()),
+                    if stopped_waiting(secs).await {
+                        return Ok(());
                     }
                 }
+                None if !failed.is_empty() => bail!(
+                    "{} of {} objects could not be repaired (see above); run it again once their nodes are back",
+                    failed.len(),
+                    objects.len()
+                ),
                 None if short > 0 => bail!(
                     "{short} shards could not be rebuilt: too few nodes hold none of their segment; reserve on more nodes (`peergrid store reserve --nodes N`)"
                 ),
@@ -600,8 +652,18 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
         StoreCommand::Audit { name, samples } => {
             let objects = objects(storage, name.as_deref()).await?;
             let mut per_node: std::collections::BTreeMap<u32, AuditResult> = Default::default();
-            for (_, entry) in &objects {
-                for r in storage.audit(&entry.capability, samples).await? {
+            // An object that cannot be audited at all (its manifest unreadable) is named,
+            // and the others are still audited and kept.
+            let mut unaudited: Vec<(String, String)> = Vec::new();
+            for (name, entry) in &objects {
+                let audited = match storage.audit(&entry.capability, usize::from(samples)).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        unaudited.push((name.clone(), e.to_string()));
+                        continue;
+                    }
+                };
+                for r in audited {
                     let e = per_node.entry(r.node).or_insert(AuditResult {
                         passed: 0,
                         failed: 0,
@@ -629,8 +691,16 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
             peergrid_storage::store::write_atomic(&file, &serde_json::to_vec_pretty(&history)?)
                 .with_context(|| format!("cannot write {}", file.display()))?;
             let failed = results.iter().any(|r| r.failed > 0);
+            let unaudited_json: Vec<Value> = unaudited
+                .iter()
+                .map(|(name, error)| json!({ "name": name, "error": error }))
+                .collect();
             if globals.json {
-                output::json(&json!({ "objects": objects.len(), "nodes": results }))?;
+                output::json(&json!({
+                    "objects": objects.len(),
+                    "nodes": results,
+                    "unaudited": unaudited_json,
+                }))?;
             } else {
                 let rows: Vec<Vec<String>> = results
                     .iter()
@@ -645,6 +715,16 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
                     .collect();
                 output::table(&["NODE", "PASSED", "FAILED", "LAST ERROR"], &rows);
                 println!("kept in {}", file.display());
+                for (name, error) in &unaudited {
+                    println!("{name}: not audited: {error}");
+                }
+            }
+            if !unaudited.is_empty() {
+                bail!(
+                    "{} of {} objects could not be audited (their manifests cannot be read: are their nodes up?); `peergrid store repair` restores what can be rebuilt",
+                    unaudited.len(),
+                    objects.len()
+                );
             }
             if failed {
                 bail!(

@@ -118,8 +118,24 @@ fn a_node_with_a_full_disk_is_passed_over_named_when_needed_and_used_again_once_
         .map(|e| e.path())
         .find(|p| p.is_dir())
         .expect("the node's own folder");
+    // The node made its contracts' folders when it took them: they are on the small disk
+    // too, as they would be had it been there from the start (a folder missing from under
+    // its mount point is a disk that did not mount, and the node refuses puts for it).
+    let contracts: Vec<std::ffi::OsString> = std::fs::read_dir(&peer_dir)
+        .expect("the node's folder")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(
+        contracts.len(),
+        1,
+        "the contract's folder, made when the node took it"
+    );
     let disk = SmallDisk::or_skip(SmallDisk::mount_on(&peer_dir, 8 << 20))
         .expect("mounted as the probe above was");
+    for c in &contracts {
+        std::fs::create_dir(disk.path().join(c)).expect("the contract's folder");
+    }
     let filler = disk.fill("filler", 16 << 10).expect("fill");
 
     // Six nodes, five shards per segment: the full node's shards go to the sixth.

@@ -777,10 +777,37 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
         let most = Frozen((3..NODES).flat_map(|i| node_pids(&home, i)).collect());
         signal(&most.0, "-STOP");
         let (collected, _, err) = run(&home, &["store", "gc", "--older-than", "0s"]);
+        // Nor is the index changed on so few answers: the change would be written over an
+        // index perhaps older than the newest.
+        let (removed, _, rm_err) = run(&home, &["store", "rm", "docs/report.bin"]);
         drop(most);
         assert!(!collected, "gc ran with four of seven nodes stopped");
         assert!(err.contains("more than half"), "{err}");
         assert!(left.iter().all(|f| f.exists()), "gc removed shards then");
+        assert!(
+            !removed,
+            "rm changed the index with four of seven nodes stopped"
+        );
+        assert!(rm_err.contains("too few to be sure"), "{rm_err}");
+        // Nor when the nodes that answer keep no pointer (lost, or never given) and one
+        // that keeps it is silent: a new index would hide every name.
+        let pointers = |i: usize| home.join(format!("devnet/nodes/node-{i}/storage-pointers"));
+        let aside = |i: usize| home.join(format!("devnet/nodes/node-{i}/pointers-aside"));
+        let silent = Frozen(node_pids(&home, NODES - 1));
+        signal(&silent.0, "-STOP");
+        for i in 0..NODES - 1 {
+            std::fs::rename(pointers(i), aside(i)).expect("pointers aside");
+        }
+        let (removed, _, rm_err) = run(&home, &["store", "rm", "docs/report.bin"]);
+        for i in 0..NODES - 1 {
+            std::fs::rename(aside(i), pointers(i)).expect("pointers back");
+        }
+        drop(silent);
+        assert!(
+            !removed,
+            "rm wrote a new index over one a silent node keeps"
+        );
+        assert!(rm_err.contains("keeps your index"), "{rm_err}");
         let shared = ok(&home, &["store", "share", "docs/report.bin"]);
         let manifest = shared["capability"]
             .as_str()
@@ -813,6 +840,57 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
             left.iter().all(|f| f.exists()),
             "gc removed shards while a manifest was unreadable"
         );
+        // An audit names the object it cannot open, and says so in its exit status.
+        let (audited, audit, err) = run(&home, &["store", "audit"]);
+        assert!(!audited, "an audit passed without reading a manifest");
+        assert_eq!(audit["unaudited"][0]["name"], "docs/report.bin", "{audit}");
+        assert!(err.contains("could not be audited"), "{err}");
+
+        // A second reservation on a node already used: a put writes there to the one
+        // with the most room left. On node 0, which no step above stopped (a node just
+        // resumed may not be reconnected within the 3 s a put waits for its nodes).
+        let on_node_0: Vec<u64> =
+            std::fs::read_dir(home.join("devnet/nodes/node-0/peergrid-shards"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .flat_map(|peer| std::fs::read_dir(peer.path()).into_iter().flatten().flatten())
+                .filter_map(|c| c.file_name().to_str()?.parse().ok())
+                .collect();
+        let status = ok(&home, &["store", "status"]);
+        let node = status["contracts"]
+            .as_array()
+            .and_then(|cs| {
+                cs.iter()
+                    .find(|c| c["contract"].as_u64().is_some_and(|id| on_node_0.contains(&id)))
+            })
+            .and_then(|c| c["node"].as_u64())
+            .expect("node 0's ledger id");
+        let more = ok(
+            &home,
+            &[
+                "store",
+                "reserve",
+                "--size",
+                "512MiB",
+                "--node",
+                &node.to_string(),
+            ],
+        );
+        let second = more["contracts"][0].as_u64().expect("contract");
+        let small = home.join("second.bin");
+        let small_data = random_file(&small, 1 << 20, 16);
+        ok(
+            &home,
+            &["store", "put", small.to_str().expect("utf8"), "second.bin"],
+        );
+        assert!(
+            shard_files(&home)
+                .iter()
+                .any(|f| f.to_string_lossy().contains(&format!("/{second}/shards/"))),
+            "nothing was written to the roomier second reservation {second} on node {node}: {status}"
+        );
+        assert!(got(&home, &[], "second.bin", &home.join("second-back.bin")) == small_data);
     })
     .await
     .expect("the storage walk-through");

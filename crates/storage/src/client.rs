@@ -54,6 +54,21 @@ const ENCODES_AT_ONCE: usize = 2;
 /// How long a get waits for a segment's first shard before asking a spare anyway.
 const SPARE_AFTER: Duration = Duration::from_millis(200);
 
+/// Bytes a node counts as used in `contract`, from its answer to a usage request.
+fn used_by(answer: &[wire::ContractUsage], contract: ContractId) -> Option<u64> {
+    answer
+        .iter()
+        .find(|u| u.contract == contract)
+        .map(|u| u.used)
+}
+
+/// What the owner index is read for: a change needs surer answers than a listing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reading {
+    ToList,
+    ToChange,
+}
+
 /// Where a fetched shard of a segment being read is.
 enum Fetched {
     /// Received into its place in the segment's buffer (data shards).
@@ -224,6 +239,9 @@ pub struct PutReport {
     pub shards_sent: u64,
     /// Shards the nodes already held (an interrupted put resumed).
     pub shards_resumed: u64,
+    /// The name named another object before, now removed: capabilities shared for it no
+    /// longer read.
+    pub replaced: bool,
 }
 
 /// Storage as one account sees it.
@@ -242,6 +260,8 @@ pub struct Storage {
     segments: BufferPool,
     /// Where the owner's nodes were last reached, dialed before asking the DHT.
     peer_book: Option<PeerBook>,
+    /// The grid's chain id, once asked.
+    chain: tokio::sync::OnceCell<String>,
 }
 
 /// Where a put's bytes come from.
@@ -315,7 +335,17 @@ impl Storage {
             index_lock: None,
             segments: BufferPool::default(),
             peer_book: None,
+            chain: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// The grid's chain id, which the owner's pointers are signed for (asked of the
+    /// ledger once).
+    async fn chain(&self) -> Result<&str, StorageError> {
+        self.chain
+            .get_or_try_init(|| async { Ok(self.ledger.status().await?.data.chain_id) })
+            .await
+            .map(String::as_str)
     }
 
     /// Lock `path` (created if missing) while changing the owner index. Puts and
@@ -601,6 +631,12 @@ impl Storage {
         let (_, nodes) = self.ledger.nodes(None).await?;
         let chosen: Vec<NodeId> = match choice {
             NodeChoice::Ids(ids) => {
+                let mut seen = HashSet::new();
+                if let Some(twice) = ids.iter().find(|id| !seen.insert(**id)) {
+                    return Err(other(format!(
+                        "node {twice} is named twice: one reservation per node, of the size you need there"
+                    )));
+                }
                 for id in &ids {
                     let n = nodes.iter().find(|n| n.node.id == *id).ok_or_else(|| {
                         other(format!(
@@ -690,12 +726,33 @@ impl Storage {
                     .iter()
                     .map(|&contract| Payload::CancelContract { contract })
                     .collect();
-                if let Err(e) = self
+                let cancelled = self
                     .ledger
                     .send_all(&self.key, cancels, Duration::from_secs(30))
-                    .await
-                {
-                    warn!(error = %e, contracts = ?created, "cannot cancel the contracts of a failed reservation");
+                    .await;
+                let live: Vec<ContractId> = match &cancelled {
+                    Ok(outcomes) => created
+                        .iter()
+                        .zip(outcomes)
+                        .filter(|(_, (_, s))| !matches!(s, TxStatus::Finalized { .. }))
+                        .map(|(c, _)| *c)
+                        .collect(),
+                    Err(_) => created.clone(),
+                };
+                if !live.is_empty() {
+                    let cancel: Vec<String> = live
+                        .iter()
+                        .map(|c| format!("`peergrid contract cancel {c}`"))
+                        .collect();
+                    return Err(other(format!(
+                        "the reservation was refused ({}), and contracts {live:?} of it could not be cancelled and are still billed{}: cancel them with {}",
+                        failures.join("; "),
+                        cancelled
+                            .err()
+                            .map(|e| format!(" ({e})"))
+                            .unwrap_or_default(),
+                        cancel.join(", ")
+                    )));
                 }
             }
             return Err(other(format!(
@@ -719,7 +776,8 @@ impl Storage {
         if holdings.iter().all(|h| contracts.contains(&h.contract)) {
             return Ok(());
         }
-        let Some((pointer, sealed)) = self.sealed_index_on(&holdings).await? else {
+        let Some((pointer, sealed)) = self.sealed_index_on(&holdings, Reading::ToList).await?
+        else {
             return Ok(());
         };
         let (pointer, sealed) = (&pointer, &sealed);
@@ -756,12 +814,7 @@ impl Storage {
                 "you have no storage reserved: run `peergrid store reserve --size 10GiB` first",
             ));
         }
-        let mut seen = HashSet::new();
-        let usable: Vec<Holding> = all
-            .into_iter()
-            .filter(|h| h.writable())
-            .filter(|h| seen.insert(h.node))
-            .collect();
+        let usable: Vec<Holding> = all.into_iter().filter(|h| h.writable()).collect();
         if usable.is_empty() {
             return Err(other(
                 "none of your storage contracts can take data now (their nodes are down or the contracts are in grace: top up)",
@@ -779,7 +832,39 @@ impl Storage {
                 "none of the nodes of your storage can be reached now: check `peergrid node list`, or try again later",
             ));
         }
-        Ok(spread_over_farms(reachable))
+        Ok(spread_over_farms(self.roomiest_per_node(reachable).await))
+    }
+
+    /// One contract per node: of the owner's contracts on a node, the one with the most
+    /// room left, so that a second reservation on a node is written to once the first is
+    /// full (a node that does not answer keeps its first).
+    async fn roomiest_per_node(&self, holdings: Vec<Holding>) -> Vec<Holding> {
+        let mut by_node: Vec<(NodeId, Vec<Holding>)> = Vec::new();
+        for h in holdings {
+            match by_node.iter_mut().find(|(n, _)| *n == h.node) {
+                Some((_, hs)) => hs.push(h),
+                None => by_node.push((h.node, vec![h])),
+            }
+        }
+        futures::future::join_all(by_node.into_iter().map(|(_, mut hs)| async move {
+            if hs.len() > 1
+                && let Ok(peer) = hs[0].peer_id()
+                && let Ok(u) =
+                    wire::usage(&self.mesh, peer, hs.iter().map(|h| h.contract).collect()).await
+            {
+                // A contract the node does not count yet (just reserved) cannot take a
+                // shard yet either.
+                let free = |h: &Holding| {
+                    h.quota
+                        .saturating_sub(used_by(&u, h.contract).unwrap_or(h.quota))
+                };
+                if let Some(i) = (0..hs.len()).max_by_key(|&i| free(&hs[i])) {
+                    return hs.swap_remove(i);
+                }
+            }
+            hs.swap_remove(0)
+        }))
+        .await
     }
 
     /// Store the file at `path` under `name`.
@@ -798,11 +883,16 @@ impl Storage {
         let file = tokio::fs::File::open(path)
             .await
             .map_err(file_err("cannot open"))?;
-        let size = file
-            .metadata()
-            .await
-            .map_err(file_err("cannot read"))?
-            .len();
+        let meta = file.metadata().await.map_err(file_err("cannot read"))?;
+        // A pipe or device reads as empty or endless by its length: the object would be
+        // stored empty, or cut, under a put that says it worked.
+        if !meta.is_file() {
+            return Err(other(format!(
+                "{} is not a regular file: write it to a file first, then put that",
+                path.display()
+            )));
+        }
+        let size = meta.len();
         let source = Source::File {
             file: Arc::new(file.into_std().await),
             path,
@@ -933,7 +1023,7 @@ impl Storage {
             segments: done.into_values().collect(),
         };
         let plain = encode_versioned(&manifest);
-        let key = self.keys.content_key(&salt, &plain);
+        let key = self.keys.content_key(&salt, Cipher::Aes256Gcm, &plain);
         let sealed = crypto::seal(Cipher::Aes256Gcm, &key, None, &plain);
         let id = self.put_everywhere(&holdings, &sealed, "manifest").await?;
         let capability = Capability {
@@ -961,7 +1051,7 @@ impl Storage {
             Ok(())
         })
         .await?;
-        if let Some(old) = replaced {
+        if let Some(old) = &replaced {
             let keep: HashSet<Hash> = manifest.placements().map(|(h, _)| h).collect();
             self.delete_object(&old.capability, &keep).await;
         }
@@ -973,6 +1063,7 @@ impl Storage {
             scheme,
             shards_sent: sent,
             shards_resumed: resumed,
+            replaced: replaced.is_some(),
         })
     }
 
@@ -981,7 +1072,7 @@ impl Storage {
         futures::future::join_all(holdings.iter().map(|h| async move {
             let peer = h.peer_id().ok()?;
             let u = wire::usage(&self.mesh, peer, vec![h.contract]).await.ok()?;
-            Some(u.first().map(|u| u.used).unwrap_or(0))
+            used_by(&u, h.contract)
         }))
         .await
     }
@@ -989,10 +1080,19 @@ impl Storage {
     /// Fail with the numbers if some node lacks room for what it would be given.
     async fn check_room(&self, holdings: &[Holding], need: &[u64]) -> Result<(), StorageError> {
         let mut short = Vec::new();
+        let mut short_nodes: Vec<NodeId> = Vec::new();
+        let mut most = 0;
         for (h, need) in holdings.iter().zip(need) {
             let peer = h.peer_id()?;
             let used = match wire::usage(&self.mesh, peer, vec![h.contract]).await {
-                Ok(u) => u.first().map(|u| u.used).unwrap_or(0),
+                Ok(u) => used_by(&u, h.contract).unwrap_or_else(|| {
+                    warn!(
+                        node = h.node,
+                        contract = h.contract,
+                        "the node does not count this contract yet; assuming it empty"
+                    );
+                    0
+                }),
                 Err(e) => {
                     warn!(node = h.node, error = %e, "cannot ask the node for its use; assuming none");
                     0
@@ -1000,6 +1100,8 @@ impl Storage {
             };
             let free = h.quota.saturating_sub(used);
             if need + OVERHEAD_BYTES > free {
+                short_nodes.push(h.node);
+                most = most.max(need + OVERHEAD_BYTES);
                 short.push(format!(
                     "node {} (contract {}) needs {} but has {} free of {}",
                     h.node,
@@ -1013,9 +1115,14 @@ impl Storage {
         if short.is_empty() {
             return Ok(());
         }
+        // A node's shards of one object go into one of the owner's contracts there, so
+        // the new reservation must hold the whole share by itself.
+        let nodes: Vec<String> = short_nodes.iter().map(|n| format!("--node {n}")).collect();
         Err(other(format!(
-            "the object does not fit your reservation, nothing was uploaded: {}; reserve more with `peergrid store reserve --size SIZE`",
-            short.join("; ")
+            "the object does not fit your reservation, nothing was uploaded: {}; reserve more with `peergrid store reserve --size {}MiB {}`, or put it with a scheme of more data shards (--scheme) to need less on each node",
+            short.join("; "),
+            most.div_ceil(1 << 20),
+            nodes.join(" ")
         )))
     }
 
@@ -1171,15 +1278,16 @@ impl Storage {
     /// CONNECT_WITHIN are not waited for.
     pub async fn index(&self) -> Result<(Option<SignedPointer>, Index), StorageError> {
         let holdings = self.holdings(self.owner()).await?;
-        self.index_on(&holdings).await
+        self.index_on(&holdings, Reading::ToList).await
     }
 
     /// The newest pointer and index kept by the nodes of `holdings`, all the owner's.
     async fn index_on(
         &self,
         holdings: &[Holding],
+        reading: Reading,
     ) -> Result<(Option<SignedPointer>, Index), StorageError> {
-        let Some((pointer, sealed)) = self.sealed_index_on(holdings).await? else {
+        let Some((pointer, sealed)) = self.sealed_index_on(holdings, reading).await? else {
             return Ok((None, Index::default()));
         };
         let plain = crypto::open(
@@ -1197,13 +1305,14 @@ impl Storage {
     async fn sealed_index_on(
         &self,
         holdings: &[Holding],
+        reading: Reading,
     ) -> Result<Option<(SignedPointer, Vec<u8>)>, StorageError> {
         let peers: Vec<PeerId> = distinct_peers(holdings);
         self.connect_all(holdings).await;
         let mut tries = 0;
         let mut tried: Option<Pointer> = None;
         loop {
-            let Some(pointer) = self.newest_pointer(&peers).await? else {
+            let Some(pointer) = self.newest_pointer(&peers, reading).await? else {
                 return Ok(None);
             };
             let sealed = match self
@@ -1226,18 +1335,24 @@ impl Storage {
     }
 
     /// The newest pointer `peers` keep: see [`Storage::index`] for whose answers count.
+    /// To change the index, fewer than a majority answering, or no answer keeping a
+    /// pointer while some node did not answer, is an error: the index read could be
+    /// older than the newest (or empty), and the change written over it would hide every
+    /// name added since, whose objects gc would then take as garbage.
     async fn newest_pointer(
         &self,
         peers: &[PeerId],
+        reading: Reading,
     ) -> Result<Option<SignedPointer>, StorageError> {
         let owner = self.owner();
+        let chain = self.chain().await?;
         let majority = peers.len() / 2 + 1;
         let mut live_pending = peers.iter().filter(|p| !self.has_failed(p)).count();
         let mut asks: FuturesUnordered<_> = peers
             .iter()
             .map(|&p| {
                 let live = !self.has_failed(&p);
-                async move { (live, wire::get_pointer(&self.mesh, p, owner).await) }
+                async move { (live, wire::get_pointer(&self.mesh, p, owner, chain).await) }
             })
             .collect();
         // Each pointer answered, with how many nodes keep it.
@@ -1267,6 +1382,18 @@ impl Storage {
             return Err(other(
                 "none of your storage nodes answered; is the grid up? (`peergrid node list`)",
             ));
+        }
+        let silent = peers.len() - reached;
+        if reading == Reading::ToChange && reached < majority {
+            return Err(other(format!(
+                "only {reached} of your {} storage nodes answered, too few to be sure your index is the newest: changing it now could hide names kept on the others. Try again when more are up (`peergrid store status` shows which are down)",
+                peers.len()
+            )));
+        }
+        if reading == Reading::ToChange && kept.is_empty() && silent > 0 {
+            return Err(other(format!(
+                "none of the {reached} storage nodes that answered keeps your index, and {silent} did not answer: if they keep it, a new index now would hide every name in it. Try again when they are up (`peergrid store status`); a node gone for good: cancel its contract (`peergrid contract cancel ID`)"
+            )));
         }
         if reached < majority {
             warn!(
@@ -1299,7 +1426,7 @@ impl Storage {
         let nodes = distinct_peers(&all).len();
         let mut attempt = 0;
         loop {
-            let (pointer, mut index) = self.index_on(&all).await?;
+            let (pointer, mut index) = self.index_on(&all, Reading::ToChange).await?;
             let out = change(&mut index)?;
             let ours = self
                 .save_index(holdings, nodes, pointer.as_ref(), &index)
@@ -1333,11 +1460,12 @@ impl Storage {
         ours: &SignedPointer,
     ) -> Option<SignedPointer> {
         let owner = self.owner();
+        let chain = self.chain().await.ok()?;
         let answers = futures::future::join_all(
             distinct_peers(holdings)
                 .into_iter()
                 .filter(|p| !self.has_failed(p))
-                .map(|p| wire::get_pointer(&self.mesh, p, owner)),
+                .map(|p| wire::get_pointer(&self.mesh, p, owner, chain)),
         )
         .await;
         answers
@@ -1369,6 +1497,7 @@ impl Storage {
             .await?;
         let pointer = SignedPointer::sign(
             &self.key,
+            self.chain().await?,
             Pointer {
                 owner: self.owner(),
                 seq: old.map(|p| p.pointer.seq + 1).unwrap_or(1),
@@ -2334,7 +2463,7 @@ impl Storage {
         // A put from this home adds its name under the same lock, after its shards.
         let _lock = self.lock_index().await?;
         let holdings = self.holdings(self.owner()).await?;
-        let (pointer, index) = self.index_on(&holdings).await?;
+        let (pointer, index) = self.index_on(&holdings, Reading::ToList).await?;
         let mut peers = distinct_peers(&holdings);
         let nodes = peers.len();
         peers.retain(|p| !self.has_failed(p));
@@ -2356,8 +2485,9 @@ impl Storage {
         // becomes garbage. One as new as the newest but different is another machine's
         // change: its index is kept.
         let owner = self.owner();
+        let chain = self.chain().await?;
         let answers = futures::future::join_all(peers.iter().map(|&p| async move {
-            let kept = wire::get_pointer(&self.mesh, p, owner).await.ok()?;
+            let kept = wire::get_pointer(&self.mesh, p, owner, chain).await.ok()?;
             Some(match &kept {
                 Some(k) if k.pointer.seq < newest.pointer.seq && dry_run => None,
                 Some(k) if k.pointer.seq < newest.pointer.seq => {
@@ -2828,7 +2958,7 @@ fn seal_and_code(
     cipher: Cipher,
 ) -> Result<(erasure::Shards, Segment), String> {
     let plain_len = sealable.len().saturating_sub(NONCE_BYTES);
-    let key = keys.content_key(salt, &sealable[NONCE_BYTES.min(sealable.len())..]);
+    let key = keys.content_key(salt, cipher, &sealable[NONCE_BYTES.min(sealable.len())..]);
     crypto::seal_in_place(cipher, &key, None, &mut sealable);
     let sealed_len = sealable.len();
     let shards = erasure::encode_owned(scheme, sealable).map_err(|e| e.to_string())?;
