@@ -111,6 +111,21 @@ fn bar(globals: &Globals, total: u64) -> indicatif::ProgressBar {
     bar
 }
 
+/// A bar counting objects gone through, named as each starts (hidden as [`bar`] is).
+fn objects_bar(globals: &Globals, total: usize, verb: &'static str) -> indicatif::ProgressBar {
+    if globals.json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(&format!(
+            "{{bar:40}} {{pos}}/{{len}} objects, {verb} {{msg}}"
+        ))
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
 fn parse_range(s: &str) -> anyhow::Result<(u64, u64)> {
     let (a, b) = s.split_once('-').with_context(|| {
         format!("{s:?} is not a range: write START-END in bytes, e.g. 0-1048576")
@@ -483,7 +498,14 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
             let mut widened = Vec::new();
             // An object that cannot be repaired (or widened) is named; the others still are.
             let mut failed: Vec<(String, String)> = Vec::new();
+            // A widening shows its own bar, by bytes.
+            let progress = match widen {
+                true => indicatif::ProgressBar::hidden(),
+                false => objects_bar(globals, objects.len(), "checking"),
+            };
             for (n, entry) in &objects {
+                progress.set_message(n.clone());
+                progress.inc(1);
                 let report = match storage.repair(n, entry).await {
                     Ok(report) => report,
                     Err(e) => {
@@ -504,6 +526,7 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
                 }
                 reports.push(report);
             }
+            progress.finish_and_clear();
             let failed_json: Vec<Value> = failed
                 .iter()
                 .map(|(name, error)| json!({ "name": name, "error": error }))
@@ -655,7 +678,10 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
             // An object that cannot be audited at all (its manifest unreadable) is named,
             // and the others are still audited and kept.
             let mut unaudited: Vec<(String, String)> = Vec::new();
+            let progress = objects_bar(globals, objects.len(), "auditing");
             for (name, entry) in &objects {
+                progress.set_message(name.clone());
+                progress.inc(1);
                 let audited = match storage.audit(&entry.capability, usize::from(samples)).await {
                     Ok(r) => r,
                     Err(e) => {
@@ -676,6 +702,7 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
                     }
                 }
             }
+            progress.finish_and_clear();
             let results: Vec<AuditResult> = per_node.into_values().collect();
             let file = audits_file(globals)?;
             if let Some(dir) = file.parent() {

@@ -1844,6 +1844,16 @@ impl Storage {
             tokio::fs::rename(&partial, out)
                 .await
                 .map_err(file_err("cannot write", out))?;
+            // The rename itself made durable before the resume state goes: a crash now
+            // must not leave neither OUT nor the state to resume from.
+            let folder = match out.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            let _ = tokio::task::spawn_blocking(move || {
+                std::fs::File::open(folder).and_then(|d| d.sync_all())
+            })
+            .await;
             let _ = tokio::fs::remove_file(&state_file).await;
         }
         Ok(written)
