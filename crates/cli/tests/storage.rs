@@ -891,6 +891,35 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
             "nothing was written to the roomier second reservation {second} on node {node}: {status}"
         );
         assert!(got(&home, &[], "second.bin", &home.join("second-back.bin")) == small_data);
+
+        // The same bytes put again under the same name, on a reservation too small for
+        // two copies: its shards are there already, so the room they take does not
+        // refuse it (as it would a retry of a put cut short most of the way).
+        let carol_key = home.join("carol.json");
+        let carol_key = carol_key.to_str().expect("utf8");
+        let carol = ok(&home, &["--key", carol_key, "key", "new"]);
+        let carol = carol["account"].as_str().expect("account");
+        ok(
+            &home,
+            &[
+                "--key", demo, "wallet", "transfer", "--to", carol, "--amount", "10000",
+            ],
+        );
+        let as_carol = |args: &[&str]| -> Value {
+            let mut all = vec!["--key", carol_key];
+            all.extend_from_slice(args);
+            ok(&home, &all)
+        };
+        as_carol(&["store", "reserve", "--size", "16MiB", "--nodes", "5"]);
+        let tight = home.join("tight.bin");
+        random_file(&tight, 30 << 20, 17);
+        let tight = tight.to_str().expect("utf8");
+        let first = as_carol(&["store", "put", tight, "tight.bin"]);
+        assert_eq!(first["shards_resumed"], 0, "{first}");
+        let again = as_carol(&["store", "put", tight, "tight.bin"]);
+        assert_eq!(again["shards_sent"], 0, "{again}");
+        assert_eq!(again["shards_resumed"], first["shards_sent"], "{again}");
+        assert_eq!(again["replaced"], true, "{again}");
     })
     .await
     .expect("the storage walk-through");

@@ -932,9 +932,23 @@ impl Storage {
                 need[assign(seg, j)] += shard;
             }
         }
-        self.check_room(&holdings, &need).await?;
-
         let salt = self.keys.object_salt(name);
+        if let Err(short) = self.check_room(&holdings, &need).await {
+            // Shards already there count as used: a retry of a put cut short, or a put
+            // again of the same bytes under the same name, would be refused for room its
+            // own shards take.
+            if !self
+                .stored_before(&source, size, scheme, &salt, &holdings, assign)
+                .await
+            {
+                return Err(short);
+            }
+            info!(
+                name,
+                "this object's first segment is on your nodes already (a put of the same bytes under this name, perhaps cut short): going on without the room check"
+            );
+        }
+
         let holdings = Arc::new(holdings);
         let (tx, rx) =
             tokio::sync::mpsc::channel::<(u64, erasure::Shards, Segment)>(SEGMENTS_IN_FLIGHT);
@@ -1132,6 +1146,42 @@ impl Storage {
         (0..holdings.len()).find(|i| {
             !targets.contains(i) && holdings[*i].peer_id().is_ok_and(|p| self.can_take(&p))
         })
+    }
+
+    /// Whether every shard of the first segment of `source` (`size` bytes), put as the
+    /// name of `salt` with `scheme`, is on the node a put assigns it to.
+    async fn stored_before(
+        &self,
+        source: &Source<'_>,
+        size: u64,
+        scheme: Scheme,
+        salt: &[u8; 32],
+        holdings: &[Holding],
+        assign: impl Fn(u64, usize) -> usize,
+    ) -> bool {
+        let len = size.min(u64::from(SEGMENT_BYTES)) as usize;
+        let Ok(sealable) = self.read_segment(source, scheme, 0, 0, len).await else {
+            return false;
+        };
+        let (keys, salt) = (StorageKeys::of(&self.key), *salt);
+        let coded = tokio::task::spawn_blocking(move || {
+            seal_and_code(&keys, &salt, scheme, sealable, Cipher::Aes256Gcm)
+        })
+        .await;
+        let Ok(Ok((_, segment))) = coded else {
+            return false;
+        };
+        let asked = segment.shards.iter().enumerate().map(|(j, id)| {
+            let holding = &holdings[assign(0, j)];
+            async move {
+                let peer = holding.peer_id().ok()?;
+                wire::has(&self.mesh, peer, vec![*id]).await.ok()
+            }
+        });
+        futures::future::join_all(asked)
+            .await
+            .iter()
+            .all(|has| has.as_deref() == Some(&[true]))
     }
 
     /// Put one segment's shards, each on its assigned node, another if that one fails.
