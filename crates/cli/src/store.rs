@@ -199,7 +199,6 @@ async fn connect(globals: &Globals) -> anyhow::Result<Storage> {
         .with_peer_book(peers))
 }
 
-/// The object `name` with its index entry, or every object when no name is given.
 /// Wait `secs` seconds (at least one); whether a stop was asked for meanwhile.
 async fn stopped_waiting(secs: u64) -> bool {
     tokio::select! {
@@ -208,6 +207,7 @@ async fn stopped_waiting(secs: u64) -> bool {
     }
 }
 
+/// The object `name` with its index entry, or every object when no name is given.
 async fn objects(
     storage: &Storage,
     name: Option<&str>,

@@ -148,17 +148,25 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Running> {
         (None, None) => Consent::None,
     };
     // A machine booting while the ledger is out of reach waits for it rather than exiting.
-    let (id, location) = loop {
-        match ensure_registered(
-            &client,
-            &key,
-            config.farm,
-            probe.offered,
-            &location,
-            consent,
-        )
-        .await
-        {
+    // The grid is checked first: a data directory of another grid stops the start before
+    // the node registers there.
+    let (chain, (id, location)) = loop {
+        let registered = async {
+            let status = client.status().await?.data;
+            let chain = peergrid_storage::format::grid_id(&status.chain_id, &status.genesis_hash);
+            world.follow_chain(&chain, &config.data_dir)?;
+            let registered = ensure_registered(
+                &client,
+                &key,
+                config.farm,
+                probe.offered,
+                &location,
+                consent,
+            )
+            .await?;
+            anyhow::Ok((chain, registered))
+        };
+        match registered.await {
             Ok(registered) => break registered,
             Err(e) if unreachable(&e) => {
                 warn!(
@@ -170,9 +178,6 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Running> {
             Err(e) => return Err(e),
         }
     };
-    // Registration has just reached the ledger, so its status answers too.
-    let chain = client.status().await?.data.chain_id;
-    world.follow_chain(&chain, &config.data_dir)?;
     if world.node.is_some_and(|n| n != id) {
         warn!(old = ?world.node, new = id, "the data directory belonged to another node id; resyncing");
         world.workloads.clear();

@@ -102,8 +102,8 @@ pub enum Action {
 pub struct World {
     /// The node's id on the ledger, once registered.
     pub node: Option<NodeId>,
-    /// The chain (its id) the node follows: a ledger started anew has another, and
-    /// nothing the world recorded of the old one holds there.
+    /// The grid the node follows (its chain id and genesis hash): a grid started anew
+    /// has another, and nothing the world recorded of the old one holds there.
     #[serde(default)]
     pub chain: Option<String>,
     /// The last finalized height whose events were reconciled.
@@ -157,10 +157,10 @@ impl WorldError {
     }
 }
 
-/// A data directory kept for one chain, given a ledger of another.
+/// A data directory kept for one grid, given a ledger of another.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "the data directory {} belongs to chain {followed}, and the ledger is chain {ledger}: check --ledger, or, to join {ledger}, start the node with a new --data-dir (move the old one away once chain {followed}'s data is no longer needed)",
+    "the data directory {} belongs to grid {followed}, and the ledger is of grid {ledger} (chain id / genesis hash): check --ledger, or, to join that grid, start the node with a new --data-dir (move the old one away once the old grid's data is no longer needed)",
     data_dir.display()
 )]
 pub struct OtherChain {
@@ -242,9 +242,23 @@ impl World {
     /// removal leaves one).
     pub fn set_shard_roots(&mut self, roots: ShardRoots) -> Result<(), WorldError> {
         self.shard_roots = roots;
-        // A root that is gone while contracts keep shards under it is a disk that is not
-        // mounted: making it again would put new shards on the disk beneath, hidden once
-        // the disk is back. No new contract goes there; its contracts refuse puts.
+        let unplaced: Vec<(ContractId, ShardsAt)> = (self.workloads.values())
+            .filter(|w| w.holds_capacity() && w.shards_at.is_none())
+            .filter_map(|w| Some((w.contract, self.place_shards(w)?)))
+            .collect();
+        for (id, at) in &unplaced {
+            if let Some(w) = self.workloads.get_mut(id) {
+                w.shards_at = Some(at.clone());
+            }
+        }
+        if !unplaced.is_empty() {
+            self.save()?;
+        }
+        // After placing an older world's contracts (their folders are where the roots
+        // say): a root that is gone while contracts keep shards under it is a disk that
+        // is not mounted. Making it again would put new shards on the disk beneath,
+        // hidden once the disk is back: no new contract goes there, and its contracts
+        // refuse puts.
         for slot in [&mut self.shard_roots.ssd, &mut self.shard_roots.hdd] {
             let Some(root) = slot.clone() else { continue };
             let holds_shards = self.workloads.values().any(|w| {
@@ -258,18 +272,6 @@ impl World {
                 );
                 *slot = None;
             }
-        }
-        let unplaced: Vec<(ContractId, ShardsAt)> = (self.workloads.values())
-            .filter(|w| w.holds_capacity() && w.shards_at.is_none())
-            .filter_map(|w| Some((w.contract, self.place_shards(w)?)))
-            .collect();
-        for (id, at) in &unplaced {
-            if let Some(w) = self.workloads.get_mut(id) {
-                w.shards_at = Some(at.clone());
-            }
-        }
-        if !unplaced.is_empty() {
-            self.save()?;
         }
         for root in [&self.shard_roots.ssd, &self.shard_roots.hdd]
             .into_iter()
@@ -371,7 +373,7 @@ impl World {
         Ok(world)
     }
 
-    /// Follow the ledger of chain `chain` from now on. A world that followed another
+    /// Follow the ledger of grid `chain` from now on. A world that followed another
     /// chain is refused, not dropped: its folders hold the old chain's data, which a
     /// ledger pointed at by mistake must not cost, and whose contract ids a new chain
     /// would reuse.
@@ -857,27 +859,24 @@ mod tests {
     }
 
     #[test]
-    fn a_world_of_another_chain_is_refused_with_what_to_do() {
+    fn a_world_of_another_grid_is_refused_with_what_to_do() {
+        use peergrid_storage::format::grid_id;
+        let first = grid_id("peergrid", &peergrid_core::Hash::of(b"genesis a"));
+        // Started anew under the same chain id: another genesis, another grid.
+        let anew = grid_id("peergrid", &peergrid_core::Hash::of(b"genesis b"));
         let (dir, mut w) = world();
-        w.follow_chain("peergrid-a", dir.path())
-            .expect("first chain");
+        w.follow_chain(&first, dir.path()).expect("first grid");
         let c = contract(1, ME, 1 << 30, ContractState::Created);
         assert!(matches!(reconcile(&mut w, &c), Action::Provision(_)));
         let mut w = World::load(dir.path()).expect("restart");
-        w.follow_chain("peergrid-a", dir.path())
-            .expect("same chain");
-        let e = w
-            .follow_chain("peergrid-b", dir.path())
-            .expect_err("another chain");
+        w.follow_chain(&first, dir.path()).expect("same grid");
+        let e = w.follow_chain(&anew, dir.path()).expect_err("another grid");
         let text = e.to_string();
         assert!(
-            text.contains("peergrid-a") && text.contains("--data-dir"),
+            text.contains(&first) && text.contains("--data-dir"),
             "{text}"
         );
-        assert!(
-            w.workloads.contains_key(&1),
-            "nothing of the old chain lost"
-        );
+        assert!(w.workloads.contains_key(&1), "nothing of the old grid lost");
     }
 
     #[test]

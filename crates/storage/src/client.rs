@@ -260,7 +260,7 @@ pub struct Storage {
     segments: BufferPool,
     /// Where the owner's nodes were last reached, dialed before asking the DHT.
     peer_book: Option<PeerBook>,
-    /// The grid's chain id, once asked.
+    /// The grid's identity, once asked.
     chain: tokio::sync::OnceCell<String>,
 }
 
@@ -339,11 +339,17 @@ impl Storage {
         }
     }
 
-    /// The grid's chain id, which the owner's pointers are signed for (asked of the
-    /// ledger once).
+    /// The grid's identity ([`crate::format::grid_id`]), which the owner's pointers are
+    /// signed for (asked of the ledger once).
     async fn chain(&self) -> Result<&str, StorageError> {
         self.chain
-            .get_or_try_init(|| async { Ok(self.ledger.status().await?.data.chain_id) })
+            .get_or_try_init(|| async {
+                let status = self.ledger.status().await?.data;
+                Ok(crate::format::grid_id(
+                    &status.chain_id,
+                    &status.genesis_hash,
+                ))
+            })
             .await
             .map(String::as_str)
     }
@@ -853,12 +859,13 @@ impl Storage {
                     wire::usage(&self.mesh, peer, hs.iter().map(|h| h.contract).collect()).await
             {
                 // A contract the node does not count yet (just reserved) cannot take a
-                // shard yet either.
-                let free = |h: &Holding| {
-                    h.quota
-                        .saturating_sub(used_by(&u, h.contract).unwrap_or(h.quota))
-                };
-                if let Some(i) = (0..hs.len()).max_by_key(|&i| free(&hs[i])) {
+                // shard yet either: one it counts comes first, then the most room.
+                let room =
+                    |h: &Holding| used_by(&u, h.contract).map(|used| h.quota.saturating_sub(used));
+                if let Some(i) = (0..hs.len()).max_by_key(|&i| {
+                    let r = room(&hs[i]);
+                    (r.is_some(), r.unwrap_or(0))
+                }) {
                     return hs.swap_remove(i);
                 }
             }
@@ -924,28 +931,35 @@ impl Storage {
         // Which holdings each segment's shards go to: rotate over all of them.
         let count = holdings.len();
         let assign = move |seg: u64, shard: usize| (seg as usize + shard) % count;
-        let mut need = vec![0u64; holdings.len()];
-        for seg in 0..segments {
-            let plain = (size - seg * u64::from(SEGMENT_BYTES)).min(u64::from(SEGMENT_BYTES));
-            let shard = scheme.shard_len(plain as usize + NONCE_BYTES + TAG_BYTES) as u64;
-            for j in 0..scheme.n() {
-                need[assign(seg, j)] += shard;
+        // What each node is given of the segments from `first` on.
+        let need_from = |first: u64| {
+            let mut need = vec![0u64; holdings.len()];
+            for seg in first..segments {
+                let plain = (size - seg * u64::from(SEGMENT_BYTES)).min(u64::from(SEGMENT_BYTES));
+                let shard = scheme.shard_len(plain as usize + NONCE_BYTES + TAG_BYTES) as u64;
+                for j in 0..scheme.n() {
+                    need[assign(seg, j)] += shard;
+                }
             }
-        }
+            need
+        };
         let salt = self.keys.object_salt(name);
-        if let Err(short) = self.check_room(&holdings, &need).await {
+        if let Err(short) = self.check_room(&holdings, &need_from(0)).await {
             // Shards already there count as used: a retry of a put cut short, or a put
             // again of the same bytes under the same name, would be refused for room its
-            // own shards take.
-            if !self
-                .stored_before(&source, size, scheme, &salt, &holdings, assign)
-                .await
-            {
+            // own shards take. Only what is not there yet must fit.
+            let stored = self
+                .stored_prefix(&source, size, segments, scheme, &salt, &holdings, assign)
+                .await;
+            if stored == 0 {
                 return Err(short);
             }
+            self.check_room(&holdings, &need_from(stored)).await?;
             info!(
                 name,
-                "this object's first segment is on your nodes already (a put of the same bytes under this name, perhaps cut short): going on without the room check"
+                stored,
+                segments,
+                "segments of this object are on your nodes already (a put of the same bytes under this name, perhaps cut short): only the rest must fit"
             );
         }
 
@@ -1148,40 +1162,62 @@ impl Storage {
         })
     }
 
-    /// Whether every shard of the first segment of `source` (`size` bytes), put as the
-    /// name of `salt` with `scheme`, is on the node a put assigns it to.
-    async fn stored_before(
+    /// How many segments from the start of `source` (`size` bytes), put as the name of
+    /// `salt` with `scheme`, have every shard on the node a put assigns it to already: a
+    /// put cut short, or one of a file that since grew, left such a prefix (a put sends
+    /// its segments in order, a few at a time). Found by halving, a segment sealed and
+    /// asked for at each step.
+    #[allow(clippy::too_many_arguments)] // one put's own facts, passed through once
+    async fn stored_prefix(
         &self,
         source: &Source<'_>,
         size: u64,
+        segments: u64,
         scheme: Scheme,
         salt: &[u8; 32],
         holdings: &[Holding],
         assign: impl Fn(u64, usize) -> usize,
-    ) -> bool {
-        let len = size.min(u64::from(SEGMENT_BYTES)) as usize;
-        let Ok(sealable) = self.read_segment(source, scheme, 0, 0, len).await else {
-            return false;
-        };
-        let (keys, salt) = (StorageKeys::of(&self.key), *salt);
-        let coded = tokio::task::spawn_blocking(move || {
-            seal_and_code(&keys, &salt, scheme, sealable, Cipher::Aes256Gcm)
-        })
-        .await;
-        let Ok(Ok((_, segment))) = coded else {
-            return false;
-        };
-        let asked = segment.shards.iter().enumerate().map(|(j, id)| {
-            let holding = &holdings[assign(0, j)];
+    ) -> u64 {
+        let present = |seg: u64| {
+            let assign = &assign;
             async move {
-                let peer = holding.peer_id().ok()?;
-                wire::has(&self.mesh, peer, vec![*id]).await.ok()
+                let offset = seg * u64::from(SEGMENT_BYTES);
+                let len = (size - offset).min(u64::from(SEGMENT_BYTES)) as usize;
+                let Ok(sealable) = self.read_segment(source, scheme, seg, offset, len).await else {
+                    return false;
+                };
+                let (keys, salt) = (StorageKeys::of(&self.key), *salt);
+                let coded = tokio::task::spawn_blocking(move || {
+                    seal_and_code(&keys, &salt, scheme, sealable, Cipher::Aes256Gcm)
+                })
+                .await;
+                let Ok(Ok((_, segment))) = coded else {
+                    return false;
+                };
+                let asked = segment.shards.iter().enumerate().map(|(j, id)| {
+                    let holding = &holdings[assign(seg, j)];
+                    async move {
+                        let peer = holding.peer_id().ok()?;
+                        wire::has(&self.mesh, peer, vec![*id]).await.ok()
+                    }
+                });
+                futures::future::join_all(asked)
+                    .await
+                    .iter()
+                    .all(|has| has.as_deref() == Some(&[true]))
             }
-        });
-        futures::future::join_all(asked)
-            .await
-            .iter()
-            .all(|has| has.as_deref() == Some(&[true]))
+        };
+        // The first segment not there is in lo..=hi.
+        let (mut lo, mut hi) = (0, segments);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if present(mid).await {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
     }
 
     /// Put one segment's shards, each on its assigned node, another if that one fails.
@@ -1385,10 +1421,11 @@ impl Storage {
     }
 
     /// The newest pointer `peers` keep: see [`Storage::index`] for whose answers count.
-    /// To change the index, fewer than a majority answering, or no answer keeping a
-    /// pointer while some node did not answer, is an error: the index read could be
-    /// older than the newest (or empty), and the change written over it would hide every
-    /// name added since, whose objects gc would then take as garbage.
+    /// To change the index, fewer than a majority answering is an error: a change is
+    /// kept only once its pointer is on a majority ([`Storage::save_index`]), so a
+    /// majority's answers include the newest, but fewer could all be older, and the
+    /// change written over them would hide every name added since, whose objects gc
+    /// would then take as garbage.
     async fn newest_pointer(
         &self,
         peers: &[PeerId],
@@ -1433,16 +1470,10 @@ impl Storage {
                 "none of your storage nodes answered; is the grid up? (`peergrid node list`)",
             ));
         }
-        let silent = peers.len() - reached;
         if reading == Reading::ToChange && reached < majority {
             return Err(other(format!(
                 "only {reached} of your {} storage nodes answered, too few to be sure your index is the newest: changing it now could hide names kept on the others. Try again when more are up (`peergrid store status` shows which are down)",
                 peers.len()
-            )));
-        }
-        if reading == Reading::ToChange && kept.is_empty() && silent > 0 {
-            return Err(other(format!(
-                "none of the {reached} storage nodes that answered keeps your index, and {silent} did not answer: if they keep it, a new index now would hide every name in it. Try again when they are up (`peergrid store status`); a node gone for good: cancel its contract (`peergrid contract cancel ID`)"
             )));
         }
         if reached < majority {
@@ -1527,7 +1558,7 @@ impl Storage {
     }
 
     /// Store `index` on `holdings` and point to it from each; `nodes` is how many nodes
-    /// the owner has in all, for the warning when the pointer reached half or fewer.
+    /// the owner has in all: a pointer kept by half of them or fewer is an error.
     async fn save_index(
         &self,
         holdings: &[Holding],
@@ -1564,15 +1595,12 @@ impl Storage {
         }))
         .await;
         let kept = results.iter().filter(|r| r.is_ok()).count();
-        if kept == 0 {
-            return Err(other("no node kept the new index pointer"));
-        }
-        if kept <= nodes / 2 {
-            warn!(
-                kept,
-                nodes,
-                "the new index pointer is on fewer than half of your storage nodes: a listing made while they are down may not show this change"
-            );
+        // Kept by half or fewer, the change could be missed by the next one, which reads a
+        // majority that need not include them, and written over.
+        if kept * 2 <= nodes {
+            return Err(other(format!(
+                "the new index reached only {kept} of your {nodes} storage nodes, too few for the next change to be sure to see it: run the command again when more are up (`peergrid store status`); nothing stored is lost"
+            )));
         }
         // The previous index is no longer named by anything.
         if let Some(old) = old

@@ -355,6 +355,13 @@ pub struct Pointer {
     pub index: Hash,
 }
 
+/// What names one grid for the owner's pointers and a node's data directory: its chain
+/// id, which an operator chooses, and the hash of the genesis it started from, which
+/// differs for a grid started anew under the same id.
+pub fn grid_id(chain_id: &str, genesis_hash: &Hash) -> String {
+    format!("{chain_id}/{genesis_hash}")
+}
+
 /// A [`Pointer`] signed by its owner for one grid: the signature covers the grid's
 /// chain id, so a pointer from another grid (a devnet or testnet the same words were
 /// used on, with a higher sequence number) is refused by nodes and readers alike.

@@ -567,6 +567,7 @@ impl ShardStore {
             wire::write_response(stream, &Response::Ready)
                 .await
                 .map_err(Receive::Io)?;
+            moved.moving(true);
             let mut hasher = ShardHasher::default();
             let batch = BATCH_BYTES;
             let mut spare = self.buffers.take(len);
@@ -606,6 +607,8 @@ impl ShardStore {
                     (file, bytes, result)
                 }));
             }
+            // Every byte is in: what follows moves the file into place, not to be cut.
+            moved.moving(false);
             self.buffers.give(spare);
             let file = match writing.take() {
                 Some(w) => {
@@ -701,6 +704,7 @@ impl ShardStore {
         let mut hasher = ShardHasher::default();
         let mut spare = self.buffers.take(len);
         let mut left = len;
+        moved.moving(true);
         let mut reading =
             (left > 0).then(|| read_next(file, self.buffers.take(len), (left as usize).min(batch)));
         while let Some(r) = reading.take() {
@@ -720,6 +724,7 @@ impl ShardStore {
             moved.moved(n);
             self.buffers.give(std::mem::replace(&mut spare, bytes));
         }
+        moved.moving(false);
         self.buffers.give(spare);
         stream.flush().await?;
         if hasher.finalize() != id {
@@ -961,7 +966,9 @@ impl ShardStore {
             ));
         }
         let _writing = self.pointer_write.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(kept) = self.pointer(&owner)
+        // A kept pointer that does not verify for this grid (signed before pointers named
+        // their grid) is not the owner's newest: it must not block a new one.
+        if let Some(kept) = self.pointer(&owner).filter(|k| k.verify(&self.chain))
             && kept.pointer.seq >= pointer.pointer.seq
         {
             return Response::Done;
@@ -1114,6 +1121,10 @@ impl Drop for TempFile {
 struct Progress {
     started: Instant,
     bytes: AtomicU64,
+    /// Only while shard bytes move may the stream be closed: closing a removal between
+    /// its unlink and its count, or a put while it moves its file into place, would
+    /// leave the store's counts wrong.
+    closable: AtomicBool,
 }
 
 impl Progress {
@@ -1121,6 +1132,7 @@ impl Progress {
         Progress {
             started: Instant::now(),
             bytes: AtomicU64::new(0),
+            closable: AtomicBool::new(false),
         }
     }
 
@@ -1128,8 +1140,17 @@ impl Progress {
         self.bytes.fetch_add(n as u64, Ordering::Relaxed);
     }
 
-    /// Its average rate, when it is old enough and below `limits`' floor.
+    /// Mark whether shard bytes are moving now (the stream may be closed if slow).
+    fn moving(&self, now: bool) {
+        self.closable.store(now, Ordering::Relaxed);
+    }
+
+    /// Its average rate, when it moves shard bytes, is old enough and below `limits`'
+    /// floor.
     fn too_slow(&self, limits: &StreamLimits, now: Instant) -> Option<f64> {
+        if !self.closable.load(Ordering::Relaxed) {
+            return None;
+        }
         let age = now.saturating_duration_since(self.started);
         let rate = self.bytes.load(Ordering::Relaxed) as f64 / age.as_secs_f64().max(1e-3);
         (age >= limits.grace && rate < limits.floor_bytes_per_sec as f64).then_some(rate)
@@ -1243,9 +1264,16 @@ mod tests {
         };
         let at = |age_secs: u64, bytes: u64| {
             let p = Progress::new();
+            p.moving(true);
             p.bytes.store(bytes, Ordering::Relaxed);
             p.too_slow(&limits, p.started + Duration::from_secs(age_secs))
         };
+        let idle = Progress::new();
+        assert_eq!(
+            idle.too_slow(&limits, idle.started + Duration::from_secs(60)),
+            None,
+            "a stream not moving shard bytes (a removal, an audit) is never closed"
+        );
         assert_eq!(at(5, 0), None, "young streams are left alone");
         assert_eq!(at(20, 0), Some(0.0));
         assert_eq!(at(20, 20 * 1024), Some(1024.0));
