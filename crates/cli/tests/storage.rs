@@ -893,7 +893,13 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
             all.extend_from_slice(args);
             ok(&home, &all)
         };
-        let reserved = as_carol(&["store", "reserve", "--size", "16MiB", "--nodes", "5"]);
+        let (done, reserved, err) = run(
+            &home,
+            &[
+                "--key", carol_key, "store", "reserve", "--size", "16MiB", "--nodes", "5",
+            ],
+        );
+        assert!(done && !err.contains("has not learned"), "{err}");
         let carols: Vec<u64> = reserved["contracts"]
             .as_array()
             .map(|cs| cs.iter().filter_map(Value::as_u64).collect())

@@ -766,10 +766,51 @@ impl Storage {
                 failures.join("; ")
             )));
         }
+        self.until_known(&created).await;
         if let Err(e) = self.spread_index(&created).await {
             warn!(error = %e, "your new nodes do not keep your index yet: your next put or rm gives it to them");
         }
         Ok(created)
+    }
+
+    /// Wait, ten seconds at most, until each node of `contracts` counts its contract. A
+    /// node learns of a contract from the ledger moments after it is final and refuses
+    /// its shards until then, so a put right after the reserve would send them to other
+    /// nodes (or fail, with none to spare).
+    async fn until_known(&self, contracts: &[ContractId]) {
+        let Ok(holdings) = self.holdings(self.owner()).await else {
+            return;
+        };
+        let fresh: Vec<Holding> = holdings
+            .into_iter()
+            .filter(|h| contracts.contains(&h.contract))
+            .collect();
+        self.connect_all(&fresh).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        futures::future::join_all(fresh.iter().map(|h| async move {
+            let Ok(peer) = h.peer_id() else {
+                return;
+            };
+            let mut wait = Duration::from_millis(100);
+            loop {
+                if let Ok(u) = wire::usage(&self.mesh, peer, vec![h.contract]).await
+                    && used_by(&u, h.contract).is_some()
+                {
+                    return;
+                }
+                if tokio::time::Instant::now() + wait > deadline {
+                    warn!(
+                        node = h.node,
+                        contract = h.contract,
+                        "the node has not learned of its new contract yet: puts go to your other nodes until it has"
+                    );
+                    return;
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(1));
+            }
+        }))
+        .await;
     }
 
     /// Give the nodes of `contracts` (just reserved) the owner's newest index and its
@@ -949,7 +990,7 @@ impl Storage {
             // again of the same bytes under the same name, would be refused for room its
             // own shards take. Only what is not there yet must fit.
             let stored = self
-                .stored_prefix(&source, size, segments, scheme, &salt, &holdings, assign)
+                .stored_prefix(&source, size, segments, scheme, &salt, &holdings)
                 .await;
             if stored == 0 {
                 return Err(short);
@@ -1163,11 +1204,10 @@ impl Storage {
     }
 
     /// How many segments from the start of `source` (`size` bytes), put as the name of
-    /// `salt` with `scheme`, have every shard on the node a put assigns it to already: a
-    /// put cut short, or one of a file that since grew, left such a prefix (a put sends
+    /// `salt` with `scheme`, have every shard on one of the nodes of `holdings` already:
+    /// a put cut short, or one of a file that since grew, left such a prefix (a put sends
     /// its segments in order, a few at a time). Found by halving, a segment sealed and
-    /// asked for at each step.
-    #[allow(clippy::too_many_arguments)] // one put's own facts, passed through once
+    /// asked for at each step (of every node: a shard its node refused went to another).
     async fn stored_prefix(
         &self,
         source: &Source<'_>,
@@ -1176,10 +1216,10 @@ impl Storage {
         scheme: Scheme,
         salt: &[u8; 32],
         holdings: &[Holding],
-        assign: impl Fn(u64, usize) -> usize,
     ) -> u64 {
+        let peers = distinct_peers(holdings);
         let present = |seg: u64| {
-            let assign = &assign;
+            let peers = &peers;
             async move {
                 let offset = seg * u64::from(SEGMENT_BYTES);
                 let len = (size - offset).min(u64::from(SEGMENT_BYTES)) as usize;
@@ -1194,17 +1234,18 @@ impl Storage {
                 let Ok(Ok((_, segment))) = coded else {
                     return false;
                 };
-                let asked = segment.shards.iter().enumerate().map(|(j, id)| {
-                    let holding = &holdings[assign(seg, j)];
-                    async move {
-                        let peer = holding.peer_id().ok()?;
-                        wire::has(&self.mesh, peer, vec![*id]).await.ok()
+                let ids = &segment.shards;
+                let answers = futures::future::join_all(
+                    peers.iter().map(|&p| wire::has(&self.mesh, p, ids.clone())),
+                )
+                .await;
+                let mut found = vec![false; ids.len()];
+                for flags in answers.into_iter().flatten() {
+                    for (f, has) in found.iter_mut().zip(flags) {
+                        *f |= has;
                     }
-                });
-                futures::future::join_all(asked)
-                    .await
-                    .iter()
-                    .all(|has| has.as_deref() == Some(&[true]))
+                }
+                found.iter().all(|f| *f)
             }
         };
         // The first segment not there is in lo..=hi.
@@ -1472,7 +1513,7 @@ impl Storage {
         }
         if reading == Reading::ToChange && reached < majority {
             return Err(other(format!(
-                "only {reached} of your {} storage nodes answered, too few to be sure your index is the newest: changing it now could hide names kept on the others. Try again when more are up (`peergrid store status` shows which are down)",
+                "only {reached} of your {} storage nodes answered, too few to be sure your index is the newest: changing it now could hide names kept on the others. Try again when more are up (`peergrid store status` shows which are down), or cancel the contracts of nodes gone for good (`peergrid contract cancel ID`)",
                 peers.len()
             )));
         }
@@ -1599,7 +1640,7 @@ impl Storage {
         // majority that need not include them, and written over.
         if kept * 2 <= nodes {
             return Err(other(format!(
-                "the new index reached only {kept} of your {nodes} storage nodes, too few for the next change to be sure to see it: run the command again when more are up (`peergrid store status`); nothing stored is lost"
+                "the new index reached only {kept} of your {nodes} storage nodes, too few for the next change to be sure to see it: run the command again when more are up (`peergrid store status`), or cancel the contracts of nodes gone for good (`peergrid contract cancel ID`); nothing stored is lost"
             )));
         }
         // The previous index is no longer named by anything.
