@@ -928,7 +928,14 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
         drop(paused);
         assert_eq!(again["shards_sent"], 0, "{again}");
         assert_eq!(again["shards_resumed"], first["shards_sent"], "{again}");
-        assert_eq!(again["replaced"], true, "{again}");
+        // And it is the same object: a capability shared for it still reads.
+        assert_eq!(again["replaced"], false, "{again}");
+        assert_eq!(again["capability"], first["capability"], "{again}");
+        // Other bytes under that name replace it, and say so.
+        random_file(Path::new(tight), 1 << 20, 18);
+        let other = as_carol(&["store", "put", tight, "tight.bin", "--scheme", "2+1"]);
+        assert_eq!(other["replaced"], true, "{other}");
+        assert_ne!(other["capability"], first["capability"], "{other}");
     })
     .await
     .expect("the storage walk-through");

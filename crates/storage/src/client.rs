@@ -1082,6 +1082,23 @@ impl Storage {
         if done.len() as u64 != segments {
             return Err(other("the upload stopped before every segment was stored"));
         }
+        // The same bytes put again under the same name (a sync run again): the object
+        // stays as it was, and so does every capability shared for it.
+        if let Some(kept) = self.unchanged(name, size, scheme, &done).await {
+            info!(
+                name,
+                "the same bytes are stored under this name already: kept as it was"
+            );
+            return Ok(PutReport {
+                name: name.to_string(),
+                capability: kept.capability,
+                size,
+                scheme,
+                shards_sent: sent,
+                shards_resumed: resumed,
+                replaced: false,
+            });
+        }
         let manifest = Manifest {
             name: name.to_string(),
             size,
@@ -1134,6 +1151,27 @@ impl Storage {
             shards_resumed: resumed,
             replaced: replaced.is_some(),
         })
+    }
+
+    /// The index entry of `name` when it names an object of exactly these segments
+    /// (`size` bytes in `scheme`, each segment's key and shards alike).
+    async fn unchanged(
+        &self,
+        name: &str,
+        size: u64,
+        scheme: Scheme,
+        done: &BTreeMap<u64, Segment>,
+    ) -> Option<IndexEntry> {
+        let (_, index) = self.index().await.ok()?;
+        let old = index.objects.get(name)?;
+        if old.size != size || old.scheme != scheme {
+            return None;
+        }
+        let (manifest, _) = self.open(&old.capability).await.ok()?;
+        let same = manifest.segments.len() == done.len()
+            && (manifest.segments.iter().zip(done.values()))
+                .all(|(a, b)| a.key == b.key && a.shards == b.shards);
+        same.then(|| old.clone())
     }
 
     /// Bytes used in each holding, as its node counts them (`None`: no answer).
