@@ -362,8 +362,8 @@ pub fn grid_id(chain_id: &str, genesis_hash: &Hash) -> String {
     format!("{chain_id}/{genesis_hash}")
 }
 
-/// A [`Pointer`] signed by its owner for one grid: the signature covers the grid's
-/// chain id, so a pointer from another grid (a devnet or testnet the same words were
+/// A [`Pointer`] signed by its owner for one grid: the signature covers the grid
+/// ([`grid_id`]), so a pointer from another grid (a devnet or testnet the same words were
 /// used on, with a higher sequence number) is refused by nodes and readers alike.
 #[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
 pub struct SignedPointer {
@@ -374,13 +374,13 @@ pub struct SignedPointer {
 }
 
 impl SignedPointer {
-    /// Sign `pointer` with its owner's key, for the grid of chain `chain`.
+    /// Sign `pointer` with its owner's key, for the grid `chain` ([`grid_id`]).
     pub fn sign(owner: &Keypair, chain: &str, pointer: Pointer) -> SignedPointer {
         let signature = Signature(owner.sign(POINTER_NAMESPACE, &signed_bytes(chain, &pointer)));
         SignedPointer { pointer, signature }
     }
 
-    /// Whether the owner it names signed it for the grid of chain `chain`.
+    /// Whether the owner it names signed it for the grid `chain` ([`grid_id`]).
     pub fn verify(&self, chain: &str) -> bool {
         self.signature.verify(
             &self.pointer.owner,
@@ -390,7 +390,7 @@ impl SignedPointer {
     }
 }
 
-/// What a pointer's signature covers: the chain id, then the pointer.
+/// What a pointer's signature covers: the grid, then the pointer.
 fn signed_bytes(chain: &str, pointer: &Pointer) -> Vec<u8> {
     peergrid_core::codec::encode(&(chain.to_string(), pointer))
 }

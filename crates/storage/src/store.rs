@@ -167,7 +167,7 @@ pub struct StoreStats {
 /// The node's shards.
 pub struct ShardStore {
     pointers: PathBuf,
-    /// The grid's chain id: pointers signed for another grid are refused.
+    /// The grid ([`crate::format::grid_id`]): pointers signed for another are refused.
     chain: String,
     state: Mutex<State>,
     stats: Mutex<StoreStats>,
@@ -217,7 +217,7 @@ fn shard_path(contract_dir: &Path, id: &Hash) -> PathBuf {
 
 impl ShardStore {
     /// A store that keeps owners' pointers in `pointers_dir`, taking those signed for
-    /// the grid of chain `chain`.
+    /// the grid `chain` ([`crate::format::grid_id`]).
     pub fn new(pointers_dir: PathBuf, chain: &str) -> std::io::Result<ShardStore> {
         std::fs::create_dir_all(&pointers_dir)?;
         Ok(ShardStore {

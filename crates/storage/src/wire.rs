@@ -617,7 +617,7 @@ pub async fn put_pointer(
 }
 
 /// The newest pointer of `owner` that `peer` keeps (checked: signed by `owner` for the
-/// grid of chain `chain`; one signed for another grid counts as none).
+/// grid `chain`, [`crate::format::grid_id`]; one signed for another counts as none).
 pub async fn get_pointer(
     mesh: &Mesh,
     peer: PeerId,
