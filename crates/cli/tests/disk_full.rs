@@ -195,7 +195,8 @@ fn a_node_with_a_full_disk_is_passed_over_named_when_needed_and_used_again_once_
     assert!(
         err.contains("node disk full: ")
             && err.contains("the node refuses new data until space is freed")
-            && err.contains("no other node of yours can take its shard"),
+            && err.contains("no other node of yours can take its shard")
+            && err.contains("run the same put again"),
         "{err}"
     );
     assert!(

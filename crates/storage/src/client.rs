@@ -1077,7 +1077,11 @@ impl Storage {
         };
         // An upload that fails drops the channel, which stops the reader.
         let (read, uploaded) = futures::join!(reader, uploader);
-        let (done, sent, resumed) = uploaded?;
+        let (done, sent, resumed) = uploaded.map_err(|e| {
+            other(format!(
+                "{e} (run the same put again: the shards already stored are not sent again)"
+            ))
+        })?;
         read?;
         if done.len() as u64 != segments {
             return Err(other("the upload stopped before every segment was stored"));
@@ -1995,7 +1999,15 @@ impl Storage {
         .await;
         drop(to_writer);
         let wrote = writer.await.map_err(|e| other(e.to_string()))?;
-        fetched?;
+        if !stream {
+            fetched.map_err(|e| {
+                other(format!(
+                    "{e} (run the same get again: it goes on after what was written)"
+                ))
+            })?;
+        } else {
+            fetched?;
+        }
         wrote?;
         if !stream {
             tokio::fs::rename(&partial, out)
