@@ -427,6 +427,15 @@ mod tests {
         }
     }
 
+    fn capability(owner: &Keypair) -> Capability {
+        Capability {
+            owner: owner.account(),
+            manifest: Hash::of(b"m"),
+            key: [9; 32],
+            cipher: Cipher::Aes256Gcm,
+        }
+    }
+
     #[test]
     fn formats_round_trip_and_refuse_what_they_cannot_read() {
         let m = manifest();
@@ -471,12 +480,7 @@ mod tests {
         );
 
         let owner = Keypair::from_seed([4; 32]);
-        let cap = Capability {
-            owner: owner.account(),
-            manifest: Hash::of(b"m"),
-            key: [9; 32],
-            cipher: Cipher::Aes256Gcm,
-        };
+        let cap = capability(&owner);
         let text = cap.to_string();
         assert!(text.starts_with("pg1"));
         assert_eq!(text.parse::<Capability>().expect("parses"), cap);
@@ -511,12 +515,7 @@ mod tests {
         const POINTER_V1: &str = "01ca93ac1705187071d67b83c7ff0efe8108e8ec4530575d7726879333dbdabe7c0300000000000000e9c0ba08015769a0c4354594b96ce0dfbf27c9eb534a2f8378508985f732ff6db4343605da6bbb1601e3fa8ad2177cc7ae395cd44dc61971538a7cb0d8bb31577b55b76170fa712468dace43889044d9a8d6e644ebeca02c75d2b49850cf1302";
         const CAPABILITY_V1: &str = "pg1D2EroMGddKpg3PNcqMUaDBeLMc43kvMRuTnzgNtaMLYBuFT5ynQ6P577gnoGZ5XaNTTWWt4YTQ44EvMbBq3PcQTBJ4EtBLgQeeXUWLnmytEDMoueqqbds7tCUvW461gUtZMdz";
         let owner = Keypair::from_seed([4; 32]);
-        let capability = Capability {
-            owner: owner.account(),
-            manifest: Hash::of(b"m"),
-            key: [9; 32],
-            cipher: Cipher::Aes256Gcm,
-        };
+        let capability = capability(&owner);
         let index = Index {
             objects: [(
                 "photos/cat.jpg".to_string(),

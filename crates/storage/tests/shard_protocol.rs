@@ -72,6 +72,21 @@ impl Rig {
         (key, mesh)
     }
 
+    /// The store serving contract 1 of the owner and contract 2 of a stranger (1 MiB
+    /// each): the stranger's mesh and contract.
+    async fn owner_and_stranger(&self) -> (Mesh, ContractAccess) {
+        let (stranger_key, stranger) = self.stranger().await;
+        let strangers = ContractAccess {
+            owner: stranger_key.account(),
+            ..self.contract(2, 1 << 20, false).1
+        };
+        self.store.set_contracts(HashMap::from([
+            self.contract(1, 1 << 20, false),
+            (2, strangers.clone()),
+        ]));
+        (stranger, strangers)
+    }
+
     /// The store serving only contract `id` (1 MiB) with `bytes` put in it as one shard.
     async fn one_shard(&self, id: u64, bytes: &[u8]) -> Hash {
         self.store
@@ -434,15 +449,7 @@ async fn corrupted_shards_are_caught_and_crash_leftovers_removed() {
 async fn a_shard_in_two_contracts_is_each_ones_own() {
     let r = rig().await;
     let peer = r.node.peer_id();
-    let (stranger_key, stranger) = r.stranger().await;
-    let strangers = ContractAccess {
-        owner: stranger_key.account(),
-        ..r.contract(2, 1 << 20, false).1
-    };
-    r.store.set_contracts(HashMap::from([
-        r.contract(1, 1 << 20, false),
-        (2, strangers.clone()),
-    ]));
+    let (stranger, strangers) = r.owner_and_stranger().await;
     let bytes: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
     let id = shard_id(&bytes);
     wire::put(&r.owner_mesh, peer, 1, id, &bytes)
@@ -604,15 +611,7 @@ async fn streams_that_trickle_make_way_when_every_slot_is_taken() {
     })
     .await;
     let peer = r.node.peer_id();
-    let (stranger_key, stranger) = r.stranger().await;
-    let strangers = ContractAccess {
-        owner: stranger_key.account(),
-        ..r.contract(2, 1 << 20, false).1
-    };
-    r.store.set_contracts(HashMap::from([
-        r.contract(1, 1 << 20, false),
-        (2, strangers),
-    ]));
+    let (stranger, _) = r.owner_and_stranger().await;
     // A peer takes every slot with puts it then sends nothing of.
     let mut held = Vec::new();
     for i in 0..2u8 {
