@@ -427,6 +427,19 @@ mod tests {
         }
     }
 
+    /// Sequence 3 of `owner`'s pointer, for grid "grid-a".
+    fn pointer(owner: &Keypair) -> SignedPointer {
+        SignedPointer::sign(
+            owner,
+            "grid-a",
+            Pointer {
+                owner: owner.account(),
+                seq: 3,
+                index: Hash::of(b"i"),
+            },
+        )
+    }
+
     fn capability(owner: &Keypair) -> Capability {
         Capability {
             owner: owner.account(),
@@ -489,15 +502,7 @@ mod tests {
         assert!(check_name("photos/cat.jpg").is_ok());
         assert!(check_name("").is_err());
 
-        let p = SignedPointer::sign(
-            &owner,
-            "grid-a",
-            Pointer {
-                owner: owner.account(),
-                seq: 3,
-                index: Hash::of(b"i"),
-            },
-        );
+        let p = pointer(&owner);
         assert!(p.verify("grid-a"));
         assert!(!p.verify("grid-b"), "a pointer holds on its own grid only");
         let mut forged = p.clone();
@@ -528,15 +533,7 @@ mod tests {
             )]
             .into(),
         };
-        let pointer = SignedPointer::sign(
-            &owner,
-            "grid-a",
-            Pointer {
-                owner: owner.account(),
-                seq: 3,
-                index: Hash::of(b"i"),
-            },
-        );
+        let pointer = pointer(&owner);
         // What this build writes is still version 1 (a new version adds its own fixture).
         assert_eq!(hex::encode(encode_versioned(&manifest())), MANIFEST_V1);
         assert_eq!(hex::encode(encode_versioned(&index)), INDEX_V1);
