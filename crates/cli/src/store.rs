@@ -97,8 +97,13 @@ pub enum StoreCommand {
     },
 }
 
+/// Whether progress is drawn: on a terminal, and not for `--json`.
+fn shows_progress(globals: &Globals) -> bool {
+    !globals.json && std::io::IsTerminal::is_terminal(&std::io::stderr())
+}
+
 fn bar(globals: &Globals, total: u64) -> indicatif::ProgressBar {
-    if globals.json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+    if !shows_progress(globals) {
         return indicatif::ProgressBar::hidden();
     }
     let bar = indicatif::ProgressBar::new(total);
@@ -113,7 +118,7 @@ fn bar(globals: &Globals, total: u64) -> indicatif::ProgressBar {
 
 /// A bar counting objects gone through, named as each starts (hidden as [`bar`] is).
 fn objects_bar(globals: &Globals, total: usize, verb: &'static str) -> indicatif::ProgressBar {
-    if globals.json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+    if !shows_progress(globals) {
         return indicatif::ProgressBar::hidden();
     }
     let bar = indicatif::ProgressBar::new(total as u64);

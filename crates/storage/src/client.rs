@@ -1018,19 +1018,11 @@ impl Storage {
             let mut seg = 0;
             loop {
                 if seg < segments && encoding.len() < ENCODES_AT_ONCE {
-                    let offset = seg * u64::from(SEGMENT_BYTES);
-                    let plain_len = (size - offset).min(u64::from(SEGMENT_BYTES)) as usize;
                     let (keys, at) = (keys.clone(), seg);
                     encoding.push_back(async move {
-                        let sealable = self
-                            .read_segment(source, scheme, at, offset, plain_len)
+                        let encoded = self
+                            .sealed_segment(source, size, scheme, keys, salt, at)
                             .await?;
-                        let encoded = tokio::task::spawn_blocking(move || {
-                            seal_and_code(&keys, &salt, scheme, sealable, Cipher::Aes256Gcm)
-                        })
-                        .await
-                        .map_err(|e| other(format!("the encoder stopped: {e}")))?
-                        .map_err(other)?;
                         Ok::<_, StorageError>((at, encoded))
                     });
                     seg += 1;
@@ -1245,6 +1237,28 @@ impl Storage {
         })
     }
 
+    /// Segment `seg` of `source` (`size` bytes) read, sealed and coded as a put of the
+    /// name of `salt` in `scheme` stores it (on a blocking thread).
+    async fn sealed_segment(
+        &self,
+        source: &Source<'_>,
+        size: u64,
+        scheme: Scheme,
+        keys: StorageKeys,
+        salt: [u8; 32],
+        seg: u64,
+    ) -> Result<(erasure::Shards, Segment), StorageError> {
+        let offset = seg * u64::from(SEGMENT_BYTES);
+        let len = (size - offset).min(u64::from(SEGMENT_BYTES)) as usize;
+        let sealable = self.read_segment(source, scheme, seg, offset, len).await?;
+        tokio::task::spawn_blocking(move || {
+            seal_and_code(&keys, &salt, scheme, sealable, Cipher::Aes256Gcm)
+        })
+        .await
+        .map_err(|e| other(format!("the encoder stopped: {e}")))?
+        .map_err(other)
+    }
+
     /// How many segments from the start of `source` (`size` bytes), put as the name of
     /// `salt` with `scheme`, have every shard on one of the nodes of `holdings` already:
     /// a put cut short, or one of a file that since grew, left such a prefix (a put sends
@@ -1263,17 +1277,11 @@ impl Storage {
         let present = |seg: u64| {
             let peers = &peers;
             async move {
-                let offset = seg * u64::from(SEGMENT_BYTES);
-                let len = (size - offset).min(u64::from(SEGMENT_BYTES)) as usize;
-                let Ok(sealable) = self.read_segment(source, scheme, seg, offset, len).await else {
-                    return false;
-                };
-                let (keys, salt) = (StorageKeys::of(&self.key), *salt);
-                let coded = tokio::task::spawn_blocking(move || {
-                    seal_and_code(&keys, &salt, scheme, sealable, Cipher::Aes256Gcm)
-                })
-                .await;
-                let Ok(Ok((_, segment))) = coded else {
+                let keys = StorageKeys::of(&self.key);
+                let Ok((_, segment)) = self
+                    .sealed_segment(source, size, scheme, keys, *salt, seg)
+                    .await
+                else {
                     return false;
                 };
                 let ids = &segment.shards;
