@@ -23,6 +23,8 @@ use crate::world::{Action, WorkloadState, plan};
 
 /// How often the whole set of contracts is re-read, in case anything was missed.
 pub const RESYNC_EVERY: Duration = Duration::from_secs(300);
+/// How soon a contract a block named is read again when it could not be read.
+const RETRY_UNREAD: Duration = Duration::from_secs(1);
 
 /// Persist the followed height at least this often (in blocks) when nothing changes.
 const SAVE_EVERY_BLOCKS: u64 = 100;
@@ -230,21 +232,48 @@ pub async fn follow(shared: Arc<Shared>, client: Arc<Client>) {
         // The next resync comes on time even when no block does (a chain that was reset,
         // or events asked from a height it has not reached).
         let resync_at = tokio::time::Instant::now() + RESYNC_EVERY;
-        while let Ok(Some(block)) = tokio::time::timeout_at(resync_at, blocks.next()).await {
-            let known = held(shared.as_ref()).await;
+        // Contracts a block named that could not be read, or were not there yet (the
+        // validator asked had not reached the block the stream came from): read again
+        // every RETRY_UNREAD, not left to the next resync minutes away.
+        let mut unread: BTreeSet<ContractId> = BTreeSet::new();
+        loop {
+            let wake = match unread.is_empty() {
+                true => resync_at,
+                false => resync_at.min(tokio::time::Instant::now() + RETRY_UNREAD),
+            };
+            let block = match tokio::time::timeout_at(wake, blocks.next()).await {
+                Ok(Some(block)) => Some(block),
+                Ok(None) => break,
+                Err(_) if tokio::time::Instant::now() >= resync_at => break,
+                Err(_) => None,
+            };
+            let mut ids = std::mem::take(&mut unread);
+            if let Some(block) = &block {
+                let known = held(shared.as_ref()).await;
+                ids.extend(relevant(block, me, &known));
+            }
             let mut changed = false;
-            for id in relevant(&block, me, &known) {
+            for id in ids {
                 match contract(&client, id).await {
                     Ok(Some(c)) => changed |= reconcile_one(&shared, &c).await,
-                    Ok(None) => {}
+                    Ok(None) => {
+                        debug!(
+                            contract = id,
+                            "a contract a block named is not there yet; reading it again"
+                        );
+                        unread.insert(id);
+                    }
                     Err(e) => {
-                        warn!(contract = id, error = %e, "cannot read contract; the next resync retries")
+                        warn!(contract = id, error = %e, "cannot read contract; reading it again");
+                        unread.insert(id);
                     }
                 }
             }
             let mut world = shared.world.lock().await;
-            world.followed_height = block.height;
-            if changed || block.height % SAVE_EVERY_BLOCKS == 0 {
+            if let Some(block) = &block {
+                world.followed_height = block.height;
+            }
+            if changed || block.is_some_and(|b| b.height % SAVE_EVERY_BLOCKS == 0) {
                 let _ = world.save();
             }
             drop(world);
