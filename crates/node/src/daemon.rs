@@ -53,6 +53,14 @@ pub struct NodeConfig {
     pub owner_key: Option<PathBuf>,
 }
 
+/// The folder of this node's shards on `disk`, under the node's own name: two nodes
+/// may share a disk.
+fn shard_root(disk: &crate::probe::ProbedDisk, key: &Keypair) -> PathBuf {
+    disk.path
+        .join("peergrid-shards")
+        .join(key.account().to_string())
+}
+
 /// The node's own key: `node-key.json` in the data directory, created on first start.
 pub fn node_key(data_dir: &std::path::Path) -> anyhow::Result<Keypair> {
     let path = data_dir.join("node-key.json");
@@ -116,14 +124,23 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Running> {
     } else {
         config.disks.clone()
     };
-    let probe: Probe = probe(&disks, &config.reserve).map_err(anyhow::Error::msg)?;
+    let mut probe: Probe = probe(&disks, &config.reserve).map_err(anyhow::Error::msg)?;
+    let mut world = World::load(&config.data_dir)?;
+    // A disk that is not mounted leaves an empty mount point on another file system:
+    // neither its space nor its folder is the disk's.
+    for d in world.drop_unmounted(&mut probe, |d| shard_root(d, &key)) {
+        tracing::error!(
+            disk = %d.path.display(),
+            folder = %shard_root(&d, &key).display(),
+            "this node's shard folder on the disk is gone: is the disk mounted? It is not offered to the grid until it is back (if the disk was replaced and its data is lost, create the folder and restart)"
+        );
+    }
     info!(capacity = %probe.offered, "probed");
     write_atomic(
         &config.data_dir.join("probe.json"),
         &serde_json::to_vec_pretty(&probe)?,
     )
     .map_err(|e: WorldError| anyhow::anyhow!(e))?;
-    let mut world = World::load(&config.data_dir)?;
     if !world.workloads.is_empty() {
         info!(
             workloads = world.workloads.len(),
@@ -186,22 +203,15 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Running> {
     }
     world.node = Some(id);
     world.save()?;
-    // Shards go on the node's disks by the class their contract reserves, under the
-    // node's own folder there (two nodes may share a disk).
-    let shard_root = |class: crate::probe::DiskClass| {
-        probe
-            .disks
-            .iter()
+    // Shards go on the node's disks by the class their contract reserves.
+    let root_for = |class: crate::probe::DiskClass| {
+        (probe.disks.iter())
             .find(|d| d.class == class && !d.path.as_os_str().is_empty())
-            .map(|d| {
-                d.path
-                    .join("peergrid-shards")
-                    .join(key.account().to_string())
-            })
+            .map(|d| shard_root(d, &key))
     };
     world.set_shard_roots(crate::world::ShardRoots {
-        ssd: shard_root(crate::probe::DiskClass::Ssd),
-        hdd: shard_root(crate::probe::DiskClass::Hdd),
+        ssd: root_for(crate::probe::DiskClass::Ssd),
+        hdd: root_for(crate::probe::DiskClass::Hdd),
     })?;
     if settings.location.as_ref() != Some(&location) {
         settings.location = Some(location);

@@ -130,6 +130,19 @@ pub struct Probe {
     pub offered: Capacity,
 }
 
+impl Probe {
+    /// Stop counting the `i`th disk: what it offered is no longer offered.
+    pub fn remove_disk(&mut self, i: usize) -> ProbedDisk {
+        let d = self.disks.remove(i);
+        let offered = match d.class {
+            DiskClass::Ssd => &mut self.offered.sru,
+            DiskClass::Hdd => &mut self.offered.hru,
+        };
+        *offered = offered.saturating_sub(d.offered_bytes);
+        d
+    }
+}
+
 /// Probe this machine: cores, memory and the disks under `disks`, minus `reserve`.
 pub fn probe(disks: &[DiskSpec], reserve: &Reservation) -> Result<Probe, String> {
     let mut system = System::new();

@@ -6,7 +6,7 @@
 //! the world that names it is saved and removed only after, so a crash at any point
 //! leaves at worst an orphan folder, which [`World::load`] removes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use peergrid_client::{Contract, ContractState};
@@ -122,6 +122,10 @@ pub struct World {
     /// on disk, so no folder is removed as an orphan.
     #[serde(default)]
     pub synced: bool,
+    /// The shard roots this node has made: one gone at a later start is a disk that is
+    /// not mounted, even when no contract keeps shards on it yet.
+    #[serde(default)]
+    made_roots: BTreeSet<PathBuf>,
 }
 
 /// The folders storage contracts' shards go under, by the class their contract reserves.
@@ -255,29 +259,39 @@ impl World {
             self.save()?;
         }
         // After placing an older world's contracts (their folders are where the roots
-        // say): a root that is gone while contracts keep shards under it is a disk that
-        // is not mounted. Making it again would put new shards on the disk beneath,
-        // hidden once the disk is back: no new contract goes there, and its contracts
-        // refuse puts.
-        for slot in [&mut self.shard_roots.ssd, &mut self.shard_roots.hdd] {
-            let Some(root) = slot.clone() else { continue };
-            let holds_shards = self.workloads.values().any(|w| {
-                w.holds_capacity()
-                    && matches!(&w.shards_at, Some(ShardsAt::Disk(p)) if p.starts_with(&root))
-            });
-            if holds_shards && !root.exists() {
+        // say): a root that is gone while this node made it or contracts keep shards
+        // under it is a disk that is not mounted. No new contract goes there, and its
+        // contracts refuse puts.
+        let roots = [self.shard_roots.ssd.take(), self.shard_roots.hdd.take()];
+        let [ssd, hdd] = roots.map(|root| {
+            let root = root?;
+            if self.is_unmounted(&root) {
                 tracing::error!(
                     folder = %root.display(),
                     "the folder of storage contracts' shards is gone: is its disk mounted? Until it is back their puts are refused and new contracts are not placed on it (if the disk was replaced and its data is lost, create the folder and restart)"
                 );
-                *slot = None;
+                return None;
             }
+            Some(root)
+        });
+        self.shard_roots = ShardRoots { ssd, hdd };
+        let made: Vec<PathBuf> = [&self.shard_roots.ssd, &self.shard_roots.hdd]
+            .into_iter()
+            .flatten()
+            .filter(|r| !self.made_roots.contains(*r))
+            .cloned()
+            .collect();
+        if !made.is_empty() {
+            for root in &made {
+                std::fs::create_dir_all(root).map_err(io_err("cannot create", root))?;
+            }
+            self.made_roots.extend(made);
+            self.save()?;
         }
         for root in [&self.shard_roots.ssd, &self.shard_roots.hdd]
             .into_iter()
             .flatten()
         {
-            std::fs::create_dir_all(root).map_err(io_err("cannot create", root))?;
             let entries = std::fs::read_dir(root).map_err(io_err("cannot list", root))?;
             for entry in entries.flatten() {
                 let path = entry.path();
@@ -330,6 +344,34 @@ impl World {
             }
         }
         Ok(())
+    }
+
+    /// Whether the shard root `root` is gone while this node made it or keeps shards
+    /// under it: its disk is not mounted. Making it again would put shards on the disk
+    /// beneath, hidden once the disk is back.
+    pub fn is_unmounted(&self, root: &Path) -> bool {
+        let holds_shards = self.workloads.values().any(|w| {
+            w.holds_capacity()
+                && matches!(&w.shards_at, Some(ShardsAt::Disk(p)) if p.starts_with(root))
+        });
+        (holds_shards || self.made_roots.contains(root)) && !root.exists()
+    }
+
+    /// Stop offering the disks of `probe` whose shard root (`root_of`) is unmounted
+    /// ([`World::is_unmounted`]): the folder there is the mount point's, on another file
+    /// system, whose space is not the disk's. Returns the disks dropped.
+    pub fn drop_unmounted(
+        &self,
+        probe: &mut crate::probe::Probe,
+        root_of: impl Fn(&crate::probe::ProbedDisk) -> PathBuf,
+    ) -> Vec<crate::probe::ProbedDisk> {
+        let gone: Vec<usize> = (0..probe.disks.len())
+            .filter(|&i| self.is_unmounted(&root_of(&probe.disks[i])))
+            .collect();
+        gone.into_iter()
+            .rev()
+            .map(|i| probe.remove_disk(i))
+            .collect()
     }
 
     /// Load the world from `dir` (an empty one the first time), and make the folders on
@@ -856,6 +898,86 @@ mod tests {
             "a resync from the ledger finds its data again"
         );
         assert!(fresh.workload_dir(3).exists(), "workload folders kept too");
+    }
+
+    #[test]
+    fn a_disk_whose_folder_was_made_once_is_not_made_again_nor_offered_while_unmounted() {
+        use crate::probe::{DiskClass, Probe, ProbedDisk};
+        let (dir, mut w) = world();
+        let disks = tempfile::tempdir().expect("disks");
+        let hdd = disks.path().join("hdd");
+        let root_of = |d: &ProbedDisk| d.path.join("peergrid-shards");
+        let probed = |path: &Path| Probe {
+            cores: 2,
+            memory_bytes: 1 << 30,
+            disks: vec![ProbedDisk {
+                mount: path.to_path_buf(),
+                path: path.to_path_buf(),
+                total_bytes: 100 << 30,
+                class: DiskClass::Hdd,
+                offered_bytes: 95 << 30,
+            }],
+            offered: Capacity {
+                hru: 95 << 30,
+                ..Capacity::ZERO
+            },
+        };
+        std::fs::create_dir_all(&hdd).expect("mount point");
+        let roots = ShardRoots {
+            ssd: None,
+            hdd: Some(hdd.join("peergrid-shards")),
+        };
+        let mut probe = probed(&hdd);
+        assert!(
+            w.drop_unmounted(&mut probe, root_of).is_empty(),
+            "a first start"
+        );
+        w.set_shard_roots(roots.clone()).expect("roots");
+        assert!(hdd.join("peergrid-shards").is_dir());
+
+        // Unmounted before any contract came: the empty mount point is another disk.
+        std::fs::remove_dir_all(&hdd).expect("unmount");
+        std::fs::create_dir_all(&hdd).expect("empty mount point");
+        let mut w = World::load(dir.path()).expect("restart");
+        let mut probe = probed(&hdd);
+        let dropped = w.drop_unmounted(&mut probe, root_of);
+        assert_eq!(dropped.len(), 1, "the disk is named");
+        assert!(
+            probe.disks.is_empty() && probe.offered.hru == 0,
+            "{probe:?}"
+        );
+        w.set_shard_roots(roots.clone()).expect("roots");
+        assert!(
+            !hdd.join("peergrid-shards").exists(),
+            "nothing made in its place"
+        );
+        let on_hdd = Capacity {
+            hru: 1 << 30,
+            ..Capacity::ZERO
+        };
+        w.apply(
+            1,
+            Action::Provision(Workload {
+                contract: 1,
+                kind: "storage".into(),
+                owner: Keypair::from_seed([1; 32]).account(),
+                reserved: on_hdd,
+                deployment_hash: None,
+                deployed: None,
+                state: WorkloadState::Running,
+                shards_at: None,
+            }),
+        )
+        .expect("provision");
+        assert_eq!(w.shard_dir(1), w.workload_dir(1), "not on the disk beneath");
+
+        // The operator replaced the disk and made the folder, as the error says.
+        std::fs::create_dir_all(hdd.join("peergrid-shards")).expect("made by hand");
+        let mut w = World::load(dir.path()).expect("restart");
+        let mut probe = probed(&hdd);
+        assert!(w.drop_unmounted(&mut probe, root_of).is_empty());
+        assert_eq!(probe.offered.hru, 95 << 30);
+        w.set_shard_roots(roots).expect("roots");
     }
 
     #[test]
