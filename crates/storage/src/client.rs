@@ -1474,7 +1474,7 @@ impl Storage {
             sealed,
         )
         .map_err(|e| other(e.to_string()))?;
-        let index = decode_versioned("owner index", &plain, INDEX_BYTES_MAX)?;
+        let index = decode_versioned::<Index>(&plain)?;
         Ok((Some(pointer), index))
     }
 

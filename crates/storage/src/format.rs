@@ -1,7 +1,8 @@
 //! What storage writes and reads: manifests, capabilities, the owner index and its
-//! signed pointer. Each format starts with a version byte; a reader decodes every
-//! version up to its own and refuses newer ones with a message saying to upgrade. Every
-//! decoder has a size limit and never panics on arbitrary bytes (tested).
+//! signed pointer. Each format starts with a version byte of its own ([`Format`]); a
+//! reader decodes every version up to its own and refuses newer ones with a message
+//! saying to upgrade. Every decoder has a size limit and never panics on arbitrary bytes
+//! (tested), and version 1 of each is kept as bytes a build must still read (tested).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -15,8 +16,6 @@ use serde::{Deserialize, Serialize};
 use crate::crypto::Cipher;
 use crate::erasure::Scheme;
 
-/// The version of every format this build writes.
-pub const FORMAT_VERSION: u8 = 1;
 /// Largest manifest read (about 2.8 million shards' addresses).
 pub const MANIFEST_BYTES_MAX: usize = 128 << 20;
 /// Largest owner index read.
@@ -39,13 +38,15 @@ pub enum FormatError {
     },
     /// Written by a newer peergrid.
     #[error(
-        "{what} has format version {found}; this peergrid reads up to {FORMAT_VERSION}: upgrade peergrid"
+        "{what} has format version {found}; this peergrid reads up to {reads}: upgrade peergrid"
     )]
     Newer {
         /// Which format.
         what: &'static str,
         /// The version found.
         found: u8,
+        /// The newest version this build reads.
+        reads: u8,
     },
     /// Not decodable.
     #[error("{what} is malformed: {reason}")]
@@ -57,24 +58,46 @@ pub enum FormatError {
     },
 }
 
-/// Encode `value` behind the current version byte.
-pub fn encode_versioned<T: BorshSerialize>(value: &T) -> Vec<u8> {
-    let mut out = vec![FORMAT_VERSION];
+/// A format with a version of its own: each changes apart from the others, and a build
+/// reads every version of it up to [`Format::VERSION`].
+pub trait Format: BorshSerialize + BorshDeserialize {
+    /// What it is called in errors.
+    const WHAT: &'static str;
+    /// The version this build writes.
+    const VERSION: u8;
+    /// The largest encoding read.
+    const BYTES_MAX: usize;
+
+    /// Decode the body of an encoding of `version` (1 to [`Format::VERSION`]). While a
+    /// format has had one layout it is the current one; the change that makes version 2
+    /// keeps here a reader of version 1 (the version 1 fixtures fail without it).
+    fn decode_body(version: u8, body: &[u8]) -> Result<Self, FormatError> {
+        let _ = version;
+        peergrid_core::codec::decode(Self::WHAT, body, Self::BYTES_MAX).map_err(|e| {
+            FormatError::Malformed {
+                what: Self::WHAT,
+                reason: e.to_string(),
+            }
+        })
+    }
+}
+
+/// Encode `value` behind its format's current version byte.
+pub fn encode_versioned<T: Format>(value: &T) -> Vec<u8> {
+    let mut out = vec![T::VERSION];
     out.extend(peergrid_core::codec::encode(value));
     out
 }
 
-/// Decode a versioned `T` of at most `max` bytes.
-pub fn decode_versioned<T: BorshDeserialize>(
-    what: &'static str,
-    bytes: &[u8],
-    max: usize,
-) -> Result<T, FormatError> {
+/// Decode a versioned `T`, of any version this build reads.
+pub fn decode_versioned<T: Format>(bytes: &[u8]) -> Result<T, FormatError> {
+    let what = T::WHAT;
     let (&version, body) = bytes.split_first().ok_or(FormatError::Empty { what })?;
-    if version > FORMAT_VERSION {
+    if version > T::VERSION {
         return Err(FormatError::Newer {
             what,
             found: version,
+            reads: T::VERSION,
         });
     }
     if version == 0 {
@@ -83,10 +106,7 @@ pub fn decode_versioned<T: BorshDeserialize>(
             reason: "version 0 was never written".into(),
         });
     }
-    peergrid_core::codec::decode(what, body, max).map_err(|e| FormatError::Malformed {
-        what,
-        reason: e.to_string(),
-    })
+    T::decode_body(version, body)
 }
 
 /// The longest segment a manifest may name: a reader holds several in memory at once.
@@ -130,10 +150,16 @@ pub struct Manifest {
     pub segments: Vec<Segment>,
 }
 
+impl Format for Manifest {
+    const WHAT: &'static str = "manifest";
+    const VERSION: u8 = 1;
+    const BYTES_MAX: usize = MANIFEST_BYTES_MAX;
+}
+
 impl Manifest {
     /// Decode and check a manifest's internal consistency.
     pub fn decode(bytes: &[u8]) -> Result<Manifest, FormatError> {
-        let m: Manifest = decode_versioned("manifest", bytes, MANIFEST_BYTES_MAX)?;
+        let m: Manifest = decode_versioned(bytes)?;
         let bad = |reason: String| FormatError::Malformed {
             what: "manifest",
             reason,
@@ -246,6 +272,12 @@ pub struct Capability {
     pub cipher: Cipher,
 }
 
+impl Format for Capability {
+    const WHAT: &'static str = "capability";
+    const VERSION: u8 = 1;
+    const BYTES_MAX: usize = 256;
+}
+
 impl fmt::Debug for Capability {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -286,7 +318,7 @@ impl FromStr for Capability {
         let bytes = bs58::decode(body)
             .into_vec()
             .map_err(|_| bad("not base58"))?;
-        decode_versioned("capability", &bytes, 256)
+        decode_versioned(&bytes)
     }
 }
 
@@ -373,6 +405,18 @@ pub struct SignedPointer {
     pub signature: Signature,
 }
 
+impl Format for Index {
+    const WHAT: &'static str = "owner index";
+    const VERSION: u8 = 1;
+    const BYTES_MAX: usize = INDEX_BYTES_MAX;
+}
+
+impl Format for SignedPointer {
+    const WHAT: &'static str = "pointer";
+    const VERSION: u8 = 1;
+    const BYTES_MAX: usize = POINTER_BYTES_MAX;
+}
+
 impl SignedPointer {
     /// Sign `pointer` with its owner's key, for the grid `chain` ([`grid_id`]).
     pub fn sign(owner: &Keypair, chain: &str, pointer: Pointer) -> SignedPointer {
@@ -454,7 +498,7 @@ mod tests {
         let m = manifest();
         assert_eq!(Manifest::decode(&encode_versioned(&m)).expect("decodes"), m);
         let mut newer = encode_versioned(&m);
-        newer[0] = FORMAT_VERSION + 1;
+        newer[0] = Manifest::VERSION + 1;
         assert!(matches!(
             Manifest::decode(&newer),
             Err(FormatError::Newer { .. })
@@ -541,12 +585,8 @@ mod tests {
         assert_eq!(capability.to_string(), CAPABILITY_V1);
         let bytes = |h: &str| hex::decode(h).expect("fixture hex");
         assert_eq!(Manifest::decode(&bytes(MANIFEST_V1)), Ok(manifest()));
-        assert_eq!(
-            decode_versioned::<Index>("owner index", &bytes(INDEX_V1), INDEX_BYTES_MAX),
-            Ok(index)
-        );
-        let read: SignedPointer =
-            decode_versioned("pointer", &bytes(POINTER_V1), POINTER_BYTES_MAX).expect("pointer");
+        assert_eq!(decode_versioned::<Index>(&bytes(INDEX_V1)), Ok(index));
+        let read: SignedPointer = decode_versioned(&bytes(POINTER_V1)).expect("pointer");
         assert!(read.verify("grid-a"), "a stored pointer still verifies");
         assert_eq!(CAPABILITY_V1.parse::<Capability>(), Ok(capability));
     }
@@ -555,9 +595,9 @@ mod tests {
         #[test]
         fn decoders_never_panic_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
             let _ = Manifest::decode(&bytes);
-            let _ = decode_versioned::<Index>("index", &bytes, INDEX_BYTES_MAX);
-            let _ = decode_versioned::<SignedPointer>("pointer", &bytes, POINTER_BYTES_MAX);
-            let _ = decode_versioned::<Capability>("capability", &bytes, 256);
+            let _ = decode_versioned::<Index>(&bytes);
+            let _ = decode_versioned::<SignedPointer>(&bytes);
+            let _ = decode_versioned::<Capability>(&bytes);
             let _ = String::from_utf8_lossy(&bytes).parse::<Capability>();
         }
 

@@ -38,7 +38,7 @@ use tracing::{debug, info, warn};
 
 use crate::blocking;
 use crate::direct::{AlignedBuf, BufferPool, DirectReader, DirectWriter};
-use crate::format::{POINTER_BYTES_MAX, SignedPointer, decode_versioned, encode_versioned};
+use crate::format::{SignedPointer, decode_versioned, encode_versioned};
 use crate::shard::ShardHasher;
 use crate::wire::{
     self, ContractUsage, HEADER_TIMEOUT, IDS_MAX, Request, Response, SHARD_BYTES_MAX, deadline,
@@ -322,7 +322,7 @@ impl ShardStore {
     /// The newest pointer kept for `owner`.
     pub fn pointer(&self, owner: &AccountId) -> Option<SignedPointer> {
         let bytes = std::fs::read(self.pointer_path(owner)).ok()?;
-        decode_versioned("pointer", &bytes, POINTER_BYTES_MAX).ok()
+        decode_versioned::<SignedPointer>(&bytes).ok()
     }
 
     async fn handle(
