@@ -117,6 +117,20 @@ fn bar(globals: &Globals, total: u64) -> indicatif::ProgressBar {
 }
 
 /// A bar counting objects gone through, named as each starts (hidden as [`bar`] is).
+/// A spinner with the time so far, for work whose length is not known ahead.
+fn busy(globals: &Globals, what: &'static str) -> indicatif::ProgressBar {
+    if !shows_progress(globals) {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(&format!("{{spinner}} {{elapsed}} {what}"))
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar
+}
+
 fn objects_bar(globals: &Globals, total: usize, verb: &'static str) -> indicatif::ProgressBar {
     if !shows_progress(globals) {
         return indicatif::ProgressBar::hidden();
@@ -623,7 +637,13 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
             older_than,
             dry_run,
         } => {
-            let reports = storage.collect_garbage(older_than, dry_run).await?;
+            let spinner = busy(
+                globals,
+                "reading your index and manifests, listing and auditing your nodes' shards",
+            );
+            let reports = storage.collect_garbage(older_than, dry_run).await;
+            spinner.finish_and_clear();
+            let reports = reports?;
             let unreached = reports.iter().filter(|r| r.error.is_some()).count();
             if globals.json {
                 output::json(&json!({ "dry_run": dry_run, "contracts": reports }))?;
