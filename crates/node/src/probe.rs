@@ -151,9 +151,9 @@ pub fn probe(disks: &[DiskSpec], reserve: &Reservation) -> Result<Probe, String>
         .map(|n| n.get() as u64)
         .unwrap_or(1);
     let memory_bytes = system.total_memory();
-    let mounts: Vec<(PathBuf, u64, DiskKind)> = Disks::new_with_refreshed_list()
+    let kinds: Vec<(PathBuf, DiskKind)> = Disks::new_with_refreshed_list()
         .iter()
-        .map(|d| (d.mount_point().to_path_buf(), d.total_space(), d.kind()))
+        .map(|d| (d.mount_point().to_path_buf(), d.kind()))
         .collect();
     let mut probed: Vec<ProbedDisk> = Vec::new();
     for spec in disks {
@@ -163,12 +163,22 @@ pub fn probe(disks: &[DiskSpec], reserve: &Reservation) -> Result<Probe, String>
                 spec.path.display()
             )
         })?;
-        let (mount, total, kind) = mount_of(&path, &mounts)
-            .ok_or_else(|| format!("no mounted file system found for {}", path.display()))?;
-        if probed.iter().any(|d| d.mount == *mount) {
+        // The file system that holds the path, measured there: the OS's list of disks
+        // leaves out some (tmpfs, network file systems, mounts under /run), and the
+        // longest listed mount above such a path is another file system.
+        let cannot =
+            |e: std::io::Error| format!("cannot measure disk path {}: {e}", path.display());
+        let mount = mount_point(&path).map_err(cannot)?;
+        let total = peergrid_core::fs::disk_space(&path)
+            .map_err(cannot)?
+            .total_bytes;
+        if probed.iter().any(|d| d.mount == mount) {
             // Two paths on one disk: count the disk once.
             continue;
         }
+        let kind = (kinds.iter())
+            .find(|(m, _)| *m == mount)
+            .map_or(DiskKind::Unknown(-1), |(_, kind)| *kind);
         let class = spec.class.unwrap_or(match kind {
             DiskKind::SSD => DiskClass::Ssd,
             // Unknown kinds (common in VMs and containers) are counted as HDD, the
@@ -180,9 +190,9 @@ pub fn probe(disks: &[DiskSpec], reserve: &Reservation) -> Result<Probe, String>
             .saturating_sub(kept)
             .min(spec.max_bytes.unwrap_or(u64::MAX));
         probed.push(ProbedDisk {
-            mount: mount.clone(),
-            path: path.clone(),
-            total_bytes: *total,
+            mount,
+            path,
+            total_bytes: total,
             class,
             offered_bytes: offered,
         });
@@ -215,15 +225,19 @@ pub fn probe(disks: &[DiskSpec], reserve: &Reservation) -> Result<Probe, String>
     })
 }
 
-/// The mount holding `path`: the longest mount point that is a prefix of it.
-fn mount_of<'a>(
-    path: &Path,
-    mounts: &'a [(PathBuf, u64, DiskKind)],
-) -> Option<&'a (PathBuf, u64, DiskKind)> {
-    mounts
-        .iter()
-        .filter(|(m, _, _)| path.starts_with(m))
-        .max_by_key(|(m, _, _)| m.components().count())
+/// The mount point of the file system holding `path` (canonical): the highest folder
+/// above it on the same device.
+fn mount_point(path: &Path) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let device = std::fs::metadata(path)?.dev();
+    let mut at = path;
+    while let Some(parent) = at.parent() {
+        if std::fs::metadata(parent)?.dev() != device {
+            break;
+        }
+        at = parent;
+    }
+    Ok(at.to_path_buf())
 }
 
 #[cfg(test)]
@@ -249,15 +263,27 @@ mod tests {
     }
 
     #[test]
-    fn longest_mount_prefix_wins() {
-        let mounts = vec![
-            (PathBuf::from("/"), 100, DiskKind::HDD),
-            (PathBuf::from("/data"), 50, DiskKind::SSD),
-        ];
-        let m = mount_of(Path::new("/data/peergrid"), &mounts).expect("found");
-        assert_eq!(m.0, PathBuf::from("/data"));
-        let m = mount_of(Path::new("/var/lib"), &mounts).expect("found");
-        assert_eq!(m.0, PathBuf::from("/"));
+    fn a_disk_the_os_does_not_list_is_measured_itself_not_as_the_disk_above_it() {
+        // The OS's list of disks leaves tmpfs out: the longest listed mount above this
+        // one is a larger file system.
+        let Some(disk) = peergrid_core::disklab::SmallDisk::mount_or_skip(64 << 20) else {
+            return;
+        };
+        let inner = disk.path().join("peergrid");
+        std::fs::create_dir_all(&inner).expect("folder");
+        let spec = |path: &Path| DiskSpec {
+            path: path.to_path_buf(),
+            class: None,
+            max_bytes: None,
+        };
+        let p = probe(&[spec(&inner), spec(disk.path())], &Reservation::default()).expect("probe");
+        assert_eq!(p.disks.len(), 1, "one disk, counted once: {p:?}");
+        let d = &p.disks[0];
+        assert_eq!(d.mount, disk.path().canonicalize().expect("canonical"));
+        assert_eq!(d.total_bytes, 64 << 20, "{d:?}");
+        assert_eq!(d.class, DiskClass::Hdd, "of a kind the OS does not say");
+        assert_eq!(p.offered.hru, d.offered_bytes);
+        assert!(d.offered_bytes < 64 << 20 && d.offered_bytes > 60 << 20);
     }
 
     #[test]
