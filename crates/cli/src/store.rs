@@ -116,7 +116,6 @@ fn bar(globals: &Globals, total: u64) -> indicatif::ProgressBar {
     bar
 }
 
-/// A bar counting objects gone through, named as each starts (hidden as [`bar`] is).
 /// A spinner with the time so far, for work whose length is not known ahead.
 fn busy(globals: &Globals, what: &'static str) -> indicatif::ProgressBar {
     if !shows_progress(globals) {
@@ -131,6 +130,7 @@ fn busy(globals: &Globals, what: &'static str) -> indicatif::ProgressBar {
     bar
 }
 
+/// A bar counting objects gone through, named as each starts (hidden as [`bar`] is).
 fn objects_bar(globals: &Globals, total: usize, verb: &'static str) -> indicatif::ProgressBar {
     if !shows_progress(globals) {
         return indicatif::ProgressBar::hidden();

@@ -55,10 +55,8 @@ pub struct NodeConfig {
 
 /// The folder of this node's shards on `disk`, under the node's own name: two nodes
 /// may share a disk.
-fn shard_root(disk: &crate::probe::ProbedDisk, key: &Keypair) -> PathBuf {
-    disk.path
-        .join("peergrid-shards")
-        .join(key.account().to_string())
+fn shard_root(disk: &std::path::Path, key: &Keypair) -> PathBuf {
+    disk.join("peergrid-shards").join(key.account().to_string())
 }
 
 /// The node's own key: `node-key.json` in the data directory, created on first start.
@@ -124,14 +122,17 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Running> {
     } else {
         config.disks.clone()
     };
-    let mut probe: Probe = probe(&disks, &config.reserve).map_err(anyhow::Error::msg)?;
     let mut world = World::load(&config.data_dir)?;
     // A disk that is not mounted leaves an empty mount point on another file system:
     // neither its space nor its folder is the disk's.
-    for d in world.drop_unmounted(&mut probe, |d| shard_root(d, &key)) {
+    let probe: Probe = probe(&disks, &config.reserve, |path| {
+        world.is_unmounted(&shard_root(path, &key))
+    })
+    .map_err(anyhow::Error::msg)?;
+    for path in &probe.unmounted {
         tracing::error!(
-            disk = %d.path.display(),
-            folder = %shard_root(&d, &key).display(),
+            disk = %path.display(),
+            folder = %shard_root(path, &key).display(),
             "this node's shard folder on the disk is gone: is the disk mounted? It is not offered to the grid until it is back (if the disk was replaced and its data is lost, create the folder and restart)"
         );
     }
@@ -207,7 +208,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Running> {
     let root_for = |class: crate::probe::DiskClass| {
         (probe.disks.iter())
             .find(|d| d.class == class && !d.path.as_os_str().is_empty())
-            .map(|d| shard_root(d, &key))
+            .map(|d| shard_root(&d.path, &key))
     };
     world.set_shard_roots(crate::world::ShardRoots {
         ssd: root_for(crate::probe::DiskClass::Ssd),

@@ -126,25 +126,22 @@ pub struct Probe {
     pub memory_bytes: u64,
     /// Disks counted.
     pub disks: Vec<ProbedDisk>,
+    /// `--disk` paths (canonical) left out as not mounted: their folder is there, the
+    /// disk is not.
+    #[serde(default)]
+    pub unmounted: Vec<PathBuf>,
     /// What is registered on the ledger.
     pub offered: Capacity,
 }
 
-impl Probe {
-    /// Stop counting the `i`th disk: what it offered is no longer offered.
-    pub fn remove_disk(&mut self, i: usize) -> ProbedDisk {
-        let d = self.disks.remove(i);
-        let offered = match d.class {
-            DiskClass::Ssd => &mut self.offered.sru,
-            DiskClass::Hdd => &mut self.offered.hru,
-        };
-        *offered = offered.saturating_sub(d.offered_bytes);
-        d
-    }
-}
-
-/// Probe this machine: cores, memory and the disks under `disks`, minus `reserve`.
-pub fn probe(disks: &[DiskSpec], reserve: &Reservation) -> Result<Probe, String> {
+/// Probe this machine: cores, memory and the disks under `disks`, minus `reserve`. A disk
+/// whose (canonical) path `unmounted` says is a mount point without its disk is left out
+/// before disks are counted once each: its path is on the file system beneath.
+pub fn probe(
+    disks: &[DiskSpec],
+    reserve: &Reservation,
+    unmounted: impl Fn(&Path) -> bool,
+) -> Result<Probe, String> {
     let mut system = System::new();
     system.refresh_memory();
     let cores = std::thread::available_parallelism()
@@ -156,29 +153,38 @@ pub fn probe(disks: &[DiskSpec], reserve: &Reservation) -> Result<Probe, String>
         .map(|d| (d.mount_point().to_path_buf(), d.kind()))
         .collect();
     let mut probed: Vec<ProbedDisk> = Vec::new();
+    let mut left_out = Vec::new();
     for spec in disks {
         let path = spec.path.canonicalize().map_err(|e| {
             format!(
-                "disk path {} cannot be used: {e}; create it or give another with --disk",
+                "disk path {} cannot be used: {e}; if it is on a disk, is that disk mounted? Otherwise create it or give another with --disk",
                 spec.path.display()
             )
         })?;
-        // The file system that holds the path, measured there: the OS's list of disks
-        // leaves out some (tmpfs, network file systems, mounts under /run), and the
-        // longest listed mount above such a path is another file system.
+        if unmounted(&path) {
+            left_out.push(path);
+            continue;
+        }
         let cannot =
             |e: std::io::Error| format!("cannot measure disk path {}: {e}", path.display());
-        let mount = mount_point(&path).map_err(cannot)?;
         let total = peergrid_core::fs::disk_space(&path)
             .map_err(cannot)?
             .total_bytes;
+        // The longest mount the OS lists above the path is its file system when it
+        // measures the same (a folder, or a btrfs subvolume, on it). The list leaves some
+        // out (tmpfs, network file systems, mounts under /run): such a path is measured
+        // where it is, its mount point found by device, its kind unknown.
+        let listed = mount_of(&path, &kinds).filter(|(m, _)| {
+            peergrid_core::fs::disk_space(m).is_ok_and(|s| s.total_bytes == total)
+        });
+        let (mount, kind) = match listed {
+            Some((m, kind)) => (m.clone(), *kind),
+            None => (mount_point(&path).map_err(cannot)?, DiskKind::Unknown(-1)),
+        };
         if probed.iter().any(|d| d.mount == mount) {
             // Two paths on one disk: count the disk once.
             continue;
         }
-        let kind = (kinds.iter())
-            .find(|(m, _)| *m == mount)
-            .map_or(DiskKind::Unknown(-1), |(_, kind)| *kind);
         let class = spec.class.unwrap_or(match kind {
             DiskKind::SSD => DiskClass::Ssd,
             // Unknown kinds (common in VMs and containers) are counted as HDD, the
@@ -221,8 +227,17 @@ pub fn probe(disks: &[DiskSpec], reserve: &Reservation) -> Result<Probe, String>
         cores,
         memory_bytes,
         disks: probed,
+        unmounted: left_out,
         offered,
     })
+}
+
+/// The mount holding `path`: the longest listed mount point that is a prefix of it.
+fn mount_of<'a>(path: &Path, mounts: &'a [(PathBuf, DiskKind)]) -> Option<&'a (PathBuf, DiskKind)> {
+    mounts
+        .iter()
+        .filter(|(m, _)| path.starts_with(m))
+        .max_by_key(|(m, _)| m.components().count())
 }
 
 /// The mount point of the file system holding `path` (canonical): the highest folder
@@ -263,6 +278,18 @@ mod tests {
     }
 
     #[test]
+    fn longest_mount_prefix_wins() {
+        let mounts = vec![
+            (PathBuf::from("/"), DiskKind::HDD),
+            (PathBuf::from("/data"), DiskKind::SSD),
+        ];
+        let m = mount_of(Path::new("/data/peergrid"), &mounts).expect("found");
+        assert_eq!(m.0, PathBuf::from("/data"));
+        let m = mount_of(Path::new("/var/lib"), &mounts).expect("found");
+        assert_eq!(m.0, PathBuf::from("/"));
+    }
+
+    #[test]
     fn a_disk_the_os_does_not_list_is_measured_itself_not_as_the_disk_above_it() {
         // The OS's list of disks leaves tmpfs out: the longest listed mount above this
         // one is a larger file system.
@@ -276,7 +303,12 @@ mod tests {
             class: None,
             max_bytes: None,
         };
-        let p = probe(&[spec(&inner), spec(disk.path())], &Reservation::default()).expect("probe");
+        let p = probe(
+            &[spec(&inner), spec(disk.path())],
+            &Reservation::default(),
+            |_| false,
+        )
+        .expect("probe");
         assert_eq!(p.disks.len(), 1, "one disk, counted once: {p:?}");
         let d = &p.disks[0];
         assert_eq!(d.mount, disk.path().canonicalize().expect("canonical"));
@@ -295,11 +327,35 @@ mod tests {
             max_bytes: Some(10 << 30),
         };
         // Twice the same disk: counted once.
-        let p = probe(&[spec.clone(), spec], &Reservation::default()).expect("probe");
+        let p = probe(&[spec.clone(), spec], &Reservation::default(), |_| false).expect("probe");
         assert_eq!(p.disks.len(), 1);
         assert!(p.offered.cru >= 1);
         assert!(p.offered.mru < p.memory_bytes, "memory is reserved");
         assert!(p.offered.sru <= 10 << 30, "the cap applies");
         assert!(p.offered.sru > 0 && p.offered.hru == 0);
+    }
+
+    #[test]
+    fn an_unmounted_disk_is_left_out_before_disks_are_counted_once() {
+        // Both folders are on one file system: the unmounted disk's mount point, and a
+        // disk given after it, which must not be taken for the same disk and dropped.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (gone, kept) = (dir.path().join("mnt-hdd1"), dir.path().join("data"));
+        std::fs::create_dir_all(&gone).expect("mount point");
+        std::fs::create_dir_all(&kept).expect("data");
+        let spec = |path: &Path| DiskSpec {
+            path: path.to_path_buf(),
+            class: Some(DiskClass::Hdd),
+            max_bytes: None,
+        };
+        let gone = gone.canonicalize().expect("canonical");
+        let p = probe(&[spec(&gone), spec(&kept)], &Reservation::default(), |p| {
+            p == gone
+        })
+        .expect("probe");
+        assert_eq!(p.unmounted, vec![gone.clone()]);
+        assert_eq!(p.disks.len(), 1, "{p:?}");
+        assert_eq!(p.disks[0].path, kept.canonicalize().expect("canonical"));
+        assert_eq!(p.offered.hru, p.disks[0].offered_bytes);
     }
 }

@@ -357,23 +357,6 @@ impl World {
         (holds_shards || self.made_roots.contains(root)) && !root.exists()
     }
 
-    /// Stop offering the disks of `probe` whose shard root (`root_of`) is unmounted
-    /// ([`World::is_unmounted`]): the folder there is the mount point's, on another file
-    /// system, whose space is not the disk's. Returns the disks dropped.
-    pub fn drop_unmounted(
-        &self,
-        probe: &mut crate::probe::Probe,
-        root_of: impl Fn(&crate::probe::ProbedDisk) -> PathBuf,
-    ) -> Vec<crate::probe::ProbedDisk> {
-        let gone: Vec<usize> = (0..probe.disks.len())
-            .filter(|&i| self.is_unmounted(&root_of(&probe.disks[i])))
-            .collect();
-        gone.into_iter()
-            .rev()
-            .map(|i| probe.remove_disk(i))
-            .collect()
-    }
-
     /// Load the world from `dir` (an empty one the first time), and make the folders on
     /// disk match it: recreate missing workload folders, remove orphans of a crash.
     pub fn load(dir: &Path) -> Result<World, WorldError> {
@@ -902,55 +885,42 @@ mod tests {
 
     #[test]
     fn a_disk_whose_folder_was_made_once_is_not_made_again_nor_offered_while_unmounted() {
-        use crate::probe::{DiskClass, Probe, ProbedDisk};
+        use crate::probe::{DiskClass, DiskSpec, Probe, Reservation, probe};
         let (dir, mut w) = world();
         let disks = tempfile::tempdir().expect("disks");
         let hdd = disks.path().join("hdd");
-        let root_of = |d: &ProbedDisk| d.path.join("peergrid-shards");
-        let probed = |path: &Path| Probe {
-            cores: 2,
-            memory_bytes: 1 << 30,
-            disks: vec![ProbedDisk {
-                mount: path.to_path_buf(),
-                path: path.to_path_buf(),
-                total_bytes: 100 << 30,
-                class: DiskClass::Hdd,
-                offered_bytes: 95 << 30,
-            }],
-            offered: Capacity {
-                hru: 95 << 30,
-                ..Capacity::ZERO
-            },
-        };
         std::fs::create_dir_all(&hdd).expect("mount point");
+        let hdd = hdd.canonicalize().expect("canonical");
+        let root = hdd.join("peergrid-shards");
+        let probed = |w: &World| -> Probe {
+            let spec = DiskSpec {
+                path: hdd.clone(),
+                class: Some(DiskClass::Hdd),
+                max_bytes: None,
+            };
+            probe(&[spec], &Reservation::default(), |p| {
+                w.is_unmounted(&p.join("peergrid-shards"))
+            })
+            .expect("probe")
+        };
         let roots = ShardRoots {
             ssd: None,
-            hdd: Some(hdd.join("peergrid-shards")),
+            hdd: Some(root.clone()),
         };
-        let mut probe = probed(&hdd);
-        assert!(
-            w.drop_unmounted(&mut probe, root_of).is_empty(),
-            "a first start"
-        );
+        let p = probed(&w);
+        assert!(p.unmounted.is_empty() && p.offered.hru > 0, "a first start");
         w.set_shard_roots(roots.clone()).expect("roots");
-        assert!(hdd.join("peergrid-shards").is_dir());
+        assert!(root.is_dir());
 
         // Unmounted before any contract came: the empty mount point is another disk.
         std::fs::remove_dir_all(&hdd).expect("unmount");
         std::fs::create_dir_all(&hdd).expect("empty mount point");
         let mut w = World::load(dir.path()).expect("restart");
-        let mut probe = probed(&hdd);
-        let dropped = w.drop_unmounted(&mut probe, root_of);
-        assert_eq!(dropped.len(), 1, "the disk is named");
-        assert!(
-            probe.disks.is_empty() && probe.offered.hru == 0,
-            "{probe:?}"
-        );
+        let p = probed(&w);
+        assert_eq!(p.unmounted, vec![hdd.clone()], "the disk is named");
+        assert!(p.disks.is_empty() && p.offered.hru == 0, "{p:?}");
         w.set_shard_roots(roots.clone()).expect("roots");
-        assert!(
-            !hdd.join("peergrid-shards").exists(),
-            "nothing made in its place"
-        );
+        assert!(!root.exists(), "nothing made in its place");
         let on_hdd = Capacity {
             hru: 1 << 30,
             ..Capacity::ZERO
@@ -972,11 +942,10 @@ mod tests {
         assert_eq!(w.shard_dir(1), w.workload_dir(1), "not on the disk beneath");
 
         // The operator replaced the disk and made the folder, as the error says.
-        std::fs::create_dir_all(hdd.join("peergrid-shards")).expect("made by hand");
+        std::fs::create_dir_all(&root).expect("made by hand");
         let mut w = World::load(dir.path()).expect("restart");
-        let mut probe = probed(&hdd);
-        assert!(w.drop_unmounted(&mut probe, root_of).is_empty());
-        assert_eq!(probe.offered.hru, 95 << 30);
+        let p = probed(&w);
+        assert!(p.unmounted.is_empty() && p.offered.hru > 0, "{p:?}");
         w.set_shard_roots(roots).expect("roots");
     }
 
