@@ -7,7 +7,7 @@
 //! cannot leave the world wrong. A full resync (every contract on this node) runs at
 //! start, after the event stream breaks, and every [`RESYNC_EVERY`].
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -204,8 +204,65 @@ async fn resync(shared: &Shared, client: &Client, me: NodeId) -> Result<u64, Cli
     Ok(height)
 }
 
+/// Contracts blocks named that are still to be read as of those blocks: the validator
+/// asked may be behind the block the event stream came from (the contract not there yet,
+/// or an older state of it), or unreachable. Read again every [`RETRY_UNREAD`], not left
+/// to the next resync minutes away.
+#[derive(Debug, Default)]
+struct Unread {
+    /// Per contract, the height of the newest block that named it, and how many reads
+    /// failed (the first failure is a warning, the next ones debug lines).
+    pending: BTreeMap<ContractId, (u64, u32)>,
+    last_retry: Option<tokio::time::Instant>,
+}
+
+impl Unread {
+    /// What to read now: the contracts `named` at `height` (a block), and those pending
+    /// once [`RETRY_UNREAD`] has passed since they were last tried.
+    fn due(
+        &mut self,
+        named: impl IntoIterator<Item = ContractId>,
+        height: u64,
+        now: tokio::time::Instant,
+    ) -> BTreeMap<ContractId, (u64, u32)> {
+        let retry = self.last_retry.is_none_or(|t| now >= t + RETRY_UNREAD);
+        let mut due = match retry {
+            true => {
+                self.last_retry = Some(now);
+                std::mem::take(&mut self.pending)
+            }
+            false => BTreeMap::new(),
+        };
+        for id in named {
+            // Named again: read it as of the newer block, with its failures so far.
+            let before = self.pending.remove(&id).or(due.get(&id).copied());
+            let (at, failed) = before.unwrap_or((0, 0));
+            due.insert(id, (at.max(height), failed));
+        }
+        due
+    }
+
+    /// When the pending reads are next due, if any are.
+    fn next(&self) -> Option<tokio::time::Instant> {
+        match self.pending.is_empty() {
+            true => None,
+            false => Some(
+                self.last_retry
+                    .map_or_else(tokio::time::Instant::now, |t| t + RETRY_UNREAD),
+            ),
+        }
+    }
+
+    fn again(&mut self, id: ContractId, named_at: u64, failed: u32) {
+        let e = self.pending.entry(id).or_insert((named_at, failed));
+        *e = (e.0.max(named_at), e.1.max(failed));
+    }
+}
+
 /// Follow the ledger forever: resync, then reconcile block by block.
 pub async fn follow(shared: Arc<Shared>, client: Arc<Client>) {
+    // Kept across resyncs: a resync's list may come from a validator as far behind.
+    let mut unread = Unread::default();
     loop {
         let Some(me) = shared.world.lock().await.node else {
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -232,40 +289,50 @@ pub async fn follow(shared: Arc<Shared>, client: Arc<Client>) {
         // The next resync comes on time even when no block does (a chain that was reset,
         // or events asked from a height it has not reached).
         let resync_at = tokio::time::Instant::now() + RESYNC_EVERY;
-        // Contracts a block named that could not be read, or were not there yet (the
-        // validator asked had not reached the block the stream came from): read again
-        // every RETRY_UNREAD, not left to the next resync minutes away.
-        let mut unread: BTreeSet<ContractId> = BTreeSet::new();
         loop {
-            let wake = match unread.is_empty() {
-                true => resync_at,
-                false => resync_at.min(tokio::time::Instant::now() + RETRY_UNREAD),
-            };
+            let wake = unread.next().map_or(resync_at, |t| t.min(resync_at));
             let block = match tokio::time::timeout_at(wake, blocks.next()).await {
                 Ok(Some(block)) => Some(block),
                 Ok(None) => break,
                 Err(_) if tokio::time::Instant::now() >= resync_at => break,
                 Err(_) => None,
             };
-            let mut ids = std::mem::take(&mut unread);
-            if let Some(block) = &block {
-                let known = held(shared.as_ref()).await;
-                ids.extend(relevant(block, me, &known));
-            }
+            let named = match &block {
+                Some(block) => {
+                    let known = held(shared.as_ref()).await;
+                    relevant(block, me, &known)
+                }
+                None => BTreeSet::new(),
+            };
+            let height = block.as_ref().map_or(0, |b| b.height);
+            let due = unread.due(named, height, tokio::time::Instant::now());
             let mut changed = false;
-            for id in ids {
-                match contract(&client, id).await {
-                    Ok(Some(c)) => changed |= reconcile_one(&shared, &c).await,
-                    Ok(None) => {
+            for (id, (named_at, failed)) in due {
+                match client.proven_contract(id).await {
+                    Ok(read) if read.height < named_at => {
                         debug!(
                             contract = id,
-                            "a contract a block named is not there yet; reading it again"
+                            read_at = read.height,
+                            named_at,
+                            "the validator asked is behind the block that named the contract; reading it again"
                         );
-                        unread.insert(id);
+                        unread.again(id, named_at, failed);
                     }
+                    Ok(read) => match read.value {
+                        Some(c) => changed |= reconcile_one(&shared, &c).await,
+                        // Gone from the ledger as of that block: the next resync settles it.
+                        None => debug!(
+                            contract = id,
+                            "a contract a block named is not on the ledger"
+                        ),
+                    },
                     Err(e) => {
-                        warn!(contract = id, error = %e, "cannot read contract; reading it again");
-                        unread.insert(id);
+                        if failed == 0 {
+                            warn!(contract = id, error = %e, "cannot read contract; reading it again every second");
+                        } else {
+                            debug!(contract = id, error = %e, "cannot read contract; reading it again");
+                        }
+                        unread.again(id, named_at, failed + 1);
                     }
                 }
             }
@@ -301,6 +368,28 @@ mod tests {
             }],
             end_events,
         }
+    }
+
+    #[test]
+    fn a_contract_read_behind_its_block_is_read_again_as_of_the_newest_block_naming_it() {
+        let t0 = tokio::time::Instant::now();
+        let mut unread = Unread::default();
+        assert_eq!(unread.next(), None, "nothing pending, nothing to wake for");
+        let due = unread.due([7], 10, t0);
+        assert_eq!(due, BTreeMap::from([(7, (10, 0))]));
+        // Read at height 8 from a validator behind block 10: pending, due a second later.
+        unread.again(7, 10, 0);
+        assert_eq!(unread.next(), Some(t0 + RETRY_UNREAD));
+        assert!(unread.due([], 0, t0 + RETRY_UNREAD / 2).is_empty());
+        let due = unread.due([], 0, t0 + RETRY_UNREAD);
+        assert_eq!(due, BTreeMap::from([(7, (10, 0))]), "still as of block 10");
+        // It failed to read once; a newer block names it before its retry is due: it is
+        // read at once, as of that block, its failure remembered.
+        unread.again(7, 10, 1);
+        let t1 = t0 + RETRY_UNREAD + Duration::from_millis(10);
+        let due = unread.due([7, 9], 12, t1);
+        assert_eq!(due, BTreeMap::from([(7, (12, 1)), (9, (12, 0))]));
+        assert_eq!(unread.next(), None);
     }
 
     #[test]
