@@ -160,35 +160,48 @@ async fn held(shared: &Shared) -> BTreeSet<ContractId> {
 }
 
 /// Re-read every contract on this node and every one the world holds; reconcile each.
-async fn resync(shared: &Shared, client: &Client, me: NodeId) -> Result<u64, ClientError> {
+/// A read older than the height this node followed (a validator still catching up) is
+/// not acted on: it could undo a change the node already made, or remove data that
+/// could not be brought back. It goes to `unread`, read again as of that height.
+async fn resync(
+    shared: &Shared,
+    client: &Client,
+    me: NodeId,
+    unread: &mut Unread,
+) -> Result<u64, ClientError> {
     // A list has no proof: it only says which contracts to read, each one proven.
     let (height, listed) = contracts_of(client, me).await?;
+    let followed = shared.world.lock().await.followed_height;
+    let behind = |id: ContractId, read_at: u64| {
+        debug!(
+            contract = id,
+            read_at,
+            followed,
+            "the ledger's answer is older than this node's view; reading it again"
+        );
+    };
     let mut seen = BTreeSet::new();
     for id in listed.iter().map(|c| c.id) {
         seen.insert(id);
-        if let Some(c) = contract(client, id).await? {
+        let read = client.proven_contract(id).await?;
+        if read.height < followed {
+            behind(id, read.height);
+            unread.again(id, followed, 0);
+        } else if let Some(c) = read.value {
             reconcile_one(shared, &c).await;
         }
     }
-    let followed = shared.world.lock().await.followed_height;
     for id in held(shared)
         .await
         .into_iter()
         .filter(|id| !seen.contains(id))
     {
         let read = client.proven_contract(id).await?;
-        if let Some(c) = read.value {
+        if read.height < followed {
+            behind(id, read.height);
+            unread.again(id, followed, 0);
+        } else if let Some(c) = read.value {
             reconcile_one(shared, &c).await;
-        } else if read.height < followed {
-            // Proven, but of a state older than one this node followed (a validator still
-            // catching up): the contract may have been created since. Removing its data
-            // on that word could not be undone.
-            warn!(
-                contract = id,
-                height = read.height,
-                followed,
-                "the ledger's answer is older than this node's view; the next resync reads it again"
-            );
         } else {
             warn!(
                 contract = id,
@@ -253,6 +266,15 @@ impl Unread {
         }
     }
 
+    /// A pass that began at `started` and retried the pending reads ended at `ended`:
+    /// the next retry is a full [`RETRY_UNREAD`] after it, however long the reads took.
+    fn tried(&mut self, started: tokio::time::Instant, ended: tokio::time::Instant) {
+        if self.last_retry == Some(started) {
+            self.last_retry = Some(ended);
+        }
+    }
+
+    /// Read `id` again later, as of the block at `named_at`.
     fn again(&mut self, id: ContractId, named_at: u64, failed: u32) {
         let e = self.pending.entry(id).or_insert((named_at, failed));
         *e = (e.0.max(named_at), e.1.max(failed));
@@ -268,7 +290,7 @@ pub async fn follow(shared: Arc<Shared>, client: Arc<Client>) {
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         };
-        let height = match resync(&shared, &client, me).await {
+        let height = match resync(&shared, &client, me, &mut unread).await {
             Ok(h) => h,
             Err(e) => {
                 warn!(error = %e, "cannot read the ledger; retrying in 2 s");
@@ -299,13 +321,17 @@ pub async fn follow(shared: Arc<Shared>, client: Arc<Client>) {
             };
             let named = match &block {
                 Some(block) => {
-                    let known = held(shared.as_ref()).await;
+                    // A contract still to be read counts as held: an update naming no
+                    // node would otherwise pass it by, and its older read count.
+                    let mut known = held(shared.as_ref()).await;
+                    known.extend(unread.pending.keys());
                     relevant(block, me, &known)
                 }
                 None => BTreeSet::new(),
             };
             let height = block.as_ref().map_or(0, |b| b.height);
-            let due = unread.due(named, height, tokio::time::Instant::now());
+            let started = tokio::time::Instant::now();
+            let due = unread.due(named, height, started);
             let mut changed = false;
             for (id, (named_at, failed)) in due {
                 match client.proven_contract(id).await {
@@ -336,6 +362,7 @@ pub async fn follow(shared: Arc<Shared>, client: Arc<Client>) {
                     }
                 }
             }
+            unread.tried(started, tokio::time::Instant::now());
             let mut world = shared.world.lock().await;
             if let Some(block) = &block {
                 world.followed_height = block.height;
@@ -390,6 +417,14 @@ mod tests {
         let due = unread.due([7, 9], 12, t1);
         assert_eq!(due, BTreeMap::from([(7, (12, 1)), (9, (12, 0))]));
         assert_eq!(unread.next(), None);
+        // Reads that take longer than the pause still leave a pause after them.
+        unread.again(9, 12, 1);
+        let t2 = t1 + RETRY_UNREAD;
+        assert_eq!(unread.due([], 0, t2).len(), 1);
+        unread.again(9, 12, 2);
+        let t3 = t2 + 3 * RETRY_UNREAD;
+        unread.tried(t2, t3);
+        assert_eq!(unread.next(), Some(t3 + RETRY_UNREAD));
     }
 
     #[test]
