@@ -148,11 +148,17 @@ pub fn probe(
         .map(|n| n.get() as u64)
         .unwrap_or(1);
     let memory_bytes = system.total_memory();
-    let kinds: Vec<(PathBuf, DiskKind)> = Disks::new_with_refreshed_list()
-        .iter()
+    let listing = Disks::new_with_refreshed_list();
+    let kinds: Vec<(PathBuf, DiskKind)> = (listing.iter())
         .map(|d| (d.mount_point().to_path_buf(), d.kind()))
         .collect();
+    let device_of = |mount: &Path| {
+        (listing.iter())
+            .find(|d| d.mount_point() == mount)
+            .map(|d| d.name().to_string_lossy().into_owned())
+    };
     let mut probed: Vec<ProbedDisk> = Vec::new();
+    let mut counted: Vec<String> = Vec::new();
     let mut left_out = Vec::new();
     for spec in disks {
         let path = spec.path.canonicalize().map_err(|e| {
@@ -177,14 +183,20 @@ pub fn probe(
         let listed = mount_of(&path, &kinds).filter(|(m, _)| {
             peergrid_core::fs::disk_space(m).is_ok_and(|s| s.total_bytes == total)
         });
-        let (mount, kind) = match listed {
-            Some((m, kind)) => (m.clone(), *kind),
-            None => (mount_point(&path).map_err(cannot)?, DiskKind::Unknown(-1)),
+        let (mount, kind, device) = match listed {
+            Some((m, kind)) => (m.clone(), *kind, device_of(m)),
+            None => (
+                mount_point(&path).map_err(cannot)?,
+                DiskKind::Unknown(-1),
+                None,
+            ),
         };
-        if probed.iter().any(|d| d.mount == mount) {
-            // Two paths on one disk: count the disk once.
+        // Two paths on one disk: count the disk once.
+        let key = disk_key(&mount, device.as_deref());
+        if counted.contains(&key) {
             continue;
         }
+        counted.push(key);
         let class = spec.class.unwrap_or(match kind {
             DiskKind::SSD => DiskClass::Ssd,
             // Unknown kinds (common in VMs and containers) are counted as HDD, the
@@ -232,6 +244,16 @@ pub fn probe(
     })
 }
 
+/// What tells disks apart: the block device when the mount names one (two bind mounts,
+/// or two mounted btrfs subvolumes, of one disk name the same), else the mount point
+/// (tmpfs, network and pool file systems name no device of their own).
+fn disk_key(mount: &Path, device: Option<&str>) -> String {
+    match device {
+        Some(dev) if dev.starts_with("/dev/") => dev.to_string(),
+        _ => mount.to_string_lossy().into_owned(),
+    }
+}
+
 /// The mount holding `path`: the longest listed mount point that is a prefix of it.
 fn mount_of<'a>(path: &Path, mounts: &'a [(PathBuf, DiskKind)]) -> Option<&'a (PathBuf, DiskKind)> {
     mounts
@@ -275,6 +297,82 @@ mod tests {
             e.contains("disk class (ssd or hdd)") && e.contains("PATH[:ssd|:hdd][:SIZE]"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn mounts_of_one_block_device_are_one_disk() {
+        let (a, b) = (Path::new("/srv/d1"), Path::new("/srv/d2"));
+        assert_eq!(
+            disk_key(a, Some("/dev/sda1")),
+            disk_key(b, Some("/dev/sda1"))
+        );
+        assert_ne!(
+            disk_key(a, Some("/dev/sda1")),
+            disk_key(b, Some("/dev/sdb1"))
+        );
+        assert_ne!(disk_key(a, Some("tmpfs")), disk_key(b, Some("tmpfs")));
+        assert_ne!(disk_key(a, None), disk_key(b, None));
+    }
+
+    #[test]
+    fn two_bind_mounts_of_one_disk_are_counted_once() {
+        // As in a container given two folders of the host's disk (`-v /srv/a:/d1 ...`).
+        let dir = tempfile::tempdir().expect("tempdir");
+        let base = dir.path().canonicalize().expect("canonical");
+        let listing = Disks::new_with_refreshed_list();
+        let kinds: Vec<(PathBuf, DiskKind)> = (listing.iter())
+            .map(|d| (d.mount_point().to_path_buf(), d.kind()))
+            .collect();
+        let on_device = mount_of(&base, &kinds).is_some_and(|(m, _)| {
+            (listing.iter())
+                .any(|d| d.mount_point() == m && d.name().to_string_lossy().starts_with("/dev/"))
+        });
+        if !on_device {
+            println!("not run: the temporary folder is on no block device the OS lists");
+            return;
+        }
+        struct Bound(PathBuf);
+        impl Drop for Bound {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount").arg(&self.0).status();
+            }
+        }
+        let mut bound = Vec::new();
+        for name in ["a", "b"] {
+            let (from, to) = (
+                base.join(format!("srv-{name}")),
+                base.join(format!("d-{name}")),
+            );
+            std::fs::create_dir_all(&from).expect("source");
+            std::fs::create_dir_all(&to).expect("target");
+            let ok = std::process::Command::new("mount")
+                .arg("--bind")
+                .arg(&from)
+                .arg(&to)
+                .status()
+                .is_ok_and(|s| s.success());
+            if !ok {
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "bind mounts need root, which CI has"
+                );
+                println!("not run: cannot bind-mount (needs root)");
+                return;
+            }
+            bound.push(Bound(to));
+        }
+        let spec = |path: &Path| DiskSpec {
+            path: path.to_path_buf(),
+            class: None,
+            max_bytes: None,
+        };
+        let p = probe(
+            &[spec(&bound[0].0), spec(&bound[1].0)],
+            &Reservation::default(),
+            |_| false,
+        )
+        .expect("probe");
+        assert_eq!(p.disks.len(), 1, "one disk: {p:?}");
     }
 
     #[test]
