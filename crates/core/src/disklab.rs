@@ -5,10 +5,17 @@
 //! file system rather than a mock. It needs root (or `CAP_SYS_ADMIN`); a test calls
 //! [`SmallDisk::mount_or_skip`], which skips with a printed reason elsewhere and panics
 //! under CI (`CI` set, as `.ci/run` does), where a skipped disk test would pass unrun.
+//! A [`BindMount`] shows one folder at a second place, as a container's volume does.
+//!
+//! Both mount with the system call, not the `mount` program: a child process started
+//! while another test holds a socket or a file open keeps a copy of it until the child
+//! runs its program, and that test would see the port still taken, or the space of a
+//! removed file not yet freed.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+
+use rustix::mount::{MountFlags, UnmountFlags};
 
 /// A tmpfs mounted on a folder, unmounted on drop (and the folder removed if it was
 /// made for it).
@@ -21,6 +28,22 @@ pub struct SmallDisk {
 
 fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// The mount, or `None` after printing why it could not be made (a skip); under CI, a
+/// panic.
+fn or_skip<T>(mounted: Result<T, String>) -> Option<T> {
+    match mounted {
+        Ok(m) => Some(m),
+        Err(reason) if in_ci() => {
+            panic!("mount tests cannot run under CI: {reason}; run them as root")
+        }
+        Err(reason) => {
+            println!("skipping: {reason}");
+            eprintln!("skipping a mount test: {reason}");
+            None
+        }
+    }
 }
 
 impl SmallDisk {
@@ -46,24 +69,17 @@ impl SmallDisk {
     }
 
     fn mount_with(dir: PathBuf, bytes: u64, made: bool) -> Result<SmallDisk, String> {
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
-            .arg(&dir)
-            .output();
-        let reason = match out {
-            Ok(o) if o.status.success() => {
-                return Ok(SmallDisk { dir, made });
+        let options = std::ffi::CString::new(format!("size={bytes}"))
+            .map_err(|e| format!("mount options: {e}"))?;
+        match rustix::mount::mount("tmpfs", &dir, "tmpfs", MountFlags::empty(), &*options) {
+            Ok(()) => Ok(SmallDisk { dir, made }),
+            Err(e) => {
+                if made {
+                    let _ = std::fs::remove_dir(&dir);
+                }
+                Err(format!("cannot mount a tmpfs (needs root): {e}"))
             }
-            Ok(o) => format!(
-                "cannot mount a tmpfs (needs root): {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            ),
-            Err(e) => format!("cannot run mount: {e}"),
-        };
-        if made {
-            let _ = std::fs::remove_dir(&dir);
         }
-        Err(reason)
     }
 
     /// [`SmallDisk::mount`], or `None` after printing why (a skip); under CI, a panic.
@@ -74,17 +90,7 @@ impl SmallDisk {
     /// The disk, or `None` after printing why it could not be mounted (a skip); under
     /// CI, a panic.
     pub fn or_skip(mounted: Result<SmallDisk, String>) -> Option<SmallDisk> {
-        match mounted {
-            Ok(d) => Some(d),
-            Err(reason) if in_ci() => {
-                panic!("disk-full tests cannot run under CI: {reason}; run them as root")
-            }
-            Err(reason) => {
-                println!("skipping: {reason}");
-                eprintln!("skipping a disk-full test: {reason}");
-                None
-            }
-        }
+        or_skip(mounted)
     }
 
     /// The mount point.
@@ -119,9 +125,40 @@ impl SmallDisk {
 impl Drop for SmallDisk {
     fn drop(&mut self) {
         // Lazy, so a file a failing test left open never keeps the mount behind.
-        let _ = Command::new("umount").arg("-l").arg(&self.dir).output();
+        let _ = rustix::mount::unmount(&self.dir, UnmountFlags::DETACH);
         if self.made {
             let _ = std::fs::remove_dir(&self.dir);
         }
+    }
+}
+
+/// A folder shown at a second place (`mount --bind`), unmounted on drop.
+#[derive(Debug)]
+pub struct BindMount {
+    at: PathBuf,
+}
+
+impl BindMount {
+    /// Show `from` at `at` (both folders that exist), or `None` after printing why it
+    /// could not be (a skip); under CI, a panic.
+    pub fn or_skip(from: &Path, at: &Path) -> Option<BindMount> {
+        or_skip(
+            rustix::mount::mount_bind(from, at)
+                .map(|()| BindMount {
+                    at: at.to_path_buf(),
+                })
+                .map_err(|e| format!("cannot bind-mount (needs root): {e}")),
+        )
+    }
+
+    /// Where `from` is shown.
+    pub fn path(&self) -> &Path {
+        &self.at
+    }
+}
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        let _ = rustix::mount::unmount(&self.at, UnmountFlags::DETACH);
     }
 }

@@ -427,19 +427,23 @@ mod tests {
     #[test]
     fn a_file_system_refusing_direct_io_is_written_through_the_cache() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mounted = std::process::Command::new("mount")
-            .args(["-t", "ramfs", "none"])
-            .arg(dir.path())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !mounted {
-            eprintln!("not run: cannot mount a ramfs here (not root)");
+        // The system call, not the `mount` program: a child process would hold copies
+        // of other tests' open files until it ran its program.
+        let mounted = rustix::mount::mount(
+            "none",
+            dir.path(),
+            "ramfs",
+            rustix::mount::MountFlags::empty(),
+            None,
+        );
+        if let Err(e) = mounted {
+            eprintln!("not run: cannot mount a ramfs here (not root): {e}");
             return;
         }
         struct Unmount<'a>(&'a Path);
         impl Drop for Unmount<'_> {
             fn drop(&mut self) {
-                let _ = std::process::Command::new("umount").arg(self.0).status();
+                let _ = rustix::mount::unmount(self.0, rustix::mount::UnmountFlags::DETACH);
             }
         }
         let _unmount = Unmount(dir.path());
