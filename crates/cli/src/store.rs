@@ -97,52 +97,53 @@ pub enum StoreCommand {
     },
 }
 
-/// Whether progress is drawn: on a terminal, and not for `--json`.
-fn shows_progress(globals: &Globals) -> bool {
-    !globals.json && std::io::IsTerminal::is_terminal(&std::io::stderr())
-}
-
-fn bar(globals: &Globals, total: u64) -> indicatif::ProgressBar {
-    if !shows_progress(globals) {
+/// `bar` drawn with `template` on a terminal; hidden for `--json` or when stderr is not
+/// a terminal.
+fn drawn(
+    globals: &Globals,
+    bar: impl FnOnce() -> indicatif::ProgressBar,
+    template: &str,
+) -> indicatif::ProgressBar {
+    if globals.json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         return indicatif::ProgressBar::hidden();
     }
-    let bar = indicatif::ProgressBar::new(total);
+    let bar = bar();
     bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:40} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar
+}
+
+/// A bar of bytes with their rate.
+fn bar(globals: &Globals, total: u64) -> indicatif::ProgressBar {
+    drawn(
+        globals,
+        || indicatif::ProgressBar::new(total),
+        "{bar:40} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}",
+    )
 }
 
 /// A spinner with the time so far, for work whose length is not known ahead.
 fn busy(globals: &Globals, what: &'static str) -> indicatif::ProgressBar {
-    if !shows_progress(globals) {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new_spinner();
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(&format!("{{spinner}} {{elapsed}} {what}"))
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    let bar = drawn(
+        globals,
+        indicatif::ProgressBar::new_spinner,
+        &format!("{{spinner}} {{elapsed}} {what}"),
     );
-    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    if !bar.is_hidden() {
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    }
     bar
 }
 
-/// A bar counting objects gone through, named as each starts (hidden as [`bar`] is).
+/// A bar counting objects gone through, named as each starts.
 fn objects_bar(globals: &Globals, total: usize, verb: &'static str) -> indicatif::ProgressBar {
-    if !shows_progress(globals) {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(total as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(&format!(
-            "{{bar:40}} {{pos}}/{{len}} objects, {verb} {{msg}}"
-        ))
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar
+    drawn(
+        globals,
+        || indicatif::ProgressBar::new(total as u64),
+        &format!("{{bar:40}} {{pos}}/{{len}} objects, {verb} {{msg}}"),
+    )
 }
 
 fn parse_range(s: &str) -> anyhow::Result<(u64, u64)> {
