@@ -277,17 +277,7 @@ async fn send(globals: &Globals, args: SendArgs) -> anyhow::Result<()> {
     };
     let mesh = Mesh::start(&key, config).await?;
     mesh.connect(peer, args.addr).await?;
-    let bar = if globals.json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        indicatif::ProgressBar::hidden()
-    } else {
-        indicatif::ProgressBar::new(args.bytes.bytes())
-    };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:40} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    let bar = crate::output::bytes_bar(globals, args.bytes.bytes());
     let transfer = bulk::send(&mesh, peer, args.bytes.bytes(), |n| bar.set_position(n)).await?;
     bar.finish_and_clear();
     // The connections held when the transfer ended. A relayed connection may have

@@ -1,8 +1,102 @@
 //! Printing: aligned `label  value` rows for people, one JSON object for scripts.
 
+use std::io::Write;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use serde::Serialize;
+
+use crate::Globals;
+
+/// Every bar on the terminal, so that a log line is written above them rather than
+/// through one of them.
+static BARS: LazyLock<indicatif::MultiProgress> = LazyLock::new(indicatif::MultiProgress::new);
+
+/// Where the log goes: standard error, above the bars drawn there.
+pub struct AboveBars;
+
+/// One log event, written out whole when the logger is done with it.
+pub struct LogLine(Vec<u8>);
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for AboveBars {
+    type Writer = LogLine;
+
+    fn make_writer(&'a self) -> LogLine {
+        LogLine(Vec::new())
+    }
+}
+
+impl Write for LogLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LogLine {
+    fn drop(&mut self) {
+        if self.0.is_empty() {
+            return;
+        }
+        // A log line that cannot be written has nowhere else to go.
+        BARS.suspend(|| {
+            let _ = std::io::stderr().write_all(&self.0);
+        });
+    }
+}
+
+/// `bar` drawn with `template` on a terminal; hidden for `--json` or when stderr is not
+/// a terminal.
+fn drawn(
+    globals: &Globals,
+    bar: impl FnOnce() -> indicatif::ProgressBar,
+    template: &str,
+) -> indicatif::ProgressBar {
+    if globals.json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = BARS.add(bar());
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
+}
+
+/// A bar of bytes with their rate.
+pub fn bytes_bar(globals: &Globals, total: u64) -> indicatif::ProgressBar {
+    drawn(
+        globals,
+        || indicatif::ProgressBar::new(total),
+        "{bar:40} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}",
+    )
+}
+
+/// A spinner with the time so far, for work whose length is not known ahead.
+pub fn busy(globals: &Globals, what: &'static str) -> indicatif::ProgressBar {
+    let bar = drawn(
+        globals,
+        indicatif::ProgressBar::new_spinner,
+        &format!("{{spinner}} {{elapsed}} {what}"),
+    );
+    if !bar.is_hidden() {
+        bar.enable_steady_tick(Duration::from_millis(120));
+    }
+    bar
+}
+
+/// A bar counting objects gone through, named as each starts.
+pub fn objects_bar(globals: &Globals, total: usize, verb: &'static str) -> indicatif::ProgressBar {
+    drawn(
+        globals,
+        || indicatif::ProgressBar::new(total as u64),
+        &format!("{{bar:40}} {{pos}}/{{len}} objects, {verb} {{msg}}"),
+    )
+}
 
 /// Print `value` as one line of JSON on stdout.
 pub fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {

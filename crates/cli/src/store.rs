@@ -97,55 +97,6 @@ pub enum StoreCommand {
     },
 }
 
-/// `bar` drawn with `template` on a terminal; hidden for `--json` or when stderr is not
-/// a terminal.
-fn drawn(
-    globals: &Globals,
-    bar: impl FnOnce() -> indicatif::ProgressBar,
-    template: &str,
-) -> indicatif::ProgressBar {
-    if globals.json || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = bar();
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(template)
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar
-}
-
-/// A bar of bytes with their rate.
-fn bar(globals: &Globals, total: u64) -> indicatif::ProgressBar {
-    drawn(
-        globals,
-        || indicatif::ProgressBar::new(total),
-        "{bar:40} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}",
-    )
-}
-
-/// A spinner with the time so far, for work whose length is not known ahead.
-fn busy(globals: &Globals, what: &'static str) -> indicatif::ProgressBar {
-    let bar = drawn(
-        globals,
-        indicatif::ProgressBar::new_spinner,
-        &format!("{{spinner}} {{elapsed}} {what}"),
-    );
-    if !bar.is_hidden() {
-        bar.enable_steady_tick(std::time::Duration::from_millis(120));
-    }
-    bar
-}
-
-/// A bar counting objects gone through, named as each starts.
-fn objects_bar(globals: &Globals, total: usize, verb: &'static str) -> indicatif::ProgressBar {
-    drawn(
-        globals,
-        || indicatif::ProgressBar::new(total as u64),
-        &format!("{{bar:40}} {{pos}}/{{len}} objects, {verb} {{msg}}"),
-    )
-}
-
 fn parse_range(s: &str) -> anyhow::Result<(u64, u64)> {
     let (a, b) = s.split_once('-').with_context(|| {
         format!("{s:?} is not a range: write START-END in bytes, e.g. 0-1048576")
@@ -295,7 +246,7 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
             let size = std::fs::metadata(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?
                 .len();
-            let bar = bar(globals, size);
+            let bar = output::bytes_bar(globals, size);
             let started = std::time::Instant::now();
             let report = storage
                 .put(&file, &name, scheme, &|n| bar.set_position(n))
@@ -381,7 +332,7 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
             let to_stdout = peergrid_storage::client::writes_to_stdout(&out);
             let (manifest, holdings) = storage.open(&cap).await?;
             let total = range.map(|(a, b)| b - a).unwrap_or(manifest.size);
-            let bar = bar(globals, total);
+            let bar = output::bytes_bar(globals, total);
             let started = std::time::Instant::now();
             let written = storage
                 .get_opened(&cap, &manifest, &holdings, &out, range, &|n| {
@@ -521,7 +472,7 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
             // A widening shows its own bar, by bytes.
             let progress = match widen {
                 true => indicatif::ProgressBar::hidden(),
-                false => objects_bar(globals, objects.len(), "checking"),
+                false => output::objects_bar(globals, objects.len(), "checking"),
             };
             for (n, entry) in &objects {
                 progress.set_message(n.clone());
@@ -534,7 +485,7 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
                     }
                 };
                 if let Some(wider) = report.widen_to.filter(|_| widen) {
-                    let bar = bar(globals, entry.size);
+                    let bar = output::bytes_bar(globals, entry.size);
                     let put = storage
                         .widen(n, entry, wider, &|done| bar.set_position(done))
                         .await;
@@ -638,7 +589,7 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
             older_than,
             dry_run,
         } => {
-            let spinner = busy(
+            let spinner = output::busy(
                 globals,
                 "reading your index and manifests, listing and auditing your nodes' shards",
             );
@@ -704,7 +655,7 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
             // An object that cannot be audited at all (its manifest unreadable) is named,
             // and the others are still audited and kept.
             let mut unaudited: Vec<(String, String)> = Vec::new();
-            let progress = objects_bar(globals, objects.len(), "auditing");
+            let progress = output::objects_bar(globals, objects.len(), "auditing");
             for (name, entry) in &objects {
                 progress.set_message(name.clone());
                 progress.inc(1);
@@ -818,7 +769,7 @@ pub fn bench(globals: &Globals, size: u64, scheme: Option<Scheme>) -> anyhow::Re
             storage.reserve(need, NodeChoice::Count(5)).await?;
         }
         eprintln!("putting and getting {} …", human_bytes(size));
-        let bar = bar(globals, size);
+        let bar = output::bytes_bar(globals, size);
         let r = storage.bench(size, scheme, &|n| bar.set_position(n)).await;
         storage.close().await;
         let r = r?;
