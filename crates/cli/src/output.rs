@@ -76,6 +76,15 @@ pub fn bytes_bar(globals: &Globals, total: u64) -> indicatif::ProgressBar {
     )
 }
 
+/// A bar of bytes over many files, naming the one under way.
+pub fn files_bar(globals: &Globals, total: u64) -> indicatif::ProgressBar {
+    drawn(
+        globals,
+        || indicatif::ProgressBar::new(total),
+        "{bar:30} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta} {wide_msg}",
+    )
+}
+
 /// A spinner with the time so far, for work whose length is not known ahead.
 pub fn busy(globals: &Globals, what: &'static str) -> indicatif::ProgressBar {
     let bar = drawn(

@@ -28,28 +28,35 @@ pub enum StoreCommand {
         #[arg(long)]
         node: Vec<u32>,
     },
-    /// Store a file under a name (default: the file's name).
+    /// Store a file under a name (default: the file's name), or every file in a folder
+    /// under NAME/ and its path there (default NAME: the folder's name).
     Put {
-        /// The file.
+        /// The file, or a folder.
         file: PathBuf,
-        /// The name, like photos/cat.jpg.
+        /// The name, like photos/cat.jpg; for a folder, the prefix its files are named
+        /// under, like photos.
         name: Option<String>,
         /// Erasure code K+M (any K of K+M shards rebuild the data) [default: from your nodes: 3+2 on 5].
         #[arg(long)]
         scheme: Option<Scheme>,
     },
-    /// Fetch an object by name or capability into a file.
+    /// Fetch an object by name or capability into a file, or every object under a
+    /// prefix (`photos/`) into a folder.
     Get {
-        /// A name from `store ls`, or a capability (pg1…).
+        /// A name from `store ls`, a capability (pg1…), or a prefix ending in `/`.
         object: String,
-        /// Where to write it [default: the name's last part]; `-` for standard output.
+        /// Where to write it [default: the name's last part]: a file, a folder to write
+        /// it in, or `-` for standard output.
         out: Option<PathBuf>,
         /// Only bytes START-END (end exclusive), e.g. 0-1048576.
         #[arg(long)]
         range: Option<String>,
     },
-    /// List your objects.
-    Ls,
+    /// List your objects, or those whose names start with PREFIX (e.g. `photos/`).
+    Ls {
+        /// Only names that start with this.
+        prefix: Option<String>,
+    },
     /// Print the capability of an object: whoever has it can read the object.
     Share {
         /// The name.
@@ -232,6 +239,9 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
             );
             Ok(())
         }
+        StoreCommand::Put { file, name, scheme } if file.is_dir() => {
+            put_folder(globals, storage, &file, name, scheme).await
+        }
         StoreCommand::Put { file, name, scheme } => {
             let name = match name {
                 Some(n) => n,
@@ -303,16 +313,20 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
         }
         StoreCommand::Get { object, out, range } => {
             let range = range.as_deref().map(parse_range).transpose()?;
-            // Said before any node is asked (the get says it too, for a default name).
-            if let Some(out) = &out {
-                peergrid_storage::client::refuse_folder(out)?;
-            }
             // A name may start like a capability (`pg1-notes.txt`): only one that parses
             // as a capability is read as one.
             let (cap, default_out) = match object.parse::<Capability>() {
                 Ok(cap) => (cap, None),
                 Err(not_cap) => {
                     let (_, index) = storage.index().await?;
+                    if let Some(prefix) = folder_named(&index, &object) {
+                        if range.is_some() {
+                            bail!(
+                                "--range reads part of one object, and {object} is a folder: name one of its objects (`peergrid store ls {prefix}/`)"
+                            );
+                        }
+                        return get_folder(globals, storage, &index, prefix, out).await;
+                    }
                     let entry = index.objects.get(&object).with_context(|| {
                         if object.starts_with("pg1") {
                             format!("{object:?} is neither a capability ({not_cap}) nor one of your objects (see `peergrid store ls`)")
@@ -320,17 +334,29 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
                             format!("you have no object named {object:?} (see `peergrid store ls`)")
                         }
                     })?;
-                    // `photos/` has no last part to name a file after.
-                    let last = object.rsplit('/').next().filter(|l| !l.is_empty());
-                    (entry.capability, last.map(PathBuf::from))
+                    (entry.capability, last_part(&object).map(PathBuf::from))
                 }
             };
+            let given = out.is_some();
             let out = out
                 .or(default_out)
                 .context("give the output file: peergrid store get CAPABILITY OUT")?;
             // With the object on standard output, what the command says goes to stderr.
             let to_stdout = peergrid_storage::client::writes_to_stdout(&out);
             let (manifest, holdings) = storage.open(&cap).await?;
+            // Into a folder given, as `cp` does: under the last part of the object's name.
+            // A folder in the way of the default name is refused by the get.
+            let out = match given && out.is_dir() {
+                true => out.join(last_part(&manifest.name).with_context(|| {
+                    format!(
+                        "{} is a folder, and the object's name {:?} ends in no file name: give the file to write, e.g. {}",
+                        out.display(),
+                        manifest.name,
+                        out.join("NAME").display()
+                    )
+                })?),
+                false => out,
+            };
             let total = range.map(|(a, b)| b - a).unwrap_or(manifest.size);
             let bar = output::bytes_bar(globals, total);
             let started = std::time::Instant::now();
@@ -368,25 +394,41 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
             }
             Ok(())
         }
-        StoreCommand::Ls => {
+        StoreCommand::Ls { prefix } => {
             let (pointer, index) = storage.index().await?;
+            let prefix = prefix.unwrap_or_default();
+            let listed = index
+                .objects
+                .range(prefix.clone()..)
+                .take_while(|(n, _)| n.starts_with(&prefix));
             if globals.json {
-                let objects: Vec<_> = index
-                        .objects
-                        .iter()
-                        .map(|(n, e)| json!({"name": n, "size": e.size, "created_ms": e.created_ms, "scheme": e.scheme.to_string()}))
-                        .collect();
+                let objects: Vec<_> = listed
+                    .map(|(n, e)| json!({"name": n, "size": e.size, "created_ms": e.created_ms, "scheme": e.scheme.to_string()}))
+                    .collect();
                 return output::json(&json!({
                     "objects": objects,
                     "index_version": pointer.map(|p| p.pointer.seq),
                 }));
             }
-            let rows: Vec<Vec<String>> = index
-                .objects
-                .iter()
-                .map(|(n, e)| vec![n.clone(), human_bytes(e.size), e.scheme.to_string()])
+            let rows: Vec<Vec<String>> = listed
+                .map(|(n, e)| {
+                    vec![
+                        n.clone(),
+                        human_bytes(e.size),
+                        e.scheme.to_string(),
+                        output::ago(e.created_ms),
+                    ]
+                })
                 .collect();
-            output::table(&["NAME", "SIZE", "SCHEME"], &rows);
+            if index.objects.is_empty() {
+                eprintln!("you have no objects yet: `peergrid store put FILE` stores one");
+            } else if rows.is_empty() {
+                eprintln!(
+                    "none of your {} objects has a name starting with {prefix:?}",
+                    index.objects.len()
+                );
+            }
+            output::table(&["NAME", "SIZE", "SCHEME", "STORED"], &rows);
             Ok(())
         }
         StoreCommand::Share { name } => {
@@ -740,6 +782,323 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
     }
 }
 
+/// The last part of an object's name, to name a file after: `None` for `photos/` or `..`.
+fn last_part(name: &str) -> Option<&str> {
+    name.rsplit('/')
+        .next()
+        .filter(|l| !l.is_empty() && *l != "." && *l != "..")
+}
+
+/// The prefix `object` names as a folder: `photos/`, or `photos` when no object has that
+/// exact name and some are under `photos/`.
+fn folder_named<'a>(index: &peergrid_storage::Index, object: &'a str) -> Option<&'a str> {
+    let prefix = object.trim_end_matches('/');
+    let has_under = || {
+        let under = format!("{prefix}/");
+        index
+            .objects
+            .range(under.clone()..)
+            .next()
+            .is_some_and(|(n, _)| n.starts_with(&under))
+    };
+    let folder = match object.ends_with('/') {
+        true => true,
+        false => !index.objects.contains_key(object) && has_under(),
+    };
+    (folder && !prefix.is_empty()).then_some(prefix)
+}
+
+/// Where object `name` under `prefix/` goes inside a folder: its path after the prefix.
+/// `None` for a name that would lead out of the folder or names no file (`a//b`, `..`).
+fn path_in_folder(prefix: &str, name: &str) -> Option<PathBuf> {
+    let rel = name.strip_prefix(prefix)?.strip_prefix('/')?;
+    let mut path = PathBuf::new();
+    for part in rel.split('/') {
+        if part.is_empty() || part == "." || part == ".." || part.contains('\0') {
+            return None;
+        }
+        path.push(part);
+    }
+    Some(path)
+}
+
+/// One file of a folder to put: where it is, the name it is stored under, its size.
+struct FolderFile {
+    path: PathBuf,
+    name: String,
+    size: u64,
+}
+
+/// What a folder's walk left out, and why.
+type LeftOut = Vec<(PathBuf, &'static str)>;
+
+/// The regular files under `dir`, each named `prefix/` and its path there, by name; and
+/// what is left out (links, devices, names that are not UTF-8).
+fn files_under(dir: &Path, prefix: &str) -> anyhow::Result<(Vec<FolderFile>, LeftOut)> {
+    let mut files = Vec::new();
+    let mut left = Vec::new();
+    let mut folders = vec![(dir.to_path_buf(), prefix.to_string())];
+    while let Some((folder, named)) = folders.pop() {
+        let entries = std::fs::read_dir(&folder)
+            .with_context(|| format!("cannot read the folder {}", folder.display()))?;
+        for entry in entries {
+            let entry =
+                entry.with_context(|| format!("cannot read the folder {}", folder.display()))?;
+            let path = entry.path();
+            let Some(part) = entry.file_name().to_str().map(str::to_string) else {
+                left.push((path, "its name is not UTF-8"));
+                continue;
+            };
+            let name = format!("{named}/{part}");
+            // Not followed: a link may lead out of the folder, or round in a loop.
+            let kind = entry
+                .file_type()
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            if kind.is_dir() {
+                folders.push((path, name));
+            } else if kind.is_file() {
+                let size = entry
+                    .metadata()
+                    .with_context(|| format!("cannot read {}", path.display()))?
+                    .len();
+                files.push(FolderFile { path, name, size });
+            } else if kind.is_symlink() {
+                left.push((path, "a symbolic link (not followed)"));
+            } else {
+                left.push((path, "not a regular file"));
+            }
+        }
+    }
+    files.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok((files, left))
+}
+
+/// `store put FOLDER [PREFIX]`: each file in turn, stopping at the first that fails.
+async fn put_folder(
+    globals: &Globals,
+    storage: &Storage,
+    dir: &Path,
+    prefix: Option<String>,
+    scheme: Option<Scheme>,
+) -> anyhow::Result<()> {
+    let prefix = match prefix {
+        Some(p) => p.trim_end_matches('/').to_string(),
+        None => std::fs::canonicalize(dir)
+            .ok()
+            .and_then(|d| d.file_name()?.to_str().map(str::to_string))
+            .unwrap_or_default(),
+    };
+    if prefix.is_empty() {
+        bail!(
+            "give the name the folder's files are stored under: peergrid store put {} NAME",
+            dir.display()
+        );
+    }
+    let (files, left) = files_under(dir, &prefix)?;
+    // Every name is checked before anything is sent.
+    for f in &files {
+        peergrid_storage::format::check_name(&f.name)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", f.path.display()))?;
+    }
+    for (path, why) in &left {
+        eprintln!("left out {}: {why}", path.display());
+    }
+    if files.is_empty() {
+        bail!("{} holds no file to store", dir.display());
+    }
+    let total: u64 = files.iter().map(|f| f.size).sum();
+    let bar = output::files_bar(globals, total);
+    let started = std::time::Instant::now();
+    let mut reports = Vec::new();
+    let mut done = 0u64;
+    for f in &files {
+        bar.set_message(f.name.clone());
+        let put = storage
+            .put(&f.path, &f.name, scheme, &|n| bar.set_position(done + n))
+            .await;
+        match put {
+            Ok(report) => reports.push(report),
+            Err(e) => {
+                bar.finish_and_clear();
+                bail!(
+                    "{} was not stored: {e}; the {} file(s) before it are. Run the same command again: what is stored already is not sent again",
+                    f.path.display(),
+                    reports.len()
+                );
+            }
+        }
+        done += f.size;
+        bar.set_position(done);
+    }
+    bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    if globals.json {
+        let objects: Vec<Value> = reports
+            .iter()
+            .map(|r| {
+                json!({
+                    "name": r.name,
+                    "capability": r.capability.to_string(),
+                    "size": r.size,
+                    "scheme": r.scheme.to_string(),
+                    "unchanged": r.unchanged,
+                    "replaced": r.replaced,
+                })
+            })
+            .collect();
+        let left: Vec<Value> = left
+            .iter()
+            .map(|(p, why)| json!({ "path": p, "reason": why }))
+            .collect();
+        return output::json(&json!({
+            "prefix": prefix,
+            "objects": objects,
+            "left_out": left,
+            "bytes": total,
+            "seconds": secs,
+        }));
+    }
+    let rows: Vec<Vec<String>> = reports
+        .iter()
+        .map(|r| {
+            let result = match (r.unchanged, r.replaced) {
+                (true, _) => "unchanged",
+                (false, true) => "stored, replacing the object of that name",
+                (false, false) => "stored",
+            };
+            vec![r.name.clone(), human_bytes(r.size), result.to_string()]
+        })
+        .collect();
+    output::table(&["NAME", "SIZE", "RESULT"], &rows);
+    let unchanged = reports.iter().filter(|r| r.unchanged).count();
+    println!(
+        "{} file(s), {} in {secs:.1} s; {unchanged} unchanged. `peergrid store get {prefix}/ FOLDER` fetches them all",
+        reports.len(),
+        human_bytes(total),
+    );
+    Ok(())
+}
+
+/// `store get PREFIX/ [FOLDER]`: every object under `prefix/` into `FOLDER` (default:
+/// the prefix's last part), at its path after the prefix. An object that cannot be read
+/// is named, and the others are still fetched.
+async fn get_folder(
+    globals: &Globals,
+    storage: &Storage,
+    index: &peergrid_storage::Index,
+    prefix: &str,
+    out: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let folder = match out {
+        Some(out) => out,
+        None => PathBuf::from(last_part(prefix).with_context(|| {
+            format!("{prefix:?} ends in no folder name: give the folder to write into")
+        })?),
+    };
+    if peergrid_storage::client::writes_to_stdout(&folder) {
+        bail!(
+            "{prefix}/ is a folder of objects: give a folder to write them into, not standard output"
+        );
+    }
+    if folder.exists() && !folder.is_dir() {
+        bail!(
+            "{} is a file: give a folder to write the objects under {prefix}/ into",
+            folder.display()
+        );
+    }
+    let under = format!("{prefix}/");
+    let mut wanted = Vec::new();
+    let mut failed: Vec<(String, String)> = Vec::new();
+    for (name, entry) in index.objects.range(under.clone()..) {
+        if !name.starts_with(&under) {
+            break;
+        }
+        match path_in_folder(prefix, name) {
+            Some(rel) => wanted.push((name, entry, folder.join(rel))),
+            None => failed.push((
+                name.clone(),
+                "its name cannot be a path in a folder (an empty part, `.` or `..`): get it alone with `peergrid store get NAME FILE`".into(),
+            )),
+        }
+    }
+    let total: u64 = wanted.iter().map(|(_, e, _)| e.size).sum();
+    let bar = output::files_bar(globals, total);
+    let started = std::time::Instant::now();
+    let mut got = Vec::new();
+    let mut done = 0u64;
+    for (name, entry, path) in &wanted {
+        bar.set_message(name.to_string());
+        let fetched = async {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("cannot make the folder {}", parent.display()))?;
+            }
+            let (manifest, holdings) = storage.open(&entry.capability).await?;
+            let written = storage
+                .get_opened(&entry.capability, &manifest, &holdings, path, None, &|n| {
+                    bar.set_position(done + n)
+                })
+                .await?;
+            anyhow::Ok(written)
+        }
+        .await;
+        match fetched {
+            Ok(written) => got.push((name.to_string(), path.clone(), written)),
+            Err(e) => failed.push((name.to_string(), format!("{e:#}"))),
+        }
+        done += entry.size;
+        bar.set_position(done);
+    }
+    bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    if globals.json {
+        let objects: Vec<Value> = got
+            .iter()
+            .map(|(name, path, bytes)| json!({ "name": name, "out": path, "bytes": bytes }))
+            .collect();
+        let failed_json: Vec<Value> = failed
+            .iter()
+            .map(|(name, error)| json!({ "name": name, "error": error }))
+            .collect();
+        output::json(&json!({
+            "prefix": prefix,
+            "folder": folder,
+            "objects": objects,
+            "failed": failed_json,
+            "seconds": secs,
+        }))?;
+    } else {
+        let rows: Vec<Vec<String>> = got
+            .iter()
+            .map(|(name, path, bytes)| {
+                vec![
+                    name.clone(),
+                    path.display().to_string(),
+                    human_bytes(*bytes),
+                ]
+            })
+            .collect();
+        output::table(&["NAME", "WRITTEN TO", "SIZE"], &rows);
+        let bytes: u64 = got.iter().map(|(_, _, b)| b).sum();
+        println!(
+            "{} object(s), {} in {secs:.1} s",
+            got.len(),
+            human_bytes(bytes)
+        );
+        for (name, error) in &failed {
+            eprintln!("{name}: not fetched: {error}");
+        }
+    }
+    if !failed.is_empty() {
+        bail!(
+            "{} of {} objects under {prefix}/ were not fetched (see above)",
+            failed.len(),
+            failed.len() + got.len()
+        );
+    }
+    Ok(())
+}
+
 /// `peergrid bench storage`: reserves what it needs on the running grid, puts and gets
 /// one object, and prints both rates next to the in-memory pipeline's.
 pub fn bench(globals: &Globals, size: u64, scheme: Option<Scheme>) -> anyhow::Result<()> {
@@ -855,5 +1214,92 @@ mod tests {
         }
         let overflow = format!("{}d", u64::MAX / 2);
         assert!(parse_age(&overflow).is_err());
+    }
+
+    fn index_of(names: &[&str]) -> peergrid_storage::Index {
+        let entry = peergrid_storage::IndexEntry {
+            capability: Capability {
+                owner: peergrid_core::AccountId([1; 32]),
+                manifest: peergrid_core::hash::Hash([2; 32]),
+                key: [3; 32],
+                cipher: peergrid_storage::Cipher::Aes256Gcm,
+            },
+            size: 1,
+            created_ms: 0,
+            scheme: Scheme { k: 3, m: 2 },
+        };
+        peergrid_storage::Index {
+            objects: names
+                .iter()
+                .map(|n| (n.to_string(), entry.clone()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_prefix_names_a_folder_only_when_no_object_has_that_exact_name() {
+        let index = index_of(&[
+            "photos/a.jpg",
+            "photos/b/c.jpg",
+            "photosx",
+            "notes",
+            "notes/1",
+        ]);
+        assert_eq!(folder_named(&index, "photos"), Some("photos"));
+        assert_eq!(folder_named(&index, "photos/"), Some("photos"));
+        assert_eq!(folder_named(&index, "photos/b"), Some("photos/b"));
+        // An object of that exact name is the object; its folder needs the slash.
+        assert_eq!(folder_named(&index, "notes"), None);
+        assert_eq!(folder_named(&index, "notes/"), Some("notes"));
+        // `photosx` is not under `photos/`, nor `photo` a folder.
+        assert_eq!(folder_named(&index, "photo"), None);
+        assert_eq!(folder_named(&index, "photosx"), None);
+        assert_eq!(folder_named(&index, "/"), None);
+    }
+
+    #[test]
+    fn an_object_lands_at_its_path_under_the_prefix_and_never_outside_the_folder() {
+        assert_eq!(
+            path_in_folder("photos", "photos/2026/cat.jpg"),
+            Some(PathBuf::from("2026").join("cat.jpg"))
+        );
+        for escaping in [
+            "photos/../etc/passwd",
+            "photos/a/../../b",
+            "photos//abs",
+            "photos/./a",
+            "photos/",
+            "photos/a/",
+            "photosx/a",
+            "photos",
+            "photos/a\0b",
+        ] {
+            assert_eq!(path_in_folder("photos", escaping), None, "{escaping:?}");
+        }
+        assert_eq!(last_part("photos/cat.jpg"), Some("cat.jpg"));
+        assert_eq!(last_part("photos/"), None);
+        assert_eq!(last_part("photos/.."), None);
+    }
+
+    #[test]
+    fn a_folder_is_walked_into_names_under_its_prefix_leaving_links_out() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("b/c")).expect("mkdir");
+        std::fs::create_dir(root.join("empty")).expect("mkdir");
+        std::fs::write(root.join("a.txt"), b"12345").expect("write");
+        std::fs::write(root.join("b/c/d.bin"), b"xy").expect("write");
+        std::os::unix::fs::symlink("/etc", root.join("link")).expect("symlink");
+        let (files, left) = files_under(root, "up").expect("walk");
+        let named: Vec<(&str, u64)> = files.iter().map(|f| (f.name.as_str(), f.size)).collect();
+        assert_eq!(named, [("up/a.txt", 5), ("up/b/c/d.bin", 2)]);
+        assert_eq!(files[1].path, root.join("b/c/d.bin"));
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert_eq!(left[0].0, root.join("link"));
+        // What a put names, a get writes back to the same place.
+        for f in &files {
+            let rel = path_in_folder("up", &f.name).expect("a path");
+            assert_eq!(root.join(rel), f.path);
+        }
     }
 }

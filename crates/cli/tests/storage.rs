@@ -308,16 +308,56 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
         assert!(status.success());
         let back = std::fs::read(&appended).expect("read");
         assert!(back[..4] == *b"HEAD" && back[4..] == data[..], "appended");
-        let (into_folder, _, err) = run(
+        // Into a folder given, as `cp` does: under the name's last part.
+        let into = home.join("into");
+        std::fs::create_dir(&into).expect("mkdir");
+        ok(
             &home,
-            &[
-                "store",
-                "get",
-                "docs/report.bin",
-                home.to_str().expect("utf8"),
-            ],
+            &["store", "get", "docs/report.bin", into.to_str().expect("utf8")],
         );
-        assert!(!into_folder && err.contains("is a folder"), "{err}");
+        assert!(
+            std::fs::read(into.join("report.bin")).expect("read") == data,
+            "got into a folder differs"
+        );
+
+        // A folder goes up file by file under a prefix (links left out, empty files kept),
+        // a second put of it sends nothing new, and `get PREFIX/ FOLDER` brings it back.
+        let tree = home.join("tree");
+        std::fs::create_dir_all(tree.join("sub/deeper")).expect("mkdir");
+        let big = random_file(&tree.join("a.bin"), 5 * 1024 * 1024 + 7, 11);
+        std::fs::write(tree.join("sub/b.txt"), b"hello tree").expect("write");
+        std::fs::write(tree.join("sub/deeper/empty"), b"").expect("write");
+        std::os::unix::fs::symlink(home.join("report.bin"), tree.join("link")).expect("symlink");
+        let tree_arg = tree.to_str().expect("utf8");
+        let first = ok(&home, &["store", "put", tree_arg, "trees/t1/"]);
+        let names = |v: &Value, key: &str| -> Vec<String> {
+            v[key]
+                .as_array()
+                .map(|o| o.iter().filter_map(|o| o["name"].as_str().map(String::from)).collect())
+                .unwrap_or_default()
+        };
+        let stored = [
+            "trees/t1/a.bin",
+            "trees/t1/sub/b.txt",
+            "trees/t1/sub/deeper/empty",
+        ];
+        assert_eq!(names(&first, "objects"), stored, "{first}");
+        assert_eq!(first["left_out"][0]["path"], tree.join("link").to_str().expect("utf8"), "{first}");
+        let again = ok(&home, &["store", "put", tree_arg, "trees/t1"]);
+        assert!(
+            again["objects"].as_array().is_some_and(|o| o.iter().all(|o| o["unchanged"] == true)),
+            "{again}"
+        );
+        let back = home.join("tree-back");
+        let fetched = ok(&home, &["store", "get", "trees/t1", back.to_str().expect("utf8")]);
+        assert_eq!(names(&fetched, "objects"), stored, "{fetched}");
+        assert!(std::fs::read(back.join("a.bin")).expect("read") == big, "a.bin differs");
+        assert_eq!(std::fs::read(back.join("sub/b.txt")).expect("read"), b"hello tree");
+        assert_eq!(std::fs::read(back.join("sub/deeper/empty")).expect("read"), b"");
+        assert!(!back.join("link").exists());
+        for name in stored {
+            ok(&home, &["store", "rm", name]);
+        }
 
         // An interrupted download resumes after the segments it had written and synced:
         // they are not fetched again (a marker in them stays), the rest is. A resume state
@@ -541,6 +581,21 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
                 .is_some_and(|o| o.iter().any(|o| o["name"] == "down.bin")),
             "{ls}"
         );
+        // A prefix lists exactly the names that start with it.
+        let names = |ls: &Value| -> Vec<String> {
+            ls["objects"]
+                .as_array()
+                .map(|o| o.iter().filter_map(|o| o["name"].as_str().map(String::from)).collect())
+                .unwrap_or_default()
+        };
+        let all = names(&ls);
+        let down = names(&ok(&home, &["store", "ls", "down"]));
+        assert!(all.len() > down.len(), "{all:?}");
+        assert_eq!(
+            down,
+            all.iter().filter(|n| n.starts_with("down")).cloned().collect::<Vec<_>>()
+        );
+        assert!(names(&ok(&home, &["store", "ls", "no-such-prefix/"])).is_empty());
         let down_back = home.join("down-back.bin");
         let started = Instant::now();
         assert!(

@@ -242,6 +242,9 @@ pub struct PutReport {
     /// The name named another object before, now removed: capabilities shared for it no
     /// longer read.
     pub replaced: bool,
+    /// The same bytes were stored under this name already: the object and its
+    /// capability are kept as they were.
+    pub unchanged: bool,
 }
 
 /// Storage as one account sees it.
@@ -1093,6 +1096,7 @@ impl Storage {
                 shards_sent: sent,
                 shards_resumed: resumed,
                 replaced: false,
+                unchanged: true,
             });
         }
         let manifest = Manifest {
@@ -1146,6 +1150,7 @@ impl Storage {
             shards_sent: sent,
             shards_resumed: resumed,
             replaced: replaced.is_some(),
+            unchanged: false,
         })
     }
 
