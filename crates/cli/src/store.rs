@@ -822,6 +822,12 @@ fn path_in_folder(prefix: &str, name: &str) -> Option<PathBuf> {
     Some(path)
 }
 
+/// A folder's put names the files stored so far in the index after this many…
+const NAME_EVERY_FILES: usize = 256;
+
+/// …or after this long, whichever comes first.
+const NAME_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// One file of a folder to put: where it is, the name it is stored under, its size.
 struct FolderFile {
     path: PathBuf,
@@ -909,26 +915,58 @@ async fn put_folder(
     let total: u64 = files.iter().map(|f| f.size).sum();
     let bar = output::files_bar(globals, total);
     let started = std::time::Instant::now();
+    let session = storage.put_session().await?;
     let mut reports = Vec::new();
+    let mut unnamed = Vec::new();
+    let mut named_at = std::time::Instant::now();
     let mut done = 0u64;
-    for f in &files {
+    for (i, f) in files.iter().enumerate() {
         bar.set_message(f.name.clone());
         let put = storage
-            .put(&f.path, &f.name, scheme, &|n| bar.set_position(done + n))
+            .put_unnamed(&session, &f.path, &f.name, scheme, &|n| {
+                bar.set_position(done + n)
+            })
             .await;
-        match put {
-            Ok(report) => reports.push(report),
-            Err(e) => {
-                bar.finish_and_clear();
-                bail!(
-                    "{} was not stored: {e}; the {} file(s) before it are. Run the same command again: what is stored already is not sent again",
-                    f.path.display(),
-                    reports.len()
-                );
+        let failed = match put {
+            Ok(up) => {
+                unnamed.push(up);
+                None
             }
-        }
+            Err(e) => Some(e),
+        };
         done += f.size;
         bar.set_position(done);
+        // The index is read and written once for many files, not once each (it holds
+        // every name: once each, a folder of n files would move it n times), and often
+        // enough that a put cut short leaves little stored but unlisted.
+        let last = i + 1 == files.len();
+        if failed.is_some()
+            || last
+            || unnamed.len() >= NAME_EVERY_FILES
+            || named_at.elapsed() >= NAME_EVERY
+        {
+            let batch = std::mem::take(&mut unnamed);
+            let count = batch.len();
+            match storage.name_puts(&session, batch).await {
+                Ok(r) => reports.extend(r),
+                Err(e) => {
+                    bar.finish_and_clear();
+                    bail!(
+                        "the last {count} file(s) put were not listed in your index: {e}; {} file(s) before them are. Run the same command again: what is on your nodes already is not sent again",
+                        reports.len()
+                    );
+                }
+            }
+            named_at = std::time::Instant::now();
+        }
+        if let Some(e) = failed {
+            bar.finish_and_clear();
+            bail!(
+                "{} was not stored: {e}; the {} file(s) before it are. Run the same command again: what is stored already is not sent again",
+                f.path.display(),
+                reports.len()
+            );
+        }
     }
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();

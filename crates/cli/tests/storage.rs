@@ -355,8 +355,20 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
         assert_eq!(std::fs::read(back.join("sub/b.txt")).expect("read"), b"hello tree");
         assert_eq!(std::fs::read(back.join("sub/deeper/empty")).expect("read"), b"");
         assert!(!back.join("link").exists());
+        // A file that does not fit stops the folder's put; the files before it are listed.
+        let too_big = std::fs::File::create(tree.join("zz-too-big")).expect("create");
+        too_big.set_len(2 << 30).expect("sparse file");
+        let (put_all, _, err) = run(&home, &["store", "put", tree_arg, "trees/t2"]);
+        assert!(!put_all && err.contains("zz-too-big was not stored"), "{err}");
+        let t2 = ok(&home, &["store", "ls", "trees/t2/"]);
+        assert_eq!(
+            names(&t2, "objects"),
+            stored.map(|n| n.replace("/t1/", "/t2/")),
+            "{t2}"
+        );
         for name in stored {
             ok(&home, &["store", "rm", name]);
+            ok(&home, &["store", "rm", &name.replace("/t1/", "/t2/")]);
         }
 
         // An interrupted download resumes after the segments it had written and synced:

@@ -247,6 +247,25 @@ pub struct PutReport {
     pub unchanged: bool,
 }
 
+/// What a run of puts shares: see [`Storage::put_session`].
+pub struct PutSession {
+    /// The nodes written to.
+    holdings: Vec<Holding>,
+    /// The index when the session began: a put of the bytes it names under that name
+    /// already is kept as it was.
+    known: Option<Index>,
+}
+
+/// An object on the nodes, not yet named in the index: see [`Storage::name_puts`].
+pub struct Unnamed {
+    /// What the put did; `replaced` is known once it is named.
+    pub report: PutReport,
+    /// What names it; `None` when the index names these bytes under this name already.
+    entry: Option<IndexEntry>,
+    /// Its manifest's shards: removing the object it replaces keeps them.
+    keep: HashSet<Hash>,
+}
+
 /// Storage as one account sees it.
 pub struct Storage {
     mesh: Mesh,
@@ -926,6 +945,35 @@ impl Storage {
         scheme: Option<Scheme>,
         progress: Progress<'_>,
     ) -> Result<PutReport, StorageError> {
+        let session = self.put_session().await?;
+        let up = self
+            .put_unnamed(&session, path, name, scheme, progress)
+            .await?;
+        let mut reports = self.name_puts(&session, vec![up]).await?;
+        reports
+            .pop()
+            .ok_or_else(|| other("the put was not named in your index"))
+    }
+
+    /// Begin puts that share their nodes and the index as it is now: for many files,
+    /// [`Storage::put_unnamed`] each, then [`Storage::name_puts`] them together, so the
+    /// index is read and written once for all of them, not once each.
+    pub async fn put_session(&self) -> Result<PutSession, StorageError> {
+        let holdings = self.writable_holdings().await?;
+        let known = self.index().await.ok().map(|(_, index)| index);
+        Ok(PutSession { holdings, known })
+    }
+
+    /// Store the file at `path` as an object to be named `name`: on the nodes, but not
+    /// listed until [`Storage::name_puts`] names it (until then `store gc` may take it).
+    pub async fn put_unnamed(
+        &self,
+        session: &PutSession,
+        path: &Path,
+        name: &str,
+        scheme: Option<Scheme>,
+        progress: Progress<'_>,
+    ) -> Result<Unnamed, StorageError> {
         check_name(name).map_err(other)?;
         let file_err = |what| {
             let path = path.to_path_buf();
@@ -948,19 +996,71 @@ impl Storage {
             file: Arc::new(file.into_std().await),
             path,
         };
-        self.put_from(source, size, name, scheme, progress).await
+        self.upload(session, source, size, name, scheme, progress)
+            .await
     }
 
-    /// Put `size` bytes read from `source` under `name`: see [`Storage::put`].
-    async fn put_from(
+    /// Name `uploads` in the index in one change, and remove the objects they replace;
+    /// a report for each, in their order.
+    pub async fn name_puts(
         &self,
+        session: &PutSession,
+        uploads: Vec<Unnamed>,
+    ) -> Result<Vec<PutReport>, StorageError> {
+        let named: Vec<(&str, &IndexEntry)> = uploads
+            .iter()
+            .filter_map(|u| Some((u.report.name.as_str(), u.entry.as_ref()?)))
+            .collect();
+        // What each name named before, from the first try that found it: a try again after
+        // a change from elsewhere may find this put's own entry there already.
+        let mut replaced: HashMap<String, IndexEntry> = HashMap::new();
+        if !named.is_empty() {
+            self.update_index(&session.holdings, |index| {
+                for (name, entry) in &named {
+                    if let Some(old) = index.objects.insert(name.to_string(), (*entry).clone())
+                        && old.capability.manifest != entry.capability.manifest
+                    {
+                        replaced.entry(name.to_string()).or_insert(old);
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        }
+        let mut reports = Vec::with_capacity(uploads.len());
+        for up in uploads {
+            let mut report = up.report;
+            if let Some(old) = replaced.get(&report.name) {
+                self.delete_object(&old.capability, &up.keep).await;
+                report.replaced = true;
+            }
+            if !report.unchanged {
+                info!(
+                    name = report.name,
+                    size = report.size,
+                    scheme = %report.scheme,
+                    sent = report.shards_sent,
+                    resumed = report.shards_resumed,
+                    "stored"
+                );
+            }
+            reports.push(report);
+        }
+        Ok(reports)
+    }
+
+    /// Put `size` bytes read from `source` on the session's nodes, to be named `name`:
+    /// see [`Storage::put_unnamed`].
+    async fn upload(
+        &self,
+        session: &PutSession,
         source: Source<'_>,
         size: u64,
         name: &str,
         scheme: Option<Scheme>,
         progress: Progress<'_>,
-    ) -> Result<PutReport, StorageError> {
-        let holdings = self.writable_holdings().await?;
+    ) -> Result<Unnamed, StorageError> {
+        let holdings = session.holdings.clone();
         let scheme = scheme.unwrap_or_else(|| Scheme::for_nodes(holdings.len()));
         scheme.check().map_err(other)?;
         if scheme.n() > holdings.len() {
@@ -1083,20 +1183,27 @@ impl Storage {
         }
         // The same bytes put again under the same name (a sync run again): the object
         // stays as it was, and so does every capability shared for it.
-        if let Some(kept) = self.unchanged(name, size, scheme, &done).await {
+        if let Some(kept) = self
+            .unchanged(session.known.as_ref(), name, size, scheme, &done)
+            .await
+        {
             info!(
                 name,
                 "the same bytes are stored under this name already: kept as it was"
             );
-            return Ok(PutReport {
-                name: name.to_string(),
-                capability: kept.capability,
-                size,
-                scheme,
-                shards_sent: sent,
-                shards_resumed: resumed,
-                replaced: false,
-                unchanged: true,
+            return Ok(Unnamed {
+                report: PutReport {
+                    name: name.to_string(),
+                    capability: kept.capability,
+                    size,
+                    scheme,
+                    shards_sent: sent,
+                    shards_resumed: resumed,
+                    replaced: false,
+                    unchanged: true,
+                },
+                entry: None,
+                keep: HashSet::new(),
             });
         }
         let manifest = Manifest {
@@ -1118,39 +1225,24 @@ impl Storage {
             key,
             cipher: Cipher::Aes256Gcm,
         };
-        let entry = IndexEntry {
-            capability,
-            size,
-            created_ms: manifest.created_ms,
-            scheme,
-        };
-        // What the name named before, from the first try that found it: a try again after
-        // a change from elsewhere may find this put's own entry there already.
-        let mut replaced: Option<IndexEntry> = None;
-        self.update_index(&holdings, |index| {
-            if let Some(old) = index.objects.insert(name.to_string(), entry.clone())
-                && old.capability.manifest != id
-                && replaced.is_none()
-            {
-                replaced = Some(old);
-            }
-            Ok(())
-        })
-        .await?;
-        if let Some(old) = &replaced {
-            let keep: HashSet<Hash> = manifest.placements().map(|(h, _)| h).collect();
-            self.delete_object(&old.capability, &keep).await;
-        }
-        info!(name, size, %scheme, sent, resumed, "stored");
-        Ok(PutReport {
-            name: name.to_string(),
-            capability,
-            size,
-            scheme,
-            shards_sent: sent,
-            shards_resumed: resumed,
-            replaced: replaced.is_some(),
-            unchanged: false,
+        Ok(Unnamed {
+            report: PutReport {
+                name: name.to_string(),
+                capability,
+                size,
+                scheme,
+                shards_sent: sent,
+                shards_resumed: resumed,
+                replaced: false,
+                unchanged: false,
+            },
+            entry: Some(IndexEntry {
+                capability,
+                size,
+                created_ms: manifest.created_ms,
+                scheme,
+            }),
+            keep: manifest.placements().map(|(h, _)| h).collect(),
         })
     }
 
@@ -1158,13 +1250,13 @@ impl Storage {
     /// (`size` bytes in `scheme`, each segment's key and shards alike).
     async fn unchanged(
         &self,
+        index: Option<&Index>,
         name: &str,
         size: u64,
         scheme: Scheme,
         done: &BTreeMap<u64, Segment>,
     ) -> Option<IndexEntry> {
-        let (_, index) = self.index().await.ok()?;
-        let old = index.objects.get(name)?;
+        let old = index?.objects.get(name)?;
         if old.size != size || old.scheme != scheme {
             return None;
         }
@@ -2511,8 +2603,14 @@ impl Storage {
             peers,
             all,
         };
-        self.put_from(source, size, name, Some(scheme), progress)
-            .await
+        let session = self.put_session().await?;
+        let up = self
+            .upload(&session, source, size, name, Some(scheme), progress)
+            .await?;
+        let mut reports = self.name_puts(&session, vec![up]).await?;
+        reports
+            .pop()
+            .ok_or_else(|| other("the widened object was not named in your index"))
     }
 
     /// Segment `seg` of `source`, `len` bytes from `offset`, in a [`segment_buffer`] for
