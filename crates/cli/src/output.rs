@@ -90,7 +90,7 @@ pub fn busy(globals: &Globals, what: &'static str) -> indicatif::ProgressBar {
     let bar = drawn(
         globals,
         indicatif::ProgressBar::new_spinner,
-        &format!("{{spinner}} {{elapsed}} {what}"),
+        &format!("{{spinner}} {{elapsed}} {what} {{msg}}"),
     );
     if !bar.is_hidden() {
         bar.enable_steady_tick(Duration::from_millis(120));

@@ -62,9 +62,9 @@ pub enum StoreCommand {
         /// The name.
         name: String,
     },
-    /// Remove an object and free its space.
+    /// Remove an object and free its space; `PREFIX/` removes every object under it.
     Rm {
-        /// The name.
+        /// The name, or a prefix ending in `/` (e.g. photos/).
         name: String,
     },
     /// Your storage contracts, their nodes and how full they are.
@@ -445,8 +445,55 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
             eprintln!("whoever has this can read {name}: peergrid store get CAPABILITY OUT");
             Ok(())
         }
+        StoreCommand::Rm { name } if name.ends_with('/') => {
+            let spinner = output::busy(globals, "removing the names from your index");
+            let removed = storage
+                .remove_under(&name, &|n| {
+                    spinner.set_message(format!("{n} object(s) removed from your nodes"))
+                })
+                .await;
+            spinner.finish_and_clear();
+            let removed = removed?;
+            let bytes: u64 = removed.iter().map(|(_, e)| e.size).sum();
+            if globals.json {
+                let objects: Vec<Value> = removed
+                    .iter()
+                    .map(|(n, e)| json!({ "name": n, "size": e.size }))
+                    .collect();
+                return output::json(&json!({ "removed": objects, "bytes": bytes }));
+            }
+            let rows: Vec<Vec<String>> = removed
+                .iter()
+                .map(|(n, e)| vec![n.clone(), human_bytes(e.size)])
+                .collect();
+            output::table(&["REMOVED", "SIZE"], &rows);
+            println!("{} object(s), {}", removed.len(), human_bytes(bytes));
+            Ok(())
+        }
         StoreCommand::Rm { name } => {
-            let entry = storage.remove(&name).await?;
+            let entry = match storage.remove(&name).await {
+                Ok(entry) => entry,
+                Err(e) => {
+                    // `rm photos` for the folder: said, not done, since it removes many.
+                    let under = match storage.index().await {
+                        Ok((_, index)) => folder_named(&index, &name).map(|prefix| {
+                            let under = format!("{prefix}/");
+                            index
+                                .objects
+                                .range(under.clone()..)
+                                .take_while(|(n, _)| n.starts_with(&under))
+                                .count()
+                        }),
+                        Err(_) => None,
+                    };
+                    match under {
+                        Some(count) => bail!(
+                            "{e}; `peergrid store rm {name}/` removes the {count} object(s) under {name}/"
+                        ),
+                        None => return Err(e.into()),
+                    }
+                }
+            };
             if globals.json {
                 return output::json(&json!({ "removed": name, "size": entry.size }));
             }

@@ -366,10 +366,13 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
             stored.map(|n| n.replace("/t1/", "/t2/")),
             "{t2}"
         );
-        for name in stored {
-            ok(&home, &["store", "rm", name]);
-            ok(&home, &["store", "rm", &name.replace("/t1/", "/t2/")]);
-        }
+        // `rm PREFIX/` removes every object under it; without the slash it only says so.
+        let removed = ok(&home, &["store", "rm", "trees/t1/"]);
+        assert_eq!(names(&removed, "removed"), stored, "{removed}");
+        let (rm_folder, _, err) = run(&home, &["store", "rm", "trees/t2"]);
+        assert!(!rm_folder && err.contains("store rm trees/t2/` removes the 3 object(s)"), "{err}");
+        ok(&home, &["store", "rm", "trees/t2/"]);
+        assert!(names(&ok(&home, &["store", "ls", "trees/"]), "objects").is_empty());
 
         // An interrupted download resumes after the segments it had written and synced:
         // they are not fetched again (a marker in them stays), the rest is. A resume state

@@ -2693,6 +2693,51 @@ impl Storage {
         Ok(entry)
     }
 
+    /// Remove every object whose name starts with `prefix/` in one index change, then
+    /// their shards (`progress` counts the objects done); the objects removed, by name.
+    pub async fn remove_under(
+        &self,
+        prefix: &str,
+        progress: Progress<'_>,
+    ) -> Result<Vec<(String, IndexEntry)>, StorageError> {
+        let prefix = prefix.trim_end_matches('/');
+        if prefix.is_empty() {
+            return Err(other(
+                "give the prefix of the objects to remove, like photos/",
+            ));
+        }
+        let under = format!("{prefix}/");
+        let holdings = self.writable_holdings().await?;
+        // Kept across tries: one after a change from elsewhere may find none left, this
+        // command's first try having removed them in an index that won after all.
+        let mut removed: BTreeMap<String, IndexEntry> = BTreeMap::new();
+        self.update_index(&holdings, |index| {
+            let names: Vec<String> = index
+                .objects
+                .range(under.clone()..)
+                .take_while(|(n, _)| n.starts_with(&under))
+                .map(|(n, _)| n.clone())
+                .collect();
+            for name in names {
+                if let Some(entry) = index.objects.remove(&name) {
+                    removed.entry(name).or_insert(entry);
+                }
+            }
+            if removed.is_empty() {
+                return Err(other(format!(
+                    "no object's name starts with {under:?} (see `peergrid store ls`)"
+                )));
+            }
+            Ok(())
+        })
+        .await?;
+        for (done, entry) in removed.values().enumerate() {
+            self.delete_object(&entry.capability, &HashSet::new()).await;
+            progress(done as u64 + 1);
+        }
+        Ok(removed.into_iter().collect())
+    }
+
     /// Best effort: delete an object's shards and manifest, except those in `keep` and
     /// those other objects may share (all padding).
     async fn delete_object(&self, cap: &Capability, keep: &HashSet<Hash>) {
