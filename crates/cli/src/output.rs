@@ -42,10 +42,17 @@ impl Drop for LogLine {
         if self.0.is_empty() {
             return;
         }
-        // A log line that cannot be written has nowhere else to go.
-        BARS.suspend(|| {
-            let _ = std::io::stderr().write_all(&self.0);
-        });
+        // A log line that cannot be written has nowhere else to go. indicatif panics when
+        // it cannot redraw (a terminal gone): the line is then written as it is.
+        let line = &self.0;
+        let above = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            BARS.suspend(|| {
+                let _ = std::io::stderr().write_all(line);
+            })
+        }));
+        if above.is_err() {
+            let _ = std::io::stderr().write_all(line);
+        }
     }
 }
 

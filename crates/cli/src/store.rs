@@ -244,6 +244,13 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
         }
         StoreCommand::Put { file, name, scheme } => {
             let name = match name {
+                // Into a folder of objects, as `cp` does: under the file's own name.
+                Some(n) if n.ends_with('/') => match file.file_name().and_then(|f| f.to_str()) {
+                    Some(f) => format!("{n}{f}"),
+                    None => bail!(
+                        "{n} names a folder of objects and the file has no usable name: give the object's whole name, like {n}cat.jpg"
+                    ),
+                },
                 Some(n) => n,
                 None => file
                     .file_name()
@@ -272,6 +279,7 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
                     "shards_sent": report.shards_sent,
                     "shards_resumed": report.shards_resumed,
                     "replaced": report.replaced,
+                    "unchanged": report.unchanged,
                     "seconds": secs,
                 }));
             }
@@ -315,6 +323,7 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
             let range = range.as_deref().map(parse_range).transpose()?;
             // A name may start like a capability (`pg1-notes.txt`): only one that parses
             // as a capability is read as one.
+            let by_capability = object.parse::<Capability>().is_ok();
             let (cap, default_out) = match object.parse::<Capability>() {
                 Ok(cap) => (cap, None),
                 Err(not_cap) => {
@@ -346,15 +355,26 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
             let (manifest, holdings) = storage.open(&cap).await?;
             // Into a folder given, as `cp` does: under the last part of the object's name.
             // A folder in the way of the default name is refused by the get.
-            let out = match given && out.is_dir() {
-                true => out.join(last_part(&manifest.name).with_context(|| {
-                    format!(
-                        "{} is a folder, and the object's name {:?} ends in no file name: give the file to write, e.g. {}",
-                        out.display(),
-                        manifest.name,
-                        out.join("NAME").display()
-                    )
-                })?),
+            let out = match given && !to_stdout && out.is_dir() {
+                true => {
+                    let file = out.join(last_part(&manifest.name).with_context(|| {
+                        format!(
+                            "{} is a folder, and the object's name {:?} ends in no file name: give the file to write, e.g. {}",
+                            out.display(),
+                            manifest.name,
+                            out.join("NAME").display()
+                        )
+                    })?);
+                    // A capability's name is chosen by whoever made it: it does not get
+                    // to replace a file of yours by naming it.
+                    if by_capability && file.exists() {
+                        bail!(
+                            "{} exists, and a capability's object is not written over a file by the name its maker gave it: give the file to write",
+                            file.display()
+                        );
+                    }
+                    file
+                }
                 false => out,
             };
             let total = range.map(|(a, b)| b - a).unwrap_or(manifest.size);
@@ -370,7 +390,7 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
             let said = if globals.json {
                 json!({
                     "name": manifest.name,
-                    "out": out,
+                    "out": out.display().to_string(),
                     "bytes": written,
                     "seconds": secs,
                 })
@@ -845,11 +865,13 @@ fn folder_named<'a>(index: &peergrid_storage::Index, object: &'a str) -> Option<
         index
             .objects
             .range(under.clone()..)
-            .next()
-            .is_some_and(|(n, _)| n.starts_with(&under))
+            .take_while(|(n, _)| n.starts_with(&under))
+            .any(|(n, _)| n.len() > under.len())
     };
+    // An exact name wins unless objects are under it too and the slash asks for them
+    // (names ending in `/` were refused for new puts, not for old ones).
     let folder = match object.ends_with('/') {
-        true => true,
+        true => !index.objects.contains_key(object) || has_under(),
         false => !index.objects.contains_key(object) && has_under(),
     };
     (folder && !prefix.is_empty()).then_some(prefix)
@@ -886,7 +908,7 @@ struct FolderFile {
 type LeftOut = Vec<(PathBuf, &'static str)>;
 
 /// The regular files under `dir`, each named `prefix/` and its path there, by name; and
-/// what is left out (links, devices, names that are not UTF-8).
+/// what is left out (links, devices, names that are not UTF-8 or not an object's).
 fn files_under(dir: &Path, prefix: &str) -> anyhow::Result<(Vec<FolderFile>, LeftOut)> {
     let mut files = Vec::new();
     let mut left = Vec::new();
@@ -922,6 +944,17 @@ fn files_under(dir: &Path, prefix: &str) -> anyhow::Result<(Vec<FolderFile>, Lef
             }
         }
     }
+    // Every name is checked before anything is sent.
+    files.retain(|f| match peergrid_storage::format::check_name(&f.name) {
+        Ok(()) => true,
+        Err(_) => {
+            left.push((
+                f.path.clone(),
+                "its name cannot be an object's (a control character, or too long)",
+            ));
+            false
+        }
+    });
     files.sort_by(|a, b| a.name.cmp(&b.name));
     Ok((files, left))
 }
@@ -934,11 +967,12 @@ async fn put_folder(
     prefix: Option<String>,
     scheme: Option<Scheme>,
 ) -> anyhow::Result<()> {
+    // The folder's name as given (a link keeps its own name); `.` or `..` by where it is.
+    let named = |d: &Path| d.file_name().and_then(|n| n.to_str()).map(str::to_string);
     let prefix = match prefix {
         Some(p) => p.trim_end_matches('/').to_string(),
-        None => std::fs::canonicalize(dir)
-            .ok()
-            .and_then(|d| d.file_name()?.to_str().map(str::to_string))
+        None => named(dir)
+            .or_else(|| std::fs::canonicalize(dir).ok().as_deref().and_then(named))
             .unwrap_or_default(),
     };
     if prefix.is_empty() {
@@ -948,11 +982,6 @@ async fn put_folder(
         );
     }
     let (files, left) = files_under(dir, &prefix)?;
-    // Every name is checked before anything is sent.
-    for f in &files {
-        peergrid_storage::format::check_name(&f.name)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", f.path.display()))?;
-    }
     for (path, why) in &left {
         eprintln!("left out {}: {why}", path.display());
     }
@@ -993,13 +1022,16 @@ async fn put_folder(
             || named_at.elapsed() >= NAME_EVERY
         {
             let batch = std::mem::take(&mut unnamed);
-            let count = batch.len();
+            let count = batch.iter().filter(|u| !u.report.unchanged).count();
             match storage.name_puts(&session, batch).await {
                 Ok(r) => reports.extend(r),
                 Err(e) => {
                     bar.finish_and_clear();
+                    if let Some(failed) = &failed {
+                        eprintln!("{} was not stored: {failed}", f.path.display());
+                    }
                     bail!(
-                        "the last {count} file(s) put were not listed in your index: {e}; {} file(s) before them are. Run the same command again: what is on your nodes already is not sent again",
+                        "the last {count} file(s) stored were not listed in your index: {e}; {} file(s) before them are. Run the same command again: what is on your nodes already is not sent again",
                         reports.len()
                     );
                 }
@@ -1028,12 +1060,13 @@ async fn put_folder(
                     "scheme": r.scheme.to_string(),
                     "unchanged": r.unchanged,
                     "replaced": r.replaced,
+                    "shards_sent": r.shards_sent,
                 })
             })
             .collect();
         let left: Vec<Value> = left
             .iter()
-            .map(|(p, why)| json!({ "path": p, "reason": why }))
+            .map(|(p, why)| json!({ "path": p.display().to_string(), "reason": why }))
             .collect();
         return output::json(&json!({
             "prefix": prefix,
@@ -1102,9 +1135,12 @@ async fn get_folder(
             Some(rel) => wanted.push((name, entry, folder.join(rel))),
             None => failed.push((
                 name.clone(),
-                "its name cannot be a path in a folder (an empty part, `.` or `..`): get it alone with `peergrid store get NAME FILE`".into(),
+                "its name cannot be a path in a folder (an empty part, `.` or `..`): get it alone by its capability, `peergrid store share NAME` then `peergrid store get CAPABILITY FILE`".into(),
             )),
         }
+    }
+    if wanted.is_empty() && failed.is_empty() {
+        bail!("no object's name starts with {under:?} (see `peergrid store ls`)");
     }
     let total: u64 = wanted.iter().map(|(_, e, _)| e.size).sum();
     let bar = output::files_bar(globals, total);
@@ -1139,7 +1175,7 @@ async fn get_folder(
     if globals.json {
         let objects: Vec<Value> = got
             .iter()
-            .map(|(name, path, bytes)| json!({ "name": name, "out": path, "bytes": bytes }))
+            .map(|(name, path, bytes)| json!({ "name": name, "out": path.display().to_string(), "bytes": bytes }))
             .collect();
         let failed_json: Vec<Value> = failed
             .iter()
@@ -1147,7 +1183,7 @@ async fn get_folder(
             .collect();
         output::json(&json!({
             "prefix": prefix,
-            "folder": folder,
+            "folder": folder.display().to_string(),
             "objects": objects,
             "failed": failed_json,
             "seconds": secs,
@@ -1340,6 +1376,11 @@ mod tests {
         assert_eq!(folder_named(&index, "photo"), None);
         assert_eq!(folder_named(&index, "photosx"), None);
         assert_eq!(folder_named(&index, "/"), None);
+        // An object named with a slash at the end before such names were refused is
+        // still read by its name, unless objects are under it too.
+        let old = index_of(&["old/", "both/", "both/x"]);
+        assert_eq!(folder_named(&old, "old/"), None);
+        assert_eq!(folder_named(&old, "both/"), Some("both"));
     }
 
     #[test]
@@ -1367,7 +1408,8 @@ mod tests {
     }
 
     #[test]
-    fn a_folder_is_walked_into_names_under_its_prefix_leaving_links_out() {
+    fn a_folder_is_walked_into_names_under_its_prefix_leaving_links_and_odd_names_out() {
+        use std::os::unix::ffi::OsStrExt;
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path();
         std::fs::create_dir_all(root.join("b/c")).expect("mkdir");
@@ -1375,12 +1417,19 @@ mod tests {
         std::fs::write(root.join("a.txt"), b"12345").expect("write");
         std::fs::write(root.join("b/c/d.bin"), b"xy").expect("write");
         std::os::unix::fs::symlink("/etc", root.join("link")).expect("symlink");
-        let (files, left) = files_under(root, "up").expect("walk");
+        let not_utf8 = std::ffi::OsStr::from_bytes(b"bad\xff");
+        std::fs::write(root.join(not_utf8), b"?").expect("write");
+        std::fs::write(root.join("Icon\r"), b"?").expect("write");
+        let (files, mut left) = files_under(root, "up").expect("walk");
         let named: Vec<(&str, u64)> = files.iter().map(|f| (f.name.as_str(), f.size)).collect();
         assert_eq!(named, [("up/a.txt", 5), ("up/b/c/d.bin", 2)]);
         assert_eq!(files[1].path, root.join("b/c/d.bin"));
-        assert_eq!(left.len(), 1, "{left:?}");
-        assert_eq!(left[0].0, root.join("link"));
+        left.sort();
+        let left: Vec<&Path> = left.iter().map(|(p, _)| p.as_path()).collect();
+        assert_eq!(
+            left,
+            [root.join("Icon\r"), root.join(not_utf8), root.join("link")]
+        );
         // What a put names, a get writes back to the same place.
         for f in &files {
             let rel = path_in_folder("up", &f.name).expect("a path");

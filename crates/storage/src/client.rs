@@ -17,7 +17,7 @@ use peergrid_core::now_ms;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use peergrid_client::{Client, ContractFilter, ContractState, NodeStatus, TxStatus};
@@ -251,9 +251,24 @@ pub struct PutReport {
 pub struct PutSession {
     /// The nodes written to.
     holdings: Vec<Holding>,
-    /// The index when the session began: a put of the bytes it names under that name
-    /// already is kept as it was.
-    known: Option<Index>,
+    /// The index as last read or written, and when: a put of the bytes it names under
+    /// that name already is kept as it was. Read again once older than [`KNOWN_FOR`].
+    known: std::sync::Mutex<(Instant, Option<Arc<Index>>)>,
+}
+
+/// How long a put session trusts the index it last read or wrote to tell an unchanged
+/// object: another machine with the same words may change it meanwhile.
+const KNOWN_FOR: Duration = Duration::from_secs(5);
+
+impl PutSession {
+    fn remember(&self, index: Option<Arc<Index>>) {
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        *known = (Instant::now(), index);
+    }
+
+    fn recalled(&self) -> (Instant, Option<Arc<Index>>) {
+        self.known.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 /// An object on the nodes, not yet named in the index: see [`Storage::name_puts`].
@@ -960,8 +975,29 @@ impl Storage {
     /// index is read and written once for all of them, not once each.
     pub async fn put_session(&self) -> Result<PutSession, StorageError> {
         let holdings = self.writable_holdings().await?;
-        let known = self.index().await.ok().map(|(_, index)| index);
-        Ok(PutSession { holdings, known })
+        let session = PutSession {
+            holdings,
+            known: std::sync::Mutex::new((Instant::now(), None)),
+        };
+        self.read_known(&session).await;
+        Ok(session)
+    }
+
+    /// Read the index into `session` (none when it cannot be read: nothing is then
+    /// taken as unchanged).
+    async fn read_known(&self, session: &PutSession) -> Option<Arc<Index>> {
+        let index = self.index().await.ok().map(|(_, index)| Arc::new(index));
+        session.remember(index.clone());
+        index
+    }
+
+    /// The session's index, read again when older than [`KNOWN_FOR`].
+    async fn known(&self, session: &PutSession) -> Option<Arc<Index>> {
+        let (at, index) = session.recalled();
+        match at.elapsed() < KNOWN_FOR {
+            true => index,
+            false => self.read_known(session).await,
+        }
     }
 
     /// Store the file at `path` as an object to be named `name`: on the nodes, but not
@@ -1011,10 +1047,17 @@ impl Storage {
             .iter()
             .filter_map(|u| Some((u.report.name.as_str(), u.entry.as_ref()?)))
             .collect();
+        let mut names = HashSet::new();
+        if let Some((twice, _)) = named.iter().find(|(n, _)| !names.insert(*n)) {
+            return Err(other(format!(
+                "{twice:?} is put twice in one change: give each object its own name"
+            )));
+        }
         // What each name named before, from the first try that found it: a try again after
         // a change from elsewhere may find this put's own entry there already.
         let mut replaced: HashMap<String, IndexEntry> = HashMap::new();
         if !named.is_empty() {
+            let mut written = None;
             self.update_index(&session.holdings, |index| {
                 for (name, entry) in &named {
                     if let Some(old) = index.objects.insert(name.to_string(), (*entry).clone())
@@ -1023,9 +1066,11 @@ impl Storage {
                         replaced.entry(name.to_string()).or_insert(old);
                     }
                 }
+                written = Some(Arc::new(index.clone()));
                 Ok(())
             })
             .await?;
+            session.remember(written);
         }
         let mut reports = Vec::with_capacity(uploads.len());
         for up in uploads {
@@ -1183,8 +1228,9 @@ impl Storage {
         }
         // The same bytes put again under the same name (a sync run again): the object
         // stays as it was, and so does every capability shared for it.
+        let known = self.known(session).await;
         if let Some(kept) = self
-            .unchanged(session.known.as_ref(), name, size, scheme, &done)
+            .unchanged(known.as_deref(), name, size, scheme, &done)
             .await
         {
             info!(

@@ -335,8 +335,8 @@ impl<'de> Deserialize<'de> for Capability {
     }
 }
 
-/// Check an object name: 1 to 1,024 bytes of UTF-8, no control characters, not a
-/// capability (so `get` can tell the two apart).
+/// Check an object name: 1 to 1,024 bytes of UTF-8, no control characters, not ending
+/// in `/` (a folder), not a capability (so `get` can tell the two apart).
 pub fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > NAME_BYTES_MAX {
         return Err(format!(
@@ -347,6 +347,11 @@ pub fn check_name(name: &str) -> Result<(), String> {
     if name.chars().any(char::is_control) {
         return Err(format!(
             "{name:?} has control characters; use printable names like photos/cat.jpg"
+        ));
+    }
+    if name.ends_with('/') {
+        return Err(format!(
+            "{name:?} ends in `/`, which names a folder of objects: add the object's own name, like {name}cat.jpg"
         ));
     }
     if name.starts_with(CAPABILITY_PREFIX) && name.parse::<Capability>().is_ok() {
@@ -545,6 +550,7 @@ mod tests {
         assert!(check_name(&text).is_err(), "a capability is not a name");
         assert!(check_name("photos/cat.jpg").is_ok());
         assert!(check_name("").is_err());
+        assert!(check_name("photos/").is_err(), "a folder is not a name");
 
         let p = pointer(&owner);
         assert!(p.verify("grid-a"));
