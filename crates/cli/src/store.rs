@@ -33,8 +33,8 @@ pub enum StoreCommand {
     Put {
         /// The file, or a folder.
         file: PathBuf,
-        /// The name, like photos/cat.jpg; for a folder, the prefix its files are named
-        /// under, like photos.
+        /// The name, like photos/cat.jpg (`photos/` keeps the file's own name under it);
+        /// for a folder, the prefix its files are named under, like photos.
         name: Option<String>,
         /// Erasure code K+M (any K of K+M shards rebuild the data) [default: from your nodes: 3+2 on 5].
         #[arg(long)]
