@@ -177,6 +177,32 @@ pub fn refuse_folder(out: &Path) -> Result<(), StorageError> {
     Ok(())
 }
 
+/// The file at `path` to put as `name`, and its size, once both are checked.
+async fn file_source<'a>(path: &'a Path, name: &str) -> Result<(Source<'a>, u64), StorageError> {
+    check_name(name).map_err(other)?;
+    let file_err = |what| {
+        let path = path.to_path_buf();
+        move |source| StorageError::File { what, path, source }
+    };
+    let file = tokio::fs::File::open(path)
+        .await
+        .map_err(file_err("cannot open"))?;
+    let meta = file.metadata().await.map_err(file_err("cannot read"))?;
+    // A pipe or device reads as empty or endless by its length: the object would be
+    // stored empty, or cut, under a put that says it worked.
+    if !meta.is_file() {
+        return Err(other(format!(
+            "{} is not a regular file: write it to a file first, then put that",
+            path.display()
+        )));
+    }
+    let source = Source::File {
+        file: Arc::new(file.into_std().await),
+        path,
+    };
+    Ok((source, meta.len()))
+}
+
 fn other(s: impl Into<String>) -> StorageError {
     StorageError::Other(s.into())
 }
@@ -960,9 +986,11 @@ impl Storage {
         scheme: Option<Scheme>,
         progress: Progress<'_>,
     ) -> Result<PutReport, StorageError> {
+        // A bad name or file is said before any node is asked.
+        let (source, size) = file_source(path, name).await?;
         let session = self.put_session().await?;
         let up = self
-            .put_unnamed(&session, path, name, scheme, progress)
+            .upload(&session, source, size, name, scheme, progress)
             .await?;
         let mut reports = self.name_puts(&session, vec![up]).await?;
         reports
@@ -1010,28 +1038,7 @@ impl Storage {
         scheme: Option<Scheme>,
         progress: Progress<'_>,
     ) -> Result<Unnamed, StorageError> {
-        check_name(name).map_err(other)?;
-        let file_err = |what| {
-            let path = path.to_path_buf();
-            move |source| StorageError::File { what, path, source }
-        };
-        let file = tokio::fs::File::open(path)
-            .await
-            .map_err(file_err("cannot open"))?;
-        let meta = file.metadata().await.map_err(file_err("cannot read"))?;
-        // A pipe or device reads as empty or endless by its length: the object would be
-        // stored empty, or cut, under a put that says it worked.
-        if !meta.is_file() {
-            return Err(other(format!(
-                "{} is not a regular file: write it to a file first, then put that",
-                path.display()
-            )));
-        }
-        let size = meta.len();
-        let source = Source::File {
-            file: Arc::new(file.into_std().await),
-            path,
-        };
+        let (source, size) = file_source(path, name).await?;
         self.upload(session, source, size, name, scheme, progress)
             .await
     }
