@@ -1,6 +1,7 @@
 //! `peergrid store …`: reserve space, put, get, list, share, remove and audit objects.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
@@ -897,6 +898,12 @@ const NAME_EVERY_FILES: usize = 256;
 /// …or after this long, whichever comes first.
 const NAME_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// A folder's put sends up to this many files at once…
+const FILES_AT_ONCE: usize = 8;
+
+/// …while they hold at most this many bytes together (a larger file goes alone).
+const FILE_BYTES_AT_ONCE: u64 = 32 << 20;
+
 /// One file of a folder to put: where it is, the name it is stored under, its size.
 struct FolderFile {
     path: PathBuf,
@@ -992,60 +999,83 @@ async fn put_folder(
     let bar = output::files_bar(globals, total);
     let started = std::time::Instant::now();
     let session = storage.put_session().await?;
+    // Each file's bytes through so far, and all of them: files go up several at once.
+    let seen: Vec<AtomicU64> = files.iter().map(|_| AtomicU64::new(0)).collect();
+    let moved = AtomicU64::new(0);
+    let through = |i: usize, n: u64| {
+        let more = n.saturating_sub(seen[i].swap(n, Ordering::Relaxed));
+        bar.set_position(moved.fetch_add(more, Ordering::Relaxed) + more);
+    };
+    let put_one = |i: usize| {
+        let (f, session, through) = (&files[i], &session, &through);
+        async move {
+            let put = storage
+                .put_unnamed(session, &f.path, &f.name, scheme, &|n| through(i, n))
+                .await;
+            through(i, f.size);
+            (i, put)
+        }
+    };
     let mut reports = Vec::new();
     let mut unnamed = Vec::new();
     let mut named_at = std::time::Instant::now();
-    let mut done = 0u64;
-    for (i, f) in files.iter().enumerate() {
-        bar.set_message(f.name.clone());
-        let put = storage
-            .put_unnamed(&session, &f.path, &f.name, scheme, &|n| {
-                bar.set_position(done + n)
-            })
-            .await;
-        let failed = match put {
-            Ok(up) => {
-                unnamed.push(up);
-                None
-            }
-            Err(e) => Some(e),
+    let mut failed: Option<(usize, peergrid_storage::StorageError)> = None;
+    let mut in_flight = futures::stream::FuturesOrdered::new();
+    let (mut next, mut in_flight_bytes) = (0, 0u64);
+    loop {
+        // Small files several at once (each is a few round trips more than bytes), a
+        // large one alone: its segments already keep every node busy.
+        while failed.is_none()
+            && next < files.len()
+            && in_flight.len() < FILES_AT_ONCE
+            && (in_flight.is_empty() || in_flight_bytes + files[next].size <= FILE_BYTES_AT_ONCE)
+        {
+            bar.set_message(files[next].name.clone());
+            in_flight_bytes += files[next].size;
+            in_flight.push_back(put_one(next));
+            next += 1;
+        }
+        let Some((i, put)) = futures::StreamExt::next(&mut in_flight).await else {
+            break;
         };
-        done += f.size;
-        bar.set_position(done);
+        in_flight_bytes -= files[i].size;
+        match put {
+            Ok(up) => unnamed.push(up),
+            Err(e) => {
+                failed.get_or_insert((i, e));
+            }
+        }
         // The index is read and written once for many files, not once each (it holds
         // every name: once each, a folder of n files would move it n times), and often
         // enough that a put cut short leaves little stored but unlisted.
-        let last = i + 1 == files.len();
-        if failed.is_some()
-            || last
-            || unnamed.len() >= NAME_EVERY_FILES
-            || named_at.elapsed() >= NAME_EVERY
-        {
+        let ending = in_flight.is_empty() && (failed.is_some() || next == files.len());
+        if ending || unnamed.len() >= NAME_EVERY_FILES || named_at.elapsed() >= NAME_EVERY {
             let batch = std::mem::take(&mut unnamed);
             let count = batch.iter().filter(|u| !u.report.unchanged).count();
-            match storage.name_puts(&session, batch).await {
-                Ok(r) => reports.extend(r),
-                Err(e) => {
-                    bar.finish_and_clear();
-                    if let Some(failed) = &failed {
-                        eprintln!("{} was not stored: {failed}", f.path.display());
-                    }
-                    bail!(
-                        "the last {count} file(s) stored were not listed in your index: {e}; {} file(s) before them are. Run the same command again: what is on your nodes already is not sent again",
-                        reports.len()
-                    );
+            if let Err(e) = storage
+                .name_puts(&session, batch)
+                .await
+                .map(|r| reports.extend(r))
+            {
+                bar.finish_and_clear();
+                if let Some((i, failed)) = &failed {
+                    eprintln!("{} was not stored: {failed}", files[*i].path.display());
                 }
+                bail!(
+                    "the last {count} file(s) stored were not listed in your index: {e}; {} other file(s) are. Run the same command again: what is on your nodes already is not sent again",
+                    reports.len()
+                );
             }
             named_at = std::time::Instant::now();
         }
-        if let Some(e) = failed {
-            bar.finish_and_clear();
-            bail!(
-                "{} was not stored: {e}; the {} file(s) before it are. Run the same command again: what is stored already is not sent again",
-                f.path.display(),
-                reports.len()
-            );
-        }
+    }
+    if let Some((i, e)) = failed {
+        bar.finish_and_clear();
+        bail!(
+            "{} was not stored: {e}; {} other file(s) are. Run the same command again: what is stored already is not sent again",
+            files[i].path.display(),
+            reports.len()
+        );
     }
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
