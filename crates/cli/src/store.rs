@@ -1017,39 +1017,20 @@ async fn put_folder(
         }
     };
     let mut reports = Vec::new();
-    let mut unnamed = Vec::new();
+    let mut unnamed: Vec<peergrid_storage::client::Unnamed> = Vec::new();
     let mut named_at = std::time::Instant::now();
     let mut failed: Option<(usize, peergrid_storage::StorageError)> = None;
-    let mut in_flight = futures::stream::FuturesOrdered::new();
+    let mut in_flight = futures::stream::FuturesUnordered::new();
     let (mut next, mut in_flight_bytes) = (0, 0u64);
     loop {
-        // Small files several at once (each is a few round trips more than bytes), a
-        // large one alone: its segments already keep every node busy.
-        while failed.is_none()
-            && next < files.len()
-            && in_flight.len() < FILES_AT_ONCE
-            && (in_flight.is_empty() || in_flight_bytes + files[next].size <= FILE_BYTES_AT_ONCE)
-        {
-            bar.set_message(files[next].name.clone());
-            in_flight_bytes += files[next].size;
-            in_flight.push_back(put_one(next));
-            next += 1;
-        }
-        let Some((i, put)) = futures::StreamExt::next(&mut in_flight).await else {
-            break;
-        };
-        in_flight_bytes -= files[i].size;
-        match put {
-            Ok(up) => unnamed.push(up),
-            Err(e) => {
-                failed.get_or_insert((i, e));
-            }
-        }
         // The index is read and written once for many files, not once each (it holds
         // every name: once each, a folder of n files would move it n times), and often
-        // enough that a put cut short leaves little stored but unlisted.
-        let ending = in_flight.is_empty() && (failed.is_some() || next == files.len());
-        if ending || unnamed.len() >= NAME_EVERY_FILES || named_at.elapsed() >= NAME_EVERY {
+        // enough that a put cut short leaves little stored but unlisted. Files under way
+        // finish first: a stream left unread while the index changes would time out.
+        let due = !unnamed.is_empty()
+            && (unnamed.len() >= NAME_EVERY_FILES || named_at.elapsed() >= NAME_EVERY);
+        let ending = failed.is_some() || next == files.len();
+        if in_flight.is_empty() && !unnamed.is_empty() && (due || ending) {
             let batch = std::mem::take(&mut unnamed);
             let count = batch.iter().filter(|u| !u.report.unchanged).count();
             if let Err(e) = storage
@@ -1062,21 +1043,52 @@ async fn put_folder(
                     eprintln!("{} was not stored: {failed}", files[*i].path.display());
                 }
                 bail!(
-                    "the last {count} file(s) stored were not listed in your index: {e}; {} other file(s) are. Run the same command again: what is on your nodes already is not sent again",
-                    reports.len()
+                    "the last {count} file(s) stored were not listed in your index: {e}; {} other file(s) of {} are. Run the same command again: what is on your nodes already is not sent again",
+                    reports.len(),
+                    files.len()
                 );
             }
             named_at = std::time::Instant::now();
+            continue;
+        }
+        // Small files several at once (each is a few round trips more than bytes), a
+        // large one alone: its segments already keep every node busy. Each file checks
+        // its room without the others under way, so near a full reservation a node may
+        // refuse a shard part way (its quota holds): that file fails and the put stops.
+        while !due
+            && failed.is_none()
+            && next < files.len()
+            && in_flight.len() < FILES_AT_ONCE
+            && (in_flight.is_empty() || in_flight_bytes + files[next].size <= FILE_BYTES_AT_ONCE)
+        {
+            bar.set_message(files[next].name.clone());
+            in_flight_bytes += files[next].size;
+            in_flight.push(put_one(next));
+            next += 1;
+        }
+        let Some((i, put)) = futures::StreamExt::next(&mut in_flight).await else {
+            break;
+        };
+        in_flight_bytes -= files[i].size;
+        match put {
+            Ok(up) => unnamed.push(up),
+            Err(e) if failed.is_some() => {
+                eprintln!("{} was not stored either: {e}", files[i].path.display());
+            }
+            Err(e) => failed = Some((i, e)),
         }
     }
     if let Some((i, e)) = failed {
         bar.finish_and_clear();
         bail!(
-            "{} was not stored: {e}; {} other file(s) are. Run the same command again: what is stored already is not sent again",
+            "{} was not stored: {e}; {} other file(s) of {} are. Run the same command again: what is stored already is not sent again",
             files[i].path.display(),
-            reports.len()
+            reports.len(),
+            files.len()
         );
     }
+    // Named in batches as they finished: listed by name.
+    reports.sort_by(|a, b| a.name.cmp(&b.name));
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     if globals.json {
