@@ -324,9 +324,8 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
             let range = range.as_deref().map(parse_range).transpose()?;
             // A name may start like a capability (`pg1-notes.txt`): only one that parses
             // as a capability is read as one.
-            let by_capability = object.parse::<Capability>().is_ok();
-            let (cap, default_out) = match object.parse::<Capability>() {
-                Ok(cap) => (cap, None),
+            let (cap, default_out, by_capability) = match object.parse::<Capability>() {
+                Ok(cap) => (cap, None, true),
                 Err(not_cap) => {
                     let (_, index) = storage.index().await?;
                     if let Some(prefix) = folder_named(&index, &object) {
@@ -344,7 +343,11 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
                             format!("you have no object named {object:?} (see `peergrid store ls`)")
                         }
                     })?;
-                    (entry.capability, last_part(&object).map(PathBuf::from))
+                    (
+                        entry.capability,
+                        last_part(&object).map(PathBuf::from),
+                        false,
+                    )
                 }
             };
             let given = out.is_some();

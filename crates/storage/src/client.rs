@@ -278,24 +278,14 @@ pub struct PutSession {
     /// The nodes written to.
     holdings: Vec<Holding>,
     /// The index as last read or written, and when: a put of the bytes it names under
-    /// that name already is kept as it was. Read again once older than [`KNOWN_FOR`].
-    known: std::sync::Mutex<(Instant, Option<Arc<Index>>)>,
+    /// that name already is kept as it was. Read again once older than [`KNOWN_FOR`], by
+    /// one of the puts under way while the others wait for it.
+    known: tokio::sync::Mutex<(Instant, Option<Arc<Index>>)>,
 }
 
 /// How long a put session trusts the index it last read or wrote to tell an unchanged
 /// object: another machine with the same words may change it meanwhile.
 const KNOWN_FOR: Duration = Duration::from_secs(5);
-
-impl PutSession {
-    fn remember(&self, index: Option<Arc<Index>>) {
-        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-        *known = (Instant::now(), index);
-    }
-
-    fn recalled(&self) -> (Instant, Option<Arc<Index>>) {
-        self.known.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-}
 
 /// An object on the nodes, not yet named in the index: see [`Storage::name_puts`].
 pub struct Unnamed {
@@ -1003,29 +993,22 @@ impl Storage {
     /// index is read and written once for all of them, not once each.
     pub async fn put_session(&self) -> Result<PutSession, StorageError> {
         let holdings = self.writable_holdings().await?;
-        let session = PutSession {
-            holdings,
-            known: std::sync::Mutex::new((Instant::now(), None)),
-        };
-        self.read_known(&session).await;
-        Ok(session)
-    }
-
-    /// Read the index into `session` (none when it cannot be read: nothing is then
-    /// taken as unchanged).
-    async fn read_known(&self, session: &PutSession) -> Option<Arc<Index>> {
         let index = self.index().await.ok().map(|(_, index)| Arc::new(index));
-        session.remember(index.clone());
-        index
+        Ok(PutSession {
+            holdings,
+            known: tokio::sync::Mutex::new((Instant::now(), index)),
+        })
     }
 
-    /// The session's index, read again when older than [`KNOWN_FOR`].
+    /// The session's index, read again when older than [`KNOWN_FOR`] (none when it
+    /// cannot be read: nothing is then taken as unchanged).
     async fn known(&self, session: &PutSession) -> Option<Arc<Index>> {
-        let (at, index) = session.recalled();
-        match at.elapsed() < KNOWN_FOR {
-            true => index,
-            false => self.read_known(session).await,
+        let mut known = session.known.lock().await;
+        if known.0.elapsed() >= KNOWN_FOR {
+            let index = self.index().await.ok().map(|(_, index)| Arc::new(index));
+            *known = (Instant::now(), index);
         }
+        known.1.clone()
     }
 
     /// Store the file at `path` as an object to be named `name`: on the nodes, but not
@@ -1077,7 +1060,7 @@ impl Storage {
                 Ok(())
             })
             .await?;
-            session.remember(written);
+            *session.known.lock().await = (Instant::now(), written);
         }
         let mut reports = Vec::with_capacity(uploads.len());
         for up in uploads {
