@@ -421,10 +421,7 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
         StoreCommand::Ls { prefix } => {
             let (pointer, index) = storage.index().await?;
             let prefix = prefix.unwrap_or_default();
-            let listed = index
-                .objects
-                .range(prefix.clone()..)
-                .take_while(|(n, _)| n.starts_with(&prefix));
+            let listed = index.starting_with(&prefix);
             if globals.json {
                 let objects: Vec<_> = listed
                     .map(|(n, e)| json!({"name": n, "size": e.size, "created_ms": e.created_ms, "scheme": e.scheme.to_string()}))
@@ -500,14 +497,8 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
                 Err(e) => {
                     // `rm photos` for the folder: said, not done, since it removes many.
                     let under = match storage.index().await {
-                        Ok((_, index)) => folder_named(&index, &name).map(|prefix| {
-                            let under = format!("{prefix}/");
-                            index
-                                .objects
-                                .range(under.clone()..)
-                                .take_while(|(n, _)| n.starts_with(&under))
-                                .count()
-                        }),
+                        Ok((_, index)) => folder_named(&index, &name)
+                            .map(|prefix| index.starting_with(&format!("{prefix}/")).count()),
                         Err(_) => None,
                     };
                     match under {
@@ -867,9 +858,7 @@ fn folder_named<'a>(index: &peergrid_storage::Index, object: &'a str) -> Option<
     let has_under = || {
         let under = format!("{prefix}/");
         index
-            .objects
-            .range(under.clone()..)
-            .take_while(|(n, _)| n.starts_with(&under))
+            .starting_with(&under)
             .any(|(n, _)| n.len() > under.len())
     };
     // An exact name wins unless objects are under it too and the slash asks for them
@@ -1172,10 +1161,7 @@ async fn get_folder(
     let under = format!("{prefix}/");
     let mut wanted = Vec::new();
     let mut failed: Vec<(String, String)> = Vec::new();
-    for (name, entry) in index.objects.range(under.clone()..) {
-        if !name.starts_with(&under) {
-            break;
-        }
+    for (name, entry) in index.starting_with(&under) {
         match path_in_folder(prefix, name) {
             Some(rel) => wanted.push((name, entry, folder.join(rel))),
             None => failed.push((

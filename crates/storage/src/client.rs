@@ -978,6 +978,18 @@ impl Storage {
     ) -> Result<PutReport, StorageError> {
         // A bad name or file is said before any node is asked.
         let (source, size) = file_source(path, name).await?;
+        self.put_one(source, size, name, scheme, progress).await
+    }
+
+    /// Put one object from `source` and name it: a session of its own.
+    async fn put_one(
+        &self,
+        source: Source<'_>,
+        size: u64,
+        name: &str,
+        scheme: Option<Scheme>,
+        progress: Progress<'_>,
+    ) -> Result<PutReport, StorageError> {
         let session = self.put_session().await?;
         let up = self
             .upload(&session, source, size, name, scheme, progress)
@@ -985,7 +997,7 @@ impl Storage {
         let mut reports = self.name_puts(&session, vec![up]).await?;
         reports
             .pop()
-            .ok_or_else(|| other("the put was not named in your index"))
+            .ok_or_else(|| other(format!("{name} was not named in your index")))
     }
 
     /// Begin puts that share their nodes and the index as it is now: for many files,
@@ -2639,14 +2651,8 @@ impl Storage {
             peers,
             all,
         };
-        let session = self.put_session().await?;
-        let up = self
-            .upload(&session, source, size, name, Some(scheme), progress)
-            .await?;
-        let mut reports = self.name_puts(&session, vec![up]).await?;
-        reports
-            .pop()
-            .ok_or_else(|| other("the widened object was not named in your index"))
+        self.put_one(source, size, name, Some(scheme), progress)
+            .await
     }
 
     /// Segment `seg` of `source`, `len` bytes from `offset`, in a [`segment_buffer`] for
@@ -2749,9 +2755,7 @@ impl Storage {
         let mut removed: BTreeMap<String, IndexEntry> = BTreeMap::new();
         self.update_index(&holdings, |index| {
             let names: Vec<String> = index
-                .objects
-                .range(under.clone()..)
-                .take_while(|(n, _)| n.starts_with(&under))
+                .starting_with(&under)
                 .map(|(n, _)| n.clone())
                 .collect();
             for name in names {

@@ -381,6 +381,21 @@ pub struct Index {
     pub objects: BTreeMap<String, IndexEntry>,
 }
 
+impl Index {
+    /// The objects whose names start with `prefix`, by name.
+    pub fn starting_with<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> impl Iterator<Item = (&'a String, &'a IndexEntry)> + 'a {
+        self.objects
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(move |(n, _)| n.starts_with(prefix))
+    }
+}
+
 /// Where the owner's newest index is.
 #[derive(Clone, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
 pub struct Pointer {
