@@ -83,6 +83,19 @@ pub fn bytes_bar(globals: &Globals, total: u64) -> indicatif::ProgressBar {
     )
 }
 
+/// Bytes gone through and their rate, for a stream whose length is known only at its end.
+pub fn bytes_flowing(globals: &Globals) -> indicatif::ProgressBar {
+    let bar = drawn(
+        globals,
+        indicatif::ProgressBar::new_spinner,
+        "{spinner} {elapsed} {binary_bytes} {binary_bytes_per_sec}",
+    );
+    if !bar.is_hidden() {
+        bar.enable_steady_tick(Duration::from_millis(120));
+    }
+    bar
+}
+
 /// A bar of bytes over many files, naming the one under way.
 pub fn files_bar(globals: &Globals, total: u64) -> indicatif::ProgressBar {
     drawn(

@@ -32,7 +32,8 @@ pub enum StoreCommand {
     /// Store a file under a name (default: the file's name), or every file in a folder
     /// under NAME/ and its path there (default NAME: the folder's name).
     Put {
-        /// The file, or a folder.
+        /// The file, a folder, or `-` for standard input (`tar c photos | peergrid store
+        /// put - photos.tar`).
         file: PathBuf,
         /// The name, like photos/cat.jpg (`photos/` keeps the file's own name under it);
         /// for a folder, the prefix its files are named under, like photos.
@@ -240,11 +241,20 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
             );
             Ok(())
         }
-        StoreCommand::Put { file, name, scheme } if file.is_dir() => {
+        StoreCommand::Put { file, name, scheme } if file.is_dir() && file != Path::new("-") => {
             put_folder(globals, storage, &file, name, scheme).await
         }
         StoreCommand::Put { file, name, scheme } => {
+            // A pipe (`-` for standard input, or one the shell made): its length is known
+            // only at its end, so it is put as it is read.
+            let stdin = file == Path::new("-");
+            let piped = stdin
+                || std::fs::metadata(&file)
+                    .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_fifo(&m.file_type()));
             let name = match name {
+                Some(n) if n.ends_with('/') && piped => bail!(
+                    "{n} names a folder of objects and a pipe's name is not kept: give the object's whole name, like {n}backup.tar"
+                ),
                 // Into a folder of objects, as `cp` does: under the file's own name.
                 Some(n) if n.ends_with('/') => match file.file_name().and_then(|f| f.to_str()) {
                     Some(f) => format!("{n}{f}"),
@@ -253,6 +263,9 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
                     ),
                 },
                 Some(n) => n,
+                None if piped => bail!(
+                    "a pipe's name is not kept: give the object's name, like `tar c photos | peergrid store put - photos.tar`"
+                ),
                 None => file
                     .file_name()
                     .and_then(|n| n.to_str())
@@ -261,14 +274,38 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
                         "the file has no usable name; give one: peergrid store put FILE NAME",
                     )?,
             };
-            let size = std::fs::metadata(&file)
-                .with_context(|| format!("cannot read {}", file.display()))?
-                .len();
-            let bar = output::bytes_bar(globals, size);
             let started = std::time::Instant::now();
-            let report = storage
-                .put(&file, &name, scheme, &|n| bar.set_position(n))
-                .await?;
+            let (report, bar) = if piped {
+                let input: Box<dyn std::io::Read + Send> = if stdin {
+                    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                        bail!(
+                            "standard input is a terminal: pipe the bytes in, like `tar c photos | peergrid store put - {name}`, or give a file"
+                        );
+                    }
+                    Box::new(std::io::stdin())
+                } else {
+                    Box::new(
+                        std::fs::File::open(&file)
+                            .with_context(|| format!("cannot open {}", file.display()))?,
+                    )
+                };
+                let bar = output::bytes_flowing(globals);
+                let report = storage
+                    .put_stream(input, &name, scheme, &|n| bar.set_position(n))
+                    .await;
+                bar.finish_and_clear();
+                (report?, bar)
+            } else {
+                let size = std::fs::metadata(&file)
+                    .with_context(|| format!("cannot read {}", file.display()))?
+                    .len();
+                let bar = output::bytes_bar(globals, size);
+                let report = storage
+                    .put(&file, &name, scheme, &|n| bar.set_position(n))
+                    .await;
+                bar.finish_and_clear();
+                (report?, bar)
+            };
             bar.finish_and_clear();
             let secs = started.elapsed().as_secs_f64();
             if globals.json {
@@ -991,20 +1028,15 @@ async fn put_folder(
     let bar = output::files_bar(globals, total);
     let started = std::time::Instant::now();
     let session = storage.put_session().await?;
-    // Each file's bytes through so far, and all of them: files go up several at once.
-    let seen: Vec<AtomicU64> = files.iter().map(|_| AtomicU64::new(0)).collect();
-    let moved = AtomicU64::new(0);
-    let through = |i: usize, n: u64| {
-        let more = n.saturating_sub(seen[i].swap(n, Ordering::Relaxed));
-        bar.set_position(moved.fetch_add(more, Ordering::Relaxed) + more);
-    };
+    // Files go up several at once.
+    let through = FilesThrough::new(&bar, files.len());
     let put_one = |i: usize| {
         let (f, session, through) = (&files[i], &session, &through);
         async move {
             let put = storage
-                .put_unnamed(session, &f.path, &f.name, scheme, &|n| through(i, n))
+                .put_unnamed(session, &f.path, &f.name, scheme, &|n| through.at(i, n))
                 .await;
-            through(i, f.size);
+            through.at(i, f.size);
             (i, put)
         }
     };
@@ -1050,8 +1082,7 @@ async fn put_folder(
         while !due
             && failed.is_none()
             && next < files.len()
-            && in_flight.len() < FILES_AT_ONCE
-            && (in_flight.is_empty() || in_flight_bytes + files[next].size <= FILE_BYTES_AT_ONCE)
+            && may_start(in_flight.len(), in_flight_bytes, files[next].size)
         {
             bar.set_message(files[next].name.clone());
             in_flight_bytes += files[next].size;
@@ -1176,37 +1207,80 @@ async fn get_folder(
     let total: u64 = wanted.iter().map(|(_, e, _)| e.size).sum();
     let bar = output::files_bar(globals, total);
     let started = std::time::Instant::now();
-    let mut got = Vec::new();
-    let mut done = 0u64;
-    for (name, entry, path) in &wanted {
-        bar.set_message(name.to_string());
-        let fetched = async {
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent)
-                    .with_context(|| format!("cannot make the folder {}", parent.display()))?;
+    let through = FilesThrough::new(&bar, wanted.len());
+    let get_one = |i: usize| {
+        let ((_, entry, path), through) = (&wanted[i], &through);
+        async move {
+            let fetched = async {
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent)
+                        .with_context(|| format!("cannot make the folder {}", parent.display()))?;
+                }
+                let (manifest, holdings) = storage.open(&entry.capability).await?;
+                // A folder fetched before: what it holds already is not fetched again.
+                if storage.holds_already(&manifest, path).await {
+                    return anyhow::Ok(None);
+                }
+                let written = storage
+                    .get_opened(&entry.capability, &manifest, &holdings, path, None, &|n| {
+                        through.at(i, n)
+                    })
+                    .await?;
+                anyhow::Ok(Some(written))
             }
-            let (manifest, holdings) = storage.open(&entry.capability).await?;
-            let written = storage
-                .get_opened(&entry.capability, &manifest, &holdings, path, None, &|n| {
-                    bar.set_position(done + n)
-                })
-                .await?;
-            anyhow::Ok(written)
+            .await;
+            through.at(i, entry.size);
+            (i, fetched)
         }
-        .await;
+    };
+    // Like a folder's put: small objects several at once, a large one alone. A get
+    // writes into FILE.partial until it is whole: with an object of such a name among
+    // them, one at a time, so that no two share one.
+    let together = !wanted.iter().any(|(name, _, _)| name.contains(".partial"));
+    let mut got: Vec<(String, PathBuf, Option<u64>)> = Vec::new();
+    let mut in_flight = futures::stream::FuturesUnordered::new();
+    let (mut next, mut in_flight_bytes) = (0, 0u64);
+    loop {
+        while next < wanted.len()
+            && (together || in_flight.is_empty())
+            && may_start(in_flight.len(), in_flight_bytes, wanted[next].1.size)
+        {
+            bar.set_message(wanted[next].0.clone());
+            in_flight_bytes += wanted[next].1.size;
+            in_flight.push(get_one(next));
+            next += 1;
+        }
+        let Some((i, fetched)) = futures::StreamExt::next(&mut in_flight).await else {
+            break;
+        };
+        let (name, entry, path) = &wanted[i];
+        in_flight_bytes -= entry.size;
         match fetched {
             Ok(written) => got.push((name.to_string(), path.clone(), written)),
             Err(e) => failed.push((name.to_string(), format!("{e:#}"))),
         }
-        done += entry.size;
-        bar.set_position(done);
     }
+    got.sort();
+    failed.sort();
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
+    let unchanged = got.iter().filter(|(_, _, w)| w.is_none()).count();
+    let sizes: std::collections::HashMap<&str, u64> = wanted
+        .iter()
+        .map(|(n, e, _)| (n.as_str(), e.size))
+        .collect();
     if globals.json {
         let objects: Vec<Value> = got
             .iter()
-            .map(|(name, path, bytes)| json!({ "name": name, "out": path.display().to_string(), "bytes": bytes }))
+            .map(|(name, path, written)| {
+                json!({
+                    "name": name,
+                    "out": path.display().to_string(),
+                    "size": sizes.get(name.as_str()).copied().unwrap_or(0),
+                    "bytes": written.unwrap_or(0),
+                    "unchanged": written.is_none(),
+                })
+            })
             .collect();
         let failed_json: Vec<Value> = failed
             .iter()
@@ -1216,24 +1290,31 @@ async fn get_folder(
             "prefix": prefix,
             "folder": folder.display().to_string(),
             "objects": objects,
+            "unchanged": unchanged,
             "failed": failed_json,
             "seconds": secs,
         }))?;
     } else {
         let rows: Vec<Vec<String>> = got
             .iter()
-            .map(|(name, path, bytes)| {
+            .map(|(name, path, written)| {
                 vec![
                     name.clone(),
                     path.display().to_string(),
-                    human_bytes(*bytes),
+                    human_bytes(sizes.get(name.as_str()).copied().unwrap_or(0)),
+                    if written.is_some() {
+                        "fetched"
+                    } else {
+                        "unchanged"
+                    }
+                    .to_string(),
                 ]
             })
             .collect();
-        output::table(&["NAME", "WRITTEN TO", "SIZE"], &rows);
-        let bytes: u64 = got.iter().map(|(_, _, b)| b).sum();
+        output::table(&["NAME", "WRITTEN TO", "SIZE", "RESULT"], &rows);
+        let bytes: u64 = got.iter().filter_map(|(_, _, w)| *w).sum();
         println!(
-            "{} object(s), {} in {secs:.1} s",
+            "{} object(s), {} fetched in {secs:.1} s; {unchanged} unchanged (the file there holds them already)",
             got.len(),
             human_bytes(bytes)
         );
@@ -1249,6 +1330,38 @@ async fn get_folder(
         );
     }
     Ok(())
+}
+
+/// A bar over files under way together: each one's bytes so far, added up.
+struct FilesThrough<'a> {
+    bar: &'a indicatif::ProgressBar,
+    /// Each file's bytes so far.
+    seen: Vec<AtomicU64>,
+    /// All of them.
+    moved: AtomicU64,
+}
+
+impl<'a> FilesThrough<'a> {
+    fn new(bar: &'a indicatif::ProgressBar, files: usize) -> Self {
+        FilesThrough {
+            bar,
+            seen: (0..files).map(|_| AtomicU64::new(0)).collect(),
+            moved: AtomicU64::new(0),
+        }
+    }
+
+    /// File `i` is `n` bytes through.
+    fn at(&self, i: usize, n: u64) {
+        let more = n.saturating_sub(self.seen[i].swap(n, Ordering::Relaxed));
+        let moved = self.moved.fetch_add(more, Ordering::Relaxed) + more;
+        self.bar.set_position(moved);
+    }
+}
+
+/// Whether a file of `size` bytes may start beside `count` files of `bytes` together
+/// under way: up to [`FILES_AT_ONCE`] within [`FILE_BYTES_AT_ONCE`], a larger one alone.
+fn may_start(count: usize, bytes: u64, size: u64) -> bool {
+    count < FILES_AT_ONCE && (count == 0 || bytes + size <= FILE_BYTES_AT_ONCE)
 }
 
 /// `peergrid bench storage`: reserves what it needs on the running grid, puts and gets

@@ -363,6 +363,31 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
         assert_eq!(std::fs::read(back.join("sub/b.txt")).expect("read"), b"hello tree");
         assert_eq!(std::fs::read(back.join("sub/deeper/empty")).expect("read"), b"");
         assert!(!back.join("link").exists());
+        assert_eq!(fetched["unchanged"], 0, "{fetched}");
+        // Again into the same folder: what it holds already is not fetched again, and a
+        // file changed there since is put right.
+        let mut changed = big.clone();
+        changed[4 << 20] ^= 1;
+        std::fs::write(back.join("a.bin"), &changed).expect("write");
+        let kept_at = std::fs::metadata(back.join("sub/b.txt")).and_then(|m| m.modified()).expect("mtime");
+        std::thread::sleep(Duration::from_millis(20));
+        let synced = ok(&home, &["store", "get", "trees/t1/", back.to_str().expect("utf8")]);
+        assert_eq!(
+            std::fs::metadata(back.join("sub/b.txt")).and_then(|m| m.modified()).expect("mtime"),
+            kept_at,
+            "a file holding its object already was written again"
+        );
+        let unchanged: Vec<&str> = synced["objects"]
+            .as_array()
+            .map(|o| {
+                o.iter()
+                    .filter(|o| o["unchanged"] == true)
+                    .filter_map(|o| o["name"].as_str())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(unchanged, ["trees/t1/sub/b.txt", "trees/t1/sub/deeper/empty"], "{synced}");
+        assert!(std::fs::read(back.join("a.bin")).expect("read") == big, "a.bin put right");
         // A file that does not fit stops the folder's put; the files before it are listed.
         let too_big = std::fs::File::create(tree.join("zz-too-big")).expect("create");
         too_big.set_len(2 << 30).expect("sparse file");
@@ -1015,9 +1040,83 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
         let other = as_carol(&["store", "put", tight, "tight.bin", "--scheme", "2+1"]);
         assert_eq!(other["replaced"], true, "{other}");
         assert_ne!(other["capability"], first["capability"], "{other}");
+
+        // From standard input, its length known only at its end (and not a whole number
+        // of segments): read back byte-identical, and the same bytes again change nothing.
+        let piped = home.join("piped.bin");
+        // 24 MiB: each of her five nodes keeps about 8 of her 16, so the same bytes piped
+        // again fit only because the nodes hold their shards already.
+        let piped_data = random_file(&piped, (24 << 20) + 123, 19);
+        let (put, first, err) = put_piped(&home, carol_key, "logs/piped.bin", &piped_data);
+        assert!(put, "{err}");
+        assert_eq!(first["size"], piped_data.len() as u64, "{first}");
+        let back = peergrid(&home)
+            .args(["--key", carol_key, "store", "get", "logs/piped.bin", "-"])
+            .output()
+            .expect("run peergrid");
+        assert!(back.status.success());
+        assert!(back.stdout == piped_data, "the piped object reads back different");
+        let (put, again, err) = put_piped(&home, carol_key, "logs/piped.bin", &piped_data);
+        assert!(put, "{err}");
+        assert_eq!(again["unchanged"], true, "{again}");
+        assert_eq!(again["shards_sent"], 0, "{again}");
+        assert_eq!(again["capability"], first["capability"], "{again}");
+        // More than her 16 MiB on each node holds: refused part way with the numbers,
+        // nothing listed, and every shard it sent removed again.
+        let before = shard_files(&home).len();
+        let flood = random_file(&piped, 100 << 20, 20);
+        let (put, _, err) = put_piped(&home, carol_key, "logs/flood.bin", &flood);
+        assert!(!put);
+        assert!(err.contains("does not fit your reservation"), "{err}");
+        let removed: u64 = err
+            .split("nothing was named, and the ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next()?.parse().ok())
+            .unwrap_or(0);
+        assert!(removed > 0 && err.contains("shards this put sent are removed"), "{err}");
+        assert_eq!(shard_files(&home).len(), before, "a refused stream left shards");
+        let ls = as_carol(&["store", "ls"]);
+        let names: Vec<&str> = ls["objects"]
+            .as_array()
+            .map(|o| o.iter().filter_map(|o| o["name"].as_str()).collect())
+            .unwrap_or_default();
+        assert_eq!(names, ["logs/piped.bin", "tight.bin"], "{ls}");
+        // An empty pipe (the command writing into it failed) stores nothing and leaves
+        // the object of that name as it was.
+        let (put, _, err) = put_piped(&home, carol_key, "logs/piped.bin", b"");
+        assert!(!put && err.contains("the pipe ended before its first byte"), "{err}");
+        let ls = as_carol(&["store", "ls", "logs/"]);
+        assert_eq!(ls["objects"][0]["size"], piped_data.len() as u64, "{ls}");
+        // A pipe needs a name: it has none of its own to keep.
+        let (put, _, err) = run(&home, &["--key", carol_key, "store", "put", "-"]);
+        assert!(!put && err.contains("give the object's name"), "{err}");
     })
     .await
     .expect("the storage walk-through");
+}
+
+/// `peergrid --key KEY store put - NAME` with `data` on its standard input.
+fn put_piped(home: &Path, key: &str, name: &str, data: &[u8]) -> (bool, Value, String) {
+    let mut child = peergrid(home)
+        .args(["--json", "--key", key, "store", "put", "-", name])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn peergrid");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let data = data.to_vec();
+    // A put refused part way stops reading: the rest cannot be written, which is fine.
+    let writer = std::thread::spawn(move || {
+        let _ = std::io::Write::write_all(&mut stdin, &data);
+    });
+    let out = child.wait_with_output().expect("wait for peergrid");
+    writer.join().expect("writer");
+    (
+        out.status.success(),
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Put a 2 MiB object as `name` and remove it while the node that took the most of its

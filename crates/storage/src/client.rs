@@ -192,7 +192,8 @@ async fn file_source<'a>(path: &'a Path, name: &str) -> Result<(Source<'a>, u64)
     // stored empty, or cut, under a put that says it worked.
     if !meta.is_file() {
         return Err(other(format!(
-            "{} is not a regular file: write it to a file first, then put that",
+            "{} is not a regular file: put a file, or pipe its bytes in (`cat {} | peergrid store put - NAME`)",
+            path.display(),
             path.display()
         )));
     }
@@ -1107,45 +1108,35 @@ impl Storage {
         scheme: Option<Scheme>,
         progress: Progress<'_>,
     ) -> Result<Unnamed, StorageError> {
-        let holdings = session.holdings.clone();
-        let scheme = scheme.unwrap_or_else(|| Scheme::for_nodes(holdings.len()));
-        scheme.check().map_err(other)?;
-        if scheme.n() > holdings.len() {
-            return Err(other(format!(
-                "a {scheme} scheme puts {} shards of each segment on distinct nodes, but your storage is on {} usable nodes: reserve more (`peergrid store reserve --nodes N`) or pass --scheme",
-                scheme.n(),
-                holdings.len()
-            )));
-        }
+        let holdings = &session.holdings;
+        let scheme = scheme_for(holdings, scheme)?;
         let segments = size.div_ceil(u64::from(SEGMENT_BYTES));
         check_manifest_fits(name, scheme, size, segments).map_err(other)?;
-        // Which holdings each segment's shards go to: rotate over all of them.
         let count = holdings.len();
-        let assign = move |seg: u64, shard: usize| (seg as usize + shard) % count;
         // What each node is given of the segments from `first` on.
         let need_from = |first: u64| {
-            let mut need = vec![0u64; holdings.len()];
+            let mut need = vec![0u64; count];
             for seg in first..segments {
                 let plain = (size - seg * u64::from(SEGMENT_BYTES)).min(u64::from(SEGMENT_BYTES));
                 let shard = scheme.shard_len(plain as usize + NONCE_BYTES + TAG_BYTES) as u64;
                 for j in 0..scheme.n() {
-                    need[assign(seg, j)] += shard;
+                    need[placed(count, seg, j)] += shard;
                 }
             }
             need
         };
         let salt = self.keys.object_salt(name);
-        if let Err(short) = self.check_room(&holdings, &need_from(0)).await {
+        if let Err(short) = self.check_room(holdings, &need_from(0)).await {
             // Shards already there count as used: a retry of a put cut short, or a put
             // again of the same bytes under the same name, would be refused for room its
             // own shards take. Only what is not there yet must fit.
             let stored = self
-                .stored_prefix(&source, size, segments, scheme, &salt, &holdings)
+                .stored_prefix(&source, size, segments, scheme, &salt, holdings)
                 .await;
             if stored == 0 {
                 return Err(short);
             }
-            self.check_room(&holdings, &need_from(stored)).await?;
+            self.check_room(holdings, &need_from(stored)).await?;
             info!(
                 name,
                 stored,
@@ -1154,9 +1145,7 @@ impl Storage {
             );
         }
 
-        let holdings = Arc::new(holdings);
-        let (tx, rx) =
-            tokio::sync::mpsc::channel::<(u64, erasure::Shards, Segment)>(SEGMENTS_IN_FLIGHT);
+        let (tx, rx) = tokio::sync::mpsc::channel::<SealedSegment>(SEGMENTS_IN_FLIGHT);
         let keys = StorageKeys::of(&self.key);
         let source = &source;
         // Segments are read (a file at their offset, so no cursor is shared; an object
@@ -1186,28 +1175,212 @@ impl Storage {
                     break;
                 }
             }
-            Ok::<(), StorageError>(())
+            Ok::<u64, StorageError>(segments)
         };
+        self.store_segments(session, name, scheme, (reader, rx), None, progress)
+            .await
+    }
 
+    /// Store what `reader` gives until its end under `name`: a pipe, whose length is
+    /// known only once it has ended. A segment that would overrun a node's share of the
+    /// reservation stops the put, and the shards it sent are removed.
+    pub async fn put_stream(
+        &self,
+        reader: impl std::io::Read + Send + 'static,
+        name: &str,
+        scheme: Option<Scheme>,
+        progress: Progress<'_>,
+    ) -> Result<PutReport, StorageError> {
+        check_name(name).map_err(other)?;
+        let session = self.put_session().await?;
+        let scheme = scheme_for(&session.holdings, scheme)?;
+        let free = (self.used(&session.holdings).await.into_iter())
+            .zip(&session.holdings)
+            .map(|(used, h)| h.quota.saturating_sub(used + OVERHEAD_BYTES))
+            .collect();
+        let budget = Budget {
+            given: vec![0; session.holdings.len()],
+            free,
+            counted: HashMap::new(),
+            read: 0,
+        };
+        let salt = self.keys.object_salt(name);
+        let keys = StorageKeys::of(&self.key);
+        // Read in order (a pipe has one cursor) on a thread of its own: a pipe may keep
+        // a read waiting for long, and a put that stops must not wait for it, nor must the
+        // program's end (the runtime waits for its own blocking threads).
+        let (read_tx, mut read_rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(1);
+        std::thread::Builder::new()
+            .name("peergrid-put-read".into())
+            .spawn(move || {
+                let mut reader = reader;
+                let full = SEGMENT_BYTES as usize;
+                loop {
+                    let mut buf = crate::spare::take_len_with_room(
+                        NONCE_BYTES + full,
+                        segment_room(scheme, full),
+                    );
+                    let read = read_full(&mut reader, &mut buf[NONCE_BYTES..]).map(|got| {
+                        buf.truncate(NONCE_BYTES + got);
+                        buf
+                    });
+                    let last = !matches!(&read, Ok(b) if b.len() == NONCE_BYTES + full);
+                    if read_tx.blocking_send(read).is_err() || last {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| other(format!("cannot start reading what is put: {e}")))?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<SealedSegment>(SEGMENTS_IN_FLIGHT);
+        // Each segment sealed and coded on a blocking thread while the next is read.
+        let reader = async move {
+            let mut encoding = futures::stream::FuturesOrdered::new();
+            let (mut seg, mut ended) = (0u64, false);
+            loop {
+                if !ended && encoding.len() < ENCODES_AT_ONCE {
+                    let buf = match read_rx.recv().await {
+                        Some(read) => {
+                            read.map_err(|e| other(format!("cannot read what is put: {e}")))?
+                        }
+                        None => {
+                            ended = true;
+                            continue;
+                        }
+                    };
+                    if buf.len() == NONCE_BYTES {
+                        crate::spare::give(buf);
+                        ended = true;
+                        continue;
+                    }
+                    let (keys, at) = (keys.clone(), seg);
+                    let coding = tokio::task::spawn_blocking(move || {
+                        seal_and_code(&keys, &salt, scheme, buf, Cipher::Aes256Gcm)
+                    });
+                    encoding.push_back(async move {
+                        let encoded = coding
+                            .await
+                            .map_err(|e| other(format!("the encoder stopped: {e}")))?
+                            .map_err(other)?;
+                        Ok::<_, StorageError>((at, encoded))
+                    });
+                    seg += 1;
+                    continue;
+                }
+                let Some(next) = encoding.next().await else {
+                    break;
+                };
+                let (at, (shards, segment)) = next?;
+                if tx.send((at, shards, segment)).await.is_err() {
+                    break;
+                }
+            }
+            // Most often the command before the pipe failed: an empty object stored now
+            // would replace what the name holds.
+            if seg == 0 {
+                return Err(other(
+                    "the pipe ended before its first byte: nothing was stored (did the command writing into it fail?)",
+                ));
+            }
+            Ok::<u64, StorageError>(seg)
+        };
+        let up = self
+            .store_segments(&session, name, scheme, (reader, rx), Some(budget), progress)
+            .await?;
+        let mut reports = self.name_puts(&session, vec![up]).await?;
+        reports
+            .pop()
+            .ok_or_else(|| other(format!("{name} was not named in your index")))
+    }
+
+    /// Upload the segments `reader` sends on its channel (sealed and coded, in order from
+    /// the first; it gives their count), then store their manifest: an object, not yet
+    /// named. With a `budget` (a put whose length is known only at its end), a segment
+    /// that would overrun it, or make the manifest too large, stops the put, and the
+    /// shards the put sent are removed.
+    async fn store_segments(
+        &self,
+        session: &PutSession,
+        name: &str,
+        scheme: Scheme,
+        (reader, rx): (
+            impl Future<Output = Result<u64, StorageError>>,
+            tokio::sync::mpsc::Receiver<SealedSegment>,
+        ),
+        mut budget: Option<Budget>,
+        progress: Progress<'_>,
+    ) -> Result<Unnamed, StorageError> {
+        let holdings = Arc::new(session.holdings.clone());
+        let count = holdings.len();
         let uploader = async {
             let mut rx = rx;
             let mut done: BTreeMap<u64, Segment> = BTreeMap::new();
+            // Each shard this put stored (not one a node held already), and where.
+            let mut fresh: Vec<(usize, Hash)> = Vec::new();
             let mut uploads = FuturesUnordered::new();
             let (mut sent, mut resumed, mut uploaded_bytes) = (0u64, 0u64, 0u64);
             let mut reading = true;
+            let mut refused = None;
             loop {
                 tokio::select! {
                     next = rx.recv(), if reading && uploads.len() < SEGMENTS_IN_FLIGHT => match next {
                         Some((seg, shards, segment)) => {
+                            if let Some(b) = budget.as_mut() {
+                                let shard = scheme.shard_len(segment.sealed_len as usize) as u64;
+                                let mut over = b.take(count, seg, scheme, shard, &[]);
+                                if over.is_some() {
+                                    // The same bytes put before (a put run again, or one cut
+                                    // short): shards the nodes hold already take no more room.
+                                    b.untake(seg, shard);
+                                    let held = self.held(&holdings, seg, &segment).await;
+                                    over = b.take(count, seg, scheme, shard, &held);
+                                }
+                                let after = b.read + u64::from(segment.plain_len);
+                                // Why, and what to do: said after what the put undid.
+                                let why = match over {
+                                    Some(at) => Some((b.overrun(&holdings[at], at), b.advice(&holdings, scheme))),
+                                    None => check_manifest_fits(name, scheme, after, seg + 1)
+                                        .err()
+                                        .map(|e| (format!("after {} stored: {e}", human_bytes(b.read)), String::new())),
+                                };
+                                if let Some(why) = why {
+                                    refused = Some(why);
+                                    reading = false;
+                                    // The reader stops at its next segment.
+                                    rx.close();
+                                    continue;
+                                }
+                                b.read = after;
+                            }
                             let holdings = holdings.clone();
-                            uploads.push(self.upload_segment(seg, shards, segment, holdings, assign));
+                            uploads.push(self.upload_segment(seg, shards, segment, holdings, move |s, j| placed(count, s, j)));
                         }
                         None => reading = false,
                     },
                     Some(result) = uploads.next(), if !uploads.is_empty() => {
-                        let (seg, segment, s, r) = result?;
-                        sent += s;
-                        resumed += r;
+                        let (seg, segment, places) = match result {
+                            Ok(up) => up,
+                            // Refused already: what is sent is removed and the refusal said.
+                            Err(e) if refused.is_some() => {
+                                warn!(error = %e, "a segment under way when the put was refused failed too");
+                                continue;
+                            }
+                            Err(e) => return Err(e),
+                        };
+                        let shard = scheme.shard_len(segment.sealed_len as usize) as u64;
+                        for (j, &(at, stored)) in places.iter().enumerate() {
+                            if stored {
+                                sent += 1;
+                            } else {
+                                resumed += 1;
+                            }
+                            // Only a put that may be refused part way removes what it sent.
+                            if stored && budget.is_some() {
+                                fresh.push((at, segment.shards[j]));
+                            }
+                        }
+                        if let Some(b) = budget.as_mut() {
+                            b.settle(seg, &places, shard);
+                        }
                         uploaded_bytes += u64::from(segment.plain_len);
                         progress(uploaded_bytes);
                         done.insert(seg, segment);
@@ -1215,19 +1388,47 @@ impl Storage {
                     else => break,
                 }
             }
-            Ok::<_, StorageError>((done, sent, resumed))
+            Ok::<_, StorageError>((done, sent, resumed, fresh, refused))
         };
-        // An upload that fails drops the channel, which stops the reader.
-        let (read, uploaded) = futures::join!(reader, uploader);
-        let (done, sent, resumed) = uploaded.map_err(|e| {
+        // An upload that fails drops the channel, which stops the reader. An uploader that
+        // stops first, refused or failed, does not wait for the reader: a pipe's may be
+        // waiting for bytes that are no longer wanted.
+        let (read, uploaded) = {
+            let (reader, uploader) = (std::pin::pin!(reader), std::pin::pin!(uploader));
+            match futures::future::select(reader, uploader).await {
+                futures::future::Either::Left((read, uploader)) => (Some(read), uploader.await),
+                futures::future::Either::Right((uploaded, reader)) => match &uploaded {
+                    Ok((.., None)) => (Some(reader.await), uploaded),
+                    _ => (None, uploaded),
+                },
+            }
+        };
+        let (done, sent, resumed, fresh, refused) = uploaded.map_err(|e| {
             other(format!(
                 "{e} (run the same put again: the shards already stored are not sent again)"
             ))
         })?;
-        read?;
+        if let Some((why, then)) = refused {
+            let removed = self.remove_sent(&holdings, &fresh).await;
+            let undone = if removed == fresh.len() {
+                format!("the {removed} shards this put sent are removed")
+            } else {
+                format!(
+                    "{} of the {} shards this put sent could not be removed (`peergrid store gc` removes them later)",
+                    fresh.len() - removed,
+                    fresh.len()
+                )
+            };
+            return Err(other(format!(
+                "{why}; nothing was named, and {undone}.{then}"
+            )));
+        }
+        let segments =
+            read.ok_or_else(|| other("the upload stopped before every segment was stored"))??;
         if done.len() as u64 != segments {
             return Err(other("the upload stopped before every segment was stored"));
         }
+        let size = done.values().map(|s| u64::from(s.plain_len)).sum();
         // The same bytes put again under the same name (a sync run again): the object
         // stays as it was, and so does every capability shared for it.
         let known = self.known(session).await;
@@ -1264,6 +1465,7 @@ impl Storage {
             segments: done.into_values().collect(),
         };
         let plain = encode_versioned(&manifest);
+        let salt = self.keys.object_salt(name);
         let key = self.keys.content_key(&salt, Cipher::Aes256Gcm, &plain);
         let sealed = crypto::seal(Cipher::Aes256Gcm, &key, None, &plain);
         let id = self.put_everywhere(&holdings, &sealed, "manifest").await?;
@@ -1292,6 +1494,46 @@ impl Storage {
             }),
             keep: manifest.placements().map(|(h, _)| h).collect(),
         })
+    }
+
+    /// Remove the shards a put stored (each with the index of its holding) when the put
+    /// is refused part way: nothing names them.
+    async fn remove_sent(&self, holdings: &[Holding], sent: &[(usize, Hash)]) -> usize {
+        let mut on: BTreeMap<usize, Vec<Hash>> = BTreeMap::new();
+        for (at, id) in sent {
+            on.entry(*at).or_default().push(*id);
+        }
+        let removed = futures::future::join_all(on.into_iter().map(|(at, ids)| async move {
+            let h = &holdings[at];
+            let Ok(peer) = h.peer_id() else {
+                return 0;
+            };
+            let mut removed = 0;
+            for chunk in ids.chunks(wire::IDS_MAX) {
+                match wire::delete(&self.mesh, peer, h.contract, chunk.to_vec()).await {
+                    Ok(_) => removed += chunk.len(),
+                    Err(e) => warn!(node = h.node, error = %e, "cannot remove the shards of a put refused part way"),
+                }
+            }
+            removed
+        }))
+        .await;
+        removed.into_iter().sum()
+    }
+
+    /// Which shards of segment `seg` the holdings it is placed on hold already.
+    async fn held(&self, holdings: &[Holding], seg: u64, segment: &Segment) -> Vec<usize> {
+        let count = holdings.len();
+        let asked = (segment.shards.iter().enumerate()).map(|(j, id)| async move {
+            let peer = holdings[placed(count, seg, j)].peer_id().ok()?;
+            let have = wire::has(&self.mesh, peer, vec![*id]).await.ok()?;
+            have.first().copied()?.then_some(j)
+        });
+        futures::future::join_all(asked)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     }
 
     /// The index entry of `name` when it names an object of exactly these segments
@@ -1325,27 +1567,30 @@ impl Storage {
         .await
     }
 
+    /// Bytes each holding's node counts as used (none assumed when it does not say).
+    async fn used(&self, holdings: &[Holding]) -> Vec<u64> {
+        let used = self.usage(holdings).await;
+        (holdings.iter().zip(used))
+            .map(|(h, used)| {
+                used.unwrap_or_else(|| {
+                    warn!(
+                        node = h.node,
+                        contract = h.contract,
+                        "the node did not say what this contract uses; assuming none"
+                    );
+                    0
+                })
+            })
+            .collect()
+    }
+
     /// Fail with the numbers if some node lacks room for what it would be given.
     async fn check_room(&self, holdings: &[Holding], need: &[u64]) -> Result<(), StorageError> {
         let mut short = Vec::new();
         let mut short_nodes: Vec<NodeId> = Vec::new();
         let mut most = 0;
-        for (h, need) in holdings.iter().zip(need) {
-            let peer = h.peer_id()?;
-            let used = match wire::usage(&self.mesh, peer, vec![h.contract]).await {
-                Ok(u) => used_by(&u, h.contract).unwrap_or_else(|| {
-                    warn!(
-                        node = h.node,
-                        contract = h.contract,
-                        "the node does not count this contract yet; assuming it empty"
-                    );
-                    0
-                }),
-                Err(e) => {
-                    warn!(node = h.node, error = %e, "cannot ask the node for its use; assuming none");
-                    0
-                }
-            };
+        let used = self.used(holdings).await;
+        for ((h, need), used) in holdings.iter().zip(need).zip(used) {
             let free = h.quota.saturating_sub(used);
             if need + OVERHEAD_BYTES > free {
                 short_nodes.push(h.node);
@@ -1456,7 +1701,8 @@ impl Storage {
         lo
     }
 
-    /// Put one segment's shards, each on its assigned node, another if that one fails.
+    /// Put one segment's shards, each on its assigned node, another if that one fails;
+    /// where each went (its holding) and whether it was stored now (not held already).
     async fn upload_segment(
         &self,
         seg: u64,
@@ -1464,7 +1710,7 @@ impl Storage {
         mut segment: Segment,
         holdings: Arc<Vec<Holding>>,
         assign: impl Fn(u64, usize) -> usize,
-    ) -> Result<(u64, Segment, u64, u64), StorageError> {
+    ) -> Result<(u64, Segment, Vec<(usize, bool)>), StorageError> {
         let n = shards.count();
         let mut targets: Vec<usize> = (0..n).map(|j| assign(seg, j)).collect();
         // A node known to have failed, or to be full, is not waited for again: its shard
@@ -1480,8 +1726,8 @@ impl Storage {
                 targets[j] = i;
             }
         }
-        let mut sent = 0;
-        let mut resumed = 0;
+        // Whether each shard was stored now (not held already).
+        let mut stored = vec![false; n];
         let mut pending: Vec<usize> = (0..n).collect();
         for _attempt in 0..3 {
             let results = futures::future::join_all(pending.iter().map(|&j| {
@@ -1499,8 +1745,8 @@ impl Storage {
             let mut retry = Vec::new();
             for (&j, r) in pending.iter().zip(results) {
                 match r {
-                    Ok(PutOutcome::Stored) => sent += 1,
-                    Ok(PutOutcome::AlreadyThere) => resumed += 1,
+                    Ok(PutOutcome::Stored) => stored[j] = true,
+                    Ok(PutOutcome::AlreadyThere) => stored[j] = false,
                     Err(e) => {
                         warn!(segment = seg, shard = j, node = holdings[targets[j]].node, error = %e, "cannot put a shard; trying again");
                         // A node that cannot be dialed is skipped from now on; one whose
@@ -1523,7 +1769,7 @@ impl Storage {
                 for (j, t) in targets.iter().enumerate() {
                     segment.nodes[j] = holdings[*t].node;
                 }
-                return Ok((seg, segment, sent, resumed));
+                return Ok((seg, segment, targets.into_iter().zip(stored).collect()));
             }
             // Move each failed shard to a node that holds none of this segment yet; with
             // none left, try the same node again unless it cannot be dialed at all.
@@ -1960,6 +2206,38 @@ impl Storage {
         let (manifest, holdings) = self.open(cap).await?;
         self.get_opened(cap, &manifest, &holdings, out, range, progress)
             .await
+    }
+
+    /// Whether the file at `path` holds exactly the bytes of `manifest`'s object, so that
+    /// a get into it has nothing to write: told by the keys of its segments, which come
+    /// from the owner's secret and their bytes (another owner's object never matches).
+    /// Reads the file once; false when it cannot be read.
+    pub async fn holds_already(&self, manifest: &Manifest, path: &Path) -> bool {
+        let same_len =
+            std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() == manifest.size);
+        if !same_len {
+            return false;
+        }
+        let keys = self.keys.clone();
+        let salt = keys.object_salt(&manifest.name);
+        let (cipher, path) = (manifest.cipher, path.to_path_buf());
+        let segments: Vec<(u32, [u8; 32])> = (manifest.segments.iter())
+            .map(|s| (s.plain_len, s.key))
+            .collect();
+        let longest = segments.iter().map(|(len, _)| *len).max().unwrap_or(0);
+        let mut buf = vec![0u8; longest as usize];
+        let same = crate::blocking(move || {
+            let mut file = std::fs::File::open(&path)?;
+            for (len, key) in segments {
+                let plain = &mut buf[..len as usize];
+                std::io::Read::read_exact(&mut file, plain)?;
+                if keys.content_key(&salt, cipher, plain) != key {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        });
+        same.await.unwrap_or(false)
     }
 
     /// [`Storage::get`] of an object [`Storage::open`] already gave, for a caller that
@@ -3279,6 +3557,128 @@ fn sample(n: usize, count: usize) -> Vec<usize> {
     all
 }
 
+/// A segment sealed and coded for upload: its number, its shards, its manifest entry.
+type SealedSegment = (u64, erasure::Shards, Segment);
+
+/// Which of `count` holdings shard `shard` of segment `seg` goes to: rotate over all.
+fn placed(count: usize, seg: u64, shard: usize) -> usize {
+    (seg as usize + shard) % count
+}
+
+/// The scheme a put uses on `holdings`: the one given, or the default for their number;
+/// refused when its shards need more distinct nodes than there are.
+fn scheme_for(holdings: &[Holding], scheme: Option<Scheme>) -> Result<Scheme, StorageError> {
+    let scheme = scheme.unwrap_or_else(|| Scheme::for_nodes(holdings.len()));
+    scheme.check().map_err(other)?;
+    if scheme.n() > holdings.len() {
+        return Err(other(format!(
+            "a {scheme} scheme puts {} shards of each segment on distinct nodes, but your storage is on {} usable nodes: reserve more (`peergrid store reserve --nodes N`) or pass --scheme",
+            scheme.n(),
+            holdings.len()
+        )));
+    }
+    Ok(scheme)
+}
+
+/// What a put of a stream may still give each holding: the room it had when the put
+/// began, less what the segments under way or stored take.
+struct Budget {
+    /// Room in each holding when the put began.
+    free: Vec<u64>,
+    /// Bytes given to each since.
+    given: Vec<u64>,
+    /// The holdings each segment under way is counted on.
+    counted: HashMap<u64, Vec<usize>>,
+    /// Bytes of the stream stored or under way.
+    read: u64,
+}
+
+impl Budget {
+    /// Count segment `seg`'s shards (`shard` bytes each) on their holdings (of `count`),
+    /// but for those of `held` (shards its nodes hold already); the first holding it
+    /// overruns.
+    fn take(
+        &mut self,
+        count: usize,
+        seg: u64,
+        scheme: Scheme,
+        shard: u64,
+        held: &[usize],
+    ) -> Option<usize> {
+        let on: Vec<usize> = (0..scheme.n())
+            .filter(|j| !held.contains(j))
+            .map(|j| placed(count, seg, j))
+            .collect();
+        for &at in &on {
+            self.given[at] += shard;
+        }
+        let over = on
+            .iter()
+            .copied()
+            .find(|&at| self.given[at] > self.free[at]);
+        self.counted.insert(seg, on);
+        over
+    }
+
+    /// Undo [`Budget::take`] of segment `seg`.
+    fn untake(&mut self, seg: u64, shard: u64) {
+        for at in self.counted.remove(&seg).unwrap_or_default() {
+            self.given[at] = self.given[at].saturating_sub(shard);
+        }
+    }
+
+    /// Segment `seg` is stored: each shard's holding, and whether it took room there.
+    fn settle(&mut self, seg: u64, places: &[(usize, bool)], shard: u64) {
+        self.untake(seg, shard);
+        for &(at, stored) in places {
+            if stored {
+                self.given[at] += shard;
+            }
+        }
+    }
+
+    /// Why holding `at` (`h`) stops the put.
+    fn overrun(&self, h: &Holding, at: usize) -> String {
+        format!(
+            "what is put does not fit your reservation: after {} stored, node {} (contract {}) has no room for its share of the next segment ({} free of {} when the put began)",
+            human_bytes(self.read),
+            h.node,
+            h.contract,
+            human_bytes(self.free[at]),
+            human_bytes(h.quota),
+        )
+    }
+
+    /// What to do when the put is refused.
+    fn advice(&self, holdings: &[Holding], scheme: Scheme) -> String {
+        // Shards rotate over the holdings: each takes n/(k × holdings) of the bytes.
+        let share =
+            (100 * scheme.n()).div_ceil(usize::from(scheme.k.max(1)) * holdings.len().max(1));
+        let mut nodes: Vec<NodeId> = holdings.iter().map(|h| h.node).collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        let nodes: Vec<String> = nodes.iter().map(|n| format!("--node {n}")).collect();
+        format!(
+            " Reserve room for all of it, then put it again: one object's shards on a node go into one reservation there, which must hold that node's whole share, about {share} % of what is put (`peergrid store reserve --size SIZE {}`)",
+            nodes.join(" ")
+        )
+    }
+}
+
+/// Fill `buf` from `reader` unless it ends first; the bytes read.
+fn read_full(reader: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match reader.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
 /// Whether the manifest of `size` bytes in `segments` segments of `scheme` is within what
 /// a reader decodes and a node stores: nodes would refuse it only after every shard was
 /// sent.
@@ -3633,6 +4033,52 @@ impl Retry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stream_s_budget_counts_what_its_shards_take_where_they_went() {
+        let scheme = Scheme { k: 2, m: 1 };
+        let mut b = Budget {
+            free: vec![10, 10, 10, 10],
+            given: vec![0; 4],
+            counted: HashMap::new(),
+            read: 0,
+        };
+        // Segment 0 goes to holdings 0, 1, 2; segment 1 to 1, 2, 3; segment 2 to 2, 3, 0.
+        assert_eq!(b.take(4, 0, scheme, 4, &[]), None);
+        assert_eq!(b.given, [4, 4, 4, 0]);
+        assert_eq!(b.take(4, 1, scheme, 4, &[]), None);
+        assert_eq!(b.given, [4, 8, 8, 4]);
+        // A third overruns holding 2, unless its nodes hold its shards there already.
+        assert_eq!(b.take(4, 2, scheme, 4, &[]), Some(2));
+        b.untake(2, 4);
+        assert_eq!(b.given, [4, 8, 8, 4]);
+        assert_eq!(b.take(4, 2, scheme, 4, &[0, 1]), None);
+        assert_eq!(b.given, [8, 8, 8, 4]);
+        // Segment 0 stored: its first shard moved to holding 3, its second was there.
+        b.settle(0, &[(3, true), (1, false), (2, true)], 4);
+        assert_eq!(b.given, [4, 4, 8, 8]);
+        assert!(!b.counted.contains_key(&0));
+    }
+
+    #[test]
+    fn a_pipe_is_read_in_whole_segments_until_it_ends() {
+        // A reader giving a few bytes at a time, as a pipe does.
+        struct Dribble(std::io::Cursor<Vec<u8>>);
+        impl std::io::Read for Dribble {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = buf.len().min(3);
+                self.0.read(&mut buf[..n])
+            }
+        }
+        let mut r = Dribble(std::io::Cursor::new((0..20u8).collect()));
+        let mut buf = [0u8; 8];
+        assert_eq!(read_full(&mut r, &mut buf).expect("read"), 8);
+        assert_eq!(buf, [0, 1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(read_full(&mut r, &mut buf).expect("read"), 8);
+        assert_eq!(read_full(&mut r, &mut buf).expect("read"), 4);
+        assert_eq!(buf[..4], [16, 17, 18, 19]);
+        assert_eq!(read_full(&mut r, &mut buf).expect("read"), 0);
+    }
 
     #[test]
     fn the_bench_names_the_file_system_its_files_are_on() {
