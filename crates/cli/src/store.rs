@@ -1205,6 +1205,9 @@ async fn get_folder(
         bail!("no object's name starts with {under:?} (see `peergrid store ls`)");
     }
     let total: u64 = wanted.iter().map(|(_, e, _)| e.size).sum();
+    // Every object here is the owner's: their nodes are read from the ledger once.
+    let holdings = storage.reached_holdings(storage.owner()).await?;
+    let holdings = &holdings;
     let bar = output::files_bar(globals, total);
     let started = std::time::Instant::now();
     let through = FilesThrough::new(&bar, wanted.len());
@@ -1216,13 +1219,13 @@ async fn get_folder(
                     std::fs::create_dir_all(parent)
                         .with_context(|| format!("cannot make the folder {}", parent.display()))?;
                 }
-                let (manifest, holdings) = storage.open(&entry.capability).await?;
+                let manifest = storage.open_among(&entry.capability, holdings).await?;
                 // A folder fetched before: what it holds already is not fetched again.
                 if storage.holds_already(&manifest, path).await {
                     return anyhow::Ok(None);
                 }
                 let written = storage
-                    .get_opened(&entry.capability, &manifest, &holdings, path, None, &|n| {
+                    .get_opened(&entry.capability, &manifest, holdings, path, None, &|n| {
                         through.at(i, n)
                     })
                     .await?;

@@ -1433,7 +1433,7 @@ impl Storage {
         // stays as it was, and so does every capability shared for it.
         let known = self.known(session).await;
         if let Some(kept) = self
-            .unchanged(known.as_deref(), name, size, scheme, &done)
+            .unchanged(known.as_deref(), &holdings, name, size, scheme, &done)
             .await
         {
             info!(
@@ -1541,6 +1541,7 @@ impl Storage {
     async fn unchanged(
         &self,
         index: Option<&Index>,
+        holdings: &[Holding],
         name: &str,
         size: u64,
         scheme: Scheme,
@@ -1550,7 +1551,12 @@ impl Storage {
         if old.size != size || old.scheme != scheme {
             return None;
         }
-        let (manifest, _) = self.open(&old.capability).await.ok()?;
+        // From the put's own nodes, which keep every manifest of the owner's: their list
+        // read from the ledger once for the session, not once for each file of a folder.
+        let manifest = match self.open_among(&old.capability, holdings).await {
+            Ok(manifest) => manifest,
+            Err(_) => self.open(&old.capability).await.ok()?.0,
+        };
         let same = manifest.segments.len() == done.len()
             && (manifest.segments.iter().zip(done.values()))
                 .all(|(a, b)| a.key == b.key && a.shards == b.shards);
@@ -2164,16 +2170,31 @@ impl Storage {
 
     /// The manifest a capability names, and the owner's nodes by id.
     pub async fn open(&self, cap: &Capability) -> Result<(Manifest, Vec<Holding>), StorageError> {
-        let holdings = self.holdings(cap.owner).await?;
+        let holdings = self.reached_holdings(cap.owner).await?;
+        let manifest = self.open_among(cap, &holdings).await?;
+        Ok((manifest, holdings))
+    }
+
+    /// `owner`'s holdings (see [`Storage::holdings`]), their nodes dialed: for many
+    /// objects of one owner, read once and given to [`Storage::open_among`] for each.
+    pub async fn reached_holdings(&self, owner: AccountId) -> Result<Vec<Holding>, StorageError> {
+        let holdings = self.holdings(owner).await?;
         if holdings.is_empty() {
             return Err(other(format!(
-                "{} has no storage contract left: the object is gone",
-                cap.owner
+                "{owner} has no storage contract left: its objects are gone"
             )));
         }
         self.connect_all(&holdings).await;
-        let manifest = self.read_manifest(&distinct_peers(&holdings), cap).await?;
-        Ok((manifest, holdings))
+        Ok(holdings)
+    }
+
+    /// The manifest of `cap`, an object of the owner of `holdings`.
+    pub async fn open_among(
+        &self,
+        cap: &Capability,
+        holdings: &[Holding],
+    ) -> Result<Manifest, StorageError> {
+        self.read_manifest(&distinct_peers(holdings), cap).await
     }
 
     /// The manifest `cap` names, from whichever of `peers` serves it first.
