@@ -275,7 +275,7 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
                     )?,
             };
             let started = std::time::Instant::now();
-            let (report, bar) = if piped {
+            let report = if piped {
                 let input: Box<dyn std::io::Read + Send> = if stdin {
                     if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
                         bail!(
@@ -294,7 +294,7 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
                     .put_stream(input, &name, scheme, &|n| bar.set_position(n))
                     .await;
                 bar.finish_and_clear();
-                (report?, bar)
+                report?
             } else {
                 let size = std::fs::metadata(&file)
                     .with_context(|| format!("cannot read {}", file.display()))?
@@ -304,9 +304,8 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
                     .put(&file, &name, scheme, &|n| bar.set_position(n))
                     .await;
                 bar.finish_and_clear();
-                (report?, bar)
+                report?
             };
-            bar.finish_and_clear();
             let secs = started.elapsed().as_secs_f64();
             if globals.json {
                 return output::json(&json!({
@@ -1337,6 +1336,7 @@ async fn get_folder(
 
 /// A bar over files under way together: each one's bytes so far, added up.
 struct FilesThrough<'a> {
+    /// The bar, over the bytes of all the files.
     bar: &'a indicatif::ProgressBar,
     /// Each file's bytes so far.
     seen: Vec<AtomicU64>,
@@ -1345,6 +1345,7 @@ struct FilesThrough<'a> {
 }
 
 impl<'a> FilesThrough<'a> {
+    /// For `files` files, none begun.
     fn new(bar: &'a indicatif::ProgressBar, files: usize) -> Self {
         FilesThrough {
             bar,

@@ -1340,7 +1340,7 @@ impl Storage {
                                     Some(at) => Some((b.overrun(&holdings[at], at), b.advice(&holdings, scheme))),
                                     None => check_manifest_fits(name, scheme, after, seg + 1)
                                         .err()
-                                        .map(|e| (format!("after {} stored: {e}", human_bytes(b.read)), String::new())),
+                                        .map(|e| (format!("after {} sent: {e}", human_bytes(b.read)), String::new())),
                                 };
                                 if let Some(why) = why {
                                     refused = Some(why);
@@ -3661,7 +3661,7 @@ impl Budget {
     /// Why holding `at` (`h`) stops the put.
     fn overrun(&self, h: &Holding, at: usize) -> String {
         format!(
-            "what is put does not fit your reservation: after {} stored, node {} (contract {}) has no room for its share of the next segment ({} free of {} when the put began)",
+            "what is put does not fit your reservation: after {} sent, node {} (contract {}) has no room for its share of the next segment ({} free of {} when the put began)",
             human_bytes(self.read),
             h.node,
             h.contract,
