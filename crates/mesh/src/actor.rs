@@ -73,6 +73,7 @@ impl Actor {
     ) -> Result<Self, Error> {
         let mut listeners = HashSet::new();
         for addr in &config.listen {
+            crate::tcp::refuse_taken_port(addr).await?;
             let id = swarm
                 .listen_on(addr.clone())
                 .map_err(|e| Error::BadAddress {

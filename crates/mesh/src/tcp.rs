@@ -58,6 +58,53 @@ pub fn transport(
     )
 }
 
+/// How long a listen port held by another socket is waited for before it is refused:
+/// a peer of this process that was just dropped may still be closing its listener.
+const TAKEN_PORT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Refuses a TCP listen address whose port another socket listens on already.
+///
+/// libp2p listens with `SO_REUSEPORT`, so without this a second node started on the
+/// same port would start without a word and take a share of the first one's incoming
+/// connections (its peers' dials then fail as reaching the wrong peer). A plain bind,
+/// without that option, fails while anything listens there; it is closed at once.
+pub(crate) async fn refuse_taken_port(addr: &Multiaddr) -> Result<(), crate::Error> {
+    let mut ip = None;
+    let mut port = None;
+    for p in addr.iter() {
+        match p {
+            Protocol::Ip4(a) => ip = Some(std::net::IpAddr::V4(a)),
+            Protocol::Ip6(a) => ip = Some(std::net::IpAddr::V6(a)),
+            Protocol::Tcp(p) if p != 0 => port = Some(p),
+            _ => {}
+        }
+    }
+    let (Some(ip), Some(port)) = (ip, port) else {
+        return Ok(());
+    };
+    let at = SocketAddr::new(ip, port);
+    let deadline = tokio::time::Instant::now() + TAKEN_PORT_WAIT;
+    loop {
+        match std::net::TcpListener::bind(at) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(crate::Error::BadAddress {
+                        addr: addr.clone(),
+                        reason: format!(
+                            "TCP port {port} is in use by another program (another node on \
+                             this machine?): stop it, or choose another port"
+                        ),
+                    });
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            // Anything else (an address this host does not have) is libp2p's to report.
+            Err(_) => return Ok(()),
+        }
+    }
+}
+
 /// Secures `socket` and puts the muxer on it.
 async fn upgrade(
     socket: tcp::tokio::TcpStream,

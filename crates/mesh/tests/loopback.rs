@@ -349,14 +349,16 @@ async fn libp2ps_default_relay_limit_would_cut_the_same_transfer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_started_before_its_bootstrap_peer_joins_it_once_it_is_up() {
-    // The bootstrap peer's key and port are known ahead, as a genesis names them.
+    // The bootstrap peer's key and port are known ahead, as a genesis names them. Its
+    // address is one no other peer of these tests listens on: a port found free on
+    // 127.0.0.1 may be taken by another test's peer before this one listens on it.
     let boot_key = common::key();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+    let port = std::net::TcpListener::bind("127.0.0.2:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port();
     let boot_id = peergrid_mesh::identity::peer_id(&boot_key.account()).expect("peer id");
-    let boot_addr: peergrid_mesh::Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}/p2p/{boot_id}")
+    let boot_addr: peergrid_mesh::Multiaddr = format!("/ip4/127.0.0.2/tcp/{port}/p2p/{boot_id}")
         .parse()
         .expect("multiaddr");
     let early = peer_with(Config {
@@ -369,7 +371,7 @@ async fn a_peer_started_before_its_bootstrap_peer_joins_it_once_it_is_up() {
     let boot = peergrid_mesh::Mesh::start(
         &boot_key,
         Config {
-            listen: vec![format!("/ip4/127.0.0.1/tcp/{port}").parse().expect("addr")],
+            listen: vec![format!("/ip4/127.0.0.2/tcp/{port}").parse().expect("addr")],
             ..Config::loopback()
         },
     )
@@ -393,4 +395,45 @@ async fn a_peer_started_before_its_bootstrap_peer_joins_it_once_it_is_up() {
         joined,
         "the early peer dialed its bootstrap peer again and joined"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listen_port_another_peer_holds_is_refused() {
+    // libp2p listens with SO_REUSEPORT: unchecked, a second node on the port would start
+    // and take a share of the first one's incoming connections.
+    let first = peer_with(Config::loopback()).await;
+    let taken = first
+        .listen_addrs()
+        .await
+        .expect("listen addresses")
+        .into_iter()
+        .find(|a| a.to_string().contains("/tcp/"))
+        .expect("a tcp address");
+    let second = peergrid_mesh::Mesh::start(
+        &common::key(),
+        Config {
+            listen: vec![taken.clone()],
+            ..Config::loopback()
+        },
+    )
+    .await;
+    let err = second.expect_err("a second peer on the same port must be refused");
+    let port = taken
+        .iter()
+        .find_map(|p| match p {
+            peergrid_mesh::multiaddr::Protocol::Tcp(port) => Some(port),
+            _ => None,
+        })
+        .expect("a tcp port");
+    assert!(
+        err.to_string()
+            .contains(&format!("TCP port {port} is in use by another program")),
+        "{err}"
+    );
+    // The first peer keeps its port: a peer on a port of its own still reaches it.
+    let other = peer_with(Config::loopback()).await;
+    other
+        .connect(first.peer_id(), vec![taken])
+        .await
+        .expect("the first peer still answers on its port");
 }
