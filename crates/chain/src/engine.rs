@@ -179,13 +179,35 @@ fn prunable_config<C>(
     }
 }
 
+/// An archive of finalized blocks that could not be opened at start.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot open the validator's {archive} archive in its data directory: {cause}; check that \
+     the disk is mounted, writable and not full, and that no other validator uses this directory"
+)]
+pub struct ArchiveError {
+    /// Which archive: `blocks` or `finalizations`.
+    pub archive: &'static str,
+    /// The storage layer's explanation.
+    pub cause: String,
+}
+
+impl ArchiveError {
+    fn of(archive: &'static str) -> impl FnOnce(commonware_storage::archive::Error) -> Self {
+        move |e| Self {
+            archive,
+            cause: e.to_string(),
+        }
+    }
+}
+
 /// Start a validator; `states` carries its state votes (see [`crate::certify`]).
 pub async fn start<E, B, P, T, S, R>(
     context: E,
     cfg: Config<B, P, T>,
     channels: Channels<S, R>,
     states: Channel<S, R>,
-) -> Running
+) -> Result<Running, ArchiveError>
 where
     E: CryptoRng + Spawner + Metrics + Clock + Storage + Send + Sync + 'static,
     B: Blocker<PublicKey = PublicKey> + Clone + Sync,
@@ -231,37 +253,40 @@ where
         strategy: Sequential,
     };
 
-    let (backfill_handler, backfill_resolver) = marshal_resolver::init(
-        context.child("resolver"),
-        marshal_resolver::Config {
-            public_key: me.clone(),
-            peer_provider: cfg.peers.clone(),
-            blocker: cfg.blocker.clone(),
-            mailbox_size,
-            fetch_timeout: NZDuration!(Duration::from_secs(2)),
-            fetch_retry_delay: Duration::from_millis(100),
-            priority_requests: false,
-            priority_responses: false,
-        },
-        channels.backfill,
-    );
-
-    let (broadcast_engine, buffer) = buffered::Engine::new(
-        context.child("broadcast"),
-        buffered::Config {
-            public_key: me.clone(),
-            mailbox_size,
-            deque_size: 64,
-            priority: false,
-            codec_config: (),
-            peer_provider: cfg.peers.clone(),
-            strategy: Sequential,
-        },
-    );
-    broadcast_engine.start(channels.broadcast);
-
     let (finalizer, finalized) = Finalizer::new();
-    let resolver = (backfill_handler, backfill_resolver);
+    // Started once the archives are open: a validator whose archives cannot open stops
+    // with that alone, not with these engines' complaints that their mailboxes closed.
+    let start_io = || {
+        let (backfill_handler, backfill_resolver) = marshal_resolver::init(
+            context.child("resolver"),
+            marshal_resolver::Config {
+                public_key: me.clone(),
+                peer_provider: cfg.peers.clone(),
+                blocker: cfg.blocker.clone(),
+                mailbox_size,
+                fetch_timeout: NZDuration!(Duration::from_secs(2)),
+                fetch_retry_delay: Duration::from_millis(100),
+                priority_requests: false,
+                priority_responses: false,
+            },
+            channels.backfill,
+        );
+
+        let (broadcast_engine, buffer) = buffered::Engine::new(
+            context.child("broadcast"),
+            buffered::Config {
+                public_key: me.clone(),
+                mailbox_size,
+                deque_size: 64,
+                priority: false,
+                codec_config: (),
+                peer_provider: cfg.peers.clone(),
+                strategy: Sequential,
+            },
+        );
+        broadcast_engine.start(channels.broadcast);
+        (buffer, (backfill_handler, backfill_resolver))
+    };
     // Blocks finalized by earlier versions sit in immutable archives, which cannot prune:
     // such a validator keeps using them, and so keeps every block.
     let legacy = context
@@ -276,13 +301,14 @@ where
             archive_config(&prefix, "finalizations", &page_cache, VALIDATORS_MAX),
         )
         .await
-        .expect("the finalizations archive must open: check the data directory");
+        .map_err(ArchiveError::of("finalizations"))?;
         let blocks = immutable::Archive::init(
             context.child("finalized_blocks"),
             archive_config(&prefix, "blocks", &page_cache, ()),
         )
         .await
-        .expect("the blocks archive must open: check the data directory");
+        .map_err(ArchiveError::of("blocks"))?;
+        let (buffer, resolver) = start_io();
         let (actor, mailbox, _floor) = marshal::core::Actor::init(
             context.child("marshal"),
             finalizations,
@@ -304,13 +330,14 @@ where
             ),
         )
         .await
-        .expect("the finalizations archive must open: check the data directory");
+        .map_err(ArchiveError::of("finalizations"))?;
         let blocks = prunable::Archive::init(
             context.child("finalized_blocks"),
             prunable_config(&prefix, "blocks", &page_cache, section, ()),
         )
         .await
-        .expect("the blocks archive must open: check the data directory");
+        .map_err(ArchiveError::of("blocks"))?;
+        let (buffer, resolver) = start_io();
         let (actor, mailbox, _floor) = marshal::core::Actor::init(
             context.child("marshal"),
             finalizations,
@@ -387,8 +414,8 @@ where
             channels.resolver,
         )
     });
-    Running {
+    Ok(Running {
         consensus,
         marshal: marshal_handle,
-    }
+    })
 }

@@ -341,7 +341,7 @@ async fn serve(
         channels,
         states,
     )
-    .await;
+    .await?;
 
     // Transactions users give this validator go to every validator, so whoever leads next has them.
     let (gossip, mut to_gossip) = mpsc::unbounded::<SignedTx>();

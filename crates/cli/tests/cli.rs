@@ -410,6 +410,61 @@ fn a_validator_with_a_broken_config_says_what_is_wrong() {
     );
 }
 
+/// A validator whose block archive cannot be opened (here a file stands where its folder
+/// goes) stops with what to check, not a panic.
+#[test]
+fn a_validator_whose_archive_cannot_open_says_what_to_check() {
+    let sb = Sandbox::new();
+    let key = sb.json(&["key", "new"]);
+    let me = format!("{}@127.0.0.1:1", text(&key, "account"));
+    let genesis = sb.path("genesis.toml");
+    assert!(
+        sb.run(&[
+            "genesis",
+            "new",
+            "--out",
+            genesis.to_str().expect("utf-8"),
+            "--validator",
+            &me
+        ])
+        .status
+        .success()
+    );
+    let consensus = sb.path("data/consensus");
+    std::fs::create_dir_all(&consensus).expect("dir");
+    for archive in ["finalizations", "blocks"] {
+        for part in ["metadata", "key", "value"] {
+            std::fs::write(
+                consensus.join(format!("validator-0-finalized-{archive}-{part}")),
+                b"not a folder",
+            )
+            .expect("write");
+        }
+    }
+    let config = sb.path("validator.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "genesis = \"genesis.toml\"\nkey = \"{}\"\ndata_dir = \"data\"\np2p_listen = \"127.0.0.1:0\"\napi_listen = \"127.0.0.1:0\"\n",
+            sb.home().join("key.json").display()
+        ),
+    )
+    .expect("write");
+    let out = sb.run(&[
+        "validator",
+        "run",
+        "--config",
+        config.to_str().expect("utf-8"),
+    ]);
+    let err = expect_error(&out);
+    assert!(
+        err.contains("cannot open the validator's finalizations archive")
+            && err.contains("check that the disk is mounted, writable and not full"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
 #[test]
 fn ledger_commands_without_a_ledger_say_how_to_get_one() {
     let sb = Sandbox::new();

@@ -290,7 +290,8 @@ pub async fn start_validator_full(
         channels,
         states,
     )
-    .await;
+    .await
+    .expect("a validator's archives open");
     shared
 }
 
