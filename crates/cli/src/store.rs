@@ -418,23 +418,44 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
                 false => out,
             };
             let total = range.map(|(a, b)| b - a).unwrap_or(manifest.size);
-            let bar = output::bytes_bar(globals, total);
             let started = std::time::Instant::now();
-            let written = storage
-                .get_opened(&cap, &manifest, &holdings, &out, range, &|n| {
-                    bar.set_position(n)
-                })
-                .await?;
-            bar.finish_and_clear();
+            // One of your objects got again into a file that holds it already (a script
+            // run twice) is not fetched again. Its segments' keys come from your secret, so
+            // a shared object's cannot be compared: it is fetched.
+            let unchanged = !by_capability
+                && range.is_none()
+                && !to_stdout
+                && storage.holds_already(&manifest, &out).await;
+            let written = if unchanged {
+                0
+            } else {
+                let bar = output::bytes_bar(globals, total);
+                let written = storage
+                    .get_opened(&cap, &manifest, &holdings, &out, range, &|n| {
+                        bar.set_position(n)
+                    })
+                    .await?;
+                bar.finish_and_clear();
+                written
+            };
             let secs = started.elapsed().as_secs_f64();
             let said = if globals.json {
                 json!({
                     "name": manifest.name,
                     "out": out.display().to_string(),
+                    "size": manifest.size,
                     "bytes": written,
+                    "unchanged": unchanged,
                     "seconds": secs,
                 })
                 .to_string()
+            } else if unchanged {
+                format!(
+                    "{} → {}: unchanged, the file holds it already ({})",
+                    manifest.name,
+                    out.display(),
+                    human_bytes(manifest.size)
+                )
             } else {
                 let to = if to_stdout {
                     "standard output".to_string()
