@@ -1153,28 +1153,16 @@ impl Storage {
         // the client uses a second core when the uploads leave one free; they reach the
         // uploader in order.
         let reader = async move {
-            let mut encoding = futures::stream::FuturesOrdered::new();
-            let mut seg = 0;
-            loop {
-                if seg < segments && encoding.len() < ENCODES_AT_ONCE {
-                    let (keys, at) = (keys.clone(), seg);
-                    encoding.push_back(async move {
-                        let encoded = self
-                            .sealed_segment(source, size, scheme, keys, salt, at)
-                            .await?;
-                        Ok::<_, StorageError>((at, encoded))
-                    });
-                    seg += 1;
-                    continue;
+            let encodings = futures::stream::iter(0..segments).map(|at| {
+                let keys = keys.clone();
+                async move {
+                    let encoded = self
+                        .sealed_segment(source, size, scheme, keys, salt, at)
+                        .await?;
+                    Ok((at, encoded))
                 }
-                let Some(next) = encoding.next().await else {
-                    break;
-                };
-                let (at, (shards, segment)) = next?;
-                if tx.send((at, shards, segment)).await.is_err() {
-                    break;
-                }
-            }
+            });
+            send_in_order(encodings, &tx).await?;
             Ok::<u64, StorageError>(segments)
         };
         self.store_segments(session, name, scheme, (reader, rx), None, progress)
@@ -1209,7 +1197,7 @@ impl Storage {
         // Read in order (a pipe has one cursor) on a thread of its own: a pipe may keep
         // a read waiting for long, and a put that stops must not wait for it, nor must the
         // program's end (the runtime waits for its own blocking threads).
-        let (read_tx, mut read_rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(1);
+        let (read_tx, read_rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(1);
         std::thread::Builder::new()
             .name("peergrid-put-read".into())
             .spawn(move || {
@@ -1234,54 +1222,35 @@ impl Storage {
         let (tx, rx) = tokio::sync::mpsc::channel::<SealedSegment>(SEGMENTS_IN_FLIGHT);
         // Each segment sealed and coded on a blocking thread while the next is read.
         let reader = async move {
-            let mut encoding = futures::stream::FuturesOrdered::new();
-            let (mut seg, mut ended) = (0u64, false);
-            loop {
-                if !ended && encoding.len() < ENCODES_AT_ONCE {
-                    let buf = match read_rx.recv().await {
-                        Some(read) => {
-                            read.map_err(|e| other(format!("cannot read what is put: {e}")))?
-                        }
-                        None => {
-                            ended = true;
-                            continue;
-                        }
-                    };
-                    if buf.len() == NONCE_BYTES {
-                        crate::spare::give(buf);
-                        ended = true;
-                        continue;
-                    }
-                    let (keys, at) = (keys.clone(), seg);
-                    let coding = tokio::task::spawn_blocking(move || {
+            let reads = futures::stream::unfold(read_rx, |mut rx| async move {
+                rx.recv().await.map(|read| (read, rx))
+            });
+            // The reading thread sends a segment's room with no bytes in it at the end.
+            let segments = reads.take_while(|read| {
+                std::future::ready(!matches!(read, Ok(b) if b.len() == NONCE_BYTES))
+            });
+            let encodings = segments.enumerate().map(|(at, read)| {
+                let keys = keys.clone();
+                async move {
+                    let buf = read.map_err(|e| other(format!("cannot read what is put: {e}")))?;
+                    let encoded = tokio::task::spawn_blocking(move || {
                         seal_and_code(&keys, &salt, scheme, buf, Cipher::Aes256Gcm)
-                    });
-                    encoding.push_back(async move {
-                        let encoded = coding
-                            .await
-                            .map_err(|e| other(format!("the encoder stopped: {e}")))?
-                            .map_err(other)?;
-                        Ok::<_, StorageError>((at, encoded))
-                    });
-                    seg += 1;
-                    continue;
+                    })
+                    .await
+                    .map_err(|e| other(format!("the encoder stopped: {e}")))?
+                    .map_err(other)?;
+                    Ok((at as u64, encoded))
                 }
-                let Some(next) = encoding.next().await else {
-                    break;
-                };
-                let (at, (shards, segment)) = next?;
-                if tx.send((at, shards, segment)).await.is_err() {
-                    break;
-                }
-            }
+            });
+            let sent = send_in_order(encodings, &tx).await?;
             // Most often the command before the pipe failed: an empty object stored now
             // would replace what the name holds.
-            if seg == 0 {
+            if sent == 0 {
                 return Err(other(
                     "the pipe ended before its first byte: nothing was stored (did the command writing into it fail?)",
                 ));
             }
-            Ok::<u64, StorageError>(seg)
+            Ok::<u64, StorageError>(sent)
         };
         let up = self
             .store_segments(&session, name, scheme, (reader, rx), Some(budget), progress)
@@ -3581,6 +3550,27 @@ fn sample(n: usize, count: usize) -> Vec<usize> {
 /// A segment sealed and coded for upload: its number, its shards, its manifest entry.
 type SealedSegment = (u64, erasure::Shards, Segment);
 
+/// Run `encodings` (segments being sealed and coded, in order from the first),
+/// [`ENCODES_AT_ONCE`] at a time, and send each to the uploader in order, until they end
+/// or the uploader stops; the count sent.
+async fn send_in_order(
+    encodings: impl futures::Stream<
+        Item = impl Future<Output = Result<(u64, (erasure::Shards, Segment)), StorageError>>,
+    >,
+    tx: &tokio::sync::mpsc::Sender<SealedSegment>,
+) -> Result<u64, StorageError> {
+    let mut encoded = std::pin::pin!(encodings.buffered(ENCODES_AT_ONCE));
+    let mut sent = 0;
+    while let Some(next) = encoded.next().await {
+        let (at, (shards, segment)) = next?;
+        if tx.send((at, shards, segment)).await.is_err() {
+            break;
+        }
+        sent += 1;
+    }
+    Ok(sent)
+}
+
 /// Which of `count` holdings shard `shard` of segment `seg` goes to: rotate over all.
 fn placed(count: usize, seg: u64, shard: usize) -> usize {
     (seg as usize + shard) % count
@@ -3707,7 +3697,7 @@ fn check_manifest_fits(name: &str, scheme: Scheme, size: u64, segments: u64) -> 
     let (encoded, sealed) = Manifest::len_for(name, scheme, segments);
     if encoded > crate::format::MANIFEST_BYTES_MAX as u64 || sealed > wire::SHARD_BYTES_MAX {
         return Err(format!(
-            "{} in {scheme} needs a manifest of {}, over the {} a node keeps: use a scheme with fewer shards (--scheme 3+2), or split the file",
+            "{} in {scheme} needs a manifest of {}, over the {} a node keeps: use a scheme with fewer shards (--scheme 3+2), or put it as several objects (`split --bytes`)",
             human_bytes(size),
             human_bytes(sealed),
             human_bytes(wire::SHARD_BYTES_MAX)
