@@ -1221,6 +1221,24 @@ async fn get_folder(
             )),
         }
     }
+    // `p/a` and `p/a/b` cannot both be on disk: `a` would be a file and a folder. The
+    // folder wins (it holds more), and the file is named, with how to get it.
+    let folders: std::collections::HashSet<PathBuf> = (wanted.iter())
+        .flat_map(|(_, _, path)| path.ancestors().skip(1).map(Path::to_path_buf))
+        .collect();
+    wanted.retain(|(name, _, path)| {
+        let clash = folders.contains(path);
+        if clash {
+            failed.push((
+                (*name).clone(),
+                format!(
+                    "{} is also the folder of other objects under {name}/: get it alone, `peergrid store get {name} FILE`",
+                    path.display()
+                ),
+            ));
+        }
+        !clash
+    });
     if wanted.is_empty() && failed.is_empty() {
         bail!("no object's name starts with {under:?} (see `peergrid store ls`)");
     }

@@ -407,6 +407,20 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
             .unwrap_or_default();
         assert_eq!(unchanged, ["trees/t1/sub/b.txt", "trees/t1/sub/deeper/empty"], "{synced}");
         assert!(std::fs::read(back.join("a.bin")).expect("read") == big, "a.bin put right");
+        // An object named as the folder of others (`trees/t1/sub` beside `trees/t1/sub/b.txt`)
+        // cannot be a file there: it is named with how to get it, and the others come.
+        ok(&home, &["store", "put", &format!("{tree_arg}/sub/b.txt"), "trees/t1/sub"]);
+        let clash = home.join("tree-clash");
+        let (all_got, v, err) = run(&home, &["store", "get", "trees/t1/", clash.to_str().expect("utf8")]);
+        assert!(!all_got && err.contains("1 of 4 objects under trees/t1/ were not fetched"), "{err}");
+        assert_eq!(v["failed"][0]["name"], "trees/t1/sub", "{v}");
+        assert!(
+            v["failed"][0]["error"].as_str().is_some_and(|e| e.contains("is also the folder of other objects")
+                && e.contains("peergrid store get trees/t1/sub FILE")),
+            "{v}"
+        );
+        assert_eq!(std::fs::read(clash.join("sub/b.txt")).expect("read"), b"hello tree");
+        ok(&home, &["store", "rm", "trees/t1/sub"]);
         // A file that does not fit stops the folder's put; the files before it are listed.
         let too_big = std::fs::File::create(tree.join("zz-too-big")).expect("create");
         too_big.set_len(2 << 30).expect("sparse file");
