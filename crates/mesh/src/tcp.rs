@@ -66,27 +66,29 @@ const TAKEN_PORT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 ///
 /// libp2p listens with `SO_REUSEPORT`, so without this a second node started on the
 /// same port would start without a word and take a share of the first one's incoming
-/// connections (its peers' dials then fail as reaching the wrong peer). A plain bind,
-/// without that option, fails while anything listens there; it is closed at once.
+/// connections (its peers' dials then fail as reaching the wrong peer). A socket bound
+/// as libp2p binds it (address reuse, IPv6 only for an IPv6 address) but without that
+/// option cannot bind while anything listens there; it never listens, and is closed.
 pub(crate) async fn refuse_taken_port(addr: &Multiaddr) -> Result<(), crate::Error> {
-    let mut ip = None;
-    let mut port = None;
-    for p in addr.iter() {
-        match p {
-            Protocol::Ip4(a) => ip = Some(std::net::IpAddr::V4(a)),
-            Protocol::Ip6(a) => ip = Some(std::net::IpAddr::V6(a)),
-            Protocol::Tcp(p) if p != 0 => port = Some(p),
-            _ => {}
-        }
-    }
-    let (Some(ip), Some(port)) = (ip, port) else {
-        return Ok(());
+    // Only what the TCP transport itself listens on: ip/tcp, with an optional /p2p.
+    let mut parts = addr.iter();
+    let ip = match parts.next() {
+        Some(Protocol::Ip4(a)) => std::net::IpAddr::V4(a),
+        Some(Protocol::Ip6(a)) => std::net::IpAddr::V6(a),
+        _ => return Ok(()),
     };
+    let port = match parts.next() {
+        Some(Protocol::Tcp(port)) if port != 0 => port,
+        _ => return Ok(()),
+    };
+    if !matches!(parts.next(), None | Some(Protocol::P2p(_))) || parts.next().is_some() {
+        return Ok(());
+    }
     let at = SocketAddr::new(ip, port);
     let deadline = tokio::time::Instant::now() + TAKEN_PORT_WAIT;
     loop {
-        match std::net::TcpListener::bind(at) {
-            Ok(_) => return Ok(()),
+        match bind_probe(at) {
+            Ok(()) => return Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
                 if tokio::time::Instant::now() >= deadline {
                     return Err(crate::Error::BadAddress {
@@ -103,6 +105,20 @@ pub(crate) async fn refuse_taken_port(addr: &Multiaddr) -> Result<(), crate::Err
             Err(_) => return Ok(()),
         }
     }
+}
+
+/// Bind a TCP socket to `at` as libp2p would, but without `SO_REUSEPORT`, and close it.
+fn bind_probe(at: SocketAddr) -> std::io::Result<()> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(at),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    if at.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.bind(&at.into())
 }
 
 /// Secures `socket` and puts the muxer on it.
@@ -209,5 +225,80 @@ fn socket_addr(address: &Multiaddr) -> Option<SocketAddr> {
     match parts.next()? {
         Protocol::Tcp(port) => Some(SocketAddr::new(ip, port)),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A listener bound as libp2p binds one: address and port reuse, IPv6 only.
+    fn libp2p_like_listener(at: SocketAddr) -> socket2::Socket {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(at),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )
+        .expect("socket");
+        if at.is_ipv6() {
+            socket.set_only_v6(true).expect("v6 only");
+        }
+        socket.set_reuse_address(true).expect("reuse address");
+        socket.set_reuse_port(true).expect("reuse port");
+        socket.bind(&at.into()).expect("bind");
+        socket.listen(16).expect("listen");
+        socket
+    }
+
+    fn addr(s: &str) -> Multiaddr {
+        s.parse().expect("multiaddr")
+    }
+
+    #[tokio::test]
+    async fn a_port_taken_is_refused_and_the_same_port_on_another_family_or_a_relay_is_not() {
+        let taken = libp2p_like_listener("0.0.0.0:0".parse().expect("addr"));
+        let port = taken
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .expect("bound")
+            .port();
+        for refused in [
+            format!("/ip4/0.0.0.0/tcp/{port}"),
+            format!("/ip4/127.0.0.1/tcp/{port}"),
+        ] {
+            let err = refuse_taken_port(&addr(&refused))
+                .await
+                .expect_err(&refused);
+            assert!(
+                err.to_string()
+                    .contains(&format!("TCP port {port} is in use by another program")),
+                "{err}"
+            );
+        }
+        // Listening on IPv4 and IPv6 with one port is one node's own choice: libp2p's IPv6
+        // socket is IPv6 only, so the two do not clash.
+        let dual = format!("/ip6/::/tcp/{port}");
+        assert!(refuse_taken_port(&addr(&dual)).await.is_ok(), "{dual}");
+        // A relay's address (on this host, as on a devnet) is the relay's port, not ours.
+        let circuit = format!(
+            "/ip4/127.0.0.1/tcp/{port}/p2p/12D3KooWJWoaqZhDaoEFshF7Rh1bpY9ohihFhzcW6d69Lr2NASuq/p2p-circuit"
+        );
+        assert!(
+            refuse_taken_port(&addr(&circuit)).await.is_ok(),
+            "{circuit}"
+        );
+        // Port 0 takes any free port.
+        assert!(
+            refuse_taken_port(&addr("/ip4/127.0.0.1/tcp/0"))
+                .await
+                .is_ok()
+        );
+        drop(taken);
+        let free = format!("/ip4/0.0.0.0/tcp/{port}");
+        assert!(
+            refuse_taken_port(&addr(&free)).await.is_ok(),
+            "{free} once closed"
+        );
     }
 }
