@@ -1222,13 +1222,19 @@ impl Storage {
         let (tx, rx) = tokio::sync::mpsc::channel::<SealedSegment>(SEGMENTS_IN_FLIGHT);
         // Each segment sealed and coded on a blocking thread while the next is read.
         let reader = async move {
-            let reads = futures::stream::unfold(read_rx, |mut rx| async move {
-                rx.recv().await.map(|read| (read, rx))
+            // The reading thread sends a segment's room with no bytes in it at the end: it
+            // goes back to the spare buffers.
+            let segments = futures::stream::unfold(read_rx, |mut rx| async move {
+                match rx.recv().await? {
+                    Ok(buf) if buf.len() == NONCE_BYTES => {
+                        crate::spare::give(buf);
+                        None
+                    }
+                    read => Some((read, rx)),
+                }
             });
-            // The reading thread sends a segment's room with no bytes in it at the end.
-            let segments = reads.take_while(|read| {
-                std::future::ready(!matches!(read, Ok(b) if b.len() == NONCE_BYTES))
-            });
+            let mut taken = 0u64;
+            let segments = segments.inspect(|_| taken += 1);
             let encodings = segments.enumerate().map(|(at, read)| {
                 let keys = keys.clone();
                 async move {
@@ -1245,7 +1251,7 @@ impl Storage {
             let sent = send_in_order(encodings, &tx).await?;
             // Most often the command before the pipe failed: an empty object stored now
             // would replace what the name holds.
-            if sent == 0 {
+            if taken == 0 {
                 return Err(other(
                     "the pipe ended before its first byte: nothing was stored (did the command writing into it fail?)",
                 ));
