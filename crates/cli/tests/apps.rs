@@ -198,7 +198,7 @@ fn deploy_call_survive_a_node_and_remove_an_app() {
     // Removed: the contracts end and the surviving node stops serving it.
     let (ok, _, err) = run(home, &["app", "rm", "hello"]);
     assert!(ok, "app rm: {err}");
-    wait_for("the app to be gone", Duration::from_secs(15), || {
+    wait_for("the app to be gone", Duration::from_secs(60), || {
         get(&urls[1])
             .is_some_and(|(code, _)| code == 404)
             .then_some(())

@@ -10,6 +10,10 @@ use common::peergrid;
 use peergrid_client::types::api::node_routes;
 use serde_json::Value;
 
+/// One devnet at a time: two would share the machine's two cores with every process of
+/// both, and their deadlines are set for one.
+static ONE_DEVNET: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn json(home: &Path, args: &[&str]) -> (bool, Value) {
     let (ok, value, err) = common::run(home, args);
     if !ok {
@@ -169,6 +173,7 @@ fn processes(home: &Path, what: &str) -> usize {
 
 #[test]
 fn a_newcomer_runs_a_devnet_and_sends_a_transfer_that_finalizes() {
+    let _one = ONE_DEVNET.lock().unwrap_or_else(|e| e.into_inner());
     let home = tempfile::tempdir().expect("tempdir");
     let home = home.path();
     let _reaper = Reaper(home.to_path_buf());
@@ -501,6 +506,7 @@ fn api_json(base_port: u16, i: u16, path: &str) -> Option<Value> {
 
 #[test]
 fn a_validator_that_lost_its_data_starts_again_from_a_snapshot() {
+    let _one = ONE_DEVNET.lock().unwrap_or_else(|e| e.into_inner());
     let home = tempfile::tempdir().expect("tempdir");
     let home = home.path();
     let _reaper = Reaper(home.to_path_buf());

@@ -243,6 +243,21 @@ async fn a_farmer_runs_a_node_that_follows_its_contracts_across_restarts() {
     // The node's daemon dies (the machine keeps running): the ledger turns it down.
     node.kill();
     let stopped_ms = now_ms();
+    // While it is down, no command of this test (each a mesh peer on a random port) may
+    // take the port it gets again below.
+    let hold = addr.iter().find_map(|p| match p {
+        peergrid_mesh::multiaddr::Protocol::Tcp(port) => {
+            std::net::TcpListener::bind(("0.0.0.0", port))
+                .ok()
+                .map(|l| Box::new(l) as Box<dyn std::any::Any>)
+        }
+        peergrid_mesh::multiaddr::Protocol::Udp(port) => {
+            std::net::UdpSocket::bind(("0.0.0.0", port))
+                .ok()
+                .map(|s| Box::new(s) as Box<dyn std::any::Any>)
+        }
+        _ => None,
+    });
     let h = home.clone();
     eventually(
         "the node to turn down",
@@ -264,6 +279,7 @@ async fn a_farmer_runs_a_node_that_follows_its_contracts_across_restarts() {
         .arg("--disk")
         .arg(format!("{}:ssd:512MiB", data.display()))
         .args(["--city", "Antwerp"]);
+    drop(hold);
     let _node = spawn_node(moved, &data);
     let h = home.clone();
     eventually(

@@ -309,6 +309,22 @@ mod tests {
         }
     }
 
+    /// Wait (polled: a loaded machine may start `sh` late) until the log holds `n`
+    /// lines saying `started`, the second start's appended to the first's.
+    fn log_says_started(log: &Path, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let count = text.matches("started").count();
+            assert!(count <= n, "appended: {text}");
+            if count == n {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the log after 10 s: {text}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     fn tend_until(m: &mut Managed, what: &str, f: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -329,7 +345,7 @@ mod tests {
         let mut cmd = Command::new("sh");
         cmd.args(["-c", "echo started; exec sleep 30"]);
         let mut m = Managed::start("validator 1", cmd, &log, fast()).expect("start");
-        std::thread::sleep(Duration::from_millis(100));
+        log_says_started(&log, 1);
         let first = m.status().pid.expect("pid");
         let _ = Command::new("kill")
             .args(["-9", &first.to_string()])
@@ -346,9 +362,7 @@ mod tests {
         let status = m.status();
         assert_eq!((status.state.as_str(), status.restarts), ("running", 1));
         assert_ne!(status.pid, Some(first));
-        std::thread::sleep(Duration::from_millis(100));
-        let log = std::fs::read_to_string(&log).expect("log");
-        assert_eq!(log.matches("started").count(), 2, "appended: {log}");
+        log_says_started(&log, 2);
         m.interrupt();
         m.finish(Instant::now() + Duration::from_secs(2));
         assert!(!m.running());

@@ -112,7 +112,11 @@ async fn a_flood_from_one_peer_is_rate_limited_while_others_are_served() {
         .expect("connects");
 
     let requests = (0..100).map(|_| flooder.request(server.peer_id(), &limited, b"x"));
+    let started = std::time::Instant::now();
     let results = futures::future::join_all(requests).await;
+    // The bucket refills at 5 a second: a loaded machine that takes longer over the
+    // hundred requests lets a few more through, never most of them.
+    let refilled = (started.elapsed().as_secs_f64() * 5.0).ceil() as usize;
     let served = results.iter().filter(|r| r.is_ok()).count();
     let rate_limited = results
         .iter()
@@ -127,8 +131,8 @@ async fn a_flood_from_one_peer_is_rate_limited_while_others_are_served() {
         })
         .count();
     assert!(
-        served <= 10,
-        "at most the burst (plus refill) is served: {served}"
+        served <= 5 + refilled.max(5) && served < 50,
+        "at most the burst (plus refill) is served: {served} (refill {refilled})"
     );
     // The flooder's streams beyond its share of the server's inbound queue are reset;
     // every one that got a place in it is answered, and says why when refused.

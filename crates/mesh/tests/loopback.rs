@@ -286,7 +286,7 @@ async fn relayed_transfer(limits: RelayLimits) -> Result<bulk::Transfer, bulk::B
     .await;
     Receiver::serve(&hidden, 1 << 30).expect("serve");
     let mut reserved = false;
-    for _ in 0..50 {
+    for _ in 0..200 {
         if !hidden
             .status()
             .await
