@@ -422,10 +422,18 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
             // One of your objects got again into a file that holds it already (a script
             // run twice) is not fetched again. Its segments' keys come from your secret, so
             // a shared object's cannot be compared: it is fetched.
-            let unchanged = !by_capability
-                && range.is_none()
-                && !to_stdout
-                && storage.holds_already(&manifest, &out).await;
+            let unchanged = !by_capability && range.is_none() && !to_stdout && {
+                // A large file of the object's size is read whole to compare: say so.
+                let same_size =
+                    std::fs::metadata(&out).is_ok_and(|m| m.is_file() && m.len() == manifest.size);
+                let reading = (same_size && manifest.size >= 64 << 20)
+                    .then(|| output::busy(globals, "comparing the file there with the object"));
+                let same = storage.holds_already(&manifest, &out).await;
+                if let Some(bar) = reading {
+                    bar.finish_and_clear();
+                }
+                same
+            };
             let written = if unchanged {
                 0
             } else {
