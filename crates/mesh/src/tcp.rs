@@ -70,21 +70,15 @@ const TAKEN_PORT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// as libp2p binds it (address reuse, IPv6 only for an IPv6 address) but without that
 /// option cannot bind while anything listens there; it never listens, and is closed.
 pub(crate) async fn refuse_taken_port(addr: &Multiaddr) -> Result<(), crate::Error> {
-    // Only what the TCP transport itself listens on: ip/tcp, with an optional /p2p.
-    let mut parts = addr.iter();
-    let ip = match parts.next() {
-        Some(Protocol::Ip4(a)) => std::net::IpAddr::V4(a),
-        Some(Protocol::Ip6(a)) => std::net::IpAddr::V6(a),
-        _ => return Ok(()),
+    let Some(at) = socket_addr(addr).filter(|at| at.port() != 0) else {
+        return Ok(());
     };
-    let port = match parts.next() {
-        Some(Protocol::Tcp(port)) if port != 0 => port,
-        _ => return Ok(()),
-    };
-    if !matches!(parts.next(), None | Some(Protocol::P2p(_))) || parts.next().is_some() {
+    // Only what the TCP transport itself listens on: a /p2p-circuit after it names a
+    // relay's port, not ours.
+    if addr.iter().skip(2).any(|p| !matches!(p, Protocol::P2p(_))) {
         return Ok(());
     }
-    let at = SocketAddr::new(ip, port);
+    let port = at.port();
     let deadline = tokio::time::Instant::now() + TAKEN_PORT_WAIT;
     loop {
         match bind_probe(at) {
@@ -109,6 +103,12 @@ pub(crate) async fn refuse_taken_port(addr: &Multiaddr) -> Result<(), crate::Err
 
 /// Bind a TCP socket to `at` as libp2p would, but without `SO_REUSEPORT`, and close it.
 fn bind_probe(at: SocketAddr) -> std::io::Result<()> {
+    tcp_socket(at)?.bind(&at.into())
+}
+
+/// A TCP socket for `at` with libp2p's options short of port reuse: address reuse, and
+/// IPv6 only for an IPv6 address.
+fn tcp_socket(at: SocketAddr) -> std::io::Result<socket2::Socket> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(at),
         socket2::Type::STREAM,
@@ -118,7 +118,7 @@ fn bind_probe(at: SocketAddr) -> std::io::Result<()> {
         socket.set_only_v6(true)?;
     }
     socket.set_reuse_address(true)?;
-    socket.bind(&at.into())
+    Ok(socket)
 }
 
 /// Secures `socket` and puts the muxer on it.
@@ -234,16 +234,7 @@ mod tests {
 
     /// A listener bound as libp2p binds one: address and port reuse, IPv6 only.
     fn libp2p_like_listener(at: SocketAddr) -> socket2::Socket {
-        let socket = socket2::Socket::new(
-            socket2::Domain::for_address(at),
-            socket2::Type::STREAM,
-            Some(socket2::Protocol::TCP),
-        )
-        .expect("socket");
-        if at.is_ipv6() {
-            socket.set_only_v6(true).expect("v6 only");
-        }
-        socket.set_reuse_address(true).expect("reuse address");
+        let socket = tcp_socket(at).expect("socket");
         socket.set_reuse_port(true).expect("reuse port");
         socket.bind(&at.into()).expect("bind");
         socket.listen(16).expect("listen");
