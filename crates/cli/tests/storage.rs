@@ -188,6 +188,14 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
         assert_eq!(put["scheme"], "3+2", "{put}");
         let cap = put["capability"].as_str().expect("capability").to_string();
         assert!(cap.starts_with("pg1"));
+        // A name a folder's get could not write as a path is refused before anything is sent.
+        for unsafe_name in ["../up", "docs//x", "/etc/x"] {
+            let (stored, _, err) = run(
+                &home,
+                &["store", "put", file.to_str().expect("utf8"), unsafe_name],
+            );
+            assert!(!stored && err.contains("an empty part"), "{unsafe_name}: {err}");
+        }
         let ls = ok(&home, &["store", "ls"]);
         assert_eq!(ls["objects"][0]["name"], "docs/report.bin", "{ls}");
         assert_eq!(ls["objects"][0]["size"], data.len() as u64);
@@ -501,6 +509,42 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
         assert!(
             !denied && err.contains("no object named"),
             "bob has no names of alice's: {err}"
+        );
+        // Without OUT, a capability's object is written here under its name's last part,
+        // and never over a file there.
+        let get_here = || {
+            peergrid(&bob)
+                .current_dir(&bob)
+                .args(["--json", "--ledger", &ledger2, "store", "get", &cap])
+                .output()
+                .expect("run peergrid")
+        };
+        let here = get_here();
+        assert!(
+            here.status.success(),
+            "{}",
+            String::from_utf8_lossy(&here.stderr)
+        );
+        assert!(std::fs::read(bob.join("report.bin")).expect("report.bin") == data);
+        let again = get_here();
+        assert!(
+            !again.status.success()
+                && String::from_utf8_lossy(&again.stderr).contains("exists"),
+            "{}",
+            String::from_utf8_lossy(&again.stderr)
+        );
+        // One character mistyped is said to be, not read as another owner's object.
+        let at = cap.len() / 2;
+        let swap = if &cap[at..=at] == "x" { "y" } else { "x" };
+        let typo = format!("{}{swap}{}", &cap[..at], &cap[at + 1..]);
+        let (read, said, err) = run(
+            &bob,
+            &["--ledger", &ledger2, "store", "get", &typo, "typo.bin"],
+        );
+        assert!(!read && err.contains("mistyped"), "{err}");
+        assert!(
+            said["error"].as_str().is_some_and(|e| e.contains("mistyped")),
+            "--json says the error as JSON: {said}"
         );
 
         // Two nodes gone (frozen: they hold their connections and answer nothing).

@@ -719,7 +719,13 @@ impl Storage {
                     .iter()
                     .map(|h| h.node)
                     .collect();
-                let room = |n: &peergrid_client::NodeView| n.free.hru.max(n.free.sru) >= bytes;
+                let free = |n: &peergrid_client::NodeView| n.free.hru.max(n.free.sru);
+                let room = |n: &peergrid_client::NodeView| free(n) >= bytes;
+                let most_free = (nodes.iter())
+                    .filter(|n| n.status == NodeStatus::Up)
+                    .map(free)
+                    .max()
+                    .unwrap_or(0);
                 let candidates: Vec<Holding> = nodes
                     .iter()
                     .filter(|n| n.status == NodeStatus::Up && room(n))
@@ -741,9 +747,17 @@ impl Storage {
                 ordered.extend(spread_over_farms(again));
                 if ordered.len() < count {
                     return Err(other(format!(
-                        "{count} nodes asked for, but only {} up nodes have {} free; ask for fewer with --nodes",
+                        "{count} nodes asked for, but only {} up nodes have {} free{}",
                         ordered.len(),
-                        human_bytes(bytes)
+                        human_bytes(bytes),
+                        match (ordered.len(), most_free) {
+                            (0, 0) => String::new(),
+                            (0, most) => format!(
+                                ": ask for less (--size); the most one node has free is {}",
+                                human_bytes(most)
+                            ),
+                            _ => ": ask for fewer with --nodes, or for less with --size".into(),
+                        }
                     )));
                 }
                 ordered.into_iter().take(count).map(|h| h.node).collect()
@@ -1939,7 +1953,8 @@ impl Storage {
                 peers.len()
             )));
         }
-        if reached < majority {
+        // An owner with no storage nodes has no index to be behind on.
+        if reached < majority && !peers.is_empty() {
             warn!(
                 answered = reached,
                 nodes = peers.len(),
@@ -2128,7 +2143,7 @@ impl Storage {
             }
         }
         Err(other(format!(
-            "no node of the owner's storage serves {id}{}",
+            "no node of the owner's storage serves {id}: it was removed, or the nodes that hold it are down (`peergrid node list`){}",
             last.map(|e| format!(" (last error: {e})"))
                 .unwrap_or_default()
         )))
@@ -2777,6 +2792,21 @@ impl Storage {
                 continue;
             }
             report.shards_missing += lost.len() as u64;
+            let busy: HashSet<usize> = segment
+                .shards
+                .iter()
+                .filter_map(|id| located.get(id))
+                .flatten()
+                .copied()
+                .collect();
+            let mut free: Vec<usize> = (0..holdings.len())
+                .filter(|i| reachable.contains(i) && !busy.contains(i))
+                .collect();
+            if free.is_empty() {
+                // Every reachable node holds a shard of it already: rebuilding it would
+                // find no place for what it rebuilt.
+                continue;
+            }
             let peers = peers_by_node(&holdings);
             let all_peers: Vec<PeerId> = peers.values().copied().collect();
             let (buf, plain) = self
@@ -2795,16 +2825,6 @@ impl Storage {
                     "segment {index} re-encodes to other shards than its manifest lists; it was not written by this key"
                 )));
             }
-            let busy: HashSet<usize> = segment
-                .shards
-                .iter()
-                .filter_map(|id| located.get(id))
-                .flatten()
-                .copied()
-                .collect();
-            let mut free: Vec<usize> = (0..holdings.len())
-                .filter(|i| reachable.contains(i) && !busy.contains(i))
-                .collect();
             let busy_farms: HashSet<FarmId> = busy.iter().map(|&i| holdings[i].farm).collect();
             free.sort_by_key(|&i| (busy_farms.contains(&holdings[i].farm), i));
             let mut free = free.into_iter();
@@ -2835,12 +2855,6 @@ impl Storage {
                 }
                 if stored {
                     rebuilt_here += 1;
-                } else {
-                    warn!(
-                        segment = index,
-                        shard = j,
-                        "no node without a shard of this segment can take the rebuilt shard"
-                    );
                 }
             }
             if rebuilt_here > 0 {
@@ -3386,6 +3400,12 @@ impl Storage {
                     None => Err(format!(
                         "node {node} no longer holds a contract of the owner"
                     )),
+                    // A node that could not be reached for another object of this run
+                    // fails at once: dialing it again for every object would wait as long
+                    // each time.
+                    Some(p) if self.has_failed(&p) => Err(format!(
+                        "node {node} could not be reached (`peergrid node list` shows whether it is up)"
+                    )),
                     // A broken stream is asked again: only the node's answer, or its
                     // refusal, is evidence about the shard.
                     Some(p) => match retrying(|| wire::audit(&self.mesh, p, id, leaf)).await {
@@ -3393,7 +3413,12 @@ impl Storage {
                         Ok(false) => {
                             Err(format!("node {node} answered a wrong proof for shard {id}"))
                         }
-                        Err(e) => Err(e.to_string()),
+                        Err(e) => {
+                            if e.is_unreachable() {
+                                self.mark_failed(p);
+                            }
+                            Err(e.to_string())
+                        }
                     },
                 };
                 (node, outcome)

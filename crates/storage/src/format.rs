@@ -290,9 +290,21 @@ impl fmt::Debug for Capability {
 
 const CAPABILITY_PREFIX: &str = "pg1";
 
+/// Check bytes after a capability's text form: one character mistyped or left out when it
+/// is copied by hand fails these, where without them it could name another owner.
+const CAPABILITY_CHECK_BYTES: usize = 4;
+
+fn capability_check(bytes: &[u8]) -> [u8; CAPABILITY_CHECK_BYTES] {
+    let mut check = [0; CAPABILITY_CHECK_BYTES];
+    check.copy_from_slice(&blake3::hash(bytes).as_bytes()[..CAPABILITY_CHECK_BYTES]);
+    check
+}
+
 impl fmt::Display for Capability {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let bytes = encode_versioned(self);
+        let mut bytes = encode_versioned(self);
+        let check = capability_check(&bytes);
+        bytes.extend_from_slice(&check);
         write!(
             f,
             "{CAPABILITY_PREFIX}{}",
@@ -318,7 +330,23 @@ impl FromStr for Capability {
         let bytes = bs58::decode(body)
             .into_vec()
             .map_err(|_| bad("not base58"))?;
-        decode_versioned(&bytes)
+        if let Some((versioned, check)) = bytes.split_last_chunk::<CAPABILITY_CHECK_BYTES>()
+            && capability_check(versioned) == *check
+        {
+            return decode_versioned(versioned);
+        }
+        // Capabilities shared before the check bytes were added end without them.
+        if bytes.first() == Some(&1)
+            && let Ok(old) = decode_versioned(&bytes)
+        {
+            return Ok(old);
+        }
+        Err(FormatError::Malformed {
+            what: "capability",
+            reason: "it is mistyped or cut short (its check does not match): copy it again, \
+                     whole, from `peergrid store share NAME` on the owner's machine"
+                .into(),
+        })
     }
 }
 
@@ -336,7 +364,8 @@ impl<'de> Deserialize<'de> for Capability {
 }
 
 /// Check an object name: 1 to 1,024 bytes of UTF-8, no control characters, not ending
-/// in `/` (a folder), not a capability (so `get` can tell the two apart).
+/// in `/` (a folder), parts that are paths (no empty part, `.` or `..`, so a folder's get
+/// writes every name), not a capability (so `get` can tell the two apart).
 pub fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > NAME_BYTES_MAX {
         return Err(format!(
@@ -352,6 +381,15 @@ pub fn check_name(name: &str) -> Result<(), String> {
     if name.ends_with('/') {
         return Err(format!(
             "{name:?} ends in `/`, which names a folder of objects: add the object's own name, like {name}cat.jpg"
+        ));
+    }
+    if name
+        .split('/')
+        .any(|part| part.is_empty() || part == "." || part == "..")
+    {
+        return Err(format!(
+            "{name:?} has an empty part, `.` or `..`: a name is parts joined by single `/`, \
+             like photos/cat.jpg, so that a folder's get can write it as a path"
         ));
     }
     if name.starts_with(CAPABILITY_PREFIX) && name.parse::<Capability>().is_ok() {
@@ -566,6 +604,30 @@ mod tests {
         assert!(check_name("photos/cat.jpg").is_ok());
         assert!(check_name("").is_err());
         assert!(check_name("photos/").is_err(), "a folder is not a name");
+        for unsafe_path in ["/etc/x", "a//b", "../up", "./x", "a/./b", "a/.."] {
+            assert!(
+                check_name(unsafe_path).is_err(),
+                "{unsafe_path:?} cannot be written as a path"
+            );
+        }
+        assert!(check_name("a/.hidden/..b").is_ok());
+
+        // Every character changed, and every length cut short, is a mistyped capability,
+        // not another owner's object or a format from the future.
+        let alphabet = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz";
+        for at in 3..text.len() {
+            let mut typo = text.clone();
+            let was = &text[at..at + 1];
+            let other = alphabet
+                .chars()
+                .find(|c| c.to_string() != was)
+                .expect("other");
+            typo.replace_range(at..at + 1, &other.to_string());
+            let err = typo.parse::<Capability>().expect_err("typo").to_string();
+            assert!(err.contains("mistyped"), "{typo}: {err}");
+            let cut = typo[..at].parse::<Capability>().expect_err("cut short");
+            assert!(cut.to_string().contains("mistyped"), "{at}: {cut}");
+        }
 
         let p = pointer(&owner);
         assert!(p.verify("grid-a"));
@@ -583,7 +645,9 @@ mod tests {
         const MANIFEST_V1: &str = "0103000000612f620a000000000000000800000001020001000500000000000000020000000800000024000000010101010101010101010101010101010101010101010101010101010101010103000000d63bd9a826af91c1fea371965a64e11ee20f13e46b5f52c59901136605b3a487813e9b729141e7f385afa0a2d0df3e6c3789e427ffe4aeef566a565bc8f2fe3d58d6fd3dc609068615d66b6a2616cce521e6bd49bbcd7854e3f2573b142c663703000000010000000200000003000000020000001e000000020202020202020202020202020202020202020202020202020202020202020203000000e67a9c4536256f1ec7495a146b5442fa7c0ed99e258a08260a4a244fa31c7c61b3372b584dc0df6ce757fa43f459ca1f0c4180a08762cbfa41d022ca24f63d9fb748b4ebf53795686930b718fd46066df65694e910c9e647cd56c2b081b9573203000000010000000200000003000000";
         const INDEX_V1: &str = "01010000000e00000070686f746f732f6361742e6a7067ca93ac1705187071d67b83c7ff0efe8108e8ec4530575d7726879333dbdabe7c83d9dab06011479163c7c4d5fa735f911bac86729f56aaa115b7eed2eb66e0220909090909090909090909090909090909090909090909090909090909090909010a00000000000000050000000000000002000100";
         const POINTER_V1: &str = "01ca93ac1705187071d67b83c7ff0efe8108e8ec4530575d7726879333dbdabe7c0300000000000000e9c0ba08015769a0c4354594b96ce0dfbf27c9eb534a2f8378508985f732ff6db4343605da6bbb1601e3fa8ad2177cc7ae395cd44dc61971538a7cb0d8bb31577b55b76170fa712468dace43889044d9a8d6e644ebeca02c75d2b49850cf1302";
+        // As shared before its text gained check bytes: still read.
         const CAPABILITY_V1: &str = "pg1D2EroMGddKpg3PNcqMUaDBeLMc43kvMRuTnzgNtaMLYBuFT5ynQ6P577gnoGZ5XaNTTWWt4YTQ44EvMbBq3PcQTBJ4EtBLgQeeXUWLnmytEDMoueqqbds7tCUvW461gUtZMdz";
+        const CAPABILITY_V1_CHECKED: &str = "pg12MfVBKatgKpqgTrWLx8cgmmnjSNp4nTifH5MtyNsa4hwZYBAHCcjFt3QTnBMZoF4bLF4he2Vftyu49dJx1gNpfdrGLSb9Ug78kR7qGjoqcgAkF4TtcVLdCQbEHYWLVUMvmUp11hNGrg";
         let owner = Keypair::from_seed([4; 32]);
         let capability = capability(&owner);
         let index = Index {
@@ -603,13 +667,14 @@ mod tests {
         assert_eq!(hex::encode(encode_versioned(&manifest())), MANIFEST_V1);
         assert_eq!(hex::encode(encode_versioned(&index)), INDEX_V1);
         assert_eq!(hex::encode(encode_versioned(&pointer)), POINTER_V1);
-        assert_eq!(capability.to_string(), CAPABILITY_V1);
+        assert_eq!(capability.to_string(), CAPABILITY_V1_CHECKED);
         let bytes = |h: &str| hex::decode(h).expect("fixture hex");
         assert_eq!(Manifest::decode(&bytes(MANIFEST_V1)), Ok(manifest()));
         assert_eq!(decode_versioned::<Index>(&bytes(INDEX_V1)), Ok(index));
         let read: SignedPointer = decode_versioned(&bytes(POINTER_V1)).expect("pointer");
         assert!(read.verify("grid-a"), "a stored pointer still verifies");
         assert_eq!(CAPABILITY_V1.parse::<Capability>(), Ok(capability));
+        assert_eq!(CAPABILITY_V1_CHECKED.parse::<Capability>(), Ok(capability));
     }
 
     proptest! {
