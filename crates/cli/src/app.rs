@@ -77,8 +77,8 @@ pub struct DeployArgs {
     /// Run it on these nodes (repeatable) [default: chosen from the ledger].
     #[arg(long = "node", value_name = "ID")]
     nodes: Vec<NodeId>,
-    /// Memory per request or run, e.g. 128MiB; also what each contract reserves.
-    #[arg(long, default_value = "128MiB")]
+    /// Memory per request or run, e.g. 128MiB (at most 1GiB); also what each contract reserves.
+    #[arg(long, default_value = "128MiB", value_parser = instance_memory)]
     memory: Size,
     /// CPU time per request or run, ms.
     #[arg(long, default_value_t = 1_000)]
@@ -126,8 +126,8 @@ pub struct UpdateArgs {
     name: String,
     /// The new component.
     wasm: PathBuf,
-    /// Memory per request or run, e.g. 256MiB.
-    #[arg(long)]
+    /// Memory per request or run, e.g. 256MiB (at most 1GiB).
+    #[arg(long, value_parser = instance_memory)]
     memory: Option<Size>,
     /// CPU time per request or run, ms.
     #[arg(long)]
@@ -304,7 +304,7 @@ pub(crate) fn check_component(
     match runtime.prepare(hash, bytes, kind) {
         Ok(_) => Ok(()),
         Err(e @ peergrid_compute::ComputeError::KindMismatch { .. }) => {
-            bail!("{e} (`peergrid deploy --kind http|job`)")
+            bail!("{e}: deploy it with `--kind http` or `--kind job`, whichever it is")
         }
         Err(e) => Err(e.into()),
     }
@@ -789,17 +789,18 @@ pub fn deploy(globals: &Globals, args: DeployArgs) -> anyhow::Result<()> {
             output::json(&json!({ "app": app, "replicas_asked": args.replicas }))?;
             return partly_done(short);
         }
-        println!("{name} runs on {} node(s):", replicas.len());
+        outln!("{name} runs on {} node(s):", replicas.len());
         for r in &replicas {
             match &r.url {
-                Some(url) => println!("{url}"),
-                None => println!(
+                Some(url) => outln!("{url}"),
+                None => outln!(
                     "node {} (contract {}) has no HTTP entry (`node run --http`)",
-                    r.node, r.contract
+                    r.node,
+                    r.contract
                 ),
             }
         }
-        println!("\nstatus: peergrid app status {name}\nremove: peergrid app rm {name}");
+        outln!("\nstatus: peergrid app status {name}\nremove: peergrid app rm {name}");
         partly_done(short)
     })
 }
@@ -842,28 +843,29 @@ pub(crate) async fn replica_logs(
 
 /// Print one replica's output: a job's stdout, stderr and ending; a service's log.
 fn print_logs(logs: &WorkloadLogs) {
-    print!("{}", logs.stdout);
+    out!("{}", logs.stdout);
     if !logs.stdout.is_empty() && !logs.stdout.ends_with('\n') {
-        println!();
+        outln!();
     }
     if logs.kind == "job" {
         if !logs.stderr.is_empty() {
-            println!("-- stderr --");
-            print!("{}", logs.stderr);
+            outln!("-- stderr --");
+            out!("{}", logs.stderr);
             if !logs.stderr.ends_with('\n') {
-                println!();
+                outln!();
             }
         }
         match (logs.exit_code, &logs.error) {
-            (Some(code), _) => println!(
+            (Some(code), _) => outln!(
                 "-- exited with code {code} ({} ms CPU, {} ms wall) --",
-                logs.cpu_ms, logs.wall_ms
+                logs.cpu_ms,
+                logs.wall_ms
             ),
-            (None, Some(e)) => println!("-- stopped: {e} --"),
-            (None, None) => println!("-- {} --", logs.state),
+            (None, Some(e)) => outln!("-- stopped: {e} --"),
+            (None, None) => outln!("-- {} --", logs.state),
         }
     } else if logs.stdout.is_empty() {
-        println!("(nothing printed yet; state {})", logs.state);
+        outln!("(nothing printed yet; state {})", logs.state);
     }
 }
 
@@ -963,7 +965,7 @@ fn update(globals: &Globals, file: &Path, mut apps: Apps, args: UpdateArgs) -> a
             args.wasm.display()
         );
     }
-    println!(
+    outln!(
         "{name} updated on {} node(s)",
         updated.replicas.len() - failures.len()
     );
@@ -1007,10 +1009,10 @@ pub fn app(globals: &Globals, cmd: AppCommand) -> anyhow::Result<()> {
                         });
                         continue;
                     }
-                    println!("== node {} (contract {}) ==", r.node, r.contract);
+                    outln!("== node {} (contract {}) ==", r.node, r.contract);
                     match logs {
                         Ok(l) => print_logs(&l),
-                        Err(e) => println!("cannot read its output: {e:#}"),
+                        Err(e) => outln!("cannot read its output: {e:#}"),
                     }
                 }
                 mesh.close().await;
@@ -1025,7 +1027,7 @@ pub fn app(globals: &Globals, cmd: AppCommand) -> anyhow::Result<()> {
                 return output::json(&json!({ "apps": apps.apps.values().collect::<Vec<_>>() }));
             }
             if apps.apps.is_empty() {
-                println!("no apps; deploy one with `peergrid deploy APP.wasm`");
+                outln!("no apps; deploy one with `peergrid deploy APP.wasm`");
                 return Ok(());
             }
             for app in apps.apps.values() {
@@ -1034,7 +1036,7 @@ pub fn app(globals: &Globals, cmd: AppCommand) -> anyhow::Result<()> {
                     .iter()
                     .map(|r| r.contract.to_string())
                     .collect();
-                println!(
+                outln!(
                     "{:<20} {:<4} contracts {}",
                     app.name,
                     app.kind,
@@ -1042,7 +1044,7 @@ pub fn app(globals: &Globals, cmd: AppCommand) -> anyhow::Result<()> {
                 );
                 for r in &app.replicas {
                     if let Some(url) = &r.url {
-                        println!("  {url}");
+                        outln!("  {url}");
                     }
                 }
             }
@@ -1101,9 +1103,9 @@ pub fn app(globals: &Globals, cmd: AppCommand) -> anyhow::Result<()> {
                 if globals.json {
                     return output::json(&json!({ "app": app.name, "replicas": rows }));
                 }
-                println!("{} ({}), component {}", app.name, app.kind, app.component);
+                outln!("{} ({}), component {}", app.name, app.kind, app.component);
                 for row in &rows {
-                    println!(
+                    outln!(
                         "  contract {} on node {}: contract {}, workload {}{}",
                         row.contract,
                         row.node,
@@ -1167,8 +1169,30 @@ pub fn app(globals: &Globals, cmd: AppCommand) -> anyhow::Result<()> {
             if globals.json {
                 return output::json(&json!({ "removed": name }));
             }
-            println!("{name} removed; its nodes stop serving it");
+            outln!("{name} removed; its nodes stop serving it");
             Ok(())
         }
     }
+}
+
+/// `--memory`: what one instance may use, within what a node gives one instance.
+pub fn instance_memory(s: &str) -> Result<Size, String> {
+    let size: Size = s.parse()?;
+    let (min, max) = (
+        peergrid_compute::deployment::MEMORY_BYTES_MIN,
+        peergrid_node::compute::INSTANCE_MEMORY_BYTES_MAX,
+    );
+    if size.bytes() < min {
+        return Err(format!(
+            "{size} is less than one WebAssembly page: ask for {} or more",
+            Size(min)
+        ));
+    }
+    if size.bytes() > max {
+        return Err(format!(
+            "{size} is more than a node gives one instance: ask for {} or less",
+            Size(max)
+        ));
+    }
+    Ok(size)
 }

@@ -204,7 +204,7 @@ pub fn bench(globals: &Globals, args: ComputeBenchArgs) -> anyhow::Result<()> {
             row(&r.node, &format!("{:.2}×", r.ratio)),
         ],
     );
-    println!(
+    outln!(
         "deploy to first 200 OK: {:.2} s",
         r.deploy_to_first_ok_ms as f64 / 1000.0
     );

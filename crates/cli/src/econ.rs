@@ -417,7 +417,7 @@ pub fn contract(globals: &Globals, cmd: ContractCommand) -> anyhow::Result<()> {
                     rows.push(output::certified_row(certified));
                 }
                 output::rows(&rows);
-                println!("\nits bills: peergrid bill history {}", c.id);
+                outln!("\nits bills: peergrid bill history {}", c.id);
                 Ok(())
             }
             ContractCommand::Create { spec } => {
@@ -436,10 +436,10 @@ pub fn contract(globals: &Globals, cmd: ContractCommand) -> anyhow::Result<()> {
                 if globals.json {
                     return output::json(&json!({ "contract": id, "events": events }));
                 }
-                println!("contract {id} created; it is billed from now on");
-                println!("\nsee it:       peergrid contract show {id}");
-                println!("its bills:    peergrid bill history {id}");
-                println!("end it:       peergrid contract cancel {id}");
+                outln!("contract {id} created; it is billed from now on");
+                outln!("\nsee it:       peergrid contract show {id}");
+                outln!("its bills:    peergrid bill history {id}");
+                outln!("end it:       peergrid contract cancel {id}");
                 Ok(())
             }
             ContractCommand::Update {
@@ -488,9 +488,9 @@ pub fn contract(globals: &Globals, cmd: ContractCommand) -> anyhow::Result<()> {
                 if globals.json {
                     return output::json(&json!({ "contract": contract, "events": events }));
                 }
-                println!("contract {contract} updated: deployment {deployment_hash}, reserves {resources}");
+                outln!("contract {contract} updated: deployment {deployment_hash}, reserves {resources}");
                 if deployment_hash != old_hash {
-                    println!(
+                    outln!(
                         "its node stops the old deployment; send the new one (`peergrid app update` does it for apps)"
                     );
                 }
@@ -501,7 +501,7 @@ pub fn contract(globals: &Globals, cmd: ContractCommand) -> anyhow::Result<()> {
                 if globals.json {
                     return output::json(&json!({ "contract": contract, "events": events }));
                 }
-                println!("contract {contract} cancelled; its last bill and resources are settled");
+                outln!("contract {contract} cancelled; its last bill and resources are settled");
                 Ok(())
             }
         }
@@ -523,7 +523,7 @@ pub fn bill(globals: &Globals, cmd: BillCommand) -> anyhow::Result<()> {
             );
         }
         if let Some(p) = pruned {
-            println!(
+            outln!(
                 "{} older bills, {} PGT paid, until {}, are pruned from the ledger's state \
                  (their ContractBilled events stay in the blocks)\n",
                 p.count,
@@ -533,7 +533,7 @@ pub fn bill(globals: &Globals, cmd: BillCommand) -> anyhow::Result<()> {
         }
         if explain {
             for b in &bills {
-                println!("{}", b.render());
+                outln!("{}", b.render());
             }
             return Ok(());
         }
@@ -564,7 +564,7 @@ pub fn bill(globals: &Globals, cmd: BillCommand) -> anyhow::Result<()> {
             Some(p) => (bills.len() as u64 + p.count, kept + p.tokens.0),
             None => (bills.len() as u64, kept),
         };
-        println!(
+        outln!(
             "\n{count} bills, {} PGT paid in all; --explain shows every step",
             Amount(paid)
         );
@@ -593,24 +593,24 @@ pub async fn rewards(globals: &Globals, farm: FarmId, period: Option<u64>) -> an
         if receipts.is_empty() {
             let (current, kept) = (page.current_period, page.kept_from_period);
             match period {
-                Some(p) if p < kept => println!(
+                Some(p) if p < kept => outln!(
                     "receipts of period {p} are pruned from the ledger's state (it keeps periods from {kept}); \
                      the blocks keep their RewardMinted events, and replaying them recomputes each receipt"
                 ),
-                Some(p) => println!(
+                Some(p) => outln!(
                     "no receipts for farm {farm} in period {p} (the current period is {current}, minted after it ends)"
                 ),
-                None => println!(
+                None => outln!(
                     "no rewards minted for farm {farm} yet; period {current} is running and is minted after it ends"
                 ),
             }
             return Ok(());
         }
         for r in &receipts {
-            println!("{}", r.render());
+            outln!("{}", r.render());
         }
         let total: u64 = receipts.iter().map(|r| r.tokens.0).sum();
-        println!(
+        outln!(
             "farm {farm}, period {}: {} PGT to the payout account",
             receipts[0].period,
             Amount(total)
@@ -719,10 +719,10 @@ pub fn gov(globals: &Globals, cmd: GovCommand) -> anyhow::Result<()> {
                     return output::json(&json!({ "proposal": id, "events": events }));
                 }
                 match id {
-                    Some(id) => println!(
+                    Some(id) => outln!(
                         "proposal {id} is open; vote with: peergrid gov vote {id} --approve"
                     ),
-                    None => println!("proposed"),
+                    None => outln!("proposed"),
                 }
                 Ok(())
             }
@@ -740,12 +740,12 @@ pub fn gov(globals: &Globals, cmd: GovCommand) -> anyhow::Result<()> {
                     peergrid_ledger::Event::ProposalClosed { status, .. } => Some(*status),
                     _ => None,
                 });
-                println!(
+                outln!(
                     "voted {} proposal {proposal}",
                     if approve { "for" } else { "against" }
                 );
                 if let Some(status) = closed {
-                    println!("the proposal is closed: {}", closed_text(status));
+                    outln!("the proposal is closed: {}", closed_text(status));
                 }
                 Ok(())
             }
@@ -762,7 +762,7 @@ pub fn gov(globals: &Globals, cmd: GovCommand) -> anyhow::Result<()> {
                         "pending_validators": d.pending_validators,
                     }));
                 }
-                println!(
+                outln!(
                     "epoch {} (blocks of {}; the next starts at height {}), at height {}",
                     d.epoch, d.epoch_blocks, d.next_epoch_height, status.height
                 );
@@ -773,7 +773,7 @@ pub fn gov(globals: &Globals, cmd: GovCommand) -> anyhow::Result<()> {
                         d.epoch
                     );
                 };
-                println!(
+                outln!(
                     "validator set in force since epoch {} (height {}):",
                     set.epoch, set.first_height
                 );
@@ -792,14 +792,14 @@ pub fn gov(globals: &Globals, cmd: GovCommand) -> anyhow::Result<()> {
                 output::table(&["ACCOUNT", "ADDRESS"], &rows);
                 match &d.pending_validators {
                     Some(pending) => {
-                        println!("voted in, taking over at the next epoch:");
+                        outln!("voted in, taking over at the next epoch:");
                         let rows: Vec<Vec<String>> = pending
                             .iter()
                             .map(|m| vec![m.account.to_string(), m.address.clone()])
                             .collect();
                         output::table(&["ACCOUNT", "ADDRESS"], &rows);
                     }
-                    None => println!("no set voted in for the next epoch"),
+                    None => outln!("no set voted in for the next epoch"),
                 }
                 Ok(())
             }
@@ -864,7 +864,7 @@ pub fn gov(globals: &Globals, cmd: GovCommand) -> anyhow::Result<()> {
                     ),
                 ]);
                 if p.status == ProposalStatus::Open {
-                    println!(
+                    outln!(
                         "\nit passes once the council's approvals reach the threshold and farmers' weight for is at least\n\
                          their weight against; it closes as soon as votes still to come cannot change that, else at expiry"
                     );

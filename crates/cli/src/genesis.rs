@@ -236,7 +236,7 @@ fn new(
             "faucet": key(&devnet.faucet, &faucet_file),
         }));
     }
-    println!("Genesis written.\n");
+    outln!("Genesis written.\n");
     output::rows(&[
         ("chain id", genesis.chain_id.clone()),
         ("genesis hash", genesis.hash().to_string()),
@@ -244,31 +244,31 @@ fn new(
         ("keys", keys_dir.display().to_string()),
         ("supply", format!("{} {TICKER}", genesis.supply())),
     ]);
-    println!("\nValidators ({})", genesis.validators.len());
+    outln!("\nValidators ({})", genesis.validators.len());
     for (i, v) in genesis.validators.iter().enumerate() {
         match (validator_files.get(i), &v.address) {
-            (Some(file), _) => println!("  {i:>3}  {}  {}", v.account, file.display()),
-            (None, Some(address)) => println!(
+            (Some(file), _) => outln!("  {i:>3}  {}  {}", v.account, file.display()),
+            (None, Some(address)) => outln!(
                 "  {i:>3}  {}  {address}  {}",
                 v.account,
                 v.api.as_deref().unwrap_or("-")
             ),
-            (None, None) => println!("  {i:>3}  {}", v.account),
+            (None, None) => outln!("  {i:>3}  {}", v.account),
         }
     }
     if !genesis.mesh_bootstrap.is_empty() {
-        println!("\nMesh bootstrap peers");
+        outln!("\nMesh bootstrap peers");
         for peer in &genesis.mesh_bootstrap {
-            println!("  {peer}");
+            outln!("  {peer}");
         }
     }
-    println!("\nDemo account (funded; it alone is the council)");
+    outln!("\nDemo account (funded; it alone is the council)");
     output::rows(&[
         ("account", devnet.demo.account().to_string()),
         ("file", demo_file.display().to_string()),
     ]);
-    println!("  backup phrase:\n{}", output::phrase_lines(&demo_phrase));
-    println!("\nFaucet (funded; tools hand out tokens from it)");
+    outln!("  backup phrase:\n{}", output::phrase_lines(&demo_phrase));
+    outln!("\nFaucet (funded; tools hand out tokens from it)");
     output::rows(&[
         ("account", devnet.faucet.account().to_string()),
         ("file", faucet_file.display().to_string()),
@@ -315,7 +315,7 @@ fn check(globals: &Globals, file: &Path) -> anyhow::Result<()> {
     }
     let secs = Duration::from_secs;
     let members = genesis.council.members.len();
-    println!("{} is a valid genesis.\n", file.display());
+    outln!("{} is a valid genesis.\n", file.display());
     output::rows(&[
         ("chain id", genesis.chain_id.clone()),
         ("genesis hash", genesis.hash().to_string()),
@@ -350,7 +350,7 @@ fn check(globals: &Globals, file: &Path) -> anyhow::Result<()> {
         ("foundation", genesis.foundation.to_string()),
         ("staking pool", genesis.staking_pool.to_string()),
     ]);
-    println!("\nParameters");
+    outln!("\nParameters");
     output::rows(&[
         ("fee", format!("{} {TICKER} per byte", p.fee_per_byte)),
         (
@@ -408,11 +408,11 @@ fn check(globals: &Globals, file: &Path) -> anyhow::Result<()> {
             ),
         ),
     ]);
-    println!("\nValidators");
+    outln!("\nValidators");
     for (i, v) in genesis.validators.iter().enumerate() {
         match &v.address {
-            Some(address) => println!("  {i:>3}  {}  {address}", v.account),
-            None => println!("  {i:>3}  {}", v.account),
+            Some(address) => outln!("  {i:>3}  {}  {address}", v.account),
+            None => outln!("  {i:>3}  {}", v.account),
         }
     }
     Ok(())

@@ -137,8 +137,8 @@ pub fn farm(globals: &Globals, cmd: FarmCommand) -> anyhow::Result<()> {
                 if globals.json {
                     return output::json(&json!({ "farm": id, "name": name }));
                 }
-                println!("farm {id} ({name}) created");
-                println!("run a node in it with:\n  peergrid node run --farm {id} --data-dir /var/lib/peergrid");
+                outln!("farm {id} ({name}) created");
+                outln!("run a node in it with:\n  peergrid node run --farm {id} --data-dir /var/lib/peergrid");
                 Ok(())
             }
             FarmCommand::List => {
@@ -213,8 +213,8 @@ pub fn farm(globals: &Globals, cmd: FarmCommand) -> anyhow::Result<()> {
                 if globals.json {
                     return output::json(&json!({ "farm": farm, "node": node, "invitation": hex }));
                 }
-                println!("invitation for node {node} to join farm {farm}:\n{hex}\n");
-                println!("on the node:\n  peergrid node run --farm {farm} --data-dir DIR --invitation {hex}");
+                outln!("invitation for node {node} to join farm {farm}:\n{hex}\n");
+                outln!("on the node:\n  peergrid node run --farm {farm} --data-dir DIR --invitation {hex}");
                 Ok(())
             }
         }
@@ -234,6 +234,24 @@ fn node_ref(text: &str) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// What contracts use of a node, the parts in use only: a storage node's disks, an app
+/// node's cores and memory. `-` when nothing is.
+fn used_short(used: &peergrid_core::capacity::Capacity) -> String {
+    let mut parts = Vec::new();
+    if used.cru > 0 {
+        parts.push(format!("{} cores", used.cru));
+    }
+    for (bytes, what) in [(used.mru, "RAM"), (used.sru, "SSD"), (used.hru, "HDD")] {
+        if bytes > 0 {
+            parts.push(format!("{} {what}", human_bytes(bytes)));
+        }
+    }
+    match parts.is_empty() {
+        true => "-".into(),
+        false => parts.join(", "),
+    }
 }
 
 fn place(l: &Location) -> String {
@@ -267,7 +285,7 @@ pub fn node(globals: &Globals, cmd: NodeCommand) -> anyhow::Result<()> {
                     human_bytes(n.capacity.mru),
                     human_bytes(n.capacity.sru),
                     human_bytes(n.capacity.hru),
-                    format!("{} cores, {}", n.used.cru, human_bytes(n.used.mru)),
+                    used_short(&n.used),
                     n.contracts.to_string(),
                     place(&n.location),
                     n.account.short(),
@@ -391,7 +409,7 @@ fn node_run(globals: &Globals, args: RunArgs) -> anyhow::Result<()> {
                 &json!({ "node": node.node, "health": node.health.to_string(), "status": report }),
             )?;
         } else {
-            println!("node {} of farm {} is running", node.node, report.farm);
+            outln!("node {} of farm {} is running", node.node, report.farm);
             let mut rows = vec![
                 ("account", report.account.to_string()),
                 ("capacity", report.capacity.to_string()),
@@ -402,7 +420,7 @@ fn node_run(globals: &Globals, args: RunArgs) -> anyhow::Result<()> {
                 rows.push(("workloads", format!("{http}/<contract>/<workload>/")));
             }
             output::rows(&rows);
-            println!("\nCtrl-C stops the node; its workloads are restored on the next start.");
+            outln!("\nCtrl-C stops the node; its workloads are restored on the next start.");
         }
         crate::stop_requested().await;
         eprintln!("stopping the node …");
@@ -414,6 +432,21 @@ fn node_run(globals: &Globals, args: RunArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn used_shows_what_contracts_take_of_each_resource() {
+        let mut used = peergrid_core::capacity::Capacity::default();
+        assert_eq!(used_short(&used), "-");
+        used.sru = 10 << 30;
+        assert_eq!(
+            used_short(&used),
+            "10.0 GiB SSD",
+            "a storage node's use shows"
+        );
+        used.cru = 2;
+        used.mru = 1 << 30;
+        assert_eq!(used_short(&used), "2 cores, 1.0 GiB RAM, 10.0 GiB SSD");
+    }
 
     #[test]
     fn a_node_is_named_by_a_number_or_an_account() {

@@ -45,8 +45,8 @@ pub struct RunArgs {
     /// Run it on this node [default: chosen from the ledger]; repeat to give fallbacks.
     #[arg(long = "node", value_name = "ID")]
     nodes: Vec<NodeId>,
-    /// Memory of the run, e.g. 256MiB; also what its contract reserves.
-    #[arg(long, default_value = "128MiB")]
+    /// Memory of the run, e.g. 256MiB (at most 1GiB); also what its contract reserves.
+    #[arg(long, default_value = "128MiB", value_parser = crate::app::instance_memory)]
     memory: Size,
     /// CPU time the run may use, ms.
     #[arg(long, default_value_t = 30_000)]

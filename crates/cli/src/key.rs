@@ -44,7 +44,8 @@ pub fn run(globals: &Globals, cmd: KeyCommand) -> anyhow::Result<()> {
     let file = globals.key_file()?;
     match cmd {
         KeyCommand::New { force } => new(globals, &file, force),
-        KeyCommand::Show { mnemonic } => show(globals, &file, mnemonic),
+        // Without a key of your own, the one commands sign with: the devnet's demo key.
+        KeyCommand::Show { mnemonic } => show(globals, &globals.signing_key_file()?, mnemonic),
         KeyCommand::Import { mnemonic, force } => {
             let phrase = match mnemonic {
                 Some(words) => Zeroizing::new(words),
@@ -67,25 +68,26 @@ fn new(globals: &Globals, file: &Path, force: bool) -> anyhow::Result<()> {
             "mnemonic": phrase.as_str(),
         }));
     }
-    println!("New key saved.\n");
+    outln!("New key saved.\n");
     output::rows(&[
         ("account", key.account().to_string()),
         ("file", file.display().to_string()),
     ]);
-    println!();
-    println!("Backup phrase: WRITE THESE 24 WORDS DOWN and keep them offline.");
-    println!("They are the only way to recover this account if the key file is lost,");
-    println!("and anyone who reads them controls the account.\n");
-    println!("{}\n", output::phrase_lines(&phrase));
-    println!("Restore later with: peergrid key import");
+    outln!();
+    outln!("Backup phrase: WRITE THESE 24 WORDS DOWN and keep them offline.");
+    outln!("They are the only way to recover this account if the key file is lost,");
+    outln!("and anyone who reads them controls the account.\n");
+    outln!("{}\n", output::phrase_lines(&phrase));
+    outln!("Restore later with: peergrid key import");
     Ok(())
 }
 
 fn show(globals: &Globals, file: &Path, reveal: bool) -> anyhow::Result<()> {
     let key = Keypair::load(file)?;
     let phrase = reveal.then(|| key.mnemonic());
+    let demo = *file != globals.key_file()?;
     if globals.json {
-        let mut out = json!({ "account": key.account(), "file": file });
+        let mut out = json!({ "account": key.account(), "file": file, "devnet_demo": demo });
         if let Some(phrase) = &phrase {
             out["mnemonic"] = json!(phrase.as_str());
         }
@@ -95,9 +97,14 @@ fn show(globals: &Globals, file: &Path, reveal: bool) -> anyhow::Result<()> {
         ("account", key.account().to_string()),
         ("file", file.display().to_string()),
     ]);
+    if demo {
+        eprintln!(
+            "This is the running devnet's demo account: commands sign with it until you have a key of your own (`peergrid key new`)."
+        );
+    }
     if let Some(phrase) = &phrase {
-        println!("\nBackup phrase (keep it secret):\n");
-        println!("{}", output::phrase_lines(phrase));
+        outln!("\nBackup phrase (keep it secret):\n");
+        outln!("{}", output::phrase_lines(phrase));
     }
     Ok(())
 }
@@ -109,7 +116,7 @@ fn import(globals: &Globals, file: &Path, phrase: &str, force: bool) -> anyhow::
     if globals.json {
         return output::json(&json!({ "account": key.account(), "file": file }));
     }
-    println!("Key restored.\n");
+    outln!("Key restored.\n");
     output::rows(&[
         ("account", key.account().to_string()),
         ("file", file.display().to_string()),

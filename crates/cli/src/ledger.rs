@@ -169,14 +169,14 @@ pub fn wallet(globals: &Globals, cmd: WalletCommand) -> anyhow::Result<()> {
                     if globals.json {
                         return output::json(&json!({ "hash": hash, "status": "pending" }));
                     }
-                    println!("submitted {hash}\ncheck it with: peergrid tx status {hash}");
+                    outln!("submitted {hash}\ncheck it with: peergrid tx status {hash}");
                     return Ok(());
                 }
                 let status = client.wait(&hash, FINALITY_WAIT).await?;
                 if globals.json {
                     output::json(&json!({ "hash": hash, "status": status }))?;
                 } else {
-                    println!("{amount} PGT to {to}\n{hash}: {}", status_line(&status));
+                    outln!("{amount} PGT to {to}\n{hash}: {}", status_line(&status));
                 }
                 if let TxStatus::Rejected { reason, .. } = status {
                     bail!("the transfer was rejected: {reason}");
@@ -194,15 +194,23 @@ pub fn tx(globals: &Globals, cmd: TxCommand) -> anyhow::Result<()> {
     crate::runtime()?.block_on(async {
         let status = client.tx_status(&hash).await?;
         if globals.json {
-            return output::json(&json!({ "hash": hash, "status": status }));
-        }
-        println!("{hash}: {}", status_line(&status));
-        if let TxStatus::Finalized { events, .. } = &status {
-            for e in events {
-                println!("  {}", serde_json::to_string(e).unwrap_or_default());
+            output::json(&json!({ "hash": hash, "status": status }))?;
+        } else {
+            outln!("{hash}: {}", status_line(&status));
+            if let TxStatus::Finalized { events, .. } = &status {
+                for e in events {
+                    outln!("  {}", serde_json::to_string(e).unwrap_or_default());
+                }
             }
         }
-        Ok(())
+        // A script waiting on a transaction tells a failed or lost one by the exit status.
+        match status {
+            TxStatus::Rejected { .. } => bail!("the transaction was rejected: nothing changed"),
+            TxStatus::Unknown => {
+                bail!("the ledger does not know this transaction: check the hash, or send it again")
+            }
+            TxStatus::Pending | TxStatus::Finalized { .. } => Ok(()),
+        }
     })
 }
 
@@ -283,7 +291,7 @@ pub fn devnet(globals: &Globals, args: DevnetArgs) -> anyhow::Result<()> {
                 "nodes_http": supervisor.running.nodes_http,
             }))?;
         } else {
-            println!("peergrid devnet is finalizing blocks (height {height})\n");
+            outln!("peergrid devnet is finalizing blocks (height {height})\n");
             output::rows(&[
                 ("chain", genesis.chain_id.clone()),
                 ("ledger API", supervisor.running.apis.first().cloned().unwrap_or_default()),
@@ -294,13 +302,13 @@ pub fn devnet(globals: &Globals, args: DevnetArgs) -> anyhow::Result<()> {
                 ("workloads", supervisor.running.nodes_http.join(" ")),
                 ("logs", dir.join("logs").display().to_string()),
             ]);
-            println!("\ndemo account's 24 words (devnet only):\n{}", output::phrase_lines(mnemonic.trim()));
+            outln!("\ndemo account's 24 words (devnet only):\n{}", output::phrase_lines(mnemonic.trim()));
             // Other commands look for the devnet in the default folder only.
             if dir != peergrid_devnet::default_dir() {
-                println!("this devnet is not in the default folder; in another terminal, first:\n  export PEERGRID_DEVNET={}", dir.display());
+                outln!("this devnet is not in the default folder; in another terminal, first:\n  export PEERGRID_DEVNET={}", dir.display());
             }
-            println!("try, from another terminal:\n  peergrid wallet balance\n  peergrid wallet transfer --to <ACCOUNT> --amount 1\n  peergrid node list\n  peergrid devnet status");
-            println!("\nCtrl-C stops the devnet; its state is kept for next time (--fresh starts over).");
+            outln!("try, from another terminal:\n  peergrid wallet balance\n  peergrid wallet transfer --to <ACCOUNT> --amount 1\n  peergrid node list\n  peergrid devnet status");
+            outln!("\nCtrl-C stops the devnet; its state is kept for next time (--fresh starts over).");
         }
         loop {
             tokio::select! {
@@ -343,12 +351,17 @@ fn devnet_status(globals: &Globals, dir: &std::path::Path) -> anyhow::Result<()>
         } else {
             print_validators(&health);
             if !processes.is_empty() {
-                println!();
+                outln!();
+                let ledger_ids = devnet_node_ids(dir, &running.apis).await;
                 let table: Vec<Vec<String>> = processes
                     .iter()
                     .map(|p| {
+                        let ledger_id = (p.name.strip_prefix("node "))
+                            .and_then(|i| ledger_ids.get(&i.parse().ok()?))
+                            .map_or_else(|| "-".into(), |id| format!("node {id}"));
                         vec![
                             p.name.clone(),
+                            ledger_id,
                             p.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
                             p.state.clone(),
                             p.restarts.to_string(),
@@ -357,7 +370,14 @@ fn devnet_status(globals: &Globals, dir: &std::path::Path) -> anyhow::Result<()>
                     })
                     .collect();
                 output::table(
-                    &["PROCESS", "PID", "STATE", "RESTARTS", "LAST EXIT"],
+                    &[
+                        "PROCESS",
+                        "ON THE LEDGER",
+                        "PID",
+                        "STATE",
+                        "RESTARTS",
+                        "LAST EXIT",
+                    ],
                     &table,
                 );
             }
@@ -373,11 +393,39 @@ fn devnet_status(globals: &Globals, dir: &std::path::Path) -> anyhow::Result<()>
     })
 }
 
+/// The ledger's id of each devnet node process (`node 0` is the devnet's first, not the
+/// ledger's node 0): found by the account of its key. Empty when the ledger does not answer.
+async fn devnet_node_ids(
+    dir: &std::path::Path,
+    apis: &[String],
+) -> std::collections::HashMap<usize, peergrid_core::NodeId> {
+    let client = peergrid_client::Client::new(apis.to_vec());
+    let listed = tokio::time::timeout(Duration::from_secs(3), client.nodes(None)).await;
+    let Ok(Ok((_, nodes))) = listed else {
+        return Default::default();
+    };
+    (0..)
+        .map_while(|i| {
+            let key = peergrid_devnet::node_dir(dir, i).join("node-key.json");
+            key.exists()
+                .then(|| (i, peergrid_core::keys::Keypair::load(&key)))
+        })
+        .filter_map(|(i, key)| {
+            let account = key.ok()?.account();
+            let node = nodes.iter().find(|n| n.node.account == account)?;
+            Some((i, node.node.id))
+        })
+        .collect()
+}
+
 /// The validators' table of a health report, then whether they agree on the state.
 fn print_validators(health: &peergrid_devnet::Health) {
-    println!(
+    outln!(
         "{:<26} {:>8} {:>6}  {:<10}  state root",
-        "validator API", "height", "epoch", "state"
+        "validator API",
+        "height",
+        "epoch",
+        "state"
     );
     let number = |v: Option<u64>| v.map_or_else(|| "-".into(), |n| n.to_string());
     for v in &health.validators {
@@ -389,7 +437,7 @@ fn print_validators(health: &peergrid_devnet::Health) {
             "stalled"
         };
         let root = v.root.map(|r| r.to_string()).unwrap_or_else(|| "-".into());
-        println!(
+        outln!(
             "{:<26} {:>8} {:>6}  {:<10}  {}",
             v.api,
             number(v.height),
@@ -399,7 +447,7 @@ fn print_validators(health: &peergrid_devnet::Health) {
         );
     }
     match &health.agreement {
-        Some(a) if a.agree => println!(
+        Some(a) if a.agree => outln!(
             "\nevery validator that answered has state root {} at height {}",
             a.roots
                 .iter()
@@ -410,10 +458,10 @@ fn print_validators(health: &peergrid_devnet::Health) {
             a.height
         ),
         Some(a) => {
-            println!("\nVALIDATORS DISAGREE at height {}:", a.height);
+            outln!("\nVALIDATORS DISAGREE at height {}:", a.height);
             for (v, root) in health.validators.iter().zip(&a.roots) {
                 let root = root.map_or_else(|| "-".to_string(), |r| r.to_string());
-                println!("  {:<26} {root}", v.api);
+                outln!("  {:<26} {root}", v.api);
             }
         }
         None => {}
@@ -715,19 +763,25 @@ pub fn bench(globals: &Globals, cmd: BenchCommand) -> anyhow::Result<()> {
     if globals.json {
         return output::json(&report);
     }
-    println!(
+    outln!(
         "{:<48} {:>14} {:>30}",
-        "benchmark", "figure", "baseline (same run)"
+        "benchmark",
+        "figure",
+        "baseline (same run)"
     );
-    println!(
+    outln!(
         "{:<48} {:>11.0} ms {:>30}",
-        "ledger::finality/p50 validators=4", report.latency_p50_ms, "target 300 ms"
+        "ledger::finality/p50 validators=4",
+        report.latency_p50_ms,
+        "target 300 ms"
     );
-    println!(
+    outln!(
         "{:<48} {:>11.0} ms {:>30}",
-        "ledger::finality/p99 validators=4", report.latency_p99_ms, ""
+        "ledger::finality/p99 validators=4",
+        report.latency_p99_ms,
+        ""
     );
-    println!(
+    outln!(
         "{:<48} {:>12.0}/s {:>30}",
         "ledger::finalized_transfers validators=4",
         report.finalized_per_sec,
@@ -739,23 +793,25 @@ pub fn bench(globals: &Globals, cmd: BenchCommand) -> anyhow::Result<()> {
     );
     if let Some(idle) = &report.idle {
         let max = |v: &[f64]| v.iter().copied().fold(f64::NAN, f64::max);
-        println!(
+        outln!(
             "{:<48} {:>12.2}/s {:>30}",
-            "ledger::idle_blocks validators=4", idle.blocks_per_sec, "target at most 1/s"
+            "ledger::idle_blocks validators=4",
+            idle.blocks_per_sec,
+            "target at most 1/s"
         );
-        println!(
+        outln!(
             "{:<48} {:>12.2} % {:>30}",
             "ledger::idle_cpu/validator (max of 4)",
             max(&idle.cpu_percent),
             "target < 2 % of a core"
         );
-        println!(
+        outln!(
             "{:<48} {:>14} {:>30}",
             "ledger::idle_disk/validator/day (max of 4)",
             peergrid_core::capacity::human_bytes(max(&idle.disk_bytes_per_day).max(0.0) as u64),
             "target < 50 MB (47.7 MiB)"
         );
-        println!(
+        outln!(
             "{:<48} {:>14} {:>30}",
             "ledger::pruned_stores/validator (max of 4)",
             peergrid_core::capacity::human_bytes(
@@ -764,7 +820,7 @@ pub fn bench(globals: &Globals, cmd: BenchCommand) -> anyhow::Result<()> {
             "bounded: pruned past 256 views"
         );
         let keep = peergrid_chain::validator::ValidatorConfig::KEEP_BLOCKS_DEFAULT;
-        println!(
+        outln!(
             "{:<48} {:>14} {:>30}",
             "ledger::kept_blocks/validator (max of 4)",
             peergrid_core::capacity::human_bytes(
@@ -772,7 +828,7 @@ pub fn bench(globals: &Globals, cmd: BenchCommand) -> anyhow::Result<()> {
             ),
             format!("bound: keep_blocks {keep}")
         );
-        println!(
+        outln!(
             "{:<48} {:>11.0} ms {:>30}",
             "ledger::finality_after_rest/p50",
             idle.rested_latency_p50_ms,
@@ -780,13 +836,13 @@ pub fn bench(globals: &Globals, cmd: BenchCommand) -> anyhow::Result<()> {
         );
     }
     if let Some(c) = &report.catch_up {
-        println!(
+        outln!(
             "{:<48} {:>12.0}/s {:>30}",
             "ledger::catch_up_blocks (empty data dir)",
             c.blocks_per_sec,
             format!("{} blocks in {:.1} s", c.blocks, c.secs)
         );
-        println!(
+        outln!(
             "{:<48} {:>12.0}/s {:>30}",
             "ledger::catch_up_transfers (empty data dir)",
             c.transfers_per_sec,
@@ -797,9 +853,10 @@ pub fn bench(globals: &Globals, cmd: BenchCommand) -> anyhow::Result<()> {
             )
         );
     }
-    println!(
+    outln!(
         "{} of {} transfers finalized",
-        report.finalized, report.submitted
+        report.finalized,
+        report.submitted
     );
     Ok(())
 }

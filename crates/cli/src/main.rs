@@ -7,6 +7,23 @@
 //! JSON object on stdout with `--json`. Errors go to stderr as `error: <message>`
 //! with exit code 1; usage errors exit with 2.
 
+/// `println!` for what a command prints: see [`output::write_out`].
+macro_rules! outln {
+    () => {
+        $crate::output::write_out(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::write_out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` for what a command prints: see [`output::write_out`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::output::write_out(format_args!($($arg)*))
+    };
+}
+
 mod app;
 mod bench_compute;
 mod econ;
@@ -313,10 +330,17 @@ fn main() -> ExitCode {
     peergrid_mesh::memory::keep_freed_memory();
     let cli = Cli::parse();
     init_logging(default_filter(cli.verbose, &cli.command));
+    let json = cli.json;
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", error_message(&e));
+            let message = error_message(&e);
+            // A script asking for JSON gets one object even from a command that failed
+            // before printing its own (which already says what went wrong, then exits 1).
+            if json && !output::wrote_out() {
+                outln!("{}", serde_json::json!({ "error": message }));
+            }
+            eprintln!("error: {message}");
             ExitCode::FAILURE
         }
     }

@@ -141,7 +141,7 @@ async fn run_peer(globals: &Globals, args: RunArgs) -> anyhow::Result<()> {
             "control": control.to_string(),
         }))?;
     } else {
-        println!("Mesh peer running; stop with Ctrl-C.\n");
+        outln!("Mesh peer running; stop with Ctrl-C.\n");
         let mut rows = vec![
             ("peer id", mesh.peer_id().to_string()),
             ("control", control.to_string()),
@@ -197,11 +197,11 @@ async fn peers(globals: &Globals, addr: SocketAddr) -> anyhow::Result<()> {
     }
     let peers: Vec<PeerInfo> = serde_json::from_value(value).context("bad peers answer")?;
     if peers.is_empty() {
-        println!("No connected peers.");
+        outln!("No connected peers.");
         return Ok(());
     }
     for peer in peers {
-        println!("{}", peer.peer_id);
+        outln!("{}", peer.peer_id);
         let mut rows = vec![(
             "path",
             if peer.relayed { "relayed" } else { "direct" }.to_string(),
@@ -239,7 +239,7 @@ async fn ping(globals: &Globals, peer: &str, addr: SocketAddr) -> anyhow::Result
         .get("rtt_ms")
         .and_then(Value::as_f64)
         .unwrap_or(f64::NAN);
-    println!("{peer}: {rtt:.2} ms");
+    outln!("{peer}: {rtt:.2} ms");
     Ok(())
 }
 
@@ -250,10 +250,10 @@ async fn received(globals: &Globals, addr: SocketAddr) -> anyhow::Result<()> {
     }
     let transfers: Vec<Transfer> = serde_json::from_value(value).context("bad answer")?;
     if transfers.is_empty() {
-        println!("No transfers received.");
+        outln!("No transfers received.");
     }
     for t in transfers {
-        println!(
+        outln!(
             "{}  {}  {:.1} MiB/s  blake3 {}",
             t.peer,
             mib(t.bytes),

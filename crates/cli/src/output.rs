@@ -127,9 +127,31 @@ pub fn objects_bar(globals: &Globals, total: usize, verb: &'static str) -> indic
     )
 }
 
+/// Whether the command has printed anything on stdout.
+static WROTE_OUT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Print on stdout. A reader that went away (`peergrid node list | head -3`) ends the
+/// command as it ends other Unix tools, quietly with status 141, where `println!` would
+/// panic; any other failure to write is said on stderr.
+pub fn write_out(args: std::fmt::Arguments) {
+    WROTE_OUT.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Err(e) = std::io::stdout().lock().write_fmt(args) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(141);
+        }
+        eprintln!("error: cannot write to standard output: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// Whether [`write_out`] printed anything yet.
+pub fn wrote_out() -> bool {
+    WROTE_OUT.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Print `value` as one line of JSON on stdout.
 pub fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string(value)?);
+    outln!("{}", serde_json::to_string(value)?);
     Ok(())
 }
 
@@ -141,7 +163,7 @@ pub fn rows(rows: &[(&str, String)]) {
         .max()
         .unwrap_or(0);
     for (label, value) in rows {
-        println!("  {label:<width$}  {value}");
+        outln!("  {label:<width$}  {value}");
     }
 }
 
@@ -159,14 +181,14 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) {
             .zip(&widths)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
-        println!("{}", text.join("  ").trim_end());
+        outln!("{}", text.join("  ").trim_end());
     };
     line(headers.to_vec());
     for row in rows {
         line(row.iter().map(String::as_str).collect());
     }
     if rows.is_empty() {
-        println!("(none)");
+        outln!("(none)");
     }
 }
 

@@ -50,7 +50,7 @@ pub enum StoreCommand {
         /// Where to write it [default: the name's last part]: a file, a folder to write
         /// it in, or `-` for standard output.
         out: Option<PathBuf>,
-        /// Only bytes START-END (end exclusive), e.g. 0-1048576.
+        /// Only bytes START-END (end exclusive), e.g. 0-1048576; START- reads to the end.
         #[arg(long)]
         range: Option<String>,
     },
@@ -106,19 +106,20 @@ pub enum StoreCommand {
     },
 }
 
-fn parse_range(s: &str) -> anyhow::Result<(u64, u64)> {
-    let (a, b) = s.split_once('-').with_context(|| {
-        format!("{s:?} is not a range: write START-END in bytes, e.g. 0-1048576")
-    })?;
-    let start = a
-        .trim()
-        .parse()
-        .with_context(|| format!("{a:?} is not a byte offset"))?;
-    let end = b
-        .trim()
-        .parse()
-        .with_context(|| format!("{b:?} is not a byte offset"))?;
-    if end < start {
+/// A range START-END in bytes; `END` is `None` for START- (to the object's end).
+fn parse_range(s: &str) -> anyhow::Result<(u64, Option<u64>)> {
+    let what = || {
+        format!(
+            "{s:?} is not a range: write START-END in bytes, e.g. 0-1048576, or START- to read to the end"
+        )
+    };
+    let (a, b) = s.split_once('-').with_context(what)?;
+    let start = a.trim().parse().with_context(what)?;
+    let end = match b.trim() {
+        "" => None,
+        b => Some(b.parse().with_context(what)?),
+    };
+    if end.is_some_and(|end| end < start) {
         bail!("range {s}: the end comes before the start");
     }
     Ok((start, end))
@@ -220,6 +221,11 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
     match cmd {
         StoreCommand::Reserve { size, nodes, node } => {
             let size = size.bytes();
+            if size == 0 {
+                bail!(
+                    "--size 0 reserves nothing: give the space each node keeps for you, e.g. --size 10GiB"
+                );
+            }
             let choice = if node.is_empty() {
                 NodeChoice::Count(usize::from(nodes))
             } else {
@@ -229,7 +235,7 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
             if globals.json {
                 return output::json(&json!({ "contracts": contracts, "bytes": size }));
             }
-            println!(
+            outln!(
                 "reserved {} on {} nodes: contracts {}",
                 human_bytes(size),
                 contracts.len(),
@@ -307,6 +313,12 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
                 report?
             };
             let secs = started.elapsed().as_secs_f64();
+            if report.scheme.m == 0 {
+                eprintln!(
+                    "warning: {} is stored as {}, with no parity: any one of its nodes lost loses it; reserve on more nodes, then `peergrid store repair --widen` adds parity",
+                    report.name, report.scheme
+                );
+            }
             if globals.json {
                 return output::json(&json!({
                     "name": report.name,
@@ -386,10 +398,13 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
                     )
                 }
             };
-            let given = out.is_some();
-            let out = out
-                .or(default_out)
-                .context("give the output file: peergrid store get CAPABILITY OUT")?;
+            // A capability without OUT is written as into this folder given: under its
+            // name's last part, never over a file there.
+            let (out, given) = match (out, default_out) {
+                (Some(out), _) => (out, true),
+                (None, Some(default)) => (default, false),
+                (None, None) => (PathBuf::from("."), true),
+            };
             // With the object on standard output, what the command says goes to stderr.
             let to_stdout = peergrid_storage::client::writes_to_stdout(&out);
             let (manifest, holdings) = storage.open(&cap).await?;
@@ -417,7 +432,10 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
                 }
                 false => out,
             };
-            let total = range.map(|(a, b)| b - a).unwrap_or(manifest.size);
+            let range = range.map(|(a, b)| (a, b.unwrap_or(manifest.size.max(a))));
+            let total = range
+                .map(|(a, b)| b.saturating_sub(a))
+                .unwrap_or(manifest.size);
             let started = std::time::Instant::now();
             // One of your objects got again into a file that holds it already (a script
             // run twice) is not fetched again. Its segments' keys come from your secret, so
@@ -479,7 +497,7 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
             if to_stdout {
                 eprintln!("{said}");
             } else {
-                println!("{said}");
+                outln!("{said}");
             }
             Ok(())
         }
@@ -527,7 +545,7 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
                     &json!({ "name": name, "capability": entry.capability.to_string() }),
                 );
             }
-            println!("{}", entry.capability);
+            outln!("{}", entry.capability);
             eprintln!("whoever has this can read {name}: peergrid store get CAPABILITY OUT");
             Ok(())
         }
@@ -553,7 +571,7 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
                 .map(|(n, e)| vec![n.clone(), human_bytes(e.size)])
                 .collect();
             output::table(&["REMOVED", "SIZE"], &rows);
-            println!("{} object(s), {}", removed.len(), human_bytes(bytes));
+            outln!("{} object(s), {}", removed.len(), human_bytes(bytes));
             Ok(())
         }
         StoreCommand::Rm { name } => {
@@ -577,7 +595,7 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
             if globals.json {
                 return output::json(&json!({ "removed": name, "size": entry.size }));
             }
-            println!("removed {name} ({})", human_bytes(entry.size));
+            outln!("removed {name} ({})", human_bytes(entry.size));
             Ok(())
         }
         StoreCommand::Status => {
@@ -749,7 +767,7 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
                     objects.len()
                 ),
                 None if short > 0 => bail!(
-                    "{short} shards could not be rebuilt: too few nodes hold none of their segment; reserve on more nodes (`peergrid store reserve --nodes N`)"
+                    "{short} shards could not be rebuilt: a segment's shards go to distinct nodes, and every reachable node of yours holds one of theirs already. Run the repair again once their nodes are back, or reserve on more nodes: `peergrid store reserve` takes up nodes that hold none of your data first (`peergrid node list` shows which are up)"
                 ),
                 None => return Ok(()),
             }
@@ -887,9 +905,9 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
                     })
                     .collect();
                 output::table(&["NODE", "PASSED", "FAILED", "LAST ERROR"], &rows);
-                println!("kept in {}", file.display());
+                outln!("kept in {}", file.display());
                 for (name, error) in &unaudited {
-                    println!("{name}: not audited: {error}");
+                    outln!("{name}: not audited: {error}");
                 }
             }
             if !unaudited.is_empty() {
@@ -1182,7 +1200,7 @@ async fn put_folder(
         .collect();
     output::table(&["NAME", "SIZE", "RESULT"], &rows);
     let unchanged = reports.iter().filter(|r| r.unchanged).count();
-    println!(
+    outln!(
         "{} file(s), {} in {secs:.1} s; {unchanged} unchanged. `peergrid store get {prefix}/ FOLDER` fetches them all",
         reports.len(),
         human_bytes(total),
@@ -1362,7 +1380,7 @@ async fn get_folder(
             .collect();
         output::table(&["NAME", "WRITTEN TO", "SIZE", "RESULT"], &rows);
         let bytes: u64 = got.iter().filter_map(|(_, _, w)| *w).sum();
-        println!(
+        outln!(
             "{} object(s), {} fetched in {secs:.1} s; {unchanged} unchanged (the file there holds them already)",
             got.len(),
             human_bytes(bytes)
@@ -1496,7 +1514,7 @@ pub fn bench(globals: &Globals, size: u64, scheme: Option<Scheme>) -> anyhow::Re
             ],
         );
         if let Some(kind) = &r.files_on {
-            println!(
+            outln!(
                 "The object was read from and written to {kind} ({}).",
                 std::env::temp_dir().display()
             );
@@ -1508,6 +1526,34 @@ pub fn bench(globals: &Globals, size: u64, scheme: Option<Scheme>) -> anyhow::Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ranges_have_both_ends_or_run_to_the_end() {
+        assert_eq!(
+            parse_range("0-1048576").expect("both"),
+            (0, Some(1_048_576))
+        );
+        assert_eq!(parse_range("100-").expect("open"), (100, None));
+        for bad in ["-5", "a-b", "100", "5-1"] {
+            let e = parse_range(bad).expect_err(bad).to_string();
+            assert!(
+                e.contains("START-END") || e.contains("before the start"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn instance_memory_is_what_a_node_gives_one_instance() {
+        assert_eq!(
+            crate::app::instance_memory("256MiB").expect("fits").bytes(),
+            256 << 20
+        );
+        let e = crate::app::instance_memory("5GiB").expect_err("too much");
+        assert!(e.contains("1.0 GiB or less"), "{e}");
+        let e = crate::app::instance_memory("1KiB").expect_err("too little");
+        assert!(e.contains("64.0 KiB or more"), "{e}");
+    }
 
     #[test]
     fn ages_parse_in_the_units_the_help_names_and_print_back_alike() {

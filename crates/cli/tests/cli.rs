@@ -568,3 +568,54 @@ fn a_file_that_is_not_text_is_named_and_called_so() {
         assert!(!err.contains("cannot"), "{file}: {err}");
     }
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly_as_unix_tools_do() {
+    let sb = Sandbox::new();
+    assert_success(&sb.run(&["key", "new"]), &["key", "new"]);
+    // The reader is gone before the command writes: `peergrid key show | head -0`.
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let out = sb
+        .command(&["key", "show"])
+        .env("RUST_BACKTRACE", "1")
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run peergrid");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.is_empty(),
+        "nothing to say about a reader that left: {stderr}"
+    );
+    assert_eq!(out.status.code(), Some(141), "the status of a SIGPIPE");
+}
+
+#[test]
+fn a_failed_command_with_json_prints_its_error_as_json() {
+    let sb = Sandbox::new();
+    let out = sb.run(&["--json", "key", "show"]);
+    assert!(!out.status.success());
+    let said = parse_json(&out);
+    let error = text(&said, "error");
+    assert!(error.contains("no key file"), "{said}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("error: {error}")), "{stderr}");
+}
+
+#[test]
+fn a_mistyped_phrase_names_the_word_as_people_count() {
+    let sb = Sandbox::new();
+    let phrase = text(&sb.json(&["key", "new"]), "mnemonic");
+    let mut words: Vec<&str> = phrase.split(' ').collect();
+    words[23] = "zzzz";
+    let out = sb.run(&["key", "import", "--force", "--mnemonic", &words.join(" ")]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("word 24 is not"), "{stderr}");
+    assert!(
+        !stderr.contains("zzzz"),
+        "the phrase's words are not echoed: {stderr}"
+    );
+}

@@ -303,6 +303,10 @@ fn a_newcomer_runs_a_devnet_and_sends_a_transfer_that_finalizes() {
     let hash = sent["hash"].as_str().expect("hash").to_string();
     let (ok, st) = json(home, &["tx", "status", &hash]);
     assert!(ok && st["status"]["status"] == "finalized", "{st}");
+    // A hash the ledger never saw fails, so a script waiting on it does not go on.
+    let never = "00".repeat(32);
+    let (ok, st) = json(home, &["tx", "status", &never]);
+    assert!(!ok && st["status"]["status"] == "unknown", "{st}");
     let (_, got) = json(home, &["wallet", "balance", receiver]);
     assert_eq!(got["balance"], "2.5");
     // The same balance, proven against the block's state root, and that root certified by

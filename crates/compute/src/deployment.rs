@@ -38,6 +38,15 @@ pub const ENV_VALUE_BYTES_MAX: usize = 4096;
 pub const ARGS_MAX: usize = 64;
 /// Longest argument, in bytes.
 pub const ARG_BYTES_MAX: usize = 4096;
+/// Bytes in the largest binary unit that keeps a number of at least one.
+fn readable_bytes(bytes: u64) -> String {
+    let units = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+    match units.iter().find(|(unit, _)| bytes >= *unit) {
+        Some((unit, name)) => format!("{:.1} {name}", bytes as f64 / *unit as f64),
+        None => format!("{bytes} bytes"),
+    }
+}
+
 /// Smallest memory limit: one WebAssembly page.
 pub const MEMORY_BYTES_MIN: u64 = 64 * 1024;
 /// Largest memory limit: the whole 32-bit address space of a linear memory.
@@ -176,8 +185,10 @@ impl Limits {
         };
         if !(MEMORY_BYTES_MIN..=MEMORY_BYTES_MAX).contains(&self.memory_bytes) {
             return bad(format!(
-                "memory limit {} bytes is outside {MEMORY_BYTES_MIN}..={MEMORY_BYTES_MAX}",
-                self.memory_bytes
+                "memory limit {} is outside {} to {}",
+                readable_bytes(self.memory_bytes),
+                readable_bytes(MEMORY_BYTES_MIN),
+                readable_bytes(MEMORY_BYTES_MAX)
             ));
         }
         if !(1..=TIME_MS_MAX).contains(&self.cpu_ms) {

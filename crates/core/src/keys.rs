@@ -91,8 +91,20 @@ impl Keypair {
                 "{words} words given, {MNEMONIC_WORDS} needed"
             )));
         }
-        let mnemonic = bip39::Mnemonic::parse_normalized(&normalized)
-            .map_err(|e| KeyError::Mnemonic(e.to_string()))?;
+        let mnemonic = bip39::Mnemonic::parse_normalized(&normalized).map_err(|e| {
+            KeyError::Mnemonic(match e {
+                // bip39 counts words from 0, people from 1. The word itself is not
+                // said: a near miss would tell a log reader one word of the secret.
+                bip39::Error::UnknownWord(i) => format!(
+                    "word {} is not in the BIP39 English word list: check its spelling",
+                    i + 1
+                ),
+                bip39::Error::InvalidChecksum => {
+                    "the words do not check out: one is wrong or two are swapped".into()
+                }
+                other => other.to_string(),
+            })
+        })?;
         let (entropy, len) = mnemonic.to_entropy_array();
         let entropy = Zeroizing::new(entropy);
         let mut seed = [0u8; 32];
@@ -247,10 +259,11 @@ mod tests {
         }
         let mut typo = words.clone();
         typo[3] = "notaword";
-        assert!(matches!(
-            Keypair::from_mnemonic(&typo.join(" ")),
-            Err(KeyError::Mnemonic(_))
-        ));
+        let err = Keypair::from_mnemonic(&typo.join(" ")).expect_err("typo");
+        assert!(
+            err.to_string().contains("word 4 is not"),
+            "the fourth word, counted as people count: {err}"
+        );
     }
 
     #[test]

@@ -973,11 +973,23 @@ pub async fn network_health(
 }
 
 /// [`network_health`] through `clients`, one per API of `apis`, in the same order.
+/// How long a health check waits for one validator's answer.
+const HEALTH_WITHIN: Duration = Duration::from_secs(5);
+
 async fn validators_health(apis: &[String], clients: Vec<Client>) -> Health {
+    // All at once, each within HEALTH_WITHIN: a stopped validator whose socket still
+    // accepts would otherwise hold the report up by the client's whole timeout, in turn.
+    let statuses = futures::future::join_all(clients.iter().map(|c| async move {
+        match tokio::time::timeout(HEALTH_WITHIN, c.status()).await {
+            Ok(status) => status.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no answer within {} s", HEALTH_WITHIN.as_secs())),
+        }
+    }))
+    .await;
     let mut validators = Vec::new();
     let mut chain_id = String::new();
-    for (api, client) in apis.iter().zip(&clients) {
-        validators.push(match client.status().await {
+    for (api, status) in apis.iter().zip(statuses) {
+        validators.push(match status {
             Ok(s) => ValidatorHealth {
                 api: {
                     chain_id = s.data.chain_id.clone();
@@ -997,7 +1009,7 @@ async fn validators_health(apis: &[String], clients: Vec<Client>) -> Health {
                 root: None,
                 last_block_age_ms: None,
                 finalizing: false,
-                error: Some(e.to_string()),
+                error: Some(e),
             },
         });
     }
@@ -1020,14 +1032,14 @@ async fn agreement(validators: &[ValidatorHealth], clients: &[Client]) -> Option
     if height == 0 {
         return None;
     }
-    let mut roots = Vec::new();
-    for (v, client) in validators.iter().zip(clients) {
-        let root = match v.height {
-            Some(_) => client.block(height).await.ok().map(|b| b.root),
-            None => None,
-        };
-        roots.push(root);
-    }
+    let roots: Vec<_> = futures::future::join_all(validators.iter().zip(clients).map(
+        |(v, client)| async move {
+            v.height?;
+            let block = tokio::time::timeout(HEALTH_WITHIN, client.block(height)).await;
+            block.ok()?.ok().map(|b| b.root)
+        },
+    ))
+    .await;
     let mut given = roots.iter().flatten();
     let first = given.next().copied();
     let agree = first.is_some() && given.all(|r| Some(*r) == first);

@@ -35,7 +35,7 @@ use crate::world::{WorkloadState, World, write_atomic};
 const INSTANCES_MAX: u32 = 64;
 /// Ceiling on one instance's memory, whatever a deployment asks (the pool reserves
 /// address space for every instance up front).
-const INSTANCE_MEMORY_BYTES_MAX: u64 = 1 << 30;
+pub const INSTANCE_MEMORY_BYTES_MAX: u64 = 1 << 30;
 
 /// What one workload is doing.
 #[derive(Clone)]
