@@ -207,7 +207,9 @@ pub fn tx(globals: &Globals, cmd: TxCommand) -> anyhow::Result<()> {
         match status {
             TxStatus::Rejected { .. } => bail!("the transaction was rejected: nothing changed"),
             TxStatus::Unknown => {
-                bail!("the ledger does not know this transaction: check the hash, or send it again")
+                bail!(
+                    "this validator does not know the transaction: never received, dropped from the mempool, or in a block it pruned; check your balance before sending it again"
+                )
             }
             TxStatus::Pending | TxStatus::Finalized { .. } => Ok(()),
         }

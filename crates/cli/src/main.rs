@@ -4,8 +4,9 @@
 //!
 //! Nothing here decides anything: keys come from `peergrid-core`, genesis rules from
 //! `peergrid-ledger`. Every command prints aligned text for people, or exactly one
-//! JSON object on stdout with `--json`. Errors go to stderr as `error: <message>`
-//! with exit code 1; usage errors exit with 2.
+//! JSON object on stdout with `--json` (`{"error": …}` for a command that fails before
+//! printing its own). Errors go to stderr as `error: <message>` with exit code 1; usage
+//! errors exit with 2; output to a reader that went away ends with 141.
 
 /// `println!` for what a command prints: see [`output::write_out`].
 macro_rules! outln {
@@ -331,7 +332,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(default_filter(cli.verbose, &cli.command));
     let json = cli.json;
-    match run(cli) {
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli)));
+    let result = match outcome {
+        Ok(result) => result,
+        Err(unwound) => match unwound.downcast_ref::<output::StdoutGone>() {
+            Some(gone) => return ExitCode::from(gone.0),
+            None => std::panic::resume_unwind(unwound),
+        },
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let message = error_message(&e);

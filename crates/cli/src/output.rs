@@ -130,18 +130,31 @@ pub fn objects_bar(globals: &Globals, total: usize, verb: &'static str) -> indic
 /// Whether the command has printed anything on stdout.
 static WROTE_OUT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// What [`write_out`] unwinds with when stdout cannot be written: `main` exits with
+/// this status once destructors ran (a devnet's stops the processes it started).
+pub struct StdoutGone(pub u8);
+
 /// Print on stdout. A reader that went away (`peergrid node list | head -3`) ends the
 /// command as it ends other Unix tools, quietly with status 141, where `println!` would
-/// panic; any other failure to write is said on stderr.
+/// panic; any other failure to write is said on stderr, status 1.
 pub fn write_out(args: std::fmt::Arguments) {
-    WROTE_OUT.store(true, std::sync::atomic::Ordering::Relaxed);
+    claim_stdout();
     if let Err(e) = std::io::stdout().lock().write_fmt(args) {
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
-            std::process::exit(141);
-        }
-        eprintln!("error: cannot write to standard output: {e}");
-        std::process::exit(1);
+        let status = if e.kind() == std::io::ErrorKind::BrokenPipe {
+            141
+        } else {
+            eprintln!("error: cannot write to standard output: {e}");
+            1
+        };
+        // Not a panic: no message, and nothing for the panic hook to report.
+        std::panic::resume_unwind(Box::new(StdoutGone(status)));
     }
+}
+
+/// Note that stdout carries the command's output (an object's bytes written there by
+/// other means), so that a failure adds no JSON error after it.
+pub fn claim_stdout() {
+    WROTE_OUT.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Whether [`write_out`] printed anything yet.

@@ -407,6 +407,9 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
             };
             // With the object on standard output, what the command says goes to stderr.
             let to_stdout = peergrid_storage::client::writes_to_stdout(&out);
+            if to_stdout {
+                output::claim_stdout();
+            }
             let (manifest, holdings) = storage.open(&cap).await?;
             // Into a folder given, as `cp` does: under the last part of the object's name.
             // A folder in the way of the default name is refused by the get.
@@ -767,7 +770,7 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
                     objects.len()
                 ),
                 None if short > 0 => bail!(
-                    "{short} shards could not be rebuilt: a segment's shards go to distinct nodes, and every reachable node of yours holds one of theirs already. Run the repair again once their nodes are back, or reserve on more nodes: `peergrid store reserve` takes up nodes that hold none of your data first (`peergrid node list` shows which are up)"
+                    "{short} shards could not be rebuilt: a segment's shards go to distinct nodes, and no reachable node of yours without one of theirs took them (each holds one already, or refused: see the warnings). Run the repair again once their nodes are back, or reserve on more nodes: `peergrid store reserve` takes up nodes that hold none of your data first (`peergrid node list` shows which are up)"
                 ),
                 None => return Ok(()),
             }
@@ -1062,6 +1065,10 @@ async fn put_folder(
             "give the name the folder's files are stored under: peergrid store put {} NAME",
             dir.display()
         );
+    }
+    // A prefix no name may start with (`./photos`, `a//b`) is said once, not per file.
+    if let Err(e) = peergrid_storage::format::check_name(&format!("{prefix}/f")) {
+        bail!("the folder's files cannot be named under {prefix:?}: {e}");
     }
     let (files, left) = files_under(dir, &prefix)?;
     for (path, why) in &left {

@@ -599,3 +599,43 @@ fn a_validator_that_lost_its_data_starts_again_from_a_snapshot() {
         assert!(node.certified.signatures >= 3, "{:?}", node.certified);
     });
 }
+
+#[test]
+fn a_devnet_whose_reader_left_stops_every_process_it_started() {
+    let _one = ONE_DEVNET.lock().unwrap_or_else(|e| e.into_inner());
+    let home = tempfile::tempdir().expect("tempdir");
+    let home = home.path();
+    let _reaper = Reaper(home.to_path_buf());
+    let base_port = common::base_port(10_000);
+    // `peergrid devnet | true`: the reader is gone before the devnet prints its banner.
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let mut child = peergrid(home)
+        .args(["devnet", "--base-port", &base_port.to_string()])
+        .stdout(writer)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start devnet");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let status = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the devnet did not stop");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        status.code(),
+        Some(141),
+        "ended as Unix tools end on SIGPIPE"
+    );
+    // 141 comes from the banner, printed once every process is up: all were started.
+    assert_eq!(
+        processes(home, "validator-"),
+        0,
+        "no validator left running"
+    );
+    assert_eq!(processes(home, "nodes/"), 0, "no node left running");
+    let (running, _) = json(home, &["devnet", "status"]);
+    assert!(!running, "the devnet is not said to run");
+}

@@ -972,10 +972,10 @@ pub async fn network_health(
     Ok(validators_health(apis, clients).await)
 }
 
-/// [`network_health`] through `clients`, one per API of `apis`, in the same order.
 /// How long a health check waits for one validator's answer.
 const HEALTH_WITHIN: Duration = Duration::from_secs(5);
 
+/// [`network_health`] through `clients`, one per API of `apis`, in the same order.
 async fn validators_health(apis: &[String], clients: Vec<Client>) -> Health {
     // All at once, each within HEALTH_WITHIN: a stopped validator whose socket still
     // accepts would otherwise hold the report up by the client's whole timeout, in turn.

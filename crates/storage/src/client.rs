@@ -308,6 +308,10 @@ pub struct Storage {
     failed: Mutex<HashMap<PeerId, std::time::Instant>>,
     /// Nodes whose disk was full during this run: given no new shard, still read from.
     full: Mutex<HashSet<PeerId>>,
+    /// Nodes an audit of this run could not reach: the audits of the next objects fail
+    /// them at once instead of waiting for a dial again. Only an audit's own dial marks
+    /// one (a node merely slow to connect for a read is still challenged).
+    audit_unreachable: Mutex<HashSet<PeerId>>,
     /// A file locked while the owner index is read, changed and written again.
     index_lock: Option<PathBuf>,
     /// Segment buffers a get's writer gave back, for the next segments fetched.
@@ -386,6 +390,7 @@ impl Storage {
             keys,
             failed: Mutex::new(HashMap::new()),
             full: Mutex::new(HashSet::new()),
+            audit_unreachable: Mutex::new(HashSet::new()),
             index_lock: None,
             segments: BufferPool::default(),
             peer_book: None,
@@ -473,7 +478,7 @@ impl Storage {
         let peers: HashSet<PeerId> = holdings
             .iter()
             .filter_map(|h| h.peer_id().ok())
-            .filter(|p| !self.has_failed(p))
+            .filter(|p| !self.has_failed(p) && !self.audit_unreachable(p))
             .collect();
         let known = match &self.peer_book {
             Some(book) => {
@@ -560,6 +565,12 @@ impl Storage {
     /// Whether `peer` failed within FAILED_FOR. The mark fades so that storage kept open
     /// for long (a chaos run, `repair --watch`) gives a node back its shards once it is
     /// up again, while one command does not wait on a stopped node twice.
+    fn audit_unreachable(&self, peer: &PeerId) -> bool {
+        (self.audit_unreachable.lock())
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(peer)
+    }
+
     fn has_failed(&self, peer: &PeerId) -> bool {
         self.failed
             .lock()
@@ -3400,10 +3411,10 @@ impl Storage {
                     None => Err(format!(
                         "node {node} no longer holds a contract of the owner"
                     )),
-                    // A node that could not be reached for another object of this run
+                    // A node an audit of another object of this run could not reach
                     // fails at once: dialing it again for every object would wait as long
                     // each time.
-                    Some(p) if self.has_failed(&p) => Err(format!(
+                    Some(p) if self.audit_unreachable(&p) => Err(format!(
                         "node {node} could not be reached (`peergrid node list` shows whether it is up)"
                     )),
                     // A broken stream is asked again: only the node's answer, or its
@@ -3414,8 +3425,13 @@ impl Storage {
                             Err(format!("node {node} answered a wrong proof for shard {id}"))
                         }
                         Err(e) => {
-                            if e.is_unreachable() {
-                                self.mark_failed(p);
+                            if matches!(
+                                e,
+                                WireError::Mesh { .. } | WireError::Io { timed_out: true, .. }
+                            ) {
+                                (self.audit_unreachable.lock())
+                                    .unwrap_or_else(|e| e.into_inner())
+                                    .insert(p);
                             }
                             Err(e.to_string())
                         }
