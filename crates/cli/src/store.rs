@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use peergrid_core::capacity::Size;
-use peergrid_storage::client::human_bytes;
+use peergrid_storage::client::{Got, human_bytes};
 use peergrid_storage::{AuditResult, Capability, NodeChoice, Scheme, Storage};
 use serde_json::{Value, json};
 
@@ -455,18 +455,22 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
                 }
                 same
             };
-            let written = if unchanged {
-                0
+            let got = if unchanged {
+                Got {
+                    written: 0,
+                    resumed: 0,
+                }
             } else {
                 let bar = output::bytes_bar(globals, total);
-                let written = storage
+                let got = storage
                     .get_opened(&cap, &manifest, &holdings, &out, range, &|n| {
                         bar.set_position(n)
                     })
                     .await?;
                 bar.finish_and_clear();
-                written
+                got
             };
+            let written = got.written;
             let secs = started.elapsed().as_secs_f64();
             let said = if globals.json {
                 json!({
@@ -474,6 +478,7 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
                     "out": out.display().to_string(),
                     "size": manifest.size,
                     "bytes": written,
+                    "resumed_bytes": got.resumed,
                     "unchanged": unchanged,
                     "seconds": secs,
                 })
@@ -491,8 +496,14 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
                 } else {
                     out.display().to_string()
                 };
+                // A get that went on after an interrupted one says so: its time and
+                // size are not the whole object's transfer.
+                let resumed = match got.resumed {
+                    0 => String::new(),
+                    r => format!(", going on after the {} written before", human_bytes(r)),
+                };
                 format!(
-                    "{} → {to} ({} in {secs:.1} s)",
+                    "{} → {to} ({} in {secs:.1} s{resumed})",
                     manifest.name,
                     human_bytes(written)
                 )
@@ -1300,7 +1311,7 @@ async fn get_folder(
                         through.at(i, n)
                     })
                     .await?;
-                anyhow::Ok(Some(written))
+                anyhow::Ok(Some(written.written))
             }
             .await;
             through.at(i, entry.size);

@@ -469,7 +469,7 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
             std::fs::write(&state_file, state.to_string()).expect("state");
         };
         let get = || {
-            ok(
+            let said = ok(
                 &home,
                 &[
                     "store",
@@ -478,10 +478,11 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
                     resumed.to_str().expect("utf8"),
                 ],
             );
-            std::fs::read(&resumed).expect("read")
+            (std::fs::read(&resumed).expect("read"), said)
         };
         interrupted(manifest);
-        let back = get();
+        let (back, said) = get();
+        assert_eq!(said["resumed_bytes"], seg as u64, "{said}");
         assert_eq!(back.len(), data.len());
         assert!(
             back[..seg] == marked[..] && back[seg..] == data[seg..],
@@ -492,7 +493,9 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
             "resume state removed"
         );
         interrupted(peergrid_core::Hash::of(b"another object"));
-        assert!(get() == data, "started over");
+        let (back, said) = get();
+        assert!(back == data, "started over");
+        assert_eq!(said["resumed_bytes"], 0, "{said}");
 
         // Another account reads with the capability alone.
         let bob = dir_for(&home, "bob");

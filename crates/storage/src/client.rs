@@ -2226,8 +2226,8 @@ impl Storage {
         progress: Progress<'_>,
     ) -> Result<u64, StorageError> {
         let (manifest, holdings) = self.open(cap).await?;
-        self.get_opened(cap, &manifest, &holdings, out, range, progress)
-            .await
+        let got = (self.get_opened(cap, &manifest, &holdings, out, range, progress)).await?;
+        Ok(got.written)
     }
 
     /// Whether the file at `path` holds exactly the bytes of `manifest`'s object, so that
@@ -2272,7 +2272,7 @@ impl Storage {
         out: &Path,
         range: Option<(u64, u64)>,
         progress: Progress<'_>,
-    ) -> Result<u64, StorageError> {
+    ) -> Result<Got, StorageError> {
         let (start, end) = match range {
             Some((s, e)) if s <= e && e <= manifest.size => (s, e),
             Some((s, e)) => {
@@ -2478,7 +2478,10 @@ impl Storage {
             .await;
             let _ = tokio::fs::remove_file(&state_file).await;
         }
-        Ok(written)
+        Ok(Got {
+            written,
+            resumed: written_before,
+        })
     }
 
     /// Fetch any `k` shards of `segment`, decode and open it: a buffer and where in it
@@ -3501,6 +3504,15 @@ fn extra_copies<'a>(
         extra.extend(found.into_iter().skip(1).map(|(_, i)| ((i, id), kept)));
     }
     extra
+}
+
+/// What a get wrote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Got {
+    /// Bytes of the object (or of its range) now in the output, the resumed ones included.
+    pub written: u64,
+    /// Of them, bytes an interrupted get had written already (kept as `OUT.partial`).
+    pub resumed: u64,
 }
 
 /// What a repair did for one object.
