@@ -344,12 +344,15 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let message = error_message(&e);
+            eprintln!("error: {message}");
             // A script asking for JSON gets one object even from a command that failed
             // before printing its own (which already says what went wrong, then exits 1).
+            // Written without unwinding: this is past the catch, and the error is said.
             if json && !output::wrote_out() {
-                outln!("{}", serde_json::json!({ "error": message }));
+                use std::io::Write;
+                let error = serde_json::json!({ "error": message });
+                let _ = writeln!(std::io::stdout().lock(), "{error}");
             }
-            eprintln!("error: {message}");
             ExitCode::FAILURE
         }
     }

@@ -81,6 +81,25 @@ const CONNECT_WITHIN: Duration = Duration::from_secs(3);
 /// How long a node that failed is treated as failed: tried last, given no shard, not
 /// dialled again.
 const FAILED_FOR: Duration = Duration::from_secs(10);
+
+/// How long a node an audit could not reach fails the next audits at once: the rest of
+/// one `store audit` run, which would otherwise wait on it again for every object.
+const AUDIT_UNREACHABLE_FOR: Duration = Duration::from_secs(120);
+
+/// Whether an exchange failed because the node could not be reached at all (no dial, no
+/// answer in time), not because a stream broke or the node refused.
+fn unreached(e: &WireError) -> bool {
+    match e {
+        WireError::Mesh { source, .. } => matches!(
+            **source,
+            peergrid_mesh::Error::Dial { .. }
+                | peergrid_mesh::Error::Timeout { .. }
+                | peergrid_mesh::Error::PeerNotFound(_)
+        ),
+        WireError::Io { timed_out, .. } => *timed_out,
+        _ => false,
+    }
+}
 /// How many times a change to the owner index is applied again when another machine
 /// changes the index at the same moment, before giving up.
 const INDEX_TRIES: u32 = 8;
@@ -311,7 +330,7 @@ pub struct Storage {
     /// Nodes an audit of this run could not reach: the audits of the next objects fail
     /// them at once instead of waiting for a dial again. Only an audit's own dial marks
     /// one (a node merely slow to connect for a read is still challenged).
-    audit_unreachable: Mutex<HashSet<PeerId>>,
+    audit_unreachable: Mutex<HashMap<PeerId, std::time::Instant>>,
     /// A file locked while the owner index is read, changed and written again.
     index_lock: Option<PathBuf>,
     /// Segment buffers a get's writer gave back, for the next segments fetched.
@@ -390,7 +409,7 @@ impl Storage {
             keys,
             failed: Mutex::new(HashMap::new()),
             full: Mutex::new(HashSet::new()),
-            audit_unreachable: Mutex::new(HashSet::new()),
+            audit_unreachable: Mutex::new(HashMap::new()),
             index_lock: None,
             segments: BufferPool::default(),
             peer_book: None,
@@ -478,7 +497,7 @@ impl Storage {
         let peers: HashSet<PeerId> = holdings
             .iter()
             .filter_map(|h| h.peer_id().ok())
-            .filter(|p| !self.has_failed(p) && !self.audit_unreachable(p))
+            .filter(|p| !self.has_failed(p))
             .collect();
         let known = match &self.peer_book {
             Some(book) => {
@@ -562,21 +581,26 @@ impl Storage {
             .insert(peer, std::time::Instant::now());
     }
 
-    /// Whether `peer` failed within FAILED_FOR. The mark fades so that storage kept open
-    /// for long (a chaos run, `repair --watch`) gives a node back its shards once it is
-    /// up again, while one command does not wait on a stopped node twice.
+    /// Whether an audit could not reach `peer` within AUDIT_UNREACHABLE_FOR.
     fn audit_unreachable(&self, peer: &PeerId) -> bool {
         (self.audit_unreachable.lock())
             .unwrap_or_else(|e| e.into_inner())
-            .contains(peer)
+            .get(peer)
+            .is_some_and(|at| at.elapsed() < AUDIT_UNREACHABLE_FOR)
     }
 
+    /// Whether `peer` failed within FAILED_FOR (or an audit could not reach it). The mark
+    /// fades so that storage kept open for long (a chaos run, `repair --watch`) gives a
+    /// node back its shards once it is up again, while one command does not wait on a
+    /// stopped node twice.
     fn has_failed(&self, peer: &PeerId) -> bool {
-        self.failed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(peer)
-            .is_some_and(|at| at.elapsed() < FAILED_FOR)
+        self.audit_unreachable(peer)
+            || self
+                .failed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(peer)
+                .is_some_and(|at| at.elapsed() < FAILED_FOR)
     }
 
     fn mark_full(&self, peer: PeerId) {
@@ -3415,8 +3439,8 @@ impl Storage {
                         "node {node} no longer holds a contract of the owner"
                     )),
                     // A node an audit of another object of this run could not reach
-                    // fails at once: dialing it again for every object would wait as long
-                    // each time.
+                    // fails at once (for AUDIT_UNREACHABLE_FOR): dialing it again for
+                    // every object would wait as long each time.
                     Some(p) if self.audit_unreachable(&p) => Err(format!(
                         "node {node} could not be reached (`peergrid node list` shows whether it is up)"
                     )),
@@ -3428,13 +3452,10 @@ impl Storage {
                             Err(format!("node {node} answered a wrong proof for shard {id}"))
                         }
                         Err(e) => {
-                            if matches!(
-                                e,
-                                WireError::Mesh { .. } | WireError::Io { timed_out: true, .. }
-                            ) {
+                            if unreached(&e) {
                                 (self.audit_unreachable.lock())
                                     .unwrap_or_else(|e| e.into_inner())
-                                    .insert(p);
+                                    .insert(p, std::time::Instant::now());
                             }
                             Err(e.to_string())
                         }
