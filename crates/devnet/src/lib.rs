@@ -695,12 +695,14 @@ fn processes_file(dir: &Path) -> PathBuf {
     dir.join("processes.json")
 }
 
-/// The processes of the devnet running from `dir`, as its supervisor last recorded them.
+/// The processes of the devnet running from `dir`, as its supervisor last recorded them
+/// and as the OS sees them now (stopped, or exited before the supervisor noticed).
 pub fn processes(dir: &Path) -> Vec<ProcessStatus> {
-    std::fs::read(processes_file(dir))
+    let recorded: Vec<ProcessStatus> = std::fs::read(processes_file(dir))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
+        .unwrap_or_default();
+    recorded.into_iter().map(supervise::as_seen_now).collect()
 }
 
 impl Drop for Supervisor {

@@ -55,6 +55,36 @@ pub struct ProcessStatus {
     pub log: PathBuf,
 }
 
+/// `status` as the OS sees its process now. The record is written when the supervisor
+/// notices a change, so a process stopped (SIGSTOP) still reads `running` there, and one
+/// just killed does until the supervisor's next look.
+pub fn as_seen_now(mut status: ProcessStatus) -> ProcessStatus {
+    let Some(pid) = status.pid.filter(|_| status.state == "running") else {
+        return status;
+    };
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command's name, which is in parentheses and may hold any
+        // character, `)` included.
+        Ok(stat) => match stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+        {
+            Some("T" | "t") => status.state = "stopped".into(),
+            Some("Z" | "X") => status.state = "exited".into(),
+            _ => {}
+        },
+        // Gone, where the OS lists processes there (not on macOS, which has no /proc).
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                && Path::new("/proc/self/stat").exists() =>
+        {
+            status.state = "exited".into()
+        }
+        Err(_) => {}
+    }
+    status
+}
+
 /// One supervised process.
 pub struct Managed {
     name: String,
@@ -299,6 +329,55 @@ fn last_lines(log: &Path, n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stopped_or_killed_process_is_shown_as_it_is_now() {
+        let mut child = Command::new("sleep").arg("30").spawn().expect("sleep");
+        let pid = child.id();
+        let recorded = ProcessStatus {
+            name: "node 0".into(),
+            pid: Some(pid),
+            state: "running".into(),
+            restarts: 0,
+            last_exit: None,
+            last_log: None,
+            log: PathBuf::from("node-0.log"),
+        };
+        let seen = |want: &str| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let state = as_seen_now(recorded.clone()).state;
+                if state == want || Instant::now() > deadline {
+                    return state;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        assert_eq!(seen("running"), "running");
+        let signal = |sig: &str| {
+            Command::new("kill")
+                .args([sig, &pid.to_string()])
+                .status()
+                .expect("kill");
+        };
+        signal("-STOP");
+        assert_eq!(seen("stopped"), "stopped");
+        signal("-CONT");
+        assert_eq!(seen("running"), "running");
+        signal("-KILL");
+        assert_eq!(seen("exited"), "exited", "killed, not yet reaped");
+        child.wait().expect("reap");
+        assert_eq!(seen("exited"), "exited", "gone");
+        let restarting = ProcessStatus {
+            state: "restarting".into(),
+            ..recorded.clone()
+        };
+        assert_eq!(
+            as_seen_now(restarting).state,
+            "restarting",
+            "only running is checked"
+        );
+    }
 
     fn fast() -> Backoff {
         Backoff {
