@@ -329,6 +329,64 @@ pub(crate) async fn mesh_peer(client: &Client, key: &Keypair) -> anyhow::Result<
         .context("cannot start a mesh peer to reach the nodes")
 }
 
+/// Why no node can take `need`: how many are not up, how many are too small, and the
+/// roomiest, so that the user knows whether to wait, ask for less or ask a farmer.
+pub(crate) fn none_fits(nodes: &[NodeView], need: &Capacity, asked: &[NodeId]) -> String {
+    let among: Vec<&NodeView> = nodes
+        .iter()
+        .filter(|n| asked.is_empty() || asked.contains(&n.node.id))
+        .collect();
+    let whom = if asked.is_empty() {
+        ""
+    } else {
+        " among those asked with --node"
+    };
+    if among.is_empty() {
+        return match asked.is_empty() {
+            true => {
+                "no node is on the ledger yet: a farmer adds one with `peergrid node run`".into()
+            }
+            false => {
+                "none of the nodes asked with --node is on the ledger; see `peergrid node list`"
+                    .into()
+            }
+        };
+    }
+    let not_up = among
+        .iter()
+        .filter(|n| n.status != peergrid_ledger::NodeStatus::Up)
+        .count();
+    let up: Vec<&&NodeView> = among
+        .iter()
+        .filter(|n| n.status == peergrid_ledger::NodeStatus::Up)
+        .collect();
+    let mut why = Vec::new();
+    if not_up > 0 {
+        why.push(format!(
+            "{not_up} of the {} nodes {} not up on the ledger (a node is up while its uptime reports \
+             arrive; one just started, or a ledger that was stalled, is up again after its next \
+             report)",
+            among.len(),
+            if not_up == 1 { "is" } else { "are" }
+        ));
+    }
+    if let Some(roomiest) = up.iter().max_by_key(|n| (n.free.cru, n.free.mru)) {
+        why.push(format!(
+            "{} up with too little free (the roomiest, node {}, has {})",
+            match up.len() {
+                1 => "1 is".to_string(),
+                n => format!("{n} are"),
+            },
+            roomiest.node.id,
+            roomiest.free
+        ));
+    }
+    format!(
+        "no up node has {need} free{whom}: {}; see `peergrid node list`",
+        why.join(", ")
+    )
+}
+
 /// Up nodes that can hold `need`, the asked ones in order, else distinct farms first.
 pub(crate) fn candidates(
     nodes: Vec<NodeView>,
@@ -723,16 +781,9 @@ pub fn deploy(globals: &Globals, args: DeployArgs) -> anyhow::Result<()> {
     let resources = spec.resources();
     crate::runtime()?.block_on(async {
         let (_, nodes) = client.nodes(None).await?;
-        let queue = candidates(nodes, &args.nodes, &resources, json);
+        let queue = candidates(nodes.clone(), &args.nodes, &resources, json);
         if queue.is_empty() {
-            bail!(
-                "no up node has {resources} free{}; see `peergrid node list`",
-                if args.nodes.is_empty() {
-                    ""
-                } else {
-                    " among those asked with --node"
-                }
-            );
+            bail!("{}", none_fits(&nodes, &resources, &args.nodes));
         }
         if queue.len() < args.replicas {
             say(
@@ -1195,4 +1246,65 @@ pub fn instance_memory(s: &str) -> Result<Size, String> {
         ));
     }
     Ok(size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use peergrid_ledger::NodeStatus;
+
+    fn node(id: NodeId, status: NodeStatus, cores: u64) -> NodeView {
+        NodeView {
+            node: peergrid_ledger::Node {
+                id,
+                farm: 1,
+                account: Keypair::from_seed([id as u8; 32]).account(),
+                capacity: Capacity::default(),
+                used: Capacity::default(),
+                location: Default::default(),
+                registered_ms: 0,
+                certified: false,
+                power_target: Default::default(),
+                connection_price_uusd: 0,
+                uptime: Default::default(),
+                contracts: 0,
+                rented_by: None,
+            },
+            status,
+            free: Capacity {
+                cru: cores,
+                mru: cores << 30,
+                ..Capacity::default()
+            },
+        }
+    }
+
+    #[test]
+    fn no_node_fitting_says_whether_to_wait_or_ask_for_less() {
+        let need = Capacity {
+            cru: 2,
+            mru: 1 << 30,
+            ..Capacity::default()
+        };
+        let down = vec![node(1, NodeStatus::Down, 4), node(2, NodeStatus::Down, 4)];
+        let said = none_fits(&down, &need, &[]);
+        assert!(
+            said.contains("2 of the 2 nodes are not up on the ledger"),
+            "{said}"
+        );
+        assert!(said.contains("after its next report"), "{said}");
+
+        let small = vec![node(1, NodeStatus::Up, 1), node(2, NodeStatus::Down, 4)];
+        let said = none_fits(&small, &need, &[]);
+        assert!(said.contains("1 of the 2 nodes is not up"), "{said}");
+        assert!(said.contains("1 is up with too little free"), "{said}");
+        assert!(said.contains("node 1"), "{said}");
+
+        let said = none_fits(&small, &need, &[7]);
+        assert!(
+            said.contains("none of the nodes asked with --node"),
+            "{said}"
+        );
+        assert!(none_fits(&[], &need, &[]).contains("no node is on the ledger"));
+    }
 }

@@ -98,9 +98,9 @@ pub fn job(globals: &Globals, cmd: JobCommand) -> anyhow::Result<()> {
     let resources = spec.resources();
     let logs = crate::runtime()?.block_on(async {
         let (_, nodes) = client.nodes(None).await?;
-        let queue = candidates(nodes, &args.nodes, &resources, json);
+        let queue = candidates(nodes.clone(), &args.nodes, &resources, json);
         if queue.is_empty() {
-            bail!("no up node has {resources} free; see `peergrid node list`");
+            bail!("{}", crate::app::none_fits(&nodes, &resources, &args.nodes));
         }
         let (placement, serving) = Placement::open(
             globals,

@@ -1311,7 +1311,7 @@ async fn get_folder(
                         through.at(i, n)
                     })
                     .await?;
-                anyhow::Ok(Some(written.written))
+                anyhow::Ok(Some(written))
             }
             .await;
             through.at(i, entry.size);
@@ -1322,7 +1322,7 @@ async fn get_folder(
     // writes into FILE.partial until it is whole: with an object of such a name among
     // them, one at a time, so that no two share one.
     let together = !wanted.iter().any(|(name, _, _)| name.contains(".partial"));
-    let mut got: Vec<(String, PathBuf, Option<u64>)> = Vec::new();
+    let mut got: Vec<(String, PathBuf, Option<Got>)> = Vec::new();
     let mut in_flight = futures::stream::FuturesUnordered::new();
     let (mut next, mut in_flight_bytes) = (0, 0u64);
     loop {
@@ -1345,7 +1345,7 @@ async fn get_folder(
             Err(e) => failed.push((name.to_string(), format!("{e:#}"))),
         }
     }
-    got.sort();
+    got.sort_by(|a, b| a.0.cmp(&b.0));
     failed.sort();
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
@@ -1362,7 +1362,8 @@ async fn get_folder(
                     "name": name,
                     "out": path.display().to_string(),
                     "size": sizes.get(name.as_str()).copied().unwrap_or(0),
-                    "bytes": written.unwrap_or(0),
+                    "bytes": written.map_or(0, |g| g.written),
+                    "resumed_bytes": written.map_or(0, |g| g.resumed),
                     "unchanged": written.is_none(),
                 })
             })
@@ -1397,9 +1398,19 @@ async fn get_folder(
             })
             .collect();
         output::table(&["NAME", "WRITTEN TO", "SIZE", "RESULT"], &rows);
-        let bytes: u64 = got.iter().filter_map(|(_, _, w)| *w).sum();
+        // Bytes an interrupted get had written already were not fetched in this time.
+        let (bytes, resumed) = got
+            .iter()
+            .filter_map(|(_, _, w)| *w)
+            .fold((0u64, 0u64), |(b, r), g| {
+                (b + g.written - g.resumed, r + g.resumed)
+            });
+        let resumed = match resumed {
+            0 => String::new(),
+            r => format!(", going on after the {} written before", human_bytes(r)),
+        };
         outln!(
-            "{} object(s), {} fetched in {secs:.1} s; {unchanged} unchanged (the file there holds them already)",
+            "{} object(s), {} fetched in {secs:.1} s{resumed}; {unchanged} unchanged (the file there holds them already)",
             got.len(),
             human_bytes(bytes)
         );
