@@ -1157,7 +1157,7 @@ async fn events(
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
-        .map(|h| h + 1);
+        .map(|h| h.saturating_add(1));
     let start = q.from.or(resume);
     // Subscribe before reading the height, so no block falls between replay and live.
     let live = api.shared.finalized.subscribe();
@@ -1348,8 +1348,8 @@ mod tests {
             .await
             .expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
-        let app = router(api).into_make_service_with_connect_info::<std::net::SocketAddr>();
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let limits = peergrid_core::http::Limits::default();
+        tokio::spawn(peergrid_core::http::serve(listener, router(api), limits));
         base
     }
 

@@ -41,7 +41,8 @@ use crate::direct::{AlignedBuf, BufferPool, DirectReader, DirectWriter};
 use crate::format::{SignedPointer, decode_versioned, encode_versioned};
 use crate::shard::ShardHasher;
 use crate::wire::{
-    self, ContractUsage, HEADER_TIMEOUT, IDS_MAX, Request, Response, SHARD_BYTES_MAX, deadline,
+    self, ContractUsage, HEADER_TIMEOUT, IDLE_TIMEOUT, IDS_MAX, Request, Response, SHARD_BYTES_MAX,
+    deadline,
 };
 
 /// Bytes of a shard read or written per hand-off to the blocking pool.
@@ -56,6 +57,12 @@ pub const STREAMS_PER_PEER_MAX: usize = 16;
 pub const STREAM_FLOOR_BYTES_PER_SEC: u64 = 64 << 10;
 /// A stream younger than this is never closed for being slow.
 pub const STREAM_GRACE: Duration = Duration::from_secs(10);
+/// A stream whose request has not arrived this long after it opened can be closed for
+/// another when every slot is taken: a peer sends its request as it opens the stream,
+/// so one sending nothing is only holding a slot.
+pub const HEADER_GRACE: Duration = Duration::from_secs(2);
+/// Audits a node answers at once; more wait their turn.
+pub const AUDITS_AT_ONCE: usize = 4;
 /// What a read of a shard in a contract in grace answers.
 pub const GRACE_REFUSAL: &str = "contract in grace period: top up";
 
@@ -178,11 +185,14 @@ pub struct ShardStore {
     buffers: Buffers,
     /// Held from reading an owner's kept pointer to writing a newer one, so that of two
     /// arriving at once an older one never replaces a newer.
-    pointer_write: Mutex<()>,
+    pointer_write: tokio::sync::Mutex<()>,
     /// Held by a put from finding its shard already here until the shard's age is
     /// refreshed, and by a delete from judging a shard's age to removing it: a gc that
     /// judged a shard old cannot remove it after a put was told it is kept.
     removing: tokio::sync::Mutex<()>,
+    /// Audits reading a whole shard at once: anyone may ask for one, and each reads up to
+    /// a shard's size, so their number is what keeps them from taking the disk.
+    audits: tokio::sync::Semaphore,
 }
 
 /// Batch buffers given back after a shard is received or served, so that the next one
@@ -228,8 +238,9 @@ impl ShardStore {
             disk: DiskReserve::default(),
             full: AtomicBool::new(false),
             buffers: Buffers::default(),
-            pointer_write: Mutex::new(()),
+            pointer_write: tokio::sync::Mutex::new(()),
             removing: tokio::sync::Mutex::new(()),
+            audits: tokio::sync::Semaphore::new(AUDITS_AT_ONCE),
         })
     }
 
@@ -319,9 +330,11 @@ impl ShardStore {
         self.pointers.join(format!("{}.bin", hex::encode(owner.0)))
     }
 
-    /// The newest pointer kept for `owner`.
-    pub fn pointer(&self, owner: &AccountId) -> Option<SignedPointer> {
-        let bytes = std::fs::read(self.pointer_path(owner)).ok()?;
+    /// The newest pointer kept for `owner`, read off the async threads (a slow disk
+    /// must not stall the node's mesh).
+    pub async fn pointer(&self, owner: &AccountId) -> Option<SignedPointer> {
+        let path = self.pointer_path(owner);
+        let bytes = blocking(move || std::fs::read(path)).await.ok()?;
         decode_versioned::<SignedPointer>(&bytes).ok()
     }
 
@@ -337,6 +350,7 @@ impl ShardStore {
             wire::read_request(stream),
         )
         .await?;
+        moved.request_read();
         let answer = match request {
             Request::Put { contract, id, len } => {
                 return self.put(peer, stream, contract, id, len, moved).await;
@@ -346,8 +360,8 @@ impl ShardStore {
             Request::Audit { id, leaf } => self.audit(id, leaf).await,
             Request::Delete { contract, ids } => self.delete(peer, contract, ids, None).await,
             Request::Usage { contracts } => self.usage(peer, contracts),
-            Request::PutPointer(p) => self.put_pointer(p),
-            Request::GetPointer { owner } => Response::Pointer(self.pointer(&owner)),
+            Request::PutPointer(p) => self.put_pointer(p).await,
+            Request::GetPointer { owner } => Response::Pointer(self.pointer(&owner).await),
             Request::List { contract, after } => self.list(peer, contract, after).await,
             Request::Collect {
                 contract,
@@ -361,8 +375,7 @@ impl ShardStore {
         if matches!(answer, Response::Refused(_) | Response::Full(_)) {
             self.count(|s| s.refused += 1);
         }
-        wire::write_response(stream, &answer).await?;
-        stream.close().await
+        wire::answer(stream, &answer).await
     }
 
     /// The writable contract `contract` for `peer`, or the reason it is not.
@@ -453,8 +466,7 @@ impl ShardStore {
                 Err(e) => debug!(%id, error = %e, "cannot refresh a kept shard's age"),
                 Ok(()) => {}
             }
-            wire::write_response(stream, &Response::Have).await?;
-            return stream.close().await;
+            return wire::answer(stream, &Response::Have).await;
         };
         // Given back however this put ends, an early return or the stream closed to make
         // way for another (which drops this future at any await).
@@ -498,8 +510,7 @@ impl ShardStore {
             Ok(()) => {
                 self.count(|s| s.puts += 1);
                 self.note_room();
-                wire::write_response(stream, &Response::Stored).await?;
-                stream.close().await
+                wire::answer(stream, &Response::Stored).await
             }
             Err(e) => match e {
                 Receive::Refused(reason) => self.refuse(stream, reason).await,
@@ -564,9 +575,13 @@ impl ShardStore {
                 }
                 disk(e)
             })?;
-            wire::write_response(stream, &Response::Ready)
-                .await
-                .map_err(Receive::Io)?;
+            deadline(
+                HEADER_TIMEOUT,
+                "sending ready",
+                wire::write_response(stream, &Response::Ready),
+            )
+            .await
+            .map_err(Receive::Io)?;
             moved.moving(true);
             let mut hasher = ShardHasher::default();
             let batch = BATCH_BYTES;
@@ -692,7 +707,12 @@ impl ShardStore {
             Ok(x) => x,
             Err(e) => return self.refuse(stream, self.unreadable(contract, id, &e)).await,
         };
-        wire::write_response(stream, &Response::Data { len }).await?;
+        deadline(
+            HEADER_TIMEOUT,
+            "sending the shard's length",
+            wire::write_response(stream, &Response::Data { len }),
+        )
+        .await?;
         // The next batch is read from the disk while this one is hashed and sent.
         let batch = BATCH_BYTES;
         let read_next = |mut file: DirectReader, mut buf: AlignedBuf, n: usize| {
@@ -726,14 +746,14 @@ impl ShardStore {
         }
         moved.moving(false);
         self.buffers.give(spare);
-        stream.flush().await?;
+        deadline(IDLE_TIMEOUT, "flushing shard bytes", stream.flush()).await?;
         if hasher.finalize() != id {
             // The reader checks too and will use another shard; stop serving this one.
             self.quarantine(contract, &dir, id).await;
         } else {
             self.count(|s| s.gets += 1);
         }
-        stream.close().await
+        deadline(HEADER_TIMEOUT, "closing the stream", stream.close()).await
     }
 
     /// Forget that `contract` holds `id`, uncounting the bytes counted for it.
@@ -779,9 +799,20 @@ impl ShardStore {
             Ok(x) => x,
             Err(reason) => return Response::Refused(reason),
         };
+        let path = shard_path(&dir, &id);
+        // A leaf the shard does not have is answered from its length, not by reading it.
+        match tokio::fs::metadata(&path).await {
+            Ok(meta) if leaf >= crate::shard::leaves(meta.len()) => {
+                return Response::Refused(format!("shard {id} has no leaf {leaf}"));
+            }
+            Ok(_) => {}
+            Err(e) => return Response::Refused(self.unreadable(contract, id, &e)),
+        }
+        let Ok(_turn) = self.audits.acquire().await else {
+            return Response::Refused("this node is stopping".into());
+        };
         // Hashed as it is read, keeping only the leaf asked for: an audit costs a node a
         // megabyte of memory, not the whole shard.
-        let path = shard_path(&dir, &id);
         let read = blocking(move || {
             use std::io::Read;
             let mut file = std::fs::File::open(&path)?;
@@ -951,7 +982,7 @@ impl ShardStore {
         )
     }
 
-    fn put_pointer(&self, pointer: SignedPointer) -> Response {
+    async fn put_pointer(&self, pointer: SignedPointer) -> Response {
         let owner = pointer.pointer.owner;
         let holds = self.state().contracts.values().any(|c| c.owner == owner);
         if !holds {
@@ -965,10 +996,10 @@ impl ShardStore {
                 self.chain
             ));
         }
-        let _writing = self.pointer_write.lock().unwrap_or_else(|e| e.into_inner());
+        let _writing = self.pointer_write.lock().await;
         // A kept pointer that does not verify for this grid (signed before pointers named
         // their grid) is not the owner's newest: it must not block a new one.
-        if let Some(kept) = self.pointer(&owner).filter(|k| k.verify(&self.chain))
+        if let Some(kept) = (self.pointer(&owner).await).filter(|k| k.verify(&self.chain))
             && kept.pointer.seq >= pointer.pointer.seq
         {
             return Response::Done;
@@ -981,7 +1012,7 @@ impl ShardStore {
             self.note_full(&full);
             return Response::Full(full.to_string());
         }
-        match write_atomic(&path, &bytes) {
+        match blocking(move || write_atomic(&path, &bytes)).await {
             Ok(()) => Response::Done,
             Err(e) if is_disk_full(&e) => {
                 let full = self.disk.full(&self.pointers, need);
@@ -999,8 +1030,7 @@ impl ShardStore {
     ) -> std::io::Result<()> {
         debug!(%reason, "shard request refused");
         self.count(|s| s.refused += 1);
-        wire::write_response(stream, &Response::Refused(reason)).await?;
-        stream.close().await
+        wire::answer(stream, &Response::Refused(reason)).await
     }
 
     async fn refuse_full(
@@ -1010,8 +1040,7 @@ impl ShardStore {
     ) -> std::io::Result<()> {
         self.note_full(&full);
         self.count(|s| s.refused += 1);
-        wire::write_response(stream, &Response::Full(full.to_string())).await?;
-        stream.close().await
+        wire::answer(stream, &Response::Full(full.to_string())).await
     }
 }
 
@@ -1069,6 +1098,8 @@ pub struct StreamLimits {
     pub floor_bytes_per_sec: u64,
     /// How long a stream may move nothing before it can be closed for another.
     pub grace: Duration,
+    /// How long a stream may wait with no request before it can be closed for another.
+    pub header_grace: Duration,
 }
 
 impl Default for StreamLimits {
@@ -1078,6 +1109,7 @@ impl Default for StreamLimits {
             per_peer: STREAMS_PER_PEER_MAX,
             floor_bytes_per_sec: STREAM_FLOOR_BYTES_PER_SEC,
             grace: STREAM_GRACE,
+            header_grace: HEADER_GRACE,
         }
     }
 }
@@ -1125,6 +1157,8 @@ struct Progress {
     /// its unlink and its count, or a put while it moves its file into place, would
     /// leave the store's counts wrong.
     closable: AtomicBool,
+    /// Whether the stream's request is still awaited.
+    awaiting_request: AtomicBool,
 }
 
 impl Progress {
@@ -1133,7 +1167,13 @@ impl Progress {
             started: Instant::now(),
             bytes: AtomicU64::new(0),
             closable: AtomicBool::new(false),
+            awaiting_request: AtomicBool::new(true),
         }
+    }
+
+    /// The request arrived: the stream works from now.
+    fn request_read(&self) {
+        self.awaiting_request.store(false, Ordering::Relaxed);
     }
 
     fn moved(&self, n: usize) {
@@ -1148,10 +1188,13 @@ impl Progress {
     /// Its average rate, when it moves shard bytes, is old enough and below `limits`'
     /// floor.
     fn too_slow(&self, limits: &StreamLimits, now: Instant) -> Option<f64> {
+        let age = now.saturating_duration_since(self.started);
+        if self.awaiting_request.load(Ordering::Relaxed) {
+            return (age >= limits.header_grace).then_some(0.0);
+        }
         if !self.closable.load(Ordering::Relaxed) {
             return None;
         }
-        let age = now.saturating_duration_since(self.started);
         let rate = self.bytes.load(Ordering::Relaxed) as f64 / age.as_secs_f64().max(1e-3);
         (age >= limits.grace && rate < limits.floor_bytes_per_sec as f64).then_some(rate)
     }
@@ -1264,11 +1307,24 @@ mod tests {
         };
         let at = |age_secs: u64, bytes: u64| {
             let p = Progress::new();
+            p.request_read();
             p.moving(true);
             p.bytes.store(bytes, Ordering::Relaxed);
             p.too_slow(&limits, p.started + Duration::from_secs(age_secs))
         };
+        let silent = Progress::new();
+        assert_eq!(
+            silent.too_slow(&limits, silent.started + Duration::from_secs(1)),
+            None,
+            "a request is given a moment to arrive"
+        );
+        assert_eq!(
+            silent.too_slow(&limits, silent.started + limits.header_grace),
+            Some(0.0),
+            "a stream that sends no request only holds a slot: it goes first"
+        );
         let idle = Progress::new();
+        idle.request_read();
         assert_eq!(
             idle.too_slow(&limits, idle.started + Duration::from_secs(60)),
             None,

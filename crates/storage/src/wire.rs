@@ -297,6 +297,16 @@ pub async fn write_response<S: AsyncWrite + Unpin>(
     io.flush().await
 }
 
+/// Write one response and close the stream, within [`HEADER_TIMEOUT`]: a peer that
+/// stops reading cannot hold the node's stream slot with an answer it does not take.
+pub async fn answer<S: AsyncWrite + Unpin>(io: &mut S, response: &Response) -> std::io::Result<()> {
+    deadline(HEADER_TIMEOUT, "sending the answer", async {
+        write_response(io, response).await?;
+        io.close().await
+    })
+    .await
+}
+
 /// Read one response header.
 pub async fn read_response<S: AsyncRead + Unpin>(io: &mut S) -> std::io::Result<Response> {
     let body = read_frame(io).await?;

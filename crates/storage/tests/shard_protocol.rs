@@ -253,6 +253,10 @@ async fn owners_store_readers_fetch_and_nothing_else_goes() {
             "leaf {leaf}"
         );
     }
+    let beyond = wire::audit(&r.owner_mesh, peer, id, 1 << 40)
+        .await
+        .expect_err("a leaf the shard does not have");
+    assert!(beyond.to_string().contains("has no leaf"), "{beyond}");
 
     // Pointers: only signed by the owner they name, and only the newest is kept.
     let pointer = |seq| {
@@ -610,6 +614,7 @@ async fn streams_that_trickle_make_way_when_every_slot_is_taken() {
         per_peer: 2,
         floor_bytes_per_sec: 64 << 10,
         grace,
+        ..StreamLimits::default()
     })
     .await;
     let peer = r.node.peer_id();
@@ -676,4 +681,47 @@ async fn streams_that_trickle_make_way_when_every_slot_is_taken() {
     }
     assert_eq!(r.store.used().get(&2).copied(), Some(0));
     assert_eq!(temporary(), 0, "no temporary file left behind");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_that_send_no_request_make_way_when_every_slot_is_taken() {
+    let header_grace = Duration::from_secs(3);
+    let r = rig_with(StreamLimits {
+        all: 2,
+        per_peer: 2,
+        // Puts trickling shard bytes are not what this is about: never closed for it here.
+        grace: Duration::from_secs(3600),
+        header_grace,
+        ..StreamLimits::default()
+    })
+    .await;
+    let peer = r.node.peer_id();
+    let (stranger, _) = r.owner_and_stranger().await;
+    // A peer takes every slot with streams whose request never comes (a byte of it sent,
+    // so that the node has the streams).
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = stranger
+            .open_stream(peer, wire::SHARD_PROTOCOL)
+            .await
+            .expect("open");
+        futures::AsyncWriteExt::write_all(&mut s, &[1])
+            .await
+            .expect("a byte");
+        futures::AsyncWriteExt::flush(&mut s).await.expect("flush");
+        held.push(s);
+    }
+    let bytes = [4u8; 10_000];
+    let id = shard_id(&bytes);
+    assert!(
+        wire::put(&r.owner_mesh, peer, 1, id, &bytes).await.is_err(),
+        "the silent streams hold the slots while their request may still come"
+    );
+    tokio::time::sleep(header_grace + Duration::from_millis(200)).await;
+    assert_eq!(
+        wire::put(&r.owner_mesh, peer, 1, id, &bytes)
+            .await
+            .expect("a stream with no request makes way"),
+        PutOutcome::Stored
+    );
 }
