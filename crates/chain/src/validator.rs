@@ -384,10 +384,10 @@ async fn serve(
         .with_context(|| format!("cannot listen for the API on {}", cfg.api_listen))?;
     info!(api = %cfg.api_listen, p2p = %cfg.p2p_listen, "validator running");
     // The peer's address bounds how many event streams one client holds.
-    let app = api::router(Api::new(shared, Some(gossip)))
-        .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let app = api::router(Api::new(shared, Some(gossip)));
+    let limits = peergrid_core::http::Limits::for_this_process();
     tokio::select! {
-        served = axum::serve(listener, app) => served.context("API server stopped")?,
+        () = peergrid_core::http::serve(listener, app, limits) => {}
         _ = stop => info!("stopping"),
     }
     Ok(())

@@ -211,9 +211,14 @@ async fn objects(
 pub fn run(globals: &Globals, cmd: StoreCommand) -> anyhow::Result<()> {
     crate::runtime()?.block_on(async {
         let storage = connect(globals).await?;
-        let result = command(globals, &storage, cmd).await;
+        // A reader gone from stdout unwinds out of the command (see `output::write_out`):
+        // the connections are closed first all the same, so nodes see a clean end.
+        let result = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(command(
+            globals, &storage, cmd,
+        )))
+        .await;
         storage.close().await;
-        result
+        result.unwrap_or_else(|unwound| std::panic::resume_unwind(unwound))
     })
 }
 

@@ -39,6 +39,10 @@ pub use peergrid_types::{AtHeight, Event, FinalizedBlock, Page, TxError, TxOutco
 /// Longest wait for a validator to accept a connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long the first choice of a validator waits for any to answer.
+const CHOOSE_WITHIN: Duration = Duration::from_secs(3);
+/// After the first validator answered, how long the others get (at least).
+const CHOOSE_AFTER_FIRST: Duration = Duration::from_millis(250);
 /// How long a signed transaction stays valid by default.
 pub const TX_LIFETIME: Duration = Duration::from_secs(300);
 
@@ -129,6 +133,8 @@ pub struct Client {
     /// Held while the anchor is asked of the validators, so that proven reads started
     /// together ask once, not each.
     anchoring: tokio::sync::Mutex<()>,
+    /// Set once the validator to start from was chosen (see [`Client::choose`]).
+    chosen: tokio::sync::OnceCell<()>,
 }
 
 impl Client {
@@ -164,6 +170,7 @@ impl Client {
             bootstrap: Vec::new(),
             trust: Mutex::default(),
             anchoring: tokio::sync::Mutex::new(()),
+            chosen: tokio::sync::OnceCell::new(),
         }
     }
 
@@ -202,11 +209,64 @@ impl Client {
         &self.urls
     }
 
+    /// Before the first request, choose the validator to start from: all are asked at
+    /// once how far their ledger is, and the one furthest along among those answering
+    /// soon is taken (the first listed of equals). A frozen validator still takes TCP
+    /// connections and would hold every request for its whole timeout, and one catching
+    /// up after a pause answers with a ledger tens of seconds old: neither is chosen.
+    async fn choose(&self) {
+        if self.urls.len() < 2 {
+            return;
+        }
+        self.chosen
+            .get_or_init(|| async {
+                let started = Instant::now();
+                let mut asks: futures::stream::FuturesUnordered<_> = (self.urls.iter())
+                    .enumerate()
+                    .map(|(index, url)| async move {
+                        let height = async {
+                            let r = (self.http.get(format!("{url}{}", routes::STATUS)))
+                                .send()
+                                .await
+                                .ok()?;
+                            if !r.status().is_success() {
+                                return None;
+                            }
+                            let read: AtHeight<serde::de::IgnoredAny> = r.json().await.ok()?;
+                            Some(read.height)
+                        }
+                        .await;
+                        (index, height)
+                    })
+                    .collect();
+                let mut best: Option<(u64, usize)> = None;
+                let mut until = started + CHOOSE_WITHIN;
+                while let Ok(Some((index, height))) =
+                    tokio::time::timeout_at(until.into(), asks.next()).await
+                {
+                    let Some(height) = height else { continue };
+                    if best.is_none() {
+                        // The others get as long again as the first took, or a moment.
+                        until = Instant::now() + CHOOSE_AFTER_FIRST.max(started.elapsed());
+                    }
+                    if best.is_none_or(|(h, i)| height > h || (height == h && index < i)) {
+                        best = Some((height, index));
+                    }
+                }
+                if let Some((height, index)) = best {
+                    debug!(url = %self.urls[index], height, "validator chosen: the furthest along of those answering");
+                    self.current.store(index, Ordering::Relaxed);
+                }
+            })
+            .await;
+    }
+
     /// Send `build(url)` to one validator after another until one answers.
     async fn call<T: DeserializeOwned>(
         &self,
         build: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
     ) -> Result<T, ClientError> {
+        self.choose().await;
         let start = self.current.load(Ordering::Relaxed);
         let mut last = String::from("no validator configured");
         for i in 0..self.urls.len() {
@@ -808,6 +868,7 @@ impl Client {
     /// The event stream from height `next`, from the first validator that opens it; waits
     /// and tries them all again while none does.
     async fn open_events(&self, next: u64) -> EventStream {
+        self.choose().await;
         let mut pause = Duration::from_millis(100);
         loop {
             // A validator that refuses for load says when to come back (Retry-After).

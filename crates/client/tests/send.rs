@@ -25,6 +25,8 @@ struct Ledger {
     posted: Vec<(u64, TxHash)>,
     /// How to refuse the next posts (status, kind); accepted once none is left.
     refusals: VecDeque<(u16, &'static str)>,
+    /// The height its status says its ledger is at.
+    height: u64,
 }
 
 type Shared = Arc<Mutex<Ledger>>;
@@ -38,8 +40,16 @@ fn at<T>(data: T) -> AtHeight<T> {
     }
 }
 
-async fn status() -> Json<AtHeight<Status>> {
-    Json(at(Status {
+async fn status(State(ledger): State<Shared>) -> Json<AtHeight<Status>> {
+    let height = ledger.lock().expect("lock").height;
+    Json(AtHeight {
+        height,
+        ..status_at()
+    })
+}
+
+fn status_at() -> AtHeight<Status> {
+    at(Status {
         chain_id: "send-test".into(),
         genesis_hash: Hash([2; 32]),
         time_ms: 1_700_000_000_000,
@@ -59,7 +69,7 @@ async fn status() -> Json<AtHeight<Status>> {
         mempool: 0,
         params: Params::devnet(),
         mesh_bootstrap: Vec::new(),
-    }))
+    })
 }
 
 async fn account(
@@ -108,6 +118,7 @@ async fn validator(refusals: &[(u16, &'static str)]) -> (String, Shared) {
     let ledger = Arc::new(Mutex::new(Ledger {
         nonce: 5,
         refusals: refusals.iter().copied().collect(),
+        height: 10,
         ..Ledger::default()
     }));
     let app = Router::new()
@@ -194,4 +205,32 @@ async fn another_refusal_is_not_retried() {
         other => panic!("expected the refusal, got {other:?}"),
     }
     assert_eq!(ledger.lock().expect("lock").posted.len(), 1);
+}
+
+/// A process that takes connections and never answers, as a SIGSTOPped validator does
+/// (the kernel completes the handshakes); the listener must be kept.
+async fn frozen() -> (String, tokio::net::TcpListener) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a free port");
+    let url = format!("http://{}", listener.local_addr().expect("an address"));
+    (url, listener)
+}
+
+#[tokio::test]
+async fn the_client_asks_the_validator_furthest_along_and_not_a_frozen_one() {
+    let (stuck, _held) = frozen().await;
+    let (behind, _) = validator(&[]).await;
+    let (ahead, ledger) = validator(&[]).await;
+    ledger.lock().expect("lock").height = 50;
+    // Listed first, as a CLI's first validator would be.
+    let client = Client::new(vec![stuck, behind, ahead]);
+    let started = Instant::now();
+    let status = client.status().await.expect("status");
+    assert_eq!(status.height, 50, "the validator furthest along answers");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "the frozen validator's 10 s request deadline was waited: {:?}",
+        started.elapsed()
+    );
 }

@@ -5,8 +5,9 @@
 //! Everything the ledger records and every participant signs is defined here, with
 //! one canonical binary encoding (borsh) and one readable form for people (JSON and
 //! the strings printed by the CLI). Nothing in this crate does IO except the key
-//! file helpers in [`keys`], atomic writes and free space in [`fs`], and the test
-//! support in [`disklab`].
+//! file helpers in [`keys`], atomic writes and free space in [`fs`], the test
+//! support in [`disklab`], and, with the `http` feature, the HTTP serving loop that
+//! the validator's API and the node's entry share (`http`).
 
 pub mod account;
 pub mod amount;
@@ -16,6 +17,8 @@ pub mod disklab;
 pub mod economics;
 pub mod fs;
 pub mod hash;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod keys;
 #[cfg(feature = "openapi")]
 mod openapi;

@@ -31,11 +31,8 @@ pub async fn serve(
     let bound = listener.local_addr()?;
     compute.set_http(bound);
     let app = Router::new().fallback(route).with_state(compute);
-    let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "the workloads' HTTP entry stopped");
-        }
-    });
+    let limits = peergrid_core::http::Limits::for_this_process();
+    let task = tokio::spawn(peergrid_core::http::serve(listener, app, limits));
     Ok((bound, task))
 }
 

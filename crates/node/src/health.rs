@@ -36,11 +36,8 @@ pub async fn serve(
         .route(node_routes::WORKLOADS, get(workloads))
         .route(node_routes::METRICS, get(metrics))
         .with_state(shared);
-    let task = tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "health endpoint stopped");
-        }
-    });
+    let limits = peergrid_core::http::Limits::for_this_process();
+    let task = tokio::spawn(peergrid_core::http::serve(listener, app, limits));
     Ok((bound, task))
 }
 
