@@ -293,7 +293,19 @@ pub(crate) fn check_component(
     hash: &[u8; 32],
     bytes: &[u8],
     kind: WorkloadKind,
+    memory_bytes: u64,
 ) -> anyhow::Result<()> {
+    // A component whose memory starts larger than its instances may have would be
+    // "running" and fail every request: said here, before any contract is paid for.
+    let needs = peergrid_compute::memory_at_start(bytes)?;
+    if needs > memory_bytes {
+        let mib = needs.div_ceil(1 << 20).max(1);
+        bail!(
+            "it needs {} of memory as it starts, and its instances may have {}: give --memory {mib}MiB or more",
+            Size(needs),
+            Size(memory_bytes)
+        );
+    }
     let runtime = Runtime::new(RuntimeConfig {
         cache_dir: None,
         max_instances: 1,
@@ -303,9 +315,6 @@ pub(crate) fn check_component(
     .context("cannot start a WebAssembly runtime to check the component")?;
     match runtime.prepare(hash, bytes, kind) {
         Ok(_) => Ok(()),
-        Err(e @ peergrid_compute::ComputeError::KindMismatch { .. }) => {
-            bail!("{e}: deploy it with `--kind http` or `--kind job`, whichever it is")
-        }
         Err(e) => Err(e.into()),
     }
 }
@@ -459,6 +468,13 @@ pub(crate) struct Placement {
     sent: Mutex<HashMap<PeerId, bool>>,
     /// The deployment has a service, so each replica has a URL.
     serves_http: bool,
+    /// Why the account cannot pay for a contract, once the ledger said so: every other
+    /// node would say the same, so none is tried after it.
+    unpaid: std::sync::Mutex<Option<String>>,
+    /// Contracts this placement created and did not cancel, to undo an interrupted one.
+    created: std::sync::Mutex<Vec<ContractId>>,
+    /// Set when the user interrupts: no new node is tried, no start waited for.
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 /// The component served to the nodes while a placement lasts; stops when dropped.
@@ -510,6 +526,9 @@ impl Placement {
             queue: Mutex::new(queue),
             tx: Mutex::new(()),
             sent: Mutex::new(HashMap::new()),
+            unpaid: std::sync::Mutex::new(None),
+            created: std::sync::Mutex::new(Vec::new()),
+            stop: tokio::sync::watch::channel(false).0,
         });
         let p = placement.clone();
         let watcher = tokio::spawn(async move {
@@ -523,6 +542,41 @@ impl Placement {
     /// The mesh peer placing the replicas.
     pub(crate) fn mesh(&self) -> &Mesh {
         &self.mesh
+    }
+
+    /// Stop placing: what is under way ends at its next step.
+    pub(crate) fn stop(&self) {
+        self.stop.send_replace(true);
+    }
+
+    /// Resolves once [`Placement::stop`] was called.
+    async fn stopped(&self) {
+        let mut stop = self.stop.subscribe();
+        let _ = stop.wait_for(|s| *s).await;
+    }
+
+    /// The contracts created and not cancelled so far.
+    pub(crate) fn created(&self) -> Vec<ContractId> {
+        self.created
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn note_created(&self, contract: ContractId, kept: bool) {
+        let mut created = self.created.lock().unwrap_or_else(|p| p.into_inner());
+        created.retain(|c| *c != contract);
+        if kept {
+            created.push(contract);
+        }
+    }
+
+    /// Why the account could not pay for a contract, if the ledger said it cannot.
+    pub(crate) fn unpaid(&self) -> Option<String> {
+        self.unpaid
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The deployment's hash, which each contract holds.
@@ -607,20 +661,41 @@ impl Placement {
     /// Place one replica: take nodes from the queue until one runs it.
     pub(crate) async fn place(&self) -> Option<Replica> {
         loop {
+            if *self.stop.borrow() {
+                return None;
+            }
             let node = self.queue.lock().await.pop_front()?;
             let id = node.node.id;
             let contract = match self.create_contract(id).await {
                 Ok(c) => c,
+                Err(e) if format!("{e:#}").contains("insufficient balance") => {
+                    self.queue.lock().await.clear();
+                    let mut unpaid = self.unpaid.lock().unwrap_or_else(|p| p.into_inner());
+                    if unpaid.is_none() {
+                        say(
+                            self.json,
+                            format!("your account cannot pay for another contract: {e:#}"),
+                        );
+                        *unpaid = Some(format!("{e:#}"));
+                    }
+                    return None;
+                }
                 Err(e) => {
                     say(self.json, format!("node {id}: {e:#}; trying another node"));
                     continue;
                 }
             };
+            self.note_created(contract, true);
             say(
                 self.json,
                 format!("contract {contract} finalized on node {id}"),
             );
-            match self.start_on(&node, contract).await {
+            let started = tokio::select! {
+                started = self.start_on(&node, contract) => started,
+                // Left to whoever stopped the placement, which cancels what it created.
+                () = self.stopped() => return None,
+            };
+            match started {
                 Ok(url) => {
                     return Some(Replica {
                         contract,
@@ -631,6 +706,7 @@ impl Placement {
                 Err(e) => {
                     say(self.json, format!("node {id}: {e:#}; trying another node"));
                     self.cancel(contract).await;
+                    self.note_created(contract, false);
                 }
             }
         }
@@ -767,7 +843,7 @@ pub fn deploy(globals: &Globals, args: DeployArgs) -> anyhow::Result<()> {
         json,
         format!("checking {} ({} bytes) …", args.wasm.display(), bytes.len()),
     );
-    check_component(&component, &bytes, kind)
+    check_component(&component, &bytes, kind, spec.memory_bytes)
         .with_context(|| format!("{} cannot be deployed", args.wasm.display()))?;
     say(
         json,
@@ -804,17 +880,39 @@ pub fn deploy(globals: &Globals, args: DeployArgs) -> anyhow::Result<()> {
             queue,
         )
         .await?;
-        let replicas: Vec<Replica> = futures::future::join_all((0..args.replicas).map(|_| {
+        let placing = futures::future::join_all((0..args.replicas).map(|_| {
             let p = placement.clone();
             async move { p.place().await }
-        }))
-        .await
-        .into_iter()
-        .flatten()
-        .collect();
+        }));
+        tokio::pin!(placing);
+        let placed = tokio::select! {
+            placed = &mut placing => placed,
+            _ = tokio::signal::ctrl_c() => {
+                // A contract is paid for from its creation: an interrupted deploy undoes
+                // what it made rather than leave contracts no `app` command knows.
+                say(json, "interrupted: finishing the transactions under way, then cancelling the contracts this deploy made (Ctrl-C again leaves them)");
+                placement.stop();
+                tokio::select! {
+                    _ = &mut placing => {}
+                    _ = tokio::signal::ctrl_c() => {
+                        bail!("interrupted again: contracts {:?} are left; cancel each with `peergrid contract cancel ID`", placement.created());
+                    }
+                }
+                for contract in placement.created() {
+                    placement.cancel(contract).await;
+                }
+                drop(serving);
+                placement.mesh().close().await;
+                bail!("interrupted: {name} was not deployed");
+            }
+        };
+        let replicas: Vec<Replica> = placed.into_iter().flatten().collect();
         drop(serving);
         placement.mesh().close().await;
         if replicas.is_empty() {
+            if let Some(reason) = placement.unpaid() {
+                bail!("no node runs {name}: your account cannot pay for its contract: {reason}");
+            }
             bail!("no node runs {name}: every node tried failed (see above)");
         }
         let app = App {
@@ -884,6 +982,11 @@ pub(crate) async fn replica_logs(
     let request = LogsRequest::sign(key, contract, workload);
     match tokio::time::timeout(LOGS_TIMEOUT, protocol::logs(mesh, peer, &request)).await {
         Ok(Ok(logs)) => Ok(logs),
+        // The mesh's own words are about addresses and transports: first say what it means.
+        Ok(Err(e @ RpcError::Mesh(_))) => Err(anyhow::anyhow!(
+            "node {node} cannot be reached (it is {} on the ledger; see `peergrid node list`): {e}",
+            view.data.status
+        )),
         Ok(Err(e)) => Err(anyhow::anyhow!("node {node}: {e}")),
         Err(_) => bail!(
             "node {node} did not answer within {} s",
@@ -950,7 +1053,7 @@ fn update(globals: &Globals, file: &Path, mut apps: Apps, args: UpdateArgs) -> a
     if Hash::of(&deployment).to_string() == app.deployment {
         bail!("{name} already runs this component with these settings; nothing to update");
     }
-    check_component(&component, &bytes, kind)
+    check_component(&component, &bytes, kind, spec.memory_bytes)
         .with_context(|| format!("{} cannot be deployed", args.wasm.display()))?;
     let client = globals.client()?;
     let mut updated = app.clone();
@@ -1046,9 +1149,11 @@ pub fn app(globals: &Globals, cmd: AppCommand) -> anyhow::Result<()> {
             crate::runtime()?.block_on(async {
                 let mesh = mesh_peer(&client, &key).await?;
                 let mut rows = Vec::new();
+                let mut unread = 0;
                 for r in &app.replicas {
                     let logs =
                         replica_logs(&client, &mesh, &key, r.node, r.contract, &app.name).await;
+                    unread += usize::from(logs.is_err());
                     if globals.json {
                         rows.push(match logs {
                             Ok(l) => json!({ "node": r.node, "logs": l }),
@@ -1068,7 +1173,13 @@ pub fn app(globals: &Globals, cmd: AppCommand) -> anyhow::Result<()> {
                 }
                 mesh.close().await;
                 if globals.json {
-                    return output::json(&json!({ "app": app.name, "replicas": rows }));
+                    output::json(&json!({ "app": app.name, "replicas": rows }))?;
+                }
+                if unread > 0 {
+                    bail!(
+                        "the output of {unread} of {} replicas could not be read (see above)",
+                        app.replicas.len()
+                    );
                 }
                 Ok(())
             })

@@ -91,7 +91,7 @@ pub fn job(globals: &Globals, cmd: JobCommand) -> anyhow::Result<()> {
         args: args.args.clone(),
     };
     let deployment = spec.deployment(&name, WorkloadKind::Job, component)?;
-    check_component(&component, &bytes, WorkloadKind::Job)
+    check_component(&component, &bytes, WorkloadKind::Job, spec.memory_bytes)
         .with_context(|| format!("{} cannot run as a job", args.wasm.display()))?;
     let client = globals.client()?;
     let key = globals.keypair()?;
@@ -112,6 +112,11 @@ pub fn job(globals: &Globals, cmd: JobCommand) -> anyhow::Result<()> {
         )
         .await?;
         let Some(replica) = placement.place().await else {
+            if let Some(reason) = placement.unpaid() {
+                bail!(
+                    "no node could run the job: your account cannot pay for its contract: {reason}"
+                );
+            }
             bail!("no node could run the job: every node tried failed (see above)");
         };
         drop(serving);

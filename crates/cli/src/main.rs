@@ -329,7 +329,10 @@ fn init_logging(level: &str) {
 
 fn main() -> ExitCode {
     peergrid_mesh::memory::keep_freed_memory();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return argument_error(e),
+    };
     init_logging(default_filter(cli.verbose, &cli.command));
     let json = cli.json;
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli)));
@@ -343,7 +346,10 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let message = error_message(&e);
+            let mut message = error_message(&e);
+            if message.contains("insufficient balance") {
+                message.push_str(&funding_hint());
+            }
             eprintln!("error: {message}");
             // A script asking for JSON gets one object even from a command that failed
             // before printing its own (which already says what went wrong, then exits 1).
@@ -356,6 +362,39 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A command line that does not parse: clap's own message and status (2; 0 for --help
+/// and --version), and with --json also the `{"error": …}` object every failure gives.
+fn argument_error(e: clap::Error) -> ExitCode {
+    let wants_json = std::env::args().skip(1).any(|a| a == "--json");
+    if wants_json && e.use_stderr() {
+        let rendered = e.render().to_string();
+        let first = rendered.lines().next().unwrap_or_default();
+        let message = first.strip_prefix("error: ").unwrap_or(first);
+        let error = serde_json::json!({ "error": message });
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout().lock(), "{error}");
+    }
+    let _ = e.print();
+    ExitCode::from(e.exit_code().clamp(0, 255) as u8)
+}
+
+/// How an account without tokens gets some, added to an "insufficient balance" error.
+fn funding_hint() -> String {
+    let faucet = peergrid_devnet::default_dir()
+        .join("keys")
+        .join("faucet.json");
+    let mut hint = String::from(
+        "; an account gets tokens by a transfer from a funded one (`peergrid key show` prints yours)",
+    );
+    if faucet.exists() {
+        hint.push_str(&format!(
+            ", on this devnet from its faucet: `peergrid --key {} wallet transfer --to ACCOUNT --amount 100`",
+            faucet.display()
+        ));
+    }
+    hint
 }
 
 /// The error chain joined with ": ", without a backtrace. Some errors already print

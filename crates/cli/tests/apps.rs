@@ -154,10 +154,11 @@ fn deploy_call_survive_a_node_and_remove_an_app() {
     std::fs::create_dir_all(&stranger).expect("dir");
     std::fs::copy(home.join("apps.json"), stranger.join("apps.json")).expect("copy");
     assert!(run(&stranger, &["key", "new"]).0, "a stranger's key");
-    let (_, theirs, _) = run(
+    let (read, theirs, _) = run(
         &stranger,
         &["--ledger", &ledger(home), "app", "logs", "hello"],
     );
+    assert!(!read, "a refused read fails the command: {theirs}");
     let refused = theirs["replicas"][1]["error"].as_str().unwrap_or_default();
     assert!(
         refused.contains("owner"),

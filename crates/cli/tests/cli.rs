@@ -491,6 +491,15 @@ fn usage_errors_exit_with_2() {
             .code(),
         Some(2)
     );
+    // With --json the same mistake is also one JSON object on stdout, as every failure.
+    let out = sb.run(&["--json", "genesis", "new", "--validators", "many"]);
+    assert_eq!(out.status.code(), Some(2));
+    let said = parse_json(&out);
+    assert!(text(&said, "error").contains("many"), "{said}");
+    // Help is not an error.
+    let out = sb.run(&["--json", "key", "--help"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"));
 }
 
 #[test]
@@ -617,5 +626,24 @@ fn a_mistyped_phrase_names_the_word_as_people_count() {
     assert!(
         !stderr.contains("zzzz"),
         "the phrase's words are not echoed: {stderr}"
+    );
+}
+
+#[test]
+fn a_component_whose_memory_starts_above_its_limit_is_refused_before_any_contract() {
+    let sb = Sandbox::new();
+    let hello = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/apps/hello/hello.wasm")
+        .display()
+        .to_string();
+    // No ledger is reachable here: the refusal comes before anything is asked of one.
+    let out = sb.run(&["deploy", &hello, "--memory", "64KiB"]);
+    assert_eq!(out.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("error: ")
+            && said.contains("of memory as it starts")
+            && said.contains("give --memory"),
+        "{said}"
     );
 }

@@ -344,7 +344,12 @@ fn a_newcomer_runs_a_devnet_and_sends_a_transfer_that_finalizes() {
         .output()
         .expect("run");
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("insufficient balance"));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("insufficient balance"), "{said}");
+    assert!(
+        said.contains("an account gets tokens by a transfer from a funded one"),
+        "says how to get tokens: {said}"
+    );
     let (_, got) = json(home, &["wallet", "balance", receiver]);
     assert_eq!(got["balance"], "2.5");
 

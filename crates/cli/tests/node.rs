@@ -99,6 +99,25 @@ async fn a_farmer_runs_a_node_that_follows_its_contracts_across_restarts() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("does not own farm"), "{err}");
 
+    // A port in use stops the start before the node registers: no node is left on the
+    // ledger that will never run.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a port to take");
+    let port = taken.local_addr().expect("addr").port();
+    let out = node_command(&home, farm_id, &home.join("node-c"), port)
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("pick another with --health"), "{err}");
+    let (ok, listed, err) = run(&home, &["node", "list", "--farm", &farm_id.to_string()]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        listed["nodes"].as_array().map(Vec::len),
+        Some(0),
+        "no node registered: {listed}"
+    );
+    drop(taken);
+
     // The farmer's node registers and turns up.
     let health_port = base_port + 250;
     let health = format!("http://127.0.0.1:{health_port}");

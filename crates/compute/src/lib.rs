@@ -47,4 +47,4 @@ pub use error::ComputeError;
 pub use http::{RequestBodyError, ResponseBody, ResponseBodyError};
 pub use job::JobOutcome;
 pub use metrics::{LimitExceeded, MetricsSnapshot};
-pub use runtime::{CacheStats, Prepared, Runtime, RuntimeConfig};
+pub use runtime::{CacheStats, Prepared, Runtime, RuntimeConfig, memory_at_start};

@@ -5,6 +5,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use peergrid_compute::{
     ComputeError, LimitExceeded, Limits, Prepared, Runtime, RuntimeConfig, WorkloadKind,
+    memory_at_start,
 };
 use std::path::{Path, PathBuf};
 
@@ -483,4 +484,26 @@ async fn prepare_async_and_many_concurrent_requests() {
         );
     }
     assert_eq!(hello.metrics().requests, 32);
+}
+
+#[test]
+fn the_memory_a_component_starts_with_is_read_from_its_modules() {
+    let two = wat(r#"(component
+        (core module (memory 2))
+        (core module (memory 5 10))
+    )"#);
+    assert_eq!(
+        memory_at_start(&two).expect("parses"),
+        5 * 65_536,
+        "the largest"
+    );
+    let none = wat("(component (core module))");
+    assert_eq!(memory_at_start(&none).expect("parses"), 0);
+    // A Rust-built service starts with its stack in memory: far more than one page.
+    let hello = example("hello");
+    assert!(memory_at_start(&hello).expect("parses") > 64 << 10);
+    assert!(
+        memory_at_start(b"\0asm\x0d\0\x01\0\x05").is_err(),
+        "cut short"
+    );
 }

@@ -113,6 +113,11 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Running> {
     // Before anything in the directory is read or written.
     let lock = DataDirLock::acquire(&config.data_dir)?;
     let key = node_key(&config.data_dir)?;
+    let health_listener = crate::health::listen(config.health_listen).await?;
+    let http_listener = match config.http_listen {
+        Some(addr) => Some(crate::entry::listen(addr).await?),
+        None => None,
+    };
     let disks = if config.disks.is_empty() {
         vec![DiskSpec {
             path: config.data_dir.clone(),
@@ -304,10 +309,10 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Running> {
     serve_protocols(&mesh, shared.clone(), client.clone())?;
     let shard_task =
         peergrid_storage::store::serve(&mesh, storage).context("cannot serve /peergrid/shard/1")?;
-    let (health, health_task) = crate::health::serve(config.health_listen, shared.clone()).await?;
+    let (health, health_task) = crate::health::serve(health_listener, shared.clone()).await?;
     let mut tasks = Vec::new();
-    if let Some(addr) = config.http_listen {
-        let (http, http_task) = crate::entry::serve(addr, compute.clone()).await?;
+    if let Some(listener) = http_listener {
+        let (http, http_task) = crate::entry::serve(listener, compute.clone()).await?;
         info!(%http, "serving workloads over HTTP");
         tasks.push(http_task);
     }

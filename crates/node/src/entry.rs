@@ -18,16 +18,21 @@ use axum::response::{IntoResponse, Response};
 
 use crate::compute::{Compute, Target};
 
-/// Serve the entry on `addr`; returns the bound address and the serving task.
-pub async fn serve(
-    addr: SocketAddr,
-    compute: Arc<Compute>,
-) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+/// Listen on `addr` for the entry: done before the node registers, so that a port in
+/// use stops the start before the ledger has a node that will never run.
+pub async fn listen(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         anyhow::anyhow!(
             "cannot listen on {addr} for the workloads' HTTP entry: {e}; pick another with --http"
         )
-    })?;
+    })
+}
+
+/// Serve the entry on `listener`; returns the bound address and the serving task.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    compute: Arc<Compute>,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let bound = listener.local_addr()?;
     compute.set_http(bound);
     let app = Router::new().fallback(route).with_state(compute);

@@ -19,16 +19,21 @@ use crate::protocol::NodeReport;
 use crate::shared::Shared;
 use peergrid_core::now_ms;
 
-/// Serve the endpoint on `addr`; returns the bound address and the serving task.
-pub async fn serve(
-    addr: SocketAddr,
-    shared: Arc<Shared>,
-) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+/// Listen on `addr` for the endpoint, before the node registers (see
+/// [`crate::entry::listen`]).
+pub async fn listen(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         anyhow::anyhow!(
             "cannot listen on {addr} for the health endpoint: {e}; pick another with --health"
         )
-    })?;
+    })
+}
+
+/// Serve the endpoint on `listener`; returns the bound address and the serving task.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+) -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let bound = listener.local_addr()?;
     let app = Router::new()
         .route(node_routes::HEALTH, get(health))
