@@ -384,8 +384,15 @@ async fn serve(
         .with_context(|| format!("cannot listen for the API on {}", cfg.api_listen))?;
     info!(api = %cfg.api_listen, p2p = %cfg.p2p_listen, "validator running");
     // The peer's address bounds how many event streams one client holds.
-    let app = api::router(Api::new(shared, Some(gossip)));
     let limits = peergrid_core::http::Limits::for_this_process();
+    let mut api = Api::new(shared, Some(gossip));
+    // Event streams hold their connection for good: at most half the connections, so
+    // that the other requests are always served (or refused with a reason).
+    api.event_streams = crate::event_streams::EventStreams::new(
+        crate::event_streams::EVENT_STREAMS_MAX.min(limits.connections / 2),
+        crate::event_streams::EVENT_STREAMS_PER_ADDRESS_MAX,
+    );
+    let app = api::router(api);
     tokio::select! {
         () = peergrid_core::http::serve(listener, app, limits) => {}
         _ = stop => info!("stopping"),

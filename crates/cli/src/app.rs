@@ -295,6 +295,14 @@ pub(crate) fn check_component(
     kind: WorkloadKind,
     memory_bytes: u64,
 ) -> anyhow::Result<()> {
+    let runtime = Runtime::new(RuntimeConfig {
+        cache_dir: None,
+        max_instances: 1,
+        max_memory_bytes: 64 << 20,
+        ..RuntimeConfig::default()
+    })
+    .context("cannot start a WebAssembly runtime to check the component")?;
+    runtime.prepare(hash, bytes, kind)?;
     // A component whose memory starts larger than its instances may have would be
     // "running" and fail every request: said here, before any contract is paid for.
     let needs = peergrid_compute::memory_at_start(bytes)?;
@@ -306,17 +314,7 @@ pub(crate) fn check_component(
             Size(memory_bytes)
         );
     }
-    let runtime = Runtime::new(RuntimeConfig {
-        cache_dir: None,
-        max_instances: 1,
-        max_memory_bytes: 64 << 20,
-        ..RuntimeConfig::default()
-    })
-    .context("cannot start a WebAssembly runtime to check the component")?;
-    match runtime.prepare(hash, bytes, kind) {
-        Ok(_) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    Ok(())
 }
 
 /// One step, live on stderr (also with `--json`, whose one object goes to stdout).
@@ -586,6 +584,10 @@ impl Placement {
 
     async fn create_contract(&self, node: NodeId) -> anyhow::Result<ContractId> {
         let _one = self.tx.lock().await;
+        // Interrupted while this one waited its turn: no new contract.
+        if *self.stop.borrow() {
+            bail!("the deploy was interrupted");
+        }
         let spec = ContractSpec::Deployment {
             node,
             deployment_hash: self.deployment_hash,
@@ -680,6 +682,7 @@ impl Placement {
                     }
                     return None;
                 }
+                Err(_) if *self.stop.borrow() => return None,
                 Err(e) => {
                     say(self.json, format!("node {id}: {e:#}; trying another node"));
                     continue;
@@ -811,6 +814,16 @@ impl Placement {
     }
 }
 
+/// What a deploy interrupted twice may leave: the contracts it knows of, and any whose
+/// transaction was under way.
+fn left_behind(placement: &Placement) -> String {
+    format!(
+        "interrupted again: contracts {:?} are left, and one under way may still be created; \
+         see `peergrid contract list` and cancel each with `peergrid contract cancel ID`",
+        placement.created()
+    )
+}
+
 /// `peergrid deploy`.
 pub fn deploy(globals: &Globals, args: DeployArgs) -> anyhow::Result<()> {
     let json = globals.json;
@@ -894,12 +907,17 @@ pub fn deploy(globals: &Globals, args: DeployArgs) -> anyhow::Result<()> {
                 placement.stop();
                 tokio::select! {
                     _ = &mut placing => {}
-                    _ = tokio::signal::ctrl_c() => {
-                        bail!("interrupted again: contracts {:?} are left; cancel each with `peergrid contract cancel ID`", placement.created());
-                    }
+                    _ = tokio::signal::ctrl_c() => bail!("{}", left_behind(&placement)),
                 }
-                for contract in placement.created() {
-                    placement.cancel(contract).await;
+                let cancelling = async {
+                    for contract in placement.created() {
+                        placement.cancel(contract).await;
+                        placement.note_created(contract, false);
+                    }
+                };
+                tokio::select! {
+                    () = cancelling => {}
+                    _ = tokio::signal::ctrl_c() => bail!("{}", left_behind(&placement)),
                 }
                 drop(serving);
                 placement.mesh().close().await;
@@ -1245,7 +1263,10 @@ pub fn app(globals: &Globals, cmd: AppCommand) -> anyhow::Result<()> {
                                         None => d.state,
                                     })
                                     .unwrap_or_else(|| "unknown (old node)".into()),
-                                Ok(Err(e)) => format!("unreachable ({e})"),
+                                Ok(Err(e)) => format!(
+                                    "unreachable (node {} is {} on the ledger): {e}",
+                                    r.node, n.data.status
+                                ),
                                 Err(_) => "no answer within 5 s".into(),
                             },
                             Err(e) => format!("unknown ({e})"),
@@ -1262,8 +1283,24 @@ pub fn app(globals: &Globals, cmd: AppCommand) -> anyhow::Result<()> {
                     });
                 }
                 mesh.close().await;
+                // A script (or a monitor) learns from the status whether every replica serves.
+                let failing = rows
+                    .iter()
+                    .filter(|r| {
+                        r.contract_state != "live"
+                            || !(r.state == "running" || r.state.starts_with("exited"))
+                    })
+                    .count();
+                let failed = || {
+                    anyhow::anyhow!(
+                        "{failing} of {} replicas of {} are not running (see above)",
+                        rows.len(),
+                        app.name
+                    )
+                };
                 if globals.json {
-                    return output::json(&json!({ "app": app.name, "replicas": rows }));
+                    output::json(&json!({ "app": app.name, "replicas": rows }))?;
+                    return if failing > 0 { Err(failed()) } else { Ok(()) };
                 }
                 outln!("{} ({}), component {}", app.name, app.kind, app.component);
                 for row in &rows {
@@ -1278,6 +1315,9 @@ pub fn app(globals: &Globals, cmd: AppCommand) -> anyhow::Result<()> {
                             .map(|u| format!(", {u}"))
                             .unwrap_or_default()
                     );
+                }
+                if failing > 0 {
+                    return Err(failed());
                 }
                 Ok(())
             })

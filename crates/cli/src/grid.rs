@@ -241,7 +241,11 @@ fn node_ref(text: &str) -> anyhow::Result<()> {
 fn used_short(used: &peergrid_core::capacity::Capacity) -> String {
     let mut parts = Vec::new();
     if used.cru > 0 {
-        parts.push(format!("{} cores", used.cru));
+        parts.push(format!(
+            "{} {}",
+            used.cru,
+            if used.cru == 1 { "core" } else { "cores" }
+        ));
     }
     for (bytes, what) in [(used.mru, "RAM"), (used.sru, "SSD"), (used.hru, "HDD")] {
         if bytes > 0 {

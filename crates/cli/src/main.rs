@@ -174,8 +174,13 @@ impl Globals {
         if let Some(urls) = &self.ledger {
             return Ok(urls
                 .split(',')
-                .map(|u| u.trim().to_string())
+                .map(str::trim)
                 .filter(|u| !u.is_empty())
+                // `--ledger 127.0.0.1:8700` means the plain HTTP API there.
+                .map(|u| match u.contains("://") {
+                    true => u.to_string(),
+                    false => format!("http://{u}"),
+                })
                 .collect());
         }
         match peergrid_devnet::running(&peergrid_devnet::default_dir()) {
@@ -335,6 +340,7 @@ fn main() -> ExitCode {
     };
     init_logging(default_filter(cli.verbose, &cli.command));
     let json = cli.json;
+    let elsewhere = cli.ledger.is_some();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli)));
     let result = match outcome {
         Ok(result) => result,
@@ -348,7 +354,7 @@ fn main() -> ExitCode {
         Err(e) => {
             let mut message = error_message(&e);
             if message.contains("insufficient balance") {
-                message.push_str(&funding_hint());
+                message.push_str(&funding_hint(elsewhere));
             }
             eprintln!("error: {message}");
             // A script asking for JSON gets one object even from a command that failed
@@ -367,7 +373,10 @@ fn main() -> ExitCode {
 /// A command line that does not parse: clap's own message and status (2; 0 for --help
 /// and --version), and with --json also the `{"error": …}` object every failure gives.
 fn argument_error(e: clap::Error) -> ExitCode {
-    let wants_json = std::env::args().skip(1).any(|a| a == "--json");
+    let wants_json = std::env::args_os()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json");
     if wants_json && e.use_stderr() {
         let rendered = e.render().to_string();
         let first = rendered.lines().next().unwrap_or_default();
@@ -380,15 +389,16 @@ fn argument_error(e: clap::Error) -> ExitCode {
     ExitCode::from(e.exit_code().clamp(0, 255) as u8)
 }
 
-/// How an account without tokens gets some, added to an "insufficient balance" error.
-fn funding_hint() -> String {
+/// How an account without tokens gets some, added to an "insufficient balance" error;
+/// the local devnet's faucet is named unless `--ledger` points at another network.
+fn funding_hint(elsewhere: bool) -> String {
     let faucet = peergrid_devnet::default_dir()
         .join("keys")
         .join("faucet.json");
     let mut hint = String::from(
         "; an account gets tokens by a transfer from a funded one (`peergrid key show` prints yours)",
     );
-    if faucet.exists() {
+    if !elsewhere && faucet.exists() {
         hint.push_str(&format!(
             ", on this devnet from its faucet: `peergrid --key {} wallet transfer --to ACCOUNT --amount 100`",
             faucet.display()

@@ -136,7 +136,10 @@ fn deploy_call_survive_a_node_and_remove_an_app() {
     };
     signal("-STOP");
     let other = get(&urls[1]);
+    let (ok, status, _) = run(home, &["app", "status", "hello"]);
     signal("-CONT");
+    assert!(!ok, "a replica not answering fails the status: {status}");
+    assert_eq!(status["replicas"][1]["state"], "running", "{status}");
     assert_eq!(other, Some((200, "hello from peergrid\n".to_string())));
 
     // Its log: what hello printed for each request, read with the owner's signature.

@@ -39,6 +39,8 @@ pub use peergrid_types::{AtHeight, Event, FinalizedBlock, Page, TxError, TxOutco
 /// Longest wait for a validator to accept a connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long an idle connection to a validator is kept for the next request.
+const POOL_IDLE: Duration = Duration::from_secs(10);
 /// How long the first choice of a validator waits for any to answer.
 const CHOOSE_WITHIN: Duration = Duration::from_secs(3);
 /// After the first validator answered, how long the others get (at least).
@@ -148,7 +150,11 @@ impl Client {
             // Only TLS set-up can fail, and without roots it has nothing to load; should it
             // fail anyway, plain HTTP must still work.
             warn!("cannot set up TLS for https:// validators: {}", causes(&e));
-            let plain = || reqwest::Client::builder().connect_timeout(CONNECT_TIMEOUT);
+            let plain = || {
+                reqwest::Client::builder()
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .pool_idle_timeout(POOL_IDLE)
+            };
             (
                 plain()
                     .timeout(Duration::from_secs(10))
@@ -218,8 +224,10 @@ impl Client {
         if self.urls.len() < 2 {
             return;
         }
-        self.chosen
-            .get_or_init(|| async {
+        // None answering is not a choice: the next request asks again.
+        let _ = self
+            .chosen
+            .get_or_try_init(|| async {
                 let started = Instant::now();
                 let mut asks: futures::stream::FuturesUnordered<_> = (self.urls.iter())
                     .enumerate()
@@ -253,10 +261,10 @@ impl Client {
                         best = Some((height, index));
                     }
                 }
-                if let Some((height, index)) = best {
-                    debug!(url = %self.urls[index], height, "validator chosen: the furthest along of those answering");
-                    self.current.store(index, Ordering::Relaxed);
-                }
+                let (height, index) = best.ok_or(())?;
+                debug!(url = %self.urls[index], height, "validator chosen: the furthest along of those answering");
+                self.current.store(index, Ordering::Relaxed);
+                Ok::<(), ()>(())
             })
             .await;
     }
@@ -941,9 +949,12 @@ fn http_clients(
                 b.tls_certs_merge(roots.clone())
             }
         };
+        // Idle connections are dropped before a validator's 15-s idle close (see
+        // `peergrid_core::http`), so no request is sent on one it is closing.
         let calls = tls(reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(Duration::from_secs(10)))
+            .timeout(Duration::from_secs(10))
+            .pool_idle_timeout(POOL_IDLE))
         .build()?;
         let streaming = tls(reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)

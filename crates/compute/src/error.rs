@@ -89,6 +89,11 @@ pub(crate) fn one_line(err: &wasmtime::Error) -> String {
     for cause in err.chain() {
         let msg = cause.to_string();
         let first = msg.lines().next().unwrap_or("").trim().to_string();
+        // The frames of a backtrace follow its heading on the next lines: in one line,
+        // the heading alone says nothing ("wasm backtrace:: wasm trap").
+        if first.starts_with("wasm backtrace") {
+            continue;
+        }
         if !first.is_empty() && !parts.iter().any(|p| p.contains(&first)) {
             parts.push(first);
         }
@@ -97,5 +102,21 @@ pub(crate) fn one_line(err: &wasmtime::Error) -> String {
         "unknown error".to_string()
     } else {
         parts.join(": ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_line_leaves_out_a_backtrace_heading() {
+        let err = wasmtime::Error::msg("wasm trap: out of bounds memory access")
+            .context("wasm backtrace:\n    0:  0x1234 - hello!main")
+            .context("the job failed");
+        assert_eq!(
+            one_line(&err),
+            "the job failed: wasm trap: out of bounds memory access"
+        );
     }
 }

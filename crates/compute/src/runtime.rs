@@ -281,25 +281,26 @@ impl Runtime {
     }
 }
 
-/// The most memory any of a component's memories takes as it starts, in bytes: an
-/// instance given less can never start, and each request to it would fail.
+/// The memory a component's memories take together as it starts, in bytes (an
+/// instance's limit counts them all): an instance given less can never start, and each
+/// request to it would fail.
 pub fn memory_at_start(bytes: &[u8]) -> Result<u64, ComputeError> {
     use wasmtime::wasmparser::{Parser, Payload};
     let invalid = |e: wasmtime::wasmparser::BinaryReaderError| {
         ComputeError::InvalidComponent(e.message().to_string())
     };
-    let mut most = 0u64;
+    let mut total = 0u64;
     for payload in Parser::new(0).parse_all(bytes) {
         // Imported memories are defined by another module of the component, counted there.
         if let Payload::MemorySection(memories) = payload.map_err(invalid)? {
             for memory in memories {
                 let memory = memory.map_err(invalid)?;
                 let page = 1u64 << memory.page_size_log2.unwrap_or(16).min(16);
-                most = most.max(memory.initial.saturating_mul(page));
+                total = total.saturating_add(memory.initial.saturating_mul(page));
             }
         }
     }
-    Ok(most)
+    Ok(total)
 }
 
 /// Refuses what is not a component before handing bytes to the compiler.

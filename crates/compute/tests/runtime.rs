@@ -494,8 +494,8 @@ fn the_memory_a_component_starts_with_is_read_from_its_modules() {
     )"#);
     assert_eq!(
         memory_at_start(&two).expect("parses"),
-        5 * 65_536,
-        "the largest"
+        7 * 65_536,
+        "together, as an instance's limit counts them"
     );
     let none = wat("(component (core module))");
     assert_eq!(memory_at_start(&none).expect("parses"), 0);

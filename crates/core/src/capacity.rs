@@ -121,8 +121,9 @@ impl fmt::Display for Capacity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} cores, {} RAM, {} SSD, {} HDD",
+            "{} {}, {} RAM, {} SSD, {} HDD",
             self.cru,
+            if self.cru == 1 { "core" } else { "cores" },
             human_bytes(self.mru),
             human_bytes(self.sru),
             human_bytes(self.hru)

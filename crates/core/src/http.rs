@@ -152,9 +152,15 @@ mod tests {
             .await
             .expect("send");
         // Both slots are held: a third client waits, and is served once they are closed.
+        let asked = std::time::Instant::now();
         let answer = tokio::time::timeout(Duration::from_secs(5), ask(addr))
             .await
             .expect("served once the silent connections were closed");
+        assert!(
+            asked.elapsed() >= Duration::from_millis(250),
+            "served only once a slot was free: {:?}",
+            asked.elapsed()
+        );
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         assert!(
             answer.ends_with("127.0.0.1"),

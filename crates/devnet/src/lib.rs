@@ -239,9 +239,10 @@ pub fn prepare_with(opts: &Options, extra: &[GenesisBalance]) -> anyhow::Result<
     devnet
         .faucet
         .save(&opts.dir.join("keys/faucet.json"), true)?;
-    std::fs::write(
-        opts.dir.join("demo-mnemonic.txt"),
-        format!("{}\n", devnet.demo.mnemonic().as_str()),
+    // The words control the demo account, as its key file does: readable by the owner only.
+    peergrid_core::fs::write_private_atomic(
+        &opts.dir.join("demo-mnemonic.txt"),
+        format!("{}\n", devnet.demo.mnemonic().as_str()).as_bytes(),
     )?;
     // The genesis goes last: its presence means the folder is complete.
     peergrid_core::fs::write_atomic(&genesis_path, devnet.genesis.to_toml().as_bytes())?;

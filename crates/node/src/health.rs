@@ -41,7 +41,12 @@ pub async fn serve(
         .route(node_routes::WORKLOADS, get(workloads))
         .route(node_routes::METRICS, get(metrics))
         .with_state(shared);
-    let limits = peergrid_core::http::Limits::for_this_process();
+    // A local endpoint for the farmer's monitoring: a few connections are plenty, and
+    // the node's files are for shards, the mesh and the workloads' entry.
+    let limits = peergrid_core::http::Limits {
+        connections: 64,
+        ..peergrid_core::http::Limits::default()
+    };
     let task = tokio::spawn(peergrid_core::http::serve(listener, app, limits));
     Ok((bound, task))
 }
