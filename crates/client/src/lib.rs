@@ -39,6 +39,12 @@ pub use peergrid_types::{AtHeight, Event, FinalizedBlock, Page, TxError, TxOutco
 /// Longest wait for a validator to accept a connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// What [`Client::choose`] reads of a validator's status besides its height.
+#[derive(serde::Deserialize)]
+struct Chain {
+    genesis_hash: Hash,
+}
+
 /// How long an idle connection to a validator is kept for the next request.
 const POOL_IDLE: Duration = Duration::from_secs(10);
 /// How long the first choice of a validator waits for any to answer.
@@ -240,28 +246,39 @@ impl Client {
                             if !r.status().is_success() {
                                 return None;
                             }
-                            let read: AtHeight<serde::de::IgnoredAny> = r.json().await.ok()?;
-                            Some(read.height)
+                            let read: AtHeight<Chain> = r.json().await.ok()?;
+                            Some((read.height, read.data.genesis_hash))
                         }
                         .await;
                         (index, height)
                     })
                     .collect();
-                let mut best: Option<(u64, usize)> = None;
+                let mut answers: Vec<(usize, u64, Hash)> = Vec::new();
                 let mut until = started + CHOOSE_WITHIN;
-                while let Ok(Some((index, height))) =
+                while let Ok(Some((index, answer))) =
                     tokio::time::timeout_at(until.into(), asks.next()).await
                 {
-                    let Some(height) = height else { continue };
-                    if best.is_none() {
+                    let Some((height, genesis)) = answer else { continue };
+                    if answers.is_empty() {
                         // The others get as long again as the first took, or a moment.
                         until = Instant::now() + CHOOSE_AFTER_FIRST.max(started.elapsed());
                     }
-                    if best.is_none_or(|(h, i)| height > h || (height == h && index < i)) {
-                        best = Some((height, index));
-                    }
+                    answers.push((index, height, genesis));
                 }
-                let (height, index) = best.ok_or(())?;
+                // A URL of another chain (a mistake in --ledger) must not win by its height:
+                // the genesis most of those answering share (the first listed's, if tied).
+                answers.sort_by_key(|(index, _, _)| *index);
+                let count = |g: &Hash| answers.iter().filter(|(_, _, h)| h == g).count();
+                let genesis = (answers.iter())
+                    .map(|(_, _, g)| (count(g), *g))
+                    .reduce(|a, b| if b.0 > a.0 { b } else { a })
+                    .map(|(_, g)| g)
+                    .ok_or(())?;
+                let (index, height) = (answers.iter())
+                    .filter(|(_, _, g)| *g == genesis)
+                    .map(|(i, h, _)| (*i, *h))
+                    .reduce(|a, b| if b.1 > a.1 { b } else { a })
+                    .ok_or(())?;
                 debug!(url = %self.urls[index], height, "validator chosen: the furthest along of those answering");
                 self.current.store(index, Ordering::Relaxed);
                 Ok::<(), ()>(())

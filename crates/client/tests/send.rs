@@ -27,6 +27,8 @@ struct Ledger {
     refusals: VecDeque<(u16, &'static str)>,
     /// The height its status says its ledger is at.
     height: u64,
+    /// The genesis its status names, when not the test's usual one.
+    genesis: Option<Hash>,
 }
 
 type Shared = Arc<Mutex<Ledger>>;
@@ -41,11 +43,18 @@ fn at<T>(data: T) -> AtHeight<T> {
 }
 
 async fn status(State(ledger): State<Shared>) -> Json<AtHeight<Status>> {
-    let height = ledger.lock().expect("lock").height;
-    Json(AtHeight {
+    let (height, genesis) = {
+        let l = ledger.lock().expect("lock");
+        (l.height, l.genesis)
+    };
+    let mut status = AtHeight {
         height,
         ..status_at()
-    })
+    };
+    if let Some(genesis) = genesis {
+        status.data.genesis_hash = genesis;
+    }
+    Json(status)
 }
 
 fn status_at() -> AtHeight<Status> {
@@ -223,8 +232,15 @@ async fn the_client_asks_the_validator_furthest_along_and_not_a_frozen_one() {
     let (behind, _) = validator(&[]).await;
     let (ahead, ledger) = validator(&[]).await;
     ledger.lock().expect("lock").height = 50;
+    // A URL of another chain, further along still, is not taken for this one's.
+    let (other, theirs) = validator(&[]).await;
+    {
+        let mut theirs = theirs.lock().expect("lock");
+        theirs.height = 999;
+        theirs.genesis = Some(Hash([7; 32]));
+    }
     // Listed first, as a CLI's first validator would be.
-    let client = Client::new(vec![stuck, behind, ahead]);
+    let client = Client::new(vec![stuck, other, behind, ahead]);
     let started = Instant::now();
     let status = client.status().await.expect("status");
     assert_eq!(status.height, 50, "the validator furthest along answers");
