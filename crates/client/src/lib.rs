@@ -45,6 +45,8 @@ struct Chain {
     genesis_hash: Hash,
 }
 
+/// The most of a status answer [`Client::choose`] reads (one is a few kilobytes).
+const STATUS_BYTES_MAX: usize = 256 << 10;
 /// How long an idle connection to a validator is kept for the next request.
 const POOL_IDLE: Duration = Duration::from_secs(10);
 /// How long the first choice of a validator waits for any to answer.
@@ -239,14 +241,23 @@ impl Client {
                     .enumerate()
                     .map(|(index, url)| async move {
                         let height = async {
-                            let r = (self.http.get(format!("{url}{}", routes::STATUS)))
+                            let mut r = (self.http.get(format!("{url}{}", routes::STATUS)))
                                 .send()
                                 .await
                                 .ok()?;
                             if !r.status().is_success() {
                                 return None;
                             }
-                            let read: AtHeight<Chain> = r.json().await.ok()?;
+                            // Read within a bound: what answers at that URL may not be a
+                            // validator, and may never stop sending.
+                            let mut body = Vec::new();
+                            while let Some(chunk) = r.chunk().await.ok()? {
+                                body.extend_from_slice(&chunk);
+                                if body.len() > STATUS_BYTES_MAX {
+                                    return None;
+                                }
+                            }
+                            let read: AtHeight<Chain> = serde_json::from_slice(&body).ok()?;
                             Some((read.height, read.data.genesis_hash))
                         }
                         .await;

@@ -265,19 +265,21 @@ async fn a_validator_replaying_old_blocks_is_left_for_another() {
 }
 
 /// A validator that answers with the asked block, then one event that never ends (a data
-/// line of `x` for ever, or data lines with no blank line between); its URL and how many
-/// bytes it wrote before the client hung up.
-async fn endless(lines: bool) -> (String, Arc<Mutex<usize>>) {
+/// line of `x` for ever, or data lines with no blank line between), whatever it is asked;
+/// its URL, and how many bytes it wrote before the client hung up: on event streams, and
+/// on the other requests (the client's status probe).
+async fn endless(lines: bool) -> (String, Arc<Mutex<usize>>, Arc<Mutex<usize>>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("a free port");
     let url = format!("http://{}", listener.local_addr().expect("an address"));
     let written = Arc::new(Mutex::new(0));
-    let count = written.clone();
+    let elsewhere = Arc::new(Mutex::new(0));
+    let (events, other) = (written.clone(), elsewhere.clone());
     tokio::spawn(async move {
         while let Ok((mut tcp, _)) = listener.accept().await {
-            let count = count.clone();
+            let (events, other) = (events.clone(), other.clone());
             tokio::spawn(async move {
                 let mut request = Vec::new();
                 let mut buf = [0u8; 1024];
@@ -287,6 +289,10 @@ async fn endless(lines: bool) -> (String, Arc<Mutex<usize>>) {
                         Ok(n) => request.extend_from_slice(&buf[..n]),
                     }
                 }
+                let count = match request.starts_with(b"GET /v1/events") {
+                    true => events,
+                    false => other,
+                };
                 let head = format!(
                     "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n{}data: ",
                     block(1)
@@ -305,13 +311,13 @@ async fn endless(lines: bool) -> (String, Arc<Mutex<usize>>) {
             });
         }
     });
-    (url, written)
+    (url, written, elsewhere)
 }
 
 #[tokio::test]
 async fn an_event_that_never_ends_is_cut_off_at_its_bound() {
     for lines in [false, true] {
-        let (hostile, written) = endless(lines).await;
+        let (hostile, written, elsewhere) = endless(lines).await;
         let (good, good_asked) = fake(Behaviour::Honest).await;
         let client = Client::new(vec![hostile, good]);
         assert_eq!(
@@ -325,6 +331,12 @@ async fn an_event_that_never_ends_is_cut_off_at_its_bound() {
         assert!(
             (EVENT_BYTES_MAX..EVENT_BYTES_MAX + (16 << 20)).contains(&written),
             "lines: {lines}: {written} bytes written before the client hung up"
+        );
+        // The client's status probe is read within its own, smaller bound.
+        let elsewhere = *elsewhere.lock().expect("lock");
+        assert!(
+            elsewhere < 16 << 20,
+            "lines: {lines}: {elsewhere} bytes of other answers read"
         );
     }
 }
