@@ -359,14 +359,11 @@ pub(crate) fn none_fits(nodes: &[NodeView], need: &Capacity, asked: &[NodeId]) -
             }
         };
     }
-    let not_up = among
-        .iter()
-        .filter(|n| n.status != peergrid_ledger::NodeStatus::Up)
-        .count();
     let up: Vec<&&NodeView> = among
         .iter()
         .filter(|n| n.status == peergrid_ledger::NodeStatus::Up)
         .collect();
+    let not_up = among.len() - up.len();
     let mut why = Vec::new();
     if not_up > 0 {
         why.push(format!(
