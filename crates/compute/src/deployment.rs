@@ -39,7 +39,7 @@ pub const ARGS_MAX: usize = 64;
 /// Longest argument, in bytes.
 pub const ARG_BYTES_MAX: usize = 4096;
 /// Bytes in the largest binary unit that keeps a number of at least one.
-fn readable_bytes(bytes: u64) -> String {
+pub(crate) fn readable_bytes(bytes: u64) -> String {
     let units = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
     match units.iter().find(|(unit, _)| bytes >= *unit) {
         Some((unit, name)) => format!("{:.1} {name}", bytes as f64 / *unit as f64),

@@ -1,5 +1,6 @@
 //! What one instance's store holds: WASI contexts, the limiter, and the meter of a run.
 
+use crate::share::Share;
 use bytes::Bytes;
 use std::future::Future;
 use std::pin::Pin;
@@ -128,6 +129,10 @@ pub(crate) struct RunMeter {
     memory_bytes: AtomicU64,
     pub(crate) memory_peak_bytes: AtomicU64,
     pub(crate) memory_exhausted: AtomicBool,
+    /// The tenant's share this run's memory counts in, if any.
+    pub(crate) share: Option<Arc<Share>>,
+    /// The growth refused was the share's, not this run's own limit.
+    pub(crate) share_exhausted: AtomicBool,
 }
 
 impl RunMeter {
@@ -142,7 +147,15 @@ impl RunMeter {
             memory_bytes: AtomicU64::new(0),
             memory_peak_bytes: AtomicU64::new(0),
             memory_exhausted: AtomicBool::new(false),
+            share: None,
+            share_exhausted: AtomicBool::new(false),
         }
+    }
+
+    /// Counts this run's memory in `share` too.
+    pub(crate) fn in_share(mut self, share: Option<Arc<Share>>) -> Self {
+        self.share = share;
+        self
     }
 
     fn now_ns(&self) -> u64 {
@@ -168,6 +181,15 @@ impl RunMeter {
         if since != 0 {
             let ran = self.now_ns().saturating_sub(since - 1);
             self.spent_ns.fetch_add(ran, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for RunMeter {
+    fn drop(&mut self) {
+        // The last holder is gone, the store with it: its memory is back in the pool.
+        if let Some(share) = &self.share {
+            share.release(*self.memory_bytes.get_mut());
         }
     }
 }
@@ -218,6 +240,13 @@ impl ResourceLimiter for Limiter {
         let total = self.meter.memory_bytes.load(Ordering::Relaxed);
         let wanted = total.saturating_add(grow);
         if wanted > self.meter.memory_limit_bytes {
+            self.meter.memory_exhausted.store(true, Ordering::Relaxed);
+            return Ok(false);
+        }
+        if let Some(share) = &self.meter.share
+            && !share.grow(grow)
+        {
+            self.meter.share_exhausted.store(true, Ordering::Relaxed);
             self.meter.memory_exhausted.store(true, Ordering::Relaxed);
             return Ok(false);
         }

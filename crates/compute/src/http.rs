@@ -9,7 +9,7 @@
 //! way it is counted in the workload's metrics and nothing else is disturbed.
 
 use crate::deployment::Limits;
-use crate::host::{Metered, RunMeter, new_store};
+use crate::host::{Metered, new_store};
 use crate::runtime::{Prepared, classify, wasi_ctx};
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
@@ -140,7 +140,16 @@ impl Prepared {
             );
         };
         let limits = self.effective_limits(limits);
-        let meter = Arc::new(RunMeter::new(limits.cpu_ms, limits.memory_bytes));
+        let wall = Duration::from_millis(limits.wall_ms);
+        let waited = std::time::Instant::now();
+        let instance = match self.instance(wall).await {
+            Ok(permit) => permit,
+            Err(reason) => {
+                metrics.error();
+                return text_response(StatusCode::SERVICE_UNAVAILABLE, &reason);
+            }
+        };
+        let meter = self.meter(&limits);
         let mut store = new_store(
             &self.inner.runtime.engine,
             wasi_ctx(
@@ -188,9 +197,10 @@ impl Prepared {
 
         // The guest runs in its own task: it goes on writing the body after the
         // response head has been handed back below.
-        let wall = Duration::from_millis(limits.wall_ms);
+        let wall = wall.saturating_sub(waited.elapsed());
         let task_metrics = metrics.clone();
         let run = tokio::spawn(async move {
+            let _instance = instance;
             let guest = Metered::new(meter.clone(), async move {
                 let proxy = pre.instantiate_async(&mut store).await?;
                 proxy

@@ -1,10 +1,9 @@
 //! Jobs: a `wasi:cli/command` component run once to completion, its output kept.
 
 use crate::deployment::Limits;
-use crate::host::{Capture, Metered, RunMeter, new_store};
+use crate::host::{Capture, Metered, new_store};
 use crate::metrics::LimitExceeded;
 use crate::runtime::{Prepared, classify, wasi_ctx};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use wasmtime_wasi::I32Exit;
@@ -65,7 +64,24 @@ impl Prepared {
             };
         };
         let limits = self.effective_limits(limits);
-        let meter = Arc::new(RunMeter::new(limits.cpu_ms, limits.memory_bytes));
+        let wall = Duration::from_millis(limits.wall_ms);
+        let _instance = match self.instance(wall).await {
+            Ok(permit) => permit,
+            Err(reason) => {
+                metrics.error();
+                return JobOutcome {
+                    exit_code: None,
+                    stdout: Vec::new(),
+                    stderr: Vec::new(),
+                    cpu_ms: 0,
+                    wall_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                    memory_peak_bytes: 0,
+                    limit_exceeded: Some(LimitExceeded::WallTime),
+                    error: Some(reason),
+                };
+            }
+        };
+        let meter = self.meter(&limits);
         let bound = self.inner.runtime.config.output_bytes_max;
         let (stdout, stderr) = (Capture::new(bound), Capture::new(bound));
         let mut store = new_store(
@@ -77,7 +93,7 @@ impl Prepared {
             let command = pre.instantiate_async(&mut store).await?;
             command.wasi_cli_run().call_run(&mut store).await
         });
-        let res = tokio::time::timeout(Duration::from_millis(limits.wall_ms), guest).await;
+        let res = tokio::time::timeout(wall.saturating_sub(started.elapsed()), guest).await;
 
         // `exit(n)` arrives as an error carrying the code: it is an ending, not a failure.
         let res = res.map(|r| match r {

@@ -14,7 +14,10 @@
 //! recompile. [`Runtime::prepare`] checks a component and links it against WASI 0.2
 //! (and `wasi:http` for services) once; the [`Prepared`] result then serves HTTP
 //! requests ([`Prepared::handle`], one fresh instance per request) or runs jobs
-//! ([`Prepared::run_job`]), and counts what they use ([`Prepared::metrics`]).
+//! ([`Prepared::run_job`]), and counts what they use ([`Prepared::metrics`]). A node
+//! hosting several tenants gives each contract's components one [`Share`]
+//! ([`Prepared::in_share`]): their runs together stay within the memory the contract
+//! reserved and a bounded number of the pool's instances.
 //!
 //! Workloads get no network (outgoing HTTP is refused, sockets are denied) and no
 //! filesystem (no directory is preopened). A guest that traps, loops or allocates
@@ -41,6 +44,7 @@ mod http;
 mod job;
 mod metrics;
 mod runtime;
+mod share;
 
 pub use deployment::{Deployment, DeploymentError, Limits, WorkloadKind, WorkloadSpec};
 pub use error::ComputeError;
@@ -48,3 +52,4 @@ pub use http::{RequestBodyError, ResponseBody, ResponseBodyError};
 pub use job::JobOutcome;
 pub use metrics::{LimitExceeded, MetricsSnapshot};
 pub use runtime::{CacheStats, Prepared, Runtime, RuntimeConfig, memory_at_start};
+pub use share::Share;

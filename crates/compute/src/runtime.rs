@@ -4,6 +4,7 @@ use crate::deployment::{Limits, MEMORY_BYTES_MAX, WorkloadKind};
 use crate::error::{ComputeError, one_line};
 use crate::host::{Capture, Host, RunMeter};
 use crate::metrics::{LimitExceeded, MetricsSnapshot, WorkloadMetrics};
+use crate::share::Share;
 use http::StatusCode;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -264,6 +265,7 @@ impl Runtime {
                 metrics: Arc::new(WorkloadMetrics::default()),
                 log: Capture::ring(rt.config.log_bytes_max),
             }),
+            share: None,
         })
     }
 
@@ -405,6 +407,8 @@ enum Pre {
 #[derive(Clone)]
 pub struct Prepared {
     pub(crate) inner: Arc<PreparedInner>,
+    /// The tenant's share its runs count in; none: only each run's own limits.
+    pub(crate) share: Option<Arc<Share>>,
 }
 
 pub(crate) struct PreparedInner {
@@ -421,6 +425,35 @@ impl Prepared {
     /// BLAKE3 of the component's bytes.
     pub fn hash(&self) -> [u8; 32] {
         self.inner.hash
+    }
+
+    /// The same component, its runs counted in `share` (its contract's) from now on.
+    pub fn in_share(mut self, share: Arc<Share>) -> Prepared {
+        self.share = Some(share);
+        self
+    }
+
+    /// A run's meter under `limits`, counting in the share if there is one.
+    pub(crate) fn meter(&self, limits: &Limits) -> Arc<RunMeter> {
+        Arc::new(RunMeter::new(limits.cpu_ms, limits.memory_bytes).in_share(self.share.clone()))
+    }
+
+    /// Waits for one of the share's instances, up to `wall`; `Err` says why it could not.
+    pub(crate) async fn instance(
+        &self,
+        wall: std::time::Duration,
+    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, String> {
+        let Some(share) = &self.share else {
+            return Ok(None);
+        };
+        match tokio::time::timeout(wall, share.instance()).await {
+            Ok(permit) => Ok(Some(permit)),
+            Err(_) => Err(format!(
+                "stopped: the contract's other runs held all {} of its instances on this node for the whole wall-time limit of {} ms; retry, or spread the load over more replicas",
+                share.instances_max(),
+                wall.as_millis()
+            )),
+        }
     }
 
     /// The kind it was prepared as.
@@ -518,6 +551,18 @@ pub(crate) fn classify<T>(
             message: format!(
                 "stopped: the workload used its CPU limit of {} ms",
                 limits.cpu_ms
+            ),
+        });
+    }
+    if let Some(share) = &meter.share
+        && meter.share_exhausted.load(Ordering::Relaxed)
+    {
+        return Err(Failure {
+            limit: Some(LimitExceeded::Memory),
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: format!(
+                "stopped: the contract's runs on this node together hold all the memory it reserved ({}); retry, or reserve more memory for the contract",
+                crate::deployment::readable_bytes(share.memory_bytes_max()),
             ),
         });
     }

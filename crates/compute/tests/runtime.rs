@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use peergrid_compute::{
-    ComputeError, LimitExceeded, Limits, Prepared, Runtime, RuntimeConfig, WorkloadKind,
+    ComputeError, LimitExceeded, Limits, Prepared, Runtime, RuntimeConfig, Share, WorkloadKind,
     memory_at_start,
 };
 use std::path::{Path, PathBuf};
@@ -45,6 +45,20 @@ const SPIN_HTTP: &str = r#"(component
   (alias export $types "incoming-request" (type $req))
   (alias export $types "response-outparam" (type $out))
   (core module $m (func (export "handle") (param i32 i32) (loop $l (br $l))))
+  (core instance $i (instantiate $m))
+  (func $handle (param "request" (own $req)) (param "response-out" (own $out))
+    (canon lift (core func $i "handle")))
+  (instance $handler (export "handle" (func $handle)))
+  (export "wasi:http/incoming-handler@0.2.0" (instance $handler)))"#;
+
+/// [`SPIN_HTTP`] holding a MiB of memory (16 pages) while it loops.
+const SPIN_HTTP_MIB: &str = r#"(component
+  (import "wasi:http/types@0.2.0" (instance $types
+    (export "incoming-request" (type (sub resource)))
+    (export "response-outparam" (type (sub resource)))))
+  (alias export $types "incoming-request" (type $req))
+  (alias export $types "response-outparam" (type $out))
+  (core module $m (memory 16) (func (export "handle") (param i32 i32) (loop $l (br $l))))
   (core instance $i (instantiate $m))
   (func $handle (param "request" (own $req)) (param "response-out" (own $out))
     (canon lift (core func $i "handle")))
@@ -318,6 +332,84 @@ async fn runaway_request_gets_503_while_hello_keeps_answering() {
     let m = spin.metrics();
     assert_eq!((m.requests, m.errors), (2, 2));
     assert_eq!((m.cpu_limit_exceeded, m.wall_time_exceeded), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contracts_runs_share_the_memory_it_reserved() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(dir.path());
+    let at_start = memory_at_start(&example("hello")).expect("hello's memory");
+    // Room for hello alone, or for the spinner's MiB alone, not for both at once.
+    let share = Share::new(at_start.max(1 << 20) + (512 << 10), 8);
+    let spin = prepare(&rt, &wat(SPIN_HTTP_MIB), WorkloadKind::Http).in_share(share.clone());
+    let hello = prepare(&rt, &example("hello"), WorkloadKind::Http);
+    let shared_hello = hello.clone().in_share(share.clone());
+
+    let (status, _) = call(&shared_hello, "/", &[], &Limits::default()).await;
+    assert_eq!(status, 200, "hello alone fits the share");
+    // Its task ends just after the response it sent.
+    for _ in 0..500 {
+        if share.memory_in_use() == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        share.memory_in_use(),
+        0,
+        "a finished run gives its memory back"
+    );
+
+    let spinner = spin.clone();
+    let holder =
+        tokio::spawn(async move { call(&spinner, "/", &[], &limits(2 << 20, 60_000, 600)).await });
+    while share.memory_in_use() < 1 << 20 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let (refused, body) = call(&shared_hello, "/", &[], &Limits::default()).await;
+    // Another tenant's instance of the same component is not held back.
+    let (other, _) = call(&hello, "/", &[], &Limits::default()).await;
+    // Awaited before asserting: a test failing with the spinner still running would hang.
+    let (held, held_body) = holder.await.expect("request task");
+    assert_eq!(refused, 503, "{body}");
+    assert!(
+        body.contains("together hold all the memory it reserved"),
+        "{body}"
+    );
+    assert_eq!(other, 200);
+    assert_eq!(held, 504, "{held_body}");
+    assert_eq!(share.memory_in_use(), 0);
+    let (status, _) = call(&shared_hello, "/", &[], &Limits::default()).await;
+    assert_eq!(status, 200, "the spinner's memory is back in the share");
+    assert_eq!(shared_hello.metrics().memory_limit_exceeded, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_contracts_runs_wait_for_its_instances_and_no_other_tenants() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(dir.path());
+    let share = Share::new(1 << 30, 1);
+    let spin = prepare(&rt, &wat(SPIN_HTTP), WorkloadKind::Http).in_share(share.clone());
+    let hello = prepare(&rt, &example("hello"), WorkloadKind::Http);
+    let shared_hello = hello.clone().in_share(share.clone());
+
+    let spinner = spin.clone();
+    let holder =
+        tokio::spawn(async move { call(&spinner, "/", &[], &limits(1 << 20, 60_000, 800)).await });
+    while share.instances_in_use() < 1 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let (refused, body) = call(&shared_hello, "/", &[], &limits(128 << 20, 1_000, 100)).await;
+    let (other, _) = call(&hello, "/", &[], &Limits::default()).await;
+    // A request with time to wait is served once the spinner's instance is given back.
+    let (waited, _) = call(&shared_hello, "/", &[], &limits(128 << 20, 1_000, 5_000)).await;
+    let (held, _) = holder.await.expect("request task");
+    assert_eq!(refused, 503, "{body}");
+    assert!(body.contains("held all 1 of its instances"), "{body}");
+    assert_eq!(other, 200, "another tenant is served at once");
+    assert_eq!(waited, 200);
+    assert_eq!(held, 504);
+    assert_eq!(share.instances_in_use(), 0);
 }
 
 #[test]

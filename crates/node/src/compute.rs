@@ -21,7 +21,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock, RwLock};
 
 use peergrid_compute::{
-    Deployment, JobOutcome, Limits, Prepared, Runtime, RuntimeConfig, WorkloadKind, WorkloadSpec,
+    Deployment, JobOutcome, Limits, Prepared, Runtime, RuntimeConfig, Share, WorkloadKind,
+    WorkloadSpec,
 };
 use peergrid_core::{AccountId, ContractId, Hash};
 use peergrid_mesh::Mesh;
@@ -33,6 +34,9 @@ use crate::world::{WorkloadState, World, write_atomic};
 
 /// Instances that may exist at once on this node, across all its workloads.
 const INSTANCES_MAX: u32 = 64;
+/// Instances one contract's runs may hold at once: a quarter of the pool, so that one
+/// tenant's burst of slow requests cannot take the instances of every other.
+const INSTANCES_PER_CONTRACT: u32 = INSTANCES_MAX / 4;
 /// Ceiling on one instance's memory, whatever a deployment asks (the pool reserves
 /// address space for every instance up front).
 pub const INSTANCE_MEMORY_BYTES_MAX: u64 = 1 << 30;
@@ -108,6 +112,9 @@ struct Entry {
 struct App {
     deployment: Hash,
     paused: bool,
+    /// What all its runs may hold together: the memory the contract reserved, and
+    /// [`INSTANCES_PER_CONTRACT`] instances.
+    share: Arc<Share>,
     /// Why the deployment as a whole cannot run (unreadable, undecodable).
     error: Option<String>,
     /// Empty until the deployment is decoded.
@@ -196,14 +203,15 @@ impl Compute {
     /// Make the running deployments match `world`: start the new ones (in the
     /// background), pause or resume, and drop those no live contract backs.
     pub fn sync(self: &Arc<Self>, world: &World) {
-        let wanted: BTreeMap<ContractId, (Hash, bool, AccountId)> = world
+        let wanted: BTreeMap<ContractId, (Hash, bool, AccountId, u64)> = world
             .workloads
             .values()
             .filter(|w| w.kind == "deployment" && w.holds_capacity())
             .filter_map(|w| match (w.deployed, w.deployment_hash) {
-                (Some(d), Some(h)) if d == h => {
-                    Some((w.contract, (d, w.state == WorkloadState::Paused, w.owner)))
-                }
+                (Some(d), Some(h)) if d == h => Some((
+                    w.contract,
+                    (d, w.state == WorkloadState::Paused, w.owner, w.reserved.mru),
+                )),
                 _ => None,
             })
             .collect();
@@ -211,7 +219,7 @@ impl Compute {
         apps.retain(|contract, app| {
             let keep = wanted
                 .get(contract)
-                .is_some_and(|(hash, _, _)| *hash == app.deployment);
+                .is_some_and(|(hash, ..)| *hash == app.deployment);
             if !keep {
                 info!(
                     contract,
@@ -223,16 +231,19 @@ impl Compute {
             }
             keep
         });
-        for (contract, (hash, paused, owner)) in wanted {
+        for (contract, (hash, paused, owner, memory)) in wanted {
             if let Some(app) = apps.get_mut(&contract) {
                 app.paused = paused;
+                app.share.set_memory_bytes_max(memory);
                 continue;
             }
+            let share = Share::new(memory, INSTANCES_PER_CONTRACT);
             apps.insert(
                 contract,
                 App {
                     deployment: hash,
                     paused,
+                    share: share.clone(),
                     error: None,
                     workloads: BTreeMap::new(),
                     jobs: Vec::new(),
@@ -241,7 +252,7 @@ impl Compute {
             );
             let file = world.workload_dir(contract).join("deployment.bin");
             let me = self.clone();
-            tokio::spawn(async move { me.start(contract, hash, owner, file).await });
+            tokio::spawn(async move { me.start(contract, hash, owner, share, file).await });
         }
     }
 
@@ -251,6 +262,7 @@ impl Compute {
         contract: ContractId,
         hash: Hash,
         owner: AccountId,
+        share: Arc<Share>,
         file: PathBuf,
     ) {
         let deployment = match tokio::fs::read(&file).await {
@@ -282,7 +294,8 @@ impl Compute {
         let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
         for spec in deployment.workloads {
             let mut job = None;
-            let phase = match self.prepare(&spec, owner).await {
+            let prepared = self.prepare(&spec, owner).await;
+            let phase = match prepared.map(|p| p.in_share(share.clone())) {
                 Ok(prepared) if spec.kind == WorkloadKind::Job => {
                     match read_job_record(&dir, &spec.name, hash) {
                         Some(record) => Phase::Exited(Arc::new(record)),
