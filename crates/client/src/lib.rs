@@ -53,6 +53,9 @@ const POOL_IDLE: Duration = Duration::from_secs(10);
 const CHOOSE_WITHIN: Duration = Duration::from_secs(3);
 /// After the first validator answered, how long the others get (at least).
 const CHOOSE_AFTER_FIRST: Duration = Duration::from_millis(250);
+/// How long a choice holds: a long-lived client (a node's) asks again after this, since
+/// the validator it chose may have fallen behind since (frozen, then catching up).
+const CHOOSE_AGAIN_AFTER: Duration = Duration::from_secs(60);
 /// How long a signed transaction stays valid by default.
 pub const TX_LIFETIME: Duration = Duration::from_secs(300);
 
@@ -143,8 +146,8 @@ pub struct Client {
     /// Held while the anchor is asked of the validators, so that proven reads started
     /// together ask once, not each.
     anchoring: tokio::sync::Mutex<()>,
-    /// Set once the validator to start from was chosen (see [`Client::choose`]).
-    chosen: tokio::sync::OnceCell<()>,
+    /// When the validator to start from was last chosen (see [`Client::choose`]).
+    chosen: tokio::sync::Mutex<Option<Instant>>,
 }
 
 impl Client {
@@ -184,7 +187,7 @@ impl Client {
             bootstrap: Vec::new(),
             trust: Mutex::default(),
             anchoring: tokio::sync::Mutex::new(()),
-            chosen: tokio::sync::OnceCell::new(),
+            chosen: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -232,69 +235,84 @@ impl Client {
         if self.urls.len() < 2 {
             return;
         }
+        // Requests made while a choice is under way wait for it rather than ask too.
+        let mut chosen = self.chosen.lock().await;
+        if chosen.is_some_and(|at| at.elapsed() < CHOOSE_AGAIN_AFTER) {
+            return;
+        }
         // None answering is not a choice: the next request asks again.
-        let _ = self
-            .chosen
-            .get_or_try_init(|| async {
-                let started = Instant::now();
-                let mut asks: futures::stream::FuturesUnordered<_> = (self.urls.iter())
-                    .enumerate()
-                    .map(|(index, url)| async move {
-                        let height = async {
-                            let mut r = (self.http.get(format!("{url}{}", routes::STATUS)))
-                                .send()
-                                .await
-                                .ok()?;
-                            if !r.status().is_success() {
+        let choice = async {
+            let started = Instant::now();
+            let mut asks: futures::stream::FuturesUnordered<_> = (self.urls.iter())
+                .enumerate()
+                .map(|(index, url)| async move {
+                    let height = async {
+                        let mut r = (self.http.get(format!("{url}{}", routes::STATUS)))
+                            .send()
+                            .await
+                            .ok()?;
+                        if !r.status().is_success() {
+                            return None;
+                        }
+                        // Read within a bound: what answers at that URL may not be a
+                        // validator, and may never stop sending.
+                        let mut body = Vec::new();
+                        while let Some(chunk) = r.chunk().await.ok()? {
+                            body.extend_from_slice(&chunk);
+                            if body.len() > STATUS_BYTES_MAX {
                                 return None;
                             }
-                            // Read within a bound: what answers at that URL may not be a
-                            // validator, and may never stop sending.
-                            let mut body = Vec::new();
-                            while let Some(chunk) = r.chunk().await.ok()? {
-                                body.extend_from_slice(&chunk);
-                                if body.len() > STATUS_BYTES_MAX {
-                                    return None;
-                                }
-                            }
-                            let read: AtHeight<Chain> = serde_json::from_slice(&body).ok()?;
-                            Some((read.height, read.data.genesis_hash))
                         }
-                        .await;
-                        (index, height)
-                    })
-                    .collect();
-                let mut answers: Vec<(usize, u64, Hash)> = Vec::new();
-                let mut until = started + CHOOSE_WITHIN;
-                while let Ok(Some((index, answer))) =
-                    tokio::time::timeout_at(until.into(), asks.next()).await
-                {
-                    let Some((height, genesis)) = answer else { continue };
-                    if answers.is_empty() {
-                        // The others get as long again as the first took, or a moment.
-                        until = Instant::now() + CHOOSE_AFTER_FIRST.max(started.elapsed());
+                        let read: AtHeight<Chain> = serde_json::from_slice(&body).ok()?;
+                        Some((read.height, read.data.genesis_hash))
                     }
-                    answers.push((index, height, genesis));
+                    .await;
+                    (index, height)
+                })
+                .collect();
+            let mut answers: Vec<(usize, u64, Hash)> = Vec::new();
+            let mut until = started + CHOOSE_WITHIN;
+            while let Ok(Some((index, answer))) =
+                tokio::time::timeout_at(until.into(), asks.next()).await
+            {
+                let Some((height, genesis)) = answer else {
+                    continue;
+                };
+                if answers.is_empty() {
+                    // The others get as long again as the first took, or a moment.
+                    until = Instant::now() + CHOOSE_AFTER_FIRST.max(started.elapsed());
                 }
-                // A URL of another chain (a mistake in --ledger) must not win by its height:
-                // the genesis most of those answering share (the first listed's, if tied).
-                answers.sort_by_key(|(index, _, _)| *index);
-                let count = |g: &Hash| answers.iter().filter(|(_, _, h)| h == g).count();
-                let genesis = (answers.iter())
-                    .map(|(_, _, g)| (count(g), *g))
-                    .reduce(|a, b| if b.0 > a.0 { b } else { a })
-                    .map(|(_, g)| g)
-                    .ok_or(())?;
-                let (index, height) = (answers.iter())
-                    .filter(|(_, _, g)| *g == genesis)
-                    .map(|(i, h, _)| (*i, *h))
-                    .reduce(|a, b| if b.1 > a.1 { b } else { a })
-                    .ok_or(())?;
-                debug!(url = %self.urls[index], height, "validator chosen: the furthest along of those answering");
-                self.current.store(index, Ordering::Relaxed);
-                Ok::<(), ()>(())
-            })
-            .await;
+                answers.push((index, height, genesis));
+            }
+            // A URL of another chain (a mistake in --ledger) must not win by its height:
+            // the genesis most of those answering share (the first listed's, if tied).
+            answers.sort_by_key(|(index, _, _)| *index);
+            let count = |g: &Hash| answers.iter().filter(|(_, _, h)| h == g).count();
+            let genesis = (answers.iter())
+                .map(|(_, _, g)| (count(g), *g))
+                .reduce(|a, b| if b.0 > a.0 { b } else { a })
+                .map(|(_, g)| g)
+                .ok_or(())?;
+            let (index, height) = (answers.iter())
+                .filter(|(_, _, g)| *g == genesis)
+                .map(|(i, h, _)| (*i, *h))
+                .reduce(|a, b| if b.1 > a.1 { b } else { a })
+                .ok_or(())?;
+            debug!(url = %self.urls[index], height, "validator chosen: the furthest along of those answering");
+            self.current.store(index, Ordering::Relaxed);
+            Ok::<(), ()>(())
+        };
+        if choice.await.is_ok() {
+            *chosen = Some(Instant::now());
+        }
+    }
+
+    /// Chooses the validator furthest along again now, as the first request does: for an
+    /// answer that may come from a validator behind the caller's knowledge (a contract
+    /// the caller was just told of, said not to exist).
+    pub async fn choose_again(&self) {
+        *self.chosen.lock().await = None;
+        self.choose().await;
     }
 
     /// Send `build(url)` to one validator after another until one answers.

@@ -249,4 +249,16 @@ async fn the_client_asks_the_validator_furthest_along_and_not_a_frozen_one() {
         "the frozen validator's 10 s request deadline was waited: {:?}",
         started.elapsed()
     );
+
+    // The chosen one falls behind (frozen, then catching up): the choice holds until
+    // the client is told to choose again, then the one now furthest along answers.
+    ledger.lock().expect("lock").height = 5;
+    let status = client.status().await.expect("status");
+    assert_eq!(status.height, 5, "a choice holds for a while");
+    client.choose_again().await;
+    let status = client.status().await.expect("status");
+    assert_eq!(
+        status.height, 10,
+        "the validator now furthest along answers"
+    );
 }

@@ -42,7 +42,15 @@ async fn contracts_of(client: &Client, node: NodeId) -> Result<(u64, Vec<Contrac
 /// Read one contract as the ledger has it now, proven: its Merkle proof against a state root
 /// a quorum of the validators certified. The node acts on what it reads (provisions,
 /// pauses, removes), so no single validator may decide that for it.
+///
+/// A contract said not to exist is asked again of the validator furthest along: a
+/// request names a contract its owner just saw finalized, and the validator this node
+/// reads from may be behind (catching up after a pause).
 pub async fn contract(client: &Client, id: ContractId) -> Result<Option<Contract>, ClientError> {
+    if let Some(found) = client.proven_contract(id).await?.value {
+        return Ok(Some(found));
+    }
+    client.choose_again().await;
     Ok(client.proven_contract(id).await?.value)
 }
 
