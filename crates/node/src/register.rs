@@ -99,7 +99,7 @@ pub async fn ensure_registered(
             );
         }
         let location = location.over(&record.location);
-        let capacity = acceptable_capacity(probed, &record.capacity, &record.used);
+        let capacity = acceptable_capacity(probed, &record.used);
         if capacity != probed {
             warn!(
                 node = id,
@@ -181,26 +181,21 @@ pub async fn ensure_registered(
 }
 
 /// The capacity to register when the machine offers `probed`: `probed`, except in the
-/// fields where the node's contracts reserve more, which keep their `registered` value.
+/// fields where the node's contracts reserve more, which register what they reserve (no
+/// more: the machine does not have it, so none of it is free for new contracts). Disk
+/// bytes kept that way for one class come out of the other class's offer: a disk given
+/// again without its `--disk` class is probed as the other class, and the same bytes
+/// must not count, and earn, twice.
 /// The ledger refuses a capacity below what contracts reserve, and a node that cannot
 /// update its capacity must still start and serve those contracts.
-pub fn acceptable_capacity(
-    probed: Capacity,
-    registered: &Capacity,
-    reserved: &Capacity,
-) -> Capacity {
-    let pick = |offered: u64, kept: u64, needed: u64| {
-        if offered >= needed {
-            offered
-        } else {
-            kept.max(needed)
-        }
-    };
+pub fn acceptable_capacity(probed: Capacity, reserved: &Capacity) -> Capacity {
+    let kept_ssd = reserved.sru.saturating_sub(probed.sru);
+    let kept_hdd = reserved.hru.saturating_sub(probed.hru);
     Capacity {
-        cru: pick(probed.cru, registered.cru, reserved.cru),
-        mru: pick(probed.mru, registered.mru, reserved.mru),
-        sru: pick(probed.sru, registered.sru, reserved.sru),
-        hru: pick(probed.hru, registered.hru, reserved.hru),
+        cru: probed.cru.max(reserved.cru),
+        mru: probed.mru.max(reserved.mru),
+        sru: probed.sru.saturating_sub(kept_hdd).max(reserved.sru),
+        hru: probed.hru.saturating_sub(kept_ssd).max(reserved.hru),
     }
 }
 
@@ -241,21 +236,15 @@ mod tests {
     use peergrid_core::capacity::GIB;
 
     #[test]
-    fn capacity_below_what_contracts_reserve_keeps_the_registered_value() {
-        let registered = Capacity {
-            cru: 4,
-            mru: 8 * GIB,
-            sru: 100 * GIB,
-            hru: 0,
-        };
+    fn capacity_below_what_contracts_reserve_registers_what_they_reserve() {
         let reserved = Capacity {
             cru: 1,
             mru: GIB,
             sru: 20 * GIB,
             hru: 0,
         };
-        // A smaller disk than the contracts reserve, and more memory: the SSD figure stays,
-        // the memory grows.
+        // A smaller SSD than the contracts reserve, and more memory: the SSD figure is what
+        // the contracts hold (none free), the memory grows.
         let probed = Capacity {
             cru: 4,
             mru: 16 * GIB,
@@ -263,9 +252,9 @@ mod tests {
             hru: 0,
         };
         assert_eq!(
-            acceptable_capacity(probed, &registered, &reserved),
+            acceptable_capacity(probed, &reserved),
             Capacity {
-                sru: 100 * GIB,
+                sru: 20 * GIB,
                 ..probed
             }
         );
@@ -274,9 +263,43 @@ mod tests {
             sru: 50 * GIB,
             ..probed
         };
+        assert_eq!(acceptable_capacity(smaller, &reserved), smaller);
+    }
+
+    #[test]
+    fn a_disk_probed_as_the_other_class_is_not_counted_twice() {
+        // Registered with its 100 GiB disk as SSD, 20 GiB of it reserved; restarted
+        // without `--disk`, the same disk is probed as a 100 GiB HDD.
+        let reserved = Capacity {
+            cru: 1,
+            mru: GIB,
+            sru: 20 * GIB,
+            hru: 0,
+        };
+        let probed = Capacity {
+            cru: 4,
+            mru: 8 * GIB,
+            sru: 0,
+            hru: 100 * GIB,
+        };
+        let registered = acceptable_capacity(probed, &reserved);
+        assert_eq!((registered.sru, registered.hru), (20 * GIB, 80 * GIB));
         assert_eq!(
-            acceptable_capacity(smaller, &registered, &reserved),
-            smaller
+            registered.sru + registered.hru,
+            100 * GIB,
+            "one disk's bytes, once"
         );
+        // Contracts on both classes, neither offered any more: both kept, nothing else.
+        let both = Capacity {
+            hru: 30 * GIB,
+            ..reserved
+        };
+        let gone = Capacity {
+            sru: 0,
+            hru: 0,
+            ..probed
+        };
+        let registered = acceptable_capacity(gone, &both);
+        assert_eq!((registered.sru, registered.hru), (20 * GIB, 30 * GIB));
     }
 }
