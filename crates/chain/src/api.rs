@@ -69,6 +69,8 @@ pub struct Api {
     pub gossip: Option<mpsc::UnboundedSender<SignedTx>>,
     /// The open event streams and their bounds.
     pub event_streams: EventStreams,
+    /// How long a request may take to arrive whole and be answered ([`REQUEST_TIMEOUT`]).
+    pub request_timeout: Duration,
 }
 
 impl Api {
@@ -78,6 +80,7 @@ impl Api {
             shared,
             gossip,
             event_streams: EventStreams::default(),
+            request_timeout: REQUEST_TIMEOUT,
         }
     }
 }
@@ -196,10 +199,40 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
 /// The router with every route.
 pub fn router(api: Api) -> Router {
     let (router, _) = api_routes().split_for_parts();
+    let deadline = api.request_timeout;
     router
         .fallback(unknown_route)
+        .layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                request_deadline(deadline, request, next)
+            },
+        ))
         .layer(axum::middleware::map_response(plain_errors_as_json))
         .with_state(api)
+}
+
+/// How long a request may take to arrive whole and be answered: a client trickling its
+/// body would otherwise hold a connection for good. Event streams answer at once and
+/// then stream, so this does not bound them.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn request_deadline(
+    deadline: Duration,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match tokio::time::timeout(deadline, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the request was not received and answered within {} ms (was its body sent slowly?); send it again",
+                deadline.as_millis()
+            ),
+        )
+        .into_response(),
+    }
 }
 
 async fn unknown_route(uri: axum::http::Uri) -> ApiError {
@@ -1335,6 +1368,35 @@ mod tests {
             Receipts::memory(),
             MempoolLimits::default(),
         )
+    }
+
+    #[tokio::test]
+    async fn a_request_whose_body_trickles_is_answered_408() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (shared, _, _) = busy_chain();
+        let mut api = Api::new(shared, None);
+        api.request_timeout = Duration::from_millis(300);
+        let base = serve_api(api).await;
+        let mut tcp = tokio::net::TcpStream::connect(base.trim_start_matches("http://"))
+            .await
+            .expect("connect");
+        // 100 bytes promised, 5 sent, and nothing more.
+        tcp.write_all(
+            b"POST /v1/tx HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"a\":",
+        )
+        .await
+        .expect("send");
+        let mut answer = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut answer))
+            .await
+            .expect("answered before the client gave up")
+            .expect("read");
+        let answer = String::from_utf8_lossy(&answer[..n]);
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(
+            answer.contains("request_timeout") && answer.contains("send it again"),
+            "{answer}"
+        );
     }
 
     /// The API over `shared` on a free loopback port; its base URL.

@@ -3,10 +3,16 @@
 //! pile up until the process runs out of file handles. Here a connection that sends no
 //! complete request headers within [`Limits::header_timeout`] (an idle keep-alive one
 //! included) is closed, and at most [`Limits::connections`] are served at once; more
-//! wait in the listener's backlog.
+//! wait in the listener's backlog. A connection whose client stops reading what it is
+//! sent (a response, an event stream) is closed once nothing could be written to it for
+//! [`Limits::write_stall`], so it cannot hold its slot for good either.
 
+use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -14,6 +20,7 @@ use axum::extract::connect_info::ConnectInfo;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// How much a server takes from its clients.
 #[derive(Clone, Copy, Debug)]
@@ -23,6 +30,8 @@ pub struct Limits {
     /// How long a connection has to send a request's headers (after opening, or after
     /// its previous response).
     pub header_timeout: Duration,
+    /// How long a write to a connection may make no progress before it is closed.
+    pub write_stall: Duration,
 }
 
 impl Default for Limits {
@@ -30,6 +39,7 @@ impl Default for Limits {
         Limits {
             connections: 1024,
             header_timeout: Duration::from_secs(15),
+            write_stall: Duration::from_secs(30),
         }
     }
 }
@@ -99,6 +109,7 @@ pub async fn serve(listener: tokio::net::TcpListener, router: Router, limits: Li
                 .layer(axum::Extension(ConnectInfo::<SocketAddr>(peer))),
         );
         let builder = builder.clone();
+        let tcp = WriteDeadline::new(tcp, limits.write_stall);
         tokio::spawn(async move {
             let _ = builder
                 .serve_connection(TokioIo::new(tcp), service)
@@ -106,6 +117,96 @@ pub async fn serve(listener: tokio::net::TcpListener, router: Router, limits: Li
                 .await;
             drop(slot);
         });
+    }
+}
+
+/// A connection whose writes fail with `TimedOut` once one made no progress for `stall`:
+/// a client that stops reading fills the socket's buffers, and every later write waits.
+struct WriteDeadline<T> {
+    inner: T,
+    stall: Duration,
+    /// Armed when a write (or flush) first waits; disarmed when one goes through.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<T> WriteDeadline<T> {
+    fn new(inner: T, stall: Duration) -> Self {
+        WriteDeadline {
+            inner,
+            stall,
+            deadline: None,
+        }
+    }
+
+    /// What a write's poll returned, with the deadline kept: `Pending` past it is an error.
+    fn watch<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
+        if polled.is_ready() {
+            self.deadline = None;
+            return polled;
+        }
+        let stall = self.stall;
+        let deadline = self
+            .deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+        match deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the client read nothing for {stall:?}"),
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for WriteDeadline<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for WriteDeadline<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let me = self.get_mut();
+        let polled = Pin::new(&mut me.inner).poll_write(cx, buf);
+        me.watch(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let me = self.get_mut();
+        let polled = Pin::new(&mut me.inner).poll_write_vectored(cx, bufs);
+        me.watch(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let me = self.get_mut();
+        let polled = Pin::new(&mut me.inner).poll_flush(cx);
+        me.watch(cx, polled)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let me = self.get_mut();
+        let polled = Pin::new(&mut me.inner).poll_shutdown(cx);
+        me.watch(cx, polled)
     }
 }
 
@@ -119,12 +220,14 @@ mod tests {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let router = Router::new().route(
-            "/",
-            axum::routing::get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move {
-                peer.ip().to_string()
-            }),
-        );
+        let router = Router::new()
+            .route(
+                "/",
+                axum::routing::get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move {
+                    peer.ip().to_string()
+                }),
+            )
+            .route("/big", axum::routing::get(|| async { vec![7u8; BIG] }));
         tokio::spawn(serve(listener, router, limits));
         addr
     }
@@ -144,6 +247,7 @@ mod tests {
         let addr = server(Limits {
             connections: 2,
             header_timeout: Duration::from_millis(300),
+            ..Limits::default()
         })
         .await;
         let mut silent = tokio::net::TcpStream::connect(addr).await.expect("connect");
@@ -172,5 +276,33 @@ mod tests {
             let ended = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut rest));
             assert!(ended.await.is_ok(), "the {what} connection was left open");
         }
+    }
+
+    /// More than loopback's socket buffers hold, so a client that reads none of it stalls.
+    const BIG: usize = 64 << 20;
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_its_answer_loses_its_connection() {
+        let addr = server(Limits {
+            connections: 1,
+            write_stall: Duration::from_millis(300),
+            ..Limits::default()
+        })
+        .await;
+        let mut stalled = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        stalled
+            .write_all(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .expect("send");
+        // The only slot is held until the write stalls for 300 ms; then the next is served.
+        let answer = tokio::time::timeout(Duration::from_secs(10), ask(addr))
+            .await
+            .expect("served once the stalled connection was closed");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        // The stalled client gets part of its answer, then the end: the server closed it.
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), stalled.read_to_end(&mut got));
+        let _ = read.await.expect("the stalled connection was closed");
+        assert!(got.len() < BIG, "it was cut short: {} bytes", got.len());
     }
 }
