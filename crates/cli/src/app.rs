@@ -71,7 +71,7 @@ pub struct DeployArgs {
     /// The app's name, `[a-z0-9-]{1,63}`: its workload's name in URLs [default: the file's name].
     #[arg(long)]
     name: Option<String>,
-    /// How many nodes run it; fewer started exits with status 2, keeping those that run.
+    /// How many nodes run it; fewer started exits with status 3, keeping those that run.
     #[arg(long, default_value_t = 1)]
     replicas: usize,
     /// Run it on these nodes (repeatable) [default: chosen from the ledger].
@@ -944,7 +944,7 @@ pub fn deploy(globals: &Globals, args: DeployArgs) -> anyhow::Result<()> {
         let short = replicas.len() < args.replicas;
         if short {
             eprintln!(
-                "warning: only {} of {} replicas run; the app is kept with them (exit status 2)",
+                "warning: only {} of {} replicas run; the app is kept with them (exit status 3)",
                 replicas.len(),
                 args.replicas
             );
@@ -969,12 +969,13 @@ pub fn deploy(globals: &Globals, args: DeployArgs) -> anyhow::Result<()> {
     })
 }
 
-/// A deployment that runs fewer replicas than asked exits 2, so a script that asked for
-/// redundancy does not take it for done; what runs is kept and was printed.
+/// A deployment that runs fewer replicas than asked exits 3 (2 is a usage error), so a
+/// script that asked for redundancy does not take it for done; what runs is kept and
+/// was printed.
 fn partly_done(short: bool) -> anyhow::Result<()> {
     if short {
         std::io::Write::flush(&mut std::io::stdout())?;
-        std::process::exit(2);
+        std::process::exit(3);
     }
     Ok(())
 }
