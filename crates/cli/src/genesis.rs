@@ -321,7 +321,11 @@ fn check(globals: &Globals, file: &Path) -> anyhow::Result<()> {
         ("genesis hash", genesis.hash().to_string()),
         (
             "genesis time",
-            format!("{} ms since the Unix epoch", genesis.genesis_time_ms),
+            format!(
+                "{} ({} ms since the Unix epoch)",
+                peergrid_core::utc(genesis.genesis_time_ms),
+                genesis.genesis_time_ms
+            ),
         ),
         (
             "supply",

@@ -277,7 +277,11 @@ fn deploy_call_survive_a_node_and_remove_an_app() {
         .output()
         .expect("deploy");
     let err = String::from_utf8_lossy(&few.stderr);
-    assert_eq!(few.status.code(), Some(3), "partly done, not a usage error: {err}");
+    assert_eq!(
+        few.status.code(),
+        Some(3),
+        "partly done, not a usage error: {err}"
+    );
     assert!(err.contains("only 1 of 2 replicas run"), "{err}");
     let out: Value = serde_json::from_slice(&few.stdout).unwrap_or(Value::Null);
     assert_eq!(out["replicas_asked"], 2, "{out}");

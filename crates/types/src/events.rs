@@ -186,7 +186,9 @@ pub enum TxError {
         contract: ContractId,
     },
     /// A rent needs an empty node.
-    #[error("node {node} already hosts {contracts} contracts; only an empty node can be rented")]
+    #[error(
+        "node {node} already hosts contracts ({contracts}); only an empty node can be rented: cancel them first"
+    )]
     NodeNotEmpty {
         /// The node.
         node: NodeId,

@@ -34,8 +34,11 @@ impl RewardReceipt {
             )?;
             writeln!(
                 o,
-                "period          [{} ms, {} ms) of ledger time",
-                self.period_start_ms, self.period_end_ms
+                "period          [{} ms, {} ms) of ledger time ({} to {})",
+                self.period_start_ms,
+                self.period_end_ms,
+                peergrid_core::utc(self.period_start_ms),
+                peergrid_core::utc(self.period_end_ms)
             )?;
             writeln!(
                 o,
@@ -205,10 +208,12 @@ impl Bill {
             writeln!(o, "bill: contract {} of {}", self.contract, self.owner)?;
             writeln!(
                 o,
-                "period      [{} ms, {} ms) = {} ms",
+                "period      [{} ms, {} ms) = {} ms ({} to {})",
                 self.from_ms,
                 self.to_ms,
-                self.to_ms.saturating_sub(self.from_ms)
+                self.to_ms.saturating_sub(self.from_ms),
+                peergrid_core::utc(self.from_ms),
+                peergrid_core::utc(self.to_ms)
             )?;
             writeln!(
                 o,
