@@ -600,8 +600,14 @@ pub async fn rewards(globals: &Globals, farm: FarmId, period: Option<u64>) -> an
                 Some(p) => outln!(
                     "no receipts for farm {farm} in period {p} (the current period is {current}, minted after it ends)"
                 ),
+                None if current == 0 => outln!(
+                    "no rewards minted for farm {farm} yet; period 0 is running and is minted after it ends"
+                ),
                 None => outln!(
-                    "no rewards minted for farm {farm} yet; period {current} is running and is minted after it ends"
+                    "no rewards minted for farm {farm} yet; period {} ended and is minted once its last \
+                     uptime reports are in (two report intervals after its end; a farm with no node in \
+                     it gets nothing), and period {current} is running",
+                    current - 1
                 ),
             }
             return Ok(());

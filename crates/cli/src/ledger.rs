@@ -380,18 +380,34 @@ fn devnet_status(globals: &Globals, dir: &std::path::Path) -> anyhow::Result<()>
     crate::runtime()?.block_on(async {
         let health = peergrid_devnet::health(dir, &running).await;
         let processes = &health.processes;
+        let ledger_ids = if processes.is_empty() {
+            Default::default()
+        } else {
+            devnet_node_ids(dir, &running.apis).await
+        };
+        // `node 0` is the devnet's first node process; the ledger numbers nodes its own way.
+        let ledger_id = |name: &str| {
+            (name.strip_prefix("node "))
+                .and_then(|i| ledger_ids.get(&i.parse().ok()?))
+                .copied()
+        };
         if globals.json {
-            output::json(&health)?;
+            let mut value = serde_json::to_value(&health)?;
+            if let Some(list) = value["processes"].as_array_mut() {
+                for p in list {
+                    let id = p["name"].as_str().and_then(ledger_id);
+                    p["ledger_node"] = json!(id);
+                }
+            }
+            output::json(&value)?;
         } else {
             print_validators(&health);
             if !processes.is_empty() {
                 outln!();
-                let ledger_ids = devnet_node_ids(dir, &running.apis).await;
                 let table: Vec<Vec<String>> = processes
                     .iter()
                     .map(|p| {
-                        let ledger_id = (p.name.strip_prefix("node "))
-                            .and_then(|i| ledger_ids.get(&i.parse().ok()?))
+                        let ledger_id = ledger_id(&p.name)
                             .map_or_else(|| "-".into(), |id| format!("node {id}"));
                         vec![
                             p.name.clone(),

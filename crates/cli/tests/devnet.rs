@@ -420,6 +420,21 @@ fn a_newcomer_runs_a_devnet_and_sends_a_transfer_that_finalizes() {
         matches!(devnet.0.try_wait(), Ok(None)),
         "the devnet kept running: {restarted}"
     );
+    // Each node process names its id on the ledger, which `node` commands take.
+    let listed = restarted["processes"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let ledger_node = |name: &str| {
+        (listed.iter())
+            .find(|p| p["name"] == name)
+            .map(|p| p["ledger_node"].clone())
+    };
+    assert!(
+        ledger_node("node 1").is_some_and(|id| id.as_u64().is_some()),
+        "{restarted}"
+    );
+    assert_eq!(ledger_node("validator 3"), Some(Value::Null), "{restarted}");
     assert!(
         victims.iter().all(|p| !pids(home, "validator-3.toml")
             .into_iter()

@@ -56,6 +56,10 @@ const CHOOSE_AFTER_FIRST: Duration = Duration::from_millis(250);
 /// How long a choice holds: a long-lived client (a node's) asks again after this, since
 /// the validator it chose may have fallen behind since (frozen, then catching up).
 const CHOOSE_AGAIN_AFTER: Duration = Duration::from_secs(60);
+/// [`Client::choose_again`] within this of the last choice keeps it: what asks for it may
+/// come from outside (a request naming a contract that does not exist), and every choice
+/// holds the client's requests while the validators are asked.
+const CHOOSE_AGAIN_MIN: Duration = Duration::from_secs(5);
 /// How long a signed transaction stays valid by default.
 pub const TX_LIFETIME: Duration = Duration::from_secs(300);
 
@@ -310,8 +314,15 @@ impl Client {
     /// Chooses the validator furthest along again now, as the first request does: for an
     /// answer that may come from a validator behind the caller's knowledge (a contract
     /// the caller was just told of, said not to exist).
+    /// A choice made less than [`CHOOSE_AGAIN_MIN`] ago is kept.
     pub async fn choose_again(&self) {
-        *self.chosen.lock().await = None;
+        {
+            let mut chosen = self.chosen.lock().await;
+            if chosen.is_some_and(|at| at.elapsed() < CHOOSE_AGAIN_MIN) {
+                return;
+            }
+            *chosen = None;
+        }
         self.choose().await;
     }
 

@@ -243,6 +243,7 @@ async fn the_client_asks_the_validator_furthest_along_and_not_a_frozen_one() {
     let client = Client::new(vec![stuck, other, behind, ahead]);
     let started = Instant::now();
     let status = client.status().await.expect("status");
+    let chosen_by = Instant::now();
     assert_eq!(status.height, 50, "the validator furthest along answers");
     assert!(
         started.elapsed() < Duration::from_secs(8),
@@ -251,10 +252,19 @@ async fn the_client_asks_the_validator_furthest_along_and_not_a_frozen_one() {
     );
 
     // The chosen one falls behind (frozen, then catching up): the choice holds until
-    // the client is told to choose again, then the one now furthest along answers.
+    // the client is told to choose again, then the one now furthest along answers. Told
+    // so within 5 s of the last choice, it keeps it: a stranger's requests can ask for
+    // choices, and each holds the client's requests while it is made.
     ledger.lock().expect("lock").height = 5;
     let status = client.status().await.expect("status");
     assert_eq!(status.height, 5, "a choice holds for a while");
+    client.choose_again().await;
+    let status = client.status().await.expect("status");
+    assert_eq!(status.height, 5, "a choice made just now is kept");
+    tokio::time::sleep(
+        (chosen_by + Duration::from_millis(5_100)).saturating_duration_since(Instant::now()),
+    )
+    .await;
     client.choose_again().await;
     let status = client.status().await.expect("status");
     assert_eq!(

@@ -234,8 +234,12 @@ impl ResourceLimiter for Limiter {
         &mut self,
         current: usize,
         desired: usize,
-        _maximum: Option<usize>,
+        maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
+        // Past the memory's own declared maximum the growth fails anyway: not counted.
+        if maximum.is_some_and(|m| desired > m) {
+            return Ok(false);
+        }
         let grow = u64::try_from(desired.saturating_sub(current)).unwrap_or(u64::MAX);
         let total = self.meter.memory_bytes.load(Ordering::Relaxed);
         let wanted = total.saturating_add(grow);

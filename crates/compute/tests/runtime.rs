@@ -334,6 +334,34 @@ async fn runaway_request_gets_503_while_hello_keeps_answering() {
     assert_eq!((m.cpu_limit_exceeded, m.wall_time_exceeded), (1, 1));
 }
 
+/// Whether `done` holds within 5 s: a request's task ends just after the response it sent.
+async fn settles(done: impl Fn() -> bool) -> bool {
+    for _ in 0..500 {
+        if done() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    done()
+}
+
+/// Waits until `done`; fails once `task` has ended (awaited first: a test that fails
+/// while a guest still runs does not end), or after 10 s.
+async fn until<T: std::fmt::Debug>(
+    what: &str,
+    task: &mut tokio::task::JoinHandle<T>,
+    done: impl Fn() -> bool,
+) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !done() {
+        if task.is_finished() || std::time::Instant::now() > deadline {
+            let ended = task.await;
+            panic!("not {what}: the run ended with {ended:?}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_contracts_runs_share_the_memory_it_reserved() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -347,25 +375,21 @@ async fn a_contracts_runs_share_the_memory_it_reserved() {
 
     let (status, _) = call(&shared_hello, "/", &[], &Limits::default()).await;
     assert_eq!(status, 200, "hello alone fits the share");
-    // Its task ends just after the response it sent.
-    for _ in 0..500 {
-        if share.memory_in_use() == 0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    assert_eq!(
-        share.memory_in_use(),
-        0,
-        "a finished run gives its memory back"
+    assert!(
+        settles(|| share.memory_in_use() == 0).await,
+        "a finished run gives its memory back: {} bytes held",
+        share.memory_in_use()
     );
 
     let spinner = spin.clone();
-    let holder =
-        tokio::spawn(async move { call(&spinner, "/", &[], &limits(2 << 20, 60_000, 600)).await });
-    while share.memory_in_use() < 1 << 20 {
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    let mut holder =
+        tokio::spawn(
+            async move { call(&spinner, "/", &[], &limits(2 << 20, 60_000, 2_000)).await },
+        );
+    until("the spinner holds its MiB", &mut holder, || {
+        share.memory_in_use() >= 1 << 20
+    })
+    .await;
     let (refused, body) = call(&shared_hello, "/", &[], &Limits::default()).await;
     // Another tenant's instance of the same component is not held back.
     let (other, _) = call(&hello, "/", &[], &Limits::default()).await;
@@ -394,11 +418,14 @@ async fn a_contracts_runs_wait_for_its_instances_and_no_other_tenants() {
     let shared_hello = hello.clone().in_share(share.clone());
 
     let spinner = spin.clone();
-    let holder =
-        tokio::spawn(async move { call(&spinner, "/", &[], &limits(1 << 20, 60_000, 800)).await });
-    while share.instances_in_use() < 1 {
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    let mut holder =
+        tokio::spawn(
+            async move { call(&spinner, "/", &[], &limits(1 << 20, 60_000, 2_000)).await },
+        );
+    until("the spinner holds its instance", &mut holder, || {
+        share.instances_in_use() >= 1
+    })
+    .await;
     let (refused, body) = call(&shared_hello, "/", &[], &limits(128 << 20, 1_000, 100)).await;
     let (other, _) = call(&hello, "/", &[], &Limits::default()).await;
     // A request with time to wait is served once the spinner's instance is given back.
@@ -409,7 +436,10 @@ async fn a_contracts_runs_wait_for_its_instances_and_no_other_tenants() {
     assert_eq!(other, 200, "another tenant is served at once");
     assert_eq!(waited, 200);
     assert_eq!(held, 504);
-    assert_eq!(share.instances_in_use(), 0);
+    assert!(
+        settles(|| share.instances_in_use() == 0).await,
+        "every instance is given back"
+    );
 }
 
 #[test]

@@ -112,9 +112,14 @@ struct Entry {
 struct App {
     deployment: Hash,
     paused: bool,
-    /// What all its runs may hold together: the memory the contract reserved, and
-    /// [`INSTANCES_PER_CONTRACT`] instances.
+    /// What all its runs may hold together: the memory the contract reserved (at least
+    /// one run's limit), and [`INSTANCES_PER_CONTRACT`] instances.
     share: Arc<Share>,
+    /// The memory the contract reserves on the ledger.
+    memory_reserved: u64,
+    /// The largest memory limit of one of its runs, once its deployment is decoded: a
+    /// contract that reserved less still runs one at a time, as the deployment promised.
+    memory_floor: u64,
     /// Why the deployment as a whole cannot run (unreadable, undecodable).
     error: Option<String>,
     /// Empty until the deployment is decoded.
@@ -123,6 +128,13 @@ struct App {
     jobs: Vec<tokio::task::AbortHandle>,
     /// Response bytes already reported to the ledger as network usage (NU).
     reported_bytes: u64,
+}
+
+impl App {
+    /// Sets what the share's runs may hold: the reservation, or one run's limit if more.
+    fn share_memory(&self) {
+        (self.share).set_memory_bytes_max(self.memory_reserved.max(self.memory_floor));
+    }
 }
 
 /// Where a request for `/<contract>/<workload>/…` goes, or why it cannot.
@@ -234,7 +246,8 @@ impl Compute {
         for (contract, (hash, paused, owner, memory)) in wanted {
             if let Some(app) = apps.get_mut(&contract) {
                 app.paused = paused;
-                app.share.set_memory_bytes_max(memory);
+                app.memory_reserved = memory;
+                app.share_memory();
                 continue;
             }
             let share = Share::new(memory, INSTANCES_PER_CONTRACT);
@@ -244,6 +257,8 @@ impl Compute {
                     deployment: hash,
                     paused,
                     share: share.clone(),
+                    memory_reserved: memory,
+                    memory_floor: 0,
                     error: None,
                     workloads: BTreeMap::new(),
                     jobs: Vec::new(),
@@ -288,7 +303,24 @@ impl Compute {
                 (spec.name.clone(), entry)
             })
             .collect();
-        if !self.update(contract, hash, |app| app.workloads = workloads) {
+        let floor = (deployment.workloads.iter())
+            .map(|w| w.limits.memory_bytes.min(INSTANCE_MEMORY_BYTES_MAX))
+            .max()
+            .unwrap_or(0);
+        let updated = self.update(contract, hash, |app| {
+            app.workloads = workloads;
+            app.memory_floor = floor;
+            if floor > app.memory_reserved {
+                warn!(
+                    contract,
+                    reserved = app.memory_reserved,
+                    limit = floor,
+                    "the contract reserves less memory than one run's limit: its runs get that limit in all"
+                );
+            }
+            app.share_memory();
+        });
+        if !updated {
             return;
         }
         let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();

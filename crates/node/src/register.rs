@@ -99,7 +99,7 @@ pub async fn ensure_registered(
             );
         }
         let location = location.over(&record.location);
-        let capacity = acceptable_capacity(probed, &record.used);
+        let capacity = acceptable_capacity(probed, &record.capacity, &record.used);
         if capacity != probed {
             warn!(
                 node = id,
@@ -183,19 +183,26 @@ pub async fn ensure_registered(
 /// The capacity to register when the machine offers `probed`: `probed`, except in the
 /// fields where the node's contracts reserve more, which register what they reserve (no
 /// more: the machine does not have it, so none of it is free for new contracts). Disk
-/// bytes kept that way for one class come out of the other class's offer: a disk given
-/// again without its `--disk` class is probed as the other class, and the same bytes
-/// must not count, and earn, twice.
+/// bytes kept that way for one class come out of what the other class offers beyond its
+/// `registered` figure: a disk given again without its `--disk` class is probed as the
+/// other class, and the same bytes must not count, and earn, twice (a disk that is just
+/// gone takes nothing from the others).
 /// The ledger refuses a capacity below what contracts reserve, and a node that cannot
 /// update its capacity must still start and serve those contracts.
-pub fn acceptable_capacity(probed: Capacity, reserved: &Capacity) -> Capacity {
+pub fn acceptable_capacity(
+    probed: Capacity,
+    registered: &Capacity,
+    reserved: &Capacity,
+) -> Capacity {
     let kept_ssd = reserved.sru.saturating_sub(probed.sru);
     let kept_hdd = reserved.hru.saturating_sub(probed.hru);
+    let moved_to_hdd = kept_ssd.min(probed.hru.saturating_sub(registered.hru));
+    let moved_to_ssd = kept_hdd.min(probed.sru.saturating_sub(registered.sru));
     Capacity {
         cru: probed.cru.max(reserved.cru),
         mru: probed.mru.max(reserved.mru),
-        sru: probed.sru.saturating_sub(kept_hdd).max(reserved.sru),
-        hru: probed.hru.saturating_sub(kept_ssd).max(reserved.hru),
+        sru: probed.sru.saturating_sub(moved_to_ssd).max(reserved.sru),
+        hru: probed.hru.saturating_sub(moved_to_hdd).max(reserved.hru),
     }
 }
 
@@ -251,8 +258,12 @@ mod tests {
             sru: 10 * GIB,
             hru: 0,
         };
+        let registered = Capacity {
+            sru: 100 * GIB,
+            ..probed
+        };
         assert_eq!(
-            acceptable_capacity(probed, &reserved),
+            acceptable_capacity(probed, &registered, &reserved),
             Capacity {
                 sru: 20 * GIB,
                 ..probed
@@ -263,7 +274,10 @@ mod tests {
             sru: 50 * GIB,
             ..probed
         };
-        assert_eq!(acceptable_capacity(smaller, &reserved), smaller);
+        assert_eq!(
+            acceptable_capacity(smaller, &registered, &reserved),
+            smaller
+        );
     }
 
     #[test]
@@ -282,13 +296,25 @@ mod tests {
             sru: 0,
             hru: 100 * GIB,
         };
-        let registered = acceptable_capacity(probed, &reserved);
+        let before = Capacity {
+            sru: 100 * GIB,
+            hru: 0,
+            ..probed
+        };
+        let registered = acceptable_capacity(probed, &before, &reserved);
         assert_eq!((registered.sru, registered.hru), (20 * GIB, 80 * GIB));
         assert_eq!(
             registered.sru + registered.hru,
             100 * GIB,
             "one disk's bytes, once"
         );
+        // A separate SSD that is gone takes nothing from the HDD, which did not grow.
+        let two_disks = Capacity {
+            hru: 100 * GIB,
+            ..before
+        };
+        let registered = acceptable_capacity(probed, &two_disks, &reserved);
+        assert_eq!((registered.sru, registered.hru), (20 * GIB, 100 * GIB));
         // Contracts on both classes, neither offered any more: both kept, nothing else.
         let both = Capacity {
             hru: 30 * GIB,
@@ -299,7 +325,7 @@ mod tests {
             hru: 0,
             ..probed
         };
-        let registered = acceptable_capacity(gone, &both);
+        let registered = acceptable_capacity(gone, &before, &both);
         assert_eq!((registered.sru, registered.hru), (20 * GIB, 30 * GIB));
     }
 }
