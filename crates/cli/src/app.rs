@@ -112,6 +112,15 @@ pub enum AppCommand {
     /// Run a new version: each replica's contract takes the new deployment's hash, and
     /// its node fetches and starts it. Limits and environment stay unless given.
     Update(UpdateArgs),
+    /// Replace the replicas that do not serve (node down or not answering, workload
+    /// failed, contract ended) with new ones on other nodes; each replaced contract is
+    /// cancelled. Give the component the app runs (checked against its hash).
+    Repair {
+        /// The app's name.
+        name: String,
+        /// The component it runs (`app list --json` shows its hash).
+        wasm: PathBuf,
+    },
     /// Cancel an app's contracts and forget it.
     Rm {
         /// The app's name.
@@ -532,6 +541,11 @@ impl Placement {
             }
         });
         Ok((placement, Serving { server, watcher }))
+    }
+
+    /// Nodes to try next, after those queued.
+    pub(crate) async fn queue(&self, nodes: VecDeque<NodeView>) {
+        self.queue.lock().await.extend(nodes);
     }
 
     /// The mesh peer placing the replicas.
@@ -1142,6 +1156,171 @@ fn update(globals: &Globals, file: &Path, mut apps: Apps, args: UpdateArgs) -> a
     Ok(())
 }
 
+/// `peergrid app repair`: each replica that does not serve gets a new one on another node
+/// (up, with room, not running the app yet), then its contract is cancelled.
+fn repair(
+    globals: &Globals,
+    file: &Path,
+    mut apps: Apps,
+    name: &str,
+    wasm: &Path,
+) -> anyhow::Result<()> {
+    let json = globals.json;
+    let app = apps.find(name)?;
+    let bytes = std::fs::read(wasm).with_context(|| format!("cannot read {}", wasm.display()))?;
+    let component = *blake3::hash(&bytes).as_bytes();
+    if hex::encode(component) != app.component {
+        bail!(
+            "{} is not the component {name} runs (its BLAKE3 is {}, {name} runs {}); give that \
+             one, or run a new one with `peergrid app update {name} {}`",
+            wasm.display(),
+            hex::encode(component),
+            app.component,
+            wasm.display()
+        );
+    }
+    let kind = match app.kind.as_str() {
+        "job" => WorkloadKind::Job,
+        _ => WorkloadKind::Http,
+    };
+    let spec = app.spec.clone().with_context(|| {
+        format!("{name} was deployed before its settings were recorded; run `peergrid app update {name} {}` once", wasm.display())
+    })?;
+    let deployment = spec.deployment(name, kind, component)?;
+    if Hash::of(&deployment).to_string() != app.deployment {
+        bail!(
+            "{name}'s recorded settings do not make the deployment its contracts hold; \
+             run `peergrid app update {name} {}` first",
+            wasm.display()
+        );
+    }
+    let client = globals.client()?;
+    let resources = spec.resources();
+    let mut repaired = app.clone();
+    let (replaced, left) = crate::runtime()?.block_on(async {
+        let (placement, serving) = Placement::open(
+            globals,
+            name,
+            deployment,
+            (component, bytes),
+            resources,
+            VecDeque::new(),
+        )
+        .await?;
+        let mut broken = Vec::new();
+        for r in &app.replicas {
+            let state = replica_state(&client, placement.mesh(), r).await;
+            if !state.serves() {
+                say(
+                    json,
+                    format!(
+                        "contract {} on node {} does not serve: contract {}, workload {}",
+                        r.contract, r.node, state.contract_state, state.state
+                    ),
+                );
+                // A contract still on the ledger is cancelled once it is replaced.
+                let cancellable = !(state.contract_state.starts_with("deleted")
+                    || state.contract_state == "missing");
+                broken.push((r.clone(), cancellable));
+            }
+        }
+        if broken.is_empty() {
+            drop(serving);
+            placement.mesh().close().await;
+            return anyhow::Ok((Vec::new(), Vec::new()));
+        }
+        // Not on a node that runs the app or failed it.
+        let (_, nodes) = client.nodes(None).await?;
+        let taken: Vec<NodeId> = app.replicas.iter().map(|r| r.node).collect();
+        let queue: VecDeque<NodeView> = candidates(nodes, &[], &resources, json)
+            .into_iter()
+            .filter(|n| !taken.contains(&n.node.id))
+            .collect();
+        placement.queue(queue).await;
+        let mut replaced = Vec::new();
+        let mut left = Vec::new();
+        for (old, live) in broken {
+            let placed = tokio::select! {
+                placed = placement.place() => placed,
+                _ = tokio::signal::ctrl_c() => {
+                    say(json, "interrupted: cancelling the contracts this repair made");
+                    placement.stop();
+                    for contract in placement.created() {
+                        placement.cancel(contract).await;
+                    }
+                    bail!("interrupted: the replicas repaired so far are not recorded; run the repair again");
+                }
+            };
+            let Some(new) = placed else {
+                left.push(old);
+                continue;
+            };
+            if live {
+                placement.cancel(old.contract).await;
+            }
+            if let Some(slot) = repaired
+                .replicas
+                .iter_mut()
+                .find(|r| r.contract == old.contract)
+            {
+                *slot = new.clone();
+            }
+            replaced.push((old, new));
+        }
+        drop(serving);
+        placement.mesh().close().await;
+        anyhow::Ok((replaced, left))
+    })?;
+    if !replaced.is_empty() {
+        apps.apps.insert(name.to_string(), repaired.clone());
+        save_apps(file, &apps)?;
+    }
+    if json {
+        output::json(&json!({
+            "app": repaired,
+            "replaced": replaced
+                .iter()
+                .map(|(old, new)| json!({ "old": old, "new": new }))
+                .collect::<Vec<_>>(),
+            "not_replaced": left,
+        }))?;
+    } else if replaced.is_empty() && left.is_empty() {
+        outln!(
+            "every replica of {name} serves ({}); nothing to repair",
+            app.replicas.len()
+        );
+    } else {
+        for (old, new) in &replaced {
+            outln!(
+                "node {} (contract {}) replaced by node {} (contract {}){}",
+                old.node,
+                old.contract,
+                new.node,
+                new.contract,
+                new.url
+                    .as_ref()
+                    .map(|u| format!(": {u}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    if !left.is_empty() {
+        let nodes: Vec<NodeId> = left.iter().map(|r| r.node).collect();
+        if replaced.is_empty() {
+            bail!(
+                "no other node could take the replicas on nodes {nodes:?} (see above); \
+                 they are kept, run the repair again later"
+            );
+        }
+        eprintln!(
+            "warning: no other node could take the replicas on nodes {nodes:?} (see above); \
+             they are kept, run the repair again later"
+        );
+        return partly_done(true);
+    }
+    Ok(())
+}
+
 /// One replica as `app status` shows it: its contract on the ledger, its workload on its node.
 #[derive(Serialize)]
 struct ReplicaState {
@@ -1152,12 +1331,67 @@ struct ReplicaState {
     url: Option<String>,
 }
 
+/// A replica's contract on the ledger and its workload on its node, asked now.
+async fn replica_state(client: &Client, mesh: &Mesh, r: &Replica) -> ReplicaState {
+    let ledger = match client.contract(r.contract).await {
+        Ok(Some(c)) => match c.data.state {
+            ContractState::Created => "live".to_string(),
+            ContractState::GracePeriod { .. } => "grace".to_string(),
+            ContractState::Deleted { reason, .. } => format!("deleted ({reason})"),
+        },
+        Ok(None) => "missing".into(),
+        Err(e) => format!("unknown ({e})"),
+    };
+    let on_node = match client.node(r.node).await {
+        Ok(Some(n)) => match peergrid_mesh::identity::peer_id(&n.data.node.account) {
+            Ok(peer) => match tokio::time::timeout(
+                STATUS_TIMEOUT,
+                protocol::status_of(mesh, peer, Some(r.contract)),
+            )
+            .await
+            {
+                Ok(Ok(report)) => report
+                    .deployment
+                    .map(|d| match d.reason {
+                        Some(reason) => format!("{}: {reason}", d.state),
+                        None => d.state,
+                    })
+                    .unwrap_or_else(|| "unknown (old node)".into()),
+                Ok(Err(e)) => format!(
+                    "unreachable (node {} is {} on the ledger): {e}",
+                    r.node, n.data.status
+                ),
+                Err(_) => "no answer within 5 s".into(),
+            },
+            Err(e) => format!("unknown ({e})"),
+        },
+        Ok(None) => "node missing from the ledger".into(),
+        Err(e) => format!("unknown ({e})"),
+    };
+    ReplicaState {
+        contract: r.contract,
+        node: r.node,
+        contract_state: ledger,
+        state: on_node,
+        url: r.url.clone(),
+    }
+}
+
+impl ReplicaState {
+    /// Whether it serves: its contract is live and its workload runs (or, a job, ran).
+    fn serves(&self) -> bool {
+        self.contract_state == "live"
+            && (self.state == "running" || self.state.starts_with("exited"))
+    }
+}
+
 /// `peergrid app …`.
 pub fn app(globals: &Globals, cmd: AppCommand) -> anyhow::Result<()> {
     let file = apps_file(globals)?;
     let mut apps = load_apps(&file)?;
     match cmd {
         AppCommand::Update(args) => update(globals, &file, apps, args),
+        AppCommand::Repair { name, wasm } => repair(globals, &file, apps, &name, &wasm),
         AppCommand::Logs { name } => {
             let app = apps.find(&name)?;
             let client = globals.client()?;
@@ -1236,59 +1470,11 @@ pub fn app(globals: &Globals, cmd: AppCommand) -> anyhow::Result<()> {
                 let mesh = mesh_peer(&client, &key).await?;
                 let mut rows = Vec::new();
                 for r in &app.replicas {
-                    let ledger = match client.contract(r.contract).await {
-                        Ok(Some(c)) => match c.data.state {
-                            ContractState::Created => "live".to_string(),
-                            ContractState::GracePeriod { .. } => "grace".to_string(),
-                            ContractState::Deleted { reason, .. } => format!("deleted ({reason})"),
-                        },
-                        Ok(None) => "missing".into(),
-                        Err(e) => format!("unknown ({e})"),
-                    };
-                    let on_node = match client.node(r.node).await {
-                        Ok(Some(n)) => match peergrid_mesh::identity::peer_id(&n.data.node.account)
-                        {
-                            Ok(peer) => match tokio::time::timeout(
-                                STATUS_TIMEOUT,
-                                protocol::status_of(&mesh, peer, Some(r.contract)),
-                            )
-                            .await
-                            {
-                                Ok(Ok(report)) => report
-                                    .deployment
-                                    .map(|d| match d.reason {
-                                        Some(reason) => format!("{}: {reason}", d.state),
-                                        None => d.state,
-                                    })
-                                    .unwrap_or_else(|| "unknown (old node)".into()),
-                                Ok(Err(e)) => format!(
-                                    "unreachable (node {} is {} on the ledger): {e}",
-                                    r.node, n.data.status
-                                ),
-                                Err(_) => "no answer within 5 s".into(),
-                            },
-                            Err(e) => format!("unknown ({e})"),
-                        },
-                        Ok(None) => "node missing from the ledger".into(),
-                        Err(e) => format!("unknown ({e})"),
-                    };
-                    rows.push(ReplicaState {
-                        contract: r.contract,
-                        node: r.node,
-                        contract_state: ledger,
-                        state: on_node,
-                        url: r.url.clone(),
-                    });
+                    rows.push(replica_state(&client, &mesh, r).await);
                 }
                 mesh.close().await;
                 // A script (or a monitor) learns from the status whether every replica serves.
-                let failing = rows
-                    .iter()
-                    .filter(|r| {
-                        r.contract_state != "live"
-                            || !(r.state == "running" || r.state.starts_with("exited"))
-                    })
-                    .count();
+                let failing = rows.iter().filter(|r| !r.serves()).count();
                 let failed = || {
                     anyhow::anyhow!(
                         "{failing} of {} replicas of {} are not running (see above)",

@@ -96,15 +96,18 @@ fn deploy_call_survive_a_node_and_remove_an_app() {
     assert!(err.contains("finalized on node"), "steps are shown: {err}");
     assert!(err.contains("running on node"), "steps are shown: {err}");
     eprintln!("deployed in {:?}", started.elapsed());
-    let replicas = out["app"]["replicas"]
+    let mut replicas = out["app"]["replicas"]
         .as_array()
         .cloned()
         .unwrap_or_default();
     assert_eq!(replicas.len(), 2, "{out}");
-    let urls: Vec<String> = replicas
-        .iter()
-        .map(|r| r["url"].as_str().expect("a url").to_string())
-        .collect();
+    let urls_of = |replicas: &[Value]| -> Vec<String> {
+        replicas
+            .iter()
+            .map(|r| r["url"].as_str().expect("a url").to_string())
+            .collect()
+    };
+    let mut urls = urls_of(&replicas);
     assert_ne!(replicas[0]["node"], replicas[1]["node"], "two nodes");
     for url in &urls {
         assert_eq!(
@@ -137,10 +140,44 @@ fn deploy_call_survive_a_node_and_remove_an_app() {
     signal("-STOP");
     let other = get(&urls[1]);
     let (ok, status, _) = run(home, &["app", "status", "hello"]);
+    // Repaired while it is stopped: a new replica on a third node, the old contract ended.
+    let (repaired, fixed, err) = run(home, &["app", "repair", "hello", HELLO]);
     signal("-CONT");
     assert!(!ok, "a replica not answering fails the status: {status}");
     assert_eq!(status["replicas"][1]["state"], "running", "{status}");
     assert_eq!(other, Some((200, "hello from peergrid\n".to_string())));
+    assert!(repaired, "app repair: {err}");
+    let old = &fixed["replaced"][0]["old"];
+    let new = &fixed["replaced"][0]["new"];
+    assert_eq!(old["contract"], replicas[0]["contract"], "{fixed}");
+    assert!(
+        new["node"] != replicas[0]["node"] && new["node"] != replicas[1]["node"],
+        "{fixed}"
+    );
+    replicas = fixed["app"]["replicas"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    urls = urls_of(&replicas);
+    assert_eq!(
+        get(&urls[0]),
+        Some((200, "hello from peergrid\n".to_string())),
+        "the new replica answers"
+    );
+    let (_, shown, _) = run(home, &["contract", "show", &old["contract"].to_string()]);
+    assert!(
+        shown["contract"]["state"].to_string().contains("deleted"),
+        "{shown}"
+    );
+    let (ok, status, err) = run(home, &["app", "status", "hello"]);
+    assert!(ok, "both replicas serve again: {err} {status}");
+    let (ok, again, err) = run(home, &["app", "repair", "hello", HELLO]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        again["replaced"].as_array().map(Vec::len),
+        Some(0),
+        "{again}"
+    );
 
     // Its log: what hello printed for each request, read with the owner's signature.
     assert_eq!(get(&format!("{}env/WHO", urls[1])).map(|r| r.0), Some(404));
