@@ -36,6 +36,22 @@ impl JobOutcome {
     }
 }
 
+impl JobOutcome {
+    /// A job that did not run, for `error`.
+    fn not_run(started: Instant, limit: Option<LimitExceeded>, error: &str) -> JobOutcome {
+        JobOutcome {
+            exit_code: None,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            cpu_ms: 0,
+            wall_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            memory_peak_bytes: 0,
+            limit_exceeded: limit,
+            error: Some(error.to_string()),
+        }
+    }
+}
+
 impl Prepared {
     /// Runs the job once with `args` (after the program name) and `env`, under `limits`.
     ///
@@ -52,16 +68,11 @@ impl Prepared {
         metrics.request_started();
         let Some(pre) = self.command_pre().cloned() else {
             metrics.error();
-            return JobOutcome {
-                exit_code: None,
-                stdout: Vec::new(),
-                stderr: Vec::new(),
-                cpu_ms: 0,
-                wall_ms: 0,
-                memory_peak_bytes: 0,
-                limit_exceeded: None,
-                error: Some("this workload is an HTTP service, not a job".into()),
-            };
+            return JobOutcome::not_run(
+                started,
+                None,
+                "this workload is an HTTP service, not a job",
+            );
         };
         let limits = self.effective_limits(limits);
         let wall = Duration::from_millis(limits.wall_ms);
@@ -69,16 +80,7 @@ impl Prepared {
             Ok(permit) => permit,
             Err(reason) => {
                 metrics.error();
-                return JobOutcome {
-                    exit_code: None,
-                    stdout: Vec::new(),
-                    stderr: Vec::new(),
-                    cpu_ms: 0,
-                    wall_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-                    memory_peak_bytes: 0,
-                    limit_exceeded: Some(LimitExceeded::WallTime),
-                    error: Some(reason),
-                };
+                return JobOutcome::not_run(started, Some(LimitExceeded::WallTime), &reason);
             }
         };
         let meter = self.meter(&limits);
