@@ -136,6 +136,19 @@ pub struct Proven<T> {
     pub certified: Certified,
 }
 
+/// The state of [`Client::choose`].
+#[derive(Clone, Copy, Debug, Default)]
+struct Choice {
+    /// When the validator to start from was last chosen.
+    at: Option<Instant>,
+    /// When the choice under way began, if one is.
+    asking_since: Option<Instant>,
+}
+
+/// A choice under way for longer is taken to be abandoned (its future dropped or left
+/// unpolled), and the next request chooses.
+const CHOOSE_ABANDONED_AFTER: Duration = Duration::from_secs(4);
+
 /// A client of the ledger API.
 pub struct Client {
     urls: Vec<String>,
@@ -150,8 +163,9 @@ pub struct Client {
     /// Held while the anchor is asked of the validators, so that proven reads started
     /// together ask once, not each.
     anchoring: tokio::sync::Mutex<()>,
-    /// When the validator to start from was last chosen (see [`Client::choose`]).
-    chosen: tokio::sync::Mutex<Option<Instant>>,
+    /// When the validator to start from was last chosen, and whether a choice is under
+    /// way (see [`Client::choose`]).
+    chosen: Mutex<Choice>,
 }
 
 impl Client {
@@ -191,7 +205,7 @@ impl Client {
             bootstrap: Vec::new(),
             trust: Mutex::default(),
             anchoring: tokio::sync::Mutex::new(()),
-            chosen: tokio::sync::Mutex::new(None),
+            chosen: Mutex::default(),
         }
     }
 
@@ -239,11 +253,33 @@ impl Client {
         if self.urls.len() < 2 {
             return;
         }
-        // Requests made while a choice is under way wait for it rather than ask too.
-        let mut chosen = self.chosen.lock().await;
-        if chosen.is_some_and(|at| at.elapsed() < CHOOSE_AGAIN_AFTER) {
-            return;
+        // No lock is held while the validators are asked: the future asking may be left
+        // unpolled (a stream's, behind a timeout) and must not hold up every request.
+        loop {
+            let choice = *self.chosen.lock().unwrap_or_else(|e| e.into_inner());
+            if choice
+                .at
+                .is_some_and(|at| at.elapsed() < CHOOSE_AGAIN_AFTER)
+            {
+                return;
+            }
+            match choice.asking_since {
+                // Another request is choosing: one that follows an earlier choice goes on
+                // with it; a first one waits for the choice, a while at most.
+                Some(since) if since.elapsed() < CHOOSE_ABANDONED_AFTER => {
+                    if choice.at.is_some() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                _ => break,
+            }
         }
+        let asked = Instant::now();
+        self.chosen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .asking_since = Some(asked);
         // None answering is not a choice: the next request asks again.
         let choice = async {
             let started = Instant::now();
@@ -306,8 +342,14 @@ impl Client {
             self.current.store(index, Ordering::Relaxed);
             Ok::<(), ()>(())
         };
-        if choice.await.is_ok() {
-            *chosen = Some(Instant::now());
+        let chose = choice.await.is_ok();
+        let mut chosen = self.chosen.lock().unwrap_or_else(|e| e.into_inner());
+        // A later request took over an abandoned choice: its own end is what counts.
+        if chosen.asking_since == Some(asked) {
+            chosen.asking_since = None;
+        }
+        if chose {
+            chosen.at = Some(Instant::now());
         }
     }
 
@@ -317,11 +359,11 @@ impl Client {
     /// A choice made less than [`CHOOSE_AGAIN_MIN`] ago is kept.
     pub async fn choose_again(&self) {
         {
-            let mut chosen = self.chosen.lock().await;
-            if chosen.is_some_and(|at| at.elapsed() < CHOOSE_AGAIN_MIN) {
+            let mut chosen = self.chosen.lock().unwrap_or_else(|e| e.into_inner());
+            if chosen.at.is_some_and(|at| at.elapsed() < CHOOSE_AGAIN_MIN) {
                 return;
             }
-            *chosen = None;
+            chosen.at = None;
         }
         self.choose().await;
     }

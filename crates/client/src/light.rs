@@ -171,7 +171,12 @@ impl Client {
         if let Some(a) = anchored() {
             return Ok(a);
         }
-        let _asking = self.anchoring.lock().await;
+        // Waited for a while only: the future holding it may be left unpolled (behind a
+        // timeout, in a stream), and then this one asks too rather than wait for good.
+        let _asking =
+            tokio::time::timeout(std::time::Duration::from_secs(15), self.anchoring.lock())
+                .await
+                .ok();
         if let Some(a) = anchored() {
             return Ok(a);
         }

@@ -272,3 +272,30 @@ async fn the_client_asks_the_validator_furthest_along_and_not_a_frozen_one() {
         "the validator now furthest along answers"
     );
 }
+
+#[tokio::test]
+async fn a_choice_left_unpolled_does_not_hold_up_other_requests() {
+    let (stuck, _held) = frozen().await;
+    let (live, _) = validator(&[]).await;
+    let client = Client::new(vec![stuck, live]);
+    // A request whose future is polled into its choice of validator and then left, as a
+    // stream's is when the loop reading it stops waiting and does something else.
+    let mut left = Box::pin(client.status());
+    let polled = tokio::time::timeout(Duration::from_millis(100), &mut left).await;
+    assert!(
+        polled.is_err(),
+        "still choosing: the frozen validator holds it"
+    );
+    let started = Instant::now();
+    let status = tokio::time::timeout(Duration::from_secs(15), client.status())
+        .await
+        .expect("another request is not held up by the one left")
+        .expect("status");
+    assert_eq!(status.height, 10);
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(left);
+}
