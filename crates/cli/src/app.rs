@@ -1139,21 +1139,25 @@ fn update(globals: &Globals, file: &Path, mut apps: Apps, args: UpdateArgs) -> a
     updated.spec = Some(spec);
     apps.apps.insert(name.clone(), updated.clone());
     save_apps(file, &apps)?;
-    if json {
-        return output::json(&json!({ "app": updated, "failed_nodes": failures }));
-    }
     if !failures.is_empty() {
+        // Recorded as updated: their contracts hold the new deployment, and a node that
+        // did not take it stops the old one, which `app repair` then replaces.
         eprintln!(
-            "warning: the replicas on nodes {failures:?} do not run the new version; \
-             retry `peergrid app update {name} {}`",
+            "warning: the replicas on nodes {failures:?} do not run the new version (exit \
+             status 3); `peergrid app status {name}` shows them, and `peergrid app repair \
+             {name} {}` replaces those that do not serve",
             args.wasm.display()
         );
     }
-    outln!(
-        "{name} updated on {} node(s)",
-        updated.replicas.len() - failures.len()
-    );
-    Ok(())
+    if json {
+        output::json(&json!({ "app": updated, "failed_nodes": failures }))?;
+    } else {
+        outln!(
+            "{name} updated on {} node(s)",
+            updated.replicas.len() - failures.len()
+        );
+    }
+    partly_done(!failures.is_empty())
 }
 
 /// `peergrid app repair`: each replica that does not serve gets a new one on another node
