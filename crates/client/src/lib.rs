@@ -58,7 +58,7 @@ const CHOOSE_AFTER_FIRST: Duration = Duration::from_millis(250);
 const CHOOSE_AGAIN_AFTER: Duration = Duration::from_secs(60);
 /// [`Client::choose_again`] within this of the last choice keeps it: what asks for it may
 /// come from outside (a request naming a contract that does not exist), and every choice
-/// holds the client's requests while the validators are asked.
+/// asks every validator.
 const CHOOSE_AGAIN_MIN: Duration = Duration::from_secs(5);
 /// How long a signed transaction stays valid by default.
 pub const TX_LIFETIME: Duration = Duration::from_secs(300);
@@ -249,6 +249,7 @@ impl Client {
     /// soon is taken (the first listed of equals). A frozen validator still takes TCP
     /// connections and would hold every request for its whole timeout, and one catching
     /// up after a pause answers with a ledger tens of seconds old: neither is chosen.
+    /// The choice is made again a minute later, at the next request.
     async fn choose(&self) {
         if self.urls.len() < 2 {
             return;
