@@ -1354,13 +1354,25 @@ async fn replica_state(client: &Client, mesh: &Mesh, r: &Replica) -> ReplicaStat
             )
             .await
             {
-                Ok(Ok(report)) => report
-                    .deployment
-                    .map(|d| match d.reason {
-                        Some(reason) => format!("{}: {reason}", d.state),
-                        None => d.state,
-                    })
-                    .unwrap_or_else(|| "unknown (old node)".into()),
+                Ok(Ok(report)) => {
+                    let state = report
+                        .deployment
+                        .map(|d| match d.reason {
+                            Some(reason) => format!("{}: {reason}", d.state),
+                            None => d.state,
+                        })
+                        .unwrap_or_else(|| "unknown (old node)".into());
+                    // It answers, yet does not report to the ledger: it may not follow
+                    // the ledger either (contract changes, cancellations).
+                    if n.data.status == peergrid_ledger::NodeStatus::Up {
+                        state
+                    } else {
+                        format!(
+                            "{state} (node {} answers but is {} on the ledger)",
+                            r.node, n.data.status
+                        )
+                    }
+                }
                 Ok(Err(e)) => format!(
                     "unreachable (node {} is {} on the ledger): {e}",
                     r.node, n.data.status

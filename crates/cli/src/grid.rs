@@ -34,9 +34,16 @@ pub enum FarmCommand {
     },
     /// A farm's reward receipts: every input and step of each node's reward.
     Rewards {
-        /// The farm.
-        #[arg(long)]
-        farm: FarmId,
+        /// The farm (also accepted as `--farm ID`).
+        #[arg(
+            value_name = "FARM",
+            required_unless_present = "farm_flag",
+            conflicts_with = "farm_flag"
+        )]
+        farm: Option<FarmId>,
+        /// The farm, as a flag.
+        #[arg(long = "farm", id = "farm_flag", value_name = "FARM", hide = true)]
+        farm_flag: Option<FarmId>,
         /// The minting period [default: the latest minted].
         #[arg(long)]
         period: Option<u64>,
@@ -194,7 +201,16 @@ pub fn farm(globals: &Globals, cmd: FarmCommand) -> anyhow::Result<()> {
                 ]);
                 Ok(())
             }
-            FarmCommand::Rewards { farm, period } => crate::econ::rewards(globals, farm, period).await,
+            FarmCommand::Rewards {
+                farm,
+                farm_flag,
+                period,
+            } => {
+                let farm = farm
+                    .or(farm_flag)
+                    .context("which farm? `peergrid farm rewards ID`")?;
+                crate::econ::rewards(globals, farm, period).await
+            }
             FarmCommand::Invite { farm, node } => {
                 let node: AccountId = node.parse()?;
                 let client = globals.client()?;

@@ -404,11 +404,11 @@ async fn a_contract_is_billed_paused_resumed_and_deleted_and_the_farmer_can_expl
     let printed: Vec<RewardReceipt> =
         serde_json::from_value(text["receipts"].clone()).expect("receipts");
     assert_eq!(printed.first(), Some(paid_receipt));
+    // The farm also given as an argument, as `bill history` and `node show` take theirs.
     let out = peergrid(&home)
         .args([
             "farm",
             "rewards",
-            "--farm",
             &farm_id.to_string(),
             "--period",
             &paid_receipt.period.to_string(),
