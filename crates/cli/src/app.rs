@@ -185,6 +185,16 @@ pub struct App {
     pub spec: Option<RunSpec>,
 }
 
+impl App {
+    /// The kind its workload was deployed as (`kind` is its text).
+    fn workload_kind(&self) -> WorkloadKind {
+        match self.kind.as_str() {
+            "job" => WorkloadKind::Job,
+            _ => WorkloadKind::Http,
+        }
+    }
+}
+
 /// A workload's limits, environment and arguments.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunSpec {
@@ -1058,10 +1068,7 @@ fn update(globals: &Globals, file: &Path, mut apps: Apps, args: UpdateArgs) -> a
     let json = globals.json;
     let name = args.name.clone();
     let app = apps.find(&name)?;
-    let kind = match app.kind.as_str() {
-        "job" => WorkloadKind::Job,
-        _ => WorkloadKind::Http,
-    };
+    let kind = app.workload_kind();
     let bytes = std::fs::read(&args.wasm)
         .with_context(|| format!("cannot read {}", args.wasm.display()))?;
     let component = *blake3::hash(&bytes).as_bytes();
@@ -1183,10 +1190,7 @@ fn repair(
             wasm.display()
         );
     }
-    let kind = match app.kind.as_str() {
-        "job" => WorkloadKind::Job,
-        _ => WorkloadKind::Http,
-    };
+    let kind = app.workload_kind();
     let spec = app.spec.clone().with_context(|| {
         format!("{name} was deployed before its settings were recorded; run `peergrid app update {name} {}` once", wasm.display())
     })?;
