@@ -130,15 +130,29 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Running> {
     let mut world = World::load(&config.data_dir)?;
     // A disk that is not mounted leaves an empty mount point on another file system:
     // neither its space nor its folder is the disk's.
-    let probe: Probe = probe(&disks, &config.reserve, |path| {
-        world.is_unmounted(&shard_root(path, &key))
-    })
+    let probe: Probe = probe(
+        &disks,
+        &config.reserve,
+        |path| world.is_unmounted(&shard_root(path, &key)),
+        |path| crate::probe::bytes_under(&shard_root(path, &key)),
+    )
     .map_err(anyhow::Error::msg)?;
     for path in &probe.unmounted {
         tracing::error!(
             disk = %path.display(),
             folder = %shard_root(path, &key).display(),
             "this node's shard folder on the disk is gone: is the disk mounted? It is not offered to the grid until it is back (if the disk was replaced and its data is lost, create the folder and restart)"
+        );
+    }
+    for d in &probe.disks {
+        let human = peergrid_core::capacity::human_bytes;
+        info!(
+            disk = %d.path.display(),
+            size = human(d.total_bytes),
+            free = human(d.available_bytes),
+            shards = human(d.held_bytes),
+            offered = human(d.offered_bytes),
+            "disk probed: offers what is free plus its shards, less what the node keeps"
         );
     }
     info!(capacity = %probe.offered, "probed");

@@ -111,6 +111,12 @@ pub struct ProbedDisk {
     pub path: PathBuf,
     /// Its file system's size.
     pub total_bytes: u64,
+    /// Free on it when probed, for the node (root's reserved blocks left out).
+    #[serde(default)]
+    pub available_bytes: u64,
+    /// What the node's shards already hold on it.
+    #[serde(default)]
+    pub held_bytes: u64,
     /// How it is counted.
     pub class: DiskClass,
     /// What the grid gets of it.
@@ -136,11 +142,14 @@ pub struct Probe {
 
 /// Probe this machine: cores, memory and the disks under `disks`, minus `reserve`. A disk
 /// whose (canonical) path `unmounted` says is a mount point without its disk is left out
-/// before disks are counted once each: its path is on the file system beneath.
+/// before disks are counted once each: its path is on the file system beneath. `held`
+/// gives the bytes the node's own shards take under a disk's (canonical) path: a disk
+/// offers what is free on it plus those, never space that other files already use.
 pub fn probe(
     disks: &[DiskSpec],
     reserve: &Reservation,
     unmounted: impl Fn(&Path) -> bool,
+    held: impl Fn(&Path) -> u64,
 ) -> Result<Probe, String> {
     let mut system = System::new();
     system.refresh_memory();
@@ -173,9 +182,8 @@ pub fn probe(
         }
         let cannot =
             |e: std::io::Error| format!("cannot measure disk path {}: {e}", path.display());
-        let total = peergrid_core::fs::disk_space(&path)
-            .map_err(cannot)?
-            .total_bytes;
+        let space = peergrid_core::fs::disk_space(&path).map_err(cannot)?;
+        let total = space.total_bytes;
         // The longest mount the OS lists above the path is its file system when it
         // measures the same (a folder, or a btrfs subvolume, on it). The list leaves some
         // out (tmpfs, network file systems, mounts under /run): such a path is measured
@@ -204,13 +212,21 @@ pub fn probe(
             _ => DiskClass::Hdd,
         });
         let kept = total / 100 * u64::from(reserve.disk_percent);
+        let held_bytes = held(&path);
+        // Writes beyond the free reserve are refused (`DiskReserve::check`): offering
+        // them would sell space a contract then cannot use.
+        let usable = (space.available_bytes.saturating_add(held_bytes))
+            .saturating_sub(reserve.disk_reserve().reserve_bytes(total));
         let offered = total
             .saturating_sub(kept)
+            .min(usable)
             .min(spec.max_bytes.unwrap_or(u64::MAX));
         probed.push(ProbedDisk {
             mount,
             path,
             total_bytes: total,
+            available_bytes: space.available_bytes,
+            held_bytes,
             class,
             offered_bytes: offered,
         });
@@ -242,6 +258,30 @@ pub fn probe(
         unmounted: left_out,
         offered,
     })
+}
+
+/// The bytes the files under `dir` take on disk (allocated blocks, what deleting them
+/// frees); 0 when it does not exist. Unreadable entries are skipped.
+pub fn bytes_under(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0u64;
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
+            if meta.is_dir() {
+                todo.push(entry.path());
+            } else {
+                total = total.saturating_add(meta.blocks().saturating_mul(512));
+            }
+        }
+    }
+    total
 }
 
 /// What tells disks apart: the block device when the mount names one (two bind mounts,
@@ -353,6 +393,7 @@ mod tests {
             &[spec(bound[0].path()), spec(bound[1].path())],
             &Reservation::default(),
             |_| false,
+            |_| 0,
         )
         .expect("probe");
         assert_eq!(p.disks.len(), 1, "one disk: {p:?}");
@@ -388,6 +429,7 @@ mod tests {
             &[spec(&inner), spec(disk.path())],
             &Reservation::default(),
             |_| false,
+            |_| 0,
         )
         .expect("probe");
         assert_eq!(p.disks.len(), 1, "one disk, counted once: {p:?}");
@@ -400,6 +442,47 @@ mod tests {
     }
 
     #[test]
+    fn a_disk_offers_what_is_free_and_its_own_shards_not_what_others_fill() {
+        let Some(disk) = peergrid_core::disklab::SmallDisk::mount_or_skip(64 << 20) else {
+            return;
+        };
+        let spec = DiskSpec {
+            path: disk.path().to_path_buf(),
+            class: Some(DiskClass::Ssd),
+            max_bytes: None,
+        };
+        let shards = disk.path().join("shards");
+        std::fs::create_dir_all(shards.join("contract-7")).expect("shards folder");
+        let probed = || {
+            probe(
+                &[spec.clone()],
+                &Reservation::default(),
+                |_| false,
+                |_| bytes_under(&shards),
+            )
+            .expect("probe")
+        };
+        let empty = probed();
+        assert!(empty.offered.sru > 60 << 20, "an empty disk: {empty:?}");
+
+        // Another program's 32 MiB are not the grid's to sell.
+        std::fs::write(disk.path().join("theirs.bin"), vec![1u8; 32 << 20]).expect("fill");
+        let filled = probed();
+        assert!(
+            filled.offered.sru <= 32 << 20 && filled.offered.sru > 30 << 20,
+            "{filled:?}"
+        );
+        assert_eq!(filled.disks[0].held_bytes, 0);
+
+        // The node's own 16 MiB of shards are still its to offer.
+        std::fs::write(shards.join("contract-7/a"), vec![2u8; 16 << 20]).expect("shard");
+        let holding = probed();
+        assert_eq!(holding.disks[0].held_bytes, 16 << 20, "{holding:?}");
+        let gap = filled.offered.sru.abs_diff(holding.offered.sru);
+        assert!(gap < 1 << 20, "{filled:?} vs {holding:?}");
+    }
+
+    #[test]
     fn the_real_machine_probes_with_a_reservation() {
         let dir = tempfile::tempdir().expect("tempdir");
         let spec = DiskSpec {
@@ -408,7 +491,13 @@ mod tests {
             max_bytes: Some(10 << 30),
         };
         // Twice the same disk: counted once.
-        let p = probe(&[spec.clone(), spec], &Reservation::default(), |_| false).expect("probe");
+        let p = probe(
+            &[spec.clone(), spec],
+            &Reservation::default(),
+            |_| false,
+            |_| 0,
+        )
+        .expect("probe");
         assert_eq!(p.disks.len(), 1);
         assert!(p.offered.cru >= 1);
         assert!(p.offered.mru < p.memory_bytes, "memory is reserved");
@@ -430,9 +519,12 @@ mod tests {
             max_bytes: None,
         };
         let gone = gone.canonicalize().expect("canonical");
-        let p = probe(&[spec(&gone), spec(&kept)], &Reservation::default(), |p| {
-            p == gone
-        })
+        let p = probe(
+            &[spec(&gone), spec(&kept)],
+            &Reservation::default(),
+            |p| p == gone,
+            |_| 0,
+        )
         .expect("probe");
         assert_eq!(p.unmounted, vec![gone.clone()]);
         assert_eq!(p.disks.len(), 1, "{p:?}");

@@ -898,9 +898,12 @@ mod tests {
                 class: Some(DiskClass::Hdd),
                 max_bytes: None,
             };
-            probe(&[spec], &Reservation::default(), |p| {
-                w.is_unmounted(&p.join("peergrid-shards"))
-            })
+            probe(
+                &[spec],
+                &Reservation::default(),
+                |p| w.is_unmounted(&p.join("peergrid-shards")),
+                |_| 0,
+            )
             .expect("probe")
         };
         let roots = ShardRoots {
