@@ -455,7 +455,7 @@ mod tests {
         std::fs::create_dir_all(shards.join("contract-7")).expect("shards folder");
         let probed = || {
             probe(
-                &[spec.clone()],
+                std::slice::from_ref(&spec),
                 &Reservation::default(),
                 |_| false,
                 |_| bytes_under(&shards),
