@@ -342,6 +342,19 @@ impl Capture {
         c.dropped = c.dropped.saturating_add(dropped);
     }
 
+    /// Adds a line of the host's own (`[peergrid] …`) on a line of its own, so that a
+    /// service's log says what the node answered for it.
+    pub(crate) fn note(&self, line: &str) {
+        let mut text = String::with_capacity(line.len() + 13);
+        if self.lock().bytes.last().is_some_and(|b| *b != b'\n') {
+            text.push('\n');
+        }
+        text.push_str("[peergrid] ");
+        text.push_str(line);
+        text.push('\n');
+        self.push(text.as_bytes());
+    }
+
     /// A ring's newest `max` bytes, from the first line that starts within them, after
     /// a marker line saying how much came before.
     pub(crate) fn snapshot(&self) -> Vec<u8> {

@@ -108,6 +108,38 @@ pub(crate) fn text_response(status: StatusCode, message: &str) -> hyper::Respons
     resp
 }
 
+/// The request a host answer was for, as its log line names it: method and path (the
+/// query left out, as it may carry secrets).
+struct Asked {
+    method: http::Method,
+    path: String,
+}
+
+impl Prepared {
+    /// The host's own answer to `asked`, written to the service's log too: the builder
+    /// reading `peergrid app logs` sees why requests failed, not only what the app printed.
+    fn host_answer(
+        &self,
+        asked: &Asked,
+        status: StatusCode,
+        message: &str,
+        retry_after_secs: Option<u64>,
+    ) -> hyper::Response<ResponseBody> {
+        self.inner.log.note(&format!(
+            "{} {} {}: {message}",
+            status.as_u16(),
+            asked.method,
+            asked.path
+        ));
+        let mut resp = text_response(status, message);
+        if let Some(secs) = retry_after_secs {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
+    }
+}
+
 fn to_wasi_http_error(e: RequestBodyError) -> wasmtime_wasi_http::Error {
     match e.downcast::<hyper::Error>() {
         Ok(e) => wasmtime_wasi_http::Error::Hyper(*e),
@@ -132,11 +164,17 @@ impl Prepared {
     {
         let metrics = self.inner.metrics.clone();
         metrics.request_started();
+        let asked = Asked {
+            method: req.method().clone(),
+            path: req.uri().path().to_string(),
+        };
         let Some(pre) = self.proxy_pre().cloned() else {
             metrics.error();
-            return text_response(
+            return self.host_answer(
+                &asked,
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "this workload is a job, not an HTTP service",
+                None,
             );
         };
         let limits = self.effective_limits(limits);
@@ -146,7 +184,12 @@ impl Prepared {
             Ok(permit) => permit,
             Err(reason) => {
                 metrics.error();
-                return text_response(StatusCode::SERVICE_UNAVAILABLE, &reason);
+                return self.host_answer(
+                    &asked,
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &reason,
+                    Some(crate::runtime::BUSY_RETRY_AFTER_SECS),
+                );
             }
         };
         let meter = self.meter(&limits);
@@ -178,9 +221,11 @@ impl Prepared {
             Ok(r) => r,
             Err(e) => {
                 metrics.error();
-                return text_response(
+                return self.host_answer(
+                    &asked,
                     StatusCode::BAD_REQUEST,
                     &format!("bad request: {}", crate::error::one_line(&e)),
+                    None,
                 );
             }
         };
@@ -188,9 +233,11 @@ impl Prepared {
             Ok(o) => o,
             Err(e) => {
                 metrics.error();
-                return text_response(
+                return self.host_answer(
+                    &asked,
                     StatusCode::INTERNAL_SERVER_ERROR,
                     &format!("cannot set up the response: {}", crate::error::one_line(&e)),
+                    None,
                 );
             }
         };
@@ -224,26 +271,37 @@ impl Prepared {
             }),
             Ok(Err(code)) => {
                 metrics.error();
-                text_response(
+                self.host_answer(
+                    &asked,
                     StatusCode::INTERNAL_SERVER_ERROR,
                     &format!("the workload answered with an error: {code:?}"),
+                    None,
                 )
             }
             // The guest's store is gone without a response: the task says why.
             Err(_) => match run.await {
-                Ok(Err(failure)) => text_response(failure.status, &failure.message),
+                Ok(Err(failure)) => self.host_answer(
+                    &asked,
+                    failure.status,
+                    &failure.message,
+                    failure.retry_after_secs,
+                ),
                 Ok(Ok(())) => {
                     metrics.error();
-                    text_response(
+                    self.host_answer(
+                        &asked,
                         StatusCode::INTERNAL_SERVER_ERROR,
                         "the workload returned without sending a response",
+                        None,
                     )
                 }
                 Err(e) => {
                     metrics.error();
-                    text_response(
+                    self.host_answer(
+                        &asked,
                         StatusCode::INTERNAL_SERVER_ERROR,
                         &format!("the workload's task failed: {e}"),
+                        None,
                     )
                 }
             },

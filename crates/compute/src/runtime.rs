@@ -520,7 +520,13 @@ pub(crate) struct Failure {
     pub(crate) limit: Option<LimitExceeded>,
     pub(crate) status: StatusCode,
     pub(crate) message: String,
+    /// Seconds after which the same request may well succeed: set when others' load,
+    /// not the request itself, stopped it.
+    pub(crate) retry_after_secs: Option<u64>,
 }
+
+/// What a refusal caused by load tells the client to wait, in seconds.
+pub(crate) const BUSY_RETRY_AFTER_SECS: u64 = 1;
 
 /// Sorts how a run ended: a limit (checked first, since it shows as a trap), the
 /// pool being full, or the guest's own trap.
@@ -540,6 +546,7 @@ pub(crate) fn classify<T>(
                     "stopped: the workload ran longer than its wall-time limit of {} ms",
                     limits.wall_ms
                 ),
+                retry_after_secs: None,
             });
         }
         Ok(Err(e)) => e,
@@ -552,6 +559,7 @@ pub(crate) fn classify<T>(
                 "stopped: the workload used its CPU limit of {} ms",
                 limits.cpu_ms
             ),
+            retry_after_secs: None,
         });
     }
     if let Some(share) = &meter.share
@@ -564,6 +572,7 @@ pub(crate) fn classify<T>(
                 "stopped: the contract's runs on this node together hold all the memory it reserved ({}); retry, or reserve more memory for the contract",
                 crate::deployment::readable_bytes(share.memory_bytes_max()),
             ),
+            retry_after_secs: Some(BUSY_RETRY_AFTER_SECS),
         });
     }
     if meter.memory_exhausted.load(Ordering::Relaxed) {
@@ -575,6 +584,7 @@ pub(crate) fn classify<T>(
                 limits.memory_bytes,
                 one_line(&err)
             ),
+            retry_after_secs: None,
         });
     }
     if err.is::<wasmtime::PoolConcurrencyLimitError>() {
@@ -582,12 +592,14 @@ pub(crate) fn classify<T>(
             limit: None,
             status: StatusCode::SERVICE_UNAVAILABLE,
             message: "the node is running as many instances as it can; retry shortly".into(),
+            retry_after_secs: Some(BUSY_RETRY_AFTER_SECS),
         });
     }
     Err(Failure {
         limit: None,
         status: StatusCode::INTERNAL_SERVER_ERROR,
         message: format!("the workload failed: {}", one_line(&err)),
+        retry_after_secs: None,
     })
 }
 

@@ -135,15 +135,34 @@ async fn call(
     env: &[(String, String)],
     limits: &Limits,
 ) -> (u16, String) {
+    let (status, _, body) = call_with_retry_after(app, path, env, limits).await;
+    (status, body)
+}
+
+/// [`call`], with the answer's `Retry-After` seconds if it has one.
+async fn call_with_retry_after(
+    app: &Prepared,
+    path: &str,
+    env: &[(String, String)],
+    limits: &Limits,
+) -> (u16, Option<u64>, String) {
     let resp = app.handle(get(path), env, limits).await;
     let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get(hyper::header::RETRY_AFTER)
+        .map(|v| v.to_str().expect("ascii").parse().expect("seconds"));
     let body = resp
         .into_body()
         .collect()
         .await
         .expect("body arrives")
         .to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned())
+    (
+        status,
+        retry_after,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -314,24 +333,39 @@ async fn runaway_request_gets_503_while_hello_keeps_answering() {
     let hello = prepare(&rt, &example("hello"), WorkloadKind::Http);
 
     let spinner = spin.clone();
-    let runaway =
-        tokio::spawn(async move { call(&spinner, "/", &[], &limits(1 << 20, 300, 60_000)).await });
+    let runaway = tokio::spawn(async move {
+        call_with_retry_after(&spinner, "/", &[], &limits(1 << 20, 300, 60_000)).await
+    });
     for _ in 0..5 {
         let (status, _) = call(&hello, "/", &[], &Limits::default()).await;
         assert_eq!(status, 200);
     }
-    let (status, body) = runaway.await.expect("request task");
+    let (status, retry_after, body) = runaway.await.expect("request task");
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("CPU limit of 300 ms"), "{body}");
     assert_eq!(body.lines().count(), 1, "{body}");
+    assert_eq!(
+        retry_after, None,
+        "the same request would use its CPU limit again"
+    );
 
-    let (status, body) = call(&spin, "/", &[], &limits(1 << 20, 60_000, 200)).await;
+    let (status, body) = call(&spin, "/slow", &[], &limits(1 << 20, 60_000, 200)).await;
     assert_eq!(status, 504, "{body}");
     assert!(body.contains("wall-time limit"), "{body}");
 
     let m = spin.metrics();
     assert_eq!((m.requests, m.errors), (2, 2));
     assert_eq!((m.cpu_limit_exceeded, m.wall_time_exceeded), (1, 1));
+    // The builder reading the app's log sees what the node answered, and why.
+    let log = String::from_utf8(spin.logs()).expect("utf-8");
+    assert_eq!(
+        log.lines().collect::<Vec<_>>(),
+        [
+            "[peergrid] 503 GET /: stopped: the workload used its CPU limit of 300 ms",
+            "[peergrid] 504 GET /slow: stopped: the workload ran longer than its wall-time limit of 200 ms",
+        ],
+        "{log}"
+    );
 }
 
 /// Whether `done` holds within 5 s: a request's task ends just after the response it sent.
@@ -390,7 +424,8 @@ async fn a_contracts_runs_share_the_memory_it_reserved() {
         share.memory_in_use() >= 1 << 20
     })
     .await;
-    let (refused, body) = call(&shared_hello, "/", &[], &Limits::default()).await;
+    let (refused, retry_after, body) =
+        call_with_retry_after(&shared_hello, "/", &[], &Limits::default()).await;
     // Another tenant's instance of the same component is not held back.
     let (other, _) = call(&hello, "/", &[], &Limits::default()).await;
     // Awaited before asserting: a test failing with the spinner still running would hang.
@@ -399,6 +434,18 @@ async fn a_contracts_runs_share_the_memory_it_reserved() {
     assert!(
         body.contains("together hold all the memory it reserved"),
         "{body}"
+    );
+    assert_eq!(
+        retry_after,
+        Some(1),
+        "others' load, not this request, refused it"
+    );
+    let log = String::from_utf8(hello.logs()).expect("utf-8");
+    assert!(
+        log.contains(
+            "\n[peergrid] 503 GET /: stopped: the contract's runs on this node together hold"
+        ),
+        "{log}"
     );
     assert_eq!(other, 200);
     assert_eq!(held, 504, "{held_body}");
@@ -426,13 +473,15 @@ async fn a_contracts_runs_wait_for_its_instances_and_no_other_tenants() {
         share.instances_in_use() >= 1
     })
     .await;
-    let (refused, body) = call(&shared_hello, "/", &[], &limits(128 << 20, 1_000, 100)).await;
+    let (refused, retry_after, body) =
+        call_with_retry_after(&shared_hello, "/", &[], &limits(128 << 20, 1_000, 100)).await;
     let (other, _) = call(&hello, "/", &[], &Limits::default()).await;
     // A request with time to wait is served once the spinner's instance is given back.
     let (waited, _) = call(&shared_hello, "/", &[], &limits(128 << 20, 1_000, 5_000)).await;
     let (held, _) = holder.await.expect("request task");
     assert_eq!(refused, 503, "{body}");
     assert!(body.contains("held all 1 of its instances"), "{body}");
+    assert_eq!(retry_after, Some(1));
     assert_eq!(other, 200, "another tenant is served at once");
     assert_eq!(waited, 200);
     assert_eq!(held, 504);

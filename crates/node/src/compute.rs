@@ -152,8 +152,10 @@ pub enum Target {
     NotFound(String),
     /// The contract is in its grace period.
     Paused,
-    /// The workload is starting or failed.
+    /// The workload failed, or is a job that exited.
     Unavailable(String),
+    /// The deployment or the workload is starting: worth a retry in a few seconds.
+    Starting(String),
 }
 
 /// The deployments of this node and the runtime they run on.
@@ -486,7 +488,7 @@ impl Compute {
             return Target::Unavailable(format!("deployment of contract {id} failed: {reason}"));
         }
         if app.workloads.is_empty() {
-            return Target::Unavailable(format!("deployment of contract {id} is starting"));
+            return Target::Starting(format!("deployment of contract {id} is starting"));
         }
         let Some(entry) = app.workloads.get(workload) else {
             let names: Vec<&str> = app.workloads.keys().map(String::as_str).collect();
@@ -496,7 +498,7 @@ impl Compute {
             ));
         };
         match &entry.phase {
-            Phase::Init => Target::Unavailable(format!("workload {workload:?} is starting")),
+            Phase::Init => Target::Starting(format!("workload {workload:?} is starting")),
             Phase::Exited(_) => Target::Unavailable(format!(
                 "workload {workload:?} is a job and has exited; read its output with `peergrid app logs`"
             )),

@@ -5,7 +5,8 @@
 //! whose Host is `<workload>.<contract>.<domain>` (a wildcard DNS name pointing at the
 //! node) goes to that workload with its path unchanged. What the
 //! entry answers itself is one `text/plain` line: 404 for an unknown contract or
-//! workload, 503 for a contract in grace or a workload starting or failed.
+//! workload, 503 for a contract in grace or a workload starting (with `Retry-After`) or
+//! failed.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,6 +41,10 @@ pub async fn serve(
     let task = tokio::spawn(peergrid_core::http::serve(listener, app, limits));
     Ok((bound, task))
 }
+
+/// What a 503 for a starting workload tells the client to wait: components are fetched
+/// and compiled in seconds.
+const STARTING_RETRY_AFTER_SECS: u64 = 2;
 
 fn line(status: StatusCode, message: String) -> Response {
     (
@@ -102,6 +107,14 @@ async fn route(State(compute): State<Arc<Compute>>, mut req: Request) -> Respons
             );
         }
         Target::Unavailable(reason) => return line(StatusCode::SERVICE_UNAVAILABLE, reason),
+        Target::Starting(reason) => {
+            let mut answer = line(StatusCode::SERVICE_UNAVAILABLE, reason);
+            answer.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from(STARTING_RETRY_AFTER_SECS),
+            );
+            return answer;
+        }
     };
     let inner = match req.uri().query() {
         Some(q) => format!("/{rest}?{q}"),
