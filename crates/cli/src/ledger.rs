@@ -385,6 +385,16 @@ fn devnet_status(globals: &Globals, dir: &std::path::Path) -> anyhow::Result<()>
         } else {
             devnet_node_ids(dir, &running.apis).await
         };
+        let top = health.validators.iter().filter_map(|v| v.height).max();
+        let follows: Vec<NodeFollows> =
+            futures::future::join_all(running.nodes.iter().map(|url| node_follows(url, top)))
+                .await;
+        // `node 3`'s view, by its process name.
+        let follows_of = |name: &str| {
+            (name.strip_prefix("node "))
+                .and_then(|i| i.parse::<usize>().ok())
+                .and_then(|i| follows.get(i))
+        };
         // `node 0` is the devnet's first node process; the ledger numbers nodes its own way.
         let ledger_id = |name: &str| {
             (name.strip_prefix("node "))
@@ -395,8 +405,13 @@ fn devnet_status(globals: &Globals, dir: &std::path::Path) -> anyhow::Result<()>
             let mut value = serde_json::to_value(&health)?;
             if let Some(list) = value["processes"].as_array_mut() {
                 for p in list {
-                    let id = p["name"].as_str().and_then(ledger_id);
-                    p["ledger_node"] = json!(id);
+                    let name = p["name"].as_str().unwrap_or_default().to_string();
+                    p["ledger_node"] = json!(ledger_id(&name));
+                    if let Some(f) = follows_of(&name) {
+                        p["followed_height"] = json!(f.followed_height);
+                        p["reports_uptime"] = json!(f.reports_uptime);
+                        p["following"] = json!(f.following());
+                    }
                 }
             }
             output::json(&value)?;
@@ -414,6 +429,7 @@ fn devnet_status(globals: &Globals, dir: &std::path::Path) -> anyhow::Result<()>
                             ledger_id,
                             p.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
                             p.state.clone(),
+                            follows_of(&p.name).map_or_else(|| "-".into(), NodeFollows::cell),
                             p.restarts.to_string(),
                             p.last_exit.clone().unwrap_or_else(|| "-".into()),
                         ]
@@ -425,11 +441,23 @@ fn devnet_status(globals: &Globals, dir: &std::path::Path) -> anyhow::Result<()>
                         "ON THE LEDGER",
                         "PID",
                         "STATE",
+                        "FOLLOWS THE LEDGER",
                         "RESTARTS",
                         "LAST EXIT",
                     ],
                     &table,
                 );
+                for p in processes.iter().filter(|p| p.state == "running") {
+                    if let Some(f) = follows_of(&p.name).filter(|f| !f.following()) {
+                        outln!(
+                            "\n{} runs but does not follow the ledger ({}): the ledger counts it down \
+                             and it misses contract changes; see {}",
+                            p.name,
+                            f.cell(),
+                            p.log.display()
+                        );
+                    }
+                }
             }
         }
         if !health.finalizing {
@@ -441,6 +469,90 @@ fn devnet_status(globals: &Globals, dir: &std::path::Path) -> anyhow::Result<()>
         }
         Ok(())
     })
+}
+
+/// How far behind the validators' height a node may be and still follow: blocks come at
+/// least once a second, and a node reconciles each within moments.
+const FOLLOW_SLACK_BLOCKS: u64 = 30;
+
+/// A devnet node process as its own health endpoint tells it.
+struct NodeFollows {
+    /// The last ledger height it reconciled; none when it did not answer.
+    followed_height: Option<u64>,
+    /// Whether its uptime reports reach the ledger (`/health`).
+    reports_uptime: Option<bool>,
+    /// Seconds since its last uptime report was final.
+    last_report_secs: Option<u64>,
+    /// The validators' highest height.
+    top: Option<u64>,
+}
+
+impl NodeFollows {
+    fn behind(&self) -> Option<u64> {
+        Some(self.top?.saturating_sub(self.followed_height?))
+    }
+
+    /// Following: its reports reach the ledger and it is at most a few blocks behind.
+    fn following(&self) -> bool {
+        self.reports_uptime == Some(true) && self.behind().is_some_and(|b| b <= FOLLOW_SLACK_BLOCKS)
+    }
+
+    /// `yes, at 794`, or what is wrong.
+    fn cell(&self) -> String {
+        let Some(height) = self.followed_height else {
+            return "no answer".into();
+        };
+        let behind = self.behind().unwrap_or(0);
+        if self.following() {
+            return format!("yes, at {height}");
+        }
+        let mut why = Vec::new();
+        if behind > FOLLOW_SLACK_BLOCKS {
+            why.push(format!("{behind} blocks behind"));
+        }
+        match (self.reports_uptime, self.last_report_secs) {
+            (Some(true), _) => {}
+            (_, Some(secs)) => why.push(format!("no uptime report for {secs} s")),
+            (_, None) => why.push("no uptime report yet".into()),
+        }
+        format!("no, at {height}: {}", why.join(", "))
+    }
+}
+
+/// Ask a devnet node's health endpoint at `url` how far it followed; `top` is the
+/// validators' highest height.
+async fn node_follows(url: &str, top: Option<u64>) -> NodeFollows {
+    let mut follows = NodeFollows {
+        followed_height: None,
+        reports_uptime: None,
+        last_report_secs: None,
+        top,
+    };
+    let Ok(http) = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+    else {
+        return follows;
+    };
+    use peergrid_client::types::api::node_routes;
+    let status = async {
+        let answer = http.get(format!("{url}{}", node_routes::STATUS)).send();
+        answer.await?.json::<peergrid_node::health::Status>().await
+    };
+    // `/health` answers 503 with the same body when reports do not reach the ledger.
+    let health = async {
+        let answer = http.get(format!("{url}{}", node_routes::HEALTH)).send();
+        answer.await?.json::<peergrid_node::health::Health>().await
+    };
+    let (status, health) = tokio::join!(status, health);
+    if let Ok(status) = status {
+        follows.followed_height = Some(status.report.followed_height);
+    }
+    if let Ok(health) = health {
+        follows.reports_uptime = Some(health.ok);
+        follows.last_report_secs = health.last_uptime_report_age_ms.map(|ms| ms / 1000);
+    }
+    follows
 }
 
 /// The ledger's id of each devnet node process (`node 0` is the devnet's first, not the
@@ -909,4 +1021,36 @@ pub fn bench(globals: &Globals, cmd: BenchCommand) -> anyhow::Result<()> {
         report.submitted
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_follows_while_it_reports_and_keeps_up_with_the_validators() {
+        let node = |height: Option<u64>, ok: Option<bool>, age: Option<u64>| NodeFollows {
+            followed_height: height,
+            reports_uptime: ok,
+            last_report_secs: age,
+            top: Some(794),
+        };
+        let up = node(Some(790), Some(true), Some(4));
+        assert!(up.following());
+        assert_eq!(up.cell(), "yes, at 790");
+        let behind = node(Some(612), Some(false), Some(95));
+        assert!(!behind.following());
+        assert_eq!(
+            behind.cell(),
+            "no, at 612: 182 blocks behind, no uptime report for 95 s"
+        );
+        // Reports reach the ledger, but its view of the contracts is stale.
+        let stale = node(Some(700), Some(true), Some(2));
+        assert_eq!(stale.cell(), "no, at 700: 94 blocks behind");
+        let starting = node(Some(794), Some(false), None);
+        assert_eq!(starting.cell(), "no, at 794: no uptime report yet");
+        let silent = node(None, None, None);
+        assert!(!silent.following());
+        assert_eq!(silent.cell(), "no answer");
+    }
 }

@@ -269,6 +269,33 @@ fn a_newcomer_runs_a_devnet_and_sends_a_transfer_that_finalizes() {
         }
     }
 
+    // `devnet status` says whether each node follows the ledger, by asking the node.
+    let following = |s: &Value, name: &str| {
+        s["processes"].as_array().into_iter().flatten().any(|p| {
+            p["name"] == name && p["following"] == true && p["followed_height"].as_u64() > Some(0)
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, s) = json(home, &["devnet", "status"]);
+        if (0..5).all(|i| following(&s, &format!("node {i}"))) {
+            assert!(
+                !s["processes"]
+                    .as_array()
+                    .expect("processes")
+                    .iter()
+                    .any(|p| p["name"]
+                        .as_str()
+                        .is_some_and(|n| n.starts_with("validator"))
+                        && p.get("following").is_some()),
+                "only nodes follow: {s}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "nodes not following: {s}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
     // No key of one's own: the CLI uses the devnet's demo account.
     let (ok, balance) = json(home, &["wallet", "balance"]);
     assert!(ok, "{balance}");
@@ -435,6 +462,16 @@ fn a_newcomer_runs_a_devnet_and_sends_a_transfer_that_finalizes() {
         "{restarted}"
     );
     assert_eq!(ledger_node("validator 3"), Some(Value::Null), "{restarted}");
+    // The restarted node catches up with the ledger, and the status says so.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, s) = json(home, &["devnet", "status"]);
+        if following(&s, "node 1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 1 not following again: {s}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
     assert!(
         victims.iter().all(|p| !pids(home, "validator-3.toml")
             .into_iter()
