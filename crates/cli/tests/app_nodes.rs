@@ -151,6 +151,15 @@ async fn apps_come_back_after_a_restart_and_failed_nodes_are_passed_over() {
             metrics.contains("peergrid_node_deployments{state=\"running\"} 1"),
             "{metrics}"
         );
+        assert!(
+            metrics.contains("peergrid_node_instances{of=\"max\"} 64\n"),
+            "{metrics}"
+        );
+        // The request's instance is given back as its run ends, just after its answer.
+        wait_for("the instance given back", Duration::from_secs(5), || {
+            get(&format!("http://127.0.0.1:{}/metrics", base + 250))
+                .filter(|(_, m)| m.contains("peergrid_node_instances{of=\"in_use\"} 0\n"))
+        });
         // What it served is reported to the ledger as network usage and billed.
         let c = contract.to_string();
         let billed = wait_for("the app's traffic billed", Duration::from_secs(60), || {

@@ -74,6 +74,9 @@ pub(crate) struct RuntimeInner {
     job_linker: Linker<Host>,
     cache: Option<Cache>,
     pub(crate) config: RuntimeConfig,
+    /// One permit per instance of the pool, handed out first come, first served: a run
+    /// waits for one within its wall time rather than failing the moment the pool is full.
+    instances: Arc<tokio::sync::Semaphore>,
     _ticker: Ticker,
 }
 
@@ -184,10 +187,19 @@ impl Runtime {
                 http_linker,
                 job_linker,
                 cache,
+                instances: Arc::new(tokio::sync::Semaphore::new(
+                    usize::try_from(config.max_instances).unwrap_or(usize::MAX),
+                )),
                 config,
                 _ticker: ticker,
             }),
         })
+    }
+
+    /// Runs holding one of the pool's instances now.
+    pub fn instances_in_use(&self) -> u32 {
+        let free = u32::try_from(self.inner.instances.available_permits()).unwrap_or(u32::MAX);
+        self.inner.config.max_instances.saturating_sub(free)
     }
 
     /// The configuration in force (the memory ceiling clamped to what the engine allows).
@@ -438,19 +450,34 @@ impl Prepared {
         Arc::new(RunMeter::new(limits.cpu_ms, limits.memory_bytes).in_share(self.share.clone()))
     }
 
-    /// Waits for one of the share's instances, up to `wall`; `Err` says why it could not.
-    pub(crate) async fn instance(
-        &self,
-        wall: std::time::Duration,
-    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, String> {
-        let Some(share) = &self.share else {
-            return Ok(None);
+    /// Waits up to `wall` for an instance: one of the share's first (a contract's runs
+    /// queue behind each other, not in front of other tenants), then one of the pool's.
+    /// `Err` says which was not free in time.
+    pub(crate) async fn instance(&self, wall: std::time::Duration) -> Result<Instance, String> {
+        let deadline = tokio::time::Instant::now() + wall;
+        let share = match &self.share {
+            None => None,
+            Some(share) => match tokio::time::timeout_at(deadline, share.instance()).await {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    return Err(format!(
+                        "stopped: the contract's other runs held all {} of its instances on this node for the whole wall-time limit of {} ms; retry, or spread the load over more replicas",
+                        share.instances_max(),
+                        wall.as_millis()
+                    ));
+                }
+            },
         };
-        match tokio::time::timeout(wall, share.instance()).await {
-            Ok(permit) => Ok(Some(permit)),
-            Err(_) => Err(format!(
-                "stopped: the contract's other runs held all {} of its instances on this node for the whole wall-time limit of {} ms; retry, or spread the load over more replicas",
-                share.instances_max(),
+        let pool = self.inner.runtime.instances.clone();
+        // The semaphore is never closed: acquiring only ends with a permit or the deadline.
+        match tokio::time::timeout_at(deadline, pool.acquire_owned()).await {
+            Ok(Ok(pool)) => Ok(Instance {
+                _share: share,
+                _pool: pool,
+            }),
+            _ => Err(format!(
+                "stopped: the node is running as many instances as it can ({}) and none was free within the wall-time limit of {} ms; retry shortly",
+                self.inner.runtime.config.max_instances,
                 wall.as_millis()
             )),
         }
@@ -512,6 +539,13 @@ pub(crate) fn wasi_ctx(
         builder.stdout(stdout).stderr(stderr);
     }
     builder.build()
+}
+
+/// The instance a run holds: the pool's and its contract's share's, given back when the
+/// run's store is gone.
+pub(crate) struct Instance {
+    _share: Option<tokio::sync::OwnedSemaphorePermit>,
+    _pool: tokio::sync::OwnedSemaphorePermit,
 }
 
 /// Why a run did not finish by itself, in words for the builder.

@@ -648,13 +648,57 @@ async fn prepare_async_and_many_concurrent_requests() {
     }
     for t in tasks {
         let (status, body) = t.await.expect("task");
-        // The pool holds 16 instances: a request over it is refused, never hung.
-        assert!(
-            status == 200 || (status == 503 && body.contains("as many instances")),
-            "{status} {body}"
-        );
+        // The pool holds 16 instances: the others wait for one within their wall time.
+        assert_eq!(status, 200, "{body}");
     }
     assert_eq!(hello.metrics().requests, 32);
+    assert_eq!(rt.instances_in_use(), 0, "every instance is given back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_pool_makes_requests_wait_for_an_instance_rather_than_fail() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = Runtime::new(RuntimeConfig {
+        cache_dir: Some(dir.path().to_path_buf()),
+        max_instances: 2,
+        ..RuntimeConfig::default()
+    })
+    .expect("runtime starts");
+    let spin = prepare(&rt, &wat(SPIN_HTTP), WorkloadKind::Http);
+    let hello = prepare(&rt, &example("hello"), WorkloadKind::Http);
+
+    // Two other tenants' slow requests take the whole pool for 1.5 s.
+    let spinning = || {
+        let spin = spin.clone();
+        tokio::spawn(async move { call(&spin, "/", &[], &limits(1 << 20, 60_000, 1_500)).await })
+    };
+    let (mut first, second) = (spinning(), spinning());
+    until("both instances are held", &mut first, || {
+        rt.instances_in_use() == 2
+    })
+    .await;
+    let (refused, retry_after, body) =
+        call_with_retry_after(&hello, "/", &[], &limits(128 << 20, 1_000, 100)).await;
+    // A request with time to wait is served once an instance is given back.
+    let (waited, _) = call(&hello, "/", &[], &limits(128 << 20, 1_000, 5_000)).await;
+    let ((a, _), (b, _)) = (
+        first.await.expect("request task"),
+        second.await.expect("request task"),
+    );
+    assert_eq!(refused, 503, "{body}");
+    assert!(
+        body.contains(
+            "as many instances as it can (2) and none was free within the wall-time limit of 100 ms"
+        ),
+        "{body}"
+    );
+    assert_eq!(retry_after, Some(1), "others' load refused it");
+    assert_eq!(waited, 200);
+    assert_eq!((a, b), (504, 504));
+    assert!(
+        settles(|| rt.instances_in_use() == 0).await,
+        "every instance is given back"
+    );
 }
 
 #[test]

@@ -633,6 +633,14 @@ impl Compute {
         }
     }
 
+    /// Runs holding one of the node's instances now, and how many it has.
+    pub fn instances(&self) -> (u32, u32) {
+        match &self.runtime {
+            Ok(rt) => (rt.instances_in_use(), rt.config().max_instances),
+            Err(_) => (0, 0),
+        }
+    }
+
     /// Where the HTTP entry listens, if it does.
     pub fn set_http(&self, addr: SocketAddr) {
         let _ = self.http.set(format!("http://{addr}"));

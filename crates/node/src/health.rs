@@ -286,6 +286,11 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
     ] {
         let _ = writeln!(out, "peergrid_node_workloads{{state=\"{state}\"}} {n}");
     }
+    let (in_use, max) = s.compute.instances();
+    let _ = writeln!(
+        out,
+        "# HELP peergrid_node_instances Wasm instances held by runs now, and the pool's size.\n# TYPE peergrid_node_instances gauge\npeergrid_node_instances{{of=\"in_use\"}} {in_use}\npeergrid_node_instances{{of=\"max\"}} {max}"
+    );
     compute_metrics(&mut out, &s.compute.list());
     (
         [(
