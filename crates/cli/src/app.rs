@@ -1575,7 +1575,10 @@ pub fn app(globals: &Globals, cmd: AppCommand) -> anyhow::Result<()> {
             if globals.json {
                 return output::json(&json!({ "removed": name }));
             }
-            outln!("{name} removed; its nodes stop serving it");
+            outln!(
+                "{name} removed: its contracts are ended (no more bills) and its nodes stop \
+                 serving it as they follow the ledger, within seconds"
+            );
             Ok(())
         }
     }
