@@ -378,17 +378,16 @@ fn devnet_status(globals: &Globals, dir: &std::path::Path) -> anyhow::Result<()>
         );
     };
     crate::runtime()?.block_on(async {
-        let health = peergrid_devnet::health(dir, &running).await;
+        // All at once: a stopped node or validator holds the report up by one timeout,
+        // not by one per question.
+        let (health, ledger_ids, mut follows) = tokio::join!(
+            peergrid_devnet::health(dir, &running),
+            devnet_node_ids(dir, &running.apis),
+            futures::future::join_all(running.nodes.iter().map(|url| node_follows(url)))
+        );
         let processes = &health.processes;
-        let ledger_ids = if processes.is_empty() {
-            Default::default()
-        } else {
-            devnet_node_ids(dir, &running.apis).await
-        };
-        let top = health.validators.iter().filter_map(|v| v.height).max();
-        let follows: Vec<NodeFollows> =
-            futures::future::join_all(running.nodes.iter().map(|url| node_follows(url, top)))
-                .await;
+        let ledger = peergrid_client::Client::new(running.apis.clone());
+        let _ = tokio::time::timeout(Duration::from_secs(3), lags(&ledger, &mut follows)).await;
         // `node 3`'s view, by its process name.
         let follows_of = |name: &str| {
             (name.strip_prefix("node "))
@@ -409,7 +408,10 @@ fn devnet_status(globals: &Globals, dir: &std::path::Path) -> anyhow::Result<()>
                     p["ledger_node"] = json!(ledger_id(&name));
                     if let Some(f) = follows_of(&name) {
                         p["followed_height"] = json!(f.followed_height);
+                        p["blocks_behind"] = json!(f.blocks_behind);
+                        p["lag_secs"] = json!(f.lag_secs);
                         p["reports_uptime"] = json!(f.reports_uptime);
+                        p["last_uptime_report_secs"] = json!(f.last_report_secs);
                         p["following"] = json!(f.following());
                     }
                 }
@@ -450,8 +452,8 @@ fn devnet_status(globals: &Globals, dir: &std::path::Path) -> anyhow::Result<()>
                 for p in processes.iter().filter(|p| p.state == "running") {
                     if let Some(f) = follows_of(&p.name).filter(|f| !f.following()) {
                         outln!(
-                            "\n{} runs but does not follow the ledger ({}): the ledger counts it down \
-                             and it misses contract changes; see {}",
+                            "\n{} runs but does not follow the ledger ({}): without uptime reports \
+                             the ledger counts it down, and behind it misses contract changes; see {}",
                             p.name,
                             f.cell(),
                             p.log.display()
@@ -471,30 +473,29 @@ fn devnet_status(globals: &Globals, dir: &std::path::Path) -> anyhow::Result<()>
     })
 }
 
-/// How far behind the validators' height a node may be and still follow: blocks come at
-/// least once a second, and a node reconciles each within moments.
-const FOLLOW_SLACK_BLOCKS: u64 = 30;
+/// How far behind the ledger's last block, in ledger time, a node may be and still
+/// follow: it reconciles each block within moments, whatever the block rate.
+const FOLLOW_LAG_MAX_SECS: u64 = 30;
 
 /// A devnet node process as its own health endpoint tells it.
+#[derive(Default)]
 struct NodeFollows {
     /// The last ledger height it reconciled; none when it did not answer.
     followed_height: Option<u64>,
-    /// Whether its uptime reports reach the ledger (`/health`).
+    /// Whether its uptime reports reach the ledger (`/health`); none when it did not answer.
     reports_uptime: Option<bool>,
     /// Seconds since its last uptime report was final.
     last_report_secs: Option<u64>,
-    /// The validators' highest height.
-    top: Option<u64>,
+    /// Blocks finalized since the one it followed.
+    blocks_behind: Option<u64>,
+    /// Ledger time between the block it followed and the last one, seconds.
+    lag_secs: Option<u64>,
 }
 
 impl NodeFollows {
-    fn behind(&self) -> Option<u64> {
-        Some(self.top?.saturating_sub(self.followed_height?))
-    }
-
-    /// Following: its reports reach the ledger and it is at most a few blocks behind.
+    /// Following: its reports reach the ledger and it is at most moments behind.
     fn following(&self) -> bool {
-        self.reports_uptime == Some(true) && self.behind().is_some_and(|b| b <= FOLLOW_SLACK_BLOCKS)
+        self.reports_uptime == Some(true) && self.lag_secs.is_some_and(|l| l <= FOLLOW_LAG_MAX_SECS)
     }
 
     /// `yes, at 794`, or what is wrong.
@@ -502,32 +503,32 @@ impl NodeFollows {
         let Some(height) = self.followed_height else {
             return "no answer".into();
         };
-        let behind = self.behind().unwrap_or(0);
         if self.following() {
             return format!("yes, at {height}");
         }
         let mut why = Vec::new();
-        if behind > FOLLOW_SLACK_BLOCKS {
-            why.push(format!("{behind} blocks behind"));
+        match (self.lag_secs, self.blocks_behind) {
+            (Some(lag), Some(blocks)) if lag > FOLLOW_LAG_MAX_SECS => {
+                why.push(format!("{lag} s ({blocks} blocks) behind"));
+            }
+            (Some(_), _) => {}
+            (None, _) if height == 0 => why.push("no block followed yet".into()),
+            (None, _) => why.push("the validators did not say how far behind".into()),
         }
         match (self.reports_uptime, self.last_report_secs) {
             (Some(true), _) => {}
-            (_, Some(secs)) => why.push(format!("no uptime report for {secs} s")),
-            (_, None) => why.push("no uptime report yet".into()),
+            (Some(false), Some(secs)) => why.push(format!("no uptime report for {secs} s")),
+            (Some(false), None) => why.push("no uptime report yet".into()),
+            (None, _) => why.push("its /health did not answer".into()),
         }
         format!("no, at {height}: {}", why.join(", "))
     }
 }
 
-/// Ask a devnet node's health endpoint at `url` how far it followed; `top` is the
-/// validators' highest height.
-async fn node_follows(url: &str, top: Option<u64>) -> NodeFollows {
-    let mut follows = NodeFollows {
-        followed_height: None,
-        reports_uptime: None,
-        last_report_secs: None,
-        top,
-    };
+/// Ask a devnet node's health endpoint at `url` how far it followed and whether its
+/// uptime reports reach the ledger.
+async fn node_follows(url: &str) -> NodeFollows {
+    let mut follows = NodeFollows::default();
     let Ok(http) = reqwest::Client::builder()
         .timeout(Duration::from_secs(3))
         .build()
@@ -553,6 +554,23 @@ async fn node_follows(url: &str, top: Option<u64>) -> NodeFollows {
         follows.last_report_secs = health.last_uptime_report_age_ms.map(|ms| ms / 1000);
     }
     follows
+}
+
+/// How far behind the ledger's last block each node's followed block is, in blocks and
+/// ledger time (a fast chain makes many blocks a second, an idle one one a second).
+async fn lags(ledger: &peergrid_client::Client, follows: &mut [NodeFollows]) {
+    let Ok(last) = ledger.status().await else {
+        return;
+    };
+    for f in follows.iter_mut() {
+        let Some(height) = f.followed_height.filter(|h| *h > 0) else {
+            continue;
+        };
+        if let Ok(block) = ledger.block(height).await {
+            f.blocks_behind = Some(last.height.saturating_sub(height));
+            f.lag_secs = Some(last.data.time_ms.saturating_sub(block.time_ms) / 1000);
+        }
+    }
 }
 
 /// The ledger's id of each devnet node process (`node 0` is the devnet's first, not the
@@ -1028,29 +1046,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_node_follows_while_it_reports_and_keeps_up_with_the_validators() {
-        let node = |height: Option<u64>, ok: Option<bool>, age: Option<u64>| NodeFollows {
-            followed_height: height,
-            reports_uptime: ok,
-            last_report_secs: age,
-            top: Some(794),
-        };
-        let up = node(Some(790), Some(true), Some(4));
+    fn a_node_follows_while_it_reports_and_keeps_up_with_the_ledger() {
+        let node =
+            |height: u64, ok: Option<bool>, age: Option<u64>, lag: Option<u64>| NodeFollows {
+                followed_height: Some(height),
+                reports_uptime: ok,
+                last_report_secs: age,
+                blocks_behind: lag.map(|l| l * 2),
+                lag_secs: lag,
+            };
+        let up = node(790, Some(true), Some(4), Some(2));
         assert!(up.following());
         assert_eq!(up.cell(), "yes, at 790");
-        let behind = node(Some(612), Some(false), Some(95));
+        let behind = node(612, Some(false), Some(95), Some(91));
         assert!(!behind.following());
         assert_eq!(
             behind.cell(),
-            "no, at 612: 182 blocks behind, no uptime report for 95 s"
+            "no, at 612: 91 s (182 blocks) behind, no uptime report for 95 s"
         );
         // Reports reach the ledger, but its view of the contracts is stale.
-        let stale = node(Some(700), Some(true), Some(2));
-        assert_eq!(stale.cell(), "no, at 700: 94 blocks behind");
-        let starting = node(Some(794), Some(false), None);
-        assert_eq!(starting.cell(), "no, at 794: no uptime report yet");
-        let silent = node(None, None, None);
-        assert!(!silent.following());
-        assert_eq!(silent.cell(), "no answer");
+        let stale = node(700, Some(true), Some(2), Some(47));
+        assert_eq!(stale.cell(), "no, at 700: 47 s (94 blocks) behind");
+        let starting = node(0, Some(false), None, None);
+        assert_eq!(
+            starting.cell(),
+            "no, at 0: no block followed yet, no uptime report yet"
+        );
+        let half = node(794, None, None, Some(0));
+        assert!(!half.following());
+        assert_eq!(half.cell(), "no, at 794: its /health did not answer");
+        let unknown = node(794, Some(true), Some(1), None);
+        assert!(!unknown.following(), "not known to follow");
+        assert_eq!(
+            unknown.cell(),
+            "no, at 794: the validators did not say how far behind"
+        );
+        assert_eq!(NodeFollows::default().cell(), "no answer");
     }
 }

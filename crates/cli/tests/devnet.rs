@@ -295,6 +295,32 @@ fn a_newcomer_runs_a_devnet_and_sends_a_transfer_that_finalizes() {
         assert!(Instant::now() < deadline, "nodes not following: {s}");
         std::thread::sleep(Duration::from_millis(500));
     }
+    // A node frozen (SIGSTOP) does not follow; thawed, it catches up and the status says so.
+    let frozen = pids(home, "nodes/node-2 ");
+    assert_eq!(frozen.len(), 1, "node 2: {frozen:?}");
+    let signal = |sig: &str| {
+        let _ = Command::new("kill")
+            .args([sig, &frozen[0].to_string()])
+            .status();
+    };
+    signal("-STOP");
+    let (_, s) = json(home, &["devnet", "status"]);
+    signal("-CONT");
+    let node_2 = (s["processes"].as_array().into_iter().flatten())
+        .find(|p| p["name"] == "node 2")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(node_2["following"], false, "{s}");
+    assert_eq!(node_2["state"], "stopped", "{s}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, s) = json(home, &["devnet", "status"]);
+        if following(&s, "node 2") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 2 not following again: {s}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
 
     // No key of one's own: the CLI uses the devnet's demo account.
     let (ok, balance) = json(home, &["wallet", "balance"]);

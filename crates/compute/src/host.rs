@@ -295,6 +295,43 @@ struct Captured {
     dropped: u64,
     /// Keep the newest bytes (a log) rather than the first (a job's output).
     ring: bool,
+    /// The host's own lines in the current second, and those left out past the limit.
+    notes: NoteWindow,
+}
+
+/// Host lines written in the current second, at most [`HOST_NOTES_PER_SEC`]: a flood of
+/// refused requests must not push the app's own output out of its log.
+#[derive(Default)]
+struct NoteWindow {
+    started: Option<std::time::Instant>,
+    written: u32,
+    left_out: u64,
+}
+
+/// Host lines a service's log takes per second; the others are counted.
+const HOST_NOTES_PER_SEC: u32 = 10;
+
+impl Captured {
+    fn push(&mut self, data: &[u8]) {
+        if self.ring {
+            // Trimmed only past twice the bound, so a chatty guest costs one copy
+            // of the log per `max` bytes written, not one per line.
+            self.bytes.extend_from_slice(data);
+            if self.bytes.len() > 2 * self.max {
+                let cut = self.bytes.len() - self.max;
+                self.bytes.drain(..cut);
+                self.dropped = self
+                    .dropped
+                    .saturating_add(u64::try_from(cut).unwrap_or(u64::MAX));
+            }
+            return;
+        }
+        let room = self.max.saturating_sub(self.bytes.len());
+        let keep = room.min(data.len());
+        self.bytes.extend_from_slice(&data[..keep]);
+        let dropped = u64::try_from(data.len() - keep).unwrap_or(u64::MAX);
+        self.dropped = self.dropped.saturating_add(dropped);
+    }
 }
 
 impl Capture {
@@ -305,6 +342,7 @@ impl Capture {
                 max,
                 dropped: 0,
                 ring: false,
+                notes: NoteWindow::default(),
             })),
         }
     }
@@ -321,38 +359,43 @@ impl Capture {
     }
 
     fn push(&self, data: &[u8]) {
-        let mut c = self.lock();
-        if c.ring {
-            // Trimmed only past twice the bound, so a chatty guest costs one copy
-            // of the log per `max` bytes written, not one per line.
-            c.bytes.extend_from_slice(data);
-            if c.bytes.len() > 2 * c.max {
-                let cut = c.bytes.len() - c.max;
-                c.bytes.drain(..cut);
-                c.dropped = c
-                    .dropped
-                    .saturating_add(u64::try_from(cut).unwrap_or(u64::MAX));
-            }
-            return;
-        }
-        let room = c.max.saturating_sub(c.bytes.len());
-        let keep = room.min(data.len());
-        c.bytes.extend_from_slice(&data[..keep]);
-        let dropped = u64::try_from(data.len() - keep).unwrap_or(u64::MAX);
-        c.dropped = c.dropped.saturating_add(dropped);
+        self.lock().push(data);
     }
 
     /// Adds a line of the host's own (`[peergrid] …`) on a line of its own, so that a
-    /// service's log says what the node answered for it.
+    /// service's log says what the node answered for it; past [`HOST_NOTES_PER_SEC`] in
+    /// a second, lines are counted and the count is written with the next one.
     pub(crate) fn note(&self, line: &str) {
-        let mut text = String::with_capacity(line.len() + 13);
-        if self.lock().bytes.last().is_some_and(|b| *b != b'\n') {
+        let mut c = self.lock();
+        let now = std::time::Instant::now();
+        let window = &mut c.notes;
+        if window
+            .started
+            .is_none_or(|at| now.duration_since(at) >= std::time::Duration::from_secs(1))
+        {
+            window.started = Some(now);
+            window.written = 0;
+        }
+        if window.written >= HOST_NOTES_PER_SEC {
+            window.left_out = window.left_out.saturating_add(1);
+            return;
+        }
+        window.written += 1;
+        let left_out = std::mem::take(&mut window.left_out);
+        let mut text = String::with_capacity(line.len() + 80);
+        // Under the same lock as the check: no guest line can come between.
+        if c.bytes.last().is_some_and(|b| *b != b'\n') {
             text.push('\n');
+        }
+        if left_out > 0 {
+            text.push_str(&format!(
+                "[peergrid] {left_out} more answers like these were not logged\n"
+            ));
         }
         text.push_str("[peergrid] ");
         text.push_str(line);
         text.push('\n');
-        self.push(text.as_bytes());
+        c.push(text.as_bytes());
     }
 
     /// A ring's newest `max` bytes, from the first line that starts within them, after
@@ -374,6 +417,18 @@ impl Capture {
             );
         }
         out.extend_from_slice(&c.bytes[start..]);
+        if c.notes.left_out > 0 {
+            if out.last().is_some_and(|b| *b != b'\n') {
+                out.push(b'\n');
+            }
+            out.extend_from_slice(
+                format!(
+                    "[peergrid] {} more answers like these were not logged\n",
+                    c.notes.left_out
+                )
+                .as_bytes(),
+            );
+        }
         out
     }
 
@@ -482,6 +537,35 @@ mod tests {
             .map(|l| l["request ".len()..].parse().expect("number"))
             .collect();
         assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "{numbers:?}");
+    }
+
+    #[test]
+    fn host_lines_start_their_own_line_and_a_flood_is_counted_not_kept() {
+        let log = Capture::ring(64 << 10);
+        log.push(b"half a guest line");
+        log.note("503 GET /: busy");
+        log.push(b"next\n");
+        for _ in 0..(super::HOST_NOTES_PER_SEC + 5) {
+            log.note("503 GET /: busy");
+        }
+        let text = String::from_utf8(log.snapshot()).expect("utf8");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[..3],
+            ["half a guest line", "[peergrid] 503 GET /: busy", "next"],
+            "{text}"
+        );
+        let host = lines.iter().filter(|l| **l == "[peergrid] 503 GET /: busy");
+        assert_eq!(
+            host.count(),
+            super::HOST_NOTES_PER_SEC as usize,
+            "one second's worth: {text}"
+        );
+        assert_eq!(
+            lines.last(),
+            Some(&"[peergrid] 6 more answers like these were not logged"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -108,11 +108,62 @@ pub(crate) fn text_response(status: StatusCode, message: &str) -> hyper::Respons
     resp
 }
 
+/// How a request's run and its answer ended, as far as each side has seen.
+#[derive(Default)]
+struct Ending {
+    /// The status the guest answered with, once it did.
+    answered: Option<StatusCode>,
+    /// Why the run failed, once it did, while no answer was seen.
+    failure: Option<String>,
+}
+
 /// The request a host answer was for, as its log line names it: method and path (the
 /// query left out, as it may carry secrets).
+#[derive(Clone)]
 struct Asked {
     method: http::Method,
     path: String,
+}
+
+/// Most bytes of a path a log line gives.
+const LOGGED_PATH_BYTES_MAX: usize = 200;
+
+impl Asked {
+    fn of<B>(req: &hyper::Request<B>) -> Asked {
+        Asked {
+            method: req.method().clone(),
+            path: loggable(req.uri().path()),
+        }
+    }
+
+    /// The log line for an answer whose body the run's failure cut short.
+    fn cut_short(&self, status: StatusCode, why: &str) -> String {
+        format!(
+            "{} {} {}: the body was cut short: {why}",
+            status.as_u16(),
+            self.method,
+            self.path
+        )
+    }
+}
+
+/// `path` as a log line may show it: bytes outside printable ASCII percent-encoded (a
+/// path may carry raw UTF-8, and some of it reads as a line break or a control to
+/// terminals and tools), cut at [`LOGGED_PATH_BYTES_MAX`].
+fn loggable(path: &str) -> String {
+    let mut out = String::with_capacity(path.len().min(LOGGED_PATH_BYTES_MAX) + 3);
+    for b in path.bytes() {
+        if out.len() >= LOGGED_PATH_BYTES_MAX {
+            out.push('…');
+            break;
+        }
+        if b.is_ascii_graphic() {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 impl Prepared {
@@ -164,17 +215,14 @@ impl Prepared {
     {
         let metrics = self.inner.metrics.clone();
         metrics.request_started();
-        let asked = Asked {
-            method: req.method().clone(),
-            path: req.uri().path().to_string(),
-        };
+        let asked = Asked::of(&req);
         let Some(pre) = self.proxy_pre().cloned() else {
             metrics.error();
-            return self.host_answer(
-                &asked,
+            // Not written to the log: a running job's log is its output, not anyone's
+            // to write to by asking it over HTTP.
+            return text_response(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "this workload is a job, not an HTTP service",
-                None,
             );
         };
         let limits = self.effective_limits(limits);
@@ -246,6 +294,11 @@ impl Prepared {
         // response head has been handed back below.
         let wall = wall.saturating_sub(waited.elapsed());
         let task_metrics = metrics.clone();
+        // A guest may answer and fail after: whichever of the task and this side comes
+        // second writes the log line, so that a body cut short is in the log too.
+        let ending = Arc::new(std::sync::Mutex::new(Ending::default()));
+        let (task_ending, task_log, task_asked) =
+            (ending.clone(), self.inner.log.clone(), asked.clone());
         let run = tokio::spawn(async move {
             let _instance = instance;
             let guest = Metered::new(meter.clone(), async move {
@@ -261,14 +314,29 @@ impl Prepared {
             task_metrics.run_finished(&meter, end.is_err(), limit);
             if let Err(failure) = &end {
                 tracing::debug!(reason = %failure.message, "http workload failed");
+                let mut ending = task_ending.lock().unwrap_or_else(|e| e.into_inner());
+                match ending.answered {
+                    Some(status) => task_log.note(&task_asked.cut_short(status, &failure.message)),
+                    None => ending.failure = Some(failure.message.clone()),
+                }
             }
             end
         });
 
         match receiver.await {
-            Ok(Ok(resp)) => resp.map(|body| ResponseBody {
-                kind: BodyKind::Guest { body, metrics },
-            }),
+            Ok(Ok(resp)) => {
+                let mut ending = ending.lock().unwrap_or_else(|e| e.into_inner());
+                ending.answered = Some(resp.status());
+                if let Some(message) = ending.failure.take() {
+                    self.inner
+                        .log
+                        .note(&asked.cut_short(resp.status(), &message));
+                }
+                drop(ending);
+                resp.map(|body| ResponseBody {
+                    kind: BodyKind::Guest { body, metrics },
+                })
+            }
             Ok(Err(code)) => {
                 metrics.error();
                 self.host_answer(
@@ -306,5 +374,21 @@ impl Prepared {
                 }
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_logged_path_is_printable_ascii_and_bounded() {
+        assert_eq!(loggable("/k/a-b_c.txt"), "/k/a-b_c.txt");
+        // U+2028 (a line separator to some tools) and a C1 control arrive as raw UTF-8.
+        assert_eq!(loggable("/a\u{2028}b\u{85}"), "/a%E2%80%A8b%C2%85");
+        assert_eq!(loggable("/x y"), "/x%20y");
+        let long = format!("/{}", "a".repeat(10_000));
+        let shown = loggable(&long);
+        assert!(shown.len() <= LOGGED_PATH_BYTES_MAX + 3 && shown.ends_with('…'));
     }
 }
