@@ -377,6 +377,37 @@ pub fn node_dir(dir: &Path, i: usize) -> PathBuf {
     dir.join(format!("nodes/node-{i}"))
 }
 
+/// Most disk a devnet node offers.
+const NODE_DISK_BYTES_MAX: u64 = 100 << 30;
+
+/// What each of `count` devnet nodes offers of the one disk they share: an equal part of
+/// what is free on it and of the shards they already hold (each node alone would offer
+/// all of it, and the devnet would sell the disk `count` times), at most
+/// [`NODE_DISK_BYTES_MAX`].
+fn node_disk_bytes(dir: &Path, count: usize) -> u64 {
+    let free = peergrid_core::fs::disk_space(dir).map_or(0, |s| s.available_bytes);
+    let held: u64 = (0..count)
+        .map(|i| bytes_in(&node_dir(dir, i).join("peergrid-shards")))
+        .sum();
+    (free.saturating_add(held) / u64::try_from(count.max(1)).unwrap_or(1)).min(NODE_DISK_BYTES_MAX)
+}
+
+/// The bytes the files under `dir` take on disk; 0 when it does not exist.
+fn bytes_in(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => bytes_in(&e.path()),
+            Ok(m) => m.blocks().saturating_mul(512),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
 fn ports(base: u16, i: usize) -> anyhow::Result<(u16, u16)> {
     let i = u16::try_from(i)?;
     let api = base.checked_add(i).context("--base-port too high")?;
@@ -548,6 +579,7 @@ impl Supervisor {
         }
         let mut urls = Vec::new();
         let mut http_urls = Vec::new();
+        let disk_mib = node_disk_bytes(&self.dir, count) >> 20;
         for i in 0..count {
             let farm_index = i % farms.len();
             let (country, city, lat, lon) = PLACES[i % PLACES.len()];
@@ -587,7 +619,7 @@ impl Supervisor {
                 .arg("--data-dir")
                 .arg(&dir)
                 .arg("--disk")
-                .arg(format!("{}:ssd:100GiB", dir.display()))
+                .arg(format!("{}:ssd:{disk_mib}MiB", dir.display()))
                 .arg("--key")
                 .arg(
                     self.dir

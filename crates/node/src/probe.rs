@@ -260,10 +260,14 @@ pub fn probe(
     })
 }
 
-/// The bytes the files under `dir` take on disk (allocated blocks, what deleting them
-/// frees); 0 when it does not exist. Unreadable entries are skipped.
+/// The bytes the files under `dir` take on its file system (allocated blocks, what
+/// deleting them frees); 0 when it does not exist. Unreadable entries are skipped, and so
+/// are other file systems mounted beneath: their bytes are not this disk's.
 pub fn bytes_under(dir: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
+    let Ok(device) = std::fs::metadata(dir).map(|m| m.dev()) else {
+        return 0;
+    };
     let mut total = 0u64;
     let mut todo = vec![dir.to_path_buf()];
     while let Some(d) = todo.pop() {
@@ -274,6 +278,9 @@ pub fn bytes_under(dir: &Path) -> u64 {
             let Ok(meta) = entry.metadata() else {
                 continue;
             };
+            if meta.dev() != device {
+                continue;
+            }
             if meta.is_dir() {
                 todo.push(entry.path());
             } else {
@@ -480,6 +487,17 @@ mod tests {
         assert_eq!(holding.disks[0].held_bytes, 16 << 20, "{holding:?}");
         let gap = filled.offered.sru.abs_diff(holding.offered.sru);
         assert!(gap < 1 << 20, "{filled:?} vs {holding:?}");
+
+        // Another disk mounted inside the shards folder is not this disk's.
+        let inner = shards.join("contract-8");
+        std::fs::create_dir_all(&inner).expect("mount point");
+        let Some(other) = peergrid_core::disklab::SmallDisk::or_skip(
+            peergrid_core::disklab::SmallDisk::mount_on(&inner, 8 << 20),
+        ) else {
+            return;
+        };
+        std::fs::write(other.path().join("b"), vec![3u8; 4 << 20]).expect("write");
+        assert_eq!(bytes_under(&shards), 16 << 20);
     }
 
     #[test]

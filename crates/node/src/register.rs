@@ -105,11 +105,12 @@ pub async fn ensure_registered(
                 node = id,
                 "this machine now offers {probed}, less than the contracts on node {id} reserve \
                  ({}); the ledger keeps {capacity} for it until those contracts end, and the node \
-                 refuses new work beyond what the machine offers. Give the node back its disks \
-                 or memory, or wait for those contracts to end",
+                 refuses new work beyond what the machine offers. Free space on its disks, give \
+                 it back its disks or memory, or wait for those contracts to end",
                 record.used.excess_over(&probed)
             );
         }
+        let capacity = settled(capacity, &record.capacity);
         let capacity_changed = record.capacity != capacity;
         let location_changed = record.location != location;
         if capacity_changed || location_changed {
@@ -206,6 +207,27 @@ pub fn acceptable_capacity(
     }
 }
 
+/// How far below the probed disk figure the registered one may stay, in parts of the
+/// probe: free space moves a little between starts, and each update costs a fee.
+const DISK_SETTLE_PARTS: u64 = 20;
+
+/// `capacity` to register, keeping the `registered` disk figures where they are a little
+/// below it (never above: a node must not offer space it does not have).
+pub fn settled(capacity: Capacity, registered: &Capacity) -> Capacity {
+    let keep = |new: u64, old: u64| {
+        if old <= new && new - old <= new / DISK_SETTLE_PARTS {
+            old
+        } else {
+            new
+        }
+    };
+    Capacity {
+        sru: keep(capacity.sru, registered.sru),
+        hru: keep(capacity.hru, registered.hru),
+        ..capacity
+    }
+}
+
 /// Give the node's account enough for its fees, from the owner's key when we have it.
 async fn fund(
     client: &Client,
@@ -241,6 +263,35 @@ async fn fund(
 mod tests {
     use super::*;
     use peergrid_core::capacity::GIB;
+
+    #[test]
+    fn a_disk_figure_a_little_above_the_ledgers_keeps_the_ledgers() {
+        let at = |sru: u64, hru: u64| Capacity {
+            cru: 4,
+            mru: 8 * GIB,
+            sru,
+            hru,
+        };
+        let registered = at(100 * GIB, 0);
+        // Free space grew a little since the last start: no update, no fee.
+        assert_eq!(settled(at(103 * GIB, 0), &registered), registered);
+        // It grew a lot: offered.
+        assert_eq!(settled(at(120 * GIB, 0), &registered), at(120 * GIB, 0));
+        // It shrank, even a little: the ledger must not keep space that is gone.
+        assert_eq!(settled(at(99 * GIB, 0), &registered), at(99 * GIB, 0));
+        // Cores and memory are taken as probed.
+        let more_cores = Capacity {
+            cru: 8,
+            ..at(101 * GIB, 0)
+        };
+        assert_eq!(
+            settled(more_cores, &registered),
+            Capacity {
+                cru: 8,
+                ..registered
+            }
+        );
+    }
 
     #[test]
     fn capacity_below_what_contracts_reserve_registers_what_they_reserve() {
