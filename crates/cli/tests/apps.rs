@@ -205,12 +205,35 @@ fn deploy_call_survive_a_node_and_remove_an_app() {
         "only the owner reads it: {theirs}"
     );
 
-    // Updated in place: both replicas run the new deployment (a new environment).
+    // Updated in place: both replicas run the new deployment (a new environment), and
+    // each answers throughout, the previous deployment serving until the new one runs.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (stop, urls) = (stop.clone(), urls.clone());
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for url in &urls {
+                    seen.push(get(url).map(|(code, body)| (code, body.trim().to_string())));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            seen
+        })
+    };
     let (ok, updated, err) = run(
         home,
         &["app", "update", "hello", HELLO, "--env", "WHO=peergrid"],
     );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = watcher.join().expect("watcher");
     assert!(ok, "app update: {err}");
+    assert!(seen.len() > 10, "{seen:?}");
+    let refused: Vec<_> = seen
+        .iter()
+        .filter(|r| !matches!(r, Some((200, _))))
+        .collect();
+    assert!(refused.is_empty(), "answers during the update: {refused:?}");
     assert_eq!(updated["failed_nodes"].as_array().map(Vec::len), Some(0));
     for url in &urls {
         assert_eq!(
@@ -225,8 +248,42 @@ fn deploy_call_survive_a_node_and_remove_an_app() {
     );
     assert!(!again && err.contains("nothing to update"), "{err}");
 
-    // A contract's reservation changes; the app keeps answering.
+    // A contract pointed at a deployment its node has not received yet: the one it ran
+    // goes on serving meanwhile (an update sends the new one right after).
     let contract = replicas[0]["contract"].to_string();
+    let (_, shown, _) = run(home, &["contract", "show", &contract]);
+    let hash = find_key(&shown, "deployment_hash")
+        .and_then(|h| h.as_str().map(str::to_string))
+        .expect("the contract's deployment hash");
+    let elsewhere = "ab".repeat(32);
+    let (ok, _, err) = run(
+        home,
+        &[
+            "contract",
+            "update",
+            &contract,
+            "--deployment-hash",
+            &elsewhere,
+        ],
+    );
+    assert!(ok, "contract update: {err}");
+    // Its node follows the ledger within a second or two; the app answers throughout.
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < until {
+        assert_eq!(
+            get(&format!("{}env/WHO", urls[0])),
+            Some((200, "peergrid\n".to_string())),
+            "while the new deployment has not come"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (ok, _, err) = run(
+        home,
+        &["contract", "update", &contract, "--deployment-hash", &hash],
+    );
+    assert!(ok, "contract update back: {err}");
+
+    // A contract's reservation changes; the app keeps answering.
     let (ok, _, err) = run(home, &["contract", "update", &contract, "--mru", "192MiB"]);
     assert!(ok, "contract update: {err}");
     let (ok, shown, _) = run(home, &["contract", "show", &contract]);
@@ -330,4 +387,16 @@ fn deploy_call_survive_a_node_and_remove_an_app() {
     let (ok, status, err) = run(home, &["app", "status", "few"]);
     assert!(ok, "the replica that runs is kept: {err}");
     assert_eq!(status["replicas"][0]["state"], "running", "{status}");
+}
+
+/// The first value under `key` anywhere in `v`.
+fn find_key(v: &Value, key: &str) -> Option<Value> {
+    match v {
+        Value::Object(map) => map
+            .get(key)
+            .cloned()
+            .or_else(|| map.values().find_map(|v| find_key(v, key))),
+        Value::Array(items) => items.iter().find_map(|v| find_key(v, key)),
+        _ => None,
+    }
 }

@@ -128,12 +128,37 @@ struct App {
     jobs: Vec<tokio::task::AbortHandle>,
     /// Response bytes already reported to the ledger as network usage (NU).
     reported_bytes: u64,
+    /// The deployment this one replaces: it serves the workloads this one has not
+    /// started yet, so that an update does not leave the contract unanswered meanwhile.
+    previous: Option<Box<App>>,
 }
 
 impl App {
     /// Sets what the share's runs may hold: the reservation, or one run's limit if more.
     fn share_memory(&self) {
         (self.share).set_memory_bytes_max(self.memory_reserved.max(self.memory_floor));
+    }
+
+    /// Stops its running jobs: their deployment is going.
+    fn stop_jobs(&self) {
+        for job in &self.jobs {
+            job.abort();
+        }
+    }
+
+    /// The previous deployment's `workload`, while it still serves in this one's place.
+    fn previous_serving(&self, workload: &str) -> Option<Target> {
+        let entry = self.previous.as_ref()?.workloads.get(workload)?;
+        match &entry.phase {
+            Phase::Running(prepared) if entry.spec.kind == WorkloadKind::Http => {
+                Some(Target::Serve {
+                    prepared: prepared.clone(),
+                    env: entry.spec.env.clone(),
+                    limits: entry.spec.limits,
+                })
+            }
+            _ => None,
+        }
     }
 }
 
@@ -217,10 +242,9 @@ impl Compute {
     /// Make the running deployments match `world`: start the new ones (in the
     /// background), pause or resume, and drop those no live contract backs.
     pub fn sync(self: &Arc<Self>, world: &World) {
-        let wanted: BTreeMap<ContractId, (Hash, bool, AccountId, u64)> = world
-            .workloads
-            .values()
-            .filter(|w| w.kind == "deployment" && w.holds_capacity())
+        let live =
+            || (world.workloads.values()).filter(|w| w.kind == "deployment" && w.holds_capacity());
+        let wanted: BTreeMap<ContractId, (Hash, bool, AccountId, u64)> = live()
             .filter_map(|w| match (w.deployed, w.deployment_hash) {
                 (Some(d), Some(h)) if d == h => Some((
                     w.contract,
@@ -229,29 +253,55 @@ impl Compute {
                 _ => None,
             })
             .collect();
+        // Contracts pointed at a deployment not received yet: the one they ran goes on
+        // serving until the new one comes (an update sends it right after).
+        let awaiting: BTreeMap<ContractId, (Hash, bool, u64)> = live()
+            .filter_map(|w| match (w.deployed, w.deployment_hash) {
+                (Some(d), Some(h)) if d != h => Some((
+                    w.contract,
+                    (d, w.state == WorkloadState::Paused, w.reserved.mru),
+                )),
+                _ => None,
+            })
+            .collect();
         let mut apps = self.write();
         apps.retain(|contract, app| {
-            let keep = wanted
-                .get(contract)
-                .is_some_and(|(hash, ..)| *hash == app.deployment);
+            let keep = wanted.contains_key(contract)
+                || (awaiting.get(contract)).is_some_and(|(hash, ..)| *hash == app.deployment);
             if !keep {
                 info!(
                     contract,
                     "deployment stopped: no live contract backs it here"
                 );
-                for job in &app.jobs {
-                    job.abort();
-                }
+                app.stop_jobs();
             }
             keep
         });
-        for (contract, (hash, paused, owner, memory)) in wanted {
+        for (contract, (_, paused, memory)) in awaiting {
             if let Some(app) = apps.get_mut(&contract) {
+                app.paused = paused;
+                app.memory_reserved = memory;
+                app.share_memory();
+            }
+        }
+        for (contract, (hash, paused, owner, memory)) in wanted {
+            if let Some(app) = apps.get_mut(&contract)
+                && app.deployment == hash
+            {
                 app.paused = paused;
                 app.memory_reserved = memory;
                 app.share_memory();
                 continue;
             }
+            let previous = apps.remove(&contract).map(|mut old| {
+                info!(
+                    contract,
+                    "deployment replaced: the previous one serves until the new one has started"
+                );
+                old.stop_jobs();
+                old.previous = None;
+                Box::new(old)
+            });
             let share = Share::new(memory, INSTANCES_PER_CONTRACT);
             apps.insert(
                 contract,
@@ -265,6 +315,7 @@ impl Compute {
                     workloads: BTreeMap::new(),
                     jobs: Vec::new(),
                     reported_bytes: 0,
+                    previous,
                 },
             );
             let file = world.workload_dir(contract).join("deployment.bin");
@@ -290,7 +341,10 @@ impl Compute {
             Ok(d) => d,
             Err(reason) => {
                 warn!(contract, %reason, "deployment cannot start");
-                self.update(contract, hash, |app| app.error = Some(reason));
+                self.update(contract, hash, |app| {
+                    app.error = Some(reason);
+                    app.previous = None;
+                });
                 return;
             }
         };
@@ -369,6 +423,15 @@ impl Compute {
                 self.update(contract, hash, |app| app.jobs.push(handle));
             }
         }
+        // Every workload has started (or failed): the previous deployment stops.
+        self.update(contract, hash, |app| {
+            if app.previous.take().is_some() {
+                info!(
+                    contract,
+                    "the previous deployment stopped: the new one has started"
+                );
+            }
+        });
     }
 
     /// Run a job to its end, keep its outcome on disk, and show it.
@@ -488,7 +551,9 @@ impl Compute {
             return Target::Unavailable(format!("deployment of contract {id} failed: {reason}"));
         }
         if app.workloads.is_empty() {
-            return Target::Starting(format!("deployment of contract {id} is starting"));
+            return app.previous_serving(workload).unwrap_or_else(|| {
+                Target::Starting(format!("deployment of contract {id} is starting"))
+            });
         }
         let Some(entry) = app.workloads.get(workload) else {
             let names: Vec<&str> = app.workloads.keys().map(String::as_str).collect();
@@ -498,7 +563,9 @@ impl Compute {
             ));
         };
         match &entry.phase {
-            Phase::Init => Target::Starting(format!("workload {workload:?} is starting")),
+            Phase::Init => app
+                .previous_serving(workload)
+                .unwrap_or_else(|| Target::Starting(format!("workload {workload:?} is starting"))),
             Phase::Exited(_) => Target::Unavailable(format!(
                 "workload {workload:?} is a job and has exited; read its output with `peergrid app logs`"
             )),
