@@ -183,10 +183,14 @@ impl Globals {
                 })
                 .collect());
         }
-        match peergrid_devnet::running(&peergrid_devnet::default_dir()) {
+        let dir = peergrid_devnet::default_dir();
+        match peergrid_devnet::running(&dir) {
             Some(r) => Ok(r.apis),
             None => anyhow::bail!(
-                "no ledger to talk to: start one with `peergrid devnet`, or pass --ledger URL"
+                "no ledger to talk to: no devnet runs from {}; pass --ledger URL (a validator's \
+                 API), set PEERGRID_DEVNET to the folder of a devnet running from another \
+                 home, or start one with `peergrid devnet`",
+                dir.display()
             ),
         }
     }

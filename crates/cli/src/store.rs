@@ -241,9 +241,11 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
                 return output::json(&json!({ "contracts": contracts, "bytes": size }));
             }
             outln!(
-                "reserved {} on {} nodes: contracts {}",
+                "reserved {} on {} node{}: contract{} {}",
                 human_bytes(size),
                 contracts.len(),
+                if contracts.len() == 1 { "" } else { "s" },
+                if contracts.len() == 1 { "" } else { "s" },
                 contracts
                     .iter()
                     .map(u64::to_string)
@@ -374,6 +376,7 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
             Ok(())
         }
         StoreCommand::Get { object, out, range } => {
+            let asked = std::time::Instant::now();
             let range = range.as_deref().map(parse_range).transpose()?;
             // A name may start like a capability (`pg1-notes.txt`): only one that parses
             // as a capability is read as one.
@@ -477,6 +480,14 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
             };
             let written = got.written;
             let secs = started.elapsed().as_secs_f64();
+            // Finding the manifest and its nodes (a node down is waited for a few seconds)
+            // comes before the transfer: the time given is the transfer's, and the whole
+            // command's too when they differ enough to tell.
+            let all_secs = asked.elapsed().as_secs_f64();
+            let finding = match all_secs - secs >= 0.5 {
+                true => format!(", {all_secs:.1} s with finding it"),
+                false => String::new(),
+            };
             let said = if globals.json {
                 json!({
                     "name": manifest.name,
@@ -486,6 +497,7 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
                     "resumed_bytes": got.resumed,
                     "unchanged": unchanged,
                     "seconds": secs,
+                    "seconds_total": all_secs,
                 })
                 .to_string()
             } else if unchanged {
@@ -508,7 +520,7 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
                     r => format!(", going on after the {} written before", human_bytes(r)),
                 };
                 format!(
-                    "{} → {to} ({} in {secs:.1} s{resumed})",
+                    "{} → {to} ({} in {secs:.1} s{finding}{resumed})",
                     manifest.name,
                     human_bytes(written)
                 )

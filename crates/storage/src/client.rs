@@ -86,6 +86,11 @@ const FAILED_FOR: Duration = Duration::from_secs(10);
 /// one `store audit` run, which would otherwise wait on it again for every object.
 const AUDIT_UNREACHABLE_FOR: Duration = Duration::from_secs(120);
 
+/// What an audit says of a node it could not reach.
+fn not_reached(node: NodeId) -> String {
+    format!("node {node} could not be reached (`peergrid node list` shows whether it is up)")
+}
+
 /// Whether an exchange failed because the node could not be reached at all (no dial, no
 /// answer in time), not because a stream broke or the node refused.
 fn unreached(e: &WireError) -> bool {
@@ -535,7 +540,10 @@ impl Storage {
             }
         }
         for p in peers.difference(&connected) {
-            warn!(peer = %p, "a node of your storage did not connect within {CONNECT_WITHIN:?}; using the others");
+            let node = (holdings.iter())
+                .find(|h| h.peer_id().ok() == Some(*p))
+                .map_or_else(|| p.to_string(), |h| h.node.to_string());
+            warn!(peer = %p, "node {node} of your storage did not connect within {CONNECT_WITHIN:?}; using the others");
             self.mark_failed(*p);
         }
         if let Some(book) = &self.peer_book {
@@ -3441,9 +3449,7 @@ impl Storage {
                     // A node an audit of another object of this run could not reach
                     // fails at once (for AUDIT_UNREACHABLE_FOR): dialing it again for
                     // every object would wait as long each time.
-                    Some(p) if self.audit_unreachable(&p) => Err(format!(
-                        "node {node} could not be reached (`peergrid node list` shows whether it is up)"
-                    )),
+                    Some(p) if self.audit_unreachable(&p) => Err(not_reached(node)),
                     // A broken stream is asked again: only the node's answer, or its
                     // refusal, is evidence about the shard.
                     Some(p) => match retrying(|| wire::audit(&self.mesh, p, id, leaf)).await {
@@ -3451,14 +3457,13 @@ impl Storage {
                         Ok(false) => {
                             Err(format!("node {node} answered a wrong proof for shard {id}"))
                         }
-                        Err(e) => {
-                            if unreached(&e) {
-                                (self.audit_unreachable.lock())
-                                    .unwrap_or_else(|e| e.into_inner())
-                                    .insert(p, std::time::Instant::now());
-                            }
-                            Err(e.to_string())
+                        Err(e) if unreached(&e) => {
+                            (self.audit_unreachable.lock())
+                                .unwrap_or_else(|e| e.into_inner())
+                                .insert(p, std::time::Instant::now());
+                            Err(not_reached(node))
                         }
+                        Err(e) => Err(e.to_string()),
                     },
                 };
                 (node, outcome)
