@@ -562,13 +562,26 @@ async fn lags(ledger: &peergrid_client::Client, follows: &mut [NodeFollows]) {
     let Ok(last) = ledger.status().await else {
         return;
     };
+    let heights: std::collections::BTreeSet<u64> = (follows.iter())
+        .filter_map(|f| f.followed_height.filter(|h| *h > 0))
+        .collect();
+    // Each height once, all at once.
+    let times: std::collections::HashMap<u64, u64> = futures::future::join_all(
+        heights
+            .into_iter()
+            .map(|h| async move { ledger.block(h).await.ok().map(|b| (h, b.time_ms)) }),
+    )
+    .await
+    .into_iter()
+    .flatten()
+    .collect();
     for f in follows.iter_mut() {
-        let Some(height) = f.followed_height.filter(|h| *h > 0) else {
-            continue;
-        };
-        if let Ok(block) = ledger.block(height).await {
+        if let Some((height, time_ms)) = f
+            .followed_height
+            .and_then(|h| times.get(&h).map(|t| (h, *t)))
+        {
             f.blocks_behind = Some(last.height.saturating_sub(height));
-            f.lag_secs = Some(last.data.time_ms.saturating_sub(block.time_ms) / 1000);
+            f.lag_secs = Some(last.data.time_ms.saturating_sub(time_ms) / 1000);
         }
     }
 }

@@ -267,8 +267,26 @@ fn deploy_call_survive_a_node_and_remove_an_app() {
         ],
     );
     assert!(ok, "contract update: {err}");
-    // Its node follows the ledger within a second or two; the app answers throughout.
-    let until = std::time::Instant::now() + Duration::from_secs(5);
+    // Once its node has the contract's new hash, the app still answers, for a while.
+    let entry_port: u16 = (urls[0].trim_start_matches("http://127.0.0.1:"))
+        .split('/')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("the replica's port");
+    let health = format!("http://127.0.0.1:{}", entry_port - 310 + 200);
+    wait_for(
+        "the node to follow the update",
+        Duration::from_secs(30),
+        || {
+            let (_, body) = get(&format!("{health}/v1/workloads"))?;
+            let items: Value = serde_json::from_str(&body).ok()?;
+            (items["items"].as_array()?.iter()).find(|w| {
+                w["contract"].to_string() == contract && w["deployment_hash"] == elsewhere.as_str()
+            })?;
+            Some(())
+        },
+    );
+    let until = std::time::Instant::now() + Duration::from_secs(2);
     while std::time::Instant::now() < until {
         assert_eq!(
             get(&format!("{}env/WHO", urls[0])),

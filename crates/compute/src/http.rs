@@ -22,7 +22,7 @@ use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
-use crate::metrics::WorkloadMetrics;
+use crate::metrics::{LimitExceeded, WorkloadMetrics};
 
 /// The error type of a request body given to [`Prepared::handle`].
 pub type RequestBodyError = Box<dyn std::error::Error + Send + Sync>;
@@ -136,10 +136,11 @@ impl Asked {
         }
     }
 
-    /// The log line for an answer whose body the run's failure cut short.
+    /// The log line for a run that failed after its answer began: the client may have
+    /// got less than the whole body.
     fn cut_short(&self, status: StatusCode, why: &str) -> String {
         format!(
-            "{} {} {}: the body was cut short: {why}",
+            "{} {} {}: failed after its answer began, which may be cut short: {why}",
             status.as_u16(),
             self.method,
             self.path
@@ -159,6 +160,9 @@ fn loggable(path: &str) -> String {
         }
         if b.is_ascii_graphic() {
             out.push(char::from(b));
+        } else if out.len() + 3 > LOGGED_PATH_BYTES_MAX {
+            out.push('…');
+            break;
         } else {
             out.push_str(&format!("%{b:02X}"));
         }
@@ -292,6 +296,7 @@ impl Prepared {
 
         // The guest runs in its own task: it goes on writing the body after the
         // response head has been handed back below.
+        let waited_ms = waited.elapsed().as_millis();
         let wall = wall.saturating_sub(waited.elapsed());
         let task_metrics = metrics.clone();
         // A guest may answer and fail after: whichever of the task and this side comes
@@ -309,7 +314,18 @@ impl Prepared {
                     .await
             });
             let res = tokio::time::timeout(wall, guest).await;
-            let end = classify(&meter, &limits, res);
+            let mut end = classify(&meter, &limits, res);
+            // The wall time counts from the request: a run that waited long for an
+            // instance says so, or its 504 would blame the workload alone.
+            if let Err(failure) = &mut end
+                && failure.limit == Some(LimitExceeded::WallTime)
+                && waited_ms * 10 >= u128::from(limits.wall_ms)
+            {
+                failure.message = format!(
+                    "{}, {waited_ms} ms of it waiting for an instance on a busy node",
+                    failure.message
+                );
+            }
             let limit = end.as_ref().err().and_then(|f| f.limit);
             task_metrics.run_finished(&meter, end.is_err(), limit);
             if let Err(failure) = &end {
@@ -389,6 +405,8 @@ mod tests {
         assert_eq!(loggable("/x y"), "/x%20y");
         let long = format!("/{}", "a".repeat(10_000));
         let shown = loggable(&long);
-        assert!(shown.len() <= LOGGED_PATH_BYTES_MAX + 3 && shown.ends_with('…'));
+        assert!(shown.len() <= LOGGED_PATH_BYTES_MAX + '…'.len_utf8() && shown.ends_with('…'));
+        let escapes = format!("/{}", "é".repeat(200));
+        assert!(loggable(&escapes).len() <= LOGGED_PATH_BYTES_MAX + '…'.len_utf8());
     }
 }

@@ -652,7 +652,10 @@ async fn prepare_async_and_many_concurrent_requests() {
         assert_eq!(status, 200, "{body}");
     }
     assert_eq!(hello.metrics().requests, 32);
-    assert_eq!(rt.instances_in_use(), 0, "every instance is given back");
+    assert!(
+        settles(|| rt.instances_in_use() == 0).await,
+        "every instance is given back"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -677,6 +680,11 @@ async fn a_full_pool_makes_requests_wait_for_an_instance_rather_than_fail() {
         rt.instances_in_use() == 2
     })
     .await;
+    // A third slow request queues first; its 504 says most of its time went waiting.
+    let third = {
+        let spin = spin.clone();
+        tokio::spawn(async move { call(&spin, "/", &[], &limits(1 << 20, 60_000, 2_500)).await })
+    };
     let (refused, retry_after, body) =
         call_with_retry_after(&hello, "/", &[], &limits(128 << 20, 1_000, 100)).await;
     // A request with time to wait is served once an instance is given back.
@@ -684,6 +692,12 @@ async fn a_full_pool_makes_requests_wait_for_an_instance_rather_than_fail() {
     let ((a, _), (b, _)) = (
         first.await.expect("request task"),
         second.await.expect("request task"),
+    );
+    let (late, late_body) = third.await.expect("request task");
+    assert_eq!(late, 504, "{late_body}");
+    assert!(
+        late_body.contains("of it waiting for an instance on a busy node"),
+        "{late_body}"
     );
     assert_eq!(refused, 503, "{body}");
     assert!(

@@ -380,16 +380,27 @@ pub fn node_dir(dir: &Path, i: usize) -> PathBuf {
 /// Most disk a devnet node offers.
 const NODE_DISK_BYTES_MAX: u64 = 100 << 30;
 
-/// What each of `count` devnet nodes offers of the one disk they share: an equal part of
-/// what is free on it and of the shards they already hold (each node alone would offer
-/// all of it, and the devnet would sell the disk `count` times), at most
-/// [`NODE_DISK_BYTES_MAX`].
-fn node_disk_bytes(dir: &Path, count: usize) -> u64 {
-    let free = peergrid_core::fs::disk_space(dir).map_or(0, |s| s.available_bytes);
-    let held: u64 = (0..count)
-        .map(|i| bytes_in(&node_dir(dir, i).join("peergrid-shards")))
-        .sum();
-    (free.saturating_add(held) / u64::try_from(count.max(1)).unwrap_or(1)).min(NODE_DISK_BYTES_MAX)
+/// What devnet node `i` of `count` offers of the one disk they share: the shards it holds
+/// and an equal part of what is free on it beyond what the nodes keep free (each node
+/// alone would offer all of it, and the devnet would sell the disk `count` times), at
+/// most [`NODE_DISK_BYTES_MAX`].
+fn node_disk_bytes(dir: &Path, i: usize, count: usize) -> anyhow::Result<u64> {
+    let space = peergrid_core::fs::disk_space(dir)
+        .with_context(|| format!("cannot measure the disk of {}", dir.display()))?;
+    let kept = peergrid_core::fs::DiskReserve::default().reserve_bytes(space.total_bytes);
+    let free = space.available_bytes.saturating_sub(kept);
+    let part = free / u64::try_from(count.max(1)).unwrap_or(1);
+    let held = bytes_in(&node_dir(dir, i).join("peergrid-shards"));
+    let bytes = held.saturating_add(part).min(NODE_DISK_BYTES_MAX);
+    if bytes < 1 << 30 {
+        tracing::warn!(
+            node = i,
+            offered = %peergrid_core::capacity::human_bytes(bytes),
+            free = %peergrid_core::capacity::human_bytes(space.available_bytes),
+            "little disk is free for the devnet's nodes: storage and apps need room; free some space"
+        );
+    }
+    Ok(bytes)
 }
 
 /// The bytes the files under `dir` take on disk; 0 when it does not exist.
@@ -579,8 +590,8 @@ impl Supervisor {
         }
         let mut urls = Vec::new();
         let mut http_urls = Vec::new();
-        let disk_mib = node_disk_bytes(&self.dir, count) >> 20;
         for i in 0..count {
+            let disk_mib = node_disk_bytes(&self.dir, i, count)? >> 20;
             let farm_index = i % farms.len();
             let (country, city, lat, lon) = PLACES[i % PLACES.len()];
             let health_port = self

@@ -126,14 +126,52 @@ struct App {
     workloads: BTreeMap<String, Entry>,
     /// Jobs running: stopped when the deployment goes.
     jobs: Vec<tokio::task::AbortHandle>,
-    /// Response bytes already reported to the ledger as network usage (NU).
+    /// Response bytes already reported to the ledger as network usage (NU), of
+    /// [`App::served`].
     reported_bytes: u64,
+    /// Bytes served by the deployments this one replaced and not reported when it came,
+    /// and those the previous one served before it stopped: billed with this one's.
+    carried: u64,
     /// The deployment this one replaces: it serves the workloads this one has not
     /// started yet, so that an update does not leave the contract unanswered meanwhile.
     previous: Option<Box<App>>,
+    /// What [`App::served`] of `previous` was when it was handed over: only what it
+    /// serves after that is this one's to count.
+    previous_base: u64,
 }
 
 impl App {
+    /// Response bytes to bill with this deployment: its workloads', what it carried
+    /// over, and what the previous one served since the handover.
+    fn served(&self) -> u64 {
+        let own: u64 = (self.workloads.values())
+            .filter_map(|e| match &e.phase {
+                Phase::Running(p) => Some(p.metrics().bytes_served),
+                _ => None,
+            })
+            .sum();
+        let previous =
+            (self.previous.as_ref()).map_or(0, |p| p.served().saturating_sub(self.previous_base));
+        own.saturating_add(self.carried).saturating_add(previous)
+    }
+
+    /// Whether one of its workloads serves requests.
+    fn serves(&self) -> bool {
+        (self.workloads.values()).any(|e| matches!(e.phase, Phase::Running(_)))
+    }
+
+    /// Stops serving through the previous deployment; what it served since the
+    /// handover is carried, so it is still billed.
+    fn drop_previous(&mut self) -> bool {
+        let Some(previous) = self.previous.take() else {
+            return false;
+        };
+        let since = previous.served().saturating_sub(self.previous_base);
+        self.carried = self.carried.saturating_add(since);
+        self.previous_base = 0;
+        true
+    }
+
     /// Sets what the share's runs may hold: the reservation, or one run's limit if more.
     fn share_memory(&self) {
         (self.share).set_memory_bytes_max(self.memory_reserved.max(self.memory_floor));
@@ -293,31 +331,42 @@ impl Compute {
                 app.share_memory();
                 continue;
             }
-            let previous = apps.remove(&contract).map(|mut old| {
+            let mut app = App {
+                deployment: hash,
+                paused,
+                share: Share::new(memory, INSTANCES_PER_CONTRACT),
+                memory_reserved: memory,
+                memory_floor: 0,
+                error: None,
+                workloads: BTreeMap::new(),
+                jobs: Vec::new(),
+                reported_bytes: 0,
+                carried: 0,
+                previous: None,
+                previous_base: 0,
+            };
+            if let Some(mut old) = apps.remove(&contract) {
                 info!(
                     contract,
                     "deployment replaced: the previous one serves until the new one has started"
                 );
                 old.stop_jobs();
-                old.previous = None;
-                Box::new(old)
-            });
-            let share = Share::new(memory, INSTANCES_PER_CONTRACT);
-            apps.insert(
-                contract,
-                App {
-                    deployment: hash,
-                    paused,
-                    share: share.clone(),
-                    memory_reserved: memory,
-                    memory_floor: 0,
-                    error: None,
-                    workloads: BTreeMap::new(),
-                    jobs: Vec::new(),
-                    reported_bytes: 0,
-                    previous,
-                },
-            );
+                // Both count in one share: the contract holds what it reserved, not twice.
+                app.share = old.share.clone();
+                app.memory_floor = old.memory_floor;
+                app.share_memory();
+                app.carried = old.served().saturating_sub(old.reported_bytes);
+                // Replaced before it started (two updates in a row): the one before it
+                // goes on serving instead.
+                let previous = match old.serves() {
+                    true => Some(Box::new(old)),
+                    false => old.previous.take(),
+                };
+                app.previous_base = previous.as_ref().map_or(0, |p| p.served());
+                app.previous = previous;
+            }
+            let share = app.share.clone();
+            apps.insert(contract, app);
             let file = world.workload_dir(contract).join("deployment.bin");
             let me = self.clone();
             tokio::spawn(async move { me.start(contract, hash, owner, share, file).await });
@@ -343,7 +392,7 @@ impl Compute {
                 warn!(contract, %reason, "deployment cannot start");
                 self.update(contract, hash, |app| {
                     app.error = Some(reason);
-                    app.previous = None;
+                    app.drop_previous();
                 });
                 return;
             }
@@ -425,7 +474,7 @@ impl Compute {
         }
         // Every workload has started (or failed): the previous deployment stops.
         self.update(contract, hash, |app| {
-            if app.previous.take().is_some() {
+            if app.drop_previous() {
                 info!(
                     contract,
                     "the previous deployment stopped: the new one has started"
@@ -645,14 +694,7 @@ impl Compute {
         self.read()
             .iter()
             .filter_map(|(id, app)| {
-                let served: u64 = app
-                    .workloads
-                    .values()
-                    .filter_map(|e| match &e.phase {
-                        Phase::Running(p) => Some(p.metrics().bytes_served),
-                        _ => None,
-                    })
-                    .sum();
+                let served = app.served();
                 let new = served.saturating_sub(app.reported_bytes);
                 (new > 0).then_some((*id, app.deployment, served, new))
             })
@@ -771,5 +813,49 @@ fn app_status(contract: ContractId, app: &App) -> DeploymentStatus {
         state: state.into(),
         reason,
         workloads,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app(carried: u64, reported: u64) -> App {
+        App {
+            deployment: Hash::of(b"d"),
+            paused: false,
+            share: Share::new(1 << 20, 1),
+            memory_reserved: 1 << 20,
+            memory_floor: 0,
+            error: None,
+            workloads: BTreeMap::new(),
+            jobs: Vec::new(),
+            reported_bytes: reported,
+            carried,
+            previous: None,
+            previous_base: 0,
+        }
+    }
+
+    #[test]
+    fn bytes_served_through_a_previous_deployment_are_billed_once() {
+        // The new deployment takes over 60 unreported bytes; the previous one had served
+        // 100 when handed over and serves 30 more before it stops.
+        let mut new = app(60, 0);
+        new.previous = Some(Box::new(app(100, 0)));
+        new.previous_base = 100;
+        assert_eq!(new.served(), 60);
+        if let Some(p) = new.previous.as_mut() {
+            p.carried += 30;
+        }
+        assert_eq!(new.served(), 90, "what the previous one serves now counts");
+        new.reported_bytes = 90;
+        assert!(new.drop_previous());
+        assert_eq!(
+            new.served(),
+            90,
+            "stopping it neither loses nor repeats a byte"
+        );
+        assert!(!new.drop_previous());
     }
 }

@@ -278,10 +278,12 @@ pub fn bytes_under(dir: &Path) -> u64 {
             let Ok(meta) = entry.metadata() else {
                 continue;
             };
-            if meta.dev() != device {
-                continue;
-            }
             if meta.is_dir() {
+                // A mount point is a folder; files are not compared, as an overlay
+                // file system gives its files the device of the layer beneath.
+                if meta.dev() != device {
+                    continue;
+                }
                 todo.push(entry.path());
             } else {
                 total = total.saturating_add(meta.blocks().saturating_mul(512));
