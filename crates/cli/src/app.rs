@@ -1088,7 +1088,12 @@ fn update(globals: &Globals, file: &Path, mut apps: Apps, args: UpdateArgs) -> a
     }
     let deployment = spec.deployment(&name, kind, component)?;
     if Hash::of(&deployment).to_string() == app.deployment {
-        bail!("{name} already runs this component with these settings; nothing to update");
+        bail!(
+            "{name} already runs this component with these settings; nothing to update (a \
+             replica that missed it is shown by `peergrid app status {name}`, and `peergrid \
+             app repair {name} {}` sends it the update)",
+            args.wasm.display()
+        );
     }
     check_component(&component, &bytes, kind, spec.memory_bytes)
         .with_context(|| format!("{} cannot be deployed", args.wasm.display()))?;
@@ -1147,12 +1152,12 @@ fn update(globals: &Globals, file: &Path, mut apps: Apps, args: UpdateArgs) -> a
     apps.apps.insert(name.clone(), updated.clone());
     save_apps(file, &apps)?;
     if !failures.is_empty() {
-        // Recorded as updated: their contracts hold the new deployment, and a node that
-        // did not take it stops the old one, which `app repair` then replaces.
+        // Recorded as updated: their contracts hold the new deployment; a node that did
+        // not get it serves the old one meanwhile, and `app repair` sends it again.
         eprintln!(
             "warning: the replicas on nodes {failures:?} do not run the new version (exit \
              status 3); `peergrid app status {name}` shows them, and `peergrid app repair \
-             {name} {}` replaces those that do not serve",
+             {name} {}` sends it to those that missed it and replaces those that do not serve",
             args.wasm.display()
         );
     }
@@ -1205,7 +1210,8 @@ fn repair(
     let client = globals.client()?;
     let resources = spec.resources();
     let mut repaired = app.clone();
-    let (replaced, left) = crate::runtime()?.block_on(async {
+    let (replaced, left, resent) = crate::runtime()?.block_on(async {
+        let mut resent = Vec::new();
         let (placement, serving) = Placement::open(
             globals,
             name,
@@ -1218,6 +1224,31 @@ fn repair(
         let mut broken = Vec::new();
         for r in &app.replicas {
             let state = replica_state(&client, placement.mesh(), r).await;
+            // A replica that missed an update gets the deployment its contract holds.
+            if state.contract_state == "live" && state.state.starts_with("outdated") {
+                say(
+                    json,
+                    format!(
+                        "contract {} on node {} runs an older deployment: sending it the new one …",
+                        r.contract, r.node
+                    ),
+                );
+                let sent = async {
+                    let view = client
+                        .node(r.node)
+                        .await?
+                        .with_context(|| format!("node {} is not on the ledger", r.node))?;
+                    placement.start_on(&view.data, r.contract).await
+                };
+                match sent.await {
+                    Ok(_) => {
+                        say(json, format!("node {} runs the new deployment", r.node));
+                        resent.push(r.clone());
+                        continue;
+                    }
+                    Err(e) => say(json, format!("node {}: {e:#}; placing it elsewhere", r.node)),
+                }
+            }
             if !state.serves() {
                 say(
                     json,
@@ -1235,7 +1266,7 @@ fn repair(
         if broken.is_empty() {
             drop(serving);
             placement.mesh().close().await;
-            return anyhow::Ok((Vec::new(), Vec::new()));
+            return anyhow::Ok((Vec::new(), Vec::new(), resent));
         }
         // Not on a node that runs the app or failed it.
         let (_, nodes) = client.nodes(None).await?;
@@ -1277,7 +1308,7 @@ fn repair(
         }
         drop(serving);
         placement.mesh().close().await;
-        anyhow::Ok((replaced, left))
+        anyhow::Ok((replaced, left, resent))
     })?;
     if !replaced.is_empty() {
         apps.apps.insert(name.to_string(), repaired.clone());
@@ -1290,14 +1321,22 @@ fn repair(
                 .iter()
                 .map(|(old, new)| json!({ "old": old, "new": new }))
                 .collect::<Vec<_>>(),
+            "updated": resent,
             "not_replaced": left,
         }))?;
-    } else if replaced.is_empty() && left.is_empty() {
+    } else if replaced.is_empty() && left.is_empty() && resent.is_empty() {
         outln!(
             "every replica of {name} serves ({}); nothing to repair",
             app.replicas.len()
         );
     } else {
+        for r in &resent {
+            outln!(
+                "node {} (contract {}) now runs the app's current deployment",
+                r.node,
+                r.contract
+            );
+        }
         for (old, new) in &replaced {
             outln!(
                 "node {} (contract {}) replaced by node {} (contract {}){}",
@@ -1314,7 +1353,7 @@ fn repair(
     }
     if !left.is_empty() {
         let nodes: Vec<NodeId> = left.iter().map(|r| r.node).collect();
-        if replaced.is_empty() {
+        if replaced.is_empty() && resent.is_empty() {
             bail!(
                 "no other node could take the replicas on nodes {nodes:?} (see above); \
                  they are kept, run the repair again later"

@@ -281,7 +281,8 @@ fn deploy_call_survive_a_node_and_remove_an_app() {
             let (_, body) = get(&format!("{health}/v1/workloads"))?;
             let items: Value = serde_json::from_str(&body).ok()?;
             (items["items"].as_array()?.iter()).find(|w| {
-                w["contract"].to_string() == contract && w["deployment_hash"] == elsewhere.as_str()
+                w["contract"].as_u64() == contract.parse().ok()
+                    && w["deployment_hash"] == elsewhere.as_str()
             })?;
             Some(())
         },
@@ -300,6 +301,78 @@ fn deploy_call_survive_a_node_and_remove_an_app() {
         &["contract", "update", &contract, "--deployment-hash", &hash],
     );
     assert!(ok, "contract update back: {err}");
+
+    // A replica whose node is frozen during an update misses it: it serves the old
+    // version, `app status` says so, and `app repair` sends it the new one.
+    let port: u16 = (urls[1].trim_start_matches("http://127.0.0.1:"))
+        .split('/')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("a port");
+    let frozen = pids_serving(port);
+    assert!(!frozen.is_empty(), "the node serving {port} runs");
+    let signal = |sig: &str| {
+        for pid in &frozen {
+            let _ = std::process::Command::new("kill")
+                .args([sig, &pid.to_string()])
+                .status();
+        }
+    };
+    signal("-STOP");
+    let missed = peergrid(home)
+        .args([
+            "--json",
+            "app",
+            "update",
+            "hello",
+            HELLO,
+            "--env",
+            "WHO=again",
+        ])
+        .output()
+        .expect("app update");
+    signal("-CONT");
+    assert_eq!(missed.status.code(), Some(3), "{missed:?}");
+    let outdated = wait_for(
+        "the replica shown outdated",
+        Duration::from_secs(60),
+        || {
+            let (ok, status, _) = run(home, &["app", "status", "hello"]);
+            (!ok && status.to_string().contains("outdated")).then_some(status)
+        },
+    );
+    assert!(
+        outdated
+            .to_string()
+            .contains("`peergrid app repair` sends it"),
+        "{outdated}"
+    );
+    assert_eq!(
+        get(&format!("{}env/WHO", urls[1])),
+        Some((200, "peergrid\n".to_string())),
+        "the old version serves meanwhile"
+    );
+    let (ok, fixed, err) = run(home, &["app", "repair", "hello", HELLO]);
+    assert!(ok, "app repair: {err}");
+    assert_eq!(
+        fixed["updated"].as_array().map(Vec::len),
+        Some(1),
+        "{fixed}"
+    );
+    assert_eq!(
+        fixed["replaced"].as_array().map(Vec::len),
+        Some(0),
+        "{fixed}"
+    );
+    for url in &urls {
+        assert_eq!(
+            get(&format!("{url}env/WHO")),
+            Some((200, "again\n".to_string())),
+            "{url}"
+        );
+    }
+    let (ok, status, err) = run(home, &["app", "status", "hello"]);
+    assert!(ok, "every replica runs the update: {err} {status}");
 
     // A contract's reservation changes; the app keeps answering.
     let (ok, _, err) = run(home, &["contract", "update", &contract, "--mru", "192MiB"]);

@@ -642,6 +642,11 @@ impl Compute {
         }
     }
 
+    /// The deployment `contract` runs here, if any.
+    pub fn deployment_of(&self, contract: ContractId) -> Option<Hash> {
+        self.read().get(&contract).map(|app| app.deployment)
+    }
+
     /// A workload's output, for its owner.
     pub fn logs(&self, contract: ContractId, workload: &str) -> Result<WorkloadLogs, String> {
         let apps = self.read();

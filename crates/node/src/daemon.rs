@@ -450,7 +450,22 @@ fn serve_protocols(
             let mut report = s.report().await;
             // A request may name one contract (u64 LE) to hear about its deployment.
             if let Ok(id) = <[u8; 8]>::try_from(body.as_slice()) {
-                report.deployment = Some(s.compute.status(u64::from_le_bytes(id)));
+                let contract = u64::from_le_bytes(id);
+                let mut status = s.compute.status(contract);
+                // Still serving the deployment it ran while its contract holds one that
+                // never came (an update that missed this node): not the app's version.
+                let holds =
+                    (s.world.lock().await.workloads.get(&contract)).and_then(|w| w.deployment_hash);
+                if let (Some(holds), Some(runs)) = (holds, s.compute.deployment_of(contract))
+                    && holds != runs
+                {
+                    status.state = "outdated".into();
+                    status.reason = Some(format!(
+                        "runs an older deployment: contract {contract} holds a new one this \
+                         node has not received (`peergrid app repair` sends it)"
+                    ));
+                }
+                report.deployment = Some(status);
             }
             serde_json::to_vec(&report).map_err(|e| e.to_string())
         }

@@ -100,7 +100,8 @@ pub struct DiskReport {
 pub struct DeploymentStatus {
     /// Its contract.
     pub contract: ContractId,
-    /// `absent`, `init`, `running`, `error` or `paused`.
+    /// `absent`, `init`, `running`, `error`, `paused`, or `outdated` (serving the
+    /// deployment it ran while its contract holds one the node has not received).
     pub state: String,
     /// Why, for `error`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
