@@ -307,6 +307,10 @@ pub(crate) fn default_name(path: &Path) -> String {
     if name.is_empty() { "app".into() } else { name }
 }
 
+/// Memory beyond what a component starts with below which `deploy` warns: requests grow
+/// their instance's memory (hello needs about 400 KiB more for a small answer).
+const REQUEST_MEMORY_HEADROOM_BYTES: u64 = 1 << 20;
+
 /// Check the component locally the way a node will, before anything is paid for.
 pub(crate) fn check_component(
     hash: &[u8; 32],
@@ -325,12 +329,23 @@ pub(crate) fn check_component(
     // A component whose memory starts larger than its instances may have would be
     // "running" and fail every request: said here, before any contract is paid for.
     let needs = peergrid_compute::memory_at_start(bytes)?;
+    // What a request takes beyond the memory the component starts with: a Rust service
+    // answering a small request needs a few hundred KiB more.
+    let headroom = REQUEST_MEMORY_HEADROOM_BYTES;
+    let suggested = needs.saturating_add(headroom).div_ceil(1 << 20).max(1);
     if needs > memory_bytes {
-        let mib = needs.div_ceil(1 << 20).max(1);
         bail!(
-            "it needs {} of memory as it starts, and its instances may have {}: give --memory {mib}MiB or more",
-            Size(needs),
-            Size(memory_bytes)
+            "it needs {} KiB of memory as it starts, more than the {} KiB its instances may have: give --memory {suggested}MiB or more (its requests need room beyond that)",
+            needs.div_ceil(1 << 10),
+            memory_bytes / (1 << 10)
+        );
+    }
+    if memory_bytes - needs < headroom {
+        eprintln!(
+            "warning: --memory {} leaves {} KiB beyond the {} KiB the component starts with; requests that need more answer 503 (`peergrid app logs` shows them): {suggested}MiB or more is safer",
+            Size(memory_bytes),
+            (memory_bytes - needs) / (1 << 10),
+            needs.div_ceil(1 << 10)
         );
     }
     Ok(())

@@ -646,4 +646,11 @@ fn a_component_whose_memory_starts_above_its_limit_is_refused_before_any_contrac
             && said.contains("give --memory"),
         "{said}"
     );
+    // Just above what it starts with: taken, with a warning that requests need more.
+    let out = sb.run(&["deploy", &hello, "--memory", "1088KiB"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("warning: --memory 1.1 MiB leaves") && said.contains("answer 503"),
+        "{said}"
+    );
 }
