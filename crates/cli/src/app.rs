@@ -1070,7 +1070,17 @@ fn print_logs(logs: &WorkloadLogs) {
                 logs.cpu_ms,
                 logs.wall_ms
             ),
-            (None, Some(e)) => outln!("-- stopped: {e} --"),
+            // The node's reason starts with "stopped:" itself.
+            (None, Some(e)) => outln!(
+                "-- {} ({} ms CPU, {} ms wall) --",
+                if e.starts_with("stopped") {
+                    e.clone()
+                } else {
+                    format!("stopped: {e}")
+                },
+                logs.cpu_ms,
+                logs.wall_ms
+            ),
             (None, None) => outln!("-- {} --", logs.state),
         }
     } else if logs.stdout.is_empty() {

@@ -316,17 +316,17 @@ fn compute_metrics(out: &mut String, deployments: &[crate::protocol::DeploymentS
     let series: [(&str, &str, Sample); 3] = [
         (
             "peergrid_node_app_requests_total",
-            "Requests served (or job runs) per workload since the node started.",
+            "Requests served (or job runs) per workload since its deployment started on this node (a restart or an update starts again from 0).",
             |w| w.requests.to_string(),
         ),
         (
             "peergrid_node_app_cpu_seconds_total",
-            "CPU time used per workload since the node started.",
+            "CPU time used per workload since its deployment started on this node.",
             |w| format!("{:.6}", w.cpu_us as f64 / 1e6),
         ),
         (
             "peergrid_node_app_served_bytes_total",
-            "Response bytes served per workload since the node started.",
+            "Response bytes served per workload since its deployment started on this node.",
             |w| w.bytes_served.to_string(),
         ),
     ];
