@@ -329,10 +329,9 @@ pub(crate) fn check_component(
     // A component whose memory starts larger than its instances may have would be
     // "running" and fail every request: said here, before any contract is paid for.
     let needs = peergrid_compute::memory_at_start(bytes)?;
-    // What a request takes beyond the memory the component starts with: a Rust service
-    // answering a small request needs a few hundred KiB more.
-    let headroom = REQUEST_MEMORY_HEADROOM_BYTES;
-    let suggested = needs.saturating_add(headroom).div_ceil(1 << 20).max(1);
+    let suggested = (needs.saturating_add(REQUEST_MEMORY_HEADROOM_BYTES))
+        .div_ceil(1 << 20)
+        .max(1);
     if needs > memory_bytes {
         bail!(
             "it needs {} KiB of memory as it starts, more than the {} KiB its instances may have: give --memory {suggested}MiB or more (its requests need room beyond that)",
@@ -340,7 +339,7 @@ pub(crate) fn check_component(
             memory_bytes / (1 << 10)
         );
     }
-    if memory_bytes - needs < headroom {
+    if kind == WorkloadKind::Http && memory_bytes - needs < REQUEST_MEMORY_HEADROOM_BYTES {
         eprintln!(
             "warning: --memory {} leaves {} KiB beyond the {} KiB the component starts with; requests that need more answer 503 (`peergrid app logs` shows them): {suggested}MiB or more is safer",
             Size(memory_bytes),
@@ -751,6 +750,13 @@ impl Placement {
         }
     }
 
+    /// [`Placement::start_on`] for an existing replica, its node looked up on the ledger.
+    async fn start_on_replica(&self, r: &Replica) -> anyhow::Result<Option<String>> {
+        let view = (self.client.node(r.node).await?)
+            .with_context(|| format!("node {} is not on the ledger", r.node))?;
+        self.start_on(&view.data, r.contract).await
+    }
+
     /// Send the deployment to `node` and follow it until it runs (a job: runs or has
     /// already exited); the URL, if any.
     pub(crate) async fn start_on(
@@ -1122,7 +1128,6 @@ fn update(globals: &Globals, file: &Path, mut apps: Apps, args: UpdateArgs) -> a
     }
     check_component(&component, &bytes, kind, spec.memory_bytes)
         .with_context(|| format!("{} cannot be deployed", args.wasm.display()))?;
-    let client = globals.client()?;
     let mut updated = app.clone();
     let failures = crate::runtime()?.block_on(async {
         let (placement, serving) = Placement::open(
@@ -1147,11 +1152,7 @@ fn update(globals: &Globals, file: &Path, mut apps: Apps, args: UpdateArgs) -> a
                     json,
                     format!("contract {} now holds the new deployment", r.contract),
                 );
-                let view = client
-                    .node(r.node)
-                    .await?
-                    .with_context(|| format!("node {} is not on the ledger", r.node))?;
-                placement.start_on(&view.data, r.contract).await
+                placement.start_on_replica(r).await
             };
             match step.await {
                 Ok(url) => r.url = url.or(r.url.take()),
@@ -1248,27 +1249,34 @@ fn repair(
         .await?;
         let mut broken = Vec::new();
         for r in &app.replicas {
-            let state = replica_state(&client, placement.mesh(), r).await;
-            // A replica that missed an update gets the deployment its contract holds.
-            if state.contract_state == "live" && state.state.starts_with("outdated") {
+            let state = replica_state(&client, placement.mesh(), r, &app.deployment).await;
+            // A replica whose contract or node missed an update (its node down, frozen or
+            // restarted meanwhile, or the contract's transaction not through) gets the
+            // app's deployment where it is; placed elsewhere only if that fails.
+            let live = state.contract_state == "live" || state.holds_another;
+            let missed = state.state.starts_with("outdated") || state.state == "absent";
+            if live && (missed || state.holds_another) {
                 say(
                     json,
                     format!(
-                        "contract {} on node {} runs an older deployment: sending it the new one …",
-                        r.contract, r.node
+                        "contract {} on node {} does not run the app's deployment ({}): sending it …",
+                        r.contract,
+                        r.node,
+                        if state.holds_another { &state.contract_state } else { &state.state }
                     ),
                 );
                 let sent = async {
-                    let view = client
-                        .node(r.node)
-                        .await?
-                        .with_context(|| format!("node {} is not on the ledger", r.node))?;
-                    placement.start_on(&view.data, r.contract).await
+                    if state.holds_another {
+                        placement.update_contract(r.contract).await?;
+                    }
+                    placement.start_on_replica(r).await
                 };
                 match sent.await {
-                    Ok(_) => {
-                        say(json, format!("node {} runs the new deployment", r.node));
-                        resent.push(r.clone());
+                    Ok(url) => {
+                        say(json, format!("node {} runs the app's deployment", r.node));
+                        let mut now = r.clone();
+                        now.url = url.or(now.url);
+                        resent.push(now);
                         continue;
                     }
                     Err(e) => say(json, format!("node {}: {e:#}; placing it elsewhere", r.node)),
@@ -1335,7 +1343,12 @@ fn repair(
         placement.mesh().close().await;
         anyhow::Ok((replaced, left, resent))
     })?;
-    if !replaced.is_empty() {
+    for r in &resent {
+        if let Some(slot) = (repaired.replicas.iter_mut()).find(|x| x.contract == r.contract) {
+            *slot = r.clone();
+        }
+    }
+    if !replaced.is_empty() || !resent.is_empty() {
         apps.apps.insert(name.to_string(), repaired.clone());
         save_apps(file, &apps)?;
     }
@@ -1401,13 +1414,33 @@ struct ReplicaState {
     contract_state: String,
     state: String,
     url: Option<String>,
+    /// Its contract is live but holds another deployment than the app's (an update
+    /// whose transaction did not go through, or a hand edit).
+    #[serde(skip)]
+    holds_another: bool,
 }
 
 /// A replica's contract on the ledger and its workload on its node, asked now.
-async fn replica_state(client: &Client, mesh: &Mesh, r: &Replica) -> ReplicaState {
+async fn replica_state(
+    client: &Client,
+    mesh: &Mesh,
+    r: &Replica,
+    deployment: &str,
+) -> ReplicaState {
+    let mut holds_another = false;
     let ledger = match client.contract(r.contract).await {
         Ok(Some(c)) => match c.data.state {
-            ContractState::Created => "live".to_string(),
+            ContractState::Created => match c.data.deployment_hash() {
+                Some(h) if h.to_string() != deployment => {
+                    holds_another = true;
+                    format!(
+                        "live, holding deployment {} rather than the app's {}",
+                        &h.to_string()[..12],
+                        &deployment[..12.min(deployment.len())]
+                    )
+                }
+                _ => "live".to_string(),
+            },
             ContractState::GracePeriod { .. } => "grace".to_string(),
             ContractState::Deleted { reason, .. } => format!("deleted ({reason})"),
         },
@@ -1458,6 +1491,7 @@ async fn replica_state(client: &Client, mesh: &Mesh, r: &Replica) -> ReplicaStat
         contract_state: ledger,
         state: on_node,
         url: r.url.clone(),
+        holds_another,
     }
 }
 
@@ -1554,14 +1588,14 @@ pub fn app(globals: &Globals, cmd: AppCommand) -> anyhow::Result<()> {
                 let mesh = mesh_peer(&client, &key).await?;
                 let mut rows = Vec::new();
                 for r in &app.replicas {
-                    rows.push(replica_state(&client, &mesh, r).await);
+                    rows.push(replica_state(&client, &mesh, r, &app.deployment).await);
                 }
                 mesh.close().await;
                 // A script (or a monitor) learns from the status whether every replica serves.
                 let failing = rows.iter().filter(|r| !r.serves()).count();
                 let failed = || {
                     anyhow::anyhow!(
-                        "{failing} of {} replicas of {} are not running (see above)",
+                        "{failing} of {} replicas of {} do not serve its deployment (see above)",
                         rows.len(),
                         app.name
                     )

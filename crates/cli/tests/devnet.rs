@@ -167,6 +167,26 @@ impl Drop for Reaper {
 /// Most memory a devnet validator may hold once it finalizes blocks.
 const VALIDATOR_RSS_MAX_KIB: u64 = 768 * 1024;
 
+/// Whether `devnet status` (`s`) shows the process `name` following the ledger.
+fn following(s: &Value, name: &str) -> bool {
+    (s["processes"].as_array().into_iter().flatten()).any(|p| {
+        p["name"] == name && p["following"] == true && p["followed_height"].as_u64() > Some(0)
+    })
+}
+
+/// Wait until `devnet status` shows the node process `name` following the ledger.
+fn wait_following(home: &Path, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, s) = json(home, &["devnet", "status"]);
+        if following(&s, name) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name} not following: {s}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 fn processes(home: &Path, what: &str) -> usize {
     pids(home, what).len()
 }
@@ -270,11 +290,6 @@ fn a_newcomer_runs_a_devnet_and_sends_a_transfer_that_finalizes() {
     }
 
     // `devnet status` says whether each node follows the ledger, by asking the node.
-    let following = |s: &Value, name: &str| {
-        s["processes"].as_array().into_iter().flatten().any(|p| {
-            p["name"] == name && p["following"] == true && p["followed_height"].as_u64() > Some(0)
-        })
-    };
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (_, s) = json(home, &["devnet", "status"]);
@@ -312,15 +327,7 @@ fn a_newcomer_runs_a_devnet_and_sends_a_transfer_that_finalizes() {
         .unwrap_or_default();
     assert_eq!(node_2["following"], false, "{s}");
     assert_eq!(node_2["state"], "stopped", "{s}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (_, s) = json(home, &["devnet", "status"]);
-        if following(&s, "node 2") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "node 2 not following again: {s}");
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    wait_following(home, "node 2");
 
     // No key of one's own: the CLI uses the devnet's demo account.
     let (ok, balance) = json(home, &["wallet", "balance"]);
@@ -489,15 +496,7 @@ fn a_newcomer_runs_a_devnet_and_sends_a_transfer_that_finalizes() {
     );
     assert_eq!(ledger_node("validator 3"), Some(Value::Null), "{restarted}");
     // The restarted node catches up with the ledger, and the status says so.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (_, s) = json(home, &["devnet", "status"]);
-        if following(&s, "node 1") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "node 1 not following again: {s}");
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    wait_following(home, "node 1");
     assert!(
         victims.iter().all(|p| !pids(home, "validator-3.toml")
             .into_iter()

@@ -451,18 +451,25 @@ fn serve_protocols(
             // A request may name one contract (u64 LE) to hear about its deployment.
             if let Ok(id) = <[u8; 8]>::try_from(body.as_slice()) {
                 let contract = u64::from_le_bytes(id);
+                // Read under the world's lock (world, then compute, as a deploy takes
+                // them): a deployment accepted meanwhile is seen whole or not at all.
+                let world = s.world.lock().await;
+                let holds = (world.workloads.get(&contract)).and_then(|w| w.deployment_hash);
                 let mut status = s.compute.status(contract);
+                let runs = s.compute.deployment_of(contract);
+                drop(world);
                 // Still serving the deployment it ran while its contract holds one that
-                // never came (an update that missed this node): not the app's version.
-                let holds =
-                    (s.world.lock().await.workloads.get(&contract)).and_then(|w| w.deployment_hash);
-                if let (Some(holds), Some(runs)) = (holds, s.compute.deployment_of(contract))
+                // never came (an update that missed this node). A pause says more.
+                if let (Some(holds), Some(runs)) = (holds, runs)
                     && holds != runs
+                    && status.state != "paused"
                 {
                     status.state = "outdated".into();
                     status.reason = Some(format!(
-                        "runs an older deployment: contract {contract} holds a new one this \
-                         node has not received (`peergrid app repair` sends it)"
+                        "runs deployment {} while contract {contract} holds {}, which this \
+                         node has not received",
+                        &runs.to_string()[..12],
+                        &holds.to_string()[..12]
                     ));
                 }
                 report.deployment = Some(status);
