@@ -181,6 +181,13 @@ pub fn job(globals: &Globals, cmd: JobCommand) -> anyhow::Result<()> {
             }
             _ => {}
         }
+        if args.keep {
+            eprintln!(
+                "its contract {} on node {} is kept (billed until it ends): `peergrid app logs \
+                 {name}` reads its output again, `peergrid app rm {name}` ends it",
+                replica.contract, replica.node
+            );
+        }
     }
     if code != 0 {
         std::process::exit(code);

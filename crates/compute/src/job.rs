@@ -27,6 +27,9 @@ pub struct JobOutcome {
     pub limit_exceeded: Option<LimitExceeded>,
     /// Why it was stopped, in one line, if it did not exit by itself.
     pub error: Option<String>,
+    /// It never started: no instance was free within its wall time (others' load, not
+    /// the job), so running it again later may well succeed.
+    pub refused: bool,
 }
 
 impl JobOutcome {
@@ -38,7 +41,12 @@ impl JobOutcome {
 
 impl JobOutcome {
     /// A job that did not run, for `error`.
-    fn not_run(started: Instant, limit: Option<LimitExceeded>, error: &str) -> JobOutcome {
+    fn not_run(
+        started: Instant,
+        limit: Option<LimitExceeded>,
+        error: &str,
+        refused: bool,
+    ) -> JobOutcome {
         JobOutcome {
             exit_code: None,
             stdout: Vec::new(),
@@ -48,6 +56,7 @@ impl JobOutcome {
             memory_peak_bytes: 0,
             limit_exceeded: limit,
             error: Some(error.to_string()),
+            refused,
         }
     }
 }
@@ -72,6 +81,7 @@ impl Prepared {
                 started,
                 None,
                 "this workload is an HTTP service, not a job",
+                false,
             );
         };
         let limits = self.effective_limits(limits);
@@ -80,7 +90,7 @@ impl Prepared {
             Ok(permit) => permit,
             Err(reason) => {
                 metrics.error();
-                return JobOutcome::not_run(started, Some(LimitExceeded::WallTime), &reason);
+                return JobOutcome::not_run(started, Some(LimitExceeded::WallTime), &reason, true);
             }
         };
         let meter = self.meter(&limits);
@@ -120,6 +130,7 @@ impl Prepared {
             memory_peak_bytes: meter.memory_peak_bytes.load(Ordering::Relaxed),
             limit_exceeded,
             error,
+            refused: false,
         }
     }
 }

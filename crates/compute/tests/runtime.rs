@@ -322,7 +322,7 @@ async fn hostile_wat_guests_are_stopped_by_each_limit() {
 
     let ok = prepare(&rt, &wat(OK_JOB), WorkloadKind::Job);
     let out = ok.run_job(&[], &[], &Limits::default()).await;
-    assert!(out.success(), "{out:?}");
+    assert!(out.success() && !out.refused, "{out:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -687,6 +687,10 @@ async fn a_full_pool_makes_requests_wait_for_an_instance_rather_than_fail() {
     };
     let (refused, retry_after, body) =
         call_with_retry_after(&hello, "/", &[], &limits(128 << 20, 1_000, 100)).await;
+    // A job that finds no instance within its wall time has not run: worth running again.
+    let job = prepare(&rt, &wat(OK_JOB), WorkloadKind::Job);
+    let not_run = job.run_job(&[], &[], &limits(1 << 20, 1_000, 100)).await;
+    assert!(not_run.refused && !not_run.success(), "{not_run:?}");
     // A request with time to wait is served once an instance is given back.
     let (waited, _) = call(&hello, "/", &[], &limits(128 << 20, 1_000, 5_000)).await;
     let ((a, _), (b, _)) = (

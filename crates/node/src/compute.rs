@@ -34,6 +34,8 @@ use crate::world::{WorkloadState, World, write_atomic};
 
 /// Instances that may exist at once on this node, across all its workloads.
 const INSTANCES_MAX: u32 = 64;
+/// How long a job refused for lack of a free instance waits before it tries again.
+const JOB_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
 /// Instances one contract's runs may hold at once: a quarter of the pool, so that one
 /// tenant's burst of slow requests cannot take the instances of every other.
 const INSTANCES_PER_CONTRACT: u32 = INSTANCES_MAX / 4;
@@ -492,7 +494,14 @@ impl Compute {
         spec: WorkloadSpec,
         prepared: Prepared,
     ) {
-        let outcome = prepared.run_job(&spec.args, &spec.env, &spec.limits).await;
+        let mut outcome = prepared.run_job(&spec.args, &spec.env, &spec.limits).await;
+        // Refused for others' load, it has not run: it runs once an instance is free
+        // (the loop ends with the deployment, whose going aborts this task).
+        while outcome.refused {
+            warn!(contract, workload = %spec.name, "job not started: the node's instances are all busy; trying again in {JOB_RETRY_AFTER:?}");
+            tokio::time::sleep(JOB_RETRY_AFTER).await;
+            outcome = prepared.run_job(&spec.args, &spec.env, &spec.limits).await;
+        }
         let record = JobRecord::new(hash, outcome);
         info!(contract, workload = %spec.name, exit_code = ?record.exit_code, error = ?record.error, "job exited");
         let path = job_record_path(&dir, &spec.name);
