@@ -4,9 +4,10 @@
 //! instance together), CPU time (checked at every epoch tick), and wall time (from the
 //! request until the guest returns, so the response body is included). A failure
 //! before the response starts becomes a one-line `text/plain` answer: 500 for a trap,
-//! 503 for an exhausted CPU or memory limit or a full instance pool, 504 for the wall
-//! time. A failure after the response started can only cut the body short. Either
-//! way it is counted in the workload's metrics and nothing else is disturbed.
+//! 503 for an exhausted CPU or memory limit or no instance free within the wall time
+//! (with `Retry-After` when others' load caused it), 504 for the wall time. A failure
+//! after the response started can only cut the body short. Either way it is counted in
+//! the workload's metrics, written to the service's log, and nothing else is disturbed.
 
 use crate::deployment::Limits;
 use crate::host::{Metered, new_store};
