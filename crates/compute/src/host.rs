@@ -311,6 +311,11 @@ struct NoteWindow {
 /// Host lines a service's log takes per second; the others are counted.
 const HOST_NOTES_PER_SEC: u32 = 10;
 
+/// The line saying how many host lines were counted, not kept.
+fn left_out_line(count: u64) -> String {
+    format!("[peergrid] {count} more answers like these were not logged\n")
+}
+
 impl Captured {
     fn push(&mut self, data: &[u8]) {
         if self.ring {
@@ -388,9 +393,7 @@ impl Capture {
             text.push('\n');
         }
         if left_out > 0 {
-            text.push_str(&format!(
-                "[peergrid] {left_out} more answers like these were not logged\n"
-            ));
+            text.push_str(&left_out_line(left_out));
         }
         text.push_str("[peergrid] ");
         text.push_str(line);
@@ -421,13 +424,7 @@ impl Capture {
             if out.last().is_some_and(|b| *b != b'\n') {
                 out.push(b'\n');
             }
-            out.extend_from_slice(
-                format!(
-                    "[peergrid] {} more answers like these were not logged\n",
-                    c.notes.left_out
-                )
-                .as_bytes(),
-            );
+            out.extend_from_slice(left_out_line(c.notes.left_out).as_bytes());
         }
         out
     }

@@ -49,6 +49,39 @@ pub struct DiskSpace {
     pub total_bytes: u64,
 }
 
+/// The bytes the files under `dir` take on its file system (allocated blocks, what
+/// deleting them frees); 0 when it does not exist. Unreadable entries are skipped, and so
+/// are other file systems mounted beneath: their bytes are not this disk's.
+pub fn bytes_under(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(device) = std::fs::metadata(dir).map(|m| m.dev()) else {
+        return 0;
+    };
+    let mut total = 0u64;
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
+            if meta.is_dir() {
+                // A mount point is a folder; files are not compared, as an overlay
+                // file system gives its files the device of the layer beneath.
+                if meta.dev() != device {
+                    continue;
+                }
+                todo.push(entry.path());
+            } else {
+                total = total.saturating_add(meta.blocks().saturating_mul(512));
+            }
+        }
+    }
+    total
+}
+
 /// The space of the file system holding `path`; a path not created yet is asked about
 /// through its nearest existing ancestor, which is where it would be created.
 pub fn disk_space(path: &Path) -> std::io::Result<DiskSpace> {

@@ -380,43 +380,34 @@ pub fn node_dir(dir: &Path, i: usize) -> PathBuf {
 /// Most disk a devnet node offers.
 const NODE_DISK_BYTES_MAX: u64 = 100 << 30;
 
-/// What devnet node `i` of `count` offers of the one disk they share: the shards it holds
-/// and an equal part of what is free on it beyond what the nodes keep free (each node
-/// alone would offer all of it, and the devnet would sell the disk `count` times), at
-/// most [`NODE_DISK_BYTES_MAX`].
-fn node_disk_bytes(dir: &Path, i: usize, count: usize) -> anyhow::Result<u64> {
+/// What each of `count` devnet nodes gets of the one disk they share, beyond the shards
+/// it holds: an equal part of what is free on it beyond what the nodes keep free (each
+/// node alone would offer all of it, and the devnet would sell the disk `count` times).
+fn node_disk_part(dir: &Path, count: usize) -> anyhow::Result<(u64, u64)> {
     let space = peergrid_core::fs::disk_space(dir)
         .with_context(|| format!("cannot measure the disk of {}", dir.display()))?;
     let kept = peergrid_core::fs::DiskReserve::default().reserve_bytes(space.total_bytes);
     let free = space.available_bytes.saturating_sub(kept);
-    let part = free / u64::try_from(count.max(1)).unwrap_or(1);
-    let held = bytes_in(&node_dir(dir, i).join("peergrid-shards"));
+    Ok((
+        free / u64::try_from(count.max(1)).unwrap_or(1),
+        space.available_bytes,
+    ))
+}
+
+/// What devnet node `i` offers: the shards it holds and its `part` of the free space, at
+/// most [`NODE_DISK_BYTES_MAX`].
+fn node_disk_bytes(dir: &Path, i: usize, (part, free): (u64, u64)) -> u64 {
+    let held = peergrid_core::fs::bytes_under(&node_dir(dir, i).join("peergrid-shards"));
     let bytes = held.saturating_add(part).min(NODE_DISK_BYTES_MAX);
     if bytes < 1 << 30 {
         tracing::warn!(
             node = i,
             offered = %peergrid_core::capacity::human_bytes(bytes),
-            free = %peergrid_core::capacity::human_bytes(space.available_bytes),
+            free = %peergrid_core::capacity::human_bytes(free),
             "little disk is free for the devnet's nodes: storage and apps need room; free some space"
         );
     }
-    Ok(bytes)
-}
-
-/// The bytes the files under `dir` take on disk; 0 when it does not exist.
-fn bytes_in(dir: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => bytes_in(&e.path()),
-            Ok(m) => m.blocks().saturating_mul(512),
-            Err(_) => 0,
-        })
-        .sum()
+    bytes
 }
 
 fn ports(base: u16, i: usize) -> anyhow::Result<(u16, u16)> {
@@ -590,8 +581,9 @@ impl Supervisor {
         }
         let mut urls = Vec::new();
         let mut http_urls = Vec::new();
+        let part = node_disk_part(&self.dir, count)?;
         for i in 0..count {
-            let disk_mib = node_disk_bytes(&self.dir, i, count)? >> 20;
+            let disk_mib = node_disk_bytes(&self.dir, i, part) >> 20;
             let farm_index = i % farms.len();
             let (country, city, lat, lon) = PLACES[i % PLACES.len()];
             let health_port = self

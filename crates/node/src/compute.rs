@@ -638,22 +638,34 @@ impl Compute {
         }
     }
 
-    /// What `contract`'s deployment is doing here (`absent` if it does not run here).
-    pub fn status(&self, contract: ContractId) -> DeploymentStatus {
-        match self.read().get(&contract) {
-            Some(app) => app_status(contract, app),
-            None => DeploymentStatus {
+    /// What `contract`'s deployment is doing here (`absent` if it does not run here),
+    /// when its contract `holds` that deployment hash: `outdated` while it still serves
+    /// the one it ran and the contract's never came (an update that missed this node).
+    pub fn status(&self, contract: ContractId, holds: Option<Hash>) -> DeploymentStatus {
+        let apps = self.read();
+        let Some(app) = apps.get(&contract) else {
+            return DeploymentStatus {
                 contract,
                 state: "absent".into(),
                 reason: None,
                 workloads: Vec::new(),
-            },
+            };
+        };
+        let mut status = app_status(contract, app);
+        // A pause says more.
+        if let Some(holds) = holds
+            && holds != app.deployment
+            && status.state != "paused"
+        {
+            status.state = "outdated".into();
+            status.reason = Some(format!(
+                "runs deployment {} while contract {contract} holds {}, which this node has \
+                 not received",
+                &app.deployment.to_string()[..12],
+                &holds.to_string()[..12]
+            ));
         }
-    }
-
-    /// The deployment `contract` runs here, if any.
-    pub fn deployment_of(&self, contract: ContractId) -> Option<Hash> {
-        self.read().get(&contract).map(|app| app.deployment)
+        status
     }
 
     /// A workload's output, for its owner.

@@ -134,7 +134,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Running> {
         &disks,
         &config.reserve,
         |path| world.is_unmounted(&shard_root(path, &key)),
-        |path| crate::probe::bytes_under(&shard_root(path, &key)),
+        |path| peergrid_core::fs::bytes_under(&shard_root(path, &key)),
     )
     .map_err(anyhow::Error::msg)?;
     for path in &probe.unmounted {
@@ -455,24 +455,8 @@ fn serve_protocols(
                 // them): a deployment accepted meanwhile is seen whole or not at all.
                 let world = s.world.lock().await;
                 let holds = (world.workloads.get(&contract)).and_then(|w| w.deployment_hash);
-                let mut status = s.compute.status(contract);
-                let runs = s.compute.deployment_of(contract);
+                report.deployment = Some(s.compute.status(contract, holds));
                 drop(world);
-                // Still serving the deployment it ran while its contract holds one that
-                // never came (an update that missed this node). A pause says more.
-                if let (Some(holds), Some(runs)) = (holds, runs)
-                    && holds != runs
-                    && status.state != "paused"
-                {
-                    status.state = "outdated".into();
-                    status.reason = Some(format!(
-                        "runs deployment {} while contract {contract} holds {}, which this \
-                         node has not received",
-                        &runs.to_string()[..12],
-                        &holds.to_string()[..12]
-                    ));
-                }
-                report.deployment = Some(status);
             }
             serde_json::to_vec(&report).map_err(|e| e.to_string())
         }

@@ -260,39 +260,6 @@ pub fn probe(
     })
 }
 
-/// The bytes the files under `dir` take on its file system (allocated blocks, what
-/// deleting them frees); 0 when it does not exist. Unreadable entries are skipped, and so
-/// are other file systems mounted beneath: their bytes are not this disk's.
-pub fn bytes_under(dir: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(device) = std::fs::metadata(dir).map(|m| m.dev()) else {
-        return 0;
-    };
-    let mut total = 0u64;
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let Ok(meta) = entry.metadata() else {
-                continue;
-            };
-            if meta.is_dir() {
-                // A mount point is a folder; files are not compared, as an overlay
-                // file system gives its files the device of the layer beneath.
-                if meta.dev() != device {
-                    continue;
-                }
-                todo.push(entry.path());
-            } else {
-                total = total.saturating_add(meta.blocks().saturating_mul(512));
-            }
-        }
-    }
-    total
-}
-
 /// What tells disks apart: the block device when the mount names one (two bind mounts,
 /// or two mounted btrfs subvolumes, of one disk name the same), else the mount point
 /// (tmpfs, network and pool file systems name no device of their own).
@@ -467,7 +434,7 @@ mod tests {
                 std::slice::from_ref(&spec),
                 &Reservation::default(),
                 |_| false,
-                |_| bytes_under(&shards),
+                |_| peergrid_core::fs::bytes_under(&shards),
             )
             .expect("probe")
         };
@@ -499,7 +466,7 @@ mod tests {
             return;
         };
         std::fs::write(other.path().join("b"), vec![3u8; 4 << 20]).expect("write");
-        assert_eq!(bytes_under(&shards), 16 << 20);
+        assert_eq!(peergrid_core::fs::bytes_under(&shards), 16 << 20);
     }
 
     #[test]
