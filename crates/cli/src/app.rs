@@ -1725,6 +1725,7 @@ mod tests {
                 uptime: Default::default(),
                 contracts: 0,
                 rented_by: None,
+                down_ms: 0,
             },
             status,
             free: Capacity {

@@ -8,8 +8,8 @@ use anyhow::Context;
 use clap::Subcommand;
 use peergrid_client::AtHeight;
 use peergrid_client::{
-    BillStatus, Bills, Contract, ContractFilter, ContractState, Event, Proposal, ProposalStatus,
-    RewardReceipt,
+    Bill, BillStatus, Bills, Contract, ContractFilter, ContractState, Event, Proposal,
+    ProposalStatus, RewardReceipt,
 };
 use peergrid_core::capacity::{Capacity, Size, human_bytes};
 use peergrid_core::policy::{FarmingPolicy, PricingPolicy};
@@ -542,9 +542,7 @@ pub fn bill(globals: &Globals, cmd: BillCommand) -> anyhow::Result<()> {
             .map(|b| {
                 vec![
                     output::ago(b.from_ms),
-                    output::human_duration(Duration::from_millis(
-                        b.to_ms.saturating_sub(b.from_ms),
-                    )),
+                    period_text(b),
                     output::usd(b.resources_uusd + b.nu_uusd),
                     format!("{} %", b.discount.percent),
                     format!("{} PGT", b.tokens),
@@ -570,6 +568,18 @@ pub fn bill(globals: &Globals, cmd: BillCommand) -> anyhow::Result<()> {
         );
         Ok(())
     })
+}
+
+/// A bill's period, and the part of it its node was down (not billed).
+fn period_text(b: &Bill) -> String {
+    let period = output::human_duration(Duration::from_millis(b.to_ms.saturating_sub(b.from_ms)));
+    match b.node_down_ms {
+        0 => period,
+        down => format!(
+            "{period} ({} node down, not billed)",
+            output::human_duration(Duration::from_millis(down))
+        ),
+    }
 }
 
 /// `peergrid farm rewards`: the receipts of a farm's nodes, every step written out.

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::peergrid;
+use common::{peergrid, wait_for};
 use peergrid_client::types::api::node_routes;
 use serde_json::Value;
 
@@ -506,6 +506,78 @@ fn a_newcomer_runs_a_devnet_and_sends_a_transfer_that_finalizes() {
     );
     let (_, got) = json(home, &["wallet", "balance", receiver]);
     assert_eq!(got["balance"], "3.5");
+
+    // The time a node is down is not billed: a contract on node 2, the node frozen until a
+    // bill left some of that time out, then thawed and billed in full again.
+    let (_, s) = json(home, &["devnet", "status"]);
+    let node_2 = (s["processes"].as_array().into_iter().flatten())
+        .find(|p| p["name"] == "node 2")
+        .and_then(|p| p["ledger_node"].as_u64())
+        .expect("node 2's ledger id")
+        .to_string();
+    let (ok, made) = json(
+        home,
+        &[
+            "contract", "create", "storage", "--node", &node_2, "--bytes", "1GiB",
+        ],
+    );
+    assert!(ok, "{made}");
+    let contract = made["contract"].as_u64().expect("contract id").to_string();
+    let bills = || {
+        let (ok, b) = json(home, &["bill", "history", &contract]);
+        assert!(ok, "{b}");
+        b["bills"].as_array().cloned().unwrap_or_default()
+    };
+    let down_ms = |b: &Value| b["node_down_ms"].as_u64().unwrap_or(0);
+    let frozen = pids(home, "nodes/node-2 ");
+    assert_eq!(frozen.len(), 1, "node 2: {frozen:?}");
+    let signal = |sig: &str| {
+        let _ = Command::new("kill")
+            .args([sig, &frozen[0].to_string()])
+            .status();
+    };
+    signal("-STOP");
+    let stopped = Instant::now();
+    // Two report intervals (20 s) after its last report the ledger counts it down, and
+    // the next bill leaves that time out.
+    wait_for(
+        "a bill leaving out node down time",
+        Duration::from_secs(90),
+        || bills().iter().any(|b| down_ms(b) > 0).then_some(()),
+    );
+    signal("-CONT");
+    let frozen_ms = stopped.elapsed().as_millis() as u64;
+    wait_following(home, "node 2");
+    // Back up, it is billed in full again.
+    let after = wait_for(
+        "a full bill after the node is back",
+        Duration::from_secs(60),
+        || {
+            let all = bills();
+            let last_down = all.iter().rposition(|b| down_ms(b) > 0)?;
+            let back = all.iter().position(|b| {
+                down_ms(b) == 0 && b["from_ms"].as_u64() >= all[last_down]["to_ms"].as_u64()
+            })?;
+            (back > last_down).then_some(all)
+        },
+    );
+    // At most the freeze, and the report interval the thawed node may take to report.
+    let left_out: u64 = after.iter().map(down_ms).sum();
+    assert!(
+        left_out > 0 && left_out < frozen_ms + 10_000,
+        "{left_out} ms left out of a {frozen_ms} ms freeze: {after:?}"
+    );
+    for pair in after.windows(2) {
+        assert_eq!(pair[0]["to_ms"], pair[1]["from_ms"], "bills leave no gap");
+    }
+    let text = peergrid(home)
+        .args(["bill", "history", &contract])
+        .output()
+        .expect("bill history");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("node down, not billed"), "{text}");
+    let (ok, _) = json(home, &["contract", "cancel", &contract]);
+    assert!(ok);
 
     // Ctrl-C stops every validator; restarting keeps the state.
     assert!(devnet.interrupt().success());

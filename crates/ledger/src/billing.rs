@@ -9,6 +9,10 @@
 //! - A bill covers `[billed_until_ms, now)` exactly, plus the network traffic reported
 //!   since the last bill. Periods of one contract never overlap and leave no gap: the
 //!   bills of a contract add up to its whole life.
+//! - Time its node was down is not billed: a bill leaves out what the node's down time
+//!   counter ([`crate::Node::down_ms_until`]: silence beyond two uptime report intervals)
+//!   gained over its period, and says how much (`node_down_ms`). The farmer is paid for
+//!   the rest only, public IP hours too. Network traffic is billed as reported.
 //! - Price: [`peergrid_core::economics`] units of what the contract reserves (a rent
 //!   contract: the whole node; a deployment or storage contract on a node rented by its
 //!   owner: only its public IPs, the rent pays the rest), the pricing policy's monthly
@@ -99,8 +103,15 @@ impl State {
         let pricing = &params.pricing;
         let price = params.token_price_uusd;
         let billable = self.billable(c);
-        let duration_ms = to_ms.saturating_sub(c.billed_until_ms);
-        let resources_uusd = economics::cost_uusd(&billable, pricing, duration_ms);
+        let node = c.node.and_then(|n| self.node(n));
+        let period_ms = to_ms.saturating_sub(c.billed_until_ms);
+        let node_down_ms = node
+            .map_or(0, |n| {
+                n.down_ms_until(to_ms, params)
+                    .saturating_sub(c.node_down_ms_billed)
+            })
+            .min(period_ms);
+        let resources_uusd = economics::cost_uusd(&billable, pricing, period_ms - node_down_ms);
         let nu_uusd = economics::nu_cost_uusd(c.unbilled_nu_bytes, pricing);
         let balance_uusd = economics::tokens_to_uusd(self.account(&c.owner).balance, price);
         let discount = economics::discount(
@@ -111,11 +122,7 @@ impl State {
         let net_uusd =
             economics::apply_discount(resources_uusd.saturating_add(nu_uusd), discount.percent);
         let tokens = economics::uusd_to_tokens(net_uusd, price);
-        let farmer_payout = c
-            .node
-            .and_then(|n| self.node(n))
-            .and_then(|n| self.farm(n.farm))
-            .map(|f| f.payout);
+        let farmer_payout = node.and_then(|n| self.farm(n.farm)).map(|f| f.payout);
         Bill {
             contract: c.id,
             owner: c.owner,
@@ -123,6 +130,7 @@ impl State {
             from_ms: c.billed_until_ms,
             to_ms,
             billable,
+            node_down_ms,
             nu_bytes: c.unbilled_nu_bytes,
             resources_uusd,
             nu_uusd,
@@ -200,16 +208,26 @@ impl State {
         if let Some(node) = bill.node
             && bill.billable.ipv4 > 0
         {
-            let ip_secs =
-                bill.billable.ipv4 as u64 * (bill.to_ms.saturating_sub(bill.from_ms) / 1000);
+            let billed_ms = bill
+                .to_ms
+                .saturating_sub(bill.from_ms)
+                .saturating_sub(bill.node_down_ms);
+            let ip_secs = bill.billable.ipv4 as u64 * (billed_ms / 1000);
             self.add_ip_secs(node, bill.to_ms, ip_secs);
         }
     }
 
     fn record_bill(&mut self, bill: Bill, events: &mut Vec<Event>) {
+        let node_down_ms = bill
+            .node
+            .and_then(|n| self.node(n))
+            .map(|n| n.down_ms_until(bill.to_ms, self.params()));
         if let Some(c) = self.contracts.get_mut(&bill.contract) {
             c.billed_until_ms = bill.to_ms;
             c.unbilled_nu_bytes = 0;
+            if let Some(down) = node_down_ms {
+                c.node_down_ms_billed = down;
+            }
         }
         events.push(Event::ContractBilled {
             contract: bill.contract,

@@ -18,6 +18,9 @@ struct Chain {
     ledger: Ledger<MemoryStore>,
     now_ms: u64,
     blocks: Vec<(BlockContext, Vec<SignedTx>)>,
+    /// Nodes (key seed, id) that report their uptime in every block that opens a new report
+    /// window and carries no transaction of theirs: they stay up, so their contracts are billed.
+    kept_up: Vec<(u8, u32)>,
 }
 
 impl Chain {
@@ -26,7 +29,13 @@ impl Chain {
             ledger: Ledger::open(MemoryStore::default(), &genesis(9)).expect("open"),
             now_ms: GENESIS_MS,
             blocks: Vec::new(),
+            kept_up: Vec::new(),
         }
+    }
+
+    /// Keep node `id` (key seed `seed`) up from now on; it reports in the next block.
+    fn keep_up(&mut self, seed: u8, id: u32) {
+        self.kept_up.push((seed, id));
     }
 
     fn tx(&self, signer: &Keypair, nonce_offset: u64, payload: Payload) -> SignedTx {
@@ -41,8 +50,36 @@ impl Chain {
             height: self.ledger.state().height() + 1,
             time_ms: self.now_ms,
         };
-        self.blocks.push((ctx, txs.to_vec()));
-        self.ledger.execute_block(ctx, txs).expect("block applies")
+        let mut txs = txs.to_vec();
+        let asked = txs.len();
+        let interval_ms = self.ledger.state().params().uptime_interval_secs * 1000;
+        for &(seed, id) in &self.kept_up {
+            let k = key(seed);
+            let reported = self
+                .ledger
+                .state()
+                .node(id)
+                .and_then(|n| n.uptime.last_report_ms);
+            if txs.iter().any(|t| t.body.signer == k.account())
+                || reported.is_some_and(|at| at / interval_ms >= self.now_ms / interval_ms)
+            {
+                continue;
+            }
+            // Booted 100,000 s before genesis and never restarted.
+            let now_secs = self.now_ms / 1000;
+            let report = Payload::ReportUptime {
+                node: id,
+                uptime_secs: now_secs - GENESIS_MS / 1000 + 100_000,
+                timestamp_secs: now_secs,
+            };
+            txs.push(self.tx(&k, 0, report));
+        }
+        self.blocks.push((ctx, txs.clone()));
+        let mut out = self.ledger.execute_block(ctx, &txs).expect("block applies");
+        // The reports added go last; the caller sees the receipts of its own transactions.
+        let reports = out.receipts.split_off(asked);
+        assert!(reports.iter().all(|r| r.result.is_ok()), "{reports:?}");
+        out
     }
 
     /// A block with one transaction that must apply; returns all events of the block.
@@ -141,11 +178,12 @@ fn transfer(to: &Keypair, amount: Amount) -> Payload {
     }
 }
 
-/// A farm of key 4 with one node (key 40) funded for fees.
+/// A farm of key 4 with one node (key 40) funded for fees and kept up.
 fn grid(chain: &mut Chain) -> (u32, u32) {
     let farm = chain.farm(&key(4), "farm-a", vec![ip(10)]);
     chain.ok(1, &key(4), transfer(&key(40), Amount::tokens(1)));
     let node = chain.node(&key(4), farm, &key(40));
+    chain.keep_up(40, node);
     (farm, node)
 }
 
@@ -261,6 +299,92 @@ fn contracts_are_billed_every_interval_for_the_exact_time_elapsed() {
     let paid: u64 = state.bills(c, 0).map(|b| b.tokens.0).sum();
     assert_eq!(state.economy().billed_total.0, paid);
     assert!(state.contracts_due(u64::MAX).next().is_none());
+}
+
+#[test]
+fn the_time_a_node_is_down_is_not_billed_and_each_bill_says_how_much() {
+    let mut chain = Chain::new();
+    let (_, node) = grid(&mut chain);
+    let farmer_before = chain.balance(&key(4));
+    let c = contract_id(&chain.ok(1, &key(5), deploy(node, 2, 4, 100, 1)));
+    let created_ms = chain.now_ms;
+    chain.block(10, &[]);
+
+    // The node goes silent. It still counts as up for two report intervals (devnet: 20 s)
+    // after its last report, then as down: from there its contracts are not billed.
+    chain.kept_up.clear();
+    let last_report_ms = chain
+        .ledger
+        .state()
+        .node(node)
+        .and_then(|n| n.uptime.last_report_ms)
+        .expect("the node reported");
+    let down_from_ms = last_report_ms + 20_000;
+    for _ in 0..6 {
+        chain.block(10, &[]);
+    }
+    // A contract made on the node while it is down is not billed until the node is back.
+    let late = contract_id(&chain.ok(1, &key(6), deploy(node, 1, 2, 0, 0)));
+    chain.block(9, &[]);
+    // The node reports again, and stays up.
+    chain.keep_up(40, node);
+    chain.block(5, &[]);
+    let back_ms = chain.now_ms;
+    for _ in 0..3 {
+        chain.block(10, &[]);
+    }
+    chain.ok(1, &key(5), Payload::CancelContract { contract: c });
+
+    let state = chain.ledger.state();
+    let pricing = &state.params().pricing;
+    let overlap = |from: u64, to: u64| to.min(back_ms).saturating_sub(from.max(down_from_ms));
+    for id in [c, late] {
+        let bills: Vec<_> = state.bills(id, 0).cloned().collect();
+        assert!(bills.len() >= 3, "{bills:?}");
+        for b in &bills {
+            let down = overlap(b.from_ms, b.to_ms);
+            assert_eq!(b.node_down_ms, down, "contract {id}, bill {b:?}");
+            assert_eq!(
+                b.resources_uusd,
+                economics::cost_uusd(&b.billable, pricing, b.to_ms - b.from_ms - down),
+                "contract {id}: only the time the node was up is priced"
+            );
+        }
+        // Bills still cover every millisecond of the contract's life.
+        let first = bills.first().expect("bills").from_ms;
+        let end = bills.last().expect("bills").to_ms;
+        let covered: u64 = bills.iter().map(|b| b.to_ms - b.from_ms).sum();
+        assert_eq!(covered, end - first);
+    }
+    let bills: Vec<_> = state.bills(c, 0).cloned().collect();
+    assert_eq!(bills[0].from_ms, created_ms);
+    assert_eq!(bills[0].node_down_ms, 0, "up at first");
+    // The whole silence beyond two intervals is left out, once.
+    let down: u64 = bills.iter().map(|b| b.node_down_ms).sum();
+    assert_eq!(down, back_ms - down_from_ms);
+    // A bill wholly inside the silence costs nothing, and pays the farmer nothing.
+    let silent = bills
+        .iter()
+        .find(|b| b.from_ms >= down_from_ms && b.to_ms <= back_ms)
+        .expect("a bill while the node was down");
+    assert_eq!((silent.resources_uusd, silent.tokens), (0, Amount::ZERO));
+    // The late contract's first bill starts down and ends when the node came back.
+    let late_first = state.bills(late, 0).next().expect("bill").clone();
+    assert!(late_first.from_ms > down_from_ms && late_first.to_ms >= back_ms);
+    assert_eq!(late_first.node_down_ms, back_ms - late_first.from_ms);
+    // The farmer earned the farmer's half of what was paid, no more.
+    let farmer_share: u64 = state
+        .bills(c, 0)
+        .chain(state.bills(late, 0))
+        .map(|b| b.split.farmer.0)
+        .sum();
+    assert_eq!(chain.balance(&key(4)).0, farmer_before.0 + farmer_share);
+    assert!(state.supply_is_conserved());
+    let text = silent.render();
+    assert!(
+        text.contains("node down   10000 ms of the period: not billed"),
+        "{text}"
+    );
 }
 
 #[test]

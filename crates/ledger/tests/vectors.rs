@@ -4,7 +4,9 @@
 //! identity (nodes refuse peers and ledger files of another genesis), and a state root is what
 //! validators sign and light clients check proofs against; both are stored on disk and sent on
 //! the wire. Changing them breaks existing chains: a change that fails these tests needs a
-//! versioned format and a migration, not new literals.
+//! versioned format and a migration, not new literals. (Fields added to a frozen record are
+//! written after its original ones and only when not zero, so old records keep their bytes:
+//! blocks 4 and 5 were added with such fields and froze them in turn.)
 
 use peergrid_core::tx::{ContractSpec, Payload, sign_invitation};
 use peergrid_core::{Amount, Capacity, Hash, Keypair, Location, PublicIp, SignedTx};
@@ -122,6 +124,23 @@ fn blocks() -> Vec<(BlockContext, Vec<SignedTx>)> {
         ),
         // Past a billing interval: the deployment is billed at the end of this block.
         (at(3, 15), vec![]),
+        // The node never reported: down since 22 s (registered at 2 s, two 10 s intervals).
+        // The next bill, [15 s, 40 s), leaves out the 18 s since then.
+        (at(4, 40), vec![]),
+        // The node reports: its 23 s down are closed in its record.
+        (
+            at(5, 45),
+            vec![SignedTx::new(
+                &node_key,
+                CHAIN,
+                1,
+                Payload::ReportUptime {
+                    node: 1,
+                    uptime_secs: 300,
+                    timestamp_secs: GENESIS_MS / 1000 + 45,
+                },
+            )],
+        ),
     ]
 }
 
@@ -138,6 +157,8 @@ fn a_fixed_chain_has_frozen_state_roots() {
         "382e4ad37794df815c2ec9aee8b3b35bfe112a9d6fa9a58b660eb112777d96bb",
         "c73e0906bab77560957737f3031fd13c67c5d6f0be975e66affe805e74ba82ac",
         "b657edb7853c200c65748946cb5c9738b3c44b97ca46b4da0aabb6e31ac05aba",
+        "5abbf68304a1d535fd5418df3a64e46dfe464029a899c236912547588a3960ab",
+        "c25ac3ea60ad2f52a7dcdb3c4d4522346cc647cba70a99ff666050cd0dccdb56",
     ];
     for ((ctx, txs), root) in blocks().into_iter().zip(roots) {
         let outcome = ledger.execute_block(ctx, &txs).expect("block");
@@ -149,8 +170,17 @@ fn a_fixed_chain_has_frozen_state_roots() {
         assert_eq!(outcome.root.to_string(), root, "block {}", ctx.height);
         assert_eq!(ledger.state().root(), outcome.root);
     }
+    let state = ledger.state();
     assert!(
-        ledger.state().bills(1, 0).next().is_some(),
-        "the last block billed the deployment, so billing is covered by the root"
+        state.bills(1, 0).next().is_some(),
+        "a block billed the deployment, so billing is covered by the root"
     );
+    // The fields added after the format was frozen are covered too.
+    let second = state.bills(1, 0).nth(1).expect("the second bill");
+    assert_eq!(second.node_down_ms, 18_000);
+    assert_eq!(
+        state.contract(1).expect("contract").node_down_ms_billed,
+        18_000
+    );
+    assert_eq!(state.node(1).expect("node").down_ms, 23_000);
 }

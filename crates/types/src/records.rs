@@ -12,6 +12,58 @@ use peergrid_core::{
 
 use crate::params::{Council, Params};
 
+/// Borsh for a record that gained a field after its format was frozen: the original fields
+/// in their order, then the new `u64` only when it is not zero. A record that does not use
+/// the field encodes, and hashes into the state root, exactly as before, and a stored record
+/// of the older format reads with the field zero. The record must be the last thing in what
+/// is decoded (the state stores each value alone), since the field is told by what is left.
+macro_rules! extended_borsh {
+    ($ty:ident { $($field:ident),* $(,)? } + $extension:ident) => {
+        impl BorshSerialize for $ty {
+            fn serialize<W: std::io::Write>(&self, w: &mut W) -> std::io::Result<()> {
+                $(BorshSerialize::serialize(&self.$field, w)?;)*
+                crate::records::write_extension(w, self.$extension)
+            }
+        }
+
+        impl BorshDeserialize for $ty {
+            fn deserialize_reader<R: std::io::Read>(r: &mut R) -> std::io::Result<Self> {
+                Ok($ty {
+                    $($field: BorshDeserialize::deserialize_reader(r)?,)*
+                    $extension: crate::records::read_extension(r)?,
+                })
+            }
+        }
+    };
+}
+
+/// Write an extension field: nothing for zero, else its eight bytes.
+fn write_extension<W: std::io::Write>(w: &mut W, value: u64) -> std::io::Result<()> {
+    if value == 0 {
+        return Ok(());
+    }
+    BorshSerialize::serialize(&value, w)
+}
+
+/// Read an extension field from what is left: nothing (an older record, or zero), or eight
+/// bytes of a value that is not zero.
+fn read_extension<R: std::io::Read>(r: &mut R) -> std::io::Result<u64> {
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest)?;
+    let invalid = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidData, why);
+    match <[u8; 8]>::try_from(rest.as_slice()) {
+        _ if rest.is_empty() => Ok(0),
+        Ok(bytes) if u64::from_le_bytes(bytes) != 0 => Ok(u64::from_le_bytes(bytes)),
+        Ok(_) => Err(invalid(
+            "an extension field of zero is written as nothing".into(),
+        )),
+        Err(_) => Err(invalid(format!(
+            "{} bytes after the record's fields; expected 0 or 8",
+            rest.len()
+        ))),
+    }
+}
+
 /// An account's balance and the nonce its next transaction must carry.
 #[derive(
     Clone,
@@ -93,7 +145,7 @@ pub struct Uptime {
 }
 
 /// A node: one machine of a farm.
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Node {
     /// Its id.
@@ -122,7 +174,29 @@ pub struct Node {
     pub contracts: u32,
     /// The rent contract holding the whole node, if any.
     pub rented_by: Option<ContractId>,
+    /// Ledger ms it was down up to its last report (or registration): every silence longer
+    /// than two report intervals, less those two intervals ([`Node::down_ms_until`]).
+    #[serde(default)]
+    pub down_ms: u64,
 }
+
+extended_borsh!(
+    Node {
+        id,
+        farm,
+        account,
+        capacity,
+        used,
+        location,
+        registered_ms,
+        certified,
+        power_target,
+        connection_price_uusd,
+        uptime,
+        contracts,
+        rented_by,
+    } + down_ms
+);
 
 /// Whether a node is serving, according to its uptime reports.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -162,6 +236,16 @@ impl Node {
         } else {
             NodeStatus::Down
         }
+    }
+
+    /// Ledger ms the node has been down from its registration up to `now_ms`: the time it went
+    /// on without a report (or without its first one) beyond the two report intervals that
+    /// [`Node::status`] still counts as up. Contracts are not billed for it.
+    pub fn down_ms_until(&self, now_ms: u64, params: &Params) -> u64 {
+        let seen_ms = self.uptime.last_report_ms.unwrap_or(self.registered_ms);
+        let up_until_ms = seen_ms.saturating_add(params.uptime_interval_secs.saturating_mul(2000));
+        self.down_ms
+            .saturating_add(now_ms.saturating_sub(up_until_ms))
     }
 
     /// Capacity not reserved by any contract.
@@ -216,7 +300,7 @@ pub enum ContractState {
 }
 
 /// A contract: a builder's reservation on the grid.
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Contract {
     /// Its id.
@@ -241,7 +325,27 @@ pub struct Contract {
     pub next_bill_ms: u64,
     /// Network traffic reported since the last bill, bytes.
     pub unbilled_nu_bytes: u64,
+    /// Its node's down time counter ([`Node::down_ms_until`]) at `billed_until_ms`: the next
+    /// bill leaves out what the counter gained since.
+    #[serde(default)]
+    pub node_down_ms_billed: u64,
 }
+
+extended_borsh!(
+    Contract {
+        id,
+        owner,
+        spec,
+        node,
+        reserved,
+        public_ips,
+        state,
+        created_ms,
+        billed_until_ms,
+        next_bill_ms,
+        unbilled_nu_bytes,
+    } + node_down_ms_billed
+);
 
 impl Contract {
     /// Whether the contract still holds resources (created or in grace).
@@ -371,7 +475,7 @@ pub struct PrunedBills {
 }
 
 /// One bill of a contract: the period it covers, every input of its price, and where the money went.
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Bill {
     /// The contract.
@@ -386,9 +490,12 @@ pub struct Bill {
     pub to_ms: u64,
     /// Units, IPv4 addresses and names billed by time.
     pub billable: Billable,
+    /// Time of the period its node was down (no uptime report for two intervals), ms: not billed.
+    #[serde(default)]
+    pub node_down_ms: u64,
     /// Network traffic billed, bytes.
     pub nu_bytes: u64,
-    /// `cost_uusd(billable, pricing, to − from)`.
+    /// `cost_uusd(billable, pricing, to − from − node_down)`.
     pub resources_uusd: u64,
     /// `nu_bytes · nu_price / 10^9`.
     pub nu_uusd: u64,
@@ -407,6 +514,27 @@ pub struct Bill {
     /// Paid or written off.
     pub status: BillStatus,
 }
+
+extended_borsh!(
+    Bill {
+        contract,
+        owner,
+        node,
+        from_ms,
+        to_ms,
+        billable,
+        nu_bytes,
+        resources_uusd,
+        nu_uusd,
+        discount,
+        net_uusd,
+        token_price_uusd,
+        tokens,
+        split,
+        farmer_payout,
+        status,
+    } + node_down_ms
+);
 
 /// Why a node's uptime report breaks the rules; any one zeroes its reward for the period.
 #[derive(
@@ -661,4 +789,82 @@ pub struct Globals {
     pub minted: Amount,
     /// Tokens burned since (fees).
     pub burned: Amount,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use peergrid_core::Keypair;
+    use proptest::prelude::*;
+
+    fn bill(node_down_ms: u64) -> Bill {
+        Bill {
+            contract: 7,
+            owner: Keypair::from_seed([1; 32]).account(),
+            node: Some(3),
+            from_ms: 1_000,
+            to_ms: 11_000,
+            billable: Billable::default(),
+            node_down_ms,
+            nu_bytes: 0,
+            resources_uusd: 125,
+            nu_uusd: 0,
+            discount: Discount::default(),
+            net_uusd: 125,
+            token_price_uusd: 10_000,
+            tokens: Amount(125_000),
+            split: Split::default(),
+            farmer_payout: None,
+            status: BillStatus::Paid,
+        }
+    }
+
+    #[test]
+    fn an_extension_field_is_written_only_when_it_is_not_zero() {
+        let without = borsh::to_vec(&bill(0)).expect("encode");
+        let with = borsh::to_vec(&bill(4_000)).expect("encode");
+        // The older format is a prefix: a record that does not use the field is unchanged.
+        assert_eq!(with.len(), without.len() + 8);
+        assert_eq!(&with[..without.len()], &without[..]);
+        assert_eq!(
+            borsh::from_slice::<Bill>(&without).expect("decode"),
+            bill(0)
+        );
+        assert_eq!(
+            borsh::from_slice::<Bill>(&with).expect("decode"),
+            bill(4_000)
+        );
+    }
+
+    #[test]
+    fn an_extension_field_is_read_strictly() {
+        let without = borsh::to_vec(&bill(0)).expect("encode");
+        let mut zero = without.clone();
+        zero.extend_from_slice(&[0; 8]);
+        let err = borsh::from_slice::<Bill>(&zero).expect_err("zero written out");
+        assert!(err.to_string().contains("written as nothing"), "{err}");
+        let mut odd = without.clone();
+        odd.extend_from_slice(&[1, 2, 3]);
+        let err = borsh::from_slice::<Bill>(&odd).expect_err("three bytes left");
+        assert!(err.to_string().contains("3 bytes after"), "{err}");
+        let mut long = without;
+        long.extend_from_slice(&[1; 9]);
+        assert!(borsh::from_slice::<Bill>(&long).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic_the_extended_decoders(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = borsh::from_slice::<Bill>(&bytes);
+            let _ = borsh::from_slice::<Node>(&bytes);
+            let _ = borsh::from_slice::<Contract>(&bytes);
+        }
+
+        #[test]
+        fn a_bill_reads_back_as_written(down in any::<u64>(), contract in any::<u64>()) {
+            let b = Bill { contract, ..bill(down) };
+            let bytes = borsh::to_vec(&b).expect("encode");
+            prop_assert_eq!(borsh::from_slice::<Bill>(&bytes).expect("decode"), b);
+        }
+    }
 }

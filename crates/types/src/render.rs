@@ -224,6 +224,18 @@ impl Bill {
                 b.names,
                 economics::MONTH_SECS
             )?;
+            if self.node_down_ms > 0 {
+                writeln!(
+                    o,
+                    "node down   {} ms of the period: not billed (node {} sent no uptime report \
+                     for more than two report intervals); {} ms billed",
+                    self.node_down_ms,
+                    self.node.map_or_else(|| "?".into(), |n| n.to_string()),
+                    self.to_ms
+                        .saturating_sub(self.from_ms)
+                        .saturating_sub(self.node_down_ms)
+                )?;
+            }
             writeln!(o, "resources   {}", usd(self.resources_uusd))?;
             writeln!(o, "network     {} B = {}", self.nu_bytes, usd(self.nu_uusd))?;
             writeln!(

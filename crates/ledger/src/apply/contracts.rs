@@ -275,6 +275,9 @@ impl State {
                 }
             }
         }
+        let node_down_ms_billed = node
+            .and_then(|n| self.node(n))
+            .map_or(0, |n| n.down_ms_until(ctx.time_ms, self.params()));
         self.globals_mut().next_contract = id
             .checked_add(1)
             .ok_or_else(|| TxError::Overflow("contract id".into()))?;
@@ -292,6 +295,7 @@ impl State {
                 billed_until_ms: ctx.time_ms,
                 next_bill_ms: u64::MAX,
                 unbilled_nu_bytes: 0,
+                node_down_ms_billed,
             },
         );
         self.owner_contracts.insert((signer, id), ());

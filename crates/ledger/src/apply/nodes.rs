@@ -51,6 +51,7 @@ impl State {
             uptime: Uptime::default(),
             contracts: 0,
             rented_by: None,
+            down_ms: 0,
         };
         self.nodes.insert(id, node);
         self.node_accounts.insert(signer, id);
@@ -167,7 +168,10 @@ impl State {
             *timestamp_secs,
             events,
         );
+        let params = self.params().clone();
         if let Some(n) = self.nodes.get_mut(node) {
+            // The silence this report ends, if it was longer than two intervals, is closed.
+            n.down_ms = n.down_ms_until(ctx.time_ms, &params);
             n.uptime = Uptime {
                 last_report_ms: Some(ctx.time_ms),
                 last_uptime_secs: *uptime_secs,
