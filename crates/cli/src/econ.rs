@@ -12,6 +12,7 @@ use peergrid_client::{
     ProposalStatus, RewardReceipt,
 };
 use peergrid_core::capacity::{Capacity, Size, human_bytes};
+use peergrid_core::economics;
 use peergrid_core::policy::{FarmingPolicy, PricingPolicy};
 use peergrid_core::tx::{ContractSpec, GovAction};
 use peergrid_core::{AccountId, Amount, ContractId, FarmId, Hash, NodeId, Payload};
@@ -221,6 +222,8 @@ pub enum GovCommand {
     },
     /// Show the current epoch, its validator set and any set voted in for the next one.
     Validators,
+    /// Show the parameters in force: fees, periods, token price, prices and reward rates.
+    Params,
 }
 
 #[derive(Subcommand)]
@@ -239,13 +242,13 @@ pub enum ProposeAction {
     },
     /// Replace the pricing policy with the one in a JSON or TOML file.
     SetPricing {
-        /// The policy (fields as `peergrid genesis new` writes them under [params.pricing]).
+        /// The policy: its fields, or the [params.pricing] section of a genesis file (header included).
         #[arg(long)]
         file: PathBuf,
     },
     /// Replace the farming policy with the one in a JSON or TOML file.
     SetFarming {
-        /// The policy (fields as under [params.farming] in a genesis).
+        /// The policy: its fields, or the [params.farming] section of a genesis file (header included).
         #[arg(long)]
         file: PathBuf,
     },
@@ -285,8 +288,9 @@ pub enum ProposeAction {
     },
 }
 
-/// A policy file, TOML or (by its extension) JSON, as the council member was handed it.
-fn load_policy<T: serde::de::DeserializeOwned>(path: &PathBuf) -> anyhow::Result<T> {
+/// A policy file, TOML or (by its extension) JSON, as the council member was handed it:
+/// the policy's fields, or a genesis's `[params.SECTION]` copied with its header.
+fn load_policy<T: serde::de::DeserializeOwned>(path: &PathBuf, section: &str) -> anyhow::Result<T> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let invalid = || format!("{} is not a valid policy", path.display());
     // Not text is the content's fault, not the file system's: say so.
@@ -299,10 +303,69 @@ fn load_policy<T: serde::de::DeserializeOwned>(path: &PathBuf) -> anyhow::Result
         })
         .with_context(invalid)?;
     if path.extension().is_some_and(|e| e == "json") {
-        serde_json::from_str(text).with_context(invalid)
+        let value: serde_json::Value = serde_json::from_str(text).with_context(invalid)?;
+        let value = match value.get("params").and_then(|p| p.get(section)) {
+            Some(inner) => inner.clone(),
+            None => value,
+        };
+        serde_json::from_value(value).with_context(invalid)
     } else {
-        toml::from_str(text).with_context(invalid)
+        let value: toml::Value = toml::from_str(text).with_context(invalid)?;
+        let value = match value.get("params").and_then(|p| p.get(section)) {
+            Some(inner) => inner.clone(),
+            None => value,
+        };
+        value.try_into().with_context(invalid)
     }
+}
+
+/// What a contract in grace owes and when it ends: the unbilled time at today's prices, an
+/// upper bound (the ledger takes off the owner's discount and any time the node was down).
+async fn grace_rows(
+    client: &peergrid_client::Client,
+    c: &Contract,
+    since_ms: u64,
+) -> anyhow::Result<Vec<(&'static str, String)>> {
+    let status = client.status().await?.data;
+    let params = &status.params;
+    let ends_ms = since_ms.saturating_add(params.grace_period_secs.saturating_mul(1000));
+    let units = match c.spec {
+        ContractSpec::Rent { node } => client
+            .node(node)
+            .await?
+            .map(|n| economics::billing_units(&n.data.node.capacity))
+            .unwrap_or_default(),
+        _ => economics::billing_units(&c.reserved),
+    };
+    let billable = economics::Billable {
+        units,
+        ipv4: c.public_ips.len() as u32,
+        names: u32::from(matches!(c.spec, ContractSpec::Name { .. })),
+    };
+    let unbilled_ms = status.time_ms.saturating_sub(c.billed_until_ms);
+    let owed_uusd = economics::cost_uusd(&billable, &params.pricing, unbilled_ms).saturating_add(
+        economics::nu_cost_uusd(c.unbilled_nu_bytes, &params.pricing),
+    );
+    let tokens = economics::uusd_to_tokens(owed_uusd, params.token_price_uusd);
+    Ok(vec![
+        (
+            "owes",
+            format!(
+                "at most {} ({tokens} PGT) for {} unpaid so far, and more as time goes on",
+                output::usd(owed_uusd),
+                output::human_duration(Duration::from_millis(unbilled_ms))
+            ),
+        ),
+        (
+            "deleted",
+            format!(
+                "{} unless its owner can pay by then: top it up (`peergrid wallet transfer --to \
+                 {} --amount …`) and the contract resumes at once",
+                output::ago(ends_ms),
+                c.owner
+            ),
+        ),
+    ])
 }
 
 fn kind(c: &Contract) -> String {
@@ -391,17 +454,24 @@ pub fn contract(globals: &Globals, cmd: ContractCommand) -> anyhow::Result<()> {
                 }
                 let (height, root) = (c.height, c.root);
                 let c = c.data;
+                let reserved = match c.spec {
+                    ContractSpec::Rent { node } => format!("the whole of node {node} (rent)"),
+                    _ => c.reserved.to_string(),
+                };
                 let mut rows = vec![
                     ("contract", c.id.to_string()),
                     ("kind", kind(&c)),
                     ("owner", c.owner.to_string()),
                     ("node", c.node.map_or("-".into(), |n| n.to_string())),
-                    ("reserved", c.reserved.to_string()),
+                    ("reserved", reserved),
                     ("public IPs", c.public_ips.len().to_string()),
                     ("state", state(&c)),
                     ("created", output::ago(c.created_ms)),
                     ("billed until", output::ago(c.billed_until_ms)),
                 ];
+                if let ContractState::GracePeriod { since_ms } = c.state {
+                    rows.extend(grace_rows(&client, &c, since_ms).await?);
+                }
                 if c.is_live() {
                     rows.push(("next bill", output::ago(c.next_bill_ms)));
                     rows.push(("unbilled traffic", human_bytes(c.unbilled_nu_bytes)));
@@ -566,6 +636,16 @@ pub fn bill(globals: &Globals, cmd: BillCommand) -> anyhow::Result<()> {
             "\n{count} bills, {} PGT paid in all; --explain shows every step",
             Amount(paid)
         );
+        if let Some(c) = client.contract(contract).await?
+            && let ContractState::GracePeriod { since_ms } = c.data.state
+        {
+            outln!(
+                "unpaid since {}: the contract is in grace since {} (`peergrid contract show \
+                 {contract}` says what it owes and when it ends)",
+                output::ago(c.data.billed_until_ms),
+                output::ago(since_ms)
+            );
+        }
         Ok(())
     })
 }
@@ -651,12 +731,25 @@ fn closed_text(status: ProposalStatus) -> String {
     }
 }
 
+/// A proposal's action for a list: policies by name, `gov show` gives their values.
+fn action_label(a: &GovAction) -> String {
+    match a {
+        GovAction::SetPricingPolicy(_) => "new pricing policy".into(),
+        GovAction::SetFarmingPolicy(_) => "new farming policy".into(),
+        other => action_text(other),
+    }
+}
+
 fn action_text(a: &GovAction) -> String {
     match a {
         GovAction::SetTokenPrice { uusd } => format!("token price {}", output::usd(*uusd)),
         GovAction::SetFeePerByte { fee } => format!("fee {fee} PGT per byte"),
-        GovAction::SetPricingPolicy(_) => "new pricing policy".into(),
-        GovAction::SetFarmingPolicy(_) => "new farming policy".into(),
+        GovAction::SetPricingPolicy(p) => {
+            format!("pricing: {}", crate::genesis::pricing_text(p))
+        }
+        GovAction::SetFarmingPolicy(f) => {
+            format!("farming: {}", crate::genesis::farming_text(f))
+        }
         GovAction::SetNodeCertified { node, certified } => {
             format!("node {node} certified: {certified}")
         }
@@ -691,13 +784,13 @@ pub fn gov(globals: &Globals, cmd: GovCommand) -> anyhow::Result<()> {
                         GovAction::SetFeePerByte { fee: fee.parse()? }
                     }
                     ProposeAction::SetPricing { file } => {
-                        let p: PricingPolicy = load_policy(&file)?;
+                        let p: PricingPolicy = load_policy(&file, "pricing")?;
                         p.check()
                             .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
                         GovAction::SetPricingPolicy(p)
                     }
                     ProposeAction::SetFarming { file } => {
-                        let p: FarmingPolicy = load_policy(&file)?;
+                        let p: FarmingPolicy = load_policy(&file, "farming")?;
                         p.check()
                             .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
                         GovAction::SetFarmingPolicy(p)
@@ -829,7 +922,7 @@ pub fn gov(globals: &Globals, cmd: GovCommand) -> anyhow::Result<()> {
                     .map(|p| {
                         vec![
                             p.id.to_string(),
-                            action_text(&p.action),
+                            action_label(&p.action),
                             format!("{}/{}", p.approvals.len(), p.rejections.len()),
                             format!(
                                 "{}/{}",
@@ -852,6 +945,20 @@ pub fn gov(globals: &Globals, cmd: GovCommand) -> anyhow::Result<()> {
                 );
                 Ok(())
             }
+            GovCommand::Params => {
+                let status = client.status().await?;
+                if globals.json {
+                    return output::json(
+                        &json!({ "height": status.height, "params": status.data.params }),
+                    );
+                }
+                output::rows(&crate::genesis::param_rows(&status.data.params));
+                outln!(
+                    "\nin force at height {}; the council proposes changes (`peergrid gov propose`)",
+                    status.height
+                );
+                Ok(())
+            }
             GovCommand::Show { proposal } => {
                 let p = client.proposal(proposal).await?;
                 let votes = client.votes(proposal).await?;
@@ -859,9 +966,28 @@ pub fn gov(globals: &Globals, cmd: GovCommand) -> anyhow::Result<()> {
                     return output::json(&json!({ "proposal": p.data, "votes": votes.data }));
                 }
                 let p = p.data;
-                output::rows(&[
+                let params = client.status().await?.data.params;
+                let now = match &p.action {
+                    GovAction::SetTokenPrice { .. } => Some(output::usd(params.token_price_uusd)),
+                    GovAction::SetFeePerByte { .. } => {
+                        Some(format!("{} PGT per byte", params.fee_per_byte))
+                    }
+                    GovAction::SetPricingPolicy(_) => {
+                        Some(crate::genesis::pricing_text(&params.pricing))
+                    }
+                    GovAction::SetFarmingPolicy(_) => {
+                        Some(crate::genesis::farming_text(&params.farming))
+                    }
+                    _ => None,
+                };
+                let mut rows = vec![
                     ("proposal", p.id.to_string()),
                     ("action", action_text(&p.action)),
+                ];
+                if let Some(now) = now {
+                    rows.push(("in force now", now));
+                }
+                rows.extend([
                     ("description", p.description.clone()),
                     ("proposer", p.proposer.to_string()),
                     ("status", status_text(&p)),
@@ -879,6 +1005,7 @@ pub fn gov(globals: &Globals, cmd: GovCommand) -> anyhow::Result<()> {
                         ),
                     ),
                 ]);
+                output::rows(&rows);
                 if p.status == ProposalStatus::Open {
                     outln!(
                         "\nit passes once the council's approvals reach the threshold and farmers' weight for is at least\n\
@@ -905,6 +1032,38 @@ fn units(micro: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_policy_reads_as_its_fields_or_as_a_genesis_section() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fields = "cu_uusd_month = 44000000\nsu_uusd_month = 14000000\n\
+                      ipv4_uusd_month = 4000000\nunique_name_uusd_month = 1000000\n\
+                      nu_uusd_per_gb = 50000\n";
+        let discount = "min_months_milli = 1500\npercent = 20\n";
+        let plain = dir.path().join("plain.toml");
+        std::fs::write(&plain, format!("{fields}\n[[discounts]]\n{discount}")).expect("write");
+        let section = dir.path().join("section.toml");
+        std::fs::write(
+            &section,
+            format!("[params.pricing]\n{fields}\n[[params.pricing.discounts]]\n{discount}"),
+        )
+        .expect("write");
+        let a: PricingPolicy = load_policy(&plain, "pricing").expect("plain");
+        let b: PricingPolicy = load_policy(&section, "pricing").expect("section");
+        assert_eq!(a, b);
+        assert_eq!(a.cu_uusd_month, 44_000_000);
+        assert_eq!(a.discounts.len(), 1);
+        let json = dir.path().join("policy.json");
+        std::fs::write(
+            &json,
+            serde_json::to_string(&json!({ "params": { "pricing": a } })).expect("json"),
+        )
+        .expect("write");
+        assert_eq!(
+            load_policy::<PricingPolicy>(&json, "pricing").expect("json"),
+            b
+        );
+    }
 
     #[test]
     fn contract_states_print_in_words() {

@@ -313,7 +313,6 @@ fn check(globals: &Globals, file: &Path) -> anyhow::Result<()> {
             "params": p,
         }));
     }
-    let secs = Duration::from_secs;
     let members = genesis.council.members.len();
     outln!("{} is a valid genesis.\n", file.display());
     output::rows(&[
@@ -355,7 +354,21 @@ fn check(globals: &Globals, file: &Path) -> anyhow::Result<()> {
         ("staking pool", genesis.staking_pool.to_string()),
     ]);
     outln!("\nParameters");
-    output::rows(&[
+    output::rows(&param_rows(p));
+    outln!("\nValidators");
+    for (i, v) in genesis.validators.iter().enumerate() {
+        match &v.address {
+            Some(address) => outln!("  {i:>3}  {}  {address}", v.account),
+            None => outln!("  {i:>3}  {}", v.account),
+        }
+    }
+    Ok(())
+}
+
+/// A ledger's parameters as rows a person reads: fees, periods, the token price, prices and rates.
+pub fn param_rows(p: &peergrid_ledger::Params) -> Vec<(&'static str, String)> {
+    let secs = Duration::from_secs;
+    vec![
         ("fee", format!("{} {TICKER} per byte", p.fee_per_byte)),
         (
             "uptime",
@@ -390,36 +403,53 @@ fn check(globals: &Globals, file: &Path) -> anyhow::Result<()> {
             format!("open for {}", human_duration(secs(p.proposal_ttl_secs))),
         ),
         ("token price", usd(p.token_price_uusd)),
-        (
-            "prices",
+        ("prices", pricing_text(&p.pricing)),
+        ("rewards", farming_text(&p.farming)),
+    ]
+}
+
+/// A pricing policy in one line: monthly prices, traffic, and the discount levels.
+pub fn pricing_text(p: &peergrid_core::policy::PricingPolicy) -> String {
+    let discounts: Vec<String> = p
+        .discounts
+        .iter()
+        .map(|d| {
             format!(
-                "CU {}, SU {}, IPv4 {}, name {} per month; traffic {} per GB",
-                usd(p.pricing.cu_uusd_month),
-                usd(p.pricing.su_uusd_month),
-                usd(p.pricing.ipv4_uusd_month),
-                usd(p.pricing.unique_name_uusd_month),
-                usd(p.pricing.nu_uusd_per_gb)
-            ),
-        ),
-        (
-            "rewards",
-            format!(
-                "CU {}, SU {} per month; uptime at least {} ({} certified)",
-                usd(p.farming.cu_uusd_month),
-                usd(p.farming.su_uusd_month),
-                permille(p.farming.sla_diy_permille),
-                permille(p.farming.sla_certified_permille)
-            ),
-        ),
-    ]);
-    outln!("\nValidators");
-    for (i, v) in genesis.validators.iter().enumerate() {
-        match &v.address {
-            Some(address) => outln!("  {i:>3}  {}  {address}", v.account),
-            None => outln!("  {i:>3}  {}", v.account),
+                "{} % from {}.{:03} months covered",
+                d.percent,
+                d.min_months_milli / 1000,
+                d.min_months_milli % 1000
+            )
+        })
+        .collect();
+    format!(
+        "CU {}, SU {}, IPv4 {}, name {} per month; traffic {} per GB; discounts {}",
+        usd(p.cu_uusd_month),
+        usd(p.su_uusd_month),
+        usd(p.ipv4_uusd_month),
+        usd(p.unique_name_uusd_month),
+        usd(p.nu_uusd_per_gb),
+        if discounts.is_empty() {
+            "none".into()
+        } else {
+            discounts.join(", ")
         }
-    }
-    Ok(())
+    )
+}
+
+/// A farming policy in one line: reward rates and the uptime they need.
+pub fn farming_text(f: &peergrid_core::policy::FarmingPolicy) -> String {
+    format!(
+        "CU {}, SU {} per month, traffic {} per GB, public IP {} per hour, certified ×{} %; \
+         uptime at least {} ({} certified)",
+        usd(f.cu_uusd_month),
+        usd(f.su_uusd_month),
+        usd(f.nu_uusd_per_gb),
+        usd(f.ip_uusd_hour),
+        f.certified_multiplier_percent,
+        permille(f.sla_diy_permille),
+        permille(f.sla_certified_permille)
+    )
 }
 
 /// Thousandths as a percentage: `95%`, `98.5%`.

@@ -135,6 +135,13 @@ pub fn farm(globals: &Globals, cmd: FarmCommand) -> anyhow::Result<()> {
     crate::runtime()?.block_on(async {
         match cmd {
             FarmCommand::Create { name, public_ips } => {
+                // `farm show 123` reads a number as an id, so such a name could not be shown.
+                if name.bytes().all(|b| b.is_ascii_digit()) {
+                    bail!(
+                        "a farm name of digits only ({name:?}) would read as a farm id in \
+                         `farm show`: add a letter"
+                    );
+                }
                 let events = globals.send(Payload::CreateFarm { name: name.clone(), public_ips }).await?;
                 let id = events.iter().find_map(|e| match e {
                     peergrid_ledger::Event::FarmCreated { farm, .. } => Some(*farm),
@@ -305,7 +312,10 @@ pub fn node(globals: &Globals, cmd: NodeCommand) -> anyhow::Result<()> {
                     human_bytes(n.capacity.mru),
                     human_bytes(n.capacity.sru),
                     human_bytes(n.capacity.hru),
-                    used_short(&n.used),
+                    match n.rented_by {
+                        Some(c) => format!("rented (contract {c})"),
+                        None => used_short(&n.used),
+                    },
                     n.contracts.to_string(),
                     place(&n.location),
                     n.account.short(),
@@ -338,14 +348,22 @@ pub fn node(globals: &Globals, cmd: NodeCommand) -> anyhow::Result<()> {
             }
             let n = &v.data.node;
             let last = n.uptime.last_report_ms;
+            let free = match n.rented_by {
+                Some(c) => format!(
+                    "{} for its renter only (rented by contract {c})",
+                    n.capacity.saturating_sub(&n.used)
+                ),
+                None => n.capacity.saturating_sub(&n.used).to_string(),
+            };
             output::rows(&[
                 ("node", n.id.to_string()),
                 ("farm", n.farm.to_string()),
                 ("account", n.account.to_string()),
                 ("status", v.data.status.to_string()),
+                ("certified", if n.certified { "yes" } else { "no" }.into()),
                 ("capacity", n.capacity.to_string()),
                 ("used", n.used.to_string()),
-                ("free", n.capacity.saturating_sub(&n.used).to_string()),
+                ("free", free),
                 ("contracts", n.contracts.to_string()),
                 ("location", place(&n.location)),
                 (
@@ -373,6 +391,15 @@ fn node_run(globals: &Globals, args: RunArgs) -> anyhow::Result<()> {
     // The owner's key signs the invitation when it is here: --key, your own key, or on
     // a devnet the demo account.
     let owner_key = globals.signing_key_file().ok().filter(|p| p.exists());
+    if let Some(given) = &globals.key
+        && owner_key.is_none()
+    {
+        bail!(
+            "no key file at {} (--key): give the farm owner's key file, or leave --key out and \
+             pass the owner's invitation with --invitation",
+            given.display()
+        );
+    }
     let mut mesh = peergrid_mesh::Config::default();
     if !args.listen.is_empty() {
         mesh.listen = args
@@ -440,6 +467,9 @@ fn node_run(globals: &Globals, args: RunArgs) -> anyhow::Result<()> {
                 rows.push(("workloads", format!("{http}/<contract>/<workload>/")));
             }
             output::rows(&rows);
+            if let Some(why) = no_cu_warning(&report.capacity) {
+                eprintln!("warning: {why}");
+            }
             outln!("\nCtrl-C stops the node; its workloads are restored on the next start.");
         }
         crate::stop_requested().await;
@@ -449,9 +479,44 @@ fn node_run(globals: &Globals, args: RunArgs) -> anyhow::Result<()> {
     })
 }
 
+/// Why a node's capacity earns no compute units, if it does not: rewards count
+/// `CU = min(2·cores, (RAM − 1 GiB)/4 GiB, SSD/50 GiB)`, so a node without SSD (a disk
+/// whose kind the system does not report counts as HDD) earns for its disks only.
+fn no_cu_warning(capacity: &peergrid_core::Capacity) -> Option<String> {
+    if peergrid_core::economics::reward_units(capacity).cu_micro > 0 {
+        return None;
+    }
+    let limit = if capacity.sru == 0 {
+        "it offers no SSD (a disk whose kind the system does not report counts as HDD: \
+         mark an SSD with --disk PATH:ssd)"
+    } else if capacity.mru <= 1 << 30 {
+        "it has 1 GiB of memory or less to offer"
+    } else {
+        "its cores, memory or SSD are too small"
+    };
+    Some(format!(
+        "this node earns no compute units (CU = min(2·cores, (RAM − 1 GiB)/4 GiB, SSD/50 GiB)), \
+         only storage units, because {limit}"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_without_ssd_is_told_it_earns_no_compute_units() {
+        let mut c = peergrid_core::Capacity {
+            cru: 4,
+            mru: 16 << 30,
+            sru: 0,
+            hru: 1 << 40,
+        };
+        let why = no_cu_warning(&c).expect("no SSD, no CU");
+        assert!(why.contains("--disk PATH:ssd"), "{why}");
+        c.sru = 100 << 30;
+        assert_eq!(no_cu_warning(&c), None);
+    }
 
     #[test]
     fn used_shows_what_contracts_take_of_each_resource() {

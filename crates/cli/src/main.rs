@@ -381,16 +381,96 @@ fn argument_error(e: clap::Error) -> ExitCode {
         .skip(1)
         .take_while(|a| a != "--")
         .any(|a| a == "--json");
+    if let Some(message) = number_error(&e) {
+        if wants_json {
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stdout().lock(),
+                "{}",
+                serde_json::json!({ "error": message })
+            );
+        }
+        eprintln!("error: {message}");
+        return ExitCode::from(2);
+    }
     if wants_json && e.use_stderr() {
-        let rendered = e.render().to_string();
-        let first = rendered.lines().next().unwrap_or_default();
-        let message = first.strip_prefix("error: ").unwrap_or(first);
-        let error = serde_json::json!({ "error": message });
+        let error = serde_json::json!({ "error": argument_error_text(&e) });
         use std::io::Write;
         let _ = writeln!(std::io::stdout().lock(), "{error}");
     }
     let _ = e.print();
     ExitCode::from(e.exit_code().clamp(0, 255) as u8)
+}
+
+/// Our own words for a number clap could not take: a negative one (which clap takes for an
+/// option it does not know, `--amount -1`), or an id or count that is not a whole number
+/// (where clap passes on Rust's "invalid digit found in string").
+fn number_error(e: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    use std::num::IntErrorKind;
+    let text = |kind| match e.get(kind) {
+        Some(ContextValue::String(s)) => Some(s.clone()),
+        _ => None,
+    };
+    match e.kind() {
+        ErrorKind::UnknownArgument => {
+            let arg = text(ContextKind::InvalidArg)?;
+            (arg.starts_with('-') && arg.len() > 1 && arg[1..].parse::<f64>().is_ok()).then(|| {
+                format!(
+                    "{arg} is negative: amounts, sizes, counts and ids are numbers of zero or more"
+                )
+            })
+        }
+        ErrorKind::ValueValidation => {
+            let parse = std::error::Error::source(e)?.downcast_ref::<std::num::ParseIntError>()?;
+            let (arg, value) = (
+                text(ContextKind::InvalidArg)?,
+                text(ContextKind::InvalidValue)?,
+            );
+            let why = match parse.kind() {
+                IntErrorKind::PosOverflow => "is too large",
+                IntErrorKind::Empty => "is empty",
+                _ => "is not a whole number",
+            };
+            Some(format!(
+                "{value:?} for {arg} {why}: ids and counts are whole numbers (`farm list`, \
+                 `node list` and `contract list` show the ids; `farm show` and `node show` \
+                 also take a name or an account)"
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// A parse error in one line: clap's message without its usage and tips (the arguments it
+/// names included), or for a command given without its subcommand, the subcommands.
+fn argument_error_text(e: &clap::Error) -> String {
+    let rendered = e.render().to_string();
+    if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        let commands: Vec<&str> = rendered
+            .lines()
+            .skip_while(|l| !l.starts_with("Commands:"))
+            .skip(1)
+            .take_while(|l| !l.trim().is_empty())
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|c| *c != "help")
+            .collect();
+        return format!(
+            "a command is missing: give one of {} (--help says what each does)",
+            commands.join(", ")
+        );
+    }
+    let message: Vec<&str> = rendered
+        .lines()
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let message = message.join(" ");
+    message
+        .strip_prefix("error: ")
+        .unwrap_or(&message)
+        .to_string()
 }
 
 /// How an account without tokens gets some, added to an "insufficient balance" error;

@@ -614,6 +614,38 @@ fn a_failed_command_with_json_prints_its_error_as_json() {
 }
 
 #[test]
+fn a_command_line_that_does_not_parse_says_what_is_missing_in_json_too() {
+    let sb = Sandbox::new();
+    let out = sb.run(&["--json", "wallet", "transfer", "--to", "someone"]);
+    assert_eq!(out.status.code(), Some(2));
+    let error = text(&parse_json(&out), "error");
+    assert!(
+        error.contains("required arguments were not provided") && error.contains("--amount"),
+        "the missing argument is named: {error}"
+    );
+    let out = sb.run(&[
+        "--json", "wallet", "transfer", "--to", "x", "--amount", "-1",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let error = text(&parse_json(&out), "error");
+    assert!(error.starts_with("-1 is negative"), "{error}");
+    let out = sb.run(&["--json", "contract", "cancel", "abc"]);
+    assert_eq!(out.status.code(), Some(2));
+    let error = text(&parse_json(&out), "error");
+    assert!(
+        error.starts_with("\"abc\" for <CONTRACT> is not a whole number"),
+        "{error}"
+    );
+    let out = sb.run(&["--json", "wallet"]);
+    assert_eq!(out.status.code(), Some(2));
+    let error = text(&parse_json(&out), "error");
+    assert!(
+        error.contains("a command is missing") && error.contains("balance, transfer"),
+        "the commands are listed: {error}"
+    );
+}
+
+#[test]
 fn a_mistyped_phrase_names_the_word_as_people_count() {
     let sb = Sandbox::new();
     let phrase = text(&sb.json(&["key", "new"]), "mnemonic");

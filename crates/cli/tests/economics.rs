@@ -217,6 +217,22 @@ async fn a_contract_is_billed_paused_resumed_and_deleted_and_the_farmer_can_expl
     })
     .await;
     wait_workloads(&health, "the workload to pause", workload_in("paused", id)).await;
+    // The owner is told what is owed, by when, and how to pay.
+    let text = |args: &[&str]| {
+        let out = peergrid(&home).args(args).output().expect("run");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let shown = text(&["contract", "show", &id.to_string()]);
+    assert!(
+        shown.contains("owes") && shown.contains("unpaid so far") && shown.contains("deleted"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(&format!("--to {}", builder.account())),
+        "{shown}"
+    );
+    let bills = text(&["bill", "history", &id.to_string()]);
+    assert!(bills.contains("the contract is in grace since"), "{bills}");
 
     // A top-up pays the debt and resumes it.
     send(
@@ -498,6 +514,21 @@ async fn a_contract_is_billed_paused_resumed_and_deleted_and_the_farmer_can_expl
     );
     assert!(ok, "{err}");
     let pricing = proposed["proposal"].as_u64().expect("proposal id");
+    // Voters see what they vote on next to what is in force.
+    let out = peergrid(&home)
+        .args(["gov", "show", &pricing.to_string()])
+        .output()
+        .expect("run");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("pricing: CU $44")
+            && shown.contains("in force now")
+            && shown.contains("CU $22"),
+        "{shown}"
+    );
+    let (ok, params, err) = run(&home, &["gov", "params"]);
+    assert!(ok, "{err}");
+    assert_eq!(params["params"]["token_price_uusd"], 20, "{params}");
     let (ok, listed, err) = run(&home, &["gov", "list"]);
     assert!(ok, "{err}");
     let entry = listed["proposals"]
