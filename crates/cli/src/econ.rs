@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use clap::Subcommand;
 use peergrid_client::AtHeight;
 use peergrid_client::{
@@ -400,6 +400,12 @@ pub fn contract(globals: &Globals, cmd: ContractCommand) -> anyhow::Result<()> {
                     (None, None) => Some(globals.keypair()?.account()),
                 };
                 let (_, items) = client.contracts(ContractFilter { owner, node }).await?;
+                if let Some(n) = node
+                    && items.is_empty()
+                    && client.node(n).await?.is_none()
+                {
+                    bail!("node {n} does not exist (`peergrid node list` shows the nodes)");
+                }
                 if globals.json {
                     return output::json(
                         &json!({ "owner": owner, "node": node, "contracts": items }),
@@ -633,7 +639,8 @@ pub fn bill(globals: &Globals, cmd: BillCommand) -> anyhow::Result<()> {
             None => (bills.len() as u64, kept),
         };
         outln!(
-            "\n{count} bills, {} PGT paid in all; --explain shows every step",
+            "\n{count} bill{}, {} PGT paid in all; --explain shows every step",
+            if count == 1 { "" } else { "s" },
             Amount(paid)
         );
         if let Some(c) = client.contract(contract).await?
@@ -682,6 +689,13 @@ pub async fn rewards(globals: &Globals, farm: FarmId, period: Option<u64>) -> an
         }
         if receipts.is_empty() {
             let (current, kept) = (page.current_period, page.kept_from_period);
+            if client.nodes(Some(farm)).await?.1.is_empty() {
+                outln!(
+                    "farm {farm} has no nodes, so nothing is minted for it; a machine joins it with \
+                     `peergrid node run --farm {farm}`"
+                );
+                return Ok(());
+            }
             match period {
                 Some(p) if p < kept => outln!(
                     "receipts of period {p} are pruned from the ledger's state (it keeps periods from {kept}); \

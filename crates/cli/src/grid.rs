@@ -204,8 +204,11 @@ pub fn farm(globals: &Globals, cmd: FarmCommand) -> anyhow::Result<()> {
                                 .join(", ")
                         },
                     ),
-                    ("nodes", nodes.len().to_string()),
+                    ("nodes", nodes_text(&nodes)),
                 ]);
+                if !nodes.is_empty() {
+                    outln!("\ntheir capacity and use: peergrid node list --farm {}", f.id);
+                }
                 Ok(())
             }
             FarmCommand::Rewards {
@@ -246,6 +249,18 @@ pub fn farm(globals: &Globals, cmd: FarmCommand) -> anyhow::Result<()> {
 
 async fn nodes(globals: &Globals, farm: Option<FarmId>) -> anyhow::Result<Vec<NodeView>> {
     Ok(globals.client()?.nodes(farm).await?.1)
+}
+
+/// A farm's nodes in a line: how many, then each id with its status.
+fn nodes_text(nodes: &[NodeView]) -> String {
+    if nodes.is_empty() {
+        return "none yet (`peergrid node run --farm ID` on a machine adds one)".into();
+    }
+    let each: Vec<String> = nodes
+        .iter()
+        .map(|v| format!("{} ({})", v.node.id, v.status))
+        .collect();
+    format!("{}: {}", nodes.len(), each.join(", "))
 }
 
 /// Check that `text` names a node: its id (a number) or its account.

@@ -163,6 +163,12 @@ pub fn wallet(globals: &Globals, cmd: WalletCommand) -> anyhow::Result<()> {
                 let to: AccountId = to.parse()?;
                 let amount: Amount = amount.parse()?;
                 let key = globals.keypair()?;
+                if key.account() == to {
+                    bail!(
+                        "{to} is your own account: a transfer to yourself would only cost its \
+                         fee (is --to the account you meant?)"
+                    );
+                }
                 confirm_unseen(globals, &client, &to, amount).await?;
                 let tx = client.sign(&key, Payload::Transfer { to, amount }).await?;
                 let hash = client.submit(&tx).await?;

@@ -172,7 +172,7 @@ impl Globals {
     /// The ledger API URLs of `--ledger`, or of the running devnet.
     fn ledger_urls(&self) -> anyhow::Result<Vec<String>> {
         if let Some(urls) = &self.ledger {
-            return Ok(urls
+            let urls: Vec<String> = urls
                 .split(',')
                 .map(str::trim)
                 .filter(|u| !u.is_empty())
@@ -181,7 +181,14 @@ impl Globals {
                     true => u.to_string(),
                     false => format!("http://{u}"),
                 })
-                .collect());
+                .collect();
+            if urls.is_empty() {
+                anyhow::bail!(
+                    "--ledger (or PEERGRID_LEDGER) names no URL: give a validator's API, like \
+                     http://127.0.0.1:8700, or leave it out to use the running devnet"
+                );
+            }
+            return Ok(urls);
         }
         let dir = peergrid_devnet::default_dir();
         match peergrid_devnet::running(&dir) {

@@ -479,6 +479,21 @@ fn ledger_commands_without_a_ledger_say_how_to_get_one() {
     );
     let err = expect_error(&sb.run(&["devnet", "status"]));
     assert!(err.contains("no devnet is running"), "{err}");
+    let err = expect_error(&sb.run(&["--ledger", " ", "wallet", "balance"]));
+    assert!(err.contains("names no URL"), "{err}");
+    // A transfer to one's own account is refused before any ledger is asked.
+    let me = text(&sb.json(&["key", "new"]), "account");
+    let err = expect_error(&sb.run(&[
+        "--ledger",
+        "http://127.0.0.1:9",
+        "wallet",
+        "transfer",
+        "--to",
+        &me,
+        "--amount",
+        "1",
+    ]));
+    assert!(err.contains("is your own account"), "{err}");
 }
 
 #[test]
