@@ -320,7 +320,8 @@ fn load_policy<T: serde::de::DeserializeOwned>(path: &PathBuf, section: &str) ->
 }
 
 /// What a contract in grace owes and when it ends: the unbilled time at today's prices, an
-/// upper bound (the ledger takes off the owner's discount and any time the node was down).
+/// upper bound at those prices (the ledger takes off the owner's discount and any time the
+/// node was down).
 async fn grace_rows(
     client: &peergrid_client::Client,
     c: &Contract,
@@ -329,12 +330,16 @@ async fn grace_rows(
     let status = client.status().await?.data;
     let params = &status.params;
     let ends_ms = since_ms.saturating_add(params.grace_period_secs.saturating_mul(1000));
-    let units = match c.spec {
-        ContractSpec::Rent { node } => client
-            .node(node)
-            .await?
-            .map(|n| economics::billing_units(&n.data.node.capacity))
-            .unwrap_or_default(),
+    // As the ledger prices it: a rent contract pays for the whole node, and a contract on a
+    // node its owner rents pays only for its public IPs.
+    let node = match c.node {
+        Some(id) => client.node(id).await?.map(|n| n.data.node),
+        None => None,
+    };
+    let units = match (&c.spec, &node) {
+        (ContractSpec::Rent { .. }, Some(n)) => economics::billing_units(&n.capacity),
+        (ContractSpec::Rent { .. }, None) => economics::Units::default(),
+        (_, Some(n)) if n.rented_by.is_some_and(|r| r != c.id) => economics::Units::default(),
         _ => economics::billing_units(&c.reserved),
     };
     let billable = economics::Billable {
@@ -351,7 +356,8 @@ async fn grace_rows(
         (
             "owes",
             format!(
-                "at most {} ({tokens} PGT) for {} unpaid so far, and more as time goes on",
+                "at most {} ({tokens} PGT) at today's prices for {} unpaid so far, and more as \
+                 time goes on",
                 output::usd(owed_uusd),
                 output::human_duration(Duration::from_millis(unbilled_ms))
             ),

@@ -406,13 +406,16 @@ fn node_run(globals: &Globals, args: RunArgs) -> anyhow::Result<()> {
     // The owner's key signs the invitation when it is here: --key, your own key, or on
     // a devnet the demo account.
     let owner_key = globals.signing_key_file().ok().filter(|p| p.exists());
+    // A registered node needs neither; a new one is refused later, naming what it needs.
     if let Some(given) = &globals.key
         && owner_key.is_none()
+        && invitation.is_none()
     {
-        bail!(
-            "no key file at {} (--key): give the farm owner's key file, or leave --key out and \
-             pass the owner's invitation with --invitation",
-            given.display()
+        eprintln!(
+            "warning: no key file at {} (--key): a node not yet in farm {} needs its owner's \
+             key there, or the owner's invitation (--invitation)",
+            given.display(),
+            args.farm
         );
     }
     let mut mesh = peergrid_mesh::Config::default();

@@ -421,12 +421,20 @@ fn number_error(e: &clap::Error) -> Option<String> {
     };
     match e.kind() {
         ErrorKind::UnknownArgument => {
+            // clap names a short flag by its first character (`-1` for `-15`): the whole
+            // number is the argument that starts with it.
             let arg = text(ContextKind::InvalidArg)?;
-            (arg.starts_with('-') && arg.len() > 1 && arg[1..].parse::<f64>().is_ok()).then(|| {
-                format!(
-                    "{arg} is negative: amounts, sizes, counts and ids are numbers of zero or more"
-                )
-            })
+            let negative =
+                |a: &str| a.len() > 1 && a.starts_with('-') && a[1..].parse::<f64>().is_ok();
+            if !negative(&arg) {
+                return None;
+            }
+            let whole = std::env::args()
+                .find(|a| a.starts_with(arg.as_str()) && negative(a))
+                .unwrap_or(arg);
+            Some(format!(
+                "{whole} is negative: amounts, sizes, counts and ids are numbers of zero or more"
+            ))
         }
         ErrorKind::ValueValidation => {
             let parse = std::error::Error::source(e)?.downcast_ref::<std::num::ParseIntError>()?;
@@ -439,10 +447,17 @@ fn number_error(e: &clap::Error) -> Option<String> {
                 IntErrorKind::Empty => "is empty",
                 _ => "is not a whole number",
             };
+            let names_an_id = ["FARM", "NODE", "CONTRACT", "PROPOSAL", "ID"]
+                .iter()
+                .any(|id| arg.contains(id));
+            let hint = if names_an_id {
+                " (`farm list`, `node list` and `contract list` show the ids; `farm show` and \
+                 `node show` also take a name or an account)"
+            } else {
+                ""
+            };
             Some(format!(
-                "{value:?} for {arg} {why}: ids and counts are whole numbers (`farm list`, \
-                 `node list` and `contract list` show the ids; `farm show` and `node show` \
-                 also take a name or an account)"
+                "{value:?} for {arg} {why}: give a whole number{hint}"
             ))
         }
         _ => None,

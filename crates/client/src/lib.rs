@@ -47,6 +47,11 @@ struct Chain {
 
 /// The most of a status answer [`Client::choose`] reads (one is a few kilobytes).
 const STATUS_BYTES_MAX: usize = 256 << 10;
+
+/// Most bytes read of any answer: a block at its limit of transaction bytes (4 MiB),
+/// written out as JSON with its events, fits several times over. Past it the validator is
+/// not one to trust, and memory is not given to it.
+const ANSWER_BYTES_MAX: usize = 64 << 20;
 /// How long an idle connection to a validator is kept for the next request.
 const POOL_IDLE: Duration = Duration::from_secs(10);
 /// How long the first choice of a validator waits for any to answer.
@@ -395,10 +400,14 @@ impl Client {
                 continue;
             }
             self.current.store(index, Ordering::Relaxed);
-            let body = response.bytes().await.map_err(|e| ClientError::Protocol {
-                url: url.clone(),
-                reason: e.to_string(),
-            })?;
+            // Not retried elsewhere once an answer has begun: a transaction this validator
+            // took must not be sent again through another.
+            let body = read_bounded(response, ANSWER_BYTES_MAX)
+                .await
+                .map_err(|reason| ClientError::Protocol {
+                    url: url.clone(),
+                    reason,
+                })?;
             if !status.is_success() {
                 let (kind, message) = api_error(url, status, &body);
                 return Err(ClientError::Refused {
@@ -1008,6 +1017,20 @@ impl Client {
             pause = (pause * 2).min(Duration::from_secs(2));
         }
     }
+}
+/// The body of `response`, or why not: cut off, or more than `max` bytes.
+async fn read_bounded(mut response: reqwest::Response, max: usize) -> Result<Vec<u8>, String> {
+    if response.content_length().is_some_and(|n| n > max as u64) {
+        return Err(format!("an answer of more than {max} bytes was refused"));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| causes(&e))? {
+        if body.len() + chunk.len() > max {
+            return Err(format!("an answer of more than {max} bytes was refused"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// An error with its causes, `outer: inner: innermost`: reqwest's own message alone says

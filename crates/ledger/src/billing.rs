@@ -12,7 +12,10 @@
 //! - Time its node was down is not billed: a bill leaves out what the node's down time
 //!   counter ([`crate::Node::down_ms_until`]: silence beyond two uptime report intervals)
 //!   gained over its period, and says how much (`node_down_ms`). The farmer is paid for
-//!   the rest only, public IP hours too. Network traffic is billed as reported.
+//!   the rest only, public IP hours too. Network traffic is billed as reported. This rule
+//!   came after chains already ran: it has no activation height, so every validator of a
+//!   chain must take it at the same height, and the blocks of a chain made before it replay
+//!   to other roots wherever a node was silent (a devnet made before it: `--fresh`).
 //! - Price: [`peergrid_core::economics`] units of what the contract reserves (a rent
 //!   contract: the whole node; a deployment or storage contract on a node rented by its
 //!   owner: only its public IPs, the rent pays the rest), the pricing policy's monthly

@@ -424,6 +424,7 @@ fn check_block(state: &State, model: &BTreeMap<AccountId, i128>) -> Result<(), T
         } else {
             c.created_ms
         };
+        let node = c.node.and_then(|n| state.node(n));
         for b in state.bills(c.id, 0) {
             prop_assert_eq!(
                 b.from_ms,
@@ -432,6 +433,9 @@ fn check_block(state: &State, model: &BTreeMap<AccountId, i128>) -> Result<(), T
                 c.id
             );
             prop_assert!(b.to_ms > b.from_ms || b.nu_bytes > 0);
+            // Time its node was down is part of the period, and only of a node's contracts.
+            prop_assert!(b.node_down_ms <= b.to_ms - b.from_ms, "{:?}", b);
+            prop_assert!(node.is_some() || b.node_down_ms == 0);
             if b.status == BillStatus::Paid {
                 paid += b.tokens.0;
             } else {
@@ -440,6 +444,21 @@ fn check_block(state: &State, model: &BTreeMap<AccountId, i128>) -> Result<(), T
             cursor = b.to_ms;
         }
         prop_assert_eq!(cursor, c.billed_until_ms);
+        // The node's down-time counter at the end of the last bill is what the contract
+        // holds, so the next bill leaves out exactly the silence since. (The counter reads
+        // a time only from the node's last report on: a report closes the silence before.)
+        if let Some(n) = node
+            && n.uptime
+                .last_report_ms
+                .is_none_or(|at| at <= c.billed_until_ms)
+        {
+            prop_assert_eq!(
+                c.node_down_ms_billed,
+                n.down_ms_until(c.billed_until_ms, state.params()),
+                "contract {}",
+                c.id
+            );
+        }
         match c.state {
             ContractState::Deleted { at_ms, .. } => prop_assert_eq!(c.billed_until_ms, at_ms),
             ContractState::Created => {

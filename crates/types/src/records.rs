@@ -240,7 +240,10 @@ impl Node {
 
     /// Ledger ms the node has been down from its registration up to `now_ms`: the time it went
     /// on without a report (or without its first one) beyond the two report intervals that
-    /// [`Node::status`] still counts as up. Contracts are not billed for it.
+    /// [`Node::status`] still counts as up. Contracts are not billed for it. Valid for
+    /// `now_ms` from the last report on (a report closes the silence before it), and under
+    /// one `uptime_interval_secs` (no governance action changes it today; one that did would
+    /// move the current silence's start).
     pub fn down_ms_until(&self, now_ms: u64, params: &Params) -> u64 {
         let seen_ms = self.uptime.last_report_ms.unwrap_or(self.registered_ms);
         let up_until_ms = seen_ms.saturating_add(params.uptime_interval_secs.saturating_mul(2000));
