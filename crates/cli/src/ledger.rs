@@ -174,7 +174,9 @@ pub fn wallet(globals: &Globals, cmd: WalletCommand) -> anyhow::Result<()> {
                 let hash = client.submit(&tx).await?;
                 if no_wait {
                     if globals.json {
-                        return output::json(&json!({ "hash": hash, "status": "pending" }));
+                        return output::json(
+                            &json!({ "hash": hash, "status": TxStatus::Pending }),
+                        );
                     }
                     outln!("submitted {hash}\ncheck it with: peergrid tx status {hash}");
                     return Ok(());
@@ -237,7 +239,7 @@ pub fn tx(globals: &Globals, cmd: TxCommand) -> anyhow::Result<()> {
             outln!("{hash}: {}", status_line(&status));
             if let TxStatus::Finalized { events, .. } = &status {
                 for e in events {
-                    outln!("  {}", serde_json::to_string(e).unwrap_or_default());
+                    outln!("  {}", event_text(e));
                 }
             }
         }
@@ -252,6 +254,29 @@ pub fn tx(globals: &Globals, cmd: TxCommand) -> anyhow::Result<()> {
             TxStatus::Pending | TxStatus::Finalized { .. } => Ok(()),
         }
     })
+}
+
+/// An event in one line for people: its name, then each field and value in the order of
+/// their names (`transferred: amount 2.5, from 12D3…, to 12D3…`), from the JSON `--json` prints.
+fn event_text(e: &peergrid_ledger::Event) -> String {
+    let value = serde_json::to_value(e).unwrap_or_default();
+    let Some(fields) = value.as_object() else {
+        return value.to_string();
+    };
+    let name = fields
+        .get("event")
+        .and_then(|n| n.as_str())
+        .unwrap_or("event")
+        .replace('_', " ");
+    let rest: Vec<String> = fields
+        .iter()
+        .filter(|(k, _)| *k != "event")
+        .map(|(k, v)| match v {
+            serde_json::Value::String(s) => format!("{} {s}", k.replace('_', " ")),
+            other => format!("{} {other}", k.replace('_', " ")),
+        })
+        .collect();
+    format!("{name}: {}", rest.join(", "))
 }
 
 pub fn validator(globals: &Globals, cmd: ValidatorCommand) -> anyhow::Result<()> {
@@ -1063,6 +1088,17 @@ pub fn bench(globals: &Globals, cmd: BenchCommand) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_event_reads_as_words() {
+        let a = peergrid_core::Keypair::from_seed([1; 32]).account();
+        let text = event_text(&peergrid_ledger::Event::Transferred {
+            from: a,
+            to: a,
+            amount: Amount(25_000_000),
+        });
+        assert_eq!(text, format!("transferred: amount 2.5, from {a}, to {a}"));
+    }
 
     #[test]
     fn a_node_follows_while_it_reports_and_keeps_up_with_the_ledger() {
