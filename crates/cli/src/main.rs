@@ -33,6 +33,7 @@ mod grid;
 mod job;
 mod key;
 mod ledger;
+mod logline;
 mod mesh;
 mod output;
 mod snapshot;
@@ -334,13 +335,30 @@ fn default_filter(verbose: u8, command: &Command) -> &'static str {
     }
 }
 
-fn init_logging(level: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    tracing_subscriber::fmt()
+/// Whether a command runs until stopped, and so logs as a daemon: with time and origin.
+fn runs_until_stopped(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Node(grid::NodeCommand::Run(_))
+            | Command::Validator(ledger::ValidatorCommand::Run { .. })
+            | Command::Mesh(mesh::MeshCommand::Run(_))
+            | Command::Devnet(_)
+    )
+}
+
+fn init_logging(level: &str, plain: bool) {
+    let from_env = EnvFilter::try_from_default_env().ok();
+    let plain = plain && from_env.is_none();
+    let filter = from_env.unwrap_or_else(|| EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(output::AboveBars)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if plain {
+        builder.event_format(logline::Plain).init();
+    } else {
+        builder.init();
+    }
 }
 
 fn main() -> ExitCode {
@@ -349,7 +367,10 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return argument_error(e),
     };
-    init_logging(default_filter(cli.verbose, &cli.command));
+    init_logging(
+        default_filter(cli.verbose, &cli.command),
+        cli.verbose == 0 && !runs_until_stopped(&cli.command),
+    );
     let json = cli.json;
     let elsewhere = cli.ledger.is_some();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(cli)));
