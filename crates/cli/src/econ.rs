@@ -292,7 +292,13 @@ pub enum ProposeAction {
 /// the policy's fields, or a genesis's `[params.SECTION]` copied with its header.
 fn load_policy<T: serde::de::DeserializeOwned>(path: &PathBuf, section: &str) -> anyhow::Result<T> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let invalid = || format!("{} is not a valid policy", path.display());
+    let invalid = || {
+        format!(
+            "{} is not a valid policy (a policy names every field: `peergrid gov params --json` \
+             shows those in force to copy from)",
+            path.display()
+        )
+    };
     // Not text is the content's fault, not the file system's: say so.
     let text = std::str::from_utf8(&bytes)
         .map_err(|e| {

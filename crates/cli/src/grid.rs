@@ -136,7 +136,7 @@ pub fn farm(globals: &Globals, cmd: FarmCommand) -> anyhow::Result<()> {
         match cmd {
             FarmCommand::Create { name, public_ips } => {
                 // `farm show 123` reads a number as an id, so such a name could not be shown.
-                if name.bytes().all(|b| b.is_ascii_digit()) {
+                if !name.is_empty() && name.bytes().all(|b| b.is_ascii_digit()) {
                     bail!(
                         "a farm name of digits only ({name:?}) would read as a farm id in \
                          `farm show`: add a letter"
@@ -188,7 +188,7 @@ pub fn farm(globals: &Globals, cmd: FarmCommand) -> anyhow::Result<()> {
                     ("farm", format!("{} ({})", f.id, f.name)),
                     ("owner", f.owner.to_string()),
                     ("payout", f.payout.to_string()),
-                    ("certified", f.certified.to_string()),
+                    ("certified", if f.certified { "yes" } else { "no" }.into()),
                     (
                         "public IPs",
                         if f.public_ips.is_empty() {
@@ -363,6 +363,26 @@ pub fn node(globals: &Globals, cmd: NodeCommand) -> anyhow::Result<()> {
             }
             let n = &v.data.node;
             let last = n.uptime.last_report_ms;
+            let status = client.status().await?.data;
+            let down_ms = n.down_ms_until(status.time_ms, &status.params);
+            let down = if v.data.status == peergrid_ledger::NodeStatus::Up {
+                (down_ms > 0).then(|| {
+                    format!(
+                        "{} in all since it registered (not billed to its contracts)",
+                        output::human_duration(Duration::from_millis(down_ms))
+                    )
+                })
+            } else {
+                let since = last
+                    .unwrap_or(n.registered_ms)
+                    .saturating_add(status.params.uptime_interval_secs.saturating_mul(2000));
+                Some(format!(
+                    "since {} (no uptime report for two intervals); {} in all, not billed to \
+                     its contracts",
+                    output::ago(since),
+                    output::human_duration(Duration::from_millis(down_ms))
+                ))
+            };
             let free = match n.rented_by {
                 Some(c) => format!(
                     "{} for its renter only (rented by contract {c})",
@@ -370,7 +390,7 @@ pub fn node(globals: &Globals, cmd: NodeCommand) -> anyhow::Result<()> {
                 ),
                 None => n.capacity.saturating_sub(&n.used).to_string(),
             };
-            output::rows(&[
+            let mut rows = vec![
                 ("node", n.id.to_string()),
                 ("farm", n.farm.to_string()),
                 ("account", n.account.to_string()),
@@ -394,7 +414,11 @@ pub fn node(globals: &Globals, cmd: NodeCommand) -> anyhow::Result<()> {
                     last.map(output::ago).unwrap_or_else(|| "never".into()),
                 ),
                 ("at height", v.height.to_string()),
-            ]);
+            ];
+            if let Some(down) = down {
+                rows.insert(4, ("down", down));
+            }
+            output::rows(&rows);
             Ok(())
         }),
     }

@@ -257,7 +257,7 @@ pub fn tx(globals: &Globals, cmd: TxCommand) -> anyhow::Result<()> {
 }
 
 /// An event in one line for people: its name, then each field and value in the order of
-/// their names (`transferred: amount 2.5, from 12D3…, to 12D3…`), from the JSON `--json` prints.
+/// their names (`transferred: amount 2.5 PGT, from 12D3…, to 12D3…`), from the JSON `--json` prints.
 fn event_text(e: &peergrid_ledger::Event) -> String {
     let value = serde_json::to_value(e).unwrap_or_default();
     let Some(fields) = value.as_object() else {
@@ -271,9 +271,17 @@ fn event_text(e: &peergrid_ledger::Event) -> String {
     let rest: Vec<String> = fields
         .iter()
         .filter(|(k, _)| *k != "event")
-        .map(|(k, v)| match v {
-            serde_json::Value::String(s) => format!("{} {s}", k.replace('_', " ")),
-            other => format!("{} {other}", k.replace('_', " ")),
+        .map(|(k, v)| {
+            // Amounts are strings of tokens in the JSON; in words they carry their unit.
+            let unit = if matches!(k.as_str(), "amount" | "tokens" | "fee") {
+                " PGT"
+            } else {
+                ""
+            };
+            match v {
+                serde_json::Value::String(s) => format!("{} {s}{unit}", k.replace('_', " ")),
+                other => format!("{} {other}", k.replace('_', " ")),
+            }
         })
         .collect();
     format!("{name}: {}", rest.join(", "))
@@ -1097,7 +1105,10 @@ mod tests {
             to: a,
             amount: Amount(25_000_000),
         });
-        assert_eq!(text, format!("transferred: amount 2.5, from {a}, to {a}"));
+        assert_eq!(
+            text,
+            format!("transferred: amount 2.5 PGT, from {a}, to {a}")
+        );
     }
 
     #[test]

@@ -468,12 +468,12 @@ fn number_error(e: &clap::Error) -> Option<String> {
                 IntErrorKind::Empty => "is empty",
                 _ => "is not a whole number",
             };
-            let names_an_id = ["FARM", "NODE", "CONTRACT", "PROPOSAL", "ID"]
-                .iter()
-                .any(|id| arg.contains(id));
-            let hint = if names_an_id {
-                " (`farm list`, `node list` and `contract list` show the ids; `farm show` and \
-                 `node show` also take a name or an account)"
+            let names = |ids: &[&str]| ids.iter().any(|id| arg.contains(id));
+            let hint = if names(&["FARM", "NODE"]) {
+                " (`farm list` and `node list` show the ids; `farm show` and `node show` also \
+                 take a name or an account)"
+            } else if names(&["CONTRACT", "PROPOSAL", "ID"]) {
+                " (`contract list` and `gov list` show the ids)"
             } else {
                 ""
             };

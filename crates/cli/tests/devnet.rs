@@ -545,6 +545,15 @@ fn a_newcomer_runs_a_devnet_and_sends_a_transfer_that_finalizes() {
         Duration::from_secs(90),
         || bills().iter().any(|b| down_ms(b) > 0).then_some(()),
     );
+    let shown = peergrid(home)
+        .args(["node", "show", &node_2])
+        .output()
+        .expect("node show");
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains("status") && shown.contains("not billed to its contracts"),
+        "node show says since when it is down: {shown}"
+    );
     signal("-CONT");
     let frozen_ms = stopped.elapsed().as_millis() as u64;
     wait_following(home, "node 2");

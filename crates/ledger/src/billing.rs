@@ -111,7 +111,7 @@ impl State {
         let node_down_ms = node
             .map_or(0, |n| {
                 n.down_ms_until(to_ms, params)
-                    .saturating_sub(c.node_down_ms_billed)
+                    .saturating_sub(c.node_down_counter_ms)
             })
             .min(period_ms);
         let resources_uusd = economics::cost_uusd(&billable, pricing, period_ms - node_down_ms);
@@ -229,7 +229,7 @@ impl State {
             c.billed_until_ms = bill.to_ms;
             c.unbilled_nu_bytes = 0;
             if let Some(down) = node_down_ms {
-                c.node_down_ms_billed = down;
+                c.node_down_counter_ms = down;
             }
         }
         events.push(Event::ContractBilled {

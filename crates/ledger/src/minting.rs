@@ -26,6 +26,11 @@
 //!   - a reboot with `b < ts' − s`: the node booted before its previous report but that
 //!     report showed the old boot: **hidden reboot**, a violation.
 //!
+//!   Whatever a report counts ends at most two report intervals after the previous
+//!   report (or the registration): longer silence is time the node counts as down, and
+//!   down time is neither billed to its contracts ([`crate::billing`]) nor rewarded, even
+//!   when the node's uptime shows it ran (frozen, or cut off from the ledger).
+//!
 //!   A node's first report counts `[max(registration, t − u), t)`. Its `b` becomes `b₀`,
 //!   as does the `b` of a reboot or of any violation, so one fault is counted once.
 //!   Counted time is split across period boundaries. A violation counts nothing and
@@ -247,6 +252,14 @@ impl State {
         u.current.reports = u.current.reports.saturating_add(1);
         match verdict {
             ReportVerdict::Up { from_ms, to_ms } => {
+                // What billing counts as down, silence beyond two report intervals since the
+                // previous report (or registration), is not counted up: the node's contracts
+                // were not billed for it, so its farmer is not rewarded for it either.
+                let seen_ms = previous.map_or(registered_ms, |p| p.at_ms);
+                let up_until_ms =
+                    seen_ms.saturating_add(self.params().uptime_interval_secs.saturating_mul(2000));
+                let to_ms = to_ms.min(up_until_ms);
+                let from_ms = from_ms.min(to_ms);
                 for slot in [&mut u.previous, &mut u.current] {
                     let (start, end) = self.period_bounds(slot.period);
                     let overlap = to_ms.min(end).saturating_sub(from_ms.max(start));

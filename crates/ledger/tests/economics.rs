@@ -939,6 +939,64 @@ fn nodes_are_rewarded_once_per_period_with_a_receipt() {
 }
 
 #[test]
+fn silence_beyond_two_report_intervals_is_not_rewarded_as_it_is_not_billed() {
+    let mut chain = Chain::new();
+    let (steady, frozen) = two_nodes(&mut chain);
+    // Both booted long before registration and never restart; from the 20th report the
+    // frozen node sends none for 60 s (its process stopped, its uptime counter running on),
+    // so 70 s pass between two of its reports. The first 20 s after its last report still
+    // count as up, for billing as for rewards; the 50 s after do not.
+    let mut step = 0u64;
+    loop {
+        chain.now_ms += 10_000;
+        step += 1;
+        let ts = chain.now_ms / 1000;
+        let uptime = ts - GENESIS_MS / 1000 + 100_000;
+        let mut txs = vec![chain.tx(
+            &key(40),
+            0,
+            Payload::ReportUptime {
+                node: steady,
+                uptime_secs: uptime,
+                timestamp_secs: ts,
+            },
+        )];
+        if !(20..26).contains(&step) {
+            txs.push(chain.tx(
+                &key(41),
+                0,
+                Payload::ReportUptime {
+                    node: frozen,
+                    uptime_secs: uptime,
+                    timestamp_secs: ts,
+                },
+            ));
+        }
+        let out = chain.block(0, &txs);
+        assert!(out.receipts.iter().all(|r| r.result.is_ok()), "{out:?}");
+        if out
+            .end_events
+            .iter()
+            .any(|e| matches!(e, Event::MintingPeriodClosed { period: 0 }))
+        {
+            break;
+        }
+    }
+    let state = chain.ledger.state();
+    let (s, f) = (
+        state.receipt(0, steady).expect("receipt"),
+        state.receipt(0, frozen).expect("receipt"),
+    );
+    assert_eq!(s.up_secs, s.period_secs);
+    assert_eq!(f.period_secs - f.up_secs, 50, "{f:?}");
+    assert_eq!(
+        state.node(frozen).expect("node").down_ms,
+        50_000,
+        "the same 50 s the bills leave out"
+    );
+}
+
+#[test]
 fn a_clock_drifting_from_the_uptime_counter_over_a_boot_zeroes_the_period() {
     let mut chain = Chain::new();
     let farm = chain.farm(&key(4), "farm-a", vec![]);

@@ -453,7 +453,7 @@ fn check_block(state: &State, model: &BTreeMap<AccountId, i128>) -> Result<(), T
                 .is_none_or(|at| at <= c.billed_until_ms)
         {
             prop_assert_eq!(
-                c.node_down_ms_billed,
+                c.node_down_counter_ms,
                 n.down_ms_until(c.billed_until_ms, state.params()),
                 "contract {}",
                 c.id

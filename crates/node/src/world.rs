@@ -633,7 +633,7 @@ mod tests {
             billed_until_ms: 0,
             next_bill_ms: 0,
             unbilled_nu_bytes: 0,
-            node_down_ms_billed: 0,
+            node_down_counter_ms: 0,
         }
     }
 

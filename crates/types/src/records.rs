@@ -331,7 +331,7 @@ pub struct Contract {
     /// Its node's down time counter ([`Node::down_ms_until`]) at `billed_until_ms`: the next
     /// bill leaves out what the counter gained since.
     #[serde(default)]
-    pub node_down_ms_billed: u64,
+    pub node_down_counter_ms: u64,
 }
 
 extended_borsh!(
@@ -347,7 +347,7 @@ extended_borsh!(
         billed_until_ms,
         next_bill_ms,
         unbilled_nu_bytes,
-    } + node_down_ms_billed
+    } + node_down_counter_ms
 );
 
 impl Contract {

@@ -52,7 +52,8 @@ impl RewardReceipt {
             )?;
             writeln!(
                 o,
-                "uptime counted  {} s over {} reports",
+                "uptime counted  {} s over {} reports (up to two report intervals after each, \
+                 longer silence is down time)",
                 self.up_secs, self.reports
             )?;
             writeln!(
@@ -253,10 +254,17 @@ impl Bill {
                 self.discount.percent,
                 usd(self.net_uusd)
             )?;
+            // A written-off bill was priced as any other, then nobody paid it.
+            let priced = match self.status {
+                BillStatus::Paid => self.tokens,
+                BillStatus::WrittenOff => {
+                    economics::uusd_to_tokens(self.net_uusd, self.token_price_uusd)
+                }
+            };
             writeln!(
                 o,
                 "tokens      {} µUSD · 10^7 / {} = {:?}",
-                self.net_uusd, self.token_price_uusd, self.tokens
+                self.net_uusd, self.token_price_uusd, priced
             )?;
             let farmer = self
                 .farmer_payout
@@ -271,7 +279,8 @@ impl Bill {
                 "status      {}",
                 match self.status {
                     BillStatus::Paid => "paid",
-                    BillStatus::WrittenOff => "written off: the contract was deleted unpaid",
+                    BillStatus::WrittenOff =>
+                        "written off: the contract was deleted unpaid, 0 PGT taken",
                 }
             )
         })();

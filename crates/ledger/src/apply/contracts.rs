@@ -275,7 +275,7 @@ impl State {
                 }
             }
         }
-        let node_down_ms_billed = node
+        let node_down_counter_ms = node
             .and_then(|n| self.node(n))
             .map_or(0, |n| n.down_ms_until(ctx.time_ms, self.params()));
         self.globals_mut().next_contract = id
@@ -295,7 +295,7 @@ impl State {
                 billed_until_ms: ctx.time_ms,
                 next_bill_ms: u64::MAX,
                 unbilled_nu_bytes: 0,
-                node_down_ms_billed,
+                node_down_counter_ms,
             },
         );
         self.owner_contracts.insert((signer, id), ());
