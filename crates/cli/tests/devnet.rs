@@ -187,6 +187,15 @@ fn wait_following(home: &Path, name: &str) {
     }
 }
 
+/// Send `sig` (`-STOP`, `-CONT`) to the devnet's node 2, which must be running.
+fn signal_node_2(home: &Path, sig: &str) {
+    let pids = pids(home, "nodes/node-2 ");
+    assert_eq!(pids.len(), 1, "node 2: {pids:?}");
+    let _ = Command::new("kill")
+        .args([sig, &pids[0].to_string()])
+        .status();
+}
+
 fn processes(home: &Path, what: &str) -> usize {
     pids(home, what).len()
 }
@@ -311,13 +320,7 @@ fn a_newcomer_runs_a_devnet_and_sends_a_transfer_that_finalizes() {
         std::thread::sleep(Duration::from_millis(500));
     }
     // A node frozen (SIGSTOP) does not follow; thawed, it catches up and the status says so.
-    let frozen = pids(home, "nodes/node-2 ");
-    assert_eq!(frozen.len(), 1, "node 2: {frozen:?}");
-    let signal = |sig: &str| {
-        let _ = Command::new("kill")
-            .args([sig, &frozen[0].to_string()])
-            .status();
-    };
+    let signal = |sig: &str| signal_node_2(home, sig);
     signal("-STOP");
     let (_, s) = json(home, &["devnet", "status"]);
     signal("-CONT");
@@ -529,13 +532,7 @@ fn a_newcomer_runs_a_devnet_and_sends_a_transfer_that_finalizes() {
         b["bills"].as_array().cloned().unwrap_or_default()
     };
     let down_ms = |b: &Value| b["node_down_ms"].as_u64().unwrap_or(0);
-    let frozen = pids(home, "nodes/node-2 ");
-    assert_eq!(frozen.len(), 1, "node 2: {frozen:?}");
-    let signal = |sig: &str| {
-        let _ = Command::new("kill")
-            .args([sig, &frozen[0].to_string()])
-            .status();
-    };
+    let signal = |sig: &str| signal_node_2(home, sig);
     signal("-STOP");
     let stopped = Instant::now();
     // Two report intervals (20 s) after its last report the ledger counts it down, and
