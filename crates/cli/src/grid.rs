@@ -372,6 +372,9 @@ pub fn node(globals: &Globals, cmd: NodeCommand) -> anyhow::Result<()> {
                         output::human_duration(Duration::from_millis(down_ms))
                     )
                 })
+            } else if down_ms == 0 {
+                // Registered moments ago and not reported yet: nothing counts down so far.
+                None
             } else {
                 let since = last
                     .unwrap_or(n.registered_ms)

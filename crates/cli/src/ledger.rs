@@ -270,7 +270,7 @@ fn event_text(e: &peergrid_ledger::Event) -> String {
         .replace('_', " ");
     let rest: Vec<String> = fields
         .iter()
-        .filter(|(k, _)| *k != "event")
+        .filter(|(k, v)| *k != "event" && !v.is_null())
         .map(|(k, v)| {
             // Amounts are strings of tokens in the JSON; in words they carry their unit.
             let unit = if matches!(k.as_str(), "amount" | "tokens" | "fee") {

@@ -25,6 +25,8 @@ impl Visit for Parts {
     fn record_str(&mut self, field: &Field, value: &str) {
         match field.name() {
             "message" => self.message = value.to_string(),
+            // Where a `log` crate's record came from, which the full format leaves out too.
+            name if name.starts_with("log.") => {}
             name => self
                 .fields
                 .push(format!("{} {value}", name.replace('_', " "))),
@@ -36,6 +38,7 @@ impl Visit for Parts {
             "message" => {
                 let _ = write!(self.message, "{value:?}");
             }
+            name if name.starts_with("log.") => {}
             name => self
                 .fields
                 .push(format!("{} {value:?}", name.replace('_', " "))),

@@ -468,11 +468,17 @@ fn number_error(e: &clap::Error) -> Option<String> {
                 IntErrorKind::Empty => "is empty",
                 _ => "is not a whole number",
             };
-            let names = |ids: &[&str]| ids.iter().any(|id| arg.contains(id));
+            // `--node <ID>`, `<FARM>`: the flag or the value's name says what it names.
+            let names = |ids: &[&str]| {
+                ids.iter().any(|id| {
+                    arg.contains(&format!("<{id}>"))
+                        || arg.starts_with(&format!("--{}", id.to_lowercase()))
+                })
+            };
             let hint = if names(&["FARM", "NODE"]) {
                 " (`farm list` and `node list` show the ids; `farm show` and `node show` also \
                  take a name or an account)"
-            } else if names(&["CONTRACT", "PROPOSAL", "ID"]) {
+            } else if names(&["CONTRACT", "PROPOSAL"]) {
                 " (`contract list` and `gov list` show the ids)"
             } else {
                 ""

@@ -648,9 +648,14 @@ fn a_command_line_that_does_not_parse_says_what_is_missing_in_json_too() {
     assert_eq!(out.status.code(), Some(2));
     let error = text(&parse_json(&out), "error");
     assert!(
-        error.starts_with("\"abc\" for <CONTRACT> is not a whole number"),
+        error.starts_with("\"abc\" for <CONTRACT> is not a whole number")
+            && error.contains("`contract list`")
+            && !error.contains("node show"),
         "{error}"
     );
+    let out = sb.run(&["--json", "deploy", "app.wasm", "--node", "abc"]);
+    let error = text(&parse_json(&out), "error");
+    assert!(error.contains("`node list`"), "a node id: {error}");
     let out = sb.run(&["--json", "wallet"]);
     assert_eq!(out.status.code(), Some(2));
     let error = text(&parse_json(&out), "error");

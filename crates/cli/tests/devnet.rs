@@ -548,7 +548,9 @@ fn a_newcomer_runs_a_devnet_and_sends_a_transfer_that_finalizes() {
         .expect("node show");
     let shown = String::from_utf8_lossy(&shown.stdout);
     assert!(
-        shown.contains("status") && shown.contains("not billed to its contracts"),
+        shown.contains("down")
+            && shown.contains("since")
+            && shown.contains("not billed to its contracts"),
         "node show says since when it is down: {shown}"
     );
     signal("-CONT");

@@ -29,7 +29,11 @@
 //!   Whatever a report counts ends at most two report intervals after the previous
 //!   report (or the registration): longer silence is time the node counts as down, and
 //!   down time is neither billed to its contracts ([`crate::billing`]) nor rewarded, even
-//!   when the node's uptime shows it ran (frozen, or cut off from the ledger).
+//!   when the node's uptime shows it ran (frozen, or cut off from the ledger). A node
+//!   that reports in every window never reaches that bound (two reports in consecutive
+//!   windows are less than two intervals apart). A ledger that makes no block for longer
+//!   counts every node down for the rest of the gap. Like the billing rule, this came
+//!   after chains already ran and has no activation height (see [`crate::billing`]).
 //!
 //!   A node's first report counts `[max(registration, t − u), t)`. Its `b` becomes `b₀`,
 //!   as does the `b` of a reboot or of any violation, so one fault is counted once.

@@ -366,18 +366,24 @@ fn unreachable(e: &anyhow::Error) -> bool {
 async fn report_uptime(shared: Arc<Shared>, client: Arc<Client>, key: Keypair, node: NodeId) {
     let interval = Duration::from_secs(shared.interval_secs.max(1));
     let interval_ms = shared.interval_secs.max(1) * 1000;
-    let mut first = true;
+    // The window of the last report sent.
+    let mut sent_in: Option<u64> = None;
     loop {
         // The ledger accepts one report per window of ledger time (interval-aligned);
         // report a quarter into each window, so finality latency and clock drift never
         // push two reports into one window and leave the next one empty. The first report
-        // goes out at once, so a new node is up within seconds.
-        if !first {
+        // goes out at once, so a new node is up within seconds. The next window is aimed
+        // at from the last one reported, not from now: a report (and the usage reports
+        // after it) that took most of an interval must not skip a window, which would
+        // leave two reports two intervals apart and the node counted down between them.
+        if let Some(window) = sent_in {
+            let target = (window + 1) * interval_ms + interval_ms / 4;
             let now = now_ms();
-            let target = (now / interval_ms + 1) * interval_ms + interval_ms / 4;
-            tokio::time::sleep(Duration::from_millis(target - now)).await;
+            if target > now {
+                tokio::time::sleep(Duration::from_millis(target - now)).await;
+            }
         }
-        first = false;
+        sent_in = Some(now_ms() / interval_ms);
         let payload = Payload::ReportUptime {
             node,
             // Seconds since this service started: a restart shows as uptime going down,
