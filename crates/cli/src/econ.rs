@@ -336,23 +336,12 @@ async fn grace_rows(
     let status = client.status().await?.data;
     let params = &status.params;
     let ends_ms = since_ms.saturating_add(params.grace_period_secs.saturating_mul(1000));
-    // As the ledger prices it: a rent contract pays for the whole node, and a contract on a
-    // node its owner rents pays only for its public IPs.
     let node = match c.node {
         Some(id) => client.node(id).await?.map(|n| n.data.node),
         None => None,
     };
-    let units = match (&c.spec, &node) {
-        (ContractSpec::Rent { .. }, Some(n)) => economics::billing_units(&n.capacity),
-        (ContractSpec::Rent { .. }, None) => economics::Units::default(),
-        (_, Some(n)) if n.rented_by.is_some_and(|r| r != c.id) => economics::Units::default(),
-        _ => economics::billing_units(&c.reserved),
-    };
-    let billable = economics::Billable {
-        units,
-        ipv4: c.public_ips.len() as u32,
-        names: u32::from(matches!(c.spec, ContractSpec::Name { .. })),
-    };
+    // As the ledger prices it.
+    let billable = c.billable(node.as_ref());
     let unbilled_ms = status.time_ms.saturating_sub(c.billed_until_ms);
     let owed_uusd = economics::cost_uusd(&billable, &params.pricing, unbilled_ms).saturating_add(
         economics::nu_cost_uusd(c.unbilled_nu_bytes, &params.pricing),

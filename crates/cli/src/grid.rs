@@ -376,9 +376,7 @@ pub fn node(globals: &Globals, cmd: NodeCommand) -> anyhow::Result<()> {
                 // Registered moments ago and not reported yet: nothing counts down so far.
                 None
             } else {
-                let since = last
-                    .unwrap_or(n.registered_ms)
-                    .saturating_add(status.params.uptime_interval_secs.saturating_mul(2000));
+                let since = n.up_until_ms(&status.params);
                 Some(format!(
                     "since {} (no uptime report for two intervals); {} in all, not billed to \
                      its contracts",

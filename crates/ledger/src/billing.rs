@@ -42,7 +42,6 @@
 //!   to the staking pool.
 
 use peergrid_core::economics::{self, Billable, Split};
-use peergrid_core::tx::ContractSpec;
 use peergrid_core::{AccountId, Amount, ContractId};
 
 use crate::records::{Bill, BillStatus, Contract, ContractState, DeleteReason};
@@ -75,29 +74,7 @@ pub(crate) struct Unpaid {
 impl State {
     /// What `c` is billed for by time.
     pub fn billable(&self, c: &Contract) -> Billable {
-        let node = c.node.and_then(|id| self.node(id));
-        let covered_by_rent = node.is_some_and(|n| n.rented_by.is_some_and(|r| r != c.id));
-        match &c.spec {
-            ContractSpec::Deployment { .. } | ContractSpec::Storage { .. } => Billable {
-                units: if covered_by_rent {
-                    economics::Units::default()
-                } else {
-                    economics::billing_units(&c.reserved)
-                },
-                ipv4: c.public_ips.len() as u32,
-                names: 0,
-            },
-            ContractSpec::Name { .. } => Billable {
-                names: 1,
-                ..Billable::default()
-            },
-            ContractSpec::Rent { .. } => Billable {
-                units: node
-                    .map(|n| economics::billing_units(&n.capacity))
-                    .unwrap_or_default(),
-                ..Billable::default()
-            },
-        }
+        c.billable(c.node.and_then(|id| self.node(id)))
     }
 
     /// The bill `c` would get if billed up to `to_ms` now, unpaid.

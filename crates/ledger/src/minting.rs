@@ -241,7 +241,11 @@ impl State {
         timestamp_secs: u64,
         events: &mut Vec<Event>,
     ) -> i64 {
-        let Some(registered_ms) = self.node(node).map(|n| n.registered_ms) else {
+        // Read before the node's record takes this report: its silence so far ends there.
+        let Some((registered_ms, up_until_ms)) = self
+            .node(node)
+            .map(|n| (n.registered_ms, n.up_until_ms(self.params())))
+        else {
             return to_i64(timestamp_secs as i128 - uptime_secs as i128);
         };
         let Judgement { verdict, boot_secs } = judge_report(
@@ -259,9 +263,6 @@ impl State {
                 // What billing counts as down, silence beyond two report intervals since the
                 // previous report (or registration), is not counted up: the node's contracts
                 // were not billed for it, so its farmer is not rewarded for it either.
-                let seen_ms = previous.map_or(registered_ms, |p| p.at_ms);
-                let up_until_ms =
-                    seen_ms.saturating_add(self.params().uptime_interval_secs.saturating_mul(2000));
                 let to_ms = to_ms.min(up_until_ms);
                 let from_ms = from_ms.min(to_ms);
                 for slot in [&mut u.previous, &mut u.current] {

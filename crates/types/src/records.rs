@@ -3,7 +3,7 @@
 use borsh::{BorshDeserialize, BorshSerialize};
 use serde::{Deserialize, Serialize};
 
-use peergrid_core::economics::{Billable, Discount, RewardSteps, Split};
+use peergrid_core::economics::{self, Billable, Discount, RewardSteps, Split};
 use peergrid_core::policy::FarmingPolicy;
 use peergrid_core::tx::{ContractSpec, GovAction, PowerTarget, ValidatorEntry};
 use peergrid_core::{
@@ -245,10 +245,17 @@ impl Node {
     /// one `uptime_interval_secs` (no governance action changes it today; one that did would
     /// move the current silence's start).
     pub fn down_ms_until(&self, now_ms: u64, params: &Params) -> u64 {
-        let seen_ms = self.uptime.last_report_ms.unwrap_or(self.registered_ms);
-        let up_until_ms = seen_ms.saturating_add(params.uptime_interval_secs.saturating_mul(2000));
         self.down_ms
-            .saturating_add(now_ms.saturating_sub(up_until_ms))
+            .saturating_add(now_ms.saturating_sub(self.up_until_ms(params)))
+    }
+
+    /// Ledger time its current silence starts counting as down: two report intervals after
+    /// its last report, or its registration if it never reported.
+    pub fn up_until_ms(&self, params: &Params) -> u64 {
+        self.uptime
+            .last_report_ms
+            .unwrap_or(self.registered_ms)
+            .saturating_add(params.uptime_interval_secs.saturating_mul(2000))
     }
 
     /// Capacity not reserved by any contract.
@@ -354,6 +361,34 @@ impl Contract {
     /// Whether the contract still holds resources (created or in grace).
     pub fn is_live(&self) -> bool {
         !matches!(self.state, ContractState::Deleted { .. })
+    }
+
+    /// What it is billed for by time, given its node: a rent contract the whole node, a
+    /// deployment or storage contract on a node its owner rents only its public IPs (the
+    /// rent pays the rest).
+    pub fn billable(&self, node: Option<&Node>) -> Billable {
+        let covered_by_rent = node.is_some_and(|n| n.rented_by.is_some_and(|r| r != self.id));
+        match &self.spec {
+            ContractSpec::Deployment { .. } | ContractSpec::Storage { .. } => Billable {
+                units: if covered_by_rent {
+                    economics::Units::default()
+                } else {
+                    economics::billing_units(&self.reserved)
+                },
+                ipv4: self.public_ips.len() as u32,
+                names: 0,
+            },
+            ContractSpec::Name { .. } => Billable {
+                names: 1,
+                ..Billable::default()
+            },
+            ContractSpec::Rent { .. } => Billable {
+                units: node
+                    .map(|n| economics::billing_units(&n.capacity))
+                    .unwrap_or_default(),
+                ..Billable::default()
+            },
+        }
     }
 
     /// The deployment hash a node must see, for deployment contracts.

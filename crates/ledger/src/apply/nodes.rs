@@ -168,10 +168,12 @@ impl State {
             *timestamp_secs,
             events,
         );
-        let params = self.params().clone();
+        // The silence this report ends, if it was longer than two intervals, is closed.
+        let down_ms = self
+            .node(*node)
+            .map_or(0, |n| n.down_ms_until(ctx.time_ms, self.params()));
         if let Some(n) = self.nodes.get_mut(node) {
-            // The silence this report ends, if it was longer than two intervals, is closed.
-            n.down_ms = n.down_ms_until(ctx.time_ms, &params);
+            n.down_ms = down_ms;
             n.uptime = Uptime {
                 last_report_ms: Some(ctx.time_ms),
                 last_uptime_secs: *uptime_secs,
