@@ -284,7 +284,7 @@ impl Compute {
     pub fn sync(self: &Arc<Self>, world: &World) {
         let live =
             || (world.workloads.values()).filter(|w| w.kind == "deployment" && w.holds_capacity());
-        let wanted: BTreeMap<ContractId, (Hash, bool, AccountId, u64)> = live()
+        let mut wanted: BTreeMap<ContractId, (Hash, bool, AccountId, u64)> = live()
             .filter_map(|w| match (w.deployed, w.deployment_hash) {
                 (Some(d), Some(h)) if d == h => Some((
                     w.contract,
@@ -295,16 +295,23 @@ impl Compute {
             .collect();
         // Contracts pointed at a deployment not received yet: the one they ran goes on
         // serving until the new one comes (an update sends it right after).
-        let awaiting: BTreeMap<ContractId, (Hash, bool, u64)> = live()
+        let awaiting: BTreeMap<ContractId, (Hash, bool, AccountId, u64)> = live()
             .filter_map(|w| match (w.deployed, w.deployment_hash) {
                 (Some(d), Some(h)) if d != h => Some((
                     w.contract,
-                    (d, w.state == WorkloadState::Paused, w.reserved.mru),
+                    (d, w.state == WorkloadState::Paused, w.owner, w.reserved.mru),
                 )),
                 _ => None,
             })
             .collect();
         let mut apps = self.write();
+        // One the node does not run yet (it restarted while awaiting): the deployment it
+        // holds starts, rather than nothing serving until the owner sends the new one.
+        for (contract, (held, paused, owner, memory)) in &awaiting {
+            if !apps.contains_key(contract) {
+                wanted.insert(*contract, (*held, *paused, *owner, *memory));
+            }
+        }
         apps.retain(|contract, app| {
             let keep = wanted.contains_key(contract)
                 || (awaiting.get(contract)).is_some_and(|(hash, ..)| *hash == app.deployment);
@@ -317,7 +324,7 @@ impl Compute {
             }
             keep
         });
-        for (contract, (_, paused, memory)) in awaiting {
+        for (contract, (_, paused, _, memory)) in awaiting {
             if let Some(app) = apps.get_mut(&contract) {
                 app.paused = paused;
                 app.memory_reserved = memory;
