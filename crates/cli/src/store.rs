@@ -775,7 +775,7 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
                 }
                 if !widen && narrow > 0 {
                     eprintln!(
-                        "{narrow} object(s) have less parity than a put would give them now: `peergrid store repair --widen` stores them again (each gets a new capability; share it again)"
+                        "{narrow} object(s) are stored narrower than a put would store them now: `peergrid store repair --widen` stores them again (each gets a new capability; share it again)"
                     );
                 }
                 for (name, error) in &failed {

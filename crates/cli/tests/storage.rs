@@ -751,8 +751,17 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
         drop((dead, more));
         all_up(&home);
 
-        // down.bin, put as 3+2 while two nodes were stopped, has less parity than a put on
-        // all seven would give it (4+3): repair says so, and with --widen stores it so.
+        // down.bin was put as 3+2 while two nodes were stopped. With one stopped a put
+        // would give it 4+2: as much parity, spread wider for less room, which repair offers.
+        {
+            let _one = Frozen(node_pids(&home, then[0]));
+            signal(&_one.0, "-STOP");
+            let six = ok(&home, &["store", "repair", "down.bin"]);
+            assert_eq!(six["objects"][0]["widen_to"], "4+2", "{six}");
+        }
+        all_up(&home);
+        // On all seven, a put would give it more parity (4+3): repair says so, and with
+        // --widen stores it so.
         let plain = ok(&home, &["store", "repair", "down.bin"]);
         assert_eq!(plain["objects"][0]["scheme"], "3+2", "{plain}");
         assert_eq!(plain["objects"][0]["widen_to"], "4+3", "{plain}");

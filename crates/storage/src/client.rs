@@ -2826,8 +2826,7 @@ impl Storage {
                 .copy_manifest(&holdings, &reachable, &located, manifest_id)
                 .await,
             scheme: manifest.scheme,
-            widen_to: Some(Scheme::for_nodes(holdings.len()))
-                .filter(|wider| wider.m > manifest.scheme.m),
+            widen_to: widen_to(manifest.scheme, holdings.len()),
         };
         let scheme = manifest.scheme;
         for (index, segment) in manifest.segments.iter().enumerate() {
@@ -2959,7 +2958,7 @@ impl Storage {
         copied.into_iter().flatten().count() as u64
     }
 
-    /// Store `name` again as `scheme`, which has more parity than it was put with. Each
+    /// Store `name` again as `scheme`, wider than it was put with ([`widen_to`]). Each
     /// segment is read from the nodes and put again as it arrives (no local copy): the
     /// object gets a new capability, and its old shards are removed (so its old
     /// capability, if you shared it, reads no more). `progress` counts bytes stored.
@@ -3559,10 +3558,19 @@ pub struct RepairReport {
     /// The object's scheme.
     #[serde(serialize_with = "as_text")]
     pub scheme: Scheme,
-    /// The scheme a put would give it now, when that has more parity: the object was
-    /// put while nodes were down, or before more were reserved ([`Storage::widen`]).
+    /// The scheme a put would give it now, when that is wider without less parity: the
+    /// object was put while nodes were down, or before more were reserved
+    /// ([`Storage::widen`]).
     #[serde(serialize_with = "opt_as_text")]
     pub widen_to: Option<Scheme>,
+}
+
+/// The scheme a put on `nodes` nodes would give an object stored as `stored`, when that
+/// spreads it wider with no less parity: more parity (2+1 to 3+2) survives more lost
+/// nodes, and more data shards with the same parity (2+2 to 3+2) cost less room per
+/// byte. Never one with less parity, even if it is wider.
+pub fn widen_to(stored: Scheme, nodes: usize) -> Option<Scheme> {
+    Some(Scheme::for_nodes(nodes)).filter(|w| w.m >= stored.m && w.n() > stored.n())
 }
 
 fn as_text<S: serde::Serializer>(v: &Scheme, s: S) -> Result<S::Ok, S::Error> {
@@ -4129,6 +4137,23 @@ impl Retry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn widening_follows_the_nodes_and_never_lowers_parity() {
+        let s = |k, m| Scheme { k, m };
+        assert_eq!(
+            widen_to(s(2, 2), 5),
+            Some(s(3, 2)),
+            "same parity, less room"
+        );
+        assert_eq!(widen_to(s(2, 1), 5), Some(s(3, 2)), "more parity");
+        assert_eq!(widen_to(s(3, 2), 7), Some(s(4, 3)));
+        assert_eq!(widen_to(s(3, 2), 6), Some(s(4, 2)));
+        assert_eq!(widen_to(s(3, 2), 5), None, "already what a put gives");
+        assert_eq!(widen_to(s(3, 2), 4), None, "narrower");
+        assert_eq!(widen_to(s(4, 3), 6), None, "wider would mean less parity");
+        assert_eq!(widen_to(s(2, 2), 3), None);
+    }
 
     #[test]
     fn a_stream_s_budget_counts_what_its_shards_take_where_they_went() {
