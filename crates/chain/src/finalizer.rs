@@ -62,6 +62,11 @@ pub async fn run<F, Fut>(
     while let Some((block, ack)) = blocks.next().await {
         if let Err(e) = catch_up(&shared, block.inner().height, &archived).await {
             error!(height = block.inner().height, error = %e, "cannot rebuild the ledger from the archive; stopping (delete this validator's data directory to resync it from its peers)");
+            shared.fail(format!(
+                "cannot rebuild the ledger from the archive at height {}: {e}; delete this \
+                 validator's data directory to resync it from its peers",
+                block.inner().height
+            ));
             return;
         }
         let digest = block.digest();
@@ -80,6 +85,10 @@ pub async fn run<F, Fut>(
             Err(e) => {
                 // Not acknowledging stops marshal: a validator that cannot apply must not vote on.
                 error!(height = block.inner().height, error = %e, "cannot apply finalized block; stopping");
+                shared.fail(format!(
+                    "cannot apply finalized block {}: {e}",
+                    block.inner().height
+                ));
                 return;
             }
         }
@@ -120,4 +129,46 @@ where
     }
     info!(height = next - 1, "ledger rebuilt from the archive");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mempool::MempoolLimits;
+    use crate::shared::Receipts;
+    use commonware_cryptography::sha256::Digest;
+
+    #[tokio::test]
+    async fn a_block_that_cannot_be_applied_stops_the_validator_with_the_reason() {
+        let d = peergrid_ledger::Devnet::generate("fatal", 1, 1_000).expect("keys");
+        let store: Box<dyn peergrid_ledger::Store + Send + Sync> =
+            Box::new(peergrid_ledger::MemoryStore::default());
+        let ledger = peergrid_ledger::Ledger::open(store, &d.genesis).expect("ledger");
+        let shared = Shared::new(
+            d.genesis.clone(),
+            ledger,
+            Receipts::memory(),
+            MempoolLimits::default(),
+        );
+        // Block 5 arrives while the ledger is at 0, and the archive lost blocks 1 to 4.
+        let block = Block::new(Digest::from([9; 32]), 5, 2_000, Vec::new());
+        let digest = block.digest();
+        let (finalizer, blocks) = Finalizer::new();
+        let (ack, _waiter) = Exact::handle();
+        finalizer
+            .sender
+            .unbounded_send((Digested::precomputed(block, digest), ack))
+            .expect("send");
+        let task = tokio::spawn(run(shared.clone(), blocks, |_| async { None }));
+        let why = tokio::time::timeout(std::time::Duration::from_secs(10), shared.failed())
+            .await
+            .expect("the finalizer gave up and said why");
+        assert!(
+            why.contains("finalized block 1 is not in the archive"),
+            "{why}"
+        );
+        task.await.expect("the finalizer returned");
+        shared.fail("a later reason".into());
+        assert_eq!(shared.failed().await, why, "the first reason is kept");
+    }
 }

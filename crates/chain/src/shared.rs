@@ -251,6 +251,9 @@ pub struct Shared {
     /// The sum of every balance, with the height it was summed at: summing walks every
     /// account, so the API does it once per block at most.
     balances: Mutex<Option<(u64, u128)>>,
+    /// Why this validator cannot go on, once a part of it found out: the process stops
+    /// with it rather than serving a chain that no longer advances here.
+    fatal: tokio::sync::watch::Sender<Option<String>>,
 }
 
 /// Why a finalized block could not be applied: fatal for the validator.
@@ -297,7 +300,29 @@ impl Shared {
             last_block_json: Mutex::new(None),
             admitted: Notify::new(),
             balances: Mutex::new(None),
+            fatal: tokio::sync::watch::channel(None).0,
         })
+    }
+
+    /// Stop the validator because of `why` (the first reason given is kept).
+    pub fn fail(&self, why: String) {
+        self.fatal.send_if_modified(|fatal| {
+            let first = fatal.is_none();
+            if first {
+                *fatal = Some(why);
+            }
+            first
+        });
+    }
+
+    /// Resolves with the reason once [`Shared::fail`] was called.
+    pub async fn failed(&self) -> String {
+        let mut fatal = self.fatal.subscribe();
+        match fatal.wait_for(Option::is_some).await {
+            Ok(why) => why.clone().unwrap_or_default(),
+            // The sender lives in `self`: it cannot be gone while this waits.
+            Err(_) => std::future::pending().await,
+        }
     }
 
     /// `block` as the JSON the event stream sends. Followers at the head all ask for the same

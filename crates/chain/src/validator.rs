@@ -246,11 +246,57 @@ pub fn run(
         Err(_) => None,
     };
 
+    let data_dir = cfg.data_dir.clone();
     let runtime = cw_tokio::Config::new().with_storage_directory(cfg.data_dir.join("consensus"));
     let runner = cw_tokio::Runner::new(runtime);
-    runner.start(|context| async move {
-        serve(context, cfg, shared, signer, peers, index, floor, stop).await
-    })
+    // Consensus's storage panics when a write fails (a full or failing disk): said as an
+    // error that names the data directory, not as a panic and a backtrace.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|info| {
+        let at = info.location().map(ToString::to_string).unwrap_or_default();
+        tracing::error!(%at, "{}", panic_text(info.payload()));
+    }));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        runner.start(|context| async move {
+            serve(context, cfg, shared, signer, peers, index, floor, stop).await
+        })
+    }));
+    std::panic::set_hook(hook);
+    match outcome {
+        Ok(result) => result,
+        Err(panic) => Err(stopped(&data_dir, &panic_text(&*panic))),
+    }
+}
+
+/// A panic's message.
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    match (
+        payload.downcast_ref::<&str>(),
+        payload.downcast_ref::<String>(),
+    ) {
+        (Some(s), _) => (*s).to_string(),
+        (_, Some(s)) => s.clone(),
+        _ => "a part of the validator failed".into(),
+    }
+}
+
+/// Why the validator stopped, with the state of its data directory's disk, which is
+/// what most such stops come down to.
+fn stopped(data_dir: &std::path::Path, why: &str) -> anyhow::Error {
+    let disk = match peergrid_core::fs::disk_space(data_dir) {
+        Ok(space) => format!(
+            "{} free of {}",
+            peergrid_core::capacity::human_bytes(space.available_bytes),
+            peergrid_core::capacity::human_bytes(space.total_bytes)
+        ),
+        Err(e) => format!("its disk cannot be read: {e}"),
+    };
+    anyhow::anyhow!(
+        "the validator stopped: {why}. Its data directory is {} ({disk}): check that the disk \
+         is mounted, writable and not full, then start it again (it resumes from what it \
+         stored)",
+        data_dir.display()
+    )
 }
 
 /// Where consensus starts: from genesis, or from the finalization of a snapshot's block.
@@ -385,6 +431,7 @@ async fn serve(
     info!(api = %cfg.api_listen, p2p = %cfg.p2p_listen, "validator running");
     // The peer's address bounds how many event streams one client holds.
     let limits = peergrid_core::http::Limits::for_this_process();
+    let fatal = shared.clone();
     let mut api = Api::new(shared, Some(gossip));
     // Event streams hold their connection for good: at most half the connections, so
     // that the other requests are always served (or refused with a reason).
@@ -396,6 +443,7 @@ async fn serve(
     tokio::select! {
         () = peergrid_core::http::serve(listener, app, limits) => {}
         _ = stop => info!("stopping"),
+        why = fatal.failed() => return Err(stopped(&cfg.data_dir, &why)),
     }
     Ok(())
 }

@@ -340,3 +340,79 @@ fn a_deployment_sent_to_a_node_with_a_full_disk_is_refused_and_placed_elsewhere(
     assert_eq!(out["app"]["replicas"][0]["node"], full, "{out}");
     drop(disk);
 }
+
+/// A validator whose disk fills as it runs stops with an error that names its data
+/// directory and what to check: not a panic with a backtrace, and not a process that
+/// goes on answering while its chain no longer advances.
+#[test]
+fn a_validator_whose_disk_fills_stops_saying_what_to_check() {
+    let Some(disk) = SmallDisk::or_skip(SmallDisk::mount(64 << 20)) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = dir.path();
+    let base = base_port(17_600);
+    let (ok, key, err) = run(home, &["key", "new"]);
+    assert!(ok, "{err}");
+    let me = format!(
+        "{}@127.0.0.1:{base}",
+        key["account"].as_str().expect("account")
+    );
+    let genesis = home.join("genesis.toml");
+    let (ok, _, err) = run(
+        home,
+        &[
+            "genesis",
+            "new",
+            "--out",
+            genesis.to_str().expect("utf-8"),
+            "--validator",
+            &me,
+        ],
+    );
+    assert!(ok, "{err}");
+    let data = disk.path().join("data");
+    let config = home.join("validator.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "genesis = \"{}\"\nkey = \"{}\"\ndata_dir = \"{}\"\np2p_listen = \"127.0.0.1:{base}\"\napi_listen = \"127.0.0.1:{}\"\n",
+            genesis.display(),
+            home.join("key.json").display(),
+            data.display(),
+            base + 1
+        ),
+    )
+    .expect("write");
+    let log = home.join("validator.log");
+    let mut validator = Proc(
+        peergrid(home)
+            .args(["validator", "run", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("start the validator"),
+    );
+    let ledger = format!("http://127.0.0.1:{}", base + 1);
+    wait_for("blocks", Duration::from_secs(60), || {
+        let (_, s, _) = run(home, &["--ledger", &ledger, "gov", "params"]);
+        (s["height"].as_u64().unwrap_or(0) > 2).then_some(())
+    });
+    disk.fill("filler", 0).expect("fill the disk");
+    let exit = wait_for("the validator to stop", Duration::from_secs(120), || {
+        validator.0.try_wait().ok().flatten()
+    });
+    let said = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(exit.code(), Some(1), "an error, not a panic: {said}");
+    assert!(
+        said.contains("error: the validator stopped")
+            && said.contains(&data.display().to_string())
+            && said.contains("not full"),
+        "{said}"
+    );
+    assert!(
+        !said.contains("panicked at") && !said.contains("RUST_BACKTRACE"),
+        "{said}"
+    );
+}
