@@ -20,7 +20,7 @@ use peergrid_client::{Client, ContractState, NodeView, TxStatus};
 use peergrid_compute::{Deployment, Limits, Runtime, RuntimeConfig, WorkloadKind, WorkloadSpec};
 use peergrid_core::capacity::{Capacity, Size};
 use peergrid_core::tx::ContractSpec;
-use peergrid_core::{ContractId, Hash, Keypair, NodeId, Payload};
+use peergrid_core::{AccountId, ContractId, Hash, Keypair, NodeId, Payload};
 use peergrid_ledger::Event;
 use peergrid_mesh::{Error as MeshError, Mesh, PeerId, RpcError};
 use peergrid_node::protocol::{self, DeployRequest, LogsRequest, WorkloadLogs};
@@ -98,6 +98,7 @@ pub struct DeployArgs {
 #[derive(Subcommand)]
 pub enum AppCommand {
     /// Your apps, from `$PEERGRID_HOME/apps.json`.
+    #[command(visible_alias = "ls")]
     List,
     /// An app's replicas: their contracts on the ledger and their state on their nodes.
     Status {
@@ -183,9 +184,27 @@ pub struct App {
     /// What it runs with, kept so `app update` changes only what it is told to.
     #[serde(default)]
     pub spec: Option<RunSpec>,
+    /// The account that deployed it and owns its contracts (absent in records written
+    /// before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<AccountId>,
 }
 
 impl App {
+    /// Refuse to change it with another account's key: the ledger would refuse each of
+    /// its contracts' transactions, after a mesh peer was started for nothing.
+    fn check_owner(&self, key: &Keypair) -> anyhow::Result<()> {
+        match self.owner {
+            Some(owner) if owner != key.account() => bail!(
+                "app {} belongs to account {owner}, and the key in use is account {}'s: run \
+                 the command with `--key` naming the key file of {owner}",
+                self.name,
+                key.account()
+            ),
+            _ => Ok(()),
+        }
+    }
+
     /// The kind its workload was deployed as (`kind` is its text).
     fn workload_kind(&self) -> WorkloadKind {
         match self.kind.as_str() {
@@ -982,6 +1001,7 @@ pub fn deploy(globals: &Globals, args: DeployArgs) -> anyhow::Result<()> {
             deployment: placement.deployment_hash.to_string(),
             replicas: replicas.clone(),
             spec: Some(spec),
+            owner: Some(placement.key.account()),
         };
         let mut apps = load_apps(&file)?;
         apps.apps.insert(name.clone(), app.clone());
@@ -1099,6 +1119,7 @@ fn update(globals: &Globals, file: &Path, mut apps: Apps, args: UpdateArgs) -> a
     let json = globals.json;
     let name = args.name.clone();
     let app = apps.find(&name)?;
+    app.check_owner(&globals.keypair()?)?;
     let kind = app.workload_kind();
     let bytes = std::fs::read(&args.wasm)
         .with_context(|| format!("cannot read {}", args.wasm.display()))?;
@@ -1209,6 +1230,7 @@ fn repair(
 ) -> anyhow::Result<()> {
     let json = globals.json;
     let app = apps.find(name)?;
+    app.check_owner(&globals.keypair()?)?;
     let bytes = std::fs::read(wasm).with_context(|| format!("cannot read {}", wasm.display()))?;
     let component = *blake3::hash(&bytes).as_bytes();
     if hex::encode(component) != app.component {
@@ -1514,6 +1536,7 @@ pub fn app(globals: &Globals, cmd: AppCommand) -> anyhow::Result<()> {
             let app = apps.find(&name)?;
             let client = globals.client()?;
             let key = globals.keypair()?;
+            app.check_owner(&key)?;
             crate::runtime()?.block_on(async {
                 let mesh = mesh_peer(&client, &key).await?;
                 let mut rows = Vec::new();
@@ -1560,24 +1583,37 @@ pub fn app(globals: &Globals, cmd: AppCommand) -> anyhow::Result<()> {
                 outln!("no apps; deploy one with `peergrid deploy APP.wasm`");
                 return Ok(());
             }
-            for app in apps.apps.values() {
-                let contracts: Vec<String> = app
-                    .replicas
-                    .iter()
-                    .map(|r| r.contract.to_string())
-                    .collect();
-                outln!(
-                    "{:<20} {:<4} contracts {}",
-                    app.name,
-                    app.kind,
-                    contracts.join(",")
-                );
-                for r in &app.replicas {
-                    if let Some(url) = &r.url {
-                        outln!("  {url}");
-                    }
-                }
-            }
+            // Several keys may share one home: each app says whose it is.
+            let me = globals.keypair().ok().map(|k| k.account());
+            let rows: Vec<Vec<String>> = apps
+                .apps
+                .values()
+                .map(|app| {
+                    let contracts: Vec<String> = app
+                        .replicas
+                        .iter()
+                        .map(|r| r.contract.to_string())
+                        .collect();
+                    let urls: Vec<&str> = app
+                        .replicas
+                        .iter()
+                        .filter_map(|r| r.url.as_deref())
+                        .collect();
+                    let owner = match app.owner {
+                        None => "-".to_string(),
+                        Some(o) if Some(o) == me => "you".to_string(),
+                        Some(o) => o.to_string(),
+                    };
+                    vec![
+                        app.name.clone(),
+                        app.kind.clone(),
+                        owner,
+                        contracts.join(","),
+                        urls.join(" "),
+                    ]
+                })
+                .collect();
+            output::table(&["NAME", "KIND", "OWNER", "CONTRACTS", "URLS"], &rows);
             Ok(())
         }
         AppCommand::Status { name } => {
@@ -1626,6 +1662,7 @@ pub fn app(globals: &Globals, cmd: AppCommand) -> anyhow::Result<()> {
         }
         AppCommand::Rm { name } => {
             let app = apps.find(&name)?;
+            app.check_owner(&globals.keypair()?)?;
             let mut left = Vec::new();
             crate::runtime()?.block_on(async {
                 for r in &app.replicas {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use peergrid_client::AtHeight;
+use peergrid_client::{AtHeight, NodeStatus};
 use peergrid_client::{
     Bill, BillStatus, Bills, Contract, ContractFilter, ContractState, Event, Proposal,
     ProposalStatus, RewardReceipt,
@@ -23,6 +23,7 @@ use crate::{Globals, output};
 #[derive(Subcommand)]
 pub enum ContractCommand {
     /// List contracts: yours, those on a node (--node), or someone's (--owner).
+    #[command(visible_alias = "ls")]
     List {
         /// Whose contracts [default: yours, or anyone's with --node].
         #[arg(long)]
@@ -203,17 +204,19 @@ pub enum GovCommand {
         description: String,
     },
     /// Vote on an open proposal (council members, and farmers weighted by their nodes' capacity).
+    #[command(group(clap::ArgGroup::new("vote").required(true).args(["approve", "reject"])))]
     Vote {
         /// The proposal.
         proposal: u64,
         /// Vote for it.
-        #[arg(long, conflicts_with = "reject", required_unless_present = "reject")]
+        #[arg(long)]
         approve: bool,
         /// Vote against it.
         #[arg(long)]
         reject: bool,
     },
     /// List proposals.
+    #[command(visible_alias = "ls")]
     List,
     /// Show a proposal and its votes.
     Show {
@@ -369,6 +372,31 @@ async fn grace_rows(
     ])
 }
 
+/// The contract's node, and whether it is down now (a live contract is not billed for
+/// that time, and its workload does not run).
+async fn node_words(client: &peergrid_client::Client, c: &Contract) -> anyhow::Result<String> {
+    let Some(id) = c.node else {
+        return Ok("-".into());
+    };
+    if !c.is_live() {
+        return Ok(id.to_string());
+    }
+    let Some(view) = client.node(id).await? else {
+        return Ok(format!("{id} (no longer on the ledger)"));
+    };
+    let what = match view.data.status {
+        NodeStatus::Up => return Ok(id.to_string()),
+        NodeStatus::Standby => "on standby",
+        NodeStatus::Down => "down",
+    };
+    let params = client.status().await?.data.params;
+    Ok(format!(
+        "{id} ({what} since {}: no uptime report for two intervals; this contract is not billed \
+         for that time)",
+        output::ago(view.data.node.up_until_ms(&params))
+    ))
+}
+
 fn kind(c: &Contract) -> String {
     match &c.spec {
         ContractSpec::Deployment { .. } => "deployment".into(),
@@ -469,7 +497,7 @@ pub fn contract(globals: &Globals, cmd: ContractCommand) -> anyhow::Result<()> {
                     ("contract", c.id.to_string()),
                     ("kind", kind(&c)),
                     ("owner", c.owner.to_string()),
-                    ("node", c.node.map_or("-".into(), |n| n.to_string())),
+                    ("node", node_words(&client, &c).await?),
                     ("reserved", reserved),
                     ("public IPs", c.public_ips.len().to_string()),
                     ("state", state(&c)),
@@ -498,7 +526,7 @@ pub fn contract(globals: &Globals, cmd: ContractCommand) -> anyhow::Result<()> {
                 Ok(())
             }
             ContractCommand::Create { spec } => {
-                let events = globals
+                let (hash, events) = globals
                     .send(Payload::CreateContract(spec.into_spec()?))
                     .await?;
                 let id = events.iter().find_map(|e| match e {
@@ -511,7 +539,7 @@ pub fn contract(globals: &Globals, cmd: ContractCommand) -> anyhow::Result<()> {
                     );
                 };
                 if globals.json {
-                    return output::json(&json!({ "contract": id, "events": events }));
+                    return output::json(&json!({ "contract": id, "hash": hash, "events": events }));
                 }
                 outln!("contract {id} created; it is billed from now on");
                 outln!("\nsee it:       peergrid contract show {id}");
@@ -555,7 +583,7 @@ pub fn contract(globals: &Globals, cmd: ContractCommand) -> anyhow::Result<()> {
                         "nothing to change: give --deployment, --deployment-hash, --cru, --mru, --sru or --hru"
                     );
                 }
-                let events = globals
+                let (hash, events) = globals
                     .send(Payload::UpdateContract {
                         contract,
                         deployment_hash,
@@ -563,7 +591,7 @@ pub fn contract(globals: &Globals, cmd: ContractCommand) -> anyhow::Result<()> {
                     })
                     .await?;
                 if globals.json {
-                    return output::json(&json!({ "contract": contract, "events": events }));
+                    return output::json(&json!({ "contract": contract, "hash": hash, "events": events }));
                 }
                 outln!("contract {contract} updated: deployment {deployment_hash}, reserves {resources}");
                 if deployment_hash != old_hash {
@@ -574,9 +602,9 @@ pub fn contract(globals: &Globals, cmd: ContractCommand) -> anyhow::Result<()> {
                 Ok(())
             }
             ContractCommand::Cancel { contract } => {
-                let events = globals.send(Payload::CancelContract { contract }).await?;
+                let (hash, events) = globals.send(Payload::CancelContract { contract }).await?;
                 if globals.json {
-                    return output::json(&json!({ "contract": contract, "events": events }));
+                    return output::json(&json!({ "contract": contract, "hash": hash, "events": events }));
                 }
                 outln!("contract {contract} cancelled; its last bill and resources are settled");
                 Ok(())
@@ -829,7 +857,22 @@ pub fn gov(globals: &Globals, cmd: GovCommand) -> anyhow::Result<()> {
                         validators,
                     },
                 };
-                let events = globals
+                // A vote that would change nothing wastes the council's time.
+                let params = client.status().await?.data.params;
+                let unchanged = match &action {
+                    GovAction::SetTokenPrice { uusd } => *uusd == params.token_price_uusd,
+                    GovAction::SetFeePerByte { fee } => *fee == params.fee_per_byte,
+                    GovAction::SetPricingPolicy(p) => *p == params.pricing,
+                    GovAction::SetFarmingPolicy(f) => *f == params.farming,
+                    _ => false,
+                };
+                if unchanged {
+                    bail!(
+                        "that is already in force (`peergrid gov params` shows the parameters): \
+                         nothing to propose"
+                    );
+                }
+                let (hash, events) = globals
                     .send(Payload::Propose {
                         action,
                         description,
@@ -840,13 +883,22 @@ pub fn gov(globals: &Globals, cmd: GovCommand) -> anyhow::Result<()> {
                     _ => None,
                 });
                 if globals.json {
-                    return output::json(&json!({ "proposal": id, "events": events }));
+                    return output::json(&json!({ "proposal": id, "hash": hash, "events": events }));
                 }
-                match id {
-                    Some(id) => outln!(
-                        "proposal {id} is open; vote with: peergrid gov vote {id} --approve"
+                let closed = events.iter().find_map(|e| match e {
+                    peergrid_ledger::Event::ProposalClosed { status, .. } => Some(*status),
+                    _ => None,
+                });
+                match (id, closed) {
+                    (Some(id), Some(status)) => {
+                        outln!("proposal {id}: {}", closed_text(status));
+                    }
+                    (Some(id), None) => outln!(
+                        "proposal {id} is open with your approval counted; the other council \
+                         members vote with `peergrid gov vote {id} --approve` (or --reject), \
+                         and `peergrid gov show {id}` follows it"
                     ),
-                    None => outln!("proposed"),
+                    (None, _) => outln!("proposed"),
                 }
                 Ok(())
             }
@@ -856,9 +908,9 @@ pub fn gov(globals: &Globals, cmd: GovCommand) -> anyhow::Result<()> {
                 reject,
             } => {
                 let approve = approve && !reject;
-                let events = globals.send(Payload::Vote { proposal, approve }).await?;
+                let (hash, events) = globals.send(Payload::Vote { proposal, approve }).await?;
                 if globals.json {
-                    return output::json(&json!({ "proposal": proposal, "events": events }));
+                    return output::json(&json!({ "proposal": proposal, "hash": hash, "events": events }));
                 }
                 let closed = events.iter().find_map(|e| match e {
                     peergrid_ledger::Event::ProposalClosed { status, .. } => Some(*status),

@@ -26,6 +26,7 @@ pub enum FarmCommand {
         public_ips: Vec<PublicIp>,
     },
     /// List farms.
+    #[command(visible_alias = "ls")]
     List,
     /// Show one farm and its nodes.
     Show {
@@ -64,6 +65,7 @@ pub enum NodeCommand {
     /// Run this machine as a node of a farm until Ctrl-C or SIGTERM: register, report uptime, run contracts.
     Run(Box<RunArgs>),
     /// List nodes, with status and capacity.
+    #[command(visible_alias = "ls")]
     List {
         /// Only the nodes of this farm.
         #[arg(long)]
@@ -142,14 +144,14 @@ pub fn farm(globals: &Globals, cmd: FarmCommand) -> anyhow::Result<()> {
                          `farm show`: add a letter"
                     );
                 }
-                let events = globals.send(Payload::CreateFarm { name: name.clone(), public_ips }).await?;
+                let (hash, events) = globals.send(Payload::CreateFarm { name: name.clone(), public_ips }).await?;
                 let id = events.iter().find_map(|e| match e {
                     peergrid_ledger::Event::FarmCreated { farm, .. } => Some(*farm),
                     _ => None,
                 });
                 let id = id.context("the transaction applied but created no farm")?;
                 if globals.json {
-                    return output::json(&json!({ "farm": id, "name": name }));
+                    return output::json(&json!({ "farm": id, "name": name, "hash": hash }));
                 }
                 outln!("farm {id} ({name}) created");
                 outln!("run a node in it with:\n  peergrid node run --farm {id} --data-dir /var/lib/peergrid");

@@ -149,6 +149,7 @@ pub fn job(globals: &Globals, cmd: JobCommand) -> anyhow::Result<()> {
                 deployment: placement.deployment_hash().to_string(),
                 replicas: vec![replica.clone()],
                 spec: Some(spec),
+                owner: Some(key.account()),
             };
             let mut apps = load_apps(&file)?;
             apps.apps.insert(name.clone(), app);

@@ -235,7 +235,8 @@ pub fn tx(globals: &Globals, cmd: TxCommand) -> anyhow::Result<()> {
         let status = client.tx_status(&hash).await?;
         if globals.json {
             output::json(&json!({ "hash": hash, "status": status }))?;
-        } else {
+        } else if status != TxStatus::Unknown {
+            // An unknown one is said once, by the error below.
             outln!("{hash}: {}", status_line(&status));
             if let TxStatus::Finalized { events, .. } = &status {
                 for e in events {
@@ -248,7 +249,7 @@ pub fn tx(globals: &Globals, cmd: TxCommand) -> anyhow::Result<()> {
             TxStatus::Rejected { .. } => bail!("the transaction was rejected: nothing changed"),
             TxStatus::Unknown => {
                 bail!(
-                    "this validator does not know the transaction: never received, dropped from the mempool, or in a block it pruned; check your balance before sending it again"
+                    "this validator does not know transaction {hash}: never received, dropped from the mempool, or in a block it pruned; check your balance before sending it again"
                 )
             }
             TxStatus::Pending | TxStatus::Finalized { .. } => Ok(()),

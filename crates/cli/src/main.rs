@@ -51,29 +51,47 @@ use tracing_subscriber::EnvFilter;
 #[command(name = "peergrid", version)]
 struct Cli {
     /// Print one JSON object on stdout instead of text.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     json: bool,
     /// Key file [default: $PEERGRID_HOME/key.json, PEERGRID_HOME defaults to ~/.peergrid].
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_name = "FILE"
+    )]
     key: Option<PathBuf>,
     /// Ledger API URLs, comma-separated [default: the running devnet's validators].
-    #[arg(long, global = true, value_name = "URL", env = "PEERGRID_LEDGER")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_name = "URL",
+        env = "PEERGRID_LEDGER"
+    )]
     ledger: Option<String>,
     /// Mesh bootstrap peers, comma-separated multiaddrs ending in /p2p/<id>, tried before
     /// those the genesis names (for a grid whose genesis lists none, or none reachable).
     #[arg(
         long,
         global = true,
+        help_heading = "Global options",
         value_name = "MULTIADDR",
         env = "PEERGRID_MESH_BOOTSTRAP"
     )]
     mesh_bootstrap: Option<String>,
     /// Also trust the certificate authorities in this PEM file for https:// ledger URLs
     /// (a private CA or a self-signed validator), besides the system's.
-    #[arg(long, global = true, value_name = "FILE", env = "PEERGRID_LEDGER_CA")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_name = "FILE",
+        env = "PEERGRID_LEDGER_CA"
+    )]
     ledger_ca: Option<PathBuf>,
     /// Log to stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
-    #[arg(short, long, global = true, action = ArgAction::Count)]
+    #[arg(short, long, global = true, help_heading = "Global options", action = ArgAction::Count)]
     verbose: u8,
     #[command(subcommand)]
     command: Command,
@@ -230,17 +248,18 @@ impl Globals {
 
     /// Sign `payload` with your key, submit it and wait until it is final; its events if it
     /// applied, else the ledger's reason.
+    /// Send `payload` and wait for it to be final: its hash and its events.
     async fn send(
         &self,
         payload: peergrid_core::Payload,
-    ) -> anyhow::Result<Vec<peergrid_ledger::Event>> {
+    ) -> anyhow::Result<(peergrid_core::Hash, Vec<peergrid_ledger::Event>)> {
         let client = self.client()?;
         let key = self.keypair()?;
         let (hash, status) = client
             .send(&key, payload, std::time::Duration::from_secs(30))
             .await?;
         match status {
-            peergrid_client::TxStatus::Finalized { events, .. } => Ok(events),
+            peergrid_client::TxStatus::Finalized { events, .. } => Ok((hash, events)),
             peergrid_client::TxStatus::Rejected { reason, .. } => {
                 anyhow::bail!("rejected: {reason}")
             }

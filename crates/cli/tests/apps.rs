@@ -201,6 +201,25 @@ fn deploy_call_survive_a_node_and_remove_an_app() {
     std::fs::create_dir_all(&stranger).expect("dir");
     std::fs::copy(home.join("apps.json"), stranger.join("apps.json")).expect("copy");
     assert!(run(&stranger, &["key", "new"]).0, "a stranger's key");
+    let (read, _, err) = run(
+        &stranger,
+        &["--ledger", &ledger(home), "app", "logs", "hello"],
+    );
+    assert!(
+        !read && err.contains("belongs to account") && err.contains("--key"),
+        "the record names its owner: {err}"
+    );
+    // A record without its owner (written before it was kept, or edited): each node
+    // refuses the stranger.
+    let mut record: Value =
+        serde_json::from_slice(&std::fs::read(stranger.join("apps.json")).expect("read"))
+            .expect("apps.json");
+    if let Some(apps) = record["apps"].as_object_mut() {
+        for app in apps.values_mut() {
+            app.as_object_mut().map(|a| a.remove("owner"));
+        }
+    }
+    std::fs::write(stranger.join("apps.json"), record.to_string()).expect("write");
     let (read, theirs, _) = run(
         &stranger,
         &["--ledger", &ledger(home), "app", "logs", "hello"],
@@ -437,6 +456,43 @@ fn deploy_call_survive_a_node_and_remove_an_app() {
     assert_eq!(
         logs["replicas"][0]["logs"]["stdout"], "primes below 1000: 168\n",
         "{logs}"
+    );
+    // Whose it is: `app list` says so, and another key sharing the home is told whose
+    // key to use rather than refused by each node.
+    let (_, me, _) = run(home, &["key", "show"]);
+    let (_, list, _) = run(home, &["app", "list"]);
+    assert_eq!(list["apps"][0]["owner"], me["account"], "{list}");
+    let table = peergrid(home)
+        .args(["app", "list"])
+        .output()
+        .expect("app list");
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains("OWNER")
+            && table
+                .lines()
+                .any(|l| l.starts_with("primes") && l.contains(" you ")),
+        "{table}"
+    );
+    let other = home.join("other-key.json");
+    let (ok, _, err) = run(
+        home,
+        &["--key", other.to_str().expect("path"), "key", "new"],
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = run(
+        home,
+        &[
+            "--key",
+            other.to_str().expect("path"),
+            "app",
+            "logs",
+            "primes",
+        ],
+    );
+    assert!(
+        !ok && err.contains("belongs to account") && err.contains("--key"),
+        "{err}"
     );
 
     // Two replicas asked of one node: the one that runs is kept and named, and the exit

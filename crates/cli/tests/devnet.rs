@@ -370,6 +370,18 @@ fn a_newcomer_runs_a_devnet_and_sends_a_transfer_that_finalizes() {
     let never = "00".repeat(32);
     let (ok, st) = json(home, &["tx", "status", &never]);
     assert!(!ok && st["status"]["status"] == "unknown", "{st}");
+    let out = peergrid(home)
+        .args(["tx", "status", &never])
+        .output()
+        .expect("tx status");
+    let (said, err) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        !out.status.success() && said.is_empty() && err.contains(&never),
+        "an unknown transaction is said once, with its hash: {said}{err}"
+    );
     let (_, got) = json(home, &["wallet", "balance", receiver]);
     assert_eq!(got["balance"], "2.5");
     // The same balance, proven against the block's state root, and that root certified by
@@ -526,6 +538,10 @@ fn a_newcomer_runs_a_devnet_and_sends_a_transfer_that_finalizes() {
     );
     assert!(ok, "{made}");
     let contract = made["contract"].as_u64().expect("contract id").to_string();
+    // Its transaction, for the record.
+    let tx = made["hash"].as_str().expect("the transaction's hash");
+    let (ok, st) = json(home, &["tx", "status", tx]);
+    assert!(ok && st["status"]["status"] == "finalized", "{st}");
     let bills = || {
         let (ok, b) = json(home, &["bill", "history", &contract]);
         assert!(ok, "{b}");
@@ -552,6 +568,15 @@ fn a_newcomer_runs_a_devnet_and_sends_a_transfer_that_finalizes() {
             && shown.contains("since")
             && shown.contains("not billed to its contracts"),
         "node show says since when it is down: {shown}"
+    );
+    let shown = peergrid(home)
+        .args(["contract", "show", &contract])
+        .output()
+        .expect("contract show");
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains(&format!("{node_2} (down since")) && shown.contains("not billed"),
+        "contract show says its node is down: {shown}"
     );
     signal("-CONT");
     let frozen_ms = stopped.elapsed().as_millis() as u64;

@@ -26,6 +26,9 @@ pub enum ParseAmountError {
     /// Not a decimal number.
     #[error("not an amount: {0:?} (expected a number of tokens like 12 or 0.5)")]
     Format(String),
+    /// Below zero.
+    #[error("{0} is negative: an amount is zero or more tokens")]
+    Negative(String),
     /// More decimals than the token has.
     #[error("too many decimals in {0:?}: the token has {DECIMALS}")]
     Precision(String),
@@ -88,6 +91,12 @@ impl FromStr for Amount {
         let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
         let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
         if !digits(whole) || (number.contains('.') && !digits(frac)) {
+            if number
+                .strip_prefix('-')
+                .is_some_and(|n| n.parse::<f64>().is_ok())
+            {
+                return Err(ParseAmountError::Negative(shown()));
+            }
             return Err(ParseAmountError::Format(shown()));
         }
         if frac.len() > DECIMALS as usize {
@@ -151,8 +160,12 @@ mod tests {
             "1.00000001".parse::<Amount>(),
             Err(ParseAmountError::Precision(_))
         ));
+        assert_eq!(
+            "-1.5".parse::<Amount>(),
+            Err(ParseAmountError::Negative("-1.5".into()))
+        );
         assert!(matches!(
-            "-1".parse::<Amount>(),
+            "-x".parse::<Amount>(),
             Err(ParseAmountError::Format(_))
         ));
         assert!(matches!(

@@ -512,7 +512,7 @@ pub struct SignedTx {
 #[non_exhaustive]
 pub enum FieldError {
     /// A text or list is longer than allowed.
-    #[error("{field} is {len} long, more than the limit of {max}")]
+    #[error("{field}: {len}{unit}, more than the limit of {max}")]
     TooLong {
         /// Which field.
         field: &'static str,
@@ -520,6 +520,8 @@ pub enum FieldError {
         len: usize,
         /// The limit.
         max: usize,
+        /// What the length counts, with its leading space (` bytes`, ` entries`), or empty.
+        unit: &'static str,
     },
     /// A field has a value outside its rules.
     #[error("invalid {field}: {reason}")]
@@ -531,9 +533,29 @@ pub enum FieldError {
     },
 }
 
+/// A text of at most `max` bytes.
 fn check_len(field: &'static str, len: usize, max: usize) -> Result<(), FieldError> {
+    check_size(field, len, max, " bytes")
+}
+
+/// A list of at most `max` entries.
+fn check_count(field: &'static str, len: usize, max: usize) -> Result<(), FieldError> {
+    check_size(field, len, max, " entries")
+}
+
+fn check_size(
+    field: &'static str,
+    len: usize,
+    max: usize,
+    unit: &'static str,
+) -> Result<(), FieldError> {
     if len > max {
-        Err(FieldError::TooLong { field, len, max })
+        Err(FieldError::TooLong {
+            field,
+            len,
+            max,
+            unit,
+        })
     } else {
         Ok(())
     }
@@ -613,7 +635,7 @@ fn check_location(loc: &Location) -> Result<(), FieldError> {
 }
 
 fn check_public_ips(ips: &[PublicIp]) -> Result<(), FieldError> {
-    check_len("public IP list", ips.len(), FARM_PUBLIC_IPS_MAX)?;
+    check_count("public IP list", ips.len(), FARM_PUBLIC_IPS_MAX)?;
     for (i, ip) in ips.iter().enumerate() {
         if ip.prefix_len > 32 {
             return Err(invalid(
@@ -637,7 +659,7 @@ fn check_capacity(field: &'static str, c: &Capacity) -> Result<(), FieldError> {
 }
 
 fn check_accounts(field: &'static str, list: &[AccountId], max: usize) -> Result<(), FieldError> {
-    check_len(field, list.len(), max)?;
+    check_count(field, list.len(), max)?;
     for (i, a) in list.iter().enumerate() {
         if a.check_key().is_err() {
             return Err(invalid(field, format!("{a} is not a valid ed25519 key")));
@@ -731,6 +753,7 @@ impl Payload {
                             field: "public IPs",
                             len: *public_ips as usize,
                             max: CONTRACT_PUBLIC_IPS_MAX as usize,
+                            unit: "",
                         });
                     }
                 }
@@ -776,7 +799,7 @@ impl Payload {
                             return Err(invalid(
                                 "threshold",
                                 format!(
-                                    "{threshold} must be between 1 and the {} members",
+                                    "{threshold} must be at least 1 and at most the number of members ({})",
                                     members.len()
                                 ),
                             ));
