@@ -563,6 +563,18 @@ async fn a_contract_is_billed_paused_resumed_and_deleted_and_the_farmer_can_expl
     let status = client.status().await.expect("status");
     assert_eq!(status.data.params.pricing.cu_uusd_month, 44_000_000);
     assert_eq!(status.data.params.pricing.discounts.len(), 1);
+    // Proposing what is in force is refused before it takes the council's time.
+    let (ok, _, err) = run(
+        &home,
+        &[
+            "gov",
+            "propose",
+            "set-pricing",
+            "--file",
+            pricing_file.to_str().expect("utf-8 path"),
+        ],
+    );
+    assert!(!ok && err.contains("already in force"), "{err}");
 
     // The member rejects a new token price: with both needed, one against closes it.
     let (ok, proposed, err) = run(
