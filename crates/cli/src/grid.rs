@@ -25,6 +25,24 @@ pub enum FarmCommand {
         #[arg(long = "public-ip", value_name = "IP/PREFIX@GW")]
         public_ips: Vec<PublicIp>,
     },
+    /// Change a farm you own: its name, where its rewards are paid, its public IPs.
+    Update {
+        /// The farm's id or name.
+        farm: String,
+        /// A new name, unique on the grid.
+        #[arg(long)]
+        name: Option<String>,
+        /// The account its rewards and its share of bills are paid to from now on.
+        #[arg(long, value_name = "ACCOUNT")]
+        payout: Option<String>,
+        /// Offer another public IPv4, as IP/PREFIX@GATEWAY (repeatable).
+        #[arg(long = "add-ip", value_name = "IP/PREFIX@GW")]
+        add_ips: Vec<PublicIp>,
+        /// Stop offering a public IPv4, by its address (repeatable); one a contract uses
+        /// stays until that contract ends.
+        #[arg(long = "remove-ip", value_name = "IP")]
+        remove_ips: Vec<std::net::Ipv4Addr>,
+    },
     /// List farms.
     #[command(visible_alias = "ls")]
     List,
@@ -133,17 +151,54 @@ fn degrees_to_micro(what: &str, degrees: f64, max: f64) -> anyhow::Result<i32> {
     Ok((degrees * 1e6).round() as i32)
 }
 
+/// A name `farm show` can find: one of digits only reads as a farm id.
+fn check_farm_name(name: &str) -> anyhow::Result<()> {
+    if !name.is_empty() && name.bytes().all(|b| b.is_ascii_digit()) {
+        bail!(
+            "a farm name of digits only ({name:?}) would read as a farm id in `farm show`: add \
+             a letter"
+        );
+    }
+    Ok(())
+}
+
+/// A farm's public IPs with `add` added and `remove` removed, or why not: an IP to add it
+/// already offers, one to remove it does not offer, or one a live contract uses.
+fn new_ips(
+    now: &[peergrid_ledger::records::FarmIp],
+    add: &[PublicIp],
+    remove: &[std::net::Ipv4Addr],
+) -> anyhow::Result<Vec<PublicIp>> {
+    let mut ips: Vec<PublicIp> = now.iter().map(|f| f.ip).collect();
+    for gone in remove {
+        let Some(held) = now.iter().find(|f| f.ip.ip == gone.octets()) else {
+            bail!("the farm does not offer {gone}; `peergrid farm show` lists its IPs");
+        };
+        if let Some(contract) = held.contract {
+            bail!(
+                "{gone} is used by contract {contract}: it can be removed once that contract \
+                 ends"
+            );
+        }
+        ips.retain(|ip| ip.ip != gone.octets());
+    }
+    for ip in add {
+        if ips.iter().any(|have| have.ip == ip.ip) {
+            bail!(
+                "the farm already offers {}",
+                std::net::Ipv4Addr::from(ip.ip)
+            );
+        }
+        ips.push(*ip);
+    }
+    Ok(ips)
+}
+
 pub fn farm(globals: &Globals, cmd: FarmCommand) -> anyhow::Result<()> {
     crate::runtime()?.block_on(async {
         match cmd {
             FarmCommand::Create { name, public_ips } => {
-                // `farm show 123` reads a number as an id, so such a name could not be shown.
-                if !name.is_empty() && name.bytes().all(|b| b.is_ascii_digit()) {
-                    bail!(
-                        "a farm name of digits only ({name:?}) would read as a farm id in \
-                         `farm show`: add a letter"
-                    );
-                }
+                check_farm_name(&name)?;
                 let (hash, events) = globals.send(Payload::CreateFarm { name: name.clone(), public_ips }).await?;
                 let id = events.iter().find_map(|e| match e {
                     peergrid_ledger::Event::FarmCreated { farm, .. } => Some(*farm),
@@ -222,6 +277,65 @@ pub fn farm(globals: &Globals, cmd: FarmCommand) -> anyhow::Result<()> {
                     .or(farm_flag)
                     .context("which farm? `peergrid farm rewards ID`")?;
                 crate::econ::rewards(globals, farm, period).await
+            }
+            FarmCommand::Update {
+                farm,
+                name,
+                payout,
+                add_ips,
+                remove_ips,
+            } => {
+                if name.is_none() && payout.is_none() && add_ips.is_empty() && remove_ips.is_empty()
+                {
+                    bail!("nothing to change: give --name, --payout, --add-ip or --remove-ip");
+                }
+                if let Some(name) = &name {
+                    check_farm_name(name)?;
+                }
+                let payout: Option<AccountId> = payout.map(|p| p.parse()).transpose()?;
+                let client = globals.client()?;
+                let key = globals.keypair()?;
+                let f = client.farm(&farm).await?.data;
+                if f.owner != key.account() {
+                    bail!(
+                        "your key {} does not own farm {} (its owner is {}); pass the owner's key \
+                         with --key",
+                        key.account(),
+                        f.id,
+                        f.owner
+                    );
+                }
+                let public_ips = if add_ips.is_empty() && remove_ips.is_empty() {
+                    None
+                } else {
+                    Some(new_ips(&f.public_ips, &add_ips, &remove_ips)?)
+                };
+                let (hash, events) = globals
+                    .send(Payload::UpdateFarm {
+                        farm: f.id,
+                        name: name.clone(),
+                        public_ips,
+                        payout,
+                    })
+                    .await?;
+                if globals.json {
+                    return output::json(&json!({ "farm": f.id, "hash": hash, "events": events }));
+                }
+                outln!("farm {} updated", f.id);
+                if let Some(name) = name {
+                    outln!("  name:   {name}");
+                }
+                if let Some(payout) = payout {
+                    outln!("  payout: {payout} (rewards and bill shares from now on)");
+                }
+                for ip in &add_ips {
+                    outln!("  offers {ip}");
+                }
+                for ip in &remove_ips {
+                    outln!("  no longer offers {ip}");
+                }
+                outln!("\nsee it: peergrid farm show {}", f.id);
+                Ok(())
             }
             FarmCommand::Invite { farm, node } => {
                 let node: AccountId = node.parse()?;

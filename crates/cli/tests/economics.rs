@@ -136,17 +136,86 @@ async fn a_contract_is_billed_paused_resumed_and_deleted_and_the_farmer_can_expl
     assert!(ok, "{err}");
     let farm_id = farm["farm"].as_u64().expect("farm id");
     let payout = Keypair::generate().expect("key").account();
-    send(
-        &client,
-        &demo,
-        Payload::UpdateFarm {
-            farm: farm_id as u32,
-            name: None,
-            public_ips: None,
-            payout: Some(payout),
-        },
-    )
-    .await;
+    let (ok, updated, err) = run(
+        &home,
+        &[
+            "farm",
+            "update",
+            "econ-farm",
+            "--payout",
+            &payout.to_string(),
+            "--add-ip",
+            "185.1.2.3/24@185.1.2.1",
+            "--add-ip",
+            "185.1.2.4/24@185.1.2.1",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(updated["hash"].is_string(), "{updated}");
+    let (_, shown, _) = run(&home, &["farm", "show", "econ-farm"]);
+    assert_eq!(shown["farm"]["payout"], payout.to_string(), "{shown}");
+    assert_eq!(
+        shown["farm"]["public_ips"].as_array().map(Vec::len),
+        Some(2),
+        "{shown}"
+    );
+    let (ok, _, err) = run(
+        &home,
+        &[
+            "farm",
+            "update",
+            &farm_id.to_string(),
+            "--remove-ip",
+            "185.1.2.4",
+        ],
+    );
+    assert!(ok, "{err}");
+    let (_, shown, _) = run(&home, &["farm", "show", &farm_id.to_string()]);
+    assert_eq!(
+        shown["farm"]["public_ips"].as_array().map(Vec::len),
+        Some(1),
+        "{shown}"
+    );
+    // Mistakes are refused before anything is sent, saying what is wrong.
+    for (args, says) in [
+        (
+            &["--remove-ip", "185.1.2.4"][..],
+            "does not offer 185.1.2.4",
+        ),
+        (
+            &["--add-ip", "185.1.2.3/24@185.1.2.1"][..],
+            "already offers",
+        ),
+        (
+            &["--add-ip", "185.1.2.5/24@185.1.9.1"][..],
+            "outside the subnet",
+        ),
+        (&[][..], "nothing to change"),
+    ] {
+        let (ok, _, err) = run(
+            &home,
+            &[&["farm", "update", "econ-farm"][..], args].concat(),
+        );
+        assert!(!ok && err.contains(says), "{args:?}: {err}");
+    }
+    let stranger = home.join("stranger.json");
+    Keypair::generate()
+        .expect("key")
+        .save(&stranger, false)
+        .expect("save key");
+    let (ok, _, err) = run(
+        &home,
+        &[
+            "--key",
+            stranger.to_str().expect("utf-8 path"),
+            "farm",
+            "update",
+            "econ-farm",
+            "--name",
+            "mine-now",
+        ],
+    );
+    assert!(!ok && err.contains("does not own farm"), "{err}");
     let health = format!("http://127.0.0.1:{}", base_port + 250);
     let data = home.join("node");
     let _node = start_node(&home, farm_id, &data, base_port + 250);

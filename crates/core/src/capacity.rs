@@ -291,6 +291,27 @@ impl std::str::FromStr for PublicIp {
         if prefix_len > 32 {
             return Err(format!("{text:?}: a prefix length is at most 32"));
         }
+        // A /31 or /32 is routed to the host, often through a gateway outside it; in a
+        // larger subnet a gateway outside it, or an address that is not a host's, is a typo
+        // that a deployment would find only when its IP does not work.
+        if prefix_len < 31 {
+            let mask = u32::MAX << (32 - prefix_len);
+            let (ip_bits, gw_bits) = (u32::from(ip), u32::from(gateway));
+            if ip_bits & mask != gw_bits & mask {
+                return Err(format!(
+                    "{text:?}: the gateway {gateway} is outside the subnet {}/{prefix_len}",
+                    std::net::Ipv4Addr::from(ip_bits & mask)
+                ));
+            }
+            if ip_bits == gw_bits {
+                return Err(format!("{text:?}: the address is its own gateway"));
+            }
+            if ip_bits & !mask == 0 || ip_bits & !mask == !mask {
+                return Err(format!(
+                    "{text:?}: {ip} is the subnet's network or broadcast address, not a host's"
+                ));
+            }
+        }
         Ok(PublicIp {
             ip: ip.octets(),
             prefix_len,
@@ -312,6 +333,15 @@ mod tests {
         let e = "185.1.2.3".parse::<PublicIp>().expect_err("no gateway");
         assert!(e.to_string().contains("IP/PREFIX@GATEWAY"), "{e}");
         assert!("185.1.2.3/33@185.1.2.1".parse::<PublicIp>().is_err());
+        let e = "185.1.2.3/24@185.1.3.1"
+            .parse::<PublicIp>()
+            .expect_err("outside");
+        assert!(e.contains("outside the subnet 185.1.2.0/24"), "{e}");
+        assert!("185.1.2.1/24@185.1.2.1".parse::<PublicIp>().is_err());
+        assert!("185.1.2.255/24@185.1.2.1".parse::<PublicIp>().is_err());
+        assert!("185.1.2.0/24@185.1.2.1".parse::<PublicIp>().is_err());
+        // A single address routed through a gateway elsewhere is how many hosts sell them.
+        assert!("185.1.2.3/32@172.31.1.1".parse::<PublicIp>().is_ok());
     }
 
     #[test]
