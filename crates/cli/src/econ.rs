@@ -758,6 +758,82 @@ pub async fn rewards(globals: &Globals, farm: FarmId, period: Option<u64>) -> an
     }
 }
 
+/// `peergrid farm income`: the farm's share of every bill the ledger still keeps of the
+/// contracts on its nodes, per node.
+pub async fn income(globals: &Globals, farm: &str) -> anyhow::Result<()> {
+    let client = globals.client()?;
+    let f = client.farm(farm).await?.data;
+    let (_, nodes) = client.nodes(Some(f.id)).await?;
+    let mut rows = Vec::new();
+    let mut per_node = Vec::new();
+    let (mut total, mut pruned) = (Amount::ZERO, 0u64);
+    let mut payouts: Vec<AccountId> = Vec::new();
+    for n in &nodes {
+        let id = n.node.id;
+        let (_, contracts) = client
+            .contracts(ContractFilter {
+                owner: None,
+                node: Some(id),
+            })
+            .await?;
+        let (mut bills, mut paid) = (0u64, Amount::ZERO);
+        for c in &contracts {
+            let kept = client.bills(c.id, 0).await?.data;
+            pruned += kept.pruned.map_or(0, |p| p.count);
+            for b in kept.items.iter().filter(|b| b.node == Some(id)) {
+                bills += 1;
+                if let Some(to) = b.farmer_payout {
+                    paid = paid.saturating_add(b.split.farmer);
+                    if !payouts.contains(&to) {
+                        payouts.push(to);
+                    }
+                }
+            }
+        }
+        total = total.saturating_add(paid);
+        per_node.push(json!({
+            "node": id, "contracts": contracts.len(), "bills": bills, "tokens": paid,
+        }));
+        rows.push(vec![
+            id.to_string(),
+            contracts.len().to_string(),
+            bills.to_string(),
+            format!("{paid} PGT"),
+        ]);
+    }
+    if globals.json {
+        return output::json(&json!({
+            "farm": f.id, "nodes": per_node, "tokens": total,
+            "payouts": payouts, "pruned_bills": pruned,
+        }));
+    }
+    if nodes.is_empty() {
+        outln!(
+            "farm {} has no nodes, so no contract pays it; a machine joins it with `peergrid \
+             node run --farm {}`",
+            f.id,
+            f.id
+        );
+        return Ok(());
+    }
+    output::table(&["NODE", "CONTRACTS", "BILLS", "PAID TO THE FARM"], &rows);
+    let to = match payouts.as_slice() {
+        [] => String::new(),
+        [one] => format!(" to {one}"),
+        many => format!(" to {} payout accounts over time", many.len()),
+    };
+    outln!(
+        "\nfarm {} ({}): {total} PGT{to}, its share of the bills the ledger keeps",
+        f.id,
+        f.name
+    );
+    if pruned > 0 {
+        outln!("{pruned} older bills left the ledger's state after their retention: not counted");
+    }
+    outln!("its minted rewards: peergrid farm rewards {}", f.id);
+    Ok(())
+}
+
 fn status_text(p: &Proposal) -> String {
     match p.status {
         ProposalStatus::Open => format!("open, expires {}", output::ago(p.expires_ms)),

@@ -67,6 +67,11 @@ pub enum FarmCommand {
         #[arg(long)]
         period: Option<u64>,
     },
+    /// What the bills of contracts on a farm's nodes paid the farm (its share), per node.
+    Income {
+        /// The farm's id or name.
+        farm: String,
+    },
     /// Sign an invitation letting a node's key join your farm (run it on the node with --invitation).
     Invite {
         /// Your farm.
@@ -337,6 +342,7 @@ pub fn farm(globals: &Globals, cmd: FarmCommand) -> anyhow::Result<()> {
                 outln!("\nsee it: peergrid farm show {}", f.id);
                 Ok(())
             }
+            FarmCommand::Income { farm } => crate::econ::income(globals, &farm).await,
             FarmCommand::Invite { farm, node } => {
                 let node: AccountId = node.parse()?;
                 let client = globals.client()?;

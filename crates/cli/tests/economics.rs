@@ -356,6 +356,16 @@ async fn a_contract_is_billed_paused_resumed_and_deleted_and_the_farmer_can_expl
     assert!(bills.iter().any(|b| b.status == BillStatus::Paid));
     let farmer_share: u64 = bills.iter().map(|b| b.split.farmer.0).sum();
     assert!(farmer_share > 0);
+    // `farm income` adds up the same shares, per node, and names where they went.
+    let (ok, income, err) = run(&home, &["farm", "income", "econ-farm"]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        income["tokens"],
+        Amount(farmer_share).to_string(),
+        "{income}"
+    );
+    assert_eq!(income["nodes"][0]["bills"], bills.len(), "{income}");
+    assert_eq!(income["payouts"][0], payout.to_string(), "{income}");
 
     // Cancelled with the CLI, a contract is billed up to its deletion and never again. A
     // name contract is on no node, so the farmer's share of its bills goes to the foundation
