@@ -613,10 +613,14 @@ async fn accept_deployment(
         }
     };
     write_atomic(&file, &request.deployment).map_err(full)?;
-    if let Some(w) = world.workloads.get_mut(&contract.id) {
-        w.deployed = Some(hash);
+    let before = (world.workloads.get_mut(&contract.id)).map(|w| w.deployed.replace(hash));
+    if let Err(e) = world.save() {
+        // Not recorded: the next start reads which deployment the folder holds.
+        if let (Some(before), Some(w)) = (before, world.workloads.get_mut(&contract.id)) {
+            w.deployed = before;
+        }
+        return Err(full(e));
     }
-    world.save().map_err(full)?;
     shared.compute.retry(contract.id);
     shared.compute.sync(&world);
     Ok(contract.id)

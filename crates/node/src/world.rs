@@ -379,6 +379,7 @@ impl World {
                 std::fs::create_dir_all(&d).map_err(io_err("cannot create", &d))?;
             }
         }
+        world.recover_deployed();
         if !world.synced {
             return Ok(world);
         }
@@ -396,6 +397,30 @@ impl World {
             }
         }
         Ok(world)
+    }
+
+    /// Make each deployment's `deployed` name the `deployment.bin` its folder holds. A
+    /// deployment is written, then the world saved: a crash or a full disk between the two
+    /// leaves the new file under the old hash, and the node would run it as the old one.
+    fn recover_deployed(&mut self) {
+        let dirs: Vec<(ContractId, PathBuf)> = (self.workloads.iter())
+            .filter(|(_, w)| w.kind == "deployment" && w.deployed.is_some())
+            .map(|(id, _)| (*id, self.workload_dir(*id).join("deployment.bin")))
+            .collect();
+        for (id, file) in dirs {
+            let held = match std::fs::read(&file) {
+                Ok(bytes) => Some(Hash::of(&bytes)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                // Unreadable now: the start says so rather than the record being lost.
+                Err(_) => continue,
+            };
+            if let Some(w) = self.workloads.get_mut(&id)
+                && w.deployed != held
+            {
+                tracing::warn!(contract = id, file = %file.display(), "the deployment on disk is not the one recorded (a crash between writing it and saving the world): running what is on disk");
+                w.deployed = held;
+            }
+        }
     }
 
     /// Follow the ledger of grid `chain` from now on. A world that followed another
@@ -647,6 +672,29 @@ mod tests {
         let a = plan(w, ME, &capacity(), c);
         w.apply(c.id, a.clone()).expect("apply");
         a
+    }
+
+    #[test]
+    fn a_restart_runs_the_deployment_the_folder_holds() {
+        let (dir, mut w) = world();
+        let c = contract(1, ME, 1 << 30, ContractState::Created);
+        reconcile(&mut w, &c);
+        let file = w.workload_dir(1).join("deployment.bin");
+        std::fs::write(&file, b"old").expect("write");
+        if let Some(x) = w.workloads.get_mut(&1) {
+            x.deployed = Some(Hash::of(b"old"));
+        }
+        w.save().expect("save");
+        // The new deployment written, then a crash before the world was saved.
+        std::fs::write(&file, b"new").expect("write");
+        let w = World::load(dir.path()).expect("load");
+        assert_eq!(w.workloads[&1].deployed, Some(Hash::of(b"new")));
+        std::fs::remove_file(&file).expect("rm");
+        let w = World::load(dir.path()).expect("load");
+        assert_eq!(
+            w.workloads[&1].deployed, None,
+            "nothing held, nothing to run"
+        );
     }
 
     #[test]
