@@ -251,17 +251,24 @@ pub fn run(
     let runner = cw_tokio::Runner::new(runtime);
     // Consensus's storage panics when a write fails (a full or failing disk): said as an
     // error that names the data directory, not as a panic and a backtrace.
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|info| {
+    // With RUST_BACKTRACE set, the default hook's backtrace is printed too.
+    let default: Arc<dyn Fn(&std::panic::PanicHookInfo<'_>) + Send + Sync> =
+        Arc::from(std::panic::take_hook());
+    let backtrace = std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0");
+    let chained = default.clone();
+    std::panic::set_hook(Box::new(move |info| {
         let at = info.location().map(ToString::to_string).unwrap_or_default();
         tracing::error!(%at, "{}", panic_text(info.payload()));
+        if backtrace {
+            chained(info);
+        }
     }));
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         runner.start(|context| async move {
             serve(context, cfg, shared, signer, peers, index, floor, stop).await
         })
     }));
-    std::panic::set_hook(hook);
+    std::panic::set_hook(Box::new(move |info| default(info)));
     match outcome {
         Ok(result) => result,
         Err(panic) => Err(stopped(&data_dir, &panic_text(&*panic))),
@@ -280,21 +287,42 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-/// Why the validator stopped, with the state of its data directory's disk, which is
-/// what most such stops come down to.
+/// Why the validator stopped, with its data directory's disk and what to do: most such
+/// stops are a full or failing disk, and the rest are bugs to report.
 fn stopped(data_dir: &std::path::Path, why: &str) -> anyhow::Error {
-    let disk = match peergrid_core::fs::disk_space(data_dir) {
-        Ok(space) => format!(
+    let space = peergrid_core::fs::disk_space(data_dir);
+    let human = peergrid_core::capacity::human_bytes;
+    let disk = match &space {
+        Ok(s) => format!(
             "{} free of {}",
-            peergrid_core::capacity::human_bytes(space.available_bytes),
-            peergrid_core::capacity::human_bytes(space.total_bytes)
+            human(s.available_bytes),
+            human(s.total_bytes)
         ),
         Err(e) => format!("its disk cannot be read: {e}"),
     };
+    // Below 1 % (at most 64 MiB) free, the disk is taken to be full.
+    let full = space
+        .as_ref()
+        .is_ok_and(|s| s.available_bytes < (s.total_bytes / 100).min(64 << 20));
+    let storage = [
+        "journal", "archive", "blob", "sync", "write", "persist", "metadata", "storage", "redb",
+        "i/o", "io error",
+    ]
+    .iter()
+    .any(|w| why.to_lowercase().contains(w));
+    let todo = if why.contains("delete this validator's data directory") {
+        ""
+    } else if full {
+        ": the disk is full; free some space, then start it again (it resumes from what it stored)"
+    } else if storage || space.is_err() {
+        ": check that the disk is mounted, writable and not full, then start it again (it \
+         resumes from what it stored)"
+    } else {
+        ". This is not a disk problem that peergrid knows of: please report it with the log \
+         above; starting it again may get it past it"
+    };
     anyhow::anyhow!(
-        "the validator stopped: {why}. Its data directory is {} ({disk}): check that the disk \
-         is mounted, writable and not full, then start it again (it resumes from what it \
-         stored)",
+        "the validator stopped: {why}. Its data directory is {} ({disk}){todo}",
         data_dir.display()
     )
 }
@@ -446,4 +474,35 @@ async fn serve(
         why = fatal.failed() => return Err(stopped(&cfg.data_dir, &why)),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stop_says_what_to_do_by_its_cause() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let disk = stopped(
+            dir.path(),
+            "unable to append to journal: Runtime(WriteFailed)",
+        );
+        let disk = disk.to_string();
+        assert!(
+            disk.contains(&dir.path().display().to_string())
+                && disk.contains("mounted, writable and not full"),
+            "{disk}"
+        );
+        let bug = stopped(dir.path(), "assertion failed: view > 0").to_string();
+        assert!(
+            bug.contains("report it") && !bug.contains("not full"),
+            "{bug}"
+        );
+        let archive = stopped(
+            dir.path(),
+            "cannot rebuild the ledger: delete this validator's data directory to resync it",
+        )
+        .to_string();
+        assert!(!archive.contains("start it again"), "{archive}");
+    }
 }
