@@ -78,9 +78,10 @@ pub enum StoreCommand {
         /// Keep repairing every this many seconds until stopped.
         #[arg(long, value_name = "SECONDS")]
         watch: Option<u64>,
-        /// Also store again, with the parity a put would give them now, objects put with
-        /// less (while nodes were down, or before you reserved more). Each gets a new
-        /// capability: one you shared reads no more.
+        /// Also store again, with the scheme a put would give them now, objects put
+        /// narrower (while nodes were down, or before you reserved more) when that adds
+        /// parity or saves at least 15 % of their room. Each gets a new capability: one
+        /// you shared reads no more.
         #[arg(long)]
         widen: bool,
     },

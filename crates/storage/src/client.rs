@@ -3566,12 +3566,24 @@ pub struct RepairReport {
 }
 
 /// The scheme a put on `nodes` nodes would give an object stored as `stored`, when that
-/// spreads it wider with no less parity: more parity (2+1 to 3+2) survives more lost
-/// nodes, and more data shards with the same parity (2+2 to 3+2) cost less room per
-/// byte. Never one with less parity, even if it is wider.
+/// is worth storing it again (a new capability, old links broken): more parity (2+1 to
+/// 3+2) survives more lost nodes; with the same parity, more data shards are worth it only
+/// when they save at least [`WIDEN_ROOM_SAVED_PERCENT_MIN`] of the room (2+2 to 3+2 saves
+/// 17 %; 3+2 to 4+2, 10 %, is not offered). Never one with less parity.
 pub fn widen_to(stored: Scheme, nodes: usize) -> Option<Scheme> {
-    Some(Scheme::for_nodes(nodes)).filter(|w| w.m >= stored.m && w.n() > stored.n())
+    let wider = Scheme::for_nodes(nodes);
+    // Room per byte is n/k: compare n·k' against n'·k to stay in integers.
+    let (old, new) = (
+        stored.n() as u64 * u64::from(wider.k),
+        wider.n() as u64 * u64::from(stored.k),
+    );
+    let saves = old.saturating_sub(new) * 100 >= old * WIDEN_ROOM_SAVED_PERCENT_MIN;
+    let worth = wider.m > stored.m || (wider.m == stored.m && saves);
+    Some(wider).filter(|w| worth && w.n() > stored.n())
 }
+
+/// Least share of the room a same-parity widening must save to be offered, percent.
+pub const WIDEN_ROOM_SAVED_PERCENT_MIN: u64 = 15;
 
 fn as_text<S: serde::Serializer>(v: &Scheme, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(v)
@@ -4148,7 +4160,11 @@ mod tests {
         );
         assert_eq!(widen_to(s(2, 1), 5), Some(s(3, 2)), "more parity");
         assert_eq!(widen_to(s(3, 2), 7), Some(s(4, 3)));
-        assert_eq!(widen_to(s(3, 2), 6), Some(s(4, 2)));
+        assert_eq!(
+            widen_to(s(3, 2), 6),
+            None,
+            "4+2 saves 10 %: not worth a new capability"
+        );
         assert_eq!(widen_to(s(3, 2), 5), None, "already what a put gives");
         assert_eq!(widen_to(s(3, 2), 4), None, "narrower");
         assert_eq!(widen_to(s(4, 3), 6), None, "wider would mean less parity");
