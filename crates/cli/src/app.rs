@@ -272,6 +272,24 @@ pub(crate) struct Apps {
 }
 
 impl Apps {
+    /// Refuse a name an app of this home already has, saying what can be done about it.
+    pub(crate) fn check_name_free(&self, name: &str, globals: &Globals) -> anyhow::Result<()> {
+        let Some(app) = self.apps.get(name) else {
+            return Ok(());
+        };
+        let me = globals.keypair().ok().map(|k| k.account());
+        match app.owner {
+            Some(owner) if Some(owner) != me => bail!(
+                "an app named {name:?} exists here, deployed by account {owner}: pick another \
+                 --name (only its owner's key can remove it)"
+            ),
+            _ => bail!(
+                "an app named {name:?} exists; remove it with `peergrid app rm {name}` or pick \
+                 another --name"
+            ),
+        }
+    }
+
     /// The app named `name`, or an error that says where the names are.
     fn find(&self, name: &str) -> anyhow::Result<App> {
         self.apps
@@ -908,11 +926,7 @@ pub fn deploy(globals: &Globals, args: DeployArgs) -> anyhow::Result<()> {
     };
     let deployment = spec.deployment(&name, kind, component)?;
     let file = apps_file(globals)?;
-    if load_apps(&file)?.apps.contains_key(&name) {
-        bail!(
-            "an app named {name:?} exists; remove it with `peergrid app rm {name}` or pick another --name"
-        );
-    }
+    load_apps(&file)?.check_name_free(&name, globals)?;
     say(
         json,
         format!("checking {} ({} bytes) …", args.wasm.display(), bytes.len()),
@@ -1602,7 +1616,7 @@ pub fn app(globals: &Globals, cmd: AppCommand) -> anyhow::Result<()> {
                     let owner = match app.owner {
                         None => "-".to_string(),
                         Some(o) if Some(o) == me => "you".to_string(),
-                        Some(o) => o.to_string(),
+                        Some(o) => o.short(),
                     };
                     vec![
                         app.name.clone(),

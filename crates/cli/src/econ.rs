@@ -373,28 +373,32 @@ async fn grace_rows(
 }
 
 /// The contract's node, and whether it is down now (a live contract is not billed for
-/// that time, and its workload does not run).
-async fn node_words(client: &peergrid_client::Client, c: &Contract) -> anyhow::Result<String> {
+/// that time, and its workload does not run). Just its id when that cannot be asked.
+async fn node_words(client: &peergrid_client::Client, c: &Contract) -> String {
     let Some(id) = c.node else {
-        return Ok("-".into());
+        return "-".into();
     };
     if !c.is_live() {
-        return Ok(id.to_string());
+        return id.to_string();
     }
-    let Some(view) = client.node(id).await? else {
-        return Ok(format!("{id} (no longer on the ledger)"));
+    let view = match client.node(id).await {
+        Ok(Some(view)) => view,
+        Ok(None) => return format!("{id} (no longer on the ledger)"),
+        Err(_) => return id.to_string(),
     };
     let what = match view.data.status {
-        NodeStatus::Up => return Ok(id.to_string()),
+        NodeStatus::Up => return id.to_string(),
         NodeStatus::Standby => "on standby",
         NodeStatus::Down => "down",
     };
-    let params = client.status().await?.data.params;
-    Ok(format!(
+    let Ok(status) = client.status().await else {
+        return format!("{id} ({what})");
+    };
+    format!(
         "{id} ({what} since {}: no uptime report for two intervals; this contract is not billed \
          for that time)",
-        output::ago(view.data.node.up_until_ms(&params))
-    ))
+        output::ago(view.data.node.up_until_ms(&status.data.params))
+    )
 }
 
 fn kind(c: &Contract) -> String {
@@ -412,7 +416,8 @@ fn state(c: &Contract) -> String {
 
 fn state_words(state: &ContractState) -> String {
     match *state {
-        ContractState::Created => "created".into(),
+        // "live", as `app status` says: "created" read as not started yet.
+        ContractState::Created => "live".into(),
         ContractState::GracePeriod { since_ms } => format!("grace since {}", output::ago(since_ms)),
         ContractState::Deleted { reason, .. } => format!("deleted ({reason})"),
     }
@@ -440,13 +445,32 @@ pub fn contract(globals: &Globals, cmd: ContractCommand) -> anyhow::Result<()> {
                         &json!({ "owner": owner, "node": node, "contracts": items }),
                     );
                 }
+                // A live contract on a node that is not up is not running (nor billed).
+                let resting: Vec<(NodeId, NodeStatus)> = match items.iter().any(|c| c.is_live()) {
+                    true => (client.nodes(None).await.map(|(_, n)| n).unwrap_or_default())
+                        .into_iter()
+                        .filter(|n| n.status != NodeStatus::Up)
+                        .map(|n| (n.node.id, n.status))
+                        .collect(),
+                    false => Vec::new(),
+                };
+                let node_cell = |c: &Contract| {
+                    let Some(id) = c.node else {
+                        return "-".to_string();
+                    };
+                    match resting.iter().find(|(n, _)| *n == id) {
+                        Some((_, NodeStatus::Standby)) if c.is_live() => format!("{id} (standby)"),
+                        Some(_) if c.is_live() => format!("{id} (down)"),
+                        _ => id.to_string(),
+                    }
+                };
                 let rows: Vec<Vec<String>> = items
                     .iter()
                     .map(|c| {
                         vec![
                             c.id.to_string(),
                             kind(c),
-                            c.node.map_or("-".into(), |n| n.to_string()),
+                            node_cell(c),
                             state(c),
                             c.reserved.to_string(),
                             output::ago(c.billed_until_ms),
@@ -497,7 +521,7 @@ pub fn contract(globals: &Globals, cmd: ContractCommand) -> anyhow::Result<()> {
                     ("contract", c.id.to_string()),
                     ("kind", kind(&c)),
                     ("owner", c.owner.to_string()),
-                    ("node", node_words(&client, &c).await?),
+                    ("node", node_words(&client, &c).await),
                     ("reserved", reserved),
                     ("public IPs", c.public_ips.len().to_string()),
                     ("state", state(&c)),
@@ -761,24 +785,40 @@ pub async fn rewards(globals: &Globals, farm: FarmId, period: Option<u64>) -> an
 /// `peergrid farm income`: the farm's share of every bill the ledger still keeps of the
 /// contracts on its nodes, per node.
 pub async fn income(globals: &Globals, farm: &str) -> anyhow::Result<()> {
+    use futures::{StreamExt, TryStreamExt};
     let client = globals.client()?;
     let f = client.farm(farm).await?.data;
     let (_, nodes) = client.nodes(Some(f.id)).await?;
-    let mut rows = Vec::new();
-    let mut per_node = Vec::new();
+    let mut contracts = Vec::new();
+    for n in &nodes {
+        let filter = ContractFilter {
+            owner: None,
+            node: Some(n.node.id),
+        };
+        contracts.extend(client.contracts(filter).await?.1);
+    }
+    // A node keeps every contract it ever had: their bills are asked for a few at a time.
+    let kept: Vec<(Contract, Bills)> = futures::stream::iter(contracts)
+        .map(|c| {
+            let client = &client;
+            async move {
+                let bills = client.bills(c.id, 0).await?.data;
+                anyhow::Ok((c, bills))
+            }
+        })
+        .buffer_unordered(8)
+        .try_collect()
+        .await?;
     let (mut total, mut pruned) = (Amount::ZERO, 0u64);
     let mut payouts: Vec<AccountId> = Vec::new();
+    let mut rows = Vec::new();
+    let mut per_node = Vec::new();
     for n in &nodes {
         let id = n.node.id;
-        let (_, contracts) = client
-            .contracts(ContractFilter {
-                owner: None,
-                node: Some(id),
-            })
-            .await?;
-        let (mut bills, mut paid) = (0u64, Amount::ZERO);
-        for c in &contracts {
-            let kept = client.bills(c.id, 0).await?.data;
+        let on_node = kept.iter().filter(|(c, _)| c.node == Some(id));
+        let (mut live, mut bills, mut paid) = (0usize, 0u64, Amount::ZERO);
+        for (c, kept) in on_node {
+            live += usize::from(c.is_live());
             pruned += kept.pruned.map_or(0, |p| p.count);
             for b in kept.items.iter().filter(|b| b.node == Some(id)) {
                 bills += 1;
@@ -792,11 +832,11 @@ pub async fn income(globals: &Globals, farm: &str) -> anyhow::Result<()> {
         }
         total = total.saturating_add(paid);
         per_node.push(json!({
-            "node": id, "contracts": contracts.len(), "bills": bills, "tokens": paid,
+            "node": id, "live_contracts": live, "bills": bills, "tokens": paid,
         }));
         rows.push(vec![
             id.to_string(),
-            contracts.len().to_string(),
+            live.to_string(),
             bills.to_string(),
             format!("{paid} PGT"),
         ]);
@@ -816,7 +856,10 @@ pub async fn income(globals: &Globals, farm: &str) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    output::table(&["NODE", "CONTRACTS", "BILLS", "PAID TO THE FARM"], &rows);
+    output::table(
+        &["NODE", "LIVE CONTRACTS", "BILLS KEPT", "PAID TO THE FARM"],
+        &rows,
+    );
     let to = match payouts.as_slice() {
         [] => String::new(),
         [one] => format!(" to {one}"),
@@ -970,9 +1013,9 @@ pub fn gov(globals: &Globals, cmd: GovCommand) -> anyhow::Result<()> {
                         outln!("proposal {id}: {}", closed_text(status));
                     }
                     (Some(id), None) => outln!(
-                        "proposal {id} is open with your approval counted; the other council \
-                         members vote with `peergrid gov vote {id} --approve` (or --reject), \
-                         and `peergrid gov show {id}` follows it"
+                        "proposal {id} is open with your approval counted; `peergrid gov show \
+                         {id}` says what it still needs. Council members and farmers vote with \
+                         `peergrid gov vote {id} --approve` (or --reject)"
                     ),
                     (None, _) => outln!("proposed"),
                 }
@@ -1220,7 +1263,7 @@ mod tests {
             state_words(&deleted(DeleteReason::CanceledByOwner)),
             "deleted (canceled by owner)"
         );
-        assert_eq!(state_words(&ContractState::Created), "created");
+        assert_eq!(state_words(&ContractState::Created), "live");
     }
 
     #[test]

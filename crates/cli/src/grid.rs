@@ -38,9 +38,9 @@ pub enum FarmCommand {
         /// Offer another public IPv4, as IP/PREFIX@GATEWAY (repeatable).
         #[arg(long = "add-ip", value_name = "IP/PREFIX@GW")]
         add_ips: Vec<PublicIp>,
-        /// Stop offering a public IPv4, by its address (repeatable); one a contract uses
-        /// stays until that contract ends.
-        #[arg(long = "remove-ip", value_name = "IP")]
+        /// Stop offering a public IPv4, by its address (repeatable; IP/PREFIX as `farm
+        /// show` prints it also does); refused while a contract uses it.
+        #[arg(long = "remove-ip", value_name = "IP", value_parser = ip_address)]
         remove_ips: Vec<std::net::Ipv4Addr>,
     },
     /// List farms.
@@ -156,6 +156,15 @@ fn degrees_to_micro(what: &str, degrees: f64, max: f64) -> anyhow::Result<i32> {
     Ok((degrees * 1e6).round() as i32)
 }
 
+/// An IPv4 address, also given as `farm show` prints a farm's: `IP/PREFIX` or
+/// `IP/PREFIX@GATEWAY`.
+fn ip_address(text: &str) -> Result<std::net::Ipv4Addr, String> {
+    let address = text.split(['/', '@']).next().unwrap_or(text).trim();
+    address
+        .parse()
+        .map_err(|_| format!("{text:?} is not an IPv4 address, like 185.1.2.3"))
+}
+
 /// A name `farm show` can find: one of digits only reads as a farm id.
 fn check_farm_name(name: &str) -> anyhow::Result<()> {
     if !name.is_empty() && name.bytes().all(|b| b.is_ascii_digit()) {
@@ -175,7 +184,10 @@ fn new_ips(
     remove: &[std::net::Ipv4Addr],
 ) -> anyhow::Result<Vec<PublicIp>> {
     let mut ips: Vec<PublicIp> = now.iter().map(|f| f.ip).collect();
-    for gone in remove {
+    for (i, gone) in remove.iter().enumerate() {
+        if remove[..i].contains(gone) {
+            bail!("--remove-ip {gone} is given twice");
+        }
         let Some(held) = now.iter().find(|f| f.ip.ip == gone.octets()) else {
             bail!("the farm does not offer {gone}; `peergrid farm show` lists its IPs");
         };
@@ -187,7 +199,13 @@ fn new_ips(
         }
         ips.retain(|ip| ip.ip != gone.octets());
     }
-    for ip in add {
+    for (i, ip) in add.iter().enumerate() {
+        if add[..i].iter().any(|other| other.ip == ip.ip) {
+            bail!(
+                "--add-ip {} is given twice",
+                std::net::Ipv4Addr::from(ip.ip)
+            );
+        }
         if ips.iter().any(|have| have.ip == ip.ip) {
             bail!(
                 "the farm already offers {}",
@@ -310,11 +328,33 @@ pub fn farm(globals: &Globals, cmd: FarmCommand) -> anyhow::Result<()> {
                         f.owner
                     );
                 }
+                // What is already so is left out: an update that changes nothing costs a
+                // fee for nothing.
+                let name = name.filter(|n| *n != f.name);
+                let payout = payout.filter(|p| *p != f.payout);
                 let public_ips = if add_ips.is_empty() && remove_ips.is_empty() {
                     None
                 } else {
                     Some(new_ips(&f.public_ips, &add_ips, &remove_ips)?)
                 };
+                if name.is_none() && payout.is_none() && public_ips.is_none() {
+                    bail!(
+                        "nothing to change: farm {} already has that name and payout (`peergrid \
+                         farm show {}`)",
+                        f.id,
+                        f.id
+                    );
+                }
+                if let Some(to) = &payout {
+                    let question = "Rewards and bill shares paid to a wrong account are lost. \
+                                    Pay the farm's to it?";
+                    if !crate::ledger::confirm_unseen(globals, &client, to, question).await? {
+                        bail!(
+                            "not changed: check the account id (`peergrid key show` on the \
+                             payout account's machine prints it)"
+                        );
+                    }
+                }
                 let (hash, events) = globals
                     .send(Payload::UpdateFarm {
                         farm: f.id,

@@ -77,10 +77,8 @@ pub fn job(globals: &Globals, cmd: JobCommand) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| default_name(&args.wasm));
     let file = apps_file(globals)?;
-    if args.keep && load_apps(&file)?.apps.contains_key(&name) {
-        bail!(
-            "an app named {name:?} exists; remove it with `peergrid app rm {name}` or pick another --name"
-        );
+    if args.keep {
+        load_apps(&file)?.check_name_free(&name, globals)?;
     }
     let component = *blake3::hash(&bytes).as_bytes();
     let spec = RunSpec {

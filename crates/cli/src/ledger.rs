@@ -169,7 +169,14 @@ pub fn wallet(globals: &Globals, cmd: WalletCommand) -> anyhow::Result<()> {
                          fee (is --to the account you meant?)"
                     );
                 }
-                confirm_unseen(globals, &client, &to, amount).await?;
+                let question =
+                    format!("Tokens sent to a wrong account are lost. Send {amount} PGT to it?");
+                if !confirm_unseen(globals, &client, &to, &question).await? {
+                    bail!(
+                        "not sent: check the account id (`peergrid key show` on the receiver's \
+                         machine prints it)"
+                    );
+                }
                 let tx = client.sign(&key, Payload::Transfer { to, amount }).await?;
                 let hash = client.submit(&tx).await?;
                 if no_wait {
@@ -196,35 +203,31 @@ pub fn wallet(globals: &Globals, cmd: WalletCommand) -> anyhow::Result<()> {
     })
 }
 
-/// At a terminal, ask before sending to an account the ledger has never seen: an account
-/// id carries no checksum, so a mistyped one is a valid, unowned account, and the tokens
-/// sent to it are lost. Scripts (no terminal, or `--json`) are not asked.
-async fn confirm_unseen(
+/// At a terminal, ask `question` before paying an account the ledger has never seen: an
+/// account id carries no checksum, so a mistyped one is a valid, unowned account, and what
+/// is paid to it is lost. Whether to go on; scripts (no terminal, or `--json`) are not
+/// asked.
+pub(crate) async fn confirm_unseen(
     globals: &Globals,
     client: &peergrid_client::Client,
     to: &AccountId,
-    amount: Amount,
-) -> anyhow::Result<()> {
+    question: &str,
+) -> anyhow::Result<bool> {
     use std::io::IsTerminal;
     if globals.json || !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
-        return Ok(());
+        return Ok(true);
     }
     let seen = client.account(to).await?.data;
     if seen.balance != Amount::ZERO || seen.nonce > 0 || seen.node.is_some() {
-        return Ok(());
+        return Ok(true);
     }
     eprint!(
-        "{to} has no tokens and has never sent a transaction: a new account, or a mistyped one \
-         (tokens sent to a wrong account are lost). Send {amount} PGT to it? [y/N] "
+        "{to} has no tokens and has never sent a transaction: a new account, or a mistyped \
+         one. {question} [y/N] "
     );
     let mut answer = String::new();
     std::io::stdin().read_line(&mut answer)?;
-    match answer.trim().to_lowercase().as_str() {
-        "y" | "yes" => Ok(()),
-        _ => bail!(
-            "not sent: check the account id (`peergrid key show` on the receiver's machine prints it)"
-        ),
-    }
+    Ok(matches!(answer.trim().to_lowercase().as_str(), "y" | "yes"))
 }
 
 pub fn tx(globals: &Globals, cmd: TxCommand) -> anyhow::Result<()> {

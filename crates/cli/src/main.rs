@@ -110,7 +110,7 @@ enum Command {
     /// Run a mesh peer and talk to it: status, peers, ping, bulk transfers.
     #[command(subcommand)]
     Mesh(mesh::MeshCommand),
-    /// Farms: create, list, show, invite a node.
+    /// Farms: create, list, show, update, invite a node, rewards and income.
     #[command(subcommand)]
     Farm(grid::FarmCommand),
     /// Nodes: run this machine as one, list them, show one.
@@ -246,9 +246,8 @@ impl Globals {
             .transpose()
     }
 
-    /// Sign `payload` with your key, submit it and wait until it is final; its events if it
-    /// applied, else the ledger's reason.
-    /// Send `payload` and wait for it to be final: its hash and its events.
+    /// Sign `payload` with your key, submit it and wait until it is final: its hash and
+    /// events if it applied, else the ledger's reason.
     async fn send(
         &self,
         payload: peergrid_core::Payload,

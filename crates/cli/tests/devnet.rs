@@ -578,6 +578,15 @@ fn a_newcomer_runs_a_devnet_and_sends_a_transfer_that_finalizes() {
         shown.contains(&format!("{node_2} (down since")) && shown.contains("not billed"),
         "contract show says its node is down: {shown}"
     );
+    let listed = peergrid(home)
+        .args(["contract", "list"])
+        .output()
+        .expect("contract list");
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.contains(&format!("{node_2} (down)")),
+        "contract list marks it: {listed}"
+    );
     signal("-CONT");
     let frozen_ms = stopped.elapsed().as_millis() as u64;
     wait_following(home, "node 2");

@@ -166,7 +166,7 @@ async fn a_contract_is_billed_paused_resumed_and_deleted_and_the_farmer_can_expl
             "update",
             &farm_id.to_string(),
             "--remove-ip",
-            "185.1.2.4",
+            "185.1.2.4/24",
         ],
     );
     assert!(ok, "{err}");
@@ -191,6 +191,20 @@ async fn a_contract_is_billed_paused_resumed_and_deleted_and_the_farmer_can_expl
             "outside the subnet",
         ),
         (&[][..], "nothing to change"),
+        (&["--name", "econ-farm"][..], "nothing to change"),
+        (
+            &[
+                "--add-ip",
+                "185.1.2.8/24@185.1.2.1",
+                "--add-ip",
+                "185.1.2.8/24@185.1.2.1",
+            ][..],
+            "given twice",
+        ),
+        (
+            &["--add-ip", "185.1.2.8/0@185.1.2.1"][..],
+            "prefix length is 8 to 32",
+        ),
     ] {
         let (ok, _, err) = run(
             &home,
@@ -365,6 +379,7 @@ async fn a_contract_is_billed_paused_resumed_and_deleted_and_the_farmer_can_expl
         "{income}"
     );
     assert_eq!(income["nodes"][0]["bills"], bills.len(), "{income}");
+    assert_eq!(income["nodes"][0]["live_contracts"], 0, "deleted: {income}");
     assert_eq!(income["payouts"][0], payout.to_string(), "{income}");
 
     // Cancelled with the CLI, a contract is billed up to its deletion and never again. A

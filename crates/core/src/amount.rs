@@ -27,7 +27,7 @@ pub enum ParseAmountError {
     #[error("not an amount: {0:?} (expected a number of tokens like 12 or 0.5)")]
     Format(String),
     /// Below zero.
-    #[error("{0} is negative: an amount is zero or more tokens")]
+    #[error("{0} is negative: give a number of tokens like 12 or 0.5")]
     Negative(String),
     /// More decimals than the token has.
     #[error("too many decimals in {0:?}: the token has {DECIMALS}")]
@@ -91,10 +91,9 @@ impl FromStr for Amount {
         let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
         let digits = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit());
         if !digits(whole) || (number.contains('.') && !digits(frac)) {
-            if number
-                .strip_prefix('-')
-                .is_some_and(|n| n.parse::<f64>().is_ok())
-            {
+            let positive = number.strip_prefix('-').unwrap_or(number);
+            let (w, f) = positive.split_once('.').unwrap_or((positive, ""));
+            if positive.len() < number.len() && digits(w) && (f.is_empty() || digits(f)) {
                 return Err(ParseAmountError::Negative(shown()));
             }
             return Err(ParseAmountError::Format(shown()));
@@ -166,6 +165,10 @@ mod tests {
         );
         assert!(matches!(
             "-x".parse::<Amount>(),
+            Err(ParseAmountError::Format(_))
+        ));
+        assert!(matches!(
+            "-nan".parse::<Amount>(),
             Err(ParseAmountError::Format(_))
         ));
         assert!(matches!(

@@ -288,8 +288,10 @@ impl std::str::FromStr for PublicIp {
         let ip: std::net::Ipv4Addr = ip.trim().parse().map_err(|_| err())?;
         let gateway: std::net::Ipv4Addr = gw.trim().parse().map_err(|_| err())?;
         let prefix_len: u8 = prefix.trim().parse().map_err(|_| err())?;
-        if prefix_len > 32 {
-            return Err(format!("{text:?}: a prefix length is at most 32"));
+        if !(8..=32).contains(&prefix_len) {
+            return Err(format!(
+                "{text:?}: a public subnet's prefix length is 8 to 32 (24 for a /24)"
+            ));
         }
         // A /31 or /32 is routed to the host, often through a gateway outside it; in a
         // larger subnet a gateway outside it, or an address that is not a host's, is a typo
@@ -340,6 +342,11 @@ mod tests {
         assert!("185.1.2.1/24@185.1.2.1".parse::<PublicIp>().is_err());
         assert!("185.1.2.255/24@185.1.2.1".parse::<PublicIp>().is_err());
         assert!("185.1.2.0/24@185.1.2.1".parse::<PublicIp>().is_err());
+        assert!(
+            "185.1.2.3/0@9.9.9.9".parse::<PublicIp>().is_err(),
+            "no real subnet"
+        );
+        assert!("185.1.2.3/8@185.9.9.9".parse::<PublicIp>().is_ok());
         // A single address routed through a gateway elsewhere is how many hosts sell them.
         assert!("185.1.2.3/32@172.31.1.1".parse::<PublicIp>().is_ok());
     }

@@ -753,7 +753,7 @@ impl Payload {
                             field: "public IPs",
                             len: *public_ips as usize,
                             max: CONTRACT_PUBLIC_IPS_MAX as usize,
-                            unit: "",
+                            unit: " addresses",
                         });
                     }
                 }
