@@ -661,8 +661,9 @@ pub fn bill(globals: &Globals, cmd: BillCommand) -> anyhow::Result<()> {
             );
         }
         if explain {
+            let pricing = client.status().await.ok().map(|s| s.data.params.pricing);
             for b in &bills {
-                outln!("{}", b.render());
+                outln!("{}", b.render_priced(pricing.as_ref()));
             }
             return Ok(());
         }

@@ -447,6 +447,7 @@ async fn a_contract_is_billed_paused_resumed_and_deleted_and_the_farmer_can_expl
             last.to_ms - last.from_ms
         ),
         "discount    balance covers".into(),
+        "(today's prices)".into(),
         "status      paid".into(),
     ] {
         assert!(

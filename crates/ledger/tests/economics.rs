@@ -281,6 +281,21 @@ fn contracts_are_billed_every_interval_for_the_exact_time_elapsed() {
     ] {
         assert!(text.contains(line), "{line} missing from\n{text}");
     }
+    // With the prices in force, the resources line is the formula, worked out.
+    let pricing = state.params().pricing.clone();
+    let priced = bill.render_priced(Some(&pricing));
+    assert!(
+        priced.contains("per month · 10000 ms / 2630880000 ms = 0.000125 USD (today's prices)"),
+        "{priced}"
+    );
+    let mut dearer = pricing;
+    dearer.cu_uusd_month *= 2;
+    dearer.su_uusd_month *= 2;
+    let earlier = bill.render_priced(Some(&dearer));
+    assert!(
+        earlier.contains("under an earlier pricing policy: today's would give 0.000235 USD"),
+        "{earlier}"
+    );
 
     // Blocks that do not land on the interval: the next bill covers the exact time since the last.
     chain.block(7, &[]);

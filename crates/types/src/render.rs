@@ -201,6 +201,13 @@ pub fn describe(v: &ViolationKind) -> String {
 impl Bill {
     /// The bill line by line, every number with the formula that produced it.
     pub fn render(&self) -> String {
+        self.render_priced(None)
+    }
+
+    /// [`Bill::render`], with the resources' and traffic's price worked out from `pricing`
+    /// (today's policy: a bill does not keep the prices it used) where that gives the
+    /// amounts billed, or said to come from an earlier policy where it does not.
+    pub fn render_priced(&self, pricing: Option<&peergrid_core::policy::PricingPolicy>) -> String {
         let units = |m: u64| format!("{}.{:06}", m / 1_000_000, m % 1_000_000);
         let b = &self.billable;
         let mut o = String::new();
@@ -237,8 +244,44 @@ impl Bill {
                         .saturating_sub(self.node_down_ms)
                 )?;
             }
-            writeln!(o, "resources   {}", usd(self.resources_uusd))?;
-            writeln!(o, "network     {} B = {}", self.nu_bytes, usd(self.nu_uusd))?;
+            let billed_ms =
+                (self.to_ms.saturating_sub(self.from_ms)).saturating_sub(self.node_down_ms);
+            match pricing {
+                Some(p) if economics::cost_uusd(b, p, billed_ms) == self.resources_uusd => {
+                    writeln!(
+                        o,
+                        "resources   ({} CU · {} + {} SU · {} + {} IPv4 · {} + {} names · {}) \
+                         per month · {billed_ms} ms / {} ms = {} (today's prices)",
+                        units(b.units.cu_micro),
+                        usd(p.cu_uusd_month),
+                        units(b.units.su_micro),
+                        usd(p.su_uusd_month),
+                        b.ipv4,
+                        usd(p.ipv4_uusd_month),
+                        b.names,
+                        usd(p.unique_name_uusd_month),
+                        MONTH_SECS * 1000,
+                        usd(self.resources_uusd)
+                    )?;
+                }
+                Some(p) => writeln!(
+                    o,
+                    "resources   {} (under an earlier pricing policy: today's would give {})",
+                    usd(self.resources_uusd),
+                    usd(economics::cost_uusd(b, p, billed_ms))
+                )?,
+                None => writeln!(o, "resources   {}", usd(self.resources_uusd))?,
+            }
+            match pricing {
+                Some(p) if economics::nu_cost_uusd(self.nu_bytes, p) == self.nu_uusd => writeln!(
+                    o,
+                    "network     {} B · {} per GB = {}",
+                    self.nu_bytes,
+                    usd(p.nu_uusd_per_gb),
+                    usd(self.nu_uusd)
+                )?,
+                _ => writeln!(o, "network     {} B = {}", self.nu_bytes, usd(self.nu_uusd))?,
+            }
             writeln!(
                 o,
                 "discount    balance covers {}.{:03} months → {} %",
