@@ -27,7 +27,7 @@ pub enum ContractCommand {
     List {
         /// Whose contracts [default: yours, or anyone's with --node].
         #[arg(long)]
-        owner: Option<String>,
+        owner: Option<AccountId>,
         /// Those on this node, whoever owns them (with --owner: only theirs).
         #[arg(long)]
         node: Option<NodeId>,
@@ -241,7 +241,7 @@ pub enum ProposeAction {
     SetFeePerByte {
         /// Tokens per byte, like 0.0000001.
         #[arg(long)]
-        fee: String,
+        fee: Amount,
     },
     /// Replace the pricing policy with the one in a JSON or TOML file.
     SetPricing {
@@ -277,7 +277,7 @@ pub enum ProposeAction {
     SetCouncil {
         /// A member (repeatable).
         #[arg(long = "member", required = true)]
-        members: Vec<String>,
+        members: Vec<AccountId>,
         /// Approvals needed.
         #[arg(long)]
         threshold: u32,
@@ -429,7 +429,7 @@ pub fn contract(globals: &Globals, cmd: ContractCommand) -> anyhow::Result<()> {
         match cmd {
             ContractCommand::List { owner, node } => {
                 let owner: Option<AccountId> = match (owner, node) {
-                    (Some(o), _) => Some(o.parse()?),
+                    (Some(o), _) => Some(o),
                     (None, Some(_)) => None,
                     (None, None) => Some(globals.keypair()?.account()),
                 };
@@ -944,7 +944,7 @@ pub fn gov(globals: &Globals, cmd: GovCommand) -> anyhow::Result<()> {
                         uusd: usd.0,
                     },
                     ProposeAction::SetFeePerByte { fee } => {
-                        GovAction::SetFeePerByte { fee: fee.parse()? }
+                        GovAction::SetFeePerByte { fee }
                     }
                     ProposeAction::SetPricing { file } => {
                         let p: PricingPolicy = load_policy(&file, "pricing")?;
@@ -967,10 +967,7 @@ pub fn gov(globals: &Globals, cmd: GovCommand) -> anyhow::Result<()> {
                         certified: !revoke,
                     },
                     ProposeAction::SetCouncil { members, threshold } => GovAction::SetCouncil {
-                        members: members
-                            .iter()
-                            .map(|m| m.parse())
-                            .collect::<Result<_, _>>()?,
+                        members,
                         threshold,
                     },
                     ProposeAction::SetValidators { validators } => GovAction::SetValidators {

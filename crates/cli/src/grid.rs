@@ -34,7 +34,7 @@ pub enum FarmCommand {
         name: Option<String>,
         /// The account its rewards and its share of bills are paid to from now on.
         #[arg(long, value_name = "ACCOUNT")]
-        payout: Option<String>,
+        payout: Option<AccountId>,
         /// Offer another public IPv4, as IP/PREFIX@GATEWAY (repeatable).
         #[arg(long = "add-ip", value_name = "IP/PREFIX@GW")]
         add_ips: Vec<PublicIp>,
@@ -79,7 +79,7 @@ pub enum FarmCommand {
         farm: FarmId,
         /// The node's account id (shown by `peergrid node run` on first start).
         #[arg(long)]
-        node: String,
+        node: AccountId,
     },
 }
 
@@ -315,7 +315,6 @@ pub fn farm(globals: &Globals, cmd: FarmCommand) -> anyhow::Result<()> {
                 if let Some(name) = &name {
                     check_farm_name(name)?;
                 }
-                let payout: Option<AccountId> = payout.map(|p| p.parse()).transpose()?;
                 let client = globals.client()?;
                 let key = globals.keypair()?;
                 let f = client.farm(&farm).await?.data;
@@ -384,7 +383,6 @@ pub fn farm(globals: &Globals, cmd: FarmCommand) -> anyhow::Result<()> {
             }
             FarmCommand::Income { farm } => crate::econ::income(globals, &farm).await,
             FarmCommand::Invite { farm, node } => {
-                let node: AccountId = node.parse()?;
                 let client = globals.client()?;
                 let key = globals.keypair()?;
                 let f = client.farm(&farm.to_string()).await?;

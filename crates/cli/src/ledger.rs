@@ -30,10 +30,10 @@ pub enum WalletCommand {
     Transfer {
         /// The receiver's account id.
         #[arg(long)]
-        to: String,
+        to: AccountId,
         /// How many tokens, like 12 or 0.5.
         #[arg(long)]
-        amount: String,
+        amount: Amount,
         /// Return once a validator accepted it, without waiting for finality.
         #[arg(long)]
         no_wait: bool,
@@ -45,7 +45,7 @@ pub enum TxCommand {
     /// Where a transaction is: pending, finalized with its events, or rejected with the reason.
     Status {
         /// The transaction's hash.
-        hash: String,
+        hash: Hash,
     },
 }
 
@@ -91,10 +91,6 @@ pub struct DevnetArgs {
 enum DevnetCommand {
     /// Show the running devnet; exits 0 only while it is finalizing blocks.
     Status,
-}
-
-fn parse_hash(text: &str) -> anyhow::Result<Hash> {
-    text.parse().map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 fn status_line(status: &TxStatus) -> String {
@@ -160,8 +156,6 @@ pub fn wallet(globals: &Globals, cmd: WalletCommand) -> anyhow::Result<()> {
                 Ok(())
             }
             WalletCommand::Transfer { to, amount, no_wait } => {
-                let to: AccountId = to.parse()?;
-                let amount: Amount = amount.parse()?;
                 let key = globals.keypair()?;
                 if key.account() == to {
                     bail!(
@@ -233,7 +227,6 @@ pub(crate) async fn confirm_unseen(
 pub fn tx(globals: &Globals, cmd: TxCommand) -> anyhow::Result<()> {
     let client = globals.client()?;
     let TxCommand::Status { hash } = cmd;
-    let hash = parse_hash(&hash)?;
     crate::runtime()?.block_on(async {
         let status = client.tx_status(&hash).await?;
         if globals.json {

@@ -631,7 +631,9 @@ fn a_failed_command_with_json_prints_its_error_as_json() {
 #[test]
 fn a_command_line_that_does_not_parse_says_what_is_missing_in_json_too() {
     let sb = Sandbox::new();
-    let out = sb.run(&["--json", "wallet", "transfer", "--to", "someone"]);
+    // A well-formed account: a malformed one is refused first.
+    let someone = "12D3KooWHFd1gyNYFqxt7ke9FY2VoVVWY2XSPhvL9vg2pB6wQGfa";
+    let out = sb.run(&["--json", "wallet", "transfer", "--to", someone]);
     assert_eq!(out.status.code(), Some(2));
     let error = text(&parse_json(&out), "error");
     assert!(
@@ -639,11 +641,29 @@ fn a_command_line_that_does_not_parse_says_what_is_missing_in_json_too() {
         "the missing argument is named: {error}"
     );
     let out = sb.run(&[
-        "--json", "wallet", "transfer", "--to", "x", "--amount", "-1",
+        "--json", "wallet", "transfer", "--to", someone, "--amount", "-1",
     ]);
     assert_eq!(out.status.code(), Some(2));
     let error = text(&parse_json(&out), "error");
     assert!(error.starts_with("-1 is negative"), "{error}");
+    // Typed as one word, the amount reaches its parser, which says the same, as a usage
+    // error; so do a malformed account and hash.
+    for (args, says) in [
+        (
+            &["wallet", "transfer", "--to", someone, "--amount=-5"][..],
+            "-5 is negative",
+        ),
+        (
+            &["wallet", "transfer", "--to", "12D3KooWN1", "--amount", "1"][..],
+            "not an account id",
+        ),
+        (&["tx", "status", "abc"][..], "not a hash"),
+    ] {
+        let out = sb.run(&[&["--json"][..], args].concat());
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let error = text(&parse_json(&out), "error");
+        assert!(error.contains(says), "{args:?}: {error}");
+    }
     let out = sb.run(&["--json", "contract", "cancel", "abc"]);
     assert_eq!(out.status.code(), Some(2));
     let error = text(&parse_json(&out), "error");
