@@ -811,7 +811,8 @@ pub async fn income(globals: &Globals, farm: &str) -> anyhow::Result<()> {
         .try_collect()
         .await?;
     let (mut total, mut pruned) = (Amount::ZERO, 0u64);
-    let mut payouts: Vec<AccountId> = Vec::new();
+    // Where the shares went, in the order first paid: a payout changed since is another.
+    let mut payouts: Vec<(AccountId, Amount)> = Vec::new();
     let mut rows = Vec::new();
     let mut per_node = Vec::new();
     for n in &nodes {
@@ -825,8 +826,9 @@ pub async fn income(globals: &Globals, farm: &str) -> anyhow::Result<()> {
                 bills += 1;
                 if let Some(to) = b.farmer_payout {
                     paid = paid.saturating_add(b.split.farmer);
-                    if !payouts.contains(&to) {
-                        payouts.push(to);
+                    match payouts.iter_mut().find(|(a, _)| *a == to) {
+                        Some((_, sum)) => *sum = sum.saturating_add(b.split.farmer),
+                        None => payouts.push((to, b.split.farmer)),
                     }
                 }
             }
@@ -844,8 +846,8 @@ pub async fn income(globals: &Globals, farm: &str) -> anyhow::Result<()> {
     }
     if globals.json {
         return output::json(&json!({
-            "farm": f.id, "nodes": per_node, "tokens": total,
-            "payouts": payouts, "pruned_bills": pruned,
+            "farm": f.id, "nodes": per_node, "tokens": total, "pruned_bills": pruned,
+            "payouts": payouts.iter().map(|(a, t)| json!({ "account": a, "tokens": t })).collect::<Vec<_>>(),
         }));
     }
     if nodes.is_empty() {
@@ -863,8 +865,14 @@ pub async fn income(globals: &Globals, farm: &str) -> anyhow::Result<()> {
     );
     let to = match payouts.as_slice() {
         [] => String::new(),
-        [one] => format!(" to {one}"),
-        many => format!(" to {} payout accounts over time", many.len()),
+        [(one, _)] => format!(" to {one}"),
+        many => {
+            let each: Vec<String> = many
+                .iter()
+                .map(|(a, t)| format!("{t} PGT to {a}"))
+                .collect();
+            format!(" ({}: its payout changed)", each.join(", "))
+        }
     };
     outln!(
         "\nfarm {} ({}): {total} PGT{to}, its share of the bills the ledger keeps",
@@ -1259,7 +1267,7 @@ mod tests {
         );
         assert_eq!(
             state_words(&deleted(DeleteReason::CanceledByOwner)),
-            "deleted (canceled by owner)"
+            "deleted (cancelled by its owner)"
         );
         assert_eq!(state_words(&ContractState::Created), "live");
     }

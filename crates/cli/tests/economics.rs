@@ -380,7 +380,12 @@ async fn a_contract_is_billed_paused_resumed_and_deleted_and_the_farmer_can_expl
     );
     assert_eq!(income["nodes"][0]["bills"], bills.len(), "{income}");
     assert_eq!(income["nodes"][0]["live_contracts"], 0, "deleted: {income}");
-    assert_eq!(income["payouts"][0], payout.to_string(), "{income}");
+    assert_eq!(
+        income["payouts"][0]["account"],
+        payout.to_string(),
+        "{income}"
+    );
+    assert_eq!(income["payouts"][0]["tokens"], income["tokens"], "{income}");
 
     // Cancelled with the CLI, a contract is billed up to its deletion and never again. A
     // name contract is on no node, so the farmer's share of its bills goes to the foundation

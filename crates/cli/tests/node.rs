@@ -352,7 +352,7 @@ async fn a_farmer_runs_a_node_that_follows_its_contracts_across_restarts() {
     let removed = log.lines().any(|l| {
         l.contains("removed with its data")
             && l.contains(&format!("contract={contract_id}"))
-            && l.contains("canceled by owner")
+            && l.contains("cancelled by its owner")
     });
     assert!(removed, "{log}");
     assert!(log.contains("restored the workloads"), "{log}");

@@ -280,7 +280,7 @@ pub enum DeleteReason {
 impl std::fmt::Display for DeleteReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            DeleteReason::CanceledByOwner => "canceled by owner",
+            DeleteReason::CanceledByOwner => "cancelled by its owner",
             DeleteReason::OutOfFunds => "out of funds",
         })
     }
