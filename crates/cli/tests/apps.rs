@@ -273,6 +273,17 @@ fn deploy_call_survive_a_node_and_remove_an_app() {
         &["app", "update", "hello", HELLO, "--env", "WHO=peergrid"],
     );
     assert!(!again && err.contains("nothing to update"), "{err}");
+    // The log goes on across the update: what the previous deployment printed (the 404
+    // above, before WHO was set), a line where the new one took over, then its own.
+    let (ok, logs, err) = run(home, &["app", "logs", "hello"]);
+    assert!(ok, "app logs: {err}");
+    let second = logs["replicas"][1]["logs"]["stdout"]
+        .as_str()
+        .unwrap_or_default();
+    let handover = second.find("--- deployment ").unwrap_or(usize::MAX);
+    let before = second.find("GET /env/WHO -> 404").unwrap_or(usize::MAX);
+    let after = second.rfind("GET /env/WHO -> 200").unwrap_or(0);
+    assert!(before < handover && handover < after, "{logs}");
 
     // A contract pointed at a deployment its node has not received yet: the one it ran
     // goes on serving meanwhile (an update sends the new one right after).

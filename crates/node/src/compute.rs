@@ -86,6 +86,22 @@ impl JobRecord {
     }
 }
 
+/// Most of the replaced deployments' log kept per workload, bytes.
+const EARLIER_LOG_BYTES_MAX: usize = 64 * 1024;
+
+/// Drop the oldest lines of `text` until it holds at most `max` bytes.
+fn keep_newest(text: &mut String, max: usize) {
+    if text.len() <= max {
+        return;
+    }
+    let mut cut = text.len() - max;
+    while !text.is_char_boundary(cut) {
+        cut += 1;
+    }
+    let start = text[cut..].find('\n').map_or(text.len(), |i| cut + i + 1);
+    text.drain(..start);
+}
+
 fn job_record_path(dir: &Path, workload: &str) -> PathBuf {
     dir.join("jobs").join(format!("{workload}.json"))
 }
@@ -140,6 +156,9 @@ struct App {
     /// What [`App::served`] of `previous` was when it was handed over: only what it
     /// serves after that is this one's to count.
     previous_base: u64,
+    /// What the deployments this one replaced logged, per workload: an update keeps the
+    /// log that may say why it was needed.
+    earlier_logs: BTreeMap<String, String>,
 }
 
 impl App {
@@ -168,6 +187,12 @@ impl App {
         let Some(previous) = self.previous.take() else {
             return false;
         };
+        for name in previous.workloads.keys() {
+            let text = previous.handed_over_log(name, self.deployment);
+            let kept = self.earlier_logs.entry(name.clone()).or_default();
+            kept.push_str(&text);
+            keep_newest(kept, EARLIER_LOG_BYTES_MAX);
+        }
         let since = previous.served().saturating_sub(self.previous_base);
         self.carried = self.carried.saturating_add(since);
         self.previous_base = 0;
@@ -177,6 +202,39 @@ impl App {
     /// Sets what the share's runs may hold: the reservation, or one run's limit if more.
     fn share_memory(&self) {
         (self.share).set_memory_bytes_max(self.memory_reserved.max(self.memory_floor));
+    }
+
+    /// What `workload` of this deployment logged itself, while it serves.
+    fn own_log(&self, workload: &str) -> String {
+        match self.workloads.get(workload).map(|e| &e.phase) {
+            Some(Phase::Running(p)) => String::from_utf8_lossy(&p.logs()).into_owned(),
+            _ => String::new(),
+        }
+    }
+
+    /// Its own log of `workload`, closed by a line saying that `next` took over.
+    fn handed_over_log(&self, workload: &str, next: Hash) -> String {
+        let mut text = self.own_log(workload);
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str(&format!(
+            "--- deployment {} above, {} below ---\n",
+            &self.deployment.to_string()[..12],
+            &next.to_string()[..12]
+        ));
+        text
+    }
+
+    /// The whole log of `workload` kept here: the replaced deployments', the one still
+    /// serving meanwhile, then this one's.
+    fn log(&self, workload: &str) -> String {
+        let mut text = self.earlier_logs.get(workload).cloned().unwrap_or_default();
+        if let Some(previous) = &self.previous {
+            text.push_str(&previous.handed_over_log(workload, self.deployment));
+        }
+        text.push_str(&self.own_log(workload));
+        text
     }
 
     /// Stops its running jobs: their deployment is going.
@@ -353,6 +411,7 @@ impl Compute {
                 carried: 0,
                 previous: None,
                 previous_base: 0,
+                earlier_logs: BTreeMap::new(),
             };
             if let Some(mut old) = apps.remove(&contract) {
                 info!(
@@ -365,6 +424,7 @@ impl Compute {
                 app.memory_floor = old.memory_floor;
                 app.share_memory();
                 app.carried = old.served().saturating_sub(old.reported_bytes);
+                app.earlier_logs = std::mem::take(&mut old.earlier_logs);
                 // Replaced before it started (two updates in a row): the one before it
                 // goes on serving instead.
                 let previous = match old.serves() {
@@ -724,8 +784,9 @@ impl Compute {
                 logs.cpu_ms = r.cpu_ms;
                 logs.wall_ms = r.wall_ms;
             }
-            Phase::Running(p) => logs.stdout = String::from_utf8_lossy(&p.logs()).into_owned(),
-            Phase::Init | Phase::Error(_) => {}
+            // A service's log goes on across updates; one that cannot start shows
+            // what the deployments before it logged.
+            Phase::Running(_) | Phase::Init | Phase::Error(_) => logs.stdout = app.log(workload),
         }
         Ok(logs)
     }
@@ -876,7 +937,20 @@ mod tests {
             carried,
             previous: None,
             previous_base: 0,
+            earlier_logs: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn the_oldest_lines_of_a_carried_log_go_first() {
+        let mut text = "one\ntwo\nthree\n".to_string();
+        keep_newest(&mut text, 100);
+        assert_eq!(text, "one\ntwo\nthree\n");
+        keep_newest(&mut text, 10);
+        assert_eq!(text, "three\n", "whole lines only");
+        let mut wide = "é".repeat(10);
+        keep_newest(&mut wide, 5);
+        assert!(wide.is_empty(), "no line end left: nothing half kept");
     }
 
     #[test]
