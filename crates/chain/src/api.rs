@@ -354,6 +354,7 @@ async fn status(State(api): State<Api>) -> ApiResult<Status> {
             mempool,
             params: s.params().clone(),
             mesh_bootstrap: api.shared.genesis.mesh_bootstrap.clone(),
+            council: Some(s.config().council.clone()),
         })
     })?;
     Ok(at(v, height, root))

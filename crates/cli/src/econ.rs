@@ -1139,12 +1139,24 @@ pub fn gov(globals: &Globals, cmd: GovCommand) -> anyhow::Result<()> {
             }
             GovCommand::Params => {
                 let status = client.status().await?;
+                let council = status.data.council.clone();
                 if globals.json {
-                    return output::json(
-                        &json!({ "height": status.height, "params": status.data.params }),
-                    );
+                    return output::json(&json!({
+                        "height": status.height, "params": status.data.params, "council": council,
+                    }));
                 }
                 output::rows(&crate::genesis::param_rows(&status.data.params));
+                if let Some(c) = &council {
+                    let members: Vec<String> = c.members.iter().map(|m| m.to_string()).collect();
+                    outln!(
+                        "\ncouncil: a proposal passes with {} of these {} members' approvals and \
+                         at least as much farmer weight for it as against (`peergrid gov show` \
+                         says what one still needs):\n  {}",
+                        c.threshold,
+                        c.members.len(),
+                        members.join("\n  ")
+                    );
+                }
                 outln!(
                     "\nin force at height {}; the council proposes changes (`peergrid gov propose`)",
                     status.height

@@ -629,6 +629,13 @@ async fn a_contract_is_billed_paused_resumed_and_deleted_and_the_farmer_can_expl
     let (ok, params, err) = run(&home, &["gov", "params"]);
     assert!(ok, "{err}");
     assert_eq!(params["params"]["token_price_uusd"], 20, "{params}");
+    // Who decides: the council voted in above.
+    assert_eq!(params["council"]["threshold"], 2, "{params}");
+    assert_eq!(
+        params["council"]["members"][1],
+        member.account().to_string(),
+        "{params}"
+    );
     let (ok, listed, err) = run(&home, &["gov", "list"]);
     assert!(ok, "{err}");
     let entry = listed["proposals"]

@@ -45,6 +45,7 @@ fn status() -> AtHeight<Status> {
             mempool: 0,
             params: Params::devnet(),
             mesh_bootstrap: Vec::new(),
+            council: None,
         },
         proof: None,
     }

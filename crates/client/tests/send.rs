@@ -78,6 +78,7 @@ fn status_at() -> AtHeight<Status> {
         mempool: 0,
         params: Params::devnet(),
         mesh_bootstrap: Vec::new(),
+        council: None,
     })
 }
 

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use peergrid_core::tx::ValidatorEntry;
 use peergrid_core::{AccountId, Amount, Capacity, Hash, NodeId, TxHash};
 
-use crate::params::Params;
+use crate::params::{Council, Params};
 use crate::proof::StateProof;
 use crate::receipt::TxStatus;
 use crate::records::{
@@ -212,6 +212,10 @@ pub struct Status {
     pub params: Params,
     /// The genesis's mesh bootstrap peers, as multiaddr text.
     pub mesh_bootstrap: Vec<String>,
+    /// The council in force: who proposes and how many approvals pass a proposal (absent
+    /// from validators older than it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub council: Option<Council>,
 }
 
 /// The token supply as the ledger counts it.

@@ -172,6 +172,7 @@ impl Params {
     borsh::BorshSerialize,
     borsh::BorshDeserialize,
 )]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Council {
     /// Members.
     pub members: Vec<AccountId>,
