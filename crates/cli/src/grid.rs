@@ -165,6 +165,25 @@ fn ip_address(text: &str) -> Result<std::net::Ipv4Addr, String> {
         .map_err(|_| format!("{text:?} is not an IPv4 address, like 185.1.2.3"))
 }
 
+/// The farm `farm` (id or name), if the key in use owns it; else who does and what to do.
+async fn your_farm(
+    globals: &Globals,
+    client: &peergrid_client::Client,
+    farm: &str,
+) -> anyhow::Result<peergrid_ledger::Farm> {
+    let key = globals.keypair()?;
+    let f = client.farm(farm).await?.data;
+    if f.owner != key.account() {
+        bail!(
+            "your key {} does not own farm {} (its owner is {}); pass the owner's key with --key",
+            key.account(),
+            f.id,
+            f.owner
+        );
+    }
+    Ok(f)
+}
+
 /// A name `farm show` can find: one of digits only reads as a farm id.
 fn check_farm_name(name: &str) -> anyhow::Result<()> {
     if !name.is_empty() && name.bytes().all(|b| b.is_ascii_digit()) {
@@ -316,17 +335,7 @@ pub fn farm(globals: &Globals, cmd: FarmCommand) -> anyhow::Result<()> {
                     check_farm_name(name)?;
                 }
                 let client = globals.client()?;
-                let key = globals.keypair()?;
-                let f = client.farm(&farm).await?.data;
-                if f.owner != key.account() {
-                    bail!(
-                        "your key {} does not own farm {} (its owner is {}); pass the owner's key \
-                         with --key",
-                        key.account(),
-                        f.id,
-                        f.owner
-                    );
-                }
+                let f = your_farm(globals, &client, &farm).await?;
                 // What is already so is left out: an update that changes nothing costs a
                 // fee for nothing.
                 let name = name.filter(|n| *n != f.name);
@@ -385,14 +394,7 @@ pub fn farm(globals: &Globals, cmd: FarmCommand) -> anyhow::Result<()> {
             FarmCommand::Invite { farm, node } => {
                 let client = globals.client()?;
                 let key = globals.keypair()?;
-                let f = client.farm(&farm.to_string()).await?;
-                if f.data.owner != key.account() {
-                    bail!(
-                        "your key {} does not own farm {farm} (its owner is {}); pass the owner's key with --key",
-                        key.account(),
-                        f.data.owner
-                    );
-                }
+                your_farm(globals, &client, &farm.to_string()).await?;
                 let status = client.status().await?;
                 let sig = sign_invitation(&key, &status.data.chain_id, farm, &node);
                 let hex = hex::encode(sig.0);
