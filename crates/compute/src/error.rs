@@ -45,7 +45,7 @@ pub enum ComputeError {
     InvalidComponent(String),
     /// The component needs something the host does not give workloads of its kind.
     #[error(
-        "the component imports `{import}`, which this host does not provide to {kind} workloads ({reason}); the host provides WASI 0.2 (wasi:cli, wasi:clocks, wasi:random, wasi:io, wasi:filesystem without preopened directories, wasi:sockets without network access) and, to http workloads, wasi:http"
+        "the component imports `{import}`, which this host does not provide to {kind} workloads ({reason}); the host provides WASI 0.2 (wasi:cli, wasi:clocks, wasi:random, wasi:io, wasi:filesystem with the app's /data folder only, wasi:sockets without network access) and, to http workloads, wasi:http"
     )]
     UnsupportedImport {
         /// The import's name, such as `wasi:keyvalue/store@0.2.0`.

@@ -77,7 +77,9 @@ pub(crate) fn new_store(
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(|ctx| {
         let meter = &ctx.data().meter;
-        if meter.cpu_used_ns() >= meter.cpu_limit_ns {
+        if meter.disk_exhausted.load(Ordering::Relaxed) {
+            Ok(UpdateDeadline::Interrupt)
+        } else if meter.cpu_used_ns() >= meter.cpu_limit_ns {
             meter.cpu_exhausted.store(true, Ordering::Relaxed);
             Ok(UpdateDeadline::Interrupt)
         } else {
@@ -133,6 +135,12 @@ pub(crate) struct RunMeter {
     pub(crate) share: Option<Arc<Share>>,
     /// The growth refused was the share's, not this run's own limit.
     pub(crate) share_exhausted: AtomicBool,
+    /// The app's data folder went over its quota and grew during the run.
+    pub(crate) disk_exhausted: AtomicBool,
+    /// What the data folder used when the run was stopped for it.
+    pub(crate) disk_used_bytes: AtomicU64,
+    /// The data folder's quota when the run was stopped for it.
+    pub(crate) disk_quota_bytes: AtomicU64,
 }
 
 impl RunMeter {
@@ -149,6 +157,9 @@ impl RunMeter {
             memory_exhausted: AtomicBool::new(false),
             share: None,
             share_exhausted: AtomicBool::new(false),
+            disk_exhausted: AtomicBool::new(false),
+            disk_used_bytes: AtomicU64::new(0),
+            disk_quota_bytes: AtomicU64::new(0),
         }
     }
 

@@ -11,7 +11,7 @@
 
 use crate::deployment::Limits;
 use crate::host::{Metered, new_store};
-use crate::runtime::{Prepared, classify, wasi_ctx};
+use crate::runtime::{Prepared, classify};
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
 use http_body::{Body, Frame, SizeHint};
@@ -246,15 +246,15 @@ impl Prepared {
             }
         };
         let meter = self.meter(&limits);
-        let mut store = new_store(
-            &self.inner.runtime.engine,
-            wasi_ctx(
-                &[],
-                env,
-                Some((self.inner.log.clone(), self.inner.log.clone())),
-            ),
-            meter.clone(),
-        );
+        let output = (self.inner.log.clone(), self.inner.log.clone());
+        let (wasi, on_data) = match self.wasi_ctx(&meter, &[], env, Some(output)).await {
+            Ok(ctx) => ctx,
+            Err(reason) => {
+                metrics.error();
+                return self.host_answer(&asked, StatusCode::INTERNAL_SERVER_ERROR, &reason, None);
+            }
+        };
+        let mut store = new_store(&self.inner.runtime.engine, wasi, meter.clone());
 
         let (mut parts, body) = req.into_parts();
         if parts.uri.authority().is_none() && !parts.headers.contains_key(header::HOST) {
@@ -307,6 +307,7 @@ impl Prepared {
             (ending.clone(), self.inner.log.clone(), asked.clone());
         let run = tokio::spawn(async move {
             let _instance = instance;
+            let _on_data = on_data;
             let guest = Metered::new(meter.clone(), async move {
                 let proxy = pre.instantiate_async(&mut store).await?;
                 proxy

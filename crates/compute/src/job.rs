@@ -3,7 +3,7 @@
 use crate::deployment::Limits;
 use crate::host::{Capture, Metered, new_store};
 use crate::metrics::LimitExceeded;
-use crate::runtime::{Prepared, classify, wasi_ctx};
+use crate::runtime::{Prepared, classify};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use wasmtime_wasi::I32Exit;
@@ -96,11 +96,15 @@ impl Prepared {
         let meter = self.meter(&limits);
         let bound = self.inner.runtime.config.output_bytes_max;
         let (stdout, stderr) = (Capture::new(bound), Capture::new(bound));
-        let mut store = new_store(
-            &self.inner.runtime.engine,
-            wasi_ctx(args, env, Some((stdout.clone(), stderr.clone()))),
-            meter.clone(),
-        );
+        let output = Some((stdout.clone(), stderr.clone()));
+        let (wasi, _on_data) = match self.wasi_ctx(&meter, args, env, output).await {
+            Ok(ctx) => ctx,
+            Err(reason) => {
+                metrics.error();
+                return JobOutcome::not_run(started, None, &reason, false);
+            }
+        };
+        let mut store = new_store(&self.inner.runtime.engine, wasi, meter.clone());
         let guest = Metered::new(meter.clone(), async move {
             let command = pre.instantiate_async(&mut store).await?;
             command.wasi_cli_run().call_run(&mut store).await

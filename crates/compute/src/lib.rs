@@ -20,7 +20,8 @@
 //! reserved and a bounded number of the pool's instances.
 //!
 //! Workloads get no network (outgoing HTTP is refused, sockets are denied) and no
-//! filesystem (no directory is preopened). A guest that traps, loops or allocates
+//! filesystem but, if given one ([`Prepared::with_data`]), their app's [`DataDir`] as
+//! `/data`, kept within its quota. A guest that traps, loops or allocates
 //! without bound is stopped by its limits; the runtime goes on serving the others.
 //!
 //! ```no_run
@@ -37,6 +38,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod data;
 pub mod deployment;
 mod error;
 mod host;
@@ -46,6 +48,7 @@ mod metrics;
 mod runtime;
 mod share;
 
+pub use data::DataDir;
 pub use deployment::{Deployment, DeploymentError, Limits, WorkloadKind, WorkloadSpec};
 pub use error::ComputeError;
 pub use http::{RequestBodyError, ResponseBody, ResponseBodyError};

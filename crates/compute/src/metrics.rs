@@ -13,6 +13,8 @@ pub enum LimitExceeded {
     Memory,
     /// It ran past its wall-time limit.
     WallTime,
+    /// Its app's data folder went over the disk its contract reserves.
+    Disk,
 }
 
 /// A point-in-time copy of a workload's counters.
@@ -96,7 +98,7 @@ impl WorkloadMetrics {
             Some(LimitExceeded::Cpu) => &self.cpu_limit_exceeded,
             Some(LimitExceeded::Memory) => &self.memory_limit_exceeded,
             Some(LimitExceeded::WallTime) => &self.wall_time_exceeded,
-            None => return,
+            Some(LimitExceeded::Disk) | None => return,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }

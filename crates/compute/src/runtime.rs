@@ -1,5 +1,6 @@
 //! The engine, the compile cache, the epoch ticker, and preparing components to run.
 
+use crate::data::{DataDir, RunOnData};
 use crate::deployment::{Limits, MEMORY_BYTES_MAX, WorkloadKind};
 use crate::error::{ComputeError, one_line};
 use crate::host::{Capture, Host, RunMeter};
@@ -166,7 +167,8 @@ impl Runtime {
 
         // Both kinds get all of WASI 0.2. wasi:sockets is linked so that components whose
         // standard library imports it still load, but the context grants no network:
-        // every socket operation and name lookup is refused. No directory is preopened.
+        // every socket operation and name lookup is refused. Only the app's data folder, if it
+        // has one, is preopened (as /data).
         let mut job_linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut job_linker)
             .map_err(|e| ComputeError::Engine(one_line(&e)))?;
@@ -278,6 +280,7 @@ impl Runtime {
                 log: Capture::ring(rt.config.log_bytes_max),
             }),
             share: None,
+            data: None,
         })
     }
 
@@ -421,6 +424,8 @@ pub struct Prepared {
     pub(crate) inner: Arc<PreparedInner>,
     /// The tenant's share its runs count in; none: only each run's own limits.
     pub(crate) share: Option<Arc<Share>>,
+    /// The folder its runs see as `/data`; none: no directory is preopened.
+    pub(crate) data: Option<Arc<DataDir>>,
 }
 
 pub(crate) struct PreparedInner {
@@ -443,6 +448,34 @@ impl Prepared {
     pub fn in_share(mut self, share: Arc<Share>) -> Prepared {
         self.share = Some(share);
         self
+    }
+
+    /// The same component, its runs given `data` as `/data` from now on.
+    pub fn with_data(mut self, data: Arc<DataDir>) -> Prepared {
+        self.data = Some(data);
+        self
+    }
+
+    /// A run's WASI context: `args` after a program name, `env`, captured output if
+    /// given, the data folder if it has one (and the guard that measures it after the
+    /// run), no network, empty stdin.
+    pub(crate) async fn wasi_ctx(
+        &self,
+        meter: &Arc<RunMeter>,
+        args: &[String],
+        env: &[(String, String)],
+        output: Option<(Capture, Capture)>,
+    ) -> Result<(WasiCtx, Option<RunOnData>), String> {
+        let mut builder = WasiCtx::builder();
+        builder.arg("main").args(args).envs(env);
+        if let Some((stdout, stderr)) = output {
+            builder.stdout(stdout).stderr(stderr);
+        }
+        let data = match &self.data {
+            Some(data) => Some(data.open(&mut builder, meter).await?),
+            None => None,
+        };
+        Ok((builder.build(), data))
     }
 
     /// A run's meter under `limits`, counting in the share if there is one.
@@ -526,21 +559,6 @@ impl Prepared {
     }
 }
 
-/// A WASI context: `args` after a program name, `env`, captured output if given,
-/// no preopened directory, no network, empty stdin.
-pub(crate) fn wasi_ctx(
-    args: &[String],
-    env: &[(String, String)],
-    output: Option<(Capture, Capture)>,
-) -> WasiCtx {
-    let mut builder = WasiCtx::builder();
-    builder.arg("main").args(args).envs(env);
-    if let Some((stdout, stderr)) = output {
-        builder.stdout(stdout).stderr(stderr);
-    }
-    builder.build()
-}
-
 /// The instance a run holds: the pool's and its contract's share's, given back when the
 /// run's store is gone.
 pub(crate) struct Instance {
@@ -585,6 +603,19 @@ pub(crate) fn classify<T>(
         }
         Ok(Err(e)) => e,
     };
+    if meter.disk_exhausted.load(Ordering::Relaxed) {
+        let used = meter.disk_used_bytes.load(Ordering::Relaxed);
+        return Err(Failure {
+            limit: Some(LimitExceeded::Disk),
+            status: StatusCode::INSUFFICIENT_STORAGE,
+            message: format!(
+                "stopped: the app's /data folder grew to {} during the run, past the {} its contract reserves; remove files, or update the app with a larger --disk",
+                crate::deployment::readable_bytes(used),
+                crate::deployment::readable_bytes(meter.disk_quota_bytes.load(Ordering::Relaxed)),
+            ),
+            retry_after_secs: None,
+        });
+    }
     if meter.cpu_exhausted.load(Ordering::Relaxed) {
         return Err(Failure {
             limit: Some(LimitExceeded::Cpu),

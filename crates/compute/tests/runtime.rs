@@ -4,8 +4,8 @@
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use peergrid_compute::{
-    ComputeError, LimitExceeded, Limits, Prepared, Runtime, RuntimeConfig, Share, WorkloadKind,
-    memory_at_start,
+    ComputeError, DataDir, LimitExceeded, Limits, Prepared, Runtime, RuntimeConfig, Share,
+    WorkloadKind, memory_at_start,
 };
 use std::path::{Path, PathBuf};
 
@@ -194,13 +194,134 @@ async fn hello_answers_with_its_body_and_is_metered() {
     );
 }
 
+fn request(method: &str, path: &str, body: &[u8]) -> hyper::Request<Full<Bytes>> {
+    hyper::Request::builder()
+        .method(method)
+        .uri(format!("http://localhost{path}"))
+        .header("content-type", "text/plain")
+        .body(Full::new(Bytes::copy_from_slice(body)))
+        .expect("request builds")
+}
+
+async fn send(app: &Prepared, req: hyper::Request<Full<Bytes>>) -> (u16, String) {
+    let resp = app.handle(req, &[], &Limits::default()).await;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kv_answers_its_listing() {
+async fn kv_keeps_its_keys_in_data_across_instances_and_restarts() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let rt = runtime(dir.path());
-    let kv = prepare(&rt, &example("kv"), WorkloadKind::Http);
-    let (status, _) = call(&kv, "/", &[], &Limits::default()).await;
-    assert_eq!(status, 200, "kv answered {status}");
+    let rt = runtime(&dir.path().join("cache"));
+    let folder = dir.path().join("data");
+
+    // Without a data folder the app says what is missing.
+    let bare = prepare(&rt, &example("kv"), WorkloadKind::Http);
+    let (status, body) = call(&bare, "/", &[], &Limits::default()).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("--disk"), "{body}");
+
+    let data = DataDir::new(&folder, 16 << 20).expect("data dir");
+    let kv = prepare(&rt, &example("kv"), WorkloadKind::Http).with_data(data.clone());
+    assert_eq!(send(&kv, request("PUT", "/k/alpha", b"one")).await.0, 201);
+    assert_eq!(send(&kv, request("PUT", "/k/beta", b"two")).await.0, 201);
+    assert_eq!(send(&kv, request("PUT", "/k/alpha", b"uno")).await.0, 200);
+    // Every request is a fresh instance: what it reads came from the folder.
+    assert_eq!(
+        send(&kv, request("GET", "/k/alpha", b"")).await,
+        (200, "uno".into())
+    );
+    assert_eq!(
+        send(&kv, request("GET", "/", b"")).await,
+        (200, "[\"alpha\",\"beta\"]\n".into())
+    );
+    assert_eq!(send(&kv, request("DELETE", "/k/beta", b"")).await.0, 204);
+    assert_eq!(send(&kv, request("GET", "/k/beta", b"")).await.0, 404);
+
+    // A new runtime and a new handle on the same folder (a node restart) see the key.
+    drop(kv);
+    let rt = runtime(&dir.path().join("cache"));
+    let data = DataDir::new(&folder, 16 << 20).expect("data dir");
+    let kv = prepare(&rt, &example("kv"), WorkloadKind::Http).with_data(data.clone());
+    assert_eq!(
+        send(&kv, request("GET", "/k/alpha", b"")).await,
+        (200, "uno".into())
+    );
+    // The measure after the runs counts the folder.
+    let mut used = 0;
+    for _ in 0..200 {
+        used = data.used_bytes().unwrap_or(0);
+        if used > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(
+        used >= 2 * peergrid_compute::data::ENTRY_BYTES_MIN,
+        "{used}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_its_quota_data_turns_read_only_until_the_contract_reserves_more() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(&dir.path().join("cache"));
+    let data = DataDir::new(&dir.path().join("data"), 256 << 10).expect("data dir");
+    let kv = prepare(&rt, &example("kv"), WorkloadKind::Http).with_data(data.clone());
+    assert_eq!(send(&kv, request("PUT", "/k/a", b"kept")).await.0, 201);
+    // What an earlier run left: the folder is past its quota and 10 % more.
+    std::fs::write(data.path().join("bulk"), vec![0u8; 300 << 10]).expect("write");
+    let used = data.measure().await;
+    assert!(used > (256 << 10) * 11 / 10, "{used}");
+    let (status, body) = send(&kv, request("PUT", "/k/d", b"more")).await;
+    assert_eq!(status, 507, "{body}");
+    assert!(body.contains("/data is full"), "{body}");
+    // Reads go on.
+    assert_eq!(
+        send(&kv, request("GET", "/k/a", b"")).await,
+        (200, "kept".into())
+    );
+    // The contract reserves more: writable again, and keys can be removed.
+    data.set_quota_bytes(4 << 20);
+    assert_eq!(send(&kv, request("PUT", "/k/d", b"more")).await.0, 201);
+    assert_eq!(send(&kv, request("DELETE", "/k/a", b"")).await.0, 204);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_filling_its_data_folder_is_stopped_near_its_quota() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(&dir.path().join("cache"));
+    let quota = 8u64 << 20;
+    let data = DataDir::new(&dir.path().join("data"), quota).expect("data dir");
+    let cpu = prepare(&rt, &example("cpu"), WorkloadKind::Job).with_data(data.clone());
+    let out = cpu
+        .run_job(
+            &["fill".to_string()],
+            &[],
+            &limits(64 << 20, 20_000, 30_000),
+        )
+        .await;
+    assert_eq!(out.limit_exceeded, Some(LimitExceeded::Disk), "{out:?}");
+    let error = out.error.clone().unwrap_or_default();
+    assert!(
+        error.contains("/data") && error.contains("--disk"),
+        "{error}"
+    );
+    // Stopped within a measuring interval's writes, not when the node's disk filled.
+    let used = peergrid_compute::data::usage(data.path());
+    assert!(used > quota && used < quota + (128 << 20), "{used}");
+
+    // Without a data folder the job has none to fill.
+    let bare = prepare(&rt, &example("cpu"), WorkloadKind::Job);
+    let out = bare
+        .run_job(&["fill".to_string()], &[], &limits(64 << 20, 5_000, 10_000))
+        .await;
+    assert_eq!(out.exit_code, Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("no /data folder"),
+        "{out:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,6 +4,8 @@
 //! cpu primes N   prints "primes below N: C" (trial division, CPU-bound), exit 0
 //! cpu spin       loops forever (for CPU / wall-time limits)
 //! cpu alloc      allocates and touches memory without bound (for memory limits)
+//! cpu fill       writes /data/fill a MiB at a time without bound (for disk limits),
+//!                then says how far it got and why it stopped, exit 1
 //! ```
 //!
 //! Bad arguments print the usage to stderr and exit with code 2
@@ -15,7 +17,7 @@ use std::io::Write as _;
 
 wasip2::cli::command::export!(Cpu);
 
-const USAGE: &str = "usage: cpu primes N | cpu spin | cpu alloc\n";
+const USAGE: &str = "usage: cpu primes N | cpu spin | cpu alloc | cpu fill\n";
 
 struct Cpu;
 
@@ -39,13 +41,14 @@ impl wasip2::exports::cli::run::Guest for Cpu {
             },
             ["spin"] => spin(),
             ["alloc"] => alloc(),
+            ["fill"] => fill(),
             _ => usage(),
         }
     }
 }
 
 fn is_mode(a: &str) -> bool {
-    matches!(a, "primes" | "spin" | "alloc")
+    matches!(a, "primes" | "spin" | "alloc" | "fill")
 }
 
 fn usage() -> ! {
@@ -106,4 +109,38 @@ fn alloc() -> ! {
             let _ = out.blocking_flush();
         }
     }
+}
+
+fn fill() -> ! {
+    use wasip2::filesystem::types::{DescriptorFlags, OpenFlags, PathFlags};
+    const CHUNK: usize = 1 << 20; // 1 MiB
+    let mut out = wasip2::cli::stdout::get_stdout();
+    let dirs = wasip2::filesystem::preopens::get_directories();
+    let Some((data, _)) = dirs.iter().find(|(_, p)| p == "/data") else {
+        let _ = out.write_all(b"no /data folder\n");
+        let _ = out.blocking_flush();
+        wasip2::cli::exit::exit_with_code(1);
+        unreachable!()
+    };
+    let file = data.open_at(
+        PathFlags::empty(),
+        "fill",
+        OpenFlags::CREATE | OpenFlags::TRUNCATE,
+        DescriptorFlags::WRITE,
+    );
+    let chunk = vec![0x5a; CHUNK];
+    let mut at = 0u64;
+    let why = match file {
+        Err(e) => e.message(),
+        Ok(file) => loop {
+            match file.write(&chunk, at) {
+                Ok(n) => at += n,
+                Err(e) => break e.message(),
+            }
+        },
+    };
+    let _ = write!(out, "wrote {at} bytes, then: {why}\n");
+    let _ = out.blocking_flush();
+    wasip2::cli::exit::exit_with_code(1);
+    unreachable!()
 }

@@ -1,23 +1,28 @@
-//! `kv`: an in-memory key-value store behind a small JSON API (`wasi:http/proxy`).
+//! `kv`: a key-value store behind a small JSON API (`wasi:http/proxy`), kept in the
+//! app's `/data` folder so that it outlives requests, restarts and updates.
 //!
 //! | request          | answer                                                     |
 //! |------------------|------------------------------------------------------------|
 //! | `GET /`          | 200, JSON array of the keys, sorted                        |
-//! | `PUT /k/KEY`     | stores the body (≤ 64 KiB, else 413): 201 new / 200 replaced, `{"key":..,"size":..}` |
+//! | `PUT /k/KEY`     | stores the body (≤ 1 MiB, else 413): 201 new / 200 replaced, `{"key":..,"size":..}`; 507 when `/data` has no room |
 //! | `GET /k/KEY`     | 200 with the stored body and its content-type, or 404      |
 //! | `DELETE /k/KEY`  | 204, or 404 if absent                                      |
 //!
-//! Errors are JSON objects `{"error": "..."}`.
+//! Keys are at most 120 bytes. Errors are JSON objects `{"error": "..."}`.
 //!
-//! State lives in this instance's linear memory only: it lasts as long as the
-//! instance does. A node may instantiate the component per request (wasmtime's
-//! `wasi:http` serving does), in which case every request sees an empty store,
-//! so the state is per instance, never shared or persisted.
+//! Each key is one file, `/data/kv/<hex of the key>`: two bytes of content-type length,
+//! the content-type, then the value. A value is written to a temporary file and renamed
+//! over the old one, so a reader never sees half a value. A node runs one instance
+//! per request, so nothing is kept in memory between requests; each replica of the
+//! app has its own `/data`.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::io::Write as _;
-use std::sync::Mutex;
 
+use wasip2::filesystem::preopens::get_directories;
+use wasip2::filesystem::types::{
+    Descriptor, DescriptorFlags, ErrorCode, OpenFlags, PathFlags,
+};
 use wasip2::http::types::{
     Fields, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
 };
@@ -26,14 +31,11 @@ use wasip2::io::streams::StreamError;
 wasip2::http::proxy::export!(Kv);
 
 /// Largest accepted value.
-const MAX_BODY: usize = 64 * 1024;
-
-struct Entry {
-    content_type: Vec<u8>,
-    value: Vec<u8>,
-}
-
-static STORE: Mutex<BTreeMap<String, Entry>> = Mutex::new(BTreeMap::new());
+const MAX_BODY: usize = 1024 * 1024;
+/// Longest key, in bytes (its hex file name stays under common 255-byte limits).
+const MAX_KEY: usize = 120;
+/// The folder of the keys, inside `/data`.
+const DIR: &str = "kv";
 
 struct Kv;
 
@@ -42,21 +44,27 @@ impl wasip2::exports::http::incoming_handler::Guest for Kv {
         let path = request.path_with_query().unwrap_or_default();
         let path = path.split('?').next().unwrap_or("").to_string();
         let method = request.method();
-        let mut store = STORE.lock().unwrap_or_else(|e| e.into_inner());
+        let store = match open_store() {
+            Ok(dir) => dir,
+            Err(msg) => return error(out, 503, &msg),
+        };
 
         if path == "/" {
             return match method {
-                Method::Get => {
-                    let mut json = String::from("[");
-                    for (i, k) in store.keys().enumerate() {
-                        if i > 0 {
-                            json.push(',');
+                Method::Get => match keys(&store) {
+                    Ok(keys) => {
+                        let mut json = String::from("[");
+                        for (i, k) in keys.iter().enumerate() {
+                            if i > 0 {
+                                json.push(',');
+                            }
+                            push_json_str(&mut json, k);
                         }
-                        push_json_str(&mut json, k);
+                        json.push_str("]\n");
+                        respond(out, 200, JSON, json.as_bytes())
                     }
-                    json.push_str("]\n");
-                    respond(out, 200, JSON, json.as_bytes())
-                }
+                    Err(e) => fs_error(out, "cannot list the keys", e),
+                },
                 _ => error(out, 405, "method not allowed"),
             };
         }
@@ -64,14 +72,20 @@ impl wasip2::exports::http::incoming_handler::Guest for Kv {
             Some(k) if !k.is_empty() => k.to_string(),
             _ => return error(out, 404, "not found"),
         };
+        if key.len() > MAX_KEY {
+            return error(out, 414, &format!("key longer than {MAX_KEY} bytes"));
+        }
+        let file = hex(key.as_bytes());
         match method {
-            Method::Get => match store.get(&key) {
-                Some(e) => respond(out, 200, &e.content_type, &e.value),
-                None => error(out, 404, "no such key"),
+            Method::Get => match read_entry(&store, &file) {
+                Ok(Some((content_type, value))) => respond(out, 200, &content_type, &value),
+                Ok(None) => error(out, 404, "no such key"),
+                Err(e) => fs_error(out, "cannot read the key", e),
             },
-            Method::Delete => match store.remove(&key) {
-                Some(_) => respond(out, 204, JSON, b""),
-                None => error(out, 404, "no such key"),
+            Method::Delete => match store.unlink_file_at(&file) {
+                Ok(()) => respond(out, 204, JSON, b""),
+                Err(ErrorCode::NoEntry) => error(out, 404, "no such key"),
+                Err(e) => fs_error(out, "cannot delete the key", e),
             },
             Method::Put => {
                 let content_type = request
@@ -80,20 +94,163 @@ impl wasip2::exports::http::incoming_handler::Guest for Kv {
                     .into_iter()
                     .next()
                     .unwrap_or_else(|| b"application/octet-stream".to_vec());
+                if content_type.len() > 1024 {
+                    return error(out, 400, "content-type longer than 1024 bytes");
+                }
                 let value = match read_body(request) {
                     Ok(v) => v,
                     Err(status) => return error(out, status, "body too large or unreadable"),
                 };
-                let size = value.len();
-                let new = store.insert(key.clone(), Entry { content_type, value }).is_none();
+                let new = match store.stat_at(PathFlags::empty(), &file) {
+                    Ok(_) => false,
+                    Err(ErrorCode::NoEntry) => true,
+                    Err(e) => return fs_error(out, "cannot look the key up", e),
+                };
+                if let Err(e) = write_entry(&store, &file, &content_type, &value) {
+                    return fs_error(out, "cannot store the value", e);
+                }
                 let mut json = String::from("{\"key\":");
                 push_json_str(&mut json, &key);
-                json.push_str(&format!(",\"size\":{size}}}\n"));
+                json.push_str(&format!(",\"size\":{}}}\n", value.len()));
                 respond(out, if new { 201 } else { 200 }, JSON, json.as_bytes())
             }
             _ => error(out, 405, "method not allowed"),
         }
     }
+}
+
+/// The keys' folder, created on first use.
+fn open_store() -> Result<Descriptor, String> {
+    let Some((data, _)) = get_directories().into_iter().find(|(_, p)| p == "/data") else {
+        return Err("this node gave the app no /data folder: deploy it with --disk".into());
+    };
+    match data.create_directory_at(DIR) {
+        Ok(()) | Err(ErrorCode::Exist) => {}
+        // A read-only /data (full) still serves reads of what is there.
+        Err(ErrorCode::ReadOnly) | Err(ErrorCode::NotPermitted) => {}
+        Err(e) => return Err(format!("cannot create /data/{DIR}: {}", e.message())),
+    }
+    data.open_at(
+        PathFlags::empty(),
+        DIR,
+        OpenFlags::DIRECTORY,
+        DescriptorFlags::READ | DescriptorFlags::MUTATE_DIRECTORY,
+    )
+    .or_else(|_| {
+        data.open_at(PathFlags::empty(), DIR, OpenFlags::DIRECTORY, DescriptorFlags::READ)
+    })
+    .map_err(|e| format!("cannot open /data/{DIR}: {}", e.message()))
+}
+
+fn keys(store: &Descriptor) -> Result<BTreeSet<String>, ErrorCode> {
+    let entries = store.read_directory()?;
+    let mut keys = BTreeSet::new();
+    while let Some(entry) = entries.read_directory_entry()? {
+        // Temporary files start with a dot; a name that is not hex is not ours.
+        if let Some(key) = unhex(&entry.name).and_then(|k| String::from_utf8(k).ok()) {
+            keys.insert(key);
+        }
+    }
+    Ok(keys)
+}
+
+fn read_entry(store: &Descriptor, file: &str) -> Result<Option<(Vec<u8>, Vec<u8>)>, ErrorCode> {
+    let f = match store.open_at(PathFlags::empty(), file, OpenFlags::empty(), DescriptorFlags::READ) {
+        Ok(f) => f,
+        Err(ErrorCode::NoEntry) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut bytes = Vec::new();
+    loop {
+        let (chunk, end) = f.read(64 * 1024, bytes.len() as u64)?;
+        bytes.extend_from_slice(&chunk);
+        if end || chunk.is_empty() {
+            break;
+        }
+    }
+    if bytes.len() < 2 {
+        return Err(ErrorCode::Io);
+    }
+    let n = u16::from_be_bytes([bytes[0], bytes[1]]) as usize;
+    if bytes.len() < 2 + n {
+        return Err(ErrorCode::Io);
+    }
+    let value = bytes.split_off(2 + n);
+    Ok(Some((bytes[2..].to_vec(), value)))
+}
+
+/// Writes a temporary file and renames it over the key's, so a reader sees the old
+/// value or the new one, never half of one.
+fn write_entry(
+    store: &Descriptor,
+    file: &str,
+    content_type: &[u8],
+    value: &[u8],
+) -> Result<(), ErrorCode> {
+    let tmp = format!(".{file}.{:016x}", wasip2::random::random::get_random_u64());
+    let f = store.open_at(
+        PathFlags::empty(),
+        &tmp,
+        OpenFlags::CREATE | OpenFlags::EXCLUSIVE,
+        DescriptorFlags::WRITE,
+    )?;
+    let mut bytes = Vec::with_capacity(2 + content_type.len() + value.len());
+    bytes.extend_from_slice(&(content_type.len() as u16).to_be_bytes());
+    bytes.extend_from_slice(content_type);
+    bytes.extend_from_slice(value);
+    let written = (|| {
+        let mut at = 0usize;
+        while at < bytes.len() {
+            let n = f.write(&bytes[at..], at as u64)?;
+            if n == 0 {
+                return Err(ErrorCode::InsufficientSpace);
+            }
+            at += n as usize;
+        }
+        f.sync_data()
+    })();
+    drop(f);
+    if let Err(e) = written.and_then(|()| store.rename_at(&tmp, store, file)) {
+        let _ = store.unlink_file_at(&tmp);
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Answers a filesystem failure: 507 when `/data` has no room, else 500.
+fn fs_error(out: ResponseOutparam, what: &str, e: ErrorCode) {
+    match e {
+        // The node mounts /data read-only once the app is well past its disk (wasmtime
+        // answers a write there with not-permitted).
+        ErrorCode::ReadOnly | ErrorCode::NotPermitted => error(
+            out,
+            507,
+            &format!(
+                "{what}: /data is full and read-only; its owner can give it more disk \
+                 (`peergrid app update NAME FILE --disk SIZE`)"
+            ),
+        ),
+        ErrorCode::InsufficientSpace | ErrorCode::Quota => error(
+            out,
+            507,
+            &format!("{what}: /data is full ({}); delete keys to make room", e.message()),
+        ),
+        e => error(out, 500, &format!("{what}: {}", e.message())),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.is_empty() || s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 const JSON: &[u8] = b"application/json";
