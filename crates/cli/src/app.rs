@@ -30,7 +30,7 @@ use tokio::sync::Mutex;
 
 use crate::{Globals, output};
 
-/// SSD a deployment contract reserves: the component and its compiled form.
+/// SSD a deployment contract reserves unless told: its `/data` folder's quota.
 const SRU_BYTES: u64 = 256 << 20;
 /// How long one node may take from the deploy request to a running workload.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -86,6 +86,10 @@ pub struct DeployArgs {
     /// Wall time per request or run, ms.
     #[arg(long, default_value_t = 10_000)]
     wall_ms: u64,
+    /// Disk for the app's `/data` folder on each replica's node, e.g. 1GiB: what each
+    /// contract reserves (SSD) and is billed for. Each replica has its own folder.
+    #[arg(long, default_value = "256MiB", value_parser = app_disk)]
+    disk: Size,
     /// An environment variable the workload sees, K=V (repeatable).
     #[arg(long = "env", value_name = "K=V", value_parser = parse_env)]
     env: Vec<(String, String)>,
@@ -145,6 +149,10 @@ pub struct UpdateArgs {
     /// Wall time per request or run, ms.
     #[arg(long)]
     wall_ms: Option<u64>,
+    /// Disk for the app's `/data` folder, e.g. 1GiB; its files stay. Less than they use
+    /// leaves `/data` read-only until files are removed.
+    #[arg(long, value_parser = app_disk)]
+    disk: Option<Size>,
     /// Replace the environment with these variables, K=V (repeatable).
     #[arg(long = "env", value_name = "K=V", value_parser = parse_env)]
     env: Vec<(String, String)>,
@@ -227,6 +235,14 @@ pub struct RunSpec {
     pub env: Vec<(String, String)>,
     /// Arguments after the program name.
     pub args: Vec<String>,
+    /// Disk each replica's contract reserves, bytes: its `/data` quota (records written
+    /// before it was kept reserved the default).
+    #[serde(default = "default_disk_bytes")]
+    pub disk_bytes: u64,
+}
+
+fn default_disk_bytes() -> u64 {
+    SRU_BYTES
 }
 
 impl RunSpec {
@@ -259,7 +275,7 @@ impl RunSpec {
         Capacity {
             cru: 1,
             mru: self.memory_bytes,
-            sru: SRU_BYTES,
+            sru: self.disk_bytes,
             hru: 0,
         }
     }
@@ -923,6 +939,7 @@ pub fn deploy(globals: &Globals, args: DeployArgs) -> anyhow::Result<()> {
         wall_ms: args.wall_ms,
         env: args.env.clone(),
         args: Vec::new(),
+        disk_bytes: args.disk.bytes(),
     };
     let deployment = spec.deployment(&name, kind, component)?;
     let file = apps_file(globals)?;
@@ -1145,7 +1162,10 @@ fn update(globals: &Globals, file: &Path, mut apps: Apps, args: UpdateArgs) -> a
         wall_ms: 10_000,
         env: Vec::new(),
         args: Vec::new(),
+        disk_bytes: SRU_BYTES,
     });
+    let disk_before = spec.disk_bytes;
+    spec.disk_bytes = args.disk.map_or(spec.disk_bytes, Size::bytes);
     spec.memory_bytes = args.memory.map_or(spec.memory_bytes, Size::bytes);
     spec.cpu_ms = args.cpu_ms.unwrap_or(spec.cpu_ms);
     spec.wall_ms = args.wall_ms.unwrap_or(spec.wall_ms);
@@ -1153,7 +1173,7 @@ fn update(globals: &Globals, file: &Path, mut apps: Apps, args: UpdateArgs) -> a
         spec.env = args.env.clone();
     }
     let deployment = spec.deployment(&name, kind, component)?;
-    if Hash::of(&deployment).to_string() == app.deployment {
+    if Hash::of(&deployment).to_string() == app.deployment && spec.disk_bytes == disk_before {
         bail!(
             "{name} already runs this component with these settings; nothing to update (a \
              replica that missed it is shown by `peergrid app status {name}`, and `peergrid \
@@ -1450,6 +1470,13 @@ struct ReplicaState {
     contract_state: String,
     state: String,
     url: Option<String>,
+    /// What its `/data` folder uses on its node, bytes (unknown from older nodes, or
+    /// before the first run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_used_bytes: Option<u64>,
+    /// What its `/data` folder may use, bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data_quota_bytes: Option<u64>,
     /// Its contract is live but holds another deployment than the app's (an update
     /// whose transaction did not go through, or a hand edit).
     #[serde(skip)]
@@ -1483,6 +1510,7 @@ async fn replica_state(
         Ok(None) => "missing".into(),
         Err(e) => format!("unknown ({e})"),
     };
+    let mut data = (None, None);
     let on_node = match client.node(r.node).await {
         Ok(Some(n)) => match peergrid_mesh::identity::peer_id(&n.data.node.account) {
             Ok(peer) => match tokio::time::timeout(
@@ -1492,6 +1520,9 @@ async fn replica_state(
             .await
             {
                 Ok(Ok(report)) => {
+                    if let Some(d) = &report.deployment {
+                        data = (d.data_used_bytes, d.data_quota_bytes);
+                    }
                     let state = report
                         .deployment
                         .map(|d| match d.reason {
@@ -1527,6 +1558,8 @@ async fn replica_state(
         contract_state: ledger,
         state: on_node,
         url: r.url.clone(),
+        data_used_bytes: data.0,
+        data_quota_bytes: data.1,
         holds_another,
     }
 }
@@ -1656,8 +1689,15 @@ pub fn app(globals: &Globals, cmd: AppCommand) -> anyhow::Result<()> {
                 }
                 outln!("{} ({}), component {}", app.name, app.kind, app.component);
                 for row in &rows {
+                    let data = match (row.data_used_bytes, row.data_quota_bytes) {
+                        (Some(used), Some(quota)) => {
+                            format!(", /data {} of {}", Size(used), Size(quota))
+                        }
+                        (None, Some(quota)) => format!(", /data of {}", Size(quota)),
+                        _ => String::new(),
+                    };
                     outln!(
-                        "  contract {} on node {}: contract {}, workload {}{}",
+                        "  contract {} on node {}: contract {}, workload {}{}{data}",
                         row.contract,
                         row.node,
                         row.contract_state,
@@ -1734,6 +1774,22 @@ pub fn app(globals: &Globals, cmd: AppCommand) -> anyhow::Result<()> {
 }
 
 /// `--memory`: what one instance may use, within what a node gives one instance.
+/// An app's `/data` disk: at least 1 MiB, at most 1 TiB.
+pub fn app_disk(s: &str) -> Result<Size, String> {
+    let size: Size = s.parse()?;
+    let (min, max) = (1u64 << 20, 1u64 << 40);
+    if size.bytes() < min {
+        return Err(format!("{size} is less than {}: ask for more", Size(min)));
+    }
+    if size.bytes() > max {
+        return Err(format!(
+            "{size} is more than {} on one node: ask for less",
+            Size(max)
+        ));
+    }
+    Ok(size)
+}
+
 pub fn instance_memory(s: &str) -> Result<Size, String> {
     let size: Size = s.parse()?;
     let (min, max) = (

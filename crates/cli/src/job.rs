@@ -54,6 +54,10 @@ pub struct RunArgs {
     /// Wall time the run may take, ms.
     #[arg(long, default_value_t = 60_000)]
     wall_ms: u64,
+    /// Disk for the job's `/data` folder, e.g. 1GiB (what its contract reserves); it
+    /// lasts as long as the contract (`--keep`).
+    #[arg(long, default_value = "256MiB", value_parser = crate::app::app_disk)]
+    disk: Size,
     /// An environment variable the job sees, K=V (repeatable).
     #[arg(long = "env", value_name = "K=V", value_parser = parse_env)]
     env: Vec<(String, String)>,
@@ -87,6 +91,7 @@ pub fn job(globals: &Globals, cmd: JobCommand) -> anyhow::Result<()> {
         wall_ms: args.wall_ms,
         env: args.env.clone(),
         args: args.args.clone(),
+        disk_bytes: args.disk.bytes(),
     };
     let deployment = spec.deployment(&name, WorkloadKind::Job, component)?;
     check_component(&component, &bytes, WorkloadKind::Job, spec.memory_bytes)

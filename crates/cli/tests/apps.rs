@@ -4,7 +4,9 @@
 //! two farms and answering on both URLs, one replica's node stopped while the other keeps
 //! answering, its log read back, updated in place to a new deployment, a contract's
 //! reservation changed, `app rm` ending the contracts so the URL answers 404; and jobs
-//! run once whose output and exit code come back, a runaway one stopped by its limit.
+//! run once whose output and exit code come back, a runaway one stopped by its limit;
+//! and kv keeping its keys in its `/data` folder across requests and an update, within
+//! the disk its contract reserves.
 
 mod common;
 
@@ -18,6 +20,10 @@ use serde_json::Value;
 const HELLO: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../../examples/apps/hello/hello.wasm"
+);
+const KV: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../examples/apps/kv/kv.wasm"
 );
 const CPU: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -539,6 +545,75 @@ fn deploy_call_survive_a_node_and_remove_an_app() {
     let (ok, status, err) = run(home, &["app", "status", "few"]);
     assert!(ok, "the replica that runs is kept: {err}");
     assert_eq!(status["replicas"][0]["state"], "running", "{status}");
+
+    // kv keeps its keys in /data: each request is a fresh instance, so what a GET
+    // returns was read from the folder.
+    let (ok, out, err) = run(home, &["deploy", KV, "--name", "kv", "--disk", "2MiB"]);
+    assert!(ok, "deploy kv: {err}");
+    let kv = out["app"]["replicas"][0]["url"]
+        .as_str()
+        .expect("kv's url")
+        .trim_end_matches('/')
+        .to_string();
+    let put = |key: &str, body: &[u8]| {
+        request("PUT", &format!("{kv}/k/{key}"), body).expect("kv answers")
+    };
+    assert_eq!(put("greeting", b"hello").0, 201);
+    assert_eq!(
+        get(&format!("{kv}/k/greeting")),
+        Some((200, "hello".to_string()))
+    );
+    let (ok, status, err) = run(home, &["app", "status", "kv"]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        status["replicas"][0]["data_quota_bytes"],
+        2 << 20,
+        "{status}"
+    );
+    assert!(
+        status["replicas"][0]["data_used_bytes"].as_u64() > Some(0),
+        "{status}"
+    );
+    // Past its disk (and 10 % more), /data is read-only: a write is refused, reads go on.
+    // Each value is one write call, on disk whether or not its run is stopped after.
+    let big = vec![b'v'; 900 << 10];
+    for key in ["a", "b", "c"] {
+        let (code, body) = put(key, &big);
+        assert!(code == 201 || code == 507, "{code} {body}");
+    }
+    // The node measures the folder after each run; the next runs see that measure.
+    let hard = (2u64 << 20) * 11 / 10;
+    wait_for(
+        "kv's /data measured past its disk",
+        Duration::from_secs(20),
+        || {
+            let (_, status, _) = run(home, &["app", "status", "kv"]);
+            let used = status["replicas"][0]["data_used_bytes"].as_u64()?;
+            (used > hard).then_some(())
+        },
+    );
+    let (code, body) = put("d", b"more");
+    assert_eq!(code, 507, "{body}");
+    assert_eq!(
+        get(&format!("{kv}/k/greeting")),
+        Some((200, "hello".to_string()))
+    );
+    // More disk through an update: the files stay, writes work again.
+    let (ok, _, err) = run(home, &["app", "update", "kv", KV, "--disk", "8MiB"]);
+    assert!(ok, "app update --disk: {err}");
+    assert_eq!(
+        get(&format!("{kv}/k/greeting")),
+        Some((200, "hello".to_string()))
+    );
+    assert_eq!(put("d", b"more").0, 201);
+    let (_, status, _) = run(home, &["app", "status", "kv"]);
+    assert_eq!(
+        status["replicas"][0]["data_quota_bytes"],
+        8 << 20,
+        "{status}"
+    );
+    let (ok, _, err) = run(home, &["app", "update", "kv", KV, "--disk", "8MiB"]);
+    assert!(!ok && err.contains("nothing to update"), "{err}");
 }
 
 /// The first value under `key` anywhere in `v`.

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock, RwLock};
 
 use peergrid_compute::{
-    Deployment, JobOutcome, Limits, Prepared, Runtime, RuntimeConfig, Share, WorkloadKind,
+    DataDir, Deployment, JobOutcome, Limits, Prepared, Runtime, RuntimeConfig, Share, WorkloadKind,
     WorkloadSpec,
 };
 use peergrid_core::{AccountId, ContractId, Hash};
@@ -127,6 +127,25 @@ struct Entry {
 }
 
 /// One deployment contract's workloads.
+/// What a live deployment contract asks of this node.
+#[derive(Clone)]
+struct Want {
+    /// The deployment to run.
+    hash: Hash,
+    paused: bool,
+    owner: AccountId,
+    /// Memory reserved (`mru`), bytes.
+    memory: u64,
+    /// Disk reserved (`sru`), bytes: its `/data` quota.
+    disk: u64,
+}
+
+/// Where a deployment's `/data` is: in its workload folder, so that the contract's end
+/// removes it and its grace period keeps it.
+pub fn app_data_dir(world: &World, contract: ContractId) -> PathBuf {
+    world.workload_dir(contract).join("data")
+}
+
 struct App {
     deployment: Hash,
     paused: bool,
@@ -135,6 +154,9 @@ struct App {
     share: Arc<Share>,
     /// The memory the contract reserves on the ledger.
     memory_reserved: u64,
+    /// The folder its runs see as `/data`, within the disk (`sru`) the contract reserves;
+    /// none if it could not be made (the workloads then run without one).
+    data: Option<Arc<DataDir>>,
     /// The largest memory limit of one of its runs, once its deployment is decoded: a
     /// contract that reserved less still runs one at a time, as the deployment promised.
     memory_floor: u64,
@@ -197,6 +219,16 @@ impl App {
         self.carried = self.carried.saturating_add(since);
         self.previous_base = 0;
         true
+    }
+
+    /// Follows what the contract now says: paused or not, what it reserves.
+    fn follow(&mut self, w: &Want) {
+        self.paused = w.paused;
+        self.memory_reserved = w.memory;
+        self.share_memory();
+        if let Some(data) = &self.data {
+            data.set_quota_bytes(w.disk);
+        }
     }
 
     /// Sets what the share's runs may hold: the reservation, or one run's limit if more.
@@ -342,37 +374,38 @@ impl Compute {
     pub fn sync(self: &Arc<Self>, world: &World) {
         let live =
             || (world.workloads.values()).filter(|w| w.kind == "deployment" && w.holds_capacity());
-        let mut wanted: BTreeMap<ContractId, (Hash, bool, AccountId, u64)> = live()
+        let want = |w: &crate::world::Workload, hash: Hash| Want {
+            hash,
+            paused: w.state == WorkloadState::Paused,
+            owner: w.owner,
+            memory: w.reserved.mru,
+            disk: w.reserved.sru,
+        };
+        let mut wanted: BTreeMap<ContractId, Want> = live()
             .filter_map(|w| match (w.deployed, w.deployment_hash) {
-                (Some(d), Some(h)) if d == h => Some((
-                    w.contract,
-                    (d, w.state == WorkloadState::Paused, w.owner, w.reserved.mru),
-                )),
+                (Some(d), Some(h)) if d == h => Some((w.contract, want(w, d))),
                 _ => None,
             })
             .collect();
         // Contracts pointed at a deployment not received yet: the one they ran goes on
         // serving until the new one comes (an update sends it right after).
-        let awaiting: BTreeMap<ContractId, (Hash, bool, AccountId, u64)> = live()
+        let awaiting: BTreeMap<ContractId, Want> = live()
             .filter_map(|w| match (w.deployed, w.deployment_hash) {
-                (Some(d), Some(h)) if d != h => Some((
-                    w.contract,
-                    (d, w.state == WorkloadState::Paused, w.owner, w.reserved.mru),
-                )),
+                (Some(d), Some(h)) if d != h => Some((w.contract, want(w, d))),
                 _ => None,
             })
             .collect();
         let mut apps = self.write();
         // One the node does not run yet (it restarted while awaiting): the deployment it
         // holds starts, rather than nothing serving until the owner sends the new one.
-        for (contract, (held, paused, owner, memory)) in &awaiting {
+        for (contract, w) in &awaiting {
             if !apps.contains_key(contract) {
-                wanted.insert(*contract, (*held, *paused, *owner, *memory));
+                wanted.insert(*contract, w.clone());
             }
         }
         apps.retain(|contract, app| {
             let keep = wanted.contains_key(contract)
-                || (awaiting.get(contract)).is_some_and(|(hash, ..)| *hash == app.deployment);
+                || (awaiting.get(contract)).is_some_and(|w| w.hash == app.deployment);
             if !keep {
                 info!(
                     contract,
@@ -382,27 +415,24 @@ impl Compute {
             }
             keep
         });
-        for (contract, (_, paused, _, memory)) in awaiting {
+        for (contract, w) in awaiting {
             if let Some(app) = apps.get_mut(&contract) {
-                app.paused = paused;
-                app.memory_reserved = memory;
-                app.share_memory();
+                app.follow(&w);
             }
         }
-        for (contract, (hash, paused, owner, memory)) in wanted {
+        for (contract, w) in wanted {
             if let Some(app) = apps.get_mut(&contract)
-                && app.deployment == hash
+                && app.deployment == w.hash
             {
-                app.paused = paused;
-                app.memory_reserved = memory;
-                app.share_memory();
+                app.follow(&w);
                 continue;
             }
             let mut app = App {
-                deployment: hash,
-                paused,
-                share: Share::new(memory, INSTANCES_PER_CONTRACT),
-                memory_reserved: memory,
+                deployment: w.hash,
+                paused: w.paused,
+                share: Share::new(w.memory, INSTANCES_PER_CONTRACT),
+                memory_reserved: w.memory,
+                data: None,
                 memory_floor: 0,
                 error: None,
                 workloads: BTreeMap::new(),
@@ -423,6 +453,8 @@ impl Compute {
                 app.share = old.share.clone();
                 app.memory_floor = old.memory_floor;
                 app.share_memory();
+                // And both see one /data: an update keeps the app's files.
+                app.data = old.data.clone();
                 app.carried = old.served().saturating_sub(old.reported_bytes);
                 app.earlier_logs = std::mem::take(&mut old.earlier_logs);
                 // Replaced before it started (two updates in a row): the one before it
@@ -434,11 +466,21 @@ impl Compute {
                 app.previous_base = previous.as_ref().map_or(0, |p| p.served());
                 app.previous = previous;
             }
+            if app.data.is_none() {
+                let folder = app_data_dir(world, contract);
+                app.data = DataDir::new(&folder, w.disk)
+                    .inspect_err(|e| warn!(contract, folder = %folder.display(), error = %e, "cannot make the app's data folder: its workloads run without /data"))
+                    .ok();
+            }
+            app.follow(&w);
             let share = app.share.clone();
+            let data = app.data.clone();
             apps.insert(contract, app);
             let file = world.workload_dir(contract).join("deployment.bin");
             let me = self.clone();
-            tokio::spawn(async move { me.start(contract, hash, owner, share, file).await });
+            let owner = w.owner;
+            let hash = w.hash;
+            tokio::spawn(async move { me.start(contract, hash, owner, (share, data), file).await });
         }
     }
 
@@ -448,7 +490,7 @@ impl Compute {
         contract: ContractId,
         hash: Hash,
         owner: AccountId,
-        share: Arc<Share>,
+        (share, data): (Arc<Share>, Option<Arc<DataDir>>),
         file: PathBuf,
     ) {
         let deployment = match tokio::fs::read(&file).await {
@@ -510,7 +552,11 @@ impl Compute {
         for spec in deployment.workloads {
             let mut job = None;
             let prepared = self.prepare(&spec, owner).await;
-            let phase = match prepared.map(|p| p.in_share(share.clone())) {
+            let prepared = prepared.map(|p| match &data {
+                Some(data) => p.in_share(share.clone()).with_data(data.clone()),
+                None => p.in_share(share.clone()),
+            });
+            let phase = match prepared {
                 Ok(prepared) if spec.kind == WorkloadKind::Job => {
                     match read_job_record(&dir, &spec.name, hash) {
                         Some(record) => Phase::Exited(Arc::new(record)),
@@ -725,6 +771,8 @@ impl Compute {
                 state: "absent".into(),
                 reason: None,
                 workloads: Vec::new(),
+                data_used_bytes: None,
+                data_quota_bytes: None,
             };
         };
         let mut status = app_status(contract, app);
@@ -916,6 +964,8 @@ fn app_status(contract: ContractId, app: &App) -> DeploymentStatus {
         state: state.into(),
         reason,
         workloads,
+        data_used_bytes: app.data.as_ref().and_then(|d| d.used_bytes()),
+        data_quota_bytes: app.data.as_ref().map(|d| d.quota_bytes()),
     }
 }
 
@@ -929,6 +979,7 @@ mod tests {
             paused: false,
             share: Share::new(1 << 20, 1),
             memory_reserved: 1 << 20,
+            data: None,
             memory_floor: 0,
             error: None,
             workloads: BTreeMap::new(),

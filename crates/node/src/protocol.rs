@@ -109,6 +109,12 @@ pub struct DeploymentStatus {
     /// Its workloads.
     #[serde(default)]
     pub workloads: Vec<WorkloadStatus>,
+    /// What its `/data` folder uses, bytes, once measured (absent from older nodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_used_bytes: Option<u64>,
+    /// What its `/data` folder may use: the disk (`sru`) its contract reserves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_quota_bytes: Option<u64>,
 }
 
 /// What one workload of a deployment is doing on a node.

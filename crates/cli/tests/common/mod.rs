@@ -268,6 +268,11 @@ pub async fn node_up(home: &Path, farm: u64, data: &Path) -> u64 {
 /// GET `url` (`http://127.0.0.1:PORT/path`): the status code and body, or `None` if
 /// nothing answers.
 pub fn get(url: &str) -> Option<(u16, String)> {
+    request("GET", url, b"")
+}
+
+/// `method` `url` with `body`: the status code and body, or `None` if nothing answers.
+pub fn request(method: &str, url: &str, body: &[u8]) -> Option<(u16, String)> {
     let rest = url.strip_prefix("http://")?;
     let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
     let mut stream = std::net::TcpStream::connect(host).ok()?;
@@ -276,9 +281,11 @@ pub fn get(url: &str) -> Option<(u16, String)> {
         .ok()?;
     write!(
         stream,
-        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        "{method} /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
     )
     .ok()?;
+    stream.write_all(body).ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let code = response.split_whitespace().nth(1)?.parse().ok()?;
