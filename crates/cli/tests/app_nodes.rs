@@ -1,6 +1,7 @@
 //! Apps on nodes that fail, as a builder meets them on a real devnet (validators, two
 //! farmer node processes with HTTP entries, real mesh, real wasmtime): a node killed and
-//! restarted serves its app again without its owner; a node that stops answering is
+//! restarted serves its app again without its owner, and the files the app kept in its
+//! `/data` folder; a node that stops answering is
 //! given up for the next one with the reason; a node the ledger shows down is skipped
 //! before any contract is paid for.
 
@@ -16,6 +17,10 @@ use common::*;
 const HELLO: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../../examples/apps/hello/hello.wasm"
+);
+const KV: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../examples/apps/kv/kv.wasm"
 );
 
 /// A farmer's node of `farm` with its HTTP entry on `http` and the mesh on TCP `mesh`
@@ -233,6 +238,28 @@ async fn apps_come_back_after_a_restart_and_failed_nodes_are_passed_over() {
         stream.read_to_string(&mut answer).expect("read");
         assert!(answer.starts_with("HTTP/1.1 404"), "hello's own 404: {answer}");
         assert!(answer.ends_with("not found\n"), "{answer}");
+
+        // What an app keeps in /data outlives its node's restart.
+        let (ok, out, err) = run(
+            &home,
+            &[
+                "--mesh-bootstrap", &boot, "deploy", KV, "--name", "kv", "--node", &a_s,
+            ],
+        );
+        assert!(ok, "deploy kv: {err}");
+        let kv = out["app"]["replicas"][0]["url"]
+            .as_str()
+            .expect("kv's url")
+            .trim_end_matches('/')
+            .to_string();
+        let key = format!("{kv}/k/kept");
+        assert_eq!(request("PUT", &key, b"across restarts").map(|r| r.0), Some(201));
+        a.kill();
+        a = node(&home, farm, &data_a, a_ports, None);
+        let back = wait_for("kv after the restart", Duration::from_secs(60), || {
+            get(&key).filter(|(code, _)| *code == 200)
+        });
+        assert_eq!(back.1, "across restarts");
 
         // Node b is killed and the ledger shows it down: skipped before any contract.
         drop(b);
