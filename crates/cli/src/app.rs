@@ -149,8 +149,9 @@ pub struct UpdateArgs {
     /// Wall time per request or run, ms.
     #[arg(long)]
     wall_ms: Option<u64>,
-    /// Disk for the app's `/data` folder, e.g. 1GiB; its files stay. Less than they use
-    /// leaves `/data` read-only until files are removed.
+    /// Disk for the app's `/data` folder, e.g. 1GiB; its files stay. Give more than they
+    /// use (`app status` shows it): files 10 % past it make `/data` read-only, removing
+    /// included, until the disk is raised again.
     #[arg(long, value_parser = app_disk)]
     disk: Option<Size>,
     /// Replace the environment with these variables, K=V (repeatable).
@@ -1773,7 +1774,6 @@ pub fn app(globals: &Globals, cmd: AppCommand) -> anyhow::Result<()> {
     }
 }
 
-/// `--memory`: what one instance may use, within what a node gives one instance.
 /// An app's `/data` disk: at least 1 MiB, at most 1 TiB.
 pub fn app_disk(s: &str) -> Result<Size, String> {
     let size: Size = s.parse()?;
@@ -1790,6 +1790,7 @@ pub fn app_disk(s: &str) -> Result<Size, String> {
     Ok(size)
 }
 
+/// `--memory`: what one instance may use, within what a node gives one instance.
 pub fn instance_memory(s: &str) -> Result<Size, String> {
     let size: Size = s.parse()?;
     let (min, max) = (

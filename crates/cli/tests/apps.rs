@@ -563,16 +563,24 @@ fn deploy_call_survive_a_node_and_remove_an_app() {
         get(&format!("{kv}/k/greeting")),
         Some((200, "hello".to_string()))
     );
-    let (ok, status, err) = run(home, &["app", "status", "kv"]);
-    assert!(ok, "{err}");
+    // The node measures the folder just after each run.
+    let status = wait_for("kv's key counted", Duration::from_secs(20), || {
+        let (_, status, _) = run(home, &["app", "status", "kv"]);
+        (status["replicas"][0]["data_used_bytes"].as_u64() > Some(0)).then_some(status)
+    });
     assert_eq!(
         status["replicas"][0]["data_quota_bytes"],
         2 << 20,
         "{status}"
     );
+    let table = peergrid(home)
+        .args(["app", "status", "kv"])
+        .output()
+        .expect("app status");
+    let table = String::from_utf8_lossy(&table.stdout);
     assert!(
-        status["replicas"][0]["data_used_bytes"].as_u64() > Some(0),
-        "{status}"
+        table.contains("/data ") && table.contains("of 2.0 MiB"),
+        "{table}"
     );
     // Past its disk (and 10 % more), /data is read-only: a write is refused, reads go on.
     // Each value is one write call, on disk whether or not its run is stopped after.

@@ -3,14 +3,18 @@
 //!
 //! WASI gives no hook on writes, so the quota is kept by measuring: a background task
 //! walks the folder (`du`-like: allocated blocks, every entry at least
-//! [`ENTRY_BYTES_MIN`]) while runs that can write are active and once after each, at
-//! most every [`MEASURE_EVERY`] (or ten times the walk's own time, for a folder of many
-//! files). A run that finds the folder over its quota and larger
-//! than when it began is stopped at the guest's next epoch tick, so an app overshoots by
-//! at most what it writes in one measuring interval. Over the quota, runs still start
-//! with `/data` writable so the app can remove files; once it is
-//! [`HARD_LIMIT_PERCENT`] past, it is mounted read-only until the contract reserves
-//! more.
+//! [`ENTRY_BYTES_MIN`]) while runs that can write are active and once after each run,
+//! passes at least [`MEASURE_EVERY`] apart (ten times the walk's own time for a folder of
+//! many files, at most [`MEASURE_EVERY_MAX`]). A run that is active while the folder goes
+//! over its quota and grows is stopped at the guest's next epoch tick (the app's other
+//! runs active then too: which one wrote cannot be told), so an app overshoots by what
+//! it writes between two passes. Over the quota, runs still start with `/data` writable
+//! so the app can remove files; once it is [`HARD_LIMIT_PERCENT`] past, or the folder
+//! cannot be measured, it is mounted read-only until the contract reserves more.
+//!
+//! A file removed while still open is not seen by the walk: the node's own check of
+//! its disk's free space ([`SpaceCheck`]), made at every pass, stops every writable run
+//! and mounts the folder read-only while the disk is down to its reserve.
 
 use crate::host::RunMeter;
 use std::path::{Path, PathBuf};
@@ -22,25 +26,40 @@ use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 /// What every file, folder or link counts for at least, so that empty files cannot
 /// exhaust the node's inodes for free.
 pub const ENTRY_BYTES_MIN: u64 = 4096;
-/// How often the folder is measured while runs that can write are active.
+/// How soon after one pass the next may walk the folder.
 pub const MEASURE_EVERY: Duration = Duration::from_millis(100);
+/// The longest wait between passes, however long a walk takes.
+pub const MEASURE_EVERY_MAX: Duration = Duration::from_secs(1);
 /// How far past its quota a folder may get before `/data` is mounted read-only.
 pub const HARD_LIMIT_PERCENT: u64 = 10;
 /// Where the guest finds its folder.
 pub const GUEST_PATH: &str = "/data";
+/// What a folder that cannot be measured counts as: past any quota.
+const UNMEASURABLE: u64 = u64::MAX - 1;
+
+/// The node's check of the free space on the disk holding a path: `Err` with why once a
+/// write there would eat into the space the node keeps for itself.
+pub type SpaceCheck = Arc<dyn Fn(&Path) -> Result<(), String> + Send + Sync>;
 
 /// One app's folder on one node and the bytes it may use; cheap to share.
 pub struct DataDir {
     path: PathBuf,
     quota_bytes: AtomicU64,
-    /// What the last walk found; `u64::MAX` before the first.
+    /// What the newest walk found; `u64::MAX` before the first.
     used_bytes: AtomicU64,
-    /// Runs that can write, and the size the folder had when each began.
-    runs: Mutex<Vec<(Weak<RunMeter>, u64)>>,
+    /// Walks started, and the newest one whose result is stored: an older walk that
+    /// ends later does not overwrite a newer figure.
+    walks: AtomicU64,
+    stored_walk: Mutex<u64>,
+    /// Runs that can write, each with the folder's size at the first pass after it began.
+    runs: Mutex<Vec<(Weak<RunMeter>, Option<u64>)>>,
     /// A run ended since the last walk.
     dirty: AtomicBool,
     wake: tokio::sync::Notify,
     measurer: AtomicBool,
+    space: Option<SpaceCheck>,
+    /// The disk was down to the node's reserve at the last pass.
+    disk_low: AtomicBool,
 }
 
 impl std::fmt::Debug for DataDir {
@@ -54,17 +73,26 @@ impl std::fmt::Debug for DataDir {
 }
 
 impl DataDir {
-    /// The folder at `path` (created if missing) with `quota_bytes` to use.
-    pub fn new(path: &Path, quota_bytes: u64) -> std::io::Result<Arc<DataDir>> {
+    /// The folder at `path` (created if missing) with `quota_bytes` to use, its disk's
+    /// free space watched by `space` if given.
+    pub fn new(
+        path: &Path,
+        quota_bytes: u64,
+        space: Option<SpaceCheck>,
+    ) -> std::io::Result<Arc<DataDir>> {
         std::fs::create_dir_all(path)?;
         Ok(Arc::new(DataDir {
             path: path.to_path_buf(),
             quota_bytes: AtomicU64::new(quota_bytes),
             used_bytes: AtomicU64::new(u64::MAX),
+            walks: AtomicU64::new(0),
+            stored_walk: Mutex::new(0),
             runs: Mutex::new(Vec::new()),
             dirty: AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
             measurer: AtomicBool::new(false),
+            space,
+            disk_low: AtomicBool::new(false),
         }))
     }
 
@@ -83,10 +111,11 @@ impl DataDir {
         self.quota_bytes.store(bytes, Ordering::Relaxed);
     }
 
-    /// What the folder used at its last measure; `None` before the first run.
+    /// What the folder used at its newest measure; `None` before the first, or when it
+    /// could not be measured.
     pub fn used_bytes(&self) -> Option<u64> {
         match self.used_bytes.load(Ordering::Relaxed) {
-            u64::MAX => None,
+            u64::MAX | UNMEASURABLE => None,
             used => Some(used),
         }
     }
@@ -97,28 +126,50 @@ impl DataDir {
         quota.saturating_add(quota / 100 * HARD_LIMIT_PERCENT)
     }
 
-    /// Measures the folder now (a blocking walk, off the executor).
+    /// Measures the folder now (a blocking walk, off the executor). A folder that cannot
+    /// be walked counts as past any quota.
     pub async fn measure(&self) -> u64 {
+        let ticket = self.walks.fetch_add(1, Ordering::AcqRel) + 1;
         let path = self.path.clone();
-        let used = tokio::task::spawn_blocking(move || usage(&path))
-            .await
-            .unwrap_or(u64::MAX - 1);
-        self.used_bytes.store(used, Ordering::Relaxed);
+        let used = match tokio::task::spawn_blocking(move || usage(&path)).await {
+            Ok(Ok(used)) => used,
+            Ok(Err(e)) => {
+                tracing::warn!(folder = %self.path.display(), error = %e, "cannot measure an app's /data folder: it is read-only until it can");
+                UNMEASURABLE
+            }
+            Err(_) => UNMEASURABLE,
+        };
+        let mut stored = self.stored_walk.lock().unwrap_or_else(|e| e.into_inner());
+        if ticket > *stored {
+            *stored = ticket;
+            self.used_bytes.store(used, Ordering::Relaxed);
+        }
         used
     }
 
+    /// Why the node's disk has no room for more, if it has none.
+    fn disk_full(&self) -> Option<String> {
+        self.space
+            .as_ref()
+            .and_then(|check| check(&self.path).err())
+    }
+
     /// Mounts the folder for a run metered by `meter`: writable while the folder is
-    /// under its hard limit, and then watched. The returned guard ends the watch.
+    /// under its hard limit and the disk has room, and then watched. The returned guard
+    /// has the folder measured after the run.
     pub(crate) async fn open(
         self: &Arc<Self>,
         builder: &mut WasiCtxBuilder,
         meter: &Arc<RunMeter>,
     ) -> Result<RunOnData, String> {
-        let used = match self.used_bytes() {
-            Some(used) => used,
-            None => self.measure().await,
+        let used = match self.used_bytes.load(Ordering::Relaxed) {
+            u64::MAX => self.measure().await,
+            used => used,
         };
-        let writable = used < self.hard_limit();
+        if self.disk_low.load(Ordering::Relaxed) && self.disk_full().is_none() {
+            self.disk_low.store(false, Ordering::Relaxed);
+        }
+        let writable = used < self.hard_limit() && !self.disk_low.load(Ordering::Relaxed);
         let perms = if writable {
             FsPerms::ReadWrite
         } else {
@@ -136,14 +187,11 @@ impl DataDir {
             self.runs
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .push((Arc::downgrade(meter), used));
-            self.start_measurer();
-            self.wake.notify_one();
+                .push((Arc::downgrade(meter), None));
         }
-        Ok(RunOnData {
-            dir: self.clone(),
-            writable,
-        })
+        self.start_measurer();
+        self.wake.notify_one();
+        Ok(RunOnData { dir: self.clone() })
     }
 
     fn start_measurer(self: &Arc<Self>) {
@@ -167,62 +215,86 @@ impl DataDir {
                 }
                 let began = std::time::Instant::now();
                 let used = me.measure().await;
-                me.stop_growers(used);
+                let full = me.disk_full();
+                me.disk_low.store(full.is_some(), Ordering::Relaxed);
+                me.check_runs(used, full);
                 drop(me);
-                // A folder of many files takes long to walk: walk it at most a tenth of
-                // the time, at the cost of a later stop.
-                tokio::time::sleep(MEASURE_EVERY.max(began.elapsed() * 10)).await;
+                let pause = (began.elapsed() * 10).clamp(MEASURE_EVERY, MEASURE_EVERY_MAX);
+                tokio::time::sleep(pause).await;
             }
         });
     }
 
-    /// Stops the runs during which the folder went over its quota and grew.
-    fn stop_growers(&self, used: u64) {
+    /// Stops the writable runs when the disk is full, or when the folder is over its
+    /// quota and grew since they began; notes the size each new run began at.
+    fn check_runs(&self, used: u64, full: Option<String>) {
         let quota = self.quota_bytes();
-        if used <= quota {
-            return;
-        }
-        let runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
-        for (meter, at_start) in runs.iter() {
-            if used > *at_start
-                && let Some(meter) = meter.upgrade()
-            {
-                meter.disk_used_bytes.store(used, Ordering::Relaxed);
-                meter.disk_quota_bytes.store(quota, Ordering::Relaxed);
-                meter.disk_exhausted.store(true, Ordering::Relaxed);
-            }
+        let mut runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
+        for (meter, began_at) in runs.iter_mut() {
+            let Some(meter) = meter.upgrade() else {
+                continue;
+            };
+            let why = if let Some(full) = &full {
+                format!(
+                    "stopped: the node's disk is down to the space it keeps for itself ({full}); /data is read-only until there is room"
+                )
+            } else {
+                match *began_at {
+                    None => {
+                        *began_at = Some(used);
+                        continue;
+                    }
+                    Some(at) if used > quota && used > at => {
+                        let used = match used {
+                            UNMEASURABLE => "a size that cannot be measured".to_string(),
+                            used => crate::deployment::readable_bytes(used),
+                        };
+                        format!(
+                            "stopped: the app's /data folder grew to {used} during the run, past the {} its contract reserves; remove files, or update the app with a larger --disk",
+                            crate::deployment::readable_bytes(quota)
+                        )
+                    }
+                    Some(_) => continue,
+                }
+            };
+            meter.stop_for_disk(why);
         }
     }
 }
 
-/// A run's hold on the folder: its end is measured.
+/// A run's hold on the folder: its end has the folder measured.
 pub(crate) struct RunOnData {
     dir: Arc<DataDir>,
-    writable: bool,
 }
 
 impl Drop for RunOnData {
     fn drop(&mut self) {
-        if self.writable {
-            self.dir.dirty.store(true, Ordering::Release);
-            self.dir.wake.notify_one();
-        }
+        self.dir.dirty.store(true, Ordering::Release);
+        self.dir.wake.notify_one();
     }
 }
 
 /// What the folder at `path` occupies: allocated blocks, each entry at least
-/// [`ENTRY_BYTES_MIN`]; links are counted, never followed.
-pub fn usage(path: &Path) -> u64 {
+/// [`ENTRY_BYTES_MIN`]; links are counted, never followed. An entry removed during the
+/// walk is skipped; any other error (a tree too deep to name, a folder it cannot read)
+/// fails the walk, so that nothing the app wrote goes uncounted.
+pub fn usage(path: &Path) -> std::io::Result<u64> {
+    use std::io::ErrorKind::NotFound;
     use std::os::unix::fs::MetadataExt;
     let mut total = 0u64;
     let mut stack = vec![path.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == NotFound => continue,
+            Err(e) => return Err(e),
         };
-        for entry in entries.flatten() {
-            let Ok(meta) = entry.path().symlink_metadata() else {
-                continue;
+        for entry in entries {
+            let entry = entry?;
+            let meta = match entry.path().symlink_metadata() {
+                Ok(meta) => meta,
+                Err(e) if e.kind() == NotFound => continue,
+                Err(e) => return Err(e),
             };
             total = total.saturating_add((meta.blocks() * 512).max(ENTRY_BYTES_MIN));
             if meta.is_dir() {
@@ -230,7 +302,7 @@ pub fn usage(path: &Path) -> u64 {
             }
         }
     }
-    total
+    Ok(total)
 }
 
 #[cfg(test)]
@@ -240,12 +312,12 @@ mod tests {
     #[test]
     fn usage_counts_blocks_and_entries() {
         let dir = tempfile::tempdir().expect("test setup");
-        assert_eq!(usage(dir.path()), 0);
+        assert_eq!(usage(dir.path()).expect("walk"), 0);
         std::fs::write(dir.path().join("empty"), b"").expect("test setup");
-        assert_eq!(usage(dir.path()), ENTRY_BYTES_MIN);
+        assert_eq!(usage(dir.path()).expect("walk"), ENTRY_BYTES_MIN);
         std::fs::create_dir(dir.path().join("sub")).expect("test setup");
         std::fs::write(dir.path().join("sub/big"), vec![7u8; 1 << 20]).expect("test setup");
-        let used = usage(dir.path());
+        let used = usage(dir.path()).expect("walk");
         assert!(
             (ENTRY_BYTES_MIN * 2 + (1 << 20)..ENTRY_BYTES_MIN * 3 + (1 << 20) + 8192)
                 .contains(&used),
@@ -254,13 +326,13 @@ mod tests {
         // A sparse file takes only what it allocated.
         let sparse = std::fs::File::create(dir.path().join("sparse")).expect("test setup");
         sparse.set_len(1 << 40).expect("test setup");
-        assert!(usage(dir.path()) < used + (1 << 20));
+        assert!(usage(dir.path()).expect("walk") < used + (1 << 20));
     }
 
     #[test]
     fn the_hard_limit_is_ten_percent_past_the_quota() {
         let dir = tempfile::tempdir().expect("test setup");
-        let data = DataDir::new(&dir.path().join("d"), 100 << 20).expect("test setup");
+        let data = DataDir::new(&dir.path().join("d"), 100 << 20, None).expect("test setup");
         assert_eq!(data.hard_limit(), 110 << 20);
         assert_eq!(data.used_bytes(), None);
     }

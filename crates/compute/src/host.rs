@@ -135,12 +135,11 @@ pub(crate) struct RunMeter {
     pub(crate) share: Option<Arc<Share>>,
     /// The growth refused was the share's, not this run's own limit.
     pub(crate) share_exhausted: AtomicBool,
-    /// The app's data folder went over its quota and grew during the run.
+    /// The app's data folder went over its quota and grew during the run, or the node's
+    /// disk filled: the run is stopped at the next epoch tick.
     pub(crate) disk_exhausted: AtomicBool,
-    /// What the data folder used when the run was stopped for it.
-    pub(crate) disk_used_bytes: AtomicU64,
-    /// The data folder's quota when the run was stopped for it.
-    pub(crate) disk_quota_bytes: AtomicU64,
+    /// Why, in words for the builder.
+    pub(crate) disk_stop: Mutex<Option<String>>,
 }
 
 impl RunMeter {
@@ -158,9 +157,15 @@ impl RunMeter {
             share: None,
             share_exhausted: AtomicBool::new(false),
             disk_exhausted: AtomicBool::new(false),
-            disk_used_bytes: AtomicU64::new(0),
-            disk_quota_bytes: AtomicU64::new(0),
+            disk_stop: Mutex::new(None),
         }
+    }
+
+    /// Stops the run at its next epoch tick, for the disk, saying `why`.
+    pub(crate) fn stop_for_disk(&self, why: String) {
+        let mut stop = self.disk_stop.lock().unwrap_or_else(|e| e.into_inner());
+        stop.get_or_insert(why);
+        self.disk_exhausted.store(true, Ordering::Relaxed);
     }
 
     /// Counts this run's memory in `share` too.

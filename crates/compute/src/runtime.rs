@@ -604,15 +604,16 @@ pub(crate) fn classify<T>(
         Ok(Err(e)) => e,
     };
     if meter.disk_exhausted.load(Ordering::Relaxed) {
-        let used = meter.disk_used_bytes.load(Ordering::Relaxed);
+        let why = (meter
+            .disk_stop
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone())
+        .unwrap_or_else(|| "stopped: the app's /data folder is full".to_string());
         return Err(Failure {
             limit: Some(LimitExceeded::Disk),
             status: StatusCode::INSUFFICIENT_STORAGE,
-            message: format!(
-                "stopped: the app's /data folder grew to {} during the run, past the {} its contract reserves; remove files, or update the app with a larger --disk",
-                crate::deployment::readable_bytes(used),
-                crate::deployment::readable_bytes(meter.disk_quota_bytes.load(Ordering::Relaxed)),
-            ),
+            message: why,
             retry_after_secs: None,
         });
     }

@@ -20,6 +20,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock, RwLock};
 
+use peergrid_compute::data::SpaceCheck;
 use peergrid_compute::{
     DataDir, Deployment, JobOutcome, Limits, Prepared, Runtime, RuntimeConfig, Share, WorkloadKind,
     WorkloadSpec,
@@ -126,7 +127,6 @@ struct Entry {
     phase: Phase,
 }
 
-/// One deployment contract's workloads.
 /// What a live deployment contract asks of this node.
 #[derive(Clone)]
 struct Want {
@@ -140,12 +140,16 @@ struct Want {
     disk: u64,
 }
 
-/// Where a deployment's `/data` is: in its workload folder, so that the contract's end
-/// removes it and its grace period keeps it.
-pub fn app_data_dir(world: &World, contract: ContractId) -> PathBuf {
-    world.workload_dir(contract).join("data")
+/// Where a deployment's `/data` is: in its contract's folder on the node's SSD (its
+/// workload folder on a node without one), so that the contract's end removes it and its
+/// grace period keeps it. `None` while that folder's disk is not mounted: made again, it
+/// would hide beneath the disk.
+pub fn app_data_dir(world: &World, contract: ContractId) -> Option<PathBuf> {
+    let dir = world.shard_dir(contract);
+    (dir.exists()).then(|| dir.join("data"))
 }
 
+/// One deployment contract's workloads.
 struct App {
     deployment: Hash,
     paused: bool,
@@ -467,10 +471,26 @@ impl Compute {
                 app.previous = previous;
             }
             if app.data.is_none() {
-                let folder = app_data_dir(world, contract);
-                app.data = DataDir::new(&folder, w.disk)
-                    .inspect_err(|e| warn!(contract, folder = %folder.display(), error = %e, "cannot make the app's data folder: its workloads run without /data"))
-                    .ok();
+                match app_data_dir(world, contract) {
+                    Some(folder) => {
+                        let reserve = self.disk;
+                        let space: SpaceCheck = Arc::new(move |path: &Path| {
+                            reserve.check(path, 0, 0).map_err(|full| full.to_string())
+                        });
+                        app.data = DataDir::new(&folder, w.disk, Some(space))
+                            .inspect_err(|e| warn!(contract, folder = %folder.display(), error = %e, "cannot make the app's data folder: its workloads run without /data"))
+                            .ok();
+                        // Measured now, so that its status shows it before a first run.
+                        if let Some(data) = app.data.clone() {
+                            tokio::spawn(async move { data.measure().await });
+                        }
+                    }
+                    None => warn!(
+                        contract,
+                        folder = %world.shard_dir(contract).display(),
+                        "the app's folder is not here (its disk not mounted?): its workloads run without /data"
+                    ),
+                }
             }
             app.follow(&w);
             let share = app.share.clone();

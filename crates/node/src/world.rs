@@ -194,6 +194,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WorldError> {
     peergrid_core::fs::write_atomic(path, bytes).map_err(io_err("cannot write", path))
 }
 
+/// Whether a workload keeps files on a disk of its class: a storage contract's shards,
+/// a deployment's `/data`.
+fn keeps_files(w: &Workload) -> bool {
+    matches!(w.kind.as_str(), "storage" | "deployment")
+}
+
 impl World {
     fn file(dir: &Path) -> PathBuf {
         dir.join("world.json")
@@ -204,8 +210,8 @@ impl World {
         self.dir.join("workloads").join(contract.to_string())
     }
 
-    /// Where a storage contract's shards live: where they were placed when it was
-    /// provisioned ([`ShardsAt`]).
+    /// Where a storage contract's shards, or a deployment's files, live: where they were
+    /// placed when it was provisioned ([`ShardsAt`]).
     pub fn shard_dir(&self, contract: ContractId) -> PathBuf {
         let at = self
             .workloads
@@ -217,10 +223,11 @@ impl World {
         }
     }
 
-    /// Where a new storage workload's shards go: its folder on a disk of the class it
-    /// reserves (HDD for `hru`, SSD for `sru`), else its workload folder.
+    /// Where a new storage workload's shards, or a deployment's `/data`, go: its folder
+    /// on a disk of the class it reserves (HDD for `hru`, SSD for `sru`), else its
+    /// workload folder.
     fn place_shards(&self, w: &Workload) -> Option<ShardsAt> {
-        if w.kind != "storage" {
+        if !keeps_files(w) {
             return None;
         }
         Some(match self.shard_root(w) {
@@ -230,7 +237,7 @@ impl World {
     }
 
     fn shard_root(&self, w: &Workload) -> Option<&PathBuf> {
-        if w.kind != "storage" {
+        if !keeps_files(w) {
             return None;
         }
         if w.reserved.hru > 0 {
@@ -803,6 +810,44 @@ mod tests {
         w.save().expect("save");
         let w = World::load(dir.path()).expect("load");
         assert!(!w.workload_dir(42).exists());
+    }
+
+    #[test]
+    fn an_apps_files_go_to_the_ssd_and_leave_with_its_contract() {
+        let (_dir, mut w) = world();
+        let disks = tempfile::tempdir().expect("disks");
+        w.set_shard_roots(ShardRoots {
+            ssd: Some(disks.path().join("ssd")),
+            hdd: Some(disks.path().join("hdd")),
+        })
+        .expect("roots");
+        let app = Workload {
+            contract: 7,
+            kind: "deployment".into(),
+            owner: Keypair::from_seed([1; 32]).account(),
+            reserved: Capacity {
+                cru: 1,
+                mru: 1 << 27,
+                sru: 1 << 28,
+                hru: 0,
+            },
+            deployment_hash: Some(Hash::of(b"d")),
+            deployed: None,
+            state: WorkloadState::Running,
+            shards_at: None,
+        };
+        w.apply(7, Action::Provision(app)).expect("provision");
+        assert_eq!(w.shard_dir(7), disks.path().join("ssd/7"));
+        assert!(w.shard_dir(7).is_dir(), "made when provisioned");
+        std::fs::create_dir_all(w.shard_dir(7).join("data")).expect("data");
+        // Paused in its grace period: kept.
+        w.apply(7, Action::Pause).expect("pause");
+        assert!(disks.path().join("ssd/7/data").is_dir());
+        w.apply(7, Action::Remove).expect("remove");
+        assert!(
+            !disks.path().join("ssd/7").exists(),
+            "gone with its contract"
+        );
     }
 
     #[test]

@@ -12,7 +12,8 @@
 //!
 //! Each key is one file, `/data/kv/<hex of the key>`: two bytes of content-type length,
 //! the content-type, then the value. A value is written to a temporary file and renamed
-//! over the old one, so a reader never sees half a value. A node runs one instance
+//! over the old one, so a reader never sees half a value; `GET /` removes temporary
+//! files a stopped run left (older than ten minutes). A node runs one instance
 //! per request, so nothing is kept in memory between requests; each replica of the
 //! app has its own `/data`.
 
@@ -142,11 +143,28 @@ fn open_store() -> Result<Descriptor, String> {
     .map_err(|e| format!("cannot open /data/{DIR}: {}", e.message()))
 }
 
+/// How old a temporary file must be to be a leftover: a run stopped between writing
+/// it and renaming it (by a limit, or its node's end) leaves one.
+const STALE_TMP_SECS: u64 = 600;
+
+/// The keys, sorted; leftover temporary files are removed on the way.
 fn keys(store: &Descriptor) -> Result<BTreeSet<String>, ErrorCode> {
     let entries = store.read_directory()?;
     let mut keys = BTreeSet::new();
+    let now = wasip2::clocks::wall_clock::now().seconds;
     while let Some(entry) = entries.read_directory_entry()? {
-        // Temporary files start with a dot; a name that is not hex is not ours.
+        if entry.name.starts_with('.') {
+            let old = store
+                .stat_at(PathFlags::empty(), &entry.name)
+                .ok()
+                .and_then(|st| st.data_modification_timestamp)
+                .is_some_and(|t| t.seconds + STALE_TMP_SECS < now);
+            if old {
+                let _ = store.unlink_file_at(&entry.name);
+            }
+            continue;
+        }
+        // A name that is not hex is not ours.
         if let Some(key) = unhex(&entry.name).and_then(|k| String::from_utf8(k).ok()) {
             keys.insert(key);
         }
