@@ -30,6 +30,8 @@ pub struct MetricsSnapshot {
     pub memory_limit_exceeded: u64,
     /// Runs stopped by the wall-time limit.
     pub wall_time_exceeded: u64,
+    /// Runs stopped because their app's `/data` outgrew its disk, or the node's filled.
+    pub disk_limit_exceeded: u64,
     /// CPU time spent by all runs, in microseconds.
     pub cpu_us: u64,
     /// The most linear memory any single run had, in bytes.
@@ -46,6 +48,7 @@ pub(crate) struct WorkloadMetrics {
     cpu_limit_exceeded: AtomicU64,
     memory_limit_exceeded: AtomicU64,
     wall_time_exceeded: AtomicU64,
+    disk_limit_exceeded: AtomicU64,
     cpu_us: AtomicU64,
     memory_peak_bytes: AtomicU64,
     bytes_served: AtomicU64,
@@ -59,6 +62,7 @@ impl WorkloadMetrics {
             cpu_limit_exceeded: self.cpu_limit_exceeded.load(Ordering::Relaxed),
             memory_limit_exceeded: self.memory_limit_exceeded.load(Ordering::Relaxed),
             wall_time_exceeded: self.wall_time_exceeded.load(Ordering::Relaxed),
+            disk_limit_exceeded: self.disk_limit_exceeded.load(Ordering::Relaxed),
             cpu_us: self.cpu_us.load(Ordering::Relaxed),
             memory_peak_bytes: self.memory_peak_bytes.load(Ordering::Relaxed),
             bytes_served: self.bytes_served.load(Ordering::Relaxed),
@@ -98,7 +102,8 @@ impl WorkloadMetrics {
             Some(LimitExceeded::Cpu) => &self.cpu_limit_exceeded,
             Some(LimitExceeded::Memory) => &self.memory_limit_exceeded,
             Some(LimitExceeded::WallTime) => &self.wall_time_exceeded,
-            Some(LimitExceeded::Disk) | None => return,
+            Some(LimitExceeded::Disk) => &self.disk_limit_exceeded,
+            None => return,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }

@@ -331,6 +331,7 @@ async fn a_job_filling_its_data_folder_is_stopped_near_its_quota() {
     // (What a measuring interval lets through depends on the disk's speed: bounded
     // loosely, so that a fast disk does not fail the test.)
     assert!(used > quota && used < quota + (1 << 30), "{used}");
+    assert_eq!(cpu.metrics().disk_limit_exceeded, 1);
 
     // The node's disk down to its reserve (a file removed while open is not seen by the
     // walk, the disk's free space is): stopped whatever the quota, then read-only.
