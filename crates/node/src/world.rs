@@ -194,6 +194,21 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WorldError> {
     peergrid_core::fs::write_atomic(path, bytes).map_err(io_err("cannot write", path))
 }
 
+/// Removes a contract's folder, again if files appeared meanwhile: an app's runs may
+/// still be writing in it as its contract ends.
+fn remove_dir_all(path: &Path) -> std::io::Result<()> {
+    let mut tries = 0;
+    loop {
+        match std::fs::remove_dir_all(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty && tries < 5 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            done => return done,
+        }
+    }
+}
+
 /// Whether a workload keeps files on a disk of its class: a storage contract's shards,
 /// a deployment's `/data`.
 fn keeps_files(w: &Workload) -> bool {
@@ -521,14 +536,14 @@ impl World {
                 self.workloads.remove(&contract);
                 self.save()?;
                 if shards != self.workload_dir(contract) {
-                    match std::fs::remove_dir_all(&shards) {
+                    match remove_dir_all(&shards) {
                         Ok(()) => {}
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                         Err(e) => return Err(io_err("cannot remove", &shards)(e)),
                     }
                 }
                 let d = self.workload_dir(contract);
-                match std::fs::remove_dir_all(&d) {
+                match remove_dir_all(&d) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => return Err(io_err("cannot remove", &d)(e)),
