@@ -86,7 +86,7 @@ pub struct DeployArgs {
     /// Wall time per request or run, ms.
     #[arg(long, default_value_t = 10_000)]
     wall_ms: u64,
-    /// Disk for the app's `/data` folder on each replica's node, e.g. 1GiB: what each
+    /// Disk for the app's `/data` folder on each replica's node, 1MiB to 1TiB: what each
     /// contract reserves (SSD) and is billed for. Each replica has its own folder.
     #[arg(long, default_value = "256MiB", value_parser = app_disk)]
     disk: Size,
@@ -126,7 +126,8 @@ pub enum AppCommand {
         /// The component it runs (`app list --json` shows its hash).
         wasm: PathBuf,
     },
-    /// Cancel an app's contracts and forget it.
+    /// Cancel an app's contracts and forget it; each replica's /data goes with its
+    /// contract.
     Rm {
         /// The app's name.
         name: String,
@@ -149,9 +150,9 @@ pub struct UpdateArgs {
     /// Wall time per request or run, ms.
     #[arg(long)]
     wall_ms: Option<u64>,
-    /// Disk for the app's `/data` folder, e.g. 1GiB; its files stay. Give more than they
-    /// use (`app status` shows it): files 10 % past it make `/data` read-only, removing
-    /// included, until the disk is raised again.
+    /// Disk for the app's `/data` folder, 1MiB to 1TiB; its files stay. Give more than
+    /// they use (`app status` shows it): files well past it (10 %, at least 8 MiB) make
+    /// `/data` read-only, removing included, until the disk is raised again.
     #[arg(long, value_parser = app_disk)]
     disk: Option<Size>,
     /// Replace the environment with these variables, K=V (repeatable).
@@ -1478,6 +1479,9 @@ struct ReplicaState {
     /// What its `/data` folder may use, bytes.
     #[serde(skip_serializing_if = "Option::is_none")]
     data_quota_bytes: Option<u64>,
+    /// Its `/data` is read-only (well past its disk, or the node's disk full).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    data_read_only: bool,
     /// Its contract is live but holds another deployment than the app's (an update
     /// whose transaction did not go through, or a hand edit).
     #[serde(skip)]
@@ -1511,7 +1515,7 @@ async fn replica_state(
         Ok(None) => "missing".into(),
         Err(e) => format!("unknown ({e})"),
     };
-    let mut data = (None, None);
+    let mut data = (None, None, false);
     let on_node = match client.node(r.node).await {
         Ok(Some(n)) => match peergrid_mesh::identity::peer_id(&n.data.node.account) {
             Ok(peer) => match tokio::time::timeout(
@@ -1522,7 +1526,7 @@ async fn replica_state(
             {
                 Ok(Ok(report)) => {
                     if let Some(d) = &report.deployment {
-                        data = (d.data_used_bytes, d.data_quota_bytes);
+                        data = (d.data_used_bytes, d.data_quota_bytes, d.data_read_only);
                     }
                     let state = report
                         .deployment
@@ -1561,6 +1565,7 @@ async fn replica_state(
         url: r.url.clone(),
         data_used_bytes: data.0,
         data_quota_bytes: data.1,
+        data_read_only: data.2,
         holds_another,
     }
 }
@@ -1689,14 +1694,22 @@ pub fn app(globals: &Globals, cmd: AppCommand) -> anyhow::Result<()> {
                     return if failing > 0 { Err(failed()) } else { Ok(()) };
                 }
                 outln!("{} ({}), component {}", app.name, app.kind, app.component);
+                let mut read_only = false;
                 for row in &rows {
-                    let data = match (row.data_used_bytes, row.data_quota_bytes) {
+                    let mut data = match (row.data_used_bytes, row.data_quota_bytes) {
+                        (Some(used), Some(quota)) if used > quota => {
+                            format!(", /data {} of {}, OVER its disk", Size(used), Size(quota))
+                        }
                         (Some(used), Some(quota)) => {
                             format!(", /data {} of {}", Size(used), Size(quota))
                         }
                         (None, Some(quota)) => format!(", /data of {}", Size(quota)),
                         _ => String::new(),
                     };
+                    if row.data_read_only {
+                        data.push_str(" and READ-ONLY");
+                        read_only = true;
+                    }
                     outln!(
                         "  contract {} on node {}: contract {}, workload {}{}{data}",
                         row.contract,
@@ -1707,6 +1720,14 @@ pub fn app(globals: &Globals, cmd: AppCommand) -> anyhow::Result<()> {
                             .as_ref()
                             .map(|u| format!(", {u}"))
                             .unwrap_or_default()
+                    );
+                }
+                if read_only {
+                    outln!(
+                        "  /data is read-only where it says so: its files are well past the disk \
+                         the contract reserves (or the node's disk is full); writes and removals \
+                         fail until it has more: `peergrid app update {} FILE --disk SIZE`",
+                        app.name
                     );
                 }
                 if failing > 0 {
@@ -1779,12 +1800,11 @@ pub fn app_disk(s: &str) -> Result<Size, String> {
     let size: Size = s.parse()?;
     let (min, max) = (1u64 << 20, 1u64 << 40);
     if size.bytes() < min {
-        return Err(format!("{size} is less than {}: ask for more", Size(min)));
+        return Err(format!("{s} ({size}) is less than 1 MiB: ask for more"));
     }
     if size.bytes() > max {
         return Err(format!(
-            "{size} is more than {} on one node: ask for less",
-            Size(max)
+            "{s} is more than 1 TiB, the most one node gives an app"
         ));
     }
     Ok(size)

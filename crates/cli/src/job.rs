@@ -54,7 +54,7 @@ pub struct RunArgs {
     /// Wall time the run may take, ms.
     #[arg(long, default_value_t = 60_000)]
     wall_ms: u64,
-    /// Disk for the job's `/data` folder, e.g. 1GiB (what its contract reserves); it
+    /// Disk for the job's `/data` folder, 1MiB to 1TiB (what its contract reserves); it
     /// lasts as long as the contract (`--keep`).
     #[arg(long, default_value = "256MiB", value_parser = crate::app::app_disk)]
     disk: Size,

@@ -582,23 +582,49 @@ fn deploy_call_survive_a_node_and_remove_an_app() {
         table.contains("/data ") && table.contains("of 2.0 MiB"),
         "{table}"
     );
-    // Past its disk (and 10 % more), /data is read-only: a write is refused, reads go on.
-    // Each value is one write call, on disk whether or not its run is stopped after.
+    // Past its disk the app may still remove files; well past it (10 %, at least
+    // 8 MiB), /data is read-only: writes are refused, reads go on. Each value is one
+    // write call, on disk whether or not its run is stopped after.
     let big = vec![b'v'; 900 << 10];
     for key in ["a", "b", "c"] {
         let (code, body) = put(key, &big);
         assert!(code == 201 || code == 507, "{code} {body}");
     }
-    // The node measures the folder after each run; the next runs see that measure.
-    let hard = (2u64 << 20) * 11 / 10;
-    wait_for(
-        "kv's /data measured past its disk",
-        Duration::from_secs(20),
-        || {
-            let (_, status, _) = run(home, &["app", "status", "kv"]);
-            let used = status["replicas"][0]["data_used_bytes"].as_u64()?;
-            (used > hard).then_some(())
-        },
+    let over = wait_for("kv's /data over its disk", Duration::from_secs(20), || {
+        let out = peergrid(home)
+            .args(["app", "status", "kv"])
+            .output()
+            .expect("app status");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.contains("OVER its disk").then_some(text)
+    });
+    assert!(!over.contains("READ-ONLY"), "{over}");
+    assert_eq!(
+        request("DELETE", &format!("{kv}/k/a"), b"").map(|r| r.0),
+        Some(204),
+        "removing works over the disk"
+    );
+    let mut refused = None;
+    for i in 0..24 {
+        let (code, body) = put(&format!("fill{i}"), &big);
+        if code == 507 && body.contains("read-only") {
+            refused = Some(body);
+            break;
+        }
+        // A run a measuring pass catches growing the folder is stopped (507) too.
+        assert!(code == 201 || code == 507, "{code} {body}");
+    }
+    assert!(refused.is_some(), "writes refused well past the disk");
+    let (_, status, _) = run(home, &["app", "status", "kv"]);
+    assert_eq!(status["replicas"][0]["data_read_only"], true, "{status}");
+    let out = peergrid(home)
+        .args(["app", "status", "kv"])
+        .output()
+        .expect("app status");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("READ-ONLY") && text.contains("--disk SIZE"),
+        "{text}"
     );
     let (code, body) = put("d", b"more");
     assert_eq!(code, 507, "{body}");
@@ -607,7 +633,7 @@ fn deploy_call_survive_a_node_and_remove_an_app() {
         Some((200, "hello".to_string()))
     );
     // More disk through an update: the files stay, writes work again.
-    let (ok, _, err) = run(home, &["app", "update", "kv", KV, "--disk", "8MiB"]);
+    let (ok, _, err) = run(home, &["app", "update", "kv", KV, "--disk", "32MiB"]);
     assert!(ok, "app update --disk: {err}");
     assert_eq!(
         get(&format!("{kv}/k/greeting")),
@@ -617,10 +643,10 @@ fn deploy_call_survive_a_node_and_remove_an_app() {
     let (_, status, _) = run(home, &["app", "status", "kv"]);
     assert_eq!(
         status["replicas"][0]["data_quota_bytes"],
-        8 << 20,
+        32 << 20,
         "{status}"
     );
-    let (ok, _, err) = run(home, &["app", "update", "kv", KV, "--disk", "8MiB"]);
+    let (ok, _, err) = run(home, &["app", "update", "kv", KV, "--disk", "32MiB"]);
     assert!(!ok && err.contains("nothing to update"), "{err}");
 }
 

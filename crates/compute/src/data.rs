@@ -9,8 +9,11 @@
 //! over its quota and grows is stopped at the guest's next epoch tick (the app's other
 //! runs active then too: which one wrote cannot be told), so an app overshoots by what
 //! it writes between two passes. Over the quota, runs still start with `/data` writable
-//! so the app can remove files; once it is [`HARD_LIMIT_PERCENT`] past, or the folder
-//! cannot be measured, it is mounted read-only until the contract reserves more.
+//! so the app can remove files; once it is past its quota by [`HARD_LIMIT_PERCENT`] or
+//! [`HARD_LIMIT_MIN_BYTES`], whichever is more (a run that began under the quota may
+//! finish its writes), or the folder cannot be measured, it is mounted read-only until
+//! the contract reserves more: removing files needs write access too. For a folder at
+//! least half full, a run's decision uses a fresh measure when a run ended since the last.
 //!
 //! A file removed while still open is not seen by the walk: the node's own check of
 //! its disk's free space ([`SpaceCheck`]), made at every pass, stops every writable run
@@ -32,6 +35,8 @@ pub const MEASURE_EVERY: Duration = Duration::from_millis(100);
 pub const MEASURE_EVERY_MAX: Duration = Duration::from_secs(1);
 /// How far past its quota a folder may get before `/data` is mounted read-only.
 pub const HARD_LIMIT_PERCENT: u64 = 10;
+/// ... or at least this far.
+pub const HARD_LIMIT_MIN_BYTES: u64 = 8 << 20;
 /// Where the guest finds its folder.
 pub const GUEST_PATH: &str = "/data";
 /// What a folder that cannot be measured counts as: past any quota.
@@ -123,7 +128,15 @@ impl DataDir {
     /// Past this the folder is mounted read-only.
     fn hard_limit(&self) -> u64 {
         let quota = self.quota_bytes();
-        quota.saturating_add(quota / 100 * HARD_LIMIT_PERCENT)
+        quota.saturating_add((quota / 100 * HARD_LIMIT_PERCENT).max(HARD_LIMIT_MIN_BYTES))
+    }
+
+    /// Whether runs see `/data` read-only now: past the hard limit, not measurable, or
+    /// its disk down to the node's reserve.
+    pub fn read_only(&self) -> bool {
+        self.used_bytes.load(Ordering::Relaxed) != u64::MAX
+            && self.used_bytes.load(Ordering::Relaxed) >= self.hard_limit()
+            || self.disk_low.load(Ordering::Relaxed)
     }
 
     /// Measures the folder now (a blocking walk, off the executor). A folder that cannot
@@ -162,8 +175,14 @@ impl DataDir {
         builder: &mut WasiCtxBuilder,
         meter: &Arc<RunMeter>,
     ) -> Result<RunOnData, String> {
+        // A folder at least half full, and a run ended since the last walk: that run's
+        // writes may well be what decides, so the figure is taken afresh (a walk per
+        // run only for apps near their disk).
         let used = match self.used_bytes.load(Ordering::Relaxed) {
             u64::MAX => self.measure().await,
+            used if used >= self.quota_bytes() / 2 && self.dirty.swap(false, Ordering::AcqRel) => {
+                self.measure().await
+            }
             used => used,
         };
         if self.disk_low.load(Ordering::Relaxed) && self.disk_full().is_none() {
@@ -245,12 +264,17 @@ impl DataDir {
                         continue;
                     }
                     Some(at) if used > quota && used > at => {
+                        let then = if used >= self.hard_limit() {
+                            "/data is read-only until the contract reserves more (a larger --disk)"
+                        } else {
+                            "give the app a larger --disk, or have it remove files"
+                        };
                         let used = match used {
                             UNMEASURABLE => "a size that cannot be measured".to_string(),
                             used => crate::deployment::readable_bytes(used),
                         };
                         format!(
-                            "stopped: the app's /data folder grew to {used} during the run, past the {} its contract reserves; remove files, or update the app with a larger --disk",
+                            "stopped: the app's /data folder grew to {used} during the run, past the {} its contract reserves; {then}",
                             crate::deployment::readable_bytes(quota)
                         )
                     }
@@ -330,10 +354,13 @@ mod tests {
     }
 
     #[test]
-    fn the_hard_limit_is_ten_percent_past_the_quota() {
+    fn the_hard_limit_is_ten_percent_or_8_mib_past_the_quota() {
         let dir = tempfile::tempdir().expect("test setup");
-        let data = DataDir::new(&dir.path().join("d"), 100 << 20, None).expect("test setup");
-        assert_eq!(data.hard_limit(), 110 << 20);
+        let data = DataDir::new(&dir.path().join("d"), 1 << 30, None).expect("test setup");
+        assert_eq!(data.hard_limit(), (1 << 30) + (1 << 30) / 100 * 10);
+        data.set_quota_bytes(4 << 20);
+        assert_eq!(data.hard_limit(), 12 << 20);
         assert_eq!(data.used_bytes(), None);
+        assert!(!data.read_only(), "not before a first measure");
     }
 }

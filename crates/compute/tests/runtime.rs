@@ -288,10 +288,11 @@ async fn past_its_quota_data_turns_read_only_until_the_contract_reserves_more() 
     let data = DataDir::new(&dir.path().join("data"), 256 << 10, None).expect("data dir");
     let kv = prepare(&rt, &example("kv"), WorkloadKind::Http).with_data(data.clone());
     assert_eq!(send(&kv, request("PUT", "/k/a", b"kept")).await.0, 201);
-    // What an earlier run left: the folder is past its quota and 10 % more.
-    std::fs::write(data.path().join("bulk"), vec![0u8; 300 << 10]).expect("write");
+    // What an earlier run left: the folder is well past its quota (10 %, at least 8 MiB).
+    std::fs::write(data.path().join("bulk"), vec![1u8; 9 << 20]).expect("write");
     let used = data.measure().await;
-    assert!(used > (256 << 10) * 11 / 10, "{used}");
+    assert!(used > (256 << 10) + (8 << 20), "{used}");
+    assert!(data.read_only());
     let (status, body) = send(&kv, request("PUT", "/k/d", b"more")).await;
     assert_eq!(status, 507, "{body}");
     assert!(body.contains("/data is full"), "{body}");

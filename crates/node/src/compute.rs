@@ -793,6 +793,7 @@ impl Compute {
                 workloads: Vec::new(),
                 data_used_bytes: None,
                 data_quota_bytes: None,
+                data_read_only: false,
             };
         };
         let mut status = app_status(contract, app);
@@ -986,6 +987,7 @@ fn app_status(contract: ContractId, app: &App) -> DeploymentStatus {
         workloads,
         data_used_bytes: app.data.as_ref().and_then(|d| d.used_bytes()),
         data_quota_bytes: app.data.as_ref().map(|d| d.quota_bytes()),
+        data_read_only: app.data.as_ref().is_some_and(|d| d.read_only()),
     }
 }
 

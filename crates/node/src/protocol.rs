@@ -115,6 +115,9 @@ pub struct DeploymentStatus {
     /// What its `/data` folder may use: the disk (`sru`) its contract reserves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_quota_bytes: Option<u64>,
+    /// Its `/data` is read-only: well past its quota, or the node's disk full.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub data_read_only: bool,
 }
 
 /// What one workload of a deployment is doing on a node.
