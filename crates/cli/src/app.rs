@@ -1185,6 +1185,16 @@ fn update(globals: &Globals, file: &Path, mut apps: Apps, args: UpdateArgs) -> a
     }
     check_component(&component, &bytes, kind, spec.memory_bytes)
         .with_context(|| format!("{} cannot be deployed", args.wasm.display()))?;
+    if spec.disk_bytes < disk_before {
+        say(
+            json,
+            format!(
+                "warning: --disk {} is less than the {} before: if {name}'s files use more,                  its /data turns read-only (`peergrid app status {name}` shows what they use)",
+                Size(spec.disk_bytes),
+                Size(disk_before)
+            ),
+        );
+    }
     let mut updated = app.clone();
     let failures = crate::runtime()?.block_on(async {
         let (placement, serving) = Placement::open(
@@ -1225,8 +1235,8 @@ fn update(globals: &Globals, file: &Path, mut apps: Apps, args: UpdateArgs) -> a
     })?;
     if failures.len() == updated.replicas.len() {
         bail!(
-            "no replica of {name} was updated (see above); retry `peergrid app update {name} {}`",
-            args.wasm.display()
+            "no replica of {name} was updated (see above why); once that is dealt with, run \
+             the same `peergrid app update` again"
         );
     }
     updated.component = hex::encode(component);
