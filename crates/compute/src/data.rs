@@ -197,10 +197,9 @@ impl DataDir {
         builder
             .preopened_dir(&self.path, GUEST_PATH, perms)
             .map_err(|e| {
-                format!(
-                    "cannot open the app's data folder {}: {e}",
-                    self.path.display()
-                )
+                // The node's paths are the operator's business, not the tenant's.
+                tracing::warn!(folder = %self.path.display(), error = %e, "cannot open an app's /data folder");
+                "the node cannot open the app's /data folder; retry later, or report it to the node's farmer".to_string()
             })?;
         if writable {
             self.runs

@@ -25,6 +25,7 @@ use peergrid_compute::{
     DataDir, Deployment, JobOutcome, Limits, Prepared, Runtime, RuntimeConfig, Share, WorkloadKind,
     WorkloadSpec,
 };
+use peergrid_core::capacity::human_bytes;
 use peergrid_core::{AccountId, ContractId, Hash};
 use peergrid_mesh::Mesh;
 use serde::{Deserialize, Serialize};
@@ -475,7 +476,13 @@ impl Compute {
                     Some(folder) => {
                         let reserve = self.disk;
                         let space: SpaceCheck = Arc::new(move |path: &Path| {
-                            reserve.check(path, 0, 0).map_err(|full| full.to_string())
+                            reserve.check(path, 0, 0).map_err(|full| {
+                                format!(
+                                    "{} free, {} kept",
+                                    human_bytes(full.free_bytes),
+                                    human_bytes(full.reserve_bytes)
+                                )
+                            })
                         });
                         app.data = DataDir::new(&folder, w.disk, Some(space))
                             .inspect_err(|e| warn!(contract, folder = %folder.display(), error = %e, "cannot make the app's data folder: its workloads run without /data"))
