@@ -247,11 +247,7 @@ async fn apps_come_back_after_a_restart_and_failed_nodes_are_passed_over() {
             ],
         );
         assert!(ok, "deploy kv: {err}");
-        let kv = out["app"]["replicas"][0]["url"]
-            .as_str()
-            .expect("kv's url")
-            .trim_end_matches('/')
-            .to_string();
+        let kv = first_url(&out);
         let key = format!("{kv}/k/kept");
         assert_eq!(request("PUT", &key, b"across restarts").map(|r| r.0), Some(201));
         a.kill();

@@ -550,11 +550,7 @@ fn deploy_call_survive_a_node_and_remove_an_app() {
     // returns was read from the folder.
     let (ok, out, err) = run(home, &["deploy", KV, "--name", "kv", "--disk", "2MiB"]);
     assert!(ok, "deploy kv: {err}");
-    let kv = out["app"]["replicas"][0]["url"]
-        .as_str()
-        .expect("kv's url")
-        .trim_end_matches('/')
-        .to_string();
+    let kv = first_url(&out);
     let put = |key: &str, body: &[u8]| {
         request("PUT", &format!("{kv}/k/{key}"), body).expect("kv answers")
     };

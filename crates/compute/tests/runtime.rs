@@ -307,6 +307,13 @@ async fn past_its_quota_data_turns_read_only_until_the_contract_reserves_more() 
     assert_eq!(send(&kv, request("DELETE", "/k/a", b"")).await.0, 204);
 }
 
+/// `cpu fill`: writes /data/fill without bound.
+async fn fill(cpu: &Prepared) -> peergrid_compute::JobOutcome {
+    let args = ["fill".to_string()];
+    cpu.run_job(&args, &[], &limits(64 << 20, 20_000, 30_000))
+        .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_filling_its_data_folder_is_stopped_near_its_quota() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -314,13 +321,7 @@ async fn a_job_filling_its_data_folder_is_stopped_near_its_quota() {
     let quota = 8u64 << 20;
     let data = DataDir::new(&dir.path().join("data"), quota, None).expect("data dir");
     let cpu = prepare(&rt, &example("cpu"), WorkloadKind::Job).with_data(data.clone());
-    let out = cpu
-        .run_job(
-            &["fill".to_string()],
-            &[],
-            &limits(64 << 20, 20_000, 30_000),
-        )
-        .await;
+    let out = fill(&cpu).await;
     assert_eq!(out.limit_exceeded, Some(LimitExceeded::Disk), "{out:?}");
     let error = out.error.clone().unwrap_or_default();
     assert!(
@@ -344,23 +345,11 @@ async fn a_job_filling_its_data_folder_is_stopped_near_its_quota() {
         });
     let data = DataDir::new(&dir2.path().join("data"), 1 << 30, Some(space)).expect("data dir");
     let cpu = prepare(&rt, &example("cpu"), WorkloadKind::Job).with_data(data.clone());
-    let out = cpu
-        .run_job(
-            &["fill".to_string()],
-            &[],
-            &limits(64 << 20, 20_000, 30_000),
-        )
-        .await;
+    let out = fill(&cpu).await;
     assert_eq!(out.limit_exceeded, Some(LimitExceeded::Disk), "{out:?}");
     let error = out.error.clone().unwrap_or_default();
     assert!(error.contains("node's disk"), "{error}");
-    let out = cpu
-        .run_job(
-            &["fill".to_string()],
-            &[],
-            &limits(64 << 20, 20_000, 30_000),
-        )
-        .await;
+    let out = fill(&cpu).await;
     assert_eq!(out.exit_code, Some(1), "{out:?}");
     assert!(
         String::from_utf8_lossy(&out.stdout).starts_with("wrote 0 bytes"),

@@ -265,6 +265,15 @@ pub async fn node_up(home: &Path, farm: u64, data: &Path) -> u64 {
     .expect("join")
 }
 
+/// The URL of the first replica `deploy --json` printed, without its trailing slash.
+pub fn first_url(deployed: &Value) -> String {
+    deployed["app"]["replicas"][0]["url"]
+        .as_str()
+        .expect("the replica's url")
+        .trim_end_matches('/')
+        .to_string()
+}
+
 /// GET `url` (`http://127.0.0.1:PORT/path`): the status code and body, or `None` if
 /// nothing answers.
 pub fn get(url: &str) -> Option<(u16, String)> {
