@@ -1189,9 +1189,12 @@ fn update(globals: &Globals, file: &Path, mut apps: Apps, args: UpdateArgs) -> a
         say(
             json,
             format!(
-                "warning: --disk {} is less than the {} before: if {name}'s files use more,                  its /data turns read-only (`peergrid app status {name}` shows what they use)",
+                "warning: --disk {} is less than the {} before: where {name}'s files use more than \
+                 {}, its /data turns read-only (`peergrid app status {name}` shows what they \
+                 use)",
                 Size(spec.disk_bytes),
-                Size(disk_before)
+                Size(disk_before),
+                Size(peergrid_compute::data::read_only_at(spec.disk_bytes))
             ),
         );
     }
@@ -1490,7 +1493,6 @@ struct ReplicaState {
     #[serde(skip_serializing_if = "Option::is_none")]
     data_quota_bytes: Option<u64>,
     /// Its `/data` is read-only (well past its disk, or the node's disk full).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
     data_read_only: bool,
     /// Its contract is live but holds another deployment than the app's (an update
     /// whose transaction did not go through, or a hand edit).
@@ -1704,9 +1706,19 @@ pub fn app(globals: &Globals, cmd: AppCommand) -> anyhow::Result<()> {
                     return if failing > 0 { Err(failed()) } else { Ok(()) };
                 }
                 outln!("{} ({}), component {}", app.name, app.kind, app.component);
-                let mut read_only = false;
+                // The most a read-only replica's files use: the disk to ask for.
+                let mut read_only: Option<Option<u64>> = None;
                 for row in &rows {
                     let mut data = match (row.data_used_bytes, row.data_quota_bytes) {
+                        (Some(used), Some(quota)) if used > quota && !row.data_read_only => {
+                            format!(
+                                ", /data {} of {}, OVER its disk (writes still land until {}, \
+                                 then it turns read-only: remove files)",
+                                Size(used),
+                                Size(quota),
+                                Size(peergrid_compute::data::read_only_at(quota))
+                            )
+                        }
                         (Some(used), Some(quota)) if used > quota => {
                             format!(", /data {} of {}, OVER its disk", Size(used), Size(quota))
                         }
@@ -1718,7 +1730,7 @@ pub fn app(globals: &Globals, cmd: AppCommand) -> anyhow::Result<()> {
                     };
                     if row.data_read_only {
                         data.push_str(" and READ-ONLY");
-                        read_only = true;
+                        read_only = Some(read_only.flatten().max(row.data_used_bytes));
                     }
                     outln!(
                         "  contract {} on node {}: contract {}, workload {}{}{data}",
@@ -1732,11 +1744,15 @@ pub fn app(globals: &Globals, cmd: AppCommand) -> anyhow::Result<()> {
                             .unwrap_or_default()
                     );
                 }
-                if read_only {
+                if let Some(used) = read_only {
+                    let more = match used {
+                        Some(used) => format!("more disk than its files use ({})", Size(used)),
+                        None => "more disk".to_string(),
+                    };
                     outln!(
-                        "  /data is read-only where it says so: its files are well past the disk \
-                         the contract reserves (or the node's disk is full); writes and removals \
-                         fail until it has more: `peergrid app update {} FILE --disk SIZE`",
+                        "  READ-ONLY: those files are well past the disk their contract reserves \
+                         (or their node's disk is full); writes and removals fail until the app \
+                         has {more}: `peergrid app update {} FILE --disk SIZE`",
                         app.name
                     );
                 }

@@ -127,8 +127,7 @@ impl DataDir {
 
     /// Past this the folder is mounted read-only.
     fn hard_limit(&self) -> u64 {
-        let quota = self.quota_bytes();
-        quota.saturating_add((quota / 100 * HARD_LIMIT_PERCENT).max(HARD_LIMIT_MIN_BYTES))
+        read_only_at(self.quota_bytes())
     }
 
     /// Whether runs see `/data` read-only now: past the hard limit, not measurable, or
@@ -266,7 +265,7 @@ impl DataDir {
                         let then = if used >= self.hard_limit() {
                             "/data is read-only until the contract reserves more (a larger --disk)"
                         } else {
-                            "give the app a larger --disk, or have it remove files"
+                            "give it a larger --disk"
                         };
                         let used = match used {
                             UNMEASURABLE => "a size that cannot be measured".to_string(),
@@ -283,6 +282,12 @@ impl DataDir {
             meter.stop_for_disk(why);
         }
     }
+}
+
+/// What a folder with `quota_bytes` may reach before it is mounted read-only: 10 % past
+/// its quota, at least 8 MiB past.
+pub fn read_only_at(quota_bytes: u64) -> u64 {
+    quota_bytes.saturating_add((quota_bytes / 100 * HARD_LIMIT_PERCENT).max(HARD_LIMIT_MIN_BYTES))
 }
 
 /// A run's hold on the folder: its end has the folder measured.
