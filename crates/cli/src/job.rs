@@ -114,7 +114,25 @@ pub fn job(globals: &Globals, cmd: JobCommand) -> anyhow::Result<()> {
             queue,
         )
         .await?;
-        let Some(replica) = placement.place().await else {
+        // Ctrl-C or SIGTERM (a script's `timeout`, a CI runner) while placing: the
+        // contract a job's run is paid by is not left behind.
+        let placing = placement.place();
+        tokio::pin!(placing);
+        let placed = tokio::select! {
+            placed = &mut placing => placed,
+            () = crate::stop_requested() => {
+                say(json, "interrupted: finishing the transaction under way, then cancelling its contract");
+                placement.stop();
+                let _ = placing.await;
+                for contract in placement.created() {
+                    placement.cancel(contract).await;
+                }
+                drop(serving);
+                placement.mesh().close().await;
+                bail!("interrupted: the job did not run");
+            }
+        };
+        let Some(replica) = placed else {
             if let Some(reason) = placement.unpaid() {
                 bail!(
                     "no node could run the job: your account cannot pay for its contract: {reason}"
@@ -125,7 +143,7 @@ pub fn job(globals: &Globals, cmd: JobCommand) -> anyhow::Result<()> {
         drop(serving);
         let mesh = placement.mesh().clone();
         let deadline = Instant::now() + Duration::from_millis(args.wall_ms) + END_GRACE;
-        let logs = loop {
+        let waiting = async { loop {
             let logs =
                 replica_logs(&client, &mesh, &key, replica.node, replica.contract, &name).await;
             match logs {
@@ -143,6 +161,26 @@ pub fn job(globals: &Globals, cmd: JobCommand) -> anyhow::Result<()> {
                 ));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
+        } };
+        // Interrupted while it runs: its contract is cancelled (or kept, with --keep) as
+        // when it ends.
+        let logs = tokio::select! {
+            logs = waiting => logs,
+            () = crate::stop_requested() => Err(anyhow::anyhow!(
+                "interrupted before the job ended: {}",
+                if args.keep {
+                    format!(
+                        "its contract {} is kept and it goes on; `peergrid app logs {name}` reads \
+                         its output, `peergrid app rm {name}` ends it",
+                        replica.contract
+                    )
+                } else {
+                    format!(
+                        "its contract {} is cancelled, so node {} stops it",
+                        replica.contract, replica.node
+                    )
+                }
+            )),
         };
         if args.keep {
             let app = App {

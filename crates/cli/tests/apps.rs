@@ -450,6 +450,49 @@ fn deploy_call_survive_a_node_and_remove_an_app() {
         "{}",
         String::from_utf8_lossy(&spin.stderr)
     );
+    // Stopped from outside while it runs (a script's `timeout` sends SIGTERM): its
+    // contract is cancelled all the same, not left billing.
+    let mut running = peergrid(home)
+        .args([
+            "job",
+            "run",
+            CPU,
+            "--cpu-ms",
+            "60000",
+            "--wall-ms",
+            "60000",
+            "--",
+            "spin",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("job run");
+    wait_for(
+        "the spinning job's contract",
+        Duration::from_secs(60),
+        || {
+            let live = contracts(home)
+                .into_iter()
+                .any(|c| c["state"]["state"] != "deleted");
+            live.then_some(())
+        },
+    );
+    // Past its placement, into the wait for its end.
+    std::thread::sleep(Duration::from_secs(2));
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &running.id().to_string()])
+        .status();
+    let status = running.wait().expect("job run ends");
+    let mut err = String::new();
+    if let Some(mut stderr) = running.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut err);
+    }
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("interrupted") && err.contains("cancelled"),
+        "{err}"
+    );
     let live: Vec<Value> = contracts(home)
         .into_iter()
         .filter(|c| c["state"]["state"] != "deleted")
