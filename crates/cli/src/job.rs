@@ -143,25 +143,27 @@ pub fn job(globals: &Globals, cmd: JobCommand) -> anyhow::Result<()> {
         drop(serving);
         let mesh = placement.mesh().clone();
         let deadline = Instant::now() + Duration::from_millis(args.wall_ms) + END_GRACE;
-        let waiting = async { loop {
-            let logs =
-                replica_logs(&client, &mesh, &key, replica.node, replica.contract, &name).await;
-            match logs {
-                Ok(l) if l.state == "exited" || l.state == "error" => break Ok(l),
-                Ok(_) => {}
-                Err(e) => say(json, format!("{e:#}; asking again")),
+        let waiting = async {
+            loop {
+                let logs =
+                    replica_logs(&client, &mesh, &key, replica.node, replica.contract, &name).await;
+                match logs {
+                    Ok(l) if l.state == "exited" || l.state == "error" => break Ok(l),
+                    Ok(_) => {}
+                    Err(e) => say(json, format!("{e:#}; asking again")),
+                }
+                if Instant::now() > deadline {
+                    break Err(anyhow::anyhow!(
+                        "job did not end within its {} ms wall time plus {} s; its contract {} is {}",
+                        args.wall_ms,
+                        END_GRACE.as_secs(),
+                        replica.contract,
+                        if args.keep { "kept" } else { "cancelled" }
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            if Instant::now() > deadline {
-                break Err(anyhow::anyhow!(
-                    "job did not end within its {} ms wall time plus {} s; its contract {} is {}",
-                    args.wall_ms,
-                    END_GRACE.as_secs(),
-                    replica.contract,
-                    if args.keep { "kept" } else { "cancelled" }
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        } };
+        };
         // Interrupted while it runs: its contract is cancelled (or kept, with --keep) as
         // when it ends.
         let logs = tokio::select! {
