@@ -594,6 +594,14 @@ fn deploy_call_survive_a_node_and_remove_an_app() {
     let (ok, out, err) = run(home, &["deploy", KV, "--name", "kv", "--disk", "2MiB"]);
     assert!(ok, "deploy kv: {err}");
     let kv = first_url(&out);
+    // What `app status kv` prints, as a person reads it.
+    let status_text = || {
+        let out = peergrid(home)
+            .args(["app", "status", "kv"])
+            .output()
+            .expect("app status");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
     let put = |key: &str, body: &[u8]| {
         request("PUT", &format!("{kv}/k/{key}"), body).expect("kv answers")
     };
@@ -612,11 +620,7 @@ fn deploy_call_survive_a_node_and_remove_an_app() {
         2 << 20,
         "{status}"
     );
-    let table = peergrid(home)
-        .args(["app", "status", "kv"])
-        .output()
-        .expect("app status");
-    let table = String::from_utf8_lossy(&table.stdout);
+    let table = status_text();
     assert!(
         table.contains("/data ") && table.contains("of 2.0 MiB"),
         "{table}"
@@ -630,11 +634,7 @@ fn deploy_call_survive_a_node_and_remove_an_app() {
         assert!(code == 201 || code == 507, "{code} {body}");
     }
     let over = wait_for("kv's /data over its disk", Duration::from_secs(20), || {
-        let out = peergrid(home)
-            .args(["app", "status", "kv"])
-            .output()
-            .expect("app status");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let text = status_text();
         text.contains("OVER its disk").then_some(text)
     });
     assert!(!over.contains("READ-ONLY"), "{over}");
@@ -656,11 +656,7 @@ fn deploy_call_survive_a_node_and_remove_an_app() {
     assert!(refused.is_some(), "writes refused well past the disk");
     let (_, status, _) = run(home, &["app", "status", "kv"]);
     assert_eq!(status["replicas"][0]["data_read_only"], true, "{status}");
-    let out = peergrid(home)
-        .args(["app", "status", "kv"])
-        .output()
-        .expect("app status");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = status_text();
     assert!(
         text.contains("READ-ONLY") && text.contains("--disk SIZE"),
         "{text}"

@@ -133,9 +133,8 @@ impl DataDir {
     /// Whether runs see `/data` read-only now: past the hard limit, not measurable, or
     /// its disk down to the node's reserve.
     pub fn read_only(&self) -> bool {
-        self.used_bytes.load(Ordering::Relaxed) != u64::MAX
-            && self.used_bytes.load(Ordering::Relaxed) >= self.hard_limit()
-            || self.disk_low.load(Ordering::Relaxed)
+        let used = self.used_bytes.load(Ordering::Relaxed);
+        (used != u64::MAX && used >= self.hard_limit()) || self.disk_low.load(Ordering::Relaxed)
     }
 
     /// Measures the folder now (a blocking walk, off the executor). A folder that cannot
