@@ -1190,8 +1190,8 @@ fn update(globals: &Globals, file: &Path, mut apps: Apps, args: UpdateArgs) -> a
             json,
             format!(
                 "warning: --disk {} is less than the {} before: where {name}'s files use more than \
-                 {}, its /data turns read-only (`peergrid app status {name}` shows what they \
-                 use)",
+                 that, its writes that need room fail, and past {} its /data turns read-only \
+                 (`peergrid app status {name}` shows what they use)",
                 Size(spec.disk_bytes),
                 Size(disk_before),
                 Size(peergrid_compute::data::read_only_at(spec.disk_bytes))
@@ -1712,11 +1712,23 @@ pub fn app(globals: &Globals, cmd: AppCommand) -> anyhow::Result<()> {
                     let mut data = match (row.data_used_bytes, row.data_quota_bytes) {
                         (Some(used), Some(quota)) if used > quota && !row.data_read_only => {
                             format!(
-                                ", /data {} of {}, OVER its disk (writes still land until {}, \
-                                 then it turns read-only: remove files)",
+                                ", /data {} of {}, OVER its disk (writes that need room fail, \
+                                 and past {} it turns read-only: remove files)",
                                 Size(used),
                                 Size(quota),
                                 Size(peergrid_compute::data::read_only_at(quota))
+                            )
+                        }
+                        // Writes that need room fail at the quota: say so before the
+                        // app's own errors do.
+                        (Some(used), Some(quota))
+                            if used.saturating_mul(10) >= quota.saturating_mul(9) =>
+                        {
+                            format!(
+                                ", /data {} of {} ({} % full)",
+                                Size(used),
+                                Size(quota),
+                                used.saturating_mul(100) / quota.max(1)
                             )
                         }
                         (Some(used), Some(quota)) if used > quota => {

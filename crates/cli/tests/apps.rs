@@ -625,51 +625,69 @@ fn deploy_call_survive_a_node_and_remove_an_app() {
         table.contains("/data ") && table.contains("of 2.0 MiB"),
         "{table}"
     );
-    // Past its disk the app may still remove files; well past it (10 %, at least
-    // 8 MiB), /data is read-only: writes are refused, reads go on. Each value is one
-    // write call, on disk whether or not its run is stopped after.
-    let big = vec![b'v'; 900 << 10];
-    for key in ["a", "b", "c"] {
-        let (code, body) = put(key, &big);
-        assert!(code == 201 || code == 507, "{code} {body}");
+    // A write that would pass the disk is refused before it lands (507), reads go on,
+    // and a DELETE gives its room back.
+    let big = vec![b'v'; 1000 << 10];
+    assert_eq!(put("a", &big).0, 201);
+    assert_eq!(put("b", &big).0, 201);
+    let (code, body) = put("c", &big);
+    assert_eq!(code, 507, "{body}");
+    assert!(body.contains("delete keys"), "{body}");
+    let full = wait_for("kv's /data nearly full", Duration::from_secs(20), || {
+        let text = status_text();
+        text.contains("% full").then_some(text)
+    });
+    assert!(
+        !full.contains("OVER") && !full.contains("READ-ONLY"),
+        "{full}"
+    );
+    assert_eq!(
+        request("DELETE", &format!("{kv}/k/a"), b"").map(|r| r.0),
+        Some(204)
+    );
+    wait_for("room after the DELETE", Duration::from_secs(10), || {
+        (put("c", &big).0 == 201).then_some(())
+    });
+    // Files past a smaller disk (an update that shrinks it): writes that need room
+    // fail, removals work; well past it (10 %, at least 8 MiB), /data is read-only.
+    let update = |disk: &str| {
+        let (ok, _, err) = run(home, &["app", "update", "kv", KV, "--disk", disk]);
+        assert!(ok, "app update --disk {disk}: {err}");
+    };
+    update("16MiB");
+    for i in 0..10 {
+        let (code, body) = put(&format!("fill{i}"), &big);
+        assert_eq!(code, 201, "fill{i}: {body}");
     }
+    update("8MiB");
     let over = wait_for("kv's /data over its disk", Duration::from_secs(20), || {
         let text = status_text();
         text.contains("OVER its disk").then_some(text)
     });
     assert!(!over.contains("READ-ONLY"), "{over}");
+    let (code, body) = put("d", b"more");
+    assert!(code == 507 && body.contains("delete keys"), "{code} {body}");
     assert_eq!(
-        request("DELETE", &format!("{kv}/k/a"), b"").map(|r| r.0),
+        request("DELETE", &format!("{kv}/k/fill0"), b"").map(|r| r.0),
         Some(204),
         "removing works over the disk"
     );
-    let mut refused = None;
-    for i in 0..24 {
-        let (code, body) = put(&format!("fill{i}"), &big);
-        if code == 507 && body.contains("read-only") {
-            refused = Some(body);
-            break;
-        }
-        // A run a measuring pass catches growing the folder is stopped (507) too.
-        assert!(code == 201 || code == 507, "{code} {body}");
-    }
-    assert!(refused.is_some(), "writes refused well past the disk");
+    update("1MiB");
+    let text = wait_for("kv's /data read-only", Duration::from_secs(20), || {
+        let text = status_text();
+        text.contains("READ-ONLY").then_some(text)
+    });
+    assert!(text.contains("--disk SIZE"), "{text}");
     let (_, status, _) = run(home, &["app", "status", "kv"]);
     assert_eq!(status["replicas"][0]["data_read_only"], true, "{status}");
-    let text = status_text();
-    assert!(
-        text.contains("READ-ONLY") && text.contains("--disk SIZE"),
-        "{text}"
-    );
     let (code, body) = put("d", b"more");
-    assert_eq!(code, 507, "{body}");
+    assert!(code == 507 && body.contains("read-only"), "{code} {body}");
     assert_eq!(
         get(&format!("{kv}/k/greeting")),
         Some((200, "hello".to_string()))
     );
     // More disk through an update: the files stay, writes work again.
-    let (ok, _, err) = run(home, &["app", "update", "kv", KV, "--disk", "32MiB"]);
-    assert!(ok, "app update --disk: {err}");
+    update("32MiB");
     assert_eq!(
         get(&format!("{kv}/k/greeting")),
         Some((200, "hello".to_string()))

@@ -1,19 +1,26 @@
 //! An app's persistent folder: a host directory the guest sees as `/data`, within the
 //! disk its contract reserves.
 //!
-//! WASI gives no hook on writes, so the quota is kept by measuring: a background task
-//! walks the folder (`du`-like: allocated blocks, every entry at least
-//! [`ENTRY_BYTES_MIN`]) while runs that can write are active and once after each run,
-//! passes at least [`MEASURE_EVERY`] apart (ten times the walk's own time for a folder of
-//! many files, at most [`MEASURE_EVERY_MAX`]). A run that is active while the folder goes
-//! over its quota and grows is stopped at the guest's next epoch tick (the app's other
-//! runs active then too: which one wrote cannot be told), so an app overshoots by what
-//! it writes between two passes. Over the quota, runs still start with `/data` writable
-//! so the app can remove files; once it is past its quota by [`HARD_LIMIT_PERCENT`] or
-//! [`HARD_LIMIT_MIN_BYTES`], whichever is more (a run that began under the quota may
-//! finish its writes), or the folder cannot be measured, it is mounted read-only until
-//! the contract reserves more: removing files needs write access too. For a folder at
-//! least half full, a run's decision uses a fresh measure when a run ended since the last.
+//! The quota is kept on every write: the `wasi:filesystem` calls that make the folder
+//! grow ask [`DataDir::grant`] first (see `quota.rs`), which counts their growth on top
+//! of the newest measure and refuses what would pass the quota (`quota`; "no space"
+//! through a stream). Growth is counted in 4 KiB blocks and every new file or folder
+//! as [`ENTRY_BYTES_MIN`], the way the measure counts them.
+//!
+//! The measure is a `du`-like walk (allocated blocks, every entry at least
+//! [`ENTRY_BYTES_MIN`]) by a background task while runs that can write are active and
+//! once after each run, passes at least [`MEASURE_EVERY`] apart (ten times the walk's own
+//! time for a folder of many files, at most [`MEASURE_EVERY_MAX`]); each walk replaces
+//! what was granted before it began, so removed files give their room back at the next
+//! pass. What no grant counts (links, a folder's own growth, a contract shrunk below its
+//! files) the walk still sees: a run active while the folder goes over its quota and
+//! grows is stopped at the guest's next epoch tick (the app's other runs active then
+//! too: which one wrote cannot be told). Over the quota, runs still start with `/data`
+//! writable so the app can remove files; once it is past its quota by
+//! [`HARD_LIMIT_PERCENT`] or [`HARD_LIMIT_MIN_BYTES`], whichever is more, or the folder
+//! cannot be measured, it is mounted read-only until the contract reserves more:
+//! removing files needs write access too. For a folder at least half full, a run's
+//! decision uses a fresh measure when a run ended since the last.
 //!
 //! A file removed while still open is not seen by the walk: the node's own check of
 //! its disk's free space ([`SpaceCheck`]), made at every pass, stops every writable run
@@ -56,6 +63,11 @@ pub struct DataDir {
     /// ends later does not overwrite a newer figure.
     walks: AtomicU64,
     stored_walk: Mutex<u64>,
+    /// Growth granted to writes since the folder was opened (it only rises), and what it
+    /// was when the walk behind `used_bytes` began: grants after that are not in the
+    /// figure yet.
+    granted: AtomicU64,
+    granted_at_walk: AtomicU64,
     /// Runs that can write, each with the folder's size at the first pass after it began.
     runs: Mutex<Vec<(Weak<RunMeter>, Option<u64>)>>,
     /// A run ended since the last walk.
@@ -92,6 +104,8 @@ impl DataDir {
             used_bytes: AtomicU64::new(u64::MAX),
             walks: AtomicU64::new(0),
             stored_walk: Mutex::new(0),
+            granted: AtomicU64::new(0),
+            granted_at_walk: AtomicU64::new(0),
             runs: Mutex::new(Vec::new()),
             dirty: AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
@@ -140,7 +154,14 @@ impl DataDir {
     /// Measures the folder now (a blocking walk, off the executor). A folder that cannot
     /// be walked counts as past any quota.
     pub async fn measure(&self) -> u64 {
-        let ticket = self.walks.fetch_add(1, Ordering::AcqRel) + 1;
+        let (ticket, granted) = {
+            // Under the lock, so that a later ticket never carries an earlier count.
+            let _stored = self.stored_walk.lock().unwrap_or_else(|e| e.into_inner());
+            (
+                self.walks.fetch_add(1, Ordering::AcqRel) + 1,
+                self.granted.load(Ordering::Acquire),
+            )
+        };
         let path = self.path.clone();
         let used = match tokio::task::spawn_blocking(move || usage(&path)).await {
             Ok(Ok(used)) => used,
@@ -154,8 +175,33 @@ impl DataDir {
         if ticket > *stored {
             *stored = ticket;
             self.used_bytes.store(used, Ordering::Relaxed);
+            self.granted_at_walk.store(granted, Ordering::Release);
         }
         used
+    }
+
+    /// Lets a write make the folder grow by `bytes` if the newest measure plus what was
+    /// granted since stays within the quota, and counts it; `false` refuses it. A write
+    /// that then fails keeps its grant until the next walk: the count errs high, never low.
+    pub fn grant(&self, bytes: u64) -> bool {
+        if bytes == 0 {
+            return true;
+        }
+        let quota = self.quota_bytes();
+        let used = match self.used_bytes.load(Ordering::Relaxed) {
+            // A run opens the folder only after a first measure; an unmeasurable folder
+            // is read-only.
+            u64::MAX | UNMEASURABLE => return false,
+            used => used,
+        };
+        let at_walk = self.granted_at_walk.load(Ordering::Acquire);
+        self.granted
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |granted| {
+                let since = granted.saturating_sub(at_walk);
+                let after = used.saturating_add(since).saturating_add(bytes);
+                (after <= quota).then_some(granted.saturating_add(bytes))
+            })
+            .is_ok()
     }
 
     /// Why the node's disk has no room for more, if it has none.
@@ -207,7 +253,10 @@ impl DataDir {
         }
         self.start_measurer();
         self.wake.notify_one();
-        Ok(RunOnData { dir: self.clone() })
+        Ok(RunOnData {
+            dir: self.clone(),
+            writable,
+        })
     }
 
     fn start_measurer(self: &Arc<Self>) {
@@ -289,9 +338,24 @@ pub fn read_only_at(quota_bytes: u64) -> u64 {
     quota_bytes.saturating_add((quota_bytes / 100 * HARD_LIMIT_PERCENT).max(HARD_LIMIT_MIN_BYTES))
 }
 
+/// What a file of `bytes` occupies in whole blocks, as the walk counts it.
+pub(crate) fn in_blocks(bytes: u64) -> u64 {
+    bytes
+        .div_ceil(ENTRY_BYTES_MIN)
+        .saturating_mul(ENTRY_BYTES_MIN)
+}
+
 /// A run's hold on the folder: its end has the folder measured.
 pub(crate) struct RunOnData {
     dir: Arc<DataDir>,
+    writable: bool,
+}
+
+impl RunOnData {
+    /// The folder whose grants the run's writes ask for, if it may write.
+    pub(crate) fn grants(&self) -> Option<Arc<DataDir>> {
+        self.writable.then(|| self.dir.clone())
+    }
 }
 
 impl Drop for RunOnData {
@@ -354,6 +418,30 @@ mod tests {
         let sparse = std::fs::File::create(dir.path().join("sparse")).expect("test setup");
         sparse.set_len(1 << 40).expect("test setup");
         assert!(usage(dir.path()).expect("walk") < used + (1 << 20));
+    }
+
+    #[tokio::test]
+    async fn grants_add_up_on_the_newest_measure_until_the_quota() {
+        let dir = tempfile::tempdir().expect("test setup");
+        let data = DataDir::new(&dir.path().join("d"), 64 << 10, None).expect("test setup");
+        assert!(!data.grant(1), "nothing before a first measure");
+        assert_eq!(data.measure().await, 0);
+        assert!(data.grant(56 << 10));
+        assert!(!data.grant(12 << 10), "68 KiB would pass 64");
+        assert!(data.grant(8 << 10));
+        assert!(!data.grant(1));
+        assert!(data.grant(0), "no growth needs no room");
+        // A walk replaces what was granted before it: here only 16 KiB was written.
+        std::fs::write(data.path().join("f"), vec![1u8; 16 << 10]).expect("test setup");
+        let used = data.measure().await;
+        assert!((16 << 10..32 << 10).contains(&used), "{used}");
+        assert!(data.grant((64 << 10) - used));
+        assert!(!data.grant(4 << 10));
+        // A larger reservation makes room at once.
+        data.set_quota_bytes(128 << 10);
+        assert!(data.grant(64 << 10));
+        assert_eq!(in_blocks(1), ENTRY_BYTES_MIN);
+        assert_eq!(in_blocks(ENTRY_BYTES_MIN + 1), 2 * ENTRY_BYTES_MIN);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! What one instance's store holds: WASI contexts, the limiter, and the meter of a run.
 
+use crate::data::DataDir;
 use crate::share::Share;
 use bytes::Bytes;
 use std::future::Future;
@@ -28,10 +29,13 @@ pub(crate) struct Host {
     hooks: NoOutgoingHttp,
     limiter: Limiter,
     meter: Arc<RunMeter>,
+    /// The app's data folder when the run may write there: every write that makes it
+    /// grow asks it first.
+    pub(crate) data: Option<Arc<DataDir>>,
 }
 
 impl Host {
-    pub(crate) fn new(wasi: WasiCtx, meter: Arc<RunMeter>) -> Self {
+    pub(crate) fn new(wasi: WasiCtx, meter: Arc<RunMeter>, data: Option<Arc<DataDir>>) -> Self {
         Host {
             table: ResourceTable::new(),
             wasi,
@@ -41,6 +45,7 @@ impl Host {
                 meter: meter.clone(),
             },
             meter,
+            data,
         }
     }
 }
@@ -64,13 +69,15 @@ impl WasiHttpView for Host {
     }
 }
 
-/// A store with the memory limiter and the CPU budget of `meter` installed.
+/// A store with the memory limiter and the CPU budget of `meter` installed, its writes
+/// to `/data` granted by `data`.
 pub(crate) fn new_store(
     engine: &wasmtime::Engine,
     wasi: WasiCtx,
     meter: Arc<RunMeter>,
+    data: Option<Arc<DataDir>>,
 ) -> Store<Host> {
-    let mut store = Store::new(engine, Host::new(wasi, meter));
+    let mut store = Store::new(engine, Host::new(wasi, meter, data));
     store.limiter(|host| &mut host.limiter);
     // Every epoch tick the guest is running, check its CPU budget and yield to the
     // executor, so a busy guest never holds a worker thread for more than one tick.

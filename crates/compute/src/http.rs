@@ -254,7 +254,8 @@ impl Prepared {
                 return self.host_answer(&asked, StatusCode::INTERNAL_SERVER_ERROR, &reason, None);
             }
         };
-        let mut store = new_store(&self.inner.runtime.engine, wasi, meter.clone());
+        let grants = on_data.as_ref().and_then(|d| d.grants());
+        let mut store = new_store(&self.inner.runtime.engine, wasi, meter.clone(), grants);
 
         let (mut parts, body) = req.into_parts();
         if parts.uri.authority().is_none() && !parts.headers.contains_key(header::HOST) {

@@ -97,14 +97,15 @@ impl Prepared {
         let bound = self.inner.runtime.config.output_bytes_max;
         let (stdout, stderr) = (Capture::new(bound), Capture::new(bound));
         let output = Some((stdout.clone(), stderr.clone()));
-        let (wasi, _on_data) = match self.wasi_ctx(&meter, args, env, output).await {
+        let (wasi, on_data) = match self.wasi_ctx(&meter, args, env, output).await {
             Ok(ctx) => ctx,
             Err(reason) => {
                 metrics.error();
                 return JobOutcome::not_run(started, None, &reason, false);
             }
         };
-        let mut store = new_store(&self.inner.runtime.engine, wasi, meter.clone());
+        let grants = on_data.as_ref().and_then(|d| d.grants());
+        let mut store = new_store(&self.inner.runtime.engine, wasi, meter.clone(), grants);
         let guest = Metered::new(meter.clone(), async move {
             let command = pre.instantiate_async(&mut store).await?;
             command.wasi_cli_run().call_run(&mut store).await

@@ -45,6 +45,7 @@ mod host;
 mod http;
 mod job;
 mod metrics;
+mod quota;
 mod runtime;
 mod share;
 

@@ -168,12 +168,14 @@ impl Runtime {
         // Both kinds get all of WASI 0.2. wasi:sockets is linked so that components whose
         // standard library imports it still load, but the context grants no network:
         // every socket operation and name lookup is refused. Only the app's data folder, if it
-        // has one, is preopened (as /data).
+        // has one, is preopened (as /data), its writes held to its quota (quota.rs).
         let mut job_linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut job_linker)
+            .and_then(|()| crate::quota::add_to_linker(&mut job_linker))
             .map_err(|e| ComputeError::Engine(one_line(&e)))?;
         let mut http_linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut http_linker)
+            .and_then(|()| crate::quota::add_to_linker(&mut http_linker))
             .map_err(|e| ComputeError::Engine(one_line(&e)))?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut http_linker)
             .map_err(|e| ComputeError::Engine(one_line(&e)))?;

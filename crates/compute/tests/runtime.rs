@@ -302,38 +302,109 @@ async fn past_its_quota_data_turns_read_only_until_the_contract_reserves_more() 
         (200, "kept".into())
     );
     // The contract reserves more: writable again, and keys can be removed.
-    data.set_quota_bytes(4 << 20);
+    data.set_quota_bytes(16 << 20);
     assert_eq!(send(&kv, request("PUT", "/k/d", b"more")).await.0, 201);
     assert_eq!(send(&kv, request("DELETE", "/k/a", b"")).await.0, 204);
 }
 
-/// `cpu fill`: writes /data/fill without bound.
-async fn fill(cpu: &Prepared) -> peergrid_compute::JobOutcome {
-    let args = ["fill".to_string()];
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_past_the_quota_is_refused_and_fits_after_a_delete() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(&dir.path().join("cache"));
+    let quota = 2u64 << 20;
+    let data = DataDir::new(&dir.path().join("data"), quota, None).expect("data dir");
+    let kv = prepare(&rt, &example("kv"), WorkloadKind::Http).with_data(data.clone());
+    let big = vec![b'v'; 900 << 10];
+    assert_eq!(send(&kv, request("PUT", "/k/a", &big)).await.0, 201);
+    assert_eq!(send(&kv, request("PUT", "/k/b", &big)).await.0, 201);
+    // A third would pass 2 MiB: refused before it reaches the disk, whatever the
+    // measuring walk has seen so far.
+    let (status, body) = send(&kv, request("PUT", "/k/c", &big)).await;
+    assert_eq!(status, 507, "{body}");
+    assert!(
+        body.contains("/data is full") && body.contains("delete keys"),
+        "{body}"
+    );
+    let used = peergrid_compute::data::usage(data.path()).expect("walk");
+    assert!(used <= quota, "{used} on disk");
+    assert!(!data.read_only());
+    assert_eq!(send(&kv, request("GET", "/k/a", b"")).await.0, 200);
+    // A removal gives its room back once the folder is measured again (the next run
+    // of a folder this full measures it first).
+    assert_eq!(send(&kv, request("DELETE", "/k/a", b"")).await.0, 204);
+    let mut put = (0, String::new());
+    for _ in 0..50 {
+        put = send(&kv, request("PUT", "/k/c", &big)).await;
+        if put.0 == 201 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(put.0, 201, "{}", put.1);
+    assert_eq!(
+        send(&kv, request("GET", "/", b"")).await,
+        (200, "[\"b\",\"c\"]\n".into())
+    );
+    // Files past a smaller quota (a contract shrunk): a PUT is refused as full, not as
+    // a broken folder, and a DELETE goes through.
+    data.set_quota_bytes(1 << 20);
+    let (status, body) = send(&kv, request("PUT", "/k/d", b"x")).await;
+    assert_eq!(status, 507, "{body}");
+    assert!(body.contains("delete keys"), "{body}");
+    assert_eq!(send(&kv, request("DELETE", "/k/b", b"")).await.0, 204);
+}
+
+/// `cpu fill [stream]`: writes /data/fill without bound, directly or through a stream.
+async fn fill(cpu: &Prepared, stream: bool) -> peergrid_compute::JobOutcome {
+    let mut args = vec!["fill".to_string()];
+    if stream {
+        args.push("stream".to_string());
+    }
     cpu.run_job(&args, &[], &limits(64 << 20, 20_000, 30_000))
         .await
 }
 
+/// How far `cpu fill` got, and why it stopped, from its last line.
+fn filled(out: &peergrid_compute::JobOutcome) -> (u64, String) {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rest = text
+        .strip_prefix("wrote ")
+        .unwrap_or_else(|| panic!("cpu fill says how far it got: {out:?}"));
+    let (bytes, why) = rest.split_once(" bytes, then: ").expect("cpu fill's line");
+    (bytes.parse().expect("a byte count"), why.trim().to_string())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_job_filling_its_data_folder_is_stopped_near_its_quota() {
+async fn a_job_filling_its_data_folder_is_refused_at_its_quota() {
     let dir = tempfile::tempdir().expect("tempdir");
     let rt = runtime(&dir.path().join("cache"));
     let quota = 8u64 << 20;
-    let data = DataDir::new(&dir.path().join("data"), quota, None).expect("data dir");
-    let cpu = prepare(&rt, &example("cpu"), WorkloadKind::Job).with_data(data.clone());
-    let out = fill(&cpu).await;
-    assert_eq!(out.limit_exceeded, Some(LimitExceeded::Disk), "{out:?}");
-    let error = out.error.clone().unwrap_or_default();
-    assert!(
-        error.contains("/data") && error.contains("--disk"),
-        "{error}"
-    );
-    // Stopped within a measuring interval's writes, not when the node's disk filled.
-    let used = peergrid_compute::data::usage(data.path()).expect("walk");
-    // (What a measuring interval lets through depends on the disk's speed: bounded
-    // loosely, so that a fast disk does not fail the test.)
-    assert!(used > quota && used < quota + (1 << 30), "{used}");
-    assert_eq!(cpu.metrics().disk_limit_exceeded, 1);
+    for stream in [false, true] {
+        let data =
+            DataDir::new(&dir.path().join(format!("data{stream}")), quota, None).expect("data dir");
+        let cpu = prepare(&rt, &example("cpu"), WorkloadKind::Job).with_data(data.clone());
+        let out = fill(&cpu, stream).await;
+        // The write that would pass the quota fails in the app, which goes on: nothing
+        // stopped it.
+        assert_eq!(out.exit_code, Some(1), "{out:?}");
+        assert_eq!(out.limit_exceeded, None, "{out:?}");
+        let (wrote, why) = filled(&out);
+        // Up to the quota, less the file's own entry and one write that did not fit
+        // (a MiB directly, 4 KiB through the stream).
+        let unit = if stream { 4096 } else { 1 << 20 };
+        assert!(
+            wrote <= quota && wrote + unit + 8192 > quota,
+            "stream {stream}: wrote {wrote} of {quota}"
+        );
+        let expected = if stream { "space" } else { "quota" };
+        assert!(
+            why.to_lowercase().contains(expected),
+            "stream {stream}: {why}"
+        );
+        let used = peergrid_compute::data::usage(data.path()).expect("walk");
+        assert!(used <= quota, "stream {stream}: {used} on disk");
+        assert_eq!(cpu.metrics().disk_limit_exceeded, 0);
+    }
 
     // The node's disk down to its reserve (a file removed while open is not seen by the
     // walk, the disk's free space is): stopped whatever the quota, then read-only.
@@ -345,11 +416,12 @@ async fn a_job_filling_its_data_folder_is_stopped_near_its_quota() {
         });
     let data = DataDir::new(&dir2.path().join("data"), 1 << 30, Some(space)).expect("data dir");
     let cpu = prepare(&rt, &example("cpu"), WorkloadKind::Job).with_data(data.clone());
-    let out = fill(&cpu).await;
+    let out = fill(&cpu, false).await;
     assert_eq!(out.limit_exceeded, Some(LimitExceeded::Disk), "{out:?}");
     let error = out.error.clone().unwrap_or_default();
     assert!(error.contains("node's disk"), "{error}");
-    let out = fill(&cpu).await;
+    assert_eq!(cpu.metrics().disk_limit_exceeded, 1);
+    let out = fill(&cpu, false).await;
     assert_eq!(out.exit_code, Some(1), "{out:?}");
     assert!(
         String::from_utf8_lossy(&out.stdout).starts_with("wrote 0 bytes"),

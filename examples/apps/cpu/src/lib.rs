@@ -6,6 +6,8 @@
 //! cpu alloc      allocates and touches memory without bound (for memory limits)
 //! cpu fill       writes /data/fill a MiB at a time without bound (for disk limits),
 //!                then says how far it got and why it stopped, exit 1
+//! cpu fill stream  the same through an append stream, 4 KiB per call, as a program
+//!                  built on a standard library's files writes
 //! ```
 //!
 //! Bad arguments print the usage to stderr and exit with code 2
@@ -17,7 +19,7 @@ use std::io::Write as _;
 
 wasip2::cli::command::export!(Cpu);
 
-const USAGE: &str = "usage: cpu primes N | cpu spin | cpu alloc | cpu fill\n";
+const USAGE: &str = "usage: cpu primes N | cpu spin | cpu alloc | cpu fill [stream]\n";
 
 struct Cpu;
 
@@ -41,7 +43,8 @@ impl wasip2::exports::cli::run::Guest for Cpu {
             },
             ["spin"] => spin(),
             ["alloc"] => alloc(),
-            ["fill"] => fill(),
+            ["fill"] => fill(false),
+            ["fill", "stream"] => fill(true),
             _ => usage(),
         }
     }
@@ -111,7 +114,7 @@ fn alloc() -> ! {
     }
 }
 
-fn fill() -> ! {
+fn fill(stream: bool) -> ! {
     use wasip2::filesystem::types::{DescriptorFlags, OpenFlags, PathFlags};
     const CHUNK: usize = 1 << 20; // 1 MiB
     let mut out = wasip2::cli::stdout::get_stdout();
@@ -131,11 +134,27 @@ fn fill() -> ! {
     let chunk = vec![0x5a; CHUNK];
     let mut at = 0u64;
     let why = match file {
-        Err(e) => e.message(),
+        Err(e) => e.message().to_string(),
+        Ok(file) if stream => match file.append_via_stream() {
+            Err(e) => e.message().to_string(),
+            // blocking-write-and-flush takes at most 4 KiB a call.
+            Ok(out) => loop {
+                match out.blocking_write_and_flush(&chunk[..4096]) {
+                    Ok(()) => at += 4096,
+                    Err(wasip2::io::streams::StreamError::LastOperationFailed(e)) => {
+                        break match wasip2::filesystem::types::filesystem_error_code(&e) {
+                            Some(code) => code.message().to_string(),
+                            None => e.to_debug_string(),
+                        }
+                    }
+                    Err(wasip2::io::streams::StreamError::Closed) => break "closed".to_string(),
+                }
+            },
+        },
         Ok(file) => loop {
             match file.write(&chunk, at) {
                 Ok(n) => at += n,
-                Err(e) => break e.message(),
+                Err(e) => break e.message().to_string(),
             }
         },
     };
