@@ -994,14 +994,14 @@ pub fn deploy(globals: &Globals, args: DeployArgs) -> anyhow::Result<()> {
         tokio::pin!(placing);
         let placed = tokio::select! {
             placed = &mut placing => placed,
-            _ = tokio::signal::ctrl_c() => {
+            _ = crate::stop_requested() => {
                 // A contract is paid for from its creation: an interrupted deploy undoes
                 // what it made rather than leave contracts no `app` command knows.
                 say(json, "interrupted: finishing the transactions under way, then cancelling the contracts this deploy made (Ctrl-C again leaves them)");
                 placement.stop();
                 tokio::select! {
                     _ = &mut placing => {}
-                    _ = tokio::signal::ctrl_c() => bail!("{}", left_behind(&placement)),
+                    _ = crate::stop_requested() => bail!("{}", left_behind(&placement)),
                 }
                 let cancelling = async {
                     for contract in placement.created() {
@@ -1011,7 +1011,7 @@ pub fn deploy(globals: &Globals, args: DeployArgs) -> anyhow::Result<()> {
                 };
                 tokio::select! {
                     () = cancelling => {}
-                    _ = tokio::signal::ctrl_c() => bail!("{}", left_behind(&placement)),
+                    _ = crate::stop_requested() => bail!("{}", left_behind(&placement)),
                 }
                 drop(serving);
                 placement.mesh().close().await;
@@ -1385,7 +1385,7 @@ fn repair(
         for (old, live) in broken {
             let placed = tokio::select! {
                 placed = placement.place() => placed,
-                _ = tokio::signal::ctrl_c() => {
+                _ = crate::stop_requested() => {
                     say(json, "interrupted: cancelling the contracts this repair made");
                     placement.stop();
                     for contract in placement.created() {
