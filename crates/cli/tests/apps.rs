@@ -680,6 +680,16 @@ fn deploy_call_survive_a_node_and_remove_an_app() {
     assert!(text.contains("--disk SIZE"), "{text}");
     let (_, status, _) = run(home, &["app", "status", "kv"]);
     assert_eq!(status["replicas"][0]["data_read_only"], true, "{status}");
+    // The node's metrics say the same, for its farmer.
+    let c = &status["replicas"][0]["contract"];
+    let node_metrics = format!("http://127.0.0.1:{}/metrics", entry_port(&kv) - 310 + 200);
+    let metrics = get(&node_metrics).expect("the node's metrics").1;
+    for line in [
+        format!("peergrid_node_app_data_quota_bytes{{contract=\"{c}\"}} 1048576\n"),
+        format!("peergrid_node_app_data_read_only{{contract=\"{c}\"}} 1\n"),
+    ] {
+        assert!(metrics.contains(&line), "{line} in {metrics}");
+    }
     let (code, body) = put("d", b"more");
     assert!(code == 507 && body.contains("read-only"), "{code} {body}");
     assert_eq!(

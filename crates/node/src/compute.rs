@@ -31,7 +31,7 @@ use peergrid_mesh::Mesh;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::protocol::{DeploymentStatus, WorkloadLogs, WorkloadStatus};
+use crate::protocol::{DeploymentStatus, LimitStops, WorkloadLogs, WorkloadStatus};
 use crate::world::{WorkloadState, World, write_atomic};
 
 /// Instances that may exist at once on this node, across all its workloads.
@@ -959,6 +959,15 @@ fn app_status(contract: ContractId, app: &App) -> DeploymentStatus {
                 requests: metrics.map(|m| m.requests).unwrap_or(0),
                 cpu_us: metrics.map(|m| m.cpu_us).unwrap_or(0),
                 bytes_served: metrics.map(|m| m.bytes_served).unwrap_or(0),
+                errors: metrics.map(|m| m.errors).unwrap_or(0),
+                stopped: metrics
+                    .map(|m| LimitStops {
+                        cpu: m.cpu_limit_exceeded,
+                        memory: m.memory_limit_exceeded,
+                        wall_time: m.wall_time_exceeded,
+                        disk: m.disk_limit_exceeded,
+                    })
+                    .unwrap_or_default(),
                 exit_code: match &e.phase {
                     Phase::Exited(r) => r.exit_code,
                     _ => None,

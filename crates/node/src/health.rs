@@ -313,7 +313,7 @@ fn compute_metrics(out: &mut String, deployments: &[crate::protocol::DeploymentS
         let _ = writeln!(out, "peergrid_node_deployments{{state=\"{state}\"}} {n}");
     }
     type Sample = fn(&crate::protocol::WorkloadStatus) -> String;
-    let series: [(&str, &str, Sample); 3] = [
+    let series: [(&str, &str, Sample); 4] = [
         (
             "peergrid_node_app_requests_total",
             "Requests served (or job runs) per workload since its deployment started on this node (a restart or an update starts again from 0).",
@@ -329,6 +329,11 @@ fn compute_metrics(out: &mut String, deployments: &[crate::protocol::DeploymentS
             "Response bytes served per workload since its deployment started on this node.",
             |w| w.bytes_served.to_string(),
         ),
+        (
+            "peergrid_node_app_errors_total",
+            "Requests (or job runs) per workload that failed: a trap, an exhausted limit, no response.",
+            |w| w.errors.to_string(),
+        ),
     ];
     for (name, help, sample) in series {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
@@ -341,6 +346,53 @@ fn compute_metrics(out: &mut String, deployments: &[crate::protocol::DeploymentS
                     w.name,
                     sample(w)
                 );
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP peergrid_node_app_limit_stops_total Runs per workload stopped by a limit (cpu, memory, wall_time, disk) since its deployment started on this node.\n# TYPE peergrid_node_app_limit_stops_total counter"
+    );
+    for d in deployments {
+        for w in &d.workloads {
+            let s = &w.stopped;
+            for (limit, n) in [
+                ("cpu", s.cpu),
+                ("memory", s.memory),
+                ("wall_time", s.wall_time),
+                ("disk", s.disk),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "peergrid_node_app_limit_stops_total{{contract=\"{}\",workload=\"{}\",limit=\"{limit}\"}} {n}",
+                    d.contract, w.name
+                );
+            }
+        }
+    }
+    type Gauge = fn(&crate::protocol::DeploymentStatus) -> Option<u64>;
+    let gauges: [(&str, &str, Gauge); 3] = [
+        (
+            "peergrid_node_app_data_used_bytes",
+            "What each app's /data folder uses on this node, at its newest measure.",
+            |d| d.data_used_bytes,
+        ),
+        (
+            "peergrid_node_app_data_quota_bytes",
+            "The disk each app's contract reserves for its /data folder.",
+            |d| d.data_quota_bytes,
+        ),
+        (
+            "peergrid_node_app_data_read_only",
+            "1 while an app's /data is read-only (well past its disk, or the node's disk full).",
+            |d| d.data_quota_bytes.map(|_| u64::from(d.data_read_only)),
+        ),
+    ];
+    for (name, help, pick) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for d in deployments {
+            if let Some(value) = pick(d) {
+                let _ = writeln!(out, "{name}{{contract=\"{}\"}} {value}", d.contract);
             }
         }
     }

@@ -141,9 +141,32 @@ pub struct WorkloadStatus {
     /// Bytes of responses served.
     #[serde(default)]
     pub bytes_served: u64,
+    /// Runs that failed: a trap, an exhausted limit, no response.
+    #[serde(default)]
+    pub errors: u64,
+    /// Runs stopped by each limit.
+    #[serde(default)]
+    pub stopped: LimitStops,
     /// A job's exit code, once it `exited` by itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
+}
+
+/// How many runs of a workload each limit stopped.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimitStops {
+    /// By its CPU time.
+    #[serde(default)]
+    pub cpu: u64,
+    /// By its memory.
+    #[serde(default)]
+    pub memory: u64,
+    /// By its wall time.
+    #[serde(default)]
+    pub wall_time: u64,
+    /// By its app's `/data` outgrowing the disk, or the node's disk filling.
+    #[serde(default)]
+    pub disk: u64,
 }
 
 /// How many workloads are in each state.
