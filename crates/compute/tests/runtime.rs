@@ -238,6 +238,16 @@ async fn kv_keeps_its_keys_in_data_across_instances_and_restarts() {
         (200, "[\"alpha\",\"beta\"]\n".into())
     );
     assert_eq!(send(&kv, request("DELETE", "/k/beta", b"")).await.0, 204);
+    // Keys come percent-decoded: `a%20b` and `a b` are one key; a broken escape is a 400.
+    assert_eq!(send(&kv, request("PUT", "/k/a%20b", b"spaced")).await.0, 201);
+    assert_eq!(
+        send(&kv, request("GET", "/", b"")).await,
+        (200, "[\"a b\",\"alpha\"]\n".into())
+    );
+    let (status, body) = send(&kv, request("GET", "/k/a%2", b"")).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("escape"), "{body}");
+    assert_eq!(send(&kv, request("DELETE", "/k/a%20b", b"")).await.0, 204);
     // A temporary file a stopped run left is removed once old; a fresh one (a PUT under
     // way) is not.
     let (stale, fresh) = (folder.join("kv/.6b.1"), folder.join("kv/.6b.2"));

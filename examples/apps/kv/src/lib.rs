@@ -8,7 +8,9 @@
 //! | `GET /k/KEY`     | 200 with the stored body and its content-type, or 404      |
 //! | `DELETE /k/KEY`  | 204, or 404 if absent                                      |
 //!
-//! Keys are at most 120 bytes. Errors are JSON objects `{"error": "..."}`.
+//! `KEY` is percent-decoded (`a%20b` is the key `a b`; a broken escape or a key that is
+//! not UTF-8 gets 400). Keys are at most 120 bytes. Errors are JSON objects
+//! `{"error": "..."}`.
 //!
 //! Each key is one file, `/data/kv/<hex of the key>`: two bytes of content-type length,
 //! the content-type, then the value. A value is written to a temporary file and renamed
@@ -70,7 +72,17 @@ impl wasip2::exports::http::incoming_handler::Guest for Kv {
             };
         }
         let key = match path.strip_prefix("/k/") {
-            Some(k) if !k.is_empty() => k.to_string(),
+            Some(k) if !k.is_empty() => match percent_decode(k) {
+                Some(k) => k,
+                None => {
+                    return error(
+                        out,
+                        400,
+                        "the key is not valid: a % must start an escape of two hex digits, \
+                         and the decoded key must be UTF-8",
+                    )
+                }
+            },
             _ => return error(out, 404, "not found"),
         };
         if key.len() > MAX_KEY {
@@ -118,6 +130,29 @@ impl wasip2::exports::http::incoming_handler::Guest for Kv {
             _ => error(out, 405, "method not allowed"),
         }
     }
+}
+
+/// A key as the URL carries it with its `%XX` escapes decoded (`a%20b` is `a b`, as a
+/// client that encodes keys means it); `None` for a broken escape or a key that is not
+/// UTF-8 (keys are listed as JSON strings).
+fn percent_decode(raw: &str) -> Option<String> {
+    let bytes = raw.as_bytes();
+    let mut key = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let digits = bytes.get(i + 1..i + 3)?;
+            if !digits.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            key.push(u8::from_str_radix(std::str::from_utf8(digits).ok()?, 16).ok()?);
+            i += 3;
+        } else {
+            key.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(key).ok()
 }
 
 /// The keys' folder, created on first use.
