@@ -137,6 +137,15 @@ async fn apps_come_back_after_a_restart_and_failed_nodes_are_passed_over() {
         // Node a is killed and started again on its data: the app answers again, nobody
         // redeployed it. Meanwhile an update pointed its contract at a new deployment the
         // node never got: the one it holds serves until the owner sends the new one.
+        // The node saves its services' logs every few seconds: what hello logged is kept.
+        let saved_log = data_a
+            .join("workloads")
+            .join(replica["contract"].to_string())
+            .join("logs/hello.log");
+        wait_for("hello's log saved", Duration::from_secs(20), || {
+            let text = std::fs::read_to_string(&saved_log).ok()?;
+            text.contains("GET / -> 200").then_some(())
+        });
         a.kill();
         assert!(get(&url).is_none(), "nothing serves while the node is down");
         let (ok, _, err) = run(
@@ -184,6 +193,19 @@ async fn apps_come_back_after_a_restart_and_failed_nodes_are_passed_over() {
             || get(&url).filter(|(code, _)| *code == 200),
         );
         assert_eq!(back.1, "hello from peergrid\n");
+        // Its log still has what it logged before the restarts, and says where they were.
+        let (ok, logs, err) = run(
+            &home,
+            &["--mesh-bootstrap", &boot, "app", "logs", "hello"],
+        );
+        assert!(ok, "app logs: {err}");
+        let text = logs["replicas"][0]["logs"]["stdout"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            text.contains("GET / -> 200") && text.contains("the node restarted"),
+            "{logs}"
+        );
         // The node's metrics count the app's requests since its restart.
         let contract = replica["contract"].as_u64().expect("contract");
         let metrics = get(&format!("http://127.0.0.1:{}/metrics", base + 250))

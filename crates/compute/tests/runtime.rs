@@ -239,7 +239,10 @@ async fn kv_keeps_its_keys_in_data_across_instances_and_restarts() {
     );
     assert_eq!(send(&kv, request("DELETE", "/k/beta", b"")).await.0, 204);
     // Keys come percent-decoded: `a%20b` and `a b` are one key; a broken escape is a 400.
-    assert_eq!(send(&kv, request("PUT", "/k/a%20b", b"spaced")).await.0, 201);
+    assert_eq!(
+        send(&kv, request("PUT", "/k/a%20b", b"spaced")).await.0,
+        201
+    );
     assert_eq!(
         send(&kv, request("GET", "/", b"")).await,
         (200, "[\"a b\",\"alpha\"]\n".into())

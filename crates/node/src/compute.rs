@@ -104,6 +104,52 @@ fn keep_newest(text: &mut String, max: usize) {
     text.drain(..start);
 }
 
+/// The folder of a deployment's saved service logs, in its contract's workload folder.
+const LOGS_DIR: &str = "logs";
+
+/// How often the node saves its services' logs (a crash loses at most this much).
+pub const LOG_SAVE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A cheap fingerprint of a log, to save only what changed.
+fn fingerprint(text: &str) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// The logs saved in `dir` before the node restarted, per workload, the newest
+/// [`EARLIER_LOG_BYTES_MAX`] bytes of each, closed by a line saying so. Files that are
+/// not a workload's log are ignored; one that cannot be read is logged and skipped.
+fn load_logs(dir: &Path) -> BTreeMap<String, String> {
+    let mut logs = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return logs;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Some(name) = (path.file_name().and_then(|n| n.to_str()))
+            .and_then(|n| n.strip_suffix(".log"))
+            .filter(|n| peergrid_compute::deployment::validate_name(n).is_ok())
+        else {
+            continue;
+        };
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let mut text = String::from_utf8_lossy(&bytes).into_owned();
+                keep_newest(&mut text, EARLIER_LOG_BYTES_MAX);
+                if !text.is_empty() && !text.ends_with('\n') {
+                    text.push('\n');
+                }
+                text.push_str("--- the node restarted: logged before above, since below ---\n");
+                logs.insert(name.to_string(), text);
+            }
+            Err(e) => warn!(file = %path.display(), error = %e, "cannot read a saved workload log"),
+        }
+    }
+    logs
+}
+
 fn job_record_path(dir: &Path, workload: &str) -> PathBuf {
     dir.join("jobs").join(format!("{workload}.json"))
 }
@@ -186,6 +232,10 @@ struct App {
     /// What the deployments this one replaced logged, per workload: an update keeps the
     /// log that may say why it was needed.
     earlier_logs: BTreeMap<String, String>,
+    /// Where its services' logs are saved (`<workload>.log`), so that a restarted node
+    /// still shows them, and a fingerprint of what each file holds.
+    logs_dir: PathBuf,
+    saved_logs: BTreeMap<String, u64>,
 }
 
 impl App {
@@ -447,6 +497,8 @@ impl Compute {
                 previous: None,
                 previous_base: 0,
                 earlier_logs: BTreeMap::new(),
+                logs_dir: world.workload_dir(contract).join(LOGS_DIR),
+                saved_logs: BTreeMap::new(),
             };
             if let Some(mut old) = apps.remove(&contract) {
                 info!(
@@ -462,6 +514,7 @@ impl Compute {
                 app.data = old.data.clone();
                 app.carried = old.served().saturating_sub(old.reported_bytes);
                 app.earlier_logs = std::mem::take(&mut old.earlier_logs);
+                app.saved_logs = std::mem::take(&mut old.saved_logs);
                 // Replaced before it started (two updates in a row): the one before it
                 // goes on serving instead.
                 let previous = match old.serves() {
@@ -470,6 +523,9 @@ impl Compute {
                 };
                 app.previous_base = previous.as_ref().map_or(0, |p| p.served());
                 app.previous = previous;
+            } else {
+                // Started afresh (the node restarted): what its services logged before.
+                app.earlier_logs = load_logs(&app.logs_dir);
             }
             if app.data.is_none() {
                 match app_data_dir(world, contract) {
@@ -867,6 +923,61 @@ impl Compute {
         Ok(logs)
     }
 
+    /// Saves each service's log where its deployment is kept, when it changed since the
+    /// last save, so that a restarted node shows what its workloads logged before. A
+    /// contract whose folder is gone (it ended) gets none.
+    pub async fn save_logs(&self) {
+        let mut writes = Vec::new();
+        for app in self.write().values_mut() {
+            for (name, entry) in &app.workloads {
+                if entry.spec.kind != WorkloadKind::Http {
+                    continue;
+                }
+                let text = app.log(name);
+                let print = fingerprint(&text);
+                if text.is_empty() || app.saved_logs.get(name) == Some(&print) {
+                    continue;
+                }
+                writes.push((app.logs_dir.join(format!("{name}.log")), text));
+                app.saved_logs.insert(name.clone(), print);
+            }
+        }
+        if writes.is_empty() {
+            return;
+        }
+        let failed = tokio::task::spawn_blocking(move || {
+            let mut failed = Vec::new();
+            for (path, text) in writes {
+                let made = path
+                    .parent()
+                    .map_or(Ok(()), |dir| match std::fs::create_dir(dir) {
+                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+                        made => made,
+                    });
+                if let Err(e) =
+                    made.and_then(|()| peergrid_core::fs::write_atomic(&path, text.as_bytes()))
+                {
+                    // NotFound: the contract's folder went with its end.
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        warn!(file = %path.display(), error = %e, "cannot save a workload's log");
+                    }
+                    failed.push(path);
+                }
+            }
+            failed
+        })
+        .await
+        .unwrap_or_default();
+        // Saved again on the next round.
+        if !failed.is_empty() {
+            for app in self.write().values_mut() {
+                let dir = app.logs_dir.clone();
+                app.saved_logs
+                    .retain(|name, _| !failed.contains(&dir.join(format!("{name}.log"))));
+            }
+        }
+    }
+
     /// Deployments that served bytes the ledger has not been told of: contract,
     /// deployment, bytes served so far, bytes not yet reported.
     pub fn unreported_usage(&self) -> Vec<(ContractId, Hash, u64, u64)> {
@@ -1027,6 +1138,8 @@ mod tests {
             previous: None,
             previous_base: 0,
             earlier_logs: BTreeMap::new(),
+            logs_dir: PathBuf::new(),
+            saved_logs: BTreeMap::new(),
         }
     }
 

@@ -101,6 +101,7 @@ impl Running {
         for t in &self.tasks {
             t.abort();
         }
+        self.shared.compute.save_logs().await;
         let _ = self.shared.world.lock().await.save();
     }
 }
@@ -338,6 +339,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Running> {
             id,
         )),
         tokio::spawn(reconcile::follow(shared.clone(), client.clone())),
+        tokio::spawn(save_logs(compute.clone())),
         health_task,
         shard_task,
     ]);
@@ -350,6 +352,14 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Running> {
         _mesh: mesh,
         _lock: lock,
     })
+}
+
+/// Saves the services' logs now and then, so that a restart, even a crash, keeps them.
+async fn save_logs(compute: Arc<crate::compute::Compute>) {
+    loop {
+        tokio::time::sleep(crate::compute::LOG_SAVE_EVERY).await;
+        compute.save_logs().await;
+    }
 }
 
 /// Whether `e` only says that no validator answered (worth waiting for).
