@@ -158,6 +158,10 @@ pub struct UpdateArgs {
     /// Replace the environment with these variables, K=V (repeatable).
     #[arg(long = "env", value_name = "K=V", value_parser = parse_env)]
     env: Vec<(String, String)>,
+    /// Shrink `--disk` even below what a replica's files use, which makes its `/data`
+    /// read-only at once (writes and removals fail).
+    #[arg(long)]
+    force: bool,
 }
 
 pub(crate) fn parse_env(text: &str) -> Result<(String, String), String> {
@@ -1166,8 +1170,22 @@ fn update(globals: &Globals, file: &Path, mut apps: Apps, args: UpdateArgs) -> a
         args: Vec::new(),
         disk_bytes: SRU_BYTES,
     });
-    let disk_before = spec.disk_bytes;
-    spec.disk_bytes = args.disk.map_or(spec.disk_bytes, Size::bytes);
+    // The disk the contracts hold now: `contract update --sru` may have changed it since
+    // the app's settings were recorded, and an update must not take it back unasked.
+    let client = globals.client()?;
+    let held = crate::runtime()?.block_on(async {
+        let mut held = None;
+        for r in &app.replicas {
+            if let Ok(Some(c)) = client.contract(r.contract).await
+                && c.data.is_live()
+            {
+                held = held.max(Some(c.data.reserved.sru));
+            }
+        }
+        held
+    });
+    let disk_before = held.unwrap_or(spec.disk_bytes);
+    spec.disk_bytes = args.disk.map_or(disk_before, Size::bytes);
     spec.memory_bytes = args.memory.map_or(spec.memory_bytes, Size::bytes);
     spec.cpu_ms = args.cpu_ms.unwrap_or(spec.cpu_ms);
     spec.wall_ms = args.wall_ms.unwrap_or(spec.wall_ms);
@@ -1185,17 +1203,11 @@ fn update(globals: &Globals, file: &Path, mut apps: Apps, args: UpdateArgs) -> a
     }
     check_component(&component, &bytes, kind, spec.memory_bytes)
         .with_context(|| format!("{} cannot be deployed", args.wasm.display()))?;
-    if spec.disk_bytes < disk_before {
+    if kind == WorkloadKind::Job && Hash::of(&deployment).to_string() == app.deployment {
         say(
             json,
-            format!(
-                "warning: --disk {} is less than the {} before: where {name}'s files use more than \
-                 that, its writes that need room fail, and past {} its /data turns read-only \
-                 (`peergrid app status {name}` shows what they use)",
-                Size(spec.disk_bytes),
-                Size(disk_before),
-                Size(peergrid_compute::data::read_only_at(spec.disk_bytes))
-            ),
+            "only the disk changes, which is not part of the deployment: the job is not run \
+             again (a new deployment, such as a changed --env, runs it again)",
         );
     }
     let mut updated = app.clone();
@@ -1209,6 +1221,17 @@ fn update(globals: &Globals, file: &Path, mut apps: Apps, args: UpdateArgs) -> a
             VecDeque::new(),
         )
         .await?;
+        if spec.disk_bytes < disk_before {
+            let mut states = Vec::new();
+            for r in &updated.replicas {
+                states.push(replica_state(&client, placement.mesh(), r, &app.deployment).await);
+            }
+            if let Err(e) = check_shrink(&states, spec.disk_bytes, args.force, json) {
+                drop(serving);
+                placement.mesh().close().await;
+                return Err(e);
+            }
+        }
         // One replica at a time: the others keep answering with the old version.
         let mut failures = Vec::new();
         for r in &mut updated.replicas {
@@ -1500,6 +1523,68 @@ struct ReplicaState {
     holds_another: bool,
 }
 
+/// Whether a smaller disk, `disk` bytes, suits what each replica's files use: refused
+/// (unless `force`) where it would make `/data` read-only at once, since the app could
+/// then not even remove files; a warning where writes that need room would fail.
+fn check_shrink(states: &[ReplicaState], disk: u64, force: bool, json: bool) -> anyhow::Result<()> {
+    let read_only_at = peergrid_compute::data::read_only_at(disk);
+    let mut locked = Vec::new();
+    for s in states {
+        match s.data_used_bytes {
+            Some(used) if used >= read_only_at => locked.push((s.node, used)),
+            Some(used) if used > disk => say(
+                json,
+                format!(
+                    "warning: on node {} the app's files use {}, more than --disk {}: its writes \
+                     that need room fail until files are removed",
+                    s.node,
+                    Size(used),
+                    Size(disk)
+                ),
+            ),
+            Some(_) => {}
+            None => say(
+                json,
+                format!(
+                    "warning: node {} did not say what the app's files use ({}); past {} its \
+                     /data turns read-only",
+                    s.node,
+                    s.state,
+                    Size(read_only_at)
+                ),
+            ),
+        }
+    }
+    let Some(&(_, most)) = locked.iter().max_by_key(|(_, used)| *used) else {
+        return Ok(());
+    };
+    let nodes: Vec<String> = locked
+        .iter()
+        .map(|(node, used)| format!("node {node}: {}", Size(*used)))
+        .collect();
+    if force {
+        say(
+            json,
+            format!(
+                "warning: --force: /data turns read-only at once where its files use {} or more \
+                 ({}): writes and removals fail until the disk is raised again",
+                Size(read_only_at),
+                nodes.join(", ")
+            ),
+        );
+        return Ok(());
+    }
+    bail!(
+        "--disk {} is too small for the app's files ({}): past {} its /data would turn \
+         read-only at once, and the app could neither write nor remove files. Give --disk \
+         at least {}, remove files first, or pass --force",
+        Size(disk),
+        nodes.join(", "),
+        Size(read_only_at),
+        Size(most)
+    )
+}
+
 /// A replica's contract on the ledger and its workload on its node, asked now.
 async fn replica_state(
     client: &Client,
@@ -1722,7 +1807,8 @@ pub fn app(globals: &Globals, cmd: AppCommand) -> anyhow::Result<()> {
                         // Writes that need room fail at the quota: say so before the
                         // app's own errors do.
                         (Some(used), Some(quota))
-                            if used.saturating_mul(10) >= quota.saturating_mul(9) =>
+                            if used <= quota
+                                && used.saturating_mul(10) >= quota.saturating_mul(9) =>
                         {
                             format!(
                                 ", /data {} of {} ({} % full)",
@@ -1826,7 +1912,8 @@ pub fn app(globals: &Globals, cmd: AppCommand) -> anyhow::Result<()> {
             }
             outln!(
                 "{name} removed: its contracts are ended (no more bills) and its nodes stop \
-                 serving it as they follow the ledger, within seconds"
+                 serving it, and delete its /data folders with their files, as they follow the \
+                 ledger, within seconds"
             );
             Ok(())
         }

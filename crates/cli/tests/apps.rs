@@ -659,7 +659,10 @@ fn deploy_call_survive_a_node_and_remove_an_app() {
         let (code, body) = put(&format!("fill{i}"), &big);
         assert_eq!(code, 201, "fill{i}: {body}");
     }
-    update("8MiB");
+    // Below what the files use, an update warns.
+    let (ok, _, err) = run(home, &["app", "update", "kv", KV, "--disk", "8MiB"]);
+    assert!(ok, "app update --disk 8MiB: {err}");
+    assert!(err.contains("writes that need room fail"), "{err}");
     let over = wait_for("kv's /data over its disk", Duration::from_secs(20), || {
         let text = status_text();
         text.contains("OVER its disk").then_some(text)
@@ -672,12 +675,32 @@ fn deploy_call_survive_a_node_and_remove_an_app() {
         Some(204),
         "removing works over the disk"
     );
-    update("1MiB");
+    // So far below that /data would turn read-only at once (no removing either): refused
+    // unless forced.
+    let (ok, _, err) = run(home, &["app", "update", "kv", KV, "--disk", "1MiB"]);
+    assert!(
+        !ok && err.contains("--force") && err.contains("too small"),
+        "{err}"
+    );
+    let (_, status, _) = run(home, &["app", "status", "kv"]);
+    assert_eq!(
+        status["replicas"][0]["data_quota_bytes"],
+        8 << 20,
+        "{status}"
+    );
+    let (ok, _, err) = run(
+        home,
+        &["app", "update", "kv", KV, "--disk", "1MiB", "--force"],
+    );
+    assert!(ok, "app update --disk 1MiB --force: {err}");
     let text = wait_for("kv's /data read-only", Duration::from_secs(20), || {
         let text = status_text();
         text.contains("READ-ONLY").then_some(text)
     });
-    assert!(text.contains("--disk SIZE"), "{text}");
+    assert!(
+        text.contains("OVER its disk and READ-ONLY") && text.contains("--disk SIZE"),
+        "{text}"
+    );
     let (_, status, _) = run(home, &["app", "status", "kv"]);
     assert_eq!(status["replicas"][0]["data_read_only"], true, "{status}");
     // The node's metrics say the same, for its farmer.
@@ -711,6 +734,20 @@ fn deploy_call_survive_a_node_and_remove_an_app() {
     );
     let (ok, _, err) = run(home, &["app", "update", "kv", KV, "--disk", "32MiB"]);
     assert!(!ok && err.contains("nothing to update"), "{err}");
+    // Disk given to the contract by hand stays through an update that does not name it.
+    let (ok, _, err) = run(
+        home,
+        &["contract", "update", &c.to_string(), "--sru", "48MiB"],
+    );
+    assert!(ok, "contract update --sru: {err}");
+    let (ok, _, err) = run(home, &["app", "update", "kv", KV, "--env", "B=1"]);
+    assert!(ok, "app update --env: {err}");
+    let (_, status, _) = run(home, &["app", "status", "kv"]);
+    assert_eq!(
+        status["replicas"][0]["data_quota_bytes"],
+        48 << 20,
+        "{status}"
+    );
 }
 
 /// The first value under `key` anywhere in `v`.
