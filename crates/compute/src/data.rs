@@ -4,27 +4,28 @@
 //! The quota is kept on every write: the `wasi:filesystem` calls that make the folder
 //! grow ask [`DataDir::grant`] first (see `quota.rs`), which counts their growth on top
 //! of the newest measure and refuses what would pass the quota (`quota`; "no space"
-//! through a stream). Growth is counted in 4 KiB blocks and every new file or folder
-//! as [`ENTRY_BYTES_MIN`], the way the measure counts them.
+//! through a stream). Growth is counted the way the measure counts: a file its length
+//! in 4 KiB blocks, holes included, every new entry as [`ENTRY_BYTES_MIN`].
 //!
-//! The measure is a `du`-like walk (allocated blocks, every entry at least
-//! [`ENTRY_BYTES_MIN`]) by a background task while runs that can write are active and
-//! once after each run, passes at least [`MEASURE_EVERY`] apart (ten times the walk's own
-//! time for a folder of many files, at most [`MEASURE_EVERY_MAX`]); each walk replaces
-//! what was granted before it began, so removed files give their room back at the next
-//! pass. What no grant counts (links, a folder's own growth, a contract shrunk below its
-//! files) the walk still sees: a run active while the folder goes over its quota and
-//! grows is stopped at the guest's next epoch tick (the app's other runs active then
-//! too: which one wrote cannot be told). Over the quota, runs still start with `/data`
-//! writable so the app can remove files; once it is past its quota by
-//! [`HARD_LIMIT_PERCENT`] or [`HARD_LIMIT_MIN_BYTES`], whichever is more, or the folder
-//! cannot be measured, it is mounted read-only until the contract reserves more:
-//! removing files needs write access too. For a folder at least half full, a run's
-//! decision uses a fresh measure when a run ended since the last.
+//! The measure is a `du`-like walk ([`usage`]) by a background task while runs that can
+//! write are active and once after each run, passes at least [`MEASURE_EVERY`] apart (ten
+//! times the walk's own time for a folder of many files, at most [`MEASURE_EVERY_MAX`]).
+//! Each walk replaces what was granted before it began (but for writes still in flight
+//! then), so removed files give their room back at the next pass; a write refused after
+//! a removal measures afresh and tries again ([`DataDir::grant_after_measure`]). What no
+//! grant counts (a folder's own blocks, a contract shrunk below its files) the walk still
+//! sees: a run active while the folder goes over its quota and grows is stopped at the
+//! guest's next epoch tick (the app's other runs active then too: which one wrote cannot
+//! be told). Over the quota, runs still start with `/data` writable so the app can
+//! remove files; once it is past its quota by [`HARD_LIMIT_PERCENT`] or
+//! [`HARD_LIMIT_MIN_BYTES`], whichever is more, or the folder cannot be measured, it is
+//! mounted read-only until the contract reserves more: removing files needs write access
+//! too. For a folder at least half full, a run's decision uses a fresh measure when a
+//! run ended since the last.
 //!
-//! A file removed while still open is not seen by the walk: the node's own check of
-//! its disk's free space ([`SpaceCheck`]), made at every pass, stops every writable run
-//! and mounts the folder read-only while the disk is down to its reserve.
+//! The node's own check of its disk's free space ([`SpaceCheck`]), made at every pass,
+//! stops every writable run and mounts the folder read-only while the disk is down to
+//! its reserve.
 
 use crate::host::RunMeter;
 use std::path::{Path, PathBuf};
@@ -59,15 +60,10 @@ pub struct DataDir {
     quota_bytes: AtomicU64,
     /// What the newest walk found; `u64::MAX` before the first.
     used_bytes: AtomicU64,
-    /// Walks started, and the newest one whose result is stored: an older walk that
-    /// ends later does not overwrite a newer figure.
+    /// Walks started.
     walks: AtomicU64,
-    stored_walk: Mutex<u64>,
-    /// Growth granted to writes since the folder was opened (it only rises), and what it
-    /// was when the walk behind `used_bytes` began: grants after that are not in the
-    /// figure yet.
-    granted: AtomicU64,
-    granted_at_walk: AtomicU64,
+    /// What writes were granted, against the newest stored walk.
+    ledger: Mutex<Grants>,
     /// Runs that can write, each with the folder's size at the first pass after it began.
     runs: Mutex<Vec<(Weak<RunMeter>, Option<u64>)>>,
     /// A run ended since the last walk.
@@ -103,9 +99,10 @@ impl DataDir {
             quota_bytes: AtomicU64::new(quota_bytes),
             used_bytes: AtomicU64::new(u64::MAX),
             walks: AtomicU64::new(0),
-            stored_walk: Mutex::new(0),
-            granted: AtomicU64::new(0),
-            granted_at_walk: AtomicU64::new(0),
+            ledger: Mutex::new(Grants {
+                used: u64::MAX,
+                ..Grants::default()
+            }),
             runs: Mutex::new(Vec::new()),
             dirty: AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
@@ -151,15 +148,23 @@ impl DataDir {
         (used != u64::MAX && used >= self.hard_limit()) || self.disk_low.load(Ordering::Relaxed)
     }
 
+    fn grants(&self) -> std::sync::MutexGuard<'_, Grants> {
+        self.ledger.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Measures the folder now (a blocking walk, off the executor). A folder that cannot
     /// be walked counts as past any quota.
     pub async fn measure(&self) -> u64 {
-        let (ticket, granted) = {
+        let (ticket, settled, shrinks) = {
             // Under the lock, so that a later ticket never carries an earlier count.
-            let _stored = self.stored_walk.lock().unwrap_or_else(|e| e.into_inner());
+            let mut g = self.grants();
+            g.last_walk_began = Some(std::time::Instant::now());
+            // Grants whose write has not returned may land after the walk has passed
+            // their file: they stay counted until a later walk.
             (
                 self.walks.fetch_add(1, Ordering::AcqRel) + 1,
-                self.granted.load(Ordering::Acquire),
+                g.granted.saturating_sub(g.in_flight),
+                g.shrinks,
             )
         };
         let path = self.path.clone();
@@ -171,37 +176,80 @@ impl DataDir {
             }
             Err(_) => UNMEASURABLE,
         };
-        let mut stored = self.stored_walk.lock().unwrap_or_else(|e| e.into_inner());
-        if ticket > *stored {
-            *stored = ticket;
+        let mut g = self.grants();
+        if ticket > g.stored_walk {
+            g.stored_walk = ticket;
+            g.used = used;
+            g.settled_at_walk = settled;
+            g.shrinks_at_walk = shrinks;
             self.used_bytes.store(used, Ordering::Relaxed);
-            self.granted_at_walk.store(granted, Ordering::Release);
         }
         used
     }
 
     /// Lets a write make the folder grow by `bytes` if the newest measure plus what was
-    /// granted since stays within the quota, and counts it; `false` refuses it. A write
-    /// that then fails keeps its grant until the next walk: the count errs high, never low.
-    pub fn grant(&self, bytes: u64) -> bool {
-        if bytes == 0 {
-            return true;
-        }
+    /// granted since stays within the quota, and counts it; `None` refuses it. The grant
+    /// is in flight until the returned token is dropped, once the write has returned. A
+    /// write that then fails keeps its grant until the next walk: the count errs high.
+    pub fn grant(self: &Arc<Self>, bytes: u64) -> Option<Grant> {
         let quota = self.quota_bytes();
-        let used = match self.used_bytes.load(Ordering::Relaxed) {
-            // A run opens the folder only after a first measure; an unmeasurable folder
-            // is read-only.
-            u64::MAX | UNMEASURABLE => return false,
-            used => used,
-        };
-        let at_walk = self.granted_at_walk.load(Ordering::Acquire);
-        self.granted
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |granted| {
-                let since = granted.saturating_sub(at_walk);
-                let after = used.saturating_add(since).saturating_add(bytes);
-                (after <= quota).then_some(granted.saturating_add(bytes))
+        let mut g = self.grants();
+        // A run opens the folder only after a first measure; an unmeasurable folder is
+        // read-only.
+        if matches!(g.used, u64::MAX | UNMEASURABLE) && bytes > 0 {
+            return None;
+        }
+        let since = g.granted.saturating_sub(g.settled_at_walk);
+        if g.used.saturating_add(since).saturating_add(bytes) > quota && bytes > 0 {
+            return None;
+        }
+        g.granted = g.granted.saturating_add(bytes);
+        g.in_flight = g.in_flight.saturating_add(bytes);
+        Some(Grant {
+            dir: self.clone(),
+            bytes,
+        })
+    }
+
+    /// [`DataDir::grant`], and when it is refused, [`DataDir::remeasure_if_shrunk`] and a
+    /// second try: a DELETE makes room for the next write.
+    pub async fn grant_after_measure(self: &Arc<Self>, bytes: u64) -> Option<Grant> {
+        if let Some(grant) = self.grant(bytes) {
+            return Some(grant);
+        }
+        if !self.remeasure_if_shrunk().await {
+            return None;
+        }
+        self.grant(bytes)
+    }
+
+    /// When files were removed, cut or replaced since the newest walk began, measures the
+    /// folder afresh (at most one walk per [`MEASURE_EVERY`]: the caller waits for its
+    /// turn) and says so; `false` when no room can have come back.
+    pub async fn remeasure_if_shrunk(&self) -> bool {
+        let shrunk = |g: &Grants| g.shrinks > g.shrinks_at_walk;
+        let wait = {
+            let g = self.grants();
+            if !shrunk(&g) {
+                return false;
+            }
+            g.last_walk_began.map_or(Duration::ZERO, |at| {
+                MEASURE_EVERY.saturating_sub(at.elapsed())
             })
-            .is_ok()
+        };
+        tokio::time::sleep(wait).await;
+        // A walk begun meanwhile may count the removal already.
+        if shrunk(&self.grants()) {
+            self.measure().await;
+        }
+        true
+    }
+
+    /// Notes that a file was removed, cut or replaced: room may have come back that the
+    /// newest walk does not know of.
+    pub(crate) fn shrank(&self) {
+        let mut g = self.grants();
+        g.shrinks = g.shrinks.saturating_add(1);
     }
 
     /// Why the node's disk has no room for more, if it has none.
@@ -332,6 +380,41 @@ impl DataDir {
     }
 }
 
+/// The grant arithmetic of one folder, under one lock so that a write's decision never
+/// mixes two walks.
+#[derive(Default)]
+struct Grants {
+    /// The ticket of the walk whose figure is stored: an older walk that ends later does
+    /// not overwrite a newer figure.
+    stored_walk: u64,
+    /// That walk's figure; `u64::MAX` before the first.
+    used: u64,
+    /// Growth granted since the folder was opened (it only rises), and what of it had
+    /// settled (its write returned) when the stored walk began: the rest is not in the
+    /// figure for sure.
+    granted: u64,
+    settled_at_walk: u64,
+    /// Granted, its write not returned yet.
+    in_flight: u64,
+    /// Removals, truncations and replacements so far, and when the stored walk began.
+    shrinks: u64,
+    shrinks_at_walk: u64,
+    last_walk_began: Option<std::time::Instant>,
+}
+
+/// Room granted to one write: in flight until dropped.
+pub struct Grant {
+    dir: Arc<DataDir>,
+    bytes: u64,
+}
+
+impl Drop for Grant {
+    fn drop(&mut self) {
+        let mut g = self.dir.grants();
+        g.in_flight = g.in_flight.saturating_sub(self.bytes);
+    }
+}
+
 /// What a folder with `quota_bytes` may reach before it is mounted read-only: 10 % past
 /// its quota, at least 8 MiB past.
 pub fn read_only_at(quota_bytes: u64) -> u64 {
@@ -365,14 +448,18 @@ impl Drop for RunOnData {
     }
 }
 
-/// What the folder at `path` occupies: allocated blocks, each entry at least
-/// [`ENTRY_BYTES_MIN`]; links are counted, never followed. An entry removed during the
-/// walk is skipped; any other error (a tree too deep to name, a folder it cannot read)
-/// fails the walk, so that nothing the app wrote goes uncounted.
+/// What the folder at `path` occupies, as writes are granted: a file its length in whole
+/// blocks (holes included: a guest cannot tell a hole from written zeros, and a grant
+/// counts the length), other entries their allocated blocks, each entry at least
+/// [`ENTRY_BYTES_MIN`]; a file's further names (hard links) count as entries only. Links
+/// are never followed. An entry removed during the walk is skipped; any other error (a
+/// tree too deep to name, a folder it cannot read) fails the walk, so that nothing the
+/// app wrote goes uncounted.
 pub fn usage(path: &Path) -> std::io::Result<u64> {
     use std::io::ErrorKind::NotFound;
     use std::os::unix::fs::MetadataExt;
     let mut total = 0u64;
+    let mut linked = std::collections::HashSet::new();
     let mut stack = vec![path.to_path_buf()];
     while let Some(dir) = stack.pop() {
         let entries = match std::fs::read_dir(&dir) {
@@ -387,7 +474,16 @@ pub fn usage(path: &Path) -> std::io::Result<u64> {
                 Err(e) if e.kind() == NotFound => continue,
                 Err(e) => return Err(e),
             };
-            total = total.saturating_add((meta.blocks() * 512).max(ENTRY_BYTES_MIN));
+            let size = if meta.is_file() {
+                if meta.nlink() > 1 && !linked.insert((meta.dev(), meta.ino())) {
+                    0
+                } else {
+                    in_blocks(meta.len())
+                }
+            } else {
+                meta.blocks().saturating_mul(512)
+            };
+            total = total.saturating_add(size.max(ENTRY_BYTES_MIN));
             if meta.is_dir() {
                 stack.push(entry.path());
             }
@@ -409,37 +505,61 @@ mod tests {
         std::fs::create_dir(dir.path().join("sub")).expect("test setup");
         std::fs::write(dir.path().join("sub/big"), vec![7u8; 1 << 20]).expect("test setup");
         let used = usage(dir.path()).expect("walk");
+        // The folder's own blocks (a file system may give it more than one) and the file.
         assert!(
-            (ENTRY_BYTES_MIN * 2 + (1 << 20)..ENTRY_BYTES_MIN * 3 + (1 << 20) + 8192)
-                .contains(&used),
+            (ENTRY_BYTES_MIN + (1 << 20)..ENTRY_BYTES_MIN * 4 + (1 << 20)).contains(&used),
             "{used}"
         );
-        // A sparse file takes only what it allocated.
+        // A hard link is one more entry, not a second copy.
+        std::fs::hard_link(dir.path().join("sub/big"), dir.path().join("again"))
+            .expect("test setup");
+        assert_eq!(usage(dir.path()).expect("walk"), used + ENTRY_BYTES_MIN);
+        // A sparse file counts its length, as its writes were granted.
         let sparse = std::fs::File::create(dir.path().join("sparse")).expect("test setup");
-        sparse.set_len(1 << 40).expect("test setup");
-        assert!(usage(dir.path()).expect("walk") < used + (1 << 20));
+        sparse.set_len(1 << 30).expect("test setup");
+        assert_eq!(
+            usage(dir.path()).expect("walk"),
+            used + ENTRY_BYTES_MIN + (1 << 30)
+        );
     }
 
     #[tokio::test]
     async fn grants_add_up_on_the_newest_measure_until_the_quota() {
         let dir = tempfile::tempdir().expect("test setup");
         let data = DataDir::new(&dir.path().join("d"), 64 << 10, None).expect("test setup");
-        assert!(!data.grant(1), "nothing before a first measure");
+        let ok = |bytes| data.grant(bytes).is_some();
+        assert!(!ok(1), "nothing before a first measure");
         assert_eq!(data.measure().await, 0);
-        assert!(data.grant(56 << 10));
-        assert!(!data.grant(12 << 10), "68 KiB would pass 64");
-        assert!(data.grant(8 << 10));
-        assert!(!data.grant(1));
-        assert!(data.grant(0), "no growth needs no room");
+        assert!(ok(56 << 10));
+        assert!(!ok(12 << 10), "68 KiB would pass 64");
+        assert!(ok(8 << 10));
+        assert!(!ok(1));
+        assert!(ok(0), "no growth needs no room");
         // A walk replaces what was granted before it: here only 16 KiB was written.
         std::fs::write(data.path().join("f"), vec![1u8; 16 << 10]).expect("test setup");
-        let used = data.measure().await;
-        assert!((16 << 10..32 << 10).contains(&used), "{used}");
-        assert!(data.grant((64 << 10) - used));
-        assert!(!data.grant(4 << 10));
-        // A larger reservation makes room at once.
+        assert_eq!(data.measure().await, 16 << 10);
+        assert!(ok(48 << 10));
+        assert!(!ok(4 << 10));
+        // A write still in flight when a walk begins stays counted after it.
         data.set_quota_bytes(128 << 10);
-        assert!(data.grant(64 << 10));
+        let in_flight = data.grant(32 << 10).expect("room");
+        assert_eq!(data.measure().await, 16 << 10);
+        assert!(ok(80 << 10));
+        assert!(!ok(4 << 10), "the 32 KiB in flight still counts");
+        drop(in_flight);
+        // Removed files give their room back at the next walk, or at once to a write
+        // that waits for one.
+        std::fs::remove_file(data.path().join("f")).expect("test setup");
+        assert!(!ok(4 << 10));
+        assert!(
+            data.grant_after_measure(4 << 10).await.is_none(),
+            "no removal noted"
+        );
+        data.shrank();
+        assert!(data.grant_after_measure(96 << 10).await.is_some());
+        // A larger reservation makes room at once.
+        data.set_quota_bytes(1 << 20);
+        assert!(ok(512 << 10));
         assert_eq!(in_blocks(1), ENTRY_BYTES_MIN);
         assert_eq!(in_blocks(ENTRY_BYTES_MIN + 1), 2 * ENTRY_BYTES_MIN);
     }

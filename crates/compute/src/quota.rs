@@ -1,19 +1,24 @@
 //! `/data`'s quota on every write. WASI has no hook on writes, so the `wasi:filesystem`
-//! calls that make files grow are linked as ours: each asks the run's folder for the
+//! calls that make a folder grow are linked as ours: each asks the run's folder for the
 //! room first ([`DataDir::grant`]) and hands the call to wasmtime-wasi's own
 //! implementation. Refused growth answers `quota` to a direct call and "no space" (the
 //! one stream error WASI names) to a stream, before a byte reaches the disk.
 //!
 //! What grows a folder: `write` and `set-size` past a file's end, the write and append
-//! streams, and a new entry (`open-at` with `create`, `create-directory-at`). Links, and
-//! a folder's own growth, are left to the measuring walk (`data.rs`).
+//! streams, and a new entry (`open-at` with `create`, `create-directory-at`,
+//! `symlink-at`, `link-at`); a file removed while still open may not grow at all (the
+//! measuring walk cannot see it). Calls that may give room back (`unlink-file-at`,
+//! `remove-directory-at`, `rename-at`, `open-at` with `truncate`, `set-size` below the
+//! end) are noted, so that a refused write measures the folder afresh and tries again.
+//! A folder's own growth is left to the walk (`data.rs`).
 
-use crate::data::{DataDir, ENTRY_BYTES_MIN, in_blocks};
+use crate::data::{DataDir, ENTRY_BYTES_MIN, Grant, in_blocks};
 use crate::host::Host;
 use bytes::Bytes;
+use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 use wasmtime::StoreContextMut;
-use wasmtime::component::{Linker, Resource, ResourceTable};
+use wasmtime::component::{Linker, LinkerInstance, Resource, ResourceTable};
 use wasmtime_wasi::filesystem::{Descriptor, WasiFilesystemView};
 use wasmtime_wasi::p2::bindings::filesystem::types::{
     DescriptorFlags, ErrorCode, HostDescriptor, OpenFlags, PathFlags,
@@ -22,8 +27,9 @@ use wasmtime_wasi::p2::{
     DynOutputStream, FsResult, OutputStream, Pollable, StreamError, StreamResult,
 };
 
-/// The interface as wasmtime-wasi 48 links it (a component importing any 0.2 version
-/// resolves to it). A wrong name fails every `/data` test: the calls would not be ours.
+/// The interface as wasmtime-wasi links it (a component importing any 0.2 version
+/// resolves to it). [`add_to_linker`] fails if it is not there, rather than leave the
+/// calls unchecked.
 const FILESYSTEM_TYPES: &str = "wasi:filesystem/types@0.2.12";
 
 /// `ENOSPC` (Linux), which wasmtime-wasi reports to a stream's reader as
@@ -36,6 +42,7 @@ type Answer<T> = wasmtime::Result<(Result<T, ErrorCode>,)>;
 /// Links our growth-checked filesystem calls over wasmtime-wasi's, which `linker`
 /// already has.
 pub(crate) fn add_to_linker(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
+    probe(linker.instance(FILESYSTEM_TYPES)?)?;
     linker.allow_shadowing(true);
     let mut types = linker.instance(FILESYSTEM_TYPES)?;
     types.func_wrap_async(
@@ -44,12 +51,19 @@ pub(crate) fn add_to_linker(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
          (fd, buffer, offset): (Resource<Descriptor>, Vec<u8>, u64)| {
             Box::new(async move {
                 let host = store.data_mut();
-                if let Some(data) = host.data.clone() {
-                    let end = offset.saturating_add(buffer.len() as u64);
-                    if !data.grant(growth(host.filesystem().table, &fd, end)?) {
-                        return Ok((Err(ErrorCode::Quota),));
+                let _grant = match host.data.clone() {
+                    Some(data) => {
+                        let end = offset.saturating_add(buffer.len() as u64);
+                        match growth(host.filesystem().table, &fd, end)? {
+                            Some(bytes) => match data.grant_after_measure(bytes).await {
+                                Some(grant) => Some(grant),
+                                None => return Ok((Err(ErrorCode::Quota),)),
+                            },
+                            None => None,
+                        }
                     }
-                }
+                    None => None,
+                };
                 answer(host.filesystem().write(fd, buffer, offset).await)
             })
         },
@@ -59,10 +73,18 @@ pub(crate) fn add_to_linker(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
         |mut store: StoreContextMut<'_, Host>, (fd, size): (Resource<Descriptor>, u64)| {
             Box::new(async move {
                 let host = store.data_mut();
-                if let Some(data) = host.data.clone()
-                    && !data.grant(growth(host.filesystem().table, &fd, size)?)
-                {
-                    return Ok((Err(ErrorCode::Quota),));
+                let mut _grant = None;
+                if let Some(data) = host.data.clone() {
+                    let len = file_len(host.filesystem().table, &fd)?;
+                    if len.is_some_and(|len| size < len) {
+                        data.shrank();
+                    }
+                    if let Some(bytes) = growth(host.filesystem().table, &fd, size)? {
+                        _grant = data.grant_after_measure(bytes).await;
+                        if _grant.is_none() {
+                            return Ok((Err(ErrorCode::Quota),));
+                        }
+                    }
                 }
                 answer(host.filesystem().set_size(fd, size).await)
             })
@@ -74,9 +96,9 @@ pub(crate) fn add_to_linker(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
             let host = store.data_mut();
             let data = host.data.clone();
             let mut fs = host.filesystem();
-            let end = file_len(fs.table, &fd)?;
+            let file = os_file(fs.table, &fd)?;
             let stream = fs.write_via_stream(fd, offset);
-            budgeted(fs.table, stream, data, end, Some(offset))
+            budgeted(fs.table, stream, data, file, Some(offset))
         },
     )?;
     types.func_wrap(
@@ -85,9 +107,9 @@ pub(crate) fn add_to_linker(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
             let host = store.data_mut();
             let data = host.data.clone();
             let mut fs = host.filesystem();
-            let end = file_len(fs.table, &fd)?;
+            let file = os_file(fs.table, &fd)?;
             let stream = fs.append_via_stream(fd);
-            budgeted(fs.table, stream, data, end, None)
+            budgeted(fs.table, stream, data, file, None)
         },
     )?;
     types.func_wrap_async(
@@ -102,12 +124,18 @@ pub(crate) fn add_to_linker(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
         )| {
             Box::new(async move {
                 let host = store.data_mut();
-                if let Some(data) = host.data.clone()
-                    && open_flags.contains(OpenFlags::CREATE)
-                    && !data.grant(ENTRY_BYTES_MIN)
-                    && !exists(host, &fd, path_flags, &path).await
-                {
-                    return Ok((Err(ErrorCode::Quota),));
+                if let Some(data) = host.data.clone() {
+                    if open_flags.contains(OpenFlags::TRUNCATE) {
+                        data.shrank();
+                    }
+                    // Opening what is already there takes no room (and wasmtime-wasi
+                    // answers an exclusive create of it itself).
+                    if open_flags.contains(OpenFlags::CREATE)
+                        && !exists(host, &fd, path_flags, &path).await
+                        && data.grant_after_measure(ENTRY_BYTES_MIN).await.is_none()
+                    {
+                        return Ok((Err(ErrorCode::Quota),));
+                    }
                 }
                 answer(
                     host.filesystem()
@@ -123,8 +151,8 @@ pub(crate) fn add_to_linker(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
             Box::new(async move {
                 let host = store.data_mut();
                 if let Some(data) = host.data.clone()
-                    && !data.grant(ENTRY_BYTES_MIN)
                     && !exists(host, &fd, PathFlags::empty(), &path).await
+                    && data.grant_after_measure(ENTRY_BYTES_MIN).await.is_none()
                 {
                     return Ok((Err(ErrorCode::Quota),));
                 }
@@ -132,12 +160,120 @@ pub(crate) fn add_to_linker(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
             })
         },
     )?;
+    types.func_wrap_async(
+        "[method]descriptor.symlink-at",
+        |mut store: StoreContextMut<'_, Host>,
+         (fd, target, path): (Resource<Descriptor>, String, String)| {
+            Box::new(async move {
+                let host = store.data_mut();
+                // A long target takes a block of its own.
+                let bytes = in_blocks(target.len() as u64).max(ENTRY_BYTES_MIN);
+                if let Some(data) = host.data.clone()
+                    && data.grant_after_measure(bytes).await.is_none()
+                {
+                    return Ok((Err(ErrorCode::Quota),));
+                }
+                answer(host.filesystem().symlink_at(fd, target, path).await)
+            })
+        },
+    )?;
+    types.func_wrap_async(
+        "[method]descriptor.link-at",
+        |mut store: StoreContextMut<'_, Host>,
+         (fd, old_flags, old_path, new_fd, new_path): (
+            Resource<Descriptor>,
+            PathFlags,
+            String,
+            Resource<Descriptor>,
+            String,
+        )| {
+            Box::new(async move {
+                let host = store.data_mut();
+                if let Some(data) = host.data.clone()
+                    && data.grant_after_measure(ENTRY_BYTES_MIN).await.is_none()
+                {
+                    return Ok((Err(ErrorCode::Quota),));
+                }
+                answer(
+                    host.filesystem()
+                        .link_at(fd, old_flags, old_path, new_fd, new_path)
+                        .await,
+                )
+            })
+        },
+    )?;
+    types.func_wrap_async(
+        "[method]descriptor.unlink-file-at",
+        |mut store: StoreContextMut<'_, Host>, (fd, path): (Resource<Descriptor>, String)| {
+            Box::new(async move {
+                let host = store.data_mut();
+                let result = host.filesystem().unlink_file_at(fd, path).await;
+                shrank(host, &result);
+                answer(result)
+            })
+        },
+    )?;
+    types.func_wrap_async(
+        "[method]descriptor.remove-directory-at",
+        |mut store: StoreContextMut<'_, Host>, (fd, path): (Resource<Descriptor>, String)| {
+            Box::new(async move {
+                let host = store.data_mut();
+                let result = host.filesystem().remove_directory_at(fd, path).await;
+                shrank(host, &result);
+                answer(result)
+            })
+        },
+    )?;
+    types.func_wrap_async(
+        "[method]descriptor.rename-at",
+        |mut store: StoreContextMut<'_, Host>,
+         (fd, old_path, new_fd, new_path): (
+            Resource<Descriptor>,
+            String,
+            Resource<Descriptor>,
+            String,
+        )| {
+            Box::new(async move {
+                let host = store.data_mut();
+                // Renaming over a file removes it.
+                let result = (host.filesystem())
+                    .rename_at(fd, old_path, new_fd, new_path)
+                    .await;
+                shrank(host, &result);
+                answer(result)
+            })
+        },
+    )?;
     linker.allow_shadowing(false);
     Ok(())
 }
 
-/// Whether `path` names an entry under `fd` already: creating it again takes no room,
-/// and wasmtime-wasi answers the call as it would with room (open it, or `exist`).
+/// Fails unless `types` already has the calls we replace: under another name (a
+/// wasmtime-wasi that links a newer interface version) they would go unchecked.
+fn probe(mut types: LinkerInstance<'_, Host>) -> wasmtime::Result<()> {
+    let defined = types.func_wrap(
+        "[method]descriptor.write",
+        |_: StoreContextMut<'_, Host>, (): ()| Ok(()),
+    );
+    match defined {
+        Err(_) => Ok(()),
+        Ok(()) => Err(wasmtime::format_err!(
+            "wasmtime-wasi does not link {FILESYSTEM_TYPES}: /data's quota cannot be kept \
+             (update FILESYSTEM_TYPES in quota.rs)"
+        )),
+    }
+}
+
+/// Notes a call that may have given room back, once it did.
+fn shrank<T>(host: &Host, result: &FsResult<T>) {
+    if result.is_ok()
+        && let Some(data) = &host.data
+    {
+        data.shrank();
+    }
+}
+
+/// Whether `path` names an entry under `fd` already.
 async fn exists(host: &mut Host, fd: &Resource<Descriptor>, flags: PathFlags, path: &str) -> bool {
     host.filesystem()
         .stat_at(Resource::new_borrow(fd.rep()), flags, path.to_string())
@@ -154,46 +290,66 @@ fn answer<T>(result: FsResult<T>) -> Answer<T> {
     }
 }
 
-/// The length of the file behind `fd` (0 if it cannot be read: then all a write covers
-/// counts as growth); `None` for a folder, whose calls wasmtime-wasi refuses itself. A
-/// descriptor not in the table traps.
-fn file_len(table: &ResourceTable, fd: &Resource<Descriptor>) -> wasmtime::Result<Option<u64>> {
+/// The host file behind `fd`; `None` for a folder, whose write calls wasmtime-wasi
+/// refuses itself. A descriptor not in the table traps.
+fn os_file(
+    table: &ResourceTable,
+    fd: &Resource<Descriptor>,
+) -> wasmtime::Result<Option<Arc<std::fs::File>>> {
     Ok(match table.get(fd)? {
-        Descriptor::File(f) => Some(f.file.metadata().map_or(0, |m| m.len())),
+        Descriptor::File(f) => Some(f.file.clone()),
         Descriptor::Dir(_) => None,
     })
 }
 
-/// The blocks a write ending at `end` adds to the file behind `fd`.
-fn growth(table: &ResourceTable, fd: &Resource<Descriptor>, end: u64) -> wasmtime::Result<u64> {
-    Ok(match file_len(table, fd)? {
-        Some(len) => in_blocks(end).saturating_sub(in_blocks(len)),
-        None => 0,
-    })
+/// The length of the file behind `fd` now, `None` for a folder.
+fn file_len(table: &ResourceTable, fd: &Resource<Descriptor>) -> wasmtime::Result<Option<u64>> {
+    Ok(os_file(table, fd)?.map(|f| f.metadata().map_or(0, |m| m.len())))
+}
+
+/// The blocks a write ending at `end` adds to `file`: everything past its end, all it
+/// covers if its length cannot be read, and more than any quota if it was removed while
+/// open (no walk would count it).
+fn grows(file: &std::fs::File, end: u64) -> u64 {
+    match file.metadata() {
+        Ok(m) if m.nlink() == 0 => u64::MAX,
+        Ok(m) => in_blocks(end).saturating_sub(in_blocks(m.len())),
+        Err(_) => in_blocks(end),
+    }
+}
+
+/// The blocks a write ending at `end` adds to the file behind `fd`; `None` for a folder.
+fn growth(
+    table: &ResourceTable,
+    fd: &Resource<Descriptor>,
+    end: u64,
+) -> wasmtime::Result<Option<u64>> {
+    Ok(os_file(table, fd)?.map(|f| grows(&f, end)))
 }
 
 /// The stream wasmtime-wasi made, swapped in the table for one that asks `data` before
-/// each write: at `at` for a write stream, at the end (`len`) for an append stream.
+/// each write: at `at` for a write stream, at the file's end for an append stream.
 fn budgeted(
     table: &mut ResourceTable,
     stream: FsResult<Resource<DynOutputStream>>,
     data: Option<Arc<DataDir>>,
-    len: Option<u64>,
+    file: Option<Arc<std::fs::File>>,
     at: Option<u64>,
 ) -> Answer<Resource<DynOutputStream>> {
     let stream = match stream {
         Ok(stream) => stream,
         Err(e) => return Ok((Err(e.downcast()?),)),
     };
-    let (Some(data), Some(len)) = (data, len) else {
+    let (Some(data), Some(file)) = (data, file) else {
         return Ok((Ok(stream),));
     };
     let inner = table.delete(stream)?;
     let wrapped: DynOutputStream = Box::new(Budgeted {
         inner,
         data,
-        end: len,
+        file,
         at,
+        pending: Vec::new(),
     });
     Ok((Ok(table.push(wrapped)?),))
 }
@@ -202,31 +358,41 @@ fn budgeted(
 struct Budgeted {
     inner: DynOutputStream,
     data: Arc<DataDir>,
-    /// The file's end as far as this stream knows: its length when opened, then
-    /// whatever this stream wrote past it.
-    end: u64,
+    file: Arc<std::fs::File>,
     /// Where the next write lands; `None` when appending.
     at: Option<u64>,
+    /// Grants of writes the inner stream has not finished.
+    pending: Vec<Grant>,
 }
 
 impl Budgeted {
-    /// Asks for the blocks `len` more bytes add, and moves on past them.
+    /// Asks for the blocks `len` more bytes add to the file as it is now (another
+    /// descriptor may have cut it since the stream was made), and moves on past them.
     fn charge(&mut self, len: usize) -> StreamResult<()> {
-        let from = self.at.unwrap_or(self.end);
-        let to = from.saturating_add(len as u64);
-        if !self
-            .data
-            .grant(in_blocks(to).saturating_sub(in_blocks(self.end)))
-        {
+        let len = len as u64;
+        let end = match self.at {
+            Some(at) => at.saturating_add(len),
+            None => self
+                .file
+                .metadata()
+                .map_or(0, |m| m.len())
+                .saturating_add(len),
+        };
+        let Some(grant) = self.data.grant(grows(&self.file, end)) else {
             return Err(StreamError::LastOperationFailed(
                 std::io::Error::from_raw_os_error(NO_SPACE).into(),
             ));
-        }
-        self.end = self.end.max(to);
+        };
+        self.pending.push(grant);
         if let Some(at) = &mut self.at {
-            *at = to;
+            *at = end;
         }
         Ok(())
+    }
+
+    /// Its writes have landed: their grants are settled.
+    fn settle(&mut self) {
+        self.pending.clear();
     }
 }
 
@@ -238,8 +404,16 @@ impl OutputStream for Budgeted {
     }
 
     async fn blocking_write_and_flush(&mut self, bytes: Bytes) -> StreamResult<()> {
-        self.charge(bytes.len())?;
-        self.inner.blocking_write_and_flush(bytes).await
+        if let Err(refused) = self.charge(bytes.len()) {
+            // A removal since the newest walk may have made room: measure and retry.
+            if !self.data.remeasure_if_shrunk().await {
+                return Err(refused);
+            }
+            self.charge(bytes.len())?;
+        }
+        let done = self.inner.blocking_write_and_flush(bytes).await;
+        self.settle();
+        done
     }
 
     fn write_zeroes(&mut self, count: usize) -> StreamResult<()> {
@@ -252,11 +426,16 @@ impl OutputStream for Budgeted {
     }
 
     fn check_write(&mut self) -> StreamResult<usize> {
-        self.inner.check_write()
+        let permit = self.inner.check_write()?;
+        if permit > 0 {
+            self.settle();
+        }
+        Ok(permit)
     }
 
     async fn cancel(&mut self) {
-        self.inner.cancel().await
+        self.inner.cancel().await;
+        self.settle();
     }
 }
 

@@ -367,11 +367,11 @@ async fn a_put_past_the_quota_is_refused_and_fits_after_a_delete() {
     assert_eq!(send(&kv, request("DELETE", "/k/b", b"")).await.0, 204);
 }
 
-/// `cpu fill [stream]`: writes /data/fill without bound, directly or through a stream.
-async fn fill(cpu: &Prepared, stream: bool) -> peergrid_compute::JobOutcome {
+/// `cpu fill [MODE]`: writes /data/fill without bound, in one of its ways.
+async fn fill(cpu: &Prepared, mode: &str) -> peergrid_compute::JobOutcome {
     let mut args = vec!["fill".to_string()];
-    if stream {
-        args.push("stream".to_string());
+    if !mode.is_empty() {
+        args.push(mode.to_string());
     }
     cpu.run_job(&args, &[], &limits(64 << 20, 20_000, 30_000))
         .await
@@ -384,7 +384,10 @@ fn filled(out: &peergrid_compute::JobOutcome) -> (u64, String) {
         .strip_prefix("wrote ")
         .unwrap_or_else(|| panic!("cpu fill says how far it got: {out:?}"));
     let (bytes, why) = rest.split_once(" bytes, then: ").expect("cpu fill's line");
-    (bytes.parse().expect("a byte count"), why.trim().to_string())
+    (
+        bytes.parse().expect("a byte count"),
+        why.trim().to_lowercase(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -392,31 +395,43 @@ async fn a_job_filling_its_data_folder_is_refused_at_its_quota() {
     let dir = tempfile::tempdir().expect("tempdir");
     let rt = runtime(&dir.path().join("cache"));
     let quota = 8u64 << 20;
-    for stream in [false, true] {
+    // Each way: how much one refused write is, and the word its error has.
+    for (mode, unit, word) in [
+        ("", 1u64 << 20, "quota"),
+        // What a standard library's file writes go through.
+        ("stream", 4096, "space"),
+        // A hole made by set-size counts as written.
+        ("holes", 1 << 20, "quota"),
+        // A file removed while open cannot grow unseen.
+        ("unlinked", quota, "quota"),
+    ] {
         let data =
-            DataDir::new(&dir.path().join(format!("data{stream}")), quota, None).expect("data dir");
+            DataDir::new(&dir.path().join(format!("data-{mode}")), quota, None).expect("data dir");
         let cpu = prepare(&rt, &example("cpu"), WorkloadKind::Job).with_data(data.clone());
-        let out = fill(&cpu, stream).await;
+        let out = fill(&cpu, mode).await;
         // The write that would pass the quota fails in the app, which goes on: nothing
         // stopped it.
-        assert_eq!(out.exit_code, Some(1), "{out:?}");
-        assert_eq!(out.limit_exceeded, None, "{out:?}");
+        assert_eq!(out.exit_code, Some(1), "{mode}: {out:?}");
+        assert_eq!(out.limit_exceeded, None, "{mode}: {out:?}");
         let (wrote, why) = filled(&out);
-        // Up to the quota, less the file's own entry and one write that did not fit
-        // (a MiB directly, 4 KiB through the stream).
-        let unit = if stream { 4096 } else { 1 << 20 };
+        // Up to the quota, less the file's own entry and one write that did not fit.
         assert!(
             wrote <= quota && wrote + unit + 8192 > quota,
-            "stream {stream}: wrote {wrote} of {quota}"
+            "{mode}: wrote {wrote} of {quota}"
         );
-        let expected = if stream { "space" } else { "quota" };
-        assert!(
-            why.to_lowercase().contains(expected),
-            "stream {stream}: {why}"
-        );
+        assert!(why.contains(word), "{mode}: {why}");
+        if mode == "unlinked" {
+            assert_eq!(wrote, 0, "not one byte to a file no walk sees");
+        }
         let used = peergrid_compute::data::usage(data.path()).expect("walk");
-        assert!(used <= quota, "stream {stream}: {used} on disk");
+        assert!(used <= quota, "{mode}: {used} on disk");
         assert_eq!(cpu.metrics().disk_limit_exceeded, 0);
+        if mode.is_empty() {
+            // Run again, it truncates its file and writes it anew: the room its old
+            // content held is measured back, not refused.
+            let again = filled(&fill(&cpu, mode).await).0;
+            assert_eq!(again, wrote, "the second run writes as much as the first");
+        }
     }
 
     // The node's disk down to its reserve (a file removed while open is not seen by the
@@ -429,12 +444,12 @@ async fn a_job_filling_its_data_folder_is_refused_at_its_quota() {
         });
     let data = DataDir::new(&dir2.path().join("data"), 1 << 30, Some(space)).expect("data dir");
     let cpu = prepare(&rt, &example("cpu"), WorkloadKind::Job).with_data(data.clone());
-    let out = fill(&cpu, false).await;
+    let out = fill(&cpu, "").await;
     assert_eq!(out.limit_exceeded, Some(LimitExceeded::Disk), "{out:?}");
     let error = out.error.clone().unwrap_or_default();
     assert!(error.contains("node's disk"), "{error}");
     assert_eq!(cpu.metrics().disk_limit_exceeded, 1);
-    let out = fill(&cpu, false).await;
+    let out = fill(&cpu, "").await;
     assert_eq!(out.exit_code, Some(1), "{out:?}");
     assert!(
         String::from_utf8_lossy(&out.stdout).starts_with("wrote 0 bytes"),

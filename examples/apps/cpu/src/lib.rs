@@ -8,6 +8,10 @@
 //!                then says how far it got and why it stopped, exit 1
 //! cpu fill stream  the same through an append stream, 4 KiB per call, as a program
 //!                  built on a standard library's files writes
+//! cpu fill holes   grows the file by a MiB with set-size, waits 150 ms, then fills
+//!                  that hole, again and again (a quota must count holes)
+//! cpu fill unlinked  removes the file it writes while it holds it open, then writes
+//!                  (at most 256 MiB: a quota must not lose sight of it)
 //! ```
 //!
 //! Bad arguments print the usage to stderr and exit with code 2
@@ -19,7 +23,8 @@ use std::io::Write as _;
 
 wasip2::cli::command::export!(Cpu);
 
-const USAGE: &str = "usage: cpu primes N | cpu spin | cpu alloc | cpu fill [stream]\n";
+const USAGE: &str =
+    "usage: cpu primes N | cpu spin | cpu alloc | cpu fill [stream|holes|unlinked]\n";
 
 struct Cpu;
 
@@ -43,8 +48,10 @@ impl wasip2::exports::cli::run::Guest for Cpu {
             },
             ["spin"] => spin(),
             ["alloc"] => alloc(),
-            ["fill"] => fill(false),
-            ["fill", "stream"] => fill(true),
+            ["fill"] => fill(Fill::Write),
+            ["fill", "stream"] => fill(Fill::Stream),
+            ["fill", "holes"] => fill(Fill::Holes),
+            ["fill", "unlinked"] => fill(Fill::Unlinked),
             _ => usage(),
         }
     }
@@ -114,7 +121,16 @@ fn alloc() -> ! {
     }
 }
 
-fn fill(stream: bool) -> ! {
+/// How `fill` writes.
+#[derive(Clone, Copy, PartialEq)]
+enum Fill {
+    Write,
+    Stream,
+    Holes,
+    Unlinked,
+}
+
+fn fill(how: Fill) -> ! {
     use wasip2::filesystem::types::{DescriptorFlags, OpenFlags, PathFlags};
     const CHUNK: usize = 1 << 20; // 1 MiB
     let mut out = wasip2::cli::stdout::get_stdout();
@@ -135,7 +151,30 @@ fn fill(stream: bool) -> ! {
     let mut at = 0u64;
     let why = match file {
         Err(e) => e.message().to_string(),
-        Ok(file) if stream => match file.append_via_stream() {
+        Ok(file) if how == Fill::Holes => loop {
+            if let Err(e) = file.set_size(at + CHUNK as u64) {
+                break e.message().to_string();
+            }
+            // Long enough for the node to measure the folder in between.
+            wasip2::clocks::monotonic_clock::subscribe_duration(150_000_000).block();
+            match file.write(&chunk, at) {
+                Ok(n) => at += n,
+                Err(e) => break e.message().to_string(),
+            }
+        },
+        Ok(file) if how == Fill::Unlinked => match data.unlink_file_at("fill") {
+            Err(e) => e.message().to_string(),
+            Ok(()) => loop {
+                if at >= 256 << 20 {
+                    break "stopped at 256 MiB".to_string();
+                }
+                match file.write(&chunk, at) {
+                    Ok(n) => at += n,
+                    Err(e) => break e.message().to_string(),
+                }
+            },
+        },
+        Ok(file) if how == Fill::Stream => match file.append_via_stream() {
             Err(e) => e.message().to_string(),
             // blocking-write-and-flush takes at most 4 KiB a call.
             Ok(out) => loop {
