@@ -4,8 +4,8 @@
 //! The quota is kept on every write: the `wasi:filesystem` calls that make the folder
 //! grow ask [`DataDir::grant`] first (see `quota.rs`), which counts their growth on top
 //! of the newest measure and refuses what would pass the quota (`quota`; "no space"
-//! through a stream). Growth is counted the way the measure counts: a file its length
-//! in 4 KiB blocks, holes included, every new entry as [`ENTRY_BYTES_MIN`].
+//! through a stream). Growth is counted the way the measure counts: every new entry as
+//! [`ENTRY_BYTES_MIN`], and a file's length in 4 KiB blocks, holes included.
 //!
 //! The measure is a `du`-like walk ([`usage`]) by a background task while runs that can
 //! write are active and once after each run, passes at least [`MEASURE_EVERY`] apart (ten
@@ -155,7 +155,7 @@ impl DataDir {
     /// Measures the folder now (a blocking walk, off the executor). A folder that cannot
     /// be walked counts as past any quota.
     pub async fn measure(&self) -> u64 {
-        let (ticket, settled, shrinks) = {
+        let (ticket, settled, shrinks, in_flight) = {
             // Under the lock, so that a later ticket never carries an earlier count.
             let mut g = self.grants();
             g.last_walk_began = Some(std::time::Instant::now());
@@ -165,6 +165,7 @@ impl DataDir {
                 self.walks.fetch_add(1, Ordering::AcqRel) + 1,
                 g.granted.saturating_sub(g.in_flight),
                 g.shrinks,
+                g.in_flight > 0,
             )
         };
         let path = self.path.clone();
@@ -182,6 +183,7 @@ impl DataDir {
             g.used = used;
             g.settled_at_walk = settled;
             g.shrinks_at_walk = shrinks;
+            g.in_flight_at_walk = in_flight;
             self.used_bytes.store(used, Ordering::Relaxed);
         }
         used
@@ -211,26 +213,27 @@ impl DataDir {
         })
     }
 
-    /// [`DataDir::grant`], and when it is refused, [`DataDir::remeasure_if_shrunk`] and a
+    /// [`DataDir::grant`], and when it is refused, [`DataDir::remeasure_if_stale`] and a
     /// second try: a DELETE makes room for the next write.
     pub async fn grant_after_measure(self: &Arc<Self>, bytes: u64) -> Option<Grant> {
         if let Some(grant) = self.grant(bytes) {
             return Some(grant);
         }
-        if !self.remeasure_if_shrunk().await {
+        if !self.remeasure_if_stale().await {
             return None;
         }
         self.grant(bytes)
     }
 
-    /// When files were removed, cut or replaced since the newest walk began, measures the
+    /// When the newest figure may count too much (files were removed, cut or replaced
+    /// since its walk began, or writes then in flight are counted twice), measures the
     /// folder afresh (at most one walk per [`MEASURE_EVERY`]: the caller waits for its
     /// turn) and says so; `false` when no room can have come back.
-    pub async fn remeasure_if_shrunk(&self) -> bool {
-        let shrunk = |g: &Grants| g.shrinks > g.shrinks_at_walk;
+    pub async fn remeasure_if_stale(&self) -> bool {
+        let stale = |g: &Grants| g.shrinks > g.shrinks_at_walk || g.in_flight_at_walk;
         let wait = {
             let g = self.grants();
-            if !shrunk(&g) {
+            if !stale(&g) {
                 return false;
             }
             g.last_walk_began.map_or(Duration::ZERO, |at| {
@@ -238,8 +241,8 @@ impl DataDir {
             })
         };
         tokio::time::sleep(wait).await;
-        // A walk begun meanwhile may count the removal already.
-        if shrunk(&self.grants()) {
+        // A walk begun meanwhile may have settled it already.
+        if stale(&self.grants()) {
             self.measure().await;
         }
         true
@@ -399,6 +402,9 @@ struct Grants {
     /// Removals, truncations and replacements so far, and when the stored walk began.
     shrinks: u64,
     shrinks_at_walk: u64,
+    /// Writes were in flight when the stored walk began: what it saw of them is counted
+    /// twice, until the next walk.
+    in_flight_at_walk: bool,
     last_walk_began: Option<std::time::Instant>,
 }
 
@@ -448,10 +454,11 @@ impl Drop for RunOnData {
     }
 }
 
-/// What the folder at `path` occupies, as writes are granted: a file its length in whole
-/// blocks (holes included: a guest cannot tell a hole from written zeros, and a grant
-/// counts the length), other entries their allocated blocks, each entry at least
-/// [`ENTRY_BYTES_MIN`]; a file's further names (hard links) count as entries only. Links
+/// What the folder at `path` occupies, as writes are granted: a file [`ENTRY_BYTES_MIN`]
+/// for its entry and its length in whole blocks (holes included: a guest cannot tell a
+/// hole from written zeros, and a grant counts the length), other entries their
+/// allocated blocks, at least [`ENTRY_BYTES_MIN`]; a file's further names (hard links)
+/// count as entries only. Links
 /// are never followed. An entry removed during the walk is skipped; any other error (a
 /// tree too deep to name, a folder it cannot read) fails the walk, so that nothing the
 /// app wrote goes uncounted.
@@ -476,14 +483,14 @@ pub fn usage(path: &Path) -> std::io::Result<u64> {
             };
             let size = if meta.is_file() {
                 if meta.nlink() > 1 && !linked.insert((meta.dev(), meta.ino())) {
-                    0
+                    ENTRY_BYTES_MIN
                 } else {
-                    in_blocks(meta.len())
+                    ENTRY_BYTES_MIN.saturating_add(in_blocks(meta.len()))
                 }
             } else {
-                meta.blocks().saturating_mul(512)
+                meta.blocks().saturating_mul(512).max(ENTRY_BYTES_MIN)
             };
-            total = total.saturating_add(size.max(ENTRY_BYTES_MIN));
+            total = total.saturating_add(size);
             if meta.is_dir() {
                 stack.push(entry.path());
             }
@@ -502,12 +509,19 @@ mod tests {
         assert_eq!(usage(dir.path()).expect("walk"), 0);
         std::fs::write(dir.path().join("empty"), b"").expect("test setup");
         assert_eq!(usage(dir.path()).expect("walk"), ENTRY_BYTES_MIN);
+        std::fs::write(dir.path().join("small"), b"x").expect("test setup");
+        assert_eq!(
+            usage(dir.path()).expect("walk"),
+            3 * ENTRY_BYTES_MIN,
+            "entry and block"
+        );
         std::fs::create_dir(dir.path().join("sub")).expect("test setup");
         std::fs::write(dir.path().join("sub/big"), vec![7u8; 1 << 20]).expect("test setup");
         let used = usage(dir.path()).expect("walk");
-        // The folder's own blocks (a file system may give it more than one) and the file.
+        // The two small files, the folder's own blocks (a file system may give it more
+        // than one) and the file's entry and length.
         assert!(
-            (ENTRY_BYTES_MIN + (1 << 20)..ENTRY_BYTES_MIN * 4 + (1 << 20)).contains(&used),
+            (ENTRY_BYTES_MIN * 5 + (1 << 20)..ENTRY_BYTES_MIN * 8 + (1 << 20)).contains(&used),
             "{used}"
         );
         // A hard link is one more entry, not a second copy.
@@ -519,7 +533,8 @@ mod tests {
         sparse.set_len(1 << 30).expect("test setup");
         assert_eq!(
             usage(dir.path()).expect("walk"),
-            used + ENTRY_BYTES_MIN + (1 << 30)
+            used + 2 * ENTRY_BYTES_MIN + (1 << 30),
+            "the link's entry, the sparse file's entry and its length"
         );
     }
 
@@ -537,26 +552,29 @@ mod tests {
         assert!(ok(0), "no growth needs no room");
         // A walk replaces what was granted before it: here only 16 KiB was written.
         std::fs::write(data.path().join("f"), vec![1u8; 16 << 10]).expect("test setup");
-        assert_eq!(data.measure().await, 16 << 10);
-        assert!(ok(48 << 10));
+        assert_eq!(data.measure().await, ENTRY_BYTES_MIN + (16 << 10));
+        assert!(ok(44 << 10));
         assert!(!ok(4 << 10));
         // A write still in flight when a walk begins stays counted after it.
         data.set_quota_bytes(128 << 10);
         let in_flight = data.grant(32 << 10).expect("room");
-        assert_eq!(data.measure().await, 16 << 10);
-        assert!(ok(80 << 10));
+        assert_eq!(data.measure().await, 20 << 10);
+        assert!(ok(76 << 10));
         assert!(!ok(4 << 10), "the 32 KiB in flight still counts");
         drop(in_flight);
-        // Removed files give their room back at the next walk, or at once to a write
-        // that waits for one.
-        std::fs::remove_file(data.path().join("f")).expect("test setup");
-        assert!(!ok(4 << 10));
+        // A write refused after such a walk measures afresh: that walk may have seen what
+        // it kept counting as in flight.
+        assert!(data.grant_after_measure(100 << 10).await.is_some());
+        assert!(!ok(12 << 10));
         assert!(
-            data.grant_after_measure(4 << 10).await.is_none(),
-            "no removal noted"
+            data.grant_after_measure(12 << 10).await.is_none(),
+            "nothing new to measure"
         );
+        // Removed files give their room back at the next walk, or at once to a write
+        // refused after a removal was noted.
+        std::fs::remove_file(data.path().join("f")).expect("test setup");
         data.shrank();
-        assert!(data.grant_after_measure(96 << 10).await.is_some());
+        assert!(data.grant_after_measure(120 << 10).await.is_some());
         // A larger reservation makes room at once.
         data.set_quota_bytes(1 << 20);
         assert!(ok(512 << 10));

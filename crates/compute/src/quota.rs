@@ -406,7 +406,7 @@ impl OutputStream for Budgeted {
     async fn blocking_write_and_flush(&mut self, bytes: Bytes) -> StreamResult<()> {
         if let Err(refused) = self.charge(bytes.len()) {
             // A removal since the newest walk may have made room: measure and retry.
-            if !self.data.remeasure_if_shrunk().await {
+            if !self.data.remeasure_if_stale().await {
                 return Err(refused);
             }
             self.charge(bytes.len())?;

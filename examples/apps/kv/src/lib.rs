@@ -283,10 +283,20 @@ fn fs_error(out: ResponseOutparam, what: &str, e: ErrorCode) {
                  (`peergrid app update NAME FILE --disk SIZE`)"
             ),
         ),
-        ErrorCode::InsufficientSpace | ErrorCode::Quota => error(
+        // A value is written next to the old one before it replaces it: replacing a key
+        // needs room for both.
+        ErrorCode::Quota => error(
             out,
             507,
-            &format!("{what}: /data is full ({}); delete keys to make room", e.message()),
+            &format!(
+                "{what}: /data is full (the app's disk is used up); delete keys to make room, \
+                 or its owner gives it more disk (`peergrid app update NAME FILE --disk SIZE`)"
+            ),
+        ),
+        ErrorCode::InsufficientSpace => error(
+            out,
+            507,
+            &format!("{what}: /data is full (no space left); delete keys to make room"),
         ),
         e => error(out, 500, &format!("{what}: {}", e.message())),
     }
