@@ -64,6 +64,11 @@ pub struct DataDir {
     walks: AtomicU64,
     /// What writes were granted, against the newest stored walk.
     ledger: Mutex<Grants>,
+    /// Files the app opened: one it removed while holding it open still takes room that
+    /// no walk of the folder sees.
+    open_files: Mutex<Vec<Weak<std::fs::File>>>,
+    /// One measure at a time for writes that wait for one.
+    remeasure: tokio::sync::Mutex<()>,
     /// Runs that can write, each with the folder's size at the first pass after it began.
     runs: Mutex<Vec<(Weak<RunMeter>, Option<u64>)>>,
     /// A run ended since the last walk.
@@ -103,6 +108,8 @@ impl DataDir {
                 used: u64::MAX,
                 ..Grants::default()
             }),
+            open_files: Mutex::new(Vec::new()),
+            remeasure: tokio::sync::Mutex::new(()),
             runs: Mutex::new(Vec::new()),
             dirty: AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
@@ -155,10 +162,11 @@ impl DataDir {
     /// Measures the folder now (a blocking walk, off the executor). A folder that cannot
     /// be walked counts as past any quota.
     pub async fn measure(&self) -> u64 {
-        let (ticket, settled, shrinks, in_flight) = {
+        let began = std::time::Instant::now();
+        let (ticket, settled, shrinks, in_flight, moves) = {
             // Under the lock, so that a later ticket never carries an earlier count.
             let mut g = self.grants();
-            g.last_walk_began = Some(std::time::Instant::now());
+            g.last_walk_began = Some(began);
             // Grants whose write has not returned may land after the walk has passed
             // their file: they stay counted until a later walk.
             (
@@ -166,10 +174,14 @@ impl DataDir {
                 g.granted.saturating_sub(g.in_flight),
                 g.shrinks,
                 g.in_flight > 0,
+                g.moves,
             )
         };
         let path = self.path.clone();
-        let used = match tokio::task::spawn_blocking(move || usage(&path)).await {
+        let open = self.open_files();
+        let walk =
+            move || Ok::<_, std::io::Error>(usage(&path)?.saturating_add(removed_but_open(&open)));
+        let used = match tokio::task::spawn_blocking(walk).await {
             Ok(Ok(used)) => used,
             Ok(Err(e)) => {
                 tracing::warn!(folder = %self.path.display(), error = %e, "cannot measure an app's /data folder: it is read-only until it can");
@@ -178,7 +190,11 @@ impl DataDir {
             Err(_) => UNMEASURABLE,
         };
         let mut g = self.grants();
-        if ticket > g.stored_walk {
+        g.last_walk_took = began.elapsed();
+        // A walk that a rename overlapped may have missed what moved (from a folder it had
+        // not reached into one it had left): it may not lower the figure.
+        let overlapped = g.moves != moves && g.used != u64::MAX && used < g.used;
+        if ticket > g.stored_walk && !overlapped {
             g.stored_walk = ticket;
             g.used = used;
             g.settled_at_walk = settled;
@@ -227,18 +243,24 @@ impl DataDir {
 
     /// When the newest figure may count too much (files were removed, cut or replaced
     /// since its walk began, or writes then in flight are counted twice), measures the
-    /// folder afresh (at most one walk per [`MEASURE_EVERY`]: the caller waits for its
-    /// turn) and says so; `false` when no room can have come back.
+    /// folder afresh and says so; `false` when no room can have come back. One such
+    /// measure at a time, spaced like the background passes (at least [`MEASURE_EVERY`],
+    /// ten times the last walk's time, at most [`MEASURE_EVERY_MAX`]): the callers wait.
     pub async fn remeasure_if_stale(&self) -> bool {
         let stale = |g: &Grants| g.shrinks > g.shrinks_at_walk || g.in_flight_at_walk;
+        if !stale(&self.grants()) {
+            return false;
+        }
+        let _one = self.remeasure.lock().await;
         let wait = {
             let g = self.grants();
             if !stale(&g) {
-                return false;
+                // Measured while this one waited.
+                return true;
             }
-            g.last_walk_began.map_or(Duration::ZERO, |at| {
-                MEASURE_EVERY.saturating_sub(at.elapsed())
-            })
+            let every = (g.last_walk_took * 10).clamp(MEASURE_EVERY, MEASURE_EVERY_MAX);
+            g.last_walk_began
+                .map_or(Duration::ZERO, |at| every.saturating_sub(at.elapsed()))
         };
         tokio::time::sleep(wait).await;
         // A walk begun meanwhile may have settled it already.
@@ -246,6 +268,39 @@ impl DataDir {
             self.measure().await;
         }
         true
+    }
+
+    /// Keeps `file` in sight: removed while open, it still counts.
+    pub(crate) fn track(&self, file: &Arc<std::fs::File>) {
+        let mut files = self.open_files.lock().unwrap_or_else(|e| e.into_inner());
+        if files.len() >= 64 && files.len().is_power_of_two() {
+            files.retain(|f| f.strong_count() > 0);
+        }
+        files.push(Arc::downgrade(file));
+    }
+
+    /// The files the app holds open now.
+    fn open_files(&self) -> Vec<Arc<std::fs::File>> {
+        let mut files = self.open_files.lock().unwrap_or_else(|e| e.into_inner());
+        files.retain(|f| f.strong_count() > 0);
+        files.iter().filter_map(Weak::upgrade).collect()
+    }
+
+    /// Notes a rename or removal about to happen, and [`DataDir::moved`] once it is
+    /// over: a walk that either overlaps may miss what moved.
+    pub(crate) fn moving(&self) {
+        let mut g = self.grants();
+        g.moves = g.moves.saturating_add(1);
+    }
+
+    /// Notes a rename or removal that is over; `done` when it happened, and room may have
+    /// come back.
+    pub(crate) fn moved(&self, done: bool) {
+        let mut g = self.grants();
+        g.moves = g.moves.saturating_add(1);
+        if done {
+            g.shrinks = g.shrinks.saturating_add(1);
+        }
     }
 
     /// Notes that a file was removed, cut or replaced: room may have come back that the
@@ -405,6 +460,10 @@ struct Grants {
     /// Writes were in flight when the stored walk began: what it saw of them is counted
     /// twice, until the next walk.
     in_flight_at_walk: bool,
+    /// Renames and removals of entries so far.
+    moves: u64,
+    /// How long the newest walk took.
+    last_walk_took: Duration,
     last_walk_began: Option<std::time::Instant>,
 }
 
@@ -499,6 +558,17 @@ pub fn usage(path: &Path) -> std::io::Result<u64> {
     Ok(total)
 }
 
+/// What the `open` files that were removed (no name left) take, each once.
+fn removed_but_open(open: &[Arc<std::fs::File>]) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = std::collections::HashSet::new();
+    open.iter()
+        .filter_map(|f| f.metadata().ok())
+        .filter(|m| m.nlink() == 0 && seen.insert((m.dev(), m.ino())))
+        .map(|m| ENTRY_BYTES_MIN.saturating_add(in_blocks(m.len())))
+        .fold(0u64, u64::saturating_add)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -530,10 +600,10 @@ mod tests {
         assert_eq!(usage(dir.path()).expect("walk"), used + ENTRY_BYTES_MIN);
         // A sparse file counts its length, as its writes were granted.
         let sparse = std::fs::File::create(dir.path().join("sparse")).expect("test setup");
-        sparse.set_len(1 << 30).expect("test setup");
+        sparse.set_len(64 << 20).expect("test setup");
         assert_eq!(
             usage(dir.path()).expect("walk"),
-            used + 2 * ENTRY_BYTES_MIN + (1 << 30),
+            used + 2 * ENTRY_BYTES_MIN + (64 << 20),
             "the link's entry, the sparse file's entry and its length"
         );
     }

@@ -6,16 +6,16 @@
 //!
 //! What grows a folder: `write` and `set-size` past a file's end, the write and append
 //! streams, and a new entry (`open-at` with `create`, `create-directory-at`,
-//! `symlink-at`, `link-at`); a file removed while still open may not grow at all (the
-//! measuring walk cannot see it). Calls that may give room back (`unlink-file-at`,
+//! `symlink-at`, `link-at`). Every file opened is tracked, so that one removed while
+//! still open keeps counting. Calls that may give room back (`unlink-file-at`,
 //! `remove-directory-at`, `rename-at`, `open-at` with `truncate`, `set-size` below the
-//! end) are noted, so that a refused write measures the folder afresh and tries again.
-//! A folder's own growth is left to the walk (`data.rs`).
+//! end) are noted once done, so that a refused write measures the folder afresh and
+//! tries again; renames and removals also keep a walk they overlap from lowering the
+//! figure. A folder's own growth is left to the walk (`data.rs`).
 
 use crate::data::{DataDir, ENTRY_BYTES_MIN, Grant, in_blocks};
 use crate::host::Host;
 use bytes::Bytes;
-use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 use wasmtime::StoreContextMut;
 use wasmtime::component::{Linker, LinkerInstance, Resource, ResourceTable};
@@ -74,11 +74,10 @@ pub(crate) fn add_to_linker(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
             Box::new(async move {
                 let host = store.data_mut();
                 let mut _grant = None;
+                let mut cuts = false;
                 if let Some(data) = host.data.clone() {
                     let len = file_len(host.filesystem().table, &fd)?;
-                    if len.is_some_and(|len| size < len) {
-                        data.shrank();
-                    }
+                    cuts = len.is_some_and(|len| in_blocks(size) < in_blocks(len));
                     if let Some(bytes) = growth(host.filesystem().table, &fd, size)? {
                         _grant = data.grant_after_measure(bytes).await;
                         if _grant.is_none() {
@@ -86,7 +85,11 @@ pub(crate) fn add_to_linker(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
                         }
                     }
                 }
-                answer(host.filesystem().set_size(fd, size).await)
+                let result = host.filesystem().set_size(fd, size).await;
+                if cuts && result.is_ok() {
+                    shrank(host);
+                }
+                answer(result)
             })
         },
     )?;
@@ -124,24 +127,27 @@ pub(crate) fn add_to_linker(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
         )| {
             Box::new(async move {
                 let host = store.data_mut();
-                if let Some(data) = host.data.clone() {
+                if let Some(data) = host.data.clone()
+                    // Opening what is already there takes no room (and wasmtime-wasi
+                    // answers an exclusive create of it itself).
+                    && open_flags.contains(OpenFlags::CREATE)
+                    && !exists(host, &fd, path_flags, &path).await
+                    && data.grant_after_measure(ENTRY_BYTES_MIN).await.is_none()
+                {
+                    return Ok((Err(ErrorCode::Quota),));
+                }
+                let result = (host.filesystem())
+                    .open_at(fd, path_flags, path, open_flags, flags)
+                    .await;
+                if let (Ok(opened), Some(data)) = (&result, host.data.clone()) {
+                    if let Some(file) = os_file(host.filesystem().table, opened)? {
+                        data.track(&file);
+                    }
                     if open_flags.contains(OpenFlags::TRUNCATE) {
                         data.shrank();
                     }
-                    // Opening what is already there takes no room (and wasmtime-wasi
-                    // answers an exclusive create of it itself).
-                    if open_flags.contains(OpenFlags::CREATE)
-                        && !exists(host, &fd, path_flags, &path).await
-                        && data.grant_after_measure(ENTRY_BYTES_MIN).await.is_none()
-                    {
-                        return Ok((Err(ErrorCode::Quota),));
-                    }
                 }
-                answer(
-                    host.filesystem()
-                        .open_at(fd, path_flags, path, open_flags, flags)
-                        .await,
-                )
+                answer(result)
             })
         },
     )?;
@@ -207,8 +213,9 @@ pub(crate) fn add_to_linker(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
         |mut store: StoreContextMut<'_, Host>, (fd, path): (Resource<Descriptor>, String)| {
             Box::new(async move {
                 let host = store.data_mut();
+                moving(host);
                 let result = host.filesystem().unlink_file_at(fd, path).await;
-                shrank(host, &result);
+                moved(host, &result);
                 answer(result)
             })
         },
@@ -218,8 +225,9 @@ pub(crate) fn add_to_linker(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
         |mut store: StoreContextMut<'_, Host>, (fd, path): (Resource<Descriptor>, String)| {
             Box::new(async move {
                 let host = store.data_mut();
+                moving(host);
                 let result = host.filesystem().remove_directory_at(fd, path).await;
-                shrank(host, &result);
+                moved(host, &result);
                 answer(result)
             })
         },
@@ -236,10 +244,11 @@ pub(crate) fn add_to_linker(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
             Box::new(async move {
                 let host = store.data_mut();
                 // Renaming over a file removes it.
+                moving(host);
                 let result = (host.filesystem())
                     .rename_at(fd, old_path, new_fd, new_path)
                     .await;
-                shrank(host, &result);
+                moved(host, &result);
                 answer(result)
             })
         },
@@ -264,11 +273,23 @@ fn probe(mut types: LinkerInstance<'_, Host>) -> wasmtime::Result<()> {
     }
 }
 
-/// Notes a call that may have given room back, once it did.
-fn shrank<T>(host: &Host, result: &FsResult<T>) {
-    if result.is_ok()
-        && let Some(data) = &host.data
-    {
+/// Notes a rename or removal about to happen.
+fn moving(host: &Host) {
+    if let Some(data) = &host.data {
+        data.moving();
+    }
+}
+
+/// Notes a rename or removal that is over, and whether it may have given room back.
+fn moved<T>(host: &Host, result: &FsResult<T>) {
+    if let Some(data) = &host.data {
+        data.moved(result.is_ok());
+    }
+}
+
+/// Notes a file cut shorter: room may have come back.
+fn shrank(host: &Host) {
+    if let Some(data) = &host.data {
         data.shrank();
     }
 }
@@ -308,11 +329,9 @@ fn file_len(table: &ResourceTable, fd: &Resource<Descriptor>) -> wasmtime::Resul
 }
 
 /// The blocks a write ending at `end` adds to `file`: everything past its end, all it
-/// covers if its length cannot be read, and more than any quota if it was removed while
-/// open (no walk would count it).
+/// covers if its length cannot be read.
 fn grows(file: &std::fs::File, end: u64) -> u64 {
     match file.metadata() {
-        Ok(m) if m.nlink() == 0 => u64::MAX,
         Ok(m) => in_blocks(end).saturating_sub(in_blocks(m.len())),
         Err(_) => in_blocks(end),
     }
@@ -426,11 +445,12 @@ impl OutputStream for Budgeted {
     }
 
     fn check_write(&mut self) -> StreamResult<usize> {
-        let permit = self.inner.check_write()?;
-        if permit > 0 {
+        // Ready again, or failed: either way the writes before are over.
+        let permit = self.inner.check_write();
+        if permit.as_ref().map_or(true, |n| *n > 0) {
             self.settle();
         }
-        Ok(permit)
+        permit
     }
 
     async fn cancel(&mut self) {
