@@ -139,8 +139,8 @@ pub enum AppCommand {
 pub struct UpdateArgs {
     /// The app's name.
     name: String,
-    /// The new component.
-    wasm: PathBuf,
+    /// The new component; without it only `--disk` may change (the deployment stays).
+    wasm: Option<PathBuf>,
     /// Memory per request or run, e.g. 256MiB (at most 1GiB).
     #[arg(long, value_parser = instance_memory)]
     memory: Option<Size>,
@@ -1158,8 +1158,10 @@ fn update(globals: &Globals, file: &Path, mut apps: Apps, args: UpdateArgs) -> a
     let app = apps.find(&name)?;
     app.check_owner(&globals.keypair()?)?;
     let kind = app.workload_kind();
-    let bytes = std::fs::read(&args.wasm)
-        .with_context(|| format!("cannot read {}", args.wasm.display()))?;
+    let Some(wasm) = args.wasm.clone() else {
+        return update_disk(globals, file, apps, args);
+    };
+    let bytes = std::fs::read(&wasm).with_context(|| format!("cannot read {}", wasm.display()))?;
     let component = *blake3::hash(&bytes).as_bytes();
     // Apps deployed before their spec was recorded ran with `deploy`'s defaults.
     let mut spec = app.spec.clone().unwrap_or(RunSpec {
@@ -1173,17 +1175,7 @@ fn update(globals: &Globals, file: &Path, mut apps: Apps, args: UpdateArgs) -> a
     // The disk the contracts hold now: `contract update --sru` may have changed it since
     // the app's settings were recorded, and an update must not take it back unasked.
     let client = globals.client()?;
-    let held = crate::runtime()?.block_on(async {
-        let mut held = None;
-        for r in &app.replicas {
-            if let Ok(Some(c)) = client.contract(r.contract).await
-                && c.data.is_live()
-            {
-                held = held.max(Some(c.data.reserved.sru));
-            }
-        }
-        held
-    });
+    let held = crate::runtime()?.block_on(disk_held(&client, &app.replicas));
     let disk_before = held.unwrap_or(spec.disk_bytes);
     spec.disk_bytes = args.disk.map_or(disk_before, Size::bytes);
     spec.memory_bytes = args.memory.map_or(spec.memory_bytes, Size::bytes);
@@ -1198,11 +1190,11 @@ fn update(globals: &Globals, file: &Path, mut apps: Apps, args: UpdateArgs) -> a
             "{name} already runs this component with these settings; nothing to update (a \
              replica that missed it is shown by `peergrid app status {name}`, and `peergrid \
              app repair {name} {}` sends it the update)",
-            args.wasm.display()
+            wasm.display()
         );
     }
     check_component(&component, &bytes, kind, spec.memory_bytes)
-        .with_context(|| format!("{} cannot be deployed", args.wasm.display()))?;
+        .with_context(|| format!("{} cannot be deployed", wasm.display()))?;
     if kind == WorkloadKind::Job && Hash::of(&deployment).to_string() == app.deployment {
         say(
             json,
@@ -1277,7 +1269,7 @@ fn update(globals: &Globals, file: &Path, mut apps: Apps, args: UpdateArgs) -> a
             "warning: the replicas on nodes {failures:?} do not run the new version (exit \
              status 3); `peergrid app status {name}` shows them, and `peergrid app repair \
              {name} {}` sends it to those that missed it and replaces those that do not serve",
-            args.wasm.display()
+            wasm.display()
         );
     }
     if json {
@@ -1289,6 +1281,151 @@ fn update(globals: &Globals, file: &Path, mut apps: Apps, args: UpdateArgs) -> a
         );
     }
     partly_done(!failures.is_empty())
+}
+
+/// The most disk any of `replicas`' live contracts reserves now; `None` if none answers.
+async fn disk_held(client: &Client, replicas: &[Replica]) -> Option<u64> {
+    let mut held = None;
+    for r in replicas {
+        if let Ok(Some(c)) = client.contract(r.contract).await
+            && c.data.is_live()
+        {
+            held = held.max(Some(c.data.reserved.sru));
+        }
+    }
+    held
+}
+
+/// `peergrid app update NAME --disk SIZE` without a component: each live contract
+/// reserves the new disk (`UpdateContract` with the deployment it holds), and the nodes
+/// follow; the app runs on, its files kept.
+fn update_disk(
+    globals: &Globals,
+    file: &Path,
+    mut apps: Apps,
+    args: UpdateArgs,
+) -> anyhow::Result<()> {
+    let json = globals.json;
+    let name = args.name.clone();
+    let app = apps.find(&name)?.clone();
+    let Some(disk) = args.disk.map(Size::bytes) else {
+        bail!(
+            "nothing to update: give the new component (`peergrid app update {name} APP.wasm \
+             …`), or only a new disk (`peergrid app update {name} --disk SIZE`)"
+        );
+    };
+    if args.memory.is_some()
+        || args.cpu_ms.is_some()
+        || args.wall_ms.is_some()
+        || !args.env.is_empty()
+    {
+        bail!(
+            "--memory, --cpu-ms, --wall-ms and --env make a new deployment, which the nodes \
+             fetch from you: give the component too (`peergrid app update {name} APP.wasm …`)"
+        );
+    }
+    let key = globals.keypair()?;
+    let client = globals.client()?;
+    let updated = crate::runtime()?.block_on(async {
+        let before = disk_held(&client, &app.replicas).await.with_context(|| {
+            format!(
+                "none of {name}'s contracts is live on the ledger (`peergrid app status {name}`)"
+            )
+        })?;
+        if disk == before {
+            bail!(
+                "{name}'s contracts already reserve {}; nothing to update",
+                Size(disk)
+            );
+        }
+        if disk < before {
+            let mesh = mesh_peer(&client, &key).await?;
+            let mut states = Vec::new();
+            for r in &app.replicas {
+                states.push(replica_state(&client, &mesh, r, &app.deployment).await);
+            }
+            mesh.close().await;
+            check_shrink(&states, disk, args.force, json)?;
+        }
+        let mut updated = 0;
+        for r in &app.replicas {
+            let contract = match client.contract(r.contract).await {
+                Ok(Some(c)) if c.data.is_live() => c.data,
+                Ok(_) => {
+                    say(
+                        json,
+                        format!("contract {} is not live: skipped", r.contract),
+                    );
+                    continue;
+                }
+                Err(e) => {
+                    say(json, format!("contract {}: {e}", r.contract));
+                    continue;
+                }
+            };
+            let Some(deployment_hash) = contract.deployment_hash() else {
+                continue;
+            };
+            let resources = Capacity {
+                sru: disk,
+                ..contract.reserved
+            };
+            let payload = Payload::UpdateContract {
+                contract: r.contract,
+                deployment_hash,
+                resources,
+            };
+            match client.send(&key, payload, TX_TIMEOUT).await {
+                Ok((_, TxStatus::Finalized { .. })) => {
+                    say(
+                        json,
+                        format!(
+                            "contract {} on node {} now reserves {} of disk",
+                            r.contract,
+                            r.node,
+                            Size(disk)
+                        ),
+                    );
+                    updated += 1;
+                }
+                Ok((hash, TxStatus::Rejected { reason, .. })) => say(
+                    json,
+                    format!(
+                        "contract {}: the ledger refused it ({reason}; tx {hash})",
+                        r.contract
+                    ),
+                ),
+                Ok((hash, _)) => say(
+                    json,
+                    format!(
+                        "contract {}: not final within {} s; check `peergrid tx status {hash}`",
+                        r.contract,
+                        TX_TIMEOUT.as_secs()
+                    ),
+                ),
+                Err(e) => say(json, format!("contract {}: {e:#}", r.contract)),
+            }
+        }
+        anyhow::Ok(updated)
+    })?;
+    if updated == 0 {
+        bail!("no contract of {name} was updated (see above why); run the same command again");
+    }
+    if let Some(spec) = apps.apps.get_mut(&name).and_then(|a| a.spec.as_mut()) {
+        spec.disk_bytes = disk;
+    }
+    save_apps(file, &apps)?;
+    if json {
+        output::json(&json!({ "app": name, "disk_bytes": disk, "contracts_updated": updated }))?;
+    } else {
+        outln!(
+            "{name}'s /data may now use {} on {updated} of {} node(s); its files stay and the \
+             app runs on (`peergrid app status {name}` shows them)",
+            Size(disk),
+            app.replicas.len()
+        );
+    }
+    partly_done(updated < app.replicas.len())
 }
 
 /// `peergrid app repair`: each replica that does not serve gets a new one on another node
@@ -1850,7 +1987,7 @@ pub fn app(globals: &Globals, cmd: AppCommand) -> anyhow::Result<()> {
                     outln!(
                         "  READ-ONLY: those files are well past the disk their contract reserves \
                          (or their node's disk is full); writes and removals fail until the app \
-                         has {more}: `peergrid app update {} FILE --disk SIZE`",
+                         has {more}: `peergrid app update {} --disk SIZE`",
                         app.name
                     );
                 }

@@ -719,8 +719,11 @@ fn deploy_call_survive_a_node_and_remove_an_app() {
         get(&format!("{kv}/k/greeting")),
         Some((200, "hello".to_string()))
     );
-    // More disk through an update: the files stay, writes work again.
-    update("32MiB");
+    // More disk, without the component (the deployment stays): the files stay, writes
+    // work again.
+    let (ok, out, err) = run(home, &["app", "update", "kv", "--disk", "32MiB"]);
+    assert!(ok, "app update --disk without the component: {err}");
+    assert_eq!(out["contracts_updated"], 1, "{out}");
     assert_eq!(
         get(&format!("{kv}/k/greeting")),
         Some((200, "hello".to_string()))

@@ -280,7 +280,7 @@ fn fs_error(out: ResponseOutparam, what: &str, e: ErrorCode) {
             507,
             &format!(
                 "{what}: /data is full and read-only; its owner can give it more disk \
-                 (`peergrid app update NAME FILE --disk SIZE`)"
+                 (`peergrid app update NAME --disk SIZE`)"
             ),
         ),
         // A value is written next to the old one before it replaces it: replacing a key
@@ -290,7 +290,7 @@ fn fs_error(out: ResponseOutparam, what: &str, e: ErrorCode) {
             507,
             &format!(
                 "{what}: /data is full (the app's disk is used up); delete keys to make room, \
-                 or its owner gives it more disk (`peergrid app update NAME FILE --disk SIZE`)"
+                 or its owner gives it more disk (`peergrid app update NAME --disk SIZE`)"
             ),
         ),
         ErrorCode::InsufficientSpace => error(
