@@ -1283,6 +1283,19 @@ fn update(globals: &Globals, file: &Path, mut apps: Apps, args: UpdateArgs) -> a
     partly_done(!failures.is_empty())
 }
 
+/// `used` of `quota`, precise enough to tell them apart: "2.0 MiB of 2.0 MiB" next to
+/// "98 % full" or "OVER" would say nothing.
+fn used_of(used: u64, quota: u64) -> String {
+    let (u, q) = (Size(used).to_string(), Size(quota).to_string());
+    if u != q || used == quota {
+        format!("{u} of {q}")
+    } else if used / 1024 != quota / 1024 {
+        format!("{} KiB of {} KiB", used / 1024, quota / 1024)
+    } else {
+        format!("{used} B of {quota} B")
+    }
+}
+
 /// The most disk any of `replicas`' live contracts reserves now; `None` if none answers.
 async fn disk_held(client: &Client, replicas: &[Replica]) -> Option<u64> {
     let mut held = None;
@@ -1934,10 +1947,9 @@ pub fn app(globals: &Globals, cmd: AppCommand) -> anyhow::Result<()> {
                     let mut data = match (row.data_used_bytes, row.data_quota_bytes) {
                         (Some(used), Some(quota)) if used > quota && !row.data_read_only => {
                             format!(
-                                ", /data {} of {}, OVER its disk (writes that need room fail, \
+                                ", /data {}, OVER its disk (writes that need room fail, \
                                  and past {} it turns read-only: remove files)",
-                                Size(used),
-                                Size(quota),
+                                used_of(used, quota),
                                 Size(peergrid_compute::data::read_only_at(quota))
                             )
                         }
@@ -1948,18 +1960,15 @@ pub fn app(globals: &Globals, cmd: AppCommand) -> anyhow::Result<()> {
                                 && used.saturating_mul(10) >= quota.saturating_mul(9) =>
                         {
                             format!(
-                                ", /data {} of {} ({} % full)",
-                                Size(used),
-                                Size(quota),
+                                ", /data {} ({} % full)",
+                                used_of(used, quota),
                                 used.saturating_mul(100) / quota.max(1)
                             )
                         }
                         (Some(used), Some(quota)) if used > quota => {
-                            format!(", /data {} of {}, OVER its disk", Size(used), Size(quota))
+                            format!(", /data {}, OVER its disk", used_of(used, quota))
                         }
-                        (Some(used), Some(quota)) => {
-                            format!(", /data {} of {}", Size(used), Size(quota))
-                        }
+                        (Some(used), Some(quota)) => format!(", /data {}", used_of(used, quota)),
                         (None, Some(quota)) => format!(", /data of {}", Size(quota)),
                         _ => String::new(),
                     };
@@ -2153,5 +2162,14 @@ mod tests {
             "{said}"
         );
         assert!(none_fits(&[], &need, &[]).contains("no node is on the ledger"));
+    }
+
+    #[test]
+    fn used_and_quota_are_told_apart() {
+        assert_eq!(used_of(1 << 20, 2 << 20), "1.0 MiB of 2.0 MiB");
+        assert_eq!(used_of(2 << 20, 2 << 20), "2.0 MiB of 2.0 MiB");
+        assert_eq!(used_of((2 << 20) - 40960, 2 << 20), "2008 KiB of 2048 KiB");
+        assert_eq!(used_of((2 << 20) + 4096, 2 << 20), "2052 KiB of 2048 KiB");
+        assert_eq!(used_of(1000, 1001), "1000 B of 1001 B");
     }
 }
