@@ -158,8 +158,8 @@ pub struct UpdateArgs {
     /// Replace the environment with these variables, K=V (repeatable).
     #[arg(long = "env", value_name = "K=V", value_parser = parse_env)]
     env: Vec<(String, String)>,
-    /// Shrink `--disk` even below what a replica's files use, which makes its `/data`
-    /// read-only at once (writes and removals fail).
+    /// Give a `--disk` so far below what a replica's files use (they are past it by 10 %,
+    /// at least 8 MiB) that its `/data` turns read-only at once: writes and removals fail.
     #[arg(long)]
     force: bool,
 }
@@ -1203,7 +1203,7 @@ fn update(globals: &Globals, file: &Path, mut apps: Apps, args: UpdateArgs) -> a
         );
     }
     let mut updated = app.clone();
-    let failures = crate::runtime()?.block_on(async {
+    let (failures, fit) = crate::runtime()?.block_on(async {
         let (placement, serving) = Placement::open(
             globals,
             &name,
@@ -1213,15 +1213,19 @@ fn update(globals: &Globals, file: &Path, mut apps: Apps, args: UpdateArgs) -> a
             VecDeque::new(),
         )
         .await?;
-        if spec.disk_bytes < disk_before {
+        let mut fit = DiskFit::default();
+        if args.disk.is_some() {
             let mut states = Vec::new();
             for r in &updated.replicas {
                 states.push(replica_state(&client, placement.mesh(), r, &app.deployment).await);
             }
-            if let Err(e) = check_shrink(&states, spec.disk_bytes, args.force, json) {
-                drop(serving);
-                placement.mesh().close().await;
-                return Err(e);
+            match check_disk(&states, spec.disk_bytes, args.force, json) {
+                Ok(found) => fit = found,
+                Err(e) => {
+                    drop(serving);
+                    placement.mesh().close().await;
+                    return Err(e);
+                }
             }
         }
         // One replica at a time: the others keep answering with the old version.
@@ -1249,7 +1253,7 @@ fn update(globals: &Globals, file: &Path, mut apps: Apps, args: UpdateArgs) -> a
         }
         drop(serving);
         placement.mesh().close().await;
-        anyhow::Ok(failures)
+        anyhow::Ok((failures, fit))
     })?;
     if failures.len() == updated.replicas.len() {
         bail!(
@@ -1273,11 +1277,17 @@ fn update(globals: &Globals, file: &Path, mut apps: Apps, args: UpdateArgs) -> a
         );
     }
     if json {
-        output::json(&json!({ "app": updated, "failed_nodes": failures }))?;
+        output::json(&json!({
+            "app": updated,
+            "failed_nodes": failures,
+            "nodes_over_disk": fit.over,
+            "nodes_read_only": fit.read_only,
+        }))?;
     } else {
         outln!(
-            "{name} updated on {} node(s)",
-            updated.replicas.len() - failures.len()
+            "{name} updated on {} node(s){}",
+            updated.replicas.len() - failures.len(),
+            fit.caveat(&name)
         );
     }
     partly_done(!failures.is_empty())
@@ -1321,12 +1331,6 @@ fn update_disk(
     let json = globals.json;
     let name = args.name.clone();
     let app = apps.find(&name)?.clone();
-    let Some(disk) = args.disk.map(Size::bytes) else {
-        bail!(
-            "nothing to update: give the new component (`peergrid app update {name} APP.wasm \
-             …`), or only a new disk (`peergrid app update {name} --disk SIZE`)"
-        );
-    };
     if args.memory.is_some()
         || args.cpu_ms.is_some()
         || args.wall_ms.is_some()
@@ -1337,9 +1341,15 @@ fn update_disk(
              fetch from you: give the component too (`peergrid app update {name} APP.wasm …`)"
         );
     }
+    let Some(disk) = args.disk.map(Size::bytes) else {
+        bail!(
+            "nothing to update: give the new component (`peergrid app update {name} APP.wasm \
+             …`), or only a new disk (`peergrid app update {name} --disk SIZE`)"
+        );
+    };
     let key = globals.keypair()?;
     let client = globals.client()?;
-    let updated = crate::runtime()?.block_on(async {
+    let (updated, fit) = crate::runtime()?.block_on(async {
         let before = disk_held(&client, &app.replicas).await.with_context(|| {
             format!(
                 "none of {name}'s contracts is live on the ledger (`peergrid app status {name}`)"
@@ -1351,15 +1361,13 @@ fn update_disk(
                 Size(disk)
             );
         }
-        if disk < before {
-            let mesh = mesh_peer(&client, &key).await?;
-            let mut states = Vec::new();
-            for r in &app.replicas {
-                states.push(replica_state(&client, &mesh, r, &app.deployment).await);
-            }
-            mesh.close().await;
-            check_shrink(&states, disk, args.force, json)?;
+        let mesh = mesh_peer(&client, &key).await?;
+        let mut states = Vec::new();
+        for r in &app.replicas {
+            states.push(replica_state(&client, &mesh, r, &app.deployment).await);
         }
+        mesh.close().await;
+        let fit = check_disk(&states, disk, args.force, json)?;
         let mut updated = 0;
         for r in &app.replicas {
             let contract = match client.contract(r.contract).await {
@@ -1419,7 +1427,7 @@ fn update_disk(
                 Err(e) => say(json, format!("contract {}: {e:#}", r.contract)),
             }
         }
-        anyhow::Ok(updated)
+        anyhow::Ok((updated, fit))
     })?;
     if updated == 0 {
         bail!("no contract of {name} was updated (see above why); run the same command again");
@@ -1429,13 +1437,20 @@ fn update_disk(
     }
     save_apps(file, &apps)?;
     if json {
-        output::json(&json!({ "app": name, "disk_bytes": disk, "contracts_updated": updated }))?;
+        output::json(&json!({
+            "app": name,
+            "disk_bytes": disk,
+            "contracts_updated": updated,
+            "nodes_over_disk": fit.over,
+            "nodes_read_only": fit.read_only,
+        }))?;
     } else {
         outln!(
             "{name}'s /data may now use {} on {updated} of {} node(s); its files stay and the \
-             app runs on (`peergrid app status {name}` shows them)",
+             app runs on{}",
             Size(disk),
-            app.replicas.len()
+            app.replicas.len(),
+            fit.caveat(&name)
         );
     }
     partly_done(updated < app.replicas.len())
@@ -1673,25 +1688,60 @@ struct ReplicaState {
     holds_another: bool,
 }
 
-/// Whether a smaller disk, `disk` bytes, suits what each replica's files use: refused
-/// (unless `force`) where it would make `/data` read-only at once, since the app could
-/// then not even remove files; a warning where writes that need room would fail.
-fn check_shrink(states: &[ReplicaState], disk: u64, force: bool, json: bool) -> anyhow::Result<()> {
+/// How a new disk suits what the replicas' files use.
+#[derive(Default)]
+struct DiskFit {
+    /// Replicas whose files use more: their writes that need room fail.
+    over: usize,
+    /// Replicas whose files are well past it: their `/data` turns read-only.
+    read_only: usize,
+}
+
+impl DiskFit {
+    /// What the update's last line adds: nothing when the disk suits every replica.
+    fn caveat(&self, name: &str) -> String {
+        match (self.over, self.read_only) {
+            (0, 0) => String::new(),
+            (over, 0) => format!(
+                "; on {over} node(s) its files use more, so its writes that need room fail \
+                 until files are removed (`peergrid app status {name}`)"
+            ),
+            (_, read_only) => format!(
+                "; on {read_only} node(s) its /data is READ-ONLY, its files well past the disk \
+                 (`peergrid app status {name}`)"
+            ),
+        }
+    }
+}
+
+/// Whether a disk of `disk` bytes suits what each replica's files use: refused (unless
+/// `force`) where it would make `/data` read-only at once, since the app could then not
+/// even remove files; a warning where writes that need room would fail.
+fn check_disk(
+    states: &[ReplicaState],
+    disk: u64,
+    force: bool,
+    json: bool,
+) -> anyhow::Result<DiskFit> {
     let read_only_at = peergrid_compute::data::read_only_at(disk);
+    let mut fit = DiskFit::default();
     let mut locked = Vec::new();
     for s in states {
         match s.data_used_bytes {
             Some(used) if used >= read_only_at => locked.push((s.node, used)),
-            Some(used) if used > disk => say(
-                json,
-                format!(
-                    "warning: on node {} the app's files use {}, more than --disk {}: its writes \
-                     that need room fail until files are removed",
-                    s.node,
-                    Size(used),
-                    Size(disk)
-                ),
-            ),
+            Some(used) if used > disk => {
+                fit.over += 1;
+                say(
+                    json,
+                    format!(
+                        "warning: on node {} the app's files use {}, more than --disk {}: its \
+                         writes that need room fail until files are removed",
+                        s.node,
+                        Size(used),
+                        Size(disk)
+                    ),
+                )
+            }
             Some(_) => {}
             None => say(
                 json,
@@ -1706,8 +1756,9 @@ fn check_shrink(states: &[ReplicaState], disk: u64, force: bool, json: bool) -> 
         }
     }
     let Some(&(_, most)) = locked.iter().max_by_key(|(_, used)| *used) else {
-        return Ok(());
+        return Ok(fit);
     };
+    fit.read_only = locked.len();
     let nodes: Vec<String> = locked
         .iter()
         .map(|(node, used)| format!("node {node}: {}", Size(*used)))
@@ -1722,7 +1773,7 @@ fn check_shrink(states: &[ReplicaState], disk: u64, force: bool, json: bool) -> 
                 nodes.join(", ")
             ),
         );
-        return Ok(());
+        return Ok(fit);
     }
     bail!(
         "--disk {} is too small for the app's files ({}): past {} its /data would turn \
@@ -1995,8 +2046,9 @@ pub fn app(globals: &Globals, cmd: AppCommand) -> anyhow::Result<()> {
                     };
                     outln!(
                         "  READ-ONLY: those files are well past the disk their contract reserves \
-                         (or their node's disk is full); writes and removals fail until the app \
-                         has {more}: `peergrid app update {} --disk SIZE`",
+                         (or their node's disk is full); writes and removals fail until the disk \
+                         is raised near them, and writes that need room until the app has \
+                         {more}: `peergrid app update {} --disk SIZE`",
                         app.name
                     );
                 }

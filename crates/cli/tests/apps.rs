@@ -688,11 +688,12 @@ fn deploy_call_survive_a_node_and_remove_an_app() {
         8 << 20,
         "{status}"
     );
-    let (ok, _, err) = run(
+    let (ok, out, err) = run(
         home,
         &["app", "update", "kv", KV, "--disk", "1MiB", "--force"],
     );
     assert!(ok, "app update --disk 1MiB --force: {err}");
+    assert_eq!(out["nodes_read_only"], 1, "{out}");
     let text = wait_for("kv's /data read-only", Duration::from_secs(20), || {
         let text = status_text();
         text.contains("READ-ONLY").then_some(text)
@@ -721,9 +722,12 @@ fn deploy_call_survive_a_node_and_remove_an_app() {
     );
     // More disk, without the component (the deployment stays): the files stay, writes
     // work again.
+    let (ok, _, err) = run(home, &["app", "update", "kv", "--env", "A=1"]);
+    assert!(!ok && err.contains("give the component too"), "{err}");
     let (ok, out, err) = run(home, &["app", "update", "kv", "--disk", "32MiB"]);
     assert!(ok, "app update --disk without the component: {err}");
     assert_eq!(out["contracts_updated"], 1, "{out}");
+    assert_eq!(out["nodes_over_disk"], 0, "{out}");
     assert_eq!(
         get(&format!("{kv}/k/greeting")),
         Some((200, "hello".to_string()))

@@ -143,6 +143,17 @@ impl DataDir {
         }
     }
 
+    /// What the folder uses as its writes are counted: the newest measure and what was
+    /// granted since (the figure a write is checked against); `None` before the first
+    /// measure, or when the folder could not be measured.
+    pub fn in_use_bytes(&self) -> Option<u64> {
+        let g = self.grants();
+        match g.used {
+            u64::MAX | UNMEASURABLE => None,
+            used => Some(used.saturating_add(g.granted.saturating_sub(g.settled_at_walk))),
+        }
+    }
+
     /// Past this the folder is mounted read-only.
     fn hard_limit(&self) -> u64 {
         read_only_at(self.quota_bytes())
@@ -195,6 +206,20 @@ impl DataDir {
         // not reached into one it had left): it may not lower the figure.
         let overlapped = g.moves != moves && g.used != u64::MAX && used < g.used;
         if ticket > g.stored_walk && !overlapped {
+            let quota = self.quota_bytes();
+            let (was, now) = (
+                g.used != u64::MAX && g.used >= read_only_at(quota),
+                used >= read_only_at(quota),
+            );
+            if was != now {
+                // The farmer's view of a tenant whose app cannot write any more.
+                let what = if now {
+                    "turned read-only"
+                } else {
+                    "is writable again"
+                };
+                tracing::info!(folder = %self.path.display(), used, quota, "an app's /data {what}");
+            }
             g.stored_walk = ticket;
             g.used = used;
             g.settled_at_walk = settled;

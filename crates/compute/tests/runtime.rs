@@ -341,6 +341,9 @@ async fn a_put_past_the_quota_is_refused_and_fits_after_a_delete() {
     let used = peergrid_compute::data::usage(data.path()).expect("walk");
     assert!(used <= quota, "{used} on disk");
     assert!(!data.read_only());
+    // What the writes are checked against never counts less than the disk holds.
+    let in_use = data.in_use_bytes().expect("measured");
+    assert!(in_use >= used, "{in_use} counted, {used} on disk");
     assert_eq!(send(&kv, request("GET", "/k/a", b"")).await.0, 200);
     // A removal gives its room back once the folder is measured again (the next run
     // of a folder this full measures it first).

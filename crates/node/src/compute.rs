@@ -1112,7 +1112,7 @@ fn app_status(contract: ContractId, app: &App) -> DeploymentStatus {
         state: state.into(),
         reason,
         workloads,
-        data_used_bytes: app.data.as_ref().and_then(|d| d.used_bytes()),
+        data_used_bytes: app.data.as_ref().and_then(|d| d.in_use_bytes()),
         data_quota_bytes: app.data.as_ref().map(|d| d.quota_bytes()),
         data_read_only: app.data.as_ref().is_some_and(|d| d.read_only()),
     }

@@ -374,7 +374,7 @@ fn compute_metrics(out: &mut String, deployments: &[crate::protocol::DeploymentS
     let gauges: [(&str, &str, Gauge); 3] = [
         (
             "peergrid_node_app_data_used_bytes",
-            "What each app's /data folder uses on this node, at its newest measure.",
+            "What each app's /data folder uses on this node, as its writes are counted (the newest measure and the writes since).",
             |d| d.data_used_bytes,
         ),
         (

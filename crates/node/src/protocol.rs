@@ -109,7 +109,8 @@ pub struct DeploymentStatus {
     /// Its workloads.
     #[serde(default)]
     pub workloads: Vec<WorkloadStatus>,
-    /// What its `/data` folder uses, bytes, once measured (absent from older nodes).
+    /// What its `/data` folder uses, bytes, as its writes are counted: the newest measure
+    /// and what was granted since (absent before a first measure, and from older nodes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_used_bytes: Option<u64>,
     /// What its `/data` folder may use: the disk (`sru`) its contract reserves.
