@@ -373,7 +373,7 @@ impl Actor {
                 Ok(()) => tracing::debug!(%peer, "dialing a peer found by a running lookup"),
                 Err(DialError::DialPeerConditionFalse(_)) => {}
                 Err(e) => {
-                    let reason = e.to_string();
+                    let reason = dial_reason(&e);
                     self.fail_dial(peer, || Error::Dial {
                         peer,
                         reason: reason.clone(),
@@ -500,7 +500,7 @@ impl Actor {
                     && !self.swarm.is_connected(&peer)
                 {
                     tracing::debug!(%peer, %error, "dial failed");
-                    let reason = error.to_string();
+                    let reason = dial_reason(&error);
                     self.fail_dial(peer, || Error::Dial {
                         peer,
                         reason: reason.clone(),
@@ -651,7 +651,7 @@ impl Actor {
             Lookup::Dial => {
                 let opts = DialOpts::peer_id(target).addresses(addrs).build();
                 if let Err(e) = self.swarm.dial(opts) {
-                    let reason = e.to_string();
+                    let reason = dial_reason(&e);
                     self.fail_dial(target, || Error::Dial {
                         peer: target,
                         reason: reason.clone(),
@@ -665,4 +665,120 @@ impl Actor {
 /// True for an address through a relay (`…/p2p-circuit/…`).
 fn is_relayed(addr: &Multiaddr) -> bool {
     addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
+}
+
+/// What a failed dial says to a person: for each address tried, the cause in a few words
+/// (libp2p nests it several errors deep, behind "Failed to negotiate transport
+/// protocol(s)"), the same causes said once.
+fn dial_reason(error: &DialError) -> String {
+    let DialError::Transport(tries) = error else {
+        return error.to_string();
+    };
+    let mut causes: Vec<(String, Vec<String>)> = Vec::new();
+    for (addr, e) in tries {
+        let cause = transport_cause(e);
+        match causes.iter_mut().find(|(c, _)| *c == cause) {
+            Some((_, addrs)) => addrs.push(addr.to_string()),
+            None => causes.push((cause, vec![addr.to_string()])),
+        }
+    }
+    if causes.is_empty() {
+        return error.to_string();
+    }
+    let said: Vec<String> = causes
+        .into_iter()
+        .map(|(cause, addrs)| format!("{cause} at {}", addrs.join(", ")))
+        .collect();
+    let mut text = said.join("; ");
+    if text.contains("connection refused") {
+        text.push_str(" (nothing listens there: the peer may be down or restarting)");
+    }
+    text
+}
+
+/// The innermost cause of one address's failure, in a few words when it is a common one.
+fn transport_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    use std::io::ErrorKind;
+    let mut level = Some(error);
+    let mut innermost = error.to_string();
+    let mut all = String::new();
+    while let Some(e) = level {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                ErrorKind::ConnectionRefused => return "connection refused".into(),
+                ErrorKind::TimedOut => return "timed out".into(),
+                ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable => {
+                    return "no route to it".into();
+                }
+                ErrorKind::ConnectionReset => return "connection reset".into(),
+                _ => {}
+            }
+        }
+        let text = e.to_string();
+        all.push_str(&text.to_lowercase());
+        if !text.trim().is_empty() {
+            innermost = text;
+        }
+        level = e.source();
+    }
+    // A layer that keeps its cause in its text only.
+    let text = all;
+    if text.contains("connection refused") {
+        return "connection refused".into();
+    }
+    if text.contains("timed out") {
+        return "timed out".into();
+    }
+    innermost
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use libp2p::TransportError;
+
+    #[test]
+    fn a_failed_dial_says_why_in_a_few_words() {
+        let refused = |port: u16| {
+            (
+                format!("/ip4/127.0.0.1/tcp/{port}")
+                    .parse::<Multiaddr>()
+                    .expect("address"),
+                TransportError::Other(std::io::Error::other(std::io::Error::from(
+                    std::io::ErrorKind::ConnectionRefused,
+                ))),
+            )
+        };
+        let said = dial_reason(&DialError::Transport(vec![refused(4001), refused(4002)]));
+        assert_eq!(
+            said,
+            "connection refused at /ip4/127.0.0.1/tcp/4001, /ip4/127.0.0.1/tcp/4002 (nothing \
+             listens there: the peer may be down or restarting)"
+        );
+        let odd = (
+            "/ip4/10.0.0.1/tcp/1".parse::<Multiaddr>().expect("address"),
+            TransportError::Other(std::io::Error::other("handshake failed: bad key")),
+        );
+        // A cause kept only in a layer's text.
+        let worded = (
+            "/ip4/10.0.0.2/tcp/1".parse::<Multiaddr>().expect("address"),
+            TransportError::Other(std::io::Error::other(
+                "dial: Connection refused (os error 111)",
+            )),
+        );
+        assert!(
+            dial_reason(&DialError::Transport(vec![worded])).starts_with("connection refused at"),
+        );
+        let said = dial_reason(&DialError::Transport(vec![odd, refused(4001)]));
+        assert!(
+            said.starts_with(
+                "handshake failed: bad key at /ip4/10.0.0.1/tcp/1; connection refused at"
+            ),
+            "{said}"
+        );
+        assert_eq!(
+            dial_reason(&DialError::NoAddresses),
+            DialError::NoAddresses.to_string()
+        );
+    }
 }

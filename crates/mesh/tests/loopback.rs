@@ -437,3 +437,28 @@ async fn a_listen_port_another_peer_holds_is_refused() {
         .await
         .expect("the first peer still answers on its port");
 }
+
+/// A peer whose address has no listener (down, restarting): the dial error says so in a
+/// few words, not in libp2p's nesting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dialing_a_stopped_peer_says_the_connection_was_refused() {
+    let (a, b) = (peer().await, peer().await);
+    // Where nothing listens any more.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let at: peergrid_mesh::Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}")
+        .parse()
+        .expect("address");
+    let err = a
+        .connect(b.peer_id(), vec![at.clone()])
+        .await
+        .expect_err("nothing listens");
+    let said = err.to_string();
+    assert!(
+        said.contains(&format!("connection refused at {at}"))
+            && said.contains("down or restarting"),
+        "{said}"
+    );
+}
