@@ -350,6 +350,14 @@ pub fn devnet(globals: &Globals, args: DevnetArgs) -> anyhow::Result<()> {
         };
         let demo = Keypair::load(&supervisor.running.demo_key)?;
         let mnemonic = std::fs::read_to_string(dir.join("demo-mnemonic.txt")).unwrap_or_default();
+        // Commands name nodes by their ledger id, the devnet's list by its own order.
+        let ids = devnet_node_ids(&dir, &supervisor.running.apis).await;
+        let nodes_by_id: Vec<String> = (supervisor.running.nodes.iter().enumerate())
+            .map(|(i, health)| match ids.get(&i) {
+                Some(id) => format!("node {id} {health}"),
+                None => health.clone(),
+            })
+            .collect();
         if globals.json {
             output::json(&json!({
                 "chain_id": genesis.chain_id,
@@ -359,6 +367,7 @@ pub fn devnet(globals: &Globals, args: DevnetArgs) -> anyhow::Result<()> {
                 "height": height,
                 "nodes": supervisor.running.nodes,
                 "nodes_http": supervisor.running.nodes_http,
+                "node_ids": (0..supervisor.running.nodes.len()).map(|i| ids.get(&i)).collect::<Vec<_>>(),
             }))?;
         } else {
             outln!("peergrid devnet is finalizing blocks (height {height})\n");
@@ -368,7 +377,7 @@ pub fn devnet(globals: &Globals, args: DevnetArgs) -> anyhow::Result<()> {
                 ("validators", supervisor.running.apis.join(" ")),
                 ("demo account", demo.account().to_string()),
                 ("demo key", supervisor.running.demo_key.display().to_string()),
-                ("nodes", format!("{} (health: {})", supervisor.running.nodes.len(), supervisor.running.nodes.join(" "))),
+                ("nodes", format!("{} (ledger id and health: {})", supervisor.running.nodes.len(), nodes_by_id.join(", "))),
                 ("workloads", supervisor.running.nodes_http.join(" ")),
                 ("logs", dir.join("logs").display().to_string()),
             ]);
