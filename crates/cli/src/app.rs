@@ -1980,16 +1980,29 @@ pub fn app(globals: &Globals, cmd: AppCommand) -> anyhow::Result<()> {
                 mesh.close().await;
                 // A script (or a monitor) learns from the status whether every replica serves.
                 let failing = rows.iter().filter(|r| !r.serves()).count();
+                // Serving, but unable to write: as much an alarm for a monitor.
+                let locked = rows.iter().filter(|r| r.serves() && r.data_read_only).count();
                 let failed = || {
-                    anyhow::anyhow!(
-                        "{failing} of {} replicas of {} do not serve its deployment (see above)",
-                        rows.len(),
-                        app.name
-                    )
+                    if failing > 0 {
+                        anyhow::anyhow!(
+                            "{failing} of {} replicas of {} do not serve its deployment (see above)",
+                            rows.len(),
+                            app.name
+                        )
+                    } else {
+                        anyhow::anyhow!(
+                            "{locked} of {} replicas of {} serve with a read-only /data (see \
+                             above): `peergrid app update {} --disk SIZE`",
+                            rows.len(),
+                            app.name,
+                            app.name
+                        )
+                    }
                 };
+                let fails = failing > 0 || locked > 0;
                 if globals.json {
                     output::json(&json!({ "app": app.name, "replicas": rows }))?;
-                    return if failing > 0 { Err(failed()) } else { Ok(()) };
+                    return if fails { Err(failed()) } else { Ok(()) };
                 }
                 outln!("{} ({}), component {}", app.name, app.kind, app.component);
                 // The most a read-only replica's files use: the disk to ask for.
@@ -2052,7 +2065,7 @@ pub fn app(globals: &Globals, cmd: AppCommand) -> anyhow::Result<()> {
                         app.name
                     );
                 }
-                if failing > 0 {
+                if fails {
                     return Err(failed());
                 }
                 Ok(())

@@ -702,8 +702,12 @@ fn deploy_call_survive_a_node_and_remove_an_app() {
         text.contains("OVER its disk and READ-ONLY") && text.contains("--disk SIZE"),
         "{text}"
     );
-    let (_, status, _) = run(home, &["app", "status", "kv"]);
+    let (ok, status, err) = run(home, &["app", "status", "kv"]);
     assert_eq!(status["replicas"][0]["data_read_only"], true, "{status}");
+    assert!(
+        !ok && err.contains("read-only /data"),
+        "a monitor learns of it: {err}"
+    );
     // The node's metrics say the same, for its farmer.
     let c = &status["replicas"][0]["contract"];
     let node_metrics = format!("http://127.0.0.1:{}/metrics", entry_port(&kv) - 310 + 200);
