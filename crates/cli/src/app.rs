@@ -710,11 +710,23 @@ impl Placement {
 
     /// Point `contract` at this placement's deployment and resources.
     async fn update_contract(&self, contract: ContractId) -> anyhow::Result<()> {
+        self.update_contract_keeping(contract, None).await
+    }
+
+    /// [`Placement::update_contract`], its disk `sru` rather than the placement's if given.
+    async fn update_contract_keeping(
+        &self,
+        contract: ContractId,
+        sru: Option<u64>,
+    ) -> anyhow::Result<()> {
         let _one = self.tx.lock().await;
         let payload = Payload::UpdateContract {
             contract,
             deployment_hash: self.deployment_hash,
-            resources: self.resources,
+            resources: Capacity {
+                sru: sru.unwrap_or(self.resources.sru),
+                ..self.resources
+            },
         };
         let (hash, status) = self.client.send(&self.key, payload, TX_TIMEOUT).await?;
         match status {
@@ -1175,8 +1187,9 @@ fn update(globals: &Globals, file: &Path, mut apps: Apps, args: UpdateArgs) -> a
     // The disk the contracts hold now: `contract update --sru` may have changed it since
     // the app's settings were recorded, and an update must not take it back unasked.
     let client = globals.client()?;
-    let held = crate::runtime()?.block_on(disk_held(&client, &app.replicas));
-    let disk_before = held.unwrap_or(spec.disk_bytes);
+    let disks = crate::runtime()?.block_on(contract_disks(&client, &app.replicas));
+    // Without --disk each contract keeps its own; the record keeps the largest.
+    let disk_before = disks.values().copied().max().unwrap_or(spec.disk_bytes);
     spec.disk_bytes = args.disk.map_or(disk_before, Size::bytes);
     spec.memory_bytes = args.memory.map_or(spec.memory_bytes, Size::bytes);
     spec.cpu_ms = args.cpu_ms.unwrap_or(spec.cpu_ms);
@@ -1235,8 +1248,12 @@ fn update(globals: &Globals, file: &Path, mut apps: Apps, args: UpdateArgs) -> a
                 json,
                 format!("updating contract {} on node {} …", r.contract, r.node),
             );
+            let keep = match args.disk {
+                Some(_) => None,
+                None => disks.get(&r.contract).copied(),
+            };
             let step = async {
-                placement.update_contract(r.contract).await?;
+                placement.update_contract_keeping(r.contract, keep).await?;
                 say(
                     json,
                     format!("contract {} now holds the new deployment", r.contract),
@@ -1306,17 +1323,18 @@ fn used_of(used: u64, quota: u64) -> String {
     }
 }
 
-/// The most disk any of `replicas`' live contracts reserves now; `None` if none answers.
-async fn disk_held(client: &Client, replicas: &[Replica]) -> Option<u64> {
-    let mut held = None;
+/// The disk each of `replicas`' contracts reserves now, for those that can be updated
+/// (live, not in their grace period); those the ledger did not answer for are left out.
+async fn contract_disks(client: &Client, replicas: &[Replica]) -> BTreeMap<ContractId, u64> {
+    let mut disks = BTreeMap::new();
     for r in replicas {
         if let Ok(Some(c)) = client.contract(r.contract).await
-            && c.data.is_live()
+            && c.data.state == ContractState::Created
         {
-            held = held.max(Some(c.data.reserved.sru));
+            disks.insert(r.contract, c.data.reserved.sru);
         }
     }
-    held
+    disks
 }
 
 /// `peergrid app update NAME --disk SIZE` without a component: each live contract
@@ -1347,15 +1365,25 @@ fn update_disk(
              …`), or only a new disk (`peergrid app update {name} --disk SIZE`)"
         );
     };
+    if app.workload_kind() == WorkloadKind::Job {
+        say(
+            json,
+            "the disk is not part of the deployment: the job is not run again (a new \
+             deployment, such as a changed --env, runs it again)",
+        );
+    }
     let key = globals.keypair()?;
     let client = globals.client()?;
-    let (updated, fit) = crate::runtime()?.block_on(async {
-        let before = disk_held(&client, &app.replicas).await.with_context(|| {
-            format!(
-                "none of {name}'s contracts is live on the ledger (`peergrid app status {name}`)"
-            )
-        })?;
-        if disk == before {
+    let (done, failed, fit) = crate::runtime()?.block_on(async {
+        let disks = contract_disks(&client, &app.replicas).await;
+        if disks.is_empty() {
+            bail!(
+                "none of {name}'s contracts can be updated: each is ended, in its grace period \
+                 (top the account up first) or unknown to the ledger (`peergrid app status \
+                 {name}`)"
+            );
+        }
+        if disks.values().all(|d| *d == disk) {
             bail!(
                 "{name}'s contracts already reserve {}; nothing to update",
                 Size(disk)
@@ -1368,35 +1396,60 @@ fn update_disk(
         }
         mesh.close().await;
         let fit = check_disk(&states, disk, args.force, json)?;
-        let mut updated = 0;
+        let (mut done, mut failed) = (0, Vec::new());
         for r in &app.replicas {
-            let contract = match client.contract(r.contract).await {
-                Ok(Some(c)) if c.data.is_live() => c.data,
-                Ok(_) => {
+            match disks.get(&r.contract) {
+                Some(d) if *d == disk => {
+                    done += 1;
+                    continue;
+                }
+                Some(_) => {}
+                None => {
                     say(
                         json,
-                        format!("contract {} is not live: skipped", r.contract),
+                        format!(
+                            "contract {} on node {} is not live (ended, or in its grace period: \
+                             top the account up first): skipped",
+                            r.contract, r.node
+                        ),
                     );
+                    failed.push(r.node);
+                    continue;
+                }
+            }
+            let contract = match client.contract(r.contract).await {
+                Ok(Some(c)) => c.data,
+                Ok(None) => {
+                    say(
+                        json,
+                        format!("contract {} is not on the ledger", r.contract),
+                    );
+                    failed.push(r.node);
                     continue;
                 }
                 Err(e) => {
                     say(json, format!("contract {}: {e}", r.contract));
+                    failed.push(r.node);
                     continue;
                 }
             };
             let Some(deployment_hash) = contract.deployment_hash() else {
+                say(
+                    json,
+                    format!("contract {} is not a deployment contract", r.contract),
+                );
+                failed.push(r.node);
                 continue;
-            };
-            let resources = Capacity {
-                sru: disk,
-                ..contract.reserved
             };
             let payload = Payload::UpdateContract {
                 contract: r.contract,
                 deployment_hash,
-                resources,
+                resources: Capacity {
+                    sru: disk,
+                    ..contract.reserved
+                },
             };
-            match client.send(&key, payload, TX_TIMEOUT).await {
+            let refused = match client.send(&key, payload, TX_TIMEOUT).await {
                 Ok((_, TxStatus::Finalized { .. })) => {
                     say(
                         json,
@@ -1407,53 +1460,50 @@ fn update_disk(
                             Size(disk)
                         ),
                     );
-                    updated += 1;
+                    done += 1;
+                    continue;
                 }
-                Ok((hash, TxStatus::Rejected { reason, .. })) => say(
-                    json,
-                    format!(
-                        "contract {}: the ledger refused it ({reason}; tx {hash})",
-                        r.contract
-                    ),
+                Ok((hash, TxStatus::Rejected { reason, .. })) => {
+                    format!("the ledger refused it ({reason}; tx {hash})")
+                }
+                Ok((hash, _)) => format!(
+                    "not final within {} s; check `peergrid tx status {hash}`",
+                    TX_TIMEOUT.as_secs()
                 ),
-                Ok((hash, _)) => say(
-                    json,
-                    format!(
-                        "contract {}: not final within {} s; check `peergrid tx status {hash}`",
-                        r.contract,
-                        TX_TIMEOUT.as_secs()
-                    ),
-                ),
-                Err(e) => say(json, format!("contract {}: {e:#}", r.contract)),
-            }
+                Err(e) => format!("{e:#}"),
+            };
+            say(json, format!("contract {}: {refused}", r.contract));
+            failed.push(r.node);
         }
-        anyhow::Ok((updated, fit))
+        anyhow::Ok((done, failed, fit))
     })?;
-    if updated == 0 {
+    if done == 0 {
         bail!("no contract of {name} was updated (see above why); run the same command again");
     }
-    if let Some(spec) = apps.apps.get_mut(&name).and_then(|a| a.spec.as_mut()) {
-        spec.disk_bytes = disk;
-    }
+    let updated = apps.apps.get_mut(&name).map(|a| {
+        if let Some(spec) = a.spec.as_mut() {
+            spec.disk_bytes = disk;
+        }
+        a.clone()
+    });
     save_apps(file, &apps)?;
     if json {
         output::json(&json!({
-            "app": name,
-            "disk_bytes": disk,
-            "contracts_updated": updated,
+            "app": updated,
+            "failed_nodes": failed,
             "nodes_over_disk": fit.over,
             "nodes_read_only": fit.read_only,
         }))?;
     } else {
         outln!(
-            "{name}'s /data may now use {} on {updated} of {} node(s); its files stay and the \
+            "{name}'s /data may now use {} on {done} of {} node(s); its files stay and the \
              app runs on{}",
             Size(disk),
             app.replicas.len(),
             fit.caveat(&name)
         );
     }
-    partly_done(updated < app.replicas.len())
+    partly_done(!failed.is_empty())
 }
 
 /// `peergrid app repair`: each replica that does not serve gets a new one on another node
@@ -1706,9 +1756,14 @@ impl DiskFit {
                 "; on {over} node(s) its files use more, so its writes that need room fail \
                  until files are removed (`peergrid app status {name}`)"
             ),
-            (_, read_only) => format!(
-                "; on {read_only} node(s) its /data is READ-ONLY, its files well past the disk \
-                 (`peergrid app status {name}`)"
+            (over, read_only) => format!(
+                "; on {read_only} node(s) its /data is READ-ONLY, its files well past the disk{} \
+                 (`peergrid app status {name}`)",
+                if over > 0 {
+                    format!(", and on {over} more they use more than it")
+                } else {
+                    String::new()
+                }
             ),
         }
     }
@@ -1727,7 +1782,23 @@ fn check_disk(
     let mut fit = DiskFit::default();
     let mut locked = Vec::new();
     for s in states {
+        // A disk no smaller than the replica has makes nothing worse there.
+        let raising = s.data_quota_bytes.is_some_and(|quota| disk >= quota);
         match s.data_used_bytes {
+            Some(used) if used >= read_only_at && raising => {
+                fit.read_only += 1;
+                say(
+                    json,
+                    format!(
+                        "warning: on node {} the app's files use {}: with --disk {} its /data \
+                         stays read-only (give at least {} to write again)",
+                        s.node,
+                        Size(used),
+                        Size(disk),
+                        Size(used)
+                    ),
+                );
+            }
             Some(used) if used >= read_only_at => locked.push((s.node, used)),
             Some(used) if used > disk => {
                 fit.over += 1;
@@ -1743,6 +1814,7 @@ fn check_disk(
                 )
             }
             Some(_) => {}
+            None if raising => {}
             None => say(
                 json,
                 format!(
@@ -1758,7 +1830,7 @@ fn check_disk(
     let Some(&(_, most)) = locked.iter().max_by_key(|(_, used)| *used) else {
         return Ok(fit);
     };
-    fit.read_only = locked.len();
+    fit.read_only += locked.len();
     let nodes: Vec<String> = locked
         .iter()
         .map(|(node, used)| format!("node {node}: {}", Size(*used)))
@@ -1992,7 +2064,8 @@ pub fn app(globals: &Globals, cmd: AppCommand) -> anyhow::Result<()> {
                     } else {
                         anyhow::anyhow!(
                             "{locked} of {} replicas of {} serve with a read-only /data (see \
-                             above): `peergrid app update {} --disk SIZE`",
+                             above): `peergrid app update {} --disk SIZE`, or where the node's \
+                             own disk is full, its farmer must free room",
                             rows.len(),
                             app.name,
                             app.name

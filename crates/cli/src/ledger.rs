@@ -350,8 +350,14 @@ pub fn devnet(globals: &Globals, args: DevnetArgs) -> anyhow::Result<()> {
         };
         let demo = Keypair::load(&supervisor.running.demo_key)?;
         let mnemonic = std::fs::read_to_string(dir.join("demo-mnemonic.txt")).unwrap_or_default();
-        // Commands name nodes by their ledger id, the devnet's list by its own order.
-        let ids = devnet_node_ids(&dir, &supervisor.running.apis).await;
+        // Commands name nodes by their ledger id, the devnet's list by its own order; a
+        // node registers just after it listens, so the ids may take a moment.
+        let mut ids = devnet_node_ids(&dir, &supervisor.running.apis).await;
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while ids.len() < supervisor.running.nodes.len() && std::time::Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            ids = devnet_node_ids(&dir, &supervisor.running.apis).await;
+        }
         let nodes_by_id: Vec<String> = (supervisor.running.nodes.iter().enumerate())
             .map(|(i, health)| match ids.get(&i) {
                 Some(id) => format!("node {id} {health}"),

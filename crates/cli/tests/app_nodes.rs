@@ -139,9 +139,9 @@ async fn apps_come_back_after_a_restart_and_failed_nodes_are_passed_over() {
         // node never got: the one it holds serves until the owner sends the new one.
         // The node saves its services' logs every few seconds: what hello logged is kept.
         let saved_log = data_a
-            .join("workloads")
+            .join("app-logs")
             .join(replica["contract"].to_string())
-            .join("logs/hello.log");
+            .join("hello.log");
         wait_for("hello's log saved", Duration::from_secs(20), || {
             let text = std::fs::read_to_string(&saved_log).ok()?;
             text.contains("GET / -> 200").then_some(())
@@ -278,6 +278,13 @@ async fn apps_come_back_after_a_restart_and_failed_nodes_are_passed_over() {
             get(&key).filter(|(code, _)| *code == 200)
         });
         assert_eq!(back.1, "across restarts");
+        // Once hello is removed, the node drops the log it saved for it.
+        assert!(saved_log.exists(), "hello's log is saved while it runs");
+        let (ok, _, err) = run(&home, &["--mesh-bootstrap", &boot, "app", "rm", "hello"]);
+        assert!(ok, "app rm hello: {err}");
+        wait_for("hello's saved log removed", Duration::from_secs(30), || {
+            (!saved_log.exists()).then_some(())
+        });
 
         // Node b is killed and the ledger shows it down: skipped before any contract.
         drop(b);

@@ -15,7 +15,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 const HELLO: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -730,7 +730,8 @@ fn deploy_call_survive_a_node_and_remove_an_app() {
     assert!(!ok && err.contains("give the component too"), "{err}");
     let (ok, out, err) = run(home, &["app", "update", "kv", "--disk", "32MiB"]);
     assert!(ok, "app update --disk without the component: {err}");
-    assert_eq!(out["contracts_updated"], 1, "{out}");
+    assert_eq!(out["failed_nodes"], json!([]), "{out}");
+    assert_eq!(out["app"]["spec"]["disk_bytes"], 32 << 20, "{out}");
     assert_eq!(out["nodes_over_disk"], 0, "{out}");
     assert_eq!(
         get(&format!("{kv}/k/greeting")),

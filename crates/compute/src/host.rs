@@ -318,6 +318,8 @@ struct Captured {
     dropped: u64,
     /// Keep the newest bytes (a log) rather than the first (a job's output).
     ring: bool,
+    /// Bytes ever pushed: changes whenever the log does.
+    written: u64,
     /// The host's own lines in the current second, and those left out past the limit.
     notes: NoteWindow,
 }
@@ -341,6 +343,7 @@ fn left_out_line(count: u64) -> String {
 
 impl Captured {
     fn push(&mut self, data: &[u8]) {
+        self.written = self.written.saturating_add(data.len() as u64);
         if self.ring {
             // Trimmed only past twice the bound, so a chatty guest costs one copy
             // of the log per `max` bytes written, not one per line.
@@ -370,6 +373,7 @@ impl Capture {
                 max,
                 dropped: 0,
                 ring: false,
+                written: 0,
                 notes: NoteWindow::default(),
             })),
         }
@@ -422,6 +426,11 @@ impl Capture {
         text.push_str(line);
         text.push('\n');
         c.push(text.as_bytes());
+    }
+
+    /// Bytes ever written to it, host lines included: a cheap sign that it changed.
+    pub(crate) fn written(&self) -> u64 {
+        self.lock().written
     }
 
     /// A ring's newest `max` bytes, from the first line that starts within them, after

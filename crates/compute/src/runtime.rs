@@ -535,6 +535,11 @@ impl Prepared {
         self.inner.log.snapshot()
     }
 
+    /// Bytes ever written to its log: a cheap sign that [`Prepared::logs`] changed.
+    pub fn log_written(&self) -> u64 {
+        self.inner.log.written()
+    }
+
     pub(crate) fn proxy_pre(&self) -> Option<&ProxyPre<Host>> {
         match &self.inner.pre {
             Pre::Http(p) => Some(p),

@@ -373,6 +373,7 @@ impl Actor {
                 Ok(()) => tracing::debug!(%peer, "dialing a peer found by a running lookup"),
                 Err(DialError::DialPeerConditionFalse(_)) => {}
                 Err(e) => {
+                    tracing::debug!(%peer, error = %e, "dial failed");
                     let reason = dial_reason(&e);
                     self.fail_dial(peer, || Error::Dial {
                         peer,
@@ -651,6 +652,7 @@ impl Actor {
             Lookup::Dial => {
                 let opts = DialOpts::peer_id(target).addresses(addrs).build();
                 if let Err(e) = self.swarm.dial(opts) {
+                    tracing::debug!(peer = %target, error = %e, "dial failed");
                     let reason = dial_reason(&e);
                     self.fail_dial(target, || Error::Dial {
                         peer: target,
@@ -689,8 +691,9 @@ fn dial_reason(error: &DialError) -> String {
         .into_iter()
         .map(|(cause, addrs)| format!("{cause} at {}", addrs.join(", ")))
         .collect();
+    let refused_everywhere = said.len() == 1 && said[0].starts_with("connection refused");
     let mut text = said.join("; ");
-    if text.contains("connection refused") {
+    if refused_everywhere {
         text.push_str(" (nothing listens there: the peer may be down or restarting)");
     }
     text
@@ -703,7 +706,8 @@ fn transport_cause(error: &(dyn std::error::Error + 'static)) -> String {
     let mut innermost = error.to_string();
     let mut all = String::new();
     while let Some(e) = level {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+        let io = e.downcast_ref::<std::io::Error>();
+        if let Some(io) = io {
             match io.kind() {
                 ErrorKind::ConnectionRefused => return "connection refused".into(),
                 ErrorKind::TimedOut => return "timed out".into(),
@@ -716,10 +720,16 @@ fn transport_cause(error: &(dyn std::error::Error + 'static)) -> String {
         }
         let text = e.to_string();
         all.push_str(&text.to_lowercase());
+        all.push('\n');
         if !text.trim().is_empty() {
             innermost = text;
         }
-        level = e.source();
+        // An io::Error wrapping another error hands out that error's source, not the
+        // error itself: step into what it wraps.
+        level = match io.and_then(|io| io.get_ref()) {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
     }
     // A layer that keeps its cause in its text only.
     let text = all;

@@ -104,17 +104,19 @@ fn keep_newest(text: &mut String, max: usize) {
     text.drain(..start);
 }
 
-/// The folder of a deployment's saved service logs, in its contract's workload folder.
-const LOGS_DIR: &str = "logs";
+/// The folder, in the node's data directory, of each contract's saved service logs
+/// (`<contract>/<workload>.log`): apart from the contract's own folder, so that a save
+/// racing the contract's end cannot bring that folder back.
+const LOGS_DIR: &str = "app-logs";
 
 /// How often the node saves its services' logs (a crash loses at most this much).
 pub const LOG_SAVE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// A cheap fingerprint of a log, to save only what changed.
-fn fingerprint(text: &str) -> u64 {
-    use std::hash::{Hash as _, Hasher as _};
+/// A cheap fingerprint of what makes up a log, to save only what changed.
+fn fingerprint(parts: impl std::hash::Hash) -> u64 {
+    use std::hash::Hasher as _;
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    text.hash(&mut hasher);
+    parts.hash(&mut hasher);
     hasher.finish()
 }
 
@@ -233,9 +235,8 @@ struct App {
     /// log that may say why it was needed.
     earlier_logs: BTreeMap<String, String>,
     /// Where its services' logs are saved (`<workload>.log`), so that a restarted node
-    /// still shows them, and a fingerprint of what each file holds.
+    /// still shows them.
     logs_dir: PathBuf,
-    saved_logs: BTreeMap<String, u64>,
 }
 
 impl App {
@@ -324,6 +325,20 @@ impl App {
         text
     }
 
+    /// What [`App::log`] of `workload` is made of, cheaply: it changed if this did.
+    fn log_version(&self, workload: &str) -> u64 {
+        let own = |app: &App| match app.workloads.get(workload).map(|e| &e.phase) {
+            Some(Phase::Running(p)) => p.log_written(),
+            _ => 0,
+        };
+        fingerprint((
+            self.deployment.to_string(),
+            self.earlier_logs.get(workload).map(String::len),
+            (self.previous.as_ref()).map(|p| (p.deployment.to_string(), own(p))),
+            own(self),
+        ))
+    }
+
     /// Stops its running jobs: their deployment is going.
     fn stop_jobs(&self) {
         for job in &self.jobs {
@@ -375,6 +390,10 @@ pub struct Compute {
     disk: peergrid_core::fs::DiskReserve,
     mesh: Mesh,
     apps: RwLock<BTreeMap<ContractId, App>>,
+    /// Where services' logs are saved ([`LOGS_DIR`]), and what each file holds (a
+    /// fingerprint of what made it up), per contract and workload.
+    logs_root: PathBuf,
+    saved_logs: std::sync::Mutex<BTreeMap<(ContractId, String), u64>>,
     /// The HTTP entry's URL (`http://host:port`), once it listens.
     pub http: OnceLock<String>,
 }
@@ -404,6 +423,8 @@ impl Compute {
             disk: peergrid_core::fs::DiskReserve::default(),
             mesh,
             apps: RwLock::new(BTreeMap::new()),
+            logs_root: data_dir.join(LOGS_DIR),
+            saved_logs: std::sync::Mutex::new(BTreeMap::new()),
             http: OnceLock::new(),
         })
     }
@@ -414,6 +435,10 @@ impl Compute {
     pub fn with_disk_reserve(mut self, reserve: peergrid_core::fs::DiskReserve) -> Compute {
         self.disk = reserve;
         self
+    }
+
+    fn saved(&self) -> std::sync::MutexGuard<'_, BTreeMap<(ContractId, String), u64>> {
+        self.saved_logs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<ContractId, App>> {
@@ -497,8 +522,7 @@ impl Compute {
                 previous: None,
                 previous_base: 0,
                 earlier_logs: BTreeMap::new(),
-                logs_dir: world.workload_dir(contract).join(LOGS_DIR),
-                saved_logs: BTreeMap::new(),
+                logs_dir: self.logs_root.join(contract.to_string()),
             };
             if let Some(mut old) = apps.remove(&contract) {
                 info!(
@@ -514,7 +538,6 @@ impl Compute {
                 app.data = old.data.clone();
                 app.carried = old.served().saturating_sub(old.reported_bytes);
                 app.earlier_logs = std::mem::take(&mut old.earlier_logs);
-                app.saved_logs = std::mem::take(&mut old.saved_logs);
                 // Replaced before it started (two updates in a row): the one before it
                 // goes on serving instead.
                 let previous = match old.serves() {
@@ -524,8 +547,13 @@ impl Compute {
                 app.previous_base = previous.as_ref().map_or(0, |p| p.served());
                 app.previous = previous;
             } else {
-                // Started afresh (the node restarted): what its services logged before.
+                // Started afresh (the node restarted): what its services logged before,
+                // not saved again until they log more.
                 app.earlier_logs = load_logs(&app.logs_dir);
+                let mut saved = self.saved();
+                for name in app.earlier_logs.keys() {
+                    saved.insert((contract, name.clone()), app.log_version(name));
+                }
             }
             if app.data.is_none() {
                 match app_data_dir(world, contract) {
@@ -923,59 +951,86 @@ impl Compute {
         Ok(logs)
     }
 
-    /// Saves each service's log where its deployment is kept, when it changed since the
-    /// last save, so that a restarted node shows what its workloads logged before. A
-    /// contract whose folder is gone (it ended) gets none.
+    /// Saves each service's log, when it changed since the last save, so that a restarted
+    /// node shows what its workloads logged before; then removes the saved logs of
+    /// contracts that no longer run here. Skipped while the disk is down to its reserve.
     pub async fn save_logs(&self) {
         let mut writes = Vec::new();
-        for app in self.write().values_mut() {
-            for (name, entry) in &app.workloads {
-                if entry.spec.kind != WorkloadKind::Http {
-                    continue;
-                }
-                let text = app.log(name);
-                let print = fingerprint(&text);
-                if text.is_empty() || app.saved_logs.get(name) == Some(&print) {
-                    continue;
-                }
-                writes.push((app.logs_dir.join(format!("{name}.log")), text));
-                app.saved_logs.insert(name.clone(), print);
-            }
-        }
-        if writes.is_empty() {
-            return;
-        }
-        let failed = tokio::task::spawn_blocking(move || {
-            let mut failed = Vec::new();
-            for (path, text) in writes {
-                let made = path
-                    .parent()
-                    .map_or(Ok(()), |dir| match std::fs::create_dir(dir) {
-                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-                        made => made,
-                    });
-                if let Err(e) =
-                    made.and_then(|()| peergrid_core::fs::write_atomic(&path, text.as_bytes()))
-                {
-                    // NotFound: the contract's folder went with its end.
-                    if e.kind() != std::io::ErrorKind::NotFound {
-                        warn!(file = %path.display(), error = %e, "cannot save a workload's log");
+        let running: Vec<ContractId> = {
+            let apps = self.read();
+            let saved = self.saved();
+            for (contract, app) in apps.iter() {
+                for (name, entry) in &app.workloads {
+                    if entry.spec.kind != WorkloadKind::Http {
+                        continue;
                     }
-                    failed.push(path);
+                    let key = (*contract, name.clone());
+                    let version = app.log_version(name);
+                    if saved.get(&key) == Some(&version) {
+                        continue;
+                    }
+                    let text = app.log(name);
+                    if !text.is_empty() {
+                        writes.push((key, version, app.logs_dir.join(format!("{name}.log")), text));
+                    }
                 }
             }
-            failed
+            apps.keys().copied().collect()
+        };
+        let bytes: u64 = writes.iter().map(|(.., text)| text.len() as u64).sum();
+        if bytes > 0 && self.disk.check(&self.logs_root, bytes, 0).is_err() {
+            tracing::debug!("services' logs not saved: the disk is down to its reserve");
+            writes.clear();
+        }
+        let root = self.logs_root.clone();
+        let saved = tokio::task::spawn_blocking(move || {
+            let mut saved = Vec::new();
+            for (key, version, path, text) in writes {
+                match peergrid_core::fs::write_atomic(&path, text.as_bytes()) {
+                    Ok(()) => saved.push((key, version)),
+                    Err(e) => {
+                        warn!(file = %path.display(), error = %e, "cannot save a workload's log")
+                    }
+                }
+            }
+            // The logs of contracts that ended (or ended while the node was down).
+            let ended: Vec<PathBuf> = std::fs::read_dir(&root)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|entry| {
+                    (entry.file_name().to_str())
+                        .and_then(|n| n.parse::<ContractId>().ok())
+                        .is_none_or(|id| !running.contains(&id))
+                })
+                .map(|entry| entry.path())
+                .collect();
+            (saved, ended)
         })
         .await
         .unwrap_or_default();
-        // Saved again on the next round.
-        if !failed.is_empty() {
-            for app in self.write().values_mut() {
-                let dir = app.logs_dir.clone();
-                app.saved_logs
-                    .retain(|name, _| !failed.contains(&dir.join(format!("{name}.log"))));
-            }
+        let (saved, ended) = saved;
+        // Only those that did not start again meanwhile.
+        let running: Vec<ContractId> = self.read().keys().copied().collect();
+        let ended: Vec<PathBuf> = ended
+            .into_iter()
+            .filter(|dir| {
+                (dir.file_name().and_then(|n| n.to_str()))
+                    .and_then(|n| n.parse::<ContractId>().ok())
+                    .is_none_or(|id| !running.contains(&id))
+            })
+            .collect();
+        if !ended.is_empty() {
+            let _ = tokio::task::spawn_blocking(move || {
+                for dir in ended {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+            })
+            .await;
         }
+        let mut map = self.saved();
+        map.retain(|(contract, _), _| running.contains(contract));
+        map.extend(saved);
     }
 
     /// Deployments that served bytes the ledger has not been told of: contract,
@@ -1139,7 +1194,6 @@ mod tests {
             previous_base: 0,
             earlier_logs: BTreeMap::new(),
             logs_dir: PathBuf::new(),
-            saved_logs: BTreeMap::new(),
         }
     }
 

@@ -331,7 +331,7 @@ fn compute_metrics(out: &mut String, deployments: &[crate::protocol::DeploymentS
         ),
         (
             "peergrid_node_app_errors_total",
-            "Requests (or job runs) per workload that failed: a trap, an exhausted limit, no response.",
+            "Requests per running workload that failed: a trap, an exhausted limit, no response (a finished job's outcome is in its app logs).",
             |w| w.errors.to_string(),
         ),
     ];
@@ -351,7 +351,7 @@ fn compute_metrics(out: &mut String, deployments: &[crate::protocol::DeploymentS
     }
     let _ = writeln!(
         out,
-        "# HELP peergrid_node_app_limit_stops_total Runs per workload stopped by a limit (cpu, memory, wall_time, disk) since its deployment started on this node.\n# TYPE peergrid_node_app_limit_stops_total counter"
+        "# HELP peergrid_node_app_limit_stops_total Runs per running workload stopped by a limit (cpu, memory, wall_time, disk) since its deployment started on this node.\n# TYPE peergrid_node_app_limit_stops_total counter"
     );
     for d in deployments {
         for w in &d.workloads {
