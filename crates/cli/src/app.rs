@@ -708,17 +708,9 @@ impl Placement {
         }
     }
 
-    /// Point `contract` at this placement's deployment and resources.
-    async fn update_contract(&self, contract: ContractId) -> anyhow::Result<()> {
-        self.update_contract_keeping(contract, None).await
-    }
-
-    /// [`Placement::update_contract`], its disk `sru` rather than the placement's if given.
-    async fn update_contract_keeping(
-        &self,
-        contract: ContractId,
-        sru: Option<u64>,
-    ) -> anyhow::Result<()> {
+    /// Point `contract` at this placement's deployment and resources, with disk `sru`
+    /// rather than the placement's if given (a contract keeps its own).
+    async fn update_contract(&self, contract: ContractId, sru: Option<u64>) -> anyhow::Result<()> {
         let _one = self.tx.lock().await;
         let payload = Payload::UpdateContract {
             contract,
@@ -1253,7 +1245,7 @@ fn update(globals: &Globals, file: &Path, mut apps: Apps, args: UpdateArgs) -> a
                 None => disks.get(&r.contract).copied(),
             };
             let step = async {
-                placement.update_contract_keeping(r.contract, keep).await?;
+                placement.update_contract(r.contract, keep).await?;
                 say(
                     json,
                     format!("contract {} now holds the new deployment", r.contract),
@@ -1576,7 +1568,11 @@ fn repair(
                 );
                 let sent = async {
                     if state.holds_another {
-                        placement.update_contract(r.contract).await?;
+                        // With the disk it holds: a hand-set one stays.
+                        let keep = contract_disks(&client, std::slice::from_ref(r)).await;
+                        (placement)
+                            .update_contract(r.contract, keep.get(&r.contract).copied())
+                            .await?;
                     }
                     placement.start_on_replica(r).await
                 };
@@ -1795,7 +1791,7 @@ fn check_disk(
                         s.node,
                         Size(used),
                         Size(disk),
-                        Size(used)
+                        Size(used.div_ceil(1 << 20) << 20)
                     ),
                 );
             }
@@ -1854,7 +1850,8 @@ fn check_disk(
         Size(disk),
         nodes.join(", "),
         Size(read_only_at),
-        Size(most)
+        // Whole MiB, rounded up: a figure rounded down would leave it over.
+        Size(most.div_ceil(1 << 20) << 20)
     )
 }
 
