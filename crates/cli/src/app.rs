@@ -1276,8 +1276,10 @@ fn update(globals: &Globals, file: &Path, mut apps: Apps, args: UpdateArgs) -> a
     apps.apps.insert(name.clone(), updated.clone());
     save_apps(file, &apps)?;
     if !failures.is_empty() {
-        // Recorded as updated: their contracts hold the new deployment; a node that did
-        // not get it serves the old one meanwhile, and `app repair` sends it again.
+        // Recorded as updated. A replica whose contract took the new deployment but whose
+        // node did not start it serves the old one meanwhile; one whose contract the
+        // ledger refused still holds the old one. `app repair` points the contract at
+        // the app's deployment where needed, and sends it.
         eprintln!(
             "warning: the replicas on nodes {failures:?} do not run the new version (exit \
              status 3); `peergrid app status {name}` shows them, and `peergrid app repair \
