@@ -1201,11 +1201,7 @@ fn update(globals: &Globals, file: &Path, mut apps: Apps, args: UpdateArgs) -> a
     check_component(&component, &bytes, kind, spec.memory_bytes)
         .with_context(|| format!("{} cannot be deployed", wasm.display()))?;
     if kind == WorkloadKind::Job && Hash::of(&deployment).to_string() == app.deployment {
-        say(
-            json,
-            "only the disk changes, which is not part of the deployment: the job is not run \
-             again (a new deployment, such as a changed --env, runs it again)",
-        );
+        say(json, JOB_NOT_RUN_AGAIN);
     }
     let mut updated = app.clone();
     let (failures, fit) = crate::runtime()?.block_on(async {
@@ -1220,10 +1216,7 @@ fn update(globals: &Globals, file: &Path, mut apps: Apps, args: UpdateArgs) -> a
         .await?;
         let mut fit = DiskFit::default();
         if args.disk.is_some() {
-            let mut states = Vec::new();
-            for r in &updated.replicas {
-                states.push(replica_state(&client, placement.mesh(), r, &app.deployment).await);
-            }
+            let states = replica_states(&client, placement.mesh(), &app).await;
             match check_disk(&states, spec.disk_bytes, args.force, json) {
                 Ok(found) => fit = found,
                 Err(e) => {
@@ -1288,12 +1281,7 @@ fn update(globals: &Globals, file: &Path, mut apps: Apps, args: UpdateArgs) -> a
         );
     }
     if json {
-        output::json(&json!({
-            "app": updated,
-            "failed_nodes": failures,
-            "nodes_over_disk": fit.over,
-            "nodes_read_only": fit.read_only,
-        }))?;
+        output::json(&fit.json(&updated, &failures))?;
     } else {
         outln!(
             "{name} updated on {} node(s){}",
@@ -1360,11 +1348,7 @@ fn update_disk(
         );
     };
     if app.workload_kind() == WorkloadKind::Job {
-        say(
-            json,
-            "the disk is not part of the deployment: the job is not run again (a new \
-             deployment, such as a changed --env, runs it again)",
-        );
+        say(json, JOB_NOT_RUN_AGAIN);
     }
     let key = globals.keypair()?;
     let client = globals.client()?;
@@ -1384,10 +1368,7 @@ fn update_disk(
             );
         }
         let mesh = mesh_peer(&client, &key).await?;
-        let mut states = Vec::new();
-        for r in &app.replicas {
-            states.push(replica_state(&client, &mesh, r, &app.deployment).await);
-        }
+        let states = replica_states(&client, &mesh, &app).await;
         mesh.close().await;
         let fit = check_disk(&states, disk, args.force, json)?;
         let (mut done, mut failed) = (0, Vec::new());
@@ -1482,12 +1463,7 @@ fn update_disk(
     });
     save_apps(file, &apps)?;
     if json {
-        output::json(&json!({
-            "app": updated,
-            "failed_nodes": failed,
-            "nodes_over_disk": fit.over,
-            "nodes_read_only": fit.read_only,
-        }))?;
+        output::json(&fit.json(&updated, &failed))?;
     } else {
         outln!(
             "{name}'s /data may now use {} on {done} of {} node(s); its files stay and the \
@@ -1746,6 +1722,17 @@ struct DiskFit {
 }
 
 impl DiskFit {
+    /// What `app update --json` prints: the app as recorded, the nodes that did not take
+    /// the update, and how the disk fits.
+    fn json(&self, app: &impl Serialize, failed_nodes: &[NodeId]) -> serde_json::Value {
+        json!({
+            "app": app,
+            "failed_nodes": failed_nodes,
+            "nodes_over_disk": self.over,
+            "nodes_read_only": self.read_only,
+        })
+    }
+
     /// What the update's last line adds: nothing when the disk suits every replica.
     fn caveat(&self, name: &str) -> String {
         match (self.over, self.read_only) {
@@ -1855,6 +1842,20 @@ fn check_disk(
         // Whole MiB, rounded up: a figure rounded down would leave it over.
         Size(most.div_ceil(1 << 20) << 20)
     )
+}
+
+/// What an update that changes only the disk tells a job's owner.
+const JOB_NOT_RUN_AGAIN: &str = "only the disk changes, which is not part of the deployment: \
+                                 the job is not run again (a new deployment, such as a \
+                                 changed --env, runs it again)";
+
+/// Every replica of `app` as [`replica_state`] finds it, in order.
+async fn replica_states(client: &Client, mesh: &Mesh, app: &App) -> Vec<ReplicaState> {
+    let mut states = Vec::new();
+    for r in &app.replicas {
+        states.push(replica_state(client, mesh, r, &app.deployment).await);
+    }
+    states
 }
 
 /// A replica's contract on the ledger and its workload on its node, asked now.
@@ -2044,10 +2045,7 @@ pub fn app(globals: &Globals, cmd: AppCommand) -> anyhow::Result<()> {
             let key = globals.keypair()?;
             crate::runtime()?.block_on(async {
                 let mesh = mesh_peer(&client, &key).await?;
-                let mut rows = Vec::new();
-                for r in &app.replicas {
-                    rows.push(replica_state(&client, &mesh, r, &app.deployment).await);
-                }
+                let rows = replica_states(&client, &mesh, &app).await;
                 mesh.close().await;
                 // A script (or a monitor) learns from the status whether every replica serves.
                 let failing = rows.iter().filter(|r| !r.serves()).count();

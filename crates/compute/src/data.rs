@@ -58,11 +58,7 @@ pub type SpaceCheck = Arc<dyn Fn(&Path) -> Result<(), String> + Send + Sync>;
 pub struct DataDir {
     path: PathBuf,
     quota_bytes: AtomicU64,
-    /// What the newest walk found; `u64::MAX` before the first.
-    used_bytes: AtomicU64,
-    /// Walks started.
-    walks: AtomicU64,
-    /// What writes were granted, against the newest stored walk.
+    /// The newest walk's figure and what writes were granted since.
     ledger: Mutex<Grants>,
     /// Files the app opened: one it removed while holding it open still takes room that
     /// no walk of the folder sees.
@@ -102,8 +98,6 @@ impl DataDir {
         Ok(Arc::new(DataDir {
             path: path.to_path_buf(),
             quota_bytes: AtomicU64::new(quota_bytes),
-            used_bytes: AtomicU64::new(u64::MAX),
-            walks: AtomicU64::new(0),
             ledger: Mutex::new(Grants {
                 used: u64::MAX,
                 ..Grants::default()
@@ -137,7 +131,7 @@ impl DataDir {
     /// What the folder used at its newest measure; `None` before the first, or when it
     /// could not be measured.
     pub fn used_bytes(&self) -> Option<u64> {
-        match self.used_bytes.load(Ordering::Relaxed) {
+        match self.grants().used {
             u64::MAX | UNMEASURABLE => None,
             used => Some(used),
         }
@@ -162,7 +156,7 @@ impl DataDir {
     /// Whether runs see `/data` read-only now: past the hard limit, not measurable, or
     /// its disk down to the node's reserve.
     pub fn read_only(&self) -> bool {
-        let used = self.used_bytes.load(Ordering::Relaxed);
+        let used = self.grants().used;
         (used != u64::MAX && used >= self.hard_limit()) || self.disk_low.load(Ordering::Relaxed)
     }
 
@@ -178,10 +172,11 @@ impl DataDir {
             // Under the lock, so that a later ticket never carries an earlier count.
             let mut g = self.grants();
             g.last_walk_began = Some(began);
+            g.walks += 1;
             // Grants whose write has not returned may land after the walk has passed
             // their file: they stay counted until a later walk.
             (
-                self.walks.fetch_add(1, Ordering::AcqRel) + 1,
+                g.walks,
                 g.granted.saturating_sub(g.in_flight),
                 g.shrinks,
                 g.in_flight > 0,
@@ -206,11 +201,8 @@ impl DataDir {
         // not reached into one it had left): it may not lower the figure.
         let overlapped = g.moves != moves && g.used != u64::MAX && used < g.used;
         if ticket > g.stored_walk && !overlapped {
-            let quota = self.quota_bytes();
-            let (was, now) = (
-                g.used != u64::MAX && g.used >= read_only_at(quota),
-                used >= read_only_at(quota),
-            );
+            let hard = self.hard_limit();
+            let (was, now) = (g.used != u64::MAX && g.used >= hard, used >= hard);
             if was != now {
                 // The farmer's view of a tenant whose app cannot write any more.
                 let what = if now {
@@ -218,14 +210,13 @@ impl DataDir {
                 } else {
                     "is writable again"
                 };
-                tracing::info!(folder = %self.path.display(), used, quota, "an app's /data {what}");
+                tracing::info!(folder = %self.path.display(), used, quota = self.quota_bytes(), "an app's /data {what}");
             }
             g.stored_walk = ticket;
             g.used = used;
             g.settled_at_walk = settled;
             g.shrinks_at_walk = shrinks;
             g.in_flight_at_walk = in_flight;
-            self.used_bytes.store(used, Ordering::Relaxed);
         }
         used
     }
@@ -353,7 +344,8 @@ impl DataDir {
         // A folder at least half full, and a run ended since the last walk: that run's
         // writes may well be what decides, so the figure is taken afresh (a walk per
         // run only for apps near their disk).
-        let used = match self.used_bytes.load(Ordering::Relaxed) {
+        let stored = self.grants().used;
+        let used = match stored {
             u64::MAX => self.measure().await,
             used if used >= self.quota_bytes() / 2 && self.dirty.swap(false, Ordering::AcqRel) => {
                 self.measure().await
@@ -467,8 +459,9 @@ impl DataDir {
 /// mixes two walks.
 #[derive(Default)]
 struct Grants {
-    /// The ticket of the walk whose figure is stored: an older walk that ends later does
-    /// not overwrite a newer figure.
+    /// Walks started, and the ticket of the walk whose figure is stored: an older walk
+    /// that ends later does not overwrite a newer figure.
+    walks: u64,
     stored_walk: u64,
     /// That walk's figure; `u64::MAX` before the first.
     used: u64,
@@ -542,10 +535,9 @@ impl Drop for RunOnData {
 /// for its entry and its length in whole blocks (holes included: a guest cannot tell a
 /// hole from written zeros, and a grant counts the length), other entries their
 /// allocated blocks, at least [`ENTRY_BYTES_MIN`]; a file's further names (hard links)
-/// count as entries only. Links
-/// are never followed. An entry removed during the walk is skipped; any other error (a
-/// tree too deep to name, a folder it cannot read) fails the walk, so that nothing the
-/// app wrote goes uncounted.
+/// count as entries only. Links are never followed. An entry removed during the walk is
+/// skipped; any other error (a tree too deep to name, a folder it cannot read) fails the
+/// walk, so that nothing the app wrote goes uncounted.
 pub fn usage(path: &Path) -> std::io::Result<u64> {
     use std::io::ErrorKind::NotFound;
     use std::os::unix::fs::MetadataExt;

@@ -332,9 +332,9 @@ impl App {
             _ => 0,
         };
         fingerprint((
-            self.deployment.to_string(),
+            self.deployment,
             self.earlier_logs.get(workload).map(String::len),
-            (self.previous.as_ref()).map(|p| (p.deployment.to_string(), own(p))),
+            (self.previous.as_ref()).map(|p| (p.deployment, own(p))),
             own(self),
         ))
     }
@@ -956,7 +956,7 @@ impl Compute {
     /// contracts that no longer run here. Skipped while the disk is down to its reserve.
     pub async fn save_logs(&self) {
         let mut writes = Vec::new();
-        let running: Vec<ContractId> = {
+        {
             let apps = self.read();
             let saved = self.saved();
             for (contract, app) in apps.iter() {
@@ -975,8 +975,7 @@ impl Compute {
                     }
                 }
             }
-            apps.keys().copied().collect()
-        };
+        }
         let bytes: u64 = writes.iter().map(|(.., text)| text.len() as u64).sum();
         if bytes > 0 && self.disk.check(&self.logs_root, bytes, 0).is_err() {
             tracing::debug!("services' logs not saved: the disk is down to its reserve");
@@ -993,26 +992,21 @@ impl Compute {
                     }
                 }
             }
-            // The logs of contracts that ended (or ended while the node was down).
-            let ended: Vec<PathBuf> = std::fs::read_dir(&root)
+            let folders: Vec<PathBuf> = std::fs::read_dir(&root)
                 .into_iter()
                 .flatten()
                 .flatten()
-                .filter(|entry| {
-                    (entry.file_name().to_str())
-                        .and_then(|n| n.parse::<ContractId>().ok())
-                        .is_none_or(|id| !running.contains(&id))
-                })
                 .map(|entry| entry.path())
                 .collect();
-            (saved, ended)
+            (saved, folders)
         })
         .await
         .unwrap_or_default();
-        let (saved, ended) = saved;
-        // Only those that did not start again meanwhile.
+        let (saved, folders) = saved;
+        // The logs of contracts that ended (or ended while the node was down), by what
+        // runs now, after the writes.
         let running: Vec<ContractId> = self.read().keys().copied().collect();
-        let ended: Vec<PathBuf> = ended
+        let ended: Vec<PathBuf> = folders
             .into_iter()
             .filter(|dir| {
                 (dir.file_name().and_then(|n| n.to_str()))
