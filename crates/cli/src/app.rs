@@ -126,6 +126,9 @@ pub enum AppCommand {
         /// The component it runs (`app list --json` shows its hash).
         wasm: PathBuf,
     },
+    /// A replica's /data folder: copy it out as a tar archive, or replace it with one.
+    #[command(subcommand)]
+    Data(crate::app_data::DataCommand),
     /// Cancel an app's contracts and forget it; each replica's /data goes with its
     /// contract.
     Rm {
@@ -207,7 +210,7 @@ pub struct App {
 impl App {
     /// Refuse to change it with another account's key: the ledger would refuse each of
     /// its contracts' transactions, after a mesh peer was started for nothing.
-    fn check_owner(&self, key: &Keypair) -> anyhow::Result<()> {
+    pub(crate) fn check_owner(&self, key: &Keypair) -> anyhow::Result<()> {
         match self.owner {
             Some(owner) if owner != key.account() => bail!(
                 "app {} belongs to account {owner}, and the key in use is account {}'s: run \
@@ -313,7 +316,7 @@ impl Apps {
     }
 
     /// The app named `name`, or an error that says where the names are.
-    fn find(&self, name: &str) -> anyhow::Result<App> {
+    pub(crate) fn find(&self, name: &str) -> anyhow::Result<App> {
         self.apps
             .get(name)
             .cloned()
@@ -1086,6 +1089,17 @@ fn partly_done(short: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A node's mesh peer, and how the ledger sees it.
+pub(crate) async fn node_peer(client: &Client, node: NodeId) -> anyhow::Result<(PeerId, NodeView)> {
+    let view = client
+        .node(node)
+        .await?
+        .with_context(|| format!("node {node} is not on the ledger"))?;
+    let peer = peergrid_mesh::identity::peer_id(&view.data.node.account)
+        .map_err(|e| anyhow::anyhow!("node {node}'s account is not a mesh peer id: {e}"))?;
+    Ok((peer, view.data))
+}
+
 /// A workload's output from the node of one replica.
 pub(crate) async fn replica_logs(
     client: &Client,
@@ -1095,19 +1109,14 @@ pub(crate) async fn replica_logs(
     contract: ContractId,
     workload: &str,
 ) -> anyhow::Result<WorkloadLogs> {
-    let view = client
-        .node(node)
-        .await?
-        .with_context(|| format!("node {node} is not on the ledger"))?;
-    let peer = peergrid_mesh::identity::peer_id(&view.data.node.account)
-        .map_err(|e| anyhow::anyhow!("node {node}'s account is not a mesh peer id: {e}"))?;
+    let (peer, view) = node_peer(client, node).await?;
     let request = LogsRequest::sign(key, contract, workload);
     match tokio::time::timeout(LOGS_TIMEOUT, protocol::logs(mesh, peer, &request)).await {
         Ok(Ok(logs)) => Ok(logs),
         // The mesh's own words are about addresses and transports: first say what it means.
         Ok(Err(e @ RpcError::Mesh(_))) => Err(anyhow::anyhow!(
             "node {node} cannot be reached (it is {} on the ledger; see `peergrid node list`): {e}",
-            view.data.status
+            view.status
         )),
         Ok(Err(e)) => Err(anyhow::anyhow!("node {node}: {e}")),
         Err(_) => bail!(
@@ -1307,7 +1316,10 @@ fn used_of(used: u64, quota: u64) -> String {
 
 /// The disk each of `replicas`' contracts reserves now, for those that can be updated
 /// (live, not in their grace period); those the ledger did not answer for are left out.
-async fn contract_disks(client: &Client, replicas: &[Replica]) -> BTreeMap<ContractId, u64> {
+pub(crate) async fn contract_disks(
+    client: &Client,
+    replicas: &[Replica],
+) -> BTreeMap<ContractId, u64> {
     let mut disks = BTreeMap::new();
     for r in replicas {
         if let Ok(Some(c)) = client.contract(r.contract).await
@@ -1839,9 +1851,14 @@ fn check_disk(
         Size(disk),
         nodes.join(", "),
         Size(read_only_at),
-        // Whole MiB, rounded up: a figure rounded down would leave it over.
-        Size(most.div_ceil(1 << 20) << 20)
+        disk_flag(most)
     )
+}
+
+/// A `--disk` value that holds `bytes`, as it is typed: whole MiB, rounded up (a figure
+/// rounded down would leave it over).
+pub(crate) fn disk_flag(bytes: u64) -> String {
+    format!("{}MiB", bytes.div_ceil(1 << 20))
 }
 
 /// What an update that changes only the disk tells a job's owner.
@@ -1955,6 +1972,7 @@ pub fn app(globals: &Globals, cmd: AppCommand) -> anyhow::Result<()> {
     match cmd {
         AppCommand::Update(args) => update(globals, &file, apps, args),
         AppCommand::Repair { name, wasm } => repair(globals, &file, apps, &name, &wasm),
+        AppCommand::Data(cmd) => crate::app_data::data(globals, &apps, cmd),
         AppCommand::Logs { name } => {
             let app = apps.find(&name)?;
             let client = globals.client()?;

@@ -26,6 +26,7 @@ macro_rules! out {
 }
 
 mod app;
+mod app_data;
 mod bench_compute;
 mod econ;
 mod genesis;

@@ -6,7 +6,7 @@
 //! reservation changed, `app rm` ending the contracts so the URL answers 404; and jobs
 //! run once whose output and exit code come back, a runaway one stopped by its limit;
 //! and kv keeping its keys in its `/data` folder across requests and an update, within
-//! the disk its contract reserves.
+//! the disk its contract reserves, exported as a tar archive and imported back.
 
 mod common;
 
@@ -760,6 +760,91 @@ fn deploy_call_survive_a_node_and_remove_an_app() {
         48 << 20,
         "{status}"
     );
+
+    // A replica's /data copied out as a tar archive and put back: a key removed since
+    // comes back, one written since goes, and the app writes on.
+    let archive = home.join("kv-data.tar");
+    let path = archive.to_str().expect("utf-8");
+    let (ok, out, err) = run(home, &["app", "data", "export", "kv", path]);
+    assert!(ok, "app data export: {err}");
+    let len = std::fs::metadata(&archive).expect("the archive").len();
+    assert_eq!(out["archive_bytes"], len, "{out}");
+    assert!(out["file_bytes"].as_u64() > Some(10 << 20), "{out}");
+    let (ok, _, err) = run(home, &["app", "data", "export", "kv", path]);
+    assert!(
+        !ok && err.contains("--force"),
+        "an archive is not overwritten unasked: {err}"
+    );
+    assert_eq!(
+        request("DELETE", &format!("{kv}/k/greeting"), b"").map(|r| r.0),
+        Some(204)
+    );
+    assert_eq!(put("later", b"after the export").0, 201);
+    let (ok, out, err) = run(home, &["app", "data", "import", "kv", path]);
+    assert!(ok, "app data import: {err}");
+    assert_eq!(out["replicas"][0]["imported"], true, "{out}");
+    assert_eq!(
+        get(&format!("{kv}/k/greeting")),
+        Some((200, "hello".to_string()))
+    );
+    assert_eq!(get(&format!("{kv}/k/later")).map(|r| r.0), Some(404));
+    assert_eq!(put("e", b"written after the import").0, 201);
+    // What is no archive, or would not fit the app's disk, is refused before a byte is
+    // sent; /data stays as it was.
+    let (ok, _, err) = run(home, &["app", "data", "import", "kv", KV]);
+    assert!(!ok && err.contains("not a tar archive"), "{err}");
+    let folder = home.join("too-big");
+    std::fs::create_dir_all(&folder).expect("dir");
+    std::fs::File::create(folder.join("sparse"))
+        .and_then(|f| f.set_len(49 << 20))
+        .expect("a sparse file");
+    let big = home.join("too-big.tar");
+    let tar = std::process::Command::new("tar")
+        .args(["-cf", big.to_str().expect("utf-8"), "-C"])
+        .arg(&folder)
+        .arg(".")
+        .status()
+        .expect("tar");
+    assert!(tar.success());
+    let (ok, _, err) = run(
+        home,
+        &["app", "data", "import", "kv", big.to_str().expect("utf-8")],
+    );
+    assert!(
+        !ok && err.contains("more than this replica's 48.0 MiB") && err.contains("--disk 50MiB"),
+        "{err}"
+    );
+    assert_eq!(
+        get(&format!("{kv}/k/e")),
+        Some((200, "written after the import".to_string()))
+    );
+    // Only the contract's owner reads its /data: a record without its owner lets a
+    // stranger ask, and the node refuses.
+    let stranger = home.join("stranger");
+    let mut record: Value =
+        serde_json::from_slice(&std::fs::read(home.join("apps.json")).expect("read"))
+            .expect("apps.json");
+    if let Some(apps) = record["apps"].as_object_mut() {
+        for app in apps.values_mut() {
+            app.as_object_mut().map(|a| a.remove("owner"));
+        }
+    }
+    std::fs::write(stranger.join("apps.json"), record.to_string()).expect("write");
+    let theirs = stranger.join("theirs.tar");
+    let (ok, _, err) = run(
+        &stranger,
+        &[
+            "--ledger",
+            &ledger(home),
+            "app",
+            "data",
+            "export",
+            "kv",
+            theirs.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(!ok && err.contains("owner"), "{err}");
+    assert!(!theirs.exists() && !stranger.join("theirs.tar.part").exists());
 }
 
 /// The first value under `key` anywhere in `v`.

@@ -319,6 +319,12 @@ impl DataDir {
         }
     }
 
+    /// Notes that the folder's contents were replaced whole (its owner's import): the next
+    /// measure may lower the figure, and writes refused meanwhile measure afresh.
+    pub fn replaced(&self) {
+        self.moved(true);
+    }
+
     /// Notes that a file was removed, cut or replaced: room may have come back that the
     /// newest walk does not know of.
     pub(crate) fn shrank(&self) {
@@ -505,7 +511,7 @@ pub fn read_only_at(quota_bytes: u64) -> u64 {
 }
 
 /// What a file of `bytes` occupies in whole blocks, as the walk counts it.
-pub(crate) fn in_blocks(bytes: u64) -> u64 {
+pub fn in_blocks(bytes: u64) -> u64 {
     bytes
         .div_ceil(ENTRY_BYTES_MIN)
         .saturating_mul(ENTRY_BYTES_MIN)

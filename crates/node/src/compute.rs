@@ -568,6 +568,12 @@ impl Compute {
                                 )
                             })
                         });
+                        // An import the node crashed in the middle of: /data is as it was.
+                        if let Err(e) =
+                            crate::appdata::remove_all(&crate::appdata::staging_of(&folder))
+                        {
+                            warn!(contract, error = %e, "cannot remove an unfinished import of an app's /data");
+                        }
                         app.data = DataDir::new(&folder, w.disk, Some(space))
                             .inspect_err(|e| warn!(contract, folder = %folder.display(), error = %e, "cannot make the app's data folder: its workloads run without /data"))
                             .ok();
@@ -869,6 +875,11 @@ impl Compute {
                 limits: entry.spec.limits,
             },
         }
+    }
+
+    /// The `/data` folder of `contract`'s app, once its deployment has one here.
+    pub fn data_dir(&self, contract: ContractId) -> Option<Arc<DataDir>> {
+        self.read().get(&contract).and_then(|app| app.data.clone())
     }
 
     /// What `contract`'s deployment is doing here (`absent` if it does not run here),

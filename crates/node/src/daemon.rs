@@ -324,6 +324,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Running> {
     serve_protocols(&mesh, shared.clone(), client.clone())?;
     let shard_task =
         peergrid_storage::store::serve(&mesh, storage).context("cannot serve /peergrid/shard/1")?;
+    let data_task = crate::appdata::serve(&mesh, shared.clone())?;
     let (health, health_task) = crate::health::serve(health_listener, shared.clone()).await?;
     let mut tasks = Vec::new();
     if let Some(listener) = http_listener {
@@ -342,6 +343,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Running> {
         tokio::spawn(save_logs(compute.clone())),
         health_task,
         shard_task,
+        data_task,
     ]);
     info!(node = id, farm = config.farm, %health, "node running");
     Ok(Running {

@@ -20,6 +20,7 @@
 //! `peergrid-compute` ([`compute`]), their components fetched over `/peergrid/blob/1`
 //! ([`blob`]) and their HTTP workloads served by `node run --http` ([`entry`]).
 
+pub mod appdata;
 pub mod blob;
 pub mod compute;
 pub mod daemon;
