@@ -1683,6 +1683,14 @@ fn repair(
                     .unwrap_or_default()
             );
         }
+        if let Some((_, new)) = replaced.first() {
+            // Nothing carries a folder from a node that is gone.
+            outln!(
+                "a moved replica's /data starts empty: restore a backup with `peergrid app data \
+                 import {name} ARCHIVE --node {}` (an archive from `app data export`)",
+                new.node
+            );
+        }
     }
     if !left.is_empty() {
         let nodes: Vec<NodeId> = left.iter().map(|r| r.node).collect();

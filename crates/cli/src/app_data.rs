@@ -22,6 +22,7 @@ use crate::{Globals, output};
 #[derive(Subcommand)]
 pub enum DataCommand {
     /// Copy a replica's /data out as a tar archive (a backup; the seed of another replica).
+    ///
     /// Files are read as the app runs: pause its writes for a consistent copy.
     Export {
         /// The app's name.
@@ -35,9 +36,11 @@ pub enum DataCommand {
         #[arg(long)]
         force: bool,
     },
-    /// Replace the /data of the app's replicas with a tar archive's files: one `export`
-    /// wrote, or `tar -cf ARCHIVE -C FOLDER .`. Files, folders and symbolic links only.
-    /// All or nothing per replica: a refused or cut import leaves /data as it was.
+    /// Replace the /data of the app's replicas with a tar archive's files.
+    ///
+    /// The archive: one `export` wrote, or `tar -cf ARCHIVE -C FOLDER .`; files, folders
+    /// and symbolic links only. All or nothing per replica: a refused or cut import leaves
+    /// /data as it was.
     Import {
         /// The app's name.
         name: String,
@@ -141,9 +144,9 @@ fn export(globals: &Globals, app: &App, out: &Path, node: Option<NodeId>) -> any
                 }
                 Err(e) => {
                     if replicas.len() > 1 {
-                        eprintln!("node {}: {e:#}", r.node);
+                        eprintln!("{e:#}");
                     }
-                    tried.push(format!("node {}: {e:#}", r.node));
+                    tried.push(format!("{e:#}"));
                 }
             }
         }
