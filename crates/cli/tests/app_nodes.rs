@@ -1,7 +1,8 @@
 //! Apps on nodes that fail, as a builder meets them on a real devnet (validators, two
 //! farmer node processes with HTTP entries, real mesh, real wasmtime): a node killed and
 //! restarted serves its app again without its owner, and the files the app kept in its
-//! `/data` folder; a node that stops answering is
+//! `/data` folder, wholly the old ones or wholly an archive's when killed during an
+//! import; a node that stops answering is
 //! given up for the next one with the reason; a node the ledger shows down is skipped
 //! before any contract is paid for.
 
@@ -278,6 +279,65 @@ async fn apps_come_back_after_a_restart_and_failed_nodes_are_passed_over() {
             get(&key).filter(|(code, _)| *code == 200)
         });
         assert_eq!(back.1, "across restarts");
+
+        // A node killed part-way through an import: after its restart /data is wholly the
+        // files it had or wholly the archive's, and the staged copy is gone.
+        let contract = kv.rsplit('/').nth(1).expect("the contract in kv's URL").to_string();
+        let folder = find_folder(&data_a, &contract, "data").expect("kv's /data on node a");
+        let staging = folder.with_file_name("data.import");
+        let value = vec![b'v'; 1 << 20];
+        for i in 0..60 {
+            let put = request("PUT", &format!("{kv}/k/m{i}"), &value).map(|r| r.0);
+            assert_eq!(put, Some(201), "m{i}");
+        }
+        let archive = home.join("kv-big.tar");
+        let archive_s = archive.to_str().expect("utf-8");
+        let export = ["--mesh-bootstrap", &boot, "app", "data", "export", "kv", archive_s];
+        let (ok, _, err) = run(&home, &export);
+        assert!(ok, "app data export: {err}");
+        for i in 0..60 {
+            let gone = request("DELETE", &format!("{kv}/k/m{i}"), b"").map(|r| r.0);
+            assert_eq!(gone, Some(204), "m{i}");
+        }
+        assert_eq!(request("PUT", &format!("{kv}/k/after"), b"x").map(|r| r.0), Some(201));
+        let keys = || get(&format!("{kv}/")).filter(|(code, _)| *code == 200).map(|r| r.1);
+        let before = keys().expect("kv's keys");
+        let import = ["--mesh-bootstrap", &boot, "app", "data", "import", "kv", archive_s];
+        let mut importing = peergrid(&home)
+            .arg("--json")
+            .args(import)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the import");
+        // Killed as soon as the node stages the archive: the unpacking is under way.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !staging.exists() && std::time::Instant::now() < deadline {
+            if importing.try_wait().expect("the import").is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(staging.exists(), "the import was seen staged on the node");
+        a.kill();
+        let imported = importing.wait().expect("the import ends");
+        a = node(&home, farm, &data_a, a_ports, None);
+        let after = wait_for("kv after the restart", Duration::from_secs(60), keys);
+        let archived = |keys: &str| {
+            let keys: Vec<String> = serde_json::from_str(keys).expect("kv's key list");
+            keys.len() == 61 && keys.contains(&"m59".to_string()) && keys.contains(&"kept".to_string())
+        };
+        if imported.success() {
+            assert!(archived(&after), "{after}");
+        } else {
+            assert_eq!(after, before, "a cut import leaves /data as it was");
+        }
+        assert!(!staging.exists(), "the staged copy is removed at the restart");
+        // Tried again, it completes.
+        let (ok, out, err) = run(&home, &import);
+        assert!(ok, "app data import: {err}");
+        assert_eq!(out["replicas"][0]["imported"], true, "{out}");
+        assert!(archived(&keys().expect("kv's keys")));
         // Once hello is removed, the node drops the log it saved for it.
         assert!(saved_log.exists(), "hello's log is saved while it runs");
         let (ok, _, err) = run(&home, &["--mesh-bootstrap", &boot, "app", "rm", "hello"]);
@@ -316,4 +376,25 @@ async fn apps_come_back_after_a_restart_and_failed_nodes_are_passed_over() {
     })
     .await
     .expect("the failing-nodes walk-through");
+}
+
+/// The folder named `name` whose parent is named `parent`, anywhere under `root`.
+fn find_folder(root: &Path, parent: &str, name: &str) -> Option<std::path::PathBuf> {
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if !path.is_dir() || path.is_symlink() {
+                continue;
+            }
+            if entry.file_name() == name && dir.file_name().is_some_and(|p| p == parent) {
+                return Some(path);
+            }
+            stack.push(path);
+        }
+    }
+    None
 }
