@@ -49,7 +49,7 @@ pub enum DataCommand {
         /// Only the replica on this node (repeatable) [default: every replica].
         #[arg(long = "node", value_name = "ID")]
         nodes: Vec<NodeId>,
-        /// Do not ask before replacing the files there.
+        /// Replace without asking (needed where nobody can be asked: a script, --json).
         #[arg(long)]
         yes: bool,
     },
@@ -244,8 +244,16 @@ fn import(
                 .collect();
             bail!("no replica of {} can take the archive: {}", app.name, why.join("; "));
         }
-        if !yes && !globals.json && !confirm(app, &sendable, &unpacked)? {
-            bail!("nothing imported");
+        if !yes {
+            let asked = !globals.json && std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+            if !asked {
+                bail!(
+                    "an import replaces every file in /data: give --yes to do it where nobody can be asked"
+                );
+            }
+            if !confirm(app, &sendable, &unpacked)? {
+                bail!("nothing imported");
+            }
         }
         let mesh = mesh_peer(&client, &key).await?;
         for r in sendable {
@@ -262,7 +270,19 @@ fn import(
                 _ = crate::stop_requested() => {
                     bar.finish_and_clear();
                     mesh.close().await;
-                    bail!("stopped; the replica being imported to keeps its /data as it was");
+                    let done: Vec<String> = results
+                        .iter()
+                        .filter(|(_, r)| r.is_ok())
+                        .map(|(r, _)| r.node.to_string())
+                        .collect();
+                    let done = match done.is_empty() {
+                        true => String::new(),
+                        false => format!("; replaced before: node {}", done.join(", ")),
+                    };
+                    bail!(
+                        "stopped while sending to node {}: its /data stays as it was unless the archive had arrived whole (`app data export` shows it){done}",
+                        r.node
+                    );
                 }
             };
             bar.finish_and_clear();
@@ -323,11 +343,8 @@ fn import(
     })
 }
 
-/// Asks on a terminal before files are replaced; yes when nobody can be asked.
+/// Asks on the terminal before files are replaced.
 fn confirm(app: &App, replicas: &[&Replica], unpacked: &Unpacked) -> anyhow::Result<bool> {
-    if !std::io::stdin().is_terminal() || !std::io::stderr().is_terminal() {
-        return Ok(true);
-    }
     let on: Vec<String> = replicas.iter().map(|r| r.node.to_string()).collect();
     eprint!(
         "Replace every file in app {}'s /data on node {} with the archive's {} files ({})? \

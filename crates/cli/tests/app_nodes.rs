@@ -284,7 +284,13 @@ async fn apps_come_back_after_a_restart_and_failed_nodes_are_passed_over() {
         // files it had or wholly the archive's, and the staged copy is gone.
         let contract = kv.rsplit('/').nth(1).expect("the contract in kv's URL").to_string();
         let folder = find_folder(&data_a, &contract, "data").expect("kv's /data on node a");
-        let staging = folder.with_file_name("data.import");
+        // An import unpacks beside the folder, in `data.import.<contract>.<n>`.
+        let staged = || {
+            std::fs::read_dir(folder.parent().expect("the contract's folder"))
+                .expect("read")
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("data.import"))
+        };
         let value = vec![b'v'; 1 << 20];
         for i in 0..60 {
             let put = request("PUT", &format!("{kv}/k/m{i}"), &value).map(|r| r.0);
@@ -302,7 +308,7 @@ async fn apps_come_back_after_a_restart_and_failed_nodes_are_passed_over() {
         assert_eq!(request("PUT", &format!("{kv}/k/after"), b"x").map(|r| r.0), Some(201));
         let keys = || get(&format!("{kv}/")).filter(|(code, _)| *code == 200).map(|r| r.1);
         let before = keys().expect("kv's keys");
-        let import = ["--mesh-bootstrap", &boot, "app", "data", "import", "kv", archive_s];
+        let import = ["--mesh-bootstrap", &boot, "app", "data", "import", "kv", archive_s, "--yes"];
         let mut importing = peergrid(&home)
             .arg("--json")
             .args(import)
@@ -312,13 +318,13 @@ async fn apps_come_back_after_a_restart_and_failed_nodes_are_passed_over() {
             .expect("start the import");
         // Killed as soon as the node stages the archive: the unpacking is under way.
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while !staging.exists() && std::time::Instant::now() < deadline {
+        while !staged() && std::time::Instant::now() < deadline {
             if importing.try_wait().expect("the import").is_some() {
                 break;
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        assert!(staging.exists(), "the import was seen staged on the node");
+        assert!(staged(), "the import was seen staged on the node");
         a.kill();
         let imported = importing.wait().expect("the import ends");
         a = node(&home, farm, &data_a, a_ports, None);
@@ -332,7 +338,9 @@ async fn apps_come_back_after_a_restart_and_failed_nodes_are_passed_over() {
         } else {
             assert_eq!(after, before, "a cut import leaves /data as it was");
         }
-        assert!(!staging.exists(), "the staged copy is removed at the restart");
+        wait_for("the staged copy removed at the restart", Duration::from_secs(10), || {
+            (!staged()).then_some(())
+        });
         // Tried again, it completes.
         let (ok, out, err) = run(&home, &import);
         assert!(ok, "app data import: {err}");

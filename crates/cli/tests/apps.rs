@@ -780,7 +780,12 @@ fn deploy_call_survive_a_node_and_remove_an_app() {
         Some(204)
     );
     assert_eq!(put("later", b"after the export").0, 201);
-    let (ok, out, err) = run(home, &["app", "data", "import", "kv", path]);
+    let (ok, _, err) = run(home, &["app", "data", "import", "kv", path]);
+    assert!(
+        !ok && err.contains("--yes"),
+        "a script replaces files only when told: {err}"
+    );
+    let (ok, out, err) = run(home, &["app", "data", "import", "kv", path, "--yes"]);
     assert!(ok, "app data import: {err}");
     assert_eq!(out["replicas"][0]["imported"], true, "{out}");
     assert_eq!(
@@ -791,7 +796,7 @@ fn deploy_call_survive_a_node_and_remove_an_app() {
     assert_eq!(put("e", b"written after the import").0, 201);
     // What is no archive, or would not fit the app's disk, is refused before a byte is
     // sent; /data stays as it was.
-    let (ok, _, err) = run(home, &["app", "data", "import", "kv", KV]);
+    let (ok, _, err) = run(home, &["app", "data", "import", "kv", KV, "--yes"]);
     assert!(!ok && err.contains("not a tar archive"), "{err}");
     let folder = home.join("too-big");
     std::fs::create_dir_all(&folder).expect("dir");
@@ -808,7 +813,14 @@ fn deploy_call_survive_a_node_and_remove_an_app() {
     assert!(tar.success());
     let (ok, _, err) = run(
         home,
-        &["app", "data", "import", "kv", big.to_str().expect("utf-8")],
+        &[
+            "app",
+            "data",
+            "import",
+            "kv",
+            big.to_str().expect("utf-8"),
+            "--yes",
+        ],
     );
     assert!(
         !ok && err.contains("more than this replica's 48.0 MiB") && err.contains("--disk 50MiB"),

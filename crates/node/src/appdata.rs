@@ -4,29 +4,35 @@
 //! ```text
 //! request:  len: u32 LE | borsh(DataRequest)            (at most REQUEST_BYTES_MAX)
 //! frames:   tag: u8 | len: u32 LE | len bytes            (at most FRAME_BYTES_MAX)
-//! export:   node: BEGIN {files, bytes} | CHUNK… | END {bytes, blake3}    (ERROR at any point)
+//! export:   node: BEGIN {entries, bytes} | CHUNK… | END {bytes, blake3}  (ERROR at any point)
 //! import:   node: READY or ERROR; client: the archive, exactly `bytes`; node: DONE or ERROR
 //! ```
 //!
-//! An export is read while the app runs: a file the app writes meanwhile may be caught
-//! part-way, so an app that needs a consistent copy pauses its own writes first. Every
-//! name of a hard-linked file is exported as a file of its own.
+//! An export is read while the app runs ([`crate::archive::pack`], which never follows a
+//! link): a file the app writes meanwhile may be caught part-way, so an app that needs a
+//! consistent copy pauses its own writes first. Every name of a hard-linked file is
+//! exported as a file of its own.
 //!
-//! An import is unpacked beside the folder (`data.import`), checked whole (only files,
-//! folders and symbolic links, no name leaving the folder, the app's disk, the node's
-//! disk reserve, the archive's BLAKE3 that the owner signed), and only then exchanged
-//! with the folder in one rename (`RENAME_EXCHANGE`): an import that fails or is cut
-//! leaves `/data` as it was, and a node that crashes part-way removes the leftover when
-//! the app starts. Runs under way finish on the old files, which are then removed.
+//! An import is unpacked beside the folder (`data.import.<n>`), checked whole
+//! ([`crate::archive::unpack`]: the entries, the app's disk, the node's disk reserve, then
+//! the archive's BLAKE3 that the owner signed), synced, and only then exchanged with the
+//! folder in one rename (`RENAME_EXCHANGE`): an import that fails or is cut leaves
+//! `/data` as it was, and a node that crashes part-way removes the leftover when the app
+//! starts. Runs under way finish on the old files, which are then removed.
+//!
+//! A stranger's stream holds one of a few slots for at most [`REQUEST_TIMEOUT`]; a
+//! transfer, once its request is the owner's, holds a slot of its own, and must keep a
+//! modest pace ([`PACE_BYTES_PER_SEC`]) besides never idling for [`IDLE_TIMEOUT`].
 
 use std::io::{Read, Write};
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use borsh::{BorshDeserialize, BorshSerialize};
+use futures::future::BoxFuture;
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
-use peergrid_compute::data::{DataDir, ENTRY_BYTES_MIN, usage};
+use peergrid_compute::data::DataDir;
 use peergrid_core::fs::DiskReserve;
 use peergrid_core::tx::Signature;
 use peergrid_core::{ContractId, Keypair, now_ms};
@@ -34,6 +40,8 @@ use peergrid_mesh::{Mesh, PeerId, Slots, StreamProtocol};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
+pub use crate::archive::{Contents, Unpacked};
+use crate::archive::{pack, unpack};
 use crate::shared::Shared;
 use crate::world::WorkloadState;
 
@@ -55,13 +63,21 @@ const ERROR_BYTES_MAX: usize = 4096;
 const CHUNK_BYTES: usize = 256 * 1024;
 /// A peer that sends or reads nothing for this long is dropped.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Requests one node answers at once, and for one peer.
-const STREAMS_MAX: usize = 4;
-const STREAMS_PER_PEER_MAX: usize = 2;
-/// Where an import is unpacked, beside the app's folder.
+/// A stream whose request has not arrived by then is dropped.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// The slowest a transfer may go on average (after a minute's grace): a peer cannot hold
+/// a transfer's slot by trickling bytes.
+pub const PACE_BYTES_PER_SEC: u64 = 256 * 1024;
+/// How long the owner waits for an export's first frame: the node lists the folder first.
+pub const LISTING_TIMEOUT: Duration = Duration::from_secs(600);
+/// Streams whose request is still awaited, and for one peer.
+const REQUESTS_MAX: usize = 16;
+const REQUESTS_PER_PEER_MAX: usize = 2;
+/// Transfers under way, and for one peer.
+const TRANSFERS_MAX: usize = 4;
+const TRANSFERS_PER_PEER_MAX: usize = 2;
+/// Where an import is unpacked, beside the app's folder (a suffix makes each its own).
 const STAGING: &str = "data.import";
-/// Longest path or link target accepted in an archive.
-const PATH_BYTES_MAX: usize = 4096;
 
 const CHUNK: u8 = 0;
 const BEGIN: u8 = 1;
@@ -120,35 +136,11 @@ impl DataRequest {
     }
 }
 
-/// What an export holds, announced before its bytes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
-pub struct ExportBegin {
-    /// Files, folders and links.
-    pub entries: u64,
-    /// The files' bytes.
-    pub bytes: u64,
-}
-
 /// The end of an export: the archive's length and BLAKE3.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, BorshSerialize, BorshDeserialize)]
 struct ExportEnd {
     bytes: u64,
     hash: [u8; 32],
-}
-
-/// What an archive holds, as it unpacks.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Unpacked {
-    /// Regular files.
-    pub files: u64,
-    /// Folders, those made for a path's parents included.
-    pub folders: u64,
-    /// Symbolic links.
-    pub links: u64,
-    /// The files' bytes.
-    pub file_bytes: u64,
-    /// What it takes of an app's disk, counted as `/data`'s quota counts.
-    pub disk_bytes: u64,
 }
 
 /// What a node answers an import with.
@@ -193,6 +185,12 @@ pub enum DataError {
     /// The transfer broke.
     #[error("{0}")]
     Io(String),
+    /// The archive was sent whole and the answer did not come: the folder may have been
+    /// replaced.
+    #[error(
+        "the archive was sent whole, but the node's answer did not come ({0}): its /data may have been replaced; `peergrid app data export` shows what it holds"
+    )]
+    Unsure(String),
 }
 
 // ---------------------------------------------------------------------------------------
@@ -211,8 +209,11 @@ async fn write_frame<W: futures::AsyncWrite + Unpin>(
     out.write_all(body).await
 }
 
-/// Reads one frame, its body at most [`FRAME_BYTES_MAX`], within [`IDLE_TIMEOUT`].
-async fn read_frame<R: futures::AsyncRead + Unpin>(input: &mut R) -> Result<(u8, Vec<u8>), String> {
+/// Reads one frame, its body at most [`FRAME_BYTES_MAX`], within `within`.
+async fn read_frame<R: futures::AsyncRead + Unpin>(
+    input: &mut R,
+    within: Duration,
+) -> Result<(u8, Vec<u8>), String> {
     let read = async {
         let mut head = [0u8; 5];
         input
@@ -232,9 +233,9 @@ async fn read_frame<R: futures::AsyncRead + Unpin>(input: &mut R) -> Result<(u8,
             .map_err(|e| format!("the stream ended: {e}"))?;
         Ok((head[0], body))
     };
-    tokio::time::timeout(IDLE_TIMEOUT, read)
+    tokio::time::timeout(within, read)
         .await
-        .unwrap_or_else(|_| Err(format!("nothing came for {} s", IDLE_TIMEOUT.as_secs())))
+        .unwrap_or_else(|_| Err(format!("nothing came for {} s", within.as_secs())))
 }
 
 fn error_text(body: &[u8]) -> String {
@@ -243,413 +244,186 @@ fn error_text(body: &[u8]) -> String {
 }
 
 // ---------------------------------------------------------------------------------------
-// Archives
-
-/// The tar of the folder at `dir` (a file's bytes as long as it was when listed), written
-/// to `out`; what it holds is told to `begin` before the first byte.
-pub fn pack(
-    dir: &Path,
-    out: impl Write,
-    begin: impl FnOnce(ExportBegin) -> std::io::Result<()>,
-) -> std::io::Result<()> {
-    let entries = list(dir)?;
-    begin(ExportBegin {
-        entries: entries.len() as u64,
-        bytes: entries.iter().map(|e| e.len).sum(),
-    })?;
-    let mut tar = tar::Builder::new(out);
-    for entry in entries {
-        let mut header = tar::Header::new_gnu();
-        header.set_mtime(entry.mtime);
-        match entry.kind {
-            Kind::Folder => {
-                header.set_entry_type(tar::EntryType::Directory);
-                header.set_mode(0o755);
-                header.set_size(0);
-                tar.append_data(&mut header, &entry.name, std::io::empty())?;
-            }
-            Kind::Link => {
-                let target = match std::fs::read_link(dir.join(&entry.name)) {
-                    Ok(target) => target,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(e),
-                };
-                header.set_entry_type(tar::EntryType::Symlink);
-                header.set_mode(0o777);
-                header.set_size(0);
-                tar.append_link(&mut header, &entry.name, target)?;
-            }
-            Kind::File => {
-                let file = match std::fs::File::open(dir.join(&entry.name)) {
-                    Ok(file) => file,
-                    // Removed by the app since it was listed.
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(e),
-                };
-                header.set_entry_type(tar::EntryType::Regular);
-                header.set_mode(0o644);
-                header.set_size(entry.len);
-                // Exactly the length announced: cut or padded with zeros if the app
-                // changed the file meanwhile, so the archive stays whole.
-                let bytes = file
-                    .take(entry.len)
-                    .chain(std::io::repeat(0))
-                    .take(entry.len);
-                tar.append_data(&mut header, &entry.name, bytes)?;
-            }
-        }
-    }
-    tar.into_inner()?.flush()
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    File,
-    Folder,
-    Link,
-}
-
-struct Listed {
-    name: PathBuf,
-    kind: Kind,
-    len: u64,
-    mtime: u64,
-}
-
-/// Everything under `dir`, a folder before what it holds, names sorted; links never
-/// followed; what is neither file, folder nor link (the guest cannot make one) skipped.
-fn list(dir: &Path) -> std::io::Result<Vec<Listed>> {
-    let mut out = Vec::new();
-    let mut stack = vec![PathBuf::new()];
-    while let Some(rel) = stack.pop() {
-        let mut names = Vec::new();
-        match std::fs::read_dir(dir.join(&rel)) {
-            Ok(entries) => {
-                for entry in entries {
-                    names.push(entry?.file_name());
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e),
-        }
-        names.sort();
-        let mut folders = Vec::new();
-        for name in names {
-            let rel = rel.join(name);
-            let meta = match dir.join(&rel).symlink_metadata() {
-                Ok(meta) => meta,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
-            };
-            let kind = if meta.is_dir() {
-                Kind::Folder
-            } else if meta.is_file() {
-                Kind::File
-            } else if meta.file_type().is_symlink() {
-                Kind::Link
-            } else {
-                continue;
-            };
-            let mtime = meta
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_secs());
-            let len = if kind == Kind::File { meta.len() } else { 0 };
-            if kind == Kind::Folder {
-                folders.push(rel.clone());
-            }
-            out.push(Listed {
-                name: rel,
-                kind,
-                len,
-                mtime,
-            });
-        }
-        // Popped in name order.
-        stack.extend(folders.into_iter().rev());
-    }
-    Ok(out)
-}
-
-/// The entry's path inside the folder: relative, nothing but names (`.` dropped); `None`
-/// for the folder itself.
-fn inside(path: &Path) -> Result<Option<PathBuf>, String> {
-    if path.as_os_str().len() > PATH_BYTES_MAX {
-        return Err(format!(
-            "a name longer than {PATH_BYTES_MAX} bytes: {}…",
-            path.to_string_lossy().chars().take(60).collect::<String>()
-        ));
-    }
-    let mut out = PathBuf::new();
-    for part in path.components() {
-        match part {
-            Component::Normal(name) => out.push(name),
-            Component::CurDir => {}
-            _ => {
-                return Err(format!(
-                    "{:?} leaves the folder (an absolute path or `..`): only paths inside /data can be imported",
-                    path
-                ));
-            }
-        }
-    }
-    Ok((!out.as_os_str().is_empty()).then_some(out))
-}
-
-/// Reads the tar archive from `input` and, with `dest` (a new folder), unpacks it there.
-/// Refused: anything but files, folders and symbolic links; names leaving the folder or
-/// passing through a link; a name twice; more than `quota_bytes` of disk as `/data`
-/// counts it; with `reserve`, a file that would eat into the node's disk reserve.
-pub fn unpack(
-    input: impl Read,
-    dest: Option<&Path>,
-    quota_bytes: u64,
-    reserve: Option<&DiskReserve>,
-) -> Result<Unpacked, String> {
-    use std::collections::HashMap;
-    let mut seen: HashMap<PathBuf, Kind> = HashMap::new();
-    let mut n = Unpacked::default();
-    let over = |n: &Unpacked, at: &Path| {
-        format!(
-            "the archive takes more than the app's disk: {} by {:?}, past its {}; give it a larger --disk first (`peergrid app update NAME --disk SIZE`)",
-            human(n.disk_bytes),
-            at,
-            human(quota_bytes)
-        )
-    };
-    let mut archive = tar::Archive::new(input);
-    let entries = archive.entries().map_err(|e| damaged(0, &e))?;
-    for (read, entry) in (0u64..).zip(entries) {
-        let mut entry = entry.map_err(|e| damaged(read, &e))?;
-        let raw = entry
-            .path()
-            .map_err(|e| format!("an entry's name cannot be read: {e}"))?
-            .into_owned();
-        let kind = match entry.header().entry_type() {
-            tar::EntryType::Regular | tar::EntryType::Continuous => Kind::File,
-            tar::EntryType::Directory => Kind::Folder,
-            tar::EntryType::Symlink => Kind::Link,
-            tar::EntryType::Link => {
-                return Err(format!(
-                    "{raw:?} is a hard link: archive its files without them (tar --hard-dereference)"
-                ));
-            }
-            other => {
-                return Err(format!(
-                    "{raw:?} is a {other:?} entry: only files, folders and symbolic links can be imported"
-                ));
-            }
-        };
-        let Some(name) = inside(&raw)? else {
-            if kind == Kind::Folder {
-                continue;
-            }
-            return Err(format!("{raw:?} has no name"));
-        };
-        // Each parent a folder of the archive's own (made if the archive did not list it).
-        let mut parent = PathBuf::new();
-        let parts: Vec<_> = name.components().collect();
-        for part in &parts[..parts.len() - 1] {
-            parent.push(part);
-            match seen.get(&parent) {
-                Some(Kind::Folder) => {}
-                Some(_) => {
-                    return Err(format!(
-                        "{name:?} is under {parent:?}, which the archive holds as a file or link"
-                    ));
-                }
-                None => {
-                    if let Some(dest) = dest {
-                        std::fs::create_dir(dest.join(&parent))
-                            .map_err(|e| format!("cannot make folder {parent:?}: {e}"))?;
-                    }
-                    seen.insert(parent.clone(), Kind::Folder);
-                    n.folders += 1;
-                    n.disk_bytes = n.disk_bytes.saturating_add(ENTRY_BYTES_MIN);
-                }
-            }
-        }
-        match seen.get(&name) {
-            Some(Kind::Folder) if kind == Kind::Folder => continue,
-            Some(_) => return Err(format!("{name:?} is in the archive twice")),
-            None => {}
-        }
-        let size = entry.header().size().unwrap_or(0);
-        let took = match kind {
-            Kind::File => ENTRY_BYTES_MIN.saturating_add(peergrid_compute::data::in_blocks(size)),
-            _ => ENTRY_BYTES_MIN,
-        };
-        n.disk_bytes = n.disk_bytes.saturating_add(took);
-        if n.disk_bytes > quota_bytes && dest.is_some() {
-            return Err(over(&n, &name));
-        }
-        seen.insert(name.clone(), kind);
-        match kind {
-            Kind::Folder => n.folders += 1,
-            Kind::Link => n.links += 1,
-            Kind::File => {
-                n.files += 1;
-                n.file_bytes = n.file_bytes.saturating_add(size);
-            }
-        }
-        let Some(dest) = dest else {
-            continue;
-        };
-        let path = dest.join(&name);
-        match kind {
-            Kind::Folder => std::fs::create_dir(&path)
-                .map_err(|e| format!("cannot make folder {name:?}: {e}"))?,
-            Kind::Link => {
-                let target = entry
-                    .link_name()
-                    .map_err(|e| format!("{name:?}'s link target cannot be read: {e}"))?
-                    .ok_or_else(|| format!("{name:?} is a link without a target"))?;
-                if target.as_os_str().is_empty() || target.as_os_str().len() > PATH_BYTES_MAX {
-                    return Err(format!("{name:?} links to an empty or too long target"));
-                }
-                std::os::unix::fs::symlink(&target, &path)
-                    .map_err(|e| format!("cannot make link {name:?}: {e}"))?;
-            }
-            Kind::File => {
-                if let Some(reserve) = reserve {
-                    reserve.check(dest, size, 0).map_err(|full| {
-                        format!(
-                            "the node's disk has no room for {name:?} ({} free, {} kept for the node itself); ask its farmer, or import to another replica",
-                            human(full.free_bytes),
-                            human(full.reserve_bytes)
-                        )
-                    })?;
-                }
-                let mut file = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(&path)
-                    .map_err(|e| format!("cannot make file {name:?}: {e}"))?;
-                let copied = std::io::copy(&mut (&mut entry).take(size), &mut file)
-                    .map_err(|e| format!("cannot write {name:?}: {e}"))?;
-                if copied != size {
-                    return Err(format!(
-                        "the archive ends inside {name:?} ({copied} of its {size} bytes)"
-                    ));
-                }
-                if let Ok(mtime) = entry.header().mtime() {
-                    let at = std::time::UNIX_EPOCH + Duration::from_secs(mtime);
-                    let _ = file.set_modified(at);
-                }
-                file.sync_all()
-                    .map_err(|e| format!("cannot write {name:?}: {e}"))?;
-            }
-        }
-    }
-    if let Some(dest) = dest {
-        // Folders that hold many names take more than one block: the quota's own walk has
-        // the last word.
-        let walked = usage(dest).map_err(|e| format!("cannot measure what was unpacked: {e}"))?;
-        n.disk_bytes = n.disk_bytes.max(walked);
-        if n.disk_bytes > quota_bytes {
-            return Err(over(&n, Path::new("its folders")));
-        }
-    }
-    Ok(n)
-}
-
-/// Why an archive cannot be read, after `read` entries: the tar reader's words, which may
-/// quote the bytes it choked on, kept to printable text.
-fn damaged(read: u64, e: &std::io::Error) -> String {
-    if read == 0 {
-        return "not a tar archive (or an empty one); make one with `peergrid app data export`, or `tar -cf ARCHIVE -C FOLDER .`".to_string();
-    }
-    let why: String = e
-        .to_string()
-        .chars()
-        .filter(|c| c.is_ascii_graphic() || *c == ' ')
-        .take(120)
-        .collect();
-    format!("the archive is damaged after {read} entries ({why})")
-}
-
-fn human(bytes: u64) -> String {
-    peergrid_core::capacity::human_bytes(bytes)
-}
-
-// ---------------------------------------------------------------------------------------
 // The node's side
+
+/// What an allowed request acts on.
+pub struct Target {
+    /// The app's folder.
+    pub data: Arc<DataDir>,
+    /// The node's disk reserve, kept free by an import.
+    pub reserve: DiskReserve,
+    /// Whether the app still runs here with this folder: checked just before an import
+    /// is put in place, so that an ended contract's folder is not made again.
+    pub still_live: Box<dyn Fn() -> bool + Send + Sync>,
+}
+
+/// Decides whether a request may act, and on what: `Err` says why not, for the peer.
+pub type Authorize =
+    Arc<dyn Fn(DataRequest) -> BoxFuture<'static, Result<Target, String>> + Send + Sync>;
 
 /// Serve `/peergrid/data/1` for the apps of `shared` until the task is aborted.
 pub fn serve(mesh: &Mesh, shared: Arc<Shared>) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let authorize: Authorize = Arc::new(move |request| {
+        let shared = shared.clone();
+        Box::pin(async move { authorize(shared, request).await })
+    });
+    serve_with(mesh, authorize)
+}
+
+/// Serve `/peergrid/data/1`, each request allowed (or not) by `authorize`.
+pub fn serve_with(
+    mesh: &Mesh,
+    authorize: Authorize,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let mut incoming = mesh
         .accept_streams(DATA_PROTOCOL)
         .map_err(|e| anyhow::anyhow!("cannot serve {DATA_PROTOCOL}: {e}"))?;
-    let slots = Slots::new(STREAMS_MAX, STREAMS_PER_PEER_MAX);
-    let importing: Arc<Mutex<std::collections::HashSet<ContractId>>> = Arc::default();
+    let requests = Slots::new(REQUESTS_MAX, REQUESTS_PER_PEER_MAX);
+    let transfers = Arc::new(Slots::new(TRANSFERS_MAX, TRANSFERS_PER_PEER_MAX));
+    let importing: Importing = Arc::default();
     Ok(tokio::spawn(async move {
-        while let Some((peer, stream)) = incoming.next().await {
-            let slot = match slots.take(peer) {
-                Ok(slot) => slot,
-                Err(busy) => {
-                    debug!(%peer, "data stream refused: {busy}");
-                    continue;
-                }
+        while let Some((peer, mut stream)) = incoming.next().await {
+            let Ok(slot) = requests.take(peer) else {
+                tokio::spawn(async move {
+                    busy(
+                        &mut stream,
+                        "too many requests at once; retry in a few seconds",
+                    )
+                    .await;
+                });
+                continue;
             };
-            let shared = shared.clone();
+            let authorize = authorize.clone();
+            let transfers = transfers.clone();
             let importing = importing.clone();
             tokio::spawn(async move {
-                serve_one(peer, stream, &shared, &importing).await;
+                let allowed = async {
+                    let request = read_request(&mut stream).await?;
+                    let contract = request.contract;
+                    let op = request.op.clone();
+                    let target = authorize(request).await?;
+                    Ok::<_, String>((contract, op, target))
+                };
+                let allowed = allowed.await;
                 drop(slot);
+                let (contract, op, target) = match allowed {
+                    Ok(allowed) => allowed,
+                    Err(e) => {
+                        debug!(%peer, reason = %e, "data request refused");
+                        busy(&mut stream, &e).await;
+                        return;
+                    }
+                };
+                let Ok(_transfer) = transfers.take(peer) else {
+                    busy(
+                        &mut stream,
+                        "too many transfers under way on this node; retry later",
+                    )
+                    .await;
+                    return;
+                };
+                transfer(peer, stream, contract, op, target, &importing).await;
             });
         }
     }))
 }
 
-async fn serve_one(
+/// Tells the peer why its stream ends, briefly.
+async fn busy(stream: &mut peergrid_mesh::Stream, why: &str) {
+    let tell = async {
+        let _ = write_frame(stream, ERROR, why.as_bytes()).await;
+        let _ = stream.close().await;
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), tell).await;
+}
+
+type Importing = Arc<Mutex<std::collections::HashSet<ContractId>>>;
+
+/// One import per contract at a time: held until its folders are tidied.
+struct ImportGuard {
+    importing: Importing,
+    contract: ContractId,
+}
+
+impl ImportGuard {
+    fn take(importing: &Importing, contract: ContractId) -> Option<ImportGuard> {
+        let first = importing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(contract);
+        first.then(|| ImportGuard {
+            importing: importing.clone(),
+            contract,
+        })
+    }
+}
+
+impl Drop for ImportGuard {
+    fn drop(&mut self) {
+        self.importing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.contract);
+    }
+}
+
+/// The most a transfer of `bytes` may take: a minute, and the time at
+/// [`PACE_BYTES_PER_SEC`].
+fn deadline(bytes: u64) -> Duration {
+    Duration::from_secs(60 + bytes / PACE_BYTES_PER_SEC)
+}
+
+async fn transfer(
     peer: PeerId,
     mut stream: peergrid_mesh::Stream,
-    shared: &Shared,
-    importing: &Mutex<std::collections::HashSet<ContractId>>,
+    contract: ContractId,
+    op: DataOp,
+    target: Target,
+    importing: &Importing,
 ) {
-    let request = match read_request(&mut stream).await {
-        Ok(request) => request,
-        Err(e) => {
-            debug!(%peer, error = %e, "data request refused");
-            let _ = write_frame(&mut stream, ERROR, e.as_bytes()).await;
-            let _ = stream.close().await;
-            return;
-        }
-    };
-    let contract = request.contract;
-    let data = match authorize(shared, &request).await {
-        Ok(data) => data,
-        Err(e) => {
-            warn!(%peer, contract, reason = %e, "data request refused");
-            let _ = write_frame(&mut stream, ERROR, e.as_bytes()).await;
-            let _ = stream.close().await;
-            return;
-        }
-    };
-    let result = match request.op {
-        DataOp::Export => export_to(&mut stream, &data).await,
-        DataOp::Import { bytes, hash } => {
-            let first = importing
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(contract);
-            if !first {
-                Err("an import to this app is already under way here; wait for it".to_string())
-            } else {
-                let reserve = shared.disk_reserve;
-                let result = import_from(&mut stream, contract, &data, bytes, hash, &reserve).await;
-                importing
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&contract);
-                result
+    match op {
+        DataOp::Export => {
+            if let Err(e) = export_to(&mut stream, &target.data).await {
+                warn!(%peer, contract, reason = %e, "app data export failed");
+                let _ = write_frame(&mut stream, ERROR, e.as_bytes()).await;
             }
         }
-    };
-    if let Err(e) = result {
-        warn!(%peer, contract, reason = %e, "app data transfer failed");
-        let _ = write_frame(&mut stream, ERROR, e.as_bytes()).await;
+        DataOp::Import { bytes, hash } => {
+            let Some(guard) = ImportGuard::take(importing, contract) else {
+                busy(
+                    &mut stream,
+                    "an import to this app is already under way here; wait for it",
+                )
+                .await;
+                return;
+            };
+            let limit = deadline(bytes);
+            let result = tokio::time::timeout(
+                limit,
+                import_from(&mut stream, contract, &target, bytes, hash),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "the import took longer than {} s (at least {} KiB/s is needed); retry on a faster link",
+                    limit.as_secs(),
+                    PACE_BYTES_PER_SEC / 1024
+                ))
+            });
+            match result {
+                Ok(report) => {
+                    let body = serde_json::to_vec(&report).unwrap_or_default();
+                    if write_frame(&mut stream, DONE, &body).await.is_err() {
+                        info!(%peer, contract, "an app's /data was replaced, but its owner left before hearing it");
+                    }
+                }
+                Err(e) => {
+                    warn!(%peer, contract, reason = %e, "app data import refused");
+                    let _ = write_frame(&mut stream, ERROR, e.as_bytes()).await;
+                }
+            }
+            drop(guard);
+        }
     }
     let _ = stream.close().await;
 }
@@ -674,9 +448,9 @@ async fn read_request(stream: &mut peergrid_mesh::Stream) -> Result<DataRequest,
             .map_err(|e| format!("the request did not arrive: {e}"))?;
         Ok(body)
     };
-    let body = tokio::time::timeout(Duration::from_secs(10), read)
+    let body = tokio::time::timeout(REQUEST_TIMEOUT, read)
         .await
-        .unwrap_or_else(|_| Err("no request within 10 s".to_string()))?;
+        .unwrap_or_else(|_| Err(format!("no request within {} s", REQUEST_TIMEOUT.as_secs())))?;
     // The version first, so that a newer client hears what this node speaks.
     if body.first().is_some_and(|v| *v != DATA_VERSION) {
         return Err(format!(
@@ -688,9 +462,33 @@ async fn read_request(stream: &mut peergrid_mesh::Stream) -> Result<DataRequest,
         .map_err(|e| format!("malformed data request: {e}"))
 }
 
+/// The request's signature checked against `owner`, and its time against the clock.
+pub fn check_signed(request: &DataRequest, owner: &peergrid_core::AccountId) -> Result<(), String> {
+    let skew = now_ms().abs_diff(request.at_ms);
+    if skew > DATA_CLOCK_SKEW_MS {
+        return Err(format!(
+            "the request was signed {} s away from this node's clock; check your clock",
+            skew / 1000
+        ));
+    }
+    let message = data_message(
+        request.version,
+        request.contract,
+        &request.op,
+        request.at_ms,
+    );
+    if !request.signature.verify(owner, DATA_NAMESPACE, &message) {
+        return Err(format!(
+            "only contract {}'s owner {owner} may read or replace its /data",
+            request.contract
+        ));
+    }
+    Ok(())
+}
+
 /// The app's folder, if the request is its contract owner's, recent, and the contract
 /// runs here.
-async fn authorize(shared: &Shared, request: &DataRequest) -> Result<Arc<DataDir>, String> {
+async fn authorize(shared: Arc<Shared>, request: DataRequest) -> Result<Target, String> {
     let contract = request.contract;
     let workload = shared
         .world
@@ -700,23 +498,7 @@ async fn authorize(shared: &Shared, request: &DataRequest) -> Result<Arc<DataDir
         .get(&contract)
         .cloned()
         .ok_or_else(|| format!("contract {contract} has no workload on this node"))?;
-    let skew = now_ms().abs_diff(request.at_ms);
-    if skew > DATA_CLOCK_SKEW_MS {
-        return Err(format!(
-            "the request was signed {} s away from this node's clock; check your clock",
-            skew / 1000
-        ));
-    }
-    let message = data_message(request.version, contract, &request.op, request.at_ms);
-    if !request
-        .signature
-        .verify(&workload.owner, DATA_NAMESPACE, &message)
-    {
-        return Err(format!(
-            "only contract {contract}'s owner {} may read or replace its /data",
-            workload.owner
-        ));
-    }
+    check_signed(&request, &workload.owner)?;
     match workload.state {
         WorkloadState::Running => {}
         WorkloadState::Paused => {
@@ -730,10 +512,21 @@ async fn authorize(shared: &Shared, request: &DataRequest) -> Result<Arc<DataDir
             ));
         }
     }
-    shared.compute.data_dir(contract).ok_or_else(|| {
+    let data = shared.compute.data_dir(contract).ok_or_else(|| {
         format!(
             "contract {contract}'s app has no /data on this node yet: its deployment has not started here, or the node's disk for it is not mounted; see `peergrid app status`"
         )
+    })?;
+    let same = data.clone();
+    Ok(Target {
+        data,
+        reserve: shared.disk_reserve,
+        still_live: Box::new(move || {
+            shared
+                .compute
+                .data_dir(contract)
+                .is_some_and(|now| Arc::ptr_eq(&now, &same))
+        }),
     })
 }
 
@@ -783,28 +576,34 @@ async fn export_to(stream: &mut peergrid_mesh::Stream, data: &DataDir) -> Result
             hasher: blake3::Hasher::new(),
             total: 0,
         };
-        let begin_tx = sink.tx.clone();
-        pack(&dir, &mut sink, |begin| {
-            begin_tx
-                .blocking_send((BEGIN, peergrid_core::codec::encode(&begin)))
-                .map_err(|_| std::io::ErrorKind::BrokenPipe.into())
-        })?;
+        let contents = crate::archive::contents(&dir)?;
+        sink.send(BEGIN, peergrid_core::codec::encode(&contents))?;
+        pack(&dir, &mut sink)?;
         let end = ExportEnd {
             bytes: sink.total,
             hash: *sink.hasher.finalize().as_bytes(),
         };
         sink.send(END, peergrid_core::codec::encode(&end))?;
-        Ok::<_, std::io::Error>(end)
+        Ok::<_, std::io::Error>(contents)
     });
+    let mut sent = 0u64;
+    let began = std::time::Instant::now();
     while let Some((tag, body)) = rx.recv().await {
+        sent += body.len() as u64;
+        if began.elapsed() > deadline(sent) {
+            return Err(format!(
+                "the export went slower than {} KiB/s; retry on a faster link",
+                PACE_BYTES_PER_SEC / 1024
+            ));
+        }
         tokio::time::timeout(IDLE_TIMEOUT, write_frame(stream, tag, &body))
             .await
             .map_err(|_| format!("the peer read nothing for {} s", IDLE_TIMEOUT.as_secs()))?
             .map_err(|e| format!("the peer left: {e}"))?;
     }
     match packing.await {
-        Ok(Ok(end)) => {
-            debug!(folder = %data.path().display(), bytes = end.bytes, "an app's /data exported");
+        Ok(Ok(contents)) => {
+            debug!(folder = %data.path().display(), entries = contents.entries, "an app's /data exported");
             Ok(())
         }
         Ok(Err(e)) => {
@@ -843,18 +642,27 @@ impl Read for ChannelReader {
     }
 }
 
+/// Runs `work` off the executor, its panic an error for the peer.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|_| Err("the import stopped on the node; retry".to_string()))
+}
+
 async fn import_from(
     stream: &mut peergrid_mesh::Stream,
     contract: ContractId,
-    data: &DataDir,
+    target: &Target,
     bytes: u64,
     hash: [u8; 32],
-    reserve: &DiskReserve,
-) -> Result<(), String> {
+) -> Result<ImportReport, String> {
+    let data = &target.data;
     let quota = data.quota_bytes();
-    // A tar takes at most a few header blocks per entry more than its files, and each
-    // entry counts at least 4 KiB of the quota.
-    let most = quota.saturating_mul(2).saturating_add(1 << 20);
+    // A tar carries each entry's header blocks besides its bytes (long names and links
+    // up to 9 KiB), and each entry counts at least 4 KiB of the quota.
+    let most = quota.saturating_mul(3).saturating_add(16 << 20);
     if bytes > most {
         return Err(format!(
             "the archive is {}, more than an app with a {} disk can hold; give it a larger --disk first (`peergrid app update NAME --disk SIZE`)",
@@ -862,13 +670,7 @@ async fn import_from(
             human(quota)
         ));
     }
-    let staging = data.path().with_file_name(STAGING);
-    let cleared = staging.clone();
-    tokio::task::spawn_blocking(move || remove_all(&cleared))
-        .await
-        .map_err(|_| "the node could not prepare the import".to_string())?
-        .map_err(|e| format!("the node cannot clear its earlier import: {e}"))?;
-    reserve.check(data.path(), bytes, 0).map_err(|full| {
+    target.reserve.check(data.path(), bytes, 0).map_err(|full| {
         format!(
             "the node's disk has no room for the archive's {} ({} free, {} kept for the node itself); ask its farmer, or import to another replica",
             human(bytes),
@@ -876,94 +678,43 @@ async fn import_from(
             human(full.reserve_bytes)
         )
     })?;
-    std::fs::create_dir(&staging).map_err(|e| format!("the node cannot stage the import: {e}"))?;
-    write_frame(stream, READY, &[])
-        .await
-        .map_err(|e| format!("the peer left: {e}"))?;
-
-    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
-    let into = staging.clone();
-    let reserve_copy = *reserve;
-    let mut unpacking = tokio::task::spawn_blocking(move || {
-        let reader = ChannelReader {
-            rx,
-            buf: Vec::new(),
-            at: 0,
-        };
-        unpack(reader, Some(&into), quota, Some(&reserve_copy))
-    });
-    let mut hasher = blake3::Hasher::new();
-    let mut left = bytes;
-    let mut tx = Some(tx);
-    let mut unpacked = None;
-    let mut buf = vec![0u8; CHUNK_BYTES];
-    let received = async {
-        while left > 0 {
-            let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-            let n = tokio::time::timeout(IDLE_TIMEOUT, stream.read(&mut buf[..want]))
-                .await
-                .map_err(|_| {
-                    format!(
-                        "the archive stopped coming for {} s",
-                        IDLE_TIMEOUT.as_secs()
-                    )
-                })?
-                .map_err(|e| format!("the archive did not arrive whole: {e}"))?;
-            if n == 0 {
-                return Err(format!(
-                    "the archive ended after {} of its {} bytes",
-                    bytes - left,
-                    bytes
-                ));
-            }
-            hasher.update(&buf[..n]);
-            left -= n as u64;
-            if let Some(sender) = &tx
-                && sender.send(buf[..n].to_vec()).await.is_err()
-            {
-                // The unpacking ended before the bytes did: refused, or past the
-                // archive's end (its padding follows).
-                tx = None;
-                let result = (&mut unpacking)
-                    .await
-                    .map_err(|_| "the import stopped on the node; retry".to_string())?;
-                unpacked = Some(result?);
-            }
-        }
-        Ok::<_, String>(())
-    };
-    let result = received.await;
-    drop(tx);
-    let result = match (result, unpacked) {
-        (Err(e), _) => Err(e),
-        (Ok(()), Some(done)) => Ok(done),
-        (Ok(()), None) => unpacking
-            .await
-            .map_err(|_| "the import stopped on the node; retry".to_string())?,
-    };
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let staging = data
+        .path()
+        .with_file_name(format!("{STAGING}.{contract}.{nonce}"));
+    let made = staging.clone();
+    blocking(move || {
+        std::fs::create_dir(&made).map_err(|e| format!("the node cannot stage the import: {e}"))?;
+        probe_exchange(&made).map_err(|e| {
+            let _ = std::fs::remove_dir(&made);
+            format!("the node's file system cannot swap folders at once ({e}); an import cannot be made safely here: ask its farmer")
+        })
+    })
+    .await?;
+    let result = receive(stream, target, &staging, bytes, hash).await;
     let unpacked = match result {
-        Ok(unpacked) if *hasher.finalize().as_bytes() != hash => {
-            let _ = unpacked;
-            Err(
-                "the archive that arrived is not the one signed (its BLAKE3 differs); retry"
-                    .to_string(),
-            )
-        }
-        other => other,
-    };
-    let unpacked = match unpacked {
         Ok(unpacked) => unpacked,
         Err(e) => {
-            let _ = tokio::task::spawn_blocking(move || remove_all(&staging)).await;
+            let left = staging.clone();
+            let _ = blocking(move || remove_all(&left).map_err(|e| e.to_string())).await;
             return Err(e);
         }
     };
-    let folder = data.path().to_path_buf();
-    let swapped = staging.clone();
-    tokio::task::spawn_blocking(move || swap(&swapped, &folder))
-        .await
-        .map_err(|_| "the import stopped on the node; retry".to_string())?
-        .map_err(|e| format!("the node cannot put the imported folder in place: {e}"))?;
+    if !(target.still_live)() {
+        let left = staging.clone();
+        let _ = blocking(move || remove_all(&left).map_err(|e| e.to_string())).await;
+        return Err(format!(
+            "contract {contract}'s app stopped here during the import; nothing was replaced"
+        ));
+    }
+    let (from, folder) = (staging.clone(), data.path().to_path_buf());
+    blocking(move || {
+        swap(&from, &folder)
+            .map_err(|e| format!("the node cannot put the imported folder in place: {e}"))
+    })
+    .await?;
     data.replaced();
     info!(
         contract,
@@ -978,26 +729,137 @@ async fn import_from(
         }
     });
     data.measure().await;
-    let report = ImportReport {
+    Ok(ImportReport {
         contract,
         unpacked,
         quota_bytes: quota,
-    };
-    let body = serde_json::to_vec(&report).map_err(|e| e.to_string())?;
-    write_frame(stream, DONE, &body)
+    })
+}
+
+/// Takes the archive's `bytes` from the peer into `staging`, unpacked and checked, its
+/// files on disk; what it held.
+async fn receive(
+    stream: &mut peergrid_mesh::Stream,
+    target: &Target,
+    staging: &Path,
+    bytes: u64,
+    hash: [u8; 32],
+) -> Result<Unpacked, String> {
+    write_frame(stream, READY, &[])
         .await
-        .map_err(|e| format!("the peer left before hearing the import was done: {e}"))?;
+        .map_err(|e| format!("the peer left: {e}"))?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
+    let into = staging.to_path_buf();
+    let quota = target.data.quota_bytes();
+    let reserve = target.reserve;
+    let mut unpacking = tokio::task::spawn_blocking(move || {
+        let reader = ChannelReader {
+            rx,
+            buf: Vec::new(),
+            at: 0,
+        };
+        unpack(reader, Some(&into), quota, Some(&reserve))
+    });
+    let mut hasher = blake3::Hasher::new();
+    let mut tx = Some(tx);
+    // The unpacking's result, once awaited (a task is awaited once).
+    let mut outcome: Option<Result<Unpacked, String>> = None;
+    let received = async {
+        let mut left = bytes;
+        let mut buf = vec![0u8; CHUNK_BYTES];
+        while left > 0 {
+            let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            let n = tokio::time::timeout(IDLE_TIMEOUT, stream.read(&mut buf[..want]))
+                .await
+                .map_err(|_| {
+                    format!(
+                        "the archive stopped coming for {} s",
+                        IDLE_TIMEOUT.as_secs()
+                    )
+                })?
+                .map_err(|e| format!("the archive did not arrive whole: {e}"))?;
+            if n == 0 {
+                return Err(format!(
+                    "the archive ended after {} of its {bytes} bytes",
+                    bytes - left
+                ));
+            }
+            hasher.update(&buf[..n]);
+            left -= n as u64;
+            if let Some(sender) = &tx
+                && sender.send(buf[..n].to_vec()).await.is_err()
+            {
+                // The unpacking ended before the bytes did: refused, or past the
+                // archive's end (its padding follows, hashed all the same).
+                tx = None;
+                let result = (&mut unpacking)
+                    .await
+                    .unwrap_or_else(|_| Err("the import stopped on the node; retry".to_string()));
+                let refused = result.as_ref().err().cloned();
+                outcome = Some(result);
+                if let Some(why) = refused {
+                    return Err(why);
+                }
+            }
+        }
+        Ok::<_, String>(())
+    };
+    let received = received.await;
+    // The unpacking ends (its input closed) before anything is tidied: nothing of it
+    // may land after.
+    drop(tx);
+    let unpacked = match outcome {
+        Some(result) => result,
+        None => unpacking
+            .await
+            .unwrap_or_else(|_| Err("the import stopped on the node; retry".to_string())),
+    };
+    received?;
+    let unpacked = unpacked?;
+    if *hasher.finalize().as_bytes() != hash {
+        return Err(
+            "the archive that arrived is not the one signed (its BLAKE3 differs); retry"
+                .to_string(),
+        );
+    }
+    let synced = staging.to_path_buf();
+    blocking(move || {
+        sync_folder(&synced)
+            .map_err(|e| format!("the node cannot write the import to its disk: {e}"))
+    })
+    .await?;
+    Ok(unpacked)
+}
+
+/// Has the file system write out what was unpacked in `folder`, once for all its files.
+fn sync_folder(folder: &Path) -> std::io::Result<()> {
+    let dir = std::fs::File::open(folder)?;
+    rustix::fs::syncfs(&dir)?;
     Ok(())
 }
 
-/// Exchanges the unpacked folder and the app's in one rename; the app's folder (now at
-/// `staging`) is then the one to remove.
+/// Whether folders can be exchanged at once next to `staging`: tried with an empty one,
+/// and back.
+fn probe_exchange(staging: &Path) -> std::io::Result<()> {
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    let probe = staging.with_extension("probe");
+    std::fs::create_dir(&probe)?;
+    let exchange = || renameat_with(CWD, staging, CWD, &probe, RenameFlags::EXCHANGE);
+    let tried = exchange().and_then(|()| exchange());
+    std::fs::remove_dir(&probe)?;
+    tried.map_err(std::io::Error::from)
+}
+
+/// Exchanges the unpacked folder and the app's in one rename, made durable; the app's
+/// folder (now at `staging`) is then the one to remove. A missing app folder is an
+/// error: its contract ended.
 fn swap(staging: &Path, folder: &Path) -> std::io::Result<()> {
     use rustix::fs::{CWD, RenameFlags, renameat_with};
-    if !folder.exists() {
-        return std::fs::rename(staging, folder);
+    renameat_with(CWD, staging, CWD, folder, RenameFlags::EXCHANGE)?;
+    if let Some(parent) = folder.parent() {
+        std::fs::File::open(parent)?.sync_all()?;
     }
-    renameat_with(CWD, staging, CWD, folder, RenameFlags::EXCHANGE).map_err(std::io::Error::from)
+    Ok(())
 }
 
 /// Removes `path` and what it holds; nothing there is fine.
@@ -1008,10 +870,24 @@ pub fn remove_all(path: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Where an app's import is staged, beside its `/data` folder at `folder`: a leftover
-/// from a crash is removed when the app starts.
-pub fn staging_of(folder: &Path) -> PathBuf {
-    folder.with_file_name(STAGING)
+/// What imports left beside the app's `/data` folder at `folder` (a node that stopped
+/// during one): each to remove before the app starts.
+pub fn leftovers(folder: &Path) -> Vec<PathBuf> {
+    let Some(parent) = folder.parent() else {
+        return Vec::new();
+    };
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(STAGING))
+        .map(|e| e.path())
+        .collect()
+}
+
+fn human(bytes: u64) -> String {
+    peergrid_core::capacity::human_bytes(bytes)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1064,8 +940,10 @@ pub async fn export(
     mut progress: impl FnMut(u64, u64),
 ) -> Result<Exported, DataError> {
     let mut stream = open(mesh, peer, request).await?;
-    let (tag, body) = read_frame(&mut stream).await.map_err(DataError::Io)?;
-    let begin: ExportBegin = match tag {
+    let (tag, body) = read_frame(&mut stream, LISTING_TIMEOUT)
+        .await
+        .map_err(DataError::Io)?;
+    let begin: Contents = match tag {
         BEGIN => peergrid_core::codec::decode("export header", &body, 64)
             .map_err(|e| DataError::Io(format!("the node's answer is malformed: {e}")))?,
         ERROR => return Err(DataError::Refused(error_text(&body))),
@@ -1075,13 +953,15 @@ pub async fn export(
             )));
         }
     };
-    let part = PathBuf::from(format!("{}.part", out.display()));
+    let mut part = out.as_os_str().to_os_string();
+    part.push(".part");
+    let part = PathBuf::from(part);
     let mut file = std::fs::File::create(&part)
         .map_err(|e| DataError::Io(format!("cannot write {}: {e}", part.display())))?;
     let mut hasher = blake3::Hasher::new();
     let mut total = 0u64;
     let received = loop {
-        let (tag, body) = match read_frame(&mut stream).await {
+        let (tag, body) = match read_frame(&mut stream, IDLE_TIMEOUT).await {
             Ok(frame) => frame,
             Err(e) => break Err(DataError::Io(e)),
         };
@@ -1170,7 +1050,9 @@ pub async fn import(
     };
     let stream = open(mesh, peer, request).await?;
     let (mut input, mut output) = stream.split();
-    let (tag, body) = read_frame(&mut input).await.map_err(DataError::Io)?;
+    let (tag, body) = read_frame(&mut input, IDLE_TIMEOUT)
+        .await
+        .map_err(DataError::Io)?;
     match tag {
         READY => {}
         ERROR => return Err(DataError::Refused(error_text(&body))),
@@ -1182,6 +1064,7 @@ pub async fn import(
     }
     let mut file = std::fs::File::open(archive)
         .map_err(|e| DataError::Io(format!("cannot read {}: {e}", archive.display())))?;
+    let all_sent = std::cell::Cell::new(false);
     let send = async {
         let mut buf = vec![0u8; CHUNK_BYTES];
         let mut sent = 0u64;
@@ -1214,6 +1097,7 @@ pub async fn import(
             .flush()
             .await
             .map_err(|e| DataError::Io(format!("the node stopped reading: {e}")))?;
+        all_sent.set(true);
         // The node answers once it has unpacked and checked it all.
         std::future::pending::<Result<(), DataError>>().await
     };
@@ -1233,7 +1117,10 @@ pub async fn import(
         }
     };
     let _ = output.close().await;
-    let (tag, body) = answer.map_err(DataError::Io)?;
+    let (tag, body) = answer.map_err(|e| match all_sent.get() {
+        true => DataError::Unsure(e),
+        false => DataError::Io(e),
+    })?;
     match tag {
         DONE => serde_json::from_slice(&body)
             .map_err(|e| DataError::Io(format!("the node's answer is malformed: {e}"))),
@@ -1269,198 +1156,6 @@ async fn read_answer<R: futures::AsyncRead + Unpin>(
 mod tests {
     use super::*;
 
-    fn tree(dir: &Path) {
-        std::fs::create_dir_all(dir.join("a/b")).expect("test setup");
-        std::fs::create_dir(dir.join("empty")).expect("test setup");
-        std::fs::write(dir.join("top.txt"), b"top").expect("test setup");
-        std::fs::write(dir.join("a/b/deep.bin"), vec![7u8; 70_000]).expect("test setup");
-        std::fs::write(dir.join("a/zero"), b"").expect("test setup");
-        let long = "n".repeat(120);
-        std::fs::write(dir.join("a").join(&long), b"long name").expect("test setup");
-        std::os::unix::fs::symlink("b/deep.bin", dir.join("a/link")).expect("test setup");
-    }
-
-    fn packed(dir: &Path) -> Vec<u8> {
-        let mut out = Vec::new();
-        pack(dir, &mut out, |_| Ok(())).expect("pack");
-        out
-    }
-
-    /// Every entry under `dir`: name, kind, content or target.
-    fn contents(dir: &Path) -> Vec<(PathBuf, String)> {
-        list(dir)
-            .expect("list")
-            .into_iter()
-            .map(|e| {
-                let path = dir.join(&e.name);
-                let what = match e.kind {
-                    Kind::Folder => "folder".to_string(),
-                    Kind::Link => format!("link {:?}", std::fs::read_link(&path).expect("link")),
-                    Kind::File => format!(
-                        "file {}",
-                        blake3::hash(&std::fs::read(&path).expect("read"))
-                    ),
-                };
-                (e.name, what)
-            })
-            .collect()
-    }
-
-    #[test]
-    fn a_folder_comes_back_as_it_was() {
-        let from = tempfile::tempdir().expect("test setup");
-        tree(from.path());
-        let archive = packed(from.path());
-        let to = tempfile::tempdir().expect("test setup");
-        let dest = to.path().join("data");
-        std::fs::create_dir(&dest).expect("test setup");
-        let n = unpack(&archive[..], Some(&dest), 1 << 30, None).expect("unpack");
-        assert_eq!(contents(from.path()), contents(&dest));
-        assert_eq!((n.files, n.folders, n.links), (4, 3, 1));
-        assert_eq!(n.file_bytes, 3 + 70_000 + 9);
-        // Counted as the quota's walk counts it.
-        assert_eq!(n.disk_bytes, usage(&dest).expect("walk"));
-        assert_eq!(n.disk_bytes, usage(from.path()).expect("walk"));
-        // A scan without a folder counts the same.
-        let scanned = unpack(&archive[..], None, u64::MAX, None).expect("scan");
-        assert_eq!(scanned, n);
-    }
-
-    #[test]
-    fn an_archive_past_the_quota_is_refused() {
-        let from = tempfile::tempdir().expect("test setup");
-        tree(from.path());
-        let archive = packed(from.path());
-        let need = usage(from.path()).expect("walk");
-        let to = tempfile::tempdir().expect("test setup");
-        let dest = to.path().join("data");
-        std::fs::create_dir(&dest).expect("test setup");
-        let e = unpack(&archive[..], Some(&dest), need - 1, None).expect_err("past the quota");
-        assert!(e.contains("more than the app's disk"), "{e}");
-        let dest = to.path().join("data2");
-        std::fs::create_dir(&dest).expect("test setup");
-        unpack(&archive[..], Some(&dest), need, None).expect("exactly the quota fits");
-    }
-
-    fn archive_of(entries: &[(&str, tar::EntryType, &[u8], Option<&str>)]) -> Vec<u8> {
-        let mut tar = tar::Builder::new(Vec::new());
-        for (path, kind, body, link) in entries {
-            let mut header = tar::Header::new_gnu();
-            header.set_entry_type(*kind);
-            header.set_size(body.len() as u64);
-            header.set_mode(0o644);
-            // Written raw: the builder itself refuses `..`.
-            let name = header.as_old_mut().name.as_mut();
-            name[..path.len()].copy_from_slice(path.as_bytes());
-            if let Some(link) = link {
-                header.set_link_name(link).expect("test setup");
-            }
-            header.set_cksum();
-            tar.append(&header, *body).expect("test setup");
-        }
-        tar.into_inner().expect("test setup")
-    }
-
-    #[test]
-    fn hostile_archives_are_refused_and_write_nothing_outside() {
-        use tar::EntryType::{Directory, Link, Regular, Symlink};
-        let cases: Vec<(Vec<u8>, &str)> = vec![
-            (
-                archive_of(&[("../escape", Regular, b"x", None)]),
-                "leaves the folder",
-            ),
-            (
-                archive_of(&[("/etc/escape", Regular, b"x", None)]),
-                "leaves the folder",
-            ),
-            (
-                archive_of(&[
-                    ("out", Symlink, b"", Some("..")),
-                    ("out/escape", Regular, b"x", None),
-                ]),
-                "as a file or link",
-            ),
-            (
-                archive_of(&[("f", Regular, b"x", None), ("f", Regular, b"y", None)]),
-                "twice",
-            ),
-            (
-                archive_of(&[("f", Regular, b"x", None), ("g", Link, b"", Some("f"))]),
-                "hard link",
-            ),
-            (
-                archive_of(&[("d", Directory, b"", None), ("d", Regular, b"x", None)]),
-                "twice",
-            ),
-            (
-                archive_of(&[("fifo", tar::EntryType::Fifo, b"", None)]),
-                "only files, folders and symbolic links",
-            ),
-        ];
-        for (archive, want) in cases {
-            let root = tempfile::tempdir().expect("test setup");
-            let dest = root.path().join("data");
-            std::fs::create_dir(&dest).expect("test setup");
-            let e = unpack(&archive[..], Some(&dest), 1 << 30, None).expect_err(want);
-            assert!(e.contains(want), "wanted {want:?}, got {e}");
-            assert!(!root.path().join("escape").exists());
-            // A scan refuses it too, before anything is sent.
-            let e = unpack(&archive[..], None, u64::MAX, None).expect_err(want);
-            assert!(e.contains(want), "scan: wanted {want:?}, got {e}");
-        }
-    }
-
-    #[test]
-    fn a_cut_archive_is_refused() {
-        let from = tempfile::tempdir().expect("test setup");
-        tree(from.path());
-        let archive = packed(from.path());
-        // Cut inside the large file's bytes.
-        let cut = &archive[..archive.len() / 2];
-        let dest = tempfile::tempdir().expect("test setup");
-        assert!(unpack(cut, Some(dest.path()), 1 << 30, None).is_err());
-        let e = unpack(cut, None, u64::MAX, None).expect_err("cut");
-        assert!(e.contains("damaged after"), "{e}");
-        let e = unpack(&b"a text file\n"[..], None, u64::MAX, None).expect_err("no tar");
-        assert!(e.contains("not a tar archive"), "{e}");
-    }
-
-    #[test]
-    fn arbitrary_bytes_never_panic_nor_escape() {
-        use proptest::prelude::*;
-        let mut runner = proptest::test_runner::TestRunner::new(proptest::test_runner::Config {
-            cases: 64,
-            ..Default::default()
-        });
-        let from = tempfile::tempdir().expect("test setup");
-        tree(from.path());
-        let archive = packed(from.path());
-        runner
-            .run(
-                &(
-                    0..archive.len(),
-                    any::<u8>(),
-                    proptest::collection::vec(any::<u8>(), 0..600),
-                ),
-                |(at, byte, tail)| {
-                    let mut bytes = archive.clone();
-                    bytes[at] = byte;
-                    let root = tempfile::tempdir().expect("test setup");
-                    let dest = root.path().join("data");
-                    std::fs::create_dir(&dest).expect("test setup");
-                    let _ = unpack(&bytes[..], Some(&dest), 1 << 30, None);
-                    let _ = unpack(&tail[..], None, u64::MAX, None);
-                    let outside: Vec<_> = std::fs::read_dir(root.path())
-                        .expect("read")
-                        .map(|e| e.expect("entry").file_name())
-                        .collect();
-                    prop_assert_eq!(outside, vec![std::ffi::OsString::from("data")]);
-                    Ok(())
-                },
-            )
-            .expect("no panic, nothing outside");
-    }
-
     #[test]
     fn requests_are_bound_to_their_contract_and_archive() {
         let key = Keypair::generate().expect("test setup");
@@ -1469,43 +1164,65 @@ mod tests {
             hash: [1; 32],
         };
         let request = DataRequest::sign(&key, 7, op.clone());
-        let message = data_message(DATA_VERSION, 7, &op, request.at_ms);
-        assert!(
-            request
-                .signature
-                .verify(&key.account(), DATA_NAMESPACE, &message)
-        );
-        let other = DataOp::Import {
-            bytes: 10,
-            hash: [2; 32],
+        assert_eq!(check_signed(&request, &key.account()), Ok(()));
+        let other = Keypair::generate().expect("test setup");
+        let e = check_signed(&request, &other.account()).expect_err("not the owner");
+        assert!(e.contains("owner"), "{e}");
+        for forged in [
+            DataRequest {
+                op: DataOp::Import {
+                    bytes: 10,
+                    hash: [2; 32],
+                },
+                ..request.clone()
+            },
+            DataRequest {
+                contract: 8,
+                ..request.clone()
+            },
+            DataRequest {
+                op: DataOp::Export,
+                ..request.clone()
+            },
+        ] {
+            assert!(check_signed(&forged, &key.account()).is_err());
+        }
+        let stale = DataRequest::sign(&key, 7, DataOp::Export);
+        let stale = DataRequest {
+            at_ms: stale.at_ms - DATA_CLOCK_SKEW_MS - 1000,
+            ..stale
         };
-        let forged = data_message(DATA_VERSION, 7, &other, request.at_ms);
-        assert!(
-            !request
-                .signature
-                .verify(&key.account(), DATA_NAMESPACE, &forged)
-        );
-        let elsewhere = data_message(DATA_VERSION, 8, &op, request.at_ms);
-        assert!(
-            !request
-                .signature
-                .verify(&key.account(), DATA_NAMESPACE, &elsewhere)
-        );
+        let message = data_message(DATA_VERSION, 7, &DataOp::Export, stale.at_ms);
+        let stale = DataRequest {
+            signature: Signature(key.sign(DATA_NAMESPACE, &message)),
+            ..stale
+        };
+        let e = check_signed(&stale, &key.account()).expect_err("stale");
+        assert!(e.contains("clock"), "{e}");
     }
 
     #[test]
     fn a_swap_exchanges_two_folders_at_once() {
         let root = tempfile::tempdir().expect("test setup");
-        let (data, staging) = (
-            root.path().join("data"),
-            staging_of(&root.path().join("data")),
-        );
+        let data = root.path().join("data");
+        let staging = root.path().join(format!("{STAGING}.1.2"));
         std::fs::create_dir(&data).expect("test setup");
         std::fs::write(data.join("old"), b"old").expect("test setup");
         std::fs::create_dir(&staging).expect("test setup");
         std::fs::write(staging.join("new"), b"new").expect("test setup");
+        probe_exchange(&staging).expect("this file system exchanges folders");
+        assert!(
+            staging.join("new").exists(),
+            "a probe leaves the staging as it was"
+        );
         swap(&staging, &data).expect("swap");
         assert!(data.join("new").exists() && !data.join("old").exists());
         assert!(staging.join("old").exists());
+        // A leftover is found by its prefix; the folder itself is not.
+        assert_eq!(leftovers(&data), vec![staging.clone()]);
+        // An app folder that is gone (its contract ended) is not made again.
+        remove_all(&data).expect("remove");
+        assert!(swap(&staging, &data).is_err());
+        assert!(!data.exists());
     }
 }

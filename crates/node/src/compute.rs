@@ -568,11 +568,17 @@ impl Compute {
                                 )
                             })
                         });
-                        // An import the node crashed in the middle of: /data is as it was.
-                        if let Err(e) =
-                            crate::appdata::remove_all(&crate::appdata::staging_of(&folder))
-                        {
-                            warn!(contract, error = %e, "cannot remove an unfinished import of an app's /data");
+                        // What an import left when the node stopped during it: /data is
+                        // wholly the old files or the new; the rest goes, off the lock.
+                        let leftovers = crate::appdata::leftovers(&folder);
+                        if !leftovers.is_empty() {
+                            tokio::task::spawn_blocking(move || {
+                                for left in leftovers {
+                                    if let Err(e) = crate::appdata::remove_all(&left) {
+                                        warn!(contract, folder = %left.display(), error = %e, "cannot remove what an import of an app's /data left");
+                                    }
+                                }
+                            });
                         }
                         app.data = DataDir::new(&folder, w.disk, Some(space))
                             .inspect_err(|e| warn!(contract, folder = %folder.display(), error = %e, "cannot make the app's data folder: its workloads run without /data"))

@@ -21,6 +21,7 @@
 //! ([`blob`]) and their HTTP workloads served by `node run --http` ([`entry`]).
 
 pub mod appdata;
+pub mod archive;
 pub mod blob;
 pub mod compute;
 pub mod daemon;
