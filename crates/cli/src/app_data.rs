@@ -213,20 +213,20 @@ fn import(
     crate::runtime()?.block_on(async {
         let owned: Vec<Replica> = replicas.iter().map(|r| (*r).clone()).collect();
         let disks = contract_disks(&client, &owned).await;
-        let mut results: Vec<(&Replica, Result<String, String>)> = Vec::new();
+        let mut results: Vec<(&Replica, Outcome)> = Vec::new();
         let mut sendable = Vec::new();
         for r in &replicas {
             match disks.get(&r.contract) {
                 None => results.push((
                     r,
-                    Err(format!(
+                    Outcome::Kept(format!(
                         "contract {} is ended or in its grace period (`peergrid app status {}`)",
                         r.contract, app.name
                     )),
                 )),
                 Some(&disk) if unpacked.disk_bytes > disk => results.push((
                     r,
-                    Err(format!(
+                    Outcome::Kept(format!(
                         "the archive takes {} of disk as /data counts it, more than this replica's {}; first `peergrid app update {} --disk {}`",
                         human_bytes(unpacked.disk_bytes),
                         human_bytes(disk),
@@ -240,7 +240,7 @@ fn import(
         if sendable.is_empty() {
             let why: Vec<String> = results
                 .iter()
-                .map(|(r, e)| format!("node {}: {}", r.node, e.as_ref().err().map_or("", |e| e)))
+                .map(|(r, e)| format!("node {}: {}", r.node, e.text()))
                 .collect();
             bail!("no replica of {} can take the archive: {}", app.name, why.join("; "));
         }
@@ -259,11 +259,21 @@ fn import(
         for r in sendable {
             let bar = output::bytes_bar(globals, bytes);
             let attempt = async {
-                let (peer, _) = node_peer(&client, r.node).await.map_err(|e| format!("{e:#}"))?;
+                let (peer, _) = match node_peer(&client, r.node).await {
+                    Ok(found) => found,
+                    Err(e) => return Outcome::Kept(format!("{e:#}")),
+                };
                 let request = DataRequest::sign(&key, r.contract, DataOp::Import { bytes, hash });
-                appdata::import(&mesh, peer, &request, archive, |sent| bar.set_position(sent))
-                    .await
-                    .map_err(|e| format!("{:#}", explain(r.node, e)))
+                match appdata::import(&mesh, peer, &request, archive, |sent| bar.set_position(sent)).await {
+                    Ok(report) => Outcome::Replaced(format!(
+                        "replaced: {} files, {} of its {} disk",
+                        report.unpacked.files,
+                        human_bytes(report.unpacked.disk_bytes),
+                        human_bytes(report.quota_bytes)
+                    )),
+                    Err(e @ DataError::Unsure(_)) => Outcome::Unsure(format!("{:#}", explain(r.node, e))),
+                    Err(e) => Outcome::Kept(format!("{:#}", explain(r.node, e))),
+                }
             };
             let result = tokio::select! {
                 result = attempt => result,
@@ -272,7 +282,7 @@ fn import(
                     mesh.close().await;
                     let done: Vec<String> = results
                         .iter()
-                        .filter(|(_, r)| r.is_ok())
+                        .filter(|(_, r)| matches!(r, Outcome::Replaced(_)))
                         .map(|(r, _)| r.node.to_string())
                         .collect();
                     let done = match done.is_empty() {
@@ -286,27 +296,20 @@ fn import(
                 }
             };
             bar.finish_and_clear();
-            results.push((
-                r,
-                result.map(|report| {
-                    format!(
-                        "replaced: {} files, {} of its {} disk",
-                        report.unpacked.files,
-                        human_bytes(report.unpacked.disk_bytes),
-                        human_bytes(report.quota_bytes)
-                    )
-                }),
-            ));
+            results.push((r, result));
         }
         mesh.close().await;
         results.sort_by_key(|(r, _)| r.node);
-        let failed = results.iter().filter(|(_, r)| r.is_err()).count();
+        let kept = results.iter().filter(|(_, r)| matches!(r, Outcome::Kept(_))).count();
+        let unsure = results.iter().filter(|(_, r)| matches!(r, Outcome::Unsure(_))).count();
         if globals.json {
             let rows: Vec<_> = results
                 .iter()
                 .map(|(r, result)| match result {
-                    Ok(_) => json!({ "node": r.node, "contract": r.contract, "imported": true }),
-                    Err(e) => json!({ "node": r.node, "contract": r.contract, "imported": false, "error": e }),
+                    Outcome::Replaced(_) => json!({ "node": r.node, "contract": r.contract, "imported": true }),
+                    // Neither yes nor no: the node may have replaced it.
+                    Outcome::Unsure(e) => json!({ "node": r.node, "contract": r.contract, "imported": null, "error": e }),
+                    Outcome::Kept(e) => json!({ "node": r.node, "contract": r.contract, "imported": false, "error": e }),
                 })
                 .collect();
             output::json(&json!({
@@ -325,22 +328,45 @@ fn import(
                         r.node.to_string(),
                         r.contract.to_string(),
                         match result {
-                            Ok(done) => done.clone(),
-                            Err(e) => format!("NOT imported: {e}"),
+                            Outcome::Replaced(done) => done.clone(),
+                            Outcome::Unsure(e) => format!("UNKNOWN: {e}"),
+                            Outcome::Kept(e) => format!("NOT imported: {e}"),
                         },
                     ]
                 })
                 .collect();
             output::table(&["NODE", "CONTRACT", "/DATA"], &rows);
         }
-        if failed > 0 {
-            bail!(
-                "{failed} of {} replicas kept their /data as it was (see above)",
+        match (kept, unsure) {
+            (0, 0) => Ok(()),
+            (kept, 0) => bail!(
+                "{kept} of {} replicas kept their /data as it was (see above)",
                 results.len()
-            );
+            ),
+            (kept, unsure) => bail!(
+                "{unsure} of {} replicas may or may not have taken the archive, and {kept} kept their /data (see above)",
+                results.len()
+            ),
         }
-        Ok(())
     })
+}
+
+/// What an import did to one replica.
+enum Outcome {
+    /// Its /data is the archive's.
+    Replaced(String),
+    /// Its /data is as it was, and why.
+    Kept(String),
+    /// Sent whole, and no answer: it may be either.
+    Unsure(String),
+}
+
+impl Outcome {
+    fn text(&self) -> &str {
+        match self {
+            Outcome::Replaced(t) | Outcome::Kept(t) | Outcome::Unsure(t) => t,
+        }
+    }
 }
 
 /// Asks on the terminal before files are replaced.

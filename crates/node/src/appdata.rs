@@ -73,9 +73,9 @@ pub const LISTING_TIMEOUT: Duration = Duration::from_secs(600);
 /// Streams whose request is still awaited, and for one peer.
 const REQUESTS_MAX: usize = 16;
 const REQUESTS_PER_PEER_MAX: usize = 2;
-/// Transfers under way, and for one peer.
-const TRANSFERS_MAX: usize = 4;
-const TRANSFERS_PER_PEER_MAX: usize = 2;
+/// Transfers under way, and for one app.
+const TRANSFERS_MAX: usize = 8;
+const TRANSFERS_PER_CONTRACT_MAX: usize = 2;
 /// Where an import is unpacked, beside the app's folder (a suffix makes each its own).
 const STAGING: &str = "data.import";
 
@@ -279,8 +279,7 @@ pub fn serve_with(
         .accept_streams(DATA_PROTOCOL)
         .map_err(|e| anyhow::anyhow!("cannot serve {DATA_PROTOCOL}: {e}"))?;
     let requests = Slots::new(REQUESTS_MAX, REQUESTS_PER_PEER_MAX);
-    let transfers = Arc::new(Slots::new(TRANSFERS_MAX, TRANSFERS_PER_PEER_MAX));
-    let importing: Importing = Arc::default();
+    let transfers: Transfers = Arc::default();
     Ok(tokio::spawn(async move {
         while let Some((peer, mut stream)) = incoming.next().await {
             let Ok(slot) = requests.take(peer) else {
@@ -295,7 +294,6 @@ pub fn serve_with(
             };
             let authorize = authorize.clone();
             let transfers = transfers.clone();
-            let importing = importing.clone();
             tokio::spawn(async move {
                 let allowed = async {
                     let request = read_request(&mut stream).await?;
@@ -314,15 +312,20 @@ pub fn serve_with(
                         return;
                     }
                 };
-                let Ok(_transfer) = transfers.take(peer) else {
-                    busy(
-                        &mut stream,
-                        "too many transfers under way on this node; retry later",
-                    )
-                    .await;
+                let Some(held) = TransferSlot::take(&transfers, contract, &op) else {
+                    let why = match op {
+                        DataOp::Import { .. } => {
+                            "a transfer of this app's /data is under way here; wait for it"
+                        }
+                        DataOp::Export => {
+                            "too many transfers under way on this node or for this app; retry later"
+                        }
+                    };
+                    busy(&mut stream, why).await;
                     return;
                 };
-                transfer(peer, stream, contract, op, target, &importing).await;
+                transfer(peer, stream, contract, op, target).await;
+                drop(held);
             });
         }
     }))
@@ -330,44 +333,72 @@ pub fn serve_with(
 
 /// Tells the peer why its stream ends, briefly.
 async fn busy(stream: &mut peergrid_mesh::Stream, why: &str) {
-    let tell = async {
-        let _ = write_frame(stream, ERROR, why.as_bytes()).await;
-        let _ = stream.close().await;
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(2), tell).await;
+    answer(stream, ERROR, why.as_bytes()).await;
 }
 
-type Importing = Arc<Mutex<std::collections::HashSet<ContractId>>>;
+/// Writes the last frame and closes, within a few seconds: a peer that does not read
+/// holds nothing.
+async fn answer(stream: &mut peergrid_mesh::Stream, tag: u8, body: &[u8]) -> bool {
+    let tell = async {
+        let sent = write_frame(stream, tag, body).await.is_ok();
+        sent && stream.close().await.is_ok()
+    };
+    tokio::time::timeout(Duration::from_secs(10), tell)
+        .await
+        .unwrap_or(false)
+}
 
-/// One import per contract at a time: held until its folders are tidied.
-struct ImportGuard {
-    importing: Importing,
+/// Transfers under way, per contract (whoever asks: peer ids are free, contracts are
+/// paid for): an import alone, or a few exports.
+#[derive(Default)]
+struct TransferCounts {
+    all: usize,
+    per_contract: std::collections::HashMap<ContractId, (usize, bool)>,
+}
+
+type Transfers = Arc<Mutex<TransferCounts>>;
+
+/// A transfer's place, given back on drop.
+struct TransferSlot {
+    transfers: Transfers,
     contract: ContractId,
 }
 
-impl ImportGuard {
-    fn take(importing: &Importing, contract: ContractId) -> Option<ImportGuard> {
-        let first = importing
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(contract);
-        first.then(|| ImportGuard {
-            importing: importing.clone(),
+impl TransferSlot {
+    fn take(transfers: &Transfers, contract: ContractId, op: &DataOp) -> Option<TransferSlot> {
+        let import = matches!(op, DataOp::Import { .. });
+        let mut t = transfers.lock().unwrap_or_else(|e| e.into_inner());
+        if t.all >= TRANSFERS_MAX {
+            return None;
+        }
+        let (count, importing) = t.per_contract.get(&contract).copied().unwrap_or_default();
+        if importing || (import && count > 0) || count >= TRANSFERS_PER_CONTRACT_MAX {
+            return None;
+        }
+        t.all += 1;
+        t.per_contract.insert(contract, (count + 1, import));
+        Some(TransferSlot {
+            transfers: transfers.clone(),
             contract,
         })
     }
 }
 
-impl Drop for ImportGuard {
+impl Drop for TransferSlot {
     fn drop(&mut self) {
-        self.importing
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.contract);
+        let mut t = self.transfers.lock().unwrap_or_else(|e| e.into_inner());
+        t.all = t.all.saturating_sub(1);
+        if let Some((count, _)) = t.per_contract.get(&self.contract).copied() {
+            if count <= 1 {
+                t.per_contract.remove(&self.contract);
+            } else {
+                t.per_contract.insert(self.contract, (count - 1, false));
+            }
+        }
     }
 }
 
-/// The most a transfer of `bytes` may take: a minute, and the time at
+/// The most a transfer of `bytes` may have taken: a minute, and the time at
 /// [`PACE_BYTES_PER_SEC`].
 fn deadline(bytes: u64) -> Duration {
     Duration::from_secs(60 + bytes / PACE_BYTES_PER_SEC)
@@ -379,53 +410,44 @@ async fn transfer(
     contract: ContractId,
     op: DataOp,
     target: Target,
-    importing: &Importing,
 ) {
     match op {
         DataOp::Export => {
             if let Err(e) = export_to(&mut stream, &target.data).await {
                 warn!(%peer, contract, reason = %e, "app data export failed");
-                let _ = write_frame(&mut stream, ERROR, e.as_bytes()).await;
+                answer(&mut stream, ERROR, e.as_bytes()).await;
             }
+            let _ = tokio::time::timeout(Duration::from_secs(10), stream.close()).await;
         }
         DataOp::Import { bytes, hash } => {
-            let Some(guard) = ImportGuard::take(importing, contract) else {
-                busy(
-                    &mut stream,
-                    "an import to this app is already under way here; wait for it",
-                )
-                .await;
-                return;
-            };
-            let limit = deadline(bytes);
-            let result = tokio::time::timeout(
-                limit,
-                import_from(&mut stream, contract, &target, bytes, hash),
-            )
-            .await
-            .unwrap_or_else(|_| {
-                Err(format!(
-                    "the import took longer than {} s (at least {} KiB/s is needed); retry on a faster link",
-                    limit.as_secs(),
-                    PACE_BYTES_PER_SEC / 1024
-                ))
-            });
-            match result {
+            let nonce = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            let staging = target
+                .data
+                .path()
+                .with_file_name(format!("{STAGING}.{contract}.{nonce}"));
+            let result = import_from(&mut stream, contract, &target, &staging, bytes, hash).await;
+            // The owner hears first; the staged folder (the old files, after a swap) goes
+            // after, while this import's slot is held.
+            match &result {
                 Ok(report) => {
-                    let body = serde_json::to_vec(&report).unwrap_or_default();
-                    if write_frame(&mut stream, DONE, &body).await.is_err() {
+                    let body = serde_json::to_vec(report).unwrap_or_default();
+                    if !answer(&mut stream, DONE, &body).await {
                         info!(%peer, contract, "an app's /data was replaced, but its owner left before hearing it");
                     }
                 }
                 Err(e) => {
                     warn!(%peer, contract, reason = %e, "app data import refused");
-                    let _ = write_frame(&mut stream, ERROR, e.as_bytes()).await;
+                    answer(&mut stream, ERROR, e.as_bytes()).await;
                 }
             }
-            drop(guard);
+            let left = staging.clone();
+            if let Err(e) = blocking(move || remove_all(&left).map_err(|e| e.to_string())).await {
+                warn!(folder = %staging.display(), error = %e, "cannot remove what an import of an app's /data left; it goes with the contract, or at the app's next start");
+            }
         }
     }
-    let _ = stream.close().await;
 }
 
 async fn read_request(stream: &mut peergrid_mesh::Stream) -> Result<DataRequest, String> {
@@ -586,25 +608,32 @@ async fn export_to(stream: &mut peergrid_mesh::Stream, data: &DataDir) -> Result
         sink.send(END, peergrid_core::codec::encode(&end))?;
         Ok::<_, std::io::Error>(contents)
     });
-    let mut sent = 0u64;
-    let began = std::time::Instant::now();
+    // Only the time spent waiting on the peer counts against its pace: the node's own
+    // reading of the folder does not.
+    let (mut sent, mut waited) = (0u64, Duration::ZERO);
     while let Some((tag, body)) = rx.recv().await {
         sent += body.len() as u64;
-        if began.elapsed() > deadline(sent) {
-            return Err(format!(
-                "the export went slower than {} KiB/s; retry on a faster link",
-                PACE_BYTES_PER_SEC / 1024
-            ));
-        }
+        let began = std::time::Instant::now();
         tokio::time::timeout(IDLE_TIMEOUT, write_frame(stream, tag, &body))
             .await
             .map_err(|_| format!("the peer read nothing for {} s", IDLE_TIMEOUT.as_secs()))?
             .map_err(|e| format!("the peer left: {e}"))?;
+        waited += began.elapsed();
+        if waited > deadline(sent) {
+            return Err(format!(
+                "the export was read slower than {} KiB/s; retry on a faster link",
+                PACE_BYTES_PER_SEC / 1024
+            ));
+        }
     }
     match packing.await {
         Ok(Ok(contents)) => {
             debug!(folder = %data.path().display(), entries = contents.entries, "an app's /data exported");
             Ok(())
+        }
+        // The app's own tree, past what an archive carries: the owner's to hear.
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::Other => {
+            Err(format!("the app's /data cannot be exported: {e}"))
         }
         Ok(Err(e)) => {
             warn!(folder = %data.path().display(), error = %e, "cannot export an app's /data");
@@ -651,10 +680,14 @@ async fn blocking<T: Send + 'static>(
         .unwrap_or_else(|_| Err("the import stopped on the node; retry".to_string()))
 }
 
+/// Takes the archive into `staging` (a new folder beside the app's), checks it, and
+/// exchanges it with the app's folder: then `staging` holds the old files. Whatever
+/// happens, the caller removes `staging` afterwards.
 async fn import_from(
     stream: &mut peergrid_mesh::Stream,
     contract: ContractId,
     target: &Target,
+    staging: &Path,
     bytes: u64,
     hash: [u8; 32],
 ) -> Result<ImportReport, String> {
@@ -678,38 +711,21 @@ async fn import_from(
             human(full.reserve_bytes)
         )
     })?;
-    let nonce = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let staging = data
-        .path()
-        .with_file_name(format!("{STAGING}.{contract}.{nonce}"));
-    let made = staging.clone();
+    let made = staging.to_path_buf();
     blocking(move || {
         std::fs::create_dir(&made).map_err(|e| format!("the node cannot stage the import: {e}"))?;
         probe_exchange(&made).map_err(|e| {
-            let _ = std::fs::remove_dir(&made);
             format!("the node's file system cannot swap folders at once ({e}); an import cannot be made safely here: ask its farmer")
         })
     })
     .await?;
-    let result = receive(stream, target, &staging, bytes, hash).await;
-    let unpacked = match result {
-        Ok(unpacked) => unpacked,
-        Err(e) => {
-            let left = staging.clone();
-            let _ = blocking(move || remove_all(&left).map_err(|e| e.to_string())).await;
-            return Err(e);
-        }
-    };
+    let unpacked = receive(stream, target, staging, bytes, hash).await?;
     if !(target.still_live)() {
-        let left = staging.clone();
-        let _ = blocking(move || remove_all(&left).map_err(|e| e.to_string())).await;
         return Err(format!(
             "contract {contract}'s app stopped here during the import; nothing was replaced"
         ));
     }
-    let (from, folder) = (staging.clone(), data.path().to_path_buf());
+    let (from, folder) = (staging.to_path_buf(), data.path().to_path_buf());
     blocking(move || {
         swap(&from, &folder)
             .map_err(|e| format!("the node cannot put the imported folder in place: {e}"))
@@ -722,12 +738,6 @@ async fn import_from(
         bytes = unpacked.file_bytes,
         "an app's /data was replaced by its owner's archive"
     );
-    // The old files go in the background: the owner hears at once.
-    tokio::task::spawn_blocking(move || {
-        if let Err(e) = remove_all(&staging) {
-            warn!(folder = %staging.display(), error = %e, "cannot remove an app's /data replaced by an import; it goes with the contract");
-        }
-    });
     data.measure().await;
     Ok(ImportReport {
         contract,
@@ -764,10 +774,17 @@ async fn receive(
     let mut tx = Some(tx);
     // The unpacking's result, once awaited (a task is awaited once).
     let mut outcome: Option<Result<Unpacked, String>> = None;
+    let began = std::time::Instant::now();
     let received = async {
         let mut left = bytes;
         let mut buf = vec![0u8; CHUNK_BYTES];
         while left > 0 {
+            if began.elapsed() > deadline(bytes - left) {
+                return Err(format!(
+                    "the archive came slower than {} KiB/s; retry on a faster link",
+                    PACE_BYTES_PER_SEC / 1024
+                ));
+            }
             let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
             let n = tokio::time::timeout(IDLE_TIMEOUT, stream.read(&mut buf[..want]))
                 .await
@@ -842,7 +859,9 @@ fn sync_folder(folder: &Path) -> std::io::Result<()> {
 /// and back.
 fn probe_exchange(staging: &Path) -> std::io::Result<()> {
     use rustix::fs::{CWD, RenameFlags, renameat_with};
-    let probe = staging.with_extension("probe");
+    let mut probe = staging.as_os_str().to_os_string();
+    probe.push(".probe");
+    let probe = PathBuf::from(probe);
     std::fs::create_dir(&probe)?;
     let exchange = || renameat_with(CWD, staging, CWD, &probe, RenameFlags::EXCHANGE);
     let tried = exchange().and_then(|()| exchange());
@@ -850,14 +869,18 @@ fn probe_exchange(staging: &Path) -> std::io::Result<()> {
     tried.map_err(std::io::Error::from)
 }
 
-/// Exchanges the unpacked folder and the app's in one rename, made durable; the app's
-/// folder (now at `staging`) is then the one to remove. A missing app folder is an
-/// error: its contract ended.
+/// Exchanges the unpacked folder and the app's in one rename (`staging` then holds the
+/// old files), and syncs their parent. A missing app folder is an error: its contract
+/// ended, and its folder is not made again.
 fn swap(staging: &Path, folder: &Path) -> std::io::Result<()> {
     use rustix::fs::{CWD, RenameFlags, renameat_with};
     renameat_with(CWD, staging, CWD, folder, RenameFlags::EXCHANGE)?;
-    if let Some(parent) = folder.parent() {
-        std::fs::File::open(parent)?.sync_all()?;
+    // Done either way: a failed sync only leaves the exchange less sure to outlive a
+    // power cut.
+    if let Some(parent) = folder.parent()
+        && let Err(e) = std::fs::File::open(parent).and_then(|dir| dir.sync_all())
+    {
+        warn!(folder = %parent.display(), error = %e, "cannot sync an app's folder after an import");
     }
     Ok(())
 }
@@ -1093,28 +1116,32 @@ pub async fn import(
             sent += n as u64;
             progress(sent);
         }
+        // Every byte is written: from here the node may have it all.
+        all_sent.set(true);
         output
             .flush()
             .await
             .map_err(|e| DataError::Io(format!("the node stopped reading: {e}")))?;
-        all_sent.set(true);
         // The node answers once it has unpacked and checked it all.
         std::future::pending::<Result<(), DataError>>().await
     };
     // The node may refuse part-way (the app's disk, its own): its answer ends the send.
+    // One read of the answer throughout, so that nothing it took is lost.
+    let read = read_answer(&mut input);
+    tokio::pin!(read);
     let outcome = tokio::select! {
+        biased;
+        answer = &mut read => Ok(answer),
         sent = send => Err(sent.err().unwrap_or_else(|| DataError::Io("sending stopped".to_string()))),
-        answer = read_answer(&mut input) => Ok(answer),
     };
     let answer = match outcome {
         Ok(answer) => answer,
         // A send cut by the node's refusal: its answer says why.
-        Err(cut) => {
-            match tokio::time::timeout(Duration::from_secs(5), read_answer(&mut input)).await {
-                Ok(Ok(frame)) => Ok(frame),
-                _ => return Err(cut),
-            }
-        }
+        Err(cut) => match tokio::time::timeout(Duration::from_secs(5), &mut read).await {
+            Ok(Ok(frame)) => Ok(frame),
+            _ if all_sent.get() => return Err(DataError::Unsure(cut.to_string())),
+            _ => return Err(cut),
+        },
     };
     let _ = output.close().await;
     let (tag, body) = answer.map_err(|e| match all_sent.get() {

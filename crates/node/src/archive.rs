@@ -9,10 +9,16 @@
 //! [`unpack`] reads the archive's raw entries and resolves GNU long names and pax headers
 //! itself, each held to a few KiB (the tar reader would load them whole, however large).
 //! It refuses: anything but files, folders and symbolic links; a name that leaves the
-//! folder or passes through a link or file; a name given twice; a link whose target
-//! leaves the folder; more disk than the quota, counted as `/data`'s quota counts; with a
-//! [`DiskReserve`], a file that would eat into the node's reserve; and an archive without
-//! tar's end-of-archive block (one cut between entries).
+//! folder or passes through a link or file; a name given twice; more disk than the
+//! quota, counted as `/data`'s quota counts; with a [`DiskReserve`], a file that would
+//! eat into the node's reserve; and an archive without tar's end-of-archive block (one
+//! cut between entries). A link's target is kept as it is, wherever it points: nothing
+//! on the node follows a link in `/data` (walks use `lstat` or handles opened with
+//! `O_NOFOLLOW`, removal does not follow), and the app's sandbox never follows one out
+//! of the folder; an app may well have made one itself.
+//!
+//! A pack goes at most [`DEPTH_MAX`] folders deep, and refuses a path longer than
+//! [`PATH_BYTES_MAX`]: such a tree could not be imported back.
 
 use std::cell::Cell;
 use std::ffi::{OsStr, OsString};
@@ -30,6 +36,8 @@ use serde::{Deserialize, Serialize};
 
 /// Longest path or link target accepted.
 pub const PATH_BYTES_MAX: usize = 4096;
+/// Deepest folder a pack goes into: one handle is held open per level.
+pub const DEPTH_MAX: usize = 128;
 /// Largest GNU long-name or pax header accepted.
 const EXTENSION_BYTES_MAX: u64 = 64 * 1024;
 /// tar's block.
@@ -95,7 +103,19 @@ fn walk(
             continue;
         };
         let path = rel.join(&name);
+        if path.as_os_str().len() > PATH_BYTES_MAX {
+            return Err(std::io::Error::other(format!(
+                "a path longer than {PATH_BYTES_MAX} bytes in /data ({}…): it could not be imported back",
+                path.to_string_lossy().chars().take(60).collect::<String>()
+            )));
+        }
         if let Some((sub, inner)) = step(dir, &name, &path, open, &mut visit)? {
+            if levels.len() >= DEPTH_MAX {
+                return Err(std::io::Error::other(format!(
+                    "folders nested more than {DEPTH_MAX} deep in /data ({}…)",
+                    path.to_string_lossy().chars().take(60).collect::<String>()
+                )));
+            }
             levels.push((sub, path, inner.into_iter()));
         }
     }
@@ -274,26 +294,6 @@ fn inside(path: &Path) -> Result<Option<PathBuf>, String> {
     Ok((!out.as_os_str().is_empty()).then_some(out))
 }
 
-/// Whether a link at `name` (inside the folder) pointing to `target` stays inside it.
-fn stays_inside(name: &Path, target: &Path) -> bool {
-    if target.is_absolute() {
-        return false;
-    }
-    let mut depth = name.components().count() as i64 - 1;
-    for part in target.components() {
-        match part {
-            Component::ParentDir => depth -= 1,
-            Component::Normal(_) => depth += 1,
-            Component::CurDir => {}
-            _ => return false,
-        }
-        if depth < 0 {
-            return false;
-        }
-    }
-    true
-}
-
 /// Why an archive cannot be read, after `read` entries: the tar reader's words, which may
 /// quote the bytes it choked on, kept to printable text.
 fn damaged(read: u64, e: &std::io::Error) -> String {
@@ -311,6 +311,42 @@ fn damaged(read: u64, e: &std::io::Error) -> String {
 
 fn human(bytes: u64) -> String {
     peergrid_core::capacity::human_bytes(bytes)
+}
+
+/// What an archive's entry is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    File,
+    Folder,
+    Link,
+}
+
+/// The entries met so far: by name for a scan; for an unpack, the new folder itself
+/// (which only the unpack writes), so that memory does not grow with the archive.
+enum Seen {
+    Names(std::collections::HashMap<PathBuf, Kind>),
+    Disk(PathBuf),
+}
+
+impl Seen {
+    fn get(&self, name: &Path) -> Result<Option<Kind>, String> {
+        match self {
+            Seen::Names(names) => Ok(names.get(name).copied()),
+            Seen::Disk(dest) => match dest.join(name).symlink_metadata() {
+                Ok(meta) if meta.is_dir() => Ok(Some(Kind::Folder)),
+                Ok(meta) if meta.is_symlink() => Ok(Some(Kind::Link)),
+                Ok(_) => Ok(Some(Kind::File)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(format!("cannot check {name:?}: {e}")),
+            },
+        }
+    }
+
+    fn insert(&mut self, name: &Path, kind: Kind) {
+        if let Seen::Names(names) = self {
+            names.insert(name.to_path_buf(), kind);
+        }
+    }
 }
 
 /// What the extension headers before an entry said.
@@ -357,14 +393,10 @@ pub fn unpack(
     quota_bytes: u64,
     reserve: Option<&DiskReserve>,
 ) -> Result<Unpacked, String> {
-    use std::collections::HashMap;
-    #[derive(Clone, Copy, PartialEq, Eq)]
-    enum Kind {
-        File,
-        Folder,
-        Link,
-    }
-    let mut seen: HashMap<PathBuf, Kind> = HashMap::new();
+    let mut seen = match dest {
+        Some(dest) => Seen::Disk(dest.to_path_buf()),
+        None => Seen::Names(std::collections::HashMap::new()),
+    };
     let mut n = Unpacked::default();
     let over = |n: &Unpacked, at: &Path| {
         format!(
@@ -474,7 +506,7 @@ pub fn unpack(
         let parts: Vec<_> = name.components().collect();
         for part in &parts[..parts.len() - 1] {
             parent.push(part);
-            match seen.get(&parent) {
+            match seen.get(&parent)? {
                 Some(Kind::Folder) => {}
                 Some(_) => {
                     return Err(format!(
@@ -486,13 +518,13 @@ pub fn unpack(
                         std::fs::create_dir(dest.join(&parent))
                             .map_err(|e| format!("cannot make folder {parent:?}: {e}"))?;
                     }
-                    seen.insert(parent.clone(), Kind::Folder);
+                    seen.insert(&parent, Kind::Folder);
                     n.folders += 1;
                     n.disk_bytes = n.disk_bytes.saturating_add(ENTRY_BYTES_MIN);
                 }
             }
         }
-        match seen.get(&name) {
+        match seen.get(&name)? {
             Some(Kind::Folder) if kind == Kind::Folder => continue,
             Some(_) => return Err(format!("{name:?} is in the archive twice")),
             None => {}
@@ -505,7 +537,7 @@ pub fn unpack(
         if n.disk_bytes > quota_bytes {
             return Err(over(&n, &name));
         }
-        seen.insert(name.clone(), kind);
+        seen.insert(&name, kind);
         let target = if kind == Kind::Link {
             let bytes = match pax_value(ext.pax.as_deref(), "linkpath")? {
                 Some(link) => link.to_vec(),
@@ -522,11 +554,6 @@ pub fn unpack(
                 return Err(format!("{name:?} links to an empty or too long target"));
             }
             let target = PathBuf::from(OsStr::from_bytes(&bytes));
-            if !stays_inside(&name, &target) {
-                return Err(format!(
-                    "{name:?} links outside the folder (to {target:?}): links must stay inside /data"
-                ));
-            }
             Some(target)
         } else {
             None
@@ -728,14 +755,17 @@ mod tests {
         );
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW;
         assert!(rustix::fs::openat(&dir, "dir-link", flags, Mode::empty()).is_err());
-        // And such links are refused on the way in.
+        // Such links come back as links (an app may have made them; nothing on the node
+        // follows a link in /data, nor does the app's sandbox out of it), and nothing is
+        // written through them.
         let to = tempfile::tempdir().expect("test setup");
-        let e = unpack(&archive[..], Some(&fresh(to.path())), 1 << 30, None)
-            .expect_err("an escaping link");
-        assert!(e.contains("links outside the folder"), "{e}");
-        assert!(stays_inside(Path::new("a/b"), Path::new("../c")));
-        assert!(!stays_inside(Path::new("a/b"), Path::new("../../c")));
-        assert!(!stays_inside(Path::new("a"), Path::new("/etc")));
+        let dest = fresh(to.path());
+        unpack(&archive[..], Some(&dest), 1 << 30, None).expect("unpack");
+        assert_eq!(
+            std::fs::read_link(dest.join("dir-link")).expect("a link"),
+            Path::new("../outside")
+        );
+        assert_eq!(std::fs::read_dir(to.path()).expect("read").count(), 1);
     }
 
     /// A raw archive of `entries` (path, type, body, link), each header written as given.
@@ -779,12 +809,15 @@ mod tests {
                 "as a file or link",
             ),
             (
-                archive_of(&[("out", Symlink, b"", Some("../.."))]),
-                "links outside",
+                archive_of(&[
+                    ("out", Symlink, b"", Some("/tmp")),
+                    ("out/escape", Regular, b"x", None),
+                ]),
+                "as a file or link",
             ),
             (
-                archive_of(&[("out", Symlink, b"", Some("/etc"))]),
-                "links outside",
+                archive_of(&[("f", Regular, b"x", None), ("f/g", Regular, b"y", None)]),
+                "as a file or link",
             ),
             (
                 archive_of(&[("f", Regular, b"x", None), ("f", Regular, b"y", None)]),
@@ -866,9 +899,13 @@ mod tests {
         tree(from.path());
         let archive = packed(from.path());
         let root = tempfile::tempdir().expect("test setup");
-        // Cut inside a file's bytes, between two entries, and before the end block.
-        let last_header = archive.len() - 1024 - 512;
-        for cut in [archive.len() / 2, last_header, archive.len() - 1024] {
+        // Cut inside a file's bytes, between two entries (before the last, top.txt: a
+        // header and one block), and before the end block.
+        for cut in [
+            archive.len() / 2,
+            archive.len() - 2048,
+            archive.len() - 1024,
+        ] {
             let e = unpack(&archive[..cut], None, u64::MAX, None).expect_err("cut");
             assert!(
                 e.contains("cut") || e.contains("ends inside") || e.contains("damaged"),

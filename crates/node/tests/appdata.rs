@@ -1,9 +1,11 @@
 //! `/peergrid/data/1` between two real mesh peers: a folder exported and imported back (a
-//! GNU-padded archive included); a refusal part-way through an upload reaching the owner
-//! with its reason; a stranger, an archive other than the one signed and a cut upload
-//! refused; each refusal leaving the folder as it was and nothing staged beside it.
+//! GNU-padded archive included); an archive past the app's disk refused with the reason
+//! reaching the owner; a stranger, an archive other than the one signed and an upload cut
+//! half-way refused; each refusal leaving the folder as it was and nothing staged.
 
 use std::collections::BTreeMap;
+
+use futures::{AsyncReadExt, AsyncWriteExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -199,18 +201,36 @@ async fn a_folder_goes_out_and_comes_back_and_refusals_change_nothing() {
     assert_eq!(files(&g.folder), kept);
     nothing_staged(&g.folder).await;
 
-    // An upload cut short: the node gives up on it.
-    let (_, bytes, hash) = appdata::scan(&small).expect("valid");
-    let request = DataRequest::sign(
-        &owner,
-        CONTRACT,
-        DataOp::Import {
-            bytes: bytes + 4096,
-            hash,
-        },
+    // An upload cut short (the peer leaves half-way): the node gives up on it.
+    let mid = work.path().join("mid.tar");
+    archive(&mid, &[("fits", &vec![5u8; 4 << 20])]);
+    let (_, bytes, hash) = appdata::scan(&mid).expect("valid");
+    let request = DataRequest::sign(&owner, CONTRACT, DataOp::Import { bytes, hash });
+    let mut stream = g
+        .client
+        .open_stream(g.node.peer_id(), appdata::DATA_PROTOCOL)
+        .await
+        .expect("a stream");
+    let body = borsh::to_vec(&request).expect("encode");
+    stream
+        .write_all(&(body.len() as u32).to_le_bytes())
+        .await
+        .expect("send");
+    stream.write_all(&body).await.expect("send");
+    let mut ready = [0u8; 5];
+    stream.read_exact(&mut ready).await.expect("READY");
+    let half = std::fs::read(&mid).expect("read");
+    stream
+        .write_all(&half[..half.len() / 2])
+        .await
+        .expect("send");
+    stream.flush().await.expect("send");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !appdata::leftovers(&g.folder).is_empty(),
+        "the import is staged while it comes"
     );
-    let cut = appdata::import(&g.client, g.node.peer_id(), &request, &small, |_| {}).await;
-    assert!(cut.is_err(), "{cut:?}");
+    drop(stream);
     assert_eq!(files(&g.folder), kept);
     nothing_staged(&g.folder).await;
 
