@@ -125,6 +125,10 @@ pub enum AppCommand {
         name: String,
         /// The component it runs (`app list --json` shows its hash).
         wasm: PathBuf,
+        /// Restore each moved replica's /data from this tar archive (one `app data
+        /// export` wrote), checked before anything is placed.
+        #[arg(long, value_name = "ARCHIVE")]
+        data: Option<PathBuf>,
     },
     /// A replica's /data folder: copy it out as a tar archive, or replace it with one.
     #[command(subcommand)]
@@ -1494,8 +1498,8 @@ fn repair(
     globals: &Globals,
     file: &Path,
     mut apps: Apps,
-    name: &str,
-    wasm: &Path,
+    (name, wasm): (&str, &Path),
+    data: Option<&Path>,
 ) -> anyhow::Result<()> {
     let json = globals.json;
     let app = apps.find(name)?;
@@ -1524,6 +1528,25 @@ fn repair(
             wasm.display()
         );
     }
+    // The archive is checked as a node will check it, before any contract is made.
+    let restore = match data {
+        Some(path) => {
+            let (unpacked, bytes, hash) =
+                peergrid_node::appdata::scan(path).map_err(anyhow::Error::msg)?;
+            if unpacked.disk_bytes > spec.disk_bytes {
+                bail!(
+                    "{}: the archive takes {} of disk as /data counts it, more than {name}'s {}; \
+                     first `peergrid app update {name} --disk {}`",
+                    path.display(),
+                    Size(unpacked.disk_bytes),
+                    Size(spec.disk_bytes),
+                    disk_flag(unpacked.disk_bytes)
+                );
+            }
+            Some((path, bytes, hash))
+        }
+        None => None,
+    };
     let client = globals.client()?;
     let resources = spec.resources();
     let mut repaired = app.clone();
@@ -1647,6 +1670,30 @@ fn repair(
         apps.apps.insert(name.to_string(), repaired.clone());
         save_apps(file, &apps)?;
     }
+    let restored = match restore {
+        Some((path, bytes, hash)) if !replaced.is_empty() => {
+            let moved: Vec<&Replica> = replaced.iter().map(|(_, new)| new).collect();
+            crate::runtime()?.block_on(async {
+                let key = globals.keypair()?;
+                let mesh = mesh_peer(&client, &key).await?;
+                let sent = crate::app_data::send_to(
+                    globals,
+                    (&client, &mesh, &key),
+                    path,
+                    (bytes, hash),
+                    &moved,
+                )
+                .await;
+                mesh.close().await;
+                sent
+            })?
+        }
+        _ => Vec::new(),
+    };
+    let unrestored: Vec<NodeId> = (restored.iter())
+        .filter(|(_, o)| !matches!(o, crate::app_data::Outcome::Replaced(_)))
+        .map(|(r, _)| r.node)
+        .collect();
     if json {
         output::json(&json!({
             "app": repaired,
@@ -1656,6 +1703,7 @@ fn repair(
                 .collect::<Vec<_>>(),
             "updated": resent,
             "not_replaced": left,
+            "data_restored": restored.iter().map(|(r, o)| o.json(r)).collect::<Vec<_>>(),
         }))?;
     } else if replaced.is_empty() && left.is_empty() && resent.is_empty() {
         outln!(
@@ -1683,14 +1731,33 @@ fn repair(
                     .unwrap_or_default()
             );
         }
-        if let Some((_, new)) = replaced.first() {
+        for (r, outcome) in &restored {
+            let done = matches!(outcome, crate::app_data::Outcome::Replaced(_));
+            outln!(
+                "node {}: /data {} from the archive: {}",
+                r.node,
+                if done { "restored" } else { "NOT restored" },
+                outcome.text()
+            );
+        }
+        if let Some((_, new)) = replaced.first()
+            && data.is_none()
+        {
             // Nothing carries a folder from a node that is gone.
             outln!(
                 "a moved replica's /data starts empty: restore a backup with `peergrid app data \
-                 import {name} ARCHIVE --node {}` (an archive from `app data export`)",
+                 import {name} ARCHIVE --node {}` (an archive from `app data export`), or \
+                 repair with --data ARCHIVE",
                 new.node
             );
         }
+    }
+    if let (Some(path), Some(node)) = (data, unrestored.first()) {
+        bail!(
+            "the replicas were replaced, but the /data of node {unrestored:?} was not restored \
+             (see above); retry with `peergrid app data import {name} {} --node {node} --yes`",
+            path.display()
+        );
     }
     if !left.is_empty() {
         let nodes: Vec<NodeId> = left.iter().map(|r| r.node).collect();
@@ -1979,7 +2046,9 @@ pub fn app(globals: &Globals, cmd: AppCommand) -> anyhow::Result<()> {
     let mut apps = load_apps(&file)?;
     match cmd {
         AppCommand::Update(args) => update(globals, &file, apps, args),
-        AppCommand::Repair { name, wasm } => repair(globals, &file, apps, &name, &wasm),
+        AppCommand::Repair { name, wasm, data } => {
+            repair(globals, &file, apps, (&name, &wasm), data.as_deref())
+        }
         AppCommand::Data(cmd) => crate::app_data::data(globals, &apps, cmd),
         AppCommand::Logs { name } => {
             let app = apps.find(&name)?;

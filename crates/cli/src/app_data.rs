@@ -10,8 +10,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::bail;
 use clap::Subcommand;
-use peergrid_core::NodeId;
+use peergrid_client::Client;
 use peergrid_core::capacity::human_bytes;
+use peergrid_core::{Keypair, NodeId};
+use peergrid_mesh::Mesh;
 use peergrid_node::appdata::{self, DataError, DataOp, DataRequest, Unpacked};
 use serde_json::json;
 
@@ -256,62 +258,14 @@ fn import(
             }
         }
         let mesh = mesh_peer(&client, &key).await?;
-        for r in sendable {
-            let bar = output::bytes_bar(globals, bytes);
-            let attempt = async {
-                let (peer, _) = match node_peer(&client, r.node).await {
-                    Ok(found) => found,
-                    Err(e) => return Outcome::Kept(format!("{e:#}")),
-                };
-                let request = DataRequest::sign(&key, r.contract, DataOp::Import { bytes, hash });
-                match appdata::import(&mesh, peer, &request, archive, |sent| bar.set_position(sent)).await {
-                    Ok(report) => Outcome::Replaced(format!(
-                        "replaced: {} files, {} of its {} disk",
-                        report.unpacked.files,
-                        human_bytes(report.unpacked.disk_bytes),
-                        human_bytes(report.quota_bytes)
-                    )),
-                    Err(e @ DataError::Unsure(_)) => Outcome::Unsure(format!("{:#}", explain(r.node, e))),
-                    Err(e) => Outcome::Kept(format!("{:#}", explain(r.node, e))),
-                }
-            };
-            let result = tokio::select! {
-                result = attempt => result,
-                _ = crate::stop_requested() => {
-                    bar.finish_and_clear();
-                    mesh.close().await;
-                    let done: Vec<String> = results
-                        .iter()
-                        .filter(|(_, r)| matches!(r, Outcome::Replaced(_)))
-                        .map(|(r, _)| r.node.to_string())
-                        .collect();
-                    let done = match done.is_empty() {
-                        true => String::new(),
-                        false => format!("; replaced before: node {}", done.join(", ")),
-                    };
-                    bail!(
-                        "stopped while sending to node {}: its /data stays as it was unless the archive had arrived whole (`app data export` shows it){done}",
-                        r.node
-                    );
-                }
-            };
-            bar.finish_and_clear();
-            results.push((r, result));
-        }
+        let sent = send_to(globals, (&client, &mesh, &key), archive, (bytes, hash), &sendable).await;
         mesh.close().await;
+        results.extend(sent?);
         results.sort_by_key(|(r, _)| r.node);
         let kept = results.iter().filter(|(_, r)| matches!(r, Outcome::Kept(_))).count();
         let unsure = results.iter().filter(|(_, r)| matches!(r, Outcome::Unsure(_))).count();
         if globals.json {
-            let rows: Vec<_> = results
-                .iter()
-                .map(|(r, result)| match result {
-                    Outcome::Replaced(_) => json!({ "node": r.node, "contract": r.contract, "imported": true }),
-                    // Neither yes nor no: the node may have replaced it.
-                    Outcome::Unsure(e) => json!({ "node": r.node, "contract": r.contract, "imported": null, "error": e }),
-                    Outcome::Kept(e) => json!({ "node": r.node, "contract": r.contract, "imported": false, "error": e }),
-                })
-                .collect();
+            let rows: Vec<_> = results.iter().map(|(r, result)| result.json(r)).collect();
             output::json(&json!({
                 "app": app.name,
                 "archive": archive,
@@ -351,8 +305,66 @@ fn import(
     })
 }
 
+/// Sends the archive (`bytes` long, its BLAKE3 `hash`) to each of `replicas` in turn,
+/// with a bar of bytes each: what it did to each. Ctrl-C stops, saying where.
+pub(crate) async fn send_to<'a>(
+    globals: &Globals,
+    (client, mesh, key): (&Client, &Mesh, &Keypair),
+    archive: &Path,
+    (bytes, hash): (u64, [u8; 32]),
+    replicas: &[&'a Replica],
+) -> anyhow::Result<Vec<(&'a Replica, Outcome)>> {
+    let mut results = Vec::new();
+    for r in replicas {
+        let bar = output::bytes_bar(globals, bytes);
+        let attempt = async {
+            let (peer, _) = match node_peer(client, r.node).await {
+                Ok(found) => found,
+                Err(e) => return Outcome::Kept(format!("{e:#}")),
+            };
+            let request = DataRequest::sign(key, r.contract, DataOp::Import { bytes, hash });
+            match appdata::import(mesh, peer, &request, archive, |sent| bar.set_position(sent))
+                .await
+            {
+                Ok(report) => Outcome::Replaced(format!(
+                    "replaced: {} files, {} of its {} disk",
+                    report.unpacked.files,
+                    human_bytes(report.unpacked.disk_bytes),
+                    human_bytes(report.quota_bytes)
+                )),
+                Err(e @ DataError::Unsure(_)) => {
+                    Outcome::Unsure(format!("{:#}", explain(r.node, e)))
+                }
+                Err(e) => Outcome::Kept(format!("{:#}", explain(r.node, e))),
+            }
+        };
+        let result = tokio::select! {
+            result = attempt => result,
+            _ = crate::stop_requested() => {
+                bar.finish_and_clear();
+                let done: Vec<String> = results
+                    .iter()
+                    .filter(|(_, r)| matches!(r, Outcome::Replaced(_)))
+                    .map(|(r, _): &(&Replica, Outcome)| r.node.to_string())
+                    .collect();
+                let done = match done.is_empty() {
+                    true => String::new(),
+                    false => format!("; replaced before: node {}", done.join(", ")),
+                };
+                bail!(
+                    "stopped while sending to node {}: its /data stays as it was unless the archive had arrived whole (`app data export` shows it){done}",
+                    r.node
+                );
+            }
+        };
+        bar.finish_and_clear();
+        results.push((*r, result));
+    }
+    Ok(results)
+}
+
 /// What an import did to one replica.
-enum Outcome {
+pub(crate) enum Outcome {
     /// Its /data is the archive's.
     Replaced(String),
     /// Its /data is as it was, and why.
@@ -362,9 +374,24 @@ enum Outcome {
 }
 
 impl Outcome {
-    fn text(&self) -> &str {
+    /// What it says.
+    pub(crate) fn text(&self) -> &str {
         match self {
             Outcome::Replaced(t) | Outcome::Kept(t) | Outcome::Unsure(t) => t,
+        }
+    }
+
+    /// As `--json` shows it for `replica`: `imported` true, false, or null (not known).
+    pub(crate) fn json(&self, replica: &Replica) -> serde_json::Value {
+        let (node, contract) = (replica.node, replica.contract);
+        match self {
+            Outcome::Replaced(_) => json!({ "node": node, "contract": contract, "imported": true }),
+            Outcome::Unsure(e) => {
+                json!({ "node": node, "contract": contract, "imported": null, "error": e })
+            }
+            Outcome::Kept(e) => {
+                json!({ "node": node, "contract": contract, "imported": false, "error": e })
+            }
         }
     }
 }

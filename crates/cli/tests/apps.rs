@@ -153,8 +153,26 @@ fn deploy_call_survive_a_node_and_remove_an_app() {
     signal("-STOP");
     let other = get(&urls[1]);
     let (ok, status, _) = run(home, &["app", "status", "hello"]);
-    // Repaired while it is stopped: a new replica on a third node, the old contract ended.
-    let (repaired, fixed, err) = run(home, &["app", "repair", "hello", HELLO]);
+    // Repaired while it is stopped: a new replica on a third node, the old contract ended,
+    // its /data restored from a backup.
+    let backup = home.join("backup");
+    std::fs::create_dir_all(&backup).expect("dir");
+    std::fs::write(backup.join("restored.txt"), b"from the backup").expect("write");
+    let archive = home.join("backup.tar");
+    let tar = std::process::Command::new("tar")
+        .arg("-cf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(&backup)
+        .arg(".")
+        .status()
+        .expect("tar");
+    assert!(tar.success());
+    let archive_s = archive.to_str().expect("utf-8");
+    let (repaired, fixed, err) = run(
+        home,
+        &["app", "repair", "hello", HELLO, "--data", archive_s],
+    );
     signal("-CONT");
     assert!(!ok, "a replica not answering fails the status: {status}");
     assert_eq!(status["replicas"][1]["state"], "running", "{status}");
@@ -166,6 +184,32 @@ fn deploy_call_survive_a_node_and_remove_an_app() {
     assert!(
         new["node"] != replicas[0]["node"] && new["node"] != replicas[1]["node"],
         "{fixed}"
+    );
+    assert_eq!(fixed["data_restored"][0]["imported"], true, "{fixed}");
+    assert_eq!(fixed["data_restored"][0]["node"], new["node"], "{fixed}");
+    let restored = home.join("restored.tar");
+    let new_node = new["node"].to_string();
+    let (ok, _, err) = run(
+        home,
+        &[
+            "app",
+            "data",
+            "export",
+            "hello",
+            restored.to_str().expect("utf-8"),
+            "--node",
+            &new_node,
+        ],
+    );
+    assert!(ok, "app data export: {err}");
+    let listed = std::process::Command::new("tar")
+        .arg("-tf")
+        .arg(&restored)
+        .output()
+        .expect("tar");
+    assert!(
+        String::from_utf8_lossy(&listed.stdout).contains("restored.txt"),
+        "the moved replica's /data holds the backup's file"
     );
     replicas = fixed["app"]["replicas"]
         .as_array()
