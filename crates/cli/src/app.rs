@@ -1550,7 +1550,7 @@ fn repair(
     let client = globals.client()?;
     let resources = spec.resources();
     let mut repaired = app.clone();
-    let (replaced, left, resent) = crate::runtime()?.block_on(async {
+    let (replaced, left, resent, restored) = crate::runtime()?.block_on(async {
         let mut resent = Vec::new();
         let (placement, serving) = Placement::open(
             globals,
@@ -1617,7 +1617,7 @@ fn repair(
         if broken.is_empty() {
             drop(serving);
             placement.mesh().close().await;
-            return anyhow::Ok((Vec::new(), Vec::new(), resent));
+            return anyhow::Ok((Vec::new(), Vec::new(), resent, (Vec::new(), false)));
         }
         // Not on a node that runs the app or failed it.
         let (_, nodes) = client.nodes(None).await?;
@@ -1657,10 +1657,21 @@ fn repair(
             }
             replaced.push((old, new));
         }
+        // Restored through this mesh peer, which already reaches the new nodes.
+        let restored = match restore {
+            Some((path, bytes, hash)) if !replaced.is_empty() => {
+                let moved: Vec<Replica> = replaced.iter().map(|(_, new)| new.clone()).collect();
+                let mesh = placement.mesh();
+                let how = (&client, mesh, &placement.key);
+                crate::app_data::send_to(globals, how, path, (bytes, hash), &moved).await
+            }
+            _ => (Vec::new(), false),
+        };
         drop(serving);
         placement.mesh().close().await;
-        anyhow::Ok((replaced, left, resent))
+        anyhow::Ok((replaced, left, resent, restored))
     })?;
+    let (replaced, left, resent, (restored, stopped)) = (replaced, left, resent, restored);
     for r in &resent {
         if let Some(slot) = (repaired.replicas.iter_mut()).find(|x| x.contract == r.contract) {
             *slot = r.clone();
@@ -1670,26 +1681,6 @@ fn repair(
         apps.apps.insert(name.to_string(), repaired.clone());
         save_apps(file, &apps)?;
     }
-    let restored = match restore {
-        Some((path, bytes, hash)) if !replaced.is_empty() => {
-            let moved: Vec<&Replica> = replaced.iter().map(|(_, new)| new).collect();
-            crate::runtime()?.block_on(async {
-                let key = globals.keypair()?;
-                let mesh = mesh_peer(&client, &key).await?;
-                let sent = crate::app_data::send_to(
-                    globals,
-                    (&client, &mesh, &key),
-                    path,
-                    (bytes, hash),
-                    &moved,
-                )
-                .await;
-                mesh.close().await;
-                sent
-            })?
-        }
-        _ => Vec::new(),
-    };
     let unrestored: Vec<NodeId> = (restored.iter())
         .filter(|(_, o)| !matches!(o, crate::app_data::Outcome::Replaced(_)))
         .map(|(r, _)| r.node)
@@ -1732,13 +1723,20 @@ fn repair(
             );
         }
         for (r, outcome) in &restored {
-            let done = matches!(outcome, crate::app_data::Outcome::Replaced(_));
+            use crate::app_data::Outcome;
+            let what = match outcome {
+                Outcome::Replaced(_) => "restored",
+                Outcome::Unsure(_) => "MAYBE restored",
+                Outcome::Kept(_) => "NOT restored",
+            };
             outln!(
-                "node {}: /data {} from the archive: {}",
+                "node {}: /data {what} from the archive: {}",
                 r.node,
-                if done { "restored" } else { "NOT restored" },
                 outcome.text()
             );
+        }
+        if data.is_some() && replaced.is_empty() {
+            outln!("no replica moved: --data restored nothing");
         }
         if let Some((_, new)) = replaced.first()
             && data.is_none()
@@ -1752,11 +1750,23 @@ fn repair(
             );
         }
     }
-    if let (Some(path), Some(node)) = (data, unrestored.first()) {
+    if let Some(path) = data
+        && !unrestored.is_empty()
+    {
+        let flags: Vec<String> = unrestored.iter().map(|n| format!("--node {n}")).collect();
+        let also = match left.is_empty() {
+            true => String::new(),
+            false => format!(
+                "; no other node could take the replicas on nodes {:?}: run the repair again later",
+                left.iter().map(|r| r.node).collect::<Vec<_>>()
+            ),
+        };
         bail!(
-            "the replicas were replaced, but the /data of node {unrestored:?} was not restored \
-             (see above); retry with `peergrid app data import {name} {} --node {node} --yes`",
-            path.display()
+            "{}the /data of moved replicas on nodes {unrestored:?} was not restored (see above); \
+             retry with `peergrid app data import {name} {} {} --yes`{also}",
+            if stopped { "stopped: " } else { "" },
+            path.display(),
+            flags.join(" ")
         );
     }
     if !left.is_empty() {

@@ -258,9 +258,14 @@ fn import(
             }
         }
         let mesh = mesh_peer(&client, &key).await?;
-        let sent = send_to(globals, (&client, &mesh, &key), archive, (bytes, hash), &sendable).await;
+        let sendable: Vec<Replica> = sendable.into_iter().cloned().collect();
+        let (sent, stopped) =
+            send_to(globals, (&client, &mesh, &key), archive, (bytes, hash), &sendable).await;
         mesh.close().await;
-        results.extend(sent?);
+        let mut results: Vec<(Replica, Outcome)> = (results.into_iter())
+            .map(|(r, o)| (r.clone(), o))
+            .chain(sent)
+            .collect();
         results.sort_by_key(|(r, _)| r.node);
         let kept = results.iter().filter(|(_, r)| matches!(r, Outcome::Kept(_))).count();
         let unsure = results.iter().filter(|(_, r)| matches!(r, Outcome::Unsure(_))).count();
@@ -291,6 +296,9 @@ fn import(
                 .collect();
             output::table(&["NODE", "CONTRACT", "/DATA"], &rows);
         }
+        if stopped {
+            bail!("stopped (see above)");
+        }
         match (kept, unsure) {
             (0, 0) => Ok(()),
             (kept, 0) => bail!(
@@ -306,16 +314,18 @@ fn import(
 }
 
 /// Sends the archive (`bytes` long, its BLAKE3 `hash`) to each of `replicas` in turn,
-/// with a bar of bytes each: what it did to each. Ctrl-C stops, saying where.
-pub(crate) async fn send_to<'a>(
+/// with a bar of bytes each: what it did to each, and whether Ctrl-C (or SIGTERM)
+/// stopped it (the replica under way is then not known, those after it not sent to).
+pub(crate) async fn send_to(
     globals: &Globals,
     (client, mesh, key): (&Client, &Mesh, &Keypair),
     archive: &Path,
     (bytes, hash): (u64, [u8; 32]),
-    replicas: &[&'a Replica],
-) -> anyhow::Result<Vec<(&'a Replica, Outcome)>> {
+    replicas: &[Replica],
+) -> (Vec<(Replica, Outcome)>, bool) {
     let mut results = Vec::new();
-    for r in replicas {
+    let mut left = replicas.iter();
+    while let Some(r) = left.next() {
         let bar = output::bytes_bar(globals, bytes);
         let attempt = async {
             let (peer, _) = match node_peer(client, r.node).await {
@@ -338,29 +348,30 @@ pub(crate) async fn send_to<'a>(
                 Err(e) => Outcome::Kept(format!("{:#}", explain(r.node, e))),
             }
         };
-        let result = tokio::select! {
-            result = attempt => result,
-            _ = crate::stop_requested() => {
+        let stopped = tokio::select! {
+            result = attempt => {
                 bar.finish_and_clear();
-                let done: Vec<String> = results
-                    .iter()
-                    .filter(|(_, r)| matches!(r, Outcome::Replaced(_)))
-                    .map(|(r, _): &(&Replica, Outcome)| r.node.to_string())
-                    .collect();
-                let done = match done.is_empty() {
-                    true => String::new(),
-                    false => format!("; replaced before: node {}", done.join(", ")),
-                };
-                bail!(
-                    "stopped while sending to node {}: its /data stays as it was unless the archive had arrived whole (`app data export` shows it){done}",
-                    r.node
-                );
+                results.push((r.clone(), result));
+                false
             }
+            _ = crate::stop_requested() => true,
         };
-        bar.finish_and_clear();
-        results.push((*r, result));
+        if stopped {
+            bar.finish_and_clear();
+            results.push((
+                r.clone(),
+                Outcome::Unsure(
+                    "stopped while sending: unchanged unless the archive had arrived whole (`app data export` shows it)"
+                        .to_string(),
+                ),
+            ));
+            for r in left {
+                results.push((r.clone(), Outcome::Kept("not sent: stopped".to_string())));
+            }
+            return (results, true);
+        }
     }
-    Ok(results)
+    (results, false)
 }
 
 /// What an import did to one replica.

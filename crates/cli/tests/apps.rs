@@ -185,6 +185,11 @@ fn deploy_call_survive_a_node_and_remove_an_app() {
         new["node"] != replicas[0]["node"] && new["node"] != replicas[1]["node"],
         "{fixed}"
     );
+    assert_eq!(
+        fixed["data_restored"].as_array().map(Vec::len),
+        Some(1),
+        "only the moved replica: {fixed}"
+    );
     assert_eq!(fixed["data_restored"][0]["imported"], true, "{fixed}");
     assert_eq!(fixed["data_restored"][0]["node"], new["node"], "{fixed}");
     let restored = home.join("restored.tar");
@@ -202,13 +207,15 @@ fn deploy_call_survive_a_node_and_remove_an_app() {
         ],
     );
     assert!(ok, "app data export: {err}");
-    let listed = std::process::Command::new("tar")
-        .arg("-tf")
+    let file = std::process::Command::new("tar")
+        .arg("-xOf")
         .arg(&restored)
+        .arg("restored.txt")
         .output()
         .expect("tar");
-    assert!(
-        String::from_utf8_lossy(&listed.stdout).contains("restored.txt"),
+    assert_eq!(
+        String::from_utf8_lossy(&file.stdout),
+        "from the backup",
         "the moved replica's /data holds the backup's file"
     );
     replicas = fixed["app"]["replicas"]

@@ -76,6 +76,8 @@ const REQUESTS_PER_PEER_MAX: usize = 2;
 /// Transfers under way, and for one app.
 const TRANSFERS_MAX: usize = 8;
 const TRANSFERS_PER_CONTRACT_MAX: usize = 2;
+/// Lookups of a node's mesh peer before the owner gives up, 1 s apart.
+const PEER_LOOKUPS: u32 = 5;
 /// Where an import is unpacked, beside the app's folder (a suffix makes each its own).
 const STAGING: &str = "data.import";
 
@@ -312,19 +314,14 @@ pub fn serve_with(
                         return;
                     }
                 };
-                let Some(held) = TransferSlot::take(&transfers, contract, &op) else {
-                    let why = match op {
-                        DataOp::Import { .. } => {
-                            "a transfer of this app's /data is under way here; wait for it"
-                        }
-                        DataOp::Export => {
-                            "too many transfers under way on this node or for this app; retry later"
-                        }
-                    };
-                    busy(&mut stream, why).await;
-                    return;
+                let held = match TransferSlot::take(&transfers, contract, &op) {
+                    Ok(held) => held,
+                    Err(why) => {
+                        busy(&mut stream, why).await;
+                        return;
+                    }
                 };
-                transfer(peer, stream, contract, op, target).await;
+                transfer(peer, stream, contract, op, target, &held).await;
                 drop(held);
             });
         }
@@ -349,7 +346,9 @@ async fn answer(stream: &mut peergrid_mesh::Stream, tag: u8, body: &[u8]) -> boo
 }
 
 /// Transfers under way, per contract (whoever asks: peer ids are free, contracts are
-/// paid for): an import alone, or a few exports.
+/// paid for): an import alone, or a few exports. An import's flag is set only while it
+/// is its contract's one transfer, and cleared once it tidies up after itself (exports
+/// may then start; another import may not, until the old files are gone).
 #[derive(Default)]
 struct TransferCounts {
     all: usize,
@@ -365,22 +364,43 @@ struct TransferSlot {
 }
 
 impl TransferSlot {
-    fn take(transfers: &Transfers, contract: ContractId, op: &DataOp) -> Option<TransferSlot> {
+    /// A place for `op` on `contract`'s folder, or why there is none.
+    fn take(
+        transfers: &Transfers,
+        contract: ContractId,
+        op: &DataOp,
+    ) -> Result<TransferSlot, &'static str> {
         let import = matches!(op, DataOp::Import { .. });
         let mut t = transfers.lock().unwrap_or_else(|e| e.into_inner());
         if t.all >= TRANSFERS_MAX {
-            return None;
+            return Err("too many transfers under way on this node; retry in a minute");
         }
         let (count, importing) = t.per_contract.get(&contract).copied().unwrap_or_default();
-        if importing || (import && count > 0) || count >= TRANSFERS_PER_CONTRACT_MAX {
-            return None;
+        if importing {
+            return Err("an import to this app's /data is under way here; wait for it");
+        }
+        if import && count > 0 {
+            return Err(
+                "this app's /data is being exported or tidied after an import here; retry in a minute",
+            );
+        }
+        if count >= TRANSFERS_PER_CONTRACT_MAX {
+            return Err("two exports of this app's /data are under way here; wait for one");
         }
         t.all += 1;
         t.per_contract.insert(contract, (count + 1, import));
-        Some(TransferSlot {
+        Ok(TransferSlot {
             transfers: transfers.clone(),
             contract,
         })
+    }
+
+    /// The import is answered and only tidies up: exports may start.
+    fn tidying(&self) {
+        let mut t = self.transfers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = t.per_contract.get_mut(&self.contract) {
+            entry.1 = false;
+        }
     }
 }
 
@@ -410,6 +430,7 @@ async fn transfer(
     contract: ContractId,
     op: DataOp,
     target: Target,
+    slot: &TransferSlot,
 ) {
     match op {
         DataOp::Export => {
@@ -442,8 +463,15 @@ async fn transfer(
                     answer(&mut stream, ERROR, e.as_bytes()).await;
                 }
             }
+            slot.tidying();
+            let mut probe = staging.as_os_str().to_os_string();
+            probe.push(".probe");
             let left = staging.clone();
-            if let Err(e) = blocking(move || remove_all(&left).map_err(|e| e.to_string())).await {
+            let tidy = move || {
+                let _ = std::fs::remove_dir(&probe);
+                remove_all(&left).map_err(|e| e.to_string())
+            };
+            if let Err(e) = blocking(tidy).await {
                 warn!(folder = %staging.display(), error = %e, "cannot remove what an import of an app's /data left; it goes with the contract, or at the app's next start");
             }
         }
@@ -774,20 +802,24 @@ async fn receive(
     let mut tx = Some(tx);
     // The unpacking's result, once awaited (a task is awaited once).
     let mut outcome: Option<Result<Unpacked, String>> = None;
-    let began = std::time::Instant::now();
+    // Only the time spent waiting on the peer counts against its pace: the node's own
+    // unpacking does not.
+    let mut waited = Duration::ZERO;
     let received = async {
         let mut left = bytes;
         let mut buf = vec![0u8; CHUNK_BYTES];
         while left > 0 {
-            if began.elapsed() > deadline(bytes - left) {
+            if waited > deadline(bytes - left) {
                 return Err(format!(
                     "the archive came slower than {} KiB/s; retry on a faster link",
                     PACE_BYTES_PER_SEC / 1024
                 ));
             }
             let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-            let n = tokio::time::timeout(IDLE_TIMEOUT, stream.read(&mut buf[..want]))
-                .await
+            let began = std::time::Instant::now();
+            let read = tokio::time::timeout(IDLE_TIMEOUT, stream.read(&mut buf[..want])).await;
+            waited += began.elapsed();
+            let n = read
                 .map_err(|_| {
                     format!(
                         "the archive stopped coming for {} s",
@@ -921,23 +953,26 @@ async fn open(
     peer: PeerId,
     request: &DataRequest,
 ) -> Result<peergrid_mesh::Stream, DataError> {
-    let mut stream = match mesh.open_stream(peer, DATA_PROTOCOL).await {
-        Ok(s) => s,
-        // Two first dials can race to two connections; the surviving one takes a retry.
-        Err(peergrid_mesh::Error::OpenStream { .. }) => {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            mesh.open_stream(peer, DATA_PROTOCOL)
-                .await
-                .map_err(|source| DataError::Mesh {
+    let mut tries = 0;
+    let mut stream = loop {
+        tries += 1;
+        match mesh.open_stream(peer, DATA_PROTOCOL).await {
+            Ok(s) => break s,
+            // Two first dials can race to two connections; the surviving one takes a
+            // retry.
+            Err(peergrid_mesh::Error::OpenStream { .. }) if tries < 2 => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            // A mesh peer just started may not have found the node in the DHT yet.
+            Err(peergrid_mesh::Error::PeerNotFound(_)) if tries < PEER_LOOKUPS => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(source) => {
+                return Err(DataError::Mesh {
                     peer,
                     source: Box::new(source),
-                })?
-        }
-        Err(source) => {
-            return Err(DataError::Mesh {
-                peer,
-                source: Box::new(source),
-            });
+                });
+            }
         }
     };
     let body = peergrid_core::codec::encode(request);
@@ -1226,6 +1261,41 @@ mod tests {
         };
         let e = check_signed(&stale, &key.account()).expect_err("stale");
         assert!(e.contains("clock"), "{e}");
+    }
+
+    #[test]
+    fn an_import_runs_alone_and_exports_two_at_a_time() {
+        let transfers: Transfers = Arc::default();
+        let import = DataOp::Import {
+            bytes: 1,
+            hash: [0; 32],
+        };
+        let first = TransferSlot::take(&transfers, 1, &import).expect("an import");
+        assert!(TransferSlot::take(&transfers, 1, &DataOp::Export).is_err());
+        assert!(TransferSlot::take(&transfers, 1, &import).is_err());
+        // Another app is not held up.
+        let other = TransferSlot::take(&transfers, 2, &import).expect("another app's");
+        // Tidying: exports may start, imports may not.
+        first.tidying();
+        let export = TransferSlot::take(&transfers, 1, &DataOp::Export).expect("an export");
+        assert!(TransferSlot::take(&transfers, 1, &import).is_err());
+        assert!(
+            TransferSlot::take(&transfers, 1, &DataOp::Export).is_err(),
+            "two at most"
+        );
+        drop(first);
+        drop(export);
+        drop(other);
+        let t = transfers.lock().expect("lock");
+        assert_eq!((t.all, t.per_contract.len()), (0, 0), "nothing leaks");
+        drop(t);
+        // Eight in all on a node.
+        let held: Vec<_> = (10..18)
+            .map(|c| TransferSlot::take(&transfers, c, &DataOp::Export).expect("a slot"))
+            .collect();
+        assert!(TransferSlot::take(&transfers, 99, &DataOp::Export).is_err());
+        drop(held);
+        TransferSlot::take(&transfers, 99, &DataOp::Export).expect("freed");
     }
 
     #[test]

@@ -17,8 +17,9 @@
 //! `O_NOFOLLOW`, removal does not follow), and the app's sandbox never follows one out
 //! of the folder; an app may well have made one itself.
 //!
-//! A pack goes at most [`DEPTH_MAX`] folders deep, and refuses a path longer than
-//! [`PATH_BYTES_MAX`]: such a tree could not be imported back.
+//! Pack and unpack hold paths to the same limits ([`DEPTH_MAX`] names, each at most 255
+//! bytes, [`PATH_BYTES_MAX`] in all, no NUL): what a pack writes can be unpacked, and
+//! what it refuses could not have been.
 
 use std::cell::Cell;
 use std::ffi::{OsStr, OsString};
@@ -34,10 +35,13 @@ use peergrid_core::fs::DiskReserve;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use serde::{Deserialize, Serialize};
 
-/// Longest path or link target accepted.
-pub const PATH_BYTES_MAX: usize = 4096;
-/// Deepest folder a pack goes into: one handle is held open per level.
+/// Longest path or link target accepted: under Linux's 4096, with room for the node's
+/// own folders before it.
+pub const PATH_BYTES_MAX: usize = 3840;
+/// Most names in a path (a pack holds one handle open per folder level).
 pub const DEPTH_MAX: usize = 128;
+/// Longest name in a path.
+const NAME_BYTES_MAX: usize = 255;
 /// Largest GNU long-name or pax header accepted.
 const EXTENSION_BYTES_MAX: u64 = 64 * 1024;
 /// tar's block.
@@ -103,19 +107,9 @@ fn walk(
             continue;
         };
         let path = rel.join(&name);
-        if path.as_os_str().len() > PATH_BYTES_MAX {
-            return Err(std::io::Error::other(format!(
-                "a path longer than {PATH_BYTES_MAX} bytes in /data ({}…): it could not be imported back",
-                path.to_string_lossy().chars().take(60).collect::<String>()
-            )));
-        }
+        // What an import would refuse is not packed: a backup must come back.
+        inside(&path).map_err(std::io::Error::other)?;
         if let Some((sub, inner)) = step(dir, &name, &path, open, &mut visit)? {
-            if levels.len() >= DEPTH_MAX {
-                return Err(std::io::Error::other(format!(
-                    "folders nested more than {DEPTH_MAX} deep in /data ({}…)",
-                    path.to_string_lossy().chars().take(60).collect::<String>()
-                )));
-            }
             levels.push((sub, path, inner.into_iter()));
         }
     }
@@ -273,15 +267,25 @@ impl<R: Read> Read for Counting<R> {
 /// The entry's path inside the folder: relative, nothing but names (`.` dropped); `None`
 /// for the folder itself.
 fn inside(path: &Path) -> Result<Option<PathBuf>, String> {
+    let shown = || path.to_string_lossy().chars().take(60).collect::<String>();
     if path.as_os_str().len() > PATH_BYTES_MAX {
         return Err(format!(
-            "a name longer than {PATH_BYTES_MAX} bytes: {}…",
-            path.to_string_lossy().chars().take(60).collect::<String>()
+            "a path longer than {PATH_BYTES_MAX} bytes: {}…",
+            shown()
         ));
+    }
+    if path.as_os_str().as_bytes().contains(&0) {
+        return Err(format!("a name with a NUL byte: {}…", shown()));
     }
     let mut out = PathBuf::new();
     for part in path.components() {
         match part {
+            Component::Normal(name) if name.len() > NAME_BYTES_MAX => {
+                return Err(format!(
+                    "a name longer than {NAME_BYTES_MAX} bytes in {}…",
+                    shown()
+                ));
+            }
             Component::Normal(name) => out.push(name),
             Component::CurDir => {}
             _ => {
@@ -290,6 +294,12 @@ fn inside(path: &Path) -> Result<Option<PathBuf>, String> {
                 ));
             }
         }
+    }
+    if out.components().count() > DEPTH_MAX {
+        return Err(format!(
+            "a path more than {DEPTH_MAX} names deep: {}…",
+            shown()
+        ));
     }
     Ok((!out.as_os_str().is_empty()).then_some(out))
 }
@@ -550,8 +560,10 @@ pub fn unpack(
                         .unwrap_or_default(),
                 },
             };
-            if bytes.is_empty() || bytes.len() > PATH_BYTES_MAX {
-                return Err(format!("{name:?} links to an empty or too long target"));
+            if bytes.is_empty() || bytes.len() > PATH_BYTES_MAX || bytes.contains(&0) {
+                return Err(format!(
+                    "{name:?} links to an empty or too long target, or one with a NUL byte"
+                ));
             }
             let target = PathBuf::from(OsStr::from_bytes(&bytes));
             Some(target)
@@ -891,6 +903,26 @@ mod tests {
         let root = tempfile::tempdir().expect("test setup");
         let n = unpack(&archive[..], Some(&fresh(root.path())), 1 << 30, None).expect("unpack");
         assert_eq!((n.files, n.folders), (1, 0));
+    }
+
+    #[test]
+    fn pack_and_unpack_hold_paths_to_the_same_limits() {
+        let root = tempfile::tempdir().expect("test setup");
+        let data = fresh(root.path());
+        let mut deep = data.clone();
+        for _ in 0..DEPTH_MAX {
+            deep.push("d");
+        }
+        std::fs::create_dir_all(&deep).expect("test setup");
+        let archive = packed(&data);
+        let to = tempfile::tempdir().expect("test setup");
+        unpack(&archive[..], Some(&fresh(to.path())), 1 << 30, None).expect("as deep as allowed");
+        std::fs::create_dir(deep.join("d")).expect("test setup");
+        let e = pack(&data, Vec::new()).expect_err("one deeper");
+        assert!(e.to_string().contains("names deep"), "{e}");
+        assert!(inside(Path::new(&"n".repeat(256))).is_err());
+        assert!(inside(Path::new(std::ffi::OsStr::from_bytes(b"a\0b"))).is_err());
+        assert!(inside(Path::new(&"a/".repeat(PATH_BYTES_MAX / 2 + 1))).is_err());
     }
 
     #[test]
