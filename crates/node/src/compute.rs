@@ -591,7 +591,7 @@ impl Compute {
                     None => warn!(
                         contract,
                         folder = %world.shard_dir(contract).display(),
-                        "the app's folder is not here (its disk not mounted?): its workloads run without /data"
+                        "the app's folder is not here (its disk not mounted?): its workloads run without /data; mount the disk, then restart the node to give them their /data back"
                     ),
                 }
             }
