@@ -840,7 +840,7 @@ impl Placement {
         let request = DeployRequest::sign(&self.key, contract, self.deployment.clone());
         say(self.json, format!("sending the deployment to node {id} …"));
         let send = async {
-            let mut lookups = 1;
+            let (mut lookups, mut opens) = (1, 1);
             loop {
                 match protocol::deploy(&self.mesh, peer, &request).await {
                     // The mesh peer this command started may not know the grid yet, and its
@@ -848,6 +848,13 @@ impl Placement {
                     Err(RpcError::Mesh(MeshError::PeerNotFound(_))) if lookups < PEER_LOOKUPS => {
                         lookups += 1;
                         tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    // Two first dials can race to two connections, and the stream opened on
+                    // the one that closes fails before the request is sent: the surviving
+                    // connection takes a retry.
+                    Err(RpcError::Mesh(MeshError::OpenStream { .. })) if opens < 2 => {
+                        opens += 1;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                     other => return other,
                 }

@@ -328,22 +328,29 @@ pub fn serve_with(
     }))
 }
 
-/// Tells the peer why its stream ends, briefly.
+/// Tells the peer why its stream ends, within 2 s: refusals cost a stranger's flood
+/// little.
 async fn busy(stream: &mut peergrid_mesh::Stream, why: &str) {
-    answer(stream, ERROR, why.as_bytes()).await;
+    answer(stream, ERROR, why.as_bytes(), Duration::from_secs(2)).await;
 }
 
-/// Writes the last frame and closes, within a few seconds: a peer that does not read
+/// Writes the last frame and closes, `within` a few seconds: a peer that does not read
 /// holds nothing.
-async fn answer(stream: &mut peergrid_mesh::Stream, tag: u8, body: &[u8]) -> bool {
+async fn answer(
+    stream: &mut peergrid_mesh::Stream,
+    tag: u8,
+    body: &[u8],
+    within: Duration,
+) -> bool {
     let tell = async {
         let sent = write_frame(stream, tag, body).await.is_ok();
         sent && stream.close().await.is_ok()
     };
-    tokio::time::timeout(Duration::from_secs(10), tell)
-        .await
-        .unwrap_or(false)
+    tokio::time::timeout(within, tell).await.unwrap_or(false)
 }
+
+/// How long a transfer's last frame may take to be read.
+const LAST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Transfers under way, per contract (whoever asks: peer ids are free, contracts are
 /// paid for): an import alone, or a few exports. An import's flag is set only while it
@@ -436,9 +443,9 @@ async fn transfer(
         DataOp::Export => {
             if let Err(e) = export_to(&mut stream, &target.data).await {
                 warn!(%peer, contract, reason = %e, "app data export failed");
-                answer(&mut stream, ERROR, e.as_bytes()).await;
+                answer(&mut stream, ERROR, e.as_bytes(), LAST_FRAME_TIMEOUT).await;
             }
-            let _ = tokio::time::timeout(Duration::from_secs(10), stream.close()).await;
+            let _ = tokio::time::timeout(LAST_FRAME_TIMEOUT, stream.close()).await;
         }
         DataOp::Import { bytes, hash } => {
             let nonce = std::time::SystemTime::now()
@@ -454,13 +461,13 @@ async fn transfer(
             match &result {
                 Ok(report) => {
                     let body = serde_json::to_vec(report).unwrap_or_default();
-                    if !answer(&mut stream, DONE, &body).await {
+                    if !answer(&mut stream, DONE, &body, LAST_FRAME_TIMEOUT).await {
                         info!(%peer, contract, "an app's /data was replaced, but its owner left before hearing it");
                     }
                 }
                 Err(e) => {
                     warn!(%peer, contract, reason = %e, "app data import refused");
-                    answer(&mut stream, ERROR, e.as_bytes()).await;
+                    answer(&mut stream, ERROR, e.as_bytes(), LAST_FRAME_TIMEOUT).await;
                 }
             }
             slot.tidying();
