@@ -133,7 +133,7 @@ fn export(globals: &Globals, app: &App, out: &Path, node: Option<NodeId>) -> any
                 result = attempt => result,
                 _ = crate::stop_requested() => {
                     bar.finish_and_clear();
-                    let _ = std::fs::remove_file(format!("{}.part", out.display()));
+                    let _ = std::fs::remove_file(appdata::part_path(out));
                     mesh.close().await;
                     bail!("stopped; {} was not written", out.display());
                 }

@@ -994,6 +994,13 @@ async fn open(
     Ok(stream)
 }
 
+/// Where an export into `out` is written until it checks: `out.part`.
+pub fn part_path(out: &Path) -> PathBuf {
+    let mut part = out.as_os_str().to_os_string();
+    part.push(".part");
+    PathBuf::from(part)
+}
+
 /// Export the app's `/data` from `peer` into `out` (a file made whole only at the end:
 /// written to `out.part`, renamed once the archive's length and BLAKE3 check);
 /// `progress` hears the bytes so far and the files' bytes announced.
@@ -1018,9 +1025,7 @@ pub async fn export(
             )));
         }
     };
-    let mut part = out.as_os_str().to_os_string();
-    part.push(".part");
-    let part = PathBuf::from(part);
+    let part = part_path(out);
     let mut file = std::fs::File::create(&part)
         .map_err(|e| DataError::Io(format!("cannot write {}: {e}", part.display())))?;
     let mut hasher = blake3::Hasher::new();
