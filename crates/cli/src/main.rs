@@ -38,6 +38,7 @@ mod logline;
 mod mesh;
 mod output;
 mod snapshot;
+mod stop;
 mod store;
 
 use std::path::PathBuf;
@@ -46,6 +47,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{ArgAction, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
+
+pub(crate) use stop::stop_requested;
 
 /// peergrid: a peer-to-peer cloud. Peer-to-peer moves the data; the ledger records the trust.
 #[derive(Parser)]
@@ -307,25 +310,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Deploy(args) => app::deploy(&globals, args),
         Command::App(cmd) => app::app(&globals, cmd),
         Command::Job(cmd) => job::job(&globals, cmd),
-    }
-}
-
-/// Resolves when the user or the system asks this process to stop: Ctrl-C (SIGINT) or
-/// SIGTERM, which `kill`, `timeout`, systemd and container runtimes send. A command that
-/// ran until Ctrl-C only would die on SIGTERM without stopping what it started.
-pub(crate) async fn stop_requested() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops this command");
-            let _ = tokio::signal::ctrl_c().await;
-        }
     }
 }
 

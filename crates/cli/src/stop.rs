@@ -1,0 +1,174 @@
+//! Stop requests (Ctrl-C and SIGTERM), counted once for the whole process.
+//!
+//! Tokio takes SIGINT over from the default (end the process) as soon as anything listens
+//! for it, and a signal that arrives while nothing waits is lost: a Ctrl-C pressed between
+//! two of a command's waits did nothing at all. One watcher, started by the first wait,
+//! counts every signal; each wait takes one. A stop that arrives in a gap is seen by the
+//! next wait, and a second stop while the first is still untaken ends the process, as the
+//! default would have, so a command that is not listening can always be stopped.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::Notify;
+
+/// The signals received and taken so far.
+struct Stops {
+    received: AtomicU64,
+    taken: AtomicU64,
+    arrived: Notify,
+}
+
+impl Stops {
+    /// Take one received, untaken stop, if there is one.
+    fn take(&self) -> bool {
+        let mut taken = self.taken.load(Ordering::SeqCst);
+        while taken < self.received.load(Ordering::SeqCst) {
+            match self
+                .taken
+                .compare_exchange(taken, taken + 1, Ordering::SeqCst, Ordering::SeqCst)
+            {
+                Ok(_) => return true,
+                Err(now) => taken = now,
+            }
+        }
+        false
+    }
+
+    /// Count a signal; `true` if an earlier one is still untaken.
+    fn arrive(&self) -> bool {
+        let received = self.received.fetch_add(1, Ordering::SeqCst) + 1;
+        self.arrived.notify_waiters();
+        received - self.taken.load(Ordering::SeqCst) >= 2
+    }
+}
+
+static STOPS: OnceLock<Stops> = OnceLock::new();
+
+/// The process's stops, with the watcher started the first time.
+fn stops() -> &'static Stops {
+    let mut started = false;
+    let stops = STOPS.get_or_init(|| {
+        started = true;
+        Stops {
+            received: AtomicU64::new(0),
+            taken: AtomicU64::new(0),
+            arrived: Notify::new(),
+        }
+    });
+    if started {
+        watch(stops);
+    }
+    stops
+}
+
+/// Listen for SIGINT and SIGTERM on a thread of its own, so that the watcher outlives any
+/// one runtime a command makes; returns once the handlers are installed.
+fn watch(stops: &'static Stops) {
+    let (installed, ready) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("stop-signals".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch for Ctrl-C; it ends this command at once");
+                    let _ = installed.send(());
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let (mut interrupt, mut terminate) =
+                    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+                        (Ok(i), Ok(t)) => (i, t),
+                        (Err(e), _) | (_, Err(e)) => {
+                            tracing::warn!(error = %e, "cannot watch for Ctrl-C and SIGTERM");
+                            let _ = installed.send(());
+                            return;
+                        }
+                    };
+                let _ = installed.send(());
+                loop {
+                    let code = tokio::select! {
+                        _ = interrupt.recv() => 130,
+                        _ = terminate.recv() => 143,
+                    };
+                    if stops.arrive() {
+                        eprintln!("stopped again before the first stop was handled: exiting now");
+                        std::process::exit(code);
+                    }
+                }
+            });
+        });
+    match spawned {
+        Ok(_) => {
+            let _ = ready.recv();
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch for Ctrl-C; it ends this command at once")
+        }
+    }
+}
+
+/// Resolves when the user or the system asks this process to stop: Ctrl-C (SIGINT) or
+/// SIGTERM, which `kill`, `timeout`, systemd and container runtimes send. A command that
+/// ran until Ctrl-C only would die on SIGTERM without stopping what it started. Each stop
+/// is taken by one wait: a second wait after a stop waits for the next one.
+pub(crate) async fn stop_requested() {
+    let stops = stops();
+    loop {
+        let arrived = stops.arrived.notified();
+        tokio::pin!(arrived);
+        // Registered before the check, so a stop counted between the two still wakes it.
+        arrived.as_mut().enable();
+        if stops.take() {
+            return;
+        }
+        arrived.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_stop_with_no_one_waiting_is_kept_for_the_next_wait_and_taken_once() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let stops = stops();
+            let before = stops.received.load(Ordering::SeqCst);
+            // Nothing waits now: before the watcher, this SIGINT would end the test binary,
+            // and before the count, it would be lost.
+            let sent = std::process::Command::new("kill")
+                .args(["-INT", &std::process::id().to_string()])
+                .status()
+                .expect("kill runs");
+            assert!(sent.success());
+            tokio::time::timeout(Duration::from_secs(10), async {
+                while stops.received.load(Ordering::SeqCst) == before {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+            .await
+            .expect("the watcher counts the signal");
+            tokio::time::timeout(Duration::from_secs(1), stop_requested())
+                .await
+                .expect("the next wait sees the stop that came before it");
+            assert!(
+                tokio::time::timeout(Duration::from_millis(200), stop_requested())
+                    .await
+                    .is_err(),
+                "one stop ends one wait"
+            );
+        });
+    }
+}
