@@ -259,14 +259,43 @@ pub struct Location {
 )]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PublicIp {
-    /// The address.
-    #[cfg_attr(feature = "openapi", schema(min_items = 4, max_items = 4))]
+    /// The address; dotted (`"185.1.2.3"`) in JSON.
+    #[serde(with = "dotted")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "185.1.2.3"))]
     pub ip: [u8; 4],
     /// Its subnet's prefix length, 0..=32.
     pub prefix_len: u8,
-    /// The subnet's gateway.
-    #[cfg_attr(feature = "openapi", schema(min_items = 4, max_items = 4))]
+    /// The subnet's gateway; dotted in JSON.
+    #[serde(with = "dotted")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "185.1.2.1"))]
     pub gateway: [u8; 4],
+}
+
+/// IPv4 addresses in JSON as people and scripts write them, `"185.1.2.3"`; the four
+/// numbers the grid wrote before are still read.
+mod dotted {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::net::Ipv4Addr;
+
+    pub fn serialize<S: Serializer>(octets: &[u8; 4], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&Ipv4Addr::from(*octets))
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Written {
+        Dotted(String),
+        Octets([u8; 4]),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<[u8; 4], D::Error> {
+        match Written::deserialize(deserializer)? {
+            Written::Octets(octets) => Ok(octets),
+            Written::Dotted(text) => text.parse::<Ipv4Addr>().map(|ip| ip.octets()).map_err(|_| {
+                serde::de::Error::custom(format!("{text:?} is not an IPv4 address like 185.1.2.3"))
+            }),
+        }
+    }
 }
 
 impl fmt::Display for PublicIp {
@@ -325,6 +354,23 @@ impl std::str::FromStr for PublicIp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn public_ips_are_dotted_in_json_and_the_old_octets_still_read() {
+        let ip: PublicIp = "185.1.2.3/24@185.1.2.1".parse().expect("valid");
+        let json = serde_json::to_value(ip).expect("serializes");
+        assert_eq!(
+            json,
+            serde_json::json!({"ip": "185.1.2.3", "prefix_len": 24, "gateway": "185.1.2.1"})
+        );
+        assert_eq!(serde_json::from_value::<PublicIp>(json).expect("reads"), ip);
+        let old =
+            serde_json::json!({"ip": [185, 1, 2, 3], "prefix_len": 24, "gateway": [185, 1, 2, 1]});
+        assert_eq!(serde_json::from_value::<PublicIp>(old).expect("reads"), ip);
+        let bad = serde_json::json!({"ip": "185.1.2", "prefix_len": 24, "gateway": "185.1.2.1"});
+        let err = serde_json::from_value::<PublicIp>(bad).expect_err("refused");
+        assert!(err.to_string().contains("not an IPv4 address"), "{err}");
+    }
 
     #[test]
     fn public_ips_parse_and_bad_ones_say_the_format() {
