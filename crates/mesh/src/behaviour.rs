@@ -177,6 +177,6 @@ fn make_behaviour(
         autonat,
         gossipsub,
         mdns: mdns.into(),
-        stream: crate::streams::Behaviour::new(),
+        stream: crate::streams::Behaviour::new().count_loopback(config.connections.limit_loopback),
     })
 }

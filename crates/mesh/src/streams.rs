@@ -25,6 +25,8 @@ use std::task::{Context, Poll, Waker};
 use futures::channel::{mpsc, oneshot};
 use futures::{SinkExt, StreamExt};
 use libp2p::PeerId;
+
+use crate::slots::{Slots, Source};
 use libp2p::core::transport::PortUse;
 use libp2p::core::upgrade::{InboundUpgrade, OutboundUpgrade, UpgradeInfo};
 use libp2p::core::{Endpoint, Multiaddr};
@@ -97,11 +99,13 @@ struct Queue {
 /// State shared by the behaviour, its handlers and every [`Control`].
 struct Shared {
     inbound: HashMap<StreamProtocol, Arc<Mutex<Queue>>>,
-    /// Each connection's open-request channel, by peer.
-    connections: HashMap<PeerId, Vec<(ConnectionId, OpenSender)>>,
+    /// Each connection's open-request channel and remote source, by peer.
+    connections: HashMap<PeerId, Vec<(ConnectionId, OpenSender, Option<Source>)>>,
     /// Open requests for peers being dialed; the first connection takes the receiver.
     dialing: HashMap<PeerId, (OpenSender, OpenReceiver)>,
     dial: mpsc::UnboundedSender<PeerId>,
+    /// Key loopback connections by their address too (tests of the shares themselves).
+    count_loopback: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -118,7 +122,7 @@ impl Shared {
 
     /// The open-request channel of a connection to `peer`, dialing it if there is none.
     fn sender(&mut self, peer: PeerId) -> OpenSender {
-        if let Some((_, sender)) = self.connections.get(&peer).and_then(|c| c.last()) {
+        if let Some((_, sender, _)) = self.connections.get(&peer).and_then(|c| c.last()) {
             return sender.clone();
         }
         let (sender, _) = self
@@ -130,7 +134,13 @@ impl Shared {
     }
 
     /// The open-request receiver for a new connection's handler.
-    fn receiver(&mut self, peer: PeerId, connection: ConnectionId) -> OpenReceiver {
+    fn receiver(
+        &mut self,
+        peer: PeerId,
+        connection: ConnectionId,
+        remote: &Multiaddr,
+    ) -> OpenReceiver {
+        let source = Source::of(remote, self.count_loopback);
         let (sender, receiver) = self
             .dialing
             .remove(&peer)
@@ -138,8 +148,16 @@ impl Shared {
         self.connections
             .entry(peer)
             .or_default()
-            .push((connection, sender));
+            .push((connection, sender, source));
         receiver
+    }
+
+    /// Where `peer`'s connections come from, if any of them is direct.
+    fn source_of(&self, peer: &PeerId) -> Option<Source> {
+        self.connections
+            .get(peer)?
+            .iter()
+            .find_map(|(_, _, source)| *source)
     }
 
     fn on_inbound(
@@ -194,10 +212,18 @@ impl Behaviour {
                 connections: HashMap::new(),
                 dialing: HashMap::new(),
                 dial: tx,
+                count_loopback: false,
             })),
             dial: rx,
             dropped: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// Share slots by loopback addresses too, as [`crate::ConnectionLimits::limit_loopback`]
+    /// does for connections; a devnet runs every peer on one address, so this is off.
+    pub fn count_loopback(self, count: bool) -> Self {
+        lock(&self.shared).count_loopback = count;
+        self
     }
 
     /// A handle to open and accept streams.
@@ -208,12 +234,12 @@ impl Behaviour {
         }
     }
 
-    fn handler(&self, peer: PeerId, connection: ConnectionId) -> Handler {
+    fn handler(&self, peer: PeerId, connection: ConnectionId, remote: &Multiaddr) -> Handler {
         Handler {
             peer,
             shared: self.shared.clone(),
             dropped: self.dropped.clone(),
-            requests: lock(&self.shared).receiver(peer, connection),
+            requests: lock(&self.shared).receiver(peer, connection, remote),
             negotiating: 0,
         }
     }
@@ -228,20 +254,20 @@ impl NetworkBehaviour for Behaviour {
         connection: ConnectionId,
         peer: PeerId,
         _: &Multiaddr,
-        _: &Multiaddr,
+        remote: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        Ok(self.handler(peer, connection))
+        Ok(self.handler(peer, connection, remote))
     }
 
     fn handle_established_outbound_connection(
         &mut self,
         connection: ConnectionId,
         peer: PeerId,
-        _: &Multiaddr,
+        remote: &Multiaddr,
         _: Endpoint,
         _: PortUse,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        Ok(self.handler(peer, connection))
+        Ok(self.handler(peer, connection, remote))
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
@@ -254,7 +280,7 @@ impl NetworkBehaviour for Behaviour {
             }) => {
                 let mut shared = lock(&self.shared);
                 if let Some(list) = shared.connections.get_mut(&peer_id) {
-                    list.retain(|(c, _)| *c != connection_id);
+                    list.retain(|(c, _, _)| *c != connection_id);
                     if list.is_empty() {
                         shared.connections.remove(&peer_id);
                     }
@@ -339,7 +365,10 @@ impl Control {
         }
         let queue = Arc::new(Mutex::new(Queue::default()));
         shared.inbound.insert(protocol, queue.clone());
-        Ok(IncomingStreams { queue })
+        Ok(IncomingStreams {
+            queue,
+            shared: self.shared.clone(),
+        })
     }
 
     /// Inbound streams refused so far because their protocol's queue was full.
@@ -352,6 +381,19 @@ impl Control {
 #[must_use = "streams wait, then are refused, unless this is polled"]
 pub struct IncomingStreams {
     queue: Arc<Mutex<Queue>>,
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl IncomingStreams {
+    /// Slots for serving these streams: `all` at once, `per_peer` for one peer, and
+    /// [`Slots::per_source_max`] for one address, so that peers made up by one machine
+    /// share one machine's share.
+    pub fn slots(&self, all: usize, per_peer: usize) -> Slots {
+        let shared = Arc::downgrade(&self.shared);
+        Slots::new(all, per_peer).sourced(Arc::new(move |peer: &PeerId| {
+            shared.upgrade().and_then(|s| lock(&s).source_of(peer))
+        }))
+    }
 }
 
 impl futures::Stream for IncomingStreams {

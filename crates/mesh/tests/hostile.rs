@@ -477,6 +477,95 @@ async fn a_peer_that_sends_slowly_holds_only_its_share_and_others_are_served() {
     drop(held);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_ids_made_up_on_one_machine_share_its_quarter_of_a_servers_slots() {
+    // Sixteen requests at once, two per peer: without a share per address, eight made-up
+    // peers holding two stalled requests each would leave nothing for anyone else.
+    let shared = ECHO.with_concurrency(16, 2);
+    let server = peer_with(Config {
+        connections: ConnectionLimits {
+            limit_loopback: true,
+            ..ConnectionLimits::default()
+        },
+        ..Config::loopback()
+    })
+    .await;
+    server
+        .serve(shared.clone(), |_, b| async move { Ok(b) })
+        .expect("serve");
+    let server_addr = addr(&server, "tcp").await;
+    let mut crowd = Vec::new();
+    let mut held = Vec::new();
+    let mut refusals = Vec::new();
+    for _ in 0..5 {
+        let made_up = peer().await;
+        made_up
+            .connect(server.peer_id(), vec![server_addr.clone()])
+            .await
+            .expect("connects");
+        for _ in 0..2 {
+            // Two bytes of a four-byte length, then nothing: the request holds its slot.
+            let mut stream = made_up
+                .open_stream(server.peer_id(), shared.name.clone())
+                .await
+                .expect("open");
+            stream.write_all(&[0, 0]).await.expect("write");
+            stream.flush().await.expect("flush");
+            held.push(stream);
+        }
+        crowd.push(made_up);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for stream in &mut held {
+        let mut head = [0u8; 5];
+        if let Ok(Ok(())) =
+            tokio::time::timeout(Duration::from_millis(200), stream.read_exact(&mut head)).await
+        {
+            let mut reason =
+                vec![0u8; u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize];
+            stream.read_exact(&mut reason).await.expect("the reason");
+            refusals.push((
+                Status::from_byte(head[0]),
+                String::from_utf8_lossy(&reason).into_owned(),
+            ));
+        }
+    }
+    assert_eq!(
+        refusals.len(),
+        6,
+        "ten stalled requests, four held: {refusals:?}"
+    );
+    for (status, reason) in &refusals {
+        assert_eq!(*status, Some(Status::Busy));
+        assert!(reason.contains("from your address"), "{reason}");
+    }
+    // The machine's share is full, so a sixth made-up peer is refused too...
+    let sixth = peer().await;
+    sixth
+        .connect(server.peer_id(), vec![server_addr.clone()])
+        .await
+        .expect("connects");
+    let refused = sixth.request(server.peer_id(), &shared, b"hi").await;
+    assert!(
+        refused.is_err(),
+        "the address's share is taken: {refused:?}"
+    );
+    // ...and served once the crowd lets go.
+    drop(held);
+    drop(crowd);
+    let answer = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match sixth.request(server.peer_id(), &shared, b"hi").await {
+                Ok(answer) => break answer,
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    })
+    .await
+    .expect("served once the slots are given back");
+    assert_eq!(answer, b"hi");
+}
+
 /// One stream of a peer that sends and never waits: bytes until a write stalls for a
 /// second; the stream is returned open, so what it made the server hold stays held.
 async fn send_until_stalled(

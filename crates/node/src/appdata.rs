@@ -36,7 +36,7 @@ use peergrid_compute::data::DataDir;
 use peergrid_core::fs::DiskReserve;
 use peergrid_core::tx::Signature;
 use peergrid_core::{ContractId, Keypair, now_ms};
-use peergrid_mesh::{Mesh, PeerId, Slots, StreamProtocol};
+use peergrid_mesh::{Mesh, PeerId, StreamProtocol};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
@@ -280,7 +280,7 @@ pub fn serve_with(
     let mut incoming = mesh
         .accept_streams(DATA_PROTOCOL)
         .map_err(|e| anyhow::anyhow!("cannot serve {DATA_PROTOCOL}: {e}"))?;
-    let requests = Slots::new(REQUESTS_MAX, REQUESTS_PER_PEER_MAX);
+    let requests = incoming.slots(REQUESTS_MAX, REQUESTS_PER_PEER_MAX);
     let transfers: Transfers = Arc::default();
     Ok(tokio::spawn(async move {
         while let Some((peer, mut stream)) = incoming.next().await {

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
-use peergrid_mesh::{Mesh, PeerId, Slots, StreamProtocol};
+use peergrid_mesh::{Mesh, PeerId, StreamProtocol};
 use tracing::debug;
 
 /// The blob protocol.
@@ -181,7 +181,7 @@ pub fn serve(
         .accept_streams(BLOB_PROTOCOL)
         .map_err(|e| anyhow::anyhow!("cannot serve {BLOB_PROTOCOL}: {e}"))?;
     let blobs = Arc::new(blobs);
-    let slots = Slots::new(STREAMS_MAX, STREAMS_PER_PEER_MAX);
+    let slots = incoming.slots(STREAMS_MAX, STREAMS_PER_PEER_MAX);
     Ok(tokio::spawn(async move {
         while let Some((peer, stream)) = incoming.next().await {
             let slot = match slots.take(peer) {

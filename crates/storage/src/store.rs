@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use futures::{AsyncWriteExt, StreamExt};
 use peergrid_core::fs::{DiskFull, DiskReserve, is_disk_full};
 use peergrid_core::{AccountId, ContractId, Hash};
-use peergrid_mesh::{Busy, Mesh, Slots};
+use peergrid_mesh::{Busy, Mesh};
 use tracing::{debug, info, warn};
 
 use crate::blocking;
@@ -1230,7 +1230,7 @@ pub fn serve_with(
 ) -> Result<tokio::task::JoinHandle<()>, peergrid_mesh::Error> {
     let mut incoming = mesh.accept_streams(wire::SHARD_PROTOCOL)?;
     Ok(tokio::spawn(async move {
-        let slots = Slots::new(limits.all, limits.per_peer);
+        let slots = incoming.slots(limits.all, limits.per_peer);
         let mut served: HashMap<u64, Served> = HashMap::new();
         let mut next = 0u64;
         while let Some((peer, mut stream)) = incoming.next().await {

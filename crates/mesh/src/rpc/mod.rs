@@ -34,7 +34,7 @@ use crate::error::Error;
 use crate::ingress::Mesh;
 use crate::messages::Command;
 use crate::ratelimit::{PeerRateLimiter, Rate};
-use crate::slots::Slots;
+
 use protocol::{FrameError, REASON_BYTES_MAX, Status};
 
 /// Refusals being written at once; beyond it excess streams are simply reset.
@@ -270,7 +270,7 @@ where
 {
     async fn run(self, mut incoming: crate::streams::IncomingStreams) {
         let mut limiter = PeerRateLimiter::new(self.protocol.rate);
-        let slots = Slots::new(
+        let slots = incoming.slots(
             self.protocol.concurrent_max,
             self.protocol.concurrent_per_peer_max,
         );
