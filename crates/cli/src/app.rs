@@ -837,7 +837,8 @@ impl Placement {
         let id = node.node.id;
         let peer = peergrid_mesh::identity::peer_id(&node.node.account)
             .map_err(|e| anyhow::anyhow!("its account is not a mesh peer id: {e}"))?;
-        let request = DeployRequest::sign(&self.key, contract, self.deployment.clone());
+        let grid = grid(&self.client).await?;
+        let request = DeployRequest::sign(&self.key, grid, contract, self.deployment.clone());
         say(self.json, format!("sending the deployment to node {id} …"));
         let send = async {
             let (mut lookups, mut opens) = (1, 1);
@@ -1100,6 +1101,21 @@ fn partly_done(short: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The grid the ledger runs ([`peergrid_storage::format::grid_id`]), which requests to its
+/// nodes are signed for; asked once per command.
+pub(crate) async fn grid(client: &Client) -> anyhow::Result<&'static str> {
+    static GRID: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+    GRID.get_or_try_init(|| async {
+        let status = client.status().await?.data;
+        anyhow::Ok(peergrid_storage::format::grid_id(
+            &status.chain_id,
+            &status.genesis_hash,
+        ))
+    })
+    .await
+    .map(String::as_str)
+}
+
 /// A node's mesh peer, and how the ledger sees it.
 pub(crate) async fn node_peer(client: &Client, node: NodeId) -> anyhow::Result<(PeerId, NodeView)> {
     let view = client
@@ -1121,7 +1137,7 @@ pub(crate) async fn replica_logs(
     workload: &str,
 ) -> anyhow::Result<WorkloadLogs> {
     let (peer, view) = node_peer(client, node).await?;
-    let request = LogsRequest::sign(key, contract, workload);
+    let request = LogsRequest::sign(key, grid(client).await?, contract, workload);
     match tokio::time::timeout(LOGS_TIMEOUT, protocol::logs(mesh, peer, &request)).await {
         Ok(Ok(logs)) => Ok(logs),
         // The mesh's own words are about addresses and transports: first say what it means.

@@ -121,7 +121,8 @@ fn export(globals: &Globals, app: &App, out: &Path, node: Option<NodeId>) -> any
             let bar = output::bytes_bar(globals, 0);
             let attempt = async {
                 let (peer, _) = node_peer(&client, r.node).await?;
-                let request = DataRequest::sign(&key, r.contract, DataOp::Export);
+                let grid = crate::app::grid(&client).await?;
+                let request = DataRequest::sign(&key, grid, r.contract, DataOp::Export);
                 appdata::export(&mesh, peer, &request, out, |at, files| {
                     bar.set_length(files.max(at));
                     bar.set_position(at);
@@ -332,7 +333,11 @@ pub(crate) async fn send_to(
                 Ok(found) => found,
                 Err(e) => return Outcome::Kept(format!("{e:#}")),
             };
-            let request = DataRequest::sign(key, r.contract, DataOp::Import { bytes, hash });
+            let grid = match crate::app::grid(client).await {
+                Ok(grid) => grid,
+                Err(e) => return Outcome::Kept(format!("{e:#}")),
+            };
+            let request = DataRequest::sign(key, grid, r.contract, DataOp::Import { bytes, hash });
             match appdata::import(mesh, peer, &request, archive, |sent| bar.set_position(sent))
                 .await
             {

@@ -279,16 +279,20 @@ mod tests {
     #[test]
     fn logs_requests_are_bound_to_their_contract_and_workload() {
         let key = peergrid_core::Keypair::generate().expect("key");
-        let r = protocol::LogsRequest::sign(&key, 7, "cpu");
-        let message = protocol::logs_message(7, "cpu", r.at_ms);
+        let r = protocol::LogsRequest::sign(&key, "g/1", 7, "cpu");
+        let message = protocol::logs_message("g/1", 7, "cpu", r.at_ms);
         assert!(
             r.signature
                 .verify(&key.account(), protocol::LOGS_NAMESPACE, &message)
         );
-        let other = protocol::logs_message(8, "cpu", r.at_ms);
-        assert!(
-            !r.signature
-                .verify(&key.account(), protocol::LOGS_NAMESPACE, &other)
-        );
+        for other in [
+            protocol::logs_message("g/1", 8, "cpu", r.at_ms),
+            protocol::logs_message("g/2", 7, "cpu", r.at_ms),
+        ] {
+            assert!(
+                !r.signature
+                    .verify(&key.account(), protocol::LOGS_NAMESPACE, &other)
+            );
+        }
     }
 }

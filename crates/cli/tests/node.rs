@@ -235,13 +235,16 @@ async fn a_farmer_runs_a_node_that_follows_its_contracts_across_restarts() {
     assert_eq!(report.node, Some(node_id as u32));
     assert_eq!(report.workloads.running, 1);
     assert_eq!(report.used, resources);
-    let wrong = DeployRequest::sign(&demo, contract_id, b"something else".to_vec());
+    let ledger = client.status().await.expect("ledger status").data;
+    let grid = peergrid_storage::format::grid_id(&ledger.chain_id, &ledger.genesis_hash);
+    let wrong = DeployRequest::sign(&demo, &grid, contract_id, b"something else".to_vec());
     let e = peergrid_node::protocol::deploy(&builder, node_peer, &wrong)
         .await
         .expect_err("hash mismatch");
     assert!(e.to_string().contains("does not match"), "{e}");
     let forged = DeployRequest::sign(
         &Keypair::generate().expect("key"),
+        &grid,
         contract_id,
         deployment.clone(),
     );
@@ -249,8 +252,19 @@ async fn a_farmer_runs_a_node_that_follows_its_contracts_across_restarts() {
         .await
         .expect_err("not the owner");
     assert!(e.to_string().contains("not signed by"), "{e}");
+    // The owner's own request, signed for another grid the same key is used on.
+    let elsewhere = DeployRequest::sign(
+        &demo,
+        &peergrid_storage::format::grid_id(&ledger.chain_id, &Hash::of(b"another genesis")),
+        contract_id,
+        deployment.clone(),
+    );
+    let e = peergrid_node::protocol::deploy(&builder, node_peer, &elsewhere)
+        .await
+        .expect_err("another grid");
+    assert!(e.to_string().contains("for this grid"), "{e}");
     assert!(!folder.join("deployment.bin").exists(), "nothing stored");
-    let right = DeployRequest::sign(&demo, contract_id, deployment.clone());
+    let right = DeployRequest::sign(&demo, &grid, contract_id, deployment.clone());
     peergrid_node::protocol::deploy(&builder, node_peer, &right)
         .await
         .expect("deployment accepted");

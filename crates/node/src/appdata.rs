@@ -47,8 +47,8 @@ use crate::world::WorkloadState;
 
 /// The protocol.
 pub const DATA_PROTOCOL: StreamProtocol = StreamProtocol::new("/peergrid/data/1");
-/// The request format this node writes and reads.
-pub const DATA_VERSION: u8 = 1;
+/// The request format this node writes and reads (2: signed for one grid).
+pub const DATA_VERSION: u8 = 2;
 /// What owners sign a `/data` request under.
 pub const DATA_NAMESPACE: &[u8] = b"_PEERGRID_NODE_DATA";
 /// How far a request's signing time may be from the node's clock, ms.
@@ -118,16 +118,23 @@ pub struct DataRequest {
     pub signature: Signature,
 }
 
-/// What the owner signs.
-pub fn data_message(version: u8, contract: ContractId, op: &DataOp, at_ms: u64) -> Vec<u8> {
-    peergrid_core::codec::encode(&(version, contract, op, at_ms))
+/// What the owner signs: with the grid ([`peergrid_storage::format::grid_id`]), so that
+/// a node of another grid the same key is used on cannot replay it here.
+pub fn data_message(
+    version: u8,
+    grid: &str,
+    contract: ContractId,
+    op: &DataOp,
+    at_ms: u64,
+) -> Vec<u8> {
+    peergrid_core::codec::encode(&(version, grid.to_string(), contract, op, at_ms))
 }
 
 impl DataRequest {
-    /// Sign `op` on `contract`'s `/data` with the owner's key, now.
-    pub fn sign(owner: &Keypair, contract: ContractId, op: DataOp) -> DataRequest {
+    /// Sign `op` on `contract`'s `/data` on `grid` with the owner's key, now.
+    pub fn sign(owner: &Keypair, grid: &str, contract: ContractId, op: DataOp) -> DataRequest {
         let at_ms = now_ms();
-        let message = data_message(DATA_VERSION, contract, &op, at_ms);
+        let message = data_message(DATA_VERSION, grid, contract, &op, at_ms);
         DataRequest {
             version: DATA_VERSION,
             contract,
@@ -510,8 +517,13 @@ async fn read_request(stream: &mut peergrid_mesh::Stream) -> Result<DataRequest,
         .unwrap_or_else(|_| Err(format!("no request within {} s", REQUEST_TIMEOUT.as_secs())))?;
     // The version first, so that a newer client hears what this node speaks.
     if body.first().is_some_and(|v| *v != DATA_VERSION) {
+        let whose = if body[0] > DATA_VERSION {
+            "the node's"
+        } else {
+            "your"
+        };
         return Err(format!(
-            "request version {} is not one this node reads (it reads {DATA_VERSION}); the node's software is older than yours",
+            "request version {} is not one this node reads (it reads {DATA_VERSION}); {whose} peergrid is older: update it",
             body[0]
         ));
     }
@@ -520,7 +532,11 @@ async fn read_request(stream: &mut peergrid_mesh::Stream) -> Result<DataRequest,
 }
 
 /// The request's signature checked against `owner`, and its time against the clock.
-pub fn check_signed(request: &DataRequest, owner: &peergrid_core::AccountId) -> Result<(), String> {
+pub fn check_signed(
+    request: &DataRequest,
+    grid: &str,
+    owner: &peergrid_core::AccountId,
+) -> Result<(), String> {
     let skew = now_ms().abs_diff(request.at_ms);
     if skew > DATA_CLOCK_SKEW_MS {
         return Err(format!(
@@ -530,13 +546,14 @@ pub fn check_signed(request: &DataRequest, owner: &peergrid_core::AccountId) -> 
     }
     let message = data_message(
         request.version,
+        grid,
         request.contract,
         &request.op,
         request.at_ms,
     );
     if !request.signature.verify(owner, DATA_NAMESPACE, &message) {
         return Err(format!(
-            "only contract {}'s owner {owner} may read or replace its /data",
+            "only contract {}'s owner {owner} may read or replace its /data, on this grid ({grid})",
             request.contract
         ));
     }
@@ -555,7 +572,7 @@ async fn authorize(shared: Arc<Shared>, request: DataRequest) -> Result<Target, 
         .get(&contract)
         .cloned()
         .ok_or_else(|| format!("contract {contract} has no workload on this node"))?;
-    check_signed(&request, &workload.owner)?;
+    check_signed(&request, &shared.grid, &workload.owner)?;
     match workload.state {
         WorkloadState::Running => {}
         WorkloadState::Paused => {
@@ -1230,6 +1247,8 @@ async fn read_answer<R: futures::AsyncRead + Unpin>(
 mod tests {
     use super::*;
 
+    const GRID: &str = "peergrid-devnet/0123";
+
     #[test]
     fn requests_are_bound_to_their_contract_and_archive() {
         let key = Keypair::generate().expect("test setup");
@@ -1237,11 +1256,15 @@ mod tests {
             bytes: 10,
             hash: [1; 32],
         };
-        let request = DataRequest::sign(&key, 7, op.clone());
-        assert_eq!(check_signed(&request, &key.account()), Ok(()));
+        let request = DataRequest::sign(&key, GRID, 7, op.clone());
+        assert_eq!(check_signed(&request, GRID, &key.account()), Ok(()));
         let other = Keypair::generate().expect("test setup");
-        let e = check_signed(&request, &other.account()).expect_err("not the owner");
+        let e = check_signed(&request, GRID, &other.account()).expect_err("not the owner");
         assert!(e.contains("owner"), "{e}");
+        // The same request on another grid the key is used on (a devnet's, a testnet's).
+        let e =
+            check_signed(&request, "peergrid-test/abc", &key.account()).expect_err("another grid");
+        assert!(e.contains("on this grid (peergrid-test/abc)"), "{e}");
         for forged in [
             DataRequest {
                 op: DataOp::Import {
@@ -1259,19 +1282,19 @@ mod tests {
                 ..request.clone()
             },
         ] {
-            assert!(check_signed(&forged, &key.account()).is_err());
+            assert!(check_signed(&forged, GRID, &key.account()).is_err());
         }
-        let stale = DataRequest::sign(&key, 7, DataOp::Export);
+        let stale = DataRequest::sign(&key, GRID, 7, DataOp::Export);
         let stale = DataRequest {
             at_ms: stale.at_ms - DATA_CLOCK_SKEW_MS - 1000,
             ..stale
         };
-        let message = data_message(DATA_VERSION, 7, &DataOp::Export, stale.at_ms);
+        let message = data_message(DATA_VERSION, GRID, 7, &DataOp::Export, stale.at_ms);
         let stale = DataRequest {
             signature: Signature(key.sign(DATA_NAMESPACE, &message)),
             ..stale
         };
-        let e = check_signed(&stale, &key.account()).expect_err("stale");
+        let e = check_signed(&stale, GRID, &key.account()).expect_err("stale");
         assert!(e.contains("clock"), "{e}");
     }
 

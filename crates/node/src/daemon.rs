@@ -318,6 +318,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Running> {
         clock,
         disks: disk_paths,
         disk_reserve,
+        grid: chain.clone(),
     });
     shared.sync_storage(&*shared.world.lock().await);
     compute.sync(&*shared.world.lock().await);
@@ -528,14 +529,19 @@ async fn workload_logs(shared: &Shared, body: &[u8]) -> Result<protocol::Workloa
             skew / 1000
         ));
     }
-    let message = protocol::logs_message(request.contract, &request.workload, request.at_ms);
+    let message = protocol::logs_message(
+        &shared.grid,
+        request.contract,
+        &request.workload,
+        request.at_ms,
+    );
     if !request
         .signature
         .verify(&owner, protocol::LOGS_NAMESPACE, &message)
     {
         return Err(format!(
-            "only contract {}'s owner {owner} may read its output",
-            request.contract
+            "only contract {}'s owner {owner} may read its output, on this grid ({})",
+            request.contract, shared.grid
         ));
     }
     shared.compute.logs(request.contract, &request.workload)
@@ -585,11 +591,11 @@ async fn accept_deployment(
     if !request.signature.verify(
         &contract.owner,
         protocol::DEPLOY_NAMESPACE,
-        &protocol::deploy_message(contract.id, &hash),
+        &protocol::deploy_message(&shared.grid, contract.id, &hash),
     ) {
         return Err(format!(
-            "the deployment is not signed by contract {}'s owner {}",
-            contract.id, contract.owner
+            "the deployment is not signed by contract {}'s owner {} for this grid ({})",
+            contract.id, contract.owner, shared.grid
         ));
     }
     if !contract.is_live() {

@@ -198,16 +198,24 @@ pub struct DeployRequest {
     pub signature: Signature,
 }
 
-/// What the owner signs: the contract and the deployment's hash.
-pub fn deploy_message(contract: ContractId, hash: &Hash) -> Vec<u8> {
-    peergrid_core::codec::encode(&(contract, hash))
+/// What the owner signs: the grid ([`peergrid_storage::format::grid_id`]: a request
+/// signed on one grid is refused on any other the same key is used on), the contract and
+/// the deployment's hash.
+pub fn deploy_message(grid: &str, contract: ContractId, hash: &Hash) -> Vec<u8> {
+    peergrid_core::codec::encode(&(grid.to_string(), contract, hash))
 }
 
 impl DeployRequest {
-    /// Sign `deployment` for `contract` with the owner's key.
-    pub fn sign(owner: &Keypair, contract: ContractId, deployment: Vec<u8>) -> DeployRequest {
+    /// Sign `deployment` for `contract` on `grid` with the owner's key.
+    pub fn sign(
+        owner: &Keypair,
+        grid: &str,
+        contract: ContractId,
+        deployment: Vec<u8>,
+    ) -> DeployRequest {
         let hash = Hash::of(&deployment);
-        let signature = Signature(owner.sign(DEPLOY_NAMESPACE, &deploy_message(contract, &hash)));
+        let message = deploy_message(grid, contract, &hash);
+        let signature = Signature(owner.sign(DEPLOY_NAMESPACE, &message));
         DeployRequest {
             contract,
             deployment,
@@ -229,16 +237,16 @@ pub struct LogsRequest {
     pub signature: Signature,
 }
 
-/// What the owner signs to read a workload's output.
-pub fn logs_message(contract: ContractId, workload: &str, at_ms: u64) -> Vec<u8> {
-    peergrid_core::codec::encode(&(contract, workload.to_string(), at_ms))
+/// What the owner signs to read a workload's output (the grid as in [`deploy_message`]).
+pub fn logs_message(grid: &str, contract: ContractId, workload: &str, at_ms: u64) -> Vec<u8> {
+    peergrid_core::codec::encode(&(grid.to_string(), contract, workload.to_string(), at_ms))
 }
 
 impl LogsRequest {
-    /// Sign a request for `contract`'s `workload` with the owner's key, now.
-    pub fn sign(owner: &Keypair, contract: ContractId, workload: &str) -> LogsRequest {
+    /// Sign a request for `contract`'s `workload` on `grid` with the owner's key, now.
+    pub fn sign(owner: &Keypair, grid: &str, contract: ContractId, workload: &str) -> LogsRequest {
         let at_ms = now_ms();
-        let message = logs_message(contract, workload, at_ms);
+        let message = logs_message(grid, contract, workload, at_ms);
         LogsRequest {
             contract,
             workload: workload.to_string(),

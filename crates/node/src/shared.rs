@@ -46,6 +46,9 @@ pub struct Shared {
     pub disks: Vec<std::path::PathBuf>,
     /// The free space kept on each of them; data for others is refused beyond it.
     pub disk_reserve: peergrid_core::fs::DiskReserve,
+    /// The grid ([`peergrid_storage::format::grid_id`]) that owners' requests must be
+    /// signed for.
+    pub grid: String,
 }
 
 impl Shared {

@@ -38,6 +38,9 @@ struct Grid {
     _serving: tokio::task::JoinHandle<()>,
 }
 
+/// The grid the owners' requests are signed for.
+const GRID: &str = "peergrid-devnet/0123";
+
 async fn grid(owner: &Keypair, quota: u64) -> Grid {
     let dir = tempfile::tempdir().expect("tempdir");
     let folder = dir.path().join(CONTRACT.to_string()).join("data");
@@ -51,7 +54,7 @@ async fn grid(owner: &Keypair, quota: u64) -> Grid {
             if request.contract != CONTRACT {
                 return Err(format!("contract {} is not here", request.contract));
             }
-            appdata::check_signed(&request, &owner)?;
+            appdata::check_signed(&request, GRID, &owner)?;
             Ok(Target {
                 data,
                 reserve: DiskReserve::bytes(0),
@@ -119,7 +122,7 @@ fn archive(at: &Path, files: &[(&str, &[u8])]) {
 
 async fn import(g: &Grid, key: &Keypair, path: &Path) -> Result<appdata::ImportReport, DataError> {
     let (_, bytes, hash) = appdata::scan(path).expect("a valid archive");
-    let request = DataRequest::sign(key, CONTRACT, DataOp::Import { bytes, hash });
+    let request = DataRequest::sign(key, GRID, CONTRACT, DataOp::Import { bytes, hash });
     // The node gives an import's place back just after it has tidied up.
     for _ in 0..50 {
         match appdata::import(&g.client, g.node.peer_id(), &request, path, |_| {}).await {
@@ -144,7 +147,7 @@ async fn a_folder_goes_out_and_comes_back_and_refusals_change_nothing() {
     // Exported: the archive arrives whole, as its length and BLAKE3 say.
     let work = tempfile::tempdir().expect("tempdir");
     let out = work.path().join("backup.tar");
-    let request = DataRequest::sign(&owner, CONTRACT, DataOp::Export);
+    let request = DataRequest::sign(&owner, GRID, CONTRACT, DataOp::Export);
     let exported = appdata::export(&g.client, g.node.peer_id(), &request, &out, |_, _| {})
         .await
         .expect("export");
@@ -179,7 +182,7 @@ async fn a_folder_goes_out_and_comes_back_and_refusals_change_nothing() {
 
     // A stranger's request, for either direction.
     let stranger = Keypair::from_seed([10; 32]);
-    let request = DataRequest::sign(&stranger, CONTRACT, DataOp::Export);
+    let request = DataRequest::sign(&stranger, GRID, CONTRACT, DataOp::Export);
     let theirs = work.path().join("theirs.tar");
     match appdata::export(&g.client, g.node.peer_id(), &request, &theirs, |_, _| {}).await {
         Err(DataError::Refused(why)) => assert!(why.contains("owner"), "{why}"),
@@ -197,6 +200,7 @@ async fn a_folder_goes_out_and_comes_back_and_refusals_change_nothing() {
     let (_, bytes, _) = appdata::scan(&small).expect("valid");
     let request = DataRequest::sign(
         &owner,
+        GRID,
         CONTRACT,
         DataOp::Import {
             bytes,
@@ -214,7 +218,7 @@ async fn a_folder_goes_out_and_comes_back_and_refusals_change_nothing() {
     let mid = work.path().join("mid.tar");
     archive(&mid, &[("fits", &vec![5u8; 4 << 20])]);
     let (_, bytes, hash) = appdata::scan(&mid).expect("valid");
-    let request = DataRequest::sign(&owner, CONTRACT, DataOp::Import { bytes, hash });
+    let request = DataRequest::sign(&owner, GRID, CONTRACT, DataOp::Import { bytes, hash });
     let mut stream = g
         .client
         .open_stream(g.node.peer_id(), appdata::DATA_PROTOCOL)

@@ -13,6 +13,9 @@ use peergrid_node::protocol::{
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
+/// The grid the requests are signed for.
+const GRID: &str = "peergrid-devnet/0123";
+
 fn damage() -> impl Strategy<Value = (Vec<(usize, u8)>, Option<usize>, Vec<u8>)> {
     (
         prop::collection::vec((any::<usize>(), any::<u8>()), 0..6),
@@ -33,7 +36,7 @@ proptest! {
         (edits, keep, extra) in damage(),
     ) {
         let owner = Keypair::from_seed([5; 32]);
-        let valid = DeployRequest::sign(&owner, 7, deployment);
+        let valid = DeployRequest::sign(&owner, GRID, 7, deployment);
         let bytes = damaged(&encode(&valid), &edits, keep, &extra);
         match decode::<DeployRequest>("deployment", &bytes, DEPLOY.request_bytes_max) {
             Err(e) => prop_assert!(!e.to_string().is_empty()),
@@ -42,7 +45,7 @@ proptest! {
                 let holds = got.signature.verify(
                     &owner.account(),
                     DEPLOY_NAMESPACE,
-                    &deploy_message(got.contract, &Hash::of(&got.deployment)),
+                    &deploy_message(GRID, got.contract, &Hash::of(&got.deployment)),
                 );
                 prop_assert_eq!(holds, got == valid);
             }
@@ -56,7 +59,7 @@ proptest! {
         (edits, keep, extra) in damage(),
     ) {
         let owner = Keypair::from_seed([6; 32]);
-        let valid = LogsRequest::sign(&owner, 9, &workload);
+        let valid = LogsRequest::sign(&owner, GRID, 9, &workload);
         let bytes = damaged(&encode(&valid), &edits, keep, &extra);
         match decode::<LogsRequest>("logs request", &bytes, LOGS.request_bytes_max) {
             Err(e) => prop_assert!(!e.to_string().is_empty()),
@@ -65,7 +68,7 @@ proptest! {
                 let holds = got.signature.verify(
                     &owner.account(),
                     LOGS_NAMESPACE,
-                    &logs_message(got.contract, &got.workload, got.at_ms),
+                    &logs_message(GRID, got.contract, &got.workload, got.at_ms),
                 );
                 prop_assert_eq!(holds, got == valid);
             }
