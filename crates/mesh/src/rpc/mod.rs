@@ -9,7 +9,8 @@
 //! - each peer may send `rate` requests per second with bursts, and at most
 //!   `concurrent_max` requests are served at once; excess ones are answered with a
 //!   refusal the caller can read ([`RpcError::Refused`]);
-//! - a peer that sends an oversized or truncated frame is banned.
+//! - a peer that declares a frame over the limit is banned; one that ends its request early
+//!   is only refused (an interrupted client looks the same).
 //!
 //! The wire format is in [`protocol`].
 //!
@@ -352,11 +353,12 @@ async fn serve_one<F, Fut>(
         let request = match request {
             Ok(request) => request,
             Err(error) => {
+                // Only a declared length over the limit is a peer's own doing. A request
+                // that ends early is what an honest client leaves when it is interrupted
+                // (Ctrl-C, a killed process, a lost link), and a client's peer id is its
+                // account: banning it would lock the owner out of every node for minutes.
                 let (status, bannable) = match &error {
                     FrameError::TooLarge { .. } => (Status::RequestTooLarge, true),
-                    FrameError::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                        (Status::Malformed, true)
-                    }
                     _ => (Status::Malformed, false),
                 };
                 let reason = error.to_string();
