@@ -937,10 +937,22 @@ impl Placement {
 /// What a deploy interrupted twice may leave: the contracts it knows of, and any whose
 /// transaction was under way.
 fn left_behind(placement: &Placement) -> String {
+    let created = placement.created();
+    let made = match created.as_slice() {
+        [] => "no contract was created yet, but one under way may still be".to_string(),
+        ids => format!(
+            "contract{} {} {} left, and one under way may still be created",
+            if ids.len() == 1 { "" } else { "s" },
+            ids.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            if ids.len() == 1 { "is" } else { "are" },
+        ),
+    };
     format!(
-        "interrupted again: contracts {:?} are left, and one under way may still be created; \
-         see `peergrid contract list` and cancel each with `peergrid contract cancel ID`",
-        placement.created()
+        "interrupted again: {made}; see `peergrid contract list` and cancel what this deploy \
+         made with `peergrid contract cancel ID`"
     )
 }
 

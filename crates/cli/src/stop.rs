@@ -6,12 +6,20 @@
 //! counts every signal; each wait takes one. A stop that arrives in a gap is seen by the
 //! next wait, and a second stop while the first is still untaken ends the process, as the
 //! default would have, so a command that is not listening can always be stopped.
+//!
+//! Signals closer together than [`COALESCE`] count once: `timeout`, and a terminal's
+//! Ctrl-C with a shell's job control, can deliver one stop to the process and again to
+//! its group, which must not read as "stop now, leave things behind".
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::Notify;
+
+/// Signals this close to the one before are the same stop.
+const COALESCE: Duration = Duration::from_millis(300);
 
 /// The signals received and taken so far.
 struct Stops {
@@ -92,11 +100,17 @@ fn watch(stops: &'static Stops) {
                         }
                     };
                 let _ = installed.send(());
+                let mut last: Option<Instant> = None;
                 loop {
                     let code = tokio::select! {
                         _ = interrupt.recv() => 130,
                         _ = terminate.recv() => 143,
                     };
+                    let now = Instant::now();
+                    if last.is_some_and(|at| now.duration_since(at) < COALESCE) {
+                        continue;
+                    }
+                    last = Some(now);
                     if stops.arrive() {
                         eprintln!("stopped again before the first stop was handled: exiting now");
                         std::process::exit(code);
@@ -139,6 +153,7 @@ mod tests {
 
     #[test]
     fn a_stop_with_no_one_waiting_is_kept_for_the_next_wait_and_taken_once() {
+        // One test, because the signals go to the whole test binary.
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -169,6 +184,21 @@ mod tests {
                     .is_err(),
                 "one stop ends one wait"
             );
+            // As `timeout` sends it: to the process, then to its group. Counted twice,
+            // the second would end this test binary at once.
+            tokio::time::sleep(COALESCE).await;
+            let before = stops.received.load(Ordering::SeqCst);
+            let pid = std::process::id();
+            let sent = std::process::Command::new("sh")
+                .args(["-c", &format!("kill -TERM {pid}; kill -TERM {pid}")])
+                .status()
+                .expect("sh runs");
+            assert!(sent.success());
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            assert_eq!(stops.received.load(Ordering::SeqCst), before + 1);
+            tokio::time::timeout(Duration::from_secs(1), stop_requested())
+                .await
+                .expect("the stop is seen");
         });
     }
 }
