@@ -54,6 +54,9 @@ pub enum DataCommand {
         /// Replace without asking (needed where nobody can be asked: a script, --json).
         #[arg(long)]
         yes: bool,
+        /// Import an archive that holds nothing, emptying /data (an export of an empty one).
+        #[arg(long)]
+        empty: bool,
     },
 }
 
@@ -81,9 +84,10 @@ pub(crate) fn data(globals: &Globals, apps: &Apps, cmd: DataCommand) -> anyhow::
             archive,
             nodes,
             yes,
+            empty,
         } => {
             let app = apps.find(&name)?;
-            import(globals, &app, &archive, &nodes, yes)
+            import(globals, &app, &archive, &nodes, (yes, empty))
         }
     }
 }
@@ -204,7 +208,7 @@ fn import(
     app: &App,
     archive: &Path,
     nodes: &[NodeId],
-    yes: bool,
+    (yes, empty): (bool, bool),
 ) -> anyhow::Result<()> {
     let replicas = chosen(app, nodes)?;
     let key = globals.keypair()?;
@@ -212,6 +216,14 @@ fn import(
     // Checked here as the nodes check it, so that a bad archive is refused before a byte
     // is sent.
     let (unpacked, bytes, hash) = appdata::scan(archive).map_err(anyhow::Error::msg)?;
+    // A tar made of nothing by mistake would wipe the folder like any other import.
+    if unpacked.files + unpacked.folders + unpacked.links == 0 && !empty {
+        bail!(
+            "{} holds no files or folders: importing it would empty {}'s /data; give --empty if that is what you want",
+            archive.display(),
+            app.name
+        );
+    }
     let client = globals.client()?;
     crate::runtime()?.block_on(async {
         let owned: Vec<Replica> = replicas.iter().map(|r| (*r).clone()).collect();

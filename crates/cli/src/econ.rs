@@ -152,9 +152,7 @@ impl CreateSpec {
             } => {
                 let deployment_hash = match (deployment, deployment_hash) {
                     (_, Some(hash)) => hash,
-                    (Some(file), None) => Hash::of(&std::fs::read(&file).with_context(|| {
-                        format!("cannot read the deployment file {}", file.display())
-                    })?),
+                    (Some(file), None) => deployment_file_hash(&file)?,
                     (None, None) => {
                         anyhow::bail!("give --deployment FILE or --deployment-hash HEX")
                     }
@@ -590,9 +588,7 @@ pub fn contract(globals: &Globals, cmd: ContractCommand) -> anyhow::Result<()> {
                 })?;
                 let deployment_hash = match (deployment, deployment_hash) {
                     (_, Some(hash)) => hash,
-                    (Some(file), None) => Hash::of(&std::fs::read(&file).with_context(|| {
-                        format!("cannot read the deployment file {}", file.display())
-                    })?),
+                    (Some(file), None) => deployment_file_hash(&file)?,
                     (None, None) => old_hash,
                 };
                 let was = current.reserved;
@@ -1231,6 +1227,29 @@ fn units(micro: u64) -> String {
     } else {
         format!("{whole}.{}", format!("{frac:06}").trim_end_matches('0'))
     }
+}
+
+/// The BLAKE3 of a deployment file, once it is known to be one: a contract whose hash no
+/// deployment has reserves capacity that no node can ever use.
+fn deployment_file_hash(file: &std::path::Path) -> anyhow::Result<Hash> {
+    let bytes = std::fs::read(file)
+        .with_context(|| format!("cannot read the deployment file {}", file.display()))?;
+    if peergrid_compute::Deployment::decode(&bytes).is_err() {
+        if bytes.starts_with(b"\0asm") {
+            anyhow::bail!(
+                "{} is a WebAssembly component, not a deployment: `peergrid deploy {}` makes its deployment and contract",
+                file.display(),
+                file.display()
+            );
+        }
+        // The decoder's words are about versions a node reads; a file that was never a
+        // deployment needs the command that makes one.
+        anyhow::bail!(
+            "{} is not a deployment: `peergrid deploy APP.wasm` makes one and its contract",
+            file.display()
+        );
+    }
+    Ok(Hash::of(&bytes))
 }
 
 #[cfg(test)]

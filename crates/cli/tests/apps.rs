@@ -849,6 +849,12 @@ fn deploy_call_survive_a_node_and_remove_an_app() {
     // sent; /data stays as it was.
     let (ok, _, err) = run(home, &["app", "data", "import", "kv", KV, "--yes"]);
     assert!(!ok && err.contains("not a tar archive"), "{err}");
+    // A tar of nothing (end-of-archive blocks only) would empty the folder: only on purpose.
+    let nothing = home.join("nothing.tar");
+    std::fs::write(&nothing, vec![0u8; 10240]).expect("write");
+    let nothing = nothing.to_str().expect("utf-8");
+    let (ok, _, err) = run(home, &["app", "data", "import", "kv", nothing, "--yes"]);
+    assert!(!ok && err.contains("--empty"), "{err}");
     let folder = home.join("too-big");
     std::fs::create_dir_all(&folder).expect("dir");
     std::fs::File::create(folder.join("sparse"))
