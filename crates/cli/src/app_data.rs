@@ -8,7 +8,7 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use clap::Subcommand;
 use peergrid_client::Client;
 use peergrid_core::capacity::human_bytes;
@@ -76,6 +76,19 @@ pub(crate) fn data(globals: &Globals, apps: &Apps, cmd: DataCommand) -> anyhow::
                     "{} exists: give another path, or --force to overwrite it",
                     out.display()
                 );
+            }
+            // Before any node is asked: where the archive goes must take a file.
+            let part = appdata::part_path(&out);
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&part)
+            {
+                Ok(_) => std::fs::remove_file(&part)
+                    .with_context(|| format!("cannot remove {}", part.display()))?,
+                // A leftover of an export cut short; the export replaces it.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => bail!("cannot write {}: {e}", part.display()),
             }
             export(globals, &app, &out, node)
         }

@@ -53,16 +53,16 @@ pub enum FarmCommand {
     },
     /// A farm's reward receipts: every input and step of each node's reward.
     Rewards {
-        /// The farm (also accepted as `--farm ID`).
+        /// The farm's id or name (also accepted as `--farm FARM`).
         #[arg(
             value_name = "FARM",
             required_unless_present = "farm_flag",
             conflicts_with = "farm_flag"
         )]
-        farm: Option<FarmId>,
+        farm: Option<String>,
         /// The farm, as a flag.
         #[arg(long = "farm", id = "farm_flag", value_name = "FARM", hide = true)]
-        farm_flag: Option<FarmId>,
+        farm_flag: Option<String>,
         /// The minting period [default: the latest minted].
         #[arg(long)]
         period: Option<u64>,
@@ -74,9 +74,9 @@ pub enum FarmCommand {
     },
     /// Sign an invitation letting a node's key join your farm (run it on the node with --invitation).
     Invite {
-        /// Your farm.
+        /// Your farm's id or name.
         #[arg(long)]
-        farm: FarmId,
+        farm: String,
         /// The node's account id (shown by `peergrid node run` on first start).
         #[arg(long)]
         node: AccountId,
@@ -90,9 +90,9 @@ pub enum NodeCommand {
     /// List nodes, with status and capacity.
     #[command(visible_alias = "ls")]
     List {
-        /// Only the nodes of this farm.
+        /// Only the nodes of this farm (its id or name).
         #[arg(long)]
-        farm: Option<FarmId>,
+        farm: Option<String>,
     },
     /// Show one node.
     Show {
@@ -317,7 +317,8 @@ pub fn farm(globals: &Globals, cmd: FarmCommand) -> anyhow::Result<()> {
             } => {
                 let farm = farm
                     .or(farm_flag)
-                    .context("which farm? `peergrid farm rewards ID`")?;
+                    .context("which farm? `peergrid farm rewards FARM` (its id or name)")?;
+                let farm = globals.client()?.farm(&farm).await?.data.id;
                 crate::econ::rewards(globals, farm, period).await
             }
             FarmCommand::Update {
@@ -394,7 +395,7 @@ pub fn farm(globals: &Globals, cmd: FarmCommand) -> anyhow::Result<()> {
             FarmCommand::Invite { farm, node } => {
                 let client = globals.client()?;
                 let key = globals.keypair()?;
-                your_farm(globals, &client, &farm.to_string()).await?;
+                let farm = your_farm(globals, &client, &farm).await?.id;
                 let status = client.status().await?;
                 let sig = sign_invitation(&key, &status.data.chain_id, farm, &node);
                 let hex = hex::encode(sig.0);
@@ -470,10 +471,11 @@ pub fn node(globals: &Globals, cmd: NodeCommand) -> anyhow::Result<()> {
     match cmd {
         NodeCommand::Run(args) => node_run(globals, *args),
         NodeCommand::List { farm } => crate::runtime()?.block_on(async {
-            if let Some(f) = farm {
-                // An unknown farm has no nodes; say it does not exist rather than list none.
-                peergrid_node::register::farm(&globals.client()?, f).await?;
-            }
+            // An unknown farm has no nodes; say it does not exist rather than list none.
+            let farm = match farm {
+                Some(f) => Some(globals.client()?.farm(&f).await?.data.id),
+                None => None,
+            };
             let items = nodes(globals, farm).await?;
             if globals.json {
                 return output::json(&json!({ "nodes": items }));
