@@ -715,17 +715,17 @@ impl Placement {
         }
     }
 
-    /// Point `contract` at this placement's deployment and resources, with disk `sru`
-    /// rather than the placement's if given (a contract keeps its own).
-    async fn update_contract(&self, contract: ContractId, sru: Option<u64>) -> anyhow::Result<()> {
+    /// Point `contract` at this placement's deployment, reserving `resources`.
+    async fn update_contract(
+        &self,
+        contract: ContractId,
+        resources: Capacity,
+    ) -> anyhow::Result<()> {
         let _one = self.tx.lock().await;
         let payload = Payload::UpdateContract {
             contract,
             deployment_hash: self.deployment_hash,
-            resources: Capacity {
-                sru: sru.unwrap_or(self.resources.sru),
-                ..self.resources
-            },
+            resources,
         };
         let (hash, status) = self.client.send(&self.key, payload, TX_TIMEOUT).await?;
         match status {
@@ -1227,9 +1227,13 @@ fn update(globals: &Globals, file: &Path, mut apps: Apps, args: UpdateArgs) -> a
     // The disk the contracts hold now: `contract update --sru` may have changed it since
     // the app's settings were recorded, and an update must not take it back unasked.
     let client = globals.client()?;
-    let disks = crate::runtime()?.block_on(contract_disks(&client, &app.replicas));
+    let held = crate::runtime()?.block_on(contract_reservations(&client, &app.replicas));
     // Without --disk each contract keeps its own; the record keeps the largest.
-    let disk_before = disks.values().copied().max().unwrap_or(spec.disk_bytes);
+    let disk_before = held
+        .values()
+        .map(|c| c.sru)
+        .max()
+        .unwrap_or(spec.disk_bytes);
     spec.disk_bytes = args.disk.map_or(disk_before, Size::bytes);
     spec.memory_bytes = args.memory.map_or(spec.memory_bytes, Size::bytes);
     spec.cpu_ms = args.cpu_ms.unwrap_or(spec.cpu_ms);
@@ -1281,12 +1285,13 @@ fn update(globals: &Globals, file: &Path, mut apps: Apps, args: UpdateArgs) -> a
                 json,
                 format!("updating contract {} on node {} …", r.contract, r.node),
             );
-            let keep = match args.disk {
-                Some(_) => None,
-                None => disks.get(&r.contract).copied(),
-            };
+            let resources = reservation(
+                placement.resources,
+                held.get(&r.contract).copied(),
+                (args.disk.is_some(), args.memory.is_some()),
+            );
             let step = async {
-                placement.update_contract(r.contract, keep).await?;
+                placement.update_contract(r.contract, resources).await?;
                 say(
                     json,
                     format!("contract {} now holds the new deployment", r.contract),
@@ -1359,15 +1364,51 @@ pub(crate) async fn contract_disks(
     client: &Client,
     replicas: &[Replica],
 ) -> BTreeMap<ContractId, u64> {
-    let mut disks = BTreeMap::new();
+    let held = contract_reservations(client, replicas).await;
+    held.into_iter().map(|(id, c)| (id, c.sru)).collect()
+}
+
+/// What a contract that holds `held` reserves once it holds a deployment that needs
+/// `need`: a reservation raised by hand (`contract update`) stays, its disk unless a new
+/// one is asked for, its memory and cores unless new memory is.
+fn reservation(
+    need: Capacity,
+    held: Option<Capacity>,
+    (new_disk, new_memory): (bool, bool),
+) -> Capacity {
+    let Some(held) = held else {
+        return need;
+    };
+    Capacity {
+        sru: if new_disk { need.sru } else { held.sru },
+        mru: if new_memory {
+            need.mru
+        } else {
+            need.mru.max(held.mru)
+        },
+        cru: if new_memory {
+            need.cru
+        } else {
+            need.cru.max(held.cru)
+        },
+        hru: need.hru,
+    }
+}
+
+/// What each live contract of `replicas` reserves now.
+async fn contract_reservations(
+    client: &Client,
+    replicas: &[Replica],
+) -> BTreeMap<ContractId, Capacity> {
+    let mut held = BTreeMap::new();
     for r in replicas {
         if let Ok(Some(c)) = client.contract(r.contract).await
             && c.data.state == ContractState::Created
         {
-            disks.insert(r.contract, c.data.reserved.sru);
+            held.insert(r.contract, c.data.reserved);
         }
     }
-    disks
+    held
 }
 
 /// `peergrid app update NAME --disk SIZE` without a component: each live contract
@@ -1616,11 +1657,14 @@ fn repair(
                 );
                 let sent = async {
                     if state.holds_another {
-                        // With the disk it holds: a hand-set one stays.
-                        let keep = contract_disks(&client, std::slice::from_ref(r)).await;
-                        (placement)
-                            .update_contract(r.contract, keep.get(&r.contract).copied())
-                            .await?;
+                        // With what it holds: a disk or memory set by hand stays.
+                        let held = contract_reservations(&client, std::slice::from_ref(r)).await;
+                        let resources = reservation(
+                            placement.resources,
+                            held.get(&r.contract).copied(),
+                            (false, false),
+                        );
+                        placement.update_contract(r.contract, resources).await?;
                     }
                     placement.start_on_replica(r).await
                 };
@@ -2381,6 +2425,45 @@ pub fn instance_memory(s: &str) -> Result<Size, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_update_keeps_a_reservation_raised_by_hand_unless_told_otherwise() {
+        const MIB: u64 = 1 << 20;
+        let need = Capacity {
+            cru: 1,
+            mru: 128 * MIB,
+            sru: 256 * MIB,
+            hru: 0,
+        };
+        let raised = Capacity {
+            cru: 2,
+            mru: 512 * MIB,
+            sru: 1024 * MIB,
+            hru: 0,
+        };
+        assert_eq!(
+            reservation(need, None, (false, false)),
+            need,
+            "no contract read"
+        );
+        assert_eq!(reservation(need, Some(raised), (false, false)), raised);
+        let new_memory = reservation(need, Some(raised), (false, true));
+        assert_eq!(
+            (new_memory.cru, new_memory.mru, new_memory.sru),
+            (1, 128 * MIB, 1024 * MIB)
+        );
+        let new_disk = reservation(need, Some(raised), (true, false));
+        assert_eq!((new_disk.mru, new_disk.sru), (512 * MIB, 256 * MIB));
+        // A deployment that needs more than the contract held gets it.
+        let lower = Capacity {
+            mru: 64 * MIB,
+            ..raised
+        };
+        assert_eq!(
+            reservation(need, Some(lower), (false, false)).mru,
+            128 * MIB
+        );
+    }
     use peergrid_ledger::NodeStatus;
 
     fn node(id: NodeId, status: NodeStatus, cores: u64) -> NodeView {
