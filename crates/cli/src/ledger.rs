@@ -384,7 +384,15 @@ pub fn devnet(globals: &Globals, args: DevnetArgs) -> anyhow::Result<()> {
                 ("demo account", demo.account().to_string()),
                 ("demo key", supervisor.running.demo_key.display().to_string()),
                 ("nodes", format!("{} (ledger id and health: {})", supervisor.running.nodes.len(), nodes_by_id.join(", "))),
-                ("workloads", supervisor.running.nodes_http.join(" ")),
+                ("workloads", {
+                    let by_id: Vec<String> = (supervisor.running.nodes_http.iter().enumerate())
+                        .map(|(i, http)| match ids.get(&i) {
+                            Some(id) => format!("node {id} {http}"),
+                            None => http.clone(),
+                        })
+                        .collect();
+                    by_id.join(", ")
+                }),
                 ("logs", dir.join("logs").display().to_string()),
             ]);
             outln!("\ndemo account's 24 words (devnet only):\n{}", output::phrase_lines(mnemonic.trim()));
@@ -477,9 +485,15 @@ fn devnet_status(globals: &Globals, dir: &std::path::Path) -> anyhow::Result<()>
                     .map(|p| {
                         let ledger_id = ledger_id(&p.name)
                             .map_or_else(|| "-".into(), |id| format!("node {id}"));
+                        // Ports follow the processes, not the ledger's ids: say which is whose.
+                        let apps = (p.name.strip_prefix("node "))
+                            .and_then(|i| running.nodes_http.get(i.parse::<usize>().ok()?))
+                            .cloned()
+                            .unwrap_or_else(|| "-".into());
                         vec![
                             p.name.clone(),
                             ledger_id,
+                            apps,
                             p.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
                             p.state.clone(),
                             follows_of(&p.name).map_or_else(|| "-".into(), NodeFollows::cell),
@@ -492,6 +506,7 @@ fn devnet_status(globals: &Globals, dir: &std::path::Path) -> anyhow::Result<()>
                     &[
                         "PROCESS",
                         "ON THE LEDGER",
+                        "APPS AT",
                         "PID",
                         "STATE",
                         "FOLLOWS THE LEDGER",
