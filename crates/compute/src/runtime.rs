@@ -652,10 +652,11 @@ pub(crate) fn classify<T>(
         return Err(Failure {
             limit: Some(LimitExceeded::Memory),
             status: StatusCode::SERVICE_UNAVAILABLE,
+            // The guest's own words here are a trap from its allocator giving up, which
+            // says nothing the limit does not.
             message: format!(
-                "stopped: the workload needed more than its memory limit of {} bytes ({})",
-                limits.memory_bytes,
-                one_line(&err)
+                "stopped: the workload needed more than its memory limit of {}; give it more with --memory",
+                crate::deployment::readable_bytes(limits.memory_bytes)
             ),
             retry_after_secs: None,
         });

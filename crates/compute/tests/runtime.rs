@@ -553,7 +553,7 @@ async fn alloc_job_is_stopped_by_memory() {
         .await;
     assert_eq!(out.limit_exceeded, Some(LimitExceeded::Memory), "{out:?}");
     let error = out.error.unwrap_or_default();
-    assert!(error.contains("memory limit of 33554432 bytes"), "{error}");
+    assert!(error.contains("memory limit of 32.0 MiB"), "{error}");
     assert!(
         out.memory_peak_bytes <= 32 << 20,
         "{}",
