@@ -1395,6 +1395,25 @@ fn reservation(
     }
 }
 
+/// How many live deployment contracts the key in use owns, when the ledger answers.
+fn unnamed_deployments(globals: &Globals) -> Option<usize> {
+    let owner = globals.keypair().ok()?.account();
+    let client = globals.client().ok()?;
+    let filter = peergrid_client::ContractFilter {
+        owner: Some(owner),
+        node: None,
+    };
+    let (_, contracts) = crate::runtime()
+        .ok()?
+        .block_on(client.contracts(filter))
+        .ok()?;
+    let live = contracts
+        .iter()
+        .filter(|c| c.state == ContractState::Created && c.deployment_hash().is_some())
+        .count();
+    (live > 0).then_some(live)
+}
+
 /// What each live contract of `replicas` reserves now.
 async fn contract_reservations(
     client: &Client,
@@ -2187,6 +2206,14 @@ pub fn app(globals: &Globals, cmd: AppCommand) -> anyhow::Result<()> {
                 return output::json(&json!({ "apps": apps.apps.values().collect::<Vec<_>>() }));
             }
             if apps.apps.is_empty() {
+                // Apps are named in this home's apps.json only; after `key import` on a new
+                // machine the contracts are still live (and billed) on the ledger.
+                if let Some(live) = unnamed_deployments(globals) {
+                    outln!(
+                        "no apps recorded in this home, but your account has {live} live deployment contract(s) on the ledger (billed while live): `peergrid contract list` lists them, `peergrid contract cancel ID` ends one"
+                    );
+                    return Ok(());
+                }
                 outln!("no apps; deploy one with `peergrid deploy APP.wasm`");
                 return Ok(());
             }

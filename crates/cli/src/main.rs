@@ -125,7 +125,7 @@ enum Command {
     Contract(econ::ContractCommand),
     /// Deploy a WebAssembly app (a WASI 0.2 component) to nodes; prints its URLs.
     Deploy(app::DeployArgs),
-    /// Your deployed apps: list, status, logs, update, rm.
+    /// Your deployed apps: list, status, logs, update, repair, data, rm.
     #[command(subcommand)]
     App(app::AppCommand),
     /// Jobs: run a WebAssembly command once on a node and get its output.
@@ -481,8 +481,10 @@ fn number_error(e: &clap::Error) -> Option<String> {
             let hint = if names(&["FARM", "NODE"]) {
                 " (`farm list` and `node list` show the ids; `farm show` and `node show` also \
                  take a name or an account)"
-            } else if names(&["CONTRACT", "PROPOSAL"]) {
-                " (`contract list` and `gov list` show the ids)"
+            } else if names(&["CONTRACT"]) {
+                " (`contract list` shows the ids)"
+            } else if names(&["PROPOSAL"]) {
+                " (`gov list` shows the ids)"
             } else {
                 ""
             };

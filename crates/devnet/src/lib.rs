@@ -272,7 +272,11 @@ pub fn with_params(genesis: &Genesis, params: &[String]) -> anyhow::Result<Genes
                 .with_context(|| format!("no parameter group {part:?} in {name:?}"))?;
         }
         if !table.contains_key(last) {
-            bail!("no genesis parameter {name:?}; see [params] in genesis.toml");
+            let known: Vec<&str> = table.keys().map(String::as_str).collect();
+            bail!(
+                "no genesis parameter {name:?}; those here are {} (`genesis new` writes them all under [params])",
+                known.join(", ")
+            );
         }
         table.insert(last.to_string(), value);
     }

@@ -216,9 +216,8 @@ async fn file_source<'a>(path: &'a Path, name: &str) -> Result<(Source<'a>, u64)
     // stored empty, or cut, under a put that says it worked.
     if !meta.is_file() {
         return Err(other(format!(
-            "{} is not a regular file: put a file, or pipe its bytes in (`cat {} | peergrid store put - NAME`)",
+            "{} is not a regular file: put a file, or pipe a stream's bytes in (`COMMAND | peergrid store put - NAME`) when it ends by itself",
             path.display(),
-            path.display()
         )));
     }
     let source = Source::File {
@@ -3688,9 +3687,11 @@ fn scheme_for(holdings: &[Holding], scheme: Option<Scheme>) -> Result<Scheme, St
     scheme.check().map_err(other)?;
     if scheme.n() > holdings.len() {
         return Err(other(format!(
-            "a {scheme} scheme puts {} shards of each segment on distinct nodes, but your storage is on {} usable nodes: reserve more (`peergrid store reserve --nodes N`) or pass --scheme",
+            "a {scheme} scheme puts {} shards of each segment on distinct nodes, but your storage is on {} usable nodes: reserve more (`peergrid store reserve --nodes N`) or give a --scheme of at most {} shards in all, like {}",
             scheme.n(),
-            holdings.len()
+            holdings.len(),
+            holdings.len(),
+            Scheme::for_nodes(holdings.len())
         )));
     }
     Ok(scheme)
