@@ -4,15 +4,16 @@
 //! for it, and a signal that arrives while nothing waits is lost: a Ctrl-C pressed between
 //! two of a command's waits did nothing at all. One watcher, started by the first wait,
 //! counts every signal; each wait takes one. A stop that arrives in a gap is seen by the
-//! next wait, and a second stop while the first is still untaken ends the process, as the
-//! default would have, so a command that is not listening can always be stopped.
+//! next wait. A second stop ends the process, as the default would have, when nothing
+//! waits for it: the first is still untaken, or was taken and the command is tidying up
+//! without listening. So a command can always be stopped, twice at worst.
 //!
 //! Signals closer together than [`COALESCE`] count once: `timeout`, and a terminal's
 //! Ctrl-C with a shell's job control, can deliver one stop to the process and again to
 //! its group, which must not read as "stop now, leave things behind".
 
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Once;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{SignalKind, signal};
@@ -25,6 +26,8 @@ const COALESCE: Duration = Duration::from_millis(300);
 struct Stops {
     received: AtomicU64,
     taken: AtomicU64,
+    /// Waits in progress.
+    waiting: AtomicUsize,
     arrived: Notify,
 }
 
@@ -44,31 +47,48 @@ impl Stops {
         false
     }
 
-    /// Count a signal; `true` if an earlier one is still untaken.
+    /// Count a signal; `true` if nothing will handle it: an earlier one is still untaken,
+    /// or one was taken and nothing waits now.
     fn arrive(&self) -> bool {
         let received = self.received.fetch_add(1, Ordering::SeqCst) + 1;
+        let taken = self.taken.load(Ordering::SeqCst);
+        let unheard =
+            received - taken >= 2 || (taken > 0 && self.waiting.load(Ordering::SeqCst) == 0);
         self.arrived.notify_waiters();
-        received - self.taken.load(Ordering::SeqCst) >= 2
+        unheard
     }
 }
 
-static STOPS: OnceLock<Stops> = OnceLock::new();
+static STOPS: Stops = Stops {
+    received: AtomicU64::new(0),
+    taken: AtomicU64::new(0),
+    waiting: AtomicUsize::new(0),
+    arrived: Notify::const_new(),
+};
 
-/// The process's stops, with the watcher started the first time.
+static WATCHING: Once = Once::new();
+
+/// The process's stops, with the watcher started (and its handlers installed, for every
+/// caller) the first time.
 fn stops() -> &'static Stops {
-    let mut started = false;
-    let stops = STOPS.get_or_init(|| {
-        started = true;
-        Stops {
-            received: AtomicU64::new(0),
-            taken: AtomicU64::new(0),
-            arrived: Notify::new(),
-        }
-    });
-    if started {
-        watch(stops);
+    WATCHING.call_once(|| watch(&STOPS));
+    &STOPS
+}
+
+/// Counts a wait in progress while it lives.
+struct Waiting;
+
+impl Waiting {
+    fn new() -> Waiting {
+        STOPS.waiting.fetch_add(1, Ordering::SeqCst);
+        Waiting
     }
-    stops
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        STOPS.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Listen for SIGINT and SIGTERM on a thread of its own, so that the watcher outlives any
@@ -134,6 +154,7 @@ fn watch(stops: &'static Stops) {
 /// is taken by one wait: a second wait after a stop waits for the next one.
 pub(crate) async fn stop_requested() {
     let stops = stops();
+    let _waiting = Waiting::new();
     loop {
         let arrived = stops.arrived.notified();
         tokio::pin!(arrived);
@@ -150,6 +171,36 @@ pub(crate) async fn stop_requested() {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn a_second_stop_ends_the_process_only_when_nothing_will_hear_it() {
+        let stops = Stops {
+            received: AtomicU64::new(0),
+            taken: AtomicU64::new(0),
+            waiting: AtomicUsize::new(0),
+            arrived: Notify::new(),
+        };
+        assert!(!stops.arrive(), "the first is kept for the next wait");
+        assert!(stops.arrive(), "a second while the first is untaken");
+        let stops = Stops {
+            received: AtomicU64::new(0),
+            taken: AtomicU64::new(0),
+            waiting: AtomicUsize::new(1),
+            arrived: Notify::new(),
+        };
+        assert!(!stops.arrive());
+        assert!(stops.take());
+        assert!(
+            !stops.arrive(),
+            "a wait (\"Ctrl-C again leaves them\") hears the second"
+        );
+        assert!(stops.take());
+        stops.waiting.store(0, Ordering::SeqCst);
+        assert!(
+            stops.arrive(),
+            "tidying up after a stop, without listening: a second ends it"
+        );
+    }
 
     #[test]
     fn a_stop_with_no_one_waiting_is_kept_for_the_next_wait_and_taken_once() {
@@ -188,17 +239,25 @@ mod tests {
             // the second would end this test binary at once.
             tokio::time::sleep(COALESCE).await;
             let before = stops.received.load(Ordering::SeqCst);
+            let waiting = tokio::spawn(stop_requested());
+            tokio::task::yield_now().await;
+            assert_eq!(
+                stops.waiting.load(Ordering::SeqCst),
+                1,
+                "the wait has begun"
+            );
             let pid = std::process::id();
             let sent = std::process::Command::new("sh")
                 .args(["-c", &format!("kill -TERM {pid}; kill -TERM {pid}")])
                 .status()
                 .expect("sh runs");
             assert!(sent.success());
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            assert_eq!(stops.received.load(Ordering::SeqCst), before + 1);
-            tokio::time::timeout(Duration::from_secs(1), stop_requested())
+            tokio::time::timeout(Duration::from_secs(5), waiting)
                 .await
-                .expect("the stop is seen");
+                .expect("the stop is seen")
+                .expect("the wait ends");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert_eq!(stops.received.load(Ordering::SeqCst), before + 1);
         });
     }
 }

@@ -55,5 +55,5 @@ pub use error::Error;
 pub use ingress::{GossipMessage, Mesh, PeerInfo, Status, peer_of, with_peer};
 pub use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol, multiaddr};
 pub use rpc::{RpcError, RpcProtocol};
-pub use slots::{Busy, Slot, Slots};
+pub use slots::{Busy, Slot, Slots, Source};
 pub use streams::IncomingStreams;

@@ -31,14 +31,20 @@ impl Source {
             Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
             Protocol::Ip6(ip) => Some(match ip.to_ipv4_mapped() {
                 Some(v4) => IpAddr::V4(v4),
-                None => IpAddr::V6(Ipv6Addr::from(u128::from(ip) & !((1u128 << 64) - 1))),
+                None => IpAddr::V6(ip),
             }),
             _ => None,
         })?;
         if ip.is_loopback() && !count_loopback {
             return None;
         }
-        Some(Source(ip))
+        Some(Source(match ip {
+            // Every host of a link has an address in fe80::/64: those are told apart whole.
+            IpAddr::V6(v6) if !v6.is_unicast_link_local() && !v6.is_loopback() => {
+                IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1)))
+            }
+            other => other,
+        }))
     }
 }
 
@@ -133,11 +139,16 @@ impl Slots {
         self.per_source_max
     }
 
+    /// Where `peer`'s slots are counted, if sourced.
+    pub fn source_of(&self, peer: &PeerId) -> Option<Source> {
+        self.source_of.as_ref().and_then(|find| find(peer))
+    }
+
     /// A slot for a stream of `peer`, held until dropped. The peer's and its source's
     /// shares are checked first, so a peer over either never takes a slot another peer
     /// could have had.
     pub fn take(&self, peer: PeerId) -> Result<Slot, Busy> {
-        let source = self.source_of.as_ref().and_then(|find| find(&peer));
+        let source = self.source_of(&peer);
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         let mine = held.peers.get(&peer).copied().unwrap_or(0);
         if mine >= self.per_peer_max {
@@ -179,6 +190,13 @@ pub struct Slot {
     held: Arc<Mutex<Held>>,
     peer: PeerId,
     source: Option<Source>,
+}
+
+impl Slot {
+    /// The source it is counted for, if any.
+    pub fn source(&self) -> Option<Source> {
+        self.source
+    }
 }
 
 impl Drop for Slot {
@@ -290,6 +308,12 @@ mod tests {
             None
         );
         assert_eq!(at("/ip4/127.0.0.1/tcp/1"), None);
+        assert_eq!(at("/ip6/::1/tcp/1"), None);
+        assert_ne!(
+            at("/ip6/fe80::1/tcp/1"),
+            at("/ip6/fe80::2/tcp/1"),
+            "every host of a link is in fe80::/64"
+        );
         assert!(Source::of(&"/ip4/127.0.0.1/tcp/1".parse().expect("multiaddr"), true).is_some());
         assert_eq!(at("/dns4/example.com/tcp/1"), None);
     }

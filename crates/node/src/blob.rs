@@ -181,7 +181,9 @@ pub fn serve(
         .accept_streams(BLOB_PROTOCOL)
         .map_err(|e| anyhow::anyhow!("cannot serve {BLOB_PROTOCOL}: {e}"))?;
     let blobs = Arc::new(blobs);
-    let slots = incoming.slots(STREAMS_MAX, STREAMS_PER_PEER_MAX);
+    // Not shared by address: the peers here are the nodes a deploy chose, and a farm's nodes
+    // behind one NAT fetch a component at once.
+    let slots = peergrid_mesh::Slots::new(STREAMS_MAX, STREAMS_PER_PEER_MAX);
     Ok(tokio::spawn(async move {
         while let Some((peer, stream)) = incoming.next().await {
             let slot = match slots.take(peer) {

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use futures::{AsyncWriteExt, StreamExt};
 use peergrid_core::fs::{DiskFull, DiskReserve, is_disk_full};
 use peergrid_core::{AccountId, ContractId, Hash};
-use peergrid_mesh::{Busy, Mesh};
+use peergrid_mesh::{Busy, Mesh, Source};
 use tracing::{debug, info, warn};
 
 use crate::blocking;
@@ -1203,6 +1203,8 @@ impl Progress {
 struct Served {
     progress: Arc<Progress>,
     task: tokio::task::JoinHandle<()>,
+    /// The address its slot is counted for.
+    source: Option<Source>,
 }
 
 /// Serve `/peergrid/shard/1` from `store` on `mesh` until the mesh stops, with the
@@ -1237,7 +1239,19 @@ pub fn serve_with(
             served.retain(|_, s| !s.task.is_finished());
             let slot = match slots.take(peer) {
                 Ok(slot) => slot,
-                Err(Busy::All) if close_slowest(&mut served, &limits).await => {
+                Err(busy @ (Busy::All | Busy::Source)) => {
+                    // Full, in all or for the peer's address: the slowest stream holding a
+                    // slot the new one needs makes way, if one is below the floor.
+                    let from = (busy == Busy::Source).then(|| slots.source_of(&peer));
+                    let closed = match from {
+                        Some(None) => false,
+                        Some(source) => close_slowest(&mut served, &limits, source).await,
+                        None => close_slowest(&mut served, &limits, None).await,
+                    };
+                    if !closed {
+                        debug!(%peer, "shard stream refused: {busy}");
+                        continue;
+                    }
                     match slots.take(peer) {
                         Ok(slot) => slot,
                         Err(busy) => {
@@ -1254,6 +1268,7 @@ pub fn serve_with(
             let Ok(account) = peergrid_mesh::identity::account_id(&peer) else {
                 continue;
             };
+            let source = slot.source();
             let store = store.clone();
             let progress = Arc::new(Progress::new());
             let moved = progress.clone();
@@ -1263,7 +1278,14 @@ pub fn serve_with(
                 }
                 drop(slot);
             });
-            served.insert(next, Served { progress, task });
+            served.insert(
+                next,
+                Served {
+                    progress,
+                    task,
+                    source,
+                },
+            );
             next += 1;
         }
     }))
@@ -1271,10 +1293,15 @@ pub fn serve_with(
 
 /// Close the slowest stream below the floor rate, if any; whether one was closed (its
 /// slot is free when this returns).
-async fn close_slowest(served: &mut HashMap<u64, Served>, limits: &StreamLimits) -> bool {
+async fn close_slowest(
+    served: &mut HashMap<u64, Served>,
+    limits: &StreamLimits,
+    from: Option<Source>,
+) -> bool {
     let now = Instant::now();
     let slowest = served
         .iter()
+        .filter(|(_, s)| from.is_none() || s.source == from)
         .filter_map(|(k, s)| Some((*k, s.progress.too_slow(limits, now)?)))
         .min_by(|a, b| a.1.total_cmp(&b.1));
     let Some((key, rate)) = slowest else {

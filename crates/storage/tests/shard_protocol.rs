@@ -29,11 +29,14 @@ async fn rig() -> Rig {
 }
 
 async fn rig_with(limits: StreamLimits) -> Rig {
+    rig_on(limits, Config::loopback()).await
+}
+
+/// A rig whose node's mesh runs with `config`.
+async fn rig_on(limits: StreamLimits, config: Config) -> Rig {
     let dir = tempfile::tempdir().expect("tempdir");
     let node_key = Keypair::generate().expect("key");
-    let node = Mesh::start(&node_key, Config::loopback())
-        .await
-        .expect("node");
+    let node = Mesh::start(&node_key, config).await.expect("node");
     let store = Arc::new(ShardStore::new(dir.path().join("pointers"), GRID).expect("store"));
     store::serve_with(&node, store.clone(), limits).expect("serve");
     let owner = Keypair::generate().expect("key");
@@ -604,19 +607,47 @@ async fn a_contract_whose_folder_is_gone_refuses_puts_and_makes_nothing() {
     assert_eq!(r.store.used().get(&id).copied(), Some(0));
 }
 
+/// Long enough that the slots are taken and the first put refused within it on a loaded
+/// machine.
+const TRICKLE_GRACE: Duration = Duration::from_secs(3);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_that_trickle_make_way_when_every_slot_is_taken() {
-    // Long enough that the slots are taken and the first put refused within it on a
-    // loaded machine.
-    let grace = Duration::from_secs(3);
     let r = rig_with(StreamLimits {
         all: 2,
         per_peer: 2,
         floor_bytes_per_sec: 64 << 10,
-        grace,
+        grace: TRICKLE_GRACE,
         ..StreamLimits::default()
     })
     .await;
+    trickling_streams_make_way(r).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_that_trickle_make_way_when_their_address_holds_its_share() {
+    // Eight slots, a quarter of them (two) for one address: loopback counted as one.
+    let config = Config {
+        connections: peergrid_mesh::ConnectionLimits {
+            limit_loopback: true,
+            ..peergrid_mesh::ConnectionLimits::default()
+        },
+        ..Config::loopback()
+    };
+    let limits = StreamLimits {
+        all: 8,
+        per_peer: 2,
+        floor_bytes_per_sec: 64 << 10,
+        grace: TRICKLE_GRACE,
+        ..StreamLimits::default()
+    };
+    trickling_streams_make_way(rig_on(limits, config).await).await;
+}
+
+/// A stranger holds two puts it sends nothing of: the owner's put is refused while they
+/// are in their grace, then one of them makes way.
+async fn trickling_streams_make_way(r: Rig) {
+    let grace = TRICKLE_GRACE;
     let peer = r.node.peer_id();
     let (stranger, _) = r.owner_and_stranger().await;
     // A peer takes every slot with puts it then sends nothing of.

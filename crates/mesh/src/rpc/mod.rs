@@ -362,7 +362,11 @@ async fn serve_one<F, Fut>(
                     _ => (Status::Malformed, false),
                 };
                 let reason = error.to_string();
-                tracing::warn!(%peer, protocol = %name, %reason, "rejecting request");
+                if bannable {
+                    tracing::warn!(%peer, protocol = %name, %reason, "rejecting request");
+                } else {
+                    tracing::debug!(%peer, protocol = %name, %reason, "rejecting request");
+                }
                 let _ = protocol::write_response(&mut stream, status, truncate(&reason)).await;
                 let _ = stream.close().await;
                 if bannable {
