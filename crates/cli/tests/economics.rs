@@ -396,6 +396,7 @@ async fn a_contract_is_billed_paused_resumed_and_deleted_and_the_farmer_can_expl
     let named = created["contract"].as_u64().expect("the new contract's id");
     let (ok, _, err) = run(&home, &["contract", "create", "name", "cancel-me"]);
     assert!(!ok && err.contains("taken"), "a name is unique: {err}");
+    // A file that is no deployment would reserve what no node can ever run.
     let deployment = home.join("app.yaml");
     std::fs::write(&deployment, "app: hello\n").expect("deployment file");
     let (ok, _, err) = run(
@@ -405,9 +406,22 @@ async fn a_contract_is_billed_paused_resumed_and_deleted_and_the_farmer_can_expl
             "create",
             "deployment",
             "--node",
-            "9999",
+            "1",
             "--deployment",
             deployment.to_str().expect("utf-8 path"),
+        ],
+    );
+    assert!(!ok && err.contains("is not a deployment"), "{err}");
+    let (ok, _, err) = run(
+        &home,
+        &[
+            "contract",
+            "create",
+            "deployment",
+            "--node",
+            "9999",
+            "--deployment-hash",
+            &Hash::of(b"a deployment").to_string(),
             "--mru",
             "256MiB",
         ],
