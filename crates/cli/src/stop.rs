@@ -132,7 +132,7 @@ fn watch(stops: &'static Stops) {
                     }
                     last = Some(now);
                     if stops.arrive() {
-                        eprintln!("stopped again before the first stop was handled: exiting now");
+                        eprintln!("stopped again: exiting now, without finishing what the first stop began");
                         std::process::exit(code);
                     }
                 }
