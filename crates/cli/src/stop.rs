@@ -23,7 +23,7 @@ use tokio::sync::Notify;
 const COALESCE: Duration = Duration::from_millis(300);
 
 /// The signals received and taken so far.
-struct Stops {
+pub(crate) struct Stops {
     received: AtomicU64,
     taken: AtomicU64,
     /// Waits in progress.
@@ -69,8 +69,9 @@ static STOPS: Stops = Stops {
 static WATCHING: Once = Once::new();
 
 /// The process's stops, with the watcher started (and its handlers installed, for every
-/// caller) the first time.
-fn stops() -> &'static Stops {
+/// caller) the first time. A command that runs long before its first wait calls it at its
+/// start, so that a stop during that time is kept for the wait rather than ending it.
+pub(crate) fn stops() -> &'static Stops {
     WATCHING.call_once(|| watch(&STOPS));
     &STOPS
 }
@@ -151,19 +152,23 @@ fn watch(stops: &'static Stops) {
 /// Resolves when the user or the system asks this process to stop: Ctrl-C (SIGINT) or
 /// SIGTERM, which `kill`, `timeout`, systemd and container runtimes send. A command that
 /// ran until Ctrl-C only would die on SIGTERM without stopping what it started. Each stop
-/// is taken by one wait: a second wait after a stop waits for the next one.
-pub(crate) async fn stop_requested() {
+/// is taken by one wait: a second wait after a stop waits for the next one. The watcher
+/// starts when this is called, not when it is first polled, so a future made before a
+/// long start-up keeps the stops that come during it.
+pub(crate) fn stop_requested() -> impl std::future::Future<Output = ()> + Send + 'static {
     let stops = stops();
-    let _waiting = Waiting::new();
-    loop {
-        let arrived = stops.arrived.notified();
-        tokio::pin!(arrived);
-        // Registered before the check, so a stop counted between the two still wakes it.
-        arrived.as_mut().enable();
-        if stops.take() {
-            return;
+    async move {
+        let _waiting = Waiting::new();
+        loop {
+            let arrived = stops.arrived.notified();
+            tokio::pin!(arrived);
+            // Registered before the check, so a stop counted between the two still wakes it.
+            arrived.as_mut().enable();
+            if stops.take() {
+                return;
+            }
+            arrived.await;
         }
-        arrived.await;
     }
 }
 

@@ -633,6 +633,14 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
         StoreCommand::Status => {
             let holdings = storage.holdings(storage.owner()).await?;
             let usage = storage.usage(&holdings).await;
+            let unreachable = usage.iter().filter(|u| u.is_none()).count();
+            // A monitor runs this: every node silent is a failure, not a table of blanks.
+            let none_answered = || {
+                anyhow::anyhow!(
+                    "none of the {} node(s) of your storage answered: check `peergrid node list`, and that this machine reaches the mesh",
+                    holdings.len()
+                )
+            };
             if globals.json {
                 let rows: Vec<_> = holdings
                     .iter()
@@ -645,7 +653,11 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
                         })
                     })
                     .collect();
-                return output::json(&json!({ "contracts": rows }));
+                output::json(&json!({ "contracts": rows, "unreachable": unreachable }))?;
+                if unreachable > 0 && unreachable == holdings.len() {
+                    return Err(none_answered());
+                }
+                return Ok(());
             }
             let rows: Vec<Vec<String>> = holdings
                 .iter()
@@ -669,9 +681,22 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
                 &["CONTRACT", "NODE", "FARM", "STATE", "RESERVED", "USED"],
                 &rows,
             );
+            if unreachable > 0 && unreachable == holdings.len() {
+                return Err(none_answered());
+            }
+            if unreachable > 0 {
+                outln!(
+                    "\n{unreachable} of {} node(s) did not answer; their shards are read from the others (`peergrid store repair` restores redundancy if they stay away)",
+                    holdings.len()
+                );
+            }
             Ok(())
         }
         StoreCommand::Repair { name, watch, widen } => loop {
+            if watch.is_some() {
+                // Stops during a pass are kept for the wait after it, the first pass's too.
+                crate::stop::stops();
+            }
             // A watch outlives a grid that is down for a while: it tries again next round.
             let objects = match (objects(storage, name.as_deref()).await, watch) {
                 (Ok(objects), _) => objects,
