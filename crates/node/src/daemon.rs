@@ -540,7 +540,8 @@ async fn workload_logs(shared: &Shared, body: &[u8]) -> Result<protocol::Workloa
         .verify(&owner, protocol::LOGS_NAMESPACE, &message)
     {
         return Err(format!(
-            "only contract {}'s owner {owner} may read its output, on this grid ({})",
+            "only contract {}'s owner {owner} may read its output, on this grid ({}; a peergrid \
+             older than this node's signs otherwise: update it)",
             request.contract, shared.grid
         ));
     }
@@ -594,7 +595,8 @@ async fn accept_deployment(
         &protocol::deploy_message(&shared.grid, contract.id, &hash),
     ) {
         return Err(format!(
-            "the deployment is not signed by contract {}'s owner {} for this grid ({})",
+            "the deployment is not signed by contract {}'s owner {} for this grid ({}; a \
+             peergrid older than this node's signs otherwise: update it)",
             contract.id, contract.owner, shared.grid
         ));
     }
