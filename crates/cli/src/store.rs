@@ -632,7 +632,7 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
         }
         StoreCommand::Status => {
             let holdings = storage.holdings(storage.owner()).await?;
-            let usage = storage.usage(&holdings).await;
+            let usage = storage.usage_reached(&holdings).await;
             let unreachable = usage.iter().filter(|u| u.is_none()).count();
             // A monitor runs this: every node silent is a failure, not a table of blanks.
             let none_answered = || {

@@ -1604,6 +1604,13 @@ impl Storage {
         .await
     }
 
+    /// What each holding's node counts as used, its node dialed first where it was last
+    /// reached (as puts and gets do): none for a node that does not answer.
+    pub async fn usage_reached(&self, holdings: &[Holding]) -> Vec<Option<u64>> {
+        self.connect_all(holdings).await;
+        self.usage(holdings).await
+    }
+
     /// Bytes each holding's node counts as used (none assumed when it does not say).
     async fn used(&self, holdings: &[Holding]) -> Vec<u64> {
         let used = self.usage(holdings).await;
