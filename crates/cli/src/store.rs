@@ -635,12 +635,12 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
             let usage = storage.usage_reached(&holdings).await;
             let unreachable = usage.iter().filter(|u| u.is_none()).count();
             // A monitor runs this: every node silent is a failure, not a table of blanks.
-            let none_answered = || {
+            let none_answered = (unreachable > 0 && unreachable == holdings.len()).then(|| {
                 anyhow::anyhow!(
                     "none of the {} node(s) of your storage answered: check `peergrid node list`, and that this machine reaches the mesh",
                     holdings.len()
                 )
-            };
+            });
             if globals.json {
                 let rows: Vec<_> = holdings
                     .iter()
@@ -654,10 +654,7 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
                     })
                     .collect();
                 output::json(&json!({ "contracts": rows, "unreachable": unreachable }))?;
-                if unreachable > 0 && unreachable == holdings.len() {
-                    return Err(none_answered());
-                }
-                return Ok(());
+                return none_answered.map_or(Ok(()), Err);
             }
             let rows: Vec<Vec<String>> = holdings
                 .iter()
@@ -681,8 +678,8 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
                 &["CONTRACT", "NODE", "FARM", "STATE", "RESERVED", "USED"],
                 &rows,
             );
-            if unreachable > 0 && unreachable == holdings.len() {
-                return Err(none_answered());
+            if let Some(e) = none_answered {
+                return Err(e);
             }
             if unreachable > 0 {
                 outln!(
@@ -692,143 +689,145 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
             }
             Ok(())
         }
-        StoreCommand::Repair { name, watch, widen } => loop {
+        StoreCommand::Repair { name, watch, widen } => {
             if watch.is_some() {
                 // Stops during a pass are kept for the wait after it, the first pass's too.
                 crate::stop::stops();
             }
-            // A watch outlives a grid that is down for a while: it tries again next round.
-            let objects = match (objects(storage, name.as_deref()).await, watch) {
-                (Ok(objects), _) => objects,
-                (Err(e), Some(secs)) => {
-                    tracing::warn!("cannot read your index ({e:#}); trying again in {secs} s");
-                    if stopped_waiting(secs).await {
-                        return Ok(());
-                    }
-                    continue;
-                }
-                (Err(e), None) => return Err(e),
-            };
-            let mut reports = Vec::new();
-            let mut widened = Vec::new();
-            // An object that cannot be repaired (or widened) is named; the others still are.
-            let mut failed: Vec<(String, String)> = Vec::new();
-            // A widening shows its own bar, by bytes.
-            let progress = match widen {
-                true => indicatif::ProgressBar::hidden(),
-                false => output::objects_bar(globals, objects.len(), "checking"),
-            };
-            for (n, entry) in &objects {
-                progress.set_message(n.clone());
-                progress.inc(1);
-                let report = match storage.repair(n, entry).await {
-                    Ok(report) => report,
-                    Err(e) => {
-                        failed.push((n.clone(), e.to_string()));
+            loop {
+                // A watch outlives a grid that is down for a while: it tries again next round.
+                let objects = match (objects(storage, name.as_deref()).await, watch) {
+                    (Ok(objects), _) => objects,
+                    (Err(e), Some(secs)) => {
+                        tracing::warn!("cannot read your index ({e:#}); trying again in {secs} s");
+                        if stopped_waiting(secs).await {
+                            return Ok(());
+                        }
                         continue;
                     }
+                    (Err(e), None) => return Err(e),
                 };
-                if let Some(wider) = report.widen_to.filter(|_| widen) {
-                    let bar = output::bytes_bar(globals, entry.size);
-                    let put = storage
-                        .widen(n, entry, wider, &|done| bar.set_position(done))
-                        .await;
-                    bar.finish_and_clear();
-                    match put {
-                        Ok(put) => widened.push(put),
-                        Err(e) => failed.push((n.clone(), format!("cannot widen it: {e}"))),
+                let mut reports = Vec::new();
+                let mut widened = Vec::new();
+                // An object that cannot be repaired (or widened) is named; the others still are.
+                let mut failed: Vec<(String, String)> = Vec::new();
+                // A widening shows its own bar, by bytes.
+                let progress = match widen {
+                    true => indicatif::ProgressBar::hidden(),
+                    false => output::objects_bar(globals, objects.len(), "checking"),
+                };
+                for (n, entry) in &objects {
+                    progress.set_message(n.clone());
+                    progress.inc(1);
+                    let report = match storage.repair(n, entry).await {
+                        Ok(report) => report,
+                        Err(e) => {
+                            failed.push((n.clone(), e.to_string()));
+                            continue;
+                        }
+                    };
+                    if let Some(wider) = report.widen_to.filter(|_| widen) {
+                        let bar = output::bytes_bar(globals, entry.size);
+                        let put = storage
+                            .widen(n, entry, wider, &|done| bar.set_position(done))
+                            .await;
+                        bar.finish_and_clear();
+                        match put {
+                            Ok(put) => widened.push(put),
+                            Err(e) => failed.push((n.clone(), format!("cannot widen it: {e}"))),
+                        }
                     }
+                    reports.push(report);
                 }
-                reports.push(report);
-            }
-            progress.finish_and_clear();
-            let failed_json: Vec<Value> = failed
-                .iter()
-                .map(|(name, error)| json!({ "name": name, "error": error }))
-                .collect();
-            let narrow = reports.iter().filter(|r| r.widen_to.is_some()).count();
-            if globals.json {
-                let widened: Vec<_> = widened
+                progress.finish_and_clear();
+                let failed_json: Vec<Value> = failed
                     .iter()
-                    .map(|w| {
-                        json!({
-                            "name": w.name,
-                            "scheme": w.scheme.to_string(),
-                            "capability": w.capability.to_string(),
+                    .map(|(name, error)| json!({ "name": name, "error": error }))
+                    .collect();
+                let narrow = reports.iter().filter(|r| r.widen_to.is_some()).count();
+                if globals.json {
+                    let widened: Vec<_> = widened
+                        .iter()
+                        .map(|w| {
+                            json!({
+                                "name": w.name,
+                                "scheme": w.scheme.to_string(),
+                                "capability": w.capability.to_string(),
+                            })
                         })
-                    })
-                    .collect();
-                output::json(&json!({
-                    "objects": reports,
-                    "widened": widened,
-                    "failed": failed_json,
-                }))?;
-            } else {
-                let rows: Vec<Vec<String>> = reports
-                    .iter()
-                    .map(|r| {
-                        let scheme = match r.widen_to {
-                            Some(w) if widen => format!("{} -> {w}", r.scheme),
-                            Some(w) => format!("{} ({w} possible)", r.scheme),
-                            None => r.scheme.to_string(),
-                        };
-                        vec![
-                            r.name.clone(),
-                            scheme,
-                            r.segments.to_string(),
-                            r.shards_missing.to_string(),
-                            r.shards_rebuilt.to_string(),
-                            r.manifest_copies.to_string(),
-                        ]
-                    })
-                    .collect();
-                output::table(
-                    &[
-                        "NAME",
-                        "SCHEME",
-                        "SEGMENTS",
-                        "SHARDS MISSING",
-                        "REBUILT",
-                        "MANIFEST COPIED TO",
-                    ],
-                    &rows,
-                );
-                for w in &widened {
-                    eprintln!(
-                        "{} is stored as {} now, under a new capability: `peergrid store share {}` prints it",
-                        w.name, w.scheme, w.name
+                        .collect();
+                    output::json(&json!({
+                        "objects": reports,
+                        "widened": widened,
+                        "failed": failed_json,
+                    }))?;
+                } else {
+                    let rows: Vec<Vec<String>> = reports
+                        .iter()
+                        .map(|r| {
+                            let scheme = match r.widen_to {
+                                Some(w) if widen => format!("{} -> {w}", r.scheme),
+                                Some(w) => format!("{} ({w} possible)", r.scheme),
+                                None => r.scheme.to_string(),
+                            };
+                            vec![
+                                r.name.clone(),
+                                scheme,
+                                r.segments.to_string(),
+                                r.shards_missing.to_string(),
+                                r.shards_rebuilt.to_string(),
+                                r.manifest_copies.to_string(),
+                            ]
+                        })
+                        .collect();
+                    output::table(
+                        &[
+                            "NAME",
+                            "SCHEME",
+                            "SEGMENTS",
+                            "SHARDS MISSING",
+                            "REBUILT",
+                            "MANIFEST COPIED TO",
+                        ],
+                        &rows,
                     );
-                }
-                if !widen && narrow > 0 {
-                    eprintln!(
-                        "{narrow} object(s) are stored narrower than a put would store them now: `peergrid store repair --widen` stores them again (each gets a new capability; share it again)"
-                    );
-                }
-                for (name, error) in &failed {
-                    eprintln!("{name}: not repaired: {error}");
-                }
-            }
-            let short: u64 = reports
-                .iter()
-                .map(|r| r.shards_missing - r.shards_rebuilt)
-                .sum();
-            match watch {
-                Some(secs) => {
-                    if stopped_waiting(secs).await {
-                        return Ok(());
+                    for w in &widened {
+                        eprintln!(
+                            "{} is stored as {} now, under a new capability: `peergrid store share {}` prints it",
+                            w.name, w.scheme, w.name
+                        );
+                    }
+                    if !widen && narrow > 0 {
+                        eprintln!(
+                            "{narrow} object(s) are stored narrower than a put would store them now: `peergrid store repair --widen` stores them again (each gets a new capability; share it again)"
+                        );
+                    }
+                    for (name, error) in &failed {
+                        eprintln!("{name}: not repaired: {error}");
                     }
                 }
-                None if !failed.is_empty() => bail!(
-                    "{} of {} objects could not be repaired (see above); run it again once their nodes are back",
-                    failed.len(),
-                    objects.len()
-                ),
-                None if short > 0 => bail!(
-                    "{short} shards could not be rebuilt: a segment's shards go to distinct nodes, and no reachable node of yours without one of theirs took them (each holds one already, or refused: see the warnings). Run the repair again once their nodes are back, or reserve on more nodes: `peergrid store reserve` takes up nodes that hold none of your data first (`peergrid node list` shows which are up)"
-                ),
-                None => return Ok(()),
+                let short: u64 = reports
+                    .iter()
+                    .map(|r| r.shards_missing - r.shards_rebuilt)
+                    .sum();
+                match watch {
+                    Some(secs) => {
+                        if stopped_waiting(secs).await {
+                            return Ok(());
+                        }
+                    }
+                    None if !failed.is_empty() => bail!(
+                        "{} of {} objects could not be repaired (see above); run it again once their nodes are back",
+                        failed.len(),
+                        objects.len()
+                    ),
+                    None if short > 0 => bail!(
+                        "{short} shards could not be rebuilt: a segment's shards go to distinct nodes, and no reachable node of yours without one of theirs took them (each holds one already, or refused: see the warnings). Run the repair again once their nodes are back, or reserve on more nodes: `peergrid store reserve` takes up nodes that hold none of your data first (`peergrid node list` shows which are up)"
+                    ),
+                    None => return Ok(()),
+                }
             }
-        },
+        }
         StoreCommand::Gc {
             older_than,
             dry_run,

@@ -1242,11 +1242,10 @@ pub fn serve_with(
                 Err(busy @ (Busy::All | Busy::Source)) => {
                     // Full, in all or for the peer's address: the slowest stream holding a
                     // slot the new one needs makes way, if one is below the floor.
-                    let from = (busy == Busy::Source).then(|| slots.source_of(&peer));
-                    let closed = match from {
-                        Some(None) => false,
-                        Some(source) => close_slowest(&mut served, &limits, source).await,
-                        None => close_slowest(&mut served, &limits, None).await,
+                    let closed = match (busy, slots.source_of(&peer)) {
+                        (Busy::Source, None) => false,
+                        (Busy::Source, from) => close_slowest(&mut served, &limits, from).await,
+                        _ => close_slowest(&mut served, &limits, None).await,
                     };
                     if !closed {
                         debug!(%peer, "shard stream refused: {busy}");
