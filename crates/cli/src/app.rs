@@ -1117,15 +1117,10 @@ fn partly_done(short: bool) -> anyhow::Result<()> {
 /// nodes are signed for; asked once per command.
 pub(crate) async fn grid(client: &Client) -> anyhow::Result<&'static str> {
     static GRID: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
-    GRID.get_or_try_init(|| async {
-        let status = client.status().await?.data;
-        anyhow::Ok(peergrid_storage::format::grid_id(
-            &status.chain_id,
-            &status.genesis_hash,
-        ))
-    })
-    .await
-    .map(String::as_str)
+    GRID.get_or_try_init(|| peergrid_storage::client::grid_of(client))
+        .await
+        .map(String::as_str)
+        .map_err(Into::into)
 }
 
 /// A node's mesh peer, and how the ledger sees it.

@@ -402,6 +402,16 @@ fn spread_over_farms(mut holdings: Vec<Holding>) -> Vec<Holding> {
     out
 }
 
+/// The grid `ledger` runs ([`crate::format::grid_id`]): what pointers and requests to its
+/// nodes are signed for.
+pub async fn grid_of(ledger: &Client) -> Result<String, peergrid_client::ClientError> {
+    let status = ledger.status().await?.data;
+    Ok(crate::format::grid_id(
+        &status.chain_id,
+        &status.genesis_hash,
+    ))
+}
+
 impl Storage {
     /// Storage for `key`'s account, over `mesh` and `ledger`.
     pub fn new(mesh: Mesh, ledger: Arc<Client>, key: Keypair) -> Storage {
@@ -425,13 +435,7 @@ impl Storage {
     /// signed for (asked of the ledger once).
     async fn chain(&self) -> Result<&str, StorageError> {
         self.chain
-            .get_or_try_init(|| async {
-                let status = self.ledger.status().await?.data;
-                Ok(crate::format::grid_id(
-                    &status.chain_id,
-                    &status.genesis_hash,
-                ))
-            })
+            .get_or_try_init(|| async { Ok(grid_of(&self.ledger).await?) })
             .await
             .map(String::as_str)
     }
