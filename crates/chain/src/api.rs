@@ -355,6 +355,7 @@ async fn status(State(api): State<Api>) -> ApiResult<Status> {
             params: s.params().clone(),
             mesh_bootstrap: api.shared.genesis.mesh_bootstrap.clone(),
             council: Some(s.config().council.clone()),
+            ledger_rules: s.config().ledger_rules,
         })
     })?;
     Ok(at(v, height, root))

@@ -707,6 +707,17 @@ pub fn bill(globals: &Globals, cmd: BillCommand) -> anyhow::Result<()> {
     })
 }
 
+/// What a chain's ledger rules mean for its users.
+fn ledger_rules_text(rules: u64) -> String {
+    match rules {
+        0 => "0: every step of a bill rounds down to a µUSD (a chain made before rule \
+              versions)"
+            .into(),
+        1 => "1: what a bill rounds off below a µUSD is carried to the contract's next bill".into(),
+        n => format!("{n}: newer than this peergrid knows; update it"),
+    }
+}
+
 /// A bill's period, and the part of it its node was down (not billed).
 fn period_text(b: &Bill) -> String {
     let period = output::human_duration(Duration::from_millis(b.to_ms.saturating_sub(b.from_ms)));
@@ -1139,9 +1150,12 @@ pub fn gov(globals: &Globals, cmd: GovCommand) -> anyhow::Result<()> {
                 if globals.json {
                     return output::json(&json!({
                         "height": status.height, "params": status.data.params, "council": council,
+                        "ledger_rules": status.data.ledger_rules,
                     }));
                 }
-                output::rows(&crate::genesis::param_rows(&status.data.params));
+                let mut rows = crate::genesis::param_rows(&status.data.params);
+                rows.push(("ledger rules", ledger_rules_text(status.data.ledger_rules)));
+                output::rows(&rows);
                 if let Some(c) = &council {
                     let members: Vec<String> = c.members.iter().map(|m| m.to_string()).collect();
                     outln!(

@@ -46,6 +46,7 @@ fn status() -> AtHeight<Status> {
             params: Params::devnet(),
             mesh_bootstrap: Vec::new(),
             council: None,
+            ledger_rules: 1,
         },
         proof: None,
     }

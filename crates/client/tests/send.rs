@@ -79,6 +79,7 @@ fn status_at() -> AtHeight<Status> {
         params: Params::devnet(),
         mesh_bootstrap: Vec::new(),
         council: None,
+        ledger_rules: 1,
     })
 }
 

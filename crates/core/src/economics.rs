@@ -141,12 +141,30 @@ pub fn monthly_cost_uusd(b: &Billable, p: &PricingPolicy) -> u64 {
 
 /// What `b` costs for `duration_ms` of ledger time, in µUSD, rounded down once.
 pub fn cost_uusd(b: &Billable, p: &PricingPolicy, duration_ms: u64) -> u64 {
-    clamp(monthly_scaled(b, p) * duration_ms as u128 / (MICRO as u128 * MONTH_SECS as u128 * 1000))
+    clamp(cost_pusd(b, p, duration_ms) / MICRO as u128)
+}
+
+/// What `b` costs for `duration_ms` of ledger time, in pUSD (10^-12 USD), rounded down.
+pub fn cost_pusd(b: &Billable, p: &PricingPolicy, duration_ms: u64) -> u128 {
+    monthly_scaled(b, p) * duration_ms as u128 / (MONTH_SECS as u128 * 1000)
 }
 
 /// What `bytes` of network traffic cost, in µUSD, rounded down.
 pub fn nu_cost_uusd(bytes: u64, p: &PricingPolicy) -> u64 {
-    clamp(bytes as u128 * p.nu_uusd_per_gb as u128 / GB as u128)
+    clamp(nu_cost_pusd(bytes, p) / MICRO as u128)
+}
+
+/// What `bytes` of network traffic cost, in pUSD (10^-12 USD), rounded down.
+pub fn nu_cost_pusd(bytes: u64, p: &PricingPolicy) -> u128 {
+    (bytes as u128 * p.nu_uusd_per_gb as u128).saturating_mul(MICRO as u128) / GB as u128
+}
+
+/// A bill's net in whole µUSD and what it rounds off, in pUSD, for the next: `gross_pusd`
+/// less `percent` discount, plus `carried_in_pusd` that earlier bills rounded off.
+pub fn net_carried(gross_pusd: u128, percent: u8, carried_in_pusd: u64) -> (u64, u64) {
+    let net = (gross_pusd.saturating_mul((100 - percent.min(100)) as u128) / 100)
+        .saturating_add(carried_in_pusd as u128);
+    (clamp(net / MICRO as u128), (net % MICRO as u128) as u64)
 }
 
 /// The value of `amount` tokens at `price_uusd` per token, in µUSD, rounded down.

@@ -32,6 +32,7 @@ fn keys() -> Vec<Keypair> {
 
 fn genesis(keys: &[Keypair]) -> Genesis {
     Genesis {
+        ledger_rules: peergrid_ledger::genesis::LEDGER_RULES,
         mesh_bootstrap: Vec::new(),
         chain_id: CHAIN.into(),
         genesis_time_ms: 1_700_000_000_000,

@@ -120,6 +120,7 @@ fn build(scale: &Scale) -> World {
         amount: Amount::tokens(1_000_000),
     }));
     let genesis = Genesis {
+        ledger_rules: peergrid_ledger::genesis::LEDGER_RULES,
         mesh_bootstrap: Vec::new(),
         chain_id: CHAIN.into(),
         genesis_time_ms: GENESIS_MS,

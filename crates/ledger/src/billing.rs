@@ -20,7 +20,12 @@
 //!   contract: the whole node; a deployment or storage contract on a node rented by its
 //!   owner: only its public IPs, the rent pays the rest), the pricing policy's monthly
 //!   prices, less the discount earned by the months of this contract's cost the
-//!   owner's balance covers, converted at the governance token price.
+//!   owner's balance covers, converted at the governance token price. Each step rounds
+//!   down to a µUSD; from ledger rules 1 ([`RULES_BILLS_CARRY`]) the net is worked out in
+//!   pUSD (10^-12 USD) instead, and what it rounds off below a µUSD is carried to the
+//!   contract's next bill (`carried_in_pusd`, `carried_out_pusd`), so the bills of a
+//!   contract billed every few seconds add up to what its whole life costs rather than to
+//!   nothing. A contract's last bill drops its carry (under a µUSD).
 //! - Payment is all or nothing: if the owner's balance cannot pay a bill, nothing is
 //!   taken and the contract enters grace. While in grace the debt is the whole unbilled
 //!   period, which keeps growing; it is billed in one piece (at the prices in force
@@ -47,6 +52,10 @@ use peergrid_core::{AccountId, Amount, ContractId};
 use crate::records::{Bill, BillStatus, Contract, ContractState, DeleteReason};
 use crate::state::State;
 use peergrid_types::Event;
+
+/// The ledger rules ([`crate::genesis::LEDGER_RULES`]) from which a bill carries what it
+/// rounds off below a µUSD to the contract's next bill.
+pub const RULES_BILLS_CARRY: u64 = 1;
 
 /// Most contracts billed in one block; a backlog (after a stalled chain) drains over the next blocks.
 pub const BILLS_PER_BLOCK_MAX: usize = 10_000;
@@ -91,16 +100,25 @@ impl State {
                     .saturating_sub(c.node_down_counter_ms)
             })
             .min(period_ms);
-        let resources_uusd = economics::cost_uusd(&billable, pricing, period_ms - node_down_ms);
-        let nu_uusd = economics::nu_cost_uusd(c.unbilled_nu_bytes, pricing);
+        let resources_pusd = economics::cost_pusd(&billable, pricing, period_ms - node_down_ms);
+        let nu_pusd = economics::nu_cost_pusd(c.unbilled_nu_bytes, pricing);
+        let whole = |pusd: u128| u64::try_from(pusd / economics::MICRO as u128).unwrap_or(u64::MAX);
+        let (resources_uusd, nu_uusd) = (whole(resources_pusd), whole(nu_pusd));
         let balance_uusd = economics::tokens_to_uusd(self.account(&c.owner).balance, price);
         let discount = economics::discount(
             balance_uusd,
             economics::monthly_cost_uusd(&billable, pricing),
             pricing,
         );
-        let net_uusd =
-            economics::apply_discount(resources_uusd.saturating_add(nu_uusd), discount.percent);
+        let carries = self.config().ledger_rules >= RULES_BILLS_CARRY;
+        let carried_in_pusd = if carries { c.carry_pusd } else { 0 };
+        let (net_uusd, carried_out_pusd) = if carries {
+            let gross = resources_pusd.saturating_add(nu_pusd);
+            economics::net_carried(gross, discount.percent, carried_in_pusd)
+        } else {
+            let gross = resources_uusd.saturating_add(nu_uusd);
+            (economics::apply_discount(gross, discount.percent), 0)
+        };
         let tokens = economics::uusd_to_tokens(net_uusd, price);
         let farmer_payout = node.and_then(|n| self.farm(n.farm)).map(|f| f.payout);
         Bill {
@@ -121,6 +139,8 @@ impl State {
             split: economics::split(tokens),
             farmer_payout,
             status: BillStatus::Paid,
+            carried_in_pusd,
+            carried_out_pusd,
         }
     }
 
@@ -205,6 +225,7 @@ impl State {
         if let Some(c) = self.contracts.get_mut(&bill.contract) {
             c.billed_until_ms = bill.to_ms;
             c.unbilled_nu_bytes = 0;
+            c.carry_pusd = bill.carried_out_pusd;
             if let Some(down) = node_down_ms {
                 c.node_down_counter_ms = down;
             }

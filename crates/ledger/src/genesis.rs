@@ -59,7 +59,21 @@ pub struct Genesis {
     /// not part of the chain's identity: they may change without a new chain.
     #[serde(default)]
     pub mesh_bootstrap: Vec<String>,
+    /// The version of the ledger's rules the chain runs ([`LEDGER_RULES`] when written by
+    /// this peergrid; 0 in a genesis written before versions). Part of its identity.
+    #[serde(default)]
+    pub ledger_rules: u64,
 }
+
+/// The newest version of the ledger's rules this peergrid runs, which new chains take.
+/// A rule that would replay a chain's blocks to other state roots comes with a new
+/// version and applies only to chains of that version on:
+///
+/// - 0: every step of a bill rounds down to a µUSD;
+/// - 1: what a bill rounds off below a µUSD is carried to the contract's next bill, so a
+///   contract's bills add up to what its whole life costs (bills every few seconds on a
+///   devnet were each under a µUSD for a small reservation, and billed nothing).
+pub const LEDGER_RULES: u64 = 1;
 
 /// Most bootstrap peers in a genesis.
 pub const MESH_BOOTSTRAP_MAX: usize = 64;
@@ -145,6 +159,10 @@ impl Genesis {
             validators,
             balances,
         )));
+        // Written only from version 1 on, so a genesis made before versions keeps its hash.
+        if self.ledger_rules != 0 {
+            hasher.update(&peergrid_core::codec::encode(&self.ledger_rules));
+        }
         Hash(*hasher.finalize().as_bytes())
     }
 
@@ -174,6 +192,13 @@ impl Genesis {
             return invalid(format!(
                 "chain_id {:?} may hold only letters, digits, '-' and '_'",
                 self.chain_id
+            ));
+        }
+        if self.ledger_rules > LEDGER_RULES {
+            return invalid(format!(
+                "this chain runs ledger rules {}, and this peergrid knows them up to {LEDGER_RULES}: \
+                 update peergrid to run it",
+                self.ledger_rules
             ));
         }
         self.params.check().map_err(GenesisError::Invalid)?;
@@ -252,6 +277,7 @@ impl Devnet {
         let staking_pool = Keypair::generate()?.account();
         let genesis = Genesis {
             mesh_bootstrap: Vec::new(),
+            ledger_rules: LEDGER_RULES,
             chain_id: chain_id.to_string(),
             genesis_time_ms,
             foundation,
@@ -370,5 +396,36 @@ mod tests {
         assert_ne!(g.hash(), devnet.genesis.hash());
         let err = Genesis::from_toml("chain_id = 5").expect_err("type");
         assert!(!err.is_empty());
+    }
+
+    #[test]
+    fn new_chains_run_the_newest_ledger_rules_and_older_genesis_files_keep_their_hash() {
+        let devnet = Devnet::generate("t", 1, 0).expect("keys");
+        assert_eq!(devnet.genesis.ledger_rules, LEDGER_RULES);
+        let text = devnet.genesis.to_toml();
+        assert!(
+            text.contains(&format!("ledger_rules = {LEDGER_RULES}")),
+            "{text}"
+        );
+        // A genesis written before versions has no such line: it reads as rules 0, and its
+        // hash (its chain's identity) is what it was, without the version.
+        let older = text
+            .lines()
+            .filter(|l| !l.starts_with("ledger_rules"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let older = Genesis::from_toml(&older).expect("parse");
+        assert_eq!(older.ledger_rules, 0);
+        older.check().expect("valid");
+        assert_ne!(
+            older.hash(),
+            devnet.genesis.hash(),
+            "the version is part of the identity"
+        );
+        // Rules this peergrid does not know are refused, with what to do.
+        let mut newer = devnet.genesis.clone();
+        newer.ledger_rules = LEDGER_RULES + 1;
+        let err = newer.check().expect_err("unknown rules").to_string();
+        assert!(err.contains("update peergrid"), "{err}");
     }
 }

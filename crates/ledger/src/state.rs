@@ -190,6 +190,7 @@ impl State {
                 council: genesis.council.clone(),
                 validators: genesis.validators.iter().map(|v| v.account).collect(),
                 pending_validators: None,
+                ledger_rules: genesis.ledger_rules,
             },
         );
         state.validator_sets.insert(

@@ -8,7 +8,7 @@ use peergrid_core::policy::{DiscountLevel, FarmingPolicy, PricingPolicy};
 use peergrid_core::tx::{ContractSpec, GovAction, Payload, sign_invitation};
 use peergrid_core::{Amount, Capacity, Hash, Keypair, PublicIp, SignedTx};
 use peergrid_ledger::{
-    BillStatus, BlockContext, BlockOutcome, ContractState, DeleteReason, Event, Ledger,
+    BillStatus, BlockContext, BlockOutcome, ContractState, DeleteReason, Event, Genesis, Ledger,
     MemoryStore, ProposalStatus, TxError, ViolationKind,
 };
 
@@ -25,8 +25,17 @@ struct Chain {
 
 impl Chain {
     fn new() -> Self {
+        Chain::with_rules(peergrid_ledger::genesis::LEDGER_RULES)
+    }
+
+    /// A chain whose genesis runs `ledger_rules`.
+    fn with_rules(ledger_rules: u64) -> Self {
+        let genesis = Genesis {
+            ledger_rules,
+            ..genesis(9)
+        };
         Chain {
-            ledger: Ledger::open(MemoryStore::default(), &genesis(9)).expect("open"),
+            ledger: Ledger::open(MemoryStore::default(), &genesis).expect("open"),
             now_ms: GENESIS_MS,
             blocks: Vec::new(),
             kept_up: Vec::new(),
@@ -285,7 +294,8 @@ fn contracts_are_billed_every_interval_for_the_exact_time_elapsed() {
     let pricing = state.params().pricing.clone();
     let priced = bill.render_priced(Some(&pricing));
     assert!(
-        priced.contains("per month · 10000 ms / 2630880000 ms = 0.000125 USD (today's prices)"),
+        priced
+            .contains("per month · 10000 ms / 2630880000 ms = 0.000125433315 USD (today's prices)"),
         "{priced}"
     );
     let mut dearer = pricing;
@@ -592,12 +602,109 @@ fn a_balance_covering_many_months_earns_a_discount() {
         .expect("bill")
         .clone();
     assert_eq!(bill.discount.percent, 40);
-    // 1e6 · 10 / 2,630,880 = 3.8 → 3 µUSD; less 40 % = 1.8 → 1 µUSD = 1,000 units.
-    assert_eq!((bill.resources_uusd, bill.net_uusd), (3, 1));
-    assert_eq!(bill.tokens, Amount(1_000));
+    // 1e6 · 10 / 2,630,880 = 3.801009 µUSD (3 in whole µUSD); less 40 % = 2.280605 → 2 µUSD
+    // = 2,000 units, and 0.280605 µUSD carried to the next bill.
+    assert_eq!((bill.resources_uusd, bill.net_uusd), (3, 2));
+    assert_eq!((bill.carried_in_pusd, bill.carried_out_pusd), (0, 280_605));
+    assert_eq!(bill.tokens, Amount(2_000));
     // No node: the farmer's share goes to the foundation.
     assert_eq!(bill.farmer_payout, None);
     let _ = node;
+}
+
+/// A storage contract of 10 GiB (priced as HDD: 14 USD per 1200 GiB a month) costs about
+/// 0.44 µUSD per 10 s bill.
+/// Returns its bills and the carry it holds after them.
+fn small_reservation_billed_for_three_minutes(
+    ledger_rules: u64,
+) -> (Vec<peergrid_ledger::Bill>, u64) {
+    let mut chain = Chain::with_rules(ledger_rules);
+    let (_, node) = grid(&mut chain);
+    let storage = Payload::CreateContract(ContractSpec::Storage {
+        node,
+        bytes: 10 << 30,
+    });
+    let c = contract_id(&chain.ok(1, &key(5), storage));
+    for _ in 0..18 {
+        chain.block(10, &[]);
+    }
+    let state = chain.ledger.state();
+    let bills: Vec<_> = state.bills(c, 0).cloned().collect();
+    (bills, state.contract(c).expect("contract").carry_pusd)
+}
+
+#[test]
+fn bills_under_a_micro_dollar_carry_what_they_round_off_to_the_next() {
+    let (bills, carry) = small_reservation_billed_for_three_minutes(1);
+    assert_eq!(bills.len(), 18, "{bills:?}");
+    let pricing = peergrid_ledger::Params::devnet().pricing;
+    let mut carried = 0;
+    let mut net = 0;
+    for b in &bills {
+        let billed_ms = b.to_ms - b.from_ms - b.node_down_ms;
+        let gross = economics::cost_pusd(&b.billable, &pricing, billed_ms);
+        assert_eq!(b.resources_uusd, 0, "each period costs under a µUSD: {b:?}");
+        // Each bill, by hand: its discounted cost in pUSD plus what the last one carried,
+        // split into whole µUSD billed and the rest carried on.
+        assert_eq!(b.carried_in_pusd, carried, "{b:?}");
+        let exact = gross * (100 - b.discount.percent as u128) / 100 + carried as u128;
+        assert_eq!(
+            b.net_uusd as u128 * 1_000_000 + b.carried_out_pusd as u128,
+            exact,
+            "{b:?}"
+        );
+        assert!(b.carried_out_pusd < 1_000_000);
+        carried = b.carried_out_pusd;
+        net += b.net_uusd;
+    }
+    assert_eq!(carry, carried, "the contract holds the last bill's carry");
+    // `bill history --explain` shows each step to the pUSD.
+    let b = &bills[1];
+    let text = b.render_priced(Some(&pricing));
+    let gross = economics::cost_pusd(&b.billable, &pricing, b.to_ms - b.from_ms);
+    for line in [
+        format!("net         (0.{gross:012} USD + 0.000000000000 USD) · (100 − 60) / 100 = "),
+        format!(
+            "plus 0.{:012} USD that earlier bills rounded off = ",
+            b.carried_in_pusd
+        ),
+        format!(
+            ": {}.{:06} USD billed, 0.{:012} USD carried to the next bill",
+            b.net_uusd / 1_000_000,
+            b.net_uusd % 1_000_000,
+            b.carried_out_pusd
+        ),
+    ] {
+        assert!(text.contains(&line), "{line} missing from\n{text}");
+    }
+    // Three minutes of 10 GiB at 60 % off: 0.1167 USD · 180 s / 2,630,880 s · 0.4 ≈ 3.2 µUSD,
+    // billed in whole µUSD and the carry: the whole time is paid, not rounded away.
+    let whole = bills.iter().map(|b| b.to_ms - b.from_ms).sum::<u64>();
+    let cost = economics::cost_pusd(&bills[0].billable, &pricing, whole);
+    let discounted = cost * (100 - bills[0].discount.percent as u128) / 100;
+    // Each bill rounds its cost down to a pUSD (10^-12 USD), so 18 may lose a few of those.
+    let paid = net as u128 * 1_000_000 + carry as u128;
+    assert!(
+        paid <= discounted && discounted - paid <= 36,
+        "the bills pay what the three minutes cost: {paid} of {discounted} pUSD"
+    );
+    assert_eq!(
+        net, 3,
+        "three minutes of 10 GiB were billed 3 µUSD, {carry} pUSD carried"
+    );
+}
+
+#[test]
+fn chains_made_before_ledger_rules_1_still_round_every_bill_down() {
+    let (bills, carry) = small_reservation_billed_for_three_minutes(0);
+    assert_eq!(bills.len(), 18);
+    assert!(
+        bills
+            .iter()
+            .all(|b| b.net_uusd == 0 && b.carried_in_pusd == 0 && b.carried_out_pusd == 0),
+        "{bills:?}"
+    );
+    assert_eq!(carry, 0);
 }
 
 #[test]

@@ -425,7 +425,14 @@ fn check_block(state: &State, model: &BTreeMap<AccountId, i128>) -> Result<(), T
             c.created_ms
         };
         let node = c.node.and_then(|n| state.node(n));
+        // What the bills round off below a µUSD passes from each to the next.
+        let mut carry = (pruned.count == 0).then_some(0);
         for b in state.bills(c.id, 0) {
+            if let Some(carried) = carry {
+                prop_assert_eq!(b.carried_in_pusd, carried, "contract {}", c.id);
+            }
+            prop_assert!(b.carried_out_pusd < 1_000_000, "{:?}", b);
+            carry = Some(b.carried_out_pusd);
             prop_assert_eq!(
                 b.from_ms,
                 cursor,
@@ -444,6 +451,9 @@ fn check_block(state: &State, model: &BTreeMap<AccountId, i128>) -> Result<(), T
             cursor = b.to_ms;
         }
         prop_assert_eq!(cursor, c.billed_until_ms);
+        if let Some(carried) = carry {
+            prop_assert_eq!(c.carry_pusd, carried, "contract {}", c.id);
+        }
         // The node's down-time counter at the end of the last bill is what the contract
         // holds, so the next bill leaves out exactly the silence since. (The counter reads
         // a time only from the node's last report on: a report closes the silence before.)

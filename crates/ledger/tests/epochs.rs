@@ -19,6 +19,7 @@ fn key(n: u8) -> Keypair {
 
 fn genesis() -> Genesis {
     Genesis {
+        ledger_rules: peergrid_ledger::genesis::LEDGER_RULES,
         mesh_bootstrap: Vec::new(),
         chain_id: CHAIN.into(),
         genesis_time_ms: GENESIS_MS,

@@ -6,7 +6,10 @@
 //! the wire. Changing them breaks existing chains: a change that fails these tests needs a
 //! versioned format and a migration, not new literals. (Fields added to a frozen record are
 //! written after its original ones and only when not zero, so old records keep their bytes:
-//! blocks 4 and 5 were added with such fields and froze them in turn.)
+//! blocks 4 and 5 were added with such fields and froze them in turn. A rule that changes
+//! what the same blocks replay to comes with a new ledger rules version, which a genesis
+//! names: the fixture, written before versions, runs rules 0, and each newer version's
+//! roots are frozen for the same blocks beside it.)
 
 use peergrid_core::tx::{ContractSpec, Payload, sign_invitation};
 use peergrid_core::{Amount, Capacity, Hash, Keypair, Location, PublicIp, SignedTx};
@@ -184,4 +187,47 @@ fn a_fixed_chain_has_frozen_state_roots() {
         18_000
     );
     assert_eq!(state.node(1).expect("node").down_ms, 23_000);
+}
+
+#[test]
+fn a_fixed_chain_of_ledger_rules_1_has_frozen_state_roots() {
+    let g = Genesis {
+        ledger_rules: 1,
+        ..genesis()
+    };
+    // FROZEN: the same genesis under rules 1 (a chain of its own), then the roots it grows to.
+    assert_eq!(
+        g.hash().to_string(),
+        "13b3e10d6e95a8c5788b8f68c89d0d590e39ace000d8838e7a5d4e6a28e770e4"
+    );
+    let mut ledger = Ledger::open(MemoryStore::default(), &g).expect("open");
+    let roots = [
+        "59ff57c7e9e739c3a68abddc678ed804b30e4045d0f25ba5dd657a6aef06e50e",
+        "a77d59e6cbdffbcb0efa86b1416c66b157187c46357d2e25ab5ee93633c89e37",
+        "c889d98039fa17dfdf250bebbf3801ad37795f318ac812dae2e46d254861895a",
+        "73be2ee6a54162a65fb166f1ef6417047b6ea31aeee085e3d81d8a5556065e39",
+        "858c36156612c2f4e4f319dc686cb50852ba789b9cd271aa9b9b4cfeb7c807e8",
+    ];
+    for ((ctx, txs), root) in blocks().into_iter().zip(roots) {
+        let outcome = ledger.execute_block(ctx, &txs).expect("block");
+        assert_eq!(outcome.root.to_string(), root, "block {}", ctx.height);
+    }
+    // The carry is covered by the roots: 145.768716 µUSD billed 145, 0.768716 carried into
+    // the next bill, whose 78.490847 µUSD it lifts to 79.
+    let state = ledger.state();
+    let bills: Vec<_> = state.bills(1, 0).collect();
+    assert_eq!(
+        bills
+            .iter()
+            .map(|b| (
+                b.resources_uusd,
+                b.net_uusd,
+                b.carried_in_pusd,
+                b.carried_out_pusd
+            ))
+            .collect::<Vec<_>>(),
+        [(145, 145, 0, 768_716), (78, 79, 768_716, 259_563)]
+    );
+    assert_eq!(state.contract(1).expect("contract").carry_pusd, 259_563);
+    assert_eq!(state.config().ledger_rules, 1);
 }

@@ -681,6 +681,7 @@ mod tests {
             next_bill_ms: 0,
             unbilled_nu_bytes: 0,
             node_down_counter_ms: 0,
+            carry_pusd: 0,
         }
     }
 

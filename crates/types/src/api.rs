@@ -216,6 +216,10 @@ pub struct Status {
     /// from validators older than it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub council: Option<Council>,
+    /// The version of the ledger's rules the chain runs, from its genesis (0 also from
+    /// validators older than it).
+    #[serde(default)]
+    pub ledger_rules: u64,
 }
 
 /// The token supply as the ledger counts it.

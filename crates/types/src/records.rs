@@ -12,56 +12,74 @@ use peergrid_core::{
 
 use crate::params::{Council, Params};
 
-/// Borsh for a record that gained a field after its format was frozen: the original fields
-/// in their order, then the new `u64` only when it is not zero. A record that does not use
-/// the field encodes, and hashes into the state root, exactly as before, and a stored record
-/// of the older format reads with the field zero. The record must be the last thing in what
-/// is decoded (the state stores each value alone), since the field is told by what is left.
+/// Borsh for a record that gained fields after its format was frozen: the original fields
+/// in their order, then the new `u64`s in theirs, up to the last that is not zero (zeros at
+/// the end are written as nothing). A record that does not use them encodes, and hashes
+/// into the state root, exactly as before, and a stored record of an older format reads
+/// with the missing fields zero. The record must be the last thing in what is decoded (the
+/// state stores each value alone), since the fields are told by what is left.
 macro_rules! extended_borsh {
-    ($ty:ident { $($field:ident),* $(,)? } + $extension:ident) => {
+    ($ty:ident { $($field:ident),* $(,)? } + $($extension:ident),+ $(,)?) => {
         impl BorshSerialize for $ty {
             fn serialize<W: std::io::Write>(&self, w: &mut W) -> std::io::Result<()> {
                 $(BorshSerialize::serialize(&self.$field, w)?;)*
-                crate::records::write_extension(w, self.$extension)
+                crate::records::write_extensions(w, &[$(self.$extension),+])
             }
         }
 
         impl BorshDeserialize for $ty {
             fn deserialize_reader<R: std::io::Read>(r: &mut R) -> std::io::Result<Self> {
+                $(let $field = BorshDeserialize::deserialize_reader(r)?;)*
+                let mut extensions =
+                    crate::records::read_extensions(r, [$(stringify!($extension)),+].len())?
+                        .into_iter();
                 Ok($ty {
-                    $($field: BorshDeserialize::deserialize_reader(r)?,)*
-                    $extension: crate::records::read_extension(r)?,
+                    $($field,)*
+                    $($extension: extensions.next().unwrap_or_default(),)+
                 })
             }
         }
     };
 }
 
-/// Write an extension field: nothing for zero, else its eight bytes.
-fn write_extension<W: std::io::Write>(w: &mut W, value: u64) -> std::io::Result<()> {
-    if value == 0 {
-        return Ok(());
+/// Write extension fields: each as its eight bytes, up to the last that is not zero.
+fn write_extensions<W: std::io::Write>(w: &mut W, values: &[u64]) -> std::io::Result<()> {
+    let written = values
+        .iter()
+        .rposition(|v| *v != 0)
+        .map_or(0, |last| last + 1);
+    for value in &values[..written] {
+        BorshSerialize::serialize(value, w)?;
     }
-    BorshSerialize::serialize(&value, w)
+    Ok(())
 }
 
-/// Read an extension field from what is left: nothing (an older record, or zero), or eight
-/// bytes of a value that is not zero.
-fn read_extension<R: std::io::Read>(r: &mut R) -> std::io::Result<u64> {
+/// Read `count` extension fields from what is left: eight bytes for each written, the last
+/// written not zero (an older record, or zeros at the end, write fewer or none).
+fn read_extensions<R: std::io::Read>(r: &mut R, count: usize) -> std::io::Result<Vec<u64>> {
     let mut rest = Vec::new();
     r.read_to_end(&mut rest)?;
     let invalid = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidData, why);
-    match <[u8; 8]>::try_from(rest.as_slice()) {
-        _ if rest.is_empty() => Ok(0),
-        Ok(bytes) if u64::from_le_bytes(bytes) != 0 => Ok(u64::from_le_bytes(bytes)),
-        Ok(_) => Err(invalid(
-            "an extension field of zero is written as nothing".into(),
-        )),
-        Err(_) => Err(invalid(format!(
-            "{} bytes after the record's fields; expected 0 or 8",
+    if rest.len() % 8 != 0 || rest.len() > 8 * count {
+        let expected = match count {
+            1 => "0 or 8".to_string(),
+            _ => format!("a multiple of 8 up to {}", 8 * count),
+        };
+        return Err(invalid(format!(
+            "{} bytes after the record's fields; expected {expected}",
             rest.len()
-        ))),
+        )));
     }
+    let values: Vec<u64> = rest
+        .chunks_exact(8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
+        .collect();
+    if values.last() == Some(&0) {
+        return Err(invalid(
+            "an extension field of zero at the end is written as nothing".into(),
+        ));
+    }
+    Ok(values)
 }
 
 /// An account's balance and the nonce its next transaction must carry.
@@ -339,6 +357,10 @@ pub struct Contract {
     /// bill leaves out what the counter gained since.
     #[serde(default)]
     pub node_down_counter_ms: u64,
+    /// What its bills rounded off below a µUSD so far, in pUSD (10^-12 USD, under 10^6):
+    /// its next bill adds it (ledger rules 1 on, [`Config::ledger_rules`]).
+    #[serde(default)]
+    pub carry_pusd: u64,
 }
 
 extended_borsh!(
@@ -354,7 +376,8 @@ extended_borsh!(
         billed_until_ms,
         next_bill_ms,
         unbilled_nu_bytes,
-    } + node_down_counter_ms
+    } + node_down_counter_ms,
+    carry_pusd
 );
 
 impl Contract {
@@ -539,7 +562,9 @@ pub struct Bill {
     pub nu_uusd: u64,
     /// The owner's cover in months and the discount it earned.
     pub discount: Discount,
-    /// `(resources + nu) · (100 − discount) / 100`.
+    /// `(resources + nu) · (100 − discount) / 100`, rounded down; under ledger rules 1 on,
+    /// worked out in pUSD (10^-12 USD) with `carried_in_pusd` added, the rest below a µUSD
+    /// going to `carried_out_pusd`.
     pub net_uusd: u64,
     /// Token price used, µUSD per token.
     pub token_price_uusd: u64,
@@ -551,6 +576,12 @@ pub struct Bill {
     pub farmer_payout: Option<AccountId>,
     /// Paid or written off.
     pub status: BillStatus,
+    /// What the contract's earlier bills rounded off below a µUSD, pUSD: added to this one.
+    #[serde(default)]
+    pub carried_in_pusd: u64,
+    /// What this bill rounded off below a µUSD, pUSD: carried to the next.
+    #[serde(default)]
+    pub carried_out_pusd: u64,
 }
 
 extended_borsh!(
@@ -571,7 +602,9 @@ extended_borsh!(
         split,
         farmer_payout,
         status,
-    } + node_down_ms
+    } + node_down_ms,
+    carried_in_pusd,
+    carried_out_pusd
 );
 
 /// Why a node's uptime report breaks the rules; any one zeroes its reward for the period.
@@ -744,7 +777,7 @@ pub struct Economy {
 }
 
 /// Configuration that changes only by governance.
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize, BorshSerialize, BorshDeserialize)]
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct Config {
     /// The chain's name.
     pub chain_id: String,
@@ -762,7 +795,26 @@ pub struct Config {
     pub validators: Vec<AccountId>,
     /// A validator set voted in, waiting for the next epoch boundary.
     pub pending_validators: Option<Vec<ValidatorEntry>>,
+    /// The version of the ledger's rules the chain runs, from its genesis: rules that would
+    /// replay a chain's blocks to other state roots take effect from a version on, so a
+    /// chain made before them keeps its own. 0: every step of a bill rounds down. 1: what a
+    /// bill rounds off below a µUSD is carried to the contract's next bill.
+    #[serde(default)]
+    pub ledger_rules: u64,
 }
+
+extended_borsh!(
+    Config {
+        chain_id,
+        genesis_hash,
+        foundation,
+        staking_pool,
+        params,
+        council,
+        validators,
+        pending_validators,
+    } + ledger_rules
+);
 
 /// A validator set and the epochs it governs, kept for every change so that any node can
 /// check the certificates of any past epoch.
@@ -854,6 +906,8 @@ mod tests {
             split: Split::default(),
             farmer_payout: None,
             status: BillStatus::Paid,
+            carried_in_pusd: 0,
+            carried_out_pusd: 0,
         }
     }
 
@@ -890,17 +944,54 @@ mod tests {
         assert!(borsh::from_slice::<Bill>(&long).is_err());
     }
 
+    #[test]
+    fn fields_added_later_are_written_up_to_the_last_that_is_not_zero() {
+        let without = borsh::to_vec(&bill(0)).expect("encode");
+        let carried = |down, carried_in_pusd, carried_out_pusd| Bill {
+            carried_in_pusd,
+            carried_out_pusd,
+            ..bill(down)
+        };
+        // Zeros before a field that is not zero are written; zeros at the end are not.
+        for (b, extra) in [
+            (carried(0, 0, 5), 24),
+            (carried(0, 3, 0), 16),
+            (carried(7, 3, 5), 24),
+            (carried(7, 0, 0), 8),
+        ] {
+            let bytes = borsh::to_vec(&b).expect("encode");
+            assert_eq!(bytes.len(), without.len() + extra, "{b:?}");
+            assert_eq!(&bytes[..without.len()], &without[..]);
+            assert_eq!(borsh::from_slice::<Bill>(&bytes).expect("decode"), b);
+        }
+        // A zero written at the end, and more fields than the record has, are refused.
+        let mut trailing = without.clone();
+        trailing.extend_from_slice(&[[1, 0, 0, 0, 0, 0, 0, 0], [0; 8]].concat());
+        let err = borsh::from_slice::<Bill>(&trailing).expect_err("zero at the end");
+        assert!(err.to_string().contains("written as nothing"), "{err}");
+        let mut four = without;
+        four.extend_from_slice(&[1; 32]);
+        let err = borsh::from_slice::<Bill>(&four).expect_err("four fields");
+        assert!(err.to_string().contains("up to 24"), "{err}");
+    }
+
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic_the_extended_decoders(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
             let _ = borsh::from_slice::<Bill>(&bytes);
             let _ = borsh::from_slice::<Node>(&bytes);
             let _ = borsh::from_slice::<Contract>(&bytes);
+            let _ = borsh::from_slice::<Config>(&bytes);
         }
 
         #[test]
-        fn a_bill_reads_back_as_written(down in any::<u64>(), contract in any::<u64>()) {
-            let b = Bill { contract, ..bill(down) };
+        fn a_bill_reads_back_as_written(
+            down in any::<u64>(),
+            contract in any::<u64>(),
+            carried_in_pusd in prop_oneof![Just(0), any::<u64>()],
+            carried_out_pusd in prop_oneof![Just(0), any::<u64>()],
+        ) {
+            let b = Bill { contract, carried_in_pusd, carried_out_pusd, ..bill(down) };
             let bytes = borsh::to_vec(&b).expect("encode");
             prop_assert_eq!(borsh::from_slice::<Bill>(&bytes).expect("decode"), b);
         }

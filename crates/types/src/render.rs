@@ -13,6 +13,14 @@ fn usd(uusd: u64) -> String {
     Usd(uusd).exact()
 }
 
+/// pUSD (10^-12 USD) in USD, every digit.
+fn pusd(pusd: u128) -> String {
+    const PUSD_PER_USD: u128 = 1_000_000_000_000;
+    format!("{}.{:012} USD", pusd / PUSD_PER_USD, pusd % PUSD_PER_USD)
+}
+
+const MICRO: u128 = economics::MICRO as u128;
+
 fn units(micro: u64) -> String {
     format!("{}.{:06}", micro / 1_000_000, micro % 1_000_000)
 }
@@ -246,6 +254,9 @@ impl Bill {
             }
             let billed_ms =
                 (self.to_ms.saturating_sub(self.from_ms)).saturating_sub(self.node_down_ms);
+            // A bill under ledger rules 1 on carries what it rounds off, so its steps are
+            // worked out to the pUSD (10^-12 USD).
+            let carried = self.carried_in_pusd != 0 || self.carried_out_pusd != 0;
             match pricing {
                 Some(p) if economics::cost_uusd(b, p, billed_ms) == self.resources_uusd => {
                     writeln!(
@@ -261,7 +272,11 @@ impl Bill {
                         b.names,
                         usd(p.unique_name_uusd_month),
                         MONTH_SECS * 1000,
-                        usd(self.resources_uusd)
+                        if carried {
+                            pusd(economics::cost_pusd(b, p, billed_ms))
+                        } else {
+                            usd(self.resources_uusd)
+                        }
                     )?;
                 }
                 Some(p) => writeln!(
@@ -289,14 +304,43 @@ impl Bill {
                 self.discount.months_covered_milli % 1000,
                 self.discount.percent
             )?;
-            writeln!(
-                o,
-                "net         ({} + {}) · (100 − {}) / 100 = {}",
-                usd(self.resources_uusd),
-                usd(self.nu_uusd),
-                self.discount.percent,
-                usd(self.net_uusd)
-            )?;
+            if carried {
+                // The exact costs when today's prices gave this bill.
+                let total = self.net_uusd as u128 * MICRO + self.carried_out_pusd as u128;
+                let discounted = total.saturating_sub(self.carried_in_pusd as u128);
+                let (resources, network) = match pricing {
+                    Some(p)
+                        if economics::cost_uusd(b, p, billed_ms) == self.resources_uusd
+                            && economics::nu_cost_uusd(self.nu_bytes, p) == self.nu_uusd =>
+                    {
+                        (
+                            pusd(economics::cost_pusd(b, p, billed_ms)),
+                            pusd(economics::nu_cost_pusd(self.nu_bytes, p)),
+                        )
+                    }
+                    _ => (usd(self.resources_uusd), usd(self.nu_uusd)),
+                };
+                writeln!(
+                    o,
+                    "net         ({resources} + {network}) · (100 − {}) / 100 = {}, plus {} \
+                     that earlier bills rounded off = {}: {} billed, {} carried to the next bill",
+                    self.discount.percent,
+                    pusd(discounted),
+                    pusd(self.carried_in_pusd as u128),
+                    pusd(total),
+                    usd(self.net_uusd),
+                    pusd(self.carried_out_pusd as u128),
+                )?;
+            } else {
+                writeln!(
+                    o,
+                    "net         ({} + {}) · (100 − {}) / 100 = {}",
+                    usd(self.resources_uusd),
+                    usd(self.nu_uusd),
+                    self.discount.percent,
+                    usd(self.net_uusd)
+                )?;
+            }
             // A written-off bill was priced as any other, then nobody paid it.
             let priced = match self.status {
                 BillStatus::Paid => self.tokens,

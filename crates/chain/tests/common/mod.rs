@@ -54,6 +54,7 @@ pub fn user(i: u8) -> Keypair {
 
 pub fn genesis(validators: usize) -> Genesis {
     Genesis {
+        ledger_rules: peergrid_ledger::genesis::LEDGER_RULES,
         mesh_bootstrap: Vec::new(),
         chain_id: CHAIN.into(),
         genesis_time_ms: START_SECS * 1000 - 1000,

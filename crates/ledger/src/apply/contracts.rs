@@ -296,6 +296,7 @@ impl State {
                 next_bill_ms: u64::MAX,
                 unbilled_nu_bytes: 0,
                 node_down_counter_ms,
+                carry_pusd: 0,
             },
         );
         self.owner_contracts.insert((signer, id), ());

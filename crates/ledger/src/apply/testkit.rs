@@ -34,6 +34,7 @@ pub(super) struct Kit {
 impl Kit {
     pub fn new() -> Kit {
         let genesis = Genesis {
+            ledger_rules: crate::genesis::LEDGER_RULES,
             chain_id: CHAIN.into(),
             genesis_time_ms: GENESIS_MS,
             foundation: key(200).account(),

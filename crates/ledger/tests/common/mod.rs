@@ -16,6 +16,7 @@ pub fn key(n: u8) -> Keypair {
 /// Genesis with accounts 1..=funded holding 1000 tokens each; the council is keys 1..=3 with threshold 2.
 pub fn genesis(funded: u8) -> Genesis {
     Genesis {
+        ledger_rules: peergrid_ledger::genesis::LEDGER_RULES,
         mesh_bootstrap: Vec::new(),
         chain_id: CHAIN.into(),
         genesis_time_ms: GENESIS_MS,
