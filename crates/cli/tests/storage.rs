@@ -1183,6 +1183,65 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
         // A pipe needs a name: it has none of its own to keep.
         let (put, _, err) = run(&home, &["--key", carol_key, "store", "put", "-"]);
         assert!(!put && err.contains("give the object's name"), "{err}");
+
+        // A second, larger reservation on her five nodes takes her next put (the roomiest)
+        // and lapses: the objects in her first stay listed and readable, and she can put
+        // again. The index lived only in the roomiest contracts, and went with them: every
+        // later command of hers failed for good, on "no node serves" the index.
+        let status = as_carol(&["store", "status"]);
+        let mut args = vec!["store", "reserve", "--size", "64MiB"];
+        let nodes: Vec<String> = status["contracts"]
+            .as_array()
+            .map(|cs| cs.iter().filter_map(|c| Some(c["node"].as_u64()?.to_string())).collect())
+            .unwrap_or_default();
+        assert_eq!(nodes.len(), 5, "{status}");
+        for n in &nodes {
+            args.extend(["--node", n.as_str()]);
+        }
+        let larger = as_carol(&args);
+        let larger: Vec<u64> = larger["contracts"]
+            .as_array()
+            .map(|cs| cs.iter().filter_map(Value::as_u64).collect())
+            .unwrap_or_default();
+        let later = home.join("later.bin");
+        random_file(&later, 1 << 20, 21);
+        as_carol(&["store", "put", later.to_str().expect("utf8"), "later.bin"]);
+        assert!(
+            shard_files(&home).iter().any(|f| larger
+                .iter()
+                .any(|c| f.to_string_lossy().contains(&format!("/{c}/shards/")))),
+            "the put went elsewhere than the larger reservation {larger:?}"
+        );
+        for c in &larger {
+            as_carol(&["contract", "cancel", &c.to_string()]);
+        }
+        // Once her nodes have removed the larger contracts' folders.
+        let gone = |f: &PathBuf| {
+            !larger
+                .iter()
+                .any(|c| f.to_string_lossy().contains(&format!("/{c}/shards/")))
+        };
+        for _ in 0..300 {
+            if shard_files(&home).iter().all(gone) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(shard_files(&home).iter().all(gone), "the cancelled contracts' shards stayed");
+        let ls = as_carol(&["store", "ls"]);
+        let names: Vec<&str> = ls["objects"]
+            .as_array()
+            .map(|o| o.iter().filter_map(|o| o["name"].as_str()).collect())
+            .unwrap_or_default();
+        assert!(names.contains(&"tight.bin") && names.contains(&"later.bin"), "{ls}");
+        let back = peergrid(&home)
+            .args(["--key", carol_key, "store", "get", "logs/piped.bin", "-"])
+            .output()
+            .expect("run peergrid");
+        assert!(back.status.success(), "{}", String::from_utf8_lossy(&back.stderr));
+        assert!(back.stdout == piped_data, "the piped object reads back different");
+        as_carol(&["store", "rm", "later.bin"]);
+        as_carol(&["store", "put", later.to_str().expect("utf8"), "again.bin"]);
     })
     .await
     .expect("the storage walk-through");

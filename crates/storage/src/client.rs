@@ -2036,12 +2036,22 @@ impl Storage {
         let _lock = self.lock_index().await?;
         let all = self.holdings(self.owner()).await?;
         let nodes = distinct_peers(&all).len();
+        // The owner's other contracts on the same nodes keep the index too: held only by
+        // the contracts a put writes to (the roomiest), it was lost with them when they
+        // lapsed, and the pointers, kept per node, went on naming it: every later command
+        // of the owner failed, the objects in contracts still paid for included.
+        let also: Vec<Holding> = all
+            .iter()
+            .filter(|h| h.writable() && holdings.iter().any(|w| w.node == h.node))
+            .filter(|h| !holdings.iter().any(|w| w.contract == h.contract))
+            .cloned()
+            .collect();
         let mut attempt = 0;
         loop {
             let (pointer, mut index) = self.index_on(&all, Reading::ToChange).await?;
             let out = change(&mut index)?;
             let ours = self
-                .save_index(holdings, nodes, pointer.as_ref(), &index)
+                .save_index(holdings, &also, nodes, pointer.as_ref(), &index)
                 .await?;
             let Some(theirs) = self.pointer_elsewhere(holdings, &ours).await else {
                 return Ok(out);
@@ -2088,11 +2098,13 @@ impl Storage {
             .find(|p| p.pointer.seq >= ours.pointer.seq && p.pointer != ours.pointer)
     }
 
-    /// Store `index` on `holdings` and point to it from each; `nodes` is how many nodes
-    /// the owner has in all: a pointer kept by half of them or fewer is an error.
+    /// Store `index` on `holdings` and point to it from each, and on `also` (other
+    /// contracts on their nodes) as it fits; `nodes` is how many nodes the owner has in
+    /// all: a pointer kept by half of them or fewer is an error.
     async fn save_index(
         &self,
         holdings: &[Holding],
+        also: &[Holding],
         nodes: usize,
         old: Option<&SignedPointer>,
         index: &Index,
@@ -2107,6 +2119,21 @@ impl Storage {
         let id = self
             .put_everywhere(holdings, &sealed, "owner index")
             .await?;
+        let sealed = &sealed;
+        let copies = futures::future::join_all(also.iter().map(|h| async move {
+            let put = async {
+                wire::put(&self.mesh, h.peer_id()?, h.contract, id, sealed)
+                    .await
+                    .map_err(StorageError::from)
+            };
+            (h, put.await)
+        }))
+        .await;
+        for (h, result) in copies {
+            if let Err(e) = result {
+                debug!(node = h.node, contract = h.contract, error = %e, "no copy of the owner index in this contract");
+            }
+        }
         let pointer = SignedPointer::sign(
             &self.key,
             self.chain().await?,
@@ -2137,7 +2164,7 @@ impl Storage {
         if let Some(old) = old
             && old.pointer.index != id
         {
-            for h in holdings {
+            for h in holdings.iter().chain(also) {
                 if let Ok(peer) = h.peer_id() {
                     let _ =
                         wire::delete(&self.mesh, peer, h.contract, vec![old.pointer.index]).await;
