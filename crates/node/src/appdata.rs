@@ -577,7 +577,7 @@ async fn authorize(shared: Arc<Shared>, request: DataRequest) -> Result<Target, 
         WorkloadState::Running => {}
         WorkloadState::Paused => {
             return Err(format!(
-                "contract {contract} is in grace period: top up (`peergrid account fund`), then retry"
+                "contract {contract} is in grace period: top up its owner's balance (`peergrid wallet transfer --to OWNER --amount N` from an account that has tokens), then retry"
             ));
         }
         WorkloadState::Refused { reason } => {

@@ -81,11 +81,12 @@ pub struct Status {
     pub mesh_nat: Option<String>,
 }
 
-/// Healthy while uptime reports reach the ledger: the last one is younger than three intervals.
+/// Healthy while uptime reports reach the ledger: the last one is younger than two
+/// intervals, past which the ledger counts the node down (unpaid, its contracts unbilled).
 async fn health(State(s): State<Arc<Shared>>) -> Response {
     let last = s.last_report_ms.load(Ordering::Relaxed);
     let age_ms = now_ms().saturating_sub(last);
-    let ok = last > 0 && age_ms < 3 * s.interval_secs * 1000;
+    let ok = last > 0 && age_ms < 2 * s.interval_secs * 1000;
     let body = Json(Health {
         ok,
         node: s.world.lock().await.node,

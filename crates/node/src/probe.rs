@@ -167,7 +167,8 @@ pub fn probe(
             .map(|d| d.name().to_string_lossy().into_owned())
     };
     let mut probed: Vec<ProbedDisk> = Vec::new();
-    let mut counted: Vec<String> = Vec::new();
+    // Each disk counted, with the path that counted it.
+    let mut counted: Vec<(String, PathBuf)> = Vec::new();
     let mut left_out = Vec::new();
     for spec in disks {
         let path = spec.path.canonicalize().map_err(|e| {
@@ -179,6 +180,14 @@ pub fn probe(
         if unmounted(&path) {
             left_out.push(path);
             continue;
+        }
+        // Checked before anything is offered: the node would register the disk, then
+        // fail to make its shard folder in a file.
+        if !path.is_dir() {
+            return Err(format!(
+                "disk path {} is not a folder: give a folder on the disk (or its mount point) with --disk",
+                spec.path.display()
+            ));
         }
         let cannot =
             |e: std::io::Error| format!("cannot measure disk path {}: {e}", path.display());
@@ -201,10 +210,15 @@ pub fn probe(
         };
         // Two paths on one disk: count the disk once.
         let key = disk_key(&mount, device.as_deref());
-        if counted.contains(&key) {
+        if let Some((_, first)) = counted.iter().find(|(k, _)| *k == key) {
+            tracing::warn!(
+                path = %spec.path.display(),
+                counted_as = %first.display(),
+                "this --disk path is on the same disk as an earlier one: the disk is counted once, with the earlier path's class and size limit; give one path per disk"
+            );
             continue;
         }
-        counted.push(key);
+        counted.push((key, path.clone()));
         let class = spec.class.unwrap_or(match kind {
             DiskKind::SSD => DiskClass::Ssd,
             // Unknown kinds (common in VMs and containers) are counted as HDD, the
@@ -313,6 +327,21 @@ mod tests {
             e.contains("disk class (ssd or hdd)") && e.contains("PATH[:ssd|:hdd][:SIZE]"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_disk_path_that_is_a_file_is_refused_before_anything_is_offered() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("passwd");
+        std::fs::write(&file, b"not a folder").expect("file");
+        let spec = DiskSpec {
+            path: file,
+            class: Some(DiskClass::Ssd),
+            max_bytes: None,
+        };
+        let err = probe(&[spec], &Reservation::default(), |_| false, |_| 0)
+            .expect_err("a file offered as a disk");
+        assert!(err.contains("is not a folder"), "{err}");
     }
 
     #[test]
