@@ -47,6 +47,8 @@ pub const P2P_NAMESPACE: &[u8] = b"_PEERGRID_CHAIN_P2P";
 
 /// A validator's configuration file.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+// A misspelt key (`keep_block`) would otherwise be dropped, and its default run silently.
+#[serde(deny_unknown_fields)]
 pub struct ValidatorConfig {
     /// The genesis file; validators' network addresses come from it.
     pub genesis: PathBuf,
@@ -119,6 +121,17 @@ impl ValidatorConfig {
                 "txs_per_block is 0: a validator must propose at least 1 transaction per block \
                  (leave it out for {})",
                 Self::TXS_PER_BLOCK_DEFAULT
+            ))
+            .with_context(invalid);
+        }
+        // A URL that can never serve would be retried until the operator gave up.
+        if let Some(bad) = cfg.snapshot_from.iter().find(|u| {
+            let host = u.strip_prefix("http://").or(u.strip_prefix("https://"));
+            host.is_none_or(|h| h.is_empty() || h.contains(char::is_whitespace))
+        }) {
+            return Err(anyhow::anyhow!(
+                "snapshot_from {bad:?} is not a validator's API URL: give URLs like \
+                 \"http://203.0.113.7:8700\" (another validator's api_listen)"
             ))
             .with_context(invalid);
         }

@@ -194,3 +194,29 @@ fn a_config_not_text_or_proposing_nothing_is_refused_with_the_reason() {
     let e = format!("{:#}", ValidatorConfig::load(&path).expect_err("zero"));
     assert!(e.contains("txs_per_block is 0"), "{e}");
 }
+
+/// Found by a newcomer's walk: `keep_block = 5` (for `keep_blocks`) started a validator
+/// keeping the default, and `snapshot_from = ["not a url"]` retried forever.
+#[test]
+fn a_config_with_a_misspelt_key_or_a_snapshot_source_that_is_no_url_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("validator.toml");
+    std::fs::write(&path, format!("{CONFIG}keep_block = 5\n")).expect("write");
+    let e = format!("{:#}", ValidatorConfig::load(&path).expect_err("misspelt"));
+    assert!(
+        e.contains("unknown field `keep_block`") && e.contains("keep_blocks"),
+        "{e}"
+    );
+    std::fs::write(&path, format!("{CONFIG}snapshot_from = [\"not a url\"]\n")).expect("write");
+    let e = format!("{:#}", ValidatorConfig::load(&path).expect_err("no url"));
+    assert!(
+        e.contains("\"not a url\" is not a validator's API URL"),
+        "{e}"
+    );
+    std::fs::write(
+        &path,
+        format!("{CONFIG}snapshot_from = [\"http://127.0.0.1:8700\"]\n"),
+    )
+    .expect("write");
+    ValidatorConfig::load(&path).expect("a URL");
+}

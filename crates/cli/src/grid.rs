@@ -682,6 +682,7 @@ fn node_run(globals: &Globals, args: RunArgs) -> anyhow::Result<()> {
         crate::stop_requested().await;
         eprintln!("stopping the node …");
         node.stop().await;
+        eprintln!("the node stopped; `peergrid node run` with the same options starts it again");
         Ok(())
     })
 }

@@ -289,7 +289,19 @@ pub fn validator(globals: &Globals, cmd: ValidatorCommand) -> anyhow::Result<()>
         ValidatorCommand::Run { config } => {
             let cfg = peergrid_chain::validator::ValidatorConfig::load(&config)?;
             crate::snapshot::join(&cfg)?;
-            peergrid_chain::validator::run(cfg, crate::stop_requested())
+            // Said without -v too: an operator starting one by hand sees where it listens.
+            eprintln!(
+                "validator starting: ledger API on http://{}, validators' traffic on {}, data \
+                 in {} (-v for its log; Ctrl-C stops it)",
+                cfg.api_listen,
+                cfg.p2p_listen,
+                cfg.data_dir.display()
+            );
+            peergrid_chain::validator::run(cfg, crate::stop_requested())?;
+            eprintln!(
+                "the validator stopped; it resumes from its data directory on the next start"
+            );
+            Ok(())
         }
         ValidatorCommand::Status => validator_status(globals),
     }
@@ -339,6 +351,7 @@ pub fn devnet(globals: &Globals, args: DevnetArgs) -> anyhow::Result<()> {
         let Some(started) = started else {
             eprintln!("stopping the devnet …");
             supervisor.stop();
+            eprintln!("the devnet stopped; `peergrid devnet` starts it again where it was");
             return Ok(());
         };
         let height = match started {
@@ -425,6 +438,7 @@ pub fn devnet(globals: &Globals, args: DevnetArgs) -> anyhow::Result<()> {
         }
         eprintln!("stopping the devnet …");
         supervisor.stop();
+        eprintln!("the devnet stopped; `peergrid devnet` starts it again where it was");
         Ok(())
     })
 }
