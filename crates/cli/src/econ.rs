@@ -77,6 +77,10 @@ pub enum ContractCommand {
     Cancel {
         /// The contract's id.
         contract: ContractId,
+        /// Cancel a storage contract although its node holds your shards in it: they are
+        /// deleted with it.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -621,7 +625,10 @@ pub fn contract(globals: &Globals, cmd: ContractCommand) -> anyhow::Result<()> {
                 }
                 Ok(())
             }
-            ContractCommand::Cancel { contract } => {
+            ContractCommand::Cancel { contract, force } => {
+                if !force {
+                    refuse_to_drop_stored_shards(globals, contract).await?;
+                }
                 let (hash, events) = globals.send(Payload::CancelContract { contract }).await?;
                 if globals.json {
                     return output::json(&json!({ "contract": contract, "hash": hash, "events": events }));
@@ -631,6 +638,53 @@ pub fn contract(globals: &Globals, cmd: ContractCommand) -> anyhow::Result<()> {
             }
         }
     })
+}
+
+/// Refuse to cancel a storage contract whose node holds shards of the owner's objects in
+/// it: they go with it, and the objects lose a shard each (all of it, past their parity).
+/// A node that does not answer (gone for good, the usual reason to cancel) does not stop it.
+async fn refuse_to_drop_stored_shards(
+    globals: &Globals,
+    contract: ContractId,
+) -> anyhow::Result<()> {
+    let client = globals.client()?;
+    let Some(c) = client.contract(contract).await? else {
+        return Ok(());
+    };
+    let owner = globals.keypair()?.account();
+    if !matches!(c.data.spec, ContractSpec::Storage { .. })
+        || c.data.owner != owner
+        || !c.data.is_live()
+    {
+        return Ok(());
+    }
+    let storage = crate::store::connect(globals).await?;
+    let holding: Vec<_> = storage
+        .holdings(owner)
+        .await?
+        .into_iter()
+        .filter(|h| h.contract == contract)
+        .collect();
+    let used = storage.usage_reached(&holding).await;
+    storage.close().await;
+    match (holding.first(), used.first()) {
+        (Some(h), Some(Some(bytes))) if *bytes > 0 => anyhow::bail!(
+            "contract {contract} holds {} of your objects' shards on node {}: cancelling deletes \
+             them, and each object with a shard there loses one (more than its parity: the \
+             object). Move them first: reserve on another node (`peergrid store reserve --size \
+             SIZE --node ID`), cancel with --force, then run `peergrid store repair`, which \
+             rebuilds them there; or pass --force if they may go",
+            human_bytes(*bytes),
+            h.node
+        ),
+        (Some(h), Some(None)) => eprintln!(
+            "node {} did not say what contract {contract} holds (down?): cancelling; `peergrid \
+             store repair` rebuilds its shards on your other nodes",
+            h.node
+        ),
+        _ => {}
+    }
+    Ok(())
 }
 
 pub fn bill(globals: &Globals, cmd: BillCommand) -> anyhow::Result<()> {

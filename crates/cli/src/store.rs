@@ -171,7 +171,7 @@ fn audits_file(globals: &Globals) -> anyhow::Result<PathBuf> {
 /// Storage for this home's account, its index changes taking turns with the other
 /// commands run from the same home (`storage/index-ACCOUNT.lock`), its nodes dialed
 /// where they were last reached (`storage/peers.json`).
-async fn connect(globals: &Globals) -> anyhow::Result<Storage> {
+pub(crate) async fn connect(globals: &Globals) -> anyhow::Result<Storage> {
     let key = globals.keypair()?;
     let lock = storage_dir(globals)?.join(format!("index-{}.lock", key.account()));
     let peers = storage_dir(globals)?.join("peers.json");
@@ -211,13 +211,38 @@ async fn objects(
 /// Run a storage command.
 pub fn run(globals: &Globals, cmd: StoreCommand) -> anyhow::Result<()> {
     crate::runtime()?.block_on(async {
+        // What an interrupted put or get leaves, said when Ctrl-C or SIGTERM stops it:
+        // both go on from there when run again.
+        let interrupted = match &cmd {
+            StoreCommand::Put { .. } => Some(
+                "store put interrupted: objects not yet named are not listed; the shards sent \
+                 stay on your nodes, and the same put again sends only the rest (`peergrid \
+                 store gc` removes them if you do not)",
+            ),
+            StoreCommand::Get { .. } => Some(
+                "store get interrupted: the same get again goes on after what it wrote into \
+                 its file (kept as NAME.partial beside it); into a pipe it starts over",
+            ),
+            _ => None,
+        };
         let storage = connect(globals).await?;
         // A reader gone from stdout unwinds out of the command (see `output::write_out`):
         // the connections are closed first all the same, so nodes see a clean end.
-        let result = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(command(
+        let work = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(command(
             globals, &storage, cmd,
-        )))
-        .await;
+        )));
+        let result = match interrupted {
+            // Only these wait for a stop: another command's Ctrl-C ends it as it always did.
+            Some(said) => tokio::select! {
+                r = work => r,
+                _ = crate::stop_requested() => {
+                    storage.close().await;
+                    eprintln!("{said}");
+                    std::process::exit(130);
+                }
+            },
+            None => work.await,
+        };
         storage.close().await;
         result.unwrap_or_else(|unwound| std::panic::resume_unwind(unwound))
     })
@@ -913,10 +938,12 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
                     let e = per_node.entry(r.node).or_insert(AuditResult {
                         passed: 0,
                         failed: 0,
+                        unanswered: 0,
                         ..r.clone()
                     });
                     e.passed += r.passed;
                     e.failed += r.failed;
+                    e.unanswered += r.unanswered;
                     if r.last_error.is_some() {
                         e.last_error = r.last_error;
                     }
@@ -938,6 +965,11 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
             peergrid_storage::store::write_atomic(&file, &serde_json::to_vec_pretty(&history)?)
                 .with_context(|| format!("cannot write {}", file.display()))?;
             let failed = results.iter().any(|r| r.failed > 0);
+            let unanswered: Vec<String> = results
+                .iter()
+                .filter(|r| r.unanswered > 0)
+                .map(|r| r.node.to_string())
+                .collect();
             let unaudited_json: Vec<Value> = unaudited
                 .iter()
                 .map(|(name, error)| json!({ "name": name, "error": error }))
@@ -956,11 +988,15 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
                             r.node.to_string(),
                             r.passed.to_string(),
                             r.failed.to_string(),
+                            r.unanswered.to_string(),
                             r.last_error.clone().unwrap_or_default(),
                         ]
                     })
                     .collect();
-                output::table(&["NODE", "PASSED", "FAILED", "LAST ERROR"], &rows);
+                output::table(
+                    &["NODE", "PASSED", "FAILED", "UNANSWERED", "LAST ERROR"],
+                    &rows,
+                );
                 outln!("kept in {}", file.display());
                 for (name, error) in &unaudited {
                     outln!("{name}: not audited: {error}");
@@ -976,6 +1012,14 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
             if failed {
                 bail!(
                     "some nodes failed their audit; `peergrid store repair` rebuilds their shards on your other nodes"
+                );
+            }
+            if !unanswered.is_empty() {
+                bail!(
+                    "node(s) {} left challenges unanswered (not reached, or the connection broke): \
+                     no evidence about their shards either way; run the audit again, and \
+                     `peergrid node list` shows whether they are up",
+                    unanswered.join(", ")
                 );
             }
             Ok(())

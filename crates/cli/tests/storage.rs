@@ -573,6 +573,16 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
             got(&bob, &["--ledger", &ledger2], &cap, &lost) == data,
             "read with two nodes gone differs"
         );
+        // An audit meanwhile: the frozen nodes' challenges go unanswered, which is told
+        // apart from a failed proof (no farmer is blamed for a link), and still exits 1.
+        let (audited, audit, err) = run(&home, &["store", "audit", "--samples", "20"]);
+        assert!(!audited && err.contains("left challenges unanswered"), "{err}");
+        let nodes = audit["nodes"].as_array().cloned().unwrap_or_default();
+        assert!(nodes.iter().all(|n| n["failed"] == 0), "{audit}");
+        assert!(
+            nodes.iter().any(|n| n["unanswered"].as_u64() > Some(0)),
+            "{audit}"
+        );
         drop(frozen);
         // Back, and listed up again before the next puts choose their nodes.
         all_up(&home);
@@ -847,6 +857,29 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
             retry["shards_resumed"].as_u64() > Some(0),
             "the retry resumed: {retry}"
         );
+        // A get stopped with Ctrl-C says what it leaves, and the same get goes on from it.
+        let back = home.join("medium-back.bin");
+        let partial = home.join("medium-back.bin.partial");
+        let child = peergrid(&home)
+            .args(["store", "get", "medium.bin", back.to_str().expect("utf8")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn get");
+        let began = Instant::now();
+        while std::fs::metadata(&partial).map_or(true, |m| m.len() == 0)
+            && began.elapsed() < Duration::from_secs(60)
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        signal(&[child.id() as i32], "-INT");
+        let stopped = child.wait_with_output().expect("get");
+        let said = String::from_utf8_lossy(&stopped.stderr);
+        assert_eq!(stopped.status.code(), Some(130), "{said}");
+        assert!(said.contains("store get interrupted"), "{said}");
+        assert!(partial.exists(), "the partial download was not kept: {said}");
+        ok(&home, &["store", "get", "medium.bin", back.to_str().expect("utf8")]);
+        assert!(std::fs::read(&back).expect("read") == medium_data);
 
         // A fresh machine with only the words gets everything back.
         let fresh = dir_for(&home, "fresh");
@@ -1212,8 +1245,16 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
                 .any(|c| f.to_string_lossy().contains(&format!("/{c}/shards/")))),
             "the put went elsewhere than the larger reservation {larger:?}"
         );
+        // A storage contract holding shards is not cancelled without --force, which says
+        // what goes with it.
+        let (done, _, err) = run(
+            &home,
+            &["--key", carol_key, "contract", "cancel", &larger[0].to_string()],
+        );
+        assert!(!done && err.contains("of your objects' shards on node"), "{err}");
+        assert!(err.contains("--force"), "{err}");
         for c in &larger {
-            as_carol(&["contract", "cancel", &c.to_string()]);
+            as_carol(&["contract", "cancel", &c.to_string(), "--force"]);
         }
         // Once her nodes have removed the larger contracts' folders.
         let gone = |f: &PathBuf| {

@@ -3478,28 +3478,34 @@ impl Storage {
             let peer = peers.get(&node).copied();
             async move {
                 let leaf = random_below(crate::shard::leaves(len));
+                // A challenge that got no answer (the node not reached, or the stream
+                // broken after retries) is no evidence about the shard, and is told apart
+                // from a wrong proof or a refusal: a farmer is not blamed for a link.
                 let outcome = match peer {
-                    None => Err(format!(
+                    None => Err(Challenge::Failed(format!(
                         "node {node} no longer holds a contract of the owner"
-                    )),
+                    ))),
                     // A node an audit of another object of this run could not reach
                     // fails at once (for AUDIT_UNREACHABLE_FOR): dialing it again for
                     // every object would wait as long each time.
-                    Some(p) if self.audit_unreachable(&p) => Err(not_reached(node)),
+                    Some(p) if self.audit_unreachable(&p) => {
+                        Err(Challenge::Unanswered(not_reached(node)))
+                    }
                     // A broken stream is asked again: only the node's answer, or its
                     // refusal, is evidence about the shard.
                     Some(p) => match retrying(|| wire::audit(&self.mesh, p, id, leaf)).await {
                         Ok(true) => Ok(()),
-                        Ok(false) => {
-                            Err(format!("node {node} answered a wrong proof for shard {id}"))
-                        }
+                        Ok(false) => Err(Challenge::Failed(format!(
+                            "node {node} answered a wrong proof for shard {id}"
+                        ))),
                         Err(e) if unreached(&e) => {
                             (self.audit_unreachable.lock())
                                 .unwrap_or_else(|e| e.into_inner())
                                 .insert(p, std::time::Instant::now());
-                            Err(not_reached(node))
+                            Err(Challenge::Unanswered(not_reached(node)))
                         }
-                        Err(e) => Err(e.to_string()),
+                        Err(e) if e.is_unreachable() => Err(Challenge::Unanswered(e.to_string())),
+                        Err(e) => Err(Challenge::Failed(e.to_string())),
                     },
                 };
                 (node, outcome)
@@ -3511,13 +3517,18 @@ impl Storage {
                 node,
                 passed: 0,
                 failed: 0,
+                unanswered: 0,
                 last_error: None,
                 at_ms: now_ms(),
             });
             match outcome {
                 Ok(()) => r.passed += 1,
-                Err(e) => {
+                Err(Challenge::Failed(e)) => {
                     r.failed += 1;
+                    r.last_error = Some(e);
+                }
+                Err(Challenge::Unanswered(e)) => {
+                    r.unanswered += 1;
                     r.last_error = Some(e);
                 }
             }
@@ -3664,12 +3675,24 @@ pub struct AuditResult {
     pub node: NodeId,
     /// Challenges answered with a valid proof.
     pub passed: u32,
-    /// Challenges failed (no answer, refused, or a wrong proof).
+    /// Challenges failed: a wrong proof, or refused (the shard not there).
     pub failed: u32,
+    /// Challenges not answered: the node not reached, or the connection broken after
+    /// retries; no evidence about its shards either way.
+    #[serde(default)]
+    pub unanswered: u32,
     /// Why the last one failed.
     pub last_error: Option<String>,
     /// Unix ms of the audit.
     pub at_ms: u64,
+}
+
+/// How one audit challenge went wrong.
+enum Challenge {
+    /// The node answered, and its answer shows the shard is not there as it should be.
+    Failed(String),
+    /// No answer came.
+    Unanswered(String),
 }
 
 fn random_below(n: u64) -> u64 {
