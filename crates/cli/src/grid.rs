@@ -99,6 +99,25 @@ pub enum NodeCommand {
         /// The node's id or account.
         node: String,
     },
+    /// Say whether a node of your farm should be running: `down` before switching it off
+    /// on purpose lists it as standby rather than down while its last report is younger
+    /// than the ledger's standby window; `up` when it runs again.
+    Power {
+        /// The node's id or account.
+        node: String,
+        /// up or down.
+        #[arg(value_enum)]
+        target: Power,
+    },
+}
+
+/// A node's power target, as `node power` takes it.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Power {
+    /// The node should be running.
+    Up,
+    /// Switched off on purpose.
+    Down,
 }
 
 /// `peergrid node run`.
@@ -516,6 +535,37 @@ pub fn node(globals: &Globals, cmd: NodeCommand) -> anyhow::Result<()> {
                 ],
                 &rows,
             );
+            Ok(())
+        }),
+        NodeCommand::Power { node, target } => crate::runtime()?.block_on(async {
+            node_ref(&node)?;
+            let client = globals.client()?;
+            let id = client.node_by(&node).await?.data.node.id;
+            let target = match target {
+                Power::Up => peergrid_core::tx::PowerTarget::Up,
+                Power::Down => peergrid_core::tx::PowerTarget::Down,
+            };
+            let (hash, events) = globals
+                .send(Payload::SetPowerTarget { node: id, target })
+                .await?;
+            if globals.json {
+                return output::json(
+                    &json!({ "node": id, "target": target, "hash": hash, "events": events }),
+                );
+            }
+            let window = client.status().await?.data.params.standby_max_secs;
+            match target {
+                peergrid_core::tx::PowerTarget::Down => outln!(
+                    "node {id} is to be off: once it stops reporting it is listed standby, not \
+                     down, for up to {} after its last report (it earns nothing and its \
+                     contracts are not billed meanwhile); `peergrid node power {id} up` when it \
+                     runs again",
+                    output::human_duration(Duration::from_secs(window))
+                ),
+                peergrid_core::tx::PowerTarget::Up => {
+                    outln!("node {id} is to be running: listed down again when it stops reporting")
+                }
+            }
             Ok(())
         }),
         NodeCommand::Show { node } => crate::runtime()?.block_on(async {

@@ -298,6 +298,10 @@ async fn a_farmer_runs_a_node_that_follows_its_contracts_across_restarts() {
         move || (node_status(&h, node_id) == "down").then_some(()),
     )
     .await;
+    // Switched off on purpose by its farmer, it is listed standby rather than down.
+    let (ok, _, err) = run(&home, &["node", "power", &node_id.to_string(), "down"]);
+    assert!(ok, "{err}");
+    assert_eq!(node_status(&home, node_id), "standby");
     // Down for more than two report intervals, and then some.
     tokio::time::sleep(Duration::from_secs(4)).await;
 
@@ -321,6 +325,8 @@ async fn a_farmer_runs_a_node_that_follows_its_contracts_across_restarts() {
         move || (node_status(&h, node_id) == "up").then_some(()),
     )
     .await;
+    let (ok, _, err) = run(&home, &["node", "power", &node_id.to_string(), "up"]);
+    assert!(ok, "{err}");
     // On the mesh port of its last start, so peers that knew it reach it at once.
     let again = common::node_api(&health, node_routes::STATUS)
         .await
