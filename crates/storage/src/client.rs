@@ -2406,18 +2406,29 @@ impl Storage {
         {
             let from = first.saturating_add(r.segments_done);
             // The state says how far the file got; the file must agree (removed or cut
-            // short since, it would be resumed with a hole of zeros).
+            // short since, it would be resumed with a hole of zeros), and hold the bytes
+            // fetched (changed since, it would be completed around them and renamed to
+            // OUT as the object).
             let on_disk = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
-            if on_disk >= done_before(from) {
+            if on_disk < done_before(from) {
+                warn!(
+                    path = %partial.display(),
+                    "the interrupted download's file is shorter than its state says; starting over"
+                );
+            } else if let Some(i) = self
+                .changed_segment(manifest, &partial, (start, end), first..from)
+                .await
+            {
+                warn!(
+                    path = %partial.display(),
+                    segment = i,
+                    "the interrupted download's file changed since it was written; starting over"
+                );
+            } else {
                 resume_from = from;
                 info!(
                     segments = r.segments_done,
                     "resuming an interrupted download"
-                );
-            } else {
-                warn!(
-                    path = %partial.display(),
-                    "the interrupted download's file is shorter than its state says; starting over"
                 );
             }
         }
@@ -2551,6 +2562,57 @@ impl Storage {
             written,
             resumed: written_before,
         })
+    }
+
+    /// The first of `segments` whose plaintext in `partial` (an interrupted download of
+    /// `range` of the object) is not the segment the manifest names, if any: each is
+    /// sealed again with its key and coded, and its shards' addresses compared, as anyone
+    /// holding the capability can. A segment the range holds only part of cannot be
+    /// checked so, and is taken as written.
+    async fn changed_segment(
+        &self,
+        manifest: &Manifest,
+        partial: &Path,
+        (start, end): (u64, u64),
+        segments: std::ops::Range<u64>,
+    ) -> Option<u64> {
+        let manifest = manifest.clone();
+        let partial = partial.to_path_buf();
+        let checked = crate::blocking(move || {
+            use std::io::{Read, Seek, SeekFrom};
+            let mut file = std::fs::File::open(&partial)?;
+            let seg_bytes = u64::from(manifest.segment_bytes);
+            for i in segments {
+                let Some(segment) = manifest.segments.get(i as usize) else {
+                    return Ok(Some(i));
+                };
+                let seg_start = i * seg_bytes;
+                let seg_end = seg_start + u64::from(segment.plain_len);
+                if seg_start < start || seg_end > end {
+                    continue;
+                }
+                let mut sealable = segment_buffer(manifest.scheme, segment.plain_len as usize);
+                file.seek(SeekFrom::Start(seg_start - start))?;
+                (&mut file)
+                    .take(u64::from(segment.plain_len))
+                    .read_to_end(&mut sealable)?;
+                crypto::seal_in_place(manifest.cipher, &segment.key, None, &mut sealable);
+                let same = sealable.len() == segment.sealed_len as usize
+                    && erasure::encode_owned(manifest.scheme, sealable).is_ok_and(|shards| {
+                        shards
+                            .iter()
+                            .map(shard_id)
+                            .eq(segment.shards.iter().copied())
+                    });
+                if !same {
+                    return Ok(Some(i));
+                }
+            }
+            Ok(None)
+        })
+        .await;
+        // A file that cannot be read back is not resumed either.
+        checked.unwrap_or(Some(0))
     }
 
     /// Fetch any `k` shards of `segment`, decode and open it: a buffer and where in it
