@@ -1169,7 +1169,9 @@ async fn put_folder(
     }
     let (files, left) = files_under(dir, &prefix)?;
     for (path, why) in &left {
-        eprintln!("left out {}: {why}", path.display());
+        // Escaped: a file name may hold control characters a terminal would act on.
+        let shown = path.display().to_string();
+        eprintln!("left out {}: {why}", shown.escape_debug());
     }
     if files.is_empty() {
         bail!("{} holds no file to store", dir.display());

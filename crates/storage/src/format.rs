@@ -165,6 +165,10 @@ impl Manifest {
             reason,
         };
         m.scheme.check().map_err(bad)?;
+        // A reader shows the name and may write a file under it: one made by another
+        // peergrid than ours (a capability's owner is anyone) is held to a put's rules,
+        // so no control character reaches a terminal or a file name.
+        check_name(&m.name).map_err(|e| bad(format!("its name: {e}")))?;
         if m.segment_bytes == 0 || m.segment_bytes > SEGMENT_BYTES_MAX {
             return Err(bad(format!(
                 "segments of {} bytes (1 to {SEGMENT_BYTES_MAX} are read)",
@@ -582,6 +586,15 @@ mod tests {
                 .expect_err("oversized")
                 .to_string()
                 .contains("bytes sealed")
+        );
+        // A stranger's name reaches the reader's terminal and file names: a put's rules.
+        let mut escaping = m.clone();
+        escaping.name = "a/\u{1b}]0;owned\u{7}".into();
+        assert!(
+            Manifest::decode(&encode_versioned(&escaping))
+                .expect_err("control characters")
+                .to_string()
+                .contains("control characters")
         );
         let mut huge = m.clone();
         huge.segment_bytes = SEGMENT_BYTES_MAX + 1;
