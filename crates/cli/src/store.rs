@@ -842,7 +842,7 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
                         }
                     }
                     None if !failed.is_empty() => bail!(
-                        "{} of {} objects could not be repaired (see above); run it again once their nodes are back",
+                        "{} of {} objects could not be repaired (see above): if their nodes are down, run it again once they are back; if the contracts that held their shards were deleted (`peergrid contract list` shows them), more than their parity is gone and they cannot be read: `peergrid store rm NAME` removes a name",
                         failed.len(),
                         objects.len()
                     ),

@@ -2532,15 +2532,27 @@ impl Storage {
         .await;
         drop(to_writer);
         let wrote = writer.await.map_err(|e| other(e.to_string()))?;
-        if !stream {
-            fetched.map_err(|e| {
-                other(format!(
-                    "{e} (run the same get again: it goes on after what was written)"
-                ))
-            })?;
-        } else {
-            fetched?;
-        }
+        // What to do next depends on why shards were missing: a contract in grace (its
+        // node's refusal says so) is the owner's to top up; otherwise nodes were down, or
+        // the contracts holding the shards are gone.
+        let next = |e: &StorageError| {
+            let said = e.to_string();
+            let again = if stream {
+                "run the same get again"
+            } else {
+                "run the same get again: it goes on after what was written"
+            };
+            if said.contains(crate::store::GRACE_REFUSAL) {
+                format!(
+                    "some shards are in a storage contract in grace: top up its owner's balance, then {again}"
+                )
+            } else {
+                format!(
+                    "if nodes were down, {again}; if the contracts that held the shards were deleted (`peergrid contract list` shows your contracts and their states), more than the object's parity is gone and it cannot be read"
+                )
+            }
+        };
+        fetched.map_err(|e| other(format!("{e} ({})", next(&e))))?;
         wrote?;
         if !stream {
             tokio::fs::rename(&partial, out)
