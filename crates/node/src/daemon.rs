@@ -342,6 +342,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Running> {
         )),
         tokio::spawn(reconcile::follow(shared.clone(), client.clone())),
         tokio::spawn(save_logs(compute.clone())),
+        tokio::spawn(scrub_shards(shared.storage.clone())),
         health_task,
         shard_task,
         data_task,
@@ -355,6 +356,37 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Running> {
         _mesh: mesh,
         _lock: lock,
     })
+}
+
+/// First scrub this long after a start: a node catching up after a restart has more
+/// pressing reads.
+const SCRUB_FIRST: Duration = Duration::from_secs(10 * 60);
+/// Rest between scrub passes: every shard is read whole about four times a day.
+const SCRUB_PAUSE: Duration = Duration::from_secs(6 * 3600);
+/// A scrub's pace: a terabyte of shards in about nine hours, a small share of a disk.
+const SCRUB_BYTES_PER_SEC: u64 = 32 << 20;
+
+/// Reads every shard whole now and then and moves aside those a failing disk changed,
+/// so that the owners' repairs see them missing and rebuild them.
+async fn scrub_shards(storage: Arc<peergrid_storage::ShardStore>) {
+    tokio::time::sleep(SCRUB_FIRST).await;
+    loop {
+        let found = storage.scrub(SCRUB_BYTES_PER_SEC).await;
+        if found.corrupt > 0 {
+            warn!(
+                corrupt = found.corrupt,
+                whole = found.whole,
+                "shards no longer matching their address were moved aside (failing disk?); their owners' repairs rebuild them elsewhere"
+            );
+        } else {
+            debug!(
+                shards = found.whole,
+                bytes = found.bytes,
+                "every shard read back as written"
+            );
+        }
+        tokio::time::sleep(SCRUB_PAUSE).await;
+    }
 }
 
 /// Saves the services' logs now and then, so that a restart, even a crash, keeps them.

@@ -210,8 +210,13 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
         ),
         (
             "peergrid_node_shards_corrupt_total",
-            "Shards found corrupt on read and moved aside.",
+            "Shards found corrupt (on read, audit or scrub) and moved aside.",
             store.corrupt,
+        ),
+        (
+            "peergrid_node_shards_scrubbed_total",
+            "Shards a scrub read whole and found as written.",
+            store.scrubbed,
         ),
         (
             "peergrid_node_shard_disk_full_total",

@@ -165,10 +165,23 @@ pub struct StoreStats {
     pub audits: u64,
     /// Requests refused.
     pub refused: u64,
-    /// Shards found corrupt on read and moved aside.
+    /// Shards found corrupt (on read, audit or scrub) and moved aside.
     pub corrupt: u64,
+    /// Shards a scrub read whole and found as written.
+    pub scrubbed: u64,
     /// Writes refused because the disk was full (also counted in `refused`).
     pub full: u64,
+}
+
+/// What one [`ShardStore::scrub`] pass found.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Scrubbed {
+    /// Shards found as written.
+    pub whole: u64,
+    /// Shards that no longer matched their address, moved aside.
+    pub corrupt: u64,
+    /// Bytes read.
+    pub bytes: u64,
 }
 
 /// The node's shards.
@@ -773,6 +786,70 @@ impl ShardStore {
             warn!(%id, contract, error = %e, "cannot read a stored shard");
             format!("shard {id} cannot be read here now ({e}): ask another node")
         }
+    }
+
+    /// Read every shard here whole and move aside each that no longer matches its
+    /// address, at most `bytes_per_sec`: a failing disk's rot is otherwise found only
+    /// when a get or an audit happens to read that shard, and a repair trusts what the
+    /// node says it holds, so a rotten shard nobody read stayed counted as whole. What
+    /// it found.
+    pub async fn scrub(&self, bytes_per_sec: u64) -> Scrubbed {
+        let held: Vec<(ContractId, PathBuf, Hash)> = {
+            let state = self.state();
+            state
+                .shards
+                .iter()
+                .flat_map(|(id, holders)| {
+                    holders.iter().filter_map(|(c, _)| {
+                        let dir = state.contracts.get(c)?.dir.clone();
+                        Some((*c, dir, *id))
+                    })
+                })
+                .collect()
+        };
+        let began = std::time::Instant::now();
+        let mut found = Scrubbed::default();
+        for (contract, dir, id) in held {
+            let path = shard_path(&dir, &id);
+            let read = blocking(move || {
+                use std::io::Read;
+                let mut file = std::fs::File::open(&path)?;
+                let mut hasher = ShardHasher::default();
+                let mut buf = vec![0u8; BATCH_BYTES];
+                let mut bytes = 0u64;
+                loop {
+                    let n = file.read(&mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    hasher.update(&buf[..n]);
+                    bytes += n as u64;
+                }
+                Ok((hasher.finalize(), bytes))
+            })
+            .await;
+            // Removed meanwhile (a delete, the contract's end), or unreadable: a read of
+            // it says so to whoever asks, and the next pass looks again.
+            let Ok((got, bytes)) = read else {
+                continue;
+            };
+            found.bytes += bytes;
+            if got == id {
+                found.whole += 1;
+                self.count(|s| s.scrubbed += 1);
+            } else if self.state().holds(&id, contract) {
+                found.corrupt += 1;
+                self.quarantine(contract, &dir, id).await;
+            }
+            // Paced by what was read so far, so that a node's disk stays the grid's.
+            let due = std::time::Duration::from_secs_f64(
+                found.bytes as f64 / bytes_per_sec.max(1) as f64,
+            );
+            if let Some(wait) = due.checked_sub(began.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
+        }
+        found
     }
 
     async fn quarantine(&self, contract: ContractId, dir: &Path, id: Hash) {
