@@ -710,6 +710,13 @@ pub fn bill(globals: &Globals, cmd: BillCommand) -> anyhow::Result<()> {
                 output::ago(p.until_ms)
             );
         }
+        if explain && bills.is_empty() {
+            outln!(
+                "contract {contract} has no bills in the ledger's state yet: it is billed every \
+                 billing interval (`peergrid gov params`)"
+            );
+            return Ok(());
+        }
         if explain {
             let pricing = client.status().await.ok().map(|s| s.data.params.pricing);
             for b in &bills {

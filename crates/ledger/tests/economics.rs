@@ -285,7 +285,7 @@ fn contracts_are_billed_every_interval_for_the_exact_time_elapsed() {
     for line in [
         "period      [",
         "discount    balance covers 0.303 months → 0 %",
-        "tokens      125 µUSD · 10^7 / 10000 = 0.0125 PGT",
+        "tokens      125 µUSD · 10^7 / 10000 = 125000 units = 0.0125 PGT",
         "status      paid",
     ] {
         assert!(text.contains(line), "{line} missing from\n{text}");
@@ -1033,11 +1033,21 @@ fn nodes_are_rewarded_once_per_period_with_a_receipt() {
     ));
     assert_eq!((r.steps.reward_uusd, r.tokens), (0, Amount::ZERO));
     assert!(r.render().contains("uptime grew 5010 s"));
+    assert!(
+        r.render()
+            .contains("reward          0.000000 USD (a violation zeroes the period)")
+    );
 
     let r = state.receipt(0, n_silent).expect("receipt");
     assert_eq!((r.up_secs, r.reports), (0, 0));
     assert!(!r.steps.sla_met);
     assert_eq!(r.tokens, Amount::ZERO);
+    // A receipt below the SLA writes no product that would not give what was paid.
+    let text = r.render();
+    assert!(
+        text.contains("reward          0.000000 USD (the SLA was not met)"),
+        "{text}"
+    );
 
     // Minted once, into supply; receipts are findable by farm, newest first.
     let honest_tokens = state.receipt(0, n_honest).expect("r").tokens;

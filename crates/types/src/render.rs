@@ -151,14 +151,29 @@ impl RewardReceipt {
                     writeln!(o, "  at {} ms     {}", v.at_ms, describe(&v.kind))?;
                 }
             }
-            writeln!(
-                o,
-                "reward          {} · {} / {} = {}",
-                usd(s.full_uptime_uusd),
-                self.up_secs,
-                self.period_secs,
-                usd(s.reward_uusd)
-            )?;
+            // The product is shown only where it is what was paid: a period below the SLA
+            // or with a violation pays nothing, whatever its uptime gives.
+            if s.sla_met && self.violation_count == 0 {
+                writeln!(
+                    o,
+                    "reward          {} · {} / {} = {}",
+                    usd(s.full_uptime_uusd),
+                    self.up_secs,
+                    self.period_secs,
+                    usd(s.reward_uusd)
+                )?;
+            } else {
+                writeln!(
+                    o,
+                    "reward          {} ({})",
+                    usd(s.reward_uusd),
+                    if s.sla_met {
+                        "a violation zeroes the period"
+                    } else {
+                        "the SLA was not met"
+                    }
+                )?;
+            }
             writeln!(
                 o,
                 "price           {} per token (the node's connection price)",
@@ -350,8 +365,8 @@ impl Bill {
             };
             writeln!(
                 o,
-                "tokens      {} µUSD · 10^7 / {} = {:?}",
-                self.net_uusd, self.token_price_uusd, priced
+                "tokens      {} µUSD · 10^7 / {} = {} units = {:?}",
+                self.net_uusd, self.token_price_uusd, priced.0, priced
             )?;
             let farmer = self
                 .farmer_payout
