@@ -529,7 +529,37 @@ fn devnet_status(globals: &Globals, dir: &std::path::Path) -> anyhow::Result<()>
                     ],
                     &table,
                 );
-                for p in processes.iter().filter(|p| p.state == "running") {
+                // A process given up on: why, from its log's last lines.
+                for p in processes.iter().filter(|p| p.state == "failed") {
+                    outln!(
+                        "\n{} was given up on ({}); its log ({}) ended with:\n{}",
+                        p.name,
+                        p.last_exit.as_deref().unwrap_or("exited"),
+                        p.log.display(),
+                        p.last_log.as_deref().unwrap_or("(nothing)").trim_end()
+                    );
+                }
+                // Without blocks no node can follow: the validators are the thing to look
+                // at, not each node's log.
+                let stalled: Vec<String> = health
+                    .validators
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, v)| !v.finalizing)
+                    .filter_map(|(i, _)| {
+                        let name = format!("validator {i}");
+                        let p = processes.iter().find(|p| p.name == name)?;
+                        Some(format!("{name} ({}, log {})", p.state, p.log.display()))
+                    })
+                    .collect();
+                if !health.finalizing {
+                    outln!(
+                        "\nno node can follow a ledger that finalizes no block: consensus needs more \
+                         than two thirds of the validators. Not finalizing: {}",
+                        if stalled.is_empty() { "?".to_string() } else { stalled.join(", ") }
+                    );
+                }
+                for p in processes.iter().filter(|p| p.state == "running" && health.finalizing) {
                     if let Some(f) = follows_of(&p.name).filter(|f| !f.following()) {
                         outln!(
                             "\n{} runs but does not follow the ledger ({}): without uptime reports \
