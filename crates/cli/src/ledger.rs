@@ -573,10 +573,12 @@ fn devnet_status(globals: &Globals, dir: &std::path::Path) -> anyhow::Result<()>
             }
         }
         if !health.finalizing {
+            let all = running.apis.len();
             bail!(
-                "the devnet is not finalizing: {} of {} validators are",
+                "the devnet is not finalizing: {} of {all} validators are, and a block needs {} \
+                 (more than two thirds)",
                 health.finalizing_count(),
-                running.apis.len()
+                all * 2 / 3 + 1
             );
         }
         Ok(())

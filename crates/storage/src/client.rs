@@ -3892,12 +3892,13 @@ impl Budget {
     /// Why holding `at` (`h`) stops the put.
     fn overrun(&self, h: &Holding, at: usize) -> String {
         format!(
-            "what is put does not fit your reservation: after {} sent, node {} (contract {}) has no room for its share of the next segment ({} free of {} when the put began)",
+            "what is put does not fit your reservation: after {} sent, node {} (contract {}) has no room for its share of the next segment ({} free of {} when the put began, {} of it kept for the manifest and index)",
             human_bytes(self.read),
             h.node,
             h.contract,
             human_bytes(self.free[at]),
             human_bytes(h.quota),
+            human_bytes(OVERHEAD_BYTES),
         )
     }
 
