@@ -665,19 +665,22 @@ async fn refuse_to_drop_stored_shards(
         .into_iter()
         .filter(|h| h.contract == contract)
         .collect();
-    let used = storage.usage_reached(&holding).await;
+    let held = match holding.first() {
+        Some(h) => storage.held_for_objects(h).await,
+        None => Ok(None),
+    };
     storage.close().await;
-    match (holding.first(), used.first()) {
-        (Some(h), Some(Some(bytes))) if *bytes > 0 => anyhow::bail!(
+    match (holding.first(), held?) {
+        (Some(h), Some(bytes)) if bytes > 0 => anyhow::bail!(
             "contract {contract} holds {} of your objects' shards on node {}: cancelling deletes \
              them, and each object with a shard there loses one (more than its parity: the \
              object). Move them first: reserve on another node (`peergrid store reserve --size \
              SIZE --node ID`), cancel with --force, then run `peergrid store repair`, which \
              rebuilds them there; or pass --force if they may go",
-            human_bytes(*bytes),
+            human_bytes(bytes),
             h.node
         ),
-        (Some(h), Some(None)) => eprintln!(
+        (Some(h), None) => eprintln!(
             "node {} did not say what contract {contract} holds (down?): cancelling; `peergrid \
              store repair` rebuilds its shards on your other nodes",
             h.node

@@ -13,7 +13,7 @@
 //! its group, which must not read as "stop now, leave things behind".
 
 use std::sync::Once;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{SignalKind, signal};
@@ -29,6 +29,8 @@ pub(crate) struct Stops {
     /// Waits in progress.
     waiting: AtomicUsize,
     arrived: Notify,
+    /// The exit status the last signal asks for: 130 for SIGINT, 143 for SIGTERM.
+    code: AtomicI32,
 }
 
 impl Stops {
@@ -64,7 +66,14 @@ static STOPS: Stops = Stops {
     taken: AtomicU64::new(0),
     waiting: AtomicUsize::new(0),
     arrived: Notify::const_new(),
+    code: AtomicI32::new(130),
 };
+
+/// The exit status of a process ended by the last stop: 130 after Ctrl-C (SIGINT), 143
+/// after SIGTERM, as a shell reports a process those signals killed.
+pub(crate) fn exit_code() -> i32 {
+    STOPS.code.load(Ordering::SeqCst)
+}
 
 static WATCHING: Once = Once::new();
 
@@ -132,6 +141,7 @@ fn watch(stops: &'static Stops) {
                         continue;
                     }
                     last = Some(now);
+                    stops.code.store(code, Ordering::SeqCst);
                     if stops.arrive() {
                         eprintln!("stopped again: exiting now, without finishing what the first stop began");
                         std::process::exit(code);
@@ -184,6 +194,7 @@ mod tests {
             taken: AtomicU64::new(0),
             waiting: AtomicUsize::new(0),
             arrived: Notify::new(),
+            code: AtomicI32::new(130),
         };
         assert!(!stops.arrive(), "the first is kept for the next wait");
         assert!(stops.arrive(), "a second while the first is untaken");
@@ -192,6 +203,7 @@ mod tests {
             taken: AtomicU64::new(0),
             waiting: AtomicUsize::new(1),
             arrived: Notify::new(),
+            code: AtomicI32::new(130),
         };
         assert!(!stops.arrive());
         assert!(stops.take());

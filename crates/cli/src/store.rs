@@ -238,7 +238,7 @@ pub fn run(globals: &Globals, cmd: StoreCommand) -> anyhow::Result<()> {
                 _ = crate::stop_requested() => {
                     storage.close().await;
                     eprintln!("{said}");
-                    std::process::exit(130);
+                    std::process::exit(crate::stop::exit_code());
                 }
             },
             None => work.await,
@@ -1016,9 +1016,10 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
             }
             if !unanswered.is_empty() {
                 bail!(
-                    "node(s) {} left challenges unanswered (not reached, or the connection broke): \
-                     no evidence about their shards either way; run the audit again, and \
-                     `peergrid node list` shows whether they are up",
+                    "node(s) {} left challenges unanswered (not reached, the connection broke, or \
+                     your contract there is in grace: see LAST ERROR): no evidence about their \
+                     shards either way; run the audit again, and `peergrid node list` shows \
+                     whether they are up",
                     unanswered.join(", ")
                 );
             }

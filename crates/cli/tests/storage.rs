@@ -1282,8 +1282,15 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
             .expect("run peergrid");
         assert!(back.status.success(), "{}", String::from_utf8_lossy(&back.stderr));
         assert!(back.stdout == piped_data, "the piped object reads back different");
+        // A small spare reservation keeps only a copy of the index (a put writes to the
+        // roomier ones): cancelled without --force, as it holds nothing of an object.
+        let spare = as_carol(&["store", "reserve", "--size", "2MiB", "--node", &nodes[0]]);
+        let spare = spare["contracts"][0].as_u64().expect("spare contract").to_string();
         as_carol(&["store", "rm", "later.bin"]);
         as_carol(&["store", "put", later.to_str().expect("utf8"), "again.bin"]);
+        as_carol(&["contract", "cancel", &spare]);
+        let ls = as_carol(&["store", "ls"]);
+        assert!(ls.to_string().contains("again.bin"), "{ls}");
     })
     .await
     .expect("the storage walk-through");

@@ -3424,6 +3424,28 @@ impl Storage {
         )
     }
 
+    /// Bytes of the owner's objects (their shards and manifests) that `h`'s contract
+    /// holds on its node, not counting the copy of the owner index every contract keeps:
+    /// what cancelling it deletes. `None` when the node does not answer.
+    pub async fn held_for_objects(&self, h: &Holding) -> Result<Option<u64>, StorageError> {
+        self.connect_all(std::slice::from_ref(h)).await;
+        let listed = match self.list_all(h).await {
+            Ok(listed) => listed,
+            Err(StorageError::Wire(e)) if e.is_unreachable() => return Ok(None),
+            Err(_) if h.peer_id().is_ok_and(|p| self.has_failed(&p)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let (pointer, _) = self.index().await?;
+        let index = pointer.map(|p| p.pointer.index);
+        Ok(Some(
+            listed
+                .iter()
+                .filter(|s| Some(s.id) != index)
+                .map(|s| s.len)
+                .sum(),
+        ))
+    }
+
     /// Every shard of `h`'s contract on its node, in pages.
     async fn list_all(&self, h: &Holding) -> Result<Vec<ListedShard>, StorageError> {
         let peer = h.peer_id()?;
@@ -3579,6 +3601,15 @@ impl Storage {
                             Err(Challenge::Unanswered(not_reached(node)))
                         }
                         Err(e) if e.is_unreachable() => Err(Challenge::Unanswered(e.to_string())),
+                        // Unpaid, the node keeps the shard and serves nothing of it: the
+                        // owner's to top up, no evidence against the farmer.
+                        Err(wire::WireError::Refused { reason, .. })
+                            if reason == crate::store::GRACE_REFUSAL =>
+                        {
+                            Err(Challenge::Unanswered(format!(
+                                "node {node}: your contract there is in grace: top up"
+                            )))
+                        }
                         Err(e) => Err(Challenge::Failed(e.to_string())),
                     },
                 };

@@ -165,10 +165,13 @@ impl Manifest {
             reason,
         };
         m.scheme.check().map_err(bad)?;
-        // A reader shows the name and may write a file under it: one made by another
-        // peergrid than ours (a capability's owner is anyone) is held to a put's rules,
-        // so no control character reaches a terminal or a file name.
-        check_name(&m.name).map_err(|e| bad(format!("its name: {e}")))?;
+        // A reader shows the name and may write a file under its last part: one made by
+        // another peergrid than ours (a capability's owner is anyone) may hold no control
+        // character, which a terminal would act on. Only that: names put before a put's
+        // other rules (`a//b`) must still read and be removed.
+        if m.name.chars().any(char::is_control) {
+            return Err(bad(format!("its name {:?} has control characters", m.name)));
+        }
         if m.segment_bytes == 0 || m.segment_bytes > SEGMENT_BYTES_MAX {
             return Err(bad(format!(
                 "segments of {} bytes (1 to {SEGMENT_BYTES_MAX} are read)",
@@ -596,6 +599,10 @@ mod tests {
                 .to_string()
                 .contains("control characters")
         );
+        // A name an older put allowed still reads.
+        let mut older = m.clone();
+        older.name = "a//b".into();
+        Manifest::decode(&encode_versioned(&older)).expect("an older name");
         let mut huge = m.clone();
         huge.segment_bytes = SEGMENT_BYTES_MAX + 1;
         assert!(Manifest::decode(&encode_versioned(&huge)).is_err());

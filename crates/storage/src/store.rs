@@ -173,6 +173,31 @@ pub struct StoreStats {
     pub full: u64,
 }
 
+/// A shard file's address and length, read from the disk rather than the page cache (a
+/// cached page would hide the disk's rot), leaving no pages cached behind it.
+async fn hash_from_disk(path: PathBuf) -> std::io::Result<(Hash, u64)> {
+    blocking(move || {
+        use rustix::fs::{Advice, fadvise};
+        use std::io::Read;
+        let mut file = std::fs::File::open(&path)?;
+        let _ = fadvise(&file, 0, None, Advice::DontNeed);
+        let mut hasher = ShardHasher::default();
+        let mut buf = vec![0u8; BATCH_BYTES];
+        let mut bytes = 0u64;
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            bytes += n as u64;
+        }
+        let _ = fadvise(&file, 0, None, Advice::DontNeed);
+        Ok((hasher.finalize(), bytes))
+    })
+    .await
+}
+
 /// What one [`ShardStore::scrub`] pass found.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Scrubbed {
@@ -807,46 +832,39 @@ impl ShardStore {
                 })
                 .collect()
         };
-        let began = std::time::Instant::now();
+        // Paced by what was read since `since`; a pass held up (a busy disk) starts
+        // counting again rather than catching up at full speed.
+        let (mut since, mut counted) = (Instant::now(), 0u64);
         let mut found = Scrubbed::default();
         for (contract, dir, id) in held {
-            let path = shard_path(&dir, &id);
-            let read = blocking(move || {
-                use std::io::Read;
-                let mut file = std::fs::File::open(&path)?;
-                let mut hasher = ShardHasher::default();
-                let mut buf = vec![0u8; BATCH_BYTES];
-                let mut bytes = 0u64;
-                loop {
-                    let n = file.read(&mut buf)?;
-                    if n == 0 {
-                        break;
-                    }
-                    hasher.update(&buf[..n]);
-                    bytes += n as u64;
-                }
-                Ok((hasher.finalize(), bytes))
-            })
-            .await;
             // Removed meanwhile (a delete, the contract's end), or unreadable: a read of
             // it says so to whoever asks, and the next pass looks again.
-            let Ok((got, bytes)) = read else {
+            let Ok((got, bytes)) = hash_from_disk(shard_path(&dir, &id)).await else {
                 continue;
             };
             found.bytes += bytes;
+            counted += bytes;
             if got == id {
                 found.whole += 1;
                 self.count(|s| s.scrubbed += 1);
-            } else if self.state().holds(&id, contract) {
+            } else if self.state().holds(&id, contract)
+                // Read again before it is moved aside: a get may have moved the rotten copy
+                // aside meanwhile, and a repair put a whole one in its place.
+                && hash_from_disk(shard_path(&dir, &id))
+                    .await
+                    .is_ok_and(|(again, _)| again != id)
+            {
                 found.corrupt += 1;
                 self.quarantine(contract, &dir, id).await;
             }
-            // Paced by what was read so far, so that a node's disk stays the grid's.
-            let due = std::time::Duration::from_secs_f64(
-                found.bytes as f64 / bytes_per_sec.max(1) as f64,
-            );
-            if let Some(wait) = due.checked_sub(began.elapsed()) {
-                tokio::time::sleep(wait).await;
+            let due = Duration::from_secs_f64(counted as f64 / bytes_per_sec.max(1) as f64);
+            let elapsed = since.elapsed();
+            match due.checked_sub(elapsed) {
+                Some(wait) => tokio::time::sleep(wait).await,
+                None if elapsed > due + Duration::from_secs(1) => {
+                    (since, counted) = (Instant::now(), 0);
+                }
+                None => {}
             }
         }
         found

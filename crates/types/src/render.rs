@@ -271,7 +271,28 @@ impl Bill {
                 (self.to_ms.saturating_sub(self.from_ms)).saturating_sub(self.node_down_ms);
             // A bill under ledger rules 1 on carries what it rounds off, so its steps are
             // worked out to the pUSD (10^-12 USD).
-            let carried = self.carried_in_pusd != 0 || self.carried_out_pusd != 0;
+            // Worked out in whole µUSD (ledger rules 0), or in pUSD with a carry (rules 1 on:
+            // told by a carry, or by a net the µUSD steps do not give). The bill does not
+            // keep the prices: pUSD terms are shown only when today's give this bill's net.
+            let total = self.net_uusd as u128 * MICRO + self.carried_out_pusd as u128;
+            let discounted = total.saturating_sub(self.carried_in_pusd as u128);
+            let off = |pusd: u128| {
+                pusd.saturating_mul(100 - self.discount.percent.min(100) as u128) / 100
+            };
+            let carried = self.carried_in_pusd != 0
+                || self.carried_out_pusd != 0
+                || economics::apply_discount(
+                    self.resources_uusd.saturating_add(self.nu_uusd),
+                    self.discount.percent,
+                ) != self.net_uusd;
+            let exact = pricing
+                .map(|p| {
+                    (
+                        economics::cost_pusd(b, p, billed_ms),
+                        economics::nu_cost_pusd(self.nu_bytes, p),
+                    )
+                })
+                .filter(|(r, n)| off(r.saturating_add(*n)) == discounted);
             match pricing {
                 Some(p) if economics::cost_uusd(b, p, billed_ms) == self.resources_uusd => {
                     writeln!(
@@ -287,10 +308,9 @@ impl Bill {
                         b.names,
                         usd(p.unique_name_uusd_month),
                         MONTH_SECS * 1000,
-                        if carried {
-                            pusd(economics::cost_pusd(b, p, billed_ms))
-                        } else {
-                            usd(self.resources_uusd)
+                        match exact {
+                            Some((r, _)) if carried => pusd(r),
+                            _ => usd(self.resources_uusd),
                         }
                     )?;
                 }
@@ -320,24 +340,13 @@ impl Bill {
                 self.discount.percent
             )?;
             if carried {
-                // The exact costs when today's prices gave this bill.
-                let total = self.net_uusd as u128 * MICRO + self.carried_out_pusd as u128;
-                let discounted = total.saturating_sub(self.carried_in_pusd as u128);
-                let (resources, network) = match pricing {
-                    Some(p)
-                        if economics::cost_uusd(b, p, billed_ms) == self.resources_uusd
-                            && economics::nu_cost_uusd(self.nu_bytes, p) == self.nu_uusd =>
-                    {
-                        (
-                            pusd(economics::cost_pusd(b, p, billed_ms)),
-                            pusd(economics::nu_cost_pusd(self.nu_bytes, p)),
-                        )
-                    }
-                    _ => (usd(self.resources_uusd), usd(self.nu_uusd)),
+                let costs = match exact {
+                    Some((r, n)) => format!("({} + {})", pusd(r), pusd(n)),
+                    None => "(resources + network, to the pUSD, at the prices then)".into(),
                 };
                 writeln!(
                     o,
-                    "net         ({resources} + {network}) · (100 − {}) / 100 = {}, plus {} \
+                    "net         {costs} · (100 − {}) / 100 = {}, plus {} \
                      that earlier bills rounded off = {}: {} billed, {} carried to the next bill",
                     self.discount.percent,
                     pusd(discounted),
