@@ -469,7 +469,8 @@ async fn serve(
     let listener = tokio::net::TcpListener::bind(cfg.api_listen)
         .await
         .with_context(|| format!("cannot listen for the API on {}", cfg.api_listen))?;
-    info!(api = %cfg.api_listen, p2p = %cfg.p2p_listen, "validator running");
+    // Its own target: `validator run` shows this line by default, once every check passed.
+    info!(target: "peergrid::validator", api = %cfg.api_listen, p2p = %cfg.p2p_listen, data = %cfg.data_dir.display(), "validator running; Ctrl-C stops it");
     // The peer's address bounds how many event streams one client holds.
     let limits = peergrid_core::http::Limits::for_this_process();
     let fatal = shared.clone();

@@ -289,14 +289,6 @@ pub fn validator(globals: &Globals, cmd: ValidatorCommand) -> anyhow::Result<()>
         ValidatorCommand::Run { config } => {
             let cfg = peergrid_chain::validator::ValidatorConfig::load(&config)?;
             crate::snapshot::join(&cfg)?;
-            // Said without -v too: an operator starting one by hand sees where it listens.
-            eprintln!(
-                "validator starting: ledger API on http://{}, validators' traffic on {}, data \
-                 in {} (-v for its log; Ctrl-C stops it)",
-                cfg.api_listen,
-                cfg.p2p_listen,
-                cfg.data_dir.display()
-            );
             peergrid_chain::validator::run(cfg, crate::stop_requested())?;
             eprintln!(
                 "the validator stopped; it resumes from its data directory on the next start"

@@ -331,6 +331,14 @@ fn default_filter(verbose: u8, command: &Command) -> &'static str {
         0 if matches!(command, Command::Node(grid::NodeCommand::Run(_))) => {
             "warn,peergrid_node=info"
         }
+        // Where it listens and what it opened, once its checks passed.
+        0 if matches!(
+            command,
+            Command::Validator(ledger::ValidatorCommand::Run { .. })
+        ) =>
+        {
+            "warn,peergrid::validator=info"
+        }
         0 => "warn",
         1 => "info",
         2 => "debug",

@@ -3435,8 +3435,11 @@ impl Storage {
             Err(_) if h.peer_id().is_ok_and(|p| self.has_failed(&p)) => return Ok(None),
             Err(e) => return Err(e),
         };
-        let (pointer, _) = self.index().await?;
-        let index = pointer.map(|p| p.pointer.index);
+        // An index that cannot be read now counts as the objects' (the caller refuses
+        // then, and says --force).
+        let index = (self.index().await.ok())
+            .and_then(|(pointer, _)| pointer)
+            .map(|p| p.pointer.index);
         Ok(Some(
             listed
                 .iter()

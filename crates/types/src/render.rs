@@ -269,8 +269,6 @@ impl Bill {
             }
             let billed_ms =
                 (self.to_ms.saturating_sub(self.from_ms)).saturating_sub(self.node_down_ms);
-            // A bill under ledger rules 1 on carries what it rounds off, so its steps are
-            // worked out to the pUSD (10^-12 USD).
             // Worked out in whole µUSD (ledger rules 0), or in pUSD with a carry (rules 1 on:
             // told by a carry, or by a net the µUSD steps do not give). The bill does not
             // keep the prices: pUSD terms are shown only when today's give this bill's net.
