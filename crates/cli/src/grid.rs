@@ -540,7 +540,18 @@ pub fn node(globals: &Globals, cmd: NodeCommand) -> anyhow::Result<()> {
         NodeCommand::Power { node, target } => crate::runtime()?.block_on(async {
             node_ref(&node)?;
             let client = globals.client()?;
-            let id = client.node_by(&node).await?.data.node.id;
+            let n = client.node_by(&node).await?.data.node;
+            let id = n.id;
+            // Its farm's owner signs: said before a transaction the ledger would refuse.
+            let owner = client.farm(&n.farm.to_string()).await?.data.owner;
+            let me = globals.keypair()?.account();
+            if owner != me {
+                bail!(
+                    "node {id} is in farm {}, which {owner} owns, not you ({me}): run it with \
+                     the farm owner's key (`--key FILE`)",
+                    n.farm
+                );
+            }
             let target = match target {
                 Power::Up => peergrid_core::tx::PowerTarget::Up,
                 Power::Down => peergrid_core::tx::PowerTarget::Down,

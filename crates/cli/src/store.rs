@@ -419,7 +419,8 @@ async fn command(globals: &Globals, storage: &Storage, cmd: StoreCommand) -> any
                         return get_folder(globals, storage, &index, prefix, out).await;
                     }
                     let entry = index.objects.get(&object).with_context(|| {
-                        if object.starts_with("pg1") {
+                        // Base58 is read as written: `PG1…` is a capability upper-cased.
+                        if object.get(..3).is_some_and(|p| p.eq_ignore_ascii_case("pg1")) {
                             format!("{object:?} is neither a capability ({not_cap}) nor one of your objects (see `peergrid store ls`)")
                         } else {
                             format!("you have no object named {object:?} (see `peergrid store ls`)")

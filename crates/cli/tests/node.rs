@@ -298,7 +298,20 @@ async fn a_farmer_runs_a_node_that_follows_its_contracts_across_restarts() {
         move || (node_status(&h, node_id) == "down").then_some(()),
     )
     .await;
-    // Switched off on purpose by its farmer, it is listed standby rather than down.
+    // Switched off on purpose by its farmer, it is listed standby rather than down. Only
+    // the farm's owner may say so, and anyone else is told whose key it takes.
+    let (ok, _, err) = run(
+        &home,
+        &[
+            "--key",
+            stranger.to_str().expect("utf8"),
+            "node",
+            "power",
+            &node_id.to_string(),
+            "down",
+        ],
+    );
+    assert!(!ok && err.contains("the farm owner's key"), "{err}");
     let (ok, _, err) = run(&home, &["node", "power", &node_id.to_string(), "down"]);
     assert!(ok, "{err}");
     assert_eq!(node_status(&home, node_id), "standby");

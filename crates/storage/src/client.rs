@@ -793,7 +793,8 @@ impl Storage {
                 ordered.extend(spread_over_farms(again));
                 if ordered.len() < count {
                     return Err(other(format!(
-                        "{count} nodes asked for, but only {} up nodes have {} free{}",
+                        "{count} node{} asked for, but only {} up nodes have {} free{}",
+                        if count == 1 { "" } else { "s" },
                         ordered.len(),
                         human_bytes(bytes),
                         match (ordered.len(), most_free) {
