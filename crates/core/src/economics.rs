@@ -141,7 +141,12 @@ pub fn monthly_cost_uusd(b: &Billable, p: &PricingPolicy) -> u64 {
 
 /// What `b` costs for `duration_ms` of ledger time, in µUSD, rounded down once.
 pub fn cost_uusd(b: &Billable, p: &PricingPolicy, duration_ms: u64) -> u64 {
-    clamp(cost_pusd(b, p, duration_ms) / MICRO as u128)
+    whole_uusd(cost_pusd(b, p, duration_ms))
+}
+
+/// pUSD (10^-12 USD) in whole µUSD, rounded down.
+pub fn whole_uusd(pusd: u128) -> u64 {
+    clamp(pusd / MICRO as u128)
 }
 
 /// What `b` costs for `duration_ms` of ledger time, in pUSD (10^-12 USD), rounded down.
@@ -151,7 +156,7 @@ pub fn cost_pusd(b: &Billable, p: &PricingPolicy, duration_ms: u64) -> u128 {
 
 /// What `bytes` of network traffic cost, in µUSD, rounded down.
 pub fn nu_cost_uusd(bytes: u64, p: &PricingPolicy) -> u64 {
-    clamp(nu_cost_pusd(bytes, p) / MICRO as u128)
+    whole_uusd(nu_cost_pusd(bytes, p))
 }
 
 /// What `bytes` of network traffic cost, in pUSD (10^-12 USD), rounded down.
@@ -164,7 +169,7 @@ pub fn nu_cost_pusd(bytes: u64, p: &PricingPolicy) -> u128 {
 pub fn net_carried(gross_pusd: u128, percent: u8, carried_in_pusd: u64) -> (u64, u64) {
     let net = (gross_pusd.saturating_mul((100 - percent.min(100)) as u128) / 100)
         .saturating_add(carried_in_pusd as u128);
-    (clamp(net / MICRO as u128), (net % MICRO as u128) as u64)
+    (whole_uusd(net), (net % MICRO as u128) as u64)
 }
 
 /// The value of `amount` tokens at `price_uusd` per token, in µUSD, rounded down.

@@ -102,8 +102,10 @@ impl State {
             .min(period_ms);
         let resources_pusd = economics::cost_pusd(&billable, pricing, period_ms - node_down_ms);
         let nu_pusd = economics::nu_cost_pusd(c.unbilled_nu_bytes, pricing);
-        let whole = |pusd: u128| u64::try_from(pusd / economics::MICRO as u128).unwrap_or(u64::MAX);
-        let (resources_uusd, nu_uusd) = (whole(resources_pusd), whole(nu_pusd));
+        let (resources_uusd, nu_uusd) = (
+            economics::whole_uusd(resources_pusd),
+            economics::whole_uusd(nu_pusd),
+        );
         let balance_uusd = economics::tokens_to_uusd(self.account(&c.owner).balance, price);
         let discount = economics::discount(
             balance_uusd,
