@@ -1353,9 +1353,16 @@ mod tests {
                 )
             })
             .collect();
-        // Past period 0 and its settle delay, so every node has its receipt.
+        // Past period 0 and its settle delay, so every node has its receipt: the jump is the
+        // ledger's outage, so minting waits for two report intervals of blocks after it.
         let period_ms = d.genesis.params.minting_period_secs * 1000;
-        let blocks = [(1_000, txs), (2_000, register), (2 * period_ms, vec![])];
+        let blocks = [
+            (1_000, txs),
+            (2_000, register),
+            (2 * period_ms, vec![]),
+            (2 * period_ms + 10_000, vec![]),
+            (2 * period_ms + 20_000, vec![]),
+        ];
         for (height, (after_ms, txs)) in blocks.into_iter().enumerate() {
             let ctx = BlockContext {
                 height: height as u64 + 1,
@@ -1689,8 +1696,12 @@ mod tests {
                     ),
                 ],
             ),
-            // Past period 0 and its settle delay: the contracts are billed, the node has its receipt.
+            // Past period 0 and its settle delay: the contracts are billed, the node has its
+            // receipt (the jump is the ledger's outage: minting waits for two report
+            // intervals of blocks after it).
             (2 * period_ms, vec![]),
+            (2 * period_ms + 10_000, vec![]),
+            (2 * period_ms + 20_000, vec![]),
         ];
         let mut parent = Block::genesis(&d.genesis.hash(), GENESIS_MS);
         for (height, (after_ms, txs)) in blocks.into_iter().enumerate() {

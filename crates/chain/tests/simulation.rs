@@ -189,6 +189,14 @@ fn a_two_two_partition_halts_finality_until_healed() {
             let resumed = frozen.iter().max().copied().unwrap_or(0) + 10;
             wait_for_height(&context, &refs, resumed).await;
             assert_agree_up_to(&refs);
+            // The 23 s without a block are the ledger's outage, not the nodes' down time,
+            // counted alike by every validator from the blocks' own times.
+            let outages: Vec<u64> = refs
+                .iter()
+                .map(|s| s.with_state(|st| st.economy().outage_ms).unwrap_or(0))
+                .collect();
+            assert!(outages[0] > 0, "{outages:?}");
+            assert!(outages.iter().all(|o| *o == outages[0]), "{outages:?}");
         });
     }
 }

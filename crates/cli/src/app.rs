@@ -2505,6 +2505,7 @@ mod tests {
                 contracts: 0,
                 rented_by: None,
                 down_ms: 0,
+                ledger_outage_ms: 0,
             },
             status,
             free: Capacity {

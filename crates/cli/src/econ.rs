@@ -778,6 +778,9 @@ fn ledger_rules_text(rules: u64) -> String {
               versions)"
             .into(),
         1 => "1: what a bill rounds off below a µUSD is carried to the contract's next bill".into(),
+        2 => "2: as 1, and a stall of the ledger is not the down time of nodes that ran \
+              through it"
+            .into(),
         n => format!("{n}: newer than this peergrid knows; update it"),
     }
 }

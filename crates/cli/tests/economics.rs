@@ -467,7 +467,7 @@ async fn a_contract_is_billed_paused_resumed_and_deleted_and_the_farmer_can_expl
         ),
         "discount    balance covers".into(),
         "(today's prices)".into(),
-        // A devnet runs ledger rules 1: what a bill rounds off below a µUSD carries on.
+        // A devnet runs ledger rules 2 (1 and on): what a bill rounds off below a µUSD carries on.
         "carried to the next bill".into(),
         "status      paid".into(),
     ] {
@@ -483,7 +483,7 @@ async fn a_contract_is_billed_paused_resumed_and_deleted_and_the_farmer_can_expl
     );
     let (ok, params, err) = run(&home, &["gov", "params"]);
     assert!(ok, "{err}");
-    assert_eq!(params["ledger_rules"], 1, "{params}");
+    assert_eq!(params["ledger_rules"], 2, "{params}");
 
     // A minting period with the node up all along pays a reward; the payout account
     // holds exactly the farmer's share of the bills plus the rewards on its receipts.

@@ -72,8 +72,12 @@ pub struct Genesis {
 /// - 0: every step of a bill rounds down to a µUSD;
 /// - 1: what a bill rounds off below a µUSD is carried to the contract's next bill, so a
 ///   contract's bills add up to what its whole life costs (bills every few seconds on a
-///   devnet were each under a µUSD for a small reservation, and billed nothing).
-pub const LEDGER_RULES: u64 = 1;
+///   devnet were each under a µUSD for a small reservation, and billed nothing);
+/// - 2: a gap between blocks longer than [`peergrid_types::records::STALL_GAP_MS`] is the
+///   ledger's outage, not the nodes': a node whose next report shows it ran through it is
+///   rewarded for it, and minting waits for reports after it (a minute's stall with two
+///   validators stopped had cost every devnet node its period's reward).
+pub const LEDGER_RULES: u64 = 2;
 
 /// Most bootstrap peers in a genesis.
 pub const MESH_BOOTSTRAP_MAX: usize = 64;

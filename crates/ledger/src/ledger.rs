@@ -214,6 +214,7 @@ impl<S: Store> Ledger<S> {
                 got: ctx.time_ms,
             });
         }
+        self.state.begin_block(ctx.time_ms);
         // The stateless checks depend on nothing the block changes, so those not done before
         // are all done up front, their signatures in batches.
         let checked = txs

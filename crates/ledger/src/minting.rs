@@ -31,9 +31,17 @@
 //!   down time is neither billed to its contracts ([`crate::billing`]) nor rewarded, even
 //!   when the node's uptime shows it ran (frozen, or cut off from the ledger). A node
 //!   that reports in every window never reaches that bound (two reports in consecutive
-//!   windows are less than two intervals apart). A ledger that makes no block for longer
-//!   counts every node down for the rest of the gap. Like the billing rule, this came
-//!   after chains already ran and has no activation height (see [`crate::billing`]).
+//!   windows are less than two intervals apart). Like the billing rule, this came after
+//!   chains already ran and has no activation height (see [`crate::billing`]).
+//!
+//!   A ledger that makes no block cannot hear any node. Before ledger rules 2 it counted
+//!   every node down for the part of such a gap past the two intervals. From rules 2
+//!   ([`RULES_LEDGER_OUTAGE`]) a gap between two blocks longer than the idle chain's rest
+//!   plus [`STALL_GAP_MS`] is the ledger's **outage** for what lies beyond that, kept as a
+//!   running total ([`crate::Economy::outage_ms`]). Whatever outage fell since a node's
+//!   previous report (or registration) moves its silence bound that much later, so its
+//!   next report counts the gap as up when it shows the same boot (and from the boot
+//!   when it shows a reboot). Billing is unchanged: nobody is billed for the outage.
 //!
 //!   A node's first report counts `[max(registration, t − u), t)`. Its `b` becomes `b₀`,
 //!   as does the `b` of a reboot or of any violation, so one fault is counted once.
@@ -48,6 +56,9 @@
 //!   just after a period's end still credits the end of that period. Period `p` is minted
 //!   from ledger time `end(p) + 2·uptime_interval_secs`, when every node that was up at
 //!   the end has reported since; a report later than that credits only the new period.
+//!   From rules 2, the outage after the period's end is added to that wait
+//!   ([`crate::Economy::mint_outage_ms`]): nodes have two intervals of a live ledger to
+//!   report the period's end.
 //! - Minting walks the nodes in id order, [`MINT_NODES_PER_BLOCK`] per block, from a
 //!   cursor kept in the state: the work per period is O(nodes) and per block is bounded.
 //!   Each node registered before the period's end gets a [`RewardReceipt`] (also when
@@ -65,10 +76,15 @@ use peergrid_core::economics::{self, RewardInputs};
 use peergrid_core::{FarmId, NodeId};
 
 use crate::records::{
-    NodeUptime, PeriodUptime, RewardReceipt, VIOLATIONS_KEPT, Violation, ViolationKind,
+    NodeUptime, PeriodUptime, RewardReceipt, STALL_GAP_MS, VIOLATIONS_KEPT, Violation,
+    ViolationKind,
 };
 use crate::state::State;
 use peergrid_types::Event;
+
+/// The ledger rules ([`crate::genesis::LEDGER_RULES`]) from which a gap between blocks
+/// beyond [`STALL_GAP_MS`] past the idle rest is the ledger's outage, not the nodes'.
+pub const RULES_LEDGER_OUTAGE: u64 = 2;
 
 /// Most nodes minted in one block.
 pub const MINT_NODES_PER_BLOCK: usize = 1_000;
@@ -242,10 +258,15 @@ impl State {
         events: &mut Vec<Event>,
     ) -> i64 {
         // Read before the node's record takes this report: its silence so far ends there.
-        let Some((registered_ms, up_until_ms)) = self
-            .node(node)
-            .map(|n| (n.registered_ms, n.up_until_ms(self.params())))
-        else {
+        let outage_ms = self.economy().outage_ms;
+        let Some((registered_ms, up_until_ms)) = self.node(node).map(|n| {
+            // The ledger's outage since the node's last report was no silence of the node's.
+            let outage_since = outage_ms.saturating_sub(n.ledger_outage_ms);
+            (
+                n.registered_ms,
+                n.up_until_ms(self.params()).saturating_add(outage_since),
+            )
+        }) else {
             return to_i64(timestamp_secs as i128 - uptime_secs as i128);
         };
         let Judgement { verdict, boot_secs } = judge_report(
@@ -262,7 +283,9 @@ impl State {
             ReportVerdict::Up { from_ms, to_ms } => {
                 // What billing counts as down, silence beyond two report intervals since the
                 // previous report (or registration), is not counted up: the node's contracts
-                // were not billed for it, so its farmer is not rewarded for it either.
+                // were not billed for it, so its farmer is not rewarded for it either. The
+                // ledger's own outage (rules 2 on) is not the node's silence: nobody is billed
+                // for it, and a node that shows it ran through it is rewarded for it.
                 let to_ms = to_ms.min(up_until_ms);
                 let from_ms = from_ms.min(to_ms);
                 for slot in [&mut u.previous, &mut u.current] {
@@ -289,6 +312,27 @@ impl State {
         }
         self.node_uptime.insert(node, u);
         boot_secs
+    }
+
+    /// Count the gap since the previous block beyond [`STALL_GAP_MS`] as the ledger's outage
+    /// (ledger rules [`RULES_LEDGER_OUTAGE`] on), before the block's transactions apply.
+    pub(crate) fn begin_block(&mut self, now_ms: u64) {
+        // The genesis may be written long before the first block: that wait is no outage.
+        if self.config().ledger_rules < RULES_LEDGER_OUTAGE || self.height() == 0 {
+            return;
+        }
+        let outage_from_ms = self
+            .time_ms()
+            .saturating_add(STALL_GAP_MS)
+            .saturating_add(self.params().idle_block_ms);
+        if now_ms <= outage_from_ms {
+            return;
+        }
+        let (_, mint_end_ms) = self.period_bounds(self.economy().mint_period);
+        let e = self.economy_mut();
+        e.outage_ms = e.outage_ms.saturating_add(now_ms - outage_from_ms);
+        let after_mint_end = now_ms.saturating_sub(outage_from_ms.max(mint_end_ms));
+        e.mint_outage_ms = e.mint_outage_ms.saturating_add(after_mint_end);
     }
 
     /// Count network traffic served by `node` in the period of `now_ms`.
@@ -333,8 +377,13 @@ impl State {
         let economy = *self.economy();
         let period = economy.mint_period;
         let (start_ms, end_ms) = self.period_bounds(period);
+        let len_ms = self.period_len_ms();
         let settle_ms = self.params().uptime_interval_secs.saturating_mul(2000);
-        if now_ms < end_ms.saturating_add(settle_ms) {
+        // Nodes get two intervals of a live ledger to report the period's end.
+        let settled_ms = end_ms
+            .saturating_add(settle_ms)
+            .saturating_add(economy.mint_outage_ms);
+        if now_ms < settled_ms {
             return;
         }
         let batch: Vec<NodeId> = self
@@ -354,6 +403,9 @@ impl State {
             _ => {
                 e.mint_period = period + 1;
                 e.mint_cursor = 1;
+                // The outage after the next period's end, if it ended already: at most what
+                // lies after it of the outage counted so far (erring towards waiting longer).
+                e.mint_outage_ms = e.mint_outage_ms.min(now_ms.saturating_sub(end_ms + len_ms));
                 events.push(Event::MintingPeriodClosed { period });
             }
         }

@@ -239,6 +239,8 @@ impl State {
                 mint_cursor: 1,
                 farmer_weight_total: 0,
                 billed_total: Amount::ZERO,
+                outage_ms: 0,
+                mint_outage_ms: 0,
             },
         );
         state

@@ -9,7 +9,7 @@ use peergrid_core::tx::{ContractSpec, GovAction, Payload, sign_invitation};
 use peergrid_core::{Amount, Capacity, Hash, Keypair, PublicIp, SignedTx};
 use peergrid_ledger::{
     BillStatus, BlockContext, BlockOutcome, ContractState, DeleteReason, Event, Genesis, Ledger,
-    MemoryStore, ProposalStatus, TxError, ViolationKind,
+    MemoryStore, ProposalStatus, RewardReceipt, TxError, ViolationKind,
 };
 
 /// A ledger driven block by block, signing with the current nonces; every block it ran is
@@ -1126,6 +1126,164 @@ fn silence_beyond_two_report_intervals_is_not_rewarded_as_it_is_not_billed() {
         50_000,
         "the same 50 s the bills leave out"
     );
+}
+
+/// Boot time (node clock s) of a node booted 100,000 s before genesis.
+const BOOTED_LONG_AGO: u64 = GENESIS_MS / 1000 - 100_000;
+
+/// A report at `now_ms` of a node that booted at `boot_secs` and never restarted since.
+fn report_since(chain: &Chain, k: &Keypair, node: u32, boot_secs: u64) -> SignedTx {
+    let ts = chain.now_ms / 1000;
+    let uptime_secs = ts - boot_secs;
+    chain.tx(
+        k,
+        0,
+        Payload::ReportUptime {
+            node,
+            uptime_secs,
+            timestamp_secs: ts,
+        },
+    )
+}
+
+/// A report at `now_ms` of a node booted long ago and never restarted.
+fn steady_report(chain: &Chain, k: &Keypair, node: u32) -> SignedTx {
+    report_since(chain, k, node, BOOTED_LONG_AGO)
+}
+
+/// Both nodes (keys 40 and 41, booted at `boots`) report every 10 s until period 0 is
+/// minted; returns their receipts.
+fn report_every_10_s_until_minted(
+    chain: &mut Chain,
+    nodes: [u32; 2],
+    boots: [u64; 2],
+) -> (RewardReceipt, RewardReceipt) {
+    loop {
+        chain.now_ms += 10_000;
+        let txs = [
+            report_since(chain, &key(40), nodes[0], boots[0]),
+            report_since(chain, &key(41), nodes[1], boots[1]),
+        ];
+        let out = chain.block(0, &txs);
+        assert!(out.receipts.iter().all(|r| r.result.is_ok()), "{out:?}");
+        if out
+            .end_events
+            .iter()
+            .any(|e| matches!(e, Event::MintingPeriodClosed { period: 0 }))
+        {
+            let state = chain.ledger.state();
+            let receipt = |n| state.receipt(0, n).expect("receipt").clone();
+            return (receipt(nodes[0]), receipt(nodes[1]));
+        }
+    }
+}
+
+/// Two nodes report every 10 s; then the ledger makes no block for 70 s (two of four
+/// validators stopped), and the block after it carries both nodes' reports: one ran through
+/// the stall, the other rebooted 20 s before that block. Returns period 0's receipts and
+/// the first node's time not billed.
+fn a_ledger_stalled_for_70_s(ledger_rules: u64) -> (RewardReceipt, RewardReceipt, u64) {
+    let mut chain = Chain::with_rules(ledger_rules);
+    let (steady, rebooted) = two_nodes(&mut chain);
+    for _ in 0..20 {
+        chain.now_ms += 10_000;
+        let txs = [
+            steady_report(&chain, &key(40), steady),
+            steady_report(&chain, &key(41), rebooted),
+        ];
+        chain.block(0, &txs);
+    }
+    chain.now_ms += 70_000;
+    let boot = chain.now_ms / 1000 - 20;
+    let txs = [
+        steady_report(&chain, &key(40), steady),
+        report_since(&chain, &key(41), rebooted, boot),
+    ];
+    let out = chain.block(0, &txs);
+    assert!(out.receipts.iter().all(|r| r.result.is_ok()), "{out:?}");
+    let down_ms = chain.ledger.state().node(steady).expect("node").down_ms;
+    let (s, r) =
+        report_every_10_s_until_minted(&mut chain, [steady, rebooted], [BOOTED_LONG_AGO, boot]);
+    (s, r, down_ms)
+}
+
+#[test]
+fn a_stalled_ledger_is_not_the_down_time_of_nodes_that_ran_through_it() {
+    let (steady, rebooted, not_billed_ms) = a_ledger_stalled_for_70_s(2);
+    // The node whose uptime shows it ran through the stall is up for the whole period.
+    assert_eq!(steady.up_secs, steady.period_secs, "{steady:?}");
+    assert!(steady.tokens.0 > 0, "{steady:?}");
+    // The one that rebooted is up from its boot only: 70 s of gap, 20 s since the boot.
+    assert_eq!(rebooted.period_secs - rebooted.up_secs, 50, "{rebooted:?}");
+    // Nobody is billed for the time the ledger could not hear the node: 70 s of silence
+    // less the two intervals (20 s) still counted up.
+    assert_eq!(not_billed_ms, 50_000);
+}
+
+#[test]
+fn chains_made_before_ledger_rules_2_count_a_stall_as_every_nodes_down_time() {
+    let (steady, rebooted, not_billed_ms) = a_ledger_stalled_for_70_s(1);
+    // The 50 s past the two intervals counted as down, which takes the period below the SLA.
+    assert_eq!(steady.period_secs - steady.up_secs, 50, "{steady:?}");
+    assert_eq!(steady.tokens.0, 0, "{steady:?}");
+    // The 20 s since the reboot fell after that bound too: the whole 70 s are lost.
+    assert_eq!(rebooted.period_secs - rebooted.up_secs, 70, "{rebooted:?}");
+    assert_eq!(not_billed_ms, 50_000);
+}
+
+/// Two nodes report every 10 s up to 5 s before period 0 ends; the ledger makes no block
+/// until 60 s after the end, and that block carries no report (the nodes' reports come in
+/// the next one, a second later). Returns whether that first block minted period 0, and
+/// the first node's receipt.
+fn a_ledger_stalled_across_a_period_end(ledger_rules: u64) -> (bool, RewardReceipt) {
+    let mut chain = Chain::with_rules(ledger_rules);
+    let (a, b) = two_nodes(&mut chain);
+    let (_, end_ms) = chain.ledger.state().period_bounds(0);
+    // Reports 5 s before the end, whatever the set-up blocks took.
+    let first_gap_ms = (end_ms - 5_000 - chain.now_ms) % 10_000;
+    chain.now_ms += first_gap_ms;
+    while chain.now_ms < end_ms - 5_000 {
+        chain.now_ms += 10_000;
+        let txs = [
+            steady_report(&chain, &key(40), a),
+            steady_report(&chain, &key(41), b),
+        ];
+        chain.block(0, &txs);
+    }
+    assert_eq!(chain.now_ms, end_ms - 5_000);
+    chain.now_ms = end_ms + 60_000;
+    let out = chain.block(0, &[]);
+    let minted_at_once = out
+        .end_events
+        .iter()
+        .any(|e| matches!(e, Event::MintingPeriodClosed { period: 0 }));
+    chain.now_ms += 1_000;
+    let txs = [
+        steady_report(&chain, &key(40), a),
+        steady_report(&chain, &key(41), b),
+    ];
+    let out = chain.block(0, &txs);
+    assert!(out.receipts.iter().all(|r| r.result.is_ok()), "{out:?}");
+    if minted_at_once {
+        let receipt = chain.ledger.state().receipt(0, a).expect("receipt").clone();
+        return (true, receipt);
+    }
+    let (receipt, _) = report_every_10_s_until_minted(&mut chain, [a, b], [BOOTED_LONG_AGO; 2]);
+    (false, receipt)
+}
+
+#[test]
+fn minting_waits_for_reports_after_a_stall_across_the_period_end() {
+    let (minted_at_once, receipt) = a_ledger_stalled_across_a_period_end(2);
+    assert!(
+        !minted_at_once,
+        "period 0 minted before any node could report its end"
+    );
+    assert_eq!(receipt.up_secs, receipt.period_secs, "{receipt:?}");
+    // Before rules 2 the first block after the stall minted it, without the period's last 5 s.
+    let (minted_at_once, receipt) = a_ledger_stalled_across_a_period_end(1);
+    assert!(minted_at_once);
+    assert_eq!(receipt.period_secs - receipt.up_secs, 5, "{receipt:?}");
 }
 
 #[test]

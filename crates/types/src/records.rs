@@ -196,6 +196,10 @@ pub struct Node {
     /// than two report intervals, less those two intervals ([`Node::down_ms_until`]).
     #[serde(default)]
     pub down_ms: u64,
+    /// [`Economy::outage_ms`] at its last report (or registration): the ledger's outage
+    /// since then does not count against its silence for its reward (ledger rules 2 on).
+    #[serde(default)]
+    pub ledger_outage_ms: u64,
 }
 
 extended_borsh!(
@@ -213,7 +217,8 @@ extended_borsh!(
         uptime,
         contracts,
         rented_by,
-    } + down_ms
+    } + down_ms,
+    ledger_outage_ms
 );
 
 /// Whether a node is serving, according to its uptime reports.
@@ -750,18 +755,7 @@ pub struct RewardReceipt {
 }
 
 /// Ledger-wide economics: minting progress and the farmers' total governance weight.
-#[derive(
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Debug,
-    Default,
-    Serialize,
-    Deserialize,
-    BorshSerialize,
-    BorshDeserialize,
-)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Economy {
     /// Ledger time of genesis, ms: minting period `p` is `[genesis + p·len, genesis + (p+1)·len)`.
@@ -774,7 +768,32 @@ pub struct Economy {
     pub farmer_weight_total: u64,
     /// Tokens paid by contract owners, ever.
     pub billed_total: Amount,
+    /// Ledger ms without a block beyond [`STALL_GAP_MS`] in each gap, ever: time the ledger
+    /// could not hear any node, which a node's reward does not count as its silence
+    /// (ledger rules 2 on; always 0 before).
+    #[serde(default)]
+    pub outage_ms: u64,
+    /// The part of that outage after the end of the period to mint next, ms: minting waits
+    /// two report intervals past the period's end, and this much longer, so that nodes
+    /// have had the ledger for those two intervals to report the period's end.
+    #[serde(default)]
+    pub mint_outage_ms: u64,
 }
+
+extended_borsh!(
+    Economy {
+        genesis_ms,
+        mint_period,
+        mint_cursor,
+        farmer_weight_total,
+        billed_total,
+    } + outage_ms,
+    mint_outage_ms
+);
+
+/// The part of a gap between two blocks that is the ledger's outage: what lies beyond this,
+/// the same 10 s past an idle chain's rest after which `/health` calls the chain stalled.
+pub const STALL_GAP_MS: u64 = 10_000;
 
 /// Configuration that changes only by governance.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -975,11 +994,39 @@ mod tests {
         assert!(err.to_string().contains("up to 24"), "{err}");
     }
 
+    #[test]
+    fn an_economy_without_outage_keeps_the_bytes_of_the_format_before_it() {
+        let economy = Economy {
+            genesis_ms: 1_700_000_000_000,
+            mint_period: 4,
+            mint_cursor: 12,
+            farmer_weight_total: 99,
+            billed_total: Amount(5),
+            outage_ms: 0,
+            mint_outage_ms: 0,
+        };
+        // What the derived encoding wrote for the five fields it had.
+        let before =
+            borsh::to_vec(&(1_700_000_000_000u64, 4u64, 12u32, 99u64, Amount(5))).expect("encode");
+        assert_eq!(borsh::to_vec(&economy).expect("encode"), before);
+        let stalled = Economy {
+            outage_ms: 59_000,
+            ..economy
+        };
+        let bytes = borsh::to_vec(&stalled).expect("encode");
+        assert_eq!(bytes.len(), before.len() + 8);
+        assert_eq!(
+            borsh::from_slice::<Economy>(&bytes).expect("decode"),
+            stalled
+        );
+    }
+
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic_the_extended_decoders(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
             let _ = borsh::from_slice::<Bill>(&bytes);
             let _ = borsh::from_slice::<Node>(&bytes);
+            let _ = borsh::from_slice::<Economy>(&bytes);
             let _ = borsh::from_slice::<Contract>(&bytes);
             let _ = borsh::from_slice::<Config>(&bytes);
         }

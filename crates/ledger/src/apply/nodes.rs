@@ -52,6 +52,7 @@ impl State {
             contracts: 0,
             rented_by: None,
             down_ms: 0,
+            ledger_outage_ms: self.economy().outage_ms,
         };
         self.nodes.insert(id, node);
         self.node_accounts.insert(signer, id);
@@ -172,8 +173,10 @@ impl State {
         let down_ms = self
             .node(*node)
             .map_or(0, |n| n.down_ms_until(ctx.time_ms, self.params()));
+        let outage_ms = self.economy().outage_ms;
         if let Some(n) = self.nodes.get_mut(node) {
             n.down_ms = down_ms;
+            n.ledger_outage_ms = outage_ms;
             n.uptime = Uptime {
                 last_report_ms: Some(ctx.time_ms),
                 last_uptime_secs: *uptime_secs,
