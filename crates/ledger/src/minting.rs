@@ -405,7 +405,9 @@ impl State {
                 e.mint_cursor = 1;
                 // The outage after the next period's end, if it ended already: at most what
                 // lies after it of the outage counted so far (erring towards waiting longer).
-                e.mint_outage_ms = e.mint_outage_ms.min(now_ms.saturating_sub(end_ms + len_ms));
+                e.mint_outage_ms = e
+                    .mint_outage_ms
+                    .min(now_ms.saturating_sub(end_ms.saturating_add(len_ms)));
                 events.push(Event::MintingPeriodClosed { period });
             }
         }
