@@ -390,6 +390,67 @@ async fn a_farmer_runs_a_node_that_follows_its_contracts_across_restarts() {
     assert!(removed, "{log}");
     assert!(log.contains("restored the workloads"), "{log}");
 
+    // The ledger still offers the 1 GiB of SSD that contract kept, though the machine now
+    // has 512 MiB, so the builder's next contract is accepted there and refused here. The
+    // node gives it back: the contract is deleted, and its owner pays no more for it.
+    let (_, status) = client
+        .send(
+            &demo,
+            Payload::CreateContract(ContractSpec::Deployment {
+                node: node_id as u32,
+                deployment_hash: Hash::of(&deployment),
+                resources,
+                public_ips: 0,
+            }),
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("create contract");
+    let TxStatus::Finalized { events, .. } = status else {
+        panic!("contract not created: {status:?}");
+    };
+    let refused_id = events
+        .iter()
+        .find_map(|e| match e {
+            peergrid_ledger::Event::ContractCreated { contract, .. } => Some(*contract),
+            _ => None,
+        })
+        .expect("contract id");
+    let h = home.clone();
+    let shown = eventually(
+        "the refused contract to be released",
+        Duration::from_secs(30),
+        move || {
+            let (_, shown, _) = run(&h, &["contract", "show", &refused_id.to_string()]);
+            shown["contract"]["state"]
+                .to_string()
+                .contains("released_by_node")
+                .then_some(shown)
+        },
+    )
+    .await;
+    assert!(
+        shown["contract"]["state"].to_string().contains("deleted"),
+        "{shown}"
+    );
+    let out = peergrid(&home)
+        .args(["contract", "show", &refused_id.to_string()])
+        .output()
+        .expect("run");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("deleted (released by its node)"), "{table}");
+    wait_workloads(&health, "the released workload to be gone", |w| {
+        w.is_empty()
+    })
+    .await;
+    let log = std::fs::read_to_string(data.with_extension("log")).expect("node log");
+    let released = log.lines().any(|l| {
+        l.contains("released:")
+            && l.contains(&format!("contract={refused_id}"))
+            && l.contains("free")
+    });
+    assert!(released, "{log}");
+
     // The time the daemon was stopped is not credited as uptime: the minted receipts of
     // the periods it spans miss at least that much.
     let receipts = loop {

@@ -50,6 +50,8 @@ pub const FEE_PER_BYTE_MAX: Amount = Amount(10_000);
 pub const USAGE_BYTES_PER_REPORT_MAX: u64 = 1 << 50;
 /// Most public IPs one deployment may reserve.
 pub const CONTRACT_PUBLIC_IPS_MAX: u32 = 16;
+/// Longest reason a node gives for releasing a contract, bytes.
+pub const RELEASE_REASON_BYTES_MAX: usize = 256;
 
 /// A transaction's hash.
 pub type TxHash = Hash;
@@ -320,6 +322,14 @@ pub enum Payload {
         /// For or against.
         approve: bool,
     },
+    /// Give back a contract the node cannot serve (signed by the node holding it): the
+    /// contract is deleted, and the time since its last bill is not billed.
+    ReleaseContract {
+        /// The contract.
+        contract: ContractId,
+        /// Why, for its owner (the node's own words, such as what it lacks).
+        reason: String,
+    },
 }
 
 impl Payload {
@@ -339,6 +349,7 @@ impl Payload {
             Payload::CancelContract { .. } => "cancel_contract",
             Payload::Propose { .. } => "propose",
             Payload::Vote { .. } => "vote",
+            Payload::ReleaseContract { .. } => "release_contract",
         }
     }
 }
@@ -778,6 +789,18 @@ impl Payload {
                 }
             }
             Payload::CancelContract { .. } | Payload::Vote { .. } => {}
+            Payload::ReleaseContract { reason, .. } => {
+                check_len("reason", reason.len(), RELEASE_REASON_BYTES_MAX)?;
+                if reason.trim().is_empty() {
+                    return Err(invalid("reason", "say why the node cannot serve it"));
+                }
+                if reason.chars().any(char::is_control) {
+                    return Err(invalid(
+                        "reason",
+                        "must be one line of text, without control characters",
+                    ));
+                }
+            }
             Payload::Propose {
                 action,
                 description,
@@ -1039,6 +1062,26 @@ mod tests {
             description: String::new(),
         };
         assert!(council.check().is_err());
+        let release = |reason: &str| Payload::ReleaseContract {
+            contract: 7,
+            reason: reason.into(),
+        };
+        assert!(
+            release("needs 1 GiB but this node has 512 MiB free")
+                .check()
+                .is_ok()
+        );
+        assert!(release(&"é".repeat(128)).check().is_ok());
+        assert!(matches!(
+            release(&"x".repeat(RELEASE_REASON_BYTES_MAX + 1)).check(),
+            Err(FieldError::TooLong { .. })
+        ));
+        for bad in ["", "  ", "full\n\x1b[31mdisk"] {
+            assert!(
+                matches!(release(bad).check(), Err(FieldError::Invalid { .. })),
+                "{bad:?}"
+            );
+        }
         let tx = SignedTx::new(
             &key(1),
             &"c".repeat(33),

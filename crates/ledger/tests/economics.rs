@@ -612,6 +612,59 @@ fn a_balance_covering_many_months_earns_a_discount() {
     let _ = node;
 }
 
+/// A contract billed once, then ended 5 s into its next billing interval, by its owner
+/// (`release` false) or by its node giving it back. Returns the owner's tokens spent by
+/// the block that ended it, its bills, and the farm's public IP's holder after it.
+fn ended_mid_interval(release: bool) -> (u64, Vec<peergrid_ledger::Bill>, Option<u64>) {
+    let mut chain = Chain::new();
+    let (farm, node) = grid(&mut chain);
+    let c = contract_id(&chain.ok(1, &key(5), deploy(node, 2, 4, 50, 1)));
+    chain.block(10, &[]);
+    assert_eq!(chain.ledger.state().bills(c, 0).count(), 1);
+    let before = chain.balance(&key(5));
+    if release {
+        let events = chain.ok(
+            5,
+            &key(40),
+            Payload::ReleaseContract {
+                contract: c,
+                reason: "the disk for its data is full".into(),
+            },
+        );
+        assert!(events.iter().any(|e| matches!(
+            e,
+            Event::ContractDeleted {
+                reason: DeleteReason::ReleasedByNode,
+                ..
+            }
+        )));
+    } else {
+        chain.ok(5, &key(5), Payload::CancelContract { contract: c });
+    }
+    let spent = before.0 - chain.balance(&key(5)).0;
+    let state = chain.ledger.state();
+    let bills = state.bills(c, 0).cloned().collect();
+    let holder = state.farm(farm).expect("farm").public_ips[0].contract;
+    (spent, bills, holder)
+}
+
+#[test]
+fn a_contract_its_node_gives_back_is_not_billed_for_the_time_since_its_last_bill() {
+    let (spent, bills, holder) = ended_mid_interval(true);
+    assert_eq!(bills.len(), 1, "no last bill: {bills:?}");
+    assert_eq!(
+        spent, 0,
+        "the owner paid nothing for the 5 s the node did not serve"
+    );
+    assert_eq!(holder, None, "the public IP is back with the farm");
+    // Cancelled by its owner, the same 5 s are billed (with the cancellation's fee).
+    let (spent, bills, holder) = ended_mid_interval(false);
+    assert_eq!(bills.len(), 2, "{bills:?}");
+    assert_eq!(bills[1].to_ms - bills[1].from_ms, 5_000);
+    assert!(spent > bills[1].tokens.0, "{spent} {:?}", bills[1]);
+    assert_eq!(holder, None);
+}
+
 /// A storage contract of 10 GiB (priced as HDD: 14 USD per 1200 GiB a month) costs about
 /// 0.44 µUSD per 10 s bill.
 /// Returns its bills and the carry it holds after them.

@@ -413,7 +413,11 @@ async fn report_uptime(shared: Arc<Shared>, client: Arc<Client>, key: Keypair, n
     let interval_ms = shared.interval_secs.max(1) * 1000;
     // The window of the last report sent.
     let mut sent_in: Option<u64> = None;
+    // Contracts refused here, and the tick that first saw each refused.
+    let mut refused_seen = std::collections::BTreeMap::new();
+    let mut tick = 0u64;
     loop {
+        tick += 1;
         // The ledger accepts one report per window of ledger time (interval-aligned);
         // report a quarter into each window, so finality latency and clock drift never
         // push two reports into one window and leave the next one empty. The first report
@@ -457,7 +461,98 @@ async fn report_uptime(shared: Arc<Shared>, client: Arc<Client>, key: Keypair, n
             }
         }
         report_usage(&shared, &client, &key, interval).await;
+        release_refused(&shared, &client, &key, interval, &mut refused_seen, tick).await;
     }
+}
+
+/// Give back to the ledger each contract this node has refused since the tick before
+/// this one and still refuses when it reads the contract again: its owner would pay for
+/// nothing, since a refused contract holds no workload and no data here. A refusal seen
+/// at this tick waits for the next, so one that the next reading clears (capacity freed
+/// by another contract's end) costs nothing.
+async fn release_refused(
+    shared: &Shared,
+    client: &Client,
+    key: &Keypair,
+    timeout: Duration,
+    seen: &mut std::collections::BTreeMap<peergrid_core::ContractId, u64>,
+    tick: u64,
+) {
+    let refused: Vec<peergrid_core::ContractId> = {
+        let world = shared.world.lock().await;
+        world
+            .workloads
+            .values()
+            .filter(|w| !w.holds_capacity())
+            .map(|w| w.contract)
+            .collect()
+    };
+    seen.retain(|id, _| refused.contains(id));
+    for id in refused {
+        if *seen.entry(id).or_insert(tick) == tick {
+            continue;
+        }
+        let contract = match reconcile::contract(client, id).await {
+            Ok(Some(c)) => c,
+            Ok(None) => continue,
+            Err(e) => {
+                debug!(contract = id, error = %e, "cannot read a refused contract; next interval");
+                continue;
+            }
+        };
+        reconcile::reconcile_one(shared, &contract).await;
+        let reason = match shared
+            .world
+            .lock()
+            .await
+            .workloads
+            .get(&id)
+            .map(|w| &w.state)
+        {
+            Some(WorkloadState::Refused { reason }) => reason.clone(),
+            _ => continue,
+        };
+        let payload = Payload::ReleaseContract {
+            contract: id,
+            reason: release_reason(&reason),
+        };
+        match client.send(key, payload, timeout).await {
+            Ok((_, TxStatus::Finalized { .. })) => {
+                seen.remove(&id);
+                info!(
+                    contract = id,
+                    %reason,
+                    "released: the ledger deleted the contract this node could not serve, \
+                     and its owner is not billed for it any more"
+                );
+            }
+            Ok((_, TxStatus::Rejected { reason, .. })) => {
+                warn!(contract = id, %reason, "the ledger refused to release a refused contract")
+            }
+            Ok((hash, other)) => {
+                debug!(%hash, status = ?other, "release not final; retrying next interval")
+            }
+            Err(e) => {
+                warn!(contract = id, error = %e, "cannot release a refused contract; retrying next interval")
+            }
+        }
+    }
+}
+
+/// A refusal's reason as the ledger takes it: one line, within its size limit.
+fn release_reason(reason: &str) -> String {
+    let line: String = reason
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let mut cut = line.trim().to_string();
+    if cut.is_empty() {
+        cut = "this node cannot serve it".into();
+    }
+    while cut.len() > peergrid_core::tx::RELEASE_REASON_BYTES_MAX {
+        cut.pop();
+    }
+    cut
 }
 
 /// Report the bytes each deployment served since the last report (NU, billed to its
@@ -676,4 +771,28 @@ async fn accept_deployment(
     shared.compute.retry(contract.id);
     shared.compute.sync(&world);
     Ok(contract.id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::release_reason;
+    use peergrid_core::tx::RELEASE_REASON_BYTES_MAX;
+
+    #[test]
+    fn a_refusal_is_given_to_the_ledger_as_one_line_within_its_limit() {
+        assert_eq!(
+            release_reason("needs 1 GiB\nbut has 0"),
+            "needs 1 GiB but has 0"
+        );
+        assert_eq!(release_reason(" \t "), "this node cannot serve it");
+        let long = release_reason(&"ü".repeat(RELEASE_REASON_BYTES_MAX));
+        assert!(long.len() <= RELEASE_REASON_BYTES_MAX && long.chars().all(|c| c == 'ü'));
+        for reason in ["x\u{7}y", &"ü".repeat(300)] {
+            let payload = peergrid_core::Payload::ReleaseContract {
+                contract: 1,
+                reason: release_reason(reason),
+            };
+            assert!(payload.check().is_ok(), "{reason:?}");
+        }
+    }
 }

@@ -361,6 +361,15 @@ pub enum Event {
         /// Why.
         reason: DeleteReason,
     },
+    /// A node gave back a contract it could not serve (a `ContractDeleted` follows).
+    ContractReleased {
+        /// Its id.
+        contract: ContractId,
+        /// The node.
+        node: NodeId,
+        /// The node's reason.
+        reason: String,
+    },
     /// A proposal was made.
     ProposalCreated {
         /// Its id.

@@ -298,6 +298,9 @@ pub enum DeleteReason {
     CanceledByOwner,
     /// Its owner did not pay within the grace period.
     OutOfFunds,
+    /// Its node could not serve it and gave it back; the time since its last bill was
+    /// not billed.
+    ReleasedByNode,
 }
 
 impl std::fmt::Display for DeleteReason {
@@ -305,6 +308,7 @@ impl std::fmt::Display for DeleteReason {
         f.write_str(match self {
             DeleteReason::CanceledByOwner => "cancelled by its owner",
             DeleteReason::OutOfFunds => "out of funds",
+            DeleteReason::ReleasedByNode => "released by its node",
         })
     }
 }

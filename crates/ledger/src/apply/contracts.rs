@@ -145,6 +145,54 @@ impl State {
         Ok(())
     }
 
+    /// A node gives back a contract it cannot serve: deleted without a last bill, since
+    /// the owner got nothing for the time since the previous one.
+    pub(super) fn release_contract(
+        &mut self,
+        at: Applying<'_>,
+        contract: &ContractId,
+        reason: &str,
+        events: &mut Vec<Event>,
+    ) -> Result<(), TxError> {
+        let Applying { signer, ctx, .. } = at;
+        let c = self
+            .contract(*contract)
+            .ok_or(TxError::UnknownContract(*contract))?;
+        let action = || "releasing it".to_string();
+        let node = match (&c.spec, c.node) {
+            (ContractSpec::Deployment { .. } | ContractSpec::Storage { .. }, Some(node)) => node,
+            (ContractSpec::Rent { .. }, _) => {
+                return Err(TxError::ContractState {
+                    contract: c.id,
+                    state: "a rent of the whole node, which only its owner ends".into(),
+                    action: action(),
+                });
+            }
+            _ => {
+                return Err(TxError::ContractState {
+                    contract: c.id,
+                    state: "not on a node".into(),
+                    action: action(),
+                });
+            }
+        };
+        if !c.is_live() {
+            return Err(TxError::ContractState {
+                contract: c.id,
+                state: state_name(&c.state),
+                action: action(),
+            });
+        }
+        self.own_node(node, &signer)?;
+        events.push(Event::ContractReleased {
+            contract: *contract,
+            node,
+            reason: reason.to_string(),
+        });
+        self.delete_contract(*contract, DeleteReason::ReleasedByNode, ctx.time_ms, events);
+        Ok(())
+    }
+
     pub(crate) fn owned_contract(
         &self,
         contract: ContractId,
@@ -453,6 +501,68 @@ mod tests {
         kit.ok(&key(40), usage);
         let c = kit.state.contract(contract).expect("contract");
         assert_eq!(c.unbilled_nu_bytes, 2 << 20);
+    }
+
+    #[test]
+    fn only_the_node_holding_a_contract_releases_it_and_its_capacity_comes_back() {
+        let mut kit = Kit::new();
+        let farm = kit.farm(&key(1), "farm");
+        let node = kit.node(&key(1), farm, &key(40));
+        let other = kit.node(&key(1), farm, &key(41));
+        let contract = deploy(&mut kit, node, 2);
+        let release = Payload::ReleaseContract {
+            contract,
+            reason: "needs 2 cores but this node has 0 free".into(),
+        };
+        for signer in [5, 41, 1] {
+            let err = kit.refused(&key(signer), release.clone());
+            assert!(matches!(err, TxError::NotNodeKey { .. }), "{signer}: {err}");
+        }
+        let events = kit.ok(&key(40), release.clone());
+        assert!(events.iter().any(|e| matches!(
+            e,
+            Event::ContractReleased { contract: c, node: n, reason }
+                if *c == contract && *n == node && reason.contains("0 free")
+        )));
+        let c = kit.state.contract(contract).expect("contract");
+        assert!(matches!(
+            c.state,
+            ContractState::Deleted {
+                reason: DeleteReason::ReleasedByNode,
+                ..
+            }
+        ));
+        assert_eq!(kit.state.node(node).expect("node").used, Capacity::ZERO);
+        assert_eq!(kit.state.node(node).expect("node").contracts, 0);
+        let err = kit.refused(&key(40), release);
+        assert_eq!(
+            err,
+            TxError::ContractState {
+                contract,
+                state: "deleted".into(),
+                action: "releasing it".into()
+            }
+        );
+        // A rent holds the whole node for its owner: the node cannot end it.
+        let events = kit.ok(
+            &key(5),
+            Payload::CreateContract(ContractSpec::Rent { node: other }),
+        );
+        let rent = events
+            .iter()
+            .find_map(|e| match e {
+                Event::ContractCreated { contract, .. } => Some(*contract),
+                _ => None,
+            })
+            .expect("a rent");
+        let err = kit.refused(
+            &key(41),
+            Payload::ReleaseContract {
+                contract: rent,
+                reason: "no".into(),
+            },
+        );
+        assert!(matches!(err, TxError::ContractState { .. }), "{err}");
     }
 
     #[test]

@@ -170,6 +170,9 @@ impl State {
             Payload::Vote { proposal, approve } => {
                 self.vote(*proposal, at.signer, *approve, at.ctx, events)
             }
+            Payload::ReleaseContract { contract, reason } => {
+                self.release_contract(at, contract, reason, events)
+            }
         }
     }
 }
