@@ -837,8 +837,8 @@ pub async fn rewards(globals: &Globals, farm: FarmId, period: Option<u64>) -> an
                 ),
                 None => outln!(
                     "no rewards minted for farm {farm} yet; period {} ended and is minted once its last \
-                     uptime reports are in (two report intervals after its end; a farm with no node in \
-                     it gets nothing), and period {current} is running",
+                     uptime reports are in (two report intervals after its end, more after a stall of \
+                     the ledger; a farm with no node in it gets nothing), and period {current} is running",
                     current - 1
                 ),
             }

@@ -572,6 +572,13 @@ fn check_size(
     }
 }
 
+/// Whether `c` could change how the text around it shows on a terminal: a control
+/// character, or an invisible one that reorders or hides text (bidi overrides, zero-width).
+pub fn hides_text(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+}
+
 fn invalid(field: &'static str, reason: impl Into<String>) -> FieldError {
     FieldError::Invalid {
         field,
@@ -794,10 +801,10 @@ impl Payload {
                 if reason.trim().is_empty() {
                     return Err(invalid("reason", "say why the node cannot serve it"));
                 }
-                if reason.chars().any(char::is_control) {
+                if reason.chars().any(hides_text) {
                     return Err(invalid(
                         "reason",
-                        "must be one line of text, without control characters",
+                        "must be one line of text, without control or direction characters",
                     ));
                 }
             }
@@ -1076,7 +1083,7 @@ mod tests {
             release(&"x".repeat(RELEASE_REASON_BYTES_MAX + 1)).check(),
             Err(FieldError::TooLong { .. })
         ));
-        for bad in ["", "  ", "full\n\x1b[31mdisk"] {
+        for bad in ["", "  ", "full\n\x1b[31mdisk", "disk \u{202E}lluf"] {
             assert!(
                 matches!(release(bad).check(), Err(FieldError::Invalid { .. })),
                 "{bad:?}"

@@ -307,6 +307,12 @@ impl State {
         if self.try_bill(id, now_ms, reserve, true, events).is_ok() {
             return;
         }
+        self.write_off(id, now_ms, events);
+    }
+
+    /// Close `id`'s bills up to `now_ms` with one for nothing: written off, so its history
+    /// still covers every millisecond and says what was not paid.
+    pub(crate) fn write_off(&mut self, id: ContractId, now_ms: u64, events: &mut Vec<Event>) {
         let Some(c) = self.contracts.get(&id) else {
             return;
         };

@@ -38,10 +38,12 @@
 //!   every node down for the part of such a gap past the two intervals. From rules 2
 //!   ([`RULES_LEDGER_OUTAGE`]) a gap between two blocks longer than the idle chain's rest
 //!   plus [`STALL_GAP_MS`] is the ledger's **outage** for what lies beyond that, kept as a
-//!   running total ([`crate::Economy::outage_ms`]). Whatever outage fell since a node's
-//!   previous report (or registration) moves its silence bound that much later, so its
-//!   next report counts the gap as up when it shows the same boot (and from the boot
-//!   when it shows a reboot). Billing is unchanged: nobody is billed for the outage.
+//!   running total ([`crate::Economy::outage_ms`]). When a node's silence since its
+//!   previous report (or registration), less the outage within it, is at most two
+//!   intervals, its report counts the whole silence as up when it shows the same boot
+//!   (and from the boot when it shows a reboot). A longer silence while the ledger ran
+//!   counts as before, outage or not. Billing is unchanged: nobody is billed for the
+//!   outage.
 //!
 //!   A node's first report counts `[max(registration, t − u), t)`. Its `b` becomes `b₀`,
 //!   as does the `b` of a reboot or of any violation, so one fault is counted once.
@@ -58,7 +60,8 @@
 //!   the end has reported since; a report later than that credits only the new period.
 //!   From rules 2, the outage after the period's end is added to that wait
 //!   ([`crate::Economy::mint_outage_ms`]): nodes have two intervals of a live ledger to
-//!   report the period's end.
+//!   report the period's end. The wait ends one interval before the next period does at
+//!   the latest, since a node keeps counters for two periods only.
 //! - Minting walks the nodes in id order, [`MINT_NODES_PER_BLOCK`] per block, from a
 //!   cursor kept in the state: the work per period is O(nodes) and per block is bounded.
 //!   Each node registered before the period's end gets a [`RewardReceipt`] (also when
@@ -259,13 +262,23 @@ impl State {
     ) -> i64 {
         // Read before the node's record takes this report: its silence so far ends there.
         let outage_ms = self.economy().outage_ms;
+        let two_intervals_ms = self.params().uptime_interval_secs.saturating_mul(2000);
         let Some((registered_ms, up_until_ms)) = self.node(node).map(|n| {
-            // The ledger's outage since the node's last report was no silence of the node's.
+            let bound_ms = n.up_until_ms(self.params());
+            // The ledger's outage since the node's last report was no silence of the node's:
+            // when the rest of the silence, while the ledger ran, is within the two
+            // intervals, the whole silence may count. Otherwise the node fell silent while
+            // the ledger could hear it, and its silence counts as before (the outages are
+            // not kept one by one, so one after that bound is not told from one before).
             let outage_since = outage_ms.saturating_sub(n.ledger_outage_ms);
-            (
-                n.registered_ms,
-                n.up_until_ms(self.params()).saturating_add(outage_since),
-            )
+            let since_ms = n.uptime.last_report_ms.unwrap_or(n.registered_ms);
+            let heard_ms = now_ms.saturating_sub(since_ms).saturating_sub(outage_since);
+            let bound_ms = if outage_since > 0 && heard_ms <= two_intervals_ms {
+                bound_ms.max(now_ms)
+            } else {
+                bound_ms
+            };
+            (n.registered_ms, bound_ms)
         }) else {
             return to_i64(timestamp_secs as i128 - uptime_secs as i128);
         };
@@ -379,10 +392,14 @@ impl State {
         let (start_ms, end_ms) = self.period_bounds(period);
         let len_ms = self.period_len_ms();
         let settle_ms = self.params().uptime_interval_secs.saturating_mul(2000);
-        // Nodes get two intervals of a live ledger to report the period's end.
-        let settled_ms = end_ms
-            .saturating_add(settle_ms)
-            .saturating_add(economy.mint_outage_ms);
+        // Nodes get two intervals of a live ledger to report the period's end, but the
+        // period is minted an interval before the next one ends at the latest: a report
+        // in the period after that would roll the node's counters past it.
+        let interval_ms = self.params().uptime_interval_secs.saturating_mul(1000);
+        let wait_ms = settle_ms
+            .saturating_add(economy.mint_outage_ms)
+            .min(len_ms.saturating_sub(interval_ms).max(settle_ms));
+        let settled_ms = end_ms.saturating_add(wait_ms);
         if now_ms < settled_ms {
             return;
         }

@@ -651,7 +651,11 @@ fn ended_mid_interval(release: bool) -> (u64, Vec<peergrid_ledger::Bill>, Option
 #[test]
 fn a_contract_its_node_gives_back_is_not_billed_for_the_time_since_its_last_bill() {
     let (spent, bills, holder) = ended_mid_interval(true);
-    assert_eq!(bills.len(), 1, "no last bill: {bills:?}");
+    // The last 5 s are in the history, written off: nothing paid for them.
+    assert_eq!(bills.len(), 2, "{bills:?}");
+    assert_eq!(bills[1].to_ms - bills[1].from_ms, 5_000);
+    assert_eq!(bills[1].status, BillStatus::WrittenOff, "{:?}", bills[1]);
+    assert_eq!(bills[1].tokens.0, 0);
     assert_eq!(
         spent, 0,
         "the owner paid nothing for the 5 s the node did not serve"
@@ -662,7 +666,40 @@ fn a_contract_its_node_gives_back_is_not_billed_for_the_time_since_its_last_bill
     assert_eq!(bills.len(), 2, "{bills:?}");
     assert_eq!(bills[1].to_ms - bills[1].from_ms, 5_000);
     assert!(spent > bills[1].tokens.0, "{spent} {:?}", bills[1]);
+    assert_eq!(bills[1].status, BillStatus::Paid);
     assert_eq!(holder, None);
+}
+
+#[test]
+fn a_chain_of_older_ledger_rules_refuses_releases_its_validators_may_not_know() {
+    let mut chain = Chain::with_rules(1);
+    let (_, node) = grid(&mut chain);
+    let c = contract_id(&chain.ok(1, &key(5), deploy(node, 1, 1, 10, 0)));
+    let err = chain.err(
+        1,
+        &key(40),
+        Payload::ReleaseContract {
+            contract: c,
+            reason: "no room".into(),
+        },
+    );
+    assert_eq!(
+        err,
+        TxError::LedgerRules {
+            what: "releasing a contract".into(),
+            needs: 2,
+            runs: 1
+        }
+    );
+    assert!(err.to_string().contains("peergrid gov params"), "{err}");
+    assert!(
+        chain
+            .ledger
+            .state()
+            .contract(c)
+            .expect("contract")
+            .is_live()
+    );
 }
 
 /// A storage contract of 10 GiB (priced as HDD: 14 USD per 1200 GiB a month) costs about
@@ -1323,6 +1360,73 @@ fn a_ledger_stalled_across_a_period_end(ledger_rules: u64) -> (bool, RewardRecei
     }
     let (receipt, _) = report_every_10_s_until_minted(&mut chain, [a, b], [BOOTED_LONG_AGO; 2]);
     (false, receipt)
+}
+
+/// A node that fell silent while the ledger ran gets nothing for an outage that came after:
+/// its silence before the outage is already past the two intervals.
+#[test]
+fn an_outage_after_a_node_fell_silent_is_not_credited_to_it() {
+    let mut chain = Chain::new();
+    let (steady, silent) = two_nodes(&mut chain);
+    let report_steady = |chain: &mut Chain, secs: u64| {
+        chain.now_ms += secs * 1000;
+        let tx = steady_report(chain, &key(40), steady);
+        chain.block(0, &[tx]);
+    };
+    for _ in 0..20 {
+        chain.now_ms += 10_000;
+        let txs = [
+            steady_report(&chain, &key(40), steady),
+            steady_report(&chain, &key(41), silent),
+        ];
+        chain.block(0, &txs);
+    }
+    // 60 s of blocks without the second node's reports, then 70 s without any block.
+    for _ in 0..6 {
+        report_steady(&mut chain, 10);
+    }
+    report_steady(&mut chain, 70);
+    let (s, f) = report_every_10_s_until_minted(&mut chain, [steady, silent], [BOOTED_LONG_AGO; 2]);
+    assert_eq!(s.up_secs, s.period_secs, "{s:?}");
+    // 140 s of silence (its next report comes 10 s after the stall), 20 s of it still
+    // counted as up, as before rules 2.
+    assert_eq!(f.period_secs - f.up_secs, 120, "{f:?}");
+}
+
+/// The ledger stalls from a second after period 0 ends until 5 s before period 1 does;
+/// the block after the stall carries both nodes' reports. Minting period 0 must not wait
+/// into period 2, where a node's next report would roll its counters past period 0.
+#[test]
+fn a_stall_through_most_of_the_next_period_still_mints_the_period_whole() {
+    let mut chain = Chain::new();
+    let (a, b) = two_nodes(&mut chain);
+    let (start_ms, end_ms) = chain.ledger.state().period_bounds(0);
+    let len_ms = end_ms - start_ms;
+    chain.now_ms += (end_ms - 5_000 - chain.now_ms) % 10_000;
+    while chain.now_ms < end_ms - 5_000 {
+        chain.now_ms += 10_000;
+        let txs = [
+            steady_report(&chain, &key(40), a),
+            steady_report(&chain, &key(41), b),
+        ];
+        chain.block(0, &txs);
+    }
+    chain.now_ms = end_ms + 1_000;
+    chain.block(0, &[]);
+    chain.now_ms = end_ms + len_ms - 5_000;
+    let mut blocks = 0;
+    while chain.ledger.state().receipt(0, a).is_none() {
+        assert!(blocks < 10, "period 0 was not minted");
+        blocks += 1;
+        let txs = [
+            steady_report(&chain, &key(40), a),
+            steady_report(&chain, &key(41), b),
+        ];
+        chain.block(0, &txs);
+        chain.now_ms += 10_000;
+    }
+    let receipt = chain.ledger.state().receipt(0, a).expect("minted");
+    assert_eq!(receipt.up_secs, receipt.period_secs, "{receipt:?}");
 }
 
 #[test]

@@ -1097,6 +1097,28 @@ fn every_kind_of_rejection_is_reachable_changes_nothing_and_round_trips_through_
             };
             h.rejected(&key(1), certify_nothing)
         }),
+        // A transaction of newer ledger rules than the chain's, whose validators may not
+        // know it.
+        case!(
+            TxError::LedgerRules {
+                needs: 2,
+                runs: 1,
+                ..
+            },
+            |h| {
+                h.state = peergrid_ledger::State::from_genesis(&peergrid_ledger::Genesis {
+                    ledger_rules: 1,
+                    ..genesis(9)
+                });
+                h.rejected(
+                    &key(1),
+                    Payload::ReleaseContract {
+                        contract: 1,
+                        reason: "no room".into(),
+                    },
+                )
+            }
+        ),
         // The amount plus its fee cannot be represented: refused before any balance moves.
         case!(TxError::Overflow(_), |h| h.rejected(
             &key(1),

@@ -1,15 +1,16 @@
 //! The node daemon: start-up, uptime reports, and the tasks that run side by side.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use peergrid_client::{Client, TxStatus};
 use peergrid_core::tx::Signature;
-use peergrid_core::{FarmId, Keypair, NodeId, Payload};
+use peergrid_core::{ContractId, FarmId, Keypair, NodeId, Payload};
 use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
 
@@ -341,6 +342,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Running> {
             id,
         )),
         tokio::spawn(reconcile::follow(shared.clone(), client.clone())),
+        tokio::spawn(release_refused(shared.clone(), client.clone(), key.clone())),
         tokio::spawn(save_logs(compute.clone())),
         tokio::spawn(scrub_shards(shared.storage.clone())),
         health_task,
@@ -413,11 +415,7 @@ async fn report_uptime(shared: Arc<Shared>, client: Arc<Client>, key: Keypair, n
     let interval_ms = shared.interval_secs.max(1) * 1000;
     // The window of the last report sent.
     let mut sent_in: Option<u64> = None;
-    // Contracts refused here, and the tick that first saw each refused.
-    let mut refused_seen = std::collections::BTreeMap::new();
-    let mut tick = 0u64;
     loop {
-        tick += 1;
         // The ledger accepts one report per window of ledger time (interval-aligned);
         // report a quarter into each window, so finality latency and clock drift never
         // push two reports into one window and leave the next one empty. The first report
@@ -461,81 +459,138 @@ async fn report_uptime(shared: Arc<Shared>, client: Arc<Client>, key: Keypair, n
             }
         }
         report_usage(&shared, &client, &key, interval).await;
-        release_refused(&shared, &client, &key, interval, &mut refused_seen, tick).await;
     }
 }
 
-/// Give back to the ledger each contract this node has refused since the tick before
-/// this one and still refuses when it reads the contract again: its owner would pay for
-/// nothing, since a refused contract holds no workload and no data here. A refusal seen
-/// at this tick waits for the next, so one that the next reading clears (capacity freed
-/// by another contract's end) costs nothing.
-async fn release_refused(
+/// Give back to the ledger, every report interval, each contract this node has refused
+/// for at least an interval and still refuses when it reads the contract again: its owner
+/// would pay for nothing, since a refused contract holds no workload and no data here.
+/// Its own task, so that neither the world's lock nor a slow release delays an uptime
+/// report. A refusal the next reading clears (capacity freed by another contract's end)
+/// costs nothing, and none is released before the node's first full reading of its
+/// contracts, nor from a reading older than what the node follows.
+async fn release_refused(shared: Arc<Shared>, client: Arc<Client>, key: Keypair) {
+    let interval = Duration::from_secs(shared.interval_secs.max(1));
+    // Contracts refused here, when each was first seen refused, and whether its release
+    // failed already (the next failure is logged at debug level only).
+    let mut seen: BTreeMap<ContractId, (Instant, bool)> = BTreeMap::new();
+    let mut rules_told = false;
+    loop {
+        tokio::time::sleep(interval).await;
+        let refused: Vec<ContractId> = {
+            let world = shared.world.lock().await;
+            if !world.synced {
+                continue;
+            }
+            (world.workloads.values())
+                .filter(|w| !w.holds_capacity())
+                .map(|w| w.contract)
+                .collect()
+        };
+        seen.retain(|id, _| refused.contains(id));
+        let due: Vec<ContractId> = refused
+            .into_iter()
+            .filter(|id| {
+                let (since, _) = seen.entry(*id).or_insert((Instant::now(), false));
+                since.elapsed() >= interval
+            })
+            .collect();
+        if due.is_empty() {
+            continue;
+        }
+        match client.status().await {
+            Ok(s) if s.data.ledger_rules < peergrid_client::types::records::RULES_RELEASE => {
+                if !rules_told {
+                    rules_told = true;
+                    warn!(
+                        contracts = ?due,
+                        rules = s.data.ledger_rules,
+                        "this node refuses contracts it cannot serve, but this chain's ledger \
+                         rules are too old for it to give them back; their owners are billed \
+                         until they cancel them"
+                    );
+                }
+                continue;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                debug!(error = %e, "cannot read the ledger's status; releases wait");
+                continue;
+            }
+        }
+        for id in due {
+            let failed_before = seen.get(&id).is_some_and(|(_, failed)| *failed);
+            match release_one(&shared, &client, &key, id, interval).await {
+                Ok(true) => {
+                    seen.remove(&id);
+                }
+                Ok(false) => {}
+                Err(why) => {
+                    if failed_before {
+                        debug!(contract = id, %why, "cannot release a refused contract yet");
+                    } else {
+                        warn!(contract = id, %why, "cannot release a refused contract; trying again every interval");
+                    }
+                    if let Some(entry) = seen.get_mut(&id) {
+                        entry.1 = true;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Read contract `id` again and, when this node still refuses it, release it; whether it
+/// was released.
+async fn release_one(
     shared: &Shared,
     client: &Client,
     key: &Keypair,
+    id: ContractId,
     timeout: Duration,
-    seen: &mut std::collections::BTreeMap<peergrid_core::ContractId, u64>,
-    tick: u64,
-) {
-    let refused: Vec<peergrid_core::ContractId> = {
-        let world = shared.world.lock().await;
-        world
-            .workloads
-            .values()
-            .filter(|w| !w.holds_capacity())
-            .map(|w| w.contract)
-            .collect()
+) -> Result<bool, String> {
+    let read = client
+        .proven_contract(id)
+        .await
+        .map_err(|e| format!("cannot read it: {e}"))?;
+    let followed = shared.world.lock().await.followed_height;
+    if read.height < followed {
+        return Ok(false);
+    }
+    let Some(contract) = read.value else {
+        return Ok(false);
     };
-    seen.retain(|id, _| refused.contains(id));
-    for id in refused {
-        if *seen.entry(id).or_insert(tick) == tick {
-            continue;
+    reconcile::reconcile_one(shared, &contract).await;
+    let reason = match shared
+        .world
+        .lock()
+        .await
+        .workloads
+        .get(&id)
+        .map(|w| &w.state)
+    {
+        Some(WorkloadState::Refused { reason }) => reason.clone(),
+        _ => return Ok(false),
+    };
+    let payload = Payload::ReleaseContract {
+        contract: id,
+        reason: release_reason(&reason),
+    };
+    match client.send(key, payload, timeout).await {
+        Ok((_, TxStatus::Finalized { .. })) => {
+            info!(
+                contract = id,
+                %reason,
+                "released: the ledger deleted the contract this node could not serve, and its \
+                 owner is not billed for it any more"
+            );
+            Ok(true)
         }
-        let contract = match reconcile::contract(client, id).await {
-            Ok(Some(c)) => c,
-            Ok(None) => continue,
-            Err(e) => {
-                debug!(contract = id, error = %e, "cannot read a refused contract; next interval");
-                continue;
-            }
-        };
-        reconcile::reconcile_one(shared, &contract).await;
-        let reason = match shared
-            .world
-            .lock()
-            .await
-            .workloads
-            .get(&id)
-            .map(|w| &w.state)
-        {
-            Some(WorkloadState::Refused { reason }) => reason.clone(),
-            _ => continue,
-        };
-        let payload = Payload::ReleaseContract {
-            contract: id,
-            reason: release_reason(&reason),
-        };
-        match client.send(key, payload, timeout).await {
-            Ok((_, TxStatus::Finalized { .. })) => {
-                seen.remove(&id);
-                info!(
-                    contract = id,
-                    %reason,
-                    "released: the ledger deleted the contract this node could not serve, \
-                     and its owner is not billed for it any more"
-                );
-            }
-            Ok((_, TxStatus::Rejected { reason, .. })) => {
-                warn!(contract = id, %reason, "the ledger refused to release a refused contract")
-            }
-            Ok((hash, other)) => {
-                debug!(%hash, status = ?other, "release not final; retrying next interval")
-            }
-            Err(e) => {
-                warn!(contract = id, error = %e, "cannot release a refused contract; retrying next interval")
-            }
+        Ok((_, TxStatus::Rejected { reason, .. })) => {
+            Err(format!("the ledger refused it: {reason}"))
         }
+        Ok((hash, other)) => Err(format!("not final yet ({hash}: {other:?})")),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -543,7 +598,13 @@ async fn release_refused(
 fn release_reason(reason: &str) -> String {
     let line: String = reason
         .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
+        .map(|c| {
+            if peergrid_core::tx::hides_text(c) {
+                ' '
+            } else {
+                c
+            }
+        })
         .collect();
     let mut cut = line.trim().to_string();
     if cut.is_empty() {
@@ -787,7 +848,7 @@ mod tests {
         assert_eq!(release_reason(" \t "), "this node cannot serve it");
         let long = release_reason(&"ü".repeat(RELEASE_REASON_BYTES_MAX));
         assert!(long.len() <= RELEASE_REASON_BYTES_MAX && long.chars().all(|c| c == 'ü'));
-        for reason in ["x\u{7}y", &"ü".repeat(300)] {
+        for reason in ["x\u{7}y", "a\u{202E}b", &"ü".repeat(300)] {
             let payload = peergrid_core::Payload::ReleaseContract {
                 contract: 1,
                 reason: release_reason(reason),

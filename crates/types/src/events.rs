@@ -262,6 +262,19 @@ pub enum TxError {
     /// A counter or sum would overflow.
     #[error("arithmetic overflow in {0}")]
     Overflow(String),
+    /// The chain's ledger rules are older than what was tried.
+    #[error(
+        "{what} needs ledger rules {needs} or later; this chain runs rules {runs} (`peergrid gov \
+         params`), whose validators may not know it"
+    )]
+    LedgerRules {
+        /// What was tried.
+        what: String,
+        /// The rules it needs.
+        needs: u64,
+        /// The chain's.
+        runs: u64,
+    },
 }
 
 impl From<FieldError> for TxError {

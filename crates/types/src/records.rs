@@ -303,6 +303,11 @@ pub enum DeleteReason {
     ReleasedByNode,
 }
 
+/// The ledger rules from which a node may give back a contract it cannot serve
+/// (`ReleaseContract`): validators of an older chain may run a peergrid that cannot
+/// decode it.
+pub const RULES_RELEASE: u64 = 2;
+
 impl std::fmt::Display for DeleteReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -795,8 +800,9 @@ extended_borsh!(
     mint_outage_ms
 );
 
-/// The part of a gap between two blocks that is the ledger's outage: what lies beyond this,
-/// the same 10 s past an idle chain's rest after which `/health` calls the chain stalled.
+/// The part of a gap between two blocks that is the ledger's outage: what lies beyond this
+/// past an idle chain's rest. A rule of ledger rules 2, fixed with them: it matches the
+/// 10 s after which `/health` calls a chain stalled today, but must not follow it.
 pub const STALL_GAP_MS: u64 = 10_000;
 
 /// Configuration that changes only by governance.

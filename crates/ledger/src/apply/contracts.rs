@@ -3,7 +3,7 @@
 use peergrid_core::tx::ContractSpec;
 use peergrid_core::{AccountId, Capacity, ContractId, Hash};
 
-use crate::records::{Contract, ContractState, DeleteReason};
+use crate::records::{Contract, ContractState, DeleteReason, RULES_RELEASE};
 use crate::state::State;
 
 use super::*;
@@ -145,8 +145,8 @@ impl State {
         Ok(())
     }
 
-    /// A node gives back a contract it cannot serve: deleted without a last bill, since
-    /// the owner got nothing for the time since the previous one.
+    /// A node gives back a contract it cannot serve: deleted, its last bill written off,
+    /// since the owner got nothing for the time since the previous one.
     pub(super) fn release_contract(
         &mut self,
         at: Applying<'_>,
@@ -155,6 +155,14 @@ impl State {
         events: &mut Vec<Event>,
     ) -> Result<(), TxError> {
         let Applying { signer, ctx, .. } = at;
+        let rules = self.config().ledger_rules;
+        if rules < RULES_RELEASE {
+            return Err(TxError::LedgerRules {
+                what: "releasing a contract".into(),
+                needs: RULES_RELEASE,
+                runs: rules,
+            });
+        }
         let c = self
             .contract(*contract)
             .ok_or(TxError::UnknownContract(*contract))?;
@@ -189,6 +197,8 @@ impl State {
             node,
             reason: reason.to_string(),
         });
+        // Nothing is billed for what the node did not serve, and the history says so.
+        self.write_off(*contract, ctx.time_ms, events);
         self.delete_contract(*contract, DeleteReason::ReleasedByNode, ctx.time_ms, events);
         Ok(())
     }
