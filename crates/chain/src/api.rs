@@ -1354,14 +1354,17 @@ mod tests {
             })
             .collect();
         // Past period 0 and its settle delay, so every node has its receipt. The jump is
-        // the ledger's outage: period 0 waits for it up to an interval before period 1
-        // ends, and period 1 for two intervals of blocks after it (not reached here).
+        // the ledger's outage, so minting waits for two report intervals and a gap's head
+        // of blocks after it (period 1 waits longer, not reached here).
         let period_ms = d.genesis.params.minting_period_secs * 1000;
         let blocks = [
             (1_000, txs),
             (2_000, register),
             (2 * period_ms, vec![]),
             (2 * period_ms + 10_000, vec![]),
+            (2 * period_ms + 20_000, vec![]),
+            (2 * period_ms + 30_000, vec![]),
+            (2 * period_ms + 40_000, vec![]),
         ];
         for (height, (after_ms, txs)) in blocks.into_iter().enumerate() {
             let ctx = BlockContext {
@@ -1697,9 +1700,13 @@ mod tests {
                 ],
             ),
             // Past period 0 and its settle delay: the contracts are billed, the node has its
-            // receipt (the jump is the ledger's outage, which minting waits for up to an
-            // interval before the next period ends).
+            // receipt (the jump is the ledger's outage: minting waits for two report
+            // intervals and a gap's head of blocks after it).
             (2 * period_ms, vec![]),
+            (2 * period_ms + 10_000, vec![]),
+            (2 * period_ms + 20_000, vec![]),
+            (2 * period_ms + 30_000, vec![]),
+            (2 * period_ms + 40_000, vec![]),
         ];
         let mut parent = Block::genesis(&d.genesis.hash(), GENESIS_MS);
         for (height, (after_ms, txs)) in blocks.into_iter().enumerate() {

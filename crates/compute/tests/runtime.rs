@@ -417,9 +417,10 @@ async fn a_job_filling_its_data_folder_is_refused_at_its_quota() {
         assert_eq!(out.exit_code, Some(1), "{mode}: {out:?}");
         assert_eq!(out.limit_exceeded, None, "{mode}: {out:?}");
         let (wrote, why) = filled(&out);
-        // Up to the quota, less the file's own entry and one write that did not fit.
+        // Up to the quota, less at most the file's own entry and one write that did not
+        // fit (both, exactly, in a CI run of stream writes).
         assert!(
-            wrote <= quota && wrote + unit + 8192 > quota,
+            wrote <= quota && wrote + unit + 8192 >= quota,
             "{mode}: wrote {wrote} of {quota}"
         );
         assert!(why.contains(word), "{mode}: {why}");

@@ -576,7 +576,15 @@ fn check_size(
 /// character, or an invisible one that reorders or hides text (bidi overrides, zero-width).
 pub fn hides_text(c: char) -> bool {
     c.is_control()
-        || matches!(c, '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+        || matches!(
+            c,
+            '\u{061C}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{2028}'..='\u{202E}'
+                | '\u{2060}'..='\u{2069}'
+                | '\u{FEFF}'
+                | '\u{E0000}'..='\u{E007F}'
+        )
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> FieldError {
@@ -1083,7 +1091,13 @@ mod tests {
             release(&"x".repeat(RELEASE_REASON_BYTES_MAX + 1)).check(),
             Err(FieldError::TooLong { .. })
         ));
-        for bad in ["", "  ", "full\n\x1b[31mdisk", "disk \u{202E}lluf"] {
+        for bad in [
+            "",
+            "  ",
+            "full\n\x1b[31mdisk",
+            "disk \u{202E}lluf",
+            "a\u{2028}b",
+        ] {
             assert!(
                 matches!(release(bad).check(), Err(FieldError::Invalid { .. })),
                 "{bad:?}"

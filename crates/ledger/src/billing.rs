@@ -316,6 +316,10 @@ impl State {
         let Some(c) = self.contracts.get(&id) else {
             return;
         };
+        // Billed up to now already (created, updated or resumed in this block): nothing to say.
+        if now_ms <= c.billed_until_ms && c.unbilled_nu_bytes == 0 {
+            return;
+        }
         let mut bill = self.price_bill(c, now_ms);
         bill.status = BillStatus::WrittenOff;
         bill.tokens = Amount::ZERO;

@@ -40,7 +40,8 @@
 //!   plus [`STALL_GAP_MS`] is the ledger's **outage** for what lies beyond that, kept as a
 //!   running total ([`crate::Economy::outage_ms`]). When a node's silence since its
 //!   previous report (or registration), less the outage within it, is at most two
-//!   intervals, its report counts the whole silence as up when it shows the same boot
+//!   intervals and one gap's head (the idle rest and [`STALL_GAP_MS`], in which no node
+//!   could be heard either), its report counts the whole silence as up when it shows the same boot
 //!   (and from the boot when it shows a reboot). A longer silence while the ledger ran
 //!   counts as before, outage or not. Billing is unchanged: nobody is billed for the
 //!   outage.
@@ -60,8 +61,9 @@
 //!   the end has reported since; a report later than that credits only the new period.
 //!   From rules 2, the outage after the period's end is added to that wait
 //!   ([`crate::Economy::mint_outage_ms`]): nodes have two intervals of a live ledger to
-//!   report the period's end. The wait ends one interval before the next period does at
-//!   the latest, since a node keeps counters for two periods only.
+//!   report the period's end (with one gap's head, which no node could report in either). A node
+//!   keeps counters for two periods only: from rules 2, a report that would roll them past
+//!   a period not minted yet mints that node's receipt for it first, and the batch skips it.
 //! - Minting walks the nodes in id order, [`MINT_NODES_PER_BLOCK`] per block, from a
 //!   cursor kept in the state: the work per period is O(nodes) and per block is bounded.
 //!   Each node registered before the period's end gets a [`RewardReceipt`] (also when
@@ -270,10 +272,15 @@ impl State {
             // intervals, the whole silence may count. Otherwise the node fell silent while
             // the ledger could hear it, and its silence counts as before (the outages are
             // not kept one by one, so one after that bound is not told from one before).
+            // The head of a stalled gap (the idle rest and `STALL_GAP_MS`) is not outage,
+            // yet no node could be heard in it either: one such head is allowed for.
             let outage_since = outage_ms.saturating_sub(n.ledger_outage_ms);
             let since_ms = n.uptime.last_report_ms.unwrap_or(n.registered_ms);
             let heard_ms = now_ms.saturating_sub(since_ms).saturating_sub(outage_since);
-            let bound_ms = if outage_since > 0 && heard_ms <= two_intervals_ms {
+            let allowed_ms = two_intervals_ms
+                .saturating_add(STALL_GAP_MS)
+                .saturating_add(self.params().idle_block_ms);
+            let bound_ms = if outage_since > 0 && heard_ms <= allowed_ms {
                 bound_ms.max(now_ms)
             } else {
                 bound_ms
@@ -290,23 +297,34 @@ impl State {
             timestamp_secs,
             self.params().clock_skew_max_secs,
         );
+        // What billing counts as down, silence beyond two report intervals since the previous
+        // report (or registration), is not counted up: the node's contracts were not billed
+        // for it, so its farmer is not rewarded for it either. The ledger's own outage
+        // (rules 2 on) is not the node's silence: nobody is billed for it, and a node that
+        // shows it ran through it is rewarded for it.
+        let credit = match verdict {
+            ReportVerdict::Up { from_ms, to_ms } => {
+                let to_ms = to_ms.min(up_until_ms);
+                Some((from_ms.min(to_ms), to_ms))
+            }
+            ReportVerdict::Violation(_) => None,
+        };
+        let credit_slot = |state: &State, slot: &mut PeriodUptime| {
+            if let Some((from_ms, to_ms)) = credit {
+                let (start, end) = state.period_bounds(slot.period);
+                let overlap = to_ms.min(end).saturating_sub(from_ms.max(start));
+                slot.up_ms = slot.up_ms.saturating_add(overlap);
+            }
+        };
+        if self.config().ledger_rules >= RULES_LEDGER_OUTAGE {
+            self.mint_before_rolling(node, now_ms, &credit_slot, events);
+        }
         let mut u = self.uptime_now(node, now_ms);
         u.current.reports = u.current.reports.saturating_add(1);
+        credit_slot(self, &mut u.previous);
+        credit_slot(self, &mut u.current);
         match verdict {
-            ReportVerdict::Up { from_ms, to_ms } => {
-                // What billing counts as down, silence beyond two report intervals since the
-                // previous report (or registration), is not counted up: the node's contracts
-                // were not billed for it, so its farmer is not rewarded for it either. The
-                // ledger's own outage (rules 2 on) is not the node's silence: nobody is billed
-                // for it, and a node that shows it ran through it is rewarded for it.
-                let to_ms = to_ms.min(up_until_ms);
-                let from_ms = from_ms.min(to_ms);
-                for slot in [&mut u.previous, &mut u.current] {
-                    let (start, end) = self.period_bounds(slot.period);
-                    let overlap = to_ms.min(end).saturating_sub(from_ms.max(start));
-                    slot.up_ms = slot.up_ms.saturating_add(overlap);
-                }
-            }
+            ReportVerdict::Up { .. } => {}
             ReportVerdict::Violation(kind) => {
                 let slot = &mut u.current;
                 if slot.violations.len() < VIOLATIONS_KEPT {
@@ -325,6 +343,36 @@ impl State {
         }
         self.node_uptime.insert(node, u);
         boot_secs
+    }
+
+    /// Mint now, from its own counters, each period of `node` not minted yet that this
+    /// report at `now_ms` would roll its counters past (they hold two periods): after a
+    /// stall as long as a period, minting waits for the nodes' reports while their reports
+    /// move on. `credit` adds this report's up time to such a period first.
+    fn mint_before_rolling(
+        &mut self,
+        node: NodeId,
+        now_ms: u64,
+        credit: &dyn Fn(&State, &mut PeriodUptime),
+        events: &mut Vec<Event>,
+    ) {
+        let Some(kept) = self.node_uptime.get(&node).cloned() else {
+            return;
+        };
+        let period = self.period_of(now_ms);
+        let unminted = self.economy().mint_period;
+        // The current slot first: in period 0 both slots name period 0.
+        for mut slot in [kept.current, kept.previous] {
+            let dropped = slot.period.saturating_add(1) < period;
+            if !dropped || slot.period < unminted || self.receipt(slot.period, node).is_some() {
+                continue;
+            }
+            credit(self, &mut slot);
+            let (start_ms, end_ms) = self.period_bounds(slot.period);
+            if let Some(r) = self.receipt_from(slot, node, start_ms, end_ms, now_ms) {
+                self.mint_receipt(r, events);
+            }
+        }
     }
 
     /// Count the gap since the previous block beyond [`STALL_GAP_MS`] as the ledger's outage
@@ -392,14 +440,19 @@ impl State {
         let (start_ms, end_ms) = self.period_bounds(period);
         let len_ms = self.period_len_ms();
         let settle_ms = self.params().uptime_interval_secs.saturating_mul(2000);
-        // Nodes get two intervals of a live ledger to report the period's end, but the
-        // period is minted an interval before the next one ends at the latest: a report
-        // in the period after that would roll the node's counters past it.
-        let interval_ms = self.params().uptime_interval_secs.saturating_mul(1000);
-        let wait_ms = settle_ms
+        // Nodes get two intervals of a live ledger to report the period's end (a report
+        // that would roll a node's counters past the period mints its receipt first). The
+        // head of a stalled gap is not outage, yet no node could report in it: one head is
+        // added when there was an outage. Only one: a chain that keeps stalling for a
+        // little over the head still mints.
+        let head_ms = match economy.mint_outage_ms {
+            0 => 0,
+            _ => STALL_GAP_MS.saturating_add(self.params().idle_block_ms),
+        };
+        let settled_ms = end_ms
+            .saturating_add(settle_ms)
             .saturating_add(economy.mint_outage_ms)
-            .min(len_ms.saturating_sub(interval_ms).max(settle_ms));
-        let settled_ms = end_ms.saturating_add(wait_ms);
+            .saturating_add(head_ms);
         if now_ms < settled_ms {
             return;
         }
@@ -410,6 +463,10 @@ impl State {
             .map(|(id, _)| *id)
             .collect();
         for &node in &batch {
+            // Minted already when a report would have rolled its counters past the period.
+            if self.receipt(period, node).is_some() {
+                continue;
+            }
             if let Some(receipt) = self.reward_receipt(period, node, start_ms, end_ms, now_ms) {
                 self.mint_receipt(receipt, events);
             }
@@ -439,11 +496,6 @@ impl State {
         end_ms: u64,
         now_ms: u64,
     ) -> Option<RewardReceipt> {
-        let n = self.node(node)?;
-        if n.registered_ms >= end_ms {
-            return None;
-        }
-        let farm = self.farm(n.farm)?;
         let counters = self
             .node_uptime
             .get(&node)
@@ -454,6 +506,25 @@ impl State {
                     .cloned()
             })
             .unwrap_or_else(|| PeriodUptime::new(period));
+        self.receipt_from(counters, node, start_ms, end_ms, now_ms)
+    }
+
+    /// The receipt `node` earns for the period of `counters`, or `None` if it was
+    /// registered after the period.
+    fn receipt_from(
+        &self,
+        counters: PeriodUptime,
+        node: NodeId,
+        start_ms: u64,
+        end_ms: u64,
+        now_ms: u64,
+    ) -> Option<RewardReceipt> {
+        let period = counters.period;
+        let n = self.node(node)?;
+        if n.registered_ms >= end_ms {
+            return None;
+        }
+        let farm = self.farm(n.farm)?;
         let counted_from_ms = start_ms.max(n.registered_ms);
         let period_secs = (end_ms - counted_from_ms) / 1000;
         let up_secs = (counters.up_ms / 1000).min(period_secs);

@@ -21,6 +21,8 @@ struct Chain {
     /// Nodes (key seed, id) that report their uptime in every block that opens a new report
     /// window and carries no transaction of theirs: they stay up, so their contracts are billed.
     kept_up: Vec<(u8, u32)>,
+    /// The events of the kept-up nodes' reports in the last block.
+    report_events: Vec<Event>,
 }
 
 impl Chain {
@@ -39,6 +41,7 @@ impl Chain {
             now_ms: GENESIS_MS,
             blocks: Vec::new(),
             kept_up: Vec::new(),
+            report_events: Vec::new(),
         }
     }
 
@@ -88,6 +91,11 @@ impl Chain {
         // The reports added go last; the caller sees the receipts of its own transactions.
         let reports = out.receipts.split_off(asked);
         assert!(reports.iter().all(|r| r.result.is_ok()), "{reports:?}");
+        self.report_events = reports
+            .into_iter()
+            .filter_map(|r| r.result.ok())
+            .flatten()
+            .collect();
         out
     }
 
@@ -462,11 +470,16 @@ fn receipts_older_than_the_retention_are_pruned_and_their_events_stay() {
     let (farm, node) = grid(&mut chain);
     let kept = peergrid_ledger::minting::RECEIPT_PERIODS_KEPT;
     let half_period = chain.ledger.state().params().minting_period_secs / 2;
-    // Blocks every half period: each mints the periods that have settled.
+    // Blocks every half period: each mints the periods that have settled. Each gap is a
+    // stall of the ledger (rules 2), which minting waits for, so it trails by a period
+    // or so; it still mints every period once, in order.
     let mut minted = Vec::new();
-    for _ in 0..2 * (kept + 3) {
+    for _ in 0..3 * (kept + 3) {
         let out = chain.block(half_period, &[]);
-        minted.extend(out.end_events.iter().filter_map(|e| match e {
+        // A report that would roll the node's counters past a period not minted yet mints
+        // it first, in the report's own events.
+        let events = chain.report_events.iter().chain(&out.end_events);
+        minted.extend(events.filter_map(|e| match e {
             Event::RewardMinted {
                 period, node: n, ..
             } if *n == node => Some(*period),
@@ -476,9 +489,13 @@ fn receipts_older_than_the_retention_are_pruned_and_their_events_stay() {
     let state = chain.ledger.state();
     let next = state.economy().mint_period;
     assert!(next > kept + 1, "{next}");
+    // The node's own reports mint its receipts of the periods the batches have not
+    // reached yet: each period once, in order, from 0 past the batches' cursor.
+    let last = minted.last().copied().unwrap_or(0);
+    assert!(last + 1 >= next, "{minted:?}");
     assert_eq!(
         minted,
-        (0..next).collect::<Vec<_>>(),
+        (0..=last).collect::<Vec<_>>(),
         "each period minted once"
     );
 
@@ -496,7 +513,7 @@ fn receipts_older_than_the_retention_are_pruned_and_their_events_stay() {
         .receipts_of_farm(farm, (u64::MAX, 0))
         .map(|r| r.period)
         .collect();
-    assert_eq!(listed, (from..next).rev().collect::<Vec<_>>());
+    assert_eq!(listed, (from..=last).rev().collect::<Vec<_>>());
     assert_eq!(state.receipts_of_period(0, 0).count(), 0);
     assert!(state.supply_is_conserved());
 }
@@ -1362,6 +1379,36 @@ fn a_ledger_stalled_across_a_period_end(ledger_rules: u64) -> (bool, RewardRecei
     (false, receipt)
 }
 
+/// A node whose reports fall late in their windows: its last report 8 s before the last
+/// block, the stall, and its next report 5 s after the first block after it. The heads of
+/// the gap (the idle rest and 10 s) and those seconds are within what is allowed.
+#[test]
+fn a_stall_between_reports_late_in_their_windows_is_credited_whole() {
+    let mut chain = Chain::new();
+    let (a, b) = two_nodes(&mut chain);
+    for _ in 0..20 {
+        chain.now_ms += 10_000;
+        let txs = [
+            steady_report(&chain, &key(40), a),
+            steady_report(&chain, &key(41), b),
+        ];
+        chain.block(0, &txs);
+    }
+    chain.block(8, &[]);
+    chain.block(60, &[]);
+    chain.now_ms += 5_000;
+    let txs = [
+        steady_report(&chain, &key(40), a),
+        steady_report(&chain, &key(41), b),
+    ];
+    chain.block(0, &txs);
+    // 73 s of silence, 49 s of it outage (60 s less the head): 24 s heard, more than the
+    // two intervals (20 s), within them and the gap's head.
+    assert_eq!(chain.ledger.state().economy().outage_ms, 49_000);
+    let (s, _) = report_every_10_s_until_minted(&mut chain, [a, b], [BOOTED_LONG_AGO; 2]);
+    assert_eq!(s.up_secs, s.period_secs, "{s:?}");
+}
+
 /// A node that fell silent while the ledger ran gets nothing for an outage that came after:
 /// its silence before the outage is already past the two intervals.
 #[test]
@@ -1427,6 +1474,49 @@ fn a_stall_through_most_of_the_next_period_still_mints_the_period_whole() {
     }
     let receipt = chain.ledger.state().receipt(0, a).expect("minted");
     assert_eq!(receipt.up_secs, receipt.period_secs, "{receipt:?}");
+}
+
+/// Both nodes report every 10 s up to 5 s before period 0 ends; the ledger makes no block
+/// until 30 s into period 2, and that block carries both reports. Returns the first
+/// node's receipt for period 0.
+fn a_ledger_stalled_longer_than_a_period(ledger_rules: u64) -> RewardReceipt {
+    let mut chain = Chain::with_rules(ledger_rules);
+    let (a, b) = two_nodes(&mut chain);
+    let (start_ms, end_ms) = chain.ledger.state().period_bounds(0);
+    chain.now_ms += (end_ms - 5_000 - chain.now_ms) % 10_000;
+    while chain.now_ms < end_ms - 5_000 {
+        chain.now_ms += 10_000;
+        let txs = [
+            steady_report(&chain, &key(40), a),
+            steady_report(&chain, &key(41), b),
+        ];
+        chain.block(0, &txs);
+    }
+    chain.now_ms = end_ms + (end_ms - start_ms) + 30_000;
+    let mut blocks = 0;
+    while chain.ledger.state().receipt(0, a).is_none() {
+        assert!(blocks < 20, "period 0 was not minted");
+        blocks += 1;
+        let txs = [
+            steady_report(&chain, &key(40), a),
+            steady_report(&chain, &key(41), b),
+        ];
+        chain.block(0, &txs);
+        chain.now_ms += 10_000;
+    }
+    chain.ledger.state().receipt(0, a).expect("minted").clone()
+}
+
+#[test]
+fn a_stall_longer_than_a_period_still_mints_the_period_whole() {
+    // The report after the stall would roll the node's counters past period 0, which is
+    // not minted yet: its receipt is minted from them first.
+    let receipt = a_ledger_stalled_longer_than_a_period(2);
+    assert_eq!(receipt.up_secs, receipt.period_secs, "{receipt:?}");
+    assert!(receipt.tokens.0 > 0, "{receipt:?}");
+    // Before rules 2 the same report dropped the period's counters before it was minted.
+    let receipt = a_ledger_stalled_longer_than_a_period(1);
+    assert_eq!(receipt.up_secs, 0, "{receipt:?}");
 }
 
 #[test]

@@ -320,6 +320,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Running> {
         disks: disk_paths,
         disk_reserve,
         grid: chain.clone(),
+        read_all: std::sync::atomic::AtomicBool::new(false),
     });
     shared.sync_storage(&*shared.world.lock().await);
     compute.sync(&*shared.world.lock().await);
@@ -477,11 +478,11 @@ async fn release_refused(shared: Arc<Shared>, client: Arc<Client>, key: Keypair)
     let mut rules_told = false;
     loop {
         tokio::time::sleep(interval).await;
+        if !shared.read_all.load(Ordering::Relaxed) {
+            continue;
+        }
         let refused: Vec<ContractId> = {
             let world = shared.world.lock().await;
-            if !world.synced {
-                continue;
-            }
             (world.workloads.values())
                 .filter(|w| !w.holds_capacity())
                 .map(|w| w.contract)
@@ -553,9 +554,18 @@ async fn release_one(
         .proven_contract(id)
         .await
         .map_err(|e| format!("cannot read it: {e}"))?;
-    let followed = shared.world.lock().await.followed_height;
-    if read.height < followed {
-        return Ok(false);
+    // Planned against a world that has followed the ledger up to the reading, so that a
+    // block between (another contract's end, freeing room) cannot be missed.
+    let deadline = Instant::now() + timeout;
+    loop {
+        let followed = shared.world.lock().await.followed_height;
+        if followed >= read.height {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let Some(contract) = read.value else {
         return Ok(false);

@@ -314,6 +314,9 @@ pub async fn follow(shared: Arc<Shared>, client: Arc<Client>) {
             world.synced = true;
             let _ = world.save();
         }
+        shared
+            .read_all
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let start = shared.world.lock().await.followed_height + 1;
         let mut blocks = client.events(start);
         // The next resync comes on time even when no block does (a chain that was reset,

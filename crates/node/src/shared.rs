@@ -49,6 +49,9 @@ pub struct Shared {
     /// The grid ([`peergrid_storage::format::grid_id`]) that owners' requests must be
     /// signed for.
     pub grid: String,
+    /// Whether this run has read every contract on the node once (the world's `synced`
+    /// is kept on disk, so it says nothing about this run).
+    pub read_all: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {

@@ -389,7 +389,7 @@ impl Bill {
                 match self.status {
                     BillStatus::Paid => "paid",
                     BillStatus::WrittenOff =>
-                        "written off: the contract was deleted unpaid, 0 PGT taken",
+                        "written off: the contract was deleted unpaid, or released by its node, 0 PGT taken",
                 }
             )
         })();
