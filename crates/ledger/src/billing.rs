@@ -172,7 +172,7 @@ impl State {
         if available < needed {
             return Err(Unpaid { needed, available });
         }
-        self.pay(&bill);
+        self.pay(&bill, events);
         self.record_bill(bill, events);
         Ok(())
     }
@@ -188,7 +188,7 @@ impl State {
         self.mark_funded(&to);
     }
 
-    fn pay(&mut self, bill: &Bill) {
+    fn pay(&mut self, bill: &Bill, events: &mut Vec<Event>) {
         let mut owner = self.account(&bill.owner);
         owner.balance = Amount(owner.balance.0 - bill.tokens.0);
         self.accounts.insert(bill.owner, owner);
@@ -215,7 +215,7 @@ impl State {
                 .saturating_sub(bill.from_ms)
                 .saturating_sub(bill.node_down_ms);
             let ip_secs = bill.billable.ipv4 as u64 * (billed_ms / 1000);
-            self.add_ip_secs(node, bill.to_ms, ip_secs);
+            self.add_ip_secs(node, bill.to_ms, ip_secs, events);
         }
     }
 

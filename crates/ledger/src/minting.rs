@@ -309,20 +309,10 @@ impl State {
             }
             ReportVerdict::Violation(_) => None,
         };
-        let credit_slot = |state: &State, slot: &mut PeriodUptime| {
-            if let Some((from_ms, to_ms)) = credit {
-                let (start, end) = state.period_bounds(slot.period);
-                let overlap = to_ms.min(end).saturating_sub(from_ms.max(start));
-                slot.up_ms = slot.up_ms.saturating_add(overlap);
-            }
-        };
-        if self.config().ledger_rules >= RULES_LEDGER_OUTAGE {
-            self.mint_before_rolling(node, now_ms, &credit_slot, events);
-        }
-        let mut u = self.uptime_now(node, now_ms);
+        let mut u = self.rolled_uptime(node, now_ms, credit, events);
         u.current.reports = u.current.reports.saturating_add(1);
-        credit_slot(self, &mut u.previous);
-        credit_slot(self, &mut u.current);
+        self.credit_slot(credit, &mut u.previous);
+        self.credit_slot(credit, &mut u.current);
         match verdict {
             ReportVerdict::Up { .. } => {}
             ReportVerdict::Violation(kind) => {
@@ -345,15 +335,43 @@ impl State {
         boot_secs
     }
 
-    /// Mint now, from its own counters, each period of `node` not minted yet that this
-    /// report at `now_ms` would roll its counters past (they hold two periods): after a
-    /// stall as long as a period, minting waits for the nodes' reports while their reports
-    /// move on. `credit` adds this report's up time to such a period first.
+    /// Add the part of `credit` (ledger ms, from and to) in `slot`'s period to its up time.
+    fn credit_slot(&self, credit: Option<(u64, u64)>, slot: &mut PeriodUptime) {
+        if let Some((from_ms, to_ms)) = credit {
+            let (start, end) = self.period_bounds(slot.period);
+            let overlap = to_ms.min(end).saturating_sub(from_ms.max(start));
+            slot.up_ms = slot.up_ms.saturating_add(overlap);
+        }
+    }
+
+    /// The node's counters rolled forward to the period of `now_ms`, every period they
+    /// leave behind unminted minted first (ledger rules 2 on; see
+    /// [`State::mint_before_rolling`]). Whatever changes a node's counters goes through this.
+    fn rolled_uptime(
+        &mut self,
+        node: NodeId,
+        now_ms: u64,
+        credit: Option<(u64, u64)>,
+        events: &mut Vec<Event>,
+    ) -> NodeUptime {
+        if self.config().ledger_rules >= RULES_LEDGER_OUTAGE {
+            self.mint_before_rolling(node, now_ms, credit, events);
+        }
+        self.uptime_now(node, now_ms)
+    }
+
+    /// Mint now each period of `node` not minted yet that its counters at `now_ms` would
+    /// leave behind (they hold two periods): its own counters for the periods they hold,
+    /// and for the periods between, which no counters hold, `credit` alone. After a stall
+    /// as long as a period, minting waits for the nodes' reports while their reports move
+    /// on. `credit`, a report's up time, is added first. At most [`RECEIPT_PERIODS_KEPT`]
+    /// periods between are minted, which bounds a transaction's work; any older ones are
+    /// minted by the batches, from nothing.
     fn mint_before_rolling(
         &mut self,
         node: NodeId,
         now_ms: u64,
-        credit: &dyn Fn(&State, &mut PeriodUptime),
+        credit: Option<(u64, u64)>,
         events: &mut Vec<Event>,
     ) {
         let Some(kept) = self.node_uptime.get(&node).cloned() else {
@@ -361,13 +379,26 @@ impl State {
         };
         let period = self.period_of(now_ms);
         let unminted = self.economy().mint_period;
+        // Periods the rolled counters will not hold: before the one before `period`.
+        let left_before = period.saturating_sub(1);
+        let between_from = kept.current.period.saturating_add(1).max(unminted);
+        let between = (between_from..left_before)
+            .rev()
+            .take(RECEIPT_PERIODS_KEPT as usize)
+            .map(PeriodUptime::new);
         // The current slot first: in period 0 both slots name period 0.
-        for mut slot in [kept.current, kept.previous] {
-            let dropped = slot.period.saturating_add(1) < period;
-            if !dropped || slot.period < unminted || self.receipt(slot.period, node).is_some() {
+        let slots: Vec<PeriodUptime> = [kept.current, kept.previous]
+            .into_iter()
+            .chain(between)
+            .collect();
+        for mut slot in slots {
+            if slot.period >= left_before
+                || slot.period < unminted
+                || self.receipt(slot.period, node).is_some()
+            {
                 continue;
             }
-            credit(self, &mut slot);
+            self.credit_slot(credit, &mut slot);
             let (start_ms, end_ms) = self.period_bounds(slot.period);
             if let Some(r) = self.receipt_from(slot, node, start_ms, end_ms, now_ms) {
                 self.mint_receipt(r, events);
@@ -397,15 +428,27 @@ impl State {
     }
 
     /// Count network traffic served by `node` in the period of `now_ms`.
-    pub(crate) fn add_nu_bytes(&mut self, node: NodeId, now_ms: u64, bytes: u64) {
-        let mut u = self.uptime_now(node, now_ms);
+    pub(crate) fn add_nu_bytes(
+        &mut self,
+        node: NodeId,
+        now_ms: u64,
+        bytes: u64,
+        events: &mut Vec<Event>,
+    ) {
+        let mut u = self.rolled_uptime(node, now_ms, None, events);
         u.current.nu_bytes = u.current.nu_bytes.saturating_add(bytes);
         self.node_uptime.insert(node, u);
     }
 
     /// Count public IP seconds paid for on `node`, in the period of `now_ms`.
-    pub(crate) fn add_ip_secs(&mut self, node: NodeId, now_ms: u64, secs: u64) {
-        let mut u = self.uptime_now(node, now_ms);
+    pub(crate) fn add_ip_secs(
+        &mut self,
+        node: NodeId,
+        now_ms: u64,
+        secs: u64,
+        events: &mut Vec<Event>,
+    ) {
+        let mut u = self.rolled_uptime(node, now_ms, None, events);
         u.current.ip_secs = u.current.ip_secs.saturating_add(secs);
         self.node_uptime.insert(node, u);
     }

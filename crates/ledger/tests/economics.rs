@@ -1519,6 +1519,66 @@ fn a_stall_longer_than_a_period_still_mints_the_period_whole() {
     assert_eq!(receipt.up_secs, 0, "{receipt:?}");
 }
 
+/// A stall through the whole of periods 1 and 2: the node's report after it mints period
+/// 1, which no counters held, from the report's credit alone.
+#[test]
+fn a_stall_through_whole_periods_credits_each_of_them() {
+    let mut chain = Chain::new();
+    let (a, b) = two_nodes(&mut chain);
+    let (start_ms, end_ms) = chain.ledger.state().period_bounds(0);
+    let len_ms = end_ms - start_ms;
+    chain.now_ms += (end_ms - 5_000 - chain.now_ms) % 10_000;
+    while chain.now_ms < end_ms - 5_000 {
+        chain.now_ms += 10_000;
+        let txs = [
+            steady_report(&chain, &key(40), a),
+            steady_report(&chain, &key(41), b),
+        ];
+        chain.block(0, &txs);
+    }
+    chain.now_ms = end_ms + 2 * len_ms + 30_000;
+    let txs = [
+        steady_report(&chain, &key(40), a),
+        steady_report(&chain, &key(41), b),
+    ];
+    chain.block(0, &txs);
+    let state = chain.ledger.state();
+    for period in [0, 1] {
+        let r = state.receipt(period, a).expect("minted by the report");
+        assert_eq!(r.up_secs, r.period_secs, "period {period}: {r:?}");
+        assert!(r.tokens.0 > 0, "{r:?}");
+    }
+}
+
+/// A node's public IP is billed in the first block after a stall longer than a period,
+/// before its report: the billing moves its counters on, so period 0 is minted from them
+/// then (without the few seconds since its last report, which its report would have added).
+#[test]
+fn billing_after_a_long_stall_mints_the_period_it_moves_the_counters_past() {
+    let mut chain = Chain::new();
+    let farm = chain.farm(&key(4), "farm-a", vec![ip(10)]);
+    chain.ok(1, &key(4), transfer(&key(40), Amount::tokens(1)));
+    let node = chain.node(&key(4), farm, &key(40));
+    chain.ok(1, &key(5), deploy(node, 1, 1, 10, 1));
+    let (start_ms, end_ms) = chain.ledger.state().period_bounds(0);
+    chain.now_ms += (end_ms - 5_000 - chain.now_ms) % 10_000;
+    while chain.now_ms < end_ms - 5_000 {
+        chain.now_ms += 10_000;
+        let tx = steady_report(&chain, &key(40), node);
+        chain.block(0, &[tx]);
+    }
+    chain.now_ms = end_ms + (end_ms - start_ms) + 30_000;
+    chain.block(0, &[]);
+    let r = chain
+        .ledger
+        .state()
+        .receipt(0, node)
+        .expect("minted when the bill moved the counters")
+        .clone();
+    assert!(r.ip_secs > 0, "{r:?}");
+    assert_eq!(r.period_secs - r.up_secs, 5, "{r:?}");
+}
+
 #[test]
 fn minting_waits_for_reports_after_a_stall_across_the_period_end() {
     let (minted_at_once, receipt) = a_ledger_stalled_across_a_period_end(2);

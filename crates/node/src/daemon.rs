@@ -550,24 +550,31 @@ async fn release_one(
     id: ContractId,
     timeout: Duration,
 ) -> Result<bool, String> {
-    let read = client
-        .proven_contract(id)
-        .await
-        .map_err(|e| format!("cannot read it: {e}"))?;
-    // Planned against a world that has followed the ledger up to the reading, so that a
-    // block between (another contract's end, freeing room) cannot be missed.
+    // Planned against a world at the reading's height: an older reading could undo what
+    // the node did since (the owner shrank the contract), and a world behind it could miss
+    // a block between (another contract's end, freeing room).
     let deadline = Instant::now() + timeout;
-    loop {
-        let followed = shared.world.lock().await.followed_height;
-        if followed >= read.height {
-            break;
+    let contract = loop {
+        let read = client
+            .proven_contract(id)
+            .await
+            .map_err(|e| format!("cannot read it: {e}"))?;
+        let followed = loop {
+            let followed = shared.world.lock().await.followed_height;
+            if followed >= read.height || Instant::now() > deadline {
+                break followed;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        if followed == read.height {
+            break read.value;
         }
         if Instant::now() > deadline {
             return Ok(false);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    let Some(contract) = read.value else {
+    };
+    let Some(contract) = contract else {
         return Ok(false);
     };
     reconcile::reconcile_one(shared, &contract).await;

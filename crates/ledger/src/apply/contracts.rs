@@ -36,7 +36,7 @@ impl State {
         if let Some(c) = self.contracts.get_mut(contract) {
             c.unbilled_nu_bytes = c.unbilled_nu_bytes.saturating_add(*nu_bytes);
         }
-        self.add_nu_bytes(node_id, ctx.time_ms, *nu_bytes);
+        self.add_nu_bytes(node_id, ctx.time_ms, *nu_bytes, events);
         events.push(Event::UsageReported {
             contract: *contract,
             node: node_id,
