@@ -17,6 +17,39 @@ use peergrid_core::{Capacity, Hash, Keypair, Payload};
 use peergrid_node::DeployRequest;
 use serde_json::Value;
 
+/// The demo account's deployment contract on `node`: its id once finalized.
+async fn create_deployment(
+    client: &peergrid_client::Client,
+    demo: &Keypair,
+    node: u64,
+    deployment: &[u8],
+    resources: Capacity,
+) -> u64 {
+    let (_, status) = client
+        .send(
+            demo,
+            Payload::CreateContract(ContractSpec::Deployment {
+                node: node as u32,
+                deployment_hash: Hash::of(deployment),
+                resources,
+                public_ips: 0,
+            }),
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("create contract");
+    let TxStatus::Finalized { events, .. } = status else {
+        panic!("contract not created: {status:?}");
+    };
+    events
+        .iter()
+        .find_map(|e| match e {
+            peergrid_ledger::Event::ContractCreated { contract, .. } => Some(*contract),
+            _ => None,
+        })
+        .expect("contract id")
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -172,29 +205,7 @@ async fn a_farmer_runs_a_node_that_follows_its_contracts_across_restarts() {
         sru: 1 << 30,
         hru: 0,
     };
-    let (_, status) = client
-        .send(
-            &demo,
-            Payload::CreateContract(ContractSpec::Deployment {
-                node: node_id as u32,
-                deployment_hash: Hash::of(&deployment),
-                resources,
-                public_ips: 0,
-            }),
-            Duration::from_secs(30),
-        )
-        .await
-        .expect("create contract");
-    let TxStatus::Finalized { events, .. } = status else {
-        panic!("contract not created: {status:?}");
-    };
-    let contract_id = events
-        .iter()
-        .find_map(|e| match e {
-            peergrid_ledger::Event::ContractCreated { contract, .. } => Some(*contract),
-            _ => None,
-        })
-        .expect("contract id");
+    let contract_id = create_deployment(&client, &demo, node_id, &deployment, resources).await;
     wait_workloads(&health, "the contract to be provisioned", |w| {
         w.iter()
             .any(|x| x["contract"] == contract_id && x["state"] == "running")
@@ -393,29 +404,7 @@ async fn a_farmer_runs_a_node_that_follows_its_contracts_across_restarts() {
     // The ledger still offers the 1 GiB of SSD that contract kept, though the machine now
     // has 512 MiB, so the builder's next contract is accepted there and refused here. The
     // node gives it back: the contract is deleted, and its owner pays no more for it.
-    let (_, status) = client
-        .send(
-            &demo,
-            Payload::CreateContract(ContractSpec::Deployment {
-                node: node_id as u32,
-                deployment_hash: Hash::of(&deployment),
-                resources,
-                public_ips: 0,
-            }),
-            Duration::from_secs(30),
-        )
-        .await
-        .expect("create contract");
-    let TxStatus::Finalized { events, .. } = status else {
-        panic!("contract not created: {status:?}");
-    };
-    let refused_id = events
-        .iter()
-        .find_map(|e| match e {
-            peergrid_ledger::Event::ContractCreated { contract, .. } => Some(*contract),
-            _ => None,
-        })
-        .expect("contract id");
+    let refused_id = create_deployment(&client, &demo, node_id, &deployment, resources).await;
     let h = home.clone();
     let shown = eventually(
         "the refused contract to be released",

@@ -41,10 +41,10 @@
 //!   running total ([`crate::Economy::outage_ms`]). When a node's silence since its
 //!   previous report (or registration), less the outage within it, is at most two
 //!   intervals and one gap's head (the idle rest and [`STALL_GAP_MS`], in which no node
-//!   could be heard either), its report counts the whole silence as up when it shows the same boot
-//!   (and from the boot when it shows a reboot). A longer silence while the ledger ran
-//!   counts as before, outage or not. Billing is unchanged: nobody is billed for the
-//!   outage.
+//!   could be heard either), its report counts the whole silence as up when it shows the
+//!   same boot (and from the boot when it shows a reboot). A longer silence while the
+//!   ledger ran counts as before, outage or not. Billing is unchanged: nobody is billed
+//!   for the outage.
 //!
 //!   A node's first report counts `[max(registration, t − u), t)`. Its `b` becomes `b₀`,
 //!   as does the `b` of a reboot or of any violation, so one fault is counted once.
@@ -61,9 +61,10 @@
 //!   the end has reported since; a report later than that credits only the new period.
 //!   From rules 2, the outage after the period's end is added to that wait
 //!   ([`crate::Economy::mint_outage_ms`]): nodes have two intervals of a live ledger to
-//!   report the period's end (with one gap's head, which no node could report in either). A node
-//!   keeps counters for two periods only: from rules 2, a report that would roll them past
-//!   a period not minted yet mints that node's receipt for it first, and the batch skips it.
+//!   report the period's end (with one gap's head, which no node could report in either).
+//!   A node keeps counters for two periods only: from rules 2, whatever would roll them
+//!   past a period not minted yet (its report, a usage report, a bill of its public IPs)
+//!   mints that node's receipts of the periods left behind first, and the batch skips them.
 //! - Minting walks the nodes in id order, [`MINT_NODES_PER_BLOCK`] per block, from a
 //!   cursor kept in the state: the work per period is O(nodes) and per block is bounded.
 //!   Each node registered before the period's end gets a [`RewardReceipt`] (also when

@@ -1285,6 +1285,40 @@ fn report_every_10_s_until_minted(
     }
 }
 
+/// Nodes (key seed, id) report every 10 s in their own blocks up to 5 s before `end_ms`.
+fn report_until_5_s_before(chain: &mut Chain, end_ms: u64, nodes: &[(u8, u32)]) {
+    chain.now_ms += (end_ms - 5_000 - chain.now_ms) % 10_000;
+    while chain.now_ms < end_ms - 5_000 {
+        chain.now_ms += 10_000;
+        report_now(chain, nodes);
+    }
+    assert_eq!(chain.now_ms, end_ms - 5_000);
+}
+
+/// One block at `now_ms` with a report of each node (key seed, id), booted long ago.
+fn report_now(chain: &mut Chain, nodes: &[(u8, u32)]) -> BlockOutcome {
+    let txs: Vec<SignedTx> = nodes
+        .iter()
+        .map(|&(seed, id)| steady_report(chain, &key(seed), id))
+        .collect();
+    let out = chain.block(0, &txs);
+    assert!(out.receipts.iter().all(|r| r.result.is_ok()), "{out:?}");
+    out
+}
+
+/// Nodes report from `now_ms` on, every 10 s, until `node`'s receipt of period 0 is
+/// minted (ten blocks at most); returns it.
+fn report_until_receipt(chain: &mut Chain, nodes: &[(u8, u32)], node: u32) -> RewardReceipt {
+    for _ in 0..10 {
+        if let Some(r) = chain.ledger.state().receipt(0, node) {
+            return r.clone();
+        }
+        report_now(chain, nodes);
+        chain.now_ms += 10_000;
+    }
+    panic!("period 0 was not minted")
+}
+
 /// Two nodes report every 10 s; then the ledger makes no block for 70 s (two of four
 /// validators stopped), and the block after it carries both nodes' reports: one ran through
 /// the stall, the other rebooted 20 s before that block. Returns period 0's receipts and
@@ -1346,18 +1380,7 @@ fn a_ledger_stalled_across_a_period_end(ledger_rules: u64) -> (bool, RewardRecei
     let mut chain = Chain::with_rules(ledger_rules);
     let (a, b) = two_nodes(&mut chain);
     let (_, end_ms) = chain.ledger.state().period_bounds(0);
-    // Reports 5 s before the end, whatever the set-up blocks took.
-    let first_gap_ms = (end_ms - 5_000 - chain.now_ms) % 10_000;
-    chain.now_ms += first_gap_ms;
-    while chain.now_ms < end_ms - 5_000 {
-        chain.now_ms += 10_000;
-        let txs = [
-            steady_report(&chain, &key(40), a),
-            steady_report(&chain, &key(41), b),
-        ];
-        chain.block(0, &txs);
-    }
-    assert_eq!(chain.now_ms, end_ms - 5_000);
+    report_until_5_s_before(&mut chain, end_ms, &[(40, a), (41, b)]);
     chain.now_ms = end_ms + 60_000;
     let out = chain.block(0, &[]);
     let minted_at_once = out
@@ -1365,12 +1388,7 @@ fn a_ledger_stalled_across_a_period_end(ledger_rules: u64) -> (bool, RewardRecei
         .iter()
         .any(|e| matches!(e, Event::MintingPeriodClosed { period: 0 }));
     chain.now_ms += 1_000;
-    let txs = [
-        steady_report(&chain, &key(40), a),
-        steady_report(&chain, &key(41), b),
-    ];
-    let out = chain.block(0, &txs);
-    assert!(out.receipts.iter().all(|r| r.result.is_ok()), "{out:?}");
+    report_now(&mut chain, &[(40, a), (41, b)]);
     if minted_at_once {
         let receipt = chain.ledger.state().receipt(0, a).expect("receipt").clone();
         return (true, receipt);
@@ -1449,30 +1467,11 @@ fn a_stall_through_most_of_the_next_period_still_mints_the_period_whole() {
     let (a, b) = two_nodes(&mut chain);
     let (start_ms, end_ms) = chain.ledger.state().period_bounds(0);
     let len_ms = end_ms - start_ms;
-    chain.now_ms += (end_ms - 5_000 - chain.now_ms) % 10_000;
-    while chain.now_ms < end_ms - 5_000 {
-        chain.now_ms += 10_000;
-        let txs = [
-            steady_report(&chain, &key(40), a),
-            steady_report(&chain, &key(41), b),
-        ];
-        chain.block(0, &txs);
-    }
+    report_until_5_s_before(&mut chain, end_ms, &[(40, a), (41, b)]);
     chain.now_ms = end_ms + 1_000;
     chain.block(0, &[]);
     chain.now_ms = end_ms + len_ms - 5_000;
-    let mut blocks = 0;
-    while chain.ledger.state().receipt(0, a).is_none() {
-        assert!(blocks < 10, "period 0 was not minted");
-        blocks += 1;
-        let txs = [
-            steady_report(&chain, &key(40), a),
-            steady_report(&chain, &key(41), b),
-        ];
-        chain.block(0, &txs);
-        chain.now_ms += 10_000;
-    }
-    let receipt = chain.ledger.state().receipt(0, a).expect("minted");
+    let receipt = report_until_receipt(&mut chain, &[(40, a), (41, b)], a);
     assert_eq!(receipt.up_secs, receipt.period_secs, "{receipt:?}");
 }
 
@@ -1483,28 +1482,9 @@ fn a_ledger_stalled_longer_than_a_period(ledger_rules: u64) -> RewardReceipt {
     let mut chain = Chain::with_rules(ledger_rules);
     let (a, b) = two_nodes(&mut chain);
     let (start_ms, end_ms) = chain.ledger.state().period_bounds(0);
-    chain.now_ms += (end_ms - 5_000 - chain.now_ms) % 10_000;
-    while chain.now_ms < end_ms - 5_000 {
-        chain.now_ms += 10_000;
-        let txs = [
-            steady_report(&chain, &key(40), a),
-            steady_report(&chain, &key(41), b),
-        ];
-        chain.block(0, &txs);
-    }
+    report_until_5_s_before(&mut chain, end_ms, &[(40, a), (41, b)]);
     chain.now_ms = end_ms + (end_ms - start_ms) + 30_000;
-    let mut blocks = 0;
-    while chain.ledger.state().receipt(0, a).is_none() {
-        assert!(blocks < 20, "period 0 was not minted");
-        blocks += 1;
-        let txs = [
-            steady_report(&chain, &key(40), a),
-            steady_report(&chain, &key(41), b),
-        ];
-        chain.block(0, &txs);
-        chain.now_ms += 10_000;
-    }
-    chain.ledger.state().receipt(0, a).expect("minted").clone()
+    report_until_receipt(&mut chain, &[(40, a), (41, b)], a)
 }
 
 #[test]
@@ -1527,21 +1507,9 @@ fn a_stall_through_whole_periods_credits_each_of_them() {
     let (a, b) = two_nodes(&mut chain);
     let (start_ms, end_ms) = chain.ledger.state().period_bounds(0);
     let len_ms = end_ms - start_ms;
-    chain.now_ms += (end_ms - 5_000 - chain.now_ms) % 10_000;
-    while chain.now_ms < end_ms - 5_000 {
-        chain.now_ms += 10_000;
-        let txs = [
-            steady_report(&chain, &key(40), a),
-            steady_report(&chain, &key(41), b),
-        ];
-        chain.block(0, &txs);
-    }
+    report_until_5_s_before(&mut chain, end_ms, &[(40, a), (41, b)]);
     chain.now_ms = end_ms + 2 * len_ms + 30_000;
-    let txs = [
-        steady_report(&chain, &key(40), a),
-        steady_report(&chain, &key(41), b),
-    ];
-    chain.block(0, &txs);
+    report_now(&mut chain, &[(40, a), (41, b)]);
     let state = chain.ledger.state();
     for period in [0, 1] {
         let r = state.receipt(period, a).expect("minted by the report");
@@ -1561,12 +1529,7 @@ fn billing_after_a_long_stall_mints_the_period_it_moves_the_counters_past() {
     let node = chain.node(&key(4), farm, &key(40));
     chain.ok(1, &key(5), deploy(node, 1, 1, 10, 1));
     let (start_ms, end_ms) = chain.ledger.state().period_bounds(0);
-    chain.now_ms += (end_ms - 5_000 - chain.now_ms) % 10_000;
-    while chain.now_ms < end_ms - 5_000 {
-        chain.now_ms += 10_000;
-        let tx = steady_report(&chain, &key(40), node);
-        chain.block(0, &[tx]);
-    }
+    report_until_5_s_before(&mut chain, end_ms, &[(40, node)]);
     chain.now_ms = end_ms + (end_ms - start_ms) + 30_000;
     chain.block(0, &[]);
     let r = chain
