@@ -61,7 +61,7 @@ impl RewardReceipt {
             writeln!(
                 o,
                 "uptime counted  {} s over {} reports (up to two report intervals after each, \
-                 longer silence is down time)",
+                 longer silence is down time unless the ledger itself stalled: ledger rules 2)",
                 self.up_secs, self.reports
             )?;
             writeln!(
