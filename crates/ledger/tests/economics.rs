@@ -1288,11 +1288,16 @@ fn report_every_10_s_until_minted(
 /// Nodes (key seed, id) report every 10 s in their own blocks up to 5 s before `end_ms`.
 fn report_until_5_s_before(chain: &mut Chain, end_ms: u64, nodes: &[(u8, u32)]) {
     chain.now_ms += (end_ms - 5_000 - chain.now_ms) % 10_000;
-    while chain.now_ms < end_ms - 5_000 {
+    report_every_10_s(chain, nodes, (end_ms - 5_000 - chain.now_ms) / 10_000);
+    assert_eq!(chain.now_ms, end_ms - 5_000);
+}
+
+/// `blocks` blocks 10 s apart, each with a report of each node (key seed, id).
+fn report_every_10_s(chain: &mut Chain, nodes: &[(u8, u32)], blocks: u64) {
+    for _ in 0..blocks {
         chain.now_ms += 10_000;
         report_now(chain, nodes);
     }
-    assert_eq!(chain.now_ms, end_ms - 5_000);
 }
 
 /// One block at `now_ms` with a report of each node (key seed, id), booted long ago.
@@ -1326,14 +1331,7 @@ fn report_until_receipt(chain: &mut Chain, nodes: &[(u8, u32)], node: u32) -> Re
 fn a_ledger_stalled_for_70_s(ledger_rules: u64) -> (RewardReceipt, RewardReceipt, u64) {
     let mut chain = Chain::with_rules(ledger_rules);
     let (steady, rebooted) = two_nodes(&mut chain);
-    for _ in 0..20 {
-        chain.now_ms += 10_000;
-        let txs = [
-            steady_report(&chain, &key(40), steady),
-            steady_report(&chain, &key(41), rebooted),
-        ];
-        chain.block(0, &txs);
-    }
+    report_every_10_s(&mut chain, &[(40, steady), (41, rebooted)], 20);
     chain.now_ms += 70_000;
     let boot = chain.now_ms / 1000 - 20;
     let txs = [
@@ -1404,22 +1402,11 @@ fn a_ledger_stalled_across_a_period_end(ledger_rules: u64) -> (bool, RewardRecei
 fn a_stall_between_reports_late_in_their_windows_is_credited_whole() {
     let mut chain = Chain::new();
     let (a, b) = two_nodes(&mut chain);
-    for _ in 0..20 {
-        chain.now_ms += 10_000;
-        let txs = [
-            steady_report(&chain, &key(40), a),
-            steady_report(&chain, &key(41), b),
-        ];
-        chain.block(0, &txs);
-    }
+    report_every_10_s(&mut chain, &[(40, a), (41, b)], 20);
     chain.block(8, &[]);
     chain.block(60, &[]);
     chain.now_ms += 5_000;
-    let txs = [
-        steady_report(&chain, &key(40), a),
-        steady_report(&chain, &key(41), b),
-    ];
-    chain.block(0, &txs);
+    report_now(&mut chain, &[(40, a), (41, b)]);
     // 73 s of silence, 49 s of it outage (60 s less the head): 24 s heard, more than the
     // two intervals (20 s), within them and the gap's head.
     assert_eq!(chain.ledger.state().economy().outage_ms, 49_000);
@@ -1438,14 +1425,7 @@ fn an_outage_after_a_node_fell_silent_is_not_credited_to_it() {
         let tx = steady_report(chain, &key(40), steady);
         chain.block(0, &[tx]);
     };
-    for _ in 0..20 {
-        chain.now_ms += 10_000;
-        let txs = [
-            steady_report(&chain, &key(40), steady),
-            steady_report(&chain, &key(41), silent),
-        ];
-        chain.block(0, &txs);
-    }
+    report_every_10_s(&mut chain, &[(40, steady), (41, silent)], 20);
     // 60 s of blocks without the second node's reports, then 70 s without any block.
     for _ in 0..6 {
         report_steady(&mut chain, 10);
