@@ -378,18 +378,42 @@ async fn a_farmer_runs_a_node_that_follows_its_contracts_across_restarts() {
         serde_json::to_value(Hash::of(&deployment)).expect("hash")
     );
 
-    // The builder cancels: the node removes the workload and its data.
-    let (_, status) = client
-        .send(
+    // The builder cancels, and at once (one batch, before the node can lower what it
+    // offers) creates another contract of the same size there: the ledger still offers the
+    // 1 GiB of SSD the first contract kept, so it is accepted, though the machine now has
+    // 512 MiB.
+    let sent = client
+        .send_all(
             &demo,
-            Payload::CancelContract {
-                contract: contract_id,
-            },
+            vec![
+                Payload::CancelContract {
+                    contract: contract_id,
+                },
+                Payload::CreateContract(ContractSpec::Deployment {
+                    node: node_id as u32,
+                    deployment_hash: Hash::of(&deployment),
+                    resources,
+                    public_ips: 0,
+                }),
+            ],
             Duration::from_secs(30),
         )
         .await
-        .expect("cancel");
-    assert!(matches!(status, TxStatus::Finalized { .. }), "{status:?}");
+        .expect("cancel and create");
+    let refused_id = match &sent[..] {
+        [
+            (_, TxStatus::Finalized { .. }),
+            (_, TxStatus::Finalized { events, .. }),
+        ] => events
+            .iter()
+            .find_map(|e| match e {
+                peergrid_ledger::Event::ContractCreated { contract, .. } => Some(*contract),
+                _ => None,
+            })
+            .expect("contract id"),
+        other => panic!("cancel and create: {other:?}"),
+    };
+    // The node removes the cancelled workload and its data.
     wait_workloads(&health, "the workload to be removed", |w| w.is_empty()).await;
     assert!(!folder.exists(), "its data is gone");
     let log = std::fs::read_to_string(data.with_extension("log")).expect("node log");
@@ -401,10 +425,8 @@ async fn a_farmer_runs_a_node_that_follows_its_contracts_across_restarts() {
     assert!(removed, "{log}");
     assert!(log.contains("restored the workloads"), "{log}");
 
-    // The ledger still offers the 1 GiB of SSD that contract kept, though the machine now
-    // has 512 MiB, so the builder's next contract is accepted there and refused here. The
-    // node gives it back: the contract is deleted, and its owner pays no more for it.
-    let refused_id = create_deployment(&client, &demo, node_id, &deployment, resources).await;
+    // The node refuses the new one and gives it back: the contract is deleted, and its
+    // owner pays no more for it.
     let h = home.clone();
     let shown = eventually(
         "the refused contract to be released",
@@ -439,6 +461,31 @@ async fn a_farmer_runs_a_node_that_follows_its_contracts_across_restarts() {
             && l.contains("free")
     });
     assert!(released, "{log}");
+    // With no contract keeping more, the ledger offers what the machine has, so no builder
+    // is sent here for room it does not have.
+    let h = home.clone();
+    eventually(
+        "the ledger to offer what the machine has",
+        Duration::from_secs(30),
+        move || {
+            let (_, shown, _) = run(&h, &["node", "show", &node_id.to_string()]);
+            (shown["node"]["capacity"]["sru"].as_u64() < Some(1 << 30)).then_some(())
+        },
+    )
+    .await;
+    let (_, shown, _) = run(&home, &["node", "show", &node_id.to_string()]);
+    let offered = common::node_api(&health, node_routes::STATUS)
+        .await
+        .expect("status");
+    assert_eq!(
+        shown["node"]["capacity"]["sru"], offered["capacity"]["sru"],
+        "{shown} {offered}"
+    );
+    let log = std::fs::read_to_string(data.with_extension("log")).expect("node log");
+    assert!(
+        log.contains("the capacity registered follows what the machine offers"),
+        "{log}"
+    );
 
     // The time the daemon was stopped is not credited as uptime: the minted receipts of
     // the periods it spans miss at least that much.

@@ -343,7 +343,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Running> {
             id,
         )),
         tokio::spawn(reconcile::follow(shared.clone(), client.clone())),
-        tokio::spawn(release_refused(shared.clone(), client.clone(), key.clone())),
+        tokio::spawn(give_back(shared.clone(), client.clone(), key.clone(), id)),
         tokio::spawn(save_logs(compute.clone())),
         tokio::spawn(scrub_shards(shared.storage.clone())),
         health_task,
@@ -463,23 +463,36 @@ async fn report_uptime(shared: Arc<Shared>, client: Arc<Client>, key: Keypair, n
     }
 }
 
-/// Give back to the ledger, every report interval, each contract this node has refused
-/// for at least an interval and still refuses when it reads the contract again: its owner
-/// would pay for nothing, since a refused contract holds no workload and no data here.
+/// Give back to the ledger, every report interval, what this node cannot serve: capacity
+/// that ended contracts kept registered above what the machine offers
+/// ([`follow_capacity`]), and each contract this node has refused for at least an
+/// interval and still refuses when it reads the contract again: its owner would pay for
+/// nothing, since a refused contract holds no workload and no data here.
 /// Its own task, so that neither the world's lock nor a slow release delays an uptime
 /// report. A refusal the next reading clears (capacity freed by another contract's end)
 /// costs nothing, and none is released before the node's first full reading of its
 /// contracts, nor from a reading older than what the node follows.
-async fn release_refused(shared: Arc<Shared>, client: Arc<Client>, key: Keypair) {
+async fn give_back(shared: Arc<Shared>, client: Arc<Client>, key: Keypair, node: NodeId) {
     let interval = Duration::from_secs(shared.interval_secs.max(1));
     // Contracts refused here, when each was first seen refused, and whether its release
     // failed already (the next failure is logged at debug level only).
     let mut seen: BTreeMap<ContractId, (Instant, bool)> = BTreeMap::new();
     let mut rules_told = false;
+    let mut capacity_failed = false;
     loop {
         tokio::time::sleep(interval).await;
         if !shared.read_all.load(Ordering::Relaxed) {
             continue;
+        }
+        match follow_capacity(&shared, &client, &key, node, interval).await {
+            Ok(_) => capacity_failed = false,
+            Err(why) if capacity_failed => {
+                debug!(%why, "cannot update the capacity registered yet")
+            }
+            Err(why) => {
+                capacity_failed = true;
+                warn!(%why, "cannot update the capacity registered; trying again every interval");
+            }
         }
         let refused: Vec<ContractId> = {
             let world = shared.world.lock().await;
@@ -538,6 +551,52 @@ async fn release_refused(shared: Arc<Shared>, client: Arc<Client>, key: Keypair)
                 }
             }
         }
+    }
+}
+
+/// Bring the capacity the ledger holds for `node` back to what this machine offers as far
+/// as its contracts allow ([`crate::register::acceptable_capacity`]): a node started on
+/// less than its contracts reserve keeps their figure registered, and once they end that
+/// figure would offer builders room the machine does not have, so their new contracts
+/// would be refused here. Whether it sent an update.
+async fn follow_capacity(
+    shared: &Shared,
+    client: &Client,
+    key: &Keypair,
+    node: NodeId,
+    timeout: Duration,
+) -> Result<bool, String> {
+    let record = crate::register::node(client, node)
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    let target = crate::register::settled(
+        crate::register::acceptable_capacity(shared.capacity, &record.capacity, &record.used),
+        &record.capacity,
+    );
+    if target == record.capacity {
+        return Ok(false);
+    }
+    let payload = Payload::UpdateNode {
+        node,
+        capacity: Some(target),
+        location: None,
+    };
+    match client.send(key, payload, timeout).await {
+        Ok((_, TxStatus::Finalized { .. })) => {
+            info!(
+                node,
+                was = %record.capacity,
+                now = %target,
+                "the capacity registered follows what the machine offers, now that the \
+                 contracts that kept more on the ledger have ended"
+            );
+            Ok(true)
+        }
+        Ok((_, TxStatus::Rejected { reason, .. })) => {
+            Err(format!("the ledger refused {target}: {reason}"))
+        }
+        Ok((hash, other)) => Err(format!("not final yet ({hash}: {other:?})")),
+        Err(e) => Err(e.to_string()),
     }
 }
 
