@@ -129,7 +129,7 @@ pub enum CreateSpec {
         #[arg(long)]
         node: NodeId,
         /// Space reserved, e.g. 100GiB.
-        #[arg(long)]
+        #[arg(long, value_parser = storage_bytes)]
         bytes: Size,
     },
     /// A whole node, for you alone.
@@ -181,6 +181,28 @@ impl CreateSpec {
             CreateSpec::Rent { node } => ContractSpec::Rent { node },
         })
     }
+}
+
+/// `--bytes` of a storage contract: some space.
+fn storage_bytes(text: &str) -> Result<Size, String> {
+    let size: Size = text.parse()?;
+    if size.bytes() == 0 {
+        return Err(format!(
+            "{text} reserves nothing; give the space, like 100GiB"
+        ));
+    }
+    Ok(size)
+}
+
+/// `--usd` of a token price: a price the ledger can divide by.
+fn token_price(text: &str) -> Result<peergrid_core::usd::Usd, String> {
+    let usd: peergrid_core::usd::Usd = text.parse()?;
+    if usd.0 == 0 {
+        return Err(format!(
+            "{text}: the token cannot be worth nothing; give its price in USD, like 0.05"
+        ));
+    }
+    Ok(usd)
 }
 
 #[derive(Subcommand)]
@@ -236,7 +258,7 @@ pub enum ProposeAction {
     /// The token's price in USD, used to convert prices and rewards.
     SetTokenPrice {
         /// USD per token, like 0.05.
-        #[arg(long)]
+        #[arg(long, value_parser = token_price)]
         usd: peergrid_core::usd::Usd,
     },
     /// The fee per transaction byte, in tokens.

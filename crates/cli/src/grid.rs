@@ -139,17 +139,17 @@ pub struct RunArgs {
     #[arg(long, value_name = "HEX")]
     invitation: Option<Signature>,
     /// Country code, like BE [default: as saved in the data directory on a previous run].
-    #[arg(long)]
+    #[arg(long, value_parser = country_code)]
     country: Option<String>,
     /// City [default: as saved in the data directory on a previous run].
     #[arg(long)]
     city: Option<String>,
     /// Latitude in degrees [default: as saved in the data directory on a previous run].
-    #[arg(long, allow_negative_numbers = true)]
-    latitude: Option<f64>,
+    #[arg(long, allow_negative_numbers = true, value_parser = latitude)]
+    latitude: Option<i32>,
     /// Longitude in degrees [default: as saved in the data directory on a previous run].
-    #[arg(long, allow_negative_numbers = true)]
-    longitude: Option<f64>,
+    #[arg(long, allow_negative_numbers = true, value_parser = longitude)]
+    longitude: Option<i32>,
     /// The local health, status and metrics endpoint.
     #[arg(long, default_value = "127.0.0.1:9100")]
     health: SocketAddr,
@@ -168,11 +168,38 @@ pub struct RunArgs {
     mdns: bool,
 }
 
-fn degrees_to_micro(what: &str, degrees: f64, max: f64) -> anyhow::Result<i32> {
+fn degrees_to_micro(text: &str, max: f64) -> Result<i32, String> {
+    let degrees: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of degrees, like 51.05 or -3.72"))?;
     if !degrees.is_finite() || degrees.abs() > max {
-        bail!("--{what} {degrees} is out of range (±{max} degrees)");
+        return Err(format!("{degrees} is out of range (±{max} degrees)"));
     }
     Ok((degrees * 1e6).round() as i32)
+}
+
+/// `--latitude`, in millionths of a degree.
+fn latitude(text: &str) -> Result<i32, String> {
+    degrees_to_micro(text, 90.0)
+}
+
+/// `--longitude`, in millionths of a degree.
+fn longitude(text: &str) -> Result<i32, String> {
+    degrees_to_micro(text, 180.0)
+}
+
+/// `--country`: a two-letter ISO 3166 code, kept in capitals, so that every node of one
+/// country shows the same.
+fn country_code(text: &str) -> Result<String, String> {
+    let code = text.trim();
+    if code.len() == 2 && code.bytes().all(|b| b.is_ascii_alphabetic()) {
+        Ok(code.to_ascii_uppercase())
+    } else {
+        Err(format!(
+            "{text:?} is not a country code; give its two letters (ISO 3166), like BE for Belgium"
+        ))
+    }
 }
 
 /// An IPv4 address, also given as `farm show` prints a farm's: `IP/PREFIX` or
@@ -701,14 +728,8 @@ fn node_run(globals: &Globals, args: RunArgs) -> anyhow::Result<()> {
         location: LocationUpdate {
             country: args.country,
             city: args.city,
-            latitude_micro: args
-                .latitude
-                .map(|d| degrees_to_micro("latitude", d, 90.0))
-                .transpose()?,
-            longitude_micro: args
-                .longitude
-                .map(|d| degrees_to_micro("longitude", d, 180.0))
-                .transpose()?,
+            latitude_micro: args.latitude,
+            longitude_micro: args.longitude,
         },
         health_listen: args.health,
         http_listen: args.http,
@@ -816,12 +837,15 @@ mod tests {
     }
 
     #[test]
-    fn coordinates_are_checked() {
-        assert_eq!(
-            degrees_to_micro("latitude", 51.05, 90.0).expect("ok"),
-            51_050_000
-        );
-        assert!(degrees_to_micro("latitude", 91.0, 90.0).is_err());
-        assert!(degrees_to_micro("longitude", f64::NAN, 180.0).is_err());
+    fn coordinates_and_countries_are_checked() {
+        assert_eq!(latitude("51.05"), Ok(51_050_000));
+        assert_eq!(longitude("-9.14"), Ok(-9_140_000));
+        assert!(latitude("91").is_err_and(|e| e.contains("out of range (±90")));
+        assert!(longitude("200").is_err_and(|e| e.contains("out of range (±180")));
+        assert!(longitude("NaN").is_err());
+        assert!(latitude("north").is_err_and(|e| e.contains("not a number of degrees")));
+        assert_eq!(country_code("be"), Ok("BE".into()));
+        assert!(country_code("Belgium").is_err_and(|e| e.contains("like BE")));
+        assert!(country_code("B1").is_err());
     }
 }

@@ -511,6 +511,46 @@ fn usage_errors_exit_with_2() {
     assert_eq!(out.status.code(), Some(2));
     let said = parse_json(&out);
     assert!(text(&said, "error").contains("many"), "{said}");
+    // Values out of their range are usage errors too, said before anything is done.
+    for (args, said) in [
+        (
+            &["node", "run", "--farm", "1", "--latitude", "200"][..],
+            "out of range (±90 degrees)",
+        ),
+        (
+            &["node", "run", "--farm", "1", "--country", "Belgium"],
+            "like BE",
+        ),
+        (
+            &["node", "run", "--farm", "1", "--disk", "/data:ssd:0"],
+            "offers nothing",
+        ),
+        (
+            &[
+                "contract", "create", "storage", "--node", "1", "--bytes", "0",
+            ],
+            "reserves nothing",
+        ),
+        (
+            &["gov", "propose", "set-token-price", "--usd", "0"],
+            "cannot be worth nothing",
+        ),
+        (
+            &[
+                "gov",
+                "propose",
+                "set-token-price",
+                "--usd",
+                "99999999999999999999",
+            ],
+            "more than the largest amount",
+        ),
+    ] {
+        let out = sb.run(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(said), "{args:?}: {err}");
+    }
     // Help is not an error.
     let out = sb.run(&["--json", "key", "--help"]);
     assert!(out.status.success());

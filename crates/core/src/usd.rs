@@ -49,21 +49,27 @@ impl std::str::FromStr for Usd {
         if !digits(whole) || !digits(frac) {
             return Err(err());
         }
-        let whole: u64 = if whole.is_empty() {
-            0
-        } else {
-            whole.parse().map_err(|_| err())?
-        };
         let frac_uusd: u64 = if frac.is_empty() {
             0
         } else {
             format!("{frac:0<6}").parse().map_err(|_| err())?
         };
+        let too_large = || {
+            format!(
+                "{text:?} is more than the largest amount of USD, {}",
+                Usd(u64::MAX)
+            )
+        };
+        let whole: u64 = if whole.is_empty() {
+            0
+        } else {
+            whole.parse().map_err(|_| too_large())?
+        };
         whole
             .checked_mul(UUSD_PER_USD)
             .and_then(|w| w.checked_add(frac_uusd))
             .map(Usd)
-            .ok_or_else(err)
+            .ok_or_else(too_large)
     }
 }
 
@@ -82,10 +88,12 @@ mod tests {
         assert!(parse("lots").is_err());
         assert!(parse("").is_err());
         assert!(parse("-1").is_err(), "no negative prices");
-        assert!(
-            parse("99999999999999999").is_err(),
-            "too large for µUSD in a u64"
-        );
+        for huge in ["99999999999999999", "99999999999999999999"] {
+            assert!(
+                parse(huge).is_err_and(|e| e.contains("more than the largest amount")),
+                "too large for µUSD in a u64: {huge}"
+            );
+        }
     }
 
     #[test]

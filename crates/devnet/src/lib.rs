@@ -279,6 +279,16 @@ pub fn with_params(genesis: &Genesis, params: &[String]) -> anyhow::Result<Genes
             );
         }
         table.insert(last.to_string(), value);
+        // Checked one at a time, so a wrong value is named as given, not as a line of a
+        // TOML file the user never wrote.
+        let text = toml::to_string(&doc)?;
+        if let Err(e) = toml::from_str::<Genesis>(&text) {
+            bail!(
+                "--param {}: {}",
+                pair.trim(),
+                e.message().trim_end_matches('\n')
+            );
+        }
     }
     let text = toml::to_string(&doc)?;
     let out = Genesis::from_toml(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -811,6 +821,14 @@ mod tests {
         let e = with_params(&base, &["billing_interval_secs=0".into()]).expect_err("checked");
         assert!(e.to_string().contains("above zero"), "{e}");
         assert!(with_params(&base, &["nonsense".into()]).is_err());
+        let e = with_params(&base, &["uptime_interval_secs=-5".into()]).expect_err("negative");
+        let said = e.to_string();
+        assert!(
+            said.starts_with("--param uptime_interval_secs=-5: ")
+                && said.contains("expected u64")
+                && !said.contains("line"),
+            "{said}"
+        );
     }
 
     #[test]

@@ -51,12 +51,19 @@ impl std::str::FromStr for DiskSpec {
                 "ssd" => spec.class = Some(DiskClass::Ssd),
                 "hdd" => spec.class = Some(DiskClass::Hdd),
                 size => {
-                    spec.max_bytes = Some(size.parse::<Size>().map(Size::bytes).map_err(|e| {
+                    let max = size.parse::<Size>().map(Size::bytes).map_err(|e| {
                         format!(
                             "{s:?}: {part:?} is neither a disk class (ssd or hdd) nor a size \
                              ({e}); expected PATH[:ssd|:hdd][:SIZE], like /data:ssd:500GiB"
                         )
-                    })?)
+                    })?;
+                    if max == 0 {
+                        return Err(format!(
+                            "{s:?}: a size of {part} offers nothing of the disk; give the most \
+                             to offer, like /data:ssd:500GiB, or leave it out to offer all it has"
+                        ));
+                    }
+                    spec.max_bytes = Some(max);
                 }
             }
         }
@@ -325,6 +332,11 @@ mod tests {
             .expect_err("neither class nor size");
         assert!(
             e.contains("disk class (ssd or hdd)") && e.contains("PATH[:ssd|:hdd][:SIZE]"),
+            "{e}"
+        );
+        let e = "/data:ssd:0".parse::<DiskSpec>().expect_err("nothing");
+        assert!(
+            e.contains("offers nothing") && e.contains("leave it out"),
             "{e}"
         );
     }
