@@ -71,6 +71,30 @@ pub struct Api {
     pub event_streams: EventStreams,
     /// How long a request may take to arrive whole and be answered ([`REQUEST_TIMEOUT`]).
     pub request_timeout: Duration,
+    /// What became of the transactions clients sent here, for `/metrics`.
+    pub submissions: Arc<Submissions>,
+}
+
+/// Transactions clients submitted to this validator's API, by what became of them.
+#[derive(Debug, Default)]
+pub struct Submissions {
+    /// Taken into the mempool (or already there).
+    pub accepted: std::sync::atomic::AtomicU64,
+    /// Refused: malformed, or the ledger or the mempool's rules would not take them.
+    pub refused: std::sync::atomic::AtomicU64,
+    /// Refused because the mempool was full.
+    pub full: std::sync::atomic::AtomicU64,
+}
+
+impl Submissions {
+    fn count<T>(&self, result: &Result<T, MempoolError>) {
+        let counter = match result {
+            Ok(_) => &self.accepted,
+            Err(MempoolError::Full { .. }) => &self.full,
+            Err(_) => &self.refused,
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl Api {
@@ -81,6 +105,7 @@ impl Api {
             gossip,
             event_streams: EventStreams::default(),
             request_timeout: REQUEST_TIMEOUT,
+            submissions: Arc::default(),
         }
     }
 }
@@ -392,9 +417,15 @@ async fn submit(
     } else {
         body.to_vec()
     };
-    let tx = SignedTx::decode(&bytes)
-        .map_err(|e| ApiError::bad(format!("{e}; send the canonical encoding")))?;
-    match api.shared.submit(tx.clone()) {
+    let tx = SignedTx::decode(&bytes).map_err(|e| {
+        api.submissions
+            .refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ApiError::bad(format!("{e}; send the canonical encoding"))
+    })?;
+    let result = api.shared.submit(tx.clone());
+    api.submissions.count(&result);
+    match result {
         Ok(hash) => {
             if let Some(g) = &api.gossip {
                 let _ = g.unbounded_send(tx);
@@ -466,7 +497,12 @@ async fn submit_batch(
                 decoded.push(tx);
                 positions.push(i);
             }
-            Err(e) => errors.push((i, e.to_string())),
+            Err(e) => {
+                api.submissions
+                    .refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                errors.push((i, e.to_string()))
+            }
         }
     }
     // Copies to gossip, taken before the mempool takes the transactions.
@@ -481,6 +517,7 @@ async fn submit_batch(
     let mut accepted = 0usize;
     for (i, result) in positions.into_iter().zip(results) {
         let copy = copies.as_mut().and_then(Iterator::next);
+        api.submissions.count(&result);
         match result {
             Ok(_) => {
                 accepted += 1;
@@ -1255,21 +1292,137 @@ async fn health(State(api): State<Api>) -> Response {
     responses(
         (status = 200, description = "Prometheus text exposition format", body = String, content_type = "text/plain; version=0.0.4")))]
 async fn metrics(State(api): State<Api>) -> Response {
+    use std::fmt::Write;
+    use std::sync::atomic::Ordering::Relaxed;
+    #[derive(Default)]
+    struct Ledger {
+        height: u64,
+        time_ms: u64,
+        finalizing: bool,
+        epoch: u64,
+        validators: usize,
+        rules: u64,
+        outage_ms: u64,
+        minted: u64,
+        burned: u64,
+    }
     let mempool = api.shared.mempool.lock().map(|p| p.len()).unwrap_or(0);
-    let (height, time_ms, burned) = api
+    let l = api
         .shared
-        .with_state(|s| (s.height(), s.time_ms(), s.globals().burned.0))
+        .with_state(|s| {
+            let age_ms = now_ms().saturating_sub(s.time_ms());
+            Ledger {
+                height: s.height(),
+                time_ms: s.time_ms(),
+                finalizing: s.height() > 0 && age_ms < stall_after_ms(s),
+                epoch: s.epoch(),
+                validators: s
+                    .validator_set(s.epoch())
+                    .map_or(s.config().validators.len(), |set| set.members.len()),
+                rules: s.config().ledger_rules,
+                outage_ms: s.economy().outage_ms,
+                minted: s.globals().minted.0,
+                burned: s.globals().burned.0,
+            }
+        })
         .unwrap_or_default();
-    let body = format!(
-        "# HELP peergrid_ledger_height Height of the last finalized block applied.\n\
-         # TYPE peergrid_ledger_height gauge\npeergrid_ledger_height {height}\n\
-         # HELP peergrid_ledger_last_block_age_seconds Seconds since the last finalized block's time.\n\
-         # TYPE peergrid_ledger_last_block_age_seconds gauge\npeergrid_ledger_last_block_age_seconds {:.3}\n\
-         # HELP peergrid_mempool_transactions Transactions waiting for a block.\n\
-         # TYPE peergrid_mempool_transactions gauge\npeergrid_mempool_transactions {mempool}\n\
-         # HELP peergrid_ledger_burned_units Token units burned as fees.\n\
-         # TYPE peergrid_ledger_burned_units counter\npeergrid_ledger_burned_units {burned}\n",
-        now_ms().saturating_sub(time_ms) as f64 / 1000.0
+    let age_s = now_ms().saturating_sub(l.time_ms) as f64 / 1000.0;
+    let mut body = String::new();
+    let mut series = |name: &str, kind: &str, help: &str, lines: &[(&str, String)]| {
+        let _ = writeln!(body, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in lines {
+            let _ = writeln!(body, "{name}{labels} {value}");
+        }
+    };
+    let one = |v: String| [("", v)];
+    series(
+        "peergrid_ledger_height",
+        "gauge",
+        "Height of the last finalized block applied.",
+        &one(l.height.to_string()),
+    );
+    series(
+        "peergrid_ledger_last_block_age_seconds",
+        "gauge",
+        "Seconds since the last finalized block's time.",
+        &one(format!("{age_s:.3}")),
+    );
+    series(
+        "peergrid_ledger_finalizing",
+        "gauge",
+        "1 while blocks are finalized, 0 when the ledger stalls (as /health says).",
+        &one(u8::from(l.finalizing).to_string()),
+    );
+    series(
+        "peergrid_ledger_outage_seconds_total",
+        "counter",
+        "Time the ledger made no block beyond its idle rest and 10 s, which ledger rules 2 do not count as the nodes' down time.",
+        &one(format!("{:.3}", l.outage_ms as f64 / 1000.0)),
+    );
+    series(
+        "peergrid_ledger_epoch",
+        "gauge",
+        "The epoch in force.",
+        &one(l.epoch.to_string()),
+    );
+    series(
+        "peergrid_ledger_validators",
+        "gauge",
+        "Validators in the epoch's set.",
+        &one(l.validators.to_string()),
+    );
+    series(
+        "peergrid_ledger_rules",
+        "gauge",
+        "The ledger rules version of the chain's genesis.",
+        &one(l.rules.to_string()),
+    );
+    series(
+        "peergrid_ledger_minted_units",
+        "counter",
+        "Token units minted as rewards.",
+        &one(l.minted.to_string()),
+    );
+    series(
+        "peergrid_ledger_burned_units",
+        "counter",
+        "Token units burned as fees.",
+        &one(l.burned.to_string()),
+    );
+    series(
+        "peergrid_mempool_transactions",
+        "gauge",
+        "Transactions waiting for a block.",
+        &one(mempool.to_string()),
+    );
+    let s = &api.submissions;
+    series(
+        "peergrid_api_transactions_total",
+        "counter",
+        "Transactions clients submitted here, by what became of them.",
+        &[
+            (
+                "{result=\"accepted\"}",
+                s.accepted.load(Relaxed).to_string(),
+            ),
+            ("{result=\"refused\"}", s.refused.load(Relaxed).to_string()),
+            (
+                "{result=\"mempool_full\"}",
+                s.full.load(Relaxed).to_string(),
+            ),
+        ],
+    );
+    series(
+        "peergrid_validator_signature_checks_total",
+        "counter",
+        "Transactions whose signatures this validator checked (each once, however it came).",
+        &one(api.shared.stateless_checks().to_string()),
+    );
+    series(
+        "peergrid_api_event_streams",
+        "gauge",
+        "Clients following blocks (/v1/events) now.",
+        &one(api.event_streams.open_count().to_string()),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
@@ -2299,6 +2452,90 @@ mod tests {
         assert!(burned > 0, "the transfers burned fees: {supply}");
         assert_eq!(amount("balances"), genesis + minted - burned, "{supply}");
         assert_eq!(supply["conserved"], true);
+    }
+
+    #[tokio::test]
+    async fn metrics_say_what_an_operator_watches() {
+        let (shared, d, _) = busy_chain();
+        let chain = shared.genesis.chain_id.clone();
+        let (height, nonce) = shared
+            .with_state(|s| (s.height(), s.account(&d.demo.account()).nonce))
+            .expect("state");
+        // The fixture leaves one of the demo's transactions waiting, at `nonce`.
+        let waiting = shared.mempool.lock().expect("mempool").len();
+        let base = serve(shared).await;
+        let http = reqwest::Client::new();
+        // One accepted, one that is not a transaction, one signed far ahead of its nonce.
+        let transfer = |nonce| {
+            SignedTx::new(
+                &d.demo,
+                &chain,
+                nonce,
+                Payload::Transfer {
+                    to: d.faucet.account(),
+                    amount: Amount::tokens(1),
+                },
+            )
+            .encode()
+        };
+        for (body, status) in [
+            (transfer(nonce + 1), StatusCode::ACCEPTED),
+            (vec![1u8, 2, 3], StatusCode::BAD_REQUEST),
+            (transfer(nonce + 1_000_000), StatusCode::CONFLICT),
+        ] {
+            let r = http
+                .post(format!("{base}/v1/tx"))
+                .body(body)
+                .send()
+                .await
+                .expect("an answer");
+            assert_eq!(r.status(), status, "{}", r.text().await.unwrap_or_default());
+        }
+        let r = reqwest::get(format!("{base}/metrics")).await.expect("get");
+        assert_eq!(r.status(), StatusCode::OK);
+        let text = r.text().await.expect("text");
+        let text = text.as_str();
+        let value = |series: &str| -> f64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+                .unwrap_or_else(|| panic!("no {series} in {text}"))
+        };
+        assert_eq!(value("peergrid_ledger_height"), height as f64);
+        assert_eq!(value("peergrid_ledger_validators"), 1.0);
+        assert_eq!(
+            value("peergrid_ledger_rules"),
+            peergrid_ledger::genesis::LEDGER_RULES as f64
+        );
+        // The fixture's chain jumps two periods ahead: the ledger's outage.
+        assert!(
+            value("peergrid_ledger_outage_seconds_total") > 1000.0,
+            "{text}"
+        );
+        // Its last block is from 2023: the ledger is not finalizing now.
+        assert_eq!(value("peergrid_ledger_finalizing"), 0.0);
+        assert_eq!(value("peergrid_mempool_transactions"), (waiting + 1) as f64);
+        assert_eq!(
+            value("peergrid_api_transactions_total{result=\"accepted\"}"),
+            1.0
+        );
+        assert_eq!(
+            value("peergrid_api_transactions_total{result=\"refused\"}"),
+            2.0
+        );
+        assert_eq!(
+            value("peergrid_api_transactions_total{result=\"mempool_full\"}"),
+            0.0
+        );
+        assert_eq!(value("peergrid_api_event_streams"), 0.0);
+        // Every series says what it is, once.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap_or_default();
+            assert_eq!(
+                text.matches(&format!("# TYPE {name} ")).count(),
+                1,
+                "{name}: {text}"
+            );
+        }
     }
 
     #[tokio::test]
