@@ -174,7 +174,7 @@ fn new(
     if !network.params.is_empty() {
         devnet.genesis = peergrid_devnet::with_params(&devnet.genesis, &network.params)?;
     }
-    devnet.genesis.check()?;
+    devnet.genesis.check_new()?;
 
     let validator_files: Vec<PathBuf> = (0..devnet.validator_keys.len())
         .map(|i| keys_dir.join(format!("validator-{i}.json")))

@@ -292,7 +292,7 @@ pub fn with_params(genesis: &Genesis, params: &[String]) -> anyhow::Result<Genes
     }
     let text = toml::to_string(&doc)?;
     let out = Genesis::from_toml(&text).map_err(|e| anyhow::anyhow!("{e}"))?;
-    out.check()?;
+    out.check_new()?;
     Ok(out)
 }
 
@@ -821,6 +821,12 @@ mod tests {
         let e = with_params(&base, &["billing_interval_secs=0".into()]).expect_err("checked");
         assert!(e.to_string().contains("above zero"), "{e}");
         assert!(with_params(&base, &["nonsense".into()]).is_err());
+        let e = with_params(&base, &["minting_period_secs=20".into()]).expect_err("short");
+        assert!(
+            e.to_string()
+                .contains("at least three uptime intervals (30 s)"),
+            "{e}"
+        );
         let e = with_params(&base, &["uptime_interval_secs=-5".into()]).expect_err("negative");
         let said = e.to_string();
         assert!(

@@ -170,6 +170,13 @@ impl Genesis {
         Hash(*hasher.finalize().as_bytes())
     }
 
+    /// [`Genesis::check`], with the parameters held to what a new chain must meet
+    /// ([`Params::check_new_chain`]): for the tools that write a genesis.
+    pub fn check_new(&self) -> Result<(), GenesisError> {
+        self.check()?;
+        self.params.check_new_chain().map_err(GenesisError::Invalid)
+    }
+
     /// Check every rule: chain id, unique accounts, sums that fit, a usable council and validator set.
     pub fn check(&self) -> Result<(), GenesisError> {
         let invalid = |m: String| Err(GenesisError::Invalid(m));

@@ -159,6 +159,24 @@ impl Params {
             .map_err(|e| format!("params.farming: {e}"))?;
         Ok(())
     }
+
+    /// [`Params::check`], and what a new chain must also meet. Kept apart because a chain
+    /// that already runs must open whatever its genesis says.
+    pub fn check_new_chain(&self) -> Result<(), String> {
+        self.check()?;
+        // A period is minted two report intervals after its end, from the counters nodes
+        // keep for two periods: shorter periods end before their reports are in.
+        let period_min = self.uptime_interval_secs.saturating_mul(3);
+        if self.minting_period_secs < period_min {
+            return Err(format!(
+                "params.minting_period_secs ({} s) must be at least three uptime intervals \
+                 ({period_min} s): each period is minted from the reports of the two intervals \
+                 after its end",
+                self.minting_period_secs
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The council: accounts that propose and approve governance actions.
