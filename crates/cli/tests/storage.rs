@@ -736,6 +736,12 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
         );
         let none = ok(&home, &["store", "ls", "no-such-prefix/"]);
         assert!(none["objects"].as_array().is_some_and(Vec::is_empty), "{none}");
+        // Status names the two as unreachable, and asks them once, not once to connect and
+        // once more for what they hold.
+        let started = Instant::now();
+        let status = ok(&home, &["store", "status"]);
+        not_held_up("store status", started);
+        assert!(status["unreachable"].as_u64() >= Some(2), "{status}");
         let down_back = home.join("down-back.bin");
         let started = Instant::now();
         assert!(

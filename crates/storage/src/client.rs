@@ -1602,7 +1602,9 @@ impl Storage {
     /// Bytes used in each holding, as its node counts them (`None`: no answer).
     pub async fn usage(&self, holdings: &[Holding]) -> Vec<Option<u64>> {
         futures::future::join_all(holdings.iter().map(|h| async move {
-            let peer = h.peer_id().ok()?;
+            // Asking one that did not connect lately would dial it again, and wait as long
+            // again, for nothing.
+            let peer = h.peer_id().ok().filter(|p| !self.has_failed(p))?;
             let u = wire::usage(&self.mesh, peer, vec![h.contract]).await.ok()?;
             used_by(&u, h.contract)
         }))
@@ -1622,6 +1624,10 @@ impl Storage {
         (holdings.iter().zip(used))
             .map(|(h, used)| {
                 used.unwrap_or_else(|| {
+                    // One that did not connect was named then, and is given nothing.
+                    if h.peer_id().is_ok_and(|p| self.has_failed(&p)) {
+                        return 0;
+                    }
                     warn!(
                         node = h.node,
                         contract = h.contract,
