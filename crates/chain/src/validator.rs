@@ -433,18 +433,25 @@ async fn serve(
     // Transactions users give this validator go to every validator, so whoever leads next has them.
     let (gossip, mut to_gossip) = mpsc::unbounded::<SignedTx>();
     context.child("gossip_out").spawn(move |_| async move {
-        while let Some(first) = to_gossip.next().await {
-            let mut batch = vec![first];
-            while batch.len() < 512 {
+        // A transaction that did not fit in the last message starts the next one.
+        let mut carry: Option<Vec<u8>> = None;
+        loop {
+            let first = match carry.take() {
+                Some(tx) => tx,
+                None => match to_gossip.next().await {
+                    Some(tx) => tx.encode(),
+                    None => break,
+                },
+            };
+            let mut batch = GossipBatch::default();
+            carry = batch.push(first).err();
+            while carry.is_none() {
                 match to_gossip.try_recv() {
-                    Ok(tx) => batch.push(tx),
+                    Ok(tx) => carry = batch.push(tx.encode()).err(),
                     Err(_) => break,
                 }
             }
-            let bytes = peergrid_core::codec::encode(
-                &batch.iter().map(SignedTx::encode).collect::<Vec<_>>(),
-            );
-            gossip_out.send(Recipients::All, Bytes::from(bytes), false);
+            gossip_out.send(Recipients::All, Bytes::from(batch.encode()), false);
         }
     });
     let inbound = shared.clone();
@@ -490,9 +497,73 @@ async fn serve(
     Ok(())
 }
 
+/// Most transactions in one gossip message.
+const GOSSIP_TXS_MAX: usize = 512;
+
+/// Encoded transactions gathered into one gossip message, within what the p2p layer takes:
+/// it refuses a message above [`engine::MESSAGE_BYTES_MAX`] by panicking, and 512 large
+/// transactions are more than that.
+#[derive(Default)]
+struct GossipBatch {
+    txs: Vec<Vec<u8>>,
+    /// The message's encoded size so far.
+    bytes: usize,
+}
+
+impl GossipBatch {
+    /// Add `tx`, or hand it back when the message has no room for it (an empty message
+    /// takes any transaction: one is far below the limit).
+    fn push(&mut self, tx: Vec<u8>) -> Result<(), Vec<u8>> {
+        // borsh: the list's and each transaction's u32 length before its bytes.
+        let bytes = self.bytes.max(4) + 4 + tx.len();
+        let full = self.txs.len() >= GOSSIP_TXS_MAX || bytes > engine::MESSAGE_BYTES_MAX as usize;
+        if full && !self.txs.is_empty() {
+            return Err(tx);
+        }
+        self.bytes = bytes;
+        self.txs.push(tx);
+        Ok(())
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        peergrid_core::codec::encode(&self.txs)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gossip_messages_stay_within_what_the_network_takes() {
+        let limit = engine::MESSAGE_BYTES_MAX as usize;
+        let largest = vec![7u8; peergrid_core::tx::TX_BYTES_MAX];
+        let mut batch = GossipBatch::default();
+        let mut taken = 0;
+        let left = loop {
+            match batch.push(largest.clone()) {
+                Ok(()) => taken += 1,
+                Err(tx) => break tx,
+            }
+        };
+        assert_eq!(left, largest, "the one left over is handed back whole");
+        assert!(taken < GOSSIP_TXS_MAX, "the bytes bound first: {taken}");
+        let message = batch.encode();
+        assert_eq!(message.len(), batch.bytes);
+        assert!(message.len() <= limit, "{} > {limit}", message.len());
+        assert!(message.len() + 4 + largest.len() > limit, "room was left");
+        let back: Vec<Vec<u8>> =
+            peergrid_core::codec::decode("gossip", &message, limit).expect("decodes");
+        assert_eq!(back.len(), taken);
+        // Small ones: at most GOSSIP_TXS_MAX to a message.
+        let mut small = GossipBatch::default();
+        for _ in 0..GOSSIP_TXS_MAX {
+            small.push(vec![1; 200]).expect("room");
+        }
+        assert!(small.push(vec![1; 200]).is_err());
+        // Whatever its size, a transaction starts a message of its own.
+        assert!(GossipBatch::default().push(vec![0; limit]).is_ok());
+    }
 
     #[test]
     fn a_stop_says_what_to_do_by_its_cause() {
