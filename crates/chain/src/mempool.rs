@@ -77,7 +77,16 @@ struct Pending {
     tx: SignedTx,
     hash: TxHash,
     len: usize,
+    /// Ledger time when it was admitted.
+    since_ms: u64,
 }
+
+/// Ledger time between two sweeps of the whole pool ([`Mempool::sweep`]).
+const SWEEP_EVERY_MS: u64 = 5_000;
+
+/// How long a transaction may wait behind a nonce nobody sent before it is dropped: its
+/// account's earlier transaction was lost, or never meant to come.
+pub const STRANDED_MS: u64 = 60_000;
 
 /// The pool.
 pub struct Mempool {
@@ -85,6 +94,8 @@ pub struct Mempool {
     accounts: BTreeMap<AccountId, BTreeMap<u64, Pending>>,
     hashes: HashMap<TxHash, (AccountId, u64)>,
     bytes: usize,
+    /// Ledger time of the last sweep.
+    swept_ms: u64,
 }
 
 impl Mempool {
@@ -95,6 +106,7 @@ impl Mempool {
             accounts: BTreeMap::new(),
             hashes: HashMap::new(),
             bytes: 0,
+            swept_ms: 0,
         }
     }
 
@@ -199,10 +211,15 @@ impl Mempool {
         }
         self.bytes += len;
         self.hashes.insert(hash, (signer, nonce));
-        self.accounts
-            .entry(signer)
-            .or_default()
-            .insert(nonce, Pending { tx, hash, len });
+        self.accounts.entry(signer).or_default().insert(
+            nonce,
+            Pending {
+                tx,
+                hash,
+                len,
+                since_ms: state.time_ms(),
+            },
+        );
         Ok(hash)
     }
 
@@ -284,14 +301,49 @@ impl Mempool {
 
     /// Drop what can no longer apply on `state`: used nonces and expired transactions of `accounts`.
     pub fn prune<'a>(&mut self, state: &State, accounts: impl IntoIterator<Item = &'a AccountId>) {
+        self.drop_where(state, accounts, |_, _| false);
+    }
+
+    /// Every [`SWEEP_EVERY_MS`] of ledger time, [`Mempool::prune`] the whole pool, and drop
+    /// what waited [`STRANDED_MS`] behind a missing nonce. Pruning after a block reaches
+    /// only the accounts the block held, so an account whose next transaction expired
+    /// unselected would keep it, and every later nonce would wait behind it, for good;
+    /// and transactions behind a gap would fill the pool without ever paying a fee.
+    pub fn sweep(&mut self, state: &State) {
+        let now = state.time_ms();
+        if now < self.swept_ms.saturating_add(SWEEP_EVERY_MS) {
+            return;
+        }
+        self.swept_ms = now;
+        let accounts: Vec<AccountId> = self.accounts.keys().copied().collect();
+        self.drop_where(state, accounts.iter(), |reachable, p| {
+            !reachable && p.since_ms.saturating_add(STRANDED_MS) <= now
+        });
+    }
+
+    /// Drop the used nonces and expired transactions of `accounts`, and those `also` says,
+    /// told whether each is reachable (its account's nonces run up to it unbroken).
+    fn drop_where<'a>(
+        &mut self,
+        state: &State,
+        accounts: impl IntoIterator<Item = &'a AccountId>,
+        also: impl Fn(bool, &Pending) -> bool,
+    ) {
         for account in accounts {
             let Some(queue) = self.accounts.get_mut(account) else {
                 continue;
             };
             let nonce = state.account(account).nonce;
+            let mut next = nonce;
             let stale: Vec<u64> = queue
                 .iter()
-                .filter(|(n, p)| **n < nonce || p.tx.body.expires_ms < state.time_ms())
+                .filter(|(n, p)| {
+                    let reachable = **n == next;
+                    if reachable {
+                        next += 1;
+                    }
+                    **n < nonce || p.tx.body.expires_ms < state.time_ms() || also(reachable, p)
+                })
                 .map(|(n, _)| *n)
                 .collect();
             for n in stale {
@@ -465,6 +517,58 @@ mod tests {
         );
         assert_eq!(pool.len(), 3);
         assert_eq!(select_all(&pool, ledger.state()).len(), 2);
+    }
+
+    #[test]
+    fn an_expired_head_and_transactions_stranded_behind_a_gap_are_swept() {
+        let (d, mut ledger) = setup();
+        let mut pool = Mempool::new(MempoolLimits::default());
+        let start = ledger.state().time_ms();
+        // The demo's next transaction expires unselected (a stall, a full block); the
+        // faucet's nonces 1 and 2 wait for a nonce 0 that never comes.
+        let soon = SignedTx::expiring(
+            &d.demo,
+            "pool",
+            0,
+            start + 1_000,
+            Payload::Transfer {
+                to: d.faucet.account(),
+                amount: Amount(1),
+            },
+        );
+        pool.insert(soon, ledger.state()).expect("valid now");
+        for n in [1, 2] {
+            pool.insert(transfer(&d.faucet, n), ledger.state())
+                .expect("ahead");
+        }
+        let block = |ledger: &mut Ledger<MemoryStore>, height, time_ms| {
+            let ctx = peergrid_ledger::BlockContext { height, time_ms };
+            ledger.execute_block(ctx, &[]).expect("block");
+        };
+        // Empty blocks: nothing to prune after them, and the demo is wedged.
+        block(&mut ledger, 1, start + 2_000);
+        pool.prune(ledger.state(), std::iter::empty());
+        assert!(matches!(
+            pool.insert(transfer(&d.demo, 0), ledger.state()),
+            Err(MempoolError::NonceTaken { nonce: 0, .. })
+        ));
+        block(&mut ledger, 2, start + SWEEP_EVERY_MS + 2_000);
+        pool.sweep(ledger.state());
+        pool.insert(transfer(&d.demo, 0), ledger.state())
+            .expect("the expired one is gone, its nonce free");
+        assert_eq!(pool.len(), 3, "the stranded ones wait a while");
+        block(&mut ledger, 3, start + STRANDED_MS + 2_000);
+        pool.sweep(ledger.state());
+        let left: Vec<_> = select_all(&pool, ledger.state());
+        assert_eq!(pool.len(), 1, "the stranded ones are gone");
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].body.signer, d.demo.account());
+        // Once sent, a nonce 0 frees the faucet to queue again.
+        for n in [0, 1] {
+            pool.insert(transfer(&d.faucet, n), ledger.state())
+                .expect("faucet");
+        }
+        assert_eq!(select_all(&pool, ledger.state()).len(), 3);
     }
 
     #[test]

@@ -576,6 +576,7 @@ impl Shared {
             }
             let signers: Vec<AccountId> = block.txs.iter().map(|t| t.body.signer).collect();
             pool.prune(ledger.state(), signers.iter());
+            pool.sweep(ledger.state());
         }
         // A finalized transaction's nonce is used: it can only appear again to be rejected.
         if let Ok(mut set) = self.verified.lock() {
