@@ -171,12 +171,13 @@ async fn held(shared: &Shared) -> BTreeSet<ContractId> {
 /// A read older than the height this node followed (a validator still catching up) is
 /// not acted on: it could undo a change the node already made, or remove data that
 /// could not be brought back. It goes to `unread`, read again as of that height.
+/// Returns the list's height and the contracts it named.
 async fn resync(
     shared: &Shared,
     client: &Client,
     me: NodeId,
     unread: &mut Unread,
-) -> Result<u64, ClientError> {
+) -> Result<(u64, BTreeSet<ContractId>), ClientError> {
     // A list has no proof: it only says which contracts to read, each one proven.
     let (height, listed) = contracts_of(client, me).await?;
     let followed = shared.world.lock().await.followed_height;
@@ -222,7 +223,7 @@ async fn resync(
         }
     }
     debug!(height, contracts = listed.len(), "resynced");
-    Ok(height)
+    Ok((height, seen))
 }
 
 /// Contracts blocks named that are still to be read as of those blocks: the validator
@@ -293,13 +294,14 @@ impl Unread {
 pub async fn follow(shared: Arc<Shared>, client: Arc<Client>) {
     // Kept across resyncs: a resync's list may come from a validator as far behind.
     let mut unread = Unread::default();
+    let mut orphans_removed = false;
     loop {
         let Some(me) = shared.world.lock().await.node else {
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         };
-        let height = match resync(&shared, &client, me, &mut unread).await {
-            Ok(h) => h,
+        let (height, listed) = match resync(&shared, &client, me, &mut unread).await {
+            Ok(read) => read,
             Err(e) => {
                 warn!(error = %e, "cannot read the ledger; retrying in 2 s");
                 tokio::time::sleep(Duration::from_secs(2)).await;
@@ -313,6 +315,18 @@ pub async fn follow(shared: Arc<Shared>, client: Arc<Client>) {
             // name is an orphan from here on.
             world.synced = true;
             let _ = world.save();
+            if !orphans_removed {
+                orphans_removed = true;
+                let mut keep = listed;
+                keep.extend(unread.pending.keys().copied());
+                let removed = world.remove_orphans(&keep);
+                if removed > 0 {
+                    info!(
+                        folders = removed,
+                        "removed the folders of contracts that ended while the node was stopped"
+                    );
+                }
+            }
         }
         shared
             .read_all

@@ -4,7 +4,8 @@
 //! [`World`] holds the result and persists it in the data directory. Every write is
 //! atomic (temporary file, fsync, rename), and a workload's folder is created before
 //! the world that names it is saved and removed only after, so a crash at any point
-//! leaves at worst an orphan folder, which [`World::load`] removes.
+//! leaves at worst an orphan folder, which [`World::remove_orphans`] removes once the
+//! ledger has been read.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -262,10 +263,8 @@ impl World {
         }
     }
 
-    /// Place new storage contracts' shards under `roots` from now on, note where the
-    /// storage contracts of an older world file keep theirs, and remove the folders under
-    /// `roots` no contract backs (a crash between a contract's end and its folder's
-    /// removal leaves one).
+    /// Place new storage contracts' shards under `roots` from now on, and note where the
+    /// storage contracts of an older world file keep theirs.
     pub fn set_shard_roots(&mut self, roots: ShardRoots) -> Result<(), WorldError> {
         self.shard_roots = roots;
         let unplaced: Vec<(ContractId, ShardsAt)> = (self.workloads.values())
@@ -340,11 +339,6 @@ impl World {
                         w.shards_at = Some(ShardsAt::Disk(path));
                     }
                     self.save()?;
-                    continue;
-                }
-                if self.synced {
-                    tracing::info!(path = %entry.path().display(), "removing a shard folder no contract backs");
-                    let _ = std::fs::remove_dir_all(entry.path());
                 }
             }
         }
@@ -379,8 +373,8 @@ impl World {
         (holds_shards || self.made_roots.contains(root)) && !root.exists()
     }
 
-    /// Load the world from `dir` (an empty one the first time), and make the folders on
-    /// disk match it: recreate missing workload folders, remove orphans of a crash.
+    /// Load the world from `dir` (an empty one the first time), and recreate the folders
+    /// of its workloads that are missing.
     pub fn load(dir: &Path) -> Result<World, WorldError> {
         let file = Self::file(dir);
         let mut world: World = match std::fs::read(&file) {
@@ -402,23 +396,52 @@ impl World {
             }
         }
         world.recover_deployed();
-        if !world.synced {
-            return Ok(world);
+        Ok(world)
+    }
+
+    /// Remove the workload and shard folders no contract here backs (a crash between a
+    /// contract's end and its folder's removal leaves one), except those of the contracts
+    /// in `keep`: those the ledger lists on this node, and those not read yet. Called once
+    /// a resync of this run has read the ledger, never at load: a world file older than
+    /// the folders (restored from a backup, or saved before a crash) would take the data
+    /// of the contracts that came after it for orphans. Returns how many it removed.
+    pub fn remove_orphans(&self, keep: &BTreeSet<ContractId>) -> usize {
+        if !self.synced {
+            return 0;
         }
-        let entries = std::fs::read_dir(&root).map_err(io_err("cannot list", &root))?;
-        for entry in entries.flatten() {
-            let known = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<ContractId>().ok())
-                .and_then(|id| world.workloads.get(&id))
-                .is_some_and(Workload::holds_capacity);
-            if !known {
-                tracing::info!(path = %entry.path().display(), "removing a workload folder no contract backs");
-                let _ = std::fs::remove_dir_all(entry.path());
+        let backed = |id: Option<ContractId>| {
+            id.is_some_and(|id| {
+                keep.contains(&id)
+                    || self
+                        .workloads
+                        .get(&id)
+                        .is_some_and(Workload::holds_capacity)
+            })
+        };
+        let mut removed = 0;
+        let workloads = self.dir.join("workloads");
+        let roots = [&self.shard_roots.ssd, &self.shard_roots.hdd];
+        for root in std::iter::once(&workloads).chain(roots.into_iter().flatten()) {
+            let Ok(entries) = std::fs::read_dir(root) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let id = (entry.file_name().to_str()).and_then(|n| n.parse::<ContractId>().ok());
+                let in_use = self.workloads.values().any(|w| {
+                    w.holds_capacity()
+                        && w.shards_at.as_ref() == Some(&ShardsAt::Disk(path.clone()))
+                });
+                if in_use || backed(id) {
+                    continue;
+                }
+                tracing::info!(path = %path.display(), "removing a folder no contract backs");
+                if std::fs::remove_dir_all(&path).is_ok() {
+                    removed += 1;
+                }
             }
         }
-        Ok(world)
+        removed
     }
 
     /// Make each deployment's `deployed` name the `deployment.bin` its folder holds. A
@@ -807,25 +830,30 @@ mod tests {
     }
 
     #[test]
-    fn an_orphan_folder_from_a_crash_is_removed_on_start() {
+    fn an_orphan_folder_from_a_crash_is_removed_once_the_ledger_was_read() {
         let (dir, w) = world();
         std::fs::create_dir_all(w.workload_dir(42)).expect("mkdir");
+        std::fs::create_dir_all(w.workload_dir(43)).expect("mkdir");
         let fresh = World::load(dir.path()).expect("load");
-        assert!(
-            fresh.workload_dir(42).exists(),
-            "without a world file nothing is known to be an orphan"
+        assert_eq!(
+            fresh.remove_orphans(&BTreeSet::new()),
+            0,
+            "before a resync from the ledger has finished once nothing is known to be an orphan"
         );
-        fresh.save().expect("save");
-        let restarted = World::load(dir.path()).expect("load");
-        assert!(
-            restarted.workload_dir(42).exists(),
-            "nor before a resync from the ledger has finished once"
-        );
+        assert!(fresh.workload_dir(42).exists());
         let mut w = w;
         w.synced = true;
         w.save().expect("save");
         let w = World::load(dir.path()).expect("load");
+        assert!(
+            w.workload_dir(42).exists(),
+            "never at load: the world file may be older than the folders"
+        );
+        // The ledger lists 43 on this node: a world file older than it (restored from a
+        // backup) does not name it, and its data is kept for the resync to find.
+        assert_eq!(w.remove_orphans(&BTreeSet::from([43])), 1);
         assert!(!w.workload_dir(42).exists());
+        assert!(w.workload_dir(43).exists());
     }
 
     #[test]
@@ -914,7 +942,13 @@ mod tests {
         w.save().expect("save");
         let mut w = World::load(dir.path()).expect("restart");
         w.set_shard_roots(roots.clone()).expect("roots");
+        assert!(
+            disks.path().join("hdd/9").exists(),
+            "kept until the ledger is read"
+        );
+        w.remove_orphans(&BTreeSet::new());
         assert!(!disks.path().join("hdd/9").exists(), "the orphan is gone");
+        assert!(w.shard_dir(1).exists() && w.shard_dir(2).exists());
         std::fs::create_dir_all(w.shard_dir(1).join("shards")).expect("shards");
         std::fs::write(w.shard_dir(1).join("shards/x"), b"shard").expect("write");
 
