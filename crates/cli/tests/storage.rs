@@ -1297,6 +1297,73 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
         as_carol(&["contract", "cancel", &spare]);
         let ls = as_carol(&["store", "ls"]);
         assert!(ls.to_string().contains("again.bin"), "{ls}");
+
+        // Dave's first nodes, which keep his index, are down when he reserves more: the
+        // new nodes answer that they hold no index, and they are a majority. His next
+        // put does not start a new, empty index over the one on the silent nodes (whose
+        // higher sequence number would win it back once they return, dropping the put's
+        // name, and gc its object); it says why, and works once they are back.
+        let dave_key = home.join("dave.json");
+        let dave_key = dave_key.to_str().expect("utf8");
+        let dave = ok(&home, &["--key", dave_key, "key", "new"]);
+        let dave = dave["account"].as_str().expect("account");
+        ok(
+            &home,
+            &["--key", demo, "wallet", "transfer", "--to", dave, "--amount", "10000"],
+        );
+        let as_dave = |args: &[&str]| -> (bool, Value, String) {
+            let mut all = vec!["--key", dave_key];
+            all.extend_from_slice(args);
+            run(&home, &all)
+        };
+        let (done, first, err) =
+            as_dave(&["store", "reserve", "--size", "8MiB", "--nodes", "2"]);
+        assert!(done, "{err}");
+        let firsts: Vec<u64> = first["contracts"]
+            .as_array()
+            .map(|cs| cs.iter().filter_map(Value::as_u64).collect())
+            .unwrap_or_default();
+        let early = home.join("early.bin");
+        let early_data = random_file(&early, 1 << 20, 31);
+        let (done, _, err) = as_dave(&["store", "put", early.to_str().expect("utf8"), "early.bin"]);
+        assert!(done, "{err}");
+        let his = |i: usize| {
+            let root = home.join(format!("devnet/nodes/node-{i}/peergrid-shards"));
+            std::fs::read_dir(root)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .flat_map(|p| std::fs::read_dir(p.path()).into_iter().flatten().flatten())
+                .filter_map(|c| c.file_name().to_str()?.parse::<u64>().ok())
+                .any(|c| firsts.contains(&c))
+        };
+        let first_nodes: Vec<usize> = (0..NODES).filter(|&i| his(i)).collect();
+        assert_eq!(first_nodes.len(), 2, "{first}");
+        let away = Frozen(first_nodes.iter().flat_map(|&i| node_pids(&home, i)).collect());
+        signal(&away.0, "-STOP");
+        let (done, _, err) = as_dave(&["store", "reserve", "--size", "8MiB", "--nodes", "3"]);
+        assert!(done, "{err}");
+        let late = home.join("late.bin");
+        random_file(&late, 1 << 20, 32);
+        let (done, _, err) = as_dave(&["store", "put", late.to_str().expect("utf8"), "late.bin"]);
+        assert!(
+            !done && err.contains("holds your index") && err.contains("did not answer"),
+            "{err}"
+        );
+        drop(away);
+        all_up(&home);
+        let (done, _, err) = as_dave(&["store", "put", late.to_str().expect("utf8"), "late.bin"]);
+        assert!(done, "{err}");
+        let (_, ls, _) = as_dave(&["store", "ls"]);
+        let names: Vec<&str> = ls["objects"]
+            .as_array()
+            .map(|o| o.iter().filter_map(|o| o["name"].as_str()).collect())
+            .unwrap_or_default();
+        assert_eq!(names, ["early.bin", "late.bin"], "{ls}");
+        let back = home.join("early-back.bin");
+        let (done, _, err) = as_dave(&["store", "get", "early.bin", back.to_str().expect("utf8")]);
+        assert!(done, "{err}");
+        assert!(std::fs::read(&back).expect("read") == early_data);
     })
     .await
     .expect("the storage walk-through");

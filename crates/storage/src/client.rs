@@ -248,6 +248,8 @@ pub struct Holding {
     pub status: NodeStatus,
     /// The contract is in its grace period (unpaid): its node refuses reads and writes.
     pub in_grace: bool,
+    /// Ledger time the contract was created, ms.
+    pub created_ms: u64,
 }
 
 impl Holding {
@@ -374,6 +376,34 @@ fn distinct_peers(holdings: &[Holding]) -> Vec<PeerId> {
         .filter_map(|h| h.peer_id().ok())
         .filter(|p| seen.insert(*p))
         .collect()
+}
+
+/// When the owner's first contract on each node of `holdings` was created.
+fn joined(holdings: &[Holding]) -> HashMap<PeerId, u64> {
+    let mut out: HashMap<PeerId, u64> = HashMap::new();
+    for h in holdings {
+        if let Ok(p) = h.peer_id() {
+            let at = out.entry(p).or_insert(h.created_ms);
+            *at = (*at).min(h.created_ms);
+        }
+    }
+    out
+}
+
+/// Whether a node of `peers` that has not `answered` may hold an owner index that none of
+/// those that answered (with no pointer) holds: one that joined the owner's nodes before
+/// one that answered. An index is written to a majority of the nodes of its day, and
+/// the nodes that answered are a majority of today's; when none joined after a silent
+/// one, every index written since a silent one joined reached one of them.
+fn may_hold_index(
+    peers: &[PeerId],
+    answered: &HashSet<PeerId>,
+    joined: &HashMap<PeerId, u64>,
+) -> bool {
+    let at = |p: &PeerId| joined.get(p).copied().unwrap_or(0);
+    let latest_answered = answered.iter().map(at).max();
+    let earliest_silent = peers.iter().filter(|p| !answered.contains(p)).map(at).min();
+    matches!((earliest_silent, latest_answered), (Some(s), Some(a)) if s < a)
 }
 
 /// The mesh peer of each node of `holdings`.
@@ -722,6 +752,7 @@ impl Storage {
                 quota: bytes,
                 status: view.status,
                 in_grace,
+                created_ms: c.created_ms,
             });
         }
         Ok(out)
@@ -783,6 +814,7 @@ impl Storage {
                         quota: 0,
                         status: n.status,
                         in_grace: false,
+                        created_ms: 0,
                     })
                     .collect();
                 // Nodes already holding this owner's data last, so new space spreads wider.
@@ -1504,7 +1536,12 @@ impl Storage {
         let salt = self.keys.object_salt(name);
         let key = self.keys.content_key(&salt, Cipher::Aes256Gcm, &plain);
         let sealed = crypto::seal(Cipher::Aes256Gcm, &key, None, &plain);
-        let id = self.put_everywhere(&holdings, &sealed, "manifest").await?;
+        // As many copies as the shards may lose, and one: the object then stays readable
+        // whichever m of its nodes go.
+        let copies = (usize::from(scheme.m) + 1).min(distinct_peers(&holdings).len());
+        let (id, _) = self
+            .put_everywhere(&holdings, &sealed, "manifest", copies)
+            .await?;
         let capability = Capability {
             owner: self.owner(),
             manifest: id,
@@ -1862,13 +1899,16 @@ impl Storage {
         )))
     }
 
-    /// Put one blob (a manifest or an index) on every holding; its address.
+    /// Put one blob (a manifest or an index) on every holding, and fail unless at least
+    /// `nodes_min` distinct nodes keep it: one copy would be lost with its node, and the
+    /// objects it names with it. Its address, and the nodes that keep it.
     async fn put_everywhere(
         &self,
         holdings: &[Holding],
         sealed: &[u8],
         what: &str,
-    ) -> Result<Hash, StorageError> {
+        nodes_min: usize,
+    ) -> Result<(Hash, HashSet<NodeId>), StorageError> {
         let id = shard_id(sealed);
         let results = futures::future::join_all(holdings.iter().map(|h| async move {
             let peer = h.peer_id()?;
@@ -1877,20 +1917,26 @@ impl Storage {
                 .map_err(StorageError::from)
         }))
         .await;
-        let ok = results.iter().filter(|r| r.is_ok()).count();
+        let kept: HashSet<NodeId> = (holdings.iter().zip(&results))
+            .filter(|(_, r)| r.is_ok())
+            .map(|(h, _)| h.node)
+            .collect();
         for (h, r) in holdings.iter().zip(&results) {
             if let Err(e) = r {
                 warn!(node = h.node, error = %e, "cannot put the {what} on a node");
             }
         }
-        if ok == 0 {
+        if kept.len() < nodes_min.max(1) {
             let first = results.into_iter().find_map(Result::err);
             return Err(other(format!(
-                "cannot store the {what} on any node: {}",
+                "the {what} could be stored on only {} of the {nodes_min} nodes it needs: {}; \
+                 run the command again when more are up (`peergrid store status`), or \
+                 reserve more room (`peergrid store reserve`)",
+                kept.len(),
                 first.map(|e| e.to_string()).unwrap_or_default()
             )));
         }
-        Ok(id)
+        Ok((id, kept))
     }
 
     /// The owner's newest pointer and index (empty before the first put).
@@ -1931,11 +1977,12 @@ impl Storage {
         reading: Reading,
     ) -> Result<Option<(SignedPointer, Vec<u8>)>, StorageError> {
         let peers: Vec<PeerId> = distinct_peers(holdings);
+        let joined = joined(holdings);
         self.connect_all(holdings).await;
         let mut tries = 0;
         let mut tried: Option<Pointer> = None;
         loop {
-            let Some(pointer) = self.newest_pointer(&peers, reading).await? else {
+            let Some(pointer) = self.newest_pointer(&peers, &joined, reading).await? else {
                 return Ok(None);
             };
             let sealed = match self
@@ -1963,9 +2010,12 @@ impl Storage {
     /// majority's answers include the newest, but fewer could all be older, and the
     /// change written over them would hide every name added since, whose objects gc
     /// would then take as garbage.
+    /// `joined` is when the owner's first contract on each node was created: with no
+    /// pointer among the answers, whether a node still silent may hold the index.
     async fn newest_pointer(
         &self,
         peers: &[PeerId],
+        joined: &HashMap<PeerId, u64>,
         reading: Reading,
     ) -> Result<Option<SignedPointer>, StorageError> {
         let owner = self.owner();
@@ -1976,19 +2026,27 @@ impl Storage {
             .iter()
             .map(|&p| {
                 let live = !self.has_failed(&p);
-                async move { (live, wire::get_pointer(&self.mesh, p, owner, chain).await) }
+                async move {
+                    (
+                        p,
+                        live,
+                        wire::get_pointer(&self.mesh, p, owner, chain).await,
+                    )
+                }
             })
             .collect();
         // Each pointer answered, with how many nodes keep it.
         let mut kept: Vec<(SignedPointer, usize)> = Vec::new();
         let mut reached = 0;
-        while let Some((live, a)) = asks.next().await {
+        let mut answered: HashSet<PeerId> = HashSet::new();
+        while let Some((peer, live, a)) = asks.next().await {
             if live {
                 live_pending -= 1;
             }
             match a {
                 Ok(p) => {
                     reached += 1;
+                    answered.insert(peer);
                     if let Some(p) = p {
                         match kept.iter_mut().find(|(k, _)| k.pointer == p.pointer) {
                             Some((_, n)) => *n += 1,
@@ -1998,7 +2056,12 @@ impl Storage {
                 }
                 Err(e) => debug!(error = %e, "no pointer from a node"),
             }
-            if live_pending == 0 && reached >= majority {
+            // No pointer among a majority is no proof that there is none when the nodes
+            // still to answer may hold it (reserved before some that answered).
+            if live_pending == 0
+                && reached >= majority
+                && (!kept.is_empty() || !may_hold_index(peers, &answered, joined))
+            {
                 break;
             }
         }
@@ -2012,6 +2075,27 @@ impl Storage {
                 "only {reached} of your {} storage nodes answered, too few to be sure your index is the newest: changing it now could hide names kept on the others. Try again when more are up (`peergrid store status` shows which are down), or cancel the contracts of nodes gone for good (`peergrid contract cancel ID`)",
                 peers.len()
             )));
+        }
+        let silent = peers.len() - reached;
+        if kept.is_empty() && may_hold_index(peers, &answered, joined) {
+            // A change would start a new index, and the names on the silent nodes would
+            // win it back once they return: the change's own names would be lost, and gc
+            // would take their objects for garbage.
+            if reading == Reading::ToChange {
+                return Err(other(format!(
+                    "none of the {reached} of your {} storage nodes that answered holds your \
+                     index, and {silent} did not answer: if you stored objects before, it is \
+                     on those. Try again when they are up (`peergrid store status` shows \
+                     which), or cancel the contracts of nodes gone for good (`peergrid \
+                     contract cancel ID`)",
+                    peers.len()
+                )));
+            }
+            warn!(
+                answered = reached,
+                nodes = peers.len(),
+                "none of your storage nodes that answered holds your index; if you stored objects before, it is on those that did not answer"
+            );
         }
         // An owner with no storage nodes has no index to be behind on.
         if reached < majority && !peers.is_empty() {
@@ -2123,8 +2207,21 @@ impl Storage {
             Some(nonce),
             &encode_versioned(index),
         );
-        let id = self
-            .put_everywhere(holdings, &sealed, "owner index")
+        // Every reader refuses a larger one: written, it would lock the owner out of every
+        // name, and out of `rm` too.
+        if sealed.len() > INDEX_BYTES_MAX {
+            return Err(other(format!(
+                "your index of {} names would take {}, more than the {} it may: nothing was \
+                 changed. Remove names you no longer need first (`peergrid store rm PREFIX/`)",
+                index.objects.len(),
+                human_bytes(sealed.len() as u64),
+                human_bytes(INDEX_BYTES_MAX as u64)
+            )));
+        }
+        // A majority of the owner's nodes must keep the index the pointers will name.
+        let majority = nodes / 2 + 1;
+        let (id, mut kept_by) = self
+            .put_everywhere(holdings, &sealed, "owner index", 0)
             .await?;
         let sealed = &sealed;
         let copies = futures::future::join_all(also.iter().map(|h| async move {
@@ -2137,9 +2234,24 @@ impl Storage {
         }))
         .await;
         for (h, result) in copies {
-            if let Err(e) = result {
-                debug!(node = h.node, contract = h.contract, error = %e, "no copy of the owner index in this contract");
+            match result {
+                Ok(_) => {
+                    kept_by.insert(h.node);
+                }
+                Err(e) => {
+                    debug!(node = h.node, contract = h.contract, error = %e, "no copy of the owner index in this contract")
+                }
             }
+        }
+        if kept_by.len() < majority {
+            return Err(other(format!(
+                "the new index could be stored on only {} of your {nodes} storage nodes, too few \
+                 to be sure it outlives them (full, or down?): nothing was changed. Run the \
+                 command again when more are up (`peergrid store status`), reserve more room \
+                 (`peergrid store reserve`), or cancel the contracts of nodes gone for good \
+                 (`peergrid contract cancel ID`)",
+                kept_by.len()
+            )));
         }
         let pointer = SignedPointer::sign(
             &self.key,
@@ -2150,15 +2262,20 @@ impl Storage {
                 index: id,
             },
         );
-        let results = futures::future::join_all(holdings.iter().map(|h| {
-            let p = pointer.clone();
-            async move {
-                wire::put_pointer(&self.mesh, h.peer_id()?, p)
-                    .await
-                    .map_err(StorageError::from)
-            }
-        }))
-        .await;
+        // Only where the index is: a pointer to an index its node lacks would send readers
+        // to the others for it.
+        let results =
+            futures::future::join_all(holdings.iter().filter(|h| kept_by.contains(&h.node)).map(
+                |h| {
+                    let p = pointer.clone();
+                    async move {
+                        wire::put_pointer(&self.mesh, h.peer_id()?, p)
+                            .await
+                            .map_err(StorageError::from)
+                    }
+                },
+            ))
+            .await;
         let kept = results.iter().filter(|r| r.is_ok()).count();
         // Kept by half or fewer, the change could be missed by the next one, which reads a
         // majority that need not include them, and written over.
@@ -4524,6 +4641,21 @@ mod tests {
     }
 
     #[test]
+    fn an_index_may_be_on_a_silent_node_only_if_it_joined_before_one_that_answered() {
+        let [a, b, c] = [PeerId::random(), PeerId::random(), PeerId::random()];
+        let peers = [a, b, c];
+        // Reserved together, one silent: a first put may start the index.
+        let together = HashMap::from([(a, 1_000), (b, 1_000), (c, 1_000)]);
+        assert!(!may_hold_index(&peers, &HashSet::from([a, b]), &together));
+        // The owner's older nodes silent, a newer one answered: they may hold it.
+        let later = HashMap::from([(a, 1_000), (b, 1_000), (c, 2_000)]);
+        assert!(may_hold_index(&peers, &HashSet::from([c]), &later));
+        // The newest silent: every index since it joined reached one that answered.
+        assert!(!may_hold_index(&peers, &HashSet::from([a, b]), &later));
+        assert!(!may_hold_index(&peers, &HashSet::from([a, b, c]), &later));
+    }
+
+    #[test]
     fn farms_alternate_and_samples_are_distinct() {
         let h = |node, farm| Holding {
             contract: node as u64,
@@ -4533,6 +4665,7 @@ mod tests {
             quota: 0,
             status: NodeStatus::Up,
             in_grace: false,
+            created_ms: 0,
         };
         let order: Vec<FarmId> =
             spread_over_farms(vec![h(1, 1), h(2, 1), h(3, 1), h(4, 2), h(5, 2)])
