@@ -335,6 +335,15 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
         assert!(status.success());
         let back = std::fs::read(&appended).expect("read");
         assert!(back[..4] == *b"HEAD" && back[4..] == data[..], "appended");
+        // A plain file under /dev (tmpfs in /dev/shm) is a file like any other: an older,
+        // longer one there is replaced whole, not written over with its tail left.
+        if Path::new("/dev/shm").is_dir() {
+            let shm = PathBuf::from(format!("/dev/shm/peergrid-get-{}.bin", std::process::id()));
+            std::fs::write(&shm, vec![9u8; data.len() + 4096]).expect("write");
+            let back = got(&home, &[], "docs/report.bin", &shm);
+            let _ = std::fs::remove_file(&shm);
+            assert!(back == data, "a get into /dev/shm kept the old file's tail");
+        }
         // Into a folder given, as `cp` does: under the name's last part.
         let into = home.join("into");
         std::fs::create_dir(&into).expect("mkdir");

@@ -2246,10 +2246,11 @@ impl Storage {
         if kept_by.len() < majority {
             return Err(other(format!(
                 "the new index could be stored on only {} of your {nodes} storage nodes, too few \
-                 to be sure it outlives them (full, or down?): nothing was changed. Run the \
-                 command again when more are up (`peergrid store status`), reserve more room \
-                 (`peergrid store reserve`), or cancel the contracts of nodes gone for good \
-                 (`peergrid contract cancel ID`)",
+                 to be sure it outlives them: nothing was changed. `peergrid store status` \
+                 shows why the others could not: a contract in its grace period takes nothing \
+                 until you top up your account, a full one until you reserve more room \
+                 (`peergrid store reserve`), a node down until it is back; cancel the \
+                 contracts of nodes gone for good (`peergrid contract cancel ID`)",
                 kept_by.len()
             )));
         }
@@ -2281,7 +2282,7 @@ impl Storage {
         // majority that need not include them, and written over.
         if kept * 2 <= nodes {
             return Err(other(format!(
-                "the new index reached only {kept} of your {nodes} storage nodes, too few for the next change to be sure to see it: run the command again when more are up (`peergrid store status`), or cancel the contracts of nodes gone for good (`peergrid contract cancel ID`); nothing stored is lost"
+                "the new index reached only {kept} of your {nodes} storage nodes, too few for the next change to be sure to see it: run the command again when more are up (`peergrid store status` shows which are down, or in their grace period until you top up your account), or cancel the contracts of nodes gone for good (`peergrid contract cancel ID`); nothing stored is lost"
             )));
         }
         // The previous index is no longer named by anything.
@@ -2492,9 +2493,8 @@ impl Storage {
         // standard output is this process's own, not reopened: a shell's `>>` appends.
         let to_stdout = writes_to_stdout(out);
         refuse_folder(out)?;
-        let stream = std::fs::metadata(out).is_ok_and(|m| !m.is_file())
-            || to_stdout
-            || out.starts_with("/dev");
+        // By what it is, not where: `/dev/shm` holds plain files, to be written whole.
+        let stream = std::fs::metadata(out).is_ok_and(|m| !m.is_file()) || to_stdout;
         // A link to a file is written through, as `cp` does: the file it names is
         // replaced, the link stays.
         let linked;
@@ -3452,6 +3452,17 @@ impl Storage {
                 "only {answered} of your {nodes} storage nodes answered; gc needs more than half, to be sure it reads your newest index: nothing was removed, run it again when more are up"
             )));
         }
+        // A pointer newer than the index read, or another of its sequence: the objects that
+        // index names are not known here, and would look like garbage.
+        let other_change = (answers.iter().flatten().flatten()).any(|k| {
+            k.pointer.seq > newest.pointer.seq
+                || (k.pointer.seq == newest.pointer.seq && k.pointer != newest.pointer)
+        });
+        if other_change {
+            return Err(other(
+                "your index changed while gc read it (a put or rm from another machine with the same words, or a node that answered late); nothing was removed: run it again",
+            ));
+        }
         named.extend(
             answers
                 .into_iter()
@@ -3583,6 +3594,9 @@ impl Storage {
         }
         let mut listed = Vec::new();
         let mut after = None;
+        // What the contract can hold: a node listing more (made-up addresses, page after
+        // page) would keep gc listing, and growing the list, forever.
+        let mut bytes: u64 = 0;
         loop {
             let page = wire::list(&self.mesh, peer, h.contract, after).await?;
             // In address order, after the last page: a node answering otherwise (the same
@@ -3596,6 +3610,16 @@ impl Storage {
                     )));
                 }
                 last = Some(shard.id);
+                // A few bytes each at least: a sealed shard is never smaller.
+                bytes = bytes.saturating_add(shard.len.max(8));
+            }
+            if bytes > h.quota.saturating_mul(2).max(wire::SHARD_BYTES_MAX as u64) {
+                return Err(other(format!(
+                    "node {} listed more shards than contract {} can hold ({} reserved); run gc again later, or leave that node",
+                    h.node,
+                    h.contract,
+                    human_bytes(h.quota)
+                )));
             }
             let full = page.len() == wire::IDS_MAX;
             after = last;
