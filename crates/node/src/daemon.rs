@@ -410,10 +410,20 @@ fn unreachable(e: &anyhow::Error) -> bool {
     })
 }
 
-/// Report uptime every interval, forever; a failure is logged and the next tick retries.
+/// Longest wait for one of the node's transactions to be final before it is sent again:
+/// a validator that restarts loses what waited in its mempool, and waiting a whole
+/// interval (40 minutes in production) for a lost report would leave its window empty.
+const TX_WAIT_MAX: Duration = Duration::from_secs(30);
+
+/// Pause before sending again after a send that failed at once (no validator answered).
+const TX_RETRY_PAUSE: Duration = Duration::from_secs(2);
+
+/// Report uptime in every window of the ledger's, forever: a report that is not final is
+/// sent again within its window while there is time, and a failure is logged.
 async fn report_uptime(shared: Arc<Shared>, client: Arc<Client>, key: Keypair, node: NodeId) {
     let interval = Duration::from_secs(shared.interval_secs.max(1));
     let interval_ms = shared.interval_secs.max(1) * 1000;
+    let per_try = interval.min(TX_WAIT_MAX);
     // The window of the last report sent.
     let mut sent_in: Option<u64> = None;
     loop {
@@ -428,38 +438,72 @@ async fn report_uptime(shared: Arc<Shared>, client: Arc<Client>, key: Keypair, n
             let target = (window + 1) * interval_ms + interval_ms / 4;
             let now = now_ms();
             if target > now {
-                tokio::time::sleep(Duration::from_millis(target - now)).await;
+                // At most an interval: a clock stepped back must not hold reports for as
+                // long as it stepped.
+                let wait = (target - now).min(interval_ms);
+                tokio::time::sleep(Duration::from_millis(wait)).await;
             }
         }
-        sent_in = Some(now_ms() / interval_ms);
-        let payload = Payload::ReportUptime {
-            node,
-            // Seconds since this service started: a restart shows as uptime going down,
-            // and the ledger does not credit the time the node was stopped.
-            uptime_secs: shared.clock.uptime_secs(),
-            timestamp_secs: now_ms() / 1000,
-        };
-        match client.send(&key, payload, interval).await {
-            Ok((_, TxStatus::Finalized { height, .. })) => {
-                shared.reports_ok.fetch_add(1, Ordering::Relaxed);
-                shared.last_report_ms.store(now_ms(), Ordering::Relaxed);
-                debug!(height, "uptime reported");
-            }
-            Ok((_, TxStatus::Rejected { reason, .. })) => {
+        let window = now_ms() / interval_ms;
+        sent_in = Some(window);
+        let window_end_ms = (window + 1) * interval_ms;
+        let time_for_another = || now_ms() + per_try.as_millis() as u64 <= window_end_ms;
+        let mut failed_once = false;
+        // A report still waiting in a mempool is waited for, not sent again: only one
+        // that no validator holds any more (a restart lost it) is.
+        let mut waiting: Option<peergrid_core::TxHash> = None;
+        loop {
+            let sent = match waiting.take() {
+                Some(hash) => client.wait(&hash, per_try).await.map(|s| (hash, s)),
+                None => {
+                    let payload = Payload::ReportUptime {
+                        node,
+                        // Seconds since this service started: a restart shows as uptime
+                        // going down, and the ledger does not credit the time the node
+                        // was stopped.
+                        uptime_secs: shared.clock.uptime_secs(),
+                        timestamp_secs: now_ms() / 1000,
+                    };
+                    client.send(&key, payload, per_try).await
+                }
+            };
+            let why = match sent {
+                Ok((_, TxStatus::Finalized { height, .. })) => {
+                    shared.reports_ok.fetch_add(1, Ordering::Relaxed);
+                    shared.last_report_ms.store(now_ms(), Ordering::Relaxed);
+                    debug!(height, "uptime reported");
+                    break;
+                }
+                Ok((_, TxStatus::Rejected { reason, .. })) => {
+                    shared.reports_failed.fetch_add(1, Ordering::Relaxed);
+                    // Most often a second report in one window (an earlier try was final
+                    // after all); the next is in the next window.
+                    debug!(%reason, "uptime report rejected");
+                    break;
+                }
+                Ok((hash, TxStatus::Pending)) => {
+                    waiting = Some(hash);
+                    format!("{hash} is still waiting for a block")
+                }
+                Ok((hash, other)) => format!("{hash} is not final: {other:?}"),
+                Err(e) => {
+                    tokio::time::sleep(TX_RETRY_PAUSE).await;
+                    e.to_string()
+                }
+            };
+            if !time_for_another() {
                 shared.reports_failed.fetch_add(1, Ordering::Relaxed);
-                // Most often a second report in one interval window; the next tick is in the next.
-                debug!(%reason, "uptime report rejected");
+                warn!(error = %why, "cannot report uptime in this window; reporting in the next");
+                break;
             }
-            Ok((hash, other)) => {
-                shared.reports_failed.fetch_add(1, Ordering::Relaxed);
-                debug!(%hash, status = ?other, "uptime report not final");
-            }
-            Err(e) => {
-                shared.reports_failed.fetch_add(1, Ordering::Relaxed);
-                warn!(error = %e, "cannot report uptime; retrying on the next interval");
+            if !failed_once {
+                failed_once = true;
+                warn!(error = %why, "cannot report uptime yet; sending it again");
+            } else {
+                debug!(error = %why, "cannot report uptime yet; sending it again");
             }
         }
-        report_usage(&shared, &client, &key, interval).await;
+        report_usage(&shared, &client, &key, per_try).await;
     }
 }
 

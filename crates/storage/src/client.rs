@@ -3613,7 +3613,7 @@ impl Storage {
                 // A few bytes each at least: a sealed shard is never smaller.
                 bytes = bytes.saturating_add(shard.len.max(8));
             }
-            if bytes > h.quota.saturating_mul(2).max(wire::SHARD_BYTES_MAX as u64) {
+            if bytes > h.quota.saturating_mul(2).max(wire::SHARD_BYTES_MAX) {
                 return Err(other(format!(
                     "node {} listed more shards than contract {} can hold ({} reserved); run gc again later, or leave that node",
                     h.node,
