@@ -410,19 +410,24 @@ async fn submit(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
-    let bytes = if is_json {
-        let req: SubmitJson = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad(format!("expected {{\"tx\": \"<hex>\"}}: {e}")))?;
-        hex::decode(req.tx.trim()).map_err(|_| ApiError::bad("\"tx\" is not hex"))?
-    } else {
-        body.to_vec()
-    };
-    let tx = SignedTx::decode(&bytes).map_err(|e| {
+    let refused = |e: ApiError| {
         api.submissions
             .refused
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        ApiError::bad(format!("{e}; send the canonical encoding"))
-    })?;
+        e
+    };
+    let bytes = if is_json {
+        let req: SubmitJson = serde_json::from_slice(&body).map_err(|e| {
+            refused(ApiError::bad(format!(
+                "expected {{\"tx\": \"<hex>\"}}: {e}"
+            )))
+        })?;
+        hex::decode(req.tx.trim()).map_err(|_| refused(ApiError::bad("\"tx\" is not hex")))?
+    } else {
+        body.to_vec()
+    };
+    let tx = SignedTx::decode(&bytes)
+        .map_err(|e| refused(ApiError::bad(format!("{e}; send the canonical encoding"))))?;
     let result = api.shared.submit(tx.clone());
     api.submissions.count(&result);
     match result {
@@ -513,7 +518,18 @@ async fn submit_batch(
             .collect::<Vec<_>>()
             .into_iter()
     });
-    let results = api.shared.submit_batch(decoded);
+    // Up to 10,000 signatures: checked off the runtime that also carries consensus, whose
+    // votes and timers must not wait behind them.
+    let shared = api.shared.clone();
+    let results = tokio::task::spawn_blocking(move || shared.submit_batch(decoded))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("the batch's checks stopped: {e}"),
+            )
+        })?;
     let mut accepted = 0usize;
     for (i, result) in positions.into_iter().zip(results) {
         let copy = copies.as_mut().and_then(Iterator::next);
@@ -706,10 +722,13 @@ fn node_view(n: &peergrid_ledger::Node, s: &peergrid_ledger::State) -> NodeView 
 async fn nodes(State(api): State<Api>, Query(p): Query<NodesQuery>) -> ApiResult<Page<NodeView>> {
     let from = u32::try_from(p.from.unwrap_or(1)).unwrap_or(u32::MAX);
     let (v, h, r) = read(&api, |s| {
-        let items = s
-            .nodes(from)
-            .filter(|n| p.farm.is_none_or(|f| n.farm == f))
-            .map(|n| (n.id as u64, node_view(n, s)));
+        // A farm's from its own index: filtering every node for a small farm would walk
+        // the whole grid on each request.
+        let all: Box<dyn Iterator<Item = &peergrid_types::records::Node>> = match p.farm {
+            Some(f) => Box::new(s.nodes_of(f).skip_while(move |n| n.id < from)),
+            None => Box::new(s.nodes(from)),
+        };
+        let items = all.map(|n| (n.id as u64, node_view(n, s)));
         Ok(page(items, page_limit(p.limit)))
     })?;
     Ok(at(v, h, r))
@@ -1152,14 +1171,58 @@ async fn snapshot_state(
         .snapshots
         .state_file(height)
         .ok_or_else(|| no_snapshot(height))?;
-    // Read whole: a state of a few hundred MB is fine in memory for the time it is sent.
-    let bytes = tokio::task::spawn_blocking(move || std::fs::read(path))
+    // Sent as it is read, a few at a time: a state of a few hundred MB read whole for
+    // each of many downloads at once would run the validator out of memory.
+    let permit = SNAPSHOT_DOWNLOADS
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                format!(
+                    "{SNAPSHOT_DOWNLOADS_MAX} snapshots are being sent already; retry in \
+                 {RETRY_AFTER_SECS} s"
+                ),
+            )
+            .retry_after(RETRY_AFTER_SECS)
+        })?;
+    let file = tokio::fs::File::open(&path)
         .await
-        .ok()
-        .and_then(Result::ok)
-        .ok_or_else(|| no_snapshot(height))?;
-    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+        .map_err(|_| no_snapshot(height))?;
+    let len = file.metadata().await.map(|m| m.len()).ok();
+    let chunks = futures::stream::unfold((file, permit), |(mut file, permit)| async move {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = vec![0u8; SNAPSHOT_CHUNK_BYTES];
+        match file.read(&mut chunk).await {
+            Ok(0) => None,
+            Ok(n) => {
+                chunk.truncate(n);
+                Some((Ok(bytes::Bytes::from(chunk)), (file, permit)))
+            }
+            Err(e) => Some((Err(e), (file, permit))),
+        }
+    });
+    let mut response = axum::body::Body::from_stream(chunks).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/octet-stream"),
+    );
+    if let Some(len) = len {
+        headers.insert(header::CONTENT_LENGTH, header::HeaderValue::from(len));
+    }
+    Ok(response)
 }
+
+/// Snapshot files sent at once; more are asked to retry.
+const SNAPSHOT_DOWNLOADS_MAX: usize = 4;
+
+/// How much of a snapshot file is read at a time.
+const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+
+static SNAPSHOT_DOWNLOADS: LazyLock<Arc<tokio::sync::Semaphore>> =
+    LazyLock::new(|| Arc::new(tokio::sync::Semaphore::new(SNAPSHOT_DOWNLOADS_MAX)));
 
 #[utoipa::path(get, path = "/v1/snapshots/{height}/finalization", tag = "chain",
     summary = "A snapshot's block's finalization certificate, as consensus encodes it: the floor a joining validator's consensus starts from",
@@ -1415,7 +1478,7 @@ async fn metrics(State(api): State<Api>) -> Response {
     series(
         "peergrid_validator_signature_checks_total",
         "counter",
-        "Transactions whose signatures this validator checked (each once, however it came).",
+        "Transaction signatures this validator checked: one it took is not checked again, whether it came from a client, gossip or a block.",
         &one(api.shared.stateless_checks().to_string()),
     );
     series(

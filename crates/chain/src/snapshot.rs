@@ -145,18 +145,28 @@ impl Snapshots {
         let Some(dir) = self.dir.get() else {
             return;
         };
-        if let Err(e) =
-            peergrid_core::fs::write_atomic(&Self::finalization_path(dir, height), bytes)
-        {
-            warn!(height, error = %e, "cannot write the snapshot's finalization");
+        match peergrid_core::fs::write_atomic(&Self::finalization_path(dir, height), bytes) {
+            // Ready now: the oldest one kept may go.
+            Ok(()) => Self::prune(dir),
+            Err(e) => warn!(height, error = %e, "cannot write the snapshot's finalization"),
         }
     }
 
-    /// Remove all but the newest [`SNAPSHOTS_KEPT`] snapshots.
+    /// Remove all but the newest [`SNAPSHOTS_KEPT`] ready snapshots (those with their
+    /// finalization) and any newer one still waiting for it: counting one that never gets
+    /// its finalization (written just before a kill) would remove the last one served.
     fn prune(dir: &Path) {
         let mut heights: Vec<u64> = Self::scan(dir).into_iter().map(|(h, _, _)| h).collect();
         heights.sort_unstable();
-        let old = heights.len().saturating_sub(SNAPSHOTS_KEPT);
+        heights.dedup();
+        let ready: Vec<u64> = (heights.iter().copied())
+            .filter(|h| Self::finalization_path(dir, *h).exists())
+            .collect();
+        let old = match ready.len().checked_sub(SNAPSHOTS_KEPT) {
+            Some(first_kept) => heights.partition_point(|h| *h < ready[first_kept]),
+            None if ready.is_empty() => heights.len().saturating_sub(SNAPSHOTS_KEPT),
+            None => 0,
+        };
         for height in &heights[..old] {
             for (h, _, path) in Self::scan(dir) {
                 if h == *height {
@@ -354,6 +364,47 @@ pub fn floor(
 mod tests {
     use super::*;
     use peergrid_ledger::{Devnet, Ledger, MemoryStore};
+
+    #[test]
+    fn pruning_keeps_the_newest_ready_snapshots_whatever_waits_for_its_finalization() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = Hash::of(b"root");
+        let state = |h: u64, ready: bool| {
+            std::fs::write(Snapshots::state_path(dir.path(), h, &root), b"state").expect("state");
+            if ready {
+                std::fs::write(Snapshots::finalization_path(dir.path(), h), b"f").expect("f");
+            }
+        };
+        let heights = || -> Vec<u64> {
+            let mut h: Vec<u64> = (Snapshots::scan(dir.path()).into_iter())
+                .map(|(h, _, _)| h)
+                .collect();
+            h.sort_unstable();
+            h
+        };
+        // 99 and 199 ready; 299 and 399 written just before kills, never finalized.
+        state(99, true);
+        state(199, true);
+        state(299, false);
+        state(399, false);
+        Snapshots::prune(dir.path());
+        assert_eq!(
+            heights(),
+            [99, 199, 299, 399],
+            "both ready ones are still served"
+        );
+        state(499, true);
+        Snapshots::prune(dir.path());
+        assert_eq!(heights(), [199, 299, 399, 499]);
+        assert!(!Snapshots::finalization_path(dir.path(), 99).exists());
+        state(599, true);
+        Snapshots::prune(dir.path());
+        assert_eq!(
+            heights(),
+            [499, 599],
+            "the unfinalized ones behind them go too"
+        );
+    }
 
     #[test]
     fn a_snapshot_round_trips_installs_and_is_checked_on_open() {
