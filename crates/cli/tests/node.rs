@@ -487,6 +487,43 @@ async fn a_farmer_runs_a_node_that_follows_its_contracts_across_restarts() {
         "{log}"
     );
 
+    // The node's account pays fees for its usage reports, capacity updates and releases:
+    // spent down, it is topped up from the farm owner's key the node runs with.
+    let node_key = Keypair::load(&data.join("node-key.json")).expect("node key");
+    let balance = client
+        .account(&node_key.account())
+        .await
+        .expect("account")
+        .data
+        .balance;
+    let (_, status) = client
+        .send(
+            &node_key,
+            Payload::Transfer {
+                to: demo.account(),
+                amount: peergrid_core::Amount(balance.0 - 10_000),
+            },
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("spend");
+    assert!(matches!(status, TxStatus::Finalized { .. }), "{status:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = client.account(&node_key.account()).await.expect("account");
+        if now.data.balance.0 >= 1_000_000 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node's account was not topped up: {}",
+            now.data.balance
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let log = std::fs::read_to_string(data.with_extension("log")).expect("node log");
+    assert!(log.contains("topped up the node's account"), "{log}");
+
     // The time the daemon was stopped is not credited as uptime: the minted receipts of
     // the periods it spans miss at least that much.
     let receipts = loop {

@@ -321,6 +321,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Running> {
         disk_reserve,
         grid: chain.clone(),
         read_all: std::sync::atomic::AtomicBool::new(false),
+        fee_balance: AtomicU64::new(u64::MAX),
     });
     shared.sync_storage(&*shared.world.lock().await);
     compute.sync(&*shared.world.lock().await);
@@ -343,7 +344,13 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<Running> {
             id,
         )),
         tokio::spawn(reconcile::follow(shared.clone(), client.clone())),
-        tokio::spawn(give_back(shared.clone(), client.clone(), key.clone(), id)),
+        tokio::spawn(give_back(
+            shared.clone(),
+            client.clone(),
+            key.clone(),
+            id,
+            owner,
+        )),
         tokio::spawn(save_logs(compute.clone())),
         tokio::spawn(scrub_shards(shared.storage.clone())),
         health_task,
@@ -516,18 +523,34 @@ async fn report_uptime(shared: Arc<Shared>, client: Arc<Client>, key: Keypair, n
 /// report. A refusal the next reading clears (capacity freed by another contract's end)
 /// costs nothing, and none is released before the node's first full reading of its
 /// contracts, nor from a reading older than what the node follows.
-async fn give_back(shared: Arc<Shared>, client: Arc<Client>, key: Keypair, node: NodeId) {
+async fn give_back(
+    shared: Arc<Shared>,
+    client: Arc<Client>,
+    key: Keypair,
+    node: NodeId,
+    owner: Option<Keypair>,
+) {
     let interval = Duration::from_secs(shared.interval_secs.max(1));
     // Contracts refused here, when each was first seen refused, and whether its release
     // failed already (the next failure is logged at debug level only).
     let mut seen: BTreeMap<ContractId, (Instant, bool)> = BTreeMap::new();
     let mut rules_told = false;
     let mut capacity_failed = false;
+    let mut low_told = false;
     loop {
         tokio::time::sleep(interval).await;
         if !shared.read_all.load(Ordering::Relaxed) {
             continue;
         }
+        keep_funded(
+            &shared,
+            &client,
+            &key,
+            owner.as_ref(),
+            &mut low_told,
+            interval,
+        )
+        .await;
         match follow_capacity(&shared, &client, &key, node, interval).await {
             Ok(_) => capacity_failed = false,
             Err(why) if capacity_failed => {
@@ -593,6 +616,62 @@ async fn give_back(shared: Arc<Shared>, client: Arc<Client>, key: Keypair, node:
                         entry.1 = true;
                     }
                 }
+            }
+        }
+    }
+}
+
+/// Keep the node's account able to pay its fees: usage reports, capacity updates and
+/// releases each pay one (uptime reports are free), and a busy node spends its start-up
+/// float within weeks. Topped up from the farm owner's key when the node has it; said
+/// once otherwise, until the balance is back.
+async fn keep_funded(
+    shared: &Shared,
+    client: &Client,
+    key: &Keypair,
+    owner: Option<&Keypair>,
+    told: &mut bool,
+    timeout: Duration,
+) {
+    let me = key.account();
+    let balance = match client.account(&me).await {
+        Ok(a) => a.data.balance,
+        Err(e) => {
+            debug!(error = %e, "cannot read the node's balance");
+            return;
+        }
+    };
+    shared.fee_balance.store(balance.0, Ordering::Relaxed);
+    let low = peergrid_core::Amount(crate::register::FEE_FLOAT.0 / 10);
+    if balance >= low {
+        *told = false;
+        return;
+    }
+    let Some(owner) = owner else {
+        if !*told {
+            *told = true;
+            warn!(
+                %balance,
+                "the node's account {me} is low on tokens for its fees: its usage reports \
+                 (what its apps' traffic earns), capacity updates and releases fail once it \
+                 is empty. Send it some: `peergrid wallet transfer --to {me} --amount 1`"
+            );
+        }
+        return;
+    };
+    let payload = Payload::Transfer {
+        to: me,
+        amount: crate::register::FEE_FLOAT,
+    };
+    match client.send(owner, payload, timeout).await {
+        Ok((_, TxStatus::Finalized { .. })) => {
+            *told = false;
+            info!(amount = %crate::register::FEE_FLOAT, "topped up the node's account for its fees from the farm owner's key");
+        }
+        other => {
+            if !*told {
+                *told = true;
+                warn!(outcome = ?other.map(|(_, s)| s), "cannot top up the node's account from the farm owner's key; its fees fail once it is empty");
             }
         }
     }

@@ -140,6 +140,14 @@ async fn metrics(State(s): State<Arc<Shared>>) -> Response {
         "Last ledger height reconciled.",
         report.followed_height,
     );
+    let balance = s.fee_balance.load(std::sync::atomic::Ordering::Relaxed);
+    if balance != u64::MAX {
+        gauge(
+            "peergrid_node_fee_balance_units",
+            "The node's account balance for its fees, token units: its usage reports, capacity updates and releases fail once it is empty.",
+            balance,
+        );
+    }
     gauge(
         "peergrid_node_capacity_cores",
         "Cores offered.",

@@ -52,6 +52,8 @@ pub struct Shared {
     /// Whether this run has read every contract on the node once (the world's `synced`
     /// is kept on disk, so it says nothing about this run).
     pub read_all: std::sync::atomic::AtomicBool,
+    /// The node's account balance at its last check, token units (`u64::MAX` before one).
+    pub fee_balance: AtomicU64,
 }
 
 impl Shared {
