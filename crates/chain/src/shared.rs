@@ -559,12 +559,12 @@ impl Shared {
             Ok(())
         })?;
         // The state at an epoch's last block, for validators that join once the blocks
-        // before it are pruned: read now, while no later block can change it.
+        // before it are pruned: pinned now, while no later block can change it, and read
+        // after the lock is let go.
         let len = self.genesis.params.epoch_blocks.max(1);
         if self.snapshots.enabled() && (block.height + 1).is_multiple_of(len) {
-            match ledger.store().load() {
-                Ok(Some(state)) => self.snapshots.write(self.genesis.hash(), state),
-                Ok(None) => {}
+            match ledger.store().pinned() {
+                Ok(load) => self.snapshots.write(self.genesis.hash(), load),
                 Err(e) => {
                     tracing::warn!(height = block.height, error = %e, "cannot read the state for a snapshot")
                 }

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 use borsh::{BorshDeserialize, BorshSerialize};
 use peergrid_core::Hash;
-use peergrid_ledger::{Change, Genesis, Snapshot, Store};
+use peergrid_ledger::{Change, Genesis, Store};
 use peergrid_types::api::SnapshotInfo;
 use tracing::{info, warn};
 
@@ -113,18 +113,28 @@ impl Snapshots {
         self.dir.get().is_some()
     }
 
-    /// Write `state` (the ledger's store as of an epoch's last block) in the background.
-    pub fn write(&self, chain: Hash, state: Snapshot) {
+    /// Read the state `load` pins (the ledger's store as of an epoch's last block) and
+    /// write it, in the background: copying a large state under the ledger's lock would
+    /// hold up blocks and every read meanwhile.
+    pub fn write(&self, chain: Hash, load: peergrid_ledger::store::PinnedLoad) {
         let Some(dir) = self.dir.get().cloned() else {
             return;
         };
-        let file = SnapshotFile {
-            chain,
-            height: state.height,
-            root: state.root,
-            entries: state.entries,
-        };
         std::thread::spawn(move || {
+            let state = match load() {
+                Ok(Some(state)) => state,
+                Ok(None) => return,
+                Err(e) => {
+                    warn!(error = %e, "cannot read the state for a snapshot");
+                    return;
+                }
+            };
+            let file = SnapshotFile {
+                chain,
+                height: state.height,
+                root: state.root,
+                entries: state.entries,
+            };
             let path = Self::state_path(&dir, file.height, &file.root);
             match peergrid_core::fs::write_atomic(&path, &file.encode()) {
                 Ok(()) => info!(

@@ -44,12 +44,22 @@ pub struct Snapshot {
     pub entries: Vec<(u8, Vec<u8>, Vec<u8>)>,
 }
 
+/// Reads the state as it was committed when it was made, whatever is committed since.
+pub type PinnedLoad = Box<dyn FnOnce() -> Result<Option<Snapshot>, StoreError> + Send>;
+
 /// Where the ledger keeps its state between runs.
 pub trait Store {
     /// The last committed state, or `None` if nothing was ever committed.
     fn load(&self) -> Result<Option<Snapshot>, StoreError>;
     /// Write one block's changes, its height and root, atomically.
     fn commit(&mut self, height: u64, root: Hash, changes: &[Change]) -> Result<(), StoreError>;
+    /// [`Store::load`] later, of the state committed now: cheap to make, so a caller
+    /// holding a lock that blocks commits can make it, let go, and read at leisure. By
+    /// default the state is read now.
+    fn pinned(&self) -> Result<PinnedLoad, StoreError> {
+        let state = self.load()?;
+        Ok(Box::new(move || Ok(state)))
+    }
 }
 
 impl<T: Store + ?Sized> Store for Box<T> {
@@ -59,6 +69,10 @@ impl<T: Store + ?Sized> Store for Box<T> {
 
     fn commit(&mut self, height: u64, root: Hash, changes: &[Change]) -> Result<(), StoreError> {
         (**self).commit(height, root, changes)
+    }
+
+    fn pinned(&self) -> Result<PinnedLoad, StoreError> {
+        (**self).pinned()
     }
 }
 
@@ -139,13 +153,24 @@ impl RedbStore {
     }
 
     fn head_in(&self, txn: &redb::ReadTransaction) -> Result<Option<(u64, Hash)>, StoreError> {
+        Self::head_of(txn, &self.path)
+    }
+
+    fn head_of(
+        txn: &redb::ReadTransaction,
+        path: &Path,
+    ) -> Result<Option<(u64, Hash)>, StoreError> {
+        let err = |e: &dyn std::fmt::Display| StoreError::Database {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        };
         let head = match txn.open_table(HEAD) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(self.err(e)),
+            Err(e) => return Err(err(&e)),
         };
-        let height = head.get("height").map_err(|e| self.err(e))?;
-        let root = head.get("root").map_err(|e| self.err(e))?;
+        let height = head.get("height").map_err(|e| err(&e))?;
+        let root = head.get("root").map_err(|e| err(&e))?;
         let (Some(height), Some(root)) = (height, root) else {
             return Ok(None);
         };
@@ -164,16 +189,27 @@ impl RedbStore {
     }
 }
 
-impl Store for RedbStore {
-    fn load(&self) -> Result<Option<Snapshot>, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
-        let Some((height, root)) = self.head_in(&txn)? else {
+impl RedbStore {
+    /// The state `txn` sees.
+    fn load_in(&self, txn: &redb::ReadTransaction) -> Result<Option<Snapshot>, StoreError> {
+        Self::read_state(txn, &self.path)
+    }
+
+    fn read_state(
+        txn: &redb::ReadTransaction,
+        path: &Path,
+    ) -> Result<Option<Snapshot>, StoreError> {
+        let err = |e: &dyn std::fmt::Display| StoreError::Database {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        };
+        let Some((height, root)) = Self::head_of(txn, path)? else {
             return Ok(None);
         };
-        let state = txn.open_table(STATE).map_err(|e| self.err(e))?;
-        let mut entries = Vec::with_capacity(state.len().map_err(|e| self.err(e))? as usize);
-        for item in state.iter().map_err(|e| self.err(e))? {
-            let (k, v) = item.map_err(|e| self.err(e))?;
+        let state = txn.open_table(STATE).map_err(|e| err(&e))?;
+        let mut entries = Vec::with_capacity(state.len().map_err(|e| err(&e))? as usize);
+        for item in state.iter().map_err(|e| err(&e))? {
+            let (k, v) = item.map_err(|e| err(&e))?;
             let k = k.value();
             let Some((&tag, key)) = k.split_first() else {
                 return Err(StoreError::Corrupt("an empty state key".into()));
@@ -185,6 +221,20 @@ impl Store for RedbStore {
             root,
             entries,
         }))
+    }
+}
+
+impl Store for RedbStore {
+    fn load(&self) -> Result<Option<Snapshot>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        self.load_in(&txn)
+    }
+
+    /// A read transaction: redb keeps the pages it sees until it ends, so commits go on.
+    fn pinned(&self) -> Result<PinnedLoad, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let path = self.path.clone();
+        Ok(Box::new(move || Self::read_state(&txn, &path)))
     }
 
     fn commit(&mut self, height: u64, root: Hash, changes: &[Change]) -> Result<(), StoreError> {
@@ -214,5 +264,47 @@ impl Store for RedbStore {
                 .map_err(|e| self.err(e))?;
         }
         txn.commit().map_err(|e| self.err(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(key: &[u8], value: &[u8]) -> Change {
+        Change {
+            table: 1,
+            key: key.to_vec(),
+            value: Some(value.to_vec()),
+        }
+    }
+
+    #[test]
+    fn a_pinned_load_reads_the_state_of_its_day_while_commits_go_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = RedbStore::open(&dir.path().join("ledger.redb")).expect("open");
+        store
+            .commit(1, Hash::of(b"one"), &[put(b"a", b"1")])
+            .expect("commit");
+        let pinned = store.pinned().expect("pin");
+        store
+            .commit(2, Hash::of(b"two"), &[put(b"a", b"2"), put(b"b", b"2")])
+            .expect("a commit while a load is pinned");
+        let then = pinned().expect("load").expect("a state");
+        assert_eq!(then.height, 1);
+        assert_eq!(then.root, Hash::of(b"one"));
+        assert_eq!(then.entries, vec![(1, b"a".to_vec(), b"1".to_vec())]);
+        let now = store.load().expect("load").expect("a state");
+        assert_eq!(now.height, 2);
+        assert_eq!(now.entries.len(), 2);
+        let mut memory = MemoryStore::default();
+        memory
+            .commit(1, Hash::of(b"one"), &[put(b"a", b"1")])
+            .expect("commit");
+        let pinned = memory.pinned().expect("pin");
+        memory
+            .commit(2, Hash::of(b"two"), &[put(b"a", b"2")])
+            .expect("commit");
+        assert_eq!(pinned().expect("load").expect("state").height, 1);
     }
 }
