@@ -20,6 +20,10 @@ pub struct MempoolLimits {
     pub bytes_max: usize,
     /// Most transactions held per account, and how far past its nonce it may queue.
     pub per_account_max: u64,
+    /// How long a transaction may wait behind a nonce nobody sent before a sweep drops
+    /// it ([`Mempool::sweep`]): its account's earlier transaction was lost, or never meant
+    /// to come.
+    pub stranded_after: std::time::Duration,
 }
 
 impl Default for MempoolLimits {
@@ -28,6 +32,7 @@ impl Default for MempoolLimits {
             txs_max: 100_000,
             bytes_max: 64 << 20,
             per_account_max: 256,
+            stranded_after: std::time::Duration::from_secs(60),
         }
     }
 }
@@ -77,16 +82,17 @@ struct Pending {
     tx: SignedTx,
     hash: TxHash,
     len: usize,
-    /// Ledger time when it was admitted.
-    since_ms: u64,
+    /// Since when a sweep has found it behind a missing nonce.
+    stranded_since: Option<std::time::Instant>,
 }
 
 /// Ledger time between two sweeps of the whole pool ([`Mempool::sweep`]).
 const SWEEP_EVERY_MS: u64 = 5_000;
 
-/// How long a transaction may wait behind a nonce nobody sent before it is dropped: its
-/// account's earlier transaction was lost, or never meant to come.
-pub const STRANDED_MS: u64 = 60_000;
+/// How far the ledger's time may be behind the clock before this validator counts as
+/// catching up: replaying blocks, it hears of transactions ahead of its state, and
+/// none of them is stranded.
+const CATCHING_UP_MS: u64 = 30_000;
 
 /// The pool.
 pub struct Mempool {
@@ -217,7 +223,7 @@ impl Mempool {
                 tx,
                 hash,
                 len,
-                since_ms: state.time_ms(),
+                stranded_since: None,
             },
         );
         Ok(hash)
@@ -305,19 +311,41 @@ impl Mempool {
     }
 
     /// Every [`SWEEP_EVERY_MS`] of ledger time, [`Mempool::prune`] the whole pool, and drop
-    /// what waited [`STRANDED_MS`] behind a missing nonce. Pruning after a block reaches
-    /// only the accounts the block held, so an account whose next transaction expired
-    /// unselected would keep it, and every later nonce would wait behind it, for good;
-    /// and transactions behind a gap would fill the pool without ever paying a fee.
+    /// what sweeps found behind a missing nonce for [`MempoolLimits::stranded_after`].
+    /// Pruning after a block reaches only the accounts the block held, so an account
+    /// whose next transaction expired unselected would keep it, and every later nonce
+    /// would wait behind it, for good; and transactions behind a gap would fill the pool
+    /// without ever paying a fee.
     pub fn sweep(&mut self, state: &State) {
         let now = state.time_ms();
         if now < self.swept_ms.saturating_add(SWEEP_EVERY_MS) {
             return;
         }
         self.swept_ms = now;
+        let catching_up = peergrid_core::now_ms().saturating_sub(now) > CATCHING_UP_MS;
         let accounts: Vec<AccountId> = self.accounts.keys().copied().collect();
-        self.drop_where(state, accounts.iter(), |reachable, p| {
-            !reachable && p.since_ms.saturating_add(STRANDED_MS) <= now
+        let found = std::time::Instant::now();
+        for account in &accounts {
+            let nonce = state.account(account).nonce;
+            let Some(queue) = self.accounts.get_mut(account) else {
+                continue;
+            };
+            let mut next = nonce;
+            for (n, p) in queue.iter_mut() {
+                let reachable = *n == next;
+                if reachable {
+                    next += 1;
+                }
+                if reachable || catching_up {
+                    p.stranded_since = None;
+                } else {
+                    p.stranded_since.get_or_insert(found);
+                }
+            }
+        }
+        let after = self.limits.stranded_after;
+        self.drop_where(state, accounts.iter(), |_, p| {
+            p.stranded_since.is_some_and(|t| t.elapsed() >= after)
         });
     }
 
@@ -329,6 +357,7 @@ impl Mempool {
         accounts: impl IntoIterator<Item = &'a AccountId>,
         also: impl Fn(bool, &Pending) -> bool,
     ) {
+        // Only `sweep` asks for more than what can never apply.
         for account in accounts {
             let Some(queue) = self.accounts.get_mut(account) else {
                 continue;
@@ -522,8 +551,12 @@ mod tests {
     #[test]
     fn an_expired_head_and_transactions_stranded_behind_a_gap_are_swept() {
         let (d, mut ledger) = setup();
-        let mut pool = Mempool::new(MempoolLimits::default());
-        let start = ledger.state().time_ms();
+        let mut pool = Mempool::new(MempoolLimits {
+            stranded_after: std::time::Duration::from_millis(200),
+            ..MempoolLimits::default()
+        });
+        // Blocks at the clock's time: a ledger far behind it is a validator catching up.
+        let start = peergrid_core::now_ms();
         // The demo's next transaction expires unselected (a stall, a full block); the
         // faucet's nonces 1 and 2 wait for a nonce 0 that never comes.
         let soon = SignedTx::expiring(
@@ -557,7 +590,8 @@ mod tests {
         pool.insert(transfer(&d.demo, 0), ledger.state())
             .expect("the expired one is gone, its nonce free");
         assert_eq!(pool.len(), 3, "the stranded ones wait a while");
-        block(&mut ledger, 3, start + STRANDED_MS + 2_000);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        block(&mut ledger, 3, start + 2 * SWEEP_EVERY_MS + 2_000);
         pool.sweep(ledger.state());
         let left: Vec<_> = select_all(&pool, ledger.state());
         assert_eq!(pool.len(), 1, "the stranded ones are gone");
@@ -569,6 +603,18 @@ mod tests {
                 .expect("faucet");
         }
         assert_eq!(select_all(&pool, ledger.state()).len(), 3);
+        // A validator whose ledger is far behind the clock is catching up: what it hears
+        // ahead of its state is not stranded, however long it waits.
+        let (d, mut behind) = setup();
+        let mut pool = Mempool::new(MempoolLimits {
+            stranded_after: std::time::Duration::ZERO,
+            ..MempoolLimits::default()
+        });
+        pool.insert(transfer(&d.faucet, 5), behind.state())
+            .expect("ahead");
+        block(&mut behind, 1, 1_000 + SWEEP_EVERY_MS);
+        pool.sweep(behind.state());
+        assert_eq!(pool.len(), 1, "kept while catching up");
     }
 
     #[test]
