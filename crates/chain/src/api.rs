@@ -1191,16 +1191,28 @@ async fn snapshot_state(
         .await
         .map_err(|_| no_snapshot(height))?;
     let len = file.metadata().await.map(|m| m.len()).ok();
-    let chunks = futures::stream::unfold((file, permit), |(mut file, permit)| async move {
+    // The place is held while the file is sent, at most as long as the floor's pace
+    // takes: four trickling downloads must not keep every joining validator waiting.
+    let (done, ended) = tokio::sync::oneshot::channel::<()>();
+    let slowest =
+        Duration::from_secs(SNAPSHOT_GRACE_SECS + len.unwrap_or(0) / SNAPSHOT_FLOOR_BYTES_PER_SEC);
+    tokio::spawn(async move {
+        let _place = permit;
+        tokio::select! {
+            _ = tokio::time::sleep(slowest) => {}
+            _ = ended => {}
+        }
+    });
+    let chunks = futures::stream::unfold((file, done), |(mut file, done)| async move {
         use tokio::io::AsyncReadExt;
         let mut chunk = vec![0u8; SNAPSHOT_CHUNK_BYTES];
         match file.read(&mut chunk).await {
             Ok(0) => None,
             Ok(n) => {
                 chunk.truncate(n);
-                Some((Ok(bytes::Bytes::from(chunk)), (file, permit)))
+                Some((Ok(bytes::Bytes::from(chunk)), (file, done)))
             }
-            Err(e) => Some((Err(e), (file, permit))),
+            Err(e) => Some((Err(e), (file, done))),
         }
     });
     let mut response = axum::body::Body::from_stream(chunks).into_response();
@@ -1220,6 +1232,13 @@ const SNAPSHOT_DOWNLOADS_MAX: usize = 4;
 
 /// How much of a snapshot file is read at a time.
 const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+
+/// Seconds a snapshot download holds its place beyond what the floor's pace takes.
+const SNAPSHOT_GRACE_SECS: u64 = 60;
+
+/// The slowest pace a snapshot download holds its place at: a few minutes for a state
+/// of a few hundred MB on any link fit for a validator. A slower one goes on, without it.
+const SNAPSHOT_FLOOR_BYTES_PER_SEC: u64 = 256 << 10;
 
 static SNAPSHOT_DOWNLOADS: LazyLock<Arc<tokio::sync::Semaphore>> =
     LazyLock::new(|| Arc::new(tokio::sync::Semaphore::new(SNAPSHOT_DOWNLOADS_MAX)));
