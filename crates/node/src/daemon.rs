@@ -488,11 +488,16 @@ async fn report_uptime(shared: Arc<Shared>, client: Arc<Client>, key: Keypair, n
                     debug!(%reason, "uptime report rejected");
                     break;
                 }
-                Ok((hash, TxStatus::Pending)) => {
-                    waiting = Some(hash);
-                    format!("{hash} is still waiting for a block")
-                }
                 Ok((hash, other)) => format!("{hash} is not final: {other:?}"),
+                // Not final in time: waited for again while a validator holds it, sent
+                // again only once none does.
+                Err(peergrid_client::ClientError::Timeout { hash, .. }) => {
+                    match client.tx_status(&hash).await {
+                        Ok(TxStatus::Unknown) => {}
+                        _ => waiting = Some(hash),
+                    }
+                    format!("{hash} is not final after {} s", per_try.as_secs())
+                }
                 Err(e) => {
                     tokio::time::sleep(TX_RETRY_PAUSE).await;
                     e.to_string()

@@ -319,8 +319,20 @@ pub async fn follow(shared: Arc<Shared>, client: Arc<Client>) {
                 orphans_removed = true;
                 let mut keep = listed;
                 keep.extend(unread.pending.keys().copied());
-                let removed = world.remove_orphans(&keep);
-                if removed > 0 {
+                let orphans = world.orphans(&keep);
+                drop(world);
+                // Off the lock and the runtime: the shards of ended contracts may be many.
+                if !orphans.is_empty() {
+                    let removed = tokio::task::spawn_blocking(move || {
+                        (orphans.iter())
+                            .filter(|path| {
+                                info!(path = %path.display(), "removing a folder no contract backs");
+                                std::fs::remove_dir_all(path).is_ok()
+                            })
+                            .count()
+                    })
+                    .await
+                    .unwrap_or(0);
                     info!(
                         folders = removed,
                         "removed the folders of contracts that ended while the node was stopped"

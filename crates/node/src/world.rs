@@ -4,8 +4,8 @@
 //! [`World`] holds the result and persists it in the data directory. Every write is
 //! atomic (temporary file, fsync, rename), and a workload's folder is created before
 //! the world that names it is saved and removed only after, so a crash at any point
-//! leaves at worst an orphan folder, which [`World::remove_orphans`] removes once the
-//! ledger has been read.
+//! leaves at worst an orphan folder, which [`World::orphans`] finds once the ledger has
+//! been read.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -399,15 +399,15 @@ impl World {
         Ok(world)
     }
 
-    /// Remove the workload and shard folders no contract here backs (a crash between a
+    /// The workload and shard folders no contract here backs (a crash between a
     /// contract's end and its folder's removal leaves one), except those of the contracts
-    /// in `keep`: those the ledger lists on this node, and those not read yet. Called once
+    /// in `keep`: those the ledger lists on this node, and those not read yet. Asked once
     /// a resync of this run has read the ledger, never at load: a world file older than
     /// the folders (restored from a backup, or saved before a crash) would take the data
-    /// of the contracts that came after it for orphans. Returns how many it removed.
-    pub fn remove_orphans(&self, keep: &BTreeSet<ContractId>) -> usize {
+    /// of the contracts that came after it for orphans.
+    pub fn orphans(&self, keep: &BTreeSet<ContractId>) -> Vec<PathBuf> {
         if !self.synced {
-            return 0;
+            return Vec::new();
         }
         let backed = |id: Option<ContractId>| {
             id.is_some_and(|id| {
@@ -418,7 +418,7 @@ impl World {
                         .is_some_and(Workload::holds_capacity)
             })
         };
-        let mut removed = 0;
+        let mut orphans = Vec::new();
         let workloads = self.dir.join("workloads");
         let roots = [&self.shard_roots.ssd, &self.shard_roots.hdd];
         for root in std::iter::once(&workloads).chain(roots.into_iter().flatten()) {
@@ -432,16 +432,12 @@ impl World {
                     w.holds_capacity()
                         && w.shards_at.as_ref() == Some(&ShardsAt::Disk(path.clone()))
                 });
-                if in_use || backed(id) {
-                    continue;
-                }
-                tracing::info!(path = %path.display(), "removing a folder no contract backs");
-                if std::fs::remove_dir_all(&path).is_ok() {
-                    removed += 1;
+                if !in_use && !backed(id) {
+                    orphans.push(path);
                 }
             }
         }
-        removed
+        orphans
     }
 
     /// Make each deployment's `deployed` name the `deployment.bin` its folder holds. A
@@ -836,8 +832,8 @@ mod tests {
         std::fs::create_dir_all(w.workload_dir(43)).expect("mkdir");
         let fresh = World::load(dir.path()).expect("load");
         assert_eq!(
-            fresh.remove_orphans(&BTreeSet::new()),
-            0,
+            fresh.orphans(&BTreeSet::new()),
+            Vec::<PathBuf>::new(),
             "before a resync from the ledger has finished once nothing is known to be an orphan"
         );
         assert!(fresh.workload_dir(42).exists());
@@ -851,9 +847,7 @@ mod tests {
         );
         // The ledger lists 43 on this node: a world file older than it (restored from a
         // backup) does not name it, and its data is kept for the resync to find.
-        assert_eq!(w.remove_orphans(&BTreeSet::from([43])), 1);
-        assert!(!w.workload_dir(42).exists());
-        assert!(w.workload_dir(43).exists());
+        assert_eq!(w.orphans(&BTreeSet::from([43])), vec![w.workload_dir(42)]);
     }
 
     #[test]
@@ -946,8 +940,11 @@ mod tests {
             disks.path().join("hdd/9").exists(),
             "kept until the ledger is read"
         );
-        w.remove_orphans(&BTreeSet::new());
-        assert!(!disks.path().join("hdd/9").exists(), "the orphan is gone");
+        assert_eq!(
+            w.orphans(&BTreeSet::new()),
+            vec![disks.path().join("hdd/9")],
+            "the orphan, and only it"
+        );
         assert!(w.shard_dir(1).exists() && w.shard_dir(2).exists());
         std::fs::create_dir_all(w.shard_dir(1).join("shards")).expect("shards");
         std::fs::write(w.shard_dir(1).join("shards/x"), b"shard").expect("write");
