@@ -46,7 +46,7 @@ pub enum GenesisCommand {
         #[arg(long, value_name = "ACCOUNT=TOKENS", value_parser = parse_fund)]
         fund: Vec<GenesisBalance>,
         /// Set a parameter under [params], NAME=VALUE (repeatable), like
-        /// uptime_interval_secs=2400; every value is checked as any genesis is.
+        /// minting_period_secs=2630880; every value is checked as any genesis is.
         #[arg(long, value_name = "NAME=VALUE")]
         param: Vec<String>,
         /// Where to write the keys [default: keys/ beside the genesis file].

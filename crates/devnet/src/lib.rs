@@ -284,7 +284,7 @@ pub fn with_params(genesis: &Genesis, params: &[String]) -> anyhow::Result<Genes
         let text = toml::to_string(&doc)?;
         if let Err(e) = toml::from_str::<Genesis>(&text) {
             bail!(
-                "--param {}: {}",
+                "parameter {}: {}",
                 pair.trim(),
                 e.message().trim_end_matches('\n')
             );
@@ -830,7 +830,7 @@ mod tests {
         let e = with_params(&base, &["uptime_interval_secs=-5".into()]).expect_err("negative");
         let said = e.to_string();
         assert!(
-            said.starts_with("--param uptime_interval_secs=-5: ")
+            said.starts_with("parameter uptime_interval_secs=-5: ")
                 && said.contains("expected u64")
                 && !said.contains("line"),
             "{said}"

@@ -1929,10 +1929,11 @@ impl Storage {
         if kept.len() < nodes_min.max(1) {
             let first = results.into_iter().find_map(Result::err);
             return Err(other(format!(
-                "the {what} could be stored on only {} of the {nodes_min} nodes it needs: {}; \
+                "the {what} could be stored on only {} of the {} nodes it needs: {}; \
                  run the command again when more are up (`peergrid store status`), or \
                  reserve more room (`peergrid store reserve`)",
                 kept.len(),
+                nodes_min.max(1),
                 first.map(|e| e.to_string()).unwrap_or_default()
             )));
         }
@@ -2493,8 +2494,15 @@ impl Storage {
         // standard output is this process's own, not reopened: a shell's `>>` appends.
         let to_stdout = writes_to_stdout(out);
         refuse_folder(out)?;
-        // By what it is, not where: `/dev/shm` holds plain files, to be written whole.
-        let stream = std::fs::metadata(out).is_ok_and(|m| !m.is_file()) || to_stdout;
+        // By what it is, not where (`/dev/shm` holds plain files, to be written whole),
+        // except a process's own descriptors: `/dev/stderr` or `/dev/fd/N` may stand for a
+        // plain file opened by a shell (`2>>log`), written where the shell put it.
+        let descriptor = ["/dev/stdout", "/dev/stderr", "/dev/stdin"]
+            .iter()
+            .any(|d| out == Path::new(d))
+            || out.starts_with("/dev/fd")
+            || out.starts_with("/proc/self/fd");
+        let stream = std::fs::metadata(out).is_ok_and(|m| !m.is_file()) || to_stdout || descriptor;
         // A link to a file is written through, as `cp` does: the file it names is
         // replaced, the link stays.
         let linked;
@@ -2570,7 +2578,14 @@ impl Storage {
                     let fd = std::io::stdout().as_fd().try_clone_to_owned()?;
                     Output::Stream(std::fs::File::from(fd))
                 } else if stream {
-                    Output::Stream(std::fs::OpenOptions::new().write(true).open(&target)?)
+                    // Reopened, a descriptor's file starts at byte 0: appended to, the bytes
+                    // go where the shell's `>>` (or a fresh `>`) would put them.
+                    Output::Stream(
+                        std::fs::OpenOptions::new()
+                            .write(true)
+                            .append(descriptor)
+                            .open(&target)?,
+                    )
                 } else {
                     Output::File(DirectWriter::resume(&target, written_before)?)
                 })
