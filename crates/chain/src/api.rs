@@ -1416,67 +1416,71 @@ async fn metrics(State(api): State<Api>) -> Response {
             let _ = writeln!(body, "{name}{labels} {value}");
         }
     };
-    let one = |v: String| [("", v)];
-    series(
-        "peergrid_ledger_height",
-        "gauge",
-        "Height of the last finalized block applied.",
-        &one(l.height.to_string()),
-    );
-    series(
-        "peergrid_ledger_last_block_age_seconds",
-        "gauge",
-        "Seconds since the last finalized block's time.",
-        &one(format!("{age_s:.3}")),
-    );
-    series(
-        "peergrid_ledger_finalizing",
-        "gauge",
-        "1 while blocks are finalized, 0 when the ledger stalls (as /health says).",
-        &one(u8::from(l.finalizing).to_string()),
-    );
-    series(
-        "peergrid_ledger_outage_seconds_total",
-        "counter",
-        "Time the ledger made no block beyond its idle rest and 10 s, which ledger rules 2 do not count as the nodes' down time.",
-        &one(format!("{:.3}", l.outage_ms as f64 / 1000.0)),
-    );
-    series(
-        "peergrid_ledger_epoch",
-        "gauge",
-        "The epoch in force.",
-        &one(l.epoch.to_string()),
-    );
-    series(
-        "peergrid_ledger_validators",
-        "gauge",
-        "Validators in the epoch's set.",
-        &one(l.validators.to_string()),
-    );
-    series(
-        "peergrid_ledger_rules",
-        "gauge",
-        "The ledger rules version of the chain's genesis.",
-        &one(l.rules.to_string()),
-    );
-    series(
-        "peergrid_ledger_minted_units",
-        "counter",
-        "Token units minted as rewards.",
-        &one(l.minted.to_string()),
-    );
-    series(
-        "peergrid_ledger_burned_units",
-        "counter",
-        "Token units burned as fees.",
-        &one(l.burned.to_string()),
-    );
-    series(
-        "peergrid_mempool_transactions",
-        "gauge",
-        "Transactions waiting for a block.",
-        &one(mempool.to_string()),
-    );
+    let single: [(&str, &str, &str, String); 10] = [
+        (
+            "peergrid_ledger_height",
+            "gauge",
+            "Height of the last finalized block applied.",
+            l.height.to_string(),
+        ),
+        (
+            "peergrid_ledger_last_block_age_seconds",
+            "gauge",
+            "Seconds since the last finalized block's time.",
+            format!("{age_s:.3}"),
+        ),
+        (
+            "peergrid_ledger_finalizing",
+            "gauge",
+            "1 while blocks are finalized, 0 when the ledger stalls (as /health says).",
+            u8::from(l.finalizing).to_string(),
+        ),
+        (
+            "peergrid_ledger_outage_seconds_total",
+            "counter",
+            "Time the ledger made no block beyond its idle rest and 10 s, which ledger rules 2 do not count as the nodes' down time.",
+            format!("{:.3}", l.outage_ms as f64 / 1000.0),
+        ),
+        (
+            "peergrid_ledger_epoch",
+            "gauge",
+            "The epoch in force.",
+            l.epoch.to_string(),
+        ),
+        (
+            "peergrid_ledger_validators",
+            "gauge",
+            "Validators in the epoch's set.",
+            l.validators.to_string(),
+        ),
+        (
+            "peergrid_ledger_rules",
+            "gauge",
+            "The ledger rules version of the chain's genesis.",
+            l.rules.to_string(),
+        ),
+        (
+            "peergrid_ledger_minted_units",
+            "counter",
+            "Token units minted as rewards.",
+            l.minted.to_string(),
+        ),
+        (
+            "peergrid_ledger_burned_units",
+            "counter",
+            "Token units burned as fees.",
+            l.burned.to_string(),
+        ),
+        (
+            "peergrid_mempool_transactions",
+            "gauge",
+            "Transactions waiting for a block.",
+            mempool.to_string(),
+        ),
+    ];
+    for (name, kind, help, value) in single {
+        series(name, kind, help, &[("", value)]);
+    }
     let s = &api.submissions;
     series(
         "peergrid_api_transactions_total",
@@ -1498,13 +1502,13 @@ async fn metrics(State(api): State<Api>) -> Response {
         "peergrid_validator_signature_checks_total",
         "counter",
         "Transaction signatures this validator checked: one it took is not checked again, whether it came from a client, gossip or a block.",
-        &one(api.shared.stateless_checks().to_string()),
+        &[("", api.shared.stateless_checks().to_string())],
     );
     series(
         "peergrid_api_event_streams",
         "gauge",
         "Clients following blocks (/v1/events) now.",
-        &one(api.event_streams.open_count().to_string()),
+        &[("", api.event_streams.open_count().to_string())],
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }

@@ -44,6 +44,19 @@ fn all_up(home: &Path) {
     });
 }
 
+/// The storage contracts node `i` keeps a folder for:
+/// `<its --disk path>/peergrid-shards/<peer>/<contract>`.
+fn contracts_on(home: &Path, i: usize) -> Vec<u64> {
+    let root = home.join(format!("devnet/nodes/node-{i}/peergrid-shards"));
+    std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|p| std::fs::read_dir(p.path()).into_iter().flatten().flatten())
+        .filter_map(|c| c.file_name().to_str()?.parse::<u64>().ok())
+        .collect()
+}
+
 /// Node `i`'s shard files: `<its --disk path>/peergrid-shards/<peer>/<contract>/shards/*`
 /// (the devnet's disk path is the node's folder), without those moved aside.
 fn node_shards(home: &Path, i: usize) -> Vec<PathBuf> {
@@ -1076,14 +1089,7 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
         // A second reservation on a node already used: a put writes there to the one
         // with the most room left. On node 0, which no step above stopped (a node just
         // resumed may not be reconnected within the 3 s a put waits for its nodes).
-        let on_node_0: Vec<u64> =
-            std::fs::read_dir(home.join("devnet/nodes/node-0/peergrid-shards"))
-                .into_iter()
-                .flatten()
-                .flatten()
-                .flat_map(|peer| std::fs::read_dir(peer.path()).into_iter().flatten().flatten())
-                .filter_map(|c| c.file_name().to_str()?.parse().ok())
-                .collect();
+        let on_node_0 = contracts_on(&home, 0);
         let status = ok(&home, &["store", "status"]);
         let node = status["contracts"]
             .as_array()
@@ -1152,16 +1158,7 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
             .unwrap_or_default();
         // One of hers that is not a bootstrap peer (nodes 0-2), found by its folder.
         let stopped = (3..NODES)
-            .find(|&i| {
-                let root = home.join(format!("devnet/nodes/node-{i}/peergrid-shards"));
-                std::fs::read_dir(root)
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                    .flat_map(|p| std::fs::read_dir(p.path()).into_iter().flatten().flatten())
-                    .filter_map(|c| c.file_name().to_str()?.parse::<u64>().ok())
-                    .any(|c| carols.contains(&c))
-            })
+            .find(|&i| contracts_on(&home, i).iter().any(|c| carols.contains(c)))
             .expect("one of carol's nodes past the bootstrap peers");
         let paused = Frozen(node_pids(&home, stopped));
         signal(&paused.0, "-STOP");
@@ -1336,17 +1333,9 @@ async fn objects_survive_lost_and_lying_nodes_are_shared_and_come_back_from_the_
         let early_data = random_file(&early, 1 << 20, 31);
         let (done, _, err) = as_dave(&["store", "put", early.to_str().expect("utf8"), "early.bin"]);
         assert!(done, "{err}");
-        let his = |i: usize| {
-            let root = home.join(format!("devnet/nodes/node-{i}/peergrid-shards"));
-            std::fs::read_dir(root)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .flat_map(|p| std::fs::read_dir(p.path()).into_iter().flatten().flatten())
-                .filter_map(|c| c.file_name().to_str()?.parse::<u64>().ok())
-                .any(|c| firsts.contains(&c))
-        };
-        let first_nodes: Vec<usize> = (0..NODES).filter(|&i| his(i)).collect();
+        let first_nodes: Vec<usize> = (0..NODES)
+            .filter(|&i| contracts_on(&home, i).iter().any(|c| firsts.contains(c)))
+            .collect();
         assert_eq!(first_nodes.len(), 2, "{first}");
         let away = Frozen(first_nodes.iter().flat_map(|&i| node_pids(&home, i)).collect());
         signal(&away.0, "-STOP");
