@@ -571,10 +571,20 @@ async fn tx_status(
     Path(hash): Path<String>,
 ) -> Result<Json<TxAnswer>, ApiError> {
     let hash: Hash = parse("transaction hash", &hash)?;
-    Ok(Json(TxAnswer {
-        hash,
-        status: api.shared.status(&hash),
-    }))
+    // A finalized one's receipt is decoded from its whole block (up to 4 MB): off the
+    // runtime that carries consensus, which clients polling for their transactions
+    // would otherwise hold up.
+    let shared = api.shared.clone();
+    let status = tokio::task::spawn_blocking(move || shared.status(&hash))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                format!("the transaction's status could not be read: {e}"),
+            )
+        })?;
+    Ok(Json(TxAnswer { hash, status }))
 }
 
 #[utoipa::path(get, path = "/v1/accounts/{id}", tag = "state",
