@@ -321,6 +321,9 @@ pub struct Unnamed {
     entry: Option<IndexEntry>,
     /// Its manifest's shards: removing the object it replaces keeps them.
     keep: HashSet<Hash>,
+    /// The manifest its name must still name when it is named (a re-coded copy replaces
+    /// only the object it was read from, not one put since).
+    replaces: Option<Hash>,
 }
 
 /// Storage as one account sees it.
@@ -1072,7 +1075,8 @@ impl Storage {
     ) -> Result<PutReport, StorageError> {
         // A bad name or file is said before any node is asked.
         let (source, size) = file_source(path, name).await?;
-        self.put_one(source, size, name, scheme, progress).await
+        self.put_one(source, size, name, scheme, progress, None)
+            .await
     }
 
     /// Put one object from `source` and name it: a session of its own.
@@ -1083,11 +1087,13 @@ impl Storage {
         name: &str,
         scheme: Option<Scheme>,
         progress: Progress<'_>,
+        replaces: Option<Hash>,
     ) -> Result<PutReport, StorageError> {
         let session = self.put_session().await?;
-        let up = self
+        let mut up = self
             .upload(&session, source, size, name, scheme, progress)
             .await?;
+        up.replaces = replaces;
         let mut reports = self.name_puts(&session, vec![up]).await?;
         reports
             .pop()
@@ -1139,12 +1145,12 @@ impl Storage {
         session: &PutSession,
         uploads: Vec<Unnamed>,
     ) -> Result<Vec<PutReport>, StorageError> {
-        let named: Vec<(&str, &IndexEntry)> = uploads
+        let named: Vec<(&str, &IndexEntry, Option<Hash>)> = uploads
             .iter()
-            .filter_map(|u| Some((u.report.name.as_str(), u.entry.as_ref()?)))
+            .filter_map(|u| Some((u.report.name.as_str(), u.entry.as_ref()?, u.replaces)))
             .collect();
         let mut names = HashSet::new();
-        if let Some((twice, _)) = named.iter().find(|(n, _)| !names.insert(*n)) {
+        if let Some((twice, _, _)) = named.iter().find(|(n, _, _)| !names.insert(*n)) {
             return Err(other(format!(
                 "{twice:?} is put twice in one change: give each object its own name"
             )));
@@ -1155,7 +1161,20 @@ impl Storage {
         if !named.is_empty() {
             let mut written = None;
             self.update_index(&session.holdings, |index| {
-                for (name, entry) in &named {
+                for (name, entry, replaces) in &named {
+                    let now = index.objects.get(*name).map(|e| e.capability.manifest);
+                    if let Some(expected) = replaces
+                        && now != Some(*expected)
+                        && now != Some(entry.capability.manifest)
+                    {
+                        return Err(other(format!(
+                            "{name} changed while it was re-coded (put or removed meanwhile): \
+                             it was left as it is now; the re-coded copy is garbage for \
+                             `peergrid store gc`"
+                        )));
+                    }
+                }
+                for (name, entry, _) in &named {
                     if let Some(old) = index.objects.insert(name.to_string(), (*entry).clone())
                         && old.capability.manifest != entry.capability.manifest
                     {
@@ -1521,6 +1540,7 @@ impl Storage {
                 },
                 entry: None,
                 keep: HashSet::new(),
+                replaces: None,
             });
         }
         let manifest = Manifest {
@@ -1566,6 +1586,7 @@ impl Storage {
                 scheme,
             }),
             keep: manifest.placements().map(|(h, _)| h).collect(),
+            replaces: None,
         })
     }
 
@@ -3234,7 +3255,8 @@ impl Storage {
             peers,
             all,
         };
-        self.put_one(source, size, name, Some(scheme), progress)
+        let replaces = Some(entry.capability.manifest);
+        self.put_one(source, size, name, Some(scheme), progress, replaces)
             .await
     }
 
