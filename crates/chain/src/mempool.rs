@@ -307,7 +307,7 @@ impl Mempool {
 
     /// Drop what can no longer apply on `state`: used nonces and expired transactions of `accounts`.
     pub fn prune<'a>(&mut self, state: &State, accounts: impl IntoIterator<Item = &'a AccountId>) {
-        self.drop_where(state, accounts, |_, _| false);
+        self.drop_where(state, accounts, |_| false);
     }
 
     /// Every [`SWEEP_EVERY_MS`] of ledger time, [`Mempool::prune`] the whole pool, and drop
@@ -344,35 +344,26 @@ impl Mempool {
             }
         }
         let after = self.limits.stranded_after;
-        self.drop_where(state, accounts.iter(), |_, p| {
+        self.drop_where(state, accounts.iter(), |p| {
             p.stranded_since.is_some_and(|t| t.elapsed() >= after)
         });
     }
 
-    /// Drop the used nonces and expired transactions of `accounts`, and those `also` says,
-    /// told whether each is reachable (its account's nonces run up to it unbroken).
+    /// Drop the used nonces and expired transactions of `accounts`, and those `also` says.
     fn drop_where<'a>(
         &mut self,
         state: &State,
         accounts: impl IntoIterator<Item = &'a AccountId>,
-        also: impl Fn(bool, &Pending) -> bool,
+        also: impl Fn(&Pending) -> bool,
     ) {
-        // Only `sweep` asks for more than what can never apply.
         for account in accounts {
             let Some(queue) = self.accounts.get_mut(account) else {
                 continue;
             };
             let nonce = state.account(account).nonce;
-            let mut next = nonce;
             let stale: Vec<u64> = queue
                 .iter()
-                .filter(|(n, p)| {
-                    let reachable = **n == next;
-                    if reachable {
-                        next += 1;
-                    }
-                    **n < nonce || p.tx.body.expires_ms < state.time_ms() || also(reachable, p)
-                })
+                .filter(|(n, p)| **n < nonce || p.tx.body.expires_ms < state.time_ms() || also(p))
                 .map(|(n, _)| *n)
                 .collect();
             for n in stale {
