@@ -95,6 +95,12 @@ impl Submissions {
         };
         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
+
+    /// One that did not even decode.
+    fn malformed(&self) {
+        self.refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl Api {
@@ -411,9 +417,7 @@ async fn submit(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
     let refused = |e: ApiError| {
-        api.submissions
-            .refused
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        api.submissions.malformed();
         e
     };
     let bytes = if is_json {
@@ -503,9 +507,7 @@ async fn submit_batch(
                 positions.push(i);
             }
             Err(e) => {
-                api.submissions
-                    .refused
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                api.submissions.malformed();
                 errors.push((i, e.to_string()))
             }
         }

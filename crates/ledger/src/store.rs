@@ -139,31 +139,21 @@ impl RedbStore {
     }
 
     fn err(&self, e: impl std::fmt::Display) -> StoreError {
-        StoreError::Database {
-            path: self.path.clone(),
-            reason: e.to_string(),
-        }
+        db_err(&self.path, e)
     }
 
     /// The height and root of the last committed block, `None` while nothing was
     /// committed: what a start needs to know without reading the whole state.
     pub fn head(&self) -> Result<Option<(u64, Hash)>, StoreError> {
         let txn = self.db.begin_read().map_err(|e| self.err(e))?;
-        self.head_in(&txn)
-    }
-
-    fn head_in(&self, txn: &redb::ReadTransaction) -> Result<Option<(u64, Hash)>, StoreError> {
-        Self::head_of(txn, &self.path)
+        Self::head_of(&txn, &self.path)
     }
 
     fn head_of(
         txn: &redb::ReadTransaction,
         path: &Path,
     ) -> Result<Option<(u64, Hash)>, StoreError> {
-        let err = |e: &dyn std::fmt::Display| StoreError::Database {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        };
+        let err = |e: &dyn std::fmt::Display| db_err(path, e);
         let head = match txn.open_table(HEAD) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
@@ -187,22 +177,13 @@ impl RedbStore {
         );
         Ok(Some((height, root)))
     }
-}
 
-impl RedbStore {
     /// The state `txn` sees.
-    fn load_in(&self, txn: &redb::ReadTransaction) -> Result<Option<Snapshot>, StoreError> {
-        Self::read_state(txn, &self.path)
-    }
-
     fn read_state(
         txn: &redb::ReadTransaction,
         path: &Path,
     ) -> Result<Option<Snapshot>, StoreError> {
-        let err = |e: &dyn std::fmt::Display| StoreError::Database {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        };
+        let err = |e: &dyn std::fmt::Display| db_err(path, e);
         let Some((height, root)) = Self::head_of(txn, path)? else {
             return Ok(None);
         };
@@ -224,10 +205,18 @@ impl RedbStore {
     }
 }
 
+/// An error of the database at `path`.
+fn db_err(path: &Path, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Database {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
+}
+
 impl Store for RedbStore {
     fn load(&self) -> Result<Option<Snapshot>, StoreError> {
         let txn = self.db.begin_read().map_err(|e| self.err(e))?;
-        self.load_in(&txn)
+        Self::read_state(&txn, &self.path)
     }
 
     /// A read transaction: redb keeps the pages it sees until it ends, so commits go on.
