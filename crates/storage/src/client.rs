@@ -321,6 +321,9 @@ pub struct Unnamed {
     entry: Option<IndexEntry>,
     /// Its manifest's shards: removing the object it replaces keeps them.
     keep: HashSet<Hash>,
+    /// The shards its nodes held already (each with its holding's place), not sent:
+    /// checked, and kept from deletes a while, just before it is named.
+    relied: Vec<(usize, Hash)>,
     /// The manifest its name must still name when it is named (a re-coded copy replaces
     /// only the object it was read from, not one put since).
     replaces: Option<Hash>,
@@ -1159,6 +1162,7 @@ impl Storage {
         // a change from elsewhere may find this put's own entry there already.
         let mut replaced: HashMap<String, IndexEntry> = HashMap::new();
         if !named.is_empty() {
+            self.keep_relied(&session.holdings, &uploads).await?;
             let mut written = None;
             self.update_index(&session.holdings, |index| {
                 for (name, entry, replaces) in &named {
@@ -1207,6 +1211,53 @@ impl Storage {
             reports.push(report);
         }
         Ok(reports)
+    }
+
+    /// Ask the nodes again for the shards `uploads` found on them instead of sending,
+    /// which keeps them from deletes while the names are written: another machine with
+    /// the same words may have removed them since (replacing or removing an object that
+    /// shared them), and a name must not be given to an object missing them. A node that
+    /// does not answer is not counted: its shards are among those the code may lose.
+    async fn keep_relied(
+        &self,
+        holdings: &[Holding],
+        uploads: &[Unnamed],
+    ) -> Result<(), StorageError> {
+        let mut on: BTreeMap<usize, Vec<Hash>> = BTreeMap::new();
+        for up in uploads.iter().filter(|u| u.entry.is_some()) {
+            for (at, id) in &up.relied {
+                on.entry(*at).or_default().push(*id);
+            }
+        }
+        let missing: usize = futures::future::join_all(on.into_iter().map(|(at, mut ids)| {
+            ids.sort_unstable();
+            ids.dedup();
+            async move {
+                let h = &holdings[at];
+                let peer = h.peer_id().ok().filter(|p| !self.has_failed(p))?;
+                let mut missing = 0;
+                for chunk in ids.chunks(wire::IDS_MAX) {
+                    match wire::keep(&self.mesh, peer, h.contract, chunk.to_vec()).await {
+                        Ok(flags) => missing += flags.iter().filter(|held| !**held).count(),
+                        Err(e) => {
+                            debug!(node = h.node, error = %e, "cannot check the shards a put found on a node");
+                            break;
+                        }
+                    }
+                }
+                Some(missing)
+            }
+        }))
+        .await
+        .into_iter()
+        .flatten()
+        .sum();
+        if missing > 0 {
+            return Err(other(format!(
+                "{missing} shard(s) this put found on your nodes instead of sending were removed meanwhile (another machine with your words replaced or removed an object that shared them): nothing was named; run the same put again to send them"
+            )));
+        }
+        Ok(())
     }
 
     /// Put `size` bytes read from `source` on the session's nodes, to be named `name`:
@@ -1403,6 +1454,8 @@ impl Storage {
             let mut done: BTreeMap<u64, Segment> = BTreeMap::new();
             // Each shard this put stored (not one a node held already), and where.
             let mut fresh: Vec<(usize, Hash)> = Vec::new();
+            // Each shard a node held already, and where: checked again before naming.
+            let mut relied: Vec<(usize, Hash)> = Vec::new();
             let mut uploads = FuturesUnordered::new();
             let (mut sent, mut resumed, mut uploaded_bytes) = (0u64, 0u64, 0u64);
             let mut reading = true;
@@ -1459,6 +1512,7 @@ impl Storage {
                                 sent += 1;
                             } else {
                                 resumed += 1;
+                                relied.push((at, segment.shards[j]));
                             }
                             // Only a put that may be refused part way removes what it sent.
                             if stored && budget.is_some() {
@@ -1475,7 +1529,7 @@ impl Storage {
                     else => break,
                 }
             }
-            Ok::<_, StorageError>((done, sent, resumed, fresh, refused))
+            Ok::<_, StorageError>((done, sent, resumed, fresh, relied, refused))
         };
         // An upload that fails drops the channel, which stops the reader. An uploader that
         // stops first, refused or failed, does not wait for the reader: a pipe's may be
@@ -1490,7 +1544,7 @@ impl Storage {
                 },
             }
         };
-        let (done, sent, resumed, fresh, refused) = uploaded.map_err(|e| {
+        let (done, sent, resumed, fresh, relied, refused) = uploaded.map_err(|e| {
             other(format!(
                 "{e} (run the same put again: the shards already stored are not sent again)"
             ))
@@ -1540,6 +1594,7 @@ impl Storage {
                 },
                 entry: None,
                 keep: HashSet::new(),
+                relied: Vec::new(),
                 replaces: None,
             });
         }
@@ -1586,6 +1641,7 @@ impl Storage {
                 scheme,
             }),
             keep: manifest.placements().map(|(h, _)| h).collect(),
+            relied,
             replaces: None,
         })
     }

@@ -91,7 +91,18 @@ struct State {
     /// Bytes of puts under way, not yet on disk: not free for the next put's check.
     /// One sum for every disk, so with shards on two disks it is cautious, never lax.
     promised: u64,
+    /// Shards a put about to be named found here instead of sending them, as the owner's
+    /// `Keep` said, and when: a delete (another machine with the same words replacing an
+    /// object that shares them) leaves them for [`RELIED_FOR`].
+    relied: HashMap<(ContractId, Hash), Instant>,
+    /// How many `relied` may hold before those older than [`RELIED_FOR`] are dropped.
+    relied_prune_at: usize,
 }
+
+/// How long a shard a put relied on is kept from deletes: longer than a put takes from
+/// checking its shards to naming them in the index, and short, since the owner's own
+/// removal of the object in that time leaves them for `peergrid store gc`.
+pub const RELIED_FOR: Duration = Duration::from_secs(120);
 
 impl State {
     fn holds(&self, id: &Hash, contract: ContractId) -> bool {
@@ -125,6 +136,24 @@ impl State {
         if let Some(u) = self.used.get_mut(&contract) {
             *u = u.saturating_sub(len);
         }
+    }
+
+    /// Note a put under way relies on `contract` keeping `id`: see [`State::relied`].
+    fn rely(&mut self, contract: ContractId, id: Hash) {
+        let now = Instant::now();
+        if self.relied.len() >= self.relied_prune_at {
+            self.relied
+                .retain(|_, at| now.duration_since(*at) < RELIED_FOR);
+            self.relied_prune_at = (2 * self.relied.len()).max(1024);
+        }
+        self.relied.insert((contract, id), now);
+    }
+
+    /// Whether a put under way relies on `contract` keeping `id`.
+    fn is_relied(&self, contract: ContractId, id: &Hash) -> bool {
+        self.relied
+            .get(&(contract, *id))
+            .is_some_and(|at| at.elapsed() < RELIED_FOR)
     }
 
     /// Forget every shard of `contract` (its bytes are uncounted by the caller).
@@ -401,6 +430,7 @@ impl ShardStore {
             Request::PutPointer(p) => self.put_pointer(p).await,
             Request::GetPointer { owner } => Response::Pointer(self.pointer(&owner).await),
             Request::List { contract, after } => self.list(peer, contract, after).await,
+            Request::Keep { contract, ids } => self.keep(peer, contract, ids).await,
             Request::Collect {
                 contract,
                 ids,
@@ -414,6 +444,17 @@ impl ShardStore {
             self.count(|s| s.refused += 1);
         }
         wire::answer(stream, &answer).await
+    }
+
+    /// `peer`'s contract `contract` here, in grace or not, or the reason it is not theirs.
+    fn owned(&self, peer: &AccountId, contract: ContractId) -> Result<ContractAccess, String> {
+        match self.state().contracts.get(&contract) {
+            Some(c) if c.owner == *peer => Ok(c.clone()),
+            Some(_) => Err(format!("contract {contract} is not yours")),
+            None => Err(format!(
+                "contract {contract} is not a storage contract here"
+            )),
+        }
     }
 
     /// The writable contract `contract` for `peer`, or the reason it is not.
@@ -889,6 +930,32 @@ impl ShardStore {
         Response::Has(ids.iter().map(|id| state.readable(id).is_ok()).collect())
     }
 
+    /// Which of `ids` `peer`'s `contract` holds; those it holds are kept from deletes for
+    /// [`RELIED_FOR`] (a put checks the shards it found here just before naming them).
+    async fn keep(&self, peer: AccountId, contract: ContractId, ids: Vec<Hash>) -> Response {
+        if ids.len() > IDS_MAX {
+            return Response::Refused(format!("at most {IDS_MAX} addresses per request"));
+        }
+        if let Err(reason) = self.owned(&peer, contract) {
+            return Response::Refused(reason);
+        }
+        // A delete judges and removes a shard under this lock: one it spared stays past
+        // this answer, one it removed is answered missing.
+        let _removing = self.removing.lock().await;
+        let mut state = self.state();
+        let flags = ids
+            .iter()
+            .map(|id| {
+                let held = state.holds(id, contract);
+                if held {
+                    state.rely(contract, *id);
+                }
+                held
+            })
+            .collect();
+        Response::Has(flags)
+    }
+
     async fn audit(&self, id: Hash, leaf: u64) -> Response {
         let (contract, dir) = match self.readable(&id) {
             Ok(x) => x,
@@ -951,7 +1018,7 @@ impl ShardStore {
     }
 
     /// Remove `ids` from `contract`; with `older_than`, only those written (or put again)
-    /// at least that long ago.
+    /// at least that long ago. Those a put relies on (see [`State::relied`]) stay.
     async fn delete(
         &self,
         peer: AccountId,
@@ -962,24 +1029,19 @@ impl ShardStore {
         if ids.len() > IDS_MAX {
             return Response::Refused(format!("at most {IDS_MAX} addresses per request"));
         }
-        let access = {
-            let state = self.state();
-            match state.contracts.get(&contract) {
-                Some(c) if c.owner == peer => c.clone(),
-                Some(_) => return Response::Refused(format!("contract {contract} is not yours")),
-                None => {
-                    return Response::Refused(format!(
-                        "contract {contract} is not a storage contract here"
-                    ));
-                }
-            }
+        let access = match self.owned(&peer, contract) {
+            Ok(access) => access,
+            Err(reason) => return Response::Refused(reason),
         };
         let mut removed = 0u32;
         for id in ids {
             // Per shard, so that a long gc does not hold every put on the node.
             let _removing = self.removing.lock().await;
-            if !self.state().holds(&id, contract) {
-                continue;
+            {
+                let state = self.state();
+                if !state.holds(&id, contract) || state.is_relied(contract, &id) {
+                    continue;
+                }
             }
             let path = shard_path(&access.dir, &id);
             if let Some(min) = older_than {
@@ -1008,27 +1070,19 @@ impl ShardStore {
     }
 
     async fn list(&self, peer: AccountId, contract: ContractId, after: Option<Hash>) -> Response {
-        let (dir, mut ids) = {
-            let state = self.state();
-            let dir = match state.contracts.get(&contract) {
-                Some(c) if c.owner == peer => c.dir.clone(),
-                Some(_) => return Response::Refused(format!("contract {contract} is not yours")),
-                None => {
-                    return Response::Refused(format!(
-                        "contract {contract} is not a storage contract here"
-                    ));
-                }
-            };
-            let ids: Vec<Hash> = state
-                .shards
-                .iter()
-                .filter(|(id, holders)| {
-                    holders.iter().any(|(c, _)| *c == contract) && after.is_none_or(|a| **id > a)
-                })
-                .map(|(id, _)| *id)
-                .collect();
-            (dir, ids)
+        let dir = match self.owned(&peer, contract) {
+            Ok(access) => access.dir,
+            Err(reason) => return Response::Refused(reason),
         };
+        let mut ids: Vec<Hash> = self
+            .state()
+            .shards
+            .iter()
+            .filter(|(id, holders)| {
+                holders.iter().any(|(c, _)| *c == contract) && after.is_none_or(|a| **id > a)
+            })
+            .map(|(id, _)| *id)
+            .collect();
         ids.sort_unstable();
         let listed = tokio::task::spawn_blocking(move || {
             let now = std::time::SystemTime::now();

@@ -71,7 +71,8 @@ pub enum Request {
         /// The leaf asked for, chosen at random by the auditor.
         leaf: u64,
     },
-    /// Remove shards from a contract (its owner only).
+    /// Remove shards from a contract (its owner only), except those a put relies on
+    /// (see `Keep`).
     Delete {
         /// The contract.
         contract: ContractId,
@@ -109,6 +110,15 @@ pub enum Request {
         ids: Vec<Hash>,
         /// How old a shard must be to go.
         older_than_secs: u64,
+    },
+    /// Which of `ids` the asker's `contract` holds, answered `Has`; those it holds are
+    /// kept from deletes for a while ([`crate::store::RELIED_FOR`]): a put that found
+    /// them there asks just before naming them. Added last.
+    Keep {
+        /// The contract.
+        contract: ContractId,
+        /// Shard addresses.
+        ids: Vec<Hash>,
     },
 }
 
@@ -148,7 +158,7 @@ pub enum Response {
         /// The shard's length.
         len: u64,
     },
-    /// Has: one flag per address asked.
+    /// Has, Keep: one flag per address asked.
     Has(Vec<bool>),
     /// Audit: the leaf and its path.
     Audit(LeafProof),
@@ -653,6 +663,21 @@ pub async fn list(
     match answer {
         Response::Listed(shards) if shards.len() <= IDS_MAX => Ok(shards),
         other => Err(unexpected(peer, "list", &other)),
+    }
+}
+
+/// Which of `ids` `contract` on `peer` holds, each kept from deletes for a while.
+pub async fn keep(
+    mesh: &Mesh,
+    peer: PeerId,
+    contract: ContractId,
+    ids: Vec<Hash>,
+) -> Result<Vec<bool>, WireError> {
+    let n = ids.len();
+    let (_, answer) = exchange(mesh, peer, &Request::Keep { contract, ids }).await?;
+    match answer {
+        Response::Has(flags) if flags.len() == n => Ok(flags),
+        other => Err(unexpected(peer, "keep", &other)),
     }
 }
 

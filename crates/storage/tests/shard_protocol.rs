@@ -790,3 +790,48 @@ async fn streams_that_send_no_request_make_way_when_every_slot_is_taken() {
         PutOutcome::Stored
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_a_put_relies_on_outlives_a_delete_for_a_while() {
+    let r = rig().await;
+    let peer = r.node.peer_id();
+    let (stranger, _) = r.owner_and_stranger().await;
+    let bytes: Vec<u8> = (0..100_000u32).map(|i| (i % 239) as u8).collect();
+    let id = shard_id(&bytes);
+    wire::put(&r.owner_mesh, peer, 1, id, &bytes)
+        .await
+        .expect("put");
+
+    // A put's check before naming says which of the shards it found it still has, and
+    // keeps those from deletes (another machine replacing an object that shares them)
+    // and from gc alike; only the contract's owner may ask.
+    let absent = shard_id(b"never stored");
+    assert_eq!(
+        wire::keep(&r.owner_mesh, peer, 1, vec![id, absent])
+            .await
+            .expect("keep"),
+        vec![true, false]
+    );
+    assert_eq!(
+        wire::delete(&r.owner_mesh, peer, 1, vec![id])
+            .await
+            .expect("delete"),
+        0
+    );
+    assert_eq!(
+        wire::collect(&r.owner_mesh, peer, 1, vec![id], Duration::ZERO)
+            .await
+            .expect("collect"),
+        0
+    );
+    assert_eq!(
+        wire::get(&r.owner_mesh, peer, id, 1 << 20)
+            .await
+            .expect("still served"),
+        bytes
+    );
+    match wire::keep(&stranger, peer, 1, vec![id]).await {
+        Err(WireError::Refused { reason, .. }) => assert!(reason.contains("not yours"), "{reason}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
