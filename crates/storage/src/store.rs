@@ -1018,7 +1018,7 @@ impl ShardStore {
     }
 
     /// Remove `ids` from `contract`; with `older_than`, only those written (or put again)
-    /// at least that long ago. Those a put relies on (see [`State::relied`]) stay.
+    /// at least that long ago. Without, those a put relies on (see [`State::relied`]) stay.
     async fn delete(
         &self,
         peer: AccountId,
@@ -1039,7 +1039,10 @@ impl ShardStore {
             let _removing = self.removing.lock().await;
             {
                 let state = self.state();
-                if !state.holds(&id, contract) || state.is_relied(contract, &id) {
+                // gc's removal goes by age alone (a put that finds a shard makes it young):
+                // `--older-than 0s` says no put is under way.
+                let relied = older_than.is_none() && state.is_relied(contract, &id);
+                if !state.holds(&id, contract) || relied {
                     continue;
                 }
             }
