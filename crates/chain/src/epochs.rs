@@ -108,21 +108,22 @@ fn public_key(account: &peergrid_core::AccountId) -> Option<PublicKey> {
 
 /// The members of `epoch`'s validator set, if the finalized ledger knows them yet.
 pub fn members(shared: &Shared, epoch: u64) -> Option<Vec<Member>> {
-    shared
-        .with_state(|s| {
-            s.validator_set(epoch).map(|set| {
-                set.members
-                    .iter()
-                    .filter_map(|m| {
-                        Some(Member {
-                            key: public_key(&m.account)?,
-                            address: m.address.clone(),
-                        })
-                    })
-                    .collect()
+    shared.with_state(|s| members_in(s, epoch)).flatten()
+}
+
+/// The members of `epoch`'s validator set in `state`, if it knows them.
+pub fn members_in(state: &peergrid_ledger::State, epoch: u64) -> Option<Vec<Member>> {
+    state.validator_set(epoch).map(|set| {
+        set.members
+            .iter()
+            .filter_map(|m| {
+                Some(Member {
+                    key: public_key(&m.account)?,
+                    address: m.address.clone(),
+                })
             })
-        })
-        .flatten()
+            .collect()
+    })
 }
 
 /// The certificate schemes of every epoch, built from the validator sets in the finalized

@@ -6,13 +6,14 @@
 //! certificate's block, then lets marshal start from that block.
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use borsh::{BorshDeserialize, BorshSerialize};
 use peergrid_core::Hash;
 use peergrid_ledger::{Change, Genesis, Store};
 use peergrid_types::api::SnapshotInfo;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// What a snapshot file starts with, and its format's version.
 const MAGIC: &[u8; 8] = b"PGSNAP01";
@@ -90,12 +91,23 @@ impl SnapshotFile {
 #[derive(Default)]
 pub struct Snapshots {
     dir: OnceLock<PathBuf>,
+    /// Whether a state is being written: a validator catching up crosses an epoch's end
+    /// every few blocks, and a thread each holding two copies of the state would not fit.
+    writing: Arc<AtomicBool>,
 }
 
 impl Snapshots {
-    /// Keep snapshots in `dir`.
+    /// Keep snapshots in `dir`, removing the temporary files of writes a kill cut short
+    /// (each as large as the state).
     pub fn enable(&self, dir: PathBuf) -> std::io::Result<()> {
         std::fs::create_dir_all(&dir)?;
+        for entry in std::fs::read_dir(&dir)?.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') && name.contains(".tmp.") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
         let _ = self.dir.set(dir);
         Ok(())
     }
@@ -120,34 +132,51 @@ impl Snapshots {
         let Some(dir) = self.dir.get().cloned() else {
             return;
         };
-        std::thread::spawn(move || {
-            let state = match load() {
-                Ok(Some(state)) => state,
-                Ok(None) => return,
-                Err(e) => {
-                    warn!(error = %e, "cannot read the state for a snapshot");
-                    return;
-                }
-            };
-            let file = SnapshotFile {
-                chain,
-                height: state.height,
-                root: state.root,
-                entries: state.entries,
-            };
-            let path = Self::state_path(&dir, file.height, &file.root);
-            match peergrid_core::fs::write_atomic(&path, &file.encode()) {
-                Ok(()) => info!(
-                    height = file.height,
-                    entries = file.entries.len(),
-                    "state snapshot written"
-                ),
-                Err(e) => {
-                    warn!(height = file.height, error = %e, "cannot write the state snapshot")
-                }
+        if self.writing.swap(true, Ordering::AcqRel) {
+            debug!("a snapshot is still being written: this epoch's is skipped");
+            return;
+        }
+        // Let go however the thread ends, a panic included.
+        struct Done(Arc<AtomicBool>);
+        impl Drop for Done {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
             }
-            Self::prune(&dir);
+        }
+        let done = Done(self.writing.clone());
+        std::thread::spawn(move || {
+            let _done = done;
+            Self::write_now(&dir, chain, load);
         });
+    }
+
+    fn write_now(dir: &Path, chain: Hash, load: peergrid_ledger::store::PinnedLoad) {
+        let state = match load() {
+            Ok(Some(state)) => state,
+            Ok(None) => return,
+            Err(e) => {
+                warn!(error = %e, "cannot read the state for a snapshot");
+                return;
+            }
+        };
+        let file = SnapshotFile {
+            chain,
+            height: state.height,
+            root: state.root,
+            entries: state.entries,
+        };
+        let path = Self::state_path(dir, file.height, &file.root);
+        match peergrid_core::fs::write_atomic(&path, &file.encode()) {
+            Ok(()) => info!(
+                height = file.height,
+                entries = file.entries.len(),
+                "state snapshot written"
+            ),
+            Err(e) => {
+                warn!(height = file.height, error = %e, "cannot write the state snapshot")
+            }
+        }
+        Self::prune(dir);
     }
 
     /// Keep the finalization certificate of the snapshot at `height`.
@@ -163,8 +192,9 @@ impl Snapshots {
     }
 
     /// Remove all but the newest [`SNAPSHOTS_KEPT`] ready snapshots (those with their
-    /// finalization) and any newer one still waiting for it: counting one that never gets
-    /// its finalization (written just before a kill) would remove the last one served.
+    /// finalization) and as many newer ones still waiting for it: counting one that never
+    /// gets its finalization (written just before a kill, or while catching up) would
+    /// remove the last one served, and keeping every such one would fill the disk.
     fn prune(dir: &Path) {
         let mut heights: Vec<u64> = Self::scan(dir).into_iter().map(|(h, _, _)| h).collect();
         heights.sort_unstable();
@@ -172,12 +202,14 @@ impl Snapshots {
         let ready: Vec<u64> = (heights.iter().copied())
             .filter(|h| Self::finalization_path(dir, *h).exists())
             .collect();
-        let old = match ready.len().checked_sub(SNAPSHOTS_KEPT) {
-            Some(first_kept) => heights.partition_point(|h| *h < ready[first_kept]),
-            None if ready.is_empty() => heights.len().saturating_sub(SNAPSHOTS_KEPT),
-            None => 0,
-        };
-        for height in &heights[..old] {
+        let newest_ready = ready.last().copied();
+        let mut kept: Vec<u64> = ready.iter().rev().take(SNAPSHOTS_KEPT).copied().collect();
+        kept.extend(
+            (heights.iter().rev())
+                .filter(|h| newest_ready.is_none_or(|r| **h > r))
+                .take(SNAPSHOTS_KEPT),
+        );
+        for height in heights.iter().filter(|h| !kept.contains(h)) {
             for (h, _, path) in Self::scan(dir) {
                 if h == *height {
                     let _ = std::fs::remove_file(path);
@@ -300,11 +332,33 @@ pub fn wanted(data_dir: &Path) -> anyhow::Result<bool> {
 }
 
 /// Install `fetched` in the empty validator data directory `data_dir`: the floor consensus
-/// starts from, the state, and the handoffs it was checked with.
+/// starts from, the state, and the handoffs it was checked with. The state is written
+/// aside and checked whole first (its entries against its root, the finalization against
+/// its sets): installed unchecked, a bad one would stop every start, and a ledger that is
+/// not empty is never fetched again.
 pub fn install(data_dir: &Path, genesis: &Genesis, fetched: Fetched) -> anyhow::Result<()> {
     std::fs::create_dir_all(data_dir)?;
-    // The floor first: a crash before the state leaves an empty ledger, fetched again at
-    // the next start.
+    let installing = data_dir.join("ledger.redb.installing");
+    let _ = std::fs::remove_file(&installing);
+    let checked = (|| -> anyhow::Result<()> {
+        let mut store = peergrid_ledger::RedbStore::open(&installing)?;
+        fetched
+            .file
+            .install(&mut store, genesis)
+            .map_err(anyhow::Error::msg)?;
+        let ledger = peergrid_ledger::Ledger::open(Box::new(store) as Box<dyn Store>, genesis)?;
+        checked_floor(ledger.state(), &fetched.finalization, &fetched.block)?;
+        Ok(())
+    })();
+    if let Err(e) = checked {
+        let _ = std::fs::remove_file(&installing);
+        return Err(e.context(format!(
+            "the snapshot of height {} from {} is refused, nothing was installed: tell its operator",
+            fetched.file.height, fetched.from
+        )));
+    }
+    // The floor first: a crash before the state is in place leaves an empty ledger,
+    // fetched again at the next start.
     peergrid_core::fs::write_atomic(
         &data_dir.join(FLOOR_FILE),
         &[fetched.block.0.as_slice(), &fetched.finalization].concat(),
@@ -315,11 +369,8 @@ pub fn install(data_dir: &Path, genesis: &Genesis, fetched: Fetched) -> anyhow::
     for handoff in &fetched.handoffs {
         receipts.record_certificate(handoff)?;
     }
-    let mut store = peergrid_ledger::RedbStore::open(&data_dir.join("ledger.redb"))?;
-    fetched
-        .file
-        .install(&mut store, genesis)
-        .map_err(anyhow::Error::msg)?;
+    std::fs::rename(&installing, data_dir.join("ledger.redb"))?;
+    std::fs::File::open(data_dir)?.sync_all()?;
     info!(height = fetched.file.height, root = %fetched.file.root, from = %fetched.from,
         "ledger started from a state snapshot");
     Ok(())
@@ -329,26 +380,36 @@ pub fn install(data_dir: &Path, genesis: &Genesis, fetched: Fetched) -> anyhow::
 /// snapshot block's digest, then its finalization.
 pub const FLOOR_FILE: &str = "snapshot-floor.finalization";
 
+/// A snapshot block's finalization certificate, as consensus decodes it.
+pub type Floor = commonware_consensus::simplex::types::Finalization<
+    commonware_consensus::simplex::scheme::ed25519::Scheme,
+    commonware_cryptography::sha256::Digest,
+>;
+
 /// Decode the finalization a snapshot came with, and check it before marshal starts from
 /// it: it must finalize the certified block, signed by a quorum of its epoch's set.
 pub fn floor(
     shared: &std::sync::Arc<crate::shared::Shared>,
-    signer: &commonware_cryptography::ed25519::PrivateKey,
     bytes: &[u8],
     block: &Hash,
-) -> anyhow::Result<
-    commonware_consensus::simplex::types::Finalization<
-        commonware_consensus::simplex::scheme::ed25519::Scheme,
-        commonware_cryptography::sha256::Digest,
-    >,
-> {
+) -> anyhow::Result<Floor> {
+    shared
+        .with_state(|state| checked_floor(state, bytes, block))
+        .ok_or_else(|| anyhow::anyhow!("the ledger cannot be read"))?
+}
+
+/// Decode `bytes` as the finalization of `block`, and check it is signed by a quorum of its
+/// epoch's set as `state` knows it.
+fn checked_floor(
+    state: &peergrid_ledger::State,
+    bytes: &[u8],
+    block: &Hash,
+) -> anyhow::Result<Floor> {
     use anyhow::bail;
     use commonware_codec::Decode as _;
     use commonware_consensus::simplex::scheme::ed25519::Scheme;
-    use commonware_consensus::simplex::types::Finalization;
-    use commonware_cryptography::sha256::Digest;
 
-    let finalization = Finalization::<Scheme, Digest>::decode_cfg(
+    let finalization = Floor::decode_cfg(
         bytes::Bytes::copy_from_slice(bytes),
         &peergrid_core::tx::VALIDATORS_MAX,
     )
@@ -360,11 +421,13 @@ pub fn floor(
         );
     }
     let epoch = finalization.proposal.round.epoch().get();
-    let schemes = crate::epochs::Schemes::new(shared.clone(), signer.clone());
-    let Some((scheme, _)) = schemes.get(epoch) else {
+    let Some(members) = crate::epochs::members_in(state, epoch) else {
         bail!("the snapshot's state does not know the validator set of epoch {epoch}");
     };
-    if !finalization.verify(&mut rand::rng(), &*scheme, &commonware_parallel::Sequential) {
+    let participants =
+        commonware_utils::ordered::Set::from_iter_dedup(members.into_iter().map(|m| m.key));
+    let scheme = Scheme::verifier(crate::timing::NAMESPACE, participants);
+    if !finalization.verify(&mut rand::rng(), &scheme, &commonware_parallel::Sequential) {
         bail!("the snapshot's finalization certificate is not signed by a quorum of epoch {epoch}");
     }
     Ok(finalization)
@@ -403,17 +466,21 @@ mod tests {
             [99, 199, 299, 399],
             "both ready ones are still served"
         );
-        state(499, true);
+        // Catching up, a validator writes every epoch's state and finalizes none: only
+        // the newest few of those wait.
+        for h in [499, 599, 699, 799] {
+            state(h, false);
+        }
         Snapshots::prune(dir.path());
-        assert_eq!(heights(), [199, 299, 399, 499]);
-        assert!(!Snapshots::finalization_path(dir.path(), 99).exists());
-        state(599, true);
+        assert_eq!(heights(), [99, 199, 699, 799]);
+        state(899, true);
         Snapshots::prune(dir.path());
         assert_eq!(
             heights(),
-            [499, 599],
-            "the unfinalized ones behind them go too"
+            [199, 899],
+            "the unfinalized ones behind a ready one go"
         );
+        assert!(!Snapshots::finalization_path(dir.path(), 99).exists());
     }
 
     #[test]
@@ -444,6 +511,27 @@ mod tests {
         let mut store = MemoryStore::default();
         forged.install(&mut store, &d.genesis).expect("written");
         assert!(Ledger::open(store, &d.genesis).is_err());
+        // Installed in a data directory, it is refused before anything is kept: the
+        // directory stays empty, so the next start fetches a snapshot again.
+        let data = tempfile::tempdir().expect("tempdir");
+        let fetched = Fetched {
+            file: forged,
+            block: Hash::of(b"block"),
+            finalization: Vec::new(),
+            handoffs: Vec::new(),
+            from: "http://forger".into(),
+        };
+        let refused = install(data.path(), &d.genesis, fetched).expect_err("refused");
+        assert!(
+            format!("{refused:#}").contains("http://forger"),
+            "{refused:#}"
+        );
+        assert!(
+            wanted(data.path()).expect("readable"),
+            "the ledger is still empty"
+        );
+        assert!(!data.path().join(FLOOR_FILE).exists());
+        assert!(!data.path().join("ledger.redb.installing").exists());
 
         // Another chain's, truncated, or not a snapshot at all.
         let other = Devnet::generate("other", 1, 1_000).expect("keys");

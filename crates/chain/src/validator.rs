@@ -250,7 +250,7 @@ pub fn run(
     let floor = match std::fs::read(&floor_file) {
         Ok(bytes) if bytes.len() > 32 => {
             let block = peergrid_core::Hash(bytes[..32].try_into().unwrap_or([0; 32]));
-            Some(snapshot::floor(&shared, &signer, &bytes[32..], &block)?)
+            Some(snapshot::floor(&shared, &bytes[32..], &block)?)
         }
         Ok(_) => bail!(
             "{} is damaged: remove the data directory and start again",
@@ -469,7 +469,10 @@ async fn serve(
                 .iter()
                 .filter_map(|bytes| SignedTx::decode_hashed(bytes).ok())
                 .collect();
-            let _ = inbound.submit_batch(txs);
+            // Up to 512 signatures: checked off the threads that drive consensus, one
+            // batch at a time, so a flood of gossip waits here instead of starving votes.
+            let shared = inbound.clone();
+            let _ = tokio::task::spawn_blocking(move || shared.submit_batch(txs)).await;
         }
     });
 

@@ -543,23 +543,10 @@ fn a_validator_joins_from_a_snapshot_after_the_others_pruned_the_blocks_before_i
             .snapshots
             .finalization(file.height)
             .expect("its finalization");
-        let floor = snapshot::floor(
-            &vals[0],
-            &consensus_key(&validator_key(3)),
-            &bytes,
-            &certificate.block,
-        )
-        .expect("the finalization of the certified block");
+        let floor = snapshot::floor(&vals[0], &bytes, &certificate.block)
+            .expect("the finalization of the certified block");
         // A finalization of another block is refused before consensus sees it.
-        assert!(
-            snapshot::floor(
-                &vals[0],
-                &consensus_key(&validator_key(3)),
-                &bytes,
-                &file.root
-            )
-            .is_err()
-        );
+        assert!(snapshot::floor(&vals[0], &bytes, &file.root).is_err());
         // An epoch ends while its operator is at it.
         wait_for_height(&context, &three, file.height + EPOCH_BLOCKS + 10).await;
         let extras = Extras {

@@ -29,13 +29,27 @@ pub fn join(cfg: &ValidatorConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create {}", cfg.data_dir.display()))?;
     let partial = cfg.data_dir.join("snapshot.partial");
-    let fetched = crate::runtime()?.block_on(async {
+    crate::runtime()?.block_on(async {
         // The validators named may be starting too, or between epochs: ask again for a
-        // while before giving up, saying why each time.
+        // while before giving up, saying why each time. A source whose snapshot fails its
+        // checks is not asked again.
         let mut attempt = 1;
+        let mut refused: Vec<String> = Vec::new();
         loop {
-            match fetch(&cfg.snapshot_from, &genesis, &partial).await {
-                Ok(fetched) => return Ok(fetched),
+            let tried = match fetch(&cfg.snapshot_from, &refused, &genesis, &partial).await {
+                Ok(fetched) => {
+                    let from = fetched.from.clone();
+                    let installed =
+                        peergrid_chain::snapshot::install(&cfg.data_dir, &genesis, fetched);
+                    if installed.is_err() {
+                        refused.push(from);
+                    }
+                    installed
+                }
+                Err(e) => Err(e),
+            };
+            match tried {
+                Ok(()) => return Ok(()),
                 Err(e) if attempt < SNAPSHOT_ATTEMPTS => {
                     warn!(attempt, error = %format!("{e:#}"), "no usable snapshot yet; asking again in 2 s");
                     attempt += 1;
@@ -50,22 +64,31 @@ pub fn join(cfg: &ValidatorConfig) -> anyhow::Result<()> {
             }
         }
     })?;
-    peergrid_chain::snapshot::install(&cfg.data_dir, &genesis, fetched)?;
     let _ = std::fs::remove_file(&partial);
     Ok(())
 }
 
-/// Download the newest snapshot the validators at `urls` serve, into `partial` first, and
-/// check it: its entries against its root when installed, and here its root against the
-/// block's state certificate, checked against the validator sets followed from `genesis`.
-async fn fetch(urls: &[String], genesis: &Genesis, partial: &Path) -> anyhow::Result<Fetched> {
+/// Download the newest snapshot the validators at `urls` (but those `refused`) serve, into
+/// `partial` first, and check it: its entries against its root when installed, and here its
+/// root against the block's state certificate, checked against the validator sets followed
+/// from `genesis`. One that fails is said, and the next newest tried: a single source
+/// listing a height it cannot back would otherwise keep the validator from joining.
+async fn fetch(
+    urls: &[String],
+    refused: &[String],
+    genesis: &Genesis,
+    partial: &Path,
+) -> anyhow::Result<Fetched> {
     let http = reqwest::Client::builder()
         .connect_timeout(std::time::Duration::from_secs(5))
         .read_timeout(std::time::Duration::from_secs(60))
         .build()?;
-    let mut newest: Option<(String, SnapshotInfo)> = None;
+    let mut listings: Vec<(String, SnapshotInfo)> = Vec::new();
     for url in urls {
         let url = url.trim_end_matches('/');
+        if refused.iter().any(|r| r == url) {
+            continue;
+        }
         let listed = async {
             let r = http
                 .get(format!("{url}{}", routes::SNAPSHOTS))
@@ -75,23 +98,48 @@ async fn fetch(urls: &[String], genesis: &Genesis, partial: &Path) -> anyhow::Re
         };
         match listed.await {
             Ok(list) => {
-                if let Some(s) = list.into_iter().max_by_key(|s| s.height)
-                    && newest.as_ref().is_none_or(|(_, n)| s.height > n.height)
-                {
-                    newest = Some((url.to_string(), s));
+                if let Some(s) = list.into_iter().max_by_key(|s| s.height) {
+                    listings.push((url.to_string(), s));
                 }
             }
             Err(e) => warn!(%url, error = %e, "cannot list its snapshots"),
         }
     }
-    let Some((url, info)) = newest else {
-        bail!(
+    listings.sort_by_key(|(_, s)| std::cmp::Reverse(s.height));
+    let mut last = None;
+    for (url, info) in listings {
+        match fetch_one(&http, urls, &url, &info, genesis, partial).await {
+            Ok(fetched) => return Ok(fetched),
+            Err(e) => {
+                warn!(%url, height = info.height, error = %format!("{e:#}"), "its snapshot is not usable; trying the next source");
+                last = Some(e);
+            }
+        }
+    }
+    match last {
+        Some(e) => Err(e),
+        None if !refused.is_empty() => bail!(
+            "no source but those whose snapshot was refused ({}) serves one",
+            refused.join(", ")
+        ),
+        None => bail!(
             "none of {} serves a snapshot yet: validators write one at each epoch's last \
              block; wait for an epoch to end, or leave snapshot_from out to catch up from \
              genesis (which needs a validator with archive = true)",
             urls.join(", ")
-        );
-    };
+        ),
+    }
+}
+
+/// Download the snapshot `info` that `url` lists, and check it: see [`fetch`].
+async fn fetch_one(
+    http: &reqwest::Client,
+    urls: &[String],
+    url: &str,
+    info: &SnapshotInfo,
+    genesis: &Genesis,
+    partial: &Path,
+) -> anyhow::Result<Fetched> {
     if info.bytes > SNAPSHOT_BYTES_MAX {
         bail!(
             "the snapshot at height {} is {} bytes, above the {SNAPSHOT_BYTES_MAX} accepted",
@@ -188,6 +236,6 @@ async fn fetch(urls: &[String], genesis: &Genesis, partial: &Path) -> anyhow::Re
         block: certificate.block,
         finalization: finalization.to_vec(),
         handoffs,
-        from: url,
+        from: url.to_string(),
     })
 }
