@@ -1325,31 +1325,37 @@ async fn events(
         .and_then(|v| v.parse::<u64>().ok())
         .map(|h| h.saturating_add(1));
     let start = q.from.or(resume);
-    // Subscribe before reading the height, so no block falls between replay and live.
-    let live = api.shared.finalized.subscribe();
     let head = api.shared.with_state(|s| s.height()).unwrap_or(0);
     // A follower resuming below what is kept starts at the first kept block: the pruned ones
     // are gone, and waiting for them would stall it for good. (A node resyncs its contracts
     // whenever it reconnects, so it misses nothing that matters.)
     let first = api.shared.receipts.first_kept().unwrap_or(1);
     let next = start.unwrap_or(head + 1).max(1).max(first.min(head + 1));
-    // The slot travels with the stream: it is freed when the client goes away.
-    let state = (api.shared.clone(), live, next, slot);
+    // The slot travels with the stream: it is freed when the client goes away. The live
+    // blocks are subscribed to only once the stored ones are sent: a receiver that does
+    // not read keeps every block sent since in memory, and a replay reads for a while.
+    let state = (api.shared.clone(), None, next, slot);
     let stream = futures::stream::unfold(state, |(shared, mut live, next, slot)| async move {
-        let head = shared.with_state(|s| s.height()).unwrap_or(0);
-        let block: Arc<FinalizedBlock> = if next <= head {
-            Arc::new(shared.receipts.block(next)?)
-        } else {
-            loop {
-                match live.recv().await {
-                    Ok(b) if b.height == next => break b,
-                    Ok(b) if b.height < next => continue,
-                    // Skipped ahead (lagged): fall back to the stored copy.
-                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        break Arc::new(shared.receipts.block(next)?);
-                    }
-                    Err(_) => return None,
-                }
+        let block: Arc<FinalizedBlock> = loop {
+            let head = shared.with_state(|s| s.height()).unwrap_or(0);
+            if next <= head {
+                let stored = shared.clone();
+                let block = tokio::task::spawn_blocking(move || stored.receipts.block(next))
+                    .await
+                    .ok()??;
+                break Arc::new(block);
+            }
+            let Some(receiver) = live.as_mut() else {
+                // Subscribed before the height is read again, so no block falls between.
+                live = Some(shared.finalized.subscribe());
+                continue;
+            };
+            match receiver.recv().await {
+                Ok(b) if b.height == next => break b,
+                Ok(b) if b.height < next => continue,
+                // Skipped ahead (lagged): the stored copies are read until caught up again.
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => live = None,
+                Err(_) => return None,
             }
         };
         let event = SseEvent::default()

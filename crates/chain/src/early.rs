@@ -9,7 +9,8 @@
 //! `peergrid bench ledger`. Kept here, the engine reads them before anything else.
 //!
 //! Only the next epoch's messages are kept, at most [`EARLY_MAX`] per channel and
-//! [`EARLY_PER_PEER_MAX`] from one peer, so a peer cannot make us hold more.
+//! [`EARLY_PER_PEER_MAX`] from one peer, each of at most [`EARLY_MESSAGE_BYTES_MAX`], so a
+//! peer cannot make us hold more: the network takes messages as large as a block.
 
 use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroUsize;
@@ -23,6 +24,9 @@ use futures::{FutureExt, StreamExt};
 pub const EARLY_MAX: usize = 1024;
 /// Most early messages kept for one channel from one peer.
 pub const EARLY_PER_PEER_MAX: usize = 256;
+/// Largest early message kept: a vote is about a hundred bytes and a certificate of the
+/// largest validator set some 70 bytes a signer; anything larger is not one of them.
+pub const EARLY_MESSAGE_BYTES_MAX: usize = 1024 + 128 * peergrid_core::tx::VALIDATORS_MAX;
 
 /// One channel's messages for epochs whose engine did not listen when they arrived.
 #[derive(Default)]
@@ -48,7 +52,7 @@ impl Early {
             let _ = inbox.try_send(message);
             return;
         }
-        if theirs != ours + 1 {
+        if theirs != ours + 1 || message.1.len() > EARLY_MESSAGE_BYTES_MAX {
             return;
         }
         if self.epoch != theirs {
@@ -149,6 +153,8 @@ mod tests {
         early.keep(3, 5, message(1, b"two ahead"));
         early.keep(3, 3, message(1, b"no engine runs"));
         early.keep(3, 2, message(1, b"behind"));
+        let block_sized: &'static [u8] = vec![0u8; EARLY_MESSAGE_BYTES_MAX + 1].leak();
+        early.keep(3, 4, message(1, block_sized));
         assert!(early.kept.is_empty());
         for _ in 0..EARLY_PER_PEER_MAX + 10 {
             early.keep(3, 4, message(1, b"flood"));

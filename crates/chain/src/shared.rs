@@ -130,7 +130,11 @@ impl Receipts {
             for h in &doomed {
                 if let Some(block) = m.0.remove(h) {
                     for tx in &block.txs {
-                        m.1.remove(&tx.hash);
+                        // The same bytes finalized again later (a refused transaction keeps
+                        // its nonce, so it may be sent again) point at the later block.
+                        if m.1.get(&tx.hash).is_some_and(|(at, _)| at == h) {
+                            m.1.remove(&tx.hash);
+                        }
                     }
                 }
             }
@@ -157,7 +161,15 @@ impl Receipts {
                 }
                 for (height, block) in &doomed {
                     for tx in block.iter().flat_map(|b| &b.txs) {
-                        txs.remove(&tx.hash.0).map_err(store_err)?;
+                        // The same bytes finalized again later (a refused transaction keeps
+                        // its nonce, so it may be sent again) point at the later block.
+                        let here = txs
+                            .get(&tx.hash.0)
+                            .map_err(store_err)?
+                            .is_some_and(|at| at.value().0 == *height);
+                        if here {
+                            txs.remove(&tx.hash.0).map_err(store_err)?;
+                        }
                     }
                     blocks.remove(height).map_err(store_err)?;
                 }
@@ -671,6 +683,11 @@ mod tests {
         for h in 1..=10 {
             receipts.record(&with_tx(h)).expect("record");
         }
+        // A transaction refused in block 2 keeps its nonce: the same bytes sent again are
+        // finalized in block 8.
+        let mut again = with_tx(8);
+        again.txs.push(with_tx(2).txs[0].clone());
+        receipts.record(&again).expect("record");
         let handoff = StateCertificate {
             height: 3,
             epoch: 0,
@@ -692,8 +709,17 @@ mod tests {
             let kept = h >= 6;
             assert_eq!(receipts.block(h).is_some(), kept, "block {h}");
             let located = receipts.locate(&Hash::of(&h.to_be_bytes()));
-            assert_eq!(located.is_some(), kept, "transaction of block {h}");
+            assert_eq!(
+                located.is_some(),
+                kept || h == 2,
+                "transaction of block {h}"
+            );
         }
+        assert_eq!(
+            receipts.locate(&Hash::of(&2u64.to_be_bytes())),
+            Some((8, 1)),
+            "a transaction finalized again is found where it was last"
+        );
         assert_eq!(receipts.certificate(3), Some(handoff));
     }
 
