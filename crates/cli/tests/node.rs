@@ -275,6 +275,34 @@ async fn a_farmer_runs_a_node_that_follows_its_contracts_across_restarts() {
         .expect_err("another grid");
     assert!(e.to_string().contains("for this grid"), "{e}");
     assert!(!folder.join("deployment.bin").exists(), "nothing stored");
+    // A run's memory comes out of the contract's reservation: a deployment whose runs may
+    // use more than it reserves (128 MiB a run, 1 MiB reserved) is refused with both.
+    let small = Capacity {
+        mru: 1 << 20,
+        ..resources
+    };
+    let stingy = create_deployment(&client, &demo, node_id, &deployment, small).await;
+    let greedy = DeployRequest::sign(&demo, &grid, stingy, deployment.clone());
+    let e = peergrid_node::protocol::deploy(&builder, node_peer, &greedy)
+        .await
+        .expect_err("more memory than reserved");
+    assert!(
+        e.to_string()
+            .contains("128.0 MiB of memory per run, more than contract"),
+        "{e}"
+    );
+    let (_, cancelled) = client
+        .send(
+            &demo,
+            Payload::CancelContract { contract: stingy },
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("cancel");
+    assert!(
+        matches!(cancelled, TxStatus::Finalized { .. }),
+        "{cancelled:?}"
+    );
     let right = DeployRequest::sign(&demo, &grid, contract_id, deployment.clone());
     peergrid_node::protocol::deploy(&builder, node_peer, &right)
         .await

@@ -18,8 +18,6 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpVi
 
 /// Most table elements one table may grow to.
 const TABLE_ELEMENTS_MAX: usize = 1_000_000;
-/// Most instances, tables and memories one store may create (a Rust component has a few).
-const STORE_OBJECTS_MAX: usize = 100;
 
 /// The store data of one instance.
 pub(crate) struct Host {
@@ -293,16 +291,17 @@ impl ResourceLimiter for Limiter {
         Ok(desired <= TABLE_ELEMENTS_MAX)
     }
 
+    // A store holds one component: the same bounds as the pool's per component.
     fn instances(&self) -> usize {
-        STORE_OBJECTS_MAX
+        crate::runtime::CORE_INSTANCES_PER_COMPONENT as usize
     }
 
     fn tables(&self) -> usize {
-        STORE_OBJECTS_MAX
+        crate::runtime::TABLES_PER_COMPONENT as usize
     }
 
     fn memories(&self) -> usize {
-        STORE_OBJECTS_MAX
+        crate::runtime::MEMORIES_PER_COMPONENT as usize
     }
 }
 

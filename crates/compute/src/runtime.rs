@@ -20,6 +20,13 @@ use wasmtime_wasi::WasiCtx;
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
+/// Most core instances one component may hold (a Rust component has a handful).
+pub(crate) const CORE_INSTANCES_PER_COMPONENT: u32 = 16;
+/// Most linear memories one component may hold.
+pub(crate) const MEMORIES_PER_COMPONENT: u32 = 4;
+/// Most tables one component may hold.
+pub(crate) const TABLES_PER_COMPONENT: u32 = 8;
+
 /// How a [`Runtime`] is set up; `Default` suits a small node.
 #[derive(Debug, Clone)]
 pub struct RuntimeConfig {
@@ -135,13 +142,17 @@ impl Runtime {
 
         // Instances come from a pool reserved up front, so a request's instance costs
         // microseconds. A Rust component has a handful of core instances, memories and
-        // tables; size the pool for that.
+        // tables; size the pool for that, and hold each component to its part of it, so
+        // one tenant's component cannot take every slot and leave the others none.
         let n = config.max_instances;
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(n)
-            .total_core_instances(n.saturating_mul(16))
-            .total_memories(n.saturating_mul(4))
-            .total_tables(n.saturating_mul(8))
+            .total_core_instances(n.saturating_mul(CORE_INSTANCES_PER_COMPONENT))
+            .total_memories(n.saturating_mul(MEMORIES_PER_COMPONENT))
+            .total_tables(n.saturating_mul(TABLES_PER_COMPONENT))
+            .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
+            .max_memories_per_component(MEMORIES_PER_COMPONENT)
+            .max_tables_per_component(TABLES_PER_COMPONENT)
             .total_stacks(n)
             .max_memory_size(usize::try_from(max_memory_bytes).unwrap_or(usize::MAX));
         wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));

@@ -202,17 +202,14 @@ pub fn app_data_dir(world: &World, contract: ContractId) -> Option<PathBuf> {
 struct App {
     deployment: Hash,
     paused: bool,
-    /// What all its runs may hold together: the memory the contract reserved (at least
-    /// one run's limit), and [`INSTANCES_PER_CONTRACT`] instances.
+    /// What all its runs may hold together: the memory the contract reserved, and
+    /// [`INSTANCES_PER_CONTRACT`] instances.
     share: Arc<Share>,
     /// The memory the contract reserves on the ledger.
     memory_reserved: u64,
     /// The folder its runs see as `/data`, within the disk (`sru`) the contract reserves;
     /// none if it could not be made (the workloads then run without one).
     data: Option<Arc<DataDir>>,
-    /// The largest memory limit of one of its runs, once its deployment is decoded: a
-    /// contract that reserved less still runs one at a time, as the deployment promised.
-    memory_floor: u64,
     /// Why the deployment as a whole cannot run (unreadable, undecodable).
     error: Option<String>,
     /// Empty until the deployment is decoded.
@@ -287,9 +284,10 @@ impl App {
         }
     }
 
-    /// Sets what the share's runs may hold: the reservation, or one run's limit if more.
+    /// Sets what the share's runs may hold: the reservation, which is what is paid for
+    /// and what the node's capacity counts.
     fn share_memory(&self) {
-        (self.share).set_memory_bytes_max(self.memory_reserved.max(self.memory_floor));
+        (self.share).set_memory_bytes_max(self.memory_reserved);
     }
 
     /// What `workload` of this deployment logged itself, while it serves.
@@ -513,7 +511,6 @@ impl Compute {
                 share: Share::new(w.memory, INSTANCES_PER_CONTRACT),
                 memory_reserved: w.memory,
                 data: None,
-                memory_floor: 0,
                 error: None,
                 workloads: BTreeMap::new(),
                 jobs: Vec::new(),
@@ -532,7 +529,6 @@ impl Compute {
                 old.stop_jobs();
                 // Both count in one share: the contract holds what it reserved, not twice.
                 app.share = old.share.clone();
-                app.memory_floor = old.memory_floor;
                 app.share_memory();
                 // And both see one /data: an update keeps the app's files.
                 app.data = old.data.clone();
@@ -651,22 +647,21 @@ impl Compute {
                 (spec.name.clone(), entry)
             })
             .collect();
-        let floor = (deployment.workloads.iter())
+        let largest = (deployment.workloads.iter())
             .map(|w| w.limits.memory_bytes.min(INSTANCE_MEMORY_BYTES_MAX))
             .max()
             .unwrap_or(0);
         let updated = self.update(contract, hash, |app| {
             app.workloads = workloads;
-            app.memory_floor = floor;
-            if floor > app.memory_reserved {
+            // Accepted before its reservation was lowered: its runs get what it reserves.
+            if largest > app.memory_reserved {
                 warn!(
                     contract,
                     reserved = app.memory_reserved,
-                    limit = floor,
-                    "the contract reserves less memory than one run's limit: its runs get that limit in all"
+                    limit = largest,
+                    "the contract reserves less memory than one run's limit: a run that grows past the reservation fails"
                 );
             }
-            app.share_memory();
         });
         if !updated {
             return;
@@ -1195,7 +1190,6 @@ mod tests {
             share: Share::new(1 << 20, 1),
             memory_reserved: 1 << 20,
             data: None,
-            memory_floor: 0,
             error: None,
             workloads: BTreeMap::new(),
             jobs: Vec::new(),

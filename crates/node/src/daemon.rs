@@ -940,6 +940,9 @@ async fn workload_logs(shared: &Shared, body: &[u8]) -> Result<protocol::Workloa
     shared.compute.logs(request.contract, &request.workload)
 }
 
+/// How many more times a deployment's contract is read when it does not match yet.
+const DEPLOY_READS_AGAIN: usize = 6;
+
 /// Check a deployment against its contract on the ledger, then store it with its workload.
 async fn accept_deployment(
     shared: &Shared,
@@ -949,15 +952,18 @@ async fn accept_deployment(
     let request: DeployRequest =
         peergrid_core::codec::decode("deployment", body, protocol::DEPLOY.request_bytes_max)
             .map_err(|e| format!("malformed deployment request: {e}"))?;
-    let contract = reconcile::contract(client, request.contract)
-        .await
-        .map_err(|e| {
-            format!(
-                "cannot check contract {} on the ledger: {e}",
-                request.contract
-            )
-        })?
-        .ok_or_else(|| format!("contract {} does not exist on the ledger", request.contract))?;
+    let read = || async {
+        reconcile::contract(client, request.contract)
+            .await
+            .map_err(|e| {
+                format!(
+                    "cannot check contract {} on the ledger: {e}",
+                    request.contract
+                )
+            })?
+            .ok_or_else(|| format!("contract {} does not exist on the ledger", request.contract))
+    };
+    let mut contract = read().await?;
     let me = shared.world.lock().await.node;
     if contract.node != me || me.is_none() {
         return Err(format!(
@@ -965,22 +971,8 @@ async fn accept_deployment(
             contract.id, contract.node
         ));
     }
-    let expected = contract
-        .deployment_hash()
-        .ok_or_else(|| format!("contract {} is not a deployment contract", contract.id))?;
     let hash = peergrid_core::Hash::of(&request.deployment);
-    if hash != expected {
-        return Err(format!(
-            "the deployment's hash {hash} does not match contract {}'s hash {expected}; \
-             update the contract first",
-            contract.id
-        ));
-    }
-    if let Err(e) = peergrid_compute::Deployment::decode(&request.deployment) {
-        return Err(format!(
-            "the deployment cannot be decoded: {e}; build it with `peergrid deploy`"
-        ));
-    }
+    // The owner never changes: checked first, so a stranger's request costs no waiting.
     if !request.signature.verify(
         &contract.owner,
         protocol::DEPLOY_NAMESPACE,
@@ -990,6 +982,46 @@ async fn accept_deployment(
             "the deployment is not signed by contract {}'s owner {} for this grid ({}; a \
              peergrid older than this node's signs otherwise: update it)",
             contract.id, contract.owner, shared.grid
+        ));
+    }
+    // The validator asked may be a block behind the update the owner just made (a new
+    // hash, and the memory with it): asked again, and another, for a few seconds before
+    // refusing.
+    for _ in 0..DEPLOY_READS_AGAIN {
+        if contract.deployment_hash() == Some(hash) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        client.choose_again().await;
+        contract = read().await?;
+    }
+    let expected = contract
+        .deployment_hash()
+        .ok_or_else(|| format!("contract {} is not a deployment contract", contract.id))?;
+    if hash != expected {
+        return Err(format!(
+            "the deployment's hash {hash} does not match contract {}'s hash {expected}; \
+             update the contract first",
+            contract.id
+        ));
+    }
+    let deployment = peergrid_compute::Deployment::decode(&request.deployment).map_err(|e| {
+        format!("the deployment cannot be decoded: {e}; build it with `peergrid deploy`")
+    })?;
+    // A run's memory comes out of what the contract reserves, which is what the node's
+    // capacity counts and the owner pays for.
+    let largest = (deployment.workloads.iter())
+        .max_by_key(|w| w.limits.memory_bytes)
+        .map(|w| (w.name.as_str(), w.limits.memory_bytes));
+    if let Some((name, bytes)) = largest.filter(|(_, bytes)| *bytes > contract.reserved.mru) {
+        return Err(format!(
+            "workload {name} may use {} of memory per run, more than contract {} reserves \
+             ({}): reserve at least that (`peergrid contract update {} --mru …`) or lower \
+             its limit",
+            peergrid_core::capacity::human_bytes(bytes),
+            contract.id,
+            peergrid_core::capacity::human_bytes(contract.reserved.mru),
+            contract.id
         ));
     }
     if !contract.is_live() {
