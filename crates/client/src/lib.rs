@@ -6,6 +6,7 @@
 //! answer, so a crashed validator costs a retry, not an error. It holds no consensus
 //! code: nodes, gateways and the CLI stay light.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -171,7 +172,13 @@ pub struct Client {
     /// When the validator to start from was last chosen, and whether a choice is under
     /// way (see [`Client::choose`]).
     chosen: Mutex<Choice>,
+    /// Validators whose answer failed its proof, and when: not chosen for
+    /// [`DISTRUST_FOR`], so that one faulty validator cannot stop every proven read.
+    distrusted: Mutex<HashMap<usize, Instant>>,
 }
+
+/// How long a validator whose answer failed its proof is passed over.
+const DISTRUST_FOR: Duration = Duration::from_secs(300);
 
 impl Client {
     /// A client of the validators at `urls` (like `http://127.0.0.1:8700`), tried in turn.
@@ -211,6 +218,7 @@ impl Client {
             trust: Mutex::default(),
             anchoring: tokio::sync::Mutex::new(()),
             chosen: Mutex::default(),
+            distrusted: Mutex::default(),
         }
     }
 
@@ -329,6 +337,12 @@ impl Client {
                     until = Instant::now() + CHOOSE_AFTER_FIRST.max(started.elapsed());
                 }
                 answers.push((index, height, genesis));
+            }
+            // One whose answer failed its proof lately is passed over, unless it is all
+            // there is.
+            let distrusted = self.distrusted_now();
+            if answers.iter().any(|(i, _, _)| !distrusted.contains(i)) {
+                answers.retain(|(i, _, _)| !distrusted.contains(i));
             }
             // A URL of another chain (a mistake in --ledger) must not win by its height:
             // the genesis most of those answering share (the first listed's, if tied).
@@ -470,6 +484,55 @@ impl Client {
     /// the answer names, and that root against its state certificate: a validator lying
     /// about the entry or the root is caught here, whichever validator answered.
     async fn proven<T: borsh::BorshDeserialize>(
+        &self,
+        path: &str,
+        table: u8,
+        key: &[u8],
+    ) -> Result<Proven<T>, ClientError> {
+        let mut tries = self.urls.len().max(1);
+        loop {
+            tries -= 1;
+            match self.proven_once(path, table, key).await {
+                Err(e @ (ClientError::Unproven { .. } | ClientError::Protocol { .. }))
+                    if tries > 0 =>
+                {
+                    self.distrust_current(&e);
+                }
+                read => return read,
+            }
+        }
+    }
+
+    /// Validators passed over now: see [`Client::distrusted`].
+    fn distrusted_now(&self) -> Vec<usize> {
+        let mut distrusted = self.distrusted.lock().unwrap_or_else(|e| e.into_inner());
+        distrusted.retain(|_, at| at.elapsed() < DISTRUST_FOR);
+        distrusted.keys().copied().collect()
+    }
+
+    /// Pass over the validator in use, whose answer failed as `e` says, for
+    /// [`DISTRUST_FOR`], and go on with the next one.
+    fn distrust_current(&self, e: &ClientError) {
+        let n = self.urls.len().max(1);
+        let current = self.current.load(Ordering::Relaxed) % n;
+        warn!(url = %self.urls.get(current).map_or("", String::as_str), error = %e, "a validator's answer failed its proof; asking another, and passing it over for five minutes");
+        self.distrusted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(current, Instant::now());
+        let distrusted = self.distrusted_now();
+        let next = (1..n)
+            .map(|i| (current + i) % n)
+            .find(|i| !distrusted.contains(i))
+            .unwrap_or((current + 1) % n);
+        self.current.store(next, Ordering::Relaxed);
+        // The next request keeps this choice for a while instead of choosing the furthest
+        // along again, which may be the same validator.
+        self.chosen.lock().unwrap_or_else(|e| e.into_inner()).at = Some(Instant::now());
+    }
+
+    /// One try of [`Client::proven`], from the validator in use.
+    async fn proven_once<T: borsh::BorshDeserialize>(
         &self,
         path: &str,
         table: u8,
@@ -859,7 +922,18 @@ impl Client {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let tx = self.sign(key, payload.clone()).await?;
-            match self.submit(&tx).await {
+            let submitted = self.submit(&tx).await;
+            // A submit that failed may have been taken all the same (its answer lost to a
+            // timeout, then another validator saying the nonce is used): this transaction
+            // is waited for then, never signed again, or its payload would run twice.
+            if submitted.is_err()
+                && let Ok(status) = self.tx_status(&tx.hash()).await
+                && !matches!(status, TxStatus::Unknown)
+            {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                return Ok((tx.hash(), self.wait(&tx.hash(), left).await?));
+            }
+            match submitted {
                 Ok(hash) => {
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                     return Ok((hash, self.wait(&hash, left).await?));

@@ -384,10 +384,13 @@ impl Client {
                 last: causes(&e),
             })?;
         let status = response.status();
-        let body = response.bytes().await.map_err(|e| ClientError::Protocol {
-            url: url.to_string(),
-            reason: causes(&e),
-        })?;
+        // Bounded as every other answer: a wrong or hostile URL is given no memory.
+        let body = crate::read_bounded(response, crate::ANSWER_BYTES_MAX)
+            .await
+            .map_err(|reason| ClientError::Protocol {
+                url: url.to_string(),
+                reason,
+            })?;
         if !status.is_success() {
             let (kind, message) = api_error(url, status, &body);
             return Err(ClientError::Refused {
