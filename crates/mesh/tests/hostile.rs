@@ -381,6 +381,36 @@ async fn garbage_instead_of_a_tls_handshake_closes_that_connection_only() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dial_to_a_peer_that_accepts_and_says_nothing_is_given_up() {
+    use tokio::io::AsyncReadExt as _;
+
+    // A frozen process: its port accepts, nothing answers.
+    let frozen = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = frozen.local_addr().expect("addr").port();
+    let accepted = tokio::spawn(async move { frozen.accept().await.map(|(s, _)| s) });
+    let client = peer().await;
+    let someone = peergrid_mesh::PeerId::random();
+    let at: peergrid_mesh::Multiaddr = format!("/ip4/127.0.0.1/tcp/{port}")
+        .parse()
+        .expect("multiaddr");
+    let started = std::time::Instant::now();
+    assert!(client.connect(someone, vec![at]).await.is_err());
+    let mut socket = accepted.await.expect("join").expect("accepted");
+    // The dial itself is given up: its socket closes, so a later dial starts anew
+    // instead of waiting on this one for good (libp2p gives a connection being set up
+    // no deadline of its own).
+    let mut rest = Vec::new();
+    let left = Duration::from_secs(30).saturating_sub(started.elapsed());
+    let closed = tokio::time::timeout(left, socket.read_to_end(&mut rest)).await;
+    assert!(
+        closed.is_ok(),
+        "the dial to a silent peer was still pending after 30 s"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_streams_waits_for_a_slow_acceptor_and_one_peer_cannot_fill_the_queue() {
     use peergrid_mesh::streams::INBOUND_QUEUE_PER_PEER_MAX;
     let protocol = peergrid_mesh::StreamProtocol::new("/peergrid/test-burst/1");
