@@ -25,10 +25,6 @@ use crate::world::{Action, WorkloadState, plan};
 pub const RESYNC_EVERY: Duration = Duration::from_secs(300);
 /// How soon a contract a block named is read again when it could not be read.
 const RETRY_UNREAD: Duration = Duration::from_secs(1);
-/// How long the height this node followed may stay above every certified one before it
-/// is taken for a validator's word the chain never backed, and followed from the certified
-/// height instead.
-const UNBACKED_GRACE: Duration = Duration::from_secs(120);
 
 /// Persist the followed height at least this often (in blocks) when nothing changes.
 const SAVE_EVERY_BLOCKS: u64 = 100;
@@ -175,35 +171,16 @@ async fn held(shared: &Shared) -> BTreeSet<ContractId> {
 /// A read older than the height this node followed (a validator still catching up) is
 /// not acted on: it could undo a change the node already made, or remove data that
 /// could not be brought back. It goes to `unread`, read again as of that height.
-/// Returns the height it read at (the list's, if certified yet) and the contracts listed.
+/// Returns the list's height and the contracts it named.
 async fn resync(
     shared: &Shared,
     client: &Client,
     me: NodeId,
     unread: &mut Unread,
-    unbacked: &mut Unbacked,
 ) -> Result<(u64, BTreeSet<ContractId>), ClientError> {
     // A list has no proof: it only says which contracts to read, each one proven.
     let (height, listed) = contracts_of(client, me).await?;
-    // The heights followed came from one validator's word (the event stream, a list's
-    // height): one that lied, or a chain reset, could leave the node following a height
-    // no certificate backs, every proven read behind it, and nothing provisioned again.
-    let certified = client.proven_node(me).await?.height;
-    let followed = {
-        let mut world = shared.world.lock().await;
-        let now = tokio::time::Instant::now();
-        if let Some(back) = unbacked.check(world.followed_height, certified, now) {
-            warn!(
-                followed = world.followed_height,
-                certified = back,
-                "no validator certified the height this node followed for two minutes (a validator named a height the chain has not reached, or the chain was reset): following from the certified height"
-            );
-            world.followed_height = back;
-            let _ = world.save();
-            unread.back_to(back);
-        }
-        world.followed_height
-    };
+    let followed = shared.world.lock().await.followed_height;
     let behind = |id: ContractId, read_at: u64| {
         debug!(
             contract = id,
@@ -246,41 +223,7 @@ async fn resync(
         }
     }
     debug!(height, contracts = listed.len(), "resynced");
-    Ok((height.min(certified), seen))
-}
-
-/// Whether the height a node follows has stayed above every certified height: see
-/// [`UNBACKED_GRACE`].
-#[derive(Debug, Default)]
-struct Unbacked {
-    /// When the followed height was first seen unbacked, and what it was then.
-    since: Option<(tokio::time::Instant, u64)>,
-}
-
-/// How far the followed height may be ahead of a certified one without counting as
-/// unbacked: certificates come a moment after their blocks, and a chain that stalls may
-/// leave its last block uncertified for a while.
-const UNBACKED_BLOCKS_MIN: u64 = 32;
-
-impl Unbacked {
-    /// The height to follow from instead of `followed`, once it has been above the
-    /// certified heights read (`certified`, at `now`) for [`UNBACKED_GRACE`].
-    fn check(&mut self, followed: u64, certified: u64, now: tokio::time::Instant) -> Option<u64> {
-        // Backed by now: the height followed then is certified.
-        if self.since.is_some_and(|(_, then)| certified >= then) {
-            self.since = None;
-        }
-        if certified.saturating_add(UNBACKED_BLOCKS_MIN) >= followed {
-            self.since = None;
-            return None;
-        }
-        let (since, _) = *self.since.get_or_insert((now, followed));
-        if now.duration_since(since) < UNBACKED_GRACE {
-            return None;
-        }
-        self.since = None;
-        Some(certified)
-    }
+    Ok((height, seen))
 }
 
 /// Contracts blocks named that are still to be read as of those blocks: the validator
@@ -340,14 +283,6 @@ impl Unread {
         }
     }
 
-    /// Read what is pending as of `height` at the latest: the heights it was named at
-    /// were not real.
-    fn back_to(&mut self, height: u64) {
-        for (named_at, _) in self.pending.values_mut() {
-            *named_at = (*named_at).min(height);
-        }
-    }
-
     /// Read `id` again later, as of the block at `named_at`.
     fn again(&mut self, id: ContractId, named_at: u64, failed: u32) {
         let e = self.pending.entry(id).or_insert((named_at, failed));
@@ -359,15 +294,13 @@ impl Unread {
 pub async fn follow(shared: Arc<Shared>, client: Arc<Client>) {
     // Kept across resyncs: a resync's list may come from a validator as far behind.
     let mut unread = Unread::default();
-    let mut unbacked = Unbacked::default();
     let mut orphans_removed = false;
     loop {
         let Some(me) = shared.world.lock().await.node else {
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         };
-        let (height, listed) = match resync(&shared, &client, me, &mut unread, &mut unbacked).await
-        {
+        let (height, listed) = match resync(&shared, &client, me, &mut unread).await {
             Ok(read) => read,
             Err(e) => {
                 warn!(error = %e, "cannot read the ledger; retrying in 2 s");
@@ -499,31 +432,6 @@ mod tests {
             }],
             end_events,
         }
-    }
-
-    #[test]
-    fn a_followed_height_no_certificate_backs_is_given_up_after_a_grace() {
-        let t0 = tokio::time::Instant::now();
-        let mut u = Unbacked::default();
-        // Certificates a few blocks behind the stream, as they normally are: never unbacked.
-        for (i, followed) in [100u64, 400, 700, 1_000].into_iter().enumerate() {
-            let at = t0 + UNBACKED_GRACE * 3 * i as u32;
-            assert_eq!(u.check(followed, followed - 5, at), None);
-        }
-        // Far ahead but backed by the next check (a chain moving fast): not given up.
-        assert_eq!(u.check(2_000, 1_900, t0), None);
-        assert_eq!(u.check(2_600, 2_100, t0 + UNBACKED_GRACE * 2), None);
-        assert_eq!(u.check(2_600, 2_600, t0 + UNBACKED_GRACE * 3), None);
-        // A height a lying validator named: given up once the grace has passed.
-        let mut u = Unbacked::default();
-        assert_eq!(u.check(1 << 40, 500, t0), None);
-        assert_eq!(u.check(1 << 40, 560, t0 + UNBACKED_GRACE / 2), None);
-        assert_eq!(u.check(1 << 40, 620, t0 + UNBACKED_GRACE), Some(620));
-        // Pending reads named at such heights are read as of the certified one.
-        let mut unread = Unread::default();
-        unread.again(7, 1 << 40, 2);
-        unread.back_to(620);
-        assert_eq!(unread.pending.get(&7), Some(&(620, 2)));
     }
 
     #[test]
