@@ -493,12 +493,9 @@ impl Client {
         loop {
             tries -= 1;
             match self.proven_once(path, table, key).await {
-                Err(e @ (ClientError::Unproven { .. } | ClientError::Protocol { .. }))
-                    if tries > 0 =>
-                {
-                    self.distrust_current(&e);
-                }
-                read => return read,
+                Ok(read) => return Ok(read),
+                Err((e, Some(answered))) if tries > 0 => self.distrust(answered, &e),
+                Err((e, _)) => return Err(e),
             }
         }
     }
@@ -510,11 +507,11 @@ impl Client {
         distrusted.keys().copied().collect()
     }
 
-    /// Pass over the validator in use, whose answer failed as `e` says, for
+    /// Pass over the validator at `index`, whose answer failed its proof as `e` says, for
     /// [`DISTRUST_FOR`], and go on with the next one.
-    fn distrust_current(&self, e: &ClientError) {
+    fn distrust(&self, index: usize, e: &ClientError) {
         let n = self.urls.len().max(1);
-        let current = self.current.load(Ordering::Relaxed) % n;
+        let current = index % n;
         warn!(url = %self.urls.get(current).map_or("", String::as_str), error = %e, "a validator's answer failed its proof; asking another, and passing it over for five minutes");
         self.distrusted
             .lock()
@@ -531,18 +528,24 @@ impl Client {
         self.chosen.lock().unwrap_or_else(|e| e.into_inner()).at = Some(Instant::now());
     }
 
-    /// One try of [`Client::proven`], from the validator in use.
+    /// One try of [`Client::proven`], from the validator in use; an error names the
+    /// validator (its index) when its own answer failed the proof, not the way to it.
     async fn proven_once<T: borsh::BorshDeserialize>(
         &self,
         path: &str,
         table: u8,
         key: &[u8],
-    ) -> Result<Proven<T>, ClientError> {
-        let bad = |reason: String| ClientError::Protocol {
-            url: path.to_string(),
-            reason,
+    ) -> Result<Proven<T>, (ClientError, Option<usize>)> {
+        let answer: AtHeight<serde::de::IgnoredAny> =
+            self.get(path).await.map_err(|e| (e, None))?;
+        let answered = Some(self.current.load(Ordering::Relaxed));
+        let bad = |reason: String| {
+            let e = ClientError::Protocol {
+                url: path.to_string(),
+                reason,
+            };
+            (e, answered)
         };
-        let answer: AtHeight<serde::de::IgnoredAny> = self.get(path).await?;
         let proof = answer.proof.ok_or_else(|| {
             bad("the answer has no proof (is the validator older than this client?)".into())
         })?;
@@ -553,18 +556,22 @@ impl Client {
             .map(|b| peergrid_core::codec::decode::<T>("state entry", &b, 1 << 20))
             .transpose()
             .map_err(|e| bad(format!("the proven entry does not decode: {e}")))?;
-        let (root, certified) = self.certified_root(answer.height).await?;
+        let (root, certified) = self
+            .certified_root(answer.height)
+            .await
+            .map_err(|e| (e, None))?;
         // A proof against a root no quorum signed proves nothing: the answering validator
         // could have made the root up along with the entry.
         if root != answer.root {
-            return Err(ClientError::Unproven {
+            let e = ClientError::Unproven {
                 reason: format!(
                     "the answer's proof is against state root {} at height {}, but the \
                      validators certified {root} there: do not trust this answer, and tell the \
                      validators' operators",
                     answer.root, answer.height
                 ),
-            });
+            };
+            return Err((e, answered));
         }
         Ok(Proven {
             height: answer.height,
@@ -589,7 +596,7 @@ impl Client {
             height = height.max(page.height);
             items.extend(page.data.items);
             match page.data.next {
-                Some(n) => from = n,
+                Some(n) => from = forward(&path(from), from, n)?,
                 None => return Ok((height, items)),
             }
         }
@@ -669,7 +676,9 @@ impl Client {
         let mut all: AtHeight<Bills> = self
             .get(&format!("{route}?from_ms={from_ms}&limit=500"))
             .await?;
+        let mut from = from_ms;
         while let Some(next) = all.data.next.take() {
+            from = forward(&route, from, next)?;
             let page: AtHeight<Bills> = self
                 .get(&format!("{route}?from_ms={next}&limit=500"))
                 .await?;
@@ -692,7 +701,9 @@ impl Client {
         let mut all: AtHeight<Receipts> = self
             .get(&format!("{route}?period={period}&limit=500"))
             .await?;
+        let mut from = 0;
         while let Some(next) = all.data.next.take() {
+            from = forward(&route, from, next)?;
             let page: AtHeight<Receipts> = self
                 .get(&format!("{route}?period={period}&from={next}&limit=500"))
                 .await?;
@@ -920,34 +931,61 @@ impl Client {
         timeout: Duration,
     ) -> Result<(TxHash, TxStatus), ClientError> {
         let deadline = tokio::time::Instant::now() + timeout;
+        // Every transaction this call submitted: a submit that failed may have been taken
+        // all the same (its answer lost to a timeout, then another validator saying the
+        // nonce is used), and one a validator holds is waited for, never signed again, or
+        // its payload would run twice.
+        let mut sent: Vec<TxHash> = Vec::new();
         loop {
             let tx = self.sign(key, payload.clone()).await?;
-            let submitted = self.submit(&tx).await;
-            // A submit that failed may have been taken all the same (its answer lost to a
-            // timeout, then another validator saying the nonce is used): this transaction
-            // is waited for then, never signed again, or its payload would run twice.
-            if submitted.is_err()
-                && let Ok(status) = self.tx_status(&tx.hash()).await
-                && !matches!(status, TxStatus::Unknown)
-            {
-                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                return Ok((tx.hash(), self.wait(&tx.hash(), left).await?));
-            }
-            match submitted {
+            sent.push(tx.hash());
+            let failed = match self.submit(&tx).await {
                 Ok(hash) => {
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                     return Ok((hash, self.wait(&hash, left).await?));
                 }
-                Err(ClientError::Refused { kind, .. })
+                Err(e) => e,
+            };
+            if let Some(hash) = self.held_of(&sent, deadline).await? {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                return Ok((hash, self.wait(&hash, left).await?));
+            }
+            match failed {
+                ClientError::Refused { kind, .. }
                     if (kind == "nonce_taken" || kind == "stale_nonce")
                         && tokio::time::Instant::now() + NONCE_RETRY < deadline =>
                 {
                     debug!(%kind, "the nonce is taken; signing again after the other transaction");
                     tokio::time::sleep(NONCE_RETRY).await;
                 }
-                Err(e) => return Err(e),
+                e => return Err(e),
             }
         }
+    }
+
+    /// The first of `sent` a validator holds (pending or final), if any. A status that
+    /// cannot be read is asked again a few times (before `deadline`), then is an error:
+    /// "cannot tell" is not "not ours".
+    async fn held_of(
+        &self,
+        sent: &[TxHash],
+        deadline: tokio::time::Instant,
+    ) -> Result<Option<TxHash>, ClientError> {
+        for hash in sent {
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                match self.tx_status(hash).await {
+                    Ok(TxStatus::Unknown) => break,
+                    Ok(_) => return Ok(Some(*hash)),
+                    Err(_) if tries < 3 && tokio::time::Instant::now() + NONCE_RETRY < deadline => {
+                        tokio::time::sleep(NONCE_RETRY).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Sign `payloads` with `key` at consecutive nonces, submit them in one request and
@@ -995,15 +1033,16 @@ impl Client {
     /// block it cannot read, that skips a height or that repeats old blocks, it resumes where
     /// it was from the next validator, and logs why.
     pub fn events(&self, from: u64) -> impl Stream<Item = FinalizedBlock> + '_ {
-        // The stream's state: the height due, the open stream, and the height of the last
-        // block already yielded that this stream repeated.
+        // The stream's state: the height due, the open stream, the height of the last block
+        // already yielded that this stream repeated, whether it has sent a block yet, and
+        // the troubles in a row (how many of those because a stream started past `next`).
         futures::stream::unfold(
-            (from, None::<EventStream>, None::<u64>),
-            move |(mut next, mut events, mut repeated)| async move {
+            (from, None::<EventStream>, None::<u64>, true, (0usize, 0usize)),
+            move |(mut next, mut events, mut repeated, mut fresh, mut troubles)| async move {
                 loop {
                     let Some(stream) = events.as_mut() else {
                         events = Some(self.open_events(next).await);
-                        repeated = None;
+                        (repeated, fresh) = (None, true);
                         continue;
                     };
                     let trouble = match stream.next().await {
@@ -1012,7 +1051,33 @@ impl Client {
                         {
                             Ok(block) if block.height == next => {
                                 next += 1;
-                                return Some((block, (next, events, repeated)));
+                                let state = (next, events, repeated, false, (0, 0));
+                                return Some((block, state));
+                            }
+                            // A validator that no longer keeps block `next` starts at the first
+                            // it keeps. When every one does, and one of them twice (a single
+                            // stream could be garbled), those before are gone for good:
+                            // followed from there (the caller sees the jump in the heights).
+                            Ok(block)
+                                if block.height > next
+                                    && fresh
+                                    && troubles.1 + 1 >= self.urls.len().max(2) =>
+                            {
+                                warn!(
+                                    from = next,
+                                    to = block.height,
+                                    "no validator keeps the blocks before this one any more; following from it"
+                                );
+                                next = block.height + 1;
+                                let state = (next, events, repeated, false, (0, 0));
+                                return Some((block, state));
+                            }
+                            Ok(block) if block.height > next && fresh => {
+                                troubles.1 += 1;
+                                format!(
+                                    "it started at block {} while block {next} was due (not kept there?)",
+                                    block.height
+                                )
                             }
                             // Already yielded: a validator resumed a little early. Only rising
                             // heights, though: one replaying old blocks for ever would keep the
@@ -1021,7 +1086,7 @@ impl Client {
                                 if block.height < next
                                     && repeated.is_none_or(|r| block.height > r) =>
                             {
-                                repeated = Some(block.height);
+                                (repeated, fresh) = (Some(block.height), false);
                                 continue;
                             }
                             Ok(block) if block.height < next => format!(
@@ -1042,6 +1107,14 @@ impl Client {
                     warn!(%url, height = next, "following finalized blocks: {trouble}; resuming from the next validator");
                     self.rotate();
                     events = None;
+                    troubles.0 += 1;
+                    // Every validator in trouble twice in a row: not asked again at once, as
+                    // fast as they answer, but after a growing pause (100 ms to 3.2 s).
+                    let rounds = troubles.0 / self.urls.len().max(1);
+                    if rounds >= 2 {
+                        let exp = (rounds - 2).min(5) as u32;
+                        tokio::time::sleep(Duration::from_millis(100) * 2u32.pow(exp)).await;
+                    }
                 }
             },
         )
@@ -1092,6 +1165,24 @@ impl Client {
         }
     }
 }
+/// The next page's start after one that started at `from`: only forward, or a validator
+/// answering with a loop would keep the client collecting for good.
+fn forward<N: PartialOrd + std::fmt::Display + Copy>(
+    what: &str,
+    from: N,
+    next: N,
+) -> Result<N, ClientError> {
+    if next > from {
+        return Ok(next);
+    }
+    Err(ClientError::Protocol {
+        url: what.to_string(),
+        reason: format!(
+            "the page from {from} names {next} as the next, not a later one: a validator's list goes only forward"
+        ),
+    })
+}
+
 /// The body of `response`, or why not: cut off, or more than `max` bytes.
 async fn read_bounded(mut response: reqwest::Response, max: usize) -> Result<Vec<u8>, String> {
     if response.content_length().is_some_and(|n| n > max as u64) {

@@ -58,6 +58,12 @@ const HEAD: &str =
 /// A validator whose first answer is `first` (raw bytes, HTTP head included) and whose later
 /// answers are honest streams from the height asked, kept open until the client leaves.
 async fn validator(first: Vec<u8>) -> (String, Arc<AtomicUsize>) {
+    validator_keeping(first, 1).await
+}
+
+/// [`validator`], keeping only the blocks from `first_kept` on: asked from below, its
+/// answers start there, as a validator's that pruned the blocks before.
+async fn validator_keeping(first: Vec<u8>, first_kept: u64) -> (String, Arc<AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("a free port");
@@ -90,7 +96,7 @@ async fn validator(first: Vec<u8>) -> (String, Arc<AtomicUsize>) {
                     .and_then(|t| t.parse::<u64>().ok())
                     .unwrap_or(1);
                 let mut answer = HEAD.to_string();
-                for h in from..=BLOCKS {
+                for h in from.max(first_kept)..=BLOCKS {
                     answer.push_str(&frame(h));
                 }
                 if tcp.write_all(answer.as_bytes()).await.is_err() {
@@ -107,6 +113,30 @@ async fn validator(first: Vec<u8>) -> (String, Arc<AtomicUsize>) {
         }
     });
     (url, served)
+}
+
+#[test]
+fn blocks_no_validator_keeps_are_skipped_after_a_second_look() {
+    let mut pruned = HEAD.to_string();
+    for h in 4..=BLOCKS {
+        pruned.push_str(&frame(h));
+    }
+    let got = RUNTIME.block_on(async {
+        let (url, served) = validator_keeping(pruned.into_bytes(), 4).await;
+        let client = Client::new(vec![url]);
+        let blocks = client
+            .events(1)
+            .take(BLOCKS as usize - 3)
+            .collect::<Vec<_>>();
+        let got = tokio::time::timeout(Duration::from_secs(10), blocks).await;
+        (got, served.load(Ordering::Relaxed))
+    });
+    let (Ok(got), served) = got else {
+        panic!("the client stopped following at the first block kept");
+    };
+    let heights: Vec<u64> = got.iter().map(|b| b.height).collect();
+    assert_eq!(heights, (4..=BLOCKS).collect::<Vec<_>>());
+    assert_eq!(served, 2, "asked twice before following from there");
 }
 
 /// Follow blocks 1 to [`BLOCKS`] from a validator whose first answer is `first`: they all

@@ -23,8 +23,12 @@ struct Ledger {
     nonce: u64,
     /// The nonce and hash of every transaction posted.
     posted: Vec<(u64, TxHash)>,
-    /// How to refuse the next posts (status, kind); accepted once none is left.
+    /// How to refuse the next posts (status, kind); accepted once none is left. A kind
+    /// of `"lost"` takes the transaction and answers `stale_nonce`, as a validator does
+    /// when the first one it went to took it and its answer was lost.
     refusals: VecDeque<(u16, &'static str)>,
+    /// The transactions taken: final when asked after.
+    taken: Vec<TxHash>,
     /// The height its status says its ledger is at.
     height: u64,
     /// The genesis its status names, when not the test's usual one.
@@ -103,22 +107,35 @@ async fn submit(State(ledger): State<Shared>, body: Bytes) -> Response {
     let mut ledger = ledger.lock().expect("lock");
     ledger.posted.push((tx.body.nonce, tx.hash()));
     match ledger.refusals.pop_front() {
+        Some((status, "lost")) => {
+            ledger.taken.push(tx.hash());
+            ledger.nonce += 1;
+            let body = serde_json::json!({ "error": "stale_nonce", "message": "stale nonce" });
+            (StatusCode::from_u16(status).expect("a status"), Json(body)).into_response()
+        }
         Some((status, kind)) => {
             // The other process's transaction at this nonce is final by the time we look.
             ledger.nonce += 1;
             let body = serde_json::json!({ "error": kind, "message": format!("{kind} at nonce {}", tx.body.nonce) });
             (StatusCode::from_u16(status).expect("a status"), Json(body)).into_response()
         }
-        None => (StatusCode::ACCEPTED, Json(Submitted { hash: tx.hash() })).into_response(),
+        None => {
+            ledger.taken.push(tx.hash());
+            (StatusCode::ACCEPTED, Json(Submitted { hash: tx.hash() })).into_response()
+        }
     }
 }
 
-async fn tx_status(Path(hash): Path<TxHash>) -> Json<TxAnswer> {
+async fn tx_status(State(ledger): State<Shared>, Path(hash): Path<TxHash>) -> Json<TxAnswer> {
+    let taken = ledger.lock().expect("lock").taken.contains(&hash);
     Json(TxAnswer {
         hash,
-        status: TxStatus::Finalized {
-            height: 11,
-            events: Vec::new(),
+        status: match taken {
+            true => TxStatus::Finalized {
+                height: 11,
+                events: Vec::new(),
+            },
+            false => TxStatus::Unknown,
         },
     })
 }
@@ -204,6 +221,21 @@ async fn a_nonce_taken_for_ever_ends_at_the_deadline() {
         (2..=5).contains(&tries),
         "{tries} tries in 1 s at 250 ms apart"
     );
+}
+
+#[tokio::test]
+async fn a_transaction_taken_though_its_answer_was_lost_is_waited_for_not_signed_again() {
+    let (url, ledger) = validator(&[(400, "lost")]).await;
+    let client = Client::new(vec![url]);
+    let key = Keypair::from_seed([3; 32]);
+    let (hash, status) = client
+        .send(&key, transfer(), Duration::from_secs(10))
+        .await
+        .expect("the taken one");
+    let posted = ledger.lock().expect("lock").posted.clone();
+    assert_eq!(posted.len(), 1, "signed once: the payload runs once");
+    assert_eq!(hash, posted[0].1);
+    assert!(matches!(status, TxStatus::Finalized { .. }), "{status:?}");
 }
 
 #[tokio::test]
