@@ -41,6 +41,8 @@ const CERTIFICATE_BYTES_MAX: usize = 64 << 10;
 /// Blocks after an epoch's last one by which its certificate should have formed here; a
 /// validator that was away then (restarted, joined later) asks its peers for it.
 const HANDOFF_GRACE: u64 = 8;
+/// Most epochs' last certificates asked for at once after a catch-up.
+const HANDOFFS_ASKED_MAX: u64 = 64;
 
 /// The certificates this validator assembled, and a signal when one forms.
 pub struct Certificates {
@@ -152,7 +154,7 @@ struct Certifier {
     owns: BTreeMap<u64, Own>,
     /// Epochs' last heights whose certificate we asked our peers for.
     asked: BTreeMap<u64, ()>,
-    /// The latest epoch's last height already looked at by [`Certifier::missing_handoff`].
+    /// The latest epoch's last height already looked at by [`Certifier::missing_handoffs`].
     handoff_checked: u64,
 }
 
@@ -185,7 +187,7 @@ where
                     if let Some(vote) = own.and_then(|own| certifier.applied(block.height, own)) {
                         sender.send(Recipients::All, encode(block.height, &vote), false);
                     }
-                    if let Some(want) = certifier.missing_handoff(block.height) {
+                    for want in certifier.missing_handoffs(block.height) {
                         sender.send(Recipients::All, Bytes::copy_from_slice(&want.to_be_bytes()), false);
                     }
                 }
@@ -198,6 +200,11 @@ where
                         if let Some(vote) = own.and_then(|own| certifier.applied(height, own)) {
                             sender.send(Recipients::All, encode(height, &vote), false);
                         }
+                    }
+                    // The epochs crossed meanwhile: their handoffs formed without us.
+                    let height = certifier.height();
+                    for want in certifier.missing_handoffs(height) {
+                        sender.send(Recipients::All, Bytes::copy_from_slice(&want.to_be_bytes()), false);
                     }
                 }
                 Err(RecvError::Closed) => return,
@@ -317,30 +324,45 @@ impl Certifier {
         vote
     }
 
-    /// The last height of the latest epoch that ended [`HANDOFF_GRACE`] blocks before
-    /// `height`, if its certificate did not form here, the first time it is looked at.
-    fn missing_handoff(&mut self, height: u64) -> Option<u64> {
+    /// The last heights of the epochs that ended [`HANDOFF_GRACE`] blocks or more before
+    /// `height` whose certificate did not form here, each the first time it is looked at:
+    /// every one since the last looked at (a catch-up crosses many), the newest
+    /// [`HANDOFFS_ASKED_MAX`] at most.
+    fn missing_handoffs(&mut self, height: u64) -> Vec<u64> {
         let len = self.shared.genesis.params.epoch_blocks.max(1);
-        let last = (height.checked_sub(HANDOFF_GRACE)? + 1) / len * len;
-        let last = last.checked_sub(1)?;
+        let Some(ended) = height.checked_sub(HANDOFF_GRACE) else {
+            return Vec::new();
+        };
+        // Epochs 0..epochs ended by then; the last one's end is the newest to look at.
+        let epochs = (ended + 1) / len;
+        let Some(latest) = (epochs * len).checked_sub(1) else {
+            return Vec::new();
+        };
         // Each epoch's end is looked at once, not at every block (a store read once it
         // left the recent certificates).
-        if last <= self.handoff_checked {
-            return None;
+        if latest <= self.handoff_checked {
+            return Vec::new();
         }
-        self.handoff_checked = last;
-        if self.shared.certificate(last).is_some() {
-            return None;
+        let first =
+            ((self.handoff_checked + 1) / len).max(epochs.saturating_sub(HANDOFFS_ASKED_MAX));
+        self.handoff_checked = latest;
+        let wanted: Vec<u64> = (first..epochs)
+            .map(|e| (e + 1) * len - 1)
+            .filter(|last| self.shared.certificate(*last).is_none())
+            .collect();
+        for last in &wanted {
+            self.asked.insert(*last, ());
         }
-        self.asked.insert(last, ());
         while self.asked.len() > 64 {
             self.asked.pop_first();
         }
-        debug!(
-            height = last,
-            "asking the peers for an epoch's last state certificate"
-        );
-        Some(last)
+        if !wanted.is_empty() {
+            debug!(
+                heights = ?wanted,
+                "asking the peers for epochs' last state certificates"
+            );
+        }
+        wanted
     }
 
     /// Our certificate of an epoch's last `height`, encoded, for a peer that asks.

@@ -217,6 +217,23 @@ impl Snapshots {
             }
             let _ = std::fs::remove_file(Self::finalization_path(dir, *height));
         }
+        // The finalizations of states never written (skipped while another was written)
+        // behind the newest ready one: nothing will ever pair them.
+        let Some(newest_ready) = newest_ready else {
+            return;
+        };
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let name = entry.file_name();
+            let Some(height) = (name.to_str())
+                .and_then(|n| n.strip_suffix(".finalization"))
+                .and_then(|h| h.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            if height < newest_ready && !heights.contains(&height) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
     }
 
     /// Every state file: height, root, path.
@@ -340,8 +357,8 @@ pub fn install(data_dir: &Path, genesis: &Genesis, fetched: Fetched) -> anyhow::
     std::fs::create_dir_all(data_dir)?;
     let installing = data_dir.join("ledger.redb.installing");
     let _ = std::fs::remove_file(&installing);
+    let mut store = peergrid_ledger::RedbStore::open(&installing)?;
     let checked = (|| -> anyhow::Result<()> {
-        let mut store = peergrid_ledger::RedbStore::open(&installing)?;
         fetched
             .file
             .install(&mut store, genesis)
@@ -352,10 +369,11 @@ pub fn install(data_dir: &Path, genesis: &Genesis, fetched: Fetched) -> anyhow::
     })();
     if let Err(e) = checked {
         let _ = std::fs::remove_file(&installing);
-        return Err(e.context(format!(
-            "the snapshot of height {} from {} is refused, nothing was installed: tell its operator",
-            fetched.file.height, fetched.from
-        )));
+        return Err(anyhow::Error::new(Refused {
+            height: fetched.file.height,
+            from: fetched.from.clone(),
+            reason: format!("{e:#}"),
+        }));
     }
     // The floor first: a crash before the state is in place leaves an empty ledger,
     // fetched again at the next start.
@@ -374,6 +392,20 @@ pub fn install(data_dir: &Path, genesis: &Genesis, fetched: Fetched) -> anyhow::
     info!(height = fetched.file.height, root = %fetched.file.root, from = %fetched.from,
         "ledger started from a state snapshot");
     Ok(())
+}
+
+/// A snapshot that failed its checks: the source's fault, not this machine's.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the snapshot of height {height} from {from} is refused, nothing was installed: {reason}; tell its operator"
+)]
+pub struct Refused {
+    /// Its height.
+    pub height: u64,
+    /// Where it came from.
+    pub from: String,
+    /// What did not check.
+    pub reason: String,
 }
 
 /// The file in a validator's data directory holding the floor consensus starts from: the
@@ -481,6 +513,15 @@ mod tests {
             "the unfinalized ones behind a ready one go"
         );
         assert!(!Snapshots::finalization_path(dir.path(), 99).exists());
+        // A finalization whose state was never written (skipped while another was) goes
+        // once a newer snapshot is ready; one newer than that waits for its state.
+        std::fs::write(Snapshots::finalization_path(dir.path(), 950), b"f").expect("f");
+        std::fs::write(Snapshots::finalization_path(dir.path(), 1_050), b"f").expect("f");
+        state(999, true);
+        Snapshots::prune(dir.path());
+        assert!(!Snapshots::finalization_path(dir.path(), 950).exists());
+        assert!(Snapshots::finalization_path(dir.path(), 1_050).exists());
+        assert_eq!(heights(), [899, 999]);
     }
 
     #[test]

@@ -41,7 +41,11 @@ pub fn join(cfg: &ValidatorConfig) -> anyhow::Result<()> {
                     let from = fetched.from.clone();
                     let installed =
                         peergrid_chain::snapshot::install(&cfg.data_dir, &genesis, fetched);
-                    if installed.is_err() {
+                    // Only a snapshot that failed its checks counts against its source, not
+                    // this machine's own trouble (a full disk).
+                    if installed.as_ref().is_err_and(|e| {
+                        e.downcast_ref::<peergrid_chain::snapshot::Refused>().is_some()
+                    }) {
                         refused.push(from);
                     }
                     installed
