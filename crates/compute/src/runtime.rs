@@ -504,7 +504,14 @@ impl Prepared {
         let share = match &self.share {
             None => None,
             Some(share) => match tokio::time::timeout_at(deadline, share.instance()).await {
-                Ok(permit) => Some(permit),
+                Ok(Some(permit)) => Some(permit),
+                Ok(None) => {
+                    return Err(format!(
+                        "stopped: all {} of the contract's instances on this node are busy and {} more requests wait for them already; retry shortly, or spread the load over more replicas",
+                        share.instances_max(),
+                        share.instances_max() * crate::share::WAITING_PER_INSTANCE
+                    ));
+                }
                 Err(_) => {
                     return Err(format!(
                         "stopped: the contract's other runs held all {} of its instances on this node for the whole wall-time limit of {} ms; retry, or spread the load over more replicas",

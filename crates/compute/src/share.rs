@@ -7,10 +7,12 @@
 //! 64 MiB could hold a gigabyte across its concurrent requests. A [`Share`] bounds both:
 //! the memory its runs have actually grown to, together, stays within what the contract
 //! reserved, and at most [`Share::instances_max`] of its runs hold an instance, the
-//! others waiting for one within their wall time.
+//! others waiting for one within their wall time, at most [`WAITING_PER_INSTANCE`] for
+//! each instance: beyond that a run is refused at once instead of holding a connection of
+//! the node's for its whole wall time.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -21,7 +23,12 @@ pub struct Share {
     memory_in_use: AtomicU64,
     instances: Arc<Semaphore>,
     instances_max: u32,
+    /// Runs waiting for an instance now.
+    waiting: AtomicU32,
 }
+
+/// Runs that may wait for each of a share's instances.
+pub const WAITING_PER_INSTANCE: u32 = 4;
 
 impl Share {
     /// A share of `memory_bytes` in all and `instances` runs at once (at least one each).
@@ -32,6 +39,7 @@ impl Share {
             memory_in_use: AtomicU64::new(0),
             instances: Arc::new(Semaphore::new(instances as usize)),
             instances_max: instances,
+            waiting: AtomicU32::new(0),
         })
     }
 
@@ -62,12 +70,28 @@ impl Share {
         self.instances_max.saturating_sub(free)
     }
 
-    /// Waits for one of the share's instances; held until the run's store is gone.
-    pub(crate) async fn instance(&self) -> OwnedSemaphorePermit {
+    /// Waits for one of the share's instances, held until the run's store is gone; `None`
+    /// at once when as many runs wait already as [`WAITING_PER_INSTANCE`] allows.
+    pub(crate) async fn instance(&self) -> Option<OwnedSemaphorePermit> {
+        if let Ok(permit) = self.instances.clone().try_acquire_owned() {
+            return Some(permit);
+        }
+        /// Counts a waiting run out however its wait ends (a timeout drops it).
+        struct Waiting<'a>(&'a AtomicU32);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        let before = self.waiting.fetch_add(1, Ordering::Relaxed);
+        let _waiting = Waiting(&self.waiting);
+        if before >= self.instances_max.saturating_mul(WAITING_PER_INSTANCE) {
+            return None;
+        }
         // The semaphore is never closed, so acquiring only ends with a permit.
         loop {
             if let Ok(permit) = self.instances.clone().acquire_owned().await {
-                return permit;
+                return Some(permit);
             }
         }
     }
@@ -126,5 +150,34 @@ mod tests {
         drop(a);
         let _c = share.instance().await;
         assert_eq!(share.instances_in_use(), 2);
+    }
+
+    #[tokio::test]
+    async fn only_so_many_runs_wait_and_the_next_is_refused_at_once() {
+        let share = Share::new(1 << 20, 1);
+        let held = share.instance().await.expect("the free instance");
+        let waiters: Vec<_> = (0..WAITING_PER_INSTANCE)
+            .map(|_| {
+                let share = share.clone();
+                tokio::spawn(async move { share.instance().await.is_some() })
+            })
+            .collect();
+        while share.waiting.load(Ordering::Relaxed) < WAITING_PER_INSTANCE {
+            tokio::task::yield_now().await;
+        }
+        assert!(share.instance().await.is_none(), "one more than may wait");
+        drop(held);
+        for w in waiters {
+            assert!(
+                w.await.expect("join"),
+                "each waiting run gets the instance in turn"
+            );
+        }
+        // A wait cut short (its wall time) counts out.
+        let held = share.instance().await.expect("free again");
+        let cut = tokio::time::timeout(std::time::Duration::from_millis(10), share.instance());
+        assert!(cut.await.is_err());
+        assert_eq!(share.waiting.load(Ordering::Relaxed), 0);
+        drop(held);
     }
 }

@@ -394,7 +394,14 @@ pub struct Compute {
     saved_logs: std::sync::Mutex<BTreeMap<(ContractId, String), u64>>,
     /// The HTTP entry's URL (`http://host:port`), once it listens.
     pub http: OnceLock<String>,
+    /// When unused components were last looked for.
+    pruned_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// How long a cached component no deployment uses is kept (one still starting may).
+const COMPONENT_KEPT_FOR: std::time::Duration = std::time::Duration::from_secs(3600);
+/// How often unused components are looked for, at most.
+const COMPONENTS_PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl Compute {
     /// Start the node's runtime, caching compiled components under `data_dir`. A runtime
@@ -424,6 +431,7 @@ impl Compute {
             logs_root: data_dir.join(LOGS_DIR),
             saved_logs: std::sync::Mutex::new(BTreeMap::new()),
             http: OnceLock::new(),
+            pruned_at: std::sync::Mutex::new(None),
         })
     }
 
@@ -601,6 +609,55 @@ impl Compute {
             let hash = w.hash;
             tokio::spawn(async move { me.start(contract, hash, owner, (share, data), file).await });
         }
+        drop(apps);
+        self.prune_components();
+    }
+
+    /// Remove the cached components no deployment here uses, once unused for a while, and
+    /// the temporaries a kill left: they count in no contract's reservation, so an owner
+    /// updating an app in a loop would otherwise fill the farmer's disk. At most once per
+    /// [`COMPONENTS_PRUNE_EVERY`].
+    fn prune_components(&self) {
+        {
+            let mut at = self.pruned_at.lock().unwrap_or_else(|e| e.into_inner());
+            if at.is_some_and(|t| t.elapsed() < COMPONENTS_PRUNE_EVERY) {
+                return;
+            }
+            *at = Some(std::time::Instant::now());
+        }
+        let used: std::collections::HashSet<String> = (self.read().values())
+            .flat_map(|app| {
+                let previous = app.previous.as_deref().into_iter();
+                std::iter::once(app)
+                    .chain(previous)
+                    .flat_map(|a| a.workloads.values().map(|e| hex::encode(e.spec.component)))
+            })
+            .collect();
+        let dir = self.components.clone();
+        tokio::task::spawn_blocking(move || {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                return;
+            };
+            let mut removed = 0;
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                // A deployment still starting lists its workloads only once decoded: what
+                // was cached lately may be its.
+                let unused_for = (entry.metadata().ok())
+                    .and_then(|m| m.modified().ok())
+                    .and_then(|m| m.elapsed().ok())
+                    .unwrap_or_default();
+                if used.contains(&name) || unused_for < COMPONENT_KEPT_FOR {
+                    continue;
+                }
+                if std::fs::remove_file(entry.path()).is_ok() {
+                    removed += 1;
+                }
+            }
+            if removed > 0 {
+                info!(removed, "removed cached components no deployment here uses");
+            }
+        });
     }
 
     /// Decode a deployment and prepare each workload, recording each step.
@@ -694,24 +751,25 @@ impl Compute {
                     Phase::Error(reason)
                 }
             };
+            let me = self.clone();
+            let run_dir = dir.clone();
             let still = self.update(contract, hash, |app| {
                 if let Some(entry) = app.workloads.get_mut(&spec.name) {
                     entry.phase = phase;
                 }
+                // Started only once its phase says running, so its end is never
+                // overwritten; and in the same update, so that a replacement in between
+                // cannot leave it running where nothing would stop it.
+                if let Some(prepared) = job {
+                    let handle = tokio::spawn(async move {
+                        me.run_job(contract, hash, run_dir, spec, prepared).await
+                    })
+                    .abort_handle();
+                    app.jobs.push(handle);
+                }
             });
             if !still {
                 return;
-            }
-            // Started only once its phase says running, so its end is never overwritten.
-            if let Some(prepared) = job {
-                let me = self.clone();
-                let dir = dir.clone();
-                let handle =
-                    tokio::spawn(
-                        async move { me.run_job(contract, hash, dir, spec, prepared).await },
-                    )
-                    .abort_handle();
-                self.update(contract, hash, |app| app.jobs.push(handle));
             }
         }
         // Every workload has started (or failed): the previous deployment stops.

@@ -988,7 +988,7 @@ async fn accept_deployment(
     // hash, and the memory with it): asked again, and another, for a few seconds before
     // refusing.
     for _ in 0..DEPLOY_READS_AGAIN {
-        if contract.deployment_hash() == Some(hash) {
+        if contract.deployment_hash().is_none_or(|h| h == hash) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -1010,9 +1010,13 @@ async fn accept_deployment(
     })?;
     // A run's memory comes out of what the contract reserves, which is what the node's
     // capacity counts and the owner pays for.
+    // As much as a run here may hold: an instance never gets more.
     let largest = (deployment.workloads.iter())
         .max_by_key(|w| w.limits.memory_bytes)
-        .map(|w| (w.name.as_str(), w.limits.memory_bytes));
+        .map(|w| {
+            let most = crate::compute::INSTANCE_MEMORY_BYTES_MAX;
+            (w.name.as_str(), w.limits.memory_bytes.min(most))
+        });
     if let Some((name, bytes)) = largest.filter(|(_, bytes)| *bytes > contract.reserved.mru) {
         return Err(format!(
             "workload {name} may use {} of memory per run, more than contract {} reserves \
