@@ -291,7 +291,11 @@ impl NetworkBehaviour for Behaviour {
                 error,
                 ..
             }) => {
-                // Only a dial that leaves no connection fails the waiting opens.
+                // Only a dial that leaves no connection fails the waiting opens; one not
+                // made because another to the peer is under way says nothing of it.
+                if matches!(error, libp2p::swarm::DialError::DialPeerConditionFalse(_)) {
+                    return;
+                }
                 let mut shared = lock(&self.shared);
                 if shared.connections.contains_key(&peer) {
                     return;
